@@ -1,0 +1,91 @@
+//! Wiring: store → secrets → API keys → supervision tree → HTTP, and the orderly shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ractor::Actor;
+
+use crate::auth::ApiKeys;
+use crate::config::Config;
+use crate::crypto::SecretBox;
+use crate::http::HttpState;
+use crate::state::{Names, Shared};
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+
+/// Runs hookline on `listener` until `shutdown` resolves (or the supervision tree gives up).
+///
+/// Shutdown order: stop accepting and finish in-flight requests, stop the actors, flush the
+/// store. Returns an error if start-up failed or the supervision tree stopped on its own.
+pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    // reqwest and lettre share ring's rustls provider; installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = crate::metrics::install();
+
+    let data_dir = config.storage.path.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
+    let store = Store::open_sled(&data_dir).with_context(|| format!("open store in {}", data_dir.display()))?;
+    let secrets = SecretBox::load(std::env::var("HOOKLINE_MASTER_KEY").ok().as_deref(), &data_dir)?;
+    let (keys, generated) = ApiKeys::init(&config.auth.api_keys, &store).await.context("initialise API keys")?;
+    if let Some(key) = generated {
+        // Printed once, to stdout only: it is never logged and never shown again.
+        println!("hookline: no API key configured; generated one (shown only this once): {key}");
+    }
+
+    let shared = Shared { config: Arc::new(config), store: store.clone(), secrets, names: Names::new() };
+    let (supervisor, supervisor_handle) = Actor::spawn(Some(shared.names.supervisor()), Supervisor, shared.clone())
+        .await
+        .context("start the supervision tree")?;
+
+    let addr = listener.local_addr()?;
+    println!("hookline listening on http://{addr}");
+    tracing::info!(%addr, data_dir = %data_dir.display(), "hookline started");
+
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
+
+    // The tree stopping by itself (restart budget spent) also ends the server.
+    let tree_stopped = Arc::new(tokio::sync::Notify::new());
+    let http_shutdown = {
+        let tree_stopped = tree_stopped.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = tree_stopped.notified() => {}
+            }
+        }
+    };
+    let http_state = HttpState { shared: shared.clone(), keys, metrics };
+    let mut server = tokio::spawn(crate::http::serve(http_state, listener, http_shutdown));
+    let mut supervisor_handle = supervisor_handle;
+    let failed = tokio::select! {
+        _ = &mut server => false,
+        _ = &mut supervisor_handle => {
+            tree_stopped.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(shared.config.server.shutdown_timeout_seconds), &mut server).await;
+            true
+        }
+    };
+    tracing::info!("HTTP server stopped; stopping actors");
+    let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
+    if !failed {
+        let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
+    }
+    upkeep.abort();
+    store.flush().await.context("final store flush")?;
+    tracing::info!("store flushed; bye");
+    if failed {
+        anyhow::bail!("the supervision tree stopped after repeated actor failures; see the log");
+    }
+    Ok(())
+}

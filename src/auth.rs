@@ -1,0 +1,73 @@
+//! Admin API keys.
+//!
+//! Keys are only ever held as SHA-256 digests: configured keys are hashed at start-up, and a
+//! generated key is printed once and persisted as its digest. A presented bearer token is
+//! hashed and compared in constant time against every digest (no early exit), so timing
+//! reveals neither which key nor how much of it matched.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{Batch, Keyspace, Store, StoreError};
+
+#[derive(Clone)]
+pub struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+}
+
+pub fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl ApiKeys {
+    /// Builds the key set: the configured keys if any, else the stored digests, else a newly
+    /// generated key whose plain text is returned so the caller can print it exactly once.
+    pub async fn init(configured: &[String], store: &Store) -> Result<(ApiKeys, Option<String>), StoreError> {
+        if !configured.is_empty() {
+            return Ok((ApiKeys { digests: configured.iter().map(|k| digest(k)).collect() }, None));
+        }
+        let stored: Option<Vec<String>> = store.get(Keyspace::META, "api_key_digests")?;
+        if let Some(list) = stored {
+            let digests: Vec<[u8; 32]> = list
+                .iter()
+                .filter_map(|h| hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()))
+                .collect();
+            if !digests.is_empty() {
+                return Ok((ApiKeys { digests }, None));
+            }
+        }
+        let key = format!("hk_{}", crate::ids::random_alphanumeric(40));
+        let d = digest(&key);
+        let mut b = Batch::new();
+        b.put(Keyspace::META, "api_key_digests", &vec![hex::encode(d)]);
+        store.commit(b).await?;
+        Ok((ApiKeys { digests: vec![d] }, Some(key)))
+    }
+
+    /// Checks an `Authorization` header value (`Bearer <key>`).
+    pub fn verify_header(&self, header: Option<&str>) -> bool {
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
+            return false;
+        };
+        let d = digest(token.trim());
+        let mut ok = subtle::Choice::from(0u8);
+        for known in &self.digests {
+            ok |= known.ct_eq(&d);
+        }
+        ok.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify() {
+        let keys = ApiKeys { digests: vec![digest("sekrit-key-0123456789")] };
+        assert!(keys.verify_header(Some("Bearer sekrit-key-0123456789")));
+        assert!(!keys.verify_header(Some("Bearer sekrit-key-012345678")));
+        assert!(!keys.verify_header(Some("sekrit-key-0123456789")));
+        assert!(!keys.verify_header(None));
+    }
+}

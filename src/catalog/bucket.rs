@@ -1,0 +1,160 @@
+//! Buckets and their schemas.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::ids::BucketId;
+
+/// Property types a bucket schema may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PropertyType {
+    String,
+    Int,
+    Float,
+    Bool,
+    Json,
+    Video,
+    Image,
+    Audio,
+    Text,
+}
+
+impl PropertyType {
+    /// Blob-like types hold a file reference (URL) rather than a scalar.
+    pub fn is_blob(&self) -> bool {
+        matches!(self, PropertyType::Video | PropertyType::Image | PropertyType::Audio | PropertyType::Text)
+    }
+
+    /// Whether a JSON value fits this type.
+    pub fn accepts(&self, v: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match self {
+            PropertyType::String => v.is_string(),
+            PropertyType::Int => v.is_i64() || v.is_u64(),
+            PropertyType::Float => v.is_number(),
+            PropertyType::Bool => v.is_boolean(),
+            PropertyType::Json => true,
+            PropertyType::Video | PropertyType::Image | PropertyType::Audio | PropertyType::Text => {
+                matches!(v, Value::String(_))
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PropertyType::String => "string",
+            PropertyType::Int => "int",
+            PropertyType::Float => "float",
+            PropertyType::Bool => "bool",
+            PropertyType::Json => "json",
+            PropertyType::Video => "video",
+            PropertyType::Image => "image",
+            PropertyType::Audio => "audio",
+            PropertyType::Text => "text",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropertySchema {
+    #[serde(rename = "type")]
+    pub kind: PropertyType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSchema {
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertySchema>,
+}
+
+impl BucketSchema {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.properties.len() > 256 {
+            return Err(ApiError::validation("bucket_schema.properties", "at most 256 properties"));
+        }
+        for name in self.properties.keys() {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(ApiError::validation(
+                    format!("bucket_schema.properties.{name}"),
+                    "property names are 1–64 characters of letters, digits and _, not starting with a digit",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&PropertySchema> {
+        self.properties.get(name)
+    }
+}
+
+/// A bucket as stored and returned by the API. Fields owned by later features (the source
+/// adapter) live in their own keyspaces or optional fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bucket {
+    pub bucket_id: BucketId,
+    pub bucket_name: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub bucket_schema: BucketSchema,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /v1/buckets` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBucket {
+    pub bucket_name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub bucket_schema: BucketSchema,
+}
+
+impl CreateBucket {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let name = self.bucket_name.trim();
+        if name.is_empty() || self.bucket_name.chars().count() > 255 {
+            return Err(ApiError::validation("bucket_name", "must be 1–255 characters and not blank"));
+        }
+        if self.description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
+            return Err(ApiError::validation("description", "at most 2000 characters"));
+        }
+        self.bucket_schema.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_types_and_names() {
+        let s: BucketSchema = serde_json::from_value(serde_json::json!({
+            "properties": {"video": {"type": "video"}, "duration": {"type": "float"}}
+        }))
+        .unwrap();
+        s.validate().unwrap();
+        assert!(serde_json::from_value::<BucketSchema>(serde_json::json!({"properties": {"x": {"type": "blob"}}})).is_err());
+        let bad: BucketSchema = serde_json::from_value(serde_json::json!({"properties": {"1x": {"type": "int"}}})).unwrap();
+        assert!(bad.validate().is_err());
+        assert!(PropertyType::Int.accepts(&serde_json::json!(3)));
+        assert!(!PropertyType::Int.accepts(&serde_json::json!(3.5)));
+        assert!(PropertyType::Float.accepts(&serde_json::json!(3)));
+    }
+}

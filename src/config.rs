@@ -1,0 +1,230 @@
+//! Configuration: one serde tree with a default for every key.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file, then the `HOOKLINE_*`
+//! environment overrides of the contract. Unknown keys are rejected (a typo must not silently
+//! drop a setting), and [`Config::validate`] runs right after loading so a bad value stops
+//! the daemon at start-up with a message naming the key, never later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub delivery: DeliveryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (printed at start-up).
+    pub listen: String,
+    /// Largest accepted request body; larger ones get 413 before being read.
+    pub max_body_bytes: usize,
+    /// Public base URL (e.g. `https://hooks.example.com`) used to show ingest URLs; none: `null`.
+    pub public_url: Option<String>,
+    /// How long shutdown waits for in-flight requests and actors before giving up.
+    pub shutdown_timeout_seconds: u64,
+    /// Enables `/v1/debug/*` (fault injection for supervision tests). Never in production.
+    pub enable_debug_endpoints: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            public_url: None,
+            shutdown_timeout_seconds: 30,
+            enable_debug_endpoints: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// sled data directory (created if missing).
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { path: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Admin API keys. Empty: one is generated on first start, printed once, and only its
+    /// SHA-256 is stored.
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Allow `http://` receivers (local development only).
+    pub allow_insecure_http: bool,
+    /// Allow loopback/private receivers (local development only).
+    pub allow_private_networks: bool,
+    /// Default per-attempt timeout for HTTP channels.
+    pub request_timeout_seconds: u64,
+    /// Retry an undelivered event for this long, then mark it dead.
+    pub max_age_hours: u64,
+    /// Delay before each retry; the last one repeats. ±20% jitter is applied.
+    pub retry_schedule_seconds: Vec<u64>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            allow_insecure_http: false,
+            allow_private_networks: false,
+            request_timeout_seconds: 10,
+            max_age_hours: 72,
+            retry_schedule_seconds: vec![5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+        }
+    }
+}
+
+/// Environment overrides, taken as arguments so tests do not have to mutate the process env.
+#[derive(Debug, Default, Clone)]
+pub struct EnvOverrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub api_keys: Option<String>,
+}
+
+impl EnvOverrides {
+    pub fn from_env() -> Self {
+        EnvOverrides {
+            listen: std::env::var("HOOKLINE_LISTEN").ok(),
+            data_dir: std::env::var("HOOKLINE_DATA_DIR").ok(),
+            api_keys: std::env::var("HOOKLINE_API_KEYS").ok(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (a missing file is an error: the operator named it, or the default
+    /// `./config.toml` is expected next to the binary), applies `env`, validates.
+    pub fn load(path: &Path, env: &EnvOverrides) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        let mut config = Config::from_toml(&text).with_context(|| format!("parse config file {}", path.display()))?;
+        config.apply_env(env);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    }
+
+    pub fn apply_env(&mut self, env: &EnvOverrides) {
+        if let Some(l) = &env.listen {
+            self.server.listen = l.clone();
+        }
+        if let Some(d) = &env.data_dir {
+            self.storage.path = PathBuf::from(d);
+        }
+        if let Some(keys) = &env.api_keys {
+            self.auth.api_keys = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect();
+        }
+    }
+
+    /// Checks every value that serde cannot; errors name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if self.server.max_body_bytes == 0 {
+            bail!("server.max_body_bytes must be greater than 0");
+        }
+        if let Some(u) = &self.server.public_url {
+            let parsed = url::Url::parse(u).with_context(|| format!("server.public_url {u:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("server.public_url must be http(s), got {u:?}");
+            }
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            bail!("storage.path must not be empty");
+        }
+        for (i, k) in self.auth.api_keys.iter().enumerate() {
+            if k.len() < 16 {
+                bail!("auth.api_keys[{i}] is shorter than 16 characters; use a long random key");
+            }
+        }
+        let d = &self.delivery;
+        if d.request_timeout_seconds == 0 || d.request_timeout_seconds > 300 {
+            bail!("delivery.request_timeout_seconds must be within 1..=300");
+        }
+        if d.max_age_hours == 0 {
+            bail!("delivery.max_age_hours must be at least 1");
+        }
+        if d.retry_schedule_seconds.is_empty() {
+            bail!("delivery.retry_schedule_seconds must list at least one delay");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen {:?} is not an address:port", self.server.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_and_matches_defaults() {
+        let text = include_str!("../config.toml");
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.storage.path, PathBuf::from("./data"));
+        assert_eq!(c.delivery.retry_schedule_seconds, DeliveryConfig::default().retry_schedule_seconds);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nmax_body_byte = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_body_byte"), "{err}");
+        let err = Config::from_toml("[sever]\n").unwrap_err();
+        assert!(err.to_string().contains("sever"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let mut c = Config::default();
+        c.apply_env(&EnvOverrides {
+            listen: Some("127.0.0.1:9999".into()),
+            data_dir: Some("/tmp/x".into()),
+            api_keys: Some("aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbbbbbb".into()),
+        });
+        assert_eq!(c.server.listen, "127.0.0.1:9999");
+        assert_eq!(c.storage.path, PathBuf::from("/tmp/x"));
+        assert_eq!(c.auth.api_keys.len(), 2);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_key() {
+        let mut c = Config::default();
+        c.server.listen = "nope".into();
+        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+        let mut c = Config::default();
+        c.delivery.retry_schedule_seconds.clear();
+        assert!(c.validate().unwrap_err().to_string().contains("retry_schedule_seconds"));
+    }
+}

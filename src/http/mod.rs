@@ -1,0 +1,193 @@
+//! The thin warp frontend.
+//!
+//! One warp filter captures method, path, query, headers and body; [`route`] matches the
+//! path against the route table and calls a handler. Handlers parse and authenticate, then
+//! forward work to actors (writes) or read the store (reads). Doing the routing ourselves
+//! gives exact 404 vs 405 answers, one body limit that also covers chunked uploads (413),
+//! and a bounded `route` label for metrics.
+//!
+//! This module owns no state of its own and must not hold actor state.
+
+mod admin;
+mod ops;
+mod request;
+
+pub use request::Request;
+
+use std::future::Future;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::hyper::body::Bytes as HyperBytes;
+use warp::Filter;
+
+use crate::auth::ApiKeys;
+use crate::error::ApiError;
+use crate::state::Shared;
+
+/// What the HTTP layer needs: shared handles plus the API keys and the metrics renderer.
+#[derive(Clone)]
+pub struct HttpState {
+    pub shared: Shared,
+    pub keys: ApiKeys,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+pub type Response = warp::http::Response<warp::hyper::body::Bytes>;
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(state: HttpState, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let filter = warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body| {
+            let state = state.clone();
+            async move {
+                let started = Instant::now();
+                let limit = state.shared.config.server.max_body_bytes;
+                let (label, resp) = match read_body(&headers, body, limit).await {
+                    Ok(body) => {
+                        let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
+                        route(&state, req).await
+                    }
+                    Err(e) => ("(body)", error_response(&e)),
+                };
+                crate::metrics::http_request(label, method.as_str(), resp.status().as_u16(), started.elapsed());
+                resp
+            }
+        });
+    warp::serve(filter).incoming(listener).graceful(shutdown).run().await;
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (by Content-Length up front, and by
+/// counting for chunked bodies).
+async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: bytes::Buf,
+{
+    if let Some(len) = headers.get(warp::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+    }
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::BadRequest { code: "bad_body", message: format!("could not read request body: {e}") })?;
+        while bytes::Buf::has_remaining(&chunk) {
+            let part = bytes::Buf::chunk(&chunk);
+            if buf.len() + part.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            buf.extend_from_slice(part);
+            let n = part.len();
+            bytes::Buf::advance(&mut chunk, n);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// The route table. Returns the route template (metrics label) and the response.
+async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
+    let segs: Vec<&str> = req.segments();
+    let m = req.method.clone();
+    macro_rules! methods {
+        ($label:expr, { $($meth:ident => $handler:expr),+ $(,)? }) => {{
+            let result: Result<Response, ApiError> = match m {
+                $(Method::$meth => $handler.await,)+
+                _ => Err(ApiError::MethodNotAllowed),
+            };
+            ($label, into_response(result))
+        }};
+    }
+    match segs.as_slice() {
+        ["healthz"] => methods!("/healthz", { GET => ops::healthz(state) }),
+        ["readyz"] => methods!("/readyz", { GET => ops::readyz(state) }),
+        ["metrics"] => methods!("/metrics", { GET => ops::metrics(state) }),
+        ["v1", "debug", "crash", actor] => {
+            if !state.shared.config.server.enable_debug_endpoints {
+                return ("(unknown)", error_response(&not_found_route()));
+            }
+            methods!("/v1/debug/crash/{actor}", { POST => ops::crash(state, &req, actor) })
+        }
+        ["v1", "organizations", "connections"] => methods!("/v1/organizations/connections", {
+            GET => admin::list_connections(state, &req),
+            POST => admin::create_connection(state, &req),
+        }),
+        ["v1", "organizations", "connections", id] => methods!("/v1/organizations/connections/{connection_id}", {
+            GET => admin::get_connection(state, &req, id),
+            DELETE => admin::delete_connection(state, &req, id),
+        }),
+        ["v1", "buckets"] => methods!("/v1/buckets", {
+            GET => admin::list_buckets(state, &req),
+            POST => admin::create_bucket(state, &req),
+        }),
+        ["v1", "buckets", id] => methods!("/v1/buckets/{bucket_id}", {
+            GET => admin::get_bucket(state, &req, id),
+            DELETE => admin::delete_bucket(state, &req, id),
+        }),
+        _ => ("(unknown)", error_response(&not_found_route())),
+    }
+}
+
+fn not_found_route() -> ApiError {
+    ApiError::NotFound("no such route; see the README for the API".into())
+}
+
+fn into_response(r: Result<Response, ApiError>) -> Response {
+    match r {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The one mapping from [`ApiError`] to an HTTP response.
+pub fn error_response(e: &ApiError) -> Response {
+    if let ApiError::Internal(inner) = e {
+        tracing::error!(error = format!("{inner:#}"), "internal error while serving a request");
+    }
+    let mut resp = json(e.status(), &e.body());
+    if matches!(e, ApiError::Unauthorized | ApiError::UnauthorizedMsg(_)) {
+        resp.headers_mut().insert(warp::http::header::WWW_AUTHENTICATE, warp::http::HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+/// A JSON response.
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(HyperBytes::from(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(warp::http::header::CONTENT_TYPE, warp::http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// An empty response (204).
+pub fn empty(status: StatusCode) -> Response {
+    let mut resp = Response::new(HyperBytes::new());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Calls an actor and maps mailbox/timeout failures to 503.
+#[macro_export]
+macro_rules! ask {
+    ($actor:expr, $msg:expr) => {{
+        match ractor::call_t!($actor, $msg, 30_000) {
+            Ok(r) => r,
+            Err(e) => Err($crate::error::ApiError::Unavailable(format!("actor did not answer: {e}"))),
+        }
+    }};
+    ($actor:expr, $msg:expr, $($args:expr),*) => {{
+        match ractor::call_t!($actor, $msg, 30_000, $($args),*) {
+            Ok(r) => r,
+            Err(e) => Err($crate::error::ApiError::Unavailable(format!("actor did not answer: {e}"))),
+        }
+    }};
+}

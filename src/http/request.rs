@@ -1,0 +1,123 @@
+//! A parsed request and the checks every handler shares: auth, namespace, JSON bodies.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use warp::http::{HeaderMap, Method};
+
+use crate::catalog::{valid_namespace, DEFAULT_NAMESPACE};
+use crate::error::ApiError;
+
+use super::HttpState;
+
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn new(method: Method, path: &str, query: &str, headers: HeaderMap, body: Bytes) -> Request {
+        let query = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        Request { method, path: path.to_string(), query, headers, body }
+    }
+
+    /// Path segments, ignoring a trailing slash.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Requires a valid admin API key.
+    pub fn authenticate(&self, state: &HttpState) -> Result<(), ApiError> {
+        if state.keys.verify_header(self.header("authorization")) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    /// The `X-Namespace` of the request (default `default`).
+    pub fn namespace(&self) -> Result<String, ApiError> {
+        match self.header("x-namespace") {
+            None => Ok(DEFAULT_NAMESPACE.to_string()),
+            Some(ns) if valid_namespace(ns) => Ok(ns.to_string()),
+            Some(_) => Err(ApiError::BadRequest {
+                code: "invalid_namespace",
+                message: "X-Namespace must be 1–64 characters of letters, digits, - and _".into(),
+            }),
+        }
+    }
+
+    /// Refuses a declared non-JSON body (415). A missing Content-Type is accepted.
+    pub fn require_json_content_type(&self) -> Result<(), ApiError> {
+        match self.header("content-type") {
+            None => Ok(()),
+            Some(ct) => {
+                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                if mime == "application/json" || mime.ends_with("+json") {
+                    Ok(())
+                } else {
+                    Err(ApiError::UnsupportedMediaType(format!("expected Content-Type: application/json, got {ct:?}")))
+                }
+            }
+        }
+    }
+
+    /// The body as any JSON value: 415 for a non-JSON content type, 400 when it does not parse.
+    pub fn json_value(&self) -> Result<serde_json::Value, ApiError> {
+        self.require_json_content_type()?;
+        if self.body.is_empty() {
+            return Err(ApiError::BadRequest { code: "malformed_json", message: "request body is empty; expected JSON".into() });
+        }
+        serde_json::from_slice(&self.body).map_err(ApiError::bad_json)
+    }
+
+    /// The body as `T`: 400 for malformed JSON, 422 naming the field for a wrong shape.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let value = self.json_value()?;
+        from_value(value)
+    }
+
+    /// A query parameter parsed as `T`, 422 naming it when it does not parse.
+    pub fn query_param<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        match self.query.get(name) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| ApiError::validation(name, format!("invalid value {v:?}"))),
+        }
+    }
+}
+
+/// Deserializes a JSON value, mapping failures to 422 with the dot-path of the field.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let named = if inner.starts_with("unknown field") || inner.starts_with("missing field") {
+            field_from_message(&inner)
+        } else {
+            None
+        };
+        let field = match (path.as_str(), named) {
+            (".", Some(n)) => n,
+            (".", None) => "body".to_string(),
+            (p, Some(n)) => format!("{p}.{n}"),
+            (p, None) => p.to_string(),
+        };
+        ApiError::validation(field, inner)
+    })
+}
+
+/// serde reports a missing or unknown top-level field only in its message (`missing field
+/// `x``); pull the name out so the 422 still names it.
+fn field_from_message(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let end = start + msg[start..].find('`')?;
+    Some(msg[start..end].to_string())
+}

@@ -1,0 +1,86 @@
+//! The `hookline` binary: CLI, logging, config; everything else is in `hookline::app`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hookline::config::{Config, EnvOverrides};
+
+#[derive(Parser)]
+#[command(name = "hookline", version, about = "Webhooks in, notifications out: a single-binary daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Path of the TOML config file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Load and validate the config file, print the effective settings, and exit.
+    CheckConfig {
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("HOOKLINE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let mut cfg = Config::load(&config, &EnvOverrides::from_env())?;
+            cfg.auth.api_keys = cfg.auth.api_keys.iter().map(|_| "<redacted>".to_string()).collect();
+            println!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let cfg = Config::load(&config, &EnvOverrides::from_env())?;
+            let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+            runtime.block_on(async move {
+                let addr = cfg.listen_addr()?;
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+                hookline::app::run(cfg, listener, shutdown_signal()).await
+            })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,89 @@
+//! Every metric hookline exports, named and described in one place.
+//!
+//! Names end in `_total`, `_seconds` or `_bytes`. Labels are bounded: routes are templates
+//! (`/v1/buckets/{bucket_id}`), never raw paths. The Prometheus recorder is process-global,
+//! so it is installed once (`OnceLock`) and shared by every app in the process (tests start
+//! several).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "hookline_http_requests_total";
+pub const HTTP_DURATION: &str = "hookline_http_request_duration_seconds";
+pub const ACTOR_RESTARTS: &str = "hookline_actor_restarts_total";
+pub const STORE_COMMITS: &str = "hookline_store_commits_total";
+pub const STORE_COMMIT_BATCHES: &str = "hookline_store_commit_batches_total";
+pub const STORE_COMMIT_DURATION: &str = "hookline_store_commit_duration_seconds";
+pub const STORE_SIZE: &str = "hookline_store_size_bytes";
+pub const EVENTS_PUBLISHED: &str = "hookline_events_published_total";
+pub const BUCKETS: &str = "hookline_buckets";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder (once per process) and returns the render handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&latency)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let handle = match builder.install_recorder() {
+                Ok(h) => h,
+                Err(e) => {
+                    // Another recorder is installed (embedding process): render an empty one.
+                    tracing::warn!(error = %e, "metrics recorder already installed; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests served, by route template, method and status");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route template and method");
+    describe_counter!(ACTOR_RESTARTS, "Supervised actors restarted after a failure, by actor kind");
+    describe_counter!(STORE_COMMITS, "Group commits (one backend write + one fsync each), by outcome");
+    describe_counter!(STORE_COMMIT_BATCHES, "Batches made durable by group commits");
+    describe_histogram!(STORE_COMMIT_DURATION, Unit::Seconds, "Time to apply and fsync one group commit");
+    describe_gauge!(STORE_SIZE, Unit::Bytes, "Size of the sled data directory on disk");
+    describe_counter!(EVENTS_PUBLISHED, "Events recorded on the internal event bus, by event type");
+    describe_gauge!(BUCKETS, "Buckets currently defined");
+}
+
+pub fn http_request(route: &'static str, method: &str, status: u16, elapsed: Duration) {
+    counter!(HTTP_REQUESTS, "route" => route, "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    histogram!(HTTP_DURATION, "route" => route, "method" => method.to_string()).record(elapsed.as_secs_f64());
+}
+
+pub fn actor_restart(kind: &'static str) {
+    counter!(ACTOR_RESTARTS, "actor" => kind).increment(1);
+}
+
+pub fn store_commit(batches: usize, elapsed: Duration, ok: bool) {
+    counter!(STORE_COMMITS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+    counter!(STORE_COMMIT_BATCHES).increment(batches as u64);
+    histogram!(STORE_COMMIT_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn store_size(bytes: u64) {
+    gauge!(STORE_SIZE).set(bytes as f64);
+}
+
+pub fn event_published(event_type: &str) {
+    // Event types are a catalog plus user-published names; cap the label to keep the
+    // series count bounded.
+    let label = if event_type.len() <= 64 { event_type.to_string() } else { "other".to_string() };
+    counter!(EVENTS_PUBLISHED, "event_type" => label).increment(1);
+}
+
+pub fn buckets(n: usize) {
+    gauge!(BUCKETS).set(n as f64);
+}

@@ -1,0 +1,85 @@
+//! The storage backend seam: the minimal key-value operations hookline needs, and the sled
+//! implementation. A future PostgreSQL-compatible backend implements the same trait.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::{Batch, Op, StoreError};
+
+/// A visitor over `(key, value)` pairs; returns `Ok(false)` to stop the scan.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+
+/// What a storage backend must provide. Keys and values are opaque bytes; the typed layer
+/// in `store/mod.rs` owns the encoding.
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Visits keys `>= start` in order while they start with `prefix`.
+    fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError>;
+    /// Applies all operations atomically (not necessarily durably: see `flush`).
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Makes every applied batch durable.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// sled 0.34 backend. One tree holds every keyspace, so one `apply_batch` is atomic across
+/// them. sled buffers writes and flushes every 500 ms by itself; we never rely on that and
+/// flush explicitly before acknowledging anything.
+pub struct SledBackend {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl SledBackend {
+    pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::Io(format!("open sled store at {}: {e}", path.display())))?;
+        let tree = db.open_tree("hookline")?;
+        Ok(SledBackend { db, tree })
+    }
+}
+
+impl Backend for SledBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
+        for item in self.tree.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for op in &batch.ops {
+            match op {
+                Op::Put(k, v) => b.insert(k.as_slice(), v.as_slice()),
+                Op::Delete(k) => b.remove(k.as_slice()),
+            }
+        }
+        self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
+        Box::pin(async move {
+            self.db.flush_async().await?;
+            Ok(())
+        })
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
