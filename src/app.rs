@@ -19,7 +19,11 @@ use crate::supervisor::Supervisor;
 ///
 /// Shutdown order: stop accepting and finish in-flight requests, stop the actors, flush the
 /// store. Returns an error if start-up failed or the supervision tree stopped on its own.
-pub async fn run(config: Config, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     // reqwest and lettre share ring's rustls provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = crate::metrics::install();

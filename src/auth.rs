@@ -28,10 +28,8 @@ impl ApiKeys {
         }
         let stored: Option<Vec<String>> = store.get(Keyspace::META, "api_key_digests")?;
         if let Some(list) = stored {
-            let digests: Vec<[u8; 32]> = list
-                .iter()
-                .filter_map(|h| hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()))
-                .collect();
+            let digests: Vec<[u8; 32]> =
+                list.iter().filter_map(|h| hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok())).collect();
             if !digests.is_empty() {
                 return Ok((ApiKeys { digests }, None));
             }

@@ -117,8 +117,7 @@ impl Config {
     /// Reads `path` (a missing file is an error: the operator named it, or the default
     /// `./config.toml` is expected next to the binary), applies `env`, validates.
     pub fn load(path: &Path, env: &EnvOverrides) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
         let mut config = Config::from_toml(&text).with_context(|| format!("parse config file {}", path.display()))?;
         config.apply_env(env);
         config.validate()?;

@@ -62,10 +62,7 @@ impl SecretBox {
     pub fn seal(&self, plaintext: &[u8], aad: &str) -> String {
         let nonce = XNonce::generate();
         // Encryption only fails for messages beyond the cipher's length limit (256 GiB).
-        let ct = self
-            .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: aad.as_bytes() })
-            .unwrap_or_default();
+        let ct = self.cipher.encrypt(&nonce, Payload { msg: plaintext, aad: aad.as_bytes() }).unwrap_or_default();
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         base64::engine::general_purpose::STANDARD.encode(out)

@@ -91,3 +91,30 @@ impl From<crate::store::StoreError> for ApiError {
         ApiError::Internal(anyhow::Error::new(e))
     }
 }
+
+/// Deserializes `value` as `T`; a failure is a 422 whose `field` is the dot-path of the
+/// offending field, under `prefix` when given (e.g. `provider_config`).
+pub fn deserialize_at<T: serde::de::DeserializeOwned>(
+    prefix: Option<&str>,
+    value: serde_json::Value,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names a missing field only in its message (`missing field `x``), with the
+        // path pointing at the parent; pull the name out so the 422 names the field itself.
+        let missing = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_string);
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(p) = prefix {
+            parts.push(p.to_string());
+        }
+        if path != "." {
+            parts.push(path);
+        }
+        if let Some(m) = missing {
+            parts.push(m);
+        }
+        let field = if parts.is_empty() { "body".to_string() } else { parts.join(".") };
+        ApiError::validation(field, inner)
+    })
+}

@@ -28,9 +28,7 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-            let builder = PrometheusBuilder::new()
-                .set_buckets(&latency)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let builder = PrometheusBuilder::new().set_buckets(&latency).unwrap_or_else(|_| PrometheusBuilder::new());
             let handle = match builder.install_recorder() {
                 Ok(h) => h,
                 Err(e) => {

@@ -19,7 +19,5 @@ pub fn now_millis() -> u64 {
 }
 
 pub fn millis_to_rfc3339(ms: u64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .map(rfc3339)
-        .unwrap_or_default()
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map(rfc3339).unwrap_or_default()
 }

@@ -19,15 +19,26 @@ use crate::util::now_rfc3339;
 pub struct BucketRegistry;
 
 pub enum RegistryMsg {
-    CreateBucket { namespace: String, body: CreateBucket, reply: RpcReplyPort<Result<Bucket, ApiError>> },
-    DeleteBucket { namespace: String, bucket_id: BucketId, reply: RpcReplyPort<Result<(), ApiError>> },
+    CreateBucket {
+        namespace: String,
+        body: CreateBucket,
+        reply: RpcReplyPort<Result<Bucket, ApiError>>,
+    },
+    DeleteBucket {
+        namespace: String,
+        bucket_id: BucketId,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
     CreateConnection {
         name: String,
         provider_type: ProviderType,
         config: Box<ProviderConfig>,
         reply: RpcReplyPort<Result<Connection, ApiError>>,
     },
-    DeleteConnection { connection_id: ConnectionId, reply: RpcReplyPort<Result<(), ApiError>> },
+    DeleteConnection {
+        connection_id: ConnectionId,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
 }
@@ -48,7 +59,12 @@ impl Actor for BucketRegistry {
         Ok(RegistryState { shared })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::CreateBucket { namespace, body, reply } => {
                 let _ = reply.send(state.create_bucket(namespace, body).await);
@@ -126,7 +142,12 @@ impl RegistryState {
         Ok(())
     }
 
-    async fn create_connection(&mut self, name: String, provider_type: ProviderType, config: &ProviderConfig) -> Result<Connection, ApiError> {
+    async fn create_connection(
+        &mut self,
+        name: String,
+        provider_type: ProviderType,
+        config: &ProviderConfig,
+    ) -> Result<Connection, ApiError> {
         let conn = Connection::new(name, provider_type, config, &self.shared.secrets);
         let mut b = Batch::new();
         b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);

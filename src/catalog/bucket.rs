@@ -150,8 +150,11 @@ mod tests {
         }))
         .unwrap();
         s.validate().unwrap();
-        assert!(serde_json::from_value::<BucketSchema>(serde_json::json!({"properties": {"x": {"type": "blob"}}})).is_err());
-        let bad: BucketSchema = serde_json::from_value(serde_json::json!({"properties": {"1x": {"type": "int"}}})).unwrap();
+        assert!(
+            serde_json::from_value::<BucketSchema>(serde_json::json!({"properties": {"x": {"type": "blob"}}})).is_err()
+        );
+        let bad: BucketSchema =
+            serde_json::from_value(serde_json::json!({"properties": {"1x": {"type": "int"}}})).unwrap();
         assert!(bad.validate().is_err());
         assert!(PropertyType::Int.accepts(&serde_json::json!(3)));
         assert!(!PropertyType::Int.accepts(&serde_json::json!(3.5)));

@@ -69,11 +69,7 @@ impl ProviderConfig {
     /// Parses and validates `provider_config` for `provider_type`; errors name the field.
     pub fn parse(provider_type: ProviderType, v: serde_json::Value) -> Result<ProviderConfig, ApiError> {
         fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
-            serde_path_to_error::deserialize(v).map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." { "provider_config".to_string() } else { format!("provider_config.{path}") };
-                ApiError::validation(field, e.into_inner().to_string())
-            })
+            crate::error::deserialize_at(Some("provider_config"), v)
         }
         let cfg = match provider_type {
             ProviderType::Mux => {
@@ -85,7 +81,10 @@ impl ProviderConfig {
                     return Err(ApiError::validation("provider_config.access_token_secret", "must not be empty"));
                 }
                 if c.webhook_signing_secret.as_ref().is_some_and(|s| s.trim().is_empty()) {
-                    return Err(ApiError::validation("provider_config.webhook_signing_secret", "must not be empty when given"));
+                    return Err(ApiError::validation(
+                        "provider_config.webhook_signing_secret",
+                        "must not be empty when given",
+                    ));
                 }
                 ProviderConfig::Mux(c)
             }
@@ -93,7 +92,12 @@ impl ProviderConfig {
                 let c: SupabaseConfig = typed(v)?;
                 match url::Url::parse(&c.url) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                    _ => return Err(ApiError::validation("provider_config.url", "must be an http(s) URL such as https://xyz.supabase.co")),
+                    _ => {
+                        return Err(ApiError::validation(
+                            "provider_config.url",
+                            "must be an http(s) URL such as https://xyz.supabase.co",
+                        ))
+                    }
                 }
                 if c.service_role_key.trim().is_empty() {
                     return Err(ApiError::validation("provider_config.service_role_key", "must not be empty"));
@@ -104,7 +108,10 @@ impl ProviderConfig {
                 let c: GenericConfig = typed(if v.is_null() { serde_json::json!({}) } else { v })?;
                 for name in c.headers.keys() {
                     if warp::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        return Err(ApiError::validation(format!("provider_config.headers.{name}"), "not a valid header name"));
+                        return Err(ApiError::validation(
+                            format!("provider_config.headers.{name}"),
+                            "not a valid header name",
+                        ));
                     }
                 }
                 ProviderConfig::Generic(c)

@@ -25,7 +25,12 @@ impl Actor for DeliveryRegistry {
         Ok(DeliveryState { shared })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DeliveryMsg::Crash => Err(ActorProcessingErr::from("crash requested through /v1/debug/crash")),
         }

@@ -31,7 +31,8 @@ pub async fn create_connection(state: &HttpState, req: &Request) -> Result<Respo
     let body: CreateConnection = req.json()?;
     let (name, provider_type, config) = body.validate()?;
     let registry = state.shared.bucket_registry()?;
-    let conn = ask!(registry, |reply| RegistryMsg::CreateConnection { name, provider_type, config: Box::new(config), reply })?;
+    let conn =
+        ask!(registry, |reply| RegistryMsg::CreateConnection { name, provider_type, config: Box::new(config), reply })?;
     Ok(json(StatusCode::CREATED, &conn.view()))
 }
 
@@ -122,7 +123,8 @@ pub async fn get_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Re
 pub async fn delete_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let namespace = req.namespace()?;
-    let bucket_id = BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))?;
+    let bucket_id =
+        BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))?;
     let registry = state.shared.bucket_registry()?;
     ask!(registry, |reply| RegistryMsg::DeleteBucket { namespace, bucket_id, reply })?;
     Ok(empty(StatusCode::NO_CONTENT))

@@ -38,7 +38,11 @@ pub struct HttpState {
 pub type Response = warp::http::Response<warp::hyper::body::Bytes>;
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(state: HttpState, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    state: HttpState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let filter = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -70,7 +74,11 @@ where
     S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: bytes::Buf,
 {
-    if let Some(len) = headers.get(warp::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(len) = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if len > limit as u64 {
             return Err(ApiError::PayloadTooLarge(limit));
         }
@@ -78,7 +86,10 @@ where
     let mut body = body;
     let mut buf = Vec::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::BadRequest { code: "bad_body", message: format!("could not read request body: {e}") })?;
+        let mut chunk = chunk.map_err(|e| ApiError::BadRequest {
+            code: "bad_body",
+            message: format!("could not read request body: {e}"),
+        })?;
         while bytes::Buf::has_remaining(&chunk) {
             let part = bytes::Buf::chunk(&chunk);
             if buf.len() + part.len() > limit {

@@ -44,8 +44,12 @@ pub async fn crash(state: &HttpState, req: &Request, actor: &str) -> Result<Resp
     req.authenticate(state)?;
     let names = &state.shared.names;
     let sent = match actor {
-        "bucket_registry" => ActorRef::<RegistryMsg>::where_is(names.bucket_registry()).map(|a| a.cast(RegistryMsg::Crash).is_ok()),
-        "delivery_registry" => ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()).map(|a| a.cast(DeliveryMsg::Crash).is_ok()),
+        "bucket_registry" => {
+            ActorRef::<RegistryMsg>::where_is(names.bucket_registry()).map(|a| a.cast(RegistryMsg::Crash).is_ok())
+        }
+        "delivery_registry" => {
+            ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()).map(|a| a.cast(DeliveryMsg::Crash).is_ok())
+        }
         _ => return Err(ApiError::NotFound(format!("no crashable actor {actor:?}"))),
     };
     match sent {

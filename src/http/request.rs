@@ -74,7 +74,10 @@ impl Request {
     pub fn json_value(&self) -> Result<serde_json::Value, ApiError> {
         self.require_json_content_type()?;
         if self.body.is_empty() {
-            return Err(ApiError::BadRequest { code: "malformed_json", message: "request body is empty; expected JSON".into() });
+            return Err(ApiError::BadRequest {
+                code: "malformed_json",
+                message: "request body is empty; expected JSON".into(),
+            });
         }
         serde_json::from_slice(&self.body).map_err(ApiError::bad_json)
     }
@@ -96,28 +99,5 @@ impl Request {
 
 /// Deserializes a JSON value, mapping failures to 422 with the dot-path of the field.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let named = if inner.starts_with("unknown field") || inner.starts_with("missing field") {
-            field_from_message(&inner)
-        } else {
-            None
-        };
-        let field = match (path.as_str(), named) {
-            (".", Some(n)) => n,
-            (".", None) => "body".to_string(),
-            (p, Some(n)) => format!("{p}.{n}"),
-            (p, None) => p.to_string(),
-        };
-        ApiError::validation(field, inner)
-    })
-}
-
-/// serde reports a missing or unknown top-level field only in its message (`missing field
-/// `x``); pull the name out so the 422 still names it.
-fn field_from_message(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let end = start + msg[start..].find('`')?;
-    Some(msg[start..end].to_string())
+    crate::error::deserialize_at(None, value)
 }

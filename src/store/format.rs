@@ -29,10 +29,8 @@ pub(crate) fn check_and_migrate(backend: &dyn Backend) -> Result<(), StoreError>
             Ok(())
         }
         Some(bytes) => {
-            let v: u32 = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                key: "meta/format_version".into(),
-                reason: e.to_string(),
-            })?;
+            let v: u32 = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt { key: "meta/format_version".into(), reason: e.to_string() })?;
             if v > FORMAT_VERSION {
                 return Err(StoreError::Format(format!(
                     "the data directory has format version {v}, newer than this binary's {FORMAT_VERSION}; upgrade hookline"

@@ -215,17 +215,11 @@ impl Store {
     }
 
     /// Visits every key under `prefix` without decoding values.
-    pub fn for_each_key(
-        &self,
-        ks: Keyspace,
-        prefix: &str,
-        mut f: impl FnMut(&str) -> bool,
-    ) -> Result<(), StoreError> {
+    pub fn for_each_key(&self, ks: Keyspace, prefix: &str, mut f: impl FnMut(&str) -> bool) -> Result<(), StoreError> {
         let ks_prefix_len = ks.prefix().len();
         let full_prefix = ks.key(prefix);
-        self.backend.scan_from(&full_prefix, &full_prefix, &mut |k, _| {
-            Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..])))
-        })
+        self.backend
+            .scan_from(&full_prefix, &full_prefix, &mut |k, _| Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..]))))
     }
 
     /// Counts the keys under `prefix`.
@@ -262,10 +256,8 @@ impl Store {
 }
 
 fn decode<T: DeserializeOwned>(ks: Keyspace, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: format!("{}/{}", ks.name(), key),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt { key: format!("{}/{}", ks.name(), key), reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -285,9 +277,7 @@ mod tests {
 
         let page: Vec<(String, i32)> = store.list(Keyspace::OBJECTS, "bkt_a/", None, 2).unwrap();
         assert_eq!(page.iter().map(|p| p.1).collect::<Vec<_>>(), vec![0, 1]);
-        let page2: Vec<(String, i32)> = store
-            .list(Keyspace::OBJECTS, "bkt_a/", Some(&page[1].0), 10)
-            .unwrap();
+        let page2: Vec<(String, i32)> = store.list(Keyspace::OBJECTS, "bkt_a/", Some(&page[1].0), 10).unwrap();
         assert_eq!(page2.iter().map(|p| p.1).collect::<Vec<_>>(), vec![2, 3, 4]);
         assert_eq!(store.count(Keyspace::OBJECTS, "bkt_b/").unwrap(), 1);
 
@@ -336,9 +326,6 @@ mod tests {
             }
         }
         let store = store.expect("reopen store");
-        assert_eq!(
-            store.get::<String>(Keyspace::BUCKETS, "bkt_1").unwrap().as_deref(),
-            Some("x")
-        );
+        assert_eq!(store.get::<String>(Keyspace::BUCKETS, "bkt_1").unwrap().as_deref(), Some("x"));
     }
 }

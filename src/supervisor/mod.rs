@@ -48,15 +48,30 @@ impl Child {
     }
 }
 
-async fn spawn_child(child: Child, myself: &ActorRef<SupervisorMsg>, shared: &Shared) -> Result<ActorCell, ActorProcessingErr> {
+async fn spawn_child(
+    child: Child,
+    myself: &ActorRef<SupervisorMsg>,
+    shared: &Shared,
+) -> Result<ActorCell, ActorProcessingErr> {
     let cell = match child {
         Child::BucketRegistry => {
-            let (r, _) = Actor::spawn_linked(Some(shared.names.bucket_registry()), BucketRegistry, shared.clone(), myself.get_cell()).await?;
+            let (r, _) = Actor::spawn_linked(
+                Some(shared.names.bucket_registry()),
+                BucketRegistry,
+                shared.clone(),
+                myself.get_cell(),
+            )
+            .await?;
             r.get_cell()
         }
         Child::DeliveryRegistry => {
-            let (r, _) =
-                Actor::spawn_linked(Some(shared.names.delivery_registry()), DeliveryRegistry, shared.clone(), myself.get_cell()).await?;
+            let (r, _) = Actor::spawn_linked(
+                Some(shared.names.delivery_registry()),
+                DeliveryRegistry,
+                shared.clone(),
+                myself.get_cell(),
+            )
+            .await?;
             r.get_cell()
         }
     };
@@ -124,7 +139,12 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {}
     }
 }

@@ -1,0 +1,445 @@
+//! The foundation: auth, namespaces, connections (secrets at rest), buckets, errors,
+//! restarts, supervision, metrics.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{eventually, metric_value, Options, TestApp};
+
+const MUX_SECRET: &str = "mux-token-secret-SHOULD-NEVER-LEAK-4f1d";
+const SIGNING_SECRET: &str = "mux-signing-secret-NEVER-LEAK-88aa";
+
+fn walk_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk_files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn auth_is_required_and_checked() {
+    let app = TestApp::start().await;
+    for (key, why) in [(None, "missing"), (Some("wrong-key-0000000000000"), "wrong")] {
+        let (s, b) = app.call_as(Method::GET, "/v1/buckets", None, key, None).await;
+        assert_eq!(s, 401, "{why} key");
+        assert_eq!(b["error"]["code"], "unauthorized");
+    }
+    let resp = app.client.get(app.url("/v1/buckets")).header("Authorization", "Basic abc").send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let (s, _) = app.get("/v1/buckets").await;
+    assert_eq!(s, 200);
+    // Health and metrics need no key.
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn generated_api_key_is_printed_once_and_survives_restart() {
+    let mut app = TestApp::start_with(Options { with_api_key: false, ..Default::default() }).await;
+    let line = app.stdout_lines.iter().find(|l| l.contains("generated one")).cloned().expect("generated key line");
+    let key = line.rsplit(' ').next().unwrap().to_string();
+    assert!(key.starts_with("hk_") && key.len() > 30);
+    app.api_key = key.clone();
+    assert_eq!(app.get("/v1/buckets").await.0, 200);
+    // Only its digest is stored: the key itself is in no file of the data dir.
+    let mut files = Vec::new();
+    walk_files(&app.data_dir, &mut files);
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!contains_bytes(&bytes, key.as_bytes()), "plain API key found in {}", f.display());
+    }
+    assert!(!app.log().contains(&key), "API key must not be logged");
+    app.restart().await;
+    assert!(
+        !app.stdout_lines.iter().skip(2).any(|l| l.contains("generated one")),
+        "printed again: {:?}",
+        app.stdout_lines
+    );
+    assert_eq!(app.get("/v1/buckets").await.0, 200, "generated key still valid after restart");
+}
+
+#[tokio::test]
+async fn namespaces_isolate_buckets() {
+    let app = TestApp::start().await;
+    let (s, a) = app
+        .call_as(
+            Method::POST,
+            "/v1/buckets",
+            Some(json!({"bucket_name": "videos"})),
+            Some(&app.api_key),
+            Some("team-a"),
+        )
+        .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["bucket_id"].as_str().unwrap();
+    assert_eq!(a["namespace"], "team-a");
+    // Same name in another namespace is fine; same name in the same namespace is a conflict.
+    let (s, _) = app
+        .call_as(
+            Method::POST,
+            "/v1/buckets",
+            Some(json!({"bucket_name": "videos"})),
+            Some(&app.api_key),
+            Some("team-b"),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, b) = app
+        .call_as(
+            Method::POST,
+            "/v1/buckets",
+            Some(json!({"bucket_name": "videos"})),
+            Some(&app.api_key),
+            Some("team-a"),
+        )
+        .await;
+    assert_eq!(s, 409, "{b}");
+    // Invisible from other namespaces.
+    let path = format!("/v1/buckets/{id}");
+    let (s, _) = app.call_as(Method::GET, &path, None, Some(&app.api_key), Some("team-b")).await;
+    assert_eq!(s, 404);
+    let (s, _) = app.get(&path).await; // default namespace
+    assert_eq!(s, 404);
+    let (s, _) = app.call_as(Method::DELETE, &path, None, Some(&app.api_key), Some("team-b")).await;
+    assert_eq!(s, 404);
+    let (s, list) = app.call_as(Method::GET, "/v1/buckets", None, Some(&app.api_key), Some("team-b")).await;
+    assert_eq!(s, 200);
+    assert!(list["results"].as_array().unwrap().iter().all(|b| b["bucket_id"] != id));
+    let (s, b) = app.call_as(Method::GET, &path, None, Some(&app.api_key), Some("team-a")).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["bucket_name"], "videos");
+    let (s, b) = app.call_as(Method::GET, "/v1/buckets", None, Some(&app.api_key), Some("bad namespace!")).await;
+    assert_eq!(s, 400, "{b}");
+}
+
+#[tokio::test]
+async fn connection_secrets_are_never_returned_nor_stored_in_plain_text() {
+    let mut app = TestApp::start().await;
+    let (s, c) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux-prod", "provider_type": "mux", "provider_config": {
+                "access_token_id": "tok-id", "access_token_secret": MUX_SECRET, "webhook_signing_secret": SIGNING_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let id = c["connection_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("conn_"));
+    assert_eq!(c["provider_type"], "mux");
+    assert!(c.get("provider_config").is_none());
+    for (s, body) in
+        [app.get(&format!("/v1/organizations/connections/{id}")).await, app.get("/v1/organizations/connections").await]
+    {
+        assert_eq!(s, 200);
+        let text = body.to_string();
+        assert!(
+            !text.contains(MUX_SECRET) && !text.contains(SIGNING_SECRET) && !text.contains("provider_config"),
+            "{text}"
+        );
+    }
+    app.stop();
+    let mut files = Vec::new();
+    walk_files(&app.data_dir, &mut files);
+    assert!(!files.is_empty());
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!contains_bytes(&bytes, MUX_SECRET.as_bytes()), "secret in plain text in {}", f.display());
+        assert!(!contains_bytes(&bytes, SIGNING_SECRET.as_bytes()), "secret in plain text in {}", f.display());
+    }
+    assert!(!app.log().contains(MUX_SECRET));
+    let key = std::fs::metadata(app.data_dir.join("master.key")).expect("master key file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    }
+}
+
+#[tokio::test]
+async fn connection_validation_and_delete() {
+    let app = TestApp::start().await;
+    let cases = [
+        (json!({"name": "x", "provider_type": "dropbox", "provider_config": {}}), "provider_type"),
+        (
+            json!({"name": "", "provider_type": "mux", "provider_config": {"access_token_id": "a", "access_token_secret": "b"}}),
+            "name",
+        ),
+        (
+            json!({"name": "x", "provider_type": "mux", "provider_config": {"access_token_id": "a"}}),
+            "provider_config.access_token_secret",
+        ),
+        (
+            json!({"name": "x", "provider_type": "supabase", "provider_config": {"url": "not a url", "service_role_key": "k"}}),
+            "provider_config.url",
+        ),
+        (
+            json!({"name": "x", "provider_type": "supabase", "provider_config": {"url": "https://a.supabase.co", "service_role_key": "k", "extra": 1}}),
+            "provider_config.extra",
+        ),
+        (json!({"name": "x", "provider_type": "mux"}), "provider_config"),
+    ];
+    for (body, field) in cases {
+        let (s, b) = app.post("/v1/organizations/connections", body.clone()).await;
+        assert_eq!(s, 422, "{body} → {b}");
+        assert_eq!(b["error"]["code"], "validation_failed");
+        assert_eq!(b["error"]["field"], field, "{b}");
+    }
+    let (s, c) = app
+        .post("/v1/organizations/connections", json!({"name": "hooks", "provider_type": "generic_webhook", "provider_config": {"headers": {"X-Token": "t"}}}))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let id = c["connection_id"].as_str().unwrap();
+    assert_eq!(app.delete(&format!("/v1/organizations/connections/{id}")).await.0, 204);
+    assert_eq!(app.get(&format!("/v1/organizations/connections/{id}")).await.0, 404);
+    assert_eq!(app.delete(&format!("/v1/organizations/connections/{id}")).await.0, 404);
+    assert_eq!(app.get("/v1/organizations/connections/conn_nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn bucket_crud_and_pagination() {
+    let app = TestApp::start().await;
+    let (s, b) = app
+        .post(
+            "/v1/buckets",
+            json!({"bucket_name": "mux-videos", "description": "d", "bucket_schema": {"properties": {
+                "video": {"type": "video"}, "duration": {"type": "float"}, "resolution": {"type": "string"}}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["bucket_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("bkt_"));
+    assert_eq!(b["bucket_schema"]["properties"]["video"]["type"], "video");
+    assert!(b["created_at"].as_str().unwrap().ends_with('Z'));
+    let (s, got) = app.get(&format!("/v1/buckets/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(got, b);
+    for i in 0..5 {
+        app.create_bucket(&format!("b{i}"), json!({})).await;
+    }
+    let (_, page1) = app.get("/v1/buckets?limit=4").await;
+    assert_eq!(page1["results"].as_array().unwrap().len(), 4);
+    let cursor = page1["next_cursor"].as_str().expect("cursor");
+    let (_, page2) = app.get(&format!("/v1/buckets?limit=4&cursor={cursor}")).await;
+    assert_eq!(page2["results"].as_array().unwrap().len(), 2);
+    assert!(page2["next_cursor"].is_null());
+    assert_eq!(app.delete(&format!("/v1/buckets/{id}")).await.0, 204);
+    assert_eq!(app.get(&format!("/v1/buckets/{id}")).await.0, 404);
+    assert_eq!(app.delete(&format!("/v1/buckets/{id}")).await.0, 404);
+    let (s, b) = app.get("/v1/buckets?limit=abc").await;
+    assert_eq!(s, 422);
+    assert_eq!(b["error"]["field"], "limit");
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let app = TestApp::start().await;
+    let cases = [
+        (json!({}), "bucket_name"),
+        (json!({"bucket_name": ""}), "bucket_name"),
+        (
+            json!({"bucket_name": "x", "bucket_schema": {"properties": {"v": {"type": "blob"}}}}),
+            "bucket_schema.properties.v.type",
+        ),
+        (
+            json!({"bucket_name": "x", "bucket_schema": {"properties": {"9v": {"type": "int"}}}}),
+            "bucket_schema.properties.9v",
+        ),
+        (
+            json!({"bucket_name": "x", "bucket_schema": {"properties": {"v": {"type": "int", "typo": 1}}}}),
+            "bucket_schema.properties.v.typo",
+        ),
+        (json!({"bucket_name": "x", "colour": "red"}), "colour"),
+        (json!({"bucket_name": 5}), "bucket_name"),
+    ];
+    for (body, field) in cases {
+        let (s, b) = app.post("/v1/buckets", body.clone()).await;
+        assert_eq!(s, 422, "{body} → {b}");
+        assert_eq!(b["error"]["field"], field, "{body} → {b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(field.rsplit('.').next().unwrap())
+                || field == "bucket_name"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_right_status() {
+    let app = TestApp::start().await;
+    let auth = format!("Bearer {}", app.api_key);
+    // 400: not JSON.
+    let r = app
+        .client
+        .post(app.url("/v1/buckets"))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "malformed_json");
+    // 415: declared non-JSON.
+    let r = app
+        .client
+        .post(app.url("/v1/buckets"))
+        .header("Authorization", &auth)
+        .header("Content-Type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // 413: too large (default limit 1 MiB), by Content-Length and chunked.
+    let big = vec![b'a'; 1024 * 1024 + 1];
+    let r =
+        app.client.post(app.url("/v1/buckets")).header("Authorization", &auth).body(big.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let stream =
+        futures::stream::iter(big.chunks(64 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let r = app
+        .client
+        .post(app.url("/v1/buckets"))
+        .header("Authorization", &auth)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // 404 unknown route, 405 known route with the wrong method; both JSON.
+    let (s, b) = app.get("/v1/nope").await;
+    assert_eq!(s, 404);
+    assert_eq!(b["error"]["code"], "not_found");
+    let (s, b) = app.call(Method::PUT, "/v1/buckets", None).await;
+    assert_eq!(s, 405);
+    assert_eq!(b["error"]["code"], "method_not_allowed");
+    let (s, _) = app.call(Method::POST, "/healthz", None).await;
+    assert_eq!(s, 405);
+}
+
+#[tokio::test]
+async fn restart_keeps_buckets_and_connections() {
+    let mut app = TestApp::start().await;
+    let bucket = app.create_bucket("kept", json!({"video": {"type": "video"}})).await;
+    let (_, c) = app
+        .post("/v1/organizations/connections", json!({"name": "sb", "provider_type": "supabase", "provider_config": {"url": "https://x.supabase.co", "service_role_key": "srk"}}))
+        .await;
+    let conn = c["connection_id"].as_str().unwrap().to_string();
+    app.restart().await;
+    assert_eq!(app.get(&format!("/v1/buckets/{bucket}")).await.0, 200);
+    assert_eq!(app.get(&format!("/v1/organizations/connections/{conn}")).await.0, 200);
+    // And after a hard kill too: acknowledged writes were fsynced.
+    let second = app.create_bucket("kept-2", json!({})).await;
+    app.crash_restart().await;
+    assert_eq!(app.get(&format!("/v1/buckets/{second}")).await.0, 200);
+    assert_eq!(app.get(&format!("/v1/buckets/{bucket}")).await.0, 200);
+}
+
+#[tokio::test]
+async fn crashed_actor_is_restarted_and_counted() {
+    let mut app = TestApp::start().await;
+    let (s, _) = app.post("/v1/debug/crash/bucket_registry", json!({})).await;
+    assert_eq!(s, 202);
+    let restarted = eventually(Duration::from_secs(5), || async {
+        metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "bucket_registry")]) >= 1.0
+    })
+    .await;
+    assert!(restarted, "restart not counted");
+    // Still serving, and the restarted registry handles writes.
+    let ok = eventually(Duration::from_secs(5), || async {
+        app.post("/v1/buckets", json!({"bucket_name": "after-crash"})).await.0 == 201
+    })
+    .await;
+    assert!(ok);
+    let (s, _) = app.post("/v1/debug/crash/delivery_registry", json!({})).await;
+    assert_eq!(s, 202);
+    let restarted = eventually(Duration::from_secs(5), || async {
+        metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery_registry")]) >= 1.0
+    })
+    .await;
+    assert!(restarted);
+    assert!(app.is_running());
+    assert!(app.log().contains("restarting it"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = TestApp::start().await;
+    app.create_bucket("m", json!({})).await;
+    app.get("/v1/buckets").await;
+    app.call_as(Method::GET, "/v1/buckets", None, None, None).await;
+    let text = app.metrics().await;
+    assert!(
+        metric_value(&text, "hookline_http_requests_total", &[("route", "/v1/buckets"), ("status", "200")]) >= 1.0,
+        "{text}"
+    );
+    assert!(metric_value(&text, "hookline_http_requests_total", &[("route", "/v1/buckets"), ("status", "401")]) >= 1.0);
+    assert!(text.contains("hookline_http_request_duration_seconds_bucket"));
+    assert!(text.contains("hookline_store_commits_total"));
+}
+
+#[tokio::test]
+async fn config_errors_stop_startup_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_byte = 10\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_body_byte"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[tokio::test]
+async fn wrong_master_key_is_a_clear_error_not_a_crash() {
+    let key_a = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let mut app =
+        TestApp::start_with(Options { env: vec![("HOOKLINE_MASTER_KEY".into(), key_a.into())], ..Default::default() })
+            .await;
+    let (s, _) = app
+        .post("/v1/organizations/connections", json!({"name": "m", "provider_type": "mux", "provider_config": {"access_token_id": "a", "access_token_secret": "b"}}))
+        .await;
+    assert_eq!(s, 201);
+    assert!(!app.data_dir.join("master.key").exists(), "env key must not be written to disk");
+    app.stop();
+    // A bad env key refuses to start with a message.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--config"])
+        .arg(app.dir.path().join("config.toml"))
+        .env("HOOKLINE_MASTER_KEY", "dG9vLXNob3J0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("32 bytes"));
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let mut app = TestApp::start().await;
+    app.create_bucket("x", json!({})).await;
+    assert_eq!(app.stop(), Some(0));
+    assert!(app.log().contains("store flushed"));
+}

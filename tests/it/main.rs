@@ -1,0 +1,6 @@
+//! hookline's integration tests: one binary, a module per capability. Each test starts the
+//! real daemon on 127.0.0.1 with its own temp data dir (see `support`).
+
+mod support;
+
+mod foundation;

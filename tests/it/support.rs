@@ -1,0 +1,322 @@
+//! Test support: the real `hookline` binary on 127.0.0.1 with a temp data dir, an HTTP
+//! client, and a poll-until helper. Every integration test talks to the daemon over HTTP.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+
+/// Options for starting a daemon.
+#[derive(Clone)]
+pub struct Options {
+    /// Extra TOML appended to the generated config (sections must not repeat the defaults below).
+    pub extra_toml: String,
+    /// Whether to configure `API_KEY` (false: let the daemon generate one).
+    pub with_api_key: bool,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Whole `[delivery]` section override.
+    pub delivery_toml: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { extra_toml: String::new(), with_api_key: true, env: Vec::new(), delivery_toml: None }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub api_key: String,
+    pub data_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    /// Lines the daemon printed on stdout (the generated key, the listen line).
+    pub stdout_lines: Vec<String>,
+    opts: Options,
+    child: Option<Child>,
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("build reqwest client")
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let mut app = TestApp {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            base: String::new(),
+            api_key: API_KEY.to_string(),
+            data_dir,
+            dir,
+            client: client(),
+            stdout_lines: Vec::new(),
+            opts,
+            child: None,
+        };
+        app.write_config();
+        app.spawn(None).await;
+        app
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    fn write_config(&self) {
+        let keys = if self.opts.with_api_key { format!("[\"{API_KEY}\"]") } else { "[]".into() };
+        let delivery = self.opts.delivery_toml.clone().unwrap_or_else(|| {
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1, 1, 2]\n".into()
+        });
+        let toml = format!(
+            "[server]\nlisten = \"{listen}\"\nenable_debug_endpoints = true\nshutdown_timeout_seconds = 10\n\n[storage]\npath = \"{data}\"\n\n[auth]\napi_keys = {keys}\n\n{delivery}\n{extra}\n",
+            listen = "127.0.0.1:0",
+            data = self.data_dir.display(),
+            extra = self.opts.extra_toml,
+        );
+        std::fs::write(self.config_path(), toml).expect("write config");
+    }
+
+    /// Starts the binary; `listen` pins the address (a restart keeps the same port so that
+    /// URLs handed out stay valid).
+    async fn spawn(&mut self, listen: Option<SocketAddr>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookline"));
+        cmd.arg("serve").arg("--config").arg(self.config_path());
+        if let Some(l) = listen {
+            cmd.env("HOOKLINE_LISTEN", l.to_string());
+        }
+        cmd.env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env_remove("HOOKLINE_API_KEYS").env_remove("HOOKLINE_DATA_DIR").env_remove("HOOKLINE_MASTER_KEY");
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("open daemon log");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(log));
+        let mut child = cmd.spawn().expect("spawn hookline");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(remaining) {
+                Ok(line) => {
+                    let listening =
+                        line.strip_prefix("hookline listening on http://").map(|a| a.trim().parse::<SocketAddr>());
+                    self.stdout_lines.push(line);
+                    if let Some(Ok(addr)) = listening {
+                        self.addr = addr;
+                        self.base = format!("http://{addr}");
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("hookline did not start; log:\n{}", self.log());
+                }
+            }
+        }
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(10), || async {
+            matches!(self.client.get(self.url("/readyz")).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        assert!(ok, "daemon never became ready; log:\n{}", self.log());
+    }
+
+    /// The daemon's log (stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGTERM, wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hookline did not stop on SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Graceful restart on the same data dir and port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let addr = self.addr;
+        self.spawn(Some(addr)).await;
+    }
+
+    /// Crash (SIGKILL) and start again on the same data dir and port.
+    pub async fn crash_restart(&mut self) {
+        self.kill9();
+        let addr = self.addr;
+        self.spawn(Some(addr)).await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// Sends a request with the API key; returns status and JSON body (`Null` when empty or
+    /// not JSON).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(method, path, body, Some(&self.api_key), None).await
+    }
+
+    pub async fn call_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+        namespace: Option<&str>,
+    ) -> (u16, Value) {
+        let mut rb = self.client.request(method, self.url(path));
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        if let Some(ns) = namespace {
+            rb = rb.header("X-Namespace", ns);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Raw body POST with custom headers (for ingest).
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut rb = self.client.post(self.url(path)).body(body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let resp = rb.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client.get(self.url("/metrics")).send().await.expect("metrics").text().await.unwrap_or_default()
+    }
+
+    /// Creates a bucket with the given schema properties; returns its ID.
+    pub async fn create_bucket(&self, name: &str, properties: Value) -> String {
+        let (s, b) = self
+            .post("/v1/buckets", serde_json::json!({"bucket_name": name, "bucket_schema": {"properties": properties}}))
+            .await;
+        assert_eq!(s, 201, "create bucket: {b}");
+        b["bucket_id"].as_str().expect("bucket_id").to_string()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes. Returns whether it succeeded.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Reads a counter/gauge value from Prometheus text: the sum of all series of `name` whose
+/// labels contain every `label="value"` pair given.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
