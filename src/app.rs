@@ -38,7 +38,13 @@ pub async fn run(
         println!("hookline: no API key configured; generated one (shown only this once): {key}");
     }
 
-    let shared = Shared { config: Arc::new(config), store: store.clone(), secrets, names: Names::new() };
+    let shared = Shared {
+        config: Arc::new(config),
+        store: store.clone(),
+        secrets,
+        names: Names::new(),
+        bus: crate::events::EventBus::new(),
+    };
     let (supervisor, supervisor_handle) = Actor::spawn(Some(shared.names.supervisor()), Supervisor, shared.clone())
         .await
         .context("start the supervision tree")?;

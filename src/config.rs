@@ -18,6 +18,23 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
+    pub mux: MuxApiConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MuxApiConfig {
+    /// Base URL of the Mux API, for fetching assets a webhook does not fully describe.
+    /// Tests point it at a local fake.
+    pub api_base: String,
+    /// Timeout of one Mux API call.
+    pub timeout_seconds: u64,
+}
+
+impl Default for MuxApiConfig {
+    fn default() -> Self {
+        MuxApiConfig { api_base: "https://api.mux.com".into(), timeout_seconds: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +186,13 @@ impl Config {
         }
         if d.retry_schedule_seconds.is_empty() {
             bail!("delivery.retry_schedule_seconds must list at least one delay");
+        }
+        match url::Url::parse(&self.mux.api_base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => bail!("mux.api_base {:?} must be an http(s) URL", self.mux.api_base),
+        }
+        if self.mux.timeout_seconds == 0 {
+            bail!("mux.timeout_seconds must be at least 1");
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod crypto;
 pub mod delivery;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod metrics;

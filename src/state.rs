@@ -21,6 +21,7 @@ pub struct Shared {
     pub store: Store,
     pub secrets: SecretBox,
     pub names: Names,
+    pub bus: crate::events::EventBus,
 }
 
 /// Actor names, prefixed by a per-process-instance ID so several apps can run in one

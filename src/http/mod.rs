@@ -8,8 +8,21 @@
 //!
 //! This module owns no state of its own and must not hold actor state.
 
+/// Dispatches on the request method for one route; any other method is 405.
+macro_rules! methods {
+    ($m:expr, $label:expr, { $($meth:ident => $handler:expr),+ $(,)? }) => {{
+        let result: Result<$crate::http::Response, $crate::error::ApiError> = match $m {
+            $(warp::http::Method::$meth => $handler.await,)+
+            _ => Err($crate::error::ApiError::MethodNotAllowed),
+        };
+        ($label, $crate::http::into_response(result))
+    }};
+}
+
 mod admin;
+mod inbound;
 mod ops;
+mod outbound;
 mod request;
 
 pub use request::Request;
@@ -107,50 +120,47 @@ where
 async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
     let segs: Vec<&str> = req.segments();
     let m = req.method.clone();
-    macro_rules! methods {
-        ($label:expr, { $($meth:ident => $handler:expr),+ $(,)? }) => {{
-            let result: Result<Response, ApiError> = match m {
-                $(Method::$meth => $handler.await,)+
-                _ => Err(ApiError::MethodNotAllowed),
-            };
-            ($label, into_response(result))
-        }};
-    }
     match segs.as_slice() {
-        ["healthz"] => methods!("/healthz", { GET => ops::healthz(state) }),
-        ["readyz"] => methods!("/readyz", { GET => ops::readyz(state) }),
-        ["metrics"] => methods!("/metrics", { GET => ops::metrics(state) }),
+        ["healthz"] => methods!(m, "/healthz", { GET => ops::healthz(state) }),
+        ["readyz"] => methods!(m, "/readyz", { GET => ops::readyz(state) }),
+        ["metrics"] => methods!(m, "/metrics", { GET => ops::metrics(state) }),
         ["v1", "debug", "crash", actor] => {
             if !state.shared.config.server.enable_debug_endpoints {
                 return ("(unknown)", error_response(&not_found_route()));
             }
-            methods!("/v1/debug/crash/{actor}", { POST => ops::crash(state, &req, actor) })
+            methods!(m, "/v1/debug/crash/{actor}", { POST => ops::crash(state, &req, actor) })
         }
-        ["v1", "organizations", "connections"] => methods!("/v1/organizations/connections", {
+        ["v1", "organizations", "connections"] => methods!(m, "/v1/organizations/connections", {
             GET => admin::list_connections(state, &req),
             POST => admin::create_connection(state, &req),
         }),
-        ["v1", "organizations", "connections", id] => methods!("/v1/organizations/connections/{connection_id}", {
+        ["v1", "organizations", "connections", id] => methods!(m, "/v1/organizations/connections/{connection_id}", {
             GET => admin::get_connection(state, &req, id),
             DELETE => admin::delete_connection(state, &req, id),
         }),
-        ["v1", "buckets"] => methods!("/v1/buckets", {
+        ["v1", "buckets"] => methods!(m, "/v1/buckets", {
             GET => admin::list_buckets(state, &req),
             POST => admin::create_bucket(state, &req),
         }),
-        ["v1", "buckets", id] => methods!("/v1/buckets/{bucket_id}", {
+        ["v1", "buckets", id] => methods!(m, "/v1/buckets/{bucket_id}", {
             GET => admin::get_bucket(state, &req, id),
+            PATCH => inbound::patch_bucket(state, &req, id),
             DELETE => admin::delete_bucket(state, &req, id),
         }),
+        // Inbound: source adapters, objects, batches (http/inbound.rs).
+        ["v1", "buckets", _, "source-adapter" | "objects" | "batches", ..] => inbound::route(state, &req, &segs).await,
+        ["v1", "webhooks", ..] => inbound::route(state, &req, &segs).await,
+        // Outbound: webhooks, deliveries, events (http/outbound.rs).
+        ["v1", "organizations", "webhooks", ..] | ["v1", "events", ..] => outbound::route(state, &req, &segs).await,
         _ => ("(unknown)", error_response(&not_found_route())),
     }
 }
 
-fn not_found_route() -> ApiError {
+pub(crate) fn not_found_route() -> ApiError {
     ApiError::NotFound("no such route; see the README for the API".into())
 }
 
-fn into_response(r: Result<Response, ApiError>) -> Response {
+pub(crate) fn into_response(r: Result<Response, ApiError>) -> Response {
     match r {
         Ok(resp) => resp,
         Err(e) => error_response(&e),

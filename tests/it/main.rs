@@ -4,3 +4,6 @@
 mod support;
 
 mod foundation;
+mod inbound;
+mod outbound;
+mod providers;

@@ -1,0 +1,78 @@
+//! The internal event bus: durable event records in the outbox.
+//!
+//! Producers (the ingest pipeline, `POST /v1/events`, object/batch changes) call
+//! [`EventBus::record`] to add an event to the *same* store batch as the change it describes,
+//! so a crash can never leave one without the other (transactional outbox). After that batch
+//! is durable they call [`EventBus::published`], which counts the events and wakes the
+//! consumer. The consumer (the delivery side) reads `Keyspace::OUTBOX` in key (= time) order,
+//! fans each event out to matching webhooks, and deletes it in the same batch that creates
+//! the deliveries.
+//!
+//! This module owns the event record format and nothing else.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::ids::EventId;
+use crate::store::{Batch, Keyspace};
+
+/// One event, as stored in the outbox and delivered in the envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_id: EventId,
+    pub event_type: String,
+    pub created_at: String,
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub cache_scopes: Vec<serde_json::Value>,
+}
+
+/// Handle shared by producers and the consumer.
+#[derive(Clone, Default)]
+pub struct EventBus {
+    wake: Arc<Notify>,
+}
+
+impl EventBus {
+    pub fn new() -> EventBus {
+        EventBus::default()
+    }
+
+    /// Adds a new event to `batch` (the outbox write) and returns it.
+    pub fn record(
+        &self,
+        batch: &mut Batch,
+        event_type: &str,
+        payload: serde_json::Value,
+        cache_scopes: Vec<serde_json::Value>,
+    ) -> EventRecord {
+        let rec = EventRecord {
+            event_id: EventId::generate(),
+            event_type: event_type.to_string(),
+            created_at: crate::util::now_rfc3339(),
+            payload,
+            cache_scopes,
+        };
+        batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
+        rec
+    }
+
+    /// Call once the batch holding these events is durable.
+    pub fn published<'a>(&self, events: impl IntoIterator<Item = &'a EventRecord>) {
+        let mut any = false;
+        for e in events {
+            crate::metrics::event_published(&e.event_type);
+            any = true;
+        }
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Resolves when new events were published since the last wake-up (consumer side).
+    pub async fn wait(&self) {
+        self.wake.notified().await;
+    }
+}

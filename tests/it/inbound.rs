@@ -1,0 +1,1 @@
+//! Inbound: source adapters, ingest, objects, batches.

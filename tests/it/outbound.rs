@@ -1,0 +1,1 @@
+//! Outbound: webhooks, delivery, retries.

@@ -1,0 +1,1 @@
+//! Mux and Supabase adapters, Mux lifecycle webhooks.
