@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the third-party verifiers used by the cross-check tests into target/crosscheck/
+# (idempotent; nothing global): Python `standardwebhooks` and Node `@mux/mux-node`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+dest="target/crosscheck"
+mkdir -p "$dest"
+if [ ! -f "$dest/py/.installed" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$dest/py" "standardwebhooks==1.1.0"
+  touch "$dest/py/.installed"
+fi
+if [ ! -f "$dest/node/.installed" ]; then
+  mkdir -p "$dest/node"
+  (cd "$dest/node" && npm install --silent --no-audit --no-fund --no-save "@mux/mux-node@15.3.0" >/dev/null)
+  touch "$dest/node/.installed"
+fi
