@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 dest="target/crosscheck"
 mkdir -p "$dest"
 if [ ! -f "$dest/py/.installed" ]; then
-  python3 -m pip install --quiet --disable-pip-version-check --target "$dest/py" "standardwebhooks==1.1.0"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dest/py" "standardwebhooks==1.1.0"
   touch "$dest/py/.installed"
 fi
 if [ ! -f "$dest/node/.installed" ]; then
