@@ -353,20 +353,20 @@ async fn crashed_actor_is_restarted_and_counted() {
     let mut app = TestApp::start().await;
     let (s, _) = app.post("/v1/debug/crash/bucket_registry", json!({})).await;
     assert_eq!(s, 202);
-    let restarted = eventually(Duration::from_secs(5), || async {
+    let restarted = eventually(Duration::from_secs(15), || async {
         metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "bucket_registry")]) >= 1.0
     })
     .await;
     assert!(restarted, "restart not counted");
     // Still serving, and the restarted registry handles writes.
-    let ok = eventually(Duration::from_secs(5), || async {
+    let ok = eventually(Duration::from_secs(15), || async {
         app.post("/v1/buckets", json!({"bucket_name": "after-crash"})).await.0 == 201
     })
     .await;
     assert!(ok);
     let (s, _) = app.post("/v1/debug/crash/delivery_registry", json!({})).await;
     assert_eq!(s, 202);
-    let restarted = eventually(Duration::from_secs(5), || async {
+    let restarted = eventually(Duration::from_secs(15), || async {
         metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery_registry")]) >= 1.0
     })
     .await;

@@ -121,7 +121,7 @@ impl TestApp {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(remaining) {
@@ -148,7 +148,7 @@ impl TestApp {
     }
 
     async fn wait_ready(&self) {
-        let ok = eventually(Duration::from_secs(10), || async {
+        let ok = eventually(Duration::from_secs(30), || async {
             matches!(self.client.get(self.url("/readyz")).send().await, Ok(r) if r.status() == 200)
         })
         .await;
