@@ -57,7 +57,7 @@ pub struct GenericConfig {
 }
 
 /// Decrypted provider configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum ProviderConfig {
     Mux(MuxConfig),
@@ -144,7 +144,13 @@ impl Connection {
     /// Decrypts the provider configuration. Call only when an event needs it; never log it.
     pub fn open(&self, secrets: &SecretBox) -> Result<ProviderConfig, DecryptError> {
         let plain = secrets.open(&self.sealed_config, self.connection_id.as_str())?;
-        serde_json::from_slice(&plain).map_err(|_| DecryptError)
+        // Decode by the recorded provider type rather than by guessing the shape.
+        let decoded = match self.provider_type {
+            ProviderType::Mux => serde_json::from_slice(&plain).map(ProviderConfig::Mux),
+            ProviderType::Supabase => serde_json::from_slice(&plain).map(ProviderConfig::Supabase),
+            ProviderType::GenericWebhook => serde_json::from_slice(&plain).map(ProviderConfig::Generic),
+        };
+        decoded.map_err(|_| DecryptError)
     }
 
     /// The public view: never includes the configuration.
@@ -179,5 +185,28 @@ impl CreateConnection {
         }
         let cfg = ProviderConfig::parse(self.provider_type, self.provider_config)?;
         Ok((self.name, self.provider_type, cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_config_opens_only_with_the_right_key() {
+        let secrets = SecretBox::new([1u8; 32]);
+        let cfg = ProviderConfig::parse(
+            ProviderType::Supabase,
+            serde_json::json!({"url": "https://x.supabase.co", "service_role_key": "srk-123"}),
+        )
+        .unwrap();
+        let conn = Connection::new("sb".into(), ProviderType::Supabase, &cfg, &secrets);
+        assert!(!conn.sealed_config.contains("srk-123"));
+        match conn.open(&secrets).unwrap() {
+            ProviderConfig::Supabase(s) => assert_eq!(s.service_role_key, "srk-123"),
+            other => panic!("wrong kind {other:?}"),
+        }
+        assert!(conn.open(&SecretBox::new([2u8; 32])).is_err());
+        assert!(!conn.view().to_string().contains("srk-123"));
     }
 }
