@@ -5,6 +5,8 @@
 //! source-adapter actor per bucket that has an adapter; that actor alone owns the bucket's
 //! dedup set and batch buffer. This module must not touch outbound delivery state.
 
+pub mod mux;
 pub mod registry;
+pub mod supabase;
 
 pub use registry::{BucketRegistry, RegistryMsg};
