@@ -130,12 +130,19 @@ impl Actor for DeliveryRegistry {
         }
         crate::metrics::webhooks(state.webhooks.len());
         // Wake-ups from producers become Drain messages; start with one for leftovers.
+        // The bus wakes ONE waiter: a waker left over from a failed registry (post_stop is
+        // not guaranteed to run) forwards its wake-up to the current registry by name and
+        // ends, so no wake-up is lost.
         let me = myself.clone();
         let bus = shared.bus.clone();
+        let names = shared.names.clone();
         state.waker = Some(tokio::spawn(async move {
             loop {
                 bus.wait().await;
                 if me.cast(DeliveryMsg::Drain).is_err() {
+                    if let Some(current) = ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()) {
+                        let _ = current.cast(DeliveryMsg::Drain);
+                    }
                     break;
                 }
             }

@@ -41,20 +41,44 @@ impl Template {
             payload: serde_json::json!({}),
             cache_scopes: Vec::new(),
         };
-        t.render(&sample)?;
+        // The sample has an empty payload, so data-dependent errors (`payload.n * 2` of a
+        // missing `n`) are expected; only errors no event could avoid are reported.
+        if let Err(e) = t.env.get_template(NAME).and_then(|tmpl| tmpl.render(Self::context(&sample))) {
+            use minijinja::ErrorKind as K;
+            if matches!(
+                e.kind(),
+                K::SyntaxError
+                    | K::UnknownFilter
+                    | K::UnknownTest
+                    | K::UnknownFunction
+                    | K::UnknownMethod
+                    | K::TooManyArguments
+                    | K::MissingArgument
+                    | K::TemplateNotFound
+                    | K::BadInclude
+                    | K::OutOfFuel
+                    | K::InvalidDelimiter
+                    | K::BadEscape
+            ) {
+                return Err(describe(e));
+            }
+        }
         Ok(t)
     }
 
     pub fn render(&self, event: &EventRecord) -> Result<String, String> {
         let tmpl = self.env.get_template(NAME).map_err(describe)?;
-        tmpl.render(minijinja::context! {
+        tmpl.render(Self::context(event)).map_err(describe)
+    }
+
+    fn context(event: &EventRecord) -> minijinja::Value {
+        minijinja::context! {
             event_type => &event.event_type,
             event_id => event.event_id.as_str(),
             payload => minijinja::Value::from(minijinja::value::Serde(&event.payload)),
             created_at => &event.created_at,
             cache_scopes => minijinja::Value::from(minijinja::value::Serde(&event.cache_scopes)),
-        })
-        .map_err(describe)
+        }
     }
 }
 
@@ -96,6 +120,8 @@ mod tests {
     fn errors_are_reported_at_compile_time() {
         assert!(Template::compile("{{ unclosed").is_err());
         assert!(Template::compile("{{ x | no_such_filter }}").is_err());
+        // Data-dependent failures are not held against the template at create time.
+        assert!(Template::compile("{{ payload.count * 2 }}").is_ok());
         let err = Template::compile("{% for i in range(1000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}")
             .unwrap_err();
         assert!(err.to_lowercase().contains("fuel"), "{err}");

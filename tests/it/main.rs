@@ -6,4 +6,5 @@ mod support;
 mod foundation;
 mod inbound;
 mod outbound;
+mod outbound_receiver;
 mod providers;
