@@ -71,7 +71,8 @@ async fn run() -> anyhow::Result<()> {
     for i in 0..webhooks {
         let body = serde_json::json!({"webhook_name": format!("bench {i}"), "event_types": ["*"],
             "channels": [{"channel": "webhook", "configs": {"url": format!("http://{rx_addr}/hook/{i}")}}]});
-        let resp = client.post(format!("{base}/v1/organizations/webhooks")).bearer_auth(API_KEY).json(&body).send().await?;
+        let resp =
+            client.post(format!("{base}/v1/organizations/webhooks")).bearer_auth(API_KEY).json(&body).send().await?;
         anyhow::ensure!(resp.status() == 201, "create webhook: {}", resp.text().await?);
     }
 
@@ -117,9 +118,16 @@ async fn run() -> anyhow::Result<()> {
         })
         .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
     println!("delivery bench: {events} events x {webhooks} webhooks = {total} deliveries, {publishers} publishers");
-    println!("  published {} events in {:.2}s ({:.0} events/s)", published.len(), publish_elapsed.as_secs_f64(), published.len() as f64 / publish_elapsed.as_secs_f64());
+    println!(
+        "  published {} events in {:.2}s ({:.0} events/s)",
+        published.len(),
+        publish_elapsed.as_secs_f64(),
+        published.len() as f64 / publish_elapsed.as_secs_f64()
+    );
     println!(
         "  received {} deliveries in {:.2}s: {:.0} deliveries/s{}",
         got.len(),
@@ -127,7 +135,12 @@ async fn run() -> anyhow::Result<()> {
         got.len() as f64 / elapsed.as_secs_f64(),
         if finished { "" } else { " (TIMED OUT before all arrived)" }
     );
-    println!("  publish->receive latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(0.50), pct(0.99), lat.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "  publish->receive latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.50),
+        pct(0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), daemon).await;
     Ok(())

@@ -38,7 +38,9 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
 
 /// A well-formed event type name: 1–100 of `[A-Za-z0-9_.-]`.
 pub fn valid_event_type(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Whether a subscription pattern matches: `*` (all), `prefix.*`, or the exact type.
@@ -136,7 +138,9 @@ pub fn validate_event_types(types: &[String]) -> Result<(), ApiError> {
         if t != "*" && !valid_event_type(base) {
             return Err(ApiError::validation(
                 format!("event_types[{i}]"),
-                format!("{t:?} is not an event type (letters, digits, . _ -; \"*\" for all; \"prefix.*\" for a family)"),
+                format!(
+                    "{t:?} is not an event type (letters, digits, . _ -; \"*\" for all; \"prefix.*\" for a family)"
+                ),
             ));
         }
     }

@@ -43,19 +43,45 @@ pub struct DeliveryRegistry;
 type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
 
 pub enum DeliveryMsg {
-    Create { body: CreateWebhook, reply: Reply<(serde_json::Value, Durable)> },
-    Update { webhook_id: WebhookId, patch: PatchWebhook, reply: Reply<(serde_json::Value, Durable)> },
-    Delete { webhook_id: WebhookId, reply: Reply<Durable> },
+    Create {
+        body: CreateWebhook,
+        reply: Reply<(serde_json::Value, Durable)>,
+    },
+    Update {
+        webhook_id: WebhookId,
+        patch: PatchWebhook,
+        reply: Reply<(serde_json::Value, Durable)>,
+    },
+    Delete {
+        webhook_id: WebhookId,
+        reply: Reply<Durable>,
+    },
     /// `POST /v1/events`: record the event in the outbox.
-    Publish { event_type: String, payload: serde_json::Value, cache_scopes: Vec<serde_json::Value>, reply: Reply<(EventRecord, Durable)> },
+    Publish {
+        event_type: String,
+        payload: serde_json::Value,
+        cache_scopes: Vec<serde_json::Value>,
+        reply: Reply<(EventRecord, Durable)>,
+    },
     /// Manual retry, forwarded to the webhook's worker (which answers `reply`).
-    Retry { webhook_id: WebhookId, delivery_id: DeliveryId, reply: Reply<(serde_json::Value, Durable)> },
+    Retry {
+        webhook_id: WebhookId,
+        delivery_id: DeliveryId,
+        reply: Reply<(serde_json::Value, Durable)>,
+    },
     /// New events may be in the outbox.
     Drain,
     /// A fan-out batch was made durable (or failed) and handed to the workers.
-    DrainDone { epoch: u64, ok: bool, full: bool },
+    DrainDone {
+        epoch: u64,
+        ok: bool,
+        full: bool,
+    },
     /// A worker's `last_error` changed.
-    LastError { webhook_id: WebhookId, error: Option<String> },
+    LastError {
+        webhook_id: WebhookId,
+        error: Option<String>,
+    },
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
 }
@@ -159,7 +185,12 @@ impl Actor for DeliveryRegistry {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DeliveryMsg::Create { body, reply } => {
                 let r = state.create(&myself, body).await;
@@ -237,7 +268,10 @@ impl Actor for DeliveryRegistry {
         entry.restarts.push_back(now);
         if entry.restarts.len() > MAX_WORKER_RESTARTS {
             tracing::error!(webhook_id = %id, %reason, "delivery actor failed too often; leaving it stopped");
-            state.set_last_error(&id, Some(format!("delivery stopped after repeated internal failures ({reason}); restart hookline")));
+            state.set_last_error(
+                &id,
+                Some(format!("delivery stopped after repeated internal failures ({reason}); restart hookline")),
+            );
             return Ok(());
         }
         tracing::warn!(webhook_id = %id, %reason, "delivery actor failed; restarting it");
@@ -300,7 +334,8 @@ impl DeliveryState {
         if let Some(old) = ractor::registry::where_is(name.clone()) {
             let _ = old.kill_and_wait(Some(Duration::from_secs(5))).await;
         }
-        let args = WorkerArgs { shared: self.shared.clone(), runtime: self.runtime(entry), settings: self.settings.clone() };
+        let args =
+            WorkerArgs { shared: self.shared.clone(), runtime: self.runtime(entry), settings: self.settings.clone() };
         Actor::spawn_linked(Some(name), DeliveryWorker, args, myself.get_cell()).await?;
         Ok(())
     }
@@ -431,7 +466,7 @@ impl DeliveryState {
         entry.stored.last_error = error;
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
-        let _ = self.shared.store.submit(b);
+        drop(self.shared.store.submit(b)); // not awaited: last_error is advisory and set again on the next failure
     }
 
     /// Fans out the next slice of the outbox (see the module docs).

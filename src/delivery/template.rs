@@ -108,7 +108,10 @@ mod tests {
 
     #[test]
     fn renders_event_fields() {
-        let t = Template::compile(r#"{"t": "{{ event_type }}", "id": {{ payload.object_id | tojson }}, "missing": "{{ payload.a.b }}"}"#).unwrap();
+        let t = Template::compile(
+            r#"{"t": "{{ event_type }}", "id": {{ payload.object_id | tojson }}, "missing": "{{ payload.a.b }}"}"#,
+        )
+        .unwrap();
         let out = t.render(&event()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["t"], "object.created");

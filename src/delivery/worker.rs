@@ -33,6 +33,8 @@ use crate::state::Shared;
 use crate::store::{Batch, Durable, Keyspace};
 use crate::util::{millis_to_rfc3339, now_millis};
 
+type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
+
 /// How often completed deliveries older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -73,19 +75,11 @@ pub enum WorkerMsg {
     /// The webhook changed (PATCH: pause/resume, channels).
     Configure(Arc<WebhookRuntime>),
     /// Manual retry: re-queue now (a finished delivery gets a fresh `max_age` window).
-    Retry {
-        delivery_id: DeliveryId,
-        reply: RpcReplyPort<Result<(serde_json::Value, Durable), ApiError>>,
-    },
+    Retry { delivery_id: DeliveryId, reply: RpcReplyPort<Result<(serde_json::Value, Durable), ApiError>> },
     /// The retry timer fired.
     Wake,
     /// A send task finished.
-    Done {
-        delivery_id: DeliveryId,
-        result: AttemptResult,
-        at_ms: u64,
-        duration: Duration,
-    },
+    Done { delivery_id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration },
     /// Submit the grouped outcome writes.
     Flush,
     /// Drop completed deliveries past the retention.
@@ -102,7 +96,7 @@ pub struct WorkerState {
     ready: VecDeque<DeliveryId>,
     waiting: BinaryHeap<Reverse<(u64, DeliveryId)>>,
     in_flight: HashSet<DeliveryId>,
-    timer: Option<(u64, JoinHandle<Result<(), MessagingErr<WorkerMsg>>>)>,
+    timer: Option<(u64, TimerHandle)>,
     prune_timer: Option<JoinHandle<()>>,
     writes: Batch,
     flush_queued: bool,
@@ -115,7 +109,11 @@ impl Actor for DeliveryWorker {
     type State = WorkerState;
     type Arguments = WorkerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
         let mut state = WorkerState {
             shared: args.shared,
             rt: args.runtime,
@@ -150,12 +148,17 @@ impl Actor for DeliveryWorker {
         }
         crate::metrics::delivery_queue_add(-(state.queue.len() as f64));
         if !state.writes.is_empty() {
-            let _ = state.shared.store.submit(std::mem::take(&mut state.writes));
+            drop(state.shared.store.submit(std::mem::take(&mut state.writes)));
         }
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Enqueue(ds) => {
                 let now = now_millis();
@@ -408,7 +411,7 @@ impl WorkerState {
         })?;
         if !b.is_empty() {
             tracing::debug!(webhook_id = %self.rt.webhook_id, pruned = b.len(), "pruned finished deliveries");
-            let _ = self.shared.store.submit(b);
+            drop(self.shared.store.submit(b)); // not awaited: a lost prune is redone next time
         }
         Ok(())
     }

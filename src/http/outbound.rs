@@ -110,10 +110,8 @@ async fn delete(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
 
 async fn event_types(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
-    let types: Vec<_> = EVENT_TYPES
-        .iter()
-        .map(|(t, d)| serde_json::json!({ "event_type": t, "description": d }))
-        .collect();
+    let types: Vec<_> =
+        EVENT_TYPES.iter().map(|(t, d)| serde_json::json!({ "event_type": t, "description": d })).collect();
     Ok(json(StatusCode::OK, &serde_json::json!({ "results": types })))
 }
 
@@ -133,12 +131,13 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
 async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let w = load(state, id)?;
-    let status = match req.query.get("status") {
-        None => None,
-        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
-            ApiError::validation("status", format!("{s:?} is not one of pending, succeeded, dead"))
-        })?),
-    };
+    let status =
+        match req.query.get("status") {
+            None => None,
+            Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+                ApiError::validation("status", format!("{s:?} is not one of pending, succeeded, dead"))
+            })?),
+        };
     let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, 1000);
     let mut out = std::collections::VecDeque::with_capacity(limit);
     state.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &format!("{}/", w.webhook_id.as_str()), |_, d| {
@@ -167,8 +166,8 @@ async fn delivery(state: &HttpState, req: &Request, id: &str, did: &str) -> Resu
 async fn retry(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let webhook_id = webhook_id(id)?;
-    let delivery_id =
-        DeliveryId::parse(did).ok_or_else(|| ApiError::NotFound(format!("delivery {did} not found for webhook {id}")))?;
+    let delivery_id = DeliveryId::parse(did)
+        .ok_or_else(|| ApiError::NotFound(format!("delivery {did} not found for webhook {id}")))?;
     let reg = registry(state)?;
     let (view, d) = ask!(reg, |reply| DeliveryMsg::Retry { webhook_id, delivery_id, reply })?;
     durable(d).await?;

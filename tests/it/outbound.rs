@@ -52,16 +52,40 @@ async fn webhook_crud_validation_and_catalog() {
     // Validation: 422 naming the field.
     let cases = [
         (json!({"webhook_name": "", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}), "webhook_name"),
-        (json!({"webhook_name": "x".repeat(201), "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}), "webhook_name"),
+        (
+            json!({"webhook_name": "x".repeat(201), "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+            "webhook_name",
+        ),
         (json!({"webhook_name": "a", "event_types": [], "channels": [http_channel(&rx.url("/"))]}), "event_types"),
-        (json!({"webhook_name": "a", "event_types": ["bad type!"], "channels": [http_channel(&rx.url("/"))]}), "event_types[0]"),
+        (
+            json!({"webhook_name": "a", "event_types": ["bad type!"], "channels": [http_channel(&rx.url("/"))]}),
+            "event_types[0]",
+        ),
         (json!({"webhook_name": "a", "event_types": ["*"], "channels": []}), "channels"),
-        (json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "payload_template": "{{ oops"}}]}), "channels[0].configs.payload_template"),
-        (json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": "not a url"}}]}), "channels[0].configs.url"),
-        (json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "timeout": 0}}]}), "channels[0].configs.timeout"),
-        (json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "headers": {"webhook-id": "x"}}}]}), "channels[0].configs.headers.webhook-id"),
-        (json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "https://hooks.slack.com/x"}}]}), "channels[0].channel"),
-        (json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["nope"]}}]}), "channels[0].configs.to[0]"),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "payload_template": "{{ oops"}}]}),
+            "channels[0].configs.payload_template",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": "not a url"}}]}),
+            "channels[0].configs.url",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "timeout": 0}}]}),
+            "channels[0].configs.timeout",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "headers": {"webhook-id": "x"}}}]}),
+            "channels[0].configs.headers.webhook-id",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "https://hooks.slack.com/x"}}]}),
+            "channels[0].channel",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["nope"]}}]}),
+            "channels[0].configs.to[0]",
+        ),
     ];
     for (body, field) in cases {
         let (s, b) = app.post("/v1/organizations/webhooks", body.clone()).await;
@@ -69,9 +93,19 @@ async fn webhook_crud_validation_and_catalog() {
         let got = b["error"]["field"].as_str().unwrap_or("");
         assert!(got.starts_with(field), "expected field {field}, got {got} ({b})");
     }
-    let (s, b) = app.post("/v1/organizations/webhooks", json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "pigeon", "configs": {}}]})).await;
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "pigeon", "configs": {}}]}),
+        )
+        .await;
     assert_eq!(s, 422, "{b}");
-    let (s, b) = app.post("/v1/organizations/webhooks", json!({"webhook_name": "a", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))], "extra": 1})).await;
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))], "extra": 1}),
+        )
+        .await;
     assert_eq!(s, 422, "unknown field: {b}");
 
     // Create, shown once.
@@ -100,7 +134,9 @@ async fn webhook_crud_validation_and_catalog() {
     // PATCH changes fields and bumps updated_at (second precision: poll until it moves).
     let patched = std::sync::Mutex::new(Value::Null);
     let moved = eventually(Duration::from_secs(3), || async {
-        let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "Audit 2", "is_active": false})).await;
+        let (s, b) = app
+            .patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "Audit 2", "is_active": false}))
+            .await;
         assert_eq!(s, 200, "{b}");
         let moved = b["updated_at"] != b["created_at"];
         *patched.lock().unwrap() = b;
@@ -117,8 +153,18 @@ async fn webhook_crud_validation_and_catalog() {
     // Catalog.
     let (s, cat) = app.get("/v1/organizations/webhooks/event-types").await;
     assert_eq!(s, 200);
-    let names: Vec<&str> = cat["results"].as_array().unwrap().iter().map(|t| t["event_type"].as_str().unwrap()).collect();
-    for t in ["object.created", "object.updated", "object.deleted", "batch.completed", "batch.failed", "cluster.execution.failed", "taxonomy.materialized", "collection.documents.written"] {
+    let names: Vec<&str> =
+        cat["results"].as_array().unwrap().iter().map(|t| t["event_type"].as_str().unwrap()).collect();
+    for t in [
+        "object.created",
+        "object.updated",
+        "object.deleted",
+        "batch.completed",
+        "batch.failed",
+        "cluster.execution.failed",
+        "taxonomy.materialized",
+        "collection.documents.written",
+    ] {
         assert!(names.contains(&t), "{t} missing from {names:?}");
     }
 
@@ -182,7 +228,10 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert!(d["attempts"][0]["at"].is_string());
     assert_eq!(d["next_attempt_at"], Value::Null);
     let m = app.metrics().await;
-    assert!(metric_value(&m, "hookline_deliveries_total", &[("channel", "webhook"), ("outcome", "succeeded")]) >= 1.0, "{m}");
+    assert!(
+        metric_value(&m, "hookline_deliveries_total", &[("channel", "webhook"), ("outcome", "succeeded")]) >= 1.0,
+        "{m}"
+    );
     assert!(metric_value(&m, "hookline_delivery_attempts_total", &[("result", "2xx")]) >= 1.0);
     assert!(m.contains("hookline_delivery_attempt_duration_seconds"));
     assert!(m.contains("hookline_delivery_queue_depth"));
@@ -194,7 +243,11 @@ async fn server_error_is_retried_with_the_same_webhook_id() {
     let rx = Receiver::start(200).await;
     rx.then(500, Duration::ZERO);
     rx.then(503, Duration::ZERO);
-    let (id, _) = create_webhook(&app, json!({"webhook_name": "r", "event_types": ["*"], "channels": [http_channel(&rx.url("/r"))]})).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "r", "event_types": ["*"], "channels": [http_channel(&rx.url("/r"))]}),
+    )
+    .await;
     publish(&app, "object.updated", json!({"n": 1})).await;
     assert!(eventually(WAIT, || async { rx.count() >= 3 }).await, "retries missing; log:\n{}", app.log());
     let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
@@ -243,7 +296,11 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     })
     .await;
     let rx = Receiver::start(500).await;
-    let (id, _) = create_webhook(&app, json!({"webhook_name": "d", "event_types": ["*"], "channels": [http_channel(&rx.url("/d"))]})).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "d", "event_types": ["*"], "channels": [http_channel(&rx.url("/d"))]}),
+    )
+    .await;
     publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
     let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == 1 }).await;
     assert!(ok, "{:?}", deliveries(&app, &id, None).await);
@@ -278,9 +335,17 @@ async fn paused_and_deleted_webhooks_receive_nothing() {
     let on = Receiver::start(200).await;
     let paused = Receiver::start(200).await;
     let doomed = Receiver::start(500).await;
-    let (on_id, _) = create_webhook(&app, json!({"webhook_name": "on", "event_types": ["*"], "channels": [http_channel(&on.url("/"))]})).await;
+    let (on_id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "on", "event_types": ["*"], "channels": [http_channel(&on.url("/"))]}),
+    )
+    .await;
     let (paused_id, _) = create_webhook(&app, json!({"webhook_name": "off", "event_types": ["*"], "is_active": false, "channels": [http_channel(&paused.url("/"))]})).await;
-    let (doomed_id, _) = create_webhook(&app, json!({"webhook_name": "doomed", "event_types": ["*"], "channels": [http_channel(&doomed.url("/"))]})).await;
+    let (doomed_id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "doomed", "event_types": ["*"], "channels": [http_channel(&doomed.url("/"))]}),
+    )
+    .await;
     publish(&app, "object.created", json!({"i": 1})).await;
     // One fan-out batch covers every webhook: once the active one has it, the paused one
     // would have been queued too if it were going to be.
@@ -315,8 +380,16 @@ async fn star_prefix_and_exact_subscriptions_and_templates() {
     let objects = Receiver::start(200).await;
     let exact = Receiver::start(200).await;
     let templated = Receiver::start(200).await;
-    create_webhook(&app, json!({"webhook_name": "all", "event_types": ["*"], "channels": [http_channel(&all.url("/"))]})).await;
-    create_webhook(&app, json!({"webhook_name": "obj", "event_types": ["object.*"], "channels": [http_channel(&objects.url("/"))]})).await;
+    create_webhook(
+        &app,
+        json!({"webhook_name": "all", "event_types": ["*"], "channels": [http_channel(&all.url("/"))]}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"webhook_name": "obj", "event_types": ["object.*"], "channels": [http_channel(&objects.url("/"))]}),
+    )
+    .await;
     create_webhook(&app, json!({"webhook_name": "exact", "event_types": ["object.deleted"], "channels": [http_channel(&exact.url("/"))]})).await;
     let template = r#"{"text": "{{ event_type }} for {{ payload.object_id }}", "id": "{{ event_id }}", "at": "{{ created_at }}", "n": {{ payload.count * 2 }}}"#;
     create_webhook(
@@ -329,9 +402,15 @@ async fn star_prefix_and_exact_subscriptions_and_templates() {
     let e1 = publish(&app, "object.created", json!({"object_id": "obj_7", "count": 21})).await;
     publish(&app, "custom.thing", json!({})).await;
     publish(&app, "object.deleted", json!({"object_id": "obj_7"})).await;
-    assert!(eventually(WAIT, || async { all.count() >= 3 && objects.count() >= 2 && exact.count() >= 1 && templated.count() >= 1 }).await);
+    assert!(
+        eventually(WAIT, || async {
+            all.count() >= 3 && objects.count() >= 2 && exact.count() >= 1 && templated.count() >= 1
+        })
+        .await
+    );
     let types = |r: &Receiver| {
-        let mut t: Vec<String> = r.captured().iter().map(|c| c.json()["event_type"].as_str().unwrap_or("").to_string()).collect();
+        let mut t: Vec<String> =
+            r.captured().iter().map(|c| c.json()["event_type"].as_str().unwrap_or("").to_string()).collect();
         t.sort();
         t
     };
@@ -357,8 +436,20 @@ async fn unsafe_destinations_are_refused_by_default() {
         ..Default::default()
     })
     .await;
-    for url in ["http://example.com/hook", "https://127.0.0.1/hook", "https://[::1]/x", "https://localhost:8443/x", "https://10.0.0.8/x", "https://169.254.169.254/latest/meta-data"] {
-        let (s, b) = app.post("/v1/organizations/webhooks", json!({"webhook_name": "x", "event_types": ["*"], "channels": [http_channel(url)]})).await;
+    for url in [
+        "http://example.com/hook",
+        "https://127.0.0.1/hook",
+        "https://[::1]/x",
+        "https://localhost:8443/x",
+        "https://10.0.0.8/x",
+        "https://169.254.169.254/latest/meta-data",
+    ] {
+        let (s, b) = app
+            .post(
+                "/v1/organizations/webhooks",
+                json!({"webhook_name": "x", "event_types": ["*"], "channels": [http_channel(url)]}),
+            )
+            .await;
         assert_eq!(s, 422, "{url}: {b}");
         assert_eq!(b["error"]["field"], "channels[0].configs.url", "{url}: {b}");
     }
@@ -395,17 +486,22 @@ async fn unsafe_destinations_are_refused_by_default() {
 async fn registry_crash_restarts_workers_and_keeps_delivering() {
     let app = TestApp::start().await;
     let rx = Receiver::start(200).await;
-    create_webhook(&app, json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]})).await;
+    create_webhook(&app, json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}))
+        .await;
     let (s, _) = app.post("/v1/debug/crash/delivery_registry", json!({})).await;
     assert_eq!(s, 202);
     assert!(
         eventually(WAIT, || async {
-            metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery_registry")]) >= 1.0
+            metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery_registry")])
+                >= 1.0
         })
         .await
     );
     // Publishing may briefly see the registry restarting (503); poll until accepted.
-    let ok = eventually(WAIT, || async { app.post("/v1/events", json!({"event_type": "object.created", "payload": {}})).await.0 == 202 }).await;
+    let ok = eventually(WAIT, || async {
+        app.post("/v1/events", json!({"event_type": "object.created", "payload": {}})).await.0 == 202
+    })
+    .await;
     assert!(ok);
     assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "log:\n{}", app.log());
 }

@@ -15,12 +15,20 @@ async fn kill_9_loses_no_delivery() {
     let mut app = TestApp::start().await;
     // The receiver fails everything at first: deliveries pile up pending/retrying.
     let rx = Receiver::start(500).await;
-    let (id, _) = create_webhook(&app, json!({"webhook_name": "crash", "event_types": ["*"], "channels": [http_channel(&rx.url("/c"))]})).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "crash", "event_types": ["*"], "channels": [http_channel(&rx.url("/c"))]}),
+    )
+    .await;
     let slow = Receiver::start(200).await;
     for _ in 0..3 {
         slow.then(200, Duration::from_secs(1));
     }
-    create_webhook(&app, json!({"webhook_name": "slow", "event_types": ["*"], "channels": [http_channel(&slow.url("/s"))]})).await;
+    create_webhook(
+        &app,
+        json!({"webhook_name": "slow", "event_types": ["*"], "channels": [http_channel(&slow.url("/s"))]}),
+    )
+    .await;
     let mut events = Vec::new();
     for i in 0..40 {
         events.push(publish(&app, "object.created", json!({"i": i})).await);
@@ -35,14 +43,19 @@ async fn kill_9_loses_no_delivery() {
     }
     let want: HashSet<String> = events.iter().cloned().collect();
     let (_, slow_list) = app.get("/v1/organizations/webhooks").await;
-    let ids: Vec<String> =
-        slow_list["results"].as_array().unwrap().iter().map(|w| w["webhook_id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = slow_list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["webhook_id"].as_str().unwrap().to_string())
+        .collect();
     assert!(ids.contains(&id));
     // Every event ends `succeeded` (a 2xx was received) for every webhook: one delivery
     // per event per webhook, none lost, none left pending.
     for wid in &ids {
         let succeeded = || async {
-            let (_, b) = app.get(&format!("/v1/organizations/webhooks/{wid}/deliveries?status=succeeded&limit=1000")).await;
+            let (_, b) =
+                app.get(&format!("/v1/organizations/webhooks/{wid}/deliveries?status=succeeded&limit=1000")).await;
             b.as_array()
                 .map(|a| a.iter().filter_map(|d| d["event_id"].as_str().map(String::from)).collect::<HashSet<_>>())
                 .unwrap_or_default()

@@ -46,10 +46,8 @@ impl Receiver {
     pub async fn start(default: u16) -> Receiver {
         let script = Arc::new(Mutex::new(Script { default, ..Default::default() }));
         let s = script.clone();
-        let filter = warp::path::full()
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .then(move |path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
+        let filter = warp::path::full().and(warp::header::headers_cloned()).and(warp::body::bytes()).then(
+            move |path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
                 let s = s.clone();
                 async move {
                     let (status, delay) = {
@@ -67,7 +65,8 @@ impl Receiver {
                     let code = warp::http::StatusCode::from_u16(status).unwrap();
                     warp::reply::with_status("receiver says hi", code)
                 }
-            });
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(filter).incoming(listener).run());

@@ -42,7 +42,8 @@ pub struct HttpConfig {
 impl HttpConfig {
     pub fn validate(&self, at: &str, policy: NetPolicy) -> Result<(), ApiError> {
         let field = |f: &str| format!("{at}.configs.{f}");
-        let u = url::Url::parse(&self.url).map_err(|e| ApiError::validation(field("url"), format!("not a URL: {e}")))?;
+        let u =
+            url::Url::parse(&self.url).map_err(|e| ApiError::validation(field("url"), format!("not a URL: {e}")))?;
         check_url(&u, policy).map_err(|e| ApiError::validation(field("url"), e))?;
         for (name, value) in &self.headers {
             let f = format!("{}.{name}", field("headers"));
@@ -106,7 +107,9 @@ impl HttpChannel {
                     };
                     (s.into_bytes(), ct)
                 }
-                Err(e) => return failed(Outcome::Permanent, "error", format!("payload_template failed to render: {e}")),
+                Err(e) => {
+                    return failed(Outcome::Permanent, "error", format!("payload_template failed to render: {e}"))
+                }
             },
             None => {
                 let envelope = serde_json::json!({
@@ -215,7 +218,11 @@ fn from_reqwest(e: &reqwest::Error, timeout: Duration) -> AttemptResult {
     } else {
         "error"
     };
-    failed(Outcome::Retriable, result, format!("{}: {detail}", if e.is_connect() { "connection failed" } else { "request failed" }))
+    failed(
+        Outcome::Retriable,
+        result,
+        format!("{}: {detail}", if e.is_connect() { "connection failed" } else { "request failed" }),
+    )
 }
 
 /// The shared client: guarded resolver, no redirects, no proxies (a proxy would resolve
@@ -228,7 +235,6 @@ pub fn client(policy: NetPolicy) -> reqwest::Client {
             allow_private_networks: policy.allow_private_networks,
         }))
         .connect_timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(64)
         .tcp_nodelay(true);
     builder.build().unwrap_or_else(|e| {
         tracing::error!(error = %e, "build the delivery HTTP client; falling back to defaults");
