@@ -141,6 +141,22 @@ async fn run() -> anyhow::Result<()> {
         pct(0.99),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    // Store side: how many group commits carried how many batches, and their latency.
+    let m = client.get(format!("{base}/metrics")).send().await?.text().await?;
+    let val = |name: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let commits = val("hookline_store_commits_total");
+    println!(
+        "  store: {:.0} group commits, {:.1} batches/commit, mean commit (apply+fsync) {:.1} ms",
+        commits,
+        val("hookline_store_commit_batches_total") / commits,
+        val("hookline_store_commit_duration_seconds_sum") * 1000.0
+            / val("hookline_store_commit_duration_seconds_count")
+    );
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), daemon).await;
     Ok(())
