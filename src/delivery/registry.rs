@@ -291,6 +291,22 @@ fn unavailable(id: &WebhookId) -> ApiError {
     ApiError::Unavailable(format!("the delivery actor of webhook {id} is restarting; retry shortly"))
 }
 
+/// A PATCH that sends back the redacted placeholder as a channel `secret` (GET → edit →
+/// PATCH) keeps the stored secret of the channel at the same index instead of storing
+/// the placeholder.
+fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) {
+    for (i, ch) in next.iter_mut().enumerate() {
+        if let ChannelConfig::Webhook(c) = ch {
+            if c.secret.as_deref() == Some(channel::REDACTED) {
+                c.secret = match old.get(i) {
+                    Some(ChannelConfig::Webhook(o)) => o.secret.clone(),
+                    _ => None,
+                };
+            }
+        }
+    }
+}
+
 fn open_secrets(shared: &Shared, w: &StoredWebhook) -> Option<WebhookSecrets> {
     let plain = shared.secrets.open(&w.sealed, w.webhook_id.as_str()).ok()?;
     serde_json::from_slice(&plain).ok()
@@ -398,7 +414,9 @@ impl DeliveryState {
                     )))
                 }
                 (Some(channels), Some(s)) => {
-                    let next = WebhookSecrets { signing_secret: s.signing_secret.clone(), channels: channels.clone() };
+                    let mut channels = channels.clone();
+                    keep_redacted_secrets(&mut channels, &s.channels);
+                    let next = WebhookSecrets { signing_secret: s.signing_secret.clone(), channels };
                     Some((self.seal(id, &next), next))
                 }
                 (None, _) => None,

@@ -147,6 +147,17 @@ async fn webhook_crud_validation_and_catalog() {
     assert!(moved, "updated_at never moved: {patched}");
     assert_eq!(patched["webhook_name"], "Audit 2");
     assert_eq!(patched["is_active"], false);
+    // Sending the redacted channel back (GET → edit → PATCH) keeps the stored secret.
+    let mut channels = got["channels"].clone();
+    channels[0]["configs"]["headers"]["X-Team"] = json!("platform");
+    let (s, b) =
+        app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": channels, "is_active": true})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["channels"][0]["configs"]["secret"], "********");
+    publish(&app, "object.created", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await);
+    assert_eq!(rx.captured()[0].header("x-mixpeek-secret"), Some("shh-very-secret"));
+    assert_eq!(rx.captured()[0].header("x-team"), Some("platform"));
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"event_types": []})).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_types")));
 
