@@ -98,6 +98,10 @@ pub struct DeliveryConfig {
     pub max_age_hours: u64,
     /// Delay before each retry; the last one repeats. ±20% jitter is applied.
     pub retry_schedule_seconds: Vec<u64>,
+    /// Finer-grained override of `max_age_hours` (tests and development); unset by default.
+    pub max_age_seconds: Option<u64>,
+    /// Most concurrent requests per webhook (a slow receiver holds at most this many).
+    pub max_in_flight_per_webhook: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -108,6 +112,8 @@ impl Default for DeliveryConfig {
             request_timeout_seconds: 10,
             max_age_hours: 72,
             retry_schedule_seconds: vec![5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+            max_age_seconds: None,
+            max_in_flight_per_webhook: 16,
         }
     }
 }
@@ -186,6 +192,12 @@ impl Config {
         }
         if d.retry_schedule_seconds.is_empty() {
             bail!("delivery.retry_schedule_seconds must list at least one delay");
+        }
+        if d.max_age_seconds == Some(0) {
+            bail!("delivery.max_age_seconds must be at least 1 when set");
+        }
+        if d.max_in_flight_per_webhook == 0 || d.max_in_flight_per_webhook > 1024 {
+            bail!("delivery.max_in_flight_per_webhook must be within 1..=1024");
         }
         match url::Url::parse(&self.mux.api_base) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}

@@ -94,4 +94,62 @@ fn describe_inbound() {}
 
 // ---- outbound (delivery): names, descriptions, recorders ----
 
-fn describe_outbound() {}
+pub const WEBHOOKS: &str = "hookline_webhooks";
+pub const EVENTS_DISPATCHED: &str = "hookline_events_dispatched_total";
+pub const DELIVERY_ATTEMPTS: &str = "hookline_delivery_attempts_total";
+pub const DELIVERY_ATTEMPT_DURATION: &str = "hookline_delivery_attempt_duration_seconds";
+pub const DELIVERIES: &str = "hookline_deliveries_total";
+pub const DELIVERIES_DEAD: &str = "hookline_deliveries_dead_total";
+pub const DELIVERY_QUEUE: &str = "hookline_delivery_queue_depth";
+
+// No webhook_id label: series would outlive deleted webhooks (the exporter cannot drop
+// them) and grow without bound; per-webhook detail is in the deliveries API and
+// `last_error`. Channel kinds and result classes are small fixed sets.
+fn describe_outbound() {
+    describe_gauge!(WEBHOOKS, "Outbound webhooks currently defined");
+    describe_counter!(EVENTS_DISPATCHED, "Outbox events fanned out to webhooks (matching or not)");
+    describe_counter!(
+        DELIVERY_ATTEMPTS,
+        "Delivery attempts by channel and result (2xx, 3xx, 4xx, 5xx, timeout, connect, refused, error)"
+    );
+    describe_histogram!(DELIVERY_ATTEMPT_DURATION, Unit::Seconds, "Latency of one delivery attempt, by channel");
+    describe_counter!(DELIVERIES, "Deliveries finished, by channel and outcome (succeeded, dead)");
+    describe_counter!(DELIVERIES_DEAD, "Deliveries given up after max_age (dead), by channel");
+    describe_gauge!(DELIVERY_QUEUE, "Pending deliveries (queued, waiting to retry, or in flight), all webhooks");
+}
+
+pub fn webhooks(n: usize) {
+    gauge!(WEBHOOKS).set(n as f64);
+}
+
+pub fn event_dispatched() {
+    counter!(EVENTS_DISPATCHED).increment(1);
+}
+
+pub fn delivery_attempt(channel: &str, result: &'static str, elapsed: Duration) {
+    let channel = bounded_channel(channel);
+    counter!(DELIVERY_ATTEMPTS, "channel" => channel, "result" => result).increment(1);
+    histogram!(DELIVERY_ATTEMPT_DURATION, "channel" => channel).record(elapsed.as_secs_f64());
+}
+
+pub fn delivery_finished(channel: &str, outcome: &'static str) {
+    let channel = bounded_channel(channel);
+    counter!(DELIVERIES, "channel" => channel, "outcome" => outcome).increment(1);
+    if outcome == "dead" {
+        counter!(DELIVERIES_DEAD, "channel" => channel).increment(1);
+    }
+}
+
+pub fn delivery_queue_add(delta: f64) {
+    gauge!(DELIVERY_QUEUE).increment(delta);
+}
+
+fn bounded_channel(channel: &str) -> &'static str {
+    match channel {
+        "webhook" => "webhook",
+        "slack" => "slack",
+        "email" => "email",
+        "sms" => "sms",
+        _ => "other",
+    }
+}

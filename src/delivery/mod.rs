@@ -1,9 +1,21 @@
-//! Outbound delivery: the event bus consumer, one delivery actor per webhook, channels.
+//! Outbound delivery: webhook configs, the event-bus consumer (fan-out), one delivery
+//! actor per webhook, the retry policy and the channels.
 //!
-//! The delivery registry ([`registry::DeliveryRegistry`]) is the parent of the per-webhook
-//! delivery actors; each of those owns its webhook's queue of pending deliveries. This
-//! module must not touch inbound adapter state (dedup sets, batch buffers).
+//! - [`registry`]: owns webhook configs, fans the outbox out, supervises the workers.
+//! - [`worker`]: one per webhook; owns its queue of pending deliveries.
+//! - [`retry`]: the pure retry policy. [`netguard`]: where deliveries may go.
+//! - [`channel`]: the channel seam and the HTTP channel. [`template`], [`signature`].
+//! - [`model`]: stored shapes, API bodies, validation, the event-type catalog.
+//!
+//! This module must not touch inbound adapter state (dedup sets, batch buffers).
 
+pub mod channel;
+pub mod model;
+pub mod netguard;
 pub mod registry;
+pub mod retry;
+pub mod signature;
+pub mod template;
+pub mod worker;
 
 pub use registry::{DeliveryMsg, DeliveryRegistry};

@@ -1,19 +1,110 @@
-//! The delivery registry actor: parent and supervisor of the per-webhook delivery actors.
+//! The delivery registry actor: owner of the webhook configs, the event-bus consumer
+//! (fan-out), and parent/supervisor of one [`DeliveryWorker`] per webhook.
+//!
+//! Every webhook write goes through this actor, so the in-memory configs it fans out with
+//! always match the store. Reads (list/get/deliveries) go straight to the store.
+//!
+//! Fan-out: woken by [`crate::events::EventBus::wait`], it reads the outbox in key (= time)
+//! order and, in ONE batch, writes a delivery per (active matching webhook × channel) and
+//! deletes the outbox entries. The batch is submitted without blocking the mailbox; once it
+//! is durable a task hands the deliveries to the workers and reports back (`DrainDone`),
+//! and only then is the next slice read. On (re)start it drains whatever the outbox holds.
+//!
+//! Supervision: a worker that fails is re-spawned (it reloads its queue from the store) and
+//! counted in `hookline_actor_restarts_total{actor="delivery"}`; more than
+//! [`MAX_WORKER_RESTARTS`] in [`RESTART_WINDOW`] leaves it stopped with a `last_error`.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::channel::{self, ChannelConfig, ChannelDeps};
+use super::model::{CreateWebhook, Delivery, PatchWebhook, StoredWebhook, WebhookSecrets};
+use super::netguard::NetPolicy;
+use super::retry::Policy;
+use super::signature;
+use super::worker::{DeliveryWorker, WebhookRuntime, WorkerArgs, WorkerMsg, WorkerSettings};
+use crate::error::ApiError;
+use crate::events::EventRecord;
+use crate::ids::{DeliveryId, WebhookId};
 use crate::state::Shared;
+use crate::store::{Batch, Durable, Keyspace};
+use crate::util::{now_millis, now_rfc3339};
+
+/// Most outbox events fanned out per batch.
+const DRAIN_SLICE: usize = 1024;
+pub const MAX_WORKER_RESTARTS: usize = 5;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct DeliveryRegistry;
 
+type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
+
 pub enum DeliveryMsg {
+    Create {
+        body: CreateWebhook,
+        reply: Reply<(serde_json::Value, Durable)>,
+    },
+    Update {
+        webhook_id: WebhookId,
+        patch: PatchWebhook,
+        reply: Reply<(serde_json::Value, Durable)>,
+    },
+    Delete {
+        webhook_id: WebhookId,
+        reply: Reply<Durable>,
+    },
+    /// `POST /v1/events`: record the event in the outbox.
+    Publish {
+        event_type: String,
+        payload: serde_json::Value,
+        cache_scopes: Vec<serde_json::Value>,
+        reply: Reply<(EventRecord, Durable)>,
+    },
+    /// Manual retry, forwarded to the webhook's worker (which answers `reply`).
+    Retry {
+        webhook_id: WebhookId,
+        delivery_id: DeliveryId,
+        reply: Reply<(serde_json::Value, Durable)>,
+    },
+    /// New events may be in the outbox.
+    Drain,
+    /// A fan-out batch was made durable (or failed) and handed to the workers.
+    DrainDone {
+        epoch: u64,
+        ok: bool,
+        full: bool,
+    },
+    /// A worker's `last_error` changed.
+    LastError {
+        webhook_id: WebhookId,
+        error: Option<String>,
+    },
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
 }
 
+struct Entry {
+    stored: StoredWebhook,
+    /// Plain channel configs (opened from `sealed`) and the signing secret.
+    secrets: Option<WebhookSecrets>,
+    restarts: VecDeque<Instant>,
+}
+
 pub struct DeliveryState {
-    #[allow(dead_code)]
     shared: Shared,
+    deps: ChannelDeps,
+    settings: WorkerSettings,
+    webhooks: HashMap<WebhookId, Entry>,
+    /// A fan-out batch is in flight; `again` = more was signalled meanwhile.
+    draining: bool,
+    again: bool,
+    epoch: u64,
+    /// Delivery keys written by the in-flight fan-out (a delete must also remove them).
+    inflight: Vec<(WebhookId, String)>,
+    waker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Actor for DeliveryRegistry {
@@ -21,18 +112,442 @@ impl Actor for DeliveryRegistry {
     type State = DeliveryState;
     type Arguments = Shared;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, shared: Shared) -> Result<Self::State, ActorProcessingErr> {
-        Ok(DeliveryState { shared })
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, shared: Shared) -> Result<Self::State, ActorProcessingErr> {
+        let cfg = &shared.config.delivery;
+        let policy = NetPolicy {
+            allow_insecure_http: cfg.allow_insecure_http,
+            allow_private_networks: cfg.allow_private_networks,
+        };
+        let max_age = Duration::from_secs(cfg.max_age_seconds.unwrap_or(cfg.max_age_hours.saturating_mul(3600)));
+        let deps = ChannelDeps {
+            client: channel::http::client(policy),
+            policy,
+            default_timeout: Duration::from_secs(cfg.request_timeout_seconds),
+        };
+        let settings = WorkerSettings {
+            policy: Policy {
+                schedule: cfg.retry_schedule_seconds.iter().map(|s| Duration::from_secs(*s)).collect(),
+                max_age,
+            },
+            max_in_flight: cfg.max_in_flight_per_webhook.max(1),
+            retention: max_age.max(Duration::from_secs(24 * 3600)),
+        };
+        let mut state = DeliveryState {
+            shared: shared.clone(),
+            deps,
+            settings,
+            webhooks: HashMap::new(),
+            draining: false,
+            again: false,
+            epoch: rand::random::<u64>() >> 1,
+            inflight: Vec::new(),
+            waker: None,
+        };
+        let mut stored = Vec::new();
+        shared.store.for_each::<StoredWebhook>(Keyspace::WEBHOOKS, "", |_, w| {
+            stored.push(w);
+            true
+        })?;
+        for w in stored {
+            let secrets = open_secrets(&shared, &w);
+            let id = w.webhook_id.clone();
+            state.webhooks.insert(id.clone(), Entry { stored: w, secrets, restarts: VecDeque::new() });
+            state.spawn_worker(&myself, &id).await?;
+        }
+        crate::metrics::webhooks(state.webhooks.len());
+        // Wake-ups from producers become Drain messages; start with one for leftovers.
+        // The bus wakes ONE waiter: a waker left over from a failed registry (post_stop is
+        // not guaranteed to run) forwards its wake-up to the current registry by name and
+        // ends, so no wake-up is lost.
+        let me = myself.clone();
+        let bus = shared.bus.clone();
+        let names = shared.names.clone();
+        state.waker = Some(tokio::spawn(async move {
+            loop {
+                bus.wait().await;
+                if me.cast(DeliveryMsg::Drain).is_err() {
+                    if let Some(current) = ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()) {
+                        let _ = current.cast(DeliveryMsg::Drain);
+                    }
+                    break;
+                }
+            }
+        }));
+        let _ = myself.cast(DeliveryMsg::Drain);
+        tracing::debug!(webhooks = state.webhooks.len(), "delivery registry started");
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(w) = state.waker.take() {
+            w.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DeliveryMsg::Crash => Err(ActorProcessingErr::from("crash requested through /v1/debug/crash")),
+            DeliveryMsg::Create { body, reply } => {
+                let r = state.create(&myself, body).await;
+                let _ = reply.send(r);
+            }
+            DeliveryMsg::Update { webhook_id, patch, reply } => {
+                let _ = reply.send(state.update(&webhook_id, patch));
+            }
+            DeliveryMsg::Delete { webhook_id, reply } => {
+                let r = state.delete(&webhook_id).await;
+                let _ = reply.send(r);
+            }
+            DeliveryMsg::Publish { event_type, payload, cache_scopes, reply } => {
+                let mut b = Batch::new();
+                let rec = state.shared.bus.record(&mut b, &event_type, payload, cache_scopes);
+                let _ = reply.send(Ok((rec, state.shared.store.submit(b))));
+            }
+            DeliveryMsg::Retry { webhook_id, delivery_id, reply } => {
+                if !state.webhooks.contains_key(&webhook_id) {
+                    let _ = reply.send(Err(not_found(&webhook_id)));
+                } else {
+                    match ActorRef::<WorkerMsg>::where_is(state.shared.names.delivery(webhook_id.as_str())) {
+                        Some(w) => {
+                            if let Err(ractor::MessagingErr::SendErr(WorkerMsg::Retry { reply, .. })) =
+                                w.cast(WorkerMsg::Retry { delivery_id, reply })
+                            {
+                                let _ = reply.send(Err(unavailable(&webhook_id)));
+                            }
+                        }
+                        None => {
+                            let _ = reply.send(Err(unavailable(&webhook_id)));
+                        }
+                    }
+                }
+            }
+            DeliveryMsg::Drain => state.drain(&myself),
+            DeliveryMsg::DrainDone { epoch, ok, full } => {
+                if epoch != state.epoch {
+                    return Ok(()); // from before a restart
+                }
+                state.draining = false;
+                state.inflight.clear();
+                if !ok {
+                    // The store failed; try again shortly rather than spinning.
+                    myself.send_after(Duration::from_secs(1), || DeliveryMsg::Drain);
+                } else if full || std::mem::take(&mut state.again) {
+                    state.drain(&myself);
+                }
+            }
+            DeliveryMsg::LastError { webhook_id, error } => state.set_last_error(&webhook_id, error),
+            DeliveryMsg::Crash => {
+                return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
+            }
         }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            // Workers stop on purpose only when their webhook is deleted.
+            _ => return Ok(()),
+        };
+        let Some(id) = state.webhook_of(&cell) else { return Ok(()) };
+        let Some(entry) = state.webhooks.get_mut(&id) else { return Ok(()) };
+        let now = Instant::now();
+        while entry.restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
+            entry.restarts.pop_front();
+        }
+        entry.restarts.push_back(now);
+        if entry.restarts.len() > MAX_WORKER_RESTARTS {
+            tracing::error!(webhook_id = %id, %reason, "delivery actor failed too often; leaving it stopped");
+            state.set_last_error(
+                &id,
+                Some(format!("delivery stopped after repeated internal failures ({reason}); restart hookline")),
+            );
+            return Ok(());
+        }
+        tracing::warn!(webhook_id = %id, %reason, "delivery actor failed; restarting it");
+        crate::metrics::actor_restart("delivery");
+        if let Err(e) = state.spawn_worker(&myself, &id).await {
+            tracing::error!(webhook_id = %id, error = %e, "restart of delivery actor failed");
+        }
+        Ok(())
+    }
+}
+
+fn not_found(id: &WebhookId) -> ApiError {
+    ApiError::NotFound(format!("webhook {id} not found"))
+}
+
+fn unavailable(id: &WebhookId) -> ApiError {
+    ApiError::Unavailable(format!("the delivery actor of webhook {id} is restarting; retry shortly"))
+}
+
+/// A PATCH that sends back the redacted placeholder as a channel `secret` (GET → edit →
+/// PATCH) keeps the stored secret of the channel at the same index instead of storing
+/// the placeholder.
+fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) {
+    for (i, ch) in next.iter_mut().enumerate() {
+        if let ChannelConfig::Webhook(c) = ch {
+            if c.secret.as_deref() == Some(channel::REDACTED) {
+                c.secret = match old.get(i) {
+                    Some(ChannelConfig::Webhook(o)) => o.secret.clone(),
+                    _ => None,
+                };
+            }
+        }
+    }
+}
+
+fn open_secrets(shared: &Shared, w: &StoredWebhook) -> Option<WebhookSecrets> {
+    let plain = shared.secrets.open(&w.sealed, w.webhook_id.as_str()).ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+impl DeliveryState {
+    fn policy(&self) -> NetPolicy {
+        self.deps.policy
+    }
+
+    fn webhook_of(&self, cell: &ActorCell) -> Option<WebhookId> {
+        let name = cell.get_name()?;
+        let prefix = self.shared.names.delivery("");
+        WebhookId::parse(name.strip_prefix(prefix.as_str())?)
+    }
+
+    fn runtime(&self, entry: &Entry) -> Arc<WebhookRuntime> {
+        let w = &entry.stored;
+        match &entry.secrets {
+            Some(s) => Arc::new(WebhookRuntime {
+                webhook_id: w.webhook_id.clone(),
+                is_active: w.is_active,
+                signing_key: Arc::from(signature::secret_key(&s.signing_secret).unwrap_or_default()),
+                channels: s.channels.iter().map(|c| channel::build(c, &self.deps)).collect(),
+                problem: None,
+            }),
+            None => Arc::new(WebhookRuntime {
+                webhook_id: w.webhook_id.clone(),
+                is_active: w.is_active,
+                signing_key: Arc::from(Vec::new()),
+                channels: Vec::new(),
+                problem: Some(crate::crypto::DecryptError.to_string()),
+            }),
+        }
+    }
+
+    async fn spawn_worker(&mut self, myself: &ActorRef<DeliveryMsg>, id: &WebhookId) -> Result<(), ActorProcessingErr> {
+        let Some(entry) = self.webhooks.get(id) else { return Ok(()) };
+        let name = self.shared.names.delivery(id.as_str());
+        // After a registry restart the old workers are being killed; wait for the name.
+        if let Some(old) = ractor::registry::where_is(name.clone()) {
+            let _ = old.kill_and_wait(Some(Duration::from_secs(5))).await;
+        }
+        let args =
+            WorkerArgs { shared: self.shared.clone(), runtime: self.runtime(entry), settings: self.settings.clone() };
+        Actor::spawn_linked(Some(name), DeliveryWorker, args, myself.get_cell()).await?;
+        Ok(())
+    }
+
+    fn worker(&self, id: &WebhookId) -> Option<ActorRef<WorkerMsg>> {
+        ActorRef::where_is(self.shared.names.delivery(id.as_str()))
+    }
+
+    fn seal(&self, id: &WebhookId, secrets: &WebhookSecrets) -> String {
+        let plain = serde_json::to_vec(secrets).unwrap_or_default();
+        self.shared.secrets.seal(&plain, id.as_str())
+    }
+
+    async fn create(
+        &mut self,
+        myself: &ActorRef<DeliveryMsg>,
+        body: CreateWebhook,
+    ) -> Result<(serde_json::Value, Durable), ApiError> {
+        body.validate(self.policy())?;
+        let mut webhook_id = WebhookId::generate();
+        while self.webhooks.contains_key(&webhook_id) {
+            webhook_id = WebhookId::generate();
+        }
+        let secrets = WebhookSecrets { signing_secret: signature::generate_secret(), channels: body.channels };
+        let now = now_rfc3339();
+        let stored = StoredWebhook {
+            webhook_id: webhook_id.clone(),
+            webhook_name: body.webhook_name,
+            event_types: body.event_types,
+            channels: secrets.channels.iter().map(ChannelConfig::redacted).collect(),
+            is_active: body.is_active,
+            created_at: now.clone(),
+            updated_at: now,
+            last_error: None,
+            sealed: self.seal(&webhook_id, &secrets),
+        };
+        let mut b = Batch::new();
+        b.put(Keyspace::WEBHOOKS, webhook_id.as_str(), &stored);
+        let durable = self.shared.store.submit(b);
+        let mut view = stored.view();
+        // The one and only time the signing secret is shown.
+        view["signing_secret"] = serde_json::Value::String(secrets.signing_secret.clone());
+        self.webhooks.insert(webhook_id.clone(), Entry { stored, secrets: Some(secrets), restarts: VecDeque::new() });
+        if let Err(e) = self.spawn_worker(myself, &webhook_id).await {
+            tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");
+        }
+        crate::metrics::webhooks(self.webhooks.len());
+        tracing::info!(webhook_id = %webhook_id, "webhook created");
+        Ok((view, durable))
+    }
+
+    fn update(&mut self, id: &WebhookId, patch: PatchWebhook) -> Result<(serde_json::Value, Durable), ApiError> {
+        patch.validate(self.policy())?;
+        let policy_sealed = {
+            let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
+            match (&patch.channels, &entry.secrets) {
+                (Some(_), None) => {
+                    return Err(ApiError::Conflict(format!(
+                        "webhook {id}'s stored secrets cannot be decrypted with the current master key; delete and recreate it"
+                    )))
+                }
+                (Some(channels), Some(s)) => {
+                    let mut channels = channels.clone();
+                    keep_redacted_secrets(&mut channels, &s.channels);
+                    let next = WebhookSecrets { signing_secret: s.signing_secret.clone(), channels };
+                    Some((self.seal(id, &next), next))
+                }
+                (None, _) => None,
+            }
+        };
+        let Some(entry) = self.webhooks.get_mut(id) else { return Err(not_found(id)) };
+        let w = &mut entry.stored;
+        if let Some(n) = patch.webhook_name {
+            w.webhook_name = n;
+        }
+        if let Some(t) = patch.event_types {
+            w.event_types = t;
+        }
+        if let Some(a) = patch.is_active {
+            w.is_active = a;
+        }
+        if let Some((sealed, secrets)) = policy_sealed {
+            w.channels = secrets.channels.iter().map(ChannelConfig::redacted).collect();
+            w.sealed = sealed;
+            entry.secrets = Some(secrets);
+        }
+        w.updated_at = now_rfc3339();
+        let mut b = Batch::new();
+        b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
+        let durable = self.shared.store.submit(b);
+        let view = entry.stored.view();
+        let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
+        if let Some(worker) = self.worker(id) {
+            let _ = worker.cast(WorkerMsg::Configure(self.runtime(entry)));
+        }
+        tracing::info!(webhook_id = %id, "webhook updated");
+        Ok((view, durable))
+    }
+
+    async fn delete(&mut self, id: &WebhookId) -> Result<Durable, ApiError> {
+        if self.webhooks.remove(id).is_none() {
+            return Err(not_found(id));
+        }
+        if let Some(worker) = self.worker(id) {
+            let _ = worker.stop_and_wait(Some("webhook deleted".into()), Some(Duration::from_secs(5))).await;
+        }
+        // The webhook and its whole queue go in one batch (plus deliveries of a fan-out
+        // still in flight, which the committer applies before this batch).
+        let mut b = Batch::new();
+        b.delete(Keyspace::WEBHOOKS, id.as_str());
+        self.shared.store.for_each_key(Keyspace::DELIVERIES, &format!("{}/", id.as_str()), |k| {
+            b.delete(Keyspace::DELIVERIES, k);
+            true
+        })?;
+        for (w, k) in &self.inflight {
+            if w == id {
+                b.delete(Keyspace::DELIVERIES, k);
+            }
+        }
+        crate::metrics::webhooks(self.webhooks.len());
+        tracing::info!(webhook_id = %id, "webhook deleted");
+        Ok(self.shared.store.submit(b))
+    }
+
+    fn set_last_error(&mut self, id: &WebhookId, error: Option<String>) {
+        let Some(entry) = self.webhooks.get_mut(id) else { return };
+        if entry.stored.last_error == error {
+            return;
+        }
+        entry.stored.last_error = error;
+        let mut b = Batch::new();
+        b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
+        drop(self.shared.store.submit(b)); // not awaited: last_error is advisory and set again on the next failure
+    }
+
+    /// Fans out the next slice of the outbox (see the module docs).
+    fn drain(&mut self, myself: &ActorRef<DeliveryMsg>) {
+        if self.draining {
+            self.again = true;
+            return;
+        }
+        let events: Vec<(String, EventRecord)> = match self.shared.store.list(Keyspace::OUTBOX, "", None, DRAIN_SLICE) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "read the outbox");
+                myself.send_after(Duration::from_secs(1), || DeliveryMsg::Drain);
+                return;
+            }
+        };
+        if events.is_empty() {
+            return;
+        }
+        let full = events.len() == DRAIN_SLICE;
+        let now = now_millis();
+        let mut batch = Batch::new();
+        let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
+        let active: Vec<&Entry> = self.webhooks.values().filter(|e| e.stored.is_active).collect();
+        for (key, event) in events {
+            let event = Arc::new(event);
+            for entry in &active {
+                if !entry.stored.subscribed(&event.event_type) {
+                    continue;
+                }
+                for (idx, ch) in entry.stored.channels.iter().enumerate() {
+                    let kind = ch.get("channel").and_then(|c| c.as_str()).unwrap_or("webhook");
+                    let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, kind, now);
+                    batch.put(Keyspace::DELIVERIES, &d.key(), &d);
+                    self.inflight.push((d.webhook_id.clone(), d.key()));
+                    per_worker.entry(d.webhook_id.clone()).or_default().push(d);
+                }
+            }
+            batch.delete(Keyspace::OUTBOX, &key);
+            crate::metrics::event_dispatched();
+        }
+        self.draining = true;
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
+        let durable = self.shared.store.submit(batch);
+        let names = self.shared.names.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let ok = match durable.await {
+                Ok(()) => {
+                    for (id, ds) in per_worker {
+                        if let Some(w) = ActorRef::<WorkerMsg>::where_is(names.delivery(id.as_str())) {
+                            let _ = w.cast(WorkerMsg::Enqueue(ds));
+                        }
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fan-out batch failed; the events stay in the outbox");
+                    false
+                }
+            };
+            let _ = me.cast(DeliveryMsg::DrainDone { epoch, ok, full });
+        });
     }
 }

@@ -1,9 +1,175 @@
 //! Outbound routes: webhooks (subscriptions), their deliveries, the event-type catalog and
-//! `POST /v1/events`. Writes go to the delivery registry; reads come from the store.
+//! `POST /v1/events`. Writes go to the delivery registry (which hands back a `Durable` the
+//! handler awaits before answering); reads come from the store.
 
-use super::{HttpState, Request, Response};
+use ractor::ActorRef;
+use warp::http::StatusCode;
+
+use super::{empty, json, HttpState, Request, Response};
+use crate::ask;
+use crate::delivery::model::{
+    CreateWebhook, Delivery, DeliveryStatus, PatchWebhook, PublishEvent, StoredWebhook, EVENT_TYPES,
+};
+use crate::delivery::DeliveryMsg;
+use crate::error::ApiError;
+use crate::ids::{DeliveryId, WebhookId};
+use crate::store::{Keyspace, StoreError};
 
 /// Routes under `/v1/organizations/webhooks` and `/v1/events`.
-pub async fn route(_state: &HttpState, _req: &Request, _segs: &[&str]) -> (&'static str, Response) {
-    ("(unknown)", super::error_response(&super::not_found_route()))
+pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static str, Response) {
+    let m = req.method.clone();
+    match segs {
+        ["v1", "events"] => methods!(m, "/v1/events", { POST => publish(state, req) }),
+        ["v1", "organizations", "webhooks"] => methods!(m, "/v1/organizations/webhooks", {
+            GET => list(state, req),
+            POST => create(state, req),
+        }),
+        ["v1", "organizations", "webhooks", "event-types"] => {
+            methods!(m, "/v1/organizations/webhooks/event-types", { GET => event_types(state, req) })
+        }
+        ["v1", "organizations", "webhooks", id] => methods!(m, "/v1/organizations/webhooks/{webhook_id}", {
+            GET => get(state, req, id),
+            PATCH => update(state, req, id),
+            DELETE => delete(state, req, id),
+        }),
+        ["v1", "organizations", "webhooks", id, "deliveries"] => {
+            methods!(m, "/v1/organizations/webhooks/{webhook_id}/deliveries", { GET => deliveries(state, req, id) })
+        }
+        ["v1", "organizations", "webhooks", id, "deliveries", did] => methods!(m,
+            "/v1/organizations/webhooks/{webhook_id}/deliveries/{delivery_id}", { GET => delivery(state, req, id, did) }),
+        ["v1", "organizations", "webhooks", id, "deliveries", did, "retry"] => methods!(m,
+            "/v1/organizations/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", { POST => retry(state, req, id, did) }),
+        _ => ("(unknown)", super::error_response(&super::not_found_route())),
+    }
+}
+
+fn registry(state: &HttpState) -> Result<ActorRef<DeliveryMsg>, ApiError> {
+    ActorRef::where_is(state.shared.names.delivery_registry())
+        .ok_or_else(|| ApiError::Unavailable("the delivery registry is restarting; retry shortly".into()))
+}
+
+fn webhook_id(id: &str) -> Result<WebhookId, ApiError> {
+    WebhookId::parse(id).ok_or_else(|| ApiError::NotFound(format!("webhook {id} not found")))
+}
+
+fn load(state: &HttpState, id: &str) -> Result<StoredWebhook, ApiError> {
+    let wid = webhook_id(id)?;
+    state
+        .shared
+        .store
+        .get::<StoredWebhook>(Keyspace::WEBHOOKS, wid.as_str())?
+        .ok_or_else(|| ApiError::NotFound(format!("webhook {id} not found")))
+}
+
+async fn durable(d: crate::store::Durable) -> Result<(), ApiError> {
+    d.await.map_err(|e: StoreError| ApiError::Internal(anyhow::Error::new(e).context("make the change durable")))
+}
+
+async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let mut out = Vec::new();
+    state.shared.store.for_each::<StoredWebhook>(Keyspace::WEBHOOKS, "", |_, w| {
+        out.push(w.view());
+        true
+    })?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "results": out })))
+}
+
+async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let body: CreateWebhook = req.json()?;
+    let reg = registry(state)?;
+    let (view, d) = ask!(reg, |reply| DeliveryMsg::Create { body, reply })?;
+    durable(d).await?;
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+async fn get(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    Ok(json(StatusCode::OK, &load(state, id)?.view()))
+}
+
+async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let webhook_id = webhook_id(id)?;
+    let patch: PatchWebhook = req.json()?;
+    let reg = registry(state)?;
+    let (view, d) = ask!(reg, |reply| DeliveryMsg::Update { webhook_id, patch, reply })?;
+    durable(d).await?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+async fn delete(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let webhook_id = webhook_id(id)?;
+    let reg = registry(state)?;
+    let d = ask!(reg, |reply| DeliveryMsg::Delete { webhook_id, reply })?;
+    durable(d).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn event_types(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let types: Vec<_> =
+        EVENT_TYPES.iter().map(|(t, d)| serde_json::json!({ "event_type": t, "description": d })).collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({ "results": types })))
+}
+
+async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let body: PublishEvent = req.json()?;
+    body.validate()?;
+    let reg = registry(state)?;
+    let PublishEvent { event_type, payload, cache_scopes } = body;
+    let (event, d) = ask!(reg, |reply| DeliveryMsg::Publish { event_type, payload, cache_scopes, reply })?;
+    durable(d).await?;
+    state.shared.bus.published([&event]);
+    Ok(json(StatusCode::ACCEPTED, &serde_json::json!({ "event_id": event.event_id })))
+}
+
+/// `GET …/deliveries?status=&limit=`: newest first, at most `limit` (default 100, max 1000).
+async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let w = load(state, id)?;
+    let status =
+        match req.query.get("status") {
+            None => None,
+            Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+                ApiError::validation("status", format!("{s:?} is not one of pending, succeeded, dead"))
+            })?),
+        };
+    let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, 1000);
+    let mut out = std::collections::VecDeque::with_capacity(limit);
+    state.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &format!("{}/", w.webhook_id.as_str()), |_, d| {
+        if status.is_none_or(|s| s == d.status) {
+            if out.len() == limit {
+                out.pop_front();
+            }
+            out.push_back(d.view());
+        }
+        true
+    })?;
+    let out: Vec<_> = out.into_iter().rev().collect();
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn delivery(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let w = load(state, id)?;
+    let not_found = || ApiError::NotFound(format!("delivery {did} not found for webhook {id}"));
+    let did = DeliveryId::parse(did).ok_or_else(not_found)?;
+    let key = crate::delivery::model::delivery_key(&w.webhook_id, &did);
+    let d = state.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)?.ok_or_else(not_found)?;
+    Ok(json(StatusCode::OK, &d.view()))
+}
+
+async fn retry(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let webhook_id = webhook_id(id)?;
+    let delivery_id = DeliveryId::parse(did)
+        .ok_or_else(|| ApiError::NotFound(format!("delivery {did} not found for webhook {id}")))?;
+    let reg = registry(state)?;
+    let (view, d) = ask!(reg, |reply| DeliveryMsg::Retry { webhook_id, delivery_id, reply })?;
+    durable(d).await?;
+    Ok(json(StatusCode::ACCEPTED, &view))
 }

@@ -6,4 +6,7 @@ mod support;
 mod foundation;
 mod inbound;
 mod outbound;
+mod outbound_crash;
+mod outbound_crosscheck;
+mod outbound_receiver;
 mod providers;

@@ -1,1 +1,518 @@
-//! Outbound: webhooks, delivery, retries.
+//! Outbound: webhooks API, fan-out, delivery, retries, dead letters, safety.
+//! Receivers are real HTTP servers on 127.0.0.1 (the test config allows loopback + http).
+
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+
+use crate::outbound_receiver::Receiver;
+use crate::support::{eventually, metric_value, Options, TestApp};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+pub async fn create_webhook(app: &TestApp, body: Value) -> (String, String) {
+    let (s, b) = app.post("/v1/organizations/webhooks", body).await;
+    assert_eq!(s, 201, "create webhook: {b}");
+    (b["webhook_id"].as_str().unwrap().to_string(), b["signing_secret"].as_str().unwrap_or("").to_string())
+}
+
+pub fn http_channel(url: &str) -> Value {
+    json!({"channel": "webhook", "configs": {"url": url}})
+}
+
+pub async fn publish(app: &TestApp, event_type: &str, payload: Value) -> String {
+    let (s, b) = app.post("/v1/events", json!({"event_type": event_type, "payload": payload})).await;
+    assert_eq!(s, 202, "publish: {b}");
+    b["event_id"].as_str().unwrap().to_string()
+}
+
+pub async fn deliveries(app: &TestApp, webhook_id: &str, status: Option<&str>) -> Vec<Value> {
+    let q = status.map(|s| format!("?status={s}")).unwrap_or_default();
+    let (s, b) = app.get(&format!("/v1/organizations/webhooks/{webhook_id}/deliveries{q}")).await;
+    assert_eq!(s, 200, "deliveries: {b}");
+    b.as_array().cloned().unwrap_or_default()
+}
+
+/// Verifies a Standard Webhooks signature the way a receiver would.
+fn verify_signature(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    header.split(' ').any(|s| s == expected)
+}
+
+#[tokio::test]
+async fn webhook_crud_validation_and_catalog() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    // Validation: 422 naming the field.
+    let cases = [
+        (json!({"webhook_name": "", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}), "webhook_name"),
+        (
+            json!({"webhook_name": "x".repeat(201), "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+            "webhook_name",
+        ),
+        (json!({"webhook_name": "a", "event_types": [], "channels": [http_channel(&rx.url("/"))]}), "event_types"),
+        (
+            json!({"webhook_name": "a", "event_types": ["bad type!"], "channels": [http_channel(&rx.url("/"))]}),
+            "event_types[0]",
+        ),
+        (json!({"webhook_name": "a", "event_types": ["*"], "channels": []}), "channels"),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "payload_template": "{{ oops"}}]}),
+            "channels[0].configs.payload_template",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": "not a url"}}]}),
+            "channels[0].configs.url",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "timeout": 0}}]}),
+            "channels[0].configs.timeout",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "headers": {"webhook-id": "x"}}}]}),
+            "channels[0].configs.headers.webhook-id",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "https://hooks.slack.com/x"}}]}),
+            "channels[0].channel",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["nope"]}}]}),
+            "channels[0].configs.to[0]",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, b) = app.post("/v1/organizations/webhooks", body.clone()).await;
+        assert_eq!(s, 422, "{body} → {b}");
+        let got = b["error"]["field"].as_str().unwrap_or("");
+        assert!(got.starts_with(field), "expected field {field}, got {got} ({b})");
+    }
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "pigeon", "configs": {}}]}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))], "extra": 1}),
+        )
+        .await;
+    assert_eq!(s, 422, "unknown field: {b}");
+
+    // Create, shown once.
+    let (s, created) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "Audit", "event_types": ["object.created"], "channels": [
+                {"channel": "webhook", "configs": {"url": rx.url("/a"), "secret": "shh-very-secret", "headers": {"X-Team": "core"}}}
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["webhook_id"].as_str().unwrap();
+    assert!(id.starts_with("wh_") && id.len() == 13 && id[3..].chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
+    assert!(created["signing_secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["is_active"], true);
+    assert_eq!(created["last_error"], Value::Null);
+    let (s, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert_eq!(s, 200);
+    assert!(got.get("signing_secret").is_none(), "secret shown again: {got}");
+    assert_eq!(got["channels"][0]["configs"]["secret"], "********");
+    assert_eq!(got["channels"][0]["configs"]["headers"]["X-Team"], "core");
+    let (_, list) = app.get("/v1/organizations/webhooks").await;
+    assert_eq!(list["results"].as_array().unwrap().len(), 1);
+
+    // PATCH changes fields and bumps updated_at (second precision: poll until it moves).
+    let patched = std::sync::Mutex::new(Value::Null);
+    let moved = eventually(Duration::from_secs(3), || async {
+        let (s, b) = app
+            .patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "Audit 2", "is_active": false}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let moved = b["updated_at"] != b["created_at"];
+        *patched.lock().unwrap() = b;
+        moved
+    })
+    .await;
+    let patched = patched.into_inner().unwrap();
+    assert!(moved, "updated_at never moved: {patched}");
+    assert_eq!(patched["webhook_name"], "Audit 2");
+    assert_eq!(patched["is_active"], false);
+    // Sending the redacted channel back (GET → edit → PATCH) keeps the stored secret.
+    let mut channels = got["channels"].clone();
+    channels[0]["configs"]["headers"]["X-Team"] = json!("platform");
+    let (s, b) =
+        app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": channels, "is_active": true})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["channels"][0]["configs"]["secret"], "********");
+    publish(&app, "object.created", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await);
+    assert_eq!(rx.captured()[0].header("x-mixpeek-secret"), Some("shh-very-secret"));
+    assert_eq!(rx.captured()[0].header("x-team"), Some("platform"));
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"event_types": []})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_types")));
+
+    // Catalog.
+    let (s, cat) = app.get("/v1/organizations/webhooks/event-types").await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> =
+        cat["results"].as_array().unwrap().iter().map(|t| t["event_type"].as_str().unwrap()).collect();
+    for t in [
+        "object.created",
+        "object.updated",
+        "object.deleted",
+        "batch.completed",
+        "batch.failed",
+        "cluster.execution.failed",
+        "taxonomy.materialized",
+        "collection.documents.written",
+    ] {
+        assert!(names.contains(&t), "{t} missing from {names:?}");
+    }
+
+    // Auth, 404s, delete.
+    let (s, _) = app.call_as(reqwest::Method::GET, "/v1/organizations/webhooks", None, None, None).await;
+    assert_eq!(s, 401);
+    assert_eq!(app.get("/v1/organizations/webhooks/wh_0000000000").await.0, 404);
+    assert_eq!(app.delete(&format!("/v1/organizations/webhooks/{id}")).await.0, 204);
+    assert_eq!(app.get(&format!("/v1/organizations/webhooks/{id}")).await.0, 404);
+    assert_eq!(app.delete(&format!("/v1/organizations/webhooks/{id}")).await.0, 404);
+    // The channel secret never hits the log.
+    assert!(!app.log().contains("shh-very-secret"));
+    assert!(!app.log().contains(created["signing_secret"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn delivers_envelope_with_headers_and_signature() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(204).await;
+    let (id, secret) = create_webhook(
+        &app,
+        json!({"webhook_name": "sig", "event_types": ["object.created"], "channels": [
+            {"channel": "webhook", "configs": {"url": rx.url("/hook"), "secret": "mixpeek-shared", "headers": {"X-Custom": "yes"}}}
+        ]}),
+    )
+    .await;
+    let (s, b) = app.post("/v1/events", json!({"event_type": "object.created", "payload": {"object_id": "obj_1"}, "cache_scopes": [{"scope": "collection", "id": "c1"}]})).await;
+    assert_eq!(s, 202, "{b}");
+    let event_id = b["event_id"].as_str().unwrap().to_string();
+    assert!(event_id.starts_with("evt_"));
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "nothing delivered; log:\n{}", app.log());
+    let req = rx.captured().remove(0);
+    assert_eq!(req.path, "/hook");
+    let env = req.json();
+    assert_eq!(env["event_id"], event_id.as_str());
+    assert_eq!(env["event_type"], "object.created");
+    assert_eq!(env["payload"]["object_id"], "obj_1");
+    assert_eq!(env["cache_scopes"][0]["scope"], "collection");
+    assert!(env["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(req.header("x-mixpeek-secret"), Some("mixpeek-shared"));
+    assert_eq!(req.header("x-custom"), Some("yes"));
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    let wid = req.header("webhook-id").unwrap();
+    let ts = req.header("webhook-timestamp").unwrap();
+    let sig = req.header("webhook-signature").unwrap();
+    assert!(sig.starts_with("v1,"), "{sig}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((now - ts.parse::<i64>().unwrap()).abs() < 60);
+    assert!(verify_signature(&secret, wid, ts, &req.body, sig), "signature does not verify");
+    assert!(!verify_signature(&secret, wid, ts, b"tampered", sig));
+    // The delivery is recorded as succeeded with its attempt.
+    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
+    assert!(ok, "{:?}", deliveries(&app, &id, None).await);
+    let d = &deliveries(&app, &id, None).await[0];
+    assert_eq!(d["delivery_id"], wid);
+    assert_eq!(d["event_id"], event_id.as_str());
+    assert_eq!(d["event_type"], "object.created");
+    assert_eq!(d["channel"], "webhook");
+    assert_eq!(d["attempts"][0]["status_code"], 204);
+    assert!(d["attempts"][0]["duration_ms"].is_u64());
+    assert!(d["attempts"][0]["at"].is_string());
+    assert_eq!(d["next_attempt_at"], Value::Null);
+    let m = app.metrics().await;
+    assert!(
+        metric_value(&m, "hookline_deliveries_total", &[("channel", "webhook"), ("outcome", "succeeded")]) >= 1.0,
+        "{m}"
+    );
+    assert!(metric_value(&m, "hookline_delivery_attempts_total", &[("result", "2xx")]) >= 1.0);
+    assert!(m.contains("hookline_delivery_attempt_duration_seconds"));
+    assert!(m.contains("hookline_delivery_queue_depth"));
+}
+
+#[tokio::test]
+async fn server_error_is_retried_with_the_same_webhook_id() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    rx.then(500, Duration::ZERO);
+    rx.then(503, Duration::ZERO);
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "r", "event_types": ["*"], "channels": [http_channel(&rx.url("/r"))]}),
+    )
+    .await;
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 3 }).await, "retries missing; log:\n{}", app.log());
+    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
+    assert!(ok);
+    let caps = rx.captured();
+    let ids: Vec<_> = caps.iter().map(|c| c.header("webhook-id").unwrap().to_string()).collect();
+    assert!(ids.iter().all(|i| i == &ids[0]), "webhook-id changed across retries: {ids:?}");
+    let d = &deliveries(&app, &id, None).await[0];
+    let codes: Vec<_> = d["attempts"].as_array().unwrap().iter().map(|a| a["status_code"].as_u64().unwrap()).collect();
+    assert_eq!(codes, vec![500, 503, 200]);
+    assert!(d["attempts"][0]["error"].as_str().unwrap().contains("500"));
+    // last_error was set while failing and cleared on success.
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert_eq!(w["last_error"], Value::Null, "{w}");
+}
+
+#[tokio::test]
+async fn timeout_is_retried() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    rx.then(200, Duration::from_secs(3));
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "t", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/slow"), "timeout": 0.3}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({})).await;
+    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
+    assert!(ok, "{:?}", deliveries(&app, &id, None).await);
+    let d = &deliveries(&app, &id, None).await[0];
+    let first = &d["attempts"][0];
+    assert_eq!(first["status_code"], Value::Null);
+    assert!(first["error"].as_str().unwrap().contains("timed out"), "{first}");
+    assert_eq!(d["attempts"][1]["status_code"], 200);
+    let m = app.metrics().await;
+    assert!(metric_value(&m, "hookline_delivery_attempts_total", &[("result", "timeout")]) >= 1.0);
+}
+
+#[tokio::test]
+async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
+    let app = TestApp::start_with(Options {
+        delivery_toml: Some(
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_seconds = 2\nretry_schedule_seconds = [1]\n".into(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let rx = Receiver::start(500).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "d", "event_types": ["*"], "channels": [http_channel(&rx.url("/d"))]}),
+    )
+    .await;
+    publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
+    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == 1 }).await;
+    assert!(ok, "{:?}", deliveries(&app, &id, None).await);
+    let d = deliveries(&app, &id, Some("dead")).await.remove(0);
+    assert!(d["attempts"].as_array().unwrap().len() >= 2, "{d}");
+    assert!(deliveries(&app, &id, Some("pending")).await.is_empty());
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert!(w["last_error"].as_str().unwrap_or("").contains("HTTP 500"), "{w}");
+    let m = app.metrics().await;
+    assert!(metric_value(&m, "hookline_deliveries_dead_total", &[]) >= 1.0);
+    assert!(metric_value(&m, "hookline_deliveries_total", &[("outcome", "dead")]) >= 1.0);
+
+    // Fix the receiver, retry by hand.
+    rx.set_default(200);
+    let did = d["delivery_id"].as_str().unwrap();
+    let (s, b) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b["status"], "pending");
+    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
+    assert!(ok, "{:?}", deliveries(&app, &id, None).await);
+    let caps = rx.captured();
+    assert!(caps.iter().all(|c| c.header("webhook-id") == Some(did)), "same webhook-id on manual retry");
+    let (s, _) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/del_nope/retry"), json!({})).await;
+    assert_eq!(s, 404);
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert_eq!(w["last_error"], Value::Null);
+}
+
+#[tokio::test]
+async fn paused_and_deleted_webhooks_receive_nothing() {
+    let app = TestApp::start().await;
+    let on = Receiver::start(200).await;
+    let paused = Receiver::start(200).await;
+    let doomed = Receiver::start(500).await;
+    let (on_id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "on", "event_types": ["*"], "channels": [http_channel(&on.url("/"))]}),
+    )
+    .await;
+    let (paused_id, _) = create_webhook(&app, json!({"webhook_name": "off", "event_types": ["*"], "is_active": false, "channels": [http_channel(&paused.url("/"))]})).await;
+    let (doomed_id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "doomed", "event_types": ["*"], "channels": [http_channel(&doomed.url("/"))]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"i": 1})).await;
+    // One fan-out batch covers every webhook: once the active one has it, the paused one
+    // would have been queued too if it were going to be.
+    assert!(eventually(WAIT, || async { on.count() >= 1 && doomed.count() >= 1 }).await);
+    assert!(deliveries(&app, &paused_id, None).await.is_empty(), "paused webhook queued a delivery");
+    assert_eq!(deliveries(&app, &doomed_id, Some("pending")).await.len(), 1);
+
+    // Delete cancels the failing queue.
+    assert_eq!(app.delete(&format!("/v1/organizations/webhooks/{doomed_id}")).await.0, 204);
+    let seen = doomed.count();
+    // Resume the paused one; publish again: the deleted one gets nothing new, the resumed one gets only the new event.
+    let (s, _) = app.patch(&format!("/v1/organizations/webhooks/{paused_id}"), json!({"is_active": true})).await;
+    assert_eq!(s, 200);
+    publish(&app, "object.created", json!({"i": 2})).await;
+    assert!(eventually(WAIT, || async { on.count() >= 2 && paused.count() >= 1 }).await);
+    assert_eq!(paused.count(), 1);
+    assert_eq!(paused.captured()[0].json()["payload"]["i"], 2);
+    assert_eq!(deliveries(&app, &on_id, Some("succeeded")).await.len(), 2);
+    // The retry timer (1 s) of the deleted webhook's delivery has passed by the time the
+    // new event went through twice more; no request may have arrived since the delete.
+    publish(&app, "object.created", json!({"i": 3})).await;
+    assert!(eventually(WAIT, || async { on.count() >= 3 }).await);
+    let (s, _) = app.get(&format!("/v1/organizations/webhooks/{doomed_id}/deliveries")).await;
+    assert_eq!(s, 404);
+    assert!(doomed.count() <= seen + 1, "a deleted webhook kept receiving: {} → {}", seen, doomed.count());
+}
+
+#[tokio::test]
+async fn star_prefix_and_exact_subscriptions_and_templates() {
+    let app = TestApp::start().await;
+    let all = Receiver::start(200).await;
+    let objects = Receiver::start(200).await;
+    let exact = Receiver::start(200).await;
+    let templated = Receiver::start(200).await;
+    create_webhook(
+        &app,
+        json!({"webhook_name": "all", "event_types": ["*"], "channels": [http_channel(&all.url("/"))]}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"webhook_name": "obj", "event_types": ["object.*"], "channels": [http_channel(&objects.url("/"))]}),
+    )
+    .await;
+    create_webhook(&app, json!({"webhook_name": "exact", "event_types": ["object.deleted"], "channels": [http_channel(&exact.url("/"))]})).await;
+    let template = r#"{"text": "{{ event_type }} for {{ payload.object_id }}", "id": "{{ event_id }}", "at": "{{ created_at }}", "n": {{ payload.count * 2 }}}"#;
+    create_webhook(
+        &app,
+        json!({"webhook_name": "tpl", "event_types": ["object.created"], "channels": [
+            {"channel": "webhook", "configs": {"url": templated.url("/t"), "payload_template": template}}
+        ]}),
+    )
+    .await;
+    let e1 = publish(&app, "object.created", json!({"object_id": "obj_7", "count": 21})).await;
+    publish(&app, "custom.thing", json!({})).await;
+    publish(&app, "object.deleted", json!({"object_id": "obj_7"})).await;
+    assert!(
+        eventually(WAIT, || async {
+            all.count() >= 3 && objects.count() >= 2 && exact.count() >= 1 && templated.count() >= 1
+        })
+        .await
+    );
+    let types = |r: &Receiver| {
+        let mut t: Vec<String> =
+            r.captured().iter().map(|c| c.json()["event_type"].as_str().unwrap_or("").to_string()).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(types(&all), vec!["custom.thing", "object.created", "object.deleted"]);
+    assert_eq!(types(&objects), vec!["object.created", "object.deleted"]);
+    assert_eq!(types(&exact), vec!["object.deleted"]);
+    let body = templated.captured()[0].json();
+    assert_eq!(body["text"], "object.created for obj_7");
+    assert_eq!(body["id"], e1.as_str());
+    assert_eq!(body["n"], 42);
+    assert!(body["at"].as_str().unwrap().ends_with('Z'));
+    // A bad publish is refused.
+    let (s, b) = app.post("/v1/events", json!({"event_type": "", "payload": {}})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_type")));
+    let (s, _) = app.post("/v1/events", json!({"payload": {}})).await;
+    assert_eq!(s, 422);
+}
+
+#[tokio::test]
+async fn unsafe_destinations_are_refused_by_default() {
+    let app = TestApp::start_with(Options {
+        delivery_toml: Some("[delivery]\nretry_schedule_seconds = [1]\n".into()),
+        ..Default::default()
+    })
+    .await;
+    for url in [
+        "http://example.com/hook",
+        "https://127.0.0.1/hook",
+        "https://[::1]/x",
+        "https://localhost:8443/x",
+        "https://10.0.0.8/x",
+        "https://169.254.169.254/latest/meta-data",
+    ] {
+        let (s, b) = app
+            .post(
+                "/v1/organizations/webhooks",
+                json!({"webhook_name": "x", "event_types": ["*"], "channels": [http_channel(url)]}),
+            )
+            .await;
+        assert_eq!(s, 422, "{url}: {b}");
+        assert_eq!(b["error"]["field"], "channels[0].configs.url", "{url}: {b}");
+    }
+    // A host NAME that resolves to a private address passes creation but is refused when
+    // resolved at send time. The machine's own hostname resolves locally (no network).
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+    let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), 443)).await {
+        Ok(a) => a.collect(),
+        Err(_) => Vec::new(),
+    };
+    let private = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    if host.is_empty() || addrs.is_empty() || !addrs.iter().all(|a| private(a.ip())) {
+        eprintln!("skipping the DNS part: hostname {host:?} resolves to {addrs:?}");
+        return;
+    }
+    let (id, _) = create_webhook(&app, json!({"webhook_name": "dns", "event_types": ["*"], "channels": [http_channel(&format!("https://{host}:9/x"))]})).await;
+    publish(&app, "object.created", json!({})).await;
+    let ok = eventually(WAIT, || async {
+        deliveries(&app, &id, None).await.first().is_some_and(|d| !d["attempts"].as_array().unwrap().is_empty())
+    })
+    .await;
+    assert!(ok);
+    let d = &deliveries(&app, &id, None).await[0];
+    let err = d["attempts"][0]["error"].as_str().unwrap();
+    assert!(err.contains("private"), "{err}");
+    let m = app.metrics().await;
+    assert!(metric_value(&m, "hookline_delivery_attempts_total", &[("result", "refused")]) >= 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn registry_crash_restarts_workers_and_keeps_delivering() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    create_webhook(&app, json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}))
+        .await;
+    let (s, _) = app.post("/v1/debug/crash/delivery_registry", json!({})).await;
+    assert_eq!(s, 202);
+    assert!(
+        eventually(WAIT, || async {
+            metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery_registry")])
+                >= 1.0
+        })
+        .await
+    );
+    // Publishing may briefly see the registry restarting (503); poll until accepted.
+    let ok = eventually(WAIT, || async {
+        app.post("/v1/events", json!({"event_type": "object.created", "payload": {}})).await.0 == 202
+    })
+    .await;
+    assert!(ok);
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "log:\n{}", app.log());
+}

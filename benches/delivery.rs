@@ -1,0 +1,163 @@
+//! Delivery benchmark (not a test): publishes N events over HTTP, fanned out to W webhooks
+//! that all point at a fast local receiver, and prints deliveries/s and the p50/p99
+//! publish→receive latency.
+//!
+//! Run: `cargo bench --bench delivery` (env: BENCH_EVENTS=20000 BENCH_WEBHOOKS=4
+//! BENCH_PUBLISHERS=256). The daemon runs in-process (`hookline::app::run`) on 127.0.0.1
+//! with a temp data dir; the receiver shares the same machine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hookline::config::Config;
+use warp::Filter;
+
+const API_KEY: &str = "bench-api-key-0123456789abcdef";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let events = env_usize("BENCH_EVENTS", 20_000);
+    let webhooks = env_usize("BENCH_WEBHOOKS", 4);
+    let publishers = env_usize("BENCH_PUBLISHERS", 256);
+    let total = events * webhooks;
+
+    // Receiver: note when each delivery arrives, keyed by its webhook-id.
+    let received: Arc<Mutex<Vec<(String, Instant)>>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (r, d) = (received.clone(), done.clone());
+    let filter = warp::header::<String>("webhook-id").map(move |id: String| {
+        let mut g = r.lock().unwrap();
+        g.push((id, Instant::now()));
+        if g.len() == total {
+            d.notify_one();
+        }
+        warp::reply()
+    });
+    let rx_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let rx_addr = rx_listener.local_addr()?;
+    tokio::spawn(warp::serve(filter).incoming(rx_listener).run());
+
+    // Daemon.
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.storage.path = dir.path().join("data");
+    config.auth.api_keys = vec![API_KEY.into()];
+    config.delivery.allow_insecure_http = true;
+    config.delivery.allow_private_networks = true;
+    config.delivery.max_in_flight_per_webhook = 64;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(hookline::app::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(publishers).build()?;
+    for _ in 0..200 {
+        if client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..webhooks {
+        let body = serde_json::json!({"webhook_name": format!("bench {i}"), "event_types": ["*"],
+            "channels": [{"channel": "webhook", "configs": {"url": format!("http://{rx_addr}/hook/{i}")}}]});
+        let resp =
+            client.post(format!("{base}/v1/organizations/webhooks")).bearer_auth(API_KEY).json(&body).send().await?;
+        anyhow::ensure!(resp.status() == 201, "create webhook: {}", resp.text().await?);
+    }
+
+    // Publish N events from `publishers` concurrent clients.
+    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(events)));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..publishers {
+        let (client, base, published, next) = (client.clone(), base.clone(), published.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= events {
+                    break;
+                }
+                let t0 = Instant::now();
+                let body = serde_json::json!({"event_type": "object.created", "payload": {"i": i, "object_id": format!("obj_{i}")}});
+                let resp = client.post(format!("{base}/v1/events")).bearer_auth(API_KEY).json(&body).send().await;
+                let Ok(resp) = resp else { continue };
+                let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                if let Some(e) = v["event_id"].as_str() {
+                    published.lock().unwrap().insert(e.trim_start_matches("evt_").to_string(), t0);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let publish_elapsed = started.elapsed();
+    let finished = tokio::time::timeout(Duration::from_secs(300), done.notified()).await.is_ok();
+    let elapsed = started.elapsed();
+    let got = received.lock().unwrap().clone();
+    let published = published.lock().unwrap().clone();
+
+    // webhook-id = del_{event ulid}_{webhook}_{channel}: join back to the publish time.
+    let mut lat: Vec<f64> = got
+        .iter()
+        .filter_map(|(id, at)| {
+            let evt = id.strip_prefix("del_")?.split('_').next()?;
+            published.get(evt).map(|t0| at.duration_since(*t0).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
+    println!("delivery bench: {events} events x {webhooks} webhooks = {total} deliveries, {publishers} publishers");
+    println!(
+        "  published {} events in {:.2}s ({:.0} events/s)",
+        published.len(),
+        publish_elapsed.as_secs_f64(),
+        published.len() as f64 / publish_elapsed.as_secs_f64()
+    );
+    println!(
+        "  received {} deliveries in {:.2}s: {:.0} deliveries/s{}",
+        got.len(),
+        elapsed.as_secs_f64(),
+        got.len() as f64 / elapsed.as_secs_f64(),
+        if finished { "" } else { " (TIMED OUT before all arrived)" }
+    );
+    println!(
+        "  publish->receive latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.50),
+        pct(0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    // Store side: how many group commits carried how many batches, and their latency.
+    let m = client.get(format!("{base}/metrics")).send().await?.text().await?;
+    let val = |name: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let commits = val("hookline_store_commits_total");
+    println!(
+        "  store: {:.0} group commits, {:.1} batches/commit, mean commit (apply+fsync) {:.1} ms",
+        commits,
+        val("hookline_store_commit_batches_total") / commits,
+        val("hookline_store_commit_duration_seconds_sum") * 1000.0
+            / val("hookline_store_commit_duration_seconds_count")
+    );
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), daemon).await;
+    Ok(())
+}

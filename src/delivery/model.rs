@@ -1,0 +1,342 @@
+//! Webhooks and deliveries: the stored shapes, the API bodies and their validation, and
+//! the event-type catalog.
+//!
+//! Store layout (keyspaces from `store`):
+//! - `wh/{webhook_id}` → [`StoredWebhook`]: public fields, channels with secrets redacted,
+//!   and `sealed` = the signing secret and full channel configs, encrypted (`crypto.rs`,
+//!   AAD = webhook ID).
+//! - `dlv/{webhook_id}/{delivery_id}` → [`Delivery`]: one event to one channel of one
+//!   webhook, with its attempts. Keyed under the webhook so its queue is one prefix scan
+//!   and deleting a webhook deletes its queue.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::channel::ChannelConfig;
+use super::netguard::NetPolicy;
+use crate::error::ApiError;
+use crate::events::EventRecord;
+use crate::ids::{DeliveryId, WebhookId};
+
+/// The catalog of event types hookline (and the platform it mirrors) emits. Any other
+/// well-formed type can still be published with `POST /v1/events` and subscribed to.
+pub const EVENT_TYPES: &[(&str, &str)] = &[
+    ("object.created", "An object was registered in a bucket"),
+    ("object.updated", "An object's metadata changed"),
+    ("object.deleted", "An object was deleted"),
+    ("batch.completed", "A batch finished processing"),
+    ("batch.failed", "A batch failed"),
+    ("cluster.created", "A cluster was created"),
+    ("cluster.completed", "A clustering run finished"),
+    ("cluster.execution.completed", "A cluster execution completed"),
+    ("cluster.execution.failed", "A cluster execution failed"),
+    ("taxonomy.created", "A taxonomy was created"),
+    ("taxonomy.materialized", "Taxonomy enrichment completed"),
+    ("collection.documents.written", "Documents were written to a collection"),
+];
+
+/// A well-formed event type name: 1–100 of `[A-Za-z0-9_.-]`.
+pub fn valid_event_type(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Whether a subscription pattern matches: `*` (all), `prefix.*`, or the exact type.
+pub fn matches(pattern: &str, event_type: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix(".*") {
+        Some(prefix) => event_type.strip_prefix(prefix).is_some_and(|r| r.starts_with('.')),
+        None => pattern == event_type,
+    }
+}
+
+/// The secret part of a webhook, stored only encrypted.
+#[derive(Serialize, Deserialize)]
+pub struct WebhookSecrets {
+    pub signing_secret: String,
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// A webhook as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredWebhook {
+    pub webhook_id: WebhookId,
+    pub webhook_name: String,
+    pub event_types: Vec<String>,
+    /// Channels as shown by the API (secrets redacted).
+    pub channels: Vec<serde_json::Value>,
+    pub is_active: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_error: Option<String>,
+    /// [`WebhookSecrets`] sealed under the master key.
+    pub sealed: String,
+}
+
+impl StoredWebhook {
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "webhook_id": self.webhook_id,
+            "webhook_name": self.webhook_name,
+            "event_types": self.event_types,
+            "channels": self.channels,
+            "is_active": self.is_active,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "last_error": self.last_error,
+        })
+    }
+
+    pub fn subscribed(&self, event_type: &str) -> bool {
+        self.event_types.iter().any(|p| matches(p, event_type))
+    }
+}
+
+/// `POST /v1/organizations/webhooks` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    pub webhook_name: String,
+    pub event_types: Vec<String>,
+    pub channels: Vec<ChannelConfig>,
+    #[serde(default = "yes")]
+    pub is_active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PATCH /v1/organizations/webhooks/{id}` body: any subset of the fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchWebhook {
+    pub webhook_name: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub channels: Option<Vec<ChannelConfig>>,
+    pub is_active: Option<bool>,
+}
+
+pub fn validate_name(name: &str) -> Result<(), ApiError> {
+    let n = name.chars().count();
+    if name.trim().is_empty() || n > 200 {
+        return Err(ApiError::validation("webhook_name", "must be 1–200 characters and not blank"));
+    }
+    Ok(())
+}
+
+pub fn validate_event_types(types: &[String]) -> Result<(), ApiError> {
+    if types.is_empty() {
+        return Err(ApiError::validation("event_types", "list at least one event type (\"*\" for all)"));
+    }
+    for (i, t) in types.iter().enumerate() {
+        let base = t.strip_suffix(".*").unwrap_or(t);
+        if t != "*" && !valid_event_type(base) {
+            return Err(ApiError::validation(
+                format!("event_types[{i}]"),
+                format!(
+                    "{t:?} is not an event type (letters, digits, . _ -; \"*\" for all; \"prefix.*\" for a family)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_channels(channels: &[ChannelConfig], policy: NetPolicy) -> Result<(), ApiError> {
+    if channels.is_empty() {
+        return Err(ApiError::validation("channels", "list at least one channel"));
+    }
+    if channels.len() > 10 {
+        return Err(ApiError::validation("channels", "at most 10 channels per webhook"));
+    }
+    for (i, c) in channels.iter().enumerate() {
+        c.validate(&format!("channels[{i}]"), policy)?;
+    }
+    Ok(())
+}
+
+impl CreateWebhook {
+    pub fn validate(&self, policy: NetPolicy) -> Result<(), ApiError> {
+        validate_name(&self.webhook_name)?;
+        validate_event_types(&self.event_types)?;
+        validate_channels(&self.channels, policy)
+    }
+}
+
+impl PatchWebhook {
+    pub fn validate(&self, policy: NetPolicy) -> Result<(), ApiError> {
+        if let Some(n) = &self.webhook_name {
+            validate_name(n)?;
+        }
+        if let Some(t) = &self.event_types {
+            validate_event_types(t)?;
+        }
+        if let Some(c) = &self.channels {
+            validate_channels(c, policy)?;
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/events` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEvent {
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub cache_scopes: Vec<serde_json::Value>,
+}
+
+impl PublishEvent {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if !valid_event_type(&self.event_type) {
+            return Err(ApiError::validation("event_type", "must be 1–100 characters of letters, digits, . _ -"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "succeeded" => Some(DeliveryStatus::Succeeded),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One attempt, as logged on the delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: String,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// Most attempts kept on a delivery (the oldest are dropped beyond it).
+pub const MAX_ATTEMPTS_KEPT: usize = 50;
+
+/// One event to one channel of one webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub delivery_id: DeliveryId,
+    pub webhook_id: WebhookId,
+    pub channel_index: usize,
+    pub channel: String,
+    pub status: DeliveryStatus,
+    pub attempts: Vec<Attempt>,
+    /// Failed attempts since `window_start_ms` (drives the schedule).
+    pub failures: u32,
+    /// When the current retry window began (queued, or manually re-queued): `max_age`
+    /// counts from here.
+    pub window_start_ms: u64,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_ms: Option<u64>,
+    pub created_at: String,
+    pub event: Arc<EventRecord>,
+}
+
+impl Delivery {
+    /// The delivery of `event` to channel `index` of `webhook`. The ID is derived from the
+    /// event, webhook and channel, so an event fanned out twice (crash between the fan-out
+    /// write and the outbox delete cannot happen, but a restored backup could) yields the
+    /// same IDs, and receivers see the same `webhook-id`.
+    pub fn new(event: Arc<EventRecord>, webhook: &WebhookId, index: usize, channel: &str, now_ms: u64) -> Delivery {
+        let evt = event.event_id.as_str().strip_prefix("evt_").unwrap_or(event.event_id.as_str());
+        let wh = webhook.as_str().strip_prefix("wh_").unwrap_or(webhook.as_str());
+        let id = format!("del_{evt}_{wh}_{index}");
+        Delivery {
+            delivery_id: DeliveryId::parse(&id).unwrap_or_else(DeliveryId::generate),
+            webhook_id: webhook.clone(),
+            channel_index: index,
+            channel: channel.to_string(),
+            status: DeliveryStatus::Pending,
+            attempts: Vec::new(),
+            failures: 0,
+            window_start_ms: now_ms,
+            next_attempt_ms: Some(now_ms),
+            created_at: crate::util::millis_to_rfc3339(now_ms),
+            event,
+        }
+    }
+
+    /// Store key (within `Keyspace::DELIVERIES`).
+    pub fn key(&self) -> String {
+        delivery_key(&self.webhook_id, &self.delivery_id)
+    }
+
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "delivery_id": self.delivery_id,
+            "webhook_id": self.webhook_id,
+            "event_id": self.event.event_id,
+            "event_type": self.event.event_type,
+            "channel": self.channel,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_ms.filter(|_| self.status == DeliveryStatus::Pending).map(crate::util::millis_to_rfc3339),
+            "created_at": self.created_at,
+        })
+    }
+
+    pub fn log_attempt(&mut self, a: Attempt) {
+        self.attempts.push(a);
+        if self.attempts.len() > MAX_ATTEMPTS_KEPT {
+            let extra = self.attempts.len() - MAX_ATTEMPTS_KEPT;
+            self.attempts.drain(..extra);
+        }
+    }
+}
+
+pub fn delivery_key(webhook: &WebhookId, delivery: &DeliveryId) -> String {
+    format!("{}/{}", webhook.as_str(), delivery.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_matching() {
+        assert!(matches("*", "object.created"));
+        assert!(matches("object.created", "object.created"));
+        assert!(!matches("object.created", "object.updated"));
+        assert!(matches("object.*", "object.deleted"));
+        assert!(matches("cluster.*", "cluster.execution.failed"));
+        assert!(!matches("object.*", "objects.created"));
+        assert!(!matches("object.*", "object"));
+    }
+
+    #[test]
+    fn delivery_ids_are_deterministic_and_valid() {
+        let ev = Arc::new(EventRecord {
+            event_id: crate::ids::EventId::generate(),
+            event_type: "x".into(),
+            created_at: "t".into(),
+            payload: serde_json::Value::Null,
+            cache_scopes: vec![],
+        });
+        let wh = WebhookId::generate();
+        let a = Delivery::new(ev.clone(), &wh, 0, "webhook", 1);
+        let b = Delivery::new(ev, &wh, 0, "webhook", 2);
+        assert_eq!(a.delivery_id, b.delivery_id);
+        assert!(DeliveryId::parse(a.delivery_id.as_str()).is_some());
+    }
+}

@@ -1,0 +1,172 @@
+//! Where deliveries may go: https only and public addresses only, unless the config allows
+//! `http://` or private networks (local development).
+//!
+//! Checked twice: on the URL when a webhook is saved (a clear 422), and on the *resolved*
+//! addresses at send time through [`GuardedResolver`], so a DNS name that points (or later
+//! re-points) at 127.0.0.1 or 10.0.0.0/8 cannot smuggle a request into the private network.
+//! URLs with a literal IP never reach the resolver; [`check_url`] covers them at send time.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// The two switches of `[delivery]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetPolicy {
+    pub allow_insecure_http: bool,
+    pub allow_private_networks: bool,
+}
+
+/// Whether `ip` is a globally routable unicast address (not loopback, private, link-local,
+/// CGNAT, unspecified, multicast, documentation or benchmarking ranges).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            let seg0 = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (seg0 == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+                || v6.segments()[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64.0.0/10
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18.0.0/15
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
+        || o[0] >= 240) // reserved
+}
+
+/// Checks scheme and (when the host is a literal IP or `localhost`) the address.
+pub fn check_url(url: &url::Url, policy: NetPolicy) -> Result<(), String> {
+    match url.scheme() {
+        "https" => {}
+        "http" if policy.allow_insecure_http => {}
+        "http" => {
+            return Err(
+                "http:// URLs are refused; use https:// (or set delivery.allow_insecure_http for local development)"
+                    .into(),
+            )
+        }
+        other => return Err(format!("unsupported URL scheme {other:?}; use https://")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are refused; use a header instead".into());
+    }
+    let private = match url.host() {
+        None => return Err("the URL has no host".into()),
+        Some(url::Host::Ipv4(ip)) => !is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => !is_public(IpAddr::V6(ip)),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+    };
+    if private && !policy.allow_private_networks {
+        return Err("private, loopback and link-local destinations are refused (set delivery.allow_private_networks for local development)".into());
+    }
+    Ok(())
+}
+
+/// A DNS resolver for reqwest that drops non-public addresses unless allowed, and fails
+/// with a clear message when nothing is left.
+pub struct GuardedResolver {
+    pub allow_private_networks: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private_networks;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let kept: Vec<SocketAddr> = addrs.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
+            if kept.is_empty() {
+                let msg = if addrs.is_empty() {
+                    format!("{host} did not resolve to any address")
+                } else {
+                    format!(
+                        "{host} resolves only to private/loopback addresses, which are refused (delivery.allow_private_networks)"
+                    )
+                };
+                return Err(msg.into());
+            }
+            let it: reqwest::dns::Addrs = Box::new(kept.into_iter());
+            Ok(it)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRICT: NetPolicy = NetPolicy { allow_insecure_http: false, allow_private_networks: false };
+    const DEV: NetPolicy = NetPolicy { allow_insecure_http: true, allow_private_networks: true };
+
+    #[test]
+    fn classifies_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
+        }
+        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        assert!(check_url(&u("https://example.com/hook"), STRICT).is_ok());
+        assert!(check_url(&u("http://example.com/hook"), STRICT).unwrap_err().contains("http://"));
+        assert!(check_url(&u("https://127.0.0.1/x"), STRICT).unwrap_err().contains("private"));
+        assert!(check_url(&u("https://[::1]:8443/x"), STRICT).is_err());
+        assert!(check_url(&u("https://localhost/x"), STRICT).is_err());
+        assert!(check_url(&u("https://169.254.169.254/latest"), STRICT).is_err());
+        assert!(check_url(&u("ftp://example.com/"), STRICT).is_err());
+        assert!(check_url(&u("https://user:pw@example.com/"), STRICT).is_err());
+        assert!(check_url(&u("http://127.0.0.1:9/x"), DEV).is_ok());
+    }
+
+    #[tokio::test]
+    async fn resolver_drops_private_addresses() {
+        use reqwest::dns::Resolve;
+        let strict = GuardedResolver { allow_private_networks: false };
+        let err = strict.resolve("localhost".parse().unwrap()).await.err().expect("refused");
+        assert!(err.to_string().contains("private"), "{err}");
+        let dev = GuardedResolver { allow_private_networks: true };
+        let addrs: Vec<_> = match dev.resolve("localhost".parse().unwrap()).await {
+            Ok(a) => a.collect(),
+            Err(e) => panic!("localhost must resolve: {e}"),
+        };
+        assert!(!addrs.is_empty());
+    }
+}

@@ -1,0 +1,418 @@
+//! The delivery actor of one webhook: owns that webhook's queue of pending deliveries.
+//!
+//! The queue lives in sled (`dlv/{webhook_id}/…`, written by the fan-out before anything is
+//! queued here) and in this actor's memory; `pre_start` reloads it, so a restart or a crash
+//! loses nothing. Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time,
+//! and report back with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due
+//! delivery. The mailbox is therefore never blocked by a slow receiver, and each webhook has
+//! its own actor, so one slow or dead receiver never holds back another webhook.
+//!
+//! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], and a `Flush`
+//! queued behind them submits it once the mailbox has drained (one commit for many
+//! deliveries). They are not awaited: losing one in a crash only means a redelivery with the
+//! same `webhook-id` (at least once).
+//!
+//! This actor must not write webhook records: `last_error` goes to the registry.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
+use rand::Rng;
+
+use super::channel::{AttemptResult, Channel, Message};
+use super::model::{delivery_key, Attempt, Delivery, DeliveryStatus};
+use super::registry::DeliveryMsg;
+use super::retry::{Decision, Outcome, Policy};
+use crate::error::ApiError;
+use crate::ids::{DeliveryId, WebhookId};
+use crate::state::Shared;
+use crate::store::{Batch, Durable, Keyspace};
+use crate::util::{millis_to_rfc3339, now_millis};
+
+type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
+
+/// How often completed deliveries older than the retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A webhook's sending configuration, built by the registry from the stored record with
+/// its secrets opened.
+pub struct WebhookRuntime {
+    pub webhook_id: WebhookId,
+    pub is_active: bool,
+    /// HMAC key of the signing secret.
+    pub signing_key: Arc<[u8]>,
+    /// Senders, by channel index.
+    pub channels: Vec<Arc<dyn Channel>>,
+    /// Set when the webhook cannot send at all (e.g. secrets unreadable): deliveries are
+    /// held, not failed, and this is the webhook's `last_error`.
+    pub problem: Option<String>,
+}
+
+/// Settings shared by every worker.
+#[derive(Clone)]
+pub struct WorkerSettings {
+    pub policy: Policy,
+    pub max_in_flight: usize,
+    /// Completed deliveries are kept this long for the deliveries API.
+    pub retention: Duration,
+}
+
+pub struct DeliveryWorker;
+
+pub struct WorkerArgs {
+    pub shared: Shared,
+    pub runtime: Arc<WebhookRuntime>,
+    pub settings: WorkerSettings,
+}
+
+pub enum WorkerMsg {
+    /// Deliveries made durable by the fan-out.
+    Enqueue(Vec<Delivery>),
+    /// The webhook changed (PATCH: pause/resume, channels).
+    Configure(Arc<WebhookRuntime>),
+    /// Manual retry: re-queue now (a finished delivery gets a fresh `max_age` window).
+    Retry { delivery_id: DeliveryId, reply: RpcReplyPort<Result<(serde_json::Value, Durable), ApiError>> },
+    /// The retry timer fired.
+    Wake,
+    /// A send task finished.
+    Done { delivery_id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration },
+    /// Submit the grouped outcome writes.
+    Flush,
+    /// Drop completed deliveries past the retention.
+    Prune,
+}
+
+pub struct WorkerState {
+    shared: Shared,
+    rt: Arc<WebhookRuntime>,
+    settings: WorkerSettings,
+    myself: ActorRef<WorkerMsg>,
+    /// Every pending delivery (ready, waiting for its retry, or in flight).
+    queue: HashMap<DeliveryId, Delivery>,
+    ready: VecDeque<DeliveryId>,
+    waiting: BinaryHeap<Reverse<(u64, DeliveryId)>>,
+    in_flight: HashSet<DeliveryId>,
+    timer: Option<(u64, TimerHandle)>,
+    prune_timer: Option<JoinHandle<()>>,
+    writes: Batch,
+    flush_queued: bool,
+    /// The last error reported to the registry (to report only changes).
+    reported_error: Option<String>,
+}
+
+impl Actor for DeliveryWorker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        let mut state = WorkerState {
+            shared: args.shared,
+            rt: args.runtime,
+            settings: args.settings,
+            myself: myself.clone(),
+            queue: HashMap::new(),
+            ready: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            in_flight: HashSet::new(),
+            timer: None,
+            prune_timer: None,
+            writes: Batch::new(),
+            flush_queued: false,
+            reported_error: None,
+        };
+        state.load()?;
+        state.prune_timer = Some(myself.send_interval(PRUNE_EVERY, || WorkerMsg::Prune));
+        if let Some(p) = state.rt.problem.clone() {
+            state.report_error(Some(p));
+        }
+        state.arm();
+        state.pump();
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<WorkerMsg>, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+        if let Some((_, t)) = state.timer.take() {
+            t.abort();
+        }
+        if let Some(t) = state.prune_timer.take() {
+            t.abort();
+        }
+        crate::metrics::delivery_queue_add(-(state.queue.len() as f64));
+        if !state.writes.is_empty() {
+            drop(state.shared.store.submit(std::mem::take(&mut state.writes)));
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Enqueue(ds) => {
+                let now = now_millis();
+                for d in ds {
+                    state.insert(d, now);
+                }
+                state.arm();
+                state.pump();
+            }
+            WorkerMsg::Configure(rt) => {
+                state.rt = rt;
+                state.report_error(state.rt.problem.clone());
+                state.pump();
+            }
+            WorkerMsg::Retry { delivery_id, reply } => {
+                let r = state.retry_now(&delivery_id);
+                let _ = reply.send(r);
+                state.pump();
+            }
+            WorkerMsg::Wake => {
+                state.timer = None;
+                let now = now_millis();
+                while let Some(Reverse((due, _))) = state.waiting.peek() {
+                    if *due > now {
+                        break;
+                    }
+                    let Some(Reverse((due, id))) = state.waiting.pop() else { break };
+                    // Stale entries (re-queued manually, already sent) are skipped.
+                    let current = state.queue.get(&id).and_then(|d| d.next_attempt_ms) == Some(due);
+                    if current && !state.in_flight.contains(&id) {
+                        state.ready.push_back(id);
+                    }
+                }
+                state.arm();
+                state.pump();
+            }
+            WorkerMsg::Done { delivery_id, result, at_ms, duration } => {
+                state.done(delivery_id, result, at_ms, duration);
+                state.pump();
+            }
+            WorkerMsg::Flush => {
+                state.flush_queued = false;
+                if !state.writes.is_empty() {
+                    let durable = state.shared.store.submit(std::mem::take(&mut state.writes));
+                    tokio::spawn(async move {
+                        if let Err(e) = durable.await {
+                            tracing::error!(error = %e, "write delivery outcomes");
+                        }
+                    });
+                }
+            }
+            WorkerMsg::Prune => state.prune()?,
+        }
+        Ok(())
+    }
+}
+
+impl WorkerState {
+    fn prefix(&self) -> String {
+        format!("{}/", self.rt.webhook_id.as_str())
+    }
+
+    /// Reloads pending deliveries from the store (restart/crash recovery).
+    fn load(&mut self) -> Result<(), ActorProcessingErr> {
+        let mut pending = Vec::new();
+        self.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), |_, d| {
+            if d.status == DeliveryStatus::Pending {
+                pending.push(d);
+            }
+            true
+        })?;
+        let now = now_millis();
+        if !pending.is_empty() {
+            tracing::info!(webhook_id = %self.rt.webhook_id, pending = pending.len(), "delivery queue reloaded");
+        }
+        for d in pending {
+            self.insert(d, now);
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, d: Delivery, now: u64) {
+        if self.queue.contains_key(&d.delivery_id) {
+            return; // already queued (a fan-out raced a reload)
+        }
+        let id = d.delivery_id.clone();
+        match d.next_attempt_ms {
+            Some(due) if due > now => self.waiting.push(Reverse((due, id.clone()))),
+            _ => self.ready.push_back(id.clone()),
+        }
+        self.queue.insert(id, d);
+        crate::metrics::delivery_queue_add(1.0);
+    }
+
+    /// Arms the timer for the earliest waiting delivery (one timer, re-armed when an
+    /// earlier one appears).
+    fn arm(&mut self) {
+        let Some(Reverse((due, _))) = self.waiting.peek() else { return };
+        let due = *due;
+        if let Some((t, _)) = &self.timer {
+            if *t <= due {
+                return;
+            }
+        }
+        if let Some((_, h)) = self.timer.take() {
+            h.abort();
+        }
+        let delay = Duration::from_millis(due.saturating_sub(now_millis()));
+        let h = self.myself.send_after(delay, || WorkerMsg::Wake);
+        self.timer = Some((due, h));
+    }
+
+    /// Starts sends while under the concurrency bound (nothing while paused or broken).
+    fn pump(&mut self) {
+        if !self.rt.is_active || self.rt.problem.is_some() {
+            return;
+        }
+        while self.in_flight.len() < self.settings.max_in_flight {
+            let Some(id) = self.ready.pop_front() else { break };
+            let Some(d) = self.queue.get(&id) else { continue };
+            if self.in_flight.contains(&id) {
+                continue;
+            }
+            self.in_flight.insert(id.clone());
+            let channel = self.rt.channels.get(d.channel_index).cloned();
+            let key = self.rt.signing_key.clone();
+            let event = d.event.clone();
+            let me = self.myself.clone();
+            tokio::spawn(async move {
+                let at_ms = now_millis();
+                let started = Instant::now();
+                let result = match channel {
+                    Some(ch) => ch.send(&Message { id: id.as_str(), event: &event, signing_key: &key }).await,
+                    None => AttemptResult {
+                        outcome: Outcome::Permanent,
+                        status_code: None,
+                        error: Some("the channel of this delivery was removed from the webhook".into()),
+                        retry_after: None,
+                        result: "error",
+                    },
+                };
+                let _ = me.cast(WorkerMsg::Done { delivery_id: id, result, at_ms, duration: started.elapsed() });
+            });
+        }
+    }
+
+    fn done(&mut self, id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration) {
+        self.in_flight.remove(&id);
+        let Some(mut d) = self.queue.remove(&id) else { return };
+        crate::metrics::delivery_attempt(&d.channel, result.result, duration);
+        d.log_attempt(Attempt {
+            at: millis_to_rfc3339(at_ms),
+            status_code: result.status_code,
+            error: result.error.clone(),
+            duration_ms: duration.as_millis() as u64,
+        });
+        if result.outcome != Outcome::Delivered {
+            d.failures += 1;
+        }
+        let now = now_millis();
+        let age = Duration::from_millis(now.saturating_sub(d.window_start_ms));
+        let jitter = rand::rng().random_range(-1.0..=1.0);
+        let decision = self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter);
+        let error = result.error.map(|e| format!("{} delivery {}: {e}", d.channel, d.delivery_id));
+        match decision {
+            Decision::Succeeded => {
+                d.status = DeliveryStatus::Succeeded;
+                d.next_attempt_ms = None;
+                crate::metrics::delivery_finished(&d.channel, "succeeded");
+                crate::metrics::delivery_queue_add(-1.0);
+                self.report_error(None);
+            }
+            Decision::Dead => {
+                d.status = DeliveryStatus::Dead;
+                d.next_attempt_ms = None;
+                crate::metrics::delivery_finished(&d.channel, "dead");
+                crate::metrics::delivery_queue_add(-1.0);
+                tracing::warn!(webhook_id = %d.webhook_id, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
+                self.report_error(error);
+            }
+            Decision::RetryIn(delay) => {
+                let due = now + delay.as_millis() as u64;
+                d.next_attempt_ms = Some(due);
+                self.waiting.push(Reverse((due, id.clone())));
+                self.report_error(error);
+            }
+        }
+        self.write(&d);
+        if d.status == DeliveryStatus::Pending {
+            self.queue.insert(id, d);
+            self.arm();
+        }
+    }
+
+    fn write(&mut self, d: &Delivery) {
+        self.writes.put(Keyspace::DELIVERIES, &d.key(), d);
+        if !self.flush_queued {
+            self.flush_queued = true;
+            let _ = self.myself.cast(WorkerMsg::Flush);
+        }
+    }
+
+    fn retry_now(&mut self, id: &DeliveryId) -> Result<(serde_json::Value, Durable), ApiError> {
+        let now = now_millis();
+        if let Some(d) = self.queue.get_mut(id) {
+            // Still pending: just make it due now.
+            if !self.in_flight.contains(id) {
+                d.next_attempt_ms = Some(now);
+                self.ready.push_back(id.clone());
+            }
+            let view = d.view();
+            return Ok((view, self.shared.store.submit(Batch::new())));
+        }
+        let key = delivery_key(&self.rt.webhook_id, id);
+        let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else {
+            return Err(ApiError::NotFound(format!("delivery {id} not found for webhook {}", self.rt.webhook_id)));
+        };
+        d.status = DeliveryStatus::Pending;
+        d.failures = 0;
+        d.window_start_ms = now;
+        d.next_attempt_ms = Some(now);
+        let mut b = Batch::new();
+        b.put(Keyspace::DELIVERIES, &key, &d);
+        let durable = self.shared.store.submit(b);
+        let view = d.view();
+        self.insert(d, now);
+        Ok((view, durable))
+    }
+
+    /// Tells the registry about a change of `last_error`.
+    fn report_error(&mut self, error: Option<String>) {
+        if error == self.reported_error {
+            return;
+        }
+        self.reported_error = error.clone();
+        if let Some(reg) = ActorRef::<DeliveryMsg>::where_is(self.shared.names.delivery_registry()) {
+            let _ = reg.cast(DeliveryMsg::LastError { webhook_id: self.rt.webhook_id.clone(), error });
+        }
+    }
+
+    fn prune(&mut self) -> Result<(), ActorProcessingErr> {
+        let cutoff = now_millis().saturating_sub(self.settings.retention.as_millis() as u64);
+        let mut b = Batch::new();
+        self.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
+            let finished_at = d.window_start_ms;
+            if d.status != DeliveryStatus::Pending && finished_at < cutoff {
+                b.delete(Keyspace::DELIVERIES, k);
+            }
+            true
+        })?;
+        if !b.is_empty() {
+            tracing::debug!(webhook_id = %self.rt.webhook_id, pruned = b.len(), "pruned finished deliveries");
+            drop(self.shared.store.submit(b)); // not awaited: a lost prune is redone next time
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! A fake webhook receiver on 127.0.0.1 for the outbound tests: records every request
+//! (headers + body) and answers with a scripted status, optionally after a delay.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use warp::Filter;
+
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Captured {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    /// Statuses to answer first, in order; then `default`.
+    next: VecDeque<(u16, Duration)>,
+    default: u16,
+    captured: Vec<Captured>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Receiver {
+    /// Starts a receiver answering `default` to everything.
+    pub async fn start(default: u16) -> Receiver {
+        let script = Arc::new(Mutex::new(Script { default, ..Default::default() }));
+        let s = script.clone();
+        let filter = warp::path::full().and(warp::header::headers_cloned()).and(warp::body::bytes()).then(
+            move |path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                let s = s.clone();
+                async move {
+                    let (status, delay) = {
+                        let mut g = s.lock().unwrap();
+                        let h = headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        g.captured.push(Captured { path: path.as_str().to_string(), headers: h, body: body.to_vec() });
+                        g.next.pop_front().unwrap_or((g.default, Duration::ZERO))
+                    };
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let code = warp::http::StatusCode::from_u16(status).unwrap();
+                    warp::reply::with_status("receiver says hi", code)
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(filter).incoming(listener).run());
+        Receiver { addr, script }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Answers the next requests with these statuses (and delays) before the default.
+    pub fn then(&self, status: u16, delay: Duration) {
+        self.script.lock().unwrap().next.push_back((status, delay));
+    }
+
+    pub fn set_default(&self, status: u16) {
+        self.script.lock().unwrap().default = status;
+    }
+
+    pub fn captured(&self) -> Vec<Captured> {
+        self.script.lock().unwrap().captured.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.script.lock().unwrap().captured.len()
+    }
+}
