@@ -5,5 +5,6 @@ mod support;
 
 mod foundation;
 mod inbound;
+mod inbound_crash;
 mod outbound;
 mod providers;
