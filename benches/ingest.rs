@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use warp::Filter;
 
 const API_KEY: &str = "bench-api-key-0123456789abcdef";
 
@@ -23,6 +24,9 @@ fn server_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("server runtime")
 }
 
+/// Builds request number `i` of a scenario.
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
+
 struct Report {
     name: &'static str,
     rps: f64,
@@ -32,13 +36,7 @@ struct Report {
 }
 
 /// Drives `make_req(i)` with `conns` concurrent workers for `secs` seconds (after 1 s warm-up).
-async fn drive(
-    name: &'static str,
-    client: reqwest::Client,
-    conns: usize,
-    secs: u64,
-    make_req: Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>,
-) -> Report {
+async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: u64, make_req: MakeRequest) -> Report {
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let warmup = Instant::now() + Duration::from_secs(1);
@@ -100,6 +98,29 @@ fn print(r: &Report, ceiling: Option<f64>) {
         r.errors,
         share
     );
+}
+
+/// Cumulative group-commit figures from `/metrics`: how many batches each fsync covered.
+fn print_commit_stats(metrics: &str) {
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let commits = sum("hookline_store_commits_total");
+    let batches = sum("hookline_store_commit_batches_total");
+    let secs = sum("hookline_store_commit_duration_seconds_sum");
+    if commits > 0.0 {
+        println!(
+            "{:<26} {:.0} group commits so far, {:.1} batches per commit, {:.2} ms per commit (apply + fsync)",
+            "",
+            commits,
+            batches / commits,
+            1e3 * secs / commits
+        );
+    }
 }
 
 fn main() {
@@ -203,6 +224,9 @@ fn main() {
             }),
         ));
         print(&report, Some(bare.rps));
+        let m = client_rt
+            .block_on(async { client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() });
+        print_commit_stats(&m);
     }
     drop(hook_rt);
 }
