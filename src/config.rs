@@ -19,6 +19,21 @@ pub struct Config {
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
     pub mux: MuxApiConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// How often each source-adapter actor checks whether its time window is due. A window
+    /// flushes at most this late.
+    pub flush_tick_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { flush_tick_ms: 250 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +220,9 @@ impl Config {
         }
         if self.mux.timeout_seconds == 0 {
             bail!("mux.timeout_seconds must be at least 1");
+        }
+        if !(10..=5000).contains(&self.ingest.flush_tick_ms) {
+            bail!("ingest.flush_tick_ms must be within 10..=5000");
         }
         Ok(())
     }

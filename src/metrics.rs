@@ -90,7 +90,43 @@ pub fn buckets(n: usize) {
 
 // ---- inbound (source adapters): names, descriptions, recorders ----
 
-fn describe_inbound() {}
+pub const INGEST_REQUESTS: &str = "hookline_ingest_requests_total";
+pub const INGEST_DURATION: &str = "hookline_ingest_duration_seconds";
+pub const INGEST_BUFFERED: &str = "hookline_ingest_events_buffered_total";
+pub const INGEST_FLUSHES: &str = "hookline_ingest_flushes_total";
+pub const INGEST_OBJECTS_CREATED: &str = "hookline_ingest_objects_created_total";
+
+fn describe_inbound() {
+    describe_counter!(
+        INGEST_REQUESTS,
+        "Ingest requests by outcome: created, buffered, duplicate, ignored, unauthorized, invalid, disabled, \
+         not_found, error"
+    );
+    describe_histogram!(INGEST_DURATION, Unit::Seconds, "Ingest latency, body read to durable answer, by outcome");
+    describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");
+    describe_counter!(INGEST_FLUSHES, "Buffer flushes (one batch each), by trigger: window, size, drain, restart");
+    describe_counter!(INGEST_OBJECTS_CREATED, "Objects created by source adapters");
+    // Restarts of source-adapter actors: hookline_actor_restarts_total{actor="source_adapter"}.
+}
+
+/// Outcomes are a fixed set (see the description); bucket IDs are not labels, so no series
+/// outlives its bucket.
+pub fn ingest_request(outcome: &'static str, elapsed: Duration) {
+    counter!(INGEST_REQUESTS, "outcome" => outcome).increment(1);
+    histogram!(INGEST_DURATION, "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+pub fn ingest_buffered() {
+    counter!(INGEST_BUFFERED).increment(1);
+}
+
+pub fn ingest_flush(trigger: &'static str) {
+    counter!(INGEST_FLUSHES, "trigger" => trigger).increment(1);
+}
+
+pub fn ingest_objects_created(n: usize) {
+    counter!(INGEST_OBJECTS_CREATED).increment(n as u64);
+}
 
 // ---- outbound (delivery): names, descriptions, recorders ----
 

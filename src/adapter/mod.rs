@@ -1,12 +1,26 @@
 //! Source adapters: the inbound side.
 //!
-//! The bucket registry ([`registry::BucketRegistry`]) owns the catalog (buckets and
-//! connections) and serializes every change to it. It will spawn one supervised
-//! source-adapter actor per bucket that has an adapter; that actor alone owns the bucket's
-//! dedup set and batch buffer. This module must not touch outbound delivery state.
+//! - [`registry`]: the bucket registry actor, owner of the catalog and parent/supervisor of
+//!   the per-bucket adapter actors.
+//! - [`actor`]: one source-adapter actor per bucket with an adapter; it alone owns that
+//!   bucket's dedup set and batch buffer (mirrored in the store).
+//! - [`spec`]: the `source_adapter` settings (API shape, validation, stored form, secrets).
+//! - [`kind`]: every per-provider decision (generic_webhook, mux, supabase).
+//! - [`pipeline`]: the pure ingest steps (filter, dedup value, mapping, type check, blob).
+//! - [`records`]: what is stored (objects, batches, buffer, dedup, counters) and its keys.
+//! - [`path`]: dot-paths into JSON.
+//! - [`mux`], [`supabase`]: provider specifics (signatures, asset metadata, payloads).
+//!
+//! This module must not touch outbound delivery state: it records events on the bus.
 
+pub mod actor;
+pub mod kind;
 pub mod mux;
+pub mod path;
+pub mod pipeline;
+pub mod records;
 pub mod registry;
+pub mod spec;
 pub mod supabase;
 
 pub use registry::{BucketRegistry, RegistryMsg};

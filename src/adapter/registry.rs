@@ -1,20 +1,44 @@
-//! The bucket registry actor: owner of the catalog (buckets and connections).
+//! The bucket registry actor: owner of the catalog (buckets and connections) and parent of
+//! the source-adapter actors.
 //!
 //! Every catalog write goes through this actor, one at a time, so checks that span records
 //! ("is this connection still used by an adapter?", "is this bucket name taken?") cannot
 //! race. Reads go straight to the store. On (re)start it reloads everything from the store,
 //! so a crash loses nothing that was acknowledged.
+//!
+//! It spawns one [`SourceAdapterActor`] per bucket with an adapter (at start-up and when an
+//! adapter is configured), supervises them (a failed one is restarted under its name, at most
+//! [`ADAPTER_MAX_RESTARTS`] times per [`ADAPTER_RESTART_WINDOW`]), and stops them when the
+//! adapter or the bucket goes. Object deletion and batch submission also pass through here:
+//! they are rare admin writes, and they must work after an adapter was removed.
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::actor::{AdapterArgs, AdapterMsg, SourceAdapterActor};
+use super::records::{self, BatchRecord, BatchStatus, ObjectRecord};
+use super::spec::{self, PatchBucket, SourceAdapter, SourceAdapterInput};
 use crate::catalog::bucket::CreateBucket;
 use crate::catalog::connection::ProviderConfig;
 use crate::catalog::{Bucket, Connection, ProviderType};
 use crate::error::ApiError;
-use crate::ids::{BucketId, ConnectionId};
+use crate::ids::{BatchId, BucketId, ConnectionId, ObjectId};
 use crate::state::Shared;
 use crate::store::{Batch, Keyspace};
 use crate::util::now_rfc3339;
+
+pub const ADAPTER_MAX_RESTARTS: usize = 10;
+pub const ADAPTER_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long stopping an adapter actor may take before the registry gives up waiting.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A PATCH result: the bucket and, when one was made, the new webhook secret (shown once).
+pub struct Patched {
+    pub bucket: Bucket,
+    pub webhook_secret: Option<String>,
+}
 
 pub struct BucketRegistry;
 
@@ -28,6 +52,24 @@ pub enum RegistryMsg {
         namespace: String,
         bucket_id: BucketId,
         reply: RpcReplyPort<Result<(), ApiError>>,
+    },
+    PatchBucket {
+        namespace: String,
+        bucket_id: BucketId,
+        body: Box<PatchBucket>,
+        reply: RpcReplyPort<Result<Patched, ApiError>>,
+    },
+    DeleteObject {
+        namespace: String,
+        bucket_id: BucketId,
+        object_id: ObjectId,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
+    SubmitBatch {
+        namespace: String,
+        bucket_id: BucketId,
+        batch_id: BatchId,
+        reply: RpcReplyPort<Result<BatchRecord, ApiError>>,
     },
     CreateConnection {
         name: String,
@@ -45,6 +87,11 @@ pub enum RegistryMsg {
 
 pub struct RegistryState {
     shared: Shared,
+    myself: ActorRef<RegistryMsg>,
+    /// Running adapter actors, by bucket and by actor ID (supervision events carry the ID).
+    children: HashMap<BucketId, ActorRef<AdapterMsg>>,
+    child_ids: HashMap<ActorId, BucketId>,
+    restarts: HashMap<BucketId, VecDeque<Instant>>,
 }
 
 impl Actor for BucketRegistry {
@@ -52,11 +99,65 @@ impl Actor for BucketRegistry {
     type State = RegistryState;
     type Arguments = Shared;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, shared: Shared) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, shared: Shared) -> Result<Self::State, ActorProcessingErr> {
         let n = shared.store.count(Keyspace::BUCKETS, "")?;
         crate::metrics::buckets(n);
-        tracing::debug!(buckets = n, "bucket registry started");
-        Ok(RegistryState { shared })
+        let mut with_adapter = Vec::new();
+        shared.store.for_each::<Bucket>(Keyspace::BUCKETS, "", |_, b| {
+            if b.source_adapter.is_some() {
+                with_adapter.push(b.bucket_id);
+            }
+            true
+        })?;
+        let mut state = RegistryState {
+            shared,
+            myself,
+            children: HashMap::new(),
+            child_ids: HashMap::new(),
+            restarts: HashMap::new(),
+        };
+        for id in with_adapter {
+            // One broken adapter must not keep the catalog down: log and go on.
+            if let Err(e) = state.spawn_adapter(&id).await {
+                tracing::error!(bucket_id = %id, error = %e, "could not start source adapter");
+            }
+        }
+        tracing::debug!(buckets = n, adapters = state.children.len(), "bucket registry started");
+        Ok(state)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            _ => return Ok(()),
+        };
+        // Children stopped on purpose were removed from the map first.
+        let Some(bucket_id) = state.child_ids.remove(&cell.get_id()) else { return Ok(()) };
+        state.children.remove(&bucket_id);
+        let still_configured = state
+            .shared
+            .store
+            .get::<Bucket>(Keyspace::BUCKETS, bucket_id.as_str())?
+            .is_some_and(|b| b.source_adapter.is_some());
+        if !still_configured {
+            return Ok(());
+        }
+        if !state.allow_restart(&bucket_id) {
+            tracing::error!(%bucket_id, %reason, "source adapter failed too often; leaving it stopped until reconfigured or restarted");
+            return Ok(());
+        }
+        tracing::warn!(%bucket_id, %reason, "source adapter exited; restarting it");
+        crate::metrics::actor_restart("source_adapter");
+        if let Err(e) = state.spawn_adapter(&bucket_id).await {
+            tracing::error!(%bucket_id, error = %e, "source adapter restart failed");
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -77,6 +178,15 @@ impl Actor for BucketRegistry {
             }
             RegistryMsg::DeleteConnection { connection_id, reply } => {
                 let _ = reply.send(state.delete_connection(&connection_id).await);
+            }
+            RegistryMsg::PatchBucket { namespace, bucket_id, body, reply } => {
+                let _ = reply.send(state.patch_bucket(&namespace, &bucket_id, *body).await);
+            }
+            RegistryMsg::DeleteObject { namespace, bucket_id, object_id, reply } => {
+                let _ = reply.send(state.delete_object(&namespace, &bucket_id, &object_id).await);
+            }
+            RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply } => {
+                let _ = reply.send(state.submit_batch(&namespace, &bucket_id, &batch_id).await);
             }
             RegistryMsg::Crash => {
                 return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
@@ -107,6 +217,7 @@ impl RegistryState {
             namespace,
             description: body.description,
             bucket_schema: body.bucket_schema,
+            source_adapter: None,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -119,13 +230,17 @@ impl RegistryState {
     }
 
     async fn delete_bucket(&mut self, namespace: &str, id: &BucketId) -> Result<(), ApiError> {
-        let store = &self.shared.store;
+        let store = &self.shared.store.clone();
         let Some(bucket) = store.get::<Bucket>(Keyspace::BUCKETS, id.as_str())? else {
             return Err(not_found_bucket(id));
         };
         if bucket.namespace != namespace {
             return Err(not_found_bucket(id));
         }
+        // Stop the adapter first so nothing writes under the bucket while it is deleted.
+        self.stop_adapter(id).await;
+        // Barrier: the stopped actor's last batches are applied before the scan below.
+        store.commit(Batch::new()).await?;
         let mut b = Batch::new();
         b.delete(Keyspace::BUCKETS, id.as_str());
         // Everything keyed under the bucket goes with it.
@@ -173,6 +288,228 @@ impl RegistryState {
         store.commit(b).await?;
         tracing::info!(connection_id = %id, "connection deleted");
         Ok(())
+    }
+}
+
+impl RegistryState {
+    async fn spawn_adapter(&mut self, id: &BucketId) -> Result<(), ActorProcessingErr> {
+        let name = self.shared.names.adapter(id.as_str());
+        // A predecessor killed with a restarted registry may still hold the name briefly.
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while ActorRef::<AdapterMsg>::where_is(name.clone()).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let args = AdapterArgs { shared: self.shared.clone(), bucket_id: id.clone() };
+        let (actor, _) = Actor::spawn_linked(Some(name), SourceAdapterActor, args, self.myself.get_cell()).await?;
+        self.child_ids.insert(actor.get_id(), id.clone());
+        self.children.insert(id.clone(), actor);
+        Ok(())
+    }
+
+    /// Stops a bucket's adapter actor (if running) and waits for it; not restarted.
+    async fn stop_adapter(&mut self, id: &BucketId) {
+        if let Some(actor) = self.children.remove(id) {
+            self.child_ids.remove(&actor.get_id());
+            if let Err(e) =
+                actor.stop_and_wait(Some("adapter reconfigured or removed".into()), Some(STOP_TIMEOUT)).await
+            {
+                tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time");
+            }
+        }
+    }
+
+    /// Records a restart of `id`'s adapter; false when its budget is spent.
+    fn allow_restart(&mut self, id: &BucketId) -> bool {
+        let now = Instant::now();
+        let q = self.restarts.entry(id.clone()).or_default();
+        while q.front().is_some_and(|t| now.duration_since(*t) > ADAPTER_RESTART_WINDOW) {
+            q.pop_front();
+        }
+        q.push_back(now);
+        q.len() <= ADAPTER_MAX_RESTARTS
+    }
+
+    fn load_bucket(&self, namespace: &str, id: &BucketId) -> Result<Bucket, ApiError> {
+        match self.shared.store.get::<Bucket>(Keyspace::BUCKETS, id.as_str())? {
+            Some(b) if b.namespace == namespace => Ok(b),
+            _ => Err(not_found_bucket(id)),
+        }
+    }
+
+    async fn patch_bucket(&mut self, namespace: &str, id: &BucketId, body: PatchBucket) -> Result<Patched, ApiError> {
+        let mut bucket = self.load_bucket(namespace, id)?;
+        if let Some(d) = &body.description {
+            if d.chars().count() > 2000 {
+                return Err(ApiError::validation("description", "at most 2000 characters"));
+            }
+            bucket.description = Some(d.clone());
+        }
+        let had_adapter = bucket.source_adapter.is_some();
+        let mut webhook_secret = None;
+        let mut batch = Batch::new();
+        match body.source_adapter {
+            None => {
+                if body.rotate_secret {
+                    let Some(adapter) = bucket.source_adapter.as_mut() else {
+                        return Err(ApiError::validation("rotate_secret", "the bucket has no source adapter"));
+                    };
+                    let (secret, digest) = spec::new_secret();
+                    adapter.webhook_secret_sha256 = digest;
+                    webhook_secret = Some(secret);
+                }
+            }
+            Some(None) => {
+                if had_adapter {
+                    self.remove_adapter(id, &mut batch).await?;
+                }
+                bucket.source_adapter = None;
+            }
+            Some(Some(input)) => {
+                let rotate = body.rotate_secret || input.rotate_secret;
+                let (adapter, secret) = self.build_adapter(&bucket, input, rotate)?;
+                bucket.source_adapter = Some(adapter);
+                webhook_secret = secret;
+            }
+        }
+        bucket.updated_at = now_rfc3339();
+        // The running actor holds the old settings: stop it, commit, start a fresh one (its
+        // pre_start barrier sees everything the old one submitted).
+        self.stop_adapter(id).await;
+        batch.put(Keyspace::BUCKETS, id.as_str(), &bucket);
+        self.shared.store.commit(batch).await?;
+        if bucket.source_adapter.is_some() {
+            self.restarts.remove(id);
+            self.spawn_adapter(id)
+                .await
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("start the source adapter of {id}: {e}")))?;
+        }
+        tracing::info!(bucket_id = %id, adapter = bucket.source_adapter.is_some(), secret_rotated = webhook_secret.is_some(), "bucket patched");
+        Ok(Patched { bucket, webhook_secret })
+    }
+
+    /// Validates a new adapter configuration against the bucket and the connections.
+    fn build_adapter(
+        &self,
+        bucket: &Bucket,
+        input: SourceAdapterInput,
+        rotate: bool,
+    ) -> Result<(SourceAdapter, Option<String>), ApiError> {
+        input.validate(&bucket.bucket_schema)?;
+        let connection_id = match &input.connection_id {
+            None => None,
+            Some(raw) => {
+                let id = ConnectionId::parse(raw)
+                    .ok_or_else(|| ApiError::validation("source_adapter.connection_id", "not a connection ID"))?;
+                let Some(conn) = self.shared.store.get::<Connection>(Keyspace::CONNECTIONS, id.as_str())? else {
+                    return Err(ApiError::validation(
+                        "source_adapter.connection_id",
+                        format!("connection {id} does not exist; create it with POST /v1/organizations/connections"),
+                    ));
+                };
+                if conn.provider_type != input.adapter_type {
+                    return Err(ApiError::validation(
+                        "source_adapter.connection_id",
+                        format!(
+                            "connection {id} is a {} connection; this adapter is {}",
+                            conn.provider_type.as_str(),
+                            input.adapter_type.as_str()
+                        ),
+                    ));
+                }
+                Some(id)
+            }
+        };
+        let sealed_credentials = match &input.connection {
+            Some(c) if !c.credentials.is_empty() => {
+                let plain = serde_json::to_vec(&c.credentials).unwrap_or_default();
+                Some(self.shared.secrets.seal(&plain, bucket.bucket_id.as_str()))
+            }
+            _ => None,
+        };
+        let existing = bucket.source_adapter.as_ref().map(|a| a.webhook_secret_sha256.clone());
+        let (digest, secret) = match existing {
+            Some(d) if !rotate => (d, None),
+            _ => {
+                let (secret, digest) = spec::new_secret();
+                (digest, Some(secret))
+            }
+        };
+        let adapter = SourceAdapter {
+            adapter_type: input.adapter_type,
+            enabled: input.enabled,
+            connection_id,
+            sealed_credentials,
+            event_filter: input.event_filter,
+            field_mapping: input.field_mapping,
+            blob_source: input.blob_source,
+            batching: input.batching,
+            dedup_key: input.dedup_key,
+            writeback: input.writeback,
+            event_type_field: input.event_type_field,
+            webhook_secret_sha256: digest,
+            configured_at: now_rfc3339(),
+        };
+        Ok((adapter, secret))
+    }
+
+    /// Flushes the adapter's buffer (acknowledged events are never dropped), stops it, and
+    /// adds the deletion of its dedup set, buffer and counters to `batch`.
+    async fn remove_adapter(&mut self, id: &BucketId, batch: &mut Batch) -> Result<(), ApiError> {
+        if let Some(actor) = self.children.get(id).cloned() {
+            // If the actor cannot drain, keep everything: the buffer must not be dropped.
+            let commit = ractor::call_t!(actor, AdapterMsg::Drain, 30_000).map_err(|e| {
+                ApiError::Unavailable(format!("the source adapter could not flush its buffer ({e}); retry"))
+            })?;
+            commit.finish().await?;
+        }
+        self.stop_adapter(id).await;
+        let prefix = records::prefix(id);
+        let store = &self.shared.store;
+        store.commit(Batch::new()).await?;
+        for ks in [Keyspace::DEDUP, Keyspace::BUFFER, Keyspace::STATS] {
+            store.for_each_key(ks, &prefix, |k| {
+                batch.delete(ks, k);
+                true
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn delete_object(&mut self, namespace: &str, id: &BucketId, object_id: &ObjectId) -> Result<(), ApiError> {
+        self.load_bucket(namespace, id)?;
+        let key = records::key(id, object_id.as_str());
+        let Some(obj) = self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else {
+            return Err(ApiError::NotFound(format!("object {object_id} not found in bucket {id}")));
+        };
+        let mut batch = Batch::new();
+        batch.delete(Keyspace::OBJECTS, &key);
+        let event = self.shared.bus.record(&mut batch, "object.deleted", obj.event_payload(), Vec::new());
+        self.shared.store.commit(batch).await?;
+        self.shared.bus.published([&event]);
+        Ok(())
+    }
+
+    async fn submit_batch(
+        &mut self,
+        namespace: &str,
+        id: &BucketId,
+        batch_id: &BatchId,
+    ) -> Result<BatchRecord, ApiError> {
+        self.load_bucket(namespace, id)?;
+        let key = records::key(id, batch_id.as_str());
+        let Some(mut rec) = self.shared.store.get::<BatchRecord>(Keyspace::BATCHES, &key)? else {
+            return Err(ApiError::NotFound(format!("batch {batch_id} not found in bucket {id}")));
+        };
+        if rec.status != BatchStatus::Pending {
+            return Err(ApiError::Conflict(format!("batch {batch_id} was already submitted")));
+        }
+        rec.submit();
+        let mut batch = Batch::new();
+        batch.put(Keyspace::BATCHES, &key, &rec);
+        let event = self.shared.bus.record(&mut batch, "batch.completed", rec.completed_payload(), Vec::new());
+        self.shared.store.commit(batch).await?;
+        self.shared.bus.published([&event]);
+        Ok(rec)
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::spec::SourceAdapter;
 use crate::error::ApiError;
 use crate::ids::BucketId;
 
@@ -101,8 +102,8 @@ impl BucketSchema {
     }
 }
 
-/// A bucket as stored and returned by the API. Fields owned by later features (the source
-/// adapter) live in their own keyspaces or optional fields.
+/// A bucket as stored. Its API form is [`Bucket::view`]: the stored source adapter holds
+/// secret material (a digest, sealed credentials) that responses must never carry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bucket {
     pub bucket_id: BucketId,
@@ -111,8 +112,28 @@ pub struct Bucket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub bucket_schema: BucketSchema,
+    /// The source adapter (`adapter/spec.rs`); `Shared::connection_users` reads
+    /// `/source_adapter/connection_id` from the stored JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_adapter: Option<SourceAdapter>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Bucket {
+    /// The API representation: `source_adapter` without secret material (null when none).
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bucket_id": self.bucket_id,
+            "bucket_name": self.bucket_name,
+            "namespace": self.namespace,
+            "description": self.description,
+            "bucket_schema": self.bucket_schema,
+            "source_adapter": self.source_adapter.as_ref().map(SourceAdapter::view),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
 }
 
 /// `POST /v1/buckets` body.

@@ -89,6 +89,7 @@ pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, 
         true
     })?;
     let next_cursor = if more { last_key } else { None };
+    let out: Vec<serde_json::Value> = out.iter().map(Bucket::view).collect();
     Ok(json(StatusCode::OK, &serde_json::json!({ "results": out, "next_cursor": next_cursor })))
 }
 
@@ -99,7 +100,7 @@ pub async fn create_bucket(state: &HttpState, req: &Request) -> Result<Response,
     body.validate()?;
     let registry = state.shared.bucket_registry()?;
     let bucket = ask!(registry, |reply| RegistryMsg::CreateBucket { namespace, body, reply })?;
-    Ok(json(StatusCode::CREATED, &bucket))
+    Ok(json(StatusCode::CREATED, &bucket.view()))
 }
 
 /// Loads a bucket visible in the request's namespace (404 otherwise).
@@ -117,7 +118,7 @@ pub fn load_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Bucket,
 pub async fn get_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let bucket = load_bucket(state, req, id)?;
-    Ok(json(StatusCode::OK, &bucket))
+    Ok(json(StatusCode::OK, &bucket.view()))
 }
 
 pub async fn delete_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {

@@ -1,18 +1,299 @@
 //! Inbound routes: source-adapter configuration, ingest, status, objects, batches, and the
 //! Mux lifecycle webhook. Handlers parse and authenticate, then message the bucket's
-//! adapter actor (or the registry); they never touch adapter state themselves.
+//! adapter actor (or the registry); they never touch adapter state themselves. Reads of
+//! objects, batches and counters go straight to the store: everything acknowledged is there.
 
-use super::{HttpState, Request, Response};
+use std::time::Instant;
+
+use ractor::ActorRef;
+use serde::de::DeserializeOwned;
+use warp::http::StatusCode;
+
+use super::admin::load_bucket;
+use super::request::from_value;
+use super::{empty, json, HttpState, Request, Response};
+use crate::adapter::actor::{AdapterMsg, IngestErr, IngestOk, IngestRequest};
+use crate::adapter::kind::SignatureHeaders;
+use crate::adapter::records::{self, AdapterStats, BatchRecord, ObjectRecord, STATS_KEY};
+use crate::adapter::registry::Patched;
+use crate::adapter::spec::PatchBucket;
+use crate::adapter::RegistryMsg;
+use crate::ask;
+use crate::catalog::Bucket;
 use crate::error::ApiError;
+use crate::ids::{BatchId, BucketId, ObjectId};
+use crate::store::Keyspace;
 
-/// `PATCH /v1/buckets/{bucket_id}`: configures the bucket's source adapter.
-pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
-    let _ = id;
-    Err(ApiError::Unavailable("source adapters are not implemented yet".into()))
-}
+const MAX_PAGE: usize = 1000;
 
 /// Routes under `/v1/buckets/{id}/{source-adapter,objects,batches}` and `/v1/webhooks/…`.
-pub async fn route(_state: &HttpState, _req: &Request, _segs: &[&str]) -> (&'static str, Response) {
-    ("(unknown)", super::error_response(&super::not_found_route()))
+pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static str, Response) {
+    let m = req.method.clone();
+    match segs {
+        ["v1", "buckets", id, "source-adapter", "ingest"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/source-adapter/ingest", { POST => ingest(state, req, id) })
+        }
+        ["v1", "buckets", id, "source-adapter", "status"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/source-adapter/status", { GET => status(state, req, id) })
+        }
+        ["v1", "buckets", id, "objects"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/objects", { GET => list_objects(state, req, id) })
+        }
+        ["v1", "buckets", id, "objects", oid] => methods!(m, "/v1/buckets/{bucket_id}/objects/{object_id}", {
+            GET => get_object(state, req, id, oid),
+            DELETE => delete_object(state, req, id, oid),
+        }),
+        ["v1", "buckets", id, "batches"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/batches", { GET => list_batches(state, req, id) })
+        }
+        ["v1", "buckets", id, "batches", bid] => {
+            methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}", { GET => get_batch(state, req, id, bid) })
+        }
+        ["v1", "buckets", id, "batches", bid, "submit"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}/submit", { POST => submit_batch(state, req, id, bid) })
+        }
+        // `/v1/webhooks/mux/{connection_id}`: issue 4.
+        _ => ("(unknown)", super::error_response(&super::not_found_route())),
+    }
+}
+
+fn parse_bucket_id(id: &str) -> Result<BucketId, ApiError> {
+    BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))
+}
+
+fn ingest_path(id: &BucketId) -> String {
+    format!("/v1/buckets/{id}/source-adapter/ingest")
+}
+
+/// The full ingest URL when `server.public_url` is set.
+fn webhook_url(state: &HttpState, id: &BucketId) -> Option<String> {
+    state
+        .shared
+        .config
+        .server
+        .public_url
+        .as_ref()
+        .map(|base| format!("{}{}", base.trim_end_matches('/'), ingest_path(id)))
+}
+
+/// `PATCH /v1/buckets/{bucket_id}`: sets, replaces or (with `null`) removes the source
+/// adapter; also `description`, and `rotate_secret`. The new webhook secret is in this
+/// response only.
+pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let namespace = req.namespace()?;
+    let bucket_id = parse_bucket_id(id)?;
+    let body: PatchBucket = from_value(req.json_value()?)?;
+    let registry = state.shared.bucket_registry()?;
+    let Patched { bucket, webhook_secret } = ask!(registry, |reply| RegistryMsg::PatchBucket {
+        namespace,
+        bucket_id: bucket_id.clone(),
+        body: Box::new(body),
+        reply
+    })?;
+    let mut view = bucket.view();
+    if let Some(sa) = view.get_mut("source_adapter").and_then(|v| v.as_object_mut()) {
+        if let Some(secret) = webhook_secret {
+            sa.insert("webhook_secret".into(), secret.into());
+        }
+        sa.insert("ingest_path".into(), ingest_path(&bucket_id).into());
+        sa.insert("webhook_url".into(), webhook_url(state, &bucket_id).into());
+    }
+    Ok(json(StatusCode::OK, &view))
+}
+
+/// `POST /v1/buckets/{bucket_id}/source-adapter/ingest`: no API key, no namespace (the
+/// upstream knows neither); authenticated by signature in the adapter actor.
+async fn ingest(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let (outcome, result) = ingest_inner(state, req, id).await;
+    crate::metrics::ingest_request(outcome, started.elapsed());
+    result
+}
+
+async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static str, Result<Response, ApiError>) {
+    let Some(bucket_id) = BucketId::parse(id) else {
+        return ("not_found", Err(ApiError::NotFound(format!("bucket {id} not found"))));
+    };
+    let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
+        return ("not_found", Err(no_running_adapter(state, &bucket_id)));
+    };
+    let headers = SignatureHeaders {
+        webhook_secret: req.header("x-webhook-secret").map(str::to_string),
+        mux_signature: req.header("mux-signature").map(str::to_string),
+    };
+    let msg = |reply| {
+        AdapterMsg::Ingest(Box::new(IngestRequest { headers, raw: req.body.clone(), payload: req.json_value(), reply }))
+    };
+    let reply = match ractor::call_t!(actor, msg, 30_000) {
+        Ok(r) => r,
+        Err(e) => {
+            return ("error", Err(ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry"))))
+        }
+    };
+    match reply {
+        Ok(IngestOk { status, object_id, commit }) => {
+            if let Some(c) = commit {
+                if let Err(e) = c.finish().await {
+                    return ("error", Err(e.into()));
+                }
+            }
+            let handled = status != crate::adapter::actor::IngestStatus::Ignored;
+            let mut body = serde_json::json!({"handled": handled, "status": status.as_str()});
+            if let Some(oid) = object_id {
+                body["object_id"] = serde_json::json!(oid);
+            }
+            (status.as_str(), Ok(json(StatusCode::OK, &body)))
+        }
+        Err(IngestErr::Unauthorized) => (
+            "unauthorized",
+            Err(ApiError::UnauthorizedMsg(
+                "missing or invalid webhook signature: send X-Webhook-Secret with the adapter's webhook_secret".into(),
+            )),
+        ),
+        Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
+        Err(IngestErr::Invalid { message, commit }) => {
+            // The failure counter is part of the status: answer once it is stored.
+            let _ = commit.finish().await;
+            ("invalid", Err(ApiError::validation("payload", message)))
+        }
+        Err(IngestErr::Disabled) => (
+            "disabled",
+            Err(ApiError::Unavailable("the source adapter of this bucket is disabled; retry later".into())),
+        ),
+        Err(IngestErr::Gone) => {
+            ("not_found", Err(ApiError::NotFound(format!("bucket {bucket_id} has no source adapter"))))
+        }
+    }
+}
+
+/// 404 when the bucket or its adapter does not exist; 503 when it exists but its actor is
+/// not running (restarting, or stopped after repeated failures).
+fn no_running_adapter(state: &HttpState, id: &BucketId) -> ApiError {
+    match state.shared.store.get::<Bucket>(Keyspace::BUCKETS, id.as_str()) {
+        Ok(Some(b)) if b.source_adapter.is_some() => {
+            ApiError::Unavailable("the source adapter of this bucket is restarting; retry shortly".into())
+        }
+        Ok(Some(_)) => ApiError::NotFound(format!("bucket {id} has no source adapter")),
+        Ok(None) => ApiError::NotFound(format!("bucket {id} not found")),
+        Err(e) => e.into(),
+    }
+}
+
+/// `GET /v1/buckets/{bucket_id}/source-adapter/status`.
+async fn status(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let bucket = load_bucket(state, req, id)?;
+    let Some(adapter) = &bucket.source_adapter else {
+        return Err(ApiError::NotFound(format!("bucket {id} has no source adapter")));
+    };
+    let store = &state.shared.store;
+    let prefix = records::prefix(&bucket.bucket_id);
+    let buffered = store.count(Keyspace::BUFFER, &prefix)?;
+    let stats: AdapterStats =
+        store.get(Keyspace::STATS, &records::key(&bucket.bucket_id, STATS_KEY))?.unwrap_or_default();
+    let (processed, failed) = stats.last_24h(crate::util::now_millis());
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "enabled": adapter.enabled,
+            "adapter_type": adapter.adapter_type,
+            "events_buffered": buffered,
+            "events_processed_24h": processed,
+            "events_failed_24h": failed,
+            "last_flush_at": stats.last_flush_at,
+            "last_error": stats.last_error,
+            "webhook_url": webhook_url(state, &bucket.bucket_id),
+        }),
+    ))
+}
+
+/// One page of `ks` under the bucket, after the `cursor` ID; `next_cursor` when more remain.
+fn page<T: DeserializeOwned + serde::Serialize>(
+    state: &HttpState,
+    req: &Request,
+    bucket: &Bucket,
+    ks: Keyspace,
+    valid_cursor: fn(&str) -> bool,
+) -> Result<Response, ApiError> {
+    let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
+    let after = match req.query.get("cursor") {
+        None => None,
+        Some(c) if valid_cursor(c) => Some(records::key(&bucket.bucket_id, c)),
+        Some(_) => return Err(ApiError::validation("cursor", "not a cursor returned by this endpoint")),
+    };
+    let prefix = records::prefix(&bucket.bucket_id);
+    let mut items: Vec<(String, T)> = state.shared.store.list(ks, &prefix, after.as_deref(), limit + 1)?;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|(k, _)| k[prefix.len()..].to_string())
+    } else {
+        None
+    };
+    let results: Vec<T> = items.into_iter().map(|(_, v)| v).collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"results": results, "next_cursor": next_cursor})))
+}
+
+async fn list_objects(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let bucket = load_bucket(state, req, id)?;
+    page::<ObjectRecord>(state, req, &bucket, Keyspace::OBJECTS, |c| ObjectId::parse(c).is_some())
+}
+
+fn parse_object_id(bucket: &Bucket, oid: &str) -> Result<ObjectId, ApiError> {
+    ObjectId::parse(oid)
+        .ok_or_else(|| ApiError::NotFound(format!("object {oid} not found in bucket {}", bucket.bucket_id)))
+}
+
+async fn get_object(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let bucket = load_bucket(state, req, id)?;
+    let object_id = parse_object_id(&bucket, oid)?;
+    let obj: ObjectRecord = state
+        .shared
+        .store
+        .get(Keyspace::OBJECTS, &records::key(&bucket.bucket_id, object_id.as_str()))?
+        .ok_or_else(|| ApiError::NotFound(format!("object {oid} not found in bucket {id}")))?;
+    Ok(json(StatusCode::OK, &obj))
+}
+
+/// `DELETE …/objects/{object_id}`: removes it and publishes `object.deleted`.
+async fn delete_object(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let namespace = req.namespace()?;
+    let bucket_id = parse_bucket_id(id)?;
+    let object_id = ObjectId::parse(oid).ok_or_else(|| ApiError::NotFound(format!("object {oid} not found")))?;
+    let registry = state.shared.bucket_registry()?;
+    ask!(registry, |reply| RegistryMsg::DeleteObject { namespace, bucket_id, object_id, reply })?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn list_batches(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let bucket = load_bucket(state, req, id)?;
+    page::<BatchRecord>(state, req, &bucket, Keyspace::BATCHES, |c| BatchId::parse(c).is_some())
+}
+
+async fn get_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let bucket = load_bucket(state, req, id)?;
+    let not_found = || ApiError::NotFound(format!("batch {bid} not found in bucket {id}"));
+    let batch_id = BatchId::parse(bid).ok_or_else(not_found)?;
+    let rec: BatchRecord = state
+        .shared
+        .store
+        .get(Keyspace::BATCHES, &records::key(&bucket.bucket_id, batch_id.as_str()))?
+        .ok_or_else(not_found)?;
+    Ok(json(StatusCode::OK, &rec))
+}
+
+/// `POST …/batches/{batch_id}/submit` (auto_submit off): 409 when already submitted.
+async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let namespace = req.namespace()?;
+    let bucket_id = parse_bucket_id(id)?;
+    let batch_id = BatchId::parse(bid).ok_or_else(|| ApiError::NotFound(format!("batch {bid} not found")))?;
+    let registry = state.shared.bucket_registry()?;
+    let rec = ask!(registry, |reply| RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply })?;
+    Ok(json(StatusCode::OK, &rec))
 }

@@ -50,6 +50,11 @@ pub async fn crash(state: &HttpState, req: &Request, actor: &str) -> Result<Resp
         "delivery_registry" => {
             ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()).map(|a| a.cast(DeliveryMsg::Crash).is_ok())
         }
+        // `adapter.{bucket_id}`: that bucket's source-adapter actor.
+        a if a.starts_with("adapter.") => {
+            ActorRef::<crate::adapter::actor::AdapterMsg>::where_is(names.adapter(&a["adapter.".len()..]))
+                .map(|r| r.cast(crate::adapter::actor::AdapterMsg::Crash).is_ok())
+        }
         _ => return Err(ApiError::NotFound(format!("no crashable actor {actor:?}"))),
     };
     match sent {

@@ -1,1 +1,503 @@
 //! Inbound: source adapters, ingest, objects, batches.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::{eventually, metric_value, TestApp};
+
+/// Creates a bucket with `properties` and configures `adapter` on it; returns (bucket_id,
+/// webhook_secret).
+pub async fn bucket_with_adapter(app: &TestApp, name: &str, properties: Value, adapter: Value) -> (String, String) {
+    let id = app.create_bucket(name, properties).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{id}"), json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "configure adapter: {b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().expect("webhook_secret on first configuration");
+    (id, secret.to_string())
+}
+
+pub async fn ingest(app: &TestApp, bucket: &str, secret: Option<&str>, body: &Value) -> (u16, Value) {
+    let raw = serde_json::to_vec(body).unwrap();
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    match secret {
+        Some(s) => app.post_raw(&path, raw, &[("content-type", "application/json"), ("x-webhook-secret", s)]).await,
+        None => app.post_raw(&path, raw, &[("content-type", "application/json")]).await,
+    }
+}
+
+async fn objects(app: &TestApp, bucket: &str) -> Vec<Value> {
+    let (s, b) = app.get(&format!("/v1/buckets/{bucket}/objects?limit=1000")).await;
+    assert_eq!(s, 200, "{b}");
+    b["results"].as_array().unwrap().clone()
+}
+
+async fn status(app: &TestApp, bucket: &str) -> Value {
+    let (s, b) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    assert_eq!(s, 200, "{b}");
+    b
+}
+
+fn schema() -> Value {
+    json!({
+        "video": {"type": "video"},
+        "duration": {"type": "float"},
+        "resolution": {"type": "string"},
+        "width": {"type": "int"},
+        "raw": {"type": "json"},
+    })
+}
+
+fn mux_like_event(id: &str, kind: &str) -> Value {
+    json!({
+        "type": kind,
+        "id": format!("evt-{id}"),
+        "data": {
+            "id": id,
+            "max_stored_resolution": "SD",
+            "tracks": [{"type": "video", "max_width": 1280, "duration": 153.36}, {"type": "audio", "duration": 153.3}],
+            "playback_url": format!("https://stream.example.test/{id}.m3u8"),
+            "passthrough": {"k": [1, 2]},
+        }
+    })
+}
+
+fn full_adapter(mode: Value) -> Value {
+    json!({
+        "adapter_type": "generic_webhook",
+        "event_filter": {"event_types": ["video.asset.ready"]},
+        "field_mapping": {
+            "data.tracks.0.duration": "duration",
+            "data.max_stored_resolution": "resolution",
+            "data.tracks.0.max_width": "width",
+            "data.passthrough": "raw",
+        },
+        "blob_source": {"file_field": "data.playback_url", "blob_type": "video", "target_property": "video"},
+        "batching": mode,
+        "dedup_key": "data.id",
+    })
+}
+
+#[tokio::test]
+async fn configure_validate_and_show_the_secret_once() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("cfg", schema()).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let (_, mux_conn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "m", "provider_type": "mux", "provider_config": {"access_token_id": "a", "access_token_secret": "b"}}),
+        )
+        .await;
+    let mux_conn = mux_conn["connection_id"].as_str().unwrap().to_string();
+    let cases = [
+        (json!({"adapter_type": "ftp"}), "source_adapter.adapter_type"),
+        (
+            json!({"adapter_type": "generic_webhook", "batching": {"window_seconds": 4}}),
+            "source_adapter.batching.window_seconds",
+        ),
+        (
+            json!({"adapter_type": "generic_webhook", "batching": {"window_seconds": 301}}),
+            "source_adapter.batching.window_seconds",
+        ),
+        (
+            json!({"adapter_type": "generic_webhook", "batching": {"max_batch_size": 0}}),
+            "source_adapter.batching.max_batch_size",
+        ),
+        (
+            json!({"adapter_type": "generic_webhook", "batching": {"max_batch_size": 1001}}),
+            "source_adapter.batching.max_batch_size",
+        ),
+        (json!({"adapter_type": "generic_webhook", "batching": {"mode": "hourly"}}), "source_adapter.batching.mode"),
+        (
+            json!({"adapter_type": "generic_webhook", "field_mapping": {"data.x": "missing"}}),
+            "source_adapter.field_mapping.data.x",
+        ),
+        (json!({"adapter_type": "generic_webhook", "dedup_key": "a..b"}), "source_adapter.dedup_key"),
+        (
+            json!({"adapter_type": "generic_webhook", "event_filter": {"event_types": []}}),
+            "source_adapter.event_filter.event_types",
+        ),
+        (
+            json!({"adapter_type": "generic_webhook", "blob_source": {"blob_type": "pdf"}}),
+            "source_adapter.blob_source.blob_type",
+        ),
+        (
+            json!({"adapter_type": "generic_webhook", "blob_source": {"target_property": "nope"}}),
+            "source_adapter.blob_source.target_property",
+        ),
+        (json!({"adapter_type": "generic_webhook", "unknown": 1}), "source_adapter.unknown"),
+        (
+            json!({"adapter_type": "generic_webhook", "connection_id": "conn_doesnotexist"}),
+            "source_adapter.connection_id",
+        ),
+        (json!({"adapter_type": "generic_webhook", "connection_id": mux_conn}), "source_adapter.connection_id"),
+        (json!({"adapter_type": "mux", "event_type_field": "kind"}), "source_adapter.event_type_field"),
+        (json!({"enabled": true}), "source_adapter.adapter_type"),
+    ];
+    for (adapter, field) in cases {
+        let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
+        assert_eq!(s, 422, "{adapter}: {b}");
+        assert_eq!(b["error"]["field"], field, "{adapter}: {b}");
+    }
+    assert_eq!(app.patch(&path, json!({"sauce": 1})).await.0, 422);
+    assert_eq!(app.patch(&path, json!({"rotate_secret": true})).await.0, 422, "nothing to rotate");
+
+    // Every field of seed 000's table is accepted and shown back (secrets excepted).
+    let (_, gconn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "g", "provider_type": "generic_webhook", "provider_config": {}}),
+        )
+        .await;
+    let gconn = gconn["connection_id"].as_str().unwrap().to_string();
+    let mut adapter =
+        full_adapter(json!({"mode": "count", "window_seconds": 5, "max_batch_size": 7, "auto_submit": false}));
+    adapter["enabled"] = json!(true);
+    adapter["connection_id"] = json!(gconn);
+    adapter["connection"] = json!({"credentials": {"token": "INLINE-CRED-NEVER-SHOWN"}});
+    adapter["writeback"] = json!({"enabled": true, "trigger": "on_alert"});
+    adapter["event_type_field"] = json!("type");
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    let sa = &b["source_adapter"];
+    let secret = sa["webhook_secret"].as_str().unwrap().to_string();
+    assert_eq!(secret.len(), 64);
+    assert_eq!(sa["adapter_type"], "generic_webhook");
+    assert_eq!(sa["connection_id"], gconn.as_str());
+    assert_eq!(
+        sa["batching"],
+        json!({"mode": "count", "window_seconds": 5, "max_batch_size": 7, "auto_submit": false})
+    );
+    assert_eq!(sa["ingest_path"], format!("/v1/buckets/{bucket}/source-adapter/ingest"));
+    assert!(!b.to_string().contains("INLINE-CRED-NEVER-SHOWN") && !b.to_string().contains("sha256"));
+
+    // Later reads never show it; a reconfiguration keeps it; rotate_secret replaces it.
+    let (_, got) = app.get(&path).await;
+    assert_eq!(got["source_adapter"]["dedup_key"], "data.id");
+    assert!(got["source_adapter"].get("webhook_secret").is_none() && !got.to_string().contains(&secret));
+    let (s, b) = app.patch(&path, json!({"source_adapter": full_adapter(json!({"mode": "immediate"}))})).await;
+    assert_eq!(s, 200);
+    assert!(b["source_adapter"].get("webhook_secret").is_none(), "no new secret: {b}");
+    assert_eq!(b["source_adapter"]["enabled"], true, "defaults apply");
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("a1", "video.asset.ready")).await.0, 200);
+    let (s, b) = app.patch(&path, json!({"rotate_secret": true})).await;
+    assert_eq!(s, 200);
+    let rotated = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    assert_ne!(rotated, secret);
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("a2", "video.asset.ready")).await.0, 401);
+    assert_eq!(ingest(&app, &bucket, Some(&rotated), &mux_like_event("a2", "video.asset.ready")).await.0, 200);
+
+    // The connection is in use: 409 until the adapter is removed with null.
+    let (_, _) =
+        app.patch(&path, json!({"source_adapter": {"adapter_type": "generic_webhook", "connection_id": gconn}})).await;
+    assert_eq!(app.delete(&format!("/v1/organizations/connections/{gconn}")).await.0, 409);
+    let (s, b) = app.patch(&path, json!({"source_adapter": null})).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["source_adapter"], Value::Null);
+    assert_eq!(app.delete(&format!("/v1/organizations/connections/{gconn}")).await.0, 204);
+    assert_eq!(ingest(&app, &bucket, Some(&rotated), &mux_like_event("a3", "video.asset.ready")).await.0, 404);
+    assert_eq!(app.get(&format!("{path}/source-adapter/status")).await.0, 404);
+    assert_eq!(objects(&app, &bucket).await.len(), 2, "objects stay when the adapter goes");
+
+    // No secret in the data files or the log.
+    let mut files = Vec::new();
+    walk(&app.data_dir, &mut files);
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in [secret.as_bytes(), rotated.as_bytes(), b"INLINE-CRED-NEVER-SHOWN".as_slice()] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "secret in {}", f.display());
+        }
+    }
+    assert!(!app.log().contains(&secret) && !app.log().contains(&rotated));
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            walk(&e.path(), out)
+        } else {
+            out.push(e.path())
+        }
+    }
+}
+
+#[tokio::test]
+async fn immediate_ingest_maps_filters_dedups_and_reports() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = bucket_with_adapter(&app, "imm", schema(), full_adapter(json!({"mode": "immediate"}))).await;
+    let s = Some(secret.as_str());
+
+    let (st, b) = ingest(&app, &bucket, s, &mux_like_event("asset-1", "video.asset.ready")).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["handled"], true);
+    assert_eq!(b["status"], "created");
+    let oid = b["object_id"].as_str().unwrap().to_string();
+    assert!(oid.starts_with("obj_"));
+    let (st, obj) = app.get(&format!("/v1/buckets/{bucket}/objects/{oid}")).await;
+    assert_eq!(st, 200);
+    assert_eq!(obj["bucket_id"], bucket.as_str());
+    assert_eq!(obj["metadata"], json!({"duration": 153.36, "resolution": "SD", "width": 1280, "raw": {"k": [1, 2]}}));
+    assert_eq!(
+        obj["blobs"],
+        json!([{"property": "video", "type": "video", "url": "https://stream.example.test/asset-1.m3u8"}])
+    );
+    assert_eq!(
+        obj["source"],
+        json!({"adapter_type": "generic_webhook", "external_id": "asset-1", "event_type": "video.asset.ready"})
+    );
+    assert!(obj["created_at"].as_str().unwrap().ends_with('Z') && obj["updated_at"].is_string());
+
+    // Filter, duplicate, type mismatch, missing dedup value, malformed body.
+    let (st, b) = ingest(&app, &bucket, s, &mux_like_event("asset-2", "video.asset.created")).await;
+    assert_eq!((st, b.clone()), (200, json!({"handled": false, "status": "ignored"})));
+    let (st, b) = ingest(&app, &bucket, s, &mux_like_event("asset-1", "video.asset.ready")).await;
+    assert_eq!(st, 200);
+    assert_eq!(b, json!({"handled": true, "status": "duplicate", "object_id": oid}));
+    let mut bad = mux_like_event("asset-3", "video.asset.ready");
+    bad["data"]["tracks"][0]["duration"] = json!("long");
+    let (st, b) = ingest(&app, &bucket, s, &bad).await;
+    assert_eq!(st, 422, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("float"), "{b}");
+    let mut no_id = mux_like_event("x", "video.asset.ready");
+    no_id["data"].as_object_mut().unwrap().remove("id");
+    assert_eq!(ingest(&app, &bucket, s, &no_id).await.0, 422);
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let (st, b) = app.post_raw(&path, "{not json", &[("x-webhook-secret", secret.as_str())]).await;
+    assert_eq!((st, b["error"]["code"].as_str()), (400, Some("malformed_json")));
+    assert_eq!(app.post_raw(&path, "{not json", &[]).await.0, 401, "signature first");
+    let big = vec![b'a'; 1024 * 1024 + 1];
+    assert_eq!(app.post_raw(&path, big, &[("x-webhook-secret", secret.as_str())]).await.0, 413);
+    assert_eq!(ingest(&app, "bkt_nosuchbucket", s, &json!({})).await.0, 404);
+    let plain = app.create_bucket("plain", json!({})).await;
+    assert_eq!(ingest(&app, &plain, s, &json!({})).await.0, 404, "bucket without adapter");
+    assert_eq!(app.call(Method::GET, &path, None).await.0, 405);
+
+    let st = status(&app, &bucket).await;
+    assert_eq!(st["enabled"], true);
+    assert_eq!(st["adapter_type"], "generic_webhook");
+    assert_eq!(st["events_buffered"], 0);
+    assert_eq!(st["events_processed_24h"], 2, "created + duplicate: {st}");
+    assert_eq!(st["events_failed_24h"], 2, "{st}");
+    assert!(st["last_error"].as_str().unwrap().contains("dedup_key"), "{st}");
+    assert_eq!(st["last_flush_at"], Value::Null);
+    assert_eq!(st["webhook_url"], Value::Null, "no server.public_url configured");
+
+    // Pagination and delete.
+    for i in 0..4 {
+        assert_eq!(ingest(&app, &bucket, s, &mux_like_event(&format!("p{i}"), "video.asset.ready")).await.0, 200);
+    }
+    let (_, p1) = app.get(&format!("/v1/buckets/{bucket}/objects?limit=3")).await;
+    assert_eq!(p1["results"].as_array().unwrap().len(), 3);
+    let cursor = p1["next_cursor"].as_str().unwrap().to_string();
+    let (_, p2) = app.get(&format!("/v1/buckets/{bucket}/objects?limit=3&cursor={cursor}")).await;
+    assert_eq!(p2["results"].as_array().unwrap().len(), 2);
+    assert_eq!(p2["next_cursor"], Value::Null);
+    assert_eq!(app.get(&format!("/v1/buckets/{bucket}/objects?cursor=zzz")).await.0, 422);
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 204);
+    assert_eq!(app.get(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 404);
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 404);
+    assert_eq!(objects(&app, &bucket).await.len(), 4);
+    // Another namespace does not see the bucket's objects.
+    let (st, _) = app
+        .call_as(Method::GET, &format!("/v1/buckets/{bucket}/objects"), None, Some(&app.api_key), Some("other"))
+        .await;
+    assert_eq!(st, 404);
+
+    // A disabled adapter refuses events (503: the upstream retries) until re-enabled.
+    let mut disabled = full_adapter(json!({"mode": "immediate"}));
+    disabled["enabled"] = json!(false);
+    assert_eq!(app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": disabled})).await.0, 200);
+    assert_eq!(ingest(&app, &bucket, s, &mux_like_event("d1", "video.asset.ready")).await.0, 503);
+    assert_eq!(status(&app, &bucket).await["enabled"], false);
+
+    let m = app.metrics().await;
+    for outcome in ["created", "duplicate", "ignored", "invalid", "unauthorized", "disabled"] {
+        assert!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", outcome)]) >= 1.0, "{outcome}");
+    }
+    assert!(metric_value(&m, "hookline_ingest_objects_created_total", &[]) >= 5.0);
+    assert!(metric_value(&m, "hookline_events_published_total", &[("event_type", "object.created")]) >= 5.0);
+    assert!(metric_value(&m, "hookline_events_published_total", &[("event_type", "object.deleted")]) >= 1.0);
+    assert!(m.contains("hookline_ingest_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn generic_event_type_field_and_default_filter() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "event_type_field": "meta.kind",
+        "event_filter": {"event_types": ["row.insert"]}, "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "etf", json!({}), adapter).await;
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &json!({"meta": {"kind": "row.insert"}})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")));
+    let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"type": "row.insert"})).await;
+    assert_eq!(b["status"], "ignored");
+    // No filter, no dedup key: every event is an object.
+    let (b2, s2) = bucket_with_adapter(
+        &app,
+        "all",
+        json!({}),
+        json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}}),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(ingest(&app, &b2, Some(&s2), &json!({"anything": 1})).await.1["status"], "created");
+    }
+    assert_eq!(objects(&app, &b2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_event_five_times_concurrently_makes_one_object() {
+    let app = TestApp::start().await;
+    for mode in ["immediate", "time_window"] {
+        let (bucket, secret) =
+            bucket_with_adapter(&app, &format!("dup-{mode}"), schema(), full_adapter(json!({"mode": mode}))).await;
+        let ev = mux_like_event("same", "video.asset.ready");
+        let results = futures::future::join_all((0..5).map(|_| ingest(&app, &bucket, Some(&secret), &ev))).await;
+        let ids: std::collections::BTreeSet<String> =
+            results.iter().map(|(_, b)| b["object_id"].as_str().unwrap().to_string()).collect();
+        assert_eq!(ids.len(), 1, "{results:?}");
+        let statuses: Vec<&str> = results.iter().map(|(_, b)| b["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses.iter().filter(|s| **s == "duplicate").count(), 4, "{statuses:?}");
+        assert!(results.iter().all(|(s, _)| *s == 200));
+        if mode == "immediate" {
+            assert_eq!(objects(&app, &bucket).await.len(), 1);
+        } else {
+            assert_eq!(status(&app, &bucket).await["events_buffered"], 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_or_missing_secret_is_401_and_stores_nothing() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = bucket_with_adapter(&app, "sec", schema(), full_adapter(json!({"mode": "immediate"}))).await;
+    let ev = mux_like_event("s1", "video.asset.ready");
+    let mut wrong = secret.clone();
+    wrong.replace_range(0..1, if secret.starts_with('0') { "1" } else { "0" });
+    for (secret, why) in [(None, "missing"), (Some(wrong.as_str()), "wrong"), (Some(""), "empty")] {
+        let (s, b) = ingest(&app, &bucket, secret, &ev).await;
+        assert_eq!(s, 401, "{why}: {b}");
+        assert_eq!(b["error"]["code"], "unauthorized");
+    }
+    assert!(objects(&app, &bucket).await.is_empty());
+    let st = status(&app, &bucket).await;
+    assert_eq!((st["events_processed_24h"].as_u64(), st["events_failed_24h"].as_u64()), (Some(0), Some(0)));
+    // The rejected deliveries were not recorded for dedup: the real one creates.
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &ev).await.1["status"], "created");
+    let m = app.metrics().await;
+    assert!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "unauthorized")]) >= 3.0);
+}
+
+#[tokio::test]
+async fn time_window_flushes_after_its_window_into_a_completed_batch() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = bucket_with_adapter(
+        &app,
+        "tw",
+        schema(),
+        full_adapter(json!({"mode": "time_window", "window_seconds": 5, "max_batch_size": 100})),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (s, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event(&format!("w{i}"), "video.asset.ready")).await;
+        assert_eq!((s, b["status"].as_str(), b["handled"].as_bool()), (200, Some("buffered"), Some(true)));
+        ids.push(b["object_id"].as_str().unwrap().to_string());
+    }
+    // Before the flush: buffered, and a duplicate already names the future object.
+    assert_eq!(status(&app, &bucket).await["events_buffered"], 3);
+    assert!(objects(&app, &bucket).await.is_empty());
+    let (_, dup) = ingest(&app, &bucket, Some(&secret), &mux_like_event("w1", "video.asset.ready")).await;
+    assert_eq!(dup["status"], "duplicate");
+    assert_eq!(dup["object_id"], ids[1].as_str());
+
+    assert!(eventually(Duration::from_secs(15), || async { objects(&app, &bucket).await.len() == 3 }).await);
+    let got: Vec<String> =
+        objects(&app, &bucket).await.iter().map(|o| o["object_id"].as_str().unwrap().to_string()).collect();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "objects keep the IDs given on acceptance");
+    let st = status(&app, &bucket).await;
+    assert_eq!(st["events_buffered"], 0);
+    assert!(st["last_flush_at"].as_str().unwrap().ends_with('Z'));
+    let (_, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
+    let batches = batches["results"].as_array().unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0]["status"], "completed", "auto_submit defaults to true");
+    assert_eq!(batches[0]["object_ids"].as_array().unwrap().len(), 3);
+    assert!(batches[0]["submitted_at"].is_string() && batches[0]["completed_at"].is_string());
+    let bid = batches[0]["batch_id"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/v1/buckets/{bucket}/batches/{bid}")).await.1["batch_id"], bid);
+    let m = app.metrics().await;
+    assert!(metric_value(&m, "hookline_ingest_flushes_total", &[("trigger", "window")]) >= 1.0);
+    assert!(metric_value(&m, "hookline_events_published_total", &[("event_type", "batch.completed")]) >= 1.0);
+}
+
+#[tokio::test]
+async fn count_flushes_at_size_and_waits_for_submit() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = bucket_with_adapter(
+        &app,
+        "cnt",
+        schema(),
+        full_adapter(json!({"mode": "count", "max_batch_size": 3, "auto_submit": false})),
+    )
+    .await;
+    for i in 0..2 {
+        let (_, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event(&format!("c{i}"), "video.asset.ready")).await;
+        assert_eq!(b["status"], "buffered");
+    }
+    assert!(objects(&app, &bucket).await.is_empty());
+    let (_, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event("c2", "video.asset.ready")).await;
+    assert_eq!(b["status"], "buffered");
+    // The third event filled the batch: flushed in the same durable write as its answer.
+    assert_eq!(objects(&app, &bucket).await.len(), 3);
+    assert_eq!(status(&app, &bucket).await["events_buffered"], 0);
+    let (_, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
+    let batch = &batches["results"][0];
+    assert_eq!(batch["status"], "pending");
+    assert_eq!(batch["submitted_at"], Value::Null);
+    let bid = batch["batch_id"].as_str().unwrap();
+    let submit = format!("/v1/buckets/{bucket}/batches/{bid}/submit");
+    let (s, b) = app.post(&submit, json!({})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("completed")));
+    assert_eq!(app.post(&submit, json!({})).await.0, 409);
+    assert_eq!(app.post(&format!("/v1/buckets/{bucket}/batches/batch_nope/submit"), json!({})).await.0, 404);
+}
+
+#[tokio::test]
+async fn buffered_events_and_dedup_survive_a_crash_and_an_actor_failure() {
+    let mut app = TestApp::start().await;
+    let (bucket, secret) =
+        bucket_with_adapter(&app, "crash", schema(), full_adapter(json!({"mode": "time_window", "window_seconds": 5})))
+            .await;
+    let (_, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event("k1", "video.asset.ready")).await;
+    let oid = b["object_id"].as_str().unwrap().to_string();
+    app.crash_restart().await;
+    assert_eq!(status(&app, &bucket).await["events_buffered"], 1, "the buffer is durable");
+    let (_, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event("k1", "video.asset.ready")).await;
+    assert_eq!(b, json!({"handled": true, "status": "duplicate", "object_id": oid}));
+
+    // The adapter actor fails: it is restarted (and counted) and keeps its state.
+    let (s, _) = app.post(&format!("/v1/debug/crash/adapter.{bucket}"), json!({})).await;
+    assert_eq!(s, 202);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "source_adapter")]) >= 1.0
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ingest(&app, &bucket, Some(&secret), &mux_like_event("k1", "video.asset.ready")).await.1["status"]
+                == "duplicate"
+        })
+        .await
+    );
+    assert!(eventually(Duration::from_secs(15), || async { objects(&app, &bucket).await.len() == 1 }).await);
+    assert_eq!(objects(&app, &bucket).await[0]["object_id"], oid.as_str());
+
+    // Deleting the bucket stops its adapter.
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}")).await.0, 204);
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("k2", "video.asset.ready")).await.0, 404);
+}

@@ -5,6 +5,7 @@ mod support;
 
 mod foundation;
 mod inbound;
+mod inbound_crash;
 mod outbound;
 mod outbound_crash;
 mod outbound_crosscheck;

@@ -1,0 +1,232 @@
+//! Ingest throughput and latency over loopback, beside a bare warp route (the ceiling).
+//!
+//! `cargo bench --bench ingest` (release). Each scenario runs its server on its own 2-thread
+//! tokio runtime in this process and drives it from another runtime with `CONNECTIONS`
+//! concurrent keep-alive connections for `DURATION`, after a warm-up. Printed: requests/s
+//! and p50/p99 latency. Every ingest answer is durable (fsynced through group commit).
+//! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warp::Filter;
+
+const API_KEY: &str = "bench-api-key-0123456789abcdef";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A server runtime on its own threads; dropped (with its servers) at the end.
+fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("server runtime")
+}
+
+/// Builds request number `i` of a scenario.
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
+
+struct Report {
+    name: &'static str,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+/// Drives `make_req(i)` with `conns` concurrent workers for `secs` seconds (after 1 s warm-up).
+async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: u64, make_req: MakeRequest) -> Report {
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let warmup = Instant::now() + Duration::from_secs(1);
+    let end = warmup + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (client, counter, errors, make_req) = (client.clone(), counter.clone(), errors.clone(), make_req.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    return lat;
+                }
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let ok = match make_req(&client, i).send().await {
+                    Ok(r) => {
+                        let ok = r.status().is_success();
+                        let _ = r.bytes().await;
+                        ok
+                    }
+                    Err(_) => false,
+                };
+                if now >= warmup {
+                    if ok {
+                        lat.push(now.elapsed());
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("worker"));
+    }
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
+    Report {
+        name,
+        rps: all.len() as f64 / secs as f64,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn print(r: &Report, ceiling: Option<f64>) {
+    let share = ceiling.map(|c| format!("  ({:.0}% of bare)", 100.0 * r.rps / c)).unwrap_or_default();
+    println!(
+        "{:<26} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}{}",
+        r.name,
+        r.rps,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.errors,
+        share
+    );
+}
+
+/// Cumulative group-commit figures from `/metrics`: how many batches each fsync covered.
+fn print_commit_stats(metrics: &str) {
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let commits = sum("hookline_store_commits_total");
+    let batches = sum("hookline_store_commit_batches_total");
+    let secs = sum("hookline_store_commit_duration_seconds_sum");
+    if commits > 0.0 {
+        println!(
+            "{:<26} {:.0} group commits so far, {:.1} batches per commit, {:.2} ms per commit (apply + fsync)",
+            "",
+            commits,
+            batches / commits,
+            1e3 * secs / commits
+        );
+    }
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secs = env_num("BENCH_SECONDS", 5);
+    let conns = env_num("BENCH_CONNECTIONS", 64) as usize;
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(conns).build().expect("client");
+    println!("ingest bench: {conns} connections, {secs} s per scenario, loopback");
+
+    // 1. The ceiling: a bare warp route answering 200 with a small JSON body.
+    let bare_rt = server_runtime();
+    let bare_addr = bare_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let route = warp::post().and(warp::body::bytes()).map(|_b: bytes::Bytes| {
+            warp::reply::with_status(
+                warp::reply::json(&json!({"handled": true, "status": "created"})),
+                warp::http::StatusCode::OK,
+            )
+        });
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        addr
+    });
+    let body = Arc::new(|i: u64| {
+        serde_json::to_vec(&json!({"type": "item.ready", "data": {"id": format!("e{i}"), "n": i}})).unwrap()
+    });
+    let b = body.clone();
+    let bare = client_rt.block_on(drive(
+        "bare warp route",
+        client.clone(),
+        conns,
+        secs,
+        Arc::new(move |c, i| {
+            c.post(format!("http://{bare_addr}/")).header("content-type", "application/json").body(b(i))
+        }),
+    ));
+    print(&bare, None);
+    drop(bare_rt);
+
+    // 2. hookline itself, in-process, on a fresh data dir.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook_rt = server_runtime();
+    let addr = hook_rt.block_on(async {
+        let mut config = hookline::config::Config::default();
+        config.storage.path = dir.path().join("data");
+        config.auth.api_keys = vec![API_KEY.into()];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(hookline::app::run(config, listener, std::future::pending()));
+        addr
+    });
+    let base = format!("http://{addr}");
+    for (mode, batching) in [
+        ("ingest immediate", json!({"mode": "immediate"})),
+        ("ingest time_window", json!({"mode": "time_window", "window_seconds": 300, "max_batch_size": 1000})),
+    ] {
+        let (bucket, secret) = client_rt.block_on(async {
+            // The daemon may still be starting.
+            let mut tries = 0;
+            let bucket = loop {
+                let r = client
+                    .post(format!("{base}/v1/buckets"))
+                    .bearer_auth(API_KEY)
+                    .json(&json!({"bucket_name": mode, "bucket_schema": {"properties": {"n": {"type": "int"}}}}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 201 => {
+                        break r.json::<serde_json::Value>().await.unwrap()["bucket_id"].as_str().unwrap().to_string()
+                    }
+                    _ if tries < 100 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => panic!("create bucket: {other:?}"),
+                }
+            };
+            let r: serde_json::Value = client
+                .patch(format!("{base}/v1/buckets/{bucket}"))
+                .bearer_auth(API_KEY)
+                .json(&json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "data.id",
+                    "field_mapping": {"data.n": "n"}, "batching": batching}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (bucket, r["source_adapter"]["webhook_secret"].as_str().unwrap().to_string())
+        });
+        let url = format!("{base}/v1/buckets/{bucket}/source-adapter/ingest");
+        let b = body.clone();
+        let report = client_rt.block_on(drive(
+            mode,
+            client.clone(),
+            conns,
+            secs,
+            Arc::new(move |c, i| {
+                c.post(&url).header("content-type", "application/json").header("x-webhook-secret", &secret).body(b(i))
+            }),
+        ));
+        print(&report, Some(bare.rps));
+        let m = client_rt
+            .block_on(async { client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() });
+        print_commit_stats(&m);
+    }
+    drop(hook_rt);
+}

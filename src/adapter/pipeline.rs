@@ -1,0 +1,222 @@
+//! The pure steps of ingest: screen an event (filter, dedup value), then turn its metadata
+//! document into an object draft (field_mapping, type check, blob_source).
+//!
+//! The two steps are separate on purpose: an adapter that must fetch its metadata document
+//! (Mux, issue 4) screens first, fetches outside the actor, then materializes. Nothing here
+//! does I/O or touches actor state.
+
+use serde_json::Value;
+
+use super::kind::{self, Operation};
+use super::path;
+use super::records::{BlobRef, Draft, ObjectSource};
+use super::spec::{BlobType, SourceAdapter};
+use crate::catalog::BucketSchema;
+
+/// Why a payload cannot become an object. The upstream sees it as a 422 and the adapter's
+/// status as `last_error`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct PayloadError(pub String);
+
+/// An event that passed the filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Screened {
+    pub event_type: Option<String>,
+    /// The value at the dedup key, when the adapter dedups.
+    pub dedup_value: Option<String>,
+    pub operation: Operation,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Screen {
+    /// Not an event type this adapter handles (`handled: false`).
+    Ignored,
+    Accepted(Screened),
+}
+
+/// Filters the event and extracts its dedup value.
+pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, PayloadError> {
+    let event_type = kind::event_type(adapter, payload);
+    let handled = match &adapter.event_filter {
+        Some(f) => event_type.as_ref().is_some_and(|t| f.event_types.iter().any(|e| e == t)),
+        None => match kind::default_event_types(adapter.adapter_type) {
+            Some(list) => event_type.as_deref().is_some_and(|t| list.contains(&t)),
+            None => true,
+        },
+    };
+    if !handled {
+        return Ok(Screen::Ignored);
+    }
+    let dedup_path = adapter.dedup_key.as_deref().or(kind::default_dedup_key(adapter.adapter_type));
+    let dedup_value = match dedup_path {
+        None => None,
+        Some(p) => match path::lookup(payload, p).and_then(path::scalar_string) {
+            Some(v) => Some(v),
+            None => {
+                return Err(PayloadError(format!(
+                    "dedup_key {p:?} is missing from the payload or is not a string or number"
+                )))
+            }
+        },
+    };
+    let operation = kind::operation(adapter.adapter_type, event_type.as_deref());
+    Ok(Screen::Accepted(Screened { event_type, dedup_value, operation }))
+}
+
+/// Builds the object draft from the metadata document `doc` (of the event `payload`).
+pub fn materialize(
+    adapter: &SourceAdapter,
+    schema: &BucketSchema,
+    payload: &Value,
+    doc: &Value,
+    screened: &Screened,
+) -> Result<Draft, PayloadError> {
+    let mut metadata = serde_json::Map::new();
+    for (source, target) in &adapter.field_mapping {
+        let Some(v) = path::lookup(doc, source) else { continue };
+        if v.is_null() {
+            continue;
+        }
+        // Validated at configuration; the schema cannot change under an adapter.
+        if let Some(p) = schema.get(target) {
+            if !p.kind.accepts(v) {
+                return Err(PayloadError(format!(
+                    "field_mapping {source:?} → {target:?}: bucket_schema wants {}, the payload has {}",
+                    p.kind.as_str(),
+                    json_type(v)
+                )));
+            }
+        }
+        metadata.insert(target.clone(), v.clone());
+    }
+
+    let mut blobs = Vec::new();
+    let (file_field, blob_type, property, explicit) = match &adapter.blob_source {
+        Some(b) => (
+            b.file_field.as_deref().or(kind::default_file_field(adapter.adapter_type)),
+            b.blob_type,
+            b.property().to_string(),
+            b.file_field.is_some(),
+        ),
+        None => (kind::default_file_field(adapter.adapter_type), BlobType::Video, "video".to_string(), false),
+    };
+    if let Some(ff) = file_field {
+        match path::lookup(doc, ff) {
+            Some(Value::String(url)) if is_file_url(url) => {
+                blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url: url.clone() });
+            }
+            Some(other) if explicit => {
+                return Err(PayloadError(format!(
+                    "blob_source.file_field {ff:?} must be an http(s) URL, the payload has {}",
+                    describe(other)
+                )))
+            }
+            None if explicit => {
+                return Err(PayloadError(format!("blob_source.file_field {ff:?} is missing from the payload")))
+            }
+            _ => {}
+        }
+    }
+
+    for (name, p) in &schema.properties {
+        if p.required && !metadata.contains_key(name) && !blobs.iter().any(|b| &b.property == name) {
+            return Err(PayloadError(format!("required property {name:?} of bucket_schema has no value")));
+        }
+    }
+
+    let source = ObjectSource {
+        adapter_type: adapter.adapter_type,
+        external_id: kind::external_id(adapter.adapter_type, payload, screened.dedup_value.as_deref()),
+        event_type: screened.event_type.clone(),
+    };
+    Ok(Draft { metadata, blobs, source })
+}
+
+fn is_file_url(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "int",
+        Value::Number(_) => "float",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{:?}", s.chars().take(80).collect::<String>()),
+        other => json_type(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A stored adapter from an API body (test helper).
+    pub(crate) fn adapter(body: Value) -> SourceAdapter {
+        let i: super::super::spec::SourceAdapterInput = serde_json::from_value(body).unwrap();
+        SourceAdapter {
+            adapter_type: i.adapter_type,
+            enabled: i.enabled,
+            connection_id: None,
+            sealed_credentials: None,
+            event_filter: i.event_filter,
+            field_mapping: i.field_mapping,
+            blob_source: i.blob_source,
+            batching: i.batching,
+            dedup_key: i.dedup_key,
+            writeback: i.writeback,
+            event_type_field: i.event_type_field,
+            webhook_secret_sha256: String::new(),
+            configured_at: String::new(),
+        }
+    }
+
+    fn schema() -> BucketSchema {
+        serde_json::from_value(json!({"properties": {
+            "video": {"type": "video"}, "duration": {"type": "float"}, "title": {"type": "string", "required": true}
+        }}))
+        .unwrap()
+    }
+
+    #[test]
+    fn filter_dedup_mapping_blob() {
+        let a = adapter(json!({
+            "adapter_type": "generic_webhook",
+            "event_filter": {"event_types": ["asset.ready"]},
+            "dedup_key": "data.id",
+            "field_mapping": {"data.tracks.0.duration": "duration", "data.title": "title"},
+            "blob_source": {"file_field": "data.url", "blob_type": "video", "target_property": "video"},
+        }));
+        assert_eq!(screen(&a, &json!({"type": "other"})).unwrap(), Screen::Ignored);
+        assert_eq!(screen(&a, &json!({"data": {}})).unwrap(), Screen::Ignored);
+        assert!(screen(&a, &json!({"type": "asset.ready"})).is_err(), "no dedup value");
+        let p = json!({"type": "asset.ready", "data": {"id": 7, "title": "t", "url": "https://x.test/v.mp4",
+            "tracks": [{"duration": 1.5}]}});
+        let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
+        assert_eq!(s.dedup_value.as_deref(), Some("7"));
+        let d = materialize(&a, &schema(), &p, &p, &s).unwrap();
+        assert_eq!(d.metadata["duration"], json!(1.5));
+        assert_eq!(d.blobs[0].url, "https://x.test/v.mp4");
+        assert_eq!(d.source.external_id.as_deref(), Some("7"));
+
+        let mut bad = p.clone();
+        bad["data"]["tracks"][0]["duration"] = json!("long");
+        assert!(materialize(&a, &schema(), &bad, &bad, &s).unwrap_err().0.contains("float"));
+        let mut no_title = p.clone();
+        no_title["data"].as_object_mut().unwrap().remove("title");
+        assert!(materialize(&a, &schema(), &no_title, &no_title, &s).unwrap_err().0.contains("required"));
+        let mut no_url = p.clone();
+        no_url["data"]["url"] = json!("not a url");
+        assert!(materialize(&a, &schema(), &no_url, &no_url, &s).is_err());
+    }
+}

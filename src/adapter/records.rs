@@ -1,0 +1,205 @@
+//! What the inbound side keeps in the store, and the keys it keeps it under.
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `obj` | `{bucket_id}/{object_id}` | [`ObjectRecord`] |
+//! | `batch` | `{bucket_id}/{batch_id}` | [`BatchRecord`] |
+//! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
+//! | `dedup` | `{bucket_id}/{sha256 of the dedup value}` | [`DedupEntry`] |
+//! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
+//!
+//! Object and batch IDs are time-ordered, so key order is creation order (cursor pagination).
+//! The bucket registry deletes every `{bucket_id}/` prefix with the bucket.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::ProviderType;
+use crate::ids::{BatchId, BucketId, ObjectId};
+
+pub fn key(bucket: &BucketId, id: &str) -> String {
+    format!("{}/{}", bucket.as_str(), id)
+}
+
+pub fn prefix(bucket: &BucketId) -> String {
+    format!("{}/", bucket.as_str())
+}
+
+pub const STATS_KEY: &str = "adapter";
+
+/// The dedup set's key for a dedup value: fixed length whatever the upstream sends.
+pub fn dedup_hash(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub property: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectSource {
+    pub adapter_type: ProviderType,
+    pub external_id: Option<String>,
+    pub event_type: Option<String>,
+}
+
+/// An object's content before it has an ID and timestamps (what a buffer entry holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Draft {
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub blobs: Vec<BlobRef>,
+    pub source: ObjectSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub object_id: ObjectId,
+    pub bucket_id: BucketId,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub blobs: Vec<BlobRef>,
+    pub source: ObjectSource,
+    /// The batch that created it (time_window and count modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<BatchId>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl ObjectRecord {
+    pub fn new(object_id: ObjectId, bucket_id: BucketId, draft: Draft, batch_id: Option<BatchId>) -> ObjectRecord {
+        let now = crate::util::now_rfc3339();
+        ObjectRecord {
+            object_id,
+            bucket_id,
+            metadata: draft.metadata,
+            blobs: draft.blobs,
+            source: draft.source,
+            batch_id,
+            created_at: now.clone(),
+            updated_at: now,
+        }
+    }
+
+    /// The `object.created` / `object.deleted` payload: the object snapshot.
+    pub fn event_payload(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    /// Flushed, waiting for `POST …/submit` (auto_submit off).
+    Pending,
+    Submitted,
+    Completed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub batch_id: BatchId,
+    pub bucket_id: BucketId,
+    pub object_ids: Vec<ObjectId>,
+    pub status: BatchStatus,
+    pub created_at: String,
+    pub submitted_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+impl BatchRecord {
+    /// Submits the batch. There is no processor yet, so a submitted batch completes at
+    /// once; the caller records `batch.completed` with [`BatchRecord::completed_payload`].
+    pub fn submit(&mut self) {
+        let now = crate::util::now_rfc3339();
+        self.status = BatchStatus::Completed;
+        self.submitted_at = Some(now.clone());
+        self.completed_at = Some(now);
+    }
+
+    pub fn completed_payload(&self) -> serde_json::Value {
+        serde_json::json!({
+            "batch_id": self.batch_id,
+            "bucket_id": self.bucket_id,
+            "object_ids": self.object_ids,
+            "collection_ids": [],
+            "counts": {"objects": self.object_ids.len(), "succeeded": self.object_ids.len(), "failed": 0},
+        })
+    }
+}
+
+/// An accepted event waiting for its batch. The object ID is assigned on acceptance so a
+/// duplicate can name it before the flush.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BufferEntry {
+    pub object_id: ObjectId,
+    pub received_at_ms: u64,
+    pub draft: Draft,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DedupEntry {
+    pub object_id: ObjectId,
+    pub at_ms: u64,
+}
+
+/// Hourly counters over the last 24 hours, plus the last flush and error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdapterStats {
+    /// `(unix hour, processed, failed)`, oldest first, at most 24 entries.
+    pub hours: Vec<(u64, u64, u64)>,
+    pub last_flush_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl AdapterStats {
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn slot(&mut self, now_ms: u64) -> &mut (u64, u64, u64) {
+        let hour = now_ms / Self::HOUR_MS;
+        self.hours.retain(|h| h.0 + 24 > hour);
+        if self.hours.last().is_none_or(|h| h.0 != hour) {
+            self.hours.push((hour, 0, 0));
+        }
+        let last = self.hours.len() - 1;
+        &mut self.hours[last]
+    }
+
+    pub fn processed(&mut self, now_ms: u64) {
+        self.slot(now_ms).1 += 1;
+    }
+
+    pub fn failed(&mut self, now_ms: u64, error: String) {
+        self.slot(now_ms).2 += 1;
+        self.last_error = Some(error);
+    }
+
+    /// (processed, failed) within the 24 hourly slots ending now.
+    pub fn last_24h(&self, now_ms: u64) -> (u64, u64) {
+        let hour = now_ms / Self::HOUR_MS;
+        self.hours.iter().filter(|h| h.0 + 24 > hour).fold((0, 0), |acc, h| (acc.0 + h.1, acc.1 + h.2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_roll_over_24_hours() {
+        let mut s = AdapterStats::default();
+        let h = AdapterStats::HOUR_MS;
+        s.processed(0);
+        s.processed(1);
+        s.failed(h, "x".into());
+        assert_eq!(s.last_24h(h), (2, 1));
+        assert_eq!(s.last_24h(24 * h), (0, 1));
+        s.processed(30 * h);
+        assert_eq!(s.hours.len(), 1);
+        assert_eq!(s.last_24h(30 * h), (1, 0));
+        assert_eq!(s.last_error.as_deref(), Some("x"));
+    }
+}

@@ -1,0 +1,390 @@
+//! The `source_adapter` settings of a bucket: API input, validation, stored form, public view.
+//!
+//! `PATCH /v1/buckets/{id}` replaces the whole `source_adapter` object (fields left out take
+//! their defaults); the webhook secret survives a replacement unless `rotate_secret` is set.
+//!
+//! Secrets at rest: the webhook secret is stored only as its SHA-256 digest. The secret is 32
+//! random bytes, so the digest cannot be brute-forced, and verification hashes the presented
+//! header and compares digests with `subtle` (constant time). Inline `connection.credentials`
+//! are sealed with the master key (bound to the bucket ID). Neither is ever in a response
+//! after the PATCH that made the secret, nor in a log line.
+//!
+//! This module is pure data and rules; the registry actor performs the checks that need the
+//! store (the connection exists and matches `adapter_type`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::path;
+use crate::catalog::{BucketSchema, ProviderType};
+use crate::error::ApiError;
+
+/// The adapter types share their names with connection provider types.
+pub type AdapterType = ProviderType;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    pub event_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobType {
+    #[default]
+    Video,
+    Image,
+    Audio,
+    Text,
+    Json,
+}
+
+impl BlobType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BlobType::Video => "video",
+            BlobType::Image => "image",
+            BlobType::Audio => "audio",
+            BlobType::Text => "text",
+            BlobType::Json => "json",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobSource {
+    /// Dot-path to the file URL in the metadata document; none: the adapter's default.
+    #[serde(default)]
+    pub file_field: Option<String>,
+    #[serde(default)]
+    pub blob_type: BlobType,
+    /// Schema property the blob belongs to; none: the blob type's name.
+    #[serde(default)]
+    pub target_property: Option<String>,
+}
+
+impl BlobSource {
+    pub fn property(&self) -> &str {
+        self.target_property.as_deref().unwrap_or(self.blob_type.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchMode {
+    Immediate,
+    #[default]
+    TimeWindow,
+    Count,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Batching {
+    pub mode: BatchMode,
+    pub window_seconds: u64,
+    pub max_batch_size: usize,
+    pub auto_submit: bool,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching { mode: BatchMode::TimeWindow, window_seconds: 30, max_batch_size: 100, auto_submit: true }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InlineConnection {
+    #[serde(default)]
+    pub credentials: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The `source_adapter` object of a PATCH body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceAdapterInput {
+    pub adapter_type: AdapterType,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub connection_id: Option<String>,
+    #[serde(default)]
+    pub connection: Option<InlineConnection>,
+    #[serde(default)]
+    pub event_filter: Option<EventFilter>,
+    #[serde(default)]
+    pub field_mapping: BTreeMap<String, String>,
+    #[serde(default)]
+    pub blob_source: Option<BlobSource>,
+    #[serde(default)]
+    pub batching: Batching,
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    #[serde(default)]
+    pub writeback: Option<serde_json::Value>,
+    /// generic_webhook only: dot-path of the event type (default `type`).
+    #[serde(default)]
+    pub event_type_field: Option<String>,
+    #[serde(default)]
+    pub rotate_secret: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PATCH /v1/buckets/{id}` body. `source_adapter` distinguishes absent (unchanged) from
+/// `null` (remove).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBucket {
+    #[serde(default, deserialize_with = "present")]
+    pub source_adapter: Option<Option<SourceAdapterInput>>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Rotates the webhook secret of the existing adapter (also accepted inside
+    /// `source_adapter`).
+    #[serde(default)]
+    pub rotate_secret: bool,
+}
+
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// The adapter as stored in the bucket record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceAdapter {
+    pub adapter_type: AdapterType,
+    pub enabled: bool,
+    /// Read by `Shared::connection_users` at `/source_adapter/connection_id`: keep the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<crate::ids::ConnectionId>,
+    /// Inline credentials, sealed with the master key (AAD: the bucket ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_credentials: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_filter: Option<EventFilter>,
+    #[serde(default)]
+    pub field_mapping: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_source: Option<BlobSource>,
+    pub batching: Batching,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writeback: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type_field: Option<String>,
+    /// Hex SHA-256 of the webhook secret (never the secret itself).
+    pub webhook_secret_sha256: String,
+    pub configured_at: String,
+}
+
+impl SourceAdapter {
+    /// Checks a presented `X-Webhook-Secret` in constant time.
+    pub fn secret_matches(&self, presented: &str) -> bool {
+        let digest = hex::encode(Sha256::digest(presented.as_bytes()));
+        digest.as_bytes().ct_eq(self.webhook_secret_sha256.as_bytes()).into()
+    }
+
+    /// The public view: no secret digest, no sealed credentials.
+    pub fn view(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("webhook_secret_sha256");
+            if obj.remove("sealed_credentials").is_some() {
+                obj.insert("connection".into(), serde_json::json!({"credentials": "(set; never shown)"}));
+            }
+        }
+        v
+    }
+}
+
+/// A new webhook secret: 32 random bytes as hex. Returns (secret, its digest).
+pub fn new_secret() -> (String, String) {
+    let bytes: [u8; 32] = rand::random();
+    let secret = hex::encode(bytes);
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    (secret, digest)
+}
+
+impl SourceAdapterInput {
+    /// Every check that needs only the body and the bucket schema; errors name the field
+    /// under `source_adapter.`.
+    pub fn validate(&self, schema: &BucketSchema) -> Result<(), ApiError> {
+        let f = |name: &str| format!("source_adapter.{name}");
+        if let Some(id) = &self.connection_id {
+            if crate::ids::ConnectionId::parse(id).is_none() {
+                return Err(ApiError::validation(f("connection_id"), "must be a connection ID (conn_…)"));
+            }
+        }
+        if let Some(filter) = &self.event_filter {
+            if filter.event_types.is_empty() {
+                return Err(ApiError::validation(
+                    f("event_filter.event_types"),
+                    "list at least one event type, or leave out event_filter for the adapter's default",
+                ));
+            }
+            if filter.event_types.len() > 100 || filter.event_types.iter().any(|t| t.trim().is_empty() || t.len() > 200)
+            {
+                return Err(ApiError::validation(
+                    f("event_filter.event_types"),
+                    "at most 100 event types of 1–200 characters",
+                ));
+            }
+        }
+        if self.field_mapping.len() > 256 {
+            return Err(ApiError::validation(f("field_mapping"), "at most 256 mappings"));
+        }
+        for (source, target) in &self.field_mapping {
+            if !path::is_valid(source) {
+                return Err(ApiError::validation(
+                    f(&format!("field_mapping.{source}")),
+                    "keys are dot-paths such as data.duration or data.tracks.0.duration",
+                ));
+            }
+            if schema.get(target).is_none() {
+                return Err(ApiError::validation(
+                    f(&format!("field_mapping.{source}")),
+                    format!("target {target:?} is not a property of bucket_schema"),
+                ));
+            }
+        }
+        if let Some(blob) = &self.blob_source {
+            if let Some(ff) = &blob.file_field {
+                if !path::is_valid(ff) {
+                    return Err(ApiError::validation(f("blob_source.file_field"), "must be a dot-path"));
+                }
+            }
+            if let Some(tp) = &blob.target_property {
+                match schema.get(tp) {
+                    None => {
+                        return Err(ApiError::validation(
+                            f("blob_source.target_property"),
+                            format!("{tp:?} is not a property of bucket_schema"),
+                        ))
+                    }
+                    Some(p) if p.kind.as_str() != blob.blob_type.as_str() => {
+                        return Err(ApiError::validation(
+                            f("blob_source.target_property"),
+                            format!(
+                                "property {tp:?} has type {}, but blob_type is {}",
+                                p.kind.as_str(),
+                                blob.blob_type.as_str()
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let b = &self.batching;
+        if !(5..=300).contains(&b.window_seconds) {
+            return Err(ApiError::validation(f("batching.window_seconds"), "must be within 5–300 seconds"));
+        }
+        if !(1..=1000).contains(&b.max_batch_size) {
+            return Err(ApiError::validation(f("batching.max_batch_size"), "must be within 1–1000"));
+        }
+        if let Some(dk) = &self.dedup_key {
+            if !path::is_valid(dk) {
+                return Err(ApiError::validation(f("dedup_key"), "must be a dot-path such as data.id"));
+            }
+        }
+        if let Some(w) = &self.writeback {
+            if !w.is_object() {
+                return Err(ApiError::validation(f("writeback"), "must be an object"));
+            }
+        }
+        if let Some(etf) = &self.event_type_field {
+            if self.adapter_type != ProviderType::GenericWebhook {
+                return Err(ApiError::validation(f("event_type_field"), "only generic_webhook adapters take it"));
+            }
+            if !path::is_valid(etf) {
+                return Err(ApiError::validation(f("event_type_field"), "must be a dot-path"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> BucketSchema {
+        serde_json::from_value(json!({"properties": {"video": {"type": "video"}, "duration": {"type": "float"}}}))
+            .unwrap()
+    }
+
+    fn input(v: serde_json::Value) -> Result<SourceAdapterInput, ApiError> {
+        crate::error::deserialize_at(Some("source_adapter"), v)
+    }
+
+    fn field_of(e: ApiError) -> String {
+        match e {
+            ApiError::Validation { field, .. } => field,
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_errors_name_the_field() {
+        let ok = input(json!({"adapter_type": "generic_webhook"})).unwrap();
+        ok.validate(&schema()).unwrap();
+        assert!(ok.enabled);
+        assert_eq!(ok.batching, Batching::default());
+        let cases = [
+            (json!({"adapter_type": "ftp"}), "source_adapter.adapter_type"),
+            (
+                json!({"adapter_type": "mux", "batching": {"window_seconds": 4}}),
+                "source_adapter.batching.window_seconds",
+            ),
+            (
+                json!({"adapter_type": "mux", "batching": {"max_batch_size": 1001}}),
+                "source_adapter.batching.max_batch_size",
+            ),
+            (json!({"adapter_type": "mux", "field_mapping": {"a": "nope"}}), "source_adapter.field_mapping.a"),
+            (json!({"adapter_type": "mux", "colour": 1}), "source_adapter.colour"),
+            (json!({"adapter_type": "mux", "event_type_field": "kind"}), "source_adapter.event_type_field"),
+            (
+                json!({"adapter_type": "mux", "blob_source": {"blob_type": "image", "target_property": "video"}}),
+                "source_adapter.blob_source.target_property",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = input(body.clone()).and_then(|i| i.validate(&schema()).map(|_| i)).unwrap_err();
+            assert_eq!(field_of(err), field, "{body}");
+        }
+    }
+
+    #[test]
+    fn secret_is_checked_against_its_digest() {
+        let (secret, digest) = new_secret();
+        assert_eq!(secret.len(), 64);
+        let a = SourceAdapter {
+            adapter_type: ProviderType::GenericWebhook,
+            enabled: true,
+            connection_id: None,
+            sealed_credentials: None,
+            event_filter: None,
+            field_mapping: BTreeMap::new(),
+            blob_source: None,
+            batching: Batching::default(),
+            dedup_key: None,
+            writeback: None,
+            event_type_field: None,
+            webhook_secret_sha256: digest,
+            configured_at: String::new(),
+        };
+        assert!(a.secret_matches(&secret));
+        assert!(!a.secret_matches("nope"));
+        assert!(a.view().get("webhook_secret_sha256").is_none());
+    }
+}
