@@ -3,6 +3,7 @@
 
 mod support;
 
+mod dashboards;
 mod foundation;
 mod inbound;
 mod inbound_crash;
