@@ -117,10 +117,9 @@ impl AdapterState {
         let mut object_ids: Vec<ObjectId> = buffered.clone();
         let status = match draft {
             Some(draft) => {
-                if buffered.is_empty() && stored.is_empty() {
-                    if origin == Origin::Ingest && kind::upsert_on_update(self.adapter.adapter_type) {
-                        return Ok(self.accept(now, draft, dedup_hash));
-                    }
+                let upsert = origin == Origin::Ingest && kind::upsert_on_update(self.adapter.adapter_type);
+                if buffered.is_empty() && stored.is_empty() && upsert {
+                    return Ok(self.accept(now, draft, dedup_hash));
                 }
                 for entry in self.buffer.iter_mut().filter(|e| buffered.contains(&e.object_id)) {
                     entry.draft.metadata = draft.metadata.clone();
@@ -194,7 +193,8 @@ impl AdapterState {
                 }
             }
             if !stale.is_empty() {
-                let _ = self.shared.store.submit(stale);
+                // Housekeeping only: nobody waits for it (the committer applies it anyway).
+                drop(self.shared.store.submit(stale));
             }
         }
         Ok((buffered, stored))
