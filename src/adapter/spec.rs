@@ -314,12 +314,7 @@ impl SourceAdapterInput {
         }
         if let Some(c) = &self.connection {
             if !c.credentials.is_empty() {
-                if self.connection_id.is_some() {
-                    return Err(ApiError::validation(
-                        f("connection.credentials"),
-                        "give connection_id or connection.credentials, not both",
-                    ));
-                }
+                // Both may be given (seed 000 lists both); connection_id then wins at runtime.
                 // Same shape as a connection's provider_config, so one reader serves both.
                 ProviderConfig::parse_at(
                     &f("connection.credentials"),
@@ -396,11 +391,6 @@ mod tests {
             (
                 json!({"adapter_type": "mux", "connection": {"credentials": {"access_token_id": "x"}}}),
                 "source_adapter.connection.credentials.access_token_secret",
-            ),
-            (
-                json!({"adapter_type": "supabase", "connection_id": "conn_abcdefghij",
-                    "connection": {"credentials": {"url": "https://x.supabase.co", "service_role_key": "k"}}}),
-                "source_adapter.connection.credentials",
             ),
             (
                 json!({"adapter_type": "supabase", "writeback": {"field_mapping": [], "trigger": "on_alert"}}),
