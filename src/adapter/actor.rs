@@ -13,10 +13,14 @@
 //! waits for every batch submitted before it (an empty barrier commit), then reloads from
 //! the store, so a restarted actor never misses a write of its predecessor.
 //!
-//! Seam for asynchronous enrichment (Mux, issue 4): when `kind::metadata_document` returns
-//! `Fetch`, the handler must spawn the fetch and send itself a continuation message carrying
-//! the screened event and the fetched document, then run `materialize` and `accept` as
-//! below (re-checking dedup, since another delivery may have been accepted meanwhile).
+//! Asynchronous enrichment (Mux): when `kind::metadata_document` returns `Fetch`, the
+//! handler spawns the fetch (`fetch.rs`) and moves on; the fetch sends back a continuation
+//! message with the asset, which runs `materialize` and `accept` (re-checking dedup, since
+//! another delivery may have been accepted meanwhile) and answers the original request.
+//!
+//! Updates and deletes of existing objects (Supabase UPDATE/DELETE, Mux lifecycle events)
+//! live in `lifecycle.rs`; they find objects through the in-memory external-ID index, kept
+//! like the dedup set (loaded in `pre_start`, mirrored in the same batches).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,18 +31,22 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use super::kind::{self, MetadataSource, Operation, SignatureHeaders};
-use super::pipeline::{self, PayloadError, Screen};
+use super::pipeline::{self, PayloadError, Screen, Screened};
 use super::records::{
     self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, DedupEntry, Draft, ObjectRecord, STATS_KEY,
 };
 use super::spec::{BatchMode, SourceAdapter};
-use crate::catalog::connection::ProviderConfig;
-use crate::catalog::{Bucket, Connection};
+use crate::catalog::Bucket;
 use crate::events::{EventBus, EventRecord};
 use crate::ids::{BatchId, BucketId, ObjectId};
 use crate::state::Shared;
 use crate::store::{Batch, Durable, Keyspace, StoreError};
 use crate::util::now_millis;
+
+mod fetch;
+mod lifecycle;
+
+pub use lifecycle::ChangeRequest;
 
 pub struct SourceAdapterActor;
 
@@ -57,6 +65,10 @@ pub enum AdapterMsg {
     CommitFailed(String),
     /// Fault injection for supervision tests.
     Crash,
+    /// Continuation of a Mux asset fetch started by an ingest or a change.
+    Fetched(Box<fetch::Fetched>),
+    /// An update or delete decided elsewhere (the Mux lifecycle route, via the registry).
+    Change(Box<ChangeRequest>),
 }
 
 /// One upstream delivery, as the HTTP frontend hands it over.
@@ -74,6 +86,10 @@ pub enum IngestStatus {
     Buffered,
     Duplicate,
     Ignored,
+    /// Existing objects were re-mapped (`object.updated`).
+    Updated,
+    /// Objects were deleted (`object.deleted`).
+    Deleted,
 }
 
 impl IngestStatus {
@@ -83,6 +99,8 @@ impl IngestStatus {
             IngestStatus::Buffered => "buffered",
             IngestStatus::Duplicate => "duplicate",
             IngestStatus::Ignored => "ignored",
+            IngestStatus::Updated => "updated",
+            IngestStatus::Deleted => "deleted",
         }
     }
 }
@@ -90,8 +108,16 @@ impl IngestStatus {
 pub struct IngestOk {
     pub status: IngestStatus,
     pub object_id: Option<ObjectId>,
+    /// Every object the event created or changed (updates and deletes may touch several).
+    pub object_ids: Vec<ObjectId>,
     /// Await before answering (none for ignored events: nothing is stored).
     pub commit: Option<Commit>,
+}
+
+impl IngestOk {
+    pub fn new(status: IngestStatus, object_id: Option<ObjectId>, commit: Option<Commit>) -> IngestOk {
+        IngestOk { status, object_ids: object_id.iter().cloned().collect(), object_id, commit }
+    }
 }
 
 pub enum IngestErr {
@@ -106,9 +132,40 @@ pub enum IngestErr {
         message: String,
         commit: Commit,
     },
+    /// A dependency (the Mux API) failed in a way a later retry may fix: answer 503 so the
+    /// upstream retries (the failure counter is in the commit).
+    Retry {
+        message: String,
+        commit: Commit,
+    },
 }
 
 pub type IngestResult = Result<IngestOk, IngestErr>;
+
+/// What the handler does next with an event.
+enum Step {
+    Done(IngestResult),
+    /// Update or delete existing objects (may await a store barrier: see `lifecycle.rs`).
+    Apply(Box<Apply>),
+    /// Fetch the Mux asset outside the handler, then continue (see `fetch.rs`).
+    Fetch(Box<fetch::FetchJob>),
+}
+
+/// A screened update or delete, with the new content for an update.
+struct Apply {
+    screened: Screened,
+    draft: Option<Draft>,
+    dedup_hash: Option<String>,
+    origin: Origin,
+}
+
+/// Where a change comes from: the ingest route (the adapter's own rules, e.g. Supabase
+/// upserts) or the connection-scoped lifecycle route (only existing objects change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Ingest,
+    Lifecycle,
+}
 
 /// A submitted batch and the events it recorded: await [`Commit::finish`] before answering.
 pub struct Commit {
@@ -141,10 +198,12 @@ pub struct AdapterState {
     myself: ActorRef<AdapterMsg>,
     bucket: Bucket,
     adapter: SourceAdapter,
-    /// Decrypted connection config, for native signature checks (issue 4).
-    connection: Option<ProviderConfig>,
     /// sha256(dedup value) → object ID.
     dedup: HashMap<String, ObjectId>,
+    /// sha256(external id) → the objects (stored or buffered) made from it.
+    xids: HashMap<String, Vec<ObjectId>>,
+    /// Mux API client, built on the first fetch.
+    mux_api: Option<crate::adapter::mux::MuxApi>,
     /// Accepted events not yet flushed, oldest first.
     buffer: Vec<BufferEntry>,
     stats: AdapterStats,
@@ -174,19 +233,6 @@ impl Actor for SourceAdapterActor {
             .source_adapter
             .clone()
             .ok_or_else(|| ActorProcessingErr::from(format!("bucket {bucket_id} has no source adapter")))?;
-        let connection = match &adapter.connection_id {
-            None => None,
-            Some(id) => match store.get::<Connection>(Keyspace::CONNECTIONS, id.as_str())? {
-                None => None,
-                Some(c) => match c.open(&shared.secrets) {
-                    Ok(cfg) => Some(cfg),
-                    Err(e) => {
-                        tracing::error!(bucket_id = %bucket_id, connection_id = %id, error = %e, "open connection");
-                        None
-                    }
-                },
-            },
-        };
         let prefix = records::prefix(&bucket_id);
         let mut dedup = HashMap::new();
         store.for_each::<DedupEntry>(Keyspace::DEDUP, &prefix, |k, v| {
@@ -199,11 +245,24 @@ impl Actor for SourceAdapterActor {
             true
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
+        let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
         let ticker = Some(myself.send_interval(tick, || AdapterMsg::Tick));
         tracing::debug!(bucket_id = %bucket_id, buffered = buffer.len(), dedup = dedup.len(), "source adapter started");
-        Ok(AdapterState { shared, myself, bucket, adapter, connection, dedup, buffer, stats, ticker, closing: false })
+        Ok(AdapterState {
+            shared,
+            myself,
+            bucket,
+            adapter,
+            dedup,
+            xids,
+            mux_api: None,
+            buffer,
+            stats,
+            ticker,
+            closing: false,
+        })
     }
 
     async fn post_start(
@@ -241,9 +300,19 @@ impl Actor for SourceAdapterActor {
         match msg {
             AdapterMsg::Ingest(req) => {
                 let IngestRequest { headers, raw, payload, reply } = *req;
-                let result = state.ingest(&headers, &raw, payload);
-                let _ = reply.send(result);
+                match state.ingest(&headers, &raw, payload) {
+                    Step::Done(result) => {
+                        let _ = reply.send(result);
+                    }
+                    Step::Apply(apply) => {
+                        let result = state.apply_change(*apply).await;
+                        let _ = reply.send(result);
+                    }
+                    Step::Fetch(job) => state.spawn_fetch(*job, reply),
+                }
             }
+            AdapterMsg::Fetched(f) => state.fetched(*f).await,
+            AdapterMsg::Change(req) => state.change(*req).await,
             AdapterMsg::Tick => {
                 if state.adapter.batching.mode == BatchMode::TimeWindow && state.window_due(now_millis()) {
                     state.flush_in_background("window");
@@ -294,48 +363,78 @@ impl AdapterState {
         headers: &SignatureHeaders,
         raw: &Bytes,
         payload: Result<Value, crate::error::ApiError>,
-    ) -> IngestResult {
+    ) -> Step {
         if self.closing {
-            return Err(IngestErr::Gone);
+            return Step::Done(Err(IngestErr::Gone));
         }
         if !self.adapter.enabled {
-            return Err(IngestErr::Disabled);
+            return Step::Done(Err(IngestErr::Disabled));
         }
-        if !kind::authentic(&self.adapter, headers, raw, self.connection.as_ref()) {
-            return Err(IngestErr::Unauthorized);
+        // Credentials are decrypted only for a request that carries a native signature.
+        let creds = match headers.mux_signature {
+            Some(_) if self.adapter.adapter_type == crate::catalog::ProviderType::Mux => self.credentials(),
+            _ => None,
+        };
+        if !kind::authentic(&self.adapter, headers, raw, creds.as_ref()) {
+            return Step::Done(Err(IngestErr::Unauthorized));
         }
-        let payload = payload.map_err(IngestErr::Malformed)?;
+        drop(creds);
+        let payload = match payload {
+            Ok(p) => p,
+            Err(e) => return Step::Done(Err(IngestErr::Malformed(e))),
+        };
         let now = now_millis();
         let screened = match pipeline::screen(&self.adapter, &payload) {
-            Err(e) => return Err(self.fail(now, e)),
-            Ok(Screen::Ignored) => {
-                return Ok(IngestOk { status: IngestStatus::Ignored, object_id: None, commit: None })
-            }
+            Err(e) => return Step::Done(Err(self.fail(now, e))),
+            Ok(Screen::Ignored) => return Step::Done(Ok(IngestOk::new(IngestStatus::Ignored, None, None))),
             Ok(Screen::Accepted(s)) => s,
         };
-        let dedup_hash = screened.dedup_value.as_deref().map(records::dedup_hash);
+        // Dedup guards creation only: updates and deletes of a known thing share its key.
+        let dedup_hash = match screened.operation {
+            Operation::Create => screened.dedup_value.as_deref().map(records::dedup_hash),
+            Operation::Update | Operation::Delete => None,
+        };
         if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
             self.stats.processed(now);
             let mut batch = Batch::new();
             self.put_stats(&mut batch);
             let commit = self.submit(batch, Vec::new());
-            return Ok(IngestOk { status: IngestStatus::Duplicate, object_id: Some(object_id), commit: Some(commit) });
+            return Step::Done(Ok(IngestOk::new(IngestStatus::Duplicate, Some(object_id), Some(commit))));
         }
-        if screened.operation != Operation::Create {
-            // Issue 4 (Mux/Supabase update and delete). No arm produces these yet.
-            return Ok(IngestOk { status: IngestStatus::Ignored, object_id: None, commit: None });
+        self.prepare(now, screened, payload, dedup_hash, Origin::Ingest)
+    }
+
+    /// From a screened event to its effect: a create (now or after a fetch) or a change.
+    fn prepare(
+        &mut self,
+        now: u64,
+        screened: Screened,
+        payload: Value,
+        dedup_hash: Option<String>,
+        origin: Origin,
+    ) -> Step {
+        if screened.operation == Operation::Delete {
+            return Step::Apply(Box::new(Apply { screened, draft: None, dedup_hash, origin }));
         }
-        let draft = match kind::metadata_document(self.adapter.adapter_type, &payload) {
-            MetadataSource::Inline(doc) => {
-                pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, doc, &screened)
+        let draft = match kind::metadata_document(&self.adapter, &payload) {
+            Err(e) => Err(e),
+            Ok(MetadataSource::Inline(doc)) => {
+                pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, &doc, &screened)
             }
-            MetadataSource::Fetch(_) => Err(PayloadError("this adapter's metadata fetch is not available yet".into())),
+            Ok(MetadataSource::Fetch(req)) => match self.fetch_job(req, &screened, &payload, &dedup_hash, origin) {
+                Some(job) => return Step::Fetch(Box::new(job)),
+                // No API credentials: map what the webhook carries (no playback URL).
+                None => pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, &payload, &screened),
+            },
         };
         let draft = match draft {
             Ok(d) => d,
-            Err(e) => return Err(self.fail(now, e)),
+            Err(e) => return Step::Done(Err(self.fail(now, e))),
         };
-        Ok(self.accept(now, draft, dedup_hash))
+        match screened.operation {
+            Operation::Create => Step::Done(Ok(self.accept(now, draft, dedup_hash))),
+            _ => Step::Apply(Box::new(Apply { screened, draft: Some(draft), dedup_hash, origin })),
+        }
     }
 
     /// Stores an accepted event: an object now (immediate) or a buffer entry.
@@ -343,6 +442,7 @@ impl AdapterState {
         let object_id = ObjectId::generate();
         let mut batch = Batch::new();
         let mut events = Vec::new();
+        self.index(&mut batch, &draft, &object_id);
         if let Some(h) = dedup_hash {
             let entry = DedupEntry { object_id: object_id.clone(), at_ms: now };
             batch.put(Keyspace::DEDUP, &records::key(self.bucket_id(), &h), &entry);
@@ -371,7 +471,7 @@ impl AdapterState {
             }
         };
         self.put_stats(&mut batch);
-        IngestOk { status, object_id: Some(object_id), commit: Some(self.submit(batch, events)) }
+        IngestOk::new(status, Some(object_id), Some(self.submit(batch, events)))
     }
 
     fn fail(&mut self, now: u64, e: PayloadError) -> IngestErr {

@@ -6,18 +6,30 @@
 //! event filter and file field, the external ID, and what the event does (create, update,
 //! delete an object).
 //!
-//! `generic_webhook` is complete here. The `mux` and `supabase` arms are placeholders that
-//! behave like generic except for obvious defaults; **issue 4** replaces them with calls into
-//! `adapter/mux.rs` and `adapter/supabase.rs` (Mux-Signature verification, asset metadata,
-//! API fetch; Supabase payload parsing). Mux enrichment needs an HTTP fetch: it must not run
-//! inside the actor's handler. [`MetadataSource::Fetch`] is the seam for it: the actor spawns
-//! the fetch and receives the document back as a continuation message (see `actor.rs`).
+//! `mux` reads `adapter/mux/` (Mux-Signature, asset metadata), `supabase` reads
+//! `adapter/supabase.rs` (database-webhook payloads). Mux enrichment needs an HTTP fetch: it
+//! must not run inside the actor's handler. [`MetadataSource::Fetch`] is the seam for it: the
+//! actor spawns the fetch and receives the asset back as a continuation message (`actor/fetch.rs`).
+//!
+//! The metadata documents (what field_mapping and blob_source read):
+//! - generic_webhook: the payload.
+//! - mux: the payload, with `data` replaced by the asset used (the fetched one when the
+//!   webhook lacked playback ids), and the adapter metadata of `mux::asset_metadata`
+//!   (`asset_id`, `playback_url`, `duration`, …) at the top level; those win over a payload
+//!   key of the same name (`created_at` is the asset's). So `duration` and `data.duration`
+//!   both work, and seed 000's `dedup_key: data.id` reads the raw payload as before.
+//! - supabase: the payload with `record` = the row (on DELETE, the deleted row), so mappings
+//!   read `record.*` for every operation.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::path;
+use super::pipeline::PayloadError;
 use super::spec::SourceAdapter;
+use super::{mux, supabase};
 use crate::catalog::connection::ProviderConfig;
 use crate::catalog::ProviderType;
 
@@ -26,7 +38,7 @@ use crate::catalog::ProviderType;
 pub struct SignatureHeaders {
     /// `X-Webhook-Secret`, accepted by every adapter.
     pub webhook_secret: Option<String>,
-    /// `Mux-Signature: t=…,v1=…` (verified in issue 4).
+    /// `Mux-Signature: t=…,v1=…`, verified with the connection's `webhook_signing_secret`.
     pub mux_signature: Option<String>,
 }
 
@@ -39,21 +51,33 @@ pub enum NativeSignature {
     Invalid,
 }
 
-/// Checks the provider's own signature scheme, if any.
+/// Checks the provider's own signature scheme, if any. `connection` is the decrypted
+/// connection (or inline credentials); without a signing secret a native signature cannot
+/// authenticate and the `X-Webhook-Secret` fallback decides.
 pub fn native_signature(
     kind: ProviderType,
     headers: &SignatureHeaders,
-    _raw_body: &Bytes,
-    _connection: Option<&ProviderConfig>,
+    raw_body: &Bytes,
+    connection: Option<&ProviderConfig>,
 ) -> NativeSignature {
     match kind {
         ProviderType::GenericWebhook | ProviderType::Supabase => NativeSignature::Absent,
-        // Issue 4: verify `Mux-Signature` with the connection's webhook_signing_secret
-        // (adapter/mux.rs). Until then a Mux-Signature alone never authenticates.
-        ProviderType::Mux => match headers.mux_signature {
-            None => NativeSignature::Absent,
-            Some(_) => NativeSignature::Absent,
-        },
+        ProviderType::Mux => {
+            let (Some(header), Some(secret)) =
+                (headers.mux_signature.as_deref(), connection.and_then(ProviderConfig::mux_signing_secret))
+            else {
+                return NativeSignature::Absent;
+            };
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            match mux::verify_signature(header, raw_body, &[secret], now, mux::DEFAULT_TOLERANCE_SECS) {
+                Ok(()) => NativeSignature::Valid,
+                Err(e) => {
+                    // The kind only (stale, mismatch, malformed): never the header or secret.
+                    tracing::debug!(error = %e, "Mux-Signature refused");
+                    NativeSignature::Invalid
+                }
+            }
+        }
     }
 }
 
@@ -91,56 +115,99 @@ pub fn default_event_types(kind: ProviderType) -> Option<&'static [&'static str]
     }
 }
 
-/// Dedup key used when the adapter sets none.
+/// Dedup key used when the adapter sets none. Dedup applies to creating events only.
 pub fn default_dedup_key(kind: ProviderType) -> Option<&'static str> {
     match kind {
-        ProviderType::GenericWebhook | ProviderType::Supabase => None,
-        // Mux retries deliveries: its asset ID is the natural key (issue 4 may refine).
-        ProviderType::Mux => Some("data.id"),
+        ProviderType::GenericWebhook => None,
+        // Mux retries deliveries and may deliver twice: one asset makes one object.
+        ProviderType::Mux => Some(mux::DEFAULT_DEDUP_KEY),
+        // A row's events share its key, and an UPDATE must never be swallowed as a
+        // duplicate of its INSERT: no default (the xid index finds the row's object).
+        ProviderType::Supabase => None,
     }
 }
 
 /// Where the metadata document (read by field_mapping, blob_source) comes from.
 pub enum MetadataSource<'a> {
-    /// Available in the payload itself.
-    Inline(&'a Value),
-    /// Needs an asynchronous fetch (issue 4: Mux asset API). The actor must run it outside
-    /// its handler and continue with the fetched document; no variant is produced yet.
-    #[allow(dead_code)]
+    /// Available from the payload itself.
+    Inline(Cow<'a, Value>),
+    /// Needs the Mux asset from the API (the webhook lacks playback ids). The actor runs the
+    /// fetch outside its handler, then builds the document with [`mux_document`].
     Fetch(FetchRequest),
 }
 
-/// What to fetch for [`MetadataSource::Fetch`] (filled in by issue 4).
+/// What to fetch for [`MetadataSource::Fetch`].
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
-    pub external_id: String,
+    pub asset_id: String,
 }
 
-/// The metadata document of an event.
-pub fn metadata_document<'a>(kind: ProviderType, payload: &'a Value) -> MetadataSource<'a> {
-    match kind {
-        ProviderType::GenericWebhook | ProviderType::Mux => MetadataSource::Inline(payload),
-        // Supabase database webhooks carry the row under `record` (issue 4 may refine).
-        ProviderType::Supabase => MetadataSource::Inline(payload.get("record").unwrap_or(payload)),
+/// The metadata document of an event (see the module doc).
+pub fn metadata_document<'a>(adapter: &SourceAdapter, payload: &'a Value) -> Result<MetadataSource<'a>, PayloadError> {
+    match adapter.adapter_type {
+        ProviderType::GenericWebhook => Ok(MetadataSource::Inline(Cow::Borrowed(payload))),
+        ProviderType::Mux => {
+            let Some(asset) = mux::event_asset(payload) else {
+                return Ok(MetadataSource::Inline(Cow::Borrowed(payload)));
+            };
+            match mux::asset_id(asset) {
+                Some(id) if mux::needs_fetch(asset) => Ok(MetadataSource::Fetch(FetchRequest { asset_id: id.into() })),
+                _ => Ok(MetadataSource::Inline(Cow::Owned(mux_document(payload, asset)))),
+            }
+        }
+        ProviderType::Supabase => Ok(MetadataSource::Inline(Cow::Owned(db_event(payload)?.metadata_document()))),
     }
+}
+
+/// The Mux metadata document: the payload with `data` = `asset`, and the asset's adapter
+/// metadata at the top level.
+pub fn mux_document(payload: &Value, asset: &Value) -> Value {
+    let mut doc = match payload {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    doc.insert("data".into(), asset.clone());
+    if let Value::Object(meta) = mux::asset_metadata(asset) {
+        doc.extend(meta);
+    }
+    Value::Object(doc)
+}
+
+fn db_event(payload: &Value) -> Result<supabase::DbEvent, PayloadError> {
+    supabase::DbEvent::parse(payload).map_err(|e| PayloadError(e.to_string()))
 }
 
 /// The default `blob_source.file_field` when the adapter sets none.
 pub fn default_file_field(kind: ProviderType) -> Option<&'static str> {
     match kind {
         ProviderType::GenericWebhook | ProviderType::Supabase => None,
-        // Issue 4 derives playback_url in the Mux metadata document.
         ProviderType::Mux => Some("playback_url"),
     }
 }
 
-/// The upstream's ID of the thing the event is about (object `source.external_id`).
-pub fn external_id(kind: ProviderType, payload: &Value, dedup_value: Option<&str>) -> Option<String> {
-    match kind {
-        ProviderType::GenericWebhook => dedup_value.map(str::to_string),
-        ProviderType::Mux => path::lookup(payload, "data.id").and_then(path::scalar_string),
+/// The upstream's ID of the thing the event is about (object `source.external_id`): the
+/// dedup value for generic_webhook, the asset id for mux, the row's `id_column` for
+/// supabase. Events that update or delete must have one.
+pub fn external_id(
+    adapter: &SourceAdapter,
+    payload: &Value,
+    dedup_value: Option<&str>,
+) -> Result<Option<String>, PayloadError> {
+    match adapter.adapter_type {
+        ProviderType::GenericWebhook => Ok(dedup_value.map(str::to_string)),
+        ProviderType::Mux => Ok(mux::event_asset(payload)
+            .and_then(mux::asset_id)
+            .or_else(|| payload.pointer("/object/id").and_then(Value::as_str).filter(|s| !s.is_empty()))
+            .map(str::to_string)),
         ProviderType::Supabase => {
-            path::lookup(payload, "record.id").and_then(path::scalar_string).or(dedup_value.map(str::to_string))
+            let ev = db_event(payload)?;
+            let col = adapter.id_column();
+            match ev.primary_key(col) {
+                Some(id) => Ok(Some(id)),
+                None => Err(PayloadError(format!(
+                    "the row has no usable {col:?} (id_column): a non-empty string or a number is needed"
+                ))),
+            }
         }
     }
 }
@@ -149,17 +216,29 @@ pub fn external_id(kind: ProviderType, payload: &Value, dedup_value: Option<&str
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     Create,
-    /// Re-map the objects with this external ID (issue 4).
+    /// Re-map the objects with this external ID.
     Update,
-    /// Delete the objects with this external ID (issue 4).
+    /// Delete the objects with this external ID.
     Delete,
 }
 
-pub fn operation(kind: ProviderType, _event_type: Option<&str>) -> Operation {
-    match kind {
-        // Issue 4: Supabase UPDATE/DELETE and Mux asset updates map to Update/Delete.
-        ProviderType::GenericWebhook | ProviderType::Mux | ProviderType::Supabase => Operation::Create,
+pub fn operation(kind: ProviderType, event_type: Option<&str>) -> Operation {
+    match (kind, event_type) {
+        (ProviderType::Supabase, Some("UPDATE")) => Operation::Update,
+        (ProviderType::Supabase, Some("DELETE")) => Operation::Delete,
+        // Only when filtered in on the ingest route; the connection-scoped lifecycle route
+        // (`/v1/webhooks/mux/{connection_id}`) is the usual way.
+        (ProviderType::Mux, Some("video.asset.updated")) => Operation::Update,
+        (ProviderType::Mux, Some("video.asset.deleted")) => Operation::Delete,
+        _ => Operation::Create,
     }
+}
+
+/// Whether an update of a row that has no object yet creates it. Supabase: yes (the INSERT
+/// may predate the adapter or have been filtered out). Mux: no, an asset becomes an object
+/// when it is ready, and an `updated` of an unknown asset must not make a second one.
+pub fn upsert_on_update(kind: ProviderType) -> bool {
+    kind == ProviderType::Supabase
 }
 
 #[cfg(test)]
@@ -176,5 +255,42 @@ mod tests {
         assert_eq!(event_type(&a, &json!({"type": "x"})), None);
         assert_eq!(default_event_types(ProviderType::GenericWebhook), None);
         assert_eq!(operation(ProviderType::GenericWebhook, Some("x")), Operation::Create);
+    }
+
+    #[test]
+    fn supabase_operations_and_external_ids() {
+        let mut a = crate::adapter::pipeline::tests::adapter(json!({"adapter_type": "supabase"}));
+        assert_eq!(operation(ProviderType::Supabase, Some("INSERT")), Operation::Create);
+        assert_eq!(operation(ProviderType::Supabase, Some("UPDATE")), Operation::Update);
+        assert_eq!(operation(ProviderType::Supabase, Some("DELETE")), Operation::Delete);
+        let del = json!({"type": "DELETE", "table": "t", "schema": "public", "record": null,
+            "old_record": {"id": 7, "slug": "s"}});
+        assert_eq!(external_id(&a, &del, None).unwrap().as_deref(), Some("7"));
+        a.id_column = Some("slug".into());
+        assert_eq!(external_id(&a, &del, None).unwrap().as_deref(), Some("s"));
+        a.id_column = Some("nope".into());
+        assert!(external_id(&a, &del, None).unwrap_err().0.contains("nope"));
+        let MetadataSource::Inline(doc) = metadata_document(&a, &del).unwrap() else { panic!() };
+        assert_eq!(doc["record"]["slug"], "s");
+        assert!(metadata_document(&a, &json!({"type": "INSERT"})).is_err());
+        assert_eq!(default_dedup_key(ProviderType::Supabase), None);
+    }
+
+    #[test]
+    fn mux_document_has_the_payload_and_the_asset_metadata() {
+        let a = crate::adapter::pipeline::tests::adapter(json!({"adapter_type": "mux"}));
+        let seed: Value = serde_json::from_str(crate::adapter::mux::asset::tests::SEED_003_READY).unwrap();
+        let MetadataSource::Fetch(f) = metadata_document(&a, &seed).unwrap() else {
+            panic!("seed 003 has no playback ids")
+        };
+        assert_eq!(f.asset_id, "0201p02fGKPE7MrbC269XRD7LpcHhrmbu0002");
+        let asset = crate::adapter::mux::asset::tests::api_asset("AsSeT1");
+        let doc = mux_document(&seed, &asset);
+        assert_eq!(doc["playback_url"], "https://stream.mux.com/PuBlIcPlAyBaCk01.m3u8");
+        assert_eq!(doc["data"]["meta"]["title"], "Launch video");
+        assert_eq!(doc["environment"]["name"], "Demo pages");
+        assert_eq!(doc["created_at"], "2020-12-13T16:27:25Z", "the asset's created_at wins");
+        assert_eq!(external_id(&a, &seed, None).unwrap().as_deref(), Some("0201p02fGKPE7MrbC269XRD7LpcHhrmbu0002"));
+        assert_eq!(operation(ProviderType::Mux, Some("video.asset.deleted")), Operation::Delete);
     }
 }

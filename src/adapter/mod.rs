@@ -10,6 +10,7 @@
 //! - [`records`]: what is stored (objects, batches, buffer, dedup, counters) and its keys.
 //! - [`path`]: dot-paths into JSON.
 //! - [`mux`], [`supabase`]: provider specifics (signatures, asset metadata, payloads).
+//! - [`writeback`]: the `writeback` settings (validated and stored; see the README).
 //!
 //! This module must not touch outbound delivery state: it records events on the bus.
 
@@ -22,5 +23,6 @@ pub mod records;
 pub mod registry;
 pub mod spec;
 pub mod supabase;
+pub mod writeback;
 
 pub use registry::{BucketRegistry, RegistryMsg};

@@ -26,6 +26,8 @@ pub struct Screened {
     /// The value at the dedup key, when the adapter dedups.
     pub dedup_value: Option<String>,
     pub operation: Operation,
+    /// The upstream's ID of the thing (see `kind::external_id`).
+    pub external_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,14 +63,18 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
         },
     };
     let operation = kind::operation(adapter.adapter_type, event_type.as_deref());
-    Ok(Screen::Accepted(Screened { event_type, dedup_value, operation }))
+    let external_id = kind::external_id(adapter, payload, dedup_value.as_deref())?;
+    if operation != Operation::Create && external_id.is_none() {
+        return Err(PayloadError("this event changes an object but names no upstream ID".into()));
+    }
+    Ok(Screen::Accepted(Screened { event_type, dedup_value, operation, external_id }))
 }
 
 /// Builds the object draft from the metadata document `doc` (of the event `payload`).
 pub fn materialize(
     adapter: &SourceAdapter,
     schema: &BucketSchema,
-    payload: &Value,
+    _payload: &Value,
     doc: &Value,
     screened: &Screened,
 ) -> Result<Draft, PayloadError> {
@@ -127,7 +133,7 @@ pub fn materialize(
 
     let source = ObjectSource {
         adapter_type: adapter.adapter_type,
-        external_id: kind::external_id(adapter.adapter_type, payload, screened.dedup_value.as_deref()),
+        external_id: screened.external_id.clone(),
         event_type: screened.event_type.clone(),
     };
     Ok(Draft { metadata, blobs, source })
@@ -176,6 +182,7 @@ pub(crate) mod tests {
             dedup_key: i.dedup_key,
             writeback: i.writeback,
             event_type_field: i.event_type_field,
+            id_column: i.id_column,
             webhook_secret_sha256: String::new(),
             configured_at: String::new(),
         }

@@ -7,7 +7,11 @@
 //! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
 //! | `dedup` | `{bucket_id}/{sha256 of the dedup value}` | [`DedupEntry`] |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
+//! | `xid` | `{bucket_id}/{sha256 of the external id}/{object_id}` | the object ID (index) |
 //!
+//! The `xid` index maps an upstream's ID (a Mux asset, a Supabase row) to the objects made
+//! from it, so lifecycle events (update, delete) find them. It is written in the same batch
+//! as the object or buffer entry it points at, and deleted in the same batch as the object.
 //! Object and batch IDs are time-ordered, so key order is creation order (cursor pagination).
 //! The bucket registry deletes every `{bucket_id}/` prefix with the bucket.
 
@@ -16,6 +20,16 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::ProviderType;
 use crate::ids::{BatchId, BucketId, ObjectId};
+use crate::store::Keyspace;
+
+/// The external-ID index (see the module doc). Declared here rather than in `store` because
+/// only the inbound side reads it; the name is part of the on-disk format all the same.
+pub const EXTERNAL_IDS: Keyspace = Keyspace::custom("xid");
+
+/// Index key of one object under its external ID (`hash` = [`dedup_hash`] of the ID).
+pub fn xid_key(bucket: &BucketId, hash: &str, object_id: &ObjectId) -> String {
+    format!("{}/{hash}/{}", bucket.as_str(), object_id.as_str())
+}
 
 pub fn key(bucket: &BucketId, id: &str) -> String {
     format!("{}/{}", bucket.as_str(), id)
@@ -84,7 +98,16 @@ impl ObjectRecord {
         }
     }
 
-    /// The `object.created` / `object.deleted` payload: the object snapshot.
+    /// Replaces the mapped content with a newer draft of the same upstream thing (the
+    /// external ID and adapter type stay; the event type becomes the latest one).
+    pub fn apply(&mut self, draft: Draft) {
+        self.metadata = draft.metadata;
+        self.blobs = draft.blobs;
+        self.source.event_type = draft.source.event_type;
+        self.updated_at = crate::util::now_rfc3339();
+    }
+
+    /// The `object.created` / `object.updated` / `object.deleted` payload: the object snapshot.
     pub fn event_payload(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }

@@ -29,6 +29,10 @@ use crate::state::Shared;
 use crate::store::{Batch, Keyspace};
 use crate::util::now_rfc3339;
 
+mod mux_webhook;
+
+pub use mux_webhook::{LifecyclePlan, MuxWebhook};
+
 pub const ADAPTER_MAX_RESTARTS: usize = 10;
 pub const ADAPTER_RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// How long stopping an adapter actor may take before the registry gives up waiting.
@@ -80,6 +84,12 @@ pub enum RegistryMsg {
     DeleteConnection {
         connection_id: ConnectionId,
         reply: RpcReplyPort<Result<(), ApiError>>,
+    },
+    /// `POST /v1/webhooks/mux/{connection_id}`: verify, then fan out to the adapters that
+    /// use the connection (see `registry/mux_webhook.rs`).
+    MuxWebhook {
+        webhook: Box<MuxWebhook>,
+        reply: RpcReplyPort<Result<LifecyclePlan, ApiError>>,
     },
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
@@ -188,6 +198,9 @@ impl Actor for BucketRegistry {
             RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply } => {
                 let _ = reply.send(state.submit_batch(&namespace, &bucket_id, &batch_id).await);
             }
+            RegistryMsg::MuxWebhook { webhook, reply } => {
+                let _ = reply.send(state.mux_webhook(*webhook));
+            }
             RegistryMsg::Crash => {
                 return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
             }
@@ -245,7 +258,14 @@ impl RegistryState {
         b.delete(Keyspace::BUCKETS, id.as_str());
         // Everything keyed under the bucket goes with it.
         let prefix = format!("{}/", id.as_str());
-        for ks in [Keyspace::OBJECTS, Keyspace::BATCHES, Keyspace::DEDUP, Keyspace::BUFFER, Keyspace::STATS] {
+        for ks in [
+            Keyspace::OBJECTS,
+            Keyspace::BATCHES,
+            Keyspace::DEDUP,
+            Keyspace::BUFFER,
+            Keyspace::STATS,
+            records::EXTERNAL_IDS,
+        ] {
             store.for_each_key(ks, &prefix, |k| {
                 b.delete(ks, k);
                 true
@@ -446,6 +466,7 @@ impl RegistryState {
             dedup_key: input.dedup_key,
             writeback: input.writeback,
             event_type_field: input.event_type_field,
+            id_column: input.id_column,
             webhook_secret_sha256: digest,
             configured_at: now_rfc3339(),
         };
@@ -483,6 +504,10 @@ impl RegistryState {
         };
         let mut batch = Batch::new();
         batch.delete(Keyspace::OBJECTS, &key);
+        if let Some(ext) = &obj.source.external_id {
+            // The adapter actor's in-memory index drops the entry when it next misses it.
+            batch.delete(records::EXTERNAL_IDS, &records::xid_key(id, &records::dedup_hash(ext), object_id));
+        }
         let event = self.shared.bus.record(&mut batch, "object.deleted", obj.event_payload(), Vec::new());
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);

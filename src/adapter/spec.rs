@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::path;
+use super::writeback::Writeback;
+use crate::catalog::connection::ProviderConfig;
 use crate::catalog::{BucketSchema, ProviderType};
 use crate::error::ApiError;
 
@@ -126,10 +128,14 @@ pub struct SourceAdapterInput {
     #[serde(default)]
     pub dedup_key: Option<String>,
     #[serde(default)]
-    pub writeback: Option<serde_json::Value>,
+    pub writeback: Option<Writeback>,
     /// generic_webhook only: dot-path of the event type (default `type`).
     #[serde(default)]
     pub event_type_field: Option<String>,
+    /// supabase only: the primary-key column whose value is the object's external id
+    /// (default `id`).
+    #[serde(default)]
+    pub id_column: Option<String>,
     #[serde(default)]
     pub rotate_secret: bool,
 }
@@ -178,15 +184,22 @@ pub struct SourceAdapter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub writeback: Option<serde_json::Value>,
+    pub writeback: Option<Writeback>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type_field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
     /// Hex SHA-256 of the webhook secret (never the secret itself).
     pub webhook_secret_sha256: String,
     pub configured_at: String,
 }
 
 impl SourceAdapter {
+    /// The Supabase primary-key column (`id_column`, default `id`).
+    pub fn id_column(&self) -> &str {
+        self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)
+    }
+
     /// Checks a presented `X-Webhook-Secret` in constant time.
     pub fn secret_matches(&self, presented: &str) -> bool {
         let digest = hex::encode(Sha256::digest(presented.as_bytes()));
@@ -297,8 +310,28 @@ impl SourceAdapterInput {
             }
         }
         if let Some(w) = &self.writeback {
-            if !w.is_object() {
-                return Err(ApiError::validation(f("writeback"), "must be an object"));
+            w.validate(self.adapter_type)?;
+        }
+        if let Some(c) = &self.connection {
+            if !c.credentials.is_empty() {
+                // Both may be given (seed 000 lists both); connection_id then wins at runtime.
+                // Same shape as a connection's provider_config, so one reader serves both.
+                ProviderConfig::parse_at(
+                    &f("connection.credentials"),
+                    self.adapter_type,
+                    serde_json::Value::Object(c.credentials.clone()),
+                )?;
+            }
+        }
+        if let Some(col) = &self.id_column {
+            if self.adapter_type != ProviderType::Supabase {
+                return Err(ApiError::validation(f("id_column"), "only supabase adapters take it"));
+            }
+            if !super::supabase::is_safe_identifier(col) {
+                return Err(ApiError::validation(
+                    f("id_column"),
+                    "must be a column name (letters, digits, _; at most 63 bytes)",
+                ));
             }
         }
         if let Some(etf) = &self.event_type_field {
@@ -353,6 +386,16 @@ mod tests {
             (json!({"adapter_type": "mux", "field_mapping": {"a": "nope"}}), "source_adapter.field_mapping.a"),
             (json!({"adapter_type": "mux", "colour": 1}), "source_adapter.colour"),
             (json!({"adapter_type": "mux", "event_type_field": "kind"}), "source_adapter.event_type_field"),
+            (json!({"adapter_type": "mux", "id_column": "id"}), "source_adapter.id_column"),
+            (json!({"adapter_type": "supabase", "id_column": "a-b"}), "source_adapter.id_column"),
+            (
+                json!({"adapter_type": "mux", "connection": {"credentials": {"access_token_id": "x"}}}),
+                "source_adapter.connection.credentials.access_token_secret",
+            ),
+            (
+                json!({"adapter_type": "supabase", "writeback": {"field_mapping": [], "trigger": "on_alert"}}),
+                "source_adapter.writeback.field_mapping",
+            ),
             (
                 json!({"adapter_type": "mux", "blob_source": {"blob_type": "image", "target_property": "video"}}),
                 "source_adapter.blob_source.target_property",
@@ -380,6 +423,7 @@ mod tests {
             dedup_key: None,
             writeback: None,
             event_type_field: None,
+            id_column: None,
             webhook_secret_sha256: digest,
             configured_at: String::new(),
         };

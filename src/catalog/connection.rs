@@ -68,56 +68,77 @@ pub enum ProviderConfig {
 impl ProviderConfig {
     /// Parses and validates `provider_config` for `provider_type`; errors name the field.
     pub fn parse(provider_type: ProviderType, v: serde_json::Value) -> Result<ProviderConfig, ApiError> {
-        fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
-            crate::error::deserialize_at(Some("provider_config"), v)
+        Self::parse_at("provider_config", provider_type, v)
+    }
+
+    /// As [`ProviderConfig::parse`], with errors named under `at` (inline adapter credentials
+    /// are `source_adapter.connection.credentials`).
+    pub fn parse_at(at: &str, provider_type: ProviderType, v: serde_json::Value) -> Result<ProviderConfig, ApiError> {
+        fn typed_at<T: serde::de::DeserializeOwned>(at: &str, v: serde_json::Value) -> Result<T, ApiError> {
+            crate::error::deserialize_at(Some(at), v)
         }
+        let field = |name: &str| format!("{at}.{name}");
         let cfg = match provider_type {
             ProviderType::Mux => {
-                let c: MuxConfig = typed(v)?;
+                let c: MuxConfig = typed_at(at, v)?;
                 if c.access_token_id.trim().is_empty() {
-                    return Err(ApiError::validation("provider_config.access_token_id", "must not be empty"));
+                    return Err(ApiError::validation(field("access_token_id"), "must not be empty"));
                 }
                 if c.access_token_secret.trim().is_empty() {
-                    return Err(ApiError::validation("provider_config.access_token_secret", "must not be empty"));
+                    return Err(ApiError::validation(field("access_token_secret"), "must not be empty"));
                 }
                 if c.webhook_signing_secret.as_ref().is_some_and(|s| s.trim().is_empty()) {
-                    return Err(ApiError::validation(
-                        "provider_config.webhook_signing_secret",
-                        "must not be empty when given",
-                    ));
+                    return Err(ApiError::validation(field("webhook_signing_secret"), "must not be empty when given"));
                 }
                 ProviderConfig::Mux(c)
             }
             ProviderType::Supabase => {
-                let c: SupabaseConfig = typed(v)?;
+                let c: SupabaseConfig = typed_at(at, v)?;
                 match url::Url::parse(&c.url) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                     _ => {
                         return Err(ApiError::validation(
-                            "provider_config.url",
+                            field("url"),
                             "must be an http(s) URL such as https://xyz.supabase.co",
                         ))
                     }
                 }
                 if c.service_role_key.trim().is_empty() {
-                    return Err(ApiError::validation("provider_config.service_role_key", "must not be empty"));
+                    return Err(ApiError::validation(field("service_role_key"), "must not be empty"));
                 }
                 ProviderConfig::Supabase(c)
             }
             ProviderType::GenericWebhook => {
-                let c: GenericConfig = typed(if v.is_null() { serde_json::json!({}) } else { v })?;
+                let c: GenericConfig = typed_at(at, if v.is_null() { serde_json::json!({}) } else { v })?;
                 for name in c.headers.keys() {
                     if warp::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        return Err(ApiError::validation(
-                            format!("provider_config.headers.{name}"),
-                            "not a valid header name",
-                        ));
+                        return Err(ApiError::validation(field(&format!("headers.{name}")), "not a valid header name"));
                     }
                 }
                 ProviderConfig::Generic(c)
             }
         };
         Ok(cfg)
+    }
+}
+
+impl ProviderConfig {
+    /// Decodes decrypted JSON by the recorded provider type rather than by guessing the shape.
+    pub fn decode(provider_type: ProviderType, plain: &[u8]) -> Result<ProviderConfig, DecryptError> {
+        let decoded = match provider_type {
+            ProviderType::Mux => serde_json::from_slice(plain).map(ProviderConfig::Mux),
+            ProviderType::Supabase => serde_json::from_slice(plain).map(ProviderConfig::Supabase),
+            ProviderType::GenericWebhook => serde_json::from_slice(plain).map(ProviderConfig::Generic),
+        };
+        decoded.map_err(|_| DecryptError)
+    }
+
+    /// The Mux webhook signing secret, when this is a Mux config that has one.
+    pub fn mux_signing_secret(&self) -> Option<&str> {
+        match self {
+            ProviderConfig::Mux(m) => m.webhook_signing_secret.as_deref().filter(|s| !s.is_empty()),
+            _ => None,
+        }
     }
 }
 
@@ -142,15 +163,10 @@ impl Connection {
     }
 
     /// Decrypts the provider configuration. Call only when an event needs it; never log it.
+    /// Decoding goes by the recorded provider type (see [`ProviderConfig::decode`]).
     pub fn open(&self, secrets: &SecretBox) -> Result<ProviderConfig, DecryptError> {
         let plain = secrets.open(&self.sealed_config, self.connection_id.as_str())?;
-        // Decode by the recorded provider type rather than by guessing the shape.
-        let decoded = match self.provider_type {
-            ProviderType::Mux => serde_json::from_slice(&plain).map(ProviderConfig::Mux),
-            ProviderType::Supabase => serde_json::from_slice(&plain).map(ProviderConfig::Supabase),
-            ProviderType::GenericWebhook => serde_json::from_slice(&plain).map(ProviderConfig::Generic),
-        };
-        decoded.map_err(|_| DecryptError)
+        ProviderConfig::decode(self.provider_type, &plain)
     }
 
     /// The public view: never includes the configuration.

@@ -12,16 +12,17 @@ use warp::http::StatusCode;
 use super::admin::load_bucket;
 use super::request::from_value;
 use super::{empty, json, HttpState, Request, Response};
-use crate::adapter::actor::{AdapterMsg, IngestErr, IngestOk, IngestRequest};
+use crate::adapter::actor::{AdapterMsg, IngestErr, IngestOk, IngestRequest, IngestStatus};
 use crate::adapter::kind::SignatureHeaders;
+use crate::adapter::mux::Lifecycle;
 use crate::adapter::records::{self, AdapterStats, BatchRecord, ObjectRecord, STATS_KEY};
-use crate::adapter::registry::Patched;
+use crate::adapter::registry::{LifecyclePlan, MuxWebhook, Patched};
 use crate::adapter::spec::PatchBucket;
 use crate::adapter::RegistryMsg;
 use crate::ask;
 use crate::catalog::Bucket;
 use crate::error::ApiError;
-use crate::ids::{BatchId, BucketId, ObjectId};
+use crate::ids::{BatchId, BucketId, ConnectionId, ObjectId};
 use crate::store::Keyspace;
 
 const MAX_PAGE: usize = 1000;
@@ -52,7 +53,9 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
         ["v1", "buckets", id, "batches", bid, "submit"] => {
             methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}/submit", { POST => submit_batch(state, req, id, bid) })
         }
-        // `/v1/webhooks/mux/{connection_id}`: issue 4.
+        ["v1", "webhooks", "mux", cid] => {
+            methods!(m, "/v1/webhooks/mux/{connection_id}", { POST => mux_webhook(state, req, cid) })
+        }
         _ => ("(unknown)", super::error_response(&super::not_found_route())),
     }
 }
@@ -132,23 +135,28 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         }
     };
     match reply {
-        Ok(IngestOk { status, object_id, commit }) => {
+        Ok(IngestOk { status, object_id, object_ids, commit }) => {
             if let Some(c) = commit {
                 if let Err(e) = c.finish().await {
                     return ("error", Err(e.into()));
                 }
             }
-            let handled = status != crate::adapter::actor::IngestStatus::Ignored;
+            let handled = status != IngestStatus::Ignored;
             let mut body = serde_json::json!({"handled": handled, "status": status.as_str()});
             if let Some(oid) = object_id {
                 body["object_id"] = serde_json::json!(oid);
+            }
+            if matches!(status, IngestStatus::Updated | IngestStatus::Deleted) {
+                body["object_ids"] = serde_json::json!(object_ids);
             }
             (status.as_str(), Ok(json(StatusCode::OK, &body)))
         }
         Err(IngestErr::Unauthorized) => (
             "unauthorized",
             Err(ApiError::UnauthorizedMsg(
-                "missing or invalid webhook signature: send X-Webhook-Secret with the adapter's webhook_secret".into(),
+                "missing or invalid webhook signature: send X-Webhook-Secret with the adapter's webhook_secret \
+                 (or, for mux, a valid Mux-Signature made with the connection's webhook_signing_secret)"
+                    .into(),
             )),
         ),
         Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
@@ -156,6 +164,10 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             // The failure counter is part of the status: answer once it is stored.
             let _ = commit.finish().await;
             ("invalid", Err(ApiError::validation("payload", message)))
+        }
+        Err(IngestErr::Retry { message, commit }) => {
+            let _ = commit.finish().await;
+            ("error", Err(ApiError::Unavailable(format!("{message}; retry later"))))
         }
         Err(IngestErr::Disabled) => (
             "disabled",
@@ -296,4 +308,80 @@ async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> 
     let registry = state.shared.bucket_registry()?;
     let rec = ask!(registry, |reply| RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply })?;
     Ok(json(StatusCode::OK, &rec))
+}
+
+/// `POST /v1/webhooks/mux/{connection_id}`: Mux lifecycle events for the assets of one
+/// connection. No API key: the registry checks `Mux-Signature` with the connection's
+/// `webhook_signing_secret` and fans the change out to the adapters that use the connection;
+/// this handler waits for each bucket's answer and its commit. `video.asset.deleted` and
+/// `video.asset.updated` → `{"handled": true, "action", "asset_id", "objects", "errors"}`;
+/// anything else → `{"handled": false}`. A bucket that cannot take the change right now (its
+/// actor restarting, the Mux API down) makes it 503, so Mux retries.
+async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Response, ApiError> {
+    let connection_id =
+        ConnectionId::parse(cid).ok_or_else(|| ApiError::NotFound(format!("connection {cid} not found")))?;
+    let webhook = MuxWebhook {
+        connection_id,
+        signature: req.header("mux-signature").map(str::to_string),
+        raw: req.body.clone(),
+        payload: req.json_value(),
+    };
+    let registry = state.shared.bucket_registry()?;
+    let LifecyclePlan { event_type, lifecycle, waits } =
+        ask!(registry, |reply| RegistryMsg::MuxWebhook { webhook: Box::new(webhook), reply })?;
+    let (action, asset_id) = match &lifecycle {
+        Lifecycle::Deleted { asset_id } => ("deleted", asset_id),
+        Lifecycle::Updated { asset_id } => ("updated", asset_id),
+        Lifecycle::Other => {
+            return Ok(json(StatusCode::OK, &serde_json::json!({"handled": false, "event_type": event_type})));
+        }
+    };
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    let mut retry = None;
+    for (bucket_id, rx) in waits {
+        let answer = match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
+            Ok(Ok(a)) => a,
+            _ => {
+                retry = Some(format!("the source adapter of bucket {bucket_id} did not answer; retry"));
+                continue;
+            }
+        };
+        match answer {
+            Ok(IngestOk { object_ids, commit, .. }) => {
+                if let Some(c) = commit {
+                    c.finish().await?;
+                }
+                objects.extend(
+                    object_ids.into_iter().map(|o| serde_json::json!({"bucket_id": bucket_id, "object_id": o})),
+                );
+            }
+            Err(IngestErr::Invalid { message, commit }) => {
+                // A mapping that cannot take the new asset will not on a retry either: report it.
+                let _ = commit.finish().await;
+                errors.push(serde_json::json!({"bucket_id": bucket_id, "message": message}));
+            }
+            Err(IngestErr::Retry { message, commit }) => {
+                let _ = commit.finish().await;
+                retry = Some(format!("bucket {bucket_id}: {message}; retry later"));
+            }
+            // The adapter was removed meanwhile: it no longer uses the connection.
+            Err(IngestErr::Gone) => {}
+            Err(IngestErr::Unauthorized | IngestErr::Disabled | IngestErr::Malformed(_)) => {}
+        }
+    }
+    if let Some(message) = retry {
+        return Err(ApiError::Unavailable(message));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "handled": true,
+            "event_type": event_type,
+            "action": action,
+            "asset_id": asset_id,
+            "objects": objects,
+            "errors": errors,
+        }),
+    ))
 }

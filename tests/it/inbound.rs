@@ -155,8 +155,9 @@ async fn configure_validate_and_show_the_secret_once() {
         full_adapter(json!({"mode": "count", "window_seconds": 5, "max_batch_size": 7, "auto_submit": false}));
     adapter["enabled"] = json!(true);
     adapter["connection_id"] = json!(gconn);
-    adapter["connection"] = json!({"credentials": {"token": "INLINE-CRED-NEVER-SHOWN"}});
-    adapter["writeback"] = json!({"enabled": true, "trigger": "on_alert"});
+    adapter["connection"] = json!({"credentials": {"headers": {"X-Api-Key": "INLINE-CRED-NEVER-SHOWN"}}});
+    adapter["writeback"] = json!({"enabled": true, "trigger": "on_alert", "writeback_url": "https://example.test/wb",
+        "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]});
     adapter["event_type_field"] = json!("type");
     let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
     assert_eq!(s, 200, "{b}");

@@ -1,0 +1,159 @@
+//! The Mux asset fetch, run outside the actor's handler.
+//!
+//! When a Mux webhook lacks playback ids, the handler builds a [`FetchJob`] (the screened
+//! event plus the connection's access token, decrypted for this event only), spawns
+//! `GET {mux.api_base}/video/v1/assets/{id}` on a task, and returns to its mailbox. The task
+//! sends back [`Fetched`] with the original reply port; the continuation maps the asset and
+//! creates (re-checking dedup) or updates, then answers. The token lives only in the job
+//! and the task, and is never logged (MuxApi errors never contain it).
+
+use ractor::RpcReplyPort;
+use serde_json::Value;
+
+use super::{AdapterMsg, AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus, Origin};
+use crate::adapter::kind::{self, FetchRequest, Operation};
+use crate::adapter::mux::{MuxApi, MuxApiError};
+use crate::adapter::pipeline::{self, PayloadError, Screened};
+use crate::catalog::connection::ProviderConfig;
+use crate::catalog::Connection;
+use crate::store::Keyspace;
+use crate::util::now_millis;
+
+/// A fetch to run, and what to do with its result.
+pub struct FetchJob {
+    asset_id: String,
+    token_id: String,
+    token_secret: String,
+    next: Continuation,
+}
+
+/// The event waiting for its asset.
+struct Continuation {
+    screened: Screened,
+    payload: Value,
+    dedup_hash: Option<String>,
+    origin: Origin,
+}
+
+/// The continuation message.
+pub struct Fetched {
+    next: Continuation,
+    result: Result<Value, MuxApiError>,
+    reply: RpcReplyPort<IngestResult>,
+}
+
+impl AdapterState {
+    /// Decrypts the adapter's credentials: its connection, or its inline credentials. Called
+    /// per event that needs them; the caller drops them when done. Never logged.
+    pub(super) fn credentials(&self) -> Option<ProviderConfig> {
+        let secrets = &self.shared.secrets;
+        if let Some(id) = &self.adapter.connection_id {
+            return match self.shared.store.get::<Connection>(Keyspace::CONNECTIONS, id.as_str()) {
+                Ok(Some(c)) => match c.open(secrets) {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        tracing::error!(bucket_id = %self.bucket_id(), connection_id = %id, error = %e, "open connection");
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(bucket_id = %self.bucket_id(), connection_id = %id, error = %e, "read connection");
+                    None
+                }
+            };
+        }
+        let sealed = self.adapter.sealed_credentials.as_ref()?;
+        match secrets.open(sealed, self.bucket_id().as_str()) {
+            Ok(plain) => ProviderConfig::decode(self.adapter.adapter_type, &plain).ok(),
+            Err(e) => {
+                tracing::error!(bucket_id = %self.bucket_id(), error = %e, "open inline credentials");
+                None
+            }
+        }
+    }
+
+    /// A fetch job when the adapter has Mux API credentials; `None` maps without a fetch.
+    pub(super) fn fetch_job(
+        &mut self,
+        req: FetchRequest,
+        screened: &Screened,
+        payload: &Value,
+        dedup_hash: &Option<String>,
+        origin: Origin,
+    ) -> Option<FetchJob> {
+        let ProviderConfig::Mux(m) = self.credentials()? else { return None };
+        Some(FetchJob {
+            asset_id: req.asset_id,
+            token_id: m.access_token_id,
+            token_secret: m.access_token_secret,
+            next: Continuation {
+                screened: screened.clone(),
+                payload: payload.clone(),
+                dedup_hash: dedup_hash.clone(),
+                origin,
+            },
+        })
+    }
+
+    fn mux_api(&mut self) -> anyhow::Result<MuxApi> {
+        if let Some(api) = &self.mux_api {
+            return Ok(api.clone());
+        }
+        let api = MuxApi::from_config(&self.shared.config.mux)?;
+        self.mux_api = Some(api.clone());
+        Ok(api)
+    }
+
+    pub(super) fn spawn_fetch(&mut self, job: FetchJob, reply: RpcReplyPort<IngestResult>) {
+        let api = match self.mux_api() {
+            Ok(api) => api,
+            Err(e) => {
+                let err = self.retry(now_millis(), format!("build the Mux API client: {e}"));
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        let myself = self.myself.clone();
+        tokio::spawn(async move {
+            let FetchJob { asset_id, token_id, token_secret, next } = job;
+            let result = api.get_asset(&asset_id, &token_id, &token_secret).await;
+            drop((token_id, token_secret));
+            // If the actor is gone, the reply port drops and the caller answers 503.
+            let _ = myself.cast(AdapterMsg::Fetched(Box::new(Fetched { next, result, reply })));
+        });
+    }
+
+    /// The continuation: map the fetched asset, then create or change.
+    pub(super) async fn fetched(&mut self, f: Fetched) {
+        let Fetched { next, result, reply } = f;
+        let Continuation { screened, payload, dedup_hash, origin } = next;
+        let now = now_millis();
+        let result = match result {
+            Err(e) if e.is_retryable() => Err(self.retry(now, format!("fetch the Mux asset: {e}"))),
+            Err(e) => Err(self.fail(now, PayloadError(format!("fetch the Mux asset: {e}")))),
+            Ok(asset) => {
+                let doc = kind::mux_document(&payload, &asset);
+                match pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, &doc, &screened) {
+                    Err(e) => Err(self.fail(now, e)),
+                    Ok(draft) if screened.operation == Operation::Create => {
+                        if self.closing {
+                            Err(IngestErr::Gone)
+                        } else if let Some(oid) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
+                            // Another delivery of the same asset won the race.
+                            let mut batch = crate::store::Batch::new();
+                            self.stats.processed(now);
+                            self.put_stats(&mut batch);
+                            let commit = self.submit(batch, Vec::new());
+                            Ok(IngestOk::new(IngestStatus::Duplicate, Some(oid), Some(commit)))
+                        } else {
+                            Ok(self.accept(now, draft, dedup_hash))
+                        }
+                    }
+                    Ok(draft) => self.apply_change(Apply { screened, draft: Some(draft), dedup_hash, origin }).await,
+                }
+            }
+        };
+        let _ = reply.send(result);
+    }
+}

@@ -1,0 +1,210 @@
+//! Updates and deletes of existing objects, inside the source-adapter actor.
+//!
+//! A Supabase UPDATE/DELETE, or a Mux `video.asset.updated`/`deleted` (on the ingest route
+//! when filtered in, or fanned out by the registry from `/v1/webhooks/mux/{connection_id}`),
+//! names an upstream ID. The actor's in-memory external-ID index (mirrored in the `xid`
+//! keyspace, written in the same batches as the objects) gives the objects made from it:
+//! stored ones are re-mapped (`object.updated`) or deleted (`object.deleted`) in one atomic
+//! batch with their events; ones still buffered in a batch window are changed in place (the
+//! flush later publishes only `object.created`, with the latest content) or dropped.
+//!
+//! Reads of stored objects go to the store. A batch this actor submitted may not be applied
+//! yet, so an indexed object that the store does not show is re-read after a barrier (an
+//! empty commit: everything submitted before it is applied). That await is the only one in
+//! the actor's handler, and only on this rare path. This module owns no state of its own.
+
+use std::collections::HashMap;
+
+use ractor::RpcReplyPort;
+use serde_json::Value;
+
+use super::{AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus, Origin, Step};
+use crate::adapter::kind::{self, Operation};
+use crate::adapter::pipeline::{PayloadError, Screened};
+use crate::adapter::records::{self, Draft, ObjectRecord, EXTERNAL_IDS};
+use crate::ids::ObjectId;
+use crate::store::{Batch, Keyspace, Store, StoreError};
+use crate::util::now_millis;
+
+/// An update or delete decided outside the ingest route (the Mux lifecycle webhook).
+pub struct ChangeRequest {
+    pub operation: Operation,
+    pub event_type: String,
+    /// The upstream ID (the Mux asset id).
+    pub external_id: String,
+    /// The upstream event, read like an ingested one (the metadata document for an update).
+    pub payload: Value,
+    pub reply: RpcReplyPort<IngestResult>,
+}
+
+/// Loads the external-ID index of one bucket (`prefix` = `{bucket_id}/`).
+pub(super) fn load_index(store: &Store, prefix: &str) -> Result<HashMap<String, Vec<ObjectId>>, StoreError> {
+    let mut index: HashMap<String, Vec<ObjectId>> = HashMap::new();
+    store.for_each_key(EXTERNAL_IDS, prefix, |k| {
+        if let Some((hash, oid)) = k[prefix.len()..].split_once('/') {
+            if let Some(oid) = ObjectId::parse(oid) {
+                index.entry(hash.to_string()).or_default().push(oid);
+            }
+        }
+        true
+    })?;
+    Ok(index)
+}
+
+impl AdapterState {
+    /// Indexes a new object under its external ID (same batch as the object).
+    pub(super) fn index(&mut self, batch: &mut Batch, draft: &Draft, object_id: &ObjectId) {
+        if let Some(ext) = &draft.source.external_id {
+            let hash = records::dedup_hash(ext);
+            batch.put(EXTERNAL_IDS, &records::xid_key(self.bucket_id(), &hash, object_id), object_id);
+            self.xids.entry(hash).or_default().push(object_id.clone());
+        }
+    }
+
+    fn unindex(&mut self, batch: &mut Batch, hash: &str, object_id: &ObjectId) {
+        batch.delete(EXTERNAL_IDS, &records::xid_key(self.bucket_id(), hash, object_id));
+        if let Some(ids) = self.xids.get_mut(hash) {
+            ids.retain(|o| o != object_id);
+            if ids.is_empty() {
+                self.xids.remove(hash);
+            }
+        }
+    }
+
+    /// A change from the lifecycle route: no signature or filter here (the registry
+    /// verified the connection's signature), and nothing happens in a bucket that holds no
+    /// object of that upstream ID (so no fetch either).
+    pub(super) async fn change(&mut self, req: ChangeRequest) {
+        let ChangeRequest { operation, event_type, external_id, payload, reply } = req;
+        if self.closing {
+            let _ = reply.send(Err(IngestErr::Gone));
+            return;
+        }
+        if !self.xids.contains_key(&records::dedup_hash(&external_id)) {
+            let status = if operation == Operation::Delete { IngestStatus::Deleted } else { IngestStatus::Updated };
+            let _ = reply.send(Ok(IngestOk::new(status, None, None)));
+            return;
+        }
+        let screened =
+            Screened { event_type: Some(event_type), dedup_value: None, operation, external_id: Some(external_id) };
+        match self.prepare(now_millis(), screened, payload, None, Origin::Lifecycle) {
+            Step::Done(r) => {
+                let _ = reply.send(r);
+            }
+            Step::Apply(a) => {
+                let r = self.apply_change(*a).await;
+                let _ = reply.send(r);
+            }
+            Step::Fetch(job) => self.spawn_fetch(*job, reply),
+        }
+    }
+
+    /// Applies an update (with its new draft) or a delete to the objects of its upstream ID.
+    pub(super) async fn apply_change(&mut self, a: Apply) -> IngestResult {
+        let now = now_millis();
+        let Apply { screened, draft, dedup_hash, origin } = a;
+        let Some(ext) = screened.external_id.as_deref() else {
+            return Err(self.fail(now, PayloadError("this event changes an object but names no upstream ID".into())));
+        };
+        let hash = records::dedup_hash(ext);
+        let ids = self.xids.get(&hash).cloned().unwrap_or_default();
+        let (buffered, stored) = match self.stored_objects(&hash, ids).await {
+            Ok(found) => found,
+            Err(e) => return Err(self.retry(now, format!("read objects: {e}"))),
+        };
+        let mut batch = Batch::new();
+        let mut events = Vec::new();
+        let mut object_ids: Vec<ObjectId> = buffered.clone();
+        let status = match draft {
+            Some(draft) => {
+                let upsert = origin == Origin::Ingest && kind::upsert_on_update(self.adapter.adapter_type);
+                if buffered.is_empty() && stored.is_empty() && upsert {
+                    return Ok(self.accept(now, draft, dedup_hash));
+                }
+                for entry in self.buffer.iter_mut().filter(|e| buffered.contains(&e.object_id)) {
+                    entry.draft.metadata = draft.metadata.clone();
+                    entry.draft.blobs = draft.blobs.clone();
+                    entry.draft.source.event_type = draft.source.event_type.clone();
+                    batch.put(Keyspace::BUFFER, &records::key(&self.bucket.bucket_id, entry.object_id.as_str()), entry);
+                }
+                for mut rec in stored {
+                    rec.apply(draft.clone());
+                    batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()), &rec);
+                    events.push(self.shared.bus.record(&mut batch, "object.updated", rec.event_payload(), Vec::new()));
+                    object_ids.push(rec.object_id);
+                }
+                IngestStatus::Updated
+            }
+            None => {
+                for id in &buffered {
+                    self.buffer.retain(|e| &e.object_id != id);
+                    batch.delete(Keyspace::BUFFER, &records::key(self.bucket_id(), id.as_str()));
+                    self.unindex(&mut batch, &hash, id);
+                }
+                for rec in stored {
+                    batch.delete(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()));
+                    self.unindex(&mut batch, &hash, &rec.object_id);
+                    events.push(self.shared.bus.record(&mut batch, "object.deleted", rec.event_payload(), Vec::new()));
+                    object_ids.push(rec.object_id);
+                }
+                IngestStatus::Deleted
+            }
+        };
+        self.stats.processed(now);
+        self.put_stats(&mut batch);
+        tracing::debug!(bucket_id = %self.bucket_id(), status = status.as_str(), objects = object_ids.len(), "change applied");
+        let commit = self.submit(batch, events);
+        Ok(IngestOk { status, object_id: object_ids.first().cloned(), object_ids, commit: Some(commit) })
+    }
+
+    /// Splits indexed objects into buffered IDs and stored records; drops index entries of
+    /// objects that are gone (deleted through the objects API).
+    async fn stored_objects(
+        &mut self,
+        hash: &str,
+        ids: Vec<ObjectId>,
+    ) -> Result<(Vec<ObjectId>, Vec<ObjectRecord>), StoreError> {
+        let mut buffered = Vec::new();
+        let mut stored = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            if self.buffer.iter().any(|e| e.object_id == id) {
+                buffered.push(id);
+                continue;
+            }
+            match self
+                .shared
+                .store
+                .get::<ObjectRecord>(Keyspace::OBJECTS, &records::key(self.bucket_id(), id.as_str()))?
+            {
+                Some(rec) => stored.push(rec),
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            // Maybe our own batch, not applied yet: wait until everything submitted is.
+            self.shared.store.commit(Batch::new()).await?;
+            let mut stale = Batch::new();
+            for id in missing {
+                let key = records::key(self.bucket_id(), id.as_str());
+                match self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
+                    Some(rec) => stored.push(rec),
+                    None => self.unindex(&mut stale, hash, &id),
+                }
+            }
+            if !stale.is_empty() {
+                // Housekeeping only: nobody waits for it (the committer applies it anyway).
+                drop(self.shared.store.submit(stale));
+            }
+        }
+        Ok((buffered, stored))
+    }
+
+    /// Records a failure a retry may fix and asks the upstream to retry (503).
+    pub(super) fn retry(&mut self, now: u64, message: String) -> IngestErr {
+        match self.fail(now, PayloadError(message)) {
+            IngestErr::Invalid { message, commit } => IngestErr::Retry { message, commit },
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! `POST /v1/webhooks/mux/{connection_id}`, the registry's part: verify, classify, fan out.
+//!
+//! The registry owns the catalog, so it resolves the connection (decrypting it for this event
+//! only, to read its `webhook_signing_secret`), checks `Mux-Signature`, classifies the event
+//! and sends a [`ChangeRequest`] to the adapter actor of every bucket whose adapter uses the
+//! connection. It does not wait for them: it hands the reply receivers back to the HTTP
+//! handler, so a slow bucket (a Mux API fetch) never blocks the catalog. Each adapter actor
+//! changes its own objects (see `adapter/actor/lifecycle.rs`).
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::RegistryState;
+use crate::adapter::actor::{AdapterMsg, ChangeRequest, IngestResult};
+use crate::adapter::kind::Operation;
+use crate::adapter::mux::{self, Lifecycle};
+use crate::catalog::{Connection, ProviderType};
+use crate::error::ApiError;
+use crate::ids::{BucketId, ConnectionId};
+use crate::store::Keyspace;
+
+/// What the HTTP handler awaits: one reply per bucket that uses the connection.
+pub struct LifecyclePlan {
+    pub event_type: Option<String>,
+    pub lifecycle: Lifecycle,
+    pub waits: Vec<(BucketId, oneshot::Receiver<IngestResult>)>,
+}
+
+/// The request as the HTTP handler hands it over.
+pub struct MuxWebhook {
+    pub connection_id: ConnectionId,
+    pub signature: Option<String>,
+    pub raw: Bytes,
+    /// The parsed body; its error is reported only once the signature is valid.
+    pub payload: Result<Value, ApiError>,
+}
+
+impl RegistryState {
+    pub(super) fn mux_webhook(&mut self, w: MuxWebhook) -> Result<LifecyclePlan, ApiError> {
+        let MuxWebhook { connection_id: id, signature, raw, payload } = w;
+        let conn: Connection = self
+            .shared
+            .store
+            .get(Keyspace::CONNECTIONS, id.as_str())?
+            .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
+        if conn.provider_type != ProviderType::Mux {
+            return Err(ApiError::NotFound(format!("connection {id} is not a mux connection")));
+        }
+        {
+            let cfg = conn
+                .open(&self.shared.secrets)
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("open connection {id}: {e}")))?;
+            let Some(secret) = cfg.mux_signing_secret() else {
+                return Err(ApiError::UnauthorizedMsg(format!(
+                    "connection {id} has no webhook_signing_secret, so Mux-Signature cannot be verified"
+                )));
+            };
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            mux::signature::verify_header(signature.as_deref(), &raw, &[secret], now, mux::DEFAULT_TOLERANCE_SECS)
+                .map_err(|e| ApiError::UnauthorizedMsg(format!("{e}")))?;
+        }
+        let payload = payload?;
+        let event_type = mux::event_type(&payload).map(str::to_string);
+        let lifecycle = mux::classify_lifecycle(&payload);
+        let (operation, asset_id) = match &lifecycle {
+            Lifecycle::Deleted { asset_id } => (Operation::Delete, asset_id.clone()),
+            Lifecycle::Updated { asset_id } => (Operation::Update, asset_id.clone()),
+            Lifecycle::Other => return Ok(LifecyclePlan { event_type, lifecycle, waits: Vec::new() }),
+        };
+        // Every bucket whose adapter uses this connection must take the change; if one is
+        // not running, ask Mux to retry rather than apply it partially (changes are
+        // idempotent, so the retry re-applying the others is harmless).
+        let mut targets = Vec::new();
+        for b in self.shared.connection_users(&id)? {
+            let Some(bucket_id) = BucketId::parse(&b) else { continue };
+            let Some(actor) = self.children.get(&bucket_id) else {
+                return Err(ApiError::Unavailable(format!(
+                    "the source adapter of bucket {bucket_id} is not running; retry shortly"
+                )));
+            };
+            targets.push((bucket_id, actor.clone()));
+        }
+        let mut waits = Vec::with_capacity(targets.len());
+        for (bucket_id, actor) in targets {
+            let (tx, rx) = oneshot::channel();
+            let req = ChangeRequest {
+                operation,
+                event_type: event_type.clone().unwrap_or_default(),
+                external_id: asset_id.clone(),
+                payload: payload.clone(),
+                reply: tx.into(),
+            };
+            actor.cast(AdapterMsg::Change(Box::new(req))).map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "the source adapter of bucket {bucket_id} did not take the event ({e}); retry"
+                ))
+            })?;
+            waits.push((bucket_id, rx));
+        }
+        tracing::info!(connection_id = %id, event_type = event_type.as_deref().unwrap_or(""), buckets = waits.len(), "Mux lifecycle webhook");
+        Ok(LifecyclePlan { event_type, lifecycle, waits })
+    }
+}

@@ -1,0 +1,145 @@
+//! The `writeback` settings of a source adapter (seed 000, "Writeback"): shape and validation.
+//!
+//! Writeback pushes processing results back to the source system: a PostgREST PATCH for
+//! `supabase`, an HTTP POST to `writeback_url` for `generic_webhook`; `mux` has none. This
+//! module only validates and stores the settings; it must not perform I/O. Executing a
+//! writeback needs processing results, which hookline does not produce yet (batches complete
+//! without a processor), so no writeback request is sent today (see the README).
+
+use serde::{Deserialize, Serialize};
+
+use super::path;
+use crate::catalog::ProviderType;
+use crate::error::ApiError;
+
+/// When a writeback fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// After an alert fires on the object.
+    OnAlert,
+    /// After the object's batch completes (`batch.completed`).
+    OnBatchComplete,
+}
+
+/// One field written back: a dot-path into the processing result → a column or field name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritebackField {
+    pub source_path: String,
+    pub target_field: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Writeback {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_trigger")]
+    pub trigger: Trigger,
+    /// The object metadata field holding the source record's id (for Supabase, the value
+    /// matched against `id_column`); none: the object's `source.external_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id_field: Option<String>,
+    pub field_mapping: Vec<WritebackField>,
+    /// generic_webhook only: where results are POSTed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writeback_url: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_trigger() -> Trigger {
+    Trigger::OnBatchComplete
+}
+
+impl Writeback {
+    /// Checks the settings for an adapter of type `kind`; errors name the field under
+    /// `source_adapter.writeback.`.
+    pub fn validate(&self, kind: ProviderType) -> Result<(), ApiError> {
+        let f = |name: &str| format!("source_adapter.writeback.{name}");
+        if kind == ProviderType::Mux {
+            return Err(ApiError::validation(
+                "source_adapter.writeback",
+                "mux adapters do not support writeback; remove the writeback key",
+            ));
+        }
+        if let Some(x) = &self.external_id_field {
+            if !path::is_valid(x) {
+                return Err(ApiError::validation(f("external_id_field"), "must be a dot-path such as listing_url"));
+            }
+        }
+        if self.field_mapping.is_empty() || self.field_mapping.len() > 256 {
+            return Err(ApiError::validation(f("field_mapping"), "list 1–256 {source_path, target_field} pairs"));
+        }
+        for (i, m) in self.field_mapping.iter().enumerate() {
+            if !path::is_valid(&m.source_path) {
+                return Err(ApiError::validation(f(&format!("field_mapping.{i}.source_path")), "must be a dot-path"));
+            }
+            let ok = match kind {
+                // The column goes into a PostgREST body: a plain SQL identifier.
+                ProviderType::Supabase => super::supabase::is_safe_identifier(&m.target_field),
+                _ => !m.target_field.trim().is_empty() && m.target_field.len() <= 200,
+            };
+            if !ok {
+                let why = if kind == ProviderType::Supabase {
+                    "must be a column name (letters, digits, _; at most 63 bytes)"
+                } else {
+                    "must be 1–200 characters"
+                };
+                return Err(ApiError::validation(f(&format!("field_mapping.{i}.target_field")), why));
+            }
+        }
+        match (kind, &self.writeback_url) {
+            (ProviderType::GenericWebhook, None) => {
+                Err(ApiError::validation(f("writeback_url"), "generic_webhook writeback needs a writeback_url"))
+            }
+            (ProviderType::GenericWebhook, Some(u)) => match url::Url::parse(u) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+                _ => Err(ApiError::validation(f("writeback_url"), "must be an http(s) URL")),
+            },
+            (_, Some(_)) => Err(ApiError::validation(
+                f("writeback_url"),
+                "only generic_webhook adapters take a writeback_url (supabase writes back through PostgREST)",
+            )),
+            (_, None) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field_of(v: serde_json::Value, kind: ProviderType) -> String {
+        let w: Writeback = serde_json::from_value(v).unwrap();
+        match w.validate(kind).unwrap_err() {
+            ApiError::Validation { field, .. } => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn seed_example_validates_and_errors_name_the_field() {
+        let seed = json!({"enabled": true, "trigger": "on_alert", "external_id_field": "listing_url",
+            "field_mapping": [{"source_path": "verdict_classification", "target_field": "mp_verdict"}]});
+        let w: Writeback = serde_json::from_value(seed.clone()).unwrap();
+        w.validate(ProviderType::Supabase).unwrap();
+        assert_eq!(w.trigger, Trigger::OnAlert);
+        assert_eq!(field_of(seed.clone(), ProviderType::Mux), "source_adapter.writeback");
+        assert_eq!(field_of(seed.clone(), ProviderType::GenericWebhook), "source_adapter.writeback.writeback_url");
+        let mut g = seed.clone();
+        g["writeback_url"] = json!("https://example.test/results");
+        serde_json::from_value::<Writeback>(g.clone()).unwrap().validate(ProviderType::GenericWebhook).unwrap();
+        assert_eq!(field_of(g, ProviderType::Supabase), "source_adapter.writeback.writeback_url");
+        let mut bad = seed.clone();
+        bad["field_mapping"][0]["target_field"] = json!("mp verdict; drop");
+        assert_eq!(field_of(bad, ProviderType::Supabase), "source_adapter.writeback.field_mapping.0.target_field");
+        let mut empty = seed;
+        empty["field_mapping"] = json!([]);
+        assert_eq!(field_of(empty, ProviderType::Supabase), "source_adapter.writeback.field_mapping");
+    }
+}
