@@ -87,17 +87,21 @@ where
     S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: bytes::Buf,
 {
-    if let Some(len) = headers
+    // Past the limit the rest of the body is read and thrown away (up to a bound) before
+    // answering 413: a client still sending would otherwise see a reset connection instead of
+    // the answer. Beyond the bound the connection is dropped with the 413.
+    let discard_cap = limit.saturating_mul(4).max(8 * 1024 * 1024) as u64;
+    let declared = headers
         .get(warp::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > discard_cap) {
+        return Err(ApiError::PayloadTooLarge(limit));
     }
     let mut body = body;
     let mut buf = Vec::new();
+    let mut too_large = declared.is_some_and(|len| len > limit as u64);
+    let mut seen: u64 = 0;
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|e| ApiError::BadRequest {
             code: "bad_body",
@@ -105,13 +109,24 @@ where
         })?;
         while bytes::Buf::has_remaining(&chunk) {
             let part = bytes::Buf::chunk(&chunk);
-            if buf.len() + part.len() > limit {
-                return Err(ApiError::PayloadTooLarge(limit));
-            }
-            buf.extend_from_slice(part);
             let n = part.len();
+            seen += n as u64;
+            if !too_large && buf.len() + n > limit {
+                too_large = true;
+                buf = Vec::new();
+            }
+            if too_large {
+                if seen > discard_cap {
+                    return Err(ApiError::PayloadTooLarge(limit));
+                }
+            } else {
+                buf.extend_from_slice(part);
+            }
             bytes::Buf::advance(&mut chunk, n);
         }
+    }
+    if too_large {
+        return Err(ApiError::PayloadTooLarge(limit));
     }
     Ok(Bytes::from(buf))
 }

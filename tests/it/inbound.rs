@@ -429,9 +429,15 @@ async fn time_window_flushes_after_its_window_into_a_completed_batch() {
     assert!(batches[0]["submitted_at"].is_string() && batches[0]["completed_at"].is_string());
     let bid = batches[0]["batch_id"].as_str().unwrap();
     assert_eq!(app.get(&format!("/v1/buckets/{bucket}/batches/{bid}")).await.1["batch_id"], bid);
-    let m = app.metrics().await;
-    assert!(metric_value(&m, "hookline_ingest_flushes_total", &[("trigger", "window")]) >= 1.0);
-    assert!(metric_value(&m, "hookline_events_published_total", &[("event_type", "batch.completed")]) >= 1.0);
+    // The counters move once the flush's commit is acknowledged, a moment after the objects
+    // become readable.
+    let counted = eventually(Duration::from_secs(10), || async {
+        let m = app.metrics().await;
+        metric_value(&m, "hookline_ingest_flushes_total", &[("trigger", "window")]) >= 1.0
+            && metric_value(&m, "hookline_events_published_total", &[("event_type", "batch.completed")]) >= 1.0
+    })
+    .await;
+    assert!(counted, "flush and batch.completed not counted");
 }
 
 #[tokio::test]
