@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 
 use crate::outbound_receiver::Receiver;
-use crate::support::{eventually, metric_value, Options, TestApp};
+use crate::support::{eventually, metric_reaches, metric_value, Options, TestApp};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -238,12 +238,16 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert!(d["attempts"][0]["duration_ms"].is_u64());
     assert!(d["attempts"][0]["at"].is_string());
     assert_eq!(d["next_attempt_at"], Value::Null);
-    let m = app.metrics().await;
     assert!(
-        metric_value(&m, "hookline_deliveries_total", &[("channel", "webhook"), ("outcome", "succeeded")]) >= 1.0,
-        "{m}"
+        metric_reaches(&app, "hookline_deliveries_total", &[("channel", "webhook"), ("outcome", "succeeded")], 1.0)
+            .await,
+        "hookline_deliveries_total not reached"
     );
-    assert!(metric_value(&m, "hookline_delivery_attempts_total", &[("result", "2xx")]) >= 1.0);
+    assert!(
+        metric_reaches(&app, "hookline_delivery_attempts_total", &[("result", "2xx")], 1.0).await,
+        "hookline_delivery_attempts_total not reached"
+    );
+    let m = app.metrics().await;
     assert!(m.contains("hookline_delivery_attempt_duration_seconds"));
     assert!(m.contains("hookline_delivery_queue_depth"));
 }
@@ -293,8 +297,10 @@ async fn timeout_is_retried() {
     assert_eq!(first["status_code"], Value::Null);
     assert!(first["error"].as_str().unwrap().contains("timed out"), "{first}");
     assert_eq!(d["attempts"][1]["status_code"], 200);
-    let m = app.metrics().await;
-    assert!(metric_value(&m, "hookline_delivery_attempts_total", &[("result", "timeout")]) >= 1.0);
+    assert!(
+        metric_reaches(&app, "hookline_delivery_attempts_total", &[("result", "timeout")], 1.0).await,
+        "hookline_delivery_attempts_total not reached"
+    );
 }
 
 #[tokio::test]
@@ -320,9 +326,14 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     assert!(deliveries(&app, &id, Some("pending")).await.is_empty());
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     assert!(w["last_error"].as_str().unwrap_or("").contains("HTTP 500"), "{w}");
-    let m = app.metrics().await;
-    assert!(metric_value(&m, "hookline_deliveries_dead_total", &[]) >= 1.0);
-    assert!(metric_value(&m, "hookline_deliveries_total", &[("outcome", "dead")]) >= 1.0);
+    assert!(
+        metric_reaches(&app, "hookline_deliveries_dead_total", &[], 1.0).await,
+        "hookline_deliveries_dead_total not reached"
+    );
+    assert!(
+        metric_reaches(&app, "hookline_deliveries_total", &[("outcome", "dead")], 1.0).await,
+        "hookline_deliveries_total not reached"
+    );
 
     // Fix the receiver, retry by hand.
     rx.set_default(200);
@@ -489,8 +500,10 @@ async fn unsafe_destinations_are_refused_by_default() {
     let d = &deliveries(&app, &id, None).await[0];
     let err = d["attempts"][0]["error"].as_str().unwrap();
     assert!(err.contains("private"), "{err}");
-    let m = app.metrics().await;
-    assert!(metric_value(&m, "hookline_delivery_attempts_total", &[("result", "refused")]) >= 1.0, "{m}");
+    assert!(
+        metric_reaches(&app, "hookline_delivery_attempts_total", &[("result", "refused")], 1.0).await,
+        "hookline_delivery_attempts_total not reached"
+    );
 }
 
 #[tokio::test]

@@ -320,3 +320,10 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// Polls `/metrics` until the series sum of `name` (filtered by `labels`) reaches `min`.
+/// Counters move when the work is acknowledged internally, which may be a moment after the
+/// effect is visible through the API.
+pub async fn metric_reaches(app: &TestApp, name: &str, labels: &[(&str, &str)], min: f64) -> bool {
+    eventually(Duration::from_secs(10), || async { metric_value(&app.metrics().await, name, labels) >= min }).await
+}
