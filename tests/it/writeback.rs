@@ -173,7 +173,10 @@ async fn supabase_count_batch_patches_each_row_through_postgrest() {
     let (s, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
     assert_eq!(s, 200);
     assert_eq!(batches["results"][0]["status"], "completed", "{batches}");
-    assert!(metric_reaches(&app, "hookline_writebacks_total", &[("adapter", "supabase"), ("outcome", "succeeded")], 2.0).await);
+    assert!(
+        metric_reaches(&app, "hookline_writebacks_total", &[("adapter", "supabase"), ("outcome", "succeeded")], 2.0)
+            .await
+    );
     assert!(!app.log().contains(key), "the service-role key must never be logged");
 }
 
@@ -209,7 +212,10 @@ async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
         assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/results"));
         assert_eq!(req.headers.get("authorization").map(String::as_str), Some("Bearer gw-token-77"));
         assert_eq!(req.headers.get("x-tenant").map(String::as_str), Some("t1"));
-        assert_eq!(req.body, json!({"object_id": r["object_id"], "external_id": "T-9", "fields": {"verdict": "Broken"}}));
+        assert_eq!(
+            req.body,
+            json!({"object_id": r["object_id"], "external_id": "T-9", "fields": {"verdict": "Broken"}})
+        );
     }
     let last_error = status(&app, &bucket).await["last_error"].as_str().unwrap_or("").to_string();
     assert!(last_error.contains("HTTP 500"), "the failed attempt shows in the status: {last_error:?}");
