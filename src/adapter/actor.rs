@@ -212,8 +212,8 @@ pub struct AdapterState {
     ticker: Option<JoinHandle<()>>,
     /// Set by `Drain`: the adapter is being removed, later events are refused.
     closing: bool,
-    /// Sends this bucket's writeback jobs; dropped (stopped) with this state.
-    _writeback: Option<super::writeback::Worker>,
+    /// Sends this bucket's writeback jobs; stopped in `post_stop` (dropping it aborts it).
+    writeback: Option<super::writeback::Worker>,
 }
 
 impl Actor for SourceAdapterActor {
@@ -253,7 +253,7 @@ impl Actor for SourceAdapterActor {
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
         let ticker = Some(myself.send_interval(tick, || AdapterMsg::Tick));
-        let _writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
+        let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
         tracing::debug!(bucket_id = %bucket_id, buffered = buffer.len(), dedup = dedup.len(), "source adapter started");
         Ok(AdapterState {
             shared,
@@ -267,7 +267,7 @@ impl Actor for SourceAdapterActor {
             stats,
             ticker,
             closing: false,
-            _writeback,
+            writeback,
         })
     }
 
@@ -294,6 +294,8 @@ impl Actor for SourceAdapterActor {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
+        // Now, not when the supervisor drops the returned state: a successor may start first.
+        state.writeback.take();
         Ok(())
     }
 

@@ -1,6 +1,8 @@
 //! The writeback worker of one bucket: a task owned by the bucket's source-adapter actor
-//! (started in its `pre_start`, aborted when the actor's state is dropped), so it lives and
-//! restarts exactly with the adapter and always uses the adapter's current settings.
+//! (started in its `pre_start`, aborted in its `post_stop` or when its state is dropped), so
+//! it lives and restarts with the adapter and always uses the adapter's current settings.
+//! Delivery is at least once: an attempt cut short by a stop, or a crash between a 2xx and
+//! the job's deletion, is sent again.
 //!
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
 //! pending writebacks survive restarts and crashes) and is the only writer of job records
