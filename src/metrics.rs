@@ -55,6 +55,7 @@ fn describe() {
     describe_gauge!(BUCKETS, "Buckets currently defined");
     describe_inbound();
     describe_outbound();
+    describe_writeback();
 }
 
 pub fn http_request(route: &'static str, method: &str, status: u16, elapsed: Duration) {
@@ -188,4 +189,21 @@ fn bounded_channel(channel: &str) -> &'static str {
         "sms" => "sms",
         _ => "other",
     }
+}
+
+// ---- Writeback (src/adapter/writeback/) ----
+
+pub const WRITEBACKS: &str = "hookline_writebacks_total";
+
+// No bucket label (series would outlive deleted buckets); per-bucket detail is the adapter
+// status `last_error`. `adapter` is supabase|generic_webhook, `outcome` succeeded|retry|failed.
+fn describe_writeback() {
+    describe_counter!(
+        WRITEBACKS,
+        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up)"
+    );
+}
+
+pub fn writeback(adapter: &'static str, outcome: &'static str) {
+    counter!(WRITEBACKS, "adapter" => adapter, "outcome" => outcome).increment(1);
 }

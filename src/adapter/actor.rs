@@ -69,6 +69,8 @@ pub enum AdapterMsg {
     Fetched(Box<fetch::Fetched>),
     /// An update or delete decided elsewhere (the Mux lifecycle route, via the registry).
     Change(Box<ChangeRequest>),
+    /// The writeback worker's latest failure, shown as the status `last_error`.
+    WritebackFailed(String),
 }
 
 /// One upstream delivery, as the HTTP frontend hands it over.
@@ -210,6 +212,8 @@ pub struct AdapterState {
     ticker: Option<JoinHandle<()>>,
     /// Set by `Drain`: the adapter is being removed, later events are refused.
     closing: bool,
+    /// Sends this bucket's writeback jobs; stopped in `post_stop` (dropping it aborts it).
+    writeback: Option<super::writeback::Worker>,
 }
 
 impl Actor for SourceAdapterActor {
@@ -249,6 +253,7 @@ impl Actor for SourceAdapterActor {
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
         let ticker = Some(myself.send_interval(tick, || AdapterMsg::Tick));
+        let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
         tracing::debug!(bucket_id = %bucket_id, buffered = buffer.len(), dedup = dedup.len(), "source adapter started");
         Ok(AdapterState {
             shared,
@@ -262,6 +267,7 @@ impl Actor for SourceAdapterActor {
             stats,
             ticker,
             closing: false,
+            writeback,
         })
     }
 
@@ -288,6 +294,8 @@ impl Actor for SourceAdapterActor {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
+        // Now, not when the supervisor drops the returned state: a successor may start first.
+        state.writeback.take();
         Ok(())
     }
 
@@ -324,6 +332,13 @@ impl Actor for SourceAdapterActor {
                 let mut events = Vec::new();
                 state.flush_into(&mut batch, &mut events, "drain");
                 let _ = reply.send(state.submit(batch, events));
+            }
+            AdapterMsg::WritebackFailed(e) => {
+                state.stats.last_error = Some(e);
+                let mut batch = Batch::new();
+                state.put_stats(&mut batch);
+                let commit = state.submit(batch, Vec::new());
+                tokio::spawn(commit.finish());
             }
             AdapterMsg::CommitFailed(e) => {
                 return Err(ActorProcessingErr::from(format!("a batch did not reach the disk: {e}")));
@@ -489,6 +504,8 @@ impl AdapterState {
         let max = self.adapter.batching.max_batch_size.max(1);
         let bucket_id = self.bucket_id().clone();
         let mut pending = std::mem::take(&mut self.buffer);
+        let auto = self.adapter.batching.auto_submit;
+        let writeback = super::writeback::on_batch_complete(&self.adapter).filter(|_| auto).cloned();
         while !pending.is_empty() {
             let take = pending.len().min(max);
             let chunk: Vec<BufferEntry> = pending.drain(..take).collect();
@@ -499,6 +516,9 @@ impl AdapterState {
                 let rec = ObjectRecord::new(e.object_id, bucket_id.clone(), e.draft, Some(batch_id.clone()));
                 batch.put(Keyspace::OBJECTS, &key, &rec);
                 batch.delete(Keyspace::BUFFER, &key);
+                if let Some(wb) = &writeback {
+                    super::writeback::record(batch, wb, &rec, &batch_id);
+                }
                 events.push(self.shared.bus.record(batch, "object.created", rec.event_payload(), Vec::new()));
                 object_ids.push(rec.object_id);
             }

@@ -74,7 +74,7 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
 pub fn materialize(
     adapter: &SourceAdapter,
     schema: &BucketSchema,
-    _payload: &Value,
+    payload: &Value,
     doc: &Value,
     screened: &Screened,
 ) -> Result<Draft, PayloadError> {
@@ -135,6 +135,8 @@ pub fn materialize(
         adapter_type: adapter.adapter_type,
         external_id: screened.external_id.clone(),
         event_type: screened.event_type.clone(),
+        table: super::writeback::source_location(adapter.adapter_type, payload, "table"),
+        schema: super::writeback::source_location(adapter.adapter_type, payload, "schema"),
     };
     Ok(Draft { metadata, blobs, source })
 }

@@ -59,6 +59,11 @@ pub struct ObjectSource {
     pub adapter_type: ProviderType,
     pub external_id: Option<String>,
     pub event_type: Option<String>,
+    /// Supabase: the table and schema of the row (where a writeback PATCHes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
 }
 
 /// An object's content before it has an ID and timestamps (what a buffer entry holds).

@@ -265,6 +265,7 @@ impl RegistryState {
             Keyspace::BUFFER,
             Keyspace::STATS,
             records::EXTERNAL_IDS,
+            Keyspace::WRITEBACKS,
         ] {
             store.for_each_key(ks, &prefix, |k| {
                 b.delete(ks, k);
@@ -487,7 +488,7 @@ impl RegistryState {
         let prefix = records::prefix(id);
         let store = &self.shared.store;
         store.commit(Batch::new()).await?;
-        for ks in [Keyspace::DEDUP, Keyspace::BUFFER, Keyspace::STATS] {
+        for ks in [Keyspace::DEDUP, Keyspace::BUFFER, Keyspace::STATS, Keyspace::WRITEBACKS] {
             store.for_each_key(ks, &prefix, |k| {
                 batch.delete(ks, k);
                 true
@@ -520,7 +521,7 @@ impl RegistryState {
         id: &BucketId,
         batch_id: &BatchId,
     ) -> Result<BatchRecord, ApiError> {
-        self.load_bucket(namespace, id)?;
+        let bucket = self.load_bucket(namespace, id)?;
         let key = records::key(id, batch_id.as_str());
         let Some(mut rec) = self.shared.store.get::<BatchRecord>(Keyspace::BATCHES, &key)? else {
             return Err(ApiError::NotFound(format!("batch {batch_id} not found in bucket {id}")));
@@ -532,6 +533,7 @@ impl RegistryState {
         let mut batch = Batch::new();
         batch.put(Keyspace::BATCHES, &key, &rec);
         let event = self.shared.bus.record(&mut batch, "batch.completed", rec.completed_payload(), Vec::new());
+        super::writeback::record_batch(&self.shared.store, &bucket, &rec, &mut batch)?;
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);
         Ok(rec)

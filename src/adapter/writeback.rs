@@ -1,12 +1,27 @@
-//! The `writeback` settings of a source adapter (seed 000, "Writeback"): shape and validation.
+//! Writeback (seed 000, "Writeback"): pushing processing results back to the source system,
+//! a PostgREST PATCH for `supabase`, an HTTP POST to `writeback_url` for `generic_webhook`;
+//! `mux` has none.
 //!
-//! Writeback pushes processing results back to the source system: a PostgREST PATCH for
-//! `supabase`, an HTTP POST to `writeback_url` for `generic_webhook`; `mux` has none. This
-//! module only validates and stores the settings; it must not perform I/O. Executing a
-//! writeback needs processing results, which hookline does not produce yet (batches complete
-//! without a processor), so no writeback request is sent today (see the README).
+//! - this file: the `writeback` settings, their shape and validation (no I/O);
+//! - [`job`]: the job recorded per object when a batch completes, in the same atomic store
+//!   batch, and the "processing result" its `field_mapping` reads (the object itself plus
+//!   `status: "completed"`, since hookline has no processor yet: see there);
+//! - [`send`]: one attempt over HTTP, under the delivery side's outbound-address rules;
+//! - [`worker`]: the per-bucket task (owned by the adapter actor) that sends jobs with
+//!   retries, survives restarts, counts outcomes and reports the last error.
+//!
+//! Triggers: `on_batch_complete` fires when a batch completes (auto_submit in the flush, or
+//! `POST …/batches/{id}/submit`). `on_alert` is accepted and stored, but hookline has no
+//! alerts, so it never fires.
 
 use serde::{Deserialize, Serialize};
+
+mod job;
+mod send;
+mod worker;
+
+pub use job::{on_batch_complete, record, record_batch, result_document, source_location, Job};
+pub use worker::Worker;
 
 use super::path;
 use crate::catalog::ProviderType;
@@ -16,7 +31,7 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
-    /// After an alert fires on the object.
+    /// After an alert fires on the object. Accepted, but never fires: hookline has no alerts.
     OnAlert,
     /// After the object's batch completes (`batch.completed`).
     OnBatchComplete,

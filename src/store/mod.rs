@@ -41,6 +41,7 @@ impl Keyspace {
     pub const DELIVERIES: Keyspace = Keyspace("dlv");
     pub const EVENTS: Keyspace = Keyspace("evt");
     pub const STATS: Keyspace = Keyspace("stats");
+    pub const WRITEBACKS: Keyspace = Keyspace("wb");
 
     /// A keyspace defined by another module (kept here so every prefix is listed in one place
     /// is preferable; this exists for tests).

@@ -12,3 +12,4 @@ mod outbound_crash;
 mod outbound_crosscheck;
 mod outbound_receiver;
 mod providers;
+mod writeback;

@@ -1,0 +1,162 @@
+//! One writeback attempt over HTTP: Supabase → PostgREST `PATCH`, generic_webhook → `POST`
+//! of `{object_id, external_id, fields}` to `writeback_url` with the connection's headers.
+//!
+//! Targets are user-configured URLs, so the delivery side's outbound rules apply: the URL is
+//! checked with [`netguard::check_url`] and the client resolves through its guarded resolver
+//! (`delivery.allow_insecure_http` / `allow_private_networks`). Credentials are opened for
+//! the attempt only, sent as sensitive headers, and never appear in errors or logs.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::job::Job;
+use crate::adapter::spec::SourceAdapter;
+use crate::adapter::supabase::{WritebackRequest, WritebackTarget};
+use crate::catalog::connection::ProviderConfig;
+use crate::catalog::{Connection, ProviderType};
+use crate::delivery::netguard::{check_url, NetPolicy};
+use crate::delivery::retry::{classify_status, Outcome};
+use crate::ids::BucketId;
+use crate::state::Shared;
+use crate::store::Keyspace;
+
+/// How an attempt failed, and whether trying again can help.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    pub outcome: Outcome,
+}
+
+fn retriable(message: impl Into<String>) -> Failure {
+    Failure { message: message.into(), outcome: Outcome::Retriable }
+}
+
+fn permanent(message: impl Into<String>) -> Failure {
+    Failure { message: message.into(), outcome: Outcome::Permanent }
+}
+
+/// What an attempt needs besides the job.
+pub struct Sender {
+    pub shared: Shared,
+    pub bucket_id: BucketId,
+    pub adapter: SourceAdapter,
+    pub client: reqwest::Client,
+    pub policy: NetPolicy,
+    pub timeout: Duration,
+}
+
+impl Sender {
+    /// The adapter's credentials: its connection's, else the inline ones. `Err` when they
+    /// exist but cannot be opened (a lost master key): retried, the key may come back.
+    pub fn credentials(&self) -> Result<Option<ProviderConfig>, Failure> {
+        let secrets = &self.shared.secrets;
+        if let Some(id) = &self.adapter.connection_id {
+            let conn = self
+                .shared
+                .store
+                .get::<Connection>(Keyspace::CONNECTIONS, id.as_str())
+                .map_err(|e| retriable(format!("read connection {id}: {e}")))?;
+            return match conn {
+                None => Err(permanent(format!("connection {id} no longer exists"))),
+                Some(c) => c.open(secrets).map(Some).map_err(|e| retriable(format!("open connection {id}: {e}"))),
+            };
+        }
+        let Some(sealed) = self.adapter.sealed_credentials.as_ref() else { return Ok(None) };
+        let plain = secrets
+            .open(sealed, self.bucket_id.as_str())
+            .map_err(|e| retriable(format!("open the adapter's inline credentials: {e}")))?;
+        ProviderConfig::decode(self.adapter.adapter_type, &plain)
+            .map(Some)
+            .map_err(|e| retriable(format!("decode the adapter's inline credentials: {e}")))
+    }
+
+    /// Sends one job once.
+    pub async fn attempt(&self, job: &Job, creds: &Option<ProviderConfig>) -> Result<(), Failure> {
+        let Some(external_id) = job.external_id.as_deref() else {
+            return Err(permanent(
+                "the object has no external id (external_id_field not in its metadata, no source.external_id)",
+            ));
+        };
+        if job.fields.is_empty() {
+            return Err(permanent("none of the field_mapping source_paths is present in the processing result"));
+        }
+        let rb = match self.adapter.adapter_type {
+            ProviderType::Supabase => {
+                let Some(ProviderConfig::Supabase(cfg)) = creds else {
+                    return Err(permanent(
+                        "the supabase adapter has no url/service_role_key (connection or credentials)",
+                    ));
+                };
+                let Some(table) = job.table.as_deref() else {
+                    return Err(permanent("the object does not record its Supabase table"));
+                };
+                let target = WritebackTarget {
+                    url: &cfg.url,
+                    service_role_key: &cfg.service_role_key,
+                    schema: job.schema.as_deref().unwrap_or("public"),
+                    table,
+                    id_column: self.adapter.id_column(),
+                };
+                let req = WritebackRequest::build(target, external_id, &job.fields)
+                    .map_err(|e| permanent(format!("build the PostgREST request: {e}")))?;
+                self.check(&req.url)?;
+                req.send(&self.client)
+            }
+            ProviderType::GenericWebhook => {
+                let Some(url) = self.adapter.writeback.as_ref().and_then(|w| w.writeback_url.as_deref()) else {
+                    return Err(permanent("no writeback_url"));
+                };
+                self.check(url)?;
+                let body = json!({"object_id": job.object_id, "external_id": external_id, "fields": job.fields});
+                let mut rb = self
+                    .client
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string());
+                if let Some(ProviderConfig::Generic(g)) = creds {
+                    for (k, v) in &g.headers {
+                        let (Ok(name), Ok(mut value)) = (
+                            reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                            reqwest::header::HeaderValue::from_str(v),
+                        ) else {
+                            return Err(permanent(format!("connection header {k:?} is not a valid HTTP header")));
+                        };
+                        // Connection headers usually carry tokens.
+                        value.set_sensitive(true);
+                        rb = rb.header(name, value);
+                    }
+                }
+                rb
+            }
+            ProviderType::Mux => return Err(permanent("mux adapters do not support writeback")),
+        };
+        let rb = rb.header(reqwest::header::USER_AGENT, concat!("hookline/", env!("CARGO_PKG_VERSION")));
+        let resp = rb.timeout(self.timeout).send().await.map_err(|e| {
+            let kind = if e.is_timeout() { "timed out" } else { "failed" };
+            // reqwest errors name the URL, never headers.
+            retriable(format!("request {kind}: {}", error_chain(&e)))
+        })?;
+        let status = resp.status().as_u16();
+        match classify_status(status) {
+            Outcome::Delivered => Ok(()),
+            _ => Err(retriable(format!("the target answered HTTP {status}"))),
+        }
+    }
+
+    fn check(&self, url: &str) -> Result<(), Failure> {
+        let u = url::Url::parse(url).map_err(|_| permanent("the writeback URL does not parse"))?;
+        check_url(&u, self.policy).map_err(retriable)
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

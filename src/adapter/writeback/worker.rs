@@ -1,0 +1,233 @@
+//! The writeback worker of one bucket: a task owned by the bucket's source-adapter actor
+//! (started in its `pre_start`, aborted in its `post_stop` or when its state is dropped), so
+//! it lives and restarts with the adapter and always uses the adapter's current settings.
+//! Delivery is at least once: an attempt cut short by a stop, or a crash between a 2xx and
+//! the job's deletion, is sent again.
+//!
+//! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
+//! pending writebacks survive restarts and crashes) and is the only writer of job records
+//! after they are created. New jobs are created by whoever completes a batch (the adapter's
+//! flush, `POST …/submit` through the registry) in the completing store batch; the worker
+//! finds them by scanning the keys of its prefix every [`POLL`] (cheap: keys only, and only
+//! unknown keys are read). Before the first attempt at a newly found job it waits for an
+//! empty barrier commit, so it never writes back a result that is not durable yet.
+//!
+//! Retries follow the delivery retry policy (`delivery.retry_schedule_seconds`, ±20%
+//! jitter, `max_age_hours`); a job that runs out of time, or can never succeed, is moved to
+//! the `dead/` keys with its error. Every attempt is counted in
+//! `hookline_writebacks_total{adapter, outcome}`, and every failure is reported to the
+//! adapter actor, which shows it as the status `last_error`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ractor::ActorRef;
+
+use super::job::{self, Job, KS};
+use super::send::{Failure, Sender};
+use crate::adapter::actor::AdapterMsg;
+use crate::adapter::spec::SourceAdapter;
+use crate::delivery::netguard::NetPolicy;
+use crate::delivery::retry::{Decision, Outcome, Policy};
+use crate::ids::BucketId;
+use crate::state::Shared;
+use crate::store::Batch;
+use crate::util::now_millis;
+
+/// How often the worker looks for jobs recorded by others.
+pub const POLL: Duration = Duration::from_millis(250);
+/// Attempts in flight at once, per bucket.
+const CONCURRENCY: usize = 8;
+
+/// Handle held by the adapter actor; dropping it stops the worker.
+pub struct Worker {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Worker {
+    /// Starts the worker when the adapter writes back on batch completion; `None` otherwise
+    /// (pending jobs then wait in the store until writeback is enabled again, or go with
+    /// the adapter).
+    pub fn start(
+        shared: &Shared,
+        bucket_id: &BucketId,
+        adapter: &SourceAdapter,
+        owner: ActorRef<AdapterMsg>,
+    ) -> Option<Worker> {
+        job::on_batch_complete(adapter)?;
+        let cfg = &shared.config.delivery;
+        let policy = NetPolicy {
+            allow_insecure_http: cfg.allow_insecure_http,
+            allow_private_networks: cfg.allow_private_networks,
+        };
+        let retry = Policy {
+            schedule: cfg.retry_schedule_seconds.iter().map(|s| Duration::from_secs(*s)).collect(),
+            max_age: Duration::from_secs(cfg.max_age_seconds.unwrap_or(cfg.max_age_hours.saturating_mul(3600))),
+        };
+        let sender = Sender {
+            shared: shared.clone(),
+            bucket_id: bucket_id.clone(),
+            adapter: adapter.clone(),
+            client: crate::delivery::channel::http::client(policy),
+            policy,
+            timeout: Duration::from_secs(cfg.request_timeout_seconds.max(1)),
+        };
+        let state =
+            WorkerState { sender: Arc::new(sender), retry, owner, jobs: BTreeMap::new(), durable: HashSet::new() };
+        Some(Worker { task: tokio::spawn(state.run()) })
+    }
+}
+
+struct WorkerState {
+    sender: Arc<Sender>,
+    retry: Policy,
+    owner: ActorRef<AdapterMsg>,
+    /// Pending jobs by key.
+    jobs: BTreeMap<String, Job>,
+    /// Keys known to be durable (loaded at start, or seen before a barrier).
+    durable: HashSet<String>,
+}
+
+impl WorkerState {
+    fn adapter_label(&self) -> &'static str {
+        self.sender.adapter.adapter_type.as_str()
+    }
+
+    async fn run(mut self) {
+        loop {
+            if let Err(e) = self.round().await {
+                tracing::warn!(bucket_id = %self.sender.bucket_id, error = %e, "writeback round failed; retrying");
+            }
+            let now = now_millis();
+            let next = self.jobs.values().map(|j| j.next_attempt_ms).min().unwrap_or(u64::MAX);
+            let wait = Duration::from_millis(next.saturating_sub(now)).min(POLL);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Finds new jobs, then attempts every due one.
+    async fn round(&mut self) -> Result<(), crate::store::StoreError> {
+        let store = self.sender.shared.store.clone();
+        let prefix = job::pending_prefix(&self.sender.bucket_id);
+        let mut unknown = Vec::new();
+        store.for_each_key(KS, &prefix, |k| {
+            if !self.jobs.contains_key(k) {
+                unknown.push(k.to_string());
+            }
+            true
+        })?;
+        for k in unknown {
+            if let Some(j) = store.get::<Job>(KS, &k)? {
+                self.jobs.insert(k, j);
+            }
+        }
+        let now = now_millis();
+        let due: Vec<(String, Job)> =
+            self.jobs.iter().filter(|(_, j)| j.next_attempt_ms <= now).map(|(k, j)| (k.clone(), j.clone())).collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        if due.iter().any(|(k, _)| !self.durable.contains(k)) {
+            // FIFO committer: everything applied before this barrier is on disk after it.
+            store.commit(Batch::new()).await?;
+            self.durable.extend(due.iter().map(|(k, _)| k.clone()));
+        }
+        let creds = match self.sender.credentials() {
+            Ok(c) => Some(c),
+            Err(f) => {
+                // Every due job fails the same way: one round of failures.
+                let results = due.into_iter().map(|(k, j)| (k, j, Err(f.clone()))).collect();
+                return self.settle(results).await;
+            }
+        };
+        let creds = Arc::new(creds.flatten());
+        let sender = self.sender.clone();
+        let results: Vec<(String, Job, Result<(), Failure>)> = futures::stream::iter(due)
+            .map(|(k, j)| {
+                let sender = sender.clone();
+                let creds = creds.clone();
+                async move {
+                    let r = sender.attempt(&j, &creds).await;
+                    (k, j, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        self.settle(results).await
+    }
+
+    /// Applies the retry policy to each result and stores the new job states in one batch.
+    async fn settle(
+        &mut self,
+        results: Vec<(String, Job, Result<(), Failure>)>,
+    ) -> Result<(), crate::store::StoreError> {
+        let bucket = self.sender.bucket_id.clone();
+        let adapter = self.adapter_label();
+        let now = now_millis();
+        let mut batch = Batch::new();
+        let mut last_failure = None;
+        for (key, mut j, result) in results {
+            j.attempts += 1;
+            let age = Duration::from_millis(now.saturating_sub(j.created_at_ms));
+            let (outcome, error) = match &result {
+                Ok(()) => (Outcome::Delivered, None),
+                Err(f) => (f.outcome, Some(f.message.clone())),
+            };
+            let decision = self.retry.decide(outcome, j.attempts, age, None, rand::random_range(-1.0..=1.0));
+            match decision {
+                Decision::Succeeded => {
+                    batch.delete(KS, &key);
+                    self.jobs.remove(&key);
+                    self.durable.remove(&key);
+                    crate::metrics::writeback(adapter, "succeeded");
+                    tracing::debug!(bucket_id = %bucket, object_id = %j.object_id, attempts = j.attempts, "written back");
+                }
+                Decision::RetryIn(d) => {
+                    j.next_attempt_ms = now + d.as_millis() as u64;
+                    j.last_error = error.clone();
+                    batch.put(KS, &key, &j);
+                    self.jobs.insert(key, j.clone());
+                    crate::metrics::writeback(adapter, "retry");
+                    let msg = format!(
+                        "writeback of object {} failed (attempt {}), retrying in {}s: {}",
+                        j.object_id,
+                        j.attempts,
+                        d.as_secs(),
+                        error.unwrap_or_default()
+                    );
+                    tracing::info!(bucket_id = %bucket, "{msg}");
+                    last_failure = Some(msg);
+                }
+                Decision::Dead => {
+                    j.last_error = error.clone();
+                    batch.delete(KS, &key);
+                    batch.put(KS, &j.dead_key(&bucket), &j);
+                    self.jobs.remove(&key);
+                    self.durable.remove(&key);
+                    crate::metrics::writeback(adapter, "failed");
+                    let msg = format!(
+                        "writeback of object {} gave up after {} attempt(s): {}",
+                        j.object_id,
+                        j.attempts,
+                        error.unwrap_or_default()
+                    );
+                    tracing::warn!(bucket_id = %bucket, "{msg}");
+                    last_failure = Some(msg);
+                }
+            }
+        }
+        if let Some(msg) = last_failure {
+            let _ = self.owner.cast(AdapterMsg::WritebackFailed(msg));
+        }
+        self.sender.shared.store.commit(batch).await
+    }
+}

@@ -1,0 +1,287 @@
+//! Writeback (seed 000 "Writeback"), over HTTP against the real daemon: a batch completes →
+//! one request per object reaches the source system. The source systems are local servers:
+//! a fake PostgREST that records method, path, query, headers and body, and a generic
+//! receiver; both can be told to fail first.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use warp::Filter;
+
+use crate::support::{eventually, metric_reaches, Options, TestApp};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    headers: HashMap<String, String>,
+    body: Value,
+    /// What the server answered.
+    status: u16,
+}
+
+#[derive(Default)]
+struct Script {
+    next: VecDeque<u16>,
+    default: u16,
+    seen: Vec<Seen>,
+}
+
+/// A local HTTP server recording every request (any method) and answering from a script.
+struct Upstream {
+    addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Upstream {
+    async fn start(default: u16) -> Upstream {
+        let script = Arc::new(Mutex::new(Script { default, ..Default::default() }));
+        let s = script.clone();
+        let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+        let filter = warp::method()
+            .and(warp::path::full())
+            .and(query)
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .map(
+                move |method: warp::http::Method,
+                      path: warp::path::FullPath,
+                      query: String,
+                      headers: warp::http::HeaderMap,
+                      body: bytes::Bytes| {
+                    let mut g = s.lock().unwrap();
+                    let status = g.next.pop_front().unwrap_or(g.default);
+                    g.seen.push(Seen {
+                        method: method.to_string(),
+                        path: path.as_str().to_string(),
+                        query,
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect(),
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                        status,
+                    });
+                    warp::reply::with_status("", warp::http::StatusCode::from_u16(status).unwrap())
+                },
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warp::serve(filter).incoming(listener).run());
+        Upstream { addr, script }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn then(&self, status: u16) {
+        self.script.lock().unwrap().next.push_back(status);
+    }
+
+    fn set_default(&self, status: u16) {
+        self.script.lock().unwrap().default = status;
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.script.lock().unwrap().seen.clone()
+    }
+
+    fn succeeded(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| (200..300).contains(&s.status)).collect()
+    }
+}
+
+fn db_insert(table: &str, record: Value) -> Value {
+    json!({"type": "INSERT", "table": table, "schema": "public", "record": record, "old_record": null})
+}
+
+/// Configures `source_adapter` on a new bucket; returns (bucket_id, webhook_secret).
+async fn bucket_with(app: &TestApp, name: &str, schema: Value, adapter: Value) -> (String, String) {
+    let bucket = app.create_bucket(name, schema).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().expect("webhook_secret").to_string();
+    (bucket, secret)
+}
+
+async fn ingest(app: &TestApp, bucket: &str, secret: &str, v: Value) -> Value {
+    let (s, r) = app
+        .post_raw(
+            &format!("/v1/buckets/{bucket}/source-adapter/ingest"),
+            v.to_string(),
+            &[("X-Webhook-Secret", secret), ("Content-Type", "application/json")],
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    r
+}
+
+async fn status(app: &TestApp, bucket: &str) -> Value {
+    app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await.1
+}
+
+#[tokio::test]
+async fn supabase_count_batch_patches_each_row_through_postgrest() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let key = "srk-writeback-secret-0042";
+    let (s, conn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "sb", "provider_type": "supabase",
+                "provider_config": {"url": pg.url(""), "service_role_key": key}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    let (bucket, secret) = bucket_with(
+        &app,
+        "listings",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"],
+            "field_mapping": {"record.title": "title"},
+            "batching": {"mode": "count", "max_batch_size": 2, "auto_submit": true},
+            "writeback": {"enabled": true, "trigger": "on_batch_complete", "field_mapping": [
+                {"source_path": "metadata.title", "target_field": "mp_title"},
+                {"source_path": "status", "target_field": "mp_status"},
+                {"source_path": "object_id", "target_field": "mp_object_id"}]}}),
+    )
+    .await;
+    let r1 = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 1, "title": "Loft"}))).await;
+    assert!(pg.seen().is_empty(), "nothing is written back before the batch completes");
+    let r2 = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": "b 2&x", "title": "Studio"}))).await;
+    assert_eq!((r1["status"].as_str(), r2["status"].as_str()), (Some("buffered"), Some("buffered")));
+    assert!(eventually(WAIT, || async { pg.seen().len() >= 2 }).await, "{:?}", pg.seen());
+
+    let mut seen = pg.seen();
+    assert_eq!(seen.len(), 2, "one PATCH per row: {seen:?}");
+    seen.sort_by(|a, b| a.query.cmp(&b.query));
+    let expect = [("id=eq.1", "Loft", &r1), ("id=eq.b%202%26x", "Studio", &r2)];
+    for (req, (query, title, r)) in seen.iter().zip(expect) {
+        assert_eq!((req.method.as_str(), req.path.as_str(), req.query.as_str()), ("PATCH", "/rest/v1/listings", query));
+        assert_eq!(req.headers.get("apikey").map(String::as_str), Some(key));
+        assert_eq!(req.headers.get("authorization").cloned(), Some(format!("Bearer {key}")));
+        assert_eq!(req.headers.get("content-type").map(String::as_str), Some("application/json"));
+        assert_eq!(req.body, json!({"mp_title": title, "mp_status": "completed", "mp_object_id": r["object_id"]}));
+    }
+    let (s, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
+    assert_eq!(s, 200);
+    assert_eq!(batches["results"][0]["status"], "completed", "{batches}");
+    assert!(
+        metric_reaches(&app, "hookline_writebacks_total", &[("adapter", "supabase"), ("outcome", "succeeded")], 2.0)
+            .await
+    );
+    assert!(!app.log().contains(key), "the service-role key must never be logged");
+}
+
+#[tokio::test]
+async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    rx.then(500);
+    let (s, conn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "gw", "provider_type": "generic_webhook",
+                "provider_config": {"headers": {"Authorization": "Bearer gw-token-77", "X-Tenant": "t1"}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    let (bucket, secret) = bucket_with(
+        &app,
+        "tickets",
+        json!({"title": {"type": "string"}, "ref": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "connection_id": conn["connection_id"],
+            "field_mapping": {"data.title": "title", "data.ref": "ref"},
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"external_id_field": "ref", "writeback_url": rx.url("/results"),
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "verdict"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "ticket", "data": {"title": "Broken", "ref": "T-9"}})).await;
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let seen = rx.seen();
+    assert_eq!(seen.iter().map(|s| s.status).collect::<Vec<_>>(), vec![500, 200], "retried once: {seen:?}");
+    for req in &seen {
+        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/results"));
+        assert_eq!(req.headers.get("authorization").map(String::as_str), Some("Bearer gw-token-77"));
+        assert_eq!(req.headers.get("x-tenant").map(String::as_str), Some("t1"));
+        assert_eq!(
+            req.body,
+            json!({"object_id": r["object_id"], "external_id": "T-9", "fields": {"verdict": "Broken"}})
+        );
+    }
+    let last_error = status(&app, &bucket).await["last_error"].as_str().unwrap_or("").to_string();
+    assert!(last_error.contains("HTTP 500"), "the failed attempt shows in the status: {last_error:?}");
+    let labels = |o| [("adapter", "generic_webhook"), ("outcome", o)];
+    assert!(metric_reaches(&app, "hookline_writebacks_total", &labels("retry"), 1.0).await);
+    assert!(metric_reaches(&app, "hookline_writebacks_total", &labels("succeeded"), 1.0).await);
+    assert!(!app.log().contains("gw-token-77"));
+}
+
+#[tokio::test]
+async fn manual_submit_writes_back_and_a_pending_writeback_survives_a_crash() {
+    let mut app = TestApp::start().await;
+    let rx = Upstream::start(503).await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "manual",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook",
+            "field_mapping": {"title": "title"},
+            "dedup_key": "id",
+            "batching": {"mode": "count", "max_batch_size": 1, "auto_submit": false},
+            "writeback": {"writeback_url": rx.url("/wb"),
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-1", "title": "Kept"})).await;
+    let oid = r["object_id"].as_str().unwrap().to_string();
+    let (_, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
+    let batch_id = batches["results"][0]["batch_id"].as_str().expect("a pending batch").to_string();
+    assert_eq!(batches["results"][0]["status"], "pending");
+    assert!(rx.seen().is_empty(), "a pending batch writes nothing back");
+
+    let (s, b) = app.post(&format!("/v1/buckets/{bucket}/batches/{batch_id}/submit"), json!({})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("completed")), "{b}");
+    // The receiver is down: the first attempt fails, the job stays pending.
+    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await);
+    app.crash_restart().await;
+    rx.set_default(200);
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let ok = &rx.succeeded()[0];
+    // external_id falls back to the object's source.external_id (the dedup value).
+    assert_eq!(ok.body["object_id"], oid.as_str());
+    assert_eq!(ok.body["external_id"], "row-1");
+    assert_eq!(ok.body["fields"], json!({"title": "Kept"}), "{:?}", ok.body);
+}
+
+#[tokio::test]
+async fn private_writeback_targets_are_refused_unless_allowed() {
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = false\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
+    let rx = Upstream::start(200).await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "strict",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"writeback_url": rx.url("/wb"),
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}),
+    )
+    .await;
+    ingest(&app, &bucket, &secret, json!({"type": "x", "id": "1", "title": "t"})).await;
+    let refused = eventually(WAIT, || async {
+        status(&app, &bucket).await["last_error"].as_str().is_some_and(|e| e.contains("private"))
+    })
+    .await;
+    assert!(refused, "{}", status(&app, &bucket).await);
+    assert!(rx.seen().is_empty(), "nothing reaches a loopback target");
+}
