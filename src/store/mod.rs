@@ -239,6 +239,15 @@ impl Store {
         self.committer.submit(batch)
     }
 
+    /// Submits a batch whose loss in a crash is acceptable (e.g. a delivery outcome: the
+    /// delivery is then sent again, with the same webhook-id). It is applied in submission
+    /// order like any batch, atomically, but the returned future resolves once it is
+    /// *applied* (visible to reads), without waiting for a flush; it reaches the disk with
+    /// the next flush. Never use it for anything acknowledged to a client.
+    pub fn submit_unflushed(&self, batch: Batch) -> Durable {
+        self.committer.submit_unflushed(batch)
+    }
+
     /// Submits a batch and waits until it is durable.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         self.submit(batch).await
