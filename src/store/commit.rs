@@ -7,11 +7,15 @@
 //! when it pays off; when idle a lone batch is committed at once. Order of submission is
 //! order of application.
 //!
-//! Two stages, pipelined: the applier applies group N+1 while the flusher's fsync for group
-//! N runs (one fsync then covers every group applied before it started). Batches submitted
-//! with [`Committer::submit_unflushed`] are answered as soon as they are applied: they reach
-//! the disk with the next flush (anyone's, or sled's own every 500 ms) and their writers
-//! accept losing them in a crash.
+//! One loop on its own thread: apply a group, flush, answer, repeat. It is deliberately not
+//! pipelined: sled 0.34 writes (and syncs) its log buffer on every `apply_batch`, so the cost
+//! is per *apply*, and the fewer, larger groups a serial loop collects (batches queue up
+//! while a flush runs) beat applying small groups during the flush (measured: pipelining
+//! doubled the applies and lost throughput). Batches submitted with
+//! [`Committer::submit_unflushed`] ride along in the same groups and are answered right after
+//! the apply; they reach the disk with that group's flush if it has durable batches, else
+//! with the next one (or sled's own every 500 ms), and their writers accept losing them in
+//! a crash.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,30 +39,19 @@ struct Request {
     durable: bool,
 }
 
-/// Applied batches waiting for a flush, and when the first of them started applying.
-struct Pending {
-    waiters: Vec<Done>,
-    started: Instant,
-}
-
 #[derive(Clone)]
 pub(crate) struct Committer {
     tx: mpsc::UnboundedSender<Request>,
 }
 
 impl Committer {
-    /// Starts the applier (its own thread) and the flusher (a task). Must be called inside a
-    /// tokio runtime.
+    /// Starts the commit loop on its own thread: sled's apply and flush block (log buffer
+    /// writes and syncs), which on a runtime worker would stall every task queued behind it.
     pub(crate) fn start(backend: Arc<dyn Backend>) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (flush_tx, flush_rx) = mpsc::unbounded_channel::<Pending>();
-        tokio::spawn(flush_loop(backend.clone(), flush_rx));
-        // sled's apply can block (waiting for log buffer space while a flush runs): on a
-        // runtime worker that would stall every task queued behind it, so it gets a thread.
-        let spawned =
-            std::thread::Builder::new().name("hookline-commit".into()).spawn(move || apply_loop(backend, rx, flush_tx));
+        let spawned = std::thread::Builder::new().name("hookline-commit".into()).spawn(move || run(backend, rx));
         if let Err(e) = spawned {
-            // Without an applier every submit fails with `Closed` (the receiver is gone).
+            // Without the loop every submit fails with `Closed` (the receiver is gone).
             tracing::error!(error = %e, "start the store's commit thread");
         }
         Committer { tx }
@@ -97,12 +90,8 @@ impl Future for Durable {
     }
 }
 
-/// The applier: one backend write per group, then hands the durable waiters to the flusher.
-fn apply_loop(
-    backend: Arc<dyn Backend>,
-    mut rx: mpsc::UnboundedReceiver<Request>,
-    flush_tx: mpsc::UnboundedSender<Pending>,
-) {
+/// The commit loop: one backend write and (when anyone needs it) one flush per group.
+fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -130,47 +119,33 @@ fn apply_loop(
         }
         let result = if merged.is_empty() { Ok(()) } else { backend.apply(&merged) };
         drop(merged);
-        match result {
-            Ok(()) => {
-                for w in applied {
-                    let _ = w.send(Ok(()));
-                }
-                // An empty batch still waits for a flush: it is a barrier ("everything
-                // submitted before me is durable").
-                if !durable.is_empty() && flush_tx.send(Pending { waiters: durable, started }).is_err() {
-                    tracing::error!("store flusher is gone");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "group commit failed");
-                crate::metrics::store_commit(durable.len(), started.elapsed(), false);
-                for w in applied.into_iter().chain(durable) {
-                    let _ = w.send(Err(e.clone()));
-                }
-            }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "group commit failed");
         }
-    }
-    // All senders gone: dropping `flush_tx` lets the flusher make a final flush and end.
-}
-
-/// The flusher: one fsync for everything applied before it starts, then answers.
-async fn flush_loop(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(Pending { mut waiters, started }) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            waiters.extend(more.waiters);
+        for w in applied {
+            let _ = w.send(result.clone());
         }
-        let flush_started = Instant::now();
-        let result = backend.flush().await;
-        crate::metrics::store_flush(flush_started.elapsed());
+        if durable.is_empty() {
+            continue;
+        }
+        // Flush even after an empty apply: an empty batch is a barrier ("everything
+        // submitted before me is durable").
+        let result = result.and_then(|()| {
+            let flush_started = Instant::now();
+            let r = futures::executor::block_on(backend.flush());
+            crate::metrics::store_flush(flush_started.elapsed());
+            r
+        });
         if let Err(e) = &result {
             tracing::error!(error = %e, "group commit flush failed");
         }
-        crate::metrics::store_commit(waiters.len(), started.elapsed(), result.is_ok());
-        for w in waiters {
+        crate::metrics::store_commit(durable.len(), started.elapsed(), result.is_ok());
+        for w in durable {
             let _ = w.send(result.clone());
         }
     }
-    if let Err(e) = backend.flush().await {
+    // All senders gone: make sure nothing applied is left unflushed.
+    if let Err(e) = futures::executor::block_on(backend.flush()) {
         tracing::error!(error = %e, "final store flush failed");
     }
 }
