@@ -316,6 +316,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unflushed_batches_are_applied_in_order_with_durable_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let mut waits = Vec::new();
+        for i in 0..100 {
+            let mut b = Batch::new();
+            b.put(Keyspace::META, "k", &i);
+            waits.push(if i % 3 == 0 { store.submit(b) } else { store.submit_unflushed(b) });
+        }
+        for w in waits {
+            w.await.unwrap();
+        }
+        // Answered means applied (visible), and the last write of the key wins.
+        assert_eq!(store.get::<i32>(Keyspace::META, "k").unwrap(), Some(99));
+    }
+
+    #[tokio::test]
     async fn reopen_keeps_data_and_format_version() {
         let dir = tempfile::tempdir().unwrap();
         {
