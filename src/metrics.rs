@@ -17,6 +17,7 @@ pub const ACTOR_RESTARTS: &str = "hookline_actor_restarts_total";
 pub const STORE_COMMITS: &str = "hookline_store_commits_total";
 pub const STORE_COMMIT_BATCHES: &str = "hookline_store_commit_batches_total";
 pub const STORE_COMMIT_DURATION: &str = "hookline_store_commit_duration_seconds";
+pub const STORE_FLUSH_DURATION: &str = "hookline_store_flush_duration_seconds";
 pub const STORE_SIZE: &str = "hookline_store_size_bytes";
 pub const EVENTS_PUBLISHED: &str = "hookline_events_published_total";
 pub const BUCKETS: &str = "hookline_buckets";
@@ -50,6 +51,11 @@ fn describe() {
     describe_counter!(STORE_COMMITS, "Group commits (one backend write + one fsync each), by outcome");
     describe_counter!(STORE_COMMIT_BATCHES, "Batches made durable by group commits");
     describe_histogram!(STORE_COMMIT_DURATION, Unit::Seconds, "Time to apply and fsync one group commit");
+    describe_histogram!(
+        STORE_FLUSH_DURATION,
+        Unit::Seconds,
+        "Time of one store flush (fsync), the part of a commit after the apply"
+    );
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Size of the sled data directory on disk");
     describe_counter!(EVENTS_PUBLISHED, "Events recorded on the internal event bus, by event type");
     describe_gauge!(BUCKETS, "Buckets currently defined");
@@ -72,6 +78,10 @@ pub fn store_commit(batches: usize, elapsed: Duration, ok: bool) {
     counter!(STORE_COMMITS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
     counter!(STORE_COMMIT_BATCHES).increment(batches as u64);
     histogram!(STORE_COMMIT_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn store_flush(elapsed: Duration) {
+    histogram!(STORE_FLUSH_DURATION).record(elapsed.as_secs_f64());
 }
 
 pub fn store_size(bytes: u64) {

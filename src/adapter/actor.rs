@@ -178,20 +178,42 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// Waits until the batch is durable, then publishes its events. Runs in its own task so
-    /// a client hanging up cannot skip the publication (or the failure report).
+    /// Waits until the batch is durable, then publishes its events. If the caller stops
+    /// waiting (a client hanging up drops the handler's future), a task takes over, so the
+    /// publication (or the failure report) is never skipped. No task per request otherwise.
     pub async fn finish(self) -> Result<(), StoreError> {
-        let handle = tokio::spawn(async move {
-            let result = self.durable.await;
-            match &result {
-                Ok(()) => self.bus.published(&self.events),
-                Err(e) => {
-                    let _ = self.owner.cast(AdapterMsg::CommitFailed(e.to_string()));
-                }
+        let mut guard = Unfinished(Some(self));
+        let result = match guard.0.as_mut() {
+            Some(c) => (&mut c.durable).await,
+            None => Err(StoreError::Closed),
+        };
+        if let Some(c) = guard.0.take() {
+            c.conclude(&result);
+        }
+        result
+    }
+
+    fn conclude(self, result: &Result<(), StoreError>) {
+        match result {
+            Ok(()) => self.bus.published(&self.events),
+            Err(e) => {
+                let _ = self.owner.cast(AdapterMsg::CommitFailed(e.to_string()));
             }
-            result
-        });
-        handle.await.unwrap_or(Err(StoreError::Closed))
+        }
+    }
+}
+
+/// A [`Commit`] whose waiter went away before it resolved: finish it in a task.
+struct Unfinished(Option<Commit>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            tokio::spawn(async move {
+                let result = (&mut c.durable).await;
+                c.conclude(&result);
+            });
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //! Fan-out: woken by [`crate::events::EventBus::wait`], it reads the outbox in key (= time)
 //! order and, in ONE batch, writes a delivery per (active matching webhook × channel) and
 //! deletes the outbox entries. The batch is submitted without blocking the mailbox; once it
-//! is durable a task hands the deliveries to the workers and reports back (`DrainDone`),
-//! and only then is the next slice read. On (re)start it drains whatever the outbox holds.
+//! is applied (not necessarily flushed: see `drain`) a task hands the deliveries to the
+//! workers and reports back (`DrainDone`), and only then is the next slice read. On
+//! (re)start it drains whatever the outbox holds.
 //!
 //! Supervision: a worker that fails is re-spawned (it reloads its queue from the store) and
 //! counted in `hookline_actor_restarts_total{actor="delivery"}`; more than
@@ -529,7 +530,11 @@ impl DeliveryState {
         self.draining = true;
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
-        let durable = self.shared.store.submit(batch);
+        // Applied, not flushed: the batch is atomic (deliveries in, outbox entries out), so a
+        // crash before the next flush leaves the events in the outbox and the fan-out is
+        // redone with the same delivery IDs (same `webhook-id`): at least once, nothing lost.
+        // Waiting for an fsync here would only delay the first attempt.
+        let durable = self.shared.store.submit_unflushed(batch);
         let names = self.shared.names.clone();
         let me = myself.clone();
         tokio::spawn(async move {

@@ -240,6 +240,15 @@ impl Store {
         self.committer.submit(batch)
     }
 
+    /// Submits a batch whose loss in a crash is acceptable (e.g. a delivery outcome: the
+    /// delivery is then sent again, with the same webhook-id). It is applied in submission
+    /// order like any batch, atomically, but the returned future resolves once it is
+    /// *applied* (visible to reads), without waiting for a flush; it reaches the disk with
+    /// the next flush. Never use it for anything acknowledged to a client.
+    pub fn submit_unflushed(&self, batch: Batch) -> Durable {
+        self.committer.submit_unflushed(batch)
+    }
+
     /// Submits a batch and waits until it is durable.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         self.submit(batch).await
@@ -305,6 +314,23 @@ mod tests {
         }
         assert_eq!(store.get::<i32>(Keyspace::META, "last").unwrap(), Some(199));
         assert_eq!(store.count(Keyspace::OBJECTS, "").unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn unflushed_batches_are_applied_in_order_with_durable_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let mut waits = Vec::new();
+        for i in 0..100 {
+            let mut b = Batch::new();
+            b.put(Keyspace::META, "k", &i);
+            waits.push(if i % 3 == 0 { store.submit(b) } else { store.submit_unflushed(b) });
+        }
+        for w in waits {
+            w.await.unwrap();
+        }
+        // Answered means applied (visible), and the last write of the key wins.
+        assert_eq!(store.get::<i32>(Keyspace::META, "k").unwrap(), Some(99));
     }
 
     #[tokio::test]
