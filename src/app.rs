@@ -92,7 +92,9 @@ pub async fn run(
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
     }
     upkeep.abort();
-    store.flush().await.context("final store flush")?;
+    // Through the committer, so writes still queued behind it (delivery outcomes, a stopping
+    // actor's last batch) are applied and flushed too.
+    store.commit(crate::store::Batch::new()).await.context("final store flush")?;
     tracing::info!("store flushed; bye");
     if failed {
         anyhow::bail!("the supervision tree stopped after repeated actor failures; see the log");

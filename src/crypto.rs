@@ -91,6 +91,12 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut f = opts.open(path).with_context(|| format!("create {}", path.display()))?;
     f.write_all(contents)?;
     f.sync_all()?;
+    // The file's directory entry must survive a power loss too, or the next start would make
+    // a new key and every sealed credential would become unreadable.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("sync {}", dir.display()))?;
+    }
     Ok(())
 }
 

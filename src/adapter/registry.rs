@@ -483,6 +483,16 @@ impl RegistryState {
                 ApiError::Unavailable(format!("the source adapter could not flush its buffer ({e}); retry"))
             })?;
             commit.finish().await?;
+        } else {
+            // No running actor to drain (it failed past its restart budget, or never started):
+            // refuse rather than drop events that were acknowledged as buffered.
+            let buffered = self.shared.store.count(Keyspace::BUFFER, &records::prefix(id))?;
+            if buffered > 0 {
+                return Err(ApiError::Unavailable(format!(
+                    "the source adapter of bucket {id} is not running and holds {buffered} buffered event(s); \
+                     re-enable it (PATCH the same source_adapter) so it can flush them, then remove it"
+                )));
+            }
         }
         self.stop_adapter(id).await;
         let prefix = records::prefix(id);

@@ -31,6 +31,9 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
                 || (seg0 == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+                || (seg0 == 0x2001 && v6.segments()[1] == 0x0000) // Teredo 2001::/32 (embeds IPv4)
+                || seg0 == 0x2002 // 6to4 2002::/16 (embeds IPv4)
+                || (seg0 == 0x0064 && v6.segments()[1] == 0xff9b) // NAT64 64:ff9b::/96 and /48
                 || v6.segments()[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
         }
     }
@@ -132,6 +135,9 @@ mod tests {
             "::1",
             "fd00::1",
             "fe80::1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "2001:0:a00:1::1",
             "::ffff:127.0.0.1",
             "::",
         ] {

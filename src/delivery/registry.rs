@@ -114,6 +114,9 @@ impl Actor for DeliveryRegistry {
     type Arguments = Shared;
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, shared: Shared) -> Result<Self::State, ActorProcessingErr> {
+        // A predecessor may have submitted writes it did not wait for: let them land before
+        // reloading, so a restart never forgets an acknowledged webhook change.
+        shared.store.commit(crate::store::Batch::new()).await?;
         let cfg = &shared.config.delivery;
         let policy = NetPolicy {
             allow_insecure_http: cfg.allow_insecure_http,
@@ -298,12 +301,26 @@ fn unavailable(id: &WebhookId) -> ApiError {
 fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) {
     for (i, ch) in next.iter_mut().enumerate() {
         if let ChannelConfig::Webhook(c) = ch {
+            let prev = match old.get(i) {
+                Some(ChannelConfig::Webhook(o)) => Some(o),
+                _ => None,
+            };
             if c.secret.as_deref() == Some(channel::REDACTED) {
-                c.secret = match old.get(i) {
-                    Some(ChannelConfig::Webhook(o)) => o.secret.clone(),
-                    _ => None,
-                };
+                c.secret = prev.and_then(|o| o.secret.clone());
             }
+            // A header sent back redacted keeps its stored value (or is dropped if unknown).
+            c.headers.retain(|name, value| {
+                if value != channel::REDACTED {
+                    return true;
+                }
+                match prev.and_then(|o| o.headers.get(name)) {
+                    Some(v) => {
+                        *value = v.clone();
+                        true
+                    }
+                    None => false,
+                }
+            });
         }
     }
 }

@@ -114,6 +114,8 @@ impl Actor for DeliveryWorker {
         myself: ActorRef<WorkerMsg>,
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
+        // Let a predecessor's unawaited queue writes land before the queue is reloaded.
+        args.shared.store.commit(crate::store::Batch::new()).await?;
         let mut state = WorkerState {
             shared: args.shared,
             rt: args.runtime,

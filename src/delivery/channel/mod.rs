@@ -125,12 +125,19 @@ impl ChannelConfig {
         ))
     }
 
-    /// The config as shown by the API: secrets replaced by a placeholder.
+    /// The config as shown by the API and kept in plain text: secrets and custom header
+    /// values (they usually carry credentials) replaced by a placeholder. The real values live
+    /// only in the sealed copy.
     pub fn redacted(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(s) = v.pointer_mut("/configs/secret") {
             if !s.is_null() {
                 *s = serde_json::Value::String(REDACTED.into());
+            }
+        }
+        if let Some(headers) = v.pointer_mut("/configs/headers").and_then(|h| h.as_object_mut()) {
+            for value in headers.values_mut() {
+                *value = serde_json::Value::String(REDACTED.into());
             }
         }
         v
