@@ -12,9 +12,10 @@
 //! adapter or the bucket goes. Object deletion and batch submission also pass through here:
 //! they are rare admin writes, and they must work after an adapter was removed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::actor::{AdapterArgs, AdapterMsg, SourceAdapterActor};
@@ -101,7 +102,7 @@ pub struct RegistryState {
     /// Running adapter actors, by bucket and by actor ID (supervision events carry the ID).
     children: HashMap<BucketId, ActorRef<AdapterMsg>>,
     child_ids: HashMap<ActorId, BucketId>,
-    restarts: HashMap<BucketId, VecDeque<Instant>>,
+    restarts: HashMap<BucketId, RestartBudget>,
 }
 
 impl Actor for BucketRegistry {
@@ -142,11 +143,7 @@ impl Actor for BucketRegistry {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
-            _ => return Ok(()),
-        };
+        let Some((cell, reason)) = crate::supervisor::child_exit(event) else { return Ok(()) };
         // Children stopped on purpose were removed from the map first.
         let Some(bucket_id) = state.child_ids.remove(&cell.get_id()) else { return Ok(()) };
         state.children.remove(&bucket_id);
@@ -341,13 +338,10 @@ impl RegistryState {
 
     /// Records a restart of `id`'s adapter; false when its budget is spent.
     fn allow_restart(&mut self, id: &BucketId) -> bool {
-        let now = Instant::now();
-        let q = self.restarts.entry(id.clone()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) > ADAPTER_RESTART_WINDOW) {
-            q.pop_front();
-        }
-        q.push_back(now);
-        q.len() <= ADAPTER_MAX_RESTARTS
+        self.restarts
+            .entry(id.clone())
+            .or_insert_with(|| RestartBudget::new(ADAPTER_MAX_RESTARTS, ADAPTER_RESTART_WINDOW))
+            .allow()
     }
 
     fn load_bucket(&self, namespace: &str, id: &BucketId) -> Result<Bucket, ApiError> {

@@ -15,10 +15,11 @@
 //! counted in `hookline_actor_restarts_total{actor="delivery"}`; more than
 //! [`MAX_WORKER_RESTARTS`] in [`RESTART_WINDOW`] leaves it stopped with a `last_error`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::channel::{self, ChannelConfig, ChannelDeps};
@@ -91,7 +92,7 @@ struct Entry {
     stored: StoredWebhook,
     /// Plain channel configs (opened from `sealed`) and the signing secret.
     secrets: Option<WebhookSecrets>,
-    restarts: VecDeque<Instant>,
+    restarts: RestartBudget,
 }
 
 pub struct DeliveryState {
@@ -155,7 +156,10 @@ impl Actor for DeliveryRegistry {
         for w in stored {
             let secrets = open_secrets(&shared, &w);
             let id = w.webhook_id.clone();
-            state.webhooks.insert(id.clone(), Entry { stored: w, secrets, restarts: VecDeque::new() });
+            state.webhooks.insert(
+                id.clone(),
+                Entry { stored: w, secrets, restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
+            );
             state.spawn_worker(&myself, &id).await?;
         }
         crate::metrics::webhooks(state.webhooks.len());
@@ -265,12 +269,7 @@ impl Actor for DeliveryRegistry {
         };
         let Some(id) = state.webhook_of(&cell) else { return Ok(()) };
         let Some(entry) = state.webhooks.get_mut(&id) else { return Ok(()) };
-        let now = Instant::now();
-        while entry.restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
-            entry.restarts.pop_front();
-        }
-        entry.restarts.push_back(now);
-        if entry.restarts.len() > MAX_WORKER_RESTARTS {
+        if !entry.restarts.allow() {
             tracing::error!(webhook_id = %id, %reason, "delivery actor failed too often; leaving it stopped");
             state.set_last_error(
                 &id,
@@ -412,7 +411,10 @@ impl DeliveryState {
         let mut view = stored.view();
         // The one and only time the signing secret is shown.
         view["signing_secret"] = serde_json::Value::String(secrets.signing_secret.clone());
-        self.webhooks.insert(webhook_id.clone(), Entry { stored, secrets: Some(secrets), restarts: VecDeque::new() });
+        self.webhooks.insert(
+            webhook_id.clone(),
+            Entry { stored, secrets: Some(secrets), restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
+        );
         if let Err(e) = self.spawn_worker(myself, &webhook_id).await {
             tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");
         }

@@ -30,7 +30,42 @@ pub enum SupervisorMsg {}
 
 pub struct SupervisorState {
     shared: Shared,
-    restarts: VecDeque<Instant>,
+    restarts: RestartBudget,
+}
+
+/// A sliding-window restart budget, shared by every supervisor in the tree: a child may be
+/// restarted at most `max` times within `window`; past that the fault is persistent and
+/// restarting it again would only spin.
+#[derive(Debug)]
+pub struct RestartBudget {
+    max: usize,
+    window: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartBudget {
+    pub fn new(max: usize, window: Duration) -> RestartBudget {
+        RestartBudget { max, window, recent: VecDeque::new() }
+    }
+
+    /// Records a restart; false when the budget is spent.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.recent.len() <= self.max
+    }
+}
+
+/// The child and the reason of an exit (failure or stop); `None` for other events.
+pub fn child_exit(event: SupervisionEvent) -> Option<(ActorCell, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell, err.to_string())),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => Some((cell, reason.unwrap_or_else(|| "stopped".into()))),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -89,16 +124,6 @@ impl SupervisorState {
             None
         }
     }
-
-    /// Records a restart; false when the budget is spent.
-    fn allow_restart(&mut self) -> bool {
-        let now = Instant::now();
-        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
-            self.restarts.pop_front();
-        }
-        self.restarts.push_back(now);
-        self.restarts.len() <= MAX_RESTARTS
-    }
 }
 
 impl Actor for Supervisor {
@@ -109,7 +134,7 @@ impl Actor for Supervisor {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, shared: Shared) -> Result<Self::State, ActorProcessingErr> {
         spawn_child(Child::BucketRegistry, &myself, &shared).await?;
         spawn_child(Child::DeliveryRegistry, &myself, &shared).await?;
-        Ok(SupervisorState { shared, restarts: VecDeque::new() })
+        Ok(SupervisorState { shared, restarts: RestartBudget::new(MAX_RESTARTS, RESTART_WINDOW) })
     }
 
     async fn handle_supervisor_evt(
@@ -118,13 +143,9 @@ impl Actor for Supervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
-            _ => return Ok(()),
-        };
+        let Some((cell, reason)) = child_exit(event) else { return Ok(()) };
         let Some(child) = state.child_of(&cell) else { return Ok(()) };
-        if !state.allow_restart() {
+        if !state.restarts.allow() {
             tracing::error!(actor = child.kind(), %reason, "restart budget exhausted; stopping the supervision tree");
             myself.stop(Some(format!("{} failed too often", child.kind())));
             return Ok(());
@@ -146,5 +167,22 @@ impl Actor for Supervisor {
         _state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_budget_allows_max_then_refuses() {
+        let mut b = RestartBudget::new(2, Duration::from_secs(60));
+        assert!(b.allow());
+        assert!(b.allow());
+        assert!(!b.allow());
+        let mut short = RestartBudget::new(1, Duration::from_millis(1));
+        assert!(short.allow());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(short.allow(), "old restarts leave the window");
     }
 }
