@@ -71,41 +71,29 @@ async fn generated_api_key_is_printed_once_and_survives_restart() {
     assert_eq!(app.get("/v1/buckets").await.0, 200, "generated key still valid after restart");
 }
 
+/// Creates a bucket named `videos` in `namespace`.
+async fn create_in(app: &TestApp, namespace: &str) -> (u16, serde_json::Value) {
+    app.call_as(
+        Method::POST,
+        "/v1/buckets",
+        Some(json!({"bucket_name": "videos"})),
+        Some(&app.api_key),
+        Some(namespace),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn namespaces_isolate_buckets() {
     let app = TestApp::start().await;
-    let (s, a) = app
-        .call_as(
-            Method::POST,
-            "/v1/buckets",
-            Some(json!({"bucket_name": "videos"})),
-            Some(&app.api_key),
-            Some("team-a"),
-        )
-        .await;
+    let (s, a) = create_in(&app, "team-a").await;
     assert_eq!(s, 201, "{a}");
     let id = a["bucket_id"].as_str().unwrap();
     assert_eq!(a["namespace"], "team-a");
     // Same name in another namespace is fine; same name in the same namespace is a conflict.
-    let (s, _) = app
-        .call_as(
-            Method::POST,
-            "/v1/buckets",
-            Some(json!({"bucket_name": "videos"})),
-            Some(&app.api_key),
-            Some("team-b"),
-        )
-        .await;
+    let (s, _) = create_in(&app, "team-b").await;
     assert_eq!(s, 201);
-    let (s, b) = app
-        .call_as(
-            Method::POST,
-            "/v1/buckets",
-            Some(json!({"bucket_name": "videos"})),
-            Some(&app.api_key),
-            Some("team-a"),
-        )
-        .await;
+    let (s, b) = create_in(&app, "team-a").await;
     assert_eq!(s, 409, "{b}");
     // Invisible from other namespaces.
     let path = format!("/v1/buckets/{id}");
