@@ -71,6 +71,10 @@ pub enum AdapterMsg {
     Change(Box<ChangeRequest>),
     /// The writeback worker's latest failure, shown as the status `last_error`.
     WritebackFailed(String),
+    /// `DELETE …/objects/{id}` while this actor runs: deleting here serializes the delete
+    /// with updates of the same object (an update cannot write a deleted object back).
+    /// Replies `None` when the object does not exist.
+    DeleteObject(ObjectId, RpcReplyPort<Result<Option<Commit>, StoreError>>),
 }
 
 /// One upstream delivery, as the HTTP frontend hands it over.
@@ -343,6 +347,9 @@ impl Actor for SourceAdapterActor {
             }
             AdapterMsg::Fetched(f) => state.fetched(*f).await,
             AdapterMsg::Change(req) => state.change(*req).await,
+            AdapterMsg::DeleteObject(object_id, reply) => {
+                let _ = reply.send(state.delete_object(&object_id).await);
+            }
             AdapterMsg::Tick => {
                 if state.adapter.batching.mode == BatchMode::TimeWindow && state.window_due(now_millis()) {
                     state.flush_in_background("window");

@@ -503,6 +503,16 @@ impl RegistryState {
 
     async fn delete_object(&mut self, namespace: &str, id: &BucketId, object_id: &ObjectId) -> Result<(), ApiError> {
         self.load_bucket(namespace, id)?;
+        if let Some(actor) = self.children.get(id).cloned() {
+            // The adapter actor owns updates of its objects: delete through it.
+            let oid = object_id.clone();
+            let result = ractor::call_t!(actor, |reply| AdapterMsg::DeleteObject(oid, reply), 30_000)
+                .map_err(|e| ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry")))?;
+            return match result? {
+                Some(commit) => Ok(commit.finish().await?),
+                None => Err(ApiError::NotFound(format!("object {object_id} not found in bucket {id}"))),
+            };
+        }
         let key = records::key(id, object_id.as_str());
         let Some(obj) = self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else {
             return Err(ApiError::NotFound(format!("object {object_id} not found in bucket {id}")));

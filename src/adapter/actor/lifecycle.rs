@@ -71,6 +71,24 @@ impl AdapterState {
         }
     }
 
+    /// Deletes one object by ID (the objects API), with its index entry and `object.deleted`.
+    pub(super) async fn delete_object(&mut self, object_id: &ObjectId) -> Result<Option<super::Commit>, StoreError> {
+        // Earlier submits of this actor (e.g. the object's creation) must be readable first.
+        self.shared.store.commit(Batch::new()).await?;
+        let key = records::key(self.bucket_id(), object_id.as_str());
+        let Some(rec) = self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else {
+            return Ok(None);
+        };
+        let mut batch = Batch::new();
+        batch.delete(Keyspace::OBJECTS, &key);
+        if let Some(ext) = &rec.source.external_id {
+            let hash = records::dedup_hash(ext);
+            self.unindex(&mut batch, &hash, object_id);
+        }
+        let event = self.shared.bus.record(&mut batch, "object.deleted", rec.event_payload(), Vec::new());
+        Ok(Some(self.submit(batch, vec![event])))
+    }
+
     /// A change from the lifecycle route: no signature or filter here (the registry
     /// verified the connection's signature), and nothing happens in a bucket that holds no
     /// object of that upstream ID (so no fetch either).
