@@ -14,7 +14,8 @@ pub async fn healthz(_state: &HttpState) -> Result<Response, ApiError> {
 
 /// Ready when the store answers and the registries are running.
 pub async fn readyz(state: &HttpState) -> Result<Response, ApiError> {
-    let store_ok = state.shared.store.contains(crate::store::Keyspace::META, "format_version").unwrap_or(false);
+    let store_ok = state.shared.store.healthy()
+        && state.shared.store.contains(crate::store::Keyspace::META, "format_version").unwrap_or(false);
     let names = &state.shared.names;
     let buckets_ok = ActorRef::<RegistryMsg>::where_is(names.bucket_registry()).is_some();
     let delivery_ok = ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()).is_some();

@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -42,6 +43,8 @@ struct Request {
 #[derive(Clone)]
 pub(crate) struct Committer {
     tx: mpsc::UnboundedSender<Request>,
+    /// Set once a write failed: see `run`.
+    poisoned: Arc<AtomicBool>,
 }
 
 impl Committer {
@@ -49,12 +52,19 @@ impl Committer {
     /// writes and syncs), which on a runtime worker would stall every task queued behind it.
     pub(crate) fn start(backend: Arc<dyn Backend>) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
-        let spawned = std::thread::Builder::new().name("hookline-commit".into()).spawn(move || run(backend, rx));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let flag = poisoned.clone();
+        let spawned = std::thread::Builder::new().name("hookline-commit".into()).spawn(move || run(backend, rx, flag));
         if let Err(e) = spawned {
             // Without the loop every submit fails with `Closed` (the receiver is gone).
             tracing::error!(error = %e, "start the store's commit thread");
         }
-        Committer { tx }
+        Committer { tx, poisoned }
+    }
+
+    /// False once a write to the backend has failed (the store then refuses every write).
+    pub(crate) fn healthy(&self) -> bool {
+        !self.poisoned.load(Ordering::Relaxed)
     }
 
     pub(crate) fn submit(&self, batch: Batch) -> Durable {
@@ -91,8 +101,14 @@ impl Future for Durable {
 }
 
 /// The commit loop: one backend write and (when anyone needs it) one flush per group.
-fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>) {
+///
+/// After a failed apply or flush the loop refuses every later write with that error: a
+/// caller that learned "earlier writes are durable" from a later empty batch (a duplicate's
+/// answer, an actor's reload barrier) must never be told so when an earlier write was lost.
+/// A failing disk needs an operator; `/readyz` reports it.
+fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>, poisoned: Arc<AtomicBool>) {
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    let mut failure: Option<StoreError> = None;
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -100,6 +116,12 @@ fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>) {
                 Ok(r) => group.push(r),
                 Err(_) => break,
             }
+        }
+        if let Some(e) = &failure {
+            for r in group.drain(..) {
+                let _ = r.done.send(Err(e.clone()));
+            }
+            continue;
         }
         let started = Instant::now();
         let many = group.len() > 1;
@@ -120,7 +142,10 @@ fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>) {
         let result = if merged.is_empty() { Ok(()) } else { backend.apply(&merged) };
         drop(merged);
         if let Err(e) = &result {
-            tracing::error!(error = %e, "group commit failed");
+            tracing::error!(error = %e, "group commit failed; refusing further writes");
+            failure =
+                Some(StoreError::Io(format!("an earlier write failed ({e}); check the disk and restart hookline")));
+            poisoned.store(true, Ordering::Relaxed);
         }
         for w in applied {
             let _ = w.send(result.clone());
@@ -137,7 +162,12 @@ fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>) {
             r
         });
         if let Err(e) = &result {
-            tracing::error!(error = %e, "group commit flush failed");
+            tracing::error!(error = %e, "group commit flush failed; refusing further writes");
+            if failure.is_none() {
+                failure =
+                    Some(StoreError::Io(format!("an earlier flush failed ({e}); check the disk and restart hookline")));
+                poisoned.store(true, Ordering::Relaxed);
+            }
         }
         crate::metrics::store_commit(durable.len(), started.elapsed(), result.is_ok());
         for w in durable {

@@ -259,6 +259,11 @@ impl Store {
         self.backend.flush().await
     }
 
+    /// False once a write has failed: the store then refuses all writes until a restart.
+    pub fn healthy(&self) -> bool {
+        self.committer.healthy()
+    }
+
     /// Bytes used on disk, for the storage gauge.
     pub fn size_on_disk(&self) -> u64 {
         self.backend.size_on_disk().unwrap_or(0)
@@ -354,5 +359,49 @@ mod tests {
         }
         let store = store.expect("reopen store");
         assert_eq!(store.get::<String>(Keyspace::BUCKETS, "bkt_1").unwrap().as_deref(), Some("x"));
+    }
+
+    /// A backend whose writes can be made to fail, to test the committer's failure path.
+    struct Flaky {
+        inner: SledBackend,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Backend for Flaky {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut backend::Visitor<'_>) -> Result<(), StoreError> {
+            self.inner.scan_from(start, prefix, visit)
+        }
+        fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+            if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Io("injected".into()));
+            }
+            self.inner.apply(batch)
+        }
+        fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>> {
+            self.inner.flush()
+        }
+        fn size_on_disk(&self) -> Result<u64, StoreError> {
+            self.inner.size_on_disk()
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_every_later_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Arc::new(Flaky { inner: SledBackend::open(dir.path()).unwrap(), fail: false.into() });
+        let store = Store::open(flaky.clone()).unwrap();
+        store.commit(Batch::new()).await.unwrap();
+        assert!(store.healthy());
+        flaky.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut b = Batch::new();
+        b.put(Keyspace::OBJECTS, "lost", &1);
+        assert!(store.commit(b).await.is_err());
+        flaky.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        // An empty barrier must not claim that the lost write is durable.
+        assert!(store.commit(Batch::new()).await.is_err());
+        assert!(!store.healthy());
     }
 }
