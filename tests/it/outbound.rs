@@ -113,7 +113,7 @@ async fn webhook_crud_validation_and_catalog() {
         .post(
             "/v1/organizations/webhooks",
             json!({"webhook_name": "Audit", "event_types": ["object.created"], "channels": [
-                {"channel": "webhook", "configs": {"url": rx.url("/a"), "secret": "shh-very-secret", "headers": {"X-Team": "core"}}}
+                {"channel": "webhook", "configs": {"url": rx.url("/a"), "secret": "shh-very-secret", "headers": {"X-Team": "core", "X-Auth": "Bearer t0ken-xyz"}}}
             ]}),
         )
         .await;
@@ -129,6 +129,7 @@ async fn webhook_crud_validation_and_catalog() {
     assert_eq!(got["channels"][0]["configs"]["secret"], "********");
     // Header values often carry credentials: shown (and stored in plain text) only redacted.
     assert_eq!(got["channels"][0]["configs"]["headers"]["X-Team"], "********");
+    assert!(!got.to_string().contains("t0ken-xyz"), "header value shown: {got}");
     let (_, list) = app.get("/v1/organizations/webhooks").await;
     assert_eq!(list["results"].as_array().unwrap().len(), 1);
 
@@ -159,6 +160,8 @@ async fn webhook_crud_validation_and_catalog() {
     assert!(eventually(WAIT, || async { rx.count() >= 1 }).await);
     assert_eq!(rx.captured()[0].header("x-mixpeek-secret"), Some("shh-very-secret"));
     assert_eq!(rx.captured()[0].header("x-team"), Some("platform"));
+    // The header sent back redacted kept its stored value.
+    assert_eq!(rx.captured()[0].header("x-auth"), Some("Bearer t0ken-xyz"));
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"event_types": []})).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_types")));
 
