@@ -129,7 +129,9 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         AdapterMsg::Ingest(Box::new(IngestRequest {
             headers,
             raw: req.body.clone(),
-            payload: parse_ingest_body(&req.body),
+            // Parsed whatever the declared Content-Type: upstreams often send JSON as `text/plain`
+            // or untyped, and the contract answers "not JSON" with 400, never 415.
+            payload: super::request::parse_json(&req.body),
             reply,
         }))
     };
@@ -329,7 +331,8 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
         connection_id,
         signature: req.header("mux-signature").map(str::to_string),
         raw: req.body.clone(),
-        payload: parse_ingest_body(&req.body),
+        // Like an ingest body: parsed whatever the declared Content-Type.
+        payload: super::request::parse_json(&req.body),
     };
     let registry = state.shared.bucket_registry()?;
     let LifecyclePlan { event_type, lifecycle, waits } =
@@ -389,16 +392,4 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
             "errors": errors,
         }),
     ))
-}
-
-/// Ingest bodies are parsed whatever their declared Content-Type: upstreams often send JSON as
-/// `text/plain` or with no type, and the contract answers "not JSON" with 400, never 415.
-fn parse_ingest_body(body: &bytes::Bytes) -> Result<serde_json::Value, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::BadRequest {
-            code: "malformed_json",
-            message: "request body is empty; expected JSON".into(),
-        });
-    }
-    serde_json::from_slice(body).map_err(ApiError::bad_json)
 }

@@ -73,13 +73,7 @@ impl Request {
     /// The body as any JSON value: 415 for a non-JSON content type, 400 when it does not parse.
     pub fn json_value(&self) -> Result<serde_json::Value, ApiError> {
         self.require_json_content_type()?;
-        if self.body.is_empty() {
-            return Err(ApiError::BadRequest {
-                code: "malformed_json",
-                message: "request body is empty; expected JSON".into(),
-            });
-        }
-        serde_json::from_slice(&self.body).map_err(ApiError::bad_json)
+        parse_json(&self.body)
     }
 
     /// The body as `T`: 400 for malformed JSON, 422 naming the field for a wrong shape.
@@ -95,6 +89,17 @@ impl Request {
             Some(v) => v.parse().map(Some).map_err(|_| ApiError::validation(name, format!("invalid value {v:?}"))),
         }
     }
+}
+
+/// Parses a body as JSON whatever its declared type: 400 when empty or malformed.
+pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: "malformed_json",
+            message: "request body is empty; expected JSON".into(),
+        });
+    }
+    serde_json::from_slice(body).map_err(ApiError::bad_json)
 }
 
 /// Deserializes a JSON value, mapping failures to 422 with the dot-path of the field.
