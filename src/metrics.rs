@@ -18,6 +18,7 @@ pub const STORE_COMMITS: &str = "hookline_store_commits_total";
 pub const STORE_COMMIT_BATCHES: &str = "hookline_store_commit_batches_total";
 pub const STORE_COMMIT_DURATION: &str = "hookline_store_commit_duration_seconds";
 pub const STORE_FLUSH_DURATION: &str = "hookline_store_flush_duration_seconds";
+pub const STORE_CHECKPOINT_DURATION: &str = "hookline_store_checkpoint_duration_seconds";
 pub const STORE_SIZE: &str = "hookline_store_size_bytes";
 pub const EVENTS_PUBLISHED: &str = "hookline_events_published_total";
 pub const BUCKETS: &str = "hookline_buckets";
@@ -48,13 +49,22 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests served, by route template, method and status");
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency by route template and method");
     describe_counter!(ACTOR_RESTARTS, "Supervised actors restarted after a failure, by actor kind");
-    describe_counter!(STORE_COMMITS, "Group commits (one backend write + one fsync each), by outcome");
+    describe_counter!(STORE_COMMITS, "Group commits (one log write + one fsync + one apply each), by outcome");
     describe_counter!(STORE_COMMIT_BATCHES, "Batches made durable by group commits");
-    describe_histogram!(STORE_COMMIT_DURATION, Unit::Seconds, "Time to apply and fsync one group commit");
+    describe_histogram!(
+        STORE_COMMIT_DURATION,
+        Unit::Seconds,
+        "Time from a group's first batch to its submitters' answer (log, fsync, apply)"
+    );
     describe_histogram!(
         STORE_FLUSH_DURATION,
         Unit::Seconds,
-        "Time of one store flush (fsync), the part of a commit after the apply"
+        "Time to write and fsync one group's record in the write-ahead log"
+    );
+    describe_histogram!(
+        STORE_CHECKPOINT_DURATION,
+        Unit::Seconds,
+        "Time of one checkpoint (a sled flush that lets full log segments be deleted)"
     );
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Size of the sled data directory on disk");
     describe_counter!(EVENTS_PUBLISHED, "Events recorded on the internal event bus, by event type");
@@ -82,6 +92,10 @@ pub fn store_commit(batches: usize, elapsed: Duration, ok: bool) {
 
 pub fn store_flush(elapsed: Duration) {
     histogram!(STORE_FLUSH_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn store_checkpoint(elapsed: Duration) {
+    histogram!(STORE_CHECKPOINT_DURATION).record(elapsed.as_secs_f64());
 }
 
 pub fn store_size(bytes: u64) {

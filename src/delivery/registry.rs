@@ -549,11 +549,9 @@ impl DeliveryState {
         self.draining = true;
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
-        // Applied, not flushed: the batch is atomic (deliveries in, outbox entries out), so a
-        // crash before the next flush leaves the events in the outbox and the fan-out is
-        // redone with the same delivery IDs (same `webhook-id`): at least once, nothing lost.
-        // Waiting for an fsync here would only delay the first attempt.
-        let durable = self.shared.store.submit_unflushed(batch);
+        // The batch is atomic across a crash (deliveries in, outbox entries out), and the
+        // workers hear of the deliveries only once it is durable and applied.
+        let durable = self.shared.store.submit(batch);
         let names = self.shared.names.clone();
         let me = myself.clone();
         tokio::spawn(async move {

@@ -9,8 +9,8 @@
 //!
 //! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], and a `Flush`
 //! queued behind them submits it once the mailbox has drained (one commit for many
-//! deliveries), applied without waiting for a flush: losing one in a crash only means a
-//! redelivery with the same `webhook-id` (at least once).
+//! deliveries). Nothing waits on that commit but a task that logs its failure: losing an
+//! outcome in a crash only means a redelivery with the same `webhook-id` (at least once).
 //!
 //! This actor must not write webhook records: `last_error` goes to the registry.
 
@@ -204,8 +204,8 @@ impl Actor for DeliveryWorker {
             WorkerMsg::Flush => {
                 state.flush_queued = false;
                 if !state.writes.is_empty() {
-                    // Unflushed: a lost outcome only means a redelivery (module docs).
-                    let durable = state.shared.store.submit_unflushed(std::mem::take(&mut state.writes));
+                    // Not awaited here: a lost outcome only means a redelivery (module docs).
+                    let durable = state.shared.store.submit(std::mem::take(&mut state.writes));
                     tokio::spawn(async move {
                         if let Err(e) = durable.await {
                             tracing::error!(error = %e, "write delivery outcomes");

@@ -15,16 +15,18 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Visits keys `>= start` in order while they start with `prefix`.
     fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError>;
-    /// Applies all operations atomically (not necessarily durably: see `flush`).
+    /// Applies the operations in order, not necessarily atomically nor durably: the
+    /// write-ahead log in front of the backend provides both (see `store/wal.rs`), and
+    /// `flush` makes everything applied durable in the backend itself.
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Makes every applied batch durable.
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }
 
-/// sled 0.34 backend. One tree holds every keyspace, so one `apply_batch` is atomic across
-/// them. sled buffers writes and flushes every 500 ms by itself; we never rely on that and
-/// flush explicitly before acknowledging anything.
+/// sled 0.34 backend. One tree holds every keyspace. sled buffers writes and flushes every
+/// 500 ms by itself; nothing relies on that: acknowledged writes are in the write-ahead log,
+/// and a checkpoint flushes sled explicitly before deleting log segments.
 pub struct SledBackend {
     db: sled::Db,
     tree: sled::Tree,
@@ -61,14 +63,19 @@ impl Backend for SledBackend {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
+        // Single inserts, not `apply_batch`: atomicity across a crash comes from the
+        // write-ahead log (store/wal.rs), and sled seals and writes its log buffer at the end
+        // of every `apply_batch`, which is most of what a group commit used to cost.
         for op in &batch.ops {
             match op {
-                Op::Put(k, v) => b.insert(k.as_slice(), v.as_slice()),
-                Op::Delete(k) => b.remove(k.as_slice()),
+                Op::Put(k, v) => {
+                    self.tree.insert(k.as_slice(), v.as_slice())?;
+                }
+                Op::Delete(k) => {
+                    self.tree.remove(k.as_slice())?;
+                }
             }
         }
-        self.tree.apply_batch(b)?;
         Ok(())
     }
 

@@ -1,34 +1,34 @@
-//! Group commit: many writers, one fsync.
+//! Group commit: many writers, one log write and one fsync.
 //!
-//! A flush costs about the same whether it covers one batch or a thousand (and sled charges
-//! per batch applied), so the committer drains every batch waiting in its queue, applies them
-//! as one backend batch, and answers each submitter only after a flush that started after
-//! that apply. Under load the queue fills while a flush is running, so groups grow exactly
-//! when it pays off; when idle a lone batch is committed at once. Order of submission is
-//! order of application.
+//! A sync costs about the same whether it covers one batch or a thousand, so the log thread
+//! drains every batch waiting in its queue, writes them as one record of the write-ahead log
+//! ([`super::wal`]) and syncs it. Under load the queue fills while a sync is running, so
+//! groups grow exactly when it pays off; when idle a lone batch is committed at once.
 //!
-//! One loop on its own thread: apply a group, flush, answer, repeat. It is deliberately not
-//! pipelined: sled 0.34 writes (and syncs) its log buffer on every `apply_batch`, so the cost
-//! is per *apply*, and the fewer, larger groups a serial loop collects (batches queue up
-//! while a flush runs) beat applying small groups during the flush (measured: pipelining
-//! doubled the applies and lost throughput). Batches submitted with
-//! [`Committer::submit_unflushed`] ride along in the same groups and are answered right after
-//! the apply; they reach the disk with that group's flush if it has durable batches, else
-//! with the next one (or sled's own every 500 ms), and their writers accept losing them in
-//! a crash.
+//! A durable group then goes to the apply thread, which writes it into the backend (sled, in
+//! memory) and only then answers its submitters. So a write is visible to readers only once
+//! it is on disk, and applying group N overlaps with syncing group N+1. Order of submission
+//! is order of logging and of application; an empty batch is a barrier ("everything
+//! submitted before me is durable and applied").
+//!
+//! Two helper threads keep the log short and fast: the prep thread zero-fills the next
+//! segment before it is needed, and the checkpoint thread flushes the backend once a segment
+//! is fully applied and then deletes it.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc as sync_mpsc, Arc};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::{self, Segment};
 use super::{Backend, Batch, Op, StoreError};
 
-/// Most batches merged into one backend write.
+/// Most batches merged into one log record.
 const MAX_GROUP: usize = 512;
 
 type Done = oneshot::Sender<Result<(), StoreError>>;
@@ -36,56 +36,73 @@ type Done = oneshot::Sender<Result<(), StoreError>>;
 struct Request {
     batch: Batch,
     done: Done,
-    /// Answer only after a flush (false: after the apply).
-    durable: bool,
+}
+
+/// A logged group on its way to the backend.
+struct Logged {
+    batch: Batch,
+    done: Vec<Done>,
+    /// The segment holding it (`None`: nothing was logged, a barrier or a refused group).
+    segment: Option<u64>,
+    /// Set when logging failed: answer this instead of applying.
+    failed: Option<StoreError>,
+    started: Instant,
 }
 
 #[derive(Clone)]
 pub(crate) struct Committer {
     tx: mpsc::UnboundedSender<Request>,
-    /// Set once a write failed: see `run`.
+    /// Set once a write failed: see `log_loop`.
     poisoned: Arc<AtomicBool>,
 }
 
 impl Committer {
-    /// Starts the commit loop on its own thread: sled's apply and flush block (log buffer
-    /// writes and syncs), which on a runtime worker would stall every task queued behind it.
-    pub(crate) fn start(backend: Arc<dyn Backend>) -> Committer {
+    /// Starts the log, apply, prep and checkpoint threads. `next_segment` is the first free
+    /// segment number in `wal_dir` (see [`wal::recover`]). Blocking file and sled calls
+    /// happen on these threads, never on a runtime worker.
+    pub(crate) fn start(
+        backend: Arc<dyn Backend>,
+        wal_dir: PathBuf,
+        next_segment: u64,
+    ) -> Result<Committer, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let poisoned = Arc::new(AtomicBool::new(false));
+        let (spare_tx, spare_rx) = sync_mpsc::sync_channel::<std::io::Result<Segment>>(1);
+        let (apply_tx, apply_rx) = sync_mpsc::channel::<Logged>();
+        let (checkpoint_tx, checkpoint_rx) = sync_mpsc::channel::<u64>();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| StoreError::Io(format!("start the store's {name} thread: {e}")))
+        };
+        let dir = wal_dir.clone();
+        spawn("hookline-walprep", Box::new(move || prep_loop(dir, next_segment, spare_tx)))?;
+        let (b, flag) = (backend.clone(), poisoned.clone());
+        spawn("hookline-ckpt", Box::new(move || checkpoint_loop(b, wal_dir, checkpoint_rx, flag)))?;
+        let (b, flag) = (backend, poisoned.clone());
+        spawn("hookline-apply", Box::new(move || apply_loop(b, apply_rx, checkpoint_tx, flag)))?;
         let flag = poisoned.clone();
-        let spawned = std::thread::Builder::new().name("hookline-commit".into()).spawn(move || run(backend, rx, flag));
-        if let Err(e) = spawned {
-            // Without the loop every submit fails with `Closed` (the receiver is gone).
-            tracing::error!(error = %e, "start the store's commit thread");
-        }
-        Committer { tx, poisoned }
+        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, apply_tx, flag)))?;
+        Ok(Committer { tx, poisoned })
     }
 
-    /// False once a write to the backend has failed (the store then refuses every write).
+    /// False once a write has failed (the store then refuses every write).
     pub(crate) fn healthy(&self) -> bool {
         !self.poisoned.load(Ordering::Relaxed)
     }
 
     pub(crate) fn submit(&self, batch: Batch) -> Durable {
-        self.send(batch, true)
-    }
-
-    pub(crate) fn submit_unflushed(&self, batch: Batch) -> Durable {
-        self.send(batch, false)
-    }
-
-    fn send(&self, batch: Batch, durable: bool) -> Durable {
         let (done, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(r)) = self.tx.send(Request { batch, done, durable }) {
+        if let Err(mpsc::error::SendError(r)) = self.tx.send(Request { batch, done }) {
             let _ = r.done.send(Err(StoreError::Closed));
         }
         Durable(rx)
     }
 }
 
-/// Resolves when a submitted batch is on disk (or failed to get there); for
-/// [`crate::store::Store::submit_unflushed`], when it is applied.
+/// Resolves when a submitted batch is on disk and applied (or failed to get there).
 pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
 
 impl Future for Durable {
@@ -100,16 +117,30 @@ impl Future for Durable {
     }
 }
 
-/// The commit loop: one backend write and (when anyone needs it) one flush per group.
+fn poison(flag: &AtomicBool, what: &str, e: &dyn std::fmt::Display) -> StoreError {
+    tracing::error!(error = %e, "{what} failed; refusing further writes");
+    flag.store(true, Ordering::Relaxed);
+    StoreError::Io(format!("an earlier write failed ({e}); check the disk and restart hookline"))
+}
+
+/// The log loop: one record and one sync per group, then on to the apply thread.
 ///
-/// After a failed apply or flush the loop refuses every later write with that error: a
-/// caller that learned "earlier writes are durable" from a later empty batch (a duplicate's
-/// answer, an actor's reload barrier) must never be told so when an earlier write was lost.
-/// A failing disk needs an operator; `/readyz` reports it.
-fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>, poisoned: Arc<AtomicBool>) {
+/// After a failed write the loop refuses every later write with that error: a caller that
+/// learned "earlier writes are durable" from a later empty batch (a duplicate's answer, an
+/// actor's reload barrier) must never be told so when an earlier write was lost. A failing
+/// disk needs an operator; `/readyz` reports it.
+fn log_loop(
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    spares: sync_mpsc::Receiver<std::io::Result<Segment>>,
+    apply: sync_mpsc::Sender<Logged>,
+    poisoned: Arc<AtomicBool>,
+) {
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     let mut failure: Option<StoreError> = None;
+    let mut segment: Option<Segment> = None;
+    let mut record = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let started = Instant::now();
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -117,66 +148,136 @@ fn run(backend: Arc<dyn Backend>, mut rx: mpsc::UnboundedReceiver<Request>, pois
                 Err(_) => break,
             }
         }
-        if let Some(e) = &failure {
-            for r in group.drain(..) {
-                let _ = r.done.send(Err(e.clone()));
-            }
-            continue;
-        }
-        let started = Instant::now();
         let many = group.len() > 1;
         let mut merged = Batch::new();
-        let mut durable = Vec::with_capacity(group.len());
-        let mut applied = Vec::new();
+        let mut done = Vec::with_capacity(group.len());
         for r in group.drain(..) {
             merged.extend(r.batch);
-            if r.durable {
-                durable.push(r.done);
-            } else {
-                applied.push(r.done);
-            }
+            done.push(r.done);
         }
         if many {
             drop_overwritten(&mut merged);
         }
-        let result = if merged.is_empty() { Ok(()) } else { backend.apply(&merged) };
-        drop(merged);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "group commit failed; refusing further writes");
-            failure =
-                Some(StoreError::Io(format!("an earlier write failed ({e}); check the disk and restart hookline")));
-            poisoned.store(true, Ordering::Relaxed);
-        }
-        for w in applied {
-            let _ = w.send(result.clone());
-        }
-        if durable.is_empty() {
-            continue;
-        }
-        // Flush even after an empty apply: an empty batch is a barrier ("everything
-        // submitted before me is durable").
-        let result = result.and_then(|()| {
-            let flush_started = Instant::now();
-            let r = futures::executor::block_on(backend.flush());
-            crate::metrics::store_flush(flush_started.elapsed());
-            r
-        });
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "group commit flush failed; refusing further writes");
-            if failure.is_none() {
-                failure =
-                    Some(StoreError::Io(format!("an earlier flush failed ({e}); check the disk and restart hookline")));
-                poisoned.store(true, Ordering::Relaxed);
+        let mut logged = Logged { batch: Batch::new(), done, segment: None, failed: failure.clone(), started };
+        if failure.is_none() && !merged.is_empty() {
+            record.clear();
+            wal::encode(&merged, &mut record);
+            let synced = Instant::now();
+            match append(&mut segment, &spares, &record) {
+                Ok(no) => {
+                    crate::metrics::store_flush(synced.elapsed());
+                    logged.batch = merged;
+                    logged.segment = Some(no);
+                }
+                Err(e) => {
+                    let e = poison(&poisoned, "write-ahead log write", &e);
+                    failure = Some(e.clone());
+                    logged.failed = Some(e);
+                }
             }
         }
-        crate::metrics::store_commit(durable.len(), started.elapsed(), result.is_ok());
-        for w in durable {
-            let _ = w.send(result.clone());
+        if let Err(sync_mpsc::SendError(l)) = apply.send(logged) {
+            for d in l.done {
+                let _ = d.send(Err(StoreError::Closed));
+            }
         }
     }
-    // All senders gone: make sure nothing applied is left unflushed.
-    if let Err(e) = futures::executor::block_on(backend.flush()) {
-        tracing::error!(error = %e, "final store flush failed");
+}
+
+/// Appends one record to the current segment, moving to a fresh one when it is full.
+/// Returns the number of the segment that holds it.
+fn append(
+    segment: &mut Option<Segment>,
+    spares: &sync_mpsc::Receiver<std::io::Result<Segment>>,
+    record: &[u8],
+) -> std::io::Result<u64> {
+    if !segment.as_ref().is_some_and(|s| s.fits(record.len())) {
+        let mut next = spares.recv().map_err(|_| std::io::Error::other("log segment preparation stopped"))??;
+        if !next.fits(record.len()) {
+            // Larger than a whole segment: give it one of its own size, in place of the spare.
+            let (no, dir) = (next.no, next.dir().to_path_buf());
+            drop(next);
+            next = Segment::create(&dir, no, wal::capacity_for(record.len()))?;
+        }
+        *segment = Some(next);
+    }
+    let seg = segment.as_mut().ok_or_else(|| std::io::Error::other("no log segment"))?;
+    seg.append(record)?;
+    Ok(seg.no)
+}
+
+/// Keeps one zero-filled segment ready for the log loop (numbers ascending from `next`).
+fn prep_loop(dir: PathBuf, mut next: u64, spares: sync_mpsc::SyncSender<std::io::Result<Segment>>) {
+    loop {
+        let seg = Segment::create(&dir, next, wal::SEGMENT_BYTES);
+        if let Err(e) = &seg {
+            tracing::error!(error = %e, "prepare a write-ahead log segment");
+        }
+        if spares.send(seg).is_err() {
+            return; // the log loop is gone; a spare left behind replays as empty
+        }
+        next += 1;
+    }
+}
+
+/// Applies logged groups to the backend in order and answers their submitters.
+fn apply_loop(
+    backend: Arc<dyn Backend>,
+    rx: sync_mpsc::Receiver<Logged>,
+    checkpoint: sync_mpsc::Sender<u64>,
+    poisoned: Arc<AtomicBool>,
+) {
+    let mut failure: Option<StoreError> = None;
+    let mut current: Option<u64> = None;
+    while let Ok(logged) = rx.recv() {
+        let n = logged.done.len();
+        let result = match (logged.failed, &failure) {
+            (Some(e), _) => Err(e),
+            (None, Some(e)) => Err(e.clone()),
+            (None, None) if logged.batch.is_empty() => Ok(()),
+            (None, None) => backend.apply(&logged.batch).map_err(|e| {
+                let e = poison(&poisoned, "store apply", &e);
+                failure = Some(e.clone());
+                e
+            }),
+        };
+        crate::metrics::store_commit(n, logged.started.elapsed(), result.is_ok());
+        for d in logged.done {
+            let _ = d.send(result.clone());
+        }
+        if let Some(no) = logged.segment {
+            if let Some(prev) = current.filter(|p| *p < no) {
+                let _ = checkpoint.send(prev);
+            }
+            current = Some(no);
+        }
+    }
+    // The log loop is gone (shutdown): checkpoint the segment in use too.
+    if let Some(no) = current.filter(|_| failure.is_none()) {
+        let _ = checkpoint.send(no);
+    }
+}
+
+/// Flushes the backend once a segment is fully applied, then deletes the segments it covers.
+fn checkpoint_loop(backend: Arc<dyn Backend>, dir: PathBuf, rx: sync_mpsc::Receiver<u64>, poisoned: Arc<AtomicBool>) {
+    while let Ok(mut through) = rx.recv() {
+        // Coalesce: one flush covers every segment finished meanwhile.
+        while let Ok(n) = rx.try_recv() {
+            through = through.max(n);
+        }
+        if poisoned.load(Ordering::Relaxed) {
+            continue; // keep the log: a restart replays it
+        }
+        let started = Instant::now();
+        match futures::executor::block_on(backend.flush()) {
+            Ok(()) => {
+                crate::metrics::store_checkpoint(started.elapsed());
+                if let Err(e) = wal::remove_through(&dir, through) {
+                    tracing::warn!(error = %e, "remove checkpointed log segments (they replay harmlessly)");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "checkpoint flush failed; the log is kept for replay"),
+        }
     }
 }
 

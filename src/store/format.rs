@@ -1,13 +1,15 @@
 //! The on-disk format version and its migrations.
 //!
 //! `meta\0format_version` holds the version that wrote the data. A newer binary migrates an
-//! older format in place (none exist yet); an older binary refuses a newer format instead of
-//! misreading it.
+//! older format in place; an older binary refuses a newer format instead of misreading it.
+//!
+//! Versions: 1 = sled only. 2 = the write-ahead log in `wal/` holds writes sled may not have
+//! yet (a version-1 binary would ignore it and lose them), keyspaces unchanged.
 
 use super::{Backend, Batch, Keyspace, StoreError};
 
-/// Bump when the encoding of any keyspace changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) fn check_and_migrate(backend: &dyn Backend) -> Result<(), StoreError> {
     let key = Keyspace::META.key("format_version");
@@ -23,10 +25,7 @@ pub(crate) fn check_and_migrate(backend: &dyn Backend) -> Result<(), StoreError>
                     "the data directory holds data without a format version; it was not written by hookline".into(),
                 ));
             }
-            let mut b = Batch::new();
-            b.put(Keyspace::META, "format_version", &FORMAT_VERSION);
-            backend.apply(&b)?;
-            Ok(())
+            write_version(backend)
         }
         Some(bytes) => {
             let v: u32 = serde_json::from_slice(&bytes)
@@ -36,8 +35,20 @@ pub(crate) fn check_and_migrate(backend: &dyn Backend) -> Result<(), StoreError>
                     "the data directory has format version {v}, newer than this binary's {FORMAT_VERSION}; upgrade hookline"
                 )));
             }
-            // v < FORMAT_VERSION: run migrations v → v+1 here when there are any.
+            if v < FORMAT_VERSION {
+                // 1 → 2 changes no keyspace: the log comes into use with this binary.
+                tracing::info!(from = v, to = FORMAT_VERSION, "migrating the data directory's format");
+                write_version(backend)?;
+            }
             Ok(())
         }
     }
+}
+
+/// Records this binary's version, flushed: from here on an older binary refuses the data.
+fn write_version(backend: &dyn Backend) -> Result<(), StoreError> {
+    let mut b = Batch::new();
+    b.put(Keyspace::META, "format_version", &FORMAT_VERSION);
+    backend.apply(&b)?;
+    futures::executor::block_on(backend.flush())
 }

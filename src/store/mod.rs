@@ -7,7 +7,8 @@
 //! through slow, retrying transactions.
 //!
 //! Writes are made durable by the group committer ([`commit`]): callers submit a batch and
-//! await a [`Durable`]; concurrent batches are merged into one backend write and one fsync.
+//! await a [`Durable`]; concurrent batches are merged into one record of our write-ahead log
+//! ([`wal`]) and one fsync, then applied to the backend, which persists them lazily.
 //!
 //! The backend is a trait ([`Backend`]) so a PostgreSQL-compatible backend can replace sled
 //! later without touching callers. This module must not know about HTTP or actors.
@@ -15,6 +16,7 @@
 mod backend;
 mod commit;
 mod format;
+mod wal;
 
 pub use backend::{Backend, SledBackend};
 pub use commit::Durable;
@@ -142,17 +144,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the sled store at `path`, checks the format version and starts the
-    /// group committer. Must be called inside a tokio runtime.
+    /// Opens (or creates) the sled store at `path` (its write-ahead log in `path/wal`),
+    /// replays the log, checks the format version and starts the group committer.
     pub fn open_sled(path: &std::path::Path) -> Result<Store, StoreError> {
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(path)?);
-        Self::open(backend)
+        Self::open(backend, &path.join("wal"))
     }
 
-    /// Opens a store over any backend.
-    pub fn open(backend: Arc<dyn Backend>) -> Result<Store, StoreError> {
+    /// Opens a store over any backend, with its write-ahead log in `wal_dir`.
+    pub fn open(backend: Arc<dyn Backend>, wal_dir: &std::path::Path) -> Result<Store, StoreError> {
+        // Replay first: the format version itself may sit in the log.
+        let next_segment = wal::recover(wal_dir, backend.as_ref())?;
         format::check_and_migrate(backend.as_ref())?;
-        let committer = commit::Committer::start(backend.clone());
+        let committer = commit::Committer::start(backend.clone(), wal_dir.to_path_buf(), next_segment)?;
         Ok(Store { backend, committer })
     }
 
@@ -234,19 +238,11 @@ impl Store {
     }
 
     /// Submits a batch to the group committer. The returned [`Durable`] resolves once the
-    /// batch is applied *and* flushed to disk: answer a client only after awaiting it.
-    /// Batches are applied in submission order.
+    /// batch is on disk (in the log) *and* applied, i.e. visible to reads: answer a client
+    /// only after awaiting it. Batches are applied in submission order, each atomically with
+    /// respect to a crash (a reader may briefly see part of a batch being applied).
     pub fn submit(&self, batch: Batch) -> Durable {
         self.committer.submit(batch)
-    }
-
-    /// Submits a batch whose loss in a crash is acceptable (e.g. a delivery outcome: the
-    /// delivery is then sent again, with the same webhook-id). It is applied in submission
-    /// order like any batch, atomically, but the returned future resolves once it is
-    /// *applied* (visible to reads), without waiting for a flush; it reaches the disk with
-    /// the next flush. Never use it for anything acknowledged to a client.
-    pub fn submit_unflushed(&self, batch: Batch) -> Durable {
-        self.committer.submit_unflushed(batch)
     }
 
     /// Submits a batch and waits until it is durable.
@@ -254,7 +250,8 @@ impl Store {
         self.submit(batch).await
     }
 
-    /// Flushes everything written so far to disk.
+    /// Flushes the backend itself (everything committed is durable already, in the log;
+    /// this only shortens the next start-up's replay).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.backend.flush().await
     }
@@ -322,14 +319,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unflushed_batches_are_applied_in_order_with_durable_ones() {
+    async fn batches_are_applied_in_submission_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sled(dir.path()).unwrap();
         let mut waits = Vec::new();
         for i in 0..100 {
             let mut b = Batch::new();
             b.put(Keyspace::META, "k", &i);
-            waits.push(if i % 3 == 0 { store.submit(b) } else { store.submit_unflushed(b) });
+            waits.push(store.submit(b));
         }
         for w in waits {
             w.await.unwrap();
@@ -392,7 +389,7 @@ mod tests {
     async fn after_a_failed_write_every_later_write_fails() {
         let dir = tempfile::tempdir().unwrap();
         let flaky = Arc::new(Flaky { inner: SledBackend::open(dir.path()).unwrap(), fail: false.into() });
-        let store = Store::open(flaky.clone()).unwrap();
+        let store = Store::open(flaky.clone(), &dir.path().join("wal")).unwrap();
         store.commit(Batch::new()).await.unwrap();
         assert!(store.healthy());
         flaky.fail.store(true, std::sync::atomic::Ordering::Relaxed);

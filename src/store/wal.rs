@@ -1,0 +1,280 @@
+//! The write-ahead log: what makes a group of batches durable before sled sees it.
+//!
+//! Why a log of our own: sled 0.34 seals and writes its log buffer on every `apply_batch`
+//! and every flush, so making each group durable through sled cost ~2 ms of mostly waiting
+//! plus a fresh 512 KiB buffer per group. Here a group costs one `pwrite` and one
+//! `fdatasync` into a segment whose blocks already exist: segments are filled with zeros
+//! ahead of time (by the committer's prep thread), so the sync writes data only, no file
+//! metadata (measured on this machine: 0.19 ms vs 0.55 ms for an appending file). sled then
+//! takes the writes in memory and persists them in its own time; a checkpoint (a sled
+//! flush) retires the segments it covers, and start-up replays whatever segments are left.
+//!
+//! Replay is safe whatever state sled crashed in: records are replayed in log order, so every
+//! key written since the last checkpoint ends with its last logged value, and every other key
+//! was on disk at that checkpoint's flush.
+//!
+//! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` of zeros overwritten from the
+//! start by records `[len: u32 LE][crc32(payload): u32 LE][payload]`; a zero length ends the
+//! segment. A payload is one group's operations, each `1 klen key vlen value` (put) or
+//! `2 klen key` (delete), lengths u32 LE. A record that does not check out is a write torn by
+//! a crash; nothing after it was ever acknowledged.
+//!
+//! This module must not know what the keys mean.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{Backend, Batch, Op, StoreError};
+
+/// Size of a fresh segment. A group larger than this gets a segment of its own size.
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+
+const HEADER: usize = 8;
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
+
+/// One pre-zeroed log file, written from the start.
+pub(crate) struct Segment {
+    pub(crate) no: u64,
+    dir: PathBuf,
+    file: File,
+    capacity: u64,
+    pos: u64,
+}
+
+impl Segment {
+    /// Creates segment `no` of `capacity` zero bytes, synced, its directory entry too.
+    pub(crate) fn create(dir: &Path, no: u64, capacity: u64) -> io::Result<Segment> {
+        let path = segment_path(dir, no);
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = capacity;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        sync_dir(dir)?;
+        Ok(Segment { no, dir: dir.to_path_buf(), file, capacity, pos: 0 })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a record with this payload still fits.
+    pub(crate) fn fits(&self, payload_len: usize) -> bool {
+        self.pos + (HEADER + payload_len) as u64 <= self.capacity
+    }
+
+    /// Writes one record and makes it durable. The caller checked [`Segment::fits`].
+    pub(crate) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("log record over 4 GiB"))?;
+        let mut record = Vec::with_capacity(HEADER + payload.len());
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        record.extend_from_slice(payload);
+        self.file.write_all_at(&record, self.pos)?;
+        self.file.sync_data()?;
+        self.pos += record.len() as u64;
+        Ok(())
+    }
+}
+
+/// Bytes needed for a segment holding one record of `payload_len` bytes.
+pub(crate) fn capacity_for(payload_len: usize) -> u64 {
+    SEGMENT_BYTES.max((HEADER + payload_len) as u64)
+}
+
+pub(crate) fn segment_path(dir: &Path, no: u64) -> PathBuf {
+    dir.join(format!("{no:020}.wal"))
+}
+
+/// Appends the encoding of `batch` to `out`.
+pub(crate) fn encode(batch: &Batch, out: &mut Vec<u8>) {
+    for op in &batch.ops {
+        match op {
+            Op::Put(k, v) => {
+                out.push(PUT);
+                push_bytes(out, k);
+                push_bytes(out, v);
+            }
+            Op::Delete(k) => {
+                out.push(DELETE);
+                push_bytes(out, k);
+            }
+        }
+    }
+}
+
+fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys and values are far below 4 GiB (request bodies are capped well under that).
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Decodes a payload written by [`encode`]; `None` if it is malformed.
+fn decode(mut payload: &[u8]) -> Option<Batch> {
+    fn take<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+        let bytes = buf.get(4..4 + len)?;
+        *buf = &buf[4 + len..];
+        Some(bytes)
+    }
+    let mut batch = Batch::new();
+    while let Some((&tag, rest)) = payload.split_first() {
+        payload = rest;
+        let key = take(&mut payload)?.to_vec();
+        match tag {
+            PUT => {
+                let value = take(&mut payload)?.to_vec();
+                batch.ops.push(Op::Put(key, value));
+            }
+            DELETE => batch.ops.push(Op::Delete(key)),
+            _ => return None,
+        }
+    }
+    Some(batch)
+}
+
+/// The records of one segment file, in order, up to its end or first torn record.
+fn read_segment(path: &Path) -> io::Result<Vec<Batch>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Some(header) = bytes.get(pos..pos + HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 {
+            break;
+        }
+        let Some(payload) = bytes.get(pos + HEADER..pos + HEADER + len) else {
+            tracing::warn!(segment = %path.display(), offset = pos, "log record cut short (torn by a crash); ignored");
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            tracing::warn!(segment = %path.display(), offset = pos, "log record fails its checksum (torn by a crash); ignored");
+            break;
+        }
+        match decode(payload) {
+            Some(b) => out.push(b),
+            None => {
+                tracing::warn!(segment = %path.display(), offset = pos, "log record does not decode; ignored");
+                break;
+            }
+        }
+        pos += HEADER + len;
+    }
+    Ok(out)
+}
+
+/// The segment numbers present in `dir`, ascending.
+fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut nos = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(no) = name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        nos.push(no);
+    }
+    nos.sort_unstable();
+    Ok(nos)
+}
+
+/// Replays every segment left in `dir` into `backend`, flushes the backend, and deletes the
+/// segments. Returns the number for the next segment. Creates `dir` if needed.
+pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreError> {
+    let io = |what: &str, e: io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io("create log directory", e))?;
+    let nos = segments(dir).map_err(|e| io("list log directory", e))?;
+    let Some(&last) = nos.last() else { return Ok(0) };
+    let mut records = 0usize;
+    for &no in &nos {
+        for batch in read_segment(&segment_path(dir, no)).map_err(|e| io("read log segment in", e))? {
+            backend.apply(&batch)?;
+            records += 1;
+        }
+    }
+    futures::executor::block_on(backend.flush())?;
+    remove_through(dir, last).map_err(|e| io("remove replayed log segments in", e))?;
+    if records > 0 {
+        tracing::info!(records, segments = nos.len(), "replayed the write-ahead log");
+    }
+    Ok(last + 1)
+}
+
+/// Deletes every segment numbered `no` or lower (their writes are in a flushed backend).
+pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
+    for n in segments(dir)? {
+        if n <= no {
+            std::fs::remove_file(segment_path(dir, n))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Keyspace, SledBackend};
+
+    fn batch(i: u32) -> Batch {
+        let mut b = Batch::new();
+        b.put(Keyspace::OBJECTS, &format!("k{i}"), &i);
+        b.delete(Keyspace::OBJECTS, &format!("gone{i}"));
+        b
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 7, 4096).unwrap();
+        let mut payloads = Vec::new();
+        for i in 0..3 {
+            let mut p = Vec::new();
+            encode(&batch(i), &mut p);
+            assert!(seg.fits(p.len()));
+            seg.append(&p).unwrap();
+            payloads.push(p);
+        }
+        // A crash in the middle of the fourth record: its header is there, its payload not.
+        let end = seg.pos;
+        seg.file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 1], end).unwrap();
+        let read = read_segment(&segment_path(dir.path(), 7)).unwrap();
+        assert_eq!(read.len(), 3);
+        let mut again = Vec::new();
+        encode(&read[2], &mut again);
+        assert_eq!(again, payloads[2]);
+        assert!(!seg.fits(5000));
+    }
+
+    #[test]
+    fn recover_replays_in_order_and_removes_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        for no in [3u64, 4] {
+            let mut seg = Segment::create(&wal, no, 4096).unwrap();
+            let mut b = Batch::new();
+            b.put(Keyspace::META, "last", &no);
+            let mut p = Vec::new();
+            encode(&b, &mut p);
+            seg.append(&p).unwrap();
+        }
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        assert_eq!(recover(&wal, &backend).unwrap(), 5);
+        let v = backend.get(&Keyspace::META.key("last")).unwrap().unwrap();
+        assert_eq!(v, b"4");
+        assert!(segments(&wal).unwrap().is_empty());
+        assert_eq!(recover(&wal, &backend).unwrap(), 0);
+    }
+}
