@@ -163,6 +163,7 @@ impl Actor for DeliveryRegistry {
             state.spawn_worker(&myself, &id).await?;
         }
         crate::metrics::webhooks(state.webhooks.len());
+        state.tell_bus();
         // Wake-ups from producers become Drain messages; start with one for leftovers.
         // The bus wakes ONE waiter: a waker left over from a failed registry (post_stop is
         // not guaranteed to run) forwards its wake-up to the current registry by name and
@@ -330,6 +331,12 @@ fn open_secrets(shared: &Shared, w: &StoredWebhook) -> Option<WebhookSecrets> {
 }
 
 impl DeliveryState {
+    /// Producers store events only while some webhook is active (`events/mod.rs`); call
+    /// after every change to `webhooks`, before answering it.
+    fn tell_bus(&self) {
+        self.shared.bus.set_listening(self.webhooks.values().any(|e| e.stored.is_active));
+    }
+
     fn policy(&self) -> NetPolicy {
         self.deps.policy
     }
@@ -419,6 +426,7 @@ impl DeliveryState {
             tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");
         }
         crate::metrics::webhooks(self.webhooks.len());
+        self.tell_bus();
         tracing::info!(webhook_id = %webhook_id, "webhook created");
         Ok((view, durable))
     }
@@ -463,6 +471,7 @@ impl DeliveryState {
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
         let durable = self.shared.store.submit(b);
         let view = entry.stored.view();
+        self.tell_bus();
         let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
         if let Some(worker) = self.worker(id) {
             let _ = worker.cast(WorkerMsg::Configure(self.runtime(entry)));
@@ -475,6 +484,7 @@ impl DeliveryState {
         if self.webhooks.remove(id).is_none() {
             return Err(not_found(id));
         }
+        self.tell_bus();
         if let Some(worker) = self.worker(id) {
             let _ = worker.stop_and_wait(Some("webhook deleted".into()), Some(Duration::from_secs(5))).await;
         }

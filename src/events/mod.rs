@@ -8,8 +8,14 @@
 //! fans each event out to matching webhooks, and deletes it in the same batch that creates
 //! the deliveries.
 //!
+//! Nobody listening, nothing stored: while the delivery side has no active webhook it says
+//! so ([`EventBus::set_listening`]) and events are counted but not written, which saves an
+//! ingest two of its store writes (the outbox put and the fan-out's delete). Webhooks
+//! receive the events recorded after they were created, as before.
+//!
 //! This module owns the event record format and nothing else.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -30,9 +36,18 @@ pub struct EventRecord {
 }
 
 /// Handle shared by producers and the consumer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct EventBus {
     wake: Arc<Notify>,
+    /// Whether any consumer wants events stored (see the module docs). True until the
+    /// delivery side has loaded its webhooks and says otherwise.
+    listening: Arc<AtomicBool>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus { wake: Arc::default(), listening: Arc::new(AtomicBool::new(true)) }
+    }
 }
 
 impl EventBus {
@@ -40,7 +55,12 @@ impl EventBus {
         EventBus::default()
     }
 
-    /// Adds a new event to `batch` (the outbox write) and returns it.
+    /// Called by the consumer whenever its set of active subscriptions changes.
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::SeqCst);
+    }
+
+    /// Adds a new event to `batch` (the outbox write, unless nobody listens) and returns it.
     pub fn record(
         &self,
         batch: &mut Batch,
@@ -55,7 +75,9 @@ impl EventBus {
             payload,
             cache_scopes,
         };
-        batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
+        if self.listening.load(Ordering::SeqCst) {
+            batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
+        }
         rec
     }
 
@@ -66,7 +88,8 @@ impl EventBus {
             crate::metrics::event_published(&e.event_type);
             any = true;
         }
-        if any {
+        // Nothing was stored while nobody listens: no fan-out to wake.
+        if any && self.listening.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
     }

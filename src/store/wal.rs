@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use super::{Backend, Batch, Op, StoreError};
 
 /// Size of a fresh segment. A group larger than this gets a segment of its own size.
-pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 
 const HEADER: usize = 8;
 const PUT: u8 = 1;
@@ -190,7 +190,13 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// segments. Returns the number for the next segment. Creates `dir` if needed.
 pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreError> {
     let io = |what: &str, e: io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io("create log directory", e))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| io("create log directory", e))?;
+        // The directory's own entry must survive a crash too, or so would none of its segments.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(|e| io("sync the parent of log directory", e))?;
+        }
+    }
     let nos = segments(dir).map_err(|e| io("list log directory", e))?;
     let Some(&last) = nos.last() else { return Ok(0) };
     let mut records = 0usize;
