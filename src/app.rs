@@ -92,8 +92,8 @@ pub async fn run(
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
     }
     upkeep.abort();
-    // Through the committer, so writes still queued behind it (delivery outcomes, a stopping
-    // actor's last batch) are applied and flushed too.
+    // A barrier through the committer: writes still queued (delivery outcomes, a stopping
+    // actor's last batch) are logged, synced and applied before we exit.
     store.commit(crate::store::Batch::new()).await.context("final store flush")?;
     tracing::info!("store flushed; bye");
     if failed {

@@ -332,6 +332,7 @@ mod tests {
             created_at: "t".into(),
             payload: serde_json::Value::Null,
             cache_scopes: vec![],
+            stored: false,
         });
         let wh = WebhookId::generate();
         let a = Delivery::new(ev.clone(), &wh, 0, "webhook", 1);

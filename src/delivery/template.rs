@@ -40,6 +40,7 @@ impl Template {
             created_at: crate::util::now_rfc3339(),
             payload: serde_json::json!({}),
             cache_scopes: Vec::new(),
+            stored: false,
         };
         // The sample has an empty payload, so data-dependent errors (`payload.n * 2` of a
         // missing `n`) are expected; only errors no event could avoid are reported.
@@ -103,6 +104,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             payload: serde_json::json!({"object_id": "obj_9", "n": 3}),
             cache_scopes: vec![],
+            stored: false,
         }
     }
 

@@ -10,8 +10,10 @@
 //!
 //! Nobody listening, nothing stored: while the delivery side has no active webhook it says
 //! so ([`EventBus::set_listening`]) and events are counted but not written, which saves an
-//! ingest two of its store writes (the outbox put and the fan-out's delete). Webhooks
-//! receive the events recorded after they were created, as before.
+//! ingest two of its store writes (the outbox put and the fan-out's delete). A webhook
+//! receives the events recorded while it is active: an event whose batch was being built
+//! at the very moment a webhook was created or resumed may miss it (the flag is read when
+//! the event is recorded, not when the fan-out runs).
 //!
 //! This module owns the event record format and nothing else.
 
@@ -33,6 +35,9 @@ pub struct EventRecord {
     pub payload: serde_json::Value,
     #[serde(default)]
     pub cache_scopes: Vec<serde_json::Value>,
+    /// Whether [`EventBus::record`] put it in the outbox (nobody listening: not stored).
+    #[serde(skip)]
+    pub stored: bool,
 }
 
 /// Handle shared by producers and the consumer.
@@ -68,28 +73,30 @@ impl EventBus {
         payload: serde_json::Value,
         cache_scopes: Vec<serde_json::Value>,
     ) -> EventRecord {
-        let rec = EventRecord {
+        let mut rec = EventRecord {
             event_id: EventId::generate(),
             event_type: event_type.to_string(),
             created_at: crate::util::now_rfc3339(),
             payload,
             cache_scopes,
+            stored: false,
         };
         if self.listening.load(Ordering::SeqCst) {
             batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
+            rec.stored = true;
         }
         rec
     }
 
     /// Call once the batch holding these events is durable.
     pub fn published<'a>(&self, events: impl IntoIterator<Item = &'a EventRecord>) {
-        let mut any = false;
+        let mut stored = false;
         for e in events {
             crate::metrics::event_published(&e.event_type);
-            any = true;
+            stored |= e.stored;
         }
-        // Nothing was stored while nobody listens: no fan-out to wake.
-        if any && self.listening.load(Ordering::SeqCst) {
+        // Events recorded while nobody listened are not in the outbox: no fan-out to wake.
+        if stored {
             self.wake.notify_one();
         }
     }

@@ -67,7 +67,8 @@ impl Committer {
     ) -> Result<Committer, StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let poisoned = Arc::new(AtomicBool::new(false));
-        let (spare_tx, spare_rx) = sync_mpsc::sync_channel::<std::io::Result<Segment>>(1);
+        // Rendezvous: the prep thread holds at most one finished spare, waiting to hand it over.
+        let (spare_tx, spare_rx) = sync_mpsc::sync_channel::<std::io::Result<Segment>>(0);
         let (apply_tx, apply_rx) = sync_mpsc::channel::<Logged>();
         let (checkpoint_tx, checkpoint_rx) = sync_mpsc::channel::<u64>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -117,6 +118,19 @@ impl Future for Durable {
     }
 }
 
+/// Poisons the store if its thread unwinds: a dead log, apply or checkpoint thread must
+/// show in `/readyz` and stop further writes, not fail silently.
+struct PoisonOnPanic(Arc<AtomicBool>, &'static str);
+
+impl Drop for PoisonOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(thread = self.1, "store thread panicked; refusing further writes");
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 fn poison(flag: &AtomicBool, what: &str, e: &dyn std::fmt::Display) -> StoreError {
     tracing::error!(error = %e, "{what} failed; refusing further writes");
     flag.store(true, Ordering::Relaxed);
@@ -135,12 +149,20 @@ fn log_loop(
     apply: sync_mpsc::Sender<Logged>,
     poisoned: Arc<AtomicBool>,
 ) {
+    let _guard = PoisonOnPanic(poisoned.clone(), "log");
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     let mut failure: Option<StoreError> = None;
     let mut segment: Option<Segment> = None;
     let mut record = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let started = Instant::now();
+        if failure.is_none() && poisoned.load(Ordering::Relaxed) {
+            // Another store thread failed (an apply, a checkpoint): log nothing more, or a
+            // write refused to its client would come back at the next start's replay.
+            failure = Some(StoreError::Io(
+                "an earlier store operation failed; check the disk and the log, then restart hookline".into(),
+            ));
+        }
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -177,8 +199,10 @@ fn log_loop(
             }
         }
         if let Err(sync_mpsc::SendError(l)) = apply.send(logged) {
+            let e = poison(&poisoned, "hand-off to the apply thread", &"the apply thread is gone");
+            failure = Some(e.clone());
             for d in l.done {
-                let _ = d.send(Err(StoreError::Closed));
+                let _ = d.send(Err(e.clone()));
             }
         }
     }
@@ -227,6 +251,7 @@ fn apply_loop(
     checkpoint: sync_mpsc::Sender<u64>,
     poisoned: Arc<AtomicBool>,
 ) {
+    let _guard = PoisonOnPanic(poisoned.clone(), "apply");
     let mut failure: Option<StoreError> = None;
     let mut current: Option<u64> = None;
     while let Ok(logged) = rx.recv() {
@@ -260,6 +285,7 @@ fn apply_loop(
 
 /// Flushes the backend once a segment is fully applied, then deletes the segments it covers.
 fn checkpoint_loop(backend: Arc<dyn Backend>, dir: PathBuf, rx: sync_mpsc::Receiver<u64>, poisoned: Arc<AtomicBool>) {
+    let _guard = PoisonOnPanic(poisoned.clone(), "checkpoint");
     while let Ok(mut through) = rx.recv() {
         // Coalesce: one flush covers every segment finished meanwhile.
         while let Ok(n) = rx.try_recv() {
@@ -276,7 +302,10 @@ fn checkpoint_loop(backend: Arc<dyn Backend>, dir: PathBuf, rx: sync_mpsc::Recei
                     tracing::warn!(error = %e, "remove checkpointed log segments (they replay harmlessly)");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "checkpoint flush failed; the log is kept for replay"),
+            // After a failed flush the backend may have dropped the pages it could not write,
+            // so no later flush may vouch for them: keep the whole log, refuse writes, and let
+            // an operator restart (the replay restores everything acknowledged).
+            Err(e) => drop(poison(&poisoned, "checkpoint flush (the log is kept for replay)", &e)),
         }
     }
 }

@@ -153,9 +153,11 @@ impl Store {
 
     /// Opens a store over any backend, with its write-ahead log in `wal_dir`.
     pub fn open(backend: Arc<dyn Backend>, wal_dir: &std::path::Path) -> Result<Store, StoreError> {
-        // Replay first: the format version itself may sit in the log.
-        let next_segment = wal::recover(wal_dir, backend.as_ref())?;
+        // The version first (it is written straight to the backend, flushed): a log written
+        // by a newer binary must not be replayed by an older one. A future migration that
+        // rewrites keyspaces must run after the replay.
         format::check_and_migrate(backend.as_ref())?;
+        let next_segment = wal::recover(wal_dir, backend.as_ref())?;
         let committer = commit::Committer::start(backend.clone(), wal_dir.to_path_buf(), next_segment)?;
         Ok(Store { backend, committer })
     }

@@ -45,10 +45,13 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// Creates segment `no` of `capacity` zero bytes, synced, its directory entry too.
+    /// Creates segment `no` of `capacity` zero bytes, synced, its directory entry too. It is
+    /// zero-filled under a temporary name and renamed when complete, so a crash mid-way never
+    /// leaves a segment whose blocks could still hold older bytes.
     pub(crate) fn create(dir: &Path, no: u64, capacity: u64) -> io::Result<Segment> {
         let path = segment_path(dir, no);
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let tmp = path.with_extension("tmp");
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         let zeros = vec![0u8; 1 << 20];
         let mut left = capacity;
         while left > 0 {
@@ -57,6 +60,7 @@ impl Segment {
             left -= n as u64;
         }
         file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
         Ok(Segment { no, dir: dir.to_path_buf(), file, capacity, pos: 0 })
     }
@@ -140,11 +144,19 @@ fn decode(mut payload: &[u8]) -> Option<Batch> {
     Some(batch)
 }
 
-/// The records of one segment file, in order, up to its end or first torn record.
-fn read_segment(path: &Path) -> io::Result<Vec<Batch>> {
+/// What reading a segment found.
+struct SegmentRead {
+    records: Vec<Batch>,
+    /// Where a record failed its checks (a torn write if nothing valid follows), if one did.
+    bad_at: Option<usize>,
+}
+
+/// The records of one segment file, in order, up to its end or first bad record.
+fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut out = Vec::new();
+    let mut bad_at = None;
     let mut pos = 0usize;
     while let Some(header) = bytes.get(pos..pos + HEADER) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -152,24 +164,20 @@ fn read_segment(path: &Path) -> io::Result<Vec<Batch>> {
         if len == 0 {
             break;
         }
-        let Some(payload) = bytes.get(pos + HEADER..pos + HEADER + len) else {
-            tracing::warn!(segment = %path.display(), offset = pos, "log record cut short (torn by a crash); ignored");
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            tracing::warn!(segment = %path.display(), offset = pos, "log record fails its checksum (torn by a crash); ignored");
-            break;
-        }
-        match decode(payload) {
+        let record = bytes
+            .get(pos + HEADER..pos + HEADER + len)
+            .filter(|payload| crc32fast::hash(payload) == crc)
+            .and_then(decode);
+        match record {
             Some(b) => out.push(b),
             None => {
-                tracing::warn!(segment = %path.display(), offset = pos, "log record does not decode; ignored");
+                bad_at = Some(pos);
                 break;
             }
         }
         pos += HEADER + len;
     }
-    Ok(out)
+    Ok(SegmentRead { records: out, bad_at })
 }
 
 /// The segment numbers present in `dir`, ascending.
@@ -197,11 +205,32 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
             sync_dir(parent).map_err(|e| io("sync the parent of log directory", e))?;
         }
     }
+    remove_unfinished(dir).map_err(|e| io("remove unfinished spares in", e))?;
     let nos = segments(dir).map_err(|e| io("list log directory", e))?;
     let Some(&last) = nos.last() else { return Ok(0) };
-    let mut records = 0usize;
+    let mut reads = Vec::with_capacity(nos.len());
     for &no in &nos {
-        for batch in read_segment(&segment_path(dir, no)).map_err(|e| io("read log segment in", e))? {
+        reads.push(read_segment(&segment_path(dir, no)).map_err(|e| io("read log segment in", e))?);
+    }
+    // A bad record is a write torn by a crash only if nothing valid was logged after it;
+    // otherwise acknowledged data is damaged: refuse to start and keep every file.
+    for (i, read) in reads.iter().enumerate() {
+        if let Some(offset) = read.bad_at {
+            let path = segment_path(dir, nos[i]);
+            if reads[i + 1..].iter().any(|r| !r.records.is_empty()) {
+                return Err(StoreError::Corrupt {
+                    key: format!("{} at byte {offset}", path.display()),
+                    reason: "a damaged write-ahead log record is followed by valid ones; refusing to guess \
+                             (the files are kept for inspection)"
+                        .into(),
+                });
+            }
+            tracing::warn!(segment = %path.display(), offset, "ignoring the log's last record, torn by a crash (never acknowledged)");
+        }
+    }
+    let mut records = 0usize;
+    for read in reads {
+        for batch in read.records {
             backend.apply(&batch)?;
             records += 1;
         }
@@ -212,6 +241,17 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
         tracing::info!(records, segments = nos.len(), "replayed the write-ahead log");
     }
     Ok(last + 1)
+}
+
+/// Deletes spares whose zero-fill a crash interrupted (never used: only renamed ones are).
+fn remove_unfinished(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes every segment numbered `no` or lower (their writes are in a flushed backend).
@@ -256,9 +296,9 @@ mod tests {
         let end = seg.pos;
         seg.file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 1], end).unwrap();
         let read = read_segment(&segment_path(dir.path(), 7)).unwrap();
-        assert_eq!(read.len(), 3);
+        assert_eq!((read.records.len(), read.bad_at), (3, Some(end as usize)));
         let mut again = Vec::new();
-        encode(&read[2], &mut again);
+        encode(&read.records[2], &mut again);
         assert_eq!(again, payloads[2]);
         assert!(!seg.fits(5000));
     }
@@ -282,5 +322,26 @@ mod tests {
         assert_eq!(v, b"4");
         assert!(segments(&wal).unwrap().is_empty());
         assert_eq!(recover(&wal, &backend).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_damaged_record_before_valid_ones_refuses_to_start_and_keeps_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        for no in [1u64, 2] {
+            let mut seg = Segment::create(&wal, no, 4096).unwrap();
+            let mut p = Vec::new();
+            encode(&batch(no as u32), &mut p);
+            seg.append(&p).unwrap();
+            seg.append(&p).unwrap();
+        }
+        // Flip a payload byte of segment 1's first record.
+        let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
+        f.write_all_at(&[0xff], HEADER as u64 + 3).unwrap();
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        assert_eq!(segments(&wal).unwrap(), vec![1, 2]);
+        assert!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().is_none(), "nothing replayed");
     }
 }
