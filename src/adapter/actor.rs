@@ -497,7 +497,7 @@ impl AdapterState {
             BatchMode::Immediate => {
                 let rec = ObjectRecord::new(object_id.clone(), self.bucket_id().clone(), draft, None);
                 batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), object_id.as_str()), &rec);
-                events.push(self.shared.bus.record(&mut batch, "object.created", rec.event_payload(), Vec::new()));
+                events.push(self.shared.bus.record(&mut batch, "object.created", || rec.event_payload(), Vec::new()));
                 crate::metrics::ingest_objects_created(1);
                 IngestStatus::Created
             }
@@ -548,7 +548,7 @@ impl AdapterState {
                 if let Some(wb) = &writeback {
                     super::writeback::record(batch, wb, &rec, &batch_id);
                 }
-                events.push(self.shared.bus.record(batch, "object.created", rec.event_payload(), Vec::new()));
+                events.push(self.shared.bus.record(batch, "object.created", || rec.event_payload(), Vec::new()));
                 object_ids.push(rec.object_id);
             }
             let now = crate::util::now_rfc3339();
@@ -563,7 +563,7 @@ impl AdapterState {
             };
             if self.adapter.batching.auto_submit {
                 br.submit();
-                events.push(self.shared.bus.record(batch, "batch.completed", br.completed_payload(), Vec::new()));
+                events.push(self.shared.bus.record(batch, "batch.completed", || br.completed_payload(), Vec::new()));
             }
             batch.put(Keyspace::BATCHES, &records::key(&bucket_id, br.batch_id.as_str()), &br);
             crate::metrics::ingest_flush(trigger);

@@ -523,7 +523,7 @@ impl RegistryState {
             // The adapter actor's in-memory index drops the entry when it next misses it.
             batch.delete(records::EXTERNAL_IDS, &records::xid_key(id, &records::dedup_hash(ext), object_id));
         }
-        let event = self.shared.bus.record(&mut batch, "object.deleted", obj.event_payload(), Vec::new());
+        let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), Vec::new());
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);
         Ok(())
@@ -546,7 +546,7 @@ impl RegistryState {
         rec.submit();
         let mut batch = Batch::new();
         batch.put(Keyspace::BATCHES, &key, &rec);
-        let event = self.shared.bus.record(&mut batch, "batch.completed", rec.completed_payload(), Vec::new());
+        let event = self.shared.bus.record(&mut batch, "batch.completed", || rec.completed_payload(), Vec::new());
         super::writeback::record_batch(&self.shared.store, &bucket, &rec, &mut batch)?;
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);

@@ -214,7 +214,7 @@ impl Actor for DeliveryRegistry {
             }
             DeliveryMsg::Publish { event_type, payload, cache_scopes, reply } => {
                 let mut b = Batch::new();
-                let rec = state.shared.bus.record(&mut b, &event_type, payload, cache_scopes);
+                let rec = state.shared.bus.record(&mut b, &event_type, || payload, cache_scopes);
                 let _ = reply.send(Ok((rec, state.shared.store.submit(b))));
             }
             DeliveryMsg::Retry { webhook_id, delivery_id, reply } => {

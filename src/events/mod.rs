@@ -66,24 +66,26 @@ impl EventBus {
     }
 
     /// Adds a new event to `batch` (the outbox write, unless nobody listens) and returns it.
+    /// `payload` is called only if the event is stored; an unstored record has a null payload.
     pub fn record(
         &self,
         batch: &mut Batch,
         event_type: &str,
-        payload: serde_json::Value,
+        payload: impl FnOnce() -> serde_json::Value,
         cache_scopes: Vec<serde_json::Value>,
     ) -> EventRecord {
-        let mut rec = EventRecord {
+        let listening = self.listening.load(Ordering::SeqCst);
+        let rec = EventRecord {
             event_id: EventId::generate(),
             event_type: event_type.to_string(),
             created_at: crate::util::now_rfc3339(),
-            payload,
+            // Built only when it will be stored (an object's payload is a copy of the object).
+            payload: if listening { payload() } else { serde_json::Value::Null },
             cache_scopes,
-            stored: false,
+            stored: listening,
         };
-        if self.listening.load(Ordering::SeqCst) {
+        if listening {
             batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
-            rec.stored = true;
         }
         rec
     }

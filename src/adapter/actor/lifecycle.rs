@@ -85,7 +85,7 @@ impl AdapterState {
             let hash = records::dedup_hash(ext);
             self.unindex(&mut batch, &hash, object_id);
         }
-        let event = self.shared.bus.record(&mut batch, "object.deleted", rec.event_payload(), Vec::new());
+        let event = self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), Vec::new());
         Ok(Some(self.submit(batch, vec![event])))
     }
 
@@ -148,7 +148,12 @@ impl AdapterState {
                 for mut rec in stored {
                     rec.apply(draft.clone());
                     batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()), &rec);
-                    events.push(self.shared.bus.record(&mut batch, "object.updated", rec.event_payload(), Vec::new()));
+                    events.push(self.shared.bus.record(
+                        &mut batch,
+                        "object.updated",
+                        || rec.event_payload(),
+                        Vec::new(),
+                    ));
                     object_ids.push(rec.object_id);
                 }
                 IngestStatus::Updated
@@ -162,7 +167,12 @@ impl AdapterState {
                 for rec in stored {
                     batch.delete(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()));
                     self.unindex(&mut batch, &hash, &rec.object_id);
-                    events.push(self.shared.bus.record(&mut batch, "object.deleted", rec.event_payload(), Vec::new()));
+                    events.push(self.shared.bus.record(
+                        &mut batch,
+                        "object.deleted",
+                        || rec.event_payload(),
+                        Vec::new(),
+                    ));
                     object_ids.push(rec.object_id);
                 }
                 IngestStatus::Deleted

@@ -155,7 +155,17 @@ impl HttpChannel {
             .map(Duration::from_secs);
         let outcome = classify_status(status);
         let mut error = None;
-        if outcome != Outcome::Delivered {
+        if outcome == Outcome::Delivered {
+            // Read a small body to its end so the connection goes back to the pool (an unread
+            // body makes the client close it); a larger one is dropped, closing the connection.
+            let mut read = 0usize;
+            while read < RESPONSE_CAP {
+                match resp.chunk().await {
+                    Ok(Some(c)) => read += c.len(),
+                    _ => break,
+                }
+            }
+        } else {
             // Read a little of the body for the error message, never the whole thing.
             let mut snippet = Vec::new();
             while snippet.len() < RESPONSE_CAP {
