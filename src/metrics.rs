@@ -66,7 +66,7 @@ fn describe() {
         Unit::Seconds,
         "Time of one checkpoint (a sled flush that lets full log segments be deleted)"
     );
-    describe_gauge!(STORE_SIZE, Unit::Bytes, "Size of the sled data directory on disk");
+    describe_gauge!(STORE_SIZE, Unit::Bytes, "Data on disk: sled plus the write-ahead log");
     describe_counter!(EVENTS_PUBLISHED, "Events recorded on the internal event bus, by event type");
     describe_gauge!(BUCKETS, "Buckets currently defined");
     describe_inbound();

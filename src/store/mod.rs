@@ -141,6 +141,7 @@ impl Batch {
 pub struct Store {
     backend: Arc<dyn Backend>,
     committer: commit::Committer,
+    wal_dir: Arc<std::path::PathBuf>,
 }
 
 impl Store {
@@ -159,7 +160,7 @@ impl Store {
         format::check_and_migrate(backend.as_ref())?;
         let next_segment = wal::recover(wal_dir, backend.as_ref())?;
         let committer = commit::Committer::start(backend.clone(), wal_dir.to_path_buf(), next_segment)?;
-        Ok(Store { backend, committer })
+        Ok(Store { backend, committer, wal_dir: Arc::new(wal_dir.to_path_buf()) })
     }
 
     /// Reads one value.
@@ -265,7 +266,7 @@ impl Store {
 
     /// Bytes used on disk, for the storage gauge.
     pub fn size_on_disk(&self) -> u64 {
-        self.backend.size_on_disk().unwrap_or(0)
+        self.backend.size_on_disk().unwrap_or(0) + wal::size_on_disk(&self.wal_dir)
     }
 }
 

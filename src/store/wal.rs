@@ -264,6 +264,12 @@ pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Bytes taken by the log's files (segments and a spare being prepared).
+pub(crate) fn size_on_disk(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
