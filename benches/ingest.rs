@@ -4,6 +4,8 @@
 //! tokio runtime in this process and drives it from another runtime with `CONNECTIONS`
 //! concurrent keep-alive connections for `DURATION`, after a warm-up. Printed: requests/s
 //! and p50/p99 latency. Every ingest answer is durable (fsynced through group commit).
+//! The last scenario adds a webhook subscribed to `object.created` (a fast local receiver),
+//! so each ingest also stores its event and the daemon delivers it: the full pipeline.
 //! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,16 +178,46 @@ fn main() {
         let mut config = hookline::config::Config::default();
         config.storage.path = dir.path().join("data");
         config.auth.api_keys = vec![API_KEY.into()];
+        config.delivery.allow_insecure_http = true;
+        config.delivery.allow_private_networks = true;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(hookline::app::run(config, listener, std::future::pending()));
         addr
     });
     let base = format!("http://{addr}");
+    // A fast receiver for the last scenario's webhook, on the server runtime.
+    let delivered = Arc::new(AtomicU64::new(0));
+    let rx_addr = hook_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let d = delivered.clone();
+        let route = warp::post().map(move || {
+            d.fetch_add(1, Ordering::Relaxed);
+            warp::reply()
+        });
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        addr
+    });
     for (mode, batching) in [
         ("ingest immediate", json!({"mode": "immediate"})),
         ("ingest time_window", json!({"mode": "time_window", "window_seconds": 300, "max_batch_size": 1000})),
+        ("ingest immediate+webhook", json!({"mode": "immediate"})),
     ] {
+        if mode.ends_with("+webhook") {
+            client_rt.block_on(async {
+                let body = json!({"webhook_name": "bench", "event_types": ["object.created"],
+                    "channels": [{"channel": "webhook", "configs": {"url": format!("http://{rx_addr}/")}}]});
+                let r = client
+                    .post(format!("{base}/v1/organizations/webhooks"))
+                    .bearer_auth(API_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("create webhook");
+                assert_eq!(r.status(), 201, "create webhook");
+            });
+        }
         let (bucket, secret) = client_rt.block_on(async {
             // The daemon may still be starting.
             let mut tries = 0;
@@ -232,6 +264,13 @@ fn main() {
             }),
         ));
         print(&report, Some(bare.rps));
+        if mode.ends_with("+webhook") {
+            println!(
+                "{:<26} {} deliveries received by the end of the run (the rest are still queued)",
+                "",
+                delivered.load(Ordering::Relaxed)
+            );
+        }
         let m = client_rt
             .block_on(async { client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() });
         print_commit_stats(&m);
