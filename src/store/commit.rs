@@ -182,12 +182,14 @@ fn log_loop(
         }
         let mut logged = Logged { batch: Batch::new(), done, segment: None, failed: failure.clone(), started };
         if failure.is_none() && !merged.is_empty() {
-            record.clear();
-            wal::encode(&merged, &mut record);
-            let synced = Instant::now();
-            match append(&mut segment, &spares, &record) {
+            let logged_to = wal::record(&merged, &mut record).and_then(|()| {
+                let synced = Instant::now();
+                let no = append(&mut segment, &spares, &record)?;
+                crate::metrics::store_flush(synced.elapsed());
+                Ok(no)
+            });
+            match logged_to {
                 Ok(no) => {
-                    crate::metrics::store_flush(synced.elapsed());
                     logged.batch = merged;
                     logged.segment = Some(no);
                 }

@@ -69,36 +69,46 @@ impl Segment {
         &self.dir
     }
 
-    /// Whether a record with this payload still fits.
-    pub(crate) fn fits(&self, payload_len: usize) -> bool {
-        self.pos + (HEADER + payload_len) as u64 <= self.capacity
+    /// Whether a record of `record_len` bytes (header included) still fits.
+    pub(crate) fn fits(&self, record_len: usize) -> bool {
+        self.pos + record_len as u64 <= self.capacity
     }
 
-    /// Writes one record and makes it durable. The caller checked [`Segment::fits`].
-    pub(crate) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("log record over 4 GiB"))?;
-        let mut record = Vec::with_capacity(HEADER + payload.len());
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        record.extend_from_slice(payload);
-        self.file.write_all_at(&record, self.pos)?;
+    /// Writes one record made by [`record`] and makes it durable. The caller checked
+    /// [`Segment::fits`].
+    pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(record, self.pos)?;
         self.file.sync_data()?;
         self.pos += record.len() as u64;
         Ok(())
     }
 }
 
-/// Bytes needed for a segment holding one record of `payload_len` bytes.
-pub(crate) fn capacity_for(payload_len: usize) -> u64 {
-    SEGMENT_BYTES.max((HEADER + payload_len) as u64)
+/// Bytes needed for a segment holding one record of `record_len` bytes.
+pub(crate) fn capacity_for(record_len: usize) -> u64 {
+    SEGMENT_BYTES.max(record_len as u64)
 }
 
 pub(crate) fn segment_path(dir: &Path, no: u64) -> PathBuf {
     dir.join(format!("{no:020}.wal"))
 }
 
-/// Appends the encoding of `batch` to `out`.
-pub(crate) fn encode(batch: &Batch, out: &mut Vec<u8>) {
+/// Replaces `out` with the log record of `batch`: header (length, checksum) and payload,
+/// framed in place so the payload is never copied.
+pub(crate) fn record(batch: &Batch, out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    out.resize(HEADER, 0);
+    encode(batch, out);
+    let payload = &out[HEADER..];
+    let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("log record over 4 GiB"))?;
+    let crc = crc32fast::hash(payload);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Appends the encoding of `batch` (a record's payload) to `out`.
+fn encode(batch: &Batch, out: &mut Vec<u8>) {
     for op in &batch.ops {
         match op {
             Op::Put(k, v) => {
@@ -286,26 +296,38 @@ mod tests {
         b
     }
 
+    fn record_of(b: &Batch) -> Vec<u8> {
+        let mut r = Vec::new();
+        record(b, &mut r).unwrap();
+        r
+    }
+
+    /// Segment `no` in `wal`, holding one record per batch.
+    fn write_segment(wal: &Path, no: u64, batches: &[Batch]) -> Segment {
+        let mut seg = Segment::create(wal, no, 4096).unwrap();
+        for b in batches {
+            seg.append(&record_of(b)).unwrap();
+        }
+        seg
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let mut seg = Segment::create(dir.path(), 7, 4096).unwrap();
-        let mut payloads = Vec::new();
+        let mut records = Vec::new();
         for i in 0..3 {
-            let mut p = Vec::new();
-            encode(&batch(i), &mut p);
-            assert!(seg.fits(p.len()));
-            seg.append(&p).unwrap();
-            payloads.push(p);
+            let r = record_of(&batch(i));
+            assert!(seg.fits(r.len()));
+            seg.append(&r).unwrap();
+            records.push(r);
         }
         // A crash in the middle of the fourth record: its header is there, its payload not.
         let end = seg.pos;
         seg.file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 1], end).unwrap();
         let read = read_segment(&segment_path(dir.path(), 7)).unwrap();
         assert_eq!((read.records.len(), read.bad_at), (3, Some(end as usize)));
-        let mut again = Vec::new();
-        encode(&read.records[2], &mut again);
-        assert_eq!(again, payloads[2]);
+        assert_eq!(record_of(&read.records[2]), records[2]);
         assert!(!seg.fits(5000));
     }
 
@@ -315,12 +337,9 @@ mod tests {
         let wal = dir.path().join("wal");
         std::fs::create_dir_all(&wal).unwrap();
         for no in [3u64, 4] {
-            let mut seg = Segment::create(&wal, no, 4096).unwrap();
             let mut b = Batch::new();
             b.put(Keyspace::META, "last", &no);
-            let mut p = Vec::new();
-            encode(&b, &mut p);
-            seg.append(&p).unwrap();
+            write_segment(&wal, no, &[b]);
         }
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert_eq!(recover(&wal, &backend).unwrap(), 5);
@@ -336,11 +355,7 @@ mod tests {
         let wal = dir.path().join("wal");
         std::fs::create_dir_all(&wal).unwrap();
         for no in [1u64, 2] {
-            let mut seg = Segment::create(&wal, no, 4096).unwrap();
-            let mut p = Vec::new();
-            encode(&batch(no as u32), &mut p);
-            seg.append(&p).unwrap();
-            seg.append(&p).unwrap();
+            write_segment(&wal, no, &[batch(no as u32), batch(no as u32)]);
         }
         // Flip a payload byte of segment 1's first record.
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
