@@ -132,12 +132,14 @@ impl Sender {
             ProviderType::Mux => return Err(permanent("mux adapters do not support writeback")),
         };
         let rb = rb.header(reqwest::header::USER_AGENT, concat!("hookline/", env!("CARGO_PKG_VERSION")));
-        let resp = rb.timeout(self.timeout).send().await.map_err(|e| {
+        let mut resp = rb.timeout(self.timeout).send().await.map_err(|e| {
             let kind = if e.is_timeout() { "timed out" } else { "failed" };
             // reqwest errors name the URL, never headers.
             retriable(format!("request {kind}: {}", error_chain(&e)))
         })?;
         let status = resp.status().as_u16();
+        // Read (and drop) a small body so the connection is reused.
+        crate::delivery::channel::http::read_capped(&mut resp).await;
         match classify_status(status) {
             Outcome::Delivered => Ok(()),
             _ => Err(retriable(format!("the target answered HTTP {status}"))),

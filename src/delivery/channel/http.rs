@@ -155,25 +155,9 @@ impl HttpChannel {
             .map(Duration::from_secs);
         let outcome = classify_status(status);
         let mut error = None;
-        if outcome == Outcome::Delivered {
-            // Read a small body to its end so the connection goes back to the pool (an unread
-            // body makes the client close it); a larger one is dropped, closing the connection.
-            let mut read = 0usize;
-            while read < RESPONSE_CAP {
-                match resp.chunk().await {
-                    Ok(Some(c)) => read += c.len(),
-                    _ => break,
-                }
-            }
-        } else {
-            // Read a little of the body for the error message, never the whole thing.
-            let mut snippet = Vec::new();
-            while snippet.len() < RESPONSE_CAP {
-                match resp.chunk().await {
-                    Ok(Some(c)) => snippet.extend_from_slice(&c[..c.len().min(RESPONSE_CAP - snippet.len())]),
-                    _ => break,
-                }
-            }
+        // Read even a 2xx body (see `read_capped`); a failure's goes into the error message.
+        let snippet = read_capped(&mut resp).await;
+        if outcome != Outcome::Delivered {
             let text = String::from_utf8_lossy(&snippet);
             let text: String = text.chars().take(200).collect();
             let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
@@ -202,6 +186,20 @@ impl Channel for HttpChannel {
     fn send<'a>(&'a self, msg: &'a Message<'a>) -> SendFuture<'a> {
         Box::pin(self.attempt(msg))
     }
+}
+
+/// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one.
+/// A small body read to its end lets the connection go back to the pool (an unread body makes
+/// the client close it); a larger one is dropped unread, closing the connection.
+pub async fn read_capped(resp: &mut reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_CAP {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(RESPONSE_CAP - body.len())]),
+            _ => break,
+        }
+    }
+    body
 }
 
 fn failed(outcome: Outcome, result: &'static str, error: String) -> AttemptResult {
