@@ -74,6 +74,27 @@ pub struct Draft {
     pub source: ObjectSource,
 }
 
+impl Draft {
+    /// Takes the mapped content of a newer draft of the same upstream thing (see [`refresh`]).
+    pub fn refresh(&mut self, newer: Draft) {
+        refresh(&mut self.metadata, &mut self.blobs, &mut self.source, newer);
+    }
+}
+
+/// What a newer event about the same upstream thing replaces, for a buffered draft and a
+/// stored object alike: metadata and blobs; the external ID and adapter type stay, the event
+/// type becomes the latest one.
+fn refresh(
+    metadata: &mut serde_json::Map<String, serde_json::Value>,
+    blobs: &mut Vec<BlobRef>,
+    source: &mut ObjectSource,
+    newer: Draft,
+) {
+    *metadata = newer.metadata;
+    *blobs = newer.blobs;
+    source.event_type = newer.source.event_type;
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectRecord {
     pub object_id: ObjectId,
@@ -103,12 +124,10 @@ impl ObjectRecord {
         }
     }
 
-    /// Replaces the mapped content with a newer draft of the same upstream thing (the
-    /// external ID and adapter type stay; the event type becomes the latest one).
+    /// Replaces the mapped content with a newer draft of the same upstream thing (see
+    /// [`refresh`]).
     pub fn apply(&mut self, draft: Draft) {
-        self.metadata = draft.metadata;
-        self.blobs = draft.blobs;
-        self.source.event_type = draft.source.event_type;
+        refresh(&mut self.metadata, &mut self.blobs, &mut self.source, draft);
         self.updated_at = crate::util::now_rfc3339();
     }
 

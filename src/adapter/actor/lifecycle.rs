@@ -140,9 +140,7 @@ impl AdapterState {
                     return Ok(self.accept(now, draft, dedup_hash));
                 }
                 for entry in self.buffer.iter_mut().filter(|e| buffered.contains(&e.object_id)) {
-                    entry.draft.metadata = draft.metadata.clone();
-                    entry.draft.blobs = draft.blobs.clone();
-                    entry.draft.source.event_type = draft.source.event_type.clone();
+                    entry.draft.refresh(draft.clone());
                     batch.put(Keyspace::BUFFER, &records::key(&self.bucket.bucket_id, entry.object_id.as_str()), entry);
                 }
                 for mut rec in stored {
