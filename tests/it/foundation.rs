@@ -6,27 +6,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{eventually, metric_value, Options, TestApp};
+use crate::support::{contains_bytes, data_files, eventually, metric_value, Options, TestApp};
 
 const MUX_SECRET: &str = "mux-token-secret-SHOULD-NEVER-LEAK-4f1d";
 const SIGNING_SECRET: &str = "mux-signing-secret-NEVER-LEAK-88aa";
-
-fn walk_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk_files(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-}
-
-fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 #[tokio::test]
 async fn auth_is_required_and_checked() {
@@ -55,10 +38,7 @@ async fn generated_api_key_is_printed_once_and_survives_restart() {
     app.api_key = key.clone();
     assert_eq!(app.get("/v1/buckets").await.0, 200);
     // Only its digest is stored: the key itself is in no file of the data dir.
-    let mut files = Vec::new();
-    walk_files(&app.data_dir, &mut files);
-    for f in &files {
-        let bytes = std::fs::read(f).unwrap();
+    for (f, bytes) in data_files(&app.data_dir) {
         assert!(!contains_bytes(&bytes, key.as_bytes()), "plain API key found in {}", f.display());
     }
     assert!(!app.log().contains(&key), "API key must not be logged");
@@ -139,13 +119,11 @@ async fn connection_secrets_are_never_returned_nor_stored_in_plain_text() {
         );
     }
     app.stop();
-    let mut files = Vec::new();
-    walk_files(&app.data_dir, &mut files);
+    let files = data_files(&app.data_dir);
     assert!(!files.is_empty());
-    for f in &files {
-        let bytes = std::fs::read(f).unwrap();
-        assert!(!contains_bytes(&bytes, MUX_SECRET.as_bytes()), "secret in plain text in {}", f.display());
-        assert!(!contains_bytes(&bytes, SIGNING_SECRET.as_bytes()), "secret in plain text in {}", f.display());
+    for (f, bytes) in &files {
+        assert!(!contains_bytes(bytes, MUX_SECRET.as_bytes()), "secret in plain text in {}", f.display());
+        assert!(!contains_bytes(bytes, SIGNING_SECRET.as_bytes()), "secret in plain text in {}", f.display());
     }
     assert!(!app.log().contains(MUX_SECRET));
     let key = std::fs::metadata(app.data_dir.join("master.key")).expect("master key file");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{eventually, metric_value, TestApp};
+use crate::support::{contains_bytes, data_files, eventually, metric_value, TestApp};
 
 /// Creates a bucket with `properties` and configures `adapter` on it; returns (bucket_id,
 /// webhook_secret).
@@ -202,27 +202,12 @@ async fn configure_validate_and_show_the_secret_once() {
     assert_eq!(objects(&app, &bucket).await.len(), 2, "objects stay when the adapter goes");
 
     // No secret in the data files or the log.
-    let mut files = Vec::new();
-    walk(&app.data_dir, &mut files);
-    for f in files {
-        // The daemon is running: a log spare may be renamed, or a checkpointed segment
-        // deleted, between the walk and the read.
-        let Ok(bytes) = std::fs::read(&f) else { continue };
+    for (f, bytes) in data_files(&app.data_dir) {
         for needle in [secret.as_bytes(), rotated.as_bytes(), b"INLINE-CRED-NEVER-SHOWN".as_slice()] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "secret in {}", f.display());
+            assert!(!contains_bytes(&bytes, needle), "secret in {}", f.display());
         }
     }
     assert!(!app.log().contains(&secret) && !app.log().contains(&rotated));
-}
-
-fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            walk(&e.path(), out)
-        } else {
-            out.push(e.path())
-        }
-    }
 }
 
 #[tokio::test]

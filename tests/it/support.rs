@@ -327,3 +327,23 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 pub async fn metric_reaches(app: &TestApp, name: &str, labels: &[(&str, &str)], min: f64) -> bool {
     eventually(Duration::from_secs(10), || async { metric_value(&app.metrics().await, name, labels) >= min }).await
 }
+
+/// Every file under `dir` (recursively) with its bytes, for "no secret on disk" checks. While
+/// a daemon runs a file may vanish between the listing and the read (a log spare renamed, a
+/// checkpointed log segment deleted): such a file is skipped.
+pub fn data_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(data_files(&p));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            out.push((p, bytes));
+        }
+    }
+    out
+}
+
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
