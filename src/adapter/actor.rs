@@ -32,9 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::kind::{self, MetadataSource, Operation, SignatureHeaders};
 use super::pipeline::{self, PayloadError, Screen, Screened};
-use super::records::{
-    self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, DedupEntry, Draft, ObjectRecord, STATS_KEY,
-};
+use super::records::{self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, Draft, ObjectRecord, STATS_KEY};
 use super::spec::{BatchMode, SourceAdapter};
 use crate::catalog::Bucket;
 use crate::events::{EventBus, EventRecord};
@@ -264,11 +262,14 @@ impl Actor for SourceAdapterActor {
             .clone()
             .ok_or_else(|| ActorProcessingErr::from(format!("bucket {bucket_id} has no source adapter")))?;
         let prefix = records::prefix(&bucket_id);
-        let mut dedup = HashMap::new();
-        store.for_each::<DedupEntry>(Keyspace::DEDUP, &prefix, |k, v| {
-            dedup.insert(k[prefix.len()..].to_string(), v.object_id);
-            true
-        })?;
+        let dedup = lifecycle::load_by_hash(
+            store,
+            Keyspace::DEDUP,
+            &prefix,
+            |map: &mut HashMap<String, ObjectId>, hash, oid| {
+                map.insert(hash, oid);
+            },
+        )?;
         let mut buffer = Vec::new();
         store.for_each::<BufferEntry>(Keyspace::BUFFER, &prefix, |_, v| {
             buffer.push(v);
@@ -488,8 +489,7 @@ impl AdapterState {
         let mut events = Vec::new();
         self.index(&mut batch, &draft, &object_id);
         if let Some(h) = dedup_hash {
-            let entry = DedupEntry { object_id: object_id.clone(), at_ms: now };
-            batch.put(Keyspace::DEDUP, &records::key(self.bucket_id(), &h), &entry);
+            batch.put(Keyspace::DEDUP, &records::key(self.bucket_id(), object_id.as_str()), &h);
             self.dedup.insert(h, object_id.clone());
         }
         self.stats.processed(now);

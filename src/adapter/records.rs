@@ -5,13 +5,18 @@
 //! | `obj` | `{bucket_id}/{object_id}` | [`ObjectRecord`] |
 //! | `batch` | `{bucket_id}/{batch_id}` | [`BatchRecord`] |
 //! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
-//! | `dedup` | `{bucket_id}/{sha256 of the dedup value}` | [`DedupEntry`] |
+//! | `dkey` | `{bucket_id}/{object_id}` | sha256 of the object's dedup value (hex string) |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
-//! | `xid` | `{bucket_id}/{sha256 of the external id}/{object_id}` | the object ID (index) |
+//! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
 //!
-//! The `xid` index maps an upstream's ID (a Mux asset, a Supabase row) to the objects made
-//! from it, so lifecycle events (update, delete) find them. It is written in the same batch
-//! as the object or buffer entry it points at, and deleted in the same batch as the object.
+//! `dkey` is the dedup set and `xref` the external-ID index, which maps an upstream's ID (a
+//! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
+//! delete) find them. The adapter actor holds both in memory, by hash, and loads them with
+//! one scan when it starts. On disk they are keyed by object ID on purpose: IDs are
+//! time-ordered, so every ingest appends at the end of the tree, where keyed by hash each
+//! landed on a random page, which cost sled several times more per insert. Both are written
+//! in the same batch as the object or buffer entry; an `xref` entry is deleted with its
+//! object, a `dkey` entry only with the adapter (a deleted object's event stays a duplicate).
 //! Object and batch IDs are time-ordered, so key order is creation order (cursor pagination).
 //! The bucket registry deletes every `{bucket_id}/` prefix with the bucket.
 
@@ -22,14 +27,8 @@ use crate::catalog::ProviderType;
 use crate::ids::{BatchId, BucketId, ObjectId};
 use crate::store::Keyspace;
 
-/// The external-ID index (see the module doc). Declared here rather than in `store` because
-/// only the inbound side reads it; the name is part of the on-disk format all the same.
-pub const EXTERNAL_IDS: Keyspace = Keyspace::custom("xid");
-
-/// Index key of one object under its external ID (`hash` = [`dedup_hash`] of the ID).
-pub fn xid_key(bucket: &BucketId, hash: &str, object_id: &ObjectId) -> String {
-    format!("{}/{hash}/{}", bucket.as_str(), object_id.as_str())
-}
+/// The external-ID index (see the module doc).
+pub const EXTERNAL_IDS: Keyspace = Keyspace::EXTERNAL_IDS;
 
 pub fn key(bucket: &BucketId, id: &str) -> String {
     format!("{}/{}", bucket.as_str(), id)
@@ -185,12 +184,6 @@ pub struct BufferEntry {
     pub object_id: ObjectId,
     pub received_at_ms: u64,
     pub draft: Draft,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DedupEntry {
-    pub object_id: ObjectId,
-    pub at_ms: u64,
 }
 
 /// Hourly counters over the last 24 hours, plus the last flush and error.

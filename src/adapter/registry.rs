@@ -519,9 +519,9 @@ impl RegistryState {
         };
         let mut batch = Batch::new();
         batch.delete(Keyspace::OBJECTS, &key);
-        if let Some(ext) = &obj.source.external_id {
+        if obj.source.external_id.is_some() {
             // The adapter actor's in-memory index drops the entry when it next misses it.
-            batch.delete(records::EXTERNAL_IDS, &records::xid_key(id, &records::dedup_hash(ext), object_id));
+            batch.delete(records::EXTERNAL_IDS, &records::key(id, object_id.as_str()));
         }
         let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), Vec::new());
         self.shared.store.commit(batch).await?;

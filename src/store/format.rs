@@ -3,17 +3,30 @@
 //! `meta\0format_version` holds the version that wrote the data. A newer binary migrates an
 //! older format in place; an older binary refuses a newer format instead of misreading it.
 //!
-//! Versions: 1 = sled only. 2 = the write-ahead log in `wal/` holds writes sled may not have
-//! yet (a version-1 binary would ignore it and lose them), keyspaces unchanged.
+//! Versions:
+//! - 1: sled only.
+//! - 2: the write-ahead log in `wal/` holds writes sled may not have yet (a version-1 binary
+//!   would ignore it and lose them); keyspaces unchanged.
+//! - 3: the dedup set and the external-ID index are keyed by object ID (`dkey`, `xref`)
+//!   instead of by hash (`dedup`, `xid`): see `adapter/records.rs`.
+//!
+//! A migration runs in two steps around the log replay, because the log of an older binary
+//! holds writes in the older layout: [`check`] (before the replay) records the new version
+//! together with `meta\0migrate_from`, so an older binary refuses the directory from then
+//! on, and [`finish`] (after the replay) rewrites the keyspaces and clears the marker. Each
+//! step is idempotent: a crash in between reruns what is left at the next start.
 
-use super::{Backend, Batch, Keyspace, StoreError};
+use super::{Backend, Batch, Keyspace, Op, StoreError};
 
 /// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
-pub(crate) fn check_and_migrate(backend: &dyn Backend) -> Result<(), StoreError> {
-    let key = Keyspace::META.key("format_version");
-    match backend.get(&key)? {
+const VERSION_KEY: &str = "format_version";
+const MIGRATE_FROM_KEY: &str = "migrate_from";
+
+/// Checks the version before the log replay; see the module docs.
+pub(crate) fn check(backend: &dyn Backend) -> Result<(), StoreError> {
+    match read::<u32>(backend, VERSION_KEY)? {
         None => {
             let mut any = false;
             backend.scan_from(&[], &[], &mut |_, _| {
@@ -25,30 +38,159 @@ pub(crate) fn check_and_migrate(backend: &dyn Backend) -> Result<(), StoreError>
                     "the data directory holds data without a format version; it was not written by hookline".into(),
                 ));
             }
-            write_version(backend)
+            write_meta(backend, &[(VERSION_KEY, FORMAT_VERSION)])
         }
-        Some(bytes) => {
-            let v: u32 = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt { key: "meta/format_version".into(), reason: e.to_string() })?;
-            if v > FORMAT_VERSION {
-                return Err(StoreError::Format(format!(
-                    "the data directory has format version {v}, newer than this binary's {FORMAT_VERSION}; upgrade hookline"
-                )));
+        Some(v) if v > FORMAT_VERSION => Err(StoreError::Format(format!(
+            "the data directory has format version {v}, newer than this binary's {FORMAT_VERSION}; upgrade hookline"
+        ))),
+        Some(v) if v < FORMAT_VERSION => {
+            tracing::info!(from = v, to = FORMAT_VERSION, "migrating the data directory's format");
+            write_meta(backend, &[(MIGRATE_FROM_KEY, v), (VERSION_KEY, FORMAT_VERSION)])
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Runs the keyspace migrations a [`check`] left pending, after the log replay.
+pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
+    let Some(from) = read::<u32>(backend, MIGRATE_FROM_KEY)? else {
+        return Ok(());
+    };
+    // 1 → 2 changes no keyspace. 2 → 3 re-keys the dedup set and the external-ID index.
+    if from < 3 {
+        // `dedup\0{bucket}/{hash}` = {"object_id": …} → `dkey\0{bucket}/{object_id}` = "hash"
+        rekey(backend, "dedup", Keyspace::DEDUP, |rest, value| {
+            let (bucket, hash) = rest.split_once('/')?;
+            let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+            Some((format!("{bucket}/{}", v.get("object_id")?.as_str()?), hash.to_string()))
+        })?;
+        // `xid\0{bucket}/{hash}/{object_id}` → `xref\0{bucket}/{object_id}` = "hash"
+        rekey(backend, "xid", Keyspace::EXTERNAL_IDS, |rest, _| {
+            let (bucket, rest) = rest.split_once('/')?;
+            let (hash, object_id) = rest.split_once('/')?;
+            Some((format!("{bucket}/{object_id}"), hash.to_string()))
+        })?;
+    }
+    let mut b = Batch::new();
+    b.delete(Keyspace::META, MIGRATE_FROM_KEY);
+    backend.apply(&b)?;
+    futures::executor::block_on(backend.flush())?;
+    tracing::info!(from, to = FORMAT_VERSION, "data directory migrated");
+    Ok(())
+}
+
+/// Moves every entry of the old keyspace `old` to `new` under the key and (JSON string)
+/// value `map` gives, in slices; each new entry is written before its old one is deleted,
+/// so a crash leaves every entry in one place or both. Entries `map` cannot read are kept.
+fn rekey(
+    backend: &dyn Backend,
+    old: &str,
+    new: Keyspace,
+    map: impl Fn(&str, &[u8]) -> Option<(String, String)>,
+) -> Result<(), StoreError> {
+    const SLICE: usize = 10_000;
+    let prefix = format!("{old}\0").into_bytes();
+    let mut start = prefix.clone();
+    loop {
+        let mut b = Batch::new();
+        let mut n = 0;
+        let mut last = None;
+        backend.scan_from(&start, &prefix, &mut |k, v| {
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]);
+            match map(&rest, v) {
+                Some((key, value)) => {
+                    b.put(new, &key, &value);
+                    b.ops.push(Op::Delete(k.to_vec()));
+                }
+                None => tracing::warn!(key = %rest, keyspace = old, "unreadable entry left in place by the migration"),
             }
-            if v < FORMAT_VERSION {
-                // 1 → 2 changes no keyspace: the log comes into use with this binary.
-                tracing::info!(from = v, to = FORMAT_VERSION, "migrating the data directory's format");
-                write_version(backend)?;
+            n += 1;
+            last = Some(k.to_vec());
+            Ok(n < SLICE)
+        })?;
+        backend.apply(&b)?;
+        match last {
+            Some(mut k) if n == SLICE => {
+                k.push(0); // strictly after the last key seen
+                start = k;
             }
-            Ok(())
+            _ => return Ok(()),
         }
     }
 }
 
-/// Records this binary's version, flushed: from here on an older binary refuses the data.
-fn write_version(backend: &dyn Backend) -> Result<(), StoreError> {
+fn read<T: serde::de::DeserializeOwned>(backend: &dyn Backend, key: &str) -> Result<Option<T>, StoreError> {
+    match backend.get(&Keyspace::META.key(key))? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { key: format!("meta/{key}"), reason: e.to_string() }),
+    }
+}
+
+/// Writes `meta` entries straight to the backend, flushed.
+fn write_meta(backend: &dyn Backend, entries: &[(&str, u32)]) -> Result<(), StoreError> {
     let mut b = Batch::new();
-    b.put(Keyspace::META, "format_version", &FORMAT_VERSION);
+    for (k, v) in entries {
+        b.put(Keyspace::META, k, v);
+    }
     backend.apply(&b)?;
     futures::executor::block_on(backend.flush())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SledBackend, Store};
+
+    fn raw_put(b: &mut Batch, key: &str, value: &str) {
+        b.ops.push(Op::Put(key.as_bytes().to_vec(), value.as_bytes().to_vec()));
+    }
+
+    #[tokio::test]
+    async fn version_2_dedup_and_xid_entries_are_rekeyed_by_object() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = SledBackend::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.put(Keyspace::META, VERSION_KEY, &2u32);
+            raw_put(&mut b, "dedup\0bkt_a/h1", r#"{"object_id":"obj_1","at_ms":5}"#);
+            raw_put(&mut b, "dedup\0bkt_a/h2", r#"{"object_id":"obj_2","at_ms":6}"#);
+            raw_put(&mut b, "xid\0bkt_a/h1/obj_1", r#""obj_1""#);
+            raw_put(&mut b, "xid\0bkt_b/h9/obj_7", r#""obj_7""#);
+            raw_put(&mut b, "obj\0bkt_a/obj_1", "{}");
+            backend.apply(&b).unwrap();
+            futures::executor::block_on(backend.flush()).unwrap();
+        }
+        let store = Store::open_sled(dir.path()).unwrap();
+        let dedup: Vec<(String, String)> = store.list(Keyspace::DEDUP, "", None, 10).unwrap();
+        assert_eq!(dedup, vec![("bkt_a/obj_1".into(), "h1".into()), ("bkt_a/obj_2".into(), "h2".into())]);
+        let xref: Vec<(String, String)> = store.list(Keyspace::EXTERNAL_IDS, "", None, 10).unwrap();
+        assert_eq!(xref, vec![("bkt_a/obj_1".into(), "h1".into()), ("bkt_b/obj_7".into(), "h9".into())]);
+        assert_eq!(store.count(Keyspace::custom("dedup"), "").unwrap(), 0);
+        assert_eq!(store.count(Keyspace::custom("xid"), "").unwrap(), 0);
+        assert_eq!(store.get::<u32>(Keyspace::META, VERSION_KEY).unwrap(), Some(FORMAT_VERSION));
+        assert_eq!(store.get::<u32>(Keyspace::META, MIGRATE_FROM_KEY).unwrap(), None);
+        assert_eq!(store.count(Keyspace::OBJECTS, "").unwrap(), 1, "other keyspaces untouched");
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_and_an_interrupted_migration_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SledBackend::open(dir.path()).unwrap();
+        write_meta(&backend, &[(VERSION_KEY, FORMAT_VERSION + 1)]).unwrap();
+        assert!(matches!(check(&backend), Err(StoreError::Format(_))));
+        // Interrupted after `check`: the version is already new, the marker still set.
+        write_meta(&backend, &[(VERSION_KEY, FORMAT_VERSION), (MIGRATE_FROM_KEY, 2)]).unwrap();
+        let mut b = Batch::new();
+        raw_put(&mut b, "dedup\0bkt_a/h1", r#"{"object_id":"obj_1","at_ms":5}"#);
+        raw_put(&mut b, "dkey\0bkt_a/obj_0", r#""h0""#); // migrated before the crash
+        backend.apply(&b).unwrap();
+        check(&backend).unwrap();
+        finish(&backend).unwrap();
+        assert_eq!(backend.get(b"dkey\0bkt_a/obj_1").unwrap().as_deref(), Some(&b"\"h1\""[..]));
+        assert_eq!(backend.get(b"dkey\0bkt_a/obj_0").unwrap().as_deref(), Some(&b"\"h0\""[..]));
+        assert_eq!(backend.get(b"dedup\0bkt_a/h1").unwrap(), None);
+        assert_eq!(read::<u32>(&backend, MIGRATE_FROM_KEY).unwrap(), None);
+    }
 }

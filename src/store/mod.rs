@@ -36,7 +36,8 @@ impl Keyspace {
     pub const BUCKETS: Keyspace = Keyspace("bkt");
     pub const OBJECTS: Keyspace = Keyspace("obj");
     pub const BATCHES: Keyspace = Keyspace("batch");
-    pub const DEDUP: Keyspace = Keyspace("dedup");
+    pub const DEDUP: Keyspace = Keyspace("dkey");
+    pub const EXTERNAL_IDS: Keyspace = Keyspace("xref");
     pub const BUFFER: Keyspace = Keyspace("buf");
     pub const OUTBOX: Keyspace = Keyspace("outbox");
     pub const WEBHOOKS: Keyspace = Keyspace("wh");
@@ -155,10 +156,11 @@ impl Store {
     /// Opens a store over any backend, with its write-ahead log in `wal_dir`.
     pub fn open(backend: Arc<dyn Backend>, wal_dir: &std::path::Path) -> Result<Store, StoreError> {
         // The version first (it is written straight to the backend, flushed): a log written
-        // by a newer binary must not be replayed by an older one. A future migration that
-        // rewrites keyspaces must run after the replay.
-        format::check_and_migrate(backend.as_ref())?;
+        // by a newer binary must not be replayed by an older one. Keyspace migrations run
+        // after the replay, which may hold writes in the older layout.
+        format::check(backend.as_ref())?;
         let next_segment = wal::recover(wal_dir, backend.as_ref())?;
+        format::finish(backend.as_ref())?;
         let committer = commit::Committer::start(backend.clone(), wal_dir.to_path_buf(), next_segment)?;
         Ok(Store { backend, committer, wal_dir: Arc::new(wal_dir.to_path_buf()) })
     }

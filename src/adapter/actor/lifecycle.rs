@@ -2,7 +2,7 @@
 //!
 //! A Supabase UPDATE/DELETE, or a Mux `video.asset.updated`/`deleted` (on the ingest route
 //! when filtered in, or fanned out by the registry from `/v1/webhooks/mux/{connection_id}`),
-//! names an upstream ID. The actor's in-memory external-ID index (mirrored in the `xid`
+//! names an upstream ID. The actor's in-memory external-ID index (mirrored in the `xref`
 //! keyspace, written in the same batches as the objects) gives the objects made from it:
 //! stored ones are re-mapped (`object.updated`) or deleted (`object.deleted`) in one atomic
 //! batch with their events; ones still buffered in a batch window are changed in place (the
@@ -39,16 +39,27 @@ pub struct ChangeRequest {
 
 /// Loads the external-ID index of one bucket (`prefix` = `{bucket_id}/`).
 pub(super) fn load_index(store: &Store, prefix: &str) -> Result<HashMap<String, Vec<ObjectId>>, StoreError> {
-    let mut index: HashMap<String, Vec<ObjectId>> = HashMap::new();
-    store.for_each_key(EXTERNAL_IDS, prefix, |k| {
-        if let Some((hash, oid)) = k[prefix.len()..].split_once('/') {
-            if let Some(oid) = ObjectId::parse(oid) {
-                index.entry(hash.to_string()).or_default().push(oid);
-            }
+    load_by_hash(store, EXTERNAL_IDS, prefix, |index: &mut HashMap<String, Vec<ObjectId>>, hash, oid| {
+        index.entry(hash).or_default().push(oid)
+    })
+}
+
+/// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup set or the
+/// external-ID index, see `records.rs`) into a map by hash, in object (= creation) order.
+pub(in crate::adapter) fn load_by_hash<M: Default>(
+    store: &Store,
+    ks: Keyspace,
+    prefix: &str,
+    mut add: impl FnMut(&mut M, String, ObjectId),
+) -> Result<M, StoreError> {
+    let mut map = M::default();
+    store.for_each::<String>(ks, prefix, |k, hash| {
+        if let Some(oid) = ObjectId::parse(&k[prefix.len()..]) {
+            add(&mut map, hash, oid);
         }
         true
     })?;
-    Ok(index)
+    Ok(map)
 }
 
 impl AdapterState {
@@ -56,13 +67,13 @@ impl AdapterState {
     pub(super) fn index(&mut self, batch: &mut Batch, draft: &Draft, object_id: &ObjectId) {
         if let Some(ext) = &draft.source.external_id {
             let hash = records::dedup_hash(ext);
-            batch.put(EXTERNAL_IDS, &records::xid_key(self.bucket_id(), &hash, object_id), object_id);
+            batch.put(EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()), &hash);
             self.xids.entry(hash).or_default().push(object_id.clone());
         }
     }
 
     fn unindex(&mut self, batch: &mut Batch, hash: &str, object_id: &ObjectId) {
-        batch.delete(EXTERNAL_IDS, &records::xid_key(self.bucket_id(), hash, object_id));
+        batch.delete(EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()));
         if let Some(ids) = self.xids.get_mut(hash) {
             ids.retain(|o| o != object_id);
             if ids.is_empty() {
