@@ -6,7 +6,8 @@
 //! and p50/p99 latency. Every ingest answer is durable (fsynced through group commit).
 //! The last scenario adds a webhook subscribed to `object.created` (a fast local receiver),
 //! so each ingest also stores its event and the daemon delivers it: the full pipeline.
-//! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64).
+//! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64), BENCH_SCENARIOS
+//! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -137,6 +138,7 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secs = env_num("BENCH_SECONDS", 5);
     let conns = env_num("BENCH_CONNECTIONS", 64) as usize;
+    let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
     let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let client = reqwest::Client::builder().pool_max_idle_per_host(conns).build().expect("client");
     println!("ingest bench: {conns} connections, {secs} s per scenario, loopback");
@@ -204,6 +206,9 @@ fn main() {
         ("ingest time_window", json!({"mode": "time_window", "window_seconds": 300, "max_batch_size": 1000})),
         ("ingest immediate+webhook", json!({"mode": "immediate"})),
     ] {
+        if !only.is_empty() && !only.split(',').any(|o| mode.trim_start_matches("ingest ") == o) {
+            continue;
+        }
         if mode.ends_with("+webhook") {
             client_rt.block_on(async {
                 let body = json!({"webhook_name": "bench", "event_types": ["object.created"],
