@@ -8,6 +8,10 @@
 //! - `dlv/{webhook_id}/{delivery_id}` → [`Delivery`]: one event to one channel of one
 //!   webhook, with its attempts. Keyed under the webhook so its queue is one prefix scan
 //!   and deleting a webhook deletes its queue.
+//! - `evt/{event_id}` → the [`EventRecord`] its deliveries send, stored once however many
+//!   webhooks receive it (a delivery names it by ID), so each attempt's outcome rewrites a
+//!   small record rather than a copy of the event. Deleted by the registry's hourly sweep
+//!   once no delivery names it.
 
 use std::sync::Arc;
 
@@ -17,7 +21,7 @@ use super::channel::ChannelConfig;
 use super::netguard::NetPolicy;
 use crate::error::ApiError;
 use crate::events::EventRecord;
-use crate::ids::{DeliveryId, WebhookId};
+use crate::ids::{DeliveryId, EventId, WebhookId};
 
 /// The catalog of event types hookline (and the platform it mirrors) emits. Any other
 /// well-formed type can still be published with `POST /v1/events` and subscribed to.
@@ -250,7 +254,12 @@ pub struct Delivery {
     /// When the next attempt is due (pending only).
     pub next_attempt_ms: Option<u64>,
     pub created_at: String,
-    pub event: Arc<EventRecord>,
+    pub event_id: EventId,
+    pub event_type: String,
+    /// The event to send, stored once under `evt/` (see the module docs) and attached when
+    /// the delivery is queued; `None` only if that record is gone.
+    #[serde(skip)]
+    pub event: Option<Arc<EventRecord>>,
 }
 
 impl Delivery {
@@ -273,7 +282,9 @@ impl Delivery {
             window_start_ms: now_ms,
             next_attempt_ms: Some(now_ms),
             created_at: crate::util::millis_to_rfc3339(now_ms),
-            event,
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            event: Some(event),
         }
     }
 
@@ -286,8 +297,8 @@ impl Delivery {
         serde_json::json!({
             "delivery_id": self.delivery_id,
             "webhook_id": self.webhook_id,
-            "event_id": self.event.event_id,
-            "event_type": self.event.event_type,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
             "channel": self.channel,
             "status": self.status,
             "attempts": self.attempts,

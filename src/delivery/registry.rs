@@ -37,6 +37,11 @@ use crate::util::{now_millis, now_rfc3339};
 
 /// Most outbox events fanned out per batch.
 const DRAIN_SLICE: usize = 1024;
+/// How often stored events that no delivery names any more are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// A stored event younger than this is never swept, whatever the scan saw: its fan-out
+/// batch may still be being applied (readers can see part of a batch).
+const SWEEP_MIN_AGE: Duration = Duration::from_secs(600);
 pub const MAX_WORKER_RESTARTS: usize = 5;
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
@@ -84,6 +89,8 @@ pub enum DeliveryMsg {
         webhook_id: WebhookId,
         error: Option<String>,
     },
+    /// Hourly: delete stored events that no delivery names any more.
+    SweepEvents,
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
 }
@@ -107,6 +114,7 @@ pub struct DeliveryState {
     /// Delivery keys written by the in-flight fan-out (a delete must also remove them).
     inflight: Vec<(WebhookId, String)>,
     waker: Option<tokio::task::JoinHandle<()>>,
+    sweeper: Option<ractor::concurrency::JoinHandle<()>>,
 }
 
 impl Actor for DeliveryRegistry {
@@ -147,6 +155,7 @@ impl Actor for DeliveryRegistry {
             epoch: rand::random::<u64>() >> 1,
             inflight: Vec::new(),
             waker: None,
+            sweeper: None,
         };
         let mut stored = Vec::new();
         shared.store.for_each::<StoredWebhook>(Keyspace::WEBHOOKS, "", |_, w| {
@@ -183,6 +192,7 @@ impl Actor for DeliveryRegistry {
             }
         }));
         let _ = myself.cast(DeliveryMsg::Drain);
+        state.sweeper = Some(myself.send_interval(SWEEP_EVERY, || DeliveryMsg::SweepEvents));
         tracing::debug!(webhooks = state.webhooks.len(), "delivery registry started");
         Ok(state)
     }
@@ -190,6 +200,9 @@ impl Actor for DeliveryRegistry {
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         if let Some(w) = state.waker.take() {
             w.abort();
+        }
+        if let Some(s) = state.sweeper.take() {
+            s.abort();
         }
         Ok(())
     }
@@ -250,6 +263,7 @@ impl Actor for DeliveryRegistry {
                 }
             }
             DeliveryMsg::LastError { webhook_id, error } => state.set_last_error(&webhook_id, error),
+            DeliveryMsg::SweepEvents => state.sweep_events(),
             DeliveryMsg::Crash => {
                 return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
             }
@@ -541,6 +555,7 @@ impl DeliveryState {
         let active: Vec<&Entry> = self.webhooks.values().filter(|e| e.stored.is_active).collect();
         for (key, event) in events {
             let event = Arc::new(event);
+            let mut matched = false;
             for entry in &active {
                 if !entry.stored.subscribed(&event.event_type) {
                     continue;
@@ -549,9 +564,14 @@ impl DeliveryState {
                     let kind = ch.get("channel").and_then(|c| c.as_str()).unwrap_or("webhook");
                     let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, kind, now);
                     batch.put(Keyspace::DELIVERIES, &d.key(), &d);
+                    matched = true;
                     self.inflight.push((d.webhook_id.clone(), d.key()));
                     per_worker.entry(d.webhook_id.clone()).or_default().push(d);
                 }
+            }
+            if matched {
+                // Once for all its deliveries (they name it by ID).
+                batch.put(Keyspace::EVENTS, event.event_id.as_str(), &*event);
             }
             batch.delete(Keyspace::OUTBOX, &key);
             crate::metrics::event_dispatched();
@@ -581,5 +601,84 @@ impl DeliveryState {
             };
             let _ = me.cast(DeliveryMsg::DrainDone { epoch, ok, full });
         });
+    }
+}
+
+impl DeliveryState {
+    /// Deletes the `evt/` records that no delivery names (their deliveries were pruned or
+    /// their webhook deleted). Reads are cheap (keys and one field); the deletes are one
+    /// unawaited batch: a lost sweep is redone at the next one.
+    fn sweep_events(&self) {
+        match unreferenced_events(&self.shared.store, now_millis(), SWEEP_MIN_AGE) {
+            Ok(b) if !b.is_empty() => {
+                tracing::debug!(events = b.len(), "swept stored events no delivery names");
+                drop(self.shared.store.submit(b));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep stored events (retried in an hour)"),
+        }
+    }
+}
+
+/// The deletes of every stored event older than `min_age` that no delivery names.
+pub(crate) fn unreferenced_events(
+    store: &crate::store::Store,
+    now_ms: u64,
+    min_age: Duration,
+) -> Result<Batch, crate::store::StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        event_id: String,
+    }
+    let mut named = std::collections::HashSet::new();
+    store.for_each::<Named>(Keyspace::DELIVERIES, "", |_, d| {
+        named.insert(d.event_id);
+        true
+    })?;
+    let cutoff = now_ms.saturating_sub(min_age.as_millis() as u64);
+    let mut b = Batch::new();
+    store.for_each_key(Keyspace::EVENTS, "", |k| {
+        // Event IDs are `evt_{ulid}`: the ULID carries the creation time.
+        let created = k.strip_prefix("evt_").and_then(|u| ulid::Ulid::from_string(&u.to_uppercase()).ok());
+        let old = created.is_some_and(|u| u.timestamp_ms() < cutoff);
+        if old && !named.contains(k) {
+            b.delete(Keyspace::EVENTS, k);
+        }
+        true
+    })?;
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sweep_deletes_only_old_events_no_delivery_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_sled(dir.path()).unwrap();
+        let now = now_millis();
+        let id = |age_ms: u64| format!("evt_{}", ulid::Ulid::from_parts(now - age_ms, 7).to_string().to_lowercase());
+        let (old_orphan, old_named, young_orphan) = (id(3_600_000), id(3_600_000), id(1_000));
+        let mut b = Batch::new();
+        for e in [&old_orphan, &old_named, &young_orphan] {
+            b.put(Keyspace::EVENTS, e, &serde_json::json!({"event_id": e}));
+        }
+        b.put(Keyspace::DELIVERIES, "wh_x/del_1", &serde_json::json!({"event_id": old_named}));
+        store.commit(b).await.unwrap();
+
+        let sweep = unreferenced_events(&store, now, Duration::from_secs(600)).unwrap();
+        store.commit(sweep).await.unwrap();
+        let mut left = Vec::new();
+        store
+            .for_each_key(Keyspace::EVENTS, "", |k| {
+                left.push(k.to_string());
+                true
+            })
+            .unwrap();
+        left.sort();
+        let mut want = vec![old_named, young_orphan];
+        want.sort();
+        assert_eq!(left, want);
     }
 }

@@ -28,6 +28,7 @@ use super::model::{delivery_key, Attempt, Delivery, DeliveryStatus};
 use super::registry::DeliveryMsg;
 use super::retry::{Decision, Outcome, Policy};
 use crate::error::ApiError;
+use crate::events::EventRecord;
 use crate::ids::{DeliveryId, WebhookId};
 use crate::state::Shared;
 use crate::store::{Batch, Durable, Keyspace};
@@ -233,6 +234,7 @@ impl WorkerState {
             }
             true
         })?;
+        attach_events(&self.shared.store, &mut pending)?;
         let now = now_millis();
         if !pending.is_empty() {
             tracing::info!(webhook_id = %self.rt.webhook_id, pending = pending.len(), "delivery queue reloaded");
@@ -293,15 +295,12 @@ impl WorkerState {
             tokio::spawn(async move {
                 let at_ms = now_millis();
                 let started = Instant::now();
-                let result = match channel {
-                    Some(ch) => ch.send(&Message { id: id.as_str(), event: &event, signing_key: &key }).await,
-                    None => AttemptResult {
-                        outcome: Outcome::Permanent,
-                        status_code: None,
-                        error: Some("the channel of this delivery was removed from the webhook".into()),
-                        retry_after: None,
-                        result: "error",
-                    },
+                let result = match (channel, event) {
+                    (Some(ch), Some(event)) => {
+                        ch.send(&Message { id: id.as_str(), event: &event, signing_key: &key }).await
+                    }
+                    (None, _) => permanent_failure("the channel of this delivery was removed from the webhook"),
+                    (_, None) => permanent_failure("the event of this delivery is no longer stored"),
                 };
                 let _ = me.cast(WorkerMsg::Done { delivery_id: id, result, at_ms, duration: started.elapsed() });
             });
@@ -379,6 +378,12 @@ impl WorkerState {
         let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else {
             return Err(ApiError::NotFound(format!("delivery {id} not found for webhook {}", self.rt.webhook_id)));
         };
+        attach_events(&self.shared.store, std::slice::from_mut(&mut d))?;
+        if d.event.is_none() {
+            return Err(ApiError::Conflict(format!(
+                "delivery {id} can no longer be retried: its event is no longer stored"
+            )));
+        }
         d.status = DeliveryStatus::Pending;
         d.failures = 0;
         d.window_start_ms = now;
@@ -418,4 +423,34 @@ impl WorkerState {
         }
         Ok(())
     }
+}
+
+fn permanent_failure(error: &str) -> AttemptResult {
+    AttemptResult {
+        outcome: Outcome::Permanent,
+        status_code: None,
+        error: Some(error.into()),
+        retry_after: None,
+        result: "error",
+    }
+}
+
+/// Attaches each delivery's event, read from `evt/` once per event.
+fn attach_events(store: &crate::store::Store, deliveries: &mut [Delivery]) -> Result<(), crate::store::StoreError> {
+    let mut events: HashMap<crate::ids::EventId, Option<Arc<EventRecord>>> = HashMap::new();
+    for d in deliveries.iter_mut().filter(|d| d.event.is_none()) {
+        let event = match events.get(&d.event_id) {
+            Some(e) => e.clone(),
+            None => {
+                let e = store.get::<EventRecord>(Keyspace::EVENTS, d.event_id.as_str())?.map(Arc::new);
+                if e.is_none() {
+                    tracing::error!(delivery_id = %d.delivery_id, event_id = %d.event_id, "the event of a delivery is missing");
+                }
+                events.insert(d.event_id.clone(), e.clone());
+                e
+            }
+        };
+        d.event = event;
+    }
+    Ok(())
 }

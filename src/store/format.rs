@@ -9,6 +9,8 @@
 //!   would ignore it and lose them); keyspaces unchanged.
 //! - 3: the dedup set and the external-ID index are keyed by object ID (`dkey`, `xref`)
 //!   instead of by hash (`dedup`, `xid`): see `adapter/records.rs`.
+//! - 4: a delivery names its event (`event_id`, `event_type`) instead of holding a copy; the
+//!   event is stored once under `evt/`: see `delivery/model.rs`.
 //!
 //! A migration runs in two steps around the log replay, because the log of an older binary
 //! holds writes in the older layout: [`check`] (before the replay) records the new version
@@ -19,7 +21,7 @@
 use super::{Backend, Batch, Keyspace, Op, StoreError};
 
 /// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 const VERSION_KEY: &str = "format_version";
 const MIGRATE_FROM_KEY: &str = "migrate_from";
@@ -59,16 +61,32 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
     // 1 → 2 changes no keyspace. 2 → 3 re-keys the dedup set and the external-ID index.
     if from < 3 {
         // `dedup\0{bucket}/{hash}` = {"object_id": …} → `dkey\0{bucket}/{object_id}` = "hash"
-        rekey(backend, "dedup", Keyspace::DEDUP, |rest, value| {
+        rewrite(backend, Keyspace::custom("dedup"), |rest, value| {
             let (bucket, hash) = rest.split_once('/')?;
             let v: serde_json::Value = serde_json::from_slice(value).ok()?;
-            Some((format!("{bucket}/{}", v.get("object_id")?.as_str()?), hash.to_string()))
+            Some(moved(Keyspace::DEDUP, &format!("{bucket}/{}", v.get("object_id")?.as_str()?), hash))
         })?;
         // `xid\0{bucket}/{hash}/{object_id}` → `xref\0{bucket}/{object_id}` = "hash"
-        rekey(backend, "xid", Keyspace::EXTERNAL_IDS, |rest, _| {
+        rewrite(backend, Keyspace::custom("xid"), |rest, _| {
             let (bucket, rest) = rest.split_once('/')?;
             let (hash, object_id) = rest.split_once('/')?;
-            Some((format!("{bucket}/{object_id}"), hash.to_string()))
+            Some(moved(Keyspace::EXTERNAL_IDS, &format!("{bucket}/{object_id}"), hash))
+        })?;
+    }
+    if from < 4 {
+        // `dlv\0…` = {…, "event": {…}} → {…, "event_id", "event_type"} + `evt\0{event_id}`.
+        rewrite(backend, Keyspace::DELIVERIES, |_, value| {
+            let mut d: serde_json::Value = serde_json::from_slice(value).ok()?;
+            let Some(event) = d.as_object_mut()?.remove("event") else {
+                return Some(Vec::new()); // migrated already
+            };
+            let event_id = event.get("event_id")?.as_str()?.to_string();
+            d["event_id"] = event_id.clone().into();
+            d["event_type"] = event.get("event_type")?.clone();
+            let mut b = Batch::new();
+            b.put(Keyspace::EVENTS, &event_id, &event);
+            b.ops.push(Op::Put(Vec::new(), serde_json::to_vec(&d).ok()?)); // key filled in below
+            Some(b.ops)
         })?;
     }
     let mut b = Batch::new();
@@ -79,30 +97,32 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Moves every entry of the old keyspace `old` to `new` under the key and (JSON string)
-/// value `map` gives, in slices; each new entry is written before its old one is deleted,
-/// so a crash leaves every entry in one place or both. Entries `map` cannot read are kept.
-fn rekey(
+/// Rewrites every entry of `ks` in slices. `map` gets the key (after the keyspace prefix)
+/// and value and gives the operations that replace the entry, where an empty key means the
+/// entry itself (`None`: unreadable, kept). Callers write a new entry before deleting the
+/// old one, so a crash leaves each entry in one place or both, and a rerun finishes.
+fn rewrite(
     backend: &dyn Backend,
-    old: &str,
-    new: Keyspace,
-    map: impl Fn(&str, &[u8]) -> Option<(String, String)>,
+    ks: Keyspace,
+    map: impl Fn(&str, &[u8]) -> Option<Vec<Op>>,
 ) -> Result<(), StoreError> {
     const SLICE: usize = 10_000;
-    let prefix = format!("{old}\0").into_bytes();
+    let prefix = ks.prefix();
     let mut start = prefix.clone();
     loop {
         let mut b = Batch::new();
         let mut n = 0;
         let mut last = None;
         backend.scan_from(&start, &prefix, &mut |k, v| {
-            let rest = String::from_utf8_lossy(&k[prefix.len()..]);
-            match map(&rest, v) {
-                Some((key, value)) => {
-                    b.put(new, &key, &value);
-                    b.ops.push(Op::Delete(k.to_vec()));
-                }
-                None => tracing::warn!(key = %rest, keyspace = old, "unreadable entry left in place by the migration"),
+            match map(&String::from_utf8_lossy(&k[prefix.len()..]), v) {
+                Some(ops) => b.ops.extend(ops.into_iter().map(|op| match op {
+                    Op::Put(key, value) if key.is_empty() => Op::Put(k.to_vec(), value),
+                    Op::Delete(key) if key.is_empty() => Op::Delete(k.to_vec()),
+                    other => other,
+                })),
+                None => tracing::warn!(
+                    key = %String::from_utf8_lossy(k), "unreadable entry left in place by the migration"
+                ),
             }
             n += 1;
             last = Some(k.to_vec());
@@ -111,12 +131,20 @@ fn rekey(
         backend.apply(&b)?;
         match last {
             Some(mut k) if n == SLICE => {
-                k.push(0); // strictly after the last key seen
+                k.push(0);
                 start = k;
             }
             _ => return Ok(()),
         }
     }
+}
+
+/// The entry becomes `key` = `value` (a JSON string) in `to`: written, then the old deleted.
+fn moved(to: Keyspace, key: &str, value: &str) -> Vec<Op> {
+    let mut b = Batch::new();
+    b.put(to, key, value);
+    b.ops.push(Op::Delete(Vec::new()));
+    b.ops
 }
 
 fn read<T: serde::de::DeserializeOwned>(backend: &dyn Backend, key: &str) -> Result<Option<T>, StoreError> {
@@ -192,5 +220,34 @@ mod tests {
         assert_eq!(backend.get(b"dkey\0bkt_a/obj_0").unwrap().as_deref(), Some(&b"\"h0\""[..]));
         assert_eq!(backend.get(b"dedup\0bkt_a/h1").unwrap(), None);
         assert_eq!(read::<u32>(&backend, MIGRATE_FROM_KEY).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn version_3_deliveries_name_their_event_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let backend = SledBackend::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.put(Keyspace::META, VERSION_KEY, &3u32);
+            let event = r#"{"event_id":"evt_1","event_type":"object.created","created_at":"t","payload":{"a":1},"cache_scopes":[]}"#;
+            for (wh, del) in [("wh_a", "del_1_a_0"), ("wh_b", "del_1_b_0")] {
+                let d = format!(r#"{{"delivery_id":"{del}","status":"pending","event":{event}}}"#);
+                raw_put(&mut b, &format!("dlv\0{wh}/{del}"), &d);
+            }
+            backend.apply(&b).unwrap();
+            futures::executor::block_on(backend.flush()).unwrap();
+        }
+        let store = Store::open_sled(dir.path()).unwrap();
+        let ds: Vec<(String, serde_json::Value)> = store.list(Keyspace::DELIVERIES, "", None, 10).unwrap();
+        assert_eq!(ds.len(), 2);
+        for (_, d) in &ds {
+            assert_eq!(d["event_id"], "evt_1");
+            assert_eq!(d["event_type"], "object.created");
+            assert_eq!(d["status"], "pending", "the rest of the delivery is kept");
+            assert!(d.get("event").is_none());
+        }
+        let events: Vec<(String, serde_json::Value)> = store.list(Keyspace::EVENTS, "", None, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].1["payload"]["a"], 1);
     }
 }
