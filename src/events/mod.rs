@@ -26,7 +26,9 @@ use tokio::sync::Notify;
 use crate::ids::EventId;
 use crate::store::{Batch, Keyspace};
 
-/// One event, as stored in the outbox and delivered in the envelope.
+/// One event, as stored in the outbox and delivered: its serialized form is exactly the
+/// delivery envelope (`event_id`, `event_type`, `created_at`, `payload`, `cache_scopes`), so
+/// a field added here is sent to every receiver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub event_id: EventId,

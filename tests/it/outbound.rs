@@ -219,6 +219,9 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert_eq!(env["payload"]["object_id"], "obj_1");
     assert_eq!(env["cache_scopes"][0]["scope"], "collection");
     assert!(env["created_at"].as_str().unwrap().ends_with('Z'));
+    let mut keys: Vec<&str> = env.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["cache_scopes", "created_at", "event_id", "event_type", "payload"], "the envelope, nothing more");
     assert_eq!(req.header("x-mixpeek-secret"), Some("mixpeek-shared"));
     assert_eq!(req.header("x-custom"), Some("yes"));
     assert_eq!(req.header("content-type"), Some("application/json"));

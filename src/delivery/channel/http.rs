@@ -111,16 +111,9 @@ impl HttpChannel {
                     return failed(Outcome::Permanent, "error", format!("payload_template failed to render: {e}"))
                 }
             },
-            None => {
-                let envelope = serde_json::json!({
-                    "event_id": msg.event.event_id,
-                    "event_type": msg.event.event_type,
-                    "created_at": msg.event.created_at,
-                    "payload": msg.event.payload,
-                    "cache_scopes": msg.event.cache_scopes,
-                });
-                (serde_json::to_vec(&envelope).unwrap_or_default(), "application/json")
-            }
+            // The record's serialized form is the envelope (see `EventRecord`): written straight
+            // from it, without building a copy of the payload first.
+            None => (serde_json::to_vec(msg.event).unwrap_or_default(), "application/json"),
         };
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let signature = sign(msg.signing_key, msg.id, ts, &body);
