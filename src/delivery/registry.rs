@@ -263,7 +263,7 @@ impl Actor for DeliveryRegistry {
                 }
             }
             DeliveryMsg::LastError { webhook_id, error } => state.set_last_error(&webhook_id, error),
-            DeliveryMsg::SweepEvents => state.sweep_events(),
+            DeliveryMsg::SweepEvents => state.sweep_events(&myself),
             DeliveryMsg::Crash => {
                 return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
             }
@@ -608,7 +608,16 @@ impl DeliveryState {
     /// Deletes the `evt/` records that no delivery names (their deliveries were pruned or
     /// their webhook deleted). Reads are cheap (keys and one field); the deletes are one
     /// unawaited batch: a lost sweep is redone at the next one.
-    fn sweep_events(&self) {
+    ///
+    /// Never while a fan-out batch is in flight: its deliveries and event land in sled one
+    /// by one, so the scan could see the event without the deliveries that name it. Fan-out
+    /// batches come only from this actor, so between `DrainDone` and the next `drain` none
+    /// is in flight.
+    fn sweep_events(&self, myself: &ActorRef<DeliveryMsg>) {
+        if self.draining {
+            myself.send_after(Duration::from_secs(10), || DeliveryMsg::SweepEvents);
+            return;
+        }
         match unreferenced_events(&self.shared.store, now_millis(), SWEEP_MIN_AGE) {
             Ok(b) if !b.is_empty() => {
                 tracing::debug!(events = b.len(), "swept stored events no delivery names");
