@@ -263,7 +263,7 @@ impl Actor for DeliveryRegistry {
                 }
             }
             DeliveryMsg::LastError { webhook_id, error } => state.set_last_error(&webhook_id, error),
-            DeliveryMsg::SweepEvents => state.sweep_events(&myself),
+            DeliveryMsg::SweepEvents => state.sweep_events(),
             DeliveryMsg::Crash => {
                 return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
             }
@@ -608,16 +608,7 @@ impl DeliveryState {
     /// Deletes the `evt/` records that no delivery names (their deliveries were pruned or
     /// their webhook deleted). Reads are cheap (keys and one field); the deletes are one
     /// unawaited batch: a lost sweep is redone at the next one.
-    ///
-    /// Never while a fan-out batch is in flight: its deliveries and event land in sled one
-    /// by one, so the scan could see the event without the deliveries that name it. Fan-out
-    /// batches come only from this actor, so between `DrainDone` and the next `drain` none
-    /// is in flight.
-    fn sweep_events(&self, myself: &ActorRef<DeliveryMsg>) {
-        if self.draining {
-            myself.send_after(Duration::from_secs(10), || DeliveryMsg::SweepEvents);
-            return;
-        }
+    fn sweep_events(&self) {
         match unreferenced_events(&self.shared.store, now_millis(), SWEEP_MIN_AGE) {
             Ok(b) if !b.is_empty() => {
                 tracing::debug!(events = b.len(), "swept stored events no delivery names");
@@ -630,6 +621,11 @@ impl DeliveryState {
 }
 
 /// The deletes of every stored event older than `min_age` that no delivery names.
+///
+/// Events are read first, deliveries second, on purpose: a fan-out batch may be being
+/// applied meanwhile, and it writes an event's deliveries before the event (sled applies a
+/// batch in order), so every event the first scan sees has its deliveries visible to the
+/// second.
 pub(crate) fn unreferenced_events(
     store: &crate::store::Store,
     now_ms: u64,
@@ -639,22 +635,26 @@ pub(crate) fn unreferenced_events(
     struct Named {
         event_id: String,
     }
-    let mut named = std::collections::HashSet::new();
-    store.for_each::<Named>(Keyspace::DELIVERIES, "", |_, d| {
-        named.insert(d.event_id);
-        true
-    })?;
     let cutoff = now_ms.saturating_sub(min_age.as_millis() as u64);
-    let mut b = Batch::new();
+    let mut old = std::collections::HashSet::new();
     store.for_each_key(Keyspace::EVENTS, "", |k| {
         // Event IDs are `evt_{ulid}`: the ULID carries the creation time.
         let created = k.strip_prefix("evt_").and_then(|u| ulid::Ulid::from_string(&u.to_uppercase()).ok());
-        let old = created.is_some_and(|u| u.timestamp_ms() < cutoff);
-        if old && !named.contains(k) {
-            b.delete(Keyspace::EVENTS, k);
+        if created.is_some_and(|u| u.timestamp_ms() < cutoff) {
+            old.insert(k.to_string());
         }
         true
     })?;
+    if !old.is_empty() {
+        store.for_each::<Named>(Keyspace::DELIVERIES, "", |_, d| {
+            old.remove(&d.event_id);
+            true
+        })?;
+    }
+    let mut b = Batch::new();
+    for k in old {
+        b.delete(Keyspace::EVENTS, &k);
+    }
     Ok(b)
 }
 

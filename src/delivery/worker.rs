@@ -177,7 +177,7 @@ impl Actor for DeliveryWorker {
                 state.pump();
             }
             WorkerMsg::Retry { delivery_id, reply } => {
-                let r = state.retry_now(&delivery_id);
+                let r = state.retry_now(&delivery_id).await;
                 let _ = reply.send(r);
                 state.pump();
             }
@@ -363,7 +363,7 @@ impl WorkerState {
         }
     }
 
-    fn retry_now(&mut self, id: &DeliveryId) -> Result<(serde_json::Value, Durable), ApiError> {
+    async fn retry_now(&mut self, id: &DeliveryId) -> Result<(serde_json::Value, Durable), ApiError> {
         let now = now_millis();
         if let Some(d) = self.queue.get_mut(id) {
             // Still pending: just make it due now.
@@ -374,6 +374,12 @@ impl WorkerState {
             let view = d.view();
             return Ok((view, self.shared.store.submit(Batch::new())));
         }
+        // Finished: read its record once everything written before is applied (this actor's
+        // grouped outcome writes, a prune's deletes), or a pruned delivery could come back.
+        if !self.writes.is_empty() {
+            drop(self.shared.store.submit(std::mem::take(&mut self.writes)));
+        }
+        self.shared.store.commit(Batch::new()).await?;
         let key = delivery_key(&self.rt.webhook_id, id);
         let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else {
             return Err(ApiError::NotFound(format!("delivery {id} not found for webhook {}", self.rt.webhook_id)));

@@ -47,7 +47,9 @@ pub(crate) fn check(backend: &dyn Backend) -> Result<(), StoreError> {
         ))),
         Some(v) if v < FORMAT_VERSION => {
             tracing::info!(from = v, to = FORMAT_VERSION, "migrating the data directory's format");
-            write_meta(backend, &[(MIGRATE_FROM_KEY, v), (VERSION_KEY, FORMAT_VERSION)])
+            // An older binary may have left its own migration unfinished: keep its steps.
+            let from = read::<u32>(backend, MIGRATE_FROM_KEY)?.map_or(v, |pending| pending.min(v));
+            write_meta(backend, &[(MIGRATE_FROM_KEY, from), (VERSION_KEY, FORMAT_VERSION)])
         }
         Some(_) => Ok(()),
     }
@@ -220,6 +222,21 @@ mod tests {
         assert_eq!(backend.get(b"dkey\0bkt_a/obj_0").unwrap().as_deref(), Some(&b"\"h0\""[..]));
         assert_eq!(backend.get(b"dedup\0bkt_a/h1").unwrap(), None);
         assert_eq!(read::<u32>(&backend, MIGRATE_FROM_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn an_upgrade_over_an_unfinished_migration_keeps_its_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SledBackend::open(dir.path()).unwrap();
+        // A format-3 binary stopped inside its 2 → 3 migration.
+        write_meta(&backend, &[(VERSION_KEY, 3), (MIGRATE_FROM_KEY, 2)]).unwrap();
+        let mut b = Batch::new();
+        raw_put(&mut b, "dedup\0bkt_a/h1", r#"{"object_id":"obj_1","at_ms":5}"#);
+        backend.apply(&b).unwrap();
+        check(&backend).unwrap();
+        finish(&backend).unwrap();
+        assert_eq!(backend.get(b"dkey\0bkt_a/obj_1").unwrap().as_deref(), Some(&b"\"h1\""[..]));
+        assert_eq!(read::<u32>(&backend, VERSION_KEY).unwrap(), Some(FORMAT_VERSION));
     }
 
     #[tokio::test]

@@ -495,3 +495,59 @@ async fn buffered_events_and_dedup_survive_a_crash_and_an_actor_failure() {
     assert_eq!(app.delete(&format!("/v1/buckets/{bucket}")).await.0, 204);
     assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("k2", "video.asset.ready")).await.0, 404);
 }
+
+/// A data dir of format 2 (dedup set and external-ID index keyed by hash) is migrated at
+/// start, and its dedup keys still hold: the same event is a duplicate of the same object.
+#[tokio::test]
+async fn dedup_keys_survive_the_migration_from_format_2() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let (bucket, secret) = bucket_with_adapter(&app, "mig", schema(), full_adapter(json!({"mode": "immediate"}))).await;
+    let event = mux_like_event("asset-1", "video.asset.ready");
+    let (st, b) = ingest(&app, &bucket, Some(&secret), &event).await;
+    assert_eq!((st, b["status"].as_str()), (200, Some("created")), "{b}");
+    let oid = b["object_id"].as_str().unwrap().to_string();
+    assert_eq!(app.stop(), Some(0));
+
+    // Rewrite the entries the way a format-2 binary kept them.
+    {
+        let backend = app.stopped_sled().await;
+        let mut found = Vec::new();
+        for ks in ["dkey", "xref"] {
+            let prefix = format!("{ks}\0");
+            backend
+                .scan_from(prefix.as_bytes(), prefix.as_bytes(), &mut |k, v| {
+                    let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    found.push((ks, rest, serde_json::from_slice::<String>(v).unwrap()));
+                    Ok(true)
+                })
+                .unwrap();
+        }
+        assert_eq!(found.len(), 2, "one dedup entry and one external-ID entry: {found:?}");
+        let mut b = Batch::new();
+        for (ks, key, hash) in &found {
+            let (bucket_id, object_id) = key.split_once('/').unwrap();
+            assert_eq!(object_id, oid);
+            if *ks == "dkey" {
+                b.put(
+                    Keyspace::custom("dedup"),
+                    &format!("{bucket_id}/{hash}"),
+                    &json!({"object_id": oid, "at_ms": 1}),
+                );
+                b.delete(Keyspace::DEDUP, key);
+            } else {
+                b.put(Keyspace::custom("xid"), &format!("{bucket_id}/{hash}/{oid}"), &oid);
+                b.delete(Keyspace::EXTERNAL_IDS, key);
+            }
+        }
+        b.put(Keyspace::META, "format_version", &2u32);
+        backend.apply(&b).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+
+    app.start_again().await;
+    let (st, b) = ingest(&app, &bucket, Some(&secret), &event).await;
+    assert_eq!(st, 200, "{b}; log:\n{}", app.log());
+    assert_eq!(b, json!({"handled": true, "status": "duplicate", "object_id": oid}));
+    assert!(app.log().contains("data directory migrated"), "log:\n{}", app.log());
+}

@@ -573,3 +573,60 @@ async fn events_reach_webhooks_active_when_they_were_published() {
     types.sort();
     assert_eq!(types, vec!["custom.after", "custom.during"]);
 }
+
+/// A data dir of format 3 (each delivery holding a copy of its event) is migrated at start,
+/// and a delivery still pending then is sent with its event.
+#[tokio::test]
+async fn pending_deliveries_survive_the_migration_from_format_3() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let rx = Receiver::start(500).await; // fails: the delivery stays pending
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "mig", "event_types": ["*"], "channels": [http_channel(&rx.url("/m"))]}),
+    )
+    .await;
+    let event_id = publish(&app, "object.created", json!({"object_id": "obj_7", "n": 7})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "no attempt; log:\n{}", app.log());
+    assert_eq!(app.stop(), Some(0));
+
+    // Put the event back inside its delivery, as a format-3 binary kept it.
+    {
+        let backend = app.stopped_sled().await;
+        let event: Value =
+            serde_json::from_slice(&backend.get(format!("evt\0{event_id}").as_bytes()).unwrap().unwrap()).unwrap();
+        let prefix = format!("dlv\0{id}/");
+        let mut old = Vec::new();
+        backend
+            .scan_from(prefix.as_bytes(), prefix.as_bytes(), &mut |k, v| {
+                let mut d: Value = serde_json::from_slice(v).unwrap();
+                assert_eq!(d["status"], "pending", "{d}");
+                let o = d.as_object_mut().unwrap();
+                o.remove("event_id");
+                o.remove("event_type");
+                o.insert("event".into(), event.clone());
+                old.push((String::from_utf8_lossy(&k[4..]).into_owned(), d));
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(old.len(), 1);
+        let mut b = Batch::new();
+        for (key, d) in &old {
+            b.put(Keyspace::DELIVERIES, key, d);
+        }
+        b.delete(Keyspace::EVENTS, &event_id);
+        b.put(Keyspace::META, "format_version", &3u32);
+        backend.apply(&b).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+
+    rx.set_default(200);
+    let before = rx.count();
+    app.start_again().await;
+    assert!(eventually(WAIT, || async { rx.count() > before }).await, "not redelivered; log:\n{}", app.log());
+    let env = rx.captured().last().unwrap().json();
+    assert_eq!(env["event_id"], event_id.as_str());
+    assert_eq!(env["payload"], json!({"object_id": "obj_7", "n": 7}));
+    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
+    assert!(ok, "{:?}", deliveries(&app, &id, None).await);
+}

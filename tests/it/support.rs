@@ -196,6 +196,28 @@ impl TestApp {
         self.spawn(Some(addr)).await;
     }
 
+    /// Starts again on the same data dir and port after [`TestApp::stop`] (e.g. once the test
+    /// has changed the data dir while no daemon held it).
+    pub async fn start_again(&mut self) {
+        let addr = self.addr;
+        self.spawn(Some(addr)).await;
+    }
+
+    /// The sled tree of a stopped daemon's data dir, with its write-ahead log replayed into
+    /// it, for tests that edit the data as an older binary left it.
+    pub async fn stopped_sled(&self) -> hookline::store::SledBackend {
+        assert!(self.child.is_none(), "stop the daemon first");
+        // Opening the store replays the log into sled; dropping it lets go of sled a moment later.
+        drop(hookline::store::Store::open_sled(&self.data_dir).expect("open the store"));
+        for _ in 0..200 {
+            match hookline::store::SledBackend::open(&self.data_dir) {
+                Ok(b) => return b,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await, // still held
+            }
+        }
+        panic!("sled was not released by the store");
+    }
+
     /// Crash (SIGKILL) and start again on the same data dir and port.
     pub async fn crash_restart(&mut self) {
         self.kill9();
