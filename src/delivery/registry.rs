@@ -5,8 +5,9 @@
 //! always match the store. Reads (list/get/deliveries) go straight to the store.
 //!
 //! Fan-out: woken by [`crate::events::EventBus::wait`], it reads the outbox in key (= time)
-//! order and, in ONE batch, writes a delivery per (active matching webhook × channel) and
-//! deletes the outbox entries. The batch is submitted without blocking the mailbox; once it
+//! order and, in ONE batch, writes a delivery per (active matching webhook × channel), the
+//! event once under `evt/` (deliveries name it), and deletes the outbox entries. An hourly
+//! sweep deletes the `evt/` records no delivery names any more. The batch is submitted without blocking the mailbox; once it
 //! is applied (not necessarily flushed: see `drain`) a task hands the deliveries to the
 //! workers and reports back (`DrainDone`), and only then is the next slice read. On
 //! (re)start it drains whatever the outbox holds.

@@ -6,7 +6,7 @@
 //! is durable they call [`EventBus::published`], which counts the events and wakes the
 //! consumer. The consumer (the delivery side) reads `Keyspace::OUTBOX` in key (= time) order,
 //! fans each event out to matching webhooks, and deletes it in the same batch that creates
-//! the deliveries.
+//! the deliveries (and, when any matched, moves the event to `evt/`, where they read it).
 //!
 //! Nobody listening, nothing stored: while the delivery side has no active webhook it says
 //! so ([`EventBus::set_listening`]) and events are counted but not written, which saves an
