@@ -1,7 +1,8 @@
 //! The delivery actor of one webhook: owns that webhook's queue of pending deliveries.
 //!
 //! The queue lives in sled (`dlv/{webhook_id}/…`, written by the fan-out before anything is
-//! queued here) and in this actor's memory; `pre_start` reloads it, so a restart or a crash
+//! queued here) and in this actor's memory; `pre_start` reloads it, with each delivery's
+//! event read from `evt/` (stored once for all its deliveries), so a restart or a crash
 //! loses nothing. Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time,
 //! and report back with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due
 //! delivery. The mailbox is therefore never blocked by a slow receiver, and each webhook has

@@ -46,8 +46,8 @@ impl Keyspace {
     pub const STATS: Keyspace = Keyspace("stats");
     pub const WRITEBACKS: Keyspace = Keyspace("wb");
 
-    /// A keyspace defined by another module (kept here so every prefix is listed in one place
-    /// is preferable; this exists for tests).
+    /// A keyspace by name, outside the list above (which should name every live prefix): for
+    /// tests, and for migrations that read a retired keyspace (`format.rs`).
     pub const fn custom(name: &'static str) -> Keyspace {
         Keyspace(name)
     }
