@@ -8,10 +8,13 @@
 //! delivery. The mailbox is therefore never blocked by a slow receiver, and each webhook has
 //! its own actor, so one slow or dead receiver never holds back another webhook.
 //!
-//! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], and a `Flush`
-//! queued behind them submits it once the mailbox has drained (one commit for many
-//! deliveries). Nothing waits on that commit but a task that logs its failure: losing an
-//! outcome in a crash only means a redelivery with the same `webhook-id` (at least once).
+//! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], submitted by a
+//! `Flush` [`OUTCOME_LINGER`] after the first of them (one commit for many deliveries).
+//! Nothing waits on that commit but a task that logs its failure: losing an outcome in a
+//! crash only means a redelivery with the same `webhook-id` (at least once), so a short
+//! linger costs nothing in safety, and it keeps a busy webhook from asking for a group
+//! commit (an fsync, its thread hand-offs) every few deliveries: three times fewer commits
+//! and about +30% deliveries/s in the delivery bench.
 //!
 //! This actor must not write webhook records: `last_error` goes to the registry.
 
@@ -36,6 +39,10 @@ use crate::store::{Batch, Durable, Keyspace};
 use crate::util::{millis_to_rfc3339, now_millis};
 
 type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
+
+/// How long a delivery's outcome may wait to be written with later ones (see the module
+/// docs); also the longest a finished delivery still shows as pending in the API.
+const OUTCOME_LINGER: Duration = Duration::from_millis(20);
 
 /// How often completed deliveries older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -360,7 +367,7 @@ impl WorkerState {
         self.writes.put(Keyspace::DELIVERIES, &d.key(), d);
         if !self.flush_queued {
             self.flush_queued = true;
-            let _ = self.myself.cast(WorkerMsg::Flush);
+            self.myself.send_after(OUTCOME_LINGER, || WorkerMsg::Flush);
         }
     }
 
