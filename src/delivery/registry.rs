@@ -6,11 +6,11 @@
 //!
 //! Fan-out: woken by [`crate::events::EventBus::wait`], it reads the outbox in key (= time)
 //! order and, in ONE batch, writes a delivery per (active matching webhook × channel), the
-//! event once under `evt/` (deliveries name it), and deletes the outbox entries. An hourly
-//! sweep deletes the `evt/` records no delivery names any more. The batch is submitted without blocking the mailbox; once it
-//! is applied (not necessarily flushed: see `drain`) a task hands the deliveries to the
-//! workers and reports back (`DrainDone`), and only then is the next slice read. On
-//! (re)start it drains whatever the outbox holds.
+//! event once under `evt/` (deliveries name it), and deletes the outbox entries. The batch
+//! is submitted without blocking the mailbox; once it is durable and applied a task hands
+//! the deliveries to the workers and reports back (`DrainDone`), and only then is the next
+//! slice read. On (re)start it drains whatever the outbox holds. An hourly sweep deletes
+//! the `evt/` records no delivery names any more.
 //!
 //! Supervision: a worker that fails is re-spawned (it reloads its queue from the store) and
 //! counted in `hookline_actor_restarts_total{actor="delivery"}`; more than

@@ -307,8 +307,16 @@ impl WorkerState {
                     (Some(ch), Some(event)) => {
                         ch.send(&Message { id: id.as_str(), event: &event, signing_key: &key }).await
                     }
-                    (None, _) => permanent_failure("the channel of this delivery was removed from the webhook"),
-                    (_, None) => permanent_failure("the event of this delivery is no longer stored"),
+                    (None, _) => AttemptResult::failed(
+                        Outcome::Permanent,
+                        "error",
+                        "the channel of this delivery was removed from the webhook",
+                    ),
+                    (_, None) => AttemptResult::failed(
+                        Outcome::Permanent,
+                        "error",
+                        "the event of this delivery is no longer stored",
+                    ),
                 };
                 let _ = me.cast(WorkerMsg::Done { delivery_id: id, result, at_ms, duration: started.elapsed() });
             });
@@ -436,16 +444,6 @@ impl WorkerState {
             drop(self.shared.store.submit(b)); // not awaited: a lost prune is redone next time
         }
         Ok(())
-    }
-}
-
-fn permanent_failure(error: &str) -> AttemptResult {
-    AttemptResult {
-        outcome: Outcome::Permanent,
-        status_code: None,
-        error: Some(error.into()),
-        retry_after: None,
-        result: "error",
     }
 }
 

@@ -95,7 +95,7 @@ impl HttpChannel {
 
     async fn attempt(&self, msg: &Message<'_>) -> AttemptResult {
         if let Err(e) = check_url(&self.url, self.deps.policy) {
-            return failed(Outcome::Retriable, "refused", e);
+            return AttemptResult::failed(Outcome::Retriable, "refused", e);
         }
         let (body, content_type) = match &self.template {
             Some(t) => match t.render(msg.event) {
@@ -108,7 +108,11 @@ impl HttpChannel {
                     (s.into_bytes(), ct)
                 }
                 Err(e) => {
-                    return failed(Outcome::Permanent, "error", format!("payload_template failed to render: {e}"))
+                    return AttemptResult::failed(
+                        Outcome::Permanent,
+                        "error",
+                        format!("payload_template failed to render: {e}"),
+                    )
                 }
             },
             // The record's serialized form is the envelope (see `EventRecord`): written straight
@@ -195,13 +199,13 @@ pub async fn read_capped(resp: &mut reqwest::Response) -> Vec<u8> {
     body
 }
 
-fn failed(outcome: Outcome, result: &'static str, error: String) -> AttemptResult {
-    AttemptResult { outcome, status_code: None, error: Some(error), retry_after: None, result }
-}
-
 fn from_reqwest(e: &reqwest::Error, timeout: Duration) -> AttemptResult {
     if e.is_timeout() {
-        return failed(Outcome::Retriable, "timeout", format!("timed out after {:.1}s", timeout.as_secs_f64()));
+        return AttemptResult::failed(
+            Outcome::Retriable,
+            "timeout",
+            format!("timed out after {:.1}s", timeout.as_secs_f64()),
+        );
     }
     // The interesting part (refused by policy, connection refused, TLS) is in the sources.
     let mut chain = Vec::new();
@@ -219,7 +223,7 @@ fn from_reqwest(e: &reqwest::Error, timeout: Duration) -> AttemptResult {
     } else {
         "error"
     };
-    failed(
+    AttemptResult::failed(
         Outcome::Retriable,
         result,
         format!("{}: {detail}", if e.is_connect() { "connection failed" } else { "request failed" }),

@@ -175,6 +175,13 @@ pub struct AttemptResult {
     pub result: &'static str,
 }
 
+impl AttemptResult {
+    /// An attempt that got no HTTP answer (refused, timed out, or never sent).
+    pub fn failed(outcome: Outcome, result: &'static str, error: impl Into<String>) -> AttemptResult {
+        AttemptResult { outcome, status_code: None, error: Some(error.into()), retry_after: None, result }
+    }
+}
+
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
 
 /// The sending side of a channel.
@@ -210,15 +217,7 @@ impl Channel for Unsupported {
     }
 
     fn send<'a>(&'a self, _msg: &'a Message<'a>) -> SendFuture<'a> {
-        Box::pin(async move {
-            AttemptResult {
-                outcome: Outcome::Permanent,
-                status_code: None,
-                error: Some(self.reason.clone()),
-                retry_after: None,
-                result: "error",
-            }
-        })
+        Box::pin(async move { AttemptResult::failed(Outcome::Permanent, "error", self.reason.clone()) })
     }
 }
 
