@@ -25,10 +25,6 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::ProviderType;
 use crate::ids::{BatchId, BucketId, ObjectId};
-use crate::store::Keyspace;
-
-/// The external-ID index (see the module doc).
-pub const EXTERNAL_IDS: Keyspace = Keyspace::EXTERNAL_IDS;
 
 pub fn key(bucket: &BucketId, id: &str) -> String {
     format!("{}/{}", bucket.as_str(), id)

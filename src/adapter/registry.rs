@@ -261,7 +261,7 @@ impl RegistryState {
             Keyspace::DEDUP,
             Keyspace::BUFFER,
             Keyspace::STATS,
-            records::EXTERNAL_IDS,
+            Keyspace::EXTERNAL_IDS,
             Keyspace::WRITEBACKS,
         ] {
             store.for_each_key(ks, &prefix, |k| {
@@ -521,7 +521,7 @@ impl RegistryState {
         batch.delete(Keyspace::OBJECTS, &key);
         if obj.source.external_id.is_some() {
             // The adapter actor's in-memory index drops the entry when it next misses it.
-            batch.delete(records::EXTERNAL_IDS, &records::key(id, object_id.as_str()));
+            batch.delete(Keyspace::EXTERNAL_IDS, &records::key(id, object_id.as_str()));
         }
         let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), Vec::new());
         self.shared.store.commit(batch).await?;

@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus, Origin, Step};
 use crate::adapter::kind::{self, Operation};
 use crate::adapter::pipeline::{PayloadError, Screened};
-use crate::adapter::records::{self, Draft, ObjectRecord, EXTERNAL_IDS};
+use crate::adapter::records::{self, Draft, ObjectRecord};
 use crate::ids::ObjectId;
 use crate::store::{Batch, Keyspace, Store, StoreError};
 use crate::util::now_millis;
@@ -39,7 +39,7 @@ pub struct ChangeRequest {
 
 /// Loads the external-ID index of one bucket (`prefix` = `{bucket_id}/`).
 pub(super) fn load_index(store: &Store, prefix: &str) -> Result<HashMap<String, Vec<ObjectId>>, StoreError> {
-    load_by_hash(store, EXTERNAL_IDS, prefix, |index: &mut HashMap<String, Vec<ObjectId>>, hash, oid| {
+    load_by_hash(store, Keyspace::EXTERNAL_IDS, prefix, |index: &mut HashMap<String, Vec<ObjectId>>, hash, oid| {
         index.entry(hash).or_default().push(oid)
     })
 }
@@ -67,13 +67,13 @@ impl AdapterState {
     pub(super) fn index(&mut self, batch: &mut Batch, draft: &Draft, object_id: &ObjectId) {
         if let Some(ext) = &draft.source.external_id {
             let hash = records::dedup_hash(ext);
-            batch.put(EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()), &hash);
+            batch.put(Keyspace::EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()), &hash);
             self.xids.entry(hash).or_default().push(object_id.clone());
         }
     }
 
     fn unindex(&mut self, batch: &mut Batch, hash: &str, object_id: &ObjectId) {
-        batch.delete(EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()));
+        batch.delete(Keyspace::EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()));
         if let Some(ids) = self.xids.get_mut(hash) {
             ids.retain(|o| o != object_id);
             if ids.is_empty() {
