@@ -156,7 +156,7 @@ async fn run() -> anyhow::Result<()> {
     };
     let commits = val("hookline_store_commits_total");
     println!(
-        "  store: {:.0} group commits, {:.1} batches/commit, mean commit (apply+fsync) {:.1} ms",
+        "  store: {:.0} group commits, {:.1} batches/commit, mean commit (log write + fsync) {:.1} ms",
         commits,
         val("hookline_store_commit_batches_total") / commits,
         val("hookline_store_commit_duration_seconds_sum") * 1000.0

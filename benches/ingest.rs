@@ -127,7 +127,7 @@ fn print_commit_stats(metrics: &str) {
     let flush = sum("hookline_store_flush_duration_seconds_sum") / sum("hookline_store_flush_duration_seconds_count");
     if commits > 0.0 {
         println!(
-            "{:<26} {:.0} group commits so far, {:.1} batches per commit, {:.2} ms per commit (apply + fsync), \
+            "{:<26} {:.0} group commits so far, {:.1} batches per commit, {:.2} ms per commit (log write + fsync), \
              of which flush {:.2} ms",
             "",
             commits,

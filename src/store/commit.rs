@@ -5,15 +5,15 @@
 //! ([`super::wal`]) and syncs it. Under load the queue fills while a sync is running, so
 //! groups grow exactly when it pays off; when idle a lone batch is committed at once.
 //!
-//! A durable group then goes to the apply thread, which writes it into the backend (sled, in
-//! memory) and only then answers its submitters. So a write is visible to readers only once
-//! it is on disk, and applying group N overlaps with syncing group N+1. Order of submission
-//! is order of logging and of application; an empty batch is a barrier ("everything
-//! submitted before me is durable and applied").
+//! A synced group goes into the overlay ([`super::overlay`]), where every read looks first,
+//! and only then are its submitters answered: a write is visible to readers once it is on
+//! disk, not before. Order of submission is order of logging and of visibility; an empty
+//! batch is a barrier ("everything submitted before me is durable and visible").
 //!
-//! Two helper threads keep the log short and fast: the prep thread zero-fills the next
-//! segment before it is needed, and the checkpoint thread flushes the backend once a segment
-//! is fully applied and then deletes it.
+//! Three helper threads keep the rest off that path: the apply thread moves the overlay
+//! into the backend every [`APPLY_EVERY`] (sooner when it grows large), the checkpoint thread
+//! flushes the backend once a log segment is fully applied and then deletes it, and the
+//! prep thread zero-fills the next segment before it is needed.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -21,10 +21,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as sync_mpsc, Arc};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::overlay::Overlay;
 use super::wal::{self, Segment};
 use super::{Backend, Batch, Op, StoreError};
 
@@ -38,16 +39,10 @@ struct Request {
     done: Done,
 }
 
-/// A logged group on its way to the backend.
-struct Logged {
-    batch: Batch,
-    done: Vec<Done>,
-    /// The segment holding it (`None`: nothing was logged, a barrier or a refused group).
-    segment: Option<u64>,
-    /// Set when logging failed: answer this instead of applying.
-    failed: Option<StoreError>,
-    started: Instant,
-}
+/// How often the apply thread moves the overlay into the backend. Longer keeps more
+/// short-lived writes out of sled (a key rewritten within the interval reaches it once) at
+/// the cost of a larger overlay for reads to merge.
+const APPLY_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub(crate) struct Committer {
@@ -62,6 +57,7 @@ impl Committer {
     /// happen on these threads, never on a runtime worker.
     pub(crate) fn start(
         backend: Arc<dyn Backend>,
+        overlay: Arc<Overlay>,
         wal_dir: PathBuf,
         next_segment: u64,
     ) -> Result<Committer, StoreError> {
@@ -69,7 +65,7 @@ impl Committer {
         let poisoned = Arc::new(AtomicBool::new(false));
         // Rendezvous: the prep thread holds at most one finished spare, waiting to hand it over.
         let (spare_tx, spare_rx) = sync_mpsc::sync_channel::<std::io::Result<Segment>>(0);
-        let (apply_tx, apply_rx) = sync_mpsc::channel::<Logged>();
+        let (apply_tx, apply_rx) = sync_mpsc::channel::<()>();
         let (checkpoint_tx, checkpoint_rx) = sync_mpsc::channel::<u64>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -82,10 +78,10 @@ impl Committer {
         spawn("hookline-walprep", Box::new(move || prep_loop(dir, next_segment, spare_tx)))?;
         let (b, flag) = (backend.clone(), poisoned.clone());
         spawn("hookline-ckpt", Box::new(move || checkpoint_loop(b, wal_dir, checkpoint_rx, flag)))?;
-        let (b, flag) = (backend, poisoned.clone());
-        spawn("hookline-apply", Box::new(move || apply_loop(b, apply_rx, checkpoint_tx, flag)))?;
+        let (b, o, flag) = (backend, overlay.clone(), poisoned.clone());
+        spawn("hookline-apply", Box::new(move || apply_loop(b, o, apply_rx, checkpoint_tx, flag)))?;
         let flag = poisoned.clone();
-        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, apply_tx, flag)))?;
+        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, overlay, apply_tx, flag)))?;
         Ok(Committer { tx, poisoned })
     }
 
@@ -103,7 +99,7 @@ impl Committer {
     }
 }
 
-/// Resolves when a submitted batch is on disk and applied (or failed to get there).
+/// Resolves when a submitted batch is on disk and visible to reads (or failed to get there).
 pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
 
 impl Future for Durable {
@@ -137,7 +133,7 @@ fn poison(flag: &AtomicBool, what: &str, e: &dyn std::fmt::Display) -> StoreErro
     StoreError::Io(format!("an earlier write failed ({e}); check the disk and restart hookline"))
 }
 
-/// The log loop: one record and one sync per group, then on to the apply thread.
+/// The log loop: one record and one sync per group, then into the overlay and answered.
 ///
 /// After a failed write the loop refuses every later write with that error: a caller that
 /// learned "earlier writes are durable" from a later empty batch (a duplicate's answer, an
@@ -146,7 +142,8 @@ fn poison(flag: &AtomicBool, what: &str, e: &dyn std::fmt::Display) -> StoreErro
 fn log_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
     spares: sync_mpsc::Receiver<std::io::Result<Segment>>,
-    apply: sync_mpsc::Sender<Logged>,
+    overlay: Arc<Overlay>,
+    apply: sync_mpsc::Sender<()>,
     poisoned: Arc<AtomicBool>,
 ) {
     let _guard = PoisonOnPanic(poisoned.clone(), "log");
@@ -180,8 +177,13 @@ fn log_loop(
         if many {
             drop_overwritten(&mut merged);
         }
-        let mut logged = Logged { batch: Batch::new(), done, segment: None, failed: failure.clone(), started };
-        if failure.is_none() && !merged.is_empty() {
+        let mut result = failure.clone().map_or(Ok(()), Err);
+        if result.is_ok() && !merged.is_empty() {
+            // Memory stays bounded when the backend falls behind the log: wait for room.
+            while overlay.full() {
+                let _ = apply.send(());
+                overlay.wait_applied(Duration::from_millis(10));
+            }
             let logged_to = wal::record(&merged, &mut record).and_then(|()| {
                 let synced = Instant::now();
                 let no = append(&mut segment, &spares, &record)?;
@@ -190,22 +192,20 @@ fn log_loop(
             });
             match logged_to {
                 Ok(no) => {
-                    logged.batch = merged;
-                    logged.segment = Some(no);
+                    if overlay.insert(merged, no) {
+                        let _ = apply.send(());
+                    }
                 }
                 Err(e) => {
                     let e = poison(&poisoned, "write-ahead log write", &e);
                     failure = Some(e.clone());
-                    logged.failed = Some(e);
+                    result = Err(e);
                 }
             }
         }
-        if let Err(sync_mpsc::SendError(l)) = apply.send(logged) {
-            let e = poison(&poisoned, "hand-off to the apply thread", &"the apply thread is gone");
-            failure = Some(e.clone());
-            for d in l.done {
-                let _ = d.send(Err(e.clone()));
-            }
+        crate::metrics::store_commit(done.len(), started.elapsed(), result.is_ok());
+        for d in done {
+            let _ = d.send(result.clone());
         }
     }
 }
@@ -246,42 +246,53 @@ fn prep_loop(dir: PathBuf, mut next: u64, spares: sync_mpsc::SyncSender<std::io:
     }
 }
 
-/// Applies logged groups to the backend in order and answers their submitters.
+/// Moves the overlay into the backend every [`APPLY_EVERY`], or when woken because it
+/// grew large, and tells the checkpoint thread which log segments the backend now holds.
 fn apply_loop(
     backend: Arc<dyn Backend>,
-    rx: sync_mpsc::Receiver<Logged>,
+    overlay: Arc<Overlay>,
+    wake: sync_mpsc::Receiver<()>,
     checkpoint: sync_mpsc::Sender<u64>,
     poisoned: Arc<AtomicBool>,
 ) {
     let _guard = PoisonOnPanic(poisoned.clone(), "apply");
-    let mut failure: Option<StoreError> = None;
-    let mut current: Option<u64> = None;
-    while let Ok(logged) = rx.recv() {
-        let n = logged.done.len();
-        let result = match (logged.failed, &failure) {
-            (Some(e), _) => Err(e),
-            (None, Some(e)) => Err(e.clone()),
-            (None, None) if logged.batch.is_empty() => Ok(()),
-            (None, None) => backend.apply(&logged.batch).map_err(|e| {
-                let e = poison(&poisoned, "store apply", &e);
-                failure = Some(e.clone());
-                e
-            }),
+    // The highest segment with a write in the backend, and the highest checkpointed.
+    let mut applied: Option<u64> = None;
+    let mut covered: Option<u64> = None;
+    loop {
+        let last_round = match wake.recv_timeout(APPLY_EVERY) {
+            Ok(()) | Err(sync_mpsc::RecvTimeoutError::Timeout) => false,
+            // The log loop is gone (shutdown): apply the rest, checkpoint everything.
+            Err(sync_mpsc::RecvTimeoutError::Disconnected) => true,
         };
-        crate::metrics::store_commit(n, logged.started.elapsed(), result.is_ok());
-        for d in logged.done {
-            let _ = d.send(result.clone());
-        }
-        if let Some(no) = logged.segment {
-            if let Some(prev) = current.filter(|p| *p < no) {
-                let _ = checkpoint.send(prev);
+        while wake.try_recv().is_ok() {}
+        if poisoned.load(Ordering::Relaxed) {
+            // Keep the log for the next start's replay; reads still see the overlay.
+            if last_round {
+                return;
             }
-            current = Some(no);
+            continue;
         }
-    }
-    // The log loop is gone (shutdown): checkpoint the segment in use too.
-    if let Some(no) = current.filter(|_| failure.is_none()) {
-        let _ = checkpoint.send(no);
+        if let Some(frozen) = overlay.freeze() {
+            let started = Instant::now();
+            if let Err(e) = Overlay::apply(&frozen, backend.as_ref()) {
+                drop(poison(&poisoned, "store apply", &e));
+                continue;
+            }
+            overlay.applied();
+            crate::metrics::store_apply(started.elapsed());
+            applied = applied.max(frozen.segment);
+        }
+        // Later layers may still hold writes of the newest applied segment, never of an
+        // earlier one; at shutdown there are no later layers.
+        let through = if last_round { applied } else { applied.and_then(|s| s.checked_sub(1)) };
+        if let Some(t) = through.filter(|t| covered.is_none_or(|c| *t > c)) {
+            covered = Some(t);
+            let _ = checkpoint.send(t);
+        }
+        if last_round {
+            return;
+        }
     }
 }
 

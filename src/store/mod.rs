@@ -8,7 +8,9 @@
 //!
 //! Writes are made durable by the group committer ([`commit`]): callers submit a batch and
 //! await a [`Durable`]; concurrent batches are merged into one record of our write-ahead log
-//! ([`wal`]) and one fsync, then applied to the backend, which persists them lazily.
+//! ([`wal`]) and one fsync. A logged write is visible at once through the overlay
+//! ([`overlay`]), which every read consults before the backend; the backend receives the
+//! writes a little later, in groups, and persists them lazily.
 //!
 //! The backend is a trait ([`Backend`]) so a PostgreSQL-compatible backend can replace sled
 //! later without touching callers. This module must not know about HTTP or actors.
@@ -16,6 +18,7 @@
 mod backend;
 mod commit;
 mod format;
+mod overlay;
 mod wal;
 
 pub use backend::{Backend, SledBackend};
@@ -141,6 +144,8 @@ impl Batch {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Reads: the overlay of logged writes over the backend.
+    reader: Arc<overlay::Layered>,
     committer: commit::Committer,
     wal_dir: Arc<std::path::PathBuf>,
 }
@@ -161,14 +166,17 @@ impl Store {
         format::check(backend.as_ref())?;
         let next_segment = wal::recover(wal_dir, backend.as_ref())?;
         format::finish(backend.as_ref())?;
-        let committer = commit::Committer::start(backend.clone(), wal_dir.to_path_buf(), next_segment)?;
-        Ok(Store { backend, committer, wal_dir: Arc::new(wal_dir.to_path_buf()) })
+        let overlay = Arc::new(overlay::Overlay::default());
+        let committer =
+            commit::Committer::start(backend.clone(), overlay.clone(), wal_dir.to_path_buf(), next_segment)?;
+        let reader = Arc::new(overlay::Layered { overlay, backend: backend.clone() });
+        Ok(Store { backend, reader, committer, wal_dir: Arc::new(wal_dir.to_path_buf()) })
     }
 
     /// Reads one value.
     pub fn get<T: DeserializeOwned>(&self, ks: Keyspace, key: &str) -> Result<Option<T>, StoreError> {
         let full = ks.key(key);
-        match self.backend.get(&full)? {
+        match self.reader.get(&full)? {
             None => Ok(None),
             Some(bytes) => decode(ks, key, &bytes).map(Some),
         }
@@ -176,7 +184,7 @@ impl Store {
 
     /// Whether a key exists.
     pub fn contains(&self, ks: Keyspace, key: &str) -> Result<bool, StoreError> {
-        Ok(self.backend.get(&ks.key(key))?.is_some())
+        Ok(self.reader.get(&ks.key(key))?.is_some())
     }
 
     /// Lists up to `limit` values whose key starts with `prefix`, in key order, starting
@@ -199,7 +207,7 @@ impl Store {
             None => ks.key(prefix),
         };
         let full_prefix = ks.key(prefix);
-        self.backend.scan_from(&start, &full_prefix, &mut |k, v| {
+        self.reader.scan_from(&start, &full_prefix, &mut |k, v| {
             let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
             let value = decode(ks, &key, v)?;
             out.push((key, value));
@@ -217,7 +225,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let ks_prefix_len = ks.prefix().len();
         let full_prefix = ks.key(prefix);
-        self.backend.scan_from(&full_prefix, &full_prefix, &mut |k, v| {
+        self.reader.scan_from(&full_prefix, &full_prefix, &mut |k, v| {
             let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
             let value = decode(ks, &key, v)?;
             Ok(f(&key, value))
@@ -228,7 +236,7 @@ impl Store {
     pub fn for_each_key(&self, ks: Keyspace, prefix: &str, mut f: impl FnMut(&str) -> bool) -> Result<(), StoreError> {
         let ks_prefix_len = ks.prefix().len();
         let full_prefix = ks.key(prefix);
-        self.backend
+        self.reader
             .scan_from(&full_prefix, &full_prefix, &mut |k, _| Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..]))))
     }
 
@@ -243,9 +251,9 @@ impl Store {
     }
 
     /// Submits a batch to the group committer. The returned [`Durable`] resolves once the
-    /// batch is on disk (in the log) *and* applied, i.e. visible to reads: answer a client
-    /// only after awaiting it. Batches are applied in submission order, each atomically with
-    /// respect to a crash (a reader may briefly see part of a batch being applied).
+    /// batch is on disk (in the log) *and* visible to reads: answer a client only after
+    /// awaiting it. Batches become visible in submission order, each atomically with respect
+    /// to a crash (a scan may see part of a batch that becomes visible during it).
     pub fn submit(&self, batch: Batch) -> Durable {
         self.committer.submit(batch)
     }
@@ -255,8 +263,8 @@ impl Store {
         self.submit(batch).await
     }
 
-    /// Flushes the backend itself (everything committed is durable already, in the log;
-    /// this only shortens the next start-up's replay).
+    /// Flushes the backend itself (everything committed is durable already, in the log, and
+    /// may not have reached the backend yet; this only shortens the next start-up's replay).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.backend.flush().await
     }
@@ -391,19 +399,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_failed_write_every_later_write_fails() {
+    async fn after_a_failed_apply_every_later_write_fails() {
         let dir = tempfile::tempdir().unwrap();
         let flaky = Arc::new(Flaky { inner: SledBackend::open(dir.path()).unwrap(), fail: false.into() });
         let store = Store::open(flaky.clone(), &dir.path().join("wal")).unwrap();
         store.commit(Batch::new()).await.unwrap();
         assert!(store.healthy());
         flaky.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Logged, so durable and visible, even though the backend will refuse it.
         let mut b = Batch::new();
-        b.put(Keyspace::OBJECTS, "lost", &1);
-        assert!(store.commit(b).await.is_err());
+        b.put(Keyspace::OBJECTS, "kept", &1);
+        store.commit(b).await.unwrap();
+        assert_eq!(store.get::<i32>(Keyspace::OBJECTS, "kept").unwrap(), Some(1));
+        for _ in 0..200 {
+            if !store.healthy() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!store.healthy(), "the failed apply poisons the store");
         flaky.fail.store(false, std::sync::atomic::Ordering::Relaxed);
-        // An empty barrier must not claim that the lost write is durable.
+        // Reads still see the write the backend refused; no later write is accepted, not
+        // even an empty barrier.
+        assert_eq!(store.get::<i32>(Keyspace::OBJECTS, "kept").unwrap(), Some(1));
+        let mut later = Batch::new();
+        later.put(Keyspace::OBJECTS, "refused", &2);
+        assert!(store.commit(later).await.is_err());
         assert!(store.commit(Batch::new()).await.is_err());
-        assert!(!store.healthy());
+        drop(store);
+        drop(flaky);
+        // The log kept the write for the next start's replay.
+        let mut reopened = None;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if let Ok(s) = Store::open_sled(dir.path()) {
+                reopened = Some(s);
+                break;
+            }
+        }
+        let reopened = reopened.expect("reopen store");
+        assert_eq!(reopened.get::<i32>(Keyspace::OBJECTS, "kept").unwrap(), Some(1));
+        assert_eq!(reopened.get::<i32>(Keyspace::OBJECTS, "refused").unwrap(), None);
     }
 }

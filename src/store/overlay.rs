@@ -1,0 +1,318 @@
+//! Writes that are in the log but not yet in the backend: where every read looks first.
+//!
+//! Why: a write is durable once its log record is synced, and answering its writer then,
+//! rather than once sled has it too, takes sled's insert (the costliest step of a busy
+//! ingest) and a thread hand-off off every request's path. Writes also reach sled in
+//! groups, in key order, and a key written twice meanwhile reaches it once: a delivery's
+//! pending record and its outcome, an outbox entry and its removal.
+//!
+//! Two layers: the log thread adds each synced group to `active`; the apply thread freezes
+//! it (a swap), writes the frozen layer into the backend, then drops it. A read sees
+//! `active`, then `frozen`, then the backend, so a write is visible from the moment its
+//! writer is answered, and stays visible while it moves into the backend.
+//!
+//! This module must not know what the keys mean.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use super::backend::Visitor;
+use super::{Backend, Batch, Op, StoreError};
+
+/// A key's newest logged state: `None` is a delete.
+type Layer = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Above this many bytes in `active`, the apply thread is asked to freeze it at once.
+pub(crate) const SOFT_BYTES: usize = 8 << 20;
+/// Above this many, the log thread waits for the apply thread (memory stays bounded when
+/// the backend is slower than the log).
+const HARD_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct Layers {
+    active: Layer,
+    active_bytes: usize,
+    /// The highest log segment holding a write of `active`.
+    active_segment: Option<u64>,
+    frozen: Option<Arc<Layer>>,
+}
+
+/// The two layers, shared by the log thread (writes), the apply thread and all readers.
+#[derive(Default)]
+pub(crate) struct Overlay {
+    layers: RwLock<Layers>,
+    /// Signalled whenever the frozen layer is dropped (room for a waiting log thread).
+    applied: (Mutex<()>, Condvar),
+}
+
+/// A frozen layer on its way into the backend.
+pub(crate) struct Frozen {
+    layer: Arc<Layer>,
+    /// Every write of a segment below this one is in this layer or an earlier one.
+    pub(crate) segment: Option<u64>,
+}
+
+impl Overlay {
+    fn read(&self) -> RwLockReadGuard<'_, Layers> {
+        self.layers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Layers> {
+        self.layers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a synced group (log order) from `segment`. Returns whether `active` is now
+    /// over [`SOFT_BYTES`] (time to freeze).
+    pub(crate) fn insert(&self, batch: Batch, segment: u64) -> bool {
+        let mut l = self.write();
+        for op in batch.ops {
+            let (key, value) = match op {
+                Op::Put(k, v) => (k, Some(v)),
+                Op::Delete(k) => (k, None),
+            };
+            l.active_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            l.active.insert(key, value);
+        }
+        l.active_segment = Some(segment);
+        l.active_bytes > SOFT_BYTES
+    }
+
+    /// Whether the log thread must wait before adding more (see [`HARD_BYTES`]).
+    pub(crate) fn full(&self) -> bool {
+        let l = self.read();
+        l.active_bytes > HARD_BYTES && l.frozen.is_some()
+    }
+
+    /// Waits (at most `timeout`) for the frozen layer to be dropped.
+    pub(crate) fn wait_applied(&self, timeout: Duration) {
+        let guard = self.applied.0.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read().frozen.is_some() {
+            let _ = self.applied.1.wait_timeout(guard, timeout);
+        }
+    }
+
+    /// Freezes `active` for the apply thread; `None` when there is nothing to apply. Only
+    /// one layer is frozen at a time: call [`Overlay::applied`] before freezing again.
+    pub(crate) fn freeze(&self) -> Option<Frozen> {
+        let mut l = self.write();
+        if l.active.is_empty() || l.frozen.is_some() {
+            return None;
+        }
+        let layer = Arc::new(std::mem::take(&mut l.active));
+        l.active_bytes = 0;
+        l.frozen = Some(layer.clone());
+        Some(Frozen { layer, segment: l.active_segment })
+    }
+
+    /// Writes a frozen layer into the backend, in key order.
+    pub(crate) fn apply(frozen: &Frozen, backend: &dyn Backend) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.ops.reserve(frozen.layer.len());
+        for (k, v) in frozen.layer.iter() {
+            batch.ops.push(match v {
+                Some(v) => Op::Put(k.clone(), v.clone()),
+                None => Op::Delete(k.clone()),
+            });
+        }
+        backend.apply(&batch)
+    }
+
+    /// Drops the frozen layer once the backend holds it.
+    pub(crate) fn applied(&self) {
+        self.write().frozen = None;
+        let _guard = self.applied.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.applied.1.notify_all();
+    }
+
+    /// The newest logged state of `key`: `Some(None)` if deleted, `None` if the overlay
+    /// does not hold it (ask the backend).
+    fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let l = self.read();
+        if let Some(v) = l.active.get(key) {
+            return Some(v.clone());
+        }
+        l.frozen.as_ref().and_then(|f| f.get(key).cloned())
+    }
+
+    /// The overlay's entries `>= start` that start with `prefix`, newest state per key.
+    fn range(&self, start: &[u8], prefix: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let l = self.read();
+        let mut merged: Layer = BTreeMap::new();
+        let layers = l.frozen.iter().map(|f| f.as_ref()).chain(std::iter::once(&l.active));
+        for layer in layers {
+            // Later layers are newer: they overwrite.
+            for (k, v) in layer.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        merged.into_iter().collect()
+    }
+}
+
+/// What readers use: the overlay over the backend.
+pub(crate) struct Layered {
+    pub(crate) overlay: Arc<Overlay>,
+    pub(crate) backend: Arc<dyn Backend>,
+}
+
+impl Layered {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.lookup(key) {
+            Some(v) => Ok(v),
+            None => self.backend.get(key),
+        }
+    }
+
+    /// Visits keys `>= start` that start with `prefix`, in order, the overlay's state
+    /// winning over the backend's. The overlay's part is taken first: a layer applied and
+    /// dropped meanwhile is still seen, in the copy.
+    pub(crate) fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
+        let newer = self.overlay.range(start, prefix);
+        if newer.is_empty() {
+            return self.backend.scan_from(start, prefix, visit);
+        }
+        let mut newer = newer.into_iter().peekable();
+        let mut go_on = true;
+        self.backend.scan_from(start, prefix, &mut |k, v| {
+            go_on = emit_before(Some(k), &mut newer, visit)?;
+            if !go_on {
+                return Ok(false);
+            }
+            if let Some((nk, nv)) = newer.next_if(|(nk, _)| nk.as_slice() == k) {
+                // The overlay holds a newer state of this key (a value, or a delete).
+                if let Some(nv) = nv {
+                    go_on = visit(&nk, &nv)?;
+                }
+                return Ok(go_on);
+            }
+            go_on = visit(k, v)?;
+            Ok(go_on)
+        })?;
+        if go_on {
+            emit_before(None, &mut newer, visit)?;
+        }
+        Ok(())
+    }
+}
+
+type Entries = std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>;
+
+/// Visits the overlay's entries with keys before `upto` (all when `None`), skipping deletes.
+/// Returns false when the visitor asked to stop.
+fn emit_before(upto: Option<&[u8]>, newer: &mut Entries, visit: &mut Visitor<'_>) -> Result<bool, StoreError> {
+    while let Some((k, v)) = newer.next_if(|(k, _)| upto.is_none_or(|u| k.as_slice() < u)) {
+        if let Some(v) = v {
+            if !visit(&k, &v)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledBackend;
+
+    fn scan(l: &Layered, prefix: &[u8]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        l.scan_from(prefix, prefix, &mut |k, v| {
+            out.push((String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()));
+            Ok(true)
+        })
+        .unwrap();
+        out
+    }
+
+    fn put(b: &mut Batch, k: &str, v: &str) {
+        b.ops.push(Op::Put(k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+
+    #[test]
+    fn reads_see_active_then_frozen_then_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
+        let mut base = Batch::new();
+        for k in ["a/1", "a/3", "a/5", "b/1"] {
+            put(&mut base, k, "old");
+        }
+        backend.apply(&base).unwrap();
+        let l = Layered { overlay: Arc::default(), backend: backend.clone() };
+
+        let mut first = Batch::new();
+        put(&mut first, "a/2", "new");
+        put(&mut first, "a/3", "new");
+        first.ops.push(Op::Delete(b"a/5".to_vec()));
+        l.overlay.insert(first, 0);
+        let frozen = l.overlay.freeze().unwrap();
+        let mut second = Batch::new();
+        put(&mut second, "a/3", "newest");
+        put(&mut second, "a/9", "new");
+        l.overlay.insert(second, 1);
+
+        let expect = vec![
+            ("a/1".to_string(), "old".to_string()),
+            ("a/2".into(), "new".into()),
+            ("a/3".into(), "newest".into()),
+            ("a/9".into(), "new".into()),
+        ];
+        assert_eq!(scan(&l, b"a/"), expect);
+        assert_eq!(l.get(b"a/5").unwrap(), None);
+        assert_eq!(l.get(b"a/3").unwrap().as_deref(), Some(&b"newest"[..]));
+        assert_eq!(scan(&l, b"b/"), vec![("b/1".to_string(), "old".to_string())]);
+
+        // The same view while the frozen layer moves into the backend, and after.
+        Overlay::apply(&frozen, backend.as_ref()).unwrap();
+        assert_eq!(scan(&l, b"a/"), expect);
+        l.overlay.applied();
+        assert_eq!(scan(&l, b"a/"), expect);
+        assert_eq!(l.get(b"a/5").unwrap(), None);
+        assert_eq!(frozen.segment, Some(0));
+        let rest = l.overlay.freeze().unwrap();
+        assert_eq!(rest.segment, Some(1));
+        Overlay::apply(&rest, backend.as_ref()).unwrap();
+        l.overlay.applied();
+        assert!(l.overlay.freeze().is_none());
+        assert_eq!(scan(&l, b"a/"), expect);
+    }
+
+    #[test]
+    fn a_scan_stops_when_the_visitor_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
+        let mut base = Batch::new();
+        put(&mut base, "k/2", "b");
+        put(&mut base, "k/4", "b");
+        backend.apply(&base).unwrap();
+        let l = Layered { overlay: Arc::default(), backend };
+        let mut newer = Batch::new();
+        put(&mut newer, "k/1", "o");
+        put(&mut newer, "k/3", "o");
+        put(&mut newer, "k/5", "o");
+        l.overlay.insert(newer, 0);
+        for limit in 1..=5 {
+            let mut seen = Vec::new();
+            l.scan_from(b"k/", b"k/", &mut |k, _| {
+                seen.push(String::from_utf8_lossy(k).into_owned());
+                Ok(seen.len() < limit)
+            })
+            .unwrap();
+            let all = ["k/1", "k/2", "k/3", "k/4", "k/5"];
+            assert_eq!(seen, all[..limit].to_vec(), "limit {limit}");
+        }
+        // A start key inside the range (a pagination cursor).
+        let mut seen = Vec::new();
+        l.scan_from(b"k/3", b"k/", &mut |k, _| {
+            seen.push(String::from_utf8_lossy(k).into_owned());
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(seen, vec!["k/3", "k/4", "k/5"]);
+    }
+}
