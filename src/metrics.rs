@@ -178,7 +178,10 @@ pub const DELIVERY_QUEUE: &str = "hookline_delivery_queue_depth";
 // `last_error`. Channel kinds and result classes are small fixed sets.
 fn describe_outbound() {
     describe_gauge!(WEBHOOKS, "Outbound webhooks currently defined");
-    describe_counter!(EVENTS_DISPATCHED, "Outbox events fanned out to webhooks (matching or not)");
+    describe_counter!(
+        EVENTS_DISPATCHED,
+        "Events fanned out to webhooks (matching or not): from the outbox, or published while a webhook was active"
+    );
     describe_counter!(
         DELIVERY_ATTEMPTS,
         "Delivery attempts by channel and result (2xx, 3xx, 4xx, 5xx, timeout, connect, refused, error)"

@@ -7,10 +7,12 @@
 //! Fan-out: woken by [`crate::events::EventBus::wait`], it reads the outbox in key (= time)
 //! order and, in ONE batch, writes a delivery per (active matching webhook × channel), the
 //! event once under `evt/` (deliveries name it), and deletes the outbox entries. The batch
-//! is submitted without blocking the mailbox; once it is durable and applied a task hands
-//! the deliveries to the workers and reports back (`DrainDone`), and only then is the next
-//! slice read. On (re)start it drains whatever the outbox holds. An hourly sweep deletes
-//! the `evt/` records no delivery names any more.
+//! is submitted without blocking the mailbox; once it is durable a task hands the
+//! deliveries to the workers and reports back (`DrainDone`), and only then is the next
+//! slice read. On (re)start it drains whatever the outbox holds. An event published through
+//! `POST /v1/events` skips the outbox: it is fanned out at once, in its own batch, and the
+//! publisher is answered once its deliveries are durable and queued. An hourly sweep
+//! deletes the `evt/` records no delivery names any more.
 //!
 //! Supervision: a worker that fails is re-spawned (it reloads its queue from the store) and
 //! counted in `hookline_actor_restarts_total{actor="delivery"}`; more than
@@ -31,10 +33,11 @@ use super::signature;
 use super::worker::{DeliveryWorker, WebhookRuntime, WorkerArgs, WorkerMsg, WorkerSettings};
 use crate::error::ApiError;
 use crate::events::EventRecord;
-use crate::ids::{DeliveryId, WebhookId};
+use crate::ids::{DeliveryId, EventId, WebhookId};
 use crate::state::Shared;
-use crate::store::{Batch, Durable, Keyspace};
+use crate::store::{Batch, Durable, Keyspace, StoreError};
 use crate::util::{now_millis, now_rfc3339};
+use tokio::sync::oneshot;
 
 /// Most outbox events fanned out per batch.
 const DRAIN_SLICE: usize = 1024;
@@ -64,12 +67,13 @@ pub enum DeliveryMsg {
         webhook_id: WebhookId,
         reply: Reply<Durable>,
     },
-    /// `POST /v1/events`: record the event in the outbox.
+    /// `POST /v1/events`: fan the event out now. The receiver resolves once its deliveries
+    /// are durable and queued.
     Publish {
         event_type: String,
         payload: serde_json::Value,
         cache_scopes: Vec<serde_json::Value>,
-        reply: Reply<(EventRecord, Durable)>,
+        reply: Reply<(EventId, oneshot::Receiver<Result<(), StoreError>>)>,
     },
     /// Manual retry, forwarded to the webhook's worker (which answers `reply`).
     Retry {
@@ -112,8 +116,6 @@ pub struct DeliveryState {
     draining: bool,
     again: bool,
     epoch: u64,
-    /// Delivery keys written by the in-flight fan-out (a delete must also remove them).
-    inflight: Vec<(WebhookId, String)>,
     waker: Option<tokio::task::JoinHandle<()>>,
     sweeper: Option<ractor::concurrency::JoinHandle<()>>,
 }
@@ -154,7 +156,6 @@ impl Actor for DeliveryRegistry {
             draining: false,
             again: false,
             epoch: rand::random::<u64>() >> 1,
-            inflight: Vec::new(),
             waker: None,
             sweeper: None,
         };
@@ -227,9 +228,7 @@ impl Actor for DeliveryRegistry {
                 let _ = reply.send(r);
             }
             DeliveryMsg::Publish { event_type, payload, cache_scopes, reply } => {
-                let mut b = Batch::new();
-                let rec = state.shared.bus.record(&mut b, &event_type, || payload, cache_scopes);
-                let _ = reply.send(Ok((rec, state.shared.store.submit(b))));
+                let _ = reply.send(Ok(state.publish(&event_type, payload, cache_scopes)));
             }
             DeliveryMsg::Retry { webhook_id, delivery_id, reply } => {
                 if !state.webhooks.contains_key(&webhook_id) {
@@ -255,7 +254,6 @@ impl Actor for DeliveryRegistry {
                     return Ok(()); // from before a restart
                 }
                 state.draining = false;
-                state.inflight.clear();
                 if !ok {
                     // The store failed; try again shortly rather than spinning.
                     myself.send_after(Duration::from_secs(1), || DeliveryMsg::Drain);
@@ -503,19 +501,16 @@ impl DeliveryState {
         if let Some(worker) = self.worker(id) {
             let _ = worker.stop_and_wait(Some("webhook deleted".into()), Some(Duration::from_secs(5))).await;
         }
-        // The webhook and its whole queue go in one batch (plus deliveries of a fan-out
-        // still in flight, which the committer applies before this batch).
+        // Barrier: fan-out batches submitted before this point (no later one names the
+        // webhook, it is gone from `webhooks`) are visible to the scan below.
+        self.shared.store.commit(Batch::new()).await?;
+        // The webhook and its whole queue go in one batch.
         let mut b = Batch::new();
         b.delete(Keyspace::WEBHOOKS, id.as_str());
         self.shared.store.for_each_key(Keyspace::DELIVERIES, &format!("{}/", id.as_str()), |k| {
             b.delete(Keyspace::DELIVERIES, k);
             true
         })?;
-        for (w, k) in &self.inflight {
-            if w == id {
-                b.delete(Keyspace::DELIVERIES, k);
-            }
-        }
         crate::metrics::webhooks(self.webhooks.len());
         tracing::info!(webhook_id = %id, "webhook deleted");
         Ok(self.shared.store.submit(b))
@@ -553,46 +548,22 @@ impl DeliveryState {
         let now = now_millis();
         let mut batch = Batch::new();
         let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
-        let active: Vec<&Entry> = self.webhooks.values().filter(|e| e.stored.is_active).collect();
         for (key, event) in events {
-            let event = Arc::new(event);
-            let mut matched = false;
-            for entry in &active {
-                if !entry.stored.subscribed(&event.event_type) {
-                    continue;
-                }
-                for (idx, ch) in entry.stored.channels.iter().enumerate() {
-                    let kind = ch.get("channel").and_then(|c| c.as_str()).unwrap_or("webhook");
-                    let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, kind, now);
-                    batch.put(Keyspace::DELIVERIES, &d.key(), &d);
-                    matched = true;
-                    self.inflight.push((d.webhook_id.clone(), d.key()));
-                    per_worker.entry(d.webhook_id.clone()).or_default().push(d);
-                }
-            }
-            if matched {
-                // Once for all its deliveries (they name it by ID).
-                batch.put(Keyspace::EVENTS, event.event_id.as_str(), &*event);
-            }
+            self.fan_out(Arc::new(event), now, &mut batch, &mut per_worker);
             batch.delete(Keyspace::OUTBOX, &key);
-            crate::metrics::event_dispatched();
         }
         self.draining = true;
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
         // The batch is atomic across a crash (deliveries in, outbox entries out), and the
-        // workers hear of the deliveries only once it is durable and applied.
+        // workers hear of the deliveries only once it is durable.
         let durable = self.shared.store.submit(batch);
         let names = self.shared.names.clone();
         let me = myself.clone();
         tokio::spawn(async move {
             let ok = match durable.await {
                 Ok(()) => {
-                    for (id, ds) in per_worker {
-                        if let Some(w) = ActorRef::<WorkerMsg>::where_is(names.delivery(id.as_str())) {
-                            let _ = w.cast(WorkerMsg::Enqueue(ds));
-                        }
-                    }
+                    enqueue(&names, per_worker);
                     true
                 }
                 Err(e) => {
@@ -602,6 +573,73 @@ impl DeliveryState {
             };
             let _ = me.cast(DeliveryMsg::DrainDone { epoch, ok, full });
         });
+    }
+
+    /// `POST /v1/events`: one batch with the event's deliveries (and the event, once, if any
+    /// webhook takes it); the workers hear of them once it is durable, then the publisher.
+    fn publish(
+        &mut self,
+        event_type: &str,
+        payload: serde_json::Value,
+        cache_scopes: Vec<serde_json::Value>,
+    ) -> (EventId, oneshot::Receiver<Result<(), StoreError>>) {
+        let event = Arc::new(EventRecord::new(event_type, payload, cache_scopes));
+        crate::metrics::event_published(event_type);
+        let mut batch = Batch::new();
+        let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
+        // As for recorded events: while no webhook is active, nothing is stored.
+        if self.webhooks.values().any(|e| e.stored.is_active) {
+            self.fan_out(event.clone(), now_millis(), &mut batch, &mut per_worker);
+        }
+        let durable = self.shared.store.submit(batch);
+        let names = self.shared.names.clone();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let r = durable.await;
+            if r.is_ok() {
+                enqueue(&names, per_worker);
+            }
+            let _ = tx.send(r);
+        });
+        (event.event_id.clone(), rx)
+    }
+
+    /// Adds to `batch` a delivery per (active webhook subscribed to `event` × channel), and
+    /// the event itself once if any (deliveries name it), collecting them by webhook.
+    fn fan_out(
+        &self,
+        event: Arc<EventRecord>,
+        now: u64,
+        batch: &mut Batch,
+        per_worker: &mut HashMap<WebhookId, Vec<Delivery>>,
+    ) {
+        let mut matched = false;
+        for entry in self.webhooks.values().filter(|e| e.stored.is_active) {
+            if !entry.stored.subscribed(&event.event_type) {
+                continue;
+            }
+            for (idx, ch) in entry.stored.channels.iter().enumerate() {
+                let kind = ch.get("channel").and_then(|c| c.as_str()).unwrap_or("webhook");
+                let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, kind, now);
+                batch.put(Keyspace::DELIVERIES, &d.key(), &d);
+                matched = true;
+                per_worker.entry(d.webhook_id.clone()).or_default().push(d);
+            }
+        }
+        if matched {
+            batch.put(Keyspace::EVENTS, event.event_id.as_str(), &*event);
+        }
+        crate::metrics::event_dispatched();
+    }
+}
+
+/// Hands fanned-out deliveries (durable by now) to their webhooks' workers. A webhook
+/// deleted meanwhile has no worker: its deliveries were deleted with it.
+fn enqueue(names: &crate::state::Names, per_worker: HashMap<WebhookId, Vec<Delivery>>) {
+    for (id, ds) in per_worker {
+        if let Some(w) = ActorRef::<WorkerMsg>::where_is(names.delivery(id.as_str())) {
+            let _ = w.cast(WorkerMsg::Enqueue(ds));
+        }
     }
 }
 

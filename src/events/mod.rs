@@ -1,6 +1,6 @@
 //! The internal event bus: durable event records in the outbox.
 //!
-//! Producers (the ingest pipeline, `POST /v1/events`, object/batch changes) call
+//! Producers (the ingest pipeline, object/batch changes) call
 //! [`EventBus::record`] to add an event to the *same* store batch as the change it describes,
 //! so a crash can never leave one without the other (transactional outbox). After that batch
 //! is durable they call [`EventBus::published`], which counts the events and wakes the
@@ -14,6 +14,10 @@
 //! receives the events recorded while it is active: an event whose batch was being built
 //! at the very moment a webhook was created or resumed may miss it (the flag is read when
 //! the event is recorded, not when the fan-out runs).
+//!
+//! `POST /v1/events` does not go through the outbox: a published event changes nothing
+//! else, so the delivery registry fans it out at once, in one batch (see
+//! `delivery/registry.rs`), saving the outbox write, its read and its delete.
 //!
 //! This module owns the event record format and nothing else.
 
@@ -40,6 +44,20 @@ pub struct EventRecord {
     /// Whether [`EventBus::record`] put it in the outbox (nobody listening: not stored).
     #[serde(skip)]
     pub stored: bool,
+}
+
+impl EventRecord {
+    /// A new event (ID and time assigned now), not stored yet.
+    pub fn new(event_type: &str, payload: serde_json::Value, cache_scopes: Vec<serde_json::Value>) -> EventRecord {
+        EventRecord {
+            event_id: EventId::generate(),
+            event_type: event_type.to_string(),
+            created_at: crate::util::now_rfc3339(),
+            payload,
+            cache_scopes,
+            stored: false,
+        }
+    }
 }
 
 /// Handle shared by producers and the consumer.
@@ -77,15 +95,9 @@ impl EventBus {
         cache_scopes: Vec<serde_json::Value>,
     ) -> EventRecord {
         let listening = self.listening.load(Ordering::SeqCst);
-        let rec = EventRecord {
-            event_id: EventId::generate(),
-            event_type: event_type.to_string(),
-            created_at: crate::util::now_rfc3339(),
-            // Built only when it will be stored (an object's payload is a copy of the object).
-            payload: if listening { payload() } else { serde_json::Value::Null },
-            cache_scopes,
-            stored: listening,
-        };
+        // Built only when it will be stored (an object's payload is a copy of the object).
+        let payload = if listening { payload() } else { serde_json::Value::Null };
+        let rec = EventRecord { stored: listening, ..EventRecord::new(event_type, payload, cache_scopes) };
         if listening {
             batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
         }

@@ -121,10 +121,12 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     body.validate()?;
     let reg = registry(state)?;
     let PublishEvent { event_type, payload, cache_scopes } = body;
-    let (event, d) = ask!(reg, |reply| DeliveryMsg::Publish { event_type, payload, cache_scopes, reply })?;
-    durable(d).await?;
-    state.shared.bus.published([&event]);
-    Ok(json(StatusCode::ACCEPTED, &serde_json::json!({ "event_id": event.event_id })))
+    let (event_id, queued) = ask!(reg, |reply| DeliveryMsg::Publish { event_type, payload, cache_scopes, reply })?;
+    match queued.await {
+        Ok(r) => r?,
+        Err(_) => return Err(ApiError::Unavailable("the delivery registry stopped; publish again".into())),
+    }
+    Ok(json(StatusCode::ACCEPTED, &serde_json::json!({ "event_id": event_id })))
 }
 
 /// `GET …/deliveries?status=&limit=`: newest first, at most `limit` (default 100, max 1000).
