@@ -92,9 +92,9 @@ pub async fn run(
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
     }
     upkeep.abort();
-    // A barrier through the committer: writes still queued (delivery outcomes, a stopping
-    // actor's last batch) are logged, synced and applied before we exit.
-    store.commit(crate::store::Batch::new()).await.context("final store flush")?;
+    // Writes still queued (delivery outcomes, a stopping actor's last batch) are logged and
+    // synced, moved into sled and checkpointed before we exit: the next start replays nothing.
+    store.close().await.context("final store flush")?;
     tracing::info!("store flushed; bye");
     if failed {
         anyhow::bail!("the supervision tree stopped after repeated actor failures; see the log");

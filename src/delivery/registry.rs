@@ -584,7 +584,6 @@ impl DeliveryState {
         cache_scopes: Vec<serde_json::Value>,
     ) -> (EventId, oneshot::Receiver<Result<(), StoreError>>) {
         let event = Arc::new(EventRecord::new(event_type, payload, cache_scopes));
-        crate::metrics::event_published(event_type);
         let mut batch = Batch::new();
         let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
         // As for recorded events: while no webhook is active, nothing is stored.
@@ -594,9 +593,11 @@ impl DeliveryState {
         let durable = self.shared.store.submit(batch);
         let names = self.shared.names.clone();
         let (tx, rx) = oneshot::channel();
+        let event_type = event.event_type.clone();
         tokio::spawn(async move {
             let r = durable.await;
             if r.is_ok() {
+                crate::metrics::event_published(&event_type);
                 enqueue(&names, per_worker);
             }
             let _ = tx.send(r);
@@ -661,10 +662,10 @@ impl DeliveryState {
 
 /// The deletes of every stored event older than `min_age` that no delivery names.
 ///
-/// Events are read first, deliveries second, on purpose: a fan-out batch may be being
-/// applied meanwhile, and it writes an event's deliveries before the event (sled applies a
-/// batch in order), so every event the first scan sees has its deliveries visible to the
-/// second.
+/// Events are read first, deliveries second, on purpose: a fan-out batch writes an event
+/// and its deliveries together, and a batch becomes visible whole (one step into the store's
+/// overlay, which keeps it until sled holds all of it), so every event the first scan sees
+/// has its deliveries visible to the second.
 pub(crate) fn unreferenced_events(
     store: &crate::store::Store,
     now_ms: u64,

@@ -19,6 +19,17 @@ pub trait Backend: Send + Sync + 'static {
     /// write-ahead log in front of the backend provides both (see `store/wal.rs`), and
     /// `flush` makes everything applied durable in the backend itself.
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Like `apply`, for operations borrowed from elsewhere (the overlay): `None` deletes.
+    fn apply_each(&self, ops: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        for (k, v) in ops {
+            batch.ops.push(match v {
+                Some(v) => Op::Put(k.to_vec(), v.to_vec()),
+                None => Op::Delete(k.to_vec()),
+            });
+        }
+        self.apply(&batch)
+    }
     /// Makes every applied batch durable.
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
     fn size_on_disk(&self) -> Result<u64, StoreError>;
@@ -74,6 +85,16 @@ impl Backend for SledBackend {
                 Op::Delete(k) => {
                     self.tree.remove(k.as_slice())?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_each(&self, ops: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) -> Result<(), StoreError> {
+        for (k, v) in ops {
+            match v {
+                Some(v) => drop(self.tree.insert(k, v)?),
+                None => drop(self.tree.remove(k)?),
             }
         }
         Ok(())

@@ -37,6 +37,25 @@ type Done = oneshot::Sender<Result<(), StoreError>>;
 struct Request {
     batch: Batch,
     done: Done,
+    /// [`Committer::close`]: answered once everything before it is in the backend and
+    /// checkpointed, after which the store threads end.
+    close: bool,
+}
+
+/// What the log loop tells the apply thread.
+enum ToApply {
+    /// The overlay grew large (or the log waits for room): apply now.
+    Wake,
+    /// Closing: apply everything, checkpoint everything, then answer.
+    Close(Done),
+}
+
+/// What the apply thread tells the checkpoint thread.
+enum ToCheckpoint {
+    /// Every write of the log segments up to this one is in the backend.
+    Through(u64),
+    /// Closing: answer once the earlier checkpoints are done.
+    Close(Done),
 }
 
 /// How often the apply thread moves the overlay into the backend. Longer keeps more
@@ -65,8 +84,8 @@ impl Committer {
         let poisoned = Arc::new(AtomicBool::new(false));
         // Rendezvous: the prep thread holds at most one finished spare, waiting to hand it over.
         let (spare_tx, spare_rx) = sync_mpsc::sync_channel::<std::io::Result<Segment>>(0);
-        let (apply_tx, apply_rx) = sync_mpsc::channel::<()>();
-        let (checkpoint_tx, checkpoint_rx) = sync_mpsc::channel::<u64>();
+        let (apply_tx, apply_rx) = sync_mpsc::channel::<ToApply>();
+        let (checkpoint_tx, checkpoint_rx) = sync_mpsc::channel::<ToCheckpoint>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -91,8 +110,20 @@ impl Committer {
     }
 
     pub(crate) fn submit(&self, batch: Batch) -> Durable {
+        self.send(Request { batch, done: oneshot::channel().0, close: false })
+    }
+
+    /// Ends the store: everything submitted before is logged, moved into the backend and
+    /// checkpointed (so the next start replays nothing), then the store threads end and
+    /// every later write fails with `Closed`.
+    pub(crate) fn close(&self) -> Durable {
+        self.send(Request { batch: Batch::new(), done: oneshot::channel().0, close: true })
+    }
+
+    fn send(&self, mut request: Request) -> Durable {
         let (done, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(r)) = self.tx.send(Request { batch, done }) {
+        request.done = done;
+        if let Err(mpsc::error::SendError(r)) = self.tx.send(request) {
             let _ = r.done.send(Err(StoreError::Closed));
         }
         Durable(rx)
@@ -143,7 +174,7 @@ fn log_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
     spares: sync_mpsc::Receiver<std::io::Result<Segment>>,
     overlay: Arc<Overlay>,
-    apply: sync_mpsc::Sender<()>,
+    apply: sync_mpsc::Sender<ToApply>,
     poisoned: Arc<AtomicBool>,
 ) {
     let _guard = PoisonOnPanic(poisoned.clone(), "log");
@@ -167,6 +198,12 @@ fn log_loop(
                 Err(_) => break,
             }
         }
+        // A close ends the group: whatever was queued after it is refused (dropped).
+        let mut closing = None;
+        if let Some(at) = group.iter().position(|r| r.close) {
+            group.truncate(at + 1);
+            closing = group.pop().map(|r| r.done);
+        }
         let many = group.len() > 1;
         let mut merged = Batch::new();
         let mut done = Vec::with_capacity(group.len());
@@ -179,11 +216,21 @@ fn log_loop(
         }
         let mut result = failure.clone().map_or(Ok(()), Err);
         if result.is_ok() && !merged.is_empty() {
-            // Memory stays bounded when the backend falls behind the log: wait for room.
-            while overlay.full() {
-                let _ = apply.send(());
+            // Memory stays bounded when the backend falls behind the log: wait for room
+            // (unless the apply thread failed: it will never make any).
+            while overlay.full() && !poisoned.load(Ordering::Relaxed) {
+                let _ = apply.send(ToApply::Wake);
                 overlay.wait_applied(Duration::from_millis(10));
             }
+            if overlay.full() {
+                let e = StoreError::Io(
+                    "an earlier store operation failed; check the disk and the log, then restart hookline".into(),
+                );
+                failure = Some(e.clone());
+                result = Err(e);
+            }
+        }
+        if result.is_ok() && !merged.is_empty() {
             let logged_to = wal::record(&merged, &mut record).and_then(|()| {
                 let synced = Instant::now();
                 let no = append(&mut segment, &spares, &record)?;
@@ -193,7 +240,7 @@ fn log_loop(
             match logged_to {
                 Ok(no) => {
                     if overlay.insert(merged, no) {
-                        let _ = apply.send(());
+                        let _ = apply.send(ToApply::Wake);
                     }
                 }
                 Err(e) => {
@@ -206,6 +253,12 @@ fn log_loop(
         crate::metrics::store_commit(done.len(), started.elapsed(), result.is_ok());
         for d in done {
             let _ = d.send(result.clone());
+        }
+        if let Some(close) = closing {
+            if let Err(sync_mpsc::SendError(ToApply::Close(close))) = apply.send(ToApply::Close(close)) {
+                let _ = close.send(Err(StoreError::Closed));
+            }
+            return;
         }
     }
 }
@@ -251,24 +304,37 @@ fn prep_loop(dir: PathBuf, mut next: u64, spares: sync_mpsc::SyncSender<std::io:
 fn apply_loop(
     backend: Arc<dyn Backend>,
     overlay: Arc<Overlay>,
-    wake: sync_mpsc::Receiver<()>,
-    checkpoint: sync_mpsc::Sender<u64>,
+    wake: sync_mpsc::Receiver<ToApply>,
+    checkpoint: sync_mpsc::Sender<ToCheckpoint>,
     poisoned: Arc<AtomicBool>,
 ) {
     let _guard = PoisonOnPanic(poisoned.clone(), "apply");
     // The highest segment with a write in the backend, and the highest checkpointed.
     let mut applied: Option<u64> = None;
     let mut covered: Option<u64> = None;
+    let mut close: Option<Done> = None;
     loop {
-        let last_round = match wake.recv_timeout(APPLY_EVERY) {
-            Ok(()) | Err(sync_mpsc::RecvTimeoutError::Timeout) => false,
-            // The log loop is gone (shutdown): apply the rest, checkpoint everything.
+        // The log loop gone (a close, or every store handle dropped): last round.
+        let mut last_round = match wake.recv_timeout(APPLY_EVERY) {
+            Ok(ToApply::Wake) | Err(sync_mpsc::RecvTimeoutError::Timeout) => false,
+            Ok(ToApply::Close(done)) => {
+                close = Some(done);
+                true
+            }
             Err(sync_mpsc::RecvTimeoutError::Disconnected) => true,
         };
-        while wake.try_recv().is_ok() {}
+        while let Ok(m) = wake.try_recv() {
+            if let ToApply::Close(done) = m {
+                close = Some(done);
+                last_round = true;
+            }
+        }
         if poisoned.load(Ordering::Relaxed) {
             // Keep the log for the next start's replay; reads still see the overlay.
             if last_round {
+                if let Some(done) = close {
+                    let _ = done.send(Err(StoreError::Io("the store failed earlier; its log is kept".into())));
+                }
                 return;
             }
             continue;
@@ -288,37 +354,62 @@ fn apply_loop(
         let through = if last_round { applied } else { applied.and_then(|s| s.checked_sub(1)) };
         if let Some(t) = through.filter(|t| covered.is_none_or(|c| *t > c)) {
             covered = Some(t);
-            let _ = checkpoint.send(t);
+            let _ = checkpoint.send(ToCheckpoint::Through(t));
         }
         if last_round {
+            if let Some(done) = close {
+                if let Err(sync_mpsc::SendError(ToCheckpoint::Close(done))) = checkpoint.send(ToCheckpoint::Close(done))
+                {
+                    let _ = done.send(Err(StoreError::Closed));
+                }
+            }
             return;
         }
     }
 }
 
 /// Flushes the backend once a segment is fully applied, then deletes the segments it covers.
-fn checkpoint_loop(backend: Arc<dyn Backend>, dir: PathBuf, rx: sync_mpsc::Receiver<u64>, poisoned: Arc<AtomicBool>) {
+fn checkpoint_loop(
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    rx: sync_mpsc::Receiver<ToCheckpoint>,
+    poisoned: Arc<AtomicBool>,
+) {
     let _guard = PoisonOnPanic(poisoned.clone(), "checkpoint");
-    while let Ok(mut through) = rx.recv() {
+    let mut close = None;
+    while let Ok(first) = rx.recv() {
         // Coalesce: one flush covers every segment finished meanwhile.
-        while let Ok(n) = rx.try_recv() {
-            through = through.max(n);
-        }
-        if poisoned.load(Ordering::Relaxed) {
-            continue; // keep the log: a restart replays it
-        }
-        let started = Instant::now();
-        match futures::executor::block_on(backend.flush()) {
-            Ok(()) => {
-                crate::metrics::store_checkpoint(started.elapsed());
-                if let Err(e) = wal::remove_through(&dir, through) {
-                    tracing::warn!(error = %e, "remove checkpointed log segments (they replay harmlessly)");
-                }
+        let mut through = None;
+        for m in std::iter::once(first).chain(rx.try_iter()) {
+            match m {
+                ToCheckpoint::Through(n) => through = through.max(Some(n)),
+                ToCheckpoint::Close(done) => close = Some(done),
             }
-            // After a failed flush the backend may have dropped the pages it could not write,
-            // so no later flush may vouch for them: keep the whole log, refuse writes, and let
-            // an operator restart (the replay restores everything acknowledged).
-            Err(e) => drop(poison(&poisoned, "checkpoint flush (the log is kept for replay)", &e)),
+        }
+        if let Some(through) = through.filter(|_| !poisoned.load(Ordering::Relaxed)) {
+            let started = Instant::now();
+            match futures::executor::block_on(backend.flush()) {
+                Ok(()) => {
+                    crate::metrics::store_checkpoint(started.elapsed());
+                    if let Err(e) = wal::remove_through(&dir, through) {
+                        tracing::warn!(error = %e, "remove checkpointed log segments (they replay harmlessly)");
+                    }
+                }
+                // After a failed flush the backend may have dropped the pages it could not
+                // write, so no later flush may vouch for them: keep the whole log, refuse
+                // writes, and let an operator restart (the replay restores everything
+                // acknowledged).
+                Err(e) => drop(poison(&poisoned, "checkpoint flush (the log is kept for replay)", &e)),
+            }
+        }
+        if let Some(done) = close.take() {
+            let result = if poisoned.load(Ordering::Relaxed) {
+                Err(StoreError::Io("the store failed earlier; its log is kept for the next start".into()))
+            } else {
+                Ok(())
+            };
+            let _ = done.send(result);
+            return;
         }
     }
 }

@@ -269,6 +269,13 @@ impl Store {
         self.backend.flush().await
     }
 
+    /// Ends the store (at shutdown): waits until everything submitted before is durable, in
+    /// the backend and checkpointed, so the next start has nothing to replay. Every later
+    /// write fails with [`StoreError::Closed`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.committer.close().await
+    }
+
     /// False once a write has failed: the store then refuses all writes until a restart.
     pub fn healthy(&self) -> bool {
         self.committer.healthy()
@@ -369,6 +376,24 @@ mod tests {
         }
         let store = store.expect("reopen store");
         assert_eq!(store.get::<String>(Keyspace::BUCKETS, "bkt_1").unwrap().as_deref(), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn close_moves_everything_into_the_backend_and_refuses_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let mut b = Batch::new();
+        b.put(Keyspace::OBJECTS, "a", &1);
+        store.commit(b).await.unwrap();
+        store.close().await.unwrap();
+        let mut later = Batch::new();
+        later.put(Keyspace::OBJECTS, "b", &2);
+        assert!(matches!(store.commit(later).await, Err(StoreError::Closed)));
+        // Checkpointed: the log holds no segment with a record, only the zero-filled spare.
+        let logged: u64 = wal::segments(&dir.path().join("wal")).unwrap().iter().filter(|n| **n == 0).count() as u64;
+        assert_eq!(logged, 0, "segment 0 (the one written) was removed by the final checkpoint");
+        // And sled itself has the write.
+        assert_eq!(store.reader.backend.get(&Keyspace::OBJECTS.key("a")).unwrap(), Some(b"1".to_vec()));
     }
 
     /// A backend whose writes can be made to fail, to test the committer's failure path.

@@ -18,11 +18,14 @@ use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::backend::Visitor;
 use super::{Backend, Batch, Op, StoreError};
 
-/// A key's newest logged state: `None` is a delete.
-type Layer = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// A key's newest logged state: `None` is a delete. Values are `Bytes` (taken over from the
+/// batch without a copy) so a scan's copy of the overlay shares them.
+type Layer = BTreeMap<Vec<u8>, Option<Bytes>>;
 
 /// Above this many bytes in `active`, the apply thread is asked to freeze it at once.
 pub(crate) const SOFT_BYTES: usize = 8 << 20;
@@ -69,10 +72,10 @@ impl Overlay {
         let mut l = self.write();
         for op in batch.ops {
             let (key, value) = match op {
-                Op::Put(k, v) => (k, Some(v)),
+                Op::Put(k, v) => (k, Some(Bytes::from(v))),
                 Op::Delete(k) => (k, None),
             };
-            l.active_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            l.active_bytes += key.len() + value.as_ref().map_or(0, Bytes::len);
             l.active.insert(key, value);
         }
         l.active_segment = Some(segment);
@@ -108,15 +111,7 @@ impl Overlay {
 
     /// Writes a frozen layer into the backend, in key order.
     pub(crate) fn apply(frozen: &Frozen, backend: &dyn Backend) -> Result<(), StoreError> {
-        let mut batch = Batch::new();
-        batch.ops.reserve(frozen.layer.len());
-        for (k, v) in frozen.layer.iter() {
-            batch.ops.push(match v {
-                Some(v) => Op::Put(k.clone(), v.clone()),
-                None => Op::Delete(k.clone()),
-            });
-        }
-        backend.apply(&batch)
+        backend.apply_each(&mut frozen.layer.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))
     }
 
     /// Drops the frozen layer once the backend holds it.
@@ -130,14 +125,12 @@ impl Overlay {
     /// does not hold it (ask the backend).
     fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let l = self.read();
-        if let Some(v) = l.active.get(key) {
-            return Some(v.clone());
-        }
-        l.frozen.as_ref().and_then(|f| f.get(key).cloned())
+        let v = l.active.get(key).or_else(|| l.frozen.as_ref().and_then(|f| f.get(key)))?;
+        Some(v.as_deref().map(<[u8]>::to_vec))
     }
 
     /// The overlay's entries `>= start` that start with `prefix`, newest state per key.
-    fn range(&self, start: &[u8], prefix: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    fn range(&self, start: &[u8], prefix: &[u8]) -> Vec<(Vec<u8>, Option<Bytes>)> {
         let l = self.read();
         let mut merged: Layer = BTreeMap::new();
         let layers = l.frozen.iter().map(|f| f.as_ref()).chain(std::iter::once(&l.active));
@@ -200,7 +193,7 @@ impl Layered {
     }
 }
 
-type Entries = std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>;
+type Entries = std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<Bytes>)>>;
 
 /// Visits the overlay's entries with keys before `upto` (all when `None`), skipping deletes.
 /// Returns false when the visitor asked to stop.

@@ -191,7 +191,7 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
 }
 
 /// The segment numbers present in `dir`, ascending.
-fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+pub(crate) fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut nos = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
