@@ -20,6 +20,17 @@ const API_KEY: &str = "bench-api-key-0123456789abcdef";
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// User + system CPU time of this process so far, from `/proc/self/stat` (Linux; `None`
+/// elsewhere). Ticks are USER_HZ, 100 per second on Linux.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -85,6 +96,7 @@ async fn run() -> anyhow::Result<()> {
     let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::with_capacity(events)));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let mut tasks = Vec::new();
     for _ in 0..publishers {
         let (client, base, published, next) = (client.clone(), base.clone(), published.clone(), next.clone());
@@ -111,6 +123,7 @@ async fn run() -> anyhow::Result<()> {
     let publish_elapsed = started.elapsed();
     let finished = tokio::time::timeout(Duration::from_secs(300), done.notified()).await.is_ok();
     let elapsed = started.elapsed();
+    let cpu = process_cpu().zip(cpu_before).map(|(after, before)| after - before);
     let got = received.lock().unwrap().clone();
     let published = published.lock().unwrap().clone();
 
@@ -140,6 +153,15 @@ async fn run() -> anyhow::Result<()> {
         got.len() as f64 / elapsed.as_secs_f64(),
         if finished { "" } else { " (TIMED OUT before all arrived)" }
     );
+    if let Some(cpu) = cpu {
+        // Steadier than deliveries/s on a shared machine: the whole process (publishers,
+        // daemon, receiver) per delivery.
+        println!(
+            "  cpu: {:.2} s for the run, {:.0} µs per delivery (publishing included)",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / got.len().max(1) as f64
+        );
+    }
     println!(
         "  publish->receive latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(0.50),

@@ -9,6 +9,8 @@
 //! on a shared machine the ceiling itself moves.
 //! The last scenario adds a webhook subscribed to `object.created` (a fast local receiver),
 //! so each ingest also stores its event and the daemon delivers it: the full pipeline.
+//! Also printed: the whole process's CPU time per request (client and server together),
+//! which moves less than requests/s when the shared machine's speed does.
 //! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64), BENCH_SCENARIOS
 //! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all).
 
@@ -44,12 +46,27 @@ struct Report {
     p50: Duration,
     p99: Duration,
     errors: u64,
+    /// CPU time of this whole process (client, server, daemon threads) per request, warm-up
+    /// included: steadier than requests/s on a shared machine, where the CPU's speed moves.
+    cpu_per_request: Option<Duration>,
+}
+
+/// User + system CPU time of this process so far, from `/proc/self/stat` (Linux; `None`
+/// elsewhere). Ticks are USER_HZ, 100 per second on Linux.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Drives `make_req(i)` with `conns` concurrent workers for `secs` seconds (after 1 s warm-up).
 async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: u64, make_req: MakeRequest) -> Report {
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu();
     let warmup = Instant::now() + Duration::from_secs(1);
     let end = warmup + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -85,6 +102,8 @@ async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: 
     for t in tasks {
         all.extend(t.await.expect("worker"));
     }
+    let sent = counter.load(Ordering::Relaxed).max(1);
+    let cpu_per_request = process_cpu().zip(cpu_before).map(|(after, before)| (after - before) / sent as u32);
     all.sort();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
@@ -95,18 +114,21 @@ async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: 
         p50: pct(0.50),
         p99: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
+        cpu_per_request,
     }
 }
 
 fn print(r: &Report, ceiling: Option<f64>) {
     let share =
         ceiling.map(|c| format!("  ({:.0}% of bare, before/after mean)", 100.0 * r.rps / c)).unwrap_or_default();
+    let cpu = r.cpu_per_request.map(|c| format!("   cpu {:>4.0} µs/req", c.as_secs_f64() * 1e6)).unwrap_or_default();
     println!(
-        "{:<26} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}{}",
+        "{:<26} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms{}   errors {}{}",
         r.name,
         r.rps,
         r.p50.as_secs_f64() * 1e3,
         r.p99.as_secs_f64() * 1e3,
+        cpu,
         r.errors,
         share
     );
