@@ -6,6 +6,8 @@
 //! BENCH_PUBLISHERS=256). The daemon runs in-process (`hookline::app::run`) on 127.0.0.1
 //! with a temp data dir; the receiver shares the same machine.
 
+mod common;
+use common::process_cpu;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,17 +21,6 @@ const API_KEY: &str = "bench-api-key-0123456789abcdef";
 /// every write, serde and hyper allocate per request); mimalloc halves that.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// User + system CPU time of this process so far, from `/proc/self/stat` (Linux; `None`
-/// elsewhere). Ticks are USER_HZ, 100 per second on Linux.
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -14,6 +14,8 @@
 //! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64), BENCH_SCENARIOS
 //! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all).
 
+mod common;
+use common::process_cpu;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,17 +51,6 @@ struct Report {
     /// CPU time of this whole process (client, server, daemon threads) per request, warm-up
     /// included: steadier than requests/s on a shared machine, where the CPU's speed moves.
     cpu_per_request: Option<Duration>,
-}
-
-/// User + system CPU time of this process so far, from `/proc/self/stat` (Linux; `None`
-/// elsewhere). Ticks are USER_HZ, 100 per second on Linux.
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Drives `make_req(i)` with `conns` concurrent workers for `secs` seconds (after 1 s warm-up).

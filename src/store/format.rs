@@ -171,22 +171,10 @@ fn write_meta(backend: &dyn Backend, entries: &[(&str, u32)]) -> Result<(), Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{SledBackend, Store};
+    use crate::store::SledBackend;
 
     fn raw_put(b: &mut Batch, key: &str, value: &str) {
         b.ops.push(Op::Put(key.as_bytes().to_vec(), value.as_bytes().to_vec()));
-    }
-
-    /// Opens the store over a directory a raw backend just used: sled's background threads
-    /// may hold the directory's lock for a moment after the drop.
-    async fn reopen(path: &std::path::Path) -> Store {
-        for _ in 0..200 {
-            if let Ok(s) = Store::open_sled(path) {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        Store::open_sled(path).expect("reopen the store")
     }
 
     #[tokio::test]
@@ -204,7 +192,7 @@ mod tests {
             backend.apply(&b).unwrap();
             futures::executor::block_on(backend.flush()).unwrap();
         }
-        let store = reopen(dir.path()).await;
+        let store = crate::store::tests::reopen(dir.path()).await;
         let dedup: Vec<(String, String)> = store.list(Keyspace::DEDUP, "", None, 10).unwrap();
         assert_eq!(dedup, vec![("bkt_a/obj_1".into(), "h1".into()), ("bkt_a/obj_2".into(), "h2".into())]);
         let xref: Vec<(String, String)> = store.list(Keyspace::EXTERNAL_IDS, "", None, 10).unwrap();
@@ -266,7 +254,7 @@ mod tests {
             backend.apply(&b).unwrap();
             futures::executor::block_on(backend.flush()).unwrap();
         }
-        let store = reopen(dir.path()).await;
+        let store = crate::store::tests::reopen(dir.path()).await;
         let ds: Vec<(String, serde_json::Value)> = store.list(Keyspace::DELIVERIES, "", None, 10).unwrap();
         assert_eq!(ds.len(), 2);
         for (_, d) in &ds {

@@ -293,8 +293,20 @@ fn decode<T: DeserializeOwned>(ks: Keyspace, key: &str, bytes: &[u8]) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Opens the store over a directory a dropped store or backend just used: the store's
+    /// threads and sled's own release the directory's lock a moment after the drop.
+    pub(crate) async fn reopen(path: &std::path::Path) -> Store {
+        for _ in 0..200 {
+            if let Ok(s) = Store::open_sled(path) {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Store::open_sled(path).expect("reopen the store")
+    }
 
     #[tokio::test]
     async fn put_list_paginate_delete() {
@@ -364,17 +376,7 @@ mod tests {
             b.put(Keyspace::BUCKETS, "bkt_1", &"x");
             store.commit(b).await.unwrap();
         }
-        // The committer task releases its handle (and sled's file lock) once it sees the
-        // last sender gone; give it a moment.
-        let mut store = None;
-        for _ in 0..100 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            if let Ok(s) = Store::open_sled(dir.path()) {
-                store = Some(s);
-                break;
-            }
-        }
-        let store = store.expect("reopen store");
+        let store = reopen(dir.path()).await;
         assert_eq!(store.get::<String>(Keyspace::BUCKETS, "bkt_1").unwrap().as_deref(), Some("x"));
     }
 
@@ -454,15 +456,7 @@ mod tests {
         drop(store);
         drop(flaky);
         // The log kept the write for the next start's replay.
-        let mut reopened = None;
-        for _ in 0..100 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            if let Ok(s) = Store::open_sled(dir.path()) {
-                reopened = Some(s);
-                break;
-            }
-        }
-        let reopened = reopened.expect("reopen store");
+        let reopened = reopen(dir.path()).await;
         assert_eq!(reopened.get::<i32>(Keyspace::OBJECTS, "kept").unwrap(), Some(1));
         assert_eq!(reopened.get::<i32>(Keyspace::OBJECTS, "refused").unwrap(), None);
     }
