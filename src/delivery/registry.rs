@@ -43,8 +43,9 @@ use tokio::sync::oneshot;
 const DRAIN_SLICE: usize = 1024;
 /// How often stored events that no delivery names any more are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
-/// A stored event younger than this is never swept, whatever the scan saw: its fan-out
-/// batch may still be being applied (readers can see part of a batch).
+/// A stored event younger than this is never swept, whatever the scan saw: a margin for
+/// fan-out batches submitted around the scan (a batch becomes visible whole, see
+/// `unreferenced_events`, so this is belt and braces).
 const SWEEP_MIN_AGE: Duration = Duration::from_secs(600);
 pub const MAX_WORKER_RESTARTS: usize = 5;
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);

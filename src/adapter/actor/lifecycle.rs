@@ -8,10 +8,11 @@
 //! batch with their events; ones still buffered in a batch window are changed in place (the
 //! flush later publishes only `object.created`, with the latest content) or dropped.
 //!
-//! Reads of stored objects go to the store. A batch this actor submitted may not be applied
-//! yet, so an indexed object that the store does not show is re-read after a barrier (an
-//! empty commit: everything submitted before it is applied). That await is the only one in
-//! the actor's handler, and only on this rare path. This module owns no state of its own.
+//! Reads of stored objects go to the store. A batch this actor submitted may not be visible
+//! yet (submitted, not logged), so an indexed object that the store does not show is re-read
+//! after a barrier (an empty commit: everything submitted before it is visible). That await
+//! is the only one in the actor's handler, and only on this rare path. This module owns no
+//! state of its own.
 
 use std::collections::HashMap;
 
