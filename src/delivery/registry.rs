@@ -348,7 +348,11 @@ impl DeliveryState {
     /// Producers store events only while some webhook is active (`events/mod.rs`); call
     /// after every change to `webhooks`, before answering it.
     fn tell_bus(&self) {
-        self.shared.bus.set_listening(self.webhooks.values().any(|e| e.stored.is_active));
+        self.shared.bus.set_listening(self.any_active());
+    }
+
+    fn any_active(&self) -> bool {
+        self.webhooks.values().any(|e| e.stored.is_active)
     }
 
     fn policy(&self) -> NetPolicy {
@@ -588,7 +592,7 @@ impl DeliveryState {
         let mut batch = Batch::new();
         let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
         // As for recorded events: while no webhook is active, nothing is stored.
-        if self.webhooks.values().any(|e| e.stored.is_active) {
+        if self.any_active() {
             self.fan_out(event.clone(), now_millis(), &mut batch, &mut per_worker);
         }
         let durable = self.shared.store.submit(batch);

@@ -74,23 +74,17 @@ impl Backend for SledBackend {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        // Single inserts, not `apply_batch`: atomicity across a crash comes from the
-        // write-ahead log (store/wal.rs), and sled seals and writes its log buffer at the end
-        // of every `apply_batch`, which is most of what a group commit used to cost.
-        for op in &batch.ops {
-            match op {
-                Op::Put(k, v) => {
-                    self.tree.insert(k.as_slice(), v.as_slice())?;
-                }
-                Op::Delete(k) => {
-                    self.tree.remove(k.as_slice())?;
-                }
-            }
-        }
-        Ok(())
+        let mut ops = batch.ops.iter().map(|op| match op {
+            Op::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+            Op::Delete(k) => (k.as_slice(), None),
+        });
+        self.apply_each(&mut ops)
     }
 
     fn apply_each(&self, ops: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) -> Result<(), StoreError> {
+        // Single inserts, not `apply_batch`: atomicity across a crash comes from the
+        // write-ahead log (store/wal.rs), and sled seals and writes its log buffer at the end
+        // of every `apply_batch`, which is most of what a group commit used to cost.
         for (k, v) in ops {
             match v {
                 Some(v) => drop(self.tree.insert(k, v)?),

@@ -110,20 +110,19 @@ impl Committer {
     }
 
     pub(crate) fn submit(&self, batch: Batch) -> Durable {
-        self.send(Request { batch, done: oneshot::channel().0, close: false })
+        self.send(batch, false)
     }
 
     /// Ends the store: everything submitted before is logged, moved into the backend and
     /// checkpointed (so the next start replays nothing), then the store threads end and
     /// every later write fails with `Closed`.
     pub(crate) fn close(&self) -> Durable {
-        self.send(Request { batch: Batch::new(), done: oneshot::channel().0, close: true })
+        self.send(Batch::new(), true)
     }
 
-    fn send(&self, mut request: Request) -> Durable {
+    fn send(&self, batch: Batch, close: bool) -> Durable {
         let (done, rx) = oneshot::channel();
-        request.done = done;
-        if let Err(mpsc::error::SendError(r)) = self.tx.send(request) {
+        if let Err(mpsc::error::SendError(r)) = self.tx.send(Request { batch, done, close }) {
             let _ = r.done.send(Err(StoreError::Closed));
         }
         Durable(rx)
@@ -164,6 +163,11 @@ fn poison(flag: &AtomicBool, what: &str, e: &dyn std::fmt::Display) -> StoreErro
     StoreError::Io(format!("an earlier write failed ({e}); check the disk and restart hookline"))
 }
 
+/// The error of every write after another store thread (apply, checkpoint) failed.
+fn earlier_failure() -> StoreError {
+    StoreError::Io("an earlier store operation failed; check the disk and the log, then restart hookline".into())
+}
+
 /// The log loop: one record and one sync per group, then into the overlay and answered.
 ///
 /// After a failed write the loop refuses every later write with that error: a caller that
@@ -187,9 +191,7 @@ fn log_loop(
         if failure.is_none() && poisoned.load(Ordering::Relaxed) {
             // Another store thread failed (an apply, a checkpoint): log nothing more, or a
             // write refused to its client would come back at the next start's replay.
-            failure = Some(StoreError::Io(
-                "an earlier store operation failed; check the disk and the log, then restart hookline".into(),
-            ));
+            failure = Some(earlier_failure());
         }
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -223,9 +225,7 @@ fn log_loop(
                 overlay.wait_applied(Duration::from_millis(10));
             }
             if overlay.full() {
-                let e = StoreError::Io(
-                    "an earlier store operation failed; check the disk and the log, then restart hookline".into(),
-                );
+                let e = earlier_failure();
                 failure = Some(e.clone());
                 result = Err(e);
             }

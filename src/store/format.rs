@@ -177,22 +177,31 @@ mod tests {
         b.ops.push(Op::Put(key.as_bytes().to_vec(), value.as_bytes().to_vec()));
     }
 
-    #[tokio::test]
-    async fn version_2_dedup_and_xid_entries_are_rekeyed_by_object() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A data dir as a binary of format `version` left it (`seed` writes its keys), opened
+    /// by this one: the migration runs.
+    async fn open_seeded(path: &std::path::Path, version: u32, seed: impl FnOnce(&mut Batch)) -> crate::store::Store {
         {
-            let backend = SledBackend::open(dir.path()).unwrap();
+            let backend = SledBackend::open(path).unwrap();
             let mut b = Batch::new();
-            b.put(Keyspace::META, VERSION_KEY, &2u32);
-            raw_put(&mut b, "dedup\0bkt_a/h1", r#"{"object_id":"obj_1","at_ms":5}"#);
-            raw_put(&mut b, "dedup\0bkt_a/h2", r#"{"object_id":"obj_2","at_ms":6}"#);
-            raw_put(&mut b, "xid\0bkt_a/h1/obj_1", r#""obj_1""#);
-            raw_put(&mut b, "xid\0bkt_b/h9/obj_7", r#""obj_7""#);
-            raw_put(&mut b, "obj\0bkt_a/obj_1", "{}");
+            b.put(Keyspace::META, VERSION_KEY, &version);
+            seed(&mut b);
             backend.apply(&b).unwrap();
             futures::executor::block_on(backend.flush()).unwrap();
         }
-        let store = crate::store::tests::reopen(dir.path()).await;
+        crate::store::tests::reopen(path).await
+    }
+
+    #[tokio::test]
+    async fn version_2_dedup_and_xid_entries_are_rekeyed_by_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_seeded(dir.path(), 2, |b| {
+            raw_put(b, "dedup\0bkt_a/h1", r#"{"object_id":"obj_1","at_ms":5}"#);
+            raw_put(b, "dedup\0bkt_a/h2", r#"{"object_id":"obj_2","at_ms":6}"#);
+            raw_put(b, "xid\0bkt_a/h1/obj_1", r#""obj_1""#);
+            raw_put(b, "xid\0bkt_b/h9/obj_7", r#""obj_7""#);
+            raw_put(b, "obj\0bkt_a/obj_1", "{}");
+        })
+        .await;
         let dedup: Vec<(String, String)> = store.list(Keyspace::DEDUP, "", None, 10).unwrap();
         assert_eq!(dedup, vec![("bkt_a/obj_1".into(), "h1".into()), ("bkt_a/obj_2".into(), "h2".into())]);
         let xref: Vec<(String, String)> = store.list(Keyspace::EXTERNAL_IDS, "", None, 10).unwrap();
@@ -242,19 +251,14 @@ mod tests {
     #[tokio::test]
     async fn version_3_deliveries_name_their_event_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let backend = SledBackend::open(dir.path()).unwrap();
-            let mut b = Batch::new();
-            b.put(Keyspace::META, VERSION_KEY, &3u32);
+        let store = open_seeded(dir.path(), 3, |b| {
             let event = r#"{"event_id":"evt_1","event_type":"object.created","created_at":"t","payload":{"a":1},"cache_scopes":[]}"#;
             for (wh, del) in [("wh_a", "del_1_a_0"), ("wh_b", "del_1_b_0")] {
                 let d = format!(r#"{{"delivery_id":"{del}","status":"pending","event":{event}}}"#);
-                raw_put(&mut b, &format!("dlv\0{wh}/{del}"), &d);
+                raw_put(b, &format!("dlv\0{wh}/{del}"), &d);
             }
-            backend.apply(&b).unwrap();
-            futures::executor::block_on(backend.flush()).unwrap();
-        }
-        let store = crate::store::tests::reopen(dir.path()).await;
+        })
+        .await;
         let ds: Vec<(String, serde_json::Value)> = store.list(Keyspace::DELIVERIES, "", None, 10).unwrap();
         assert_eq!(ds.len(), 2);
         for (_, d) in &ds {
