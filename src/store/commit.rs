@@ -104,9 +104,10 @@ impl Committer {
         Ok(Committer { tx, poisoned })
     }
 
-    /// False once a write has failed (the store then refuses every write).
+    /// False once a write has failed (the store then refuses every write), and once the
+    /// store is closed (its log thread gone: every write would fail with `Closed`).
     pub(crate) fn healthy(&self) -> bool {
-        !self.poisoned.load(Ordering::Relaxed)
+        !self.poisoned.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
     pub(crate) fn submit(&self, batch: Batch) -> Durable {
@@ -255,6 +256,7 @@ fn log_loop(
             let _ = d.send(result.clone());
         }
         if let Some(close) = closing {
+            rx.close(); // `healthy()` turns false now, before the close is answered
             if let Err(sync_mpsc::SendError(ToApply::Close(close))) = apply.send(ToApply::Close(close)) {
                 let _ = close.send(Err(StoreError::Closed));
             }

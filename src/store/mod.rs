@@ -276,7 +276,8 @@ impl Store {
         self.committer.close().await
     }
 
-    /// False once a write has failed: the store then refuses all writes until a restart.
+    /// False once a write has failed (the store then refuses all writes until a restart) or
+    /// the store is closed.
     pub fn healthy(&self) -> bool {
         self.committer.healthy()
     }
@@ -387,7 +388,9 @@ pub(crate) mod tests {
         let mut b = Batch::new();
         b.put(Keyspace::OBJECTS, "a", &1);
         store.commit(b).await.unwrap();
+        assert!(store.healthy());
         store.close().await.unwrap();
+        assert!(!store.healthy(), "a closed store is not ready (`/readyz`)");
         let mut later = Batch::new();
         later.put(Keyspace::OBJECTS, "b", &2);
         assert!(matches!(store.commit(later).await, Err(StoreError::Closed)));
