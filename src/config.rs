@@ -117,6 +117,100 @@ pub struct DeliveryConfig {
     pub max_age_seconds: Option<u64>,
     /// Most concurrent requests per webhook (a slow receiver holds at most this many).
     pub max_in_flight_per_webhook: usize,
+    /// The SMTP relay of `email` channels; unset: creating one is refused (422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailSettings>,
+    /// The Twilio-compatible API of `sms` channels; unset: creating one is refused (422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsSettings>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (usually port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (usually port 465).
+    Tls,
+    /// No encryption: only with `delivery.allow_insecure_http` (local development).
+    None,
+}
+
+/// `[delivery.email]`: where email channels send.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    pub smtp_host: String,
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Better from the environment: `HOOKLINE_SMTP_PASSWORD` wins over this.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The sender, `address` or `Name <address>`.
+    pub from: String,
+    #[serde(default = "default_channel_timeout")]
+    pub timeout_seconds: u64,
+}
+
+/// `[delivery.sms]`: a Twilio-compatible Messages API.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    #[serde(default = "default_sms_api_base")]
+    pub api_base: String,
+    pub account_sid: String,
+    /// Better from the environment: `HOOKLINE_SMS_AUTH_TOKEN` wins over this.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// The sending number (E.164) or messaging service.
+    pub from: String,
+    #[serde(default = "default_channel_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_channel_timeout() -> u64 {
+    10
+}
+
+fn default_sms_api_base() -> String {
+    "https://api.twilio.com".into()
+}
+
+// Hand-written so a config printed for debugging never shows the secrets.
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailSettings")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("from", &self.from)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SmsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsSettings")
+            .field("api_base", &self.api_base)
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "********"))
+            .field("from", &self.from)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .finish()
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -129,6 +223,8 @@ impl Default for DeliveryConfig {
             retry_schedule_seconds: vec![5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
             max_age_seconds: None,
             max_in_flight_per_webhook: 16,
+            email: None,
+            sms: None,
         }
     }
 }
@@ -139,6 +235,8 @@ pub struct EnvOverrides {
     pub listen: Option<String>,
     pub data_dir: Option<String>,
     pub api_keys: Option<String>,
+    pub smtp_password: Option<String>,
+    pub sms_auth_token: Option<String>,
 }
 
 impl EnvOverrides {
@@ -147,6 +245,8 @@ impl EnvOverrides {
             listen: std::env::var("HOOKLINE_LISTEN").ok(),
             data_dir: std::env::var("HOOKLINE_DATA_DIR").ok(),
             api_keys: std::env::var("HOOKLINE_API_KEYS").ok(),
+            smtp_password: std::env::var("HOOKLINE_SMTP_PASSWORD").ok(),
+            sms_auth_token: std::env::var("HOOKLINE_SMS_AUTH_TOKEN").ok(),
         }
     }
 }
@@ -175,6 +275,12 @@ impl Config {
         }
         if let Some(keys) = &env.api_keys {
             self.auth.api_keys = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect();
+        }
+        if let (Some(email), Some(p)) = (self.delivery.email.as_mut(), &env.smtp_password) {
+            email.password = Some(p.clone());
+        }
+        if let (Some(sms), Some(t)) = (self.delivery.sms.as_mut(), &env.sms_auth_token) {
+            sms.auth_token = Some(t.clone());
         }
     }
 
@@ -213,6 +319,47 @@ impl Config {
         }
         if d.max_in_flight_per_webhook == 0 || d.max_in_flight_per_webhook > 1024 {
             bail!("delivery.max_in_flight_per_webhook must be within 1..=1024");
+        }
+        if let Some(e) = &d.email {
+            if e.smtp_host.trim().is_empty() {
+                bail!("delivery.email.smtp_host must not be empty");
+            }
+            if e.smtp_port == 0 {
+                bail!("delivery.email.smtp_port must not be 0");
+            }
+            if e.tls == SmtpTls::None && !d.allow_insecure_http {
+                bail!("delivery.email.tls = \"none\" sends mail in clear text; it needs delivery.allow_insecure_http = true (local development only)");
+            }
+            if e.from.parse::<lettre::message::Mailbox>().is_err() {
+                bail!("delivery.email.from {:?} is not an address like \"hookline <alerts@example.com>\"", e.from);
+            }
+            if e.password.is_some() && e.username.is_none() {
+                bail!("delivery.email.password is set but delivery.email.username is not");
+            }
+            if e.timeout_seconds == 0 || e.timeout_seconds > 300 {
+                bail!("delivery.email.timeout_seconds must be within 1..=300");
+            }
+        }
+        if let Some(s) = &d.sms {
+            match url::Url::parse(&s.api_base) {
+                Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && d.allow_insecure_http) => {}
+                Ok(u) if u.scheme() == "http" => {
+                    bail!("delivery.sms.api_base is http://; that needs delivery.allow_insecure_http = true (local development only)")
+                }
+                _ => bail!("delivery.sms.api_base {:?} must be an https URL", s.api_base),
+            }
+            if s.account_sid.trim().is_empty() || !s.account_sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                bail!("delivery.sms.account_sid must be a non-empty alphanumeric ID");
+            }
+            if s.auth_token.as_deref().is_none_or(str::is_empty) {
+                bail!("delivery.sms.auth_token is missing; set it or HOOKLINE_SMS_AUTH_TOKEN");
+            }
+            if s.from.trim().is_empty() {
+                bail!("delivery.sms.from must name the sending number");
+            }
+            if s.timeout_seconds == 0 || s.timeout_seconds > 300 {
+                bail!("delivery.sms.timeout_seconds must be within 1..=300");
+            }
         }
         match url::Url::parse(&self.mux.api_base) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -264,6 +411,7 @@ mod tests {
             listen: Some("127.0.0.1:9999".into()),
             data_dir: Some("/tmp/x".into()),
             api_keys: Some("aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbbbbbb".into()),
+            ..Default::default()
         });
         assert_eq!(c.server.listen, "127.0.0.1:9999");
         assert_eq!(c.storage.path, PathBuf::from("/tmp/x"));
@@ -279,5 +427,34 @@ mod tests {
         let mut c = Config::default();
         c.delivery.retry_schedule_seconds.clear();
         assert!(c.validate().unwrap_err().to_string().contains("retry_schedule_seconds"));
+    }
+
+    #[test]
+    fn email_and_sms_settings_are_checked_and_take_secrets_from_the_environment() {
+        let text = "[delivery.email]\nsmtp_host = \"smtp.example.com\"\nfrom = \"hookline <a@example.com>\"\nusername = \"u\"\n\n[delivery.sms]\naccount_sid = \"AC123\"\nfrom = \"+15550001111\"\n";
+        let mut c = Config::from_toml(text).unwrap();
+        let email = c.delivery.email.as_ref().unwrap();
+        assert_eq!((email.smtp_port, email.tls, email.timeout_seconds), (587, SmtpTls::Starttls, 10));
+        assert!(c.validate().unwrap_err().to_string().contains("HOOKLINE_SMS_AUTH_TOKEN"));
+        c.apply_env(&EnvOverrides {
+            smtp_password: Some("pw".into()),
+            sms_auth_token: Some("tok".into()),
+            ..Default::default()
+        });
+        c.validate().unwrap();
+        assert_eq!(c.delivery.sms.as_ref().unwrap().api_base, "https://api.twilio.com");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw\"") && !shown.contains("tok\""), "secrets must not show in Debug: {shown}");
+
+        let mut plain = c.clone();
+        plain.delivery.email.as_mut().unwrap().tls = SmtpTls::None;
+        assert!(plain.validate().unwrap_err().to_string().contains("allow_insecure_http"));
+        let mut bad = c.clone();
+        bad.delivery.email.as_mut().unwrap().from = "not an address".into();
+        assert!(bad.validate().unwrap_err().to_string().contains("delivery.email.from"));
+        let mut http = c;
+        http.delivery.sms.as_mut().unwrap().api_base = "http://127.0.0.1:9".into();
+        assert!(http.validate().unwrap_err().to_string().contains("delivery.sms.api_base"));
+        assert!(Config::from_toml("[delivery.email]\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nport = 25\n").is_err());
     }
 }

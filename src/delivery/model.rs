@@ -17,8 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::channel::ChannelConfig;
-use super::netguard::NetPolicy;
+use super::channel::{ChannelConfig, ChannelRules};
 use crate::error::ApiError;
 use crate::events::EventRecord;
 use crate::ids::{DeliveryId, EventId, WebhookId};
@@ -151,7 +150,7 @@ pub fn validate_event_types(types: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn validate_channels(channels: &[ChannelConfig], policy: NetPolicy) -> Result<(), ApiError> {
+pub fn validate_channels(channels: &[ChannelConfig], rules: ChannelRules) -> Result<(), ApiError> {
     if channels.is_empty() {
         return Err(ApiError::validation("channels", "list at least one channel"));
     }
@@ -159,21 +158,21 @@ pub fn validate_channels(channels: &[ChannelConfig], policy: NetPolicy) -> Resul
         return Err(ApiError::validation("channels", "at most 10 channels per webhook"));
     }
     for (i, c) in channels.iter().enumerate() {
-        c.validate(&format!("channels[{i}]"), policy)?;
+        c.validate(&format!("channels[{i}]"), rules)?;
     }
     Ok(())
 }
 
 impl CreateWebhook {
-    pub fn validate(&self, policy: NetPolicy) -> Result<(), ApiError> {
+    pub fn validate(&self, rules: ChannelRules) -> Result<(), ApiError> {
         validate_name(&self.webhook_name)?;
         validate_event_types(&self.event_types)?;
-        validate_channels(&self.channels, policy)
+        validate_channels(&self.channels, rules)
     }
 }
 
 impl PatchWebhook {
-    pub fn validate(&self, policy: NetPolicy) -> Result<(), ApiError> {
+    pub fn validate(&self, rules: ChannelRules) -> Result<(), ApiError> {
         if let Some(n) = &self.webhook_name {
             validate_name(n)?;
         }
@@ -181,7 +180,7 @@ impl PatchWebhook {
             validate_event_types(t)?;
         }
         if let Some(c) = &self.channels {
-            validate_channels(c, policy)?;
+            validate_channels(c, rules)?;
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::channel::{self, ChannelConfig, ChannelDeps};
+use super::channel::{self, ChannelConfig, ChannelDeps, ChannelRules};
 use super::model::{CreateWebhook, Delivery, PatchWebhook, StoredWebhook, WebhookSecrets};
 use super::netguard::NetPolicy;
 use super::retry::Policy;
@@ -136,10 +136,28 @@ impl Actor for DeliveryRegistry {
             allow_private_networks: cfg.allow_private_networks,
         };
         let max_age = Duration::from_secs(cfg.max_age_seconds.unwrap_or(cfg.max_age_hours.saturating_mul(3600)));
+        // Providers come from the validated config; one that still cannot be set up leaves
+        // its channels refused at create and failing with the reason, not the daemon down.
+        let mailer = cfg.email.as_ref().and_then(|s| match channel::email::Mailer::new(s) {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::error!(error = %e, "email channels are disabled");
+                None
+            }
+        });
+        let sms = cfg.sms.as_ref().and_then(|s| match channel::sms::SmsApi::new(s) {
+            Ok(api) => Some(Arc::new(api)),
+            Err(e) => {
+                tracing::error!(error = %e, "SMS channels are disabled");
+                None
+            }
+        });
         let deps = ChannelDeps {
             client: channel::http::client(policy),
             policy,
             default_timeout: Duration::from_secs(cfg.request_timeout_seconds),
+            mailer,
+            sms,
         };
         let settings = WorkerSettings {
             policy: Policy {
@@ -309,11 +327,26 @@ fn unavailable(id: &WebhookId) -> ApiError {
     ApiError::Unavailable(format!("the delivery actor of webhook {id} is restarting; retry shortly"))
 }
 
-/// A PATCH that sends back the redacted placeholder as a channel `secret` (GET → edit →
-/// PATCH) keeps the stored secret of the channel at the same index instead of storing
-/// the placeholder.
-fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) {
+/// A PATCH that sends back the redacted placeholder as a channel `secret` or a Slack
+/// `webhook_url` (GET → edit → PATCH) keeps the stored value of the channel at the same
+/// index instead of storing the placeholder.
+fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) -> Result<(), ApiError> {
     for (i, ch) in next.iter_mut().enumerate() {
+        if let ChannelConfig::Slack(c) = ch {
+            if c.webhook_url.contains(channel::REDACTED) {
+                match old.get(i) {
+                    Some(ChannelConfig::Slack(o)) if channel::redacted_url(&o.webhook_url) == c.webhook_url => {
+                        c.webhook_url = o.webhook_url.clone();
+                    }
+                    _ => {
+                        return Err(ApiError::validation(
+                            format!("channels[{i}].configs.webhook_url"),
+                            "the redacted URL matches no stored Slack channel at this index; send the full URL",
+                        ))
+                    }
+                }
+            }
+        }
         if let ChannelConfig::Webhook(c) = ch {
             let prev = match old.get(i) {
                 Some(ChannelConfig::Webhook(o)) => Some(o),
@@ -337,6 +370,7 @@ fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) {
             });
         }
     }
+    Ok(())
 }
 
 fn open_secrets(shared: &Shared, w: &StoredWebhook) -> Option<WebhookSecrets> {
@@ -355,8 +389,8 @@ impl DeliveryState {
         self.webhooks.values().any(|e| e.stored.is_active)
     }
 
-    fn policy(&self) -> NetPolicy {
-        self.deps.policy
+    fn rules(&self) -> ChannelRules {
+        self.deps.rules()
     }
 
     fn webhook_of(&self, cell: &ActorCell) -> Option<WebhookId> {
@@ -412,7 +446,7 @@ impl DeliveryState {
         myself: &ActorRef<DeliveryMsg>,
         body: CreateWebhook,
     ) -> Result<(serde_json::Value, Durable), ApiError> {
-        body.validate(self.policy())?;
+        body.validate(self.rules())?;
         let mut webhook_id = WebhookId::generate();
         while self.webhooks.contains_key(&webhook_id) {
             webhook_id = WebhookId::generate();
@@ -450,7 +484,7 @@ impl DeliveryState {
     }
 
     fn update(&mut self, id: &WebhookId, patch: PatchWebhook) -> Result<(serde_json::Value, Durable), ApiError> {
-        patch.validate(self.policy())?;
+        patch.validate(self.rules())?;
         let policy_sealed = {
             let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
             match (&patch.channels, &entry.secrets) {
@@ -461,7 +495,7 @@ impl DeliveryState {
                 }
                 (Some(channels), Some(s)) => {
                     let mut channels = channels.clone();
-                    keep_redacted_secrets(&mut channels, &s.channels);
+                    keep_redacted_secrets(&mut channels, &s.channels)?;
                     let next = WebhookSecrets { signing_secret: s.signing_secret.clone(), channels };
                     Some((self.seal(id, &next), next))
                 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party verifiers used by the cross-check tests into target/crosscheck/
-# (idempotent; nothing global): Python `standardwebhooks` and Node `@mux/mux-node`.
+# (idempotent; nothing global): Python `standardwebhooks`, Node `@mux/mux-node`, and the
+# Python `aiosmtpd` SMTP server that the email channel's tests send to.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dest="target/crosscheck"
@@ -8,6 +9,10 @@ mkdir -p "$dest"
 if [ ! -f "$dest/py/.installed" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dest/py" "standardwebhooks==1.1.0"
   touch "$dest/py/.installed"
+fi
+if [ ! -f "$dest/py/.aiosmtpd-installed" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$dest/py" "aiosmtpd==1.4.6"
+  touch "$dest/py/.aiosmtpd-installed"
 fi
 if [ ! -f "$dest/node/.installed" ]; then
   mkdir -p "$dest/node"

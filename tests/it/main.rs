@@ -3,6 +3,7 @@
 
 mod support;
 
+mod channels;
 mod dashboards;
 mod foundation;
 mod inbound;

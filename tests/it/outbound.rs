@@ -79,12 +79,17 @@ async fn webhook_crud_validation_and_catalog() {
             "channels[0].configs.headers.webhook-id",
         ),
         (
-            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "https://hooks.slack.com/x"}}]}),
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "not a url"}}]}),
+            "channels[0].configs.webhook_url",
+        ),
+        // This daemon has no [delivery.email] / [delivery.sms]: such channels cannot be created.
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["a@example.com"]}}]}),
             "channels[0].channel",
         ),
         (
-            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["nope"]}}]}),
-            "channels[0].configs.to[0]",
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "sms", "configs": {"to": ["+15550001111"]}}]}),
+            "channels[0].channel",
         ),
     ];
     for (body, field) in cases {

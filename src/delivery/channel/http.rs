@@ -139,39 +139,7 @@ impl HttpChannel {
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature)
             .body(body);
-        let mut resp = match rb.send().await {
-            Ok(r) => r,
-            Err(e) => return from_reqwest(&e, self.timeout),
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let outcome = classify_status(status);
-        let mut error = None;
-        // Read even a 2xx body (see `read_capped`); a failure's goes into the error message.
-        let snippet = read_capped(&mut resp).await;
-        if outcome != Outcome::Delivered {
-            let text = String::from_utf8_lossy(&snippet);
-            let text: String = text.chars().take(200).collect();
-            let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
-            error = Some(if text.trim().is_empty() {
-                format!("HTTP {status}{redirect}")
-            } else {
-                format!("HTTP {status}{redirect}: {}", text.trim())
-            });
-        }
-        let result = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "error",
-        };
-        AttemptResult { outcome, status_code: Some(status), error, retry_after, result }
+        exchange(rb, self.timeout).await
     }
 }
 
@@ -183,6 +151,45 @@ impl Channel for HttpChannel {
     fn send<'a>(&'a self, msg: &'a Message<'a>) -> SendFuture<'a> {
         Box::pin(self.attempt(msg))
     }
+}
+
+/// Sends a prepared request and turns the answer into an attempt result: any 2xx delivers;
+/// anything else (a 3xx too: redirects are never followed) is retried, with the start of the
+/// response body in the error. Shared by the HTTP-based channels (webhook, Slack, SMS).
+pub(super) async fn exchange(rb: reqwest::RequestBuilder, timeout: Duration) -> AttemptResult {
+    let mut resp = match rb.send().await {
+        Ok(r) => r,
+        Err(e) => return from_reqwest(&e, timeout),
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let outcome = classify_status(status);
+    let mut error = None;
+    // Read even a 2xx body (see `read_capped`); a failure's goes into the error message.
+    let snippet = read_capped(&mut resp).await;
+    if outcome != Outcome::Delivered {
+        let text = String::from_utf8_lossy(&snippet);
+        let text: String = text.chars().take(200).collect();
+        let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
+        error = Some(if text.trim().is_empty() {
+            format!("HTTP {status}{redirect}")
+        } else {
+            format!("HTTP {status}{redirect}: {}", text.trim())
+        });
+    }
+    let result = match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "error",
+    };
+    AttemptResult { outcome, status_code: Some(status), error, retry_after, result }
 }
 
 /// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one.

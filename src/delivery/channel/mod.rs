@@ -1,13 +1,17 @@
 //! The channel seam: how one delivery reaches a receiver.
 //!
 //! [`ChannelConfig`] is the API/storage shape of a channel (`{"channel", "configs"}`) with
-//! its validation; [`Channel`] is the sending side, built once per webhook config. Only the
-//! HTTP channel (`webhook`) sends in this build. Slack, email and SMS configs are parsed and
-//! validated against the contract's shapes (so the later implementation plugs into the same
-//! seam), but creating a webhook with them is refused with a 422 saying they are not
-//! supported yet: accepting them and silently failing every delivery would be dishonest.
+//! its validation; [`Channel`] is the sending side, built once per webhook config: HTTP
+//! (`webhook`, [`http`]), [`slack`], [`email`] (SMTP) and [`sms`] (a Twilio-compatible API).
+//! Every channel runs on the same delivery engine (queue, retries, attempt log); a channel
+//! only turns one event into one attempt. Email and SMS need their provider in the config:
+//! without it, creating such a channel is refused with a 422 that says which section to add,
+//! rather than accepted and failed on every delivery.
 
+pub mod email;
 pub mod http;
+pub mod slack;
+pub mod sms;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -59,6 +63,16 @@ pub struct SmsConfig {
     pub template: Option<String>,
 }
 
+/// What a channel config is checked against when a webhook is saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelRules {
+    pub net: NetPolicy,
+    /// Whether `[delivery.email]` is configured.
+    pub email: bool,
+    /// Whether `[delivery.sms]` is configured.
+    pub sms: bool,
+}
+
 impl ChannelConfig {
     /// The `channel` name (also the metrics label).
     pub fn kind(&self) -> &'static str {
@@ -71,7 +85,7 @@ impl ChannelConfig {
     }
 
     /// Validates the config; `at` is the field path of this channel (`channels[0]`).
-    pub fn validate(&self, at: &str, policy: NetPolicy) -> Result<(), ApiError> {
+    pub fn validate(&self, at: &str, rules: ChannelRules) -> Result<(), ApiError> {
         let field = |f: &str| format!("{at}.configs.{f}");
         let template = |f: &str, src: &Option<String>| -> Result<(), ApiError> {
             match src {
@@ -79,30 +93,53 @@ impl ChannelConfig {
                 None => Ok(()),
             }
         };
+        let unconfigured = |section: &str| {
+            ApiError::validation(
+                format!("{at}.channel"),
+                format!(
+                    "{} channels need [delivery.{section}] in hookline's config, which this server does not have",
+                    self.kind()
+                ),
+            )
+        };
         match self {
-            ChannelConfig::Webhook(c) => return c.validate(at, policy),
+            ChannelConfig::Webhook(c) => c.validate(at, rules.net),
             ChannelConfig::Slack(c) => {
                 let u = url::Url::parse(&c.webhook_url)
                     .map_err(|e| ApiError::validation(field("webhook_url"), format!("not a URL: {e}")))?;
-                super::netguard::check_url(&u, policy).map_err(|e| ApiError::validation(field("webhook_url"), e))?;
-                template("template", &c.template)?;
+                super::netguard::check_url(&u, rules.net).map_err(|e| ApiError::validation(field("webhook_url"), e))?;
+                template("template", &c.template)
             }
             ChannelConfig::Email(c) => {
+                if !rules.email {
+                    return Err(unconfigured("email"));
+                }
                 if c.to.is_empty() {
                     return Err(ApiError::validation(field("to"), "list at least one address"));
                 }
+                if c.to.len() > MAX_RECIPIENTS {
+                    return Err(ApiError::validation(field("to"), format!("at most {MAX_RECIPIENTS} addresses")));
+                }
                 for (i, a) in c.to.iter().enumerate() {
-                    let ok = a.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
-                    if !ok {
-                        return Err(ApiError::validation(format!("{}[{i}]", field("to")), "not an email address"));
+                    if let Err(e) = a.parse::<lettre::message::Mailbox>() {
+                        return Err(ApiError::validation(
+                            format!("{}[{i}]", field("to")),
+                            format!("not an email address ({e})"),
+                        ));
                     }
                 }
                 template("subject_template", &c.subject_template)?;
-                template("body_template", &c.body_template)?;
+                template("body_template", &c.body_template)
             }
             ChannelConfig::Sms(c) => {
+                if !rules.sms {
+                    return Err(unconfigured("sms"));
+                }
                 if c.to.is_empty() {
                     return Err(ApiError::validation(field("to"), "list at least one phone number"));
+                }
+                if c.to.len() > MAX_RECIPIENTS {
+                    return Err(ApiError::validation(field("to"), format!("at most {MAX_RECIPIENTS} numbers")));
                 }
                 for (i, n) in c.to.iter().enumerate() {
                     let digits = n.strip_prefix('+').unwrap_or("");
@@ -113,16 +150,9 @@ impl ChannelConfig {
                         ));
                     }
                 }
-                template("template", &c.template)?;
+                template("template", &c.template)
             }
         }
-        Err(ApiError::validation(
-            format!("{at}.channel"),
-            format!(
-                "the {} channel is not supported by this version of hookline yet; only \"webhook\" (HTTP) channels can be created",
-                self.kind()
-            ),
-        ))
     }
 
     /// The config as shown by the API and kept in plain text: secrets and custom header
@@ -133,6 +163,12 @@ impl ChannelConfig {
         if let Some(s) = v.pointer_mut("/configs/secret") {
             if !s.is_null() {
                 *s = serde_json::Value::String(REDACTED.into());
+            }
+        }
+        // A Slack incoming-webhook URL is its own credential: only its host is shown.
+        if let ChannelConfig::Slack(c) = self {
+            if let Some(u) = v.pointer_mut("/configs/webhook_url") {
+                *u = serde_json::Value::String(redacted_url(&c.webhook_url));
             }
         }
         if let Some(headers) = v.pointer_mut("/configs/headers").and_then(|h| h.as_object_mut()) {
@@ -146,12 +182,34 @@ impl ChannelConfig {
 
 pub const REDACTED: &str = "********";
 
+/// Most recipients of one email or SMS channel.
+pub const MAX_RECIPIENTS: usize = 50;
+
+/// `https://hooks.slack.com/********`: the scheme and host of a secret URL, nothing else.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!("{}://{}/{REDACTED}", u.scheme(), u.host_str().unwrap_or_default()),
+        Err(_) => REDACTED.to_string(),
+    }
+}
+
 /// What a channel needs besides its config: the shared HTTP client and the settings.
 #[derive(Clone)]
 pub struct ChannelDeps {
     pub client: reqwest::Client,
     pub policy: NetPolicy,
     pub default_timeout: Duration,
+    /// The SMTP relay of `[delivery.email]`, when configured.
+    pub mailer: Option<Arc<email::Mailer>>,
+    /// The SMS API of `[delivery.sms]`, when configured.
+    pub sms: Option<Arc<sms::SmsApi>>,
+}
+
+impl ChannelDeps {
+    /// What channel configs are validated against.
+    pub fn rules(&self) -> ChannelRules {
+        ChannelRules { net: self.policy, email: self.mailer.is_some(), sms: self.sms.is_some() }
+    }
 }
 
 /// One delivery attempt's input.
@@ -190,22 +248,28 @@ pub trait Channel: Send + Sync {
     fn send<'a>(&'a self, msg: &'a Message<'a>) -> SendFuture<'a>;
 }
 
-/// Builds the sender for a stored config.
+/// Builds the sender for a stored config. A config that cannot send any more (its provider
+/// was removed from the config, a stored template no longer compiles) becomes a channel whose
+/// every attempt fails with the reason, visible as the webhook's `last_error`.
 pub fn build(config: &ChannelConfig, deps: &ChannelDeps) -> Arc<dyn Channel> {
-    match config {
-        ChannelConfig::Webhook(c) => match http::HttpChannel::new(c.clone(), deps.clone()) {
-            Ok(ch) => Arc::new(ch),
-            Err(e) => Arc::new(Unsupported { kind: "webhook", reason: e }),
+    let kind = config.kind();
+    let missing = |section: &str| format!("[delivery.{section}] is not configured on this server");
+    let built: Result<Arc<dyn Channel>, String> = match config {
+        ChannelConfig::Webhook(c) => http::HttpChannel::new(c.clone(), deps.clone()).map(|ch| Arc::new(ch) as _),
+        ChannelConfig::Slack(c) => slack::SlackChannel::new(c, deps.clone()).map(|ch| Arc::new(ch) as _),
+        ChannelConfig::Email(c) => match &deps.mailer {
+            Some(m) => email::EmailChannel::new(c, m.clone()).map(|ch| Arc::new(ch) as _),
+            None => Err(missing("email")),
         },
-        other => Arc::new(Unsupported {
-            kind: other.kind(),
-            reason: format!("the {} channel is not supported by this version of hookline", other.kind()),
-        }),
-    }
+        ChannelConfig::Sms(c) => match &deps.sms {
+            Some(api) => sms::SmsChannel::new(c, api.clone(), deps.clone()).map(|ch| Arc::new(ch) as _),
+            None => Err(missing("sms")),
+        },
+    };
+    built.unwrap_or_else(|reason| Arc::new(Unsupported { kind, reason }))
 }
 
-/// A channel that cannot send (not implemented, or a stored config that no longer
-/// compiles): every attempt fails permanently with the reason.
+/// A channel that cannot send (see [`build`]): every attempt fails permanently with the reason.
 struct Unsupported {
     kind: &'static str,
     reason: String,

@@ -1,0 +1,173 @@
+//! The email channel: one message per delivery, to every address of the channel, through the
+//! SMTP relay of `[delivery.email]`.
+//!
+//! The transport (and its connection pool) is built once from the config and shared by every
+//! email channel. The `Message-ID` is derived from the delivery ID, so every retry of one
+//! delivery carries the same one and a receiving system can drop duplicates. Any SMTP
+//! failure (refused connection, 4xx, 5xx, timeout) is retried on the common schedule, like an
+//! HTTP channel's non-2xx: a rejected relay login is an operator's fix, not a lost event.
+
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use super::{AttemptResult, Channel, EmailConfig, Message, SendFuture};
+use crate::config::{EmailSettings, SmtpTls};
+use crate::delivery::retry::Outcome;
+use crate::delivery::template::Template;
+
+pub const DEFAULT_SUBJECT: &str = "[hookline] {{ event_type }}";
+pub const DEFAULT_BODY: &str =
+    "Event {{ event_id }} ({{ event_type }}) at {{ created_at }}\n\n{{ payload | tojson(indent=2) }}\n";
+
+/// Longest subject sent (a template that renders more is cut).
+const MAX_SUBJECT_CHARS: usize = 250;
+
+/// The SMTP relay shared by every email channel.
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    timeout: Duration,
+}
+
+impl Mailer {
+    pub fn new(s: &EmailSettings) -> Result<Mailer, String> {
+        let builder = match s.tls {
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.smtp_host),
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.smtp_host),
+            SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.smtp_host)),
+        }
+        .map_err(|e| format!("delivery.email: {e}"))?;
+        let timeout = Duration::from_secs(s.timeout_seconds);
+        let mut builder = builder.port(s.smtp_port).timeout(Some(timeout));
+        if let Some(user) = &s.username {
+            builder = builder.credentials(Credentials::new(user.clone(), s.password.clone().unwrap_or_default()));
+        }
+        let from = s.from.parse::<Mailbox>().map_err(|e| format!("delivery.email.from: {e}"))?;
+        Ok(Mailer { transport: builder.build(), from, timeout })
+    }
+}
+
+pub struct EmailChannel {
+    to: Vec<Mailbox>,
+    subject: Template,
+    body: Template,
+    mailer: std::sync::Arc<Mailer>,
+}
+
+impl EmailChannel {
+    pub fn new(config: &EmailConfig, mailer: std::sync::Arc<Mailer>) -> Result<EmailChannel, String> {
+        let to = config
+            .to
+            .iter()
+            .map(|a| a.parse::<Mailbox>().map_err(|e| format!("stored address {a:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let compile = |src: &Option<String>, default: &str, what: &str| {
+            Template::compile(src.as_deref().unwrap_or(default)).map_err(|e| format!("{what}: {e}"))
+        };
+        Ok(EmailChannel {
+            to,
+            subject: compile(&config.subject_template, DEFAULT_SUBJECT, "subject_template")?,
+            body: compile(&config.body_template, DEFAULT_BODY, "body_template")?,
+            mailer,
+        })
+    }
+
+    async fn attempt(&self, msg: &Message<'_>) -> AttemptResult {
+        let render = |t: &Template, what: &str| {
+            t.render(msg.event).map_err(|e| {
+                AttemptResult::failed(Outcome::Permanent, "error", format!("{what} failed to render: {e}"))
+            })
+        };
+        let subject = match render(&self.subject, "subject_template") {
+            Ok(s) => one_line(&s),
+            Err(r) => return r,
+        };
+        let body = match render(&self.body, "body_template") {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let mut builder = lettre::Message::builder()
+            .from(self.mailer.from.clone())
+            .subject(subject)
+            .message_id(Some(format!("<{}@hookline>", msg.id)))
+            .header(ContentType::TEXT_PLAIN);
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        let email = match builder.body(body) {
+            Ok(m) => m,
+            Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("build the message: {e}")),
+        };
+        // lettre's timeout bounds each SMTP command; this bounds the whole exchange.
+        let whole = self.mailer.timeout * 3;
+        match tokio::time::timeout(whole, self.mailer.transport.send(email)).await {
+            Ok(Ok(resp)) => AttemptResult {
+                outcome: Outcome::Delivered,
+                status_code: Some(u16::from(resp.code())),
+                error: None,
+                retry_after: None,
+                result: "2xx",
+            },
+            Ok(Err(e)) => {
+                let result = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_transient() {
+                    "4xx"
+                } else if e.is_permanent() {
+                    "5xx"
+                } else {
+                    "connect"
+                };
+                AttemptResult {
+                    outcome: Outcome::Retriable,
+                    status_code: e.status().map(u16::from),
+                    error: Some(format!("smtp: {e}")),
+                    retry_after: None,
+                    result,
+                }
+            }
+            Err(_) => AttemptResult::failed(
+                Outcome::Retriable,
+                "timeout",
+                format!("smtp: timed out after {:.1}s", whole.as_secs_f64()),
+            ),
+        }
+    }
+}
+
+/// A subject is one line: line breaks become spaces, and it is cut at a sane length.
+fn one_line(s: &str) -> String {
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    joined.chars().take(MAX_SUBJECT_CHARS).collect()
+}
+
+impl Channel for EmailChannel {
+    fn kind(&self) -> &'static str {
+        "email"
+    }
+
+    fn send<'a>(&'a self, msg: &'a Message<'a>) -> SendFuture<'a> {
+        Box::pin(self.attempt(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_one_line() {
+        assert_eq!(one_line("  a\nb\r\n c  "), "a b c");
+        assert_eq!(one_line(&"x".repeat(400)).len(), MAX_SUBJECT_CHARS);
+    }
+
+    #[test]
+    fn the_default_templates_compile() {
+        Template::compile(DEFAULT_SUBJECT).unwrap();
+        Template::compile(DEFAULT_BODY).unwrap();
+    }
+}
