@@ -143,8 +143,9 @@ pub enum SmtpTls {
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     pub smtp_host: String,
-    #[serde(default = "default_smtp_port")]
-    pub smtp_port: u16,
+    /// Default by `tls`: 587 (starttls), 465 (tls), 25 (none).
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
     #[serde(default)]
     pub tls: SmtpTls,
     #[serde(default)]
@@ -168,14 +169,10 @@ pub struct SmsSettings {
     /// Better from the environment: `HOOKLINE_SMS_AUTH_TOKEN` wins over this.
     #[serde(default)]
     pub auth_token: Option<String>,
-    /// The sending number (E.164) or messaging service.
+    /// The sending number (E.164).
     pub from: String,
     #[serde(default = "default_channel_timeout")]
     pub timeout_seconds: u64,
-}
-
-fn default_smtp_port() -> u16 {
-    587
 }
 
 fn default_channel_timeout() -> u64 {
@@ -184,6 +181,17 @@ fn default_channel_timeout() -> u64 {
 
 fn default_sms_api_base() -> String {
     "https://api.twilio.com".into()
+}
+
+impl EmailSettings {
+    /// The port, or the usual one for the TLS mode.
+    pub fn port(&self) -> u16 {
+        self.smtp_port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        })
+    }
 }
 
 // Hand-written so a config printed for debugging never shows the secrets.
@@ -324,7 +332,7 @@ impl Config {
             if e.smtp_host.trim().is_empty() {
                 bail!("delivery.email.smtp_host must not be empty");
             }
-            if e.smtp_port == 0 {
+            if e.smtp_port == Some(0) {
                 bail!("delivery.email.smtp_port must not be 0");
             }
             if e.tls == SmtpTls::None && !d.allow_insecure_http {
@@ -333,8 +341,14 @@ impl Config {
             if e.from.parse::<lettre::message::Mailbox>().is_err() {
                 bail!("delivery.email.from {:?} is not an address like \"hookline <alerts@example.com>\"", e.from);
             }
-            if e.password.is_some() && e.username.is_none() {
-                bail!("delivery.email.password is set but delivery.email.username is not");
+            match (&e.username, &e.password) {
+                (Some(_), None) => {
+                    bail!("delivery.email.username is set without a password; set delivery.email.password or HOOKLINE_SMTP_PASSWORD")
+                }
+                (None, Some(_)) => bail!(
+                    "delivery.email has a password (from the file or HOOKLINE_SMTP_PASSWORD) but no username; set delivery.email.username"
+                ),
+                _ => {}
             }
             if e.timeout_seconds == 0 || e.timeout_seconds > 300 {
                 bail!("delivery.email.timeout_seconds must be within 1..=300");
@@ -342,6 +356,9 @@ impl Config {
         }
         if let Some(s) = &d.sms {
             match url::Url::parse(&s.api_base) {
+                Ok(u) if !u.username().is_empty() || u.password().is_some() || u.query().is_some() => {
+                    bail!("delivery.sms.api_base must be a plain base URL, without credentials or a query")
+                }
                 Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && d.allow_insecure_http) => {}
                 Ok(u) if u.scheme() == "http" => {
                     bail!("delivery.sms.api_base is http://; that needs delivery.allow_insecure_http = true (local development only)")
@@ -431,10 +448,10 @@ mod tests {
 
     #[test]
     fn email_and_sms_settings_are_checked_and_take_secrets_from_the_environment() {
-        let text = "[delivery.email]\nsmtp_host = \"smtp.example.com\"\nfrom = \"hookline <a@example.com>\"\nusername = \"u\"\n\n[delivery.sms]\naccount_sid = \"AC123\"\nfrom = \"+15550001111\"\n";
+        let text = "[delivery.email]\nsmtp_host = \"smtp.example.com\"\nfrom = \"hookline <a@example.com>\"\nusername = \"u\"\npassword = \"file-pw\"\n\n[delivery.sms]\naccount_sid = \"AC123\"\nfrom = \"+15550001111\"\n";
         let mut c = Config::from_toml(text).unwrap();
         let email = c.delivery.email.as_ref().unwrap();
-        assert_eq!((email.smtp_port, email.tls, email.timeout_seconds), (587, SmtpTls::Starttls, 10));
+        assert_eq!((email.port(), email.tls, email.timeout_seconds), (587, SmtpTls::Starttls, 10));
         assert!(c.validate().unwrap_err().to_string().contains("HOOKLINE_SMS_AUTH_TOKEN"));
         c.apply_env(&EnvOverrides {
             smtp_password: Some("pw".into()),
@@ -446,6 +463,16 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("pw\"") && !shown.contains("tok\""), "secrets must not show in Debug: {shown}");
 
+        assert_eq!(c.delivery.email.as_ref().unwrap().password.as_deref(), Some("pw"), "the environment wins");
+        let mut implicit = c.clone();
+        implicit.delivery.email.as_mut().unwrap().tls = SmtpTls::Tls;
+        assert_eq!(implicit.delivery.email.as_ref().unwrap().port(), 465);
+        let mut no_pw = c.clone();
+        no_pw.delivery.email.as_mut().unwrap().password = None;
+        assert!(no_pw.validate().unwrap_err().to_string().contains("HOOKLINE_SMTP_PASSWORD"));
+        let mut query = c.clone();
+        query.delivery.sms.as_mut().unwrap().api_base = "https://api.example.com/?x=1".into();
+        assert!(query.validate().unwrap_err().to_string().contains("plain base URL"));
         let mut plain = c.clone();
         plain.delivery.email.as_mut().unwrap().tls = SmtpTls::None;
         assert!(plain.validate().unwrap_err().to_string().contains("allow_insecure_http"));

@@ -52,6 +52,12 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let mut cfg = Config::load(&config, &EnvOverrides::from_env())?;
             cfg.auth.api_keys = cfg.auth.api_keys.iter().map(|_| "<redacted>".to_string()).collect();
+            if let Some(e) = cfg.delivery.email.as_mut() {
+                e.password = e.password.as_ref().map(|_| "<redacted>".to_string());
+            }
+            if let Some(s) = cfg.delivery.sms.as_mut() {
+                s.auth_token = s.auth_token.as_ref().map(|_| "<redacted>".to_string());
+            }
             println!("{}", toml::to_string_pretty(&cfg)?);
             Ok(())
         }

@@ -255,6 +255,10 @@ pub struct Delivery {
     pub created_at: String,
     pub event_id: EventId,
     pub event_type: String,
+    /// Recipients (indexes into the channel's `to`) already reached by earlier attempts of a
+    /// multi-recipient channel (SMS): a retry sends only to the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done_recipients: Vec<u32>,
     /// The event to send, stored once under `evt/` (see the module docs) and attached when
     /// the delivery is queued; `None` only if that record is gone.
     #[serde(skip)]
@@ -283,6 +287,7 @@ impl Delivery {
             created_at: crate::util::millis_to_rfc3339(now_ms),
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),
+            done_recipients: Vec::new(),
             event: Some(event),
         }
     }

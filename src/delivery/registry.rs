@@ -447,6 +447,15 @@ impl DeliveryState {
         body: CreateWebhook,
     ) -> Result<(serde_json::Value, Durable), ApiError> {
         body.validate(self.rules())?;
+        // A redacted Slack URL (copied from a GET) only means "keep the stored one" in a PATCH.
+        for (i, ch) in body.channels.iter().enumerate() {
+            if matches!(ch, ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED)) {
+                return Err(ApiError::validation(
+                    format!("channels[{i}].configs.webhook_url"),
+                    "this is the redacted form shown by the API; send the full Slack webhook URL",
+                ));
+            }
+        }
         let mut webhook_id = WebhookId::generate();
         while self.webhooks.contains_key(&webhook_id) {
             webhook_id = WebhookId::generate();

@@ -299,13 +299,20 @@ impl WorkerState {
             let channel = self.rt.channels.get(d.channel_index).cloned();
             let key = self.rt.signing_key.clone();
             let event = d.event.clone();
+            let done_recipients = d.done_recipients.clone();
             let me = self.myself.clone();
             tokio::spawn(async move {
                 let at_ms = now_millis();
                 let started = Instant::now();
                 let result = match (channel, event) {
                     (Some(ch), Some(event)) => {
-                        ch.send(&Message { id: id.as_str(), event: &event, signing_key: &key }).await
+                        let msg = Message {
+                            id: id.as_str(),
+                            event: &event,
+                            signing_key: &key,
+                            done_recipients: &done_recipients,
+                        };
+                        ch.send(&msg).await
                     }
                     (None, _) => AttemptResult::failed(
                         Outcome::Permanent,
@@ -327,6 +334,7 @@ impl WorkerState {
         self.in_flight.remove(&id);
         let Some(mut d) = self.queue.remove(&id) else { return };
         crate::metrics::delivery_attempt(&d.channel, result.result, duration);
+        d.done_recipients.extend(result.reached.iter().copied());
         d.log_attempt(Attempt {
             at: millis_to_rfc3339(at_ms),
             status_code: result.status_code,

@@ -1,8 +1,9 @@
 //! Slack, email and SMS channels, each against a real local server: an HTTP server playing
 //! Slack's incoming webhook and the Twilio Messages API, and the Python `aiosmtpd` SMTP server
-//! (installed by tests/crosscheck/setup.sh) writing what it receives to a Maildir.
+//! (installed by tests/crosscheck/setup.sh, run by tests/crosscheck/smtp_server.py) writing
+//! what it accepts to a Maildir.
 
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,13 +17,18 @@ use crate::support::{eventually, Options, TestApp};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+fn delivery_toml(extra: &str) -> String {
+    format!(
+        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1, 1, 2]\n\n{extra}"
+    )
+}
+
 fn dev_delivery(extra: &str) -> Options {
-    Options {
-        delivery_toml: Some(format!(
-            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1, 1, 2]\n\n{extra}"
-        )),
-        ..Options::default()
-    }
+    Options { delivery_toml: Some(delivery_toml(extra)), ..Options::default() }
+}
+
+fn sms_section(api: &Receiver) -> String {
+    format!("[delivery.sms]\napi_base = \"{}\"\naccount_sid = \"AC123\"\nfrom = \"+15550001111\"\n", api.url(""))
 }
 
 #[tokio::test]
@@ -40,7 +46,7 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
         &app,
         json!({"webhook_name": "blocks", "event_types": ["batch.completed"], "channels": [
             {"channel": "slack", "configs": {"webhook_url": slack.url("/services/blocks"),
-             "template": "{\"blocks\": [{\"type\": \"section\", \"text\": {\"type\": \"mrkdwn\", \"text\": \"{{ payload.batch_id }} done\"}}]}"}}]}),
+             "template": "{\"blocks\": [{\"type\": \"section\", \"text\": {\"type\": \"mrkdwn\", \"text\": {{ (payload.batch_id ~ ' done') | tojson }}}}]}"}}]}),
     )
     .await;
 
@@ -74,6 +80,16 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     assert_eq!(sent.json()["blocks"][0]["text"]["text"], "bat_7 done", "a JSON object template is the whole payload");
     assert!(sent.json().get("text").is_none());
 
+    // The redacted form is not a URL to create a webhook with.
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "copy", "event_types": ["*"], "channels": [got["channels"][0].clone()]}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["field"], "channels[0].configs.webhook_url");
+
     // GET → edit → PATCH with the redacted URL keeps the stored one; a made-up one is refused.
     let mut channels = got["channels"].clone();
     let (s, b) = app
@@ -99,10 +115,7 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     // The auth token comes from the environment (the config file has none).
     let app = TestApp::start_with(Options {
         env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
-        ..dev_delivery(&format!(
-            "[delivery.sms]\napi_base = \"{}\"\naccount_sid = \"AC123\"\nfrom = \"+15550001111\"\n",
-            api.url("")
-        ))
+        ..dev_delivery(&sms_section(&api))
     })
     .await;
 
@@ -122,11 +135,11 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
              "template": "{{ event_type }}: {{ payload.object_id }}"}}]}),
     )
     .await;
-    // The second number fails once: the attempt fails, and the retry texts both again.
+    // The second number fails once: the attempt fails, and the retry texts only that one.
     api.then(201, Duration::ZERO);
     api.then(400, Duration::ZERO);
     publish(&app, "object.deleted", json!({"object_id": "obj_9"})).await;
-    assert!(eventually(WAIT, || async { api.count() >= 4 }).await, "retried after the failure");
+    assert!(eventually(WAIT, || async { api.count() >= 3 }).await, "retried after the failure");
     let sent = api.captured();
     let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("AC123:tok-123"));
     for c in &sent {
@@ -136,8 +149,8 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     }
     let form =
         |i: usize| -> Vec<(String, String)> { url::form_urlencoded::parse(&sent[i].body).into_owned().collect() };
-    let to: Vec<String> = (0..4).map(|i| form(i).into_iter().find(|(k, _)| k == "To").unwrap().1).collect();
-    assert_eq!(to, ["+15550002222", "+15550003333", "+15550002222", "+15550003333"]);
+    let to: Vec<String> = (0..sent.len()).map(|i| form(i).into_iter().find(|(k, _)| k == "To").unwrap().1).collect();
+    assert_eq!(to, ["+15550002222", "+15550003333", "+15550003333"], "the reached number is not texted again");
     assert!(form(0).contains(&("From".into(), "+15550001111".into())));
     assert!(form(0).contains(&("Body".into(), "object.deleted: obj_9".into())));
     assert!(
@@ -145,7 +158,7 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
             deliveries(&app, &wh, Some("succeeded")).await.first().is_some_and(|d| {
                 let a = d["attempts"].as_array().unwrap();
                 a.len() == 2
-                    && a[0]["error"].as_str().unwrap_or("").contains("to +15550003333 (after 1 of 2 sent): HTTP 400")
+                    && a[0]["error"].as_str().unwrap_or("").contains("1 of 2 numbers failed; to +15550003333: HTTP 400")
             })
         })
         .await,
@@ -154,7 +167,8 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     );
 }
 
-/// aiosmtpd on a free 127.0.0.1 port, delivering into a Maildir.
+/// aiosmtpd on a free 127.0.0.1 port (it binds port 0 and prints the port), storing what it
+/// accepts in a Maildir; the first `reject_first` messages get a transient 451.
 struct Smtp {
     child: Child,
     port: u16,
@@ -162,7 +176,7 @@ struct Smtp {
 }
 
 impl Smtp {
-    fn start(port: u16, maildir: &Path) -> Smtp {
+    fn start(maildir: &Path, reject_first: u32) -> Smtp {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let py = root.join("target/crosscheck/py");
         assert!(
@@ -170,54 +184,45 @@ impl Smtp {
             "aiosmtpd is missing from {}; run tests/crosscheck/setup.sh",
             py.display()
         );
-        let child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/crosscheck/smtp_server.py"))
             .arg(maildir)
+            .arg(reject_first.to_string())
             .env("PYTHONPATH", &py)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("start aiosmtpd");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout).read_line(&mut line).expect("read the SMTP port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("aiosmtpd did not start (printed {line:?})"));
         Smtp { child, port, maildir: maildir.to_path_buf() }
     }
 
-    async fn wait_listening(&self) {
-        let port = self.port;
-        let up = eventually(Duration::from_secs(15), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
-        .await;
-        assert!(up, "aiosmtpd did not listen on {port}");
-    }
-
-    /// Every message received so far (raw RFC 5322 text).
+    /// Every message accepted so far (raw RFC 5322 text).
     fn messages(&self) -> Vec<String> {
         let Ok(dir) = std::fs::read_dir(self.maildir.join("new")) else { return Vec::new() };
         dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 impl Drop for Smtp {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]
 async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // The relay refuses the first message with a transient 451: the attempt fails and is
+    // retried on the schedule.
+    let smtp = Smtp::start(&tmp.path().join("mail"), 1);
     let app = TestApp::start_with(dev_delivery(&format!(
-        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"hookline <alerts@example.com>\"\ntimeout_seconds = 2\n"
+        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\nfrom = \"hookline <alerts@example.com>\"\ntimeout_seconds = 5\n",
+        smtp.port
     )))
     .await;
 
@@ -237,37 +242,84 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
              "subject_template": "Batch {{ payload.batch_id }}: {{ event_type }}"}}]}),
     )
     .await;
-
-    // No SMTP server yet: the attempt fails and is retried; then the server comes up.
     let evt = publish(&app, "batch.completed", json!({"batch_id": "bat_42", "objects": 3})).await;
-    assert!(
-        eventually(WAIT, || async {
-            deliveries(&app, &wh, None).await.first().is_some_and(|d| {
-                d["attempts"]
-                    .as_array()
-                    .is_some_and(|a| a.first().is_some_and(|x| x["error"].as_str().unwrap_or("").starts_with("smtp")))
-            })
-        })
-        .await,
-        "a failed SMTP attempt is logged: {:?}",
-        deliveries(&app, &wh, None).await
-    );
-    let smtp = Smtp::start(port, &tmp.path().join("mail"));
-    smtp.wait_listening().await;
-    assert!(eventually(WAIT, || async { !smtp.messages().is_empty() }).await, "mail arrives after the retry");
     assert!(eventually(WAIT, || async { !deliveries(&app, &wh, Some("succeeded")).await.is_empty() }).await);
     let d = deliveries(&app, &wh, Some("succeeded")).await.remove(0);
     let attempts = d["attempts"].as_array().unwrap();
-    assert_eq!(attempts.last().unwrap()["status_code"], 250, "{d}");
+    assert_eq!(attempts.len(), 2, "{d}");
+    assert_eq!(attempts[0]["status_code"], 451, "{d}");
+    assert!(attempts[0]["error"].as_str().unwrap_or("").starts_with("smtp: "), "{d}");
+    assert_eq!(attempts[1]["status_code"], 250, "{d}");
 
-    let mail = smtp.messages().remove(0);
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "only the accepted message is stored");
+    let mail = &mails[0];
     let delivery_id = d["delivery_id"].as_str().unwrap();
     assert!(mail.contains("Subject: Batch bat_42: batch.completed"), "{mail}");
     assert!(mail.contains(&format!("Message-ID: <{delivery_id}@hookline>")), "{mail}");
     assert!(mail.contains("From: hookline <alerts@example.com>"), "{mail}");
     assert!(mail.contains("X-RcptTo: ops@example.com, lead@example.com"), "{mail}");
     assert!(mail.contains(&evt) && mail.contains("\"batch_id\": \"bat_42\""), "default body has the event: {mail}");
-    assert!(app.metrics().await.contains("channel=\"email\""), "email deliveries are counted");
+    let m = app.metrics().await;
+    assert!(m.contains("channel=\"email\",result=\"4xx\"") || m.contains("result=\"4xx\",channel=\"email\""), "{m}");
+}
+
+#[tokio::test]
+async fn removing_a_provider_keeps_its_deliveries_pending_with_the_reason() {
+    let api = Receiver::start(201).await;
+    let mut app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "t".into())],
+        ..dev_delivery(&sms_section(&api))
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "sms", "event_types": ["*"], "channels": [{"channel": "sms", "configs": {"to": ["+15550002222"]}}]}),
+    )
+    .await;
+    app.stop();
+    app.set_delivery_toml(delivery_toml(""));
+    app.start_again().await;
+    publish(&app, "object.created", json!({"object_id": "obj_1"})).await;
+    assert!(
+        eventually(WAIT, || async {
+            deliveries(&app, &wh, None).await.first().is_some_and(|d| {
+                d["status"] == "pending"
+                    && d["attempts"].as_array().is_some_and(|a| {
+                        a.len() >= 2 && a.iter().all(|x| x["error"].as_str().unwrap_or("").contains("[delivery.sms]"))
+                    })
+            })
+        })
+        .await,
+        "retried, not dead: {:?}",
+        deliveries(&app, &wh, None).await
+    );
+    assert_eq!(api.count(), 0);
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;
+    assert!(w["last_error"].as_str().unwrap_or("").contains("[delivery.sms] is not configured"), "{w}");
+}
+
+#[test]
+fn check_config_never_prints_provider_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[delivery.email]\nsmtp_host = \"smtp.example.com\"\nusername = \"u\"\npassword = \"file-secret-pw\"\nfrom = \"a@example.com\"\n\n[delivery.sms]\naccount_sid = \"AC1\"\nfrom = \"+15550001111\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
+        .env_remove("HOOKLINE_SMTP_PASSWORD")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("[delivery.email]") && text.contains("[delivery.sms]"), "{text}");
+    assert!(!text.contains("file-secret-pw") && !text.contains("env-secret-token"), "{text}");
+    assert_eq!(text.matches("<redacted>").count(), 2, "{text}");
 }
 
 #[tokio::test]

@@ -196,6 +196,12 @@ impl TestApp {
         self.spawn(Some(addr)).await;
     }
 
+    /// Replaces the `[delivery]` section of the config (takes effect at the next start).
+    pub fn set_delivery_toml(&mut self, toml: String) {
+        self.opts.delivery_toml = Some(toml);
+        self.write_config();
+    }
+
     /// Starts again on the same data dir and port after [`TestApp::stop`] (e.g. once the test
     /// has changed the data dir while no daemon held it).
     pub async fn start_again(&mut self) {

@@ -6,6 +6,11 @@
 //! delivery carries the same one and a receiving system can drop duplicates. Any SMTP
 //! failure (refused connection, 4xx, 5xx, timeout) is retried on the common schedule, like an
 //! HTTP channel's non-2xx: a rejected relay login is an operator's fix, not a lost event.
+//! One message goes to all the addresses, so a relay that refuses one of them fails the
+//! attempt for all (and the retry sends to all).
+//!
+//! Time is bounded per SMTP command (`timeout_seconds`), not per message: cancelling a send
+//! half-way would hand a pooled connection back in the middle of a transaction.
 
 use std::time::Duration;
 
@@ -30,7 +35,6 @@ const MAX_SUBJECT_CHARS: usize = 250;
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
-    timeout: Duration,
 }
 
 impl Mailer {
@@ -42,12 +46,12 @@ impl Mailer {
         }
         .map_err(|e| format!("delivery.email: {e}"))?;
         let timeout = Duration::from_secs(s.timeout_seconds);
-        let mut builder = builder.port(s.smtp_port).timeout(Some(timeout));
+        let mut builder = builder.port(s.port()).timeout(Some(timeout));
         if let Some(user) = &s.username {
             builder = builder.credentials(Credentials::new(user.clone(), s.password.clone().unwrap_or_default()));
         }
         let from = s.from.parse::<Mailbox>().map_err(|e| format!("delivery.email.from: {e}"))?;
-        Ok(Mailer { transport: builder.build(), from, timeout })
+        Ok(Mailer { transport: builder.build(), from })
     }
 }
 
@@ -102,23 +106,26 @@ impl EmailChannel {
             Ok(m) => m,
             Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("build the message: {e}")),
         };
-        // lettre's timeout bounds each SMTP command; this bounds the whole exchange.
-        let whole = self.mailer.timeout * 3;
-        match tokio::time::timeout(whole, self.mailer.transport.send(email)).await {
-            Ok(Ok(resp)) => AttemptResult {
+        // The attempt's status code is the SMTP reply code, and its metrics label the reply's
+        // class (2xx delivered, 4xx transient, 5xx permanent), as for HTTP.
+        match self.mailer.transport.send(email).await {
+            Ok(resp) => AttemptResult {
                 outcome: Outcome::Delivered,
                 status_code: Some(u16::from(resp.code())),
                 error: None,
                 retry_after: None,
                 result: "2xx",
+                reached: Vec::new(),
             },
-            Ok(Err(e)) => {
+            Err(e) => {
                 let result = if e.is_timeout() {
                     "timeout"
                 } else if e.is_transient() {
                     "4xx"
                 } else if e.is_permanent() {
                     "5xx"
+                } else if e.is_tls() || e.is_client() {
+                    "error"
                 } else {
                     "connect"
                 };
@@ -128,13 +135,9 @@ impl EmailChannel {
                     error: Some(format!("smtp: {e}")),
                     retry_after: None,
                     result,
+                    reached: Vec::new(),
                 }
             }
-            Err(_) => AttemptResult::failed(
-                Outcome::Retriable,
-                "timeout",
-                format!("smtp: timed out after {:.1}s", whole.as_secs_f64()),
-            ),
         }
     }
 }

@@ -189,7 +189,7 @@ pub(super) async fn exchange(rb: reqwest::RequestBuilder, timeout: Duration) -> 
         500..=599 => "5xx",
         _ => "error",
     };
-    AttemptResult { outcome, status_code: Some(status), error, retry_after, result }
+    AttemptResult { outcome, status_code: Some(status), error, retry_after, result, reached: Vec::new() }
 }
 
 /// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one.
@@ -221,7 +221,14 @@ fn from_reqwest(e: &reqwest::Error, timeout: Duration) -> AttemptResult {
         chain.push(s.to_string());
         src = s.source();
     }
-    let detail = chain.last().cloned().unwrap_or_else(|| e.to_string());
+    // reqwest's own message names the URL, which may be a credential (a Slack webhook).
+    let detail = chain.last().cloned().unwrap_or_else(|| {
+        let text = e.to_string();
+        match e.url() {
+            Some(u) => text.replace(u.as_str(), &super::redacted_url(u.as_str())),
+            None => text,
+        }
+    });
     let refused = chain.iter().any(|c| c.contains("refused (delivery.allow_private_networks)"));
     let result = if refused {
         "refused"

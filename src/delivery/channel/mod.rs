@@ -219,6 +219,8 @@ pub struct Message<'a> {
     pub event: &'a EventRecord,
     /// HMAC key of the webhook's signing secret.
     pub signing_key: &'a [u8],
+    /// Recipients (indexes into the channel's `to`) that earlier attempts already reached.
+    pub done_recipients: &'a [u32],
 }
 
 /// One delivery attempt's result.
@@ -231,12 +233,21 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
     /// Bounded metrics label: `2xx`, `4xx`, `5xx`, `3xx`, `timeout`, `connect`, `refused`, `error`.
     pub result: &'static str,
+    /// Recipients this attempt reached (multi-recipient channels): not sent to again.
+    pub reached: Vec<u32>,
 }
 
 impl AttemptResult {
     /// An attempt that got no HTTP answer (refused, timed out, or never sent).
     pub fn failed(outcome: Outcome, result: &'static str, error: impl Into<String>) -> AttemptResult {
-        AttemptResult { outcome, status_code: None, error: Some(error.into()), retry_after: None, result }
+        AttemptResult {
+            outcome,
+            status_code: None,
+            error: Some(error.into()),
+            retry_after: None,
+            result,
+            reached: Vec::new(),
+        }
     }
 }
 
@@ -254,25 +265,35 @@ pub trait Channel: Send + Sync {
 pub fn build(config: &ChannelConfig, deps: &ChannelDeps) -> Arc<dyn Channel> {
     let kind = config.kind();
     let missing = |section: &str| format!("[delivery.{section}] is not configured on this server");
+    // A missing provider is an operator's fix: its deliveries wait (retried until `max_age`)
+    // instead of dying. A stored config that no longer builds cannot get better by waiting.
+    let mut outcome = Outcome::Permanent;
     let built: Result<Arc<dyn Channel>, String> = match config {
         ChannelConfig::Webhook(c) => http::HttpChannel::new(c.clone(), deps.clone()).map(|ch| Arc::new(ch) as _),
         ChannelConfig::Slack(c) => slack::SlackChannel::new(c, deps.clone()).map(|ch| Arc::new(ch) as _),
         ChannelConfig::Email(c) => match &deps.mailer {
             Some(m) => email::EmailChannel::new(c, m.clone()).map(|ch| Arc::new(ch) as _),
-            None => Err(missing("email")),
+            None => {
+                outcome = Outcome::Retriable;
+                Err(missing("email"))
+            }
         },
         ChannelConfig::Sms(c) => match &deps.sms {
             Some(api) => sms::SmsChannel::new(c, api.clone(), deps.clone()).map(|ch| Arc::new(ch) as _),
-            None => Err(missing("sms")),
+            None => {
+                outcome = Outcome::Retriable;
+                Err(missing("sms"))
+            }
         },
     };
-    built.unwrap_or_else(|reason| Arc::new(Unsupported { kind, reason }))
+    built.unwrap_or_else(|reason| Arc::new(Unsupported { kind, reason, outcome }))
 }
 
-/// A channel that cannot send (see [`build`]): every attempt fails permanently with the reason.
+/// A channel that cannot send (see [`build`]): every attempt fails with the reason.
 struct Unsupported {
     kind: &'static str,
     reason: String,
+    outcome: Outcome,
 }
 
 impl Channel for Unsupported {
@@ -281,7 +302,7 @@ impl Channel for Unsupported {
     }
 
     fn send<'a>(&'a self, _msg: &'a Message<'a>) -> SendFuture<'a> {
-        Box::pin(async move { AttemptResult::failed(Outcome::Permanent, "error", self.reason.clone()) })
+        Box::pin(async move { AttemptResult::failed(self.outcome, "error", self.reason.clone()) })
     }
 }
 

@@ -1,7 +1,10 @@
 //! The Slack channel: a message to a Slack incoming-webhook URL.
 //!
-//! The `template` renders the message text (Slack `mrkdwn`); a template that renders a JSON
-//! object is sent as the whole payload instead, so Block Kit layouts work too. The URL gets
+//! The `template` renders the message text (Slack `mrkdwn`; payload values go in as they are,
+//! so a `<!channel>` in one pings the channel). A template that starts with `{` is a JSON
+//! template: its rendering must be a JSON object, sent as the whole payload (Block Kit), and
+//! values belong in it through `| tojson` (a raw `"{{ payload.x }}"` breaks on a quote; the
+//! attempt then fails with that reason instead of posting something else). The URL gets
 //! the same checks as an HTTP channel's (https, public addresses, no redirects), and any
 //! answer but a 2xx is retried on the common schedule.
 
@@ -20,6 +23,8 @@ pub const DEFAULT_TEMPLATE: &str =
 pub struct SlackChannel {
     url: url::Url,
     template: Template,
+    /// Whether the template is a JSON template (see the module docs).
+    json: bool,
     timeout: Duration,
     deps: ChannelDeps,
 }
@@ -28,9 +33,10 @@ impl SlackChannel {
     pub fn new(config: &SlackConfig, deps: ChannelDeps) -> Result<SlackChannel, String> {
         let url =
             url::Url::parse(&config.webhook_url).map_err(|e| format!("stored webhook_url does not parse: {e}"))?;
-        let template = Template::compile(config.template.as_deref().unwrap_or(DEFAULT_TEMPLATE))
-            .map_err(|e| format!("template: {e}"))?;
-        Ok(SlackChannel { url, template, timeout: deps.default_timeout, deps })
+        let source = config.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+        let template = Template::compile(source).map_err(|e| format!("template: {e}"))?;
+        let json = is_json_template(source);
+        Ok(SlackChannel { url, template, json, timeout: deps.default_timeout, deps })
     }
 
     async fn attempt(&self, msg: &Message<'_>) -> AttemptResult {
@@ -43,7 +49,10 @@ impl SlackChannel {
                 return AttemptResult::failed(Outcome::Permanent, "error", format!("template failed to render: {e}"))
             }
         };
-        let body = payload(text);
+        let body = match payload(text, self.json) {
+            Ok(b) => b,
+            Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", e),
+        };
         let rb = self
             .deps
             .client
@@ -56,14 +65,23 @@ impl SlackChannel {
     }
 }
 
-/// The request body: a rendered JSON object as is, any other text as `{"text": …}`.
-fn payload(rendered: String) -> Vec<u8> {
-    if rendered.trim_start().starts_with('{')
-        && serde_json::from_str::<serde_json::Value>(&rendered).is_ok_and(|v| v.is_object())
-    {
-        return rendered.into_bytes();
+pub fn is_json_template(source: &str) -> bool {
+    source.trim_start().starts_with('{')
+}
+
+/// The request body: a JSON template's rendering as is (it must be an object), any other
+/// text as `{"text": …}`.
+fn payload(rendered: String, json: bool) -> Result<Vec<u8>, String> {
+    if !json {
+        return Ok(serde_json::to_vec(&serde_json::json!({ "text": rendered })).unwrap_or_default());
     }
-    serde_json::to_vec(&serde_json::json!({ "text": rendered })).unwrap_or_default()
+    match serde_json::from_str::<serde_json::Value>(&rendered) {
+        Ok(v) if v.is_object() => Ok(rendered.into_bytes()),
+        Ok(_) => Err("the template (it starts with '{') rendered JSON that is not an object".into()),
+        Err(e) => Err(format!(
+            "the template (it starts with '{{') rendered invalid JSON ({e}); insert values with `| tojson`"
+        )),
+    }
 }
 
 impl Channel for SlackChannel {
@@ -81,16 +99,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_is_wrapped_and_a_json_object_is_sent_as_is() {
-        let v: serde_json::Value = serde_json::from_slice(&payload("*hi* `x`".into())).unwrap();
+    fn text_is_wrapped_and_a_json_template_is_sent_as_is() {
+        let v: serde_json::Value = serde_json::from_slice(&payload("*hi* `x`".into(), false).unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"text": "*hi* `x`"}));
+        // Text that looks like JSON is still text when the template is not a JSON template.
+        let v: serde_json::Value = serde_json::from_slice(&payload("{\"a\": 1}".into(), false).unwrap()).unwrap();
+        assert_eq!(v["text"], "{\"a\": 1}");
         let blocks = r#"{"blocks": [{"type": "section"}]}"#.to_string();
-        assert_eq!(payload(blocks.clone()), blocks.into_bytes());
-        // A JSON array or a string that only looks like JSON is text.
-        let v: serde_json::Value = serde_json::from_slice(&payload("[1]".into())).unwrap();
-        assert_eq!(v["text"], "[1]");
-        let v: serde_json::Value = serde_json::from_slice(&payload("{not json".into())).unwrap();
-        assert_eq!(v["text"], "{not json");
+        assert_eq!(payload(blocks.clone(), true).unwrap(), blocks.into_bytes());
+        let err = payload(r#"{"text": "say "hi""}"#.into(), true).unwrap_err();
+        assert!(err.contains("tojson"), "{err}");
+        assert!(payload("[1]".into(), true).unwrap_err().contains("not an object"));
+        assert!(is_json_template("  {\"blocks\": []}") && !is_json_template("*{{ event_type }}*"));
     }
 
     #[test]

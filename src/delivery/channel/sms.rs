@@ -2,9 +2,11 @@
 //! Messages API of `[delivery.sms]` (`POST {api_base}/2010-04-01/Accounts/{sid}/Messages.json`,
 //! form `To`, `From`, `Body`, HTTP basic auth with the account SID and auth token).
 //!
-//! Numbers are sent to in order, and the first failure ends the attempt: the delivery is
-//! retried on the common schedule and a retry texts every number again, so a number before
-//! the failing one may get the message twice (deliveries are at least once on every channel).
+//! Every number not yet reached is sent to in order; one that fails does not hold back the
+//! others. The delivery remembers which numbers were reached (`done_recipients`), so a retry
+//! (on the common schedule) texts only the ones that failed. A crash between a provider's
+//! answer and the outcome's write can still text a number twice: at least once, as on every
+//! channel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,8 +72,14 @@ impl SmsChannel {
                 return AttemptResult::failed(Outcome::Permanent, "error", format!("template failed to render: {e}"))
             }
         };
-        let mut last = AttemptResult::failed(Outcome::Retriable, "error", "no recipient");
+        let mut reached = Vec::new();
+        let mut failed: Vec<(String, AttemptResult)> = Vec::new();
+        let mut last_ok = None;
         for (i, to) in self.to.iter().enumerate() {
+            let index = i as u32;
+            if msg.done_recipients.contains(&index) {
+                continue;
+            }
             let form = url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("To", to)
                 .append_pair("From", &api.from)
@@ -86,15 +94,44 @@ impl SmsChannel {
                 .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .header(reqwest::header::USER_AGENT, concat!("hookline/", env!("CARGO_PKG_VERSION")))
                 .body(form);
-            last = exchange(rb, api.timeout).await;
-            if last.outcome != Outcome::Delivered {
-                let sent = if i == 0 { String::new() } else { format!(" (after {i} of {} sent)", self.to.len()) };
-                last.error = Some(format!("to {to}{sent}: {}", last.error.as_deref().unwrap_or("failed")));
-                return last;
+            let r = exchange(rb, api.timeout).await;
+            if r.outcome == Outcome::Delivered {
+                reached.push(index);
+                last_ok = Some(r);
+            } else {
+                failed.push((to.clone(), r));
             }
         }
-        last
+        summarize(self.to.len(), reached, failed, last_ok)
     }
+}
+
+/// One attempt's result from its sends: delivered when no number failed, else the first
+/// failure (its status, label and `Retry-After`) with every failed number in the error.
+fn summarize(
+    total: usize,
+    reached: Vec<u32>,
+    mut failed: Vec<(String, AttemptResult)>,
+    last_ok: Option<AttemptResult>,
+) -> AttemptResult {
+    if failed.is_empty() {
+        let mut ok = last_ok.unwrap_or(AttemptResult {
+            outcome: Outcome::Delivered,
+            status_code: None,
+            error: None,
+            retry_after: None,
+            result: "2xx",
+            reached: Vec::new(),
+        });
+        ok.reached = reached;
+        return ok;
+    }
+    let errors: Vec<String> =
+        failed.iter().map(|(to, r)| format!("to {to}: {}", r.error.as_deref().unwrap_or("failed"))).collect();
+    let mut first = failed.swap_remove(0).1;
+    first.error = Some(format!("{} of {total} numbers failed; {}", errors.len(), errors.join("; ")));
+    first.reached = reached;
+    first
 }
 
 impl Channel for SmsChannel {
@@ -122,6 +159,27 @@ mod tests {
         };
         let api = SmsApi::new(&s).unwrap();
         assert_eq!(api.messages_url.as_str(), "https://api.example.com/2010-04-01/Accounts/AC123/Messages.json");
+    }
+
+    fn ok() -> AttemptResult {
+        AttemptResult {
+            outcome: Outcome::Delivered,
+            status_code: Some(201),
+            error: None,
+            retry_after: None,
+            result: "2xx",
+            reached: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_failed_number_fails_the_attempt_and_keeps_the_reached_ones() {
+        let r = summarize(3, vec![0, 2], Vec::new(), Some(ok()));
+        assert_eq!((r.outcome, r.reached.as_slice(), r.status_code), (Outcome::Delivered, &[0, 2][..], Some(201)));
+        let bad = AttemptResult::failed(Outcome::Retriable, "4xx", "HTTP 400: invalid number");
+        let r = summarize(3, vec![0, 2], vec![("+15550001111".into(), bad)], Some(ok()));
+        assert_eq!((r.outcome, r.result, r.reached.as_slice()), (Outcome::Retriable, "4xx", &[0, 2][..]));
+        assert_eq!(r.error.as_deref(), Some("1 of 3 numbers failed; to +15550001111: HTTP 400: invalid number"));
     }
 
     #[test]
