@@ -155,7 +155,8 @@ pub struct EmailSettings {
     pub password: Option<String>,
     /// The sender, `address` or `Name <address>`.
     pub from: String,
-    #[serde(default = "default_channel_timeout")]
+    /// Bounds the whole send of one message (connect, TLS, login, every command).
+    #[serde(default = "default_email_timeout")]
     pub timeout_seconds: u64,
 }
 
@@ -177,6 +178,10 @@ pub struct SmsSettings {
 
 fn default_channel_timeout() -> u64 {
     10
+}
+
+fn default_email_timeout() -> u64 {
+    30
 }
 
 fn default_sms_api_base() -> String {
@@ -289,6 +294,13 @@ impl Config {
         }
         if let (Some(sms), Some(t)) = (self.delivery.sms.as_mut(), &env.sms_auth_token) {
             sms.auth_token = Some(t.clone());
+        }
+        // An empty secret (a blank line in the file, an empty variable) is no secret.
+        if let Some(email) = self.delivery.email.as_mut() {
+            email.password = email.password.take().filter(|p| !p.is_empty());
+        }
+        if let Some(sms) = self.delivery.sms.as_mut() {
+            sms.auth_token = sms.auth_token.take().filter(|t| !t.is_empty());
         }
     }
 
@@ -451,7 +463,7 @@ mod tests {
         let text = "[delivery.email]\nsmtp_host = \"smtp.example.com\"\nfrom = \"hookline <a@example.com>\"\nusername = \"u\"\npassword = \"file-pw\"\n\n[delivery.sms]\naccount_sid = \"AC123\"\nfrom = \"+15550001111\"\n";
         let mut c = Config::from_toml(text).unwrap();
         let email = c.delivery.email.as_ref().unwrap();
-        assert_eq!((email.port(), email.tls, email.timeout_seconds), (587, SmtpTls::Starttls, 10));
+        assert_eq!((email.port(), email.tls, email.timeout_seconds), (587, SmtpTls::Starttls, 30));
         assert!(c.validate().unwrap_err().to_string().contains("HOOKLINE_SMS_AUTH_TOKEN"));
         c.apply_env(&EnvOverrides {
             smtp_password: Some("pw".into()),

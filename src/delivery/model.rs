@@ -255,10 +255,11 @@ pub struct Delivery {
     pub created_at: String,
     pub event_id: EventId,
     pub event_type: String,
-    /// Recipients (indexes into the channel's `to`) already reached by earlier attempts of a
-    /// multi-recipient channel (SMS): a retry sends only to the others.
+    /// Recipients (as written in the channel's `to`: a PATCH may reorder or change the list)
+    /// already reached by earlier attempts of a multi-recipient channel (SMS): a retry sends
+    /// only to the others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub done_recipients: Vec<u32>,
+    pub done_recipients: Vec<String>,
     /// The event to send, stored once under `evt/` (see the module docs) and attached when
     /// the delivery is queued; `None` only if that record is gone.
     #[serde(skip)]

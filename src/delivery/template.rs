@@ -34,14 +34,7 @@ impl Template {
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.add_template_owned(NAME, source.to_string()).map_err(describe)?;
         let t = Template { env };
-        let sample = EventRecord {
-            event_id: crate::ids::EventId::generate(),
-            event_type: "object.created".into(),
-            created_at: crate::util::now_rfc3339(),
-            payload: serde_json::json!({}),
-            cache_scopes: Vec::new(),
-            stored: false,
-        };
+        let sample = Self::sample();
         // The sample has an empty payload, so data-dependent errors (`payload.n * 2` of a
         // missing `n`) are expected; only errors no event could avoid are reported.
         if let Err(e) = t.env.get_template(NAME).and_then(|tmpl| tmpl.render(Self::context(&sample))) {
@@ -67,9 +60,25 @@ impl Template {
         Ok(t)
     }
 
+    /// Renders the sample event used by [`Template::compile`] (for checks at save time).
+    pub fn render_sample(&self) -> Result<String, String> {
+        self.render(&Self::sample())
+    }
+
     pub fn render(&self, event: &EventRecord) -> Result<String, String> {
         let tmpl = self.env.get_template(NAME).map_err(describe)?;
         tmpl.render(Self::context(event)).map_err(describe)
+    }
+
+    fn sample() -> EventRecord {
+        EventRecord {
+            event_id: crate::ids::EventId::generate(),
+            event_type: "object.created".into(),
+            created_at: crate::util::now_rfc3339(),
+            payload: serde_json::json!({}),
+            cache_scopes: Vec::new(),
+            stored: false,
+        }
     }
 
     fn context(event: &EventRecord) -> minijinja::Value {

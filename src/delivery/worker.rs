@@ -334,7 +334,7 @@ impl WorkerState {
         self.in_flight.remove(&id);
         let Some(mut d) = self.queue.remove(&id) else { return };
         crate::metrics::delivery_attempt(&d.channel, result.result, duration);
-        d.done_recipients.extend(result.reached.iter().copied());
+        d.done_recipients.extend(result.reached.iter().cloned());
         d.log_attempt(Attempt {
             at: millis_to_rfc3339(at_ms),
             status_code: result.status_code,
@@ -413,6 +413,10 @@ impl WorkerState {
             return Err(ApiError::Conflict(format!(
                 "delivery {id} can no longer be retried: its event is no longer stored"
             )));
+        }
+        if d.status == DeliveryStatus::Succeeded {
+            // Retrying a success means "send it again", to every recipient.
+            d.done_recipients.clear();
         }
         d.status = DeliveryStatus::Pending;
         d.failures = 0;

@@ -34,7 +34,7 @@ async def main():
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    server = await asyncio.get_running_loop().create_server(lambda: SMTP(handler), sock=sock)
+    server = await asyncio.get_running_loop().create_server(lambda: SMTP(handler, hostname="localhost"), sock=sock)
     print(sock.getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()

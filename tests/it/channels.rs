@@ -80,6 +80,25 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     assert_eq!(sent.json()["blocks"][0]["text"]["text"], "bat_7 done", "a JSON object template is the whole payload");
     assert!(sent.json().get("text").is_none());
 
+    // A JSON template must render a JSON object (checked on a sample event); `{{` opens text.
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "bad", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {
+                "webhook_url": slack.url("/x"), "template": "{\"text\": \"{{ event_type }}\""}}]}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["field"], "channels[0].configs.template");
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "text", "event_types": ["nothing.here"], "channels": [{"channel": "slack", "configs": {
+                "webhook_url": slack.url("/x"), "template": "{{ event_type }}: {\"not\": json"}}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "a template starting with {{{{ is text: {b}");
+
     // The redacted form is not a URL to create a webhook with.
     let (s, b) = app
         .post(
@@ -119,14 +138,19 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     })
     .await;
 
-    let (s, b) = app
-        .post(
-            "/v1/organizations/webhooks",
-            json!({"webhook_name": "x", "event_types": ["*"], "channels": [{"channel": "sms", "configs": {"to": ["555-1234"]}}]}),
-        )
-        .await;
-    assert_eq!(s, 422, "{b}");
-    assert_eq!(b["error"]["field"], "channels[0].configs.to[0]");
+    for (to, field) in [
+        (json!(["555-1234"]), "channels[0].configs.to[0]"),
+        (json!(["+15550002222", "+15550002222"]), "channels[0].configs.to[1]"),
+    ] {
+        let (s, b) = app
+            .post(
+                "/v1/organizations/webhooks",
+                json!({"webhook_name": "x", "event_types": ["*"], "channels": [{"channel": "sms", "configs": {"to": to}}]}),
+            )
+            .await;
+        assert_eq!(s, 422, "{b}");
+        assert_eq!(b["error"]["field"], field);
+    }
 
     let (wh, _) = create_webhook(
         &app,
@@ -265,6 +289,42 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
 }
 
 #[tokio::test]
+async fn email_to_a_silent_relay_times_out_and_is_retried() {
+    // A relay that accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let app = TestApp::start_with(dev_delivery(&format!(
+        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"a@example.com\"\ntimeout_seconds = 1\n"
+    )))
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "m", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["ops@example.com"]}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({})).await;
+    assert!(
+        eventually(WAIT, || async {
+            deliveries(&app, &wh, None).await.first().is_some_and(|d| {
+                d["status"] == "pending"
+                    && d["attempts"]
+                        .as_array()
+                        .is_some_and(|a| a.len() >= 2 && a.iter().all(|x| x["error"] == "smtp: timed out after 1.0s"))
+            })
+        })
+        .await,
+        "{:?}",
+        deliveries(&app, &wh, None).await
+    );
+}
+
+#[tokio::test]
 async fn removing_a_provider_keeps_its_deliveries_pending_with_the_reason() {
     let api = Receiver::start(201).await;
     let mut app = TestApp::start_with(Options {
@@ -311,8 +371,8 @@ fn check_config_never_prints_provider_secrets() {
     let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
         .args(["check-config", "--config"])
         .arg(&path)
+        .env_clear()
         .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
-        .env_remove("HOOKLINE_SMTP_PASSWORD")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -9,8 +9,10 @@
 //! One message goes to all the addresses, so a relay that refuses one of them fails the
 //! attempt for all (and the retry sends to all).
 //!
-//! Time is bounded per SMTP command (`timeout_seconds`), not per message: cancelling a send
-//! half-way would hand a pooled connection back in the middle of a transaction.
+//! `timeout_seconds` bounds the whole send of one message (lettre's own timeout only covers
+//! the TCP connect). Connections are not pooled: each message has its own, so a send cut off
+//! by the timeout takes its connection with it instead of handing it back half-way through a
+//! transaction.
 
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ const MAX_SUBJECT_CHARS: usize = 250;
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    timeout: Duration,
 }
 
 impl Mailer {
@@ -51,7 +54,7 @@ impl Mailer {
             builder = builder.credentials(Credentials::new(user.clone(), s.password.clone().unwrap_or_default()));
         }
         let from = s.from.parse::<Mailbox>().map_err(|e| format!("delivery.email.from: {e}"))?;
-        Ok(Mailer { transport: builder.build(), from })
+        Ok(Mailer { transport: builder.build(), from, timeout })
     }
 }
 
@@ -108,7 +111,18 @@ impl EmailChannel {
         };
         // The attempt's status code is the SMTP reply code, and its metrics label the reply's
         // class (2xx delivered, 4xx transient, 5xx permanent), as for HTTP.
-        match self.mailer.transport.send(email).await {
+        let sent = match tokio::time::timeout(self.mailer.timeout, self.mailer.transport.send(email)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                let secs = self.mailer.timeout.as_secs_f64();
+                return AttemptResult::failed(
+                    Outcome::Retriable,
+                    "timeout",
+                    format!("smtp: timed out after {secs:.1}s"),
+                );
+            }
+        };
+        match sent {
             Ok(resp) => AttemptResult {
                 outcome: Outcome::Delivered,
                 status_code: Some(u16::from(resp.code())),

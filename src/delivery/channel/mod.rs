@@ -108,7 +108,13 @@ impl ChannelConfig {
                 let u = url::Url::parse(&c.webhook_url)
                     .map_err(|e| ApiError::validation(field("webhook_url"), format!("not a URL: {e}")))?;
                 super::netguard::check_url(&u, rules.net).map_err(|e| ApiError::validation(field("webhook_url"), e))?;
-                template("template", &c.template)
+                template("template", &c.template)?;
+                match &c.template {
+                    Some(src) => {
+                        slack::check_json_template(src).map_err(|e| ApiError::validation(field("template"), e))
+                    }
+                    None => Ok(()),
+                }
             }
             ChannelConfig::Email(c) => {
                 if !rules.email {
@@ -142,6 +148,9 @@ impl ChannelConfig {
                     return Err(ApiError::validation(field("to"), format!("at most {MAX_RECIPIENTS} numbers")));
                 }
                 for (i, n) in c.to.iter().enumerate() {
+                    if c.to[..i].contains(n) {
+                        return Err(ApiError::validation(format!("{}[{i}]", field("to")), "listed twice"));
+                    }
                     let digits = n.strip_prefix('+').unwrap_or("");
                     if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
                         return Err(ApiError::validation(
@@ -219,8 +228,8 @@ pub struct Message<'a> {
     pub event: &'a EventRecord,
     /// HMAC key of the webhook's signing secret.
     pub signing_key: &'a [u8],
-    /// Recipients (indexes into the channel's `to`) that earlier attempts already reached.
-    pub done_recipients: &'a [u32],
+    /// Recipients (as written in the channel's `to`) that earlier attempts already reached.
+    pub done_recipients: &'a [String],
 }
 
 /// One delivery attempt's result.
@@ -234,7 +243,7 @@ pub struct AttemptResult {
     /// Bounded metrics label: `2xx`, `4xx`, `5xx`, `3xx`, `timeout`, `connect`, `refused`, `error`.
     pub result: &'static str,
     /// Recipients this attempt reached (multi-recipient channels): not sent to again.
-    pub reached: Vec<u32>,
+    pub reached: Vec<String>,
 }
 
 impl AttemptResult {

@@ -65,8 +65,24 @@ impl SlackChannel {
     }
 }
 
+/// Whether a template source is a JSON template: it starts with `{` that does not open a
+/// Jinja tag (`{{`, `{%`, `{#`), so `{{ event_type }}: …` is a text template.
 pub fn is_json_template(source: &str) -> bool {
-    source.trim_start().starts_with('{')
+    let mut chars = source.trim_start().chars();
+    chars.next() == Some('{') && !matches!(chars.next(), Some('{' | '%' | '#'))
+}
+
+/// Checked when a webhook is saved: a JSON template must render a JSON object for a sample
+/// event (a rendering that fails on the sample's empty payload is left to the send).
+pub fn check_json_template(source: &str) -> Result<(), String> {
+    if !is_json_template(source) {
+        return Ok(());
+    }
+    let t = Template::compile(source)?;
+    match t.render_sample() {
+        Ok(rendered) => payload(rendered, true).map(drop),
+        Err(_) => Ok(()),
+    }
 }
 
 /// The request body: a JSON template's rendering as is (it must be an object), any other
@@ -110,7 +126,11 @@ mod tests {
         let err = payload(r#"{"text": "say "hi""}"#.into(), true).unwrap_err();
         assert!(err.contains("tojson"), "{err}");
         assert!(payload("[1]".into(), true).unwrap_err().contains("not an object"));
-        assert!(is_json_template("  {\"blocks\": []}") && !is_json_template("*{{ event_type }}*"));
+        assert!(is_json_template("  {\"blocks\": []}") && is_json_template("{ \"text\": 1 }"));
+        assert!(!is_json_template("*{{ event_type }}*") && !is_json_template("{{ event_type }}: done"));
+        assert!(!is_json_template("{% if payload %}x{% endif %}") && !is_json_template("{# note #}x"));
+        assert!(check_json_template(r#"{"text": {{ event_type | tojson }}}"#).is_ok());
+        assert!(check_json_template(r#"{"text": "{{ event_type }}" "#).unwrap_err().contains("invalid JSON"));
     }
 
     #[test]

@@ -75,9 +75,8 @@ impl SmsChannel {
         let mut reached = Vec::new();
         let mut failed: Vec<(String, AttemptResult)> = Vec::new();
         let mut last_ok = None;
-        for (i, to) in self.to.iter().enumerate() {
-            let index = i as u32;
-            if msg.done_recipients.contains(&index) {
+        for to in &self.to {
+            if msg.done_recipients.contains(to) {
                 continue;
             }
             let form = url::form_urlencoded::Serializer::new(String::new())
@@ -96,10 +95,15 @@ impl SmsChannel {
                 .body(form);
             let r = exchange(rb, api.timeout).await;
             if r.outcome == Outcome::Delivered {
-                reached.push(index);
+                reached.push(to.clone());
                 last_ok = Some(r);
             } else {
+                // Rate limited: the rest waits for the retry (and its Retry-After).
+                let throttled = r.status_code == Some(429);
                 failed.push((to.clone(), r));
+                if throttled {
+                    break;
+                }
             }
         }
         summarize(self.to.len(), reached, failed, last_ok)
@@ -110,7 +114,7 @@ impl SmsChannel {
 /// failure (its status, label and `Retry-After`) with every failed number in the error.
 fn summarize(
     total: usize,
-    reached: Vec<u32>,
+    reached: Vec<String>,
     mut failed: Vec<(String, AttemptResult)>,
     last_ok: Option<AttemptResult>,
 ) -> AttemptResult {
@@ -128,7 +132,9 @@ fn summarize(
     }
     let errors: Vec<String> =
         failed.iter().map(|(to, r)| format!("to {to}: {}", r.error.as_deref().unwrap_or("failed"))).collect();
+    let retry_after = failed.iter().filter_map(|(_, r)| r.retry_after).max();
     let mut first = failed.swap_remove(0).1;
+    first.retry_after = retry_after;
     first.error = Some(format!("{} of {total} numbers failed; {}", errors.len(), errors.join("; ")));
     first.reached = reached;
     first
@@ -174,11 +180,12 @@ mod tests {
 
     #[test]
     fn a_failed_number_fails_the_attempt_and_keeps_the_reached_ones() {
-        let r = summarize(3, vec![0, 2], Vec::new(), Some(ok()));
-        assert_eq!((r.outcome, r.reached.as_slice(), r.status_code), (Outcome::Delivered, &[0, 2][..], Some(201)));
+        let two = vec!["+15550000000".to_string(), "+15550002222".to_string()];
+        let r = summarize(3, two.clone(), Vec::new(), Some(ok()));
+        assert_eq!((r.outcome, &r.reached, r.status_code), (Outcome::Delivered, &two, Some(201)));
         let bad = AttemptResult::failed(Outcome::Retriable, "4xx", "HTTP 400: invalid number");
-        let r = summarize(3, vec![0, 2], vec![("+15550001111".into(), bad)], Some(ok()));
-        assert_eq!((r.outcome, r.result, r.reached.as_slice()), (Outcome::Retriable, "4xx", &[0, 2][..]));
+        let r = summarize(3, two.clone(), vec![("+15550001111".into(), bad)], Some(ok()));
+        assert_eq!((r.outcome, r.result, &r.reached), (Outcome::Retriable, "4xx", &two));
         assert_eq!(r.error.as_deref(), Some("1 of 3 numbers failed; to +15550001111: HTTP 400: invalid number"));
     }
 
