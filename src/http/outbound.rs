@@ -129,7 +129,10 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     Ok(json(StatusCode::ACCEPTED, &serde_json::json!({ "event_id": event_id })))
 }
 
-/// `GET …/deliveries?status=&limit=`: newest first, at most `limit` (default 100, max 1000).
+/// `GET …/deliveries?status=&limit=&before=`: newest first, at most `limit` (default 100,
+/// max 1000), older than the delivery `before` when given (the last ID of the previous page).
+/// Delivery IDs start with their event's time-ordered ID, so key order is time order and a
+/// page reads only what it returns (plus, with `status`, the deliveries it skips).
 async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let w = load(state, id)?;
@@ -141,17 +144,26 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
             })?),
         };
     let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, 1000);
-    let mut out = std::collections::VecDeque::with_capacity(limit);
-    state.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &format!("{}/", w.webhook_id.as_str()), |_, d| {
-        if status.is_none_or(|s| s == d.status) {
-            if out.len() == limit {
-                out.pop_front();
+    let before = match req.query.get("before") {
+        None => None,
+        Some(b) => Some(
+            DeliveryId::parse(b)
+                .ok_or_else(|| ApiError::validation("before", "not a delivery_id returned by this endpoint"))?,
+        ),
+    };
+    let mut out = Vec::with_capacity(limit.min(128));
+    let prefix = format!("{}/", w.webhook_id.as_str());
+    state.shared.store.for_each_rev::<Delivery>(
+        Keyspace::DELIVERIES,
+        &prefix,
+        before.as_ref().map(DeliveryId::as_str),
+        |_, d| {
+            if status.is_none_or(|s| s == d.status) {
+                out.push(d.view());
             }
-            out.push_back(d.view());
-        }
-        true
-    })?;
-    let out: Vec<_> = out.into_iter().rev().collect();
+            out.len() < limit
+        },
+    )?;
     Ok(json(StatusCode::OK, &out))
 }
 

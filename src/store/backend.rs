@@ -15,6 +15,9 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Visits keys `>= start` in order while they start with `prefix`.
     fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError>;
+    /// Visits the keys that start with `prefix` and are `< end` (all of them when `None`), in
+    /// descending order (newest first for time-ordered keys).
+    fn scan_rev(&self, prefix: &[u8], end: Option<&[u8]>, visit: &mut Visitor<'_>) -> Result<(), StoreError>;
     /// Applies the operations in order, not necessarily atomically nor durably: the
     /// write-ahead log in front of the backend provides both (see `store/wal.rs`), and
     /// `flush` makes everything applied durable in the backend itself.
@@ -65,6 +68,24 @@ impl Backend for SledBackend {
             let (k, v) = item?;
             if !k.starts_with(prefix) {
                 break;
+            }
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_rev(&self, prefix: &[u8], end: Option<&[u8]>, visit: &mut Visitor<'_>) -> Result<(), StoreError> {
+        let iter = match end {
+            Some(e) if e <= prefix => return Ok(()),
+            Some(e) => self.tree.range(prefix..e),
+            None => self.tree.scan_prefix(prefix),
+        };
+        for item in iter.rev() {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                continue; // only when `end` lies beyond every key of the prefix
             }
             if !visit(&k, &v)? {
                 break;

@@ -232,6 +232,25 @@ impl Store {
         })
     }
 
+    /// Visits the values under `prefix` in descending key order, from just below
+    /// `prefix + before` (all when `None`); the visitor returns `false` to stop.
+    pub fn for_each_rev<T: DeserializeOwned>(
+        &self,
+        ks: Keyspace,
+        prefix: &str,
+        before: Option<&str>,
+        mut f: impl FnMut(&str, T) -> bool,
+    ) -> Result<(), StoreError> {
+        let ks_prefix_len = ks.prefix().len();
+        let full_prefix = ks.key(prefix);
+        let end = before.map(|b| ks.key(&format!("{prefix}{b}")));
+        self.reader.scan_rev(&full_prefix, end.as_deref(), &mut |k, v| {
+            let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
+            let value = decode(ks, &key, v)?;
+            Ok(f(&key, value))
+        })
+    }
+
     /// Visits every key under `prefix` without decoding values.
     pub fn for_each_key(&self, ks: Keyspace, prefix: &str, mut f: impl FnMut(&str) -> bool) -> Result<(), StoreError> {
         let ks_prefix_len = ks.prefix().len();
@@ -413,6 +432,14 @@ pub(crate) mod tests {
         }
         fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut backend::Visitor<'_>) -> Result<(), StoreError> {
             self.inner.scan_from(start, prefix, visit)
+        }
+        fn scan_rev(
+            &self,
+            prefix: &[u8],
+            end: Option<&[u8]>,
+            visit: &mut backend::Visitor<'_>,
+        ) -> Result<(), StoreError> {
+            self.inner.scan_rev(prefix, end, visit)
         }
         fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
             if self.fail.load(std::sync::atomic::Ordering::Relaxed) {

@@ -147,6 +147,27 @@ impl Overlay {
     }
 }
 
+impl Overlay {
+    /// The overlay's entries that start with `prefix` and are `< end` (all when `None`),
+    /// newest state per key, in descending key order.
+    fn range_rev(&self, prefix: &[u8], end: Option<&[u8]>) -> Vec<(Vec<u8>, Option<Bytes>)> {
+        let l = self.read();
+        let mut merged: Layer = BTreeMap::new();
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let layers = l.frozen.iter().map(|f| f.as_ref()).chain(std::iter::once(&l.active));
+        for layer in layers {
+            // Later layers are newer: they overwrite.
+            for (k, v) in layer.range::<[u8], _>((Bound::Included(prefix), upper)) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        merged.into_iter().rev().collect()
+    }
+}
+
 /// What readers use: the overlay over the backend.
 pub(crate) struct Layered {
     pub(crate) overlay: Arc<Overlay>,
@@ -193,7 +214,55 @@ impl Layered {
     }
 }
 
+impl Layered {
+    /// [`Layered::scan_from`] backwards: keys under `prefix` below `end`, descending.
+    pub(crate) fn scan_rev(
+        &self,
+        prefix: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        let newer = self.overlay.range_rev(prefix, end);
+        if newer.is_empty() {
+            return self.backend.scan_rev(prefix, end, visit);
+        }
+        let mut newer = newer.into_iter().peekable();
+        let mut go_on = true;
+        self.backend.scan_rev(prefix, end, &mut |k, v| {
+            go_on = emit_above(Some(k), &mut newer, visit)?;
+            if !go_on {
+                return Ok(false);
+            }
+            if let Some((nk, nv)) = newer.next_if(|(nk, _)| nk.as_slice() == k) {
+                if let Some(nv) = nv {
+                    go_on = visit(&nk, &nv)?;
+                }
+                return Ok(go_on);
+            }
+            go_on = visit(k, v)?;
+            Ok(go_on)
+        })?;
+        if go_on {
+            emit_above(None, &mut newer, visit)?;
+        }
+        Ok(())
+    }
+}
+
 type Entries = std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<Bytes>)>>;
+
+/// [`emit_before`] for a descending scan: the overlay's entries with keys above `downto`
+/// (all when `None`), skipping deletes.
+fn emit_above(downto: Option<&[u8]>, newer: &mut Entries, visit: &mut Visitor<'_>) -> Result<bool, StoreError> {
+    while let Some((k, v)) = newer.next_if(|(k, _)| downto.is_none_or(|d| k.as_slice() > d)) {
+        if let Some(v) = v {
+            if !visit(&k, &v)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
 
 /// Visits the overlay's entries with keys before `upto` (all when `None`), skipping deletes.
 /// Returns false when the visitor asked to stop.
@@ -273,6 +342,45 @@ mod tests {
         l.overlay.applied();
         assert!(l.overlay.freeze().is_none());
         assert_eq!(scan(&l, b"a/"), expect);
+    }
+
+    fn scan_rev(l: &Layered, prefix: &[u8], end: Option<&[u8]>, most: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        l.scan_rev(prefix, end, &mut |k, v| {
+            out.push((String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()));
+            Ok(out.len() < most)
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_reverse_scan_merges_the_layers_newest_key_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
+        let mut base = Batch::new();
+        for k in ["a/1", "a/3", "a/5", "a/7", "b/1", "a"] {
+            put(&mut base, k, "old");
+        }
+        backend.apply(&base).unwrap();
+        let l = Layered { overlay: Arc::default(), backend };
+        let mut first = Batch::new();
+        put(&mut first, "a/2", "new");
+        first.ops.push(Op::Delete(b"a/5".to_vec()));
+        l.overlay.insert(first, 0);
+        let _frozen = l.overlay.freeze().unwrap();
+        let mut second = Batch::new();
+        put(&mut second, "a/3", "newest");
+        put(&mut second, "a/8", "new");
+        l.overlay.insert(second, 1);
+
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let all = vec![kv("a/8", "new"), kv("a/7", "old"), kv("a/3", "newest"), kv("a/2", "new"), kv("a/1", "old")];
+        assert_eq!(scan_rev(&l, b"a/", None, 100), all);
+        assert_eq!(scan_rev(&l, b"a/", Some(b"a/7"), 100), all[2..].to_vec(), "strictly below the end");
+        assert_eq!(scan_rev(&l, b"a/", Some(b"a/3"), 1), vec![kv("a/2", "new")], "stops when told");
+        assert_eq!(scan_rev(&l, b"a/", Some(b"a/"), 100), Vec::new());
+        assert_eq!(scan_rev(&l, b"b/", None, 100), vec![kv("b/1", "old")]);
     }
 
     #[test]

@@ -635,3 +635,51 @@ async fn pending_deliveries_survive_the_migration_from_format_3() {
     let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
     assert!(ok, "{:?}", deliveries(&app, &id, None).await);
 }
+
+#[tokio::test]
+async fn deliveries_are_paged_newest_first() {
+    let rx = Receiver::start(200).await;
+    let app = TestApp::start().await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "p", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
+    let mut events = Vec::new();
+    for i in 0..5 {
+        events.push(publish(&app, "object.created", json!({"i": i})).await);
+        // Event IDs are time-ordered at millisecond resolution: keep the publish order.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    assert!(eventually(WAIT, || async { deliveries(&app, &wh, Some("succeeded")).await.len() == 5 }).await);
+
+    let page = |before: Option<String>| {
+        let app = &app;
+        let wh = wh.clone();
+        async move {
+            let q = before.map(|b| format!("&before={b}")).unwrap_or_default();
+            let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?limit=2{q}")).await;
+            assert_eq!(s, 200, "{b}");
+            b.as_array().unwrap().clone()
+        }
+    };
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let p = page(before.clone()).await;
+        if p.is_empty() {
+            break;
+        }
+        assert!(p.len() <= 2);
+        before = p.last().map(|d| d["delivery_id"].as_str().unwrap().to_string());
+        seen.extend(p.iter().map(|d| d["event_id"].as_str().unwrap().to_string()));
+    }
+    let newest_first: Vec<String> = events.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first, "three pages, each older than the last, nothing twice");
+
+    let dead = deliveries(&app, &wh, Some("dead")).await;
+    assert!(dead.is_empty());
+    let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?before=nope")).await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["field"], "before");
+}
