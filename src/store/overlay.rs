@@ -222,6 +222,9 @@ impl Layered {
         end: Option<&[u8]>,
         visit: &mut Visitor<'_>,
     ) -> Result<(), StoreError> {
+        if end.is_some_and(|e| e <= prefix) {
+            return Ok(()); // an empty range (and a BTreeMap range that would panic)
+        }
         let newer = self.overlay.range_rev(prefix, end);
         if newer.is_empty() {
             return self.backend.scan_rev(prefix, end, visit);
@@ -366,20 +369,36 @@ mod tests {
         let l = Layered { overlay: Arc::default(), backend };
         let mut first = Batch::new();
         put(&mut first, "a/2", "new");
+        put(&mut first, "a/3", "new"); // in both layers: the active one wins
+        put(&mut first, "a0", "new"); // shares a byte prefix, not the prefix
         first.ops.push(Op::Delete(b"a/5".to_vec()));
         l.overlay.insert(first, 0);
         let _frozen = l.overlay.freeze().unwrap();
         let mut second = Batch::new();
         put(&mut second, "a/3", "newest");
         put(&mut second, "a/8", "new");
+        put(&mut second, "a/0", "new"); // below every backend key
         l.overlay.insert(second, 1);
 
         let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let all = vec![kv("a/8", "new"), kv("a/7", "old"), kv("a/3", "newest"), kv("a/2", "new"), kv("a/1", "old")];
+        let all = vec![
+            kv("a/8", "new"),
+            kv("a/7", "old"),
+            kv("a/3", "newest"),
+            kv("a/2", "new"),
+            kv("a/1", "old"),
+            kv("a/0", "new"),
+        ];
         assert_eq!(scan_rev(&l, b"a/", None, 100), all);
         assert_eq!(scan_rev(&l, b"a/", Some(b"a/7"), 100), all[2..].to_vec(), "strictly below the end");
-        assert_eq!(scan_rev(&l, b"a/", Some(b"a/3"), 1), vec![kv("a/2", "new")], "stops when told");
+        assert_eq!(scan_rev(&l, b"a/", Some(b"a/8"), 100), all[1..].to_vec(), "an end on an overlay-only key");
+        // Stops right after an overlay key, a backend key, and an overlay key winning over one.
+        assert_eq!(scan_rev(&l, b"a/", None, 1), all[..1].to_vec());
+        assert_eq!(scan_rev(&l, b"a/", None, 2), all[..2].to_vec());
+        assert_eq!(scan_rev(&l, b"a/", None, 3), all[..3].to_vec());
+        assert_eq!(scan_rev(&l, b"a/", Some(b"a/3"), 1), vec![kv("a/2", "new")]);
         assert_eq!(scan_rev(&l, b"a/", Some(b"a/"), 100), Vec::new());
+        assert_eq!(scan_rev(&l, b"a/", Some(b"0"), 100), Vec::new(), "an end below the prefix");
         assert_eq!(scan_rev(&l, b"b/", None, 100), vec![kv("b/1", "old")]);
     }
 
