@@ -190,31 +190,9 @@ impl Layered {
         if newer.is_empty() {
             return self.backend.scan_from(start, prefix, visit);
         }
-        let mut newer = newer.into_iter().peekable();
-        let mut go_on = true;
-        self.backend.scan_from(start, prefix, &mut |k, v| {
-            go_on = emit_before(Some(k), &mut newer, visit)?;
-            if !go_on {
-                return Ok(false);
-            }
-            if let Some((nk, nv)) = newer.next_if(|(nk, _)| nk.as_slice() == k) {
-                // The overlay holds a newer state of this key (a value, or a delete).
-                if let Some(nv) = nv {
-                    go_on = visit(&nk, &nv)?;
-                }
-                return Ok(go_on);
-            }
-            go_on = visit(k, v)?;
-            Ok(go_on)
-        })?;
-        if go_on {
-            emit_before(None, &mut newer, visit)?;
-        }
-        Ok(())
+        merge(newer, |a, b| a < b, |v| self.backend.scan_from(start, prefix, v), visit)
     }
-}
 
-impl Layered {
     /// [`Layered::scan_from`] backwards: keys under `prefix` below `end`, descending.
     pub(crate) fn scan_rev(
         &self,
@@ -229,48 +207,53 @@ impl Layered {
         if newer.is_empty() {
             return self.backend.scan_rev(prefix, end, visit);
         }
-        let mut newer = newer.into_iter().peekable();
-        let mut go_on = true;
-        self.backend.scan_rev(prefix, end, &mut |k, v| {
-            go_on = emit_above(Some(k), &mut newer, visit)?;
-            if !go_on {
-                return Ok(false);
-            }
-            if let Some((nk, nv)) = newer.next_if(|(nk, _)| nk.as_slice() == k) {
-                if let Some(nv) = nv {
-                    go_on = visit(&nk, &nv)?;
-                }
-                return Ok(go_on);
-            }
-            go_on = visit(k, v)?;
-            Ok(go_on)
-        })?;
-        if go_on {
-            emit_above(None, &mut newer, visit)?;
-        }
-        Ok(())
+        merge(newer, |a, b| a > b, |v| self.backend.scan_rev(prefix, end, v), visit)
     }
 }
 
 type Entries = std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<Bytes>)>>;
 
-/// [`emit_before`] for a descending scan: the overlay's entries with keys above `downto`
-/// (all when `None`), skipping deletes.
-fn emit_above(downto: Option<&[u8]>, newer: &mut Entries, visit: &mut Visitor<'_>) -> Result<bool, StoreError> {
-    while let Some((k, v)) = newer.next_if(|(k, _)| downto.is_none_or(|d| k.as_slice() > d)) {
-        if let Some(v) = v {
-            if !visit(&k, &v)? {
-                return Ok(false);
-            }
+/// Merges the overlay's entries `newer` (in scan order) into the backend's `scan` (same
+/// order), the overlay's state of a key winning (a delete hides it); `precedes(a, b)` says
+/// whether key `a` comes before key `b` in that order.
+fn merge(
+    newer: Vec<(Vec<u8>, Option<Bytes>)>,
+    precedes: fn(&[u8], &[u8]) -> bool,
+    scan: impl FnOnce(&mut Visitor<'_>) -> Result<(), StoreError>,
+    visit: &mut Visitor<'_>,
+) -> Result<(), StoreError> {
+    let mut newer = newer.into_iter().peekable();
+    let mut go_on = true;
+    scan(&mut |k, v| {
+        go_on = emit_until(Some(k), precedes, &mut newer, visit)?;
+        if !go_on {
+            return Ok(false);
         }
+        if let Some((nk, nv)) = newer.next_if(|(nk, _)| nk.as_slice() == k) {
+            // The overlay holds a newer state of this key (a value, or a delete).
+            if let Some(nv) = nv {
+                go_on = visit(&nk, &nv)?;
+            }
+            return Ok(go_on);
+        }
+        go_on = visit(k, v)?;
+        Ok(go_on)
+    })?;
+    if go_on {
+        emit_until(None, precedes, &mut newer, visit)?;
     }
-    Ok(true)
+    Ok(())
 }
 
-/// Visits the overlay's entries with keys before `upto` (all when `None`), skipping deletes.
-/// Returns false when the visitor asked to stop.
-fn emit_before(upto: Option<&[u8]>, newer: &mut Entries, visit: &mut Visitor<'_>) -> Result<bool, StoreError> {
-    while let Some((k, v)) = newer.next_if(|(k, _)| upto.is_none_or(|u| k.as_slice() < u)) {
+/// Visits the overlay's entries that come before `upto` in scan order (all when `None`),
+/// skipping deletes. Returns false when the visitor asked to stop.
+fn emit_until(
+    upto: Option<&[u8]>,
+    precedes: fn(&[u8], &[u8]) -> bool,
+    newer: &mut Entries,
+    visit: &mut Visitor<'_>,
+) -> Result<bool, StoreError> {
+    while let Some((k, v)) = newer.next_if(|(k, _)| upto.is_none_or(|u| precedes(k, u))) {
         if let Some(v) = v {
             if !visit(&k, &v)? {
                 return Ok(false);
