@@ -197,7 +197,6 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(String, T)>, StoreError> {
         let mut out = Vec::new();
-        let ks_prefix_len = ks.prefix().len();
         let start = match after {
             Some(a) => {
                 let mut k = ks.key(a);
@@ -207,12 +206,14 @@ impl Store {
             None => ks.key(prefix),
         };
         let full_prefix = ks.key(prefix);
-        self.reader.scan_from(&start, &full_prefix, &mut |k, v| {
-            let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
-            let value = decode(ks, &key, v)?;
-            out.push((key, value));
-            Ok(out.len() < limit)
-        })?;
+        self.reader.scan_from(
+            &start,
+            &full_prefix,
+            &mut decoding(ks, |key, value| {
+                out.push((key.to_string(), value));
+                out.len() < limit
+            }),
+        )?;
         Ok(out)
     }
 
@@ -221,15 +222,10 @@ impl Store {
         &self,
         ks: Keyspace,
         prefix: &str,
-        mut f: impl FnMut(&str, T) -> bool,
+        f: impl FnMut(&str, T) -> bool,
     ) -> Result<(), StoreError> {
-        let ks_prefix_len = ks.prefix().len();
         let full_prefix = ks.key(prefix);
-        self.reader.scan_from(&full_prefix, &full_prefix, &mut |k, v| {
-            let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
-            let value = decode(ks, &key, v)?;
-            Ok(f(&key, value))
-        })
+        self.reader.scan_from(&full_prefix, &full_prefix, &mut decoding(ks, f))
     }
 
     /// Visits the values under `prefix` in descending key order, from just below
@@ -239,16 +235,11 @@ impl Store {
         ks: Keyspace,
         prefix: &str,
         before: Option<&str>,
-        mut f: impl FnMut(&str, T) -> bool,
+        f: impl FnMut(&str, T) -> bool,
     ) -> Result<(), StoreError> {
-        let ks_prefix_len = ks.prefix().len();
         let full_prefix = ks.key(prefix);
         let end = before.map(|b| ks.key(&format!("{prefix}{b}")));
-        self.reader.scan_rev(&full_prefix, end.as_deref(), &mut |k, v| {
-            let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
-            let value = decode(ks, &key, v)?;
-            Ok(f(&key, value))
-        })
+        self.reader.scan_rev(&full_prefix, end.as_deref(), &mut decoding(ks, f))
     }
 
     /// Visits every key under `prefix` without decoding values.
@@ -304,6 +295,20 @@ impl Store {
     /// Bytes used on disk, for the storage gauge.
     pub fn size_on_disk(&self) -> u64 {
         self.backend.size_on_disk().unwrap_or(0) + wal::size_on_disk(&self.wal_dir)
+    }
+}
+
+/// A raw scan visitor over `ks` that hands `f` each key (without the keyspace prefix) and its
+/// decoded value; `f` returns `false` to stop.
+fn decoding<T: DeserializeOwned>(
+    ks: Keyspace,
+    mut f: impl FnMut(&str, T) -> bool,
+) -> impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError> {
+    let ks_prefix_len = ks.prefix().len();
+    move |k, v| {
+        let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
+        let value = decode(ks, &key, v)?;
+        Ok(f(&key, value))
     }
 }
 

@@ -129,14 +129,16 @@ impl Overlay {
         Some(v.as_deref().map(<[u8]>::to_vec))
     }
 
-    /// The overlay's entries `>= start` that start with `prefix`, newest state per key.
-    fn range(&self, start: &[u8], prefix: &[u8]) -> Vec<(Vec<u8>, Option<Bytes>)> {
+    /// The overlay's entries `>= start` and `< end` (no bound when `None`) that start with
+    /// `prefix`, newest state per key, in key order.
+    fn range(&self, start: &[u8], end: Option<&[u8]>, prefix: &[u8]) -> Vec<(Vec<u8>, Option<Bytes>)> {
         let l = self.read();
         let mut merged: Layer = BTreeMap::new();
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let layers = l.frozen.iter().map(|f| f.as_ref()).chain(std::iter::once(&l.active));
         for layer in layers {
             // Later layers are newer: they overwrite.
-            for (k, v) in layer.range::<[u8], _>((Bound::Included(start), Bound::Unbounded)) {
+            for (k, v) in layer.range::<[u8], _>((Bound::Included(start), upper)) {
                 if !k.starts_with(prefix) {
                     break;
                 }
@@ -144,27 +146,6 @@ impl Overlay {
             }
         }
         merged.into_iter().collect()
-    }
-}
-
-impl Overlay {
-    /// The overlay's entries that start with `prefix` and are `< end` (all when `None`),
-    /// newest state per key, in descending key order.
-    fn range_rev(&self, prefix: &[u8], end: Option<&[u8]>) -> Vec<(Vec<u8>, Option<Bytes>)> {
-        let l = self.read();
-        let mut merged: Layer = BTreeMap::new();
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let layers = l.frozen.iter().map(|f| f.as_ref()).chain(std::iter::once(&l.active));
-        for layer in layers {
-            // Later layers are newer: they overwrite.
-            for (k, v) in layer.range::<[u8], _>((Bound::Included(prefix), upper)) {
-                if !k.starts_with(prefix) {
-                    break;
-                }
-                merged.insert(k.clone(), v.clone());
-            }
-        }
-        merged.into_iter().rev().collect()
     }
 }
 
@@ -186,7 +167,7 @@ impl Layered {
     /// winning over the backend's. The overlay's part is taken first: a layer applied and
     /// dropped meanwhile is still seen, in the copy.
     pub(crate) fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
-        let newer = self.overlay.range(start, prefix);
+        let newer = self.overlay.range(start, None, prefix);
         if newer.is_empty() {
             return self.backend.scan_from(start, prefix, visit);
         }
@@ -203,7 +184,8 @@ impl Layered {
         if end.is_some_and(|e| e <= prefix) {
             return Ok(()); // an empty range (and a BTreeMap range that would panic)
         }
-        let newer = self.overlay.range_rev(prefix, end);
+        let mut newer = self.overlay.range(prefix, end, prefix);
+        newer.reverse();
         if newer.is_empty() {
             return self.backend.scan_rev(prefix, end, visit);
         }
