@@ -170,6 +170,7 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
         assert_eq!(c.path, "/2010-04-01/Accounts/AC123/Messages.json");
         assert_eq!(c.header("authorization"), Some(auth.as_str()));
         assert_eq!(c.header("content-type"), Some("application/x-www-form-urlencoded"));
+        assert!(c.header("user-agent").is_some_and(|ua| ua.starts_with("hookline/")));
     }
     let form =
         |i: usize| -> Vec<(String, String)> { url::form_urlencoded::parse(&sent[i].body).into_owned().collect() };

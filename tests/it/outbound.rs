@@ -230,6 +230,7 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert_eq!(req.header("x-mixpeek-secret"), Some("mixpeek-shared"));
     assert_eq!(req.header("x-custom"), Some("yes"));
     assert_eq!(req.header("content-type"), Some("application/json"));
+    assert!(req.header("user-agent").is_some_and(|ua| ua.starts_with("hookline/")), "{:?}", req.headers);
     let wid = req.header("webhook-id").unwrap();
     let ts = req.header("webhook-timestamp").unwrap();
     let sig = req.header("webhook-signature").unwrap();

@@ -131,7 +131,6 @@ impl Sender {
             }
             ProviderType::Mux => return Err(permanent("mux adapters do not support writeback")),
         };
-        let rb = rb.header(reqwest::header::USER_AGENT, concat!("hookline/", env!("CARGO_PKG_VERSION")));
         let mut resp = rb.timeout(self.timeout).send().await.map_err(|e| {
             let kind = if e.is_timeout() { "timed out" } else { "failed" };
             // reqwest errors name the URL, never headers.

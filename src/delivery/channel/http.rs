@@ -126,8 +126,7 @@ impl HttpChannel {
             .client
             .post(self.url.clone())
             .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .header(reqwest::header::USER_AGENT, concat!("hookline/", env!("CARGO_PKG_VERSION")));
+            .header(reqwest::header::CONTENT_TYPE, content_type);
         for (k, v) in &self.config.headers {
             rb = rb.header(k.as_str(), v.as_str());
         }
@@ -245,7 +244,8 @@ fn from_reqwest(e: &reqwest::Error, timeout: Duration) -> AttemptResult {
 }
 
 /// The shared client: guarded resolver, no redirects, no proxies (a proxy would resolve
-/// names for us and bypass the address check).
+/// names for us and bypass the address check), and hookline's `User-Agent` on every request
+/// that does not set its own.
 pub fn client(policy: NetPolicy) -> reqwest::Client {
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -254,7 +254,8 @@ pub fn client(policy: NetPolicy) -> reqwest::Client {
             allow_private_networks: policy.allow_private_networks,
         }))
         .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")));
     builder.build().unwrap_or_else(|e| {
         tracing::error!(error = %e, "build the delivery HTTP client; falling back to defaults");
         reqwest::Client::new()

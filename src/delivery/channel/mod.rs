@@ -108,11 +108,10 @@ impl ChannelConfig {
                 let u = url::Url::parse(&c.webhook_url)
                     .map_err(|e| ApiError::validation(field("webhook_url"), format!("not a URL: {e}")))?;
                 super::netguard::check_url(&u, rules.net).map_err(|e| ApiError::validation(field("webhook_url"), e))?;
-                template("template", &c.template)?;
                 match &c.template {
-                    Some(src) => {
-                        slack::check_json_template(src).map_err(|e| ApiError::validation(field("template"), e))
-                    }
+                    Some(src) => Template::compile(src)
+                        .and_then(|t| slack::check_json_template(src, &t))
+                        .map_err(|e| ApiError::validation(field("template"), e)),
                     None => Ok(()),
                 }
             }

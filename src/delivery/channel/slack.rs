@@ -59,7 +59,6 @@ impl SlackChannel {
             .post(self.url.clone())
             .timeout(self.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::USER_AGENT, concat!("hookline/", env!("CARGO_PKG_VERSION")))
             .body(body);
         exchange(rb, self.timeout).await
     }
@@ -72,14 +71,14 @@ pub fn is_json_template(source: &str) -> bool {
     chars.next() == Some('{') && !matches!(chars.next(), Some('{' | '%' | '#'))
 }
 
-/// Checked when a webhook is saved: a JSON template must render a JSON object for a sample
-/// event (a rendering that fails on the sample's empty payload is left to the send).
-pub fn check_json_template(source: &str) -> Result<(), String> {
+/// Checked when a webhook is saved, on the compiled `template` of `source`: a JSON template
+/// must render a JSON object for a sample event (a rendering that fails on the sample's
+/// empty payload is left to the send).
+pub fn check_json_template(source: &str, template: &Template) -> Result<(), String> {
     if !is_json_template(source) {
         return Ok(());
     }
-    let t = Template::compile(source)?;
-    match t.render_sample() {
+    match template.render_sample() {
         Ok(rendered) => payload(rendered, true).map(drop),
         Err(_) => Ok(()),
     }
@@ -129,8 +128,9 @@ mod tests {
         assert!(is_json_template("  {\"blocks\": []}") && is_json_template("{ \"text\": 1 }"));
         assert!(!is_json_template("*{{ event_type }}*") && !is_json_template("{{ event_type }}: done"));
         assert!(!is_json_template("{% if payload %}x{% endif %}") && !is_json_template("{# note #}x"));
-        assert!(check_json_template(r#"{"text": {{ event_type | tojson }}}"#).is_ok());
-        assert!(check_json_template(r#"{"text": "{{ event_type }}" "#).unwrap_err().contains("invalid JSON"));
+        let check = |src: &str| check_json_template(src, &Template::compile(src).unwrap());
+        assert!(check(r#"{"text": {{ event_type | tojson }}}"#).is_ok());
+        assert!(check(r#"{"text": "{{ event_type }}" "#).unwrap_err().contains("invalid JSON"));
     }
 
     #[test]

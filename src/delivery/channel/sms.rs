@@ -91,7 +91,6 @@ impl SmsChannel {
                 .timeout(api.timeout)
                 .basic_auth(&api.account_sid, Some(&api.auth_token))
                 .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(reqwest::header::USER_AGENT, concat!("hookline/", env!("CARGO_PKG_VERSION")))
                 .body(form);
             let r = exchange(rb, api.timeout).await;
             if r.outcome == Outcome::Delivered {
