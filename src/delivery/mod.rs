@@ -5,11 +5,13 @@
 //! - [`worker`]: one per webhook; owns its queue of pending deliveries.
 //! - [`retry`]: the pure retry policy. [`netguard`]: where deliveries may go.
 //! - [`channel`]: the channel seam and the HTTP channel. [`template`], [`signature`].
+//! - [`client`]: the outgoing HTTP client the webhook, Slack and SMS channels send with.
 //! - [`model`]: stored shapes, API bodies, validation, the event-type catalog.
 //!
 //! This module must not touch inbound adapter state (dedup sets, batch buffers).
 
 pub mod channel;
+pub mod client;
 pub mod model;
 pub mod netguard;
 pub mod registry;

@@ -86,30 +86,56 @@ pub fn check_url(url: &url::Url, policy: NetPolicy) -> Result<(), String> {
     Ok(())
 }
 
-/// A DNS resolver for reqwest that drops non-public addresses unless allowed, and fails
-/// with a clear message when nothing is left.
+/// A DNS resolver that drops non-public addresses unless allowed, and fails with a clear
+/// message when nothing is left. It plugs into both HTTP clients: the delivery client
+/// (hyper-util's connector, a `tower` service of names) and reqwest (write-backs).
+#[derive(Clone, Copy)]
 pub struct GuardedResolver {
     pub allow_private_networks: bool,
 }
 
+type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+
+impl GuardedResolver {
+    /// The addresses of `host` this policy lets a request reach (port 0: the caller sets it).
+    pub async fn lookup(self, host: String) -> Result<Vec<SocketAddr>, ResolveError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+        let kept: Vec<SocketAddr> =
+            addrs.iter().copied().filter(|a| self.allow_private_networks || is_public(a.ip())).collect();
+        if kept.is_empty() {
+            let msg = if addrs.is_empty() {
+                format!("{host} did not resolve to any address")
+            } else {
+                format!("{host} resolves only to private/loopback addresses, which are refused (delivery.allow_private_networks)")
+            };
+            return Err(msg.into());
+        }
+        Ok(kept)
+    }
+}
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, ResolveError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ResolveError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let this = *self;
+        let host = name.as_str().to_string();
+        Box::pin(async move { Ok(this.lookup(host).await?.into_iter()) })
+    }
+}
+
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow_private = self.allow_private_networks;
+        let this = *self;
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let kept: Vec<SocketAddr> = addrs.iter().copied().filter(|a| allow_private || is_public(a.ip())).collect();
-            if kept.is_empty() {
-                let msg = if addrs.is_empty() {
-                    format!("{host} did not resolve to any address")
-                } else {
-                    format!(
-                        "{host} resolves only to private/loopback addresses, which are refused (delivery.allow_private_networks)"
-                    )
-                };
-                return Err(msg.into());
-            }
-            let it: reqwest::dns::Addrs = Box::new(kept.into_iter());
+            let it: reqwest::dns::Addrs = Box::new(this.lookup(host).await?.into_iter());
             Ok(it)
         })
     }

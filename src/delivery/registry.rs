@@ -153,7 +153,7 @@ impl Actor for DeliveryRegistry {
             }
         });
         let deps = ChannelDeps {
-            client: channel::http::client(policy),
+            client: crate::delivery::client::DeliveryClient::new(policy),
             policy,
             default_timeout: Duration::from_secs(cfg.request_timeout_seconds),
             mailer,

@@ -15,6 +15,7 @@ use crate::adapter::spec::SourceAdapter;
 use crate::adapter::supabase::{WritebackRequest, WritebackTarget};
 use crate::catalog::connection::ProviderConfig;
 use crate::catalog::{Connection, ProviderType};
+use crate::delivery::client::RESPONSE_CAP;
 use crate::delivery::netguard::{check_url, NetPolicy};
 use crate::delivery::retry::{classify_status, Outcome};
 use crate::ids::BucketId;
@@ -138,7 +139,7 @@ impl Sender {
         })?;
         let status = resp.status().as_u16();
         // Read (and drop) a small body so the connection is reused.
-        crate::delivery::channel::http::read_capped(&mut resp).await;
+        read_capped(&mut resp).await;
         match classify_status(status) {
             Outcome::Delivered => Ok(()),
             _ => Err(retriable(format!("the target answered HTTP {status}"))),
@@ -148,6 +149,37 @@ impl Sender {
     fn check(&self, url: &str) -> Result<(), Failure> {
         let u = url::Url::parse(url).map_err(|_| permanent("the writeback URL does not parse"))?;
         check_url(&u, self.policy).map_err(retriable)
+    }
+}
+
+/// The write-back client: the guarded resolver, no redirects, no proxies (a proxy would
+/// resolve names for us and bypass the address check), hookline's `User-Agent`.
+pub fn client(policy: NetPolicy) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(std::sync::Arc::new(crate::delivery::netguard::GuardedResolver {
+            allow_private_networks: policy.allow_private_networks,
+        }))
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "build the write-back HTTP client; falling back to defaults");
+            reqwest::Client::new()
+        })
+}
+
+/// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one:
+/// a small body read to its end lets the connection go back to the pool.
+async fn read_capped(resp: &mut reqwest::Response) {
+    let mut read = 0;
+    while read < RESPONSE_CAP {
+        match resp.chunk().await {
+            Ok(Some(c)) => read += c.len(),
+            _ => break,
+        }
     }
 }
 

@@ -76,7 +76,7 @@ impl Worker {
             shared: shared.clone(),
             bucket_id: bucket_id.clone(),
             adapter: adapter.clone(),
-            client: crate::delivery::channel::http::client(policy),
+            client: super::send::client(policy),
             policy,
             timeout: Duration::from_secs(cfg.request_timeout_seconds.max(1)),
         };

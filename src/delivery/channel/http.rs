@@ -4,22 +4,25 @@
 //!
 //! Safety at send time: the URL's scheme and literal address are re-checked against the
 //! current config, host names go through the client's guarded resolver, redirects are never
-//! followed (a 3xx is a failed attempt), and at most [`RESPONSE_CAP`] bytes of the response
-//! are read.
+//! followed (a 3xx is a failed attempt), and at most [`crate::delivery::client::RESPONSE_CAP`] bytes of the response
+//! are read (see [`crate::delivery::client`]).
 
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http_body_util::Full;
 
 use serde::{Deserialize, Serialize};
 
 use super::{AttemptResult, Channel, ChannelDeps, Headers, Message, SendFuture};
+use crate::delivery::client::{DeliveryClient, Request, SendError};
 use crate::delivery::netguard::{check_url, NetPolicy};
 use crate::delivery::retry::{classify_status, Outcome};
 use crate::delivery::signature::sign;
 use crate::delivery::template::Template;
 use crate::error::ApiError;
 
-/// Most response bytes read (for the error message); the rest is dropped unread.
-pub const RESPONSE_CAP: usize = 4096;
 /// Longest per-channel timeout accepted.
 pub const MAX_TIMEOUT_SECONDS: f64 = 300.0;
 
@@ -47,10 +50,10 @@ impl HttpConfig {
         check_url(&u, policy).map_err(|e| ApiError::validation(field("url"), e))?;
         for (name, value) in &self.headers {
             let f = format!("{}.{name}", field("headers"));
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(ApiError::validation(f, "not a valid header name"));
             }
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
+            if HeaderValue::from_str(value).is_err() {
                 return Err(ApiError::validation(f, "not a valid header value"));
             }
             if super::reserved_header(name) {
@@ -63,7 +66,7 @@ impl HttpConfig {
             }
         }
         if let Some(s) = &self.secret {
-            if s.is_empty() || reqwest::header::HeaderValue::from_str(s).is_err() {
+            if s.is_empty() || HeaderValue::from_str(s).is_err() {
                 return Err(ApiError::validation(field("secret"), "must be a non-empty header-safe string"));
             }
         }
@@ -75,8 +78,11 @@ impl HttpConfig {
 }
 
 pub struct HttpChannel {
-    config: HttpConfig,
     url: url::Url,
+    /// The URL as the request needs it, parsed once.
+    uri: http::Uri,
+    /// The custom headers and `X-Mixpeek-Secret`, built once.
+    headers: HeaderMap,
     template: Option<Template>,
     timeout: Duration,
     deps: ChannelDeps,
@@ -89,8 +95,20 @@ impl HttpChannel {
             Some(src) => Some(Template::compile(src).map_err(|e| format!("payload_template: {e}"))?),
             None => None,
         };
+        let uri = parse_uri(&url)?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &config.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("header {k:?}: not a valid name"))?;
+            let value = HeaderValue::from_str(v).map_err(|_| format!("header {k:?}: not a valid value"))?;
+            headers.append(name, value);
+        }
+        if let Some(s) = &config.secret {
+            let mut value = HeaderValue::from_str(s).map_err(|_| "secret: not a valid header value".to_string())?;
+            value.set_sensitive(true);
+            headers.insert("x-mixpeek-secret", value);
+        }
         let timeout = config.timeout.map(Duration::from_secs_f64).unwrap_or(deps.default_timeout);
-        Ok(HttpChannel { config, url, template, timeout, deps })
+        Ok(HttpChannel { url, uri, headers, template, timeout, deps })
     }
 
     async fn attempt(&self, msg: &Message<'_>) -> AttemptResult {
@@ -121,24 +139,24 @@ impl HttpChannel {
         };
         let ts = time::OffsetDateTime::now_utc().unix_timestamp();
         let signature = sign(msg.signing_key, msg.id, ts, &body);
-        let mut rb = self
-            .deps
-            .client
-            .post(self.url.clone())
-            .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, content_type);
-        for (k, v) in &self.config.headers {
-            rb = rb.header(k.as_str(), v.as_str());
+        let mut req = post(self.uri.clone(), body);
+        let h = req.headers_mut();
+        h.clone_from(&self.headers);
+        // A custom Content-Type (validated at save time) wins over the default.
+        h.entry(CONTENT_TYPE).or_insert(HeaderValue::from_static(content_type));
+        for (name, value) in [
+            ("webhook-id", msg.id.to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", signature),
+        ] {
+            match HeaderValue::try_from(value) {
+                Ok(v) => {
+                    h.insert(name, v);
+                }
+                Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("{name}: {e}")),
+            }
         }
-        if let Some(s) = &self.config.secret {
-            rb = rb.header("X-Mixpeek-Secret", s.as_str());
-        }
-        rb = rb
-            .header("webhook-id", msg.id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signature)
-            .body(body);
-        exchange(rb, self.timeout).await
+        exchange(&self.deps.client, req, self.timeout).await
     }
 }
 
@@ -152,27 +170,40 @@ impl Channel for HttpChannel {
     }
 }
 
+/// A POST of `body` to `uri`, headers to be added.
+pub(super) fn post(uri: http::Uri, body: impl Into<Bytes>) -> Request {
+    let mut req = http::Request::new(Full::new(body.into()));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    req
+}
+
+/// A stored URL as a request URI.
+pub(super) fn parse_uri(url: &url::Url) -> Result<http::Uri, String> {
+    http::Uri::try_from(url.as_str()).map_err(|e| format!("stored URL is not a valid request URI: {e}"))
+}
+
 /// Sends a prepared request and turns the answer into an attempt result: any 2xx delivers;
 /// anything else (a 3xx too: redirects are never followed) is retried, with the start of the
 /// response body in the error. Shared by the HTTP-based channels (webhook, Slack, SMS).
-pub(super) async fn exchange(rb: reqwest::RequestBuilder, timeout: Duration) -> AttemptResult {
-    let mut resp = match rb.send().await {
+pub(super) async fn exchange(client: &DeliveryClient, req: Request, timeout: Duration) -> AttemptResult {
+    let reply = match client.send(req, timeout).await {
         Ok(r) => r,
-        Err(e) => return from_reqwest(&e, timeout),
+        Err(e) => {
+            let result = match &e {
+                SendError::Timeout(_) => "timeout",
+                SendError::Connect(_) if e.refused() => "refused",
+                SendError::Connect(_) => "connect",
+                SendError::Request(_) => "error",
+            };
+            return AttemptResult::failed(Outcome::Retriable, result, e.to_string());
+        }
     };
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let status = reply.status;
     let outcome = classify_status(status);
     let mut error = None;
-    // Read even a 2xx body (see `read_capped`); a failure's goes into the error message.
-    let snippet = read_capped(&mut resp).await;
     if outcome != Outcome::Delivered {
-        let text = String::from_utf8_lossy(&snippet);
+        let text = String::from_utf8_lossy(&reply.body);
         let text: String = text.chars().take(200).collect();
         let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
         error = Some(if text.trim().is_empty() {
@@ -188,78 +219,14 @@ pub(super) async fn exchange(rb: reqwest::RequestBuilder, timeout: Duration) -> 
         500..=599 => "5xx",
         _ => "error",
     };
-    AttemptResult { outcome, status_code: Some(status), error, retry_after, result, reached: Vec::new() }
-}
-
-/// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one.
-/// A small body read to its end lets the connection go back to the pool (an unread body makes
-/// the client close it); a larger one is dropped unread, closing the connection.
-pub async fn read_capped(resp: &mut reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
-    while body.len() < RESPONSE_CAP {
-        match resp.chunk().await {
-            Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(RESPONSE_CAP - body.len())]),
-            _ => break,
-        }
-    }
-    body
-}
-
-fn from_reqwest(e: &reqwest::Error, timeout: Duration) -> AttemptResult {
-    if e.is_timeout() {
-        return AttemptResult::failed(
-            Outcome::Retriable,
-            "timeout",
-            format!("timed out after {:.1}s", timeout.as_secs_f64()),
-        );
-    }
-    // The interesting part (refused by policy, connection refused, TLS) is in the sources.
-    let mut chain = Vec::new();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = src {
-        chain.push(s.to_string());
-        src = s.source();
-    }
-    // reqwest's own message names the URL, which may be a credential (a Slack webhook).
-    let detail = chain.last().cloned().unwrap_or_else(|| {
-        let text = e.to_string();
-        match e.url() {
-            Some(u) => text.replace(u.as_str(), &super::redacted_url(u.as_str())),
-            None => text,
-        }
-    });
-    let refused = chain.iter().any(|c| c.contains("refused (delivery.allow_private_networks)"));
-    let result = if refused {
-        "refused"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "error"
-    };
-    AttemptResult::failed(
-        Outcome::Retriable,
+    AttemptResult {
+        outcome,
+        status_code: Some(status),
+        error,
+        retry_after: reply.retry_after,
         result,
-        format!("{}: {detail}", if e.is_connect() { "connection failed" } else { "request failed" }),
-    )
-}
-
-/// The shared client: guarded resolver, no redirects, no proxies (a proxy would resolve
-/// names for us and bypass the address check), and hookline's `User-Agent` on every request
-/// that does not set its own.
-pub fn client(policy: NetPolicy) -> reqwest::Client {
-    let builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .dns_resolver(std::sync::Arc::new(crate::delivery::netguard::GuardedResolver {
-            allow_private_networks: policy.allow_private_networks,
-        }))
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")));
-    builder.build().unwrap_or_else(|e| {
-        tracing::error!(error = %e, "build the delivery HTTP client; falling back to defaults");
-        reqwest::Client::new()
-    })
+        reached: Vec::new(),
+    }
 }
 
 /// For metrics: how long an attempt took.

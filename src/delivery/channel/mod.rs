@@ -204,7 +204,7 @@ pub fn redacted_url(url: &str) -> String {
 /// What a channel needs besides its config: the shared HTTP client and the settings.
 #[derive(Clone)]
 pub struct ChannelDeps {
-    pub client: reqwest::Client,
+    pub client: crate::delivery::client::DeliveryClient,
     pub policy: NetPolicy,
     pub default_timeout: Duration,
     /// The SMTP relay of `[delivery.email]`, when configured.

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::http::exchange;
+use super::http::{exchange, parse_uri, post};
 use super::{AttemptResult, Channel, ChannelDeps, Message, SendFuture, SlackConfig};
 use crate::delivery::netguard::check_url;
 use crate::delivery::retry::Outcome;
@@ -22,6 +22,7 @@ pub const DEFAULT_TEMPLATE: &str =
 
 pub struct SlackChannel {
     url: url::Url,
+    uri: http::Uri,
     template: Template,
     /// Whether the template is a JSON template (see the module docs).
     json: bool,
@@ -36,7 +37,8 @@ impl SlackChannel {
         let source = config.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
         let template = Template::compile(source).map_err(|e| format!("template: {e}"))?;
         let json = is_json_template(source);
-        Ok(SlackChannel { url, template, json, timeout: deps.default_timeout, deps })
+        let uri = parse_uri(&url).map_err(|_| "stored webhook_url is not a valid request URI".to_string())?;
+        Ok(SlackChannel { url, uri, template, json, timeout: deps.default_timeout, deps })
     }
 
     async fn attempt(&self, msg: &Message<'_>) -> AttemptResult {
@@ -53,14 +55,9 @@ impl SlackChannel {
             Ok(b) => b,
             Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", e),
         };
-        let rb = self
-            .deps
-            .client
-            .post(self.url.clone())
-            .timeout(self.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        exchange(rb, self.timeout).await
+        let mut req = post(self.uri.clone(), body);
+        req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        exchange(&self.deps.client, req, self.timeout).await
     }
 }
 

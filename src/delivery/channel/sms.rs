@@ -11,7 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::http::exchange;
+use base64::Engine;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+
+use super::http::{exchange, parse_uri, post};
 use super::{AttemptResult, Channel, ChannelDeps, Message, SendFuture, SmsConfig};
 use crate::config::SmsSettings;
 use crate::delivery::netguard::check_url;
@@ -26,8 +29,9 @@ pub const MAX_BODY_CHARS: usize = 1600;
 /// The provider API shared by every SMS channel.
 pub struct SmsApi {
     messages_url: url::Url,
-    account_sid: String,
-    auth_token: String,
+    messages_uri: http::Uri,
+    /// `Basic base64(sid:token)`, marked sensitive.
+    authorization: HeaderValue,
     from: String,
     timeout: Duration,
 }
@@ -37,10 +41,16 @@ impl SmsApi {
         let base = s.api_base.trim_end_matches('/');
         let messages_url = url::Url::parse(&format!("{base}/2010-04-01/Accounts/{}/Messages.json", s.account_sid))
             .map_err(|e| format!("delivery.sms.api_base: {e}"))?;
+        let messages_uri = parse_uri(&messages_url).map_err(|e| format!("delivery.sms.api_base: {e}"))?;
+        let credentials = format!("{}:{}", s.account_sid, s.auth_token.as_deref().unwrap_or_default());
+        let mut authorization =
+            HeaderValue::try_from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
+                .map_err(|_| "delivery.sms: account_sid is not header-safe".to_string())?;
+        authorization.set_sensitive(true);
         Ok(SmsApi {
             messages_url,
-            account_sid: s.account_sid.clone(),
-            auth_token: s.auth_token.clone().unwrap_or_default(),
+            messages_uri,
+            authorization,
             from: s.from.clone(),
             timeout: Duration::from_secs(s.timeout_seconds),
         })
@@ -84,15 +94,11 @@ impl SmsChannel {
                 .append_pair("From", &api.from)
                 .append_pair("Body", &text)
                 .finish();
-            let rb = self
-                .deps
-                .client
-                .post(api.messages_url.clone())
-                .timeout(api.timeout)
-                .basic_auth(&api.account_sid, Some(&api.auth_token))
-                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(form);
-            let r = exchange(rb, api.timeout).await;
+            let mut req = post(api.messages_uri.clone(), form);
+            let h = req.headers_mut();
+            h.insert(AUTHORIZATION, api.authorization.clone());
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+            let r = exchange(&self.deps.client, req, api.timeout).await;
             if r.outcome == Outcome::Delivered {
                 reached.push(to.clone());
                 last_ok = Some(r);
