@@ -117,6 +117,9 @@ pub struct DeliveryConfig {
     pub max_age_seconds: Option<u64>,
     /// Most concurrent requests per webhook (a slow receiver holds at most this many).
     pub max_in_flight_per_webhook: usize,
+    /// Most pending deliveries of one webhook held in memory; the rest wait in the store
+    /// and are read back in order as the queue drains (a dead receiver costs disk, not RAM).
+    pub max_queued_in_memory_per_webhook: usize,
     /// The SMTP relay of `email` channels; unset: creating one is refused (422).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailSettings>,
@@ -236,6 +239,7 @@ impl Default for DeliveryConfig {
             retry_schedule_seconds: vec![5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
             max_age_seconds: None,
             max_in_flight_per_webhook: 16,
+            max_queued_in_memory_per_webhook: 10_000,
             email: None,
             sms: None,
         }
@@ -339,6 +343,11 @@ impl Config {
         }
         if d.max_in_flight_per_webhook == 0 || d.max_in_flight_per_webhook > 1024 {
             bail!("delivery.max_in_flight_per_webhook must be within 1..=1024");
+        }
+        if d.max_queued_in_memory_per_webhook < d.max_in_flight_per_webhook
+            || d.max_queued_in_memory_per_webhook > 10_000_000
+        {
+            bail!("delivery.max_queued_in_memory_per_webhook must be within max_in_flight_per_webhook..=10000000");
         }
         if let Some(e) = &d.email {
             if e.smtp_host.trim().is_empty() {

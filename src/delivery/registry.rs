@@ -165,6 +165,7 @@ impl Actor for DeliveryRegistry {
                 max_age,
             },
             max_in_flight: cfg.max_in_flight_per_webhook.max(1),
+            max_queued: cfg.max_queued_in_memory_per_webhook.max(1),
             retention: max_age.max(Duration::from_secs(24 * 3600)),
         };
         let mut state = DeliveryState {

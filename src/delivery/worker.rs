@@ -3,7 +3,14 @@
 //! The queue lives in sled (`dlv/{webhook_id}/…`, written by the fan-out before anything is
 //! queued here) and in this actor's memory; `pre_start` reloads it, with each delivery's
 //! event read from `evt/` (stored once for all its deliveries), so a restart or a crash
-//! loses nothing. Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time,
+//! loses nothing.
+//!
+//! Memory holds at most `max_queued_in_memory_per_webhook` pending deliveries. Past that the
+//! queue *spills*: new deliveries stay only in the store (they are there already), and
+//! `spilled_from` remembers the lowest key among them. Once the in-memory queue has drained
+//! to half, a *refill* reads pending deliveries back in key order (= event order) from that
+//! key; when it reaches the end, the spill is over. So a receiver that is down for a day
+//! costs disk, not RAM, and deliveries still go out oldest first. Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time,
 //! and report back with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due
 //! delivery. The mailbox is therefore never blocked by a slow receiver, and each webhook has
 //! its own actor, so one slow or dead receiver never holds back another webhook.
@@ -44,6 +51,9 @@ type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
 /// docs); also the longest a finished delivery still shows as pending in the API.
 const OUTCOME_LINGER: Duration = Duration::from_millis(20);
 
+/// How long after a spill ends a refilled delivery's late `Enqueue` is still recognised.
+const REFILLED_MEMORY: Duration = Duration::from_secs(10);
+
 /// How often completed deliveries older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -66,6 +76,8 @@ pub struct WebhookRuntime {
 pub struct WorkerSettings {
     pub policy: Policy,
     pub max_in_flight: usize,
+    /// Most pending deliveries held in memory (see the module docs).
+    pub max_queued: usize,
     /// Completed deliveries are kept this long for the deliveries API.
     pub retention: Duration,
 }
@@ -111,6 +123,18 @@ pub struct WorkerState {
     flush_queued: bool,
     /// The last error reported to the registry (to report only changes).
     reported_error: Option<String>,
+    /// Set while the queue is spilled: every pending delivery not in `queue` has a key
+    /// (`{webhook_id}/{delivery_id}`) at or after this one.
+    spilled_from: Option<String>,
+    /// About how many pending deliveries are only in the store (for the depth gauge).
+    spilled: usize,
+    /// Deliveries a refill read back, while their own `Enqueue` may still be on its way
+    /// (it is sent once the fan-out is durable, so a refill can see them first).
+    refilled: HashSet<DeliveryId>,
+    /// When `refilled` may be forgotten: a while after the spill ended.
+    refilled_until: Option<Instant>,
+    /// This worker's share of `hookline_delivery_queue_depth`, as last reported.
+    depth_reported: usize,
 }
 
 impl Actor for DeliveryWorker {
@@ -139,6 +163,11 @@ impl Actor for DeliveryWorker {
             writes: Batch::new(),
             flush_queued: false,
             reported_error: None,
+            spilled_from: None,
+            spilled: 0,
+            refilled: HashSet::new(),
+            refilled_until: None,
+            depth_reported: 0,
         };
         state.load()?;
         state.prune_timer = Some(myself.send_interval(PRUNE_EVERY, || WorkerMsg::Prune));
@@ -147,6 +176,7 @@ impl Actor for DeliveryWorker {
         }
         state.arm();
         state.pump();
+        state.sync_depth();
         Ok(state)
     }
 
@@ -157,7 +187,7 @@ impl Actor for DeliveryWorker {
         if let Some(t) = state.prune_timer.take() {
             t.abort();
         }
-        crate::metrics::delivery_queue_add(-(state.queue.len() as f64));
+        crate::metrics::delivery_queue_add(-(state.depth_reported as f64));
         if !state.writes.is_empty() {
             drop(state.shared.store.submit(std::mem::take(&mut state.writes)));
         }
@@ -174,7 +204,7 @@ impl Actor for DeliveryWorker {
             WorkerMsg::Enqueue(ds) => {
                 let now = now_millis();
                 for d in ds {
-                    state.insert(d, now);
+                    state.enqueue(d, now);
                 }
                 state.arm();
                 state.pump();
@@ -208,6 +238,10 @@ impl Actor for DeliveryWorker {
             }
             WorkerMsg::Done { delivery_id, result, at_ms, duration } => {
                 state.done(delivery_id, result, at_ms, duration);
+                if state.spilled_from.is_some() && state.queue.len() <= state.settings.max_queued / 2 {
+                    state.refill().await?;
+                    state.arm();
+                }
                 state.pump();
             }
             WorkerMsg::Flush => {
@@ -224,6 +258,7 @@ impl Actor for DeliveryWorker {
             }
             WorkerMsg::Prune => state.prune()?,
         }
+        state.sync_depth();
         Ok(())
     }
 }
@@ -233,24 +268,119 @@ impl WorkerState {
         format!("{}/", self.rt.webhook_id.as_str())
     }
 
-    /// Reloads pending deliveries from the store (restart/crash recovery).
+    /// Reloads pending deliveries from the store (restart/crash recovery): the oldest up to
+    /// the memory bound; the rest stay spilled.
     fn load(&mut self) -> Result<(), ActorProcessingErr> {
         let mut pending = Vec::new();
-        self.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), |_, d| {
+        let room = self.settings.max_queued;
+        let (mut spilled, mut spilled_from) = (0usize, None);
+        self.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
             if d.status == DeliveryStatus::Pending {
-                pending.push(d);
+                if pending.len() < room {
+                    pending.push(d);
+                } else {
+                    spilled += 1;
+                    spilled_from.get_or_insert_with(|| k.to_string());
+                }
             }
             true
         })?;
         attach_events(&self.shared.store, &mut pending)?;
         let now = now_millis();
         if !pending.is_empty() {
-            tracing::info!(webhook_id = %self.rt.webhook_id, pending = pending.len(), "delivery queue reloaded");
+            tracing::info!(webhook_id = %self.rt.webhook_id, pending = pending.len() + spilled, in_memory = pending.len(), "delivery queue reloaded");
         }
         for d in pending {
             self.insert(d, now);
         }
+        self.spilled = spilled;
+        self.spilled_from = spilled_from;
         Ok(())
+    }
+
+    /// A delivery from the fan-out: queued in memory, or left in the store while spilled.
+    fn enqueue(&mut self, d: Delivery, now: u64) {
+        if self.refilled_until.is_some_and(|t| t <= Instant::now()) {
+            self.refilled.clear();
+            self.refilled_until = None;
+        }
+        // Already read back by a refill (and maybe finished since): not again.
+        if self.refilled.remove(&d.delivery_id) {
+            return;
+        }
+        if self.spilled_from.is_none() && self.queue.len() < self.settings.max_queued {
+            self.insert(d, now);
+            return;
+        }
+        if self.queue.contains_key(&d.delivery_id) {
+            return;
+        }
+        let key = d.key();
+        match &mut self.spilled_from {
+            Some(from) if *from <= key => {}
+            slot => {
+                if slot.is_none() {
+                    tracing::info!(webhook_id = %self.rt.webhook_id, in_memory = self.queue.len(), "delivery queue spilled to the store");
+                    self.refilled_until = None;
+                }
+                *slot = Some(key);
+            }
+        }
+        self.spilled += 1;
+    }
+
+    /// Reads spilled deliveries back, oldest first, up to the memory bound.
+    async fn refill(&mut self) -> Result<(), ActorProcessingErr> {
+        let Some(from) = self.spilled_from.clone() else { return Ok(()) };
+        // Every outcome written so far must be readable first, or a delivery that just
+        // finished would still read as pending and be sent again.
+        if !self.writes.is_empty() {
+            drop(self.shared.store.submit(std::mem::take(&mut self.writes)));
+        }
+        self.shared.store.commit(Batch::new()).await?;
+        let room = self.settings.max_queued.saturating_sub(self.queue.len());
+        let mut loaded = Vec::new();
+        let mut next = None;
+        let queue = &self.queue;
+        self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), &from, |k, d| {
+            if d.status != DeliveryStatus::Pending || queue.contains_key(&d.delivery_id) {
+                return true;
+            }
+            if loaded.len() == room {
+                next = Some(k.to_string());
+                return false;
+            }
+            loaded.push(d);
+            true
+        })?;
+        attach_events(&self.shared.store, &mut loaded)?;
+        let now = now_millis();
+        self.spilled = self.spilled.saturating_sub(loaded.len());
+        // Bounded: forgetting an old entry only risks a duplicate (at least once).
+        if self.refilled.len() > 4 * self.settings.max_queued {
+            self.refilled.clear();
+        }
+        for d in loaded {
+            self.refilled.insert(d.delivery_id.clone());
+            self.insert(d, now);
+        }
+        self.spilled_from = next;
+        if self.spilled_from.is_none() {
+            tracing::info!(webhook_id = %self.rt.webhook_id, "delivery queue back in memory");
+            self.spilled = 0;
+            // Enqueues of what was just read back are at most a fan-out hand-off behind.
+            self.refilled_until = Some(Instant::now() + REFILLED_MEMORY);
+        }
+        Ok(())
+    }
+
+    /// Reports this worker's pending deliveries (in memory and spilled) to the depth gauge.
+    fn sync_depth(&mut self) {
+        let depth = self.queue.len() + self.spilled;
+        if depth != self.depth_reported {
+            crate::metrics::delivery_queue_add(depth as f64 - self.depth_reported as f64);
+            self.depth_reported = depth;
+        }
     }
 
     fn insert(&mut self, d: Delivery, now: u64) {
@@ -263,7 +393,6 @@ impl WorkerState {
             _ => self.ready.push_back(id.clone()),
         }
         self.queue.insert(id, d);
-        crate::metrics::delivery_queue_add(1.0);
     }
 
     /// Arms the timer for the earliest waiting delivery (one timer, re-armed when an
@@ -354,14 +483,12 @@ impl WorkerState {
                 d.status = DeliveryStatus::Succeeded;
                 d.next_attempt_ms = None;
                 crate::metrics::delivery_finished(&d.channel, "succeeded");
-                crate::metrics::delivery_queue_add(-1.0);
                 self.report_error(None);
             }
             Decision::Dead => {
                 d.status = DeliveryStatus::Dead;
                 d.next_attempt_ms = None;
                 crate::metrics::delivery_finished(&d.channel, "dead");
-                crate::metrics::delivery_queue_add(-1.0);
                 tracing::warn!(webhook_id = %d.webhook_id, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
                 self.report_error(error);
             }

@@ -224,8 +224,20 @@ impl Store {
         prefix: &str,
         f: impl FnMut(&str, T) -> bool,
     ) -> Result<(), StoreError> {
+        self.for_each_from(ks, prefix, prefix, f)
+    }
+
+    /// Like [`Store::for_each`], from the key `from` (inclusive) on; `from` starts with `prefix`.
+    pub fn for_each_from<T: DeserializeOwned>(
+        &self,
+        ks: Keyspace,
+        prefix: &str,
+        from: &str,
+        f: impl FnMut(&str, T) -> bool,
+    ) -> Result<(), StoreError> {
         let full_prefix = ks.key(prefix);
-        self.reader.scan_from(&full_prefix, &full_prefix, &mut decoding(ks, f))
+        let start = ks.key(from);
+        self.reader.scan_from(&start, &full_prefix, &mut decoding(ks, f))
     }
 
     /// Visits the values under `prefix` in descending key order, from just below
