@@ -96,6 +96,14 @@ pub struct GuardedResolver {
 
 type ResolveError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Every address of a host name is one the policy refuses. A type of its own so that the
+/// clients can tell it from other connection failures (the `refused` attempt result).
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to private/loopback addresses, which are refused (delivery.allow_private_networks)")]
+pub struct Refused {
+    pub host: String,
+}
+
 impl GuardedResolver {
     /// The addresses of `host` this policy lets a request reach (port 0: the caller sets it).
     pub async fn lookup(self, host: String) -> Result<Vec<SocketAddr>, ResolveError> {
@@ -103,12 +111,10 @@ impl GuardedResolver {
         let kept: Vec<SocketAddr> =
             addrs.iter().copied().filter(|a| self.allow_private_networks || is_public(a.ip())).collect();
         if kept.is_empty() {
-            let msg = if addrs.is_empty() {
-                format!("{host} did not resolve to any address")
-            } else {
-                format!("{host} resolves only to private/loopback addresses, which are refused (delivery.allow_private_networks)")
-            };
-            return Err(msg.into());
+            if addrs.is_empty() {
+                return Err(format!("{host} did not resolve to any address").into());
+            }
+            return Err(Box::new(Refused { host }));
         }
         Ok(kept)
     }

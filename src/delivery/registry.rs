@@ -153,7 +153,9 @@ impl Actor for DeliveryRegistry {
             }
         });
         let deps = ChannelDeps {
-            client: crate::delivery::client::DeliveryClient::new(policy),
+            // Fails only without any TLS protocol version (impossible with ring): fatal.
+            client: crate::delivery::client::DeliveryClient::new(policy)
+                .map_err(|e| format!("delivery HTTP client: {e}"))?,
             policy,
             default_timeout: Duration::from_secs(cfg.request_timeout_seconds),
             mailer,

@@ -288,7 +288,8 @@ impl WorkerState {
         attach_events(&self.shared.store, &mut pending)?;
         let now = now_millis();
         if !pending.is_empty() {
-            tracing::info!(webhook_id = %self.rt.webhook_id, pending = pending.len() + spilled, in_memory = pending.len(), "delivery queue reloaded");
+            let (webhook_id, in_memory) = (&self.rt.webhook_id, pending.len());
+            tracing::info!(%webhook_id, pending = in_memory + spilled, in_memory, "delivery queue reloaded");
         }
         for d in pending {
             self.insert(d, now);
@@ -320,7 +321,8 @@ impl WorkerState {
             Some(from) if *from <= key => {}
             slot => {
                 if slot.is_none() {
-                    tracing::info!(webhook_id = %self.rt.webhook_id, in_memory = self.queue.len(), "delivery queue spilled to the store");
+                    let (webhook_id, in_memory) = (&self.rt.webhook_id, self.queue.len());
+                    tracing::info!(%webhook_id, in_memory, "delivery queue spilled to the store");
                     self.refilled_until = None;
                 }
                 *slot = Some(key);

@@ -207,7 +207,8 @@ async fn delivers_envelope_with_headers_and_signature() {
     let (id, secret) = create_webhook(
         &app,
         json!({"webhook_name": "sig", "event_types": ["object.created"], "channels": [
-            {"channel": "webhook", "configs": {"url": rx.url("/hook"), "secret": "mixpeek-shared", "headers": {"X-Custom": "yes"}}}
+            {"channel": "webhook", "configs": {"url": rx.url("/hook"), "secret": "mixpeek-shared", "headers": {"X-Custom": "yes"}}},
+            {"channel": "webhook", "configs": {"url": rx.url("/ce"), "headers": {"Content-Type": "application/cloudevents+json"}}}
         ]}),
     )
     .await;
@@ -215,9 +216,12 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert_eq!(s, 202, "{b}");
     let event_id = b["event_id"].as_str().unwrap().to_string();
     assert!(event_id.starts_with("evt_"));
-    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "nothing delivered; log:\n{}", app.log());
-    let req = rx.captured().remove(0);
-    assert_eq!(req.path, "/hook");
+    assert!(eventually(WAIT, || async { rx.count() >= 2 }).await, "nothing delivered; log:\n{}", app.log());
+    let caps = rx.captured();
+    // A custom Content-Type replaces the default (it is not sent twice).
+    let ce = caps.iter().find(|c| c.path == "/ce").expect("the second channel");
+    assert_eq!(ce.header("content-type"), Some("application/cloudevents+json"));
+    let req = caps.into_iter().find(|c| c.path == "/hook").expect("the first channel");
     let env = req.json();
     assert_eq!(env["event_id"], event_id.as_str());
     assert_eq!(env["event_type"], "object.created");
@@ -240,9 +244,10 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert!(verify_signature(&secret, wid, ts, &req.body, sig), "signature does not verify");
     assert!(!verify_signature(&secret, wid, ts, b"tampered", sig));
     // The delivery is recorded as succeeded with its attempt.
-    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
+    let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 2 }).await;
     assert!(ok, "{:?}", deliveries(&app, &id, None).await);
-    let d = &deliveries(&app, &id, None).await[0];
+    let all = deliveries(&app, &id, None).await;
+    let d = all.iter().find(|d| d["delivery_id"] == wid).expect("the first channel's delivery");
     assert_eq!(d["delivery_id"], wid);
     assert_eq!(d["event_id"], event_id.as_str());
     assert_eq!(d["event_type"], "object.created");

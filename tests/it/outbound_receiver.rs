@@ -52,10 +52,17 @@ impl Receiver {
                 async move {
                     let (status, delay) = {
                         let mut g = s.lock().unwrap();
-                        let h = headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                            .collect();
+                        // A repeated header shows as one, its values joined by ", " (as HTTP reads it).
+                        let mut h: HashMap<String, String> = HashMap::new();
+                        for (k, v) in &headers {
+                            let v = v.to_str().unwrap_or("");
+                            h.entry(k.as_str().to_string())
+                                .and_modify(|e| {
+                                    e.push_str(", ");
+                                    e.push_str(v);
+                                })
+                                .or_insert_with(|| v.to_string());
+                        }
                         g.captured.push(Captured { path: path.as_str().to_string(), headers: h, body: body.to_vec() });
                         g.next.pop_front().unwrap_or((g.default, Duration::ZERO))
                     };

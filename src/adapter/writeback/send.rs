@@ -153,8 +153,9 @@ impl Sender {
 }
 
 /// The write-back client: the guarded resolver, no redirects, no proxies (a proxy would
-/// resolve names for us and bypass the address check), hookline's `User-Agent`.
-pub fn client(policy: NetPolicy) -> reqwest::Client {
+/// resolve names for us and bypass the address check), hookline's `User-Agent`. No fallback
+/// when it cannot be built: a client without the guard must never send.
+pub fn client(policy: NetPolicy) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -165,10 +166,6 @@ pub fn client(policy: NetPolicy) -> reqwest::Client {
         .tcp_nodelay(true)
         .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "build the write-back HTTP client; falling back to defaults");
-            reqwest::Client::new()
-        })
 }
 
 /// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one:

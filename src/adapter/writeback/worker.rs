@@ -72,11 +72,20 @@ impl Worker {
             schedule: cfg.retry_schedule_seconds.iter().map(|s| Duration::from_secs(*s)).collect(),
             max_age: Duration::from_secs(cfg.max_age_seconds.unwrap_or(cfg.max_age_hours.saturating_mul(3600))),
         };
+        let client = match super::send::client(policy) {
+            Ok(c) => c,
+            Err(e) => {
+                // Jobs stay pending in the store (as with writeback off) until a restart.
+                let msg = "build the write-back HTTP client; write-backs are paused";
+                tracing::error!(bucket_id = %bucket_id, error = %e, "{msg}");
+                return None;
+            }
+        };
         let sender = Sender {
             shared: shared.clone(),
             bucket_id: bucket_id.clone(),
             adapter: adapter.clone(),
-            client: super::send::client(policy),
+            client,
             policy,
             timeout: Duration::from_secs(cfg.request_timeout_seconds.max(1)),
         };

@@ -192,7 +192,7 @@ pub(super) async fn exchange(client: &DeliveryClient, req: Request, timeout: Dur
         Err(e) => {
             let result = match &e {
                 SendError::Timeout(_) => "timeout",
-                SendError::Connect(_) if e.refused() => "refused",
+                SendError::Refused(_) => "refused",
                 SendError::Connect(_) => "connect",
                 SendError::Request(_) => "error",
             };

@@ -45,7 +45,7 @@ impl SmsApi {
         let credentials = format!("{}:{}", s.account_sid, s.auth_token.as_deref().unwrap_or_default());
         let mut authorization =
             HeaderValue::try_from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
-                .map_err(|_| "delivery.sms: account_sid is not header-safe".to_string())?;
+                .map_err(|_| "delivery.sms: the credentials do not make a valid header".to_string())?;
         authorization.set_sensitive(true);
         Ok(SmsApi {
             messages_url,
