@@ -344,10 +344,11 @@ impl Config {
         if d.max_in_flight_per_webhook == 0 || d.max_in_flight_per_webhook > 1024 {
             bail!("delivery.max_in_flight_per_webhook must be within 1..=1024");
         }
-        if d.max_queued_in_memory_per_webhook < d.max_in_flight_per_webhook
+        // Twice the sends in flight at least: a refill (at half) then never starves them.
+        if d.max_queued_in_memory_per_webhook < 2 * d.max_in_flight_per_webhook
             || d.max_queued_in_memory_per_webhook > 10_000_000
         {
-            bail!("delivery.max_queued_in_memory_per_webhook must be within max_in_flight_per_webhook..=10000000");
+            bail!("delivery.max_queued_in_memory_per_webhook must be within 2 × max_in_flight_per_webhook..=10000000");
         }
         if let Some(e) = &d.email {
             if e.smtp_host.trim().is_empty() {

@@ -51,7 +51,10 @@ type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
 /// docs); also the longest a finished delivery still shows as pending in the API.
 const OUTCOME_LINGER: Duration = Duration::from_millis(20);
 
-/// How long after a spill ends a refilled delivery's late `Enqueue` is still recognised.
+/// At most one backoff release per this long (see [`WorkerState::release_backoff`]).
+const RELEASE_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a refilled delivery's late `Enqueue` is still recognised.
 const REFILLED_MEMORY: Duration = Duration::from_secs(10);
 
 /// How often completed deliveries older than the retention are pruned.
@@ -128,13 +131,36 @@ pub struct WorkerState {
     spilled_from: Option<String>,
     /// About how many pending deliveries are only in the store (for the depth gauge).
     spilled: usize,
-    /// Deliveries a refill read back, while their own `Enqueue` may still be on its way
-    /// (it is sent once the fan-out is durable, so a refill can see them first).
+    /// Deliveries a refill read back in the last [`REFILLED_MEMORY`], while their own
+    /// `Enqueue` may still be on its way (it is sent once the fan-out is durable, so a
+    /// refill can see them first); the set and the deque hold the same IDs.
     refilled: HashSet<DeliveryId>,
-    /// When `refilled` may be forgotten: a while after the spill ended.
-    refilled_until: Option<Instant>,
-    /// This worker's share of `hookline_delivery_queue_depth`, as last reported.
-    depth_reported: usize,
+    refilled_order: VecDeque<(Instant, DeliveryId)>,
+    /// When waiting deliveries were last made due at once because the receiver recovered
+    /// while the queue was spilled (see [`WorkerState::release_backoff`]).
+    released_at: Option<Instant>,
+    /// This worker's share of `hookline_delivery_queue_depth`.
+    depth: DepthShare,
+}
+
+/// A worker's share of the depth gauge, taken back when the worker's state goes, however
+/// it goes (ractor skips `post_stop` when a handler fails).
+#[derive(Default)]
+struct DepthShare(usize);
+
+impl DepthShare {
+    fn set(&mut self, depth: usize) {
+        if depth != self.0 {
+            crate::metrics::delivery_queue_add(depth as f64 - self.0 as f64);
+            self.0 = depth;
+        }
+    }
+}
+
+impl Drop for DepthShare {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 impl Actor for DeliveryWorker {
@@ -166,8 +192,9 @@ impl Actor for DeliveryWorker {
             spilled_from: None,
             spilled: 0,
             refilled: HashSet::new(),
-            refilled_until: None,
-            depth_reported: 0,
+            refilled_order: VecDeque::new(),
+            released_at: None,
+            depth: DepthShare::default(),
         };
         state.load()?;
         state.prune_timer = Some(myself.send_interval(PRUNE_EVERY, || WorkerMsg::Prune));
@@ -176,7 +203,7 @@ impl Actor for DeliveryWorker {
         }
         state.arm();
         state.pump();
-        state.sync_depth();
+        state.depth.set(state.queue.len() + state.spilled);
         Ok(state)
     }
 
@@ -187,10 +214,7 @@ impl Actor for DeliveryWorker {
         if let Some(t) = state.prune_timer.take() {
             t.abort();
         }
-        crate::metrics::delivery_queue_add(-(state.depth_reported as f64));
-        if !state.writes.is_empty() {
-            drop(state.shared.store.submit(std::mem::take(&mut state.writes)));
-        }
+        state.submit_writes();
         Ok(())
     }
 
@@ -237,7 +261,11 @@ impl Actor for DeliveryWorker {
                 state.pump();
             }
             WorkerMsg::Done { delivery_id, result, at_ms, duration } => {
+                let recovered = result.outcome == Outcome::Delivered && state.reported_error.is_some();
                 state.done(delivery_id, result, at_ms, duration);
+                if recovered {
+                    state.release_backoff();
+                }
                 if state.spilled_from.is_some() && state.queue.len() <= state.settings.max_queued / 2 {
                     state.refill().await?;
                     state.arm();
@@ -246,19 +274,11 @@ impl Actor for DeliveryWorker {
             }
             WorkerMsg::Flush => {
                 state.flush_queued = false;
-                if !state.writes.is_empty() {
-                    // Not awaited here: a lost outcome only means a redelivery (module docs).
-                    let durable = state.shared.store.submit(std::mem::take(&mut state.writes));
-                    tokio::spawn(async move {
-                        if let Err(e) = durable.await {
-                            tracing::error!(error = %e, "write delivery outcomes");
-                        }
-                    });
-                }
+                state.submit_writes();
             }
             WorkerMsg::Prune => state.prune()?,
         }
-        state.sync_depth();
+        state.depth.set(state.queue.len() + state.spilled);
         Ok(())
     }
 }
@@ -269,15 +289,16 @@ impl WorkerState {
     }
 
     /// Reloads pending deliveries from the store (restart/crash recovery): the oldest up to
-    /// the memory bound; the rest stay spilled.
+    /// the memory bound; the rest stay spilled. Only the status of each record is decoded
+    /// in the scan (finished deliveries are most of them).
     fn load(&mut self) -> Result<(), ActorProcessingErr> {
-        let mut pending = Vec::new();
+        let mut keys = Vec::new();
         let room = self.settings.max_queued;
         let (mut spilled, mut spilled_from) = (0usize, None);
-        self.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
+        self.shared.store.for_each::<StatusOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
             if d.status == DeliveryStatus::Pending {
-                if pending.len() < room {
-                    pending.push(d);
+                if keys.len() < room {
+                    keys.push(k.to_string());
                 } else {
                     spilled += 1;
                     spilled_from.get_or_insert_with(|| k.to_string());
@@ -285,6 +306,13 @@ impl WorkerState {
             }
             true
         })?;
+        let mut pending = Vec::with_capacity(keys.len());
+        for k in &keys {
+            // Pending a moment ago; only this actor finishes deliveries.
+            if let Some(d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, k)? {
+                pending.push(d);
+            }
+        }
         attach_events(&self.shared.store, &mut pending)?;
         let now = now_millis();
         if !pending.is_empty() {
@@ -301,12 +329,9 @@ impl WorkerState {
 
     /// A delivery from the fan-out: queued in memory, or left in the store while spilled.
     fn enqueue(&mut self, d: Delivery, now: u64) {
-        if self.refilled_until.is_some_and(|t| t <= Instant::now()) {
-            self.refilled.clear();
-            self.refilled_until = None;
-        }
+        self.forget_old_refills();
         // Already read back by a refill (and maybe finished since): not again.
-        if self.refilled.remove(&d.delivery_id) {
+        if self.refilled.contains(&d.delivery_id) {
             return;
         }
         if self.spilled_from.is_none() && self.queue.len() < self.settings.max_queued {
@@ -316,14 +341,32 @@ impl WorkerState {
         if self.queue.contains_key(&d.delivery_id) {
             return;
         }
-        let key = d.key();
+        // Everything in memory is waiting out a backoff and nothing is being sent: send this
+        // one now (making room by trading the delivery due last, if memory is full), so the
+        // receiver is tried now, and its recovery noticed (see `release_backoff`), instead
+        // of after the earliest backoff.
+        let idle = self.ready.is_empty() && self.in_flight.is_empty();
+        if idle && self.rt.is_active && self.rt.problem.is_none() {
+            if self.queue.len() >= self.settings.max_queued {
+                match self.evict_latest_due() {
+                    Some(evicted) => self.spill(evicted),
+                    None => return self.spill(d.key()),
+                }
+            }
+            self.insert(d, now);
+            return;
+        }
+        self.spill(d.key());
+    }
+
+    /// Records a pending delivery (by key) as left in the store.
+    fn spill(&mut self, key: String) {
         match &mut self.spilled_from {
             Some(from) if *from <= key => {}
             slot => {
                 if slot.is_none() {
                     let (webhook_id, in_memory) = (&self.rt.webhook_id, self.queue.len());
                     tracing::info!(%webhook_id, in_memory, "delivery queue spilled to the store");
-                    self.refilled_until = None;
                 }
                 *slot = Some(key);
             }
@@ -331,17 +374,42 @@ impl WorkerState {
         self.spilled += 1;
     }
 
+    /// Takes the waiting delivery due last out of memory (its record is in the store, and
+    /// a refill reads outcomes only once they are durable); returns its key. Its timer
+    /// entry goes stale and is skipped.
+    fn evict_latest_due(&mut self) -> Option<String> {
+        let (id, _) = self
+            .queue
+            .iter()
+            .filter(|(id, _)| !self.in_flight.contains(*id))
+            .filter_map(|(id, d)| d.next_attempt_ms.map(|due| (id, due)))
+            .max_by_key(|(_, due)| *due)?;
+        let id = id.clone();
+        self.queue.remove(&id).map(|d| d.key())
+    }
+
+    /// Drops the refill memory older than [`REFILLED_MEMORY`].
+    fn forget_old_refills(&mut self) {
+        let now = Instant::now();
+        while let Some((at, _)) = self.refilled_order.front() {
+            if now.duration_since(*at) < REFILLED_MEMORY {
+                break;
+            }
+            if let Some((_, id)) = self.refilled_order.pop_front() {
+                self.refilled.remove(&id);
+            }
+        }
+    }
+
     /// Reads spilled deliveries back, oldest first, up to the memory bound.
     async fn refill(&mut self) -> Result<(), ActorProcessingErr> {
         let Some(from) = self.spilled_from.clone() else { return Ok(()) };
         // Every outcome written so far must be readable first, or a delivery that just
         // finished would still read as pending and be sent again.
-        if !self.writes.is_empty() {
-            drop(self.shared.store.submit(std::mem::take(&mut self.writes)));
-        }
+        self.submit_writes();
         self.shared.store.commit(Batch::new()).await?;
         let room = self.settings.max_queued.saturating_sub(self.queue.len());
-        let mut loaded = Vec::new();
+        let mut loaded = Vec::with_capacity(room.min(self.spilled.max(64)));
         let mut next = None;
         let queue = &self.queue;
         self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), &from, |k, d| {
@@ -358,31 +426,65 @@ impl WorkerState {
         attach_events(&self.shared.store, &mut loaded)?;
         let now = now_millis();
         self.spilled = self.spilled.saturating_sub(loaded.len());
-        // Bounded: forgetting an old entry only risks a duplicate (at least once).
-        if self.refilled.len() > 4 * self.settings.max_queued {
-            self.refilled.clear();
-        }
-        for d in loaded {
-            self.refilled.insert(d.delivery_id.clone());
+        self.forget_old_refills();
+        let at = Instant::now();
+        // The receiver answers (its last attempt succeeded): what waited out a backoff in the
+        // store goes now, as `release_backoff` did for what waited in memory.
+        let healthy = self.reported_error.is_none();
+        for mut d in loaded {
+            if healthy && d.next_attempt_ms.is_some_and(|due| due > now) {
+                d.next_attempt_ms = Some(now);
+            }
+            if self.refilled.insert(d.delivery_id.clone()) {
+                self.refilled_order.push_back((at, d.delivery_id.clone()));
+            }
             self.insert(d, now);
         }
         self.spilled_from = next;
         if self.spilled_from.is_none() {
             tracing::info!(webhook_id = %self.rt.webhook_id, "delivery queue back in memory");
             self.spilled = 0;
-            // Enqueues of what was just read back are at most a fan-out hand-off behind.
-            self.refilled_until = Some(Instant::now() + REFILLED_MEMORY);
         }
         Ok(())
     }
 
-    /// Reports this worker's pending deliveries (in memory and spilled) to the depth gauge.
-    fn sync_depth(&mut self) {
-        let depth = self.queue.len() + self.spilled;
-        if depth != self.depth_reported {
-            crate::metrics::delivery_queue_add(depth as f64 - self.depth_reported as f64);
-            self.depth_reported = depth;
+    /// The receiver answered again after failures. While the queue is spilled, memory may
+    /// be full of deliveries waiting out their backoff, and the spilled ones would wait behind
+    /// them for hours: make the waiting ones due now (at most once per [`RELEASE_EVERY`], so a
+    /// receiver that fails only some deliveries is not retried in a loop). Sends stay within
+    /// `max_in_flight`; any that fail again go back to their (longer) backoff.
+    fn release_backoff(&mut self) {
+        if self.spilled_from.is_none() || self.released_at.is_some_and(|t| t.elapsed() < RELEASE_EVERY) {
+            return;
         }
+        self.released_at = Some(Instant::now());
+        let now = now_millis();
+        let mut released = 0;
+        while let Some(Reverse((due, id))) = self.waiting.pop() {
+            let Some(d) = self.queue.get_mut(&id) else { continue };
+            // Stale entries (re-queued manually, already sent) are skipped, as on `Wake`.
+            if d.next_attempt_ms != Some(due) || self.in_flight.contains(&id) {
+                continue;
+            }
+            d.next_attempt_ms = Some(now);
+            self.ready.push_back(id);
+            released += 1;
+        }
+        tracing::info!(webhook_id = %self.rt.webhook_id, released, "receiver recovered: waiting deliveries are due now");
+    }
+
+    /// Submits the grouped outcome writes, not awaited: a lost outcome only means a
+    /// redelivery (module docs); a failure is logged.
+    fn submit_writes(&mut self) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let durable = self.shared.store.submit(std::mem::take(&mut self.writes));
+        tokio::spawn(async move {
+            if let Err(e) = durable.await {
+                tracing::error!(error = %e, "write delivery outcomes");
+            }
+        });
     }
 
     fn insert(&mut self, d: Delivery, now: u64) {
@@ -573,7 +675,7 @@ impl WorkerState {
     fn prune(&mut self) -> Result<(), ActorProcessingErr> {
         let cutoff = now_millis().saturating_sub(self.settings.retention.as_millis() as u64);
         let mut b = Batch::new();
-        self.shared.store.for_each::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
+        self.shared.store.for_each::<StatusOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
             let finished_at = d.window_start_ms;
             if d.status != DeliveryStatus::Pending && finished_at < cutoff {
                 b.delete(Keyspace::DELIVERIES, k);
@@ -588,9 +690,17 @@ impl WorkerState {
     }
 }
 
+/// What the scans over every delivery of a webhook (reload, prune) read of each: decoding
+/// only these fields skips building the rest (attempt logs, IDs).
+#[derive(serde::Deserialize)]
+struct StatusOnly {
+    status: DeliveryStatus,
+    window_start_ms: u64,
+}
+
 /// Attaches each delivery's event, read from `evt/` once per event.
 fn attach_events(store: &crate::store::Store, deliveries: &mut [Delivery]) -> Result<(), crate::store::StoreError> {
-    let mut events: HashMap<crate::ids::EventId, Option<Arc<EventRecord>>> = HashMap::new();
+    let mut events: HashMap<crate::ids::EventId, Option<Arc<EventRecord>>> = HashMap::with_capacity(deliveries.len());
     for d in deliveries.iter_mut().filter(|d| d.event.is_none()) {
         let event = match events.get(&d.event_id) {
             Some(e) => e.clone(),
