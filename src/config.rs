@@ -120,6 +120,8 @@ pub struct DeliveryConfig {
     /// Most pending deliveries of one webhook held in memory; the rest wait in the store
     /// and are read back in order as the queue drains (a dead receiver costs disk, not RAM).
     pub max_queued_in_memory_per_webhook: usize,
+    /// A retry due later than this waits in the store (parked), not in memory.
+    pub retry_in_memory_seconds: u64,
     /// The SMTP relay of `email` channels; unset: creating one is refused (422).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailSettings>,
@@ -240,6 +242,7 @@ impl Default for DeliveryConfig {
             max_age_seconds: None,
             max_in_flight_per_webhook: 16,
             max_queued_in_memory_per_webhook: 10_000,
+            retry_in_memory_seconds: 60,
             email: None,
             sms: None,
         }
@@ -343,6 +346,9 @@ impl Config {
         }
         if d.max_in_flight_per_webhook == 0 || d.max_in_flight_per_webhook > 1024 {
             bail!("delivery.max_in_flight_per_webhook must be within 1..=1024");
+        }
+        if d.retry_in_memory_seconds == 0 {
+            bail!("delivery.retry_in_memory_seconds must be at least 1");
         }
         // Twice the sends in flight at least: a refill (at half) then never starves them.
         if d.max_queued_in_memory_per_webhook < 2 * d.max_in_flight_per_webhook

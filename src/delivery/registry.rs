@@ -168,6 +168,7 @@ impl Actor for DeliveryRegistry {
             },
             max_in_flight: cfg.max_in_flight_per_webhook.max(1),
             max_queued: cfg.max_queued_in_memory_per_webhook.max(1),
+            park_after: Duration::from_secs(cfg.retry_in_memory_seconds.max(1)),
             retention: max_age.max(Duration::from_secs(24 * 3600)),
         };
         let mut state = DeliveryState {
@@ -558,10 +559,12 @@ impl DeliveryState {
         // The webhook and its whole queue go in one batch.
         let mut b = Batch::new();
         b.delete(Keyspace::WEBHOOKS, id.as_str());
-        self.shared.store.for_each_key(Keyspace::DELIVERIES, &format!("{}/", id.as_str()), |k| {
-            b.delete(Keyspace::DELIVERIES, k);
-            true
-        })?;
+        for ks in [Keyspace::DELIVERIES, Keyspace::DUE] {
+            self.shared.store.for_each_key(ks, &format!("{}/", id.as_str()), |k| {
+                b.delete(ks, k);
+                true
+            })?;
+        }
         crate::metrics::webhooks(self.webhooks.len());
         tracing::info!(webhook_id = %id, "webhook deleted");
         Ok(self.shared.store.submit(b))

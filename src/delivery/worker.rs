@@ -5,14 +5,21 @@
 //! event read from `evt/` (stored once for all its deliveries), so a restart or a crash
 //! loses nothing.
 //!
-//! Memory holds at most `max_queued_in_memory_per_webhook` pending deliveries. Past that the
-//! queue *spills*: new deliveries stay only in the store (they are there already), and
-//! `spilled_from` remembers the lowest key among them. Once the in-memory queue has drained
-//! to half, a *refill* reads pending deliveries back in key order (= event order) from that
-//! key; when it reaches the end, the spill is over. So a receiver that is down for a day
-//! costs disk, not RAM, and deliveries still go out oldest first. Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time,
-//! and report back with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due
-//! delivery. The mailbox is therefore never blocked by a slow receiver, and each webhook has
+//! Memory is bounded two ways, so a receiver that is down for a day costs disk, not RAM:
+//! - A retry due later than `retry_in_memory_seconds` is *parked*: the delivery leaves
+//!   memory and a `due/{webhook_id}/{due_ms}/{delivery_id}` entry (written with its outcome,
+//!   in one batch) marks it; when the earliest parked retry comes due, the entries due within
+//!   the horizon are read back. Memory therefore holds only what is ready, in flight or due
+//!   soon, and new deliveries never wait behind hours of backoff.
+//! - At most `max_queued_in_memory_per_webhook` deliveries are held. Past that the queue
+//!   *spills*: new deliveries stay only in the store (they are there already), and
+//!   `spilled_from` remembers the lowest key among them. Once the in-memory queue has drained
+//!   to half, a *refill* reads parked retries that are due, then spilled deliveries in key
+//!   order (= event order) from that key; when it reaches the end, the spill is over.
+//!
+//! Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time, and report back
+//! with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due delivery (in
+//! memory or parked). The mailbox is therefore never blocked by a slow receiver, and each webhook has
 //! its own actor, so one slow or dead receiver never holds back another webhook.
 //!
 //! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], submitted by a
@@ -51,9 +58,6 @@ type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
 /// docs); also the longest a finished delivery still shows as pending in the API.
 const OUTCOME_LINGER: Duration = Duration::from_millis(20);
 
-/// At most one backoff release per this long (see [`WorkerState::release_backoff`]).
-const RELEASE_EVERY: Duration = Duration::from_secs(60);
-
 /// How long a refilled delivery's late `Enqueue` is still recognised.
 const REFILLED_MEMORY: Duration = Duration::from_secs(10);
 
@@ -81,6 +85,8 @@ pub struct WorkerSettings {
     pub max_in_flight: usize,
     /// Most pending deliveries held in memory (see the module docs).
     pub max_queued: usize,
+    /// Retries due later than this are parked in the store (see the module docs).
+    pub park_after: Duration,
     /// Completed deliveries are kept this long for the deliveries API.
     pub retention: Duration,
 }
@@ -136,9 +142,9 @@ pub struct WorkerState {
     /// refill can see them first); the set and the deque hold the same IDs.
     refilled: HashSet<DeliveryId>,
     refilled_order: VecDeque<(Instant, DeliveryId)>,
-    /// When waiting deliveries were last made due at once because the receiver recovered
-    /// while the queue was spilled (see [`WorkerState::release_backoff`]).
-    released_at: Option<Instant>,
+    /// The earliest due time among parked retries (`None`: none parked), and how many.
+    parked_due: Option<u64>,
+    parked: usize,
     /// This worker's share of `hookline_delivery_queue_depth`.
     depth: DepthShare,
 }
@@ -193,7 +199,8 @@ impl Actor for DeliveryWorker {
             spilled: 0,
             refilled: HashSet::new(),
             refilled_order: VecDeque::new(),
-            released_at: None,
+            parked_due: None,
+            parked: 0,
             depth: DepthShare::default(),
         };
         state.load()?;
@@ -203,7 +210,7 @@ impl Actor for DeliveryWorker {
         }
         state.arm();
         state.pump();
-        state.depth.set(state.queue.len() + state.spilled);
+        state.depth.set(state.queue.len() + state.spilled + state.parked);
         Ok(state)
     }
 
@@ -257,16 +264,16 @@ impl Actor for DeliveryWorker {
                         state.ready.push_back(id);
                     }
                 }
+                if state.parked_due.is_some_and(|d| d <= now) && state.queue.len() < state.settings.max_queued {
+                    state.refill().await?;
+                }
                 state.arm();
                 state.pump();
             }
             WorkerMsg::Done { delivery_id, result, at_ms, duration } => {
-                let recovered = result.outcome == Outcome::Delivered && state.reported_error.is_some();
                 state.done(delivery_id, result, at_ms, duration);
-                if recovered {
-                    state.release_backoff();
-                }
-                if state.spilled_from.is_some() && state.queue.len() <= state.settings.max_queued / 2 {
+                let parked_due = state.parked_due.is_some_and(|d| d <= now_millis());
+                if (state.spilled_from.is_some() || parked_due) && state.queue.len() <= state.settings.max_queued / 2 {
                     state.refill().await?;
                     state.arm();
                 }
@@ -278,7 +285,7 @@ impl Actor for DeliveryWorker {
             }
             WorkerMsg::Prune => state.prune()?,
         }
-        state.depth.set(state.queue.len() + state.spilled);
+        state.depth.set(state.queue.len() + state.spilled + state.parked);
         Ok(())
     }
 }
@@ -289,41 +296,66 @@ impl WorkerState {
     }
 
     /// Reloads pending deliveries from the store (restart/crash recovery): the oldest up to
-    /// the memory bound; the rest stay spilled. Only the status of each record is decoded
-    /// in the scan (finished deliveries are most of them).
+    /// the memory bound; the rest stay spilled, and retries due beyond the horizon stay
+    /// parked (their `due/` entries are written again, idempotently: data from before
+    /// parking has none). Only a few fields of each record are decoded in the scan
+    /// (finished deliveries are most of them).
     fn load(&mut self) -> Result<(), ActorProcessingErr> {
         let mut keys = Vec::new();
         let room = self.settings.max_queued;
+        let horizon = now_millis() + self.settings.park_after.as_millis() as u64;
         let (mut spilled, mut spilled_from) = (0usize, None);
+        let mut park = Batch::new();
+        let (mut parked, mut parked_due) = (0usize, None::<u64>);
+        let webhook_id = self.rt.webhook_id.clone();
         self.shared.store.for_each::<StatusOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
-            if d.status == DeliveryStatus::Pending {
-                if keys.len() < room {
-                    keys.push(k.to_string());
-                } else {
+            if d.status != DeliveryStatus::Pending {
+                return true;
+            }
+            match d.next_attempt_ms {
+                Some(due) if due > horizon => {
+                    let id = k.rsplit('/').next().unwrap_or_default();
+                    park.put(Keyspace::DUE, &due_key(&webhook_id, due, id), &());
+                    parked += 1;
+                    parked_due = Some(parked_due.map_or(due, |p| p.min(due)));
+                }
+                _ if keys.len() < room => keys.push(k.to_string()),
+                _ => {
                     spilled += 1;
                     spilled_from.get_or_insert_with(|| k.to_string());
                 }
             }
             true
         })?;
+        if !park.is_empty() {
+            self.writes.extend(park);
+            self.submit_writes();
+        }
         let mut pending = Vec::with_capacity(keys.len());
         for k in &keys {
             // Pending a moment ago; only this actor finishes deliveries.
             if let Some(d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, k)? {
-                pending.push(d);
+                if d.status == DeliveryStatus::Pending {
+                    pending.push(d);
+                }
             }
         }
         attach_events(&self.shared.store, &mut pending)?;
         let now = now_millis();
-        if !pending.is_empty() {
-            let (webhook_id, in_memory) = (&self.rt.webhook_id, pending.len());
-            tracing::info!(%webhook_id, pending = in_memory + spilled, in_memory, "delivery queue reloaded");
+        if !pending.is_empty() || spilled + parked > 0 {
+            let in_memory = pending.len();
+            tracing::info!(%webhook_id, pending = in_memory + spilled + parked, in_memory, parked, "delivery queue reloaded");
         }
         for d in pending {
             self.insert(d, now);
         }
         self.spilled = spilled;
         self.spilled_from = spilled_from;
+        self.parked += parked;
+        self.parked_due = match (self.parked_due, parked_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(())
     }
 
@@ -339,21 +371,6 @@ impl WorkerState {
             return;
         }
         if self.queue.contains_key(&d.delivery_id) {
-            return;
-        }
-        // Everything in memory is waiting out a backoff and nothing is being sent: send this
-        // one now (making room by trading the delivery due last, if memory is full), so the
-        // receiver is tried now, and its recovery noticed (see `release_backoff`), instead
-        // of after the earliest backoff.
-        let idle = self.ready.is_empty() && self.in_flight.is_empty();
-        if idle && self.rt.is_active && self.rt.problem.is_none() {
-            if self.queue.len() >= self.settings.max_queued {
-                match self.evict_latest_due() {
-                    Some(evicted) => self.spill(evicted),
-                    None => return self.spill(d.key()),
-                }
-            }
-            self.insert(d, now);
             return;
         }
         self.spill(d.key());
@@ -374,20 +391,6 @@ impl WorkerState {
         self.spilled += 1;
     }
 
-    /// Takes the waiting delivery due last out of memory (its record is in the store, and
-    /// a refill reads outcomes only once they are durable); returns its key. Its timer
-    /// entry goes stale and is skipped.
-    fn evict_latest_due(&mut self) -> Option<String> {
-        let (id, _) = self
-            .queue
-            .iter()
-            .filter(|(id, _)| !self.in_flight.contains(*id))
-            .filter_map(|(id, d)| d.next_attempt_ms.map(|due| (id, due)))
-            .max_by_key(|(_, due)| *due)?;
-        let id = id.clone();
-        self.queue.remove(&id).map(|d| d.key())
-    }
-
     /// Drops the refill memory older than [`REFILLED_MEMORY`].
     fn forget_old_refills(&mut self) {
         let now = Instant::now();
@@ -401,14 +404,25 @@ impl WorkerState {
         }
     }
 
-    /// Reads spilled deliveries back, oldest first, up to the memory bound.
+    /// Reads back what memory has room for: parked retries that are due (within the
+    /// horizon), then spilled deliveries, oldest first.
     async fn refill(&mut self) -> Result<(), ActorProcessingErr> {
-        let Some(from) = self.spilled_from.clone() else { return Ok(()) };
-        // Every outcome written so far must be readable first, or a delivery that just
-        // finished would still read as pending and be sent again.
+        let parked_due = self.parked_due.is_some_and(|d| d <= now_millis());
+        if self.spilled_from.is_none() && !parked_due {
+            return Ok(());
+        }
+        // Every outcome and `due/` entry written so far must be readable first, or a
+        // delivery that just finished would still read as pending and be sent again.
         self.submit_writes();
         self.shared.store.commit(Batch::new()).await?;
+        if parked_due {
+            self.unpark()?;
+        }
+        let Some(from) = self.spilled_from.clone() else { return Ok(()) };
         let room = self.settings.max_queued.saturating_sub(self.queue.len());
+        if room == 0 {
+            return Ok(());
+        }
         let mut loaded = Vec::with_capacity(room.min(self.spilled.max(64)));
         let mut next = None;
         let queue = &self.queue;
@@ -428,13 +442,7 @@ impl WorkerState {
         self.spilled = self.spilled.saturating_sub(loaded.len());
         self.forget_old_refills();
         let at = Instant::now();
-        // The receiver answers (its last attempt succeeded): what waited out a backoff in the
-        // store goes now, as `release_backoff` did for what waited in memory.
-        let healthy = self.reported_error.is_none();
-        for mut d in loaded {
-            if healthy && d.next_attempt_ms.is_some_and(|due| due > now) {
-                d.next_attempt_ms = Some(now);
-            }
+        for d in loaded {
             if self.refilled.insert(d.delivery_id.clone()) {
                 self.refilled_order.push_back((at, d.delivery_id.clone()));
             }
@@ -448,29 +456,53 @@ impl WorkerState {
         Ok(())
     }
 
-    /// The receiver answered again after failures. While the queue is spilled, memory may
-    /// be full of deliveries waiting out their backoff, and the spilled ones would wait behind
-    /// them for hours: make the waiting ones due now (at most once per [`RELEASE_EVERY`], so a
-    /// receiver that fails only some deliveries is not retried in a loop). Sends stay within
-    /// `max_in_flight`; any that fail again go back to their (longer) backoff.
-    fn release_backoff(&mut self) {
-        if self.spilled_from.is_none() || self.released_at.is_some_and(|t| t.elapsed() < RELEASE_EVERY) {
-            return;
-        }
-        self.released_at = Some(Instant::now());
+    /// Reads back the parked retries due within the horizon, as memory has room, and
+    /// deletes their `due/` entries (stale ones too: a delivery retried by hand, finished or
+    /// re-parked since). Called after a barrier (see `refill`).
+    fn unpark(&mut self) -> Result<(), ActorProcessingErr> {
         let now = now_millis();
-        let mut released = 0;
-        while let Some(Reverse((due, id))) = self.waiting.pop() {
-            let Some(d) = self.queue.get_mut(&id) else { continue };
-            // Stale entries (re-queued manually, already sent) are skipped, as on `Wake`.
-            if d.next_attempt_ms != Some(due) || self.in_flight.contains(&id) {
+        let horizon = now + self.settings.park_after.as_millis() as u64;
+        let mut room = self.settings.max_queued.saturating_sub(self.queue.len());
+        let mut entries = Vec::new();
+        let mut next_due = None;
+        self.shared.store.for_each_key(Keyspace::DUE, &self.prefix(), |k| {
+            let Some((due, id)) = parse_due_key(k) else {
+                entries.push((k.to_string(), None));
+                return true;
+            };
+            if due > horizon || room == 0 {
+                next_due = Some(due);
+                return false;
+            }
+            room -= 1;
+            entries.push((k.to_string(), Some((due, id.to_string()))));
+            true
+        })?;
+        let mut unparked = Vec::new();
+        for (key, parsed) in entries {
+            self.writes.delete(Keyspace::DUE, &key);
+            self.parked = self.parked.saturating_sub(1);
+            let Some((due, id)) = parsed else { continue };
+            let Some(did) = DeliveryId::parse(&id) else { continue };
+            if self.queue.contains_key(&did) {
                 continue;
             }
-            d.next_attempt_ms = Some(now);
-            self.ready.push_back(id);
-            released += 1;
+            let record =
+                self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &delivery_key(&self.rt.webhook_id, &did))?;
+            if let Some(d) = record.filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_ms == Some(due)) {
+                unparked.push(d);
+            }
         }
-        tracing::info!(webhook_id = %self.rt.webhook_id, released, "receiver recovered: waiting deliveries are due now");
+        attach_events(&self.shared.store, &mut unparked)?;
+        for d in unparked {
+            self.insert(d, now);
+        }
+        self.parked_due = next_due;
+        if next_due.is_none() {
+            self.parked = 0;
+        }
+        self.flush_soon();
+        Ok(())
     }
 
     /// Submits the grouped outcome writes, not awaited: a lost outcome only means a
@@ -493,17 +525,29 @@ impl WorkerState {
         }
         let id = d.delivery_id.clone();
         match d.next_attempt_ms {
+            Some(due) if due > now + self.settings.park_after.as_millis() as u64 => return self.park(&d, due),
             Some(due) if due > now => self.waiting.push(Reverse((due, id.clone()))),
             _ => self.ready.push_back(id.clone()),
         }
         self.queue.insert(id, d);
     }
 
+    /// Leaves a delivery whose retry is far off in the store only, marked by a `due/`
+    /// entry (its record, with that due time, is written by the caller or already is).
+    fn park(&mut self, d: &Delivery, due: u64) {
+        self.writes.put(Keyspace::DUE, &due_key(&self.rt.webhook_id, due, d.delivery_id.as_str()), &());
+        self.flush_soon();
+        self.parked += 1;
+        self.parked_due = Some(self.parked_due.map_or(due, |p| p.min(due)));
+    }
+
     /// Arms the timer for the earliest waiting delivery (one timer, re-armed when an
     /// earlier one appears).
     fn arm(&mut self) {
-        let Some(Reverse((due, _))) = self.waiting.peek() else { return };
-        let due = *due;
+        let waiting = self.waiting.peek().map(|Reverse((due, _))| *due);
+        // Parked retries only when memory has room for them; else a `Done` refills.
+        let parked = self.parked_due.filter(|_| self.queue.len() < self.settings.max_queued);
+        let Some(due) = [waiting, parked].into_iter().flatten().min() else { return };
         if let Some((t, _)) = &self.timer {
             if *t <= due {
                 return;
@@ -525,7 +569,8 @@ impl WorkerState {
         while self.in_flight.len() < self.settings.max_in_flight {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(d) = self.queue.get(&id) else { continue };
-            if self.in_flight.contains(&id) {
+            // A stale entry: sent already, or waiting for a later retry since.
+            if self.in_flight.contains(&id) || d.next_attempt_ms.is_some_and(|due| due > now_millis()) {
                 continue;
             }
             self.in_flight.insert(id.clone());
@@ -599,20 +644,25 @@ impl WorkerState {
             Decision::RetryIn(delay) => {
                 let due = now + delay.as_millis() as u64;
                 d.next_attempt_ms = Some(due);
-                self.waiting.push(Reverse((due, id.clone())));
                 self.report_error(error);
             }
         }
         self.write(&d);
         if d.status == DeliveryStatus::Pending {
-            self.queue.insert(id, d);
+            // In the same outcome batch as the record: parked if the retry is far off.
+            self.insert(d, now);
             self.arm();
         }
     }
 
     fn write(&mut self, d: &Delivery) {
         self.writes.put(Keyspace::DELIVERIES, &d.key(), d);
-        if !self.flush_queued {
+        self.flush_soon();
+    }
+
+    /// Submits the grouped writes [`OUTCOME_LINGER`] from now (unless already planned).
+    fn flush_soon(&mut self) {
+        if !self.flush_queued && !self.writes.is_empty() {
             self.flush_queued = true;
             self.myself.send_after(OUTCOME_LINGER, || WorkerMsg::Flush);
         }
@@ -649,11 +699,16 @@ impl WorkerState {
             // Retrying a success means "send it again", to every recipient.
             d.done_recipients.clear();
         }
+        let mut b = Batch::new();
+        if let (DeliveryStatus::Pending, Some(due)) = (d.status, d.next_attempt_ms) {
+            // Parked: its `due/` entry goes (a stale one would be skipped anyway).
+            b.delete(Keyspace::DUE, &due_key(&self.rt.webhook_id, due, id.as_str()));
+            self.parked = self.parked.saturating_sub(1);
+        }
         d.status = DeliveryStatus::Pending;
         d.failures = 0;
         d.window_start_ms = now;
         d.next_attempt_ms = Some(now);
-        let mut b = Batch::new();
         b.put(Keyspace::DELIVERIES, &key, &d);
         let durable = self.shared.store.submit(b);
         let view = d.view();
@@ -696,6 +751,19 @@ impl WorkerState {
 struct StatusOnly {
     status: DeliveryStatus,
     window_start_ms: u64,
+    next_attempt_ms: Option<u64>,
+}
+
+/// `{webhook_id}/{due_ms, 13 digits}/{delivery_id}`: parked retries in due order.
+fn due_key(webhook: &WebhookId, due_ms: u64, delivery_id: &str) -> String {
+    format!("{}/{due_ms:013}/{delivery_id}", webhook.as_str())
+}
+
+/// The due time and delivery ID of a `due/` key.
+fn parse_due_key(key: &str) -> Option<(u64, &str)> {
+    let mut parts = key.splitn(3, '/');
+    let (_webhook, due, id) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((due.parse().ok()?, id))
 }
 
 /// Attaches each delivery's event, read from `evt/` once per event.

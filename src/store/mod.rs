@@ -45,6 +45,8 @@ impl Keyspace {
     pub const OUTBOX: Keyspace = Keyspace("outbox");
     pub const WEBHOOKS: Keyspace = Keyspace("wh");
     pub const DELIVERIES: Keyspace = Keyspace("dlv");
+    /// Parked delivery retries, `{webhook_id}/{due_ms}/{delivery_id}` (see `delivery::worker`).
+    pub const DUE: Keyspace = Keyspace("due");
     pub const EVENTS: Keyspace = Keyspace("evt");
     pub const STATS: Keyspace = Keyspace("stats");
     pub const WRITEBACKS: Keyspace = Keyspace("wb");

@@ -794,7 +794,7 @@ async fn a_spilled_queue_drains_live_without_loss_or_duplicates() {
     let rx = Receiver::start(200).await;
     const N: usize = 60;
     for _ in 0..N {
-        rx.then(200, Duration::from_millis(15));
+        rx.then(200, Duration::from_millis(30));
     }
     let (id, _) = create_webhook(
         &app,
@@ -816,6 +816,8 @@ async fn a_spilled_queue_drains_live_without_loss_or_duplicates() {
     }
     let all = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == N }).await;
     assert!(all, "pending: {}", deliveries(&app, &id, Some("pending")).await.len());
+    // A late duplicate would arrive just after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let ids: Vec<String> = rx.captured().iter().map(|c| c.header("webhook-id").unwrap().to_string()).collect();
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!((ids.len(), unique.len()), (N, N), "each delivery sent once");
@@ -825,14 +827,14 @@ async fn a_spilled_queue_drains_live_without_loss_or_duplicates() {
     assert!(eventually(WAIT, || async { queue_depth(&app).await == 0.0 }).await, "depth back to 0");
 }
 
-/// A receiver that was down long enough for memory to fill with deliveries in a long
-/// backoff: once it answers again, the next event is tried at once, and its success lets
-/// everything else (in memory and spilled) go without waiting out the backoff.
+/// Retries due later than `retry_in_memory_seconds` leave memory for the store and come
+/// back when due; while they wait, new events go out at once; they survive a `kill -9`;
+/// a manual retry takes one out early.
 #[tokio::test]
-async fn a_recovered_receiver_gets_the_backlog_without_waiting_out_the_backoff() {
-    let app = TestApp::start_with(Options {
+async fn far_off_retries_wait_in_the_store() {
+    let mut app = TestApp::start_with(Options {
         delivery_toml: Some(
-            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 2\nretry_schedule_seconds = [1, 3600]\nmax_in_flight_per_webhook = 2\nmax_queued_in_memory_per_webhook = 4\n".into(),
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 2\nretry_schedule_seconds = [2, 3600]\nmax_in_flight_per_webhook = 2\nmax_queued_in_memory_per_webhook = 4\nretry_in_memory_seconds = 1\n".into(),
         ),
         ..Options::default()
     })
@@ -840,19 +842,56 @@ async fn a_recovered_receiver_gets_the_backlog_without_waiting_out_the_backoff()
     let rx = Receiver::start(503).await;
     let (id, _) = create_webhook(
         &app,
-        json!({"webhook_name": "recover", "event_types": ["*"], "channels": [http_channel(&rx.url("/r"))]}),
+        json!({"webhook_name": "parked", "event_types": ["*"], "channels": [http_channel(&rx.url("/p"))]}),
     )
     .await;
-    for n in 0..4 {
+    for n in 0..6 {
         publish(&app, "object.updated", json!({ "n": n })).await;
     }
-    // Each tried twice: all four now wait an hour.
-    assert!(eventually(WAIT, || async { rx.count() >= 8 }).await, "{}", rx.count());
+    // A 2 s retry is past the 1 s horizon: parked, read back when due, tried again (then
+    // parked for an hour).
+    assert!(eventually(WAIT, || async { rx.count() >= 12 }).await, "{}", rx.count());
+    assert!(eventually(WAIT, || async { queue_depth(&app).await == 6.0 }).await, "{}", queue_depth(&app).await);
+
+    // The receiver is back: new events do not wait behind the parked hour.
     rx.set_default(200);
-    for n in 4..11 {
+    for n in 6..13 {
         publish(&app, "object.updated", json!({ "n": n })).await;
     }
-    let all = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 11 }).await;
-    assert!(all, "pending: {:?}", deliveries(&app, &id, Some("pending")).await);
-    assert!(app.log().contains("receiver recovered"), "{}", app.log());
+    let seven = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 7 }).await;
+    assert!(seven, "{:?}", deliveries(&app, &id, None).await);
+    let parked = deliveries(&app, &id, Some("pending")).await;
+    assert_eq!(parked.len(), 6);
+    assert!(parked.iter().all(|d| d["attempts"].as_array().unwrap().len() == 2), "{parked:?}");
+
+    app.kill9();
+    app.start_again().await;
+    let log = without_colors(&app.log());
+    assert!(log.contains("pending=6 in_memory=0 parked=6"), "{log}");
+    assert!(eventually(WAIT, || async { queue_depth(&app).await == 6.0 }).await, "{}", queue_depth(&app).await);
+
+    // A manual retry takes a parked delivery out now.
+    let did = parked[0]["delivery_id"].as_str().unwrap();
+    let (s, b) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
+    assert!(s == 200 || s == 202, "{s} {b}");
+    let eight = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 8 }).await;
+    assert!(eight, "{:?}", deliveries(&app, &id, None).await);
+    assert_eq!(deliveries(&app, &id, Some("pending")).await.len(), 5);
+    assert!(eventually(WAIT, || async { queue_depth(&app).await == 5.0 }).await, "{}", queue_depth(&app).await);
+
+    // Deleting the webhook takes its parked retries with it.
+    let (s, _) = app.delete(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert_eq!(s, 204);
+    assert!(eventually(WAIT, || async { queue_depth(&app).await == 0.0 }).await, "{}", queue_depth(&app).await);
+    app.stop();
+    use hookline::store::Backend;
+    let backend = app.stopped_sled().await;
+    let mut left = 0;
+    backend
+        .scan_from(b"due\0", b"due\0", &mut |_, _| {
+            left += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(left, 0, "parked entries left behind");
 }
