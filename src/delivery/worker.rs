@@ -7,8 +7,9 @@
 //!
 //! Memory is bounded two ways, so a receiver that is down for a day costs disk, not RAM:
 //! - A retry due later than `retry_in_memory_seconds` is *parked*: the delivery leaves
-//!   memory and a `due/{webhook_id}/{due_ms}/{delivery_id}` entry (written with its outcome,
-//!   in one batch) marks it; when the earliest parked retry comes due, the entries due within
+//!   memory and a `due/{webhook_id}/{due_ms}/{delivery_id}` entry marks it (written in the
+//!   batch of the outcome that scheduled the retry; a reload makes the entries match the
+//!   records, which are the truth); when the earliest parked retry comes due, the entries due within
 //!   the horizon are read back. Memory therefore holds only what is ready, in flight or due
 //!   soon, and new deliveries never wait behind hours of backoff.
 //! - At most `max_queued_in_memory_per_webhook` deliveries are held. Past that the queue
@@ -275,8 +276,8 @@ impl Actor for DeliveryWorker {
                 let parked_due = state.parked_due.is_some_and(|d| d <= now_millis());
                 if (state.spilled_from.is_some() || parked_due) && state.queue.len() <= state.settings.max_queued / 2 {
                     state.refill().await?;
-                    state.arm();
                 }
+                state.arm();
                 state.pump();
             }
             WorkerMsg::Flush => {
@@ -297,16 +298,16 @@ impl WorkerState {
 
     /// Reloads pending deliveries from the store (restart/crash recovery): the oldest up to
     /// the memory bound; the rest stay spilled, and retries due beyond the horizon stay
-    /// parked (their `due/` entries are written again, idempotently: data from before
-    /// parking has none). Only a few fields of each record are decoded in the scan
-    /// (finished deliveries are most of them).
+    /// parked. The `due/` entries are made to match the records (a crash can lose the
+    /// newest ones; data from before parking has none). Only a few fields of each record are
+    /// decoded in the scan (finished deliveries are most of them).
     fn load(&mut self) -> Result<(), ActorProcessingErr> {
         let mut keys = Vec::new();
         let room = self.settings.max_queued;
         let horizon = now_millis() + self.settings.park_after.as_millis() as u64;
         let (mut spilled, mut spilled_from) = (0usize, None);
-        let mut park = Batch::new();
-        let (mut parked, mut parked_due) = (0usize, None::<u64>);
+        let mut should_park: HashSet<String> = HashSet::new();
+        let mut parked_due = None::<u64>;
         let webhook_id = self.rt.webhook_id.clone();
         self.shared.store.for_each::<StatusOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
             if d.status != DeliveryStatus::Pending {
@@ -315,8 +316,7 @@ impl WorkerState {
             match d.next_attempt_ms {
                 Some(due) if due > horizon => {
                     let id = k.rsplit('/').next().unwrap_or_default();
-                    park.put(Keyspace::DUE, &due_key(&webhook_id, due, id), &());
-                    parked += 1;
+                    should_park.insert(due_key(&webhook_id, due, id));
                     parked_due = Some(parked_due.map_or(due, |p| p.min(due)));
                 }
                 _ if keys.len() < room => keys.push(k.to_string()),
@@ -327,9 +327,21 @@ impl WorkerState {
             }
             true
         })?;
-        if !park.is_empty() {
-            self.writes.extend(park);
-            self.submit_writes();
+        let parked = should_park.len();
+        let mut fix = Batch::new();
+        self.shared.store.for_each_key(Keyspace::DUE, &self.prefix(), |k| {
+            if !should_park.remove(k) {
+                fix.delete(Keyspace::DUE, k);
+            }
+            true
+        })?;
+        for k in &should_park {
+            fix.put(Keyspace::DUE, k, &());
+        }
+        // In slices: one log record per slice, not one for a million entries.
+        while !fix.is_empty() {
+            let rest = fix.split_off(10_000);
+            drop(self.shared.store.submit(std::mem::replace(&mut fix, rest)));
         }
         let mut pending = Vec::with_capacity(keys.len());
         for k in &keys {
@@ -346,16 +358,18 @@ impl WorkerState {
             let in_memory = pending.len();
             tracing::info!(%webhook_id, pending = in_memory + spilled + parked, in_memory, parked, "delivery queue reloaded");
         }
+        // A fan-out `Enqueue` of one of these may still be on its way (see `refilled`).
+        let at = Instant::now();
         for d in pending {
+            if self.refilled.insert(d.delivery_id.clone()) {
+                self.refilled_order.push_back((at, d.delivery_id.clone()));
+            }
             self.insert(d, now);
         }
         self.spilled = spilled;
         self.spilled_from = spilled_from;
-        self.parked += parked;
-        self.parked_due = match (self.parked_due, parked_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.parked = parked;
+        self.parked_due = parked_due;
         Ok(())
     }
 
@@ -426,8 +440,11 @@ impl WorkerState {
         let mut loaded = Vec::with_capacity(room.min(self.spilled.max(64)));
         let mut next = None;
         let queue = &self.queue;
+        // Retries due beyond the horizon are parked (their `due/` entries bring them back).
+        let horizon = now_millis() + self.settings.park_after.as_millis() as u64;
         self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), &from, |k, d| {
-            if d.status != DeliveryStatus::Pending || queue.contains_key(&d.delivery_id) {
+            let parked = d.next_attempt_ms.is_some_and(|due| due > horizon);
+            if d.status != DeliveryStatus::Pending || parked || queue.contains_key(&d.delivery_id) {
                 return true;
             }
             if loaded.len() == room {
@@ -463,35 +480,43 @@ impl WorkerState {
         let now = now_millis();
         let horizon = now + self.settings.park_after.as_millis() as u64;
         let mut room = self.settings.max_queued.saturating_sub(self.queue.len());
+        // Entries to look at: those due within the horizon, a bounded number at a time.
+        let cap = 2 * room + 64;
         let mut entries = Vec::new();
         let mut next_due = None;
         self.shared.store.for_each_key(Keyspace::DUE, &self.prefix(), |k| {
-            let Some((due, id)) = parse_due_key(k) else {
-                entries.push((k.to_string(), None));
-                return true;
-            };
-            if due > horizon || room == 0 {
-                next_due = Some(due);
-                return false;
+            match parse_due_key(k) {
+                Some((due, _)) if due > horizon || entries.len() == cap => {
+                    next_due = Some(due);
+                    return false;
+                }
+                parsed => entries.push((k.to_string(), parsed.map(|(due, id)| (due, id.to_string())))),
             }
-            room -= 1;
-            entries.push((k.to_string(), Some((due, id.to_string()))));
             true
         })?;
         let mut unparked = Vec::new();
         for (key, parsed) in entries {
-            self.writes.delete(Keyspace::DUE, &key);
-            self.parked = self.parked.saturating_sub(1);
-            let Some((due, id)) = parsed else { continue };
-            let Some(did) = DeliveryId::parse(&id) else { continue };
-            if self.queue.contains_key(&did) {
-                continue;
-            }
-            let record =
-                self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &delivery_key(&self.rt.webhook_id, &did))?;
-            if let Some(d) = record.filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_ms == Some(due)) {
+            let record = match &parsed {
+                Some((due, id)) => match DeliveryId::parse(id) {
+                    Some(did) if !self.queue.contains_key(&did) => self
+                        .shared
+                        .store
+                        .get::<Delivery>(Keyspace::DELIVERIES, &delivery_key(&self.rt.webhook_id, &did))?
+                        .filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_ms == Some(*due)),
+                    _ => None,
+                },
+                None => None,
+            };
+            if let Some(d) = record {
+                if room == 0 {
+                    next_due = parsed.map(|(due, _)| due);
+                    break;
+                }
+                room -= 1;
+                self.parked = self.parked.saturating_sub(1);
                 unparked.push(d);
             }
+            self.writes.delete(Keyspace::DUE, &key);
         }
         attach_events(&self.shared.store, &mut unparked)?;
         for d in unparked {
@@ -566,11 +591,17 @@ impl WorkerState {
         if !self.rt.is_active || self.rt.problem.is_some() {
             return;
         }
+        let mut rearm = false;
         while self.in_flight.len() < self.settings.max_in_flight {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(d) = self.queue.get(&id) else { continue };
-            // A stale entry: sent already, or waiting for a later retry since.
-            if self.in_flight.contains(&id) || d.next_attempt_ms.is_some_and(|due| due > now_millis()) {
+            if self.in_flight.contains(&id) {
+                continue; // a stale entry: sent already
+            }
+            if let Some(due) = d.next_attempt_ms.filter(|due| *due > now_millis()) {
+                // Waiting for a later retry since (or the clock stepped back): the timer's.
+                self.waiting.push(Reverse((due, id)));
+                rearm = true;
                 continue;
             }
             self.in_flight.insert(id.clone());
@@ -605,6 +636,9 @@ impl WorkerState {
                 };
                 let _ = me.cast(WorkerMsg::Done { delivery_id: id, result, at_ms, duration: started.elapsed() });
             });
+        }
+        if rearm {
+            self.arm();
         }
     }
 
@@ -702,8 +736,11 @@ impl WorkerState {
         let mut b = Batch::new();
         if let (DeliveryStatus::Pending, Some(due)) = (d.status, d.next_attempt_ms) {
             // Parked: its `due/` entry goes (a stale one would be skipped anyway).
-            b.delete(Keyspace::DUE, &due_key(&self.rt.webhook_id, due, id.as_str()));
-            self.parked = self.parked.saturating_sub(1);
+            let due_key = due_key(&self.rt.webhook_id, due, id.as_str());
+            if self.shared.store.contains(Keyspace::DUE, &due_key)? {
+                b.delete(Keyspace::DUE, &due_key);
+                self.parked = self.parked.saturating_sub(1);
+            }
         }
         d.status = DeliveryStatus::Pending;
         d.failures = 0;

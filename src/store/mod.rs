@@ -137,6 +137,11 @@ impl Batch {
     }
 
     /// Appends all of `other`'s operations after this batch's.
+    /// Leaves the first `at` operations here and returns the rest.
+    pub fn split_off(&mut self, at: usize) -> Batch {
+        Batch { ops: self.ops.split_off(at.min(self.ops.len())) }
+    }
+
     pub fn extend(&mut self, other: Batch) {
         self.ops.extend(other.ops);
     }

@@ -708,19 +708,9 @@ async fn deliveries_are_paged_newest_first() {
 /// first, each exactly once, once the receiver is back.
 #[tokio::test]
 async fn a_full_queue_spills_to_the_store_and_drains_in_order() {
-    let mut app = TestApp::start_with(Options {
-        delivery_toml: Some(
-            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1]\nmax_in_flight_per_webhook = 1\nmax_queued_in_memory_per_webhook = 3\n".into(),
-        ),
-        ..Options::default()
-    })
-    .await;
-    let down = Receiver::start(503).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "spill", "event_types": ["*"], "channels": [http_channel(&down.url("/down"))]}),
-    )
-    .await;
+    let settings = "max_age_hours = 1\nretry_schedule_seconds = [1]\nmax_in_flight_per_webhook = 1\n\
+                    max_queued_in_memory_per_webhook = 3\n";
+    let (mut app, down, id) = app_with_failing_receiver(settings).await;
     const N: u64 = 30;
     for n in 1..=N {
         publish(&app, "object.updated", json!({ "n": n })).await;
@@ -733,6 +723,7 @@ async fn a_full_queue_spills_to_the_store_and_drains_in_order() {
         queue_depth(&app).await
     );
     assert!(app.log().contains("delivery queue spilled to the store"), "{}", app.log());
+    assert!(eventually(WAIT, || async { down.count() >= 3 }).await, "the receiver was tried");
 
     app.kill9();
     app.start_again().await;
@@ -784,13 +775,9 @@ fn without_colors(log: &str) -> String {
 /// tasks at once, and every event delivered exactly once.
 #[tokio::test]
 async fn a_spilled_queue_drains_live_without_loss_or_duplicates() {
-    let app = TestApp::start_with(Options {
-        delivery_toml: Some(
-            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1]\nmax_in_flight_per_webhook = 2\nmax_queued_in_memory_per_webhook = 4\n".into(),
-        ),
-        ..Options::default()
-    })
-    .await;
+    let settings = "max_age_hours = 1\nretry_schedule_seconds = [1]\nmax_in_flight_per_webhook = 2\n\
+                    max_queued_in_memory_per_webhook = 4\n";
+    let app = TestApp::start_with(queue_options(settings)).await;
     let rx = Receiver::start(200).await;
     const N: usize = 60;
     for _ in 0..N {
@@ -832,26 +819,27 @@ async fn a_spilled_queue_drains_live_without_loss_or_duplicates() {
 /// a manual retry takes one out early.
 #[tokio::test]
 async fn far_off_retries_wait_in_the_store() {
-    let mut app = TestApp::start_with(Options {
-        delivery_toml: Some(
-            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 2\nretry_schedule_seconds = [2, 3600]\nmax_in_flight_per_webhook = 2\nmax_queued_in_memory_per_webhook = 4\nretry_in_memory_seconds = 1\n".into(),
-        ),
-        ..Options::default()
-    })
-    .await;
-    let rx = Receiver::start(503).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "parked", "event_types": ["*"], "channels": [http_channel(&rx.url("/p"))]}),
-    )
-    .await;
+    let settings = "max_age_hours = 2\nretry_schedule_seconds = [2, 3600]\nmax_in_flight_per_webhook = 2\n\
+                    max_queued_in_memory_per_webhook = 4\nretry_in_memory_seconds = 1\n";
+    let (mut app, rx, id) = app_with_failing_receiver(settings).await;
     for n in 0..6 {
         publish(&app, "object.updated", json!({ "n": n })).await;
     }
-    // A 2 s retry is past the 1 s horizon: parked, read back when due, tried again (then
-    // parked for an hour).
-    assert!(eventually(WAIT, || async { rx.count() >= 12 }).await, "{}", rx.count());
-    assert!(eventually(WAIT, || async { queue_depth(&app).await == 6.0 }).await, "{}", queue_depth(&app).await);
+    // A 2 s retry is past the 1 s horizon: parked, read back when due (not before), tried
+    // again, then parked for an hour.
+    let tried_twice = || async {
+        let ds = deliveries(&app, &id, Some("pending")).await;
+        ds.len() == 6 && ds.iter().all(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 2))
+    };
+    assert!(eventually(WAIT, tried_twice).await, "{:?}", deliveries(&app, &id, None).await);
+    let caps = rx.captured();
+    for d in deliveries(&app, &id, Some("pending")).await {
+        let tries: Vec<_> = caps.iter().filter(|c| c.header("webhook-id") == d["delivery_id"].as_str()).collect();
+        assert_eq!(tries.len(), 2);
+        let gap = tries[1].at.duration_since(tries[0].at).as_secs_f64();
+        assert!(gap >= 1.5, "retried after {gap} s, before its 2 s (±20%) backoff");
+    }
+    assert_eq!(queue_depth(&app).await, 6.0);
 
     // The receiver is back: new events do not wait behind the parked hour.
     rx.set_default(200);
@@ -879,19 +867,51 @@ async fn far_off_retries_wait_in_the_store() {
     assert_eq!(deliveries(&app, &id, Some("pending")).await.len(), 5);
     assert!(eventually(WAIT, || async { queue_depth(&app).await == 5.0 }).await, "{}", queue_depth(&app).await);
 
-    // Deleting the webhook takes its parked retries with it.
+    // Five parked entries on disk; deleting the webhook takes them with it.
+    assert_eq!(app.stop(), Some(0));
+    assert_eq!(due_entries(&app).await, 5);
+    app.start_again().await;
     let (s, _) = app.delete(&format!("/v1/organizations/webhooks/{id}")).await;
     assert_eq!(s, 204);
     assert!(eventually(WAIT, || async { queue_depth(&app).await == 0.0 }).await, "{}", queue_depth(&app).await);
-    app.stop();
+    assert_eq!(app.stop(), Some(0));
+    assert_eq!(due_entries(&app).await, 0, "parked entries left behind");
+}
+
+/// How many `due/` entries (parked retries) a stopped daemon's store holds.
+async fn due_entries(app: &TestApp) -> usize {
     use hookline::store::Backend;
     let backend = app.stopped_sled().await;
-    let mut left = 0;
+    let mut n = 0;
     backend
         .scan_from(b"due\0", b"due\0", &mut |_, _| {
-            left += 1;
+            n += 1;
             Ok(true)
         })
         .unwrap();
-    assert_eq!(left, 0, "parked entries left behind");
+    n
+}
+
+/// Loopback receivers allowed, a 2 s request timeout, and `settings` (TOML lines) for the
+/// queue tests.
+fn queue_options(settings: &str) -> Options {
+    Options {
+        delivery_toml: Some(format!(
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\n{settings}"
+        )),
+        ..Options::default()
+    }
+}
+
+/// A daemon with `settings` (see [`queue_options`]) and one webhook on every event type whose
+/// receiver answers 503 for now.
+async fn app_with_failing_receiver(settings: &str) -> (TestApp, Receiver, String) {
+    let app = TestApp::start_with(queue_options(settings)).await;
+    let rx = Receiver::start(503).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "queue", "event_types": ["*"], "channels": [http_channel(&rx.url("/q"))]}),
+    )
+    .await;
+    (app, rx, id)
 }

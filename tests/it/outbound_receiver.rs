@@ -12,6 +12,8 @@ use warp::Filter;
 
 #[derive(Debug, Clone)]
 pub struct Captured {
+    /// When the request arrived.
+    pub at: std::time::Instant,
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
@@ -63,7 +65,12 @@ impl Receiver {
                                 })
                                 .or_insert_with(|| v.to_string());
                         }
-                        g.captured.push(Captured { path: path.as_str().to_string(), headers: h, body: body.to_vec() });
+                        g.captured.push(Captured {
+                            at: std::time::Instant::now(),
+                            path: path.as_str().to_string(),
+                            headers: h,
+                            body: body.to_vec(),
+                        });
                         g.next.pop_front().unwrap_or((g.default, Duration::ZERO))
                     };
                     if !delay.is_zero() {
