@@ -9,9 +9,9 @@
 //! - A retry due later than `retry_in_memory_seconds` is *parked*: the delivery leaves
 //!   memory and a `due/{webhook_id}/{due_ms}/{delivery_id}` entry marks it (written in the
 //!   batch of the outcome that scheduled the retry; a reload makes the entries match the
-//!   records, which are the truth); when the earliest parked retry comes due, the entries due within
-//!   the horizon are read back. Memory therefore holds only what is ready, in flight or due
-//!   soon, and new deliveries never wait behind hours of backoff.
+//!   records, which are the truth). When the earliest parked retry comes due, the entries
+//!   due within the horizon are read back. Memory therefore holds only what is ready, in
+//!   flight or due soon, and new deliveries never wait behind hours of backoff.
 //! - At most `max_queued_in_memory_per_webhook` deliveries are held. Past that the queue
 //!   *spills*: new deliveries stay only in the store (they are there already), and
 //!   `spilled_from` remembers the lowest key among them. Once the in-memory queue has drained
@@ -20,8 +20,8 @@
 //!
 //! Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time, and report back
 //! with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due delivery (in
-//! memory or parked). The mailbox is therefore never blocked by a slow receiver, and each webhook has
-//! its own actor, so one slow or dead receiver never holds back another webhook.
+//! memory or parked). The mailbox is therefore never blocked by a slow receiver, and each
+//! webhook has its own actor, so one slow or dead receiver never holds back another webhook.
 //!
 //! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], submitted by a
 //! `Flush` [`OUTCOME_LINGER`] after the first of them (one commit for many deliveries).
@@ -338,10 +338,13 @@ impl WorkerState {
         for k in &should_park {
             fix.put(Keyspace::DUE, k, &());
         }
-        // In slices: one log record per slice, not one for a million entries.
+        // In slices of 10k from the back (each its own small buffer), not one batch of a
+        // million entries. Not awaited: entries lost in a crash are made again by the next
+        // reload.
         while !fix.is_empty() {
-            let rest = fix.split_off(10_000);
-            drop(self.shared.store.submit(std::mem::replace(&mut fix, rest)));
+            let slice = fix.split_off(fix.len().saturating_sub(10_000));
+            self.writes.extend(slice);
+            self.submit_writes();
         }
         let mut pending = Vec::with_capacity(keys.len());
         for k in &keys {
@@ -356,7 +359,8 @@ impl WorkerState {
         let now = now_millis();
         if !pending.is_empty() || spilled + parked > 0 {
             let in_memory = pending.len();
-            tracing::info!(%webhook_id, pending = in_memory + spilled + parked, in_memory, parked, "delivery queue reloaded");
+            let pending = in_memory + spilled + parked;
+            tracing::info!(%webhook_id, pending, in_memory, parked, "delivery queue reloaded");
         }
         // A fan-out `Enqueue` of one of these may still be on its way (see `refilled`).
         let at = Instant::now();
@@ -440,11 +444,16 @@ impl WorkerState {
         let mut loaded = Vec::with_capacity(room.min(self.spilled.max(64)));
         let mut next = None;
         let queue = &self.queue;
-        // Retries due beyond the horizon are parked (their `due/` entries bring them back).
+        // Retries due beyond the horizon are parked: their `due/` entries bring them back
+        // (checked below: after the wall clock stepped back, one may have none yet).
         let horizon = now_millis() + self.settings.park_after.as_millis() as u64;
+        let mut far = Vec::new();
         self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), &from, |k, d| {
-            let parked = d.next_attempt_ms.is_some_and(|due| due > horizon);
-            if d.status != DeliveryStatus::Pending || parked || queue.contains_key(&d.delivery_id) {
+            if d.status != DeliveryStatus::Pending || queue.contains_key(&d.delivery_id) {
+                return true;
+            }
+            if d.next_attempt_ms.is_some_and(|due| due > horizon) {
+                far.push(d);
                 return true;
             }
             if loaded.len() == room {
@@ -454,6 +463,14 @@ impl WorkerState {
             loaded.push(d);
             true
         })?;
+        for d in far {
+            if let Some(due) = d.next_attempt_ms {
+                let key = due_key(&self.rt.webhook_id, due, d.delivery_id.as_str());
+                if !self.shared.store.contains(Keyspace::DUE, &key)? {
+                    self.park(&d, due);
+                }
+            }
+        }
         attach_events(&self.shared.store, &mut loaded)?;
         let now = now_millis();
         self.spilled = self.spilled.saturating_sub(loaded.len());
@@ -481,23 +498,31 @@ impl WorkerState {
         let horizon = now + self.settings.park_after.as_millis() as u64;
         let mut room = self.settings.max_queued.saturating_sub(self.queue.len());
         // Entries to look at: those due within the horizon, a bounded number at a time.
-        let cap = 2 * room + 64;
+        let cap = (2 * room + 64).min(10_000);
         let mut entries = Vec::new();
         let mut next_due = None;
         self.shared.store.for_each_key(Keyspace::DUE, &self.prefix(), |k| {
-            match parse_due_key(k) {
-                Some((due, _)) if due > horizon || entries.len() == cap => {
-                    next_due = Some(due);
-                    return false;
-                }
-                parsed => entries.push((k.to_string(), parsed.map(|(due, id)| (due, id.to_string())))),
+            let parsed = parse_due_key(k);
+            if let Some((due, _)) = parsed.filter(|(due, _)| *due > horizon) {
+                next_due = Some(due);
+                return false;
             }
+            if entries.len() == cap {
+                next_due = Some(parsed.map_or(now, |(due, _)| due));
+                return false;
+            }
+            entries.push((k.to_string(), parsed.map(|(due, id)| (due, id.to_string()))));
             true
         })?;
         let mut unparked = Vec::new();
         for (key, parsed) in entries {
             let record = match &parsed {
                 Some((due, id)) => match DeliveryId::parse(id) {
+                    // Read back meanwhile (by a refill of spilled deliveries): counted off here.
+                    Some(did) if self.queue.get(&did).is_some_and(|q| q.next_attempt_ms == Some(*due)) => {
+                        self.parked = self.parked.saturating_sub(1);
+                        None
+                    }
                     Some(did) if !self.queue.contains_key(&did) => self
                         .shared
                         .store
@@ -530,8 +555,8 @@ impl WorkerState {
         Ok(())
     }
 
-    /// Submits the grouped outcome writes, not awaited: a lost outcome only means a
-    /// redelivery (module docs); a failure is logged.
+    /// Submits the grouped writes (outcomes, `due/` entries), not awaited: a lost outcome
+    /// only means a redelivery (module docs); a failure is logged.
     fn submit_writes(&mut self) {
         if self.writes.is_empty() {
             return;
@@ -539,7 +564,7 @@ impl WorkerState {
         let durable = self.shared.store.submit(std::mem::take(&mut self.writes));
         tokio::spawn(async move {
             if let Err(e) = durable.await {
-                tracing::error!(error = %e, "write delivery outcomes");
+                tracing::error!(error = %e, "write delivery outcomes and parked retries");
             }
         });
     }

@@ -136,12 +136,12 @@ impl Batch {
         self.ops.push(Op::Delete(ks.key(key)));
     }
 
-    /// Appends all of `other`'s operations after this batch's.
-    /// Leaves the first `at` operations here and returns the rest.
+    /// Leaves the first `at` operations here and returns the rest (none past the end).
     pub fn split_off(&mut self, at: usize) -> Batch {
         Batch { ops: self.ops.split_off(at.min(self.ops.len())) }
     }
 
+    /// Appends all of `other`'s operations after this batch's.
     pub fn extend(&mut self, other: Batch) {
         self.ops.extend(other.ops);
     }
@@ -339,6 +339,21 @@ fn decode<T: DeserializeOwned>(ks: Keyspace, key: &str, bytes: &[u8]) -> Result<
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn split_off_keeps_the_front_and_returns_the_rest() {
+        let mut b = Batch::new();
+        for i in 0..5 {
+            b.put(Keyspace::META, &format!("k{i}"), &i);
+        }
+        let tail = b.split_off(3);
+        assert_eq!((b.len(), tail.len()), (3, 2));
+        assert_eq!(b.split_off(10).len(), 0, "past the end: nothing");
+        assert_eq!(b.len(), 3);
+        let mut whole = b;
+        whole.extend(tail);
+        assert_eq!(whole.len(), 5);
+    }
 
     /// Opens the store over a directory a dropped store or backend just used: the store's
     /// threads and sled's own release the directory's lock a moment after the drop.
