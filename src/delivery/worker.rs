@@ -363,13 +363,7 @@ impl WorkerState {
             tracing::info!(%webhook_id, pending, in_memory, parked, "delivery queue reloaded");
         }
         // A fan-out `Enqueue` of one of these may still be on its way (see `refilled`).
-        let at = Instant::now();
-        for d in pending {
-            if self.refilled.insert(d.delivery_id.clone()) {
-                self.refilled_order.push_back((at, d.delivery_id.clone()));
-            }
-            self.insert(d, now);
-        }
+        self.insert_read_back(pending, now);
         self.spilled = spilled;
         self.spilled_from = spilled_from;
         self.parked = parked;
@@ -407,6 +401,17 @@ impl WorkerState {
             }
         }
         self.spilled += 1;
+    }
+
+    /// Queues deliveries read back from the store, remembering them (see `refilled`).
+    fn insert_read_back(&mut self, deliveries: Vec<Delivery>, now: u64) {
+        let at = Instant::now();
+        for d in deliveries {
+            if self.refilled.insert(d.delivery_id.clone()) {
+                self.refilled_order.push_back((at, d.delivery_id.clone()));
+            }
+            self.insert(d, now);
+        }
     }
 
     /// Drops the refill memory older than [`REFILLED_MEMORY`].
@@ -475,13 +480,7 @@ impl WorkerState {
         let now = now_millis();
         self.spilled = self.spilled.saturating_sub(loaded.len());
         self.forget_old_refills();
-        let at = Instant::now();
-        for d in loaded {
-            if self.refilled.insert(d.delivery_id.clone()) {
-                self.refilled_order.push_back((at, d.delivery_id.clone()));
-            }
-            self.insert(d, now);
-        }
+        self.insert_read_back(loaded, now);
         self.spilled_from = next;
         if self.spilled_from.is_none() {
             tracing::info!(webhook_id = %self.rt.webhook_id, "delivery queue back in memory");
