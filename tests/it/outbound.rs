@@ -915,3 +915,54 @@ async fn app_with_failing_receiver(settings: &str) -> (TestApp, Receiver, String
     .await;
     (app, rx, id)
 }
+
+/// A reload makes the `due/` entries match the records: missing ones (data from before
+/// parking, or lost in a crash) are written, stale ones deleted.
+#[tokio::test]
+async fn reload_reconciles_parked_entries() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let settings = "max_age_hours = 2\nretry_schedule_seconds = [3600]\nmax_in_flight_per_webhook = 1\n\
+                    max_queued_in_memory_per_webhook = 2\nretry_in_memory_seconds = 1\n";
+    let (mut app, _rx, id) = app_with_failing_receiver(settings).await;
+    for n in 0..3 {
+        publish(&app, "object.updated", json!({ "n": n })).await;
+    }
+    let tried_once = || async {
+        let ds = deliveries(&app, &id, Some("pending")).await;
+        ds.len() == 3 && ds.iter().all(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 1))
+    };
+    assert!(eventually(WAIT, tried_once).await, "{:?}", deliveries(&app, &id, None).await);
+    assert_eq!(app.stop(), Some(0));
+    assert_eq!(due_entries(&app).await, 3, "each failed delivery parked for an hour");
+
+    // Lose the entries, and leave a stale one behind.
+    {
+        let backend = app.stopped_sled().await;
+        let mut b = Batch::new();
+        backend
+            .scan_from(b"due\0", b"due\0", &mut |k, _| {
+                b.delete(Keyspace::DUE, &String::from_utf8_lossy(&k[4..]));
+                Ok(true)
+            })
+            .unwrap();
+        b.put(Keyspace::DUE, &format!("{id}/0000000000001/del_gone"), &());
+        backend.apply(&b).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+    assert_eq!(due_entries(&app).await, 1);
+
+    app.start_again().await;
+    let log = without_colors(&app.log());
+    assert!(log.contains("pending=3 in_memory=0 parked=3"), "{log}");
+    assert_eq!(app.stop(), Some(0));
+    let backend = app.stopped_sled().await;
+    let mut keys = Vec::new();
+    backend
+        .scan_from(b"due\0", b"due\0", &mut |k, _| {
+            keys.push(String::from_utf8_lossy(&k[4..]).into_owned());
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with(&format!("{id}/")) && !k.ends_with("del_gone")), "{keys:?}");
+}
