@@ -4,8 +4,9 @@
 //!
 //! Safety at send time: the URL's scheme and literal address are re-checked against the
 //! current config, host names go through the client's guarded resolver, redirects are never
-//! followed (a 3xx is a failed attempt), and at most [`crate::delivery::client::RESPONSE_CAP`] bytes of the response
-//! are read (see [`crate::delivery::client`]).
+//! followed (a 3xx is a failed attempt), and at most
+//! [`crate::delivery::client::RESPONSE_CAP`] bytes of the response are read (see
+//! [`crate::delivery::client`]).
 
 use std::time::{Duration, Instant};
 
