@@ -265,7 +265,7 @@ impl Actor for DeliveryWorker {
                         state.ready.push_back(id);
                     }
                 }
-                if state.parked_due.is_some_and(|d| d <= now) && state.queue.len() < state.settings.max_queued {
+                if state.parked_are_due() && state.queue.len() < state.settings.max_queued {
                     state.refill().await?;
                 }
                 state.arm();
@@ -273,8 +273,8 @@ impl Actor for DeliveryWorker {
             }
             WorkerMsg::Done { delivery_id, result, at_ms, duration } => {
                 state.done(delivery_id, result, at_ms, duration);
-                let parked_due = state.parked_due.is_some_and(|d| d <= now_millis());
-                if (state.spilled_from.is_some() || parked_due) && state.queue.len() <= state.settings.max_queued / 2 {
+                let to_read_back = state.spilled_from.is_some() || state.parked_are_due();
+                if to_read_back && state.queue.len() <= state.settings.max_queued / 2 {
                     state.refill().await?;
                 }
                 state.arm();
@@ -304,7 +304,7 @@ impl WorkerState {
     fn load(&mut self) -> Result<(), ActorProcessingErr> {
         let mut keys = Vec::new();
         let room = self.settings.max_queued;
-        let horizon = now_millis() + self.settings.park_after.as_millis() as u64;
+        let horizon = self.horizon(now_millis());
         let (mut spilled, mut spilled_from) = (0usize, None);
         let mut should_park: HashSet<String> = HashSet::new();
         let mut parked_due = None::<u64>;
@@ -375,7 +375,7 @@ impl WorkerState {
     fn enqueue(&mut self, d: Delivery, now: u64) {
         self.forget_old_refills();
         // Already read back by a refill (and maybe finished since): not again.
-        if self.refilled.contains(&d.delivery_id) {
+        if !self.refilled.is_empty() && self.refilled.contains(&d.delivery_id) {
             return;
         }
         if self.spilled_from.is_none() && self.queue.len() < self.settings.max_queued {
@@ -386,6 +386,16 @@ impl WorkerState {
             return;
         }
         self.spill(d.key());
+    }
+
+    /// Retries due after this (for `now`) are parked (see the module docs).
+    fn horizon(&self, now: u64) -> u64 {
+        now + self.settings.park_after.as_millis() as u64
+    }
+
+    /// Whether the earliest parked retry is due.
+    fn parked_are_due(&self) -> bool {
+        self.parked_due.is_some_and(|d| d <= now_millis())
     }
 
     /// Records a pending delivery (by key) as left in the store.
@@ -430,7 +440,7 @@ impl WorkerState {
     /// Reads back what memory has room for: parked retries that are due (within the
     /// horizon), then spilled deliveries, oldest first.
     async fn refill(&mut self) -> Result<(), ActorProcessingErr> {
-        let parked_due = self.parked_due.is_some_and(|d| d <= now_millis());
+        let parked_due = self.parked_are_due();
         if self.spilled_from.is_none() && !parked_due {
             return Ok(());
         }
@@ -451,7 +461,7 @@ impl WorkerState {
         let queue = &self.queue;
         // Retries due beyond the horizon are parked: their `due/` entries bring them back
         // (checked below: after the wall clock stepped back, one may have none yet).
-        let horizon = now_millis() + self.settings.park_after.as_millis() as u64;
+        let horizon = self.horizon(now_millis());
         let mut far = Vec::new();
         self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), &from, |k, d| {
             if d.status != DeliveryStatus::Pending || queue.contains_key(&d.delivery_id) {
@@ -494,7 +504,7 @@ impl WorkerState {
     /// re-parked since). Called after a barrier (see `refill`).
     fn unpark(&mut self) -> Result<(), ActorProcessingErr> {
         let now = now_millis();
-        let horizon = now + self.settings.park_after.as_millis() as u64;
+        let horizon = self.horizon(now);
         let mut room = self.settings.max_queued.saturating_sub(self.queue.len());
         // Entries to look at: those due within the horizon, a bounded number at a time.
         let cap = (2 * room + 64).min(10_000);
@@ -574,7 +584,7 @@ impl WorkerState {
         }
         let id = d.delivery_id.clone();
         match d.next_attempt_ms {
-            Some(due) if due > now + self.settings.park_after.as_millis() as u64 => return self.park(&d, due),
+            Some(due) if due > self.horizon(now) => return self.park(&d, due),
             Some(due) if due > now => self.waiting.push(Reverse((due, id.clone()))),
             _ => self.ready.push_back(id.clone()),
         }
@@ -616,13 +626,14 @@ impl WorkerState {
             return;
         }
         let mut rearm = false;
+        let now = now_millis();
         while self.in_flight.len() < self.settings.max_in_flight {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(d) = self.queue.get(&id) else { continue };
             if self.in_flight.contains(&id) {
                 continue; // a stale entry: sent already
             }
-            if let Some(due) = d.next_attempt_ms.filter(|due| *due > now_millis()) {
+            if let Some(due) = d.next_attempt_ms.filter(|due| *due > now) {
                 // Waiting for a later retry since (or the clock stepped back): the timer's.
                 self.waiting.push(Reverse((due, id)));
                 rearm = true;
@@ -739,9 +750,7 @@ impl WorkerState {
         }
         // Finished: read its record once everything written before is applied (this actor's
         // grouped outcome writes, a prune's deletes), or a pruned delivery could come back.
-        if !self.writes.is_empty() {
-            drop(self.shared.store.submit(std::mem::take(&mut self.writes)));
-        }
+        self.submit_writes();
         self.shared.store.commit(Batch::new()).await?;
         let key = delivery_key(&self.rt.webhook_id, id);
         let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else {

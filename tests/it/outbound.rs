@@ -827,10 +827,7 @@ async fn far_off_retries_wait_in_the_store() {
     }
     // A 2 s retry is past the 1 s horizon: parked, read back when due (not before), tried
     // again, then parked for an hour.
-    let tried_twice = || async {
-        let ds = deliveries(&app, &id, Some("pending")).await;
-        ds.len() == 6 && ds.iter().all(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 2))
-    };
+    let tried_twice = || all_pending_tried(&app, &id, 6, 2);
     assert!(eventually(WAIT, tried_twice).await, "{:?}", deliveries(&app, &id, None).await);
     let caps = rx.captured();
     for d in deliveries(&app, &id, Some("pending")).await {
@@ -880,16 +877,27 @@ async fn far_off_retries_wait_in_the_store() {
 
 /// How many `due/` entries (parked retries) a stopped daemon's store holds.
 async fn due_entries(app: &TestApp) -> usize {
+    due_keys(app).await.len()
+}
+
+/// The `due/` keys (without the keyspace) a stopped daemon's store holds.
+async fn due_keys(app: &TestApp) -> Vec<String> {
     use hookline::store::Backend;
     let backend = app.stopped_sled().await;
-    let mut n = 0;
+    let mut keys = Vec::new();
     backend
-        .scan_from(b"due\0", b"due\0", &mut |_, _| {
-            n += 1;
+        .scan_from(b"due\0", b"due\0", &mut |k, _| {
+            keys.push(String::from_utf8_lossy(&k[4..]).into_owned());
             Ok(true)
         })
         .unwrap();
-    n
+    keys
+}
+
+/// Whether the webhook has exactly `n` pending deliveries, each tried `attempts` times.
+async fn all_pending_tried(app: &TestApp, id: &str, n: usize, attempts: usize) -> bool {
+    let ds = deliveries(app, id, Some("pending")).await;
+    ds.len() == n && ds.iter().all(|d| d["attempts"].as_array().is_some_and(|a| a.len() == attempts))
 }
 
 /// Loopback receivers allowed, a 2 s request timeout, and `settings` (TOML lines) for the
@@ -927,24 +935,18 @@ async fn reload_reconciles_parked_entries() {
     for n in 0..3 {
         publish(&app, "object.updated", json!({ "n": n })).await;
     }
-    let tried_once = || async {
-        let ds = deliveries(&app, &id, Some("pending")).await;
-        ds.len() == 3 && ds.iter().all(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 1))
-    };
+    let tried_once = || all_pending_tried(&app, &id, 3, 1);
     assert!(eventually(WAIT, tried_once).await, "{:?}", deliveries(&app, &id, None).await);
     assert_eq!(app.stop(), Some(0));
     assert_eq!(due_entries(&app).await, 3, "each failed delivery parked for an hour");
 
     // Lose the entries, and leave a stale one behind.
     {
-        let backend = app.stopped_sled().await;
         let mut b = Batch::new();
-        backend
-            .scan_from(b"due\0", b"due\0", &mut |k, _| {
-                b.delete(Keyspace::DUE, &String::from_utf8_lossy(&k[4..]));
-                Ok(true)
-            })
-            .unwrap();
+        for k in due_keys(&app).await {
+            b.delete(Keyspace::DUE, &k);
+        }
+        let backend = app.stopped_sled().await;
         b.put(Keyspace::DUE, &format!("{id}/0000000000001/del_gone"), &());
         backend.apply(&b).unwrap();
         futures::executor::block_on(backend.flush()).unwrap();
@@ -955,14 +957,7 @@ async fn reload_reconciles_parked_entries() {
     let log = without_colors(&app.log());
     assert!(log.contains("pending=3 in_memory=0 parked=3"), "{log}");
     assert_eq!(app.stop(), Some(0));
-    let backend = app.stopped_sled().await;
-    let mut keys = Vec::new();
-    backend
-        .scan_from(b"due\0", b"due\0", &mut |k, _| {
-            keys.push(String::from_utf8_lossy(&k[4..]).into_owned());
-            Ok(true)
-        })
-        .unwrap();
+    let keys = due_keys(&app).await;
     assert_eq!(keys.len(), 3, "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with(&format!("{id}/")) && !k.ends_with("del_gone")), "{keys:?}");
 }
