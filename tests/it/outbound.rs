@@ -961,3 +961,68 @@ async fn reload_reconciles_parked_entries() {
     assert_eq!(keys.len(), 3, "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with(&format!("{id}/")) && !k.ends_with("del_gone")), "{keys:?}");
 }
+
+/// After a restart, the spilled range can hold parked retries (the reload parks far-off
+/// retries wherever their keys lie, and spills what is due beyond the memory bound). The
+/// refill reads back what is due and leaves those parked: nothing is sent before its time,
+/// nothing twice, and their `due/` entries stay.
+#[tokio::test]
+async fn a_refill_leaves_parked_retries_inside_its_range_parked() {
+    let settings = "max_age_hours = 2\nretry_schedule_seconds = [3600]\nmax_in_flight_per_webhook = 1\n\
+                    max_queued_in_memory_per_webhook = 2\nretry_in_memory_seconds = 1\n";
+    let (mut app, rx, id) = app_with_failing_receiver(settings).await;
+    for n in 0..6 {
+        publish(&app, "object.updated", json!({ "n": n })).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let tried_once = || all_pending_tried(&app, &id, 6, 1);
+    assert!(eventually(WAIT, tried_once).await, "{:?}", deliveries(&app, &id, None).await);
+    // Key order is delivery-ID order: the three lowest are retried by hand (due now), the
+    // three highest stay parked for an hour.
+    let mut ids: Vec<String> =
+        deliveries(&app, &id, None).await.iter().map(|d| d["delivery_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    let (due_now, parked) = ids.split_at(3);
+
+    // Paused, the manual retries wait in the queue (due now) instead of being sent.
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"is_active": false})).await;
+    assert_eq!(s, 200, "{b}");
+    for did in due_now {
+        let (s, b) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
+        assert!(s == 200 || s == 202, "{s} {b}");
+    }
+    app.kill9();
+    app.start_again().await;
+    let log = without_colors(&app.log());
+    // Two due ones in memory, the third spilled; the parked ones lie beyond it.
+    assert!(log.contains("pending=6 in_memory=2 parked=3"), "{log}");
+
+    rx.set_default(200);
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"is_active": true})).await;
+    assert_eq!(s, 200, "{b}");
+    let three = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 3 }).await;
+    assert!(three, "{:?}", deliveries(&app, &id, None).await);
+    assert!(app.log().contains("delivery queue back in memory"), "{}", app.log());
+    // A parked one sent by mistake would arrive just after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let caps = rx.captured();
+    let sent = |did: &str| caps.iter().filter(|c| c.header("webhook-id") == Some(did)).count();
+    for did in due_now {
+        assert_eq!(sent(did), 2, "{did}: the failed try, then the manual retry once");
+    }
+    for did in parked {
+        assert_eq!(sent(did), 1, "{did}: sent again before its retry was due");
+    }
+    let still: Vec<String> = deliveries(&app, &id, Some("pending"))
+        .await
+        .iter()
+        .map(|d| d["delivery_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(still.len(), 3);
+    assert!(still.iter().all(|d| parked.contains(d)), "{still:?} vs {parked:?}");
+    assert!(eventually(WAIT, || async { queue_depth(&app).await == 3.0 }).await, "{}", queue_depth(&app).await);
+    assert_eq!(app.stop(), Some(0));
+    let keys = due_keys(&app).await;
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(parked.iter().all(|did| keys.iter().any(|k| k.ends_with(did.as_str()))), "{keys:?}");
+}
