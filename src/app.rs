@@ -66,11 +66,14 @@ pub async fn run(
 
     // The tree stopping by itself (restart budget spent) also ends the server.
     let tree_stopped = Arc::new(tokio::sync::Notify::new());
+    // Set when the signal arrives: from then on the open connections have the shutdown
+    // timeout to finish (a client that never finishes its request must not keep us up).
+    let signalled = Arc::new(tokio::sync::Notify::new());
     let http_shutdown = {
-        let tree_stopped = tree_stopped.clone();
+        let (tree_stopped, signalled) = (tree_stopped.clone(), signalled.clone());
         async move {
             tokio::select! {
-                _ = shutdown => {}
+                _ = shutdown => signalled.notify_one(),
                 _ = tree_stopped.notified() => {}
             }
         }
@@ -78,16 +81,20 @@ pub async fn run(
     let http_state = HttpState { shared: shared.clone(), keys, metrics };
     let mut server = tokio::spawn(crate::http::serve(http_state, listener, http_shutdown));
     let mut supervisor_handle = supervisor_handle;
+    let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
     let failed = tokio::select! {
         _ = &mut server => false,
+        _ = signalled.notified() => {
+            drain_http(&mut server, grace).await;
+            false
+        }
         _ = &mut supervisor_handle => {
             tree_stopped.notify_one();
-            let _ = tokio::time::timeout(Duration::from_secs(shared.config.server.shutdown_timeout_seconds), &mut server).await;
+            drain_http(&mut server, grace).await;
             true
         }
     };
     tracing::info!("HTTP server stopped; stopping actors");
-    let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
     if !failed {
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
     }
@@ -109,4 +116,12 @@ pub async fn run(
         anyhow::bail!("the supervision tree stopped after repeated actor failures; see the log");
     }
     Ok(())
+}
+
+/// Lets open connections finish their requests for up to `grace`, then closes them.
+async fn drain_http(server: &mut tokio::task::JoinHandle<()>, grace: Duration) {
+    if tokio::time::timeout(grace, &mut *server).await.is_err() {
+        tracing::warn!("HTTP connections still open after the shutdown timeout; closing them");
+        server.abort();
+    }
 }

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// How long shutdown waits for in-flight requests and actors before giving up.
     pub shutdown_timeout_seconds: u64,
+    /// A client has this long to send a request's headers (else the connection is closed),
+    /// and as long again for its body (else 408): a stalled client cannot hold a connection.
+    pub read_timeout_seconds: u64,
     /// Enables `/v1/debug/*` (fault injection for supervision tests). Never in production.
     pub enable_debug_endpoints: bool,
 }
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             public_url: None,
             shutdown_timeout_seconds: 30,
+            read_timeout_seconds: 30,
             enable_debug_endpoints: false,
         }
     }
@@ -316,6 +320,9 @@ impl Config {
         self.listen_addr()?;
         if self.server.max_body_bytes == 0 {
             bail!("server.max_body_bytes must be greater than 0");
+        }
+        if self.server.read_timeout_seconds == 0 {
+            bail!("server.read_timeout_seconds must be at least 1");
         }
         if let Some(u) = &self.server.public_url {
             let parsed = url::Url::parse(u).with_context(|| format!("server.public_url {u:?} is not a URL"))?;

@@ -22,6 +22,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408: the client did not send its whole body in time.
+    #[error("request body not received within {0} s")]
+    RequestTimeout(u64),
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// 422: a setting is invalid. `field` is the dot-path of the offending field.
@@ -50,6 +53,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -65,6 +69,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Validation { .. } => "validation_failed",
             ApiError::Unavailable(_) => "unavailable",

@@ -28,7 +28,7 @@ mod request;
 pub use request::Request;
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -56,6 +56,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let read_timeout = Duration::from_secs(state.shared.config.server.read_timeout_seconds);
     let filter = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -66,7 +67,7 @@ pub async fn serve(
             async move {
                 let started = Instant::now();
                 let limit = state.shared.config.server.max_body_bytes;
-                let (label, resp) = match read_body(&headers, body, limit).await {
+                let (label, resp) = match read_body(&headers, body, limit, read_timeout).await {
                     Ok(body) => {
                         let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
                         route(&state, req).await
@@ -77,12 +78,73 @@ pub async fn serve(
                 resp
             }
         });
-    warp::serve(filter).incoming(listener).graceful(shutdown).run().await;
+    accept_loop(move || warp::service(filter.clone()), listener, read_timeout, shutdown).await;
+}
+
+/// warp's server without its two gaps: it gives hyper no timer, so a client that sends half
+/// its headers holds a connection (and a graceful shutdown) forever (here it has
+/// `read_timeout` to send them; the body's own deadline is in [`read_body`]); and it logs every
+/// client that hangs up mid-request at `error`. Connections are served by hyper-util (HTTP/1
+/// and h2c, as warp does); on shutdown the listener closes and open connections finish their
+/// request (the caller bounds how long that may take).
+async fn accept_loop<S, B>(
+    service: impl Fn() -> S,
+    listener: tokio::net::TcpListener,
+    read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: tower_service::Service<warp::http::Request<warp::hyper::body::Incoming>, Response = warp::http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(service());
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Too many open files and the like: wait a moment rather than spin (as hyper 0.14 did).
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (by Content-Length up front, and by
-/// counting for chunked bodies).
-async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+/// counting for chunked bodies), and more than `timeout` to receive it all (408).
+async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize, timeout: Duration) -> Result<Bytes, ApiError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: bytes::Buf,
@@ -102,7 +164,10 @@ where
     let mut buf = Vec::new();
     let mut too_large = declared.is_some_and(|len| len > limit as u64);
     let mut seen: u64 = 0;
-    while let Some(chunk) = body.next().await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, body.next()).await;
+        let Some(chunk) = next.map_err(|_| ApiError::RequestTimeout(timeout.as_secs()))? else { break };
         let mut chunk = chunk.map_err(|e| ApiError::BadRequest {
             code: "bad_body",
             message: format!("could not read request body: {e}"),

@@ -409,3 +409,57 @@ async fn sigterm_shuts_down_cleanly() {
     assert_eq!(app.stop(), Some(0));
     assert!(app.log().contains("store flushed"));
 }
+
+/// A client that stalls mid-request cannot hold a connection: unfinished headers close it,
+/// an unfinished body gets 408, each after `read_timeout_seconds`.
+#[tokio::test]
+async fn stalled_clients_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app =
+        TestApp::start_with(Options { server_toml: "read_timeout_seconds = 1\n".into(), ..Options::default() }).await;
+    let started = std::time::Instant::now();
+    let mut half_headers = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    half_headers.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow").await.unwrap();
+    let mut half_body = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        app.api_key
+    );
+    half_body.write_all(head.as_bytes()).await.unwrap();
+
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), half_headers.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the half-sent headers kept their connection open");
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "{}", String::from_utf8_lossy(&buf));
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), half_body.read(&mut buf)).await.expect("no answer").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "timed out before its time");
+}
+
+/// SIGTERM lets open requests finish for `shutdown_timeout_seconds`, then closes what is
+/// still open: a client that never finishes its request cannot keep the daemon up.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
+    use tokio::io::AsyncWriteExt;
+    let opts = Options {
+        server_toml: "read_timeout_seconds = 3600\nshutdown_timeout_seconds = 1\n".into(),
+        ..Options::default()
+    };
+    let mut app = TestApp::start_with(opts).await;
+    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{",
+        app.api_key
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(app.stop(), Some(0), "{}", app.log());
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    let log = app.log();
+    assert!(log.contains("still open after the shutdown timeout"), "{log}");
+    assert!(log.contains("store flushed; bye"), "{log}");
+}

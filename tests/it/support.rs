@@ -24,11 +24,19 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Whole `[delivery]` section override.
     pub delivery_toml: Option<String>,
+    /// Extra `[server]` keys (TOML lines), e.g. timeouts.
+    pub server_toml: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_toml: String::new(), with_api_key: true, env: Vec::new(), delivery_toml: None }
+        Options {
+            extra_toml: String::new(),
+            with_api_key: true,
+            env: Vec::new(),
+            delivery_toml: None,
+            server_toml: String::new(),
+        }
     }
 }
 
@@ -83,8 +91,12 @@ impl TestApp {
         let delivery = self.opts.delivery_toml.clone().unwrap_or_else(|| {
             "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1, 1, 2]\n".into()
         });
+        let mut server = self.opts.server_toml.clone();
+        if !server.contains("shutdown_timeout_seconds") {
+            server.push_str("\nshutdown_timeout_seconds = 10\n");
+        }
         let toml = format!(
-            "[server]\nlisten = \"{listen}\"\nenable_debug_endpoints = true\nshutdown_timeout_seconds = 10\n\n[storage]\npath = \"{data}\"\n\n[auth]\napi_keys = {keys}\n\n{delivery}\n{extra}\n",
+            "[server]\nlisten = \"{listen}\"\nenable_debug_endpoints = true\n{server}\n\n[storage]\npath = \"{data}\"\n\n[auth]\napi_keys = {keys}\n\n{delivery}\n{extra}\n",
             listen = "127.0.0.1:0",
             data = self.data_dir.display(),
             extra = self.opts.extra_toml,
