@@ -134,8 +134,8 @@ pub const INGEST_OBJECTS_CREATED: &str = "hookline_ingest_objects_created_total"
 fn describe_inbound() {
     describe_counter!(
         INGEST_REQUESTS,
-        "Ingest requests by outcome: created, buffered, duplicate, ignored, unauthorized, invalid, disabled, \
-         not_found, error"
+        "Ingest requests by outcome: created, buffered, duplicate, ignored, updated, deleted, unauthorized, \
+         invalid, disabled, not_found, error"
     );
     describe_histogram!(INGEST_DURATION, Unit::Seconds, "Ingest latency, body read to durable answer, by outcome");
     describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");

@@ -63,21 +63,22 @@ pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, 
     req.authenticate(state)?;
     let ns = req.namespace()?;
     let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
-    let cursor = req.query.get("cursor").cloned();
+    // Buckets are keyed by ID (time-ordered): a page starts just after its cursor, which
+    // need not exist any more (deleted meanwhile).
+    let cursor = match req.query.get("cursor") {
+        None => None,
+        Some(c) => match BucketId::parse(c) {
+            Some(id) => Some(id.as_str().to_string()),
+            None => return Err(ApiError::validation("cursor", "not a cursor returned by this endpoint")),
+        },
+    };
     let mut out: Vec<Bucket> = Vec::new();
     let mut last_key: Option<String> = None;
     let mut more = false;
-    // Buckets are keyed by ID (time-ordered); filter by namespace while scanning.
-    let start_after = cursor.clone();
-    let mut skipping = start_after.is_some();
-    state.shared.store.for_each::<Bucket>(Keyspace::BUCKETS, "", |key, b| {
-        if skipping {
-            if Some(key) == start_after.as_deref() {
-                skipping = false;
-            }
-            return true;
-        }
-        if b.namespace != ns {
+    // Filtered by namespace while scanning.
+    let from = cursor.as_deref().unwrap_or("");
+    state.shared.store.for_each_from::<Bucket>(Keyspace::BUCKETS, "", from, |key, b| {
+        if cursor.as_deref() == Some(key) || b.namespace != ns {
             return true;
         }
         if out.len() == limit {

@@ -201,6 +201,13 @@ async fn bucket_crud_and_pagination() {
     let (_, page2) = app.get(&format!("/v1/buckets?limit=4&cursor={cursor}")).await;
     assert_eq!(page2["results"].as_array().unwrap().len(), 2);
     assert!(page2["next_cursor"].is_null());
+    // The cursor's bucket deleted meanwhile: the next page is still the next page.
+    assert_eq!(app.delete(&format!("/v1/buckets/{cursor}")).await.0, 204);
+    let (_, again) = app.get(&format!("/v1/buckets?limit=4&cursor={cursor}")).await;
+    assert_eq!(again["results"], page2["results"]);
+    let (s, b) = app.get("/v1/buckets?cursor=nope").await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["field"], "cursor");
     assert_eq!(app.delete(&format!("/v1/buckets/{id}")).await.0, 204);
     assert_eq!(app.get(&format!("/v1/buckets/{id}")).await.0, 404);
     assert_eq!(app.delete(&format!("/v1/buckets/{id}")).await.0, 404);
