@@ -331,47 +331,75 @@ fn unavailable(id: &WebhookId) -> ApiError {
     ApiError::Unavailable(format!("the delivery actor of webhook {id} is restarting; retry shortly"))
 }
 
-/// A PATCH that sends back the redacted placeholder as a channel `secret` or a Slack
-/// `webhook_url` (GET → edit → PATCH) keeps the stored value of the channel at the same
-/// index instead of storing the placeholder.
+/// A PATCH that sends back a redacted placeholder (GET → edit → PATCH) keeps the stored
+/// value it stands for, taken from the stored channel it identifies, never by position
+/// alone (channels may have been removed or reordered):
+/// - a Slack `webhook_url` shown redacted names its channel by the digest in it;
+/// - a webhook channel's `secret` or header shown redacted is kept only for a channel whose
+///   `url` is unchanged (the same index if several share it), so a hidden credential is
+///   never sent to a new destination.
+///
+/// Anything else is a 422 asking for the value itself.
 fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) -> Result<(), ApiError> {
     for (i, ch) in next.iter_mut().enumerate() {
-        if let ChannelConfig::Slack(c) = ch {
-            if c.webhook_url.contains(channel::REDACTED) {
-                match old.get(i) {
-                    Some(ChannelConfig::Slack(o)) if channel::redacted_url(&o.webhook_url) == c.webhook_url => {
-                        c.webhook_url = o.webhook_url.clone();
-                    }
+        match ch {
+            ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED) => {
+                let mut same = old.iter().filter_map(|o| match o {
+                    ChannelConfig::Slack(o) if channel::redacted_url(&o.webhook_url) == c.webhook_url => Some(o),
+                    _ => None,
+                });
+                match (same.next(), same.next()) {
+                    (Some(o), None) => c.webhook_url = o.webhook_url.clone(),
                     _ => {
                         return Err(ApiError::validation(
                             format!("channels[{i}].configs.webhook_url"),
-                            "the redacted URL matches no stored Slack channel at this index; send the full URL",
+                            "the redacted URL matches no stored Slack channel of this webhook; send the full URL",
                         ))
                     }
                 }
             }
-        }
-        if let ChannelConfig::Webhook(c) = ch {
-            let prev = match old.get(i) {
-                Some(ChannelConfig::Webhook(o)) => Some(o),
-                _ => None,
-            };
-            if c.secret.as_deref() == Some(channel::REDACTED) {
-                c.secret = prev.and_then(|o| o.secret.clone());
-            }
-            // A header sent back redacted keeps its stored value (or is dropped if unknown).
-            c.headers.retain(|name, value| {
-                if value != channel::REDACTED {
-                    return true;
+            ChannelConfig::Webhook(c) => {
+                let redacted_header = c.headers.values().any(|v| v == channel::REDACTED);
+                if c.secret.as_deref() != Some(channel::REDACTED) && !redacted_header {
+                    continue;
                 }
-                match prev.and_then(|o| o.headers.get(name)) {
-                    Some(v) => {
-                        *value = v.clone();
-                        true
+                let same_url = |o: &&ChannelConfig| matches!(o, ChannelConfig::Webhook(o) if o.url == c.url);
+                let prev = match old.get(i).filter(same_url) {
+                    Some(o) => Some(o),
+                    None => {
+                        let mut same = old.iter().filter(same_url);
+                        match (same.next(), same.next()) {
+                            (Some(o), None) => Some(o),
+                            _ => None,
+                        }
                     }
-                    None => false,
+                };
+                let prev = match prev {
+                    Some(ChannelConfig::Webhook(o)) => o,
+                    _ => {
+                        return Err(ApiError::validation(
+                            format!("channels[{i}].configs.url"),
+                            "a hidden secret or header (shown as ********) is kept only for a channel whose url \
+                             is unchanged; send the values themselves",
+                        ))
+                    }
+                };
+                if c.secret.as_deref() == Some(channel::REDACTED) {
+                    c.secret = prev.secret.clone();
                 }
-            });
+                for (name, value) in c.headers.iter_mut().filter(|(_, v)| *v == channel::REDACTED) {
+                    match prev.headers.get(name) {
+                        Some(v) => *value = v.clone(),
+                        None => {
+                            return Err(ApiError::validation(
+                                format!("channels[{i}].configs.headers.{name}"),
+                                "shown as ******** but this channel has no such stored header; send its value",
+                            ))
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -451,12 +479,20 @@ impl DeliveryState {
         body: CreateWebhook,
     ) -> Result<(serde_json::Value, Durable), ApiError> {
         body.validate(self.rules())?;
-        // A redacted Slack URL (copied from a GET) only means "keep the stored one" in a PATCH.
+        // A redacted value (copied from a GET) only means "keep the stored one" in a PATCH.
         for (i, ch) in body.channels.iter().enumerate() {
-            if matches!(ch, ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED)) {
+            let redacted = match ch {
+                ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED) => Some("webhook_url".to_string()),
+                ChannelConfig::Webhook(c) if c.secret.as_deref() == Some(channel::REDACTED) => Some("secret".into()),
+                ChannelConfig::Webhook(c) => {
+                    c.headers.iter().find(|(_, v)| *v == channel::REDACTED).map(|(k, _)| format!("headers.{k}"))
+                }
+                _ => None,
+            };
+            if let Some(f) = redacted {
                 return Err(ApiError::validation(
-                    format!("channels[{i}].configs.webhook_url"),
-                    "this is the redacted form shown by the API; send the full Slack webhook URL",
+                    format!("channels[{i}].configs.{f}"),
+                    "this is the redacted form shown by the API; send the value itself",
                 ));
             }
         }

@@ -54,7 +54,7 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     let (s, got) = app.get(&format!("/v1/organizations/webhooks/{plain}")).await;
     assert_eq!(s, 200);
     let shown = got["channels"][0]["configs"]["webhook_url"].as_str().unwrap().to_string();
-    assert!(!shown.contains("very-secret-token") && shown.ends_with("/********"), "{shown}");
+    assert!(!shown.contains("very-secret-token") && shown.contains("/********-"), "{shown}");
 
     // A first failure is retried like any channel's.
     slack.then(500, Duration::ZERO);
@@ -122,6 +122,26 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     publish(&app, "object.created", json!({"object_id": "obj_2"})).await;
     assert!(eventually(WAIT, || async { slack.count() > before }).await);
     assert_eq!(slack.captured().last().unwrap().path, "/services/T000/B000/very-secret-token");
+    // Two Slack channels show differently; dropping the first keeps the second's URL.
+    let (two, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "two", "event_types": ["batch.failed"], "channels": [
+            {"channel": "slack", "configs": {"webhook_url": slack.url("/services/T1/B1/first")}},
+            {"channel": "slack", "configs": {"webhook_url": slack.url("/services/T1/B2/second")}}]}),
+    )
+    .await;
+    let (_, shown) = app.get(&format!("/v1/organizations/webhooks/{two}")).await;
+    assert_ne!(shown["channels"][0]["configs"]["webhook_url"], shown["channels"][1]["configs"]["webhook_url"]);
+    let (s, b) = app
+        .patch(&format!("/v1/organizations/webhooks/{two}"), json!({"channels": [shown["channels"][1].clone()]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    publish(&app, "batch.failed", json!({})).await;
+    assert!(eventually(WAIT, || async { slack.captured().iter().any(|c| c.path.starts_with("/services/T1/")) }).await);
+    let paths: Vec<String> =
+        slack.captured().iter().filter(|c| c.path.starts_with("/services/T1/")).map(|c| c.path.clone()).collect();
+    assert_eq!(paths, ["/services/T1/B2/second"]);
+
     channels[0]["configs"]["webhook_url"] = json!("https://elsewhere.example.com/********");
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{plain}"), json!({"channels": channels})).await;
     assert_eq!(s, 422, "{b}");

@@ -1026,3 +1026,70 @@ async fn a_refill_leaves_parked_retries_inside_its_range_parked() {
     assert_eq!(keys.len(), 3, "{keys:?}");
     assert!(parked.iter().all(|did| keys.iter().any(|k| k.ends_with(did.as_str()))), "{keys:?}");
 }
+
+/// A redacted value sent back in a PATCH is matched to the stored channel it stands for, not
+/// to whatever channel had that position: removing a channel keeps the others' secrets, and
+/// a hidden secret never follows a changed URL. The shared secret may also be a header.
+#[tokio::test]
+async fn redacted_values_follow_their_channel_not_its_position() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "two", "event_types": ["*"], "channels": [
+            {"channel": "webhook", "configs": {"url": rx.url("/a"), "secret": "secret-a", "headers": {"Authorization": "token-a"}}},
+            {"channel": "webhook", "configs": {"url": rx.url("/b"), "secret": "secret-b", "headers": {"Authorization": "token-b"}}}
+        ]}),
+    )
+    .await;
+    let (_, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    // Remove the first channel: the second, sent back as shown, keeps its own secrets.
+    let (s, b) =
+        app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [got["channels"][1].clone()]})).await;
+    assert_eq!(s, 200, "{b}");
+    publish(&app, "object.updated", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await);
+    let sent = &rx.captured()[0];
+    assert_eq!(sent.path, "/b");
+    assert_eq!(sent.header("x-mixpeek-secret"), Some("secret-b"));
+    assert_eq!(sent.header("authorization"), Some("token-b"));
+
+    // A hidden secret or header is not carried to a new URL.
+    let mut moved = got["channels"][1].clone();
+    moved["configs"]["url"] = json!("https://elsewhere.example.com/hook");
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [moved]})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.url")), "{b}");
+    let mut unknown = got["channels"][1].clone();
+    unknown["configs"]["headers"]["X-New"] = json!("********");
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [unknown]})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.headers.X-New")), "{b}");
+
+    // Creating with a redacted value is refused; the shared secret can be a plain header.
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "copy", "event_types": ["*"], "channels": [got["channels"][0].clone()]}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.secret")), "{b}");
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "both", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {
+                "url": rx.url("/c"), "secret": "s1", "headers": {"X-Mixpeek-Secret": "s2"}}}]}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.headers.X-Mixpeek-Secret")), "{b}");
+    let (hid, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "header", "event_types": ["batch.failed"], "channels": [{"channel": "webhook", "configs": {
+            "url": rx.url("/h"), "headers": {"X-Mixpeek-Secret": "from-a-header"}}}]}),
+    )
+    .await;
+    publish(&app, "batch.failed", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.captured().iter().any(|c| c.path == "/h") }).await);
+    let sent = rx.captured().into_iter().find(|c| c.path == "/h").unwrap();
+    assert_eq!(sent.header("x-mixpeek-secret"), Some("from-a-header"));
+    let (_, shown) = app.get(&format!("/v1/organizations/webhooks/{hid}")).await;
+    assert!(!shown.to_string().contains("from-a-header"), "{shown}");
+}

@@ -57,7 +57,12 @@ impl HttpConfig {
             if HeaderValue::from_str(value).is_err() {
                 return Err(ApiError::validation(f, "not a valid header value"));
             }
-            if super::reserved_header(name) {
+            // The shared secret may come as a header (seed 002) unless `secret` sets it.
+            if name.eq_ignore_ascii_case(super::SECRET_HEADER) {
+                if self.secret.is_some() {
+                    return Err(ApiError::validation(f, "`secret` already sets this header; send one of the two"));
+                }
+            } else if super::reserved_header(name) {
                 return Err(ApiError::validation(f, "this header is set by hookline and cannot be overridden"));
             }
         }

@@ -193,13 +193,22 @@ pub const REDACTED: &str = "********";
 /// Most recipients of one email or SMS channel.
 pub const MAX_RECIPIENTS: usize = 50;
 
-/// `https://hooks.slack.com/********`: the scheme and host of a secret URL, nothing else.
+/// `https://hooks.slack.com/********-1a2b3c`: the scheme and host of a secret URL, nothing else.
+///
+/// A short digest of the whole URL follows the placeholder, so that two Slack channels of
+/// one webhook show differently and a PATCH that sends one back is matched to the right
+/// stored URL (24 bits of a hash of a URL with a long random token reveal nothing of it).
 pub fn redacted_url(url: &str) -> String {
+    use sha2::Digest;
+    let tag = hex::encode(&sha2::Sha256::digest(url.as_bytes())[..3]);
     match url::Url::parse(url) {
-        Ok(u) => format!("{}://{}/{REDACTED}", u.scheme(), u.host_str().unwrap_or_default()),
-        Err(_) => REDACTED.to_string(),
+        Ok(u) => format!("{}://{}/{REDACTED}-{tag}", u.scheme(), u.host_str().unwrap_or_default()),
+        Err(_) => format!("{REDACTED}-{tag}"),
     }
 }
+
+/// The header a webhook channel's `secret` is sent in.
+pub const SECRET_HEADER: &str = "X-Mixpeek-Secret";
 
 /// What a channel needs besides its config: the shared HTTP client and the settings.
 #[derive(Clone)]
