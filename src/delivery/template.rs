@@ -12,6 +12,9 @@ use crate::events::EventRecord;
 
 /// Instructions one render may spend (generous for real templates, fatal for runaways).
 const FUEL: u64 = 100_000;
+/// More for a payload that needs it (see `Template::render_large`): `tojson` spends about 17
+/// per byte of output, which `indent` can make larger than the payload.
+const FUEL_PER_PAYLOAD_BYTE: u64 = 64;
 const NAME: &str = "payload_template";
 
 /// A compiled template.
@@ -67,7 +70,20 @@ impl Template {
 
     pub fn render(&self, event: &EventRecord) -> Result<String, String> {
         let tmpl = self.env.get_template(NAME).map_err(describe)?;
-        tmpl.render(Self::context(event)).map_err(describe)
+        match tmpl.render(Self::context(event)) {
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => self.render_large(event).map_err(|_| describe(e)),
+            other => other.map_err(describe),
+        }
+    }
+
+    /// Fuel in proportion to the payload: `tojson` and loops over a large payload spend
+    /// some per byte, and an accepted event must not be refused for its size. A runaway
+    /// template still stops, within [`FUEL_PER_PAYLOAD_BYTE`] × the payload's size.
+    fn render_large(&self, event: &EventRecord) -> Result<String, minijinja::Error> {
+        let bytes = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(0) as u64;
+        let mut env = self.env.clone();
+        env.set_fuel(Some(FUEL.saturating_add(bytes.saturating_mul(FUEL_PER_PAYLOAD_BYTE))));
+        env.get_template(NAME)?.render(Self::context(event))
     }
 
     fn sample() -> EventRecord {
@@ -139,5 +155,46 @@ mod tests {
         let err = Template::compile("{% for i in range(1000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}")
             .unwrap_err();
         assert!(err.to_lowercase().contains("fuel"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod fuel_tests {
+    use super::*;
+
+    fn big_event(kb: usize) -> EventRecord {
+        let items: Vec<serde_json::Value> =
+            (0..kb * 1024 / 40).map(|i| serde_json::json!({"k": format!("value-{i:08}"), "n": i})).collect();
+        EventRecord {
+            event_id: crate::ids::EventId::parse("evt_1").unwrap(),
+            event_type: "object.created".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            payload: serde_json::json!({ "items": items }),
+            cache_scopes: vec![],
+            stored: false,
+        }
+    }
+
+    #[test]
+    fn a_large_payload_renders_in_full() {
+        let event = big_event(1024);
+        let expected = serde_json::to_string(&event.payload).unwrap();
+        let t = Template::compile("{\"data\": {{ payload | tojson }}}").unwrap();
+        let out = t.render(&event).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed["data"], event.payload);
+        assert!(out.len() > expected.len());
+        let indented = Template::compile("{{ payload | tojson(indent=2) }}").unwrap().render(&event).unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&indented).unwrap(), event.payload);
+    }
+
+    #[test]
+    fn a_runaway_template_still_stops_on_a_large_payload() {
+        let t = Template::compile(
+            "{% for i in payload['items'] %}{% for j in payload['items'] %}{{ j.k }}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let err = t.render(&big_event(64)).unwrap_err();
+        assert!(err.contains("fuel"), "{err}");
     }
 }
