@@ -409,12 +409,6 @@ impl AdapterState {
         raw: &Bytes,
         payload: Result<Value, crate::error::ApiError>,
     ) -> Step {
-        if self.closing {
-            return Step::Done(Err(IngestErr::Gone));
-        }
-        if !self.adapter.enabled {
-            return Step::Done(Err(IngestErr::Disabled));
-        }
         // Credentials are decrypted only for a request that carries a native signature.
         let creds = match headers.mux_signature {
             Some(_) if self.adapter.adapter_type == crate::catalog::ProviderType::Mux => self.credentials(),
@@ -424,6 +418,13 @@ impl AdapterState {
             return Step::Done(Err(IngestErr::Unauthorized));
         }
         drop(creds);
+        // After the signature: an unauthenticated caller learns nothing of the adapter's state.
+        if self.closing {
+            return Step::Done(Err(IngestErr::Gone));
+        }
+        if !self.adapter.enabled {
+            return Step::Done(Err(IngestErr::Disabled));
+        }
         let payload = match payload {
             Ok(p) => p,
             Err(e) => return Step::Done(Err(IngestErr::Malformed(e))),

@@ -297,6 +297,9 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     disabled["enabled"] = json!(false);
     assert_eq!(app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": disabled})).await.0, 200);
     assert_eq!(ingest(&app, &bucket, s, &mux_like_event("d1", "video.asset.ready")).await.0, 503);
+    // The signature is checked first: a stranger cannot tell a disabled adapter.
+    assert_eq!(ingest(&app, &bucket, None, &mux_like_event("d1", "video.asset.ready")).await.0, 401);
+    assert_eq!(ingest(&app, &bucket, Some("wrong"), &mux_like_event("d1", "video.asset.ready")).await.0, 401);
     assert_eq!(status(&app, &bucket).await["enabled"], false);
 
     let m = app.metrics().await;
