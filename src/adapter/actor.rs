@@ -411,7 +411,9 @@ impl AdapterState {
     ) -> Step {
         // Credentials are decrypted only for a request that carries a native signature.
         let creds = match headers.mux_signature {
-            Some(_) if self.adapter.adapter_type == crate::catalog::ProviderType::Mux => self.credentials(),
+            Some(_) if self.adapter.adapter_type == crate::catalog::ProviderType::Mux => {
+                self.credentials().ok().flatten()
+            }
             _ => None,
         };
         if !kind::authentic(&self.adapter, headers, raw, creds.as_ref()) {
@@ -468,9 +470,15 @@ impl AdapterState {
                 pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, &doc, &screened)
             }
             Ok(MetadataSource::Fetch(req)) => match self.fetch_job(req, &screened, &payload, &dedup_hash, origin) {
-                Some(job) => return Step::Fetch(Box::new(job)),
-                // No API credentials: map what the webhook carries (no playback URL).
-                None => pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, &payload, &screened),
+                Ok(Some(job)) => return Step::Fetch(Box::new(job)),
+                // No API credentials: map what the webhook's asset carries (no playback URL).
+                Ok(None) => {
+                    let doc = crate::adapter::mux::event_asset(&payload).map(|a| kind::mux_document(&payload, a));
+                    let doc = doc.as_ref().unwrap_or(&payload);
+                    pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, doc, &screened)
+                }
+                // Credentials that exist but cannot be read: a retry may succeed once fixed.
+                Err(e) => return Step::Done(Err(self.retry(now, e))),
             },
         };
         let draft = match draft {

@@ -691,3 +691,37 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     assert_eq!(r["status"], "duplicate", "{r}");
     assert!(objects(&app, &b1).await.is_empty());
 }
+
+/// Without API credentials a Mux adapter cannot fetch the asset; it maps what the
+/// webhook's asset carries, through the same document as a fetched asset (the asset's
+/// fields at the top level), so `duration` maps as it would after a fetch.
+#[tokio::test]
+async fn mux_without_credentials_maps_the_webhook_asset() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("nocreds", video_schema()).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "mux", "batching": {"mode": "immediate"},
+                "field_mapping": {"duration": "duration", "data.id": "external"},
+                "blob_source": {"file_field": "data.source_url", "blob_type": "video", "target_property": "video"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let mut event: Value = serde_json::from_str(&ready_event("AsSeTnOcReDs01", false)).unwrap();
+    event["data"]["source_url"] = json!("https://media.example.com/AsSeTnOcReDs01.mp4");
+    let (s, r) = app
+        .post_raw(
+            &format!("/v1/buckets/{bucket}/source-adapter/ingest"),
+            event.to_string(),
+            &[("content-type", "application/json"), ("x-webhook-secret", &secret)],
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["status"], "created", "{r}");
+    let objs = objects(&app, &bucket).await;
+    assert_eq!(objs.len(), 1);
+    assert_eq!(objs[0]["metadata"]["duration"], 153.361542, "{}", objs[0]);
+    assert_eq!(objs[0]["metadata"]["external"], "AsSeTnOcReDs01", "{}", objs[0]);
+}

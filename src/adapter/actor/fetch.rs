@@ -43,32 +43,35 @@ pub struct Fetched {
 }
 
 impl AdapterState {
-    /// Decrypts the adapter's credentials: its connection, or its inline credentials. Called
-    /// per event that needs them; the caller drops them when done. Never logged.
-    pub(super) fn credentials(&self) -> Option<ProviderConfig> {
+    /// Decrypts the adapter's credentials: its connection, or its inline credentials (`None`:
+    /// it has neither). Called per event that needs them; the caller drops them when done.
+    /// Never logged. An error (a connection that cannot be read or opened, e.g. after the
+    /// master key changed) is logged here and returned without details.
+    pub(super) fn credentials(&self) -> Result<Option<ProviderConfig>, String> {
         let secrets = &self.shared.secrets;
+        let failed = |what: &str| format!("the adapter's credentials could not be {what}; see the daemon log");
         if let Some(id) = &self.adapter.connection_id {
             return match self.shared.store.get::<Connection>(Keyspace::CONNECTIONS, id.as_str()) {
                 Ok(Some(c)) => match c.open(secrets) {
-                    Ok(cfg) => Some(cfg),
+                    Ok(cfg) => Ok(Some(cfg)),
                     Err(e) => {
                         tracing::error!(bucket_id = %self.bucket_id(), connection_id = %id, error = %e, "open connection");
-                        None
+                        Err(failed("decrypted"))
                     }
                 },
-                Ok(None) => None,
+                Ok(None) => Ok(None),
                 Err(e) => {
                     tracing::error!(bucket_id = %self.bucket_id(), connection_id = %id, error = %e, "read connection");
-                    None
+                    Err(failed("read"))
                 }
             };
         }
-        let sealed = self.adapter.sealed_credentials.as_ref()?;
+        let Some(sealed) = self.adapter.sealed_credentials.as_ref() else { return Ok(None) };
         match secrets.open(sealed, self.bucket_id().as_str()) {
-            Ok(plain) => ProviderConfig::decode(self.adapter.adapter_type, &plain).ok(),
+            Ok(plain) => Ok(ProviderConfig::decode(self.adapter.adapter_type, &plain).ok()),
             Err(e) => {
                 tracing::error!(bucket_id = %self.bucket_id(), error = %e, "open inline credentials");
-                None
+                Err(failed("decrypted"))
             }
         }
     }
@@ -81,9 +84,9 @@ impl AdapterState {
         payload: &Value,
         dedup_hash: &Option<String>,
         origin: Origin,
-    ) -> Option<FetchJob> {
-        let ProviderConfig::Mux(m) = self.credentials()? else { return None };
-        Some(FetchJob {
+    ) -> Result<Option<FetchJob>, String> {
+        let Some(ProviderConfig::Mux(m)) = self.credentials()? else { return Ok(None) };
+        Ok(Some(FetchJob {
             asset_id: req.asset_id,
             token_id: m.access_token_id,
             token_secret: m.access_token_secret,
@@ -93,7 +96,7 @@ impl AdapterState {
                 dedup_hash: dedup_hash.clone(),
                 origin,
             },
-        })
+        }))
     }
 
     fn mux_api(&mut self) -> anyhow::Result<MuxApi> {
