@@ -285,3 +285,25 @@ async fn private_writeback_targets_are_refused_unless_allowed() {
     assert!(refused, "{}", status(&app, &bucket).await);
     assert!(rx.seen().is_empty(), "nothing reaches a loopback target");
 }
+
+/// A `writeback_url` the delivery rules would refuse at send time is refused when the
+/// adapter is configured (422), not retried for days.
+#[tokio::test]
+async fn a_writeback_url_the_rules_refuse_is_a_422() {
+    let strict = Options { delivery_toml: Some("[delivery]\n".into()), ..Options::default() };
+    let app = TestApp::start_with(strict).await;
+    let bucket = app.create_bucket("strict", json!({"title": {"type": "string"}})).await;
+    for url in ["http://results.example.com/wb", "https://127.0.0.1/wb", "https://10.0.0.5/wb", "https://localhost/wb"]
+    {
+        let (s, b) = app
+            .patch(
+                &format!("/v1/buckets/{bucket}"),
+                json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": "immediate"},
+                    "writeback": {"writeback_url": url,
+                        "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}}),
+            )
+            .await;
+        assert_eq!(s, 422, "{url}: {b}");
+        assert_eq!(b["error"]["field"], "source_adapter.writeback.writeback_url", "{b}");
+    }
+}
