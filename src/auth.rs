@@ -20,13 +20,23 @@ pub fn digest(key: &str) -> [u8; 32] {
 }
 
 impl ApiKeys {
-    /// Builds the key set: the configured keys if any, else the stored digests, else a newly
-    /// generated key whose plain text is returned so the caller can print it exactly once.
+    /// Builds the key set: the configured keys if any (which retire a generated key), else the
+    /// stored digests, else a newly generated key whose plain text is returned so the caller
+    /// can print it exactly once.
     pub async fn init(configured: &[String], store: &Store) -> Result<(ApiKeys, Option<String>), StoreError> {
-        if !configured.is_empty() {
-            return Ok((ApiKeys { digests: configured.iter().map(|k| digest(k)).collect() }, None));
-        }
         let stored: Option<Vec<String>> = store.get(Keyspace::META, "api_key_digests")?;
+        if !configured.is_empty() {
+            // Configured keys replace a generated one for good: it must not come back if the
+            // configured keys are later removed (it may be the leaked key they replaced).
+            if stored.is_some() {
+                let mut b = Batch::new();
+                b.delete(Keyspace::META, "api_key_digests");
+                store.commit(b).await?;
+                tracing::info!("auth.api_keys is set: the generated API key is retired");
+            }
+            // Trimmed like a presented token.
+            return Ok((ApiKeys { digests: configured.iter().map(|k| digest(k.trim())).collect() }, None));
+        }
         if let Some(list) = stored {
             let digests: Vec<[u8; 32]> =
                 list.iter().filter_map(|h| hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok())).collect();

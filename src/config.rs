@@ -334,7 +334,7 @@ impl Config {
             bail!("storage.path must not be empty");
         }
         for (i, k) in self.auth.api_keys.iter().enumerate() {
-            if k.len() < 16 {
+            if k.trim().len() < 16 {
                 bail!("auth.api_keys[{i}] is shorter than 16 characters; use a long random key");
             }
         }

@@ -49,6 +49,23 @@ async fn generated_api_key_is_printed_once_and_survives_restart() {
         app.stdout_lines
     );
     assert_eq!(app.get("/v1/buckets").await.0, 200, "generated key still valid after restart");
+
+    // Configured keys retire the generated one, for good: removing them later generates a
+    // new key rather than reviving the old (perhaps leaked) one.
+    app.set_configured_api_key(true);
+    app.restart().await;
+    assert_eq!(app.get("/v1/buckets").await.0, 401, "the generated key outlived configured keys");
+    app.api_key = crate::support::API_KEY.to_string();
+    assert_eq!(app.get("/v1/buckets").await.0, 200);
+    app.set_configured_api_key(false);
+    app.restart().await;
+    let fresh = app.stdout_lines.iter().rev().find(|l| l.contains("generated one")).cloned().expect("a new key");
+    let fresh = fresh.rsplit(' ').next().unwrap().to_string();
+    assert_ne!(fresh, key);
+    app.api_key = key;
+    assert_eq!(app.get("/v1/buckets").await.0, 401, "the retired key came back");
+    app.api_key = fresh;
+    assert_eq!(app.get("/v1/buckets").await.0, 200);
 }
 
 /// Creates a bucket named `videos` in `namespace`.

@@ -214,6 +214,12 @@ impl TestApp {
         self.write_config();
     }
 
+    /// Whether the config names `API_KEY` (takes effect at the next start).
+    pub fn set_configured_api_key(&mut self, on: bool) {
+        self.opts.with_api_key = on;
+        self.write_config();
+    }
+
     /// Starts again on the same data dir and port after [`TestApp::stop`] (e.g. once the test
     /// has changed the data dir while no daemon held it).
     pub async fn start_again(&mut self) {
