@@ -31,7 +31,16 @@ pub async fn run(
     let data_dir = config.storage.path.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
     let store = Store::open_sled(&data_dir).with_context(|| format!("open store in {}", data_dir.display()))?;
-    let secrets = SecretBox::load(std::env::var("HOOKLINE_MASTER_KEY").ok().as_deref(), &data_dir)?;
+    let env_key = std::env::var("HOOKLINE_MASTER_KEY").ok();
+    if env_key.is_none() && !data_dir.join("master.key").exists() && holds_sealed_values(&store)? {
+        // A new key would make every stored credential unreadable, found out only per event.
+        anyhow::bail!(
+            "{} is missing, but the store holds credentials encrypted with it (connections, webhook \
+             channels or adapter credentials): restore it from your backup, or set HOOKLINE_MASTER_KEY",
+            data_dir.join("master.key").display()
+        );
+    }
+    let secrets = SecretBox::load(env_key.as_deref(), &data_dir)?;
     let (keys, generated) = ApiKeys::init(&config.auth.api_keys, &store).await.context("initialise API keys")?;
     if let Some(key) = generated {
         // Printed once, to stdout only: it is never logged and never shown again.
@@ -124,4 +133,21 @@ async fn drain_http(server: &mut tokio::task::JoinHandle<()>, grace: Duration) {
         tracing::warn!("HTTP connections still open after the shutdown timeout; closing them");
         server.abort();
     }
+}
+
+/// Whether any stored record holds a value sealed with the master key.
+fn holds_sealed_values(store: &Store) -> anyhow::Result<bool> {
+    use crate::store::Keyspace;
+    let mut any = false;
+    for ks in [Keyspace::CONNECTIONS, Keyspace::WEBHOOKS] {
+        store.for_each_key(ks, "", |_| {
+            any = true;
+            false
+        })?;
+    }
+    store.for_each::<crate::catalog::Bucket>(Keyspace::BUCKETS, "", |_, b| {
+        any |= b.source_adapter.as_ref().is_some_and(|a| a.sealed_credentials.is_some());
+        !any
+    })?;
+    Ok(any)
 }

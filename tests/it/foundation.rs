@@ -424,6 +424,18 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("32 bytes"));
+    // No key at all, but sealed credentials in the store: refused, not a fresh key that
+    // would make them unreadable.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--config"])
+        .arg(app.dir.path().join("config.toml"))
+        .env_remove("HOOKLINE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("master.key is missing"), "{err}");
+    assert!(!app.data_dir.join("master.key").exists(), "a new key was written");
 }
 
 #[tokio::test]
