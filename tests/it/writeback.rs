@@ -264,8 +264,12 @@ async fn manual_submit_writes_back_and_a_pending_writeback_survives_a_crash() {
 
 #[tokio::test]
 async fn private_writeback_targets_are_refused_unless_allowed() {
-    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = false\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1]\n";
-    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
+    let delivery = |private: bool| {
+        format!("[delivery]\nallow_insecure_http = true\nallow_private_networks = {private}\nrequest_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [1]\n")
+    };
+    // Configured while private targets were allowed (a literal one is refused at
+    // configuration otherwise), then the rule tightened: the send-time check refuses it.
+    let mut app = TestApp::start_with(Options { delivery_toml: Some(delivery(true)), ..Default::default() }).await;
     let rx = Upstream::start(200).await;
     let (bucket, secret) = bucket_with(
         &app,
@@ -277,6 +281,8 @@ async fn private_writeback_targets_are_refused_unless_allowed() {
                 "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}),
     )
     .await;
+    app.set_delivery_toml(delivery(false));
+    app.restart().await;
     ingest(&app, &bucket, &secret, json!({"type": "x", "id": "1", "title": "t"})).await;
     let refused = eventually(WAIT, || async {
         status(&app, &bucket).await["last_error"].as_str().is_some_and(|e| e.contains("private"))
