@@ -82,11 +82,24 @@ pub struct StoredWebhook {
 
 impl StoredWebhook {
     pub fn view(&self) -> serde_json::Value {
+        let ids = self.channel_ids();
+        let channels: Vec<serde_json::Value> = self
+            .channels
+            .iter()
+            .zip(&ids)
+            .map(|(c, id)| {
+                let mut c = c.clone();
+                if let Some(m) = c.as_object_mut() {
+                    m.insert(CHANNEL_ID.into(), serde_json::Value::String(id.clone()));
+                }
+                c
+            })
+            .collect();
         serde_json::json!({
             "webhook_id": self.webhook_id,
             "webhook_name": self.webhook_name,
             "event_types": self.event_types,
-            "channels": self.channels,
+            "channels": channels,
             "is_active": self.is_active,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -97,6 +110,53 @@ impl StoredWebhook {
     pub fn subscribed(&self, event_type: &str) -> bool {
         self.event_types.iter().any(|p| matches(p, event_type))
     }
+
+    /// The stable ID of each channel, in order (see [`CHANNEL_ID`]).
+    pub fn channel_ids(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match c.get(CHANNEL_ID).and_then(|v| v.as_str()) {
+                Some(id) => id.to_string(),
+                None => legacy_channel_id(i),
+            })
+            .collect()
+    }
+}
+
+/// The key of a channel's stable ID, in the stored (redacted) channel and in the API.
+///
+/// Pending deliveries name their channel by this ID, not by its position, so a PATCH that
+/// removes or reorders channels cannot send a delivery to another channel: a delivery
+/// follows its channel wherever it moves, and fails (`dead`) if its channel is removed.
+pub const CHANNEL_ID: &str = "channel_id";
+
+/// A new channel ID.
+pub fn new_channel_id() -> String {
+    format!("ch_{}", crate::ids::random_alphanumeric(10))
+}
+
+/// The ID of channel `index` of a webhook stored before channels had IDs (and of that
+/// webhook's deliveries, which name their channel by index): stable until its first PATCH,
+/// which keeps it for the channels it keeps.
+pub fn legacy_channel_id(index: usize) -> String {
+    format!("ch_{index}")
+}
+
+/// Takes the `channel_id` out of each channel object of a create/PATCH body, in order (the
+/// channel configs themselves refuse unknown fields). 422 when one is not a string.
+pub fn take_channel_ids(body: &mut serde_json::Value) -> Result<Vec<Option<String>>, ApiError> {
+    let Some(channels) = body.get_mut("channels").and_then(|c| c.as_array_mut()) else { return Ok(Vec::new()) };
+    let mut ids = Vec::with_capacity(channels.len());
+    for (i, c) in channels.iter_mut().enumerate() {
+        let id = match c.as_object_mut().and_then(|m| m.remove(CHANNEL_ID)) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(_) => return Err(ApiError::validation(format!("channels[{i}].{CHANNEL_ID}"), "must be a string")),
+        };
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// `POST /v1/organizations/webhooks` body.
@@ -108,6 +168,9 @@ pub struct CreateWebhook {
     pub channels: Vec<ChannelConfig>,
     #[serde(default = "yes")]
     pub is_active: bool,
+    /// Ignored on create (IDs are assigned); see [`take_channel_ids`].
+    #[serde(skip)]
+    pub channel_ids: Vec<Option<String>>,
 }
 
 fn yes() -> bool {
@@ -122,6 +185,9 @@ pub struct PatchWebhook {
     pub event_types: Option<Vec<String>>,
     pub channels: Option<Vec<ChannelConfig>>,
     pub is_active: Option<bool>,
+    /// The `channel_id` sent with each channel, if any ([`take_channel_ids`]).
+    #[serde(skip)]
+    pub channel_ids: Vec<Option<String>>,
 }
 
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
@@ -242,6 +308,10 @@ pub struct Delivery {
     pub delivery_id: DeliveryId,
     pub webhook_id: WebhookId,
     pub channel_index: usize,
+    /// The channel's stable ID ([`CHANNEL_ID`]); absent in deliveries stored before IDs
+    /// existed, whose channel is [`legacy_channel_id`] of their index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_id: Option<String>,
     pub channel: String,
     pub status: DeliveryStatus,
     pub attempts: Vec<Attempt>,
@@ -271,7 +341,14 @@ impl Delivery {
     /// event, webhook and channel, so an event fanned out twice (crash between the fan-out
     /// write and the outbox delete cannot happen, but a restored backup could) yields the
     /// same IDs, and receivers see the same `webhook-id`.
-    pub fn new(event: Arc<EventRecord>, webhook: &WebhookId, index: usize, channel: &str, now_ms: u64) -> Delivery {
+    pub fn new(
+        event: Arc<EventRecord>,
+        webhook: &WebhookId,
+        index: usize,
+        channel_id: &str,
+        channel: &str,
+        now_ms: u64,
+    ) -> Delivery {
         let evt = event.event_id.as_str().strip_prefix("evt_").unwrap_or(event.event_id.as_str());
         let wh = webhook.as_str().strip_prefix("wh_").unwrap_or(webhook.as_str());
         let id = format!("del_{evt}_{wh}_{index}");
@@ -279,6 +356,7 @@ impl Delivery {
             delivery_id: DeliveryId::parse(&id).unwrap_or_else(DeliveryId::generate),
             webhook_id: webhook.clone(),
             channel_index: index,
+            channel_id: Some(channel_id.to_string()),
             channel: channel.to_string(),
             status: DeliveryStatus::Pending,
             attempts: Vec::new(),
@@ -293,6 +371,11 @@ impl Delivery {
         }
     }
 
+    /// The ID of the channel this delivery goes to.
+    pub fn channel_ref(&self) -> String {
+        self.channel_id.clone().unwrap_or_else(|| legacy_channel_id(self.channel_index))
+    }
+
     /// Store key (within `Keyspace::DELIVERIES`).
     pub fn key(&self) -> String {
         delivery_key(&self.webhook_id, &self.delivery_id)
@@ -305,6 +388,7 @@ impl Delivery {
             "event_id": self.event_id,
             "event_type": self.event_type,
             "channel": self.channel,
+            "channel_id": self.channel_ref(),
             "status": self.status,
             "attempts": self.attempts,
             "next_attempt_at": self.next_attempt_ms.filter(|_| self.status == DeliveryStatus::Pending).map(crate::util::millis_to_rfc3339),
@@ -351,8 +435,8 @@ mod tests {
             stored: false,
         });
         let wh = WebhookId::generate();
-        let a = Delivery::new(ev.clone(), &wh, 0, "webhook", 1);
-        let b = Delivery::new(ev, &wh, 0, "webhook", 2);
+        let a = Delivery::new(ev.clone(), &wh, 0, "ch_a", "webhook", 1);
+        let b = Delivery::new(ev, &wh, 0, "ch_a", "webhook", 2);
         assert_eq!(a.delivery_id, b.delivery_id);
         assert!(DeliveryId::parse(a.delivery_id.as_str()).is_some());
     }

@@ -26,7 +26,7 @@ use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::channel::{self, ChannelConfig, ChannelDeps, ChannelRules};
-use super::model::{CreateWebhook, Delivery, PatchWebhook, StoredWebhook, WebhookSecrets};
+use super::model::{self, CreateWebhook, Delivery, PatchWebhook, StoredWebhook, WebhookSecrets};
 use super::netguard::NetPolicy;
 use super::retry::Policy;
 use super::signature;
@@ -103,6 +103,8 @@ pub enum DeliveryMsg {
 
 struct Entry {
     stored: StoredWebhook,
+    /// `stored.channel_ids()`, kept for the fan-out.
+    channel_ids: Vec<String>,
     /// Plain channel configs (opened from `sealed`) and the signing secret.
     secrets: Option<WebhookSecrets>,
     restarts: RestartBudget,
@@ -192,7 +194,12 @@ impl Actor for DeliveryRegistry {
             let id = w.webhook_id.clone();
             state.webhooks.insert(
                 id.clone(),
-                Entry { stored: w, secrets, restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
+                Entry {
+                    channel_ids: w.channel_ids(),
+                    stored: w,
+                    secrets,
+                    restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
+                },
             );
             state.spawn_worker(&myself, &id).await?;
         }
@@ -331,25 +338,104 @@ fn unavailable(id: &WebhookId) -> ApiError {
     ApiError::Unavailable(format!("the delivery actor of webhook {id} is restarting; retry shortly"))
 }
 
+/// Matches the channels of a PATCH to the stored ones, restores the redacted values sent
+/// back, and returns each channel's ID (see [`model::CHANNEL_ID`]). A channel is the stored
+/// channel
+/// 1. whose `channel_id` it carries (as shown by a GET; 422 if there is none such, or if it
+///    would change type);
+/// 2. else the stored one with the same destination (url, Slack URL, recipients);
+/// 3. else the one at its position, if of the same type (an edit in place by hand);
+/// 4. else it is new. Stored channels matched by nothing are removed: their pending
+///    deliveries fail (`dead`) instead of going to another channel.
+fn reconcile_channels(
+    next: &mut [ChannelConfig],
+    given: &[Option<String>],
+    old: &[ChannelConfig],
+    old_ids: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let mut matched: Vec<Option<usize>> = vec![None; next.len()];
+    let mut claimed = vec![false; old.len()];
+    for (i, id) in given.iter().enumerate().take(next.len()) {
+        let Some(id) = id else { continue };
+        let field = format!("channels[{i}].{}", model::CHANNEL_ID);
+        let Some(j) = old_ids.iter().position(|o| o == id) else {
+            return Err(ApiError::validation(
+                field,
+                "no channel of this webhook has this ID (leave channel_id out to add a channel)",
+            ));
+        };
+        if claimed[j] {
+            return Err(ApiError::validation(field, "this channel ID is given twice"));
+        }
+        if next[i].kind() != old[j].kind() {
+            return Err(ApiError::validation(
+                field,
+                format!("that is a {} channel; a channel cannot change type (remove it, add a new one)", old[j].kind()),
+            ));
+        }
+        claimed[j] = true;
+        matched[i] = Some(j);
+    }
+    keep_redacted_secrets(next, &matched, old)?;
+    for (i, ch) in next.iter().enumerate() {
+        if matched[i].is_none() {
+            if let Some(j) = (0..old.len()).find(|&j| !claimed[j] && same_destination(ch, &old[j])) {
+                claimed[j] = true;
+                matched[i] = Some(j);
+            }
+        }
+    }
+    for (i, ch) in next.iter().enumerate() {
+        if matched[i].is_none() && old.get(i).is_some_and(|o| !claimed[i] && o.kind() == ch.kind()) {
+            claimed[i] = true;
+            matched[i] = Some(i);
+        }
+    }
+    Ok(matched.iter().map(|m| m.map_or_else(model::new_channel_id, |j| old_ids[j].clone())).collect())
+}
+
+/// Whether two channels send to the same place.
+fn same_destination(a: &ChannelConfig, b: &ChannelConfig) -> bool {
+    match (a, b) {
+        (ChannelConfig::Webhook(a), ChannelConfig::Webhook(b)) => a.url == b.url,
+        (ChannelConfig::Slack(a), ChannelConfig::Slack(b)) => a.webhook_url == b.webhook_url,
+        (ChannelConfig::Email(a), ChannelConfig::Email(b)) => a.to == b.to,
+        (ChannelConfig::Sms(a), ChannelConfig::Sms(b)) => a.to == b.to,
+        _ => false,
+    }
+}
+
 /// A PATCH that sends back a redacted placeholder (GET → edit → PATCH) keeps the stored
-/// value it stands for, taken from the stored channel it identifies, never by position
-/// alone (channels may have been removed or reordered):
+/// value it stands for, taken from the stored channel it identifies (`matched`: by its
+/// channel ID), never by position alone:
 /// - a Slack `webhook_url` shown redacted names its channel by the digest in it;
 /// - a webhook channel's `secret` or header shown redacted is kept only for a channel whose
-///   `url` is unchanged (the same index if several share it), so a hidden credential is
-///   never sent to a new destination.
+///   `url` is unchanged (without a channel ID: the one with that url, the same index if
+///   several share it), so a hidden credential is never sent to a new destination.
 ///
 /// Anything else is a 422 asking for the value itself.
-fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) -> Result<(), ApiError> {
+fn keep_redacted_secrets(
+    next: &mut [ChannelConfig],
+    matched: &[Option<usize>],
+    old: &[ChannelConfig],
+) -> Result<(), ApiError> {
     for (i, ch) in next.iter_mut().enumerate() {
+        let by_id = matched.get(i).copied().flatten().and_then(|j| old.get(j));
         match ch {
             ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED) => {
-                let mut same = old.iter().filter_map(|o| match o {
-                    ChannelConfig::Slack(o) if channel::redacted_url(&o.webhook_url) == c.webhook_url => Some(o),
-                    _ => None,
-                });
-                match (same.next(), same.next()) {
-                    (Some(o), None) => c.webhook_url = o.webhook_url.clone(),
+                let same = |o: &&ChannelConfig| matches!(o, ChannelConfig::Slack(o) if channel::redacted_url(&o.webhook_url) == c.webhook_url);
+                let found = match by_id {
+                    Some(o) => Some(o).filter(same),
+                    None => {
+                        let mut all = old.iter().filter(same);
+                        match (all.next(), all.next()) {
+                            (Some(o), None) => Some(o),
+                            _ => None,
+                        }
+                    }
+                };
+                match found {
+                    Some(ChannelConfig::Slack(o)) => c.webhook_url = o.webhook_url.clone(),
                     _ => {
                         return Err(ApiError::validation(
                             format!("channels[{i}].configs.webhook_url"),
@@ -364,15 +450,18 @@ fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) -> R
                     continue;
                 }
                 let same_url = |o: &&ChannelConfig| matches!(o, ChannelConfig::Webhook(o) if o.url == c.url);
-                let prev = match old.get(i).filter(same_url) {
-                    Some(o) => Some(o),
-                    None => {
-                        let mut same = old.iter().filter(same_url);
-                        match (same.next(), same.next()) {
-                            (Some(o), None) => Some(o),
-                            _ => None,
+                let prev = match by_id {
+                    Some(o) => Some(o).filter(same_url),
+                    None => match old.get(i).filter(same_url) {
+                        Some(o) => Some(o),
+                        None => {
+                            let mut same = old.iter().filter(same_url);
+                            match (same.next(), same.next()) {
+                                (Some(o), None) => Some(o),
+                                _ => None,
+                            }
                         }
-                    }
+                    },
                 };
                 let prev = match prev {
                     Some(ChannelConfig::Webhook(o)) => o,
@@ -403,6 +492,21 @@ fn keep_redacted_secrets(next: &mut [ChannelConfig], old: &[ChannelConfig]) -> R
         }
     }
     Ok(())
+}
+
+/// The channels as stored in plain text (and shown): redacted, each with its ID.
+fn stored_channels(channels: &[ChannelConfig], ids: &[String]) -> Vec<serde_json::Value> {
+    channels
+        .iter()
+        .zip(ids)
+        .map(|(c, id)| {
+            let mut v = c.redacted();
+            if let Some(m) = v.as_object_mut() {
+                m.insert(model::CHANNEL_ID.into(), serde_json::Value::String(id.clone()));
+            }
+            v
+        })
+        .collect()
 }
 
 fn open_secrets(shared: &Shared, w: &StoredWebhook) -> Option<WebhookSecrets> {
@@ -439,6 +543,7 @@ impl DeliveryState {
                 is_active: w.is_active,
                 signing_key: Arc::from(signature::secret_key(&s.signing_secret).unwrap_or_default()),
                 channels: s.channels.iter().map(|c| channel::build(c, &self.deps)).collect(),
+                channel_ids: w.channel_ids(),
                 problem: None,
             }),
             None => Arc::new(WebhookRuntime {
@@ -446,6 +551,7 @@ impl DeliveryState {
                 is_active: w.is_active,
                 signing_key: Arc::from(Vec::new()),
                 channels: Vec::new(),
+                channel_ids: Vec::new(),
                 problem: Some(crate::crypto::DecryptError.to_string()),
             }),
         }
@@ -501,12 +607,13 @@ impl DeliveryState {
             webhook_id = WebhookId::generate();
         }
         let secrets = WebhookSecrets { signing_secret: signature::generate_secret(), channels: body.channels };
+        let channel_ids: Vec<String> = secrets.channels.iter().map(|_| model::new_channel_id()).collect();
         let now = now_rfc3339();
         let stored = StoredWebhook {
             webhook_id: webhook_id.clone(),
             webhook_name: body.webhook_name,
             event_types: body.event_types,
-            channels: secrets.channels.iter().map(ChannelConfig::redacted).collect(),
+            channels: stored_channels(&secrets.channels, &channel_ids),
             is_active: body.is_active,
             created_at: now.clone(),
             updated_at: now,
@@ -521,7 +628,12 @@ impl DeliveryState {
         view["signing_secret"] = serde_json::Value::String(secrets.signing_secret.clone());
         self.webhooks.insert(
             webhook_id.clone(),
-            Entry { stored, secrets: Some(secrets), restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
+            Entry {
+                channel_ids: stored.channel_ids(),
+                stored,
+                secrets: Some(secrets),
+                restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
+            },
         );
         if let Err(e) = self.spawn_worker(myself, &webhook_id).await {
             tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");
@@ -544,9 +656,9 @@ impl DeliveryState {
                 }
                 (Some(channels), Some(s)) => {
                     let mut channels = channels.clone();
-                    keep_redacted_secrets(&mut channels, &s.channels)?;
+                    let ids = reconcile_channels(&mut channels, &patch.channel_ids, &s.channels, &entry.stored.channel_ids())?;
                     let next = WebhookSecrets { signing_secret: s.signing_secret.clone(), channels };
-                    Some((self.seal(id, &next), next))
+                    Some((self.seal(id, &next), next, ids))
                 }
                 (None, _) => None,
             }
@@ -562,11 +674,13 @@ impl DeliveryState {
         if let Some(a) = patch.is_active {
             w.is_active = a;
         }
-        if let Some((sealed, secrets)) = policy_sealed {
-            w.channels = secrets.channels.iter().map(ChannelConfig::redacted).collect();
+        if let Some((sealed, secrets, ids)) = policy_sealed {
+            w.channels = stored_channels(&secrets.channels, &ids);
             w.sealed = sealed;
             entry.secrets = Some(secrets);
+            entry.channel_ids = ids;
         }
+        let w = &mut entry.stored;
         w.updated_at = now_rfc3339();
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
@@ -709,9 +823,9 @@ impl DeliveryState {
             if !entry.stored.subscribed(&event.event_type) {
                 continue;
             }
-            for (idx, ch) in entry.stored.channels.iter().enumerate() {
+            for (idx, (ch, ch_id)) in entry.stored.channels.iter().zip(&entry.channel_ids).enumerate() {
                 let kind = ch.get("channel").and_then(|c| c.as_str()).unwrap_or("webhook");
-                let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, kind, now);
+                let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, ch_id, kind, now);
                 batch.put(Keyspace::DELIVERIES, &d.key(), &d);
                 matched = true;
                 per_worker.entry(d.webhook_id.clone()).or_default().push(d);

@@ -72,11 +72,23 @@ pub struct WebhookRuntime {
     pub is_active: bool,
     /// HMAC key of the signing secret.
     pub signing_key: Arc<[u8]>,
-    /// Senders, by channel index.
+    /// Senders, in the webhook's channel order.
     pub channels: Vec<Arc<dyn Channel>>,
+    /// The ID of each of `channels`: deliveries name their channel by ID (see
+    /// `model::CHANNEL_ID`).
+    pub channel_ids: Vec<String>,
     /// Set when the webhook cannot send at all (e.g. secrets unreadable): deliveries are
     /// held, not failed, and this is the webhook's `last_error`.
     pub problem: Option<String>,
+}
+
+impl WebhookRuntime {
+    /// The channel a delivery goes to; `None` once it was removed from the webhook.
+    fn channel(&self, d: &Delivery) -> Option<Arc<dyn Channel>> {
+        let id = d.channel_ref();
+        let i = self.channel_ids.iter().position(|c| *c == id)?;
+        self.channels.get(i).cloned()
+    }
 }
 
 /// Settings shared by every worker.
@@ -640,7 +652,7 @@ impl WorkerState {
                 continue;
             }
             self.in_flight.insert(id.clone());
-            let channel = self.rt.channels.get(d.channel_index).cloned();
+            let channel = self.rt.channel(d);
             let key = self.rt.signing_key.clone();
             let event = d.event.clone();
             let done_recipients = d.done_recipients.clone();

@@ -8,7 +8,7 @@ use warp::http::StatusCode;
 use super::{empty, json, HttpState, Request, Response};
 use crate::ask;
 use crate::delivery::model::{
-    CreateWebhook, Delivery, DeliveryStatus, PatchWebhook, PublishEvent, StoredWebhook, EVENT_TYPES,
+    take_channel_ids, CreateWebhook, Delivery, DeliveryStatus, PatchWebhook, PublishEvent, StoredWebhook, EVENT_TYPES,
 };
 use crate::delivery::DeliveryMsg;
 use crate::error::ApiError;
@@ -77,7 +77,9 @@ async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
 
 async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
-    let body: CreateWebhook = req.json()?;
+    let mut value = req.json_value()?;
+    let channel_ids = take_channel_ids(&mut value)?;
+    let body = CreateWebhook { channel_ids, ..super::request::from_value(value)? };
     let reg = registry(state)?;
     let (view, d) = ask!(reg, |reply| DeliveryMsg::Create { body, reply })?;
     durable(d).await?;
@@ -92,7 +94,9 @@ async fn get(state: &HttpState, req: &Request, id: &str) -> Result<Response, Api
 async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let webhook_id = webhook_id(id)?;
-    let patch: PatchWebhook = req.json()?;
+    let mut value = req.json_value()?;
+    let channel_ids = take_channel_ids(&mut value)?;
+    let patch = PatchWebhook { channel_ids, ..super::request::from_value(value)? };
     let reg = registry(state)?;
     let (view, d) = ask!(reg, |reply| DeliveryMsg::Update { webhook_id, patch, reply })?;
     durable(d).await?;

@@ -1093,3 +1093,67 @@ async fn redacted_values_follow_their_channel_not_its_position() {
     let (_, shown) = app.get(&format!("/v1/organizations/webhooks/{hid}")).await;
     assert!(!shown.to_string().contains("from-a-header"), "{shown}");
 }
+
+/// Pending deliveries follow their channel by its `channel_id`: reordering channels does
+/// not send a delivery to another channel, and removing one fails its pending deliveries
+/// (`dead`) instead of handing them to whichever channel takes its place.
+#[tokio::test]
+async fn pending_deliveries_follow_their_channel_through_a_patch() {
+    let app = TestApp::start().await;
+    let a = Receiver::start(503).await;
+    let b = Receiver::start(200).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "pair", "event_types": ["*"], "channels": [http_channel(&a.url("/a")), http_channel(&b.url("/b"))]}),
+    )
+    .await;
+    let (_, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    let ids: Vec<&str> =
+        got["channels"].as_array().unwrap().iter().map(|c| c["channel_id"].as_str().unwrap()).collect();
+    assert!(ids.iter().all(|c| c.starts_with("ch_")) && ids[0] != ids[1], "{got}");
+    let evt = publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(WAIT, || async { a.count() >= 1 && b.count() >= 1 }).await);
+    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await);
+
+    // Swap them (as shown by the GET, with their IDs): a's retry still goes to a.
+    let swapped = json!([got["channels"][1].clone(), got["channels"][0].clone()]);
+    let (s, b2) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": swapped})).await;
+    assert_eq!(s, 200, "{b2}");
+    assert_eq!(b2["channels"][0]["channel_id"], ids[1]);
+    a.set_default(200);
+    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 2 }).await);
+    let to_b: Vec<_> = b.captured().into_iter().filter(|c| c.json()["event_id"] == evt.as_str()).collect();
+    assert_eq!(to_b.len(), 1, "b got a's delivery too");
+    assert!(a.captured().iter().filter(|c| c.json()["event_id"] == evt.as_str()).count() >= 2);
+    let listed = deliveries(&app, &id, None).await;
+    assert!(listed.iter().any(|d| d["channel_id"] == ids[0]) && listed.iter().any(|d| d["channel_id"] == ids[1]));
+
+    // Remove a while one of its deliveries is pending; b is sent back without its ID (by
+    // hand): it is matched by its url and keeps its ID.
+    a.set_default(503);
+    let evt2 = publish(&app, "object.updated", json!({"n": 2})).await;
+    assert!(eventually(WAIT, || async { a.captured().iter().any(|c| c.json()["event_id"] == evt2.as_str()) }).await);
+    let (s, b3) =
+        app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [http_channel(&b.url("/b"))]})).await;
+    assert_eq!(s, 200, "{b3}");
+    assert_eq!(b3["channels"][0]["channel_id"], ids[1], "{b3}");
+    let dead = eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == 1 }).await;
+    assert!(dead, "{:?}", deliveries(&app, &id, None).await);
+    let d = deliveries(&app, &id, Some("dead")).await.remove(0);
+    assert_eq!(d["event_id"], evt2.as_str());
+    assert!(d["attempts"].as_array().unwrap().last().unwrap()["error"].as_str().unwrap().contains("removed"), "{d}");
+    let to_b = b.captured().into_iter().filter(|c| c.json()["event_id"] == evt2.as_str()).count();
+    assert_eq!(to_b, 1, "b got the removed channel's delivery");
+
+    // An unknown ID, one given twice, or a change of type is refused.
+    let b_shown = b3["channels"][0].clone();
+    let mut unknown = b_shown.clone();
+    unknown["channel_id"] = json!("ch_nope");
+    let (s, r) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [unknown]})).await;
+    assert_eq!((s, r["error"]["field"].as_str()), (422, Some("channels[0].channel_id")), "{r}");
+    let (s, r) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [b_shown, b_shown]})).await;
+    assert_eq!((s, r["error"]["field"].as_str()), (422, Some("channels[1].channel_id")), "{r}");
+    let slack = json!({"channel": "slack", "channel_id": ids[1], "configs": {"webhook_url": b.url("/s")}});
+    let (s, r) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [slack]})).await;
+    assert_eq!((s, r["error"]["field"].as_str()), (422, Some("channels[0].channel_id")), "{r}");
+}
