@@ -275,12 +275,19 @@ impl SourceAdapterInput {
                     return Err(ApiError::validation(f("blob_source.file_field"), "must be a dot-path"));
                 }
             }
-            if let Some(tp) = &blob.target_property {
+            // The property the blob goes to, named or by default (the blob type's name).
+            {
+                let tp = blob.property();
                 match schema.get(tp) {
                     None => {
                         return Err(ApiError::validation(
                             f("blob_source.target_property"),
-                            format!("{tp:?} is not a property of bucket_schema"),
+                            match &blob.target_property {
+                                Some(_) => format!("{tp:?} is not a property of bucket_schema"),
+                                None => format!(
+                                    "bucket_schema has no {tp:?} property for the blob; add one or set target_property"
+                                ),
+                            },
                         ))
                     }
                     Some(p) if p.kind.as_str() != blob.blob_type.as_str() => {
@@ -295,6 +302,17 @@ impl SourceAdapterInput {
                     }
                     Some(_) => {}
                 }
+            }
+        }
+        if self.blob_source.is_none() && super::kind::default_file_field(self.adapter_type).is_some() {
+            // The adapter's default blob (Mux: the playback URL) goes to a `video` property.
+            let ok = schema.get("video").is_some_and(|p| p.kind.as_str() == BlobType::Video.as_str());
+            if !ok {
+                return Err(ApiError::validation(
+                    f("blob_source"),
+                    "the playback URL goes to a `video` property of type video, which bucket_schema lacks; \
+                     add one, or set blob_source.target_property",
+                ));
             }
         }
         let b = &self.batching;

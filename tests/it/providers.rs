@@ -446,12 +446,21 @@ async fn mux_adapter_configuration_rules() {
             "source_adapter.connection.credentials.access_token_secret",
         ),
         (json!({"adapter_type": "supabase", "id_column": "no-dash"}), "source_adapter.id_column"),
+        // The blob's property, named or by default, must be in the schema with its type.
+        (
+            json!({"adapter_type": "generic_webhook", "blob_source": {"file_field": "url", "blob_type": "image"}}),
+            "source_adapter.blob_source.target_property",
+        ),
     ];
     for (adapter, field) in cases {
         let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter})).await;
         assert_eq!(s, 422, "{adapter} → {b}");
         assert_eq!(b["error"]["field"], field, "{b}");
     }
+    // A Mux adapter's default blob (the playback URL) needs a `video` property.
+    let plain = app.create_bucket("novideo", json!({"title": {"type": "string"}})).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{plain}"), json!({"source_adapter": {"adapter_type": "mux"}})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.blob_source")), "{b}");
     // Inline credentials are accepted and never shown.
     let (s, b) = app
         .patch(
