@@ -734,3 +734,50 @@ async fn mux_without_credentials_maps_the_webhook_asset() {
     assert_eq!(objs[0]["metadata"]["duration"], 153.361542, "{}", objs[0]);
     assert_eq!(objs[0]["metadata"]["external"], "AsSeTnOcReDs01", "{}", objs[0]);
 }
+
+/// A row's UPDATE that arrives before its INSERT (retried after a failure) creates the object
+/// (upsert); the late INSERT is then a duplicate, not a second object.
+#[tokio::test]
+async fn supabase_insert_after_its_upsert_is_a_duplicate() {
+    let app = TestApp::start().await;
+    // Without a dedup key (the row's object is found by its ID) and with one.
+    for dedup_key in [Value::Null, json!("record.listing_id")] {
+        supabase_upsert_then_insert(&app, dedup_key).await;
+    }
+}
+
+async fn supabase_upsert_then_insert(app: &TestApp, dedup_key: Value) {
+    let bucket =
+        app.create_bucket(&format!("rows-{}", dedup_key.is_null()), json!({"title": {"type": "string"}})).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "supabase", "id_column": "listing_id", "dedup_key": dedup_key,
+                "event_filter": {"event_types": ["INSERT", "UPDATE"]},
+                "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let send = |v: Value| {
+        let (app, secret, bucket) = (app, secret.clone(), bucket.clone());
+        async move {
+            app.post_raw(
+                &format!("/v1/buckets/{bucket}/source-adapter/ingest"),
+                v.to_string(),
+                &[("X-Webhook-Secret", &secret), ("Content-Type", "application/json")],
+            )
+            .await
+        }
+    };
+    let row = json!({"listing_id": 7, "title": "Edited"});
+    let (s, r) = send(db_event("UPDATE", row.clone(), json!({"listing_id": 7, "title": "Original"}))).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let oid = r["object_id"].clone();
+    let (s, r) = send(db_event("INSERT", json!({"listing_id": 7, "title": "Original"}), Value::Null)).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "{r}");
+    assert_eq!(r["object_id"], oid);
+    let objs = objects(app, &bucket).await;
+    assert_eq!(objs.len(), 1, "{objs:?}");
+    assert_eq!(objs[0]["metadata"]["title"], "Edited");
+}

@@ -149,6 +149,10 @@ impl AdapterState {
             Some(draft) => {
                 let upsert = origin == Origin::Ingest && kind::upsert_on_update(self.adapter.adapter_type);
                 if buffered.is_empty() && stored.is_empty() && upsert {
+                    // The upsert creates the object: its dedup key is recorded like a create's,
+                    // so the row's INSERT arriving late (retried) is a duplicate, not a second
+                    // object.
+                    let dedup_hash = dedup_hash.or_else(|| screened.dedup_value.as_deref().map(records::dedup_hash));
                     return Ok(self.accept(now, draft, dedup_hash));
                 }
                 for entry in self.buffer.iter_mut().filter(|e| buffered.contains(&e.object_id)) {
