@@ -394,9 +394,12 @@ impl RegistryState {
         self.shared.store.commit(batch).await?;
         if bucket.source_adapter.is_some() {
             self.restarts.remove(id);
-            self.spawn_adapter(id)
-                .await
-                .map_err(|e| ApiError::Internal(anyhow::anyhow!("start the source adapter of {id}: {e}")))?;
+            // The change is committed: answer it (with a new secret, its only showing) even if
+            // the actor does not start; ingest then answers 503 until a PATCH or a restart
+            // starts it.
+            if let Err(e) = self.spawn_adapter(id).await {
+                tracing::error!(bucket_id = %id, error = %e, "the source adapter did not start; PATCH it again or restart");
+            }
         }
         tracing::info!(bucket_id = %id, adapter = bucket.source_adapter.is_some(), secret_rotated = webhook_secret.is_some(), "bucket patched");
         Ok(Patched { bucket, webhook_secret })
