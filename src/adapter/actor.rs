@@ -442,17 +442,7 @@ impl AdapterState {
             Operation::Create => screened.dedup_value.as_deref().map(records::dedup_hash),
             Operation::Update | Operation::Delete => None,
         };
-        let mut known = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned();
-        // A row (Supabase) makes one object: its INSERT arriving after the object exists (made
-        // by an earlier UPDATE's upsert, or a retried INSERT) is a duplicate too.
-        if known.is_none()
-            && screened.operation == Operation::Create
-            && kind::upsert_on_update(self.adapter.adapter_type)
-        {
-            let row = screened.external_id.as_deref().map(records::dedup_hash);
-            known = row.and_then(|h| self.xids.get(&h)).and_then(|ids| ids.first()).cloned();
-        }
-        if let Some(object_id) = known {
+        if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
             self.stats.processed(now);
             let mut batch = Batch::new();
             self.put_stats(&mut batch);
