@@ -344,7 +344,8 @@ fn unavailable(id: &WebhookId) -> ApiError {
 /// 1. whose `channel_id` it carries (as shown by a GET; 422 if there is none such, or if it
 ///    would change type);
 /// 2. else the stored one with the same destination (url, Slack URL, recipients);
-/// 3. else the one at its position, if of the same type (an edit in place by hand);
+/// 3. else, when the PATCH has as many channels as are stored, the one at its position if
+///    of the same type (an edit in place by hand);
 /// 4. else it is new. Stored channels matched by nothing are removed: their pending
 ///    deliveries fail (`dead`) instead of going to another channel.
 fn reconcile_channels(
@@ -385,10 +386,14 @@ fn reconcile_channels(
             }
         }
     }
-    for (i, ch) in next.iter().enumerate() {
-        if matched[i].is_none() && old.get(i).is_some_and(|o| !claimed[i] && o.kind() == ch.kind()) {
-            claimed[i] = true;
-            matched[i] = Some(i);
+    // By position only when the list keeps its length: after a removal, positions no longer
+    // say which channel is which (the edited one would take the removed one's deliveries).
+    if next.len() == old.len() {
+        for (i, ch) in next.iter().enumerate() {
+            if matched[i].is_none() && !claimed[i] && old[i].kind() == ch.kind() {
+                claimed[i] = true;
+                matched[i] = Some(i);
+            }
         }
     }
     Ok(matched.iter().map(|m| m.map_or_else(model::new_channel_id, |j| old_ids[j].clone())).collect())
@@ -933,5 +938,47 @@ mod tests {
         let mut want = vec![old_named, young_orphan];
         want.sort();
         assert_eq!(left, want);
+    }
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+
+    fn hook(url: &str) -> ChannelConfig {
+        serde_json::from_value(serde_json::json!({"channel": "webhook", "configs": {"url": url}})).unwrap()
+    }
+
+    fn ids(next: &mut [ChannelConfig], given: &[Option<&str>]) -> Vec<String> {
+        let old = [hook("https://a.example/"), hook("https://b.example/")];
+        let old_ids = ["ch_a".to_string(), "ch_b".to_string()];
+        let given: Vec<Option<String>> = given.iter().map(|g| g.map(str::to_string)).collect();
+        reconcile_channels(next, &given, &old, &old_ids).unwrap()
+    }
+
+    #[test]
+    fn channels_are_matched_by_id_then_destination_then_position() {
+        // Swapped, with their IDs.
+        let mut next = [hook("https://b.example/"), hook("https://a.example/")];
+        assert_eq!(ids(&mut next, &[Some("ch_b"), Some("ch_a")]), ["ch_b", "ch_a"]);
+        // Swapped by hand: their urls say which is which.
+        assert_eq!(ids(&mut next, &[]), ["ch_b", "ch_a"]);
+        // Both edited in place by hand: positions.
+        let mut next = [hook("https://a2.example/"), hook("https://b2.example/")];
+        assert_eq!(ids(&mut next, &[]), ["ch_a", "ch_b"]);
+        // One removed: the survivor is found by its url.
+        let mut next = [hook("https://b.example/")];
+        assert_eq!(ids(&mut next, &[]), ["ch_b"]);
+        // One removed, the other edited, by hand: no position guess (it would take a's
+        // deliveries); with its ID it keeps its own.
+        let mut next = [hook("https://b2.example/")];
+        let got = ids(&mut next, &[]);
+        assert!(got[0] != "ch_a" && got[0] != "ch_b" && got[0].starts_with("ch_"), "{got:?}");
+        assert_eq!(ids(&mut next, &[Some("ch_b")]), ["ch_b"]);
+        // Added at the end.
+        let mut next = [hook("https://a.example/"), hook("https://b.example/"), hook("https://c.example/")];
+        let got = ids(&mut next, &[]);
+        assert_eq!(&got[..2], ["ch_a", "ch_b"]);
+        assert!(!["ch_a", "ch_b"].contains(&got[2].as_str()));
     }
 }
