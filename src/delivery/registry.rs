@@ -428,7 +428,11 @@ fn keep_redacted_secrets(
         let by_id = matched.get(i).copied().flatten().and_then(|j| old.get(j));
         match ch {
             ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED) => {
-                let same = |o: &&ChannelConfig| matches!(o, ChannelConfig::Slack(o) if channel::redacted_url(&o.webhook_url) == c.webhook_url);
+                // Webhooks stored before the digest still show (and get back) the form without it.
+                let shown = |u: &str| {
+                    channel::redacted_url(u) == c.webhook_url || channel::legacy_redacted_url(u) == c.webhook_url
+                };
+                let same = |o: &&ChannelConfig| matches!(o, ChannelConfig::Slack(o) if shown(&o.webhook_url));
                 let found = match by_id {
                     Some(o) => Some(o).filter(same),
                     None => {
@@ -980,5 +984,23 @@ mod reconcile_tests {
         let got = ids(&mut next, &[]);
         assert_eq!(&got[..2], ["ch_a", "ch_b"]);
         assert!(!["ch_a", "ch_b"].contains(&got[2].as_str()));
+    }
+
+    #[test]
+    fn a_slack_url_shown_in_the_form_before_the_digest_is_still_understood() {
+        let slack = |u: &str| -> ChannelConfig {
+            serde_json::from_value(serde_json::json!({"channel": "slack", "configs": {"webhook_url": u}})).unwrap()
+        };
+        let old = [slack("https://hooks.slack.com/services/T1/B1/secret")];
+        let old_ids = [model::legacy_channel_id(0)];
+        for shown in [
+            "https://hooks.slack.com/********",
+            &channel::redacted_url("https://hooks.slack.com/services/T1/B1/secret"),
+        ] {
+            let mut next = [slack(shown)];
+            let got = reconcile_channels(&mut next, &[Some("ch_0".into())], &old, &old_ids).unwrap();
+            assert_eq!(got, ["ch_0"]);
+            assert!(matches!(&next[0], ChannelConfig::Slack(c) if c.webhook_url.ends_with("/secret")), "{shown}");
+        }
     }
 }

@@ -207,6 +207,15 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
+/// The redacted form without the digest, as stored (and still shown) for Slack channels saved
+/// before the digest was added; a PATCH sending it back is understood too.
+pub fn legacy_redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!("{}://{}/{REDACTED}", u.scheme(), u.host_str().unwrap_or_default()),
+        Err(_) => REDACTED.to_string(),
+    }
+}
+
 /// The header a webhook channel's `secret` is sent in.
 pub const SECRET_HEADER: &str = "X-Mixpeek-Secret";
 
