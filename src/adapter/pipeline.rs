@@ -105,7 +105,13 @@ pub fn materialize(
             b.property().to_string(),
             b.file_field.is_some(),
         ),
-        None => (kind::default_file_field(adapter.adapter_type), BlobType::Video, "video".to_string(), false),
+        // The adapter's default blob (Mux: the playback URL) goes to a `video` property, if
+        // the schema has one; a metadata-only bucket gets none.
+        None => {
+            let has_video = schema.get("video").is_some_and(|p| p.kind.as_str() == BlobType::Video.as_str());
+            let ff = kind::default_file_field(adapter.adapter_type).filter(|_| has_video);
+            (ff, BlobType::Video, "video".to_string(), false)
+        }
     };
     if let Some(ff) = file_field {
         match path::lookup(doc, ff) {

@@ -304,17 +304,6 @@ impl SourceAdapterInput {
                 }
             }
         }
-        if self.blob_source.is_none() && super::kind::default_file_field(self.adapter_type).is_some() {
-            // The adapter's default blob (Mux: the playback URL) goes to a `video` property.
-            let ok = schema.get("video").is_some_and(|p| p.kind.as_str() == BlobType::Video.as_str());
-            if !ok {
-                return Err(ApiError::validation(
-                    f("blob_source"),
-                    "the playback URL goes to a `video` property of type video, which bucket_schema lacks; \
-                     add one, or set blob_source.target_property",
-                ));
-            }
-        }
         let b = &self.batching;
         if !(5..=300).contains(&b.window_seconds) {
             return Err(ApiError::validation(f("batching.window_seconds"), "must be within 5–300 seconds"));

@@ -457,10 +457,24 @@ async fn mux_adapter_configuration_rules() {
         assert_eq!(s, 422, "{adapter} → {b}");
         assert_eq!(b["error"]["field"], field, "{b}");
     }
-    // A Mux adapter's default blob (the playback URL) needs a `video` property.
+    // A Mux adapter on a metadata-only bucket (no `video` property) stores no blob.
     let plain = app.create_bucket("novideo", json!({"title": {"type": "string"}})).await;
-    let (s, b) = app.patch(&format!("/v1/buckets/{plain}"), json!({"source_adapter": {"adapter_type": "mux"}})).await;
-    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.blob_source")), "{b}");
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{plain}"),
+            json!({"source_adapter": {"adapter_type": "mux", "connection": {"credentials": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET, "webhook_signing_secret": SIGNING_SECRET}},
+                "batching": {"mode": "immediate"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let body = ready_event("AsSeTmEtAoNlY1", true);
+    let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) =
+        app.post_raw(&format!("/v1/buckets/{plain}/source-adapter/ingest"), body, &[("Mux-Signature", &h)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let objs = objects(&app, &plain).await;
+    assert_eq!(objs[0]["blobs"], json!([]), "{}", objs[0]);
     // Inline credentials are accepted and never shown.
     let (s, b) = app
         .patch(
