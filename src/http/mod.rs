@@ -106,8 +106,15 @@ async fn accept_loop<S, B>(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections live in this set, not as detached tasks: when this future is dropped (the
+    // caller gave up waiting after a shutdown), every connection is aborted with it.
+    let mut conns = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, _) = tokio::select! {
@@ -118,17 +125,27 @@ async fn accept_loop<S, B>(
                     continue;
                 }
             },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = &mut shutdown => break,
         };
         let svc = hyper_util::service::TowerToHyperService::new(service());
-        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
-        tokio::spawn(async move {
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        conns.spawn(async move {
+            // hyper's header timer starts once it has seen which protocol the client speaks:
+            // a client that connects and sends nothing is dropped here.
+            let mut first = [0u8; 1];
+            if !matches!(tokio::time::timeout(read_timeout, io.peek(&mut first)).await, Ok(Ok(1))) {
+                return;
+            }
+            let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
         });
     }
     drop(listener);
+    // Open requests finish; idle connections close. Connections still silent are aborted
+    // when `conns` drops.
     graceful.shutdown().await;
 }
 

@@ -454,6 +454,7 @@ async fn stalled_clients_time_out() {
     let app =
         TestApp::start_with(Options { server_toml: "read_timeout_seconds = 1\n".into(), ..Options::default() }).await;
     let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let mut half_headers = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     half_headers.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow").await.unwrap();
     let mut half_body = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -473,6 +474,12 @@ async fn stalled_clients_time_out() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(900), "timed out before its time");
+    // A client that connects and never sends a byte is dropped too.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the silent connection was kept open");
+    // The daemon still serves.
+    assert_eq!(app.get("/healthz").await.0, 200);
 }
 
 /// SIGTERM lets open requests finish for `shutdown_timeout_seconds`, then closes what is
