@@ -79,11 +79,22 @@ impl Template {
     /// Fuel in proportion to the payload: `tojson` and loops over a large payload spend
     /// some per byte, and an accepted event must not be refused for its size. A runaway
     /// template still stops, within [`FUEL_PER_PAYLOAD_BYTE`] × the payload's size.
+    ///
+    /// Such a render may take a while (a runaway one over a megabyte: about a second), so on a
+    /// multi-threaded runtime it tells tokio to move other tasks off this thread meanwhile.
     fn render_large(&self, event: &EventRecord) -> Result<String, minijinja::Error> {
-        let bytes = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(0) as u64;
-        let mut env = self.env.clone();
-        env.set_fuel(Some(FUEL.saturating_add(bytes.saturating_mul(FUEL_PER_PAYLOAD_BYTE))));
-        env.get_template(NAME)?.render(Self::context(event))
+        let render = || {
+            let bytes = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(0) as u64;
+            let mut env = self.env.clone();
+            env.set_fuel(Some(FUEL.saturating_add(bytes.saturating_mul(FUEL_PER_PAYLOAD_BYTE))));
+            env.get_template(NAME)?.render(Self::context(event))
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(render)
+            }
+            _ => render(),
+        }
     }
 
     fn sample() -> EventRecord {
@@ -186,6 +197,20 @@ mod fuel_tests {
         assert!(out.len() > expected.len());
         let indented = Template::compile("{{ payload | tojson(indent=2) }}").unwrap().render(&event).unwrap();
         assert_eq!(serde_json::from_str::<serde_json::Value>(&indented).unwrap(), event.payload);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_render_inside_a_runtime_works_on_either_flavor() {
+        let event = big_event(512);
+        let t = Template::compile("{{ payload | tojson }}").unwrap();
+        let multi = t.render(&event).unwrap();
+        let single = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async move { t.render(&event).unwrap() })
+        })
+        .await
+        .unwrap();
+        assert_eq!(multi, single);
     }
 
     #[test]
