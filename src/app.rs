@@ -36,7 +36,8 @@ pub async fn run(
         // A new key would make every stored credential unreadable, found out only per event.
         anyhow::bail!(
             "{} is missing, but the store holds credentials encrypted with it (connections, webhook \
-             channels or adapter credentials): restore it from your backup, or set HOOKLINE_MASTER_KEY",
+             channels or adapter credentials): restore it from your backup (or set HOOKLINE_MASTER_KEY); \
+             if it is lost, write a new key there (see the README) and recreate what can no longer be read",
             data_dir.join("master.key").display()
         );
     }
