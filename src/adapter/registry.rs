@@ -331,7 +331,11 @@ impl RegistryState {
             if let Err(e) =
                 actor.stop_and_wait(Some("adapter reconfigured or removed".into()), Some(STOP_TIMEOUT)).await
             {
-                tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time");
+                // It must not go on ingesting with the old settings (an old secret): kill it.
+                tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time; killing it");
+                if let Err(e) = actor.kill_and_wait(Some(STOP_TIMEOUT)).await {
+                    tracing::error!(bucket_id = %id, error = %e, "source adapter did not die in time");
+                }
             }
         }
     }
