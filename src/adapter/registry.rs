@@ -419,11 +419,7 @@ impl RegistryState {
         input.validate(&bucket.bucket_schema)?;
         // The send-time address rules, now: a URL they refuse would only fail every job.
         if let Some(raw) = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref()) {
-            let cfg = &self.shared.config.delivery;
-            let policy = crate::delivery::netguard::NetPolicy {
-                allow_insecure_http: cfg.allow_insecure_http,
-                allow_private_networks: cfg.allow_private_networks,
-            };
+            let policy = crate::delivery::netguard::NetPolicy::from(&self.shared.config.delivery);
             let url = url::Url::parse(raw).map_err(|e| {
                 ApiError::validation("source_adapter.writeback.writeback_url", format!("not a URL: {e}"))
             })?;

@@ -15,6 +15,12 @@ pub struct NetPolicy {
     pub allow_private_networks: bool,
 }
 
+impl From<&crate::config::DeliveryConfig> for NetPolicy {
+    fn from(cfg: &crate::config::DeliveryConfig) -> NetPolicy {
+        NetPolicy { allow_insecure_http: cfg.allow_insecure_http, allow_private_networks: cfg.allow_private_networks }
+    }
+}
+
 /// Whether `ip` is a globally routable unicast address (not loopback, private, link-local,
 /// CGNAT, unspecified, multicast, documentation or benchmarking ranges).
 pub fn is_public(ip: IpAddr) -> bool {

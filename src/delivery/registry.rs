@@ -133,10 +133,7 @@ impl Actor for DeliveryRegistry {
         // reloading, so a restart never forgets an acknowledged webhook change.
         shared.store.commit(crate::store::Batch::new()).await?;
         let cfg = &shared.config.delivery;
-        let policy = NetPolicy {
-            allow_insecure_http: cfg.allow_insecure_http,
-            allow_private_networks: cfg.allow_private_networks,
-        };
+        let policy = NetPolicy::from(cfg);
         let max_age = Duration::from_secs(cfg.max_age_seconds.unwrap_or(cfg.max_age_hours.saturating_mul(3600)));
         // Providers come from the validated config; one that still cannot be set up leaves
         // its channels refused at create and failing with the reason, not the daemon down.

@@ -64,10 +64,7 @@ impl Worker {
     ) -> Option<Worker> {
         job::on_batch_complete(adapter)?;
         let cfg = &shared.config.delivery;
-        let policy = NetPolicy {
-            allow_insecure_http: cfg.allow_insecure_http,
-            allow_private_networks: cfg.allow_private_networks,
-        };
+        let policy = NetPolicy::from(cfg);
         let retry = Policy {
             schedule: cfg.retry_schedule_seconds.iter().map(|s| Duration::from_secs(*s)).collect(),
             max_age: Duration::from_secs(cfg.max_age_seconds.unwrap_or(cfg.max_age_hours.saturating_mul(3600))),
