@@ -377,7 +377,12 @@ fn reconcile_channels(
     keep_redacted_secrets(next, &matched, old)?;
     for (i, ch) in next.iter().enumerate() {
         if matched[i].is_none() {
-            if let Some(j) = (0..old.len()).find(|&j| !claimed[j] && same_destination(ch, &old[j])) {
+            // Several stored channels with this destination: the one at this index first (as
+            // `keep_redacted_secrets` chose), so the ID and the secrets come from one channel.
+            let candidate = |j: &usize| !claimed[*j] && same_destination(ch, &old[*j]);
+            if let Some(j) =
+                Some(i).filter(|j| *j < old.len() && candidate(j)).or_else(|| (0..old.len()).find(candidate))
+            {
                 claimed[j] = true;
                 matched[i] = Some(j);
             }
@@ -981,6 +986,20 @@ mod reconcile_tests {
         let got = ids(&mut next, &[]);
         assert_eq!(&got[..2], ["ch_a", "ch_b"]);
         assert!(!["ch_a", "ch_b"].contains(&got[2].as_str()));
+    }
+
+    #[test]
+    fn channels_sharing_a_url_keep_their_own_id_and_secret() {
+        let secret = |url: &str, s: &str| -> ChannelConfig {
+            serde_json::from_value(serde_json::json!({"channel": "webhook", "configs": {"url": url, "secret": s}}))
+                .unwrap()
+        };
+        let old = [secret("https://u.example/", "s1"), secret("https://u.example/", "s2")];
+        let old_ids = ["ch_x".to_string(), "ch_y".to_string()];
+        let mut next = [hook("https://v.example/"), secret("https://u.example/", channel::REDACTED)];
+        let got = reconcile_channels(&mut next, &[], &old, &old_ids).unwrap();
+        assert_eq!(got[1], "ch_y");
+        assert!(matches!(&next[1], ChannelConfig::Webhook(c) if c.secret.as_deref() == Some("s2")));
     }
 
     #[test]

@@ -113,8 +113,11 @@ async fn accept_loop<S, B>(
         .keep_alive_timeout(read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Connections live in this set, not as detached tasks: when this future is dropped (the
-    // caller gave up waiting after a shutdown), every connection is aborted with it.
+    // caller gave up waiting after a shutdown), every connection is aborted with it (HTTP/2
+    // streams run as tasks of their own; aborted, their connection no longer answers them).
     let mut conns = tokio::task::JoinSet::new();
+    // Tells connections still waiting for their first byte that we are shutting down.
+    let closing = tokio_util::sync::CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, _) = tokio::select! {
@@ -129,13 +132,19 @@ async fn accept_loop<S, B>(
             _ = &mut shutdown => break,
         };
         let svc = hyper_util::service::TowerToHyperService::new(service());
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, watcher, closing) = (builder.clone(), graceful.watcher(), closing.clone());
         conns.spawn(async move {
             // hyper's header timer starts once it has seen which protocol the client speaks:
-            // a client that connects and sends nothing is dropped here.
+            // a client that connects and sends nothing is dropped here (at once on shutdown:
+            // the graceful shutdown waits for this task's watcher).
             let mut first = [0u8; 1];
-            if !matches!(tokio::time::timeout(read_timeout, io.peek(&mut first)).await, Ok(Ok(1))) {
-                return;
+            tokio::select! {
+                peeked = tokio::time::timeout(read_timeout, io.peek(&mut first)) => {
+                    if !matches!(peeked, Ok(Ok(1))) {
+                        return;
+                    }
+                }
+                _ = closing.cancelled() => return,
             }
             let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
             if let Err(e) = conn.await {
@@ -144,8 +153,8 @@ async fn accept_loop<S, B>(
         });
     }
     drop(listener);
-    // Open requests finish; idle connections close. Connections still silent are aborted
-    // when `conns` drops.
+    // Open requests finish; idle and still silent connections close.
+    closing.cancel();
     graceful.shutdown().await;
 }
 

@@ -506,3 +506,16 @@ async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
     assert!(log.contains("still open after the shutdown timeout"), "{log}");
     assert!(log.contains("store flushed; bye"), "{log}");
 }
+
+/// A connection that never sent a byte does not hold up a shutdown.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_silent_connection() {
+    let opts = Options { server_toml: "read_timeout_seconds = 3600\n".into(), ..Options::default() };
+    let mut app = TestApp::start_with(opts).await;
+    let _silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(app.stop(), Some(0), "{}", app.log());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(!app.log().contains("still open after the shutdown timeout"), "{}", app.log());
+}
