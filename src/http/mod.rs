@@ -103,8 +103,11 @@ async fn accept_loop<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    // HTTP/2 streams run as tasks of their own: they end with this future too.
+    let streams = tokio_util::sync::CancellationToken::new();
+    let _end_streams = streams.clone().drop_guard();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(StreamExecutor { stop: streams });
     builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
     builder
         .http2()
@@ -113,8 +116,7 @@ async fn accept_loop<S, B>(
         .keep_alive_timeout(read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Connections live in this set, not as detached tasks: when this future is dropped (the
-    // caller gave up waiting after a shutdown), every connection is aborted with it (HTTP/2
-    // streams run as tasks of their own; aborted, their connection no longer answers them).
+    // caller gave up waiting after a shutdown), every connection is aborted with it.
     let mut conns = tokio::task::JoinSet::new();
     // Tells connections still waiting for their first byte that we are shutting down.
     let closing = tokio_util::sync::CancellationToken::new();
@@ -156,6 +158,29 @@ async fn accept_loop<S, B>(
     // Open requests finish; idle and still silent connections close.
     closing.cancel();
     graceful.shutdown().await;
+}
+
+/// Spawns hyper's HTTP/2 stream tasks so that they stop once `stop` is cancelled (when the
+/// accept loop ends or is dropped), instead of outliving the server.
+#[derive(Clone)]
+struct StreamExecutor {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl<F> warp::hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
 }
 
 /// Too many open files and the like: wait a moment rather than spin (as hyper 0.14 did).

@@ -519,3 +519,13 @@ async fn shutdown_does_not_wait_for_a_silent_connection() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(!app.log().contains("still open after the shutdown timeout"), "{}", app.log());
 }
+
+/// HTTP/2 without TLS (prior knowledge) is served too, as warp's own server did.
+#[tokio::test]
+async fn h2c_is_served() {
+    let app = TestApp::start().await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = client.get(format!("{}/v1/buckets", app.base)).bearer_auth(&app.api_key).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+}
