@@ -135,7 +135,7 @@ fn describe_inbound() {
     describe_counter!(
         INGEST_REQUESTS,
         "Ingest requests by outcome: created, buffered, duplicate, ignored, updated, deleted, unauthorized, \
-         invalid, disabled, not_found, error"
+         invalid, disabled, not_found, error, too_large, timeout"
     );
     describe_histogram!(INGEST_DURATION, Unit::Seconds, "Ingest latency, body read to durable answer, by outcome");
     describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");

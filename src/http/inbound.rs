@@ -28,11 +28,14 @@ use crate::store::Keyspace;
 const MAX_PAGE: usize = 1000;
 
 /// Routes under `/v1/buckets/{id}/{source-adapter,objects,batches}` and `/v1/webhooks/…`.
+/// The ingest route's metrics label.
+pub(super) const INGEST_ROUTE: &str = "/v1/buckets/{bucket_id}/source-adapter/ingest";
+
 pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static str, Response) {
     let m = req.method.clone();
     match segs {
         ["v1", "buckets", id, "source-adapter", "ingest"] => {
-            methods!(m, "/v1/buckets/{bucket_id}/source-adapter/ingest", { POST => ingest(state, req, id) })
+            methods!(m, INGEST_ROUTE, { POST => ingest(state, req, id) })
         }
         ["v1", "buckets", id, "source-adapter", "status"] => {
             methods!(m, "/v1/buckets/{bucket_id}/source-adapter/status", { GET => status(state, req, id) })

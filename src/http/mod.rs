@@ -72,7 +72,7 @@ pub async fn serve(
                         let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
                         route(&state, req).await
                     }
-                    Err(e) => ("(body)", error_response(&e)),
+                    Err(e) => (body_error_label(path.as_str(), &e, started), error_response(&e)),
                 };
                 crate::metrics::http_request(label, method.as_str(), resp.status().as_u16(), started.elapsed());
                 resp
@@ -285,6 +285,23 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
         ["v1", "organizations", "webhooks", ..] | ["v1", "events", ..] => outbound::route(state, &req, &segs).await,
         _ => ("(unknown)", error_response(&not_found_route())),
     }
+}
+
+/// The metrics label of a request refused while reading its body: `(body)`, except on the
+/// ingest route, which upstream senders hit and operators watch (also counted as an ingest,
+/// outcome `too_large` or `timeout`).
+fn body_error_label(path: &str, e: &ApiError, started: Instant) -> &'static str {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if !matches!(segs.as_slice(), ["v1", "buckets", _, "source-adapter", "ingest"]) {
+        return "(body)";
+    }
+    let outcome = match e {
+        ApiError::PayloadTooLarge(_) => "too_large",
+        ApiError::RequestTimeout(_) => "timeout",
+        _ => "invalid",
+    };
+    crate::metrics::ingest_request(outcome, started.elapsed());
+    inbound::INGEST_ROUTE
 }
 
 pub(crate) fn not_found_route() -> ApiError {

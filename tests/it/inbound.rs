@@ -303,9 +303,11 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert_eq!(status(&app, &bucket).await["enabled"], false);
 
     let m = app.metrics().await;
-    for outcome in ["created", "duplicate", "ignored", "invalid", "unauthorized", "disabled"] {
+    for outcome in ["created", "duplicate", "ignored", "invalid", "unauthorized", "disabled", "too_large"] {
         assert!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", outcome)]) >= 1.0, "{outcome}");
     }
+    let ingest_413 = [("route", "/v1/buckets/{bucket_id}/source-adapter/ingest"), ("status", "413")];
+    assert!(metric_value(&m, "hookline_http_requests_total", &ingest_413) >= 1.0, "a 413 is labelled with its route");
     assert!(metric_value(&m, "hookline_ingest_objects_created_total", &[]) >= 5.0);
     assert!(metric_value(&m, "hookline_events_published_total", &[("event_type", "object.created")]) >= 5.0);
     assert!(metric_value(&m, "hookline_events_published_total", &[("event_type", "object.deleted")]) >= 1.0);
