@@ -29,7 +29,7 @@ pub async fn run(
     let metrics = crate::metrics::install();
 
     let data_dir = config.storage.path.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
+    create_dir_durably(&data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
     let store = Store::open_sled(&data_dir).with_context(|| format!("open store in {}", data_dir.display()))?;
     let env_key = std::env::var("HOOKLINE_MASTER_KEY").ok();
     if env_key.is_none() && !data_dir.join("master.key").exists() && holds_sealed_values(&store)? {
@@ -151,4 +151,21 @@ fn holds_sealed_values(store: &Store) -> anyhow::Result<bool> {
         !any
     })?;
     Ok(any)
+}
+
+/// `create_dir_all`, and the new directories' entries synced (up to the first one that
+/// existed): a first start's writes must not vanish with a directory a power loss forgot.
+fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut created = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        created.push(p.to_path_buf());
+        d = p.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for p in &created {
+        let parent = p.parent().filter(|q| !q.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
