@@ -165,7 +165,11 @@ fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for p in &created {
         let parent = p.parent().filter(|q| !q.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        std::fs::File::open(parent)?.sync_all()?;
+        // Best effort: a parent we may create in but not read (a drop directory) cannot be
+        // opened to sync; that must not stop a start.
+        if let Err(e) = std::fs::File::open(parent).and_then(|f| f.sync_all()) {
+            tracing::warn!(dir = %parent.display(), error = %e, "could not sync the data directory's parent");
+        }
     }
     Ok(())
 }

@@ -72,7 +72,7 @@ pub async fn serve(
                         let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
                         route(&state, req).await
                     }
-                    Err(e) => (body_error_label(path.as_str(), &e, started), error_response(&e)),
+                    Err(e) => (body_error_label(&method, path.as_str(), &e, started), error_response(&e)),
                 };
                 crate::metrics::http_request(label, method.as_str(), resp.status().as_u16(), started.elapsed());
                 resp
@@ -141,6 +141,8 @@ async fn accept_loop<S, B>(
             // the graceful shutdown waits for this task's watcher).
             let mut first = [0u8; 1];
             tokio::select! {
+                // A client whose first bytes are here is served, even at the moment of shutdown.
+                biased;
                 peeked = tokio::time::timeout(read_timeout, io.peek(&mut first)) => {
                     if !matches!(peeked, Ok(Ok(1))) {
                         return;
@@ -290,10 +292,13 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
 /// The metrics label of a request refused while reading its body: `(body)`, except on the
 /// ingest route, which upstream senders hit and operators watch (also counted as an ingest,
 /// outcome `too_large` or `timeout`).
-fn body_error_label(path: &str, e: &ApiError, started: Instant) -> &'static str {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+fn body_error_label(method: &Method, path: &str, e: &ApiError, started: Instant) -> &'static str {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if !matches!(segs.as_slice(), ["v1", "buckets", _, "source-adapter", "ingest"]) {
         return "(body)";
+    }
+    if method != Method::POST {
+        return inbound::INGEST_ROUTE;
     }
     let outcome = match e {
         ApiError::PayloadTooLarge(_) => "too_large",
