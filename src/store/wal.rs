@@ -13,11 +13,17 @@
 //! key written since the last checkpoint ends with its last logged value, and every other key
 //! was on disk at that checkpoint's flush.
 //!
-//! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` of zeros overwritten from the
-//! start by records `[len: u32 LE][crc32(payload): u32 LE][payload]`; a zero length ends the
-//! segment. A payload is one group's operations, each `1 klen key vlen value` (put) or
-//! `2 klen key` (delete), lengths u32 LE. A record that does not check out is a write torn by
-//! a crash; nothing after it was ever acknowledged.
+//! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` of zeros. Its first [`ALIGN`]
+//! bytes hold [`MAGIC`]; records `[len: u32 LE][crc32(payload): u32 LE][payload]` follow, each
+//! starting on an [`ALIGN`] boundary, so writing a record never rewrites a block that holds an
+//! acknowledged one (a device that tears a block it rewrites on power loss cannot damage
+//! acknowledged data). A zero length ends the segment. A payload is one group's operations,
+//! each `1 klen key vlen value` (put) or `2 klen key` (delete), lengths u32 LE.
+//!
+//! A record that does not check out is the write torn by a crash (the only unacknowledged
+//! one, the last) if no valid record follows it, in its segment (probed at every boundary) or
+//! a later one; otherwise acknowledged data is damaged and start-up refuses to guess.
+//! Segments written before the magic (records back to back, from byte 0) are still read.
 //!
 //! This module must not know what the keys mean.
 
@@ -32,6 +38,15 @@ use super::{Backend, Batch, Op, StoreError};
 pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 
 const HEADER: usize = 8;
+/// Records start on multiples of this (a block of the file and of the device).
+const ALIGN: u64 = 4096;
+/// The first bytes of a segment in the aligned layout (read as an older segment's first
+/// length, it would be over 1 GiB, which no segment holds).
+const MAGIC: [u8; 8] = *b"HKLWAL02";
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 
@@ -59,10 +74,11 @@ impl Segment {
             file.write_all(&zeros[..n])?;
             left -= n as u64;
         }
+        file.write_all_at(&MAGIC, 0)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
-        Ok(Segment { no, dir: dir.to_path_buf(), file, capacity, pos: 0 })
+        Ok(Segment { no, dir: dir.to_path_buf(), file, capacity, pos: ALIGN })
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -79,14 +95,15 @@ impl Segment {
     pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
         self.file.write_all_at(record, self.pos)?;
         self.file.sync_data()?;
-        self.pos += record.len() as u64;
+        // The padding up to the boundary is already zeros.
+        self.pos = align_up(self.pos + record.len() as u64);
         Ok(())
     }
 }
 
 /// Bytes needed for a segment holding one record of `record_len` bytes.
 pub(crate) fn capacity_for(record_len: usize) -> u64 {
-    SEGMENT_BYTES.max(record_len as u64)
+    SEGMENT_BYTES.max(ALIGN + align_up(record_len as u64))
 }
 
 pub(crate) fn segment_path(dir: &Path, no: u64) -> PathBuf {
@@ -159,35 +176,57 @@ struct SegmentRead {
     records: Vec<Batch>,
     /// Where a record failed its checks (a torn write if nothing valid follows), if one did.
     bad_at: Option<usize>,
+    /// A valid record lies beyond where reading stopped (a bad record, or a zero length):
+    /// acknowledged data after damage.
+    valid_after_stop: bool,
+}
+
+/// The batch of the record at `pos`, if one checks out there; `Err(())` for a zero length.
+fn record_at(bytes: &[u8], pos: usize) -> Result<Option<(Batch, usize)>, ()> {
+    let Some(header) = bytes.get(pos..pos + HEADER) else { return Err(()) };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 {
+        return Err(());
+    }
+    Ok(bytes
+        .get(pos + HEADER..pos + HEADER + len)
+        .filter(|payload| crc32fast::hash(payload) == crc)
+        .and_then(decode)
+        .map(|b| (b, HEADER + len)))
 }
 
 /// The records of one segment file, in order, up to its end or first bad record.
 fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
+    let aligned = bytes.starts_with(&MAGIC);
     let mut out = Vec::new();
     let mut bad_at = None;
-    let mut pos = 0usize;
-    while let Some(header) = bytes.get(pos..pos + HEADER) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len == 0 {
-            break;
-        }
-        let record = bytes
-            .get(pos + HEADER..pos + HEADER + len)
-            .filter(|payload| crc32fast::hash(payload) == crc)
-            .and_then(decode);
-        match record {
-            Some(b) => out.push(b),
-            None => {
+    let mut pos = if aligned { ALIGN as usize } else { 0 };
+    loop {
+        match record_at(&bytes, pos) {
+            Err(()) => break,
+            Ok(Some((b, len))) => {
+                out.push(b);
+                pos += len;
+                if aligned {
+                    pos = align_up(pos as u64) as usize;
+                }
+            }
+            Ok(None) => {
                 bad_at = Some(pos);
                 break;
             }
         }
-        pos += HEADER + len;
     }
-    Ok(SegmentRead { records: out, bad_at })
+    // Writes are sequential: nothing valid may lie past where the records stop. (Older
+    // segments have no boundaries to probe.)
+    let valid_after_stop = aligned
+        && (align_up(pos as u64 + 1) as usize..bytes.len())
+            .step_by(ALIGN as usize)
+            .any(|at| matches!(record_at(&bytes, at), Ok(Some(_))));
+    Ok(SegmentRead { records: out, bad_at, valid_after_stop })
 }
 
 /// The segment numbers present in `dir`, ascending.
@@ -225,6 +264,14 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
     // A bad record is a write torn by a crash only if nothing valid was logged after it;
     // otherwise acknowledged data is damaged: refuse to start and keep every file.
     for (i, read) in reads.iter().enumerate() {
+        if read.valid_after_stop {
+            return Err(StoreError::Corrupt {
+                key: format!("{}", segment_path(dir, nos[i]).display()),
+                reason: "valid write-ahead log records follow a damaged or missing one; refusing to guess \
+                         (the files are kept for inspection)"
+                    .into(),
+            });
+        }
         if let Some(offset) = read.bad_at {
             let path = segment_path(dir, nos[i]);
             if reads[i + 1..].iter().any(|r| !r.records.is_empty()) {
@@ -304,7 +351,7 @@ mod tests {
 
     /// Segment `no` in `wal`, holding one record per batch.
     fn write_segment(wal: &Path, no: u64, batches: &[Batch]) -> Segment {
-        let mut seg = Segment::create(wal, no, 4096).unwrap();
+        let mut seg = Segment::create(wal, no, 64 * 1024).unwrap();
         for b in batches {
             seg.append(&record_of(b)).unwrap();
         }
@@ -314,11 +361,13 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = Segment::create(dir.path(), 7, 4096).unwrap();
+        let mut seg = Segment::create(dir.path(), 7, 5 * ALIGN).unwrap();
         let mut records = Vec::new();
         for i in 0..3 {
             let r = record_of(&batch(i));
             assert!(seg.fits(r.len()));
+            // Each record on its own block, after the magic's.
+            assert_eq!(seg.pos, (i as u64 + 1) * ALIGN);
             seg.append(&r).unwrap();
             records.push(r);
         }
@@ -328,7 +377,44 @@ mod tests {
         let read = read_segment(&segment_path(dir.path(), 7)).unwrap();
         assert_eq!((read.records.len(), read.bad_at), (3, Some(end as usize)));
         assert_eq!(record_of(&read.records[2]), records[2]);
-        assert!(!seg.fits(5000));
+        assert!(!read.valid_after_stop);
+        assert!(seg.fits(4000) && !seg.fits(5000));
+    }
+
+    #[test]
+    fn a_damaged_record_inside_the_last_segment_before_valid_ones_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        write_segment(&wal, 1, &[batch(1), batch(2), batch(3)]);
+        // The second record's block lost (a power loss tore it): its length reads 0.
+        let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
+        f.write_all_at(&[0u8; HEADER], 2 * ALIGN).unwrap();
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        // Or damaged in place.
+        f.write_all_at(&record_of(&batch(2))[..HEADER], 2 * ALIGN).unwrap();
+        f.write_all_at(&[0xff], 2 * ALIGN + HEADER as u64 + 2).unwrap();
+        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        assert_eq!(segments(&wal).unwrap(), vec![1], "the files are kept");
+        assert!(backend.get(&Keyspace::OBJECTS.key("k1")).unwrap().is_none(), "nothing replayed");
+    }
+
+    #[test]
+    fn a_segment_in_the_older_layout_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        // Records back to back from byte 0, then zeros.
+        let mut bytes = Vec::new();
+        for i in 0..3 {
+            bytes.extend_from_slice(&record_of(&batch(i)));
+        }
+        bytes.resize(64 * 1024, 0);
+        std::fs::write(segment_path(&wal, 9), &bytes).unwrap();
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        assert_eq!(recover(&wal, &backend).unwrap(), 10);
+        assert_eq!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().unwrap(), b"2");
     }
 
     #[test]
@@ -359,7 +445,7 @@ mod tests {
         }
         // Flip a payload byte of segment 1's first record.
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
-        f.write_all_at(&[0xff], HEADER as u64 + 3).unwrap();
+        f.write_all_at(&[0xff], ALIGN + HEADER as u64 + 3).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1, 2]);
