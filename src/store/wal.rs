@@ -179,6 +179,11 @@ struct SegmentRead {
     /// A valid record lies beyond where reading stopped (a bad record, or a zero length):
     /// acknowledged data after damage.
     valid_after_stop: bool,
+    /// Where a zero length ended the records (the segment's unused rest, or a lost record).
+    zero_at: Option<usize>,
+    /// The size of the segment's first record (header included), if it has one.
+    first_len: Option<usize>,
+    file_len: usize,
 }
 
 /// The batch of the record at `pos`, if one checks out there; `Err(())` for a zero length.
@@ -202,12 +207,18 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     File::open(path)?.read_to_end(&mut bytes)?;
     let aligned = bytes.starts_with(&MAGIC);
     let mut out = Vec::new();
-    let mut bad_at = None;
+    let (mut bad_at, mut zero_at, mut first_len) = (None, None, None);
     let mut pos = if aligned { ALIGN as usize } else { 0 };
     loop {
         match record_at(&bytes, pos) {
-            Err(()) => break,
+            Err(()) => {
+                if pos + HEADER <= bytes.len() {
+                    zero_at = Some(pos);
+                }
+                break;
+            }
             Ok(Some((b, len))) => {
+                first_len.get_or_insert(len);
                 out.push(b);
                 pos += len;
                 if aligned {
@@ -226,7 +237,7 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
         && (align_up(pos as u64 + 1) as usize..bytes.len())
             .step_by(ALIGN as usize)
             .any(|at| matches!(record_at(&bytes, at), Ok(Some(_))));
-    Ok(SegmentRead { records: out, bad_at, valid_after_stop })
+    Ok(SegmentRead { records: out, bad_at, valid_after_stop, zero_at, first_len, file_len: bytes.len() })
 }
 
 /// The segment numbers present in `dir`, ascending.
@@ -264,7 +275,11 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
     // A bad record is a write torn by a crash only if nothing valid was logged after it;
     // otherwise acknowledged data is damaged: refuse to start and keep every file.
     for (i, read) in reads.iter().enumerate() {
-        if read.valid_after_stop {
+        // The log moves to the next segment only when a record does not fit: a segment that
+        // ends early although the next logged record would have fitted lost a record.
+        let next_first = reads[i + 1..].iter().find_map(|r| r.first_len);
+        let lost = read.zero_at.zip(next_first).is_some_and(|(at, len)| at + len <= read.file_len);
+        if read.valid_after_stop || lost {
             return Err(StoreError::Corrupt {
                 key: format!("{}", segment_path(dir, nos[i]).display()),
                 reason: "valid write-ahead log records follow a damaged or missing one; refusing to guess \
@@ -349,9 +364,10 @@ mod tests {
         r
     }
 
-    /// Segment `no` in `wal`, holding one record per batch.
+    /// Segment `no` in `wal`, holding one record per batch and full (as the log leaves a
+    /// segment only when the next record does not fit): the batches are small.
     fn write_segment(wal: &Path, no: u64, batches: &[Batch]) -> Segment {
-        let mut seg = Segment::create(wal, no, 64 * 1024).unwrap();
+        let mut seg = Segment::create(wal, no, ALIGN * (1 + batches.len() as u64)).unwrap();
         for b in batches {
             seg.append(&record_of(b)).unwrap();
         }
@@ -398,6 +414,31 @@ mod tests {
         assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1], "the files are kept");
         assert!(backend.get(&Keyspace::OBJECTS.key("k1")).unwrap().is_none(), "nothing replayed");
+    }
+
+    #[test]
+    fn a_record_lost_at_the_end_of_a_segment_before_later_ones_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        write_segment(&wal, 1, &[batch(1), batch(2)]);
+        write_segment(&wal, 2, &[batch(3)]);
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        // Intact, segment 1 simply was not full.
+        let clean = tempfile::tempdir().unwrap();
+        let copy = clean.path().join("wal");
+        std::fs::create_dir_all(&copy).unwrap();
+        for no in [1, 2] {
+            std::fs::copy(segment_path(&wal, no), segment_path(&copy, no)).unwrap();
+        }
+        let other = SledBackend::open(&clean.path().join("db")).unwrap();
+        assert_eq!(recover(&copy, &other).unwrap(), 3);
+        // Segment 1's last record lost its first block: a zero length there, though segment
+        // 2's record would have fitted after it.
+        let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
+        f.write_all_at(&[0u8; HEADER], 2 * ALIGN).unwrap();
+        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        assert_eq!(segments(&wal).unwrap(), vec![1, 2], "the files are kept");
     }
 
     #[test]
