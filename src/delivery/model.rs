@@ -82,19 +82,9 @@ pub struct StoredWebhook {
 
 impl StoredWebhook {
     pub fn view(&self) -> serde_json::Value {
-        let ids = self.channel_ids();
-        let channels: Vec<serde_json::Value> = self
-            .channels
-            .iter()
-            .zip(&ids)
-            .map(|(c, id)| {
-                let mut c = c.clone();
-                if let Some(m) = c.as_object_mut() {
-                    m.insert(CHANNEL_ID.into(), serde_json::Value::String(id.clone()));
-                }
-                c
-            })
-            .collect();
+        // Channels stored before IDs existed are shown with their legacy ones.
+        let channels: Vec<serde_json::Value> =
+            (self.channels.iter().enumerate()).map(|(i, c)| with_channel_id(c.clone(), &self.channel_id(i))).collect();
         serde_json::json!({
             "webhook_id": self.webhook_id,
             "webhook_name": self.webhook_name,
@@ -111,17 +101,26 @@ impl StoredWebhook {
         self.event_types.iter().any(|p| matches(p, event_type))
     }
 
-    /// The stable ID of each channel, in order (see [`CHANNEL_ID`]).
-    pub fn channel_ids(&self) -> Vec<String> {
-        self.channels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match c.get(CHANNEL_ID).and_then(|v| v.as_str()) {
-                Some(id) => id.to_string(),
-                None => legacy_channel_id(i),
-            })
-            .collect()
+    /// The stable ID of channel `index` (see [`CHANNEL_ID`]).
+    pub fn channel_id(&self, index: usize) -> std::borrow::Cow<'_, str> {
+        match self.channels.get(index).and_then(|c| c.get(CHANNEL_ID)).and_then(|v| v.as_str()) {
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => std::borrow::Cow::Owned(legacy_channel_id(index)),
+        }
     }
+
+    /// The stable ID of each channel, in order.
+    pub fn channel_ids(&self) -> Vec<String> {
+        (0..self.channels.len()).map(|i| self.channel_id(i).into_owned()).collect()
+    }
+}
+
+/// A channel's JSON (as stored or shown) carrying its ID.
+pub fn with_channel_id(mut channel: serde_json::Value, id: &str) -> serde_json::Value {
+    if let Some(m) = channel.as_object_mut() {
+        m.insert(CHANNEL_ID.into(), serde_json::Value::String(id.to_string()));
+    }
+    channel
 }
 
 /// The key of a channel's stable ID, in the stored (redacted) channel and in the API.

@@ -103,8 +103,6 @@ pub enum DeliveryMsg {
 
 struct Entry {
     stored: StoredWebhook,
-    /// `stored.channel_ids()`, kept for the fan-out.
-    channel_ids: Vec<String>,
     /// Plain channel configs (opened from `sealed`) and the signing secret.
     secrets: Option<WebhookSecrets>,
     restarts: RestartBudget,
@@ -191,12 +189,7 @@ impl Actor for DeliveryRegistry {
             let id = w.webhook_id.clone();
             state.webhooks.insert(
                 id.clone(),
-                Entry {
-                    channel_ids: w.channel_ids(),
-                    stored: w,
-                    secrets,
-                    restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
-                },
+                Entry { stored: w, secrets, restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
             );
             state.spawn_worker(&myself, &id).await?;
         }
@@ -507,17 +500,7 @@ fn keep_redacted_secrets(
 
 /// The channels as stored in plain text (and shown): redacted, each with its ID.
 fn stored_channels(channels: &[ChannelConfig], ids: &[String]) -> Vec<serde_json::Value> {
-    channels
-        .iter()
-        .zip(ids)
-        .map(|(c, id)| {
-            let mut v = c.redacted();
-            if let Some(m) = v.as_object_mut() {
-                m.insert(model::CHANNEL_ID.into(), serde_json::Value::String(id.clone()));
-            }
-            v
-        })
-        .collect()
+    channels.iter().zip(ids).map(|(c, id)| model::with_channel_id(c.redacted(), id)).collect()
 }
 
 fn open_secrets(shared: &Shared, w: &StoredWebhook) -> Option<WebhookSecrets> {
@@ -639,12 +622,7 @@ impl DeliveryState {
         view["signing_secret"] = serde_json::Value::String(secrets.signing_secret.clone());
         self.webhooks.insert(
             webhook_id.clone(),
-            Entry {
-                channel_ids: stored.channel_ids(),
-                stored,
-                secrets: Some(secrets),
-                restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
-            },
+            Entry { stored, secrets: Some(secrets), restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
         );
         if let Err(e) = self.spawn_worker(myself, &webhook_id).await {
             tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");
@@ -689,7 +667,6 @@ impl DeliveryState {
             w.channels = stored_channels(&secrets.channels, &ids);
             w.sealed = sealed;
             entry.secrets = Some(secrets);
-            entry.channel_ids = ids;
         }
         let w = &mut entry.stored;
         w.updated_at = now_rfc3339();
@@ -834,9 +811,10 @@ impl DeliveryState {
             if !entry.stored.subscribed(&event.event_type) {
                 continue;
             }
-            for (idx, (ch, ch_id)) in entry.stored.channels.iter().zip(&entry.channel_ids).enumerate() {
+            for (idx, ch) in entry.stored.channels.iter().enumerate() {
                 let kind = ch.get("channel").and_then(|c| c.as_str()).unwrap_or("webhook");
-                let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, ch_id, kind, now);
+                let ch_id = entry.stored.channel_id(idx);
+                let d = Delivery::new(event.clone(), &entry.stored.webhook_id, idx, &ch_id, kind, now);
                 batch.put(Keyspace::DELIVERIES, &d.key(), &d);
                 matched = true;
                 per_worker.entry(d.webhook_id.clone()).or_default().push(d);

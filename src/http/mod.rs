@@ -293,8 +293,7 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
 /// ingest route, which upstream senders hit and operators watch (also counted as an ingest,
 /// outcome `too_large` or `timeout`).
 fn body_error_label(method: &Method, path: &str, e: &ApiError, started: Instant) -> &'static str {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if !matches!(segs.as_slice(), ["v1", "buckets", _, "source-adapter", "ingest"]) {
+    if !matches!(request::segments(path).as_slice(), ["v1", "buckets", _, "source-adapter", "ingest"]) {
         return "(body)";
     }
     if method != Method::POST {

@@ -27,7 +27,7 @@ impl Request {
 
     /// Path segments, ignoring a trailing slash.
     pub fn segments(&self) -> Vec<&str> {
-        self.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect()
+        segments(&self.path)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -103,6 +103,11 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
 }
 
 /// Deserializes a JSON value, mapping failures to 422 with the dot-path of the field.
+/// A path's segments, empty ones (doubled or trailing slashes) left out: how the router sees it.
+pub fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     crate::error::deserialize_at(None, value)
 }

@@ -1,10 +1,11 @@
 //! The email channel: one message per delivery, to every address of the channel, through the
 //! SMTP relay of `[delivery.email]`.
 //!
-//! The transport is built once from the config and shared by every email channel. The `Message-ID` is derived from the delivery ID, so every retry of one
-//! delivery carries the same one and a receiving system can drop duplicates. Any SMTP
-//! failure (refused connection, 4xx, 5xx, timeout) is retried on the common schedule, like an
-//! HTTP channel's non-2xx: a rejected relay login is an operator's fix, not a lost event.
+//! The transport is built once from the config and shared by every email channel. The
+//! `Message-ID` is derived from the delivery ID, so every retry of one delivery carries the
+//! same one and a receiving system can drop duplicates. Any SMTP failure (refused connection,
+//! 4xx, 5xx, timeout) is retried on the common schedule, like an HTTP channel's non-2xx: a
+//! rejected relay login is an operator's fix, not a lost event.
 //! One message goes to all the addresses, so a relay that refuses one of them fails the
 //! attempt for all (and the retry sends to all).
 //!
