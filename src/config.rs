@@ -104,6 +104,9 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
 }
 
+/// The longest retry delay accepted: 30 days (a longer one outlives any sane `max_age`).
+const MAX_RETRY_DELAY_SECONDS: u64 = 30 * 24 * 3600;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
@@ -348,6 +351,13 @@ impl Config {
         if d.retry_schedule_seconds.is_empty() {
             bail!("delivery.retry_schedule_seconds must list at least one delay");
         }
+        // A zero delay would retry a failing receiver in a hot loop until `max_age`.
+        if let Some(i) = d.retry_schedule_seconds.iter().position(|s| *s == 0 || *s > MAX_RETRY_DELAY_SECONDS) {
+            bail!(
+                "delivery.retry_schedule_seconds[{i}] must be within 1..={MAX_RETRY_DELAY_SECONDS} (seconds), got {}",
+                d.retry_schedule_seconds[i]
+            );
+        }
         if d.max_age_seconds == Some(0) {
             bail!("delivery.max_age_seconds must be at least 1 when set");
         }
@@ -479,6 +489,9 @@ mod tests {
         let mut c = Config::default();
         c.delivery.retry_schedule_seconds.clear();
         assert!(c.validate().unwrap_err().to_string().contains("retry_schedule_seconds"));
+        let mut c = Config::default();
+        c.delivery.retry_schedule_seconds = vec![5, 0];
+        assert!(c.validate().unwrap_err().to_string().contains("retry_schedule_seconds[1] must be within 1..="));
     }
 
     #[test]

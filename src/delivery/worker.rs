@@ -145,6 +145,10 @@ pub struct WorkerState {
     flush_queued: bool,
     /// The last error reported to the registry (to report only changes).
     reported_error: Option<String>,
+    /// The latest error of each channel still failing, oldest first. The webhook's
+    /// `last_error` is the newest of them: one channel's success clears only its own, so a
+    /// healthy channel does not hide a broken one.
+    channel_errors: Vec<(String, String)>,
     /// Set while the queue is spilled: every pending delivery not in `queue` has a key
     /// (`{webhook_id}/{delivery_id}`) at or after this one.
     spilled_from: Option<String>,
@@ -208,6 +212,7 @@ impl Actor for DeliveryWorker {
             writes: Batch::new(),
             flush_queued: false,
             reported_error: None,
+            channel_errors: Vec::new(),
             spilled_from: None,
             spilled: 0,
             refilled: HashSet::new(),
@@ -254,8 +259,23 @@ impl Actor for DeliveryWorker {
                 state.pump();
             }
             WorkerMsg::Configure(rt) => {
-                state.rt = rt;
-                state.report_error(state.rt.problem.clone());
+                let old = std::mem::replace(&mut state.rt, rt);
+                let removed: Vec<String> =
+                    old.channel_ids.iter().filter(|c| !state.rt.channel_ids.contains(c)).cloned().collect();
+                let errors_before = state.channel_errors.len();
+                state.channel_errors.retain(|(c, _)| !removed.contains(c));
+                let newest = state.channel_errors.last().map(|(_, e)| e.clone());
+                match state.rt.problem.clone() {
+                    Some(p) => state.report_error(Some(p)),
+                    // The problem is gone, or a failing channel was removed: so is its error.
+                    // Other failures stay (a PATCH does not fix a receiver).
+                    None if old.problem.is_some() && state.reported_error == old.problem => state.report_error(newest),
+                    None if state.channel_errors.len() < errors_before => state.report_error(newest),
+                    None => {}
+                }
+                if !removed.is_empty() {
+                    state.drop_removed_channels(&removed).await?;
+                }
                 state.pump();
             }
             WorkerMsg::Retry { delivery_id, reply } => {
@@ -470,13 +490,12 @@ impl WorkerState {
         }
         let mut loaded = Vec::with_capacity(room.min(self.spilled.max(64)));
         let mut next = None;
-        let queue = &self.queue;
         // Retries due beyond the horizon are parked: their `due/` entries bring them back
         // (checked below: after the wall clock stepped back, one may have none yet).
         let horizon = self.horizon(now_millis());
         let mut far = Vec::new();
         self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), &from, |k, d| {
-            if d.status != DeliveryStatus::Pending || queue.contains_key(&d.delivery_id) {
+            if d.status != DeliveryStatus::Pending || self.queue.contains_key(&d.delivery_id) {
                 return true;
             }
             if d.next_attempt_ms.is_some_and(|due| due > horizon) {
@@ -670,11 +689,7 @@ impl WorkerState {
                         };
                         ch.send(&msg).await
                     }
-                    (None, _) => AttemptResult::failed(
-                        Outcome::Permanent,
-                        "error",
-                        "the channel of this delivery was removed from the webhook",
-                    ),
+                    (None, _) => AttemptResult::failed(Outcome::Permanent, "error", CHANNEL_REMOVED),
                     (_, None) => AttemptResult::failed(
                         Outcome::Permanent,
                         "error",
@@ -713,19 +728,19 @@ impl WorkerState {
                 d.status = DeliveryStatus::Succeeded;
                 d.next_attempt_ms = None;
                 crate::metrics::delivery_finished(&d.channel, "succeeded");
-                self.report_error(None);
+                self.note_outcome(&d, None);
             }
             Decision::Dead => {
                 d.status = DeliveryStatus::Dead;
                 d.next_attempt_ms = None;
                 crate::metrics::delivery_finished(&d.channel, "dead");
                 tracing::warn!(webhook_id = %d.webhook_id, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
-                self.report_error(error);
+                self.note_outcome(&d, error);
             }
             Decision::RetryIn(delay) => {
                 let due = now + delay.as_millis() as u64;
                 d.next_attempt_ms = Some(due);
-                self.report_error(error);
+                self.note_outcome(&d, error);
             }
         }
         self.write(&d);
@@ -749,6 +764,65 @@ impl WorkerState {
         }
     }
 
+    /// A PATCH removed channels: their pending deliveries go `dead` now, each with an
+    /// attempt that says why, not when next due (hours away for a parked retry). Sends in
+    /// flight finish on the channel they started with.
+    async fn drop_removed_channels(&mut self, removed: &[String]) -> Result<(), ActorProcessingErr> {
+        let gone = |channel: String| removed.contains(&channel);
+        let now = now_millis();
+        let held: Vec<DeliveryId> = self
+            .queue
+            .iter()
+            .filter(|(id, d)| !self.in_flight.contains(*id) && gone(d.channel_ref()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in held {
+            if let Some(mut d) = self.queue.remove(&id) {
+                self.bury_removed(&mut d, now);
+            }
+        }
+        // Those waiting in the store (spilled, or parked for a far-off retry), once every
+        // outcome written so far is readable.
+        self.submit_writes();
+        self.shared.store.commit(Batch::new()).await?;
+        let horizon = self.horizon(now);
+        let mut keys = Vec::new();
+        self.shared.store.for_each::<ChannelOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
+            let channel = d.channel_id.clone().unwrap_or_else(|| super::model::legacy_channel_id(d.channel_index));
+            if d.status == DeliveryStatus::Pending && gone(channel) {
+                keys.push(k.to_string());
+            }
+            true
+        })?;
+        for k in keys {
+            let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &k)? else { continue };
+            if d.status != DeliveryStatus::Pending || self.queue.contains_key(&d.delivery_id) {
+                continue;
+            }
+            match d.next_attempt_ms {
+                // Its `due/` entry, now stale, is dropped when it comes up.
+                Some(due) if due > horizon => self.parked = self.parked.saturating_sub(1),
+                _ => self.spilled = self.spilled.saturating_sub(1),
+            }
+            self.bury_removed(&mut d, now);
+        }
+        Ok(())
+    }
+
+    /// Marks a delivery of a removed channel `dead` (not a webhook error: the user removed it).
+    fn bury_removed(&mut self, d: &mut Delivery, now: u64) {
+        d.log_attempt(Attempt {
+            at: millis_to_rfc3339(now),
+            status_code: None,
+            error: Some(CHANNEL_REMOVED.to_string()),
+            duration_ms: 0,
+        });
+        d.status = DeliveryStatus::Dead;
+        d.next_attempt_ms = None;
+        crate::metrics::delivery_finished(&d.channel, "dead");
+        self.write(d);
+    }
+
     async fn retry_now(&mut self, id: &DeliveryId) -> Result<(serde_json::Value, Durable), ApiError> {
         let now = now_millis();
         if let Some(d) = self.queue.get_mut(id) {
@@ -768,6 +842,9 @@ impl WorkerState {
         let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else {
             return Err(ApiError::NotFound(format!("delivery {id} not found for webhook {}", self.rt.webhook_id)));
         };
+        if !self.rt.channel_ids.contains(&d.channel_ref()) {
+            return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
+        }
         attach_events(&self.shared.store, std::slice::from_mut(&mut d))?;
         if d.event.is_none() {
             return Err(ApiError::Conflict(format!(
@@ -798,6 +875,27 @@ impl WorkerState {
         Ok((view, durable))
     }
 
+    /// Records an attempt's error (`None`: it succeeded) for its channel, and reports the
+    /// webhook's newest channel error. A removed channel's outcome says nothing.
+    fn note_outcome(&mut self, d: &Delivery, error: Option<String>) {
+        let channel = d.channel_ref();
+        if !self.rt.channel_ids.contains(&channel) {
+            return;
+        }
+        let had = self.channel_errors.len();
+        self.channel_errors.retain(|(c, _)| *c != channel);
+        let cleared = self.channel_errors.len() < had;
+        match error {
+            Some(e) => self.channel_errors.push((channel, e)),
+            // A success after a restart (no error known here) still clears the stored one.
+            None if !cleared && had > 0 => return,
+            None => {}
+        }
+        if self.rt.problem.is_none() {
+            self.report_error(self.channel_errors.last().map(|(_, e)| e.clone()));
+        }
+    }
+
     /// Tells the registry about a change of `last_error`.
     fn report_error(&mut self, error: Option<String>) {
         if error == self.reported_error {
@@ -825,6 +923,18 @@ impl WorkerState {
         }
         Ok(())
     }
+}
+
+/// Why a delivery of a channel removed from its webhook is `dead`.
+const CHANNEL_REMOVED: &str = "the channel of this delivery was removed from the webhook";
+
+/// What the scan for a removed channel's deliveries reads of each (see [`StatusOnly`]).
+#[derive(serde::Deserialize)]
+struct ChannelOnly {
+    status: DeliveryStatus,
+    channel_index: usize,
+    #[serde(default)]
+    channel_id: Option<String>,
 }
 
 /// What the scans over every delivery of a webhook (reload, prune) read of each: decoding

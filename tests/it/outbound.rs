@@ -1157,3 +1157,57 @@ async fn pending_deliveries_follow_their_channel_through_a_patch() {
     let (s, r) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [slack]})).await;
     assert_eq!((s, r["error"]["field"].as_str()), (422, Some("channels[0].channel_id")), "{r}");
 }
+
+/// A failing channel's error is the webhook's `last_error` while another channel succeeds,
+/// and a PATCH keeps it. Removing that channel buries its pending deliveries at the PATCH,
+/// parked and spilled ones too (not when their retry comes due, an hour away here), and
+/// takes its error away; a retry of one of them is a 409.
+#[tokio::test]
+async fn removing_a_channel_buries_its_deliveries_at_once() {
+    let settings = "max_age_hours = 2\nretry_schedule_seconds = [3600]\nmax_in_flight_per_webhook = 1\n\
+                    max_queued_in_memory_per_webhook = 2\nretry_in_memory_seconds = 1\n";
+    let app = TestApp::start_with(queue_options(settings)).await;
+    let failing = Receiver::start(503).await;
+    let ok = Receiver::start(200).await;
+    let channels = json!([http_channel(&failing.url("/f")), http_channel(&ok.url("/ok"))]);
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "two", "event_types": ["*"], "channels": channels})).await;
+    let path = format!("/v1/organizations/webhooks/{id}");
+    for n in 0..4 {
+        publish(&app, "object.updated", json!({ "n": n })).await;
+    }
+    let tried = || all_pending_tried(&app, &id, 4, 1);
+    assert!(eventually(WAIT, tried).await, "{:?}", deliveries(&app, &id, None).await);
+    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 4 }).await);
+    let last_error = || async { app.get(&path).await.1["last_error"].as_str().map(str::to_string) };
+    let error = last_error().await.expect("a failing channel sets last_error, the other's successes keep it");
+    assert!(error.contains("503"), "{error}");
+
+    // A PATCH that changes nothing about the receiver keeps its error.
+    let (s, shown) = app.patch(&path, json!({"webhook_name": "renamed"})).await;
+    assert_eq!(s, 200, "{shown}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(last_error().await.as_deref(), Some(error.as_str()));
+
+    // Remove the failing channel: its four deliveries (parked for an hour) go dead now.
+    let (s, patched) = app.patch(&path, json!({"channels": [shown["channels"][1].clone()]})).await;
+    assert_eq!(s, 200, "{patched}");
+    let buried = || async { deliveries(&app, &id, Some("dead")).await.len() == 4 };
+    assert!(eventually(Duration::from_secs(5), buried).await, "{:?}", deliveries(&app, &id, None).await);
+    assert!(deliveries(&app, &id, Some("pending")).await.is_empty());
+    let dead = deliveries(&app, &id, Some("dead")).await;
+    for d in &dead {
+        let attempts = d["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{d}");
+        assert!(attempts[1]["error"].as_str().unwrap().contains("removed"), "{d}");
+    }
+    assert_eq!(failing.count(), 4, "nothing more was sent to the removed channel");
+    // Its error went with it (and the burial is not an error of the webhook).
+    assert_eq!(last_error().await, None);
+
+    // Retrying one is refused: it has nowhere to go.
+    let del = dead[0]["delivery_id"].as_str().unwrap();
+    let (s, r) = app.post(&format!("{path}/deliveries/{del}/retry"), json!({})).await;
+    assert_eq!(s, 409, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("removed"), "{r}");
+}
