@@ -50,19 +50,20 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
     if !handled {
         return Ok(Screen::Ignored);
     }
-    let dedup_path = adapter.dedup_key.as_deref().or(kind::default_dedup_key(adapter.adapter_type));
-    let dedup_value = match dedup_path {
-        None => None,
-        Some(p) => match path::lookup(payload, p).and_then(path::scalar_string) {
-            Some(v) => Some(v),
-            None => {
-                return Err(PayloadError(format!(
-                    "dedup_key {p:?} is missing from the payload or is not a string or number"
-                )))
-            }
-        },
-    };
     let operation = kind::operation(adapter.adapter_type, event_type.as_deref());
+    let dedup_path = adapter.dedup_key.as_deref().or(kind::default_dedup_key(adapter.adapter_type));
+    // A number and its decimal string are one key (7 and "7"): upstreams are not consistent.
+    let dedup_value = dedup_path.and_then(|p| match path::lookup(payload, p) {
+        Some(Value::String(s)) if !s.is_empty() => Some(Ok(s.clone())),
+        Some(Value::Number(n)) => Some(Ok(n.to_string())),
+        // Dedup guards creation only: an update or delete may lack it (Supabase sends a
+        // DELETE with `record: null`, the row in `old_record`).
+        _ if operation != Operation::Create => None,
+        _ => Some(Err(PayloadError(format!(
+            "dedup_key {p:?} is missing from the payload or is not a non-empty string or a number"
+        )))),
+    });
+    let dedup_value = dedup_value.transpose()?;
     let external_id = kind::external_id(adapter, payload, dedup_value.as_deref())?;
     if operation != Operation::Create && external_id.is_none() {
         return Err(PayloadError("this event changes an object but names no upstream ID".into()));
@@ -215,6 +216,10 @@ pub(crate) mod tests {
         assert_eq!(screen(&a, &json!({"type": "other"})).unwrap(), Screen::Ignored);
         assert_eq!(screen(&a, &json!({"data": {}})).unwrap(), Screen::Ignored);
         assert!(screen(&a, &json!({"type": "asset.ready"})).is_err(), "no dedup value");
+        for useless in [json!(true), json!(""), json!(null), json!({"a": 1})] {
+            let e = screen(&a, &json!({"type": "asset.ready", "data": {"id": useless}})).unwrap_err();
+            assert!(e.0.contains("non-empty string or a number"), "{useless}: {}", e.0);
+        }
         let p = json!({"type": "asset.ready", "data": {"id": 7, "title": "t", "url": "https://x.test/v.mp4",
             "tracks": [{"duration": 1.5}]}});
         let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };

@@ -485,7 +485,9 @@ impl RegistryState {
     }
 
     /// Flushes the adapter's buffer (acknowledged events are never dropped), stops it, and
-    /// adds the deletion of its dedup set, buffer and counters to `batch`.
+    /// adds the deletion of its buffer, counters and pending writebacks to `batch`. The dedup
+    /// set stays with the bucket's objects: an upstream retry arriving across a removal and
+    /// a new configuration is still a duplicate.
     async fn remove_adapter(&mut self, id: &BucketId, batch: &mut Batch) -> Result<(), ApiError> {
         if let Some(actor) = self.children.get(id).cloned() {
             // If the actor cannot drain, keep everything: the buffer must not be dropped.
@@ -508,7 +510,7 @@ impl RegistryState {
         let prefix = records::prefix(id);
         let store = &self.shared.store;
         store.commit(Batch::new()).await?;
-        for ks in [Keyspace::DEDUP, Keyspace::BUFFER, Keyspace::STATS, Keyspace::WRITEBACKS] {
+        for ks in [Keyspace::BUFFER, Keyspace::STATS, Keyspace::WRITEBACKS] {
             store.for_each_key(ks, &prefix, |k| {
                 batch.delete(ks, k);
                 true

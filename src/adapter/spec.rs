@@ -255,7 +255,15 @@ impl SourceAdapterInput {
         if self.field_mapping.len() > 256 {
             return Err(ApiError::validation(f("field_mapping"), "at most 256 mappings"));
         }
+        let mut targets = std::collections::HashMap::new();
         for (source, target) in &self.field_mapping {
+            if let Some(first) = targets.insert(target, source) {
+                // One would silently win (by key order), whichever the payload holds.
+                return Err(ApiError::validation(
+                    f(&format!("field_mapping.{source}")),
+                    format!("{first:?} already maps to {target:?}: map each property from one path"),
+                ));
+            }
             if !path::is_valid(source) {
                 return Err(ApiError::validation(
                     f(&format!("field_mapping.{source}")),
@@ -318,6 +326,16 @@ impl SourceAdapterInput {
         }
         if let Some(w) = &self.writeback {
             w.validate(self.adapter_type)?;
+            // A Supabase writeback PATCHes PostgREST with the adapter's credentials: without
+            // any, every job would fail after the fact.
+            let inline = self.connection.as_ref().is_some_and(|c| !c.credentials.is_empty());
+            if w.enabled && self.adapter_type == ProviderType::Supabase && self.connection_id.is_none() && !inline {
+                return Err(ApiError::validation(
+                    f("writeback"),
+                    "a supabase writeback needs the project's url and service_role_key: \
+                     set connection_id or connection.credentials",
+                ));
+            }
         }
         if let Some(c) = &self.connection {
             if !c.credentials.is_empty() {
@@ -402,6 +420,14 @@ mod tests {
             (
                 json!({"adapter_type": "supabase", "writeback": {"field_mapping": [], "trigger": "on_alert"}}),
                 "source_adapter.writeback.field_mapping",
+            ),
+            (
+                json!({"adapter_type": "supabase", "writeback": {"field_mapping": [{"source_path": "a", "target_field": "b"}]}}),
+                "source_adapter.writeback",
+            ),
+            (
+                json!({"adapter_type": "mux", "field_mapping": {"data.a": "duration", "data.b": "duration"}}),
+                "source_adapter.field_mapping.data.b",
             ),
             (
                 json!({"adapter_type": "mux", "blob_source": {"blob_type": "image", "target_property": "video"}}),

@@ -200,6 +200,14 @@ async fn configure_validate_and_show_the_secret_once() {
     assert_eq!(ingest(&app, &bucket, Some(&rotated), &mux_like_event("a3", "video.asset.ready")).await.0, 404);
     assert_eq!(app.get(&format!("{path}/source-adapter/status")).await.0, 404);
     assert_eq!(objects(&app, &bucket).await.len(), 2, "objects stay when the adapter goes");
+    // So does the dedup set: a re-added adapter still knows a1 (an upstream retry arriving
+    // across a reconfiguration is no second object).
+    let (s, b) = app.patch(&path, json!({"source_adapter": full_adapter(json!({"mode": "immediate"}))})).await;
+    assert_eq!(s, 200, "{b}");
+    let fresh = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let (s, r) = ingest(&app, &bucket, Some(&fresh), &mux_like_event("a1", "video.asset.ready")).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "{r}");
+    assert_eq!(objects(&app, &bucket).await.len(), 2);
 
     // No secret in the data files or the log.
     for (f, bytes) in data_files(&app.data_dir) {

@@ -751,7 +751,7 @@ async fn mux_without_credentials_maps_the_webhook_asset() {
 
 /// A row's UPDATE that arrives before its INSERT (retried after a failure) creates the object
 /// (upsert); with a dedup key on the row's ID, the late INSERT is then a duplicate, not a
-/// second object.
+/// second object, and the DELETE (whose `record` is null) deletes it.
 #[tokio::test]
 async fn supabase_insert_after_its_upsert_is_a_duplicate() {
     let app = TestApp::start().await;
@@ -765,7 +765,7 @@ async fn supabase_upsert_then_insert(app: &TestApp, dedup_key: Value) {
         .patch(
             &format!("/v1/buckets/{bucket}"),
             json!({"source_adapter": {"adapter_type": "supabase", "id_column": "listing_id", "dedup_key": dedup_key,
-                "event_filter": {"event_types": ["INSERT", "UPDATE"]},
+                "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
                 "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}}}),
         )
         .await;
@@ -792,4 +792,8 @@ async fn supabase_upsert_then_insert(app: &TestApp, dedup_key: Value) {
     let objs = objects(app, &bucket).await;
     assert_eq!(objs.len(), 1, "{objs:?}");
     assert_eq!(objs[0]["metadata"]["title"], "Edited");
+    // A real DELETE has `record: null`: no dedup value, and none is needed to delete.
+    let (s, r) = send(db_event("DELETE", Value::Null, json!({"listing_id": 7, "title": "Edited"}))).await;
+    assert_eq!((s, r["status"].as_str(), r["object_ids"].clone()), (200, Some("deleted"), json!([oid])), "{r}");
+    assert!(objects(app, &bucket).await.is_empty());
 }
