@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ractor::Actor;
+use ractor::{Actor, ActorRef};
 
 use crate::auth::ApiKeys;
 use crate::config::Config;
 use crate::crypto::SecretBox;
+use crate::delivery::DeliveryMsg;
 use crate::http::HttpState;
 use crate::state::{Names, Shared};
 use crate::store::Store;
@@ -106,6 +107,7 @@ pub async fn run(
     };
     tracing::info!("HTTP server stopped; stopping actors");
     if !failed {
+        quiesce_deliveries(&shared, grace).await;
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
     }
     upkeep.abort();
@@ -126,6 +128,22 @@ pub async fn run(
         anyhow::bail!("the supervision tree stopped after repeated actor failures; see the log");
     }
     Ok(())
+}
+
+/// Lets the deliveries in flight finish (and records their outcomes) for up to `grace`:
+/// a deploy does not cut a slow receiver off mid-request. Those still running after it are
+/// sent again after the restart, with the same `webhook-id`.
+async fn quiesce_deliveries(shared: &crate::state::Shared, grace: Duration) {
+    let Some(registry) = ActorRef::<DeliveryMsg>::where_is(shared.names.delivery_registry()) else { return };
+    let started = std::time::Instant::now();
+    match registry.call(DeliveryMsg::Quiesce, Some(grace)).await {
+        Ok(ractor::rpc::CallResult::Success(())) => {
+            tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "deliveries in flight finished")
+        }
+        _ => tracing::warn!(
+            "deliveries still in flight after the shutdown timeout; they are sent again after the restart"
+        ),
+    }
 }
 
 /// Lets open connections finish their requests for up to `grace`, then closes them.

@@ -97,6 +97,9 @@ pub enum DeliveryMsg {
     },
     /// Hourly: delete stored events that no delivery names any more.
     SweepEvents,
+    /// Shutdown: every worker stops starting sends and lets those in flight finish (their
+    /// outcomes recorded); answered when all have.
+    Quiesce(RpcReplyPort<()>),
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
 }
@@ -283,6 +286,15 @@ impl Actor for DeliveryRegistry {
             }
             DeliveryMsg::LastError { webhook_id, error } => state.set_last_error(&webhook_id, error),
             DeliveryMsg::SweepEvents => state.sweep_events(),
+            DeliveryMsg::Quiesce(reply) => {
+                let workers: Vec<_> = state.webhooks.keys().filter_map(|id| state.worker(id)).collect();
+                // Waited for off the mailbox: the registry stays responsive meanwhile.
+                tokio::spawn(async move {
+                    let each = workers.iter().map(|w| w.call(WorkerMsg::Quiesce, None));
+                    futures::future::join_all(each).await;
+                    let _ = reply.send(());
+                });
+            }
             DeliveryMsg::Crash => {
                 return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
             }

@@ -125,6 +125,8 @@ pub enum WorkerMsg {
     Done { delivery_id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration },
     /// Submit the grouped outcome writes.
     Flush,
+    /// Shutdown: start no more sends; answer once those in flight have finished.
+    Quiesce(RpcReplyPort<()>),
     /// Drop completed deliveries past the retention.
     Prune,
 }
@@ -149,6 +151,9 @@ pub struct WorkerState {
     /// `last_error` is the newest of them: one channel's success clears only its own, so a
     /// healthy channel does not hide a broken one.
     channel_errors: Vec<(String, String)>,
+    /// Shutting down: no new sends. The reply goes once nothing is in flight.
+    quiescing: bool,
+    quiesced: Option<RpcReplyPort<()>>,
     /// Set while the queue is spilled: every pending delivery not in `queue` has a key
     /// (`{webhook_id}/{delivery_id}`) at or after this one.
     spilled_from: Option<String>,
@@ -213,6 +218,8 @@ impl Actor for DeliveryWorker {
             flush_queued: false,
             reported_error: None,
             channel_errors: Vec::new(),
+            quiescing: false,
+            quiesced: None,
             spilled_from: None,
             spilled: 0,
             refilled: HashSet::new(),
@@ -317,6 +324,16 @@ impl Actor for DeliveryWorker {
                 state.submit_writes();
             }
             WorkerMsg::Prune => state.prune()?,
+            WorkerMsg::Quiesce(reply) => {
+                state.quiescing = true;
+                state.quiesced = Some(reply);
+            }
+        }
+        if state.quiescing && state.in_flight.is_empty() {
+            if let Some(reply) = state.quiesced.take() {
+                state.submit_writes();
+                let _ = reply.send(());
+            }
         }
         state.depth.set(state.queue.len() + state.spilled + state.parked);
         Ok(())
@@ -651,9 +668,10 @@ impl WorkerState {
         self.timer = Some((due, h));
     }
 
-    /// Starts sends while under the concurrency bound (nothing while paused or broken).
+    /// Starts sends while under the concurrency bound (nothing while paused, broken or
+    /// shutting down).
     fn pump(&mut self) {
-        if !self.rt.is_active || self.rt.problem.is_some() {
+        if !self.rt.is_active || self.rt.problem.is_some() || self.quiescing {
             return;
         }
         let mut rearm = false;

@@ -1211,3 +1211,31 @@ async fn removing_a_channel_buries_its_deliveries_at_once() {
     assert_eq!(s, 409, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("removed"), "{r}");
 }
+
+/// SIGTERM lets a send in flight finish and records its outcome: a deploy does not cut a
+/// slow receiver off, and nothing is sent again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_deliveries_in_flight_finish() {
+    let mut app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    rx.then(200, Duration::from_secs(2));
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "slow", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/slow"), "timeout": 10}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() == 1 }).await);
+    assert_eq!(tokio::task::block_in_place(|| app.stop()), Some(0));
+    let log = without_colors(&app.log());
+    assert!(log.contains("deliveries in flight finished"), "{log}");
+
+    app.start_again().await;
+    let ds = deliveries(&app, &id, None).await;
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    assert_eq!(ds[0]["status"], "succeeded", "{ds:?}");
+    assert_eq!(ds[0]["attempts"].as_array().unwrap().len(), 1, "{ds:?}");
+    assert_eq!(ds[0]["attempts"][0]["status_code"], 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.count(), 1, "sent again after the restart");
+}
