@@ -32,16 +32,23 @@ impl SecretBox {
         SecretBox { cipher: XChaCha20Poly1305::new(&key) }
     }
 
+    /// Decodes `HOOKLINE_MASTER_KEY` (base64 of 32 bytes); also what `check-config` checks.
+    pub fn env_key(k: &str) -> anyhow::Result<[u8; 32]> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(k.trim())
+            .context("HOOKLINE_MASTER_KEY is not valid base64")?;
+        match <[u8; 32]>::try_from(bytes.as_slice()) {
+            Ok(key) => Ok(key),
+            Err(_) => bail!("HOOKLINE_MASTER_KEY must decode to exactly 32 bytes, got {}", bytes.len()),
+        }
+    }
+
     /// Loads the master key from `env_key` (base64) or `{data_dir}/master.key`, creating the
     /// file on first start.
     pub fn load(env_key: Option<&str>, data_dir: &Path) -> anyhow::Result<SecretBox> {
         let b64 = base64::engine::general_purpose::STANDARD;
         if let Some(k) = env_key {
-            let bytes = b64.decode(k.trim()).context("HOOKLINE_MASTER_KEY is not valid base64")?;
-            let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
-                bail!("HOOKLINE_MASTER_KEY must decode to exactly 32 bytes, got {}", bytes.len());
-            };
-            return Ok(SecretBox::new(key));
+            return Ok(SecretBox::new(Self::env_key(k)?));
         }
         let path = data_dir.join("master.key");
         if path.exists() {

@@ -51,6 +51,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => {
             let mut cfg = Config::load(&config, &EnvOverrides::from_env())?;
+            // `serve` would refuse it: say so now.
+            if let Some(k) = std::env::var_os("HOOKLINE_MASTER_KEY") {
+                hookline::crypto::SecretBox::env_key(&k.to_string_lossy())?;
+            }
             cfg.auth.api_keys = cfg.auth.api_keys.iter().map(|_| "<redacted>".to_string()).collect();
             if let Some(e) = cfg.delivery.email.as_mut() {
                 e.password = e.password.as_ref().map(|_| "<redacted>".to_string());

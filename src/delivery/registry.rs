@@ -435,10 +435,7 @@ fn keep_redacted_secrets(
         let by_id = matched.get(i).copied().flatten().and_then(|j| old.get(j));
         match ch {
             ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED) => {
-                // Webhooks stored before the digest still show (and get back) the form without it.
-                let shown = |u: &str| {
-                    channel::redacted_url(u) == c.webhook_url || channel::legacy_redacted_url(u) == c.webhook_url
-                };
+                let shown = |u: &str| channel::shows_redacted(u, &c.webhook_url);
                 let same = |o: &&ChannelConfig| matches!(o, ChannelConfig::Slack(o) if shown(&o.webhook_url));
                 let found = match by_id {
                     Some(o) => Some(o).filter(same),
@@ -1008,5 +1005,18 @@ mod reconcile_tests {
             assert_eq!(got, ["ch_0"]);
             assert!(matches!(&next[0], ChannelConfig::Slack(c) if c.webhook_url.ends_with("/secret")), "{shown}");
         }
+    }
+
+    #[test]
+    fn a_redacted_slack_url_keeps_its_port_and_the_form_without_it_is_understood() {
+        let url = "https://hooks.example.test:8443/services/T1/B1/secret";
+        let shown = channel::redacted_url(url);
+        assert!(shown.starts_with("https://hooks.example.test:8443/********-"), "{shown}");
+        assert!(!shown.contains("secret"));
+        let tag = shown.rsplit('-').next().unwrap();
+        assert!(channel::shows_redacted(url, &shown));
+        assert!(channel::shows_redacted(url, &format!("https://hooks.example.test/********-{tag}")));
+        assert!(channel::shows_redacted(url, "https://hooks.example.test/********"));
+        assert!(!channel::shows_redacted("https://hooks.example.test:8443/services/T1/B1/other", &shown));
     }
 }

@@ -15,7 +15,9 @@ const FUEL: u64 = 100_000;
 /// More for a payload that needs it (see `Template::render_large`): `tojson` spends about 17
 /// per byte of output, which `indent` can make larger than the payload.
 const FUEL_PER_PAYLOAD_BYTE: u64 = 64;
-const NAME: &str = "payload_template";
+/// The name minijinja gives the template in its errors ("in template:1"): neutral, since the
+/// same code compiles payload, subject, body and message templates.
+const NAME: &str = "template";
 
 /// A compiled template.
 pub struct Template {

@@ -401,6 +401,18 @@ fn check_config_never_prints_provider_secrets() {
     assert!(text.contains("[delivery.email]") && text.contains("[delivery.sms]"), "{text}");
     assert!(!text.contains("file-secret-pw") && !text.contains("env-secret-token"), "{text}");
     assert_eq!(text.matches("<redacted>").count(), 2, "{text}");
+
+    // A master key `serve` would refuse is refused here too.
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_clear()
+        .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
+        .env("HOOKLINE_MASTER_KEY", "abc")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HOOKLINE_MASTER_KEY"), "{err}");
 }
 
 #[tokio::test]

@@ -199,11 +199,32 @@ pub const MAX_RECIPIENTS: usize = 50;
 /// one webhook show differently and a PATCH that sends one back is matched to the right
 /// stored URL (24 bits of a hash of a URL with a long random token reveal nothing of it).
 pub fn redacted_url(url: &str) -> String {
-    use sha2::Digest;
-    let tag = hex::encode(&sha2::Sha256::digest(url.as_bytes())[..3]);
+    let tag = redaction_tag(url);
     match url::Url::parse(url) {
-        Ok(u) => format!("{}://{}/{REDACTED}-{tag}", u.scheme(), u.host_str().unwrap_or_default()),
+        Ok(u) => format!("{}/{REDACTED}-{tag}", origin(&u)),
         Err(_) => format!("{REDACTED}-{tag}"),
+    }
+}
+
+fn redaction_tag(url: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(url.as_bytes())[..3])
+}
+
+/// Whether `shown` is how `url` is (or was) shown redacted: the current form, the same digest
+/// behind another origin (shown before the port was kept), or the form before the digest.
+pub fn shows_redacted(url: &str, shown: &str) -> bool {
+    shown == redacted_url(url)
+        || shown.ends_with(&format!("/{REDACTED}-{}", redaction_tag(url)))
+        || shown == legacy_redacted_url(url)
+}
+
+/// `scheme://host[:port]` (the port when it is not the scheme's default).
+fn origin(u: &url::Url) -> String {
+    let host = u.host_str().unwrap_or_default();
+    match u.port() {
+        Some(p) => format!("{}://{host}:{p}", u.scheme()),
+        None => format!("{}://{host}", u.scheme()),
     }
 }
 
