@@ -335,6 +335,17 @@ pub struct Delivery {
     pub event: Option<Arc<EventRecord>>,
 }
 
+/// Whether `id` has the shape [`Delivery::new`] gives: `del_{event ULID}_{webhook}_{index}`
+/// (a `before` cursor of another shape would page from an arbitrary place).
+pub fn is_delivery_id_shape(id: &str) -> bool {
+    let mut parts = id.splitn(4, '_');
+    let (Some("del"), Some(evt), Some(wh), Some(index)) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    ulid::Ulid::from_string(evt).is_ok() && !wh.is_empty() && index.parse::<usize>().is_ok()
+}
+
 impl Delivery {
     /// The delivery of `event` to channel `index` of `webhook`. The ID is derived from the
     /// event, webhook and channel, so an event fanned out twice (crash between the fan-out
@@ -438,5 +449,9 @@ mod tests {
         let b = Delivery::new(ev, &wh, 0, "ch_a", "webhook", 2);
         assert_eq!(a.delivery_id, b.delivery_id);
         assert!(DeliveryId::parse(a.delivery_id.as_str()).is_some());
+        assert!(is_delivery_id_shape(a.delivery_id.as_str()), "{}", a.delivery_id.as_str());
+        for bad in ["del_nope", "del_zzzz", "del_", "evt_x", "del_01jz0000000000000000000000_wh_x"] {
+            assert!(!is_delivery_id_shape(bad), "{bad}");
+        }
     }
 }

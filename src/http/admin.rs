@@ -14,8 +14,6 @@ use crate::error::ApiError;
 use crate::ids::{BucketId, ConnectionId};
 use crate::store::Keyspace;
 
-const MAX_PAGE: usize = 1000;
-
 pub async fn list_connections(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let mut out = Vec::new();
@@ -62,7 +60,7 @@ pub async fn delete_connection(state: &HttpState, req: &Request, id: &str) -> Re
 pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let ns = req.namespace()?;
-    let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = req.page_limit()?;
     // Buckets are keyed by ID (time-ordered): a page starts just after its cursor, which
     // need not exist any more (deleted meanwhile).
     let cursor = match req.query.get("cursor") {
@@ -90,7 +88,7 @@ pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, 
         true
     })?;
     let next_cursor = if more { last_key } else { None };
-    let out: Vec<serde_json::Value> = out.iter().map(Bucket::view).collect();
+    let out: Vec<serde_json::Value> = out.iter().map(|b| super::inbound::bucket_view(state, b)).collect();
     Ok(json(StatusCode::OK, &serde_json::json!({ "results": out, "next_cursor": next_cursor })))
 }
 
@@ -101,7 +99,7 @@ pub async fn create_bucket(state: &HttpState, req: &Request) -> Result<Response,
     body.validate()?;
     let registry = state.shared.bucket_registry()?;
     let bucket = ask!(registry, |reply| RegistryMsg::CreateBucket { namespace, body, reply })?;
-    Ok(json(StatusCode::CREATED, &bucket.view()))
+    Ok(json(StatusCode::CREATED, &super::inbound::bucket_view(state, &bucket)))
 }
 
 /// Loads a bucket visible in the request's namespace (404 otherwise).
@@ -119,7 +117,7 @@ pub fn load_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Bucket,
 pub async fn get_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let bucket = load_bucket(state, req, id)?;
-    Ok(json(StatusCode::OK, &bucket.view()))
+    Ok(json(StatusCode::OK, &super::inbound::bucket_view(state, &bucket)))
 }
 
 pub async fn delete_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {

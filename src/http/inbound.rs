@@ -25,8 +25,6 @@ use crate::error::ApiError;
 use crate::ids::{BatchId, BucketId, ConnectionId, ObjectId};
 use crate::store::Keyspace;
 
-const MAX_PAGE: usize = 1000;
-
 /// Routes under `/v1/buckets/{id}/{source-adapter,objects,batches}` and `/v1/webhooks/…`.
 /// The ingest route's metrics label.
 pub(super) const INGEST_ROUTE: &str = "/v1/buckets/{bucket_id}/source-adapter/ingest";
@@ -97,15 +95,22 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
         body: Box::new(body),
         reply
     })?;
-    let mut view = bucket.view();
-    if let Some(sa) = view.get_mut("source_adapter").and_then(|v| v.as_object_mut()) {
-        if let Some(secret) = webhook_secret {
-            sa.insert("webhook_secret".into(), secret.into());
-        }
-        sa.insert("ingest_path".into(), ingest_path(&bucket_id).into());
-        sa.insert("webhook_url".into(), webhook_url(state, &bucket_id).into());
+    let mut view = bucket_view(state, &bucket);
+    if let (Some(sa), Some(secret)) = (view.get_mut("source_adapter").and_then(|v| v.as_object_mut()), webhook_secret) {
+        sa.insert("webhook_secret".into(), secret.into());
     }
     Ok(json(StatusCode::OK, &view))
+}
+
+/// A bucket as every endpoint shows it: with its adapter's `ingest_path` and `webhook_url`
+/// (the URL to give the upstream, when `server.public_url` is set).
+pub(super) fn bucket_view(state: &HttpState, bucket: &crate::catalog::Bucket) -> serde_json::Value {
+    let mut view = bucket.view();
+    if let Some(sa) = view.get_mut("source_adapter").and_then(|v| v.as_object_mut()) {
+        sa.insert("ingest_path".into(), ingest_path(&bucket.bucket_id).into());
+        sa.insert("webhook_url".into(), webhook_url(state, &bucket.bucket_id).into());
+    }
+    view
 }
 
 /// `POST /v1/buckets/{bucket_id}/source-adapter/ingest`: no API key, no namespace (the
@@ -238,7 +243,7 @@ fn page<T: DeserializeOwned + serde::Serialize>(
     ks: Keyspace,
     valid_cursor: fn(&str) -> bool,
 ) -> Result<Response, ApiError> {
-    let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = req.page_limit()?;
     let after = match req.query.get("cursor") {
         None => None,
         Some(c) if valid_cursor(c) => Some(records::key(&bucket.bucket_id, c)),

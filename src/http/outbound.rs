@@ -147,11 +147,12 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
                 ApiError::validation("status", format!("{s:?} is not one of pending, succeeded, dead"))
             })?),
         };
-    let limit = req.query_param::<usize>("limit")?.unwrap_or(100).clamp(1, 1000);
+    let limit = req.page_limit()?;
     let before = match req.query.get("before") {
         None => None,
         Some(b) => Some(
             DeliveryId::parse(b)
+                .filter(|d| super::super::delivery::model::is_delivery_id_shape(d.as_str()))
                 .ok_or_else(|| ApiError::validation("before", "not a delivery_id returned by this endpoint"))?,
         ),
     };

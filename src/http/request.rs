@@ -89,7 +89,20 @@ impl Request {
             Some(v) => v.parse().map(Some).map_err(|_| ApiError::validation(name, format!("invalid value {v:?}"))),
         }
     }
+
+    /// A list endpoint's `limit`: 1 to [`MAX_PAGE`], 100 when absent; anything else is a 422
+    /// (not silently another page size).
+    pub fn page_limit(&self) -> Result<usize, ApiError> {
+        match self.query_param::<usize>("limit")? {
+            None => Ok(100),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::validation("limit", format!("must be within 1–{MAX_PAGE}, got {n}"))),
+        }
+    }
 }
+
+/// The largest page a list endpoint returns.
+pub const MAX_PAGE: usize = 1000;
 
 /// Parses a body as JSON whatever its declared type: 400 when empty or malformed.
 pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
@@ -102,12 +115,17 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(body).map_err(ApiError::bad_json)
 }
 
-/// Deserializes a JSON value, mapping failures to 422 with the dot-path of the field.
 /// A path's segments, empty ones (doubled or trailing slashes) left out: how the router sees it.
 pub fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()
 }
 
+/// Deserializes a request body, mapping failures to 422 with the dot-path of the field. A
+/// body must be a JSON object: serde would also take an array as a struct's fields by
+/// position, and its errors would name Rust types.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
     crate::error::deserialize_at(None, value)
 }

@@ -176,6 +176,7 @@ async fn configure_validate_and_show_the_secret_once() {
     // Later reads never show it; a reconfiguration keeps it; rotate_secret replaces it.
     let (_, got) = app.get(&path).await;
     assert_eq!(got["source_adapter"]["dedup_key"], "data.id");
+    assert_eq!(got["source_adapter"]["ingest_path"], format!("/v1/buckets/{bucket}/source-adapter/ingest"));
     assert!(got["source_adapter"].get("webhook_secret").is_none() && !got.to_string().contains(&secret));
     let (s, b) = app.patch(&path, json!({"source_adapter": full_adapter(json!({"mode": "immediate"}))})).await;
     assert_eq!(s, 200);

@@ -698,9 +698,14 @@ async fn deliveries_are_paged_newest_first() {
 
     let dead = deliveries(&app, &wh, Some("dead")).await;
     assert!(dead.is_empty());
-    let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?before=nope")).await;
-    assert_eq!(s, 422, "{b}");
-    assert_eq!(b["error"]["field"], "before");
+    for (query, field) in
+        [("before=nope", "before"), ("before=del_nope", "before"), ("limit=0", "limit"), ("limit=1001", "limit")]
+    {
+        let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?{query}")).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{query}: {b}");
+    }
+    let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?limit=1000")).await;
+    assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(5)), "{b}");
 }
 
 /// A webhook whose receiver is down keeps at most `max_queued_in_memory_per_webhook`
