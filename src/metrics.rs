@@ -41,6 +41,7 @@ pub fn install() -> PrometheusHandle {
                 }
             };
             describe();
+            zero_series();
             handle
         })
         .clone()
@@ -78,6 +79,36 @@ fn describe() {
     describe_inbound();
     describe_outbound();
     describe_writeback();
+}
+
+/// Registers at 0 the counter series whose labels are known up front, so a fresh daemon
+/// already exposes them: an alert on `increase(…[5m]) > 0` or a dashboard rate then has a
+/// series before the first event, not a gap.
+fn zero_series() {
+    for actor in ["bucket_registry", "delivery_registry", "source_adapter", "delivery"] {
+        counter!(ACTOR_RESTARTS, "actor" => actor).absolute(0);
+    }
+    for name in [STORE_COMMIT_BATCHES, INGEST_BUFFERED, INGEST_OBJECTS_CREATED, EVENTS_DISPATCHED] {
+        counter!(name).absolute(0);
+    }
+    for outcome in ["created", "buffered", "duplicate", "ignored", "unauthorized", "invalid"] {
+        counter!(INGEST_REQUESTS, "outcome" => outcome).absolute(0);
+    }
+    for trigger in ["window", "size", "drain", "restart"] {
+        counter!(INGEST_FLUSHES, "trigger" => trigger).absolute(0);
+    }
+    for channel in ["webhook", "slack", "email", "sms"] {
+        for outcome in ["succeeded", "dead"] {
+            counter!(DELIVERIES, "channel" => channel, "outcome" => outcome).absolute(0);
+        }
+        counter!(DELIVERIES_DEAD, "channel" => channel).absolute(0);
+    }
+    for adapter in ["supabase", "generic_webhook"] {
+        for outcome in ["succeeded", "retry", "failed"] {
+            counter!(WRITEBACKS, "adapter" => adapter, "outcome" => outcome).absolute(0);
+        }
+    }
+    gauge!(DELIVERY_QUEUE).set(0.0);
 }
 
 pub fn http_request(route: &'static str, method: &str, status: u16, elapsed: Duration) {

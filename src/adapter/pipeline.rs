@@ -11,7 +11,7 @@ use super::kind::{self, Operation};
 use super::path;
 use super::records::{BlobRef, Draft, ObjectSource};
 use super::spec::{BlobType, SourceAdapter};
-use crate::catalog::BucketSchema;
+use crate::catalog::{BucketSchema, PropertyType};
 
 /// Why a payload cannot become an object. The upstream sees it as a 422 and the adapter's
 /// status as `last_error`.
@@ -92,6 +92,15 @@ pub fn materialize(
                     "field_mapping {source:?} → {target:?}: bucket_schema wants {}, the payload has {}",
                     p.kind.as_str(),
                     json_type(v)
+                )));
+            }
+            // A video, image or audio property holds a file reference, as from blob_source.
+            let file = matches!(p.kind, PropertyType::Video | PropertyType::Image | PropertyType::Audio);
+            if file && !v.as_str().is_some_and(is_file_url) {
+                return Err(PayloadError(format!(
+                    "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {}",
+                    p.kind.as_str(),
+                    describe(v)
                 )));
             }
         }
@@ -202,6 +211,17 @@ pub(crate) mod tests {
             "video": {"type": "video"}, "duration": {"type": "float"}, "title": {"type": "string", "required": true}
         }}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_mapped_file_property_takes_a_url() {
+        let a = adapter(json!({"adapter_type": "generic_webhook", "field_mapping": {"v": "video", "t": "title"}}));
+        let ok = json!({"v": "https://cdn.example/v.mp4", "t": "x"});
+        let Screen::Accepted(s) = screen(&a, &ok).unwrap() else { panic!() };
+        assert_eq!(materialize(&a, &schema(), &ok, &ok, &s).unwrap().metadata["video"], "https://cdn.example/v.mp4");
+        let bad = json!({"v": "not a url", "t": "x"});
+        let e = materialize(&a, &schema(), &bad, &bad, &s).unwrap_err();
+        assert!(e.0.contains("video property takes an http(s) URL"), "{}", e.0);
     }
 
     #[test]

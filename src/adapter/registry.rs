@@ -378,6 +378,12 @@ impl RegistryState {
                 }
             }
             Some(None) => {
+                if body.rotate_secret {
+                    return Err(ApiError::validation(
+                        "rotate_secret",
+                        "the adapter is being removed: nothing to rotate",
+                    ));
+                }
                 if had_adapter {
                     self.remove_adapter(id, &mut batch).await?;
                 }

@@ -371,6 +371,19 @@ async fn crashed_actor_is_restarted_and_counted() {
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status() {
     let app = TestApp::start().await;
+    // Series with known labels exist from the start, at 0 (alerts and rates need no event first).
+    let fresh = app.metrics().await;
+    for (name, labels) in [
+        ("hookline_actor_restarts_total", vec![("actor", "source_adapter")]),
+        ("hookline_ingest_objects_created_total", vec![]),
+        ("hookline_deliveries_dead_total", vec![("channel", "webhook")]),
+        ("hookline_writebacks_total", vec![("adapter", "supabase"), ("outcome", "failed")]),
+    ] {
+        let line = fresh
+            .lines()
+            .find(|l| l.starts_with(name) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))));
+        assert!(line.is_some_and(|l| l.ends_with(" 0")), "{name} {labels:?} at 0:\n{fresh}");
+    }
     app.create_bucket("m", json!({})).await;
     app.get("/v1/buckets").await;
     app.call_as(Method::GET, "/v1/buckets", None, None, None).await;

@@ -194,6 +194,8 @@ async fn configure_validate_and_show_the_secret_once() {
     let (_, _) =
         app.patch(&path, json!({"source_adapter": {"adapter_type": "generic_webhook", "connection_id": gconn}})).await;
     assert_eq!(app.delete(&format!("/v1/organizations/connections/{gconn}")).await.0, 409);
+    let (s, b) = app.patch(&path, json!({"source_adapter": null, "rotate_secret": true})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("rotate_secret")), "{b}");
     let (s, b) = app.patch(&path, json!({"source_adapter": null})).await;
     assert_eq!(s, 200);
     assert_eq!(b["source_adapter"], Value::Null);
