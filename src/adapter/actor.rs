@@ -364,7 +364,7 @@ impl Actor for SourceAdapterActor {
                 let _ = reply.send(state.submit(batch, events));
             }
             AdapterMsg::WritebackFailed(e) => {
-                state.stats.last_error = Some(e);
+                state.stats.error(now_millis(), e);
                 let mut batch = Batch::new();
                 state.put_stats(&mut batch);
                 let commit = state.submit(batch, Vec::new());

@@ -189,6 +189,9 @@ pub struct AdapterStats {
     pub hours: Vec<(u64, u64, u64)>,
     pub last_flush_at: Option<String>,
     pub last_error: Option<String>,
+    /// When `last_error` happened (absent for errors stored before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
 }
 
 impl AdapterStats {
@@ -210,7 +213,13 @@ impl AdapterStats {
 
     pub fn failed(&mut self, now_ms: u64, error: String) {
         self.slot(now_ms).2 += 1;
+        self.error(now_ms, error);
+    }
+
+    /// Records an error that is not an event's (a writeback's).
+    pub fn error(&mut self, now_ms: u64, error: String) {
         self.last_error = Some(error);
+        self.last_error_at = Some(crate::util::millis_to_rfc3339(now_ms));
     }
 
     /// (processed, failed) within the 24 hourly slots ending now.

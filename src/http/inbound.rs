@@ -230,6 +230,7 @@ async fn status(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
             "events_failed_24h": failed,
             "last_flush_at": stats.last_flush_at,
             "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
             "webhook_url": webhook_url(state, &bucket.bucket_id),
         }),
     ))

@@ -279,6 +279,7 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert_eq!(st["events_processed_24h"], 2, "created + duplicate: {st}");
     assert_eq!(st["events_failed_24h"], 2, "{st}");
     assert!(st["last_error"].as_str().unwrap().contains("dedup_key"), "{st}");
+    assert!(st["last_error_at"].as_str().unwrap().starts_with("20"), "when it happened: {st}");
     assert_eq!(st["last_flush_at"], Value::Null);
     assert_eq!(st["webhook_url"], Value::Null, "no server.public_url configured");
 
