@@ -77,11 +77,20 @@ impl ApiError {
         }
     }
 
-    /// The JSON body. 5xx bodies say nothing about internals.
+    /// The JSON body. 5xx bodies say nothing about internals; messages are cut at
+    /// [`MAX_MESSAGE_CHARS`].
     pub fn body(&self) -> serde_json::Value {
         let message = match self {
             ApiError::Internal(_) => "internal error; see the daemon logs".to_string(),
-            other => other.to_string(),
+            // A message quotes what the client sent (an ID in the path, a field name): a
+            // huge one is not echoed back whole.
+            other => {
+                let m = other.to_string();
+                match m.char_indices().nth(MAX_MESSAGE_CHARS) {
+                    Some((cut, _)) => format!("{}…", &m[..cut]),
+                    None => m,
+                }
+            }
         };
         let mut err = serde_json::json!({ "code": self.code(), "message": message });
         if let ApiError::Validation { field, .. } = self {
@@ -90,6 +99,9 @@ impl ApiError {
         serde_json::json!({ "error": err })
     }
 }
+
+/// The longest error message sent (in characters); the rest is cut with "…".
+const MAX_MESSAGE_CHARS: usize = 500;
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
@@ -122,4 +134,20 @@ pub fn deserialize_at<T: serde::de::DeserializeOwned>(
         let field = if parts.is_empty() { "body".to_string() } else { parts.join(".") };
         ApiError::validation(field, inner)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_echoed_value_is_cut() {
+        let id = "x".repeat(5000);
+        let body = ApiError::NotFound(format!("webhook {id} not found")).body();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(message.starts_with("webhook xxx") && message.ends_with('…'));
+        let short = ApiError::NotFound("bucket b not found".into()).body();
+        assert_eq!(short["error"]["message"], "bucket b not found");
+    }
 }

@@ -164,7 +164,7 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
         before.as_ref().map(DeliveryId::as_str),
         |_, d| {
             if status.is_none_or(|s| s == d.status) {
-                out.push(d.view());
+                out.push(shown(&w, &d));
             }
             out.len() < limit
         },
@@ -179,7 +179,17 @@ async fn delivery(state: &HttpState, req: &Request, id: &str, did: &str) -> Resu
     let did = DeliveryId::parse(did).ok_or_else(not_found)?;
     let key = crate::delivery::model::delivery_key(&w.webhook_id, &did);
     let d = state.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)?.ok_or_else(not_found)?;
-    Ok(json(StatusCode::OK, &d.view()))
+    Ok(json(StatusCode::OK, &shown(&w, &d)))
+}
+
+/// A delivery as the API shows it; a pending one of a paused webhook says why its
+/// `next_attempt_at` may be in the past.
+fn shown(w: &StoredWebhook, d: &Delivery) -> serde_json::Value {
+    let mut view = d.view();
+    if !w.is_active && d.status == DeliveryStatus::Pending {
+        view["held"] = "the webhook is paused (is_active: false); sent when it is resumed".into();
+    }
+    view
 }
 
 async fn retry(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<Response, ApiError> {

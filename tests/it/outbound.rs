@@ -1244,3 +1244,21 @@ async fn shutdown_lets_deliveries_in_flight_finish() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.count(), 1, "sent again after the restart");
 }
+
+/// A pending delivery of a paused webhook says it is held (its `next_attempt_at` may pass).
+#[tokio::test]
+async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {
+    let settings = "max_age_hours = 2\nretry_schedule_seconds = [3600]\n";
+    let (app, _rx, id) = app_with_failing_receiver(settings).await;
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(WAIT, || all_pending_tried(&app, &id, 1, 1)).await);
+    assert!(deliveries(&app, &id, None).await[0].get("held").is_none());
+    let path = format!("/v1/organizations/webhooks/{id}");
+    assert_eq!(app.patch(&path, json!({"is_active": false})).await.0, 200);
+    let d = deliveries(&app, &id, None).await.remove(0);
+    assert!(d["held"].as_str().unwrap().contains("paused"), "{d}");
+    let (s, one) = app.get(&format!("{path}/deliveries/{}", d["delivery_id"].as_str().unwrap())).await;
+    assert_eq!((s, one["held"].clone()), (200, d["held"].clone()), "{one}");
+    assert_eq!(app.patch(&path, json!({"is_active": true})).await.0, 200);
+    assert!(deliveries(&app, &id, None).await[0].get("held").is_none());
+}
