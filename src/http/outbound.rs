@@ -80,10 +80,33 @@ async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> 
     let mut value = req.json_value()?;
     let channel_ids = take_channel_ids(&mut value)?;
     let body = CreateWebhook { channel_ids, ..super::request::from_value(value)? };
+    let warnings = uncatalogued(&body.event_types);
     let reg = registry(state)?;
     let (view, d) = ask!(reg, |reply| DeliveryMsg::Create { body, reply })?;
     durable(d).await?;
-    Ok(json(StatusCode::CREATED, &view))
+    Ok(json(StatusCode::CREATED, &with_warnings(view, warnings)))
+}
+
+/// A warning for each subscribed type that no catalogued event type matches: legal (any type
+/// can be published through `POST /v1/events`), but more often a typo (`object.craeted`).
+fn uncatalogued(event_types: &[String]) -> Vec<String> {
+    event_types
+        .iter()
+        .filter(|p| !EVENT_TYPES.iter().any(|(t, _)| crate::delivery::model::matches(p, t)))
+        .map(|p| {
+            format!(
+                "event type {p:?} matches nothing in the catalog (GET /v1/organizations/webhooks/event-types); \
+                 it receives only events published with that type"
+            )
+        })
+        .collect()
+}
+
+fn with_warnings(mut view: serde_json::Value, warnings: Vec<String>) -> serde_json::Value {
+    if !warnings.is_empty() {
+        view["warnings"] = warnings.into();
+    }
+    view
 }
 
 async fn get(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
@@ -97,10 +120,11 @@ async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
     let mut value = req.json_value()?;
     let channel_ids = take_channel_ids(&mut value)?;
     let patch = PatchWebhook { channel_ids, ..super::request::from_value(value)? };
+    let warnings = patch.event_types.as_deref().map(uncatalogued).unwrap_or_default();
     let reg = registry(state)?;
     let (view, d) = ask!(reg, |reply| DeliveryMsg::Update { webhook_id, patch, reply })?;
     durable(d).await?;
-    Ok(json(StatusCode::OK, &view))
+    Ok(json(StatusCode::OK, &with_warnings(view, warnings)))
 }
 
 async fn delete(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {

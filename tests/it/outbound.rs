@@ -128,6 +128,20 @@ async fn webhook_crud_validation_and_catalog() {
     assert!(created["signing_secret"].as_str().unwrap().starts_with("whsec_"));
     assert_eq!(created["is_active"], true);
     assert_eq!(created["last_error"], Value::Null);
+    assert!(created.get("warnings").is_none(), "{created}");
+    // A type nothing in the catalog matches is allowed (custom events), with a warning.
+    let (s, typo) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "t", "event_types": ["object.craeted", "object.*"], "channels": [http_channel(&rx.url("/t"))]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{typo}");
+    let warnings = typo["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{typo}");
+    assert!(warnings[0].as_str().unwrap().contains("object.craeted"), "{typo}");
+    let typo_id = typo["webhook_id"].as_str().unwrap();
+    assert_eq!(app.delete(&format!("/v1/organizations/webhooks/{typo_id}")).await.0, 204);
     let (s, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     assert_eq!(s, 200);
     assert!(got.get("signing_secret").is_none(), "secret shown again: {got}");
