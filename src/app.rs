@@ -32,7 +32,11 @@ pub async fn run(
     let data_dir = config.storage.path.clone();
     create_dir_durably(&data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
     let store = Store::open_sled(&data_dir).with_context(|| format!("open store in {}", data_dir.display()))?;
-    let env_key = std::env::var("HOOKLINE_MASTER_KEY").ok();
+    let env_key = match std::env::var("HOOKLINE_MASTER_KEY") {
+        Ok(k) => Some(k),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("HOOKLINE_MASTER_KEY is not valid base64"),
+    };
     if env_key.is_none() && !data_dir.join("master.key").exists() && holds_sealed_values(&store)? {
         // A new key would make every stored credential unreadable, found out only per event.
         anyhow::bail!(
@@ -55,6 +59,7 @@ pub async fn run(
         secrets,
         names: Names::new(),
         bus: crate::events::EventBus::new(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
     };
     let (supervisor, supervisor_handle) = Actor::spawn(Some(shared.names.supervisor()), Supervisor, shared.clone())
         .await
@@ -96,7 +101,9 @@ pub async fn run(
     let failed = tokio::select! {
         _ = &mut server => false,
         _ = signalled.notified() => {
-            drain_http(&mut server, grace).await;
+            // One grace for both: the open requests finish while the deliveries in flight do.
+            shared.shutdown.cancel();
+            tokio::join!(drain_http(&mut server, grace), quiesce_deliveries(&shared, grace));
             false
         }
         _ = &mut supervisor_handle => {
@@ -107,7 +114,7 @@ pub async fn run(
     };
     tracing::info!("HTTP server stopped; stopping actors");
     if !failed {
-        quiesce_deliveries(&shared, grace).await;
+        shared.shutdown.cancel();
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
     }
     upkeep.abort();

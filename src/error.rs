@@ -84,24 +84,25 @@ impl ApiError {
             ApiError::Internal(_) => "internal error; see the daemon logs".to_string(),
             // A message quotes what the client sent (an ID in the path, a field name): a
             // huge one is not echoed back whole.
-            other => {
-                let m = other.to_string();
-                match m.char_indices().nth(MAX_MESSAGE_CHARS) {
-                    Some((cut, _)) => format!("{}…", &m[..cut]),
-                    None => m,
-                }
-            }
+            other => cut(other.to_string()),
         };
         let mut err = serde_json::json!({ "code": self.code(), "message": message });
         if let ApiError::Validation { field, .. } = self {
-            err["field"] = serde_json::Value::String(field.clone());
+            err["field"] = serde_json::Value::String(cut(field.clone()));
         }
         serde_json::json!({ "error": err })
     }
 }
 
-/// The longest error message sent (in characters); the rest is cut with "…".
+/// The longest error message (or field) sent, in characters; the rest is cut with "…".
 const MAX_MESSAGE_CHARS: usize = 500;
+
+fn cut(s: String) -> String {
+    match s.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s,
+    }
+}
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {

@@ -219,7 +219,10 @@ fn describe_outbound() {
     );
     describe_histogram!(DELIVERY_ATTEMPT_DURATION, Unit::Seconds, "Latency of one delivery attempt, by channel");
     describe_counter!(DELIVERIES, "Deliveries finished, by channel and outcome (succeeded, dead)");
-    describe_counter!(DELIVERIES_DEAD, "Deliveries given up after max_age (dead), by channel");
+    describe_counter!(
+        DELIVERIES_DEAD,
+        "Deliveries that went dead (max_age passed, a permanent error, or their channel was removed), by channel"
+    );
     describe_gauge!(DELIVERY_QUEUE, "Pending deliveries (queued, waiting to retry, or in flight), all webhooks");
 }
 

@@ -22,6 +22,9 @@ pub struct Shared {
     pub secrets: SecretBox,
     pub names: Names,
     pub bus: crate::events::EventBus,
+    /// Cancelled when shutdown starts: delivery workers start no more sends (a worker
+    /// respawned meanwhile included).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Actor names, prefixed by a per-process-instance ID so several apps can run in one

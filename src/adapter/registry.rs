@@ -228,6 +228,7 @@ impl RegistryState {
             description: body.description,
             bucket_schema: body.bucket_schema,
             source_adapter: None,
+            dedup_scope: None,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -365,6 +366,7 @@ impl RegistryState {
         }
         let had_adapter = bucket.source_adapter.is_some();
         let mut webhook_secret = None;
+        let mut clear_dedup = false;
         let mut batch = Batch::new();
         match body.source_adapter {
             None => {
@@ -392,6 +394,17 @@ impl RegistryState {
             Some(Some(input)) => {
                 let rotate = body.rotate_secret || input.rotate_secret;
                 let (adapter, secret) = self.build_adapter(&bucket, input, rotate)?;
+                // Values deduped under another path (or another upstream) are not this
+                // adapter's duplicates: start its set afresh.
+                let scope = adapter
+                    .dedup_key
+                    .as_deref()
+                    .or(super::kind::default_dedup_key(adapter.adapter_type))
+                    .map(|p| format!("{}:{p}", adapter.adapter_type.as_str()));
+                if let Some(scope) = scope {
+                    clear_dedup = bucket.dedup_scope.as_ref().is_some_and(|old| *old != scope);
+                    bucket.dedup_scope = Some(scope);
+                }
                 bucket.source_adapter = Some(adapter);
                 webhook_secret = secret;
             }
@@ -400,6 +413,15 @@ impl RegistryState {
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
         self.stop_adapter(id).await;
+        if clear_dedup {
+            let store = &self.shared.store;
+            store.commit(Batch::new()).await?;
+            store.for_each_key(Keyspace::DEDUP, &records::prefix(id), |k| {
+                batch.delete(Keyspace::DEDUP, k);
+                true
+            })?;
+            tracing::info!(bucket_id = %id, "dedup path changed: the bucket's dedup set starts afresh");
+        }
         batch.put(Keyspace::BUCKETS, id.as_str(), &bucket);
         self.shared.store.commit(batch).await?;
         if bucket.source_adapter.is_some() {

@@ -278,6 +278,12 @@ impl SourceAdapterInput {
             }
         }
         if let Some(blob) = &self.blob_source {
+            if let Some(source) = targets.get(&blob.property().to_string()) {
+                return Err(ApiError::validation(
+                    f("blob_source.target_property"),
+                    format!("field_mapping {source:?} already maps to {:?}: one source per property", blob.property()),
+                ));
+            }
             if let Some(ff) = &blob.file_field {
                 if !path::is_valid(ff) {
                     return Err(ApiError::validation(f("blob_source.file_field"), "must be a dot-path"));
@@ -428,6 +434,11 @@ mod tests {
             (
                 json!({"adapter_type": "mux", "field_mapping": {"data.a": "duration", "data.b": "duration"}}),
                 "source_adapter.field_mapping.data.b",
+            ),
+            (
+                json!({"adapter_type": "generic_webhook", "field_mapping": {"data.v": "video"},
+                    "blob_source": {"file_field": "data.url", "blob_type": "video"}}),
+                "source_adapter.blob_source.target_property",
             ),
             (
                 json!({"adapter_type": "mux", "blob_source": {"blob_type": "image", "target_property": "video"}}),

@@ -116,6 +116,11 @@ pub struct Bucket {
     /// `/source_adapter/connection_id` from the stored JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_adapter: Option<SourceAdapter>,
+    /// `{adapter_type}:{dedup path}` the bucket's dedup set was built under: it outlives the
+    /// adapter's removal and is cleared when a new adapter dedups by another path or type.
+    /// Not shown. Absent for buckets configured before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_scope: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -554,7 +554,7 @@ impl DeliveryState {
                 is_active: w.is_active,
                 signing_key: Arc::from(Vec::new()),
                 channels: Vec::new(),
-                channel_ids: Vec::new(),
+                channel_ids: w.channel_ids(),
                 problem: Some(crate::crypto::DecryptError.to_string()),
             }),
         }
@@ -567,8 +567,12 @@ impl DeliveryState {
         if let Some(old) = ractor::registry::where_is(name.clone()) {
             let _ = old.kill_and_wait(Some(Duration::from_secs(5))).await;
         }
-        let args =
-            WorkerArgs { shared: self.shared.clone(), runtime: self.runtime(entry), settings: self.settings.clone() };
+        let args = WorkerArgs {
+            shared: self.shared.clone(),
+            runtime: self.runtime(entry),
+            settings: self.settings.clone(),
+            last_error: entry.stored.last_error.clone(),
+        };
         Actor::spawn_linked(Some(name), DeliveryWorker, args, myself.get_cell()).await?;
         Ok(())
     }
@@ -1018,5 +1022,7 @@ mod reconcile_tests {
         assert!(channel::shows_redacted(url, &format!("https://hooks.example.test/********-{tag}")));
         assert!(channel::shows_redacted(url, "https://hooks.example.test/********"));
         assert!(!channel::shows_redacted("https://hooks.example.test:8443/services/T1/B1/other", &shown));
+        // Another origin with the same digest is not this URL shown: an edit, not a redaction.
+        assert!(!channel::shows_redacted(url, &format!("https://elsewhere.test/********-{tag}")));
     }
 }

@@ -110,6 +110,8 @@ pub struct WorkerArgs {
     pub shared: Shared,
     pub runtime: Arc<WebhookRuntime>,
     pub settings: WorkerSettings,
+    /// The webhook's stored `last_error`.
+    pub last_error: Option<String>,
 }
 
 pub enum WorkerMsg {
@@ -125,7 +127,8 @@ pub enum WorkerMsg {
     Done { delivery_id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration },
     /// Submit the grouped outcome writes.
     Flush,
-    /// Shutdown: start no more sends; answer once those in flight have finished.
+    /// Shutdown (after `Shared::shutdown` is cancelled, so no send starts): answer once
+    /// those in flight have finished.
     Quiesce(RpcReplyPort<()>),
     /// Drop completed deliveries past the retention.
     Prune,
@@ -151,8 +154,7 @@ pub struct WorkerState {
     /// `last_error` is the newest of them: one channel's success clears only its own, so a
     /// healthy channel does not hide a broken one.
     channel_errors: Vec<(String, String)>,
-    /// Shutting down: no new sends. The reply goes once nothing is in flight.
-    quiescing: bool,
+    /// Shutdown (`Shared::shutdown`): answered once nothing is in flight.
     quiesced: Option<RpcReplyPort<()>>,
     /// Set while the queue is spilled: every pending delivery not in `queue` has a key
     /// (`{webhook_id}/{delivery_id}`) at or after this one.
@@ -216,9 +218,9 @@ impl Actor for DeliveryWorker {
             prune_timer: None,
             writes: Batch::new(),
             flush_queued: false,
-            reported_error: None,
+            // What the registry shows: a success clears it even after a restart.
+            reported_error: args.last_error,
             channel_errors: Vec::new(),
-            quiescing: false,
             quiesced: None,
             spilled_from: None,
             spilled: 0,
@@ -324,12 +326,9 @@ impl Actor for DeliveryWorker {
                 state.submit_writes();
             }
             WorkerMsg::Prune => state.prune()?,
-            WorkerMsg::Quiesce(reply) => {
-                state.quiescing = true;
-                state.quiesced = Some(reply);
-            }
+            WorkerMsg::Quiesce(reply) => state.quiesced = Some(reply),
         }
-        if state.quiescing && state.in_flight.is_empty() {
+        if state.in_flight.is_empty() && state.quiesced.is_some() {
             if let Some(reply) = state.quiesced.take() {
                 state.submit_writes();
                 let _ = reply.send(());
@@ -427,6 +426,12 @@ impl WorkerState {
         if !self.refilled.is_empty() && self.refilled.contains(&d.delivery_id) {
             return;
         }
+        // Fanned out to a channel a PATCH has removed since.
+        if !self.rt.channel_ids.contains(&d.channel_ref()) {
+            let mut d = d;
+            self.bury_removed(&mut d, now);
+            return;
+        }
         if self.spilled_from.is_none() && self.queue.len() < self.settings.max_queued {
             self.insert(d, now);
             return;
@@ -464,12 +469,16 @@ impl WorkerState {
 
     /// Queues deliveries read back from the store, remembering them (see `refilled`).
     fn insert_read_back(&mut self, deliveries: Vec<Delivery>, now: u64) {
-        let at = Instant::now();
         for d in deliveries {
-            if self.refilled.insert(d.delivery_id.clone()) {
-                self.refilled_order.push_back((at, d.delivery_id.clone()));
-            }
+            self.remember_read_back(&d.delivery_id);
             self.insert(d, now);
+        }
+    }
+
+    /// A late fan-out `Enqueue` of this delivery is to be ignored (see `refilled`).
+    fn remember_read_back(&mut self, id: &DeliveryId) {
+        if self.refilled.insert(id.clone()) {
+            self.refilled_order.push_back((Instant::now(), id.clone()));
         }
     }
 
@@ -671,7 +680,7 @@ impl WorkerState {
     /// Starts sends while under the concurrency bound (nothing while paused, broken or
     /// shutting down).
     fn pump(&mut self) {
-        if !self.rt.is_active || self.rt.problem.is_some() || self.quiescing {
+        if !self.rt.is_active || self.rt.problem.is_some() || self.shared.shutdown.is_cancelled() {
             return;
         }
         let mut rearm = false;
@@ -740,6 +749,11 @@ impl WorkerState {
         let age = Duration::from_millis(now.saturating_sub(d.window_start_ms));
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let decision = self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter);
+        // Its channel was removed while it was in flight: no retry to a channel that is gone.
+        if decision != Decision::Succeeded && !self.rt.channel_ids.contains(&d.channel_ref()) {
+            self.bury_removed(&mut d, now);
+            return;
+        }
         let error = result.error.map(|e| format!("{} delivery {}: {e}", d.channel, d.delivery_id));
         match decision {
             Decision::Succeeded => {
@@ -800,10 +814,14 @@ impl WorkerState {
             }
         }
         // Those waiting in the store (spilled, or parked for a far-off retry), once every
-        // outcome written so far is readable.
+        // outcome written so far is readable. (Nothing waits there unless spilled or parked:
+        // then the webhook's history is not scanned. A fan-out still on its way is buried
+        // by `enqueue`.)
+        if self.spilled_from.is_none() && self.parked == 0 && self.parked_due.is_none() {
+            return Ok(());
+        }
         self.submit_writes();
         self.shared.store.commit(Batch::new()).await?;
-        let horizon = self.horizon(now);
         let mut keys = Vec::new();
         self.shared.store.for_each::<ChannelOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
             let channel = d.channel_id.clone().unwrap_or_else(|| super::model::legacy_channel_id(d.channel_index));
@@ -817,11 +835,21 @@ impl WorkerState {
             if d.status != DeliveryStatus::Pending || self.queue.contains_key(&d.delivery_id) {
                 continue;
             }
-            match d.next_attempt_ms {
-                // Its `due/` entry, now stale, is dropped when it comes up.
-                Some(due) if due > horizon => self.parked = self.parked.saturating_sub(1),
-                _ => self.spilled = self.spilled.saturating_sub(1),
+            // Parked if it has a `due/` entry (now stale: dropped when it comes up).
+            let parked = match d.next_attempt_ms {
+                Some(due) => self
+                    .shared
+                    .store
+                    .contains(Keyspace::DUE, &due_key(&self.rt.webhook_id, due, d.delivery_id.as_str()))?,
+                None => false,
+            };
+            if parked {
+                self.parked = self.parked.saturating_sub(1);
+            } else {
+                self.spilled = self.spilled.saturating_sub(1);
             }
+            // Its fan-out `Enqueue` may still be on its way.
+            self.remember_read_back(&d.delivery_id);
             self.bury_removed(&mut d, now);
         }
         Ok(())
@@ -843,6 +871,10 @@ impl WorkerState {
 
     async fn retry_now(&mut self, id: &DeliveryId) -> Result<(serde_json::Value, Durable), ApiError> {
         let now = now_millis();
+        let removed = |d: &Delivery| !self.rt.channel_ids.contains(&d.channel_ref());
+        if self.queue.get(id).is_some_and(removed) {
+            return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
+        }
         if let Some(d) = self.queue.get_mut(id) {
             // Still pending: just make it due now.
             if !self.in_flight.contains(id) {

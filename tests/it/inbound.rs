@@ -211,6 +211,17 @@ async fn configure_validate_and_show_the_secret_once() {
     let (s, r) = ingest(&app, &bucket, Some(&fresh), &mux_like_event("a1", "video.asset.ready")).await;
     assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "{r}");
     assert_eq!(objects(&app, &bucket).await.len(), 2);
+    // Another dedup path starts the set afresh: values deduped under data.id say nothing
+    // about duplicates under id.
+    let mut by_event_id = full_adapter(json!({"mode": "immediate"}));
+    by_event_id["dedup_key"] = json!("id");
+    let (s, b) = app.patch(&path, json!({"source_adapter": by_event_id})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, r) = ingest(&app, &bucket, Some(&fresh), &mux_like_event("a1", "video.asset.ready")).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let (s, r) = ingest(&app, &bucket, Some(&fresh), &mux_like_event("a1", "video.asset.ready")).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "{r}");
+    assert_eq!(objects(&app, &bucket).await.len(), 3);
 
     // No secret in the data files or the log.
     for (f, bytes) in data_files(&app.data_dir) {

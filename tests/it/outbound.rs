@@ -1276,3 +1276,48 @@ async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {
     assert_eq!(app.patch(&path, json!({"is_active": true})).await.0, 200);
     assert!(deliveries(&app, &id, None).await[0].get("held").is_none());
 }
+
+/// A send in flight when its channel is removed is not retried: if it fails, it goes dead
+/// at once (a retry an hour later would find no channel).
+#[tokio::test]
+async fn a_failed_send_of_a_removed_channel_is_not_retried() {
+    let app = TestApp::start_with(queue_options("max_age_hours = 2\nretry_schedule_seconds = [3600]\n")).await;
+    let (slow, ok) = (Receiver::start(200).await, Receiver::start(200).await);
+    slow.then(503, Duration::from_millis(1500)); // within the 2 s request timeout
+    let channels = json!([http_channel(&slow.url("/slow")), http_channel(&ok.url("/ok"))]);
+    let (id, _) = create_webhook(&app, json!({"webhook_name": "x", "event_types": ["*"], "channels": channels})).await;
+    let path = format!("/v1/organizations/webhooks/{id}");
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(WAIT, || async { slow.count() == 1 }).await);
+    let (_, shown) = app.get(&path).await;
+    let (s, b) = app.patch(&path, json!({"channels": [shown["channels"][1].clone()]})).await;
+    assert_eq!(s, 200, "{b}");
+    let dead = || async { deliveries(&app, &id, Some("dead")).await.len() == 1 };
+    assert!(eventually(Duration::from_secs(6), dead).await, "{:?}", deliveries(&app, &id, None).await);
+    let d = deliveries(&app, &id, Some("dead")).await.remove(0);
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{d}");
+    assert_eq!(attempts[0]["status_code"], 503, "{d}");
+    assert!(attempts[1]["error"].as_str().unwrap().contains("removed"), "{d}");
+    assert_eq!(app.get(&path).await.1["last_error"], Value::Null, "a removed channel's failure is no webhook error");
+}
+
+/// After a restart, a success clears the `last_error` stored before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_after_a_restart_clears_the_stored_last_error() {
+    let mut app = TestApp::start_with(queue_options("max_age_hours = 2\nretry_schedule_seconds = [1]\n")).await;
+    let rx = Receiver::start(503).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "x", "event_types": ["*"], "channels": [http_channel(&rx.url("/x"))]}),
+    )
+    .await;
+    let path = format!("/v1/organizations/webhooks/{id}");
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(WAIT, || async { app.get(&path).await.1["last_error"].is_string() }).await);
+    assert_eq!(tokio::task::block_in_place(|| app.stop()), Some(0));
+    rx.set_default(200);
+    app.start_again().await;
+    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await);
+    assert!(eventually(WAIT, || async { app.get(&path).await.1["last_error"].is_null() }).await);
+}

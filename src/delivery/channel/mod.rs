@@ -211,12 +211,13 @@ fn redaction_tag(url: &str) -> String {
     hex::encode(&sha2::Sha256::digest(url.as_bytes())[..3])
 }
 
-/// Whether `shown` is how `url` is (or was) shown redacted: the current form, the same digest
-/// behind another origin (shown before the port was kept), or the form before the digest.
+/// Whether `shown` is how `url` is (or was) shown redacted: the current form, the form shown
+/// before the port was kept, or the form before the digest.
 pub fn shows_redacted(url: &str, shown: &str) -> bool {
-    shown == redacted_url(url)
-        || shown.ends_with(&format!("/{REDACTED}-{}", redaction_tag(url)))
-        || shown == legacy_redacted_url(url)
+    let portless = url::Url::parse(url)
+        .ok()
+        .map(|u| format!("{}://{}/{REDACTED}-{}", u.scheme(), u.host_str().unwrap_or_default(), redaction_tag(url)));
+    shown == redacted_url(url) || portless.as_deref() == Some(shown) || shown == legacy_redacted_url(url)
 }
 
 /// `scheme://host[:port]` (the port when it is not the scheme's default).
