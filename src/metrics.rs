@@ -91,7 +91,21 @@ fn zero_series() {
     for name in [STORE_COMMIT_BATCHES, INGEST_BUFFERED, INGEST_OBJECTS_CREATED, EVENTS_DISPATCHED] {
         counter!(name).absolute(0);
     }
-    for outcome in ["created", "buffered", "duplicate", "ignored", "unauthorized", "invalid"] {
+    for outcome in [
+        "created",
+        "buffered",
+        "duplicate",
+        "ignored",
+        "updated",
+        "deleted",
+        "unauthorized",
+        "invalid",
+        "disabled",
+        "not_found",
+        "error",
+        "too_large",
+        "timeout",
+    ] {
         counter!(INGEST_REQUESTS, "outcome" => outcome).absolute(0);
     }
     for trigger in ["window", "size", "drain", "restart"] {
@@ -102,6 +116,9 @@ fn zero_series() {
             counter!(DELIVERIES, "channel" => channel, "outcome" => outcome).absolute(0);
         }
         counter!(DELIVERIES_DEAD, "channel" => channel).absolute(0);
+        for result in ["2xx", "3xx", "4xx", "5xx", "timeout", "connect", "refused", "error"] {
+            counter!(DELIVERY_ATTEMPTS, "channel" => channel, "result" => result).absolute(0);
+        }
     }
     for adapter in ["supabase", "generic_webhook"] {
         for outcome in ["succeeded", "retry", "failed"] {
@@ -170,7 +187,10 @@ fn describe_inbound() {
     );
     describe_histogram!(INGEST_DURATION, Unit::Seconds, "Ingest latency, body read to durable answer, by outcome");
     describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");
-    describe_counter!(INGEST_FLUSHES, "Buffer flushes (one batch each), by trigger: window, size, drain, restart");
+    describe_counter!(
+        INGEST_FLUSHES,
+        "Buffer flushes (one batch each), by trigger: window, size, drain, restart (also after a reconfiguration)"
+    );
     describe_counter!(INGEST_OBJECTS_CREATED, "Objects created by source adapters");
     // Restarts of source-adapter actors: hookline_actor_restarts_total{actor="source_adapter"}.
 }

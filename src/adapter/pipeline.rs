@@ -39,6 +39,10 @@ pub enum Screen {
 
 /// Filters the event and extracts its dedup value.
 pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, PayloadError> {
+    // Nothing can be filtered, keyed or mapped in a bare value: it would make an empty object.
+    if !payload.is_object() {
+        return Err(PayloadError(format!("the payload must be a JSON object, not {}", json_type(payload))));
+    }
     let event_type = kind::event_type(adapter, payload);
     let handled = match &adapter.event_filter {
         Some(f) => event_type.as_ref().is_some_and(|t| f.event_types.iter().any(|e| e == t)),
@@ -211,6 +215,16 @@ pub(crate) mod tests {
             "video": {"type": "video"}, "duration": {"type": "float"}, "title": {"type": "string", "required": true}
         }}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_payload_is_an_object() {
+        let a = adapter(json!({"adapter_type": "generic_webhook"}));
+        for bare in [json!(null), json!(42), json!("s"), json!([]), json!([{"type": "x"}])] {
+            let e = screen(&a, &bare).unwrap_err();
+            assert!(e.0.contains("must be a JSON object"), "{bare}: {}", e.0);
+        }
+        assert!(screen(&a, &json!({})).is_ok());
     }
 
     #[test]

@@ -266,6 +266,10 @@ impl PublishEvent {
         if !valid_event_type(&self.event_type) {
             return Err(ApiError::validation("event_type", "must be 1–100 characters of letters, digits, . _ -"));
         }
+        // Like every event hookline publishes itself: templates and receivers read fields.
+        if !self.payload.is_object() {
+            return Err(ApiError::validation("payload", "must be a JSON object"));
+        }
         Ok(())
     }
 }

@@ -211,10 +211,13 @@ async fn delivery(state: &HttpState, req: &Request, id: &str, did: &str) -> Resu
 fn shown(w: &StoredWebhook, d: &Delivery) -> serde_json::Value {
     let mut view = d.view();
     if !w.is_active && d.status == DeliveryStatus::Pending {
-        view["held"] = "the webhook is paused (is_active: false); sent when it is resumed".into();
+        view["held"] = HELD.into();
     }
     view
 }
+
+/// Why a pending delivery is not sent (and its `next_attempt_at` may be in the past).
+const HELD: &str = "the webhook is paused (is_active: false); sent when it is resumed";
 
 async fn retry(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
@@ -222,7 +225,10 @@ async fn retry(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<
     let delivery_id = DeliveryId::parse(did)
         .ok_or_else(|| ApiError::NotFound(format!("delivery {did} not found for webhook {id}")))?;
     let reg = registry(state)?;
-    let (view, d) = ask!(reg, |reply| DeliveryMsg::Retry { webhook_id, delivery_id, reply })?;
+    let (mut view, d) = ask!(reg, |reply| DeliveryMsg::Retry { webhook_id, delivery_id, reply })?;
     durable(d).await?;
+    if !load(state, id)?.is_active {
+        view["held"] = HELD.into();
+    }
     Ok(json(StatusCode::ACCEPTED, &view))
 }

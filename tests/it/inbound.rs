@@ -293,6 +293,10 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert!(st["last_error_at"].as_str().unwrap().starts_with("20"), "when it happened: {st}");
     assert_eq!(st["last_flush_at"], Value::Null);
     assert_eq!(st["webhook_url"], Value::Null, "no server.public_url configured");
+    // A bare JSON value is no event: 422, nothing stored.
+    let (st, b) = ingest(&app, &bucket, s, &json!([{"type": "video.asset.ready"}])).await;
+    assert_eq!(st, 422, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("JSON object"), "{b}");
 
     // Pagination and delete.
     for i in 0..4 {

@@ -482,6 +482,10 @@ async fn star_prefix_and_exact_subscriptions_and_templates() {
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_type")));
     let (s, _) = app.post("/v1/events", json!({"payload": {}})).await;
     assert_eq!(s, 422);
+    for bare in [json!("s"), json!([1, 2]), json!(null)] {
+        let (s, b) = app.post("/v1/events", json!({"event_type": "x.y", "payload": bare})).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("payload")), "{b}");
+    }
 }
 
 #[tokio::test]
@@ -1273,6 +1277,9 @@ async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {
     assert!(d["held"].as_str().unwrap().contains("paused"), "{d}");
     let (s, one) = app.get(&format!("{path}/deliveries/{}", d["delivery_id"].as_str().unwrap())).await;
     assert_eq!((s, one["held"].clone()), (200, d["held"].clone()), "{one}");
+    let (s, retried) =
+        app.post(&format!("{path}/deliveries/{}/retry", d["delivery_id"].as_str().unwrap()), json!({})).await;
+    assert_eq!((s, retried["held"].clone()), (202, d["held"].clone()), "{retried}");
     assert_eq!(app.patch(&path, json!({"is_active": true})).await.0, 200);
     assert!(deliveries(&app, &id, None).await[0].get("held").is_none());
 }
