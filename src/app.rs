@@ -35,7 +35,9 @@ pub async fn run(
     let env_key = match std::env::var("HOOKLINE_MASTER_KEY") {
         Ok(k) => Some(k),
         Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("HOOKLINE_MASTER_KEY is not valid base64"),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("HOOKLINE_MASTER_KEY is not valid UTF-8 (base64 expected)")
+        }
     };
     if env_key.is_none() && !data_dir.join("master.key").exists() && holds_sealed_values(&store)? {
         // A new key would make every stored credential unreadable, found out only per event.
@@ -98,12 +100,16 @@ pub async fn run(
     let mut server = tokio::spawn(crate::http::serve(http_state, listener, http_shutdown));
     let mut supervisor_handle = supervisor_handle;
     let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
+    let mut quiesced = false;
+    // Biased: an idle server finishes as soon as the signal stops it, and the signal's branch
+    // (which waits for the deliveries in flight) must still be the one taken.
     let failed = tokio::select! {
-        _ = &mut server => false,
+        biased;
         _ = signalled.notified() => {
             // One grace for both: the open requests finish while the deliveries in flight do.
             shared.shutdown.cancel();
             tokio::join!(drain_http(&mut server, grace), quiesce_deliveries(&shared, grace));
+            quiesced = true;
             false
         }
         _ = &mut supervisor_handle => {
@@ -111,10 +117,14 @@ pub async fn run(
             drain_http(&mut server, grace).await;
             true
         }
+        _ = &mut server => false,
     };
     tracing::info!("HTTP server stopped; stopping actors");
     if !failed {
         shared.shutdown.cancel();
+        if !quiesced {
+            quiesce_deliveries(&shared, grace).await;
+        }
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
     }
     upkeep.abort();

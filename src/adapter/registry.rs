@@ -395,14 +395,12 @@ impl RegistryState {
                 let rotate = body.rotate_secret || input.rotate_secret;
                 let (adapter, secret) = self.build_adapter(&bucket, input, rotate)?;
                 // Values deduped under another path (or another upstream) are not this
-                // adapter's duplicates: start its set afresh.
-                let scope = adapter
-                    .dedup_key
-                    .as_deref()
-                    .or(super::kind::default_dedup_key(adapter.adapter_type))
-                    .map(|p| format!("{}:{p}", adapter.adapter_type.as_str()));
-                if let Some(scope) = scope {
-                    clear_dedup = bucket.dedup_scope.as_ref().is_some_and(|old| *old != scope);
+                // adapter's duplicates: start its set afresh. (A bucket from before the scope
+                // was recorded: its current adapter's; with none, its set is empty.)
+                if let Some(scope) = dedup_scope(&adapter) {
+                    let old =
+                        bucket.dedup_scope.clone().or_else(|| bucket.source_adapter.as_ref().and_then(dedup_scope));
+                    clear_dedup = old.is_some_and(|old| old != scope);
                     bucket.dedup_scope = Some(scope);
                 }
                 bucket.source_adapter = Some(adapter);
@@ -413,17 +411,15 @@ impl RegistryState {
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
         self.stop_adapter(id).await;
-        if clear_dedup {
-            let store = &self.shared.store;
-            store.commit(Batch::new()).await?;
-            store.for_each_key(Keyspace::DEDUP, &records::prefix(id), |k| {
-                batch.delete(Keyspace::DEDUP, k);
-                true
-            })?;
-            tracing::info!(bucket_id = %id, "dedup path changed: the bucket's dedup set starts afresh");
+        if let Err(e) = self.commit_patch(id, &bucket, batch, clear_dedup).await {
+            // Nothing was changed: the stored bucket's adapter (if any) runs again.
+            if had_adapter {
+                if let Err(e) = self.spawn_adapter(id).await {
+                    tracing::error!(bucket_id = %id, error = %e, "the source adapter did not restart after a failed PATCH");
+                }
+            }
+            return Err(e);
         }
-        batch.put(Keyspace::BUCKETS, id.as_str(), &bucket);
-        self.shared.store.commit(batch).await?;
         if bucket.source_adapter.is_some() {
             self.restarts.remove(id);
             // The change is committed: answer it (with a new secret, its only showing) even if
@@ -435,6 +431,30 @@ impl RegistryState {
         }
         tracing::info!(bucket_id = %id, adapter = bucket.source_adapter.is_some(), secret_rotated = webhook_secret.is_some(), "bucket patched");
         Ok(Patched { bucket, webhook_secret })
+    }
+
+    /// Commits a PATCH once the old actor has stopped: the bucket, in one batch with the
+    /// removal of the dedup set when `clear_dedup` (atomic: a failure changes nothing).
+    async fn commit_patch(
+        &self,
+        id: &BucketId,
+        bucket: &Bucket,
+        mut batch: Batch,
+        clear_dedup: bool,
+    ) -> Result<(), ApiError> {
+        let store = &self.shared.store;
+        if clear_dedup {
+            // The stopped actor's last writes first.
+            store.commit(Batch::new()).await?;
+            store.for_each_key(Keyspace::DEDUP, &records::prefix(id), |k| {
+                batch.delete(Keyspace::DEDUP, k);
+                true
+            })?;
+            tracing::info!(bucket_id = %id, "dedup path changed: the bucket's dedup set starts afresh");
+        }
+        batch.put(Keyspace::BUCKETS, id.as_str(), bucket);
+        store.commit(batch).await?;
+        Ok(())
     }
 
     /// Validates a new adapter configuration against the bucket and the connections.
@@ -602,4 +622,11 @@ impl RegistryState {
 
 pub fn not_found_bucket(id: &BucketId) -> ApiError {
     ApiError::NotFound(format!("bucket {id} not found in this namespace"))
+}
+
+/// `{adapter_type}:{dedup path}`: what a bucket's dedup set is keyed by (see
+/// `Bucket::dedup_scope`); `None` when the adapter does not dedup.
+fn dedup_scope(adapter: &SourceAdapter) -> Option<String> {
+    let path = adapter.dedup_key.as_deref().or(super::kind::default_dedup_key(adapter.adapter_type))?;
+    Some(format!("{}:{path}", adapter.adapter_type.as_str()))
 }

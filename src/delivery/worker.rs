@@ -261,8 +261,14 @@ impl Actor for DeliveryWorker {
         match msg {
             WorkerMsg::Enqueue(ds) => {
                 let now = now_millis();
+                // Fanned out to a channel a PATCH has removed since: buried below.
+                let (ds, removed): (Vec<_>, Vec<_>) =
+                    ds.into_iter().partition(|d| state.rt.channel_ids.contains(&d.channel_ref()));
                 for d in ds {
                     state.enqueue(d, now);
+                }
+                if !removed.is_empty() {
+                    state.bury_late_fan_out(removed).await?;
                 }
                 state.arm();
                 state.pump();
@@ -357,8 +363,16 @@ impl WorkerState {
         let mut should_park: HashSet<String> = HashSet::new();
         let mut parked_due = None::<u64>;
         let webhook_id = self.rt.webhook_id.clone();
+        // Pending deliveries of channels removed before their burial was written (a crash
+        // right after the PATCH): buried now, not sent or parked.
+        let mut removed = Vec::new();
+        let channel_ids = &self.rt.channel_ids;
         self.shared.store.for_each::<StatusOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
             if d.status != DeliveryStatus::Pending {
+                return true;
+            }
+            if !channel_ids.contains(&d.channel_ref()) {
+                removed.push(k.to_string());
                 return true;
             }
             match d.next_attempt_ms {
@@ -376,6 +390,12 @@ impl WorkerState {
             true
         })?;
         let parked = should_park.len();
+        let now = now_millis();
+        for k in &removed {
+            if let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, k)? {
+                self.bury_removed(&mut d, now);
+            }
+        }
         let mut fix = Batch::new();
         self.shared.store.for_each_key(Keyspace::DUE, &self.prefix(), |k| {
             if !should_park.remove(k) {
@@ -424,12 +444,6 @@ impl WorkerState {
         self.forget_old_refills();
         // Already read back by a refill (and maybe finished since): not again.
         if !self.refilled.is_empty() && self.refilled.contains(&d.delivery_id) {
-            return;
-        }
-        // Fanned out to a channel a PATCH has removed since.
-        if !self.rt.channel_ids.contains(&d.channel_ref()) {
-            let mut d = d;
-            self.bury_removed(&mut d, now);
             return;
         }
         if self.spilled_from.is_none() && self.queue.len() < self.settings.max_queued {
@@ -697,8 +711,14 @@ impl WorkerState {
                 rearm = true;
                 continue;
             }
+            let Some(channel) = self.rt.channel(d) else {
+                // Its channel was removed (read back after the PATCH): no attempt to make.
+                if let Some(mut d) = self.queue.remove(&id) {
+                    self.bury_removed(&mut d, now);
+                }
+                continue;
+            };
             self.in_flight.insert(id.clone());
-            let channel = self.rt.channel(d);
             let key = self.rt.signing_key.clone();
             let event = d.event.clone();
             let done_recipients = d.done_recipients.clone();
@@ -706,18 +726,17 @@ impl WorkerState {
             tokio::spawn(async move {
                 let at_ms = now_millis();
                 let started = Instant::now();
-                let result = match (channel, event) {
-                    (Some(ch), Some(event)) => {
+                let result = match event {
+                    Some(event) => {
                         let msg = Message {
                             id: id.as_str(),
                             event: &event,
                             signing_key: &key,
                             done_recipients: &done_recipients,
                         };
-                        ch.send(&msg).await
+                        channel.send(&msg).await
                     }
-                    (None, _) => AttemptResult::failed(Outcome::Permanent, "error", CHANNEL_REMOVED),
-                    (_, None) => AttemptResult::failed(
+                    None => AttemptResult::failed(
                         Outcome::Permanent,
                         "error",
                         "the event of this delivery is no longer stored",
@@ -823,9 +842,8 @@ impl WorkerState {
         self.submit_writes();
         self.shared.store.commit(Batch::new()).await?;
         let mut keys = Vec::new();
-        self.shared.store.for_each::<ChannelOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
-            let channel = d.channel_id.clone().unwrap_or_else(|| super::model::legacy_channel_id(d.channel_index));
-            if d.status == DeliveryStatus::Pending && gone(channel) {
+        self.shared.store.for_each::<StatusOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
+            if d.status == DeliveryStatus::Pending && gone(d.channel_ref()) {
                 keys.push(k.to_string());
             }
             true
@@ -845,12 +863,36 @@ impl WorkerState {
             };
             if parked {
                 self.parked = self.parked.saturating_sub(1);
-            } else {
+            } else if self.spilled_from.as_deref().is_some_and(|from| k.as_str() >= from) {
                 self.spilled = self.spilled.saturating_sub(1);
             }
             // Its fan-out `Enqueue` may still be on its way.
             self.remember_read_back(&d.delivery_id);
             self.bury_removed(&mut d, now);
+        }
+        Ok(())
+    }
+
+    /// A fan-out's deliveries whose channel was removed before they arrived: buried as their
+    /// stored records stand (one read back, in memory, or finished since is left alone).
+    async fn bury_late_fan_out(&mut self, late: Vec<Delivery>) -> Result<(), ActorProcessingErr> {
+        self.forget_old_refills();
+        let late: Vec<Delivery> = late
+            .into_iter()
+            .filter(|d| !self.refilled.contains(&d.delivery_id) && !self.queue.contains_key(&d.delivery_id))
+            .collect();
+        if late.is_empty() {
+            return Ok(());
+        }
+        // Outcomes written so far must be readable, or a finished one would read as pending.
+        self.submit_writes();
+        self.shared.store.commit(Batch::new()).await?;
+        let now = now_millis();
+        for d in late {
+            let stored = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &d.key())?;
+            if let Some(mut stored) = stored.filter(|s| s.status == DeliveryStatus::Pending) {
+                self.bury_removed(&mut stored, now);
+            }
         }
         Ok(())
     }
@@ -978,15 +1020,6 @@ impl WorkerState {
 /// Why a delivery of a channel removed from its webhook is `dead`.
 const CHANNEL_REMOVED: &str = "the channel of this delivery was removed from the webhook";
 
-/// What the scan for a removed channel's deliveries reads of each (see [`StatusOnly`]).
-#[derive(serde::Deserialize)]
-struct ChannelOnly {
-    status: DeliveryStatus,
-    channel_index: usize,
-    #[serde(default)]
-    channel_id: Option<String>,
-}
-
 /// What the scans over every delivery of a webhook (reload, prune) read of each: decoding
 /// only these fields skips building the rest (attempt logs, IDs).
 #[derive(serde::Deserialize)]
@@ -994,6 +1027,16 @@ struct StatusOnly {
     status: DeliveryStatus,
     window_start_ms: u64,
     next_attempt_ms: Option<u64>,
+    channel_index: usize,
+    #[serde(default)]
+    channel_id: Option<String>,
+}
+
+impl StatusOnly {
+    /// As [`Delivery::channel_ref`].
+    fn channel_ref(&self) -> String {
+        self.channel_id.clone().unwrap_or_else(|| super::model::legacy_channel_id(self.channel_index))
+    }
 }
 
 /// `{webhook_id}/{due_ms, 13 digits}/{delivery_id}`: parked retries in due order.

@@ -217,9 +217,12 @@ async fn configure_validate_and_show_the_secret_once() {
     by_event_id["dedup_key"] = json!("id");
     let (s, b) = app.patch(&path, json!({"source_adapter": by_event_id})).await;
     assert_eq!(s, 200, "{b}");
-    let (s, r) = ingest(&app, &bucket, Some(&fresh), &mux_like_event("a1", "video.asset.ready")).await;
+    // Its id "a1" is a value the old set holds (as data.id): new under the new path.
+    let mut e = mux_like_event("z9", "video.asset.ready");
+    e["id"] = json!("a1");
+    let (s, r) = ingest(&app, &bucket, Some(&fresh), &e).await;
     assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
-    let (s, r) = ingest(&app, &bucket, Some(&fresh), &mux_like_event("a1", "video.asset.ready")).await;
+    let (s, r) = ingest(&app, &bucket, Some(&fresh), &e).await;
     assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "{r}");
     assert_eq!(objects(&app, &bucket).await.len(), 3);
 

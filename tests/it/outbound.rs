@@ -1290,8 +1290,10 @@ async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {
 async fn a_failed_send_of_a_removed_channel_is_not_retried() {
     let app = TestApp::start_with(queue_options("max_age_hours = 2\nretry_schedule_seconds = [3600]\n")).await;
     let (slow, ok) = (Receiver::start(200).await, Receiver::start(200).await);
-    slow.then(503, Duration::from_millis(1500)); // within the 2 s request timeout
-    let channels = json!([http_channel(&slow.url("/slow")), http_channel(&ok.url("/ok"))]);
+    // Answers after 3 s: the PATCH below lands while the send is in flight.
+    slow.then(503, Duration::from_secs(3));
+    let slow_channel = json!({"channel": "webhook", "configs": {"url": slow.url("/slow"), "timeout": 6}});
+    let channels = json!([slow_channel, http_channel(&ok.url("/ok"))]);
     let (id, _) = create_webhook(&app, json!({"webhook_name": "x", "event_types": ["*"], "channels": channels})).await;
     let path = format!("/v1/organizations/webhooks/{id}");
     publish(&app, "object.updated", json!({"n": 1})).await;
@@ -1299,14 +1301,56 @@ async fn a_failed_send_of_a_removed_channel_is_not_retried() {
     let (_, shown) = app.get(&path).await;
     let (s, b) = app.patch(&path, json!({"channels": [shown["channels"][1].clone()]})).await;
     assert_eq!(s, 200, "{b}");
+    // Still in flight: the PATCH left it alone.
+    let removed = shown["channels"][0]["channel_id"].clone();
+    let pending = deliveries(&app, &id, Some("pending")).await;
+    assert_eq!(pending.iter().filter(|d| d["channel_id"] == removed).count(), 1, "{pending:?}");
     let dead = || async { deliveries(&app, &id, Some("dead")).await.len() == 1 };
-    assert!(eventually(Duration::from_secs(6), dead).await, "{:?}", deliveries(&app, &id, None).await);
+    assert!(eventually(Duration::from_secs(8), dead).await, "{:?}", deliveries(&app, &id, None).await);
     let d = deliveries(&app, &id, Some("dead")).await.remove(0);
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{d}");
     assert_eq!(attempts[0]["status_code"], 503, "{d}");
     assert!(attempts[1]["error"].as_str().unwrap().contains("removed"), "{d}");
-    assert_eq!(app.get(&path).await.1["last_error"], Value::Null, "a removed channel's failure is no webhook error");
+}
+
+/// A delivery still pending at start whose channel is no longer the webhook's (a crash
+/// right after the PATCH, before its burial was written) is buried at start, not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_delivery_of_a_removed_channel_is_buried_at_start() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let settings = "max_age_hours = 2\nretry_schedule_seconds = [1]\n";
+    let (mut app, rx, id) = app_with_failing_receiver(settings).await;
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(WAIT, || all_pending_tried(&app, &id, 1, 1)).await);
+    assert_eq!(tokio::task::block_in_place(|| app.stop()), Some(0));
+    let sent = rx.count();
+    {
+        // Point the pending delivery at a channel the webhook does not have.
+        let backend = app.stopped_sled().await;
+        let mut found = Vec::new();
+        backend
+            .scan_from(b"dlv\0", b"dlv\0", &mut |k, v| {
+                found.push((String::from_utf8_lossy(&k[4..]).into_owned(), v.to_vec()));
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        let mut d: Value = serde_json::from_slice(&found[0].1).unwrap();
+        d["channel_id"] = json!("ch_gone");
+        let mut b = Batch::new();
+        b.put(Keyspace::DELIVERIES, &found[0].0, &d);
+        backend.apply(&b).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+    rx.set_default(200);
+    app.start_again().await;
+    let dead = || async { deliveries(&app, &id, Some("dead")).await.len() == 1 };
+    assert!(eventually(WAIT, dead).await, "{:?}", deliveries(&app, &id, None).await);
+    let d = deliveries(&app, &id, Some("dead")).await.remove(0);
+    assert!(d["attempts"].as_array().unwrap().last().unwrap()["error"].as_str().unwrap().contains("removed"), "{d}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.count(), sent, "nothing was sent for it");
 }
 
 /// After a restart, a success clears the `last_error` stored before it.
