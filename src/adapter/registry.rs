@@ -387,7 +387,20 @@ impl RegistryState {
                     ));
                 }
                 if had_adapter {
-                    self.remove_adapter(id, &mut batch).await?;
+                    let running = self.children.contains_key(id);
+                    if let Err(e) = self.remove_adapter(id, &mut batch).await {
+                        // Nothing was committed: the adapter runs on (a fresh actor, as a
+                        // timed-out drain may still close the old one).
+                        if running {
+                            self.restart_adapter(id).await;
+                        }
+                        return Err(e);
+                    }
+                }
+                // The dedup set stays: so does what it was built under (for a bucket from
+                // before the scope was recorded, its adapter's).
+                if bucket.dedup_scope.is_none() {
+                    bucket.dedup_scope = bucket.source_adapter.as_ref().and_then(dedup_scope);
                 }
                 bucket.source_adapter = None;
             }
@@ -396,7 +409,8 @@ impl RegistryState {
                 let (adapter, secret) = self.build_adapter(&bucket, input, rotate)?;
                 // Values deduped under another path (or another upstream) are not this
                 // adapter's duplicates: start its set afresh. (A bucket from before the scope
-                // was recorded: its current adapter's; with none, its set is empty.)
+                // was recorded: its current adapter's; with none, its set was deleted with the
+                // adapter, as removals did then.)
                 if let Some(scope) = dedup_scope(&adapter) {
                     let old =
                         bucket.dedup_scope.clone().or_else(|| bucket.source_adapter.as_ref().and_then(dedup_scope));
@@ -410,13 +424,13 @@ impl RegistryState {
         bucket.updated_at = now_rfc3339();
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
+        let running = self.children.contains_key(id);
         self.stop_adapter(id).await;
         if let Err(e) = self.commit_patch(id, &bucket, batch, clear_dedup).await {
-            // Nothing was changed: the stored bucket's adapter (if any) runs again.
-            if had_adapter {
-                if let Err(e) = self.spawn_adapter(id).await {
-                    tracing::error!(bucket_id = %id, error = %e, "the source adapter did not restart after a failed PATCH");
-                }
+            // Nothing was changed: the stored bucket's adapter runs again (if it was running:
+            // one stopped after its restart budget stays stopped).
+            if running {
+                self.restart_adapter(id).await;
             }
             return Err(e);
         }
@@ -431,6 +445,15 @@ impl RegistryState {
         }
         tracing::info!(bucket_id = %id, adapter = bucket.source_adapter.is_some(), secret_rotated = webhook_secret.is_some(), "bucket patched");
         Ok(Patched { bucket, webhook_secret })
+    }
+
+    /// After a PATCH that failed without changing anything: a fresh actor from the stored
+    /// bucket.
+    async fn restart_adapter(&mut self, id: &BucketId) {
+        self.stop_adapter(id).await;
+        if let Err(e) = self.spawn_adapter(id).await {
+            tracing::error!(bucket_id = %id, error = %e, "the source adapter did not restart after a failed PATCH");
+        }
     }
 
     /// Commits a PATCH once the old actor has stopped: the bucket, in one batch with the

@@ -272,6 +272,7 @@ impl Actor for DeliveryWorker {
                 }
                 state.arm();
                 state.pump();
+                state.top_up().await?;
             }
             WorkerMsg::Configure(rt) => {
                 let old = std::mem::replace(&mut state.rt, rt);
@@ -292,11 +293,14 @@ impl Actor for DeliveryWorker {
                     state.drop_removed_channels(&removed).await?;
                 }
                 state.pump();
+                // A burial may have emptied the queue while deliveries wait in the store.
+                state.top_up().await?;
             }
             WorkerMsg::Retry { delivery_id, reply } => {
                 let r = state.retry_now(&delivery_id).await;
                 let _ = reply.send(r);
                 state.pump();
+                state.top_up().await?;
             }
             WorkerMsg::Wake => {
                 state.timer = None;
@@ -317,15 +321,13 @@ impl Actor for DeliveryWorker {
                 }
                 state.arm();
                 state.pump();
+                state.top_up().await?;
             }
             WorkerMsg::Done { delivery_id, result, at_ms, duration } => {
                 state.done(delivery_id, result, at_ms, duration);
-                let to_read_back = state.spilled_from.is_some() || state.parked_are_due();
-                if to_read_back && state.queue.len() <= state.settings.max_queued / 2 {
-                    state.refill().await?;
-                }
                 state.arm();
                 state.pump();
+                state.top_up().await?;
             }
             WorkerMsg::Flush => {
                 state.flush_queued = false;
@@ -507,6 +509,28 @@ impl WorkerState {
                 self.refilled.remove(&id);
             }
         }
+    }
+
+    /// Reads back from the store while the queue is at most half full and deliveries wait
+    /// there (spilled, or parked retries now due), then sends. After every message, not
+    /// only a finished send: a burial or a PATCH can empty the queue too, and with nothing
+    /// in flight no `Done` would come to read the rest back. A few rounds at most: a round
+    /// that reads back only deliveries of a removed channel buries them all.
+    async fn top_up(&mut self) -> Result<(), ActorProcessingErr> {
+        for _ in 0..4 {
+            let waiting = self.spilled_from.is_some() || self.parked_are_due();
+            if !waiting || self.queue.len() > self.settings.max_queued / 2 {
+                break;
+            }
+            let before = (self.spilled_from.clone(), self.parked_due, self.queue.len());
+            self.refill().await?;
+            self.arm();
+            self.pump();
+            if (self.spilled_from.clone(), self.parked_due, self.queue.len()) == before {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Reads back what memory has room for: parked retries that are due (within the
@@ -835,7 +859,7 @@ impl WorkerState {
         // Those waiting in the store (spilled, or parked for a far-off retry), once every
         // outcome written so far is readable. (Nothing waits there unless spilled or parked:
         // then the webhook's history is not scanned. A fan-out still on its way is buried
-        // by `enqueue`.)
+        // by `bury_late_fan_out`.)
         if self.spilled_from.is_none() && self.parked == 0 && self.parked_due.is_none() {
             return Ok(());
         }
@@ -1020,7 +1044,8 @@ impl WorkerState {
 /// Why a delivery of a channel removed from its webhook is `dead`.
 const CHANNEL_REMOVED: &str = "the channel of this delivery was removed from the webhook";
 
-/// What the scans over every delivery of a webhook (reload, prune) read of each: decoding
+/// What the scans over every delivery of a webhook (reload, prune, a channel's removal)
+/// read of each: decoding
 /// only these fields skips building the rest (attempt logs, IDs).
 #[derive(serde::Deserialize)]
 struct StatusOnly {

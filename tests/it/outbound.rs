@@ -1372,3 +1372,30 @@ async fn a_success_after_a_restart_clears_the_stored_last_error() {
     assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await);
     assert!(eventually(WAIT, || async { app.get(&path).await.1["last_error"].is_null() }).await);
 }
+
+/// Removing a channel whose retries filled the queue leaves it empty while other
+/// deliveries wait spilled in the store: they are read back and sent at once (no finished
+/// send would come to trigger it).
+#[tokio::test]
+async fn removing_a_channel_that_filled_the_queue_lets_the_spilled_rest_go() {
+    let settings = "max_age_hours = 1\nretry_schedule_seconds = [30]\nmax_in_flight_per_webhook = 1\n\
+                    max_queued_in_memory_per_webhook = 2\n";
+    let app = TestApp::start_with(queue_options(settings)).await;
+    let (down, ok) = (Receiver::start(503).await, Receiver::start(200).await);
+    let channels = json!([http_channel(&down.url("/down")), http_channel(&ok.url("/ok"))]);
+    let (id, _) = create_webhook(&app, json!({"webhook_name": "q", "event_types": ["*"], "channels": channels})).await;
+    let path = format!("/v1/organizations/webhooks/{id}");
+    for n in 0..3 {
+        publish(&app, "object.updated", json!({ "n": n })).await;
+    }
+    // The down channel's first two retries hold the queue; the rest wait in the store.
+    assert!(eventually(WAIT, || async { down.count() == 2 }).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ok.count(), 1, "the rest waits behind the retries");
+    let (_, shown) = app.get(&path).await;
+    let (s, b) = app.patch(&path, json!({"channels": [shown["channels"][1].clone()]})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(eventually(Duration::from_secs(5), || async { ok.count() == 3 }).await, "ok got {}", ok.count());
+    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == 3 }).await);
+    assert_eq!(down.count(), 2);
+}
