@@ -398,6 +398,9 @@ impl WorkerState {
                 self.bury_removed(&mut d, now);
             }
         }
+        if !removed.is_empty() {
+            tracing::info!(%webhook_id, buried = removed.len(), "pending deliveries of removed channels marked dead");
+        }
         let mut fix = Batch::new();
         self.shared.store.for_each_key(Keyspace::DUE, &self.prefix(), |k| {
             if !should_park.remove(k) {
