@@ -365,6 +365,8 @@ impl RegistryState {
             bucket.description = Some(d.clone());
         }
         let had_adapter = bucket.source_adapter.is_some();
+        // A failed PATCH restarts it (not one stopped after its restart budget).
+        let running = self.children.contains_key(id);
         let mut webhook_secret = None;
         let mut clear_dedup = false;
         let mut batch = Batch::new();
@@ -387,7 +389,6 @@ impl RegistryState {
                     ));
                 }
                 if had_adapter {
-                    let running = self.children.contains_key(id);
                     if let Err(e) = self.remove_adapter(id, &mut batch).await {
                         // Nothing was committed: the adapter runs on (a fresh actor, as a
                         // timed-out drain may still close the old one).
@@ -424,7 +425,6 @@ impl RegistryState {
         bucket.updated_at = now_rfc3339();
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
-        let running = self.children.contains_key(id);
         self.stop_adapter(id).await;
         if let Err(e) = self.commit_patch(id, &bucket, batch, clear_dedup).await {
             // Nothing was changed: the stored bucket's adapter runs again (if it was running:

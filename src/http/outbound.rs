@@ -176,7 +176,7 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
         None => None,
         Some(b) => Some(
             DeliveryId::parse(b)
-                .filter(|d| super::super::delivery::model::is_delivery_id_shape(d.as_str()))
+                .filter(|d| crate::delivery::model::is_delivery_id_shape(d.as_str()))
                 .ok_or_else(|| ApiError::validation("before", "not a delivery_id returned by this endpoint"))?,
         ),
     };
