@@ -37,6 +37,7 @@ impl Template {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.add_filter("pretty_json", pretty_json);
         env.add_template_owned(NAME, source.to_string()).map_err(describe)?;
         let t = Template { env };
         let sample = Self::sample();
@@ -121,6 +122,14 @@ impl Template {
     }
 }
 
+/// `{{ payload | pretty_json }}`: indented JSON for people (Slack, email, SMS). `tojson`
+/// escapes `&`, `<`, `>` and `'` as `\u0026`… so its output is safe inside HTML: right in a
+/// JSON body, noise in a chat message.
+fn pretty_json(value: minijinja::Value) -> Result<String, minijinja::Error> {
+    serde_json::to_string_pretty(&value)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+}
+
 fn describe(e: minijinja::Error) -> String {
     let mut s = e.to_string();
     if let Some(line) = e.line() {
@@ -157,6 +166,17 @@ mod tests {
         assert_eq!(v["t"], "object.created");
         assert_eq!(v["id"], "obj_9");
         assert_eq!(v["missing"], "");
+    }
+
+    #[test]
+    fn pretty_json_is_for_people() {
+        let mut e = event();
+        e.payload = serde_json::json!({"url": "https://e.test/a?b=1&c=2", "html": "<b>'x'</b>"});
+        let out = Template::compile("{{ payload | pretty_json }}").unwrap().render(&e).unwrap();
+        assert!(out.contains(r#""url": "https://e.test/a?b=1&c=2""#) && out.contains("<b>'x'</b>"), "{out}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), e.payload);
+        let escaped = Template::compile("{{ payload | tojson }}").unwrap().render(&e).unwrap();
+        assert!(escaped.contains("\\u0026"), "tojson escapes for HTML: {escaped}");
     }
 
     #[test]

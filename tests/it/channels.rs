@@ -161,6 +161,7 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     for (to, field) in [
         (json!(["555-1234"]), "channels[0].configs.to[0]"),
         (json!(["+15550002222", "+15550002222"]), "channels[0].configs.to[1]"),
+        (json!(["+015551234567"]), "channels[0].configs.to[0]"),
     ] {
         let (s, b) = app
             .post(
@@ -279,6 +280,14 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
         .await;
     assert_eq!(s, 422, "{b}");
     assert_eq!(b["error"]["field"], "channels[0].configs.to[1]");
+    // The same address twice (whatever its display name or case) would get it twice.
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "x", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["ops@example.com", "Ops <OPS@example.com>"]}}]}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.to[1]")), "{b}");
 
     let (wh, _) = create_webhook(
         &app,
@@ -302,6 +311,7 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     let delivery_id = d["delivery_id"].as_str().unwrap();
     assert!(mail.contains("Subject: Batch bat_42: batch.completed"), "{mail}");
     assert!(mail.contains(&format!("Message-ID: <{delivery_id}@hookline>")), "{mail}");
+    assert!(mail.contains("MIME-Version: 1.0"), "{mail}");
     assert!(mail.contains("From: hookline <alerts@example.com>"), "{mail}");
     assert!(mail.contains("X-RcptTo: ops@example.com, lead@example.com"), "{mail}");
     assert!(mail.contains(&evt) && mail.contains("\"batch_id\": \"bat_42\""), "default body has the event: {mail}");

@@ -28,7 +28,7 @@ use crate::delivery::template::Template;
 
 pub const DEFAULT_SUBJECT: &str = "[hookline] {{ event_type }}";
 pub const DEFAULT_BODY: &str =
-    "Event {{ event_id }} ({{ event_type }}) at {{ created_at }}\n\n{{ payload | tojson(indent=2) }}\n";
+    "Event {{ event_id }} ({{ event_type }}) at {{ created_at }}\n\n{{ payload | pretty_json }}\n";
 
 /// Longest subject sent (a template that renders more is cut).
 const MAX_SUBJECT_CHARS: usize = 250;
@@ -97,10 +97,15 @@ impl EmailChannel {
             Ok(b) => b,
             Err(r) => return r,
         };
+        if subject.is_empty() && body.trim().is_empty() {
+            return AttemptResult::failed(Outcome::Permanent, "error", super::slack::EMPTY);
+        }
         let mut builder = lettre::Message::builder()
             .from(self.mailer.from.clone())
             .subject(subject)
             .message_id(Some(format!("<{}@hookline>", msg.id)))
+            // lettre adds MIME-Version only to multipart and singlepart bodies (RFC 2045 §4).
+            .header(lettre::message::header::MIME_VERSION_1_0)
             .header(ContentType::TEXT_PLAIN);
         for to in &self.to {
             builder = builder.to(to.clone());

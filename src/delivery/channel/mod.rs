@@ -125,13 +125,17 @@ impl ChannelConfig {
                 if c.to.len() > MAX_RECIPIENTS {
                     return Err(ApiError::validation(field("to"), format!("at most {MAX_RECIPIENTS} addresses")));
                 }
+                let mut seen = Vec::with_capacity(c.to.len());
                 for (i, a) in c.to.iter().enumerate() {
-                    if let Err(e) = a.parse::<lettre::message::Mailbox>() {
-                        return Err(ApiError::validation(
-                            format!("{}[{i}]", field("to")),
-                            format!("not an email address ({e})"),
-                        ));
+                    let mailbox = a.parse::<lettre::message::Mailbox>().map_err(|e| {
+                        ApiError::validation(format!("{}[{i}]", field("to")), format!("not an email address ({e})"))
+                    })?;
+                    // One message per address: the same address twice would get it twice.
+                    let address = mailbox.email.to_string().to_ascii_lowercase();
+                    if seen.contains(&address) {
+                        return Err(ApiError::validation(format!("{}[{i}]", field("to")), "listed twice"));
                     }
+                    seen.push(address);
                 }
                 template("subject_template", &c.subject_template)?;
                 template("body_template", &c.body_template)
@@ -150,8 +154,12 @@ impl ChannelConfig {
                     if c.to[..i].contains(n) {
                         return Err(ApiError::validation(format!("{}[{i}]", field("to")), "listed twice"));
                     }
+                    // E.164: `+`, a country code (never starting with 0), 8–15 digits in all.
                     let digits = n.strip_prefix('+').unwrap_or("");
-                    if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    if !(8..=15).contains(&digits.len())
+                        || !digits.bytes().all(|b| b.is_ascii_digit())
+                        || digits.starts_with('0')
+                    {
                         return Err(ApiError::validation(
                             format!("{}[{i}]", field("to")),
                             "not an E.164 phone number like +15551234567",

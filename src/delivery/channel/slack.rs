@@ -18,7 +18,7 @@ use crate::delivery::template::Template;
 
 /// The message when no `template` is given: the event's type and ID, and its payload.
 pub const DEFAULT_TEMPLATE: &str =
-    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }}\n```{{ payload | tojson(indent=2) }}```";
+    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }}\n```{{ payload | pretty_json }}```";
 
 pub struct SlackChannel {
     url: url::Url,
@@ -81,10 +81,17 @@ pub fn check_json_template(source: &str, template: &Template) -> Result<(), Stri
     }
 }
 
+/// Why a message that renders to nothing is not sent (also for SMS and email).
+pub const EMPTY: &str = "the template rendered an empty message (a missing value renders empty: use `| default(…)`)";
+
 /// The request body: a JSON template's rendering as is (it must be an object), any other
 /// text as `{"text": …}`.
 fn payload(rendered: String, json: bool) -> Result<Vec<u8>, String> {
     if !json {
+        // Slack refuses empty text (`no_text`): a permanent failure here, not 72 h of retries.
+        if rendered.trim().is_empty() {
+            return Err(EMPTY.into());
+        }
         return Ok(serde_json::to_vec(&serde_json::json!({ "text": rendered })).unwrap_or_default());
     }
     match serde_json::from_str::<serde_json::Value>(&rendered) {
@@ -122,6 +129,7 @@ mod tests {
         let err = payload(r#"{"text": "say "hi""}"#.into(), true).unwrap_err();
         assert!(err.contains("tojson"), "{err}");
         assert!(payload("[1]".into(), true).unwrap_err().contains("not an object"));
+        assert_eq!(payload(" \n".into(), false).unwrap_err(), EMPTY, "Slack refuses empty text");
         assert!(is_json_template("  {\"blocks\": []}") && is_json_template("{ \"text\": 1 }"));
         assert!(!is_json_template("*{{ event_type }}*") && !is_json_template("{{ event_type }}: done"));
         assert!(!is_json_template("{% if payload %}x{% endif %}") && !is_json_template("{# note #}x"));

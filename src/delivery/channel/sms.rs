@@ -82,6 +82,10 @@ impl SmsChannel {
                 return AttemptResult::failed(Outcome::Permanent, "error", format!("template failed to render: {e}"))
             }
         };
+        // The provider refuses an empty body: a permanent failure here, not retries until max_age.
+        if text.is_empty() {
+            return AttemptResult::failed(Outcome::Permanent, "error", super::slack::EMPTY);
+        }
         let mut reached = Vec::new();
         let mut failed: Vec<(String, AttemptResult)> = Vec::new();
         let mut last_ok = None;
