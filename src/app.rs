@@ -132,14 +132,22 @@ pub async fn run(
     // synced, moved into sled and checkpointed before we exit: the next start replays nothing.
     // Bounded: stopping early is safe, the log is only deleted after sled's flush.
     match tokio::time::timeout(grace, store.close()).await {
-        Ok(r) => {
-            r.context("final store flush")?;
-            tracing::info!("store flushed; bye");
+        Ok(Ok(())) => tracing::info!("store flushed; bye"),
+        Ok(Err(e)) => {
+            // sled's own flush on drop would wait forever after an I/O error (a full disk):
+            // leave it undropped. The log holds every acknowledged write and replays at start.
+            std::mem::forget(store);
+            return Err(
+                anyhow::Error::new(e).context("final store flush (the log is kept and replays at the next start)")
+            );
         }
-        Err(_) => tracing::warn!(
-            "the store did not finish moving its log into sled within the shutdown timeout; \
-             the log is kept and replays at the next start"
-        ),
+        Err(_) => {
+            tracing::warn!(
+                "the store did not finish moving its log into sled within the shutdown timeout; \
+                 the log is kept and replays at the next start"
+            );
+            std::mem::forget(store);
+        }
     }
     if failed {
         anyhow::bail!("the supervision tree stopped after repeated actor failures; see the log");

@@ -284,6 +284,10 @@ impl Config {
     pub fn load(path: &Path, env: &EnvOverrides) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
         let mut config = Config::from_toml(&text).with_context(|| format!("parse config file {}", path.display()))?;
+        // An empty variable (a blank template value) must not silently drop the file's keys.
+        if env.api_keys.as_deref().is_some_and(|k| k.split(',').all(|k| k.trim().is_empty())) {
+            bail!("HOOKLINE_API_KEYS is set but lists no key; unset it to use auth.api_keys (or a generated key)");
+        }
         config.apply_env(env);
         config.validate()?;
         Ok(config)
@@ -423,9 +427,15 @@ impl Config {
                 bail!("delivery.sms.timeout_seconds must be within 1..=300");
             }
         }
+        // The Mux token goes to it: in clear text only where http:// is allowed at all.
         match url::Url::parse(&self.mux.api_base) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => bail!("mux.api_base {:?} must be an http(s) URL", self.mux.api_base),
+            Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && d.allow_insecure_http) => {}
+            Ok(u) if u.scheme() == "http" => {
+                bail!(
+                    "mux.api_base is http://; that needs delivery.allow_insecure_http = true (local development only)"
+                )
+            }
+            _ => bail!("mux.api_base {:?} must be an https URL", self.mux.api_base),
         }
         if self.mux.timeout_seconds == 0 {
             bail!("mux.timeout_seconds must be at least 1");
@@ -489,6 +499,14 @@ mod tests {
         let mut c = Config::default();
         c.delivery.retry_schedule_seconds.clear();
         assert!(c.validate().unwrap_err().to_string().contains("retry_schedule_seconds"));
+        let mut c = Config::default();
+        c.delivery.retry_schedule_seconds = vec![5, 0];
+        assert!(c.validate().unwrap_err().to_string().contains("retry_schedule_seconds[1] must be within 1..="));
+        let mut c = Config::default();
+        c.mux.api_base = "http://127.0.0.1:9".into();
+        assert!(c.validate().unwrap_err().to_string().contains("allow_insecure_http"));
+        c.delivery.allow_insecure_http = true;
+        c.validate().unwrap();
         let mut c = Config::default();
         c.delivery.retry_schedule_seconds = vec![5, 0];
         assert!(c.validate().unwrap_err().to_string().contains("retry_schedule_seconds[1] must be within 1..="));

@@ -102,6 +102,7 @@ fn zero_series() {
         "invalid",
         "disabled",
         "not_found",
+        "unavailable",
         "error",
         "too_large",
         "timeout",
@@ -161,9 +162,9 @@ pub fn store_size(bytes: u64) {
 }
 
 pub fn event_published(event_type: &str) {
-    // Event types are a catalog plus user-published names; cap the label to keep the
-    // series count bounded.
-    let label = if event_type.len() <= 64 { event_type.to_string() } else { "other".to_string() };
+    // Event types are a catalog plus any name a client publishes: only catalogued ones get
+    // their own series (a client publishing `tenant.{id}.created` must not add one per ID).
+    let label = crate::delivery::model::EVENT_TYPES.iter().find(|(t, _)| *t == event_type).map_or("other", |(t, _)| *t);
     counter!(EVENTS_PUBLISHED, "event_type" => label).increment(1);
 }
 
@@ -183,7 +184,7 @@ fn describe_inbound() {
     describe_counter!(
         INGEST_REQUESTS,
         "Ingest requests by outcome: created, buffered, duplicate, ignored, updated, deleted, unauthorized, \
-         invalid, disabled, not_found, error, too_large, timeout"
+         invalid, disabled, not_found, unavailable, error, too_large, timeout"
     );
     describe_histogram!(INGEST_DURATION, Unit::Seconds, "Ingest latency, body read to durable answer, by outcome");
     describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");

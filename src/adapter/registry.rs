@@ -365,6 +365,14 @@ impl RegistryState {
             bucket.description = Some(d.clone());
         }
         let had_adapter = bucket.source_adapter.is_some();
+        // The description alone: the running adapter is left alone (ingest goes on).
+        if body.source_adapter.is_none() && !body.rotate_secret {
+            bucket.updated_at = now_rfc3339();
+            let mut b = Batch::new();
+            b.put(Keyspace::BUCKETS, id.as_str(), &bucket);
+            self.shared.store.commit(b).await?;
+            return Ok(Patched { bucket, webhook_secret: None });
+        }
         // A failed PATCH restarts it (not one stopped after its restart budget).
         let running = self.children.contains_key(id);
         let mut webhook_secret = None;

@@ -126,8 +126,20 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     let Some(bucket_id) = BucketId::parse(id) else {
         return ("not_found", Err(ApiError::NotFound(format!("bucket {id} not found"))));
     };
-    let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
-        return ("not_found", Err(no_running_adapter(state, &bucket_id)));
+    // An adapter restarting (after a PATCH of its bucket, or a supervised restart) is back
+    // within moments: wait for it a little rather than answer 503 at once.
+    let wait_until = Instant::now() + RESTART_WAIT;
+    let actor = loop {
+        if let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) {
+            break actor;
+        }
+        match no_running_adapter(state, &bucket_id) {
+            ApiError::Unavailable(_) if Instant::now() < wait_until => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            e @ ApiError::Unavailable(_) => return ("unavailable", Err(e)),
+            e => return ("not_found", Err(e)),
+        }
     };
     let headers = SignatureHeaders {
         webhook_secret: req.header("x-webhook-secret").map(str::to_string),
@@ -145,8 +157,12 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     };
     let reply = match ractor::call_t!(actor, msg, 30_000) {
         Ok(r) => r,
-        Err(e) => {
-            return ("error", Err(ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry"))))
+        // Stopped (restarting) or stuck: the event was not taken; the upstream retries.
+        Err(_) => {
+            return (
+                "unavailable",
+                Err(ApiError::Unavailable("the source adapter of this bucket is restarting; retry shortly".into())),
+            )
         }
     };
     match reply {
@@ -196,6 +212,9 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
 
 /// 404 when the bucket or its adapter does not exist; 503 when it exists but its actor is
 /// not running (restarting, or stopped after repeated failures).
+/// How long an ingest waits for its bucket's adapter to come back before a 503.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn no_running_adapter(state: &HttpState, id: &BucketId) -> ApiError {
     match state.shared.store.get::<Bucket>(Keyspace::BUCKETS, id.as_str()) {
         Ok(Some(b)) if b.source_adapter.is_some() => {

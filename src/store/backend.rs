@@ -48,11 +48,16 @@ pub struct SledBackend {
 
 impl SledBackend {
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| StoreError::Io(format!("open sled store at {}: {e}", path.display())))?;
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(|e| {
+            match e.to_string() {
+                m if m.contains("could not acquire lock") => StoreError::Io(format!(
+                    "the data directory {} is in use by another hookline process (its lock is held); \
+                     stop that one first, or give this one another storage.path",
+                    path.display()
+                )),
+                m => StoreError::Io(format!("open sled store at {}: {m}", path.display())),
+            }
+        })?;
         let tree = db.open_tree("hookline")?;
         Ok(SledBackend { db, tree })
     }

@@ -423,6 +423,18 @@ fn check_config_never_prints_provider_secrets() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("HOOKLINE_MASTER_KEY"), "{err}");
+
+    // An empty HOOKLINE_API_KEYS must not silently replace the file's keys with none.
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_clear()
+        .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
+        .env("HOOKLINE_API_KEYS", " , ")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HOOKLINE_API_KEYS is set but lists no key"), "{err}");
 }
 
 #[tokio::test]

@@ -419,6 +419,29 @@ async fn config_errors_stop_startup_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
 
+/// A second daemon on a data dir in use is refused, saying so (the first one goes on).
+#[tokio::test]
+async fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n[auth]\napi_keys = [\"0123456789abcdef0123\"]\n",
+        app.data_dir.display().to_string()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("HOOKLINE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another hookline process"), "{err}");
+    assert_eq!(app.get("/readyz").await.0, 200, "the first one is unharmed");
+}
+
 #[tokio::test]
 async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     let key_a = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";

@@ -586,3 +586,43 @@ async fn dedup_keys_survive_the_migration_from_format_2() {
     assert_eq!(b, json!({"handled": true, "status": "duplicate", "object_id": oid}));
     assert!(app.log().contains("data directory migrated"), "log:\n{}", app.log());
 }
+
+/// Editing a bucket while its upstream sends is no outage: a description PATCH leaves the
+/// adapter running, and an adapter PATCH (which restarts it) makes ingests wait for it
+/// rather than answer 503.
+#[tokio::test]
+async fn patching_a_bucket_while_ingesting_loses_no_request() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("busy", schema()).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let adapter = full_adapter(json!({"mode": "immediate"}));
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter.clone() })).await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let senders = (0..4).map(|t| {
+        let (app, bucket, secret) = (&app, &bucket, &secret);
+        async move {
+            let mut codes = Vec::new();
+            for i in 0..40 {
+                let event = mux_like_event(&format!("t{t}-{i}"), "video.asset.ready");
+                codes.push(ingest(app, bucket, Some(secret), &event).await.0);
+            }
+            codes
+        }
+    });
+    let patcher = async {
+        for i in 0..6 {
+            let body = if i % 2 == 0 {
+                json!({ "description": format!("edit {i}") })
+            } else {
+                json!({ "source_adapter": adapter.clone() })
+            };
+            assert_eq!(app.patch(&path, body).await.0, 200);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    };
+    let (codes, ()) = tokio::join!(futures::future::join_all(senders), patcher);
+    let codes: Vec<u16> = codes.into_iter().flatten().collect();
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    assert_eq!(objects(&app, &bucket).await.len(), 160);
+}
