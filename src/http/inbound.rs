@@ -129,40 +129,45 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     // An adapter restarting (after a PATCH of its bucket, or a supervised restart) is back
     // within moments: wait for it a little rather than answer 503 at once.
     let wait_until = Instant::now() + RESTART_WAIT;
-    let actor = loop {
-        if let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) {
-            break actor;
-        }
-        match no_running_adapter(state, &bucket_id) {
-            ApiError::Unavailable(_) if Instant::now() < wait_until => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
-            }
-            e @ ApiError::Unavailable(_) => return ("unavailable", Err(e)),
-            e => return ("not_found", Err(e)),
-        }
-    };
     let headers = SignatureHeaders {
         webhook_secret: req.header("x-webhook-secret").map(str::to_string),
         mux_signature: req.header("mux-signature").map(str::to_string),
     };
-    let msg = |reply| {
-        AdapterMsg::Ingest(Box::new(IngestRequest {
-            headers,
-            raw: req.body.clone(),
-            // Parsed whatever the declared Content-Type: upstreams often send JSON as `text/plain`
-            // or untyped, and the contract answers "not JSON" with 400, never 415.
-            payload: super::request::parse_json(&req.body),
-            reply,
-        }))
-    };
-    let reply = match ractor::call_t!(actor, msg, 30_000) {
-        Ok(r) => r,
-        // Stopped (restarting) or stuck: the event was not taken; the upstream retries.
-        Err(_) => {
-            return (
-                "unavailable",
-                Err(ApiError::Unavailable("the source adapter of this bucket is restarting; retry shortly".into())),
-            )
+    let reply = loop {
+        let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
+            match no_running_adapter(state, &bucket_id) {
+                ApiError::Unavailable(_) if Instant::now() < wait_until => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+                e @ ApiError::Unavailable(_) => return ("unavailable", Err(e)),
+                e => return ("not_found", Err(e)),
+            }
+        };
+        let msg = |reply| {
+            AdapterMsg::Ingest(Box::new(IngestRequest {
+                headers: headers.clone(),
+                raw: req.body.clone(),
+                // Parsed whatever the declared Content-Type: upstreams often send JSON as
+                // `text/plain` or untyped, and the contract answers "not JSON" with 400, never 415.
+                payload: super::request::parse_json(&req.body),
+                reply,
+            }))
+        };
+        match ractor::call_t!(actor, msg, 30_000) {
+            Ok(r) => break r,
+            // The actor stopped (a PATCH restarts it) with this request still queued: it was
+            // not handled, so it goes to the new actor. (Were its handler to have failed
+            // midway, the upstream would resend on a 503 all the same.)
+            Err(ractor::RactorErr::Messaging(_)) if Instant::now() < wait_until => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                return (
+                    "unavailable",
+                    Err(ApiError::Unavailable("the source adapter of this bucket is restarting; retry shortly".into())),
+                )
+            }
         }
     };
     match reply {
