@@ -365,8 +365,10 @@ impl RegistryState {
             bucket.description = Some(d.clone());
         }
         let had_adapter = bucket.source_adapter.is_some();
-        // The description alone: the running adapter is left alone (ingest goes on).
-        if body.source_adapter.is_none() && !body.rotate_secret {
+        // The description alone: a running adapter is left alone (ingest goes on); a stopped
+        // one is started again below, as by any PATCH.
+        let untouched = !had_adapter_stopped(&bucket, &self.children, id);
+        if body.source_adapter.is_none() && !body.rotate_secret && untouched {
             bucket.updated_at = now_rfc3339();
             let mut b = Batch::new();
             b.put(Keyspace::BUCKETS, id.as_str(), &bucket);
@@ -653,6 +655,12 @@ impl RegistryState {
 
 pub fn not_found_bucket(id: &BucketId) -> ApiError {
     ApiError::NotFound(format!("bucket {id} not found in this namespace"))
+}
+
+/// Whether the bucket has an adapter whose actor is not running (stopped after its restart
+/// budget, or it failed to start).
+fn had_adapter_stopped(bucket: &Bucket, children: &HashMap<BucketId, ActorRef<AdapterMsg>>, id: &BucketId) -> bool {
+    bucket.source_adapter.is_some() && !children.contains_key(id)
 }
 
 /// `{adapter_type}:{dedup path}`: what a bucket's dedup set is keyed by (see

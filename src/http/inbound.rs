@@ -133,6 +133,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         webhook_secret: req.header("x-webhook-secret").map(str::to_string),
         mux_signature: req.header("mux-signature").map(str::to_string),
     };
+    let mut resent = false;
     let reply = loop {
         let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
             match no_running_adapter(state, &bucket_id) {
@@ -159,8 +160,16 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             // The actor stopped (a PATCH restarts it) with this request still queued: it was
             // not handled, so it goes to the new actor. (Were its handler to have failed
             // midway, the upstream would resend on a 503 all the same.)
-            Err(ractor::RactorErr::Messaging(_)) if Instant::now() < wait_until => {
+            Err(ractor::RactorErr::Messaging(_)) if !resent && Instant::now() < wait_until => {
+                // Once: a request whose handler failed must not restart the actor again and again.
+                resent = true;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(ractor::RactorErr::Timeout) => {
+                return (
+                    "error",
+                    Err(ApiError::Unavailable("the source adapter did not answer within 30 s; retry later".into())),
+                )
             }
             Err(_) => {
                 return (
@@ -215,11 +224,11 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     }
 }
 
-/// 404 when the bucket or its adapter does not exist; 503 when it exists but its actor is
-/// not running (restarting, or stopped after repeated failures).
 /// How long an ingest waits for its bucket's adapter to come back before a 503.
 const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// 404 when the bucket or its adapter does not exist; 503 when it exists but its actor is
+/// not running (restarting, or stopped after repeated failures).
 fn no_running_adapter(state: &HttpState, id: &BucketId) -> ApiError {
     match state.shared.store.get::<Bucket>(Keyspace::BUCKETS, id.as_str()) {
         Ok(Some(b)) if b.source_adapter.is_some() => {

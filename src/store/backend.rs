@@ -44,6 +44,31 @@ pub trait Backend: Send + Sync + 'static {
 pub struct SledBackend {
     db: sled::Db,
     tree: sled::Tree,
+    /// Set by any sled error: see `Drop`.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// sled flushes when its last handle drops, and after an I/O error (a full disk) that flush
+/// waits forever: a daemon could then hang on its way out (or at start, when the replay's
+/// flush fails). After an error the handles are leaked instead; nothing is lost, the write-ahead
+/// log holds every acknowledged write and replays at the next start.
+impl Drop for SledBackend {
+    fn drop(&mut self) {
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            std::mem::forget(self.db.clone());
+            std::mem::forget(self.tree.clone());
+        }
+    }
+}
+
+impl SledBackend {
+    /// Passes a sled result on, remembering an error (see `Drop`).
+    fn note<T>(&self, r: sled::Result<T>) -> Result<T, StoreError> {
+        r.map_err(|e| {
+            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            StoreError::from(e)
+        })
+    }
 }
 
 impl SledBackend {
@@ -51,7 +76,7 @@ impl SledBackend {
         let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(|e| {
             match e.to_string() {
                 m if m.contains("could not acquire lock") => StoreError::Io(format!(
-                    "the data directory {} is in use by another hookline process (its lock is held); \
+                    "the data directory {} is in use by another hookline process (its lock is held: {m}); \
                      stop that one first, or give this one another storage.path",
                     path.display()
                 )),
@@ -59,18 +84,18 @@ impl SledBackend {
             }
         })?;
         let tree = db.open_tree("hookline")?;
-        Ok(SledBackend { db, tree })
+        Ok(SledBackend { db, tree, failed: std::sync::atomic::AtomicBool::new(false) })
     }
 }
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        Ok(self.note(self.tree.get(key))?.map(|v| v.to_vec()))
     }
 
     fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
         for item in self.tree.range(start..) {
-            let (k, v) = item?;
+            let (k, v) = self.note(item)?;
             if !k.starts_with(prefix) {
                 break;
             }
@@ -88,7 +113,7 @@ impl Backend for SledBackend {
             None => self.tree.scan_prefix(prefix),
         };
         for item in iter.rev() {
-            let (k, v) = item?;
+            let (k, v) = self.note(item)?;
             if !k.starts_with(prefix) {
                 continue; // only when `end` lies beyond every key of the prefix
             }
@@ -113,8 +138,8 @@ impl Backend for SledBackend {
         // of every `apply_batch`, which is most of what a group commit used to cost.
         for (k, v) in ops {
             match v {
-                Some(v) => drop(self.tree.insert(k, v)?),
-                None => drop(self.tree.remove(k)?),
+                Some(v) => drop(self.note(self.tree.insert(k, v))?),
+                None => drop(self.note(self.tree.remove(k))?),
             }
         }
         Ok(())
@@ -122,12 +147,12 @@ impl Backend for SledBackend {
 
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
         Box::pin(async move {
-            self.db.flush_async().await?;
+            self.note(self.db.flush_async().await)?;
             Ok(())
         })
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        self.note(self.db.size_on_disk())
     }
 }
