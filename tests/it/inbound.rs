@@ -626,3 +626,28 @@ async fn patching_a_bucket_while_ingesting_loses_no_request() {
     assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
     assert_eq!(objects(&app, &bucket).await.len(), 160);
 }
+
+/// An adapter that failed past its restart budget stays stopped (ingest answers 503) until a
+/// PATCH of its bucket, even one that changes only the description, starts it again.
+#[tokio::test]
+async fn any_patch_starts_an_adapter_stopped_after_its_restart_budget() {
+    let app = TestApp::start().await;
+    let (bucket, secret) =
+        bucket_with_adapter(&app, "fragile", schema(), full_adapter(json!({"mode": "immediate"}))).await;
+    let send = |id: &'static str| {
+        let (app, bucket, secret) = (&app, &bucket, &secret);
+        async move { ingest(app, bucket, Some(secret), &mux_like_event(id, "video.asset.ready")).await.0 }
+    };
+    assert_eq!(send("f1").await, 200);
+    for _ in 0..=hookline::adapter::registry::ADAPTER_MAX_RESTARTS {
+        let (s, _) = app.post(&format!("/v1/debug/crash/adapter.{bucket}"), json!({})).await;
+        if s != 202 {
+            break; // already stopped for good
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(eventually(Duration::from_secs(20), || async { send("f2").await == 503 }).await);
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"description": "try again"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(send("f3").await, 200);
+}
