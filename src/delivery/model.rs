@@ -390,6 +390,15 @@ impl Delivery {
         self.channel_id.clone().unwrap_or_else(|| legacy_channel_id(self.channel_index))
     }
 
+    /// Whether this delivery goes to the channel `id` (as `channel_ref() == id`, without
+    /// building the ID: checked for every delivery queued and every outcome).
+    pub fn channel_is(&self, id: &str) -> bool {
+        match &self.channel_id {
+            Some(c) => c == id,
+            None => legacy_channel_id(self.channel_index) == id,
+        }
+    }
+
     /// Store key (within `Keyspace::DELIVERIES`).
     pub fn key(&self) -> String {
         delivery_key(&self.webhook_id, &self.delivery_id)

@@ -85,9 +85,13 @@ pub struct WebhookRuntime {
 impl WebhookRuntime {
     /// The channel a delivery goes to; `None` once it was removed from the webhook.
     fn channel(&self, d: &Delivery) -> Option<Arc<dyn Channel>> {
-        let id = d.channel_ref();
-        let i = self.channel_ids.iter().position(|c| *c == id)?;
+        let i = self.channel_ids.iter().position(|c| d.channel_is(c))?;
         self.channels.get(i).cloned()
+    }
+
+    /// Whether the delivery's channel is still one of the webhook's.
+    fn has_channel(&self, d: &Delivery) -> bool {
+        self.channel_ids.iter().any(|c| d.channel_is(c))
     }
 }
 
@@ -262,8 +266,7 @@ impl Actor for DeliveryWorker {
             WorkerMsg::Enqueue(ds) => {
                 let now = now_millis();
                 // Fanned out to a channel a PATCH has removed since: buried below.
-                let (ds, removed): (Vec<_>, Vec<_>) =
-                    ds.into_iter().partition(|d| state.rt.channel_ids.contains(&d.channel_ref()));
+                let (ds, removed): (Vec<_>, Vec<_>) = ds.into_iter().partition(|d| state.rt.has_channel(d));
                 for d in ds {
                     state.enqueue(d, now);
                 }
@@ -796,7 +799,7 @@ impl WorkerState {
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let decision = self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter);
         // Its channel was removed while it was in flight: no retry to a channel that is gone.
-        if decision != Decision::Succeeded && !self.rt.channel_ids.contains(&d.channel_ref()) {
+        if decision != Decision::Succeeded && !self.rt.has_channel(&d) {
             self.bury_removed(&mut d, now);
             return;
         }
@@ -940,7 +943,7 @@ impl WorkerState {
 
     async fn retry_now(&mut self, id: &DeliveryId) -> Result<(serde_json::Value, Durable), ApiError> {
         let now = now_millis();
-        let removed = |d: &Delivery| !self.rt.channel_ids.contains(&d.channel_ref());
+        let removed = |d: &Delivery| !self.rt.has_channel(d);
         if self.queue.get(id).is_some_and(removed) {
             return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
         }
@@ -961,7 +964,7 @@ impl WorkerState {
         let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else {
             return Err(ApiError::NotFound(format!("delivery {id} not found for webhook {}", self.rt.webhook_id)));
         };
-        if !self.rt.channel_ids.contains(&d.channel_ref()) {
+        if !self.rt.has_channel(&d) {
             return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
         }
         attach_events(&self.shared.store, std::slice::from_mut(&mut d))?;
@@ -997,15 +1000,14 @@ impl WorkerState {
     /// Records an attempt's error (`None`: it succeeded) for its channel, and reports the
     /// webhook's newest channel error. A removed channel's outcome says nothing.
     fn note_outcome(&mut self, d: &Delivery, error: Option<String>) {
-        let channel = d.channel_ref();
-        if !self.rt.channel_ids.contains(&channel) {
+        if !self.rt.has_channel(d) {
             return;
         }
         let had = self.channel_errors.len();
-        self.channel_errors.retain(|(c, _)| *c != channel);
+        self.channel_errors.retain(|(c, _)| !d.channel_is(c));
         let cleared = self.channel_errors.len() < had;
         match error {
-            Some(e) => self.channel_errors.push((channel, e)),
+            Some(e) => self.channel_errors.push((d.channel_ref(), e)),
             // A success after a restart (no error known here) still clears the stored one.
             None if !cleared && had > 0 => return,
             None => {}

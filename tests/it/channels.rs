@@ -399,13 +399,18 @@ fn check_config_never_prints_provider_secrets() {
         "[delivery.email]\nsmtp_host = \"smtp.example.com\"\nusername = \"u\"\npassword = \"file-secret-pw\"\nfrom = \"a@example.com\"\n\n[delivery.sms]\naccount_sid = \"AC1\"\nfrom = \"+15550001111\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env_clear()
-        .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
-        .output()
-        .unwrap();
+    // `check-config` on that file, in an environment of only the SMS token and `extra`.
+    let check_config = |extra: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_clear()
+            .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = check_config(&[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("[delivery.email]") && text.contains("[delivery.sms]"), "{text}");
@@ -413,26 +418,12 @@ fn check_config_never_prints_provider_secrets() {
     assert_eq!(text.matches("<redacted>").count(), 2, "{text}");
 
     // A master key `serve` would refuse is refused here too.
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env_clear()
-        .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
-        .env("HOOKLINE_MASTER_KEY", "abc")
-        .output()
-        .unwrap();
+    let out = check_config(&[("HOOKLINE_MASTER_KEY", "abc")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("HOOKLINE_MASTER_KEY"), "{err}");
 
     // An empty HOOKLINE_API_KEYS must not silently replace the file's keys with none.
-    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env_clear()
-        .env("HOOKLINE_SMS_AUTH_TOKEN", "env-secret-token")
-        .env("HOOKLINE_API_KEYS", " , ")
-        .output()
-        .unwrap();
+    let out = check_config(&[("HOOKLINE_API_KEYS", " , ")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("HOOKLINE_API_KEYS is set but lists no key"), "{err}");
 }
