@@ -70,10 +70,11 @@ impl Request {
         }
     }
 
-    /// The body as any JSON value: 415 for a non-JSON content type, 400 when it does not parse.
+    /// The body as any JSON value: 415 for a non-JSON content type, 400 when it does not parse
+    /// or names a key twice (an admin body's second `url` would silently win over the first).
     pub fn json_value(&self) -> Result<serde_json::Value, ApiError> {
         self.require_json_content_type()?;
-        parse_json(&self.body)
+        parse_json_strict(&self.body)
     }
 
     /// The body as `T`: 400 for malformed JSON, 422 naming the field for a wrong shape.
@@ -115,6 +116,77 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(body).map_err(ApiError::bad_json)
 }
 
+/// Like [`parse_json`], and a key given twice in one object is a 400 too. For the admin API,
+/// where a repeated key is a mistake. Ingest payloads keep the usual last-wins reading: the
+/// upstream's JSON is not ours to judge, and it signed those bytes.
+pub fn parse_json_strict(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    if body.is_empty() {
+        return parse_json(body); // the empty-body message
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde::Deserialize::deserialize(&mut de).and_then(|StrictValue(v)| de.end().map(|()| v));
+    value.map_err(ApiError::bad_json)
+}
+
+/// A JSON value whose objects may not repeat a key.
+struct StrictValue(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // serde_json never yields a non-finite number.
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("the key {key:?} appears twice in one object")));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
 /// A path's segments, empty ones (doubled or trailing slashes) left out: how the router sees it.
 pub fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()
@@ -128,4 +200,39 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
         return Err(ApiError::validation("body", "must be a JSON object"));
     }
     crate::error::deserialize_at(None, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strict(s: &str) -> Result<serde_json::Value, ApiError> {
+        parse_json_strict(&Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn strict_parse_matches_serde_json_on_valid_bodies() {
+        let body = r#"{"a": [1, -2, 3.5, 18446744073709551615, true, null, "x\u00e9"], "b": {"c": {}}, "d": []}"#;
+        assert_eq!(strict(body).unwrap(), serde_json::from_str::<serde_json::Value>(body).unwrap());
+    }
+
+    #[test]
+    fn strict_parse_refuses_repeated_keys_at_any_depth() {
+        for body in [r#"{"url": "a", "url": "b"}"#, r#"{"x": [{"k": 1, "k": 1}]}"#] {
+            let e = strict(body).unwrap_err();
+            assert_eq!(e.status(), warp::http::StatusCode::BAD_REQUEST, "{body}");
+            assert!(e.to_string().contains("appears twice"), "{e}");
+        }
+        // The same key in sibling objects is fine.
+        assert!(strict(r#"[{"k": 1}, {"k": 2}]"#).is_ok());
+    }
+
+    #[test]
+    fn strict_parse_refuses_what_serde_json_refuses() {
+        for body in ["", "{", "{} x", "[1,]", "{\"a\": NaN}"] {
+            assert_eq!(strict(body).unwrap_err().status(), warp::http::StatusCode::BAD_REQUEST, "{body:?}");
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(strict(&deep).is_err(), "serde_json's recursion limit still applies");
+    }
 }

@@ -296,6 +296,11 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert!(st["last_error_at"].as_str().unwrap().starts_with("20"), "when it happened: {st}");
     assert_eq!(st["last_flush_at"], Value::Null);
     assert_eq!(st["webhook_url"], Value::Null, "no server.public_url configured");
+    // An upstream's repeated key is read as most parsers do (the last one wins); only the
+    // admin API refuses them.
+    let twice = r#"{"type": "video.asset.created", "type": "video.asset.ready", "data": {"id": "asset-1"}}"#;
+    let (st, b) = app.post_raw(&path, twice, &[("x-webhook-secret", secret.as_str())]).await;
+    assert_eq!((st, b["status"].as_str()), (200, Some("duplicate")), "{b}");
     // A bare JSON value is no event: 422, nothing stored.
     let (st, b) = ingest(&app, &bucket, s, &json!([{"type": "video.asset.ready"}])).await;
     assert_eq!(st, 422, "{b}");
