@@ -198,14 +198,17 @@ fn holds_sealed_values(store: &Store) -> anyhow::Result<bool> {
 
 /// `create_dir_all`, and the new directories' entries synced (up to the first one that
 /// existed): a first start's writes must not vanish with a directory a power loss forgot.
+/// New directories are private (0700): the store holds payloads, metadata and receiver
+/// URLs, which other local users have no business reading. An existing one is left as is.
 fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     let mut created = Vec::new();
     let mut d = Some(dir);
     while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
         created.push(p.to_path_buf());
         d = p.parent();
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     for p in &created {
         let parent = p.parent().filter(|q| !q.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         // Best effort: a parent we may create in but not read (a drop directory) cannot be

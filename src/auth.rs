@@ -54,7 +54,9 @@ impl ApiKeys {
 
     /// Checks an `Authorization` header value (`Bearer <key>`).
     pub fn verify_header(&self, header: Option<&str>) -> bool {
-        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
+        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
+        let token = header.and_then(|h| h.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+        let Some((_, token)) = token else {
             return false;
         };
         let d = digest(token.trim());
@@ -77,5 +79,11 @@ mod tests {
         assert!(!keys.verify_header(Some("Bearer sekrit-key-012345678")));
         assert!(!keys.verify_header(Some("sekrit-key-0123456789")));
         assert!(!keys.verify_header(None));
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            assert!(keys.verify_header(Some(&format!("{scheme} sekrit-key-0123456789"))), "{scheme}");
+        }
+        for other in ["Basic sekrit-key-0123456789", "Bearersekrit-key-0123456789", "Bearer\tsekrit-key-0123456789"] {
+            assert!(!keys.verify_header(Some(other)), "{other}");
+        }
     }
 }

@@ -42,13 +42,14 @@ pub struct MuxApiConfig {
     /// Base URL of the Mux API, for fetching assets a webhook does not fully describe.
     /// Tests point it at a local fake.
     pub api_base: String,
-    /// Timeout of one Mux API call.
+    /// Timeout of one Mux API call. The ingest answer waits for it, and Mux gives up on a
+    /// webhook after 10 s (then retries it): the default leaves room for the rest.
     pub timeout_seconds: u64,
 }
 
 impl Default for MuxApiConfig {
     fn default() -> Self {
-        MuxApiConfig { api_base: "https://api.mux.com".into(), timeout_seconds: 10 }
+        MuxApiConfig { api_base: "https://api.mux.com".into(), timeout_seconds: 5 }
     }
 }
 

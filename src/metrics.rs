@@ -130,9 +130,16 @@ fn zero_series() {
 }
 
 pub fn http_request(route: &'static str, method: &str, status: u16, elapsed: Duration) {
-    counter!(HTTP_REQUESTS, "route" => route, "method" => method.to_string(), "status" => status.to_string())
-        .increment(1);
-    histogram!(HTTP_DURATION, "route" => route, "method" => method.to_string()).record(elapsed.as_secs_f64());
+    let method = method_label(method);
+    counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status.to_string()).increment(1);
+    histogram!(HTTP_DURATION, "route" => route, "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// A request method as a label: HTTP lets a client invent any token, and each one would be
+/// a new series for good (unbounded memory and `/metrics` size, from unauthenticated requests).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN.iter().find(|m| **m == method).copied().unwrap_or("other")
 }
 
 pub fn actor_restart(kind: &'static str) {

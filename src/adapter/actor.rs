@@ -35,7 +35,7 @@ use super::pipeline::{self, PayloadError, Screen, Screened};
 use super::records::{self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, Draft, ObjectRecord, STATS_KEY};
 use super::spec::{BatchMode, SourceAdapter};
 use crate::catalog::Bucket;
-use crate::events::{EventBus, EventRecord};
+use crate::events::{EventBus, EventRecord, Scopes};
 use crate::ids::{BatchId, BucketId, ObjectId};
 use crate::state::Shared;
 use crate::store::{Batch, Durable, Keyspace, StoreError};
@@ -506,7 +506,8 @@ impl AdapterState {
             BatchMode::Immediate => {
                 let rec = ObjectRecord::new(object_id.clone(), self.bucket_id().clone(), draft, None);
                 batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), object_id.as_str()), &rec);
-                events.push(self.shared.bus.record(&mut batch, "object.created", || rec.event_payload(), Vec::new()));
+                let scopes = Scopes { namespace: &self.bucket.namespace, key: object_id.as_str() };
+                events.push(self.shared.bus.record(&mut batch, "object.created", || rec.event_payload(), scopes));
                 crate::metrics::ingest_objects_created(1);
                 IngestStatus::Created
             }
@@ -557,7 +558,8 @@ impl AdapterState {
                 if let Some(wb) = &writeback {
                     super::writeback::record(batch, wb, &rec, &batch_id);
                 }
-                events.push(self.shared.bus.record(batch, "object.created", || rec.event_payload(), Vec::new()));
+                let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
+                events.push(self.shared.bus.record(batch, "object.created", || rec.event_payload(), scopes));
                 object_ids.push(rec.object_id);
             }
             let now = crate::util::now_rfc3339();
@@ -572,7 +574,8 @@ impl AdapterState {
             };
             if self.adapter.batching.auto_submit {
                 br.submit();
-                events.push(self.shared.bus.record(batch, "batch.completed", || br.completed_payload(), Vec::new()));
+                let scopes = Scopes { namespace: &self.bucket.namespace, key: br.batch_id.as_str() };
+                events.push(self.shared.bus.record(batch, "batch.completed", || br.completed_payload(), scopes));
             }
             batch.put(Keyspace::BATCHES, &records::key(&bucket_id, br.batch_id.as_str()), &br);
             crate::metrics::ingest_flush(trigger);

@@ -25,6 +25,7 @@ use crate::catalog::bucket::CreateBucket;
 use crate::catalog::connection::ProviderConfig;
 use crate::catalog::{Bucket, Connection, ProviderType};
 use crate::error::ApiError;
+use crate::events::Scopes;
 use crate::ids::{BatchId, BucketId, ConnectionId, ObjectId};
 use crate::state::Shared;
 use crate::store::{Batch, Keyspace};
@@ -622,7 +623,8 @@ impl RegistryState {
             // The adapter actor's in-memory index drops the entry when it next misses it.
             batch.delete(Keyspace::EXTERNAL_IDS, &records::key(id, object_id.as_str()));
         }
-        let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), Vec::new());
+        let scopes = Scopes { namespace, key: object_id.as_str() };
+        let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), scopes);
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);
         Ok(())
@@ -645,7 +647,8 @@ impl RegistryState {
         rec.submit();
         let mut batch = Batch::new();
         batch.put(Keyspace::BATCHES, &key, &rec);
-        let event = self.shared.bus.record(&mut batch, "batch.completed", || rec.completed_payload(), Vec::new());
+        let scopes = Scopes { namespace, key: batch_id.as_str() };
+        let event = self.shared.bus.record(&mut batch, "batch.completed", || rec.completed_payload(), scopes);
         super::writeback::record_batch(&self.shared.store, &bucket, &rec, &mut batch)?;
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);

@@ -332,6 +332,16 @@ impl SourceAdapterInput {
         }
         if let Some(w) = &self.writeback {
             w.validate(self.adapter_type)?;
+            // `on_batch_complete` fires when a batch completes, and `immediate` makes none:
+            // accepted, it would silently never write back.
+            if w.enabled && w.trigger == super::writeback::Trigger::OnBatchComplete && b.mode == BatchMode::Immediate {
+                return Err(ApiError::validation(
+                    f("writeback.trigger"),
+                    "on_batch_complete writes back when a batch completes, and batching.mode immediate makes no \
+                     batches: use mode time_window or count (count with max_batch_size 1 writes back each \
+                     object as it arrives)",
+                ));
+            }
             // A Supabase writeback PATCHes PostgREST with the adapter's credentials: without
             // any, every job would fail after the fact.
             let inline = self.connection.as_ref().is_some_and(|c| !c.credentials.is_empty());

@@ -201,6 +201,10 @@ pub fn validate_event_types(types: &[String]) -> Result<(), ApiError> {
     if types.is_empty() {
         return Err(ApiError::validation("event_types", "list at least one event type (\"*\" for all)"));
     }
+    // As for an adapter's event filter: `*` and `prefix.*` cover families.
+    if types.len() > 100 {
+        return Err(ApiError::validation("event_types", "at most 100 event types (use \"prefix.*\" for a family)"));
+    }
     for (i, t) in types.iter().enumerate() {
         let base = t.strip_suffix(".*").unwrap_or(t);
         if t != "*" && !valid_event_type(base) {

@@ -30,17 +30,18 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public_v4(v4);
             }
-            let seg0 = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (seg0 == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
-                || (seg0 == 0x2001 && v6.segments()[1] == 0x0000) // Teredo 2001::/32 (embeds IPv4)
-                || seg0 == 0x2002 // 6to4 2002::/16 (embeds IPv4)
-                || (seg0 == 0x0064 && v6.segments()[1] == 0xff9b) // NAT64 64:ff9b::/96 and /48
-                || v6.segments()[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
+            let s = v6.segments();
+            // Only global unicast (2000::/3) is routable on the internet: everything else
+            // (loopback, unique local, link- and site-local, NAT64, IPv4-translated, discard,
+            // multicast, …) is refused wholesale rather than range by range.
+            let excluded = match s[0] {
+                // IETF protocol assignments, Teredo (embeds IPv4) and ORCHID below 2001:200::;
+                // documentation 2001:db8::/32.
+                0x2001 => s[1] < 0x0200 || s[1] == 0x0db8,
+                0x2002 => true, // 6to4 (embeds IPv4)
+                _ => false,
+            };
+            (s[0] & 0xe000) == 0x2000 && !excluded
         }
     }
 }
@@ -178,10 +179,16 @@ mod tests {
             "2001:0:a00:1::1",
             "::ffff:127.0.0.1",
             "::",
+            "::ffff:0:7f00:1", // IPv4-translated
+            "fec0::1",         // site-local (deprecated)
+            "100::1",          // discard-only
+            "ff02::1",
+            "2001:db8::1",
+            "2001:10::1", // ORCHID
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
         }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "2a00:1450:4001::200e", "::ffff:8.8.8.8"] {
             assert!(is_public(ip.parse().unwrap()), "{ip} is public");
         }
     }

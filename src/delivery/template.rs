@@ -10,11 +10,19 @@ use minijinja::{Environment, UndefinedBehavior};
 
 use crate::events::EventRecord;
 
-/// Instructions one render may spend (generous for real templates, fatal for runaways).
+/// Fuel one render may spend (generous for real templates, fatal for runaways). minijinja
+/// charges one per instruction and one per 64 bytes of data a template makes (strings,
+/// output), checked before a known-size allocation: fuel bounds memory too.
 const FUEL: u64 = 100_000;
-/// More for a payload that needs it (see `Template::render_large`): `tojson` spends about 17
-/// per byte of output, which `indent` can make larger than the payload.
-const FUEL_PER_PAYLOAD_BYTE: u64 = 64;
+/// More for a payload that needs it (see `Template::render_large`): `tojson` spends about a
+/// quarter per byte of output, which `indent` can make larger than the payload.
+const FUEL_PER_PAYLOAD_BYTE: u64 = 2;
+/// The most a render may output, and the largest result of `join` (which minijinja builds
+/// before charging for it): a template that loops over a payload, or joins `[big] * 1000`,
+/// fails here rather than taking the daemon's memory.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+/// The longest template source accepted.
+const MAX_SOURCE_BYTES: usize = 64 << 10;
 /// The name minijinja gives the template in its errors ("in template:1"): neutral, since the
 /// same code compiles payload, subject, body and message templates.
 const NAME: &str = "template";
@@ -34,16 +42,20 @@ impl Template {
     /// Compiles `source` and renders it once against a sample event, so syntax errors,
     /// unknown filters and fuel exhaustion are reported when the webhook is saved.
     pub fn compile(source: &str) -> Result<Template, String> {
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(format!("a template may be at most {} KiB", MAX_SOURCE_BYTES >> 10));
+        }
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.add_filter("pretty_json", pretty_json);
+        env.add_filter("join", capped_join);
         env.add_template_owned(NAME, source.to_string()).map_err(describe)?;
         let t = Template { env };
         let sample = Self::sample();
         // The sample has an empty payload, so data-dependent errors (`payload.n * 2` of a
         // missing `n`) are expected; only errors no event could avoid are reported.
-        if let Err(e) = t.env.get_template(NAME).and_then(|tmpl| tmpl.render(Self::context(&sample))) {
+        if let Err(e) = t.env.get_template(NAME).and_then(|tmpl| capped_render(&tmpl, Self::context(&sample))) {
             use minijinja::ErrorKind as K;
             if matches!(
                 e.kind(),
@@ -59,7 +71,8 @@ impl Template {
                     | K::OutOfFuel
                     | K::InvalidDelimiter
                     | K::BadEscape
-            ) {
+            ) || is_too_large(&e)
+            {
                 return Err(describe(e));
             }
         }
@@ -73,7 +86,7 @@ impl Template {
 
     pub fn render(&self, event: &EventRecord) -> Result<String, String> {
         let tmpl = self.env.get_template(NAME).map_err(describe)?;
-        match tmpl.render(Self::context(event)) {
+        match capped_render(&tmpl, Self::context(event)) {
             Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => self.render_large(event).map_err(|_| describe(e)),
             other => other.map_err(describe),
         }
@@ -90,7 +103,7 @@ impl Template {
             let bytes = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(0) as u64;
             let mut env = self.env.clone();
             env.set_fuel(Some(FUEL.saturating_add(bytes.saturating_mul(FUEL_PER_PAYLOAD_BYTE))));
-            env.get_template(NAME)?.render(Self::context(event))
+            capped_render(&env.get_template(NAME)?, Self::context(event))
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -120,6 +133,68 @@ impl Template {
             cache_scopes => minijinja::Value::from(minijinja::value::Serde(&event.cache_scopes)),
         }
     }
+}
+
+/// Renders with the output capped at [`MAX_OUTPUT_BYTES`].
+fn capped_render(tmpl: &minijinja::Template<'_, '_>, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
+                return Err(std::io::Error::other("too large"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new());
+    tmpl.render_captured_to(ctx, &mut out).map_err(|e| match e.kind() {
+        minijinja::ErrorKind::WriteFailure => too_large("the rendered output"),
+        _ => e,
+    })?;
+    String::from_utf8(out.0).map_err(|_| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, "not UTF-8"))
+}
+
+const TOO_LARGE: &str = "would be larger than";
+
+fn too_large(what: &str) -> minijinja::Error {
+    minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        format!("{what} {TOO_LARGE} {} MiB", MAX_OUTPUT_BYTES >> 20),
+    )
+}
+
+fn is_too_large(e: &minijinja::Error) -> bool {
+    e.kind() == minijinja::ErrorKind::InvalidOperation && e.detail().is_some_and(|d| d.contains(TOO_LARGE))
+}
+
+/// minijinja's `join`, with the size of its result checked before it is built (minijinja
+/// charges fuel for the joiner's bytes, not the items').
+fn capped_join(
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+    joiner: Option<minijinja::value::StringInput<'_>>,
+    attribute: Option<&str>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, minijinja::Error> {
+    if let Ok(items) = value.try_iter() {
+        let sep = match &joiner {
+            Some(j) => j.as_str().len(),
+            None => kwargs.get::<Option<&str>>("d")?.map_or(0, str::len),
+        };
+        let mut size = 0usize;
+        for item in items {
+            size =
+                size.saturating_add(sep).saturating_add(item.as_str().map_or_else(|| item.to_string().len(), str::len));
+            if size > MAX_OUTPUT_BYTES {
+                return Err(too_large("the result of join"));
+            }
+        }
+    }
+    minijinja::filters::join(state, value, joiner, attribute, kwargs)
 }
 
 /// `{{ payload | pretty_json }}`: indented JSON for people (Slack, email, SMS). `tojson`
@@ -219,6 +294,14 @@ mod fuel_tests {
         assert!(out.len() > expected.len());
         let indented = Template::compile("{{ payload | tojson(indent=2) }}").unwrap().render(&event).unwrap();
         assert_eq!(serde_json::from_str::<serde_json::Value>(&indented).unwrap(), event.payload);
+        let pretty = Template::compile("{{ payload | pretty_json }}").unwrap().render(&event).unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&pretty).unwrap(), event.payload);
+        // A loop over every item of a 1 MiB payload.
+        let listed = Template::compile("{% for i in payload['items'] %}{{ i.k }}={{ i.n }}\n{% endfor %}")
+            .unwrap()
+            .render(&event)
+            .unwrap();
+        assert_eq!(listed.lines().count(), event.payload["items"].as_array().unwrap().len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +316,35 @@ mod fuel_tests {
         .await
         .unwrap();
         assert_eq!(multi, single);
+    }
+
+    /// Memory bombs: a join of a repeated string, at save time and triggered by an event's
+    /// data, and a loop that prints the payload over and over. Each fails quickly.
+    #[test]
+    fn templates_cannot_take_the_daemon_s_memory() {
+        let err = Template::compile("{{ ([('x' * 1000000)] * 1000) | join | length }}").unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        let mut e = big_event(1);
+        e.payload = serde_json::json!({"s": "x".repeat(1 << 20), "n": 2000, "sep": "y".repeat(1 << 20)});
+        for source in [
+            "{{ ([payload.s] * payload.n) | join }}",
+            "{{ [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17] | join(payload.sep) }}",
+            "{{ [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17] | join(d=payload.sep) }}",
+            "{% for i in range(payload.n) %}{{ payload.s }}{% endfor %}",
+            "{{ payload.s * payload.n }}",
+        ] {
+            let t = Template::compile(source).unwrap();
+            let started = std::time::Instant::now();
+            let err = t.render(&e).unwrap_err();
+            assert!(
+                err.contains("larger than") || err.contains("fuel") || err.contains("too large"),
+                "{source}: {err}"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{source}");
+        }
+        // The join still joins.
+        let t = Template::compile("{{ ['a', 'b'] | join('-') }} {{ ['c', 'd'] | join(d='+') }} {{ 'xy' | join(',') }}");
+        assert_eq!(t.unwrap().render(&e).unwrap(), "a-b c+d x,y");
     }
 
     #[test]

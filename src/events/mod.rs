@@ -60,6 +60,25 @@ impl EventRecord {
     }
 }
 
+/// The cache scopes of an event hookline emits itself (seed 001: receivers invalidate
+/// retriever caches by `collection`, `namespace` or `key`). Each scope is
+/// `{"scope": kind, "id": value}`: the bucket's namespace, and the key of what changed (an
+/// object or batch ID). A published event (`POST /v1/events`) carries its caller's instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Scopes<'a> {
+    pub namespace: &'a str,
+    pub key: &'a str,
+}
+
+impl Scopes<'_> {
+    pub fn to_json(self) -> Vec<serde_json::Value> {
+        vec![
+            serde_json::json!({"scope": "namespace", "id": self.namespace}),
+            serde_json::json!({"scope": "key", "id": self.key}),
+        ]
+    }
+}
+
 /// Handle shared by producers and the consumer.
 #[derive(Clone)]
 pub struct EventBus {
@@ -86,17 +105,19 @@ impl EventBus {
     }
 
     /// Adds a new event to `batch` (the outbox write, unless nobody listens) and returns it.
-    /// `payload` is called only if the event is stored; an unstored record has a null payload.
+    /// `payload` is called only if the event is stored; an unstored record has a null payload
+    /// and no cache scopes.
     pub fn record(
         &self,
         batch: &mut Batch,
         event_type: &str,
         payload: impl FnOnce() -> serde_json::Value,
-        cache_scopes: Vec<serde_json::Value>,
+        scopes: Scopes<'_>,
     ) -> EventRecord {
         let listening = self.listening.load(Ordering::SeqCst);
         // Built only when it will be stored (an object's payload is a copy of the object).
-        let payload = if listening { payload() } else { serde_json::Value::Null };
+        let (payload, cache_scopes) =
+            if listening { (payload(), scopes.to_json()) } else { (serde_json::Value::Null, Vec::new()) };
         let rec = EventRecord { stored: listening, ..EventRecord::new(event_type, payload, cache_scopes) };
         if listening {
             batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);

@@ -133,9 +133,25 @@ async fn accept_loop<S, B>(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = &mut shutdown => break,
         };
-        let svc = hyper_util::service::TowerToHyperService::new(service());
+        // Set once the connection's first request reaches the service (see below).
+        let got_request = tokio_util::sync::CancellationToken::new();
+        let svc = {
+            use warp::hyper::service::Service as _;
+            let inner = hyper_util::service::TowerToHyperService::new(service());
+            let got_request = got_request.clone();
+            warp::hyper::service::service_fn(move |mut req: warp::http::Request<warp::hyper::body::Incoming>| {
+                got_request.cancel();
+                // A CONNECT's target is an authority with no path, on which warp's path
+                // filter panics (warp 0.4.3): route it as `/`, which answers 404.
+                if req.uri().path_and_query().is_none() {
+                    *req.uri_mut() = warp::http::Uri::from_static("/");
+                }
+                inner.call(req)
+            })
+        };
         let (builder, watcher, closing) = (builder.clone(), graceful.watcher(), closing.clone());
         conns.spawn(async move {
+            let deadline = tokio::time::Instant::now() + read_timeout;
             // hyper's header timer starts once it has seen which protocol the client speaks:
             // a client that connects and sends nothing is dropped here (at once on shutdown:
             // the graceful shutdown waits for this task's watcher).
@@ -143,16 +159,29 @@ async fn accept_loop<S, B>(
             tokio::select! {
                 // A client whose first bytes are here is served, even at the moment of shutdown.
                 biased;
-                peeked = tokio::time::timeout(read_timeout, io.peek(&mut first)) => {
+                peeked = tokio::time::timeout_at(deadline, io.peek(&mut first)) => {
                     if !matches!(peeked, Ok(Ok(1))) {
                         return;
                     }
                 }
                 _ = closing.cancelled() => return,
             }
+            // Nor does anything time the protocol detection (up to the 24 bytes of the HTTP/2
+            // preface) or an HTTP/2 client's first request: a client that sends `P` and stalls
+            // would hold the connection forever. The first request must arrive within
+            // `read_timeout` of the accept; after it, hyper's own timers take over.
+            let first_request_late = async {
+                tokio::time::sleep_until(deadline).await;
+                if got_request.is_cancelled() {
+                    std::future::pending::<()>().await;
+                }
+            };
             let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                },
+                () = first_request_late => tracing::debug!("no request within read_timeout_seconds: connection closed"),
             }
         });
     }

@@ -259,7 +259,11 @@ pub(crate) fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreError> {
     let io = |what: &str, e: io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
     if !dir.is_dir() {
-        std::fs::create_dir_all(dir).map_err(|e| io("create log directory", e))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+        }
+        .map_err(|e| io("create log directory", e))?;
         // The directory's own entry must survive a crash too, or so would none of its segments.
         if let Some(parent) = dir.parent() {
             sync_dir(parent).map_err(|e| io("sync the parent of log directory", e))?;

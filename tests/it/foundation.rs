@@ -148,6 +148,11 @@ async fn connection_secrets_are_never_returned_nor_stored_in_plain_text() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(key.permissions().mode() & 0o777, 0o600);
+        // The data directory and its log, made by the daemon, are private too.
+        for dir in [app.data_dir.clone(), app.data_dir.join("wal")] {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
     }
 }
 
@@ -410,6 +415,31 @@ async fn metrics_count_requests_by_route_and_status() {
     assert!(metric_value(&text, "hookline_http_requests_total", &[("route", "/v1/buckets"), ("status", "401")]) >= 1.0);
     assert!(text.contains("hookline_http_request_duration_seconds_bucket"));
     assert!(text.contains("hookline_store_commits_total"));
+
+    // A client may invent methods: they share one label, or each would be a series for good.
+    for m in ["FROBNICATE", "XYZZY"] {
+        let method = Method::from_bytes(m.as_bytes()).unwrap();
+        let r = app.client.request(method, app.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 405, "{m}");
+    }
+    let text = app.metrics().await;
+    assert!(!text.contains("FROBNICATE") && !text.contains("XYZZY"), "{text}");
+    assert!(metric_value(&text, "hookline_http_requests_total", &[("route", "/healthz"), ("method", "other")]) >= 2.0);
+}
+
+/// A CONNECT (an authority, no path) is answered, not a panic of the connection's task.
+#[tokio::test]
+async fn a_connect_request_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("no answer").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!app.log().contains("panicked"), "{}", app.log());
+    assert_eq!(app.get("/healthz").await.0, 200);
 }
 
 #[tokio::test]
@@ -517,6 +547,17 @@ async fn stalled_clients_time_out() {
         app.api_key
     );
     half_body.write_all(head.as_bytes()).await.unwrap();
+    // Stalled before the protocol is known (a prefix of the HTTP/2 preface), and after an
+    // HTTP/2 preface with no request.
+    let mut half_preface = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    half_preface.write_all(b"P").await.unwrap();
+    let mut h2_silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    h2_silent.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    for (name, stream) in [("half preface", &mut half_preface), ("h2 preface only", &mut h2_silent)] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the {name} connection was kept open");
+    }
 
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), half_headers.read_to_end(&mut buf)).await;

@@ -82,6 +82,35 @@ async fn webhook_crud_validation_and_catalog() {
             json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "not a url"}}]}),
             "channels[0].configs.webhook_url",
         ),
+        // Sizes are bounded; what is stored is what is called.
+        (
+            json!({"webhook_name": "a", "event_types": (0..101).map(|i| format!("t{i}")).collect::<Vec<_>>(), "channels": [http_channel(&rx.url("/"))]}),
+            "event_types",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": format!("{}\r\nHost: a", rx.url("/x"))}}]}),
+            "channels[0].configs.url",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": format!("{}{}", rx.url("/"), "a".repeat(2100))}}]}),
+            "channels[0].configs.url",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "headers": (0..51).map(|i| (format!("x-h{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}}]}),
+            "channels[0].configs.headers",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "headers": {"Upgrade": "h2c"}}}]}),
+            "channels[0].configs.headers.Upgrade",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "payload_template": "x".repeat(70_000)}}]}),
+            "channels[0].configs.payload_template",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "https://hooks.slack.com/services/T/B/x\ny"}}]}),
+            "channels[0].configs.webhook_url",
+        ),
         // This daemon has no [delivery.email] / [delivery.sms]: such channels cannot be created.
         (
             json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["a@example.com"]}}]}),
@@ -309,6 +338,49 @@ async fn server_error_is_retried_with_the_same_webhook_id() {
     // last_error was set while failing and cleared on success.
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     assert_eq!(w["last_error"], Value::Null, "{w}");
+}
+
+/// A receiver that echoes the request's headers in its error body does not put the
+/// channel's secret or custom header values into the API, the webhook's `last_error` or the
+/// store: they are shown as `********`, as everywhere else.
+#[tokio::test]
+async fn a_receiver_echoing_secrets_does_not_leak_them() {
+    use warp::Filter;
+    const SECRET: &str = "s3cret-value-0123456789";
+    const API_KEY: &str = "key-abcdef-98765-zyx";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = warp::post().and(warp::header::headers_cloned()).map(|h: warp::http::HeaderMap| {
+        let text: String = h.iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or(""))).collect();
+        warp::reply::with_status(text, warp::http::StatusCode::INTERNAL_SERVER_ERROR)
+    });
+    tokio::spawn(warp::serve(echo).incoming(listener).run());
+    let channel = json!({"channel": "webhook", "configs": {"url": format!("http://{addr}/echo"), "secret": SECRET,
+        "headers": {"X-Api-Key": API_KEY}}});
+    let app = TestApp::start().await;
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "echo", "event_types": ["*"], "channels": [channel]})).await;
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    let failed = eventually(WAIT, || async {
+        deliveries(&app, &id, None).await.first().is_some_and(|d| !d["attempts"].as_array().unwrap().is_empty())
+    })
+    .await;
+    assert!(failed, "no attempt; log:\n{}", app.log());
+    let d = &deliveries(&app, &id, None).await[0];
+    let error = d["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("500") && error.contains("x-mixpeek-secret: ********"), "{error}");
+    assert!(error.contains("x-api-key: ********"), "{error}");
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    for text in [d.to_string(), w.to_string()] {
+        assert!(!text.contains(SECRET) && !text.contains(API_KEY), "{text}");
+    }
+    app.get("/healthz").await; // let the outcome's write reach the log
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (f, bytes) in crate::support::data_files(&app.data_dir) {
+        for s in [SECRET, API_KEY] {
+            assert!(!crate::support::contains_bytes(&bytes, s.as_bytes()), "{s} in plain text in {}", f.display());
+        }
+    }
 }
 
 #[tokio::test]

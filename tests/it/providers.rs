@@ -524,7 +524,7 @@ async fn supabase_row_walks_one_object_through_created_updated_deleted() {
                 "field_mapping": {"record.title": "title", "record.price": "price"},
                 "blob_source": {"file_field": "record.video_url", "blob_type": "video"},
                 "batching": {"mode": "immediate"},
-                "writeback": {"trigger": "on_batch_complete", "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}
+                "writeback": {"trigger": "on_alert", "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}
             }}),
         )
         .await;
@@ -594,6 +594,11 @@ async fn supabase_row_walks_one_object_through_created_updated_deleted() {
             ("object.deleted".to_string(), json!("Loft (sold)")),
         ]
     );
+    // Each names its cache scopes: the bucket's namespace and the object.
+    for e in rx.captured().iter().map(|c| c.json()).filter(|e| e["payload"]["object_id"] == oid.as_str()) {
+        let scopes = json!([{"scope": "namespace", "id": "default"}, {"scope": "key", "id": oid}]);
+        assert_eq!(e["cache_scopes"], scopes, "{e}");
+    }
     assert!(!app.log().contains("srk-secret"));
 }
 

@@ -304,12 +304,40 @@ async fn a_writeback_url_the_rules_refuse_is_a_422() {
         let (s, b) = app
             .patch(
                 &format!("/v1/buckets/{bucket}"),
-                json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": "immediate"},
+                json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": "count"},
                     "writeback": {"writeback_url": url,
                         "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}}),
             )
             .await;
         assert_eq!(s, 422, "{url}: {b}");
         assert_eq!(b["error"]["field"], "source_adapter.writeback.writeback_url", "{b}");
+    }
+}
+
+/// `on_batch_complete` fires when a batch completes; `immediate` makes no batches, so that
+/// pair is refused rather than stored and never fired. `on_alert` (never fires, documented)
+/// and the batching modes are accepted.
+#[tokio::test]
+async fn a_batch_writeback_needs_a_batching_mode() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("wb-modes", json!({"title": {"type": "string"}})).await;
+    let adapter = |batching: Value, trigger: &str| {
+        json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": batching,
+            "writeback": {"writeback_url": "http://127.0.0.1:9/wb", "trigger": trigger,
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}})
+    };
+    let path = format!("/v1/buckets/{bucket}");
+    let (s, b) = app.patch(&path, adapter(json!({"mode": "immediate"}), "on_batch_complete")).await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["field"], "source_adapter.writeback.trigger", "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("count"), "says what to use: {b}");
+    assert_eq!(app.get(&path).await.1["source_adapter"], Value::Null, "nothing stored");
+    for (batching, trigger) in [
+        (json!({"mode": "immediate"}), "on_alert"),
+        (json!({"mode": "count", "max_batch_size": 1}), "on_batch_complete"),
+        (json!({"mode": "time_window", "window_seconds": 5}), "on_batch_complete"),
+    ] {
+        let (s, b) = app.patch(&path, adapter(batching.clone(), trigger)).await;
+        assert_eq!(s, 200, "{batching} {trigger}: {b}");
     }
 }

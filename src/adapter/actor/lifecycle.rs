@@ -23,6 +23,7 @@ use super::{AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus
 use crate::adapter::kind::{self, Operation};
 use crate::adapter::pipeline::{PayloadError, Screened};
 use crate::adapter::records::{self, Draft, ObjectRecord};
+use crate::events::Scopes;
 use crate::ids::ObjectId;
 use crate::store::{Batch, Keyspace, Store, StoreError};
 use crate::util::now_millis;
@@ -97,7 +98,8 @@ impl AdapterState {
             let hash = records::dedup_hash(ext);
             self.unindex(&mut batch, &hash, object_id);
         }
-        let event = self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), Vec::new());
+        let scopes = Scopes { namespace: &self.bucket.namespace, key: object_id.as_str() };
+        let event = self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), scopes);
         Ok(Some(self.submit(batch, vec![event])))
     }
 
@@ -162,12 +164,8 @@ impl AdapterState {
                 for mut rec in stored {
                     rec.apply(draft.clone());
                     batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()), &rec);
-                    events.push(self.shared.bus.record(
-                        &mut batch,
-                        "object.updated",
-                        || rec.event_payload(),
-                        Vec::new(),
-                    ));
+                    let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
+                    events.push(self.shared.bus.record(&mut batch, "object.updated", || rec.event_payload(), scopes));
                     object_ids.push(rec.object_id);
                 }
                 IngestStatus::Updated
@@ -181,12 +179,8 @@ impl AdapterState {
                 for rec in stored {
                     batch.delete(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()));
                     self.unindex(&mut batch, &hash, &rec.object_id);
-                    events.push(self.shared.bus.record(
-                        &mut batch,
-                        "object.deleted",
-                        || rec.event_payload(),
-                        Vec::new(),
-                    ));
+                    let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
+                    events.push(self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), scopes));
                     object_ids.push(rec.object_id);
                 }
                 IngestStatus::Deleted

@@ -27,6 +27,11 @@ use crate::error::ApiError;
 /// Longest per-channel timeout accepted.
 pub const MAX_TIMEOUT_SECONDS: f64 = 300.0;
 
+/// Longest receiver URL accepted.
+pub const MAX_URL_BYTES: usize = 2048;
+/// Most custom headers on one channel.
+const MAX_HEADERS: usize = 50;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -46,6 +51,17 @@ pub struct HttpConfig {
 impl HttpConfig {
     pub fn validate(&self, at: &str, policy: NetPolicy) -> Result<(), ApiError> {
         let field = |f: &str| format!("{at}.configs.{f}");
+        // The URL parser drops tabs and newlines silently: refuse them, so what is stored
+        // and shown is what is called.
+        if self.url.len() > MAX_URL_BYTES || self.url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ApiError::validation(
+                field("url"),
+                format!("must be at most {MAX_URL_BYTES} bytes, without spaces or control characters"),
+            ));
+        }
+        if self.headers.len() > MAX_HEADERS {
+            return Err(ApiError::validation(field("headers"), format!("at most {MAX_HEADERS} headers")));
+        }
         let u =
             url::Url::parse(&self.url).map_err(|e| ApiError::validation(field("url"), format!("not a URL: {e}")))?;
         check_url(&u, policy).map_err(|e| ApiError::validation(field("url"), e))?;
@@ -162,7 +178,23 @@ impl HttpChannel {
                 Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("{name}: {e}")),
             }
         }
-        exchange(&self.deps.client, req, self.timeout).await
+        let mut result = exchange(&self.deps.client, req, self.timeout).await;
+        if let Some(e) = result.error.as_mut() {
+            self.redact(e);
+        }
+        result
+    }
+
+    /// Hides the channel's secret and custom header values in an error (a receiver's body
+    /// may echo the request's headers): the API and the store show them nowhere else.
+    fn redact(&self, error: &mut String) {
+        for v in self.headers.values() {
+            // Short values ("1", "json") would blank out ordinary words.
+            match v.to_str() {
+                Ok(v) if v.len() >= 8 && error.contains(v) => *error = error.replace(v, "********"),
+                _ => {}
+            }
+        }
     }
 }
 

@@ -105,6 +105,13 @@ impl ChannelConfig {
         match self {
             ChannelConfig::Webhook(c) => c.validate(at, rules.net),
             ChannelConfig::Slack(c) => {
+                let bad = |c: char| c.is_control() || c.is_whitespace();
+                if c.webhook_url.len() > http::MAX_URL_BYTES || c.webhook_url.chars().any(bad) {
+                    return Err(ApiError::validation(
+                        field("webhook_url"),
+                        format!("must be at most {} bytes, without spaces or control characters", http::MAX_URL_BYTES),
+                    ));
+                }
                 let u = url::Url::parse(&c.webhook_url)
                     .map_err(|e| ApiError::validation(field("webhook_url"), format!("not a URL: {e}")))?;
                 super::netguard::check_url(&u, rules.net).map_err(|e| ApiError::validation(field("webhook_url"), e))?;
@@ -366,7 +373,24 @@ impl Channel for Unsupported {
 pub fn reserved_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n.starts_with("webhook-")
-        || matches!(n.as_str(), "host" | "content-length" | "transfer-encoding" | "connection" | "x-mixpeek-secret")
+        || matches!(
+            n.as_str(),
+            // Framing and hop-by-hop headers are the HTTP client's; a body hookline sends is
+            // never compressed; the secret has its own setting.
+            "host"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "expect"
+                | "content-encoding"
+                | "x-mixpeek-secret"
+        )
 }
 
 pub type Headers = BTreeMap<String, String>;
