@@ -415,6 +415,7 @@ impl Config {
                 }
                 _ => bail!("delivery.sms.api_base {:?} must be an https URL", s.api_base),
             }
+            private_target("delivery.sms.api_base", &s.api_base, d)?;
             if s.account_sid.trim().is_empty() || !s.account_sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 bail!("delivery.sms.account_sid must be a non-empty alphanumeric ID");
             }
@@ -438,6 +439,7 @@ impl Config {
             }
             _ => bail!("mux.api_base {:?} must be an https URL", self.mux.api_base),
         }
+        private_target("mux.api_base", &self.mux.api_base, d)?;
         if self.mux.timeout_seconds == 0 {
             bail!("mux.timeout_seconds must be at least 1");
         }
@@ -455,9 +457,29 @@ impl Config {
     }
 }
 
+/// Refuses a provider base URL whose host is a loopback or private address (or
+/// `localhost`) unless `allow_private_networks` says so, as for receivers: the provider's
+/// credentials go there. (SMS sends also check the address a name resolves to; the Mux
+/// API base is the operator's own setting, checked only here.)
+fn private_target(name: &str, raw: &str, d: &DeliveryConfig) -> anyhow::Result<()> {
+    let Ok(u) = url::Url::parse(raw) else { return Ok(()) }; // reported above
+    let policy = crate::delivery::netguard::NetPolicy { allow_insecure_http: true, ..d.into() };
+    crate::delivery::netguard::check_url(&u, policy).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_base_urls_follow_the_address_rules() {
+        let mut c = Config::default();
+        c.mux.api_base = "https://127.0.0.1:9443".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("mux.api_base") && e.contains("private"), "{e}");
+        c.delivery.allow_private_networks = true;
+        c.validate().unwrap();
+    }
 
     #[test]
     fn shipped_config_parses_and_matches_defaults() {
@@ -507,6 +529,7 @@ mod tests {
         c.mux.api_base = "http://127.0.0.1:9".into();
         assert!(c.validate().unwrap_err().to_string().contains("allow_insecure_http"));
         c.delivery.allow_insecure_http = true;
+        c.delivery.allow_private_networks = true; // a loopback address, too
         c.validate().unwrap();
     }
 

@@ -277,12 +277,23 @@ impl RegistryState {
         Ok(())
     }
 
+    /// A URL hookline will call (writeback, a Supabase project) under the delivery side's
+    /// address rules, at configuration: one they refuse would only fail every call later.
+    fn check_target(&self, field: &str, raw: &str) -> Result<(), ApiError> {
+        let policy = crate::delivery::netguard::NetPolicy::from(&self.shared.config.delivery);
+        let url = url::Url::parse(raw).map_err(|e| ApiError::validation(field, format!("not a URL: {e}")))?;
+        crate::delivery::netguard::check_url(&url, policy).map_err(|e| ApiError::validation(field, e))
+    }
+
     async fn create_connection(
         &mut self,
         name: String,
         provider_type: ProviderType,
         config: &ProviderConfig,
     ) -> Result<Connection, ApiError> {
+        if let ProviderConfig::Supabase(c) = config {
+            self.check_target("provider_config.url", &c.url)?;
+        }
         let conn = Connection::new(name, provider_type, config, &self.shared.secrets);
         let mut b = Batch::new();
         b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
@@ -501,12 +512,10 @@ impl RegistryState {
         input.validate(&bucket.bucket_schema)?;
         // The send-time address rules, now: a URL they refuse would only fail every job.
         if let Some(raw) = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref()) {
-            let policy = crate::delivery::netguard::NetPolicy::from(&self.shared.config.delivery);
-            let url = url::Url::parse(raw).map_err(|e| {
-                ApiError::validation("source_adapter.writeback.writeback_url", format!("not a URL: {e}"))
-            })?;
-            crate::delivery::netguard::check_url(&url, policy)
-                .map_err(|e| ApiError::validation("source_adapter.writeback.writeback_url", e))?;
+            self.check_target("source_adapter.writeback.writeback_url", raw)?;
+        }
+        if let Some(url) = input.connection.as_ref().and_then(|c| c.credentials.get("url")).and_then(|u| u.as_str()) {
+            self.check_target("source_adapter.connection.credentials.url", url)?;
         }
         let connection_id = match &input.connection_id {
             None => None,

@@ -311,7 +311,33 @@ async fn a_writeback_url_the_rules_refuse_is_a_422() {
             .await;
         assert_eq!(s, 422, "{url}: {b}");
         assert_eq!(b["error"]["field"], "source_adapter.writeback.writeback_url", "{b}");
+        // A Supabase project URL too, as a connection or as inline credentials.
+        let (s, b) = app
+            .post(
+                "/v1/organizations/connections",
+                json!({"name": "db", "provider_type": "supabase",
+                    "provider_config": {"url": url, "service_role_key": "srk"}}),
+            )
+            .await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("provider_config.url")), "{url}: {b}");
+        let (s, b) = app
+            .patch(
+                &format!("/v1/buckets/{bucket}"),
+                json!({"source_adapter": {"adapter_type": "supabase", "batching": {"mode": "count"},
+                    "connection": {"credentials": {"url": url, "service_role_key": "srk"}}}}),
+            )
+            .await;
+        let field = b["error"]["field"].as_str();
+        assert_eq!((s, field), (422, Some("source_adapter.connection.credentials.url")), "{url}: {b}");
     }
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "db", "provider_type": "supabase",
+                "provider_config": {"url": "https://abcd.supabase.co", "service_role_key": "srk"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "a public https project is fine: {b}");
 }
 
 /// `on_batch_complete` fires when a batch completes; `immediate` makes no batches, so that
