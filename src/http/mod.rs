@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use warp::http::header::AUTHORIZATION;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::hyper::body::Bytes as HyperBytes;
 use warp::Filter;
@@ -67,7 +68,16 @@ pub async fn serve(
             async move {
                 let started = Instant::now();
                 let limit = state.shared.config.server.max_body_bytes;
-                let (label, resp) = match read_body(&headers, body, limit, read_timeout).await {
+                // An admin request without a valid key is answered (401) without reading its
+                // body: an anonymous client makes hookline buffer nothing. Every admin handler
+                // authenticates before it looks at the body.
+                let anonymous_admin = !keyless(path.as_str())
+                    && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+                let body = match anonymous_admin {
+                    true => Ok(Bytes::new()),
+                    false => read_body(&headers, body, limit, read_timeout).await,
+                };
+                let (label, resp) = match body {
                     Ok(body) => {
                         let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
                         route(&state, req).await
@@ -79,6 +89,17 @@ pub async fn serve(
             }
         });
     accept_loop(move || warp::service(filter.clone()), listener, read_timeout, shutdown).await;
+}
+
+/// Routes that take no API key: probes, metrics, and the signed upstream routes (ingest,
+/// Mux lifecycle), whose handlers read the body to check its signature.
+fn keyless(path: &str) -> bool {
+    matches!(
+        request::segments(path).as_slice(),
+        ["healthz" | "readyz" | "metrics"]
+            | ["v1", "buckets", _, "source-adapter", "ingest"]
+            | ["v1", "webhooks", "mux", _]
+    )
 }
 
 /// warp's server without its two gaps: it gives hyper no timer, so a client that sends half

@@ -427,6 +427,31 @@ async fn metrics_count_requests_by_route_and_status() {
     assert!(metric_value(&text, "hookline_http_requests_total", &[("route", "/healthz"), ("method", "other")]) >= 2.0);
 }
 
+/// An admin request without a valid key is refused before its body is read: a client
+/// without a key cannot make hookline buffer or wait for anything.
+#[tokio::test]
+async fn anonymous_admin_requests_are_refused_before_their_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // Declares 100 MB and sends one byte: answered at once, not after the read timeout.
+    s.write_all(
+        b"POST /v1/buckets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("no answer").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // With the key, the same declaration is a 413; ingest (no key, signed) still reads its body.
+    let big = vec![b'a'; 2 * 1024 * 1024];
+    let r = app.client.post(app.url("/v1/buckets")).bearer_auth(&app.api_key).body(big.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let r = app.client.post(app.url("/v1/buckets/bkt_x/source-adapter/ingest")).body(big).send().await.unwrap();
+    assert_eq!(r.status(), 413, "an ingest body is read (and bounded) before its signature is checked");
+}
+
 /// A CONNECT (an authority, no path) is answered, not a panic of the connection's task.
 #[tokio::test]
 async fn a_connect_request_is_answered() {
