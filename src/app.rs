@@ -31,7 +31,9 @@ pub async fn run(
 
     let data_dir = config.storage.path.clone();
     create_dir_durably(&data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
-    let store = Store::open_sled(&data_dir).with_context(|| format!("open store in {}", data_dir.display()))?;
+    let cache = config.storage.cache_capacity_mb << 20;
+    let store = Store::open_sled_with_cache(&data_dir, cache)
+        .with_context(|| format!("open store in {}", data_dir.display()))?;
     let env_key = match std::env::var("HOOKLINE_MASTER_KEY") {
         Ok(k) => Some(k),
         Err(std::env::VarError::NotPresent) => None,

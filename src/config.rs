@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub read_timeout_seconds: u64,
     /// Enables `/v1/debug/*` (fault injection for supervision tests). Never in production.
     pub enable_debug_endpoints: bool,
+    /// Most client connections open at once; more wait in the listen backlog. Keeps a flood
+    /// of connections from taking the file descriptors the store needs (see `http::limits`).
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             shutdown_timeout_seconds: 30,
             read_timeout_seconds: 30,
             enable_debug_endpoints: false,
+            max_connections: 4096,
         }
     }
 }
@@ -89,11 +93,13 @@ impl Default for ServerConfig {
 pub struct StorageConfig {
     /// sled data directory (created if missing).
     pub path: PathBuf,
+    /// sled's page cache, in MiB: on a large store, most of the daemon's resident memory.
+    pub cache_capacity_mb: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { path: PathBuf::from("./data") }
+        StorageConfig { path: PathBuf::from("./data"), cache_capacity_mb: 1024 }
     }
 }
 
@@ -328,6 +334,12 @@ impl Config {
         self.listen_addr()?;
         if self.server.max_body_bytes == 0 {
             bail!("server.max_body_bytes must be greater than 0");
+        }
+        if !(16..=1 << 20).contains(&self.storage.cache_capacity_mb) {
+            bail!("storage.cache_capacity_mb must be within 16..=1048576");
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            bail!("server.max_connections must be within 1..=1000000");
         }
         if self.server.read_timeout_seconds == 0 {
             bail!("server.read_timeout_seconds must be at least 1");

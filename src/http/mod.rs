@@ -21,6 +21,7 @@ macro_rules! methods {
 
 mod admin;
 mod inbound;
+mod limits;
 mod ops;
 mod outbound;
 mod request;
@@ -58,6 +59,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let read_timeout = Duration::from_secs(state.shared.config.server.read_timeout_seconds);
+    let max_connections = state.shared.config.server.max_connections;
     let filter = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -88,7 +90,8 @@ pub async fn serve(
                 resp
             }
         });
-    accept_loop(move || warp::service(filter.clone()), listener, read_timeout, shutdown).await;
+    let max_connections = limits::connection_cap(max_connections);
+    accept_loop(move || warp::service(filter.clone()), listener, read_timeout, max_connections, shutdown).await;
 }
 
 /// Routes that take no API key: probes, metrics, and the signed upstream routes (ingest,
@@ -112,6 +115,7 @@ async fn accept_loop<S, B>(
     service: impl Fn() -> S,
     listener: tokio::net::TcpListener,
     read_timeout: Duration,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) where
     S: tower_service::Service<warp::http::Request<warp::hyper::body::Incoming>, Response = warp::http::Response<B>>
@@ -142,14 +146,23 @@ async fn accept_loop<S, B>(
     // Tells connections still waiting for their first byte that we are shutting down.
     let closing = tokio_util::sync::CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    // One permit per open connection, held by its task: at the cap, new clients wait in the
+    // listen backlog instead of taking file descriptors the store needs.
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut warned_full: Option<std::time::Instant> = None;
     loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
+        let next = async {
+            let permit = open.clone().acquire_owned().await;
+            (permit, listener.accept().await)
+        };
+        let (permit, io) = tokio::select! {
+            (permit, accepted) = next => match (permit, accepted) {
+                (Ok(permit), Ok((io, _))) => (permit, io),
+                (_, Err(e)) => {
                     accept_failed(e).await;
                     continue;
                 }
+                (Err(_), _) => break, // the semaphore is never closed
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = &mut shutdown => break,
@@ -170,8 +183,13 @@ async fn accept_loop<S, B>(
                 inner.call(req)
             })
         };
+        if open.available_permits() == 0 && warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            tracing::warn!(max_connections, "server.max_connections reached: new connections wait");
+            warned_full = Some(std::time::Instant::now());
+        }
         let (builder, watcher, closing) = (builder.clone(), graceful.watcher(), closing.clone());
         conns.spawn(async move {
+            let _permit = permit;
             let deadline = tokio::time::Instant::now() + read_timeout;
             // hyper's header timer starts once it has seen which protocol the client speaks:
             // a client that connects and sends nothing is dropped here (at once on shutdown:

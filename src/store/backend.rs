@@ -71,21 +71,53 @@ impl SledBackend {
     }
 }
 
+/// sled's own default page cache (1 GiB): most of the daemon's memory on a large store.
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+
 impl SledBackend {
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open().map_err(|e| {
-            match e.to_string() {
-                m if m.contains("could not acquire lock") => StoreError::Io(format!(
-                    "the data directory {} is in use by another hookline process (its lock is held: {m}); \
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens with sled's page cache bounded to `cache_bytes` (`storage.cache_capacity_mb`).
+    pub fn open_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        remove_unfinished_snapshots(path)?;
+        let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes);
+        let db = config.open().map_err(|e| match e.to_string() {
+            m if m.contains("could not acquire lock") => StoreError::Io(format!(
+                "the data directory {} is in use by another hookline process (its lock is held: {m}); \
                      stop that one first, or give this one another storage.path",
-                    path.display()
-                )),
-                m => StoreError::Io(format!("open sled store at {}: {m}", path.display())),
-            }
+                path.display()
+            )),
+            m => StoreError::Io(format!("open sled store at {}: {m}", path.display())),
         })?;
         let tree = db.open_tree("hookline")?;
         Ok(SledBackend { db, tree, failed: std::sync::atomic::AtomicBool::new(false) })
     }
+}
+
+/// sled 0.34.7 writes a snapshot as `snap.{lsn}.generating` and renames it once complete,
+/// but at start it reads the highest `snap.*` whatever its suffix: a `kill -9` in the few
+/// milliseconds a snapshot is being written (at start-up, among other times) left a store
+/// that refused to open ever after ("corrupt snapshot file found"; sled issues #1387 and
+/// #1527). An unfinished snapshot holds nothing that sled's own log does not (the rename is
+/// its commit point), so it is removed before sled looks.
+fn remove_unfinished_snapshots(path: &std::path::Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Io(format!("read {}: {e}", path.display()))),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "removing an unfinished sled snapshot left by a crash");
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::Io(format!("remove the unfinished snapshot {name}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 impl Backend for SledBackend {
@@ -154,5 +186,28 @@ impl Backend for SledBackend {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.note(self.db.size_on_disk())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot left unfinished by a crash (sled names it `.generating` until it is
+    /// complete) no longer stops the store from opening.
+    #[tokio::test]
+    async fn an_unfinished_snapshot_does_not_stop_the_store_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = SledBackend::open(dir.path()).unwrap();
+            b.apply_each(&mut [(b"k".as_slice(), Some(b"v".as_slice()))].into_iter()).unwrap();
+            b.flush().await.unwrap();
+        }
+        // Half a snapshot, newer than anything sled has: what a kill mid-write leaves.
+        let partial = dir.path().join("snap.00000000FFFFFFFF.generating");
+        std::fs::write(&partial, [0x5a; 4096]).unwrap();
+        let b = SledBackend::open(dir.path()).expect("opens despite the unfinished snapshot");
+        assert_eq!(b.get(b"k").unwrap().as_deref(), Some(b"v".as_slice()));
+        assert!(!partial.exists(), "the unfinished snapshot is removed");
     }
 }

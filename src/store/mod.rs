@@ -161,7 +161,12 @@ impl Store {
     /// Opens (or creates) the sled store at `path` (its write-ahead log in `path/wal`),
     /// replays the log, checks the format version and starts the group committer.
     pub fn open_sled(path: &std::path::Path) -> Result<Store, StoreError> {
-        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(path)?);
+        Self::open_sled_with_cache(path, backend::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open_sled`] with sled's page cache bounded to `cache_bytes`.
+    pub fn open_sled_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open_with_cache(path, cache_bytes)?);
         Self::open(backend, &path.join("wal"))
     }
 

@@ -452,6 +452,36 @@ async fn anonymous_admin_requests_are_refused_before_their_body() {
     assert_eq!(r.status(), 413, "an ingest body is read (and bounded) before its signature is checked");
 }
 
+/// At `server.max_connections`, a new client waits (in the listen backlog) until one of the
+/// open connections closes: a flood of connections cannot take every file descriptor.
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opts =
+        Options { server_toml: "max_connections = 2\nread_timeout_seconds = 3600\n".into(), ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    // The test client's idle pooled connection (from the start-up probes) would hold a slot:
+    // this request reuses it and closes it.
+    app.client.get(app.url("/healthz")).header("connection", "close").send().await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s); // kept alive: each holds its connection
+    }
+    let mut third = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond the cap");
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await.expect("still waiting").unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 /// A CONNECT (an authority, no path) is answered, not a panic of the connection's task.
 #[tokio::test]
 async fn a_connect_request_is_answered() {
@@ -464,6 +494,7 @@ async fn a_connect_request_is_answered() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(!app.log().contains("panicked"), "{}", app.log());
+    assert!(!app.log().contains('\u{1b}'), "a log that is not a terminal gets no colour codes");
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
