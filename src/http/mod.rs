@@ -174,7 +174,9 @@ async fn accept_loop<S, B>(
             let inner = hyper_util::service::TowerToHyperService::new(service());
             let got_request = got_request.clone();
             warp::hyper::service::service_fn(move |mut req: warp::http::Request<warp::hyper::body::Incoming>| {
-                got_request.cancel();
+                if !got_request.is_cancelled() {
+                    got_request.cancel(); // once per connection (it takes a lock)
+                }
                 // A CONNECT's target is an authority with no path, on which warp's path
                 // filter panics (warp 0.4.3): route it as `/`, which answers 404.
                 if req.uri().path_and_query().is_none() {
