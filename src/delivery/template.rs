@@ -16,7 +16,7 @@ use crate::events::EventRecord;
 const FUEL: u64 = 100_000;
 /// More for a payload that needs it (see `Template::render_large`): `tojson` spends about a
 /// quarter per byte of output, which `indent` can make larger than the payload.
-const FUEL_PER_PAYLOAD_BYTE: u64 = 2;
+const FUEL_PER_PAYLOAD_BYTE: u64 = 4;
 /// The most a render may output, and the largest result of `join` (which minijinja builds
 /// before charging for it): a template that loops over a payload, or joins `[big] * 1000`,
 /// fails here rather than taking the daemon's memory.
@@ -41,10 +41,16 @@ impl std::fmt::Debug for Template {
 impl Template {
     /// Compiles `source` and renders it once against a sample event, so syntax errors,
     /// unknown filters and fuel exhaustion are reported when the webhook is saved.
-    pub fn compile(source: &str) -> Result<Template, String> {
+    /// [`Template::compile`] for a template being saved: a new one is also held to
+    /// [`MAX_SOURCE_BYTES`] (a stored one, from before the limit, still loads).
+    pub fn validate(source: &str) -> Result<Template, String> {
         if source.len() > MAX_SOURCE_BYTES {
             return Err(format!("a template may be at most {} KiB", MAX_SOURCE_BYTES >> 10));
         }
+        Self::compile(source)
+    }
+
+    pub fn compile(source: &str) -> Result<Template, String> {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
@@ -185,11 +191,17 @@ fn capped_join(
             Some(j) => j.as_str().len(),
             None => kwargs.get::<Option<&str>>("d")?.map_or(0, str::len),
         };
-        let mut size = 0usize;
+        // Measured without building anything, and paid for per item: a lazily repeated list
+        // (`[''] * 10**8`) costs minijinja almost nothing to make.
+        let mut size = Capped { len: 0 };
         for item in items {
-            size =
-                size.saturating_add(sep).saturating_add(item.as_str().map_or_else(|| item.to_string().len(), str::len));
-            if size > MAX_OUTPUT_BYTES {
+            state.consume_fuel(1)?;
+            size.len = size.len.saturating_add(sep);
+            let fits = match item.as_str() {
+                Some(s) => std::fmt::Write::write_str(&mut size, s),
+                None => std::fmt::Write::write_fmt(&mut size, format_args!("{item}")),
+            };
+            if fits.is_err() || size.len > MAX_OUTPUT_BYTES {
                 return Err(too_large("the result of join"));
             }
         }
@@ -197,12 +209,48 @@ fn capped_join(
     minijinja::filters::join(state, value, joiner, attribute, kwargs)
 }
 
+/// Counts the bytes written to it, and refuses past [`MAX_OUTPUT_BYTES`] (so formatting a
+/// huge value stops early instead of being built first).
+struct Capped {
+    len: usize,
+}
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.len = self.len.saturating_add(s.len());
+        if self.len > MAX_OUTPUT_BYTES {
+            return Err(std::fmt::Error);
+        }
+        Ok(())
+    }
+}
+
 /// `{{ payload | pretty_json }}`: indented JSON for people (Slack, email, SMS). `tojson`
 /// escapes `&`, `<`, `>` and `'` as `\u0026`… so its output is safe inside HTML: right in a
 /// JSON body, noise in a chat message.
+/// Written through a capped buffer: a value that would print larger than
+/// [`MAX_OUTPUT_BYTES`] stops there instead of being built whole.
 fn pretty_json(value: minijinja::Value) -> Result<String, minijinja::Error> {
-    serde_json::to_string_pretty(&value)
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+    struct Bounded(Vec<u8>);
+    impl std::io::Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
+                return Err(std::io::Error::other("too large"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Bounded(Vec::new());
+    match serde_json::to_writer_pretty(&mut out, &value) {
+        Ok(()) => String::from_utf8(out.0)
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())),
+        Err(e) if e.is_io() => Err(too_large("the output of pretty_json")),
+        Err(e) => Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())),
+    }
 }
 
 fn describe(e: minijinja::Error) -> String {
@@ -302,6 +350,11 @@ mod fuel_tests {
             .render(&event)
             .unwrap();
         assert_eq!(listed.lines().count(), event.payload["items"].as_array().unwrap().len());
+        // A loop over ~1 MiB of small numbers.
+        let mut small = event.clone();
+        small.payload = serde_json::json!({"v": (0..200_000).collect::<Vec<u32>>()});
+        let out = Template::compile("{% for x in payload.v %}{{ x }},{% endfor %}").unwrap().render(&small).unwrap();
+        assert_eq!(out.matches(',').count(), 200_000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,16 +385,26 @@ mod fuel_tests {
             "{{ [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17] | join(d=payload.sep) }}",
             "{% for i in range(payload.n) %}{{ payload.s }}{% endfor %}",
             "{{ payload.s * payload.n }}",
+            "{{ ([''] * 100000000) | join }}",
+            "{{ [[('x' * 60000)] * 20000] | join }}",
+            "{{ ([('x' * 60000)] * 20000) | pretty_json }}",
         ] {
-            let t = Template::compile(source).unwrap();
             let started = std::time::Instant::now();
-            let err = t.render(&e).unwrap_err();
+            // Refused when saved, or when an event renders it.
+            let err = match Template::compile(source) {
+                Err(err) => err,
+                Ok(t) => t.render(&e).unwrap_err(),
+            };
             assert!(
                 err.contains("larger than") || err.contains("fuel") || err.contains("too large"),
                 "{source}: {err}"
             );
             assert!(started.elapsed() < std::time::Duration::from_secs(5), "{source}");
         }
+        // A template saved before the size limit still loads; a new one is held to it.
+        let big = format!("{{{{ event_type }}}}{}", " ".repeat(MAX_SOURCE_BYTES));
+        assert!(Template::compile(&big).is_ok());
+        assert!(Template::validate(&big).unwrap_err().contains("KiB"));
         // The join still joins.
         let t = Template::compile("{{ ['a', 'b'] | join('-') }} {{ ['c', 'd'] | join(d='+') }} {{ 'xy' | join(',') }}");
         assert_eq!(t.unwrap().render(&e).unwrap(), "a-b c+d x,y");

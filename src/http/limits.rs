@@ -13,8 +13,9 @@ const RESERVED: u64 = 256;
 /// the limit cannot be raised enough.
 pub fn connection_cap(wanted: usize) -> usize {
     let want = wanted as u64 + RESERVED;
-    // The new soft limit (`u64::MAX` where there is none to raise).
-    let limit = match rlimit::increase_nofile_limit(want) {
+    // As high as allowed (outbound connections, sled and the log need descriptors too, more
+    // with more webhooks); the new soft limit, `u64::MAX` where there is none.
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(e) => {
             tracing::warn!(error = %e, "could not read or raise the open-file limit");

@@ -76,7 +76,12 @@ pub async fn serve(
                 let anonymous_admin = !keyless(path.as_str())
                     && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
                 let body = match anonymous_admin {
-                    true => Ok(Bytes::new()),
+                    // A small body is still read (for a second at most) so that the client,
+                    // still sending it, reads the 401 rather than a reset connection.
+                    true => {
+                        let _ = read_body(&headers, body, 64 << 10, Duration::from_secs(1)).await;
+                        Ok(Bytes::new())
+                    }
                     false => read_body(&headers, body, limit, read_timeout).await,
                 };
                 let (label, resp) = match body {

@@ -348,15 +348,20 @@ async fn a_receiver_echoing_secrets_does_not_leak_them() {
     use warp::Filter;
     const SECRET: &str = "s3cret-value-0123456789";
     const API_KEY: &str = "key-abcdef-98765-zyx";
+    const TOKEN: &str = "tok-9f8e7d6c5b4a";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // The bearer token alone, then the API key across the excerpt's 200-character cut (once
+    // the token shows as `********`), then every header.
     let echo = warp::post().and(warp::header::headers_cloned()).map(|h: warp::http::HeaderMap| {
-        let text: String = h.iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or(""))).collect();
-        warp::reply::with_status(text, warp::http::StatusCode::INTERNAL_SERVER_ERROR)
+        let head = format!("token: {TOKEN}\n");
+        let pad = "p".repeat(195 - "token: ********\n".len());
+        let all: String = h.iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or(""))).collect();
+        warp::reply::with_status(format!("{head}{pad}{API_KEY}\n{all}"), warp::http::StatusCode::INTERNAL_SERVER_ERROR)
     });
     tokio::spawn(warp::serve(echo).incoming(listener).run());
     let channel = json!({"channel": "webhook", "configs": {"url": format!("http://{addr}/echo"), "secret": SECRET,
-        "headers": {"X-Api-Key": API_KEY}}});
+        "headers": {"X-Api-Key": API_KEY, "Authorization": format!("Bearer {TOKEN}")}}});
     let app = TestApp::start().await;
     let (id, _) =
         create_webhook(&app, json!({"webhook_name": "echo", "event_types": ["*"], "channels": [channel]})).await;
@@ -368,16 +373,17 @@ async fn a_receiver_echoing_secrets_does_not_leak_them() {
     assert!(failed, "no attempt; log:\n{}", app.log());
     let d = &deliveries(&app, &id, None).await[0];
     let error = d["attempts"][0]["error"].as_str().unwrap();
-    assert!(error.contains("500") && error.contains("x-mixpeek-secret: ********"), "{error}");
-    assert!(error.contains("x-api-key: ********"), "{error}");
+    assert!(error.starts_with("HTTP 500: token: ********\np"), "{error}");
+    assert!(error.ends_with("p*****"), "the key across the cut is hidden whole: {error}");
+    assert!(!error.contains(&API_KEY[..4]) && !error.contains(&TOKEN[..4]), "{error}");
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     for text in [d.to_string(), w.to_string()] {
-        assert!(!text.contains(SECRET) && !text.contains(API_KEY), "{text}");
+        assert!(!text.contains(SECRET) && !text.contains(API_KEY) && !text.contains(TOKEN), "{text}");
     }
     app.get("/healthz").await; // let the outcome's write reach the log
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (f, bytes) in crate::support::data_files(&app.data_dir) {
-        for s in [SECRET, API_KEY] {
+        for s in [SECRET, API_KEY, TOKEN] {
             assert!(!crate::support::contains_bytes(&bytes, s.as_bytes()), "{s} in plain text in {}", f.display());
         }
     }

@@ -93,7 +93,7 @@ impl HttpConfig {
             }
         }
         if let Some(src) = &self.payload_template {
-            Template::compile(src).map_err(|e| ApiError::validation(field("payload_template"), e))?;
+            Template::validate(src).map_err(|e| ApiError::validation(field("payload_template"), e))?;
         }
         Ok(())
     }
@@ -178,23 +178,19 @@ impl HttpChannel {
                 Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("{name}: {e}")),
             }
         }
-        let mut result = exchange(&self.deps.client, req, self.timeout).await;
-        if let Some(e) = result.error.as_mut() {
-            self.redact(e);
-        }
-        result
-    }
-
-    /// Hides the channel's secret and custom header values in an error (a receiver's body
-    /// may echo the request's headers): the API and the store show them nowhere else.
-    fn redact(&self, error: &mut String) {
-        for v in self.headers.values() {
-            // Short values ("1", "json") would blank out ordinary words.
-            match v.to_str() {
-                Ok(v) if v.len() >= 8 && error.contains(v) => *error = error.replace(v, "********"),
-                _ => {}
+        // The channel's secret and custom header values are shown nowhere else by the API or
+        // the store: not in an error either. A value's last word too (the token of `Bearer
+        // <token>`); short values ("1", "json") would blank out ordinary words.
+        let mut secrets: Vec<&str> = Vec::new();
+        for v in self.headers.values().filter_map(|v| v.to_str().ok()) {
+            secrets.push(v);
+            if let Some((_, last)) = v.rsplit_once(' ') {
+                secrets.push(last);
             }
         }
+        secrets.retain(|s| s.len() >= 8);
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len())); // the whole value before its part
+        exchange_hiding(&self.deps.client, req, self.timeout, &secrets).await
     }
 }
 
@@ -225,6 +221,12 @@ pub(super) fn parse_uri(url: &url::Url) -> Result<http::Uri, String> {
 /// anything else (a 3xx too: redirects are never followed) is retried, with the start of the
 /// response body in the error. Shared by the HTTP-based channels (webhook, Slack, SMS).
 pub(super) async fn exchange(client: &DeliveryClient, req: Request, timeout: Duration) -> AttemptResult {
+    exchange_hiding(client, req, timeout, &[]).await
+}
+
+/// [`exchange`], with each of `secrets` shown as `********` in the response excerpt (a
+/// receiver's body may echo the request's headers), a secret cut by the excerpt's end too.
+async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duration, secrets: &[&str]) -> AttemptResult {
     let reply = match client.send(req, timeout).await {
         Ok(r) => r,
         Err(e) => {
@@ -241,7 +243,20 @@ pub(super) async fn exchange(client: &DeliveryClient, req: Request, timeout: Dur
     let outcome = classify_status(status);
     let mut error = None;
     if outcome != Outcome::Delivered {
-        let text = String::from_utf8_lossy(&reply.body);
+        let mut text = String::from_utf8_lossy(&reply.body).into_owned();
+        for s in secrets {
+            if text.contains(s) {
+                text = text.replace(s, "********");
+            }
+        }
+        for s in secrets {
+            // The start of a secret cut off where the body's read stopped (4+ characters).
+            if let Some(k) = (4..s.len()).rev().find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k])) {
+                text.truncate(text.len() - k);
+                text.push_str("********");
+            }
+        }
+        // Hidden before the excerpt is cut, so that no cut keeps part of one.
         let text: String = text.chars().take(200).collect();
         let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
         error = Some(if text.trim().is_empty() {

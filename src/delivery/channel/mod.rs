@@ -89,7 +89,7 @@ impl ChannelConfig {
         let field = |f: &str| format!("{at}.configs.{f}");
         let template = |f: &str, src: &Option<String>| -> Result<(), ApiError> {
             match src {
-                Some(s) => Template::compile(s).map(|_| ()).map_err(|e| ApiError::validation(field(f), e)),
+                Some(s) => Template::validate(s).map(|_| ()).map_err(|e| ApiError::validation(field(f), e)),
                 None => Ok(()),
             }
         };
@@ -116,7 +116,7 @@ impl ChannelConfig {
                     .map_err(|e| ApiError::validation(field("webhook_url"), format!("not a URL: {e}")))?;
                 super::netguard::check_url(&u, rules.net).map_err(|e| ApiError::validation(field("webhook_url"), e))?;
                 match &c.template {
-                    Some(src) => Template::compile(src)
+                    Some(src) => Template::validate(src)
                         .and_then(|t| slack::check_json_template(src, &t))
                         .map_err(|e| ApiError::validation(field("template"), e)),
                     None => Ok(()),
