@@ -141,27 +141,38 @@ impl Template {
     }
 }
 
+/// A buffer that refuses to grow past [`MAX_OUTPUT_BYTES`]: what is written through it stops
+/// there instead of being built whole.
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
+            return Err(std::io::Error::other("too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Bounded {
+    fn into_string(self) -> Result<String, minijinja::Error> {
+        String::from_utf8(self.0)
+            .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, "not UTF-8"))
+    }
+}
+
 /// Renders with the output capped at [`MAX_OUTPUT_BYTES`].
 fn capped_render(tmpl: &minijinja::Template<'_, '_>, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
-    struct Capped(Vec<u8>);
-    impl std::io::Write for Capped {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
-                return Err(std::io::Error::other("too large"));
-            }
-            self.0.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut out = Capped(Vec::new());
+    let mut out = Bounded(Vec::new());
     tmpl.render_captured_to(ctx, &mut out).map_err(|e| match e.kind() {
         minijinja::ErrorKind::WriteFailure => too_large("the rendered output"),
         _ => e,
     })?;
-    String::from_utf8(out.0).map_err(|_| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, "not UTF-8"))
+    out.into_string()
 }
 
 const TOO_LARGE: &str = "would be larger than";
@@ -227,27 +238,11 @@ impl std::fmt::Write for Capped {
 
 /// `{{ payload | pretty_json }}`: indented JSON for people (Slack, email, SMS). `tojson`
 /// escapes `&`, `<`, `>` and `'` as `\u0026`… so its output is safe inside HTML: right in a
-/// JSON body, noise in a chat message.
-/// Written through a capped buffer: a value that would print larger than
-/// [`MAX_OUTPUT_BYTES`] stops there instead of being built whole.
+/// JSON body, noise in a chat message. Written through a [`Bounded`] buffer.
 fn pretty_json(value: minijinja::Value) -> Result<String, minijinja::Error> {
-    struct Bounded(Vec<u8>);
-    impl std::io::Write for Bounded {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
-                return Err(std::io::Error::other("too large"));
-            }
-            self.0.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let mut out = Bounded(Vec::new());
     match serde_json::to_writer_pretty(&mut out, &value) {
-        Ok(()) => String::from_utf8(out.0)
-            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())),
+        Ok(()) => out.into_string(),
         Err(e) if e.is_io() => Err(too_large("the output of pretty_json")),
         Err(e) => Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())),
     }

@@ -291,18 +291,10 @@ async fn malformed_requests_get_the_right_status() {
     let b: serde_json::Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "malformed_json");
     // 400: a key given twice (which one was meant?), and nothing is created.
-    let r = app
-        .client
-        .post(app.url("/v1/buckets"))
-        .header("Authorization", &auth)
-        .header("Content-Type", "application/json")
-        .body(r#"{"bucket_name": "first", "bucket_name": "second"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let b: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(b["error"]["code"], "malformed_json");
+    let twice = r#"{"bucket_name": "first", "bucket_name": "second"}"#;
+    let (s, b) =
+        app.post_raw("/v1/buckets", twice, &[("authorization", &auth), ("content-type", "application/json")]).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("malformed_json")));
     assert!(b["error"]["message"].as_str().unwrap().contains("\"bucket_name\" appears twice"), "{b}");
     assert_eq!(app.get("/v1/buckets").await.1["results"], serde_json::json!([]));
     // 415: declared non-JSON.
