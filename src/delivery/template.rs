@@ -39,8 +39,6 @@ impl std::fmt::Debug for Template {
 }
 
 impl Template {
-    /// Compiles `source` and renders it once against a sample event, so syntax errors,
-    /// unknown filters and fuel exhaustion are reported when the webhook is saved.
     /// [`Template::compile`] for a template being saved: a new one is also held to
     /// [`MAX_SOURCE_BYTES`] (a stored one, from before the limit, still loads).
     pub fn validate(source: &str) -> Result<Template, String> {
@@ -50,6 +48,9 @@ impl Template {
         Self::compile(source)
     }
 
+    /// Compiles `source` and renders it once against a sample event, so syntax errors,
+    /// unknown filters, fuel exhaustion and outputs over the cap are reported when the
+    /// webhook is saved.
     pub fn compile(source: &str) -> Result<Template, String> {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));

@@ -9,8 +9,8 @@
 const RESERVED: u64 = 256;
 
 /// The number of client connections to allow: `wanted`, after raising the soft open-file
-/// limit towards the hard one if it is too low for that, and lowered (with a warning) when
-/// the limit cannot be raised enough.
+/// limit to the hard one, and lowered (with a warning) when even that leaves too few
+/// descriptors for `wanted` plus [`RESERVED`].
 pub fn connection_cap(wanted: usize) -> usize {
     let want = wanted as u64 + RESERVED;
     // As high as allowed (outbound connections, sled and the log need descriptors too, more

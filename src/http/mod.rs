@@ -70,9 +70,10 @@ pub async fn serve(
             async move {
                 let started = Instant::now();
                 let limit = state.shared.config.server.max_body_bytes;
-                // An admin request without a valid key is answered (401) without reading its
-                // body: an anonymous client makes hookline buffer nothing. Every admin handler
-                // authenticates before it looks at the body.
+                // An admin request without a valid key is answered (401) without routing its
+                // body: an anonymous client makes hookline hold at most 64 KiB for a second, not
+                // `max_body_bytes` for `read_timeout`. Every admin handler authenticates before
+                // it looks at the body.
                 let anonymous_admin = !keyless(path.as_str())
                     && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
                 let body = match anonymous_admin {
