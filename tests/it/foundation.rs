@@ -492,26 +492,28 @@ async fn a_connect_request_is_answered() {
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
+/// Runs `hookline serve --config <config>` (with `HOOKLINE_MASTER_KEY` set to `master_key`,
+/// or unset), asserts that it refuses to start, and returns what it printed on stderr.
+fn serve_refused(config: &std::path::Path, master_key: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"));
+    cmd.args(["serve", "--config"]).arg(config);
+    match master_key {
+        Some(k) => cmd.env("HOOKLINE_MASTER_KEY", k),
+        None => cmd.env_remove("HOOKLINE_MASTER_KEY"),
+    };
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "started with {}", config.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn config_errors_stop_startup_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_byte = 10\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&cfg, None);
     assert!(err.contains("max_body_byte"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("missing.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    assert!(serve_refused(&dir.path().join("missing.toml"), None).contains("missing.toml"));
 }
 
 /// A second daemon on a data dir in use is refused, saying so (the first one goes on).
@@ -525,14 +527,7 @@ async fn a_second_daemon_on_the_same_data_dir_is_refused() {
         app.data_dir.display().to_string()
     );
     std::fs::write(&cfg, toml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env_remove("HOOKLINE_MASTER_KEY")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&cfg, None);
     assert!(err.contains("in use by another hookline process"), "{err}");
     assert_eq!(app.get("/readyz").await.0, 200, "the first one is unharmed");
 }
@@ -550,24 +545,11 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     assert!(!app.data_dir.join("master.key").exists(), "env key must not be written to disk");
     app.stop();
     // A bad env key refuses to start with a message.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["serve", "--config"])
-        .arg(app.dir.path().join("config.toml"))
-        .env("HOOKLINE_MASTER_KEY", "dG9vLXNob3J0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("32 bytes"));
+    let config = app.dir.path().join("config.toml");
+    assert!(serve_refused(&config, Some("dG9vLXNob3J0")).contains("32 bytes"));
     // No key at all, but sealed credentials in the store: refused, not a fresh key that
     // would make them unreadable.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["serve", "--config"])
-        .arg(app.dir.path().join("config.toml"))
-        .env_remove("HOOKLINE_MASTER_KEY")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&config, None);
     assert!(err.contains("master.key is missing"), "{err}");
     assert!(!app.data_dir.join("master.key").exists(), "a new key was written");
 }

@@ -28,9 +28,23 @@ use crate::error::ApiError;
 pub const MAX_TIMEOUT_SECONDS: f64 = 300.0;
 
 /// Longest receiver URL accepted.
-pub const MAX_URL_BYTES: usize = 2048;
+const MAX_URL_BYTES: usize = 2048;
 /// Most custom headers on one channel.
 const MAX_HEADERS: usize = 50;
+
+/// Checks a receiver URL being saved (webhook and Slack channels), errors naming `field`:
+/// its length, its text (the URL parser drops tabs and newlines silently: they are refused,
+/// so what is stored and shown is what is called), then the address rules.
+pub(super) fn check_receiver_url(field: String, raw: &str, policy: NetPolicy) -> Result<(), ApiError> {
+    if raw.len() > MAX_URL_BYTES || raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {MAX_URL_BYTES} bytes, without spaces or control characters"),
+        ));
+    }
+    let u = url::Url::parse(raw).map_err(|e| ApiError::validation(field.clone(), format!("not a URL: {e}")))?;
+    check_url(&u, policy).map_err(|e| ApiError::validation(field, e))
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,20 +65,10 @@ pub struct HttpConfig {
 impl HttpConfig {
     pub fn validate(&self, at: &str, policy: NetPolicy) -> Result<(), ApiError> {
         let field = |f: &str| format!("{at}.configs.{f}");
-        // The URL parser drops tabs and newlines silently: refuse them, so what is stored
-        // and shown is what is called.
-        if self.url.len() > MAX_URL_BYTES || self.url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(ApiError::validation(
-                field("url"),
-                format!("must be at most {MAX_URL_BYTES} bytes, without spaces or control characters"),
-            ));
-        }
+        check_receiver_url(field("url"), &self.url, policy)?;
         if self.headers.len() > MAX_HEADERS {
             return Err(ApiError::validation(field("headers"), format!("at most {MAX_HEADERS} headers")));
         }
-        let u =
-            url::Url::parse(&self.url).map_err(|e| ApiError::validation(field("url"), format!("not a URL: {e}")))?;
-        check_url(&u, policy).map_err(|e| ApiError::validation(field("url"), e))?;
         for (name, value) in &self.headers {
             let f = format!("{}.{name}", field("headers"));
             if HeaderName::from_bytes(name.as_bytes()).is_err() {

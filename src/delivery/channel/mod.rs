@@ -105,16 +105,7 @@ impl ChannelConfig {
         match self {
             ChannelConfig::Webhook(c) => c.validate(at, rules.net),
             ChannelConfig::Slack(c) => {
-                let bad = |c: char| c.is_control() || c.is_whitespace();
-                if c.webhook_url.len() > http::MAX_URL_BYTES || c.webhook_url.chars().any(bad) {
-                    return Err(ApiError::validation(
-                        field("webhook_url"),
-                        format!("must be at most {} bytes, without spaces or control characters", http::MAX_URL_BYTES),
-                    ));
-                }
-                let u = url::Url::parse(&c.webhook_url)
-                    .map_err(|e| ApiError::validation(field("webhook_url"), format!("not a URL: {e}")))?;
-                super::netguard::check_url(&u, rules.net).map_err(|e| ApiError::validation(field("webhook_url"), e))?;
+                http::check_receiver_url(field("webhook_url"), &c.webhook_url, rules.net)?;
                 match &c.template {
                     Some(src) => Template::validate(src)
                         .and_then(|t| slack::check_json_template(src, &t))
