@@ -115,8 +115,9 @@ fn keyless(path: &str) -> bool {
 /// its headers holds a connection (and a graceful shutdown) forever (here it has
 /// `read_timeout` to send them; the body's own deadline is in [`read_body`]); and it logs every
 /// client that hangs up mid-request at `error`. Connections are served by hyper-util (HTTP/1
-/// and h2c, as warp does); on shutdown the listener closes and open connections finish their
-/// request (the caller bounds how long that may take).
+/// and h2c, as warp does); a connection idle for `read_timeout` is closed; on shutdown the
+/// listener closes and open connections finish their request (the caller bounds how long
+/// that may take).
 async fn accept_loop<S, B>(
     service: impl Fn() -> S,
     listener: tokio::net::TcpListener,
@@ -145,7 +146,6 @@ async fn accept_loop<S, B>(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(read_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Connections live in this set, not as detached tasks: when this future is dropped (the
     // caller gave up waiting after a shutdown), every connection is aborted with it.
     let mut conns = tokio::task::JoinSet::new();
@@ -175,10 +175,11 @@ async fn accept_loop<S, B>(
         };
         // Set once the connection's first request reaches the service (see below).
         let got_request = tokio_util::sync::CancellationToken::new();
+        let activity = std::sync::Arc::new(Activity::default());
         let svc = {
             use warp::hyper::service::Service as _;
             let inner = hyper_util::service::TowerToHyperService::new(service());
-            let got_request = got_request.clone();
+            let (got_request, activity) = (got_request.clone(), activity.clone());
             warp::hyper::service::service_fn(move |mut req: warp::http::Request<warp::hyper::body::Incoming>| {
                 if !got_request.is_cancelled() {
                     got_request.cancel(); // once per connection (it takes a lock)
@@ -188,20 +189,26 @@ async fn accept_loop<S, B>(
                 if req.uri().path_and_query().is_none() {
                     *req.uri_mut() = warp::http::Uri::from_static("/");
                 }
-                inner.call(req)
+                let busy = Activity::start(&activity);
+                let answer = inner.call(req);
+                async move {
+                    let r = answer.await;
+                    drop(busy);
+                    r
+                }
             })
         };
         if open.available_permits() == 0 && warned_full.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
             tracing::warn!(max_connections, "server.max_connections reached: new connections wait");
             warned_full = Some(std::time::Instant::now());
         }
-        let (builder, watcher, closing) = (builder.clone(), graceful.watcher(), closing.clone());
+        let (builder, closing) = (builder.clone(), closing.clone());
         conns.spawn(async move {
             let _permit = permit;
             let deadline = tokio::time::Instant::now() + read_timeout;
             // hyper's header timer starts once it has seen which protocol the client speaks:
             // a client that connects and sends nothing is dropped here (at once on shutdown:
-            // the graceful shutdown waits for this task's watcher).
+            // the shutdown waits for this task).
             let mut first = [0u8; 1];
             tokio::select! {
                 // A client whose first bytes are here is served, even at the moment of shutdown.
@@ -223,19 +230,88 @@ async fn accept_loop<S, B>(
                     std::future::pending::<()>().await;
                 }
             };
-            let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "HTTP connection ended with an error");
-                },
-                () = first_request_late => tracing::debug!("no request within read_timeout_seconds: connection closed"),
+            let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
+            let mut first_request_late = std::pin::pin!(first_request_late);
+            // hyper closes an idle HTTP/1 connection when its next request's headers are late,
+            // but keeps an HTTP/2 one that answers pings open for good, holding a
+            // `max_connections` slot: any connection idle for `read_timeout` is wound down.
+            let mut idle_check = tokio::time::interval_at(deadline, read_timeout / 4);
+            let mut winding_down = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "HTTP connection ended with an error");
+                        }
+                        return;
+                    }
+                    () = &mut first_request_late => {
+                        tracing::debug!("no request within read_timeout_seconds: connection closed");
+                        return;
+                    }
+                    // Shutting down: open requests finish, then the connection closes.
+                    _ = closing.cancelled(), if !winding_down => {
+                        conn.as_mut().graceful_shutdown();
+                        winding_down = true;
+                    }
+                    _ = idle_check.tick(), if !winding_down => {
+                        if activity.idle_for() >= read_timeout {
+                            tracing::debug!("connection idle for read_timeout_seconds: closing it");
+                            conn.as_mut().graceful_shutdown();
+                            winding_down = true;
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
     // Open requests finish; idle and still silent connections close.
     closing.cancel();
-    graceful.shutdown().await;
+    while conns.join_next().await.is_some() {}
+}
+
+/// A connection's requests in flight and when the last one ended: what tells an idle
+/// connection (see [`accept_loop`]).
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `since` to the end of the last request (or to the accept).
+    last_ms: std::sync::atomic::AtomicU64,
+    since: std::time::Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { in_flight: Default::default(), last_ms: Default::default(), since: std::time::Instant::now() }
+    }
+}
+
+/// One request in flight; its drop (answered or cancelled) marks the connection active now.
+struct Busy(std::sync::Arc<Activity>);
+
+impl Activity {
+    fn start(this: &std::sync::Arc<Activity>) -> Busy {
+        this.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(this.clone())
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.in_flight.load(Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.since.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Relaxed)))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_ms.fetch_max(now, Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Spawns hyper's HTTP/2 stream tasks so that they stop once `stop` is cancelled (when the

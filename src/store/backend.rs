@@ -46,6 +46,8 @@ pub struct SledBackend {
     tree: sled::Tree,
     /// Set by any sled error: see `Drop`.
     failed: std::sync::atomic::AtomicBool,
+    /// `{path}/hookline.lock`, locked for as long as this backend lives (see [`lock_dir`]).
+    _lock: std::fs::File,
 }
 
 /// sled flushes when its last handle drops, and after an I/O error (a full disk) that flush
@@ -81,18 +83,42 @@ impl SledBackend {
 
     /// Opens with sled's page cache bounded to `cache_bytes` (`storage.cache_capacity_mb`).
     pub fn open_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let lock = lock_dir(path)?;
         remove_unfinished_snapshots(path)?;
         let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes);
         let db = config.open().map_err(|e| match e.to_string() {
-            m if m.contains("could not acquire lock") => StoreError::Io(format!(
-                "the data directory {} is in use by another hookline process (its lock is held: {m}); \
-                     stop that one first, or give this one another storage.path",
-                path.display()
-            )),
+            m if m.contains("could not acquire lock") => in_use(path, &m),
             m => StoreError::Io(format!("open sled store at {}: {m}", path.display())),
         })?;
         let tree = db.open_tree("hookline")?;
-        Ok(SledBackend { db, tree, failed: std::sync::atomic::AtomicBool::new(false) })
+        Ok(SledBackend { db, tree, failed: std::sync::atomic::AtomicBool::new(false), _lock: lock })
+    }
+}
+
+fn in_use(path: &std::path::Path, detail: &str) -> StoreError {
+    StoreError::Io(format!(
+        "the data directory {} is in use by another hookline process ({detail}); \
+         stop that one first, or give this one another storage.path",
+        path.display()
+    ))
+}
+
+/// Takes an exclusive lock on `{path}/hookline.lock` before anything in the directory is
+/// touched. sled locks its own files too, but only once it opens: a second daemon started on
+/// a directory in use would first remove "unfinished" snapshots that the running one is
+/// writing. The lock is the kernel's (`flock`), so a crashed daemon leaves none behind.
+fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let lock_path = path.join("hookline.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Io(format!("open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(in_use(path, "hookline.lock is held")),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Io(format!("lock {}: {e}", lock_path.display()))),
     }
 }
 
@@ -209,5 +235,19 @@ mod tests {
         let b = SledBackend::open(dir.path()).expect("opens despite the unfinished snapshot");
         assert_eq!(b.get(b"k").unwrap().as_deref(), Some(b"v".as_slice()));
         assert!(!partial.exists(), "the unfinished snapshot is removed");
+    }
+
+    /// A directory in use is refused before anything in it is touched: a snapshot the
+    /// running daemon is writing stays where it is.
+    #[test]
+    fn a_directory_in_use_is_refused_before_anything_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledBackend::open(dir.path()).unwrap();
+        let writing = dir.path().join("snap.00000000FFFFFFFF.generating");
+        std::fs::write(&writing, [0x5a; 16]).unwrap();
+        let err = SledBackend::open(dir.path()).err().expect("a second open is refused").to_string();
+        assert!(err.contains("in use by another hookline process"), "{err}");
+        assert!(writing.exists(), "the running daemon's snapshot is left alone");
+        drop(first);
     }
 }

@@ -647,6 +647,45 @@ async fn shutdown_does_not_wait_for_a_silent_connection() {
     assert!(!app.log().contains("still open after the shutdown timeout"), "{}", app.log());
 }
 
+/// An idle connection is closed after `read_timeout_seconds`, HTTP/2 included (one that
+/// answers pings would otherwise hold a `max_connections` slot for good), but not while a
+/// request is in flight.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app =
+        TestApp::start_with(Options { server_toml: "read_timeout_seconds = 1\n".into(), ..Options::default() }).await;
+    // HTTP/2: one request, then nothing but the client's connection task (which answers pings).
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("{}/healthz", app.base)).body(()).unwrap();
+    let (answer, _) = h2.send_request(req, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was kept open");
+    assert!(started.elapsed() >= Duration::from_millis(500), "closed before it was idle long: {:?}", started.elapsed());
+    // HTTP/1 keep-alive: the same.
+    let mut h1 = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = h1.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let rest = tokio::time::timeout(Duration::from_secs(10), h1.read_to_end(&mut buf)).await;
+    assert!(rest.is_ok(), "the idle HTTP/1 connection was kept open");
+    // A connection busy for longer than the idle limit (a slow body read, bounded by its own
+    // deadline) is not cut by the idle check: it gets its answer.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        app.api_key
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await.expect("no answer").unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
+}
+
 /// HTTP/2 without TLS (prior knowledge) is served too, as warp's own server did.
 #[tokio::test]
 async fn h2c_is_served() {
