@@ -108,6 +108,7 @@ fn in_use(path: &std::path::Path, detail: &str) -> StoreError {
 /// a directory in use would first remove "unfinished" snapshots that the running one is
 /// writing. The lock is the kernel's (`flock`), so a crashed daemon leaves none behind.
 fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("create {}: {e}", path.display())))?;
     let lock_path = path.join("hookline.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
