@@ -218,6 +218,7 @@ fn log_loop(
             drop_overwritten(&mut merged);
         }
         let mut result = failure.clone().map_or(Ok(()), Err);
+        let writes = !merged.is_empty();
         if result.is_ok() && !merged.is_empty() {
             // Memory stays bounded when the backend falls behind the log: wait for room
             // (unless the apply thread failed: it will never make any).
@@ -251,7 +252,9 @@ fn log_loop(
                 }
             }
         }
-        crate::metrics::store_commit(done.len(), started.elapsed(), result.is_ok());
+        if writes || result.is_err() {
+            crate::metrics::store_commit(done.len(), started.elapsed(), result.is_ok());
+        }
         for d in done {
             let _ = d.send(result.clone());
         }

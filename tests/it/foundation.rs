@@ -390,6 +390,9 @@ async fn metrics_count_requests_by_route_and_status() {
         ("hookline_ingest_objects_created_total", vec![]),
         ("hookline_deliveries_dead_total", vec![("channel", "webhook")]),
         ("hookline_writebacks_total", vec![("adapter", "supabase"), ("outcome", "failed")]),
+        ("hookline_store_commits_total", vec![("outcome", "error")]),
+        ("hookline_events_published_total", vec![("event_type", "batch.completed")]),
+        ("hookline_events_published_total", vec![("event_type", "other")]),
     ] {
         let line = fresh
             .lines()
@@ -407,6 +410,11 @@ async fn metrics_count_requests_by_route_and_status() {
     assert!(metric_value(&text, "hookline_http_requests_total", &[("route", "/v1/buckets"), ("status", "401")]) >= 1.0);
     assert!(text.contains("hookline_http_request_duration_seconds_bucket"));
     assert!(text.contains("hookline_store_commits_total"));
+    // The store's steps take well under a millisecond: their buckets start at 50 µs. Delivery
+    // attempts may take minutes: theirs reach 300 s.
+    assert!(text.contains("hookline_store_flush_duration_seconds_bucket{le=\"0.00005\"}"), "{text}");
+    assert!(text
+        .contains("hookline_http_request_duration_seconds_bucket{route=\"/v1/buckets\",method=\"GET\",le=\"0.0005\"}"));
 
     // A client may invent methods: they share one label, or each would be a series for good.
     for m in ["FROBNICATE", "XYZZY"] {
