@@ -63,13 +63,12 @@ pub fn native_signature(
     match kind {
         ProviderType::GenericWebhook | ProviderType::Supabase => NativeSignature::Absent,
         ProviderType::Mux => {
-            let (Some(header), Some(secret)) =
-                (headers.mux_signature.as_deref(), connection.and_then(ProviderConfig::mux_signing_secret))
-            else {
+            let secrets = connection.map(ProviderConfig::mux_signing_secrets).unwrap_or_default();
+            let Some(header) = headers.mux_signature.as_deref().filter(|_| !secrets.is_empty()) else {
                 return NativeSignature::Absent;
             };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            match mux::verify_signature(header, raw_body, &[secret], now, mux::DEFAULT_TOLERANCE_SECS) {
+            match mux::verify_signature(header, raw_body, &secrets, now, mux::DEFAULT_TOLERANCE_SECS) {
                 Ok(()) => NativeSignature::Valid,
                 Err(e) => {
                     // The kind only (stale, mismatch, malformed): never the header or secret.

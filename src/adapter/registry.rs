@@ -22,7 +22,7 @@ use super::actor::{AdapterArgs, AdapterMsg, SourceAdapterActor};
 use super::records::{self, BatchRecord, BatchStatus, ObjectRecord};
 use super::spec::{self, PatchBucket, SourceAdapter, SourceAdapterInput};
 use crate::catalog::bucket::CreateBucket;
-use crate::catalog::connection::ProviderConfig;
+use crate::catalog::connection::{PatchConnection, ProviderConfig};
 use crate::catalog::{Bucket, Connection, ProviderType};
 use crate::error::ApiError;
 use crate::events::Scopes;
@@ -81,6 +81,13 @@ pub enum RegistryMsg {
         name: String,
         provider_type: ProviderType,
         config: Box<ProviderConfig>,
+        reply: RpcReplyPort<Result<Connection, ApiError>>,
+    },
+    /// `PATCH …/connections/{id}`: a new name and/or provider_config (validated here,
+    /// against the connection's provider type).
+    UpdateConnection {
+        connection_id: ConnectionId,
+        body: Box<PatchConnection>,
         reply: RpcReplyPort<Result<Connection, ApiError>>,
     },
     DeleteConnection {
@@ -183,6 +190,9 @@ impl Actor for BucketRegistry {
             }
             RegistryMsg::CreateConnection { name, provider_type, config, reply } => {
                 let _ = reply.send(state.create_connection(name, provider_type, &config).await);
+            }
+            RegistryMsg::UpdateConnection { connection_id, body, reply } => {
+                let _ = reply.send(state.update_connection(&connection_id, *body).await);
             }
             RegistryMsg::DeleteConnection { connection_id, reply } => {
                 let _ = reply.send(state.delete_connection(&connection_id).await);
@@ -299,6 +309,25 @@ impl RegistryState {
         b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
         self.shared.store.commit(b).await?;
         tracing::info!(connection_id = %conn.connection_id, provider_type = provider_type.as_str(), "connection created");
+        Ok(conn)
+    }
+
+    /// Adapters read their connection when an event needs it, so the next request sees the
+    /// change: nothing to tell them.
+    async fn update_connection(&mut self, id: &ConnectionId, body: PatchConnection) -> Result<Connection, ApiError> {
+        let store = &self.shared.store;
+        let mut conn: Connection = store
+            .get(Keyspace::CONNECTIONS, id.as_str())?
+            .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
+        let (name, config) = body.validate(conn.provider_type)?;
+        if let Some(ProviderConfig::Supabase(c)) = &config {
+            self.check_target("provider_config.url", &c.url)?;
+        }
+        conn.update(name, config.as_ref(), &self.shared.secrets);
+        let mut b = Batch::new();
+        b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
+        store.commit(b).await?;
+        tracing::info!(connection_id = %id, config_replaced = config.is_some(), "connection updated");
         Ok(conn)
     }
 

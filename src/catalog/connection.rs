@@ -36,8 +36,33 @@ impl ProviderType {
 pub struct MuxConfig {
     pub access_token_id: String,
     pub access_token_secret: String,
-    #[serde(default)]
-    pub webhook_signing_secret: Option<String>,
+    /// One secret or several. Mux gives every webhook endpoint its own signing secret, so a
+    /// connection whose events reach hookline at several URLs (each bucket's ingest URL, the
+    /// lifecycle URL) holds one per endpoint; a rotation holds the old and the new one for a
+    /// while. A signature made with any of them is accepted.
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub webhook_signing_secret: Vec<String>,
+}
+
+/// Most signing secrets one Mux connection holds (each is tried on every signed request).
+pub const MAX_SIGNING_SECRETS: usize = 20;
+
+/// `"s"`, `["s1", "s2"]` or `null` (how a config stored before lists were accepted says none).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(v) => match serde_json::from_value::<OneOrMany>(v) {
+            Ok(OneOrMany::One(s)) => Ok(vec![s]),
+            Ok(OneOrMany::Many(v)) => Ok(v),
+            Err(_) => Err(serde::de::Error::custom("expected a string or an array of strings")),
+        },
+    }
 }
 
 /// Supabase project credentials (PostgREST writeback).
@@ -87,7 +112,13 @@ impl ProviderConfig {
                 if c.access_token_secret.trim().is_empty() {
                     return Err(ApiError::validation(field("access_token_secret"), "must not be empty"));
                 }
-                if c.webhook_signing_secret.as_ref().is_some_and(|s| s.trim().is_empty()) {
+                if c.webhook_signing_secret.len() > MAX_SIGNING_SECRETS {
+                    return Err(ApiError::validation(
+                        field("webhook_signing_secret"),
+                        format!("at most {MAX_SIGNING_SECRETS} secrets"),
+                    ));
+                }
+                if c.webhook_signing_secret.iter().any(|s| s.trim().is_empty()) {
                     return Err(ApiError::validation(field("webhook_signing_secret"), "must not be empty when given"));
                 }
                 ProviderConfig::Mux(c)
@@ -133,11 +164,13 @@ impl ProviderConfig {
         decoded.map_err(|_| DecryptError)
     }
 
-    /// The Mux webhook signing secret, when this is a Mux config that has one.
-    pub fn mux_signing_secret(&self) -> Option<&str> {
+    /// The Mux webhook signing secrets, when this is a Mux config (empty: none configured).
+    pub fn mux_signing_secrets(&self) -> Vec<&str> {
         match self {
-            ProviderConfig::Mux(m) => m.webhook_signing_secret.as_deref().filter(|s| !s.is_empty()),
-            _ => None,
+            ProviderConfig::Mux(m) => {
+                m.webhook_signing_secret.iter().map(String::as_str).filter(|s| !s.is_empty()).collect()
+            }
+            _ => Vec::new(),
         }
     }
 }
@@ -160,6 +193,18 @@ impl Connection {
         let sealed_config = secrets.seal(&plaintext, connection_id.as_str());
         let now = crate::util::now_rfc3339();
         Connection { connection_id, name, provider_type, sealed_config, created_at: now.clone(), updated_at: now }
+    }
+
+    /// Replaces the name and/or the configuration (sealed afresh), as `PATCH` asks.
+    pub fn update(&mut self, name: Option<String>, config: Option<&ProviderConfig>, secrets: &SecretBox) {
+        if let Some(name) = name {
+            self.name = name;
+        }
+        if let Some(config) = config {
+            let plaintext = serde_json::to_vec(config).unwrap_or_default();
+            self.sealed_config = secrets.seal(&plaintext, self.connection_id.as_str());
+        }
+        self.updated_at = crate::util::now_rfc3339();
     }
 
     /// Decrypts the provider configuration. Call only when an event needs it; never log it.
@@ -191,11 +236,48 @@ pub struct CreateConnection {
     pub provider_config: serde_json::Value,
 }
 
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::validation("name", "must be 1–200 characters and not blank"));
+    }
+    Ok(())
+}
+
+/// `PATCH /v1/organizations/connections/{id}` body: a new name, and/or a whole new
+/// `provider_config` (replacing the old one: secrets are never returned, so there is nothing
+/// to merge with). The provider type cannot change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchConnection {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub provider_config: Option<serde_json::Value>,
+}
+
+impl PatchConnection {
+    /// Checks the body against the connection's provider type.
+    pub fn validate(self, provider_type: ProviderType) -> Result<(Option<String>, Option<ProviderConfig>), ApiError> {
+        if let Some(name) = &self.name {
+            check_name(name)?;
+        }
+        let config = match self.provider_config {
+            None => None,
+            Some(serde_json::Value::Null) => {
+                return Err(ApiError::validation("provider_config", "cannot be removed; delete the connection instead"))
+            }
+            Some(v) => Some(ProviderConfig::parse(provider_type, v)?),
+        };
+        if self.name.is_none() && config.is_none() {
+            return Err(ApiError::validation("name", "nothing to change: give name and/or provider_config"));
+        }
+        Ok((self.name, config))
+    }
+}
+
 impl CreateConnection {
     pub fn validate(self) -> Result<(String, ProviderType, ProviderConfig), ApiError> {
-        if self.name.trim().is_empty() || self.name.chars().count() > 200 {
-            return Err(ApiError::validation("name", "must be 1–200 characters and not blank"));
-        }
+        check_name(&self.name)?;
         if self.provider_config.is_null() && self.provider_type != ProviderType::GenericWebhook {
             return Err(ApiError::validation("provider_config", "is required for this provider_type"));
         }
@@ -224,5 +306,31 @@ mod tests {
         }
         assert!(conn.open(&SecretBox::new([2u8; 32])).is_err());
         assert!(!conn.view().to_string().contains("srk-123"));
+    }
+
+    #[test]
+    fn a_mux_signing_secret_is_one_string_or_several() {
+        let mux = |secret: serde_json::Value| {
+            ProviderConfig::parse(
+                ProviderType::Mux,
+                serde_json::json!({"access_token_id": "i", "access_token_secret": "s", "webhook_signing_secret": secret}),
+            )
+        };
+        assert_eq!(mux(serde_json::json!("a")).unwrap().mux_signing_secrets(), vec!["a"]);
+        assert_eq!(mux(serde_json::json!(["a", "b"])).unwrap().mux_signing_secrets(), vec!["a", "b"]);
+        assert!(mux(serde_json::Value::Null).unwrap().mux_signing_secrets().is_empty());
+        for bad in [serde_json::json!(""), serde_json::json!(["a", " "]), serde_json::json!(7)] {
+            let e = mux(bad.clone()).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.to_string().contains("webhook_signing_secret"), "{bad}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_SIGNING_SECRETS).map(|i| format!("s{i}")).collect();
+        assert!(mux(serde_json::json!(many)).is_err());
+        // A config stored before lists were accepted (one string, or null) still opens.
+        for (stored, want) in [(r#""old""#, vec!["old"]), ("null", vec![])] {
+            let plain =
+                format!(r#"{{"access_token_id":"i","access_token_secret":"s","webhook_signing_secret":{stored}}}"#);
+            let cfg = ProviderConfig::decode(ProviderType::Mux, plain.as_bytes()).unwrap();
+            assert_eq!(cfg.mux_signing_secrets(), want);
+        }
     }
 }

@@ -8,7 +8,7 @@ use crate::adapter::registry::not_found_bucket;
 use crate::adapter::RegistryMsg;
 use crate::ask;
 use crate::catalog::bucket::CreateBucket;
-use crate::catalog::connection::CreateConnection;
+use crate::catalog::connection::{CreateConnection, PatchConnection};
 use crate::catalog::{Bucket, Connection};
 use crate::error::ApiError;
 use crate::ids::{BucketId, ConnectionId};
@@ -46,6 +46,15 @@ pub async fn get_connection(state: &HttpState, req: &Request, id: &str) -> Resul
         .store
         .get(Keyspace::CONNECTIONS, id.as_str())?
         .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
+    Ok(json(StatusCode::OK, &conn.view()))
+}
+
+pub async fn patch_connection(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let connection_id = parse_connection_id(id)?;
+    let body: PatchConnection = req.json()?;
+    let registry = state.shared.bucket_registry()?;
+    let conn = ask!(registry, |reply| RegistryMsg::UpdateConnection { connection_id, body: Box::new(body), reply })?;
     Ok(json(StatusCode::OK, &conn.view()))
 }
 

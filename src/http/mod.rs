@@ -421,6 +421,7 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
         }),
         ["v1", "organizations", "connections", id] => methods!(m, "/v1/organizations/connections/{connection_id}", {
             GET => admin::get_connection(state, &req, id),
+            PATCH => admin::patch_connection(state, &req, id),
             DELETE => admin::delete_connection(state, &req, id),
         }),
         ["v1", "buckets"] => methods!(m, "/v1/buckets", {

@@ -802,3 +802,91 @@ async fn supabase_upsert_then_insert(app: &TestApp, dedup_key: Value) {
     assert_eq!((s, r["status"].as_str(), r["object_ids"].clone()), (200, Some("deleted"), json!([oid])), "{r}");
     assert!(objects(app, &bucket).await.is_empty());
 }
+
+/// Mux gives every webhook endpoint its own signing secret: a connection holds one per
+/// endpoint (a bucket's ingest URL, the lifecycle URL), and `PATCH` replaces them (a rotation,
+/// a new endpoint) without recreating the connection its adapters name.
+#[tokio::test]
+async fn a_mux_connection_holds_a_secret_per_endpoint_and_patch_replaces_them() {
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let (ingest_secret, lifecycle_secret) = ("whsec-ingest-endpoint", "whsec-lifecycle-endpoint");
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
+                "webhook_signing_secret": [ingest_secret, lifecycle_secret]}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let conn = b["connection_id"].as_str().unwrap().to_string();
+    let (bucket, _) = mux_bucket(&app, "videos", &conn).await;
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let signed_ingest = |secret: &str, asset: &str| {
+        let body = ready_event(asset, true);
+        let h = mux::sign(secret, now(), body.as_bytes());
+        let app = &app;
+        let ingest = ingest.clone();
+        async move { app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await }
+    };
+    let (s, r) = signed_ingest(ingest_secret, "AsSeTmUlTi01").await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let deleted = json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": "AsSeTmUlTi01"},
+        "data": {"id": "AsSeTmUlTi01"}});
+    let (s, r) = lifecycle(&app, &conn, lifecycle_secret, &deleted).await;
+    assert_eq!((s, r["objects"].as_array().map(Vec::len)), (200, Some(1)), "{r}");
+
+    // Rotation: the new secret replaces both; the old ones are refused from then on.
+    let (_, before) = app.get(&format!("/v1/organizations/connections/{conn}")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // updated_at has whole seconds
+    let (s, view) = app
+        .patch(
+            &format!("/v1/organizations/connections/{conn}"),
+            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
+                "webhook_signing_secret": "whsec-rotated"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{view}");
+    assert!(!view.to_string().contains("whsec") && !view.to_string().contains(TOKEN_SECRET), "{view}");
+    assert_eq!(view["name"], "mux");
+    assert_ne!(view["updated_at"], before["updated_at"]);
+    let (s, _) = signed_ingest(ingest_secret, "AsSeTmUlTi02").await;
+    assert_eq!(s, 401);
+    let (s, _) = lifecycle(&app, &conn, lifecycle_secret, &deleted).await;
+    assert_eq!(s, 401);
+    let (s, r) = signed_ingest("whsec-rotated", "AsSeTmUlTi02").await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+
+    // A rename alone keeps the configuration.
+    let (s, view) = app.patch(&format!("/v1/organizations/connections/{conn}"), json!({"name": "mux-prod"})).await;
+    assert_eq!((s, &view["name"]), (200, &json!("mux-prod")), "{view}");
+    let (s, r) = signed_ingest("whsec-rotated", "AsSeTmUlTi03").await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+
+    // Refused, naming the field: nothing to change, another provider's shape, a removal, a
+    // type change, a blank name; an unknown connection is a 404.
+    let path = format!("/v1/organizations/connections/{conn}");
+    for (body, field) in [
+        (json!({}), "name"),
+        (json!({"provider_config": {"url": "https://x.supabase.co", "service_role_key": "k"}}), "provider_config"),
+        (json!({"provider_config": null}), "provider_config"),
+        (json!({"provider_type": "supabase"}), "provider_type"),
+        (json!({"name": " "}), "name"),
+        (
+            json!({"provider_config": {"access_token_id": "i", "access_token_secret": "s", "webhook_signing_secret": []}}),
+            "",
+        ),
+    ] {
+        let (s, r) = app.patch(&path, body.clone()).await;
+        if field.is_empty() {
+            // An empty list is allowed (no signature checks: X-Webhook-Secret only).
+            assert_eq!(s, 200, "{body}: {r}");
+            continue;
+        }
+        assert_eq!(s, 422, "{body}: {r}");
+        assert!(r.to_string().contains(field), "{body}: {r}");
+    }
+    let (s, _) = app.patch("/v1/organizations/connections/conn_01J0000000000000000000000", json!({"name": "x"})).await;
+    assert_eq!(s, 404);
+}

@@ -51,13 +51,14 @@ impl RegistryState {
             let cfg = conn
                 .open(&self.shared.secrets)
                 .map_err(|e| ApiError::Internal(anyhow::anyhow!("open connection {id}: {e}")))?;
-            let Some(secret) = cfg.mux_signing_secret() else {
+            let secrets = cfg.mux_signing_secrets();
+            if secrets.is_empty() {
                 return Err(ApiError::UnauthorizedMsg(format!(
                     "connection {id} has no webhook_signing_secret, so Mux-Signature cannot be verified"
                 )));
-            };
+            }
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            mux::signature::verify_header(signature.as_deref(), &raw, &[secret], now, mux::DEFAULT_TOLERANCE_SECS)
+            mux::signature::verify_header(signature.as_deref(), &raw, &secrets, now, mux::DEFAULT_TOLERANCE_SECS)
                 .map_err(|e| ApiError::UnauthorizedMsg(format!("{e}")))?;
         }
         let payload = payload?;
