@@ -146,6 +146,13 @@ pub fn metadata_document<'a>(adapter: &SourceAdapter, payload: &'a Value) -> Res
     match adapter.adapter_type {
         ProviderType::GenericWebhook => Ok(MetadataSource::Inline(Cow::Borrowed(payload))),
         ProviderType::Mux => {
+            // An upload's `data` is the upload: its asset must be fetched (when it has one).
+            if mux::is_upload_event(payload) {
+                return Ok(match mux::event_asset_id(payload) {
+                    Some(id) => MetadataSource::Fetch(FetchRequest { asset_id: id.into() }),
+                    None => MetadataSource::Inline(Cow::Borrowed(payload)),
+                });
+            }
             let Some(asset) = mux::event_asset(payload) else {
                 return Ok(MetadataSource::Inline(Cow::Borrowed(payload)));
             };
@@ -194,10 +201,7 @@ pub fn external_id(
 ) -> Result<Option<String>, PayloadError> {
     match adapter.adapter_type {
         ProviderType::GenericWebhook => Ok(dedup_value.map(str::to_string)),
-        ProviderType::Mux => Ok(mux::event_asset(payload)
-            .and_then(mux::asset_id)
-            .or_else(|| payload.pointer("/object/id").and_then(Value::as_str).filter(|s| !s.is_empty()))
-            .map(str::to_string)),
+        ProviderType::Mux => Ok(mux::event_asset_id(payload).map(str::to_string)),
         ProviderType::Supabase => {
             let ev = db_event(payload)?;
             let col = adapter.id_column();

@@ -56,8 +56,18 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
     }
     let operation = kind::operation(adapter.adapter_type, event_type.as_deref());
     let dedup_path = adapter.dedup_key.as_deref().or(kind::default_dedup_key(adapter.adapter_type));
+    // Mux's default key is the asset the event is about, wherever its type keeps the id
+    // (`data.id`, or `data.asset_id` for an upload): one asset, one object.
+    let mux_default = adapter.dedup_key.is_none() && adapter.adapter_type == crate::catalog::ProviderType::Mux;
     // A number and its decimal string are one key (7 and "7"): upstreams are not consistent.
     let dedup_value = dedup_path.and_then(|p| match path::lookup(payload, p) {
+        _ if mux_default => match crate::adapter::mux::event_asset_id(payload) {
+            Some(id) => Some(Ok(id.to_string())),
+            None if operation != Operation::Create => None,
+            None => {
+                Some(Err(PayloadError("the event names no Mux asset (data.id, or data.asset_id for an upload)".into())))
+            }
+        },
         Some(Value::String(s)) if !s.is_empty() => Some(Ok(s.clone())),
         Some(Value::Number(n)) => Some(Ok(n.to_string())),
         // Dedup guards creation only: an update or delete may lack it (Supabase sends a

@@ -890,3 +890,54 @@ async fn a_mux_connection_holds_a_secret_per_endpoint_and_patch_replaces_them() 
     let (s, _) = app.patch("/v1/organizations/connections/conn_01J0000000000000000000000", json!({"name": "x"})).await;
     assert_eq!(s, 404);
 }
+
+/// A direct upload's `video.upload.asset_created` is about `data.asset_id` (its `data` is the
+/// upload): the asset is fetched by that id, and the asset's own `ready` later is the same
+/// object (the default dedup key is the asset, wherever the event keeps its id).
+#[tokio::test]
+async fn an_upload_event_maps_its_asset_and_dedups_with_the_asset_events() {
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let bucket = app.create_bucket("uploads", video_schema()).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "mux", "connection_id": conn,
+                "event_filter": {"event_types": ["video.upload.asset_created", "video.upload.created", "video.asset.ready"]},
+                "field_mapping": {"duration": "duration", "data.id": "external"},
+                "blob_source": {"file_field": "playback_url", "blob_type": "video", "target_property": "video"},
+                "batching": {"mode": "immediate"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let send = |event: Value| {
+        let body = event.to_string();
+        let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+        let (app, ingest) = (&app, ingest.clone());
+        async move { app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await }
+    };
+    let upload = json!({"type": "video.upload.asset_created", "id": "evt-up-1",
+        "object": {"type": "upload", "id": "UpLoAd001"},
+        "data": {"id": "UpLoAd001", "asset_id": "AsSeTuP001", "status": "asset_created",
+                 "new_asset_settings": {"playback_policies": ["public"]}}});
+    let (s, r) = send(upload).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let object_id = r["object_id"].clone();
+    assert_eq!(fake.calls().iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["AsSeTuP001"], "fetched by asset id");
+    let o = &objects(&app, &bucket).await[0];
+    assert_eq!(o["source"]["external_id"], "AsSeTuP001", "{o}");
+    assert_eq!(o["metadata"]["external"], "AsSeTuP001", "data.id is the fetched asset's: {o}");
+    assert!(o["blobs"][0]["url"].as_str().unwrap().starts_with("https://stream.mux.com/"), "{o}");
+
+    // The asset's own ready: the same object.
+    let (s, r) = send(serde_json::from_str(&ready_event("AsSeTuP001", true)).unwrap()).await;
+    assert_eq!((s, r["status"].as_str(), &r["object_id"]), (200, Some("duplicate"), &object_id), "{r}");
+    // An upload with no asset yet cannot become an object: a 422 that says why.
+    let created = json!({"type": "video.upload.created", "data": {"id": "UpLoAd002", "status": "waiting"}});
+    let (s, r) = send(created).await;
+    assert_eq!(s, 422, "{r}");
+    assert!(r.to_string().contains("data.asset_id"), "{r}");
+    assert_eq!(objects(&app, &bucket).await.len(), 1);
+}

@@ -33,6 +33,26 @@ pub fn event_asset(event: &Value) -> Option<&Value> {
     event.get("data").filter(|d| d.is_object())
 }
 
+/// Whether this is a direct-upload event (`video.upload.*`), whose `data` is the upload, not
+/// the asset: its asset is `data.asset_id` (once the upload made one).
+pub fn is_upload_event(event: &Value) -> bool {
+    event_type(event).is_some_and(|t| t.starts_with("video.upload."))
+}
+
+/// The id of the asset an event is about: `data.asset_id` for upload events, else the asset's
+/// `data.id` (or `object.id` when `data` is trimmed). The object's external id, and the
+/// default dedup value, so that an upload's `asset_created` and its asset's `ready` are one
+/// object.
+pub fn event_asset_id(event: &Value) -> Option<&str> {
+    fn non_empty(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+    if is_upload_event(event) {
+        return non_empty(event.pointer("/data/asset_id"));
+    }
+    event_asset(event).and_then(asset_id).or_else(|| non_empty(event.pointer("/object/id")))
+}
+
 /// What `POST /v1/webhooks/mux/{connection_id}` does with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lifecycle {
@@ -48,13 +68,7 @@ pub enum Lifecycle {
 
 /// Classifies a lifecycle webhook.
 pub fn classify_lifecycle(event: &Value) -> Lifecycle {
-    let id = || {
-        event_asset(event)
-            .and_then(asset_id)
-            // `object.id` names the same asset; use it if `data` is trimmed.
-            .or_else(|| event.pointer("/object/id").and_then(Value::as_str).filter(|s| !s.is_empty()))
-            .map(str::to_string)
-    };
+    let id = || event_asset_id(event).map(str::to_string);
     match event_type(event) {
         Some("video.asset.deleted") => id().map_or(Lifecycle::Other, |asset_id| Lifecycle::Deleted { asset_id }),
         Some("video.asset.updated") => id().map_or(Lifecycle::Other, |asset_id| Lifecycle::Updated { asset_id }),
@@ -66,6 +80,19 @@ pub fn classify_lifecycle(event: &Value) -> Lifecycle {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_upload_event_is_about_its_asset_id() {
+        let upload = json!({"type": "video.upload.asset_created", "object": {"type": "upload", "id": "UpL1"},
+            "data": {"id": "UpL1", "asset_id": "AsSeT1", "status": "asset_created"}});
+        assert_eq!(event_asset_id(&upload), Some("AsSeT1"));
+        let no_asset_yet = json!({"type": "video.upload.created", "data": {"id": "UpL1", "status": "waiting"}});
+        assert_eq!(event_asset_id(&no_asset_yet), None, "never the upload's own id");
+        let ready = json!({"type": "video.asset.ready", "data": {"id": "AsSeT1", "upload_id": "UpL1"}});
+        assert_eq!(event_asset_id(&ready), Some("AsSeT1"));
+        let trimmed = json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": "AsSeT1"}});
+        assert_eq!(event_asset_id(&trimmed), Some("AsSeT1"));
+    }
 
     #[test]
     fn defaults() {
