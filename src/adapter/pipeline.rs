@@ -55,34 +55,53 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
         return Ok(Screen::Ignored);
     }
     let operation = kind::operation(adapter.adapter_type, event_type.as_deref());
-    let dedup_path = adapter.dedup_key.as_deref().or(kind::default_dedup_key(adapter.adapter_type));
-    // Mux's default key is the asset the event is about, wherever its type keeps the id
-    // (`data.id`, or `data.asset_id` for an upload): one asset, one object.
-    let mux_default = adapter.dedup_key.is_none() && adapter.adapter_type == crate::catalog::ProviderType::Mux;
-    // A number and its decimal string are one key (7 and "7"): upstreams are not consistent.
-    let dedup_value = dedup_path.and_then(|p| match path::lookup(payload, p) {
-        _ if mux_default => match crate::adapter::mux::event_asset_id(payload) {
-            Some(id) => Some(Ok(id.to_string())),
-            None if operation != Operation::Create => None,
-            None => {
-                Some(Err(PayloadError("the event names no Mux asset (data.id, or data.asset_id for an upload)".into())))
-            }
-        },
-        Some(Value::String(s)) if !s.is_empty() => Some(Ok(s.clone())),
-        Some(Value::Number(n)) => Some(Ok(n.to_string())),
+    let dedup_value = match dedup_value(adapter, payload) {
+        Some(v) => Some(v),
         // Dedup guards creation only: an update or delete may lack it (Supabase sends a
         // DELETE with `record: null`, the row in `old_record`).
-        _ if operation != Operation::Create => None,
-        _ => Some(Err(PayloadError(format!(
-            "dedup_key {p:?} is missing from the payload or is not a non-empty string or a number"
-        )))),
-    });
-    let dedup_value = dedup_value.transpose()?;
+        None if operation != Operation::Create => None,
+        None => match dedup_path(adapter) {
+            None => None,
+            Some(_) if mux_default(adapter) => {
+                return Err(PayloadError(
+                    "the event names no Mux asset (data.id, or data.asset_id for an upload)".into(),
+                ))
+            }
+            Some(p) => {
+                return Err(PayloadError(format!(
+                    "dedup_key {p:?} is missing from the payload or is not a non-empty string or a number"
+                )))
+            }
+        },
+    };
     let external_id = kind::external_id(adapter, payload, dedup_value.as_deref())?;
     if operation != Operation::Create && external_id.is_none() {
         return Err(PayloadError("this event changes an object but names no upstream ID".into()));
     }
     Ok(Screen::Accepted(Screened { event_type, dedup_value, operation, external_id }))
+}
+
+fn dedup_path(adapter: &SourceAdapter) -> Option<&str> {
+    adapter.dedup_key.as_deref().or(kind::default_dedup_key(adapter.adapter_type))
+}
+
+/// Mux's default key is the asset the event is about, wherever its type keeps the id
+/// (`data.id`, or `data.asset_id` for an upload): one asset, one object.
+fn mux_default(adapter: &SourceAdapter) -> bool {
+    adapter.dedup_key.is_none() && adapter.adapter_type == crate::catalog::ProviderType::Mux
+}
+
+/// The event's dedup value, when the adapter dedups and the event has one. A number and its
+/// decimal string are one key (7 and "7"): upstreams are not consistent.
+pub fn dedup_value(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
+    if mux_default(adapter) {
+        return crate::adapter::mux::event_asset_id(payload).map(str::to_string);
+    }
+    match path::lookup(payload, dedup_path(adapter)?) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// Builds the object draft from the metadata document `doc` (of the event `payload`).

@@ -223,16 +223,26 @@ impl FakeMux {
         let route = warp::path!("video" / "v1" / "assets" / String)
             .and(warp::get())
             .and(warp::header::optional::<String>("authorization"))
-            .map(move |id: String, auth: Option<String>| {
+            .then(move |id: String, auth: Option<String>| {
                 c.lock().unwrap().push((id.clone(), auth.clone()));
-                let (status, body) = if auth.as_deref() != Some(expected.as_str()) {
-                    (401, json!({"error": {"type": "unauthorized", "messages": ["Unauthorized request"]}}))
-                } else if id == "gone" {
-                    (404, json!({"error": {"type": "not_found"}}))
-                } else {
-                    (200, json!({"data": api_asset(&id)}))
-                };
-                warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::from_u16(status).unwrap())
+                let expected = expected.clone();
+                async move {
+                    // An asset whose id starts with "SlOw" takes a second to fetch.
+                    if id.starts_with("SlOw") {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    let (status, body) = if auth.as_deref() != Some(expected.as_str()) {
+                        (401, json!({"error": {"type": "unauthorized", "messages": ["Unauthorized request"]}}))
+                    } else if id == "gone" {
+                        (404, json!({"error": {"type": "not_found"}}))
+                    } else {
+                        (200, json!({"data": api_asset(&id)}))
+                    };
+                    warp::reply::with_status(
+                        warp::reply::json(&body),
+                        warp::http::StatusCode::from_u16(status).unwrap(),
+                    )
+                }
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -940,4 +950,50 @@ async fn an_upload_event_maps_its_asset_and_dedups_with_the_asset_events() {
     assert_eq!(s, 422, "{r}");
     assert!(r.to_string().contains("data.asset_id"), "{r}");
     assert_eq!(objects(&app, &bucket).await.len(), 1);
+}
+
+/// Mux may deliver an asset's delete before a retried `ready`, or while the `ready` is still
+/// fetching the asset: the cascade delete leaves a tombstone, so the asset does not come back,
+/// also after a restart.
+#[tokio::test]
+async fn a_mux_delete_that_comes_first_is_not_undone_by_a_late_ready() {
+    let fake = FakeMux::start().await;
+    let mut app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, _) = mux_bucket(&app, "videos", &conn).await;
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let deleted = |asset: &str| json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": asset}, "data": {"id": asset}});
+    let signed = |body: &str| mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+
+    // The delete first: nothing to delete yet.
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &deleted("AsSeTgOnE01")).await;
+    assert_eq!((s, r["objects"].as_array().map(Vec::len)), (200, Some(0)), "{r}");
+    app.restart().await;
+    let body = ready_event("AsSeTgOnE01", true);
+    let h = signed(&body);
+    let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "after a restart too: {r}");
+    assert!(objects(&app, &bucket).await.is_empty());
+
+    // The delete while the ready is fetching its asset (the fake API takes a second).
+    let body = ready_event("SlOwAsSeT01", false);
+    let h = signed(&body);
+    let late = {
+        let (client, url) = (app.client.clone(), app.url(&ingest));
+        tokio::spawn(async move {
+            let r = client.post(url).header("Mux-Signature", h).body(body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &deleted("SlOwAsSeT01")).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = late.await.unwrap();
+    assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "{r}");
+    assert!(objects(&app, &bucket).await.is_empty());
+    // Other assets are not affected.
+    let body = ready_event("AsSeTkEpT01", true);
+    let h = signed(&body);
+    let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
 }

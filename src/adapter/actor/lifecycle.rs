@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::{AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus, Origin, Step};
 use crate::adapter::kind::{self, Operation};
-use crate::adapter::pipeline::{PayloadError, Screened};
+use crate::adapter::pipeline::{self, PayloadError, Screened};
 use crate::adapter::records::{self, Draft, ObjectRecord};
 use crate::events::Scopes;
 use crate::ids::ObjectId;
@@ -112,13 +112,25 @@ impl AdapterState {
             let _ = reply.send(Err(IngestErr::Gone));
             return;
         }
+        let dedup_value = pipeline::dedup_value(&self.adapter, &payload);
         if !self.xids.contains_key(&records::dedup_hash(&external_id)) {
-            let status = if operation == Operation::Delete { IngestStatus::Deleted } else { IngestStatus::Updated };
-            let _ = reply.send(Ok(IngestOk::new(status, None, None)));
+            let answer = if operation == Operation::Delete {
+                // No object yet: Mux may deliver the delete before a retried (or still
+                // fetching) `ready`, which must not bring the asset back.
+                let mut batch = Batch::new();
+                if let Some(v) = &dedup_value {
+                    self.tombstone(&mut batch, v);
+                }
+                let commit = (!batch.is_empty()).then(|| self.submit(batch, Vec::new()));
+                IngestOk::new(IngestStatus::Deleted, None, commit)
+            } else {
+                IngestOk::new(IngestStatus::Updated, None, None)
+            };
+            let _ = reply.send(Ok(answer));
             return;
         }
         let screened =
-            Screened { event_type: Some(event_type), dedup_value: None, operation, external_id: Some(external_id) };
+            Screened { event_type: Some(event_type), dedup_value, operation, external_id: Some(external_id) };
         match self.prepare(now_millis(), screened, payload, None, Origin::Lifecycle) {
             Step::Done(r) => {
                 let _ = reply.send(r);
@@ -183,6 +195,9 @@ impl AdapterState {
                     events.push(self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), scopes));
                     object_ids.push(rec.object_id);
                 }
+                if let Some(v) = &screened.dedup_value {
+                    self.tombstone(&mut batch, v);
+                }
                 IngestStatus::Deleted
             }
         };
@@ -191,6 +206,24 @@ impl AdapterState {
         tracing::debug!(bucket_id = %self.bucket_id(), status = status.as_str(), objects = object_ids.len(), "change applied");
         let commit = self.submit(batch, events);
         Ok(IngestOk { status, object_id: object_ids.first().cloned(), object_ids, commit: Some(commit) })
+    }
+
+    /// Keeps a deleted Mux asset's dedup value in the dedup set even when no object of it
+    /// exists yet (the delete came first, or while its `ready` was being fetched): a later
+    /// create of it then answers `duplicate` instead of bringing the asset back. The entry
+    /// names an object ID that no object has. Other adapters may legitimately re-create a
+    /// deleted row (a Supabase INSERT after a DELETE), so they keep no tombstones.
+    fn tombstone(&mut self, batch: &mut Batch, dedup_value: &str) {
+        if self.adapter.adapter_type != crate::catalog::ProviderType::Mux {
+            return;
+        }
+        let hash = records::dedup_hash(dedup_value);
+        if self.dedup.contains_key(&hash) {
+            return;
+        }
+        let id = ObjectId::generate();
+        batch.put(Keyspace::DEDUP, &records::key(self.bucket_id(), id.as_str()), &hash);
+        self.dedup.insert(hash, id);
     }
 
     /// Splits indexed objects into buffered IDs and stored records; drops index entries of
