@@ -68,7 +68,15 @@ impl Upstream {
                         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
                         status,
                     });
-                    warp::reply::with_status("", warp::http::StatusCode::from_u16(status).unwrap())
+                    // A failure says why, and echoes the request's credentials (as some do).
+                    let body = if status >= 400 {
+                        let sent = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                        json!({"message": "rejected by upstream", "echo": [sent("authorization"), sent("apikey")]})
+                            .to_string()
+                    } else {
+                        String::new()
+                    };
+                    warp::reply::with_status(body, warp::http::StatusCode::from_u16(status).unwrap())
                 },
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -219,6 +227,8 @@ async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
     }
     let last_error = status(&app, &bucket).await["last_error"].as_str().unwrap_or("").to_string();
     assert!(last_error.contains("HTTP 500"), "the failed attempt shows in the status: {last_error:?}");
+    assert!(last_error.contains("rejected by upstream"), "with the start of the answer: {last_error:?}");
+    assert!(!last_error.contains("gw-token-77") && last_error.contains("********"), "{last_error:?}");
     let labels = |o| [("adapter", "generic_webhook"), ("outcome", o)];
     assert!(metric_reaches(&app, "hookline_writebacks_total", &labels("retry"), 1.0).await);
     assert!(metric_reaches(&app, "hookline_writebacks_total", &labels("succeeded"), 1.0).await);

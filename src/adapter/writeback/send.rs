@@ -138,11 +138,24 @@ impl Sender {
             retriable(format!("request {kind}: {}", error_chain(&e)))
         })?;
         let status = resp.status().as_u16();
-        // Read (and drop) a small body so the connection is reused.
-        read_capped(&mut resp).await;
+        // Read a small body (so the connection is reused): on a failure, its start is the
+        // clearest error there is (PostgREST: "Could not find the 'x' column", "JWT expired").
+        let body = read_capped(&mut resp).await;
         match classify_status(status) {
             Outcome::Delivered => Ok(()),
-            _ => Err(retriable(format!("the target answered HTTP {status}"))),
+            _ => {
+                let sent: Vec<&str> = match creds {
+                    Some(ProviderConfig::Supabase(c)) => vec![c.service_role_key.as_str()],
+                    Some(ProviderConfig::Generic(g)) => g.headers.values().map(String::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                let text = crate::delivery::channel::http::excerpt_hiding(&body, &sent);
+                Err(retriable(if text.is_empty() {
+                    format!("the target answered HTTP {status}")
+                } else {
+                    format!("the target answered HTTP {status}: {text}")
+                }))
+            }
         }
     }
 
@@ -168,16 +181,17 @@ pub fn client(policy: NetPolicy) -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one:
-/// a small body read to its end lets the connection go back to the pool.
-async fn read_capped(resp: &mut reqwest::Response) {
-    let mut read = 0;
-    while read < RESPONSE_CAP {
+/// Reads at most [`RESPONSE_CAP`] bytes of a response body (a chunk more at worst), never the
+/// whole of a large one: a small body read to its end lets the connection go back to the pool.
+async fn read_capped(resp: &mut reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_CAP {
         match resp.chunk().await {
-            Ok(Some(c)) => read += c.len(),
+            Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(RESPONSE_CAP - body.len())]),
             _ => break,
         }
     }
+    body
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -247,26 +247,12 @@ async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duratio
     let outcome = classify_status(status);
     let mut error = None;
     if outcome != Outcome::Delivered {
-        let mut text = String::from_utf8_lossy(&reply.body).into_owned();
-        for s in secrets {
-            if text.contains(s) {
-                text = text.replace(s, "********");
-            }
-        }
-        for s in secrets {
-            // The start of a secret cut off where the body's read stopped (4+ characters).
-            if let Some(k) = (4..s.len()).rev().find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k])) {
-                text.truncate(text.len() - k);
-                text.push_str("********");
-            }
-        }
-        // Hidden before the excerpt is cut, so that no cut keeps part of one.
-        let text: String = text.chars().take(200).collect();
+        let text = excerpt_hiding(&reply.body, secrets);
         let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
-        error = Some(if text.trim().is_empty() {
+        error = Some(if text.is_empty() {
             format!("HTTP {status}{redirect}")
         } else {
-            format!("HTTP {status}{redirect}: {}", text.trim())
+            format!("HTTP {status}{redirect}: {text}")
         });
     }
     let result = match status {
@@ -284,6 +270,28 @@ async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duratio
         result,
         reached: Vec::new(),
     }
+}
+
+/// The first 200 characters of a receiver's answer, for an error message, with every secret
+/// we sent (and the start of one cut off where the read stopped) replaced by `********`: a
+/// receiver that echoes its request must not put a secret in `last_error`.
+pub(crate) fn excerpt_hiding(body: &[u8], secrets: &[&str]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if text.contains(s) {
+            text = text.replace(s, "********");
+        }
+    }
+    for s in secrets {
+        // The start of a secret cut off where the body's read stopped (4+ characters).
+        if let Some(k) = (4..s.len()).rev().find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k])) {
+            text.truncate(text.len() - k);
+            text.push_str("********");
+        }
+    }
+    // Hidden before the excerpt is cut, so that no cut keeps part of one.
+    let text: String = text.chars().take(200).collect();
+    text.trim().to_string()
 }
 
 /// For metrics: how long an attempt took.
