@@ -697,9 +697,14 @@ impl DeliveryState {
     }
 
     async fn delete(&mut self, id: &WebhookId) -> Result<Durable, ApiError> {
-        if self.webhooks.remove(id).is_none() {
+        if !self.webhooks.contains_key(id) {
             return Err(not_found(id));
         }
+        // A store that refuses writes (poisoned by a failed fsync) fails the delete here,
+        // before anything changes: not after the webhook left memory but stayed on disk (a
+        // retried DELETE answered 404 while the webhook came back at the next start).
+        self.shared.store.commit(Batch::new()).await?;
+        self.webhooks.remove(id);
         self.tell_bus();
         if let Some(worker) = self.worker(id) {
             let _ = worker.stop_and_wait(Some("webhook deleted".into()), Some(Duration::from_secs(5))).await;
