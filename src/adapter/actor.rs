@@ -471,6 +471,15 @@ impl AdapterState {
             }
             Ok(MetadataSource::Fetch(req)) => match self.fetch_job(req, &screened, &payload, &dedup_hash, origin) {
                 Ok(Some(job)) => return Step::Fetch(Box::new(job)),
+                // No API credentials, for an event whose `data` is a part of the asset (an
+                // upload, a track): nothing to map the asset from.
+                Ok(None) if crate::adapter::mux::is_asset_part_event(&payload) => {
+                    Err(crate::adapter::pipeline::PayloadError(
+                        "this event describes a part of the asset (an upload or a track), not the asset: mapping it \
+                         needs the Mux API credentials (access_token_id/secret) to read the asset"
+                            .into(),
+                    ))
+                }
                 // No API credentials: map what the webhook's asset carries (no playback URL).
                 Ok(None) => {
                     let doc = crate::adapter::mux::event_asset(&payload).map(|a| kind::mux_document(&payload, a));

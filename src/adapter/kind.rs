@@ -146,8 +146,8 @@ pub fn metadata_document<'a>(adapter: &SourceAdapter, payload: &'a Value) -> Res
     match adapter.adapter_type {
         ProviderType::GenericWebhook => Ok(MetadataSource::Inline(Cow::Borrowed(payload))),
         ProviderType::Mux => {
-            // An upload's `data` is the upload: its asset must be fetched (when it has one).
-            if mux::is_upload_event(payload) {
+            // An upload's (a track's) `data` is not the asset: the asset must be fetched.
+            if mux::is_asset_part_event(payload) {
                 return Ok(match mux::event_asset_id(payload) {
                     Some(id) => MetadataSource::Fetch(FetchRequest { asset_id: id.into() }),
                     None => MetadataSource::Inline(Cow::Borrowed(payload)),

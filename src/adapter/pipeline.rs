@@ -86,9 +86,11 @@ fn dedup_path(adapter: &SourceAdapter) -> Option<&str> {
 }
 
 /// Mux's default key is the asset the event is about, wherever its type keeps the id
-/// (`data.id`, or `data.asset_id` for an upload): one asset, one object.
+/// (`data.id`, or `data.asset_id` for an upload or a track): one asset, one object. An
+/// explicit `data.id` (seed 000's own example) means the same.
 fn mux_default(adapter: &SourceAdapter) -> bool {
-    adapter.dedup_key.is_none() && adapter.adapter_type == crate::catalog::ProviderType::Mux
+    adapter.adapter_type == crate::catalog::ProviderType::Mux
+        && adapter.dedup_key.as_deref().is_none_or(|k| k == crate::adapter::mux::DEFAULT_DEDUP_KEY)
 }
 
 /// The event's dedup value, when the adapter dedups and the event has one. A number and its

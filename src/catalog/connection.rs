@@ -40,12 +40,26 @@ pub struct MuxConfig {
     /// connection whose events reach hookline at several URLs (each bucket's ingest URL, the
     /// lifecycle URL) holds one per endpoint; a rotation holds the old and the new one for a
     /// while. A signature made with any of them is accepted.
-    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        serialize_with = "one_as_string",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub webhook_signing_secret: Vec<String>,
 }
 
+/// One secret is stored as a plain string, as before lists were accepted: a connection
+/// written by this version still opens in an older one (a rollback), unless it has several.
+fn one_as_string<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        [one] => s.serialize_str(one),
+        many => many.serialize(s),
+    }
+}
+
 /// Most signing secrets one Mux connection holds (each is tried on every signed request).
-pub const MAX_SIGNING_SECRETS: usize = 20;
+pub const MAX_SIGNING_SECRETS: usize = 10;
 
 /// `"s"`, `["s1", "s2"]` or `null` (how a config stored before lists were accepted says none).
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -325,6 +339,9 @@ mod tests {
         }
         let many: Vec<String> = (0..=MAX_SIGNING_SECRETS).map(|i| format!("s{i}")).collect();
         assert!(mux(serde_json::json!(many)).is_err());
+        // One secret is stored as a string (an older version can still open it).
+        let one = mux(serde_json::json!(["a"])).unwrap();
+        assert!(serde_json::to_string(&one).unwrap().contains(r#""webhook_signing_secret":"a""#));
         // A config stored before lists were accepted (one string, or null) still opens.
         for (stored, want) in [(r#""old""#, vec!["old"]), ("null", vec![])] {
             let plain =

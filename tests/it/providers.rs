@@ -762,6 +762,30 @@ async fn mux_without_credentials_maps_the_webhook_asset() {
     assert_eq!(objs.len(), 1);
     assert_eq!(objs[0]["metadata"]["duration"], 153.361542, "{}", objs[0]);
     assert_eq!(objs[0]["metadata"]["external"], "AsSeTnOcReDs01", "{}", objs[0]);
+
+    // An event about a part of an asset (here a track, filtered in) has no asset to map
+    // without the API: a 422 that says so, not an object made of the track.
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "mux", "batching": {"mode": "immediate"},
+                "event_filter": {"event_types": ["video.asset.track.ready"]},
+                "field_mapping": {"duration": "duration", "data.id": "external"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let track = json!({"type": "video.asset.track.ready", "object": {"type": "track", "id": "TrAcK01"},
+        "data": {"id": "TrAcK01", "type": "audio", "asset_id": "AsSeTtRaCk01", "status": "ready"}});
+    let (s, r) = app
+        .post_raw(
+            &format!("/v1/buckets/{bucket}/source-adapter/ingest"),
+            track.to_string(),
+            &[("content-type", "application/json"), ("x-webhook-secret", &secret)],
+        )
+        .await;
+    assert_eq!(s, 422, "{r}");
+    assert!(r.to_string().contains("credentials"), "{r}");
+    assert_eq!(objects(&app, &bucket).await.len(), 1);
 }
 
 /// A row's UPDATE that arrives before its INSERT (retried after a failure) creates the object
@@ -903,7 +927,8 @@ async fn a_mux_connection_holds_a_secret_per_endpoint_and_patch_replaces_them() 
 
 /// A direct upload's `video.upload.asset_created` is about `data.asset_id` (its `data` is the
 /// upload): the asset is fetched by that id, and the asset's own `ready` later is the same
-/// object (the default dedup key is the asset, wherever the event keeps its id).
+/// object (the dedup key `data.id`, seed 000's example and the default, means the asset,
+/// wherever the event keeps its id).
 #[tokio::test]
 async fn an_upload_event_maps_its_asset_and_dedups_with_the_asset_events() {
     let fake = FakeMux::start().await;
@@ -917,7 +942,7 @@ async fn an_upload_event_maps_its_asset_and_dedups_with_the_asset_events() {
                 "event_filter": {"event_types": ["video.upload.asset_created", "video.upload.created", "video.asset.ready"]},
                 "field_mapping": {"duration": "duration", "data.id": "external"},
                 "blob_source": {"file_field": "playback_url", "blob_type": "video", "target_property": "video"},
-                "batching": {"mode": "immediate"}}}),
+                "batching": {"mode": "immediate"}, "dedup_key": "data.id"}}),
         )
         .await;
     assert_eq!(s, 200, "{b}");

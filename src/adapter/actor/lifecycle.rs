@@ -104,8 +104,9 @@ impl AdapterState {
     }
 
     /// A change from the lifecycle route: no signature or filter here (the registry
-    /// verified the connection's signature), and nothing happens in a bucket that holds no
-    /// object of that upstream ID (so no fetch either).
+    /// verified the connection's signature). In a bucket that holds no object of that
+    /// upstream ID nothing is fetched or changed; a delete leaves a tombstone there (see
+    /// [`AdapterState::tombstone`]).
     pub(super) async fn change(&mut self, req: ChangeRequest) {
         let ChangeRequest { operation, event_type, external_id, payload, reply } = req;
         if self.closing {

@@ -31,7 +31,8 @@ pub fn needs_fetch(asset: &Value) -> bool {
     playback_id(asset).is_none()
 }
 
-/// The asset id (`data.id`), which is also the object's external id and default dedup key.
+/// The id of an asset object (`data.id` of a `video.asset.*` event; see `event_asset_id` for
+/// the id an event is about).
 pub fn asset_id(asset: &Value) -> Option<&str> {
     asset.get("id").and_then(Value::as_str).filter(|s| !s.is_empty())
 }

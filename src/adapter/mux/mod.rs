@@ -33,21 +33,24 @@ pub fn event_asset(event: &Value) -> Option<&Value> {
     event.get("data").filter(|d| d.is_object())
 }
 
-/// Whether this is a direct-upload event (`video.upload.*`), whose `data` is the upload, not
-/// the asset: its asset is `data.asset_id` (once the upload made one).
-pub fn is_upload_event(event: &Value) -> bool {
+/// Whether the event's `data` is not the asset but something of it: a direct upload
+/// (`video.upload.*`, whose asset is `data.asset_id` once the upload made one), a track or a
+/// static rendition (`video.asset.track.*`, `video.asset.static_rendition.*`, which carry
+/// `data.asset_id`). An asset object itself has no `asset_id` field.
+pub fn is_asset_part_event(event: &Value) -> bool {
     event_type(event).is_some_and(|t| t.starts_with("video.upload."))
+        || event.pointer("/data/asset_id").is_some_and(|v| !v.is_null())
 }
 
-/// The id of the asset an event is about: `data.asset_id` for upload events, else the asset's
-/// `data.id` (or `object.id` when `data` is trimmed). The object's external id, and the
-/// default dedup value, so that an upload's `asset_created` and its asset's `ready` are one
-/// object.
+/// The id of the asset an event is about: `data.asset_id` for an event about a part of an
+/// asset (see [`is_asset_part_event`]), else the asset's `data.id` (or `object.id` when
+/// `data` is trimmed). The object's external id, and the default dedup value, so that an
+/// upload's `asset_created` and its asset's `ready` are one object.
 pub fn event_asset_id(event: &Value) -> Option<&str> {
     fn non_empty(v: Option<&Value>) -> Option<&str> {
         v.and_then(Value::as_str).filter(|s| !s.is_empty())
     }
-    if is_upload_event(event) {
+    if is_asset_part_event(event) {
         return non_empty(event.pointer("/data/asset_id"));
     }
     event_asset(event).and_then(asset_id).or_else(|| non_empty(event.pointer("/object/id")))
@@ -92,6 +95,9 @@ mod tests {
         assert_eq!(event_asset_id(&ready), Some("AsSeT1"));
         let trimmed = json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": "AsSeT1"}});
         assert_eq!(event_asset_id(&trimmed), Some("AsSeT1"));
+        let track = json!({"type": "video.asset.track.ready", "data": {"id": "TrAcK1", "asset_id": "AsSeT1"}});
+        assert_eq!(event_asset_id(&track), Some("AsSeT1"));
+        assert!(is_asset_part_event(&track) && is_asset_part_event(&no_asset_yet) && !is_asset_part_event(&ready));
     }
 
     #[test]

@@ -181,8 +181,8 @@ pub fn client(policy: NetPolicy) -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// Reads at most [`RESPONSE_CAP`] bytes of a response body (a chunk more at worst), never the
-/// whole of a large one: a small body read to its end lets the connection go back to the pool.
+/// Reads at most [`RESPONSE_CAP`] bytes of a response body, never the whole of a large one: a
+/// small body read to its end lets the connection go back to the pool.
 async fn read_capped(resp: &mut reqwest::Response) -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < RESPONSE_CAP {

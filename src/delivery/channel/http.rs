@@ -276,6 +276,17 @@ async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duratio
 /// we sent (and the start of one cut off where the read stopped) replaced by `********`: a
 /// receiver that echoes its request must not put a secret in `last_error`.
 pub(crate) fn excerpt_hiding(body: &[u8], secrets: &[&str]) -> String {
+    // A header value's credential alone too (`Bearer <token>`: a receiver may echo the token).
+    let mut hidden: Vec<&str> = Vec::with_capacity(secrets.len() * 2);
+    for s in secrets {
+        hidden.push(s);
+        if let Some(last) = s.split_whitespace().last().filter(|t| t.len() >= 8 && t.len() < s.len()) {
+            hidden.push(last);
+        }
+    }
+    // Longest first, so a value is hidden whole before its credential part is looked for.
+    hidden.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let secrets = &hidden;
     let mut text = String::from_utf8_lossy(body).into_owned();
     for s in secrets.iter().filter(|s| !s.is_empty()) {
         if text.contains(s) {
@@ -289,12 +300,29 @@ pub(crate) fn excerpt_hiding(body: &[u8], secrets: &[&str]) -> String {
             text.push_str("********");
         }
     }
-    // Hidden before the excerpt is cut, so that no cut keeps part of one.
-    let text: String = text.chars().take(200).collect();
+    // Hidden before the excerpt is cut, so that no cut keeps part of one. Control characters
+    // become spaces: the excerpt goes into log lines, which a receiver must not forge.
+    let text: String = text.chars().take(200).map(|c| if c.is_control() { ' ' } else { c }).collect();
     text.trim().to_string()
 }
 
 /// For metrics: how long an attempt took.
 pub fn elapsed_ms(started: Instant) -> u64 {
     started.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_hides_what_we_sent_and_control_characters() {
+        let body = b"invalid token tok-12345678 for Bearer tok-12345678\r\nX-Forged: yes\x1b[31m";
+        let text = excerpt_hiding(body, &["Bearer tok-12345678", "short"]);
+        assert!(!text.contains("tok-1234"), "{text}");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.starts_with("invalid token ******** for ********"), "{text}");
+        // Only the credential part of a long enough value is hidden on its own.
+        assert_eq!(excerpt_hiding(b"abc is fine", &["Token abc"]), "abc is fine");
+    }
 }
