@@ -82,6 +82,11 @@ pub enum DeliveryMsg {
         delivery_id: DeliveryId,
         reply: Reply<(serde_json::Value, Durable)>,
     },
+    /// Whether the webhook exists (a retry whose worker stopped under it: deleted → 404).
+    Exists {
+        webhook_id: WebhookId,
+        reply: RpcReplyPort<bool>,
+    },
     /// New events may be in the outbox.
     Drain,
     /// A fan-out batch was made durable (or failed) and handed to the workers.
@@ -244,7 +249,10 @@ impl Actor for DeliveryRegistry {
                 let _ = reply.send(r);
             }
             DeliveryMsg::Update { webhook_id, patch, reply } => {
-                let _ = reply.send(state.update(&webhook_id, patch));
+                let _ = reply.send(state.update(&webhook_id, patch).await);
+            }
+            DeliveryMsg::Exists { webhook_id, reply } => {
+                let _ = reply.send(state.webhooks.contains_key(&webhook_id));
             }
             DeliveryMsg::Delete { webhook_id, reply } => {
                 let r = state.delete(&webhook_id).await;
@@ -609,6 +617,8 @@ impl DeliveryState {
                 ));
             }
         }
+        // Events recorded before the webhook existed are not for it.
+        self.settle_outbox().await?;
         let mut webhook_id = WebhookId::generate();
         while self.webhooks.contains_key(&webhook_id) {
             webhook_id = WebhookId::generate();
@@ -646,8 +656,17 @@ impl DeliveryState {
         Ok((view, durable))
     }
 
-    fn update(&mut self, id: &WebhookId, patch: PatchWebhook) -> Result<(serde_json::Value, Durable), ApiError> {
+    async fn update(&mut self, id: &WebhookId, patch: PatchWebhook) -> Result<(serde_json::Value, Durable), ApiError> {
         patch.validate(self.rules())?;
+        if !self.webhooks.contains_key(id) {
+            return Err(not_found(id));
+        }
+        // What the webhook receives changes: events recorded before the change go out under
+        // the settings they were recorded under (a pause must not drop, nor a resume add,
+        // the events still waiting in the outbox).
+        if patch.is_active.is_some() || patch.event_types.is_some() || patch.channels.is_some() {
+            self.settle_outbox().await?;
+        }
         let policy_sealed = {
             let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
             match (&patch.channels, &entry.secrets) {
@@ -735,6 +754,34 @@ impl DeliveryState {
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
         drop(self.shared.store.submit(b)); // not awaited: last_error is advisory and set again on the next failure
+    }
+
+    /// Fans out every event in the outbox now, with the webhooks as they are, and waits until
+    /// those deliveries are durable and queued: what a subscription change needs first. A
+    /// drain in flight has fanned its slice out already; the barrier makes its outbox deletes
+    /// visible, so no event is fanned out twice. (The actor's mailbox waits meanwhile: no
+    /// other drain can start.)
+    async fn settle_outbox(&mut self) -> Result<(), StoreError> {
+        self.shared.store.commit(Batch::new()).await?;
+        loop {
+            let events: Vec<(String, EventRecord)> = self.shared.store.list(Keyspace::OUTBOX, "", None, DRAIN_SLICE)?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let full = events.len() == DRAIN_SLICE;
+            let now = now_millis();
+            let mut batch = Batch::new();
+            let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
+            for (key, event) in events {
+                self.fan_out(Arc::new(event), now, &mut batch, &mut per_worker);
+                batch.delete(Keyspace::OUTBOX, &key);
+            }
+            self.shared.store.commit(batch).await?;
+            enqueue(&self.shared.names, per_worker);
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     /// Fans out the next slice of the outbox (see the module docs).

@@ -225,7 +225,21 @@ async fn retry(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<
     let delivery_id = DeliveryId::parse(did)
         .ok_or_else(|| ApiError::NotFound(format!("delivery {did} not found for webhook {id}")))?;
     let reg = registry(state)?;
-    let (mut view, d) = ask!(reg, |reply| DeliveryMsg::Retry { webhook_id, delivery_id, reply })?;
+    let answer =
+        ractor::call_t!(reg, |reply| DeliveryMsg::Retry { webhook_id: webhook_id.clone(), delivery_id, reply }, 30_000);
+    let (mut view, d) = match answer {
+        Ok(r) => r?,
+        // The webhook's worker stopped with the retry in its mailbox: deleted meanwhile (a
+        // 404 like any later request gets), or restarting after a failure (503).
+        Err(e) => {
+            let exists =
+                ractor::call_t!(reg, |reply| DeliveryMsg::Exists { webhook_id: webhook_id.clone(), reply }, 5_000);
+            return Err(match exists {
+                Ok(false) => ApiError::NotFound(format!("webhook {webhook_id} not found")),
+                _ => ApiError::Unavailable(format!("the webhook's delivery actor did not answer ({e}); retry shortly")),
+            });
+        }
+    };
     durable(d).await?;
     // (The retry is done and durable: a webhook deleted meanwhile only loses the hint.)
     if load(state, id).is_ok_and(|w| !w.is_active) {

@@ -1480,3 +1480,92 @@ async fn removing_a_channel_that_filled_the_queue_lets_the_spilled_rest_go() {
     assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == 3 }).await);
     assert_eq!(down.count(), 2);
 }
+
+/// A webhook receives the events recorded while it is active, also those still waiting in
+/// the outbox when it is paused (a count batch flushes 400 `object.created` at once, and the
+/// pause comes right after that ingest's answer), and none recorded before it existed.
+#[tokio::test]
+async fn a_pause_right_after_an_acknowledged_flush_drops_none_of_its_events() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "w", "event_types": ["object.created"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
+    let bucket = app.create_bucket("burst", json!({"n": {"type": "int"}})).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "id",
+                "field_mapping": {"n": "n"}, "batching": {"mode": "count", "max_batch_size": 400}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    for n in 0..400 {
+        let body = json!({"type": "e", "id": format!("e{n}"), "n": n}).to_string();
+        let (s, r) = app.post_raw(&ingest, body, &[("x-webhook-secret", &secret)]).await;
+        assert_eq!((s, r["status"].as_str()), (200, Some("buffered")), "{r}");
+    }
+    // The 400th answer came after the flush was durable: pause at once, then resume.
+    let (s, _) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"is_active": false})).await;
+    assert_eq!(s, 200);
+    // A webhook created now was not there when they were recorded.
+    let rx_late = Receiver::start(200).await;
+    create_webhook(
+        &app,
+        json!({"webhook_name": "late", "event_types": ["*"], "channels": [http_channel(&rx_late.url("/"))]}),
+    )
+    .await;
+    let (s, _) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"is_active": true})).await;
+    assert_eq!(s, 200);
+    assert!(eventually(WAIT, || async { rx.count() >= 400 }).await, "{} of 400 delivered", rx.count());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ids: Vec<String> =
+        rx.captured().iter().map(|c| c.json()["event_id"].as_str().unwrap_or("").to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 400);
+    assert_eq!(rx_late.count(), 0, "the late webhook got events recorded before it existed");
+}
+
+/// Manual retries racing the webhook's delete answer as if they came before it (202) or
+/// after it (404): never a 5xx about an actor that stopped under them.
+#[tokio::test]
+async fn retries_racing_a_delete_answer_202_or_404() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(500).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "w", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
+    publish(&app, "custom.x", json!({"n": 1})).await;
+    assert!(eventually(WAIT, || async { !deliveries(&app, &id, None).await.is_empty() }).await);
+    let did = deliveries(&app, &id, None).await[0]["delivery_id"].as_str().unwrap().to_string();
+    let retry = format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry");
+    let mut tasks = Vec::new();
+    for i in 0..80 {
+        let (client, url, key, del) = (
+            app.client.clone(),
+            app.url(&retry),
+            app.api_key.clone(),
+            app.url(&format!("/v1/organizations/webhooks/{id}")),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = if i == 40 { client.delete(del) } else { client.post(url) };
+            let r = r.bearer_auth(key).send().await.unwrap();
+            (i, r.status().as_u16(), r.text().await.unwrap_or_default())
+        }));
+    }
+    for t in tasks {
+        let (i, s, body) = t.await.unwrap();
+        if i == 40 {
+            assert_eq!(s, 204, "the delete: {body}");
+        } else {
+            assert!(s == 202 || s == 404, "retry {i}: {s} {body}");
+        }
+    }
+}
