@@ -769,19 +769,26 @@ impl DeliveryState {
                 return Ok(());
             }
             let full = events.len() == DRAIN_SLICE;
-            let now = now_millis();
-            let mut batch = Batch::new();
-            let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
-            for (key, event) in events {
-                self.fan_out(Arc::new(event), now, &mut batch, &mut per_worker);
-                batch.delete(Keyspace::OUTBOX, &key);
-            }
+            let (batch, per_worker) = self.fan_out_slice(events);
             self.shared.store.commit(batch).await?;
             enqueue(&self.shared.names, per_worker);
             if !full {
                 return Ok(());
             }
         }
+    }
+
+    /// One batch with the deliveries of a slice of outbox entries and the entries' deletes
+    /// (atomic across a crash: deliveries in, outbox entries out), and the deliveries by webhook.
+    fn fan_out_slice(&self, events: Vec<(String, EventRecord)>) -> (Batch, HashMap<WebhookId, Vec<Delivery>>) {
+        let now = now_millis();
+        let mut batch = Batch::new();
+        let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
+        for (key, event) in events {
+            self.fan_out(Arc::new(event), now, &mut batch, &mut per_worker);
+            batch.delete(Keyspace::OUTBOX, &key);
+        }
+        (batch, per_worker)
     }
 
     /// Fans out the next slice of the outbox (see the module docs).
@@ -802,13 +809,7 @@ impl DeliveryState {
             return;
         }
         let full = events.len() == DRAIN_SLICE;
-        let now = now_millis();
-        let mut batch = Batch::new();
-        let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
-        for (key, event) in events {
-            self.fan_out(Arc::new(event), now, &mut batch, &mut per_worker);
-            batch.delete(Keyspace::OUTBOX, &key);
-        }
+        let (batch, per_worker) = self.fan_out_slice(events);
         self.draining = true;
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
