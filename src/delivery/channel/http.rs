@@ -183,18 +183,9 @@ impl HttpChannel {
             }
         }
         // The channel's secret and custom header values are shown nowhere else by the API or
-        // the store: not in an error either. A value's last word too (the token of `Bearer
-        // <token>`); short values ("1", "json") would blank out ordinary words.
-        let mut secrets: Vec<&str> = Vec::new();
-        for v in self.headers.values().filter_map(|v| v.to_str().ok()) {
-            secrets.push(v);
-            if let Some((_, last)) = v.rsplit_once(' ') {
-                secrets.push(last);
-            }
-        }
-        secrets.retain(|s| s.len() >= 8);
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len())); // the whole value before its part
-        exchange_hiding(&self.deps.client, req, self.timeout, &secrets).await
+        // the store: not in an error either (see `excerpt_hiding`).
+        let sent: Vec<&str> = self.headers.values().filter_map(|v| v.to_str().ok()).collect();
+        exchange_hiding(&self.deps.client, req, self.timeout, &sent).await
     }
 }
 
@@ -228,9 +219,9 @@ pub(super) async fn exchange(client: &DeliveryClient, req: Request, timeout: Dur
     exchange_hiding(client, req, timeout, &[]).await
 }
 
-/// [`exchange`], with each of `secrets` shown as `********` in the response excerpt (a
-/// receiver's body may echo the request's headers), a secret cut by the excerpt's end too.
-async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duration, secrets: &[&str]) -> AttemptResult {
+/// [`exchange`], with the header values `sent` hidden in the response excerpt (a receiver's
+/// body may echo the request's headers; see [`excerpt_hiding`]).
+async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duration, sent: &[&str]) -> AttemptResult {
     let reply = match client.send(req, timeout).await {
         Ok(r) => r,
         Err(e) => {
@@ -247,7 +238,7 @@ async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duratio
     let outcome = classify_status(status);
     let mut error = None;
     if outcome != Outcome::Delivered {
-        let text = excerpt_hiding(&reply.body, secrets);
+        let text = excerpt_hiding(&reply.body, sent);
         let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
         error = Some(if text.is_empty() {
             format!("HTTP {status}{redirect}")
@@ -272,28 +263,28 @@ async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duratio
     }
 }
 
-/// The first 200 characters of a receiver's answer, for an error message, with every secret
-/// we sent (and the start of one cut off where the read stopped) replaced by `********`: a
-/// receiver that echoes its request must not put a secret in `last_error`.
-pub(crate) fn excerpt_hiding(body: &[u8], secrets: &[&str]) -> String {
-    // A header value's credential alone too (`Bearer <token>`: a receiver may echo the token).
-    let mut hidden: Vec<&str> = Vec::with_capacity(secrets.len() * 2);
-    for s in secrets {
-        hidden.push(s);
-        if let Some(last) = s.split_whitespace().last().filter(|t| t.len() >= 8 && t.len() < s.len()) {
-            hidden.push(last);
+/// The first 200 characters of a receiver's answer, for an error message, with every header
+/// value we sent (and the start of one cut off where the read stopped) replaced by
+/// `********`: a receiver that echoes its request must not put a secret in `last_error`.
+pub(crate) fn excerpt_hiding(body: &[u8], sent: &[&str]) -> String {
+    // A value's last word too (the token of `Bearer <token>`: a receiver may echo the token
+    // alone); short ones ("1", "json") would blank out ordinary words.
+    let mut secrets: Vec<&str> = Vec::with_capacity(sent.len() * 2);
+    for v in sent {
+        secrets.push(v);
+        if let Some((_, last)) = v.rsplit_once(' ') {
+            secrets.push(last);
         }
     }
-    // Longest first, so a value is hidden whole before its credential part is looked for.
-    hidden.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let secrets = &hidden;
+    secrets.retain(|s| s.len() >= 8);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len())); // the whole value before its part
     let mut text = String::from_utf8_lossy(body).into_owned();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
+    for s in &secrets {
         if text.contains(s) {
             text = text.replace(s, "********");
         }
     }
-    for s in secrets {
+    for s in &secrets {
         // The start of a secret cut off where the body's read stopped (4+ characters).
         if let Some(k) = (4..s.len()).rev().find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k])) {
             text.truncate(text.len() - k);
