@@ -107,6 +107,23 @@ impl TestApp {
     /// Starts the binary; `listen` pins the address (a restart keeps the same port so that
     /// URLs handed out stay valid).
     async fn spawn(&mut self, listen: Option<SocketAddr>) {
+        // A store this test process just dropped can hold the data dir's lock a moment longer:
+        // a daemon that another test spawns at that instant holds a copy of the lock's
+        // descriptor until its `exec`. Only that refusal is retried.
+        for _ in 0..20 {
+            let log_before = self.log().len();
+            match self.try_spawn(listen).await {
+                Ok(()) => return,
+                Err(()) if self.log().get(log_before..).is_some_and(|l| l.contains("hookline.lock is held")) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(()) => break,
+            }
+        }
+        panic!("hookline did not start; log:\n{}", self.log());
+    }
+
+    async fn try_spawn(&mut self, listen: Option<SocketAddr>) -> Result<(), ()> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookline"));
         cmd.arg("serve").arg("--config").arg(self.config_path());
         if let Some(l) = listen {
@@ -149,7 +166,8 @@ impl TestApp {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("hookline did not start; log:\n{}", self.log());
+                    let _ = child.wait();
+                    return Err(());
                 }
             }
         }
@@ -157,6 +175,7 @@ impl TestApp {
         std::thread::spawn(move || while rx.recv().is_ok() {});
         self.child = Some(child);
         self.wait_ready().await;
+        Ok(())
     }
 
     async fn wait_ready(&self) {
@@ -232,7 +251,20 @@ impl TestApp {
     pub async fn stopped_sled(&self) -> hookline::store::SledBackend {
         assert!(self.child.is_none(), "stop the daemon first");
         // Opening the store replays the log into sled; dropping it lets go of sled a moment later.
-        drop(hookline::store::Store::open_sled(&self.data_dir).expect("open the store"));
+        // Both opens retry: the lock of a store or backend this test just dropped can outlive it
+        // briefly (the store's threads release it a moment after the drop, and a daemon another
+        // test spawns at that instant holds a copy of the lock's descriptor until its `exec`).
+        let mut store = None;
+        for _ in 0..200 {
+            match hookline::store::Store::open_sled(&self.data_dir) {
+                Ok(s) => {
+                    store = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        drop(store.unwrap_or_else(|| hookline::store::Store::open_sled(&self.data_dir).expect("open the store")));
         for _ in 0..200 {
             match hookline::store::SledBackend::open(&self.data_dir) {
                 Ok(b) => return b,
