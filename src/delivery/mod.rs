@@ -3,7 +3,8 @@
 //!
 //! - [`registry`]: owns webhook configs, fans the outbox out, supervises the workers.
 //! - [`worker`]: one per webhook; owns its queue of pending deliveries.
-//! - [`retry`]: the pure retry policy. [`netguard`]: where deliveries may go.
+//! - [`retry`]: the pure retry policy. [`throttle`]: per-channel pacing after a 429.
+//!   [`netguard`]: where deliveries may go.
 //! - [`channel`]: the channel seam and the HTTP channel. [`template`], [`signature`].
 //! - [`client`]: the outgoing HTTP client the webhook, Slack and SMS channels send with.
 //! - [`model`]: stored shapes, API bodies, validation, the event-type catalog.
@@ -18,6 +19,7 @@ pub mod registry;
 pub mod retry;
 pub mod signature;
 pub mod template;
+pub mod throttle;
 pub mod worker;
 
 pub use registry::{DeliveryMsg, DeliveryRegistry};

@@ -89,6 +89,16 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// How long a channel that answered 429 is left alone: its `Retry-After`, else the
+    /// schedule's first delay, at most the schedule's longest (as [`Policy::decide`] caps).
+    pub fn hold_after_429(&self, retry_after: Option<Duration>) -> Duration {
+        let first = self.schedule.first().copied().unwrap_or(Duration::from_secs(1));
+        let cap = self.schedule.iter().max().copied().unwrap_or(first);
+        retry_after.unwrap_or(first).min(cap)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,9 @@
 //! memory or parked). The mailbox is therefore never blocked by a slow receiver, and each
 //! webhook has its own actor, so one slow or dead receiver never holds back another webhook.
 //!
+//! A channel that answers 429 is held for its `Retry-After`, then paced one send at a time
+//! ([`super::throttle`]); a 429 does not move its delivery up the retry schedule.
+//!
 //! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], submitted by a
 //! `Flush` [`OUTCOME_LINGER`] after the first of them (one commit for many deliveries).
 //! Nothing waits on that commit but a task that logs its failure: losing an outcome in a
@@ -46,6 +49,7 @@ use super::channel::{AttemptResult, Channel, Message};
 use super::model::{delivery_key, Attempt, Delivery, DeliveryStatus};
 use super::registry::DeliveryMsg;
 use super::retry::{Decision, Outcome, Policy};
+use super::throttle::Throttles;
 use crate::error::ApiError;
 use crate::events::EventRecord;
 use crate::ids::{DeliveryId, WebhookId};
@@ -54,6 +58,11 @@ use crate::store::{Batch, Durable, Keyspace};
 use crate::util::{millis_to_rfc3339, now_millis};
 
 type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
+
+/// How many sends to `channel` are in flight (asked only for a throttled channel).
+fn in_flight_on(queue: &HashMap<DeliveryId, Delivery>, in_flight: &HashSet<DeliveryId>, channel: &str) -> usize {
+    in_flight.iter().filter(|id| queue.get(*id).is_some_and(|d| d.channel_is(channel))).count()
+}
 
 /// How long a delivery's outcome may wait to be written with later ones (see the module
 /// docs); also the longest a finished delivery still shows as pending in the API.
@@ -175,6 +184,8 @@ pub struct WorkerState {
     parked: usize,
     /// This worker's share of `hookline_delivery_queue_depth`.
     depth: DepthShare,
+    /// Channels that answered 429: held, then paced (see [`super::throttle`]).
+    throttles: Throttles,
 }
 
 /// A worker's share of the depth gauge, taken back when the worker's state goes, however
@@ -233,6 +244,7 @@ impl Actor for DeliveryWorker {
             parked_due: None,
             parked: 0,
             depth: DepthShare::default(),
+            throttles: Throttles::default(),
         };
         state.load()?;
         state.prune_timer = Some(myself.send_interval(PRUNE_EVERY, || WorkerMsg::Prune));
@@ -293,6 +305,7 @@ impl Actor for DeliveryWorker {
                     None => {}
                 }
                 if !removed.is_empty() {
+                    state.throttles.forget(&removed);
                     state.drop_removed_channels(&removed).await?;
                 }
                 state.pump();
@@ -707,7 +720,8 @@ impl WorkerState {
         let waiting = self.waiting.peek().map(|Reverse((due, _))| *due);
         // Parked retries only when memory has room for them; else a `Done` refills.
         let parked = self.parked_due.filter(|_| self.queue.len() < self.settings.max_queued);
-        let Some(due) = [waiting, parked].into_iter().flatten().min() else { return };
+        let held = self.throttles.next_wake();
+        let Some(due) = [waiting, parked, held].into_iter().flatten().min() else { return };
         if let Some((t, _)) = &self.timer {
             if *t <= due {
                 return;
@@ -729,6 +743,14 @@ impl WorkerState {
         }
         let mut rearm = false;
         let now = now_millis();
+        if !self.throttles.is_empty() && self.in_flight.len() < self.settings.max_in_flight {
+            // Throttled channels whose turn it is go first, in their order.
+            let (queue, in_flight) = (&self.queue, &self.in_flight);
+            let released = self.throttles.releasable(now, |c| in_flight_on(queue, in_flight, c));
+            for id in released.into_iter().rev() {
+                self.ready.push_front(id);
+            }
+        }
         while self.in_flight.len() < self.settings.max_in_flight {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(d) = self.queue.get(&id) else { continue };
@@ -740,6 +762,16 @@ impl WorkerState {
                 self.waiting.push(Reverse((due, id)));
                 rearm = true;
                 continue;
+            }
+            if !self.throttles.is_empty() {
+                let (queue, in_flight) = (&self.queue, &self.in_flight);
+                if !self
+                    .throttles
+                    .admit(&d.channel_ref(), &id, now, || in_flight_on(queue, in_flight, &d.channel_ref()))
+                {
+                    rearm = true; // held or busy: it waits in the channel's backlog
+                    continue;
+                }
             }
             let Some(channel) = self.rt.channel(d) else {
                 // Its channel was removed (read back after the PATCH): no attempt to make.
@@ -775,6 +807,7 @@ impl WorkerState {
                 let _ = me.cast(WorkerMsg::Done { delivery_id: id, result, at_ms, duration: started.elapsed() });
             });
         }
+        self.throttles.end_round();
         if rearm {
             self.arm();
         }
@@ -791,10 +824,16 @@ impl WorkerState {
             error: result.error.clone(),
             duration_ms: duration.as_millis() as u64,
         });
-        if result.outcome != Outcome::Delivered {
+        let now = now_millis();
+        // Rate limited: the channel waits (see `throttle`), and this is not a failure that
+        // climbs the schedule (a burst to Slack would otherwise end up hours apart).
+        let limited = result.status_code == Some(429) && result.outcome == Outcome::Retriable;
+        if limited {
+            let hold = self.settings.policy.hold_after_429(result.retry_after);
+            self.throttles.on_429(&d.channel_ref(), now, hold);
+        } else if result.outcome != Outcome::Delivered {
             d.failures += 1;
         }
-        let now = now_millis();
         let age = Duration::from_millis(now.saturating_sub(d.window_start_ms));
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let decision = self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter);

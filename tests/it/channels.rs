@@ -62,6 +62,10 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     assert!(eventually(WAIT, || async { slack.count() >= 2 }).await, "slack retried");
     let first = &slack.captured()[1];
     assert_eq!(first.path, "/services/T000/B000/very-secret-token");
+    // The failure's answer echoed the URL: the error shows it hidden, as the API does.
+    let failed = deliveries(&app, &plain, None).await;
+    let error = failed.first().and_then(|d| d["attempts"][0]["error"].as_str()).unwrap_or_default().to_string();
+    assert_eq!(error, "HTTP 500: receiver says no to ********", "{failed:?}");
     let text = first.json()["text"].as_str().unwrap_or_default().to_string();
     assert!(text.contains("*object.created*") && text.contains(&evt) && text.contains("\"obj_1\""), "{text}");
     assert!(
@@ -312,6 +316,7 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     assert!(mail.contains("Subject: Batch bat_42: batch.completed"), "{mail}");
     assert!(mail.contains(&format!("Message-ID: <{delivery_id}@hookline>")), "{mail}");
     assert!(mail.contains("MIME-Version: 1.0"), "{mail}");
+    assert!(mail.contains("Auto-Submitted: auto-generated"), "{mail}");
     assert!(mail.contains("From: hookline <alerts@example.com>"), "{mail}");
     assert!(mail.contains("X-RcptTo: ops@example.com, lead@example.com"), "{mail}");
     assert!(mail.contains(&evt) && mail.contains("\"batch_id\": \"bat_42\""), "default body has the event: {mail}");

@@ -340,6 +340,53 @@ async fn server_error_is_retried_with_the_same_webhook_id() {
     assert_eq!(w["last_error"], Value::Null, "{w}");
 }
 
+/// A 429 holds its channel for the `Retry-After`, then paces it (one request at a time): the
+/// deliveries queued behind it make no attempt meanwhile, and the rate-limited one is retried
+/// after the `Retry-After`, not moved up the schedule (whose second step is 10 minutes here).
+#[tokio::test]
+async fn a_429_holds_then_paces_its_channel() {
+    let app = TestApp::start_with(queue_options("max_age_hours = 1\nretry_schedule_seconds = [1, 600]\n")).await;
+    let rx = Receiver::start(200).await;
+    rx.set_retry_after(2);
+    rx.then(429, Duration::ZERO);
+    // Every answer after the 429 takes a while, so paced requests cannot overlap.
+    for _ in 0..6 {
+        rx.then(200, Duration::from_millis(150));
+    }
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "limited", "event_types": ["*"], "channels": [http_channel(&rx.url("/r"))]}),
+    )
+    .await;
+    publish(&app, "object.updated", json!({"n": 0})).await;
+    let limited = || async {
+        deliveries(&app, &id, None).await.iter().any(|d| d["attempts"][0]["status_code"].as_u64() == Some(429))
+    };
+    assert!(eventually(WAIT, limited).await, "no 429 recorded; log:\n{}", app.log());
+    for n in 1..=5 {
+        publish(&app, "object.updated", json!({"n": n})).await;
+    }
+    let all = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 6 }).await;
+    assert!(all, "{:?}", deliveries(&app, &id, None).await);
+    let caps = rx.captured();
+    assert_eq!(caps.len(), 7, "one 429, then each delivery once");
+    for c in &caps[1..] {
+        let after = c.at.duration_since(caps[0].at);
+        assert!(after >= Duration::from_millis(1900), "sent {after:?} after the 429, inside its Retry-After");
+    }
+    for pair in caps[1..].windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(gap >= Duration::from_millis(140), "two requests {gap:?} apart: not one at a time");
+    }
+    let mut codes: Vec<Vec<u64>> = deliveries(&app, &id, None)
+        .await
+        .iter()
+        .map(|d| d["attempts"].as_array().unwrap().iter().filter_map(|a| a["status_code"].as_u64()).collect())
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec![vec![200], vec![200], vec![200], vec![200], vec![200], vec![429, 200]]);
+}
+
 /// A receiver that echoes the request's headers in its error body does not put the
 /// channel's secret or custom header values into the API, the webhook's `last_error` or the
 /// store: they are shown as `********`, as everywhere else.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use warp::Filter;
+use warp::{Filter, Reply};
 
 #[derive(Debug, Clone)]
 pub struct Captured {
@@ -35,6 +35,8 @@ struct Script {
     next: VecDeque<(u16, Duration)>,
     default: u16,
     captured: Vec<Captured>,
+    /// Sent as `Retry-After` (seconds) with every 429.
+    retry_after: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -52,7 +54,7 @@ impl Receiver {
             move |path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
                 let s = s.clone();
                 async move {
-                    let (status, delay) = {
+                    let (status, delay, retry_after) = {
                         let mut g = s.lock().unwrap();
                         // A repeated header shows as one, its values joined by ", " (as HTTP reads it).
                         let mut h: HashMap<String, String> = HashMap::new();
@@ -71,13 +73,24 @@ impl Receiver {
                             headers: h,
                             body: body.to_vec(),
                         });
-                        g.next.pop_front().unwrap_or((g.default, Duration::ZERO))
+                        let (status, delay) = g.next.pop_front().unwrap_or((g.default, Duration::ZERO));
+                        (status, delay, g.retry_after)
                     };
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
                     let code = warp::http::StatusCode::from_u16(status).unwrap();
-                    warp::reply::with_status("receiver says hi", code)
+                    // A failure echoes the path, as a proxy's or a framework's error page does.
+                    let text = if code.is_success() {
+                        "receiver says hi".to_string()
+                    } else {
+                        format!("receiver says no to {}", path.as_str())
+                    };
+                    let reply = warp::reply::with_status(text, code);
+                    match retry_after.filter(|_| status == 429) {
+                        Some(secs) => warp::reply::with_header(reply, "retry-after", secs.to_string()).into_response(),
+                        None => reply.into_response(),
+                    }
                 }
             },
         );
@@ -94,6 +107,11 @@ impl Receiver {
     /// Answers the next requests with these statuses (and delays) before the default.
     pub fn then(&self, status: u16, delay: Duration) {
         self.script.lock().unwrap().next.push_back((status, delay));
+    }
+
+    /// Sends `Retry-After: secs` with every 429 from now on.
+    pub fn set_retry_after(&self, secs: u64) {
+        self.script.lock().unwrap().retry_after = Some(secs);
     }
 
     pub fn set_default(&self, status: u16) {

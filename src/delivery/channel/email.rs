@@ -106,7 +106,12 @@ impl EmailChannel {
             .message_id(Some(format!("<{}@hookline>", msg.id)))
             // lettre adds MIME-Version only to multipart and singlepart bodies (RFC 2045 §4).
             .header(lettre::message::header::MIME_VERSION_1_0)
-            .header(ContentType::TEXT_PLAIN);
+            .header(ContentType::TEXT_PLAIN)
+            // RFC 3834: a machine's message; auto-responders (vacation replies) stay quiet.
+            .raw_header(lettre::message::header::HeaderValue::new(
+                lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted"),
+                "auto-generated".into(),
+            ));
         for to in &self.to {
             builder = builder.to(to.clone());
         }
@@ -151,7 +156,7 @@ impl EmailChannel {
                 AttemptResult {
                     outcome: Outcome::Retriable,
                     status_code: e.status().map(u16::from),
-                    error: Some(format!("smtp: {e}")),
+                    error: Some(format!("smtp: {}", without_repeats(&e.to_string()))),
                     retry_after: None,
                     result,
                     reached: Vec::new(),
@@ -159,6 +164,14 @@ impl EmailChannel {
             }
         }
     }
+}
+
+/// lettre's errors nest one kind in another of the same name ("Connection error: Connection
+/// error: invalid peer certificate"): each part once.
+fn without_repeats(text: &str) -> String {
+    let mut parts: Vec<&str> = text.split(": ").collect();
+    parts.dedup();
+    parts.join(": ")
 }
 
 /// A subject is one line: line breaks become spaces, and it is cut at a sane length.
@@ -180,6 +193,15 @@ impl Channel for EmailChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_error_kinds_read_once() {
+        assert_eq!(
+            without_repeats("Connection error: Connection error: invalid peer certificate: UnknownIssuer"),
+            "Connection error: invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(without_repeats("permanent error (550): no such user"), "permanent error (550): no such user");
+    }
 
     #[test]
     fn subjects_are_one_line() {

@@ -214,14 +214,15 @@ pub(super) fn parse_uri(url: &url::Url) -> Result<http::Uri, String> {
 
 /// Sends a prepared request and turns the answer into an attempt result: any 2xx delivers;
 /// anything else (a 3xx too: redirects are never followed) is retried, with the start of the
-/// response body in the error. Shared by the HTTP-based channels (webhook, Slack, SMS).
-pub(super) async fn exchange(client: &DeliveryClient, req: Request, timeout: Duration) -> AttemptResult {
-    exchange_hiding(client, req, timeout, &[]).await
-}
-
-/// [`exchange`], with the header values `sent` hidden in the response excerpt (a receiver's
-/// body may echo the request's headers; see [`excerpt_hiding`]).
-async fn exchange_hiding(client: &DeliveryClient, req: Request, timeout: Duration, sent: &[&str]) -> AttemptResult {
+/// response body in the error, the secrets `sent` (header values, a secret URL) hidden in it:
+/// a receiver's body may echo the request (see [`excerpt_hiding`]). Shared by the HTTP-based
+/// channels (webhook, Slack, SMS).
+pub(super) async fn exchange_hiding(
+    client: &DeliveryClient,
+    req: Request,
+    timeout: Duration,
+    sent: &[&str],
+) -> AttemptResult {
     let reply = match client.send(req, timeout).await {
         Ok(r) => r,
         Err(e) => {

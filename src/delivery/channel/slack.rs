@@ -6,11 +6,12 @@
 //! values belong in it through `| tojson` (a raw `"{{ payload.x }}"` breaks on a quote; the
 //! attempt then fails with that reason instead of posting something else). The URL gets
 //! the same checks as an HTTP channel's (https, public addresses, no redirects), and any
-//! answer but a 2xx is retried on the common schedule.
+//! answer but a 2xx is retried on the common schedule. The URL is a secret (it is all it
+//! takes to post): an error excerpt that echoes it shows `********` instead.
 
 use std::time::Duration;
 
-use super::http::{exchange, parse_uri, post};
+use super::http::{exchange_hiding, parse_uri, post};
 use super::{AttemptResult, Channel, ChannelDeps, Message, SendFuture, SlackConfig};
 use crate::delivery::netguard::check_url;
 use crate::delivery::retry::Outcome;
@@ -27,7 +28,29 @@ pub struct SlackChannel {
     /// Whether the template is a JSON template (see the module docs).
     json: bool,
     timeout: Duration,
+    /// The parts of the URL that are its secret (see [`secret_parts`]), hidden in errors.
+    hidden: Vec<String>,
     deps: ChannelDeps,
+}
+
+/// What of a webhook URL an error excerpt must not show: the API shows the URL redacted, so
+/// a receiver that echoes it ("Cannot POST /services/T…/B…/token") must not leak it through
+/// `last_error`. The whole URL, its path (with the query) and its last path segment (Slack's
+/// token), and the query alone.
+fn secret_parts(url: &url::Url) -> Vec<String> {
+    let mut parts = vec![url.as_str().to_string()];
+    let path_and_query = match url.query() {
+        Some(q) => {
+            parts.push(q.to_string());
+            format!("{}?{q}", url.path())
+        }
+        None => url.path().to_string(),
+    };
+    parts.push(path_and_query);
+    if let Some(last) = url.path_segments().and_then(|mut s| s.next_back()) {
+        parts.push(last.to_string());
+    }
+    parts
 }
 
 impl SlackChannel {
@@ -38,7 +61,8 @@ impl SlackChannel {
         let template = Template::compile(source).map_err(|e| format!("template: {e}"))?;
         let json = is_json_template(source);
         let uri = parse_uri(&url).map_err(|_| "stored webhook_url is not a valid request URI".to_string())?;
-        Ok(SlackChannel { url, uri, template, json, timeout: deps.default_timeout, deps })
+        let hidden = secret_parts(&url);
+        Ok(SlackChannel { url, uri, template, json, timeout: deps.default_timeout, hidden, deps })
     }
 
     async fn attempt(&self, msg: &Message<'_>) -> AttemptResult {
@@ -57,7 +81,8 @@ impl SlackChannel {
         };
         let mut req = post(self.uri.clone(), body);
         req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        exchange(&self.deps.client, req, self.timeout).await
+        let hidden: Vec<&str> = self.hidden.iter().map(String::as_str).collect();
+        exchange_hiding(&self.deps.client, req, self.timeout, &hidden).await
     }
 }
 
@@ -136,6 +161,22 @@ mod tests {
         let check = |src: &str| check_json_template(src, &Template::compile(src).unwrap());
         assert!(check(r#"{"text": {{ event_type | tojson }}}"#).is_ok());
         assert!(check(r#"{"text": "{{ event_type }}" "#).unwrap_err().contains("invalid JSON"));
+    }
+
+    #[test]
+    fn an_echoed_url_is_hidden_in_errors() {
+        let url = url::Url::parse("https://hooks.slack.com/services/T0SECRET/B0SECRET/XoXsecretTOKEN123").unwrap();
+        let parts = secret_parts(&url);
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let hide = |body: &str| super::super::http::excerpt_hiding(body.as_bytes(), &parts);
+        assert_eq!(
+            hide("<pre>Cannot POST /services/T0SECRET/B0SECRET/XoXsecretTOKEN123</pre>"),
+            "<pre>Cannot POST ********</pre>"
+        );
+        assert_eq!(hide("invalid_token XoXsecretTOKEN123"), "invalid_token ********");
+        assert_eq!(hide("no_service"), "no_service", "Slack's own answers stay readable");
+        let q = url::Url::parse("https://example.com/hook?token=s3cr3tvalue").unwrap();
+        assert!(secret_parts(&q).contains(&"token=s3cr3tvalue".to_string()));
     }
 
     #[test]

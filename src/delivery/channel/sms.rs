@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
-use super::http::{exchange, parse_uri, post};
+use super::http::{exchange_hiding, parse_uri, post};
 use super::{AttemptResult, Channel, ChannelDeps, Message, SendFuture, SmsConfig};
 use crate::config::SmsSettings;
 use crate::delivery::netguard::check_url;
@@ -23,8 +23,21 @@ use crate::delivery::template::Template;
 
 pub const DEFAULT_TEMPLATE: &str = "hookline: {{ event_type }} ({{ event_id }})";
 
-/// Longest body sent (the Messages API's limit); a longer rendering is cut.
+/// Longest body sent (the Messages API's limit); a longer rendering is cut. Counted in UTF-16
+/// code units, as the provider counts: an emoji is two of them, so 1,000 rockets are over.
 pub const MAX_BODY_CHARS: usize = 1600;
+
+/// The first [`MAX_BODY_CHARS`] UTF-16 code units of `text`, never half a character.
+fn cut(text: &str) -> &str {
+    let mut units = 0;
+    for (i, c) in text.char_indices() {
+        units += c.len_utf16();
+        if units > MAX_BODY_CHARS {
+            return &text[..i];
+        }
+    }
+    text
+}
 
 /// The provider API shared by every SMS channel.
 pub struct SmsApi {
@@ -32,6 +45,9 @@ pub struct SmsApi {
     messages_uri: http::Uri,
     /// `Basic base64(sid:token)`, marked sensitive.
     authorization: HeaderValue,
+    /// The header value and the token, hidden in error excerpts (a provider's error page may
+    /// echo the request).
+    hidden: Vec<String>,
     from: String,
     timeout: Duration,
 }
@@ -47,10 +63,13 @@ impl SmsApi {
             HeaderValue::try_from(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
                 .map_err(|_| "delivery.sms: the credentials do not make a valid header".to_string())?;
         authorization.set_sensitive(true);
+        let mut hidden = vec![String::from_utf8_lossy(authorization.as_bytes()).into_owned()];
+        hidden.extend(s.auth_token.clone());
         Ok(SmsApi {
             messages_url,
             messages_uri,
             authorization,
+            hidden,
             from: s.from.clone(),
             timeout: Duration::from_secs(s.timeout_seconds),
         })
@@ -77,7 +96,7 @@ impl SmsChannel {
             return AttemptResult::failed(Outcome::Retriable, "refused", e);
         }
         let text: String = match self.template.render(msg.event) {
-            Ok(t) => t.trim().chars().take(MAX_BODY_CHARS).collect(),
+            Ok(t) => cut(t.trim()).to_string(),
             Err(e) => {
                 return AttemptResult::failed(Outcome::Permanent, "error", format!("template failed to render: {e}"))
             }
@@ -102,7 +121,8 @@ impl SmsChannel {
             let h = req.headers_mut();
             h.insert(AUTHORIZATION, api.authorization.clone());
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
-            let r = exchange(&self.deps.client, req, api.timeout).await;
+            let hidden: Vec<&str> = api.hidden.iter().map(String::as_str).collect();
+            let r = exchange_hiding(&self.deps.client, req, api.timeout, &hidden).await;
             if r.outcome == Outcome::Delivered {
                 reached.push(to.clone());
                 last_ok = Some(r);
@@ -162,6 +182,17 @@ impl Channel for SmsChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_is_cut_at_1600_utf16_units() {
+        assert_eq!(cut(&"a".repeat(1700)).len(), 1600);
+        let rockets = "🚀".repeat(1000);
+        assert_eq!(cut(&rockets).chars().count(), 800, "an emoji is two units");
+        // Never half a surrogate pair: 1599 units of ASCII, then an emoji that would need 2.
+        let edge = format!("{}🚀", "a".repeat(1599));
+        assert_eq!(cut(&edge), "a".repeat(1599));
+        assert_eq!(cut("short"), "short");
+    }
 
     #[test]
     fn the_messages_url_follows_the_twilio_layout() {

@@ -1,0 +1,171 @@
+//! Per-channel pacing after a receiver answers 429 (rate limited).
+//!
+//! Why: Slack allows about one message per second per incoming webhook, and a burst of
+//! events to one channel used to keep sending to a URL that had just said "slow down": every
+//! delivery got its own 429, climbed the retry schedule (5 s, 300 s, 1800 s…), and a burst of
+//! 20 took 40 minutes. Now a 429 *holds* the channel (no send to it) for its `Retry-After`
+//! (or the schedule's first delay when there is none), and the channel is then *paced*: one
+//! send at a time, until [`PACED_FOR`] passes without another 429. Deliveries that wait here
+//! make no attempt and lose nothing: they stay in the worker's queue (and in the store).
+//!
+//! This module only decides which deliveries may go; the worker owns the queue and the
+//! sends. A delivery waiting here is in exactly one place of the worker's bookkeeping (a
+//! channel's backlog below), and the worker's usual checks (still queued, not in flight, due)
+//! apply again when it is released, so a stale entry is harmless.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::ids::DeliveryId;
+
+/// How long a channel stays paced (one send at a time) after its last 429.
+pub const PACED_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct ChannelThrottle {
+    /// No send to the channel before this (ms since the epoch).
+    hold_until_ms: u64,
+    last_429_ms: u64,
+    /// Deliveries that were ready while the channel was held or busy, in order.
+    backlog: VecDeque<DeliveryId>,
+}
+
+impl ChannelThrottle {
+    fn held(&self, now: u64) -> bool {
+        now < self.hold_until_ms
+    }
+
+    fn paced(&self, now: u64) -> bool {
+        now < self.last_429_ms + PACED_FOR.as_millis() as u64
+    }
+}
+
+/// The throttled channels of one webhook, by channel ID (usually none).
+#[derive(Default)]
+pub struct Throttles {
+    channels: HashMap<String, ChannelThrottle>,
+    /// Released by [`Throttles::releasable`] and not yet admitted: they skip the line once.
+    passes: HashSet<DeliveryId>,
+}
+
+impl Throttles {
+    /// The channel answered 429: hold it for `hold` from `now`, then pace it.
+    pub fn on_429(&mut self, channel: &str, now: u64, hold: Duration) {
+        let t = self.channels.entry(channel.to_string()).or_default();
+        t.hold_until_ms = t.hold_until_ms.max(now + hold.as_millis() as u64);
+        t.last_429_ms = now;
+    }
+
+    /// Whether a ready delivery to `channel` may be sent now; if not, it waits in the
+    /// channel's backlog. `in_flight_on` counts the channel's sends in flight (asked only
+    /// for a paced channel).
+    pub fn admit(&mut self, channel: &str, id: &DeliveryId, now: u64, in_flight_on: impl FnOnce() -> usize) -> bool {
+        if self.passes.remove(id) {
+            return true;
+        }
+        let Some(t) = self.channels.get_mut(channel) else { return true };
+        let wait = t.held(now) || (t.paced(now) && (!t.backlog.is_empty() || in_flight_on() > 0));
+        if wait {
+            t.backlog.push_back(id.clone());
+        }
+        !wait
+    }
+
+    /// Deliveries that may go now, oldest first: one per paced channel that is neither held
+    /// nor busy, the whole backlog of a channel whose pacing is over. Each gets a pass that
+    /// [`Throttles::admit`] honours once, until [`Throttles::end_round`]. Channels left with
+    /// nothing to remember are dropped.
+    pub fn releasable(&mut self, now: u64, in_flight_on: impl Fn(&str) -> usize) -> Vec<DeliveryId> {
+        self.passes.clear();
+        let mut out = Vec::new();
+        for (channel, t) in self.channels.iter_mut() {
+            if t.held(now) || t.backlog.is_empty() {
+                continue;
+            }
+            if !t.paced(now) {
+                out.extend(t.backlog.drain(..));
+            } else if in_flight_on(channel) == 0 {
+                out.extend(t.backlog.pop_front());
+            }
+        }
+        self.channels.retain(|_, t| t.paced(now) || !t.backlog.is_empty());
+        self.passes.extend(out.iter().cloned());
+        out
+    }
+
+    /// The worker's round of sends is over: passes not used by now are void (a released
+    /// delivery that could not go meanwhile queues again like any other).
+    pub fn end_round(&mut self) {
+        self.passes.clear();
+    }
+
+    /// When the earliest hold with deliveries waiting ends (the worker's timer).
+    pub fn next_wake(&self) -> Option<u64> {
+        self.channels.values().filter(|t| !t.backlog.is_empty()).map(|t| t.hold_until_ms).min()
+    }
+
+    /// Channels a PATCH removed (their deliveries are buried by the worker).
+    pub fn forget(&mut self, channels: &[String]) {
+        self.channels.retain(|c, _| !channels.contains(c));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// How many deliveries wait in backlogs (for tests and logs).
+    pub fn waiting(&self) -> usize {
+        self.channels.values().map(|t| t.backlog.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> DeliveryId {
+        DeliveryId::parse(&format!("del_{n}")).unwrap()
+    }
+
+    #[test]
+    fn a_channel_without_a_429_is_never_held() {
+        let mut t = Throttles::default();
+        assert!(t.admit("c", &id(1), 0, || 5));
+        assert!(t.is_empty() && t.next_wake().is_none());
+    }
+
+    #[test]
+    fn a_429_holds_then_paces_one_at_a_time() {
+        let mut t = Throttles::default();
+        t.on_429("c", 1_000, Duration::from_secs(2));
+        // Held: everything waits, in order; another channel is not affected.
+        assert!(!t.admit("c", &id(1), 1_500, || 0));
+        assert!(!t.admit("c", &id(2), 1_600, || 0));
+        assert!(t.admit("other", &id(9), 1_600, || 0));
+        assert_eq!(t.next_wake(), Some(3_000));
+        assert!(t.releasable(2_999, |_| 0).is_empty(), "still held");
+        // Hold over: one at a time while paced.
+        assert_eq!(t.releasable(3_000, |_| 0), vec![id(1)]);
+        assert!(t.admit("c", &id(1), 3_000, || 0), "a released delivery goes, backlog or not");
+        t.end_round();
+        assert!(t.releasable(3_001, |_| 1).is_empty(), "one in flight: the next waits");
+        assert!(!t.admit("c", &id(3), 3_002, || 1), "a new one queues behind the backlog");
+        assert_eq!(t.releasable(3_100, |_| 0), vec![id(2)]);
+        // Pacing over: the rest goes at once, and the channel is forgotten.
+        let later = 1_000 + PACED_FOR.as_millis() as u64;
+        assert_eq!(t.releasable(later, |_| 1), vec![id(3)]);
+        assert!(t.is_empty());
+        assert!(t.admit("c", &id(4), later, || 3));
+    }
+
+    #[test]
+    fn a_later_429_extends_the_hold_and_removed_channels_are_forgotten() {
+        let mut t = Throttles::default();
+        t.on_429("c", 0, Duration::from_secs(5));
+        t.on_429("c", 1_000, Duration::from_secs(1));
+        assert!(!t.admit("c", &id(1), 4_000, || 0), "the longer hold stands");
+        assert_eq!(t.waiting(), 1);
+        t.forget(&["c".to_string()]);
+        assert!(t.is_empty() && t.waiting() == 0);
+    }
+}
