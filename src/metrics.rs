@@ -133,6 +133,11 @@ fn zero_series() {
     ] {
         counter!(INGEST_REQUESTS, "outcome" => outcome).absolute(0);
     }
+    // The durable answers' latency (what the dashboard's ingest panel shows) exists from the
+    // start too; other outcomes' series appear with their first request.
+    for outcome in ["created", "buffered", "duplicate", "ignored", "updated", "deleted"] {
+        let _ = histogram!(INGEST_DURATION, "outcome" => outcome);
+    }
     for trigger in ["window", "size", "drain", "restart"] {
         counter!(INGEST_FLUSHES, "trigger" => trigger).absolute(0);
     }

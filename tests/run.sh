@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (README → "Run the tests"). Installs what the cross-checks need, then
+# The test command (README → "Quick start", command 2). Installs what the cross-checks need, then
 # runs every test: unit, integration (real daemon over HTTP on 127.0.0.1), and doc tests.
 # (Benchmarks are not tests: run them with `cargo bench`, see the README.)
 set -euo pipefail
