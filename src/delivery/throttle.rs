@@ -4,9 +4,11 @@
 //! events to one channel used to keep sending to a URL that had just said "slow down": every
 //! delivery got its own 429, climbed the retry schedule (5 s, 300 s, 1800 s…), and a burst of
 //! 20 took 40 minutes. Now a 429 *holds* the channel (no send to it) for its `Retry-After`
-//! (or the schedule's first delay when there is none), and the channel is then *paced*: one
-//! send at a time, until [`PACED_FOR`] passes without another 429. Deliveries that wait here
-//! make no attempt and lose nothing: they stay in the worker's queue (and in the store).
+//! (or the schedule's first delay when there is none; at least [`MIN_HOLD`]), and the channel
+//! is then *paced*: one send at a time, each at least that long after the previous one, until
+//! [`PACED_FOR`] passes without another 429. Against Slack's one message per second that is
+//! one send per second, not a 429 every other send. Deliveries that wait here make no attempt
+//! and lose nothing: they stay in the worker's queue (and in the store).
 //!
 //! This module only decides which deliveries may go; the worker owns the queue and the
 //! sends. A delivery waiting here is in exactly one place of the worker's bookkeeping (a
@@ -21,10 +23,16 @@ use crate::ids::DeliveryId;
 /// How long a channel stays paced (one send at a time) after its last 429.
 pub const PACED_FOR: Duration = Duration::from_secs(60);
 
+/// The shortest hold and spacing (a `Retry-After: 0` would otherwise mean none at all).
+pub const MIN_HOLD: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct ChannelThrottle {
-    /// No send to the channel before this (ms since the epoch).
+    /// No send to the channel before this (ms since the epoch): the 429's hold, then the
+    /// spacing after each paced send.
     hold_until_ms: u64,
+    /// The last hold's length: the least time between two paced sends.
+    spacing_ms: u64,
     last_429_ms: u64,
     /// Deliveries that were ready while the channel was held or busy, in order.
     backlog: VecDeque<DeliveryId>,
@@ -52,7 +60,9 @@ impl Throttles {
     /// The channel answered 429: hold it for `hold` from `now`, then pace it.
     pub fn on_429(&mut self, channel: &str, now: u64, hold: Duration) {
         let t = self.channels.entry(channel.to_string()).or_default();
-        t.hold_until_ms = t.hold_until_ms.max(now + hold.as_millis() as u64);
+        let hold = hold.max(MIN_HOLD).as_millis() as u64;
+        t.hold_until_ms = t.hold_until_ms.max(now + hold);
+        t.spacing_ms = hold;
         t.last_429_ms = now;
     }
 
@@ -67,6 +77,8 @@ impl Throttles {
         let wait = t.held(now) || (t.paced(now) && (!t.backlog.is_empty() || in_flight_on() > 0));
         if wait {
             t.backlog.push_back(id.clone());
+        } else if t.paced(now) {
+            t.hold_until_ms = now + t.spacing_ms;
         }
         !wait
     }
@@ -86,6 +98,7 @@ impl Throttles {
                 out.extend(t.backlog.drain(..));
             } else if in_flight_on(channel) == 0 {
                 out.extend(t.backlog.pop_front());
+                t.hold_until_ms = now + t.spacing_ms;
             }
         }
         self.channels.retain(|_, t| t.paced(now) || !t.backlog.is_empty());
@@ -99,9 +112,12 @@ impl Throttles {
         self.passes.clear();
     }
 
-    /// When the earliest hold with deliveries waiting ends (the worker's timer).
-    pub fn next_wake(&self) -> Option<u64> {
-        self.channels.values().filter(|t| !t.backlog.is_empty()).map(|t| t.hold_until_ms).min()
+    /// When the earliest hold (or spacing) still ahead of `now` with deliveries waiting ends
+    /// (the worker's timer). A paced channel past it waits for its send in flight instead:
+    /// that send's outcome releases the next one (a timer then would fire at once, again
+    /// and again).
+    pub fn next_wake(&self, now: u64) -> Option<u64> {
+        self.channels.values().filter(|t| !t.backlog.is_empty() && t.held(now)).map(|t| t.hold_until_ms).min()
     }
 
     /// Channels a PATCH removed (their deliveries are buried by the worker).
@@ -131,7 +147,7 @@ mod tests {
     fn a_channel_without_a_429_is_never_held() {
         let mut t = Throttles::default();
         assert!(t.admit("c", &id(1), 0, || 5));
-        assert!(t.is_empty() && t.next_wake().is_none());
+        assert!(t.is_empty() && t.next_wake(0).is_none());
     }
 
     #[test]
@@ -142,20 +158,33 @@ mod tests {
         assert!(!t.admit("c", &id(1), 1_500, || 0));
         assert!(!t.admit("c", &id(2), 1_600, || 0));
         assert!(t.admit("other", &id(9), 1_600, || 0));
-        assert_eq!(t.next_wake(), Some(3_000));
+        assert_eq!(t.next_wake(1_600), Some(3_000));
         assert!(t.releasable(2_999, |_| 0).is_empty(), "still held");
-        // Hold over: one at a time while paced.
+        assert_eq!(t.next_wake(3_000), None, "past the hold, a release (not a timer) comes next");
+        // Hold over: one at a time while paced, each a hold's length after the previous one.
         assert_eq!(t.releasable(3_000, |_| 0), vec![id(1)]);
         assert!(t.admit("c", &id(1), 3_000, || 0), "a released delivery goes, backlog or not");
         t.end_round();
-        assert!(t.releasable(3_001, |_| 1).is_empty(), "one in flight: the next waits");
-        assert!(!t.admit("c", &id(3), 3_002, || 1), "a new one queues behind the backlog");
-        assert_eq!(t.releasable(3_100, |_| 0), vec![id(2)]);
+        assert!(t.releasable(5_100, |_| 1).is_empty(), "one in flight: the next waits");
+        assert!(!t.admit("c", &id(3), 5_100, || 1), "a new one queues behind the backlog");
+        assert!(t.releasable(4_999, |_| 0).is_empty(), "sent at 3 s with a 2 s spacing");
+        assert_eq!(t.next_wake(4_000), Some(5_000));
+        assert_eq!(t.releasable(5_000, |_| 0), vec![id(2)]);
         // Pacing over: the rest goes at once, and the channel is forgotten.
         let later = 1_000 + PACED_FOR.as_millis() as u64;
         assert_eq!(t.releasable(later, |_| 1), vec![id(3)]);
         assert!(t.is_empty());
         assert!(t.admit("c", &id(4), later, || 3));
+    }
+
+    #[test]
+    fn a_zero_retry_after_still_holds_and_spaces() {
+        let mut t = Throttles::default();
+        t.on_429("c", 0, Duration::ZERO);
+        assert!(!t.admit("c", &id(1), 999, || 0));
+        assert_eq!(t.releasable(1_000, |_| 0), vec![id(1)]);
+        assert!(t.admit("c", &id(1), 1_000, || 0));
+        assert!(!t.admit("c", &id(2), 1_500, || 0), "spaced by the minimum hold");
     }
 
     #[test]

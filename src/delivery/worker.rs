@@ -720,7 +720,7 @@ impl WorkerState {
         let waiting = self.waiting.peek().map(|Reverse((due, _))| *due);
         // Parked retries only when memory has room for them; else a `Done` refills.
         let parked = self.parked_due.filter(|_| self.queue.len() < self.settings.max_queued);
-        let held = self.throttles.next_wake();
+        let held = self.throttles.next_wake(now_millis());
         let Some(due) = [waiting, parked, held].into_iter().flatten().min() else { return };
         if let Some((t, _)) = &self.timer {
             if *t <= due {
@@ -741,16 +741,42 @@ impl WorkerState {
         if !self.rt.is_active || self.rt.problem.is_some() || self.shared.shutdown.is_cancelled() {
             return;
         }
-        let mut rearm = false;
         let now = now_millis();
-        if !self.throttles.is_empty() && self.in_flight.len() < self.settings.max_in_flight {
-            // Throttled channels whose turn it is go first, in their order.
-            let (queue, in_flight) = (&self.queue, &self.in_flight);
-            let released = self.throttles.releasable(now, |c| in_flight_on(queue, in_flight, c));
-            for id in released.into_iter().rev() {
-                self.ready.push_front(id);
+        let mut rearm = false;
+        // A released delivery that turns out stale (sent, or due later) sends nothing: then
+        // the next of its channel is released, until one goes or none is left.
+        loop {
+            let released = self.release_throttled(now);
+            rearm |= self.send_ready(now);
+            if !released || self.in_flight.len() >= self.settings.max_in_flight {
+                break;
             }
         }
+        self.throttles.end_round();
+        if rearm {
+            self.arm();
+        }
+    }
+
+    /// Puts the deliveries of throttled channels whose turn it is at the front of `ready`, in
+    /// their order; whether there were any.
+    fn release_throttled(&mut self, now: u64) -> bool {
+        if self.throttles.is_empty() || self.in_flight.len() >= self.settings.max_in_flight {
+            return false;
+        }
+        let (queue, in_flight) = (&self.queue, &self.in_flight);
+        let released = self.throttles.releasable(now, |c| in_flight_on(queue, in_flight, c));
+        let any = !released.is_empty();
+        for id in released.into_iter().rev() {
+            self.ready.push_front(id);
+        }
+        any
+    }
+
+    /// Sends ready deliveries while under the concurrency bound; whether the timer needs
+    /// re-arming (a delivery moved to `waiting` or a throttled channel's backlog).
+    fn send_ready(&mut self, now: u64) -> bool {
+        let mut rearm = false;
         while self.in_flight.len() < self.settings.max_in_flight {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(d) = self.queue.get(&id) else { continue };
@@ -807,10 +833,7 @@ impl WorkerState {
                 let _ = me.cast(WorkerMsg::Done { delivery_id: id, result, at_ms, duration: started.elapsed() });
             });
         }
-        self.throttles.end_round();
-        if rearm {
-            self.arm();
-        }
+        rearm
     }
 
     fn done(&mut self, id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration) {
@@ -825,13 +848,17 @@ impl WorkerState {
             duration_ms: duration.as_millis() as u64,
         });
         let now = now_millis();
-        // Rate limited: the channel waits (see `throttle`), and this is not a failure that
-        // climbs the schedule (a burst to Slack would otherwise end up hours apart).
+        // Rate limited: the channel waits (see `throttle`), and a first 429 is not a failure
+        // that climbs the schedule (a burst to Slack would otherwise end up hours apart). A
+        // delivery limited twice in a row does climb: a receiver that keeps answering 429
+        // gets the schedule's backoff, as any failing one does.
         let limited = result.status_code == Some(429) && result.outcome == Outcome::Retriable;
-        if limited {
+        let limited_before = d.attempts.iter().rev().nth(1).is_some_and(|a| a.status_code == Some(429));
+        if limited && self.rt.has_channel(&d) {
             let hold = self.settings.policy.hold_after_429(result.retry_after);
             self.throttles.on_429(&d.channel_ref(), now, hold);
-        } else if result.outcome != Outcome::Delivered {
+        }
+        if result.outcome != Outcome::Delivered && (!limited || limited_before) {
             d.failures += 1;
         }
         let age = Duration::from_millis(now.saturating_sub(d.window_start_ms));

@@ -162,7 +162,10 @@ fn summarize(
     let errors: Vec<String> =
         failed.iter().map(|(to, r)| format!("to {to}: {}", r.error.as_deref().unwrap_or("failed"))).collect();
     let retry_after = failed.iter().filter_map(|(_, r)| r.retry_after).max();
-    let mut first = failed.swap_remove(0).1;
+    // A rate limit speaks for the attempt (the channel is then held, see `throttle`), even
+    // when another number failed first for another reason.
+    let pick = failed.iter().position(|(_, r)| r.status_code == Some(429)).unwrap_or(0);
+    let mut first = failed.swap_remove(pick).1;
     first.retry_after = retry_after;
     first.error = Some(format!("{} of {total} numbers failed; {}", errors.len(), errors.join("; ")));
     first.reached = reached;
