@@ -5,8 +5,8 @@
 //! delivery got its own 429, climbed the retry schedule (5 s, 300 s, 1800 s…), and a burst of
 //! 20 took 40 minutes. Now a 429 *holds* the channel (no send to it) for its `Retry-After`
 //! (or the schedule's first delay when there is none; at least [`MIN_HOLD`]), and the channel
-//! is then *paced*: one send at a time, each at least that long after the previous one, until
-//! [`PACED_FOR`] passes without another 429. Against Slack's one message per second that is
+//! is then *paced*: one send at a time, each a little more than that after the previous one,
+//! until [`PACED_FOR`] passes after the hold without another 429. Against Slack's one message per second that is
 //! one send per second, not a 429 every other send. Deliveries that wait here make no attempt
 //! and lose nothing: they stay in the worker's queue (and in the store).
 //!
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::ids::DeliveryId;
 
-/// How long a channel stays paced (one send at a time) after its last 429.
+/// How long a channel stays paced (one send at a time) after its last 429's hold ends.
 pub const PACED_FOR: Duration = Duration::from_secs(60);
 
 /// The shortest hold and spacing (a `Retry-After: 0` would otherwise mean none at all).
@@ -31,9 +31,12 @@ struct ChannelThrottle {
     /// No send to the channel before this (ms since the epoch): the 429's hold, then the
     /// spacing after each paced send.
     hold_until_ms: u64,
-    /// The last hold's length: the least time between two paced sends.
+    /// A little more than the last hold's length: the least time between two paced sends
+    /// (a send leaves a few ms after it is released, so exactly the hold could land two
+    /// sends inside one rate-limit window).
     spacing_ms: u64,
-    last_429_ms: u64,
+    /// Paced until this: [`PACED_FOR`] after the last 429's hold ends.
+    paced_until_ms: u64,
     /// Deliveries that were ready while the channel was held or busy, in order.
     backlog: VecDeque<DeliveryId>,
 }
@@ -44,7 +47,7 @@ impl ChannelThrottle {
     }
 
     fn paced(&self, now: u64) -> bool {
-        now < self.last_429_ms + PACED_FOR.as_millis() as u64
+        now < self.paced_until_ms
     }
 }
 
@@ -62,8 +65,8 @@ impl Throttles {
         let t = self.channels.entry(channel.to_string()).or_default();
         let hold = hold.max(MIN_HOLD).as_millis() as u64;
         t.hold_until_ms = t.hold_until_ms.max(now + hold);
-        t.spacing_ms = hold;
-        t.last_429_ms = now;
+        t.spacing_ms = hold + hold / 20;
+        t.paced_until_ms = t.paced_until_ms.max(t.hold_until_ms + PACED_FOR.as_millis() as u64);
     }
 
     /// Whether a ready delivery to `channel` may be sent now; if not, it waits in the
@@ -167,11 +170,13 @@ mod tests {
         t.end_round();
         assert!(t.releasable(5_100, |_| 1).is_empty(), "one in flight: the next waits");
         assert!(!t.admit("c", &id(3), 5_100, || 1), "a new one queues behind the backlog");
-        assert!(t.releasable(4_999, |_| 0).is_empty(), "sent at 3 s with a 2 s spacing");
-        assert_eq!(t.next_wake(4_000), Some(5_000));
-        assert_eq!(t.releasable(5_000, |_| 0), vec![id(2)]);
-        // Pacing over: the rest goes at once, and the channel is forgotten.
-        let later = 1_000 + PACED_FOR.as_millis() as u64;
+        assert!(t.releasable(5_099, |_| 0).is_empty(), "sent at 3 s with a 2.1 s spacing");
+        assert_eq!(t.next_wake(4_000), Some(5_100));
+        assert_eq!(t.releasable(5_100, |_| 0), vec![id(2)]);
+        // Paced for a minute after the hold (not after the 429: a long Retry-After would
+        // leave no pacing at all); then the rest goes at once, and the channel is forgotten.
+        let later = 3_000 + PACED_FOR.as_millis() as u64;
+        assert!(t.releasable(later - 1, |_| 1).is_empty(), "still paced, one in flight");
         assert_eq!(t.releasable(later, |_| 1), vec![id(3)]);
         assert!(t.is_empty());
         assert!(t.admit("c", &id(4), later, || 3));
@@ -184,7 +189,9 @@ mod tests {
         assert!(!t.admit("c", &id(1), 999, || 0));
         assert_eq!(t.releasable(1_000, |_| 0), vec![id(1)]);
         assert!(t.admit("c", &id(1), 1_000, || 0));
-        assert!(!t.admit("c", &id(2), 1_500, || 0), "spaced by the minimum hold");
+        assert!(!t.admit("c", &id(2), 2_000, || 0), "spaced by a little over the minimum hold");
+        assert!(t.releasable(2_049, |_| 0).is_empty());
+        assert_eq!(t.releasable(2_050, |_| 0), vec![id(2)]);
     }
 
     #[test]
