@@ -24,7 +24,7 @@
 //! webhook has its own actor, so one slow or dead receiver never holds back another webhook.
 //!
 //! A channel that answers 429 is held for its `Retry-After`, then paced one send at a time
-//! ([`super::throttle`]); a 429 does not move its delivery up the retry schedule.
+//! ([`super::throttle`]); a first 429 does not move its delivery up the retry schedule.
 //!
 //! Outcome writes are grouped: every `Done` adds to one pending [`Batch`], submitted by a
 //! `Flush` [`OUTCOME_LINGER`] after the first of them (one commit for many deliveries).
