@@ -206,8 +206,9 @@ mod tests {
     async fn fetches_an_asset_with_basic_auth_and_maps_its_errors() {
         install_crypto();
         let addr = fake_mux().await;
-        // A trailing slash on api_base is tolerated.
-        let api = MuxApi::new(&format!("http://{addr}/"), Duration::from_millis(500)).unwrap();
+        // A trailing slash on api_base is tolerated. (A generous timeout: none of these calls
+        // waits on purpose, but a busy machine can take over a second to serve the 1 MiB one.)
+        let api = MuxApi::new(&format!("http://{addr}/"), Duration::from_secs(30)).unwrap();
 
         let asset = api.get_asset("AsSeT123", TOKEN_ID, TOKEN_SECRET).await.unwrap();
         assert_eq!(asset["id"], "AsSeT123");
