@@ -410,13 +410,20 @@ impl AdapterState {
         payload: Result<Value, crate::error::ApiError>,
     ) -> Step {
         // Credentials are decrypted only for a request that carries a native signature.
-        let creds = match headers.mux_signature {
-            Some(_) if self.adapter.adapter_type == crate::catalog::ProviderType::Mux => {
-                self.credentials().ok().flatten()
-            }
-            _ => None,
+        let (creds, unreadable) = match headers.mux_signature {
+            Some(_) if self.adapter.adapter_type == crate::catalog::ProviderType::Mux => match self.credentials() {
+                Ok(c) => (c, None),
+                Err(e) => (None, Some(e)),
+            },
+            _ => (None, None),
         };
         if !kind::authentic(&self.adapter, headers, raw, creds.as_ref()) {
+            // A signature hookline cannot check (its signing secrets cannot be decrypted,
+            // e.g. after a master key change) is not the sender's fault: 503, so the
+            // upstream retries once the operator has fixed the key, and the status says why.
+            if let Some(e) = unreadable {
+                return Step::Done(Err(self.retry(now_millis(), e)));
+            }
             return Step::Done(Err(IngestErr::Unauthorized));
         }
         drop(creds);

@@ -207,9 +207,12 @@ pub fn external_id(
             let col = adapter.id_column();
             match ev.primary_key(col) {
                 Some(id) => Ok(Some(id)),
-                None => Err(PayloadError(format!(
-                    "the row has no usable {col:?} (id_column): a non-empty string or a number is needed"
-                ))),
+                None => Err(PayloadError(match ev.row().ok().and_then(|r| r.get(col)) {
+                    Some(Value::Number(n)) => {
+                        format!("the row's {col:?} (id_column) is {}", path::number_key_problem(n))
+                    }
+                    _ => format!("the row has no usable {col:?} (id_column): a non-empty string or a number is needed"),
+                })),
             }
         }
     }

@@ -24,14 +24,38 @@ pub fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
     Some(cur)
 }
 
-/// A scalar rendered as the string an ID would be (strings as is, numbers and booleans in
-/// their JSON form). `None` for null, objects and arrays: those cannot identify an event.
+/// A scalar rendered as the string an ID would be (strings as is, numbers as by
+/// [`number_key`], booleans in their JSON form). `None` for null, objects, arrays and numbers
+/// that cannot be a key: those cannot identify an event.
 pub fn scalar_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) => number_key(n),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+/// A number as an ID: an integer in its decimal form (`7`, and `7.0` too, so both are one
+/// key with `"7"`). `None` for a fraction, and for an integer past 64 bits: JSON parsing
+/// rounds those to the nearest float, so two different IDs would become one key (and one
+/// event would be dropped as a duplicate of the other).
+pub fn number_key(n: &serde_json::Number) -> Option<String> {
+    if n.is_i64() || n.is_u64() {
+        return Some(n.to_string());
+    }
+    // Below 2^53 a float holds every integer exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < EXACT).map(|f| format!("{}", f as i64))
+}
+
+/// Why a number cannot be an ID, for error messages.
+pub fn number_key_problem(n: &serde_json::Number) -> &'static str {
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 => {
+            "an integer too large to keep exactly (JSON numbers past 64 bits are rounded): send it as a string"
+        }
+        _ => "a number with a fraction, which cannot be an exact key: send it as a string",
     }
 }
 
@@ -53,5 +77,22 @@ mod tests {
         assert!(!is_valid("a..b") && !is_valid("") && !is_valid(".a") && !is_valid("a."));
         assert_eq!(scalar_string(&json!(12)), Some("12".into()));
         assert_eq!(scalar_string(&json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn numbers_are_keys_only_when_exact() {
+        let key = |text: &str| match serde_json::from_str::<Value>(text).unwrap() {
+            Value::Number(n) => number_key(&n),
+            _ => unreachable!(),
+        };
+        assert_eq!(key("7").as_deref(), Some("7"));
+        assert_eq!(key("-7").as_deref(), Some("-7"));
+        assert_eq!(key("7.0").as_deref(), Some("7"), "7.0 is the key 7");
+        assert_eq!(key("18446744073709551615").as_deref(), Some("18446744073709551615"), "u64::MAX is exact");
+        // Two different IDs past 64 bits parse to the same float: neither may be a key.
+        assert_eq!(key("18446744073709551616"), None);
+        assert_eq!(key("12345678901234567890123"), None);
+        assert_eq!(key("1.5"), None);
+        assert_eq!(key("1e300"), None);
     }
 }

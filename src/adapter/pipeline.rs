@@ -68,9 +68,12 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
                 ))
             }
             Some(p) => {
-                return Err(PayloadError(format!(
-                    "dedup_key {p:?} is missing from the payload or is not a non-empty string or a number"
-                )))
+                return Err(PayloadError(match path::lookup(payload, p) {
+                    Some(Value::Number(n)) => format!("dedup_key {p:?} is {}", path::number_key_problem(n)),
+                    _ => {
+                        format!("dedup_key {p:?} is missing from the payload or is not a non-empty string or a number")
+                    }
+                }))
             }
         },
     };
@@ -101,7 +104,7 @@ pub fn dedup_value(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
     }
     match path::lookup(payload, dedup_path(adapter)?) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Number(n)) => path::number_key(n),
         _ => None,
     }
 }
@@ -201,6 +204,10 @@ fn json_type(v: &Value) -> &'static str {
         Value::Null => "null",
         Value::Bool(_) => "bool",
         Value::Number(n) if n.is_i64() || n.is_u64() => "int",
+        // Past 64 bits JSON parsing makes an integer a float: say so, not just "float".
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18) => {
+            "an integer past 64 bits (not an int)"
+        }
         Value::Number(_) => "float",
         Value::String(_) => "string",
         Value::Array(_) => "array",

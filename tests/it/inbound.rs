@@ -373,6 +373,38 @@ async fn generic_event_type_field_and_default_filter() {
     assert_eq!(objects(&app, &b2).await.len(), 2);
 }
 
+/// Numeric dedup values: a number and its decimal string are one key, but a number JSON
+/// parsing cannot keep exactly (past 64 bits, or with a fraction) is refused with a 422 that
+/// says so, rather than rounded into another event's key and dropped as its duplicate.
+#[tokio::test]
+async fn numeric_dedup_keys_are_exact_or_refused() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "data.id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "numeric", json!({"n": {"type": "int"}}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let headers = [("x-webhook-secret", secret.as_str())];
+    let send = |body: &'static str| app.post_raw(&path, body, &headers);
+
+    let (s, b) = send(r#"{"data": {"id": 7.0}}"#).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let (s, b) = send(r#"{"data": {"id": "7"}}"#).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("duplicate")), "7.0, 7 and \"7\" are one key: {b}");
+    let (s, b) = send(r#"{"data": {"id": 18446744073709551615}}"#).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "u64::MAX is exact: {b}");
+    for big in [r#"{"data": {"id": 12345678901234567890123}}"#, r#"{"data": {"id": 12345678901234567890124}}"#] {
+        let (s, b) = send(big).await;
+        assert_eq!(s, 422, "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("send it as a string"), "{b}");
+    }
+    let (s, b) = send(r#"{"data": {"id": 1.5}}"#).await;
+    assert_eq!(s, 422, "{b}");
+    // As strings, the two big IDs are two events.
+    for big in [r#"{"data": {"id": "12345678901234567890123"}}"#, r#"{"data": {"id": "12345678901234567890124"}}"#] {
+        assert_eq!(send(big).await.1["status"], "created");
+    }
+    assert_eq!(objects(&app, &bucket).await.len(), 4);
+}
+
 #[tokio::test]
 async fn the_same_event_five_times_concurrently_makes_one_object() {
     let app = TestApp::start().await;

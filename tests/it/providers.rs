@@ -1022,3 +1022,44 @@ async fn a_mux_delete_that_comes_first_is_not_undone_by_a_late_ready() {
     let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await;
     assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
 }
+
+/// A master key that cannot open the connection (changed, or the wrong one restored) is the
+/// operator's problem, not the sender's: a correctly signed Mux request gets 503 (Mux
+/// retries) saying why, not a 401 that blames the signature, nor a 500.
+#[tokio::test]
+async fn a_master_key_that_cannot_open_the_connection_is_a_503_not_a_bad_signature() {
+    let key_a = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let key_b = "HxwdHhsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
+    let fake = FakeMux::start().await;
+    let mut app = TestApp::start_with(Options {
+        extra_toml: fake.toml(),
+        env: vec![("HOOKLINE_MASTER_KEY".into(), key_a.into())],
+        ..Default::default()
+    })
+    .await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, webhook_secret) = mux_bucket(&app, "mux-keys", &conn).await;
+    app.stop();
+    app.set_env("HOOKLINE_MASTER_KEY", key_b);
+    app.start_again().await;
+
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let body = ready_event("AsSeTkEyS01", true);
+    let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) = app.post_raw(&ingest, body.clone(), &[("Mux-Signature", &h)]).await;
+    assert_eq!(s, 503, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("decrypted"), "{r}");
+    let (_, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    assert!(st["last_error"].as_str().unwrap().contains("decrypted"), "the status says why: {st}");
+    // A wrong signature is still a 401 only when it can be checked; without a Mux-Signature,
+    // X-Webhook-Secret still authenticates (the event carries its playback IDs: no fetch).
+    let (s, r) = app.post_raw(&ingest, body, &[("X-Webhook-Secret", &webhook_secret)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+
+    let (s, r) =
+        lifecycle(&app, &conn, SIGNING_SECRET, &json!({"type": "video.asset.deleted", "data": {"id": "AsSeTkEyS01"}}))
+            .await;
+    assert_eq!(s, 503, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("master key"), "{r}");
+    assert_eq!(objects(&app, &bucket).await.len(), 1, "nothing deleted");
+}

@@ -233,6 +233,13 @@ impl TestApp {
         self.write_config();
     }
 
+    /// Sets an environment variable of the daemon (takes effect at the next start), e.g.
+    /// another `HOOKLINE_MASTER_KEY`.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.opts.env.retain(|(k, _)| k != key);
+        self.opts.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Whether the config names `API_KEY` (takes effect at the next start).
     pub fn set_configured_api_key(&mut self, on: bool) {
         self.opts.with_api_key = on;

@@ -48,9 +48,15 @@ impl RegistryState {
             return Err(ApiError::NotFound(format!("connection {id} is not a mux connection")));
         }
         {
-            let cfg = conn
-                .open(&self.shared.secrets)
-                .map_err(|e| ApiError::Internal(anyhow::anyhow!("open connection {id}: {e}")))?;
+            // Not the sender's fault, and not a crash: 503, so Mux retries once the operator
+            // has restored the master key (the log says which connection).
+            let cfg = conn.open(&self.shared.secrets).map_err(|e| {
+                tracing::error!(connection_id = %id, error = %e, "open connection");
+                ApiError::Unavailable(format!(
+                    "connection {id}'s credentials cannot be decrypted with the current master key, so \
+                     Mux-Signature cannot be checked; see the daemon log"
+                ))
+            })?;
             let secrets = cfg.mux_signing_secrets();
             if secrets.is_empty() {
                 return Err(ApiError::UnauthorizedMsg(format!(
