@@ -227,7 +227,29 @@ pub fn new_secret() -> (String, String) {
     (secret, digest)
 }
 
+/// The `type` values of a Supabase database webhook.
+const SUPABASE_EVENT_TYPES: &[&str] = &["INSERT", "UPDATE", "DELETE"];
+
 impl SourceAdapterInput {
+    /// Settings that are valid but probably not what was meant, for the PATCH answer's
+    /// `warnings`: a Mux event type Mux does not send (a typo ignores every event it meant).
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(filter) = self.event_filter.as_ref().filter(|_| self.adapter_type == ProviderType::Mux) else {
+            return Vec::new();
+        };
+        filter
+            .event_types
+            .iter()
+            .filter(|t| !super::mux::KNOWN_EVENT_TYPES.contains(&t.as_str()))
+            .map(|t| {
+                format!(
+                    "source_adapter.event_filter.event_types: {t:?} is not a Mux event type hookline knows; \
+                     events of the types Mux sends will be ignored unless listed"
+                )
+            })
+            .collect()
+    }
+
     /// Every check that needs only the body and the bucket schema; errors name the field
     /// under `source_adapter.`.
     pub fn validate(&self, schema: &BucketSchema) -> Result<(), ApiError> {
@@ -250,6 +272,18 @@ impl SourceAdapterInput {
                     f("event_filter.event_types"),
                     "at most 100 event types of 1–200 characters",
                 ));
+            }
+            // Supabase sends exactly these three: any other entry (`insert`) would match
+            // nothing, and every event would be acknowledged as ignored, never retried.
+            if self.adapter_type == ProviderType::Supabase {
+                if let Some(t) = filter.event_types.iter().find(|t| !SUPABASE_EVENT_TYPES.contains(&t.as_str())) {
+                    return Err(ApiError::validation(
+                        f("event_filter.event_types"),
+                        format!(
+                            "{t:?} is not a Supabase database webhook type: use INSERT, UPDATE or DELETE (upper case)"
+                        ),
+                    ));
+                }
             }
         }
         if self.field_mapping.len() > 256 {

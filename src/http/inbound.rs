@@ -88,6 +88,10 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;
     let body: PatchBucket = from_value(req.json_value()?)?;
+    let warnings = match &body.source_adapter {
+        Some(Some(sa)) => sa.warnings(),
+        _ => Vec::new(),
+    };
     let registry = state.shared.bucket_registry()?;
     let Patched { bucket, webhook_secret } = ask!(registry, |reply| RegistryMsg::PatchBucket {
         namespace,
@@ -98,6 +102,9 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
     let mut view = bucket_view(state, &bucket);
     if let (Some(sa), Some(secret)) = (view.get_mut("source_adapter").and_then(|v| v.as_object_mut()), webhook_secret) {
         sa.insert("webhook_secret".into(), secret.into());
+    }
+    if !warnings.is_empty() {
+        view["warnings"] = warnings.into();
     }
     Ok(json(StatusCode::OK, &view))
 }

@@ -373,6 +373,38 @@ async fn generic_event_type_field_and_default_filter() {
     assert_eq!(objects(&app, &b2).await.len(), 2);
 }
 
+/// A filter that can never match would acknowledge every event as ignored (the upstream
+/// never retries): Supabase types are checked, and a Mux type Mux does not send is warned of.
+#[tokio::test]
+async fn event_filters_that_cannot_match_are_refused_or_warned() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("filters", json!({})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let patch = |adapter: Value| app.patch(&path, json!({ "source_adapter": adapter }));
+    for bad in [json!(["insert"]), json!(["INSERT", "BOGUS"])] {
+        let (s, b) = patch(json!({"adapter_type": "supabase", "event_filter": {"event_types": bad}})).await;
+        assert_eq!(s, 422, "{b}");
+        assert_eq!(b["error"]["field"], "source_adapter.event_filter.event_types", "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("INSERT, UPDATE or DELETE"), "{b}");
+    }
+    let (s, b) =
+        patch(json!({"adapter_type": "supabase", "event_filter": {"event_types": ["INSERT", "DELETE"]}})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("warnings").is_none(), "{b}");
+
+    let (s, b) = patch(
+        json!({"adapter_type": "mux", "event_filter": {"event_types": ["video.asset.redy", "video.asset.ready"]}}),
+    )
+    .await;
+    assert_eq!(s, 200, "a type Mux may add later is allowed: {b}");
+    let warnings = b["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{b}");
+    assert!(warnings[0].as_str().unwrap().contains("video.asset.redy"), "{b}");
+    let (s, b) = patch(json!({"adapter_type": "mux", "event_filter": {"event_types": ["video.asset.ready", "video.upload.asset_created"]}})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("warnings").is_none(), "{b}");
+}
+
 /// Numeric dedup values: a number and its decimal string are one key, but a number JSON
 /// parsing cannot keep exactly (past 64 bits, or with a fraction) is refused with a 422 that
 /// says so, rather than rounded into another event's key and dropped as its duplicate.

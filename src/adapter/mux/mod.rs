@@ -19,6 +19,59 @@ pub use signature::{sign, verify_signature, MuxSignatureError, DEFAULT_TOLERANCE
 /// Event types a Mux adapter accepts when `event_filter` is not set.
 pub const DEFAULT_EVENT_TYPES: &[&str] = &["video.asset.ready"];
 
+/// The event types Mux sends (seed 003's list, and the rest of Mux's webhook reference): a
+/// filter naming another type is warned about when the adapter is saved, since a typo there
+/// silently ignores every event it meant to take.
+pub const KNOWN_EVENT_TYPES: &[&str] = &[
+    "video.asset.created",
+    "video.asset.ready",
+    "video.asset.errored",
+    "video.asset.updated",
+    "video.asset.deleted",
+    "video.asset.warning",
+    "video.asset.non_standard_input_detected",
+    "video.asset.live_stream_completed",
+    "video.asset.static_renditions.ready",
+    "video.asset.static_renditions.preparing",
+    "video.asset.static_renditions.deleted",
+    "video.asset.static_renditions.errored",
+    "video.asset.static_rendition.created",
+    "video.asset.static_rendition.ready",
+    "video.asset.static_rendition.errored",
+    "video.asset.static_rendition.deleted",
+    "video.asset.static_rendition.skipped",
+    "video.asset.master.ready",
+    "video.asset.master.preparing",
+    "video.asset.master.deleted",
+    "video.asset.master.errored",
+    "video.asset.track.created",
+    "video.asset.track.ready",
+    "video.asset.track.errored",
+    "video.asset.track.deleted",
+    "video.upload.asset_created",
+    "video.upload.cancelled",
+    "video.upload.created",
+    "video.upload.errored",
+    "video.live_stream.created",
+    "video.live_stream.connected",
+    "video.live_stream.recording",
+    "video.live_stream.active",
+    "video.live_stream.disconnected",
+    "video.live_stream.idle",
+    "video.live_stream.updated",
+    "video.live_stream.enabled",
+    "video.live_stream.disabled",
+    "video.live_stream.deleted",
+    "video.live_stream.warning",
+    "video.live_stream.simulcast_target.created",
+    "video.live_stream.simulcast_target.idle",
+    "video.live_stream.simulcast_target.starting",
+    "video.live_stream.simulcast_target.broadcasting",
+    "video.live_stream.simulcast_target.errored",
+    "video.live_stream.simulcast_target.deleted",
+    "video.delivery.high_traffic",
+];
+
 /// Dedup key when none is configured: the asset id, so Mux's retries and duplicate deliveries
 /// of one asset's `ready` make one object.
 pub const DEFAULT_DEDUP_KEY: &str = "data.id";
