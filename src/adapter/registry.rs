@@ -543,7 +543,9 @@ impl RegistryState {
         if let Some(raw) = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref()) {
             self.check_target("source_adapter.writeback.writeback_url", raw)?;
         }
-        if let Some(url) = input.connection.as_ref().and_then(|c| c.credentials.get("url")).and_then(|u| u.as_str()) {
+        if let Some(url) =
+            input.connection.as_ref().and_then(|c| c.credentials.given()?.get("url")).and_then(|u| u.as_str())
+        {
             self.check_target("source_adapter.connection.credentials.url", url)?;
         }
         let connection_id = match &input.connection_id {
@@ -570,12 +572,23 @@ impl RegistryState {
                 Some(id)
             }
         };
-        let sealed_credentials = match &input.connection {
-            Some(c) if !c.credentials.is_empty() => {
-                let plain = serde_json::to_vec(&c.credentials).unwrap_or_default();
-                Some(self.shared.secrets.seal(&plain, bucket.bucket_id.as_str()))
+        let sealed_credentials = match input.connection.as_ref().map(|c| &c.credentials) {
+            Some(spec::Credentials::Kept) => {
+                // Sealed for this bucket (the AAD), so they move with it unchanged.
+                let kept = bucket.source_adapter.as_ref().and_then(|a| a.sealed_credentials.clone());
+                if kept.is_none() {
+                    return Err(ApiError::validation(
+                        "source_adapter.connection.credentials",
+                        "the adapter has no stored credentials to keep: send them as an object",
+                    ));
+                }
+                kept
             }
-            _ => None,
+            Some(c) => c.given().map(|m| {
+                let plain = serde_json::to_vec(m).unwrap_or_default();
+                self.shared.secrets.seal(&plain, bucket.bucket_id.as_str())
+            }),
+            None => None,
         };
         let existing = bucket.source_adapter.as_ref().map(|a| a.webhook_secret_sha256.clone());
         let (digest, secret) = match existing {

@@ -103,7 +103,58 @@ impl Default for Batching {
 #[serde(deny_unknown_fields)]
 pub struct InlineConnection {
     #[serde(default)]
-    pub credentials: serde_json::Map<String, serde_json::Value>,
+    pub credentials: Credentials,
+}
+
+/// What every view shows in place of inline credentials.
+pub const CREDENTIALS_SHOWN: &str = "(set; never shown)";
+
+/// `connection.credentials` as sent: an object, or the placeholder a GET shows in its place
+/// ([`CREDENTIALS_SHOWN`]), which keeps the stored ones, so that a bucket's GET view can be
+/// sent back as a PATCH without re-entering (or losing) its credentials.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    Given(serde_json::Map<String, serde_json::Value>),
+    Kept,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Credentials::Given(serde_json::Map::new())
+    }
+}
+
+impl Credentials {
+    /// The credentials sent, if any (`{}` is none, as seed 000's default).
+    pub fn given(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        match self {
+            Credentials::Given(m) if !m.is_empty() => Some(m),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Credentials {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Object(m) => Ok(Credentials::Given(m)),
+            serde_json::Value::Null => Ok(Credentials::default()),
+            serde_json::Value::String(s) if s == CREDENTIALS_SHOWN => Ok(Credentials::Kept),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected an object of credentials (or {CREDENTIALS_SHOWN:?}, as a GET shows them, to keep the stored ones)"
+            ))),
+        }
+    }
+}
+
+/// `null` for a field with a default means the default (a GET view, or a client that writes
+/// every key, sends it so).
+fn null_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn null_yes<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(true))
 }
 
 /// The `source_adapter` object of a PATCH body.
@@ -111,7 +162,7 @@ pub struct InlineConnection {
 #[serde(deny_unknown_fields)]
 pub struct SourceAdapterInput {
     pub adapter_type: AdapterType,
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "null_yes")]
     pub enabled: bool,
     #[serde(default)]
     pub connection_id: Option<String>,
@@ -119,11 +170,11 @@ pub struct SourceAdapterInput {
     pub connection: Option<InlineConnection>,
     #[serde(default)]
     pub event_filter: Option<EventFilter>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub field_mapping: BTreeMap<String, String>,
     #[serde(default)]
     pub blob_source: Option<BlobSource>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub batching: Batching,
     #[serde(default)]
     pub dedup_key: Option<String>,
@@ -136,8 +187,16 @@ pub struct SourceAdapterInput {
     /// (default `id`).
     #[serde(default)]
     pub id_column: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub rotate_secret: bool,
+    /// Read-only fields of the GET view, accepted and ignored so that a bucket's
+    /// `source_adapter` can be read, edited and sent back as is.
+    #[serde(default)]
+    pub configured_at: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub ingest_path: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub webhook_url: Option<serde::de::IgnoredAny>,
 }
 
 fn yes() -> bool {
@@ -212,7 +271,7 @@ impl SourceAdapter {
         if let Some(obj) = v.as_object_mut() {
             obj.remove("webhook_secret_sha256");
             if obj.remove("sealed_credentials").is_some() {
-                obj.insert("connection".into(), serde_json::json!({"credentials": "(set; never shown)"}));
+                obj.insert("connection".into(), serde_json::json!({ "credentials": CREDENTIALS_SHOWN }));
             }
         }
         v
@@ -378,7 +437,11 @@ impl SourceAdapterInput {
             }
             // A Supabase writeback PATCHes PostgREST with the adapter's credentials: without
             // any, every job would fail after the fact.
-            let inline = self.connection.as_ref().is_some_and(|c| !c.credentials.is_empty());
+            // (Kept credentials are checked against the stored ones by the registry.)
+            let inline = self
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.credentials.given().is_some() || matches!(c.credentials, Credentials::Kept));
             if w.enabled && self.adapter_type == ProviderType::Supabase && self.connection_id.is_none() && !inline {
                 return Err(ApiError::validation(
                     f("writeback"),
@@ -388,13 +451,13 @@ impl SourceAdapterInput {
             }
         }
         if let Some(c) = &self.connection {
-            if !c.credentials.is_empty() {
+            if let Some(m) = c.credentials.given() {
                 // Both may be given (seed 000 lists both); connection_id then wins at runtime.
                 // Same shape as a connection's provider_config, so one reader serves both.
                 ProviderConfig::parse_at(
                     &f("connection.credentials"),
                     self.adapter_type,
-                    serde_json::Value::Object(c.credentials.clone()),
+                    serde_json::Value::Object(m.clone()),
                 )?;
             }
         }

@@ -377,3 +377,66 @@ async fn a_batch_writeback_needs_a_batching_mode() {
         assert_eq!(s, 200, "{batching} {trigger}: {b}");
     }
 }
+
+/// A bucket's GET view of its adapter can be sent back as a PATCH (read, edit, write): the
+/// read-only fields are ignored, the credentials placeholder keeps the stored (sealed)
+/// credentials, nulls mean defaults; the secret is not re-issued, and the kept credentials
+/// still authenticate the writeback.
+#[tokio::test]
+async fn a_get_view_sent_back_keeps_the_adapter_and_its_credentials() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let key = "srk-kept-credentials-0077";
+    let (bucket, secret) = bucket_with(
+        &app,
+        "roundtrip",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "supabase",
+            "connection": {"credentials": {"url": pg.url(""), "service_role_key": key}},
+            "field_mapping": {"record.title": "title"},
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"enabled": true, "trigger": "on_batch_complete", "field_mapping": [
+                {"source_path": "metadata.title", "target_field": "mp_title"}]}}),
+    )
+    .await;
+    let path = format!("/v1/buckets/{bucket}");
+    let (_, view) = app.get(&path).await;
+    let mut adapter = view["source_adapter"].clone();
+    assert_eq!(adapter["connection"]["credentials"], "(set; never shown)", "{view}");
+    assert!(adapter["configured_at"].is_string() && adapter["ingest_path"].is_string(), "{view}");
+    adapter["event_filter"] = json!({"event_types": ["INSERT"]});
+    adapter["dedup_key"] = Value::Null;
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["source_adapter"].get("webhook_secret").is_none(), "not re-issued: {b}");
+    assert_eq!(b["source_adapter"]["connection"]["credentials"], "(set; never shown)", "{b}");
+    assert_eq!(b["source_adapter"]["event_filter"], json!({"event_types": ["INSERT"]}), "the edit took: {b}");
+
+    let r = ingest(&app, &bucket, &secret, db_insert("items", json!({"id": 5, "title": "Kept"}))).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "no writeback");
+    let seen = pg.seen();
+    assert_eq!(seen[0].headers.get("apikey").map(String::as_str), Some(key), "the kept credentials are used");
+    assert_eq!(seen[0].body, json!({"mp_title": "Kept"}));
+
+    // The placeholder cannot stand for credentials that were never stored; null means default.
+    let plain = app.create_bucket("plain", json!({})).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{plain}"),
+            json!({"source_adapter": {"adapter_type": "supabase", "connection": {"credentials": "(set; never shown)"}}}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.connection.credentials")), "{b}");
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{plain}"),
+            json!({"source_adapter": {"adapter_type": "generic_webhook", "field_mapping": null, "batching": null, "enabled": null}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["source_adapter"]["enabled"].as_bool(), b["source_adapter"]["batching"]["mode"].as_str()),
+        (Some(true), Some("time_window"))
+    );
+}
