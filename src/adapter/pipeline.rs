@@ -134,12 +134,16 @@ pub fn materialize(
             }
             // A video, image or audio property holds a file reference, as from blob_source.
             let file = matches!(p.kind, PropertyType::Video | PropertyType::Image | PropertyType::Audio);
-            if file && !v.as_str().is_some_and(is_file_url) {
-                return Err(PayloadError(format!(
-                    "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {}",
-                    p.kind.as_str(),
-                    describe(v)
-                )));
+            if file {
+                let Some(url) = v.as_str().map(str::trim).filter(|u| is_file_url(u)) else {
+                    return Err(PayloadError(format!(
+                        "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {}",
+                        p.kind.as_str(),
+                        describe(v)
+                    )));
+                };
+                metadata.insert(target.clone(), Value::from(url));
+                continue;
             }
         }
         metadata.insert(target.clone(), v.clone());
@@ -163,8 +167,9 @@ pub fn materialize(
     };
     if let Some(ff) = file_field {
         match path::lookup(doc, ff) {
-            Some(Value::String(url)) if is_file_url(url) => {
-                blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url: url.clone() });
+            // A URL parser forgives surrounding spaces; whoever reads the stored URL may not.
+            Some(Value::String(url)) if is_file_url(url.trim()) => {
+                blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url: url.trim().to_string() });
             }
             Some(other) if explicit => {
                 return Err(PayloadError(format!(
@@ -274,6 +279,18 @@ pub(crate) mod tests {
         let bad = json!({"v": "not a url", "t": "x"});
         let e = materialize(&a, &schema(), &bad, &bad, &s).unwrap_err();
         assert!(e.0.contains("video property takes an http(s) URL"), "{}", e.0);
+        let spaced = json!({"v": "  https://cdn.example/v.mp4\n", "t": "x"});
+        let d = materialize(&a, &schema(), &spaced, &spaced, &s).unwrap();
+        assert_eq!(d.metadata["video"], "https://cdn.example/v.mp4", "stored trimmed");
+    }
+
+    #[test]
+    fn a_blob_url_is_stored_trimmed() {
+        let a = adapter(json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"},
+            "blob_source": {"file_field": "u", "blob_type": "video", "target_property": "video"}}));
+        let p = json!({"u": " https://x.test/v.mp4 ", "t": "x"});
+        let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
+        assert_eq!(materialize(&a, &schema(), &p, &p, &s).unwrap().blobs[0].url, "https://x.test/v.mp4");
     }
 
     #[test]
@@ -291,6 +308,10 @@ pub(crate) mod tests {
         for useless in [json!(true), json!(""), json!(null), json!({"a": 1})] {
             let e = screen(&a, &json!({"type": "asset.ready", "data": {"id": useless}})).unwrap_err();
             assert!(e.0.contains("non-empty string or a number"), "{useless}: {}", e.0);
+        }
+        for inexact in [json!(1.5), json!(1e30)] {
+            let e = screen(&a, &json!({"type": "asset.ready", "data": {"id": inexact}})).unwrap_err();
+            assert!(e.0.contains("send it as a string"), "{inexact}: {}", e.0);
         }
         let p = json!({"type": "asset.ready", "data": {"id": 7, "title": "t", "url": "https://x.test/v.mp4",
             "tracks": [{"duration": 1.5}]}});

@@ -158,7 +158,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                 raw: req.body.clone(),
                 // Parsed whatever the declared Content-Type: upstreams often send JSON as
                 // `text/plain` or untyped, and the contract answers "not JSON" with 400, never 415.
-                payload: super::request::parse_json(&req.body),
+                payload: req.payload_json(),
                 reply,
             }))
         };
@@ -381,7 +381,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
         signature: req.header("mux-signature").map(str::to_string),
         raw: req.body.clone(),
         // Like an ingest body: parsed whatever the declared Content-Type.
-        payload: super::request::parse_json(&req.body),
+        payload: req.payload_json(),
     };
     let registry = state.shared.bucket_registry()?;
     let LifecyclePlan { event_type, lifecycle, waits } =

@@ -70,11 +70,33 @@ impl Request {
         }
     }
 
-    /// The body as any JSON value: 415 for a non-JSON content type, 400 when it does not parse
-    /// or names a key twice (an admin body's second `url` would silently win over the first).
+    /// Refuses a compressed body (415 naming the encoding): hookline does not inflate request
+    /// bodies (a small gzip can inflate past any size limit), and parsing the compressed
+    /// bytes would only report "expected value at line 1 column 1".
+    pub fn require_identity_encoding(&self) -> Result<(), ApiError> {
+        match self.header("content-encoding").map(str::trim) {
+            None | Some("") => Ok(()),
+            Some(e) if e.eq_ignore_ascii_case("identity") => Ok(()),
+            Some(e) => Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Encoding {e:?} is not supported: send the body uncompressed"
+            ))),
+        }
+    }
+
+    /// The body as any JSON value: 415 for a non-JSON content type or a compressed body, 400
+    /// when it does not parse or names a key twice (an admin body's second `url` would
+    /// silently win over the first).
     pub fn json_value(&self) -> Result<serde_json::Value, ApiError> {
         self.require_json_content_type()?;
+        self.require_identity_encoding()?;
         parse_json_strict(&self.body)
+    }
+
+    /// An upstream's payload: JSON whatever its declared type (senders label it loosely),
+    /// repeated keys read as most parsers do; 415 for a compressed body.
+    pub fn payload_json(&self) -> Result<serde_json::Value, ApiError> {
+        self.require_identity_encoding()?;
+        parse_json(&self.body)
     }
 
     /// The body as `T`: 400 for malformed JSON, 422 naming the field for a wrong shape.
@@ -113,7 +135,13 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
             message: "request body is empty; expected JSON".into(),
         });
     }
-    serde_json::from_slice(body).map_err(ApiError::bad_json)
+    serde_json::from_slice(without_bom(body)).map_err(ApiError::bad_json)
+}
+
+/// RFC 8259 lets a parser ignore a leading UTF-8 byte order mark, and some senders (.NET's
+/// default encoder among them) write one.
+fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(body)
 }
 
 /// Like [`parse_json`], and a key given twice in one object is a 400 too. For the admin API,
@@ -123,7 +151,7 @@ pub fn parse_json_strict(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     if body.is_empty() {
         return parse_json(body); // the empty-body message
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_slice(without_bom(body));
     let value = serde::Deserialize::deserialize(&mut de).and_then(|StrictValue(v)| de.end().map(|()| v));
     value.map_err(ApiError::bad_json)
 }

@@ -373,6 +373,39 @@ async fn generic_event_type_field_and_default_filter() {
     assert_eq!(objects(&app, &b2).await.len(), 2);
 }
 
+/// A UTF-8 byte order mark is ignored (RFC 8259 allows it; some encoders write one), and a
+/// compressed body is a 415 naming its encoding, not a confusing parse error, on ingest and
+/// on the admin API alike.
+#[tokio::test]
+async fn a_bom_is_ignored_and_a_compressed_body_is_a_415() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "bom", json!({}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(br#"{"id": "b1"}"#);
+    let (s, b) = app.post_raw(&path, bom, &[("x-webhook-secret", secret.as_str())]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let gz = [0x1f_u8, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03];
+    let (s, b) =
+        app.post_raw(&path, gz.to_vec(), &[("x-webhook-secret", secret.as_str()), ("content-encoding", "gzip")]).await;
+    assert_eq!(s, 415, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("gzip"), "{b}");
+    let key = format!("Bearer {}", app.api_key);
+    let (s, b) = app
+        .post_raw(
+            "/v1/events",
+            gz.to_vec(),
+            &[("authorization", key.as_str()), ("content-type", "application/json"), ("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{b}");
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(br#"{"event_type": "custom.bom", "payload": {}}"#);
+    let (s, b) = app.post_raw("/v1/events", bom, &[("authorization", key.as_str())]).await;
+    assert_eq!(s, 202, "{b}");
+}
+
 /// A filter that can never match would acknowledge every event as ignored (the upstream
 /// never retries): Supabase types are checked, and a Mux type Mux does not send is warned of.
 #[tokio::test]
