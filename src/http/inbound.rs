@@ -317,12 +317,24 @@ async fn get_object(state: &HttpState, req: &Request, id: &str, oid: &str) -> Re
     req.authenticate(state)?;
     let bucket = load_bucket(state, req, id)?;
     let object_id = parse_object_id(&bucket, oid)?;
-    let obj: ObjectRecord = state
-        .shared
-        .store
-        .get(Keyspace::OBJECTS, &records::key(&bucket.bucket_id, object_id.as_str()))?
-        .ok_or_else(|| ApiError::NotFound(format!("object {oid} not found in bucket {id}")))?;
-    Ok(json(StatusCode::OK, &obj))
+    let key = records::key(&bucket.bucket_id, object_id.as_str());
+    if let Some(obj) = state.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
+        return Ok(json(StatusCode::OK, &obj));
+    }
+    // An ID answered as `buffered` is not an object yet: say when it will be.
+    if let Some(entry) = state.shared.store.get::<records::BufferEntry>(Keyspace::BUFFER, &key)? {
+        let when = match bucket.source_adapter.as_ref().map(|a| &a.batching) {
+            Some(b) if b.mode == crate::adapter::spec::BatchMode::TimeWindow => {
+                let due_ms = entry.received_at_ms + b.window_seconds * 1000;
+                format!("by {}", crate::util::millis_to_rfc3339(due_ms))
+            }
+            _ => "once its batch is full".to_string(),
+        };
+        return Err(ApiError::NotFound(format!(
+            "object {oid} is buffered: it is created when its batch flushes ({when}); DELETE removes it from the buffer"
+        )));
+    }
+    Err(ApiError::NotFound(format!("object {oid} not found in bucket {id}")))
 }
 
 /// `DELETE …/objects/{object_id}`: removes it and publishes `object.deleted`.

@@ -406,6 +406,37 @@ async fn a_bom_is_ignored_and_a_compressed_body_is_a_415() {
     assert_eq!(s, 202, "{b}");
 }
 
+/// The `object_id` of a `buffered` answer: a GET says it is buffered and when it flushes;
+/// a DELETE takes it out of the buffer, so it never becomes an object (its dedup key stays).
+#[tokio::test]
+async fn a_buffered_object_can_be_asked_about_and_deleted() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id",
+        "batching": {"mode": "count", "max_batch_size": 2, "auto_submit": true}});
+    let (bucket, secret) = bucket_with_adapter(&app, "buffered", json!({}), adapter).await;
+    let s = Some(secret.as_str());
+    let (_, a) = ingest(&app, &bucket, s, &json!({"id": "a"})).await;
+    assert_eq!(a["status"], "buffered", "{a}");
+    let oid = a["object_id"].as_str().unwrap();
+    let (st, b) = app.get(&format!("/v1/buckets/{bucket}/objects/{oid}")).await;
+    assert_eq!(st, 404, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("is buffered"), "{b}");
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 204);
+    let (st, b) = app.get(&format!("/v1/buckets/{bucket}/objects/{oid}")).await;
+    assert_eq!(st, 404);
+    assert!(b["error"]["message"].as_str().unwrap().contains("not found"), "{b}");
+    assert_eq!(status(&app, &bucket).await["events_buffered"], 0);
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 404);
+    // Its key is still known; the next two events fill a batch without it.
+    assert_eq!(ingest(&app, &bucket, s, &json!({"id": "a"})).await.1["status"], "duplicate");
+    for id in ["b", "c"] {
+        assert_eq!(ingest(&app, &bucket, s, &json!({"id": id})).await.1["status"], "buffered");
+    }
+    let got = objects(&app, &bucket).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|o| o["object_id"] != oid), "{got:?}");
+}
+
 /// A filter that can never match would acknowledge every event as ignored (the upstream
 /// never retries): Supabase types are checked, and a Mux type Mux does not send is warned of.
 #[tokio::test]

@@ -90,7 +90,7 @@ impl AdapterState {
         self.shared.store.commit(Batch::new()).await?;
         let key = records::key(self.bucket_id(), object_id.as_str());
         let Some(rec) = self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else {
-            return Ok(None);
+            return Ok(self.delete_buffered(object_id));
         };
         let mut batch = Batch::new();
         batch.delete(Keyspace::OBJECTS, &key);
@@ -101,6 +101,23 @@ impl AdapterState {
         let scopes = Scopes { namespace: &self.bucket.namespace, key: object_id.as_str() };
         let event = self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), scopes);
         Ok(Some(self.submit(batch, vec![event])))
+    }
+
+    /// Deletes an event still in the batch buffer (its `object_id` was answered as
+    /// `buffered`): it never becomes an object. Nothing is published (no `object.created`
+    /// went out for it); its dedup key stays, as a deleted object's does, so an upstream
+    /// retry is still a duplicate.
+    fn delete_buffered(&mut self, object_id: &ObjectId) -> Option<super::Commit> {
+        let at = self.buffer.iter().position(|e| &e.object_id == object_id)?;
+        let entry = self.buffer.remove(at);
+        let mut batch = Batch::new();
+        batch.delete(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()));
+        if let Some(ext) = &entry.draft.source.external_id {
+            let hash = records::dedup_hash(ext);
+            self.unindex(&mut batch, &hash, object_id);
+        }
+        tracing::debug!(bucket_id = %self.bucket_id(), object_id = %object_id, "buffered event deleted");
+        Some(self.submit(batch, Vec::new()))
     }
 
     /// A change from the lifecycle route: no signature or filter here (the registry
