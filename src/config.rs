@@ -72,6 +72,11 @@ pub struct ServerConfig {
     /// Most client connections open at once; more wait in the listen backlog. Keeps a flood
     /// of connections from taking the file descriptors the store needs (see `http::limits`).
     pub max_connections: usize,
+    /// The most memory (MiB) that request bodies on the keyless upstream routes (ingest, Mux
+    /// lifecycle) may hold while they are received and handled. Anyone who can reach the port
+    /// can send those bodies, so without a bound, slow senders of large bodies could hold
+    /// `max_connections` × `max_body_bytes`; past it, a body gets 503 (upstreams retry).
+    pub max_upstream_body_memory_mb: usize,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +89,7 @@ impl Default for ServerConfig {
             read_timeout_seconds: 30,
             enable_debug_endpoints: false,
             max_connections: 4096,
+            max_upstream_body_memory_mb: 256,
         }
     }
 }
@@ -337,6 +343,16 @@ impl Config {
         }
         if !(16..=1 << 20).contains(&self.storage.cache_capacity_mb) {
             bail!("storage.cache_capacity_mb must be within 16..=1048576");
+        }
+        if !(1..=1 << 20).contains(&self.server.max_upstream_body_memory_mb) {
+            bail!("server.max_upstream_body_memory_mb must be within 1..=1048576");
+        }
+        if self.server.max_upstream_body_memory_mb << 20 < self.server.max_body_bytes {
+            bail!(
+                "server.max_upstream_body_memory_mb ({} MiB) must hold at least one body of server.max_body_bytes ({} bytes)",
+                self.server.max_upstream_body_memory_mb,
+                self.server.max_body_bytes
+            );
         }
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             bail!("server.max_connections must be within 1..=1000000");

@@ -60,6 +60,7 @@ pub async fn serve(
 ) {
     let read_timeout = Duration::from_secs(state.shared.config.server.read_timeout_seconds);
     let max_connections = state.shared.config.server.max_connections;
+    let upstream_bodies = BodyBudget::new(state.shared.config.server.max_upstream_body_memory_mb);
     let filter = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
@@ -67,6 +68,7 @@ pub async fn serve(
         .and(warp::body::stream())
         .then(move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body| {
             let state = state.clone();
+            let upstream_bodies = upstream_bodies.clone();
             async move {
                 let started = Instant::now();
                 let limit = state.shared.config.server.max_body_bytes;
@@ -74,19 +76,24 @@ pub async fn serve(
                 // body: an anonymous client makes hookline hold at most 64 KiB for a second, not
                 // `max_body_bytes` for `read_timeout`. Every admin handler authenticates before
                 // it looks at the body.
-                let anonymous_admin = !keyless(path.as_str())
-                    && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+                let upstream = keyless(path.as_str());
+                let anonymous_admin =
+                    !upstream && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
                 let body = match anonymous_admin {
                     // A small body is still read (for a second at most) so that the client,
                     // still sending it, reads the 401 rather than a reset connection.
                     true => {
-                        let _ = read_body(&headers, body, 64 << 10, Duration::from_secs(1)).await;
-                        Ok(Bytes::new())
+                        let _ = read_body(&headers, body, 64 << 10, Duration::from_secs(1), None).await;
+                        Ok((Bytes::new(), None))
                     }
-                    false => read_body(&headers, body, limit, read_timeout).await,
+                    false => {
+                        let budget = upstream.then_some(&upstream_bodies);
+                        read_body(&headers, body, limit, read_timeout, budget).await
+                    }
                 };
                 let (label, resp) = match body {
-                    Ok(body) => {
+                    // The body's share of the budget is held until it has been handled.
+                    Ok((body, _held)) => {
                         let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
                         route(&state, req).await
                     }
@@ -143,6 +150,9 @@ async fn accept_loop<S, B>(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
     builder
         .http2()
+        // hyper's default is 200 streams per connection, each with a body of its own: the
+        // connection cap would not bound much.
+        .max_concurrent_streams(64)
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(read_timeout);
@@ -347,9 +357,51 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// Memory for bodies being received on the keyless routes, in KiB permits: a body takes its
+/// share as its bytes arrive (a sender that stalls holds only what it sent) and gives it back
+/// once handled. Past the bound a body is refused with 503 rather than held: a flood of slow
+/// senders can delay ingest (upstreams retry) but cannot exhaust the daemon's memory.
+#[derive(Clone)]
+struct BodyBudget(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl BodyBudget {
+    fn new(mib: usize) -> BodyBudget {
+        BodyBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(mib.saturating_mul(1024))))
+    }
+
+    /// Grows `held` to cover `bytes`, or refuses.
+    fn cover(&self, held: &mut Option<tokio::sync::OwnedSemaphorePermit>, bytes: usize) -> Result<(), ApiError> {
+        let want = bytes.div_ceil(1024) as u32;
+        let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+        if want <= have {
+            return Ok(());
+        }
+        let more = self.0.clone().try_acquire_many_owned(want - have).map_err(|_| {
+            crate::metrics::upstream_body_refused();
+            ApiError::Unavailable(
+                "too many request bodies are being received at once (server.max_upstream_body_memory_mb); retry shortly"
+                    .into(),
+            )
+        })?;
+        match held {
+            Some(p) => p.merge(more),
+            None => *held = Some(more),
+        }
+        Ok(())
+    }
+}
+
 /// Reads the whole body, refusing more than `limit` bytes (by Content-Length up front, and by
-/// counting for chunked bodies), and more than `timeout` to receive it all (408).
-async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize, timeout: Duration) -> Result<Bytes, ApiError>
+/// counting for chunked bodies), and more than `timeout` to receive it all (408). With a
+/// `budget`, the bytes received are charged to it (503 when it is spent); the permit returned
+/// is the body's share, to hold until the body has been handled.
+async fn read_body<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+    timeout: Duration,
+    budget: Option<&BodyBudget>,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: bytes::Buf,
@@ -366,8 +418,11 @@ where
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let mut body = body;
-    let mut buf = Vec::new();
     let mut too_large = declared.is_some_and(|len| len > limit as u64);
+    // Sized once when the length is declared (no doubling copies); pages are only touched,
+    // and so only resident, as the bytes arrive.
+    let mut buf = Vec::with_capacity(declared.filter(|_| !too_large).unwrap_or(0) as usize);
+    let mut held = None;
     let mut seen: u64 = 0;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -390,6 +445,9 @@ where
                     return Err(ApiError::PayloadTooLarge(limit));
                 }
             } else {
+                if let Some(budget) = budget {
+                    budget.cover(&mut held, buf.len() + n)?;
+                }
                 buf.extend_from_slice(part);
             }
             bytes::Buf::advance(&mut chunk, n);
@@ -398,7 +456,7 @@ where
     if too_large {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), held))
 }
 
 /// The route table. Returns the route template (metrics label) and the response.

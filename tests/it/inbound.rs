@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{contains_bytes, data_files, eventually, metric_value, TestApp};
+use crate::support::{contains_bytes, data_files, eventually, metric_value, Options, TestApp};
 
 /// Creates a bucket with `properties` and configures `adapter` on it; returns (bucket_id,
 /// webhook_secret).
@@ -435,6 +435,41 @@ async fn a_buffered_object_can_be_asked_about_and_deleted() {
     let got = objects(&app, &bucket).await;
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got.iter().all(|o| o["object_id"] != oid), "{got:?}");
+}
+
+/// Bodies on the keyless routes are charged to `server.max_upstream_body_memory_mb` as they
+/// arrive: while a slow sender holds most of it, another large body gets 503 (upstreams
+/// retry) instead of more memory; small ones still pass, and the share comes back when the
+/// slow sender goes away.
+#[tokio::test]
+async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
+    use tokio::io::AsyncWriteExt;
+    let opts = Options { server_toml: "max_upstream_body_memory_mb = 1\n".into(), ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "budget", json!({}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    // Declares 1 MiB, sends 700 KiB, then stalls (any bucket ID: it is not checked first).
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head =
+        "POST /v1/buckets/bkt_whatever/source-adapter/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&vec![b' '; 700 << 10]).await.unwrap();
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(600 << 10));
+    let headers = [("x-webhook-secret", secret.as_str())];
+    let refused =
+        eventually(Duration::from_secs(10), || async { app.post_raw(&path, big.clone(), &headers).await.0 == 503 })
+            .await;
+    assert!(refused, "a second large body was not refused while the budget was held");
+    let (s, b) = app.post_raw(&path, r#"{"small": true}"#, &headers).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    drop(slow);
+    let back =
+        eventually(Duration::from_secs(10), || async { app.post_raw(&path, big.clone(), &headers).await.0 == 200 })
+            .await;
+    assert!(back, "the stalled sender's share did not come back");
+    let m = app.metrics().await;
+    assert!(metric_value(&m, "hookline_http_upstream_bodies_refused_total", &[]) >= 1.0);
 }
 
 /// A filter that can never match would acknowledge every event as ignored (the upstream
