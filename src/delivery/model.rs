@@ -197,6 +197,13 @@ pub fn validate_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `event_types` without repeats, in the order first given: a type listed twice is one
+/// subscription (stored, shown and warned about once).
+pub fn dedup_event_types(types: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::with_capacity(types.len());
+    types.retain(|t| seen.insert(t.clone()));
+}
+
 pub fn validate_event_types(types: &[String]) -> Result<(), ApiError> {
     if types.is_empty() {
         return Err(ApiError::validation("event_types", "list at least one event type (\"*\" for all)"));
@@ -449,6 +456,13 @@ mod tests {
         assert!(matches("cluster.*", "cluster.execution.failed"));
         assert!(!matches("object.*", "objects.created"));
         assert!(!matches("object.*", "object"));
+    }
+
+    #[test]
+    fn repeated_event_types_are_one_in_the_order_given() {
+        let mut types: Vec<String> = ["zz.a", "b", "zz.a", "*", "b"].iter().map(|s| s.to_string()).collect();
+        dedup_event_types(&mut types);
+        assert_eq!(types, ["zz.a", "b", "*"]);
     }
 
     #[test]

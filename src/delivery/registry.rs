@@ -353,7 +353,11 @@ fn unavailable(id: &WebhookId) -> ApiError {
 /// channel
 /// 1. whose `channel_id` it carries (as shown by a GET; 422 if there is none such, or if it
 ///    would change type);
-/// 2. else the stored one with the same destination (url, Slack URL, recipients);
+/// 2. else the stored one with the same destination (url, Slack URL or its redacted form,
+///    recipients). When several stored channels (not taken by an ID) share that destination,
+///    only the one whose whole config the channel repeats exactly is it; otherwise which
+///    stored secret, headers and pending deliveries go with it cannot be told (a GET's
+///    channels sent back reordered would swap them): 422 asking for its `channel_id`;
 /// 3. else, when the PATCH has as many channels as are stored, the one at its position if
 ///    of the same type (an edit in place by hand);
 /// 4. else it is new. Stored channels matched by nothing are removed: their pending
@@ -387,20 +391,36 @@ fn reconcile_channels(
         claimed[j] = true;
         matched[i] = Some(j);
     }
-    keep_redacted_secrets(next, &matched, old)?;
     for (i, ch) in next.iter().enumerate() {
-        if matched[i].is_none() {
-            // Several stored channels with this destination: the one at this index first (as
-            // `keep_redacted_secrets` chose), so the ID and the secrets come from one channel.
-            let candidate = |j: &usize| !claimed[*j] && same_destination(ch, &old[*j]);
-            if let Some(j) =
-                Some(i).filter(|j| *j < old.len() && candidate(j)).or_else(|| (0..old.len()).find(candidate))
-            {
-                claimed[j] = true;
-                matched[i] = Some(j);
-            }
+        if matched[i].is_some() {
+            continue;
         }
+        let candidates: Vec<usize> = (0..old.len()).filter(|&j| !claimed[j] && same_destination(ch, &old[j])).collect();
+        let j = match candidates[..] {
+            [] => continue,
+            [j] => j,
+            _ => {
+                let mut same = candidates.iter().copied().filter(|&j| same_config(ch, &old[j]));
+                match (same.next(), same.next()) {
+                    (Some(j), None) => j,
+                    _ => {
+                        return Err(ApiError::validation(
+                            format!("channels[{i}].{}", model::CHANNEL_ID),
+                            format!(
+                                "{} stored channels of this webhook send to this destination; give this channel's \
+                                 channel_id (as GET shows it) so that its stored secrets and pending deliveries stay \
+                                 with it",
+                                candidates.len()
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        claimed[j] = true;
+        matched[i] = Some(j);
     }
+    keep_redacted_secrets(next, &matched, old)?;
     // By position only when the list keeps its length: after a removal, positions no longer
     // say which channel is which (the edited one would take the removed one's deliveries).
     if next.len() == old.len() {
@@ -414,24 +434,37 @@ fn reconcile_channels(
     Ok(matched.iter().map(|m| m.map_or_else(model::new_channel_id, |j| old_ids[j].clone())).collect())
 }
 
-/// Whether two channels send to the same place.
+/// Whether two channels send to the same place (`a` as sent in a PATCH: its Slack URL may be
+/// the redacted form of `b`'s).
 fn same_destination(a: &ChannelConfig, b: &ChannelConfig) -> bool {
     match (a, b) {
         (ChannelConfig::Webhook(a), ChannelConfig::Webhook(b)) => a.url == b.url,
-        (ChannelConfig::Slack(a), ChannelConfig::Slack(b)) => a.webhook_url == b.webhook_url,
+        (ChannelConfig::Slack(a), ChannelConfig::Slack(b)) => {
+            a.webhook_url == b.webhook_url
+                || (a.webhook_url.contains(channel::REDACTED)
+                    && channel::shows_redacted(&b.webhook_url, &a.webhook_url))
+        }
         (ChannelConfig::Email(a), ChannelConfig::Email(b)) => a.to == b.to,
         (ChannelConfig::Sms(a), ChannelConfig::Sms(b)) => a.to == b.to,
         _ => false,
     }
 }
 
+/// Whether `a` (as sent) is `b` (as stored) exactly, every setting and secret included. A
+/// channel that carries a redacted value never is.
+fn same_config(a: &ChannelConfig, b: &ChannelConfig) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// A PATCH that sends back a redacted placeholder (GET → edit → PATCH) keeps the stored
 /// value it stands for, taken from the stored channel it identifies (`matched`: by its
-/// channel ID), never by position alone:
+/// channel ID, or its destination when that is unambiguous), never by position alone:
 /// - a Slack `webhook_url` shown redacted names its channel by the digest in it;
 /// - a webhook channel's `secret` or header shown redacted is kept only for a channel whose
-///   `url` is unchanged (without a channel ID: the one with that url, the same index if
-///   several share it), so a hidden credential is never sent to a new destination.
+///   `url` is unchanged, so a hidden credential is never sent to a new destination.
 ///
 /// Anything else is a 422 asking for the value itself.
 fn keep_redacted_secrets(
@@ -440,21 +473,12 @@ fn keep_redacted_secrets(
     old: &[ChannelConfig],
 ) -> Result<(), ApiError> {
     for (i, ch) in next.iter_mut().enumerate() {
-        let by_id = matched.get(i).copied().flatten().and_then(|j| old.get(j));
+        let stored = matched.get(i).copied().flatten().and_then(|j| old.get(j));
         match ch {
             ChannelConfig::Slack(c) if c.webhook_url.contains(channel::REDACTED) => {
                 let shown = |u: &str| channel::shows_redacted(u, &c.webhook_url);
                 let same = |o: &&ChannelConfig| matches!(o, ChannelConfig::Slack(o) if shown(&o.webhook_url));
-                let found = match by_id {
-                    Some(o) => Some(o).filter(same),
-                    None => {
-                        let mut all = old.iter().filter(same);
-                        match (all.next(), all.next()) {
-                            (Some(o), None) => Some(o),
-                            _ => None,
-                        }
-                    }
-                };
+                let found = stored.filter(same);
                 match found {
                     Some(ChannelConfig::Slack(o)) => c.webhook_url = o.webhook_url.clone(),
                     _ => {
@@ -471,19 +495,7 @@ fn keep_redacted_secrets(
                     continue;
                 }
                 let same_url = |o: &&ChannelConfig| matches!(o, ChannelConfig::Webhook(o) if o.url == c.url);
-                let prev = match by_id {
-                    Some(o) => Some(o).filter(same_url),
-                    None => match old.get(i).filter(same_url) {
-                        Some(o) => Some(o),
-                        None => {
-                            let mut same = old.iter().filter(same_url);
-                            match (same.next(), same.next()) {
-                                (Some(o), None) => Some(o),
-                                _ => None,
-                            }
-                        }
-                    },
-                };
+                let prev = stored.filter(same_url);
                 let prev = match prev {
                     Some(ChannelConfig::Webhook(o)) => o,
                     _ => {
@@ -1034,16 +1046,51 @@ mod reconcile_tests {
 
     #[test]
     fn channels_sharing_a_url_keep_their_own_id_and_secret() {
-        let secret = |url: &str, s: &str| -> ChannelConfig {
-            serde_json::from_value(serde_json::json!({"channel": "webhook", "configs": {"url": url, "secret": s}}))
-                .unwrap()
+        let secret = |url: &str, s: &str, timeout: f64| -> ChannelConfig {
+            serde_json::from_value(
+                serde_json::json!({"channel": "webhook", "configs": {"url": url, "secret": s, "timeout": timeout}}),
+            )
+            .unwrap()
         };
-        let old = [secret("https://u.example/", "s1"), secret("https://u.example/", "s2")];
+        let old = [secret("https://u.example/", "s1", 1.0), secret("https://u.example/", "s2", 2.0)];
         let old_ids = ["ch_x".to_string(), "ch_y".to_string()];
-        let mut next = [hook("https://v.example/"), secret("https://u.example/", channel::REDACTED)];
-        let got = reconcile_channels(&mut next, &[], &old, &old_ids).unwrap();
-        assert_eq!(got[1], "ch_y");
-        assert!(matches!(&next[1], ChannelConfig::Webhook(c) if c.secret.as_deref() == Some("s2")));
+        let secret_of = |c: &ChannelConfig| match c {
+            ChannelConfig::Webhook(c) => c.secret.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        // As a GET shows them, reversed, without their IDs: which hidden secret goes with which
+        // settings cannot be told.
+        let shown = |timeout: f64| secret("https://u.example/", channel::REDACTED, timeout);
+        let err = reconcile_channels(&mut [shown(2.0), shown(1.0)], &[], &old, &old_ids).unwrap_err();
+        assert!(format!("{err:?}").contains("channels[0].channel_id"), "{err:?}");
+        let err = reconcile_channels(&mut [hook("https://v.example/"), shown(2.0)], &[], &old, &old_ids).unwrap_err();
+        assert!(format!("{err:?}").contains("channels[1].channel_id"), "{err:?}");
+        // With their IDs, each keeps its own.
+        let mut next = [shown(2.0), shown(1.0)];
+        let got = reconcile_channels(&mut next, &[Some("ch_y".into()), Some("ch_x".into())], &old, &old_ids).unwrap();
+        assert_eq!(got, ["ch_y", "ch_x"]);
+        assert_eq!((secret_of(&next[0]), secret_of(&next[1])), ("s2".into(), "s1".into()));
+        // One given by ID leaves one candidate for the other.
+        let mut next = [shown(1.0), shown(2.0)];
+        let got = reconcile_channels(&mut next, &[Some("ch_x".into()), None], &old, &old_ids).unwrap();
+        assert_eq!(got, ["ch_x", "ch_y"]);
+        assert_eq!((secret_of(&next[0]), secret_of(&next[1])), ("s1".into(), "s2".into()));
+        // Sent back whole (secrets included), each is the stored channel it repeats.
+        let mut next = [old[1].clone(), old[0].clone()];
+        assert_eq!(reconcile_channels(&mut next, &[], &old, &old_ids).unwrap(), ["ch_y", "ch_x"]);
+        // Edited without IDs: refused, rather than guessed.
+        let mut next = [secret("https://u.example/", "s3", 1.0), secret("https://u.example/", "s4", 2.0)];
+        assert!(reconcile_channels(&mut next, &[], &old, &old_ids).is_err());
+        // Two Slack channels with one URL show the same redacted form: their IDs tell them apart.
+        let slack = |u: &str| -> ChannelConfig {
+            serde_json::from_value(serde_json::json!({"channel": "slack", "configs": {"webhook_url": u}})).unwrap()
+        };
+        let url = "https://hooks.slack.com/services/T1/B1/secret";
+        let old = [slack(url), slack(url)];
+        let err = reconcile_channels(&mut [slack(&channel::redacted_url(url))], &[], &old, &old_ids).unwrap_err();
+        assert!(format!("{err:?}").contains("channels[0].channel_id"), "{err:?}");
+        let mut next = [slack(&channel::redacted_url(url))];
+        assert_eq!(reconcile_channels(&mut next, &[Some("ch_y".into())], &old, &old_ids).unwrap(), ["ch_y"]);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! Rendering is bounded by fuel so a runaway loop cannot pin a worker. Undefined values are
 //! "chainable" (`payload.a.b` of a missing `a` renders empty instead of failing), so a
 //! template that compiles and renders a sample event at create time does not turn into a
-//! runtime surprise for events with a different payload shape.
+//! runtime surprise for events with a different payload shape; an error that no event could
+//! avoid is refused when the template is saved (see `Template::unavoidable`). Python's
+//! methods (`payload.items()`, `event_type.upper()`…) come from minijinja-contrib's
+//! `pycompat`, under the same fuel and size bounds as the rest.
 
 use minijinja::{Environment, UndefinedBehavior};
 
@@ -23,6 +26,8 @@ const FUEL_PER_PAYLOAD_BYTE: u64 = 4;
 pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 /// The longest template source accepted.
 const MAX_SOURCE_BYTES: usize = 64 << 10;
+/// Why an empty template is refused when saved.
+pub const EMPTY_SOURCE: &str = "must not be empty or blank; leave it out to use the default template";
 /// The name minijinja gives the template in its errors ("in template:1"): neutral, since the
 /// same code compiles payload, subject, body and message templates.
 const NAME: &str = "template";
@@ -40,50 +45,102 @@ impl std::fmt::Debug for Template {
 
 impl Template {
     /// [`Template::compile`] for a template being saved: a new one is also held to
-    /// [`MAX_SOURCE_BYTES`] (a stored one, from before the limit, still loads).
+    /// [`MAX_SOURCE_BYTES`] (a stored one, from before the limit, still loads), and may not be
+    /// empty: an empty Slack, SMS or email template fails every delivery, and an empty
+    /// `payload_template` posts an empty body, where leaving it out gives the default.
     pub fn validate(source: &str) -> Result<Template, String> {
+        if source.trim().is_empty() {
+            return Err(EMPTY_SOURCE.into());
+        }
         if source.len() > MAX_SOURCE_BYTES {
             return Err(format!("a template may be at most {} KiB", MAX_SOURCE_BYTES >> 10));
         }
-        Self::compile(source)
+        Self::build(source, true)
     }
 
     /// Compiles `source` and renders it once against a sample event, so syntax errors,
-    /// unknown filters, fuel exhaustion and outputs over the cap are reported when the
-    /// webhook is saved.
+    /// unknown filters, fuel exhaustion and outputs over the cap are reported. A stored
+    /// template is loaded with this; [`Template::validate`] (a template being saved) also
+    /// refuses errors no event could avoid, which would otherwise take a stored channel down
+    /// for every event where before only some failed.
     pub fn compile(source: &str) -> Result<Template, String> {
+        Self::build(source, false)
+    }
+
+    /// [`Template::compile`], and with `strict` [`Template::validate`]'s extra check.
+    fn build(source: &str, strict: bool) -> Result<Template, String> {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.add_filter("pretty_json", pretty_json);
         env.add_filter("join", capped_join);
+        // Jinja2 compatibility: templates written for Python's Jinja2 call Python methods
+        // (`payload.items()`, `payload.get('a', 'd')`, `event_type.upper()`, `.split('.')`…)
+        // and use `truncate` / `wordcount`. minijinja-contrib's implementations pay fuel for
+        // what they build; the two that could build more than they are charged for (`str.join`,
+        // `str.format`) go through `py_method`. None of it reads files, the environment or the
+        // network.
+        env.set_unknown_method_callback(py_method);
+        env.add_filter("truncate", truncate);
+        env.add_filter("wordcount", wordcount);
         env.add_template_owned(NAME, source.to_string()).map_err(describe)?;
         let t = Template { env };
         let sample = Self::sample();
-        // The sample has an empty payload, so data-dependent errors (`payload.n * 2` of a
-        // missing `n`) are expected; only errors no event could avoid are reported.
-        if let Err(e) = t.env.get_template(NAME).and_then(|tmpl| capped_render(&tmpl, Self::context(&sample))) {
-            use minijinja::ErrorKind as K;
-            if matches!(
-                e.kind(),
-                K::SyntaxError
-                    | K::UnknownFilter
-                    | K::UnknownTest
-                    | K::UnknownFunction
-                    | K::UnknownMethod
-                    | K::TooManyArguments
-                    | K::MissingArgument
-                    | K::TemplateNotFound
-                    | K::BadInclude
-                    | K::OutOfFuel
-                    | K::InvalidDelimiter
-                    | K::BadEscape
-            ) || is_too_large(&e)
-            {
+        if let Err(e) = t.render_context(Self::context(&sample)) {
+            if t.unavoidable(&e, &sample, strict) {
                 return Err(describe(e));
             }
         }
         Ok(t)
+    }
+
+    /// Whether `e`, the error of rendering the sample event (an empty payload), would fail
+    /// every event, so that saving the template is refused rather than every delivery dying.
+    ///
+    /// Data-dependent errors (`payload.n * 2` of a missing `n`) are expected on the sample and
+    /// let through. An error the data cannot change is one of the kinds that concern the
+    /// template itself (syntax, unknown filter, wrong arguments, fuel, size), or an invalid
+    /// operation or unknown method whose operands are all defined values (`"%s" % (a, b)`,
+    /// `1 + "a"`, `event_type.nosuch()`) AND that renders of the same template against
+    /// payloads of other shapes (see [`Probe`]) fail at the same place too: a value made from
+    /// a fallback (`payload.n | default('') - 1`) would be a number in a real event. So what
+    /// is refused is a sure failure; what is let through may still fail an event (the
+    /// delivery then goes `dead` with the reason).
+    ///
+    /// Without `strict`, only the kinds that concern the template itself count.
+    fn unavoidable(&self, e: &minijinja::Error, sample: &EventRecord, strict: bool) -> bool {
+        use minijinja::ErrorKind as K;
+        match e.kind() {
+            K::SyntaxError
+            | K::UnknownFilter
+            | K::UnknownTest
+            | K::UnknownFunction
+            | K::TooManyArguments
+            | K::MissingArgument
+            | K::TemplateNotFound
+            | K::BadInclude
+            | K::OutOfFuel
+            | K::InvalidDelimiter
+            | K::BadEscape => true,
+            _ if is_too_large(e) => true,
+            K::InvalidOperation | K::UnknownMethod if strict && on_defined_values(e) => {
+                [Probe::Number, Probe::Text, Probe::Map].into_iter().all(|probe| {
+                    let payload = minijinja::Value::from_object(probe);
+                    match self.render_context(Self::context_with(sample, payload)) {
+                        Ok(_) => false,
+                        // At the same place, whatever the kind (`payload.nosuch()` is an
+                        // unknown method of the sample and a call of a probe's value: both
+                        // fail every event); elsewhere, the data made a difference.
+                        Err(again) => again.range() == e.range(),
+                    }
+                })
+            }
+            _ => false,
+        }
+    }
+
+    fn render_context(&self, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
+        capped_render(&self.env.get_template(NAME)?, ctx)
     }
 
     /// Renders the sample event used by [`Template::compile`] (for checks at save time).
@@ -132,14 +189,190 @@ impl Template {
     }
 
     fn context(event: &EventRecord) -> minijinja::Value {
+        Self::context_with(event, minijinja::Value::from(minijinja::value::Serde(&event.payload)))
+    }
+
+    /// The context of `event` with `payload` in place of its own (see [`Probe`]).
+    fn context_with(event: &EventRecord, payload: minijinja::Value) -> minijinja::Value {
         minijinja::context! {
             event_type => &event.event_type,
             event_id => event.event_id.as_str(),
-            payload => minijinja::Value::from(minijinja::value::Serde(&event.payload)),
+            payload => payload,
             created_at => &event.created_at,
             cache_scopes => minijinja::Value::from(minijinja::value::Serde(&event.cache_scopes)),
         }
     }
+}
+
+/// A stand-in payload for [`Template::unavoidable`]: a map that has every key (and lists
+/// none), each of one kind, so that a render that failed on the sample's empty payload can be
+/// tried with the values an event could have.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// Every field is the number 1.
+    Number,
+    /// Every field is the string "x".
+    Text,
+    /// Every field is another such map.
+    Map,
+}
+
+impl minijinja::value::Object for Probe {
+    fn get_value(self: &std::sync::Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        // Not the names of a map's Python methods: `payload.get('a', '')` calls the method
+        // (a key is looked up before a method, and a probe's value cannot be called).
+        if matches!(key.as_str(), Some("get" | "items" | "keys" | "values")) {
+            return None;
+        }
+        Some(match **self {
+            Probe::Number => minijinja::Value::from(1),
+            Probe::Text => minijinja::Value::from("x"),
+            Probe::Map => minijinja::Value::from_object(Probe::Map),
+        })
+    }
+}
+
+/// Whether the operands of an invalid operation (`tried to use % operator on unsupported
+/// types string and sequence`) or the receiver of an unknown method (`string has no method
+/// named nosuch`) are all defined values: an undefined or none operand is a missing field of
+/// the sample, which an event may have. minijinja gives the operands' kinds only in the
+/// message (its undefined-origin record is private), so this reads the message; the unit
+/// tests pin both shapes, and a message of another shape counts as data-dependent (let
+/// through, as before this check existed).
+fn on_defined_values(e: &minijinja::Error) -> bool {
+    let Some(detail) = e.detail() else { return false };
+    let kinds: Vec<&str> = match e.kind() {
+        minijinja::ErrorKind::InvalidOperation => {
+            let Some((_, rest)) = detail.split_once(" operator on unsupported types ") else { return false };
+            let rest = rest.split(" (").next().unwrap_or(rest);
+            match rest.split_once(" and ") {
+                Some((a, b)) => vec![a, b],
+                None => return false,
+            }
+        }
+        minijinja::ErrorKind::UnknownMethod => match detail.split_once(" has no method named ") {
+            Some((kind, _)) => vec![kind],
+            None => return false,
+        },
+        _ => return false,
+    };
+    kinds.iter().all(|k| !matches!(*k, "undefined" | "none"))
+}
+
+/// Python's methods on strings, maps and lists (minijinja-contrib's `pycompat`). Each call on
+/// a string or list first pays fuel for reading it (one per 64 bytes, or per item, as minijinja
+/// charges for data made): `s.count('x')` in a loop over a large payload scans it every time
+/// and makes nothing minijinja would charge for. `str.join` and `str.format` build their
+/// result before paying for it: `join` goes
+/// through [`capped_join`] (`sep.join(items)` is `items | join(sep)`), and `format` is
+/// refused a width or precision over [`MAX_FORMAT_WIDTH`] (`"{:>99999999999}".format(1)`
+/// would ask for terabytes).
+fn py_method(
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+    method: &str,
+    args: &[minijinja::Value],
+) -> Result<minijinja::Value, minijinja::Error> {
+    if let Some(s) = value.as_str() {
+        charge_reading(state, s)?;
+    } else if value.kind() == minijinja::value::ValueKind::Seq {
+        state.consume_fuel(value.len().unwrap_or(0) as u64)?;
+    }
+    if let Some(s) = value.as_str() {
+        match method {
+            "join" => {
+                let (items,): (&minijinja::Value,) = minijinja::value::from_args(args)?;
+                let sep = minijinja::Value::from(s);
+                let joiner = minijinja::value::StringInput::new(state, &sep)?;
+                return capped_join(
+                    state,
+                    items,
+                    Some(joiner),
+                    None,
+                    minijinja::value::Kwargs::from_iter(std::iter::empty::<(&str, minijinja::Value)>()),
+                );
+            }
+            "format" if widest_format_number(s) > MAX_FORMAT_WIDTH => {
+                return Err(too_large("a width or precision in format()"));
+            }
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// Pays fuel for reading `s` whole (one per 64 bytes, the rate minijinja charges for data).
+fn charge_reading(state: &minijinja::State, s: &str) -> Result<(), minijinja::Error> {
+    state.consume_fuel((s.len() / 64) as u64)
+}
+
+/// minijinja-contrib's `wordcount`, paying for the string it reads (see [`py_method`]): one
+/// fuel per 4 bytes, since it looks up every character's Unicode category (about as slow as
+/// an instruction of the engine; 64 bytes for one let a loop run for seconds).
+fn wordcount(state: &minijinja::State, value: &minijinja::Value) -> Result<minijinja::Value, minijinja::Error> {
+    state.consume_fuel((value.as_str().unwrap_or_default().len() / 4) as u64)?;
+    minijinja_contrib::filters::wordcount(value)
+}
+
+/// The widest field `str.format` may be asked for (far more than any message needs).
+const MAX_FORMAT_WIDTH: u64 = 10_000;
+
+/// The largest number written inside a `{…}` of a `str.format` string (its widths and
+/// precisions, and harmlessly its field indexes): overestimates are refused, never missed.
+fn widest_format_number(s: &str) -> u64 {
+    let mut widest = 0u64;
+    let mut current: Option<u64> = None;
+    let mut depth = 0usize;
+    for c in s.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        match c.to_digit(10) {
+            Some(d) if depth > 0 => {
+                let n = current.unwrap_or(0).saturating_mul(10).saturating_add(u64::from(d));
+                current = Some(n);
+                widest = widest.max(n);
+            }
+            _ => current = None,
+        }
+    }
+    widest
+}
+
+/// Jinja2's `truncate(s, length=255, killwords=False, end='...', leeway=None)`, by position
+/// or keyword: minijinja-contrib's filter takes keywords only, and Jinja2 templates mostly
+/// write `truncate(20)`. Its result is never longer than its input; reading that is paid
+/// for (see [`py_method`]).
+fn truncate(
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+    args: minijinja::value::Rest<minijinja::value::ValueOrKwargs>,
+) -> Result<minijinja::Value, minijinja::Error> {
+    const NAMES: [&str; 4] = ["length", "killwords", "end", "leeway"];
+    let mut positional = args.0.into_iter().map(minijinja::value::ValueOrKwargs::into_value).collect::<Vec<_>>();
+    let kwargs = match positional.last() {
+        Some(last) if last.is_kwargs() => positional.pop().map(minijinja::value::Kwargs::try_from).transpose()?,
+        _ => None,
+    };
+    if positional.len() > NAMES.len() {
+        return Err(minijinja::Error::from(minijinja::ErrorKind::TooManyArguments));
+    }
+    charge_reading(state, value.as_str().unwrap_or_default())?;
+    let mut merged: Vec<(&str, minijinja::Value)> = NAMES.iter().copied().zip(positional.iter().cloned()).collect();
+    if let Some(kwargs) = &kwargs {
+        for name in kwargs.args() {
+            if merged.iter().any(|(n, _)| *n == name) {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::TooManyArguments,
+                    format!("truncate: {name} given by position and by keyword"),
+                ));
+            }
+            merged.push((name, kwargs.get::<minijinja::Value>(name)?));
+        }
+    }
+    minijinja_contrib::filters::truncate(state, value, merged.into_iter().collect())
 }
 
 /// A buffer that refuses to grow past [`MAX_OUTPUT_BYTES`]: what is written through it stops
@@ -308,6 +541,110 @@ mod tests {
             .unwrap_err();
         assert!(err.to_lowercase().contains("fuel"), "{err}");
     }
+
+    /// An error that the sample's empty payload does not explain fails every event: refused
+    /// when saved. One a missing or differently typed field explains is let through.
+    #[test]
+    fn errors_no_event_could_avoid_are_refused_when_saved() {
+        for source in [
+            r#"{{ "%s-%s" % (event_type, event_id) }}"#,
+            r#"{{ "%d" % "x" }}"#,
+            r#"{{ 1 + "a" }}"#,
+            r#"{{ event_type - 1 }}"#,
+            r#"{{ event_type.nosuch() }}"#,
+            r#"{{ payload.nosuch() }}"#,
+            r#"{% if payload %}{% else %}{{ "%s" % (1, 2) }}{% endif %}"#,
+            r#"{{ "%s" % ((payload.a | default('')), 1) }}"#,
+        ] {
+            assert!(Template::validate(source).is_err(), "{source}");
+            // A stored one still loads: its events fail one by one, as they did.
+            assert!(Template::compile(source).is_ok(), "{source}");
+        }
+        for source in [
+            "{{ payload.n * 2 }}",
+            "{{ payload.n + 'a' }}",
+            "{{ '%d' % payload.x }}",
+            "{{ payload.name.upper() }}",
+            "{{ payload.items[0].name.upper() }}",
+            "{{ payload['items'][0].price * 2 }}",
+            "{{ payload.get('x').upper() }}",
+            "{{ range(payload.n) | list }}",
+            // A fallback's type is not the type of the value an event would have.
+            "{{ (payload.n | default('')) - 1 }}",
+            "{{ (payload.tags | default('')).items() | list }}",
+            "{{ 10 / (payload | length) }}",
+        ] {
+            assert!(Template::validate(source).is_ok(), "{source}: {:?}", Template::validate(source).err());
+        }
+    }
+
+    /// The messages [`on_defined_values`] reads: a minijinja upgrade that changes them fails
+    /// here rather than quietly letting broken templates through.
+    #[test]
+    fn minijinja_names_the_operands_kinds_in_its_messages() {
+        let sample = Template::sample();
+        let detail = |source: &str| {
+            let mut env = Environment::new();
+            env.set_undefined_behavior(UndefinedBehavior::Chainable);
+            env.set_unknown_method_callback(py_method);
+            env.add_template_owned(NAME, source.to_string()).unwrap();
+            let e = env.get_template(NAME).unwrap().render(Template::context(&sample)).unwrap_err();
+            (e.kind(), e.detail().unwrap_or_default().to_string(), on_defined_values(&e))
+        };
+        use minijinja::ErrorKind as K;
+        let (kind, text, defined) = detail(r#"{{ "%s" % (event_type, event_id) }}"#);
+        assert_eq!(
+            (kind, text.as_str(), defined),
+            (K::InvalidOperation, "tried to use % operator on unsupported types string and sequence", true)
+        );
+        let (kind, text, defined) = detail("{{ payload.n * 2 }}");
+        assert_eq!(kind, K::InvalidOperation);
+        assert!(text.starts_with("tried to use * operator on unsupported types undefined and number"), "{text}");
+        assert!(!defined);
+        let (_, text, defined) = detail("{{ none + 1 }}");
+        assert_eq!((text.as_str(), defined), ("tried to use + operator on unsupported types none and number", false));
+        let (kind, text, defined) = detail("{{ event_type.nosuch() }}");
+        assert_eq!((kind, text.as_str(), defined), (K::UnknownMethod, "string has no method named nosuch", true));
+        let (kind, text, defined) = detail("{{ payload.x.upper() }}");
+        assert_eq!(kind, K::UnknownMethod);
+        assert!(text.starts_with("undefined has no method named upper"), "{text}");
+        assert!(!defined);
+        // Other invalid operations are not judged by their message.
+        let (kind, _, defined) = detail("{{ 1 / 0 }}");
+        assert_eq!((kind, defined), (K::InvalidOperation, false));
+    }
+
+    /// What Python's Jinja2 templates commonly use: Python methods and its filters.
+    #[test]
+    fn jinja2_methods_and_filters_work() {
+        let mut e = event();
+        e.payload = serde_json::json!({"a": 1, "name": "Ada Lovelace", "text": "one two three four"});
+        let render = |source: &str| Template::compile(source).and_then(|t| t.render(&e));
+        let ok = |source: &str, want: &str| assert_eq!(render(source).as_deref(), Ok(want), "{source}");
+        ok(
+            "{% for k, v in payload.items() %}{{ k }}={{ v }};{% endfor %}",
+            "a=1;name=Ada Lovelace;text=one two three four;",
+        );
+        ok("{{ payload.get('a', 'd') }} {{ payload.get('zz', 'd') }} {{ payload.get('zz') is none }}", "1 d True");
+        ok("{{ payload.keys() | list | length }} {{ payload.values() | list | first }}", "3 1");
+        ok(
+            "{{ event_type.upper() }} {{ event_type.replace('.', '_') }} {{ event_type.startswith('object') }}",
+            "OBJECT.CREATED object_created True",
+        );
+        ok(
+            "{{ event_type.split('.') | last }} {{ payload.name.lower() }} {{ '-'.join(event_type.split('.')) }}",
+            "created ada lovelace object-created",
+        );
+        ok("{{ payload.text | truncate(12) }}|{{ payload.text | truncate(9, true, '~', 0) }}", "one two...|one two ~");
+        ok(
+            "{{ payload.text | truncate(length=12) }}|{{ payload.text | truncate(9, killwords=true, leeway=0) }}",
+            "one two...|one tw...",
+        );
+        ok("{{ payload.text | wordcount }} {{ '{}-{}'.format(event_type, payload.a) }}", "4 object.created-1");
+        assert!(render("{{ payload.text | truncate(9, length=3) }}").unwrap_err().contains("by keyword"));
+        assert!(render("{{ payload.text | truncate(1, true, '', 0, 5) }}").is_err());
+        assert!(render("{{ event_type.nosuch() }}").is_err());
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +745,11 @@ mod fuel_tests {
             "{{ ([''] * 100000000) | join }}",
             "{{ [[('x' * 60000)] * 20000] | join }}",
             "{{ ([('x' * 60000)] * 20000) | pretty_json }}",
+            "{{ 'y'.join([('x' * 1000000)] * 1000) | length }}",
+            "{{ payload.sep.join([payload.s] * payload.n) | length }}",
+            "{{ '{:>99999999999}'.format(1) }}",
+            "{{ '{:.99999999999f}'.format(1.5) }}",
+            "{{ ('x' * 1000000).replace('x', 'yyyyyyyyyy') | length }}",
         ] {
             let started = Work::start();
             // Refused when saved, or when an event renders it.
@@ -426,9 +768,33 @@ mod fuel_tests {
         let big = format!("{{{{ event_type }}}}{}", " ".repeat(MAX_SOURCE_BYTES));
         assert!(Template::compile(&big).is_ok());
         assert!(Template::validate(&big).unwrap_err().contains("KiB"));
+        // An empty template is refused when saved.
+        for blank in ["", " ", "\n\t "] {
+            assert_eq!(Template::validate(blank).unwrap_err(), EMPTY_SOURCE);
+        }
         // The join still joins.
         let t = Template::compile("{{ ['a', 'b'] | join('-') }} {{ ['c', 'd'] | join(d='+') }} {{ 'xy' | join(',') }}");
         assert_eq!(t.unwrap().render(&e).unwrap(), "a-b c+d x,y");
+    }
+
+    /// Filters and methods that read a string without making one pay for reading it: a loop
+    /// that counts the words of a large payload over and over runs out of fuel.
+    #[test]
+    fn reading_a_large_string_again_and_again_is_paid_for() {
+        let mut e = big_event(1);
+        e.payload = serde_json::json!({"s": "word ".repeat(40_000), "l": vec![1; 40_000], "n": 10_000});
+        for source in [
+            "{% for i in range(payload.n) %}{% for j in range(payload.n) %}{{ payload.s | wordcount }}{% endfor %}{% endfor %}",
+            "{% for i in range(payload.n) %}{% for j in range(payload.n) %}{{ payload.s | truncate(1000000) | length > 0 }}{% endfor %}{% endfor %}",
+            "{% for i in range(payload.n) %}{% for j in range(payload.n) %}{{ payload.s.count('w') }}{% endfor %}{% endfor %}",
+            "{% for i in range(payload.n) %}{% for j in range(payload.n) %}{{ payload.l.count(2) }}{% endfor %}{% endfor %}",
+        ] {
+            let started = Work::start();
+            let err = Template::compile(source).unwrap().render(&e).unwrap_err();
+            assert!(err.contains("fuel"), "{source}: {err}");
+            let spent = started.spent();
+            assert!(spent < std::time::Duration::from_secs(5), "{source}: {spent:?}");
+        }
     }
 
     #[test]

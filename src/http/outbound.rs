@@ -8,7 +8,8 @@ use warp::http::StatusCode;
 use super::{empty, json, HttpState, Request, Response};
 use crate::ask;
 use crate::delivery::model::{
-    take_channel_ids, CreateWebhook, Delivery, DeliveryStatus, PatchWebhook, PublishEvent, StoredWebhook, EVENT_TYPES,
+    dedup_event_types, take_channel_ids, CreateWebhook, Delivery, DeliveryStatus, PatchWebhook, PublishEvent,
+    StoredWebhook, EVENT_TYPES,
 };
 use crate::delivery::DeliveryMsg;
 use crate::error::ApiError;
@@ -79,7 +80,8 @@ async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> 
     req.authenticate(state)?;
     let mut value = req.json_value()?;
     let channel_ids = take_channel_ids(&mut value)?;
-    let body = CreateWebhook { channel_ids, ..super::request::from_value(value)? };
+    let mut body = CreateWebhook { channel_ids, ..super::request::from_value(value)? };
+    dedup_event_types(&mut body.event_types);
     let warnings = uncatalogued(&body.event_types);
     let reg = registry(state)?;
     let (view, d) = ask!(reg, |reply| DeliveryMsg::Create { body, reply })?;
@@ -119,7 +121,10 @@ async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
     let webhook_id = webhook_id(id)?;
     let mut value = req.json_value()?;
     let channel_ids = take_channel_ids(&mut value)?;
-    let patch = PatchWebhook { channel_ids, ..super::request::from_value(value)? };
+    let mut patch = PatchWebhook { channel_ids, ..super::request::from_value(value)? };
+    if let Some(types) = &mut patch.event_types {
+        dedup_event_types(types);
+    }
     let warnings = patch.event_types.as_deref().map(uncatalogued).unwrap_or_default();
     let reg = registry(state)?;
     let (view, d) = ask!(reg, |reply| DeliveryMsg::Update { webhook_id, patch, reply })?;

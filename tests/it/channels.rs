@@ -448,3 +448,46 @@ async fn email_and_sms_need_their_provider_configured() {
         assert!(msg.contains(&format!("[delivery.{channel}]")), "{msg}");
     }
 }
+
+/// An empty template (which would fail every delivery with "rendered an empty message") is
+/// refused when saved, naming the field; leaving it out gives the default.
+#[tokio::test]
+async fn empty_templates_are_refused_when_saved() {
+    let api = Receiver::start(201).await;
+    let app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
+        ..dev_delivery(&format!(
+            "{}\n[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 1\ntls = \"none\"\nfrom = \"alerts@example.com\"\n",
+            sms_section(&api)
+        ))
+    })
+    .await;
+    for (channel, configs, field) in [
+        ("slack", json!({"webhook_url": api.url("/s"), "template": ""}), "template"),
+        ("sms", json!({"to": ["+15550002222"], "template": "  "}), "template"),
+        ("email", json!({"to": ["ops@example.com"], "subject_template": ""}), "subject_template"),
+        ("email", json!({"to": ["ops@example.com"], "body_template": "\n"}), "body_template"),
+        ("webhook", json!({"url": api.url("/w"), "payload_template": ""}), "payload_template"),
+    ] {
+        let (s, b) = app
+            .post(
+                "/v1/organizations/webhooks",
+                json!({"webhook_name": "x", "event_types": ["*"], "channels": [{"channel": channel, "configs": configs}]}),
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (422, Some(format!("channels[0].configs.{field}").as_str())),
+            "{b}"
+        );
+        assert!(b["error"]["message"].as_str().unwrap_or_default().contains("leave it out"), "{b}");
+    }
+    // Left out, or null: the default.
+    create_webhook(
+        &app,
+        json!({"webhook_name": "x", "event_types": ["*"], "channels": [
+            {"channel": "sms", "configs": {"to": ["+15550002222"], "template": null}},
+            {"channel": "email", "configs": {"to": ["ops@example.com"]}}]}),
+    )
+    .await;
+}

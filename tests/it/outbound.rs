@@ -1617,3 +1617,142 @@ async fn retries_racing_a_delete_answer_202_or_404() {
         }
     }
 }
+
+/// Templates written for Python's Jinja2 work (Python methods, `truncate`, `wordcount`); one
+/// that would fail every event is refused when saved, one that fails only for some events'
+/// data is not.
+#[tokio::test]
+async fn jinja2_templates_work_and_sure_failures_are_refused_when_saved() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let template = r#"{"t": {{ event_type.upper().replace('.', '_') | tojson }}, "kind": {{ event_type.split('.')[0] | tojson }}, "obj": {{ event_type.startswith('object') | tojson }}, "kv": {{ (payload.items() | map('join', '=') | list) | tojson }}, "keys": {{ payload.keys() | list | tojson }}, "vals": {{ payload.values() | list | length }}, "d": {{ payload.get('zz', 'dflt') | tojson }}, "short": {{ payload.note | truncate(9) | tojson }}, "words": {{ payload.note | wordcount }}}"#;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "py", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/py"), "payload_template": template}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"a": "1", "note": "one two three four"})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "{:?}", deliveries(&app, &id, None).await);
+    let got = rx.captured()[0].json();
+    assert_eq!(
+        got,
+        json!({"t": "OBJECT_CREATED", "kind": "object", "obj": true, "kv": ["a=1", "note=one two three four"],
+               "keys": ["a", "note"], "vals": 2, "d": "dflt", "short": "one...", "words": 4})
+    );
+    let channel = |template: &str| json!({"webhook_name": "t", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/t"), "payload_template": template}}]});
+    // `%` formatting of a tuple, or an unknown method of a string, fails whatever the event.
+    for template in [
+        r#"{{ "%s-%s" % (event_type, event_id) }}"#,
+        "{{ event_type.nosuch() }}",
+        "{{ payload.text | truncate(5, length=3) }}",
+    ] {
+        let (s, b) = app.post("/v1/organizations/webhooks", channel(template)).await;
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (422, Some("channels[0].configs.payload_template")),
+            "{template}: {b}"
+        );
+    }
+    // A failure that depends on the event's data is its delivery's, not the template's.
+    for template in ["{{ payload.n * 2 }}", "{{ payload.name.upper() }}", "{{ (payload.n | default('')) - 1 }}"] {
+        let (s, b) = app.post("/v1/organizations/webhooks", channel(template)).await;
+        assert_eq!(s, 201, "{template}: {b}");
+    }
+}
+
+/// Settings that could only fail or surprise are refused or normalized when saved: a timeout
+/// too short for any answer, a header given twice in two cases; `headers: null` is no
+/// headers, and an event type listed twice is one subscription.
+#[tokio::test]
+async fn channel_settings_are_checked_and_normalized() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let hook = |configs: Value| json!({"webhook_name": "s", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": configs}]});
+    let (s, b) = app.post("/v1/organizations/webhooks", hook(json!({"url": rx.url("/"), "timeout": 0.0001}))).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.timeout")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("0.1–300 seconds"), "{b}");
+    let (s, b) = app
+        .post("/v1/organizations/webhooks", hook(json!({"url": rx.url("/"), "headers": {"X-A": "1", "x-a": "2"}})))
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.headers.x-a")), "{b}");
+    let (id, _) = create_webhook(&app, hook(json!({"url": rx.url("/n"), "headers": null, "timeout": 0.1}))).await;
+    let (_, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert_eq!(got["channels"][0]["configs"]["headers"], json!({}), "{got}");
+    // A GET's nulls sent back are accepted.
+    let mut shown = got["channels"][0].clone();
+    shown["configs"]["headers"] = Value::Null;
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [shown]})).await;
+    assert_eq!(s, 200, "{b}");
+
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "d", "event_types": ["zz.a", "object.created", "zz.a"], "channels": [http_channel(&rx.url("/d"))]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["event_types"], json!(["zz.a", "object.created"]));
+    assert_eq!(b["warnings"].as_array().map(Vec::len), Some(1), "{b}");
+    let did = b["webhook_id"].as_str().unwrap();
+    let (s, b) =
+        app.patch(&format!("/v1/organizations/webhooks/{did}"), json!({"event_types": ["b.x", "b.x", "a"]})).await;
+    assert_eq!((s, &b["event_types"]), (200, &json!(["b.x", "a"])), "{b}");
+    assert_eq!(b["warnings"].as_array().map(Vec::len), Some(2), "{b}");
+}
+
+/// Two channels with one url: sent back without their channel_id, which hidden secret goes
+/// with which settings cannot be told (422 asking for it); with it, each keeps its own.
+#[tokio::test]
+async fn channels_sharing_a_url_need_their_ids_in_a_patch() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "two", "event_types": ["*"], "channels": [
+            {"channel": "webhook", "configs": {"url": rx.url("/same"), "secret": "secret-one", "headers": {"X-Which": "one"}}},
+            {"channel": "webhook", "configs": {"url": rx.url("/same"), "secret": "secret-two", "headers": {"X-Which": "two"}, "timeout": 5}}
+        ]}),
+    )
+    .await;
+    let (_, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    let strip = |c: &Value| {
+        let mut c = c.clone();
+        c.as_object_mut().unwrap().remove("channel_id");
+        c
+    };
+    let reversed = json!([strip(&got["channels"][1]), strip(&got["channels"][0])]);
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": reversed})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].channel_id")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("channel_id"), "{b}");
+    // As the GET shows them (with their IDs), reversed: each keeps its own secret.
+    let reversed = json!([got["channels"][1].clone(), got["channels"][0].clone()]);
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": reversed})).await;
+    assert_eq!(s, 200, "{b}");
+    publish(&app, "object.updated", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 2 }).await);
+    for c in rx.captured() {
+        let which = c.header("x-which").unwrap_or_default().to_string();
+        assert_eq!(c.header("x-mixpeek-secret"), Some(format!("secret-{which}").as_str()), "{:?}", c.headers);
+    }
+}
+
+/// A 304 is not a redirect: its attempt says it is not a 2xx.
+#[tokio::test]
+async fn a_304_is_not_called_a_redirect() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(304).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "nm", "event_types": ["*"], "channels": [http_channel(&rx.url("/nm"))]}),
+    )
+    .await;
+    publish(&app, "object.updated", json!({})).await;
+    let attempted = || async {
+        deliveries(&app, &id, None).await.first().is_some_and(|d| !d["attempts"].as_array().unwrap().is_empty())
+    };
+    assert!(eventually(WAIT, attempted).await);
+    let d = deliveries(&app, &id, None).await.remove(0);
+    let error = d["attempts"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.starts_with("HTTP 304 (not a 2xx)"), "{error}");
+    assert!(!error.contains("redirect"), "{error}");
+}

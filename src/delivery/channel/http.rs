@@ -26,6 +26,10 @@ use crate::error::ApiError;
 
 /// Longest per-channel timeout accepted.
 pub const MAX_TIMEOUT_SECONDS: f64 = 300.0;
+/// Shortest per-channel timeout accepted: less cannot cover a TLS handshake and an answer,
+/// so every attempt would time out. 0.1 s still lets a receiver on the same network (or a
+/// test) be cut off quickly.
+pub const MIN_TIMEOUT_SECONDS: f64 = 0.1;
 
 /// Longest receiver URL accepted.
 const MAX_URL_BYTES: usize = 2048;
@@ -50,7 +54,8 @@ pub(super) fn check_receiver_url(field: String, raw: &str, policy: NetPolicy) ->
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub url: String,
-    #[serde(default)]
+    /// `null` is no headers, as for the other optional fields (a GET shows them as `null`).
+    #[serde(default, deserialize_with = "null_as_no_headers")]
     pub headers: Headers,
     /// Seconds; default `delivery.request_timeout_seconds`.
     #[serde(default)]
@@ -62,6 +67,10 @@ pub struct HttpConfig {
     pub secret: Option<String>,
 }
 
+fn null_as_no_headers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Headers, D::Error> {
+    Ok(Option::<Headers>::deserialize(d)?.unwrap_or_default())
+}
+
 impl HttpConfig {
     pub fn validate(&self, at: &str, policy: NetPolicy) -> Result<(), ApiError> {
         let field = |f: &str| format!("{at}.configs.{f}");
@@ -69,8 +78,15 @@ impl HttpConfig {
         if self.headers.len() > MAX_HEADERS {
             return Err(ApiError::validation(field("headers"), format!("at most {MAX_HEADERS} headers")));
         }
+        let mut seen: Vec<String> = Vec::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
             let f = format!("{}.{name}", field("headers"));
+            // Both would be sent: a receiver reads one of them, or both joined.
+            let lower = name.to_ascii_lowercase();
+            if seen.contains(&lower) {
+                return Err(ApiError::validation(f, "given twice (header names are case-insensitive)"));
+            }
+            seen.push(lower);
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(ApiError::validation(f, "not a valid header name"));
             }
@@ -87,8 +103,12 @@ impl HttpConfig {
             }
         }
         if let Some(t) = self.timeout {
-            if !(t > 0.0 && t <= MAX_TIMEOUT_SECONDS) {
-                return Err(ApiError::validation(field("timeout"), "must be a number of seconds in (0, 300]"));
+            if !(MIN_TIMEOUT_SECONDS..=MAX_TIMEOUT_SECONDS).contains(&t) {
+                return Err(ApiError::validation(
+                    field("timeout"),
+                    "must be within 0.1–300 seconds (a shorter timeout would end every attempt before the \
+                     receiver could answer)",
+                ));
             }
         }
         if let Some(s) = &self.secret {
@@ -240,11 +260,10 @@ pub(super) async fn exchange_hiding(
     let mut error = None;
     if outcome != Outcome::Delivered {
         let text = excerpt_hiding(&reply.body, sent);
-        let redirect = if (300..400).contains(&status) { " (redirects are not followed)" } else { "" };
         error = Some(if text.is_empty() {
-            format!("HTTP {status}{redirect}")
+            format!("HTTP {status}{}", why_not_delivered(status))
         } else {
-            format!("HTTP {status}{redirect}: {text}")
+            format!("HTTP {status}{}: {text}", why_not_delivered(status))
         });
     }
     let result = match status {
@@ -261,6 +280,17 @@ pub(super) async fn exchange_hiding(
         retry_after: reply.retry_after,
         result,
         reached: Vec::new(),
+    }
+}
+
+/// What an error adds to a non-2xx status: a redirect (301, 302, 303, 307, 308) is not
+/// followed; any other status, 304 included (an answer to a conditional GET, not a
+/// redirect), is simply not a 2xx.
+fn why_not_delivered(status: u16) -> &'static str {
+    match status {
+        301 | 302 | 303 | 307 | 308 => " (redirects are not followed)",
+        300..=399 => " (not a 2xx)",
+        _ => "",
     }
 }
 
@@ -306,6 +336,51 @@ pub fn elapsed_ms(started: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_redirects_are_called_redirects() {
+        for s in [301, 302, 303, 307, 308] {
+            assert_eq!(why_not_delivered(s), " (redirects are not followed)", "{s}");
+        }
+        for s in [300, 304, 305, 306] {
+            assert_eq!(why_not_delivered(s), " (not a 2xx)", "{s}");
+        }
+        assert_eq!(why_not_delivered(500), "");
+    }
+
+    fn config(configs: serde_json::Value) -> Result<HttpConfig, serde_json::Error> {
+        serde_json::from_value(configs)
+    }
+
+    #[test]
+    fn headers_may_be_null_but_not_given_twice() {
+        let policy = NetPolicy { allow_insecure_http: true, allow_private_networks: true };
+        let c = config(serde_json::json!({"url": "http://127.0.0.1:9/", "headers": null})).unwrap();
+        assert!(c.headers.is_empty());
+        c.validate("channels[0]", policy).unwrap();
+        let c = config(serde_json::json!({"url": "http://127.0.0.1:9/", "headers": {"X-A": "1", "x-a": "2"}})).unwrap();
+        let err = c.validate("channels[0]", policy).unwrap_err();
+        assert!(format!("{err:?}").contains("channels[0].configs.headers.x-a"), "{err:?}");
+    }
+
+    #[test]
+    fn a_timeout_must_leave_time_for_an_answer() {
+        let policy = NetPolicy { allow_insecure_http: true, allow_private_networks: true };
+        for (t, ok) in [
+            (0.0001, false),
+            (0.0, false),
+            (-1.0, false),
+            (0.1, true),
+            (0.3, true),
+            (300.0, true),
+            (300.5, false),
+            (f64::NAN, false),
+        ] {
+            let c =
+                HttpConfig { timeout: Some(t), ..config(serde_json::json!({"url": "http://127.0.0.1:9/"})).unwrap() };
+            assert_eq!(c.validate("c", policy).is_ok(), ok, "{t}");
+        }
+    }
 
     #[test]
     fn an_excerpt_hides_what_we_sent_and_control_characters() {
