@@ -98,7 +98,8 @@ pub async fn run(
             }
         }
     };
-    let http_state = HttpState { shared: shared.clone(), keys, metrics };
+    let http_state =
+        HttpState { shared: shared.clone(), keys, metrics, signature_checks: HttpState::signature_checks() };
     let mut server = tokio::spawn(crate::http::serve(http_state, listener, http_shutdown));
     let mut supervisor_handle = supervisor_handle;
     let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);

@@ -80,20 +80,6 @@ pub fn native_signature(
     }
 }
 
-/// Whether the request is authentic: a valid native signature, or the `X-Webhook-Secret`
-/// fallback (constant-time, see `spec.rs`).
-pub fn authentic(
-    adapter: &SourceAdapter,
-    headers: &SignatureHeaders,
-    raw_body: &Bytes,
-    connection: Option<&ProviderConfig>,
-) -> bool {
-    if native_signature(adapter.adapter_type, headers, raw_body, connection) == NativeSignature::Valid {
-        return true;
-    }
-    headers.webhook_secret.as_deref().is_some_and(|s| adapter.secret_matches(s))
-}
-
 /// The event's type, if the payload names one.
 pub fn event_type(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
     let field = match adapter.adapter_type {

@@ -23,6 +23,7 @@ pub mod records;
 pub mod registry;
 pub mod spec;
 pub mod supabase;
+pub mod verify;
 pub mod writeback;
 
 pub use registry::{BucketRegistry, RegistryMsg};

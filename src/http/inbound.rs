@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use ractor::ActorRef;
 use serde::de::DeserializeOwned;
 use warp::http::StatusCode;
@@ -18,6 +20,7 @@ use crate::adapter::mux::Lifecycle;
 use crate::adapter::records::{self, AdapterStats, BatchRecord, ObjectRecord, STATS_KEY};
 use crate::adapter::registry::{LifecyclePlan, MuxWebhook, Patched};
 use crate::adapter::spec::PatchBucket;
+use crate::adapter::verify::{self, NativeCheck};
 use crate::adapter::RegistryMsg;
 use crate::ask;
 use crate::catalog::Bucket;
@@ -140,6 +143,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         webhook_secret: req.header("x-webhook-secret").map(str::to_string),
         mux_signature: req.header("mux-signature").map(str::to_string),
     };
+    let native = native_check(state, &bucket_id, &headers, &req.body).await;
     let mut resent = false;
     let reply = loop {
         let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
@@ -155,7 +159,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         let msg = |reply| {
             AdapterMsg::Ingest(Box::new(IngestRequest {
                 headers: headers.clone(),
-                raw: req.body.clone(),
+                native: native.clone(),
                 // Parsed whatever the declared Content-Type: upstreams often send JSON as
                 // `text/plain` or untyped, and the contract answers "not JSON" with 400, never 415.
                 payload: req.payload_json(),
@@ -229,6 +233,26 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             ("not_found", Err(ApiError::NotFound(format!("bucket {bucket_id} has no source adapter"))))
         }
     }
+}
+
+/// The native signature check, here rather than in the bucket's actor (see
+/// `adapter/verify.rs`); over a large body it is milliseconds of hashing, done on the
+/// blocking pool so it does not hold up this worker's other connections, and in one of
+/// [`HttpState::signature_checks`] slots so a flood of them cannot take every core.
+async fn native_check(state: &HttpState, bucket_id: &BucketId, headers: &SignatureHeaders, raw: &Bytes) -> NativeCheck {
+    if headers.mux_signature.is_none() {
+        return NativeCheck::Absent;
+    }
+    if raw.len() < 64 << 10 {
+        return verify::ingest(&state.shared, bucket_id, headers, raw);
+    }
+    let Ok(_slot) = state.signature_checks.clone().acquire_owned().await else {
+        return NativeCheck::Unreadable("shutting down".into());
+    };
+    let (shared, id, h, body) = (state.shared.clone(), bucket_id.clone(), headers.clone(), raw.clone());
+    tokio::task::spawn_blocking(move || verify::ingest(&shared, &id, &h, &body))
+        .await
+        .unwrap_or_else(|e| NativeCheck::Unreadable(format!("the signature check failed: {e}")))
 }
 
 /// How long an ingest waits for its bucket's adapter to come back before a 503.
@@ -379,8 +403,9 @@ async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> 
 }
 
 /// `POST /v1/webhooks/mux/{connection_id}`: Mux lifecycle events for the assets of one
-/// connection. No API key: the registry checks `Mux-Signature` with the connection's
-/// `webhook_signing_secret` and fans the change out to the adapters that use the connection;
+/// connection. No API key: this handler checks `Mux-Signature` with the connection's
+/// `webhook_signing_secret`, and the registry fans the change out to the adapters that use
+/// the connection;
 /// this handler waits for each bucket's answer and its commit. `video.asset.deleted` and
 /// `video.asset.updated` → `{"handled": true, "action", "asset_id", "objects", "errors"}`;
 /// anything else → `{"handled": false}`. A bucket that cannot take the change right now (its
@@ -388,10 +413,20 @@ async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> 
 async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Response, ApiError> {
     let connection_id =
         ConnectionId::parse(cid).ok_or_else(|| ApiError::NotFound(format!("connection {cid} not found")))?;
+    // Verified here, not in the registry (see `adapter/verify.rs`).
+    let signature = req.header("mux-signature").map(str::to_string);
+    let _slot = state
+        .signature_checks
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    let (shared, id, body) = (state.shared.clone(), connection_id.clone(), req.body.clone());
+    tokio::task::spawn_blocking(move || verify::lifecycle(&shared, &id, signature.as_deref(), &body))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the signature check failed: {e}")))??;
     let webhook = MuxWebhook {
         connection_id,
-        signature: req.header("mux-signature").map(str::to_string),
-        raw: req.body.clone(),
         // Like an ingest body: parsed whatever the declared Content-Type.
         payload: req.payload_json(),
     };

@@ -48,6 +48,20 @@ pub struct HttpState {
     pub shared: Shared,
     pub keys: ApiKeys,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Slots for native signature checks over large bodies (see `inbound::native_check`).
+    pub signature_checks: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl HttpState {
+    /// Half the cores (at least one) for signature checks over large bodies: anyone can send
+    /// a request with a bogus `Mux-Signature` and a fresh timestamp, and each costs an HMAC
+    /// of the body per signing secret. A flood of them queues for these slots and leaves the
+    /// other cores to everything else (a request authenticated by `X-Webhook-Secret` needs
+    /// no slot).
+    pub fn signature_checks() -> std::sync::Arc<tokio::sync::Semaphore> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::sync::Arc::new(tokio::sync::Semaphore::new((cores / 2).max(1)))
+    }
 }
 
 pub type Response = warp::http::Response<warp::hyper::body::Bytes>;

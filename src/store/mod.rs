@@ -122,14 +122,18 @@ impl Batch {
     }
 
     /// Stores `value` as JSON under `key` in `ks`.
-    pub fn put<T: Serialize + ?Sized>(&mut self, ks: Keyspace, key: &str, value: &T) {
+    /// Adds a put; returns the stored value's size in bytes (for callers that bound what
+    /// they hold).
+    pub fn put<T: Serialize + ?Sized>(&mut self, ks: Keyspace, key: &str, value: &T) -> usize {
         // Serializing our own model types cannot fail (no non-string map keys, no custom
         // serializers that error); a failure would be a programming error caught by tests.
         let bytes = serde_json::to_vec(value).unwrap_or_else(|e| {
             tracing::error!(error = %e, keyspace = ks.name(), "serialize value for store");
             Vec::new()
         });
+        let size = bytes.len();
         self.ops.push(Op::Put(ks.key(key), bytes));
+        size
     }
 
     pub fn delete(&mut self, ks: Keyspace, key: &str) {

@@ -472,6 +472,33 @@ async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
     assert!(metric_value(&m, "hookline_http_upstream_bodies_refused_total", &[]) >= 1.0);
 }
 
+/// A batch buffer flushes early once it holds 16 MiB, whatever max_batch_size says: one
+/// flush is one atomic write held in memory, and 1,000 events of 1 MiB made a 1.9 GB one.
+#[tokio::test]
+async fn a_buffer_of_large_events_flushes_by_its_size() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "field_mapping": {"pad": "pad"},
+        "batching": {"mode": "count", "max_batch_size": 1000, "auto_submit": true}});
+    let (bucket, secret) = bucket_with_adapter(&app, "large", json!({"pad": {"type": "string"}}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let pad = "x".repeat(600 << 10);
+    let mut flushed_at = None;
+    for i in 0..40 {
+        let body = json!({"n": i, "pad": pad}).to_string();
+        let (s, b) = app.post_raw(&path, body, &[("x-webhook-secret", secret.as_str())]).await;
+        assert_eq!((s, b["status"].as_str()), (200, Some("buffered")), "{b}");
+        if status(&app, &bucket).await["events_buffered"] == 0 {
+            flushed_at = Some(i + 1);
+            break;
+        }
+    }
+    // 16 MiB of 600 KiB events: the 28th fills it.
+    assert_eq!(flushed_at, Some(28), "the buffer did not flush by its size");
+    assert_eq!(objects(&app, &bucket).await.len(), 28);
+    let m = app.metrics().await;
+    assert_eq!(metric_value(&m, "hookline_ingest_flushes_total", &[("trigger", "bytes")]), 1.0);
+}
+
 /// A filter that can never match would acknowledge every event as ignored (the upstream
 /// never retries): Supabase types are checked, and a Mux type Mux does not send is warned of.
 #[tokio::test]

@@ -15,8 +15,6 @@ use crate::adapter::kind::{self, FetchRequest, Operation};
 use crate::adapter::mux::{MuxApi, MuxApiError};
 use crate::adapter::pipeline::{self, PayloadError, Screened};
 use crate::catalog::connection::ProviderConfig;
-use crate::catalog::Connection;
-use crate::store::Keyspace;
 use crate::util::now_millis;
 
 /// A fetch to run, and what to do with its result.
@@ -43,37 +41,9 @@ pub struct Fetched {
 }
 
 impl AdapterState {
-    /// Decrypts the adapter's credentials: its connection, or its inline credentials (`None`:
-    /// it has neither). Called per event that needs them; the caller drops them when done.
-    /// Never logged. An error (a connection that cannot be read or opened, e.g. after the
-    /// master key changed) is logged here and returned without details.
+    /// Decrypts the adapter's credentials (see [`crate::adapter::verify::credentials`]).
     pub(super) fn credentials(&self) -> Result<Option<ProviderConfig>, String> {
-        let secrets = &self.shared.secrets;
-        let failed = |what: &str| format!("the adapter's credentials could not be {what}; see the daemon log");
-        if let Some(id) = &self.adapter.connection_id {
-            return match self.shared.store.get::<Connection>(Keyspace::CONNECTIONS, id.as_str()) {
-                Ok(Some(c)) => match c.open(secrets) {
-                    Ok(cfg) => Ok(Some(cfg)),
-                    Err(e) => {
-                        tracing::error!(bucket_id = %self.bucket_id(), connection_id = %id, error = %e, "open connection");
-                        Err(failed("decrypted"))
-                    }
-                },
-                Ok(None) => Ok(None),
-                Err(e) => {
-                    tracing::error!(bucket_id = %self.bucket_id(), connection_id = %id, error = %e, "read connection");
-                    Err(failed("read"))
-                }
-            };
-        }
-        let Some(sealed) = self.adapter.sealed_credentials.as_ref() else { return Ok(None) };
-        match secrets.open(sealed, self.bucket_id().as_str()) {
-            Ok(plain) => Ok(ProviderConfig::decode(self.adapter.adapter_type, &plain).ok()),
-            Err(e) => {
-                tracing::error!(bucket_id = %self.bucket_id(), error = %e, "open inline credentials");
-                Err(failed("decrypted"))
-            }
-        }
+        crate::adapter::verify::credentials(&self.shared, self.bucket_id(), &self.adapter)
     }
 
     /// A fetch job when the adapter has Mux API credentials; `None` maps without a fetch.

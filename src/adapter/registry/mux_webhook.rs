@@ -1,13 +1,11 @@
-//! `POST /v1/webhooks/mux/{connection_id}`, the registry's part: verify, classify, fan out.
+//! `POST /v1/webhooks/mux/{connection_id}`, the registry's part: classify, fan out.
 //!
-//! The registry owns the catalog, so it resolves the connection (decrypting it for this event
-//! only, to read its `webhook_signing_secret`), checks `Mux-Signature`, classifies the event
-//! and sends a [`ChangeRequest`] to the adapter actor of every bucket whose adapter uses the
-//! connection. It does not wait for them: it hands the reply receivers back to the HTTP
+//! The HTTP task has checked `Mux-Signature` (see `adapter/verify.rs`); the registry owns
+//! the catalog, so it resolves the connection, classifies the event and sends a
+//! [`ChangeRequest`] to the adapter actor of every bucket whose adapter uses the connection. It does not wait for them: it hands the reply receivers back to the HTTP
 //! handler, so a slow bucket (a Mux API fetch) never blocks the catalog. Each adapter actor
 //! changes its own objects (see `adapter/actor/lifecycle.rs`).
 
-use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -27,18 +25,17 @@ pub struct LifecyclePlan {
     pub waits: Vec<(BucketId, oneshot::Receiver<IngestResult>)>,
 }
 
-/// The request as the HTTP handler hands it over.
+/// The request as the HTTP handler hands it over, its signature verified (see
+/// `adapter/verify.rs`).
 pub struct MuxWebhook {
     pub connection_id: ConnectionId,
-    pub signature: Option<String>,
-    pub raw: Bytes,
-    /// The parsed body; its error is reported only once the signature is valid.
+    /// The parsed body (its error is reported only because the signature was valid).
     pub payload: Result<Value, ApiError>,
 }
 
 impl RegistryState {
     pub(super) fn mux_webhook(&mut self, w: MuxWebhook) -> Result<LifecyclePlan, ApiError> {
-        let MuxWebhook { connection_id: id, signature, raw, payload } = w;
+        let MuxWebhook { connection_id: id, payload } = w;
         let conn: Connection = self
             .shared
             .store
@@ -46,26 +43,6 @@ impl RegistryState {
             .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
         if conn.provider_type != ProviderType::Mux {
             return Err(ApiError::NotFound(format!("connection {id} is not a mux connection")));
-        }
-        {
-            // Not the sender's fault, and not a crash: 503, so Mux retries once the operator
-            // has restored the master key (the log says which connection).
-            let cfg = conn.open(&self.shared.secrets).map_err(|e| {
-                tracing::error!(connection_id = %id, error = %e, "open connection");
-                ApiError::Unavailable(format!(
-                    "connection {id}'s credentials cannot be decrypted with the current master key, so \
-                     Mux-Signature cannot be checked; see the daemon log"
-                ))
-            })?;
-            let secrets = cfg.mux_signing_secrets();
-            if secrets.is_empty() {
-                return Err(ApiError::UnauthorizedMsg(format!(
-                    "connection {id} has no webhook_signing_secret, so Mux-Signature cannot be verified"
-                )));
-            }
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            mux::signature::verify_header(signature.as_deref(), &raw, &secrets, now, mux::DEFAULT_TOLERANCE_SECS)
-                .map_err(|e| ApiError::UnauthorizedMsg(format!("{e}")))?;
         }
         let payload = payload?;
         let event_type = mux::event_type(&payload).map(str::to_string);
