@@ -433,9 +433,11 @@ where
     }
     let mut body = body;
     let mut too_large = declared.is_some_and(|len| len > limit as u64);
-    // Sized once when the length is declared (no doubling copies); pages are only touched,
-    // and so only resident, as the bytes arrive.
-    let mut buf = Vec::with_capacity(declared.filter(|_| !too_large).unwrap_or(0) as usize);
+    // The chunks as received (hyper's own buffers, not copied), joined once at the end: no
+    // doubling copies, and no capacity allocated ahead of the bytes (an allocator may commit
+    // it at once, so a declared length would cost memory before the sender paid for it).
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
     let mut held = None;
     let mut seen: u64 = 0;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -446,31 +448,38 @@ where
             code: "bad_body",
             message: format!("could not read request body: {e}"),
         })?;
-        while bytes::Buf::has_remaining(&chunk) {
-            let part = bytes::Buf::chunk(&chunk);
-            let n = part.len();
-            seen += n as u64;
-            if !too_large && buf.len() + n > limit {
-                too_large = true;
-                buf = Vec::new();
-            }
-            if too_large {
-                if seen > discard_cap {
-                    return Err(ApiError::PayloadTooLarge(limit));
-                }
-            } else {
-                if let Some(budget) = budget {
-                    budget.cover(&mut held, buf.len() + n)?;
-                }
-                buf.extend_from_slice(part);
+        let n = bytes::Buf::remaining(&chunk);
+        seen += n as u64;
+        if !too_large && len + n > limit {
+            too_large = true;
+            parts = Vec::new();
+        }
+        if too_large {
+            if seen > discard_cap {
+                return Err(ApiError::PayloadTooLarge(limit));
             }
             bytes::Buf::advance(&mut chunk, n);
+            continue;
         }
+        if let Some(budget) = budget {
+            budget.cover(&mut held, len + n)?;
+        }
+        len += n;
+        parts.push(bytes::Buf::copy_to_bytes(&mut chunk, n));
     }
     if too_large {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    Ok((Bytes::from(buf), held))
+    let body = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.swap_remove(0),
+        _ => {
+            let mut buf = Vec::with_capacity(len);
+            parts.iter().for_each(|p| buf.extend_from_slice(p));
+            Bytes::from(buf)
+        }
+    };
+    Ok((body, held))
 }
 
 /// The route table. Returns the route template (metrics label) and the response.
