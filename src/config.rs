@@ -167,6 +167,13 @@ pub enum SmtpTls {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
+    /// Any host, loopback and private addresses included, whatever
+    /// `delivery.allow_private_networks` says: the relay is the operator's own choice (a
+    /// local MTA on 127.0.0.1 is a common setup), and the API cannot change it (an email
+    /// channel names recipients, never the relay), so it is no way to reach an internal
+    /// address. `allow_private_networks` is for destinations the API chooses (receivers),
+    /// and the SMS `api_base`, whose requests go through the receivers' guarded client.
+    /// Turning it on for a local MTA would open private receivers to every webhook.
     pub smtp_host: String,
     /// Default by `tls`: 587 (starttls), 465 (tls), 25 (none).
     #[serde(default)]
@@ -515,6 +522,14 @@ mod tests {
         let mut c = Config::default();
         c.mux.api_base = "https://127.0.0.1:9443".into();
         c.validate().unwrap();
+        // The SMTP relay may be a local MTA without allow_private_networks (see
+        // `EmailSettings::smtp_host`).
+        for host in ["127.0.0.1", "localhost", "10.0.0.25", "::1"] {
+            let text = format!("[delivery.email]\nsmtp_host = \"{host}\"\nfrom = \"a@example.com\"\n");
+            let c = Config::from_toml(&text).unwrap();
+            assert!(!c.delivery.allow_private_networks);
+            c.validate().unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
     }
 
     #[test]

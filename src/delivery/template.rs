@@ -7,8 +7,11 @@
 //! runtime surprise for events with a different payload shape; an error that no event could
 //! avoid is refused when the template is saved (see `Template::unavoidable`). Python's
 //! methods (`payload.items()`, `event_type.upper()`…) come from minijinja-contrib's
-//! `pycompat`, under the same fuel and size bounds as the rest.
+//! `pycompat`, under the same fuel and size bounds as the rest. A list repeated with `*` is
+//! lazy (free to make): the filters, methods and output that read a value whole pay for its
+//! items first (see `prepay`).
 
+use minijinja::value::ValueOrKwargs;
 use minijinja::{Environment, UndefinedBehavior};
 
 use crate::events::EventRecord;
@@ -74,6 +77,20 @@ impl Template {
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.add_filter("pretty_json", pretty_json);
         env.add_filter("join", capped_join);
+        // `list * n` is a lazy sequence that minijinja makes for nothing; the builtins that
+        // read a value whole (serialize, stringify, compare) pay for it first (see `prepay`).
+        for &name in WHOLE_VALUE_FILTERS {
+            env.add_filter(name, move |state: &minijinja::State, args: minijinja::value::Rest<ValueOrKwargs>| {
+                // Keyword arguments are taken as such (a `Value` would leave them unused, an
+                // error) and handed on as they came.
+                prepaid_builtin(state, name, &args.into_values())
+            });
+        }
+        // What `{{ value }}` writes is also a whole-value read.
+        env.set_formatter(|out, state, value| {
+            prepay(state, value)?;
+            minijinja::escape_formatter(out, state, value)
+        });
         // Jinja2 compatibility: templates written for Python's Jinja2 call Python methods
         // (`payload.items()`, `payload.get('a', 'd')`, `event_type.upper()`, `.split('.')`…)
         // and use `truncate` / `wordcount`. minijinja-contrib's implementations pay fuel for
@@ -277,6 +294,13 @@ fn py_method(
         charge_reading(state, s)?;
     } else if value.kind() == minijinja::value::ValueKind::Seq {
         state.consume_fuel(value.len().unwrap_or(0) as u64)?;
+        // `count` and `index` compare items whole.
+        prepay(state, value)?;
+    }
+    // `'{}'.format(payload.l * payload.n)` stringifies its arguments (a map's methods only
+    // look up keys: their receiver is not walked, a loop may call `payload.get` often).
+    for arg in args {
+        prepay(state, arg)?;
     }
     if let Some(s) = value.as_str() {
         match method {
@@ -301,6 +325,120 @@ fn py_method(
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
+/// The builtin filters that read their input (and arguments) whole: they serialize it
+/// (`tojson`, `pprint`, `string`, and the string filters, which take any value as its text)
+/// or compare its items (`sort`, `unique`, `min`, `max`, `dictsort`, `groupby`). minijinja
+/// charges them per top-level item at most, or for their result after it is built, so each
+/// goes through [`prepaid_builtin`]. Filters that only look at the top level (`length`,
+/// `first`, `list`, `reverse`, `batch`…) are charged per item by minijinja already; `map`,
+/// `select` and friends call the filters and tests by name, so they get these versions.
+const WHOLE_VALUE_FILTERS: &[&str] = &[
+    "tojson",
+    "pprint",
+    "string",
+    "escape",
+    "e",
+    "safe",
+    "lower",
+    "upper",
+    "title",
+    "capitalize",
+    "trim",
+    "replace",
+    "split",
+    "lines",
+    "format",
+    "indent",
+    "sort",
+    "unique",
+    "min",
+    "max",
+    "dictsort",
+    "groupby",
+];
+
+/// Nodes of a value [`prepay`] walks for one fuel: the walk of a value that was paid for
+/// when it was made costs little, but is not free (a loop may walk a large payload often).
+const NODES_PER_FUEL: u64 = 2;
+
+/// Pays, before a value is read whole, for the items minijinja made without charging: a
+/// sequence repeated by `*` (`payload.l * payload.n`) is lazy, so making 90 million items
+/// costs nothing, and a filter that serializes or compares them then ran for 10 s and took
+/// 600 MB before its result was charged. Here every item of a sequence that is not a
+/// materialized list or tuple costs one fuel, paid (by its length, when known) before any is
+/// read, so such a value runs out of fuel at once; the nodes of paid-for lists and maps cost
+/// a fraction (see [`NODES_PER_FUEL`]). The walk is bounded by the fuel it pays.
+///
+/// Not covered: the `~` operator formats its operands without a hook (minijinja 3.1 has
+/// none for operators), so `(payload.l * payload.n) ~ ''` still builds the text before it is
+/// charged (up to minijinja's own cap of 100 million items: about 8 s and 0.5 GB).
+fn prepay(state: &minijinja::State, value: &minijinja::Value) -> Result<(), minijinja::Error> {
+    use minijinja::value::{ObjectRepr, Tuple};
+    use minijinja::Value;
+    let mut stack = vec![value.clone()];
+    let mut nodes = 0u64;
+    while let Some(v) = stack.pop() {
+        nodes += 1;
+        if nodes.is_multiple_of(NODES_PER_FUEL) {
+            state.consume_fuel(1)?;
+        }
+        let Some(object) = v.as_object() else { continue };
+        match object.repr() {
+            ObjectRepr::Map => {
+                // A map's entries were made one by one (maps are never repeated lazily).
+                if let Some(pairs) = object.try_iter_pairs() {
+                    for (key, item) in pairs {
+                        stack.push(key);
+                        stack.push(item);
+                    }
+                }
+            }
+            ObjectRepr::Seq | ObjectRepr::Iterable => {
+                let made =
+                    v.downcast_object_ref::<Vec<Value>>().is_some() || v.downcast_object_ref::<Tuple>().is_some();
+                let len = v.len();
+                if !made {
+                    state.consume_fuel(len.unwrap_or(0) as u64)?;
+                }
+                let Ok(items) = v.try_iter() else { continue };
+                for item in items {
+                    if !made && len.is_none() {
+                        state.consume_fuel(1)?;
+                    }
+                    stack.push(item);
+                }
+            }
+            // Plain objects (and kinds of a later minijinja) are not walked.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The builtin filter `name`, its arguments paid for first (see [`prepay`]). It runs as
+/// minijinja ships it, in a fresh environment with the fuel this render has left (so its own
+/// checks before an allocation hold), and what it spends is charged to this render. An
+/// override cannot call the builtin it replaces in its own environment: the name now finds
+/// the override.
+fn prepaid_builtin(
+    state: &minijinja::State,
+    name: &str,
+    args: &[minijinja::Value],
+) -> Result<minijinja::Value, minijinja::Error> {
+    for arg in args {
+        prepay(state, arg)?;
+    }
+    let mut env = Environment::new();
+    env.set_undefined_behavior(state.undefined_behavior());
+    env.set_fuel(state.fuel_levels().map(|(_, remaining)| remaining));
+    let mut builtin = env.empty_state();
+    let result = builtin.apply_filter(name, args);
+    if let Some((spent, _)) = builtin.fuel_levels() {
+        state.consume_fuel(spent)?;
+    }
+    result
+}
+
 /// Pays fuel for reading `s` whole (one per 64 bytes, the rate minijinja charges for data).
 fn charge_reading(state: &minijinja::State, s: &str) -> Result<(), minijinja::Error> {
     state.consume_fuel((s.len() / 64) as u64)
@@ -310,6 +448,7 @@ fn charge_reading(state: &minijinja::State, s: &str) -> Result<(), minijinja::Er
 /// fuel per 4 bytes, since it looks up every character's Unicode category (about as slow as
 /// an instruction of the engine; 64 bytes for one let a loop run for seconds).
 fn wordcount(state: &minijinja::State, value: &minijinja::Value) -> Result<minijinja::Value, minijinja::Error> {
+    prepay(state, value)?;
     state.consume_fuel((value.as_str().unwrap_or_default().len() / 4) as u64)?;
     minijinja_contrib::filters::wordcount(value)
 }
@@ -359,6 +498,7 @@ fn truncate(
     if positional.len() > NAMES.len() {
         return Err(minijinja::Error::from(minijinja::ErrorKind::TooManyArguments));
     }
+    prepay(state, value)?;
     charge_reading(state, value.as_str().unwrap_or_default())?;
     let mut merged: Vec<(&str, minijinja::Value)> = NAMES.iter().copied().zip(positional.iter().cloned()).collect();
     if let Some(kwargs) = &kwargs {
@@ -431,6 +571,8 @@ fn capped_join(
     attribute: Option<&str>,
     kwargs: minijinja::value::Kwargs,
 ) -> Result<minijinja::Value, minijinja::Error> {
+    // Items are formatted whole: a lazily repeated list in one is paid for first.
+    prepay(state, value)?;
     if let Ok(items) = value.try_iter() {
         let sep = match &joiner {
             Some(j) => j.as_str().len(),
@@ -473,7 +615,8 @@ impl std::fmt::Write for Capped {
 /// `{{ payload | pretty_json }}`: indented JSON for people (Slack, email, SMS). `tojson`
 /// escapes `&`, `<`, `>` and `'` as `\u0026`… so its output is safe inside HTML: right in a
 /// JSON body, noise in a chat message. Written through a [`Bounded`] buffer.
-fn pretty_json(value: minijinja::Value) -> Result<String, minijinja::Error> {
+fn pretty_json(state: &minijinja::State, value: minijinja::Value) -> Result<String, minijinja::Error> {
+    prepay(state, &value)?;
     let mut out = Bounded(Vec::new());
     match serde_json::to_writer_pretty(&mut out, &value) {
         Ok(()) => out.into_string(),
@@ -795,6 +938,60 @@ mod fuel_tests {
             let spent = started.spent();
             assert!(spent < std::time::Duration::from_secs(5), "{source}: {spent:?}");
         }
+    }
+
+    /// `list * n` makes a lazy sequence without paying for its items; every filter, method
+    /// and output that reads it whole pays for them first, so 90 million items run out of
+    /// fuel at once (before: `tojson` ran 9.3 s and took 259 MB, `pprint` 15 s and 944 MB).
+    #[test]
+    fn a_lazily_repeated_list_is_paid_for_before_it_is_read() {
+        let mut e = big_event(1);
+        e.payload = serde_json::json!({"l": [1, 2, 3], "n": 30_000_000, "s": "abc"});
+        for source in [
+            "{{ (payload.l * payload.n) | tojson | length }}",
+            "{{ (payload.l * payload.n) | tojson(indent=2) | length }}",
+            "{{ [payload.l * payload.n] | tojson | length }}",
+            "{{ {'a': payload.l * payload.n} | tojson | length }}",
+            "{{ (payload.l * payload.n) | unique | length }}",
+            "{{ [payload.l * payload.n] | unique | length }}",
+            "{{ (payload.l * payload.n) | list | length }}",
+            "{{ [payload.l * payload.n, payload.l * payload.n] | sort | length }}",
+            "{{ {'a': payload.l * payload.n, 'b': payload.l * payload.n} | dictsort(by='value') | length }}",
+            "{{ [payload.l * payload.n] | min | length }}",
+            "{{ (payload.l * payload.n) | string | length }}",
+            "{{ (payload.l * payload.n) | pprint | length }}",
+            "{{ [payload.l * payload.n] | pprint | length }}",
+            "{{ (payload.l * payload.n) | pretty_json | length }}",
+            "{{ (payload.l * payload.n) | lower | length }}",
+            "{{ (payload.l * payload.n) | escape | length }}",
+            "{{ (payload.l * payload.n) | indent(2) | length }}",
+            "{{ [payload.l * payload.n] | map('string') | list | length }}",
+            "{{ [payload.l * payload.n] | join | length }}",
+            "{{ (payload.l * payload.n) | wordcount }}",
+            "{{ '{}'.format(payload.l * payload.n) | length }}",
+            "{{ [payload.l * payload.n].count(payload.l) }}",
+            "{{ payload.l * payload.n }}",
+            "{{ (payload.s * payload.n) | length }}",
+        ] {
+            let started = Work::start();
+            let err = Template::compile(source).unwrap().render(&e).unwrap_err();
+            assert!(err.contains("fuel") || err.contains("too large"), "{source}: {err}");
+            let spent = started.spent();
+            assert!(spent < std::time::Duration::from_secs(1), "{source}: {spent:?}");
+        }
+        // A small repetition, keyword arguments and the builtins' own answers are unchanged.
+        e.payload = serde_json::json!({"l": [3, 1, 2], "n": 2, "m": {"b": 1, "a": 2}});
+        let t = Template::compile(
+            "{{ (payload.l * payload.n) | tojson }} {{ (payload.l * payload.n) | unique | sort(reverse=true) }} \
+             {{ payload.m | dictsort(by='value') }} {{ payload.m | tojson(indent=2) | length }} \
+             {{ 'a b' | replace('a', 'c') | upper }} {{ 'x\ny' | indent(2, true) | length }} {{ payload.l * 2 }}",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&e).unwrap(),
+            "[3, 1, 2, 3, 1, 2] [3, 2, 1] [('b', 1), ('a', 2)] 22 C B 7 [3, 1, 2, 3, 1, 2]"
+        );
+        assert!(Template::compile("{{ payload | tojson(nope=2) }}").unwrap_err().contains("nope"));
     }
 
     #[test]

@@ -360,6 +360,92 @@ async fn email_to_a_silent_relay_times_out_and_is_retried() {
     );
 }
 
+/// An SMTP stand-in that refuses every login with a 535 echoing the credentials, decoded
+/// (`|user|password`) and as sent (AUTH PLAIN's base64).
+async fn smtp_echoing_logins() -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = sock.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 stand-in ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                        ["EHLO", ..] => "250-stand-in\r\n250 AUTH PLAIN LOGIN\r\n".to_string(),
+                        ["AUTH", "PLAIN", b64] => {
+                            let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+                            let shown = String::from_utf8_lossy(&decoded).replace('\0', "|");
+                            format!("535 5.7.8 bad credentials: {shown} ({b64})\r\n")
+                        }
+                        ["QUIT"] => "221 bye\r\n".to_string(),
+                        _ => "502 not here\r\n".to_string(),
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A relay that echoes the login in its refusal puts none of it into an attempt's error,
+/// the webhook's `last_error`, the data directory or the log.
+#[tokio::test]
+async fn an_smtp_relay_echoing_the_login_does_not_leak_it() {
+    const USER: &str = "smtpuser";
+    const PASSWORD: &str = "SMTPPASS_SENTINEL_7777";
+    let port = smtp_echoing_logins().await;
+    let app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMTP_PASSWORD".into(), PASSWORD.into())],
+        ..dev_delivery(&format!(
+            "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nusername = \"{USER}\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n"
+        ))
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "m", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["ops@example.com"]}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({})).await;
+    let refused = eventually(WAIT, || async {
+        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;
+        w["last_error"].is_string()
+    })
+    .await;
+    assert!(refused, "no failed attempt; log:\n{}", app.log());
+    let d = &deliveries(&app, &wh, None).await[0];
+    assert_eq!(d["attempts"][0]["status_code"], 535, "{d}");
+    assert_eq!(
+        d["attempts"][0]["error"], "smtp: permanent error (535): 5.7.8 bad credentials: |********|******** (********)",
+        "{d}"
+    );
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0{PASSWORD}"));
+    let leaks = [PASSWORD, USER, plain.as_str()];
+    for text in [d.to_string(), w.to_string(), app.log()] {
+        for leak in leaks {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+    }
+    app.get("/healthz").await; // let the outcome's write reach the log
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (f, bytes) in crate::support::data_files(&app.data_dir) {
+        for leak in leaks {
+            assert!(
+                !crate::support::contains_bytes(&bytes, leak.as_bytes()),
+                "{leak} in plain text in {}",
+                f.display()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn removing_a_provider_keeps_its_deliveries_pending_with_the_reason() {
     let api = Receiver::start(201).await;

@@ -438,6 +438,73 @@ async fn a_receiver_echoing_secrets_does_not_leak_them() {
     }
 }
 
+/// A receiver that echoes what it was sent in another form: the Basic credentials decoded
+/// (`user:password`, and the password alone), the secret lower-cased, the token
+/// percent-encoded. None of these reaches an attempt, `last_error` or the data directory.
+#[tokio::test]
+async fn a_receiver_echoing_secrets_in_another_form_does_not_leak_them() {
+    use warp::Filter;
+    const SECRET: &str = "Hook-Secret-XYZ-4242";
+    const USER: &str = "svc-hookline";
+    const PASSWORD: &str = "Pa55 w0rd/+Q9";
+    const TOKEN: &str = "Tok/En+Value==77";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = warp::post().and(warp::header::headers_cloned()).map(|h: warp::http::HeaderMap| {
+        let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let basic = header("authorization");
+        let decoded = basic
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let password = decoded.split_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+        let token: String = url::form_urlencoded::byte_serialize(header("x-token").as_bytes()).collect();
+        let body = format!(
+            "login {decoded} refused; password={password}; secret {}; token={token}",
+            header("x-mixpeek-secret").to_lowercase()
+        );
+        warp::reply::with_status(body, warp::http::StatusCode::UNAUTHORIZED)
+    });
+    tokio::spawn(warp::serve(echo).incoming(listener).run());
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let channel = json!({"channel": "webhook", "configs": {"url": format!("http://{addr}/echo"), "secret": SECRET,
+        "headers": {"Authorization": format!("Basic {basic}"), "X-Token": TOKEN}}});
+    let app = TestApp::start().await;
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "echo2", "event_types": ["*"], "channels": [channel]})).await;
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    let failed = eventually(WAIT, || async {
+        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+        w["last_error"].is_string()
+    })
+    .await;
+    assert!(failed, "no failed attempt; log:\n{}", app.log());
+    let d = &deliveries(&app, &id, None).await[0];
+    let error = d["attempts"][0]["error"].as_str().unwrap();
+    assert_eq!(error, "HTTP 401: login ******** refused; password=********; secret ********; token=********");
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    let token_form: String = url::form_urlencoded::byte_serialize(TOKEN.as_bytes()).collect();
+    let lower = SECRET.to_lowercase();
+    let leaks = [PASSWORD, "w0rd/+Q9", lower.as_str(), token_form.as_str(), TOKEN];
+    for text in [d.to_string(), w.to_string()] {
+        for leak in leaks {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+    }
+    app.get("/healthz").await; // let the outcome's write reach the log
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (f, bytes) in crate::support::data_files(&app.data_dir) {
+        for leak in leaks {
+            assert!(
+                !crate::support::contains_bytes(&bytes, leak.as_bytes()),
+                "{leak} in plain text in {}",
+                f.display()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn timeout_is_retried() {
     let app = TestApp::start().await;

@@ -38,6 +38,24 @@ pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     timeout: Duration,
+    /// The login and its base64 forms, hidden in every error an email channel records (see
+    /// [`login_secrets`]).
+    hidden: Vec<String>,
+}
+
+/// What of the relay login an error must not show: a relay's reply may echo the AUTH
+/// exchange ("535 5.7.8 bad credentials: |user|password"), and the error goes into attempts,
+/// `last_error`, the store and the log. The password and the user name, and the base64 forms
+/// AUTH sends them in: `\0user\0password` (PLAIN), the user and the password each (LOGIN).
+/// Each is also hidden in the forms [`super::http::secret_forms`] lists (another letter
+/// case, percent-encoded), from 6 characters.
+fn login_secrets(user: &str, password: &str) -> Vec<String> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut hidden = vec![password.to_string(), user.to_string()];
+    hidden.extend([b64(&format!("\0{user}\0{password}")), b64(user), b64(password)]);
+    hidden.retain(|s| !s.is_empty());
+    hidden
 }
 
 impl Mailer {
@@ -50,11 +68,14 @@ impl Mailer {
         .map_err(|e| format!("delivery.email: {e}"))?;
         let timeout = Duration::from_secs(s.timeout_seconds);
         let mut builder = builder.port(s.port()).timeout(Some(timeout));
+        let mut hidden = Vec::new();
         if let Some(user) = &s.username {
-            builder = builder.credentials(Credentials::new(user.clone(), s.password.clone().unwrap_or_default()));
+            let password = s.password.clone().unwrap_or_default();
+            hidden = login_secrets(user, &password);
+            builder = builder.credentials(Credentials::new(user.clone(), password));
         }
         let from = s.from.parse::<Mailbox>().map_err(|e| format!("delivery.email.from: {e}"))?;
-        Ok(Mailer { transport: builder.build(), from, timeout })
+        Ok(Mailer { transport: builder.build(), from, timeout, hidden })
     }
 }
 
@@ -186,7 +207,13 @@ impl Channel for EmailChannel {
     }
 
     fn send<'a>(&'a self, msg: &'a Message<'a>) -> SendFuture<'a> {
-        Box::pin(self.attempt(msg))
+        Box::pin(async move {
+            let mut result = self.attempt(msg).await;
+            // Every error this channel records, whatever produced it (see `login_secrets`).
+            let hidden: Vec<&str> = self.mailer.hidden.iter().map(String::as_str).collect();
+            result.error = result.error.map(|e| super::http::hide_in(&e, &hidden));
+            result
+        })
     }
 }
 
@@ -207,6 +234,26 @@ mod tests {
     fn subjects_are_one_line() {
         assert_eq!(one_line("  a\nb\r\n c  "), "a b c");
         assert_eq!(one_line(&"x".repeat(400)).len(), MAX_SUBJECT_CHARS);
+    }
+
+    /// A relay that echoes the AUTH exchange, decoded or not, shows none of the login.
+    #[test]
+    fn an_echoed_login_is_hidden() {
+        let hidden = login_secrets("smtpuser", "SMTPPASS_SENTINEL_7777");
+        let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+        let hide = |text: &str| super::super::http::hide_in(text, &hidden);
+        assert_eq!(
+            hide("smtp: permanent error (535): 5.7.8 bad credentials: |smtpuser|SMTPPASS_SENTINEL_7777"),
+            "smtp: permanent error (535): 5.7.8 bad credentials: |********|********"
+        );
+        // AUTH PLAIN's `\0user\0password`, AUTH LOGIN's user and password, in base64.
+        assert_eq!(
+            hide("535 bad AUTH PLAIN AHNtdHB1c2VyAFNNVFBQQVNTX1NFTlRJTkVMXzc3Nzc="),
+            "535 bad AUTH PLAIN ********"
+        );
+        assert_eq!(hide("334 c210cHVzZXI= then U01UUFBBU1NfU0VOVElORUxfNzc3Nw=="), "334 ******** then ********");
+        assert_eq!(hide("smtp: lower-cased smtppass_sentinel_7777"), "smtp: lower-cased ********");
+        assert_eq!(hide("550 no such user"), "550 no such user");
     }
 
     #[test]

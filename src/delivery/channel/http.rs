@@ -294,30 +294,103 @@ fn why_not_delivered(status: u16) -> &'static str {
     }
 }
 
-/// The first 200 characters of a receiver's answer, for an error message, with every header
-/// value we sent (and the start of one cut off where the read stopped) replaced by
-/// `********`: a receiver that echoes its request must not put a secret in `last_error`.
+/// Shortest form of a secret hidden on its own: shorter ones ("1", "json", a 4-letter
+/// password) are ordinary words too often, and blanking them out would garble the text.
+const MIN_HIDDEN_CHARS: usize = 6;
+
+/// The forms in which a receiver may echo a secret it was sent, each at least
+/// [`MIN_HIDDEN_CHARS`] long: the value; its last word (the token of `Bearer <token>`); for
+/// HTTP Basic credentials the decoded `user:password` and the password alone (a receiver
+/// that logs the login it refused); and each of these percent-encoded (`%2B`, as in a URL)
+/// and form-encoded (`+` for a space). Letter case is left to the matching ([`hide_in`]
+/// ignores it: a receiver may lower-case a header it echoes). At most 12 forms a value.
+pub(crate) fn secret_forms(value: &str) -> Vec<String> {
+    use base64::Engine;
+    let mut plain = vec![value.to_string()];
+    if let Some((_, last)) = value.trim().rsplit_once(' ') {
+        plain.push(last.to_string());
+    }
+    if let Some((scheme, credentials)) = value.trim().split_once(' ') {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        if let (true, Some(pair)) = (scheme.eq_ignore_ascii_case("basic"), decoded) {
+            if let Some((_, password)) = pair.split_once(':') {
+                plain.push(password.to_string());
+            }
+            plain.push(pair);
+        }
+    }
+    let mut forms = Vec::with_capacity(plain.len() * 3);
+    for p in plain {
+        let form: String = url::form_urlencoded::byte_serialize(p.as_bytes()).collect();
+        forms.extend([percent_encoded(&p), form, p]);
+    }
+    forms.retain(|f| f.chars().count() >= MIN_HIDDEN_CHARS);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// `s` with every byte but the URL-unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`.
+fn percent_encoded(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `text` with every form of every secret (see [`secret_forms`]) replaced by `********`,
+/// ignoring ASCII letter case; longer forms first, so a whole value goes before its part.
+pub(crate) fn hide_in(text: &str, secrets: &[&str]) -> String {
+    let mut forms: Vec<String> = secrets.iter().flat_map(|s| secret_forms(s)).collect();
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    let mut text = text.to_string();
+    for f in &forms {
+        text = replace_ignoring_case(&text, f);
+    }
+    text
+}
+
+/// Every occurrence of `needle` in `text`, whatever the case of its ASCII letters, as
+/// `********`. ASCII lower-casing keeps every byte where it was, so positions found in the
+/// lower-cased text are positions (and character boundaries) of `text`.
+fn replace_ignoring_case(text: &str, needle: &str) -> String {
+    let hay = text.to_ascii_lowercase();
+    let needle = needle.to_ascii_lowercase();
+    if needle.is_empty() || !hay.contains(&needle) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (i, _) in hay.match_indices(&needle) {
+        out.push_str(&text[last..i]);
+        out.push_str("********");
+        last = i + needle.len();
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// The first 200 characters of a receiver's answer, for an error message, with every
+/// secret we sent (header values, a secret URL), in any of the forms a receiver may echo it
+/// in (see [`secret_forms`]), and the start of one cut off where the read stopped, replaced
+/// by `********`: a receiver that echoes its request must not put a secret in `last_error`.
 pub(crate) fn excerpt_hiding(body: &[u8], sent: &[&str]) -> String {
-    // A value's last word too (the token of `Bearer <token>`: a receiver may echo the token
-    // alone); short ones ("1", "json") would blank out ordinary words.
-    let mut secrets: Vec<&str> = Vec::with_capacity(sent.len() * 2);
-    for v in sent {
-        secrets.push(v);
-        if let Some((_, last)) = v.rsplit_once(' ') {
-            secrets.push(last);
-        }
-    }
-    secrets.retain(|s| s.len() >= 8);
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len())); // the whole value before its part
-    let mut text = String::from_utf8_lossy(body).into_owned();
-    for s in &secrets {
-        if text.contains(s) {
-            text = text.replace(s, "********");
-        }
-    }
-    for s in &secrets {
+    let mut text = hide_in(&String::from_utf8_lossy(body), sent);
+    let mut forms: Vec<String> = sent.iter().flat_map(|s| secret_forms(s)).collect();
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    for s in &forms {
         // The start of a secret cut off where the body's read stopped (4+ characters).
-        if let Some(k) = (4..s.len()).rev().find(|&k| s.is_char_boundary(k) && text.ends_with(&s[..k])) {
+        let lower = text.to_ascii_lowercase();
+        let s = s.to_ascii_lowercase();
+        if let Some(k) = (4..s.len()).rev().find(|&k| s.is_char_boundary(k) && lower.ends_with(&s[..k])) {
             text.truncate(text.len() - k);
             text.push_str("********");
         }
@@ -391,5 +464,35 @@ mod tests {
         assert!(text.starts_with("invalid token ******** for ********"), "{text}");
         // Only the credential part of a long enough value is hidden on its own.
         assert_eq!(excerpt_hiding(b"abc is fine", &["Token abc"]), "abc is fine");
+    }
+
+    /// A receiver may echo a header in another form than it was sent: decoded, encoded for a
+    /// URL, or with its case changed. Each of them is hidden.
+    #[test]
+    fn an_echoed_secret_is_hidden_in_any_form() {
+        use base64::Engine;
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pa ss/w0rd+1"));
+        let sent = [basic.as_str(), "Bearer Tok_SeCrEt-123", "hook-secret-42"];
+        for (body, leaked) in [
+            ("denied: alice:pa ss/w0rd+1".to_string(), "w0rd"),
+            ("wrong password pa ss/w0rd+1 for alice".to_string(), "w0rd"),
+            (format!("got {}", basic.to_lowercase()), &basic.to_lowercase()[6..]),
+            ("pass=pa%20ss%2Fw0rd%2B1".to_string(), "w0rd"),
+            ("pass=pa+ss%2fw0rd%2b1".to_string(), "w0rd"),
+            ("authorization: bearer tok_secret-123".to_string(), "tok_secret"),
+            ("token TOK_SECRET-123 expired".to_string(), "TOK_SECRET"),
+            ("x-mixpeek-secret: HOOK-SECRET-42".to_string(), "SECRET-42"),
+        ] {
+            let text = excerpt_hiding(body.as_bytes(), &sent);
+            assert!(!text.contains(leaked) && text.contains("********"), "{body} -> {text}");
+        }
+        // The user name alone is not the secret; a short password is not hidden on its own.
+        let short = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("bob:pw1"));
+        assert_eq!(excerpt_hiding(b"user alice unknown", &[&basic]), "user alice unknown");
+        assert_eq!(excerpt_hiding(b"pw1 is short", &[&short]), "pw1 is short");
+        // Every form is at least 6 characters, and one value makes a bounded number of them.
+        let forms = secret_forms(&basic);
+        assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 12, "{forms:?}");
+        assert!(forms.contains(&"alice:pa ss/w0rd+1".to_string()) && forms.contains(&"pa%20ss%2Fw0rd%2B1".to_string()));
     }
 }
