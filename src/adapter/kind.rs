@@ -72,7 +72,7 @@ pub fn native_signature(
                 Ok(()) => NativeSignature::Valid,
                 Err(e) => {
                     // The kind only (stale, mismatch, malformed): never the header or secret.
-                    tracing::debug!(error = %e, "Mux-Signature refused");
+                    tracing::debug!(error = ?e, "Mux-Signature refused");
                     NativeSignature::Invalid
                 }
             }

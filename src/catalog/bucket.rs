@@ -82,7 +82,13 @@ impl BucketSchema {
         if self.properties.len() > 256 {
             return Err(ApiError::validation("bucket_schema.properties", "at most 256 properties"));
         }
-        for name in self.properties.keys() {
+        for (name, p) in &self.properties {
+            if p.description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
+                return Err(ApiError::validation(
+                    format!("bucket_schema.properties.{name}.description"),
+                    "at most 2000 characters",
+                ));
+            }
             let ok = !name.is_empty()
                 && name.len() <= 64
                 && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -182,6 +188,11 @@ mod tests {
         let bad: BucketSchema =
             serde_json::from_value(serde_json::json!({"properties": {"1x": {"type": "int"}}})).unwrap();
         assert!(bad.validate().is_err());
+        let long = "d".repeat(2001);
+        let wordy: BucketSchema =
+            serde_json::from_value(serde_json::json!({"properties": {"x": {"type": "int", "description": long}}}))
+                .unwrap();
+        assert!(wordy.validate().is_err(), "a property description is capped like the bucket's");
         assert!(PropertyType::Int.accepts(&serde_json::json!(3)));
         assert!(!PropertyType::Int.accepts(&serde_json::json!(3.5)));
         assert!(PropertyType::Float.accepts(&serde_json::json!(3)));
