@@ -144,7 +144,7 @@ fn zero_series() {
     for outcome in ["created", "buffered", "duplicate", "ignored", "updated", "deleted"] {
         let _ = histogram!(INGEST_DURATION, "outcome" => outcome);
     }
-    for trigger in ["window", "size", "drain", "restart"] {
+    for trigger in ["window", "size", "bytes", "drain", "restart"] {
         counter!(INGEST_FLUSHES, "trigger" => trigger).absolute(0);
     }
     for channel in ["webhook", "slack", "email", "sms"] {
@@ -241,7 +241,7 @@ fn describe_inbound() {
     describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");
     describe_counter!(
         INGEST_FLUSHES,
-        "Buffer flushes (one batch each), by trigger: window, size, drain, restart (also after a reconfiguration)"
+        "Buffer flushes (one batch each), by trigger: window, size (max_batch_size), bytes (16 MiB buffered), drain, restart (also after a reconfiguration)"
     );
     describe_counter!(INGEST_OBJECTS_CREATED, "Objects created by source adapters");
     // Restarts of source-adapter actors: hookline_actor_restarts_total{actor="source_adapter"}.

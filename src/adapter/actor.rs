@@ -137,6 +137,9 @@ pub enum IngestErr {
         message: String,
         commit: Commit,
     },
+    /// A native signature that cannot be checked (its secrets cannot be decrypted), on a
+    /// request nothing else authenticates: 503, nothing recorded.
+    Unverifiable(String),
     /// A dependency (the Mux API) failed in a way a later retry may fix: answer 503 so the
     /// upstream retries (the failure counter is in the commit).
     Retry {
@@ -428,8 +431,10 @@ impl AdapterState {
             // A signature hookline cannot check (its signing secrets cannot be decrypted,
             // e.g. after a master key change) is not the sender's fault: 503, so the
             // upstream retries once the operator has fixed the key, and the status says why.
+            // Nothing is recorded: the request is not authenticated, and must not write to
+            // the store or replace the operator's `last_error` (the daemon log says why).
             if let NativeCheck::Unreadable(e) = native {
-                return Step::Done(Err(self.retry(now_millis(), e.clone())));
+                return Step::Done(Err(IngestErr::Unverifiable(e.clone())));
             }
             return Step::Done(Err(IngestErr::Unauthorized));
         }

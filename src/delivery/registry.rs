@@ -391,6 +391,21 @@ fn reconcile_channels(
         claimed[j] = true;
         matched[i] = Some(j);
     }
+    // Exact repeats of a stored channel first, whatever their order in the list: an edited
+    // channel that shares its destination with an unchanged one is then left with a single
+    // candidate.
+    for (i, ch) in next.iter().enumerate() {
+        if matched[i].is_some() {
+            continue;
+        }
+        let same: Vec<usize> = (0..old.len())
+            .filter(|&j| !claimed[j] && same_destination(ch, &old[j]) && same_config(ch, &old[j]))
+            .collect();
+        if let [j] = same[..] {
+            claimed[j] = true;
+            matched[i] = Some(j);
+        }
+    }
     for (i, ch) in next.iter().enumerate() {
         if matched[i].is_some() {
             continue;

@@ -449,12 +449,14 @@ async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
     let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
     let (bucket, secret) = bucket_with_adapter(&app, "budget", json!({}), adapter).await;
     let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
-    // Declares 1 MiB, sends 700 KiB, then stalls (any bucket ID: it is not checked first).
+    // Declares 1 MiB, sends 300 KiB, then stalls (any bucket ID: it is not checked first).
     let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head =
         "POST /v1/buckets/bkt_whatever/source-adapter/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n";
     slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&vec![b' '; 700 << 10]).await.unwrap();
+    // A body is charged by the buffer holding it (grown by doubling): 300 KiB take 512 KiB,
+    // half the budget; a 600 KiB body would need 1 MiB.
+    slow.write_all(&vec![b' '; 300 << 10]).await.unwrap();
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(600 << 10));
     let headers = [("x-webhook-secret", secret.as_str())];
     let refused =

@@ -110,6 +110,8 @@ impl AdapterState {
     fn delete_buffered(&mut self, object_id: &ObjectId) -> Option<super::Commit> {
         let at = self.buffer.iter().position(|e| &e.object_id == object_id)?;
         let entry = self.buffer.remove(at);
+        let size = serde_json::to_vec(&entry).map_or(0, |v| v.len());
+        self.buffer_bytes = self.buffer_bytes.saturating_sub(size);
         let mut batch = Batch::new();
         batch.delete(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()));
         if let Some(ext) = &entry.draft.source.external_id {
