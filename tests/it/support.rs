@@ -432,3 +432,15 @@ pub fn data_files(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Asserts that none of `leaks` is in plain text in the daemon's data files, once the last
+/// outcome's write has had a moment to reach the log.
+pub async fn assert_not_in_data_files(app: &TestApp, leaks: &[&str]) {
+    app.get("/healthz").await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for (f, bytes) in data_files(&app.data_dir) {
+        for leak in leaks {
+            assert!(!contains_bytes(&bytes, leak.as_bytes()), "{leak} in plain text in {}", f.display());
+        }
+    }
+}
