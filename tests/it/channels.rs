@@ -414,8 +414,10 @@ async fn an_smtp_relay_echoing_the_login_does_not_leak_it() {
     .await;
     publish(&app, "object.created", json!({})).await;
     let refused = eventually(WAIT, || async {
+        // The webhook's last_error is set before the attempt's outcome is written.
         let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;
         w["last_error"].is_string()
+            && deliveries(&app, &wh, None).await.first().is_some_and(|d| d["attempts"][0]["error"].is_string())
     })
     .await;
     assert!(refused, "no failed attempt; log:\n{}", app.log());

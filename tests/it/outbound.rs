@@ -475,8 +475,10 @@ async fn a_receiver_echoing_secrets_in_another_form_does_not_leak_them() {
         create_webhook(&app, json!({"webhook_name": "echo2", "event_types": ["*"], "channels": [channel]})).await;
     publish(&app, "object.updated", json!({"n": 1})).await;
     let failed = eventually(WAIT, || async {
+        // The webhook's last_error is set before the attempt's outcome is written.
         let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
         w["last_error"].is_string()
+            && deliveries(&app, &id, None).await.first().is_some_and(|d| d["attempts"][0]["error"].is_string())
     })
     .await;
     assert!(failed, "no failed attempt; log:\n{}", app.log());
