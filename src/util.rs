@@ -1,4 +1,4 @@
-//! Small helpers shared by every module: timestamps and dot-paths.
+//! Small helpers shared by every module: timestamps, dot-paths, a serde default.
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -20,4 +20,12 @@ pub fn now_millis() -> u64 {
 
 pub fn millis_to_rfc3339(ms: u64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map(rfc3339).unwrap_or_default()
+}
+
+/// For `#[serde(deserialize_with)]`: `null` for a field with a default means the default (a
+/// GET view, or a client that writes every key, sends optional fields so).
+pub fn null_as_default<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }

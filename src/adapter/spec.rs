@@ -147,12 +147,6 @@ impl<'de> Deserialize<'de> for Credentials {
     }
 }
 
-/// `null` for a field with a default means the default (a GET view, or a client that writes
-/// every key, sends it so).
-fn null_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
 fn null_yes<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(Option::<bool>::deserialize(d)?.unwrap_or(true))
 }
@@ -170,11 +164,11 @@ pub struct SourceAdapterInput {
     pub connection: Option<InlineConnection>,
     #[serde(default)]
     pub event_filter: Option<EventFilter>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "crate::util::null_as_default")]
     pub field_mapping: BTreeMap<String, String>,
     #[serde(default)]
     pub blob_source: Option<BlobSource>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "crate::util::null_as_default")]
     pub batching: Batching,
     #[serde(default)]
     pub dedup_key: Option<String>,
@@ -187,7 +181,7 @@ pub struct SourceAdapterInput {
     /// (default `id`).
     #[serde(default)]
     pub id_column: Option<String>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "crate::util::null_as_default")]
     pub rotate_secret: bool,
     /// Read-only fields of the GET view, accepted and ignored so that a bucket's
     /// `source_adapter` can be read, edited and sent back as is.

@@ -920,6 +920,16 @@ mod fuel_tests {
         assert_eq!(t.unwrap().render(&e).unwrap(), "a-b c+d x,y");
     }
 
+    /// The error of rendering `source` for `e`, which must come within `limit` of this
+    /// thread's CPU time.
+    fn render_error_within(source: &str, e: &EventRecord, limit: std::time::Duration) -> String {
+        let started = Work::start();
+        let err = Template::compile(source).unwrap().render(e).unwrap_err();
+        let spent = started.spent();
+        assert!(spent < limit, "{source}: {spent:?}");
+        err
+    }
+
     /// Filters and methods that read a string without making one pay for reading it: a loop
     /// that counts the words of a large payload over and over runs out of fuel.
     #[test]
@@ -932,11 +942,8 @@ mod fuel_tests {
             "{% for i in range(payload.n) %}{% for j in range(payload.n) %}{{ payload.s.count('w') }}{% endfor %}{% endfor %}",
             "{% for i in range(payload.n) %}{% for j in range(payload.n) %}{{ payload.l.count(2) }}{% endfor %}{% endfor %}",
         ] {
-            let started = Work::start();
-            let err = Template::compile(source).unwrap().render(&e).unwrap_err();
+            let err = render_error_within(source, &e, std::time::Duration::from_secs(5));
             assert!(err.contains("fuel"), "{source}: {err}");
-            let spent = started.spent();
-            assert!(spent < std::time::Duration::from_secs(5), "{source}: {spent:?}");
         }
     }
 
@@ -973,11 +980,8 @@ mod fuel_tests {
             "{{ payload.l * payload.n }}",
             "{{ (payload.s * payload.n) | length }}",
         ] {
-            let started = Work::start();
-            let err = Template::compile(source).unwrap().render(&e).unwrap_err();
+            let err = render_error_within(source, &e, std::time::Duration::from_secs(1));
             assert!(err.contains("fuel") || err.contains("too large"), "{source}: {err}");
-            let spent = started.spent();
-            assert!(spent < std::time::Duration::from_secs(1), "{source}: {spent:?}");
         }
         // A small repetition, keyword arguments and the builtins' own answers are unchanged.
         e.payload = serde_json::json!({"l": [3, 1, 2], "n": 2, "m": {"b": 1, "a": 2}});

@@ -239,25 +239,41 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
 }
 
 /// The native signature check, here rather than in the bucket's actor (see
-/// `adapter/verify.rs`); over a large body it is milliseconds of hashing, done on the
-/// blocking pool so it does not hold up this worker's other connections, and in one of
-/// [`HttpState::signature_checks`] slots so a flood of them cannot take every core.
+/// `adapter/verify.rs`), in a signature-check slot (see [`in_check_slot`]).
 async fn native_check(state: &HttpState, bucket_id: &BucketId, headers: &SignatureHeaders, raw: &Bytes) -> NativeCheck {
     if headers.mux_signature.is_none() {
         return NativeCheck::Absent;
     }
-    // Every check takes a slot, small bodies too (ten secrets over 63 KiB are still 630 KiB
-    // of hashing); a small one is hashed right here, a large one on the blocking pool.
-    let Ok(_slot) = state.signature_checks.clone().acquire_owned().await else {
-        return NativeCheck::Unreadable("shutting down".into());
-    };
-    if raw.len() < 16 << 10 {
-        return verify::ingest(&state.shared, bucket_id, headers, raw);
-    }
     let (shared, id, h, body) = (state.shared.clone(), bucket_id.clone(), headers.clone(), raw.clone());
-    tokio::task::spawn_blocking(move || verify::ingest(&shared, &id, &h, &body))
+    in_check_slot(state, raw.len(), move || verify::ingest(&shared, &id, &h, &body)).await.unwrap_or_else(|e| {
+        NativeCheck::Unreadable(match e {
+            ApiError::Internal(e) => e.to_string(),
+            other => other.to_string(),
+        })
+    })
+}
+
+/// Runs a signature check in one of [`HttpState::signature_checks`]' slots, held for the
+/// check only. Every check takes one, small bodies too (ten secrets over 63 KiB are still
+/// 630 KiB of hashing); a small body is hashed right here, a large one on the blocking pool,
+/// so that milliseconds of hashing do not hold up this worker's other connections.
+async fn in_check_slot<T: Send + 'static>(
+    state: &HttpState,
+    body_len: usize,
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = state
+        .signature_checks
+        .clone()
+        .acquire_owned()
         .await
-        .unwrap_or_else(|e| NativeCheck::Unreadable(format!("the signature check failed: {e}")))
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    if body_len < 16 << 10 {
+        return Ok(check());
+    }
+    tokio::task::spawn_blocking(check)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the signature check failed: {e}")))
 }
 
 /// How long an ingest waits for its bucket's adapter to come back before a 503.
@@ -420,19 +436,9 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
         ConnectionId::parse(cid).ok_or_else(|| ApiError::NotFound(format!("connection {cid} not found")))?;
     // Verified here, not in the registry (see `adapter/verify.rs`).
     let signature = req.header("mux-signature").map(str::to_string);
-    let slot = state
-        .signature_checks
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
     let (shared, id, body) = (state.shared.clone(), connection_id.clone(), req.body.clone());
-    let checked = tokio::task::spawn_blocking(move || verify::lifecycle(&shared, &id, signature.as_deref(), &body))
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the signature check failed: {e}")));
-    // The slot is for the check only, not for the changes the event makes.
-    drop(slot);
-    checked??;
+    in_check_slot(state, req.body.len(), move || verify::lifecycle(&shared, &id, signature.as_deref(), &body))
+        .await??;
     let webhook = MuxWebhook {
         connection_id,
         // Like an ingest body: parsed whatever the declared Content-Type.

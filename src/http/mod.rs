@@ -48,12 +48,12 @@ pub struct HttpState {
     pub shared: Shared,
     pub keys: ApiKeys,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// Slots for native signature checks over large bodies (see `inbound::native_check`).
+    /// Slots for native signature checks (see `inbound::in_check_slot`).
     pub signature_checks: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpState {
-    /// Half the cores (at least one) for signature checks over large bodies: anyone can send
+    /// Half the cores (at least one) for signature checks: anyone can send
     /// a request with a bogus `Mux-Signature` and a fresh timestamp, and each costs an HMAC
     /// of the body per signing secret. A flood of them queues for these slots and leaves the
     /// other cores to everything else (a request authenticated by `X-Webhook-Secret` needs
@@ -372,8 +372,8 @@ async fn accept_failed(e: std::io::Error) {
 }
 
 /// Memory for bodies being received on the keyless routes, in KiB permits: a body takes its
-/// share as its bytes arrive (a sender that stalls holds only what it sent) and gives it back
-/// once handled. Past the bound a body is refused with 503 rather than held: a flood of slow
+/// share as its buffer grows with the bytes that arrive (a sender that stalls holds at most
+/// twice what it sent, and at least 8 KiB) and gives it back once handled. Past the bound a body is refused with 503 rather than held: a flood of slow
 /// senders can delay ingest (upstreams retry) but cannot exhaust the daemon's memory.
 #[derive(Clone)]
 struct BodyBudget(std::sync::Arc<tokio::sync::Semaphore>);
@@ -407,7 +407,8 @@ impl BodyBudget {
 
 /// Reads the whole body, refusing more than `limit` bytes (by Content-Length up front, and by
 /// counting for chunked bodies), and more than `timeout` to receive it all (408). With a
-/// `budget`, the bytes received are charged to it (503 when it is spent); the permit returned
+/// `budget`, the buffer holding the bytes received is charged to it (503 when it is spent),
+/// by its capacity; the permit returned
 /// is the body's share, to hold until the body has been handled.
 async fn read_body<S, B>(
     headers: &HeaderMap,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::json;
 
-use crate::outbound::{create_webhook, deliveries, publish};
+use crate::outbound::{create_webhook, deliveries, failed_attempt_recorded, publish};
 use crate::outbound_receiver::Receiver;
 use crate::support::{eventually, Options, TestApp};
 
@@ -339,11 +339,7 @@ async fn email_to_a_silent_relay_times_out_and_is_retried() {
         "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"a@example.com\"\ntimeout_seconds = 1\n"
     )))
     .await;
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "m", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["ops@example.com"]}}]}),
-    )
-    .await;
+    let wh = email_webhook(&app).await;
     publish(&app, "object.created", json!({})).await;
     assert!(
         eventually(WAIT, || async {
@@ -358,6 +354,13 @@ async fn email_to_a_silent_relay_times_out_and_is_retried() {
         "{:?}",
         deliveries(&app, &wh, None).await
     );
+}
+
+/// A webhook on every event with one email channel to ops@example.com; its ID.
+async fn email_webhook(app: &TestApp) -> String {
+    let body = json!({"webhook_name": "m", "event_types": ["*"],
+        "channels": [{"channel": "email", "configs": {"to": ["ops@example.com"]}}]});
+    create_webhook(app, body).await.0
 }
 
 /// An SMTP stand-in that refuses every login with a 535 echoing the credentials, decoded
@@ -407,19 +410,9 @@ async fn an_smtp_relay_echoing_the_login_does_not_leak_it() {
         ))
     })
     .await;
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "m", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["ops@example.com"]}}]}),
-    )
-    .await;
+    let wh = email_webhook(&app).await;
     publish(&app, "object.created", json!({})).await;
-    let refused = eventually(WAIT, || async {
-        // The webhook's last_error is set before the attempt's outcome is written.
-        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;
-        w["last_error"].is_string()
-            && deliveries(&app, &wh, None).await.first().is_some_and(|d| d["attempts"][0]["error"].is_string())
-    })
-    .await;
+    let refused = eventually(WAIT, || failed_attempt_recorded(&app, &wh)).await;
     assert!(refused, "no failed attempt; log:\n{}", app.log());
     let d = &deliveries(&app, &wh, None).await[0];
     assert_eq!(d["attempts"][0]["status_code"], 535, "{d}");

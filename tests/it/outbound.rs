@@ -28,6 +28,14 @@ pub async fn publish(app: &TestApp, event_type: &str, payload: Value) -> String 
     b["event_id"].as_str().unwrap().to_string()
 }
 
+/// Whether the webhook's first delivery has a failed attempt on record, with the webhook's
+/// `last_error` set (which comes first: the attempt's outcome is written after it).
+pub async fn failed_attempt_recorded(app: &TestApp, webhook_id: &str) -> bool {
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{webhook_id}")).await;
+    w["last_error"].is_string()
+        && deliveries(app, webhook_id, None).await.first().is_some_and(|d| d["attempts"][0]["error"].is_string())
+}
+
 pub async fn deliveries(app: &TestApp, webhook_id: &str, status: Option<&str>) -> Vec<Value> {
     let q = status.map(|s| format!("?status={s}")).unwrap_or_default();
     let (s, b) = app.get(&format!("/v1/organizations/webhooks/{webhook_id}/deliveries{q}")).await;
@@ -474,13 +482,7 @@ async fn a_receiver_echoing_secrets_in_another_form_does_not_leak_them() {
     let (id, _) =
         create_webhook(&app, json!({"webhook_name": "echo2", "event_types": ["*"], "channels": [channel]})).await;
     publish(&app, "object.updated", json!({"n": 1})).await;
-    let failed = eventually(WAIT, || async {
-        // The webhook's last_error is set before the attempt's outcome is written.
-        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
-        w["last_error"].is_string()
-            && deliveries(&app, &id, None).await.first().is_some_and(|d| d["attempts"][0]["error"].is_string())
-    })
-    .await;
+    let failed = eventually(WAIT, || failed_attempt_recorded(&app, &id)).await;
     assert!(failed, "no failed attempt; log:\n{}", app.log());
     let d = &deliveries(&app, &id, None).await[0];
     let error = d["attempts"][0]["error"].as_str().unwrap();

@@ -1,8 +1,9 @@
 //! `POST /v1/webhooks/mux/{connection_id}`, the registry's part: classify, fan out.
 //!
-//! The HTTP task has checked `Mux-Signature` (see `adapter/verify.rs`); the registry owns
-//! the catalog, so it resolves the connection, classifies the event and sends a
-//! [`ChangeRequest`] to the adapter actor of every bucket whose adapter uses the connection. It does not wait for them: it hands the reply receivers back to the HTTP
+//! The HTTP task has found the connection and checked `Mux-Signature` with it (see
+//! `adapter/verify.rs`); the registry owns the catalog, so it classifies the event and sends
+//! a [`ChangeRequest`] to the adapter actor of every bucket whose adapter uses the
+//! connection. It does not wait for them: it hands the reply receivers back to the HTTP
 //! handler, so a slow bucket (a Mux API fetch) never blocks the catalog. Each adapter actor
 //! changes its own objects (see `adapter/actor/lifecycle.rs`).
 
@@ -13,10 +14,8 @@ use super::RegistryState;
 use crate::adapter::actor::{AdapterMsg, ChangeRequest, IngestResult};
 use crate::adapter::kind::Operation;
 use crate::adapter::mux::{self, Lifecycle};
-use crate::catalog::{Connection, ProviderType};
 use crate::error::ApiError;
 use crate::ids::{BucketId, ConnectionId};
-use crate::store::Keyspace;
 
 /// What the HTTP handler awaits: one reply per bucket that uses the connection.
 pub struct LifecyclePlan {
@@ -35,15 +34,9 @@ pub struct MuxWebhook {
 
 impl RegistryState {
     pub(super) fn mux_webhook(&mut self, w: MuxWebhook) -> Result<LifecyclePlan, ApiError> {
+        // The connection was read, its type checked, by `verify::lifecycle`; one deleted
+        // since has no users (a connection in use cannot be deleted), so nothing changes.
         let MuxWebhook { connection_id: id, payload } = w;
-        let conn: Connection = self
-            .shared
-            .store
-            .get(Keyspace::CONNECTIONS, id.as_str())?
-            .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
-        if conn.provider_type != ProviderType::Mux {
-            return Err(ApiError::NotFound(format!("connection {id} is not a mux connection")));
-        }
         let payload = payload?;
         let event_type = mux::event_type(&payload).map(str::to_string);
         let lifecycle = mux::classify_lifecycle(&payload);

@@ -55,7 +55,7 @@ pub(super) fn check_receiver_url(field: String, raw: &str, policy: NetPolicy) ->
 pub struct HttpConfig {
     pub url: String,
     /// `null` is no headers, as for the other optional fields (a GET shows them as `null`).
-    #[serde(default, deserialize_with = "null_as_no_headers")]
+    #[serde(default, deserialize_with = "crate::util::null_as_default")]
     pub headers: Headers,
     /// Seconds; default `delivery.request_timeout_seconds`.
     #[serde(default)]
@@ -65,10 +65,6 @@ pub struct HttpConfig {
     /// Sent as `X-Mixpeek-Secret` when set.
     #[serde(default)]
     pub secret: Option<String>,
-}
-
-fn null_as_no_headers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Headers, D::Error> {
-    Ok(Option::<Headers>::deserialize(d)?.unwrap_or_default())
 }
 
 impl HttpConfig {
@@ -349,10 +345,20 @@ fn percent_encoded(s: &str) -> String {
 /// `text` with every form of every secret (see [`secret_forms`]) replaced by `********`,
 /// ignoring ASCII letter case; longer forms first, so a whole value goes before its part.
 pub(crate) fn hide_in(text: &str, secrets: &[&str]) -> String {
+    hide_forms(text, &forms_longest_first(secrets))
+}
+
+/// Every form of every secret (see [`secret_forms`]), longest first.
+fn forms_longest_first(secrets: &[&str]) -> Vec<String> {
     let mut forms: Vec<String> = secrets.iter().flat_map(|s| secret_forms(s)).collect();
     forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
+}
+
+/// `text` with each of `forms` (longest first) replaced, ignoring ASCII letter case.
+fn hide_forms(text: &str, forms: &[String]) -> String {
     let mut text = text.to_string();
-    for f in &forms {
+    for f in forms {
         text = replace_ignoring_case(&text, f);
     }
     text
@@ -371,7 +377,7 @@ fn replace_ignoring_case(text: &str, needle: &str) -> String {
     let mut last = 0;
     for (i, _) in hay.match_indices(&needle) {
         out.push_str(&text[last..i]);
-        out.push_str("********");
+        out.push_str(super::REDACTED);
         last = i + needle.len();
     }
     out.push_str(&text[last..]);
@@ -383,16 +389,15 @@ fn replace_ignoring_case(text: &str, needle: &str) -> String {
 /// in (see [`secret_forms`]), and the start of one cut off where the read stopped, replaced
 /// by `********`: a receiver that echoes its request must not put a secret in `last_error`.
 pub(crate) fn excerpt_hiding(body: &[u8], sent: &[&str]) -> String {
-    let mut text = hide_in(&String::from_utf8_lossy(body), sent);
-    let mut forms: Vec<String> = sent.iter().flat_map(|s| secret_forms(s)).collect();
-    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    let forms = forms_longest_first(sent);
+    let mut text = hide_forms(&String::from_utf8_lossy(body), &forms);
     for s in &forms {
         // The start of a secret cut off where the body's read stopped (4+ characters).
         let lower = text.to_ascii_lowercase();
         let s = s.to_ascii_lowercase();
         if let Some(k) = (4..s.len()).rev().find(|&k| s.is_char_boundary(k) && lower.ends_with(&s[..k])) {
             text.truncate(text.len() - k);
-            text.push_str("********");
+            text.push_str(super::REDACTED);
         }
     }
     // Hidden before the excerpt is cut, so that no cut keeps part of one. Control characters
