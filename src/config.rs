@@ -119,6 +119,8 @@ pub struct AuthConfig {
 
 /// The longest retry delay accepted: 30 days (a longer one outlives any sane `max_age`).
 const MAX_RETRY_DELAY_SECONDS: u64 = 30 * 24 * 3600;
+/// Longest `delivery.max_age_hours`: a year. Larger values only overflow time arithmetic.
+const MAX_AGE_HOURS: u64 = 24 * 366;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -296,6 +298,20 @@ impl EnvOverrides {
             sms_auth_token: std::env::var("HOOKLINE_SMS_AUTH_TOKEN").ok(),
         }
     }
+
+    /// The variable that set the setting a validation `message` names, if one did.
+    fn source_of(&self, message: &str) -> Option<&'static str> {
+        [
+            (self.listen.is_some(), "server.listen", "HOOKLINE_LISTEN"),
+            (self.data_dir.is_some(), "storage.path", "HOOKLINE_DATA_DIR"),
+            (self.api_keys.is_some(), "auth.api_keys", "HOOKLINE_API_KEYS"),
+            (self.smtp_password.is_some(), "delivery.email.password", "HOOKLINE_SMTP_PASSWORD"),
+            (self.sms_auth_token.is_some(), "delivery.sms.auth_token", "HOOKLINE_SMS_AUTH_TOKEN"),
+        ]
+        .into_iter()
+        .find(|(set, key, _)| *set && message.starts_with(key))
+        .map(|(_, _, var)| var)
+    }
 }
 
 impl Config {
@@ -309,7 +325,14 @@ impl Config {
             bail!("HOOKLINE_API_KEYS is set but lists no key; unset it to use auth.api_keys (or a generated key)");
         }
         config.apply_env(env);
-        config.validate()?;
+        if let Err(e) = config.validate() {
+            // The message names the setting; say so when the value came from the environment,
+            // or the operator looks for it in a file that does not hold it.
+            return Err(match env.source_of(&e.to_string()) {
+                Some(var) => e.context(format!("{var} (which overrides the config file) is not valid")),
+                None => e,
+            });
+        }
         Ok(config)
     }
 
@@ -364,8 +387,11 @@ impl Config {
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             bail!("server.max_connections must be within 1..=1000000");
         }
-        if self.server.read_timeout_seconds == 0 {
-            bail!("server.read_timeout_seconds must be at least 1");
+        if !(1..=3600).contains(&self.server.read_timeout_seconds) {
+            bail!("server.read_timeout_seconds must be within 1..=3600");
+        }
+        if !(1..=3600).contains(&self.server.shutdown_timeout_seconds) {
+            bail!("server.shutdown_timeout_seconds must be within 1..=3600");
         }
         if let Some(u) = &self.server.public_url {
             let parsed = url::Url::parse(u).with_context(|| format!("server.public_url {u:?} is not a URL"))?;
@@ -385,8 +411,8 @@ impl Config {
         if d.request_timeout_seconds == 0 || d.request_timeout_seconds > 300 {
             bail!("delivery.request_timeout_seconds must be within 1..=300");
         }
-        if d.max_age_hours == 0 {
-            bail!("delivery.max_age_hours must be at least 1");
+        if !(1..=MAX_AGE_HOURS).contains(&d.max_age_hours) {
+            bail!("delivery.max_age_hours must be within 1..={MAX_AGE_HOURS} (one year)");
         }
         if d.retry_schedule_seconds.is_empty() {
             bail!("delivery.retry_schedule_seconds must list at least one delay");
@@ -398,14 +424,14 @@ impl Config {
                 d.retry_schedule_seconds[i]
             );
         }
-        if d.max_age_seconds == Some(0) {
-            bail!("delivery.max_age_seconds must be at least 1 when set");
+        if d.max_age_seconds.is_some_and(|s| !(1..=MAX_AGE_HOURS * 3600).contains(&s)) {
+            bail!("delivery.max_age_seconds must be within 1..={} (one year) when set", MAX_AGE_HOURS * 3600);
         }
         if d.max_in_flight_per_webhook == 0 || d.max_in_flight_per_webhook > 1024 {
             bail!("delivery.max_in_flight_per_webhook must be within 1..=1024");
         }
-        if d.retry_in_memory_seconds == 0 {
-            bail!("delivery.retry_in_memory_seconds must be at least 1");
+        if !(1..=86_400).contains(&d.retry_in_memory_seconds) {
+            bail!("delivery.retry_in_memory_seconds must be within 1..=86400");
         }
         // Twice the sends in flight at least: a refill (at half) then never starves them.
         if d.max_queued_in_memory_per_webhook < 2 * d.max_in_flight_per_webhook
@@ -479,8 +505,9 @@ impl Config {
         if let Err(e) = private_target("mux.api_base", &self.mux.api_base, d) {
             tracing::warn!("{e}: the Mux access token is sent there");
         }
-        if self.mux.timeout_seconds == 0 {
-            bail!("mux.timeout_seconds must be at least 1");
+        // Mux abandons a webhook attempt after 10 s, and the ingest answer waits for the call.
+        if !(1..=9).contains(&self.mux.timeout_seconds) {
+            bail!("mux.timeout_seconds must be within 1..=9 (Mux gives up on a webhook after 10 s)");
         }
         if !(10..=5000).contains(&self.ingest.flush_tick_ms) {
             bail!("ingest.flush_tick_ms must be within 10..=5000");
@@ -489,10 +516,12 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server
-            .listen
-            .parse()
-            .with_context(|| format!("server.listen {:?} is not an address:port", self.server.listen))
+        self.server.listen.parse().with_context(|| {
+            format!(
+                "server.listen {:?} is not an IP address and port such as 127.0.0.1:8080 (a hostname is not accepted)",
+                self.server.listen
+            )
+        })
     }
 }
 
@@ -581,6 +610,34 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("allow_insecure_http"));
         c.delivery.allow_insecure_http = true;
         c.validate().unwrap();
+        // Values so large that time arithmetic would overflow (a panic per connection) or
+        // that make no sense: refused at start-up, naming the key.
+        type Set = fn(&mut Config);
+        let cases: [(&str, Set); 6] = [
+            ("server.read_timeout_seconds", |c| c.server.read_timeout_seconds = u64::MAX),
+            ("server.shutdown_timeout_seconds", |c| c.server.shutdown_timeout_seconds = 0),
+            ("delivery.max_age_hours", |c| c.delivery.max_age_hours = u64::MAX),
+            ("delivery.max_age_seconds", |c| c.delivery.max_age_seconds = Some(u64::MAX)),
+            ("delivery.retry_in_memory_seconds", |c| c.delivery.retry_in_memory_seconds = u64::MAX),
+            ("mux.timeout_seconds", |c| c.mux.timeout_seconds = 10),
+        ];
+        for (key, set) in cases {
+            let mut c = Config::default();
+            set(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with(key) && e.contains("within"), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "").unwrap();
+        let env = EnvOverrides { listen: Some("localhost:1".into()), ..Default::default() };
+        let e = format!("{:#}", Config::load(&path, &env).unwrap_err());
+        assert!(e.starts_with("HOOKLINE_LISTEN (which overrides the config file) is not valid: server.listen"), "{e}");
+        Config::load(&path, &EnvOverrides::default()).unwrap();
     }
 
     #[test]

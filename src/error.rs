@@ -10,14 +10,15 @@ use warp::http::StatusCode;
 pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
-    #[error("missing or invalid API key")]
+    #[error("missing or invalid API key; send it as Authorization: Bearer <key>")]
     Unauthorized,
     #[error("{0}")]
     UnauthorizedMsg(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// 405: `route` is the route's pattern, `allow` what it takes (also the `Allow` header).
+    #[error("{method} is not allowed on {route}; use {}", allow.join(" or "))]
+    MethodNotAllowed { method: String, route: &'static str, allow: &'static [&'static str] },
     #[error("{0}")]
     Conflict(String),
     #[error("request body larger than {0} bytes")]
@@ -50,7 +51,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::UnauthorizedMsg(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -66,7 +67,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => code,
             ApiError::Unauthorized | ApiError::UnauthorizedMsg(_) => "unauthorized",
             ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",

@@ -28,6 +28,7 @@ enum Command {
     },
     /// Load and validate the config file, print the effective settings, and exit.
     CheckConfig {
+        /// Path of the TOML config file.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },

@@ -144,6 +144,11 @@ fn zero_series() {
     for outcome in ["created", "buffered", "duplicate", "ignored", "updated", "deleted"] {
         let _ = histogram!(INGEST_DURATION, "outcome" => outcome);
     }
+    // So do the store's latencies: a checkpoint may not happen for days on a quiet install,
+    // and a dashboard panel should show "none yet", not "no data".
+    for name in [STORE_COMMIT_DURATION, STORE_FLUSH_DURATION, STORE_CHECKPOINT_DURATION] {
+        let _ = histogram!(name);
+    }
     for trigger in ["window", "size", "bytes", "drain", "restart"] {
         counter!(INGEST_FLUSHES, "trigger" => trigger).absolute(0);
     }

@@ -13,7 +13,11 @@ macro_rules! methods {
     ($m:expr, $label:expr, { $($meth:ident => $handler:expr),+ $(,)? }) => {{
         let result: Result<$crate::http::Response, $crate::error::ApiError> = match $m {
             $(warp::http::Method::$meth => $handler.await,)+
-            _ => Err($crate::error::ApiError::MethodNotAllowed),
+            other => Err($crate::error::ApiError::MethodNotAllowed {
+                method: other.to_string(),
+                route: $label,
+                allow: &[$(stringify!($meth)),+],
+            }),
         };
         ($label, $crate::http::into_response(result))
     }};
@@ -487,8 +491,9 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
     let segs: Vec<&str> = req.segments();
     let m = req.method.clone();
     match segs.as_slice() {
-        ["healthz"] => methods!(m, "/healthz", { GET => ops::healthz(state) }),
-        ["readyz"] => methods!(m, "/readyz", { GET => ops::readyz(state) }),
+        // HEAD too: load balancers probe with it (hyper leaves the body out).
+        ["healthz"] => methods!(m, "/healthz", { GET => ops::healthz(state), HEAD => ops::healthz(state) }),
+        ["readyz"] => methods!(m, "/readyz", { GET => ops::readyz(state), HEAD => ops::readyz(state) }),
         ["metrics"] => methods!(m, "/metrics", { GET => ops::metrics(state) }),
         ["v1", "debug", "crash", actor] => {
             if !state.shared.config.server.enable_debug_endpoints {
@@ -561,6 +566,12 @@ pub fn error_response(e: &ApiError) -> Response {
     let mut resp = json(e.status(), &e.body());
     if matches!(e, ApiError::Unauthorized | ApiError::UnauthorizedMsg(_)) {
         resp.headers_mut().insert(warp::http::header::WWW_AUTHENTICATE, warp::http::HeaderValue::from_static("Bearer"));
+    }
+    // RFC 9110: a 405 lists the methods the route takes.
+    if let ApiError::MethodNotAllowed { allow, .. } = e {
+        if let Ok(v) = warp::http::HeaderValue::from_str(&allow.join(", ")) {
+            resp.headers_mut().insert(warp::http::header::ALLOW, v);
+        }
     }
     resp
 }
