@@ -293,3 +293,64 @@ pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, ra
     super::mux::signature::verify_header(signature, raw, &secrets, now, super::mux::DEFAULT_TOLERANCE_SECS)
         .map_err(|e| ApiError::UnauthorizedMsg(format!("{e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(secret_digest: &str) -> SourceAdapter {
+        serde_json::from_value(serde_json::json!({
+            "adapter_type": "generic_webhook", "enabled": true, "batching": {"mode": "immediate"},
+            "webhook_secret_sha256": secret_digest, "configured_at": ""
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_proof_holds_only_for_the_revision_it_was_made_against() {
+        let by_secret = verdict(7, true, None);
+        let Verdict::Authentic(p) = by_secret else { panic!("{by_secret:?}") };
+        assert!(p.holds(7, 0) && p.holds(7, 99), "a secret does not depend on the connections");
+        assert!(!p.holds(8, 0), "another actor start: another adapter, maybe another secret");
+        let native = verdict(7, false, Some((NativeCheck::Valid, 3)));
+        let Verdict::Authentic(p) = native else { panic!("{native:?}") };
+        assert!(p.holds(7, 3));
+        assert!(!p.holds(7, 4), "a connection changed since the signature was checked");
+        assert!(!p.holds(6, 3));
+    }
+
+    #[test]
+    fn the_verdict_takes_a_secret_or_a_valid_signature() {
+        assert_eq!(verdict(1, false, None), Verdict::Unauthorized);
+        for n in [NativeCheck::Absent, NativeCheck::Invalid] {
+            assert_eq!(verdict(1, false, Some((n, 0))), Verdict::Unauthorized);
+        }
+        let unreadable = Some((NativeCheck::Unreadable("key".into()), 0));
+        assert_eq!(verdict(1, false, unreadable.clone()), Verdict::Unverifiable("key".into()));
+        assert!(matches!(verdict(1, true, unreadable), Verdict::Authentic(_)), "the secret authenticates");
+    }
+
+    #[test]
+    fn gates_are_published_per_start_and_withdrawn_by_their_own_actor_only() {
+        let (secret, digest) = spec::new_secret();
+        let gates = Gates::default();
+        let id = BucketId::generate();
+        let first = gates.publish(&id, &adapter(&digest));
+        assert!(first.secret_matches(Some(&secret)) && !first.secret_matches(Some("nope")));
+        assert!(!first.secret_matches(None));
+        assert_eq!(gates.get(&id).map(|g| g.revision), Some(first.revision));
+        // A successor publishes before its predecessor's state is dropped: it stays.
+        let second = gates.publish(&id, &adapter(&digest));
+        assert!(second.revision > first.revision);
+        drop(first);
+        assert_eq!(gates.get(&id).map(|g| g.revision), Some(second.revision));
+        drop(second);
+        assert!(gates.get(&id).is_none());
+        // An unreadable stored digest matches nothing.
+        let broken = gates.publish(&id, &adapter("zz"));
+        assert!(!broken.secret_matches(Some("")) && !broken.secret_matches(Some("zz")));
+        let before = gates.connections_revision();
+        gates.connections_changed();
+        assert_eq!(gates.connections_revision(), before + 1);
+    }
+}
