@@ -211,7 +211,9 @@ pub fn verdict(revision: u64, secret_ok: bool, native: Option<(NativeCheck, u64)
         return Verdict::Authentic(Proof { revision, by: By::Secret });
     }
     match native {
-        Some((NativeCheck::Valid, connections)) => Verdict::Authentic(Proof { revision, by: By::Native { connections } }),
+        Some((NativeCheck::Valid, connections)) => {
+            Verdict::Authentic(Proof { revision, by: By::Native { connections } })
+        }
         Some((NativeCheck::Unreadable(e), _)) => Verdict::Unverifiable(e),
         Some((NativeCheck::Absent | NativeCheck::Invalid, _)) | None => Verdict::Unauthorized,
     }

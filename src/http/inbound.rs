@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-
 use ractor::ActorRef;
 use serde::de::DeserializeOwned;
 use warp::http::StatusCode;

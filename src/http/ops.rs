@@ -117,10 +117,9 @@ pub async fn hold_ingest(state: &HttpState, req: &Request, bucket_id: &str) -> R
     let mut armed = state.holds.armed();
     let reached = match req.method {
         warp::http::Method::POST => {
-            armed.entry(bucket_id.to_string()).or_insert_with(|| Hold {
-                reached: 0,
-                release: std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
-            });
+            armed
+                .entry(bucket_id.to_string())
+                .or_insert_with(|| Hold { reached: 0, release: std::sync::Arc::new(tokio::sync::Semaphore::new(0)) });
             0
         }
         warp::http::Method::DELETE => armed.remove(bucket_id).map_or(0, |h| {

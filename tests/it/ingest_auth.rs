@@ -78,11 +78,15 @@ async fn an_unauthenticated_body_is_never_parsed() {
     let mut wrong = secret.clone();
     wrong.replace_range(0..1, if secret.starts_with('0') { "1" } else { "0" });
     let gz = vec![0x1f_u8, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03];
-    let cases: [(&str, Vec<u8>, Vec<(&str, &str)>); 5] = [
+    let cases = [
         ("large JSON, no secret", zeros.clone().into_bytes(), vec![]),
         ("large JSON, wrong secret", zeros.clone().into_bytes(), vec![("x-webhook-secret", wrong.as_str())]),
         ("invalid JSON, no secret", b"{not json".to_vec(), vec![]),
-        ("compressed, wrong secret", gz.clone(), vec![("x-webhook-secret", wrong.as_str()), ("content-encoding", "gzip")]),
+        (
+            "compressed, wrong secret",
+            gz.clone(),
+            vec![("x-webhook-secret", wrong.as_str()), ("content-encoding", "gzip")],
+        ),
         // A generic adapter has no native scheme: the header authenticates nothing.
         ("a Mux-Signature on a generic adapter", b"{}".to_vec(), vec![("mux-signature", "t=1,v1=00")]),
     ];
@@ -99,8 +103,7 @@ async fn an_unauthenticated_body_is_never_parsed() {
     release(&app, &bucket).await;
     let (s, b) = held.await.unwrap();
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("malformed_json")), "{b}");
-    let (s, _) =
-        app.post_raw(&path, gz, &[("x-webhook-secret", secret.as_str()), ("content-encoding", "gzip")]).await;
+    let (s, _) = app.post_raw(&path, gz, &[("x-webhook-secret", secret.as_str()), ("content-encoding", "gzip")]).await;
     assert_eq!(s, 415);
     // The large array, authenticated: parsed, and refused as a payload (not an object).
     let (s, b) = app.post_raw(&path, zeros, &[("x-webhook-secret", secret.as_str())]).await;
@@ -153,9 +156,7 @@ async fn a_request_checked_before_a_rotation_is_checked_again() {
 async fn a_mux_signature_checked_before_its_connection_changed_is_checked_again() {
     use hookline::adapter::mux;
     let app = TestApp::start().await;
-    let config = |signing: &str| {
-        json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": signing})
-    };
+    let config = |signing: &str| json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": signing});
     let (s, b) = app
         .post(
             "/v1/organizations/connections",
@@ -178,8 +179,9 @@ async fn a_mux_signature_checked_before_its_connection_changed_is_checked_again(
     let (header, body) = signed("whsec-old", "AsSeTrAcE01");
     let held = spawn_ingest(&app, &bucket, body, &[("mux-signature", &header)]);
     wait_reached(&app, &bucket, 1).await;
-    let (s, b) =
-        app.patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": config("whsec-new")})).await;
+    let (s, b) = app
+        .patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": config("whsec-new")}))
+        .await;
     assert_eq!(s, 200, "{b}");
     release(&app, &bucket).await;
     let (s, b) = held.await.unwrap();
