@@ -63,6 +63,7 @@ pub async fn run(
         secrets,
         names: Names::new(),
         bus: crate::events::EventBus::new(),
+        gates: crate::adapter::verify::Gates::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
     };
     let (supervisor, supervisor_handle) = Actor::spawn(Some(shared.names.supervisor()), Supervisor, shared.clone())
@@ -98,8 +99,13 @@ pub async fn run(
             }
         }
     };
-    let http_state =
-        HttpState { shared: shared.clone(), keys, metrics, signature_checks: HttpState::signature_checks() };
+    let http_state = HttpState {
+        holds: Arc::new(crate::http::IngestHolds::new(shared.config.server.enable_debug_endpoints)),
+        shared: shared.clone(),
+        keys,
+        metrics,
+        signature_checks: HttpState::signature_checks(),
+    };
     let mut server = tokio::spawn(crate::http::serve(http_state, listener, http_shutdown));
     let mut supervisor_handle = supervisor_handle;
     let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);

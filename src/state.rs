@@ -22,6 +22,9 @@ pub struct Shared {
     pub secrets: SecretBox,
     pub names: Names,
     pub bus: crate::events::EventBus,
+    /// The running adapters' authentication settings, for the HTTP task's ingest checks
+    /// (snapshots published by the actors, see `adapter/verify.rs`; not their state).
+    pub gates: crate::adapter::verify::Gates,
     /// Cancelled when shutdown starts: delivery workers start no more sends (a worker
     /// respawned meanwhile included).
     pub shutdown: tokio_util::sync::CancellationToken,

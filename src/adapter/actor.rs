@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -33,7 +34,7 @@ use super::kind::{self, MetadataSource, Operation, SignatureHeaders};
 use super::pipeline::{self, PayloadError, Screen, Screened};
 use super::records::{self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, Draft, ObjectRecord, STATS_KEY};
 use super::spec::{BatchMode, SourceAdapter};
-use super::verify::NativeCheck;
+use super::verify::{self, Proof, Verdict};
 use crate::catalog::Bucket;
 use crate::events::{EventBus, EventRecord, Scopes};
 use crate::ids::{BatchId, BucketId, ObjectId};
@@ -73,16 +74,48 @@ pub enum AdapterMsg {
     /// with updates of the same object (an update cannot write a deleted object back).
     /// Replies `None` when the object does not exist.
     DeleteObject(ObjectId, RpcReplyPort<Result<Option<Commit>, StoreError>>),
+    /// `GET /v1/debug/buffer/{bucket_id}` (tests): the buffer's byte count as kept, and
+    /// recomputed from its entries.
+    BufferBytes(RpcReplyPort<BufferBytes>),
+}
+
+/// The answer to [`AdapterMsg::BufferBytes`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BufferBytes {
+    pub entries: usize,
+    /// As counted on every change.
+    pub counted: usize,
+    /// The sum of the entries' stored sizes now: equal to `counted` unless the count drifted.
+    pub actual: usize,
 }
 
 /// One upstream delivery, as the HTTP frontend hands it over.
 pub struct IngestRequest {
+    /// The signature headers and the raw body, for a check here when the HTTP task's no
+    /// longer holds (see `adapter/verify.rs`). The body is a handle, not a copy.
     pub headers: SignatureHeaders,
-    /// The native signature, as the HTTP task checked it.
-    pub native: NativeCheck,
-    /// The parsed body; a parse error is reported only to an authenticated sender.
-    pub payload: Result<Value, crate::error::ApiError>,
+    pub raw: Bytes,
+    pub auth: IngestAuth,
     pub reply: RpcReplyPort<IngestResult>,
+}
+
+/// How far the HTTP task got with a request: nothing is parsed before it is authenticated.
+pub enum IngestAuth {
+    /// Authenticated against a published gate, then parsed (a parse error is reported only
+    /// to an authenticated sender, after the adapter's own refusals).
+    Verified { proof: Proof, payload: Result<Value, crate::error::ApiError> },
+    /// No gate was published (the actor was starting): the actor authenticates, then calls
+    /// `parse` (on the raw body, with the HTTP task's refusals such as a compressed body).
+    Unverified { parse: Box<dyn FnOnce() -> Result<Value, crate::error::ApiError> + Send> },
+}
+
+impl IngestAuth {
+    fn into_payload(self) -> Result<Value, crate::error::ApiError> {
+        match self {
+            IngestAuth::Verified { payload, .. } => payload,
+            IngestAuth::Unverified { parse } => parse(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +261,9 @@ pub struct AdapterState {
     myself: ActorRef<AdapterMsg>,
     bucket: Bucket,
     adapter: SourceAdapter,
+    /// The adapter's authentication settings as published for the HTTP tasks (withdrawn
+    /// when this state is dropped): ingests are accepted against these only.
+    gate: verify::Published,
     /// sha256(dedup value) → object ID.
     dedup: HashMap<String, ObjectId>,
     /// sha256(external id) → the objects (stored or buffered) made from it.
@@ -236,8 +272,9 @@ pub struct AdapterState {
     mux_api: Option<crate::adapter::mux::MuxApi>,
     /// Accepted events not yet flushed, oldest first.
     buffer: Vec<BufferEntry>,
-    /// About how many bytes the buffer holds as stored (reset by each flush): past
-    /// [`MAX_BUFFER_BYTES`] it flushes early.
+    /// How many bytes the buffer's entries take as stored (see [`stored_size`]), kept exact
+    /// through every push, refresh, removal and flush: past [`MAX_BUFFER_BYTES`] it flushes
+    /// early.
     buffer_bytes: usize,
     stats: AdapterStats,
     ticker: Option<JoinHandle<()>>,
@@ -294,16 +331,19 @@ impl Actor for SourceAdapterActor {
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
         let ticker = Some(myself.send_interval(tick, || AdapterMsg::Tick));
         let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
+        // Last, once nothing can fail: from now on the HTTP tasks check ingests against it.
+        let gate = shared.gates.publish(&bucket_id, &adapter);
         tracing::debug!(bucket_id = %bucket_id, buffered = buffer.len(), dedup = dedup.len(), "source adapter started");
         Ok(AdapterState {
             shared,
             myself,
             bucket,
             adapter,
+            gate,
             dedup,
             xids,
             mux_api: None,
-            buffer_bytes: buffer.iter().map(|e| serde_json::to_vec(e).map_or(0, |v| v.len())).sum(),
+            buffer_bytes: buffer.iter().map(stored_size).sum(),
             buffer,
             stats,
             ticker,
@@ -348,8 +388,8 @@ impl Actor for SourceAdapterActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             AdapterMsg::Ingest(req) => {
-                let IngestRequest { headers, native, payload, reply } = *req;
-                match state.ingest(&headers, &native, payload) {
+                let IngestRequest { headers, raw, auth, reply } = *req;
+                match state.ingest(&headers, &raw, auth) {
                     Step::Done(result) => {
                         let _ = reply.send(result);
                     }
@@ -387,6 +427,10 @@ impl Actor for SourceAdapterActor {
             AdapterMsg::CommitFailed(e) => {
                 return Err(ActorProcessingErr::from(format!("a batch did not reach the disk: {e}")));
             }
+            AdapterMsg::BufferBytes(reply) => {
+                let actual = state.buffer.iter().map(stored_size).sum();
+                let _ = reply.send(BufferBytes { entries: state.buffer.len(), counted: state.buffer_bytes, actual });
+            }
             AdapterMsg::Crash => return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash")),
         }
         Ok(())
@@ -417,26 +461,9 @@ impl AdapterState {
             .is_some_and(|oldest| now_ms >= oldest.received_at_ms + self.adapter.batching.window_seconds * 1000)
     }
 
-    fn ingest(
-        &mut self,
-        headers: &SignatureHeaders,
-        native: &NativeCheck,
-        payload: Result<Value, crate::error::ApiError>,
-    ) -> Step {
-        // The native signature was checked by the HTTP task (see `adapter/verify.rs`); the
-        // `X-Webhook-Secret` fallback is a digest comparison, cheap enough to do here.
-        let authentic = *native == NativeCheck::Valid
-            || headers.webhook_secret.as_deref().is_some_and(|s| self.adapter.secret_matches(s));
-        if !authentic {
-            // A signature hookline cannot check (its signing secrets cannot be decrypted,
-            // e.g. after a master key change) is not the sender's fault: 503, so the
-            // upstream retries once the operator has fixed the key, and the status says why.
-            // Nothing is recorded: the request is not authenticated, and must not write to
-            // the store or replace the operator's `last_error` (the daemon log says why).
-            if let NativeCheck::Unreadable(e) = native {
-                return Step::Done(Err(IngestErr::Unverifiable(e.clone())));
-            }
-            return Step::Done(Err(IngestErr::Unauthorized));
+    fn ingest(&mut self, headers: &SignatureHeaders, raw: &Bytes, auth: IngestAuth) -> Step {
+        if let Err(e) = self.admit(headers, raw, &auth) {
+            return Step::Done(Err(e));
         }
         // After the signature: an unauthenticated caller learns nothing of the adapter's state.
         if self.closing {
@@ -445,7 +472,7 @@ impl AdapterState {
         if !self.adapter.enabled {
             return Step::Done(Err(IngestErr::Disabled));
         }
-        let payload = match payload {
+        let payload = match auth.into_payload() {
             Ok(p) => p,
             Err(e) => return Step::Done(Err(IngestErr::Malformed(e))),
         };
@@ -468,6 +495,24 @@ impl AdapterState {
             return Step::Done(Ok(IngestOk::new(IngestStatus::Duplicate, Some(object_id), Some(commit))));
         }
         self.prepare(now, screened, payload, dedup_hash, Origin::Ingest)
+    }
+
+    /// Accepts a request authenticated against this actor's own gate; any other (verified
+    /// against a predecessor's secrets, or a connection since changed, or not at all) is
+    /// checked again here, against the current adapter: the rare path, right after a change.
+    fn admit(&self, headers: &SignatureHeaders, raw: &Bytes, auth: &IngestAuth) -> Result<(), IngestErr> {
+        if let IngestAuth::Verified { proof, .. } = auth {
+            if proof.holds(self.gate.revision, self.shared.gates.connections_revision()) {
+                return Ok(());
+            }
+        }
+        match verify::authenticate(&self.shared, &self.gate, headers, raw) {
+            Verdict::Authentic(_) => Ok(()),
+            // Nothing is recorded for an unauthenticated request: it must not write to the
+            // store or replace the operator's `last_error` (the daemon log says why).
+            Verdict::Unauthorized => Err(IngestErr::Unauthorized),
+            Verdict::Unverifiable(e) => Err(IngestErr::Unverifiable(e)),
+        }
     }
 
     /// From a screened event to its effect: a create (now or after a fetch) or a change.
@@ -618,6 +663,33 @@ impl AdapterState {
         self.put_stats(batch);
     }
 
+    /// Replaces buffered entries' content with a newer draft of the same upstream thing, in
+    /// memory and in `batch`, keeping the byte count exact; flushes when they grew past
+    /// [`MAX_BUFFER_BYTES`] (same batch: the flush's deletes undo the puts).
+    fn refresh_buffered(&mut self, batch: &mut Batch, events: &mut Vec<EventRecord>, ids: &[ObjectId], draft: &Draft) {
+        if ids.is_empty() {
+            return;
+        }
+        let bucket_id = self.bucket.bucket_id.clone();
+        for entry in self.buffer.iter_mut().filter(|e| ids.contains(&e.object_id)) {
+            let old = stored_size(entry);
+            entry.draft.refresh(draft.clone());
+            let new = batch.put(Keyspace::BUFFER, &records::key(&bucket_id, entry.object_id.as_str()), &*entry);
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(old) + new;
+        }
+        if self.buffer_bytes >= MAX_BUFFER_BYTES {
+            self.flush_into(batch, events, "bytes");
+        }
+    }
+
+    /// Takes one entry out of the buffer (not out of the store), keeping the byte count exact.
+    fn unbuffer(&mut self, object_id: &ObjectId) -> Option<BufferEntry> {
+        let at = self.buffer.iter().position(|e| &e.object_id == object_id)?;
+        let entry = self.buffer.remove(at);
+        self.buffer_bytes = self.buffer_bytes.saturating_sub(stored_size(&entry));
+        Some(entry)
+    }
+
     /// A flush nobody waits for (timer, restart): its commit is awaited in a task.
     fn flush_in_background(&mut self, trigger: &'static str) {
         let mut batch = Batch::new();
@@ -631,4 +703,10 @@ impl AdapterState {
             let _ = commit.finish().await;
         });
     }
+}
+
+/// A buffer entry's size as stored (what [`Batch::put`] returns for it): the unit of
+/// [`AdapterState::buffer_bytes`].
+fn stored_size(entry: &BufferEntry) -> usize {
+    serde_json::to_vec(entry).map_or(0, |v| v.len())
 }

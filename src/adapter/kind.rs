@@ -56,7 +56,7 @@ pub enum NativeSignature {
 /// authenticate and the `X-Webhook-Secret` fallback decides.
 pub fn native_signature(
     kind: ProviderType,
-    headers: &SignatureHeaders,
+    mux_signature: Option<&str>,
     raw_body: &Bytes,
     connection: Option<&ProviderConfig>,
 ) -> NativeSignature {
@@ -64,7 +64,7 @@ pub fn native_signature(
         ProviderType::GenericWebhook | ProviderType::Supabase => NativeSignature::Absent,
         ProviderType::Mux => {
             let secrets = connection.map(ProviderConfig::mux_signing_secrets).unwrap_or_default();
-            let Some(header) = headers.mux_signature.as_deref().filter(|_| !secrets.is_empty()) else {
+            let Some(header) = mux_signature.filter(|_| !secrets.is_empty()) else {
                 return NativeSignature::Absent;
             };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -327,6 +327,9 @@ impl RegistryState {
         let mut b = Batch::new();
         b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
         store.commit(b).await?;
+        // Ingests whose Mux-Signature was checked against the old secrets, still queued for
+        // their actors, are checked again there (see `adapter/verify.rs`).
+        self.shared.gates.connections_changed();
         tracing::info!(connection_id = %id, config_replaced = config.is_some(), "connection updated");
         Ok(conn)
     }
@@ -346,6 +349,7 @@ impl RegistryState {
         let mut b = Batch::new();
         b.delete(Keyspace::CONNECTIONS, id.as_str());
         store.commit(b).await?;
+        self.shared.gates.connections_changed();
         tracing::info!(connection_id = %id, "connection deleted");
         Ok(())
     }

@@ -255,8 +255,7 @@ impl SourceAdapter {
 
     /// Checks a presented `X-Webhook-Secret` in constant time.
     pub fn secret_matches(&self, presented: &str) -> bool {
-        let digest = hex::encode(Sha256::digest(presented.as_bytes()));
-        digest.as_bytes().ct_eq(self.webhook_secret_sha256.as_bytes()).into()
+        secret_digest(&self.webhook_secret_sha256).is_some_and(|d| digest_matches(&d, presented))
     }
 
     /// The public view: no secret digest, no sealed credentials.
@@ -270,6 +269,19 @@ impl SourceAdapter {
         }
         v
     }
+}
+
+/// A stored webhook secret digest (hex SHA-256) as bytes; `None` if it is not one.
+pub fn secret_digest(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut digest).ok().map(|()| digest)
+}
+
+/// Whether `presented` hashes to `digest`, compared in constant time (`subtle`): the time
+/// taken tells nothing of how much of the digest matched.
+pub fn digest_matches(digest: &[u8; 32], presented: &str) -> bool {
+    let actual: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    actual.ct_eq(digest).into()
 }
 
 /// A new webhook secret: 32 random bytes as hex. Returns (secret, its digest).
@@ -574,6 +586,8 @@ mod tests {
         };
         assert!(a.secret_matches(&secret));
         assert!(!a.secret_matches("nope"));
+        assert!(!a.secret_matches(&secret[..63]));
+        assert!(secret_digest("not hex").is_none() && secret_digest(&"ab".repeat(31)).is_none());
         assert!(a.view().get("webhook_secret_sha256").is_none());
     }
 }

@@ -1,27 +1,43 @@
-//! Provider-native signature checks (Mux's `Mux-Signature`), run by the HTTP task before a
-//! request reaches an actor.
+//! Ingest authentication, run by the HTTP task before a request's body is parsed or reaches
+//! an actor: the provider-native signature (Mux's `Mux-Signature`) and the
+//! `X-Webhook-Secret` fallback; and the Mux lifecycle route's signature check.
 //!
 //! Why here and not in the actors: an HMAC over a 1 MiB body costs milliseconds, once per
 //! signing secret (a connection may hold ten), and an actor handles one message at a time.
 //! Checked inside the bucket's adapter actor (ingest) or the bucket registry (lifecycle
 //! webhooks), a flood of bogus signatures with a fresh timestamp stalled that bucket's
-//! ingest, or every admin write, by seconds. The HTTP tasks run in parallel and hold no
-//! state; the actor is told the outcome.
+//! ingest, or every admin write, by seconds. And a body is parsed only once its sender is
+//! authenticated: parsed JSON takes many times the memory of its bytes (`[0,0,…]`: ~16×), so
+//! an anonymous sender must not get that far. The HTTP tasks run in parallel and hold no
+//! state; the actor is told what the request was verified against.
 //!
-//! This module reads the catalog (a bucket's adapter, a connection) from the store and
-//! decrypts a connection for one check; it writes nothing and must not touch actor state.
+//! What the HTTP task checks against is a [`Gate`]: a snapshot of a bucket's adapter (its
+//! secret digest, type and credentials' location) that its actor publishes in [`Gates`] when
+//! it starts and withdraws when it ends. Every change of an adapter (a new secret, a new
+//! connection) restarts its actor, and every start has a new [`Gate::revision`]; a changed
+//! connection bumps [`Gates::connections_revision`]. The request carries a [`Proof`] of
+//! both; the actor accepts it only when they are still its own, and otherwise checks again
+//! against its current adapter ([`authenticate`]): a request verified just before a
+//! rotation, still queued, gets 401 under the old secret.
+//!
+//! This module reads connections from the store and decrypts them for one check; it writes
+//! nothing and must not touch actor state (a gate is a copy, made by the actor).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 
 use super::kind::{self, NativeSignature, SignatureHeaders};
-use super::spec::SourceAdapter;
-use crate::catalog::{Bucket, Connection, ProviderType};
+use super::spec::{self, SourceAdapter};
+use crate::catalog::{Connection, ProviderType};
 use crate::error::ApiError;
 use crate::ids::{BucketId, ConnectionId};
 use crate::state::Shared;
 use crate::store::Keyspace;
 
-/// What the HTTP task found out about a request's native signature.
+/// What a native signature check found out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NativeCheck {
     /// No native signature header, or an adapter type without a native scheme.
@@ -33,27 +49,182 @@ pub enum NativeCheck {
     Unreadable(String),
 }
 
-/// Checks the native signature of an ingest request against the bucket's adapter as stored.
-pub fn ingest(shared: &Shared, bucket_id: &BucketId, headers: &SignatureHeaders, raw: &Bytes) -> NativeCheck {
-    if headers.mux_signature.is_none() {
-        return NativeCheck::Absent;
+/// A running adapter's authentication settings, as its actor loaded them: what the HTTP
+/// task checks an ingest against. Immutable; a changed adapter is a new actor, a new gate.
+pub struct Gate {
+    /// Unique per actor start (see the module doc): equal revisions, equal secrets.
+    pub revision: u64,
+    pub bucket_id: BucketId,
+    /// The adapter: its type, connection or sealed inline credentials (for the native check).
+    adapter: SourceAdapter,
+    /// The webhook secret's SHA-256, decoded once; `None` (an unreadable stored digest)
+    /// matches nothing.
+    secret_sha256: Option<[u8; 32]>,
+}
+
+impl Gate {
+    fn new(revision: u64, bucket_id: BucketId, adapter: &SourceAdapter) -> Gate {
+        let secret_sha256 = spec::secret_digest(&adapter.webhook_secret_sha256);
+        Gate { revision, bucket_id, adapter: adapter.clone(), secret_sha256 }
     }
-    let adapter = match shared.store.get::<Bucket>(Keyspace::BUCKETS, bucket_id.as_str()) {
-        Ok(Some(b)) => b.source_adapter,
-        // The actor answers for a missing bucket or adapter; a store error is its to report.
-        _ => None,
-    };
-    let Some(adapter) = adapter.filter(|a| a.adapter_type == ProviderType::Mux) else {
-        return NativeCheck::Absent;
-    };
-    match credentials(shared, bucket_id, &adapter) {
-        Err(e) => NativeCheck::Unreadable(e),
-        Ok(creds) => match kind::native_signature(adapter.adapter_type, headers, raw, creds.as_ref()) {
-            NativeSignature::Absent => NativeCheck::Absent,
-            NativeSignature::Valid => NativeCheck::Valid,
-            NativeSignature::Invalid => NativeCheck::Invalid,
-        },
+
+    /// The `X-Webhook-Secret` check: the presented value's SHA-256 against the stored one, in
+    /// constant time (as [`SourceAdapter::secret_matches`], without its hex string).
+    pub fn secret_matches(&self, presented: Option<&str>) -> bool {
+        match (presented, &self.secret_sha256) {
+            (Some(p), Some(digest)) => spec::digest_matches(digest, p),
+            _ => false,
+        }
     }
+
+    /// Whether a native check applies to a request with this `Mux-Signature` (else it is
+    /// [`NativeCheck::Absent`] without any work).
+    pub fn has_native(&self, mux_signature: Option<&str>) -> bool {
+        mux_signature.is_some() && self.adapter.adapter_type == ProviderType::Mux
+    }
+
+    /// Checks the native signature against the adapter's signing secrets (its connection
+    /// is read and decrypted now). Returns the outcome and the connections revision it was
+    /// read under (loaded first: a change committed after the load bumps it later).
+    pub fn native(&self, shared: &Shared, mux_signature: Option<&str>, raw: &Bytes) -> (NativeCheck, u64) {
+        let connections = shared.gates.connections_revision();
+        if !self.has_native(mux_signature) {
+            return (NativeCheck::Absent, connections);
+        }
+        let check = match credentials(shared, &self.bucket_id, &self.adapter) {
+            Err(e) => NativeCheck::Unreadable(e),
+            Ok(creds) => match kind::native_signature(self.adapter.adapter_type, mux_signature, raw, creds.as_ref()) {
+                NativeSignature::Absent => NativeCheck::Absent,
+                NativeSignature::Valid => NativeCheck::Valid,
+                NativeSignature::Invalid => NativeCheck::Invalid,
+            },
+        };
+        (check, connections)
+    }
+}
+
+/// The gates of the running adapters, and the revision counters (see the module doc).
+/// Shared by the HTTP tasks (readers, one short read lock per ingest) and the adapter actors
+/// (each writes its own entry when it starts and ends).
+#[derive(Clone, Default)]
+pub struct Gates(Arc<GatesInner>);
+
+#[derive(Default)]
+struct GatesInner {
+    table: RwLock<HashMap<BucketId, Arc<Gate>>>,
+    /// The last revision handed out.
+    revisions: AtomicU64,
+    /// Bumped after every committed change of a connection.
+    connections: AtomicU64,
+}
+
+impl Gates {
+    /// The gate of a bucket's running adapter, if its actor has published one.
+    pub fn get(&self, bucket_id: &BucketId) -> Option<Arc<Gate>> {
+        self.0.table.read().unwrap_or_else(PoisonError::into_inner).get(bucket_id).cloned()
+    }
+
+    /// Publishes a gate for an actor starting with `adapter`, under a new revision; it is
+    /// withdrawn when the returned handle is dropped (with the actor's state, however it
+    /// ends), unless a successor has replaced it.
+    pub fn publish(&self, bucket_id: &BucketId, adapter: &SourceAdapter) -> Published {
+        let revision = self.0.revisions.fetch_add(1, Ordering::Relaxed) + 1;
+        let gate = Arc::new(Gate::new(revision, bucket_id.clone(), adapter));
+        self.0.table.write().unwrap_or_else(PoisonError::into_inner).insert(bucket_id.clone(), gate.clone());
+        Published { gates: self.clone(), gate }
+    }
+
+    /// Called once a change of a connection is committed: proofs of a native signature
+    /// checked before it no longer hold.
+    pub fn connections_changed(&self) {
+        self.0.connections.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn connections_revision(&self) -> u64 {
+        self.0.connections.load(Ordering::Acquire)
+    }
+}
+
+/// An actor's published gate (see [`Gates::publish`]).
+pub struct Published {
+    gates: Gates,
+    gate: Arc<Gate>,
+}
+
+impl std::ops::Deref for Published {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        let mut table = self.gates.0.table.write().unwrap_or_else(PoisonError::into_inner);
+        if table.get(&self.gate.bucket_id).is_some_and(|g| g.revision == self.gate.revision) {
+            table.remove(&self.gate.bucket_id);
+        }
+    }
+}
+
+/// What a request was authenticated against: a gate's revision, and for a native signature
+/// the connections revision (the signing secrets live in the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proof {
+    revision: u64,
+    by: By,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    Secret,
+    Native { connections: u64 },
+}
+
+impl Proof {
+    /// Whether the proof still holds for an actor whose gate has `revision`, with the
+    /// connections at `connections`: nothing the check read has changed since.
+    pub fn holds(&self, revision: u64, connections: u64) -> bool {
+        self.revision == revision
+            && match self.by {
+                By::Secret => true,
+                By::Native { connections: then } => then == connections,
+            }
+    }
+}
+
+/// The outcome of authenticating an ingest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Authentic(Proof),
+    /// 401: no valid signature, no matching secret.
+    Unauthorized,
+    /// 503: a native signature hookline cannot check (its secrets cannot be decrypted) on a
+    /// request nothing else authenticates; not the sender's fault.
+    Unverifiable(String),
+}
+
+/// Combines the two checks against a gate of `revision`: a matching `X-Webhook-Secret`, or
+/// else the native check (`None`: not made, as for a request without one).
+pub fn verdict(revision: u64, secret_ok: bool, native: Option<(NativeCheck, u64)>) -> Verdict {
+    if secret_ok {
+        return Verdict::Authentic(Proof { revision, by: By::Secret });
+    }
+    match native {
+        Some((NativeCheck::Valid, connections)) => {
+            Verdict::Authentic(Proof { revision, by: By::Native { connections } })
+        }
+        Some((NativeCheck::Unreadable(e), _)) => Verdict::Unverifiable(e),
+        Some((NativeCheck::Absent | NativeCheck::Invalid, _)) | None => Verdict::Unauthorized,
+    }
+}
+
+/// Both checks, here and now (the actor's re-check, see the module doc; the HTTP task
+/// runs the native one in a signature-check slot instead).
+pub fn authenticate(shared: &Shared, gate: &Gate, headers: &SignatureHeaders, raw: &Bytes) -> Verdict {
+    let secret_ok = gate.secret_matches(headers.webhook_secret.as_deref());
+    let native = (!secret_ok).then(|| gate.native(shared, headers.mux_signature.as_deref(), raw));
+    verdict(gate.revision, secret_ok, native)
 }
 
 /// Decrypts an adapter's credentials: its connection, or its inline credentials (`None`: it
@@ -123,4 +294,65 @@ pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, ra
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     super::mux::signature::verify_header(signature, raw, &secrets, now, super::mux::DEFAULT_TOLERANCE_SECS)
         .map_err(|e| ApiError::UnauthorizedMsg(format!("{e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(secret_digest: &str) -> SourceAdapter {
+        serde_json::from_value(serde_json::json!({
+            "adapter_type": "generic_webhook", "enabled": true, "batching": {"mode": "immediate"},
+            "webhook_secret_sha256": secret_digest, "configured_at": ""
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_proof_holds_only_for_the_revision_it_was_made_against() {
+        let by_secret = verdict(7, true, None);
+        let Verdict::Authentic(p) = by_secret else { panic!("{by_secret:?}") };
+        assert!(p.holds(7, 0) && p.holds(7, 99), "a secret does not depend on the connections");
+        assert!(!p.holds(8, 0), "another actor start: another adapter, maybe another secret");
+        let native = verdict(7, false, Some((NativeCheck::Valid, 3)));
+        let Verdict::Authentic(p) = native else { panic!("{native:?}") };
+        assert!(p.holds(7, 3));
+        assert!(!p.holds(7, 4), "a connection changed since the signature was checked");
+        assert!(!p.holds(6, 3));
+    }
+
+    #[test]
+    fn the_verdict_takes_a_secret_or_a_valid_signature() {
+        assert_eq!(verdict(1, false, None), Verdict::Unauthorized);
+        for n in [NativeCheck::Absent, NativeCheck::Invalid] {
+            assert_eq!(verdict(1, false, Some((n, 0))), Verdict::Unauthorized);
+        }
+        let unreadable = Some((NativeCheck::Unreadable("key".into()), 0));
+        assert_eq!(verdict(1, false, unreadable.clone()), Verdict::Unverifiable("key".into()));
+        assert!(matches!(verdict(1, true, unreadable), Verdict::Authentic(_)), "the secret authenticates");
+    }
+
+    #[test]
+    fn gates_are_published_per_start_and_withdrawn_by_their_own_actor_only() {
+        let (secret, digest) = spec::new_secret();
+        let gates = Gates::default();
+        let id = BucketId::generate();
+        let first = gates.publish(&id, &adapter(&digest));
+        assert!(first.secret_matches(Some(&secret)) && !first.secret_matches(Some("nope")));
+        assert!(!first.secret_matches(None));
+        assert_eq!(gates.get(&id).map(|g| g.revision), Some(first.revision));
+        // A successor publishes before its predecessor's state is dropped: it stays.
+        let second = gates.publish(&id, &adapter(&digest));
+        assert!(second.revision > first.revision);
+        drop(first);
+        assert_eq!(gates.get(&id).map(|g| g.revision), Some(second.revision));
+        drop(second);
+        assert!(gates.get(&id).is_none());
+        // An unreadable stored digest matches nothing.
+        let broken = gates.publish(&id, &adapter("zz"));
+        assert!(!broken.secret_matches(Some("")) && !broken.secret_matches(Some("zz")));
+        let before = gates.connections_revision();
+        gates.connections_changed();
+        assert_eq!(gates.connections_revision(), before + 1);
+    }
 }

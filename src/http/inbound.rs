@@ -5,22 +5,20 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use ractor::ActorRef;
 use serde::de::DeserializeOwned;
 use warp::http::StatusCode;
 
 use super::admin::load_bucket;
-use super::request::from_value;
+use super::request::{from_value, parse_json};
 use super::{empty, json, HttpState, Request, Response};
-use crate::adapter::actor::{AdapterMsg, IngestErr, IngestOk, IngestRequest, IngestStatus};
+use crate::adapter::actor::{AdapterMsg, IngestAuth, IngestErr, IngestOk, IngestRequest, IngestStatus};
 use crate::adapter::kind::SignatureHeaders;
 use crate::adapter::mux::Lifecycle;
 use crate::adapter::records::{self, AdapterStats, BatchRecord, ObjectRecord, STATS_KEY};
 use crate::adapter::registry::{LifecyclePlan, MuxWebhook, Patched};
 use crate::adapter::spec::PatchBucket;
-use crate::adapter::verify::{self, NativeCheck};
+use crate::adapter::verify::{self, Gate, NativeCheck, Proof, Verdict};
 use crate::adapter::RegistryMsg;
 use crate::ask;
 use crate::catalog::Bucket;
@@ -124,7 +122,8 @@ pub(super) fn bucket_view(state: &HttpState, bucket: &crate::catalog::Bucket) ->
 }
 
 /// `POST /v1/buckets/{bucket_id}/source-adapter/ingest`: no API key, no namespace (the
-/// upstream knows neither); authenticated by signature in the adapter actor.
+/// upstream knows neither); authenticated by signature or secret here, before the body is
+/// parsed (see `adapter/verify.rs`).
 async fn ingest(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (outcome, result) = ingest_inner(state, req, id).await;
@@ -138,12 +137,10 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     };
     // An adapter restarting (after a PATCH of its bucket, or a supervised restart) is back
     // within moments: wait for it a little rather than answer 503 at once.
-    let wait_until = Instant::now() + RESTART_WAIT;
-    let headers = SignatureHeaders {
-        webhook_secret: req.header("x-webhook-secret").map(str::to_string),
-        mux_signature: req.header("mux-signature").map(str::to_string),
-    };
-    let native = native_check(state, &bucket_id, &headers, &req.body).await;
+    let mut wait_until = Instant::now() + RESTART_WAIT;
+    // How this task authenticated the request, once it found a running adapter: `Some(None)`
+    // when there was no gate to check against yet (the actor checks, then parses).
+    let mut checked: Option<Option<Proof>> = None;
     let mut resent = false;
     let reply = loop {
         let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
@@ -156,20 +153,52 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                 e => return ("not_found", Err(e)),
             }
         };
+        let proof = match checked {
+            Some(proof) => proof,
+            None => {
+                let proof = match state.shared.gates.get(&bucket_id) {
+                    None => None,
+                    Some(gate) => match authenticate(state, gate, req).await {
+                        Verdict::Authentic(proof) => Some(proof),
+                        Verdict::Unauthorized => return ("unauthorized", Err(unauthorized())),
+                        Verdict::Unverifiable(message) => return ("error", Err(unverifiable(&message))),
+                    },
+                };
+                checked = Some(proof);
+                if proof.is_some() && state.holds.hold(&bucket_id).await {
+                    // A test held it (see `ops::IngestHolds`): the actor may have been
+                    // replaced meanwhile; find it again, with a fresh wait.
+                    wait_until = Instant::now() + RESTART_WAIT;
+                    continue;
+                }
+                proof
+            }
+        };
         let msg = |reply| {
             AdapterMsg::Ingest(Box::new(IngestRequest {
-                headers: headers.clone(),
-                native: native.clone(),
-                // Parsed whatever the declared Content-Type: upstreams often send JSON as
-                // `text/plain` or untyped, and the contract answers "not JSON" with 400, never 415.
-                payload: req.payload_json(),
+                headers: SignatureHeaders {
+                    webhook_secret: req.header("x-webhook-secret").map(str::to_string),
+                    mux_signature: req.header("mux-signature").map(str::to_string),
+                },
+                raw: req.body.clone(),
+                auth: match proof {
+                    // Parsed whatever the declared Content-Type: upstreams often send JSON as
+                    // `text/plain` or untyped, and the contract answers "not JSON" with 400,
+                    // never 415.
+                    Some(proof) => IngestAuth::Verified { proof, payload: req.payload_json() },
+                    None => {
+                        let (encoding, body) = (req.require_identity_encoding(), req.body.clone());
+                        IngestAuth::Unverified { parse: Box::new(move || encoding.and_then(|()| parse_json(&body))) }
+                    }
+                },
                 reply,
             }))
         };
         match ractor::call_t!(actor, msg, 30_000) {
             Ok(r) => break r,
             // The actor stopped (a PATCH restarts it) with this request still queued: it was
-            // not handled, so it goes to the new actor. (Were its handler to have failed
+            // not handled, so it goes to the new actor, which checks it again if its secrets
+            // are not the ones it was verified against. (Were its handler to have failed
             // midway, the upstream would resend on a 503 all the same.)
             Err(ractor::RactorErr::Messaging(_)) if !resent && Instant::now() < wait_until => {
                 // Once: a request whose handler failed must not restart the actor again and again.
@@ -207,14 +236,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             }
             (status.as_str(), Ok(json(StatusCode::OK, &body)))
         }
-        Err(IngestErr::Unauthorized) => (
-            "unauthorized",
-            Err(ApiError::UnauthorizedMsg(
-                "missing or invalid webhook signature: send X-Webhook-Secret with the adapter's webhook_secret \
-                 (or, for mux, a valid Mux-Signature made with the connection's webhook_signing_secret)"
-                    .into(),
-            )),
-        ),
+        Err(IngestErr::Unauthorized) => ("unauthorized", Err(unauthorized())),
         Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
         Err(IngestErr::Invalid { message, commit }) => {
             // The failure counter is part of the status: answer once it is stored.
@@ -225,9 +247,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             let _ = commit.finish().await;
             ("error", Err(ApiError::Unavailable(format!("{message}; retry later"))))
         }
-        Err(IngestErr::Unverifiable(message)) => {
-            ("error", Err(ApiError::Unavailable(format!("{message}, so Mux-Signature cannot be checked; retry later"))))
-        }
+        Err(IngestErr::Unverifiable(message)) => ("error", Err(unverifiable(&message))),
         Err(IngestErr::Disabled) => (
             "disabled",
             Err(ApiError::Unavailable("the source adapter of this bucket is disabled; retry later".into())),
@@ -238,19 +258,43 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     }
 }
 
-/// The native signature check, here rather than in the bucket's actor (see
-/// `adapter/verify.rs`), in a signature-check slot (see [`in_check_slot`]).
-async fn native_check(state: &HttpState, bucket_id: &BucketId, headers: &SignatureHeaders, raw: &Bytes) -> NativeCheck {
-    if headers.mux_signature.is_none() {
-        return NativeCheck::Absent;
+/// 401 for an ingest nothing authenticates.
+fn unauthorized() -> ApiError {
+    ApiError::UnauthorizedMsg(
+        "missing or invalid webhook signature: send X-Webhook-Secret with the adapter's webhook_secret \
+         (or, for mux, a valid Mux-Signature made with the connection's webhook_signing_secret)"
+            .into(),
+    )
+}
+
+/// 503 for a native signature whose secrets cannot be read (e.g. after a master key change):
+/// not the sender's fault, so the upstream retries once the operator has fixed the key.
+/// Nothing is recorded (the request is not authenticated; the daemon log says why).
+fn unverifiable(message: &str) -> ApiError {
+    ApiError::Unavailable(format!("{message}, so Mux-Signature cannot be checked; retry later"))
+}
+
+/// Authenticates an ingest against its bucket's gate: `X-Webhook-Secret` first (a digest
+/// comparison), else the native signature, in a signature-check slot (see [`in_check_slot`]).
+async fn authenticate(state: &HttpState, gate: std::sync::Arc<Gate>, req: &Request) -> Verdict {
+    if gate.secret_matches(req.header("x-webhook-secret")) {
+        return verify::verdict(gate.revision, true, None);
     }
-    let (shared, id, h, body) = (state.shared.clone(), bucket_id.clone(), headers.clone(), raw.clone());
-    in_check_slot(state, raw.len(), move || verify::ingest(&shared, &id, &h, &body)).await.unwrap_or_else(|e| {
-        NativeCheck::Unreadable(match e {
+    let signature = req.header("mux-signature");
+    if !gate.has_native(signature) {
+        return verify::verdict(gate.revision, false, None);
+    }
+    let revision = gate.revision;
+    let (shared, signature, body) = (state.shared.clone(), signature.map(str::to_string), req.body.clone());
+    let native = in_check_slot(state, body.len(), move || gate.native(&shared, signature.as_deref(), &body)).await;
+    let native = native.unwrap_or_else(|e| {
+        let message = match e {
             ApiError::Internal(e) => e.to_string(),
             other => other.to_string(),
-        })
-    })
+        };
+        (NativeCheck::Unreadable(message), 0)
+    });
+    verify::verdict(revision, false, Some(native))
 }
 
 /// Runs a signature check in one of [`HttpState::signature_checks`]' slots, held for the

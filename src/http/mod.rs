@@ -30,6 +30,7 @@ mod ops;
 mod outbound;
 mod request;
 
+pub use ops::IngestHolds;
 pub use request::Request;
 
 use std::future::Future;
@@ -54,6 +55,8 @@ pub struct HttpState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Slots for native signature checks (see `inbound::in_check_slot`).
     pub signature_checks: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Ingests held by tests (debug endpoints only, see [`ops::IngestHolds`]).
+    pub holds: std::sync::Arc<ops::IngestHolds>,
 }
 
 impl HttpState {
@@ -500,6 +503,16 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
                 return ("(unknown)", error_response(&not_found_route()));
             }
             methods!(m, "/v1/debug/crash/{actor}", { POST => ops::crash(state, &req, actor) })
+        }
+        ["v1", "debug", "hold-ingest", bucket_id] if state.shared.config.server.enable_debug_endpoints => {
+            methods!(m, "/v1/debug/hold-ingest/{bucket_id}", {
+                POST => ops::hold_ingest(state, &req, bucket_id),
+                GET => ops::hold_ingest(state, &req, bucket_id),
+                DELETE => ops::hold_ingest(state, &req, bucket_id),
+            })
+        }
+        ["v1", "debug", "buffer", bucket_id] if state.shared.config.server.enable_debug_endpoints => {
+            methods!(m, "/v1/debug/buffer/{bucket_id}", { GET => ops::buffer(state, &req, bucket_id) })
         }
         ["v1", "organizations", "connections"] => methods!(m, "/v1/organizations/connections", {
             GET => admin::list_connections(state, &req),

@@ -63,3 +63,82 @@ pub async fn crash(state: &HttpState, req: &Request, actor: &str) -> Result<Resp
         _ => Err(ApiError::Unavailable(format!("{actor} is not running"))),
     }
 }
+
+/// Ingests held by a test, after authentication and before their body is parsed and handed
+/// to the actor (`/v1/debug/hold-ingest/{bucket_id}`): what makes a request racing a
+/// change of its adapter (a rotated secret) reproducible, and shows that an unauthenticated
+/// one never gets that far. Consulted only when `server.enable_debug_endpoints` is on (one
+/// flag read per ingest otherwise).
+#[derive(Default)]
+pub struct IngestHolds {
+    enabled: bool,
+    /// Bucket ID → the armed hold.
+    armed: std::sync::Mutex<std::collections::HashMap<String, Hold>>,
+}
+
+struct Hold {
+    /// How many ingests reached the hold since it was armed.
+    reached: usize,
+    /// No permits: waiters wake when it is closed (released).
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl IngestHolds {
+    pub fn new(enabled: bool) -> IngestHolds {
+        IngestHolds { enabled, armed: Default::default() }
+    }
+
+    fn armed(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Hold>> {
+        self.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits while a hold is armed for the bucket; true if it waited.
+    pub async fn hold(&self, bucket_id: &crate::ids::BucketId) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let release = match self.armed().get_mut(bucket_id.as_str()) {
+            Some(h) => {
+                h.reached += 1;
+                h.release.clone()
+            }
+            None => return false,
+        };
+        // Closed on release: the acquire then fails, and the request goes on.
+        let _ = release.acquire().await;
+        true
+    }
+}
+
+/// `POST` arms a hold on the bucket's ingests, `GET` says how many reached it
+/// (`{"reached": n}`), `DELETE` releases them and disarms it. Debug endpoints only.
+pub async fn hold_ingest(state: &HttpState, req: &Request, bucket_id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let mut armed = state.holds.armed();
+    let reached = match req.method {
+        warp::http::Method::POST => {
+            armed
+                .entry(bucket_id.to_string())
+                .or_insert_with(|| Hold { reached: 0, release: std::sync::Arc::new(tokio::sync::Semaphore::new(0)) });
+            0
+        }
+        warp::http::Method::DELETE => armed.remove(bucket_id).map_or(0, |h| {
+            h.release.close();
+            h.reached
+        }),
+        _ => armed.get(bucket_id).map_or(0, |h| h.reached),
+    };
+    Ok(json(StatusCode::OK, &serde_json::json!({"reached": reached})))
+}
+
+/// `GET /v1/debug/buffer/{bucket_id}`: the adapter's batch buffer, its byte count as kept
+/// and as recomputed from its entries (tests check they are equal). Debug endpoints only.
+pub async fn buffer(state: &HttpState, req: &Request, bucket_id: &str) -> Result<Response, ApiError> {
+    use crate::adapter::actor::AdapterMsg;
+    req.authenticate(state)?;
+    let actor = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id))
+        .ok_or_else(|| ApiError::NotFound(format!("no running source adapter for bucket {bucket_id}")))?;
+    let bytes = ractor::call_t!(actor, AdapterMsg::BufferBytes, 30_000)
+        .map_err(|e| ApiError::Unavailable(format!("actor did not answer: {e}")))?;
+    Ok(json(StatusCode::OK, &bytes))
+}

@@ -8,6 +8,7 @@ mod dashboards;
 mod foundation;
 mod inbound;
 mod inbound_crash;
+mod ingest_auth;
 mod outbound;
 mod outbound_crash;
 mod outbound_crosscheck;

@@ -108,10 +108,7 @@ impl AdapterState {
     /// went out for it); its dedup key stays, as a deleted object's does, so an upstream
     /// retry is still a duplicate.
     fn delete_buffered(&mut self, object_id: &ObjectId) -> Option<super::Commit> {
-        let at = self.buffer.iter().position(|e| &e.object_id == object_id)?;
-        let entry = self.buffer.remove(at);
-        let size = serde_json::to_vec(&entry).map_or(0, |v| v.len());
-        self.buffer_bytes = self.buffer_bytes.saturating_sub(size);
+        let entry = self.unbuffer(object_id)?;
         let mut batch = Batch::new();
         batch.delete(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()));
         if let Some(ext) = &entry.draft.source.external_id {
@@ -189,10 +186,7 @@ impl AdapterState {
                     let dedup_hash = dedup_hash.or_else(|| screened.dedup_value.as_deref().map(records::dedup_hash));
                     return Ok(self.accept(now, draft, dedup_hash));
                 }
-                for entry in self.buffer.iter_mut().filter(|e| buffered.contains(&e.object_id)) {
-                    entry.draft.refresh(draft.clone());
-                    batch.put(Keyspace::BUFFER, &records::key(&self.bucket.bucket_id, entry.object_id.as_str()), entry);
-                }
+                self.refresh_buffered(&mut batch, &mut events, &buffered, &draft);
                 for mut rec in stored {
                     rec.apply(draft.clone());
                     batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()), &rec);
@@ -204,7 +198,7 @@ impl AdapterState {
             }
             None => {
                 for id in &buffered {
-                    self.buffer.retain(|e| &e.object_id != id);
+                    self.unbuffer(id);
                     batch.delete(Keyspace::BUFFER, &records::key(self.bucket_id(), id.as_str()));
                     self.unindex(&mut batch, &hash, id);
                 }
