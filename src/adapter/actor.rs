@@ -41,9 +41,11 @@ use crate::state::Shared;
 use crate::store::{Batch, Durable, Keyspace, StoreError};
 use crate::util::now_millis;
 
+mod alerts;
 mod fetch;
 mod lifecycle;
 
+pub use alerts::AlertAnswer;
 pub use lifecycle::ChangeRequest;
 
 pub struct SourceAdapterActor;
@@ -73,6 +75,9 @@ pub enum AdapterMsg {
     /// with updates of the same object (an update cannot write a deleted object back).
     /// Replies `None` when the object does not exist.
     DeleteObject(ObjectId, RpcReplyPort<Result<Option<Commit>, StoreError>>),
+    /// `POST …/objects/{id}/alerts` while this actor runs (forwarded by the registry): the
+    /// actor knows what is still buffered, and records the alert with its writeback job.
+    Alert(Box<crate::adapter::alert::NewAlert>, RpcReplyPort<Result<AlertAnswer, crate::adapter::alert::AlertError>>),
 }
 
 /// One upstream delivery, as the HTTP frontend hands it over.
@@ -364,6 +369,9 @@ impl Actor for SourceAdapterActor {
             AdapterMsg::Change(req) => state.change(*req).await,
             AdapterMsg::DeleteObject(object_id, reply) => {
                 let _ = reply.send(state.delete_object(&object_id).await);
+            }
+            AdapterMsg::Alert(alert, reply) => {
+                let _ = reply.send(state.alert(*alert).await);
             }
             AdapterMsg::Tick => {
                 if state.adapter.batching.mode == BatchMode::TimeWindow && state.window_due(now_millis()) {
