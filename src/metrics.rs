@@ -351,7 +351,7 @@ fn describe_writeback() {
     );
     describe_counter!(
         ALERTS,
-        "Alerts raised on objects (POST …/objects/{object_id}/alerts) by outcome: accepted, duplicate (an alert_id seen before)"
+        "Alerts raised on objects (POST …/objects/{id}/alerts) by outcome: accepted, duplicate (alert_id seen before)"
     );
 }
 

@@ -29,6 +29,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use super::alert::{AlertError, NewAlert};
 use super::kind::{self, MetadataSource, Operation, SignatureHeaders};
 use super::pipeline::{self, PayloadError, Screen, Screened};
 use super::records::{self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, Draft, ObjectRecord, STATS_KEY};
@@ -77,7 +78,7 @@ pub enum AdapterMsg {
     DeleteObject(ObjectId, RpcReplyPort<Result<Option<Commit>, StoreError>>),
     /// `POST …/objects/{id}/alerts` while this actor runs (forwarded by the registry): the
     /// actor knows what is still buffered, and records the alert with its writeback job.
-    Alert(Box<crate::adapter::alert::NewAlert>, RpcReplyPort<Result<AlertAnswer, crate::adapter::alert::AlertError>>),
+    Alert(Box<NewAlert>, RpcReplyPort<Result<AlertAnswer, AlertError>>),
 }
 
 /// One upstream delivery, as the HTTP frontend hands it over.

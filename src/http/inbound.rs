@@ -1,7 +1,8 @@
 //! Inbound routes: source-adapter configuration, ingest, status, objects (and their alerts,
-//! in `alerts.rs`), batches, and the Mux lifecycle webhook. Handlers parse and authenticate, then message the bucket's
-//! adapter actor (or the registry); they never touch adapter state themselves. Reads of
-//! objects, batches and counters go straight to the store: everything acknowledged is there.
+//! in `alerts.rs`), batches, and the Mux lifecycle webhook. Handlers parse and authenticate,
+//! then message the bucket's adapter actor (or the registry); they never touch adapter state
+//! themselves. Reads of objects, batches and counters go straight to the store: everything
+//! acknowledged is there.
 
 use std::time::Instant;
 

@@ -15,8 +15,9 @@
 //! Additions that an older binary never reads need no new version (it keeps working on the
 //! directory, and a newer one finds its data as left): the `alert` keyspace, and alert
 //! writeback jobs, kept in `wb` under their own `{bucket}/ajob/` and `{bucket}/adead/` keys
-//! (see `adapter/writeback/job.rs`); a batch job may name an `alert_id` instead of a
-//! `batch_id`, both optional, so jobs stored before alerts decode as they are.
+//! (see `adapter/writeback/job.rs`). A job names its `batch_id` or its `alert_id`, both
+//! optional, so jobs stored before alerts decode as they are. (An older binary deleting a
+//! bucket leaves its `alert` records behind, unread.)
 //!
 //! A migration runs in two steps around the log replay, because the log of an older binary
 //! holds writes in the older layout: [`check`] (before the replay) records the new version

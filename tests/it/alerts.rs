@@ -89,10 +89,9 @@ async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
     assert_eq!(s, 202, "{a}");
     let alert_id = a["alert_id"].as_str().expect("alert_id").to_string();
     assert!(alert_id.starts_with("alr_"), "made when absent: {a}");
-    assert_eq!(
-        a,
-        json!({"alert_id": alert_id, "object_id": oid, "bucket_id": bucket, "status": "accepted", "writeback": "queued"})
-    );
+    let expect = json!({"alert_id": alert_id, "object_id": oid, "bucket_id": bucket,
+        "status": "accepted", "writeback": "queued"});
+    assert_eq!(a, expect);
     assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "no PATCH reached PostgREST");
     let req = &pg.seen()[0];
     assert_eq!(

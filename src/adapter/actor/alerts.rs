@@ -32,7 +32,8 @@ impl AdapterState {
             &mut batch,
         )?;
         let commit = fired.event.take().map(|event| {
-            tracing::debug!(bucket_id = %self.bucket_id(), object_id = %fired.record.object_id, alert_id = %fired.record.alert_id, "alert recorded");
+            let r = &fired.record;
+            tracing::debug!(bucket_id = %r.bucket_id, object_id = %r.object_id, alert_id = %r.alert_id, "alert");
             self.submit(batch, vec![event])
         });
         Ok(AlertAnswer { fired, commit })
