@@ -64,6 +64,42 @@ ulid_id!(/// An event on the bus (`evt_…`); deliveries are idempotent by it.
 ulid_id!(/// One delivery of one event to one webhook channel (`del_…`).
     DeliveryId, "del");
 
+/// An alert on an object (`POST …/objects/{id}/alerts`): the caller's own ID (1–128 of
+/// `[A-Za-z0-9_.:-]`, so a processor can resend with the ID it made), or `alr_` + a ULID
+/// made here when the caller gives none. It ends a store key, so it never holds a `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AlertId(String);
+
+impl AlertId {
+    pub const PREFIX: &'static str = "alr";
+    /// The longest caller-supplied ID.
+    pub const MAX_LEN: usize = 128;
+
+    /// A new, time-ordered ID.
+    pub fn generate() -> Self {
+        AlertId(format!("{}_{}", Self::PREFIX, monotonic_ulid().to_string().to_lowercase()))
+    }
+
+    /// Accepts a caller's ID: 1–[`AlertId::MAX_LEN`] of `[A-Za-z0-9_.:-]`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        ok.then(|| AlertId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AlertId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An outbound webhook subscription: `wh_` + 10 alphanumerics, as the contract pins.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -128,6 +164,19 @@ mod tests {
         assert_eq!(w.as_str().len(), 13);
         assert!(WebhookId::parse(w.as_str()).is_some());
         assert!(WebhookId::parse("wh_short").is_none());
+    }
+
+    #[test]
+    fn alert_ids_take_a_callers_id_or_make_one() {
+        let a = AlertId::generate();
+        assert!(a.as_str().starts_with("alr_") && AlertId::parse(a.as_str()) == Some(a.clone()));
+        assert!(AlertId::generate() > a, "time-ordered");
+        for ok in ["x", "run-7:verdict.v2_final", &"a".repeat(128)] {
+            assert!(AlertId::parse(ok).is_some(), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "é", "../x", &"a".repeat(129)] {
+            assert!(AlertId::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -166,6 +166,9 @@ fn zero_series() {
             counter!(WRITEBACKS, "adapter" => adapter, "outcome" => outcome).absolute(0);
         }
     }
+    for outcome in ["accepted", "duplicate"] {
+        counter!(ALERTS, "outcome" => outcome).absolute(0);
+    }
     gauge!(DELIVERY_QUEUE).set(0.0);
 }
 
@@ -342,6 +345,7 @@ fn bounded_channel(channel: &str) -> &'static str {
 // ---- Writeback (src/adapter/writeback/) ----
 
 pub const WRITEBACKS: &str = "hookline_writebacks_total";
+pub const ALERTS: &str = "hookline_alerts_total";
 
 // No bucket label (series would outlive deleted buckets); per-bucket detail is the adapter
 // status `last_error`. `adapter` is supabase|generic_webhook, `outcome` succeeded|retry|failed.
@@ -350,8 +354,17 @@ fn describe_writeback() {
         WRITEBACKS,
         "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up)"
     );
+    describe_counter!(
+        ALERTS,
+        "Alerts raised on objects (POST …/objects/{id}/alerts) by outcome: accepted, duplicate (alert_id seen before)"
+    );
 }
 
 pub fn writeback(adapter: &'static str, outcome: &'static str) {
     counter!(WRITEBACKS, "adapter" => adapter, "outcome" => outcome).increment(1);
+}
+
+/// An alert answered once durable; `outcome` is accepted|duplicate.
+pub fn alert(outcome: &'static str) {
+    counter!(ALERTS, "outcome" => outcome).increment(1);
 }

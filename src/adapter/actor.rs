@@ -30,6 +30,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use super::alert::{AlertError, NewAlert};
 use super::kind::{self, MetadataSource, Operation, SignatureHeaders};
 use super::pipeline::{self, PayloadError, Screen, Screened};
 use super::records::{self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, Draft, ObjectRecord, STATS_KEY};
@@ -42,9 +43,11 @@ use crate::state::Shared;
 use crate::store::{Batch, Durable, Keyspace, StoreError};
 use crate::util::now_millis;
 
+mod alerts;
 mod fetch;
 mod lifecycle;
 
+pub use alerts::AlertAnswer;
 pub use lifecycle::ChangeRequest;
 
 pub struct SourceAdapterActor;
@@ -77,6 +80,9 @@ pub enum AdapterMsg {
     /// `GET /v1/debug/buffer/{bucket_id}` (tests): the buffer's byte count as kept, and
     /// recomputed from its entries.
     BufferBytes(RpcReplyPort<BufferBytes>),
+    /// `POST …/objects/{id}/alerts` while this actor runs (forwarded by the registry): the
+    /// actor knows what is still buffered, and records the alert with its writeback job.
+    Alert(Box<NewAlert>, RpcReplyPort<Result<AlertAnswer, AlertError>>),
 }
 
 /// The answer to [`AdapterMsg::BufferBytes`].
@@ -404,6 +410,9 @@ impl Actor for SourceAdapterActor {
             AdapterMsg::Change(req) => state.change(*req).await,
             AdapterMsg::DeleteObject(object_id, reply) => {
                 let _ = reply.send(state.delete_object(&object_id).await);
+            }
+            AdapterMsg::Alert(alert, reply) => {
+                let _ = reply.send(state.alert(*alert).await);
             }
             AdapterMsg::Tick => {
                 if state.adapter.batching.mode == BatchMode::TimeWindow && state.window_due(now_millis()) {

@@ -10,11 +10,14 @@
 //! - [`records`]: what is stored (objects, batches, buffer, dedup, counters) and its keys.
 //! - [`path`]: dot-paths into JSON.
 //! - [`mux`], [`supabase`]: provider specifics (signatures, asset metadata, payloads).
-//! - [`writeback`]: the `writeback` settings (validated and stored; see the README).
+//! - [`writeback`]: pushing results back to the source (settings, jobs, the sending worker).
+//! - [`alert`]: alerts on objects (`POST …/objects/{id}/alerts`): record, writeback job and
+//!   `alert.triggered` in one batch.
 //!
 //! This module must not touch outbound delivery state: it records events on the bus.
 
 pub mod actor;
+pub mod alert;
 pub mod kind;
 pub mod mux;
 pub mod path;

@@ -182,6 +182,21 @@ pub struct BufferEntry {
     pub draft: Draft,
 }
 
+impl BufferEntry {
+    /// Why an ID answered as `buffered` is not an object yet, and when it will be: "object
+    /// … is buffered: it is created when its batch flushes (by …)". Callers add what to do.
+    pub fn not_yet_note(&self, batching: Option<&crate::adapter::spec::Batching>) -> String {
+        let when = match batching {
+            Some(b) if b.mode == crate::adapter::spec::BatchMode::TimeWindow => {
+                let due_ms = self.received_at_ms + b.window_seconds * 1000;
+                format!("by {}", crate::util::millis_to_rfc3339(due_ms))
+            }
+            _ => "once its batch is full".to_string(),
+        };
+        format!("object {} is buffered: it is created when its batch flushes ({when})", self.object_id)
+    }
+}
+
 /// Hourly counters over the last 24 hours, plus the last flush and error.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AdapterStats {

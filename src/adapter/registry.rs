@@ -9,8 +9,8 @@
 //! It spawns one [`SourceAdapterActor`] per bucket with an adapter (at start-up and when an
 //! adapter is configured), supervises them (a failed one is restarted under its name, at most
 //! [`ADAPTER_MAX_RESTARTS`] times per [`ADAPTER_RESTART_WINDOW`]), and stops them when the
-//! adapter or the bucket goes. Object deletion and batch submission also pass through here:
-//! they are rare admin writes, and they must work after an adapter was removed.
+//! adapter or the bucket goes. Object deletion, alerts and batch submission also pass through
+//! here: they are rare admin writes, and they must work after an adapter was removed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::actor::{AdapterArgs, AdapterMsg, SourceAdapterActor};
-use super::records::{self, BatchRecord, BatchStatus, ObjectRecord};
+use super::actor::{AdapterArgs, AdapterMsg, AlertAnswer, SourceAdapterActor};
+use super::alert::NewAlert;
+use super::records::{self, BatchRecord, BatchStatus, BufferEntry, ObjectRecord};
 use super::spec::{self, PatchBucket, SourceAdapter, SourceAdapterInput};
 use crate::catalog::bucket::CreateBucket;
 use crate::catalog::connection::{PatchConnection, ProviderConfig};
@@ -70,6 +71,14 @@ pub enum RegistryMsg {
         bucket_id: BucketId,
         object_id: ObjectId,
         reply: RpcReplyPort<Result<(), ApiError>>,
+    },
+    /// `POST …/objects/{id}/alerts`: forwarded to the bucket's adapter actor when it runs,
+    /// recorded here otherwise (see `adapter::alert`).
+    Alert {
+        namespace: String,
+        bucket_id: BucketId,
+        alert: Box<NewAlert>,
+        reply: RpcReplyPort<Result<AlertAnswer, ApiError>>,
     },
     SubmitBatch {
         namespace: String,
@@ -203,6 +212,9 @@ impl Actor for BucketRegistry {
             RegistryMsg::DeleteObject { namespace, bucket_id, object_id, reply } => {
                 let _ = reply.send(state.delete_object(&namespace, &bucket_id, &object_id).await);
             }
+            RegistryMsg::Alert { namespace, bucket_id, alert, reply } => {
+                let _ = reply.send(state.alert(&namespace, &bucket_id, *alert).await);
+            }
             RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply } => {
                 let _ = reply.send(state.submit_batch(&namespace, &bucket_id, &batch_id).await);
             }
@@ -275,6 +287,7 @@ impl RegistryState {
             Keyspace::STATS,
             Keyspace::EXTERNAL_IDS,
             Keyspace::WRITEBACKS,
+            Keyspace::ALERTS,
         ] {
             store.for_each_key(ks, &prefix, |k| {
                 b.delete(ks, k);
@@ -674,6 +687,7 @@ impl RegistryState {
         };
         let mut batch = Batch::new();
         batch.delete(Keyspace::OBJECTS, &key);
+        super::alert::delete_for_object(&self.shared.store, id, object_id, &mut batch)?;
         if obj.source.external_id.is_some() {
             // The adapter actor's in-memory index drops the entry when it next misses it.
             batch.delete(Keyspace::EXTERNAL_IDS, &records::key(id, object_id.as_str()));
@@ -683,6 +697,29 @@ impl RegistryState {
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);
         Ok(())
+    }
+
+    /// An alert: the running adapter actor decides it (it knows its buffer); without one
+    /// (no adapter, or its actor stopped) nothing else writes the bucket's objects, so it is
+    /// decided and committed here, the buffer read from the store.
+    async fn alert(&mut self, namespace: &str, id: &BucketId, alert: NewAlert) -> Result<AlertAnswer, ApiError> {
+        let bucket = self.load_bucket(namespace, id)?;
+        if let Some(actor) = self.children.get(id).cloned() {
+            let result = ractor::call_t!(actor, |reply| AdapterMsg::Alert(Box::new(alert), reply), 30_000)
+                .map_err(|e| ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry")))?;
+            return Ok(result?);
+        }
+        let store = &self.shared.store;
+        // A stopped actor's last writes first (its flush of the object, say).
+        store.commit(Batch::new()).await?;
+        let mut batch = Batch::new();
+        let buffered = |oid: &ObjectId| store.get::<BufferEntry>(Keyspace::BUFFER, &records::key(id, oid.as_str()));
+        let mut fired = super::alert::fire(store, &self.shared.bus, &bucket, alert, buffered, &mut batch)?;
+        if let Some(event) = fired.event.take() {
+            store.commit(batch).await?;
+            self.shared.bus.published([&event]);
+        }
+        Ok(AlertAnswer { fired, commit: None })
     }
 
     async fn submit_batch(

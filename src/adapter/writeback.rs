@@ -3,16 +3,18 @@
 //! `mux` has none.
 //!
 //! - this file: the `writeback` settings, their shape and validation (no I/O);
-//! - [`job`]: the job recorded per object when a batch completes, in the same atomic store
-//!   batch, and the "processing result" its `field_mapping` reads (the object itself plus
-//!   `status: "completed"`, since hookline has no processor yet: see there);
+//! - [`job`]: the job recorded per object when a batch completes or an alert fires, in the
+//!   same atomic store batch, and the "processing result" its `field_mapping` reads (the
+//!   object itself plus `status: "completed"`, with an alert's `results` merged over it: see
+//!   there);
 //! - [`send`]: one attempt over HTTP, under the delivery side's outbound-address rules;
 //! - [`worker`]: the per-bucket task (owned by the adapter actor) that sends jobs with
 //!   retries, survives restarts, counts outcomes and reports the last error.
 //!
 //! Triggers: `on_batch_complete` fires when a batch completes (auto_submit in the flush, or
-//! `POST …/batches/{id}/submit`). `on_alert` is accepted and stored, but hookline has no
-//! alerts, so it never fires.
+//! `POST …/batches/{id}/submit`). `on_alert` fires when an alert is raised on an object with
+//! `POST …/objects/{id}/alerts` (see `adapter::alert`): the seeds name the trigger but no
+//! way to raise an alert, so that endpoint is hookline's own.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +22,10 @@ mod job;
 mod send;
 mod worker;
 
-pub use job::{on_batch_complete, record, record_batch, result_document, source_location, Job};
+pub use job::{
+    alert_document, on_alert, on_batch_complete, record, record_alert, record_batch, result_document, source_location,
+    Job,
+};
 pub use worker::Worker;
 
 use super::path;
@@ -31,7 +36,7 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
-    /// After an alert fires on the object. Accepted, but never fires: hookline has no alerts.
+    /// After an alert is raised on the object (`POST …/objects/{id}/alerts`).
     OnAlert,
     /// After the object's batch completes (`batch.completed`).
     OnBatchComplete,

@@ -30,6 +30,7 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
     ("object.deleted", "An object was deleted"),
     ("batch.completed", "A batch finished processing"),
     ("batch.failed", "A batch failed"),
+    ("alert.triggered", "An alert was raised on an object (POST …/objects/{object_id}/alerts)"),
     ("cluster.created", "A cluster was created"),
     ("cluster.completed", "A clustering run finished"),
     ("cluster.execution.completed", "A cluster execution completed"),

@@ -1,7 +1,8 @@
-//! Inbound routes: source-adapter configuration, ingest, status, objects, batches, and the
-//! Mux lifecycle webhook. Handlers parse and authenticate, then message the bucket's
-//! adapter actor (or the registry); they never touch adapter state themselves. Reads of
-//! objects, batches and counters go straight to the store: everything acknowledged is there.
+//! Inbound routes: source-adapter configuration, ingest, status, objects (and their alerts,
+//! in `alerts.rs`), batches, and the Mux lifecycle webhook. Handlers parse and authenticate,
+//! then message the bucket's adapter actor (or the registry); they never touch adapter state
+//! themselves. Reads of objects, batches and counters go straight to the store: everything
+//! acknowledged is there.
 
 use std::time::Instant;
 
@@ -46,6 +47,11 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
             GET => get_object(state, req, id, oid),
             DELETE => delete_object(state, req, id, oid),
         }),
+        ["v1", "buckets", id, "objects", oid, "alerts"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/objects/{object_id}/alerts", {
+                POST => super::alerts::raise(state, req, id, oid)
+            })
+        }
         ["v1", "buckets", id, "batches"] => {
             methods!(m, "/v1/buckets/{bucket_id}/batches", { GET => list_batches(state, req, id) })
         }
@@ -412,16 +418,8 @@ async fn get_object(state: &HttpState, req: &Request, id: &str, oid: &str) -> Re
     }
     // An ID answered as `buffered` is not an object yet: say when it will be.
     if let Some(entry) = state.shared.store.get::<records::BufferEntry>(Keyspace::BUFFER, &key)? {
-        let when = match bucket.source_adapter.as_ref().map(|a| &a.batching) {
-            Some(b) if b.mode == crate::adapter::spec::BatchMode::TimeWindow => {
-                let due_ms = entry.received_at_ms + b.window_seconds * 1000;
-                format!("by {}", crate::util::millis_to_rfc3339(due_ms))
-            }
-            _ => "once its batch is full".to_string(),
-        };
-        return Err(ApiError::NotFound(format!(
-            "object {oid} is buffered: it is created when its batch flushes ({when}); DELETE removes it from the buffer"
-        )));
+        let note = entry.not_yet_note(bucket.source_adapter.as_ref().map(|a| &a.batching));
+        return Err(ApiError::NotFound(format!("{note}; DELETE removes it from the buffer")));
     }
     Err(ApiError::NotFound(format!("object {oid} not found in bucket {id}")))
 }

@@ -24,6 +24,7 @@ macro_rules! methods {
 }
 
 mod admin;
+mod alerts;
 mod inbound;
 mod limits;
 mod ops;

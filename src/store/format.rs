@@ -12,6 +12,13 @@
 //! - 4: a delivery names its event (`event_id`, `event_type`) instead of holding a copy; the
 //!   event is stored once under `evt/`: see `delivery/model.rs`.
 //!
+//! Additions that an older binary never reads need no new version (it keeps working on the
+//! directory, and a newer one finds its data as left): the `alert` keyspace, and alert
+//! writeback jobs, kept in `wb` under their own `{bucket}/ajob/` and `{bucket}/adead/` keys
+//! (see `adapter/writeback/job.rs`). A job names its `batch_id` or its `alert_id`, both
+//! optional, so jobs stored before alerts decode as they are. (An older binary deleting a
+//! bucket leaves its `alert` records behind, unread.)
+//!
 //! A migration runs in two steps around the log replay, because the log of an older binary
 //! holds writes in the older layout: [`check`] (before the replay) records the new version
 //! together with `meta\0migrate_from`, so an older binary refuses the directory from then

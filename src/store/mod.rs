@@ -50,6 +50,8 @@ impl Keyspace {
     pub const EVENTS: Keyspace = Keyspace("evt");
     pub const STATS: Keyspace = Keyspace("stats");
     pub const WRITEBACKS: Keyspace = Keyspace("wb");
+    /// Alerts on objects, `{bucket_id}/{object_id}/{alert_id}` (see `adapter::alert`).
+    pub const ALERTS: Keyspace = Keyspace("alert");
 
     /// A keyspace by name, outside the list above (which should name every live prefix): for
     /// tests, and for migrations that read a retired keyspace (`format.rs`).

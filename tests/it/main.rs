@@ -3,6 +3,7 @@
 
 mod support;
 
+mod alerts;
 mod channels;
 mod dashboards;
 mod foundation;

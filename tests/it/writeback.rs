@@ -13,17 +13,17 @@ use warp::Filter;
 
 use crate::support::{eventually, metric_reaches, Options, TestApp};
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    query: String,
-    headers: HashMap<String, String>,
-    body: Value,
+pub(crate) struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
     /// What the server answered.
-    status: u16,
+    pub status: u16,
 }
 
 #[derive(Default)]
@@ -34,13 +34,13 @@ struct Script {
 }
 
 /// A local HTTP server recording every request (any method) and answering from a script.
-struct Upstream {
+pub(crate) struct Upstream {
     addr: SocketAddr,
     script: Arc<Mutex<Script>>,
 }
 
 impl Upstream {
-    async fn start(default: u16) -> Upstream {
+    pub(crate) async fn start(default: u16) -> Upstream {
         let script = Arc::new(Mutex::new(Script { default, ..Default::default() }));
         let s = script.clone();
         let query = warp::query::raw().or(warp::any().map(String::new)).unify();
@@ -85,33 +85,33 @@ impl Upstream {
         Upstream { addr, script }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    fn then(&self, status: u16) {
+    pub(crate) fn then(&self, status: u16) {
         self.script.lock().unwrap().next.push_back(status);
     }
 
-    fn set_default(&self, status: u16) {
+    pub(crate) fn set_default(&self, status: u16) {
         self.script.lock().unwrap().default = status;
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.script.lock().unwrap().seen.clone()
     }
 
-    fn succeeded(&self) -> Vec<Seen> {
+    pub(crate) fn succeeded(&self) -> Vec<Seen> {
         self.seen().into_iter().filter(|s| (200..300).contains(&s.status)).collect()
     }
 }
 
-fn db_insert(table: &str, record: Value) -> Value {
+pub(crate) fn db_insert(table: &str, record: Value) -> Value {
     json!({"type": "INSERT", "table": table, "schema": "public", "record": record, "old_record": null})
 }
 
 /// Configures `source_adapter` on a new bucket; returns (bucket_id, webhook_secret).
-async fn bucket_with(app: &TestApp, name: &str, schema: Value, adapter: Value) -> (String, String) {
+pub(crate) async fn bucket_with(app: &TestApp, name: &str, schema: Value, adapter: Value) -> (String, String) {
     let bucket = app.create_bucket(name, schema).await;
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": adapter })).await;
     assert_eq!(s, 200, "{b}");
@@ -119,7 +119,7 @@ async fn bucket_with(app: &TestApp, name: &str, schema: Value, adapter: Value) -
     (bucket, secret)
 }
 
-async fn ingest(app: &TestApp, bucket: &str, secret: &str, v: Value) -> Value {
+pub(crate) async fn ingest(app: &TestApp, bucket: &str, secret: &str, v: Value) -> Value {
     let (s, r) = app
         .post_raw(
             &format!("/v1/buckets/{bucket}/source-adapter/ingest"),
@@ -131,7 +131,7 @@ async fn ingest(app: &TestApp, bucket: &str, secret: &str, v: Value) -> Value {
     r
 }
 
-async fn status(app: &TestApp, bucket: &str) -> Value {
+pub(crate) async fn status(app: &TestApp, bucket: &str) -> Value {
     app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await.1
 }
 
@@ -351,8 +351,8 @@ async fn a_writeback_url_the_rules_refuse_is_a_422() {
 }
 
 /// `on_batch_complete` fires when a batch completes; `immediate` makes no batches, so that
-/// pair is refused rather than stored and never fired. `on_alert` (never fires, documented)
-/// and the batching modes are accepted.
+/// pair is refused rather than stored and never fired. `on_alert` (fired by the alerts
+/// endpoint, see `alerts.rs`) and the batching modes are accepted.
 #[tokio::test]
 async fn a_batch_writeback_needs_a_batching_mode() {
     let app = TestApp::start().await;

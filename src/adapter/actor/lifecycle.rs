@@ -4,9 +4,10 @@
 //! when filtered in, or fanned out by the registry from `/v1/webhooks/mux/{connection_id}`),
 //! names an upstream ID. The actor's in-memory external-ID index (mirrored in the `xref`
 //! keyspace, written in the same batches as the objects) gives the objects made from it:
-//! stored ones are re-mapped (`object.updated`) or deleted (`object.deleted`) in one atomic
-//! batch with their events; ones still buffered in a batch window are changed in place (the
-//! flush later publishes only `object.created`, with the latest content) or dropped.
+//! stored ones are re-mapped (`object.updated`) or deleted (`object.deleted`, their alerts
+//! with them) in one atomic batch with their events; ones still buffered in a batch window
+//! are changed in place (the flush later publishes only `object.created`, with the latest
+//! content) or dropped.
 //!
 //! Reads of stored objects go to the store. A batch this actor submitted may not be visible
 //! yet (submitted, not logged), so an indexed object that the store does not show is re-read
@@ -20,6 +21,7 @@ use ractor::RpcReplyPort;
 use serde_json::Value;
 
 use super::{AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus, Origin, Step};
+use crate::adapter::alert;
 use crate::adapter::kind::{self, Operation};
 use crate::adapter::pipeline::{self, PayloadError, Screened};
 use crate::adapter::records::{self, Draft, ObjectRecord};
@@ -84,7 +86,8 @@ impl AdapterState {
         }
     }
 
-    /// Deletes one object by ID (the objects API), with its index entry and `object.deleted`.
+    /// Deletes one object by ID (the objects API), with its index entry, its alerts and
+    /// `object.deleted`.
     pub(super) async fn delete_object(&mut self, object_id: &ObjectId) -> Result<Option<super::Commit>, StoreError> {
         // Earlier submits of this actor (e.g. the object's creation) must be readable first.
         self.shared.store.commit(Batch::new()).await?;
@@ -94,6 +97,7 @@ impl AdapterState {
         };
         let mut batch = Batch::new();
         batch.delete(Keyspace::OBJECTS, &key);
+        alert::delete_for_object(&self.shared.store, self.bucket_id(), object_id, &mut batch)?;
         if let Some(ext) = &rec.source.external_id {
             let hash = records::dedup_hash(ext);
             self.unindex(&mut batch, &hash, object_id);
@@ -204,6 +208,11 @@ impl AdapterState {
                 }
                 for rec in stored {
                     batch.delete(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()));
+                    let alerts =
+                        alert::delete_for_object(&self.shared.store, self.bucket_id(), &rec.object_id, &mut batch);
+                    if let Err(e) = alerts {
+                        return Err(self.retry(now, format!("read the object's alerts: {e}")));
+                    }
                     self.unindex(&mut batch, &hash, &rec.object_id);
                     let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
                     events.push(self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), scopes));

@@ -1,24 +1,32 @@
-//! Writeback jobs: what is recorded when a batch completes, and where it is kept.
+//! Writeback jobs: what is recorded when a batch completes or an alert fires, and where
+//! it is kept.
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `wb` | `{bucket_id}/job/{batch_id}/{object_id}` | pending [`Job`] |
-//! | `wb` | `{bucket_id}/dead/{batch_id}/{object_id}` | [`Job`] given up (its `last_error` says why) |
+//! | `wb` | `{bucket_id}/job/{batch_id}/{object_id}` | pending [`Job`] of a completed batch |
+//! | `wb` | `{bucket_id}/ajob/{object_id}/{alert_id}` | pending [`Job`] of an alert |
+//! | `wb` | `{bucket_id}/dead/{batch_id}/{object_id}` | batch [`Job`] given up (its `last_error` says why) |
+//! | `wb` | `{bucket_id}/adead/{object_id}/{alert_id}` | alert [`Job`] given up |
 //!
-//! A job is recorded in the *same* store batch that marks its batch completed, so a batch
-//! is never completed without its writebacks (nor the reverse). The key is deterministic
-//! (batch + object), so recording twice overwrites instead of duplicating.
+//! A job is recorded in the *same* store batch as its cause (the batch marked completed, or
+//! the alert record), so neither exists without the other. The key is deterministic (cause +
+//! object), so recording twice overwrites instead of duplicating. Alert jobs have their own
+//! prefixes: a binary from before alerts decodes every `job/` entry as a batch job and would
+//! fail on one without a `batch_id`; under `ajob/` it never sees them (they wait for an
+//! upgrade), so going back a version stays safe.
 //!
 //! # The processing result
-//! hookline has no processor yet, so the "processing result" that `field_mapping`'s
-//! `source_path`s read is the object itself, as the objects API shows it, plus
+//! hookline has no processor of its own, so the "processing result" that `field_mapping`'s
+//! `source_path`s read is, for a batch, the object itself as the objects API shows it plus
 //! `status: "completed"`: `{object_id, bucket_id, batch_id, metadata, blobs, source,
-//! created_at, updated_at, status}` (so `metadata.title` or `source.external_id`). Paths that
-//! do not resolve are left out of the written fields. The record ID written to is
-//! `external_id_field` read from the object's `metadata` when set, else the object's
-//! `source.external_id` (for Supabase the row's primary key). The fields and the ID are
-//! resolved when the job is recorded (a snapshot of the result at completion); the target
-//! (URL, credentials) is read from the adapter when the job is sent.
+//! created_at, updated_at, status}` (so `metadata.title` or `source.external_id`). For an
+//! alert it is the same document with the top-level keys of the alert's `results` merged over
+//! it, plus `alert_id` (so `verdict_classification`, as in seed 000's example): the caller's
+//! results win over the object's fields of the same name. Paths that do not resolve are left
+//! out of the written fields. The record ID written to is `external_id_field` read from the
+//! object's `metadata` when set, else the object's `source.external_id` (for Supabase the
+//! row's primary key). The fields and the ID are resolved when the job is recorded (a
+//! snapshot); the target (URL, credentials) is read from the adapter when the job is sent.
 //!
 //! Pure apart from reading objects for `POST …/submit`; must not perform network I/O.
 
@@ -30,17 +38,23 @@ use crate::adapter::path;
 use crate::adapter::records::{self, BatchRecord, ObjectRecord};
 use crate::adapter::spec::SourceAdapter;
 use crate::catalog::{Bucket, ProviderType};
-use crate::ids::{BatchId, BucketId, ObjectId};
+use crate::ids::{AlertId, BatchId, BucketId, ObjectId};
 use crate::store::{Batch, Keyspace, Store, StoreError};
 
 /// The job keyspace (listed in `store::Keyspace`).
 pub const KS: Keyspace = Keyspace::WRITEBACKS;
 
-/// One object's writeback, pending or given up.
+/// One object's writeback, pending or given up. Exactly one of `batch_id` and `alert_id` is
+/// set (both optional so that jobs stored before alerts existed still decode).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub object_id: ObjectId,
-    pub batch_id: BatchId,
+    /// The completed batch that caused it (`on_batch_complete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<BatchId>,
+    /// The alert that caused it (`on_alert`); the generic_webhook body names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<AlertId>,
     /// The source record to update; `None` when neither `external_id_field` nor the source
     /// had one (the job is given up at its first attempt, with that reason).
     pub external_id: Option<String>,
@@ -58,32 +72,54 @@ pub struct Job {
     pub last_error: Option<String>,
 }
 
+/// What a job is recorded for.
+#[derive(Debug, Clone, Copy)]
+pub enum Cause<'a> {
+    Batch(&'a BatchId),
+    Alert(&'a AlertId),
+}
+
 impl Job {
     pub fn key(&self, bucket: &BucketId) -> String {
-        pending_key(bucket, &self.batch_id, &self.object_id)
+        self.key_under(bucket, "job", "ajob")
     }
 
     pub fn dead_key(&self, bucket: &BucketId) -> String {
-        format!("{}/dead/{}/{}", bucket.as_str(), self.batch_id.as_str(), self.object_id.as_str())
+        self.key_under(bucket, "dead", "adead")
+    }
+
+    fn key_under(&self, bucket: &BucketId, batch_dir: &str, alert_dir: &str) -> String {
+        let (b, o) = (bucket.as_str(), self.object_id.as_str());
+        match (&self.alert_id, &self.batch_id) {
+            (Some(a), _) => format!("{b}/{alert_dir}/{o}/{}", a.as_str()),
+            (None, batch) => format!("{b}/{batch_dir}/{}/{o}", batch.as_ref().map_or("", |x| x.as_str())),
+        }
     }
 }
 
-fn pending_key(bucket: &BucketId, batch: &BatchId, object: &ObjectId) -> String {
-    format!("{}{}/{}", pending_prefix(bucket), batch.as_str(), object.as_str())
+/// Prefixes of a bucket's pending jobs (batch jobs, alert jobs): the worker scans both.
+pub fn pending_prefixes(bucket: &BucketId) -> [String; 2] {
+    [format!("{}/job/", bucket.as_str()), format!("{}/ajob/", bucket.as_str())]
 }
 
-/// Prefix of a bucket's pending jobs.
-pub fn pending_prefix(bucket: &BucketId) -> String {
-    format!("{}/job/", bucket.as_str())
+/// Whether the adapter's writeback can send at all (enabled, an adapter type that supports
+/// writeback), whatever its trigger: the worker runs then.
+pub fn sends(adapter: &SourceAdapter) -> bool {
+    adapter.writeback.as_ref().is_some_and(|w| w.enabled) && adapter.adapter_type != ProviderType::Mux
 }
 
-/// The writeback settings when they fire on batch completion (enabled, `on_batch_complete`,
-/// an adapter type that supports writeback). `on_alert` never fires: hookline has no alerts.
+/// The writeback settings when they fire on batch completion.
 pub fn on_batch_complete(adapter: &SourceAdapter) -> Option<&Writeback> {
-    adapter
-        .writeback
-        .as_ref()
-        .filter(|w| w.enabled && w.trigger == Trigger::OnBatchComplete && adapter.adapter_type != ProviderType::Mux)
+    firing(adapter, Trigger::OnBatchComplete)
+}
+
+/// The writeback settings when they fire on an alert (`POST …/objects/{id}/alerts`).
+pub fn on_alert(adapter: &SourceAdapter) -> Option<&Writeback> {
+    firing(adapter, Trigger::OnAlert)
+}
+
+fn firing(adapter: &SourceAdapter, trigger: Trigger) -> Option<&Writeback> {
+    adapter.writeback.as_ref().filter(|w| w.trigger == trigger && sends(adapter))
 }
 
 /// Supabase: the payload's `table` or `schema` (`field`), remembered on the object's source
@@ -95,7 +131,7 @@ pub fn source_location(kind: ProviderType, payload: &Value, field: &str) -> Opti
     }
 }
 
-/// The processing result of an object (see the module doc).
+/// The processing result of an object of a completed batch (see the module doc).
 pub fn result_document(rec: &ObjectRecord) -> Value {
     let mut doc = serde_json::to_value(rec).unwrap_or_default();
     if let Value::Object(m) = &mut doc {
@@ -105,12 +141,22 @@ pub fn result_document(rec: &ObjectRecord) -> Value {
     doc
 }
 
-/// Builds the job of one object of a completed batch.
-pub fn job_for(wb: &Writeback, rec: &ObjectRecord, batch_id: &BatchId, now_ms: u64) -> Job {
-    let doc = result_document(rec);
+/// The processing result of an alert on an object: [`result_document`] with the top-level
+/// keys of `results` merged over it, and `alert_id` (see the module doc).
+pub fn alert_document(rec: &ObjectRecord, alert_id: &AlertId, results: &Map<String, Value>) -> Value {
+    let mut doc = result_document(rec);
+    if let Value::Object(m) = &mut doc {
+        m.extend(results.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m.insert("alert_id".into(), Value::from(alert_id.as_str()));
+    }
+    doc
+}
+
+/// Builds the job of one object, its fields read from `doc` (its processing result).
+pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>, now_ms: u64) -> Job {
     let mut fields = Map::new();
     for m in &wb.field_mapping {
-        if let Some(v) = path::lookup(&doc, &m.source_path) {
+        if let Some(v) = path::lookup(doc, &m.source_path) {
             fields.insert(m.target_field.clone(), v.clone());
         }
     }
@@ -118,9 +164,14 @@ pub fn job_for(wb: &Writeback, rec: &ObjectRecord, batch_id: &BatchId, now_ms: u
         Some(f) => path::lookup(&Value::Object(rec.metadata.clone()), f).and_then(path::scalar_string),
         None => rec.source.external_id.clone(),
     };
+    let (batch_id, alert_id) = match cause {
+        Cause::Batch(b) => (Some(b.clone()), None),
+        Cause::Alert(a) => (None, Some(a.clone())),
+    };
     Job {
         object_id: rec.object_id.clone(),
-        batch_id: batch_id.clone(),
+        batch_id,
+        alert_id,
         external_id,
         fields,
         table: rec.source.table.clone(),
@@ -134,7 +185,20 @@ pub fn job_for(wb: &Writeback, rec: &ObjectRecord, batch_id: &BatchId, now_ms: u
 
 /// Adds the job of `rec` (an object of the completed batch `batch_id`) to `batch`.
 pub fn record(batch: &mut Batch, wb: &Writeback, rec: &ObjectRecord, batch_id: &BatchId) {
-    let job = job_for(wb, rec, batch_id, crate::util::now_millis());
+    let job = job_for(wb, rec, &result_document(rec), Cause::Batch(batch_id), crate::util::now_millis());
+    batch.put(KS, &job.key(&rec.bucket_id), &job);
+}
+
+/// Adds the job of an alert on `rec` to `batch`.
+pub fn record_alert(
+    batch: &mut Batch,
+    wb: &Writeback,
+    rec: &ObjectRecord,
+    alert_id: &AlertId,
+    results: &Map<String, Value>,
+) {
+    let doc = alert_document(rec, alert_id, results);
+    let job = job_for(wb, rec, &doc, Cause::Alert(alert_id), crate::util::now_millis());
     batch.put(KS, &job.key(&rec.bucket_id), &job);
 }
 
@@ -183,6 +247,10 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn batch_job(w: &Writeback, o: &ObjectRecord, batch: &BatchId) -> Job {
+        job_for(w, o, &result_document(o), Cause::Batch(batch), 7)
+    }
+
     #[test]
     fn fields_and_ids_come_from_the_object_as_result() {
         let o = object();
@@ -192,22 +260,98 @@ mod tests {
             {"source_path": "status", "target_field": "mp_status"},
             {"source_path": "batch_id", "target_field": "mp_batch"},
             {"source_path": "metadata.missing", "target_field": "mp_missing"}]}));
-        let j = job_for(&w, &o, &batch, 7);
+        let j = batch_job(&w, &o, &batch);
         assert_eq!(j.external_id.as_deref(), Some("42"));
         assert_eq!(j.fields.get("mp_title"), Some(&json!("Loft")));
         assert_eq!(j.fields.get("mp_status"), Some(&json!("completed")));
         assert_eq!(j.fields.get("mp_batch"), Some(&Value::Null));
         assert!(!j.fields.contains_key("mp_missing"));
         assert_eq!((j.table.as_deref(), j.schema.as_deref()), (Some("listings"), Some("public")));
-        assert!(j.key(&o.bucket_id).starts_with(&pending_prefix(&o.bucket_id)));
+        let b = o.bucket_id.as_str();
+        assert_eq!(j.key(&o.bucket_id), format!("{b}/job/{batch}/{}", o.object_id), "the key of PR 1's jobs");
+        assert!(j.key(&o.bucket_id).starts_with(&pending_prefixes(&o.bucket_id)[0]));
         assert_ne!(j.key(&o.bucket_id), j.dead_key(&o.bucket_id));
 
         let w = wb(json!({"external_id_field": "listing.url",
             "field_mapping": [{"source_path": "object_id", "target_field": "x"}]}));
-        assert_eq!(job_for(&w, &o, &batch, 7).external_id.as_deref(), Some("https://x.test/l/1"));
+        assert_eq!(batch_job(&w, &o, &batch).external_id.as_deref(), Some("https://x.test/l/1"));
         let w = wb(
             json!({"external_id_field": "nope", "field_mapping": [{"source_path": "object_id", "target_field": "x"}]}),
         );
-        assert_eq!(job_for(&w, &o, &batch, 7).external_id, None);
+        assert_eq!(batch_job(&w, &o, &batch).external_id, None);
+    }
+
+    #[test]
+    fn an_alert_document_is_the_object_with_the_results_over_it() {
+        let o = object();
+        let alert = AlertId::parse("run-1:a").unwrap();
+        let results = json!({"verdict_classification": "fake", "verdict_confidence": 0.93,
+            "status": "flagged", "metadata": {"note": "replaces the object's metadata"}});
+        let doc = alert_document(&o, &alert, results.as_object().unwrap());
+        assert_eq!(doc["verdict_classification"], "fake");
+        assert_eq!(doc["verdict_confidence"], 0.93);
+        assert_eq!(doc["status"], "flagged", "the results win over the object's own keys");
+        assert_eq!(doc["metadata"], json!({"note": "replaces the object's metadata"}), "top-level merge, not deep");
+        assert_eq!(doc["alert_id"], "run-1:a");
+        assert_eq!(doc["object_id"], o.object_id.as_str(), "the object's other fields stay");
+        assert_eq!(doc["source"]["external_id"], "42");
+        // Without results it is the batch document plus the alert's ID.
+        let plain = alert_document(&o, &alert, &Map::new());
+        let mut expect = result_document(&o);
+        expect["alert_id"] = json!("run-1:a");
+        assert_eq!(plain, expect);
+    }
+
+    #[test]
+    fn an_alert_job_maps_the_seed_example_and_has_its_own_keys() {
+        let o = object();
+        let alert = AlertId::parse("alr_1").unwrap();
+        let w = wb(json!({"trigger": "on_alert", "field_mapping": [
+            {"source_path": "verdict_classification", "target_field": "mp_verdict"},
+            {"source_path": "verdict_confidence", "target_field": "mp_confidence"},
+            {"source_path": "alert_id", "target_field": "mp_alert"},
+            {"source_path": "metadata.title", "target_field": "mp_title"}]}));
+        let results = json!({"verdict_classification": "fake", "verdict_confidence": 0.93});
+        let mut batch = Batch::new();
+        record_alert(&mut batch, &w, &o, &alert, results.as_object().unwrap());
+        assert_eq!(batch.len(), 1);
+        let j = job_for(&w, &o, &alert_document(&o, &alert, results.as_object().unwrap()), Cause::Alert(&alert), 7);
+        assert_eq!(
+            Value::Object(j.fields.clone()),
+            json!({"mp_verdict": "fake", "mp_confidence": 0.93, "mp_alert": "alr_1", "mp_title": "Loft"})
+        );
+        assert_eq!((j.batch_id.as_ref(), j.alert_id.as_ref()), (None, Some(&alert)));
+        let b = o.bucket_id.as_str();
+        assert_eq!(j.key(&o.bucket_id), format!("{b}/ajob/{}/alr_1", o.object_id));
+        assert_eq!(j.dead_key(&o.bucket_id), format!("{b}/adead/{}/alr_1", o.object_id));
+        assert!(j.key(&o.bucket_id).starts_with(&pending_prefixes(&o.bucket_id)[1]));
+        let stored = serde_json::to_value(&j).unwrap();
+        assert!(stored.get("batch_id").is_none(), "{stored}");
+        assert_eq!(serde_json::from_value::<Job>(stored).unwrap(), j);
+    }
+
+    #[test]
+    fn a_job_stored_before_alerts_still_decodes_and_encodes_the_same() {
+        let old = json!({"object_id": "obj_01", "batch_id": "batch_01", "external_id": "42",
+            "fields": {"mp_status": "completed"}, "table": "listings", "created_at_ms": 5,
+            "attempts": 2, "next_attempt_ms": 9, "last_error": "the target answered HTTP 500"});
+        let j: Job = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(j.batch_id.as_ref().map(BatchId::as_str), Some("batch_01"));
+        assert_eq!(j.alert_id, None);
+        assert_eq!(serde_json::to_value(&j).unwrap(), old, "a batch job is written as before");
+    }
+
+    #[test]
+    fn the_triggers_pick_their_writeback() {
+        let mut a: SourceAdapter = serde_json::from_value(json!({
+            "adapter_type": "supabase", "enabled": true, "webhook_secret_sha256": "x", "configured_at": "now",
+            "batching": {"mode": "immediate"},
+            "writeback": {"trigger": "on_alert", "field_mapping": [{"source_path": "a", "target_field": "b"}]}}))
+        .unwrap();
+        assert!(on_alert(&a).is_some() && on_batch_complete(&a).is_none() && sends(&a));
+        if let Some(w) = a.writeback.as_mut() {
+            w.enabled = false;
+        }
+        assert!(on_alert(&a).is_none() && !sends(&a));
     }
 }

@@ -1,5 +1,6 @@
 //! One writeback attempt over HTTP: Supabase → PostgREST `PATCH`, generic_webhook → `POST`
-//! of `{object_id, external_id, fields}` to `writeback_url` with the connection's headers.
+//! of `{object_id, external_id, fields}` to `writeback_url` with the connection's headers
+//! (an alert's job adds `alert_id` and `"trigger": "on_alert"`).
 //!
 //! Targets are user-configured URLs, so the delivery side's outbound rules apply: the URL is
 //! checked with [`netguard::check_url`] and the client resolves through its guarded resolver
@@ -109,7 +110,7 @@ impl Sender {
                     return Err(permanent("no writeback_url"));
                 };
                 self.check(url)?;
-                let body = json!({"object_id": job.object_id, "external_id": external_id, "fields": job.fields});
+                let body = generic_body(job, external_id);
                 let mut rb = self
                     .client
                     .post(url)
@@ -163,6 +164,18 @@ impl Sender {
         let u = url::Url::parse(url).map_err(|_| permanent("the writeback URL does not parse"))?;
         check_url(&u, self.policy).map_err(retriable)
     }
+}
+
+/// The generic_webhook body: `{object_id, external_id, fields}`, plus `alert_id` and
+/// `"trigger": "on_alert"` for an alert's job, so the receiver can tell alerts apart (a batch
+/// job's body is unchanged from before alerts).
+fn generic_body(job: &Job, external_id: &str) -> serde_json::Value {
+    let mut body = json!({"object_id": job.object_id, "external_id": external_id, "fields": job.fields});
+    if let Some(alert_id) = &job.alert_id {
+        body["alert_id"] = json!(alert_id);
+        body["trigger"] = json!("on_alert");
+    }
+    body
 }
 
 /// The write-back client: the guarded resolver, no redirects, no proxies (a proxy would

@@ -7,9 +7,10 @@
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
 //! pending writebacks survive restarts and crashes) and is the only writer of job records
 //! after they are created. New jobs are created by whoever completes a batch (the adapter's
-//! flush, `POST …/submit` through the registry) in the completing store batch; the worker
-//! finds them by scanning the keys of its prefix every [`POLL`] (cheap: keys only, and only
-//! unknown keys are read). Before the first attempt at a newly found job it waits for an
+//! flush, `POST …/submit` through the registry) or records an alert (the adapter actor, or
+//! the registry while no actor runs), in that same store batch; the worker finds them by
+//! scanning the keys of its two prefixes (batch jobs, alert jobs) every [`POLL`] (cheap:
+//! keys only, and only unknown keys are read). Before the first attempt at a newly found job it waits for an
 //! empty barrier commit, so it never writes back a result that is not durable yet.
 //!
 //! Retries follow the delivery retry policy (`delivery.retry_schedule_seconds`, ±20%
@@ -53,16 +54,18 @@ impl Drop for Worker {
 }
 
 impl Worker {
-    /// Starts the worker when the adapter writes back on batch completion; `None` otherwise
-    /// (pending jobs then wait in the store until writeback is enabled again, or go with
-    /// the adapter).
+    /// Starts the worker when the adapter's writeback is enabled (either trigger); `None`
+    /// otherwise (pending jobs then wait in the store until writeback is enabled again, or
+    /// go with the adapter).
     pub fn start(
         shared: &Shared,
         bucket_id: &BucketId,
         adapter: &SourceAdapter,
         owner: ActorRef<AdapterMsg>,
     ) -> Option<Worker> {
-        job::on_batch_complete(adapter)?;
+        if !job::sends(adapter) {
+            return None;
+        }
         let cfg = &shared.config.delivery;
         let policy = NetPolicy::from(cfg);
         let retry = Policy {
@@ -122,14 +125,15 @@ impl WorkerState {
     /// Finds new jobs, then attempts every due one.
     async fn round(&mut self) -> Result<(), crate::store::StoreError> {
         let store = self.sender.shared.store.clone();
-        let prefix = job::pending_prefix(&self.sender.bucket_id);
         let mut unknown = Vec::new();
-        store.for_each_key(KS, &prefix, |k| {
-            if !self.jobs.contains_key(k) {
-                unknown.push(k.to_string());
-            }
-            true
-        })?;
+        for prefix in job::pending_prefixes(&self.sender.bucket_id) {
+            store.for_each_key(KS, &prefix, |k| {
+                if !self.jobs.contains_key(k) {
+                    unknown.push(k.to_string());
+                }
+                true
+            })?;
+        }
         for k in unknown {
             if let Some(j) = store.get::<Job>(KS, &k)? {
                 self.jobs.insert(k, j);

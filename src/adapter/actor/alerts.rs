@@ -1,0 +1,41 @@
+//! Alerts inside the source-adapter actor (see `adapter::alert`): the actor is the one
+//! writer of its bucket's objects and knows what is still buffered, so an alert on one of
+//! its objects is decided here, in its mailbox order with the object's flush and deletion.
+//!
+//! Like a delete, an alert first waits for a barrier (an empty commit) so that the actor's
+//! own submitted batches are readable: the flush that created the object, or an alert of the
+//! same ID a moment ago (which must answer `duplicate`, not queue a second writeback). That
+//! await is on this rare admin path only. This module owns no state of its own.
+
+use super::{AdapterState, Commit};
+use crate::adapter::alert::{self, AlertError, Fired, NewAlert};
+use crate::store::Batch;
+
+/// An alert's answer: await `commit` (none for a duplicate, or when the registry committed
+/// it itself) before answering, as for an ingest.
+pub struct AlertAnswer {
+    pub fired: Fired,
+    pub commit: Option<Commit>,
+}
+
+impl AdapterState {
+    pub(super) async fn alert(&mut self, new: NewAlert) -> Result<AlertAnswer, AlertError> {
+        self.shared.store.commit(Batch::new()).await?;
+        let mut batch = Batch::new();
+        let buffer = &self.buffer;
+        let mut fired = alert::fire(
+            &self.shared.store,
+            &self.shared.bus,
+            &self.bucket,
+            new,
+            |id| Ok(buffer.iter().find(|e| &e.object_id == id).cloned()),
+            &mut batch,
+        )?;
+        let commit = fired.event.take().map(|event| {
+            let r = &fired.record;
+            tracing::debug!(bucket_id = %r.bucket_id, object_id = %r.object_id, alert_id = %r.alert_id, "alert");
+            self.submit(batch, vec![event])
+        });
+        Ok(AlertAnswer { fired, commit })
+    }
+}

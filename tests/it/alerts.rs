@@ -1,0 +1,318 @@
+//! Alerts (`POST /v1/buckets/{id}/objects/{id}/alerts`) and the `on_alert` writeback trigger,
+//! over HTTP against the real daemon. The source systems are the local fake PostgREST and
+//! generic receiver of `writeback.rs`; `alert.triggered` goes to a local webhook receiver.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::outbound_receiver::Receiver;
+use crate::support::{eventually, metric_reaches, TestApp};
+use crate::writeback::{bucket_with, db_insert, ingest, Upstream, WAIT};
+
+/// Seed 000's writeback example, as given (`on_alert`, `listing_url` as the external ID).
+fn seed_writeback() -> Value {
+    json!({"enabled": true, "trigger": "on_alert", "external_id_field": "listing_url",
+        "field_mapping": [
+            {"source_path": "verdict_classification", "target_field": "mp_verdict"},
+            {"source_path": "verdict_confidence", "target_field": "mp_confidence"}]})
+}
+
+fn alerts_path(bucket: &str, object: &str) -> String {
+    format!("/v1/buckets/{bucket}/objects/{object}/alerts")
+}
+
+async fn raise(app: &TestApp, bucket: &str, object: &str, body: Value) -> (u16, Value) {
+    app.post(&alerts_path(bucket, object), body).await
+}
+
+/// A generic_webhook bucket (immediate) writing back `writeback` to `url`, with one object;
+/// returns (bucket_id, webhook_secret, object_id).
+async fn generic_with_object(app: &TestApp, name: &str, writeback: Value) -> (String, String, String) {
+    let (bucket, secret) = bucket_with(
+        app,
+        name,
+        json!({"title": {"type": "string"}, "ref": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"data.title": "title", "data.ref": "ref"},
+            "batching": {"mode": "immediate"}, "writeback": writeback}),
+    )
+    .await;
+    let r = ingest(app, &bucket, &secret, json!({"type": "ticket", "data": {"title": "Broken", "ref": "T-9"}})).await;
+    assert_eq!(r["status"], "created", "{r}");
+    let oid = r["object_id"].as_str().expect("object_id").to_string();
+    (bucket, secret, oid)
+}
+
+fn generic_on_alert(url: &str) -> Value {
+    json!({"trigger": "on_alert", "external_id_field": "ref", "writeback_url": url,
+        "field_mapping": [{"source_path": "verdict_classification", "target_field": "verdict"},
+                          {"source_path": "metadata.title", "target_field": "title"}]})
+}
+
+/// The seed's example end to end: a Supabase row becomes an object; an alert with the
+/// processing results PATCHes the row through PostgREST with the mapped columns; the same
+/// `alert_id` again is a duplicate that writes nothing twice.
+#[tokio::test]
+async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let key = "srk-alert-secret-0099";
+    let (s, conn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "sb", "provider_type": "supabase",
+                "provider_config": {"url": pg.url(""), "service_role_key": key}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    let (bucket, secret) = bucket_with(
+        &app,
+        "listings",
+        json!({"title": {"type": "string"}, "listing_url": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "id_column": "listing_url",
+            "field_mapping": {"record.title": "title", "record.listing_url": "listing_url"},
+            "batching": {"mode": "immediate"}, "writeback": seed_writeback()}),
+    )
+    .await;
+    let r = ingest(
+        &app,
+        &bucket,
+        &secret,
+        db_insert("listings", json!({"id": 1, "title": "Loft", "listing_url": "L-1001"})),
+    )
+    .await;
+    assert_eq!(r["status"], "created", "{r}");
+    let oid = r["object_id"].as_str().unwrap();
+
+    let results = json!({"verdict_classification": "fake", "verdict_confidence": 0.93, "model": "v2"});
+    let (s, a) = raise(&app, &bucket, oid, json!({"results": results})).await;
+    assert_eq!(s, 202, "{a}");
+    let alert_id = a["alert_id"].as_str().expect("alert_id").to_string();
+    assert!(alert_id.starts_with("alr_"), "made when absent: {a}");
+    let expect = json!({"alert_id": alert_id, "object_id": oid, "bucket_id": bucket,
+        "status": "accepted", "writeback": "queued"});
+    assert_eq!(a, expect);
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "no PATCH reached PostgREST");
+    let req = &pg.seen()[0];
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str(), req.query.as_str()),
+        ("PATCH", "/rest/v1/listings", "listing_url=eq.L-1001")
+    );
+    assert_eq!(req.headers.get("apikey").map(String::as_str), Some(key));
+    assert_eq!(req.body, json!({"mp_verdict": "fake", "mp_confidence": 0.93}), "only the mapped results");
+
+    // The same alert again: a duplicate, answered as the first, nothing queued twice.
+    let (s, d) =
+        raise(&app, &bucket, oid, json!({"alert_id": alert_id, "results": {"verdict_classification": "real"}})).await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!((d["status"].as_str(), d["writeback"].as_str()), (Some("duplicate"), Some("queued")), "{d}");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // several worker polls
+    assert_eq!(pg.seen().len(), 1, "one PATCH for one alert: {:?}", pg.seen());
+    assert!(
+        metric_reaches(&app, "hookline_writebacks_total", &[("adapter", "supabase"), ("outcome", "succeeded")], 1.0)
+            .await
+    );
+    assert!(metric_reaches(&app, "hookline_alerts_total", &[("outcome", "accepted")], 1.0).await);
+    assert!(metric_reaches(&app, "hookline_alerts_total", &[("outcome", "duplicate")], 1.0).await);
+    assert!(!app.log().contains(key), "the service-role key must never be logged");
+}
+
+#[tokio::test]
+async fn generic_on_alert_posts_the_alert_id_and_trigger() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    let (bucket, _, oid) = generic_with_object(&app, "tickets", generic_on_alert(&rx.url("/results"))).await;
+    let (s, a) =
+        raise(&app, &bucket, &oid, json!({"alert_id": "run-7:t-9", "results": {"verdict_classification": "spam"}}))
+            .await;
+    assert_eq!((s, a["writeback"].as_str()), (202, Some("queued")), "{a}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let req = &rx.seen()[0];
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/results"));
+    assert_eq!(
+        req.body,
+        json!({"object_id": oid, "external_id": "T-9", "alert_id": "run-7:t-9", "trigger": "on_alert",
+            "fields": {"verdict": "spam", "title": "Broken"}}),
+        "the results and the object are both readable"
+    );
+}
+
+/// An alert's writeback is a job like a batch's: recorded before the answer, retried, and
+/// still there after a crash; the alert record is too (the same ID after the restart is a
+/// duplicate).
+#[tokio::test]
+async fn an_alert_writeback_survives_a_crash_before_the_receiver_is_up() {
+    let mut app = TestApp::start().await;
+    let rx = Upstream::start(503).await;
+    let (bucket, _, oid) = generic_with_object(&app, "later", generic_on_alert(&rx.url("/wb"))).await;
+    let body = json!({"alert_id": "a-1", "results": {"verdict_classification": "fake"}});
+    let (s, a) = raise(&app, &bucket, &oid, body.clone()).await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "first attempt");
+    app.crash_restart().await;
+    let (s, d) = raise(&app, &bucket, &oid, body).await;
+    assert_eq!((s, d["status"].as_str()), (200, Some("duplicate")), "the record survived: {d}");
+    rx.set_default(200);
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ok = rx.succeeded();
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!(ok[0].body["alert_id"], "a-1");
+    assert_eq!(ok[0].body["fields"]["verdict"], "fake");
+}
+
+/// `on_batch_complete` writes back when a batch completes, not on an alert: the alert is
+/// recorded with `writeback: none` and the receiver sees only the batch's request.
+#[tokio::test]
+async fn a_batch_writeback_does_not_fire_on_an_alert() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "batched",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"trigger": "on_batch_complete", "writeback_url": rx.url("/wb"),
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-1", "title": "T"})).await;
+    let oid = r["object_id"].as_str().unwrap();
+    assert!(eventually(WAIT, || async { rx.succeeded().len() == 1 }).await, "the batch's writeback");
+    let (s, a) = raise(&app, &bucket, oid, json!({"results": {"verdict_classification": "fake"}})).await;
+    assert_eq!((s, a["writeback"].as_str()), (202, Some("none")), "{a}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rx.seen().len(), 1, "nothing for the alert: {:?}", rx.seen());
+    assert!(rx.seen()[0].body.get("alert_id").is_none(), "a batch job's body is unchanged: {:?}", rx.seen());
+}
+
+/// `alert.triggered` reaches a subscriber, also from a bucket whose adapter was removed (the
+/// registry records the alert then: no writeback).
+#[tokio::test]
+async fn alert_triggered_reaches_a_webhook_subscriber() {
+    let app = TestApp::start().await;
+    let hook = Receiver::start(200).await;
+    let (s, w) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "alerts", "event_types": ["alert.triggered"],
+                "channels": [{"channel": "webhook", "configs": {"url": hook.url("/hook")}}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{w}");
+    let (s, cat) = app.get("/v1/organizations/webhooks/event-types").await;
+    assert_eq!(s, 200);
+    assert!(cat["results"].as_array().unwrap().iter().any(|t| t["event_type"] == "alert.triggered"), "{cat}");
+    assert!(w.get("warnings").is_none(), "a catalogued type: {w}");
+
+    let (bucket, _, oid) = generic_with_object(&app, "plain", generic_on_alert("http://127.0.0.1:9/wb")).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": null})).await;
+    assert_eq!(s, 200, "{b}");
+    let results = json!({"verdict_classification": "fake", "scores": [0.1, 0.9]});
+    let (s, a) = raise(&app, &bucket, &oid, json!({"alert_id": "x-1", "results": results})).await;
+    assert_eq!((s, a["writeback"].as_str()), (202, Some("none")), "no adapter, no writeback: {a}");
+    assert!(eventually(WAIT, || async { hook.count() >= 1 }).await, "alert.triggered never arrived");
+    let env = hook.captured()[0].json();
+    assert_eq!(env["event_type"], "alert.triggered", "{env}");
+    let p = &env["payload"];
+    assert_eq!(
+        (&p["bucket_id"], &p["object_id"], &p["alert_id"]),
+        (&json!(bucket), &json!(oid), &json!("x-1")),
+        "{env}"
+    );
+    assert_eq!(p["results"], results);
+    assert!(p["fired_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{env}");
+    let (s, d) = raise(&app, &bucket, &oid, json!({"alert_id": "x-1", "results": {}})).await;
+    assert_eq!((s, d["status"].as_str()), (200, Some("duplicate")), "{d}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.count(), 1, "a duplicate publishes nothing");
+}
+
+#[tokio::test]
+async fn alerts_answer_404_409_and_422_as_the_contract_does() {
+    let app = TestApp::start().await;
+    let (bucket, secret, oid) = generic_with_object(&app, "errors", generic_on_alert("http://127.0.0.1:9/wb")).await;
+    let ok = json!({"results": {"v": 1}});
+
+    // Unknown bucket, object, or a bucket of another namespace: 404 in the usual shape.
+    for (b, o) in
+        [(bucket.as_str(), "obj_01jzzzzzzzzzzzzzzzzzzzzzzz"), (bucket.as_str(), "nope"), ("bkt_0000", oid.as_str())]
+    {
+        let (s, e) = raise(&app, b, o, ok.clone()).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (404, Some("not_found")), "{b} {o}: {e}");
+    }
+    let (s, _) = app
+        .call_as(
+            reqwest::Method::POST,
+            &alerts_path(&bucket, &oid),
+            Some(ok.clone()),
+            Some(&app.api_key),
+            Some("other"),
+        )
+        .await;
+    assert_eq!(s, 404, "another namespace's bucket");
+    let (s, _) = app.call_as(reqwest::Method::POST, &alerts_path(&bucket, &oid), Some(ok.clone()), None, None).await;
+    assert_eq!(s, 401);
+    let (s, _) = app.get(&alerts_path(&bucket, &oid)).await;
+    assert_eq!(s, 405);
+
+    // Bodies: results required and an object; a well-formed alert_id; no unknown keys.
+    for (body, field) in [
+        (json!({"alert_id": "a"}), "results"),
+        (json!({"results": [1, 2]}), "results"),
+        (json!({"results": "fake"}), "results"),
+        (json!({"results": null}), "results"),
+        (json!({"alert_id": "a/b", "results": {}}), "alert_id"),
+        (json!({"alert_id": "", "results": {}}), "alert_id"),
+        (json!({"alert_id": "x".repeat(129), "results": {}}), "alert_id"),
+        (json!({"results": {}, "severity": "high"}), "severity"),
+        (json!({"results": {"blob": "x".repeat(70_000)}}), "results"),
+    ] {
+        let (s, e) = raise(&app, &bucket, &oid, body.clone()).await;
+        assert_eq!((s, e["error"]["field"].as_str()), (422, Some(field)), "{body}: {e}");
+    }
+
+    // An object still in its batch buffer: 409, saying when it flushes.
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "generic_webhook", "field_mapping": {"data.title": "title"},
+                "batching": {"mode": "time_window", "window_seconds": 300}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let r = ingest(&app, &bucket, &secret, json!({"type": "t", "data": {"title": "later"}})).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    let (s, e) = raise(&app, &bucket, r["object_id"].as_str().unwrap(), ok.clone()).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("conflict")), "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("is buffered") && msg.contains("flushes (by 20"), "{msg}");
+}
+
+/// Deleting an object deletes its alerts: an object of the same ID cannot come back, so the
+/// check is on the data files once the daemon is stopped.
+#[tokio::test]
+async fn deleting_an_object_deletes_its_alerts() {
+    use hookline::store::Backend;
+    let mut app = TestApp::start().await;
+    let (bucket, _, oid) = generic_with_object(&app, "gone", generic_on_alert("http://127.0.0.1:9/wb")).await;
+    let (kept_bucket, _, kept) = generic_with_object(&app, "kept", generic_on_alert("http://127.0.0.1:9/wb")).await;
+    for id in ["a-1", "a-2"] {
+        assert_eq!(raise(&app, &bucket, &oid, json!({"alert_id": id, "results": {}})).await.0, 202);
+    }
+    assert_eq!(raise(&app, &kept_bucket, &kept, json!({"alert_id": "a-1", "results": {}})).await.0, 202);
+    let (s, _) = app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await;
+    assert_eq!(s, 204);
+    assert_eq!(raise(&app, &bucket, &oid, json!({"results": {}})).await.0, 404);
+    assert_eq!(app.stop(), Some(0));
+    let backend = app.stopped_sled().await;
+    let mut keys = Vec::new();
+    backend
+        .scan_from(b"alert\0", b"alert\0", &mut |k, _| {
+            keys.push(String::from_utf8_lossy(&k[6..]).into_owned());
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(keys, vec![format!("{kept_bucket}/{kept}/a-1")], "only the other object's alert is left");
+}
