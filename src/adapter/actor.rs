@@ -106,22 +106,12 @@ pub struct IngestRequest {
 }
 
 /// How far the HTTP task got with a request: nothing is parsed before it is authenticated.
-pub enum IngestAuth {
-    /// Authenticated against a published gate, then parsed (a parse error is reported only
-    /// to an authenticated sender, after the adapter's own refusals).
-    Verified { proof: Proof, payload: Result<Value, crate::error::ApiError> },
-    /// No gate was published (the actor was starting): the actor authenticates, then calls
-    /// `parse` (on the raw body, with the HTTP task's refusals such as a compressed body).
-    Unverified { parse: Box<dyn FnOnce() -> Result<Value, crate::error::ApiError> + Send> },
-}
-
-impl IngestAuth {
-    fn into_payload(self) -> Result<Value, crate::error::ApiError> {
-        match self {
-            IngestAuth::Verified { payload, .. } => payload,
-            IngestAuth::Unverified { parse } => parse(),
-        }
-    }
+pub struct IngestAuth {
+    /// What the HTTP task authenticated the request against (see `adapter/verify.rs`).
+    pub proof: Proof,
+    /// The body, parsed once authenticated (a parse error is reported only to an
+    /// authenticated sender, after the adapter's own refusals).
+    pub payload: Result<Value, crate::error::ApiError>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +178,26 @@ pub enum IngestErr {
 }
 
 pub type IngestResult = Result<IngestOk, IngestErr>;
+
+/// The commit an ingest answer carries, if any.
+pub(super) fn commit_of(result: IngestResult) -> Option<Commit> {
+    match result {
+        Ok(ok) => ok.commit,
+        Err(IngestErr::Invalid { commit, .. } | IngestErr::Retry { commit, .. }) => Some(commit),
+        Err(_) => None,
+    }
+}
+
+/// Sends an answer; when its caller is gone (it timed out, or its client hung up), a task
+/// finishes the commit the answer carried, so its events are still published and a failure
+/// still reported (the batch itself is submitted either way).
+pub(super) fn answer<T>(reply: RpcReplyPort<T>, value: T, commit: impl FnOnce(T) -> Option<Commit>) {
+    if let Err(ractor::MessagingErr::SendErr(value)) = reply.send(value) {
+        if let Some(c) = commit(value) {
+            tokio::spawn(c.finish());
+        }
+    }
+}
 
 /// What the handler does next with an event.
 enum Step {
@@ -288,6 +298,10 @@ pub struct AdapterState {
     closing: bool,
     /// Sends this bucket's writeback jobs; stopped in `post_stop` (dropping it aborts it).
     writeback: Option<super::writeback::Worker>,
+    /// Alert records this actor submitted since its last barrier (an awaited empty commit):
+    /// they may not be readable yet, so a delete of their object cannot find them by a scan
+    /// and deletes these keys too. Cleared at every alert's barrier: it holds one or two.
+    unsynced_alerts: Vec<(ObjectId, String)>,
 }
 
 /// The most a bucket's batch buffer holds (as stored) before it flushes early. A flush is
@@ -355,6 +369,7 @@ impl Actor for SourceAdapterActor {
             ticker,
             closing: false,
             writeback,
+            unsynced_alerts: Vec::new(),
         })
     }
 
@@ -383,6 +398,9 @@ impl Actor for SourceAdapterActor {
         }
         // Now, not when the supervisor drops the returned state: a successor may start first.
         state.writeback.take();
+        // Likewise: ractor hands a stopped actor's state to its supervisor's event, so the
+        // gate would otherwise stay published until the registry handles that.
+        state.gate.withdraw();
         Ok(())
     }
 
@@ -396,23 +414,18 @@ impl Actor for SourceAdapterActor {
             AdapterMsg::Ingest(req) => {
                 let IngestRequest { headers, raw, auth, reply } = *req;
                 match state.ingest(&headers, &raw, auth) {
-                    Step::Done(result) => {
-                        let _ = reply.send(result);
-                    }
-                    Step::Apply(apply) => {
-                        let result = state.apply_change(*apply).await;
-                        let _ = reply.send(result);
-                    }
+                    Step::Done(result) => answer(reply, result, commit_of),
+                    Step::Apply(apply) => answer(reply, state.apply_change(*apply).await, commit_of),
                     Step::Fetch(job) => state.spawn_fetch(*job, reply),
                 }
             }
             AdapterMsg::Fetched(f) => state.fetched(*f).await,
             AdapterMsg::Change(req) => state.change(*req).await,
             AdapterMsg::DeleteObject(object_id, reply) => {
-                let _ = reply.send(state.delete_object(&object_id).await);
+                answer(reply, state.delete_object(&object_id).await, |r| r.ok().flatten());
             }
             AdapterMsg::Alert(alert, reply) => {
-                let _ = reply.send(state.alert(*alert).await);
+                answer(reply, state.alert(*alert).await, |r| r.ok().and_then(|a| a.commit));
             }
             AdapterMsg::Tick => {
                 if state.adapter.batching.mode == BatchMode::TimeWindow && state.window_due(now_millis()) {
@@ -424,7 +437,7 @@ impl Actor for SourceAdapterActor {
                 let mut batch = Batch::new();
                 let mut events = Vec::new();
                 state.flush_into(&mut batch, &mut events, "drain");
-                let _ = reply.send(state.submit(batch, events));
+                answer(reply, state.submit(batch, events), Some);
             }
             AdapterMsg::WritebackFailed(e) => {
                 state.stats.error(now_millis(), e);
@@ -481,7 +494,7 @@ impl AdapterState {
         if !self.adapter.enabled {
             return Step::Done(Err(IngestErr::Disabled));
         }
-        let payload = match auth.into_payload() {
+        let payload = match auth.payload {
             Ok(p) => p,
             Err(e) => return Step::Done(Err(IngestErr::Malformed(e))),
         };
@@ -507,13 +520,11 @@ impl AdapterState {
     }
 
     /// Accepts a request authenticated against this actor's own gate; any other (verified
-    /// against a predecessor's secrets, or a connection since changed, or not at all) is
+    /// against a predecessor's secrets, or a connection since changed) is
     /// checked again here, against the current adapter: the rare path, right after a change.
     fn admit(&self, headers: &SignatureHeaders, raw: &Bytes, auth: &IngestAuth) -> Result<(), IngestErr> {
-        if let IngestAuth::Verified { proof, .. } = auth {
-            if proof.holds(self.gate.revision, self.shared.gates.connections_revision()) {
-                return Ok(());
-            }
+        if auth.proof.holds(self.gate.revision, self.shared.gates.connections_revision()) {
+            return Ok(());
         }
         match verify::authenticate(&self.shared, &self.gate, headers, raw) {
             Verdict::Authentic(_) => Ok(()),

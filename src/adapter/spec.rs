@@ -253,11 +253,6 @@ impl SourceAdapter {
         self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)
     }
 
-    /// Checks a presented `X-Webhook-Secret` in constant time.
-    pub fn secret_matches(&self, presented: &str) -> bool {
-        secret_digest(&self.webhook_secret_sha256).is_some_and(|d| digest_matches(&d, presented))
-    }
-
     /// The public view: no secret digest, no sealed credentials.
     pub fn view(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
@@ -584,9 +579,10 @@ mod tests {
             webhook_secret_sha256: digest,
             configured_at: String::new(),
         };
-        assert!(a.secret_matches(&secret));
-        assert!(!a.secret_matches("nope"));
-        assert!(!a.secret_matches(&secret[..63]));
+        let d = secret_digest(&a.webhook_secret_sha256).unwrap();
+        assert!(digest_matches(&d, &secret));
+        assert!(!digest_matches(&d, "nope"));
+        assert!(!digest_matches(&d, &secret[..63]));
         assert!(secret_digest("not hex").is_none() && secret_digest(&"ab".repeat(31)).is_none());
         assert!(a.view().get("webhook_secret_sha256").is_none());
     }

@@ -69,7 +69,7 @@ impl Gate {
     }
 
     /// The `X-Webhook-Secret` check: the presented value's SHA-256 against the stored one, in
-    /// constant time (as [`SourceAdapter::secret_matches`], without its hex string).
+    /// constant time ([`spec::digest_matches`]), against the digest decoded once.
     pub fn secret_matches(&self, presented: Option<&str>) -> bool {
         match (presented, &self.secret_sha256) {
             (Some(p), Some(digest)) => spec::digest_matches(digest, p),
@@ -158,12 +158,20 @@ impl std::ops::Deref for Published {
     }
 }
 
-impl Drop for Published {
-    fn drop(&mut self) {
+impl Published {
+    /// Withdraws the gate unless a successor has replaced it (the actor's `post_stop`; the
+    /// drop does it again, for an actor that failed). Idempotent.
+    pub fn withdraw(&self) {
         let mut table = self.gates.0.table.write().unwrap_or_else(PoisonError::into_inner);
         if table.get(&self.gate.bucket_id).is_some_and(|g| g.revision == self.gate.revision) {
             table.remove(&self.gate.bucket_id);
         }
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.withdraw();
     }
 }
 

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use warp::http::StatusCode;
 
 use super::admin::load_bucket;
-use super::request::{from_value, parse_json};
+use super::request::from_value;
 use super::{empty, json, HttpState, Request, Response};
 use crate::adapter::actor::{AdapterMsg, IngestAuth, IngestErr, IngestOk, IngestRequest, IngestStatus};
 use crate::adapter::kind::SignatureHeaders;
@@ -144,9 +144,8 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     // An adapter restarting (after a PATCH of its bucket, or a supervised restart) is back
     // within moments: wait for it a little rather than answer 503 at once.
     let mut wait_until = Instant::now() + RESTART_WAIT;
-    // How this task authenticated the request, once it found a running adapter: `Some(None)`
-    // when there was no gate to check against yet (the actor checks, then parses).
-    let mut checked: Option<Option<Proof>> = None;
+    // How this task authenticated the request, once it found a running adapter's gate.
+    let mut checked: Option<Proof> = None;
     let mut resent = false;
     let reply = loop {
         let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
@@ -162,16 +161,27 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         let proof = match checked {
             Some(proof) => proof,
             None => {
-                let proof = match state.shared.gates.get(&bucket_id) {
-                    None => None,
-                    Some(gate) => match authenticate(state, gate, req).await {
-                        Verdict::Authentic(proof) => Some(proof),
-                        Verdict::Unauthorized => return ("unauthorized", Err(unauthorized())),
-                        Verdict::Unverifiable(message) => return ("error", Err(unverifiable(&message))),
-                    },
+                // An actor publishes its gate once started (and withdraws it when it stops):
+                // until then, wait as for a restart. Nothing is sent to an actor before this
+                // task has authenticated it, so an actor never parses or hashes an anonymous
+                // body (only a request verified against a predecessor is checked again there).
+                let Some(gate) = state.shared.gates.get(&bucket_id) else {
+                    if Instant::now() < wait_until {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    return (
+                        "unavailable",
+                        Err(ApiError::Unavailable("the bucket's source adapter is starting; retry".into())),
+                    );
+                };
+                let proof = match authenticate(state, gate, req).await {
+                    Verdict::Authentic(proof) => proof,
+                    Verdict::Unauthorized => return ("unauthorized", Err(unauthorized())),
+                    Verdict::Unverifiable(message) => return ("error", Err(unverifiable(&message))),
                 };
                 checked = Some(proof);
-                if proof.is_some() && state.holds.hold(&bucket_id).await {
+                if state.holds.hold(&bucket_id).await {
                     // A test held it (see `ops::IngestHolds`): the actor may have been
                     // replaced meanwhile; find it again, with a fresh wait.
                     wait_until = Instant::now() + RESTART_WAIT;
@@ -187,16 +197,9 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                     mux_signature: req.header("mux-signature").map(str::to_string),
                 },
                 raw: req.body.clone(),
-                auth: match proof {
-                    // Parsed whatever the declared Content-Type: upstreams often send JSON as
-                    // `text/plain` or untyped, and the contract answers "not JSON" with 400,
-                    // never 415.
-                    Some(proof) => IngestAuth::Verified { proof, payload: req.payload_json() },
-                    None => {
-                        let (encoding, body) = (req.require_identity_encoding(), req.body.clone());
-                        IngestAuth::Unverified { parse: Box::new(move || encoding.and_then(|()| parse_json(&body))) }
-                    }
-                },
+                // Parsed whatever the declared Content-Type: upstreams often send JSON as
+                // `text/plain` or untyped, and the contract answers "not JSON" with 400, never 415.
+                auth: IngestAuth { proof, payload: req.payload_json() },
                 reply,
             }))
         };

@@ -5,7 +5,8 @@
 //! Like a delete, an alert first waits for a barrier (an empty commit) so that the actor's
 //! own submitted batches are readable: the flush that created the object, or an alert of the
 //! same ID a moment ago (which must answer `duplicate`, not queue a second writeback). That
-//! await is on this rare admin path only. This module owns no state of its own.
+//! await is on this rare admin path only. This module owns no state of its own (the actor's
+//! `unsynced_alerts` lets a delete that follows before the alert is readable remove it too).
 
 use super::{AdapterState, Commit};
 use crate::adapter::alert::{self, AlertError, Fired, NewAlert};
@@ -21,6 +22,8 @@ pub struct AlertAnswer {
 impl AdapterState {
     pub(super) async fn alert(&mut self, new: NewAlert) -> Result<AlertAnswer, AlertError> {
         self.shared.store.commit(Batch::new()).await?;
+        // Everything submitted before the barrier is readable now.
+        self.unsynced_alerts.clear();
         let mut batch = Batch::new();
         let buffer = &self.buffer;
         let mut fired = alert::fire(
@@ -34,6 +37,7 @@ impl AdapterState {
         let commit = fired.event.take().map(|event| {
             let r = &fired.record;
             tracing::debug!(bucket_id = %r.bucket_id, object_id = %r.object_id, alert_id = %r.alert_id, "alert");
+            self.unsynced_alerts.push((r.object_id.clone(), alert::key(&r.bucket_id, &r.object_id, &r.alert_id)));
             self.submit(batch, vec![event])
         });
         Ok(AlertAnswer { fired, commit })

@@ -127,6 +127,6 @@ impl AdapterState {
                 }
             }
         };
-        let _ = reply.send(result);
+        super::answer(reply, result, super::commit_of);
     }
 }

@@ -147,19 +147,14 @@ impl AdapterState {
             } else {
                 IngestOk::new(IngestStatus::Updated, None, None)
             };
-            let _ = reply.send(Ok(answer));
+            super::answer(reply, Ok(answer), super::commit_of);
             return;
         }
         let screened =
             Screened { event_type: Some(event_type), dedup_value, operation, external_id: Some(external_id) };
         match self.prepare(now_millis(), screened, payload, None, Origin::Lifecycle) {
-            Step::Done(r) => {
-                let _ = reply.send(r);
-            }
-            Step::Apply(a) => {
-                let r = self.apply_change(*a).await;
-                let _ = reply.send(r);
-            }
+            Step::Done(r) => super::answer(reply, r, super::commit_of),
+            Step::Apply(a) => super::answer(reply, self.apply_change(*a).await, super::commit_of),
             Step::Fetch(job) => self.spawn_fetch(*job, reply),
         }
     }
@@ -212,6 +207,10 @@ impl AdapterState {
                         alert::delete_for_object(&self.shared.store, self.bucket_id(), &rec.object_id, &mut batch);
                     if let Err(e) = alerts {
                         return Err(self.retry(now, format!("read the object's alerts: {e}")));
+                    }
+                    // Alerts submitted a moment ago, perhaps not readable by the scan yet.
+                    for (_, key) in self.unsynced_alerts.iter().filter(|(o, _)| o == &rec.object_id) {
+                        batch.delete(alert::KS, key);
                     }
                     self.unindex(&mut batch, &hash, &rec.object_id);
                     let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
