@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::outbound_receiver::Receiver;
 use crate::support::{eventually, metric_reaches, TestApp};
-use crate::writeback::{bucket_with, db_insert, ingest, Upstream, WAIT};
+use crate::writeback::{bucket_with, db_insert, ingest, supabase_connection, Upstream, WAIT};
 
 /// Seed 000's writeback example, as given (`on_alert`, `listing_url` as the external ID).
 fn seed_writeback() -> Value {
@@ -57,14 +57,7 @@ async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
     let app = TestApp::start().await;
     let pg = Upstream::start(204).await;
     let key = "srk-alert-secret-0099";
-    let (s, conn) = app
-        .post(
-            "/v1/organizations/connections",
-            json!({"name": "sb", "provider_type": "supabase",
-                "provider_config": {"url": pg.url(""), "service_role_key": key}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{conn}");
+    let conn = supabase_connection(&app, &pg.url(""), key).await;
     let (bucket, secret) = bucket_with(
         &app,
         "listings",

@@ -131,6 +131,19 @@ pub(crate) async fn ingest(app: &TestApp, bucket: &str, secret: &str, v: Value) 
     r
 }
 
+/// A Supabase connection to `url` (a local PostgREST) with `key` as its service-role key.
+pub(crate) async fn supabase_connection(app: &TestApp, url: &str, key: &str) -> Value {
+    let (s, conn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "sb", "provider_type": "supabase",
+                "provider_config": {"url": url, "service_role_key": key}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    conn
+}
+
 pub(crate) async fn status(app: &TestApp, bucket: &str) -> Value {
     app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await.1
 }
@@ -140,14 +153,7 @@ async fn supabase_count_batch_patches_each_row_through_postgrest() {
     let app = TestApp::start().await;
     let pg = Upstream::start(204).await;
     let key = "srk-writeback-secret-0042";
-    let (s, conn) = app
-        .post(
-            "/v1/organizations/connections",
-            json!({"name": "sb", "provider_type": "supabase",
-                "provider_config": {"url": pg.url(""), "service_role_key": key}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{conn}");
+    let conn = supabase_connection(&app, &pg.url(""), key).await;
     let (bucket, secret) = bucket_with(
         &app,
         "listings",
