@@ -268,7 +268,11 @@ mod tests {
         assert!(!j.fields.contains_key("mp_missing"));
         assert_eq!((j.table.as_deref(), j.schema.as_deref()), (Some("listings"), Some("public")));
         let b = o.bucket_id.as_str();
-        assert_eq!(j.key(&o.bucket_id), format!("{b}/job/{batch}/{}", o.object_id), "the key of PR 1's jobs");
+        assert_eq!(
+            j.key(&o.bucket_id),
+            format!("{b}/job/{batch}/{}", o.object_id),
+            "the key batch jobs had before alerts"
+        );
         assert!(j.key(&o.bucket_id).starts_with(&pending_prefixes(&o.bucket_id)[0]));
         assert_ne!(j.key(&o.bucket_id), j.dead_key(&o.bucket_id));
 
