@@ -130,6 +130,23 @@ async fn generic_on_alert_posts_the_alert_id_and_trigger() {
     );
 }
 
+/// The same alert sent five times at once (an upstream retrying eagerly) is one alert: one
+/// 202 and four duplicates, one job, one `alert.triggered`.
+#[tokio::test]
+async fn the_same_alert_sent_concurrently_is_accepted_once() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    let (bucket, _, oid) = generic_with_object(&app, "tickets", generic_on_alert(&rx.url("/results"))).await;
+    let body = json!({"alert_id": "once", "results": {"verdict_classification": "spam"}});
+    let answers = futures::future::join_all((0..5).map(|_| raise(&app, &bucket, &oid, body.clone()))).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{answers:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4, "{answers:?}");
+    assert!(answers.iter().all(|(_, a)| a["writeback"] == "queued" && a["alert_id"] == "once"), "{answers:?}");
+    assert!(metric_reaches(&app, "hookline_alerts_total", &[("outcome", "duplicate")], 4.0).await);
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+}
+
 /// An alert's writeback is a job like a batch's: recorded before the answer, retried, and
 /// still there after a crash; the alert record is too (the same ID after the restart is a
 /// duplicate).
