@@ -1,18 +1,25 @@
 //! `POST /v1/buckets/{bucket_id}/objects/{object_id}/alerts`: raise an alert on an object
-//! (see `adapter::alert`). The handler parses and authenticates, then asks the bucket
-//! registry, which forwards to the bucket's adapter actor when it runs; it answers once the
-//! alert's batch is durable: 202 `accepted`, or 200 `duplicate` for an `alert_id` the
-//! object already has.
+//! (see `adapter::alert`). The handler parses and authenticates, then asks the bucket's
+//! adapter actor, found by name as ingest does; without one (no adapter, or its actor is
+//! stopped) it asks the bucket registry, which decides it. A classifier may raise an alert
+//! per object, so alerts must not queue behind every admin write at the registry. It answers
+//! once the alert's batch is durable: 202 `accepted`, or 200 `duplicate` for an `alert_id`
+//! the object already has.
 
 use warp::http::StatusCode;
 
 use super::{json, HttpState, Request, Response};
-use crate::adapter::actor::AlertAnswer;
-use crate::adapter::alert::{AlertBody, AlertStatus};
+use ractor::ActorRef;
+
+use crate::adapter::actor::{AdapterMsg, AlertAnswer};
+use crate::adapter::alert::{AlertBody, AlertStatus, NewAlert};
+use crate::adapter::registry::not_found_bucket;
 use crate::adapter::RegistryMsg;
 use crate::ask;
+use crate::catalog::Bucket;
 use crate::error::ApiError;
 use crate::ids::{BucketId, ObjectId};
+use crate::store::Keyspace;
 
 pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
@@ -22,9 +29,13 @@ pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Res
     let object_id =
         ObjectId::parse(oid).ok_or_else(|| ApiError::NotFound(format!("object {oid} not found in bucket {id}")))?;
     let alert = req.json::<AlertBody>()?.validate(object_id)?;
-    let registry = state.shared.bucket_registry()?;
-    let AlertAnswer { fired, commit } =
-        ask!(registry, |reply| RegistryMsg::Alert { namespace, bucket_id, alert: Box::new(alert), reply })?;
+    let AlertAnswer { fired, commit } = match ask_actor(state, &namespace, &bucket_id, &alert).await? {
+        Some(answer) => answer,
+        None => {
+            let registry = state.shared.bucket_registry()?;
+            ask!(registry, |reply| RegistryMsg::Alert { namespace, bucket_id, alert: Box::new(alert), reply })?
+        }
+    };
     if let Some(c) = commit {
         c.finish().await?;
     }
@@ -34,4 +45,28 @@ pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Res
         AlertStatus::Duplicate => StatusCode::OK,
     };
     Ok(json(status, &fired.view()))
+}
+
+/// Asks the bucket's running adapter actor, after checking the bucket is in `namespace`.
+/// `None`: no actor runs (or it stopped before handling the alert): the registry decides.
+async fn ask_actor(
+    state: &HttpState,
+    namespace: &str,
+    bucket_id: &BucketId,
+    alert: &NewAlert,
+) -> Result<Option<AlertAnswer>, ApiError> {
+    let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
+        return Ok(None);
+    };
+    match state.shared.store.get::<Bucket>(Keyspace::BUCKETS, bucket_id.as_str())? {
+        Some(b) if b.namespace == namespace => {}
+        _ => return Err(not_found_bucket(bucket_id)),
+    }
+    match ractor::call_t!(actor, |reply| AdapterMsg::Alert(Box::new(alert.clone()), reply), 30_000) {
+        Ok(answer) => Ok(Some(answer?)),
+        // Stopped with the alert unhandled (a PATCH restarts it): the registry finds its
+        // successor, or decides itself.
+        Err(ractor::RactorErr::Messaging(_)) => Ok(None),
+        Err(e) => Err(ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry"))),
+    }
 }
