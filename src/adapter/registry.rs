@@ -714,7 +714,16 @@ impl RegistryState {
         store.commit(Batch::new()).await?;
         let mut batch = Batch::new();
         let buffered = |oid: &ObjectId| store.get::<BufferEntry>(Keyspace::BUFFER, &records::key(id, oid.as_str()));
-        let mut fired = super::alert::fire(store, &self.shared.bus, &bucket, alert, buffered, &mut batch)?;
+        let mut fired = match super::alert::fire(store, &self.shared.bus, &bucket, alert, buffered, &mut batch) {
+            // No actor to flush it: say so, rather than promise a flush by a time.
+            Err(super::alert::AlertError::Buffered(note)) if had_adapter_stopped(&bucket, &self.children, id) => {
+                return Err(ApiError::Conflict(format!(
+                    "{note}, but the bucket's source adapter is stopped (see its status), so the flush waits until it \
+                     runs again; raise the alert once the object is created"
+                )));
+            }
+            r => r?,
+        };
         if let Some(event) = fired.event.take() {
             store.commit(batch).await?;
             self.shared.bus.published([&event]);

@@ -147,6 +147,37 @@ async fn the_same_alert_sent_concurrently_is_accepted_once() {
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
 }
 
+/// An object buffered in a bucket whose adapter stopped for good (past its restart budget):
+/// the registry decides the alert, and its 409 says the flush waits for the adapter rather
+/// than promising one by a time.
+#[tokio::test]
+async fn an_alert_on_an_object_buffered_by_a_stopped_adapter_says_so() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "stalled",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"data.title": "title"},
+            "batching": {"mode": "count", "max_batch_size": 100}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "t", "data": {"title": "waiting"}})).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    let oid = r["object_id"].as_str().expect("object_id").to_string();
+    for _ in 0..=hookline::adapter::registry::ADAPTER_MAX_RESTARTS {
+        let (s, _) = app.post(&format!("/v1/debug/crash/adapter.{bucket}"), json!({})).await;
+        if s != 202 {
+            break; // stopped for good
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let stopped = || async {
+        let (s, b) = raise(&app, &bucket, &oid, json!({"results": {"v": 1}})).await;
+        s == 409 && b["error"]["message"].as_str().is_some_and(|m| m.contains("source adapter is stopped"))
+    };
+    assert!(eventually(Duration::from_secs(20), stopped).await);
+}
+
 /// An alert's writeback is a job like a batch's: recorded before the answer, retried, and
 /// still there after a crash; the alert record is too (the same ID after the restart is a
 /// duplicate).
