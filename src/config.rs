@@ -506,9 +506,10 @@ impl Config {
             tracing::warn!("{e}: the Mux access token is sent there");
         }
         // Mux abandons a webhook attempt after 10 s and the ingest answer waits for the call,
-        // so more than 9 s only helps a non-Mux sender; the bound keeps older configs valid.
-        if !(1..=60).contains(&self.mux.timeout_seconds) {
-            bail!("mux.timeout_seconds must be within 1..=60 (Mux gives up on a webhook after 10 s: keep it below)");
+        // so more than 9 s only helps a non-Mux sender; more than 25 s could not be waited for.
+        // At most 25 s: the ingest answer waits 30 s for its actor, fetch included.
+        if !(1..=25).contains(&self.mux.timeout_seconds) {
+            bail!("mux.timeout_seconds must be within 1..=25 (Mux gives up on a webhook after 10 s: keep it below)");
         }
         if !(10..=5000).contains(&self.ingest.flush_tick_ms) {
             bail!("ingest.flush_tick_ms must be within 10..=5000");
@@ -620,7 +621,7 @@ mod tests {
             ("delivery.max_age_hours", |c| c.delivery.max_age_hours = u64::MAX),
             ("delivery.max_age_seconds", |c| c.delivery.max_age_seconds = Some(u64::MAX)),
             ("delivery.retry_in_memory_seconds", |c| c.delivery.retry_in_memory_seconds = u64::MAX),
-            ("mux.timeout_seconds", |c| c.mux.timeout_seconds = 61),
+            ("mux.timeout_seconds", |c| c.mux.timeout_seconds = 26),
         ];
         for (key, set) in cases {
             let mut c = Config::default();

@@ -179,26 +179,6 @@ pub enum IngestErr {
 
 pub type IngestResult = Result<IngestOk, IngestErr>;
 
-/// The commit an ingest answer carries, if any.
-pub(super) fn commit_of(result: IngestResult) -> Option<Commit> {
-    match result {
-        Ok(ok) => ok.commit,
-        Err(IngestErr::Invalid { commit, .. } | IngestErr::Retry { commit, .. }) => Some(commit),
-        Err(_) => None,
-    }
-}
-
-/// Sends an answer; when its caller is gone (it timed out, or its client hung up), a task
-/// finishes the commit the answer carried, so its events are still published and a failure
-/// still reported (the batch itself is submitted either way).
-pub(super) fn answer<T>(reply: RpcReplyPort<T>, value: T, commit: impl FnOnce(T) -> Option<Commit>) {
-    if let Err(ractor::MessagingErr::SendErr(value)) = reply.send(value) {
-        if let Some(c) = commit(value) {
-            tokio::spawn(c.finish());
-        }
-    }
-}
-
 /// What the handler does next with an event.
 enum Step {
     Done(IngestResult),
@@ -225,7 +205,12 @@ enum Origin {
 }
 
 /// A submitted batch and the events it recorded: await [`Commit::finish`] before answering.
-pub struct Commit {
+/// Never lost: dropped unfinished (its answer's receiver gone, a client hanging up mid-wait,
+/// an error path), it finishes in a task, so its events are still published and a failure
+/// still reported. No task per request otherwise.
+pub struct Commit(Option<Pending>);
+
+struct Pending {
     durable: Durable,
     events: Vec<EventRecord>,
     bus: EventBus,
@@ -233,21 +218,20 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// Waits until the batch is durable, then publishes its events. If the caller stops
-    /// waiting (a client hanging up drops the handler's future), a task takes over, so the
-    /// publication (or the failure report) is never skipped. No task per request otherwise.
-    pub async fn finish(self) -> Result<(), StoreError> {
-        let mut guard = Unfinished(Some(self));
-        let result = match guard.0.as_mut() {
-            Some(c) => (&mut c.durable).await,
+    /// Waits until the batch is durable, then publishes its events.
+    pub async fn finish(mut self) -> Result<(), StoreError> {
+        let result = match self.0.as_mut() {
+            Some(p) => (&mut p.durable).await,
             None => Err(StoreError::Closed),
         };
-        if let Some(c) = guard.0.take() {
-            c.conclude(&result);
+        if let Some(p) = self.0.take() {
+            p.conclude(&result);
         }
         result
     }
+}
 
+impl Pending {
     fn conclude(self, result: &Result<(), StoreError>) {
         match result {
             Ok(()) => self.bus.published(&self.events),
@@ -258,15 +242,14 @@ impl Commit {
     }
 }
 
-/// A [`Commit`] whose waiter went away before it resolved: finish it in a task.
-struct Unfinished(Option<Commit>);
-
-impl Drop for Unfinished {
+impl Drop for Commit {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            tokio::spawn(async move {
-                let result = (&mut c.durable).await;
-                c.conclude(&result);
+        let Some(mut p) = self.0.take() else { return };
+        // Outside a runtime (the process ending) there is no one left to tell.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let result = (&mut p.durable).await;
+                p.conclude(&result);
             });
         }
     }
@@ -300,7 +283,7 @@ pub struct AdapterState {
     writeback: Option<super::writeback::Worker>,
     /// Alert records this actor submitted since its last barrier (an awaited empty commit):
     /// they may not be readable yet, so a delete of their object cannot find them by a scan
-    /// and deletes these keys too. Cleared at every alert's barrier: it holds one or two.
+    /// and deletes these keys too. Cleared at every alert's barrier: it holds at most one.
     unsynced_alerts: Vec<(ObjectId, String)>,
 }
 
@@ -414,18 +397,22 @@ impl Actor for SourceAdapterActor {
             AdapterMsg::Ingest(req) => {
                 let IngestRequest { headers, raw, auth, reply } = *req;
                 match state.ingest(&headers, &raw, auth) {
-                    Step::Done(result) => answer(reply, result, commit_of),
-                    Step::Apply(apply) => answer(reply, state.apply_change(*apply).await, commit_of),
+                    Step::Done(result) => {
+                        let _ = reply.send(result);
+                    }
+                    Step::Apply(apply) => {
+                        let _ = reply.send(state.apply_change(*apply).await);
+                    }
                     Step::Fetch(job) => state.spawn_fetch(*job, reply),
                 }
             }
             AdapterMsg::Fetched(f) => state.fetched(*f).await,
             AdapterMsg::Change(req) => state.change(*req).await,
             AdapterMsg::DeleteObject(object_id, reply) => {
-                answer(reply, state.delete_object(&object_id).await, |r| r.ok().flatten());
+                let _ = reply.send(state.delete_object(&object_id).await);
             }
             AdapterMsg::Alert(alert, reply) => {
-                answer(reply, state.alert(*alert).await, |r| r.ok().and_then(|a| a.commit));
+                let _ = reply.send(state.alert(*alert).await);
             }
             AdapterMsg::Tick => {
                 if state.adapter.batching.mode == BatchMode::TimeWindow && state.window_due(now_millis()) {
@@ -437,7 +424,7 @@ impl Actor for SourceAdapterActor {
                 let mut batch = Batch::new();
                 let mut events = Vec::new();
                 state.flush_into(&mut batch, &mut events, "drain");
-                answer(reply, state.submit(batch, events), Some);
+                let _ = reply.send(state.submit(batch, events));
             }
             AdapterMsg::WritebackFailed(e) => {
                 state.stats.error(now_millis(), e);
@@ -465,12 +452,12 @@ impl AdapterState {
     }
 
     fn submit(&self, batch: Batch, events: Vec<EventRecord>) -> Commit {
-        Commit {
+        Commit(Some(Pending {
             durable: self.shared.store.submit(batch),
             events,
             bus: self.shared.bus.clone(),
             owner: self.myself.clone(),
-        }
+        }))
     }
 
     fn put_stats(&self, batch: &mut Batch) {

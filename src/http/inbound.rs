@@ -143,7 +143,8 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     };
     // An adapter restarting (after a PATCH of its bucket, or a supervised restart) is back
     // within moments: wait for it a little rather than answer 503 at once.
-    let mut wait_until = Instant::now() + RESTART_WAIT;
+    let started = Instant::now();
+    let mut wait_until = started + RESTART_WAIT;
     // How this task authenticated the request, once it found a running adapter's gate.
     let mut checked: Option<Proof> = None;
     let mut resent = false;
@@ -166,7 +167,11 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                 // task has authenticated it, so an actor never parses or hashes an anonymous
                 // body (only a request verified against a predecessor is checked again there).
                 let Some(gate) = state.shared.gates.get(&bucket_id) else {
-                    if Instant::now() < wait_until {
+                    // An actor still in its start (loading a large dedup set can take
+                    // seconds) is waited for as long as a queued request would have been.
+                    let starting = actor.get_status() == ractor::ActorStatus::Starting
+                        && started.elapsed() < std::time::Duration::from_millis(CALL_TIMEOUT_MS);
+                    if Instant::now() < wait_until || starting {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                         continue;
                     }
@@ -203,7 +208,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                 reply,
             }))
         };
-        match ractor::call_t!(actor, msg, 30_000) {
+        match ractor::call_t!(actor, msg, CALL_TIMEOUT_MS) {
             Ok(r) => break r,
             // The actor stopped (a PATCH restarts it) with this request still queued: it was
             // not handled, so it goes to the new actor, which checks it again if its secrets
@@ -331,6 +336,9 @@ async fn in_check_slot<T: Send + 'static>(
 
 /// How long an ingest waits for its bucket's adapter to come back before a 503.
 const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long an ingest waits for its adapter actor, queued or starting, before a 503.
+const CALL_TIMEOUT_MS: u64 = 30_000;
 
 /// 404 when the bucket or its adapter does not exist; 503 when it exists but its actor is
 /// not running (restarting, or stopped after repeated failures).

@@ -127,6 +127,6 @@ impl AdapterState {
                 }
             }
         };
-        super::answer(reply, result, super::commit_of);
+        let _ = reply.send(result);
     }
 }

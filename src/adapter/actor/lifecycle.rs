@@ -147,14 +147,18 @@ impl AdapterState {
             } else {
                 IngestOk::new(IngestStatus::Updated, None, None)
             };
-            super::answer(reply, Ok(answer), super::commit_of);
+            let _ = reply.send(Ok(answer));
             return;
         }
         let screened =
             Screened { event_type: Some(event_type), dedup_value, operation, external_id: Some(external_id) };
         match self.prepare(now_millis(), screened, payload, None, Origin::Lifecycle) {
-            Step::Done(r) => super::answer(reply, r, super::commit_of),
-            Step::Apply(a) => super::answer(reply, self.apply_change(*a).await, super::commit_of),
+            Step::Done(r) => {
+                let _ = reply.send(r);
+            }
+            Step::Apply(a) => {
+                let _ = reply.send(self.apply_change(*a).await);
+            }
             Step::Fetch(job) => self.spawn_fetch(*job, reply),
         }
     }
