@@ -506,8 +506,8 @@ impl Config {
             tracing::warn!("{e}: the Mux access token is sent there");
         }
         // Mux abandons a webhook attempt after 10 s and the ingest answer waits for the call,
-        // so more than 9 s only helps a non-Mux sender; more than 25 s could not be waited for.
-        // At most 25 s: the ingest answer waits 30 s for its actor, fetch included.
+        // so more than 9 s is of no use to Mux; more than 25 s could not be waited for (the
+        // ingest answer waits 30 s for its actor, fetch included).
         if !(1..=25).contains(&self.mux.timeout_seconds) {
             bail!("mux.timeout_seconds must be within 1..=25 (Mux gives up on a webhook after 10 s: keep it below)");
         }
