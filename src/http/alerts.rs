@@ -8,18 +8,16 @@
 
 use warp::http::StatusCode;
 
+use super::admin::load_bucket;
 use super::{json, HttpState, Request, Response};
 use ractor::ActorRef;
 
 use crate::adapter::actor::{AdapterMsg, AlertAnswer};
 use crate::adapter::alert::{AlertBody, AlertStatus, NewAlert};
-use crate::adapter::registry::not_found_bucket;
 use crate::adapter::RegistryMsg;
 use crate::ask;
-use crate::catalog::Bucket;
 use crate::error::ApiError;
 use crate::ids::{BucketId, ObjectId};
-use crate::store::Keyspace;
 
 pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
@@ -29,7 +27,7 @@ pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Res
     let object_id =
         ObjectId::parse(oid).ok_or_else(|| ApiError::NotFound(format!("object {oid} not found in bucket {id}")))?;
     let alert = req.json::<AlertBody>()?.validate(object_id)?;
-    let AlertAnswer { fired, commit } = match ask_actor(state, &namespace, &bucket_id, &alert).await? {
+    let AlertAnswer { fired, commit } = match ask_actor(state, req, &bucket_id, &alert).await? {
         Some(answer) => answer,
         None => {
             let registry = state.shared.bucket_registry()?;
@@ -47,21 +45,19 @@ pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Res
     Ok(json(status, &fired.view()))
 }
 
-/// Asks the bucket's running adapter actor, after checking the bucket is in `namespace`.
-/// `None`: no actor runs (or it stopped before handling the alert): the registry decides.
+/// Asks the bucket's running adapter actor, after checking the bucket is in the request's
+/// namespace. `None`: no actor runs (or it stopped before handling the alert): the registry
+/// decides.
 async fn ask_actor(
     state: &HttpState,
-    namespace: &str,
+    req: &Request,
     bucket_id: &BucketId,
     alert: &NewAlert,
 ) -> Result<Option<AlertAnswer>, ApiError> {
     let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
         return Ok(None);
     };
-    match state.shared.store.get::<Bucket>(Keyspace::BUCKETS, bucket_id.as_str())? {
-        Some(b) if b.namespace == namespace => {}
-        _ => return Err(not_found_bucket(bucket_id)),
-    }
+    load_bucket(state, req, bucket_id.as_str())?;
     match ractor::call_t!(actor, |reply| AdapterMsg::Alert(Box::new(alert.clone()), reply), 30_000) {
         Ok(answer) => Ok(Some(answer?)),
         // Stopped with the alert unhandled (a PATCH restarts it): the registry finds its

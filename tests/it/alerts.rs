@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::outbound_receiver::Receiver;
-use crate::support::{eventually, metric_reaches, TestApp};
+use crate::support::{eventually, metric_reaches, stored_entries, TestApp};
 use crate::writeback::{bucket_with, db_insert, ingest, supabase_connection, Upstream, WAIT};
 
 /// Seed 000's writeback example, as given (`on_alert`, `listing_url` as the external ID).
@@ -334,7 +334,6 @@ async fn alerts_answer_404_409_and_422_as_the_contract_does() {
 /// check is on the data files once the daemon is stopped.
 #[tokio::test]
 async fn deleting_an_object_deletes_its_alerts() {
-    use hookline::store::Backend;
     let mut app = TestApp::start().await;
     let (bucket, _, oid) = generic_with_object(&app, "gone", generic_on_alert("http://127.0.0.1:9/wb")).await;
     let (kept_bucket, _, kept) = generic_with_object(&app, "kept", generic_on_alert("http://127.0.0.1:9/wb")).await;
@@ -347,12 +346,6 @@ async fn deleting_an_object_deletes_its_alerts() {
     assert_eq!(raise(&app, &bucket, &oid, json!({"results": {}})).await.0, 404);
     assert_eq!(app.stop(), Some(0));
     let backend = app.stopped_sled().await;
-    let mut keys = Vec::new();
-    backend
-        .scan_from(b"alert\0", b"alert\0", &mut |k, _| {
-            keys.push(String::from_utf8_lossy(&k[6..]).into_owned());
-            Ok(true)
-        })
-        .unwrap();
+    let keys: Vec<String> = stored_entries(&backend, "alert", "").into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, vec![format!("{kept_bucket}/{kept}/a-1")], "only the other object's alert is left");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{contains_bytes, data_files, eventually, metric_value, Options, TestApp};
+use crate::support::{contains_bytes, data_files, eventually, metric_value, stored_entries, Options, TestApp};
 
 /// Creates a bucket with `properties` and configures `adapter` on it; returns (bucket_id,
 /// webhook_secret).
@@ -746,14 +746,9 @@ async fn dedup_keys_survive_the_migration_from_format_2() {
         let backend = app.stopped_sled().await;
         let mut found = Vec::new();
         for ks in ["dkey", "xref"] {
-            let prefix = format!("{ks}\0");
-            backend
-                .scan_from(prefix.as_bytes(), prefix.as_bytes(), &mut |k, v| {
-                    let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                    found.push((ks, rest, serde_json::from_slice::<String>(v).unwrap()));
-                    Ok(true)
-                })
-                .unwrap();
+            for (rest, v) in stored_entries(&backend, ks, "") {
+                found.push((ks, rest, serde_json::from_slice::<String>(&v).unwrap()));
+            }
         }
         assert_eq!(found.len(), 2, "one dedup entry and one external-ID entry: {found:?}");
         let mut b = Batch::new();

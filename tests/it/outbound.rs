@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 
 use crate::outbound_receiver::Receiver;
-use crate::support::{eventually, metric_reaches, metric_value, Options, TestApp};
+use crate::support::{eventually, metric_reaches, metric_value, stored_entries, Options, TestApp};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -814,20 +814,16 @@ async fn pending_deliveries_survive_the_migration_from_format_3() {
         let backend = app.stopped_sled().await;
         let event: Value =
             serde_json::from_slice(&backend.get(format!("evt\0{event_id}").as_bytes()).unwrap().unwrap()).unwrap();
-        let prefix = format!("dlv\0{id}/");
         let mut old = Vec::new();
-        backend
-            .scan_from(prefix.as_bytes(), prefix.as_bytes(), &mut |k, v| {
-                let mut d: Value = serde_json::from_slice(v).unwrap();
-                assert_eq!(d["status"], "pending", "{d}");
-                let o = d.as_object_mut().unwrap();
-                o.remove("event_id");
-                o.remove("event_type");
-                o.insert("event".into(), event.clone());
-                old.push((String::from_utf8_lossy(&k[4..]).into_owned(), d));
-                Ok(true)
-            })
-            .unwrap();
+        for (key, v) in stored_entries(&backend, "dlv", &format!("{id}/")) {
+            let mut d: Value = serde_json::from_slice(&v).unwrap();
+            assert_eq!(d["status"], "pending", "{d}");
+            let o = d.as_object_mut().unwrap();
+            o.remove("event_id");
+            o.remove("event_type");
+            o.insert("event".into(), event.clone());
+            old.push((key, d));
+        }
         assert_eq!(old.len(), 1);
         let mut b = Batch::new();
         for (key, d) in &old {
@@ -1095,16 +1091,7 @@ async fn due_entries(app: &TestApp) -> usize {
 
 /// The `due/` keys (without the keyspace) a stopped daemon's store holds.
 async fn due_keys(app: &TestApp) -> Vec<String> {
-    use hookline::store::Backend;
-    let backend = app.stopped_sled().await;
-    let mut keys = Vec::new();
-    backend
-        .scan_from(b"due\0", b"due\0", &mut |k, _| {
-            keys.push(String::from_utf8_lossy(&k[4..]).into_owned());
-            Ok(true)
-        })
-        .unwrap();
-    keys
+    stored_entries(&app.stopped_sled().await, "due", "").into_iter().map(|(k, _)| k).collect()
 }
 
 /// Whether the webhook has exactly `n` pending deliveries, each tried `attempts` times.
@@ -1518,13 +1505,7 @@ async fn a_pending_delivery_of_a_removed_channel_is_buried_at_start() {
     {
         // Point the pending delivery at a channel the webhook does not have.
         let backend = app.stopped_sled().await;
-        let mut found = Vec::new();
-        backend
-            .scan_from(b"dlv\0", b"dlv\0", &mut |k, v| {
-                found.push((String::from_utf8_lossy(&k[4..]).into_owned(), v.to_vec()));
-                Ok(true)
-            })
-            .unwrap();
+        let found = stored_entries(&backend, "dlv", "");
         assert_eq!(found.len(), 1);
         let mut d: Value = serde_json::from_slice(&found[0].1).unwrap();
         d["channel_id"] = json!("ch_gone");

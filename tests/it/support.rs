@@ -444,3 +444,19 @@ pub async fn assert_not_in_data_files(app: &TestApp, leaks: &[&str]) {
         }
     }
 }
+
+/// The entries of keyspace `ks` whose key (after `{ks}\0`) starts with `within`, in key
+/// order, from a stopped daemon's store (see [`TestApp::stopped_sled`]): (key without the
+/// keyspace, raw value).
+pub fn stored_entries(backend: &hookline::store::SledBackend, ks: &str, within: &str) -> Vec<(String, Vec<u8>)> {
+    use hookline::store::Backend;
+    let prefix = format!("{ks}\0{within}");
+    let mut found = Vec::new();
+    backend
+        .scan_from(prefix.as_bytes(), prefix.as_bytes(), &mut |k, v| {
+            found.push((String::from_utf8_lossy(&k[ks.len() + 1..]).into_owned(), v.to_vec()));
+            Ok(true)
+        })
+        .expect("scan the store");
+    found
+}
