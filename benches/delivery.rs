@@ -5,6 +5,12 @@
 //! Run: `cargo bench --bench delivery` (env: BENCH_EVENTS=20000 BENCH_WEBHOOKS=4
 //! BENCH_PUBLISHERS=256). The daemon runs in-process (`hookline::app::run`) on 127.0.0.1
 //! with a temp data dir; the receiver shares the same machine.
+//!
+//! The machine is shared and its speed moves (the same build has measured 13–38k
+//! deliveries/s), so the run is bracketed by a reference: plain HTTP POSTs from 64
+//! concurrent tasks of this process to a bare local route for `BENCH_REFERENCE_SECONDS`
+//! (default 3; 0 skips it), before and after. Deliveries/s is also printed as a share of
+//! their mean: what the machine could do at that moment with no daemon in between.
 
 mod common;
 use common::process_cpu;
@@ -24,6 +30,35 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Plain POSTs per second to a bare local route from 64 concurrent tasks for `secs`: the
+/// machine's speed at that moment, for reading the delivery figures beside it.
+async fn reference(client: &reqwest::Client, url: &str, secs: u64) -> f64 {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let body = serde_json::to_vec(&serde_json::json!({"event_type": "object.created", "payload": {"i": 1}}))
+        .unwrap_or_default();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (client, url, body) = (client.clone(), url.to_string(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let sent = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+                if let Ok(r) = sent {
+                    if r.status().is_success() && r.bytes().await.is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.unwrap_or(0);
+    }
+    n as f64 / secs as f64
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +88,13 @@ async fn run() -> anyhow::Result<()> {
     let rx_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let rx_addr = rx_listener.local_addr()?;
     tokio::spawn(warp::serve(filter).incoming(rx_listener).run());
+    // The reference's bare route, on its own port so it counts nothing above.
+    let ref_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ref_url = format!("http://{}/", ref_listener.local_addr()?);
+    tokio::spawn(warp::serve(warp::post().map(warp::reply)).incoming(ref_listener).run());
+    let reference_secs = env_usize("BENCH_REFERENCE_SECONDS", 3) as u64;
+    let ref_client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let ref_before = if reference_secs > 0 { reference(&ref_client, &ref_url, reference_secs).await } else { 0.0 };
 
     // Daemon.
     let dir = tempfile::tempdir()?;
@@ -117,6 +159,7 @@ async fn run() -> anyhow::Result<()> {
     let cpu = process_cpu().zip(cpu_before).map(|(after, before)| after - before);
     let got = received.lock().unwrap().clone();
     let published = published.lock().unwrap().clone();
+    let ref_after = if reference_secs > 0 { reference(&ref_client, &ref_url, reference_secs).await } else { 0.0 };
 
     // webhook-id = del_{event ulid}_{webhook}_{channel}: join back to the publish time.
     let mut lat: Vec<f64> = got
@@ -137,13 +180,23 @@ async fn run() -> anyhow::Result<()> {
         publish_elapsed.as_secs_f64(),
         published.len() as f64 / publish_elapsed.as_secs_f64()
     );
+    let rate = got.len() as f64 / elapsed.as_secs_f64();
     println!(
         "  received {} deliveries in {:.2}s: {:.0} deliveries/s{}",
         got.len(),
         elapsed.as_secs_f64(),
-        got.len() as f64 / elapsed.as_secs_f64(),
+        rate,
         if finished { "" } else { " (TIMED OUT before all arrived)" }
     );
+    if reference_secs > 0 {
+        println!(
+            "  reference (plain POSTs to a bare route, no daemon): {:.0} req/s before, {:.0} after; \
+             deliveries/s = {:.0}% of their mean",
+            ref_before,
+            ref_after,
+            100.0 * rate / ((ref_before + ref_after) / 2.0)
+        );
+    }
     if let Some(cpu) = cpu {
         // Steadier than deliveries/s on a shared machine: the whole process (publishers,
         // daemon, receiver) per delivery.
