@@ -385,3 +385,81 @@ async fn deleting_an_object_deletes_its_alerts() {
     assert_eq!(keys, vec![format!("{kept_bucket}/{kept}/a-1")], "only the other object's alert is left");
 }
 
+/// An alert raised on an object right before the object is deleted goes with it: the
+/// deletion may come while the alert's batch is submitted but not yet readable (the actor
+/// then deletes it by the key it remembers, `unsynced_alerts`, since a scan cannot find it).
+/// Back to back (the alert answered, then the delete) and at once (both in flight, either
+/// first), by the upstream (a Supabase DELETE through ingest) and through the objects API.
+/// Whatever the order, the stopped daemon's store keeps no alert of a deleted object; the
+/// alert of an object that stays is kept.
+#[tokio::test]
+async fn an_alert_raised_just_before_its_object_is_deleted_goes_with_it() {
+    let mut app = TestApp::start().await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "racing",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "field_mapping": {"record.title": "title"},
+            "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
+            "batching": {"mode": "immediate"}}),
+    )
+    .await;
+    let row = |id: u64| db_insert("rows", json!({"id": id, "title": format!("row {id}")}));
+    let upstream_delete = |id: u64| {
+        let (app, bucket, secret) = (&app, &bucket, &secret);
+        async move {
+            let del = json!({"type": "DELETE", "table": "rows", "schema": "public", "record": null,
+                "old_record": {"id": id}});
+            ingest(app, bucket, secret, del).await
+        }
+    };
+    let api_delete = |oid: String| {
+        let (app, bucket) = (&app, &bucket);
+        async move { app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0 }
+    };
+    let kept = ingest(&app, &bucket, &secret, row(1000)).await["object_id"].as_str().unwrap().to_string();
+    assert_eq!(raise(&app, &bucket, &kept, json!({"alert_id": "stays", "results": {}})).await.0, 202);
+
+    // (delete by the upstream?, alert and delete at once?, rounds): at once, the delete
+    // often comes while the alert's batch is not readable yet, hence the many rounds.
+    let plan = [(true, false, 4), (true, true, 20), (false, false, 4), (false, true, 8)];
+    let rounds = plan.iter().flat_map(|&(upstream, at_once, n)| std::iter::repeat_n((upstream, at_once), n));
+    for (id, (by_upstream, at_once)) in (1u64..).zip(rounds) {
+        let r = ingest(&app, &bucket, &secret, row(id)).await;
+        assert_eq!(r["status"], "created", "{r}");
+        let oid = r["object_id"].as_str().unwrap().to_string();
+        let alert = raise(&app, &bucket, &oid, json!({"alert_id": format!("a-{id}"), "results": {"v": id}}));
+        let ((s, a), deleted) = match (at_once, by_upstream) {
+            (true, true) => tokio::join!(alert, upstream_delete(id)),
+            (true, false) => {
+                let (alert, code) = tokio::join!(alert, api_delete(oid.clone()));
+                (alert, json!({"status": code}))
+            }
+            (false, _) => {
+                let alert = alert.await;
+                assert_eq!(alert.0, 202, "back to back, the alert comes first: {}", alert.1);
+                let d = if by_upstream {
+                    upstream_delete(id).await
+                } else {
+                    json!({"status": api_delete(oid.clone()).await})
+                };
+                (alert, d)
+            }
+        };
+        if by_upstream {
+            assert_eq!((deleted["status"].as_str(), &deleted["object_ids"]), (Some("deleted"), &json!([oid])));
+        } else {
+            assert_eq!(deleted["status"], 204, "objects API delete");
+        }
+        // At once, either order: accepted before the delete, or not found after it.
+        assert!(s == 202 || s == 404, "round {id}: {s} {a}");
+    }
+
+    let backend = stop_and_open(&mut app).await;
+    assert_eq!(
+        stored_keys(&backend, "alert", ""),
+        vec![format!("{bucket}/{kept}/stays")],
+        "only the kept object's alert is left"
+    );
+    assert_eq!(stored_keys(&backend, "obj", ""), vec![format!("{bucket}/{kept}")], "only the kept object");
+}
