@@ -7,8 +7,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::outbound_receiver::Receiver;
-use crate::support::{eventually, metric_reaches, stored_entries, TestApp};
+use crate::support::{eventually, metric_reaches, stop_and_open, stored_entries, stored_events, TestApp};
 use crate::writeback::{bucket_with, db_insert, ingest, supabase_connection, Upstream, WAIT};
+
+/// The keys of `ks` under `within` in a stopped daemon's store.
+fn stored_keys(backend: &hookline::store::SledBackend, ks: &str, within: &str) -> Vec<String> {
+    stored_entries(backend, ks, within).into_iter().map(|(k, _)| k).collect()
+}
 
 /// Seed 000's writeback example, as given (`on_alert`, `listing_url` as the external ID).
 fn seed_writeback() -> Value {
@@ -54,7 +59,7 @@ fn generic_on_alert(url: &str) -> Value {
 /// `alert_id` again is a duplicate that writes nothing twice.
 #[tokio::test]
 async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
-    let app = TestApp::start().await;
+    let mut app = TestApp::start().await;
     let pg = Upstream::start(204).await;
     let key = "srk-alert-secret-0099";
     let conn = supabase_connection(&app, &pg.url(""), key).await;
@@ -75,7 +80,8 @@ async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
     )
     .await;
     assert_eq!(r["status"], "created", "{r}");
-    let oid = r["object_id"].as_str().unwrap();
+    let oid = r["object_id"].as_str().unwrap().to_string();
+    let oid = oid.as_str();
 
     let results = json!({"verdict_classification": "fake", "verdict_confidence": 0.93, "model": "v2"});
     let (s, a) = raise(&app, &bucket, oid, json!({"results": results})).await;
@@ -93,21 +99,30 @@ async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
     );
     assert_eq!(req.headers.get("apikey").map(String::as_str), Some(key));
     assert_eq!(req.body, json!({"mp_verdict": "fake", "mp_confidence": 0.93}), "only the mapped results");
+    // Counted once the job's deletion is submitted: a job the duplicate below recorded
+    // would be a new pending one, not one that this deletion removes unsent.
+    assert!(
+        metric_reaches(&app, "hookline_writebacks_total", &[("adapter", "supabase"), ("outcome", "succeeded")], 1.0)
+            .await
+    );
 
     // The same alert again: a duplicate, answered as the first, nothing queued twice.
     let (s, d) =
         raise(&app, &bucket, oid, json!({"alert_id": alert_id, "results": {"verdict_classification": "real"}})).await;
     assert_eq!(s, 200, "{d}");
     assert_eq!((d["status"].as_str(), d["writeback"].as_str()), (Some("duplicate"), Some("queued")), "{d}");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // several worker polls
-    assert_eq!(pg.seen().len(), 1, "one PATCH for one alert: {:?}", pg.seen());
-    assert!(
-        metric_reaches(&app, "hookline_writebacks_total", &[("adapter", "supabase"), ("outcome", "succeeded")], 1.0)
-            .await
-    );
     assert!(metric_reaches(&app, "hookline_alerts_total", &[("outcome", "accepted")], 1.0).await);
     assert!(metric_reaches(&app, "hookline_alerts_total", &[("outcome", "duplicate")], 1.0).await);
     assert!(!app.log().contains(key), "the service-role key must never be logged");
+    // A second job would have reached PostgREST by now, or still be pending in the store
+    // (it was durable before the duplicate's answer; a stopped daemon sends nothing more).
+    let backend = stop_and_open(&mut app).await;
+    assert_eq!(pg.seen().len(), 1, "one PATCH for one alert: {:?}", pg.seen());
+    assert_eq!(stored_keys(&backend, "wb", &format!("{bucket}/")), Vec::<String>::new(), "no job left");
+    let alerts = stored_entries(&backend, "alert", &format!("{bucket}/{oid}/"));
+    assert_eq!(alerts.len(), 1);
+    let record: Value = serde_json::from_slice(&alerts[0].1).unwrap();
+    assert_eq!(record["results"], results, "the first results stand");
 }
 
 #[tokio::test]
@@ -194,18 +209,22 @@ async fn an_alert_writeback_survives_a_crash_before_the_receiver_is_up() {
     assert_eq!((s, d["status"].as_str()), (200, Some("duplicate")), "the record survived: {d}");
     rx.set_default(200);
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let labels = [("adapter", "generic_webhook"), ("outcome", "succeeded")];
+    assert!(metric_reaches(&app, "hookline_writebacks_total", &labels, 1.0).await, "the job is done");
+    // Stopped: nothing more is sent; a second job would have been sent or still be pending.
+    let backend = stop_and_open(&mut app).await;
     let ok = rx.succeeded();
     assert_eq!(ok.len(), 1, "{ok:?}");
     assert_eq!(ok[0].body["alert_id"], "a-1");
     assert_eq!(ok[0].body["fields"]["verdict"], "fake");
+    assert_eq!(stored_keys(&backend, "wb", &format!("{bucket}/")), Vec::<String>::new(), "no job left");
 }
 
 /// `on_batch_complete` writes back when a batch completes, not on an alert: the alert is
 /// recorded with `writeback: none` and the receiver sees only the batch's request.
 #[tokio::test]
 async fn a_batch_writeback_does_not_fire_on_an_alert() {
-    let app = TestApp::start().await;
+    let mut app = TestApp::start().await;
     let rx = Upstream::start(200).await;
     let (bucket, secret) = bucket_with(
         &app,
@@ -218,20 +237,30 @@ async fn a_batch_writeback_does_not_fire_on_an_alert() {
     )
     .await;
     let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-1", "title": "T"})).await;
-    let oid = r["object_id"].as_str().unwrap();
+    let oid = r["object_id"].as_str().unwrap().to_string();
     assert!(eventually(WAIT, || async { rx.succeeded().len() == 1 }).await, "the batch's writeback");
-    let (s, a) = raise(&app, &bucket, oid, json!({"results": {"verdict_classification": "fake"}})).await;
+    let (s, a) = raise(&app, &bucket, &oid, json!({"results": {"verdict_classification": "fake"}})).await;
     assert_eq!((s, a["writeback"].as_str()), (202, Some("none")), "{a}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The alert's batch was durable before its answer: a job in it would have been sent by
+    // now, or still be pending in the store of the stopped daemon (which sends nothing more).
+    let backend = stop_and_open(&mut app).await;
     assert_eq!(rx.seen().len(), 1, "nothing for the alert: {:?}", rx.seen());
     assert!(rx.seen()[0].body.get("alert_id").is_none(), "a batch job's body is unchanged: {:?}", rx.seen());
+    for prefix in ["ajob", "adead"] {
+        let jobs = stored_keys(&backend, "wb", &format!("{bucket}/{prefix}/"));
+        assert_eq!(jobs, Vec::<String>::new(), "no alert job");
+    }
+    let alerts = stored_entries(&backend, "alert", &format!("{bucket}/{oid}/"));
+    assert_eq!(alerts.len(), 1, "the alert itself is recorded");
+    let record: Value = serde_json::from_slice(&alerts[0].1).unwrap();
+    assert_eq!(record["writeback"], "none", "{record}");
 }
 
 /// `alert.triggered` reaches a subscriber, also from a bucket whose adapter was removed (the
 /// registry records the alert then: no writeback).
 #[tokio::test]
 async fn alert_triggered_reaches_a_webhook_subscriber() {
-    let app = TestApp::start().await;
+    let mut app = TestApp::start().await;
     let hook = Receiver::start(200).await;
     let (s, w) = app
         .post(
@@ -265,7 +294,13 @@ async fn alert_triggered_reaches_a_webhook_subscriber() {
     assert!(p["fired_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{env}");
     let (s, d) = raise(&app, &bucket, &oid, json!({"alert_id": "x-1", "results": {}})).await;
     assert_eq!((s, d["status"].as_str()), (200, Some("duplicate")), "{d}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An event is recorded in the outbox, durably, before its alert is answered: a
+    // duplicate's would be in the store (in the outbox, or fanned out to `evt/`).
+    let backend = stop_and_open(&mut app).await;
+    let events = stored_events(&backend, "alert.triggered");
+    assert_eq!(events.len(), 1, "a duplicate records no event: {events:?}");
+    assert_eq!(events[0]["payload"]["alert_id"], "x-1");
+    assert_eq!(events[0]["payload"]["results"], results, "the first results stand");
     assert_eq!(hook.count(), 1, "a duplicate publishes nothing");
 }
 
@@ -348,4 +383,83 @@ async fn deleting_an_object_deletes_its_alerts() {
     let backend = app.stopped_sled().await;
     let keys: Vec<String> = stored_entries(&backend, "alert", "").into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, vec![format!("{kept_bucket}/{kept}/a-1")], "only the other object's alert is left");
+}
+
+/// An alert raised on an object right before the object is deleted goes with it: the
+/// deletion may come while the alert's batch is submitted but not yet readable (the actor
+/// then deletes it by the key it remembers, `unsynced_alerts`, since a scan cannot find it).
+/// Back to back (the alert answered, then the delete) and at once (both in flight, either
+/// first), by the upstream (a Supabase DELETE through ingest) and through the objects API.
+/// Whatever the order, the stopped daemon's store keeps no alert of a deleted object; the
+/// alert of an object that stays is kept.
+#[tokio::test]
+async fn an_alert_raised_just_before_its_object_is_deleted_goes_with_it() {
+    let mut app = TestApp::start().await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "racing",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "field_mapping": {"record.title": "title"},
+            "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
+            "batching": {"mode": "immediate"}}),
+    )
+    .await;
+    let row = |id: u64| db_insert("rows", json!({"id": id, "title": format!("row {id}")}));
+    let upstream_delete = |id: u64| {
+        let (app, bucket, secret) = (&app, &bucket, &secret);
+        async move {
+            let del = json!({"type": "DELETE", "table": "rows", "schema": "public", "record": null,
+                "old_record": {"id": id}});
+            ingest(app, bucket, secret, del).await
+        }
+    };
+    let api_delete = |oid: String| {
+        let (app, bucket) = (&app, &bucket);
+        async move { app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0 }
+    };
+    let kept = ingest(&app, &bucket, &secret, row(1000)).await["object_id"].as_str().unwrap().to_string();
+    assert_eq!(raise(&app, &bucket, &kept, json!({"alert_id": "stays", "results": {}})).await.0, 202);
+
+    // (delete by the upstream?, alert and delete at once?, rounds): at once, the delete
+    // often comes while the alert's batch is not readable yet, hence the many rounds.
+    let plan = [(true, false, 4), (true, true, 20), (false, false, 4), (false, true, 8)];
+    let rounds = plan.iter().flat_map(|&(upstream, at_once, n)| std::iter::repeat_n((upstream, at_once), n));
+    for (id, (by_upstream, at_once)) in (1u64..).zip(rounds) {
+        let r = ingest(&app, &bucket, &secret, row(id)).await;
+        assert_eq!(r["status"], "created", "{r}");
+        let oid = r["object_id"].as_str().unwrap().to_string();
+        let alert = raise(&app, &bucket, &oid, json!({"alert_id": format!("a-{id}"), "results": {"v": id}}));
+        let ((s, a), deleted) = match (at_once, by_upstream) {
+            (true, true) => tokio::join!(alert, upstream_delete(id)),
+            (true, false) => {
+                let (alert, code) = tokio::join!(alert, api_delete(oid.clone()));
+                (alert, json!({"status": code}))
+            }
+            (false, _) => {
+                let alert = alert.await;
+                assert_eq!(alert.0, 202, "back to back, the alert comes first: {}", alert.1);
+                let d = if by_upstream {
+                    upstream_delete(id).await
+                } else {
+                    json!({"status": api_delete(oid.clone()).await})
+                };
+                (alert, d)
+            }
+        };
+        if by_upstream {
+            assert_eq!((deleted["status"].as_str(), &deleted["object_ids"]), (Some("deleted"), &json!([oid])));
+        } else {
+            assert_eq!(deleted["status"], 204, "objects API delete");
+        }
+        // At once, either order: accepted before the delete, or not found after it.
+        assert!(s == 202 || s == 404, "round {id}: {s} {a}");
+    }
+
+    let backend = stop_and_open(&mut app).await;
+    assert_eq!(
+        stored_keys(&backend, "alert", ""),
+        vec![format!("{bucket}/{kept}/stays")],
+        "only the kept object's alert is left"
+    );
+    assert_eq!(stored_keys(&backend, "obj", ""), vec![format!("{bucket}/{kept}")], "only the kept object");
 }

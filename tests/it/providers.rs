@@ -23,7 +23,7 @@ use warp::Filter;
 
 use crate::outbound::{create_webhook, http_channel};
 use crate::outbound_receiver::Receiver;
-use crate::support::{eventually, Options, TestApp};
+use crate::support::{eventually, metric_value, stop_and_open, stored_events, Options, TestApp};
 
 /// Mux's `video.asset.ready` example (seed 003), as raw bytes on the wire.
 const SEED_003_READY: &str = r#"{"type":"video.asset.ready","request_id":null,"object":{"type":"asset","id":"0201p02fGKPE7MrbC269XRD7LpcHhrmbu0002"},"id":"3a56ac3d-33da-4366-855b-f592d898409d","environment":{"name":"Demo pages","id":"j0863n"},"data":{"tracks":[{"type":"video","max_width":1280,"max_height":544,"max_frame_rate":23.976,"id":"0201p02fGKPE7MrbC269XRD7LpcHhrmbu0002","duration":153.361542},{"type":"audio","max_channels":2,"max_channel_layout":"stereo","id":"FzB95vBizv02bYNqO5QVzNWRrVo5SnQju","duration":153.361497}],"status":"ready","max_stored_resolution":"SD","max_stored_frame_rate":23.976,"id":"0201p02fGKPE7MrbC269XRD7LpcHhrmbu0002","duration":153.361542,"created_at":"2018-02-15T01:04:45.000Z","aspect_ratio":"40:17"},"created_at":"2018-02-15T01:04:45.000Z","accessor_source":null,"accessor":null}"#;
@@ -211,6 +211,9 @@ type Calls = Arc<Mutex<Vec<(String, Option<String>)>>>;
 struct FakeMux {
     addr: SocketAddr,
     calls: Calls,
+    /// Fetches of assets whose id starts with "HeLd" wait until this is closed
+    /// ([`FakeMux::release_held`]).
+    held: Arc<tokio::sync::Semaphore>,
 }
 
 impl FakeMux {
@@ -220,16 +223,23 @@ impl FakeMux {
             format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{TOKEN_ID}:{TOKEN_SECRET}")));
         let calls: Calls = Arc::default();
         let c = calls.clone();
+        let held = Arc::new(tokio::sync::Semaphore::new(0));
+        let h = held.clone();
         let route = warp::path!("video" / "v1" / "assets" / String)
             .and(warp::get())
             .and(warp::header::optional::<String>("authorization"))
             .then(move |id: String, auth: Option<String>| {
                 c.lock().unwrap().push((id.clone(), auth.clone()));
                 let expected = expected.clone();
+                let held = h.clone();
                 async move {
                     // An asset whose id starts with "SlOw" takes a second to fetch.
                     if id.starts_with("SlOw") {
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    // One whose id starts with "HeLd" waits until the test releases it.
+                    if id.starts_with("HeLd") {
+                        let _ = held.acquire().await;
                     }
                     let (status, body) = if auth.as_deref() != Some(expected.as_str()) {
                         (401, json!({"error": {"type": "unauthorized", "messages": ["Unauthorized request"]}}))
@@ -247,7 +257,12 @@ impl FakeMux {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
-        FakeMux { addr, calls }
+        FakeMux { addr, calls, held }
+    }
+
+    /// Lets the held fetches ("HeLd…" assets) answer, now and from now on.
+    fn release_held(&self) {
+        self.held.close();
     }
 
     fn toml(&self) -> String {
@@ -1064,4 +1079,80 @@ async fn a_master_key_that_cannot_open_the_connection_is_a_503_not_a_bad_signatu
     assert_eq!(s, 503, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("master key"), "{r}");
     assert_eq!(objects(&app, &bucket).await.len(), 1, "nothing deleted");
+}
+
+/// A caller that hangs up before its ingest is answered loses nothing: the Mux API holds the
+/// asset fetch (so the request waits in the daemon, past authentication, for the actor's
+/// answer) until the daemon has dropped the request of the closed connection (its log says
+/// so); then the fetch returns, the actor creates the object, and its answer, commit
+/// included, has no receiver. The dropped commit finishes itself: `object.created` is
+/// delivered, once. Mux, never answered, redelivers: a duplicate of that object.
+#[tokio::test]
+async fn an_ingest_whose_caller_hung_up_still_publishes_its_event() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeMux::start().await;
+    let mut app = TestApp::start_with(Options {
+        // Time enough for the held fetch (the bound is 25 s).
+        extra_toml: format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr),
+        // For the connection's end (`hookline::http`, debug).
+        env: vec![("RUST_LOG".into(), "info,hookline::http=debug".into())],
+        ..Default::default()
+    })
+    .await;
+    let hook = Receiver::start(200).await;
+    let channels = json!([http_channel(&hook.url("/created"))]);
+    create_webhook(&app, json!({"webhook_name": "created", "event_types": ["object.created"], "channels": channels}))
+        .await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, _) = mux_bucket(&app, "hung-up", &conn).await;
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let asset = "HeLdAsSeT01";
+    let body = ready_event(asset, false); // no playback ids: the asset is fetched
+    let header = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+
+    // The request on a connection of its own, closed once the fetch has started.
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST {ingest} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nMux-Signature: {header}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        app.addr,
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let fetching = || async { fake.calls().iter().any(|(id, _)| id == asset) };
+    assert!(eventually(Duration::from_secs(20), fetching).await, "the asset fetch never started");
+    let ended = || app.log().matches("HTTP connection ended with an error").count();
+    let before = ended();
+    drop(tcp);
+    assert!(
+        eventually(Duration::from_secs(20), || async { ended() > before }).await,
+        "the daemon did not drop the request; log:\n{}",
+        app.log()
+    );
+    fake.release_held();
+
+    // Created, and published, though nobody was answered.
+    assert!(eventually(Duration::from_secs(20), || async { hook.count() >= 1 }).await, "no object.created");
+    let objects = objects(&app, &bucket).await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let oid = objects[0]["object_id"].as_str().unwrap().to_string();
+    assert_eq!(objects[0]["source"]["external_id"], asset);
+    let envelope = hook.captured()[0].json();
+    assert_eq!(envelope["event_type"], "object.created", "{envelope}");
+    assert_eq!(envelope["payload"]["object_id"], oid.as_str(), "{envelope}");
+    let created = metric_value(&app.metrics().await, "hookline_ingest_requests_total", &[("outcome", "created")]);
+    assert_eq!(created, 0.0, "the request was never answered (its handler was dropped)");
+
+    // Mux redelivers: a duplicate of the object, no second fetch.
+    let again = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &again)]).await;
+    assert_eq!((s, r["status"].as_str(), r["object_id"].as_str()), (200, Some("duplicate"), Some(oid.as_str())), "{r}");
+    assert_eq!(fake.calls().len(), 1);
+
+    // One event recorded, one delivered (the stopped daemon delivers nothing more).
+    let backend = stop_and_open(&mut app).await;
+    let events = stored_events(&backend, "object.created");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["payload"]["object_id"], oid.as_str());
+    assert_eq!(hook.count(), 1);
 }

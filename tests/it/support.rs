@@ -460,3 +460,21 @@ pub fn stored_entries(backend: &hookline::store::SledBackend, ks: &str, within: 
         .expect("scan the store");
     found
 }
+
+/// Stops the daemon cleanly (everything it submitted is on disk, and it sends nothing more)
+/// and opens its store: what a "nothing else happened" check reads, rather than waiting.
+pub async fn stop_and_open(app: &mut TestApp) -> hookline::store::SledBackend {
+    assert_eq!(app.stop(), Some(0), "a clean stop; log:\n{}", app.log());
+    app.stopped_sled().await
+}
+
+/// Every recorded event of `event_type` in a stopped daemon's store: those still in the
+/// outbox and those fanned out (kept under `evt/` for their deliveries).
+pub fn stored_events(backend: &hookline::store::SledBackend, event_type: &str) -> Vec<Value> {
+    ["outbox", "evt"]
+        .into_iter()
+        .flat_map(|ks| stored_entries(backend, ks, ""))
+        .map(|(_, v)| serde_json::from_slice::<Value>(&v).expect("an event record"))
+        .filter(|e| e["event_type"] == event_type)
+        .collect()
+}
