@@ -341,12 +341,16 @@ const RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const CALL_TIMEOUT_MS: u64 = 30_000;
 
 /// 404 when the bucket or its adapter does not exist; 503 when it exists but its actor is
-/// not running (restarting, or stopped after repeated failures).
+/// not running. Answered once a request has waited [`RESTART_WAIT`] (a restart takes
+/// milliseconds), so the actor most likely stopped after repeated failures: the message
+/// says where to look and how to start it again.
 fn no_running_adapter(state: &HttpState, id: &BucketId) -> ApiError {
     match state.shared.store.get::<Bucket>(Keyspace::BUCKETS, id.as_str()) {
-        Ok(Some(b)) if b.source_adapter.is_some() => {
-            ApiError::Unavailable("the source adapter of this bucket is restarting; retry shortly".into())
-        }
+        Ok(Some(b)) if b.source_adapter.is_some() => ApiError::Unavailable(format!(
+            "the source adapter of this bucket is not running (restarting, or stopped after failing repeatedly: \
+             GET /v1/buckets/{id}/source-adapter/status says which, the daemon's log says why, and a PATCH of the \
+             bucket starts it again); retry later"
+        )),
         Ok(Some(_)) => ApiError::NotFound(format!("bucket {id} has no source adapter")),
         Ok(None) => ApiError::NotFound(format!("bucket {id} not found")),
         Err(e) => e.into(),
@@ -378,8 +382,21 @@ async fn status(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
             "last_error": stats.last_error,
             "last_error_at": stats.last_error_at,
             "webhook_url": webhook_url(state, &bucket.bucket_id),
+            "ingest_path": ingest_path(&bucket.bucket_id),
+            "actor": actor_state(state, &bucket.bucket_id),
         }),
     ))
+}
+
+/// The adapter actor's state, for the status endpoint: `running`, `starting` (loading its
+/// dedup set, say) or `stopped` (none runs: between a crash and its restart, for a moment,
+/// or for good after failing repeatedly, until a PATCH of the bucket starts it again).
+fn actor_state(state: &HttpState, id: &BucketId) -> &'static str {
+    match ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(id.as_str())).map(|a| a.get_status()) {
+        Some(ractor::ActorStatus::Running) => "running",
+        Some(ractor::ActorStatus::Unstarted | ractor::ActorStatus::Starting) => "starting",
+        _ => "stopped",
+    }
 }
 
 /// One page of `ks` under the bucket, after the `cursor` ID; `next_cursor` when more remain.

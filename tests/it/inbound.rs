@@ -296,6 +296,8 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert!(st["last_error_at"].as_str().unwrap().starts_with("20"), "when it happened: {st}");
     assert_eq!(st["last_flush_at"], Value::Null);
     assert_eq!(st["webhook_url"], Value::Null, "no server.public_url configured");
+    assert_eq!(st["ingest_path"], format!("/v1/buckets/{bucket}/source-adapter/ingest"), "{st}");
+    assert_eq!(st["actor"], "running", "{st}");
     // An upstream's repeated key is read as most parsers do (the last one wins); only the
     // admin API refuses them.
     let twice = r#"{"type": "video.asset.created", "type": "video.asset.ready", "data": {"id": "asset-1"}}"#;

@@ -352,8 +352,15 @@ async fn an_ingest_for_a_stopped_adapter_answers_503_after_waiting_for_its_gate(
         let (s, b) = app.post_raw(&path, r#"{"id": "while-stopped"}"#, &h).await;
         assert_eq!((s, b["error"]["code"].as_str()), (503, Some("unavailable")), "{attempt}: {b}");
         let msg = b["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("source adapter of this bucket") && msg.contains("retry"), "{attempt}: {msg}");
+        assert!(
+            msg.contains("source adapter of this bucket is not running") && msg.contains("retry"),
+            "{attempt}: {msg}"
+        );
+        assert!(msg.contains("PATCH") && msg.contains("/source-adapter/status"), "says what to do: {msg}");
     }
+    let status_path = format!("/v1/buckets/{bucket}/source-adapter/status");
+    let (s, st) = app.get(&status_path).await;
+    assert_eq!((s, st["actor"].as_str()), (200, Some("stopped")), "{st}");
     assert_eq!(object_ids(&app, &bucket).await.len(), 1, "nothing stored while stopped");
     let restarts = hookline::adapter::registry::ADAPTER_MAX_RESTARTS as f64;
     assert_eq!(adapter_restarts(&app).await, restarts, "stopped once its budget was spent");
@@ -364,4 +371,6 @@ async fn an_ingest_for_a_stopped_adapter_answers_503_after_waiting_for_its_gate(
     let (s, b) = app.post_raw(&path, r#"{"id": "while-stopped"}"#, &h).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
     assert_eq!(object_ids(&app, &bucket).await.len(), 2);
+    let (s, st) = app.get(&status_path).await;
+    assert_eq!((s, st["actor"].as_str()), (200, Some("running")), "{st}");
 }
