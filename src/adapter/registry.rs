@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::events::Scopes;
 use crate::ids::{BatchId, BucketId, ConnectionId, ObjectId};
 use crate::state::Shared;
-use crate::store::{Batch, Keyspace};
+use crate::store::{Batch, Keyspace, StoreError};
 use crate::util::now_rfc3339;
 
 mod mux_webhook;
@@ -174,6 +174,16 @@ impl Actor for BucketRegistry {
         }
         if !state.allow_restart(&bucket_id) {
             tracing::error!(%bucket_id, %reason, "source adapter failed too often; leaving it stopped until reconfigured or restarted");
+            // Shown as the status's `last_error`, beside `actor: "stopped"`. No actor of this
+            // bucket runs, so nothing else writes its stats meanwhile.
+            let stopped = format!(
+                "the source adapter stopped after failing {ADAPTER_MAX_RESTARTS} times within {} s (last: {reason}); \
+                 a PATCH of the bucket starts it again",
+                ADAPTER_RESTART_WINDOW.as_secs()
+            );
+            if let Err(e) = state.record_adapter_error(&bucket_id, stopped).await {
+                tracing::error!(%bucket_id, error = %e, "could not record the adapter's stop in its status");
+            }
             return Ok(());
         }
         tracing::warn!(%bucket_id, %reason, "source adapter exited; restarting it");
@@ -400,6 +410,16 @@ impl RegistryState {
     }
 
     /// Records a restart of `id`'s adapter; false when its budget is spent.
+    /// Sets the adapter's `last_error` (its stats record) while no actor of the bucket runs.
+    async fn record_adapter_error(&self, id: &BucketId, error: String) -> Result<(), StoreError> {
+        let key = records::key(id, records::STATS_KEY);
+        let mut stats: records::AdapterStats = self.shared.store.get(Keyspace::STATS, &key)?.unwrap_or_default();
+        stats.error(crate::util::now_millis(), error);
+        let mut b = Batch::new();
+        b.put(Keyspace::STATS, &key, &stats);
+        self.shared.store.commit(b).await
+    }
+
     fn allow_restart(&mut self, id: &BucketId) -> bool {
         self.restarts
             .entry(id.clone())

@@ -361,6 +361,8 @@ async fn an_ingest_for_a_stopped_adapter_answers_503_after_waiting_for_its_gate(
     let status_path = format!("/v1/buckets/{bucket}/source-adapter/status");
     let (s, st) = app.get(&status_path).await;
     assert_eq!((s, st["actor"].as_str()), (200, Some("stopped")), "{st}");
+    let why = st["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("stopped after failing") && why.contains("PATCH"), "the status says why: {st}");
     assert_eq!(object_ids(&app, &bucket).await.len(), 1, "nothing stored while stopped");
     let restarts = hookline::adapter::registry::ADAPTER_MAX_RESTARTS as f64;
     assert_eq!(adapter_restarts(&app).await, restarts, "stopped once its budget was spent");
