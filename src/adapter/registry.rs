@@ -612,11 +612,26 @@ impl RegistryState {
         let sealed_credentials = match input.connection.as_ref().map(|c| &c.credentials) {
             Some(spec::Credentials::Kept) => {
                 // Sealed for this bucket (the AAD), so they move with it unchanged.
-                let kept = bucket.source_adapter.as_ref().and_then(|a| a.sealed_credentials.clone());
+                let old = bucket.source_adapter.as_ref();
+                let kept = old.and_then(|a| a.sealed_credentials.clone());
                 if kept.is_none() {
                     return Err(ApiError::validation(
                         "source_adapter.connection.credentials",
                         "the adapter has no stored credentials to keep: send them as an object",
+                    ));
+                }
+                // Hidden credentials never follow a new destination (whoever holds an API key
+                // could read them back at a server of their own): a generic adapter's headers
+                // go to its writeback_url, and another adapter type reads them differently.
+                let url = |w: Option<&crate::adapter::writeback::Writeback>| w.and_then(|w| w.writeback_url.clone());
+                let same_destination = old.is_some_and(|a| {
+                    a.adapter_type == input.adapter_type && url(a.writeback.as_ref()) == url(input.writeback.as_ref())
+                });
+                if !same_destination {
+                    return Err(ApiError::validation(
+                        "source_adapter.connection.credentials",
+                        "the stored credentials are kept only while adapter_type and writeback.writeback_url stay as \
+                         they are (a hidden credential never follows a new destination): send them again as an object",
                     ));
                 }
                 kept

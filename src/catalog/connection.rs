@@ -155,9 +155,22 @@ impl ProviderConfig {
             }
             ProviderType::GenericWebhook => {
                 let c: GenericConfig = typed_at(at, if v.is_null() { serde_json::json!({}) } else { v })?;
-                for name in c.headers.keys() {
+                for (name, value) in &c.headers {
+                    let f = || field(&format!("headers.{name}"));
                     if warp::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        return Err(ApiError::validation(field(&format!("headers.{name}")), "not a valid header name"));
+                        return Err(ApiError::validation(f(), "not a valid header name"));
+                    }
+                    if warp::http::HeaderValue::from_str(value).is_err() {
+                        return Err(ApiError::validation(
+                            f(),
+                            "not a valid header value (no line breaks or control characters)",
+                        ));
+                    }
+                    if crate::delivery::channel::framing_header(name) {
+                        return Err(ApiError::validation(
+                            f(),
+                            "a framing header is the HTTP client's and cannot be set",
+                        ));
                     }
                 }
                 ProviderConfig::Generic(c)

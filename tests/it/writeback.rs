@@ -446,3 +446,66 @@ async fn a_get_view_sent_back_keeps_the_adapter_and_its_credentials() {
         (Some(true), Some("time_window"))
     );
 }
+
+/// Hidden credentials never follow a new destination: a generic adapter's inline headers,
+/// kept with the placeholder, are refused once its `writeback_url` (or its adapter type)
+/// changes, and kept while it stays; a framing header or a value with a line break is
+/// refused when the headers are given.
+#[tokio::test]
+async fn kept_credentials_do_not_follow_a_new_writeback_url() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    let adapter = |url: String, credentials: Value| {
+        json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "id",
+            "connection": {"credentials": credentials},
+            "field_mapping": {"title": "title"}, "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"writeback_url": url,
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}})
+    };
+    let bucket = app.create_bucket("kept", json!({"title": {"type": "string"}})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let token = json!({"headers": {"Authorization": "Bearer inline-kept-token-5150"}});
+    let (s, b) = app.patch(&path, adapter(rx.url("/legit"), token)).await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+
+    let kept = json!("(set; never shown)");
+    for (body, what) in [
+        (adapter(rx.url("/elsewhere"), kept.clone()), "a new writeback_url"),
+        (
+            json!({"source_adapter": {"adapter_type": "supabase", "connection": {"credentials": kept.clone()}}}),
+            "another adapter type",
+        ),
+    ] {
+        let (s, b) = app.patch(&path, body).await;
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (422, Some("source_adapter.connection.credentials")),
+            "{what}: {b}"
+        );
+        assert!(b["error"]["message"].as_str().unwrap().contains("never follows a new destination"), "{b}");
+    }
+    // The same destination keeps them, and they still authenticate the writeback there.
+    let (s, b) = app.patch(&path, adapter(rx.url("/legit"), kept)).await;
+    assert_eq!(s, 200, "{b}");
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "k-1", "title": "T"})).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let seen = rx.seen();
+    assert!(seen.iter().all(|r| r.path == "/legit"), "{seen:?}");
+    assert_eq!(seen[0].headers.get("authorization").map(String::as_str), Some("Bearer inline-kept-token-5150"));
+
+    for (headers, why) in [
+        (json!({"Host": "evil.example"}), "framing header"),
+        (json!({"Transfer-Encoding": "chunked"}), "framing header"),
+        (json!({"X-Ok": "a\r\nX-Injected: 1"}), "header value"),
+    ] {
+        let (s, b) = app.patch(&path, adapter(rx.url("/legit"), json!({ "headers": headers }))).await;
+        assert_eq!(s, 422, "{headers}: {b}");
+        assert!(
+            b["error"]["field"].as_str().unwrap().starts_with("source_adapter.connection.credentials.headers."),
+            "{b}"
+        );
+        assert!(b["error"]["message"].as_str().unwrap().contains(why), "{b}");
+    }
+}

@@ -299,7 +299,8 @@ const MIN_HIDDEN_CHARS: usize = 6;
 /// HTTP Basic credentials the decoded `user:password` and the password alone (a receiver
 /// that logs the login it refused); and each of these percent-encoded (`%2B`, as in a URL)
 /// and form-encoded (`+` for a space). Letter case is left to the matching ([`hide_in`]
-/// ignores it: a receiver may lower-case a header it echoes). At most 12 forms a value.
+/// ignores it: a receiver may lower-case a header it echoes), and as a JSON string holds
+/// them (escaped; `/` also as `\/`). At most 20 forms a value.
 pub(crate) fn secret_forms(value: &str) -> Vec<String> {
     use base64::Engine;
     let mut plain = vec![value.to_string()];
@@ -318,10 +319,15 @@ pub(crate) fn secret_forms(value: &str) -> Vec<String> {
             plain.push(pair);
         }
     }
-    let mut forms = Vec::with_capacity(plain.len() * 3);
+    let mut forms = Vec::with_capacity(plain.len() * 5);
     for p in plain {
         let form: String = url::form_urlencoded::byte_serialize(p.as_bytes()).collect();
-        forms.extend([percent_encoded(&p), form, p]);
+        // As a JSON string holds it (a receiver echoing the request as JSON): `"` and `\`
+        // escaped, and `/` as `\/` too, as PHP's encoder writes it.
+        let json = serde_json::to_string(&p).unwrap_or_default();
+        let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_string();
+        let slashes = json.replace('/', "\\/");
+        forms.extend([percent_encoded(&p), form, json, slashes, p]);
     }
     forms.retain(|f| f.chars().count() >= MIN_HIDDEN_CHARS);
     forms.sort();
@@ -487,6 +493,9 @@ mod tests {
             ("authorization: bearer tok_secret-123".to_string(), "tok_secret"),
             ("token TOK_SECRET-123 expired".to_string(), "TOK_SECRET"),
             ("x-mixpeek-secret: HOOK-SECRET-42".to_string(), "SECRET-42"),
+            // Echoed as JSON: `/` escaped by PHP-style encoders, `"` and `\` by every one.
+            (r#"{"password":"pa ss\/w0rd+1"}"#.to_string(), "w0rd"),
+            (r#"{"password":"pa ss/w0rd+1"}"#.to_string(), "w0rd"),
         ] {
             let text = excerpt_hiding(body.as_bytes(), &sent);
             assert!(!text.contains(leaked) && text.contains("********"), "{body} -> {text}");
@@ -497,7 +506,7 @@ mod tests {
         assert_eq!(excerpt_hiding(b"pw1 is short", &[&short]), "pw1 is short");
         // Every form is at least 6 characters, and one value makes a bounded number of them.
         let forms = secret_forms(&basic);
-        assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 12, "{forms:?}");
+        assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 20, "{forms:?}");
         assert!(forms.contains(&"alice:pa ss/w0rd+1".to_string()) && forms.contains(&"pa%20ss%2Fw0rd%2B1".to_string()));
     }
 }

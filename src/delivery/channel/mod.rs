@@ -363,25 +363,28 @@ impl Channel for Unsupported {
 /// Headers a webhook config may not set: hookline owns them.
 pub fn reserved_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n.starts_with("webhook-")
-        || matches!(
-            n.as_str(),
-            // Framing and hop-by-hop headers are the HTTP client's; a body hookline sends is
-            // never compressed; the secret has its own setting.
-            "host"
-                | "content-length"
-                | "transfer-encoding"
-                | "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "upgrade"
-                | "expect"
-                | "content-encoding"
-                | "x-mixpeek-secret"
-        )
+    n.starts_with("webhook-") || n == "x-mixpeek-secret" || framing_header(&n)
+}
+
+/// Headers no configured header set may hold, whatever sends it (a webhook channel, a
+/// writeback): framing and hop-by-hop headers are the HTTP client's, and a body hookline
+/// sends is never compressed.
+pub fn framing_header(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+            | "content-encoding"
+    )
 }
 
 pub type Headers = BTreeMap<String, String>;
