@@ -412,6 +412,28 @@ impl SourceAdapterInput {
                 }
             }
         }
+        // A required property that nothing here fills would refuse every event (a 422 each,
+        // found only once events arrive): refuse the configuration instead. The blob fills
+        // its property when it has a file field (given, or the adapter type's default); with
+        // no blob_source, the default one goes to a `video` property (see `materialize`).
+        let default_ff = super::kind::default_file_field(self.adapter_type).is_some();
+        let blob_property = match &self.blob_source {
+            Some(b) if b.file_field.is_some() || default_ff => Some(b.property()),
+            Some(_) => None,
+            None => Some("video")
+                .filter(|v| default_ff && schema.get(v).is_some_and(|p| p.kind.as_str() == BlobType::Video.as_str())),
+        };
+        for (name, p) in &schema.properties {
+            if p.required && !targets.contains_key(name) && blob_property != Some(name.as_str()) {
+                return Err(ApiError::validation(
+                    f("field_mapping"),
+                    format!(
+                        "bucket_schema's required property {name:?} is filled by nothing: map a payload path to it \
+                         (or, for a file property, set blob_source), or every event would be refused"
+                    ),
+                ));
+            }
+        }
         let b = &self.batching;
         if !(5..=300).contains(&b.window_seconds) {
             return Err(ApiError::validation(f("batching.window_seconds"), "must be within 5–300 seconds"));

@@ -61,6 +61,8 @@ pub struct Writeback {
     /// matched against `id_column`); none: the object's `source.external_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id_field: Option<String>,
+    /// Required (1–256 pairs) while enabled; `{"enabled": false}` alone turns writeback off.
+    #[serde(default)]
     pub field_mapping: Vec<WritebackField>,
     /// generic_webhook only: where results are POSTed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,7 +93,10 @@ impl Writeback {
                 return Err(ApiError::validation(f("external_id_field"), "must be a dot-path such as listing_url"));
             }
         }
-        if self.field_mapping.is_empty() || self.field_mapping.len() > 256 {
+        // Turned off, it may be as short as `{"enabled": false}`: what it would send is
+        // checked when it is turned on (a PATCH replaces the whole adapter).
+        let off = !self.enabled && self.field_mapping.is_empty();
+        if (self.field_mapping.is_empty() && !off) || self.field_mapping.len() > 256 {
             return Err(ApiError::validation(f("field_mapping"), "list 1–256 {source_path, target_field} pairs"));
         }
         for (i, m) in self.field_mapping.iter().enumerate() {
@@ -113,6 +118,7 @@ impl Writeback {
             }
         }
         match (kind, &self.writeback_url) {
+            (ProviderType::GenericWebhook, None) if off => Ok(()),
             (ProviderType::GenericWebhook, None) => {
                 Err(ApiError::validation(f("writeback_url"), "generic_webhook writeback needs a writeback_url"))
             }
@@ -161,5 +167,17 @@ mod tests {
         let mut empty = seed;
         empty["field_mapping"] = json!([]);
         assert_eq!(field_of(empty, ProviderType::Supabase), "source_adapter.writeback.field_mapping");
+        // Off: nothing else is needed; on (the default), the mapping is.
+        let off: Writeback = serde_json::from_value(json!({"enabled": false})).unwrap();
+        off.validate(ProviderType::Supabase).unwrap();
+        off.validate(ProviderType::GenericWebhook).unwrap();
+        assert_eq!(field_of(json!({}), ProviderType::Supabase), "source_adapter.writeback.field_mapping");
+        let mut off_bad = json!({"enabled": false, "field_mapping": [{"source_path": "a", "target_field": "b c"}]});
+        assert_eq!(
+            field_of(off_bad.clone(), ProviderType::Supabase),
+            "source_adapter.writeback.field_mapping.0.target_field"
+        );
+        off_bad["field_mapping"][0]["target_field"] = json!("b");
+        assert_eq!(field_of(off_bad, ProviderType::GenericWebhook), "source_adapter.writeback.writeback_url");
     }
 }

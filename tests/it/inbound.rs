@@ -535,6 +535,48 @@ async fn event_filters_that_cannot_match_are_refused_or_warned() {
     assert!(b.get("warnings").is_none(), "{b}");
 }
 
+/// A configuration that would refuse every event is refused instead: a required property
+/// that neither field_mapping nor the blob fills. A writeback turned off needs nothing else.
+#[tokio::test]
+async fn a_required_property_nothing_fills_is_refused_and_writeback_can_just_be_off() {
+    let app = TestApp::start().await;
+    let schema = json!({"title": {"type": "string", "required": true}, "video": {"type": "video", "required": true}});
+    let bucket = app.create_bucket("required", schema).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let patch = |adapter: Value| app.patch(&path, json!({ "source_adapter": adapter }));
+    let blob = json!({"file_field": "url", "blob_type": "video"});
+    for (adapter, unfilled) in [
+        (json!({"adapter_type": "generic_webhook", "blob_source": blob}), "title"),
+        (json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"}}), "video"),
+        // A blob_source without a file field fills nothing for a generic adapter.
+        (
+            json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"}, "blob_source": {"blob_type": "video"}}),
+            "video",
+        ),
+    ] {
+        let (s, b) = patch(adapter.clone()).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.field_mapping")), "{adapter}: {b}");
+        let msg = b["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("{unfilled:?}")) && msg.contains("filled by nothing"), "{msg}");
+    }
+    // Filled by a mapping and the blob; Mux's default blob (its playback URL) fills `video`.
+    let (s, b) =
+        patch(json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"}, "blob_source": blob})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = patch(json!({"adapter_type": "mux", "field_mapping": {"data.passthrough": "title"}})).await;
+    assert_eq!(s, 200, "{b}");
+    let off_bucket = app.create_bucket("off", json!({"title": {"type": "string"}})).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{off_bucket}"),
+            json!({"source_adapter": {"adapter_type": "generic_webhook", "field_mapping": {"t": "title"},
+                "writeback": {"enabled": false}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["source_adapter"]["writeback"]["enabled"], false, "{b}");
+}
+
 /// Numeric dedup values: a number and its decimal string are one key, but a number JSON
 /// parsing cannot keep exactly (past 64 bits, or with a fraction) is refused with a 422 that
 /// says so, rather than rounded into another event's key and dropped as its duplicate.
