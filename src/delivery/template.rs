@@ -140,7 +140,7 @@ impl Template {
             | K::InvalidDelimiter
             | K::BadEscape => true,
             _ if is_too_large(e) => true,
-            K::InvalidOperation | K::UnknownMethod if strict && on_defined_values(e) => {
+            K::InvalidOperation | K::UnknownMethod if strict && (on_defined_values(e) || over_a_limit(e)) => {
                 [Probe::Number, Probe::Text, Probe::Map].into_iter().all(|probe| {
                     let payload = minijinja::Value::from_object(probe);
                     match self.render_context(Self::context_with(sample, payload)) {
@@ -558,6 +558,14 @@ fn too_large(what: &str) -> minijinja::Error {
     )
 }
 
+/// One of minijinja's own size limits (`range(100000000)`, a sequence repeated past 100 million):
+/// judged by the probes like an operation on defined values (the sample's empty payload
+/// makes no value large, so the size came from the template, or from data every probe has).
+fn over_a_limit(e: &minijinja::Error) -> bool {
+    e.kind() == minijinja::ErrorKind::InvalidOperation
+        && e.detail().is_some_and(|d| d.contains("too many elements") || d.contains("is too large"))
+}
+
 fn is_too_large(e: &minijinja::Error) -> bool {
     e.kind() == minijinja::ErrorKind::InvalidOperation && e.detail().is_some_and(|d| d.contains(TOO_LARGE))
 }
@@ -698,6 +706,8 @@ mod tests {
             r#"{{ payload.nosuch() }}"#,
             r#"{% if payload %}{% else %}{{ "%s" % (1, 2) }}{% endif %}"#,
             r#"{{ "%s" % ((payload.a | default('')), 1) }}"#,
+            // minijinja's own limits, on sizes the template sets.
+            "{{ range(100000000) | list | length }}",
         ] {
             assert!(Template::validate(source).is_err(), "{source}");
             // A stored one still loads: its events fail one by one, as they did.
@@ -712,6 +722,7 @@ mod tests {
             "{{ payload['items'][0].price * 2 }}",
             "{{ payload.get('x').upper() }}",
             "{{ range(payload.n) | list }}",
+            "{{ range(payload.n * 1000000) | list | length }}",
             // A fallback's type is not the type of the value an event would have.
             "{{ (payload.n | default('')) - 1 }}",
             "{{ (payload.tags | default('')).items() | list }}",
