@@ -69,6 +69,7 @@ pub async fn delete_connection(state: &HttpState, req: &Request, id: &str) -> Re
 pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let ns = req.namespace()?;
+    req.known_params(&["limit", "cursor"])?;
     let limit = req.page_limit()?;
     // Buckets are keyed by ID (time-ordered): a page starts just after its cursor, which
     // need not exist any more (deleted meanwhile).

@@ -407,6 +407,7 @@ fn page<T: DeserializeOwned + serde::Serialize>(
     ks: Keyspace,
     valid_cursor: fn(&str) -> bool,
 ) -> Result<Response, ApiError> {
+    req.known_params(&["limit", "cursor"])?;
     let limit = req.page_limit()?;
     let after = match req.query.get("cursor") {
         None => None,

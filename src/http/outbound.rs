@@ -169,6 +169,7 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
 async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let w = load(state, id)?;
+    req.known_params(&["status", "limit", "before"])?;
     let status =
         match req.query.get("status") {
             None => None,

@@ -113,6 +113,18 @@ impl Request {
         }
     }
 
+    /// 422 for a query parameter the endpoint does not take: a typo (`?stauts=dead`) would
+    /// otherwise be ignored, and the answer look like what was asked for.
+    pub fn known_params(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.query.keys().filter(|k| !known.contains(&k.as_str())).min() {
+            None => Ok(()),
+            Some(k) => Err(ApiError::validation(
+                k.as_str(),
+                format!("unknown query parameter; this endpoint takes {}", known.join(", ")),
+            )),
+        }
+    }
+
     /// A list endpoint's `limit`: 1 to [`MAX_PAGE`], 100 when absent; anything else is a 422
     /// (not silently another page size).
     pub fn page_limit(&self) -> Result<usize, ApiError> {

@@ -236,6 +236,9 @@ async fn bucket_crud_and_pagination() {
     let (s, b) = app.get("/v1/buckets?limit=abc").await;
     assert_eq!(s, 422);
     assert_eq!(b["error"]["field"], "limit");
+    let (s, b) = app.get("/v1/buckets?limt=5").await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("limt")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("takes limit, cursor"), "{b}");
 }
 
 #[tokio::test]

@@ -902,9 +902,14 @@ async fn deliveries_are_paged_newest_first() {
 
     let dead = deliveries(&app, &wh, Some("dead")).await;
     assert!(dead.is_empty());
-    for (query, field) in
-        [("before=nope", "before"), ("before=del_nope", "before"), ("limit=0", "limit"), ("limit=1001", "limit")]
-    {
+    for (query, field) in [
+        ("before=nope", "before"),
+        ("before=del_nope", "before"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        // A typo is not ignored (it would answer every delivery as if filtered).
+        ("stauts=dead", "stauts"),
+    ] {
         let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?{query}")).await;
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{query}: {b}");
     }
