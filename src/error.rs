@@ -134,13 +134,88 @@ pub fn deserialize_at<T: serde::de::DeserializeOwned>(
             parts.push(m);
         }
         let field = if parts.is_empty() { "body".to_string() } else { parts.join(".") };
-        ApiError::validation(field, inner)
+        // A key serde read as a field name (a channel's `url` beside `channel` and `configs`)
+        // comes back as an invalid string value at its own path: it is an unknown field.
+        let key = field.rsplit(['.', '[']).next().unwrap_or_default();
+        let as_key = format!("invalid value: string \"{key}\", expected ");
+        let message = match inner.strip_prefix(&as_key) {
+            Some(expected) => format!("unknown field \"{key}\", expected {expected}"),
+            None => plain_words(&inner),
+        };
+        ApiError::validation(field, message)
     })
+}
+
+/// serde's messages in the API's words: `invalid type: string "5", expected f64` becomes
+/// `must be a number, not the string "5"`, and Rust's backticks become quotes. What serde
+/// says is kept otherwise (it names what was expected).
+fn plain_words(serde: &str) -> String {
+    fn want(w: &str) -> String {
+        match w {
+            "f32" | "f64" => "a number".into(),
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more".into(),
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+            "a boolean" => "true or false".into(),
+            "a sequence" => "a list".into(),
+            w if w == "a map" || w.starts_with("struct ") => "an object".into(),
+            w => w.into(),
+        }
+    }
+    fn got(g: &str) -> String {
+        match g.split_once(' ') {
+            Some(("string", s)) => format!("the string {s}"),
+            Some(("integer" | "floating", _)) => {
+                format!("the number {}", g.rsplit(' ').next().unwrap_or(g).trim_matches('`'))
+            }
+            Some(("boolean", b)) => b.to_string(),
+            _ if g == "map" => "an object".into(),
+            _ if g == "sequence" => "a list".into(),
+            _ => g.into(),
+        }
+    }
+    let text = if let Some((g, w)) = serde.strip_prefix("invalid type: ").and_then(|r| r.split_once(", expected ")) {
+        format!("must be {}, not {}", want(w), got(g))
+    } else if let Some((g, w)) = serde.strip_prefix("invalid value: ").and_then(|r| r.split_once(", expected ")) {
+        if want(w) != w {
+            format!("must be {}, not {}", want(w), got(g))
+        } else {
+            format!("{} is not valid here: expected {w}", got(g))
+        }
+    } else {
+        serde.to_string()
+    };
+    text.replace('`', "\"")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_messages_are_put_in_plain_words() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            timeout: Option<f64>,
+            count: Option<u32>,
+            on: Option<bool>,
+            list: Option<Vec<String>>,
+        }
+        let msg = |v: serde_json::Value| match deserialize_at::<T>(None, v).unwrap_err() {
+            ApiError::Validation { field, message } => format!("{field}: {message}"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(msg(serde_json::json!({"timeout": "5"})), r#"timeout: must be a number, not the string "5""#);
+        assert_eq!(
+            msg(serde_json::json!({"count": -1})),
+            "count: must be a whole number, 0 or more, not the number -1"
+        );
+        assert_eq!(msg(serde_json::json!({"on": 1})), "on: must be true or false, not the number 1");
+        assert_eq!(msg(serde_json::json!({"list": {}})), "list: must be a list, not an object");
+        let unknown = msg(serde_json::json!({"url": 1}));
+        assert!(unknown.starts_with(r#"url: unknown field "url", expected one of "timeout""#), "{unknown}");
+    }
 
     #[test]
     fn a_huge_echoed_value_is_cut() {

@@ -149,6 +149,28 @@ async fn webhook_crud_validation_and_catalog() {
         )
         .await;
     assert_eq!(s, 422, "unknown field: {b}");
+    // Errors in the API's words, not serde's.
+    for (channel, field, message) in [
+        (
+            json!({"channel": "webhook", "url": rx.url("/")}),
+            "channels[0].url",
+            r#"unknown field "url", expected "channel" or "configs""#,
+        ),
+        (
+            json!({"channel": "webhook", "configs": {"url": rx.url("/"), "timeout": "5"}}),
+            "channels[0].configs.timeout",
+            r#"must be a number, not the string "5""#,
+        ),
+    ] {
+        let (s, b) = app
+            .post(
+                "/v1/organizations/webhooks",
+                json!({"webhook_name": "a", "event_types": ["*"], "channels": [channel]}),
+            )
+            .await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().ends_with(message), "{b}");
+    }
 
     // Create, shown once.
     let (s, created) = app
