@@ -3,7 +3,8 @@
 Usage: smtp_server.py MAILDIR [REJECT_FIRST]
 Binds 127.0.0.1 on a free port, prints the port on stdout, then stores every message it
 accepts in the Maildir. The first REJECT_FIRST messages are refused with a transient
-"451 try again later" (to test retries).
+"451 try again later" (to test retries), and every recipient whose address starts with
+"bounce" with a permanent "550 user unknown" (a mistyped address).
 """
 
 import asyncio
@@ -19,6 +20,12 @@ class FlakyMailbox(Mailbox):
     def __init__(self, maildir, reject_first):
         super().__init__(maildir)
         self.reject_first = reject_first
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower().startswith("bounce"):
+            return "550 5.1.1 user unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if self.reject_first > 0:

@@ -305,23 +305,74 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     let d = deliveries(&app, &wh, Some("succeeded")).await.remove(0);
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{d}");
+    // Each address has its own message: the relay refused the first (ops), not lead's.
     assert_eq!(attempts[0]["status_code"], 451, "{d}");
-    assert!(attempts[0]["error"].as_str().unwrap_or("").starts_with("smtp: "), "{d}");
+    let error = attempts[0]["error"].as_str().unwrap_or("");
+    assert!(error.starts_with("1 of 2 addresses failed; to ops@example.com: smtp: "), "{d}");
     assert_eq!(attempts[1]["status_code"], 250, "{d}");
 
     let mails = smtp.messages();
-    assert_eq!(mails.len(), 1, "only the accepted message is stored");
-    let mail = &mails[0];
+    assert_eq!(mails.len(), 2, "one accepted message per address, none twice: {mails:?}");
     let delivery_id = d["delivery_id"].as_str().unwrap();
-    assert!(mail.contains("Subject: Batch bat_42: batch.completed"), "{mail}");
-    assert!(mail.contains(&format!("Message-ID: <{delivery_id}@hookline>")), "{mail}");
-    assert!(mail.contains("MIME-Version: 1.0"), "{mail}");
-    assert!(mail.contains("Auto-Submitted: auto-generated"), "{mail}");
-    assert!(mail.contains("From: hookline <alerts@example.com>"), "{mail}");
-    assert!(mail.contains("X-RcptTo: ops@example.com, lead@example.com"), "{mail}");
-    assert!(mail.contains(&evt) && mail.contains("\"batch_id\": \"bat_42\""), "default body has the event: {mail}");
+    for (to, other) in [("lead@example.com", "ops@example.com"), ("ops@example.com", "lead@example.com")] {
+        let mail = mails.iter().find(|m| m.contains(&format!("X-RcptTo: {to}"))).expect("a message for each address");
+        assert!(!mail.contains(other), "its own message, its own To: {mail}");
+        assert!(mail.contains("Subject: Batch bat_42: batch.completed"), "{mail}");
+        assert!(mail.contains(&format!("Message-ID: <{delivery_id}@hookline>")), "{mail}");
+        assert!(mail.contains("MIME-Version: 1.0"), "{mail}");
+        assert!(mail.contains("Auto-Submitted: auto-generated"), "{mail}");
+        assert!(mail.contains("From: hookline <alerts@example.com>"), "{mail}");
+        assert!(mail.contains(&evt) && mail.contains("\"batch_id\": \"bat_42\""), "default body has the event: {mail}");
+    }
+    assert!(mails.iter().any(|m| m.contains("To: Lead <lead@example.com>")), "the display name is kept: {mails:?}");
     let m = app.metrics().await;
     assert!(m.contains("channel=\"email\",result=\"4xx\"") || m.contains("result=\"4xx\",channel=\"email\""), "{m}");
+}
+
+/// An address the relay refuses (a typo) fails the attempt, naming it, and holds back no
+/// other address: each has its own message, and a retry sends only to the addresses not
+/// yet reached.
+#[tokio::test]
+async fn a_refused_address_holds_back_no_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("mail"), 0);
+    let app = TestApp::start_with(dev_delivery(&format!(
+        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n",
+        smtp.port
+    )))
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "typo", "event_types": ["*"], "channels": [
+            {"channel": "email", "configs": {"to": ["ops@example.com", "bounce@example.com", "lead@example.com"]}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"n": 1})).await;
+    // Two attempts: the first reached ops and lead, the retry asked for bounce alone.
+    assert!(
+        eventually(WAIT, || async {
+            deliveries(&app, &wh, None)
+                .await
+                .first()
+                .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| a.len() >= 2))
+        })
+        .await,
+        "{:?}",
+        deliveries(&app, &wh, None).await
+    );
+    let d = deliveries(&app, &wh, None).await.remove(0);
+    assert_eq!(d["status"], "pending", "{d}");
+    for a in d["attempts"].as_array().unwrap().iter().take(2) {
+        assert_eq!(a["status_code"], 550, "{d}");
+    }
+    let first = d["attempts"][0]["error"].as_str().unwrap();
+    assert!(
+        first.starts_with("1 of 3 addresses failed; to bounce@example.com: smtp: permanent error (550)"),
+        "{first}"
+    );
+    let mails = smtp.messages();
+    let to = |addr: &str| mails.iter().filter(|m| m.contains(&format!("X-RcptTo: {addr}"))).count();
+    assert_eq!((to("ops@example.com"), to("lead@example.com"), mails.len()), (1, 1, 2), "each reached once: {mails:?}");
 }
 
 #[tokio::test]
@@ -345,9 +396,9 @@ async fn email_to_a_silent_relay_times_out_and_is_retried() {
         eventually(WAIT, || async {
             deliveries(&app, &wh, None).await.first().is_some_and(|d| {
                 d["status"] == "pending"
-                    && d["attempts"]
-                        .as_array()
-                        .is_some_and(|a| a.len() >= 2 && a.iter().all(|x| x["error"] == "smtp: timed out after 1.0s"))
+                    && d["attempts"].as_array().is_some_and(|a| {
+                        a.len() >= 2 && a.iter().all(|x| x["error"] == "to ops@example.com: smtp: timed out after 1.0s")
+                    })
             })
         })
         .await,
@@ -417,7 +468,8 @@ async fn an_smtp_relay_echoing_the_login_does_not_leak_it() {
     let d = &deliveries(&app, &wh, None).await[0];
     assert_eq!(d["attempts"][0]["status_code"], 535, "{d}");
     assert_eq!(
-        d["attempts"][0]["error"], "smtp: permanent error (535): 5.7.8 bad credentials: |********|******** (********)",
+        d["attempts"][0]["error"],
+        "to ops@example.com: smtp: permanent error (535): 5.7.8 bad credentials: |********|******** (********)",
         "{d}"
     );
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;

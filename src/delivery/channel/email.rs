@@ -1,13 +1,15 @@
-//! The email channel: one message per delivery, to every address of the channel, through the
-//! SMTP relay of `[delivery.email]`.
+//! The email channel: one message per delivery and address, through the SMTP relay of
+//! `[delivery.email]`.
 //!
 //! The transport is built once from the config and shared by every email channel. The
 //! `Message-ID` is derived from the delivery ID, so every retry of one delivery carries the
 //! same one and a receiving system can drop duplicates. Any SMTP failure (refused connection,
 //! 4xx, 5xx, timeout) is retried on the common schedule, like an HTTP channel's non-2xx: a
 //! rejected relay login is an operator's fix, not a lost event.
-//! One message goes to all the addresses, so a relay that refuses one of them fails the
-//! attempt for all (and the retry sends to all).
+//! Each address gets its own message (its own `To:`), as each SMS number does: an address the
+//! relay refuses fails the attempt, naming it, but holds back none of the others, and the
+//! delivery remembers the addresses reached, so a retry sends only to the rest. (One message
+//! to all would let one mistyped address keep every other one waiting until `max_age_hours`.)
 //!
 //! `timeout_seconds` bounds the whole send of one message (lettre's own timeout only covers
 //! the TCP connect). Connections are not pooled: each message has its own, so a send cut off
@@ -80,7 +82,8 @@ impl Mailer {
 }
 
 pub struct EmailChannel {
-    to: Vec<Mailbox>,
+    /// Each address as written in the channel's `to` (what `done_recipients` holds), parsed.
+    to: Vec<(String, Mailbox)>,
     subject: Template,
     body: Template,
     mailer: std::sync::Arc<Mailer>,
@@ -91,7 +94,7 @@ impl EmailChannel {
         let to = config
             .to
             .iter()
-            .map(|a| a.parse::<Mailbox>().map_err(|e| format!("stored address {a:?}: {e}")))
+            .map(|a| a.parse::<Mailbox>().map(|m| (a.clone(), m)).map_err(|e| format!("stored address {a:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let compile = |src: &Option<String>, default: &str, what: &str| {
             Template::compile(src.as_deref().unwrap_or(default)).map_err(|e| format!("{what}: {e}"))
@@ -121,8 +124,35 @@ impl EmailChannel {
         if subject.is_empty() && body.trim().is_empty() {
             return AttemptResult::failed(Outcome::Permanent, "error", super::slack::EMPTY);
         }
-        let mut builder = lettre::Message::builder()
+        let mut reached = Vec::new();
+        let mut failed: Vec<(String, AttemptResult)> = Vec::new();
+        let mut last_ok = None;
+        for (written, mailbox) in &self.to {
+            if msg.done_recipients.contains(written) {
+                continue;
+            }
+            let r = self.send_one(msg, mailbox, &subject, &body).await;
+            if r.outcome == Outcome::Delivered {
+                reached.push(written.clone());
+                last_ok = Some(r);
+            } else {
+                // The relay itself is unreachable or silent: every other address would wait
+                // out the same timeout. They go with the retry.
+                let relay_down = matches!(r.result, "connect" | "timeout");
+                failed.push((written.clone(), r));
+                if relay_down {
+                    break;
+                }
+            }
+        }
+        super::summarize(self.to.len(), reached, failed, last_ok, "addresses")
+    }
+
+    /// Sends the delivery's message to one address.
+    async fn send_one(&self, msg: &Message<'_>, to: &Mailbox, subject: &str, body: &str) -> AttemptResult {
+        let email = lettre::Message::builder()
             .from(self.mailer.from.clone())
+            .to(to.clone())
             .subject(subject)
             .message_id(Some(format!("<{}@hookline>", msg.id)))
             // lettre adds MIME-Version only to multipart and singlepart bodies (RFC 2045 §4).
@@ -132,11 +162,9 @@ impl EmailChannel {
             .raw_header(lettre::message::header::HeaderValue::new(
                 lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted"),
                 "auto-generated".into(),
-            ));
-        for to in &self.to {
-            builder = builder.to(to.clone());
-        }
-        let email = match builder.body(body) {
+            ))
+            .body(body.to_string());
+        let email = match email {
             Ok(m) => m,
             Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("build the message: {e}")),
         };

@@ -388,3 +388,43 @@ pub fn framing_header(name: &str) -> bool {
 }
 
 pub type Headers = BTreeMap<String, String>;
+
+/// One attempt's result from its sends to each recipient of a multi-recipient channel (SMS
+/// numbers, email addresses): delivered when none failed, else the first failure (its status,
+/// label and `Retry-After`) with every failed recipient in the error; `reached` either way.
+pub(crate) fn summarize(
+    total: usize,
+    reached: Vec<String>,
+    mut failed: Vec<(String, AttemptResult)>,
+    last_ok: Option<AttemptResult>,
+    noun: &str,
+) -> AttemptResult {
+    if failed.is_empty() {
+        let mut ok = last_ok.unwrap_or(AttemptResult {
+            outcome: Outcome::Delivered,
+            status_code: None,
+            error: None,
+            retry_after: None,
+            result: "2xx",
+            reached: Vec::new(),
+        });
+        ok.reached = reached;
+        return ok;
+    }
+    let errors: Vec<String> =
+        failed.iter().map(|(to, r)| format!("to {to}: {}", r.error.as_deref().unwrap_or("failed"))).collect();
+    let retry_after = failed.iter().filter_map(|(_, r)| r.retry_after).max();
+    // A rate limit speaks for the attempt (the channel is then held, see `throttle`), even
+    // when another number failed first for another reason.
+    let pick = failed.iter().position(|(_, r)| r.status_code == Some(429)).unwrap_or(0);
+    let mut first = failed.swap_remove(pick).1;
+    first.retry_after = retry_after;
+    // A channel of one recipient has one reason: it speaks for itself.
+    first.error = Some(if total == 1 {
+        errors.join("; ")
+    } else {
+        format!("{} of {total} {noun} failed; {}", errors.len(), errors.join("; "))
+    });
+    first.reached = reached;
+    first
+}

@@ -15,7 +15,7 @@ use base64::Engine;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
 use super::http::{exchange_hiding, parse_uri, post};
-use super::{AttemptResult, Channel, ChannelDeps, Message, SendFuture, SmsConfig};
+use super::{summarize, AttemptResult, Channel, ChannelDeps, Message, SendFuture, SmsConfig};
 use crate::config::SmsSettings;
 use crate::delivery::netguard::check_url;
 use crate::delivery::retry::Outcome;
@@ -135,41 +135,8 @@ impl SmsChannel {
                 }
             }
         }
-        summarize(self.to.len(), reached, failed, last_ok)
+        summarize(self.to.len(), reached, failed, last_ok, "numbers")
     }
-}
-
-/// One attempt's result from its sends: delivered when no number failed, else the first
-/// failure (its status, label and `Retry-After`) with every failed number in the error.
-fn summarize(
-    total: usize,
-    reached: Vec<String>,
-    mut failed: Vec<(String, AttemptResult)>,
-    last_ok: Option<AttemptResult>,
-) -> AttemptResult {
-    if failed.is_empty() {
-        let mut ok = last_ok.unwrap_or(AttemptResult {
-            outcome: Outcome::Delivered,
-            status_code: None,
-            error: None,
-            retry_after: None,
-            result: "2xx",
-            reached: Vec::new(),
-        });
-        ok.reached = reached;
-        return ok;
-    }
-    let errors: Vec<String> =
-        failed.iter().map(|(to, r)| format!("to {to}: {}", r.error.as_deref().unwrap_or("failed"))).collect();
-    let retry_after = failed.iter().filter_map(|(_, r)| r.retry_after).max();
-    // A rate limit speaks for the attempt (the channel is then held, see `throttle`), even
-    // when another number failed first for another reason.
-    let pick = failed.iter().position(|(_, r)| r.status_code == Some(429)).unwrap_or(0);
-    let mut first = failed.swap_remove(pick).1;
-    first.retry_after = retry_after;
-    first.error = Some(format!("{} of {total} numbers failed; {}", errors.len(), errors.join("; ")));
-    first.reached = reached;
-    first
 }
 
 impl Channel for SmsChannel {
@@ -224,10 +191,10 @@ mod tests {
     #[test]
     fn a_failed_number_fails_the_attempt_and_keeps_the_reached_ones() {
         let two = vec!["+15550000000".to_string(), "+15550002222".to_string()];
-        let r = summarize(3, two.clone(), Vec::new(), Some(ok()));
+        let r = summarize(3, two.clone(), Vec::new(), Some(ok()), "numbers");
         assert_eq!((r.outcome, &r.reached, r.status_code), (Outcome::Delivered, &two, Some(201)));
         let bad = AttemptResult::failed(Outcome::Retriable, "4xx", "HTTP 400: invalid number");
-        let r = summarize(3, two.clone(), vec![("+15550001111".into(), bad)], Some(ok()));
+        let r = summarize(3, two.clone(), vec![("+15550001111".into(), bad)], Some(ok()), "numbers");
         assert_eq!((r.outcome, r.result, &r.reached), (Outcome::Retriable, "4xx", &two));
         assert_eq!(r.error.as_deref(), Some("1 of 3 numbers failed; to +15550001111: HTTP 400: invalid number"));
     }
