@@ -341,7 +341,7 @@ pub struct Delivery {
     pub event_id: EventId,
     pub event_type: String,
     /// Recipients (as written in the channel's `to`: a PATCH may reorder or change the list)
-    /// already reached by earlier attempts of a multi-recipient channel (SMS): a retry sends
+    /// already reached by earlier attempts of a multi-recipient channel (SMS, email): a retry sends
     /// only to the others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub done_recipients: Vec<String>,
