@@ -497,13 +497,20 @@ impl AdapterState {
             Operation::Update | Operation::Delete => None,
         };
         if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
-            self.stats.processed(now);
-            let mut batch = Batch::new();
-            self.put_stats(&mut batch);
-            let commit = self.submit(batch, Vec::new());
-            return Step::Done(Ok(IngestOk::new(IngestStatus::Duplicate, Some(object_id), Some(commit))));
+            return Step::Done(Ok(self.duplicate(now, object_id)));
         }
         self.prepare(now, screened, payload, dedup_hash, Origin::Ingest)
+    }
+
+    /// Answers an event whose dedup value is in the dedup set: `duplicate`, naming the object
+    /// made from it (which may have been deleted since). Counted as processed; the (stats
+    /// only) commit resolves after the original's, the committer being FIFO.
+    fn duplicate(&mut self, now: u64, object_id: ObjectId) -> IngestOk {
+        self.stats.processed(now);
+        let mut batch = Batch::new();
+        self.put_stats(&mut batch);
+        let commit = self.submit(batch, Vec::new());
+        IngestOk::new(IngestStatus::Duplicate, Some(object_id), Some(commit))
     }
 
     /// Accepts a request authenticated against this actor's own gate; any other (verified

@@ -204,6 +204,23 @@ pub fn external_id(
     }
 }
 
+/// The upstream ID the thing had before the event, for an update that changes it: a
+/// Supabase UPDATE whose `old_record` has another primary key than `record` (the row's key
+/// was changed). `None` for every other event, and when `old_record` has no usable key (then
+/// the update finds the objects by the new key, as before).
+pub fn previous_external_id(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
+    match adapter.adapter_type {
+        ProviderType::Supabase => {
+            let ev = supabase::DbEvent::parse(payload).ok()?;
+            if ev.op != supabase::Op::Update {
+                return None;
+            }
+            ev.old_primary_key(adapter.id_column())
+        }
+        ProviderType::GenericWebhook | ProviderType::Mux => None,
+    }
+}
+
 /// What an accepted event does to the bucket's objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -227,8 +244,11 @@ pub fn operation(kind: ProviderType, event_type: Option<&str>) -> Operation {
 }
 
 /// Whether an update of a row that has no object yet creates it. Supabase: yes (the INSERT
-/// may predate the adapter or have been filtered out). Mux: no, an asset becomes an object
-/// when it is ready, and an `updated` of an unknown asset must not make a second one.
+/// may predate the adapter or have been filtered out), as a create: when its dedup value is
+/// already in the dedup set (the row's object was made and deleted since) it is a
+/// `duplicate` instead, so a late UPDATE does not bring a deleted row back (see
+/// `actor/lifecycle.rs`; without a dedup key it always creates). Mux: no, an asset becomes
+/// an object when it is ready, and an `updated` of an unknown asset must not make a second one.
 pub fn upsert_on_update(kind: ProviderType) -> bool {
     kind == ProviderType::Supabase
 }
@@ -266,6 +286,17 @@ mod tests {
         assert_eq!(doc["record"]["slug"], "s");
         assert!(metadata_document(&a, &json!({"type": "INSERT"})).is_err());
         assert_eq!(default_dedup_key(ProviderType::Supabase), None);
+        // An UPDATE that changed the primary key names the old one; other events do not.
+        a.id_column = None;
+        let upd = |old: Value| {
+            json!({"type": "UPDATE", "table": "t", "schema": "public",
+            "record": {"id": 201}, "old_record": old})
+        };
+        assert_eq!(previous_external_id(&a, &upd(json!({"id": 200}))).as_deref(), Some("200"));
+        assert_eq!(external_id(&a, &upd(json!({"id": 200})), None).unwrap().as_deref(), Some("201"));
+        assert_eq!(previous_external_id(&a, &upd(json!({"title": "no key"}))), None);
+        assert_eq!(previous_external_id(&a, &upd(Value::Null)), None);
+        assert_eq!(previous_external_id(&a, &del), None, "a DELETE's old_record is its row");
     }
 
     #[test]

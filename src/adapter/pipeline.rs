@@ -28,6 +28,10 @@ pub struct Screened {
     pub operation: Operation,
     /// The upstream's ID of the thing (see `kind::external_id`).
     pub external_id: Option<String>,
+    /// The thing's ID before this event, when the event changes it (a Supabase UPDATE of
+    /// the row's primary key; see `kind::previous_external_id`): its objects are found under
+    /// this ID and re-keyed to `external_id`.
+    pub previous_external_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +85,11 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
     if operation != Operation::Create && external_id.is_none() {
         return Err(PayloadError("this event changes an object but names no upstream ID".into()));
     }
-    Ok(Screen::Accepted(Screened { event_type, dedup_value, operation, external_id }))
+    let previous_external_id = match operation {
+        Operation::Update => kind::previous_external_id(adapter, payload).filter(|p| Some(p) != external_id.as_ref()),
+        Operation::Create | Operation::Delete => None,
+    };
+    Ok(Screen::Accepted(Screened { event_type, dedup_value, operation, external_id, previous_external_id }))
 }
 
 fn dedup_path(adapter: &SourceAdapter) -> Option<&str> {

@@ -16,7 +16,9 @@
 //! time-ordered, so every ingest appends at the end of the tree, where keyed by hash each
 //! landed on a random page, which cost sled several times more per insert. Both are written
 //! in the same batch as the object or buffer entry; an `xref` entry is deleted with its
-//! object, a `dkey` entry only with the adapter (a deleted object's event stays a duplicate).
+//! object (and replaced, in the batch that re-keys it, when a Supabase UPDATE changes the
+//! row's primary key), a `dkey` entry only with the adapter (a deleted object's event stays
+//! a duplicate).
 //! Object and batch IDs are time-ordered, so key order is creation order (cursor pagination).
 //! The bucket registry deletes every `{bucket_id}/` prefix with the bucket.
 

@@ -97,11 +97,14 @@ impl DbEvent {
     /// The row's primary key as a string: strings (non-empty) and numbers are accepted,
     /// anything else (null, bool, objects) is not a usable key.
     pub fn primary_key(&self, id_column: &str) -> Option<String> {
-        match self.row().ok()?.get(id_column)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => super::path::number_key(n),
-            _ => None,
-        }
+        key_of(self.row().ok()?, id_column)
+    }
+
+    /// The primary key of `old_record` (the row before an UPDATE), read as
+    /// [`DbEvent::primary_key`] reads the row's. An UPDATE that changed the key has another
+    /// one here than in `record`.
+    pub fn old_primary_key(&self, id_column: &str) -> Option<String> {
+        key_of(self.old_record.as_ref()?, id_column)
     }
 
     /// The document `field_mapping` reads (`record.*`, `old_record.*`, `table`, …): the
@@ -116,6 +119,14 @@ impl DbEvent {
         m.insert("record".into(), row);
         m.insert("old_record".into(), self.old_record.clone().map(Value::Object).unwrap_or(Value::Null));
         Value::Object(m)
+    }
+}
+
+fn key_of(row: &Map<String, Value>, id_column: &str) -> Option<String> {
+    match row.get(id_column)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => super::path::number_key(n),
+        _ => None,
     }
 }
 

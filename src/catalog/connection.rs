@@ -139,14 +139,8 @@ impl ProviderConfig {
             }
             ProviderType::Supabase => {
                 let c: SupabaseConfig = typed_at(at, v)?;
-                match url::Url::parse(&c.url) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                    _ => {
-                        return Err(ApiError::validation(
-                            field("url"),
-                            "must be an http(s) URL such as https://xyz.supabase.co",
-                        ))
-                    }
+                if let Some(problem) = supabase_url_problem(&c.url) {
+                    return Err(ApiError::validation(field("url"), problem));
                 }
                 if c.service_role_key.trim().is_empty() {
                     return Err(ApiError::validation(field("service_role_key"), "must not be empty"));
@@ -178,6 +172,27 @@ impl ProviderConfig {
         };
         Ok(cfg)
     }
+}
+
+/// What is wrong with a Supabase `url`, if anything. It must be the project URL: hookline
+/// adds `/rest/v1/{table}` itself, so a URL pasted with the dashboard's API path
+/// (`https://xyz.supabase.co/rest/v1/`) would make every writeback PATCH
+/// `/rest/v1/rest/v1/{table}`. Refused rather than stripped: the user learns what the field
+/// means, and nothing stored differs from what was sent.
+fn supabase_url_problem(raw: &str) -> Option<String> {
+    const EXPECTED: &str = "the project URL, e.g. https://abcd.supabase.co, without /rest/v1";
+    let u = match url::Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+        _ => return Some(format!("must be an http(s) URL: {EXPECTED}")),
+    };
+    if !matches!(u.path(), "" | "/") {
+        let path: String = u.path().chars().take(80).collect();
+        return Some(format!("has the path {path:?}; give {EXPECTED} (hookline adds /rest/v1/{{table}} to it)"));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Some(format!("has a query or fragment; give {EXPECTED}"));
+    }
+    None
 }
 
 impl ProviderConfig {
@@ -361,6 +376,29 @@ mod tests {
                 format!(r#"{{"access_token_id":"i","access_token_secret":"s","webhook_signing_secret":{stored}}}"#);
             let cfg = ProviderConfig::decode(ProviderType::Mux, plain.as_bytes()).unwrap();
             assert_eq!(cfg.mux_signing_secrets(), want);
+        }
+    }
+
+    #[test]
+    fn a_supabase_url_is_the_project_url_without_a_path() {
+        let parse = |url: &str| {
+            ProviderConfig::parse(ProviderType::Supabase, serde_json::json!({"url": url, "service_role_key": "k"}))
+        };
+        for ok in ["https://abcd.supabase.co", "https://abcd.supabase.co/", "http://127.0.0.1:54321"] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://abcd.supabase.co/rest/v1/",
+            "https://abcd.supabase.co/rest/v1",
+            "https://abcd.supabase.co/x",
+            "https://abcd.supabase.co/?a=b",
+            "https://abcd.supabase.co#f",
+            "ftp://abcd.supabase.co",
+            "abcd.supabase.co",
+        ] {
+            let e = parse(bad).err().unwrap_or_else(|| panic!("{bad} accepted")).to_string();
+            assert!(e.starts_with("provider_config.url: "), "{bad}: {e}");
+            assert!(e.contains("the project URL, e.g. https://abcd.supabase.co, without /rest/v1"), "{bad}: {e}");
         }
     }
 }

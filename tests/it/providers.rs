@@ -1156,3 +1156,139 @@ async fn an_ingest_whose_caller_hung_up_still_publishes_its_event() {
     assert_eq!(events[0]["payload"]["object_id"], oid.as_str());
     assert_eq!(hook.count(), 1);
 }
+
+/// A Supabase bucket with `adapter` (merged over INSERT/UPDATE/DELETE, `record.title` →
+/// title, immediate); returns the bucket and its webhook secret.
+async fn supabase_rows(app: &TestApp, name: &str, adapter: Value) -> (String, String) {
+    let bucket = app.create_bucket(name, json!({"title": {"type": "string"}})).await;
+    let mut config = json!({"adapter_type": "supabase",
+        "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
+        "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}});
+    for (k, v) in adapter.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": config })).await;
+    assert_eq!(s, 200, "{b}");
+    (bucket, b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string())
+}
+
+/// Posts a database-webhook payload to the bucket's ingest URL; asserts a 200.
+async fn post_row(app: &TestApp, bucket: &str, secret: &str, v: Value) -> Value {
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let (s, r) = app
+        .post_raw(&ingest, v.to_string(), &[("X-Webhook-Secret", secret), ("Content-Type", "application/json")])
+        .await;
+    assert_eq!(s, 200, "{v} → {r}");
+    r
+}
+
+/// An UPDATE that changed the row's primary key (`old_record.id` 200, `record.id` 201)
+/// updates the row's object, found under the old key, and re-keys it: its external_id and
+/// index entry become 201, so the next UPDATE and the DELETE of 201 (after a restart too:
+/// the index entry on disk moved) reach it, and no second object is made.
+#[tokio::test]
+async fn supabase_update_of_the_primary_key_rekeys_the_rows_object() {
+    let mut app = TestApp::start().await;
+    let (bucket, secret) = supabase_rows(&app, "rekey", json!({})).await;
+    let (b, s) = (bucket.as_str(), secret.as_str());
+    let r = post_row(&app, b, s, db_event("INSERT", json!({"id": 200, "title": "a"}), Value::Null)).await;
+    assert_eq!(r["status"], "created", "{r}");
+    let oid = r["object_id"].clone();
+    let key_change = db_event("UPDATE", json!({"id": 201, "title": "b"}), json!({"id": 200, "title": "a"}));
+    let r = post_row(&app, b, s, key_change.clone()).await;
+    assert_eq!((&r["status"], &r["object_id"], &r["object_ids"]), (&json!("updated"), &oid, &json!([oid])), "{r}");
+    let objs = objects(&app, b).await;
+    assert_eq!(objs.len(), 1, "{objs:?}");
+    assert_eq!((&objs[0]["object_id"], &objs[0]["source"]["external_id"]), (&oid, &json!("201")));
+    assert_eq!(objs[0]["metadata"]["title"], "b");
+    // The same key change delivered again finds the object under its new key.
+    let r = post_row(&app, b, s, key_change).await;
+    assert_eq!((&r["status"], &r["object_id"]), (&json!("updated"), &oid), "{r}");
+    assert_eq!(objects(&app, b).await.len(), 1);
+
+    app.restart().await;
+    let r = post_row(&app, b, s, db_event("UPDATE", json!({"id": 201, "title": "c"}), json!({"id": 201}))).await;
+    assert_eq!((&r["status"], &r["object_id"]), (&json!("updated"), &oid), "{r}");
+    let objs = objects(&app, b).await;
+    assert_eq!((objs.len(), &objs[0]["metadata"]["title"]), (1, &json!("c")), "{objs:?}");
+    let r = post_row(&app, b, s, db_event("DELETE", Value::Null, json!({"id": 201, "title": "c"}))).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([oid])), "{r}");
+    assert!(objects(&app, b).await.is_empty());
+}
+
+/// The same for a row still in its batch window: the buffered entry is updated in place and
+/// re-keyed (its byte count kept exact), a later UPDATE of the new key finds it, and the
+/// flush makes one object with the new key and the latest content.
+#[tokio::test]
+async fn supabase_update_of_the_primary_key_rekeys_a_buffered_row() {
+    let app = TestApp::start().await;
+    let window = json!({"batching": {"mode": "time_window", "window_seconds": 5}});
+    let (bucket, secret) = supabase_rows(&app, "rekey-buffered", window).await;
+    let (b, s) = (bucket.as_str(), secret.as_str());
+    let exact = || async {
+        let (st, v) = app.get(&format!("/v1/debug/buffer/{b}")).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["counted"], v["actual"], "{v}");
+    };
+    let r = post_row(&app, b, s, db_event("INSERT", json!({"id": "300", "title": "a"}), Value::Null)).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    let oid = r["object_id"].clone();
+    let r =
+        post_row(&app, b, s, db_event("UPDATE", json!({"id": "301-longer", "title": "b"}), json!({"id": "300"}))).await;
+    assert_eq!((&r["status"], &r["object_id"]), (&json!("updated"), &oid), "{r}");
+    exact().await;
+    let r = post_row(
+        &app,
+        b,
+        s,
+        db_event("UPDATE", json!({"id": "301-longer", "title": "c"}), json!({"id": "301-longer"})),
+    )
+    .await;
+    assert_eq!((&r["status"], &r["object_id"]), (&json!("updated"), &oid), "{r}");
+    exact().await;
+    assert!(eventually(Duration::from_secs(20), || async { !objects(&app, b).await.is_empty() }).await);
+    let objs = objects(&app, b).await;
+    assert_eq!(objs.len(), 1, "{objs:?}");
+    assert_eq!(
+        (&objs[0]["object_id"], &objs[0]["source"]["external_id"], &objs[0]["metadata"]["title"]),
+        (&oid, &json!("301-longer"), &json!("c"))
+    );
+    let r = post_row(&app, b, s, db_event("DELETE", Value::Null, json!({"id": "301-longer"}))).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([oid])), "{r}");
+}
+
+/// With `dedup_key` on the row's ID, an UPDATE that arrives after the row's DELETE (a late
+/// retry) is not an upsert: like a re-sent INSERT of the deleted row, it is a `duplicate` of
+/// the deleted object, and nothing comes back. Without a dedup key nothing tells a deleted
+/// row from one never seen, and the UPDATE creates the object (upsert).
+#[tokio::test]
+async fn supabase_update_after_the_rows_delete_is_a_duplicate_with_a_dedup_key() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = supabase_rows(&app, "deleted-rows", json!({"dedup_key": "record.id"})).await;
+    let (b, s) = (bucket.as_str(), secret.as_str());
+    let row = json!({"id": 700, "title": "gone"});
+    let r = post_row(&app, b, s, db_event("INSERT", row.clone(), Value::Null)).await;
+    assert_eq!(r["status"], "created", "{r}");
+    let oid = r["object_id"].clone();
+    let r = post_row(&app, b, s, db_event("DELETE", Value::Null, row.clone())).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([oid])), "{r}");
+    let late_update = db_event("UPDATE", json!({"id": 700, "title": "back?"}), row.clone());
+    let r = post_row(&app, b, s, late_update.clone()).await;
+    assert_eq!(r, json!({"handled": true, "status": "duplicate", "object_id": oid}), "{r}");
+    // What a re-sent INSERT of the deleted row answers (README): the same.
+    let r = post_row(&app, b, s, db_event("INSERT", row.clone(), Value::Null)).await;
+    assert_eq!(r, json!({"handled": true, "status": "duplicate", "object_id": oid}), "{r}");
+    assert!(objects(&app, b).await.is_empty(), "the deleted row stays deleted");
+    // A row the adapter never saw is still upserted by its UPDATE.
+    let r = post_row(&app, b, s, db_event("UPDATE", json!({"id": 701, "title": "new"}), json!({"id": 701}))).await;
+    assert_eq!(r["status"], "created", "{r}");
+
+    // Without a dedup key: the late UPDATE creates the object again (documented upsert).
+    let (bucket, secret) = supabase_rows(&app, "deleted-rows-nokey", json!({})).await;
+    let (b, s) = (bucket.as_str(), secret.as_str());
+    post_row(&app, b, s, db_event("INSERT", row.clone(), Value::Null)).await;
+    post_row(&app, b, s, db_event("DELETE", Value::Null, row)).await;
+    let r = post_row(&app, b, s, late_update).await;
+    assert_eq!(r["status"], "created", "{r}");
+    assert_eq!(objects(&app, b).await.len(), 1);
+}

@@ -509,3 +509,66 @@ async fn kept_credentials_do_not_follow_a_new_writeback_url() {
         assert!(b["error"]["message"].as_str().unwrap().contains(why), "{b}");
     }
 }
+
+/// A Supabase `url` is the project URL: hookline adds `/rest/v1/{table}` itself. The API path
+/// pasted from the dashboard (`…/rest/v1/`), which made every writeback PATCH
+/// `/rest/v1/rest/v1/{table}`, is refused with a 422 naming the field and saying what to give,
+/// on a connection's create and PATCH and in inline credentials alike; the project URL then
+/// writes back to `/rest/v1/{table}`.
+#[tokio::test]
+async fn a_supabase_url_with_a_path_is_refused_and_the_project_url_writes_back() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let expect = "the project URL, e.g. https://abcd.supabase.co, without /rest/v1";
+    let refused = |s: u16, b: &Value, field: &str| {
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{b}");
+        assert!(b["error"]["message"].as_str().unwrap_or("").contains(expect), "{b}");
+    };
+    for (i, path) in ["/rest/v1/", "/rest/v1", "/project"].into_iter().enumerate() {
+        let config = json!({"url": pg.url(path), "service_role_key": "srk"});
+        let (s, b) = app
+            .post(
+                "/v1/organizations/connections",
+                json!({"name": "db", "provider_type": "supabase", "provider_config": config}),
+            )
+            .await;
+        refused(s, &b, "provider_config.url");
+        let bucket = app.create_bucket(&format!("inline-{i}"), json!({"title": {"type": "string"}})).await;
+        let (s, b) = app
+            .patch(
+                &format!("/v1/buckets/{bucket}"),
+                json!({"source_adapter": {"adapter_type": "supabase", "connection": {"credentials": config}}}),
+            )
+            .await;
+        refused(s, &b, "source_adapter.connection.credentials.url");
+    }
+    let conn = supabase_connection(&app, &pg.url("/"), "srk").await;
+    let conn_id = conn["connection_id"].as_str().unwrap();
+    let (s, b) = app
+        .patch(
+            &format!("/v1/organizations/connections/{conn_id}"),
+            json!({"provider_config": {"url": pg.url("/rest/v1/"), "service_role_key": "srk"}}),
+        )
+        .await;
+    refused(s, &b, "provider_config.url");
+
+    // The connection kept its project URL: a row is written back to /rest/v1/listings.
+    let (bucket, secret) = bucket_with(
+        &app,
+        "listings",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "connection_id": conn_id,
+            "field_mapping": {"record.title": "title"},
+            "batching": {"mode": "count", "max_batch_size": 1, "auto_submit": true},
+            "writeback": {"enabled": true, "trigger": "on_batch_complete",
+                "field_mapping": [{"source_path": "status", "target_field": "mp_status"}]}}),
+    )
+    .await;
+    ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 5, "title": "Loft"}))).await;
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "{}", status(&app, &bucket).await);
+    let seen = pg.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str(), seen[0].query.as_str()),
+        ("PATCH", "/rest/v1/listings", "id=eq.5")
+    );
+}

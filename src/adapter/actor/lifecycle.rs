@@ -7,7 +7,9 @@
 //! stored ones are re-mapped (`object.updated`) or deleted (`object.deleted`, their alerts
 //! with them) in one atomic batch with their events; ones still buffered in a batch window
 //! are changed in place (the flush later publishes only `object.created`, with the latest
-//! content) or dropped.
+//! content) or dropped. A Supabase UPDATE that changed the row's primary key finds the row's
+//! objects under the old key (`old_record`'s) too, and re-keys them: their `external_id` and
+//! index entry become the new key, stored or buffered alike.
 //!
 //! Reads of stored objects go to the store. A batch this actor submitted may not be visible
 //! yet (submitted, not logged), so an indexed object that the store does not show is re-read
@@ -86,6 +88,34 @@ impl AdapterState {
         }
     }
 
+    /// Moves an object's external-ID index entry from `old_hash` to `new_hash` (same batch
+    /// as the object's change). On disk the entry is keyed by object ID: the put replaces it.
+    fn reindex(&mut self, batch: &mut Batch, old_hash: &str, new_hash: &str, object_id: &ObjectId) {
+        batch.put(Keyspace::EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()), &new_hash);
+        if let Some(ids) = self.xids.get_mut(old_hash) {
+            ids.retain(|o| o != object_id);
+            if ids.is_empty() {
+                self.xids.remove(old_hash);
+            }
+        }
+        let ids = self.xids.entry(new_hash.to_string()).or_default();
+        if !ids.contains(object_id) {
+            ids.push(object_id.clone());
+            // Creation order, as a reload from the store gives (IDs are time-ordered).
+            ids.sort();
+        }
+    }
+
+    /// Gives buffered entries a new external ID, in memory only (the caller stores them, see
+    /// `refresh_buffered`), keeping the buffer's byte count exact.
+    fn rekey_buffered(&mut self, ids: &[ObjectId], external_id: &str) {
+        for entry in self.buffer.iter_mut().filter(|e| ids.contains(&e.object_id)) {
+            let old = super::stored_size(entry);
+            entry.draft.source.external_id = Some(external_id.to_string());
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(old) + super::stored_size(entry);
+        }
+    }
+
     /// Deletes one object by ID (the objects API), with its index entry, its alerts and
     /// `object.deleted`.
     pub(super) async fn delete_object(&mut self, object_id: &ObjectId) -> Result<Option<super::Commit>, StoreError> {
@@ -150,8 +180,13 @@ impl AdapterState {
             let _ = reply.send(Ok(answer));
             return;
         }
-        let screened =
-            Screened { event_type: Some(event_type), dedup_value, operation, external_id: Some(external_id) };
+        let screened = Screened {
+            event_type: Some(event_type),
+            dedup_value,
+            operation,
+            external_id: Some(external_id),
+            previous_external_id: None,
+        };
         match self.prepare(now_millis(), screened, payload, None, Origin::Lifecycle) {
             Step::Done(r) => {
                 let _ = reply.send(r);
@@ -172,26 +207,58 @@ impl AdapterState {
         };
         let hash = records::dedup_hash(ext);
         let ids = self.xids.get(&hash).cloned().unwrap_or_default();
-        let (buffered, stored) = match self.stored_objects(&hash, ids).await {
+        let (mut buffered, mut stored) = match self.stored_objects(&hash, ids).await {
             Ok(found) => found,
             Err(e) => return Err(self.retry(now, format!("read objects: {e}"))),
         };
         let mut batch = Batch::new();
+        // An update that changed the upstream ID (a Supabase UPDATE of the row's primary key:
+        // `old_record` has the old one): the objects indexed under the old ID are the row's
+        // too. They are updated with the others and re-keyed to the new ID (their
+        // `external_id` and index entry), so later events of the row find them.
+        let mut rekeyed: Vec<ObjectId> = Vec::new();
+        if let (Some(previous), Some(_)) = (screened.previous_external_id.as_deref(), &draft) {
+            let old_hash = records::dedup_hash(previous);
+            let old_ids = self.xids.get(&old_hash).cloned().unwrap_or_default();
+            let (old_buffered, old_stored) = match self.stored_objects(&old_hash, old_ids).await {
+                Ok(found) => found,
+                Err(e) => return Err(self.retry(now, format!("read objects: {e}"))),
+            };
+            for id in old_buffered.iter().chain(old_stored.iter().map(|r| &r.object_id)) {
+                self.reindex(&mut batch, &old_hash, &hash, id);
+                rekeyed.push(id.clone());
+            }
+            // Before `refresh_buffered` below, which stores the entries with their new content.
+            self.rekey_buffered(&old_buffered, ext);
+            buffered.extend(old_buffered);
+            stored.extend(old_stored);
+        }
         let mut events = Vec::new();
         let mut object_ids: Vec<ObjectId> = buffered.clone();
         let status = match draft {
             Some(draft) => {
                 let upsert = origin == Origin::Ingest && kind::upsert_on_update(self.adapter.adapter_type);
                 if buffered.is_empty() && stored.is_empty() && upsert {
-                    // The upsert creates the object: its dedup key is recorded like a create's,
-                    // so the row's INSERT arriving late (retried) is a duplicate, not a second
-                    // object.
+                    // The upsert creates the object, so dedup guards it as it guards a create:
+                    // with a dedup value already in the dedup set (the row's INSERT was seen,
+                    // and its object deleted since: a DELETE, or the objects API), the UPDATE
+                    // is a duplicate of that object, as a re-sent INSERT would be, and does
+                    // not bring the row back. Otherwise its dedup key is recorded like a
+                    // create's, so the row's INSERT arriving late (retried) is a duplicate,
+                    // not a second object. Without a dedup key, nothing tells a deleted row
+                    // from one never seen: the UPDATE creates the object.
                     let dedup_hash = dedup_hash.or_else(|| screened.dedup_value.as_deref().map(records::dedup_hash));
+                    if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
+                        return Ok(self.duplicate(now, object_id));
+                    }
                     return Ok(self.accept(now, draft, dedup_hash));
                 }
                 self.refresh_buffered(&mut batch, &mut events, &buffered, &draft);
                 for mut rec in stored {
                     rec.apply(draft.clone());
+                    if rekeyed.contains(&rec.object_id) {
+                        rec.source.external_id = Some(ext.to_string());
+                    }
                     batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()), &rec);
                     let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
                     events.push(self.shared.bus.record(&mut batch, "object.updated", || rec.event_payload(), scopes));
