@@ -105,6 +105,7 @@ pub async fn run(
         keys,
         metrics,
         signature_checks: HttpState::signature_checks(),
+        refusals: Arc::default(),
     };
     let mut server = tokio::spawn(crate::http::serve(http_state, listener, http_shutdown));
     let mut supervisor_handle = supervisor_handle;

@@ -155,14 +155,17 @@ impl IngestOk {
 }
 
 pub enum IngestErr {
-    Unauthorized,
+    /// 401: why, and the message answered (see [`verify::Refusal`]).
+    Unauthorized(verify::Refusal, String),
     Disabled,
     /// The adapter is being removed (drained); the bucket no longer takes events.
     Gone,
     /// The body is not JSON (400/415).
     Malformed(crate::error::ApiError),
-    /// The payload cannot become an object (counted as failed; the commit holds the counters).
+    /// The event cannot become an object (counted as failed; the commit holds the counters):
+    /// 422 naming `field` (`payload`, or the adapter's connection when Mux refused its token).
     Invalid {
+        field: &'static str,
         message: String,
         commit: Commit,
     },
@@ -524,7 +527,7 @@ impl AdapterState {
             Verdict::Authentic(_) => Ok(()),
             // Nothing is recorded for an unauthenticated request: it must not write to the
             // store or replace the operator's `last_error` (the daemon log says why).
-            Verdict::Unauthorized => Err(IngestErr::Unauthorized),
+            Verdict::Unauthorized(refusal, message) => Err(IngestErr::Unauthorized(refusal, message)),
             Verdict::Unverifiable(e) => Err(IngestErr::Unverifiable(e)),
         }
     }
@@ -619,10 +622,15 @@ impl AdapterState {
     }
 
     fn fail(&mut self, now: u64, e: PayloadError) -> IngestErr {
-        self.stats.failed(now, e.0.clone());
+        self.fail_at(now, "payload", e.0)
+    }
+
+    /// As [`AdapterState::fail`], for a failure another field than the payload causes.
+    fn fail_at(&mut self, now: u64, field: &'static str, message: String) -> IngestErr {
+        self.stats.failed(now, message.clone());
         let mut batch = Batch::new();
         self.put_stats(&mut batch);
-        IngestErr::Invalid { message: e.0, commit: self.submit(batch, Vec::new()) }
+        IngestErr::Invalid { field, message, commit: self.submit(batch, Vec::new()) }
     }
 
     /// Turns the whole buffer into objects and batches of at most `max_batch_size`.

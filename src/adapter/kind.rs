@@ -43,17 +43,19 @@ pub struct SignatureHeaders {
 }
 
 /// Outcome of a provider-native signature check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NativeSignature {
     /// The provider has no native scheme or the request carries no such header.
     Absent,
+    /// A Mux adapter got a `Mux-Signature` but has no signing secret to check it with.
+    NoSecret,
     Valid,
-    Invalid,
+    Invalid(mux::MuxSignatureError),
 }
 
 /// Checks the provider's own signature scheme, if any. `connection` is the decrypted
 /// connection (or inline credentials); without a signing secret a native signature cannot
-/// authenticate and the `X-Webhook-Secret` fallback decides.
+/// authenticate ([`NativeSignature::NoSecret`]) and the `X-Webhook-Secret` fallback decides.
 pub fn native_signature(
     kind: ProviderType,
     mux_signature: Option<&str>,
@@ -64,16 +66,19 @@ pub fn native_signature(
         ProviderType::GenericWebhook | ProviderType::Supabase => NativeSignature::Absent,
         ProviderType::Mux => {
             let secrets = connection.map(ProviderConfig::mux_signing_secrets).unwrap_or_default();
-            let Some(header) = mux_signature.filter(|_| !secrets.is_empty()) else {
+            let Some(header) = mux_signature else {
                 return NativeSignature::Absent;
             };
+            if secrets.is_empty() {
+                return NativeSignature::NoSecret;
+            }
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             match mux::verify_signature(header, raw_body, &secrets, now, mux::DEFAULT_TOLERANCE_SECS) {
                 Ok(()) => NativeSignature::Valid,
                 Err(e) => {
                     // The kind only (stale, mismatch, malformed): never the header or secret.
                     tracing::debug!(error = ?e, "Mux-Signature refused");
-                    NativeSignature::Invalid
+                    NativeSignature::Invalid(e)
                 }
             }
         }

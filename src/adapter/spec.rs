@@ -191,6 +191,10 @@ pub struct SourceAdapterInput {
     pub ingest_path: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub webhook_url: Option<serde::de::IgnoredAny>,
+    /// The GET view's `effective` settings (defaults filled in): read-only, ignored, so that
+    /// a field left at its default stays a default (and follows the adapter type's).
+    #[serde(default)]
+    pub effective: Option<serde::de::IgnoredAny>,
 }
 
 fn yes() -> bool {
@@ -253,7 +257,8 @@ impl SourceAdapter {
         self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)
     }
 
-    /// The public view: no secret digest, no sealed credentials.
+    /// The public view: no secret digest, no sealed credentials; plus `effective`, the
+    /// event filter and dedup key in force, defaults filled in (see [`SourceAdapter::effective`]).
     pub fn view(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
@@ -261,8 +266,36 @@ impl SourceAdapter {
             if obj.remove("sealed_credentials").is_some() {
                 obj.insert("connection".into(), serde_json::json!({ "credentials": CREDENTIALS_SHOWN }));
             }
+            obj.insert("effective".into(), self.effective());
         }
         v
+    }
+
+    /// What the adapter does with `event_filter` and `dedup_key` as set or left out:
+    /// `event_filter.event_types` (`null`: every event is handled), `dedup_key` (`null`: no
+    /// dedup), and `defaults`, the ones of the two left out and so taken from the adapter
+    /// type (a default follows the adapter type if it is changed). Read-only: a PATCH
+    /// ignores it, so a GET view sent back leaves the defaults as defaults.
+    pub fn effective(&self) -> serde_json::Value {
+        let event_types: Option<Vec<String>> = match &self.event_filter {
+            Some(f) => Some(f.event_types.clone()),
+            None => {
+                super::kind::default_event_types(self.adapter_type).map(|l| l.iter().map(|t| t.to_string()).collect())
+            }
+        };
+        let dedup_key = self.dedup_key.as_deref().or(super::kind::default_dedup_key(self.adapter_type));
+        let mut defaults = Vec::new();
+        if self.event_filter.is_none() {
+            defaults.push("event_filter");
+        }
+        if self.dedup_key.is_none() {
+            defaults.push("dedup_key");
+        }
+        serde_json::json!({
+            "event_filter": {"event_types": event_types},
+            "dedup_key": dedup_key,
+            "defaults": defaults,
+        })
     }
 }
 
@@ -607,5 +640,15 @@ mod tests {
         assert!(!digest_matches(&d, &secret[..63]));
         assert!(secret_digest("not hex").is_none() && secret_digest(&"ab".repeat(31)).is_none());
         assert!(a.view().get("webhook_secret_sha256").is_none());
+        // Every event, no dedup: a generic adapter's defaults.
+        assert_eq!(
+            a.view()["effective"],
+            json!({"event_filter": {"event_types": null}, "dedup_key": null, "defaults": ["event_filter", "dedup_key"]})
+        );
+        let mux = SourceAdapter { adapter_type: ProviderType::Mux, dedup_key: Some("data.x".into()), ..a };
+        assert_eq!(
+            mux.view()["effective"],
+            json!({"event_filter": {"event_types": ["video.asset.ready"]}, "dedup_key": "data.x", "defaults": ["event_filter"]})
+        );
     }
 }

@@ -43,7 +43,8 @@ pub enum NativeCheck {
     /// No native signature header, or an adapter type without a native scheme.
     Absent,
     Valid,
-    Invalid,
+    /// Refused: why (told to the sender; see [`Refusal`]).
+    Invalid(Refusal),
     /// The request carries a native signature, but the adapter's signing secrets cannot be
     /// read (a master key that does not open them): neither valid nor the sender's fault.
     Unreadable(String),
@@ -96,7 +97,10 @@ impl Gate {
             Ok(creds) => match kind::native_signature(self.adapter.adapter_type, mux_signature, raw, creds.as_ref()) {
                 NativeSignature::Absent => NativeCheck::Absent,
                 NativeSignature::Valid => NativeCheck::Valid,
-                NativeSignature::Invalid => NativeCheck::Invalid,
+                NativeSignature::NoSecret => {
+                    NativeCheck::Invalid(Refusal::NoSigningSecret { connection_id: self.adapter.connection_id.clone() })
+                }
+                NativeSignature::Invalid(e) => NativeCheck::Invalid(Refusal::Signature(e)),
             },
         };
         (check, connections)
@@ -201,38 +205,156 @@ impl Proof {
     }
 }
 
+/// Why an ingest was refused (401). Its [`Refusal::message`] is answered to the sender,
+/// who may be anyone: it says what to fix, never a secret, the expected signature or the
+/// server's exact clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Neither `X-Webhook-Secret` nor a `Mux-Signature` a Mux adapter checks.
+    NoCredentials { mux: bool, mux_signature_ignored: bool },
+    /// `X-Webhook-Secret` does not match (and there is no `Mux-Signature` to fall back on).
+    WrongSecret { mux: bool },
+    /// A `Mux-Signature` on a Mux adapter whose connection (or inline credentials) has no
+    /// `webhook_signing_secret`.
+    NoSigningSecret { connection_id: Option<ConnectionId> },
+    /// A `Mux-Signature` that is malformed, stale or does not match.
+    Signature(super::mux::MuxSignatureError),
+}
+
+impl Refusal {
+    /// Short name for logs and the status endpoint (`stale`, `mismatch`, …).
+    pub fn kind(&self) -> &'static str {
+        use super::mux::MuxSignatureError as E;
+        match self {
+            Refusal::NoCredentials { .. } => "no_signature",
+            Refusal::WrongSecret { .. } => "wrong_webhook_secret",
+            Refusal::NoSigningSecret { .. } => "no_signing_secret",
+            Refusal::Signature(E::Missing) => "no_signature",
+            Refusal::Signature(E::Malformed(_)) => "malformed_signature",
+            Refusal::Signature(E::Stale { skew_secs }) if *skew_secs > 0 => "stale_timestamp",
+            Refusal::Signature(E::Stale { .. }) => "future_timestamp",
+            Refusal::Signature(E::Mismatch) => "signature_mismatch",
+        }
+    }
+
+    /// What the 401 says. `secret_sent`: an `X-Webhook-Secret` was sent and did not match
+    /// (said too, when the `Mux-Signature` is what was refused).
+    pub fn message(&self, secret_sent: bool) -> String {
+        const FALLBACK: &str = "send X-Webhook-Secret with the adapter's webhook_secret";
+        let also =
+            if secret_sent { "; X-Webhook-Secret does not match the adapter's webhook_secret either" } else { "" };
+        match self {
+            Refusal::NoCredentials { mux, mux_signature_ignored } => {
+                let mut m = format!("no webhook signature: {FALLBACK}");
+                if *mux {
+                    m.push_str(" (or a Mux-Signature made with the connection's webhook_signing_secret)");
+                }
+                if *mux_signature_ignored {
+                    m.push_str("; Mux-Signature is checked by mux adapters only, and this bucket's is not one");
+                }
+                m
+            }
+            Refusal::WrongSecret { mux } => {
+                let mut m = "X-Webhook-Secret does not match the adapter's webhook_secret (shown once, by the PATCH \
+                             that configured the adapter or rotated it: rotate_secret makes a new one)"
+                    .to_string();
+                if *mux {
+                    m.push_str("; or sign with Mux-Signature instead");
+                }
+                m
+            }
+            Refusal::NoSigningSecret { connection_id: Some(id) } => format!(
+                "Mux-Signature cannot be verified: connection {id} has no webhook_signing_secret, so signed Mux \
+                 ingests are refused; PATCH /v1/organizations/connections/{id} with provider_config including \
+                 webhook_signing_secret (the signing secret Mux shows for this webhook endpoint), or {FALLBACK}{also}"
+            ),
+            Refusal::NoSigningSecret { connection_id: None } => format!(
+                "Mux-Signature cannot be verified: the adapter has no connection_id and its \
+                 connection.credentials have no webhook_signing_secret, so signed Mux ingests are refused; PATCH the \
+                 bucket's source_adapter with a connection_id whose connection has one (or with \
+                 connection.credentials.webhook_signing_secret), or {FALLBACK}{also}"
+            ),
+            Refusal::Signature(e) => format!("{e}{also}"),
+        }
+    }
+}
+
 /// The outcome of authenticating an ingest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Authentic(Proof),
-    /// 401: no valid signature, no matching secret.
-    Unauthorized,
+    /// 401: no valid signature, no matching secret; the message says why.
+    Unauthorized(Refusal, String),
     /// 503: a native signature hookline cannot check (its secrets cannot be decrypted) on a
     /// request nothing else authenticates; not the sender's fault.
     Unverifiable(String),
 }
 
+/// What the `X-Webhook-Secret` check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretCheck {
+    /// No `X-Webhook-Secret` header.
+    Absent,
+    Matches,
+    Wrong,
+}
+
+impl SecretCheck {
+    /// Checks the presented header (if any) against the gate.
+    pub fn of(gate: &Gate, presented: Option<&str>) -> SecretCheck {
+        match presented {
+            None => SecretCheck::Absent,
+            Some(_) if gate.secret_matches(presented) => SecretCheck::Matches,
+            Some(_) => SecretCheck::Wrong,
+        }
+    }
+}
+
 /// Combines the two checks against a gate of `revision`: a matching `X-Webhook-Secret`, or
-/// else the native check (`None`: not made, as for a request without one).
-pub fn verdict(revision: u64, secret_ok: bool, native: Option<(NativeCheck, u64)>) -> Verdict {
-    if secret_ok {
+/// else the native check (`None`: not made, as for a request without one). `mux` is whether
+/// the adapter is a Mux adapter and `mux_signature` whether the request has a
+/// `Mux-Signature` (both only shape the refusal's message).
+pub fn verdict(
+    revision: u64,
+    secret: SecretCheck,
+    native: Option<(NativeCheck, u64)>,
+    mux: bool,
+    mux_signature: bool,
+) -> Verdict {
+    if secret == SecretCheck::Matches {
         return Verdict::Authentic(Proof { revision, by: By::Secret });
     }
-    match native {
+    let refusal = match native {
         Some((NativeCheck::Valid, connections)) => {
-            Verdict::Authentic(Proof { revision, by: By::Native { connections } })
+            return Verdict::Authentic(Proof { revision, by: By::Native { connections } })
         }
-        Some((NativeCheck::Unreadable(e), _)) => Verdict::Unverifiable(e),
-        Some((NativeCheck::Absent | NativeCheck::Invalid, _)) | None => Verdict::Unauthorized,
+        Some((NativeCheck::Unreadable(e), _)) => return Verdict::Unverifiable(e),
+        Some((NativeCheck::Invalid(r), _)) => r,
+        Some((NativeCheck::Absent, _)) | None => match secret {
+            SecretCheck::Wrong => Refusal::WrongSecret { mux },
+            _ => Refusal::NoCredentials { mux, mux_signature_ignored: mux_signature && !mux },
+        },
+    };
+    let message = refusal.message(
+        secret == SecretCheck::Wrong && matches!(refusal, Refusal::Signature(_) | Refusal::NoSigningSecret { .. }),
+    );
+    Verdict::Unauthorized(refusal, message)
+}
+
+impl Gate {
+    /// Whether this gate's adapter is a Mux adapter.
+    pub fn is_mux(&self) -> bool {
+        self.adapter.adapter_type == ProviderType::Mux
     }
 }
 
 /// Both checks, here and now (the actor's re-check, see the module doc; the HTTP task
 /// runs the native one in a signature-check slot instead).
 pub fn authenticate(shared: &Shared, gate: &Gate, headers: &SignatureHeaders, raw: &Bytes) -> Verdict {
-    let secret_ok = gate.secret_matches(headers.webhook_secret.as_deref());
-    let native = (!secret_ok).then(|| gate.native(shared, headers.mux_signature.as_deref(), raw));
-    verdict(gate.revision, secret_ok, native)
+    let secret = SecretCheck::of(gate, headers.webhook_secret.as_deref());
+    let signature = headers.mux_signature.as_deref();
+    let native = (secret != SecretCheck::Matches).then(|| gate.native(shared, signature, raw));
+    verdict(gate.revision, secret, native, gate.is_mux(), signature.is_some())
 }
 
 /// Decrypts an adapter's credentials: its connection, or its inline credentials (`None`: it
@@ -318,11 +440,11 @@ mod tests {
 
     #[test]
     fn a_proof_holds_only_for_the_revision_it_was_made_against() {
-        let by_secret = verdict(7, true, None);
+        let by_secret = verdict(7, SecretCheck::Matches, None, false, false);
         let Verdict::Authentic(p) = by_secret else { panic!("{by_secret:?}") };
         assert!(p.holds(7, 0) && p.holds(7, 99), "a secret does not depend on the connections");
         assert!(!p.holds(8, 0), "another actor start: another adapter, maybe another secret");
-        let native = verdict(7, false, Some((NativeCheck::Valid, 3)));
+        let native = verdict(7, SecretCheck::Absent, Some((NativeCheck::Valid, 3)), true, true);
         let Verdict::Authentic(p) = native else { panic!("{native:?}") };
         assert!(p.holds(7, 3));
         assert!(!p.holds(7, 4), "a connection changed since the signature was checked");
@@ -331,13 +453,41 @@ mod tests {
 
     #[test]
     fn the_verdict_takes_a_secret_or_a_valid_signature() {
-        assert_eq!(verdict(1, false, None), Verdict::Unauthorized);
-        for n in [NativeCheck::Absent, NativeCheck::Invalid] {
-            assert_eq!(verdict(1, false, Some((n, 0))), Verdict::Unauthorized);
-        }
+        use super::super::mux::MuxSignatureError as E;
+        let refusal = |v: Verdict| match v {
+            Verdict::Unauthorized(r, message) => (r.kind(), message),
+            other => panic!("{other:?}"),
+        };
+        let (kind, m) = refusal(verdict(1, SecretCheck::Absent, None, true, false));
+        assert_eq!(kind, "no_signature");
+        assert!(m.contains("X-Webhook-Secret") && m.contains("Mux-Signature"), "{m}");
+        let (kind, m) = refusal(verdict(1, SecretCheck::Wrong, None, false, false));
+        assert_eq!(kind, "wrong_webhook_secret");
+        assert!(m.contains("does not match"), "{m}");
+        let (_, m) = refusal(verdict(1, SecretCheck::Absent, Some((NativeCheck::Absent, 0)), false, true));
+        assert!(m.contains("mux adapters only"), "{m}");
+        let stale = Some((NativeCheck::Invalid(Refusal::Signature(E::Stale { skew_secs: 400 })), 0));
+        let (kind, m) = refusal(verdict(1, SecretCheck::Wrong, stale, true, true));
+        assert_eq!(kind, "stale_timestamp");
+        assert!(m.contains("old") && m.contains("X-Webhook-Secret does not match"), "{m}");
+        let future = Some((NativeCheck::Invalid(Refusal::Signature(E::Stale { skew_secs: -400 })), 0));
+        let (kind, m) = refusal(verdict(1, SecretCheck::Absent, future, true, true));
+        assert_eq!(kind, "future_timestamp");
+        assert!(m.contains("in the future") && !m.contains("400"), "{m}");
+        let conn = ConnectionId::generate();
+        let none = Some((NativeCheck::Invalid(Refusal::NoSigningSecret { connection_id: Some(conn.clone()) }), 0));
+        let (kind, m) = refusal(verdict(1, SecretCheck::Absent, none, true, true));
+        assert_eq!(kind, "no_signing_secret");
+        assert!(m.contains(&format!("PATCH /v1/organizations/connections/{conn}")), "{m}");
         let unreadable = Some((NativeCheck::Unreadable("key".into()), 0));
-        assert_eq!(verdict(1, false, unreadable.clone()), Verdict::Unverifiable("key".into()));
-        assert!(matches!(verdict(1, true, unreadable), Verdict::Authentic(_)), "the secret authenticates");
+        assert_eq!(
+            verdict(1, SecretCheck::Absent, unreadable.clone(), true, true),
+            Verdict::Unverifiable("key".into())
+        );
+        assert!(
+            matches!(verdict(1, SecretCheck::Matches, unreadable, true, true), Verdict::Authentic(_)),
+            "the secret authenticates"
+        );
     }
 
     #[test]

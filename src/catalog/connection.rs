@@ -58,6 +58,9 @@ fn one_as_string<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::E
     }
 }
 
+/// What a Mux connection's view shows for one signing secret.
+pub const SIGNING_SECRET_SHOWN: &str = "(set; never shown)";
+
 /// Most signing secrets one Mux connection holds (each is tried on every signed request).
 pub const MAX_SIGNING_SECRETS: usize = 10;
 
@@ -119,6 +122,16 @@ impl ProviderConfig {
         let field = |name: &str| format!("{at}.{name}");
         let cfg = match provider_type {
             ProviderType::Mux => {
+                // `[]` would read as "no secret", silently: say so instead (leave the field out
+                // for none).
+                if v.get("webhook_signing_secret").and_then(|s| s.as_array()).is_some_and(|a| a.is_empty()) {
+                    return Err(ApiError::validation(
+                        field("webhook_signing_secret"),
+                        "an empty list: give the signing secret of each Mux webhook endpoint that sends here \
+                         (without one, Mux-Signature cannot be checked and signed ingests are refused), or leave the \
+                         field out",
+                    ));
+                }
                 let c: MuxConfig = typed_at(at, v)?;
                 if c.access_token_id.trim().is_empty() {
                     return Err(ApiError::validation(field("access_token_id"), "must not be empty"));
@@ -256,15 +269,30 @@ impl Connection {
         ProviderConfig::decode(self.provider_type, &plain)
     }
 
-    /// The public view: never includes the configuration.
-    pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
+    /// The public view: never includes the configuration. A Mux connection's view says
+    /// whether it has a `webhook_signing_secret` (and how many) without showing it:
+    /// `"(set; never shown)"`, `"(3 set; never shown)"`, or `null` (none: Mux-Signature cannot
+    /// be checked, signed ingests are refused). Opening the configuration for that takes the
+    /// master key; one that cannot open it is said so.
+    pub fn view(&self, secrets: &SecretBox) -> serde_json::Value {
+        let mut v = serde_json::json!({
             "connection_id": self.connection_id,
             "name": self.name,
             "provider_type": self.provider_type,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-        })
+        });
+        if self.provider_type == ProviderType::Mux {
+            v["webhook_signing_secret"] = match self.open(secrets) {
+                Ok(cfg) => match cfg.mux_signing_secrets().len() {
+                    0 => serde_json::Value::Null,
+                    1 => SIGNING_SECRET_SHOWN.into(),
+                    n => format!("({n} set; never shown)").into(),
+                },
+                Err(_) => "(unreadable with the current master key)".into(),
+            };
+        }
+        v
     }
 }
 
@@ -347,7 +375,19 @@ mod tests {
             other => panic!("wrong kind {other:?}"),
         }
         assert!(conn.open(&SecretBox::new([2u8; 32])).is_err());
-        assert!(!conn.view().to_string().contains("srk-123"));
+        assert!(!conn.view(&secrets).to_string().contains("srk-123"));
+        let mux = |secret: serde_json::Value| {
+            let cfg = ProviderConfig::parse(
+                ProviderType::Mux,
+                serde_json::json!({"access_token_id": "i", "access_token_secret": "s", "webhook_signing_secret": secret}),
+            )
+            .unwrap();
+            Connection::new("m".into(), ProviderType::Mux, &cfg, &secrets).view(&secrets)
+        };
+        assert_eq!(mux(serde_json::json!("whsec-abc"))["webhook_signing_secret"], SIGNING_SECRET_SHOWN);
+        assert_eq!(mux(serde_json::json!(["a1", "b2"]))["webhook_signing_secret"], "(2 set; never shown)");
+        assert!(mux(serde_json::Value::Null)["webhook_signing_secret"].is_null());
+        assert!(!mux(serde_json::json!("whsec-abc")).to_string().contains("whsec-abc"));
     }
 
     #[test]
@@ -361,7 +401,7 @@ mod tests {
         assert_eq!(mux(serde_json::json!("a")).unwrap().mux_signing_secrets(), vec!["a"]);
         assert_eq!(mux(serde_json::json!(["a", "b"])).unwrap().mux_signing_secrets(), vec!["a", "b"]);
         assert!(mux(serde_json::Value::Null).unwrap().mux_signing_secrets().is_empty());
-        for bad in [serde_json::json!(""), serde_json::json!(["a", " "]), serde_json::json!(7)] {
+        for bad in [serde_json::json!(""), serde_json::json!(["a", " "]), serde_json::json!(7), serde_json::json!([])] {
             let e = mux(bad.clone()).err().unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(e.to_string().contains("webhook_signing_secret"), "{bad}: {e}");
         }

@@ -185,6 +185,10 @@ pub struct PatchWebhook {
     pub event_types: Option<Vec<String>>,
     pub channels: Option<Vec<ChannelConfig>>,
     pub is_active: Option<bool>,
+    /// `true`: a new `signing_secret` replaces the current one (returned once, in the PATCH
+    /// answer); every attempt made after the PATCH is signed with it.
+    #[serde(default, deserialize_with = "crate::util::null_as_default")]
+    pub rotate_signing_secret: bool,
     /// The `channel_id` sent with each channel, if any ([`take_channel_ids`]).
     #[serde(skip)]
     pub channel_ids: Vec<Option<String>>,

@@ -696,19 +696,34 @@ impl DeliveryState {
         }
         let policy_sealed = {
             let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
-            match (&patch.channels, &entry.secrets) {
-                (Some(_), None) => {
+            match (patch.channels.is_some() || patch.rotate_signing_secret, &entry.secrets) {
+                (true, None) => {
                     return Err(ApiError::Conflict(format!(
                         "webhook {id}'s stored secrets cannot be decrypted with the current master key; delete and recreate it"
                     )))
                 }
-                (Some(channels), Some(s)) => {
-                    let mut channels = channels.clone();
-                    let ids = reconcile_channels(&mut channels, &patch.channel_ids, &s.channels, &entry.stored.channel_ids())?;
-                    let next = WebhookSecrets { signing_secret: s.signing_secret.clone(), channels };
+                (true, Some(s)) => {
+                    let (channels, ids) = match &patch.channels {
+                        Some(channels) => {
+                            let mut channels = channels.clone();
+                            let ids = reconcile_channels(
+                                &mut channels,
+                                &patch.channel_ids,
+                                &s.channels,
+                                &entry.stored.channel_ids(),
+                            )?;
+                            (channels, ids)
+                        }
+                        None => (s.channels.clone(), entry.stored.channel_ids()),
+                    };
+                    let signing_secret = match patch.rotate_signing_secret {
+                        true => signature::generate_secret(),
+                        false => s.signing_secret.clone(),
+                    };
+                    let next = WebhookSecrets { signing_secret, channels };
                     Some((self.seal(id, &next), next, ids))
                 }
-                (None, _) => None,
+                (false, _) => None,
             }
         };
         let Some(entry) = self.webhooks.get_mut(id) else { return Err(not_found(id)) };
@@ -732,13 +747,20 @@ impl DeliveryState {
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
         let durable = self.shared.store.submit(b);
-        let view = entry.stored.view();
+        let mut view = entry.stored.view();
+        if patch.rotate_signing_secret {
+            // The one and only time the new signing secret is shown (after the write is
+            // durable: the caller waits for it before answering).
+            if let Some(s) = &entry.secrets {
+                view["signing_secret"] = serde_json::Value::String(s.signing_secret.clone());
+            }
+        }
         self.tell_bus();
         let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
         if let Some(worker) = self.worker(id) {
             let _ = worker.cast(WorkerMsg::Configure(self.runtime(entry)));
         }
-        tracing::info!(webhook_id = %id, "webhook updated");
+        tracing::info!(webhook_id = %id, rotated_signing_secret = patch.rotate_signing_secret, "webhook updated");
         Ok((view, durable))
     }
 

@@ -18,7 +18,7 @@ pub async fn list_connections(state: &HttpState, req: &Request) -> Result<Respon
     req.authenticate(state)?;
     let mut out = Vec::new();
     state.shared.store.for_each::<Connection>(Keyspace::CONNECTIONS, "", |_, c| {
-        out.push(c.view());
+        out.push(c.view(&state.shared.secrets));
         true
     })?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "results": out })))
@@ -31,7 +31,7 @@ pub async fn create_connection(state: &HttpState, req: &Request) -> Result<Respo
     let registry = state.shared.bucket_registry()?;
     let conn =
         ask!(registry, |reply| RegistryMsg::CreateConnection { name, provider_type, config: Box::new(config), reply })?;
-    Ok(json(StatusCode::CREATED, &conn.view()))
+    Ok(json(StatusCode::CREATED, &conn.view(&state.shared.secrets)))
 }
 
 fn parse_connection_id(id: &str) -> Result<ConnectionId, ApiError> {
@@ -46,7 +46,7 @@ pub async fn get_connection(state: &HttpState, req: &Request, id: &str) -> Resul
         .store
         .get(Keyspace::CONNECTIONS, id.as_str())?
         .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
-    Ok(json(StatusCode::OK, &conn.view()))
+    Ok(json(StatusCode::OK, &conn.view(&state.shared.secrets)))
 }
 
 pub async fn patch_connection(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
@@ -55,7 +55,7 @@ pub async fn patch_connection(state: &HttpState, req: &Request, id: &str) -> Res
     let body: PatchConnection = req.json()?;
     let registry = state.shared.bucket_registry()?;
     let conn = ask!(registry, |reply| RegistryMsg::UpdateConnection { connection_id, body: Box::new(body), reply })?;
-    Ok(json(StatusCode::OK, &conn.view()))
+    Ok(json(StatusCode::OK, &conn.view(&state.shared.secrets)))
 }
 
 pub async fn delete_connection(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {

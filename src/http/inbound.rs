@@ -19,7 +19,7 @@ use crate::adapter::mux::Lifecycle;
 use crate::adapter::records::{self, AdapterStats, BatchRecord, ObjectRecord, STATS_KEY};
 use crate::adapter::registry::{LifecyclePlan, MuxWebhook, Patched};
 use crate::adapter::spec::PatchBucket;
-use crate::adapter::verify::{self, Gate, NativeCheck, Proof, Verdict};
+use crate::adapter::verify::{self, Gate, NativeCheck, Proof, SecretCheck, Verdict};
 use crate::adapter::RegistryMsg;
 use crate::ask;
 use crate::catalog::Bucket;
@@ -95,9 +95,9 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;
     let body: PatchBucket = from_value(req.json_value()?)?;
-    let warnings = match &body.source_adapter {
-        Some(Some(sa)) => sa.warnings(),
-        _ => Vec::new(),
+    let (mut warnings, adapter_set) = match &body.source_adapter {
+        Some(Some(sa)) => (sa.warnings(), true),
+        _ => (Vec::new(), false),
     };
     let registry = state.shared.bucket_registry()?;
     let Patched { bucket, webhook_secret } = ask!(registry, |reply| RegistryMsg::PatchBucket {
@@ -106,6 +106,9 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
         body: Box::new(body),
         reply
     })?;
+    if adapter_set {
+        warnings.extend(bucket.source_adapter.as_ref().and_then(|sa| no_signing_secret(state, &bucket.bucket_id, sa)));
+    }
     let mut view = bucket_view(state, &bucket);
     if let (Some(sa), Some(secret)) = (view.get_mut("source_adapter").and_then(|v| v.as_object_mut()), webhook_secret) {
         sa.insert("webhook_secret".into(), secret.into());
@@ -114,6 +117,37 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
         view["warnings"] = warnings.into();
     }
     Ok(json(StatusCode::OK, &view))
+}
+
+/// The PATCH answer's warning for a Mux adapter without a signing secret (on its connection,
+/// or in its inline credentials): valid (`X-Webhook-Secret` authenticates), but every ingest
+/// Mux signs will be refused until one is set.
+fn no_signing_secret(
+    state: &HttpState,
+    bucket_id: &BucketId,
+    adapter: &crate::adapter::spec::SourceAdapter,
+) -> Option<String> {
+    if adapter.adapter_type != crate::catalog::ProviderType::Mux {
+        return None;
+    }
+    // Unreadable credentials are a different problem, reported when an ingest needs them.
+    let cfg = verify::credentials(&state.shared, bucket_id, adapter).ok()?;
+    if cfg.as_ref().is_some_and(|c| !c.mux_signing_secrets().is_empty()) {
+        return None;
+    }
+    let consequence = "ingests signed with Mux-Signature will be refused (401) until one is set; \
+                       X-Webhook-Secret still authenticates";
+    Some(match &adapter.connection_id {
+        Some(id) => format!(
+            "source_adapter.connection_id: connection {id} has no webhook_signing_secret: {consequence} \
+             (PATCH /v1/organizations/connections/{id} with provider_config.webhook_signing_secret, the signing \
+             secret Mux shows for this bucket's ingest URL)"
+        ),
+        None => format!(
+            "source_adapter: no connection_id and no connection.credentials.webhook_signing_secret: {consequence} \
+             (set a connection_id whose connection has one)"
+        ),
+    })
 }
 
 /// A bucket as every endpoint shows it: with its adapter's `ingest_path` and `webhook_url`
@@ -182,7 +216,10 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                 };
                 let proof = match authenticate(state, gate, req).await {
                     Verdict::Authentic(proof) => proof,
-                    Verdict::Unauthorized => return ("unauthorized", Err(unauthorized())),
+                    Verdict::Unauthorized(refusal, message) => {
+                        state.refusals.record(&bucket_id, &refusal, &message);
+                        return ("unauthorized", Err(ApiError::UnauthorizedMsg(message)));
+                    }
                     Verdict::Unverifiable(message) => return ("error", Err(unverifiable(&message))),
                 };
                 checked = Some(proof);
@@ -250,12 +287,15 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             }
             (status.as_str(), Ok(json(StatusCode::OK, &body)))
         }
-        Err(IngestErr::Unauthorized) => ("unauthorized", Err(unauthorized())),
+        Err(IngestErr::Unauthorized(refusal, message)) => {
+            state.refusals.record(&bucket_id, &refusal, &message);
+            ("unauthorized", Err(ApiError::UnauthorizedMsg(message)))
+        }
         Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
-        Err(IngestErr::Invalid { message, commit }) => {
+        Err(IngestErr::Invalid { field, message, commit }) => {
             // The failure counter is part of the status: answer once it is stored.
             let _ = commit.finish().await;
-            ("invalid", Err(ApiError::validation("payload", message)))
+            ("invalid", Err(ApiError::validation(field, message)))
         }
         Err(IngestErr::Retry { message, commit }) => {
             let _ = commit.finish().await;
@@ -272,15 +312,6 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     }
 }
 
-/// 401 for an ingest nothing authenticates.
-fn unauthorized() -> ApiError {
-    ApiError::UnauthorizedMsg(
-        "missing or invalid webhook signature: send X-Webhook-Secret with the adapter's webhook_secret \
-         (or, for mux, a valid Mux-Signature made with the connection's webhook_signing_secret)"
-            .into(),
-    )
-}
-
 /// 503 for a native signature whose secrets cannot be read (e.g. after a master key change):
 /// not the sender's fault, so the upstream retries once the operator has fixed the key.
 /// Nothing is recorded (the request is not authenticated; the daemon log says why).
@@ -291,12 +322,11 @@ fn unverifiable(message: &str) -> ApiError {
 /// Authenticates an ingest against its bucket's gate: `X-Webhook-Secret` first (a digest
 /// comparison), else the native signature, in a signature-check slot (see [`in_check_slot`]).
 async fn authenticate(state: &HttpState, gate: std::sync::Arc<Gate>, req: &Request) -> Verdict {
-    if gate.secret_matches(req.header("x-webhook-secret")) {
-        return verify::verdict(gate.revision, true, None);
-    }
+    let secret = SecretCheck::of(&gate, req.header("x-webhook-secret"));
     let signature = req.header("mux-signature");
-    if !gate.has_native(signature) {
-        return verify::verdict(gate.revision, false, None);
+    let (mux, signed) = (gate.is_mux(), signature.is_some());
+    if secret == SecretCheck::Matches || !gate.has_native(signature) {
+        return verify::verdict(gate.revision, secret, None, mux, signed);
     }
     let revision = gate.revision;
     let (shared, signature, body) = (state.shared.clone(), signature.map(str::to_string), req.body.clone());
@@ -308,7 +338,7 @@ async fn authenticate(state: &HttpState, gate: std::sync::Arc<Gate>, req: &Reque
         };
         (NativeCheck::Unreadable(message), 0)
     });
-    verify::verdict(revision, false, Some(native))
+    verify::verdict(revision, secret, Some(native), mux, signed)
 }
 
 /// Runs a signature check in one of [`HttpState::signature_checks`]' slots, held for the
@@ -384,6 +414,7 @@ async fn status(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
             "webhook_url": webhook_url(state, &bucket.bucket_id),
             "ingest_path": ingest_path(&bucket.bucket_id),
             "actor": actor_state(state, &bucket.bucket_id),
+            "last_refused_ingest": state.refusals.view(&bucket.bucket_id),
         }),
     ))
 }
@@ -545,7 +576,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
                     object_ids.into_iter().map(|o| serde_json::json!({"bucket_id": bucket_id, "object_id": o})),
                 );
             }
-            Err(IngestErr::Invalid { message, commit }) => {
+            Err(IngestErr::Invalid { message, commit, .. }) => {
                 // A mapping that cannot take the new asset will not on a retry either: report it.
                 let _ = commit.finish().await;
                 errors.push(serde_json::json!({"bucket_id": bucket_id, "message": message}));
@@ -557,7 +588,10 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
             // The adapter was removed meanwhile: it no longer uses the connection.
             Err(IngestErr::Gone) => {}
             Err(
-                IngestErr::Unauthorized | IngestErr::Disabled | IngestErr::Malformed(_) | IngestErr::Unverifiable(_),
+                IngestErr::Unauthorized(..)
+                | IngestErr::Disabled
+                | IngestErr::Malformed(_)
+                | IngestErr::Unverifiable(_),
             ) => {}
         }
     }

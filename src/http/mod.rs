@@ -29,6 +29,7 @@ mod inbound;
 mod limits;
 mod ops;
 mod outbound;
+pub mod refusals;
 mod request;
 
 pub use ops::IngestHolds;
@@ -58,6 +59,8 @@ pub struct HttpState {
     pub signature_checks: std::sync::Arc<tokio::sync::Semaphore>,
     /// Ingests held by tests (debug endpoints only, see [`ops::IngestHolds`]).
     pub holds: std::sync::Arc<ops::IngestHolds>,
+    /// The last refused ingest of each bucket, in memory only (see [`refusals`]).
+    pub refusals: std::sync::Arc<refusals::Refusals>,
 }
 
 impl HttpState {

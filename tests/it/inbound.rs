@@ -527,12 +527,19 @@ async fn event_filters_that_cannot_match_are_refused_or_warned() {
     )
     .await;
     assert_eq!(s, 200, "a type Mux may add later is allowed: {b}");
-    let warnings = b["warnings"].as_array().expect("warnings");
+    // (These adapters have no signing secret either, which is warned of too.)
+    let filter_warnings = |b: &Value| -> Vec<String> {
+        let all = b["warnings"].as_array().cloned().unwrap_or_default();
+        let all: Vec<String> = all.iter().map(|w| w.as_str().unwrap().to_string()).collect();
+        assert!(all.iter().any(|w| w.contains("webhook_signing_secret")), "{b}");
+        all.into_iter().filter(|w| w.contains("event_filter")).collect()
+    };
+    let warnings = filter_warnings(&b);
     assert_eq!(warnings.len(), 1, "{b}");
-    assert!(warnings[0].as_str().unwrap().contains("video.asset.redy"), "{b}");
+    assert!(warnings[0].contains("video.asset.redy"), "{b}");
     let (s, b) = patch(json!({"adapter_type": "mux", "event_filter": {"event_types": ["video.asset.ready", "video.upload.asset_created"]}})).await;
     assert_eq!(s, 200, "{b}");
-    assert!(b.get("warnings").is_none(), "{b}");
+    assert!(filter_warnings(&b).is_empty(), "{b}");
 }
 
 /// A configuration that would refuse every event is refused instead: a required property

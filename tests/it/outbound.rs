@@ -1825,3 +1825,68 @@ async fn a_304_is_not_called_a_redirect() {
     assert!(error.starts_with("HTTP 304 (not a 2xx)"), "{error}");
     assert!(!error.contains("redirect"), "{error}");
 }
+
+#[tokio::test]
+async fn rotating_the_signing_secret_signs_every_later_attempt_with_the_new_one() {
+    // Retries an hour apart: the only attempts are the first one and the manual retry.
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+                    request_timeout_seconds = 2\nmax_age_hours = 2\nretry_schedule_seconds = [3600]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
+    let rx = Receiver::start(500).await;
+    let (id, old) = create_webhook(
+        &app,
+        json!({"webhook_name": "rotate", "event_types": ["object.created"], "channels": [http_channel(&rx.url("/hook"))]}),
+    )
+    .await;
+    // A delivery still pending at the rotation: its first attempt failed, signed with the old secret.
+    publish(&app, "object.created", json!({"object_id": "obj_before"})).await;
+    assert!(eventually(WAIT, || failed_attempt_recorded(&app, &id)).await, "no failed attempt; log:\n{}", app.log());
+    let verifies = |c: &crate::outbound_receiver::Captured, secret: &str| {
+        let h = |n: &str| c.header(n).unwrap().to_string();
+        verify_signature(secret, &h("webhook-id"), &h("webhook-timestamp"), &c.body, &h("webhook-signature"))
+    };
+    let first = rx.captured()[0].clone();
+    assert!(verifies(&first, &old), "the first attempt is signed with the secret of the create");
+
+    // Rotate: the new secret is in this answer only.
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"rotate_signing_secret": true})).await;
+    assert_eq!(s, 200, "{b}");
+    let new = b["signing_secret"].as_str().expect("the new secret in the PATCH answer").to_string();
+    assert!(new.starts_with("whsec_") && new != old, "{b}");
+    let (s, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert_eq!(s, 200, "{got}");
+    assert!(got.get("signing_secret").is_none() && !got.to_string().contains(&new), "secret shown again: {got}");
+    let (_, list) = app.get("/v1/organizations/webhooks").await;
+    assert!(!list.to_string().contains(&new), "secret in the list: {list}");
+    // Any other PATCH leaves it as it is (and does not show it).
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "rotated"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("signing_secret").is_none(), "{b}");
+
+    // The pending delivery's next attempt is signed with the new secret, not the old one.
+    rx.set_default(200);
+    let did = deliveries(&app, &id, Some("pending")).await[0]["delivery_id"].as_str().unwrap().to_string();
+    let (s, b) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
+    assert!(s == 200 || s == 202, "{s} {b}");
+    assert!(eventually(WAIT, || async { rx.count() >= 2 }).await, "no retry delivered; log:\n{}", app.log());
+    let retried = rx.captured()[1].clone();
+    assert_eq!(retried.json()["payload"]["object_id"], "obj_before");
+    assert!(verifies(&retried, &new), "the retry after the rotation is signed with the new secret");
+    assert!(!verifies(&retried, &old), "the retry after the rotation is still signed with the old secret");
+
+    // So is a new event's delivery.
+    publish(&app, "object.created", json!({"object_id": "obj_after"})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 3 }).await, "nothing delivered; log:\n{}", app.log());
+    let after = rx.captured()[2].clone();
+    assert_eq!(after.json()["payload"]["object_id"], "obj_after");
+    assert!(verifies(&after, &new) && !verifies(&after, &old), "a new event is signed with the new secret only");
+
+    // After a restart too (the new secret is what is stored).
+    let mut app = app;
+    app.restart().await;
+    publish(&app, "object.created", json!({"object_id": "obj_restarted"})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 4 }).await, "nothing delivered; log:\n{}", app.log());
+    let restarted = rx.captured()[3].clone();
+    assert!(verifies(&restarted, &new) && !verifies(&restarted, &old));
+    assert!(!app.log().contains(&new), "the new secret is in the daemon log");
+}

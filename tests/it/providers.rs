@@ -922,17 +922,13 @@ async fn a_mux_connection_holds_a_secret_per_endpoint_and_patch_replaces_them() 
         (json!({"provider_config": null}), "provider_config"),
         (json!({"provider_type": "supabase"}), "provider_type"),
         (json!({"name": " "}), "name"),
+        // An empty list would silently turn signature checks off, as `""` would.
         (
             json!({"provider_config": {"access_token_id": "i", "access_token_secret": "s", "webhook_signing_secret": []}}),
-            "",
+            "provider_config.webhook_signing_secret",
         ),
     ] {
         let (s, r) = app.patch(&path, body.clone()).await;
-        if field.is_empty() {
-            // An empty list is allowed (no signature checks: X-Webhook-Secret only).
-            assert_eq!(s, 200, "{body}: {r}");
-            continue;
-        }
         assert_eq!(s, 422, "{body}: {r}");
         assert!(r.to_string().contains(field), "{body}: {r}");
     }
@@ -1291,4 +1287,248 @@ async fn supabase_update_after_the_rows_delete_is_a_duplicate_with_a_dedup_key()
     let r = post_row(&app, b, s, late_update).await;
     assert_eq!(r["status"], "created", "{r}");
     assert_eq!(objects(&app, b).await.len(), 1);
+}
+
+/// The status endpoint's record of the bucket's last refused ingest.
+async fn last_refused(app: &TestApp, bucket: &str) -> Value {
+    let (s, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    assert_eq!(s, 200, "{st}");
+    assert!(st["last_error"].is_null(), "a refused ingest replaced the stored last_error: {st}");
+    st["last_refused_ingest"].clone()
+}
+
+#[tokio::test]
+async fn a_refused_mux_ingest_says_why_and_a_missing_signing_secret_is_flagged() {
+    let app = TestApp::start().await;
+    // No webhook_signing_secret: accepted, but the connection's view says so…
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux-unsigned", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert!(b["webhook_signing_secret"].is_null(), "{b}");
+    let conn = b["connection_id"].as_str().unwrap().to_string();
+    let (_, view) = app.get(&format!("/v1/organizations/connections/{conn}")).await;
+    assert!(
+        view.as_object().unwrap().contains_key("webhook_signing_secret") && view["webhook_signing_secret"].is_null()
+    );
+    // … and so does the answer of the adapter's PATCH.
+    let bucket = app.create_bucket("unsigned", video_schema()).await;
+    let adapter =
+        json!({"source_adapter": {"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), adapter.clone()).await;
+    assert_eq!(s, 200, "{b}");
+    let warnings = b["warnings"].to_string();
+    assert!(warnings.contains("no webhook_signing_secret") && warnings.contains(&format!("connections/{conn}")), "{b}");
+    let webhook_secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    assert!(last_refused(&app, &bucket).await.is_null());
+
+    // A signed ingest: 401 saying the connection has no signing secret and how to set one.
+    let body = ready_event("AsSeTrEaSoN01", true);
+    let signed = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) = app.post_raw(&ingest, body.clone(), &[("Mux-Signature", &signed)]).await;
+    assert_eq!(s, 401, "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(m.contains(&format!("connection {conn} has no webhook_signing_secret")), "{m}");
+    assert!(m.contains(&format!("PATCH /v1/organizations/connections/{conn}")) && !m.ends_with('…'), "{m}");
+    let refused = last_refused(&app, &bucket).await;
+    assert_eq!(
+        (refused["reason"].as_str(), refused["count_since_start"].as_u64()),
+        (Some("no_signing_secret"), Some(1))
+    );
+    assert_eq!(refused["message"], m);
+    // X-Webhook-Secret still authenticates.
+    let (s, r) = app.post_raw(&ingest, body.clone(), &[("X-Webhook-Secret", &webhook_secret)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+
+    // With a signing secret set, the connection says so (never showing it), the PATCH warns no more…
+    let (s, b) = app
+        .patch(
+            &format!("/v1/organizations/connections/{conn}"),
+            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
+                "webhook_signing_secret": SIGNING_SECRET}}),
+        )
+        .await;
+    assert_eq!((s, b["webhook_signing_secret"].as_str()), (200, Some("(set; never shown)")), "{b}");
+    assert!(!b.to_string().contains(SIGNING_SECRET));
+    let (_, list) = app.get("/v1/organizations/connections").await;
+    assert!(!list.to_string().contains(SIGNING_SECRET) && list.to_string().contains("(set; never shown)"), "{list}");
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), adapter).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("warnings").is_none(), "{b}");
+
+    // … and each refusal says why, never showing a secret or the signature that was expected.
+    let t = now();
+    let tampered = body.replace("AsSeTrEaSoN01", "AsSeTrEaSoN02");
+    let expected_v1 =
+        |t: i64, b: &str| mux::sign(SIGNING_SECRET, t, b.as_bytes()).split_once(",v1=").unwrap().1.to_string();
+    // (case, body, headers, what the 401 says, the status's reason)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        ("nothing", body.clone(), vec![], "no webhook signature", "no_signature"),
+        (
+            "stale",
+            body.clone(),
+            vec![("Mux-Signature", mux::sign(SIGNING_SECRET, t - 301, body.as_bytes()))],
+            "s old",
+            "stale_timestamp",
+        ),
+        (
+            "future",
+            body.clone(),
+            vec![("Mux-Signature", mux::sign(SIGNING_SECRET, t + 301, body.as_bytes()))],
+            "in the future",
+            "future_timestamp",
+        ),
+        (
+            "malformed",
+            body.clone(),
+            vec![("Mux-Signature", "t=abc,v1=00".into())],
+            "malformed Mux-Signature",
+            "malformed_signature",
+        ),
+        (
+            "wrong secret",
+            body.clone(),
+            vec![("Mux-Signature", mux::sign("not-the-secret", t, body.as_bytes()))],
+            "does not match the body",
+            "signature_mismatch",
+        ),
+        (
+            "tampered",
+            tampered.clone(),
+            vec![("Mux-Signature", signed.clone())],
+            "does not match the body",
+            "signature_mismatch",
+        ),
+        (
+            "wrong X-Webhook-Secret",
+            body.clone(),
+            vec![("X-Webhook-Secret", "nope".into())],
+            "X-Webhook-Secret does not match",
+            "wrong_webhook_secret",
+        ),
+    ];
+    for (i, (case, b, headers, says, reason)) in cases.into_iter().enumerate() {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, r) = app.post_raw(&ingest, b.clone(), &h).await;
+        assert_eq!(s, 401, "{case}: {r}");
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(m.contains(says) && !m.ends_with('…'), "{case}: {m}");
+        for leak in [SIGNING_SECRET, webhook_secret.as_str(), &expected_v1(t, &b), &expected_v1(t - 301, &b)] {
+            assert!(!m.contains(leak), "{case}: {m}");
+        }
+        let refused = last_refused(&app, &bucket).await;
+        assert_eq!(refused["reason"], reason, "{case}: {refused}");
+        assert_eq!(refused["count_since_start"].as_u64(), Some(i as u64 + 2), "{case}: {refused}");
+    }
+    // Nothing was stored for them: one object (the X-Webhook-Secret ingest), no failures.
+    assert_eq!(objects(&app, &bucket).await.len(), 1);
+    let (_, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    assert_eq!(st["events_failed_24h"], 0, "{st}");
+    // The log has the reasons (rate-limited), never the secrets.
+    let log = app.log();
+    assert!(log.contains("ingest refused") && log.contains("signature_mismatch"), "{log}");
+    assert!(!log.contains(SIGNING_SECRET) && !log.contains(&webhook_secret));
+
+    // An empty list of signing secrets is refused, as "" is, naming the field.
+    let (s, r) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux-empty", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET, "webhook_signing_secret": []}}),
+        )
+        .await;
+    assert_eq!((s, r["error"]["field"].as_str()), (422, Some("provider_config.webhook_signing_secret")), "{r}");
+}
+
+#[tokio::test]
+async fn a_mux_token_refused_by_mux_is_blamed_on_the_connection_not_the_payload() {
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux-revoked", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": "revoked-token-secret",
+                "webhook_signing_secret": SIGNING_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let conn = b["connection_id"].as_str().unwrap().to_string();
+    let (bucket, _) = mux_bucket(&app, "revoked", &conn).await;
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    // No playback ids: the asset is fetched, and Mux answers 401 to the token.
+    let body = ready_event("AsSeTtOkEn01", false);
+    let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) = app.post_raw(&ingest, body.clone(), &[("Mux-Signature", &h)]).await;
+    assert_eq!(s, 422, "{r}");
+    assert_eq!(r["error"]["field"], "source_adapter.connection_id", "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(m.contains(&format!("connection {conn}")) && m.contains("refused its access token (HTTP 401)"), "{m}");
+    assert!(m.contains(&format!("PATCH /v1/organizations/connections/{conn}")) && !m.ends_with('…'), "{m}");
+    assert!(!m.starts_with("payload") && !m.contains("revoked-token-secret"), "{m}");
+    assert_eq!(fake.calls().len(), 1);
+    let (_, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    assert!(m.ends_with(st["last_error"].as_str().unwrap()), "{st}");
+    assert_eq!(st["events_failed_24h"], 1, "{st}");
+
+    // Fixed connection: Mux's retry of the same event goes through.
+    let (s, b) = app
+        .patch(
+            &format!("/v1/organizations/connections/{conn}"),
+            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
+                "webhook_signing_secret": SIGNING_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+}
+
+#[tokio::test]
+async fn a_mux_adapter_view_shows_the_effective_filter_and_dedup_key() {
+    let app = TestApp::start().await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let bucket = app.create_bucket("effective", video_schema()).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let (s, b) = app
+        .patch(&path, json!({"source_adapter": {"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}}}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let defaults = json!({"event_filter": {"event_types": ["video.asset.ready"]}, "dedup_key": "data.id",
+        "defaults": ["event_filter", "dedup_key"]});
+    assert_eq!(b["source_adapter"]["effective"], defaults, "{b}");
+    let (_, got) = app.get(&path).await;
+    assert_eq!(got["source_adapter"]["effective"], defaults, "{got}");
+    assert!(got["source_adapter"].get("event_filter").is_none(), "{got}");
+
+    // The GET view sent back unchanged keeps the defaults as defaults.
+    let (s, b) = app.patch(&path, json!({"source_adapter": got["source_adapter"].clone()})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["source_adapter"]["effective"], defaults, "{b}");
+    assert!(b["source_adapter"].get("event_filter").is_none() && b["source_adapter"].get("dedup_key").is_none(), "{b}");
+
+    // Set ones are shown as set, and they are what is applied.
+    let (s, b) = app
+        .patch(
+            &path,
+            json!({"source_adapter": {"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"},
+                "event_filter": {"event_types": ["video.asset.created"]}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["source_adapter"]["effective"],
+        json!({"event_filter": {"event_types": ["video.asset.created"]}, "dedup_key": "data.id", "defaults": ["dedup_key"]})
+    );
+    let ready = ready_event("AsSeTeFfEcT01", true);
+    let h = mux::sign(SIGNING_SECRET, now(), ready.as_bytes());
+    let (s, r) = app.post_raw(&format!("{path}/source-adapter/ingest"), ready, &[("Mux-Signature", &h)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("ignored")), "{r}");
 }

@@ -35,6 +35,7 @@ struct Continuation {
 
 /// The continuation message.
 pub struct Fetched {
+    asset_id: String,
     next: Continuation,
     result: Result<Value, MuxApiError>,
     reply: RpcReplyPort<IngestResult>,
@@ -93,17 +94,47 @@ impl AdapterState {
             let result = api.get_asset(&asset_id, &token_id, &token_secret).await;
             drop((token_id, token_secret));
             // If the actor is gone, the reply port drops and the caller answers 503.
-            let _ = myself.cast(AdapterMsg::Fetched(Box::new(Fetched { next, result, reply })));
+            let _ = myself.cast(AdapterMsg::Fetched(Box::new(Fetched { asset_id, next, result, reply })));
         });
+    }
+
+    /// The 422 for a token Mux refused (401/403): the field and message name the adapter's
+    /// connection (or its inline credentials), not the payload.
+    fn token_refused(&self, code: u16, asset_id: &str) -> (&'static str, String) {
+        let why = format!(
+            "Mux refused its access token (HTTP {code}) fetching asset {asset_id:?}: the token is wrong, revoked, \
+             lacks Mux Video read access, or is of another Mux environment. The event is fine"
+        );
+        match &self.adapter.connection_id {
+            Some(id) => (
+                "source_adapter.connection_id",
+                format!(
+                    "connection {id}: {why}: PATCH /v1/organizations/connections/{id} with a valid \
+                     access_token_id/access_token_secret, and Mux's retries will succeed"
+                ),
+            ),
+            None => (
+                "source_adapter.connection.credentials",
+                format!(
+                    "the adapter's inline connection.credentials: {why}: PATCH the bucket's source_adapter with \
+                     valid ones (or a connection_id), and Mux's retries will succeed"
+                ),
+            ),
+        }
     }
 
     /// The continuation: map the fetched asset, then create or change.
     pub(super) async fn fetched(&mut self, f: Fetched) {
-        let Fetched { next, result, reply } = f;
+        let Fetched { asset_id, next, result, reply } = f;
         let Continuation { screened, payload, dedup_hash, origin } = next;
         let now = now_millis();
         let result = match result {
             Err(e) if e.is_retryable() => Err(self.retry(now, format!("fetch the Mux asset: {e}"))),
+            // The event is fine; the credentials are not: name them, and say how to fix them.
+            Err(MuxApiError::Unauthorized(code)) => {
+                let (field, message) = self.token_refused(code, &asset_id);
+                Err(self.fail_at(now, field, message))
+            }
             Err(e) => Err(self.fail(now, PayloadError(format!("fetch the Mux asset: {e}")))),
             Ok(asset) => {
                 let doc = kind::mux_document(&payload, &asset);

@@ -365,7 +365,7 @@ impl AdapterState {
     /// Records a failure a retry may fix and asks the upstream to retry (503).
     pub(super) fn retry(&mut self, now: u64, message: String) -> IngestErr {
         match self.fail(now, PayloadError(message)) {
-            IngestErr::Invalid { message, commit } => IngestErr::Retry { message, commit },
+            IngestErr::Invalid { message, commit, .. } => IngestErr::Retry { message, commit },
             other => other,
         }
     }

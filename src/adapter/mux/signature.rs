@@ -25,8 +25,9 @@ const MAX_HEADER_LEN: usize = 4096;
 /// Most `v1` values we try, bounding the work an unauthenticated caller can cause.
 const MAX_SIGNATURES: usize = 8;
 
-/// Why a `Mux-Signature` was refused. Callers answer 401 for all of them; the kind is for
-/// logs and metrics.
+/// Why a `Mux-Signature` was refused. Callers answer 401 for all of them, with this message
+/// (it names the kind of failure, never a secret, the expected signature or the server's
+/// exact clock).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MuxSignatureError {
     #[error("no Mux-Signature header")]
@@ -35,11 +36,29 @@ pub enum MuxSignatureError {
     Malformed(&'static str),
     /// `skew_secs` = now − t: positive when too old, negative when too far in the future.
     // The skew stays out of the message: it is answered to anyone, and would tell them the
-    // server's clock (the debug log has it).
-    #[error("Mux-Signature timestamp is too old or in the future (check the sender's clock)")]
+    // server's clock (the debug log has it). Old or future is said: that much any sender
+    // can find out by trying.
+    #[error("{}", stale_message(*skew_secs))]
     Stale { skew_secs: i64 },
-    #[error("Mux-Signature does not match the body with any configured secret")]
+    #[error(
+        "Mux-Signature does not match the body with any of the connection's webhook_signing_secrets (a secret \
+         of another Mux endpoint or environment, a rotated one, or a body changed on the way)"
+    )]
     Mismatch,
+}
+
+fn stale_message(skew_secs: i64) -> String {
+    if skew_secs > 0 {
+        format!(
+            "Mux-Signature timestamp (t=) is more than {DEFAULT_TOLERANCE_SECS} s old: a replayed or long-delayed \
+             request, or the sender's clock is behind"
+        )
+    } else {
+        format!(
+            "Mux-Signature timestamp (t=) is more than {DEFAULT_TOLERANCE_SECS} s in the future: the sender's clock \
+             is ahead"
+        )
+    }
 }
 
 /// A parsed header: the timestamp and the decoded `v1` tags (unknown schemes are ignored,
