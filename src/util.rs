@@ -22,6 +22,13 @@ pub fn millis_to_rfc3339(ms: u64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map(rfc3339).unwrap_or_default()
 }
 
+/// For `#[serde(default, deserialize_with)]` on an `Option` of a PATCH body: the field is
+/// absent (`None`, unchanged) or a value; `null` is a 422 naming the field, not silently
+/// "unchanged" (it reads as "clear this", which a required setting cannot be).
+pub fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 /// For `#[serde(deserialize_with)]`: `null` for a field with a default means the default (a
 /// GET view, or a client that writes every key, sends optional fields so).
 pub fn null_as_default<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de> + Default>(

@@ -181,9 +181,13 @@ fn yes() -> bool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchWebhook {
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub webhook_name: Option<String>,
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub event_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub channels: Option<Vec<ChannelConfig>>,
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub is_active: Option<bool>,
     /// `true`: a new `signing_secret` replaces the current one (returned once, in the PATCH
     /// answer); every attempt made after the PATCH is signed with it.

@@ -242,6 +242,12 @@ async fn webhook_crud_validation_and_catalog() {
     assert_eq!(rx.captured()[0].header("x-auth"), Some("Bearer t0ken-xyz"));
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"event_types": []})).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_types")));
+    // `null` is not "unchanged": it is refused, naming the field.
+    for field in ["webhook_name", "event_types", "channels", "is_active"] {
+        let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({ field: null })).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().ends_with("not null"), "{b}");
+    }
 
     // Catalog.
     let (s, cat) = app.get("/v1/organizations/webhooks/event-types").await;
