@@ -191,14 +191,15 @@ impl ProviderConfig {
 /// adds `/rest/v1/{table}` itself, so a URL pasted with the dashboard's API path
 /// (`https://xyz.supabase.co/rest/v1/`) would make every writeback PATCH
 /// `/rest/v1/rest/v1/{table}`. Refused rather than stripped: the user learns what the field
-/// means, and nothing stored differs from what was sent.
+/// means, and nothing stored differs from what was sent. Another path is a prefix a
+/// self-hosted Supabase may sit behind (`https://host/supabase`), and is kept.
 fn supabase_url_problem(raw: &str) -> Option<String> {
     const EXPECTED: &str = "the project URL, e.g. https://abcd.supabase.co, without /rest/v1";
     let u = match url::Url::parse(raw) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
         _ => return Some(format!("must be an http(s) URL: {EXPECTED}")),
     };
-    if !matches!(u.path(), "" | "/") {
+    if u.path().split('/').collect::<Vec<_>>().windows(2).any(|w| w[0] == "rest" && w[1].starts_with('v')) {
         let path: String = u.path().chars().take(80).collect();
         return Some(format!("has the path {path:?}; give {EXPECTED} (hookline adds /rest/v1/{{table}} to it)"));
     }

@@ -16,6 +16,7 @@ use crate::store::Keyspace;
 
 pub async fn list_connections(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.known_params(&[])?;
     let mut out = Vec::new();
     state.shared.store.for_each::<Connection>(Keyspace::CONNECTIONS, "", |_, c| {
         out.push(c.view(&state.shared.secrets));

@@ -68,6 +68,7 @@ async fn durable(d: crate::store::Durable) -> Result<(), ApiError> {
 
 async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.known_params(&[])?;
     let mut out = Vec::new();
     state.shared.store.for_each::<StoredWebhook>(Keyspace::WEBHOOKS, "", |_, w| {
         out.push(w.view());

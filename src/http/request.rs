@@ -118,6 +118,9 @@ impl Request {
     pub fn known_params(&self, known: &[&str]) -> Result<(), ApiError> {
         match self.query.keys().filter(|k| !known.contains(&k.as_str())).min() {
             None => Ok(()),
+            Some(k) if known.is_empty() => {
+                Err(ApiError::validation(k.as_str(), "unknown query parameter; this endpoint takes none"))
+            }
             Some(k) => Err(ApiError::validation(
                 k.as_str(),
                 format!("unknown query parameter; this endpoint takes {}", known.join(", ")),

@@ -524,7 +524,7 @@ async fn a_supabase_url_with_a_path_is_refused_and_the_project_url_writes_back()
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{b}");
         assert!(b["error"]["message"].as_str().unwrap_or("").contains(expect), "{b}");
     };
-    for (i, path) in ["/rest/v1/", "/rest/v1", "/project"].into_iter().enumerate() {
+    for (i, path) in ["/rest/v1/", "/rest/v1", "/gateway/rest/v1/"].into_iter().enumerate() {
         let config = json!({"url": pg.url(path), "service_role_key": "srk"});
         let (s, b) = app
             .post(
@@ -542,6 +542,15 @@ async fn a_supabase_url_with_a_path_is_refused_and_the_project_url_writes_back()
             .await;
         refused(s, &b, "source_adapter.connection.credentials.url");
     }
+    // A prefix a self-hosted Supabase sits behind is a project URL too.
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "proxied", "provider_type": "supabase",
+                "provider_config": {"url": pg.url("/supabase"), "service_role_key": "srk"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
     let conn = supabase_connection(&app, &pg.url("/"), "srk").await;
     let conn_id = conn["connection_id"].as_str().unwrap();
     let (s, b) = app
