@@ -409,10 +409,12 @@ impl RegistryState {
         }
     }
 
-    /// Records a restart of `id`'s adapter; false when its budget is spent.
     /// Sets the adapter's `last_error` (its stats record) while no actor of the bucket runs.
     async fn record_adapter_error(&self, id: &BucketId, error: String) -> Result<(), StoreError> {
         let key = records::key(id, records::STATS_KEY);
+        // Barrier: the stopped actor's last batches (its counters among them) are applied
+        // before the read, or this write would roll them back.
+        self.shared.store.commit(Batch::new()).await?;
         let mut stats: records::AdapterStats = self.shared.store.get(Keyspace::STATS, &key)?.unwrap_or_default();
         stats.error(crate::util::now_millis(), error);
         let mut b = Batch::new();
@@ -420,6 +422,7 @@ impl RegistryState {
         self.shared.store.commit(b).await
     }
 
+    /// Records a restart of `id`'s adapter; false when its budget is spent.
     fn allow_restart(&mut self, id: &BucketId) -> bool {
         self.restarts
             .entry(id.clone())

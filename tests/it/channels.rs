@@ -416,12 +416,16 @@ async fn email_webhook(app: &TestApp) -> String {
 
 /// An SMTP stand-in that refuses every login with a 535 echoing the credentials, decoded
 /// (`|user|password`) and as sent (AUTH PLAIN's base64).
-async fn smtp_echoing_logins() -> u16 {
+/// Also counts the logins it refused.
+async fn smtp_echoing_logins() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let logins = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = logins.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let (read, mut write) = sock.into_split();
                 let mut lines = BufReader::new(read).lines();
@@ -430,6 +434,7 @@ async fn smtp_echoing_logins() -> u16 {
                     let reply = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
                         ["EHLO", ..] => "250-stand-in\r\n250 AUTH PLAIN LOGIN\r\n".to_string(),
                         ["AUTH", "PLAIN", b64] => {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
                             let shown = String::from_utf8_lossy(&decoded).replace('\0', "|");
                             format!("535 5.7.8 bad credentials: {shown} ({b64})\r\n")
@@ -444,16 +449,17 @@ async fn smtp_echoing_logins() -> u16 {
             });
         }
     });
-    port
+    (port, logins)
 }
 
 /// A relay that echoes the login in its refusal puts none of it into an attempt's error,
-/// the webhook's `last_error`, the data directory or the log.
+/// the webhook's `last_error`, the data directory or the log. A refused login speaks for the
+/// relay: an attempt logs in once, not once per address.
 #[tokio::test]
 async fn an_smtp_relay_echoing_the_login_does_not_leak_it() {
     const USER: &str = "smtpuser";
     const PASSWORD: &str = "SMTPPASS_SENTINEL_7777";
-    let port = smtp_echoing_logins().await;
+    let (port, logins) = smtp_echoing_logins().await;
     let app = TestApp::start_with(Options {
         env: vec![("HOOKLINE_SMTP_PASSWORD".into(), PASSWORD.into())],
         ..dev_delivery(&format!(
@@ -461,15 +467,26 @@ async fn an_smtp_relay_echoing_the_login_does_not_leak_it() {
         ))
     })
     .await;
-    let wh = email_webhook(&app).await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "three", "event_types": ["*"], "channels": [{"channel": "email",
+            "configs": {"to": ["ops@example.com", "lead@example.com", "oncall@example.com"]}}]}),
+    )
+    .await;
     publish(&app, "object.created", json!({})).await;
     let refused = eventually(WAIT, || failed_attempt_recorded(&app, &wh)).await;
     assert!(refused, "no failed attempt; log:\n{}", app.log());
     let d = &deliveries(&app, &wh, None).await[0];
+    let attempts = d["attempts"].as_array().unwrap().len();
+    // At most the one of an attempt under way besides those recorded (three per attempt, were
+    // the addresses tried one by one).
+    let seen = logins.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(seen >= 1 && seen <= attempts + 1, "{seen} logins for {attempts} attempts");
     assert_eq!(d["attempts"][0]["status_code"], 535, "{d}");
     assert_eq!(
         d["attempts"][0]["error"],
-        "to ops@example.com: smtp: permanent error (535): 5.7.8 bad credentials: |********|******** (********)",
+        "1 of 3 addresses failed; to ops@example.com: smtp: permanent error (535): 5.7.8 bad credentials: \
+         |********|******** (********); 2 not tried (the relay failed for every address)",
         "{d}"
     );
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;

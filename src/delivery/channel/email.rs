@@ -127,8 +127,13 @@ impl EmailChannel {
         let mut reached = Vec::new();
         let mut failed: Vec<(String, AttemptResult)> = Vec::new();
         let mut last_ok = None;
+        let mut untried = 0;
         for (written, mailbox) in &self.to {
             if msg.done_recipients.contains(written) {
+                continue;
+            }
+            if failed.last().is_some_and(|(_, r)| relay_wide(r)) {
+                untried += 1;
                 continue;
             }
             let r = self.send_one(msg, mailbox, &subject, &body).await;
@@ -136,16 +141,15 @@ impl EmailChannel {
                 reached.push(written.clone());
                 last_ok = Some(r);
             } else {
-                // The relay itself is unreachable or silent: every other address would wait
-                // out the same timeout. They go with the retry.
-                let relay_down = matches!(r.result, "connect" | "timeout");
                 failed.push((written.clone(), r));
-                if relay_down {
-                    break;
-                }
             }
         }
-        super::summarize(self.to.len(), reached, failed, last_ok, "addresses")
+        let mut result = super::summarize(self.to.len(), reached, failed, last_ok, "addresses");
+        if untried > 0 {
+            result.error =
+                result.error.map(|e| format!("{e}; {untried} not tried (the relay failed for every address)"));
+        }
+        result
     }
 
     /// Sends the delivery's message to one address.
@@ -213,6 +217,17 @@ impl EmailChannel {
             }
         }
     }
+}
+
+/// Whether a failed send speaks for the relay, not for its address: unreachable, silent, a
+/// TLS or client error, or a reply about the session (421 closing, 454 TLS or AUTH
+/// unavailable, 530/534/535/538 login refused). Trying the other addresses would repeat it,
+/// a refused login once per address (which can lock the relay account); they go with the
+/// retry. A reply about one address (550 no such user, 552, 553, a 451 for its message)
+/// holds back no other.
+fn relay_wide(r: &AttemptResult) -> bool {
+    matches!(r.result, "connect" | "timeout" | "error")
+        || r.status_code.is_none_or(|c| matches!(c, 421 | 454 | 530 | 534 | 535 | 538))
 }
 
 /// lettre's errors nest one kind in another of the same name ("Connection error: Connection
