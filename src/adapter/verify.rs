@@ -279,6 +279,21 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// What the 401 itself says, given the full `message` (kept for the admin's status view,
+    /// see `http/refusals.rs`): the same, except that an anonymous sender is not told a
+    /// connection's ID or the admin routes that fix it.
+    pub fn answer(&self, message: &str) -> String {
+        match self {
+            Refusal::NoSigningSecret { .. } => "Mux-Signature cannot be verified: the adapter's Mux connection has no \
+                 webhook_signing_secret, so signed ingests are refused (the adapter's status, \
+                 last_refused_ingest, says how to set one)"
+                .to_string(),
+            _ => message.to_string(),
+        }
+    }
+}
+
 /// The outcome of authenticating an ingest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

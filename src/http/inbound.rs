@@ -218,7 +218,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                     Verdict::Authentic(proof) => proof,
                     Verdict::Unauthorized(refusal, message) => {
                         state.refusals.record(&bucket_id, &refusal, &message);
-                        return ("unauthorized", Err(ApiError::UnauthorizedMsg(message)));
+                        return ("unauthorized", Err(ApiError::UnauthorizedMsg(refusal.answer(&message))));
                     }
                     Verdict::Unverifiable(message) => return ("error", Err(unverifiable(&message))),
                 };
@@ -289,7 +289,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         }
         Err(IngestErr::Unauthorized(refusal, message)) => {
             state.refusals.record(&bucket_id, &refusal, &message);
-            ("unauthorized", Err(ApiError::UnauthorizedMsg(message)))
+            ("unauthorized", Err(ApiError::UnauthorizedMsg(refusal.answer(&message))))
         }
         Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
         Err(IngestErr::Invalid { field, message, commit }) => {

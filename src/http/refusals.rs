@@ -5,7 +5,8 @@
 //! attacker can grow on disk), and it does not replace the adapter's stored `last_error`,
 //! which an anonymous sender must not be able to overwrite. One entry per bucket (the
 //! latest), at most [`MAX_BUCKETS`] buckets; a restart forgets them. The log gets one line
-//! per bucket and kind of refusal per [`LOG_EVERY`], so a flood does not flood it.
+//! per bucket and kind of refusal per [`LOG_EVERY_MS`], whatever the kinds alternate, so a
+//! flood does not flood it (and the line is written after the table's lock is released).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -26,16 +27,16 @@ struct Entry {
     message: String,
     /// Refused ingests since the daemon started.
     count: u64,
-    logged_at_ms: u64,
-    logged_kind: &'static str,
+    /// When each kind of refusal was last logged (a handful of kinds).
+    logged: Vec<(&'static str, u64)>,
 }
 
 #[derive(Default)]
 pub struct Refusals(Mutex<HashMap<BucketId, Entry>>);
 
 impl Refusals {
-    /// Records a refused ingest of `bucket_id` (and logs it, rate-limited).
-    pub fn record(&self, bucket_id: &BucketId, refusal: &Refusal, message: &str) {
+    /// Records a refused ingest of `bucket_id` (and logs it, rate-limited: true if it did).
+    pub fn record(&self, bucket_id: &BucketId, refusal: &Refusal, message: &str) -> bool {
         let now = crate::util::now_millis();
         let kind = refusal.kind();
         let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -47,19 +48,30 @@ impl Refusals {
             kind,
             message: String::new(),
             count: 0,
-            logged_at_ms: 0,
-            logged_kind: "",
+            logged: Vec::new(),
         });
         e.at_ms = now;
         e.kind = kind;
         e.message = message.to_string();
         e.count += 1;
-        if e.logged_kind != kind || now.saturating_sub(e.logged_at_ms) >= LOG_EVERY_MS {
-            e.logged_at_ms = now;
-            e.logged_kind = kind;
+        let due = match e.logged.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, at)) if now.saturating_sub(*at) < LOG_EVERY_MS => false,
+            Some((_, at)) => {
+                *at = now;
+                true
+            }
+            None => {
+                e.logged.push((kind, now));
+                true
+            }
+        };
+        let count = e.count;
+        drop(table);
+        if due {
             // The message holds no secret (see `Refusal::message`).
-            tracing::warn!(bucket_id = %bucket_id, reason = kind, refused_since_start = e.count, "ingest refused: {message}");
+            tracing::warn!(bucket_id = %bucket_id, reason = kind, refused_since_start = count, "ingest refused: {message}");
         }
+        due
     }
 
     /// The status endpoint's `last_refused_ingest`: `null` when none since the start.
@@ -74,5 +86,23 @@ impl Refusals {
                 "count_since_start": e.count,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::mux::MuxSignatureError as E;
+
+    /// Alternating kinds of refusal do not get a log line each: one per kind and minute.
+    #[test]
+    fn the_log_is_rate_limited_per_kind_whatever_the_order() {
+        let r = Refusals::default();
+        let b = BucketId::generate();
+        let (old, bad) = (Refusal::Signature(E::Stale { skew_secs: 400 }), Refusal::Signature(E::Mismatch));
+        let logged: Vec<bool> = (0..6).map(|i| r.record(&b, if i % 2 == 0 { &old } else { &bad }, "m")).collect();
+        assert_eq!(logged, [true, true, false, false, false, false]);
+        assert_eq!(r.view(&b)["count_since_start"], 6);
+        assert_eq!(r.view(&b)["reason"], "signature_mismatch");
     }
 }

@@ -35,9 +35,9 @@ pub enum MuxSignatureError {
     #[error("malformed Mux-Signature header: {0}")]
     Malformed(&'static str),
     /// `skew_secs` = now − t: positive when too old, negative when too far in the future.
-    // The skew stays out of the message: it is answered to anyone, and would tell them the
-    // server's clock (the debug log has it). Old or future is said: that much any sender
-    // can find out by trying.
+    // The skew stays out of the message (the debug log has it). Old or future is said, and
+    // checked before the HMAC (no HMAC work for a stale header): the server's clock is no
+    // secret, every answer's `Date` header gives it to the second.
     #[error("{}", stale_message(*skew_secs))]
     Stale { skew_secs: i64 },
     #[error(
