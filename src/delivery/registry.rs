@@ -688,6 +688,10 @@ impl DeliveryState {
         if !self.webhooks.contains_key(id) {
             return Err(not_found(id));
         }
+        // A store that refuses writes (poisoned by a failed fsync) fails the PATCH here, before
+        // memory changes: not after the worker signs with a rotated secret (or sends to a new
+        // URL) that the store never got and the next start forgets.
+        self.shared.store.commit(Batch::new()).await?;
         // What the webhook receives changes: events recorded before the change go out under
         // the settings they were recorded under (a pause must not drop, nor a resume add,
         // the events still waiting in the outbox).
@@ -758,7 +762,17 @@ impl DeliveryState {
         self.tell_bus();
         let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
         if let Some(worker) = self.worker(id) {
-            let _ = worker.cast(WorkerMsg::Configure(self.runtime(entry)));
+            let rt = self.runtime(entry);
+            if patch.rotate_signing_secret {
+                // Answered only once the worker signs with the new secret: no attempt started
+                // after the PATCH's answer goes out under the old one.
+                let applied = worker.call(|r| WorkerMsg::Configure(rt, Some(r)), Some(Duration::from_secs(5))).await;
+                if !matches!(applied, Ok(ractor::rpc::CallResult::Success(()))) {
+                    tracing::warn!(webhook_id = %id, "delivery actor did not confirm the rotated signing secret");
+                }
+            } else {
+                let _ = worker.cast(WorkerMsg::Configure(rt, None));
+            }
         }
         tracing::info!(webhook_id = %id, rotated_signing_secret = patch.rotate_signing_secret, "webhook updated");
         Ok((view, durable))

@@ -130,8 +130,9 @@ pub struct WorkerArgs {
 pub enum WorkerMsg {
     /// Deliveries made durable by the fan-out.
     Enqueue(Vec<Delivery>),
-    /// The webhook changed (PATCH: pause/resume, channels).
-    Configure(Arc<WebhookRuntime>),
+    /// The webhook changed (PATCH: pause/resume, channels, signing secret). With a reply port,
+    /// answered once the new settings are in force (no attempt starts under the old ones).
+    Configure(Arc<WebhookRuntime>, Option<RpcReplyPort<()>>),
     /// Manual retry: re-queue now (a finished delivery gets a fresh `max_age` window).
     Retry { delivery_id: DeliveryId, reply: RpcReplyPort<Result<(serde_json::Value, Durable), ApiError>> },
     /// The retry timer fired.
@@ -289,8 +290,11 @@ impl Actor for DeliveryWorker {
                 state.pump();
                 state.top_up().await?;
             }
-            WorkerMsg::Configure(rt) => {
+            WorkerMsg::Configure(rt, applied) => {
                 let old = std::mem::replace(&mut state.rt, rt);
+                if let Some(reply) = applied {
+                    let _ = reply.send(());
+                }
                 let removed: Vec<String> =
                     old.channel_ids.iter().filter(|c| !state.rt.channel_ids.contains(c)).cloned().collect();
                 let errors_before = state.channel_errors.len();
