@@ -421,17 +421,20 @@ mod tests {
     }
 
     #[test]
-    fn a_supabase_url_is_the_project_url_without_a_path() {
+    fn a_supabase_url_is_the_project_url_without_the_api_path() {
         let parse = |url: &str| {
             ProviderConfig::parse(ProviderType::Supabase, serde_json::json!({"url": url, "service_role_key": "k"}))
         };
-        for ok in ["https://abcd.supabase.co", "https://abcd.supabase.co/", "http://127.0.0.1:54321"] {
+        // A path that is not the API's is a self-hosted prefix.
+        for ok in
+            ["https://abcd.supabase.co", "https://abcd.supabase.co/", "http://127.0.0.1:54321", "https://h/supabase"]
+        {
             assert!(parse(ok).is_ok(), "{ok}");
         }
         for bad in [
             "https://abcd.supabase.co/rest/v1/",
             "https://abcd.supabase.co/rest/v1",
-            "https://abcd.supabase.co/x",
+            "https://h/supabase/rest/v1/",
             "https://abcd.supabase.co/?a=b",
             "https://abcd.supabase.co#f",
             "ftp://abcd.supabase.co",
