@@ -205,9 +205,9 @@ impl Proof {
     }
 }
 
-/// Why an ingest was refused (401). Its [`Refusal::message`] is answered to the sender,
-/// who may be anyone: it says what to fix, never a secret, the expected signature or the
-/// server's exact clock.
+/// Why an ingest was refused (401). [`Refusal::answer`] is answered to the sender, who may
+/// be anyone: it says what to fix, never a secret or the expected signature (nor, there, a
+/// connection's ID); [`Refusal::message`] is the admin's fuller version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Neither `X-Webhook-Secret` nor a `Mux-Signature` a Mux adapter checks.
@@ -237,7 +237,8 @@ impl Refusal {
         }
     }
 
-    /// What the 401 says. `secret_sent`: an `X-Webhook-Secret` was sent and did not match
+    /// Why, in full (the admin's status view; the 401 says [`Refusal::answer`] of it).
+    /// `secret_sent`: an `X-Webhook-Secret` was sent and did not match
     /// (said too, when the `Mux-Signature` is what was refused).
     pub fn message(&self, secret_sent: bool) -> String {
         const FALLBACK: &str = "send X-Webhook-Secret with the adapter's webhook_secret";
@@ -277,9 +278,7 @@ impl Refusal {
             Refusal::Signature(e) => format!("{e}{also}"),
         }
     }
-}
 
-impl Refusal {
     /// What the 401 itself says, given the full `message` (kept for the admin's status view,
     /// see `http/refusals.rs`): the same, except that an anonymous sender is not told a
     /// connection's ID or the admin routes that fix it.
