@@ -205,6 +205,9 @@ impl Proof {
     }
 }
 
+const FALLBACK: &str = "send X-Webhook-Secret with the adapter's webhook_secret";
+const ALSO_WRONG_SECRET: &str = "; X-Webhook-Secret does not match the adapter's webhook_secret either";
+
 /// Why an ingest was refused (401). [`Refusal::answer`] is answered to the sender, who may
 /// be anyone: it says what to fix, never a secret or the expected signature (nor, there, a
 /// connection's ID); [`Refusal::message`] is the admin's fuller version.
@@ -241,9 +244,7 @@ impl Refusal {
     /// `secret_sent`: an `X-Webhook-Secret` was sent and did not match
     /// (said too, when the `Mux-Signature` is what was refused).
     pub fn message(&self, secret_sent: bool) -> String {
-        const FALLBACK: &str = "send X-Webhook-Secret with the adapter's webhook_secret";
-        let also =
-            if secret_sent { "; X-Webhook-Secret does not match the adapter's webhook_secret either" } else { "" };
+        let also = if secret_sent { ALSO_WRONG_SECRET } else { "" };
         match self {
             Refusal::NoCredentials { mux, mux_signature_ignored } => {
                 let mut m = format!("no webhook signature: {FALLBACK}");
@@ -284,10 +285,17 @@ impl Refusal {
     /// connection's ID or the admin routes that fix it.
     pub fn answer(&self, message: &str) -> String {
         match self {
-            Refusal::NoSigningSecret { .. } => "Mux-Signature cannot be verified: the adapter's Mux connection has no \
-                 webhook_signing_secret, so signed ingests are refused (the adapter's status, \
-                 last_refused_ingest, says how to set one)"
-                .to_string(),
+            Refusal::NoSigningSecret { connection_id } => {
+                let whose = match connection_id {
+                    Some(_) => "the adapter's Mux connection has",
+                    None => "the adapter's connection.credentials have",
+                };
+                let also = if message.ends_with(ALSO_WRONG_SECRET) { ALSO_WRONG_SECRET } else { "" };
+                format!(
+                    "Mux-Signature cannot be verified: {whose} no webhook_signing_secret, so signed ingests are \
+                     refused (the adapter's status, last_refused_ingest, says how to set one), or {FALLBACK}{also}"
+                )
+            }
             _ => message.to_string(),
         }
     }

@@ -54,6 +54,15 @@ pub struct DeliveryRegistry;
 
 type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
 
+/// A webhook PATCH's outcome: its view, when it is on disk, and (a rotated signing secret)
+/// when the delivery actor signs with the new secret. The caller waits for both outside the
+/// registry's mailbox, so a busy actor holds back only this answer.
+pub struct Updated {
+    pub view: serde_json::Value,
+    pub durable: Durable,
+    pub applied: Option<ractor::concurrency::OneshotReceiver<()>>,
+}
+
 pub enum DeliveryMsg {
     Create {
         body: CreateWebhook,
@@ -62,7 +71,7 @@ pub enum DeliveryMsg {
     Update {
         webhook_id: WebhookId,
         patch: PatchWebhook,
-        reply: Reply<(serde_json::Value, Durable)>,
+        reply: Reply<Updated>,
     },
     Delete {
         webhook_id: WebhookId,
@@ -683,14 +692,14 @@ impl DeliveryState {
         Ok((view, durable))
     }
 
-    async fn update(&mut self, id: &WebhookId, patch: PatchWebhook) -> Result<(serde_json::Value, Durable), ApiError> {
+    async fn update(&mut self, id: &WebhookId, patch: PatchWebhook) -> Result<Updated, ApiError> {
         patch.validate(self.rules())?;
         if !self.webhooks.contains_key(id) {
             return Err(not_found(id));
         }
-        // A store that refuses writes (poisoned by a failed fsync) fails the PATCH here, before
-        // memory changes: not after the worker signs with a rotated secret (or sends to a new
-        // URL) that the store never got and the next start forgets.
+        // A store already refusing writes (poisoned by a failed fsync) fails the PATCH here,
+        // before memory changes. (A rotated secret also waits for its own write below before
+        // the worker signs with it.)
         self.shared.store.commit(Batch::new()).await?;
         // What the webhook receives changes: events recorded before the change go out under
         // the settings they were recorded under (a pause must not drop, nor a resume add,
@@ -750,7 +759,7 @@ impl DeliveryState {
         w.updated_at = now_rfc3339();
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
-        let durable = self.shared.store.submit(b);
+        let mut durable = self.shared.store.submit(b);
         let mut view = entry.stored.view();
         if patch.rotate_signing_secret {
             // The one and only time the new signing secret is shown (after the write is
@@ -761,21 +770,24 @@ impl DeliveryState {
         }
         self.tell_bus();
         let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
+        let mut applied = None;
         if let Some(worker) = self.worker(id) {
             let rt = self.runtime(entry);
             if patch.rotate_signing_secret {
-                // Answered only once the worker signs with the new secret: no attempt started
-                // after the PATCH's answer goes out under the old one.
-                let applied = worker.call(|r| WorkerMsg::Configure(rt, Some(r)), Some(Duration::from_secs(5))).await;
-                if !matches!(applied, Ok(ractor::rpc::CallResult::Success(()))) {
-                    tracing::warn!(webhook_id = %id, "delivery actor did not confirm the rotated signing secret");
-                }
+                // Signed with only once it is on disk (a secret the next start would forget
+                // must sign nothing); the caller then waits for the worker to switch, so no
+                // attempt started after the answer goes out under the old one.
+                durable.await?;
+                durable = self.shared.store.submit(Batch::new());
+                let (tx, rx) = ractor::concurrency::oneshot();
+                let _ = worker.cast(WorkerMsg::Configure(rt, Some(tx.into())));
+                applied = Some(rx);
             } else {
                 let _ = worker.cast(WorkerMsg::Configure(rt, None));
             }
         }
         tracing::info!(webhook_id = %id, rotated_signing_secret = patch.rotate_signing_secret, "webhook updated");
-        Ok((view, durable))
+        Ok(Updated { view, durable, applied })
     }
 
     async fn delete(&mut self, id: &WebhookId) -> Result<Durable, ApiError> {

@@ -128,9 +128,20 @@ async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
     }
     let warnings = patch.event_types.as_deref().map(uncatalogued).unwrap_or_default();
     let reg = registry(state)?;
-    let (view, d) = ask!(reg, |reply| DeliveryMsg::Update { webhook_id, patch, reply })?;
-    durable(d).await?;
-    Ok(json(StatusCode::OK, &with_warnings(view, warnings)))
+    let updated = ask!(reg, |reply| DeliveryMsg::Update { webhook_id, patch, reply })?;
+    durable(updated.durable).await?;
+    let mut warnings = warnings;
+    if let Some(applied) = updated.applied {
+        // The new secret is stored and shown now whatever happens (it is shown only once).
+        if !matches!(tokio::time::timeout(std::time::Duration::from_secs(5), applied).await, Ok(Ok(()))) {
+            warnings.push(
+                "the delivery actor had not switched to the new signing secret within 5 s (a long backlog): \
+                 attempts it starts until it does are signed with the old one"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(json(StatusCode::OK, &with_warnings(updated.view, warnings)))
 }
 
 async fn delete(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {

@@ -486,7 +486,7 @@ async fn an_smtp_relay_echoing_the_login_does_not_leak_it() {
     assert_eq!(
         d["attempts"][0]["error"],
         "1 of 3 addresses failed; to ops@example.com: smtp: permanent error (535): 5.7.8 bad credentials: \
-         |********|******** (********); 2 not tried (the relay failed for every address)",
+         |********|******** (********); 2 not tried (a failure of the relay itself)",
         "{d}"
     );
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;

@@ -146,8 +146,7 @@ impl EmailChannel {
         }
         let mut result = super::summarize(self.to.len(), reached, failed, last_ok, "addresses");
         if untried > 0 {
-            result.error =
-                result.error.map(|e| format!("{e}; {untried} not tried (the relay failed for every address)"));
+            result.error = result.error.map(|e| format!("{e}; {untried} not tried (a failure of the relay itself)"));
         }
         result
     }
@@ -219,15 +218,16 @@ impl EmailChannel {
     }
 }
 
-/// Whether a failed send speaks for the relay, not for its address: unreachable, silent, a
-/// TLS or client error, or a reply about the session (421 closing, 454 TLS or AUTH
-/// unavailable, 530/534/535/538 login refused). Trying the other addresses would repeat it,
-/// a refused login once per address (which can lock the relay account); they go with the
-/// retry. A reply about one address (550 no such user, 552, 553, a 451 for its message)
-/// holds back no other.
+/// Whether a failed send speaks for the relay, not for its address: unreachable, silent, or
+/// a reply about the session (421 closing, 530/534/535/538 login refused). Trying the other
+/// addresses would repeat it, a refused login once per address (which can lock the relay
+/// account); they go with the retry. Anything else may be about the one address and holds
+/// back no other: a reply such as 550 no such user, 553, 454 relay access denied (Postfix's
+/// answer to one RCPT), a 451 for its message, or lettre refusing the envelope (a non-ASCII
+/// address to a relay without SMTPUTF8). (A TLS failure repeats for each address, costing a
+/// connection each, no login.)
 fn relay_wide(r: &AttemptResult) -> bool {
-    matches!(r.result, "connect" | "timeout" | "error")
-        || r.status_code.is_none_or(|c| matches!(c, 421 | 454 | 530 | 534 | 535 | 538))
+    matches!(r.result, "connect" | "timeout") || r.status_code.is_some_and(|c| matches!(c, 421 | 530 | 534 | 535 | 538))
 }
 
 /// lettre's errors nest one kind in another of the same name ("Connection error: Connection
