@@ -199,7 +199,13 @@ fn supabase_url_problem(raw: &str) -> Option<String> {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
         _ => return Some(format!("must be an http(s) URL: {EXPECTED}")),
     };
-    if u.path().split('/').collect::<Vec<_>>().windows(2).any(|w| w[0] == "rest" && w[1].starts_with('v')) {
+    // Supabase's own hosts serve the API at the root: any path there is a pasted API or
+    // dashboard URL (`/rest/v1`, `/graphql/v1`, `/dashboard/project/…`).
+    let hosted = u
+        .host_str()
+        .is_some_and(|h| h.ends_with(".supabase.co") || h == "supabase.com" || h.ends_with(".supabase.com"));
+    let api_path = u.path().split('/').collect::<Vec<_>>().windows(2).any(|w| w[0] == "rest" && w[1].starts_with('v'));
+    if api_path || (hosted && !matches!(u.path(), "" | "/")) {
         let path: String = u.path().chars().take(80).collect();
         return Some(format!("has the path {path:?}; give {EXPECTED} (hookline adds /rest/v1/{{table}} to it)"));
     }
@@ -435,6 +441,8 @@ mod tests {
             "https://abcd.supabase.co/rest/v1/",
             "https://abcd.supabase.co/rest/v1",
             "https://h/supabase/rest/v1/",
+            "https://abcd.supabase.co/graphql/v1",
+            "https://supabase.com/dashboard/project/abcd",
             "https://abcd.supabase.co/?a=b",
             "https://abcd.supabase.co#f",
             "ftp://abcd.supabase.co",

@@ -300,7 +300,8 @@ const MIN_HIDDEN_CHARS: usize = 6;
 /// that logs the login it refused); and each of these percent-encoded (`%2B`, as in a URL)
 /// and form-encoded (`+` for a space). Letter case is left to the matching ([`hide_in`]
 /// ignores it: a receiver may lower-case a header it echoes), and as a JSON string holds
-/// them (escaped; `/` also as `\/`, non-ASCII also as `\uXXXX`). At most 24 forms a value.
+/// them (escaped; `/` also as `\/`, non-ASCII also as `\uXXXX`, and both, as PHP writes
+/// them). At most 28 forms a value.
 pub(crate) fn secret_forms(value: &str) -> Vec<String> {
     use base64::Engine;
     let mut plain = vec![value.to_string()];
@@ -319,7 +320,7 @@ pub(crate) fn secret_forms(value: &str) -> Vec<String> {
             plain.push(pair);
         }
     }
-    let mut forms = Vec::with_capacity(plain.len() * 6);
+    let mut forms = Vec::with_capacity(plain.len() * 7);
     for p in plain {
         let form: String = url::form_urlencoded::byte_serialize(p.as_bytes()).collect();
         // As a JSON string holds it (a receiver echoing the request as JSON): `"` and `\`
@@ -328,8 +329,8 @@ pub(crate) fn secret_forms(value: &str) -> Vec<String> {
         let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_string();
         let slashes = json.replace('/', "\\/");
         // Python's json.dumps and PHP's json_encode write non-ASCII as `\uXXXX` by default.
-        let ascii = ascii_escaped(&json);
-        forms.extend([percent_encoded(&p), form, json, slashes, ascii, p]);
+        let (ascii, php) = (ascii_escaped(&json), ascii_escaped(&slashes));
+        forms.extend([percent_encoded(&p), form, json, slashes, ascii, php, p]);
     }
     forms.retain(|f| f.chars().count() >= MIN_HIDDEN_CHARS);
     forms.sort();
@@ -501,7 +502,7 @@ mod tests {
     fn an_echoed_secret_is_hidden_in_any_form() {
         use base64::Engine;
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pa ss/w0rd+1"));
-        let sent = [basic.as_str(), "Bearer Tok_SeCrEt-123", "hook-secret-42", "hé-secret-42"];
+        let sent = [basic.as_str(), "Bearer Tok_SeCrEt-123", "hook-secret-42", "hé-secret-42", "hé/x-secret-99"];
         for (body, leaked) in [
             ("denied: alice:pa ss/w0rd+1".to_string(), "w0rd"),
             ("wrong password pa ss/w0rd+1 for alice".to_string(), "w0rd"),
@@ -516,6 +517,8 @@ mod tests {
             (r#"{"password":"pa ss/w0rd+1"}"#.to_string(), "w0rd"),
             // Python's json.dumps of a non-ASCII token.
             (r#"{"token":"h\u00e9-secret-42"}"#.to_string(), "secret-42"),
+            // PHP's json_encode: `\/` and `\uXXXX` both.
+            (r#"{"token":"h\u00e9\/x-secret-99"}"#.to_string(), "secret-99"),
         ] {
             let text = excerpt_hiding(body.as_bytes(), &sent);
             assert!(!text.contains(leaked) && text.contains("********"), "{body} -> {text}");
@@ -526,7 +529,7 @@ mod tests {
         assert_eq!(excerpt_hiding(b"pw1 is short", &[&short]), "pw1 is short");
         // Every form is at least 6 characters, and one value makes a bounded number of them.
         let forms = secret_forms(&basic);
-        assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 24, "{forms:?}");
+        assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 28, "{forms:?}");
         assert!(forms.contains(&"alice:pa ss/w0rd+1".to_string()) && forms.contains(&"pa%20ss%2Fw0rd%2B1".to_string()));
     }
 }
