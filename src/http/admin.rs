@@ -137,6 +137,8 @@ pub async fn delete_bucket(state: &HttpState, req: &Request, id: &str) -> Result
     let bucket_id =
         BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))?;
     let registry = state.shared.bucket_registry()?;
+    let id = bucket_id.clone();
     ask!(registry, |reply| RegistryMsg::DeleteBucket { namespace, bucket_id, reply })?;
+    state.refusals.forget(&id);
     Ok(empty(StatusCode::NO_CONTENT))
 }

@@ -4,9 +4,10 @@
 //! kept in memory only, never written to the store (no write per bogus request, nothing an
 //! attacker can grow on disk), and it does not replace the adapter's stored `last_error`,
 //! which an anonymous sender must not be able to overwrite. One entry per bucket (the
-//! latest), at most [`MAX_BUCKETS`] buckets; a restart forgets them. The log gets one line
-//! per bucket and kind of refusal per [`LOG_EVERY_MS`], whatever the kinds alternate, so a
-//! flood does not flood it (and the line is written after the table's lock is released).
+//! latest, dropped with its bucket), at most [`MAX_BUCKETS`] buckets; a restart forgets
+//! them. The log gets one line per bucket and kind of refusal per [`LOG_EVERY_MS`], whatever
+//! the kinds alternate, so a flood does not flood it (and the line is written after the
+//! table's lock is released).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -74,6 +75,11 @@ impl Refusals {
         due
     }
 
+    /// Drops a deleted bucket's entry.
+    pub fn forget(&self, bucket_id: &BucketId) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(bucket_id);
+    }
+
     /// The status endpoint's `last_refused_ingest`: `null` when none since the start.
     pub fn view(&self, bucket_id: &BucketId) -> serde_json::Value {
         let table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -104,5 +110,7 @@ mod tests {
         assert_eq!(logged, [true, true, false, false, false, false]);
         assert_eq!(r.view(&b)["count_since_start"], 6);
         assert_eq!(r.view(&b)["reason"], "signature_mismatch");
+        r.forget(&b);
+        assert!(r.view(&b).is_null(), "a deleted bucket's entry goes with it");
     }
 }
