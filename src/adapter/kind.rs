@@ -215,13 +215,7 @@ pub fn external_id(
 /// the update finds the objects by the new key, as before).
 pub fn previous_external_id(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
     match adapter.adapter_type {
-        ProviderType::Supabase => {
-            let ev = supabase::DbEvent::parse(payload).ok()?;
-            if ev.op != supabase::Op::Update {
-                return None;
-            }
-            ev.old_primary_key(adapter.id_column())
-        }
+        ProviderType::Supabase => supabase::old_primary_key(payload, adapter.id_column()),
         ProviderType::GenericWebhook | ProviderType::Mux => None,
     }
 }

@@ -100,13 +100,6 @@ impl DbEvent {
         key_of(self.row().ok()?, id_column)
     }
 
-    /// The primary key of `old_record` (the row before an UPDATE), read as
-    /// [`DbEvent::primary_key`] reads the row's. An UPDATE that changed the key has another
-    /// one here than in `record`.
-    pub fn old_primary_key(&self, id_column: &str) -> Option<String> {
-        key_of(self.old_record.as_ref()?, id_column)
-    }
-
     /// The document `field_mapping` reads (`record.*`, `old_record.*`, `table`, …): the
     /// payload itself, except that on DELETE `record` is the deleted row, so one mapping
     /// works for every operation.
@@ -120,6 +113,17 @@ impl DbEvent {
         m.insert("old_record".into(), self.old_record.clone().map(Value::Object).unwrap_or(Value::Null));
         Value::Object(m)
     }
+}
+
+/// The primary key of an UPDATE's `old_record` (the row before it), read as
+/// [`DbEvent::primary_key`] reads the row's: an UPDATE that changed the key has another one
+/// here than in `record`. Read off the payload as it is, not a [`DbEvent`] (which copies the
+/// rows): the event was parsed once already by then. `None` for other event types.
+pub fn old_primary_key(payload: &Value, id_column: &str) -> Option<String> {
+    if payload.get("type")?.as_str()? != Op::Update.as_str() {
+        return None;
+    }
+    key_of(payload.get("old_record")?.as_object()?, id_column)
 }
 
 fn key_of(row: &Map<String, Value>, id_column: &str) -> Option<String> {

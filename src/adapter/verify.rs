@@ -69,6 +69,11 @@ impl Gate {
         Gate { revision, bucket_id, adapter: adapter.clone(), secret_sha256 }
     }
 
+    /// Whether this gate's adapter is a Mux adapter.
+    pub fn is_mux(&self) -> bool {
+        self.adapter.adapter_type == ProviderType::Mux
+    }
+
     /// The `X-Webhook-Secret` check: the presented value's SHA-256 against the stored one, in
     /// constant time ([`spec::digest_matches`]), against the digest decoded once.
     pub fn secret_matches(&self, presented: Option<&str>) -> bool {
@@ -363,11 +368,31 @@ pub fn verdict(
     Verdict::Unauthorized(refusal, message)
 }
 
-impl Gate {
-    /// Whether this gate's adapter is a Mux adapter.
-    pub fn is_mux(&self) -> bool {
-        self.adapter.adapter_type == ProviderType::Mux
+/// The PATCH answer's warning for a Mux adapter without a signing secret (on its connection,
+/// or in its inline credentials): valid (`X-Webhook-Secret` authenticates), but every ingest
+/// Mux signs will be refused until one is set.
+pub fn no_signing_secret(shared: &Shared, bucket_id: &BucketId, adapter: &SourceAdapter) -> Option<String> {
+    if adapter.adapter_type != ProviderType::Mux {
+        return None;
     }
+    // Unreadable credentials are a different problem, reported when an ingest needs them.
+    let cfg = credentials(shared, bucket_id, adapter).ok()?;
+    if cfg.as_ref().is_some_and(|c| !c.mux_signing_secrets().is_empty()) {
+        return None;
+    }
+    let consequence = "ingests signed with Mux-Signature will be refused (401) until one is set; \
+                       X-Webhook-Secret still authenticates";
+    Some(match &adapter.connection_id {
+        Some(id) => format!(
+            "source_adapter.connection_id: connection {id} has no webhook_signing_secret: {consequence} \
+             (PATCH /v1/organizations/connections/{id} with provider_config.webhook_signing_secret, the signing \
+             secret Mux shows for this bucket's ingest URL)"
+        ),
+        None => format!(
+            "source_adapter: no connection_id and no connection.credentials.webhook_signing_secret: {consequence} \
+             (set a connection_id whose connection has one)"
+        ),
+    })
 }
 
 /// Both checks, here and now (the actor's re-check, see the module doc; the HTTP task

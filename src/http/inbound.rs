@@ -107,7 +107,8 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
         reply
     })?;
     if adapter_set {
-        warnings.extend(bucket.source_adapter.as_ref().and_then(|sa| no_signing_secret(state, &bucket.bucket_id, sa)));
+        let sa = bucket.source_adapter.as_ref();
+        warnings.extend(sa.and_then(|sa| verify::no_signing_secret(&state.shared, &bucket.bucket_id, sa)));
     }
     let mut view = bucket_view(state, &bucket);
     if let (Some(sa), Some(secret)) = (view.get_mut("source_adapter").and_then(|v| v.as_object_mut()), webhook_secret) {
@@ -117,37 +118,6 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
         view["warnings"] = warnings.into();
     }
     Ok(json(StatusCode::OK, &view))
-}
-
-/// The PATCH answer's warning for a Mux adapter without a signing secret (on its connection,
-/// or in its inline credentials): valid (`X-Webhook-Secret` authenticates), but every ingest
-/// Mux signs will be refused until one is set.
-fn no_signing_secret(
-    state: &HttpState,
-    bucket_id: &BucketId,
-    adapter: &crate::adapter::spec::SourceAdapter,
-) -> Option<String> {
-    if adapter.adapter_type != crate::catalog::ProviderType::Mux {
-        return None;
-    }
-    // Unreadable credentials are a different problem, reported when an ingest needs them.
-    let cfg = verify::credentials(&state.shared, bucket_id, adapter).ok()?;
-    if cfg.as_ref().is_some_and(|c| !c.mux_signing_secrets().is_empty()) {
-        return None;
-    }
-    let consequence = "ingests signed with Mux-Signature will be refused (401) until one is set; \
-                       X-Webhook-Secret still authenticates";
-    Some(match &adapter.connection_id {
-        Some(id) => format!(
-            "source_adapter.connection_id: connection {id} has no webhook_signing_secret: {consequence} \
-             (PATCH /v1/organizations/connections/{id} with provider_config.webhook_signing_secret, the signing \
-             secret Mux shows for this bucket's ingest URL)"
-        ),
-        None => format!(
-            "source_adapter: no connection_id and no connection.credentials.webhook_signing_secret: {consequence} \
-             (set a connection_id whose connection has one)"
-        ),
-    })
 }
 
 /// A bucket as every endpoint shows it: with its adapter's `ingest_path` and `webhook_url`

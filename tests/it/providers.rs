@@ -1289,6 +1289,16 @@ async fn supabase_update_after_the_rows_delete_is_a_duplicate_with_a_dedup_key()
     assert_eq!(objects(&app, b).await.len(), 1);
 }
 
+/// PATCHes a Mux connection to the fake's valid token and `SIGNING_SECRET`.
+async fn fix_mux_connection(app: &TestApp, conn: &str) -> (u16, Value) {
+    app.patch(
+        &format!("/v1/organizations/connections/{conn}"),
+        json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
+            "webhook_signing_secret": SIGNING_SECRET}}),
+    )
+    .await
+}
+
 /// The status endpoint's record of the bucket's last refused ingest.
 async fn last_refused(app: &TestApp, bucket: &str) -> Value {
     let (s, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
@@ -1349,13 +1359,7 @@ async fn a_refused_mux_ingest_says_why_and_a_missing_signing_secret_is_flagged()
     assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
 
     // With a signing secret set, the connection says so (never showing it), the PATCH warns no more…
-    let (s, b) = app
-        .patch(
-            &format!("/v1/organizations/connections/{conn}"),
-            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
-                "webhook_signing_secret": SIGNING_SECRET}}),
-        )
-        .await;
+    let (s, b) = fix_mux_connection(&app, &conn).await;
     assert_eq!((s, b["webhook_signing_secret"].as_str()), (200, Some("(set; never shown)")), "{b}");
     assert!(!b.to_string().contains(SIGNING_SECRET));
     let (_, list) = app.get("/v1/organizations/connections").await;
@@ -1481,13 +1485,7 @@ async fn a_mux_token_refused_by_mux_is_blamed_on_the_connection_not_the_payload(
     assert_eq!(st["events_failed_24h"], 1, "{st}");
 
     // Fixed connection: Mux's retry of the same event goes through.
-    let (s, b) = app
-        .patch(
-            &format!("/v1/organizations/connections/{conn}"),
-            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
-                "webhook_signing_secret": SIGNING_SECRET}}),
-        )
-        .await;
+    let (s, b) = fix_mux_connection(&app, &conn).await;
     assert_eq!(s, 200, "{b}");
     let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
     let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await;
