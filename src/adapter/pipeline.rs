@@ -133,13 +133,13 @@ pub fn materialize(
         }
         // Validated at configuration; the schema cannot change under an adapter.
         if let Some(p) = schema.get(target) {
-            if !p.kind.accepts(v) {
+            let Some(fitted) = p.kind.fit(v) else {
                 return Err(PayloadError(format!(
                     "field_mapping {source:?} → {target:?}: bucket_schema wants {}, the payload has {}",
                     p.kind.as_str(),
                     json_type(v)
                 )));
-            }
+            };
             // A video, image or audio property holds a file reference, as from blob_source.
             let file = matches!(p.kind, PropertyType::Video | PropertyType::Image | PropertyType::Audio);
             if file {
@@ -153,6 +153,8 @@ pub fn materialize(
                 metadata.insert(target.clone(), Value::from(url));
                 continue;
             }
+            metadata.insert(target.clone(), fitted);
+            continue;
         }
         metadata.insert(target.clone(), v.clone());
     }

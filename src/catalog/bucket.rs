@@ -29,18 +29,30 @@ impl PropertyType {
         matches!(self, PropertyType::Video | PropertyType::Image | PropertyType::Audio | PropertyType::Text)
     }
 
-    /// Whether a JSON value fits this type.
+    /// Whether a JSON value fits this type. An int property takes an integral number
+    /// written as a float (`5.0`, as JavaScript and many ORMs send it): see [`Self::fit`].
     pub fn accepts(&self, v: &serde_json::Value) -> bool {
         use serde_json::Value;
         match self {
             PropertyType::String => v.is_string(),
-            PropertyType::Int => v.is_i64() || v.is_u64(),
+            PropertyType::Int => v.is_i64() || v.is_u64() || integral(v).is_some(),
             PropertyType::Float => v.is_number(),
             PropertyType::Bool => v.is_boolean(),
             PropertyType::Json => true,
             PropertyType::Video | PropertyType::Image | PropertyType::Audio | PropertyType::Text => {
                 matches!(v, Value::String(_))
             }
+        }
+    }
+
+    /// The value as stored when it fits this type: an int written as `5.0` is stored as `5`.
+    pub fn fit(&self, v: &serde_json::Value) -> Option<serde_json::Value> {
+        if !self.accepts(v) {
+            return None;
+        }
+        match (self, integral(v)) {
+            (PropertyType::Int, Some(i)) => Some(i.into()),
+            _ => Some(v.clone()),
         }
     }
 
@@ -57,6 +69,13 @@ impl PropertyType {
             PropertyType::Text => "text",
         }
     }
+}
+
+/// A float with no fractional part, inside i64's range (`5.0`, not `5.5` nor `1e300`).
+fn integral(v: &serde_json::Value) -> Option<i64> {
+    let f = v.as_f64().filter(|_| v.is_f64())?;
+    // 2^63 as f64 is exactly 9223372036854775808.0, one past i64::MAX.
+    (f.fract() == 0.0 && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0).then_some(f as i64)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,6 +214,11 @@ mod tests {
         assert!(wordy.validate().is_err(), "a property description is capped like the bucket's");
         assert!(PropertyType::Int.accepts(&serde_json::json!(3)));
         assert!(!PropertyType::Int.accepts(&serde_json::json!(3.5)));
+        assert_eq!(PropertyType::Int.fit(&serde_json::json!(5.0)), Some(serde_json::json!(5)));
+        assert_eq!(PropertyType::Int.fit(&serde_json::json!(-2.0)), Some(serde_json::json!(-2)));
+        assert_eq!(PropertyType::Int.fit(&serde_json::json!(1e300)), None);
+        assert_eq!(PropertyType::Int.fit(&serde_json::json!(9.3e18)), None);
+        assert_eq!(PropertyType::Float.fit(&serde_json::json!(5.0)), Some(serde_json::json!(5.0)));
         assert!(PropertyType::Float.accepts(&serde_json::json!(3)));
     }
 }

@@ -616,6 +616,29 @@ async fn numeric_dedup_keys_are_exact_or_refused() {
     assert_eq!(objects(&app, &bucket).await.len(), 4);
 }
 
+/// An int property takes an integral float (`5.0`, as JavaScript and many ORMs send it) and
+/// stores it as `5`; a fraction or a number past 64 bits is still refused.
+#[tokio::test]
+async fn int_properties_take_integral_floats() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "field_mapping": {"data.n": "n"},
+                         "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "ints", json!({"n": {"type": "int"}}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let headers = [("x-webhook-secret", secret.as_str())];
+    let (s, b) = app.post_raw(&path, r#"{"data": {"n": 5.0}}"#, &headers).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    for refused in [r#"{"data": {"n": 5.5}}"#, r#"{"data": {"n": 1e300}}"#] {
+        let (s, b) = app.post_raw(&path, refused, &headers).await;
+        assert_eq!(s, 422, "{refused}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("bucket_schema wants int"), "{b}");
+    }
+    let stored = objects(&app, &bucket).await;
+    assert_eq!(stored.len(), 1);
+    let n = &stored[0]["metadata"]["n"];
+    assert!(n.is_i64() && n.as_i64() == Some(5), "stored as an integer: {n}");
+}
+
 #[tokio::test]
 async fn the_same_event_five_times_concurrently_makes_one_object() {
     let app = TestApp::start().await;
