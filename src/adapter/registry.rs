@@ -460,6 +460,7 @@ impl RegistryState {
         let running = self.children.contains_key(id);
         let mut webhook_secret = None;
         let mut clear_dedup = false;
+        let mut clear_error = false;
         let mut batch = Batch::new();
         match body.source_adapter {
             None => {
@@ -499,6 +500,9 @@ impl RegistryState {
             Some(Some(input)) => {
                 let rotate = body.rotate_secret || input.rotate_secret;
                 let (adapter, secret) = self.build_adapter(&bucket, input, rotate)?;
+                // Another adapter type: the old one's last error says nothing about it.
+                let old_type = bucket.source_adapter.as_ref().map(|a| a.adapter_type);
+                clear_error = old_type.is_some_and(|t| t != adapter.adapter_type);
                 // Values deduped under another path (or another upstream) are not this
                 // adapter's duplicates: start its set afresh. (A bucket from before the scope
                 // was recorded: its current adapter's; with none, its set was deleted with the
@@ -517,7 +521,7 @@ impl RegistryState {
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
         self.stop_adapter(id).await;
-        if let Err(e) = self.commit_patch(id, &bucket, batch, clear_dedup).await {
+        if let Err(e) = self.commit_patch(id, &bucket, batch, Clear { dedup: clear_dedup, error: clear_error }).await {
             // Nothing was changed: the stored bucket's adapter runs again (if it was running:
             // one stopped after its restart budget stays stopped).
             if running {
@@ -548,18 +552,30 @@ impl RegistryState {
     }
 
     /// Commits a PATCH once the old actor has stopped: the bucket, in one batch with the
-    /// removal of the dedup set when `clear_dedup` (atomic: a failure changes nothing).
+    /// removal of the dedup set and of the status's `last_error` as `clear` says (atomic: a
+    /// failure changes nothing).
     async fn commit_patch(
         &self,
         id: &BucketId,
         bucket: &Bucket,
         mut batch: Batch,
-        clear_dedup: bool,
+        clear: Clear,
     ) -> Result<(), ApiError> {
         let store = &self.shared.store;
-        if clear_dedup {
+        if clear.dedup || clear.error {
             // The stopped actor's last writes first.
             store.commit(Batch::new()).await?;
+        }
+        if clear.error {
+            let key = records::key(id, records::STATS_KEY);
+            if let Some(mut stats) = store.get::<records::AdapterStats>(Keyspace::STATS, &key)? {
+                if stats.last_error.take().is_some() {
+                    stats.last_error_at = None;
+                    batch.put(Keyspace::STATS, &key, &stats);
+                }
+            }
+        }
+        if clear.dedup {
             store.for_each_key(Keyspace::DEDUP, &records::prefix(id), |k| {
                 batch.delete(Keyspace::DEDUP, k);
                 true
@@ -810,4 +826,12 @@ fn had_adapter_stopped(bucket: &Bucket, children: &HashMap<BucketId, ActorRef<Ad
 fn dedup_scope(adapter: &SourceAdapter) -> Option<String> {
     let path = adapter.dedup_key.as_deref().or(super::kind::default_dedup_key(adapter.adapter_type))?;
     Some(format!("{}:{path}", adapter.adapter_type.as_str()))
+}
+
+/// What a PATCH clears with its commit (see `commit_patch`).
+struct Clear {
+    /// The dedup set: the adapter dedups by another path or upstream.
+    dedup: bool,
+    /// The status's `last_error`: the adapter is of another type.
+    error: bool,
 }

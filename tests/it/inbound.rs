@@ -616,6 +616,31 @@ async fn numeric_dedup_keys_are_exact_or_refused() {
     assert_eq!(objects(&app, &bucket).await.len(), 4);
 }
 
+/// The status's `last_error` belongs to an adapter type: a PATCH to another type drops it, a
+/// PATCH of the same type keeps it (its `last_error_at` says how old it is).
+#[tokio::test]
+async fn another_adapter_type_starts_without_the_old_last_error() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "data.id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "switch", json!({}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let (s, b) = app.post_raw(&path, r#"{"data": {}}"#, &[("x-webhook-secret", secret.as_str())]).await;
+    assert_eq!(s, 422, "{b}");
+    let bucket_path = format!("/v1/buckets/{bucket}");
+    let patch = |adapter: Value| app.call(Method::PATCH, &bucket_path, Some(json!({"source_adapter": adapter})));
+    let (s, b) = patch(json!({"adapter_type": "generic_webhook", "dedup_key": "data.id",
+                              "batching": {"mode": "count", "max_batch_size": 10}}))
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let st = status(&app, &bucket).await;
+    assert!(st["last_error"].as_str().unwrap().contains("dedup_key"), "same type: kept: {st}");
+    let (s, b) = patch(json!({"adapter_type": "supabase", "batching": {"mode": "immediate"}})).await;
+    assert_eq!(s, 200, "{b}");
+    let st = status(&app, &bucket).await;
+    assert_eq!((&st["last_error"], &st["last_error_at"]), (&Value::Null, &Value::Null), "{st}");
+    assert_eq!(st["events_failed_24h"], 1, "the counters stay: {st}");
+}
+
 /// An int property takes an integral float (`5.0`, as JavaScript and many ORMs send it) and
 /// stores it as `5`; a fraction or a number past 64 bits is still refused.
 #[tokio::test]
