@@ -75,7 +75,7 @@ impl PropertyType {
 fn integral(v: &serde_json::Value) -> Option<i64> {
     let f = v.as_f64().filter(|_| v.is_f64())?;
     // 2^63 as f64 is exactly 9223372036854775808.0, one past i64::MAX.
-    (f.fract() == 0.0 && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0).then_some(f as i64)
+    (f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)).then_some(f as i64)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
