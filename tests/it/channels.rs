@@ -631,3 +631,43 @@ async fn empty_templates_are_refused_when_saved() {
     )
     .await;
 }
+
+/// A relay that cannot give the TLS the config asks for (no STARTTLS; or plain text where TLS
+/// was expected) fails the whole attempt once: every other address is "not tried".
+#[tokio::test]
+async fn a_relay_without_the_tls_asked_for_is_tried_once_per_attempt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("mail"), 0);
+    for tls in ["starttls", "tls"] {
+        let app = TestApp::start_with(dev_delivery(&format!(
+            "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"{tls}\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n",
+            smtp.port
+        )))
+        .await;
+        let (wh, _) = create_webhook(
+            &app,
+            json!({"webhook_name": "tls", "event_types": ["*"], "channels": [
+                {"channel": "email", "configs": {"to": ["ops@example.com", "bounce@example.com", "lead@example.com"]}}]}),
+        )
+        .await;
+        publish(&app, "object.created", json!({"n": 1})).await;
+        assert!(
+            eventually(WAIT, || async {
+                deliveries(&app, &wh, None)
+                    .await
+                    .first()
+                    .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| !a.is_empty()))
+            })
+            .await,
+            "{:?}",
+            deliveries(&app, &wh, None).await
+        );
+        let d = deliveries(&app, &wh, None).await.remove(0);
+        let first = &d["attempts"][0];
+        assert!(
+            first["error"].as_str().unwrap().ends_with("2 not tried (a failure of the relay itself)"),
+            "{tls}: {d}"
+        );
+    }
+    assert_eq!(smtp.messages().len(), 0);
+}

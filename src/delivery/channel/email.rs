@@ -200,7 +200,13 @@ impl EmailChannel {
                     "4xx"
                 } else if e.is_permanent() {
                     "5xx"
-                } else if e.is_tls() || e.is_client() {
+                } else if e.is_tls() || no_starttls(&e) {
+                    // No TLS session with the relay (no certificate store, or a relay without
+                    // the STARTTLS `tls` requires): a connection that cannot be made, as an
+                    // unreachable relay's. (A failed handshake is already lettre's connection
+                    // error.)
+                    "connect"
+                } else if e.is_client() {
                     "error"
                 } else {
                     "connect"
@@ -224,10 +230,15 @@ impl EmailChannel {
 /// account); they go with the retry. Anything else may be about the one address and holds
 /// back no other: a reply such as 550 no such user, 553, 454 relay access denied (Postfix's
 /// answer to one RCPT), a 451 for its message, or lettre refusing the envelope (a non-ASCII
-/// address to a relay without SMTPUTF8). (A TLS failure repeats for each address, costing a
-/// connection each, no login.)
+/// address to a relay without SMTPUTF8). A TLS failure (a refused certificate, no STARTTLS
+/// offered) is a failed connection: it speaks for the relay.
 fn relay_wide(r: &AttemptResult) -> bool {
     matches!(r.result, "connect" | "timeout") || r.status_code.is_some_and(|c| matches!(c, 421 | 530 | 534 | 535 | 538))
+}
+
+/// lettre says that a relay offers no STARTTLS only in a client error's text.
+fn no_starttls(e: &lettre::transport::smtp::Error) -> bool {
+    e.is_client() && e.to_string().contains("STARTTLS is not supported")
 }
 
 /// lettre's errors nest one kind in another of the same name ("Connection error: Connection
