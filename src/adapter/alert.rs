@@ -13,9 +13,10 @@
 //!
 //! The batch holds the alert record, the writeback job when the adapter writes back
 //! `on_alert` (see `writeback/job.rs`), and the `alert.triggered` event. The record makes an
-//! alert idempotent by its ID: the same ID again on the same object is a duplicate (the first
-//! results stand) and queues nothing, across restarts too. Records go with their object
-//! (every delete path calls [`delete_for_object`]) and with the bucket.
+//! alert idempotent by its ID: the same ID again on the same object is a duplicate and queues
+//! nothing, across restarts too; with other results it is a 409 (the first results stand).
+//! Records go with their object (every delete path calls [`delete_for_object`]) and with the
+//! bucket.
 //!
 //! Pure apart from store reads; the callers submit the batch and publish the event.
 
@@ -171,6 +172,13 @@ pub enum AlertError {
     /// The object is still in its batch buffer: the note says when it flushes.
     #[error("{0}; raise the alert once it is created")]
     Buffered(String),
+    /// The ID was used on this object with other results: a retry must repeat its request,
+    /// and new results need a new ID (as with any idempotency key).
+    #[error(
+        "alert {alert_id} was already raised on this object with other results (those stand); \
+         send new results under a new alert_id"
+    )]
+    Reused { alert_id: AlertId },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -179,7 +187,7 @@ impl From<AlertError> for ApiError {
     fn from(e: AlertError) -> Self {
         match e {
             e @ AlertError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            e @ AlertError::Buffered(_) => ApiError::Conflict(e.to_string()),
+            e @ (AlertError::Buffered(_) | AlertError::Reused { .. }) => ApiError::Conflict(e.to_string()),
             AlertError::Store(e) => e.into(),
         }
     }
@@ -232,6 +240,9 @@ pub fn fire(
     };
     let key = key(bucket_id, &object_id, &alert_id);
     if let Some(record) = store.get::<AlertRecord>(KS, &key)? {
+        if record.results != results {
+            return Err(AlertError::Reused { alert_id });
+        }
         return Ok(Fired { status: AlertStatus::Duplicate, record, event: None });
     }
     let writeback = bucket.source_adapter.as_ref().and_then(super::writeback::on_alert);

@@ -107,12 +107,16 @@ async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
     );
 
     // The same alert again: a duplicate, answered as the first, nothing queued twice.
-    let (s, d) =
-        raise(&app, &bucket, oid, json!({"alert_id": alert_id, "results": {"verdict_classification": "real"}})).await;
+    let (s, d) = raise(&app, &bucket, oid, json!({"alert_id": alert_id, "results": results})).await;
     assert_eq!(s, 200, "{d}");
     assert_eq!((d["status"].as_str(), d["writeback"].as_str()), (Some("duplicate"), Some("queued")), "{d}");
     assert!(metric_reaches(&app, "hookline_alerts_total", &[("outcome", "accepted")], 1.0).await);
     assert!(metric_reaches(&app, "hookline_alerts_total", &[("outcome", "duplicate")], 1.0).await);
+    // Its ID with other results: a 409, not a silent duplicate (the first results stand).
+    let (s, d) =
+        raise(&app, &bucket, oid, json!({"alert_id": alert_id, "results": {"verdict_classification": "real"}})).await;
+    assert_eq!((s, d["error"]["code"].as_str()), (409, Some("conflict")), "{d}");
+    assert!(d["error"]["message"].as_str().unwrap().contains("with other results"), "{d}");
     assert!(!app.log().contains(key), "the service-role key must never be logged");
     // A second job would have reached PostgREST by now, or still be pending in the store
     // (it was durable before the duplicate's answer; a stopped daemon sends nothing more).
@@ -292,8 +296,10 @@ async fn alert_triggered_reaches_a_webhook_subscriber() {
     );
     assert_eq!(p["results"], results);
     assert!(p["fired_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{env}");
-    let (s, d) = raise(&app, &bucket, &oid, json!({"alert_id": "x-1", "results": {}})).await;
+    let (s, d) = raise(&app, &bucket, &oid, json!({"alert_id": "x-1", "results": results})).await;
     assert_eq!((s, d["status"].as_str()), (200, Some("duplicate")), "{d}");
+    let (s, d) = raise(&app, &bucket, &oid, json!({"alert_id": "x-1", "results": {}})).await;
+    assert_eq!(s, 409, "the ID with other results: {d}");
     // An event is recorded in the outbox, durably, before its alert is answered: a
     // duplicate's would be in the store (in the outbox, or fanned out to `evt/`).
     let backend = stop_and_open(&mut app).await;
