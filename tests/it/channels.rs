@@ -336,31 +336,9 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
 async fn a_refused_address_holds_back_no_other() {
     let tmp = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(&tmp.path().join("mail"), 0);
-    let app = TestApp::start_with(dev_delivery(&format!(
-        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n",
-        smtp.port
-    )))
-    .await;
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "typo", "event_types": ["*"], "channels": [
-            {"channel": "email", "configs": {"to": ["ops@example.com", "bounce@example.com", "lead@example.com"]}}]}),
-    )
-    .await;
-    publish(&app, "object.created", json!({"n": 1})).await;
+    let (app, wh) = three_address_email(smtp.port, "none").await;
     // Two attempts: the first reached ops and lead, the retry asked for bounce alone.
-    assert!(
-        eventually(WAIT, || async {
-            deliveries(&app, &wh, None)
-                .await
-                .first()
-                .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| a.len() >= 2))
-        })
-        .await,
-        "{:?}",
-        deliveries(&app, &wh, None).await
-    );
-    let d = deliveries(&app, &wh, None).await.remove(0);
+    let d = delivery_with_attempts(&app, &wh, 2).await;
     assert_eq!(d["status"], "pending", "{d}");
     for a in d["attempts"].as_array().unwrap().iter().take(2) {
         assert_eq!(a["status_code"], 550, "{d}");
@@ -639,30 +617,8 @@ async fn a_relay_without_the_tls_asked_for_is_tried_once_per_attempt() {
     let tmp = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(&tmp.path().join("mail"), 0);
     for tls in ["starttls", "tls"] {
-        let app = TestApp::start_with(dev_delivery(&format!(
-            "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"{tls}\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n",
-            smtp.port
-        )))
-        .await;
-        let (wh, _) = create_webhook(
-            &app,
-            json!({"webhook_name": "tls", "event_types": ["*"], "channels": [
-                {"channel": "email", "configs": {"to": ["ops@example.com", "bounce@example.com", "lead@example.com"]}}]}),
-        )
-        .await;
-        publish(&app, "object.created", json!({"n": 1})).await;
-        assert!(
-            eventually(WAIT, || async {
-                deliveries(&app, &wh, None)
-                    .await
-                    .first()
-                    .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| !a.is_empty()))
-            })
-            .await,
-            "{:?}",
-            deliveries(&app, &wh, None).await
-        );
-        let d = deliveries(&app, &wh, None).await.remove(0);
+        let (app, wh) = three_address_email(smtp.port, tls).await;
+        let d = delivery_with_attempts(&app, &wh, 1).await;
         let first = &d["attempts"][0];
         assert!(
             first["error"].as_str().unwrap().ends_with("2 not tried (a failure of the relay itself)"),
@@ -670,4 +626,33 @@ async fn a_relay_without_the_tls_asked_for_is_tried_once_per_attempt() {
         );
     }
     assert_eq!(smtp.messages().len(), 0);
+}
+
+/// A daemon whose relay is `127.0.0.1:{port}` with `tls`, a webhook emailing three addresses
+/// (ops, bounce, lead @example.com), and one event published to it; the webhook's ID.
+async fn three_address_email(port: u16, tls: &str) -> (TestApp, String) {
+    let app = TestApp::start_with(dev_delivery(&format!(
+        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"{tls}\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n"
+    )))
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "three", "event_types": ["*"], "channels": [
+            {"channel": "email", "configs": {"to": ["ops@example.com", "bounce@example.com", "lead@example.com"]}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"n": 1})).await;
+    (app, wh)
+}
+
+/// The webhook's first delivery, once it has at least `attempts` attempts.
+async fn delivery_with_attempts(app: &TestApp, wh: &str, attempts: usize) -> serde_json::Value {
+    let enough = || async {
+        deliveries(app, wh, None)
+            .await
+            .first()
+            .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| a.len() >= attempts))
+    };
+    assert!(eventually(WAIT, enough).await, "{:?}", deliveries(app, wh, None).await);
+    deliveries(app, wh, None).await.remove(0)
 }
