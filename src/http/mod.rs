@@ -150,6 +150,9 @@ fn keyless(path: &str) -> bool {
 /// and h2c, as warp does); a connection idle for `read_timeout` is closed; on shutdown the
 /// listener closes and open connections finish their request (the caller bounds how long
 /// that may take).
+/// The most an HTTP/1 connection buffers of request heads (hyper's `max_buf_size`).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
 async fn accept_loop<S, B>(
     service: impl Fn() -> S,
     listener: tokio::net::TcpListener,
@@ -172,7 +175,10 @@ async fn accept_loop<S, B>(
     let streams = tokio_util::sync::CancellationToken::new();
     let _end_streams = streams.clone().drop_guard();
     let mut builder = hyper_util::server::conn::auto::Builder::new(StreamExecutor { stop: streams });
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
+    // hyper buffers up to ~400 KB of a request's head (or of pipelined requests) per
+    // connection by default, outside any memory budget: 64 KiB is ample for real headers
+    // (a larger head is a 431).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout).max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()
         // hyper's default is 200 streams per connection, each with a body of its own: the
@@ -271,7 +277,10 @@ async fn accept_loop<S, B>(
             // but keeps an HTTP/2 one that answers pings open for good, holding a
             // `max_connections` slot: any connection idle for `read_timeout` is wound down.
             let mut idle_check = tokio::time::interval_at(deadline, read_timeout / 4);
-            let mut winding_down = false;
+            // When the wind-down began. A graceful shutdown waits for the answers being
+            // written, and a client that never reads would hold its slot (and the kernel's
+            // send buffer) forever: still idle `read_timeout` later, the connection is dropped.
+            let mut winding_down: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -285,15 +294,24 @@ async fn accept_loop<S, B>(
                         return;
                     }
                     // Shutting down: open requests finish, then the connection closes.
-                    _ = closing.cancelled(), if !winding_down => {
+                    _ = closing.cancelled(), if winding_down.is_none() => {
                         conn.as_mut().graceful_shutdown();
-                        winding_down = true;
+                        winding_down = Some(tokio::time::Instant::now());
                     }
-                    _ = idle_check.tick(), if !winding_down => {
-                        if activity.idle_for() >= read_timeout {
-                            tracing::debug!("connection idle for read_timeout_seconds: closing it");
-                            conn.as_mut().graceful_shutdown();
-                            winding_down = true;
+                    _ = idle_check.tick() => {
+                        // No request in flight: only the writing of answers is cut.
+                        let idle = activity.idle_for() >= read_timeout;
+                        match winding_down {
+                            None if idle => {
+                                tracing::debug!("connection idle for read_timeout_seconds: closing it");
+                                conn.as_mut().graceful_shutdown();
+                                winding_down = Some(tokio::time::Instant::now());
+                            }
+                            Some(since) if idle && since.elapsed() >= read_timeout => {
+                                tracing::debug!("answers unread for read_timeout_seconds: connection dropped");
+                                return;
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -501,6 +501,43 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
+/// A client that pipelines requests and never reads the answers cannot hold its
+/// connection (and its `max_connections` slot) for good: once idle for `read_timeout_seconds`
+/// it is wound down, and dropped when its answers are still unread a `read_timeout` later.
+#[tokio::test]
+async fn a_client_that_never_reads_loses_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let opts = Options { server_toml: "max_connections = 2\nread_timeout_seconds = 1\n".into(), ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    app.client.get(app.url("/healthz")).header("connection", "close").send().await.unwrap();
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(app.addr).await.unwrap();
+        // Far more answer bytes than both sides' buffers hold (each /metrics is kilobytes).
+        let burst = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+        s.write_all(&burst).await.unwrap();
+        hogs.push(s); // never read
+    }
+    // Both slots are taken; a new client is served once the hogs are dropped.
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(20), fresh.get(app.url("/healthz")).send()).await;
+    assert!(answered.is_ok_and(|r| r.is_ok_and(|r| r.status() == 200)), "the unread connections held every slot");
+}
+
+/// A request head is bounded at 64 KiB (hyper's default buffers ~400 KB of one per
+/// connection, outside any memory budget): a larger one is a 431.
+#[tokio::test]
+async fn a_request_head_over_64_kib_is_refused() {
+    let app = TestApp::start().await;
+    let r = app.client.get(app.url("/healthz")).header("x-pad", "a".repeat(60 << 10)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a large but bounded head is served");
+    let r = app.client.get(app.url("/healthz")).header("x-pad", "a".repeat(100 << 10)).send().await;
+    assert_eq!(r.unwrap().status(), 431);
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
 /// A CONNECT (an authority, no path) is answered, not a panic of the connection's task.
 #[tokio::test]
 async fn a_connect_request_is_answered() {
