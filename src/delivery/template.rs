@@ -428,6 +428,15 @@ fn prepaid_builtin(
     for arg in args {
         prepay(state, arg)?;
     }
+    if let Some(n) = tojson_indent(args).filter(|n| name == "tojson" && *n > MAX_TOJSON_INDENT as f64) {
+        // minijinja builds the indented text whole before any of it is charged: an indent
+        // of 100 million made gigabytes of spaces from a ten-item payload. (Worded as
+        // minijinja's own limits, so a save refuses a template that always exceeds it.)
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("tojson's indent of {n} is too large (at most {MAX_TOJSON_INDENT})"),
+        ));
+    }
     let mut env = Environment::new();
     env.set_undefined_behavior(state.undefined_behavior());
     env.set_fuel(state.fuel_levels().map(|(_, remaining)| remaining));
@@ -437,6 +446,18 @@ fn prepaid_builtin(
         state.consume_fuel(spent)?;
     }
     result
+}
+
+/// The widest indent `tojson` may be asked for.
+const MAX_TOJSON_INDENT: u64 = 16;
+
+/// `tojson`'s indent: its second positional argument or its `indent` keyword argument (one
+/// that is no number is left to minijinja to refuse).
+fn tojson_indent(args: &[minijinja::Value]) -> Option<f64> {
+    args.iter().skip(1).find_map(|a| {
+        let n = if a.is_number() { a.clone() } else { a.get_attr("indent").ok()? };
+        f64::try_from(n).ok()
+    })
 }
 
 /// Pays fuel for reading `s` whole (one per 64 bytes, the rate minijinja charges for data).
@@ -647,7 +668,7 @@ fn describe(e: minijinja::Error) -> String {
 mod tests {
     use super::*;
 
-    fn event() -> EventRecord {
+    pub(super) fn event() -> EventRecord {
         EventRecord {
             event_id: crate::ids::EventId::parse("evt_1").unwrap(),
             event_type: "object.created".into(),
@@ -1017,5 +1038,26 @@ mod fuel_tests {
         .unwrap();
         let err = t.render(&big_event(64)).unwrap_err();
         assert!(err.contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn tojson_indent_is_bounded() {
+        let e = tests::event();
+        let out = Template::validate("{{ payload | tojson(indent=2) }}").unwrap().render(&e).unwrap();
+        assert!(out.contains("\n  \"n\": 3"), "{out}");
+        assert!(Template::validate("{{ payload | tojson(2) }}").is_ok());
+        for source in [
+            "{{ payload | tojson(indent=100000000) }}",
+            "{{ payload | tojson(50000000) }}",
+            "{{ [[1,2],[3,4]] | tojson(indent=50000000) }}",
+        ] {
+            let err = Template::validate(source).err().unwrap_or_else(|| panic!("{source} was accepted"));
+            assert!(err.contains("is too large (at most 16)"), "{source}: {err}");
+        }
+        // At delivery: an indent from the payload.
+        let mut e = tests::event();
+        e.payload = serde_json::json!({"i": 100000000, "a": [1, 2, 3]});
+        let t = Template::compile("{{ payload.a | tojson(indent=payload.i) }}").unwrap();
+        assert!(t.render(&e).unwrap_err().contains("indent of 100000000 is too large"));
     }
 }
