@@ -656,3 +656,67 @@ async fn delivery_with_attempts(app: &TestApp, wh: &str, attempts: usize) -> ser
     assert!(eventually(WAIT, enough).await, "{:?}", deliveries(app, wh, None).await);
     deliveries(app, wh, None).await.remove(0)
 }
+
+/// A lone CR in a rendered body (from the payload) reaches the relay as a line break (CRLF),
+/// never as a bare CR: a relay that ends lines on one could read `\r.\r` as the end of the
+/// message and what follows as commands (SMTP smuggling).
+#[tokio::test]
+async fn a_lone_cr_in_an_email_body_reaches_the_relay_as_crlf() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    // A relay that accepts everything and keeps each message's DATA bytes as sent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (data_tx, mut data_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let data_tx = data_tx.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = sock.into_split();
+                let mut read = BufReader::new(read);
+                let _ = write.write_all(b"220 stand-in ESMTP\r\n").await;
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if read.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let reply: &[u8] = if line.starts_with(b"EHLO") {
+                        b"250 stand-in\r\n"
+                    } else if line.starts_with(b"DATA") {
+                        let _ = write.write_all(b"354 go on\r\n").await;
+                        let mut data = Vec::new();
+                        loop {
+                            let start = data.len();
+                            if read.read_until(b'\n', &mut data).await.unwrap_or(0) == 0 || &data[start..] == b".\r\n" {
+                                break;
+                            }
+                        }
+                        let _ = data_tx.send(data);
+                        b"250 queued\r\n"
+                    } else if line.starts_with(b"QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        break;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let app = TestApp::start_with(dev_delivery(&format!(
+        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n"
+    )))
+    .await;
+    let body = json!({"webhook_name": "cr", "event_types": ["*"], "channels": [{"channel": "email",
+        "configs": {"to": ["ops@example.com"], "body_template": "B {{ payload.s }} E"}}]});
+    create_webhook(&app, body).await;
+    publish(&app, "object.created", json!({"s": "x\n.\nRSET\n.\r\nQUIT\r\n\r.\r\nNOOP\r\n.\r"})).await;
+    let data = tokio::time::timeout(WAIT, data_rx.recv()).await.expect("no message reached the relay").unwrap();
+    let lone_cr = data.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n') || data.last() == Some(&b'\r');
+    assert!(!lone_cr, "a lone CR reached the relay: {:?}", String::from_utf8_lossy(&data));
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.contains("B x\r\n..\r\nRSET\r\n..\r\nQUIT\r\n\r\n..\r\nNOOP\r\n..\r\n E"), "{text:?}");
+}

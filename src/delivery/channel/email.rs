@@ -166,7 +166,7 @@ impl EmailChannel {
                 lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted"),
                 "auto-generated".into(),
             ))
-            .body(body.to_string());
+            .body(line_feeds(body));
         let email = match email {
             Ok(m) => m,
             Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("build the message: {e}")),
@@ -249,6 +249,13 @@ fn without_repeats(text: &str) -> String {
     parts.join(": ")
 }
 
+/// Every line break as a bare LF, which lettre sends as CRLF: a lone CR (from a template or
+/// a payload) would otherwise reach the relay as is, and a relay that ends lines on it could
+/// read `\r.\r` as the end of the message and what follows as commands (SMTP smuggling).
+fn line_feeds(body: &str) -> String {
+    body.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 /// A subject is one line: line breaks become spaces, and it is cut at a sane length.
 fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -282,6 +289,11 @@ mod tests {
             "Connection error: invalid peer certificate: UnknownIssuer"
         );
         assert_eq!(without_repeats("permanent error (550): no such user"), "permanent error (550): no such user");
+    }
+
+    #[test]
+    fn a_lone_cr_becomes_a_line_feed() {
+        assert_eq!(line_feeds("a\r\nb\rc\nd\r\r\n.\r"), "a\nb\nc\nd\n\n.\n");
     }
 
     #[test]
