@@ -587,6 +587,49 @@ impl RegistryState {
         Ok(())
     }
 
+    /// A generic connection's headers go only to the writeback URLs its `url` covers: a
+    /// hidden credential never follows a destination of the adapter's choosing. A connection
+    /// saved before `url` was required keeps serving an adapter whose connection and
+    /// writeback_url are unchanged, and no other.
+    fn check_generic_headers(
+        &self,
+        bucket: &Bucket,
+        input: &SourceAdapterInput,
+        conn: &Connection,
+    ) -> Result<(), ApiError> {
+        let Ok(crate::catalog::connection::ProviderConfig::Generic(g)) = conn.open(&self.shared.secrets) else {
+            return Ok(());
+        };
+        if g.headers.is_empty() {
+            return Ok(());
+        }
+        let target = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref());
+        let id = &conn.connection_id;
+        match (&g.url, target) {
+            (Some(url), Some(target)) if !g.allows(target) => Err(ApiError::validation(
+                "source_adapter.writeback.writeback_url",
+                format!("not under {url}, the url of connection {id}: its headers are sent to no other URL"),
+            )),
+            (None, Some(target)) => {
+                let unchanged = bucket.source_adapter.as_ref().is_some_and(|a| {
+                    a.connection_id.as_ref() == Some(id)
+                        && a.writeback.as_ref().and_then(|w| w.writeback_url.as_deref()) == Some(target)
+                });
+                if unchanged {
+                    return Ok(());
+                }
+                Err(ApiError::validation(
+                    "source_adapter.connection_id",
+                    format!(
+                        "connection {id} has headers but no url (it was saved before one was required): PATCH it \
+                         with provider_config.url, the writeback URL its headers are for"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Validates a new adapter configuration against the bucket and the connections.
     fn build_adapter(
         &self,
@@ -625,6 +668,7 @@ impl RegistryState {
                         ),
                     ));
                 }
+                self.check_generic_headers(bucket, &input, &conn)?;
                 Some(id)
             }
         };

@@ -90,12 +90,32 @@ pub struct SupabaseConfig {
     pub service_role_key: String,
 }
 
-/// Headers sent on generic writeback.
+/// Headers sent on generic writeback, and where they may go.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenericConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The writeback URL the headers are for: they go only to a `writeback_url` on its scheme,
+    /// host and port, under its path. Required with headers (since they are never shown, any
+    /// API-key holder could otherwise point an adapter's writeback at a server of their own
+    /// and read them); `None` in a connection saved before that, whose headers go where the
+    /// adapters configured then send them (a new adapter configuration refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl GenericConfig {
+    /// Whether the headers may be sent to `target` (see [`GenericConfig::url`]).
+    pub fn allows(&self, target: &str) -> bool {
+        let Some(base) = self.url.as_deref() else { return true };
+        let (Ok(base), Ok(target)) = (url::Url::parse(base), url::Url::parse(target)) else { return false };
+        let dir = base.path().trim_end_matches('/');
+        base.scheme() == target.scheme()
+            && base.host() == target.host()
+            && base.port_or_known_default() == target.port_or_known_default()
+            && (target.path() == dir || target.path().starts_with(&format!("{dir}/")) || dir.is_empty())
+    }
 }
 
 /// Decrypted provider configuration.
@@ -162,6 +182,29 @@ impl ProviderConfig {
             }
             ProviderType::GenericWebhook => {
                 let c: GenericConfig = typed_at(at, if v.is_null() { serde_json::json!({}) } else { v })?;
+                match c.url.as_deref() {
+                    Some(raw) => {
+                        let ok = url::Url::parse(raw).is_ok_and(|u| {
+                            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none()
+                        });
+                        if !ok {
+                            return Err(ApiError::validation(
+                                field("url"),
+                                "must be an http(s) URL without a query: the writeback URL (or a prefix of it) the \
+                                 headers are for",
+                            ));
+                        }
+                    }
+                    // Inline credentials are tied to their adapter's writeback_url already.
+                    None if !c.headers.is_empty() && at == "provider_config" => {
+                        return Err(ApiError::validation(
+                            field("url"),
+                            "required with headers: the writeback URL (or a prefix of it) they are for; they are sent \
+                             to no other",
+                        ));
+                    }
+                    None => {}
+                }
                 for (name, value) in &c.headers {
                     let f = || field(&format!("headers.{name}"));
                     if warp::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -289,6 +332,14 @@ impl Connection {
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         });
+        if self.provider_type == ProviderType::GenericWebhook {
+            // Where its headers may go (no secret): null for a connection saved before it
+            // was asked for.
+            v["url"] = match self.open(secrets) {
+                Ok(ProviderConfig::Generic(g)) => g.url.into(),
+                _ => serde_json::Value::Null,
+            };
+        }
         if self.provider_type == ProviderType::Mux {
             v["webhook_signing_secret"] = match self.open(secrets) {
                 Ok(cfg) => match cfg.mux_signing_secrets().len() {
@@ -366,6 +417,31 @@ impl CreateConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generic_headers_go_only_under_their_url() {
+        let g = |url: Option<&str>| GenericConfig { headers: BTreeMap::new(), url: url.map(str::to_string) };
+        let pinned = g(Some("https://hooks.example.com/in"));
+        for ok in
+            ["https://hooks.example.com/in", "https://hooks.example.com/in/x?y=1", "https://hooks.example.com:443/in"]
+        {
+            assert!(pinned.allows(ok), "{ok}");
+        }
+        for refused in [
+            "https://hooks.example.com/inx",
+            "https://hooks.example.com/",
+            "http://hooks.example.com/in",
+            "https://hooks.example.com:8443/in",
+            "https://evil.example.com/in",
+            "https://hooks.example.com.evil.test/in",
+            "not a url",
+        ] {
+            assert!(!pinned.allows(refused), "{refused}");
+        }
+        assert!(g(Some("https://hooks.example.com")).allows("https://hooks.example.com/any/path"));
+        assert!(g(Some("https://hooks.example.com/in/")).allows("https://hooks.example.com/in/x"));
+        assert!(g(None).allows("https://anywhere.example.com/"), "a connection saved before url was asked for");
+    }
 
     #[test]
     fn sealed_config_opens_only_with_the_right_key() {

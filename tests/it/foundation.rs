@@ -178,6 +178,15 @@ async fn connection_validation_and_delete() {
             "provider_config.extra",
         ),
         (json!({"name": "x", "provider_type": "mux"}), "provider_config"),
+        // Headers are never shown: where they may go is pinned with them.
+        (
+            json!({"name": "x", "provider_type": "generic_webhook", "provider_config": {"headers": {"X-Token": "t"}}}),
+            "provider_config.url",
+        ),
+        (
+            json!({"name": "x", "provider_type": "generic_webhook", "provider_config": {"url": "ftp://h/x"}}),
+            "provider_config.url",
+        ),
     ];
     for (body, field) in cases {
         let (s, b) = app.post("/v1/organizations/connections", body.clone()).await;
@@ -186,7 +195,7 @@ async fn connection_validation_and_delete() {
         assert_eq!(b["error"]["field"], field, "{b}");
     }
     let (s, c) = app
-        .post("/v1/organizations/connections", json!({"name": "hooks", "provider_type": "generic_webhook", "provider_config": {"headers": {"X-Token": "t"}}}))
+        .post("/v1/organizations/connections", json!({"name": "hooks", "provider_type": "generic_webhook", "provider_config": {"headers": {"X-Token": "t"}, "url": "https://hooks.example.com/in"}}))
         .await;
     assert_eq!(s, 201, "{c}");
     let id = c["connection_id"].as_str().unwrap();

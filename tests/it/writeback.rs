@@ -203,10 +203,28 @@ async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
         .post(
             "/v1/organizations/connections",
             json!({"name": "gw", "provider_type": "generic_webhook",
-                "provider_config": {"headers": {"Authorization": "Bearer gw-token-77", "X-Tenant": "t1"}}}),
+                "provider_config": {"headers": {"Authorization": "Bearer gw-token-77", "X-Tenant": "t1"},
+                    "url": rx.url("/results")}}),
         )
         .await;
     assert_eq!(s, 201, "{conn}");
+    assert_eq!(conn["url"], rx.url("/results"), "where its headers may go is shown: {conn}");
+    // Its headers go to no writeback_url outside `url`, whoever configures the adapter.
+    let elsewhere = app.create_bucket("elsewhere", json!({})).await;
+    for outside in [rx.url("/steal"), rx.url("/resultsx"), rx.url("/").replace("127.0.0.1", "localhost")] {
+        let (s, b) = app
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/buckets/{elsewhere}"),
+                Some(
+                    json!({"source_adapter": {"adapter_type": "generic_webhook", "connection_id": conn["connection_id"],
+                    "writeback": {"writeback_url": outside,
+                        "field_mapping": [{"source_path": "object_id", "target_field": "id"}]}}}),
+                ),
+            )
+            .await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.writeback.writeback_url")), "{b}");
+    }
     let (bucket, secret) = bucket_with(
         &app,
         "tickets",
@@ -238,6 +256,20 @@ async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
     let labels = |o| [("adapter", "generic_webhook"), ("outcome", o)];
     assert!(metric_reaches(&app, "hookline_writebacks_total", &labels("retry"), 1.0).await);
     assert!(metric_reaches(&app, "hookline_writebacks_total", &labels("succeeded"), 1.0).await);
+    // The connection now pins another URL: the adapter's writeback sends its headers nowhere.
+    let conn_path = format!("/v1/organizations/connections/{}", conn["connection_id"].as_str().unwrap());
+    let moved = json!({"provider_config": {"headers": {"Authorization": "Bearer gw-token-77", "X-Tenant": "t1"},
+        "url": rx.url("/moved")}});
+    let (s, b) = app.call(reqwest::Method::PATCH, &conn_path, Some(moved)).await;
+    assert_eq!(s, 200, "{b}");
+    let before = rx.seen().len();
+    ingest(&app, &bucket, &secret, json!({"type": "ticket", "data": {"title": "Again", "ref": "T-10"}})).await;
+    let refused = || async {
+        status(&app, &bucket).await["last_error"].as_str().is_some_and(|e| e.contains("not under the connection's url"))
+    };
+    assert!(eventually(WAIT, refused).await, "{}", status(&app, &bucket).await);
+    assert!(metric_reaches(&app, "hookline_writebacks_total", &labels("failed"), 1.0).await);
+    assert_eq!(rx.seen().len(), before, "nothing sent: {:?}", rx.seen());
     assert!(!app.log().contains("gw-token-77"));
 }
 

@@ -117,6 +117,13 @@ impl Sender {
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.to_string());
                 if let Some(ProviderConfig::Generic(g)) = creds {
+                    if !g.allows(url) {
+                        return Err(permanent(format!(
+                            "writeback_url is not under the connection's url ({}): its headers are sent to no other \
+                             URL",
+                            g.url.as_deref().unwrap_or_default()
+                        )));
+                    }
                     // Framing headers are the client's: refused when a connection is saved
                     // now, skipped here for one saved before that check.
                     for (k, v) in g.headers.iter().filter(|(k, _)| !crate::delivery::channel::framing_header(k)) {
