@@ -71,11 +71,16 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config } => {
             let cfg = Config::load(&config, &EnvOverrides::from_env())?;
             let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
-            runtime.block_on(async move {
+            let result = runtime.block_on(async move {
                 let addr = cfg.listen_addr()?;
                 let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
                 hookline::app::run(cfg, listener, shutdown_signal()).await
-            })
+            });
+            // Everything that matters is done (the store is flushed): a blocking task still
+            // running (a DNS lookup of a stuck delivery, say) must not hold the exit, which
+            // a plain drop of the runtime would wait for.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            result
         }
     }
 }
