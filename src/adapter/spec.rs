@@ -99,6 +99,33 @@ impl Default for Batching {
     }
 }
 
+impl Batching {
+    /// Settings changed from their defaults that this mode never reads (a count batch has no
+    /// timer, `immediate` makes no batches): accepted, since a bucket's view shows them all and
+    /// may be sent back, but said, since whoever set them expected something of them.
+    pub fn unused_settings(&self) -> Vec<String> {
+        let d = Batching::default();
+        let mode = match self.mode {
+            BatchMode::TimeWindow => return Vec::new(),
+            BatchMode::Count => "count (a batch flushes only when it is full)",
+            BatchMode::Immediate => "immediate (each event is an object at once, in no batch)",
+        };
+        let mut unused = Vec::new();
+        if self.window_seconds != d.window_seconds {
+            unused.push("window_seconds");
+        }
+        if self.mode == BatchMode::Immediate {
+            if self.max_batch_size != d.max_batch_size {
+                unused.push("max_batch_size");
+            }
+            if self.auto_submit != d.auto_submit {
+                unused.push("auto_submit");
+            }
+        }
+        unused.into_iter().map(|name| format!("source_adapter.batching.{name} has no effect in mode {mode}")).collect()
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InlineConnection {
@@ -327,20 +354,19 @@ impl SourceAdapterInput {
     /// Settings that are valid but probably not what was meant, for the PATCH answer's
     /// `warnings`: a Mux event type Mux does not send (a typo ignores every event it meant).
     pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.batching.unused_settings();
         let Some(filter) = self.event_filter.as_ref().filter(|_| self.adapter_type == ProviderType::Mux) else {
-            return Vec::new();
+            return warnings;
         };
-        filter
-            .event_types
-            .iter()
-            .filter(|t| !super::mux::KNOWN_EVENT_TYPES.contains(&t.as_str()))
-            .map(|t| {
+        warnings.extend(
+            filter.event_types.iter().filter(|t| !super::mux::KNOWN_EVENT_TYPES.contains(&t.as_str())).map(|t| {
                 format!(
                     "source_adapter.event_filter.event_types: {t:?} is not a Mux event type hookline knows; \
                      events of the types Mux sends will be ignored unless listed"
                 )
-            })
-            .collect()
+            }),
+        );
+        warnings
     }
 
     /// Every check that needs only the body and the bucket schema; errors name the field

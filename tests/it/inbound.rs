@@ -542,6 +542,39 @@ async fn event_filters_that_cannot_match_are_refused_or_warned() {
     assert!(filter_warnings(&b).is_empty(), "{b}");
 }
 
+/// A batching setting the mode never reads (a count batch has no timer; `immediate` makes
+/// no batches) is accepted, as a bucket's view may be sent back, but warned of; the defaults
+/// and time_window's settings are not.
+#[tokio::test]
+async fn batching_settings_the_mode_ignores_are_warned_of() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("modes", json!({})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let warnings = |batching: Value| {
+        let body = json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": batching}});
+        let (app, path) = (&app, &path);
+        async move {
+            let (s, b) = app.patch(path, body).await;
+            assert_eq!(s, 200, "{b}");
+            let all = b["warnings"].as_array().cloned().unwrap_or_default();
+            all.iter().map(|w| w.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    let w = warnings(json!({"mode": "count", "window_seconds": 10})).await;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("source_adapter.batching.window_seconds has no effect in mode count"), "{w:?}");
+    let w = warnings(json!({"mode": "immediate", "max_batch_size": 5, "auto_submit": false})).await;
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w.iter().all(|w| w.contains("no effect in mode immediate")), "{w:?}");
+    for quiet in [
+        json!({"mode": "count", "max_batch_size": 5, "auto_submit": false}),
+        json!({"mode": "time_window", "window_seconds": 10, "max_batch_size": 5}),
+        json!({"mode": "immediate", "window_seconds": 30, "max_batch_size": 100, "auto_submit": true}),
+    ] {
+        assert_eq!(warnings(quiet.clone()).await, Vec::<String>::new(), "{quiet}");
+    }
+}
+
 /// A configuration that would refuse every event is refused instead: a required property
 /// that neither field_mapping nor the blob fills. A writeback turned off needs nothing else.
 #[tokio::test]
