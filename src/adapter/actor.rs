@@ -674,7 +674,7 @@ impl AdapterState {
             if self.adapter.batching.auto_submit {
                 br.submit();
                 let scopes = Scopes { namespace: &self.bucket.namespace, key: br.batch_id.as_str() };
-                events.push(self.shared.bus.record(batch, "batch.completed", || br.completed_payload(), scopes));
+                events.push(self.shared.bus.record(batch, "batch.completed", || br.completed_payload(&[]), scopes));
             }
             batch.put(Keyspace::BATCHES, &records::key(&bucket_id, br.batch_id.as_str()), &br);
             crate::metrics::ingest_flush(trigger);

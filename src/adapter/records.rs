@@ -164,13 +164,18 @@ impl BatchRecord {
         self.completed_at = Some(now);
     }
 
-    pub fn completed_payload(&self) -> serde_json::Value {
+    /// The `batch.completed` payload. `deleted`: the batch's objects deleted before it
+    /// completed (a pending batch waits for its submit): not among `object_ids`, counted
+    /// apart, so `succeeded + failed + deleted = objects`.
+    pub fn completed_payload(&self, deleted: &[ObjectId]) -> serde_json::Value {
+        let completed: Vec<&ObjectId> = self.object_ids.iter().filter(|id| !deleted.contains(id)).collect();
         serde_json::json!({
             "batch_id": self.batch_id,
             "bucket_id": self.bucket_id,
-            "object_ids": self.object_ids,
+            "object_ids": completed,
             "collection_ids": [],
-            "counts": {"objects": self.object_ids.len(), "succeeded": self.object_ids.len(), "failed": 0},
+            "counts": {"objects": self.object_ids.len(), "succeeded": completed.len(), "failed": 0,
+                       "deleted": self.object_ids.len() - completed.len()},
         })
     }
 }

@@ -844,10 +844,16 @@ impl RegistryState {
             return Err(ApiError::Conflict(format!("batch {batch_id} was already submitted")));
         }
         rec.submit();
+        let mut deleted = Vec::new();
+        for oid in &rec.object_ids {
+            if !self.shared.store.contains(Keyspace::OBJECTS, &records::key(id, oid.as_str()))? {
+                deleted.push(oid.clone());
+            }
+        }
         let mut batch = Batch::new();
         batch.put(Keyspace::BATCHES, &key, &rec);
         let scopes = Scopes { namespace, key: batch_id.as_str() };
-        let event = self.shared.bus.record(&mut batch, "batch.completed", || rec.completed_payload(), scopes);
+        let event = self.shared.bus.record(&mut batch, "batch.completed", || rec.completed_payload(&deleted), scopes);
         super::writeback::record_batch(&self.shared.store, &bucket, &rec, &mut batch)?;
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);

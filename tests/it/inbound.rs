@@ -816,10 +816,29 @@ async fn count_flushes_at_size_and_waits_for_submit() {
     assert_eq!(batch["status"], "pending");
     assert_eq!(batch["submitted_at"], Value::Null);
     let bid = batch["batch_id"].as_str().unwrap();
+    // One of its objects is deleted before the submit: batch.completed does not count it
+    // as succeeded.
+    let hook = crate::outbound_receiver::Receiver::start(200).await;
+    let (s, w) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "batches", "event_types": ["batch.completed"],
+                "channels": [{"channel": "webhook", "configs": {"url": hook.url("/hook")}}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{w}");
+    let gone = batch["object_ids"][1].as_str().unwrap();
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{gone}")).await.0, 204);
     let submit = format!("/v1/buckets/{bucket}/batches/{bid}/submit");
     let (s, b) = app.post(&submit, json!({})).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("completed")));
     assert_eq!(app.post(&submit, json!({})).await.0, 409);
+    assert!(eventually(Duration::from_secs(15), || async { hook.count() >= 1 }).await, "batch.completed never arrived");
+    let p = hook.captured()[0].json()["payload"].clone();
+    assert_eq!(p["counts"], json!({"objects": 3, "succeeded": 2, "failed": 0, "deleted": 1}), "{p}");
+    let listed: Vec<&str> = p["object_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(listed.len(), 2, "{p}");
+    assert!(!listed.contains(&gone), "{p}");
     assert_eq!(app.post(&format!("/v1/buckets/{bucket}/batches/batch_nope/submit"), json!({})).await.0, 404);
 }
 
