@@ -439,10 +439,12 @@ impl RegistryState {
 
     async fn patch_bucket(&mut self, namespace: &str, id: &BucketId, body: PatchBucket) -> Result<Patched, ApiError> {
         let mut bucket = self.load_bucket(namespace, id)?;
+        let mut described = false;
         if let Some(d) = &body.description {
             if d.chars().count() > 2000 {
                 return Err(ApiError::validation("description", "at most 2000 characters"));
             }
+            described = bucket.description.as_ref() != Some(d);
             bucket.description = Some(d.clone());
         }
         let had_adapter = bucket.source_adapter.is_some();
@@ -450,6 +452,10 @@ impl RegistryState {
         // one is started again below, as by any PATCH.
         let untouched = !had_adapter_stopped(&bucket, &self.children, id);
         if body.source_adapter.is_none() && !body.rotate_secret && untouched {
+            // Nothing else changes: updated_at moves only if the description did.
+            if !described {
+                return Ok(Patched { bucket, webhook_secret: None });
+            }
             bucket.updated_at = now_rfc3339();
             let mut b = Batch::new();
             b.put(Keyspace::BUCKETS, id.as_str(), &bucket);

@@ -740,6 +740,9 @@ impl DeliveryState {
             }
         };
         let Some(entry) = self.webhooks.get_mut(id) else { return Err(not_found(id)) };
+        // Seed 004: updated_at moves when something changes, not on a PATCH that sets what
+        // is already there (`{}`, or `is_active: true` on an active webhook).
+        let before = (entry.stored.view(), serde_json::to_value(&entry.secrets).ok());
         let w = &mut entry.stored;
         if let Some(n) = patch.webhook_name {
             w.webhook_name = n;
@@ -755,8 +758,9 @@ impl DeliveryState {
             w.sealed = sealed;
             entry.secrets = Some(secrets);
         }
-        let w = &mut entry.stored;
-        w.updated_at = now_rfc3339();
+        if before != (entry.stored.view(), serde_json::to_value(&entry.secrets).ok()) {
+            entry.stored.updated_at = now_rfc3339();
+        }
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
         let mut durable = self.shared.store.submit(b);

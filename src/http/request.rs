@@ -15,14 +15,23 @@ pub struct Request {
     pub method: Method,
     pub path: String,
     pub query: HashMap<String, String>,
+    /// A query parameter given more than once (`?limit=2&limit=3`): refused by
+    /// [`Request::known_params`] rather than one of the values silently winning.
+    repeated: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Request {
     pub fn new(method: Method, path: &str, query: &str, headers: HeaderMap, body: Bytes) -> Request {
-        let query = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-        Request { method, path: path.to_string(), query, headers, body }
+        let mut params = HashMap::new();
+        let mut repeated = None;
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()).into_owned() {
+            if let Some(k) = params.insert(k.clone(), v).and(Some(k)) {
+                repeated.get_or_insert(k);
+            }
+        }
+        Request { method, path: path.to_string(), query: params, repeated, headers, body }
     }
 
     /// Path segments, ignoring a trailing slash.
@@ -116,6 +125,9 @@ impl Request {
     /// 422 for a query parameter the endpoint does not take: a typo (`?stauts=dead`) would
     /// otherwise be ignored, and the answer look like what was asked for.
     pub fn known_params(&self, known: &[&str]) -> Result<(), ApiError> {
+        if let Some(k) = self.repeated.as_deref().filter(|k| known.contains(k)) {
+            return Err(ApiError::validation(k, "given more than once; give it once"));
+        }
         match self.query.keys().filter(|k| !known.contains(&k.as_str())).min() {
             None => Ok(()),
             Some(k) if known.is_empty() => {

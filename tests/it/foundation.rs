@@ -245,6 +245,21 @@ async fn bucket_crud_and_pagination() {
     let (s, b) = app.get("/v1/buckets?limit=abc").await;
     assert_eq!(s, 422);
     assert_eq!(b["error"]["field"], "limit");
+    let (s, b) = app.get("/v1/buckets?limit=2&limit=3").await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("limit")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("more than once"), "{b}");
+    // Changing nothing moves nothing: updated_at stays (a second passes first, so a bump
+    // would show); a new description moves it.
+    let (_, plain) = app.post("/v1/buckets", json!({"bucket_name": "plain", "description": "same"})).await;
+    let plain_path = format!("/v1/buckets/{}", plain["bucket_id"].as_str().unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for same in [json!({}), json!({"description": "same"})] {
+        let (s, b) = app.patch(&plain_path, same.clone()).await;
+        assert_eq!((s, &b["updated_at"]), (200, &plain["updated_at"]), "{same}: {b}");
+    }
+    let (s, b) = app.patch(&plain_path, json!({"description": "new"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_ne!(b["updated_at"], plain["updated_at"], "{b}");
     let (s, b) = app.get("/v1/buckets?limt=5").await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("limt")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("takes limit, cursor"), "{b}");

@@ -211,20 +211,18 @@ async fn webhook_crud_validation_and_catalog() {
     let (_, list) = app.get("/v1/organizations/webhooks").await;
     assert_eq!(list["results"].as_array().unwrap().len(), 1);
 
-    // PATCH changes fields and bumps updated_at (second precision: poll until it moves).
-    let patched = std::sync::Mutex::new(Value::Null);
-    let moved = eventually(Duration::from_secs(3), || async {
-        let (s, b) = app
-            .patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "Audit 2", "is_active": false}))
-            .await;
+    // A PATCH that changes something bumps updated_at; one that sets what is there does not
+    // (seed 004). Times have second precision: a second passes first, so a bump would show.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let path = format!("/v1/organizations/webhooks/{id}");
+    for same in [json!({}), json!({"is_active": true}), json!({"event_types": got["event_types"]})] {
+        let (s, b) = app.patch(&path, same.clone()).await;
         assert_eq!(s, 200, "{b}");
-        let moved = b["updated_at"] != b["created_at"];
-        *patched.lock().unwrap() = b;
-        moved
-    })
-    .await;
-    let patched = patched.into_inner().unwrap();
-    assert!(moved, "updated_at never moved: {patched}");
+        assert_eq!(b["updated_at"], b["created_at"], "{same} changed nothing: {b}");
+    }
+    let (s, patched) = app.patch(&path, json!({"webhook_name": "Audit 2", "is_active": false})).await;
+    assert_eq!(s, 200, "{patched}");
+    assert_ne!(patched["updated_at"], patched["created_at"], "updated_at never moved: {patched}");
     assert_eq!(patched["webhook_name"], "Audit 2");
     assert_eq!(patched["is_active"], false);
     // Sending the redacted channel back (GET → edit → PATCH) keeps the stored secret.
