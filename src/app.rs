@@ -111,11 +111,16 @@ pub async fn run(
     let mut supervisor_handle = supervisor_handle;
     let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
     let mut quiesced = false;
+    // Set when shutting down begins: the stages after the first share what is left of its
+    // grace (each gets at least [`LAST_STAGES_MIN`]), so the whole shutdown takes about one
+    // grace, not one per stage.
+    let mut deadline = None;
     // Biased: an idle server finishes as soon as the signal stops it, and the signal's branch
     // (which waits for the deliveries in flight) must still be the one taken.
     let failed = tokio::select! {
         biased;
         _ = signalled.notified() => {
+            deadline = Some(tokio::time::Instant::now() + grace);
             // One grace for both: the open requests finish while the deliveries in flight do.
             shared.shutdown.cancel();
             tokio::join!(drain_http(&mut server, grace), quiesce_deliveries(&shared, grace));
@@ -123,6 +128,7 @@ pub async fn run(
             false
         }
         _ = &mut supervisor_handle => {
+            deadline = Some(tokio::time::Instant::now() + grace);
             tree_stopped.notify_one();
             drain_http(&mut server, grace).await;
             true
@@ -130,18 +136,20 @@ pub async fn run(
         _ = &mut server => false,
     };
     tracing::info!("HTTP server stopped; stopping actors");
+    let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(LAST_STAGES_MIN);
     if !failed {
         shared.shutdown.cancel();
         if !quiesced {
-            quiesce_deliveries(&shared, grace).await;
+            quiesce_deliveries(&shared, left()).await;
         }
-        let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(grace)).await;
+        let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(left())).await;
     }
     upkeep.abort();
     // Writes still queued (delivery outcomes, a stopping actor's last batch) are logged and
     // synced, moved into sled and checkpointed before we exit: the next start replays nothing.
     // Bounded: stopping early is safe, the log is only deleted after sled's flush.
-    match tokio::time::timeout(grace, store.close()).await {
+    match tokio::time::timeout(left(), store.close()).await {
         Ok(Ok(())) => tracing::info!("store flushed; bye"),
         Ok(Err(e)) => {
             // sled's own flush on drop would wait forever after an I/O error (a full disk):
@@ -164,6 +172,11 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// The least time each shutdown stage after the grace gets (stopping the actors, moving the
+/// store's log into sled), even when the grace is spent: each usually takes milliseconds, and
+/// cutting one short is safe (every acknowledged write is in the log, which replays at start).
+const LAST_STAGES_MIN: Duration = Duration::from_secs(2);
 
 /// Lets the deliveries in flight finish (and records their outcomes) for up to `grace`:
 /// a deploy does not cut a slow receiver off mid-request. Those still running after it are
