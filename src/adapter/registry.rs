@@ -346,6 +346,9 @@ impl RegistryState {
         if let Some(ProviderConfig::Supabase(c)) = &config {
             self.check_target("provider_config.url", &c.url)?;
         }
+        if let Some(ProviderConfig::Generic(g)) = &config {
+            self.check_generic_users(id, g)?;
+        }
         conn.update(name, config.as_ref(), &self.shared.secrets);
         let mut b = Batch::new();
         b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
@@ -355,6 +358,37 @@ impl RegistryState {
         self.shared.gates.connections_changed();
         tracing::info!(connection_id = %id, config_replaced = config.is_some(), "connection updated");
         Ok(conn)
+    }
+
+    /// A generic connection's new headers and url must cover the writeback URLs of the
+    /// adapters using it: every writeback of one outside would fail from then on.
+    fn check_generic_users(
+        &self,
+        id: &ConnectionId,
+        g: &crate::catalog::connection::GenericConfig,
+    ) -> Result<(), ApiError> {
+        if g.headers.is_empty() {
+            return Ok(());
+        }
+        let mut outside = Vec::new();
+        for bucket_id in self.shared.connection_users(id)? {
+            let Some(b) = self.shared.store.get::<Bucket>(Keyspace::BUCKETS, &bucket_id)? else { continue };
+            let target = b.source_adapter.as_ref().and_then(|a| a.writeback.as_ref()?.writeback_url.clone());
+            if target.is_some_and(|t| !g.allows(&t)) {
+                outside.push(bucket_id);
+            }
+        }
+        if outside.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::validation(
+            "provider_config.url",
+            format!(
+                "does not cover the writeback_url of the adapter of bucket(s) {}: change those first, or give a url \
+                 that covers them",
+                outside.join(", ")
+            ),
+        ))
     }
 
     async fn delete_connection(&mut self, id: &ConnectionId) -> Result<(), ApiError> {
@@ -603,14 +637,22 @@ impl RegistryState {
         input: &SourceAdapterInput,
         conn: &Connection,
     ) -> Result<(), ApiError> {
-        let Ok(crate::catalog::connection::ProviderConfig::Generic(g)) = conn.open(&self.shared.secrets) else {
+        use crate::catalog::connection::ProviderConfig;
+        let id = &conn.connection_id;
+        if conn.provider_type != ProviderType::GenericWebhook {
             return Ok(());
+        }
+        // Unreadable, it cannot say where its headers may go (nor would any send work).
+        let Ok(ProviderConfig::Generic(g)) = conn.open(&self.shared.secrets) else {
+            return Err(ApiError::validation(
+                "source_adapter.connection_id",
+                format!("connection {id} cannot be decrypted with the current master key"),
+            ));
         };
         if g.headers.is_empty() {
             return Ok(());
         }
         let target = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref());
-        let id = &conn.connection_id;
         match (&g.url, target) {
             (Some(url), Some(target)) if !g.allows(target) => Err(ApiError::validation(
                 "source_adapter.writeback.writeback_url",
@@ -628,7 +670,8 @@ impl RegistryState {
                     "source_adapter.connection_id",
                     format!(
                         "connection {id} has headers but no url (it was saved before one was required): PATCH it \
-                         with provider_config.url, the writeback URL its headers are for"
+                         with its whole provider_config, the headers again and url, the writeback URL they are for \
+                         (a provider_config replaces the stored one: without the headers they are gone)"
                     ),
                 ))
             }

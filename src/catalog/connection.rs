@@ -106,7 +106,8 @@ pub struct GenericConfig {
 }
 
 impl GenericConfig {
-    /// Whether the headers may be sent to `target` (see [`GenericConfig::url`]).
+    /// Whether the headers may be sent to `target` (see [`GenericConfig::url`]). Without
+    /// headers there is nothing to protect: callers check only a config that has some.
     pub fn allows(&self, target: &str) -> bool {
         let Some(base) = self.url.as_deref() else { return true };
         let (Ok(base), Ok(target)) = (url::Url::parse(base), url::Url::parse(target)) else { return false };
@@ -184,14 +185,19 @@ impl ProviderConfig {
                 let c: GenericConfig = typed_at(at, if v.is_null() { serde_json::json!({}) } else { v })?;
                 match c.url.as_deref() {
                     Some(raw) => {
+                        // No userinfo: the url is shown in the connection's view.
                         let ok = url::Url::parse(raw).is_ok_and(|u| {
-                            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none()
+                            matches!(u.scheme(), "http" | "https")
+                                && u.host().is_some()
+                                && u.query().is_none()
+                                && u.username().is_empty()
+                                && u.password().is_none()
                         });
                         if !ok {
                             return Err(ApiError::validation(
                                 field("url"),
-                                "must be an http(s) URL without a query: the writeback URL (or a prefix of it) the \
-                                 headers are for",
+                                "must be an http(s) URL without a query or a login: the writeback URL (or a prefix of \
+                                 it) the headers are for",
                             ));
                         }
                     }

@@ -143,6 +143,13 @@ fn keyless(path: &str) -> bool {
     )
 }
 
+/// The most an HTTP/1 connection buffers of request heads (hyper's `max_buf_size`).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// Each connection's kernel send buffer (Linux doubles it): enough for any answer of a
+/// webhook sender and for large pages at a few MB/s over a WAN.
+const SEND_BUFFER_BYTES: usize = 64 << 10;
+
 /// warp's server without its two gaps: it gives hyper no timer, so a client that sends half
 /// its headers holds a connection (and a graceful shutdown) forever (here it has
 /// `read_timeout` to send them; the body's own deadline is in [`read_body`]); and it logs every
@@ -150,9 +157,6 @@ fn keyless(path: &str) -> bool {
 /// and h2c, as warp does); a connection idle for `read_timeout` is closed; on shutdown the
 /// listener closes and open connections finish their request (the caller bounds how long
 /// that may take).
-/// The most an HTTP/1 connection buffers of request heads (hyper's `max_buf_size`).
-const MAX_HEAD_BYTES: usize = 64 << 10;
-
 async fn accept_loop<S, B>(
     service: impl Fn() -> S,
     listener: tokio::net::TcpListener,
@@ -243,6 +247,12 @@ async fn accept_loop<S, B>(
             tracing::warn!(max_connections, "server.max_connections reached: new connections wait");
             warned_full = Some(std::time::Instant::now());
         }
+        // Kernel send buffers autotune up to megabytes: a client that never reads pins that
+        // much per connection, and hyper's writes would only move each time a large part of
+        // it drained, so a slow reader of a large answer looked stalled (see `Progress`).
+        if let Err(e) = socket2::SockRef::from(&io).set_send_buffer_size(SEND_BUFFER_BYTES) {
+            tracing::debug!(error = %e, "set a connection's send buffer size");
+        }
         let (builder, closing) = (builder.clone(), closing.clone());
         conns.spawn(async move {
             let _permit = permit;
@@ -271,6 +281,7 @@ async fn accept_loop<S, B>(
                     std::future::pending::<()>().await;
                 }
             };
+            let io = Progress { io, activity: activity.clone() };
             let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned());
             let mut first_request_late = std::pin::pin!(first_request_late);
             // hyper closes an idle HTTP/1 connection when its next request's headers are late,
@@ -279,7 +290,8 @@ async fn accept_loop<S, B>(
             let mut idle_check = tokio::time::interval_at(deadline, read_timeout / 4);
             // When the wind-down began. A graceful shutdown waits for the answers being
             // written, and a client that never reads would hold its slot (and the kernel's
-            // send buffer) forever: still idle `read_timeout` later, the connection is dropped.
+            // send buffer) forever: once no byte of an answer has gone out for `read_timeout`
+            // (a slow reader of a large answer still takes some), the connection is dropped.
             let mut winding_down: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
@@ -299,7 +311,6 @@ async fn accept_loop<S, B>(
                         winding_down = Some(tokio::time::Instant::now());
                     }
                     _ = idle_check.tick() => {
-                        // No request in flight: only the writing of answers is cut.
                         let idle = activity.idle_for() >= read_timeout;
                         match winding_down {
                             None if idle => {
@@ -307,7 +318,13 @@ async fn accept_loop<S, B>(
                                 conn.as_mut().graceful_shutdown();
                                 winding_down = Some(tokio::time::Instant::now());
                             }
-                            Some(since) if idle && since.elapsed() >= read_timeout => {
+                            // No request in flight, and its answers stuck: nothing is cut
+                            // but answers no one reads.
+                            Some(since)
+                                if idle
+                                    && since.elapsed() >= read_timeout
+                                    && activity.write_stalled_for() >= read_timeout =>
+                            {
                                 tracing::debug!("answers unread for read_timeout_seconds: connection dropped");
                                 return;
                             }
@@ -330,12 +347,19 @@ struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     /// Milliseconds from `since` to the end of the last request (or to the accept).
     last_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds from `since` to the last write that sent bytes (or to the accept).
+    wrote_ms: std::sync::atomic::AtomicU64,
     since: std::time::Instant,
 }
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { in_flight: Default::default(), last_ms: Default::default(), since: std::time::Instant::now() }
+        Activity {
+            in_flight: Default::default(),
+            last_ms: Default::default(),
+            wrote_ms: Default::default(),
+            since: std::time::Instant::now(),
+        }
     }
 }
 
@@ -355,6 +379,88 @@ impl Activity {
             return Duration::ZERO;
         }
         self.since.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Relaxed)))
+    }
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes of an answer went out now.
+    fn wrote(&self) {
+        self.wrote_ms.fetch_max(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long no byte has gone out to the client.
+    fn write_stalled_for(&self) -> Duration {
+        let wrote = self.wrote_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(self.now_ms().saturating_sub(wrote))
+    }
+}
+
+/// A connection's socket, telling its [`Activity`] when bytes go out: a client reading a
+/// large answer slowly makes progress, one that never reads makes none.
+struct Progress<T> {
+    io: T,
+    activity: std::sync::Arc<Activity>,
+}
+
+impl<T> Progress<T> {
+    fn note(&self, r: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.wrote();
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Progress<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

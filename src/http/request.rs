@@ -27,8 +27,13 @@ impl Request {
         let mut params = HashMap::new();
         let mut repeated = None;
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()).into_owned() {
-            if let Some(k) = params.insert(k.clone(), v).and(Some(k)) {
-                repeated.get_or_insert(k);
+            match params.entry(k) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    repeated.get_or_insert_with(|| e.key().clone());
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
             }
         }
         Request { method, path: path.to_string(), query: params, repeated, headers, body }

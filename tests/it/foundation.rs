@@ -550,6 +550,54 @@ async fn a_client_that_never_reads_loses_its_connection() {
     assert!(answered.is_ok_and(|r| r.is_ok_and(|r| r.status() == 200)), "the unread connections held every slot");
 }
 
+/// A client reading a large answer slowly is not a client that never reads: it keeps its
+/// connection, past the wind-down of an idle one, for as long as the answer's bytes move.
+#[tokio::test]
+async fn a_slow_reader_of_a_large_answer_gets_all_of_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opts = Options { server_toml: "read_timeout_seconds = 1\n".into(), ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    // About 6 MB of objects: far more than both sides' socket buffers hold.
+    let bucket = crate::inbound::bucket_with_adapter(
+        &app,
+        "large",
+        json!({"text": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"text": "text"}, "batching": {"mode": "immediate"}}),
+    )
+    .await;
+    let (bucket, secret) = bucket;
+    let text = "x".repeat(30_000);
+    for _ in 0..200 {
+        let (s, b) = crate::inbound::ingest(&app, &bucket, Some(&secret), &json!({"text": text})).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(app.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/buckets/{bucket}/objects?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.api_key
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // A read (at most 4 KiB, the receive buffer) every 2 ms: the answer takes about 4 s, well
+    // past the 2 × read_timeout after which an answer no one reads is dropped.
+    let mut answer = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.expect("stalled").unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let parsed: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("cut at {} bytes: {e}", answer.len()));
+    assert_eq!(parsed["results"].as_array().map(Vec::len), Some(200));
+}
+
 /// A request head is bounded at 64 KiB (hyper's default buffers ~400 KB of one per
 /// connection, outside any memory budget): a larger one is a 431.
 #[tokio::test]

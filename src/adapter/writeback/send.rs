@@ -117,7 +117,7 @@ impl Sender {
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.to_string());
                 if let Some(ProviderConfig::Generic(g)) = creds {
-                    if !g.allows(url) {
+                    if !g.headers.is_empty() && !g.allows(url) {
                         return Err(permanent(format!(
                             "writeback_url is not under the connection's url ({}): its headers are sent to no other \
                              URL",
