@@ -485,3 +485,66 @@ async fn a_retried_alert_with_long_floats_is_a_duplicate() {
         assert_eq!(r.status().as_u16(), expected, "{}", r.text().await.unwrap());
     }
 }
+
+/// Each write-back's outcome is stored as soon as its attempt ends, not when the slowest
+/// attempt of its round does: with one receiver call hanging, the others' 2xx are already
+/// settled (their jobs gone from the store), so a stop or a crash sends none of them again.
+#[tokio::test]
+async fn a_writeback_outcome_is_stored_while_a_slow_one_is_in_flight() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use warp::Filter;
+    // The slow attempt stays in flight for the whole test (it used to hold back the others'
+    // outcomes until it ended).
+    let opts = crate::support::Options {
+        delivery_toml: Some(
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 120\n"
+                .into(),
+        ),
+        ..Default::default()
+    };
+    let mut app = TestApp::start_with(opts).await;
+    let fast = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = fast.clone();
+    let route = warp::post().and(warp::body::json()).then(move |b: Value| {
+        let counted = counted.clone();
+        async move {
+            if b["fields"]["verdict"] == "slow" {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            } else {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            warp::reply()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/wb", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    let (bucket, _, oid) = generic_with_object(&app, "slow", generic_on_alert(&url)).await;
+    let (s, a) =
+        raise(&app, &bucket, &oid, json!({"alert_id": "slow", "results": {"verdict_classification": "slow"}})).await;
+    assert_eq!(s, 202, "{a}");
+    for i in 0..5 {
+        let body = json!({"alert_id": format!("fast-{i}"), "results": {"verdict_classification": "fast"}});
+        assert_eq!(raise(&app, &bucket, &oid, body).await.0, 202);
+    }
+    assert!(eventually(WAIT, || async { fast.load(Ordering::SeqCst) == 5 }).await, "{}", fast.load(Ordering::SeqCst));
+    let settled = || async {
+        metric_reaches(
+            &app,
+            "hookline_writebacks_total",
+            &[("adapter", "generic_webhook"), ("outcome", "succeeded")],
+            5.0,
+        )
+        .await
+    };
+    assert!(settled().await);
+    let backend = stop_and_open(&mut app).await;
+    let pending = stored_entries(&backend, "wb", &format!("{bucket}/"));
+    assert_eq!(
+        pending.len(),
+        1,
+        "only the slow job is pending: {:?}",
+        pending.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    assert!(String::from_utf8_lossy(&pending[0].1).contains("slow"), "{:?}", String::from_utf8_lossy(&pending[0].1));
+}

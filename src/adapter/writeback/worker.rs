@@ -2,7 +2,7 @@
 //! (started in its `pre_start`, aborted in its `post_stop` or when its state is dropped), so
 //! it lives and restarts with the adapter and always uses the adapter's current settings.
 //! Delivery is at least once: an attempt cut short by a stop, or a crash between a 2xx and
-//! the job's deletion, is sent again.
+//! the job's deletion (each outcome is stored as soon as its attempt ends), is sent again.
 //!
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
 //! pending writebacks survive restarts and crashes) and is the only writer of job records
@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use ractor::ActorRef;
 
 use super::job::{self, Job, KS};
@@ -89,8 +90,14 @@ impl Worker {
             policy,
             timeout: Duration::from_secs(cfg.request_timeout_seconds.max(1)),
         };
-        let state =
-            WorkerState { sender: Arc::new(sender), retry, owner, jobs: BTreeMap::new(), durable: HashSet::new() };
+        let state = WorkerState {
+            sender: Arc::new(sender),
+            retry,
+            owner,
+            jobs: BTreeMap::new(),
+            durable: HashSet::new(),
+            flying: HashSet::new(),
+        };
         Some(Worker { task: tokio::spawn(state.run()) })
     }
 }
@@ -103,7 +110,12 @@ struct WorkerState {
     jobs: BTreeMap<String, Job>,
     /// Keys known to be durable (loaded at start, or seen before a barrier).
     durable: HashSet<String>,
+    /// Keys of the jobs whose attempt is in flight.
+    flying: HashSet<String>,
 }
+
+/// One attempt in flight: the job's key, the job, and how the attempt went.
+type Attempt = futures::future::BoxFuture<'static, (String, Job, Result<(), Failure>)>;
 
 impl WorkerState {
     fn adapter_label(&self) -> &'static str {
@@ -111,19 +123,42 @@ impl WorkerState {
     }
 
     async fn run(mut self) {
+        let mut flying: FuturesUnordered<Attempt> = FuturesUnordered::new();
         loop {
-            if let Err(e) = self.round().await {
+            if let Err(e) = self.start_due(&mut flying).await {
                 tracing::warn!(bucket_id = %self.sender.bucket_id, error = %e, "writeback round failed; retrying");
             }
-            let now = now_millis();
-            let next = self.jobs.values().map(|j| j.next_attempt_ms).min().unwrap_or(u64::MAX);
-            let wait = Duration::from_millis(next.saturating_sub(now)).min(POLL);
-            tokio::time::sleep(wait).await;
+            let wait = if flying.len() >= CONCURRENCY {
+                POLL // a completion comes first, and frees a place
+            } else {
+                let now = now_millis();
+                let waiting = self.jobs.iter().filter(|(k, _)| !self.flying.contains(*k));
+                let next = waiting.map(|(_, j)| j.next_attempt_ms).min().unwrap_or(u64::MAX);
+                Duration::from_millis(next.saturating_sub(now)).min(POLL)
+            };
+            tokio::select! {
+                Some(first) = flying.next(), if !flying.is_empty() => {
+                    // Each outcome is stored as soon as its attempt ends (with any that ended
+                    // meanwhile): a 2xx is not sent again after a stop or a crash unless
+                    // it came in the few milliseconds before its commit.
+                    let mut results = vec![first];
+                    while let Some(Some(r)) = flying.next().now_or_never() {
+                        results.push(r);
+                    }
+                    for (k, _, _) in &results {
+                        self.flying.remove(k);
+                    }
+                    if let Err(e) = self.settle(results).await {
+                        tracing::warn!(bucket_id = %self.sender.bucket_id, error = %e, "store writeback outcomes");
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
         }
     }
 
-    /// Finds new jobs, then attempts every due one.
-    async fn round(&mut self) -> Result<(), crate::store::StoreError> {
+    /// Finds new jobs, then starts the due ones not in flight, up to [`CONCURRENCY`] at once.
+    async fn start_due(&mut self, flying: &mut FuturesUnordered<Attempt>) -> Result<(), crate::store::StoreError> {
         let store = self.sender.shared.store.clone();
         let mut unknown = Vec::new();
         for prefix in job::pending_prefixes(&self.sender.bucket_id) {
@@ -140,8 +175,14 @@ impl WorkerState {
             }
         }
         let now = now_millis();
-        let due: Vec<(String, Job)> =
-            self.jobs.iter().filter(|(_, j)| j.next_attempt_ms <= now).map(|(k, j)| (k.clone(), j.clone())).collect();
+        let room = CONCURRENCY.saturating_sub(flying.len());
+        let due: Vec<(String, Job)> = self
+            .jobs
+            .iter()
+            .filter(|(k, j)| j.next_attempt_ms <= now && !self.flying.contains(*k))
+            .take(room)
+            .map(|(k, j)| (k.clone(), j.clone()))
+            .collect();
         if due.is_empty() {
             return Ok(());
         }
@@ -151,28 +192,22 @@ impl WorkerState {
             self.durable.extend(due.iter().map(|(k, _)| k.clone()));
         }
         let creds = match self.sender.credentials() {
-            Ok(c) => Some(c),
+            Ok(c) => Arc::new(c),
             Err(f) => {
                 // Every due job fails the same way: one round of failures.
                 let results = due.into_iter().map(|(k, j)| (k, j, Err(f.clone()))).collect();
                 return self.settle(results).await;
             }
         };
-        let creds = Arc::new(creds.flatten());
-        let sender = self.sender.clone();
-        let results: Vec<(String, Job, Result<(), Failure>)> = futures::stream::iter(due)
-            .map(|(k, j)| {
-                let sender = sender.clone();
-                let creds = creds.clone();
-                async move {
-                    let r = sender.attempt(&j, &creds).await;
-                    (k, j, r)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        self.settle(results).await
+        for (k, j) in due {
+            self.flying.insert(k.clone());
+            let (sender, creds) = (self.sender.clone(), creds.clone());
+            flying.push(Box::pin(async move {
+                let r = sender.attempt(&j, &creds).await;
+                (k, j, r)
+            }));
+        }
+        Ok(())
     }
 
     /// Applies the retry policy to each result and stores the new job states in one batch.
