@@ -639,8 +639,9 @@ impl RegistryState {
     ) -> Result<(), ApiError> {
         use crate::catalog::connection::ProviderConfig;
         let id = &conn.connection_id;
-        if conn.provider_type != ProviderType::GenericWebhook {
-            return Ok(());
+        let target = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref());
+        if conn.provider_type != ProviderType::GenericWebhook || target.is_none() {
+            return Ok(()); // no writeback_url: its headers go nowhere
         }
         // Unreadable, it cannot say where its headers may go (nor would any send work).
         let Ok(ProviderConfig::Generic(g)) = conn.open(&self.shared.secrets) else {
@@ -652,7 +653,6 @@ impl RegistryState {
         if g.headers.is_empty() {
             return Ok(());
         }
-        let target = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref());
         match (&g.url, target) {
             (Some(url), Some(target)) if !g.allows(target) => Err(ApiError::validation(
                 "source_adapter.writeback.writeback_url",

@@ -146,9 +146,17 @@ fn keyless(path: &str) -> bool {
 /// The most an HTTP/1 connection buffers of request heads (hyper's `max_buf_size`).
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
-/// Each connection's kernel send buffer (Linux doubles it): enough for any answer of a
-/// webhook sender and for large pages at a few MB/s over a WAN.
-const SEND_BUFFER_BYTES: usize = 64 << 10;
+/// Most bytes of a connection's answers the kernel holds unsent (`TCP_NOTSENT_LOWAT`).
+const UNSENT_BYTES: u32 = 64 << 10;
+
+/// Bytes a connection that is winding down must send per idle check (a quarter of
+/// `read_timeout`) to count as read: HTTP/2 control frames (a PING's answer is 17 bytes)
+/// do not, a slow reader of a large answer does.
+const PROGRESS_FLOOR: u64 = 1 << 10;
+
+/// However fast its answers are read, a connection winding down is dropped after this
+/// (or 4 × `read_timeout`, if longer): 1 KiB per check would otherwise hold it forever.
+const MAX_WIND_DOWN: Duration = Duration::from_secs(60);
 
 /// warp's server without its two gaps: it gives hyper no timer, so a client that sends half
 /// its headers holds a connection (and a graceful shutdown) forever (here it has
@@ -188,6 +196,9 @@ async fn accept_loop<S, B>(
         // hyper's default is 200 streams per connection, each with a body of its own: the
         // connection cap would not bound much.
         .max_concurrent_streams(64)
+        // hyper's default lets each stream buffer ~400 KB of an answer the client does not
+        // read; 64 of them add up.
+        .max_send_buf_size(64 << 10)
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(read_timeout);
@@ -247,11 +258,12 @@ async fn accept_loop<S, B>(
             tracing::warn!(max_connections, "server.max_connections reached: new connections wait");
             warned_full = Some(std::time::Instant::now());
         }
-        // Kernel send buffers autotune up to megabytes: a client that never reads pins that
-        // much per connection, and hyper's writes would only move each time a large part of
-        // it drained, so a slow reader of a large answer looked stalled (see `Progress`).
-        if let Err(e) = socket2::SockRef::from(&io).set_send_buffer_size(SEND_BUFFER_BYTES) {
-            tracing::debug!(error = %e, "set a connection's send buffer size");
+        // The kernel takes writes while its send buffer (autotuned up to megabytes) has
+        // room: hyper's writes to a slow reader of a large answer would move only each time
+        // much of it drained, and look stalled (see `Progress`). Bounding what is not yet
+        // sent keeps them moving, and autotuning of what is in flight on.
+        if let Err(e) = socket2::SockRef::from(&io).set_tcp_notsent_lowat(UNSENT_BYTES) {
+            tracing::debug!(error = %e, "set a connection's TCP_NOTSENT_LOWAT");
         }
         let (builder, closing) = (builder.clone(), closing.clone());
         conns.spawn(async move {
@@ -289,10 +301,13 @@ async fn accept_loop<S, B>(
             // `max_connections` slot: any connection idle for `read_timeout` is wound down.
             let mut idle_check = tokio::time::interval_at(deadline, read_timeout / 4);
             // When the wind-down began. A graceful shutdown waits for the answers being
-            // written, and a client that never reads would hold its slot (and the kernel's
-            // send buffer) forever: once no byte of an answer has gone out for `read_timeout`
-            // (a slow reader of a large answer still takes some), the connection is dropped.
+            // written, and a client that never reads would hold its slot forever: once its
+            // answers have not moved (by [`PROGRESS_FLOOR`] per check) for `read_timeout`, or
+            // after [`MAX_WIND_DOWN`], the connection is dropped. A slow reader of a large
+            // answer moves it.
             let mut winding_down: Option<tokio::time::Instant> = None;
+            let wind_down_cap = MAX_WIND_DOWN.max(read_timeout * 4);
+            let (mut sent, mut moved_at) = (0u64, tokio::time::Instant::now());
             loop {
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -310,20 +325,25 @@ async fn accept_loop<S, B>(
                         conn.as_mut().graceful_shutdown();
                         winding_down = Some(tokio::time::Instant::now());
                     }
-                    _ = idle_check.tick() => {
+                    tick = idle_check.tick() => {
                         let idle = activity.idle_for() >= read_timeout;
+                        let now_sent = activity.sent();
+                        if now_sent >= sent + PROGRESS_FLOOR {
+                            moved_at = tick;
+                        }
+                        sent = now_sent;
                         match winding_down {
                             None if idle => {
                                 tracing::debug!("connection idle for read_timeout_seconds: closing it");
                                 conn.as_mut().graceful_shutdown();
-                                winding_down = Some(tokio::time::Instant::now());
+                                winding_down = Some(tick);
                             }
                             // No request in flight, and its answers stuck: nothing is cut
                             // but answers no one reads.
                             Some(since)
                                 if idle
-                                    && since.elapsed() >= read_timeout
-                                    && activity.write_stalled_for() >= read_timeout =>
+                                    && tick - since >= read_timeout
+                                    && (tick - moved_at >= read_timeout || tick - since >= wind_down_cap) =>
                             {
                                 tracing::debug!("answers unread for read_timeout_seconds: connection dropped");
                                 return;
@@ -347,8 +367,8 @@ struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     /// Milliseconds from `since` to the end of the last request (or to the accept).
     last_ms: std::sync::atomic::AtomicU64,
-    /// Milliseconds from `since` to the last write that sent bytes (or to the accept).
-    wrote_ms: std::sync::atomic::AtomicU64,
+    /// Bytes written to the client so far.
+    sent: std::sync::atomic::AtomicU64,
     since: std::time::Instant,
 }
 
@@ -357,7 +377,7 @@ impl Default for Activity {
         Activity {
             in_flight: Default::default(),
             last_ms: Default::default(),
-            wrote_ms: Default::default(),
+            sent: Default::default(),
             since: std::time::Instant::now(),
         }
     }
@@ -383,24 +403,18 @@ impl Activity {
 }
 
 impl Activity {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// `n` more bytes went out to the client.
+    fn wrote(&self, n: usize) {
+        self.sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Bytes of an answer went out now.
-    fn wrote(&self) {
-        self.wrote_ms.fetch_max(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How long no byte has gone out to the client.
-    fn write_stalled_for(&self) -> Duration {
-        let wrote = self.wrote_ms.load(std::sync::atomic::Ordering::Relaxed);
-        Duration::from_millis(self.now_ms().saturating_sub(wrote))
+    fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
-/// A connection's socket, telling its [`Activity`] when bytes go out: a client reading a
-/// large answer slowly makes progress, one that never reads makes none.
+/// A connection's socket, counting for its [`Activity`] the bytes that go out: a client
+/// reading a large answer slowly makes progress, one that never reads makes none.
 struct Progress<T> {
     io: T,
     activity: std::sync::Arc<Activity>,
@@ -408,8 +422,8 @@ struct Progress<T> {
 
 impl<T> Progress<T> {
     fn note(&self, r: &std::task::Poll<std::io::Result<usize>>) {
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if *n > 0) {
-            self.activity.wrote();
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.activity.wrote(*n);
         }
     }
 }

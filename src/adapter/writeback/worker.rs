@@ -97,6 +97,8 @@ impl Worker {
             jobs: BTreeMap::new(),
             durable: HashSet::new(),
             flying: HashSet::new(),
+            unreadable: HashSet::new(),
+            scanned_at: None,
         };
         Some(Worker { task: tokio::spawn(state.run()) })
     }
@@ -112,6 +114,10 @@ struct WorkerState {
     durable: HashSet<String>,
     /// Keys of the jobs whose attempt is in flight.
     flying: HashSet<String>,
+    /// Keys of job records that could not be read (logged once, then skipped).
+    unreadable: HashSet<String>,
+    /// When the store was last scanned for new jobs.
+    scanned_at: Option<std::time::Instant>,
 }
 
 /// One attempt in flight: the job's key, the job, and how the attempt went.
@@ -125,11 +131,16 @@ impl WorkerState {
     async fn run(mut self) {
         let mut flying: FuturesUnordered<Attempt> = FuturesUnordered::new();
         loop {
-            if let Err(e) = self.start_due(&mut flying).await {
-                tracing::warn!(bucket_id = %self.sender.bucket_id, error = %e, "writeback round failed; retrying");
-            }
-            let wait = if flying.len() >= CONCURRENCY {
-                POLL // a completion comes first, and frees a place
+            let failed = match self.start_due(&mut flying).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(bucket_id = %self.sender.bucket_id, error = %e, "writeback scan failed; retrying");
+                    true
+                }
+            };
+            let wait = if failed || flying.len() >= CONCURRENCY {
+                // After a failure, not at once again; at the cap, a completion comes first.
+                POLL
             } else {
                 let now = now_millis();
                 let waiting = self.jobs.iter().filter(|(k, _)| !self.flying.contains(*k));
@@ -157,32 +168,50 @@ impl WorkerState {
         }
     }
 
-    /// Finds new jobs, then starts the due ones not in flight, up to [`CONCURRENCY`] at once.
+    /// Finds new jobs (every [`POLL`]), then starts the due ones not in flight, longest due
+    /// first, up to [`CONCURRENCY`] at once.
     async fn start_due(&mut self, flying: &mut FuturesUnordered<Attempt>) -> Result<(), crate::store::StoreError> {
         let store = self.sender.shared.store.clone();
-        let mut unknown = Vec::new();
-        for prefix in job::pending_prefixes(&self.sender.bucket_id) {
-            store.for_each_key(KS, &prefix, |k| {
-                if !self.jobs.contains_key(k) {
-                    unknown.push(k.to_string());
+        if self.scanned_at.is_none_or(|t| t.elapsed() >= POLL) {
+            self.scanned_at = Some(std::time::Instant::now());
+            let mut unknown = Vec::new();
+            for prefix in job::pending_prefixes(&self.sender.bucket_id) {
+                store.for_each_key(KS, &prefix, |k| {
+                    if !self.jobs.contains_key(k) && !self.unreadable.contains(k) {
+                        unknown.push(k.to_string());
+                    }
+                    true
+                })?;
+            }
+            for k in unknown {
+                match store.get::<Job>(KS, &k) {
+                    Ok(Some(j)) => {
+                        self.jobs.insert(k, j);
+                    }
+                    Ok(None) => {}
+                    // One record that cannot be read holds back no other job.
+                    Err(e) => {
+                        tracing::error!(bucket_id = %self.sender.bucket_id, key = %k, error = %e, "unreadable writeback job; skipped");
+                        self.unreadable.insert(k);
+                    }
                 }
-                true
-            })?;
-        }
-        for k in unknown {
-            if let Some(j) = store.get::<Job>(KS, &k)? {
-                self.jobs.insert(k, j);
             }
         }
         let now = now_millis();
         let room = CONCURRENCY.saturating_sub(flying.len());
-        let due: Vec<(String, Job)> = self
+        let mut due: Vec<(u64, &String)> = self
             .jobs
             .iter()
             .filter(|(k, j)| j.next_attempt_ms <= now && !self.flying.contains(*k))
-            .take(room)
-            .map(|(k, j)| (k.clone(), j.clone()))
+            .map(|(k, j)| (j.next_attempt_ms, k))
             .collect();
+        if due.len() > room {
+            // The longest due first: alert jobs sort before batch jobs and must not starve them.
+            due.select_nth_unstable(room);
+            due.truncate(room);
+        }
+        let due: Vec<(String, Job)> =
+            due.into_iter().filter_map(|(_, k)| Some((k.clone(), self.jobs.get(k)?.clone()))).collect();
         if due.is_empty() {
             return Ok(());
         }
