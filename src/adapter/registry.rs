@@ -640,9 +640,10 @@ impl RegistryState {
         use crate::catalog::connection::ProviderConfig;
         let id = &conn.connection_id;
         let target = input.writeback.as_ref().and_then(|w| w.writeback_url.as_deref());
-        if conn.provider_type != ProviderType::GenericWebhook || target.is_none() {
-            return Ok(()); // no writeback_url: its headers go nowhere
-        }
+        // No writeback_url: its headers go nowhere.
+        let Some(target) = target.filter(|_| conn.provider_type == ProviderType::GenericWebhook) else {
+            return Ok(());
+        };
         // Unreadable, it cannot say where its headers may go (nor would any send work).
         let Ok(ProviderConfig::Generic(g)) = conn.open(&self.shared.secrets) else {
             return Err(ApiError::validation(
@@ -653,12 +654,12 @@ impl RegistryState {
         if g.headers.is_empty() {
             return Ok(());
         }
-        match (&g.url, target) {
-            (Some(url), Some(target)) if !g.allows(target) => Err(ApiError::validation(
+        match &g.url {
+            Some(url) if !g.allows(target) => Err(ApiError::validation(
                 "source_adapter.writeback.writeback_url",
                 format!("not under {url}, the url of connection {id}: its headers are sent to no other URL"),
             )),
-            (None, Some(target)) => {
+            None => {
                 let unchanged = bucket.source_adapter.as_ref().is_some_and(|a| {
                     a.connection_id.as_ref() == Some(id)
                         && a.writeback.as_ref().and_then(|w| w.writeback_url.as_deref()) == Some(target)

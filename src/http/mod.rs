@@ -400,14 +400,13 @@ impl Activity {
         }
         self.since.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Relaxed)))
     }
-}
 
-impl Activity {
     /// `n` more bytes went out to the client.
     fn wrote(&self, n: usize) {
         self.sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Bytes written to the client so far.
     fn sent(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
