@@ -598,6 +598,37 @@ async fn a_slow_reader_of_a_large_answer_gets_all_of_it() {
     assert_eq!(parsed["results"].as_array().map(Vec::len), Some(200));
 }
 
+/// An HTTP/2 client that never opens its flow-control window (it never reads an answer's
+/// body) but answers and sends PINGs loses its connection all the same: control frames are
+/// not progress of its answers.
+#[tokio::test]
+async fn an_http2_client_that_never_reads_but_pings_loses_its_connection() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let opts = Options { server_toml: "read_timeout_seconds = 1\n".into(), ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(0)
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_while_idle(true)
+        .handshake::<_, String>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{}/metrics", app.addr)).body(String::new()).unwrap();
+    let answer = send.send_request(req).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    // Its body is never read: the server cannot send it, and the client pings every 300 ms.
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn).await;
+    assert!(closed.is_ok(), "the connection was still open after 20 s");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "closed only after {took:?}");
+    drop(answer);
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
 /// A request head is bounded at 64 KiB (hyper's default buffers ~400 KB of one per
 /// connection, outside any memory budget): a larger one is a 431.
 #[tokio::test]
