@@ -619,3 +619,54 @@ async fn a_supabase_url_with_a_path_is_refused_and_the_project_url_writes_back()
         ("PATCH", "/rest/v1/listings", "id=eq.5")
     );
 }
+
+/// A generic connection saved before `url` was required (headers, no url): a new adapter
+/// configuration with it is a 422 that says how to fix it, and once the connection is sent
+/// again whole, with a url, the adapter is accepted and its writeback carries the headers.
+#[tokio::test]
+async fn a_generic_connection_without_a_url_is_refused_until_sent_again_whole() {
+    use hookline::catalog::connection::{Connection, GenericConfig, ProviderConfig, ProviderType};
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    // Written as a binary from before urls were required wrote it.
+    assert_eq!(app.stop(), Some(0));
+    let conn_id = {
+        let backend = app.stopped_sled().await;
+        let secrets = hookline::crypto::SecretBox::load(None, &app.data_dir).unwrap();
+        let headers = [("Authorization".to_string(), "Bearer legacy-token-31".to_string())].into_iter().collect();
+        let cfg = ProviderConfig::Generic(GenericConfig { headers, url: None });
+        let conn = Connection::new("legacy".into(), ProviderType::GenericWebhook, &cfg, &secrets);
+        let mut b = Batch::new();
+        b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
+        backend.apply(&b).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+        conn.connection_id.as_str().to_string()
+    };
+    app.start_again().await;
+    let (_, view) = app.get(&format!("/v1/organizations/connections/{conn_id}")).await;
+    assert_eq!(view["url"], Value::Null, "{view}");
+    let adapter = |url: &str| {
+        json!({"adapter_type": "generic_webhook", "connection_id": conn_id, "field_mapping": {"ref": "ref"},
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"external_id_field": "ref", "writeback_url": url,
+                "field_mapping": [{"source_path": "object_id", "target_field": "id"}]}})
+    };
+    let bucket = app.create_bucket("legacy", json!({"ref": {"type": "string"}})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let (s, b) = app.patch(&path, json!({"source_adapter": adapter(&rx.url("/wb"))})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.connection_id")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("the headers again and url"), "{b}");
+    // Sent again whole, with a url: the adapter is accepted, its writeback carries the headers.
+    let whole =
+        json!({"provider_config": {"headers": {"Authorization": "Bearer legacy-token-31"}, "url": rx.url("/")}});
+    let (s, b) = app.patch(&format!("/v1/organizations/connections/{conn_id}"), whole).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = app.patch(&path, json!({"source_adapter": adapter(&rx.url("/wb"))})).await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    ingest(&app, &bucket, &secret, json!({"type": "x", "ref": "R-1"})).await;
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let sent = &rx.succeeded()[0];
+    assert_eq!(sent.headers.get("authorization").map(String::as_str), Some("Bearer legacy-token-31"));
+}
