@@ -155,8 +155,8 @@ impl IngestOk {
 }
 
 pub enum IngestErr {
-    /// 401: why, and the message answered (see [`verify::Refusal`]).
-    Unauthorized(verify::Refusal, String),
+    /// 401: why (see [`verify::Refused`]).
+    Unauthorized(verify::Refused),
     Disabled,
     /// The adapter is being removed (drained); the bucket no longer takes events.
     Gone,
@@ -527,7 +527,7 @@ impl AdapterState {
             Verdict::Authentic(_) => Ok(()),
             // Nothing is recorded for an unauthenticated request: it must not write to the
             // store or replace the operator's `last_error` (the daemon log says why).
-            Verdict::Unauthorized(refusal, message) => Err(IngestErr::Unauthorized(refusal, message)),
+            Verdict::Unauthorized(refused) => Err(IngestErr::Unauthorized(refused)),
             Verdict::Unverifiable(e) => Err(IngestErr::Unverifiable(e)),
         }
     }

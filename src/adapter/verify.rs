@@ -213,7 +213,7 @@ impl Proof {
 const FALLBACK: &str = "send X-Webhook-Secret with the adapter's webhook_secret";
 const ALSO_WRONG_SECRET: &str = "; X-Webhook-Secret does not match the adapter's webhook_secret either";
 
-/// Why an ingest was refused (401). [`Refusal::answer`] is answered to the sender, who may
+/// Why an ingest was refused (401). [`Refused::answer`] is answered to the sender, who may
 /// be anyone: it says what to fix, never a secret or the expected signature (nor, there, a
 /// connection's ID); [`Refusal::message`] is the admin's fuller version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +245,7 @@ impl Refusal {
         }
     }
 
-    /// Why, in full (the admin's status view; the 401 says [`Refusal::answer`] of it).
+    /// Why, in full (the admin's status view; the 401 says [`Refused::answer`] of it).
     /// `secret_sent`: an `X-Webhook-Secret` was sent and did not match
     /// (said too, when the `Mux-Signature` is what was refused).
     pub fn message(&self, secret_sent: bool) -> String {
@@ -284,25 +284,36 @@ impl Refusal {
             Refusal::Signature(e) => format!("{e}{also}"),
         }
     }
+}
 
-    /// What the 401 itself says, given the full `message` (kept for the admin's status view,
-    /// see `http/refusals.rs`): the same, except that an anonymous sender is not told a
-    /// connection's ID or the admin routes that fix it.
-    pub fn answer(&self, message: &str) -> String {
-        match self {
-            Refusal::NoSigningSecret { connection_id } => {
-                let whose = match connection_id {
-                    Some(_) => "the adapter's Mux connection has",
-                    None => "the adapter's connection.credentials have",
-                };
-                let also = if message.ends_with(ALSO_WRONG_SECRET) { ALSO_WRONG_SECRET } else { "" };
-                format!(
-                    "Mux-Signature cannot be verified: {whose} no webhook_signing_secret, so signed ingests are \
-                     refused (the adapter's status, last_refused_ingest, says how to set one), or {FALLBACK}{also}"
-                )
-            }
-            _ => message.to_string(),
-        }
+/// A refused ingest: why, and whether a wrong `X-Webhook-Secret` was sent beside the
+/// `Mux-Signature` that is what was refused (said in both messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub refusal: Refusal,
+    secret_sent: bool,
+}
+
+impl Refused {
+    /// Why, in full (the admin's status view; see [`Refusal::message`]).
+    pub fn message(&self) -> String {
+        self.refusal.message(self.secret_sent)
+    }
+
+    /// What the 401 itself says, given the full [`Refused::message`] (kept for the admin's
+    /// status view, see `http/refusals.rs`): the same, except that an anonymous sender is not
+    /// told a connection's ID or the admin routes that fix it.
+    pub fn answer(&self, message: String) -> String {
+        let Refusal::NoSigningSecret { connection_id } = &self.refusal else { return message };
+        let whose = match connection_id {
+            Some(_) => "the adapter's Mux connection has",
+            None => "the adapter's connection.credentials have",
+        };
+        let also = if self.secret_sent { ALSO_WRONG_SECRET } else { "" };
+        format!(
+            "Mux-Signature cannot be verified: {whose} no webhook_signing_secret, so signed ingests are refused (the \
+             adapter's status, last_refused_ingest, says how to set one), or {FALLBACK}{also}"
+        )
     }
 }
 
@@ -310,8 +321,8 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Authentic(Proof),
-    /// 401: no valid signature, no matching secret; the message says why.
-    Unauthorized(Refusal, String),
+    /// 401: no valid signature, no matching secret.
+    Unauthorized(Refused),
     /// 503: a native signature hookline cannot check (its secrets cannot be decrypted) on a
     /// request nothing else authenticates; not the sender's fault.
     Unverifiable(String),
@@ -362,10 +373,9 @@ pub fn verdict(
             _ => Refusal::NoCredentials { mux, mux_signature_ignored: mux_signature && !mux },
         },
     };
-    let message = refusal.message(
-        secret == SecretCheck::Wrong && matches!(refusal, Refusal::Signature(_) | Refusal::NoSigningSecret { .. }),
-    );
-    Verdict::Unauthorized(refusal, message)
+    let secret_sent =
+        secret == SecretCheck::Wrong && matches!(refusal, Refusal::Signature(_) | Refusal::NoSigningSecret { .. });
+    Verdict::Unauthorized(Refused { refusal, secret_sent })
 }
 
 /// The PATCH answer's warning for a Mux adapter without a signing secret (on its connection,
@@ -502,7 +512,7 @@ mod tests {
     fn the_verdict_takes_a_secret_or_a_valid_signature() {
         use super::super::mux::MuxSignatureError as E;
         let refusal = |v: Verdict| match v {
-            Verdict::Unauthorized(r, message) => (r.kind(), message),
+            Verdict::Unauthorized(r) => (r.refusal.kind(), r.message()),
             other => panic!("{other:?}"),
         };
         let (kind, m) = refusal(verdict(1, SecretCheck::Absent, None, true, false));

@@ -19,7 +19,7 @@ use crate::adapter::mux::Lifecycle;
 use crate::adapter::records::{self, AdapterStats, BatchRecord, ObjectRecord, STATS_KEY};
 use crate::adapter::registry::{LifecyclePlan, MuxWebhook, Patched};
 use crate::adapter::spec::PatchBucket;
-use crate::adapter::verify::{self, Gate, NativeCheck, Proof, SecretCheck, Verdict};
+use crate::adapter::verify::{self, Gate, NativeCheck, Proof, Refused, SecretCheck, Verdict};
 use crate::adapter::RegistryMsg;
 use crate::ask;
 use crate::catalog::Bucket;
@@ -186,9 +186,8 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                 };
                 let proof = match authenticate(state, gate, req).await {
                     Verdict::Authentic(proof) => proof,
-                    Verdict::Unauthorized(refusal, message) => {
-                        state.refusals.record(&bucket_id, &refusal, &message);
-                        return ("unauthorized", Err(ApiError::UnauthorizedMsg(refusal.answer(&message))));
+                    Verdict::Unauthorized(refused) => {
+                        return ("unauthorized", Err(refuse(state, &bucket_id, &refused)))
                     }
                     Verdict::Unverifiable(message) => return ("error", Err(unverifiable(&message))),
                 };
@@ -257,10 +256,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             }
             (status.as_str(), Ok(json(StatusCode::OK, &body)))
         }
-        Err(IngestErr::Unauthorized(refusal, message)) => {
-            state.refusals.record(&bucket_id, &refusal, &message);
-            ("unauthorized", Err(ApiError::UnauthorizedMsg(refusal.answer(&message))))
-        }
+        Err(IngestErr::Unauthorized(refused)) => ("unauthorized", Err(refuse(state, &bucket_id, &refused))),
         Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
         Err(IngestErr::Invalid { field, message, commit }) => {
             // The failure counter is part of the status: answer once it is stored.
@@ -280,6 +276,14 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             ("not_found", Err(ApiError::NotFound(format!("bucket {bucket_id} has no source adapter"))))
         }
     }
+}
+
+/// The 401 for a refused ingest, recorded first as the bucket's last refused ingest (in
+/// memory: see `http/refusals.rs`), with the full message the answer is made from.
+fn refuse(state: &HttpState, bucket_id: &BucketId, refused: &Refused) -> ApiError {
+    let message = refused.message();
+    state.refusals.record(bucket_id, &refused.refusal, &message);
+    ApiError::UnauthorizedMsg(refused.answer(message))
 }
 
 /// 503 for a native signature whose secrets cannot be read (e.g. after a master key change):
