@@ -47,12 +47,9 @@ impl PropertyType {
 
     /// The value as stored when it fits this type: an int written as `5.0` is stored as `5`.
     pub fn fit(&self, v: &serde_json::Value) -> Option<serde_json::Value> {
-        if !self.accepts(v) {
-            return None;
-        }
-        match (self, integral(v)) {
-            (PropertyType::Int, Some(i)) => Some(i.into()),
-            _ => Some(v.clone()),
+        match self {
+            PropertyType::Int if !(v.is_i64() || v.is_u64()) => integral(v).map(serde_json::Value::from),
+            _ => self.accepts(v).then(|| v.clone()),
         }
     }
 

@@ -338,23 +338,26 @@ impl Connection {
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         });
-        if self.provider_type == ProviderType::GenericWebhook {
+        match self.provider_type {
             // Where its headers may go (no secret): null for a connection saved before it
             // was asked for.
-            v["url"] = match self.open(secrets) {
-                Ok(ProviderConfig::Generic(g)) => g.url.into(),
-                _ => serde_json::Value::Null,
-            };
-        }
-        if self.provider_type == ProviderType::Mux {
-            v["webhook_signing_secret"] = match self.open(secrets) {
-                Ok(cfg) => match cfg.mux_signing_secrets().len() {
-                    0 => serde_json::Value::Null,
-                    1 => SIGNING_SECRET_SHOWN.into(),
-                    n => format!("({n} set; never shown)").into(),
-                },
-                Err(_) => "(unreadable with the current master key)".into(),
-            };
+            ProviderType::GenericWebhook => {
+                v["url"] = match self.open(secrets) {
+                    Ok(ProviderConfig::Generic(g)) => g.url.into(),
+                    _ => serde_json::Value::Null,
+                };
+            }
+            ProviderType::Mux => {
+                v["webhook_signing_secret"] = match self.open(secrets) {
+                    Ok(cfg) => match cfg.mux_signing_secrets().len() {
+                        0 => serde_json::Value::Null,
+                        1 => SIGNING_SECRET_SHOWN.into(),
+                        n => format!("({n} set; never shown)").into(),
+                    },
+                    Err(_) => "(unreadable with the current master key)".into(),
+                };
+            }
+            ProviderType::Supabase => {}
         }
         v
     }

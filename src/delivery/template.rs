@@ -428,7 +428,8 @@ fn prepaid_builtin(
     for arg in args {
         prepay(state, arg)?;
     }
-    if let Some(n) = tojson_indent(args).filter(|n| name == "tojson" && *n > MAX_TOJSON_INDENT as f64) {
+    let indent = if name == "tojson" { tojson_indent(args) } else { None };
+    if let Some(n) = indent.filter(|n| *n > MAX_TOJSON_INDENT as f64) {
         // minijinja builds the indented text whole before any of it is charged: an indent
         // of 100 million made gigabytes of spaces from a ten-item payload. (Worded as
         // minijinja's own limits, so a save refuses a template that always exceeds it.)

@@ -206,8 +206,7 @@ impl AdapterState {
             return Err(self.fail(now, PayloadError("this event changes an object but names no upstream ID".into())));
         };
         let hash = records::dedup_hash(ext);
-        let ids = self.xids.get(&hash).cloned().unwrap_or_default();
-        let (mut buffered, mut stored) = match self.stored_objects(&hash, ids).await {
+        let (mut buffered, mut stored) = match self.indexed_objects(&hash).await {
             Ok(found) => found,
             Err(e) => return Err(self.retry(now, format!("read objects: {e}"))),
         };
@@ -219,8 +218,7 @@ impl AdapterState {
         let mut rekeyed: Vec<ObjectId> = Vec::new();
         if let (Some(previous), Some(_)) = (screened.previous_external_id.as_deref(), &draft) {
             let old_hash = records::dedup_hash(previous);
-            let old_ids = self.xids.get(&old_hash).cloned().unwrap_or_default();
-            let (old_buffered, old_stored) = match self.stored_objects(&old_hash, old_ids).await {
+            let (old_buffered, old_stored) = match self.indexed_objects(&old_hash).await {
                 Ok(found) => found,
                 Err(e) => return Err(self.retry(now, format!("read objects: {e}"))),
             };
@@ -319,13 +317,10 @@ impl AdapterState {
         self.dedup.insert(hash, id);
     }
 
-    /// Splits indexed objects into buffered IDs and stored records; drops index entries of
-    /// objects that are gone (deleted through the objects API).
-    async fn stored_objects(
-        &mut self,
-        hash: &str,
-        ids: Vec<ObjectId>,
-    ) -> Result<(Vec<ObjectId>, Vec<ObjectRecord>), StoreError> {
+    /// Splits the objects indexed under external-ID `hash` into buffered IDs and stored
+    /// records; drops index entries of objects that are gone (deleted through the objects API).
+    async fn indexed_objects(&mut self, hash: &str) -> Result<(Vec<ObjectId>, Vec<ObjectRecord>), StoreError> {
+        let ids = self.xids.get(hash).cloned().unwrap_or_default();
         let mut buffered = Vec::new();
         let mut stored = Vec::new();
         let mut missing = Vec::new();
