@@ -195,6 +195,15 @@ pub fn external_id(
         ProviderType::Mux => Ok(mux::event_asset_id(payload).map(str::to_string)),
         ProviderType::Supabase => {
             let ev = db_event(payload)?;
+            if let Some((schema, table)) = adapter.table() {
+                if (ev.schema.as_str(), ev.table.as_str()) != (schema, table) {
+                    return Err(PayloadError(format!(
+                        "the event is about a row of {}.{}, and this adapter takes rows of {schema}.{table} only \
+                         (source_adapter.table, schema)",
+                        ev.schema, ev.table
+                    )));
+                }
+            }
             let col = adapter.id_column();
             match ev.primary_key(col) {
                 Some(id) => Ok(Some(id)),

@@ -258,6 +258,8 @@ pub(crate) mod tests {
             writeback: i.writeback,
             event_type_field: i.event_type_field,
             id_column: i.id_column,
+            table: i.table,
+            schema: i.schema,
             webhook_secret_sha256: String::new(),
             configured_at: String::new(),
         }

@@ -776,6 +776,8 @@ impl RegistryState {
             writeback: input.writeback,
             event_type_field: input.event_type_field,
             id_column: input.id_column,
+            table: input.table,
+            schema: input.schema,
             webhook_secret_sha256: digest,
             configured_at: now_rfc3339(),
         };

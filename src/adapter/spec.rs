@@ -208,6 +208,13 @@ pub struct SourceAdapterInput {
     /// (default `id`).
     #[serde(default)]
     pub id_column: Option<String>,
+    /// supabase only: the table whose rows this adapter takes (events from any other are
+    /// refused) and writes back to. Required with a writeback: see [`SourceAdapter::table`].
+    #[serde(default)]
+    pub table: Option<String>,
+    /// supabase only: the table's schema (default `public`); needs `table`.
+    #[serde(default)]
+    pub schema: Option<String>,
     #[serde(default, deserialize_with = "crate::util::null_as_default")]
     pub rotate_secret: bool,
     /// Read-only fields of the GET view, accepted and ignored so that a bucket's
@@ -273,6 +280,16 @@ pub struct SourceAdapter {
     pub event_type_field: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_column: Option<String>,
+    /// Supabase: the table the adapter takes rows of and writes back to. Why pinned here and
+    /// not taken from each event: the event's `table` and `schema` come from whoever holds
+    /// the webhook secret, and a writeback PATCHes with the service-role key, which passes
+    /// row-level security; taken from the event, that secret would aim service-role writes
+    /// at any row of any table. Adapters saved before it existed have none: they still
+    /// ingest, but write nothing back until it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// Hex SHA-256 of the webhook secret (never the secret itself).
     pub webhook_secret_sha256: String,
     pub configured_at: String,
@@ -282,6 +299,11 @@ impl SourceAdapter {
     /// The Supabase primary-key column (`id_column`, default `id`).
     pub fn id_column(&self) -> &str {
         self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)
+    }
+
+    /// Supabase: the pinned `(schema, table)` (schema default `public`), if `table` is set.
+    pub fn table(&self) -> Option<(&str, &str)> {
+        self.table.as_deref().map(|t| (self.schema.as_deref().unwrap_or(super::supabase::DEFAULT_SCHEMA), t))
     }
 
     /// The public view: no secret digest, no sealed credentials; plus `effective`, the
@@ -554,6 +576,31 @@ impl SourceAdapterInput {
                 ));
             }
         }
+        for (name, value) in [("table", &self.table), ("schema", &self.schema)] {
+            let Some(value) = value else { continue };
+            if self.adapter_type != ProviderType::Supabase {
+                return Err(ApiError::validation(f(name), "only supabase adapters take it"));
+            }
+            if !super::supabase::is_safe_identifier(value) {
+                return Err(ApiError::validation(
+                    f(name),
+                    format!("must be a plain {name} name (letters, digits, _; at most 63 bytes)"),
+                ));
+            }
+        }
+        if self.schema.is_some() && self.table.is_none() {
+            return Err(ApiError::validation(f("schema"), "names the schema of `table`: set table too"));
+        }
+        if self.adapter_type == ProviderType::Supabase
+            && self.table.is_none()
+            && self.writeback.as_ref().is_some_and(|w| w.enabled)
+        {
+            return Err(ApiError::validation(
+                f("table"),
+                "a supabase writeback PATCHes with the service-role key: set table (and schema, default public) \
+                 to the table the rows come from; events from any other table are then refused",
+            ));
+        }
         if let Some(etf) = &self.event_type_field {
             if self.adapter_type != ProviderType::GenericWebhook {
                 return Err(ApiError::validation(f("event_type_field"), "only generic_webhook adapters take it"));
@@ -608,6 +655,15 @@ mod tests {
             (json!({"adapter_type": "mux", "event_type_field": "kind"}), "source_adapter.event_type_field"),
             (json!({"adapter_type": "mux", "id_column": "id"}), "source_adapter.id_column"),
             (json!({"adapter_type": "supabase", "id_column": "a-b"}), "source_adapter.id_column"),
+            (json!({"adapter_type": "mux", "table": "t"}), "source_adapter.table"),
+            (json!({"adapter_type": "supabase", "table": "t; drop"}), "source_adapter.table"),
+            (json!({"adapter_type": "supabase", "table": "t", "schema": "a.b"}), "source_adapter.schema"),
+            (json!({"adapter_type": "supabase", "schema": "media"}), "source_adapter.schema"),
+            (
+                json!({"adapter_type": "supabase", "connection_id": "conn_x", "batching": {"mode": "count"},
+                    "writeback": {"field_mapping": [{"source_path": "a", "target_field": "b"}]}}),
+                "source_adapter.table",
+            ),
             (
                 json!({"adapter_type": "mux", "connection": {"credentials": {"access_token_id": "x"}}}),
                 "source_adapter.connection.credentials.access_token_secret",
@@ -657,6 +713,8 @@ mod tests {
             writeback: None,
             event_type_field: None,
             id_column: None,
+            table: None,
+            schema: None,
             webhook_secret_sha256: digest,
             configured_at: String::new(),
         };

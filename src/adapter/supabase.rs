@@ -19,6 +19,9 @@ pub const DEFAULT_EVENT_TYPES: &[&str] = &["INSERT", "UPDATE"];
 /// Primary-key column when the adapter does not name one.
 pub const DEFAULT_ID_COLUMN: &str = "id";
 
+/// The schema of a pinned table when the adapter names none (PostgREST's default too).
+pub const DEFAULT_SCHEMA: &str = "public";
+
 /// Postgres truncates identifiers at 63 bytes (NAMEDATALEN − 1).
 const MAX_IDENTIFIER_LEN: usize = 63;
 

@@ -67,7 +67,7 @@ async fn supabase_on_alert_patches_the_row_with_the_mapped_results_once() {
         &app,
         "listings",
         json!({"title": {"type": "string"}, "listing_url": {"type": "string"}}),
-        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "id_column": "listing_url",
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "id_column": "listing_url", "table": "listings",
             "field_mapping": {"record.title": "title", "record.listing_url": "listing_url"},
             "batching": {"mode": "immediate"}, "writeback": seed_writeback()}),
     )

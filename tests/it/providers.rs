@@ -543,6 +543,7 @@ async fn supabase_row_walks_one_object_through_created_updated_deleted() {
             &format!("/v1/buckets/{bucket}"),
             json!({"source_adapter": {
                 "adapter_type": "supabase",
+                "table": "listings",
                 "connection": {"credentials": {"url": "https://abcd.supabase.co", "service_role_key": "srk-secret"}},
                 "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
                 "id_column": "listing_id",

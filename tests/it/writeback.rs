@@ -158,7 +158,7 @@ async fn supabase_count_batch_patches_each_row_through_postgrest() {
         &app,
         "listings",
         json!({"title": {"type": "string"}}),
-        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"],
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
             "field_mapping": {"record.title": "title"},
             "batching": {"mode": "count", "max_batch_size": 2, "auto_submit": true},
             "writeback": {"enabled": true, "trigger": "on_batch_complete", "field_mapping": [
@@ -192,6 +192,112 @@ async fn supabase_count_batch_patches_each_row_through_postgrest() {
             .await
     );
     assert!(!app.log().contains(key), "the service-role key must never be logged");
+}
+
+/// A Supabase writeback goes with the service-role key, which passes row-level security, so
+/// its table is the adapter's, never the event's: the webhook secret alone must not aim
+/// service-role writes at another table. A writeback without a pinned table is refused; an
+/// event about another table (or schema) is a 422 that stores nothing and writes nothing.
+#[tokio::test]
+async fn supabase_writes_back_only_to_the_pinned_table() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let conn = supabase_connection(&app, &pg.url(""), "srk-pinned-0042").await;
+    let mut adapter = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"],
+        "field_mapping": {"record.title": "title"},
+        "batching": {"mode": "count", "max_batch_size": 1, "auto_submit": true},
+        "writeback": {"enabled": true, "trigger": "on_batch_complete",
+            "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}});
+    let bucket = app.create_bucket("clips", json!({"title": {"type": "string"}})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.table")), "{b}");
+    adapter["table"] = json!("clips");
+    adapter["schema"] = json!("media");
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!((&b["source_adapter"]["table"], &b["source_adapter"]["schema"]), (&json!("clips"), &json!("media")));
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+
+    let event = |schema: &str, table: &str, id: u64| json!({"type": "INSERT", "table": table, "schema": schema, "record": {"id": id, "title": "pwned"}});
+    for (schema, table) in [("billing", "admin_users"), ("public", "clips"), ("media", "admin_users")] {
+        let (s, r) = app
+            .post_raw(
+                &format!("{path}/source-adapter/ingest"),
+                event(schema, table, 1).to_string(),
+                &[("X-Webhook-Secret", &secret), ("Content-Type", "application/json")],
+            )
+            .await;
+        assert_eq!(s, 422, "{schema}.{table}: {r}");
+        assert!(r["error"]["message"].as_str().unwrap_or("").contains("media.clips only"), "{r}");
+    }
+    let (_, objects) = app.get(&format!("{path}/objects")).await;
+    assert_eq!(objects["results"], json!([]), "a refused event stores nothing");
+
+    let r = ingest(
+        &app,
+        &bucket,
+        &secret,
+        json!({"type": "INSERT", "table": "clips", "schema": "media",
+        "record": {"id": 7, "title": "Intro"}}),
+    )
+    .await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "{}", status(&app, &bucket).await);
+    let seen = pg.seen();
+    assert_eq!(seen.len(), 1, "only the pinned table's row is written: {seen:?}");
+    assert_eq!((seen[0].path.as_str(), seen[0].query.as_str()), ("/rest/v1/clips", "id=eq.7"));
+    assert_eq!(seen[0].headers.get("content-profile").map(String::as_str), Some("media"));
+    assert_eq!(seen[0].body, json!({"title": "Intro"}));
+}
+
+/// An adapter saved before `table` existed (a writeback, no table) still ingests, but
+/// writes nothing back: its jobs wait, saying why, and go through once `table` is set.
+#[tokio::test]
+async fn a_supabase_writeback_saved_without_a_table_waits_for_one() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let conn = supabase_connection(&app, &pg.url(""), "srk-legacy-0042").await;
+    let adapter = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
+        "field_mapping": {"record.title": "title"},
+        "batching": {"mode": "count", "max_batch_size": 1, "auto_submit": true},
+        "writeback": {"enabled": true, "trigger": "on_batch_complete",
+            "field_mapping": [{"source_path": "status", "target_field": "mp_status"}]}});
+    let (bucket, secret) = bucket_with(&app, "legacy", json!({"title": {"type": "string"}}), adapter.clone()).await;
+    // As a binary from before `table` existed stored it.
+    assert_eq!(app.stop(), Some(0));
+    {
+        let backend = app.stopped_sled().await;
+        let key = format!("bkt\0{bucket}");
+        let raw = backend.get(key.as_bytes()).unwrap().expect("the bucket record");
+        let mut record: Value = serde_json::from_slice(&raw).unwrap();
+        record["source_adapter"].as_object_mut().unwrap().remove("table");
+        let mut b = Batch::new();
+        b.put(Keyspace::BUCKETS, &bucket, &record);
+        backend.apply(&b).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+    app.start_again().await;
+    let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    assert_eq!(view["source_adapter"]["table"], Value::Null, "{view}");
+    // Still ingests, from any table, as before; writes nothing back.
+    ingest(&app, &bucket, &secret, db_insert("other", json!({"id": 3, "title": "Loft"}))).await;
+    ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 4, "title": "Studio"}))).await;
+    let waiting = || async {
+        status(&app, &bucket).await["last_error"].as_str().unwrap_or("").contains("source_adapter.table is not set")
+    };
+    assert!(eventually(WAIT, waiting).await, "{}", status(&app, &bucket).await);
+    assert!(pg.seen().is_empty(), "nothing goes to a table the event named: {:?}", pg.seen());
+    // Pinned: the listings row is written, the other table's object is not.
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "{}", status(&app, &bucket).await);
+    let gone = || async { status(&app, &bucket).await["last_error"].as_str().unwrap_or("").contains("public.other") };
+    assert!(eventually(WAIT, gone).await, "{}", status(&app, &bucket).await);
+    let seen = pg.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].path.as_str(), seen[0].query.as_str()), ("/rest/v1/listings", "id=eq.4"));
 }
 
 #[tokio::test]
@@ -435,7 +541,7 @@ async fn a_get_view_sent_back_keeps_the_adapter_and_its_credentials() {
         &app,
         "roundtrip",
         json!({"title": {"type": "string"}}),
-        json!({"adapter_type": "supabase",
+        json!({"adapter_type": "supabase", "table": "items",
             "connection": {"credentials": {"url": pg.url(""), "service_role_key": key}},
             "field_mapping": {"record.title": "title"},
             "batching": {"mode": "count", "max_batch_size": 1},
@@ -604,7 +710,7 @@ async fn a_supabase_url_with_a_path_is_refused_and_the_project_url_writes_back()
         &app,
         "listings",
         json!({"title": {"type": "string"}}),
-        json!({"adapter_type": "supabase", "connection_id": conn_id,
+        json!({"adapter_type": "supabase", "connection_id": conn_id, "table": "listings",
             "field_mapping": {"record.title": "title"},
             "batching": {"mode": "count", "max_batch_size": 1, "auto_submit": true},
             "writeback": {"enabled": true, "trigger": "on_batch_complete",

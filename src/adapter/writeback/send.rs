@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::job::Job;
 use crate::adapter::spec::SourceAdapter;
-use crate::adapter::supabase::{WritebackRequest, WritebackTarget};
+use crate::adapter::supabase::{WritebackRequest, WritebackTarget, DEFAULT_SCHEMA};
 use crate::catalog::connection::ProviderConfig;
 use crate::catalog::{Connection, ProviderType};
 use crate::delivery::client::RESPONSE_CAP;
@@ -90,13 +90,26 @@ impl Sender {
                         "the supabase adapter has no url/service_role_key (connection or credentials)",
                     ));
                 };
-                let Some(table) = job.table.as_deref() else {
-                    return Err(permanent("the object does not record its Supabase table"));
+                // The adapter's table, never the event's (see `SourceAdapter::table`). A
+                // job from before the pin waits for it (retried), so setting it lets the
+                // pending ones through.
+                let Some((schema, table)) = self.adapter.table() else {
+                    return Err(retriable(
+                        "source_adapter.table is not set: a supabase writeback goes only to the table the adapter \
+                         is pinned to (set table, and schema if not public, with a PATCH of the bucket)",
+                    ));
                 };
+                let from = (job.schema.as_deref().unwrap_or(DEFAULT_SCHEMA), job.table.as_deref().unwrap_or(table));
+                if from != (schema, table) {
+                    return Err(permanent(format!(
+                        "the object came from {}.{}, and the adapter writes back to {schema}.{table} only",
+                        from.0, from.1
+                    )));
+                }
                 let target = WritebackTarget {
                     url: &cfg.url,
                     service_role_key: &cfg.service_role_key,
-                    schema: job.schema.as_deref().unwrap_or("public"),
+                    schema,
                     table,
                     id_column: self.adapter.id_column(),
                 };
