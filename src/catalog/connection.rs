@@ -141,6 +141,15 @@ impl ProviderConfig {
             crate::error::deserialize_at(Some(at), v)
         }
         let field = |name: &str| format!("{at}.{name}");
+        if let Some((path, shown)) = placeholder_in(&v) {
+            return Err(ApiError::validation(
+                format!("{at}.{path}"),
+                format!(
+                    "{shown:?} is how the API shows a stored secret, not a secret: send the real value (saved as \
+                     is, it would be a secret anyone can read here)"
+                ),
+            ));
+        }
         let cfg = match provider_type {
             ProviderType::Mux => {
                 // `[]` would read as "no secret", silently: say so instead (leave the field out
@@ -363,6 +372,43 @@ impl Connection {
     }
 }
 
+/// The first string in `v` that is one of the forms the API shows in place of a secret
+/// (`(set; never shown)`, `(3 set; never shown)`, `********`), with its dot-path. Why: sent
+/// back from a GET view as if it were the value, it would be saved as the secret, one that
+/// anyone can read in this README (a Mux signing secret then lets anyone sign lifecycle
+/// deletes). Nothing a provider issues looks like these.
+fn placeholder_in(v: &serde_json::Value) -> Option<(String, String)> {
+    match v {
+        serde_json::Value::String(s) => is_placeholder(s).then(|| (String::new(), s.clone())),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| placeholder_in(item).map(|(p, s)| (join_path(&i.to_string(), &p), s))),
+        serde_json::Value::Object(m) => {
+            m.iter().find_map(|(k, item)| placeholder_in(item).map(|(p, s)| (join_path(k, &p), s)))
+        }
+        _ => None,
+    }
+}
+
+fn join_path(head: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}.{rest}")
+    }
+}
+
+fn is_placeholder(s: &str) -> bool {
+    let s = s.trim();
+    if s == SIGNING_SECRET_SHOWN || s == crate::delivery::channel::REDACTED {
+        return true;
+    }
+    s.strip_prefix('(')
+        .and_then(|r| r.strip_suffix(" set; never shown)"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `POST /v1/organizations/connections` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -450,6 +496,41 @@ mod tests {
         assert!(g(Some("https://hooks.example.com")).allows("https://hooks.example.com/any/path"));
         assert!(g(Some("https://hooks.example.com/in/")).allows("https://hooks.example.com/in/x"));
         assert!(g(None).allows("https://anywhere.example.com/"), "a connection saved before url was asked for");
+    }
+
+    #[test]
+    fn a_shown_placeholder_is_refused_as_a_secret() {
+        let field = |t: ProviderType, v: serde_json::Value| match ProviderConfig::parse(t, v) {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("not refused: {other:?}"),
+        };
+        let mux = |secret: serde_json::Value| serde_json::json!({"access_token_id": "i", "access_token_secret": "s", "webhook_signing_secret": secret});
+        assert_eq!(
+            field(ProviderType::Mux, mux("(set; never shown)".into())),
+            "provider_config.webhook_signing_secret"
+        );
+        assert_eq!(
+            field(ProviderType::Mux, mux(serde_json::json!(["real-one", " (2 set; never shown)"]))),
+            "provider_config.webhook_signing_secret.1"
+        );
+        assert_eq!(
+            field(
+                ProviderType::Supabase,
+                serde_json::json!({"url": "https://x.supabase.co", "service_role_key": "********"})
+            ),
+            "provider_config.service_role_key"
+        );
+        assert_eq!(
+            field(
+                ProviderType::GenericWebhook,
+                serde_json::json!({"url": "https://h.example.com", "headers": {"Authorization": "********"}})
+            ),
+            "provider_config.headers.Authorization"
+        );
+        // Look-alikes are secrets like any other.
+        for ok in ["(set; shown)", "(x set; never shown)", "***", "a ******** b"] {
+            assert!(ProviderConfig::parse(ProviderType::Mux, mux(ok.into())).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -471,6 +471,12 @@ async fn mux_adapter_configuration_rules() {
             "source_adapter.connection.credentials.access_token_secret",
         ),
         (json!({"adapter_type": "supabase", "id_column": "no-dash"}), "source_adapter.id_column"),
+        // A shown placeholder is not a secret (the whole credentials as one keeps the stored ones).
+        (
+            json!({"adapter_type": "mux", "connection": {"credentials": {"access_token_id": "x",
+                "access_token_secret": "y", "webhook_signing_secret": "(set; never shown)"}}}),
+            "source_adapter.connection.credentials.webhook_signing_secret",
+        ),
         // The blob's property, named or by default, must be in the schema with its type.
         (
             json!({"adapter_type": "generic_webhook", "blob_source": {"file_field": "url", "blob_type": "image"}}),
@@ -928,11 +934,27 @@ async fn a_mux_connection_holds_a_secret_per_endpoint_and_patch_replaces_them() 
             json!({"provider_config": {"access_token_id": "i", "access_token_secret": "s", "webhook_signing_secret": []}}),
             "provider_config.webhook_signing_secret",
         ),
+        // What the view shows in place of the secret is not a secret: saved, anyone could sign.
+        (
+            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET,
+                "webhook_signing_secret": view["webhook_signing_secret"]}}),
+            "provider_config.webhook_signing_secret",
+        ),
+        (
+            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": "********",
+                "webhook_signing_secret": "whsec-new"}}),
+            "provider_config.access_token_secret",
+        ),
     ] {
         let (s, r) = app.patch(&path, body.clone()).await;
         assert_eq!(s, 422, "{body}: {r}");
         assert!(r.to_string().contains(field), "{body}: {r}");
     }
+    assert_eq!(view["webhook_signing_secret"], "(set; never shown)");
+    let (s, _) = signed_ingest("(set; never shown)", "AsSeTmUlTi04").await;
+    assert_eq!(s, 401, "the placeholder was not saved as the secret");
+    let (s, r) = signed_ingest("whsec-rotated", "AsSeTmUlTi04").await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "the refused PATCHes changed nothing: {r}");
     let (s, _) = app.patch("/v1/organizations/connections/conn_01J0000000000000000000000", json!({"name": "x"})).await;
     assert_eq!(s, 404);
 }
