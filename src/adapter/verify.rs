@@ -456,12 +456,11 @@ pub fn credentials(
 /// connection's signing secrets: 404 for an unknown or non-Mux connection, 401 for a
 /// missing or bad signature, 503 when the connection cannot be decrypted.
 pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, raw: &Bytes) -> Result<(), ApiError> {
-    let conn: Connection = shared
-        .store
-        .get(Keyspace::CONNECTIONS, id.as_str())?
-        .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
+    // One answer for both: an anonymous caller learns nothing of connections of other types.
+    let not_found = || ApiError::NotFound(format!("no mux connection {id}"));
+    let conn: Connection = shared.store.get(Keyspace::CONNECTIONS, id.as_str())?.ok_or_else(not_found)?;
     if conn.provider_type != ProviderType::Mux {
-        return Err(ApiError::NotFound(format!("connection {id} is not a mux connection")));
+        return Err(not_found());
     }
     // Not the sender's fault, and not a crash: 503, so Mux retries once the operator has
     // restored the master key (the log says which connection).

@@ -58,13 +58,20 @@ impl Request {
     }
 
     /// The `X-Namespace` of the request (default `default`).
+    /// A header that is there but not text, or given twice, is refused rather than read as
+    /// absent: that would silently act on the `default` namespace.
     pub fn namespace(&self) -> Result<String, ApiError> {
-        match self.header("x-namespace") {
-            None => Ok(DEFAULT_NAMESPACE.to_string()),
-            Some(ns) if valid_namespace(ns) => Ok(ns.to_string()),
-            Some(_) => Err(ApiError::BadRequest {
+        let mut given = self.headers.get_all("x-namespace").iter();
+        let only = match (given.next(), given.next()) {
+            (None, _) => return Ok(DEFAULT_NAMESPACE.to_string()),
+            (Some(ns), None) => ns.to_str().ok().filter(|ns| valid_namespace(ns)),
+            (Some(_), Some(_)) => None,
+        };
+        match only {
+            Some(ns) => Ok(ns.to_string()),
+            None => Err(ApiError::BadRequest {
                 code: "invalid_namespace",
-                message: "X-Namespace must be 1–64 characters of letters, digits, - and _".into(),
+                message: "X-Namespace must be given once, 1–64 characters of letters, digits, - and _".into(),
             }),
         }
     }

@@ -108,6 +108,24 @@ async fn namespaces_isolate_buckets() {
     assert_eq!(b["bucket_name"], "videos");
     let (s, b) = app.call_as(Method::GET, "/v1/buckets", None, Some(&app.api_key), Some("bad namespace!")).await;
     assert_eq!(s, 400, "{b}");
+    // Not text, or given twice: refused, never read as absent (which would mean `default`).
+    let send = |ns: Vec<reqwest::header::HeaderValue>| {
+        let mut rb = app.client.delete(app.url(&path)).bearer_auth(&app.api_key);
+        for v in ns {
+            rb = rb.header("X-Namespace", v);
+        }
+        rb.send()
+    };
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"\xe9quipe").unwrap();
+    let team_a = reqwest::header::HeaderValue::from_static("team-a");
+    for ns in [vec![latin1], vec![team_a.clone(), team_a]] {
+        let r = send(ns).await.unwrap();
+        assert_eq!(r.status(), 400);
+        let b: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["code"], "invalid_namespace", "{b}");
+    }
+    let (s, _) = app.call_as(Method::GET, &path, None, Some(&app.api_key), Some("team-a")).await;
+    assert_eq!(s, 200, "the refused DELETEs deleted nothing");
 }
 
 #[tokio::test]

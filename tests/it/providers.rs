@@ -703,8 +703,21 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     let stale = mux::sign(SIGNING_SECRET, now() - 600, body.as_bytes());
     let (s, _) = app.post_raw(&path, body, &[("Mux-Signature", &stale)]).await;
     assert_eq!(s, 401);
-    let (s, _) = lifecycle(&app, "conn_doesnotexist", SIGNING_SECRET, &deleted).await;
+    let (s, unknown) = lifecycle(&app, "conn_doesnotexist", SIGNING_SECRET, &deleted).await;
     assert_eq!(s, 404);
+    // Another provider's connection gets the same answer: nothing tells it apart.
+    let (_, sb) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "sb", "provider_type": "supabase",
+                "provider_config": {"url": "https://x.supabase.co", "service_role_key": "srk"}}),
+        )
+        .await;
+    let sb = sb["connection_id"].as_str().unwrap();
+    let (s, other) = lifecycle(&app, sb, SIGNING_SECRET, &deleted).await;
+    assert_eq!(s, 404);
+    let msg = |v: &Value, id: &str| v["error"]["message"].as_str().unwrap_or("").replace(id, "ID");
+    assert_eq!(msg(&other, sb), msg(&unknown, "conn_doesnotexist"), "{other} vs {unknown}");
     for b in [&b1, &b2, &b3] {
         assert_eq!(objects(&app, b).await.len(), 1, "nothing changed on 401/404");
     }
