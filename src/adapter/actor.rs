@@ -369,7 +369,8 @@ impl Actor for SourceAdapterActor {
         let b = &state.adapter.batching;
         let due = match b.mode {
             BatchMode::Immediate => !state.buffer.is_empty(),
-            BatchMode::TimeWindow => state.window_due(now_millis()),
+            // A window also flushes early once it holds max_batch_size (a smaller one now).
+            BatchMode::TimeWindow => state.window_due(now_millis()) || state.buffer.len() >= b.max_batch_size,
             BatchMode::Count => state.buffer.len() >= b.max_batch_size,
         };
         if due {

@@ -793,6 +793,35 @@ async fn time_window_flushes_after_its_window_into_a_completed_batch() {
     assert!(counted, "flush and batch.completed not counted");
 }
 
+/// A PATCH that lowers a time_window's max_batch_size to or below what is buffered flushes
+/// at once, into batches of the new size, as an ingest reaching it would (not a window later).
+#[tokio::test]
+async fn a_smaller_max_batch_size_flushes_a_window_at_once() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = bucket_with_adapter(
+        &app,
+        "tw-shrink",
+        schema(),
+        full_adapter(json!({"mode": "time_window", "window_seconds": 300, "max_batch_size": 100})),
+    )
+    .await;
+    for i in 0..3 {
+        let (s, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event(&format!("s{i}"), "video.asset.ready")).await;
+        assert_eq!((s, b["status"].as_str()), (200, Some("buffered")), "{b}");
+    }
+    let shrunk = full_adapter(json!({"mode": "time_window", "window_seconds": 300, "max_batch_size": 2}));
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": shrunk })).await;
+    assert_eq!(s, 200, "{b}");
+    let flushed = eventually(Duration::from_secs(10), || async { objects(&app, &bucket).await.len() == 3 }).await;
+    assert!(flushed, "{}", status(&app, &bucket).await);
+    assert_eq!(status(&app, &bucket).await["events_buffered"], 0);
+    let (_, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
+    let mut sizes: Vec<usize> =
+        batches["results"].as_array().unwrap().iter().map(|b| b["object_ids"].as_array().unwrap().len()).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![1, 2], "{batches}");
+}
+
 #[tokio::test]
 async fn count_flushes_at_size_and_waits_for_submit() {
     let app = TestApp::start().await;
