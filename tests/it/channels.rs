@@ -314,16 +314,22 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     let mails = smtp.messages();
     assert_eq!(mails.len(), 2, "one accepted message per address, none twice: {mails:?}");
     let delivery_id = d["delivery_id"].as_str().unwrap();
+    let mut ids = std::collections::HashSet::new();
     for (to, other) in [("lead@example.com", "ops@example.com"), ("ops@example.com", "lead@example.com")] {
         let mail = mails.iter().find(|m| m.contains(&format!("X-RcptTo: {to}"))).expect("a message for each address");
         assert!(!mail.contains(other), "its own message, its own To: {mail}");
         assert!(mail.contains("Subject: Batch bat_42: batch.completed"), "{mail}");
-        assert!(mail.contains(&format!("Message-ID: <{delivery_id}@hookline>")), "{mail}");
+        // The delivery's ID and a tag of the address: the same on each retry, one per message.
+        let id = mail.lines().find_map(|l| l.strip_prefix("Message-ID: ")).expect("a Message-ID");
+        assert!(id.starts_with(&format!("<{delivery_id}.")) && id.ends_with("@hookline>"), "{mail}");
+        assert!(!id.contains(to.split('@').next().unwrap()), "no address in clear: {id}");
+        ids.insert(id.to_string());
         assert!(mail.contains("MIME-Version: 1.0"), "{mail}");
         assert!(mail.contains("Auto-Submitted: auto-generated"), "{mail}");
         assert!(mail.contains("From: hookline <alerts@example.com>"), "{mail}");
         assert!(mail.contains(&evt) && mail.contains("\"batch_id\": \"bat_42\""), "default body has the event: {mail}");
     }
+    assert_eq!(ids.len(), 2, "two messages, two Message-IDs: {ids:?}");
     assert!(mails.iter().any(|m| m.contains("To: Lead <lead@example.com>")), "the display name is kept: {mails:?}");
     let m = app.metrics().await;
     assert!(m.contains("channel=\"email\",result=\"4xx\"") || m.contains("result=\"4xx\",channel=\"email\""), "{m}");

@@ -2,8 +2,9 @@
 //! `[delivery.email]`.
 //!
 //! The transport is built once from the config and shared by every email channel. The
-//! `Message-ID` is derived from the delivery ID, so every retry of one delivery carries the
-//! same one and a receiving system can drop duplicates. Any SMTP failure (refused connection,
+//! `Message-ID` is derived from the delivery ID and the address, so every retry of one
+//! delivery to one address carries the same one and a receiving system can drop duplicates,
+//! while the messages to two addresses never share one. Any SMTP failure (refused connection,
 //! 4xx, 5xx, timeout) is retried on the common schedule, like an HTTP channel's non-2xx: a
 //! rejected relay login is an operator's fix, not a lost event.
 //! Each address gets its own message (its own `To:`), as each SMS number does: an address the
@@ -43,6 +44,15 @@ pub struct Mailer {
     /// The login and its base64 forms, hidden in every error an email channel records (see
     /// [`login_secrets`]).
     hidden: Vec<String>,
+}
+
+/// `<{delivery_id}.{tag}@hookline>`, the tag the first 8 bytes of the SHA-256 of the
+/// address (lower-cased, as addresses are told apart), in hex: the same on every retry to
+/// it, another for each address (RFC 5322: one ID, one message), and no address in clear.
+fn message_id(delivery: &str, to: &Mailbox) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(to.email.to_string().to_ascii_lowercase().as_bytes());
+    format!("<{delivery}.{}@hookline>", hex::encode(&digest[..8]))
 }
 
 /// What of the relay login an error must not show: a relay's reply may echo the AUTH
@@ -157,7 +167,7 @@ impl EmailChannel {
             .from(self.mailer.from.clone())
             .to(to.clone())
             .subject(subject)
-            .message_id(Some(format!("<{}@hookline>", msg.id)))
+            .message_id(Some(message_id(msg.id, to)))
             // lettre adds MIME-Version only to multipart and singlepart bodies (RFC 2045 §4).
             .header(lettre::message::header::MIME_VERSION_1_0)
             .header(ContentType::TEXT_PLAIN)
@@ -281,6 +291,16 @@ impl Channel for EmailChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_id_is_stable_per_delivery_and_address() {
+        let mb = |s: &str| s.parse::<Mailbox>().unwrap();
+        let id = message_id("del_1", &mb("Ops <ops@example.com>"));
+        assert!(id.starts_with("<del_1.") && id.ends_with("@hookline>") && !id.contains("ops"), "{id}");
+        assert_eq!(id, message_id("del_1", &mb("OPS@Example.com")), "a retry, whatever the case or name");
+        assert_ne!(id, message_id("del_1", &mb("lead@example.com")), "another address");
+        assert_ne!(id, message_id("del_2", &mb("ops@example.com")), "another delivery");
+    }
 
     #[test]
     fn nested_error_kinds_read_once() {
