@@ -2,6 +2,7 @@
 
 use warp::http::StatusCode;
 
+use super::page::Page;
 use super::request::from_value;
 use super::{empty, json, HttpState, Request, Response};
 use crate::adapter::registry::not_found_bucket;
@@ -14,15 +15,18 @@ use crate::error::ApiError;
 use crate::ids::{BucketId, ConnectionId};
 use crate::store::Keyspace;
 
+/// Unpaged before pages existed: without `limit` a page holds every connection that fits in
+/// its byte budget (in practice all of them: a view is a name, a type, two times and at most
+/// a url; only a url of a megabyte would make one large).
 pub async fn list_connections(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
-    req.known_params(&[])?;
-    let mut out = Vec::new();
-    state.shared.store.for_each::<Connection>(Keyspace::CONNECTIONS, "", |_, c| {
-        out.push(c.view(&state.shared.secrets));
-        true
+    req.known_params(&["limit", "cursor"])?;
+    let mut page = Page::results(req.page_limit_or(usize::MAX)?);
+    let after = req.cursor(|c| ConnectionId::parse(c).is_some())?;
+    state.shared.store.for_each_after::<Connection>(Keyspace::CONNECTIONS, "", after, |key, c| {
+        page.offer(key, &c.view(&state.shared.secrets))
     })?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "results": out })))
+    Ok(page.finish())
 }
 
 pub async fn create_connection(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
@@ -71,36 +75,14 @@ pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, 
     req.authenticate(state)?;
     let ns = req.namespace()?;
     req.known_params(&["limit", "cursor"])?;
-    let limit = req.page_limit()?;
-    // Buckets are keyed by ID (time-ordered): a page starts just after its cursor, which
-    // need not exist any more (deleted meanwhile).
-    let cursor = match req.query.get("cursor") {
-        None => None,
-        Some(c) => match BucketId::parse(c) {
-            Some(id) => Some(id.as_str().to_string()),
-            None => return Err(ApiError::validation("cursor", "not a cursor returned by this endpoint")),
-        },
-    };
-    let mut out: Vec<Bucket> = Vec::new();
-    let mut last_key: Option<String> = None;
-    let mut more = false;
-    // Filtered by namespace while scanning.
-    let from = cursor.as_deref().unwrap_or("");
-    state.shared.store.for_each_from::<Bucket>(Keyspace::BUCKETS, "", from, |key, b| {
-        if cursor.as_deref() == Some(key) || b.namespace != ns {
-            return true;
-        }
-        if out.len() == limit {
-            more = true;
-            return false;
-        }
-        last_key = Some(key.to_string());
-        out.push(b);
-        true
+    let mut page = Page::results(req.page_limit()?);
+    // Buckets are keyed by ID (time-ordered), filtered by namespace while scanning. The
+    // cursor's bucket need not exist any more (deleted meanwhile).
+    let after = req.cursor(|c| BucketId::parse(c).is_some())?;
+    state.shared.store.for_each_after::<Bucket>(Keyspace::BUCKETS, "", after, |key, b| {
+        b.namespace != ns || page.offer(key, &super::inbound::bucket_view(state, &b))
     })?;
-    let next_cursor = if more { last_key } else { None };
-    let out: Vec<serde_json::Value> = out.iter().map(|b| super::inbound::bucket_view(state, b)).collect();
-    Ok(json(StatusCode::OK, &serde_json::json!({ "results": out, "next_cursor": next_cursor })))
+    Ok(page.finish())
 }
 
 pub async fn create_bucket(state: &HttpState, req: &Request) -> Result<Response, ApiError> {

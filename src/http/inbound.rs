@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use warp::http::StatusCode;
 
 use super::admin::load_bucket;
+use super::page::Page;
 use super::request::from_value;
 use super::{empty, json, HttpState, Request, Response};
 use crate::adapter::actor::{AdapterMsg, IngestAuth, IngestErr, IngestOk, IngestRequest, IngestStatus};
@@ -413,22 +414,14 @@ fn page<T: DeserializeOwned + serde::Serialize>(
     valid_cursor: fn(&str) -> bool,
 ) -> Result<Response, ApiError> {
     req.known_params(&["limit", "cursor"])?;
-    let limit = req.page_limit()?;
-    let after = match req.query.get("cursor") {
-        None => None,
-        Some(c) if valid_cursor(c) => Some(records::key(&bucket.bucket_id, c)),
-        Some(_) => return Err(ApiError::validation("cursor", "not a cursor returned by this endpoint")),
-    };
+    let mut page = Page::results(req.page_limit()?);
+    let after = req.cursor(valid_cursor)?.map(|c| records::key(&bucket.bucket_id, c));
     let prefix = records::prefix(&bucket.bucket_id);
-    let mut items: Vec<(String, T)> = state.shared.store.list(ks, &prefix, after.as_deref(), limit + 1)?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|(k, _)| k[prefix.len()..].to_string())
-    } else {
-        None
-    };
-    let results: Vec<T> = items.into_iter().map(|(_, v)| v).collect();
-    Ok(json(StatusCode::OK, &serde_json::json!({"results": results, "next_cursor": next_cursor})))
+    state
+        .shared
+        .store
+        .for_each_after(ks, &prefix, after.as_deref(), |key, item: T| page.offer(&key[prefix.len()..], &item))?;
+    Ok(page.finish())
 }
 
 async fn list_objects(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {

@@ -29,10 +29,12 @@ mod inbound;
 mod limits;
 mod ops;
 mod outbound;
+mod page;
 pub mod refusals;
 mod request;
 
 pub use ops::IngestHolds;
+pub use page::PAGE_BYTES;
 pub use request::Request;
 
 use std::future::Future;

@@ -5,6 +5,7 @@
 use ractor::ActorRef;
 use warp::http::StatusCode;
 
+use super::page::Page;
 use super::{empty, json, HttpState, Request, Response};
 use crate::ask;
 use crate::delivery::model::{
@@ -66,15 +67,18 @@ async fn durable(d: crate::store::Durable) -> Result<(), ApiError> {
     d.await.map_err(|e: StoreError| ApiError::Internal(anyhow::Error::new(e).context("make the change durable")))
 }
 
+/// Unpaged before pages existed: without `limit` a page holds every webhook that fits in its
+/// byte budget (all of them, unless their templates add up to megabytes).
 async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
-    req.known_params(&[])?;
-    let mut out = Vec::new();
-    state.shared.store.for_each::<StoredWebhook>(Keyspace::WEBHOOKS, "", |_, w| {
-        out.push(w.view());
-        true
-    })?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "results": out })))
+    req.known_params(&["limit", "cursor"])?;
+    let mut page = Page::results(req.page_limit_or(usize::MAX)?);
+    let after = req.cursor(|c| WebhookId::parse(c).is_some())?;
+    state
+        .shared
+        .store
+        .for_each_after::<StoredWebhook>(Keyspace::WEBHOOKS, "", after, |key, w| page.offer(key, &w.view()))?;
+    Ok(page.finish())
 }
 
 async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
@@ -198,7 +202,9 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
                 .ok_or_else(|| ApiError::validation("before", "not a delivery_id returned by this endpoint"))?,
         ),
     };
-    let mut out = Vec::with_capacity(limit.min(128));
+    // A page may end before `limit` at its byte budget: the next one still starts at
+    // `before=<its last delivery_id>`.
+    let mut page = Page::array(limit);
     let prefix = format!("{}/", w.webhook_id.as_str());
     state.shared.store.for_each_rev::<Delivery>(
         Keyspace::DELIVERIES,
@@ -206,12 +212,12 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
         before.as_ref().map(DeliveryId::as_str),
         |_, d| {
             if status.is_none_or(|s| s == d.status) {
-                out.push(shown(&w, &d));
+                page.push(&shown(&w, &d));
             }
-            out.len() < limit
+            !page.full()
         },
     )?;
-    Ok(json(StatusCode::OK, &out))
+    Ok(page.finish())
 }
 
 async fn delivery(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<Response, ApiError> {

@@ -155,10 +155,25 @@ impl Request {
     /// A list endpoint's `limit`: 1 to [`MAX_PAGE`], 100 when absent; anything else is a 422
     /// (not silently another page size).
     pub fn page_limit(&self) -> Result<usize, ApiError> {
+        self.page_limit_or(100)
+    }
+
+    /// [`Request::page_limit`] with another default (the lists that were not paged before).
+    pub fn page_limit_or(&self, default: usize) -> Result<usize, ApiError> {
         match self.query_param::<usize>("limit")? {
-            None => Ok(100),
+            None => Ok(default),
             Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
             Some(n) => Err(ApiError::validation("limit", format!("must be within 1–{MAX_PAGE}, got {n}"))),
+        }
+    }
+
+    /// A list endpoint's `cursor`, when given: an ID of the kind the list returns (`valid`),
+    /// else a 422. The item need not exist any more: the page starts just after its key.
+    pub fn cursor(&self, valid: fn(&str) -> bool) -> Result<Option<&str>, ApiError> {
+        match self.query.get("cursor") {
+            None => Ok(None),
+            Some(c) if valid(c) => Ok(Some(c)),
+            Some(_) => Err(ApiError::validation("cursor", "not a cursor returned by this endpoint")),
         }
     }
 }

@@ -215,6 +215,22 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(String, T)>, StoreError> {
         let mut out = Vec::new();
+        self.for_each_after(ks, prefix, after, |key, value| {
+            out.push((key.to_string(), value));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Visits the values under `prefix` in key order, starting strictly after the key `after`
+    /// (a pagination cursor) when given; the visitor returns `false` to stop.
+    pub fn for_each_after<T: DeserializeOwned>(
+        &self,
+        ks: Keyspace,
+        prefix: &str,
+        after: Option<&str>,
+        f: impl FnMut(&str, T) -> bool,
+    ) -> Result<(), StoreError> {
         let start = match after {
             Some(a) => {
                 let mut k = ks.key(a);
@@ -223,16 +239,7 @@ impl Store {
             }
             None => ks.key(prefix),
         };
-        let full_prefix = ks.key(prefix);
-        self.reader.scan_from(
-            &start,
-            &full_prefix,
-            &mut decoding(ks, |key, value| {
-                out.push((key.to_string(), value));
-                out.len() < limit
-            }),
-        )?;
-        Ok(out)
+        self.reader.scan_from(&start, &ks.key(prefix), &mut decoding(ks, f))
     }
 
     /// Visits every value under `prefix` in key order; the visitor returns `false` to stop.

@@ -281,10 +281,10 @@ async fn bucket_crud_and_pagination() {
     let (s, b) = app.get("/v1/buckets?limt=5").await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("limt")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("takes limit, cursor"), "{b}");
-    for list in ["/v1/organizations/webhooks?limit=5", "/v1/organizations/connections?name=x"] {
+    for list in ["/v1/organizations/webhooks?name=x", "/v1/organizations/connections?name=x"] {
         let (s, b) = app.get(list).await;
         assert_eq!(s, 422, "{list}: {b}");
-        assert!(b["error"]["message"].as_str().unwrap().ends_with("takes none"), "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().ends_with("takes limit, cursor"), "{b}");
     }
 }
 

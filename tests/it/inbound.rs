@@ -26,10 +26,19 @@ pub async fn ingest(app: &TestApp, bucket: &str, secret: Option<&str>, body: &Va
     }
 }
 
+/// Every object of the bucket, page by page (a page ends early at 8 MiB of large objects).
 async fn objects(app: &TestApp, bucket: &str) -> Vec<Value> {
-    let (s, b) = app.get(&format!("/v1/buckets/{bucket}/objects?limit=1000")).await;
-    assert_eq!(s, 200, "{b}");
-    b["results"].as_array().unwrap().clone()
+    let mut all = Vec::new();
+    let mut path = format!("/v1/buckets/{bucket}/objects?limit=1000");
+    loop {
+        let (s, b) = app.get(&path).await;
+        assert_eq!(s, 200, "{b}");
+        all.extend(b["results"].as_array().unwrap().iter().cloned());
+        match b["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/buckets/{bucket}/objects?limit=1000&cursor={c}"),
+            None => return all,
+        }
+    }
 }
 
 async fn status(app: &TestApp, bucket: &str) -> Value {

@@ -14,5 +14,6 @@ mod outbound;
 mod outbound_crash;
 mod outbound_crosscheck;
 mod outbound_receiver;
+mod pages;
 mod providers;
 mod writeback;
