@@ -204,19 +204,18 @@ pub struct WorkerState {
     throttles: Throttles,
 }
 
-/// A worker's share of a gauge summed over all workers (with the function that adds to
-/// it), taken back when the worker's state goes, however it goes (ractor skips `post_stop`
-/// when a handler fails).
-struct GaugeShare(usize, fn(f64));
+/// A worker's share of a gauge summed over all workers, taken back when the worker's
+/// state goes, however it goes (ractor skips `post_stop` when a handler fails).
+struct GaugeShare(usize, metrics::Gauge);
 
 impl GaugeShare {
-    fn new(add: fn(f64)) -> GaugeShare {
-        GaugeShare(0, add)
+    fn new(gauge: metrics::Gauge) -> GaugeShare {
+        GaugeShare(0, gauge)
     }
 
     fn set(&mut self, value: usize) {
         if value != self.0 {
-            (self.1)(value as f64 - self.0 as f64);
+            self.1.increment(value as f64 - self.0 as f64);
             self.0 = value;
         }
     }
@@ -263,8 +262,8 @@ impl Actor for DeliveryWorker {
             refilled_order: VecDeque::new(),
             parked_due: None,
             parked: 0,
-            depth: GaugeShare::new(crate::metrics::delivery_queue_add),
-            bytes: GaugeShare::new(crate::metrics::delivery_queue_bytes_add),
+            depth: GaugeShare::new(crate::metrics::delivery_queue_depth()),
+            bytes: GaugeShare::new(crate::metrics::delivery_queue_bytes()),
             throttles: Throttles::default(),
         };
         state.load()?;
