@@ -119,6 +119,9 @@ pub struct AuthConfig {
 
 /// The longest retry delay accepted: 30 days (a longer one outlives any sane `max_age`).
 const MAX_RETRY_DELAY_SECONDS: u64 = 30 * 24 * 3600;
+/// The range of `delivery.max_queued_bytes_per_webhook`.
+const MIN_QUEUED_BYTES: u64 = 64 * 1024;
+const MAX_QUEUED_BYTES: u64 = 1 << 40;
 /// Longest `delivery.max_age_hours`: a year. Larger values only overflow time arithmetic.
 const MAX_AGE_HOURS: u64 = 24 * 366;
 
@@ -142,6 +145,10 @@ pub struct DeliveryConfig {
     /// Most pending deliveries of one webhook held in memory; the rest wait in the store
     /// and are read back in order as the queue drains (a dead receiver costs disk, not RAM).
     pub max_queued_in_memory_per_webhook: usize,
+    /// Most bytes of pending deliveries (their events' stored size, plus about 1 KiB each)
+    /// one webhook holds in memory; past it, as past the count, the rest wait in the store.
+    /// A count alone does not bound memory: events reach ~1 MiB.
+    pub max_queued_bytes_per_webhook: u64,
     /// A retry due later than this waits in the store (parked), not in memory.
     pub retry_in_memory_seconds: u64,
     /// The SMTP relay of `email` channels; unset: creating one is refused (422).
@@ -271,6 +278,7 @@ impl Default for DeliveryConfig {
             max_age_seconds: None,
             max_in_flight_per_webhook: 16,
             max_queued_in_memory_per_webhook: 10_000,
+            max_queued_bytes_per_webhook: 64 * 1024 * 1024,
             retry_in_memory_seconds: 60,
             email: None,
             sms: None,
@@ -439,6 +447,10 @@ impl Config {
         {
             bail!("delivery.max_queued_in_memory_per_webhook must be within 2 × max_in_flight_per_webhook..=10000000");
         }
+        // Below 64 KiB even small events would mostly wait in the store; past 1 TiB it bounds nothing.
+        if !(MIN_QUEUED_BYTES..=MAX_QUEUED_BYTES).contains(&d.max_queued_bytes_per_webhook) {
+            bail!("delivery.max_queued_bytes_per_webhook must be within {MIN_QUEUED_BYTES}..={MAX_QUEUED_BYTES} (64 KiB to 1 TiB)");
+        }
         if let Some(e) = &d.email {
             if e.smtp_host.trim().is_empty() {
                 bail!("delivery.email.smtp_host must not be empty");
@@ -571,6 +583,7 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.storage.path, PathBuf::from("./data"));
         assert_eq!(c.delivery.retry_schedule_seconds, DeliveryConfig::default().retry_schedule_seconds);
+        assert_eq!(c.delivery.max_queued_bytes_per_webhook, DeliveryConfig::default().max_queued_bytes_per_webhook);
     }
 
     #[test]
@@ -615,12 +628,14 @@ mod tests {
         // Values so large that time arithmetic would overflow (a panic per connection) or
         // that make no sense: refused at start-up, naming the key.
         type Set = fn(&mut Config);
-        let cases: [(&str, Set); 6] = [
+        let cases: [(&str, Set); 8] = [
             ("server.read_timeout_seconds", |c| c.server.read_timeout_seconds = u64::MAX),
             ("server.shutdown_timeout_seconds", |c| c.server.shutdown_timeout_seconds = 0),
             ("delivery.max_age_hours", |c| c.delivery.max_age_hours = u64::MAX),
             ("delivery.max_age_seconds", |c| c.delivery.max_age_seconds = Some(u64::MAX)),
             ("delivery.retry_in_memory_seconds", |c| c.delivery.retry_in_memory_seconds = u64::MAX),
+            ("delivery.max_queued_bytes_per_webhook", |c| c.delivery.max_queued_bytes_per_webhook = 1000),
+            ("delivery.max_queued_bytes_per_webhook", |c| c.delivery.max_queued_bytes_per_webhook = u64::MAX),
             ("mux.timeout_seconds", |c| c.mux.timeout_seconds = 26),
         ];
         for (key, set) in cases {

@@ -170,6 +170,7 @@ fn zero_series() {
         counter!(ALERTS, "outcome" => outcome).absolute(0);
     }
     gauge!(DELIVERY_QUEUE).set(0.0);
+    gauge!(DELIVERY_QUEUE_BYTES).set(0.0);
 }
 
 /// An upstream body refused because the body memory budget was spent.
@@ -283,6 +284,7 @@ pub const DELIVERY_ATTEMPT_DURATION: &str = "hookline_delivery_attempt_duration_
 pub const DELIVERIES: &str = "hookline_deliveries_total";
 pub const DELIVERIES_DEAD: &str = "hookline_deliveries_dead_total";
 pub const DELIVERY_QUEUE: &str = "hookline_delivery_queue_depth";
+pub const DELIVERY_QUEUE_BYTES: &str = "hookline_delivery_queue_bytes";
 
 // No webhook_id label: series would outlive deleted webhooks (the exporter cannot drop
 // them) and grow without bound; per-webhook detail is in the deliveries API and
@@ -304,6 +306,11 @@ fn describe_outbound() {
         "Deliveries that went dead (max_age passed, a permanent error, or their channel was removed), by channel"
     );
     describe_gauge!(DELIVERY_QUEUE, "Pending deliveries (queued, waiting to retry, or in flight), all webhooks");
+    describe_gauge!(
+        DELIVERY_QUEUE_BYTES,
+        Unit::Bytes,
+        "What the delivery queues hold in memory: each held delivery's event at its stored size plus 1 KiB, all webhooks"
+    );
 }
 
 pub fn webhooks(n: usize) {
@@ -328,8 +335,15 @@ pub fn delivery_finished(channel: &str, outcome: &'static str) {
     }
 }
 
-pub fn delivery_queue_add(delta: f64) {
-    gauge!(DELIVERY_QUEUE).increment(delta);
+/// The queue depth gauge, for a worker to keep: it changes on nearly every message, and a
+/// kept handle skips the registry lookup of each `gauge!`.
+pub fn delivery_queue_depth() -> metrics::Gauge {
+    gauge!(DELIVERY_QUEUE)
+}
+
+/// The gauge of what delivery queues hold in memory, in bytes (kept as the depth's is).
+pub fn delivery_queue_bytes() -> metrics::Gauge {
+    gauge!(DELIVERY_QUEUE_BYTES)
 }
 
 fn bounded_channel(channel: &str) -> &'static str {

@@ -2,7 +2,8 @@
 //! actor per webhook, the retry policy and the channels.
 //!
 //! - [`registry`]: owns webhook configs, fans the outbox out, supervises the workers.
-//! - [`worker`]: one per webhook; owns its queue of pending deliveries.
+//! - [`worker`]: one per webhook; owns its queue of pending deliveries. [`queue`]: the
+//!   part held in memory, with what it costs in bytes.
 //! - [`retry`]: the pure retry policy. [`throttle`]: per-channel pacing after a 429.
 //!   [`netguard`]: where deliveries may go.
 //! - [`channel`]: the channel seam and the HTTP channel. [`template`], [`signature`].
@@ -15,6 +16,7 @@ pub mod channel;
 pub mod client;
 pub mod model;
 pub mod netguard;
+pub mod queue;
 pub mod registry;
 pub mod retry;
 pub mod signature;

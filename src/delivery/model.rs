@@ -483,6 +483,7 @@ mod tests {
             payload: serde_json::Value::Null,
             cache_scopes: vec![],
             stored: false,
+            stored_size: Default::default(),
         });
         let wh = WebhookId::generate();
         let a = Delivery::new(ev.clone(), &wh, 0, "ch_a", "webhook", 1);

@@ -182,6 +182,7 @@ impl Actor for DeliveryRegistry {
             },
             max_in_flight: cfg.max_in_flight_per_webhook.max(1),
             max_queued: cfg.max_queued_in_memory_per_webhook.max(1),
+            max_queued_bytes: usize::try_from(cfg.max_queued_bytes_per_webhook).unwrap_or(usize::MAX),
             park_after: Duration::from_secs(cfg.retry_in_memory_seconds.max(1)),
             retention: max_age.max(Duration::from_secs(24 * 3600)),
         };
@@ -966,7 +967,10 @@ impl DeliveryState {
             }
         }
         if matched {
-            batch.put(Keyspace::EVENTS, event.event_id.as_str(), &*event);
+            // Its size, for the workers' byte bounds, comes free with the write: one
+            // measure for every webhook that holds it.
+            let size = batch.put(Keyspace::EVENTS, event.event_id.as_str(), &*event);
+            event.note_stored_size(size);
         }
         crate::metrics::event_dispatched();
     }

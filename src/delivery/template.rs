@@ -202,6 +202,7 @@ impl Template {
             payload: serde_json::json!({}),
             cache_scopes: Vec::new(),
             stored: false,
+            stored_size: Default::default(),
         }
     }
 
@@ -677,6 +678,7 @@ mod tests {
             payload: serde_json::json!({"object_id": "obj_9", "n": 3}),
             cache_scopes: vec![],
             stored: false,
+            stored_size: Default::default(),
         }
     }
 
@@ -837,6 +839,7 @@ mod fuel_tests {
             payload: serde_json::json!({ "items": items }),
             cache_scopes: vec![],
             stored: false,
+            stored_size: Default::default(),
         }
     }
 

@@ -12,11 +12,15 @@
 //!   records, which are the truth). When the earliest parked retry comes due, the entries
 //!   due within the horizon are read back. Memory therefore holds only what is ready, in
 //!   flight or due soon, and new deliveries never wait behind hours of backoff.
-//! - At most `max_queued_in_memory_per_webhook` deliveries are held. Past that the queue
+//! - At most `max_queued_in_memory_per_webhook` deliveries, and at most
+//!   `max_queued_bytes_per_webhook` bytes of them (each counted at its event's stored size
+//!   plus a fixed overhead, see [`super::queue`]), are held. Past either bound the queue
 //!   *spills*: new deliveries stay only in the store (they are there already), and
 //!   `spilled_from` remembers the lowest key among them. Once the in-memory queue has drained
-//!   to half, a *refill* reads parked retries that are due, then spilled deliveries in key
-//!   order (= event order) from that key; when it reaches the end, the spill is over.
+//!   to half of both, a *refill* reads parked retries that are due, then spilled deliveries
+//!   in key order (= event order) from that key, reading each one's event as it goes and
+//!   stopping at the first that does not fit; when it reaches the end, the spill is over. An
+//!   empty queue takes any one delivery, so an event larger than the byte bound still goes.
 //!
 //! Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time, and report back
 //! with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due delivery (in
@@ -47,6 +51,7 @@ use rand::Rng;
 
 use super::channel::{AttemptResult, Channel, Message};
 use super::model::{delivery_key, Attempt, Delivery, DeliveryStatus};
+use super::queue::{self, Bounds, Held};
 use super::registry::DeliveryMsg;
 use super::retry::{Decision, Outcome, Policy};
 use super::throttle::Throttles;
@@ -54,14 +59,14 @@ use crate::error::ApiError;
 use crate::events::EventRecord;
 use crate::ids::{DeliveryId, WebhookId};
 use crate::state::Shared;
-use crate::store::{Batch, Durable, Keyspace};
+use crate::store::{Batch, Durable, Keyspace, StoreError};
 use crate::util::{millis_to_rfc3339, now_millis};
 
 type TimerHandle = JoinHandle<Result<(), MessagingErr<WorkerMsg>>>;
 
 /// How many sends to `channel` are in flight (asked only for a throttled channel).
-fn in_flight_on(queue: &HashMap<DeliveryId, Delivery>, in_flight: &HashSet<DeliveryId>, channel: &str) -> usize {
-    in_flight.iter().filter(|id| queue.get(*id).is_some_and(|d| d.channel_is(channel))).count()
+fn in_flight_on(queue: &Held, in_flight: &HashSet<DeliveryId>, channel: &str) -> usize {
+    in_flight.iter().filter(|id| queue.get(id).is_some_and(|d| d.channel_is(channel))).count()
 }
 
 /// How long a delivery's outcome may wait to be written with later ones (see the module
@@ -111,10 +116,18 @@ pub struct WorkerSettings {
     pub max_in_flight: usize,
     /// Most pending deliveries held in memory (see the module docs).
     pub max_queued: usize,
+    /// Most bytes of pending deliveries held in memory ([`queue::cost`]).
+    pub max_queued_bytes: usize,
     /// Retries due later than this are parked in the store (see the module docs).
     pub park_after: Duration,
     /// Completed deliveries are kept this long for the deliveries API.
     pub retention: Duration,
+}
+
+impl WorkerSettings {
+    fn bounds(&self) -> Bounds {
+        Bounds { count: self.max_queued, bytes: self.max_queued_bytes }
+    }
 }
 
 pub struct DeliveryWorker;
@@ -153,8 +166,8 @@ pub struct WorkerState {
     rt: Arc<WebhookRuntime>,
     settings: WorkerSettings,
     myself: ActorRef<WorkerMsg>,
-    /// Every pending delivery (ready, waiting for its retry, or in flight).
-    queue: HashMap<DeliveryId, Delivery>,
+    /// Every pending delivery held in memory (ready, waiting for its retry, or in flight).
+    queue: Held,
     ready: VecDeque<DeliveryId>,
     waiting: BinaryHeap<Reverse<(u64, DeliveryId)>>,
     in_flight: HashSet<DeliveryId>,
@@ -184,26 +197,31 @@ pub struct WorkerState {
     parked_due: Option<u64>,
     parked: usize,
     /// This worker's share of `hookline_delivery_queue_depth`.
-    depth: DepthShare,
+    depth: GaugeShare,
+    /// This worker's share of `hookline_delivery_queue_bytes` (what `queue` holds).
+    bytes: GaugeShare,
     /// Channels that answered 429: held, then paced (see [`super::throttle`]).
     throttles: Throttles,
 }
 
-/// A worker's share of the depth gauge, taken back when the worker's state goes, however
-/// it goes (ractor skips `post_stop` when a handler fails).
-#[derive(Default)]
-struct DepthShare(usize);
+/// A worker's share of a gauge summed over all workers, taken back when the worker's
+/// state goes, however it goes (ractor skips `post_stop` when a handler fails).
+struct GaugeShare(usize, metrics::Gauge);
 
-impl DepthShare {
-    fn set(&mut self, depth: usize) {
-        if depth != self.0 {
-            crate::metrics::delivery_queue_add(depth as f64 - self.0 as f64);
-            self.0 = depth;
+impl GaugeShare {
+    fn new(gauge: metrics::Gauge) -> GaugeShare {
+        GaugeShare(0, gauge)
+    }
+
+    fn set(&mut self, value: usize) {
+        if value != self.0 {
+            self.1.increment(value as f64 - self.0 as f64);
+            self.0 = value;
         }
     }
 }
 
-impl Drop for DepthShare {
+impl Drop for GaugeShare {
     fn drop(&mut self) {
         self.set(0);
     }
@@ -226,7 +244,7 @@ impl Actor for DeliveryWorker {
             rt: args.runtime,
             settings: args.settings,
             myself: myself.clone(),
-            queue: HashMap::new(),
+            queue: Held::default(),
             ready: VecDeque::new(),
             waiting: BinaryHeap::new(),
             in_flight: HashSet::new(),
@@ -244,7 +262,8 @@ impl Actor for DeliveryWorker {
             refilled_order: VecDeque::new(),
             parked_due: None,
             parked: 0,
-            depth: DepthShare::default(),
+            depth: GaugeShare::new(crate::metrics::delivery_queue_depth()),
+            bytes: GaugeShare::new(crate::metrics::delivery_queue_bytes()),
             throttles: Throttles::default(),
         };
         state.load()?;
@@ -255,6 +274,7 @@ impl Actor for DeliveryWorker {
         state.arm();
         state.pump();
         state.depth.set(state.queue.len() + state.spilled + state.parked);
+        state.bytes.set(state.queue.bytes());
         Ok(state)
     }
 
@@ -336,7 +356,7 @@ impl Actor for DeliveryWorker {
                         state.ready.push_back(id);
                     }
                 }
-                if state.parked_are_due() && state.queue.len() < state.settings.max_queued {
+                if state.parked_are_due() && state.queue.has_room(state.settings.bounds()) {
                     state.refill().await?;
                 }
                 state.arm();
@@ -363,6 +383,7 @@ impl Actor for DeliveryWorker {
             }
         }
         state.depth.set(state.queue.len() + state.spilled + state.parked);
+        state.bytes.set(state.queue.bytes());
         Ok(())
     }
 }
@@ -448,15 +469,18 @@ impl WorkerState {
                 }
             }
         }
-        attach_events(&self.shared.store, &mut pending)?;
         let now = now_millis();
-        if !pending.is_empty() || spilled + parked > 0 {
-            let in_memory = pending.len();
+        // As many as the byte bound allows too; the rest stay spilled, from the first left
+        // (before any spilled by count: the keys are in order).
+        if let Some((cut, left)) = self.read_back(pending, now)? {
+            spilled += left;
+            spilled_from = Some(spilled_from.filter(|from| *from < cut).unwrap_or(cut));
+        }
+        let in_memory = self.queue.len();
+        if in_memory + spilled + parked > 0 {
             let pending = in_memory + spilled + parked;
             tracing::info!(%webhook_id, pending, in_memory, parked, "delivery queue reloaded");
         }
-        // A fan-out `Enqueue` of one of these may still be on its way (see `refilled`).
-        self.insert_read_back(pending, now);
         self.spilled = spilled;
         self.spilled_from = spilled_from;
         self.parked = parked;
@@ -471,7 +495,7 @@ impl WorkerState {
         if !self.refilled.is_empty() && self.refilled.contains(&d.delivery_id) {
             return;
         }
-        if self.spilled_from.is_none() && self.queue.len() < self.settings.max_queued {
+        if self.spilled_from.is_none() && self.queue.fits(queue::cost(&d), self.settings.bounds()) {
             self.insert(d, now);
             return;
         }
@@ -506,12 +530,22 @@ impl WorkerState {
         self.spilled += 1;
     }
 
-    /// Queues deliveries read back from the store, remembering them (see `refilled`).
-    fn insert_read_back(&mut self, deliveries: Vec<Delivery>, now: u64) {
-        for d in deliveries {
+    /// Queues deliveries read back from the store, in order, while they fit the bounds,
+    /// remembering them (see `refilled`). Each one's event is read as it goes, so a backlog
+    /// of large events is never read whole. Returns the key of the first that did not fit
+    /// and how many were left from it on: they stay in the store.
+    fn read_back(&mut self, deliveries: Vec<Delivery>, now: u64) -> Result<Option<(String, usize)>, StoreError> {
+        let (total, bounds) = (deliveries.len(), self.settings.bounds());
+        let mut events = HashMap::new();
+        for (i, mut d) in deliveries.into_iter().enumerate() {
+            attach_event(&self.shared.store, &mut events, &mut d)?;
+            if !self.queue.fits(queue::cost(&d), bounds) {
+                return Ok(Some((d.key(), total - i)));
+            }
             self.remember_read_back(&d.delivery_id);
             self.insert(d, now);
         }
+        Ok(None)
     }
 
     /// A late fan-out `Enqueue` of this delivery is to be ignored (see `refilled`).
@@ -542,7 +576,7 @@ impl WorkerState {
     async fn top_up(&mut self) -> Result<(), ActorProcessingErr> {
         for _ in 0..4 {
             let waiting = self.spilled_from.is_some() || self.parked_are_due();
-            if !waiting || self.queue.len() > self.settings.max_queued / 2 {
+            if !waiting || !self.queue.at_most_half(self.settings.bounds()) {
                 break;
             }
             let before = (self.spilled_from.clone(), self.parked_due, self.queue.len());
@@ -570,18 +604,35 @@ impl WorkerState {
         if parked_due {
             self.unpark()?;
         }
-        let Some(from) = self.spilled_from.clone() else { return Ok(()) };
-        let room = self.settings.max_queued.saturating_sub(self.queue.len());
-        if room == 0 {
+        if self.spilled_from.is_none() {
             return Ok(());
         }
+        self.forget_old_refills();
+        while self.queue.has_room(self.settings.bounds()) {
+            let Some(from) = self.spilled_from.clone() else { break };
+            if self.refill_slice(&from)? {
+                break;
+            }
+        }
+        if self.spilled_from.is_none() {
+            tracing::info!(webhook_id = %self.rt.webhook_id, "delivery queue back in memory");
+            self.spilled = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads back spilled deliveries from the key `from` on, as many as memory has room
+    /// for ([`WorkerState::slice_len`] records at most); whether the byte bound stopped it
+    /// (else `spilled_from` is where the next slice starts, or `None`: the spill is over).
+    fn refill_slice(&mut self, from: &str) -> Result<bool, ActorProcessingErr> {
+        let room = self.slice_len();
         let mut loaded = Vec::with_capacity(room.min(self.spilled.max(64)));
         let mut next = None;
         // Retries due beyond the horizon are parked: their `due/` entries bring them back
         // (checked below: after the wall clock stepped back, one may have none yet).
         let horizon = self.horizon(now_millis());
         let mut far = Vec::new();
-        self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), &from, |k, d| {
+        self.shared.store.for_each_from::<Delivery>(Keyspace::DELIVERIES, &self.prefix(), from, |k, d| {
             if d.status != DeliveryStatus::Pending || self.queue.contains_key(&d.delivery_id) {
                 return true;
             }
@@ -604,17 +655,33 @@ impl WorkerState {
                 }
             }
         }
-        attach_events(&self.shared.store, &mut loaded)?;
-        let now = now_millis();
-        self.spilled = self.spilled.saturating_sub(loaded.len());
-        self.forget_old_refills();
-        self.insert_read_back(loaded, now);
-        self.spilled_from = next;
-        if self.spilled_from.is_none() {
-            tracing::info!(webhook_id = %self.rt.webhook_id, "delivery queue back in memory");
-            self.spilled = 0;
+        let n = loaded.len();
+        match self.read_back(loaded, now_millis())? {
+            Some((cut, left)) => {
+                self.spilled = self.spilled.saturating_sub(n - left);
+                self.spilled_from = Some(cut);
+                Ok(true)
+            }
+            None => {
+                self.spilled = self.spilled.saturating_sub(n);
+                self.spilled_from = next;
+                Ok(false)
+            }
         }
-        Ok(())
+    }
+
+    /// How many spilled records a refill slice decodes: what the count bound has room for,
+    /// or fewer when the byte bound will stop it first. The records are decoded before
+    /// their events are read, so with large events most of a 5,000-record slice would be
+    /// thrown away; the estimate (twice what the average held delivery says fits) errs
+    /// high, since each slice rescans the store's unapplied writes, and one that falls short
+    /// only means another slice. With nothing held there is no average: the count decides.
+    fn slice_len(&self) -> usize {
+        let bounds = self.settings.bounds();
+        let by_count = bounds.count.saturating_sub(self.queue.len()).max(1);
+        let Some(avg) = self.queue.bytes().checked_div(self.queue.len()) else { return by_count };
+        let by_bytes = bounds.bytes.saturating_sub(self.queue.bytes()) / avg.max(1);
+        by_count.min(by_bytes.saturating_mul(2).max(16))
     }
 
     /// Reads back the parked retries due within the horizon, as memory has room, and
@@ -623,7 +690,8 @@ impl WorkerState {
     fn unpark(&mut self) -> Result<(), ActorProcessingErr> {
         let now = now_millis();
         let horizon = self.horizon(now);
-        let mut room = self.settings.max_queued.saturating_sub(self.queue.len());
+        let bounds = self.settings.bounds();
+        let room = bounds.count.saturating_sub(self.queue.len());
         // Entries to look at: those due within the horizon, a bounded number at a time.
         let cap = (2 * room + 64).min(10_000);
         let mut entries = Vec::new();
@@ -641,7 +709,7 @@ impl WorkerState {
             entries.push((k.to_string(), parsed.map(|(due, id)| (due, id.to_string()))));
             true
         })?;
-        let mut unparked = Vec::new();
+        let mut events = HashMap::new();
         for (key, parsed) in entries {
             let record = match &parsed {
                 Some((due, id)) => match DeliveryId::parse(id) {
@@ -659,20 +727,17 @@ impl WorkerState {
                 },
                 None => None,
             };
-            if let Some(d) = record {
-                if room == 0 {
+            if let Some(mut d) = record {
+                // Its event is read now, one at a time, to stop at the byte bound.
+                attach_event(&self.shared.store, &mut events, &mut d)?;
+                if !self.queue.fits(queue::cost(&d), bounds) {
                     next_due = parsed.map(|(due, _)| due);
                     break;
                 }
-                room -= 1;
                 self.parked = self.parked.saturating_sub(1);
-                unparked.push(d);
+                self.insert(d, now);
             }
             self.writes.delete(Keyspace::DUE, &key);
-        }
-        attach_events(&self.shared.store, &mut unparked)?;
-        for d in unparked {
-            self.insert(d, now);
         }
         self.parked_due = next_due;
         if next_due.is_none() {
@@ -703,10 +768,10 @@ impl WorkerState {
         let id = d.delivery_id.clone();
         match d.next_attempt_ms {
             Some(due) if due > self.horizon(now) => return self.park(&d, due),
-            Some(due) if due > now => self.waiting.push(Reverse((due, id.clone()))),
-            _ => self.ready.push_back(id.clone()),
+            Some(due) if due > now => self.waiting.push(Reverse((due, id))),
+            _ => self.ready.push_back(id),
         }
-        self.queue.insert(id, d);
+        self.queue.insert(d);
     }
 
     /// Leaves a delivery whose retry is far off in the store only, marked by a `due/`
@@ -723,7 +788,7 @@ impl WorkerState {
     fn arm(&mut self) {
         let waiting = self.waiting.peek().map(|Reverse((due, _))| *due);
         // Parked retries only when memory has room for them; else a `Done` refills.
-        let parked = self.parked_due.filter(|_| self.queue.len() < self.settings.max_queued);
+        let parked = self.parked_due.filter(|_| self.queue.has_room(self.settings.bounds()));
         let held = self.throttles.next_wake(now_millis());
         let Some(due) = [waiting, parked, held].into_iter().flatten().min() else { return };
         if let Some((t, _)) = &self.timer {
@@ -1037,7 +1102,7 @@ impl WorkerState {
         if !self.rt.has_channel(&d) {
             return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
         }
-        attach_events(&self.shared.store, std::slice::from_mut(&mut d))?;
+        attach_event(&self.shared.store, &mut HashMap::new(), &mut d)?;
         if d.event.is_none() {
             return Err(ApiError::Conflict(format!(
                 "delivery {id} can no longer be retried: its event is no longer stored"
@@ -1151,22 +1216,29 @@ fn parse_due_key(key: &str) -> Option<(u64, &str)> {
     Some((due.parse().ok()?, id))
 }
 
-/// Attaches each delivery's event, read from `evt/` once per event.
-fn attach_events(store: &crate::store::Store, deliveries: &mut [Delivery]) -> Result<(), crate::store::StoreError> {
-    let mut events: HashMap<crate::ids::EventId, Option<Arc<EventRecord>>> = HashMap::with_capacity(deliveries.len());
-    for d in deliveries.iter_mut().filter(|d| d.event.is_none()) {
-        let event = match events.get(&d.event_id) {
-            Some(e) => e.clone(),
-            None => {
-                let e = store.get::<EventRecord>(Keyspace::EVENTS, d.event_id.as_str())?.map(Arc::new);
-                if e.is_none() {
-                    tracing::error!(delivery_id = %d.delivery_id, event_id = %d.event_id, "the event of a delivery is missing");
-                }
-                events.insert(d.event_id.clone(), e.clone());
-                e
-            }
-        };
-        d.event = event;
+/// Events read back, by ID: deliveries of one event (several channels) share one copy.
+type EventCache = HashMap<crate::ids::EventId, Option<Arc<EventRecord>>>;
+
+/// Attaches a delivery's event, read from `evt/` (with its stored size, for the byte
+/// bound) unless `events` has it already.
+fn attach_event(store: &crate::store::Store, events: &mut EventCache, d: &mut Delivery) -> Result<(), StoreError> {
+    if d.event.is_some() {
+        return Ok(());
     }
+    let event = match events.get(&d.event_id) {
+        Some(e) => e.clone(),
+        None => {
+            let e = store.get_sized::<EventRecord>(Keyspace::EVENTS, d.event_id.as_str())?.map(|(e, size)| {
+                e.note_stored_size(size);
+                Arc::new(e)
+            });
+            if e.is_none() {
+                tracing::error!(delivery_id = %d.delivery_id, event_id = %d.event_id, "the event of a delivery is missing");
+            }
+            events.insert(d.event_id.clone(), e.clone());
+            e
+        }
+    };
+    d.event = event;
     Ok(())
 }

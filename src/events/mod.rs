@@ -44,6 +44,21 @@ pub struct EventRecord {
     /// Whether [`EventBus::record`] put it in the outbox (nobody listening: not stored).
     #[serde(skip)]
     pub stored: bool,
+    /// Its stored (JSON) size once known: given by the store write or read that handled it,
+    /// else measured on first ask. See [`EventRecord::stored_size`].
+    #[serde(skip)]
+    pub stored_size: StoredSize,
+}
+
+/// An event's stored size, set once. Never part of an event's identity: two records of
+/// the same event compare equal whether or not either has been measured.
+#[derive(Debug, Clone, Default)]
+pub struct StoredSize(std::sync::OnceLock<usize>);
+
+impl PartialEq for StoredSize {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl EventRecord {
@@ -56,7 +71,41 @@ impl EventRecord {
             payload,
             cache_scopes,
             stored: false,
+            stored_size: StoredSize::default(),
         }
+    }
+
+    /// The size of its stored JSON: what a delivery queue counts it at (see
+    /// `delivery::queue`). Known for free from the store write or read that handled it
+    /// ([`EventRecord::note_stored_size`]); else measured once, without building the JSON,
+    /// and kept, so an event fanned out to many webhooks is measured once for all.
+    pub fn stored_size(&self) -> usize {
+        *self.stored_size.0.get_or_init(|| {
+            let mut n = ByteCount(0);
+            // Cannot fail for a JSON value and a writer that cannot fail.
+            let _ = serde_json::to_writer(&mut n, self);
+            n.0
+        })
+    }
+
+    /// Records the size of its stored JSON, as a store write or read saw it (a size known
+    /// already stays: it is the same record).
+    pub fn note_stored_size(&self, bytes: usize) {
+        let _ = self.stored_size.0.set(bytes);
+    }
+}
+
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -200,6 +200,15 @@ impl Store {
         }
     }
 
+    /// Reads one value with the size of its stored form (for callers that bound what they
+    /// hold by it, without encoding it again to measure it).
+    pub fn get_sized<T: DeserializeOwned>(&self, ks: Keyspace, key: &str) -> Result<Option<(T, usize)>, StoreError> {
+        match self.reader.get(&ks.key(key))? {
+            None => Ok(None),
+            Some(bytes) => decode(ks, key, &bytes).map(|v| Some((v, bytes.len()))),
+        }
+    }
+
     /// Whether a key exists.
     pub fn contains(&self, ks: Keyspace, key: &str) -> Result<bool, StoreError> {
         Ok(self.reader.get(&ks.key(key))?.is_some())

@@ -13,6 +13,7 @@ mod ingest_auth;
 mod outbound;
 mod outbound_crash;
 mod outbound_crosscheck;
+mod outbound_memory;
 mod outbound_receiver;
 mod pages;
 mod providers;

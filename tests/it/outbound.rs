@@ -993,7 +993,7 @@ async fn queue_depth(app: &TestApp) -> f64 {
 }
 
 /// The log without its terminal colour codes.
-fn without_colors(log: &str) -> String {
+pub fn without_colors(log: &str) -> String {
     let mut out = String::with_capacity(log.len());
     let mut chars = log.chars();
     while let Some(c) = chars.next() {

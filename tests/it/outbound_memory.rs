@@ -1,0 +1,185 @@
+//! Outbound: a webhook's in-memory queue is bounded by bytes as well as by count, so large
+//! events behind a receiver that hangs cost disk, not RAM, and none is lost or sent twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use warp::Filter;
+
+use crate::outbound::{create_webhook, deliveries, http_channel, publish, without_colors};
+use crate::outbound_receiver::Receiver;
+use crate::support::{eventually, metric_value, Options, TestApp};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// The byte bound the tests configure, and the size of each event's payload: two such
+/// deliveries fit (about 101 KiB each), a third does not.
+const BUDGET: f64 = 256.0 * 1024.0;
+const PAYLOAD: usize = 100 * 1024;
+
+/// A receiver that takes requests but answers none (200) until released; it notes each
+/// answered request's path, `webhook-id` and event number.
+struct HeldReceiver {
+    url: String,
+    release: watch::Sender<bool>,
+    arrived: Arc<Mutex<usize>>,
+    answered: Arc<Mutex<Vec<(String, String, u64)>>>,
+}
+
+impl HeldReceiver {
+    async fn start() -> HeldReceiver {
+        let (release, released) = watch::channel(false);
+        let (arrived, answered) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let (a, b) = (arrived.clone(), answered.clone());
+        let filter = warp::path::full()
+            .and(warp::header::optional::<String>("webhook-id"))
+            .and(warp::body::bytes())
+            .then(move |path: warp::path::FullPath, id: Option<String>, body: bytes::Bytes| {
+                let (mut released, arrived, answered) = (released.clone(), a.clone(), b.clone());
+                async move {
+                    *arrived.lock().unwrap() += 1;
+                    let _ = released.wait_for(|r| *r).await;
+                    let n = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["payload"]["n"].as_u64());
+                    answered.lock().unwrap().push((path.as_str().to_string(), id.unwrap_or_default(), n.unwrap_or(0)));
+                    warp::reply()
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(warp::serve(filter).incoming(listener).run());
+        HeldReceiver { url, release, arrived, answered }
+    }
+}
+
+fn options(settings: &str) -> Options {
+    Options {
+        delivery_toml: Some(format!(
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nmax_age_hours = 1\n\
+             retry_schedule_seconds = [1]\nmax_queued_in_memory_per_webhook = 1000\n\
+             max_queued_bytes_per_webhook = {}\n{settings}",
+            BUDGET as u64
+        )),
+        ..Options::default()
+    }
+}
+
+/// A large event (its payload about [`PAYLOAD`] bytes) numbered `n`.
+fn big(n: u64) -> Value {
+    json!({ "n": n, "blob": "x".repeat(PAYLOAD) })
+}
+
+async fn queue_bytes(app: &TestApp) -> f64 {
+    metric_value(&app.metrics().await, "hookline_delivery_queue_bytes", &[])
+}
+
+async fn queue_depth(app: &TestApp) -> f64 {
+    metric_value(&app.metrics().await, "hookline_delivery_queue_depth", &[])
+}
+
+/// Two webhooks on one receiver that hangs: each holds at most the byte bound of large
+/// events in memory (the same event counted in each), the rest wait in the store; once the
+/// receiver answers, every event reaches each webhook exactly once.
+#[tokio::test]
+async fn large_events_behind_a_hanging_receiver_stay_within_the_byte_bound() {
+    let app = TestApp::start_with(options("max_in_flight_per_webhook = 1\nrequest_timeout_seconds = 120\n")).await;
+    let rx = HeldReceiver::start().await;
+    let mut webhooks = Vec::new();
+    for name in ["a", "b"] {
+        let channel = http_channel(&format!("{}/{name}", rx.url));
+        let (id, _) =
+            create_webhook(&app, json!({"webhook_name": name, "event_types": ["*"], "channels": [channel]})).await;
+        webhooks.push(id);
+    }
+    const N: u64 = 30;
+    let mut most = 0.0f64;
+    for n in 1..=N {
+        publish(&app, "object.created", big(n)).await;
+        let bytes = queue_bytes(&app).await;
+        assert!(bytes <= 2.0 * BUDGET, "after event {n}: {bytes} bytes held, bound {BUDGET} per webhook");
+        most = most.max(bytes);
+        // Distinct milliseconds: event IDs (and so delivery keys) follow publish order.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all_pending = eventually(WAIT, || async { queue_depth(&app).await == 2.0 * N as f64 }).await;
+    assert!(all_pending, "every delivery is pending, in memory or not: {}", queue_depth(&app).await);
+    let bytes = queue_bytes(&app).await;
+    assert!(bytes <= 2.0 * BUDGET, "{bytes}");
+    // Each webhook holds its one in flight and one more (two ~101 KiB events fit, not three):
+    // far below the 30 events (~6 MiB) a count bound of 1000 would have held.
+    assert!(most >= 4.0 * PAYLOAD as f64 && bytes >= 4.0 * PAYLOAD as f64, "most {most}, now {bytes}");
+    assert!(eventually(WAIT, || async { *rx.arrived.lock().unwrap() == 2 }).await, "one request in flight per webhook");
+    assert!(app.log().contains("delivery queue spilled to the store"), "{}", app.log());
+
+    rx.release.send_replace(true);
+    for id in &webhooks {
+        let done =
+            eventually(WAIT, || async { deliveries(&app, id, Some("succeeded")).await.len() == N as usize }).await;
+        assert!(done, "{id}: {} pending", deliveries(&app, id, Some("pending")).await.len());
+    }
+    // A late duplicate would arrive just after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered = rx.answered.lock().unwrap().clone();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for (_, id, _) in &answered {
+        *per_id.entry(id.as_str()).or_default() += 1;
+    }
+    assert_eq!((answered.len(), per_id.len()), (2 * N as usize, 2 * N as usize), "each delivery sent once");
+    for path in ["/a", "/b"] {
+        let mut got: Vec<u64> = answered.iter().filter(|(p, _, _)| p == path).map(|(_, _, n)| *n).collect();
+        got.sort_unstable();
+        assert_eq!(got, (1..=N).collect::<Vec<_>>(), "{path}: every event once");
+    }
+    assert!(app.log().contains("delivery queue back in memory"), "{}", app.log());
+    assert!(eventually(WAIT, || async { queue_bytes(&app).await == 0.0 }).await, "bytes back to 0");
+    assert!(eventually(WAIT, || async { queue_depth(&app).await == 0.0 }).await, "depth back to 0");
+}
+
+/// A reload after a `kill -9` takes back from the store only what the byte bound allows
+/// (the rest stays spilled), and an event larger than the whole bound still goes (alone).
+#[tokio::test]
+async fn a_reload_keeps_the_byte_bound_and_an_event_larger_than_it_still_goes() {
+    let mut app = TestApp::start_with(options("max_in_flight_per_webhook = 2\nrequest_timeout_seconds = 2\n")).await;
+    let down = Receiver::start(503).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "reload", "event_types": ["*"], "channels": [http_channel(&down.url("/q"))]}),
+    )
+    .await;
+    const N: u64 = 12;
+    for n in 1..=N {
+        publish(&app, "object.created", big(n)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Larger than the bound by itself (about 300 KiB).
+    let huge = json!({ "n": N + 1, "blob": "y".repeat(3 * PAYLOAD) });
+    publish(&app, "object.created", huge).await;
+    let total = N + 1;
+    assert!(eventually(WAIT, || async { queue_depth(&app).await == total as f64 }).await);
+    assert!(queue_bytes(&app).await <= BUDGET);
+    assert!(eventually(WAIT, || async { down.count() >= 2 }).await, "the receiver was tried");
+
+    app.kill9();
+    app.start_again().await;
+    let log = without_colors(&app.log());
+    assert!(log.contains(&format!("pending={total} in_memory=2")), "two fit the bound:\n{log}");
+    assert!(eventually(WAIT, || async { queue_bytes(&app).await > 0.0 }).await);
+    let bytes = queue_bytes(&app).await;
+    assert!(bytes <= BUDGET, "reloaded within the bound: {bytes}");
+
+    let up = Receiver::start(200).await;
+    let (s, b) = app
+        .patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [http_channel(&up.url("/up"))]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let all =
+        eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == total as usize }).await;
+    assert!(all, "{} pending", deliveries(&app, &id, Some("pending")).await.len());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let captured = up.captured();
+    let mut got: Vec<u64> = captured.iter().map(|c| c.json()["payload"]["n"].as_u64().unwrap_or(0)).collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=total).collect::<Vec<_>>(), "each event exactly once");
+    assert!(eventually(WAIT, || async { queue_bytes(&app).await == 0.0 }).await, "bytes back to 0");
+}
