@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use warp::http::header::AUTHORIZATION;
+use warp::http::header::{AUTHORIZATION, CONNECTION};
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::hyper::body::Bytes as HyperBytes;
 use warp::Filter;
@@ -106,11 +106,15 @@ pub async fn serve(
                 let upstream = keyless(path.as_str());
                 let anonymous_admin =
                     !upstream && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+                // A body not read to its end leaves the connection unusable: the answer says
+                // so (`Connection: close`), or a pooling client sends its next request on a
+                // connection the server is closing and sees it fail.
+                let mut unread = false;
                 let body = match anonymous_admin {
                     // A small body is still read (for a second at most) so that the client,
                     // still sending it, reads the 401 rather than a reset connection.
                     true => {
-                        let _ = read_body(&headers, body, 64 << 10, Duration::from_secs(1), None).await;
+                        unread = read_body(&headers, body, 64 << 10, Duration::from_secs(1), None).await.is_err();
                         Ok((Bytes::new(), None))
                     }
                     false => {
@@ -124,8 +128,15 @@ pub async fn serve(
                         let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
                         route(&state, req).await
                     }
-                    Err(e) => (body_error_label(&method, path.as_str(), &e, started), error_response(&e)),
+                    Err(e) => {
+                        unread = true;
+                        (body_error_label(&method, path.as_str(), &e, started), error_response(&e))
+                    }
                 };
+                let mut resp = resp;
+                if unread {
+                    resp.headers_mut().insert(CONNECTION, warp::http::HeaderValue::from_static("close"));
+                }
                 crate::metrics::http_request(label, method.as_str(), resp.status().as_u16(), started.elapsed());
                 resp
             }

@@ -319,7 +319,7 @@ impl TestApp {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let resp = rb.send().await.expect("request");
+        let resp = rb.send().await.unwrap_or_else(|e| panic!("request: {e:?}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -347,7 +347,7 @@ impl TestApp {
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
-        let resp = rb.send().await.expect("request");
+        let resp = rb.send().await.unwrap_or_else(|e| panic!("request: {e:?}"));
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
