@@ -196,6 +196,14 @@ pub struct WorkerState {
     /// The earliest due time among parked retries (`None`: none parked), and how many.
     parked_due: Option<u64>,
     parked: usize,
+    /// The cost of the delivery a read-back of spilled (`spill_blocked`) or parked
+    /// (`parked_blocked`) deliveries last stopped at, for the byte bound: the next read-back
+    /// waits until that one fits. Without it a delivery that does not fit was read again on
+    /// every message (a store barrier, a scan, a decode of its event), and a due parked
+    /// retry that did not fit woke the worker at once, again and again, while nothing drained
+    /// (a paused webhook).
+    spill_blocked: Option<usize>,
+    parked_blocked: Option<usize>,
     /// This worker's share of `hookline_delivery_queue_depth`.
     depth: GaugeShare,
     /// This worker's share of `hookline_delivery_queue_bytes` (what `queue` holds).
@@ -261,6 +269,8 @@ impl Actor for DeliveryWorker {
             refilled: HashSet::new(),
             refilled_order: VecDeque::new(),
             parked_due: None,
+            spill_blocked: None,
+            parked_blocked: None,
             parked: 0,
             depth: GaugeShare::new(crate::metrics::delivery_queue_depth()),
             bytes: GaugeShare::new(crate::metrics::delivery_queue_bytes()),
@@ -356,7 +366,7 @@ impl Actor for DeliveryWorker {
                         state.ready.push_back(id);
                     }
                 }
-                if state.parked_are_due() && state.queue.has_room(state.settings.bounds()) {
+                if state.parked_are_due() && state.room_for(state.parked_blocked) {
                     state.refill().await?;
                 }
                 state.arm();
@@ -472,7 +482,8 @@ impl WorkerState {
         let now = now_millis();
         // As many as the byte bound allows too; the rest stay spilled, from the first left
         // (before any spilled by count: the keys are in order).
-        if let Some((cut, left)) = self.read_back(pending, now)? {
+        if let Some((cut, left, cost)) = self.read_back(pending, now)? {
+            self.spill_blocked = Some(cost);
             spilled += left;
             spilled_from = Some(spilled_from.filter(|from| *from < cut).unwrap_or(cut));
         }
@@ -515,6 +526,16 @@ impl WorkerState {
         self.parked_due.is_some_and(|d| d <= now_millis())
     }
 
+    /// Whether memory has room to read back more: for the delivery a read-back last stopped
+    /// at (`blocked`, its cost), or for anything at all.
+    fn room_for(&self, blocked: Option<usize>) -> bool {
+        let bounds = self.settings.bounds();
+        match blocked {
+            Some(cost) => self.queue.fits(cost, bounds),
+            None => self.queue.has_room(bounds),
+        }
+    }
+
     /// Records a pending delivery (by key) as left in the store.
     fn spill(&mut self, key: String) {
         match &mut self.spilled_from {
@@ -532,15 +553,16 @@ impl WorkerState {
 
     /// Queues deliveries read back from the store, in order, while they fit the bounds,
     /// remembering them (see `refilled`). Each one's event is read as it goes, so a backlog
-    /// of large events is never read whole. Returns the key of the first that did not fit
-    /// and how many were left from it on: they stay in the store.
-    fn read_back(&mut self, deliveries: Vec<Delivery>, now: u64) -> Result<Option<(String, usize)>, StoreError> {
+    /// of large events is never read whole. Returns the key of the first that did not fit,
+    /// how many were left from it on (they stay in the store) and its cost.
+    fn read_back(&mut self, deliveries: Vec<Delivery>, now: u64) -> Result<Option<(String, usize, usize)>, StoreError> {
         let (total, bounds) = (deliveries.len(), self.settings.bounds());
         let mut events = HashMap::new();
         for (i, mut d) in deliveries.into_iter().enumerate() {
             attach_event(&self.shared.store, &mut events, &mut d)?;
-            if !self.queue.fits(queue::cost(&d), bounds) {
-                return Ok(Some((d.key(), total - i)));
+            let cost = queue::cost(&d);
+            if !self.queue.fits(cost, bounds) {
+                return Ok(Some((d.key(), total - i, cost)));
             }
             self.remember_read_back(&d.delivery_id);
             self.insert(d, now);
@@ -575,7 +597,8 @@ impl WorkerState {
     /// that reads back only deliveries of a removed channel buries them all.
     async fn top_up(&mut self) -> Result<(), ActorProcessingErr> {
         for _ in 0..4 {
-            let waiting = self.spilled_from.is_some() || self.parked_are_due();
+            let waiting = (self.spilled_from.is_some() && self.room_for(self.spill_blocked))
+                || (self.parked_are_due() && self.room_for(self.parked_blocked));
             if !waiting || !self.queue.at_most_half(self.settings.bounds()) {
                 break;
             }
@@ -593,8 +616,9 @@ impl WorkerState {
     /// Reads back what memory has room for: parked retries that are due (within the
     /// horizon), then spilled deliveries, oldest first.
     async fn refill(&mut self) -> Result<(), ActorProcessingErr> {
-        let parked_due = self.parked_are_due();
-        if self.spilled_from.is_none() && !parked_due {
+        let parked_due = self.parked_are_due() && self.room_for(self.parked_blocked);
+        let spilled = self.spilled_from.is_some() && self.room_for(self.spill_blocked);
+        if !spilled && !parked_due {
             return Ok(());
         }
         // Every outcome and `due/` entry written so far must be readable first, or a
@@ -604,10 +628,11 @@ impl WorkerState {
         if parked_due {
             self.unpark()?;
         }
-        if self.spilled_from.is_none() {
+        if self.spilled_from.is_none() || !self.room_for(self.spill_blocked) {
             return Ok(());
         }
         self.forget_old_refills();
+        self.spill_blocked = None;
         while self.queue.has_room(self.settings.bounds()) {
             let Some(from) = self.spilled_from.clone() else { break };
             if self.refill_slice(&from)? {
@@ -657,9 +682,10 @@ impl WorkerState {
         }
         let n = loaded.len();
         match self.read_back(loaded, now_millis())? {
-            Some((cut, left)) => {
+            Some((cut, left, cost)) => {
                 self.spilled = self.spilled.saturating_sub(n - left);
                 self.spilled_from = Some(cut);
+                self.spill_blocked = Some(cost);
                 Ok(true)
             }
             None => {
@@ -710,6 +736,7 @@ impl WorkerState {
             true
         })?;
         let mut events = HashMap::new();
+        self.parked_blocked = None;
         for (key, parsed) in entries {
             let record = match &parsed {
                 Some((due, id)) => match DeliveryId::parse(id) {
@@ -730,8 +757,10 @@ impl WorkerState {
             if let Some(mut d) = record {
                 // Its event is read now, one at a time, to stop at the byte bound.
                 attach_event(&self.shared.store, &mut events, &mut d)?;
-                if !self.queue.fits(queue::cost(&d), bounds) {
+                let cost = queue::cost(&d);
+                if !self.queue.fits(cost, bounds) {
                     next_due = parsed.map(|(due, _)| due);
+                    self.parked_blocked = Some(cost);
                     break;
                 }
                 self.parked = self.parked.saturating_sub(1);
@@ -788,7 +817,7 @@ impl WorkerState {
     fn arm(&mut self) {
         let waiting = self.waiting.peek().map(|Reverse((due, _))| *due);
         // Parked retries only when memory has room for them; else a `Done` refills.
-        let parked = self.parked_due.filter(|_| self.queue.has_room(self.settings.bounds()));
+        let parked = self.parked_due.filter(|_| self.room_for(self.parked_blocked));
         let held = self.throttles.next_wake(now_millis());
         let Some(due) = [waiting, parked, held].into_iter().flatten().min() else { return };
         if let Some((t, _)) = &self.timer {
@@ -1128,7 +1157,14 @@ impl WorkerState {
         b.put(Keyspace::DELIVERIES, &key, &d);
         let durable = self.shared.store.submit(b);
         let view = d.view();
-        self.insert(d, now);
+        // Within the bounds as any delivery: past them it waits in the store (pending, due
+        // now) and a refill reads it back; N dead 1 MiB deliveries retried by hand would
+        // otherwise all be held at once.
+        if self.spilled_from.is_none() && self.queue.fits(queue::cost(&d), self.settings.bounds()) {
+            self.insert(d, now);
+        } else {
+            self.spill(d.key());
+        }
         Ok((view, durable))
     }
 

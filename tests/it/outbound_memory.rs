@@ -53,11 +53,14 @@ impl HeldReceiver {
     }
 }
 
+/// The tests' delivery settings, with `settings` added (a retry schedule there replaces
+/// the default one of 1 s).
 fn options(settings: &str) -> Options {
+    let schedule = if settings.contains("retry_schedule_seconds") { "" } else { "retry_schedule_seconds = [1]\n" };
     Options {
         delivery_toml: Some(format!(
             "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nmax_age_hours = 1\n\
-             retry_schedule_seconds = [1]\nmax_queued_in_memory_per_webhook = 1000\n\
+             {schedule}max_queued_in_memory_per_webhook = 1000\n\
              max_queued_bytes_per_webhook = {}\n{settings}",
             BUDGET as u64
         )),
@@ -181,5 +184,91 @@ async fn a_reload_keeps_the_byte_bound_and_an_event_larger_than_it_still_goes() 
     let mut got: Vec<u64> = captured.iter().map(|c| c.json()["payload"]["n"].as_u64().unwrap_or(0)).collect();
     got.sort_unstable();
     assert_eq!(got, (1..=total).collect::<Vec<_>>(), "each event exactly once");
+    assert!(eventually(WAIT, || async { queue_bytes(&app).await == 0.0 }).await, "bytes back to 0");
+}
+
+/// A parked retry that comes due while memory holds too much for it waits, idle, until room
+/// is made: it was read back, found too large and re-armed at once, a busy loop for as long
+/// as nothing drained.
+#[tokio::test]
+async fn a_due_retry_that_does_not_fit_waits_without_spinning() {
+    let settings = "max_in_flight_per_webhook = 1\nretry_schedule_seconds = [3]\nretry_in_memory_seconds = 1\n\
+                    request_timeout_seconds = 60\n";
+    let app = TestApp::start_with(options(settings)).await;
+    let rx = Receiver::start(503).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "full", "event_types": ["*"], "channels": [http_channel(&rx.url("/f"))]}),
+    )
+    .await;
+    // A fails once and is parked (its retry is due in 3 s, past the 1 s horizon).
+    publish(&app, "object.created", big(1)).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "the receiver was tried");
+    // B is sent next and answered only after 10 s; C waits behind it (one in flight): about
+    // 202 KiB of the 256 KiB held, no room for A's 101 when it comes due.
+    rx.then(200, Duration::from_secs(10));
+    rx.set_default(200);
+    for n in 2..=3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        publish(&app, "object.created", big(n)).await;
+    }
+    assert!(eventually(WAIT, || async { queue_bytes(&app).await >= 2.0 * PAYLOAD as f64 }).await);
+    assert!(eventually(WAIT, || async { rx.count() == 2 }).await, "B in flight");
+    // A comes due (3 s after its attempt) and cannot come back into memory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = app.cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = app.cpu_seconds() - before;
+    // Idle, the daemon uses a few ms a second; the loop took a whole core.
+    assert!(used < 0.75, "{used:.2} s of CPU in 3 s while nothing could change");
+    assert_eq!((rx.count(), queue_depth(&app).await), (2, 3.0), "A and C wait, B in flight");
+
+    // B answered: room for the rest, A included.
+    let all = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 3 }).await;
+    assert!(all, "{} pending", deliveries(&app, &id, Some("pending")).await.len());
+    let answered: Vec<u64> = rx.captured().iter().map(|c| c.json()["payload"]["n"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(answered.len(), 4, "A twice (its failure, then its retry), B and C once: {answered:?}");
+    assert_eq!(answered.iter().filter(|n| **n == 1).count(), 2, "{answered:?}");
+}
+
+/// Dead deliveries retried by hand come back within the byte bound too: past it they wait
+/// in the store, due now, and go as room is made (each once).
+#[tokio::test]
+async fn deliveries_retried_by_hand_stay_within_the_byte_bound() {
+    let settings = "max_in_flight_per_webhook = 1\nmax_age_seconds = 2\nrequest_timeout_seconds = 60\n";
+    let app = TestApp::start_with(options(settings)).await;
+    let rx = Receiver::start(503).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "dead", "event_types": ["*"], "channels": [http_channel(&rx.url("/d"))]}),
+    )
+    .await;
+    const N: u64 = 6;
+    for n in 1..=N {
+        publish(&app, "object.created", big(n)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let dead = eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == N as usize }).await;
+    assert!(dead, "{} pending", deliveries(&app, &id, Some("pending")).await.len());
+    assert_eq!(queue_bytes(&app).await, 0.0);
+    // The first retried is answered only after 3 s; the rest wait behind it, most in the store.
+    rx.then(200, Duration::from_secs(3));
+    rx.set_default(200);
+    let tried = rx.count();
+    for d in deliveries(&app, &id, Some("dead")).await {
+        let did = d["delivery_id"].as_str().unwrap_or_default().to_string();
+        let (s, b) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
+        assert_eq!(s, 202, "{b}");
+        let bytes = queue_bytes(&app).await;
+        assert!(bytes <= BUDGET, "{bytes} bytes held, bound {BUDGET}");
+    }
+    assert_eq!(queue_depth(&app).await, N as f64, "all pending again, in memory or not");
+    let all = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == N as usize }).await;
+    assert!(all, "{} pending", deliveries(&app, &id, Some("pending")).await.len());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again: Vec<u64> =
+        rx.captured()[tried..].iter().map(|c| c.json()["payload"]["n"].as_u64().unwrap_or(0)).collect();
+    again.sort_unstable();
+    assert_eq!(again, (1..=N).collect::<Vec<_>>(), "each retried delivery sent once");
     assert!(eventually(WAIT, || async { queue_bytes(&app).await == 0.0 }).await, "bytes back to 0");
 }

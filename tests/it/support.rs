@@ -212,6 +212,20 @@ impl TestApp {
         }
     }
 
+    /// The CPU time (user + system) the daemon has used so far, from `/proc` (Linux).
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.as_ref().map(|c| c.id()).expect("the daemon is running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+        // Fields after the command name (which may hold spaces, so split after its `)`):
+        // utime and stime are the 14th and 15th fields, in clock ticks.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        let per_second = Command::new("getconf").arg("CLK_TCK").output().ok();
+        let hz = per_second.and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok()).unwrap_or(100.0);
+        ticks / hz
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
