@@ -367,11 +367,13 @@ impl Actor for SourceAdapterActor {
         // A restart (or a mode change) may find a window that is overdue or a buffer the
         // new mode does not keep: flush it now.
         let b = &state.adapter.batching;
+        // As an ingest would: at max_batch_size (a smaller one now) or at the byte bound (a
+        // crash can come between the ingest that reached it and its flush).
+        let full = state.buffer.len() >= b.max_batch_size || state.buffer_bytes >= MAX_BUFFER_BYTES;
         let due = match b.mode {
             BatchMode::Immediate => !state.buffer.is_empty(),
-            // A window also flushes early once it holds max_batch_size (a smaller one now).
-            BatchMode::TimeWindow => state.window_due(now_millis()) || state.buffer.len() >= b.max_batch_size,
-            BatchMode::Count => state.buffer.len() >= b.max_batch_size,
+            BatchMode::TimeWindow => state.window_due(now_millis()) || full,
+            BatchMode::Count => full,
         };
         if due {
             state.flush_in_background("restart");

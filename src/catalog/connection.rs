@@ -61,6 +61,10 @@ fn one_as_string<S: serde::Serializer>(v: &[String], s: S) -> Result<S::Ok, S::E
 /// What a Mux connection's view shows for one signing secret.
 pub const SIGNING_SECRET_SHOWN: &str = "(set; never shown)";
 
+/// What a Mux connection's view shows when its secrets cannot be decrypted (the master key
+/// changed): a placeholder too, refused as a value like the others.
+pub const SECRETS_UNREADABLE: &str = "(unreadable with the current master key)";
+
 /// Most signing secrets one Mux connection holds (each is tried on every signed request).
 pub const MAX_SIGNING_SECRETS: usize = 10;
 
@@ -363,7 +367,7 @@ impl Connection {
                         1 => SIGNING_SECRET_SHOWN.into(),
                         n => format!("({n} set; never shown)").into(),
                     },
-                    Err(_) => "(unreadable with the current master key)".into(),
+                    Err(_) => SECRETS_UNREADABLE.into(),
                 };
             }
             ProviderType::Supabase => {}
@@ -401,7 +405,7 @@ fn join_path(head: &str, rest: &str) -> String {
 
 fn is_placeholder(s: &str) -> bool {
     let s = s.trim();
-    if s == SIGNING_SECRET_SHOWN || s == crate::delivery::channel::REDACTED {
+    if [SIGNING_SECRET_SHOWN, SECRETS_UNREADABLE, crate::delivery::channel::REDACTED].contains(&s) {
         return true;
     }
     s.strip_prefix('(')
@@ -513,6 +517,7 @@ mod tests {
             field(ProviderType::Mux, mux(serde_json::json!(["real-one", " (2 set; never shown)"]))),
             "provider_config.webhook_signing_secret.1"
         );
+        assert_eq!(field(ProviderType::Mux, mux(SECRETS_UNREADABLE.into())), "provider_config.webhook_signing_secret");
         assert_eq!(
             field(
                 ProviderType::Supabase,

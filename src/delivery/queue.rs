@@ -7,9 +7,9 @@
 //! deliveries stay in the store (see the module docs of [`super::worker`]).
 //!
 //! The cost of a delivery is its event's stored (JSON) size plus [`DELIVERY_OVERHEAD`].
-//! An event shared by several webhooks' queues (one `Arc`, one copy) counts in each of them:
-//! each queue's bound is its own, and one queue's cost must not depend on which others still
-//! hold the event.
+//! An event shared by several webhooks' queues counts in each of them: each queue's bound is
+//! its own, and one queue's cost must not depend on which others still hold the event. (From
+//! the fan-out the queues share one copy; read back from the store, each reads its own.)
 
 use std::collections::HashMap;
 
