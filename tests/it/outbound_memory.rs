@@ -73,6 +73,21 @@ fn big(n: u64) -> Value {
     json!({ "n": n, "blob": "x".repeat(PAYLOAD) })
 }
 
+/// Publishes the large events numbered `numbers`, in distinct milliseconds (so event IDs,
+/// and delivery keys, follow publish order).
+async fn publish_big(app: &TestApp, numbers: std::ops::RangeInclusive<u64>) {
+    for n in numbers {
+        publish(app, "object.created", big(n)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A webhook on every event type with one HTTP channel to `url`; its ID.
+async fn webhook_to(app: &TestApp, name: &str, url: &str) -> String {
+    let body = json!({"webhook_name": name, "event_types": ["*"], "channels": [http_channel(url)]});
+    create_webhook(app, body).await.0
+}
+
 async fn queue_bytes(app: &TestApp) -> f64 {
     metric_value(&app.metrics().await, "hookline_delivery_queue_bytes", &[])
 }
@@ -90,10 +105,7 @@ async fn large_events_behind_a_hanging_receiver_stay_within_the_byte_bound() {
     let rx = HeldReceiver::start().await;
     let mut webhooks = Vec::new();
     for name in ["a", "b"] {
-        let channel = http_channel(&format!("{}/{name}", rx.url));
-        let (id, _) =
-            create_webhook(&app, json!({"webhook_name": name, "event_types": ["*"], "channels": [channel]})).await;
-        webhooks.push(id);
+        webhooks.push(webhook_to(&app, name, &format!("{}/{name}", rx.url)).await);
     }
     const N: u64 = 30;
     let mut most = 0.0f64;
@@ -145,16 +157,9 @@ async fn large_events_behind_a_hanging_receiver_stay_within_the_byte_bound() {
 async fn a_reload_keeps_the_byte_bound_and_an_event_larger_than_it_still_goes() {
     let mut app = TestApp::start_with(options("max_in_flight_per_webhook = 2\nrequest_timeout_seconds = 2\n")).await;
     let down = Receiver::start(503).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "reload", "event_types": ["*"], "channels": [http_channel(&down.url("/q"))]}),
-    )
-    .await;
+    let id = webhook_to(&app, "reload", &down.url("/q")).await;
     const N: u64 = 12;
-    for n in 1..=N {
-        publish(&app, "object.created", big(n)).await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    publish_big(&app, 1..=N).await;
     // Larger than the bound by itself (about 300 KiB).
     let huge = json!({ "n": N + 1, "blob": "y".repeat(3 * PAYLOAD) });
     publish(&app, "object.created", huge).await;
@@ -196,22 +201,15 @@ async fn a_due_retry_that_does_not_fit_waits_without_spinning() {
                     request_timeout_seconds = 60\n";
     let app = TestApp::start_with(options(settings)).await;
     let rx = Receiver::start(503).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "full", "event_types": ["*"], "channels": [http_channel(&rx.url("/f"))]}),
-    )
-    .await;
+    let id = webhook_to(&app, "full", &rx.url("/f")).await;
     // A fails once and is parked (its retry is due in 3 s, past the 1 s horizon).
-    publish(&app, "object.created", big(1)).await;
+    publish_big(&app, 1..=1).await;
     assert!(eventually(WAIT, || async { rx.count() >= 1 }).await, "the receiver was tried");
     // B is sent next and answered only after 10 s; C waits behind it (one in flight): about
     // 202 KiB of the 256 KiB held, no room for A's 101 when it comes due.
     rx.then(200, Duration::from_secs(10));
     rx.set_default(200);
-    for n in 2..=3 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        publish(&app, "object.created", big(n)).await;
-    }
+    publish_big(&app, 2..=3).await;
     assert!(eventually(WAIT, || async { queue_bytes(&app).await >= 2.0 * PAYLOAD as f64 }).await);
     assert!(eventually(WAIT, || async { rx.count() == 2 }).await, "B in flight");
     // A comes due (3 s after its attempt) and cannot come back into memory.
@@ -238,16 +236,9 @@ async fn deliveries_retried_by_hand_stay_within_the_byte_bound() {
     let settings = "max_in_flight_per_webhook = 1\nmax_age_seconds = 2\nrequest_timeout_seconds = 60\n";
     let app = TestApp::start_with(options(settings)).await;
     let rx = Receiver::start(503).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "dead", "event_types": ["*"], "channels": [http_channel(&rx.url("/d"))]}),
-    )
-    .await;
+    let id = webhook_to(&app, "dead", &rx.url("/d")).await;
     const N: u64 = 6;
-    for n in 1..=N {
-        publish(&app, "object.created", big(n)).await;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    publish_big(&app, 1..=N).await;
     let dead = eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == N as usize }).await;
     assert!(dead, "{} pending", deliveries(&app, &id, Some("pending")).await.len());
     assert_eq!(queue_bytes(&app).await, 0.0);
