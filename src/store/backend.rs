@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use super::pieces::Pieces;
 use super::{Batch, Op, StoreError};
 
 /// A visitor over `(key, value)` pairs; returns `Ok(false)` to stop the scan.
@@ -38,12 +39,13 @@ pub trait Backend: Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }
 
-/// sled 0.34 backend. One tree holds every keyspace. sled buffers writes and flushes every
-/// 500 ms by itself; nothing relies on that: acknowledged writes are in the write-ahead log,
-/// and a checkpoint flushes sled explicitly before deleting log segments.
+/// sled 0.34 backend. One tree holds every keyspace, a second the pieces of its long values
+/// (see [`super::pieces`]). sled buffers writes and flushes every 500 ms by itself; nothing
+/// relies on that: acknowledged writes are in the write-ahead log, and a checkpoint flushes
+/// sled explicitly before deleting log segments.
 pub struct SledBackend {
     db: sled::Db,
-    tree: sled::Tree,
+    trees: Pieces,
     /// Set by any sled error: see `Drop`.
     failed: std::sync::atomic::AtomicBool,
     /// `{path}/hookline.lock`, locked for as long as this backend lives (see [`lock_dir`]).
@@ -58,12 +60,23 @@ impl Drop for SledBackend {
     fn drop(&mut self) {
         if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
             std::mem::forget(self.db.clone());
-            std::mem::forget(self.tree.clone());
+            std::mem::forget(self.trees.main.clone());
+            std::mem::forget(self.trees.pieces.clone());
         }
     }
 }
 
 impl SledBackend {
+    /// A value as stored in the main tree, made whole (see [`Pieces::resolve`]); an error
+    /// is remembered as sled's own are.
+    fn resolve(&self, key: &[u8], stored: sled::IVec) -> Result<Option<Vec<u8>>, StoreError> {
+        self.trees.resolve(key, stored).inspect_err(|e| {
+            if matches!(e, StoreError::Io(_)) {
+                self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    }
+
     /// Passes a sled result on, remembering an error (see `Drop`).
     fn note<T>(&self, r: sled::Result<T>) -> Result<T, StoreError> {
         r.map_err(|e| {
@@ -90,8 +103,8 @@ impl SledBackend {
             m if m.contains("could not acquire lock") => in_use(path, &m),
             m => StoreError::Io(format!("open sled store at {}: {m}", path.display())),
         })?;
-        let tree = db.open_tree("hookline")?;
-        Ok(SledBackend { db, tree, failed: std::sync::atomic::AtomicBool::new(false), _lock: lock })
+        let trees = Pieces::new(db.open_tree("hookline")?, db.open_tree("hookline-pieces")?);
+        Ok(SledBackend { db, trees, failed: std::sync::atomic::AtomicBool::new(false), _lock: lock })
     }
 }
 
@@ -149,15 +162,19 @@ fn remove_unfinished_snapshots(path: &std::path::Path) -> Result<(), StoreError>
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.note(self.tree.get(key))?.map(|v| v.to_vec()))
+        match self.note(self.trees.main.get(key))? {
+            Some(v) => self.resolve(key, v),
+            None => Ok(None),
+        }
     }
 
     fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
-        for item in self.tree.range(start..) {
+        for item in self.trees.main.range(start..) {
             let (k, v) = self.note(item)?;
             if !k.starts_with(prefix) {
                 break;
             }
+            let Some(v) = self.resolve(&k, v)? else { continue };
             if !visit(&k, &v)? {
                 break;
             }
@@ -168,14 +185,15 @@ impl Backend for SledBackend {
     fn scan_rev(&self, prefix: &[u8], end: Option<&[u8]>, visit: &mut Visitor<'_>) -> Result<(), StoreError> {
         let iter = match end {
             Some(e) if e <= prefix => return Ok(()),
-            Some(e) => self.tree.range(prefix..e),
-            None => self.tree.scan_prefix(prefix),
+            Some(e) => self.trees.main.range(prefix..e),
+            None => self.trees.main.scan_prefix(prefix),
         };
         for item in iter.rev() {
             let (k, v) = self.note(item)?;
             if !k.starts_with(prefix) {
                 continue; // only when `end` lies beyond every key of the prefix
             }
+            let Some(v) = self.resolve(&k, v)? else { continue };
             if !visit(&k, &v)? {
                 break;
             }
@@ -196,10 +214,7 @@ impl Backend for SledBackend {
         // write-ahead log (store/wal.rs), and sled seals and writes its log buffer at the end
         // of every `apply_batch`, which is most of what a group commit used to cost.
         for (k, v) in ops {
-            match v {
-                Some(v) => drop(self.note(self.tree.insert(k, v))?),
-                None => drop(self.note(self.tree.remove(k))?),
-            }
+            self.note(self.trees.write(k, v))?;
         }
         Ok(())
     }

@@ -11,6 +11,9 @@
 //!   instead of by hash (`dedup`, `xid`): see `adapter/records.rs`.
 //! - 4: a delivery names its event (`event_id`, `event_type`) instead of holding a copy; the
 //!   event is stored once under `evt/`: see `delivery/model.rs`.
+//! - 5: a value longer than 4 KiB is kept in pieces in a second sled tree, the main tree
+//!   holding a marker (see `store/pieces.rs`); an older binary would read the marker as the
+//!   value. Values written before stay whole until they are next written: no rewrite.
 //!
 //! Additions that an older binary never reads need no new version (it keeps working on the
 //! directory, and a newer one finds its data as left): the `alert` keyspace, and alert
@@ -28,7 +31,7 @@
 use super::{Backend, Batch, Keyspace, Op, StoreError};
 
 /// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 const VERSION_KEY: &str = "format_version";
 const MIGRATE_FROM_KEY: &str = "migrate_from";
@@ -98,6 +101,7 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
             Some(b.ops)
         })?;
     }
+    // 4 → 5 rewrites nothing (see the module docs).
     let mut b = Batch::new();
     b.delete(Keyspace::META, MIGRATE_FROM_KEY);
     backend.apply(&b)?;

@@ -19,6 +19,7 @@ mod backend;
 mod commit;
 mod format;
 mod overlay;
+mod pieces;
 mod wal;
 
 pub use backend::{Backend, SledBackend};

@@ -1,0 +1,243 @@
+//! Large values kept in pieces, so that sled's pages stay small.
+//!
+//! Why: sled 0.34 holds up to 16 entries per leaf page and evicts pages from its cache late
+//! (each of its 256 cache shards acts on accesses in groups of 64) and not at all when a
+//! page is larger than its blob threshold (128 KiB with the default segment size: the page
+//! is then counted at the size of a pointer). With events and objects of 20–200 KiB, reading
+//! a backlog back grew the daemon to 1.9 GB whatever `cache_capacity_mb` said; with values
+//! of at most a few KiB the same reads stay within ~100 MB.
+//!
+//! So a value longer than [`PIECE`] goes into the `hookline-pieces` tree, in pieces of at
+//! most [`PIECE`] bytes, under `{key}\0{generation}{index}`, and the main tree holds a short
+//! marker (`0xFF`, `P`, the generation and the length), which no JSON value starts with.
+//! A new generation per write means a rewrite never touches the pieces a reader may be
+//! assembling: the new pieces are written, then the marker, then the old pieces removed. A
+//! reader that finds pieces missing reads the marker again (the value was rewritten or
+//! deleted meanwhile) and assembles what it says now.
+//!
+//! This module knows nothing of what keys and values mean; the write-ahead log in front of
+//! the backend makes each batch atomic and durable (a crash between a value's pieces and its
+//! marker is repaired by the replay, which writes the value again).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::StoreError;
+
+/// The longest value kept whole in the main tree, and the size of a piece: 16 entries of
+/// this size (a leaf) stay well below sled's 128 KiB blob threshold.
+pub const PIECE: usize = 4096;
+
+/// The first byte of a marker (never the first byte of UTF-8 text, so of a JSON value).
+const MARKER: u8 = 0xFF;
+const MARKER_LEN: usize = 18;
+
+/// How often a reader re-reads a marker whose pieces went missing before calling the
+/// value corrupt (each retry means the value was rewritten meanwhile).
+const RETRIES: usize = 8;
+
+/// Whether `value` is kept in pieces when written.
+pub fn split(value: &[u8]) -> bool {
+    value.len() > PIECE || value.first() == Some(&MARKER)
+}
+
+/// The generation and length a marker holds (`None`: a value kept whole).
+pub fn marker(value: &[u8]) -> Option<(u64, usize)> {
+    if value.len() != MARKER_LEN || value[0] != MARKER || value[1] != b'P' {
+        return None;
+    }
+    let generation = u64::from_be_bytes(value[2..10].try_into().ok()?);
+    let len = u64::from_be_bytes(value[10..18].try_into().ok()?);
+    Some((generation, usize::try_from(len).ok()?))
+}
+
+fn encode_marker(generation: u64, len: usize) -> [u8; MARKER_LEN] {
+    let mut m = [0u8; MARKER_LEN];
+    m[0] = MARKER;
+    m[1] = b'P';
+    m[2..10].copy_from_slice(&generation.to_be_bytes());
+    m[10..18].copy_from_slice(&(len as u64).to_be_bytes());
+    m
+}
+
+/// `{key}\0`: the prefix of every piece of `key`, of any generation. Keys hold no NUL, so
+/// no other key's pieces share it (checked by length when removing, all the same).
+fn pieces_prefix(key: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(key.len() + 13);
+    p.extend_from_slice(key);
+    p.push(0);
+    p
+}
+
+fn piece_key(key: &[u8], generation: u64, index: u32) -> Vec<u8> {
+    let mut k = pieces_prefix(key);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The main tree and the pieces tree, and where generations come from.
+pub struct Pieces {
+    pub main: sled::Tree,
+    pub pieces: sled::Tree,
+    /// Starts at the clock (in ns) at open, so a generation is never one left by an earlier
+    /// run (whose pieces a crash may have orphaned).
+    next: AtomicU64,
+}
+
+impl Pieces {
+    pub fn new(main: sled::Tree, pieces: sled::Tree) -> Pieces {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Pieces { main, pieces, next: AtomicU64::new(u64::try_from(now).unwrap_or(u64::MAX / 2)) }
+    }
+
+    /// Writes `key` = `value` (`None`: deletes it), in pieces when it is long.
+    pub fn write(&self, key: &[u8], value: Option<&[u8]>) -> sled::Result<()> {
+        let old = match value {
+            Some(v) if split(v) => {
+                let generation = self.next.fetch_add(1, Ordering::Relaxed);
+                for (i, piece) in v.chunks(PIECE).enumerate() {
+                    self.pieces.insert(piece_key(key, generation, i as u32), piece)?;
+                }
+                self.main.insert(key, &encode_marker(generation, v.len()))?;
+                // The previous value's pieces, and any a crash orphaned.
+                return self.remove_pieces(key, Some(generation));
+            }
+            Some(v) => self.main.insert(key, v)?,
+            None => self.main.remove(key)?,
+        };
+        if old.as_deref().and_then(marker).is_some() {
+            self.remove_pieces(key, None)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pieces of `key` of every generation but `keep`.
+    fn remove_pieces(&self, key: &[u8], keep: Option<u64>) -> sled::Result<()> {
+        let prefix = pieces_prefix(key);
+        let mut gone = Vec::new();
+        for item in self.pieces.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            if k.len() != prefix.len() + 12 {
+                continue;
+            }
+            let generation = k[prefix.len()..prefix.len() + 8].try_into().map(u64::from_be_bytes).ok();
+            if generation != keep {
+                gone.push(k);
+            }
+        }
+        for k in gone {
+            self.pieces.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// The whole value of `key`, given what the main tree holds for it (`stored`): itself, or
+    /// assembled from its pieces. `None` when the key was deleted while its pieces were read.
+    pub fn resolve(&self, key: &[u8], stored: sled::IVec) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stored = stored;
+        for _ in 0..RETRIES {
+            let Some((generation, len)) = marker(&stored) else { return Ok(Some(stored.to_vec())) };
+            if let Some(value) = self.assemble(key, generation, len)? {
+                return Ok(Some(value));
+            }
+            // Rewritten or deleted meanwhile: what does the key hold now?
+            match self.main.get(key)? {
+                Some(now) => stored = now,
+                None => return Ok(None),
+            }
+        }
+        Err(StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "the pieces of a large value are missing".into(),
+        })
+    }
+
+    /// Reads the pieces of one generation (`None`: not all there).
+    fn assemble(&self, key: &[u8], generation: u64, len: usize) -> sled::Result<Option<Vec<u8>>> {
+        let count = len.div_ceil(PIECE);
+        let (first, last) = (piece_key(key, generation, 0), piece_key(key, generation, count as u32));
+        let mut out = Vec::with_capacity(len);
+        let mut n = 0;
+        for item in self.pieces.range(first..last) {
+            let (_, piece) = item?;
+            out.extend_from_slice(&piece);
+            n += 1;
+        }
+        Ok((n == count && out.len() == len).then_some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Pieces) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
+        let p = Pieces::new(db.open_tree("m").unwrap(), db.open_tree("p").unwrap());
+        (dir, p)
+    }
+
+    fn get(p: &Pieces, key: &[u8]) -> Option<Vec<u8>> {
+        let stored = p.main.get(key).unwrap()?;
+        p.resolve(key, stored).unwrap()
+    }
+
+    #[test]
+    fn long_values_round_trip_in_pieces_and_short_ones_stay_whole() {
+        let (_d, p) = open();
+        let long: Vec<u8> = (0..3 * PIECE + 17).map(|i| (i % 251) as u8).collect();
+        for value in [b"{\"a\":1}".to_vec(), vec![b'x'; PIECE], vec![b'y'; PIECE + 1], long.clone(), vec![MARKER]] {
+            p.write(b"k", Some(&value)).unwrap();
+            assert_eq!(get(&p, b"k"), Some(value.clone()));
+            let pieces = p.pieces.len();
+            assert_eq!(pieces, if split(&value) { value.len().div_ceil(PIECE) } else { 0 }, "old pieces removed");
+        }
+        assert_eq!(p.main.get(b"k").unwrap().map(|v| v.len()), Some(MARKER_LEN), "a marker, not the value");
+        p.write(b"k", None).unwrap();
+        assert_eq!(get(&p, b"k"), None);
+        assert_eq!(p.pieces.len(), 0, "a delete removes the pieces");
+    }
+
+    #[test]
+    fn keys_that_share_a_prefix_keep_their_own_pieces() {
+        let (_d, p) = open();
+        let (a, b) = (vec![b'a'; 2 * PIECE], vec![b'b'; 3 * PIECE]);
+        p.write(b"key", Some(&a)).unwrap();
+        p.write(b"key2", Some(&b)).unwrap();
+        p.write(b"key", Some(b"\"short\"")).unwrap();
+        assert_eq!(get(&p, b"key2"), Some(b));
+        assert_eq!(get(&p, b"key"), Some(b"\"short\"".to_vec()));
+    }
+
+    #[test]
+    fn a_reader_holding_an_old_marker_gets_the_value_written_since() {
+        let (_d, p) = open();
+        p.write(b"k", Some(&vec![b'1'; 2 * PIECE])).unwrap();
+        let old_marker = p.main.get(b"k").unwrap().unwrap();
+        p.write(b"k", Some(&vec![b'2'; 3 * PIECE])).unwrap();
+        assert_eq!(p.resolve(b"k", old_marker.clone()).unwrap(), Some(vec![b'2'; 3 * PIECE]));
+        p.write(b"k", None).unwrap();
+        assert_eq!(p.resolve(b"k", old_marker).unwrap(), None, "deleted meanwhile");
+    }
+
+    #[test]
+    fn pieces_orphaned_by_a_crash_go_with_the_next_write_of_the_key() {
+        let (_d, p) = open();
+        // Pieces written, the marker not (a crash in between); the replay writes it again.
+        p.pieces.insert(piece_key(b"k", 7, 0), &[1u8; 10][..]).unwrap();
+        p.write(b"k", Some(&vec![b'z'; PIECE + 1])).unwrap();
+        assert_eq!(p.pieces.len(), 2);
+        assert_eq!(get(&p, b"k"), Some(vec![b'z'; PIECE + 1]));
+    }
+
+    #[test]
+    fn missing_pieces_with_an_unchanged_marker_are_corruption() {
+        let (_d, p) = open();
+        p.write(b"k", Some(&vec![b'q'; 2 * PIECE])).unwrap();
+        let first = p.pieces.iter().next().unwrap().unwrap().0;
+        p.pieces.remove(first).unwrap();
+        let stored = p.main.get(b"k").unwrap().unwrap();
+        assert!(matches!(p.resolve(b"k", stored), Err(StoreError::Corrupt { .. })));
+    }
+}
