@@ -541,6 +541,8 @@ impl WorkerState {
         match &mut self.spilled_from {
             Some(from) if *from <= key => {}
             slot => {
+                // The next read-back starts before the delivery it last stopped at.
+                self.spill_blocked = None;
                 if slot.is_none() {
                     let (webhook_id, in_memory) = (&self.rt.webhook_id, self.queue.len());
                     tracing::info!(%webhook_id, in_memory, "delivery queue spilled to the store");
@@ -1013,6 +1015,8 @@ impl WorkerState {
     /// attempt that says why, not when next due (hours away for a parked retry). Sends in
     /// flight finish on the channel they started with.
     async fn drop_removed_channels(&mut self, removed: &[String]) -> Result<(), ActorProcessingErr> {
+        // The delivery a read-back stopped at may be one of those buried.
+        (self.spill_blocked, self.parked_blocked) = (None, None);
         let gone = |channel: String| removed.contains(&channel);
         let now = now_millis();
         let held: Vec<DeliveryId> = self
@@ -1142,14 +1146,22 @@ impl WorkerState {
             d.done_recipients.clear();
         }
         let mut b = Batch::new();
+        // Pending and not in memory: parked, or spilled (counted in `spilled` already).
+        let mut spilled = d.status == DeliveryStatus::Pending;
         if let (DeliveryStatus::Pending, Some(due)) = (d.status, d.next_attempt_ms) {
             // Parked: its `due/` entry goes (a stale one would be skipped anyway).
             let due_key = due_key(&self.rt.webhook_id, due, id.as_str());
             if self.shared.store.contains(Keyspace::DUE, &due_key)? {
                 b.delete(Keyspace::DUE, &due_key);
                 self.parked = self.parked.saturating_sub(1);
+                spilled = false;
             }
         }
+        if spilled {
+            self.spilled = self.spilled.saturating_sub(1); // counted again below
+        }
+        // It may be the delivery a read-back stopped at: the next one looks again.
+        (self.spill_blocked, self.parked_blocked) = (None, None);
         d.status = DeliveryStatus::Pending;
         d.failures = 0;
         d.window_start_ms = now;

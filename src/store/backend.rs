@@ -16,6 +16,11 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Visits keys `>= start` in order while they start with `prefix`.
     fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError>;
+    /// Like `scan_from` for a caller that reads only the keys: the values it is given may be
+    /// placeholders (a long value's marker, not the value).
+    fn scan_keys_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
+        self.scan_from(start, prefix, visit)
+    }
     /// Visits the keys that start with `prefix` and are `< end` (all of them when `None`), in
     /// descending order (newest first for time-ordered keys).
     fn scan_rev(&self, prefix: &[u8], end: Option<&[u8]>, visit: &mut Visitor<'_>) -> Result<(), StoreError>;
@@ -33,6 +38,11 @@ pub trait Backend: Send + Sync + 'static {
             });
         }
         self.apply(&batch)
+    }
+    /// Like `apply`, for a batch replayed from the log at start: what a crash may have left
+    /// half done (see `store/pieces.rs`) is cleaned up too.
+    fn replay(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.apply(batch)
     }
     /// Makes every applied batch durable.
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
@@ -103,7 +113,7 @@ impl SledBackend {
             m if m.contains("could not acquire lock") => in_use(path, &m),
             m => StoreError::Io(format!("open sled store at {}: {m}", path.display())),
         })?;
-        let trees = Pieces::new(db.open_tree("hookline")?, db.open_tree("hookline-pieces")?);
+        let trees = Pieces::new(db.clone(), db.open_tree("hookline")?, db.open_tree("hookline-pieces")?);
         Ok(SledBackend { db, trees, failed: std::sync::atomic::AtomicBool::new(false), _lock: lock })
     }
 }
@@ -182,6 +192,16 @@ impl Backend for SledBackend {
         Ok(())
     }
 
+    fn scan_keys_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
+        for item in self.trees.main.range(start..) {
+            let (k, v) = self.note(item)?;
+            if !k.starts_with(prefix) || !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn scan_rev(&self, prefix: &[u8], end: Option<&[u8]>, visit: &mut Visitor<'_>) -> Result<(), StoreError> {
         let iter = match end {
             Some(e) if e <= prefix => return Ok(()),
@@ -214,7 +234,18 @@ impl Backend for SledBackend {
         // write-ahead log (store/wal.rs), and sled seals and writes its log buffer at the end
         // of every `apply_batch`, which is most of what a group commit used to cost.
         for (k, v) in ops {
-            self.note(self.trees.write(k, v))?;
+            self.note(self.trees.write(k, v, false))?;
+        }
+        Ok(())
+    }
+
+    fn replay(&self, batch: &Batch) -> Result<(), StoreError> {
+        for op in &batch.ops {
+            let (k, v) = match op {
+                Op::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+                Op::Delete(k) => (k.as_slice(), None),
+            };
+            self.note(self.trees.write(k, v, true))?;
         }
         Ok(())
     }

@@ -293,8 +293,10 @@ impl Store {
     pub fn for_each_key(&self, ks: Keyspace, prefix: &str, mut f: impl FnMut(&str) -> bool) -> Result<(), StoreError> {
         let ks_prefix_len = ks.prefix().len();
         let full_prefix = ks.key(prefix);
-        self.reader
-            .scan_from(&full_prefix, &full_prefix, &mut |k, _| Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..]))))
+        // Keys only: a long value is not assembled from its pieces just to be ignored.
+        self.reader.scan_keys_from(&full_prefix, &full_prefix, &mut |k, _| {
+            Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..])))
+        })
     }
 
     /// Counts the keys under `prefix`.

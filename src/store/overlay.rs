@@ -174,6 +174,21 @@ impl Layered {
         merge(newer, |a, b| a < b, |v| self.backend.scan_from(start, prefix, v), visit)
     }
 
+    /// [`Layered::scan_from`] for a caller that reads only the keys (the values it is given
+    /// may be placeholders: see `Backend::scan_keys_from`).
+    pub(crate) fn scan_keys_from(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        let newer = self.overlay.range(start, None, prefix);
+        if newer.is_empty() {
+            return self.backend.scan_keys_from(start, prefix, visit);
+        }
+        merge(newer, |a, b| a < b, |v| self.backend.scan_keys_from(start, prefix, v), visit)
+    }
+
     /// [`Layered::scan_from`] backwards: keys under `prefix` below `end`, descending.
     pub(crate) fn scan_rev(
         &self,

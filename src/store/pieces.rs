@@ -19,8 +19,6 @@
 //! the backend makes each batch atomic and durable (a crash between a value's pieces and its
 //! marker is repaired by the replay, which writes the value again).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::StoreError;
 
 /// The longest value kept whole in the main tree, and the size of a piece: 16 entries of
@@ -34,6 +32,10 @@ const MARKER_LEN: usize = 18;
 /// How often a reader re-reads a marker whose pieces went missing before calling the
 /// value corrupt (each retry means the value was rewritten meanwhile).
 const RETRIES: usize = 8;
+
+/// The longest value a marker may name: what one log record can hold (4 GiB). A longer one
+/// is a damaged marker, reported corrupt rather than allocated.
+const MAX_LEN: usize = u32::MAX as usize;
 
 /// Whether `value` is kept in pieces when written.
 pub fn split(value: &[u8]) -> bool {
@@ -77,24 +79,27 @@ fn piece_key(key: &[u8], generation: u64, index: u32) -> Vec<u8> {
 
 /// The main tree and the pieces tree, and where generations come from.
 pub struct Pieces {
+    /// Generations come from sled's persistent ID generator: never one used before, even
+    /// after a restart with the clock set back (a reused generation would let a new value's
+    /// pieces overwrite a live value's in place).
+    db: sled::Db,
     pub main: sled::Tree,
     pub pieces: sled::Tree,
-    /// Starts at the clock (in ns) at open, so a generation is never one left by an earlier
-    /// run (whose pieces a crash may have orphaned).
-    next: AtomicU64,
 }
 
 impl Pieces {
-    pub fn new(main: sled::Tree, pieces: sled::Tree) -> Pieces {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Pieces { main, pieces, next: AtomicU64::new(u64::try_from(now).unwrap_or(u64::MAX / 2)) }
+    pub fn new(db: sled::Db, main: sled::Tree, pieces: sled::Tree) -> Pieces {
+        Pieces { db, main, pieces }
     }
 
-    /// Writes `key` = `value` (`None`: deletes it), in pieces when it is long.
-    pub fn write(&self, key: &[u8], value: Option<&[u8]>) -> sled::Result<()> {
+    /// Writes `key` = `value` (`None`: deletes it), in pieces when it is long. `replayed`: a
+    /// write replayed from the log at start, after a crash that may have saved a delete or a
+    /// short rewrite but not the removal of the old pieces after it: they are looked for
+    /// whatever the key holds.
+    pub fn write(&self, key: &[u8], value: Option<&[u8]>, replayed: bool) -> sled::Result<()> {
         let old = match value {
             Some(v) if split(v) => {
-                let generation = self.next.fetch_add(1, Ordering::Relaxed);
+                let generation = self.db.generate_id()?;
                 for (i, piece) in v.chunks(PIECE).enumerate() {
                     self.pieces.insert(piece_key(key, generation, i as u32), piece)?;
                 }
@@ -105,7 +110,7 @@ impl Pieces {
             Some(v) => self.main.insert(key, v)?,
             None => self.main.remove(key)?,
         };
-        if old.as_deref().and_then(marker).is_some() {
+        if replayed || old.as_deref().and_then(marker).is_some() {
             self.remove_pieces(key, None)?;
         }
         Ok(())
@@ -152,18 +157,27 @@ impl Pieces {
         })
     }
 
-    /// Reads the pieces of one generation (`None`: not all there).
-    fn assemble(&self, key: &[u8], generation: u64, len: usize) -> sled::Result<Option<Vec<u8>>> {
+    /// Reads the pieces of one generation (`None`: not all there, or not as the marker says).
+    fn assemble(&self, key: &[u8], generation: u64, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        if len > MAX_LEN {
+            return Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: format!("a large value's marker names {len} bytes"),
+            });
+        }
         let count = len.div_ceil(PIECE);
         let (first, last) = (piece_key(key, generation, 0), piece_key(key, generation, count as u32));
         let mut out = Vec::with_capacity(len);
-        let mut n = 0;
-        for item in self.pieces.range(first..last) {
-            let (_, piece) = item?;
+        for (i, item) in self.pieces.range(first..last).enumerate() {
+            let (k, piece) = item?;
+            // Each piece in its place and of its size: the last holds what is left.
+            let index = k.len().checked_sub(4).and_then(|at| k[at..].try_into().ok()).map(u32::from_be_bytes);
+            if index != Some(i as u32) || piece.len() != PIECE.min(len - out.len()) {
+                return Ok(None);
+            }
             out.extend_from_slice(&piece);
-            n += 1;
         }
-        Ok((n == count && out.len() == len).then_some(out))
+        Ok((out.len() == len).then_some(out))
     }
 }
 
@@ -174,7 +188,7 @@ mod tests {
     fn open() -> (tempfile::TempDir, Pieces) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
-        let p = Pieces::new(db.open_tree("m").unwrap(), db.open_tree("p").unwrap());
+        let p = Pieces::new(db.clone(), db.open_tree("m").unwrap(), db.open_tree("p").unwrap());
         (dir, p)
     }
 
@@ -188,13 +202,13 @@ mod tests {
         let (_d, p) = open();
         let long: Vec<u8> = (0..3 * PIECE + 17).map(|i| (i % 251) as u8).collect();
         for value in [b"{\"a\":1}".to_vec(), vec![b'x'; PIECE], vec![b'y'; PIECE + 1], long.clone(), vec![MARKER]] {
-            p.write(b"k", Some(&value)).unwrap();
+            p.write(b"k", Some(&value), false).unwrap();
             assert_eq!(get(&p, b"k"), Some(value.clone()));
             let pieces = p.pieces.len();
             assert_eq!(pieces, if split(&value) { value.len().div_ceil(PIECE) } else { 0 }, "old pieces removed");
         }
         assert_eq!(p.main.get(b"k").unwrap().map(|v| v.len()), Some(MARKER_LEN), "a marker, not the value");
-        p.write(b"k", None).unwrap();
+        p.write(b"k", None, false).unwrap();
         assert_eq!(get(&p, b"k"), None);
         assert_eq!(p.pieces.len(), 0, "a delete removes the pieces");
     }
@@ -203,9 +217,9 @@ mod tests {
     fn keys_that_share_a_prefix_keep_their_own_pieces() {
         let (_d, p) = open();
         let (a, b) = (vec![b'a'; 2 * PIECE], vec![b'b'; 3 * PIECE]);
-        p.write(b"key", Some(&a)).unwrap();
-        p.write(b"key2", Some(&b)).unwrap();
-        p.write(b"key", Some(b"\"short\"")).unwrap();
+        p.write(b"key", Some(&a), false).unwrap();
+        p.write(b"key2", Some(&b), false).unwrap();
+        p.write(b"key", Some(b"\"short\""), false).unwrap();
         assert_eq!(get(&p, b"key2"), Some(b));
         assert_eq!(get(&p, b"key"), Some(b"\"short\"".to_vec()));
     }
@@ -213,11 +227,11 @@ mod tests {
     #[test]
     fn a_reader_holding_an_old_marker_gets_the_value_written_since() {
         let (_d, p) = open();
-        p.write(b"k", Some(&vec![b'1'; 2 * PIECE])).unwrap();
+        p.write(b"k", Some(&vec![b'1'; 2 * PIECE]), false).unwrap();
         let old_marker = p.main.get(b"k").unwrap().unwrap();
-        p.write(b"k", Some(&vec![b'2'; 3 * PIECE])).unwrap();
+        p.write(b"k", Some(&vec![b'2'; 3 * PIECE]), false).unwrap();
         assert_eq!(p.resolve(b"k", old_marker.clone()).unwrap(), Some(vec![b'2'; 3 * PIECE]));
-        p.write(b"k", None).unwrap();
+        p.write(b"k", None, false).unwrap();
         assert_eq!(p.resolve(b"k", old_marker).unwrap(), None, "deleted meanwhile");
     }
 
@@ -226,15 +240,43 @@ mod tests {
         let (_d, p) = open();
         // Pieces written, the marker not (a crash in between); the replay writes it again.
         p.pieces.insert(piece_key(b"k", 7, 0), &[1u8; 10][..]).unwrap();
-        p.write(b"k", Some(&vec![b'z'; PIECE + 1])).unwrap();
+        p.write(b"k", Some(&vec![b'z'; PIECE + 1]), false).unwrap();
         assert_eq!(p.pieces.len(), 2);
         assert_eq!(get(&p, b"k"), Some(vec![b'z'; PIECE + 1]));
     }
 
     #[test]
+    fn a_replayed_delete_or_short_write_removes_pieces_a_crash_left() {
+        let (_d, p) = open();
+        for replayed_value in [None, Some(&b"\"short\""[..])] {
+            p.write(b"k", Some(&vec![b'v'; 3 * PIECE]), false).unwrap();
+            // Saved by sled before the crash: the delete (or short write), not the removal of
+            // the pieces after it. The log replays the same write.
+            p.main.remove(b"k").unwrap();
+            assert_eq!(p.pieces.len(), 3);
+            p.write(b"k", replayed_value, true).unwrap();
+            assert_eq!(p.pieces.len(), 0, "{replayed_value:?}");
+        }
+    }
+
+    #[test]
+    fn a_piece_out_of_place_or_a_damaged_marker_is_not_taken_as_the_value() {
+        let (_d, p) = open();
+        p.write(b"k", Some(&vec![b'a'; 2 * PIECE + 10]), false).unwrap();
+        let stored = p.main.get(b"k").unwrap().unwrap();
+        let (generation, _) = marker(&stored).unwrap();
+        // The last piece replaced by a full-size one: the length check alone would pass
+        // only by luck; the piece's size must match what is left.
+        p.pieces.insert(piece_key(b"k", generation, 2), &[b'b'; PIECE][..]).unwrap();
+        assert!(matches!(p.resolve(b"k", stored.clone()), Err(StoreError::Corrupt { .. })));
+        let huge = encode_marker(generation, usize::MAX);
+        assert!(matches!(p.resolve(b"k", sled::IVec::from(&huge[..])), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
     fn missing_pieces_with_an_unchanged_marker_are_corruption() {
         let (_d, p) = open();
-        p.write(b"k", Some(&vec![b'q'; 2 * PIECE])).unwrap();
+        p.write(b"k", Some(&vec![b'q'; 2 * PIECE]), false).unwrap();
         let first = p.pieces.iter().next().unwrap().unwrap().0;
         p.pieces.remove(first).unwrap();
         let stored = p.main.get(b"k").unwrap().unwrap();

@@ -307,7 +307,7 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
     let mut records = 0usize;
     for read in reads {
         for batch in read.records {
-            backend.apply(&batch)?;
+            backend.replay(&batch)?;
             records += 1;
         }
     }
