@@ -536,6 +536,12 @@ impl WorkerState {
         }
     }
 
+    /// The next read-backs look again, whatever they last stopped at: that delivery may be
+    /// gone (retried by hand, buried).
+    fn forget_blocked(&mut self) {
+        (self.spill_blocked, self.parked_blocked) = (None, None);
+    }
+
     /// Records a pending delivery (by key) as left in the store.
     fn spill(&mut self, key: String) {
         match &mut self.spilled_from {
@@ -1016,7 +1022,7 @@ impl WorkerState {
     /// flight finish on the channel they started with.
     async fn drop_removed_channels(&mut self, removed: &[String]) -> Result<(), ActorProcessingErr> {
         // The delivery a read-back stopped at may be one of those buried.
-        (self.spill_blocked, self.parked_blocked) = (None, None);
+        self.forget_blocked();
         let gone = |channel: String| removed.contains(&channel);
         let now = now_millis();
         let held: Vec<DeliveryId> = self
@@ -1160,8 +1166,8 @@ impl WorkerState {
         if spilled {
             self.spilled = self.spilled.saturating_sub(1); // counted again below
         }
-        // It may be the delivery a read-back stopped at: the next one looks again.
-        (self.spill_blocked, self.parked_blocked) = (None, None);
+        // It may be the delivery a read-back stopped at.
+        self.forget_blocked();
         d.status = DeliveryStatus::Pending;
         d.failures = 0;
         d.window_start_ms = now;

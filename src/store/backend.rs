@@ -87,6 +87,47 @@ impl SledBackend {
         })
     }
 
+    /// Visits the main tree's keys `>= start` under `prefix`, each with its value made whole
+    /// (`resolve`) or as stored (a long value's marker).
+    fn forward(&self, start: &[u8], prefix: &[u8], resolve: bool, visit: &mut Visitor<'_>) -> Result<(), StoreError> {
+        for item in self.trees.main.range(start..) {
+            let (k, v) = self.note(item)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let whole;
+            let v: &[u8] = match resolve {
+                true => match self.resolve(&k, v)? {
+                    Some(w) => {
+                        whole = w;
+                        &whole
+                    }
+                    None => continue, // deleted while its pieces were read
+                },
+                false => &v,
+            };
+            if !visit(&k, v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the operations in order (`replayed`: from the log at start, see
+    /// [`Pieces::write`]). Single inserts, not `apply_batch`: atomicity across a crash comes
+    /// from the write-ahead log (store/wal.rs), and sled seals and writes its log buffer at
+    /// the end of every `apply_batch`, which is most of what a group commit used to cost.
+    fn write_each(
+        &self,
+        ops: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+        replayed: bool,
+    ) -> Result<(), StoreError> {
+        for (k, v) in ops {
+            self.note(self.trees.write(k, v, replayed))?;
+        }
+        Ok(())
+    }
+
     /// Passes a sled result on, remembering an error (see `Drop`).
     fn note<T>(&self, r: sled::Result<T>) -> Result<T, StoreError> {
         r.map_err(|e| {
@@ -116,6 +157,14 @@ impl SledBackend {
         let trees = Pieces::new(db.clone(), db.open_tree("hookline")?, db.open_tree("hookline-pieces")?);
         Ok(SledBackend { db, trees, failed: std::sync::atomic::AtomicBool::new(false), _lock: lock })
     }
+}
+
+/// A batch's operations as `(key, value)`, `None` deleting.
+fn entries(batch: &Batch) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    batch.ops.iter().map(|op| match op {
+        Op::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+        Op::Delete(k) => (k.as_slice(), None),
+    })
 }
 
 fn in_use(path: &std::path::Path, detail: &str) -> StoreError {
@@ -179,27 +228,11 @@ impl Backend for SledBackend {
     }
 
     fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
-        for item in self.trees.main.range(start..) {
-            let (k, v) = self.note(item)?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            let Some(v) = self.resolve(&k, v)? else { continue };
-            if !visit(&k, &v)? {
-                break;
-            }
-        }
-        Ok(())
+        self.forward(start, prefix, true, visit)
     }
 
     fn scan_keys_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
-        for item in self.trees.main.range(start..) {
-            let (k, v) = self.note(item)?;
-            if !k.starts_with(prefix) || !visit(&k, &v)? {
-                break;
-            }
-        }
-        Ok(())
+        self.forward(start, prefix, false, visit)
     }
 
     fn scan_rev(&self, prefix: &[u8], end: Option<&[u8]>, visit: &mut Visitor<'_>) -> Result<(), StoreError> {
@@ -222,32 +255,15 @@ impl Backend for SledBackend {
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut ops = batch.ops.iter().map(|op| match op {
-            Op::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
-            Op::Delete(k) => (k.as_slice(), None),
-        });
-        self.apply_each(&mut ops)
+        self.write_each(&mut entries(batch), false)
     }
 
     fn apply_each(&self, ops: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) -> Result<(), StoreError> {
-        // Single inserts, not `apply_batch`: atomicity across a crash comes from the
-        // write-ahead log (store/wal.rs), and sled seals and writes its log buffer at the end
-        // of every `apply_batch`, which is most of what a group commit used to cost.
-        for (k, v) in ops {
-            self.note(self.trees.write(k, v, false))?;
-        }
-        Ok(())
+        self.write_each(ops, false)
     }
 
     fn replay(&self, batch: &Batch) -> Result<(), StoreError> {
-        for op in &batch.ops {
-            let (k, v) = match op {
-                Op::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
-                Op::Delete(k) => (k.as_slice(), None),
-            };
-            self.note(self.trees.write(k, v, true))?;
-        }
-        Ok(())
+        self.write_each(&mut entries(batch), true)
     }
 
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {

@@ -167,11 +167,7 @@ impl Layered {
     /// winning over the backend's. The overlay's part is taken first: a layer applied and
     /// dropped meanwhile is still seen, in the copy.
     pub(crate) fn scan_from(&self, start: &[u8], prefix: &[u8], visit: &mut Visitor<'_>) -> Result<(), StoreError> {
-        let newer = self.overlay.range(start, None, prefix);
-        if newer.is_empty() {
-            return self.backend.scan_from(start, prefix, visit);
-        }
-        merge(newer, |a, b| a < b, |v| self.backend.scan_from(start, prefix, v), visit)
+        self.forward(start, prefix, |b, v| b.scan_from(start, prefix, v), visit)
     }
 
     /// [`Layered::scan_from`] for a caller that reads only the keys (the values it is given
@@ -182,11 +178,22 @@ impl Layered {
         prefix: &[u8],
         visit: &mut Visitor<'_>,
     ) -> Result<(), StoreError> {
+        self.forward(start, prefix, |b, v| b.scan_keys_from(start, prefix, v), visit)
+    }
+
+    /// The overlay's entries from `start` merged into the backend's forward `scan`.
+    fn forward(
+        &self,
+        start: &[u8],
+        prefix: &[u8],
+        scan: impl Fn(&dyn Backend, &mut Visitor<'_>) -> Result<(), StoreError>,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
         let newer = self.overlay.range(start, None, prefix);
         if newer.is_empty() {
-            return self.backend.scan_keys_from(start, prefix, visit);
+            return scan(self.backend.as_ref(), visit);
         }
-        merge(newer, |a, b| a < b, |v| self.backend.scan_keys_from(start, prefix, v), visit)
+        merge(newer, |a, b| a < b, |v| scan(self.backend.as_ref(), v), visit)
     }
 
     /// [`Layered::scan_from`] backwards: keys under `prefix` below `end`, descending.
