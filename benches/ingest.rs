@@ -12,7 +12,9 @@
 //! Also printed: the whole process's CPU time per request (client and server together),
 //! which moves less than requests/s when the shared machine's speed does.
 //! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64), BENCH_SCENARIOS
-//! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all).
+//! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all),
+//! BENCH_PAD_BYTES (default 0: a string of that many bytes in each event, mapped to the
+//! object's `pad` field, for the cost of large objects; the bare route receives it too).
 
 mod common;
 use common::process_cpu;
@@ -174,9 +176,18 @@ fn main() {
         tokio::spawn(warp::serve(route).incoming(listener).run());
         addr
     });
-    let body = Arc::new(|i: u64| {
-        serde_json::to_vec(&json!({"type": "item.ready", "data": {"id": format!("e{i}"), "n": i}})).unwrap()
-    });
+    let pad_bytes = env_num("BENCH_PAD_BYTES", 0) as usize;
+    if pad_bytes > 0 {
+        println!("each event carries a {pad_bytes}-byte string, mapped into its object");
+    }
+    // Each body is put together from text made once: serializing a long string per request
+    // (escaping it byte by byte) would be the client's cost, charged to both routes.
+    let pad = match pad_bytes {
+        0 => String::new(),
+        n => format!(r#","pad":"{}""#, "x".repeat(n)),
+    };
+    let body =
+        Arc::new(move |i: u64| format!(r#"{{"type":"item.ready","data":{{"id":"e{i}","n":{i}{pad}}}}}"#).into_bytes());
     let b = body.clone();
     let bare_req: MakeRequest = Arc::new(move |c, i| {
         c.post(format!("http://{bare_addr}/")).header("content-type", "application/json").body(b(i))
@@ -244,7 +255,7 @@ fn main() {
                 let r = client
                     .post(format!("{base}/v1/buckets"))
                     .bearer_auth(API_KEY)
-                    .json(&json!({"bucket_name": mode, "bucket_schema": {"properties": {"n": {"type": "int"}}}}))
+                    .json(&json!({"bucket_name": mode, "bucket_schema": {"properties": {"n": {"type": "int"}, "pad": {"type": "string"}}}}))
                     .send()
                     .await;
                 match r {
@@ -258,11 +269,15 @@ fn main() {
                     other => panic!("create bucket: {other:?}"),
                 }
             };
+            let mut field_mapping = json!({"data.n": "n"});
+            if pad_bytes > 0 {
+                field_mapping["data.pad"] = "pad".into();
+            }
             let r: serde_json::Value = client
                 .patch(format!("{base}/v1/buckets/{bucket}"))
                 .bearer_auth(API_KEY)
                 .json(&json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "data.id",
-                    "field_mapping": {"data.n": "n"}, "batching": batching}}))
+                    "field_mapping": field_mapping, "batching": batching}}))
                 .send()
                 .await
                 .unwrap()
