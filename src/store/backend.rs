@@ -159,7 +159,7 @@ impl SledBackend {
     }
 
     /// How many pieces of long values the store holds: every one should belong to a live
-    /// value (tests check that deletes and rewrites leave none behind).
+    /// value (a test checks that deletes leave none behind).
     pub fn piece_count(&self) -> usize {
         self.trees.pieces.len()
     }
