@@ -24,6 +24,8 @@ mod wal;
 
 pub use backend::{Backend, SledBackend};
 pub use commit::Durable;
+/// Values longer than this are kept in pieces of this size (see `pieces.rs`).
+pub use pieces::PIECE;
 
 use std::sync::Arc;
 

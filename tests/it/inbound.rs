@@ -561,9 +561,9 @@ async fn large_objects_leave_no_pieces_behind() {
         let mut live = 0;
         let mut expected = 0;
         for v in stored_values(&backend) {
-            if v.len() > 4096 {
+            if v.len() > hookline::store::PIECE {
                 live += 1;
-                expected += v.len().div_ceil(4096);
+                expected += v.len().div_ceil(hookline::store::PIECE);
             }
         }
         // a2 and the batch's three objects; nothing of a1, b0 or the buffer.
