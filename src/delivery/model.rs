@@ -345,6 +345,10 @@ pub struct Delivery {
     pub window_start_ms: u64,
     /// When the next attempt is due (pending only).
     pub next_attempt_ms: Option<u64>,
+    /// When it became `succeeded` or `dead` (absent while pending, and in deliveries stored
+    /// before this was recorded): the retention counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
     pub created_at: String,
     pub event_id: EventId,
     pub event_type: String,
@@ -397,6 +401,7 @@ impl Delivery {
             failures: 0,
             window_start_ms: now_ms,
             next_attempt_ms: Some(now_ms),
+            finished_at_ms: None,
             created_at: crate::util::millis_to_rfc3339(now_ms),
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),
@@ -435,6 +440,7 @@ impl Delivery {
             "status": self.status,
             "attempts": self.attempts,
             "next_attempt_at": self.next_attempt_ms.filter(|_| self.status == DeliveryStatus::Pending).map(crate::util::millis_to_rfc3339),
+            "finished_at": self.finished_at_ms.filter(|_| self.status != DeliveryStatus::Pending).map(crate::util::millis_to_rfc3339),
             "created_at": self.created_at,
         })
     }

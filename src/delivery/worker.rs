@@ -980,12 +980,14 @@ impl WorkerState {
             Decision::Succeeded => {
                 d.status = DeliveryStatus::Succeeded;
                 d.next_attempt_ms = None;
+                d.finished_at_ms = Some(now);
                 crate::metrics::delivery_finished(&d.channel, "succeeded");
                 self.note_outcome(&d, None);
             }
             Decision::Dead => {
                 d.status = DeliveryStatus::Dead;
                 d.next_attempt_ms = None;
+                d.finished_at_ms = Some(now);
                 crate::metrics::delivery_finished(&d.channel, "dead");
                 tracing::warn!(webhook_id = %d.webhook_id, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
                 self.note_outcome(&d, error);
@@ -1111,6 +1113,7 @@ impl WorkerState {
         });
         d.status = DeliveryStatus::Dead;
         d.next_attempt_ms = None;
+        d.finished_at_ms = Some(now);
         crate::metrics::delivery_finished(&d.channel, "dead");
         self.write(d);
     }
@@ -1172,6 +1175,7 @@ impl WorkerState {
         d.failures = 0;
         d.window_start_ms = now;
         d.next_attempt_ms = Some(now);
+        d.finished_at_ms = None;
         b.put(Keyspace::DELIVERIES, &key, &d);
         let durable = self.shared.store.submit(b);
         let view = d.view();
@@ -1218,11 +1222,10 @@ impl WorkerState {
     }
 
     fn prune(&mut self) -> Result<(), ActorProcessingErr> {
-        let cutoff = now_millis().saturating_sub(self.settings.retention.as_millis() as u64);
+        let (now, retention) = (now_millis(), self.settings.retention);
         let mut b = Batch::new();
         self.shared.store.for_each::<StatusOnly>(Keyspace::DELIVERIES, &self.prefix(), |k, d| {
-            let finished_at = d.window_start_ms;
-            if d.status != DeliveryStatus::Pending && finished_at < cutoff {
+            if d.expired(now, retention) {
                 b.delete(Keyspace::DELIVERIES, k);
             }
             true
@@ -1246,12 +1249,24 @@ struct StatusOnly {
     status: DeliveryStatus,
     window_start_ms: u64,
     next_attempt_ms: Option<u64>,
+    #[serde(default)]
+    finished_at_ms: Option<u64>,
     channel_index: usize,
     #[serde(default)]
     channel_id: Option<String>,
 }
 
 impl StatusOnly {
+    /// Whether a finished delivery has been kept for `retention` since it finished. One
+    /// stored before finish times were recorded counts as finished at the latest moment it
+    /// could have (`retention` is at least `max_age` after its window began): kept too long
+    /// rather than dropped while a user may still look for it.
+    fn expired(&self, now_ms: u64, retention: Duration) -> bool {
+        let retention = retention.as_millis() as u64;
+        let finished_at = self.finished_at_ms.unwrap_or(self.window_start_ms.saturating_add(retention));
+        self.status != DeliveryStatus::Pending && finished_at.saturating_add(retention) <= now_ms
+    }
+
     /// As [`Delivery::channel_ref`].
     fn channel_ref(&self) -> String {
         self.channel_id.clone().unwrap_or_else(|| super::model::legacy_channel_id(self.channel_index))
@@ -1295,4 +1310,42 @@ fn attach_event(store: &crate::store::Store, events: &mut EventCache, d: &mut De
     };
     d.event = event;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3600 * 1000;
+
+    fn stored(status: &str, window_start_ms: u64, finished_at_ms: Option<u64>) -> StatusOnly {
+        let mut v = serde_json::json!({
+            "status": status, "window_start_ms": window_start_ms, "next_attempt_ms": null, "channel_index": 0,
+        });
+        if let Some(f) = finished_at_ms {
+            v["finished_at_ms"] = f.into();
+        }
+        serde_json::from_value(v).expect("a stored delivery decodes")
+    }
+
+    #[test]
+    fn retention_counts_from_the_finish_not_the_queueing() {
+        let retention = Duration::from_millis(72 * HOUR);
+        let now = 1_000 * HOUR;
+        // Queued 72 h ago, dead just now (its max_age ran out): kept for the retention.
+        assert!(!stored("dead", now - 72 * HOUR, Some(now - HOUR)).expired(now, retention));
+        assert!(!stored("succeeded", now - 100 * HOUR, Some(now - 71 * HOUR)).expired(now, retention));
+        assert!(stored("dead", now - 100 * HOUR, Some(now - 72 * HOUR)).expired(now, retention));
+        assert!(stored("succeeded", now - 80 * HOUR, Some(now - 73 * HOUR)).expired(now, retention));
+        // Pending: never pruned, however old.
+        assert!(!stored("pending", now - 500 * HOUR, None).expired(now, retention));
+    }
+
+    #[test]
+    fn a_delivery_stored_without_a_finish_time_is_kept_as_long_as_it_could_need() {
+        let retention = Duration::from_millis(24 * HOUR);
+        let now = 1_000 * HOUR;
+        assert!(!stored("dead", now - 30 * HOUR, None).expired(now, retention));
+        assert!(stored("dead", now - 48 * HOUR, None).expired(now, retention));
+    }
 }

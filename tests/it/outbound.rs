@@ -333,6 +333,9 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert!(d["attempts"][0]["duration_ms"].is_u64());
     assert!(d["attempts"][0]["at"].is_string());
     assert_eq!(d["next_attempt_at"], Value::Null);
+    // The retention of finished deliveries counts from here.
+    let finished = d["finished_at"].as_str().expect("a finished delivery says when");
+    assert!(finished >= d["attempts"][0]["at"].as_str().unwrap(), "{d}");
     assert!(
         metric_reaches(&app, "hookline_deliveries_total", &[("channel", "webhook"), ("outcome", "succeeded")], 1.0)
             .await,
@@ -569,6 +572,8 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     assert!(ok, "{:?}", deliveries(&app, &id, None).await);
     let d = deliveries(&app, &id, Some("dead")).await.remove(0);
     assert!(d["attempts"].as_array().unwrap().len() >= 2, "{d}");
+    let last_attempt = d["attempts"].as_array().unwrap().last().unwrap()["at"].as_str().unwrap().to_string();
+    assert!(d["finished_at"].as_str().is_some_and(|f| f >= last_attempt.as_str()), "{d}");
     assert!(deliveries(&app, &id, Some("pending")).await.is_empty());
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     assert!(w["last_error"].as_str().unwrap_or("").contains("HTTP 500"), "{w}");
@@ -587,6 +592,7 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     let (s, b) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
     assert_eq!(s, 202, "{b}");
     assert_eq!(b["status"], "pending");
+    assert_eq!(b["finished_at"], Value::Null, "re-queued: no longer finished");
     let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
     assert!(ok, "{:?}", deliveries(&app, &id, None).await);
     let caps = rx.captured();
