@@ -63,6 +63,9 @@ pub enum AdapterMsg {
     Tick,
     /// Flush everything buffered now (before the adapter is removed or changed).
     Drain(RpcReplyPort<Commit>),
+    /// `POST …/source-adapter/flush`: flush everything buffered now and go on; replies with
+    /// the commit and the batches it makes.
+    Flush(RpcReplyPort<(Commit, Flushed)>),
     /// A batch this actor submitted did not reach the disk: fail, so the restart reloads.
     CommitFailed(String),
     /// Fault injection for supervision tests.
@@ -83,6 +86,15 @@ pub enum AdapterMsg {
     /// `POST …/objects/{id}/alerts` while this actor runs (forwarded by the registry): the
     /// actor knows what is still buffered, and records the alert with its writeback job.
     Alert(Box<NewAlert>, RpcReplyPort<Result<AlertAnswer, AlertError>>),
+}
+
+/// What [`AdapterMsg::Flush`] made of the buffer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Flushed {
+    /// Objects created (every buffered event).
+    pub objects: usize,
+    /// Their batches, of at most `max_batch_size` objects each.
+    pub batch_ids: Vec<BatchId>,
 }
 
 /// The answer to [`AdapterMsg::BufferBytes`].
@@ -432,6 +444,13 @@ impl Actor for SourceAdapterActor {
                 state.flush_into(&mut batch, &mut events, "drain");
                 let _ = reply.send(state.submit(batch, events));
             }
+            AdapterMsg::Flush(reply) => {
+                let mut batch = Batch::new();
+                let mut events = Vec::new();
+                let objects = state.buffer.len();
+                let batch_ids = state.flush_into(&mut batch, &mut events, "manual");
+                let _ = reply.send((state.submit(batch, events), Flushed { objects, batch_ids }));
+            }
             AdapterMsg::WritebackFailed(e) => {
                 state.stats.error(now_millis(), e);
                 let mut batch = Batch::new();
@@ -636,10 +655,12 @@ impl AdapterState {
         IngestErr::Invalid { field, message, commit: self.submit(batch, Vec::new()) }
     }
 
-    /// Turns the whole buffer into objects and batches of at most `max_batch_size`.
-    fn flush_into(&mut self, batch: &mut Batch, events: &mut Vec<EventRecord>, trigger: &'static str) {
+    /// Turns the whole buffer into objects and batches of at most `max_batch_size`, and
+    /// returns the batches' IDs.
+    fn flush_into(&mut self, batch: &mut Batch, events: &mut Vec<EventRecord>, trigger: &'static str) -> Vec<BatchId> {
+        let mut made = Vec::new();
         if self.buffer.is_empty() {
-            return;
+            return made;
         }
         let max = self.adapter.batching.max_batch_size.max(1);
         let bucket_id = self.bucket_id().clone();
@@ -673,6 +694,7 @@ impl AdapterState {
                 created_at: now.clone(),
                 submitted_at: None,
                 completed_at: None,
+                deleted_object_ids: Vec::new(),
             };
             if self.adapter.batching.auto_submit {
                 br.submit();
@@ -680,12 +702,14 @@ impl AdapterState {
                 events.push(self.shared.bus.record(batch, "batch.completed", || br.completed_payload(&[]), scopes));
             }
             batch.put(Keyspace::BATCHES, &records::key(&bucket_id, br.batch_id.as_str()), &br);
+            made.push(br.batch_id.clone());
             crate::metrics::ingest_flush(trigger);
             crate::metrics::ingest_objects_created(br.object_ids.len());
             tracing::debug!(bucket_id = %bucket_id, batch_id = %br.batch_id, objects = br.object_ids.len(), trigger, "flushed");
             self.stats.last_flush_at = Some(now);
         }
         self.put_stats(batch);
+        made
     }
 
     /// Replaces buffered entries' content with a newer draft of the same upstream thing, in

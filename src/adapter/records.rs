@@ -152,6 +152,10 @@ pub struct BatchRecord {
     pub created_at: String,
     pub submitted_at: Option<String>,
     pub completed_at: Option<String>,
+    /// Objects of the batch deleted before its submit: taken out of `object_ids` then, as
+    /// `batch.completed` leaves them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted_object_ids: Vec<ObjectId>,
 }
 
 impl BatchRecord {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::actor::{AdapterArgs, AdapterMsg, AlertAnswer, SourceAdapterActor};
+use super::actor::{AdapterArgs, AdapterMsg, AlertAnswer, Commit, Flushed, SourceAdapterActor};
 use super::alert::NewAlert;
 use super::records::{self, BatchRecord, BatchStatus, BufferEntry, ObjectRecord};
 use super::spec::{self, PatchBucket, SourceAdapter, SourceAdapterInput};
@@ -79,6 +79,12 @@ pub enum RegistryMsg {
         bucket_id: BucketId,
         alert: Box<NewAlert>,
         reply: RpcReplyPort<Result<AlertAnswer, ApiError>>,
+    },
+    /// `POST …/source-adapter/flush`: the adapter's buffer flushed now (any mode).
+    FlushAdapter {
+        namespace: String,
+        bucket_id: BucketId,
+        reply: RpcReplyPort<Result<(Commit, Flushed), ApiError>>,
     },
     SubmitBatch {
         namespace: String,
@@ -224,6 +230,9 @@ impl Actor for BucketRegistry {
             }
             RegistryMsg::Alert { namespace, bucket_id, alert, reply } => {
                 let _ = reply.send(state.alert(&namespace, &bucket_id, *alert).await);
+            }
+            RegistryMsg::FlushAdapter { namespace, bucket_id, reply } => {
+                let _ = reply.send(state.flush_adapter(&namespace, &bucket_id).await);
             }
             RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply } => {
                 let _ = reply.send(state.submit_batch(&namespace, &bucket_id, &batch_id).await);
@@ -881,6 +890,22 @@ impl RegistryState {
         Ok(AlertAnswer { fired, commit: None })
     }
 
+    /// Asks the bucket's actor to flush its buffer. The commit is the caller's to await, so
+    /// the registry does not wait for the disk.
+    async fn flush_adapter(&mut self, namespace: &str, id: &BucketId) -> Result<(Commit, Flushed), ApiError> {
+        let bucket = self.load_bucket(namespace, id)?;
+        if bucket.source_adapter.is_none() {
+            return Err(ApiError::NotFound(format!("bucket {id} has no source adapter")));
+        }
+        let Some(actor) = self.children.get(id).cloned() else {
+            return Err(ApiError::Unavailable(format!(
+                "the source adapter of bucket {id} is not running; re-enable it (PATCH the same source_adapter), then flush"
+            )));
+        };
+        ractor::call_t!(actor, AdapterMsg::Flush, 30_000)
+            .map_err(|e| ApiError::Unavailable(format!("the source adapter could not flush its buffer ({e}); retry")))
+    }
+
     async fn submit_batch(
         &mut self,
         namespace: &str,
@@ -903,9 +928,12 @@ impl RegistryState {
             }
         }
         let mut batch = Batch::new();
-        batch.put(Keyspace::BATCHES, &key, &rec);
         let scopes = Scopes { namespace, key: batch_id.as_str() };
         let event = self.shared.bus.record(&mut batch, "batch.completed", || rec.completed_payload(&deleted), scopes);
+        // The record, as the event: the objects that remain, and apart those that are gone.
+        rec.object_ids.retain(|o| !deleted.contains(o));
+        rec.deleted_object_ids = deleted;
+        batch.put(Keyspace::BATCHES, &key, &rec);
         super::writeback::record_batch(&self.shared.store, &bucket, &rec, &mut batch)?;
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);

@@ -38,6 +38,9 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
         ["v1", "buckets", id, "source-adapter", "ingest"] => {
             methods!(m, INGEST_ROUTE, { POST => ingest(state, req, id) })
         }
+        ["v1", "buckets", id, "source-adapter", "flush"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/source-adapter/flush", { POST => flush(state, req, id) })
+        }
         ["v1", "buckets", id, "source-adapter", "status"] => {
             methods!(m, "/v1/buckets/{bucket_id}/source-adapter/status", { GET => status(state, req, id) })
         }
@@ -479,6 +482,18 @@ async fn get_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Res
         .get(Keyspace::BATCHES, &records::key(&bucket.bucket_id, batch_id.as_str()))?
         .ok_or_else(not_found)?;
     Ok(json(StatusCode::OK, &rec))
+}
+
+/// `POST …/source-adapter/flush`: buffered events become objects and batches now (a
+/// `count` source's last partial batch, or a window cut short), answered once on disk.
+async fn flush(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let namespace = req.namespace()?;
+    let bucket_id = parse_bucket_id(id)?;
+    let registry = state.shared.bucket_registry()?;
+    let (commit, flushed) = ask!(registry, |reply| RegistryMsg::FlushAdapter { namespace, bucket_id, reply })?;
+    commit.finish().await?;
+    Ok(json(StatusCode::OK, &flushed))
 }
 
 /// `POST …/batches/{batch_id}/submit` (auto_submit off): 409 when already submitted.

@@ -911,6 +911,54 @@ async fn a_smaller_max_batch_size_flushes_a_window_at_once() {
     assert_eq!(sizes, vec![1, 2], "{batches}");
 }
 
+/// `POST …/source-adapter/flush` turns a count source's last partial batch into objects at
+/// once (batches of at most max_batch_size), durably; with nothing buffered it makes none.
+#[tokio::test]
+async fn a_partial_batch_can_be_flushed_by_hand() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id",
+        "batching": {"mode": "count", "max_batch_size": 2, "auto_submit": true}});
+    let (bucket, secret) = bucket_with_adapter(&app, "partial", json!({}), adapter).await;
+    let flush = format!("/v1/buckets/{bucket}/source-adapter/flush");
+    let mut buffered = Vec::new();
+    for id in ["a", "b", "c"] {
+        let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": id})).await;
+        buffered.push(b["object_id"].as_str().unwrap().to_string());
+    }
+    // a and b filled a batch; c waits.
+    assert_eq!(objects(&app, &bucket).await.len(), 2);
+    assert_eq!(status(&app, &bucket).await["events_buffered"], 1);
+    let (s, b) = app.post(&flush, json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["objects"], 1, "{b}");
+    let bid = b["batch_ids"][0].as_str().expect("the batch made").to_string();
+    assert_eq!(b["batch_ids"].as_array().unwrap().len(), 1, "{b}");
+    let (s, batch) = app.get(&format!("/v1/buckets/{bucket}/batches/{bid}")).await;
+    assert_eq!(s, 200, "{batch}");
+    assert_eq!(batch["object_ids"], json!([buffered[2]]), "{batch}");
+    assert_eq!(batch["status"], "completed", "auto_submit applies: {batch}");
+    let st = status(&app, &bucket).await;
+    assert_eq!(st["events_buffered"], 0, "{st}");
+    assert!(st["last_flush_at"].is_string(), "{st}");
+    assert!(crate::support::metric_reaches(&app, "hookline_ingest_flushes_total", &[("trigger", "manual")], 1.0).await);
+    // Answered once on disk: a crash right after loses nothing.
+    let mut app = app;
+    app.kill9();
+    app.start_again().await;
+    assert_eq!(objects(&app, &bucket).await.len(), 3);
+    let (s, b) = app.post(&flush, json!({})).await;
+    assert_eq!((s, &b), (200, &json!({"objects": 0, "batch_ids": []})));
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &json!({"id": "c"})).await.1["status"], "duplicate");
+    // Errors: no adapter, no bucket, no key, another method.
+    let plain = app.create_bucket("plain", json!({})).await;
+    let (s, b) = app.post(&format!("/v1/buckets/{plain}/source-adapter/flush"), json!({})).await;
+    assert_eq!(s, 404, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("has no source adapter"), "{b}");
+    assert_eq!(app.post("/v1/buckets/bkt_nope/source-adapter/flush", json!({})).await.0, 404);
+    assert_eq!(app.call_as(reqwest::Method::POST, &flush, Some(json!({})), None, None).await.0, 401);
+    assert_eq!(app.get(&flush).await.0, 405);
+}
+
 #[tokio::test]
 async fn count_flushes_at_size_and_waits_for_submit() {
     let app = TestApp::start().await;
@@ -952,6 +1000,11 @@ async fn count_flushes_at_size_and_waits_for_submit() {
     let submit = format!("/v1/buckets/{bucket}/batches/{bid}/submit");
     let (s, b) = app.post(&submit, json!({})).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("completed")));
+    // The answer and the stored batch agree with the event: the deleted object apart.
+    assert_eq!(b["object_ids"].as_array().unwrap().len(), 2, "{b}");
+    assert!(!b["object_ids"].as_array().unwrap().iter().any(|o| o == gone), "{b}");
+    assert_eq!(b["deleted_object_ids"], json!([gone]), "{b}");
+    assert_eq!(app.get(&format!("/v1/buckets/{bucket}/batches/{bid}")).await.1, b);
     assert_eq!(app.post(&submit, json!({})).await.0, 409);
     assert!(eventually(Duration::from_secs(15), || async { hook.count() >= 1 }).await, "batch.completed never arrived");
     let p = hook.captured()[0].json()["payload"].clone();
