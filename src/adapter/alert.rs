@@ -93,6 +93,10 @@ impl AlertBody {
 pub enum WritebackQueued {
     /// The adapter writes back `on_alert`: a job was recorded with the alert.
     Queued,
+    /// The adapter writes back `on_alert`, but the job could only have failed (nothing in
+    /// the results to write, or no source row to write to): none was recorded, and
+    /// `writeback_skipped` says why.
+    Skipped,
     /// No adapter, no writeback, writeback disabled, or another trigger.
     None,
 }
@@ -108,6 +112,9 @@ pub struct AlertRecord {
     pub results: Map<String, Value>,
     /// What the alert did, so a duplicate answers as the original did.
     pub writeback: WritebackQueued,
+    /// Why no writeback was queued, when the adapter writes back on alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writeback_skipped: Option<String>,
 }
 
 impl AlertRecord {
@@ -154,13 +161,17 @@ pub struct Fired {
 impl Fired {
     /// The answer's body.
     pub fn view(&self) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "alert_id": self.record.alert_id,
             "object_id": self.record.object_id,
             "bucket_id": self.record.bucket_id,
             "status": self.status.as_str(),
             "writeback": self.record.writeback,
-        })
+        });
+        if let Some(why) = &self.record.writeback_skipped {
+            v["writeback_skipped"] = why.as_str().into();
+        }
+        v
     }
 }
 
@@ -246,16 +257,21 @@ pub fn fire(
         return Ok(Fired { status: AlertStatus::Duplicate, record, event: None });
     }
     let writeback = bucket.source_adapter.as_ref().and_then(super::writeback::on_alert);
-    if let Some(wb) = writeback {
-        super::writeback::record_alert(batch, wb, &object, &alert_id, &results);
-    }
+    let (writeback, writeback_skipped) = match writeback {
+        None => (WritebackQueued::None, None),
+        Some(wb) => match super::writeback::record_alert(batch, wb, &object, &alert_id, &results) {
+            Ok(()) => (WritebackQueued::Queued, None),
+            Err(why) => (WritebackQueued::Skipped, Some(why)),
+        },
+    };
     let record = AlertRecord {
         alert_id,
         object_id,
         bucket_id: bucket_id.clone(),
         fired_at: crate::util::now_rfc3339(),
         results,
-        writeback: if writeback.is_some() { WritebackQueued::Queued } else { WritebackQueued::None },
+        writeback,
+        writeback_skipped,
     };
     batch.put(KS, &key, &record);
     let scopes = Scopes { namespace: &bucket.namespace, key: record.object_id.as_str() };

@@ -149,6 +149,33 @@ async fn generic_on_alert_posts_the_alert_id_and_trigger() {
     );
 }
 
+/// An alert whose results hold none of the mapped source paths has nothing to write back:
+/// it is recorded and published, and its answer says the writeback was skipped and why
+/// (rather than "queued" for a job that could only fail); a duplicate answers the same.
+#[tokio::test]
+async fn an_alert_with_nothing_to_write_back_says_so() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    let writeback = json!({"trigger": "on_alert", "external_id_field": "ref", "writeback_url": rx.url("/results"),
+        "field_mapping": [{"source_path": "verdict_classification", "target_field": "verdict"}]});
+    let (bucket, _, oid) = generic_with_object(&app, "skipped", writeback).await;
+    let body = json!({"alert_id": "a1", "results": {"score": 0.4}});
+    let (s, a) = raise(&app, &bucket, &oid, body.clone()).await;
+    assert_eq!((s, a["status"].as_str(), a["writeback"].as_str()), (202, Some("accepted"), Some("skipped")), "{a}");
+    assert!(a["writeback_skipped"].as_str().unwrap_or("").contains("verdict_classification"), "{a}");
+    let (s, d) = raise(&app, &bucket, &oid, body).await;
+    assert_eq!((s, d["status"].as_str()), (200, Some("duplicate")), "{d}");
+    assert_eq!((&d["writeback"], &d["writeback_skipped"]), (&a["writeback"], &a["writeback_skipped"]));
+    // Results with the mapped path on the same object: queued and sent.
+    let (s, q) =
+        raise(&app, &bucket, &oid, json!({"alert_id": "a2", "results": {"verdict_classification": "ok"}})).await;
+    assert_eq!((s, q["writeback"].as_str()), (202, Some("queued")), "{q}");
+    assert!(q.get("writeback_skipped").is_none(), "{q}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    assert_eq!(rx.seen().len(), 1, "nothing was sent for the skipped one: {:?}", rx.seen());
+    assert_eq!(rx.seen()[0].body["alert_id"], "a2");
+}
+
 /// The same alert sent five times at once (an upstream retrying eagerly) is one alert: one
 /// 202 and four duplicates (which queue nothing), counted as such, and its writeback is sent.
 #[tokio::test]

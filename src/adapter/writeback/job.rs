@@ -189,17 +189,33 @@ pub fn record(batch: &mut Batch, wb: &Writeback, rec: &ObjectRecord, batch_id: &
     batch.put(KS, &job.key(&rec.bucket_id), &job);
 }
 
-/// Adds the job of an alert on `rec` to `batch`.
+/// Adds the job of an alert on `rec` to `batch`, unless its first attempt could only fail
+/// for good (nothing to write, or no row to write to): then nothing is queued, and the
+/// reason is returned for the alert's answer, where its caller sees it at once.
 pub fn record_alert(
     batch: &mut Batch,
     wb: &Writeback,
     rec: &ObjectRecord,
     alert_id: &AlertId,
     results: &Map<String, Value>,
-) {
+) -> Result<(), String> {
     let doc = alert_document(rec, alert_id, results);
     let job = job_for(wb, rec, &doc, Cause::Alert(alert_id), crate::util::now_millis());
+    if job.fields.is_empty() {
+        let paths: Vec<&str> = wb.field_mapping.iter().map(|m| m.source_path.as_str()).collect();
+        return Err(format!(
+            "none of the writeback field_mapping source_paths ({}) is in the results or the object",
+            paths.join(", ")
+        ));
+    }
+    if job.external_id.is_none() {
+        return Err(match &wb.external_id_field {
+            Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
+            None => "the object has no source external id to find its source row by".to_string(),
+        });
+    }
     batch.put(KS, &job.key(&rec.bucket_id), &job);
+    Ok(())
 }
 
 /// `POST …/submit`: adds the jobs of every (still existing) object of the completed batch
@@ -317,7 +333,7 @@ mod tests {
             {"source_path": "metadata.title", "target_field": "mp_title"}]}));
         let results = json!({"verdict_classification": "fake", "verdict_confidence": 0.93});
         let mut batch = Batch::new();
-        record_alert(&mut batch, &w, &o, &alert, results.as_object().unwrap());
+        record_alert(&mut batch, &w, &o, &alert, results.as_object().unwrap()).expect("a job");
         assert_eq!(batch.len(), 1);
         let j = job_for(&w, &o, &alert_document(&o, &alert, results.as_object().unwrap()), Cause::Alert(&alert), 7);
         assert_eq!(
@@ -332,6 +348,29 @@ mod tests {
         let stored = serde_json::to_value(&j).unwrap();
         assert!(stored.get("batch_id").is_none(), "{stored}");
         assert_eq!(serde_json::from_value::<Job>(stored).unwrap(), j);
+    }
+
+    #[test]
+    fn an_alert_job_that_could_only_fail_is_not_queued() {
+        let mut o = object();
+        let alert = AlertId::parse("alr_1").unwrap();
+        let w = wb(json!({"trigger": "on_alert", "field_mapping": [
+            {"source_path": "verdict_classification", "target_field": "mp_verdict"}]}));
+        let mut batch = Batch::new();
+        let other = json!({"score": 1});
+        let why = record_alert(&mut batch, &w, &o, &alert, other.as_object().unwrap()).unwrap_err();
+        assert!(why.contains("verdict_classification"), "{why}");
+        assert!(batch.is_empty(), "nothing to write: no job");
+        // Something to write, but no row to write it to.
+        o.source.external_id = None;
+        let results = json!({"verdict_classification": "fake"});
+        let why = record_alert(&mut batch, &w, &o, &alert, results.as_object().unwrap()).unwrap_err();
+        assert!(why.contains("external id"), "{why}");
+        let by_field = wb(json!({"trigger": "on_alert", "external_id_field": "listing.nope", "field_mapping": [
+            {"source_path": "verdict_classification", "target_field": "mp_verdict"}]}));
+        let why = record_alert(&mut batch, &by_field, &o, &alert, results.as_object().unwrap()).unwrap_err();
+        assert!(why.contains("listing.nope"), "{why}");
+        assert!(batch.is_empty());
     }
 
     #[test]
