@@ -11,8 +11,25 @@ use hookline::config::{Config, EnvOverrides};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The environment variables that override the config file (the README's Configuration
+/// has the whole reference).
+const ENVIRONMENT: &str = "\
+Environment (overrides the config file):
+  HOOKLINE_LISTEN          server.listen
+  HOOKLINE_DATA_DIR        storage.path
+  HOOKLINE_API_KEYS        auth.api_keys, comma-separated (each at least 16 characters)
+  HOOKLINE_MASTER_KEY      the master key (base64 of 32 bytes) instead of {data dir}/master.key
+  HOOKLINE_SMTP_PASSWORD   delivery.email.password
+  HOOKLINE_SMS_AUTH_TOKEN  delivery.sms.auth_token
+  RUST_LOG                 log filter (default info); HOOKLINE_LOG_FORMAT=json for JSON logs";
+
 #[derive(Parser)]
-#[command(name = "hookline", version, about = "Webhooks in, notifications out: a single-binary daemon")]
+#[command(
+    name = "hookline",
+    version,
+    about = "Webhooks in, notifications out: a single-binary daemon",
+    after_help = ENVIRONMENT
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,12 +38,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
+    #[command(after_help = ENVIRONMENT)]
     Serve {
         /// Path of the TOML config file.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
     /// Load and validate the config file, print the effective settings, and exit.
+    #[command(after_help = ENVIRONMENT)]
     CheckConfig {
         /// Path of the TOML config file.
         #[arg(long, short, default_value = "config.toml")]

@@ -675,6 +675,27 @@ async fn a_connect_request_is_answered() {
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
+/// `--help` names every environment variable the README's Configuration table lists (the
+/// daemon reads them, so a user reading only the help must learn of them).
+#[test]
+fn help_lists_the_environment_variables_of_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let variables: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(name, _)| name))
+        .filter(|name| name.starts_with("HOOKLINE_") || *name == "RUST_LOG")
+        .collect();
+    assert!(variables.len() >= 7, "the README's table: {variables:?}");
+    for args in [&["--help"][..], &["serve", "--help"], &["check-config", "--help"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline")).args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {help}");
+        for v in &variables {
+            assert!(help.contains(v), "{args:?} does not name {v}:\n{help}");
+        }
+    }
+}
+
 /// Runs `hookline serve --config <config>` (with `HOOKLINE_MASTER_KEY` set to `master_key`,
 /// or unset), asserts that it refuses to start, and returns what it printed on stderr.
 fn serve_refused(config: &std::path::Path, master_key: Option<&str>) -> String {
