@@ -588,6 +588,7 @@ impl DeliveryState {
         match &entry.secrets {
             Some(s) => Arc::new(WebhookRuntime {
                 webhook_id: w.webhook_id.clone(),
+                webhook_name: Arc::from(w.webhook_name.as_str()),
                 is_active: w.is_active,
                 signing_key: Arc::from(signature::secret_key(&s.signing_secret).unwrap_or_default()),
                 channels: s.channels.iter().map(|c| channel::build(c, &self.deps)).collect(),
@@ -596,6 +597,7 @@ impl DeliveryState {
             }),
             None => Arc::new(WebhookRuntime {
                 webhook_id: w.webhook_id.clone(),
+                webhook_name: Arc::from(w.webhook_name.as_str()),
                 is_active: w.is_active,
                 signing_key: Arc::from(Vec::new()),
                 channels: Vec::new(),

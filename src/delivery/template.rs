@@ -1,6 +1,7 @@
 //! Jinja2 payload templates (minijinja), compiled once and rendered per delivery.
 //!
-//! In scope: `event_type`, `event_id`, `payload`, `created_at` (and `cache_scopes`).
+//! In scope: `event_type`, `event_id`, `payload`, `created_at`, `cache_scopes`, and the
+//! `webhook_name` of the webhook delivering (seed 004: the name is notification metadata).
 //! Rendering is bounded by fuel so a runaway loop cannot pin a worker. Undefined values are
 //! "chainable" (`payload.a.b` of a missing `a` renders empty instead of failing), so a
 //! template that compiles and renders a sample event at create time does not turn into a
@@ -31,6 +32,8 @@ pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 const MAX_SOURCE_BYTES: usize = 64 << 10;
 /// Why an empty template is refused when saved.
 pub const EMPTY_SOURCE: &str = "must not be empty or blank; leave it out to use the default template";
+/// The `webhook_name` of the sample event rendered when a template is saved.
+const SAMPLE_WEBHOOK_NAME: &str = "example-webhook";
 /// The name minijinja gives the template in its errors ("in template:1"): neutral, since the
 /// same code compiles payload, subject, body and message templates.
 const NAME: &str = "template";
@@ -103,7 +106,7 @@ impl Template {
         env.add_template_owned(NAME, source.to_string()).map_err(describe)?;
         let t = Template { env };
         let sample = Self::sample();
-        if let Err(e) = t.render_context(Self::context(&sample)) {
+        if let Err(e) = t.render_context(Self::context(&sample, SAMPLE_WEBHOOK_NAME)) {
             if t.unavoidable(&e, &sample, strict) {
                 return Err(describe(e));
             }
@@ -143,7 +146,7 @@ impl Template {
             K::InvalidOperation | K::UnknownMethod if strict && (on_defined_values(e) || over_a_limit(e)) => {
                 [Probe::Number, Probe::Text, Probe::Map].into_iter().all(|probe| {
                     let payload = minijinja::Value::from_object(probe);
-                    match self.render_context(Self::context_with(sample, payload)) {
+                    match self.render_context(Self::context_with(sample, SAMPLE_WEBHOOK_NAME, payload)) {
                         Ok(_) => false,
                         // At the same place, whatever the kind (`payload.nosuch()` is an
                         // unknown method of the sample and a call of a probe's value: both
@@ -162,13 +165,16 @@ impl Template {
 
     /// Renders the sample event used by [`Template::compile`] (for checks at save time).
     pub fn render_sample(&self) -> Result<String, String> {
-        self.render(&Self::sample())
+        self.render(&Self::sample(), SAMPLE_WEBHOOK_NAME)
     }
 
-    pub fn render(&self, event: &EventRecord) -> Result<String, String> {
+    /// Renders `event` for a delivery of the webhook named `webhook_name`.
+    pub fn render(&self, event: &EventRecord, webhook_name: &str) -> Result<String, String> {
         let tmpl = self.env.get_template(NAME).map_err(describe)?;
-        match capped_render(&tmpl, Self::context(event)) {
-            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => self.render_large(event).map_err(|_| describe(e)),
+        match capped_render(&tmpl, Self::context(event, webhook_name)) {
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                self.render_large(event, webhook_name).map_err(|_| describe(e))
+            }
             other => other.map_err(describe),
         }
     }
@@ -179,12 +185,12 @@ impl Template {
     ///
     /// Such a render may take a while (a runaway one over a megabyte: about a second), so on a
     /// multi-threaded runtime it tells tokio to move other tasks off this thread meanwhile.
-    fn render_large(&self, event: &EventRecord) -> Result<String, minijinja::Error> {
+    fn render_large(&self, event: &EventRecord, webhook_name: &str) -> Result<String, minijinja::Error> {
         let render = || {
             let bytes = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(0) as u64;
             let mut env = self.env.clone();
             env.set_fuel(Some(FUEL.saturating_add(bytes.saturating_mul(FUEL_PER_PAYLOAD_BYTE))));
-            capped_render(&env.get_template(NAME)?, Self::context(event))
+            capped_render(&env.get_template(NAME)?, Self::context(event, webhook_name))
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -206,13 +212,14 @@ impl Template {
         }
     }
 
-    fn context(event: &EventRecord) -> minijinja::Value {
-        Self::context_with(event, minijinja::Value::from(minijinja::value::Serde(&event.payload)))
+    fn context(event: &EventRecord, webhook_name: &str) -> minijinja::Value {
+        Self::context_with(event, webhook_name, minijinja::Value::from(minijinja::value::Serde(&event.payload)))
     }
 
     /// The context of `event` with `payload` in place of its own (see [`Probe`]).
-    fn context_with(event: &EventRecord, payload: minijinja::Value) -> minijinja::Value {
+    fn context_with(event: &EventRecord, webhook_name: &str, payload: minijinja::Value) -> minijinja::Value {
         minijinja::context! {
+            webhook_name => webhook_name,
             event_type => &event.event_type,
             event_id => event.event_id.as_str(),
             payload => payload,
@@ -683,12 +690,19 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_name_is_in_scope() {
+        let t = Template::validate("{{ webhook_name }}: {{ event_type }}").unwrap();
+        assert_eq!(t.render(&event(), "media-hook").unwrap(), "media-hook: object.created");
+        assert_eq!(t.render_sample().unwrap(), format!("{SAMPLE_WEBHOOK_NAME}: object.created"));
+    }
+
+    #[test]
     fn renders_event_fields() {
         let t = Template::compile(
             r#"{"t": "{{ event_type }}", "id": {{ payload.object_id | tojson }}, "missing": "{{ payload.a.b }}"}"#,
         )
         .unwrap();
-        let out = t.render(&event()).unwrap();
+        let out = t.render(&event(), "media-hook").unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["t"], "object.created");
         assert_eq!(v["id"], "obj_9");
@@ -699,10 +713,10 @@ mod tests {
     fn pretty_json_is_for_people() {
         let mut e = event();
         e.payload = serde_json::json!({"url": "https://e.test/a?b=1&c=2", "html": "<b>'x'</b>"});
-        let out = Template::compile("{{ payload | pretty_json }}").unwrap().render(&e).unwrap();
+        let out = Template::compile("{{ payload | pretty_json }}").unwrap().render(&e, "media-hook").unwrap();
         assert!(out.contains(r#""url": "https://e.test/a?b=1&c=2""#) && out.contains("<b>'x'</b>"), "{out}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), e.payload);
-        let escaped = Template::compile("{{ payload | tojson }}").unwrap().render(&e).unwrap();
+        let escaped = Template::compile("{{ payload | tojson }}").unwrap().render(&e, "media-hook").unwrap();
         assert!(escaped.contains("\\u0026"), "tojson escapes for HTML: {escaped}");
     }
 
@@ -766,7 +780,8 @@ mod tests {
             env.set_undefined_behavior(UndefinedBehavior::Chainable);
             env.set_unknown_method_callback(py_method);
             env.add_template_owned(NAME, source.to_string()).unwrap();
-            let e = env.get_template(NAME).unwrap().render(Template::context(&sample)).unwrap_err();
+            let e =
+                env.get_template(NAME).unwrap().render(Template::context(&sample, SAMPLE_WEBHOOK_NAME)).unwrap_err();
             (e.kind(), e.detail().unwrap_or_default().to_string(), on_defined_values(&e))
         };
         use minijinja::ErrorKind as K;
@@ -797,7 +812,7 @@ mod tests {
     fn jinja2_methods_and_filters_work() {
         let mut e = event();
         e.payload = serde_json::json!({"a": 1, "name": "Ada Lovelace", "text": "one two three four"});
-        let render = |source: &str| Template::compile(source).and_then(|t| t.render(&e));
+        let render = |source: &str| Template::compile(source).and_then(|t| t.render(&e, "media-hook"));
         let ok = |source: &str, want: &str| assert_eq!(render(source).as_deref(), Ok(want), "{source}");
         ok(
             "{% for k, v in payload.items() %}{{ k }}={{ v }};{% endfor %}",
@@ -848,24 +863,28 @@ mod fuel_tests {
         let event = big_event(1024);
         let expected = serde_json::to_string(&event.payload).unwrap();
         let t = Template::compile("{\"data\": {{ payload | tojson }}}").unwrap();
-        let out = t.render(&event).unwrap();
+        let out = t.render(&event, "media-hook").unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed["data"], event.payload);
         assert!(out.len() > expected.len());
-        let indented = Template::compile("{{ payload | tojson(indent=2) }}").unwrap().render(&event).unwrap();
+        let indented =
+            Template::compile("{{ payload | tojson(indent=2) }}").unwrap().render(&event, "media-hook").unwrap();
         assert_eq!(serde_json::from_str::<serde_json::Value>(&indented).unwrap(), event.payload);
-        let pretty = Template::compile("{{ payload | pretty_json }}").unwrap().render(&event).unwrap();
+        let pretty = Template::compile("{{ payload | pretty_json }}").unwrap().render(&event, "media-hook").unwrap();
         assert_eq!(serde_json::from_str::<serde_json::Value>(&pretty).unwrap(), event.payload);
         // A loop over every item of a 1 MiB payload.
         let listed = Template::compile("{% for i in payload['items'] %}{{ i.k }}={{ i.n }}\n{% endfor %}")
             .unwrap()
-            .render(&event)
+            .render(&event, "media-hook")
             .unwrap();
         assert_eq!(listed.lines().count(), event.payload["items"].as_array().unwrap().len());
         // A loop over ~1 MiB of small numbers.
         let mut small = event.clone();
         small.payload = serde_json::json!({"v": (0..200_000).collect::<Vec<u32>>()});
-        let out = Template::compile("{% for x in payload.v %}{{ x }},{% endfor %}").unwrap().render(&small).unwrap();
+        let out = Template::compile("{% for x in payload.v %}{{ x }},{% endfor %}")
+            .unwrap()
+            .render(&small, "media-hook")
+            .unwrap();
         assert_eq!(out.matches(',').count(), 200_000);
     }
 
@@ -873,10 +892,10 @@ mod fuel_tests {
     async fn a_large_render_inside_a_runtime_works_on_either_flavor() {
         let event = big_event(512);
         let t = Template::compile("{{ payload | tojson }}").unwrap();
-        let multi = t.render(&event).unwrap();
+        let multi = t.render(&event, "media-hook").unwrap();
         let single = tokio::task::spawn_blocking(move || {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            rt.block_on(async move { t.render(&event).unwrap() })
+            rt.block_on(async move { t.render(&event, "media-hook").unwrap() })
         })
         .await
         .unwrap();
@@ -934,7 +953,7 @@ mod fuel_tests {
             // Refused when saved, or when an event renders it.
             let err = match Template::compile(source) {
                 Err(err) => err,
-                Ok(t) => t.render(&e).unwrap_err(),
+                Ok(t) => t.render(&e, "media-hook").unwrap_err(),
             };
             assert!(
                 err.contains("larger than") || err.contains("fuel") || err.contains("too large"),
@@ -953,14 +972,14 @@ mod fuel_tests {
         }
         // The join still joins.
         let t = Template::compile("{{ ['a', 'b'] | join('-') }} {{ ['c', 'd'] | join(d='+') }} {{ 'xy' | join(',') }}");
-        assert_eq!(t.unwrap().render(&e).unwrap(), "a-b c+d x,y");
+        assert_eq!(t.unwrap().render(&e, "media-hook").unwrap(), "a-b c+d x,y");
     }
 
     /// The error of rendering `source` for `e`, which must come within `limit` of this
     /// thread's CPU time.
     fn render_error_within(source: &str, e: &EventRecord, limit: std::time::Duration) -> String {
         let started = Work::start();
-        let err = Template::compile(source).unwrap().render(e).unwrap_err();
+        let err = Template::compile(source).unwrap().render(e, "media-hook").unwrap_err();
         let spent = started.spent();
         assert!(spent < limit, "{source}: {spent:?}");
         err
@@ -1028,7 +1047,7 @@ mod fuel_tests {
         )
         .unwrap();
         assert_eq!(
-            t.render(&e).unwrap(),
+            t.render(&e, "media-hook").unwrap(),
             "[3, 1, 2, 3, 1, 2] [3, 2, 1] [('b', 1), ('a', 2)] 22 C B 7 [3, 1, 2, 3, 1, 2]"
         );
         assert!(Template::compile("{{ payload | tojson(nope=2) }}").unwrap_err().contains("nope"));
@@ -1040,14 +1059,14 @@ mod fuel_tests {
             "{% for i in payload['items'] %}{% for j in payload['items'] %}{{ j.k }}{% endfor %}{% endfor %}",
         )
         .unwrap();
-        let err = t.render(&big_event(64)).unwrap_err();
+        let err = t.render(&big_event(64), "media-hook").unwrap_err();
         assert!(err.contains("fuel"), "{err}");
     }
 
     #[test]
     fn tojson_indent_is_bounded() {
         let e = tests::event();
-        let out = Template::validate("{{ payload | tojson(indent=2) }}").unwrap().render(&e).unwrap();
+        let out = Template::validate("{{ payload | tojson(indent=2) }}").unwrap().render(&e, "media-hook").unwrap();
         assert!(out.contains("\n  \"n\": 3"), "{out}");
         assert!(Template::validate("{{ payload | tojson(2) }}").is_ok());
         for source in [
@@ -1062,6 +1081,6 @@ mod fuel_tests {
         let mut e = tests::event();
         e.payload = serde_json::json!({"i": 100000000, "a": [1, 2, 3]});
         let t = Template::compile("{{ payload.a | tojson(indent=payload.i) }}").unwrap();
-        assert!(t.render(&e).unwrap_err().contains("indent of 100000000 is too large"));
+        assert!(t.render(&e, "media-hook").unwrap_err().contains("indent of 100000000 is too large"));
     }
 }

@@ -83,6 +83,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// its secrets opened.
 pub struct WebhookRuntime {
     pub webhook_id: WebhookId,
+    /// In the templates' scope, and in the worker's log lines.
+    pub webhook_name: Arc<str>,
     pub is_active: bool,
     /// HMAC key of the signing secret.
     pub signing_key: Arc<[u8]>,
@@ -914,6 +916,7 @@ impl WorkerState {
             };
             self.in_flight.insert(id.clone());
             let key = self.rt.signing_key.clone();
+            let webhook_name = self.rt.webhook_name.clone();
             let event = d.event.clone();
             let done_recipients = d.done_recipients.clone();
             let me = self.myself.clone();
@@ -925,6 +928,7 @@ impl WorkerState {
                         let msg = Message {
                             id: id.as_str(),
                             event: &event,
+                            webhook_name: &webhook_name,
                             signing_key: &key,
                             done_recipients: &done_recipients,
                         };
@@ -989,7 +993,7 @@ impl WorkerState {
                 d.next_attempt_ms = None;
                 d.finished_at_ms = Some(now);
                 crate::metrics::delivery_finished(&d.channel, "dead");
-                tracing::warn!(webhook_id = %d.webhook_id, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
+                tracing::warn!(webhook_id = %d.webhook_id, webhook_name = %self.rt.webhook_name, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
                 self.note_outcome(&d, error);
             }
             Decision::RetryIn(delay) => {

@@ -181,7 +181,7 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
         &app,
         json!({"webhook_name": "oncall", "event_types": ["object.deleted"], "channels": [
             {"channel": "sms", "configs": {"to": ["+15550002222", "+15550003333"],
-             "template": "{{ event_type }}: {{ payload.object_id }}"}}]}),
+             "template": "{{ webhook_name }} {{ event_type }}: {{ payload.object_id }}"}}]}),
     )
     .await;
     // The second number fails once: the attempt fails, and the retry texts only that one.
@@ -202,7 +202,7 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     let to: Vec<String> = (0..sent.len()).map(|i| form(i).into_iter().find(|(k, _)| k == "To").unwrap().1).collect();
     assert_eq!(to, ["+15550002222", "+15550003333", "+15550003333"], "the reached number is not texted again");
     assert!(form(0).contains(&("From".into(), "+15550001111".into())));
-    assert!(form(0).contains(&("Body".into(), "object.deleted: obj_9".into())));
+    assert!(form(0).contains(&("Body".into(), "oncall object.deleted: obj_9".into())), "{:?}", form(0));
     assert!(
         eventually(WAIT, || async {
             deliveries(&app, &wh, Some("succeeded")).await.first().is_some_and(|d| {

@@ -29,7 +29,7 @@ use crate::config::{EmailSettings, SmtpTls};
 use crate::delivery::retry::Outcome;
 use crate::delivery::template::Template;
 
-pub const DEFAULT_SUBJECT: &str = "[hookline] {{ event_type }}";
+pub const DEFAULT_SUBJECT: &str = "[{{ webhook_name }}] {{ event_type }}";
 pub const DEFAULT_BODY: &str =
     "Event {{ event_id }} ({{ event_type }}) at {{ created_at }}\n\n{{ payload | pretty_json }}\n";
 
@@ -119,7 +119,7 @@ impl EmailChannel {
 
     async fn attempt(&self, msg: &Message<'_>) -> AttemptResult {
         let render = |t: &Template, what: &str| {
-            t.render(msg.event).map_err(|e| {
+            t.render(msg.event, msg.webhook_name).map_err(|e| {
                 AttemptResult::failed(Outcome::Permanent, "error", format!("{what} failed to render: {e}"))
             })
         };

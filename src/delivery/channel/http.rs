@@ -158,7 +158,7 @@ impl HttpChannel {
             return AttemptResult::failed(Outcome::Retriable, "refused", e);
         }
         let (body, content_type) = match &self.template {
-            Some(t) => match t.render(msg.event) {
+            Some(t) => match t.render(msg.event, msg.webhook_name) {
                 Ok(s) => {
                     let ct = if serde_json::from_str::<serde_json::Value>(&s).is_ok() {
                         "application/json"

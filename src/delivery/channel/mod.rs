@@ -271,6 +271,8 @@ pub struct Message<'a> {
     /// The delivery ID: the `webhook-id`, identical on every retry of this delivery.
     pub id: &'a str,
     pub event: &'a EventRecord,
+    /// The webhook's name (in the templates' scope).
+    pub webhook_name: &'a str,
     /// HMAC key of the webhook's signing secret.
     pub signing_key: &'a [u8],
     /// Recipients (as written in the channel's `to`) that earlier attempts already reached.

@@ -19,7 +19,7 @@ use crate::delivery::template::Template;
 
 /// The message when no `template` is given: the event's type and ID, and its payload.
 pub const DEFAULT_TEMPLATE: &str =
-    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }}\n```{{ payload | pretty_json }}```";
+    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }} ({{ webhook_name }})\n```{{ payload | pretty_json }}```";
 
 pub struct SlackChannel {
     url: url::Url,
@@ -69,7 +69,7 @@ impl SlackChannel {
         if let Err(e) = check_url(&self.url, self.deps.policy) {
             return AttemptResult::failed(Outcome::Retriable, "refused", e);
         }
-        let text = match self.template.render(msg.event) {
+        let text = match self.template.render(msg.event, msg.webhook_name) {
             Ok(t) => t,
             Err(e) => {
                 return AttemptResult::failed(Outcome::Permanent, "error", format!("template failed to render: {e}"))

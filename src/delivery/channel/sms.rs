@@ -21,7 +21,7 @@ use crate::delivery::netguard::check_url;
 use crate::delivery::retry::Outcome;
 use crate::delivery::template::Template;
 
-pub const DEFAULT_TEMPLATE: &str = "hookline: {{ event_type }} ({{ event_id }})";
+pub const DEFAULT_TEMPLATE: &str = "{{ webhook_name }}: {{ event_type }} ({{ event_id }})";
 
 /// Longest body sent (the Messages API's limit); a longer rendering is cut. Counted in UTF-16
 /// code units, as the provider counts: an emoji is two of them, so 1,000 rockets are over.
@@ -95,7 +95,7 @@ impl SmsChannel {
         if let Err(e) = check_url(&api.messages_url, self.deps.policy) {
             return AttemptResult::failed(Outcome::Retriable, "refused", e);
         }
-        let text: String = match self.template.render(msg.event) {
+        let text: String = match self.template.render(msg.event, msg.webhook_name) {
             Ok(t) => cut(t.trim()).to_string(),
             Err(e) => {
                 return AttemptResult::failed(Outcome::Permanent, "error", format!("template failed to render: {e}"))
