@@ -34,7 +34,7 @@ pub async fn run(
     let cache = config.storage.cache_capacity_mb << 20;
     let store = Store::open_sled_with_cache(&data_dir, cache)
         .with_context(|| format!("open store in {}", data_dir.display()))?;
-    let env_key = match std::env::var("HOOKLINE_MASTER_KEY") {
+    let env_key = match std::env::var(crate::config::MASTER_KEY_VAR) {
         Ok(k) => Some(k),
         Err(std::env::VarError::NotPresent) => None,
         Err(std::env::VarError::NotUnicode(_)) => {

@@ -286,6 +286,37 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// Every environment variable the daemon reads, with what it sets: the one list behind
+/// [`EnvOverrides::from_env`], the master key's lookup, `--help`, and the README's table
+/// (a test compares them).
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (LISTEN_VAR, "server.listen"),
+    (DATA_DIR_VAR, "storage.path"),
+    (API_KEYS_VAR, "auth.api_keys, comma-separated (each at least 16 characters)"),
+    (MASTER_KEY_VAR, "the master key (base64 of 32 bytes) instead of {data dir}/master.key"),
+    (SMTP_PASSWORD_VAR, "delivery.email.password"),
+    (SMS_AUTH_TOKEN_VAR, "delivery.sms.auth_token"),
+    (LOG_VAR, "log filter (default info)"),
+    (LOG_FORMAT_VAR, "json for JSON logs"),
+];
+pub const LISTEN_VAR: &str = "HOOKLINE_LISTEN";
+pub const DATA_DIR_VAR: &str = "HOOKLINE_DATA_DIR";
+pub const API_KEYS_VAR: &str = "HOOKLINE_API_KEYS";
+pub const MASTER_KEY_VAR: &str = "HOOKLINE_MASTER_KEY";
+pub const SMTP_PASSWORD_VAR: &str = "HOOKLINE_SMTP_PASSWORD";
+pub const SMS_AUTH_TOKEN_VAR: &str = "HOOKLINE_SMS_AUTH_TOKEN";
+pub const LOG_VAR: &str = "RUST_LOG";
+pub const LOG_FORMAT_VAR: &str = "HOOKLINE_LOG_FORMAT";
+
+/// [`ENVIRONMENT`] as `--help` shows it.
+pub fn environment_help() -> String {
+    let mut help = String::from("Environment (overrides the config file):");
+    for (name, what) in ENVIRONMENT {
+        help.push_str(&format!("\n  {name:<24} {what}"));
+    }
+    help
+}
+
 /// Environment overrides, taken as arguments so tests do not have to mutate the process env.
 #[derive(Debug, Default, Clone)]
 pub struct EnvOverrides {
@@ -299,22 +330,22 @@ pub struct EnvOverrides {
 impl EnvOverrides {
     pub fn from_env() -> Self {
         EnvOverrides {
-            listen: std::env::var("HOOKLINE_LISTEN").ok(),
-            data_dir: std::env::var("HOOKLINE_DATA_DIR").ok(),
-            api_keys: std::env::var("HOOKLINE_API_KEYS").ok(),
-            smtp_password: std::env::var("HOOKLINE_SMTP_PASSWORD").ok(),
-            sms_auth_token: std::env::var("HOOKLINE_SMS_AUTH_TOKEN").ok(),
+            listen: std::env::var(LISTEN_VAR).ok(),
+            data_dir: std::env::var(DATA_DIR_VAR).ok(),
+            api_keys: std::env::var(API_KEYS_VAR).ok(),
+            smtp_password: std::env::var(SMTP_PASSWORD_VAR).ok(),
+            sms_auth_token: std::env::var(SMS_AUTH_TOKEN_VAR).ok(),
         }
     }
 
     /// The variable that set the setting a validation `message` names, if one did.
     fn source_of(&self, message: &str) -> Option<&'static str> {
         [
-            (self.listen.is_some(), "server.listen", "HOOKLINE_LISTEN"),
-            (self.data_dir.is_some(), "storage.path", "HOOKLINE_DATA_DIR"),
-            (self.api_keys.is_some(), "auth.api_keys", "HOOKLINE_API_KEYS"),
-            (self.smtp_password.is_some(), "delivery.email.password", "HOOKLINE_SMTP_PASSWORD"),
-            (self.sms_auth_token.is_some(), "delivery.sms.auth_token", "HOOKLINE_SMS_AUTH_TOKEN"),
+            (self.listen.is_some(), "server.listen", LISTEN_VAR),
+            (self.data_dir.is_some(), "storage.path", DATA_DIR_VAR),
+            (self.api_keys.is_some(), "auth.api_keys", API_KEYS_VAR),
+            (self.smtp_password.is_some(), "delivery.email.password", SMTP_PASSWORD_VAR),
+            (self.sms_auth_token.is_some(), "delivery.sms.auth_token", SMS_AUTH_TOKEN_VAR),
         ]
         .into_iter()
         .find(|(set, key, _)| *set && message.starts_with(key))

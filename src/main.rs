@@ -11,24 +11,12 @@ use hookline::config::{Config, EnvOverrides};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The environment variables that override the config file (the README's Configuration
-/// has the whole reference).
-const ENVIRONMENT: &str = "\
-Environment (overrides the config file):
-  HOOKLINE_LISTEN          server.listen
-  HOOKLINE_DATA_DIR        storage.path
-  HOOKLINE_API_KEYS        auth.api_keys, comma-separated (each at least 16 characters)
-  HOOKLINE_MASTER_KEY      the master key (base64 of 32 bytes) instead of {data dir}/master.key
-  HOOKLINE_SMTP_PASSWORD   delivery.email.password
-  HOOKLINE_SMS_AUTH_TOKEN  delivery.sms.auth_token
-  RUST_LOG                 log filter (default info); HOOKLINE_LOG_FORMAT=json for JSON logs";
-
 #[derive(Parser)]
 #[command(
     name = "hookline",
     version,
     about = "Webhooks in, notifications out: a single-binary daemon",
-    after_help = ENVIRONMENT
+    after_help = hookline::config::environment_help()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,14 +26,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
-    #[command(after_help = ENVIRONMENT)]
+    #[command(after_help = hookline::config::environment_help())]
     Serve {
         /// Path of the TOML config file.
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
     /// Load and validate the config file, print the effective settings, and exit.
-    #[command(after_help = ENVIRONMENT)]
+    #[command(after_help = hookline::config::environment_help())]
     CheckConfig {
         /// Path of the TOML config file.
         #[arg(long, short, default_value = "config.toml")]
@@ -56,7 +44,7 @@ enum Command {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("HOOKLINE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = std::env::var(hookline::config::LOG_FORMAT_VAR).is_ok_and(|v| v == "json");
     // Colours for a terminal only: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -74,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let mut cfg = Config::load(&config, &EnvOverrides::from_env())?;
             // `serve` would refuse it: say so now.
-            if let Some(k) = std::env::var_os("HOOKLINE_MASTER_KEY") {
+            if let Some(k) = std::env::var_os(hookline::config::MASTER_KEY_VAR) {
                 hookline::crypto::SecretBox::env_key(&k.to_string_lossy())?;
             }
             cfg.auth.api_keys = cfg.auth.api_keys.iter().map(|_| "<redacted>".to_string()).collect();

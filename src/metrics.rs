@@ -149,7 +149,7 @@ fn zero_series() {
     for name in [STORE_COMMIT_DURATION, STORE_FLUSH_DURATION, STORE_CHECKPOINT_DURATION] {
         let _ = histogram!(name);
     }
-    for trigger in ["window", "size", "bytes", "drain", "restart"] {
+    for trigger in ["window", "size", "bytes", "drain", "manual", "restart"] {
         counter!(INGEST_FLUSHES, "trigger" => trigger).absolute(0);
     }
     for channel in ["webhook", "slack", "email", "sms"] {
@@ -162,7 +162,7 @@ fn zero_series() {
         }
     }
     for adapter in ["supabase", "generic_webhook"] {
-        for outcome in ["succeeded", "retry", "failed"] {
+        for outcome in ["succeeded", "retry", "failed", "skipped"] {
             counter!(WRITEBACKS, "adapter" => adapter, "outcome" => outcome).absolute(0);
         }
     }
@@ -250,7 +250,7 @@ fn describe_inbound() {
     describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");
     describe_counter!(
         INGEST_FLUSHES,
-        "Buffer flushes (one batch each), by trigger: window, size (max_batch_size), bytes (16 MiB buffered), drain, restart (also after a reconfiguration)"
+        "Buffer flushes (one batch each), by trigger: window, size (max_batch_size), bytes (16 MiB buffered), drain, manual (POST …/source-adapter/flush), restart (also after a reconfiguration)"
     );
     describe_counter!(INGEST_OBJECTS_CREATED, "Objects created by source adapters");
     // Restarts of source-adapter actors: hookline_actor_restarts_total{actor="source_adapter"}.
@@ -362,11 +362,11 @@ pub const WRITEBACKS: &str = "hookline_writebacks_total";
 pub const ALERTS: &str = "hookline_alerts_total";
 
 // No bucket label (series would outlive deleted buckets); per-bucket detail is the adapter
-// status `last_error`. `adapter` is supabase|generic_webhook, `outcome` succeeded|retry|failed.
+// status `last_error`. `adapter` is supabase|generic_webhook, `outcome` succeeded|retry|failed|skipped.
 fn describe_writeback() {
     describe_counter!(
         WRITEBACKS,
-        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up)"
+        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up; skipped: an alert's job not queued, as it could only fail)"
     );
     describe_counter!(
         ALERTS,

@@ -94,8 +94,9 @@ pub enum WritebackQueued {
     /// The adapter writes back `on_alert`: a job was recorded with the alert.
     Queued,
     /// The adapter writes back `on_alert`, but the job could only have failed (nothing in
-    /// the results to write, or no source row to write to): none was recorded, and
-    /// `writeback_skipped` says why.
+    /// the results to write, or no source row to write to): none was recorded. Only shown:
+    /// stored as `None` with [`AlertRecord::writeback_skipped`], which a binary from before
+    /// this variant ignores, so it can still read the record after a rollback.
     Skipped,
     /// No adapter, no writeback, writeback disabled, or another trigger.
     None,
@@ -112,7 +113,8 @@ pub struct AlertRecord {
     pub results: Map<String, Value>,
     /// What the alert did, so a duplicate answers as the original did.
     pub writeback: WritebackQueued,
-    /// Why no writeback was queued, when the adapter writes back on alerts.
+    /// Why no writeback was queued, when the adapter writes back on alerts (`writeback` is
+    /// then stored as `None`, and shown as `Skipped`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writeback_skipped: Option<String>,
 }
@@ -169,6 +171,7 @@ impl Fired {
             "writeback": self.record.writeback,
         });
         if let Some(why) = &self.record.writeback_skipped {
+            v["writeback"] = serde_json::json!(WritebackQueued::Skipped);
             v["writeback_skipped"] = why.as_str().into();
         }
         v
@@ -257,12 +260,16 @@ pub fn fire(
         return Ok(Fired { status: AlertStatus::Duplicate, record, event: None });
     }
     let writeback = bucket.source_adapter.as_ref().and_then(super::writeback::on_alert);
-    let (writeback, writeback_skipped) = match writeback {
-        None => (WritebackQueued::None, None),
-        Some(wb) => match super::writeback::record_alert(batch, wb, &object, &alert_id, &results) {
+    let (writeback, writeback_skipped) = match (writeback, &bucket.source_adapter) {
+        (Some(wb), Some(adapter)) => match super::writeback::record_alert(batch, wb, &object, &alert_id, &results) {
             Ok(()) => (WritebackQueued::Queued, None),
-            Err(why) => (WritebackQueued::Skipped, Some(why)),
+            Err(why) => {
+                crate::metrics::writeback(adapter.adapter_type.as_str(), "skipped");
+                tracing::warn!(bucket_id = %bucket_id, object_id = %object_id, alert_id = %alert_id, reason = %why, "alert writeback skipped");
+                (WritebackQueued::None, Some(why))
+            }
         },
+        _ => (WritebackQueued::None, None),
     };
     let record = AlertRecord {
         alert_id,

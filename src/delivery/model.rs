@@ -440,7 +440,10 @@ impl Delivery {
             "status": self.status,
             "attempts": self.attempts,
             "next_attempt_at": self.next_attempt_ms.filter(|_| self.status == DeliveryStatus::Pending).map(crate::util::millis_to_rfc3339),
-            "finished_at": self.finished_at_ms.filter(|_| self.status != DeliveryStatus::Pending).map(crate::util::millis_to_rfc3339),
+            // One finished before finish times were stored shows its last attempt's time.
+            "finished_at": (self.status != DeliveryStatus::Pending).then(|| {
+                self.finished_at_ms.map(crate::util::millis_to_rfc3339).or_else(|| self.attempts.last().map(|a| a.at.clone()))
+            }).flatten(),
             "created_at": self.created_at,
         })
     }

@@ -32,8 +32,10 @@ pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
 const MAX_SOURCE_BYTES: usize = 64 << 10;
 /// Why an empty template is refused when saved.
 pub const EMPTY_SOURCE: &str = "must not be empty or blank; leave it out to use the default template";
-/// The `webhook_name` of the sample event rendered when a template is saved.
-const SAMPLE_WEBHOOK_NAME: &str = "example-webhook";
+/// The `webhook_name` of the sample event rendered when a template is saved. A real name may
+/// hold a quote or markup: a JSON template that inserts it without `| tojson` fails its
+/// check at save time, not every delivery later.
+const SAMPLE_WEBHOOK_NAME: &str = "example \"webhook\" <&>";
 /// The name minijinja gives the template in its errors ("in template:1"): neutral, since the
 /// same code compiles payload, subject, body and message templates.
 const NAME: &str = "template";

@@ -1262,9 +1262,11 @@ struct StatusOnly {
 
 impl StatusOnly {
     /// Whether a finished delivery has been kept for `retention` since it finished. One
-    /// stored before finish times were recorded counts as finished at the latest moment it
-    /// could have (`retention` is at least `max_age` after its window began): kept too long
-    /// rather than dropped while a user may still look for it.
+    /// stored before finish times were recorded counts as finished `retention` after its
+    /// window began (retention is at least `max_age`, when most such deliveries had
+    /// finished): a one-time cost of keeping old ones up to twice the retention, rather than
+    /// dropping one a user may still look for. Reading its attempt log here would cost every
+    /// prune a full decode.
     fn expired(&self, now_ms: u64, retention: Duration) -> bool {
         let retention = retention.as_millis() as u64;
         let finished_at = self.finished_at_ms.unwrap_or(self.window_start_ms.saturating_add(retention));

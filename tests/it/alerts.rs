@@ -151,10 +151,12 @@ async fn generic_on_alert_posts_the_alert_id_and_trigger() {
 
 /// An alert whose results hold none of the mapped source paths has nothing to write back:
 /// it is recorded and published, and its answer says the writeback was skipped and why
-/// (rather than "queued" for a job that could only fail); a duplicate answers the same.
+/// (rather than "queued" for a job that could only fail), as do the adapter status'
+/// `last_error` and the metrics; a duplicate answers the same. The record keeps `"none"`
+/// (what a binary from before "skipped" can read) beside the reason.
 #[tokio::test]
 async fn an_alert_with_nothing_to_write_back_says_so() {
-    let app = TestApp::start().await;
+    let mut app = TestApp::start().await;
     let rx = Upstream::start(200).await;
     let writeback = json!({"trigger": "on_alert", "external_id_field": "ref", "writeback_url": rx.url("/results"),
         "field_mapping": [{"source_path": "verdict_classification", "target_field": "verdict"}]});
@@ -163,6 +165,11 @@ async fn an_alert_with_nothing_to_write_back_says_so() {
     let (s, a) = raise(&app, &bucket, &oid, body.clone()).await;
     assert_eq!((s, a["status"].as_str(), a["writeback"].as_str()), (202, Some("accepted"), Some("skipped")), "{a}");
     assert!(a["writeback_skipped"].as_str().unwrap_or("").contains("verdict_classification"), "{a}");
+    let (_, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    let last_error = st["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("alert a1") && last_error.contains("skipped"), "{st}");
+    let skipped = [("adapter", "generic_webhook"), ("outcome", "skipped")];
+    assert!(metric_reaches(&app, "hookline_writebacks_total", &skipped, 1.0).await);
     let (s, d) = raise(&app, &bucket, &oid, body).await;
     assert_eq!((s, d["status"].as_str()), (200, Some("duplicate")), "{d}");
     assert_eq!((&d["writeback"], &d["writeback_skipped"]), (&a["writeback"], &a["writeback_skipped"]));
@@ -172,8 +179,19 @@ async fn an_alert_with_nothing_to_write_back_says_so() {
     assert_eq!((s, q["writeback"].as_str()), (202, Some("queued")), "{q}");
     assert!(q.get("writeback_skipped").is_none(), "{q}");
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
-    assert_eq!(rx.seen().len(), 1, "nothing was sent for the skipped one: {:?}", rx.seen());
+    let backend = stop_and_open(&mut app).await;
+    assert_eq!(rx.seen().len(), 1, "{:?}", rx.seen());
     assert_eq!(rx.seen()[0].body["alert_id"], "a2");
+    // No job of a1 was ever recorded: none pending, none given up.
+    for prefix in ["ajob", "adead"] {
+        let jobs = stored_keys(&backend, "wb", &format!("{bucket}/{prefix}/"));
+        assert!(jobs.iter().all(|k| !k.ends_with("/a1")), "{prefix}: {jobs:?}");
+    }
+    let alerts = stored_entries(&backend, "alert", &format!("{bucket}/{oid}/"));
+    let a1 = alerts.iter().find(|(k, _)| k.ends_with("/a1")).expect("a1 is recorded");
+    let record: Value = serde_json::from_slice(&a1.1).unwrap();
+    assert_eq!(record["writeback"], "none", "{record}");
+    assert!(record["writeback_skipped"].is_string(), "{record}");
 }
 
 /// The same alert sent five times at once (an upstream retrying eagerly) is one alert: one

@@ -586,8 +586,10 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
         "hookline_deliveries_total not reached"
     );
 
-    // Fix the receiver, retry by hand.
+    // Fix the receiver, retry by hand (a second later: finished_at has whole seconds, and
+    // the retry's finish must be told from the first).
     rx.set_default(200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let did = d["delivery_id"].as_str().unwrap();
     let (s, b) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
     assert_eq!(s, 202, "{b}");
@@ -595,6 +597,10 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     assert_eq!(b["finished_at"], Value::Null, "re-queued: no longer finished");
     let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 }).await;
     assert!(ok, "{:?}", deliveries(&app, &id, None).await);
+    // Finished again, later: the retry cleared the first finish (the retention restarts).
+    let again = deliveries(&app, &id, Some("succeeded")).await.remove(0);
+    let (first, second) = (d["finished_at"].as_str().unwrap(), again["finished_at"].as_str().unwrap_or(""));
+    assert!(second > first, "the retry's finish, not the first one: {d} then {again}");
     let caps = rx.captured();
     assert!(caps.iter().all(|c| c.header("webhook-id") == Some(did)), "same webhook-id on manual retry");
     let (s, _) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/del_nope/retry"), json!({})).await;

@@ -34,6 +34,13 @@ impl AdapterState {
             |id| Ok(buffer.iter().find(|e| &e.object_id == id).cloned()),
             &mut batch,
         )?;
+        if let (Some(why), Some(_)) = (&fired.record.writeback_skipped, &fired.event) {
+            // Where an operator looks for writeback failures (the caller has it in its answer).
+            let r = &fired.record;
+            let at = crate::util::now_millis();
+            self.stats.error(at, format!("writeback of alert {} on object {} skipped: {why}", r.alert_id, r.object_id));
+            self.put_stats(&mut batch);
+        }
         let commit = fired.event.take().map(|event| {
             let r = &fired.record;
             tracing::debug!(bucket_id = %r.bucket_id, object_id = %r.object_id, alert_id = %r.alert_id, "alert");

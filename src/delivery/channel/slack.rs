@@ -17,9 +17,10 @@ use crate::delivery::netguard::check_url;
 use crate::delivery::retry::Outcome;
 use crate::delivery::template::Template;
 
-/// The message when no `template` is given: the event's type and ID, and its payload.
+/// The message when no `template` is given: the event's type and ID, the webhook's name
+/// (escaped as Slack asks: a name like `<!channel>` must not notify anyone), and the payload.
 pub const DEFAULT_TEMPLATE: &str =
-    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }} ({{ webhook_name }})\n```{{ payload | pretty_json }}```";
+    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }} ({{ webhook_name | replace('&', '&amp;') | replace('<', '&lt;') | replace('>', '&gt;') }})\n```{{ payload | pretty_json }}```";
 
 pub struct SlackChannel {
     url: url::Url,
@@ -180,7 +181,28 @@ mod tests {
     }
 
     #[test]
-    fn the_default_template_compiles() {
-        Template::compile(DEFAULT_TEMPLATE).unwrap();
+    fn the_default_template_names_the_webhook_without_its_markup() {
+        let event = crate::events::EventRecord {
+            event_id: crate::ids::EventId::generate(),
+            event_type: "object.created".into(),
+            created_at: crate::util::now_rfc3339(),
+            payload: serde_json::json!({"object_id": "obj_1"}),
+            cache_scopes: Vec::new(),
+            stored: false,
+            stored_size: Default::default(),
+        };
+        let text = Template::compile(DEFAULT_TEMPLATE).unwrap().render(&event, "ops <!channel> & co").unwrap();
+        assert!(text.contains("(ops &lt;!channel&gt; &amp; co)"), "{text}");
+        assert!(text.starts_with("*object.created*"), "{text}");
+    }
+
+    #[test]
+    fn a_json_template_must_insert_the_webhook_name_as_json() {
+        for (source, ok) in
+            [(r#"{"text": "{{ webhook_name }}"}"#, false), (r#"{"text": {{ webhook_name | tojson }}}"#, true)]
+        {
+            let t = Template::validate(source).unwrap();
+            assert_eq!(check_json_template(source, &t).is_ok(), ok, "{source}");
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::delivery::netguard::check_url;
 use crate::delivery::retry::Outcome;
 use crate::delivery::template::Template;
 
-pub const DEFAULT_TEMPLATE: &str = "{{ webhook_name }}: {{ event_type }} ({{ event_id }})";
+pub const DEFAULT_TEMPLATE: &str = "hookline: {{ webhook_name }}: {{ event_type }} ({{ event_id }})";
 
 /// Longest body sent (the Messages API's limit); a longer rendering is cut. Counted in UTF-16
 /// code units, as the provider counts: an emoji is two of them, so 1,000 rockets are over.
@@ -200,7 +200,17 @@ mod tests {
     }
 
     #[test]
-    fn the_default_template_compiles() {
-        Template::compile(DEFAULT_TEMPLATE).unwrap();
+    fn the_default_template_names_the_webhook() {
+        let event = crate::events::EventRecord {
+            event_id: crate::ids::EventId::parse("evt_1").unwrap(),
+            event_type: "object.created".into(),
+            created_at: crate::util::now_rfc3339(),
+            payload: serde_json::json!({}),
+            cache_scopes: Vec::new(),
+            stored: false,
+            stored_size: Default::default(),
+        };
+        let text = Template::compile(DEFAULT_TEMPLATE).unwrap().render(&event, "oncall").unwrap();
+        assert_eq!(text, "hookline: oncall: object.created (evt_1)");
     }
 }
