@@ -20,7 +20,10 @@
 //! writeback jobs, kept in `wb` under their own `{bucket}/ajob/` and `{bucket}/adead/` keys
 //! (see `adapter/writeback/job.rs`). A job names its `batch_id` or its `alert_id`, both
 //! optional, so jobs stored before alerts decode as they are. (An older binary deleting a
-//! bucket leaves its `alert` records behind, unread.)
+//! bucket leaves its `alert` records behind, unread.) So are optional fields an older binary
+//! ignores and a newer one defaults: a delivery's `finished_at_ms`, a batch's
+//! `deleted_object_ids`, an alert's `writeback_skipped` (its `writeback` stays a value the
+//! older binary knows).
 //!
 //! A migration runs in two steps around the log replay, because the log of an older binary
 //! holds writes in the older layout: [`check`] (before the replay) records the new version
