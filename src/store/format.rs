@@ -78,7 +78,7 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
         // `dedup\0{bucket}/{hash}` = {"object_id": …} → `dkey\0{bucket}/{object_id}` = "hash"
         rewrite(backend, Keyspace::custom("dedup"), |rest, value| {
             let (bucket, hash) = rest.split_once('/')?;
-            let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+            let v: serde_json::Value = super::from_stored(value).ok()?;
             Some(moved(Keyspace::DEDUP, &format!("{bucket}/{}", v.get("object_id")?.as_str()?), hash))
         })?;
         // `xid\0{bucket}/{hash}/{object_id}` → `xref\0{bucket}/{object_id}` = "hash"
@@ -91,7 +91,7 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
     if from < 4 {
         // `dlv\0…` = {…, "event": {…}} → {…, "event_id", "event_type"} + `evt\0{event_id}`.
         rewrite(backend, Keyspace::DELIVERIES, |_, value| {
-            let mut d: serde_json::Value = serde_json::from_slice(value).ok()?;
+            let mut d: serde_json::Value = super::from_stored(value).ok()?;
             let Some(event) = d.as_object_mut()?.remove("event") else {
                 return Some(Vec::new()); // migrated already
             };
@@ -166,7 +166,7 @@ fn moved(to: Keyspace, key: &str, value: &str) -> Vec<Op> {
 fn read<T: serde::de::DeserializeOwned>(backend: &dyn Backend, key: &str) -> Result<Option<T>, StoreError> {
     match backend.get(&Keyspace::META.key(key))? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
+        Some(bytes) => super::from_stored(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Corrupt { key: format!("meta/{key}"), reason: e.to_string() }),
     }

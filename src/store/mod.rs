@@ -364,8 +364,21 @@ fn decoding<T: DeserializeOwned>(
 }
 
 fn decode<T: DeserializeOwned>(ks: Keyspace, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt { key: format!("{}/{}", ks.name(), key), reason: e.to_string() })
+    from_stored(bytes).map_err(|e| StoreError::Corrupt { key: format!("{}/{}", ks.name(), key), reason: e.to_string() })
+}
+
+/// Decodes a stored value without serde_json's nesting limit (128). Every request body is
+/// parsed under that limit, and a stored record wraps what it accepted a level or more
+/// deeper (an object holds its metadata, an outbox entry its event's payload): under the
+/// limit here, one accepted event nested 125 deep could never be read back, and would stop
+/// the outbox, an object list or an adapter's start for good. What was stored was parsed
+/// under the limit first, so the depth here stays that plus the few levels of the record.
+pub(crate) fn from_stored<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -961,6 +961,69 @@ async fn a_partial_batch_can_be_flushed_by_hand() {
     assert_eq!(app.get(&flush).await.0, 405);
 }
 
+/// A GET's status and body as text (for answers the test's JSON parser cannot take).
+async fn get_text(app: &TestApp, path: &str) -> (u16, String) {
+    let resp = app.client.get(app.url(path)).bearer_auth(&app.api_key).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// An event nested as deep as a request body may be (serde_json's limit: 128 levels, the
+/// body included) is stored a level or more deeper, in its object, outbox entry or buffer
+/// entry: all of them read back. Before, such an event stopped the outbox for every
+/// webhook, made the object unlistable and the adapter unable to start after a restart.
+#[tokio::test]
+async fn events_nested_as_deep_as_a_body_may_be_read_back_everywhere() {
+    let mut app = TestApp::start().await;
+    let hook = crate::outbound_receiver::Receiver::start(200).await;
+    let (s, w) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "deep", "event_types": ["object.created"],
+                "channels": [{"channel": "webhook", "configs": {"url": hook.url("/hook")}}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{w}");
+    let props = json!({"j": {"type": "json"}, "t": {"type": "string"}});
+    let mapping = json!({"jj": "j", "t": "t"});
+    let now = json!({"adapter_type": "generic_webhook", "field_mapping": mapping, "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "deep", props.clone(), now).await;
+    let later = json!({"adapter_type": "generic_webhook", "field_mapping": mapping,
+        "batching": {"mode": "count", "max_batch_size": 2, "auto_submit": true}});
+    let (buffering, buffer_secret) = bucket_with_adapter(&app, "deep-buffer", props, later).await;
+    // {"jj": [[…]]}: 126 arrays in an object, the deepest body the parser takes.
+    let deep = |arrays: usize| format!("{{\"jj\": {}{}}}", "[".repeat(arrays), "]".repeat(arrays));
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let (s, b) = app.post_raw(&path, deep(127), &[("x-webhook-secret", secret.as_str())]).await;
+    assert_eq!(s, 400, "past the parser's limit: {b}");
+    let (s, b) = app.post_raw(&path, deep(126), &[("x-webhook-secret", secret.as_str())]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let oid = b["object_id"].as_str().unwrap().to_string();
+    // Read as text: the answers are deeper than the test's own JSON parser takes.
+    let (s, o) = get_text(&app, &format!("/v1/buckets/{bucket}/objects/{oid}")).await;
+    assert_eq!(s, 200, "{o}");
+    assert!(o.contains(&"[".repeat(126)), "{o}");
+    let (s, list) = get_text(&app, &format!("/v1/buckets/{bucket}/objects")).await;
+    assert_eq!(s, 200, "{list}");
+    assert!(list.contains(&oid), "{list}");
+    // The outbox goes on: this event and the next are delivered.
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &json!({"t": "after"})).await.1["status"], "created");
+    assert!(eventually(Duration::from_secs(15), || async { hook.count() >= 2 }).await, "{}", app.log());
+    let buffered_path = format!("/v1/buckets/{buffering}/source-adapter/ingest");
+    let (s, b) = app.post_raw(&buffered_path, deep(126), &[("x-webhook-secret", buffer_secret.as_str())]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("buffered")), "{b}");
+    // The buffer is read back at start: the adapter runs, and its batch fills.
+    app.kill9();
+    app.start_again().await;
+    assert_eq!(status(&app, &buffering).await["events_buffered"], 1);
+    let r = ingest(&app, &buffering, Some(&buffer_secret), &json!({"t": "second"})).await;
+    assert_eq!((r.0, r.1["status"].as_str()), (200, Some("buffered")), "{:?}", r.1);
+    let (s, list) = get_text(&app, &format!("/v1/buckets/{buffering}/objects")).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list.matches("\"object_id\"").count(), 2, "{list}");
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 204);
+    assert!(eventually(Duration::from_secs(15), || async { hook.count() >= 4 }).await, "{}", app.log());
+}
+
 #[tokio::test]
 async fn count_flushes_at_size_and_waits_for_submit() {
     let app = TestApp::start().await;
