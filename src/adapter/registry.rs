@@ -151,10 +151,8 @@ impl Actor for BucketRegistry {
             restarts: HashMap::new(),
         };
         for id in with_adapter {
-            // One broken adapter must not keep the catalog down: log and go on.
-            if let Err(e) = state.spawn_adapter(&id).await {
-                tracing::error!(bucket_id = %id, error = %e, "could not start source adapter");
-            }
+            // One broken adapter must not keep the catalog down: record why and go on.
+            state.start_adapter(&id, "at start-up").await;
         }
         tracing::debug!(buckets = n, adapters = state.children.len(), "bucket registry started");
         Ok(state)
@@ -194,9 +192,7 @@ impl Actor for BucketRegistry {
         }
         tracing::warn!(%bucket_id, %reason, "source adapter exited; restarting it");
         crate::metrics::actor_restart("source_adapter");
-        if let Err(e) = state.spawn_adapter(&bucket_id).await {
-            tracing::error!(%bucket_id, error = %e, "source adapter restart failed");
-        }
+        state.start_adapter(&bucket_id, "after a failure").await;
         Ok(())
     }
 
@@ -436,6 +432,19 @@ impl RegistryState {
         Ok(())
     }
 
+    /// Spawns `id`'s adapter; if it cannot start (its stored state unreadable, say), logs why
+    /// and makes it the status' `last_error`, beside `actor: "stopped"`: ingests answer 503
+    /// meanwhile, and the operator must learn why from the status, not only from the log.
+    async fn start_adapter(&mut self, id: &BucketId, when: &str) {
+        let Err(e) = self.spawn_adapter(id).await else { return };
+        tracing::error!(bucket_id = %id, error = %e, "the source adapter could not start {when}");
+        let why =
+            format!("the source adapter could not start {when}: {e}; a PATCH of the bucket or a restart tries again");
+        if let Err(e) = self.record_adapter_error(id, why).await {
+            tracing::error!(bucket_id = %id, error = %e, "could not record the adapter's failure in its status");
+        }
+    }
+
     /// Stops a bucket's adapter actor (if running) and waits for it; not restarted.
     async fn stop_adapter(&mut self, id: &BucketId) {
         if let Some(actor) = self.children.remove(id) {
@@ -583,9 +592,7 @@ impl RegistryState {
             // The change is committed: answer it (with a new secret, its only showing) even if
             // the actor does not start; ingest then answers 503 until a PATCH or a restart
             // starts it.
-            if let Err(e) = self.spawn_adapter(id).await {
-                tracing::error!(bucket_id = %id, error = %e, "the source adapter did not start; PATCH it again or restart");
-            }
+            self.start_adapter(id, "after a PATCH").await;
         }
         tracing::info!(bucket_id = %id, adapter = bucket.source_adapter.is_some(), secret_rotated = webhook_secret.is_some(), "bucket patched");
         Ok(Patched { bucket, webhook_secret })
@@ -595,9 +602,7 @@ impl RegistryState {
     /// bucket.
     async fn restart_adapter(&mut self, id: &BucketId) {
         self.stop_adapter(id).await;
-        if let Err(e) = self.spawn_adapter(id).await {
-            tracing::error!(bucket_id = %id, error = %e, "the source adapter did not restart after a failed PATCH");
-        }
+        self.start_adapter(id, "after a failed PATCH").await;
     }
 
     /// Commits a PATCH once the old actor has stopped: the bucket, in one batch with the

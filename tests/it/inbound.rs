@@ -1024,6 +1024,32 @@ async fn events_nested_as_deep_as_a_body_may_be_read_back_everywhere() {
     assert!(eventually(Duration::from_secs(15), || async { hook.count() >= 4 }).await, "{}", app.log());
 }
 
+/// An adapter that cannot start (here: a buffer entry damaged on disk) is `stopped` in its
+/// status, and the status' `last_error` says why, not only the daemon log.
+#[tokio::test]
+async fn an_adapter_that_cannot_start_says_why_in_its_status() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "count", "max_batch_size": 5}});
+    let (bucket, secret) = bucket_with_adapter(&app, "damaged", json!({}), adapter).await;
+    let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"x": 1})).await;
+    let oid = b["object_id"].as_str().unwrap().to_string();
+    assert_eq!(app.stop(), Some(0));
+    {
+        let backend = app.stopped_sled().await;
+        let mut damage = Batch::new();
+        damage.put(Keyspace::BUFFER, &format!("{bucket}/{oid}"), &"not a buffer entry");
+        backend.apply(&damage).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+    app.start_again().await;
+    let st = status(&app, &bucket).await;
+    assert_eq!(st["actor"], "stopped", "{st}");
+    let why = st["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("could not start at start-up") && why.contains("unreadable"), "{st}");
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &json!({"x": 2})).await.0, 503);
+}
+
 #[tokio::test]
 async fn count_flushes_at_size_and_waits_for_submit() {
     let app = TestApp::start().await;
