@@ -254,22 +254,35 @@ impl Actor for DeliveryRegistry {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            // A caller that stopped waiting (its 30 s ran out: it answered 503, "retry") must
+            // find nothing done, or its retry makes a second webhook, or a second event. A
+            // save's checks (rendering its templates) can take seconds, so they are asked again
+            // after those checks, just before anything is written.
             DeliveryMsg::Create { body, reply } => {
-                let r = state.create(&myself, body).await;
-                let _ = reply.send(r);
+                if !reply.is_closed() {
+                    let r = state.create(&myself, body, || reply.is_closed()).await;
+                    let _ = reply.send(r);
+                }
             }
             DeliveryMsg::Update { webhook_id, patch, reply } => {
-                let _ = reply.send(state.update(&webhook_id, patch).await);
+                if !reply.is_closed() {
+                    let r = state.update(&webhook_id, patch, || reply.is_closed()).await;
+                    let _ = reply.send(r);
+                }
             }
             DeliveryMsg::Exists { webhook_id, reply } => {
                 let _ = reply.send(state.webhooks.contains_key(&webhook_id));
             }
             DeliveryMsg::Delete { webhook_id, reply } => {
-                let r = state.delete(&webhook_id).await;
-                let _ = reply.send(r);
+                if !reply.is_closed() {
+                    let r = state.delete(&webhook_id).await;
+                    let _ = reply.send(r);
+                }
             }
             DeliveryMsg::Publish { event_type, payload, cache_scopes, reply } => {
-                let _ = reply.send(Ok(state.publish(&event_type, payload, cache_scopes)));
+                if !reply.is_closed() {
+                    let _ = reply.send(Ok(state.publish(&event_type, payload, cache_scopes)));
+                }
             }
             DeliveryMsg::Retry { webhook_id, delivery_id, reply } => {
                 if !state.webhooks.contains_key(&webhook_id) {
@@ -348,6 +361,11 @@ impl Actor for DeliveryRegistry {
         }
         Ok(())
     }
+}
+
+/// The error of a request whose caller stopped waiting (it was answered 503): never sent.
+fn caller_gone() -> ApiError {
+    ApiError::Unavailable("the caller stopped waiting; nothing was changed".into())
 }
 
 fn not_found(id: &WebhookId) -> ApiError {
@@ -637,8 +655,12 @@ impl DeliveryState {
         &mut self,
         myself: &ActorRef<DeliveryMsg>,
         body: CreateWebhook,
+        gone: impl Fn() -> bool,
     ) -> Result<(serde_json::Value, Durable), ApiError> {
         body.validate(self.rules())?;
+        if gone() {
+            return Err(caller_gone());
+        }
         // A redacted value (copied from a GET) only means "keep the stored one" in a PATCH.
         for (i, ch) in body.channels.iter().enumerate() {
             let redacted = match ch {
@@ -695,8 +717,16 @@ impl DeliveryState {
         Ok((view, durable))
     }
 
-    async fn update(&mut self, id: &WebhookId, patch: PatchWebhook) -> Result<Updated, ApiError> {
+    async fn update(
+        &mut self,
+        id: &WebhookId,
+        patch: PatchWebhook,
+        gone: impl Fn() -> bool,
+    ) -> Result<Updated, ApiError> {
         patch.validate(self.rules())?;
+        if gone() {
+            return Err(caller_gone());
+        }
         if !self.webhooks.contains_key(id) {
             return Err(not_found(id));
         }
