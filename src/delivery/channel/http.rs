@@ -297,11 +297,13 @@ const MIN_HIDDEN_CHARS: usize = 6;
 /// The forms in which a receiver may echo a secret it was sent, each at least
 /// [`MIN_HIDDEN_CHARS`] long: the value; its last word (the token of `Bearer <token>`); for
 /// HTTP Basic credentials the decoded `user:password` and the password alone (a receiver
-/// that logs the login it refused); and each of these percent-encoded (`%2B`, as in a URL)
-/// and form-encoded (`+` for a space). Letter case is left to the matching ([`hide_in`]
+/// that logs the login it refused); and each of these percent-encoded (`%2B`, as in a URL),
+/// form-encoded (`+` for a space) and base64-encoded (standard and URL-safe alphabets, the
+/// padding left out: a receiver that echoes what it got in base64 shows the rest of its
+/// padded text). Letter case is left to the matching ([`hide_in`]
 /// ignores it: a receiver may lower-case a header it echoes), and as a JSON string holds
 /// them (escaped; `/` also as `\/`, non-ASCII also as `\uXXXX`, and both, as PHP writes
-/// them). At most 28 forms a value.
+/// them). At most 36 forms a value.
 pub(crate) fn secret_forms(value: &str) -> Vec<String> {
     use base64::Engine;
     let mut plain = vec![value.to_string()];
@@ -320,8 +322,10 @@ pub(crate) fn secret_forms(value: &str) -> Vec<String> {
             plain.push(pair);
         }
     }
-    let mut forms = Vec::with_capacity(plain.len() * 7);
+    let mut forms = Vec::with_capacity(plain.len() * 9);
     for p in plain {
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        forms.extend([STANDARD_NO_PAD.encode(&p), URL_SAFE_NO_PAD.encode(&p)]);
         let form: String = url::form_urlencoded::byte_serialize(p.as_bytes()).collect();
         // As a JSON string holds it (a receiver echoing the request as JSON): `"` and `\`
         // escaped, and `/` as `\/` too, as PHP's encoder writes it.
@@ -502,7 +506,14 @@ mod tests {
     fn an_echoed_secret_is_hidden_in_any_form() {
         use base64::Engine;
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:pa ss/w0rd+1"));
-        let sent = [basic.as_str(), "Bearer Tok_SeCrEt-123", "hook-secret-42", "hé-secret-42", "hé/x-secret-99"];
+        let sent = [
+            basic.as_str(),
+            "Bearer Tok_SeCrEt-123",
+            "hook-secret-42",
+            "hé-secret-42",
+            "hé/x-secret-99",
+            "~~~secret~~~",
+        ];
         for (body, leaked) in [
             ("denied: alice:pa ss/w0rd+1".to_string(), "w0rd"),
             ("wrong password pa ss/w0rd+1 for alice".to_string(), "w0rd"),
@@ -519,6 +530,11 @@ mod tests {
             (r#"{"token":"h\u00e9-secret-42"}"#.to_string(), "secret-42"),
             // PHP's json_encode: `\/` and `\uXXXX` both.
             (r#"{"token":"h\u00e9\/x-secret-99"}"#.to_string(), "secret-99"),
+            // Base64 of what was sent (`aG9vay1zZWNyZXQtNDI=`), in both alphabets.
+            ("echo: aG9vay1zZWNyZXQtNDI=".to_string(), "aG9vay1zZWNyZXQtNDI"),
+            ("echo: aMOpL3gtc2VjcmV0LTk5".to_string(), "aMOpL3gtc2VjcmV0LTk5"),
+            ("echo: fn5+c2VjcmV0fn5+".to_string(), "c2VjcmV0"),
+            ("echo: fn5-c2VjcmV0fn5-".to_string(), "c2VjcmV0"),
         ] {
             let text = excerpt_hiding(body.as_bytes(), &sent);
             assert!(!text.contains(leaked) && text.contains("********"), "{body} -> {text}");
@@ -529,7 +545,7 @@ mod tests {
         assert_eq!(excerpt_hiding(b"pw1 is short", &[&short]), "pw1 is short");
         // Every form is at least 6 characters, and one value makes a bounded number of them.
         let forms = secret_forms(&basic);
-        assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 28, "{forms:?}");
+        assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 36, "{forms:?}");
         assert!(forms.contains(&"alice:pa ss/w0rd+1".to_string()) && forms.contains(&"pa%20ss%2Fw0rd%2B1".to_string()));
     }
 }
