@@ -143,7 +143,7 @@ pub fn materialize(
             // A video, image or audio property holds a file reference, as from blob_source.
             let file = matches!(p.kind, PropertyType::Video | PropertyType::Image | PropertyType::Audio);
             if file {
-                let Some(url) = v.as_str().map(str::trim).filter(|u| is_file_url(u)) else {
+                let Some(url) = v.as_str().and_then(file_url) else {
                     return Err(PayloadError(format!(
                         "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {}",
                         p.kind.as_str(),
@@ -176,18 +176,16 @@ pub fn materialize(
         }
     };
     if let Some(ff) = file_field {
-        match path::lookup(doc, ff) {
-            // A URL parser forgives surrounding spaces; whoever reads the stored URL may not.
-            Some(Value::String(url)) if is_file_url(url.trim()) => {
-                blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url: url.trim().to_string() });
-            }
-            Some(other) if explicit => {
+        let found = path::lookup(doc, ff);
+        match (found, found.and_then(Value::as_str).and_then(file_url)) {
+            (_, Some(url)) => blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url }),
+            (Some(other), None) if explicit => {
                 return Err(PayloadError(format!(
                     "blob_source.file_field {ff:?} must be an http(s) URL, the payload has {}",
                     describe(other)
                 )))
             }
-            None if explicit => {
+            (None, None) if explicit => {
                 return Err(PayloadError(format!("blob_source.file_field {ff:?} is missing from the payload")))
             }
             _ => {}
@@ -210,8 +208,13 @@ pub fn materialize(
     Ok(Draft { metadata, blobs, source })
 }
 
-fn is_file_url(s: &str) -> bool {
-    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+/// An http(s) URL with a host, as the URL parser writes it. The parser forgives what a
+/// sender may get wrong (surrounding spaces, a space or a control character inside, a tab
+/// or newline), and whoever reads the stored URL may not: so the stored form is the
+/// parser's, spaces and controls percent-encoded, tabs and newlines dropped.
+fn file_url(s: &str) -> Option<String> {
+    let u = url::Url::parse(s.trim()).ok()?;
+    (matches!(u.scheme(), "http" | "https") && u.host().is_some()).then(|| u.to_string())
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -303,6 +306,15 @@ pub(crate) mod tests {
         let p = json!({"u": " https://x.test/v.mp4 ", "t": "x"});
         let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
         assert_eq!(materialize(&a, &schema(), &p, &p, &s).unwrap().blobs[0].url, "https://x.test/v.mp4");
+        // What the parser forgives inside is stored as it writes it: a valid URL.
+        for (raw, stored) in [
+            ("https://x.test/my video.mp4", "https://x.test/my%20video.mp4"),
+            ("https://x.test/a\nb.mp4", "https://x.test/ab.mp4"),
+            ("https://x.test/a\u{0}b.mp4", "https://x.test/a%00b.mp4"),
+        ] {
+            let p = json!({"u": raw, "t": "x"});
+            assert_eq!(materialize(&a, &schema(), &p, &p, &s).unwrap().blobs[0].url, stored, "{raw:?}");
+        }
     }
 
     #[test]

@@ -327,7 +327,10 @@ fn py_method(
                 );
             }
             "format" if widest_format_number(s) > MAX_FORMAT_WIDTH => {
-                return Err(too_large("a width or precision in format()"));
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("a width or precision in format() over {MAX_FORMAT_WIDTH} {TOO_LARGE} allowed"),
+                ));
             }
             _ => {}
         }
@@ -964,6 +967,10 @@ mod fuel_tests {
             let spent = started.spent();
             assert!(spent < std::time::Duration::from_secs(5), "{source}: {spent:?}");
         }
+        // A width names its own limit, not the output's.
+        let wide = Template::validate("{{ '{:>10001}'.format(1) }}").unwrap_err();
+        assert!(wide.contains("over 10000"), "{wide}");
+        assert!(Template::validate("{{ '{:>10000}'.format(1) }}").is_ok());
         // A template saved before the size limit still loads; a new one is held to it.
         let big = format!("{{{{ event_type }}}}{}", " ".repeat(MAX_SOURCE_BYTES));
         assert!(Template::compile(&big).is_ok());

@@ -79,8 +79,12 @@ pub fn asset_metadata(asset: &Value) -> Value {
     if let Some((id, policy)) = playback_id(asset) {
         put("playback_id", Some(Value::from(id)));
         put("playback_policy", policy.map(Value::from));
-        put("playback_url", Some(Value::from(format!("{STREAM_BASE}/{id}.m3u8"))));
-        put("thumbnail_url", Some(Value::from(format!("{IMAGE_BASE}/{id}/thumbnail.jpg"))));
+        // Mux's IDs are letters and digits; anything else would make a URL that points
+        // elsewhere (`../x`) or is not a URL: no URLs then, the ID stays as it came.
+        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            put("playback_url", Some(Value::from(format!("{STREAM_BASE}/{id}.m3u8"))));
+            put("thumbnail_url", Some(Value::from(format!("{IMAGE_BASE}/{id}/thumbnail.jpg"))));
+        }
     }
     put("duration", field("duration").or_else(|| video.and_then(|t| non_null(t.get("duration")).cloned())));
     // `resolution_tier` (1080p, 2160p…) is the current field; `max_stored_resolution`
@@ -254,6 +258,15 @@ pub(crate) mod tests {
             assert!(asset_metadata(&asset).get("playback_url").is_none());
         }
         assert!(!needs_fetch(&json!({"playback_ids": [{"id": "p"}]})), "a policy is not required");
+    }
+
+    #[test]
+    fn a_playback_id_that_is_not_letters_and_digits_makes_no_url() {
+        for id in ["a b", "../../x", "p?q=1"] {
+            let m = asset_metadata(&json!({"id": "a", "playback_ids": [{"policy": "public", "id": id}]}));
+            assert_eq!(m["playback_id"], id);
+            assert!(m.get("playback_url").is_none() && m.get("thumbnail_url").is_none(), "{m}");
+        }
     }
 
     #[test]
