@@ -202,7 +202,9 @@ impl Template {
         }
     }
 
-    fn sample() -> EventRecord {
+    /// The event rendered when a template is saved (and by channel tests): an
+    /// `object.created` with an empty payload.
+    pub(crate) fn sample() -> EventRecord {
         EventRecord {
             event_id: crate::ids::EventId::generate(),
             event_type: "object.created".into(),

@@ -344,15 +344,7 @@ mod tests {
 
     #[test]
     fn the_default_templates_compile_and_the_subject_names_the_webhook() {
-        let event = crate::events::EventRecord {
-            event_id: crate::ids::EventId::generate(),
-            event_type: "object.created".into(),
-            created_at: crate::util::now_rfc3339(),
-            payload: serde_json::json!({"object_id": "obj_1"}),
-            cache_scopes: Vec::new(),
-            stored: false,
-            stored_size: Default::default(),
-        };
+        let event = Template::sample();
         let subject = Template::compile(DEFAULT_SUBJECT).unwrap().render(&event, "media team").unwrap();
         assert_eq!(subject, "[hookline] media team: object.created");
         Template::compile(DEFAULT_BODY).unwrap();

@@ -182,15 +182,7 @@ mod tests {
 
     #[test]
     fn the_default_template_names_the_webhook_without_its_markup() {
-        let event = crate::events::EventRecord {
-            event_id: crate::ids::EventId::generate(),
-            event_type: "object.created".into(),
-            created_at: crate::util::now_rfc3339(),
-            payload: serde_json::json!({"object_id": "obj_1"}),
-            cache_scopes: Vec::new(),
-            stored: false,
-            stored_size: Default::default(),
-        };
+        let event = Template::sample();
         let text = Template::compile(DEFAULT_TEMPLATE).unwrap().render(&event, "ops <!channel> & co").unwrap();
         assert!(text.contains("(ops &lt;!channel&gt; &amp; co)"), "{text}");
         assert!(text.starts_with("*object.created*"), "{text}");

@@ -201,15 +201,8 @@ mod tests {
 
     #[test]
     fn the_default_template_names_the_webhook() {
-        let event = crate::events::EventRecord {
-            event_id: crate::ids::EventId::parse("evt_1").unwrap(),
-            event_type: "object.created".into(),
-            created_at: crate::util::now_rfc3339(),
-            payload: serde_json::json!({}),
-            cache_scopes: Vec::new(),
-            stored: false,
-            stored_size: Default::default(),
-        };
+        let event =
+            crate::events::EventRecord { event_id: crate::ids::EventId::parse("evt_1").unwrap(), ..Template::sample() };
         let text = Template::compile(DEFAULT_TEMPLATE).unwrap().render(&event, "oncall").unwrap();
         assert_eq!(text, "hookline: oncall: object.created (evt_1)");
     }
