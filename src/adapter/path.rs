@@ -53,7 +53,8 @@ pub fn number_key(n: &serde_json::Number) -> Option<String> {
 pub fn number_key_problem(n: &serde_json::Number) -> &'static str {
     match n.as_f64() {
         Some(f) if f.fract() == 0.0 => {
-            "an integer too large to keep exactly (JSON numbers past 64 bits are rounded): send it as a string"
+            "an integer too large to keep exactly (past 64 bits, or written with a fraction or exponent past 2^53, \
+             a JSON number is rounded): send it as a string"
         }
         _ => "a number with a fraction, which cannot be an exact key: send it as a string",
     }

@@ -733,6 +733,10 @@ async fn numeric_dedup_keys_are_exact_or_refused() {
     }
     let (s, b) = send(r#"{"data": {"id": 1.5}}"#).await;
     assert_eq!(s, 422, "{b}");
+    // Written as a float past 2^53 it is rounded too, and the message says so.
+    let (s, b) = send(r#"{"data": {"id": 9007199254740993.0}}"#).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("past 2^53"), "{b}");
     // As strings, the two big IDs are two events.
     for big in [r#"{"data": {"id": "12345678901234567890123"}}"#, r#"{"data": {"id": "12345678901234567890124"}}"#] {
         assert_eq!(send(big).await.1["status"], "created");
