@@ -439,16 +439,12 @@ impl Actor for SourceAdapterActor {
             }
             AdapterMsg::Drain(reply) => {
                 state.closing = true;
-                let mut batch = Batch::new();
-                let mut events = Vec::new();
-                state.flush_into(&mut batch, &mut events, "drain");
+                let (batch, events, _) = state.flush_alone("drain");
                 let _ = reply.send(state.submit(batch, events));
             }
             AdapterMsg::Flush(reply) => {
-                let mut batch = Batch::new();
-                let mut events = Vec::new();
                 let objects = state.buffer.len();
-                let batch_ids = state.flush_into(&mut batch, &mut events, "manual");
+                let (batch, events, batch_ids) = state.flush_alone("manual");
                 let _ = reply.send((state.submit(batch, events), Flushed { objects, batch_ids }));
             }
             AdapterMsg::WritebackFailed(e) => {
@@ -739,11 +735,18 @@ impl AdapterState {
         Some(entry)
     }
 
-    /// A flush nobody waits for (timer, restart): its commit is awaited in a task.
-    fn flush_in_background(&mut self, trigger: &'static str) {
+    /// [`AdapterState::flush_into`] a store batch of its own: that batch, its events, and the
+    /// IDs of the batches of objects made.
+    fn flush_alone(&mut self, trigger: &'static str) -> (Batch, Vec<EventRecord>, Vec<BatchId>) {
         let mut batch = Batch::new();
         let mut events = Vec::new();
-        self.flush_into(&mut batch, &mut events, trigger);
+        let made = self.flush_into(&mut batch, &mut events, trigger);
+        (batch, events, made)
+    }
+
+    /// A flush nobody waits for (timer, restart): its commit is awaited in a task.
+    fn flush_in_background(&mut self, trigger: &'static str) {
+        let (batch, events, _) = self.flush_alone(trigger);
         if batch.is_empty() {
             return;
         }
