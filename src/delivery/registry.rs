@@ -73,6 +73,17 @@ pub enum DeliveryMsg {
         patch: PatchWebhook,
         reply: Reply<Updated>,
     },
+    /// A `Create` whose body was checked off the mailbox (see [`DeliveryState::check`]).
+    CreateChecked {
+        checked: Result<CreateWebhook, ApiError>,
+        reply: Reply<(serde_json::Value, Durable)>,
+    },
+    /// An `Update` whose patch was checked off the mailbox.
+    UpdateChecked {
+        webhook_id: WebhookId,
+        checked: Result<PatchWebhook, ApiError>,
+        reply: Reply<Updated>,
+    },
     Delete {
         webhook_id: WebhookId,
         reply: Reply<Durable>,
@@ -136,6 +147,8 @@ pub struct DeliveryState {
     epoch: u64,
     waker: Option<tokio::task::JoinHandle<()>>,
     sweeper: Option<ractor::concurrency::JoinHandle<()>>,
+    /// Saves' checks run one at a time, off the mailbox (see [`DeliveryState::check`]).
+    check_slot: Arc<tokio::sync::Semaphore>,
 }
 
 impl Actor for DeliveryRegistry {
@@ -196,6 +209,7 @@ impl Actor for DeliveryRegistry {
             epoch: rand::random::<u64>() >> 1,
             waker: None,
             sweeper: None,
+            check_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let mut stored = Vec::new();
         shared.store.for_each::<StoredWebhook>(Keyspace::WEBHOOKS, "", |_, w| {
@@ -260,13 +274,37 @@ impl Actor for DeliveryRegistry {
             // after those checks, just before anything is written.
             DeliveryMsg::Create { body, reply } => {
                 if !reply.is_closed() {
-                    let r = state.create(&myself, body, || reply.is_closed()).await;
+                    state.check(
+                        &myself,
+                        move |rules| body.validate(rules).map(|()| body),
+                        |checked| DeliveryMsg::CreateChecked { checked, reply },
+                    );
+                }
+            }
+            DeliveryMsg::CreateChecked { checked, reply } => {
+                if !reply.is_closed() {
+                    let r = match checked {
+                        Ok(body) => state.create(&myself, body, || reply.is_closed()).await,
+                        Err(e) => Err(e),
+                    };
                     let _ = reply.send(r);
                 }
             }
             DeliveryMsg::Update { webhook_id, patch, reply } => {
                 if !reply.is_closed() {
-                    let r = state.update(&webhook_id, patch, || reply.is_closed()).await;
+                    state.check(
+                        &myself,
+                        move |rules| patch.validate(rules).map(|()| patch),
+                        |checked| DeliveryMsg::UpdateChecked { webhook_id, checked, reply },
+                    );
+                }
+            }
+            DeliveryMsg::UpdateChecked { webhook_id, checked, reply } => {
+                if !reply.is_closed() {
+                    let r = match checked {
+                        Ok(patch) => state.update(&webhook_id, patch, || reply.is_closed()).await,
+                        Err(e) => Err(e),
+                    };
                     let _ = reply.send(r);
                 }
             }
@@ -595,6 +633,35 @@ impl DeliveryState {
         self.deps.rules()
     }
 
+    /// Runs a save's checks off the mailbox, then sends the registry `then(result)`.
+    ///
+    /// The checks render every template of the save (a sample event, and stand-in payloads
+    /// for an error), which takes seconds for the slowest templates: on the mailbox, every
+    /// publish and every other save would wait behind them. They need nothing of the
+    /// registry's state, only the channel rules. One runs at a time, on the blocking pool, so
+    /// a burst of slow saves takes one core, as it did on the mailbox, not all of them.
+    fn check<T: Send + 'static>(
+        &self,
+        myself: &ActorRef<DeliveryMsg>,
+        check: impl FnOnce(ChannelRules) -> Result<T, ApiError> + Send + 'static,
+        then: impl FnOnce(Result<T, ApiError>) -> DeliveryMsg + Send + 'static,
+    ) {
+        let (rules, slot, myself) = (self.rules(), self.check_slot.clone(), myself.clone());
+        tokio::spawn(async move {
+            let checked = match slot.acquire_owned().await {
+                Ok(permit) => {
+                    let r = tokio::task::spawn_blocking(move || check(rules)).await;
+                    drop(permit);
+                    r.unwrap_or_else(|e| Err(ApiError::Internal(anyhow::anyhow!("checking the webhook: {e}"))))
+                }
+                Err(_) => Err(ApiError::Unavailable("the webhook registry is stopping; retry".into())),
+            };
+            // A registry that stopped meanwhile drops the message and its reply: the caller
+            // answers 503, and nothing was done.
+            let _ = myself.cast(then(checked));
+        });
+    }
+
     fn webhook_of(&self, cell: &ActorCell) -> Option<WebhookId> {
         let name = cell.get_name()?;
         let prefix = self.shared.names.delivery("");
@@ -657,7 +724,6 @@ impl DeliveryState {
         body: CreateWebhook,
         gone: impl Fn() -> bool,
     ) -> Result<(serde_json::Value, Durable), ApiError> {
-        body.validate(self.rules())?;
         if gone() {
             return Err(caller_gone());
         }
@@ -723,7 +789,6 @@ impl DeliveryState {
         patch: PatchWebhook,
         gone: impl Fn() -> bool,
     ) -> Result<Updated, ApiError> {
-        patch.validate(self.rules())?;
         if gone() {
             return Err(caller_gone());
         }

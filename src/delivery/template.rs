@@ -67,16 +67,38 @@ impl Template {
     }
 
     /// Compiles `source` and renders it once against a sample event, so syntax errors,
-    /// unknown filters, fuel exhaustion and outputs over the cap are reported. A stored
-    /// template is loaded with this; [`Template::validate`] (a template being saved) also
+    /// unknown filters, fuel exhaustion and outputs over the cap are reported (the tests'
+    /// way to make a template). [`Template::validate`] (a template being saved) also
     /// refuses errors no event could avoid, which would otherwise take a stored channel down
     /// for every event where before only some failed.
-    pub fn compile(source: &str) -> Result<Template, String> {
+    #[cfg(test)]
+    pub(crate) fn compile(source: &str) -> Result<Template, String> {
         Self::build(source, false)
+    }
+
+    /// Compiles a stored template to deliver with: parsed, not rendered. It was checked when
+    /// it was saved ([`Template::validate`]); an error that an event meets shows in that
+    /// delivery's attempt. Loading runs wherever a webhook's channels are built (start-up,
+    /// each save, each worker restart), some of it on the webhook registry: a sample render
+    /// there would cost each of them a render, seconds for the slowest templates.
+    pub fn load(source: &str) -> Result<Template, String> {
+        Self::parse(source)
     }
 
     /// [`Template::compile`], and with `strict` [`Template::validate`]'s extra check.
     fn build(source: &str, strict: bool) -> Result<Template, String> {
+        let t = Self::parse(source)?;
+        let sample = Self::sample();
+        if let Err(e) = t.render_context(Self::context(&sample, SAMPLE_WEBHOOK_NAME)) {
+            if t.unavoidable(&e, &sample, strict) {
+                return Err(describe(e));
+            }
+        }
+        Ok(t)
+    }
+
+    /// The environment (fuel, filters, methods) with `source` added as its one template.
+    fn parse(source: &str) -> Result<Template, String> {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
@@ -106,14 +128,7 @@ impl Template {
         env.add_filter("truncate", truncate);
         env.add_filter("wordcount", wordcount);
         env.add_template_owned(NAME, source.to_string()).map_err(describe)?;
-        let t = Template { env };
-        let sample = Self::sample();
-        if let Err(e) = t.render_context(Self::context(&sample, SAMPLE_WEBHOOK_NAME)) {
-            if t.unavoidable(&e, &sample, strict) {
-                return Err(describe(e));
-            }
-        }
-        Ok(t)
+        Ok(Template { env })
     }
 
     /// Whether `e`, the error of rendering the sample event (an empty payload), would fail
@@ -165,7 +180,7 @@ impl Template {
         capped_render(&self.env.get_template(NAME)?, ctx)
     }
 
-    /// Renders the sample event used by [`Template::compile`] (for checks at save time).
+    /// Renders the sample event used by [`Template::validate`] (for checks at save time).
     pub fn render_sample(&self) -> Result<String, String> {
         self.render(&Self::sample(), SAMPLE_WEBHOOK_NAME)
     }

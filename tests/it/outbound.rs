@@ -1745,6 +1745,41 @@ async fn jinja2_templates_work_and_sure_failures_are_refused_when_saved() {
     }
 }
 
+/// A save's template checks run off the webhook registry: a webhook whose template takes
+/// seconds to check (`~` on a long repeated list builds its text before minijinja charges
+/// fuel for it) holds up neither publishing nor the deliveries of the other webhooks.
+#[tokio::test]
+async fn a_slow_template_check_holds_up_no_publish() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let (fast, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "fast", "event_types": ["*"], "channels": [http_channel(&rx.url("/fast"))]}),
+    )
+    .await;
+    let slow_body = json!({"webhook_name": "slow", "event_types": ["*"], "channels": [{"channel": "webhook",
+        "configs": {"url": rx.url("/slow"), "payload_template": "{{ (([1] * 20000000) ~ '') | length }}"}}]});
+    let slow = app.post("/v1/organizations/webhooks", slow_body);
+    tokio::pin!(slow);
+    let meanwhile = async {
+        // Let the save reach the registry (its check then runs for seconds).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publish(&app, "object.created", json!({"n": 1})).await;
+        eventually(WAIT, || async { rx.count() >= 1 }).await
+    };
+    // The event is published and delivered while the slow save is still being checked.
+    tokio::select! {
+        r = &mut slow => panic!("the slow save answered ({r:?}) before the event published after it was delivered: publishing waited behind its check (or the check got too fast to show anything)"),
+        delivered = meanwhile => assert!(delivered, "{:?}", deliveries(&app, &fast, None).await),
+    }
+    // Its check ends as it did on the mailbox: the text is charged once built, past the fuel.
+    let (s, b) = slow.await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.payload_template")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("fuel"), "{b}");
+    let (_, list) = app.get("/v1/organizations/webhooks").await;
+    assert_eq!(list.to_string().matches("wh_").count(), 1, "{list}");
+}
+
 /// Settings that could only fail or surprise are refused or normalized when saved: a timeout
 /// too short for any answer, a header given twice in two cases; `headers: null` is no
 /// headers, and an event type listed twice is one subscription.

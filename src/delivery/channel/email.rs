@@ -107,7 +107,7 @@ impl EmailChannel {
             .map(|a| a.parse::<Mailbox>().map(|m| (a.clone(), m)).map_err(|e| format!("stored address {a:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let compile = |src: &Option<String>, default: &str, what: &str| {
-            Template::compile(src.as_deref().unwrap_or(default)).map_err(|e| format!("{what}: {e}"))
+            Template::load(src.as_deref().unwrap_or(default)).map_err(|e| format!("{what}: {e}"))
         };
         Ok(EmailChannel {
             to,

@@ -134,7 +134,7 @@ impl HttpChannel {
     pub fn new(config: HttpConfig, deps: ChannelDeps) -> Result<HttpChannel, String> {
         let url = url::Url::parse(&config.url).map_err(|e| format!("stored URL does not parse: {e}"))?;
         let template = match &config.payload_template {
-            Some(src) => Some(Template::compile(src).map_err(|e| format!("payload_template: {e}"))?),
+            Some(src) => Some(Template::load(src).map_err(|e| format!("payload_template: {e}"))?),
             None => None,
         };
         let uri = parse_uri(&url)?;

@@ -59,7 +59,7 @@ impl SlackChannel {
         let url =
             url::Url::parse(&config.webhook_url).map_err(|e| format!("stored webhook_url does not parse: {e}"))?;
         let source = config.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
-        let template = Template::compile(source).map_err(|e| format!("template: {e}"))?;
+        let template = Template::load(source).map_err(|e| format!("template: {e}"))?;
         let json = is_json_template(source);
         let uri = parse_uri(&url).map_err(|_| "stored webhook_url is not a valid request URI".to_string())?;
         let hidden = secret_parts(&url);

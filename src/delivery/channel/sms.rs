@@ -85,7 +85,7 @@ pub struct SmsChannel {
 
 impl SmsChannel {
     pub fn new(config: &SmsConfig, api: Arc<SmsApi>, deps: ChannelDeps) -> Result<SmsChannel, String> {
-        let template = Template::compile(config.template.as_deref().unwrap_or(DEFAULT_TEMPLATE))
+        let template = Template::load(config.template.as_deref().unwrap_or(DEFAULT_TEMPLATE))
             .map_err(|e| format!("template: {e}"))?;
         Ok(SmsChannel { to: config.to.clone(), template, api, deps })
     }
