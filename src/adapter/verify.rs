@@ -452,16 +452,32 @@ pub fn credentials(
     }
 }
 
-/// Verifies a Mux lifecycle webhook (`POST /v1/webhooks/mux/{connection_id}`) against the
-/// connection's signing secrets: 404 for an unknown or non-Mux connection, 401 for a
-/// missing or bad signature, 503 when the connection cannot be decrypted.
-pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, raw: &Bytes) -> Result<(), ApiError> {
-    // One answer for both: an anonymous caller learns nothing of connections of other types.
+/// What [`lifecycle`] can refuse before the body is read: an unknown or non-Mux connection
+/// (404) and a missing `Mux-Signature` (401). The rest needs the body.
+pub fn lifecycle_head(shared: &Shared, id: &ConnectionId, signature: Option<&str>) -> Result<(), ApiError> {
+    mux_connection(shared, id)?;
+    match signature {
+        None => Err(ApiError::UnauthorizedMsg(super::mux::signature::MuxSignatureError::Missing.to_string())),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The Mux connection `id`: 404 for an unknown connection or one of another type (one answer
+/// for both: an anonymous caller learns nothing of connections of other types).
+fn mux_connection(shared: &Shared, id: &ConnectionId) -> Result<Connection, ApiError> {
     let not_found = || ApiError::NotFound(format!("no mux connection {id}"));
     let conn: Connection = shared.store.get(Keyspace::CONNECTIONS, id.as_str())?.ok_or_else(not_found)?;
     if conn.provider_type != ProviderType::Mux {
         return Err(not_found());
     }
+    Ok(conn)
+}
+
+/// Verifies a Mux lifecycle webhook (`POST /v1/webhooks/mux/{connection_id}`) against the
+/// connection's signing secrets: 404 for an unknown or non-Mux connection, 401 for a
+/// missing or bad signature, 503 when the connection cannot be decrypted.
+pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, raw: &Bytes) -> Result<(), ApiError> {
+    let conn = mux_connection(shared, id)?;
     // Not the sender's fault, and not a crash: 503, so Mux retries once the operator has
     // restored the master key (the log says which connection).
     let cfg = conn.open(&shared.secrets).map_err(|e| {

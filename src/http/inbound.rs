@@ -31,6 +31,8 @@ use crate::store::Keyspace;
 /// Routes under `/v1/buckets/{id}/{source-adapter,objects,batches}` and `/v1/webhooks/…`.
 /// The ingest route's metrics label.
 pub(super) const INGEST_ROUTE: &str = "/v1/buckets/{bucket_id}/source-adapter/ingest";
+/// The Mux lifecycle route's metrics label.
+const MUX_WEBHOOK_ROUTE: &str = "/v1/webhooks/mux/{connection_id}";
 
 pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static str, Response) {
     let m = req.method.clone();
@@ -66,7 +68,7 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
             methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}/submit", { POST => submit_batch(state, req, id, bid) })
         }
         ["v1", "webhooks", "mux", cid] => {
-            methods!(m, "/v1/webhooks/mux/{connection_id}", { POST => mux_webhook(state, req, cid) })
+            methods!(m, MUX_WEBHOOK_ROUTE, { POST => mux_webhook(state, req, cid) })
         }
         _ => ("(unknown)", super::error_response(&super::not_found_route())),
     }
@@ -279,6 +281,72 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         Err(IngestErr::Gone) => {
             ("not_found", Err(ApiError::NotFound(format!("bucket {bucket_id} has no source adapter"))))
         }
+    }
+}
+
+/// What an upstream route (ingest, Mux lifecycle) can answer from its head alone, before its
+/// body is read: an unknown bucket or connection (404), and a request that no body could
+/// authenticate (401: a wrong or missing `X-Webhook-Secret` where no native signature can
+/// stand in for it). Bodies of upstream routes share one memory budget
+/// (`server.max_upstream_body_memory_mb`): without this, anyone could spend it on requests
+/// to buckets that do not exist, and make every ingest answer 503. Only a request that
+/// could be authentic (a matching secret, or a `Mux-Signature` for a Mux bucket or
+/// connection) and one for an adapter still starting have their bodies read.
+pub(super) fn answer_before_body(
+    state: &HttpState,
+    method: &warp::http::Method,
+    path: &str,
+    headers: &warp::http::HeaderMap,
+) -> Option<(&'static str, Response)> {
+    if method != warp::http::Method::POST {
+        return None; // 405, from the route table
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match super::request::segments(path).as_slice() {
+        ["v1", "buckets", id, "source-adapter", "ingest"] => {
+            let started = Instant::now();
+            let (outcome, e) = ingest_head(state, id, header("x-webhook-secret"), header("mux-signature"))?;
+            crate::metrics::ingest_request(outcome, started.elapsed());
+            Some((INGEST_ROUTE, super::error_response(&e)))
+        }
+        ["v1", "webhooks", "mux", cid] => {
+            let e = match ConnectionId::parse(cid) {
+                None => ApiError::NotFound(format!("connection {cid} not found")),
+                Some(id) => verify::lifecycle_head(&state.shared, &id, header("mux-signature")).err()?,
+            };
+            Some((MUX_WEBHOOK_ROUTE, super::error_response(&e)))
+        }
+        _ => None,
+    }
+}
+
+/// [`answer_before_body`] for an ingest: the refusal and its outcome label, or `None` to read
+/// the body and go on.
+fn ingest_head(
+    state: &HttpState,
+    id: &str,
+    webhook_secret: Option<&str>,
+    mux_signature: Option<&str>,
+) -> Option<(&'static str, ApiError)> {
+    let Some(bucket_id) = BucketId::parse(id) else {
+        return Some(("not_found", ApiError::NotFound(format!("bucket {id} not found"))));
+    };
+    let Some(gate) = state.shared.gates.get(&bucket_id) else {
+        // No running adapter: 404 for a bucket without one; one starting or restarting is
+        // waited for with the body in hand, as before.
+        return match no_running_adapter(state, &bucket_id) {
+            e @ ApiError::NotFound(_) => Some(("not_found", e)),
+            _ => None,
+        };
+    };
+    let secret = SecretCheck::of(&gate, webhook_secret);
+    if secret == SecretCheck::Matches || gate.has_native(mux_signature) {
+        return None;
+    }
+    match verify::verdict(gate.revision, secret, None, gate.is_mux(), mux_signature.is_some()) {
+        Verdict::Unauthorized(refused) => Some(("unauthorized", refuse(state, &bucket_id, &refused))),
+        // Not reached (no native check was made, and the secret did not match): the body decides.
+        Verdict::Authentic(_) | Verdict::Unverifiable(_) => None,
     }
 }
 

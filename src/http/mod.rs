@@ -106,11 +106,17 @@ pub async fn serve(
                 let upstream = keyless(path.as_str());
                 let anonymous_admin =
                     !upstream && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+                // Likewise an upstream request that its head already refuses (an unknown bucket,
+                // a wrong secret): its body would take a share of the upstream budget.
+                let refused = match upstream {
+                    true => inbound::answer_before_body(&state, &method, path.as_str(), &headers),
+                    false => None,
+                };
                 // A body not read to its end leaves the connection unusable: the answer says
                 // so (`Connection: close`), or a pooling client sends its next request on a
                 // connection the server is closing and sees it fail.
                 let mut unread = false;
-                let body = match anonymous_admin {
+                let body = match anonymous_admin || refused.is_some() {
                     // A small body is still read (for a second at most) so that the client,
                     // still sending it, reads the 401 rather than a reset connection.
                     true => {
@@ -122,13 +128,14 @@ pub async fn serve(
                         read_body(&headers, body, limit, read_timeout, budget).await
                     }
                 };
-                let (label, resp) = match body {
+                let (label, resp) = match (refused, body) {
+                    (Some(answer), _) => answer,
                     // The body's share of the budget is held until it has been handled.
-                    Ok((body, _held)) => {
+                    (None, Ok((body, _held))) => {
                         let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
                         route(&state, req).await
                     }
-                    Err(e) => {
+                    (None, Err(e)) => {
                         unread = true;
                         (body_error_label(&method, path.as_str(), &e, started), error_response(&e))
                     }

@@ -505,12 +505,19 @@ async fn anonymous_admin_requests_are_refused_before_their_body() {
         let answer = String::from_utf8_lossy(&buf[..n]);
         assert!(answer.starts_with("HTTP/1.1 401"), "{declared}: {answer}");
     }
-    // With the key, the same declaration is a 413; ingest (no key, signed) still reads its body.
+    // With the key, the same declaration is a 413. An ingest (no key) that could be authentic
+    // has its body read (and bounded) before its signature is checked; one for a bucket that
+    // does not exist is answered from its head.
     let big = vec![b'a'; 2 * 1024 * 1024];
     let r = app.client.post(app.url("/v1/buckets")).bearer_auth(&app.api_key).body(big.clone()).send().await.unwrap();
     assert_eq!(r.status(), 413);
-    let r = app.client.post(app.url("/v1/buckets/bkt_x/source-adapter/ingest")).body(big).send().await.unwrap();
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = crate::inbound::bucket_with_adapter(&app, "big", json!({}), adapter).await;
+    let ingest = app.url(&format!("/v1/buckets/{bucket}/source-adapter/ingest"));
+    let r = app.client.post(ingest).header("x-webhook-secret", secret).body(big.clone()).send().await.unwrap();
     assert_eq!(r.status(), 413, "an ingest body is read (and bounded) before its signature is checked");
+    let r = app.client.post(app.url("/v1/buckets/bkt_x/source-adapter/ingest")).body(big).send().await.unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 /// At `server.max_connections`, a new client waits (in the listen backlog) until one of the

@@ -460,10 +460,11 @@ async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
     let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
     let (bucket, secret) = bucket_with_adapter(&app, "budget", json!({}), adapter).await;
     let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
-    // Declares 1 MiB, sends 300 KiB, then stalls (any bucket ID: it is not checked first).
+    // Declares 1 MiB, sends 300 KiB, then stalls (with the right secret: a request its head
+    // already refuses never has its body read, see the next test).
     let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head =
-        "POST /v1/buckets/bkt_whatever/source-adapter/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n";
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Webhook-Secret: {secret}\r\nContent-Length: 1048576\r\n\r\n");
     slow.write_all(head.as_bytes()).await.unwrap();
     // A body is charged by the buffer holding it (grown by doubling): 300 KiB take 512 KiB,
     // half the budget; a 600 KiB body would need 1 MiB.
@@ -493,6 +494,54 @@ async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
     assert!(back, "the stalled sender's share did not come back");
     let m = app.metrics().await;
     assert!(metric_value(&m, "hookline_http_upstream_bodies_refused_total", &[]) >= 1.0);
+}
+
+/// A request to an upstream route that its head already refuses (an unknown bucket or Mux
+/// connection, a wrong or missing secret) is answered without its body being read: anonymous
+/// senders that stall mid-body cannot spend the upstream body budget, which an authentic
+/// sender then needs whole.
+#[tokio::test]
+async fn requests_refused_by_their_head_take_no_upstream_body_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opts = Options { server_toml: "max_upstream_body_memory_mb = 1\n".into(), ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "budget", json!({}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let targets = [
+        ("/v1/buckets/bkt_nosuchbucket/source-adapter/ingest".to_string(), "", 404),
+        (path.clone(), "X-Webhook-Secret: not-the-secret\r\n", 401),
+        (path.clone(), "", 401),
+        ("/v1/webhooks/mux/conn_nosuchconnection".to_string(), "Mux-Signature: t=1,v1=00\r\n", 404),
+    ];
+    // 24 senders declare 1 MiB, send 60 KiB (a 64 KiB buffer each: 1.5 MiB in all, were they
+    // charged), then stall.
+    let mut stalled = Vec::new();
+    for i in 0..24 {
+        let (target, header, expected) = &targets[i % targets.len()];
+        let mut c = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!("POST {target} HTTP/1.1\r\nHost: x\r\n{header}Content-Length: 1048576\r\n\r\n");
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&vec![b' '; 60 << 10]).await.unwrap();
+        stalled.push((c, *expected));
+    }
+    // Meanwhile an authentic 600 KiB body (a 1 MiB buffer: the whole budget) is taken.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(600 << 10));
+    let (s, b) = app.post_raw(&path, big, &[("x-webhook-secret", secret.as_str())]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    // Each stalled sender has its answer, and is told the connection closes.
+    for (mut c, expected) in stalled {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer)).await;
+        assert!(read.is_ok_and(|r| r.is_ok()), "no answer before the connection closed");
+        let text = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(text.starts_with(&format!("http/1.1 {expected} ")), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+    }
+    let m = app.metrics().await;
+    assert_eq!(metric_value(&m, "hookline_http_upstream_bodies_refused_total", &[]), 0.0);
+    assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "unauthorized")]), 12.0);
 }
 
 /// A batch buffer flushes early once it holds 16 MiB, whatever max_batch_size says: one
