@@ -23,7 +23,9 @@
 //!   empty queue takes any one delivery, so an event larger than the byte bound still goes.
 //!
 //! Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time, and report back
-//! with [`WorkerMsg::Done`]; retries wait on one timer for the earliest due delivery (in
+//! with [`WorkerMsg::Done`]. Each channel of a webhook with several has its share of that
+//! bound (see [`WorkerState::channel_cap`]), so a hung receiver cannot hold every slot while
+//! the webhook's other channels (its redundancy) wait behind it; retries wait on one timer for the earliest due delivery (in
 //! memory or parked). The mailbox is therefore never blocked by a slow receiver, and each
 //! webhook has its own actor, so one slow or dead receiver never holds back another webhook.
 //!
@@ -109,6 +111,11 @@ impl WebhookRuntime {
     fn has_channel(&self, d: &Delivery) -> bool {
         self.channel_ids.iter().any(|c| d.channel_is(c))
     }
+
+    /// Whether the channel `id` (a delivery's `channel_ref`) is still one of the webhook's.
+    fn has_channel_ref(&self, id: &str) -> bool {
+        self.channel_ids.iter().any(|c| c == id)
+    }
 }
 
 /// Settings shared by every worker.
@@ -173,6 +180,9 @@ pub struct WorkerState {
     ready: VecDeque<DeliveryId>,
     waiting: BinaryHeap<Reverse<(u64, DeliveryId)>>,
     in_flight: HashSet<DeliveryId>,
+    /// Ready deliveries of channels at their share of the in-flight bound, by channel, in
+    /// order: released as their channel's sends finish (see [`WorkerState::channel_cap`]).
+    capped: HashMap<String, VecDeque<DeliveryId>>,
     timer: Option<(u64, TimerHandle)>,
     prune_timer: Option<JoinHandle<()>>,
     writes: Batch,
@@ -258,6 +268,7 @@ impl Actor for DeliveryWorker {
             ready: VecDeque::new(),
             waiting: BinaryHeap::new(),
             in_flight: HashSet::new(),
+            capped: HashMap::new(),
             timer: None,
             prune_timer: None,
             writes: Batch::new(),
@@ -854,7 +865,7 @@ impl WorkerState {
         // A released delivery that turns out stale (sent, or due later) sends nothing: then
         // the next of its channel is released, until one goes or none is left.
         loop {
-            let released = self.release_throttled(now);
+            let released = self.release_throttled(now) | self.release_capped();
             rearm |= self.send_ready(now);
             if !released || self.in_flight.len() >= self.settings.max_in_flight {
                 break;
@@ -874,6 +885,40 @@ impl WorkerState {
         }
         let (queue, in_flight) = (&self.queue, &self.in_flight);
         let released = self.throttles.releasable(now, |c| in_flight_on(queue, in_flight, c));
+        let any = !released.is_empty();
+        for id in released.into_iter().rev() {
+            self.ready.push_front(id);
+        }
+        any
+    }
+
+    /// How many sends one channel may have in flight: all of `max_in_flight_per_webhook` for a
+    /// webhook with one channel, its share (rounded up) for one with several. A receiver that
+    /// hangs until its timeout holds only its channel's share, and a burst of events still
+    /// reaches the other channels at once (seed 004: several channels for critical events,
+    /// for redundancy).
+    fn channel_cap(&self) -> usize {
+        self.settings.max_in_flight.div_ceil(self.rt.channel_ids.len().max(1))
+    }
+
+    /// Puts deliveries of channels below their share at the front of `ready`, in their
+    /// order (all of those of a removed channel: they are buried as they come); whether there
+    /// were any.
+    fn release_capped(&mut self) -> bool {
+        if self.capped.is_empty() {
+            return false;
+        }
+        let cap = self.channel_cap();
+        let (queue, in_flight, rt) = (&self.queue, &self.in_flight, &self.rt);
+        let mut released = Vec::new();
+        self.capped.retain(|channel, backlog| {
+            let free = match rt.has_channel_ref(channel) {
+                true => cap.saturating_sub(in_flight_on(queue, in_flight, channel)),
+                false => backlog.len(),
+            };
+            released.extend(backlog.drain(..free.min(backlog.len())));
+            !backlog.is_empty()
+        });
         let any = !released.is_empty();
         for id in released.into_iter().rev() {
             self.ready.push_front(id);
@@ -914,6 +959,15 @@ impl WorkerState {
                 }
                 continue;
             };
+            let cap = self.channel_cap();
+            if cap < self.settings.max_in_flight {
+                let channel_ref = d.channel_ref();
+                if in_flight_on(&self.queue, &self.in_flight, &channel_ref) >= cap {
+                    // At its share: it waits for one of its channel's sends to finish.
+                    self.capped.entry(channel_ref).or_default().push_back(id);
+                    continue;
+                }
+            }
             self.in_flight.insert(id.clone());
             let key = self.rt.signing_key.clone();
             let webhook_name = self.rt.webhook_name.clone();

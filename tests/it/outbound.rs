@@ -552,6 +552,35 @@ async fn timeout_is_retried() {
     );
 }
 
+/// A webhook's channels share `max_in_flight_per_webhook` (16): a receiver that hangs holds
+/// only its channel's share (8 of 2 channels), and every event still reaches the other
+/// channel at once (seed 004: several channels for critical events, for redundancy).
+#[tokio::test]
+async fn a_hung_channel_holds_only_its_share_of_the_webhooks_sends() {
+    let app = TestApp::start().await;
+    let hung = Receiver::start(200).await;
+    for _ in 0..40 {
+        hung.then(200, Duration::from_secs(60));
+    }
+    let fast = Receiver::start(200).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "two", "event_types": ["*"], "channels": [
+            {"channel": "webhook", "configs": {"url": hung.url("/hung"), "timeout": 120}},
+            http_channel(&fast.url("/fast"))]}),
+    )
+    .await;
+    for n in 0..40 {
+        publish(&app, "object.created", json!({"n": n})).await;
+    }
+    let all = eventually(WAIT, || async { fast.count() == 40 }).await;
+    let pending = deliveries(&app, &id, Some("pending")).await.len();
+    assert!(all, "{} of 40 reached the healthy channel ({pending} deliveries pending)", fast.count());
+    assert_eq!(hung.count(), 8, "the hung channel has its share in flight, no more");
+    let pending = deliveries(&app, &id, Some("pending")).await;
+    assert_eq!(pending.len(), 40, "the hung channel's 40 deliveries wait: {pending:?}");
+}
+
 #[tokio::test]
 async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     let app = TestApp::start_with(Options {
