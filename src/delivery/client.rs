@@ -134,16 +134,22 @@ impl DeliveryClient {
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
         let mut body = Vec::new();
         let _ = timeout_at(deadline, read_capped(resp.into_body(), &mut body)).await;
         Ok(Reply { status, retry_after, body })
     }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110 allows both, and proxies and
+/// servers send the date; one already past is no wait). `None` for anything else.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 /// A copy of a request to send again (bodies are shared bytes: cheap).
@@ -246,6 +252,18 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const DEV: NetPolicy = NetPolicy { allow_insecure_http: true, allow_private_networks: true };
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        // The date form has whole seconds: 20 s ahead reads as a little over 19.
+        let in_20s = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(20));
+        let wait = retry_after(&in_20s).unwrap();
+        assert!(wait > Duration::from_secs(18) && wait <= Duration::from_secs(20), "{in_20s}: {wait:?}");
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO), "a date already past");
+        assert_eq!(retry_after("soon"), None);
+        assert_eq!(retry_after("-1"), None);
+    }
 
     fn post(uri: &str) -> Request {
         http::Request::post(uri).body(Full::new(Bytes::from_static(b"{}"))).unwrap()
