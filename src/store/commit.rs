@@ -393,7 +393,12 @@ fn checkpoint_loop(
         }
         if let Some(through) = through.filter(|_| !poisoned.load(Ordering::Relaxed)) {
             let started = Instant::now();
-            match futures::executor::block_on(backend.flush()) {
+            // Once flushed, the log starts after `through`: a start-up that then misses one of
+            // the later segments knows acknowledged writes are gone (see `wal::recover`).
+            let flushed = backend
+                .apply(&super::format::log_from_batch(through + 1))
+                .and_then(|()| futures::executor::block_on(backend.flush()));
+            match flushed {
                 Ok(()) => {
                     crate::metrics::store_checkpoint(started.elapsed());
                     if let Err(e) = wal::remove_through(&dir, through) {

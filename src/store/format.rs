@@ -38,9 +38,15 @@ pub const FORMAT_VERSION: u32 = 5;
 
 const VERSION_KEY: &str = "format_version";
 const MIGRATE_FROM_KEY: &str = "migrate_from";
+/// The first write-ahead log segment that may hold writes the backend has not flushed: every
+/// segment from it to the newest must be there at start-up (see `wal::recover`). Written with
+/// each checkpoint's flush, and after each replay. Added without a new format version: an
+/// older binary ignores it, and a store without it is not checked.
+const LOG_FROM_KEY: &str = "wal_from";
 
-/// Checks the version before the log replay; see the module docs.
-pub(crate) fn check(backend: &dyn Backend) -> Result<(), StoreError> {
+/// Checks the version before the log replay; see the module docs. `has_log`: the log
+/// directory holds segments, so this directory was used before.
+pub(crate) fn check(backend: &dyn Backend, has_log: bool) -> Result<(), StoreError> {
     match read::<u32>(backend, VERSION_KEY)? {
         None => {
             let mut any = false;
@@ -51,6 +57,18 @@ pub(crate) fn check(backend: &dyn Backend) -> Result<(), StoreError> {
             if any {
                 return Err(StoreError::Format(
                     "the data directory holds data without a format version; it was not written by hookline".into(),
+                ));
+            }
+            // The version is the first thing written (and flushed) to a new store, before its
+            // log exists: an empty store beside a log was emptied, deleted or swapped, and
+            // starting as a new install would forget every bucket, webhook and dedup key.
+            if has_log {
+                return Err(StoreError::Format(
+                    "the store (the data directory's `db`) is empty or missing, but its write-ahead log (`wal/`) \
+                     shows the directory was in use: the store was damaged, deleted or replaced. Refusing to \
+                     start as a new install; restore the data directory from a backup (or move it away to \
+                     start afresh)"
+                        .into(),
                 ));
             }
             write_meta(backend, &[(VERSION_KEY, FORMAT_VERSION)])
@@ -172,6 +190,18 @@ fn read<T: serde::de::DeserializeOwned>(backend: &dyn Backend, key: &str) -> Res
     }
 }
 
+/// Where the log must start (see [`LOG_FROM_KEY`]); `None` for a store from before it.
+pub(crate) fn log_from(backend: &dyn Backend) -> Result<Option<u64>, StoreError> {
+    read(backend, LOG_FROM_KEY)
+}
+
+/// The write that records [`log_from`], for the backend's next flush to make durable.
+pub(crate) fn log_from_batch(segment: u64) -> Batch {
+    let mut b = Batch::new();
+    b.put(Keyspace::META, LOG_FROM_KEY, &segment);
+    b
+}
+
 /// Writes `meta` entries straight to the backend, flushed.
 fn write_meta(backend: &dyn Backend, entries: &[(&str, u32)]) -> Result<(), StoreError> {
     let mut b = Batch::new();
@@ -232,14 +262,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = SledBackend::open(dir.path()).unwrap();
         write_meta(&backend, &[(VERSION_KEY, FORMAT_VERSION + 1)]).unwrap();
-        assert!(matches!(check(&backend), Err(StoreError::Format(_))));
+        assert!(matches!(check(&backend, false), Err(StoreError::Format(_))));
         // Interrupted after `check`: the version is already new, the marker still set.
         write_meta(&backend, &[(VERSION_KEY, FORMAT_VERSION), (MIGRATE_FROM_KEY, 2)]).unwrap();
         let mut b = Batch::new();
         raw_put(&mut b, "dedup\0bkt_a/h1", r#"{"object_id":"obj_1","at_ms":5}"#);
         raw_put(&mut b, "dkey\0bkt_a/obj_0", r#""h0""#); // migrated before the crash
         backend.apply(&b).unwrap();
-        check(&backend).unwrap();
+        check(&backend, false).unwrap();
         finish(&backend).unwrap();
         assert_eq!(backend.get(b"dkey\0bkt_a/obj_1").unwrap().as_deref(), Some(&b"\"h1\""[..]));
         assert_eq!(backend.get(b"dkey\0bkt_a/obj_0").unwrap().as_deref(), Some(&b"\"h0\""[..]));
@@ -256,7 +286,7 @@ mod tests {
         let mut b = Batch::new();
         raw_put(&mut b, "dedup\0bkt_a/h1", r#"{"object_id":"obj_1","at_ms":5}"#);
         backend.apply(&b).unwrap();
-        check(&backend).unwrap();
+        check(&backend, false).unwrap();
         finish(&backend).unwrap();
         assert_eq!(backend.get(b"dkey\0bkt_a/obj_1").unwrap().as_deref(), Some(&b"\"h1\""[..]));
         assert_eq!(read::<u32>(&backend, VERSION_KEY).unwrap(), Some(FORMAT_VERSION));

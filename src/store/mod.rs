@@ -184,8 +184,16 @@ impl Store {
         // The version first (it is written straight to the backend, flushed): a log written
         // by a newer binary must not be replayed by an older one. Keyspace migrations run
         // after the replay, which may hold writes in the older layout.
-        format::check(backend.as_ref())?;
-        let next_segment = wal::recover(wal_dir, backend.as_ref())?;
+        let has_log = wal_dir.is_dir()
+            && !wal::segments(wal_dir)
+                .map_err(|e| StoreError::Io(format!("list log directory {}: {e}", wal_dir.display())))?
+                .is_empty();
+        format::check(backend.as_ref(), has_log)?;
+        let log_from = format::log_from(backend.as_ref())?;
+        let next_segment = wal::recover(wal_dir, backend.as_ref(), log_from)?;
+        // Replayed and flushed: the log starts afresh at `next_segment`.
+        backend.apply(&format::log_from_batch(next_segment))?;
+        futures::executor::block_on(backend.flush())?;
         format::finish(backend.as_ref())?;
         let overlay = Arc::new(overlay::Overlay::default());
         let committer =

@@ -14,7 +14,8 @@
 //! was on disk at that checkpoint's flush.
 //!
 //! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` of zeros. Its first [`ALIGN`]
-//! bytes hold [`MAGIC`]; records `[len: u32 LE][crc32(payload): u32 LE][payload]` follow, each
+//! bytes hold [`MAGIC`] and the segment's size (u64 LE; zero in segments written before it,
+//! so that a shortened segment is told from a torn write); records `[len: u32 LE][crc32(payload): u32 LE][payload]` follow, each
 //! starting on an [`ALIGN`] boundary, so writing a record never rewrites a block that holds an
 //! acknowledged one (a device that tears a block it rewrites on power loss cannot damage
 //! acknowledged data). A zero length ends the segment. A payload is one group's operations,
@@ -75,6 +76,7 @@ impl Segment {
             left -= n as u64;
         }
         file.write_all_at(&MAGIC, 0)?;
+        file.write_all_at(&capacity.to_le_bytes(), MAGIC.len() as u64)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         sync_dir(dir)?;
@@ -184,6 +186,8 @@ struct SegmentRead {
     /// The size of the segment's first record (header included), if it has one.
     first_len: Option<usize>,
     file_len: usize,
+    /// Shorter than it was made (or than its first block): cut, not torn by a crash.
+    truncated: bool,
 }
 
 /// The batch of the record at `pos`, if one checks out there; `Err(())` for a zero length.
@@ -206,6 +210,13 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let aligned = bytes.starts_with(&MAGIC);
+    let declared = bytes.get(MAGIC.len()..MAGIC.len() + 8).map_or(0, |b| {
+        let mut size = [0u8; 8];
+        size.copy_from_slice(b);
+        u64::from_le_bytes(size)
+    });
+    // Every segment file is made whole before it gets its name (see `Segment::create`).
+    let truncated = bytes.len() < ALIGN as usize || (aligned && (bytes.len() as u64) < declared);
     let mut out = Vec::new();
     let (mut bad_at, mut zero_at, mut first_len) = (None, None, None);
     let mut pos = if aligned { ALIGN as usize } else { 0 };
@@ -237,7 +248,7 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
         && (align_up(pos as u64 + 1) as usize..bytes.len())
             .step_by(ALIGN as usize)
             .any(|at| matches!(record_at(&bytes, at), Ok(Some(_))));
-    Ok(SegmentRead { records: out, bad_at, valid_after_stop, zero_at, first_len, file_len: bytes.len() })
+    Ok(SegmentRead { records: out, bad_at, valid_after_stop, zero_at, first_len, file_len: bytes.len(), truncated })
 }
 
 /// The segment numbers present in `dir`, ascending.
@@ -256,7 +267,13 @@ pub(crate) fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Replays every segment left in `dir` into `backend`, flushes the backend, and deletes the
 /// segments. Returns the number for the next segment. Creates `dir` if needed.
-pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreError> {
+///
+/// `from`: the first segment that may hold writes the backend has not flushed (recorded by
+/// the last checkpoint, `None` if unknown). Every segment from it to the newest must be
+/// present: one deleted by hand would lose acknowledged writes without a trace. (Segments
+/// below it were flushed already; a crash before their removal leaves them, replayed
+/// harmlessly.)
+pub(crate) fn recover(dir: &Path, backend: &dyn Backend, from: Option<u64>) -> Result<u64, StoreError> {
     let io = |what: &str, e: io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
     if !dir.is_dir() {
         {
@@ -271,7 +288,20 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
     }
     remove_unfinished(dir).map_err(|e| io("remove unfinished spares in", e))?;
     let nos = segments(dir).map_err(|e| io("list log directory", e))?;
-    let Some(&last) = nos.last() else { return Ok(0) };
+    if let Some(from) = from {
+        let needed: Vec<u64> = nos.iter().copied().filter(|n| *n >= from).collect();
+        let missing = (from..needed.last().map_or(from, |l| l + 1)).find(|n| !needed.contains(n));
+        if let Some(n) = missing {
+            return Err(StoreError::Corrupt {
+                key: format!("{}", segment_path(dir, n).display()),
+                reason: "this write-ahead log segment is missing, though later ones are there: writes acknowledged \
+                         in it are lost. Refusing to start (restore it, or the data directory, from a backup)"
+                    .into(),
+            });
+        }
+    }
+    // Numbers go on from where the log was (a segment number is never used twice).
+    let Some(&last) = nos.last() else { return Ok(from.unwrap_or(0)) };
     let mut reads = Vec::with_capacity(nos.len());
     for &no in &nos {
         reads.push(read_segment(&segment_path(dir, no)).map_err(|e| io("read log segment in", e))?);
@@ -283,6 +313,16 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
         // ends early although the next logged record would have fitted lost a record.
         let next_first = reads[i + 1..].iter().find_map(|r| r.first_len);
         let lost = read.zero_at.zip(next_first).is_some_and(|(at, len)| at + len <= read.file_len);
+        if read.truncated {
+            return Err(StoreError::Corrupt {
+                key: format!("{}", segment_path(dir, nos[i]).display()),
+                reason: format!(
+                    "this write-ahead log segment was cut short ({} bytes): writes acknowledged in it may be lost. \
+                     Refusing to start (restore it, or the data directory, from a backup)",
+                    read.file_len
+                ),
+            });
+        }
         if read.valid_after_stop || lost {
             return Err(StoreError::Corrupt {
                 key: format!("{}", segment_path(dir, nos[i]).display()),
@@ -316,7 +356,7 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend) -> Result<u64, StoreErr
     if records > 0 {
         tracing::info!(records, segments = nos.len(), "replayed the write-ahead log");
     }
-    Ok(last + 1)
+    Ok((last + 1).max(from.unwrap_or(0)))
 }
 
 /// Deletes spares whose zero-fill a crash interrupted (never used: only renamed ones are).
@@ -411,11 +451,11 @@ mod tests {
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
         f.write_all_at(&[0u8; HEADER], 2 * ALIGN).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
         // Or damaged in place.
         f.write_all_at(&record_of(&batch(2))[..HEADER], 2 * ALIGN).unwrap();
         f.write_all_at(&[0xff], 2 * ALIGN + HEADER as u64 + 2).unwrap();
-        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1], "the files are kept");
         assert!(backend.get(&Keyspace::OBJECTS.key("k1")).unwrap().is_none(), "nothing replayed");
     }
@@ -436,13 +476,57 @@ mod tests {
             std::fs::copy(segment_path(&wal, no), segment_path(&copy, no)).unwrap();
         }
         let other = SledBackend::open(&clean.path().join("db")).unwrap();
-        assert_eq!(recover(&copy, &other).unwrap(), 3);
+        assert_eq!(recover(&copy, &other, None).unwrap(), 3);
         // Segment 1's last record lost its first block: a zero length there, though segment
         // 2's record would have fitted after it.
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
         f.write_all_at(&[0u8; HEADER], 2 * ALIGN).unwrap();
-        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1, 2], "the files are kept");
+    }
+
+    #[test]
+    fn a_missing_segment_from_the_last_checkpoint_on_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        for no in [2u64, 4, 5] {
+            write_segment(&wal, no, &[batch(no as u32)]);
+        }
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        // The last checkpoint flushed through 3: 4 on must be there (2 is flushed, left by a
+        // crash before its removal), and they are.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(copy.path().join("wal")).unwrap();
+        for no in [2u64, 4, 5] {
+            std::fs::copy(segment_path(&wal, no), segment_path(&copy.path().join("wal"), no)).unwrap();
+        }
+        assert_eq!(recover(&copy.path().join("wal"), &backend, Some(4)).unwrap(), 6);
+        // Flushed through 2 only: 3 is missing.
+        assert!(matches!(recover(&wal, &backend, Some(3)), Err(StoreError::Corrupt { .. })));
+        // The first one needed is missing.
+        std::fs::remove_file(segment_path(&wal, 2)).unwrap();
+        std::fs::remove_file(segment_path(&wal, 4)).unwrap();
+        assert!(matches!(recover(&wal, &backend, Some(4)), Err(StoreError::Corrupt { .. })));
+        assert_eq!(segments(&wal).unwrap(), vec![5], "the files are kept");
+        // None left at all (a clean stop, or a crash right after a replay): numbers go on.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(recover(empty.path(), &backend, Some(9)).unwrap(), 9);
+    }
+
+    #[test]
+    fn a_segment_cut_short_refuses_to_start() {
+        for len in [0, 100, ALIGN + 10] {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = dir.path().join("wal");
+            std::fs::create_dir_all(&wal).unwrap();
+            write_segment(&wal, 1, &[batch(1), batch(2)]);
+            let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
+            f.set_len(len).unwrap();
+            let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+            let err = recover(&wal, &backend, None).unwrap_err();
+            assert!(err.to_string().contains("cut short"), "{len}: {err}");
+        }
     }
 
     #[test]
@@ -458,7 +542,7 @@ mod tests {
         bytes.resize(64 * 1024, 0);
         std::fs::write(segment_path(&wal, 9), &bytes).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert_eq!(recover(&wal, &backend).unwrap(), 10);
+        assert_eq!(recover(&wal, &backend, None).unwrap(), 10);
         assert_eq!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().unwrap(), b"2");
     }
 
@@ -473,11 +557,11 @@ mod tests {
             write_segment(&wal, no, &[b]);
         }
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert_eq!(recover(&wal, &backend).unwrap(), 5);
+        assert_eq!(recover(&wal, &backend, None).unwrap(), 5);
         let v = backend.get(&Keyspace::META.key("last")).unwrap().unwrap();
         assert_eq!(v, b"4");
         assert!(segments(&wal).unwrap().is_empty());
-        assert_eq!(recover(&wal, &backend).unwrap(), 0);
+        assert_eq!(recover(&wal, &backend, None).unwrap(), 0);
     }
 
     #[test]
@@ -492,7 +576,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
         f.write_all_at(&[0xff], ALIGN + HEADER as u64 + 3).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert!(matches!(recover(&wal, &backend), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1, 2]);
         assert!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().is_none(), "nothing replayed");
     }
