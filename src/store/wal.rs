@@ -188,6 +188,8 @@ struct SegmentRead {
     file_len: usize,
     /// Shorter than it was made (or than its first block): cut, not torn by a crash.
     truncated: bool,
+    /// It records its size (written by a binary that also keeps the log's start up to date).
+    sized: bool,
 }
 
 /// The batch of the record at `pos`, if one checks out there; `Err(())` for a zero length.
@@ -248,7 +250,17 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
         && (align_up(pos as u64 + 1) as usize..bytes.len())
             .step_by(ALIGN as usize)
             .any(|at| matches!(record_at(&bytes, at), Ok(Some(_))));
-    Ok(SegmentRead { records: out, bad_at, valid_after_stop, zero_at, first_len, file_len: bytes.len(), truncated })
+    let sized = aligned && declared > 0;
+    Ok(SegmentRead {
+        records: out,
+        bad_at,
+        valid_after_stop,
+        zero_at,
+        first_len,
+        file_len: bytes.len(),
+        truncated,
+        sized,
+    })
 }
 
 /// The segment numbers present in `dir`, ascending.
@@ -288,7 +300,15 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend, from: Option<u64>) -> R
     }
     remove_unfinished(dir).map_err(|e| io("remove unfinished spares in", e))?;
     let nos = segments(dir).map_err(|e| io("list log directory", e))?;
-    if let Some(from) = from {
+    // Numbers go on from where the log was (a segment number is never used twice).
+    let Some(&last) = nos.last() else { return Ok(from.unwrap_or(0)) };
+    let mut reads = Vec::with_capacity(nos.len());
+    for &no in &nos {
+        reads.push(read_segment(&segment_path(dir, no)).map_err(|e| io("read log segment in", e))?);
+    }
+    // Segments that do not record their size were written by an older binary (a rollback),
+    // which does not keep `from` up to date either: then it says nothing.
+    if let Some(from) = from.filter(|_| reads.iter().all(|r| r.sized)) {
         let needed: Vec<u64> = nos.iter().copied().filter(|n| *n >= from).collect();
         let missing = (from..needed.last().map_or(from, |l| l + 1)).find(|n| !needed.contains(n));
         if let Some(n) = missing {
@@ -299,12 +319,6 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend, from: Option<u64>) -> R
                     .into(),
             });
         }
-    }
-    // Numbers go on from where the log was (a segment number is never used twice).
-    let Some(&last) = nos.last() else { return Ok(from.unwrap_or(0)) };
-    let mut reads = Vec::with_capacity(nos.len());
-    for &no in &nos {
-        reads.push(read_segment(&segment_path(dir, no)).map_err(|e| io("read log segment in", e))?);
     }
     // A bad record is a write torn by a crash only if nothing valid was logged after it;
     // otherwise acknowledged data is damaged: refuse to start and keep every file.
@@ -509,6 +523,11 @@ mod tests {
         std::fs::remove_file(segment_path(&wal, 4)).unwrap();
         assert!(matches!(recover(&wal, &backend, Some(4)), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![5], "the files are kept");
+        // Segments from an older binary (no size recorded: a rollback) leave `from` stale.
+        let older = tempfile::tempdir().unwrap();
+        let seg = write_segment(older.path(), 12, &[batch(7)]);
+        seg.file.write_all_at(&[0u8; 8], MAGIC.len() as u64).unwrap();
+        assert_eq!(recover(older.path(), &backend, Some(4)).unwrap(), 13);
         // None left at all (a clean stop, or a crash right after a replay): numbers go on.
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(recover(empty.path(), &backend, Some(9)).unwrap(), 9);
