@@ -225,6 +225,9 @@ fn holds_sealed_values(store: &Store) -> anyhow::Result<bool> {
 /// URLs, which other local users have no business reading. An existing one is left as is.
 fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() && !dir.is_dir() {
+        return Err(std::io::Error::other("it exists and is not a directory"));
+    }
     let mut created = Vec::new();
     let mut d = Some(dir);
     while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {

@@ -297,7 +297,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     (SMTP_PASSWORD_VAR, "delivery.email.password"),
     (SMS_AUTH_TOKEN_VAR, "delivery.sms.auth_token"),
     (LOG_VAR, "log filter (default info)"),
-    (LOG_FORMAT_VAR, "json for JSON logs"),
+    (LOG_FORMAT_VAR, "json for JSON logs, text (the default)"),
 ];
 pub const LISTEN_VAR: &str = "HOOKLINE_LISTEN";
 pub const DATA_DIR_VAR: &str = "HOOKLINE_DATA_DIR";
@@ -389,11 +389,23 @@ impl Config {
         if let Some(keys) = &env.api_keys {
             self.auth.api_keys = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect();
         }
-        if let (Some(email), Some(p)) = (self.delivery.email.as_mut(), &env.smtp_password) {
-            email.password = Some(p.clone());
+        match (self.delivery.email.as_mut(), &env.smtp_password) {
+            (Some(email), Some(p)) => email.password = Some(p.clone()),
+            (None, Some(_)) => {
+                tracing::warn!(
+                    "{SMTP_PASSWORD_VAR} is set but the config has no [delivery.email] section: it is not used"
+                )
+            }
+            _ => {}
         }
-        if let (Some(sms), Some(t)) = (self.delivery.sms.as_mut(), &env.sms_auth_token) {
-            sms.auth_token = Some(t.clone());
+        match (self.delivery.sms.as_mut(), &env.sms_auth_token) {
+            (Some(sms), Some(t)) => sms.auth_token = Some(t.clone()),
+            (None, Some(_)) => {
+                tracing::warn!(
+                    "{SMS_AUTH_TOKEN_VAR} is set but the config has no [delivery.sms] section: it is not used"
+                )
+            }
+            _ => {}
         }
         // An empty secret (a blank line in the file, an empty variable) is no secret.
         if let Some(email) = self.delivery.email.as_mut() {
@@ -436,6 +448,11 @@ impl Config {
             let parsed = url::Url::parse(u).with_context(|| format!("server.public_url {u:?} is not a URL"))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 bail!("server.public_url must be http(s), got {u:?}");
+            }
+            // The ingest path is appended to it: a query, a fragment or credentials would end
+            // up in front of it, in every webhook_url shown.
+            if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+                bail!("server.public_url must be a plain base URL (scheme, host, optional path), without a query, fragment or credentials; got {u:?}");
             }
         }
         if self.storage.path.as_os_str().is_empty() {
@@ -545,8 +562,12 @@ impl Config {
         }
         // Not refused: the Mux API base is the operator's own setting (an internal proxy, a
         // mock), and the SMS rule that guards receivers would be the wrong switch for it.
-        if let Err(e) = private_target("mux.api_base", &self.mux.api_base, d) {
-            tracing::warn!("{e}: the Mux access token is sent there");
+        if private_target("mux.api_base", &self.mux.api_base, d).is_err() {
+            tracing::warn!(
+                "mux.api_base {:?} is a private, loopback or link-local address (allowed for the Mux API base): the \
+                 Mux access token will be sent there",
+                self.mux.api_base
+            );
         }
         // Mux abandons a webhook attempt after 10 s and the ingest answer waits for the call,
         // so more than 9 s is of no use to Mux; more than 25 s could not be waited for (the
@@ -583,6 +604,19 @@ fn private_target(name: &str, raw: &str, d: &DeliveryConfig) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_url_is_a_plain_base() {
+        for bad in ["https://x.example/?a=1", "https://x.example/#f", "https://user:pw@x.example", "ftp://x.example"] {
+            let mut c = Config::default();
+            c.server.public_url = Some(bad.into());
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("server.public_url"), "{bad}: {e}");
+        }
+        let mut c = Config::default();
+        c.server.public_url = Some("https://hooks.example/base/".into());
+        c.validate().unwrap();
+    }
 
     #[test]
     fn provider_base_urls_follow_the_address_rules() {

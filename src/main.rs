@@ -42,16 +42,34 @@ enum Command {
 }
 
 fn init_tracing() {
+    use hookline::config::{LOG_FORMAT_VAR, LOG_VAR};
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var(hookline::config::LOG_FORMAT_VAR).is_ok_and(|v| v == "json");
+    // A setting that cannot be used is said once logging is up, not silently dropped.
+    let mut unusable = Vec::new();
+    let filter = match std::env::var(LOG_VAR) {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            unusable.push(format!("{LOG_VAR}={v:?} is not a log filter ({e}); logging at info"));
+            EnvFilter::new("info")
+        }),
+        _ => EnvFilter::new("info"),
+    };
+    let format = std::env::var(LOG_FORMAT_VAR).unwrap_or_default();
+    if !matches!(format.as_str(), "" | "json" | "text") {
+        unusable.push(format!("{LOG_FORMAT_VAR}={format:?} is neither json nor text; logging as text"));
+    }
     // Colours for a terminal only: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if json {
-        builder.json().init();
+    if format == "json" {
+        // Without spans: an actor's span has a `name` field beside the span's own name, and
+        // a JSON object with a key twice is refused or misread by log pipelines. Every event
+        // names what it is about in its own fields (bucket_id, webhook_id, …).
+        builder.json().with_current_span(false).with_span_list(false).init();
     } else {
         builder.init();
+    }
+    for message in unusable {
+        tracing::warn!("{message}");
     }
 }
 

@@ -613,9 +613,18 @@ fn stored_channels(channels: &[ChannelConfig], ids: &[String]) -> Vec<serde_json
     channels.iter().zip(ids).map(|(c, id)| model::with_channel_id(c.redacted(), id)).collect()
 }
 
+/// The webhook's secrets, or `None` (logged: its deliveries wait, and only its `last_error`
+/// would say why) when they cannot be opened, as after a change of master key.
 fn open_secrets(shared: &Shared, w: &StoredWebhook) -> Option<WebhookSecrets> {
-    let plain = shared.secrets.open(&w.sealed, w.webhook_id.as_str()).ok()?;
-    serde_json::from_slice(&plain).ok()
+    let opened = shared.secrets.open(&w.sealed, w.webhook_id.as_str()).map_err(|e| e.to_string());
+    match opened.and_then(|plain| serde_json::from_slice(&plain).map_err(|e| e.to_string())) {
+        Ok(secrets) => Some(secrets),
+        Err(e) => {
+            tracing::error!(webhook_id = %w.webhook_id, error = %e,
+                "the webhook's secrets cannot be opened (a changed master key?): its deliveries wait, unsent");
+            None
+        }
+    }
 }
 
 impl DeliveryState {

@@ -807,6 +807,65 @@ async fn config_errors_stop_startup_with_a_clear_message() {
     let err = serve_refused(&cfg, None);
     assert!(err.contains("max_body_byte"), "{err}");
     assert!(serve_refused(&dir.path().join("missing.toml"), None).contains("missing.toml"));
+    // A data directory that is a file.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n", file.display().to_string()),
+    )
+    .unwrap();
+    let err = serve_refused(&cfg, None);
+    assert!(err.contains("exists and is not a directory"), "{err}");
+}
+
+/// JSON logs are one object per line with each key once: an actor's span (its `name` field
+/// beside the span's own name) is left out, the events carry their own fields.
+#[tokio::test]
+async fn json_logs_have_no_duplicate_keys() {
+    let opts = Options { env: vec![("HOOKLINE_LOG_FORMAT".into(), "json".into())], ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    app.create_bucket("logged", json!({})).await;
+    let log = app.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(lines.iter().any(|l| l.contains("bucket created")), "{log}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("span").is_none() && v.get("spans").is_none(), "{line}");
+        assert!(line.matches("\"name\":").count() <= 1, "{line}");
+    }
+}
+
+/// Settings from the environment that cannot be used are said, not silently dropped: a log
+/// filter that does not parse, an unknown log format, a provider secret without its section.
+#[test]
+fn unusable_environment_settings_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env_clear()
+        .envs([
+            ("RUST_LOG", "garbage====="),
+            ("HOOKLINE_LOG_FORMAT", "xml"),
+            ("HOOKLINE_SMTP_PASSWORD", "pw"),
+            ("HOOKLINE_SMS_AUTH_TOKEN", "tok"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for said in [
+        "RUST_LOG=\"garbage=====\" is not a log filter",
+        "HOOKLINE_LOG_FORMAT=\"xml\" is neither json nor text",
+        "HOOKLINE_SMTP_PASSWORD is set but the config has no [delivery.email] section",
+        "HOOKLINE_SMS_AUTH_TOKEN is set but the config has no [delivery.sms] section",
+    ] {
+        assert!(err.contains(said), "{said}: {err}");
+    }
+    assert!(!err.contains("\"pw\"") && !err.contains("tok\""), "a secret was printed: {err}");
 }
 
 /// A second daemon on a data dir in use is refused, saying so (the first one goes on).

@@ -581,6 +581,32 @@ async fn a_hung_channel_holds_only_its_share_of_the_webhooks_sends() {
     assert_eq!(pending.len(), 40, "the hung channel's 40 deliveries wait: {pending:?}");
 }
 
+/// A webhook whose secrets the master key cannot open (the key was changed) sends nothing:
+/// its deliveries wait, its `last_error` says why, and so does the daemon's log at start-up
+/// (an operator reads the log first).
+#[tokio::test]
+async fn a_webhook_sealed_under_another_master_key_is_logged_and_waits() {
+    let key_a = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let key_b = "HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=";
+    let rx = Receiver::start(200).await;
+    let mut app =
+        TestApp::start_with(Options { env: vec![("HOOKLINE_MASTER_KEY".into(), key_a.into())], ..Default::default() })
+            .await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "sealed", "event_types": ["*"], "channels": [http_channel(&rx.url("/sealed"))]}),
+    )
+    .await;
+    app.set_env("HOOKLINE_MASTER_KEY", key_b);
+    app.restart().await;
+    assert!(app.log().contains(&format!("webhook_id={id}")) && app.log().contains("cannot be opened"), "{}", app.log());
+    publish(&app, "object.created", json!({"n": 1})).await;
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert!(w["last_error"].as_str().unwrap_or_default().contains("decrypt"), "{w}");
+    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("pending")).await.len() == 1 }).await);
+    assert_eq!(rx.count(), 0);
+}
+
 #[tokio::test]
 async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     let app = TestApp::start_with(Options {
