@@ -174,6 +174,30 @@ fn db_event(payload: &Value) -> Result<supabase::DbEvent, PayloadError> {
     supabase::DbEvent::parse(payload).map_err(|e| PayloadError(e.to_string()))
 }
 
+/// The warning for a Mux adapter that has no API credentials (neither through its
+/// connection nor inline): it still works, but maps only what each webhook carries. A
+/// `video.asset.ready` without playback IDs then makes an object without its video, which
+/// nothing else would point out.
+pub fn no_api_credentials(
+    shared: &crate::state::Shared,
+    bucket_id: &crate::ids::BucketId,
+    adapter: &SourceAdapter,
+) -> Option<String> {
+    if adapter.adapter_type != ProviderType::Mux {
+        return None;
+    }
+    // Unreadable credentials are a different problem, reported when an ingest needs them.
+    match super::verify::credentials(shared, bucket_id, adapter) {
+        Ok(Some(ProviderConfig::Mux(_))) | Err(_) => None,
+        Ok(_) => Some(
+            "source_adapter: no Mux API credentials (access_token_id / access_token_secret, in the connection of \
+             connection_id or inline): objects are mapped from the asset each webhook carries, without a playback_url \
+             (so without their video) when it has no playback IDs, and upload or track events are refused"
+                .into(),
+        ),
+    }
+}
+
 /// The default `blob_source.file_field` when the adapter sets none.
 pub fn default_file_field(kind: ProviderType) -> Option<&'static str> {
     match kind {

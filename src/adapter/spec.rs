@@ -498,6 +498,18 @@ impl SourceAdapterInput {
         // its property when it has a file field (given, or the adapter type's default); with
         // no blob_source, the default one goes to a `video` property (see `materialize`).
         let default_ff = super::kind::default_file_field(self.adapter_type).is_some();
+        // Without a file field, and none by default for this type, the blob could never be
+        // found: it would be left out of every object without a word.
+        if self.blob_source.as_ref().is_some_and(|b| b.file_field.is_none()) && !default_ff {
+            return Err(ApiError::validation(
+                f("blob_source.file_field"),
+                format!(
+                    "{} has no default file field: name the dot-path of the payload's file URL (or leave out \
+                     blob_source)",
+                    self.adapter_type.as_str()
+                ),
+            ));
+        }
         let blob_property = match &self.blob_source {
             Some(b) if b.file_field.is_some() || default_ff => Some(b.property()),
             Some(_) => None,
@@ -688,6 +700,10 @@ mod tests {
             (
                 json!({"adapter_type": "mux", "blob_source": {"blob_type": "image", "target_property": "video"}}),
                 "source_adapter.blob_source.target_property",
+            ),
+            (
+                json!({"adapter_type": "supabase", "blob_source": {"blob_type": "video", "target_property": "video"}}),
+                "source_adapter.blob_source.file_field",
             ),
         ];
         for (body, field) in cases {

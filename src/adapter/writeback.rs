@@ -101,7 +101,7 @@ impl Writeback {
         }
         for (i, m) in self.field_mapping.iter().enumerate() {
             if !path::is_valid(&m.source_path) {
-                return Err(ApiError::validation(f(&format!("field_mapping.{i}.source_path")), "must be a dot-path"));
+                return Err(ApiError::validation(f(&format!("field_mapping[{i}].source_path")), "must be a dot-path"));
             }
             let ok = match kind {
                 // The column goes into a PostgREST body: a plain SQL identifier.
@@ -114,7 +114,7 @@ impl Writeback {
                 } else {
                     "must be 1–200 characters"
                 };
-                return Err(ApiError::validation(f(&format!("field_mapping.{i}.target_field")), why));
+                return Err(ApiError::validation(f(&format!("field_mapping[{i}].target_field")), why));
             }
         }
         match (kind, &self.writeback_url) {
@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(field_of(g, ProviderType::Supabase), "source_adapter.writeback.writeback_url");
         let mut bad = seed.clone();
         bad["field_mapping"][0]["target_field"] = json!("mp verdict; drop");
-        assert_eq!(field_of(bad, ProviderType::Supabase), "source_adapter.writeback.field_mapping.0.target_field");
+        assert_eq!(field_of(bad, ProviderType::Supabase), "source_adapter.writeback.field_mapping[0].target_field");
         let mut empty = seed;
         empty["field_mapping"] = json!([]);
         assert_eq!(field_of(empty, ProviderType::Supabase), "source_adapter.writeback.field_mapping");
@@ -175,7 +175,7 @@ mod tests {
         let mut off_bad = json!({"enabled": false, "field_mapping": [{"source_path": "a", "target_field": "b c"}]});
         assert_eq!(
             field_of(off_bad.clone(), ProviderType::Supabase),
-            "source_adapter.writeback.field_mapping.0.target_field"
+            "source_adapter.writeback.field_mapping[0].target_field"
         );
         off_bad["field_mapping"][0]["target_field"] = json!("b");
         assert_eq!(field_of(off_bad, ProviderType::GenericWebhook), "source_adapter.writeback.writeback_url");

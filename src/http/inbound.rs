@@ -15,7 +15,7 @@ use super::page::Page;
 use super::request::from_value;
 use super::{empty, json, HttpState, Request, Response};
 use crate::adapter::actor::{AdapterMsg, IngestAuth, IngestErr, IngestOk, IngestRequest, IngestStatus};
-use crate::adapter::kind::SignatureHeaders;
+use crate::adapter::kind::{self, SignatureHeaders};
 use crate::adapter::mux::Lifecycle;
 use crate::adapter::records::{self, AdapterStats, BatchRecord, ObjectRecord, STATS_KEY};
 use crate::adapter::registry::{LifecyclePlan, MuxWebhook, Patched};
@@ -115,6 +115,7 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
     if adapter_set {
         let sa = bucket.source_adapter.as_ref();
         warnings.extend(sa.and_then(|sa| verify::no_signing_secret(&state.shared, &bucket.bucket_id, sa)));
+        warnings.extend(sa.and_then(|sa| kind::no_api_credentials(&state.shared, &bucket.bucket_id, sa)));
     }
     let mut view = bucket_view(state, &bucket);
     if let (Some(sa), Some(secret)) = (view.get_mut("source_adapter").and_then(|v| v.as_object_mut()), webhook_secret) {

@@ -728,17 +728,17 @@ async fn a_required_property_nothing_fills_is_refused_and_writeback_can_just_be_
     for (adapter, unfilled) in [
         (json!({"adapter_type": "generic_webhook", "blob_source": blob}), "title"),
         (json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"}}), "video"),
-        // A blob_source without a file field fills nothing for a generic adapter.
-        (
-            json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"}, "blob_source": {"blob_type": "video"}}),
-            "video",
-        ),
     ] {
         let (s, b) = patch(adapter.clone()).await;
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.field_mapping")), "{adapter}: {b}");
         let msg = b["error"]["message"].as_str().unwrap();
         assert!(msg.contains(&format!("{unfilled:?}")) && msg.contains("filled by nothing"), "{msg}");
     }
+    // A blob_source without a file field could never find its file for a generic adapter
+    // (there is no default one): refused as such.
+    let no_field = json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"}, "blob_source": {"blob_type": "video"}});
+    let (s, b) = patch(no_field).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.blob_source.file_field")), "{b}");
     // Filled by a mapping and the blob; Mux's default blob (its playback URL) fills `video`.
     let (s, b) =
         patch(json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title"}, "blob_source": blob})).await;

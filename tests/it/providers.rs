@@ -1343,6 +1343,37 @@ async fn last_refused(app: &TestApp, bucket: &str) -> Value {
     st["last_refused_ingest"].clone()
 }
 
+/// A Mux adapter without API credentials is accepted, with a warning that says what it
+/// costs: a `video.asset.ready` without playback IDs (seed 003's example) makes an object
+/// without its video, since there is no token to fetch the asset with.
+#[tokio::test]
+async fn a_mux_adapter_without_api_credentials_is_warned_about() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("no-token", video_schema()).await;
+    let adapter = json!({"source_adapter": {"adapter_type": "mux", "batching": {"mode": "immediate"}}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), adapter).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["warnings"].to_string().contains("no Mux API credentials"), "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let (s, r) = app.post_raw(&ingest, ready_event("NoToKeN01", false), &[("X-Webhook-Secret", &secret)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let (_, o) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap())).await;
+    assert_eq!(o["blobs"], json!([]), "{o}");
+    // With a connection that has them, no such warning.
+    let (_, c) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET}}),
+        )
+        .await;
+    let with = json!({"source_adapter": {"adapter_type": "mux", "connection_id": c["connection_id"], "batching": {"mode": "immediate"}}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), with).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(!b["warnings"].to_string().contains("no Mux API credentials"), "{b}");
+}
+
 #[tokio::test]
 async fn a_refused_mux_ingest_says_why_and_a_missing_signing_secret_is_flagged() {
     let app = TestApp::start().await;

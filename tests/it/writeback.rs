@@ -300,6 +300,29 @@ async fn a_supabase_writeback_saved_without_a_table_waits_for_one() {
     assert_eq!((seen[0].path.as_str(), seen[0].query.as_str()), ("/rest/v1/listings", "id=eq.4"));
 }
 
+/// A generic_webhook writeback POSTs to its fixed URL with the object's ID: an object with
+/// no external id (no dedup_key, no external_id_field) is written back with `external_id`
+/// null, not given up on.
+#[tokio::test]
+async fn a_generic_writeback_without_an_external_id_still_posts() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "no-ref",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"},
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"writeback_url": rx.url("/results"),
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "t"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "title": "hello"})).await;
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    assert_eq!(rx.seen()[0].body, json!({"object_id": r["object_id"], "external_id": null, "fields": {"t": "hello"}}));
+    assert!(status(&app, &bucket).await["last_error"].is_null());
+}
+
 #[tokio::test]
 async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
     let app = TestApp::start().await;

@@ -208,7 +208,8 @@ pub fn record_alert(
             paths.join(", ")
         ));
     }
-    if job.external_id.is_none() {
+    // Only a PATCH (Supabase) needs the row's id; a generic POST carries the object's ID.
+    if job.external_id.is_none() && rec.source.adapter_type == crate::catalog::ProviderType::Supabase {
         return Err(match &wb.external_id_field {
             Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
             None => "the object has no source external id to find its source row by".to_string(),

@@ -75,11 +75,14 @@ impl Sender {
 
     /// Sends one job once.
     pub async fn attempt(&self, job: &Job, creds: &Option<ProviderConfig>) -> Result<(), Failure> {
-        let Some(external_id) = job.external_id.as_deref() else {
+        // A PATCH needs the row it updates; a generic POST goes to its fixed URL with the
+        // object's ID, and an external id only when the object has one.
+        let external_id = job.external_id.as_deref();
+        if external_id.is_none() && self.adapter.adapter_type == ProviderType::Supabase {
             return Err(permanent(
                 "the object has no external id (external_id_field not in its metadata, no source.external_id)",
             ));
-        };
+        }
         if job.fields.is_empty() {
             return Err(permanent("none of the field_mapping source_paths is present in the processing result"));
         }
@@ -113,7 +116,7 @@ impl Sender {
                     table,
                     id_column: self.adapter.id_column(),
                 };
-                let req = WritebackRequest::build(target, external_id, &job.fields)
+                let req = WritebackRequest::build(target, external_id.unwrap_or_default(), &job.fields)
                     .map_err(|e| permanent(format!("build the PostgREST request: {e}")))?;
                 self.check(&req.url)?;
                 req.send(&self.client)
@@ -188,10 +191,10 @@ impl Sender {
     }
 }
 
-/// The generic_webhook body: `{object_id, external_id, fields}`, plus `alert_id` and
-/// `"trigger": "on_alert"` for an alert's job, so the receiver can tell alerts apart (a batch
-/// job's body is unchanged from before alerts).
-fn generic_body(job: &Job, external_id: &str) -> serde_json::Value {
+/// The generic_webhook body: `{object_id, external_id, fields}` (`external_id` null for an
+/// object without one), plus `alert_id` and `"trigger": "on_alert"` for an alert's job, so
+/// the receiver can tell alerts apart (a batch job's body is unchanged from before alerts).
+fn generic_body(job: &Job, external_id: Option<&str>) -> serde_json::Value {
     let mut body = json!({"object_id": job.object_id, "external_id": external_id, "fields": job.fields});
     if let Some(alert_id) = &job.alert_id {
         body["alert_id"] = json!(alert_id);
