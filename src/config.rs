@@ -451,7 +451,11 @@ impl Config {
             }
             // The ingest path is appended to it: a query, a fragment or credentials would end
             // up in front of it, in every webhook_url shown.
-            if parsed.query().is_some() || parsed.fragment().is_some() || !parsed.username().is_empty() {
+            if parsed.query().is_some()
+                || parsed.fragment().is_some()
+                || !parsed.username().is_empty()
+                || parsed.password().is_some()
+            {
                 bail!("server.public_url must be a plain base URL (scheme, host, optional path), without a query, fragment or credentials; got {u:?}");
             }
         }
@@ -607,7 +611,13 @@ mod tests {
 
     #[test]
     fn public_url_is_a_plain_base() {
-        for bad in ["https://x.example/?a=1", "https://x.example/#f", "https://user:pw@x.example", "ftp://x.example"] {
+        for bad in [
+            "https://x.example/?a=1",
+            "https://x.example/#f",
+            "https://user:pw@x.example",
+            "https://:pw@x.example",
+            "ftp://x.example",
+        ] {
             let mut c = Config::default();
             c.server.public_url = Some(bad.into());
             let e = c.validate().unwrap_err().to_string();

@@ -261,14 +261,16 @@ pub fn fire(
     }
     let writeback = bucket.source_adapter.as_ref().and_then(super::writeback::on_alert);
     let (writeback, writeback_skipped) = match (writeback, &bucket.source_adapter) {
-        (Some(wb), Some(adapter)) => match super::writeback::record_alert(batch, wb, &object, &alert_id, &results) {
-            Ok(()) => (WritebackQueued::Queued, None),
-            Err(why) => {
-                crate::metrics::writeback(adapter.adapter_type.as_str(), "skipped");
-                tracing::warn!(bucket_id = %bucket_id, object_id = %object_id, alert_id = %alert_id, reason = %why, "alert writeback skipped");
-                (WritebackQueued::None, Some(why))
+        (Some(wb), Some(adapter)) => {
+            match super::writeback::record_alert(batch, adapter.adapter_type, wb, &object, &alert_id, &results) {
+                Ok(()) => (WritebackQueued::Queued, None),
+                Err(why) => {
+                    crate::metrics::writeback(adapter.adapter_type.as_str(), "skipped");
+                    tracing::warn!(bucket_id = %bucket_id, object_id = %object_id, alert_id = %alert_id, reason = %why, "alert writeback skipped");
+                    (WritebackQueued::None, Some(why))
+                }
             }
-        },
+        }
         _ => (WritebackQueued::None, None),
     };
     let record = AlertRecord {

@@ -893,19 +893,24 @@ impl WorkerState {
     }
 
     /// How many sends one channel may have in flight: all of `max_in_flight_per_webhook` for a
-    /// webhook with one channel, its share (rounded up) for one with several. A receiver that
+    /// webhook with one channel, its share (rounded down, at least 1) for one with several:
+    /// rounded up, 4 of 5 channels hung would hold every slot. A receiver that
     /// hangs until its timeout holds only its channel's share, and a burst of events still
     /// reaches the other channels at once (seed 004: several channels for critical events,
     /// for redundancy).
     fn channel_cap(&self) -> usize {
-        self.settings.max_in_flight.div_ceil(self.rt.channel_ids.len().max(1))
+        (self.settings.max_in_flight / self.rt.channel_ids.len().max(1)).max(1)
     }
 
     /// Puts deliveries of channels below their share at the front of `ready`, in their
     /// order (all of those of a removed channel: they are buried as they come); whether there
     /// were any.
     fn release_capped(&mut self) -> bool {
-        if self.capped.is_empty() {
+        // No more than can be sent now: a delivery released but left in `ready` would be
+        // passed by later releases of its channel (they go to the front), and capped again
+        // behind them.
+        let mut room = self.settings.max_in_flight.saturating_sub(self.in_flight.len());
+        if self.capped.is_empty() || room == 0 {
             return false;
         }
         let cap = self.channel_cap();
@@ -913,10 +918,12 @@ impl WorkerState {
         let mut released = Vec::new();
         self.capped.retain(|channel, backlog| {
             let free = match rt.has_channel_ref(channel) {
-                true => cap.saturating_sub(in_flight_on(queue, in_flight, channel)),
+                true => cap.saturating_sub(in_flight_on(queue, in_flight, channel)).min(room),
                 false => backlog.len(),
             };
-            released.extend(backlog.drain(..free.min(backlog.len())));
+            let n = free.min(backlog.len());
+            room = room.saturating_sub(n);
+            released.extend(backlog.drain(..n));
             !backlog.is_empty()
         });
         let any = !released.is_empty();

@@ -301,7 +301,18 @@ mod tests {
         // Half a snapshot, newer than anything sled has: what a kill mid-write leaves.
         let partial = dir.path().join("snap.00000000FFFFFFFF.generating");
         std::fs::write(&partial, [0x5a; 4096]).unwrap();
-        let b = SledBackend::open(dir.path()).expect("opens despite the unfinished snapshot");
+        // sled's threads let go of the dropped tree's file lock a moment later (under load,
+        // not yet at the first try): wait for it, as a restarted daemon's new process need not.
+        let mut tries = 0;
+        let b = loop {
+            match SledBackend::open(dir.path()) {
+                Err(e) if e.to_string().contains("in use") && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other.expect("opens despite the unfinished snapshot"),
+            }
+        };
         assert_eq!(b.get(b"k").unwrap().as_deref(), Some(b"v".as_slice()));
         assert!(!partial.exists(), "the unfinished snapshot is removed");
     }

@@ -294,13 +294,20 @@ fn append(
 fn prep_loop(dir: PathBuf, mut next: u64, spares: sync_mpsc::SyncSender<std::io::Result<Segment>>) {
     loop {
         let seg = Segment::create(&dir, next, wal::SEGMENT_BYTES);
+        let made = seg.is_ok();
         if let Err(e) = &seg {
             tracing::error!(error = %e, "prepare a write-ahead log segment");
         }
         if spares.send(seg).is_err() {
             return; // the log loop is gone; a spare left behind replays as empty
         }
-        next += 1;
+        // A number is used once it exists: one that failed is tried again (the next start
+        // would take a gap in the numbers for a lost segment).
+        if made {
+            next += 1;
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 

@@ -190,10 +190,12 @@ impl Store {
                 .is_empty();
         format::check(backend.as_ref(), has_log)?;
         let log_from = format::log_from(backend.as_ref())?;
-        let next_segment = wal::recover(wal_dir, backend.as_ref(), log_from)?;
-        // Replayed and flushed: the log starts afresh at `next_segment`.
-        backend.apply(&format::log_from_batch(next_segment))?;
-        futures::executor::block_on(backend.flush())?;
+        let next_segment = wal::recover(wal_dir, backend.as_ref(), log_from, &format::log_from_batch)?;
+        if log_from != Some(next_segment) {
+            // A store from before the record, or a log with no segment to replay.
+            backend.apply(&format::log_from_batch(next_segment))?;
+            futures::executor::block_on(backend.flush())?;
+        }
         format::finish(backend.as_ref())?;
         let overlay = Arc::new(overlay::Overlay::default());
         let committer =

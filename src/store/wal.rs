@@ -285,7 +285,16 @@ pub(crate) fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// present: one deleted by hand would lose acknowledged writes without a trace. (Segments
 /// below it were flushed already; a crash before their removal leaves them, replayed
 /// harmlessly.)
-pub(crate) fn recover(dir: &Path, backend: &dyn Backend, from: Option<u64>) -> Result<u64, StoreError> {
+///
+/// `record_start(n)` is the write that records `n` as where the log starts: applied and
+/// flushed once the replay is, before any segment is deleted, so that a crash while deleting
+/// them leaves no recorded start pointing at a deleted one.
+pub(crate) fn recover(
+    dir: &Path,
+    backend: &dyn Backend,
+    from: Option<u64>,
+    record_start: &dyn Fn(u64) -> Batch,
+) -> Result<u64, StoreError> {
     let io = |what: &str, e: io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
     if !dir.is_dir() {
         {
@@ -365,12 +374,14 @@ pub(crate) fn recover(dir: &Path, backend: &dyn Backend, from: Option<u64>) -> R
             records += 1;
         }
     }
+    let next = (last + 1).max(from.unwrap_or(0));
+    backend.apply(&record_start(next))?;
     futures::executor::block_on(backend.flush())?;
     remove_through(dir, last).map_err(|e| io("remove replayed log segments in", e))?;
     if records > 0 {
         tracing::info!(records, segments = nos.len(), "replayed the write-ahead log");
     }
-    Ok((last + 1).max(from.unwrap_or(0)))
+    Ok(next)
 }
 
 /// Deletes spares whose zero-fill a crash interrupted (never used: only renamed ones are).
@@ -414,6 +425,11 @@ mod tests {
         b.put(Keyspace::OBJECTS, &format!("k{i}"), &i);
         b.delete(Keyspace::OBJECTS, &format!("gone{i}"));
         b
+    }
+
+    /// Where the log starts is not recorded (these tests read the segments, not the start).
+    fn no_start(_: u64) -> Batch {
+        Batch::new()
     }
 
     fn record_of(b: &Batch) -> Vec<u8> {
@@ -465,11 +481,11 @@ mod tests {
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
         f.write_all_at(&[0u8; HEADER], 2 * ALIGN).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None, &no_start), Err(StoreError::Corrupt { .. })));
         // Or damaged in place.
         f.write_all_at(&record_of(&batch(2))[..HEADER], 2 * ALIGN).unwrap();
         f.write_all_at(&[0xff], 2 * ALIGN + HEADER as u64 + 2).unwrap();
-        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None, &no_start), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1], "the files are kept");
         assert!(backend.get(&Keyspace::OBJECTS.key("k1")).unwrap().is_none(), "nothing replayed");
     }
@@ -490,12 +506,12 @@ mod tests {
             std::fs::copy(segment_path(&wal, no), segment_path(&copy, no)).unwrap();
         }
         let other = SledBackend::open(&clean.path().join("db")).unwrap();
-        assert_eq!(recover(&copy, &other, None).unwrap(), 3);
+        assert_eq!(recover(&copy, &other, None, &no_start).unwrap(), 3);
         // Segment 1's last record lost its first block: a zero length there, though segment
         // 2's record would have fitted after it.
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
         f.write_all_at(&[0u8; HEADER], 2 * ALIGN).unwrap();
-        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None, &no_start), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1, 2], "the files are kept");
     }
 
@@ -515,22 +531,44 @@ mod tests {
         for no in [2u64, 4, 5] {
             std::fs::copy(segment_path(&wal, no), segment_path(&copy.path().join("wal"), no)).unwrap();
         }
-        assert_eq!(recover(&copy.path().join("wal"), &backend, Some(4)).unwrap(), 6);
+        assert_eq!(recover(&copy.path().join("wal"), &backend, Some(4), &no_start).unwrap(), 6);
         // Flushed through 2 only: 3 is missing.
-        assert!(matches!(recover(&wal, &backend, Some(3)), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, Some(3), &no_start), Err(StoreError::Corrupt { .. })));
         // The first one needed is missing.
         std::fs::remove_file(segment_path(&wal, 2)).unwrap();
         std::fs::remove_file(segment_path(&wal, 4)).unwrap();
-        assert!(matches!(recover(&wal, &backend, Some(4)), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, Some(4), &no_start), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![5], "the files are kept");
         // Segments from an older binary (no size recorded: a rollback) leave `from` stale.
         let older = tempfile::tempdir().unwrap();
         let seg = write_segment(older.path(), 12, &[batch(7)]);
         seg.file.write_all_at(&[0u8; 8], MAGIC.len() as u64).unwrap();
-        assert_eq!(recover(older.path(), &backend, Some(4)).unwrap(), 13);
+        assert_eq!(recover(older.path(), &backend, Some(4), &no_start).unwrap(), 13);
         // None left at all (a clean stop, or a crash right after a replay): numbers go on.
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(recover(empty.path(), &backend, Some(9)).unwrap(), 9);
+        assert_eq!(recover(empty.path(), &backend, Some(9), &no_start).unwrap(), 9);
+    }
+
+    #[test]
+    fn the_new_start_is_recorded_before_any_segment_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        for no in [5u64, 6] {
+            write_segment(&wal, no, &[batch(no as u32)]);
+        }
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        // A crash while they are deleted must not leave a recorded start (5) below a segment
+        // already gone: the start moves first.
+        let record = |n: u64| {
+            assert_eq!(segments(&wal).unwrap(), vec![5, 6], "recorded before deleting");
+            let mut b = Batch::new();
+            b.put(Keyspace::META, "start", &n);
+            b
+        };
+        assert_eq!(recover(&wal, &backend, Some(5), &record).unwrap(), 7);
+        assert_eq!(backend.get(&Keyspace::META.key("start")).unwrap().unwrap(), b"7");
+        assert!(segments(&wal).unwrap().is_empty());
     }
 
     #[test]
@@ -543,7 +581,7 @@ mod tests {
             let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
             f.set_len(len).unwrap();
             let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-            let err = recover(&wal, &backend, None).unwrap_err();
+            let err = recover(&wal, &backend, None, &no_start).unwrap_err();
             assert!(err.to_string().contains("cut short"), "{len}: {err}");
         }
     }
@@ -561,7 +599,7 @@ mod tests {
         bytes.resize(64 * 1024, 0);
         std::fs::write(segment_path(&wal, 9), &bytes).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert_eq!(recover(&wal, &backend, None).unwrap(), 10);
+        assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 10);
         assert_eq!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().unwrap(), b"2");
     }
 
@@ -576,11 +614,11 @@ mod tests {
             write_segment(&wal, no, &[b]);
         }
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert_eq!(recover(&wal, &backend, None).unwrap(), 5);
+        assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 5);
         let v = backend.get(&Keyspace::META.key("last")).unwrap().unwrap();
         assert_eq!(v, b"4");
         assert!(segments(&wal).unwrap().is_empty());
-        assert_eq!(recover(&wal, &backend, None).unwrap(), 0);
+        assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 0);
     }
 
     #[test]
@@ -595,7 +633,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(segment_path(&wal, 1)).unwrap();
         f.write_all_at(&[0xff], ALIGN + HEADER as u64 + 3).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
-        assert!(matches!(recover(&wal, &backend, None), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(recover(&wal, &backend, None, &no_start), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1, 2]);
         assert!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().is_none(), "nothing replayed");
     }

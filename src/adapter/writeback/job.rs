@@ -194,6 +194,7 @@ pub fn record(batch: &mut Batch, wb: &Writeback, rec: &ObjectRecord, batch_id: &
 /// reason is returned for the alert's answer, where its caller sees it at once.
 pub fn record_alert(
     batch: &mut Batch,
+    kind: crate::catalog::ProviderType,
     wb: &Writeback,
     rec: &ObjectRecord,
     alert_id: &AlertId,
@@ -209,7 +210,7 @@ pub fn record_alert(
         ));
     }
     // Only a PATCH (Supabase) needs the row's id; a generic POST carries the object's ID.
-    if job.external_id.is_none() && rec.source.adapter_type == crate::catalog::ProviderType::Supabase {
+    if job.external_id.is_none() && kind == crate::catalog::ProviderType::Supabase {
         return Err(match &wb.external_id_field {
             Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
             None => "the object has no source external id to find its source row by".to_string(),
@@ -334,7 +335,7 @@ mod tests {
             {"source_path": "metadata.title", "target_field": "mp_title"}]}));
         let results = json!({"verdict_classification": "fake", "verdict_confidence": 0.93});
         let mut batch = Batch::new();
-        record_alert(&mut batch, &w, &o, &alert, results.as_object().unwrap()).expect("a job");
+        record_alert(&mut batch, ProviderType::Supabase, &w, &o, &alert, results.as_object().unwrap()).expect("a job");
         assert_eq!(batch.len(), 1);
         let j = job_for(&w, &o, &alert_document(&o, &alert, results.as_object().unwrap()), Cause::Alert(&alert), 7);
         assert_eq!(
@@ -359,17 +360,20 @@ mod tests {
             {"source_path": "verdict_classification", "target_field": "mp_verdict"}]}));
         let mut batch = Batch::new();
         let other = json!({"score": 1});
-        let why = record_alert(&mut batch, &w, &o, &alert, other.as_object().unwrap()).unwrap_err();
+        let why =
+            record_alert(&mut batch, ProviderType::Supabase, &w, &o, &alert, other.as_object().unwrap()).unwrap_err();
         assert!(why.contains("verdict_classification"), "{why}");
         assert!(batch.is_empty(), "nothing to write: no job");
         // Something to write, but no row to write it to.
         o.source.external_id = None;
         let results = json!({"verdict_classification": "fake"});
-        let why = record_alert(&mut batch, &w, &o, &alert, results.as_object().unwrap()).unwrap_err();
+        let why =
+            record_alert(&mut batch, ProviderType::Supabase, &w, &o, &alert, results.as_object().unwrap()).unwrap_err();
         assert!(why.contains("external id"), "{why}");
         let by_field = wb(json!({"trigger": "on_alert", "external_id_field": "listing.nope", "field_mapping": [
             {"source_path": "verdict_classification", "target_field": "mp_verdict"}]}));
-        let why = record_alert(&mut batch, &by_field, &o, &alert, results.as_object().unwrap()).unwrap_err();
+        let why = record_alert(&mut batch, ProviderType::Supabase, &by_field, &o, &alert, results.as_object().unwrap())
+            .unwrap_err();
         assert!(why.contains("listing.nope"), "{why}");
         assert!(batch.is_empty());
     }
