@@ -25,8 +25,8 @@
 //! Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time, and report back
 //! with [`WorkerMsg::Done`]. Each channel of a webhook with several has its share of that
 //! bound (see [`WorkerState::channel_cap`]), so a hung receiver cannot hold every slot while
-//! the webhook's other channels (its redundancy) wait behind it; retries wait on one timer for the earliest due delivery (in
-//! memory or parked). The mailbox is therefore never blocked by a slow receiver, and each
+//! the webhook's other channels (its redundancy) wait behind it. Retries wait on one timer
+//! for the earliest due delivery (in memory or parked). The mailbox is therefore never blocked by a slow receiver, and each
 //! webhook has its own actor, so one slow or dead receiver never holds back another webhook.
 //!
 //! A channel that answers 429 is held for its `Retry-After`, then paced one send at a time
@@ -893,11 +893,11 @@ impl WorkerState {
     }
 
     /// How many sends one channel may have in flight: all of `max_in_flight_per_webhook` for a
-    /// webhook with one channel, its share (rounded down, at least 1) for one with several:
-    /// rounded up, 4 of 5 channels hung would hold every slot. A receiver that
-    /// hangs until its timeout holds only its channel's share, and a burst of events still
-    /// reaches the other channels at once (seed 004: several channels for critical events,
-    /// for redundancy).
+    /// webhook with one channel, its share for one with several (rounded down, at least 1:
+    /// rounded up, 4 hung channels of 5 would hold every slot). A receiver that hangs until
+    /// its timeout holds only its channel's share, and a burst of events still reaches the
+    /// other channels at once (seed 004: several channels for critical events, for
+    /// redundancy).
     fn channel_cap(&self) -> usize {
         (self.settings.max_in_flight / self.rt.channel_ids.len().max(1)).max(1)
     }

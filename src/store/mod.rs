@@ -192,7 +192,8 @@ impl Store {
         let log_from = format::log_from(backend.as_ref())?;
         let next_segment = wal::recover(wal_dir, backend.as_ref(), log_from, &format::log_from_batch)?;
         if log_from != Some(next_segment) {
-            // A store from before the record, or a log with no segment to replay.
+            // `recover` recorded it if it replayed segments; not for a log with none to
+            // replay, nor for a store from before the record (then this writes it).
             backend.apply(&format::log_from_batch(next_segment))?;
             futures::executor::block_on(backend.flush())?;
         }
