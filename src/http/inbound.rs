@@ -191,7 +191,12 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                         Err(ApiError::Unavailable("the bucket's source adapter is starting; retry".into())),
                     );
                 };
-                let proof = match authenticate(state, gate, req).await {
+                // Authenticated by its head already (a matching secret): not hashed again.
+                let verdict = match req.head_proof {
+                    Some(proof) => Verdict::Authentic(proof),
+                    None => authenticate(state, gate, req).await,
+                };
+                let proof = match verdict {
                     Verdict::Authentic(proof) => proof,
                     Verdict::Unauthorized(refused) => {
                         return ("unauthorized", Err(refuse(state, &bucket_id, &refused)))
@@ -285,70 +290,101 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     }
 }
 
-/// What an upstream route (ingest, Mux lifecycle) can answer from its head alone, before its
-/// body is read: an unknown bucket or connection (404), and a request that no body could
-/// authenticate (401: a wrong or missing `X-Webhook-Secret` where no native signature can
-/// stand in for it). Bodies of upstream routes share one memory budget
-/// (`server.max_upstream_body_memory_mb`): without this, anyone could spend it on requests
-/// to buckets that do not exist, and make every ingest answer 503. Only a request that
-/// could be authentic (a matching secret, or a `Mux-Signature` for a Mux bucket or
+/// What an upstream route's head tells before its body is read (see [`answer_before_body`]).
+pub(super) enum Head {
+    /// The answer: the body is not read.
+    Answer(&'static str, Response),
+    /// An ingest its secret authenticates: read the body, do not check it again.
+    Authentic(Proof),
+    /// Read the body; the handler decides.
+    Read,
+}
+
+/// What an upstream route (ingest, Mux lifecycle) can tell from its head alone, before its
+/// body is read. [`Head::Answer`] for an unknown bucket or connection (404), and for a
+/// request that no body could authenticate (401: a wrong or missing `X-Webhook-Secret` where
+/// no native signature can stand in for it). Bodies of upstream routes share one memory
+/// budget (`server.max_upstream_body_memory_mb`): without this, anyone could spend it on
+/// requests to buckets that do not exist, and make every ingest answer 503. Only a request
+/// that could be authentic (a matching secret, or a `Mux-Signature` for a Mux bucket or
 /// connection) and one for an adapter still starting have their bodies read.
 pub(super) fn answer_before_body(
     state: &HttpState,
     method: &warp::http::Method,
     path: &str,
     headers: &warp::http::HeaderMap,
-) -> Option<(&'static str, Response)> {
+) -> Head {
     if method != warp::http::Method::POST {
-        return None; // 405, from the route table
+        return Head::Read; // 405, from the route table
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match super::request::segments(path).as_slice() {
         ["v1", "buckets", id, "source-adapter", "ingest"] => {
             let started = Instant::now();
-            let (outcome, e) = ingest_head(state, id, header("x-webhook-secret"), header("mux-signature"))?;
-            crate::metrics::ingest_request(outcome, started.elapsed());
-            Some((INGEST_ROUTE, super::error_response(&e)))
+            match ingest_head(state, id, header("x-webhook-secret"), header("mux-signature")) {
+                Ok(Some(proof)) => Head::Authentic(proof),
+                Ok(None) => Head::Read,
+                Err((outcome, e)) => {
+                    crate::metrics::ingest_request(outcome, started.elapsed());
+                    Head::Answer(INGEST_ROUTE, super::error_response(&e))
+                }
+            }
         }
         ["v1", "webhooks", "mux", cid] => {
-            let e = match ConnectionId::parse(cid) {
-                None => ApiError::NotFound(format!("connection {cid} not found")),
-                Some(id) => verify::lifecycle_head(&state.shared, &id, header("mux-signature")).err()?,
+            let checked = match ConnectionId::parse(cid) {
+                None => Err(ApiError::NotFound(format!("connection {cid} not found"))),
+                Some(id) => verify::lifecycle_head(&state.shared, &id, header("mux-signature")),
             };
-            Some((MUX_WEBHOOK_ROUTE, super::error_response(&e)))
+            match checked {
+                Ok(()) => Head::Read,
+                Err(e) => Head::Answer(MUX_WEBHOOK_ROUTE, super::error_response(&e)),
+            }
         }
-        _ => None,
+        _ => Head::Read,
     }
 }
 
-/// [`answer_before_body`] for an ingest: the refusal and its outcome label, or `None` to read
-/// the body and go on.
+/// [`answer_before_body`] for an ingest: the refusal and its outcome label, the proof of a
+/// request its secret authenticates, or `None` to read the body and go on.
 fn ingest_head(
     state: &HttpState,
     id: &str,
     webhook_secret: Option<&str>,
     mux_signature: Option<&str>,
-) -> Option<(&'static str, ApiError)> {
+) -> Result<Option<Proof>, (&'static str, ApiError)> {
     let Some(bucket_id) = BucketId::parse(id) else {
-        return Some(("not_found", ApiError::NotFound(format!("bucket {id} not found"))));
+        return Err(("not_found", ApiError::NotFound(format!("bucket {id} not found"))));
     };
     let Some(gate) = state.shared.gates.get(&bucket_id) else {
         // No running adapter: 404 for a bucket without one; one starting or restarting is
         // waited for with the body in hand, as before.
         return match no_running_adapter(state, &bucket_id) {
-            e @ ApiError::NotFound(_) => Some(("not_found", e)),
-            _ => None,
+            e @ ApiError::NotFound(_) => Err(("not_found", e)),
+            _ => Ok(None),
         };
     };
-    let secret = SecretCheck::of(&gate, webhook_secret);
-    if secret == SecretCheck::Matches || gate.has_native(mux_signature) {
-        return None;
+    match head_verdict(&gate, webhook_secret, mux_signature) {
+        Ok(Verdict::Authentic(proof)) => Ok(Some(proof)),
+        Ok(Verdict::Unauthorized(refused)) => Err(("unauthorized", refuse(state, &bucket_id, &refused))),
+        // The native signature decides, over the body (no native check is made here).
+        Ok(Verdict::Unverifiable(_)) | Err(_) => Ok(None),
     }
-    match verify::verdict(gate.revision, secret, None, gate.is_mux(), mux_signature.is_some()) {
-        Verdict::Unauthorized(refused) => Some(("unauthorized", refuse(state, &bucket_id, &refused))),
-        // Not reached (no native check was made, and the secret did not match): the body decides.
-        Verdict::Authentic(_) | Verdict::Unverifiable(_) => None,
+}
+
+/// The verdict on an ingest from its headers alone, when they decide it: a matching
+/// `X-Webhook-Secret`, or a wrong or missing one that no native signature could stand in for.
+/// `Err`: the native signature decides, over the body (with the secret's check, for the
+/// refusal's message).
+fn head_verdict(
+    gate: &Gate,
+    webhook_secret: Option<&str>,
+    mux_signature: Option<&str>,
+) -> Result<Verdict, SecretCheck> {
+    let secret = SecretCheck::of(gate, webhook_secret);
+    if secret == SecretCheck::Matches || !gate.has_native(mux_signature) {
+        return Ok(verify::verdict(gate.revision, secret, None, gate.is_mux(), mux_signature.is_some()));
     }
+    Err(secret)
 }
 
 /// The 401 for a refused ingest, recorded first as the bucket's last refused ingest (in
@@ -369,12 +405,12 @@ fn unverifiable(message: &str) -> ApiError {
 /// Authenticates an ingest against its bucket's gate: `X-Webhook-Secret` first (a digest
 /// comparison), else the native signature, in a signature-check slot (see [`in_check_slot`]).
 async fn authenticate(state: &HttpState, gate: std::sync::Arc<Gate>, req: &Request) -> Verdict {
-    let secret = SecretCheck::of(&gate, req.header("x-webhook-secret"));
     let signature = req.header("mux-signature");
+    let secret = match head_verdict(&gate, req.header("x-webhook-secret"), signature) {
+        Ok(verdict) => return verdict,
+        Err(secret) => secret,
+    };
     let (mux, signed) = (gate.is_mux(), signature.is_some());
-    if secret == SecretCheck::Matches || !gate.has_native(signature) {
-        return verify::verdict(gate.revision, secret, None, mux, signed);
-    }
     let revision = gate.revision;
     let (shared, signature, body) = (state.shared.clone(), signature.map(str::to_string), req.body.clone());
     let native = in_check_slot(state, body.len(), move || gate.native(&shared, signature.as_deref(), &body)).await;

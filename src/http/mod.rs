@@ -108,9 +108,13 @@ pub async fn serve(
                     !upstream && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
                 // Likewise an upstream request that its head already refuses (an unknown bucket,
                 // a wrong secret): its body would take a share of the upstream budget.
-                let refused = match upstream {
-                    true => inbound::answer_before_body(&state, &method, path.as_str(), &headers),
-                    false => None,
+                let (refused, head_proof) = match upstream {
+                    true => match inbound::answer_before_body(&state, &method, path.as_str(), &headers) {
+                        inbound::Head::Answer(label, resp) => (Some((label, resp)), None),
+                        inbound::Head::Authentic(proof) => (None, Some(proof)),
+                        inbound::Head::Read => (None, None),
+                    },
+                    false => (None, None),
                 };
                 // A body not read to its end leaves the connection unusable: the answer says
                 // so (`Connection: close`), or a pooling client sends its next request on a
@@ -132,7 +136,8 @@ pub async fn serve(
                     (Some(answer), _) => answer,
                     // The body's share of the budget is held until it has been handled.
                     (None, Ok((body, _held))) => {
-                        let req = Request::new(method.clone(), path.as_str(), &query, headers, body);
+                        let mut req = Request::new(method.clone(), path.as_str(), &query, headers, body);
+                        req.head_proof = head_proof;
                         route(&state, req).await
                     }
                     (None, Err(e)) => {

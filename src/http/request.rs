@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use warp::http::{HeaderMap, Method};
 
+use crate::adapter::verify::Proof;
 use crate::catalog::{valid_namespace, DEFAULT_NAMESPACE};
 use crate::error::ApiError;
 
@@ -20,6 +21,9 @@ pub struct Request {
     repeated: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// An ingest its head authenticated before the body was read (see
+    /// `inbound::answer_before_body`): not checked again.
+    pub head_proof: Option<Proof>,
 }
 
 impl Request {
@@ -36,7 +40,7 @@ impl Request {
                 }
             }
         }
-        Request { method, path: path.to_string(), query: params, repeated, headers, body }
+        Request { method, path: path.to_string(), query: params, repeated, headers, body, head_proof: None }
     }
 
     /// Path segments, ignoring a trailing slash.
