@@ -80,25 +80,10 @@ impl Template {
     /// it was saved ([`Template::validate`]); an error that an event meets shows in that
     /// delivery's attempt. Loading runs wherever a webhook's channels are built (start-up,
     /// each save, each worker restart), some of it on the webhook registry: a sample render
-    /// there would cost each of them a render, seconds for the slowest templates.
+    /// there would cost each of them a render, seconds for the slowest templates. (Every
+    /// template is this environment, fuel, filters and methods, with `source` as its one
+    /// template: [`Template::validate`] checks what this makes.)
     pub fn load(source: &str) -> Result<Template, String> {
-        Self::parse(source)
-    }
-
-    /// [`Template::compile`], and with `strict` [`Template::validate`]'s extra check.
-    fn build(source: &str, strict: bool) -> Result<Template, String> {
-        let t = Self::parse(source)?;
-        let sample = Self::sample();
-        if let Err(e) = t.render_context(Self::context(&sample, SAMPLE_WEBHOOK_NAME)) {
-            if t.unavoidable(&e, &sample, strict) {
-                return Err(describe(e));
-            }
-        }
-        Ok(t)
-    }
-
-    /// The environment (fuel, filters, methods) with `source` added as its one template.
-    fn parse(source: &str) -> Result<Template, String> {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
@@ -129,6 +114,18 @@ impl Template {
         env.add_filter("wordcount", wordcount);
         env.add_template_owned(NAME, source.to_string()).map_err(describe)?;
         Ok(Template { env })
+    }
+
+    /// [`Template::compile`], and with `strict` [`Template::validate`]'s extra check.
+    fn build(source: &str, strict: bool) -> Result<Template, String> {
+        let t = Self::load(source)?;
+        let sample = Self::sample();
+        if let Err(e) = t.render_context(Self::context(&sample, SAMPLE_WEBHOOK_NAME)) {
+            if t.unavoidable(&e, &sample, strict) {
+                return Err(describe(e));
+            }
+        }
+        Ok(t)
     }
 
     /// Whether `e`, the error of rendering the sample event (an empty payload), would fail

@@ -26,8 +26,9 @@
 //! with [`WorkerMsg::Done`]. Each channel of a webhook with several has its share of that
 //! bound (see [`WorkerState::channel_cap`]), so a hung receiver cannot hold every slot while
 //! the webhook's other channels (its redundancy) wait behind it. Retries wait on one timer
-//! for the earliest due delivery (in memory or parked). The mailbox is therefore never blocked by a slow receiver, and each
-//! webhook has its own actor, so one slow or dead receiver never holds back another webhook.
+//! for the earliest due delivery (in memory or parked). The mailbox is therefore never
+//! blocked by a slow receiver, and each webhook has its own actor, so one slow or dead
+//! receiver never holds back another webhook.
 //!
 //! A channel that answers 429 is held for its `Retry-After`, then paced one send at a time
 //! ([`super::throttle`]); a first 429 does not move its delivery up the retry schedule.

@@ -189,6 +189,13 @@ pub fn record(batch: &mut Batch, wb: &Writeback, rec: &ObjectRecord, batch_id: &
     batch.put(KS, &job.key(&rec.bucket_id), &job);
 }
 
+/// Whether a writeback of an adapter of `kind` needs the object's external id: a Supabase
+/// PATCH updates the row it names; a generic POST goes to its fixed URL with the object's ID
+/// (and `external_id` null when it has none).
+pub fn needs_external_id(kind: crate::catalog::ProviderType) -> bool {
+    kind == crate::catalog::ProviderType::Supabase
+}
+
 /// Adds the job of an alert on `rec` to `batch`, unless its first attempt could only fail
 /// for good (nothing to write, or no row to write to): then nothing is queued, and the
 /// reason is returned for the alert's answer, where its caller sees it at once.
@@ -209,8 +216,7 @@ pub fn record_alert(
             paths.join(", ")
         ));
     }
-    // Only a PATCH (Supabase) needs the row's id; a generic POST carries the object's ID.
-    if job.external_id.is_none() && kind == crate::catalog::ProviderType::Supabase {
+    if job.external_id.is_none() && needs_external_id(kind) {
         return Err(match &wb.external_id_field {
             Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
             None => "the object has no source external id to find its source row by".to_string(),

@@ -75,10 +75,8 @@ impl Sender {
 
     /// Sends one job once.
     pub async fn attempt(&self, job: &Job, creds: &Option<ProviderConfig>) -> Result<(), Failure> {
-        // A PATCH needs the row it updates; a generic POST goes to its fixed URL with the
-        // object's ID, and an external id only when the object has one.
         let external_id = job.external_id.as_deref();
-        if external_id.is_none() && self.adapter.adapter_type == ProviderType::Supabase {
+        if external_id.is_none() && super::job::needs_external_id(self.adapter.adapter_type) {
             return Err(permanent(
                 "the object has no external id (external_id_field not in its metadata, no source.external_id)",
             ));
