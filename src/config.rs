@@ -317,6 +317,12 @@ pub fn environment_help() -> String {
     help
 }
 
+/// A secret given in the environment for a channel the config does not set up: said, since
+/// the operator believes it configured something.
+fn unused_secret(var: &str, section: &str) {
+    tracing::warn!("{var} is set but the config has no {section} section: it is not used");
+}
+
 /// Environment overrides, taken as arguments so tests do not have to mutate the process env.
 #[derive(Debug, Default, Clone)]
 pub struct EnvOverrides {
@@ -389,23 +395,17 @@ impl Config {
         if let Some(keys) = &env.api_keys {
             self.auth.api_keys = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect();
         }
-        match (self.delivery.email.as_mut(), &env.smtp_password) {
-            (Some(email), Some(p)) => email.password = Some(p.clone()),
-            (None, Some(_)) => {
-                tracing::warn!(
-                    "{SMTP_PASSWORD_VAR} is set but the config has no [delivery.email] section: it is not used"
-                )
+        if let Some(p) = &env.smtp_password {
+            match self.delivery.email.as_mut() {
+                Some(email) => email.password = Some(p.clone()),
+                None => unused_secret(SMTP_PASSWORD_VAR, "[delivery.email]"),
             }
-            _ => {}
         }
-        match (self.delivery.sms.as_mut(), &env.sms_auth_token) {
-            (Some(sms), Some(t)) => sms.auth_token = Some(t.clone()),
-            (None, Some(_)) => {
-                tracing::warn!(
-                    "{SMS_AUTH_TOKEN_VAR} is set but the config has no [delivery.sms] section: it is not used"
-                )
+        if let Some(t) = &env.sms_auth_token {
+            match self.delivery.sms.as_mut() {
+                Some(sms) => sms.auth_token = Some(t.clone()),
+                None => unused_secret(SMS_AUTH_TOKEN_VAR, "[delivery.sms]"),
             }
-            _ => {}
         }
         // An empty secret (a blank line in the file, an empty variable) is no secret.
         if let Some(email) = self.delivery.email.as_mut() {

@@ -259,9 +259,9 @@ pub fn fire(
         }
         return Ok(Fired { status: AlertStatus::Duplicate, record, event: None });
     }
-    let writeback = bucket.source_adapter.as_ref().and_then(super::writeback::on_alert);
-    let (writeback, writeback_skipped) = match (writeback, &bucket.source_adapter) {
-        (Some(wb), Some(adapter)) => {
+    let firing = bucket.source_adapter.as_ref().and_then(|a| super::writeback::on_alert(a).map(|wb| (a, wb)));
+    let (writeback, writeback_skipped) = match firing {
+        Some((adapter, wb)) => {
             match super::writeback::record_alert(batch, adapter.adapter_type, wb, &object, &alert_id, &results) {
                 Ok(()) => (WritebackQueued::Queued, None),
                 Err(why) => {
@@ -271,7 +271,7 @@ pub fn fire(
                 }
             }
         }
-        _ => (WritebackQueued::None, None),
+        None => (WritebackQueued::None, None),
     };
     let record = AlertRecord {
         alert_id,

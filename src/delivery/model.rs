@@ -77,6 +77,10 @@ pub struct StoredWebhook {
     pub created_at: String,
     pub updated_at: String,
     pub last_error: Option<String>,
+    /// When `last_error` was set (absent for errors stored before it was recorded, and
+    /// cleared with the error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<String>,
     /// [`WebhookSecrets`] sealed under the master key.
     pub sealed: String,
 }
@@ -95,6 +99,7 @@ impl StoredWebhook {
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
         })
     }
 

@@ -771,6 +771,7 @@ impl DeliveryState {
             created_at: now.clone(),
             updated_at: now,
             last_error: None,
+            last_error_at: None,
             sealed: self.seal(&webhook_id, &secrets),
         };
         let mut b = Batch::new();
@@ -936,6 +937,7 @@ impl DeliveryState {
         if entry.stored.last_error == error {
             return;
         }
+        entry.stored.last_error_at = error.as_ref().map(|_| crate::util::now_rfc3339());
         entry.stored.last_error = error;
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);

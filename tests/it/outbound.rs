@@ -637,6 +637,10 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     assert!(deliveries(&app, &id, Some("pending")).await.is_empty());
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     assert!(w["last_error"].as_str().unwrap_or("").contains("HTTP 500"), "{w}");
+    // When the error began: no later than the last attempt that made it.
+    let since = w["last_error_at"].as_str().unwrap_or_default();
+    assert!(time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339).is_ok(), "{w}");
+    assert!(since <= last_attempt.as_str(), "{w} vs last attempt {last_attempt}");
     assert!(
         metric_reaches(&app, "hookline_deliveries_dead_total", &[], 1.0).await,
         "hookline_deliveries_dead_total not reached"
@@ -667,6 +671,7 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
     assert_eq!(s, 404);
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     assert_eq!(w["last_error"], Value::Null);
+    assert_eq!(w["last_error_at"], Value::Null, "cleared with the error: {w}");
 }
 
 #[tokio::test]
