@@ -162,7 +162,7 @@ fn zero_series() {
         }
     }
     for adapter in ["supabase", "generic_webhook"] {
-        for outcome in ["succeeded", "retry", "failed", "skipped"] {
+        for outcome in ["succeeded", "retry", "failed", "skipped", "requeued"] {
             counter!(WRITEBACKS, "adapter" => adapter, "outcome" => outcome).absolute(0);
         }
     }
@@ -362,11 +362,12 @@ pub const WRITEBACKS: &str = "hookline_writebacks_total";
 pub const ALERTS: &str = "hookline_alerts_total";
 
 // No bucket label (series would outlive deleted buckets); per-bucket detail is the adapter
-// status `last_error`. `adapter` is supabase|generic_webhook, `outcome` succeeded|retry|failed|skipped.
+// status `last_error`. `adapter` is supabase|generic_webhook, `outcome`
+// succeeded|retry|failed|skipped|requeued.
 fn describe_writeback() {
     describe_counter!(
         WRITEBACKS,
-        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up; skipped: an alert's job not queued, as it could only fail)"
+        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up; skipped: an alert's job not queued, as it could only fail; requeued: a given-up job queued again by POST …/writebacks/{id}/retry)"
     );
     describe_counter!(
         ALERTS,

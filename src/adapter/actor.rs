@@ -46,9 +46,11 @@ use crate::util::now_millis;
 mod alerts;
 mod fetch;
 mod lifecycle;
+mod writebacks;
 
 pub use alerts::AlertAnswer;
 pub use lifecycle::ChangeRequest;
+pub use writebacks::Requeued;
 
 pub struct SourceAdapterActor;
 
@@ -86,6 +88,12 @@ pub enum AdapterMsg {
     /// `POST …/objects/{id}/alerts` while this actor runs (forwarded by the registry): the
     /// actor knows what is still buffered, and records the alert with its writeback job.
     Alert(Box<NewAlert>, RpcReplyPort<Result<AlertAnswer, AlertError>>),
+    /// `POST …/writebacks/{writeback_id}/retry` while this actor runs (forwarded by the
+    /// registry): a dead job back under its pending key, for this actor's worker to find.
+    RequeueWriteback(
+        super::writeback::operator::WritebackId,
+        RpcReplyPort<Result<Requeued, super::writeback::operator::RequeueError>>,
+    ),
 }
 
 /// What [`AdapterMsg::Flush`] made of the buffer.
@@ -431,6 +439,9 @@ impl Actor for SourceAdapterActor {
             }
             AdapterMsg::Alert(alert, reply) => {
                 let _ = reply.send(state.alert(*alert).await);
+            }
+            AdapterMsg::RequeueWriteback(id, reply) => {
+                let _ = reply.send(state.requeue_writeback(&id).await);
             }
             AdapterMsg::Tick => {
                 if state.adapter.batching.mode == BatchMode::TimeWindow && state.window_due(now_millis()) {

@@ -9,8 +9,9 @@
 //! It spawns one [`SourceAdapterActor`] per bucket with an adapter (at start-up and when an
 //! adapter is configured), supervises them (a failed one is restarted under its name, at most
 //! [`ADAPTER_MAX_RESTARTS`] times per [`ADAPTER_RESTART_WINDOW`]), and stops them when the
-//! adapter or the bucket goes. Object deletion, alerts and batch submission also pass through
-//! here: they are rare admin writes, and they must work after an adapter was removed.
+//! adapter or the bucket goes. Object deletion, alerts, batch submission and the re-queue of a
+//! dead writeback also pass through here: they are rare admin writes, and they must work while
+//! no adapter actor runs (after an adapter was removed, or while its actor is stopped).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,10 +19,11 @@ use std::time::{Duration, Instant};
 use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::actor::{AdapterArgs, AdapterMsg, AlertAnswer, Commit, Flushed, SourceAdapterActor};
+use super::actor::{AdapterArgs, AdapterMsg, AlertAnswer, Commit, Flushed, Requeued, SourceAdapterActor};
 use super::alert::NewAlert;
 use super::records::{self, BatchRecord, BatchStatus, BufferEntry, ObjectRecord};
 use super::spec::{self, PatchBucket, SourceAdapter, SourceAdapterInput};
+use super::writeback::operator::WritebackId;
 use crate::catalog::bucket::CreateBucket;
 use crate::catalog::connection::{PatchConnection, ProviderConfig};
 use crate::catalog::{Bucket, Connection, ProviderType};
@@ -91,6 +93,14 @@ pub enum RegistryMsg {
         bucket_id: BucketId,
         batch_id: BatchId,
         reply: RpcReplyPort<Result<BatchRecord, ApiError>>,
+    },
+    /// `POST …/source-adapter/writebacks/{writeback_id}/retry`: forwarded to the bucket's
+    /// adapter actor when it runs, re-queued here otherwise (see `writeback/operator.rs`).
+    RequeueWriteback {
+        namespace: String,
+        bucket_id: BucketId,
+        writeback_id: WritebackId,
+        reply: RpcReplyPort<Result<Requeued, ApiError>>,
     },
     CreateConnection {
         name: String,
@@ -232,6 +242,9 @@ impl Actor for BucketRegistry {
             }
             RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply } => {
                 let _ = reply.send(state.submit_batch(&namespace, &bucket_id, &batch_id).await);
+            }
+            RegistryMsg::RequeueWriteback { namespace, bucket_id, writeback_id, reply } => {
+                let _ = reply.send(state.requeue_writeback(&namespace, &bucket_id, &writeback_id).await);
             }
             RegistryMsg::MuxWebhook { webhook, reply } => {
                 let _ = reply.send(state.mux_webhook(*webhook));
@@ -943,6 +956,35 @@ impl RegistryState {
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);
         Ok(rec)
+    }
+
+    /// A dead writeback back to pending: the running adapter actor re-queues it (its worker
+    /// owns the bucket's jobs); without one no worker runs, so nothing else writes the
+    /// bucket's jobs and it is re-queued here, to wait for the actor (see the README).
+    async fn requeue_writeback(
+        &mut self,
+        namespace: &str,
+        id: &BucketId,
+        writeback_id: &WritebackId,
+    ) -> Result<Requeued, ApiError> {
+        let bucket = self.load_bucket(namespace, id)?;
+        let Some(adapter) = bucket.source_adapter.as_ref() else {
+            return Err(ApiError::NotFound(format!("bucket {id} has no source adapter")));
+        };
+        if let Some(actor) = self.children.get(id).cloned() {
+            let wid = writeback_id.clone();
+            let result = ractor::call_t!(actor, |reply| AdapterMsg::RequeueWriteback(wid, reply), 30_000)
+                .map_err(|e| ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry")))?;
+            return Ok(result?);
+        }
+        let store = &self.shared.store;
+        // A stopped actor's (and its worker's) last writes first.
+        store.commit(Batch::new()).await?;
+        let now = crate::util::now_millis();
+        let (batch, job) = super::writeback::operator::requeue(store, id, writeback_id, now)?;
+        store.commit(batch).await?;
+        tracing::info!(bucket_id = %id, %writeback_id, object_id = %job.object_id, "writeback re-queued while the adapter is not running");
+        Ok(Requeued { job, adapter: adapter.adapter_type, commit: None })
     }
 }
 

@@ -9,7 +9,9 @@
 //!   there);
 //! - [`send`]: one attempt over HTTP, under the delivery side's outbound-address rules;
 //! - [`worker`]: the per-bucket task (owned by the adapter actor) that sends jobs with
-//!   retries, survives restarts, counts outcomes and reports the last error.
+//!   retries, survives restarts, counts outcomes and reports the last error;
+//! - [`operator`]: the operator's view of the jobs (`writeback_id`, the list) and the
+//!   re-queue of a dead one.
 //!
 //! Triggers: `on_batch_complete` fires when a batch completes (auto_submit in the flush, or
 //! `POST …/batches/{id}/submit`). `on_alert` fires when an alert is raised on an object with
@@ -19,12 +21,13 @@
 use serde::{Deserialize, Serialize};
 
 mod job;
+pub mod operator;
 mod send;
 mod worker;
 
 pub use job::{
-    alert_document, on_alert, on_batch_complete, record, record_alert, record_batch, result_document, source_location,
-    Job,
+    alert_document, on_alert, on_batch_complete, record, record_alert, record_batch, result_document, sends,
+    source_location, Job,
 };
 pub use worker::Worker;
 

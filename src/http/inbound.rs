@@ -1,8 +1,8 @@
-//! Inbound routes: source-adapter configuration, ingest, status, objects (and their alerts,
-//! in `alerts.rs`), batches, and the Mux lifecycle webhook. Handlers parse and authenticate,
-//! then message the bucket's adapter actor (or the registry); they never touch adapter state
-//! themselves. Reads of objects, batches and counters go straight to the store: everything
-//! acknowledged is there.
+//! Inbound routes: source-adapter configuration, ingest, status, writebacks (in
+//! `writebacks.rs`), objects (and their alerts, in `alerts.rs`), batches, and the Mux
+//! lifecycle webhook. Handlers parse and authenticate, then message the bucket's adapter
+//! actor (or the registry); they never touch adapter state themselves. Reads of objects,
+//! batches and counters go straight to the store: everything acknowledged is there.
 
 use std::time::Instant;
 
@@ -45,6 +45,16 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
         }
         ["v1", "buckets", id, "source-adapter", "status"] => {
             methods!(m, "/v1/buckets/{bucket_id}/source-adapter/status", { GET => status(state, req, id) })
+        }
+        ["v1", "buckets", id, "source-adapter", "writebacks"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/source-adapter/writebacks", {
+                GET => super::writebacks::list(state, req, id)
+            })
+        }
+        ["v1", "buckets", id, "source-adapter", "writebacks", wid, "retry"] => {
+            methods!(m, "/v1/buckets/{bucket_id}/source-adapter/writebacks/{writeback_id}/retry", {
+                POST => super::writebacks::retry(state, req, id, wid)
+            })
         }
         ["v1", "buckets", id, "objects"] => {
             methods!(m, "/v1/buckets/{bucket_id}/objects", { GET => list_objects(state, req, id) })
@@ -505,7 +515,7 @@ async fn status(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
 /// The adapter actor's state, for the status endpoint: `running`, `starting` (loading its
 /// dedup set, say) or `stopped` (none runs: between a crash and its restart, for a moment,
 /// or for good after failing repeatedly, until a PATCH of the bucket starts it again).
-fn actor_state(state: &HttpState, id: &BucketId) -> &'static str {
+pub(super) fn actor_state(state: &HttpState, id: &BucketId) -> &'static str {
     match ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(id.as_str())).map(|a| a.get_status()) {
         Some(ractor::ActorStatus::Running) => "running",
         Some(ractor::ActorStatus::Unstarted | ractor::ActorStatus::Starting) => "starting",

@@ -32,6 +32,7 @@ mod outbound;
 mod page;
 pub mod refusals;
 mod request;
+mod writebacks;
 
 pub use ops::IngestHolds;
 pub use page::PAGE_BYTES;

@@ -254,15 +254,7 @@ impl Store {
         after: Option<&str>,
         f: impl FnMut(&str, T) -> bool,
     ) -> Result<(), StoreError> {
-        let start = match after {
-            Some(a) => {
-                let mut k = ks.key(a);
-                k.push(0); // first key strictly greater than `a`
-                k
-            }
-            None => ks.key(prefix),
-        };
-        self.reader.scan_from(&start, &ks.key(prefix), &mut decoding(ks, f))
+        self.reader.scan_from(&scan_start(ks, prefix, after), &ks.key(prefix), &mut decoding(ks, f))
     }
 
     /// Visits every value under `prefix` in key order; the visitor returns `false` to stop.
@@ -303,13 +295,24 @@ impl Store {
     }
 
     /// Visits every key under `prefix` without decoding values.
-    pub fn for_each_key(&self, ks: Keyspace, prefix: &str, mut f: impl FnMut(&str) -> bool) -> Result<(), StoreError> {
+    pub fn for_each_key(&self, ks: Keyspace, prefix: &str, f: impl FnMut(&str) -> bool) -> Result<(), StoreError> {
+        self.for_each_key_after(ks, prefix, None, f)
+    }
+
+    /// [`Store::for_each_key`] starting strictly after the key `after` when given: for a list
+    /// that pages by key but reads only the values it keeps (merging two prefixes, say).
+    pub fn for_each_key_after(
+        &self,
+        ks: Keyspace,
+        prefix: &str,
+        after: Option<&str>,
+        mut f: impl FnMut(&str) -> bool,
+    ) -> Result<(), StoreError> {
         let ks_prefix_len = ks.prefix().len();
-        let full_prefix = ks.key(prefix);
+        let start = scan_start(ks, prefix, after);
         // Keys only: a long value is not assembled from its pieces just to be ignored.
-        self.reader.scan_keys_from(&full_prefix, &full_prefix, &mut |k, _| {
-            Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..])))
-        })
+        self.reader
+            .scan_keys_from(&start, &ks.key(prefix), &mut |k, _| Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..]))))
     }
 
     /// Counts the keys under `prefix`.
@@ -357,6 +360,19 @@ impl Store {
     /// Bytes used on disk, for the storage gauge.
     pub fn size_on_disk(&self) -> u64 {
         self.backend.size_on_disk().unwrap_or(0) + wal::size_on_disk(&self.wal_dir)
+    }
+}
+
+/// Where a forward scan of `prefix` starts: its first key, or the first key strictly after
+/// `after` (a pagination cursor).
+fn scan_start(ks: Keyspace, prefix: &str, after: Option<&str>) -> Vec<u8> {
+    match after {
+        Some(a) => {
+            let mut k = ks.key(a);
+            k.push(0); // first key strictly greater than `a`
+            k
+        }
+        None => ks.key(prefix),
     }
 }
 
@@ -439,6 +455,15 @@ pub(crate) mod tests {
         let page2: Vec<(String, i32)> = store.list(Keyspace::OBJECTS, "bkt_a/", Some(&page[1].0), 10).unwrap();
         assert_eq!(page2.iter().map(|p| p.1).collect::<Vec<_>>(), vec![2, 3, 4]);
         assert_eq!(store.count(Keyspace::OBJECTS, "bkt_b/").unwrap(), 1);
+
+        let mut keys = Vec::new();
+        store
+            .for_each_key_after(Keyspace::OBJECTS, "bkt_a/", Some("bkt_a/obj_2"), |k| {
+                keys.push(k.to_string());
+                true
+            })
+            .unwrap();
+        assert_eq!(keys, ["bkt_a/obj_3", "bkt_a/obj_4"], "keys strictly after, within the prefix");
 
         let mut d = Batch::new();
         d.delete(Keyspace::OBJECTS, "bkt_a/obj_0");

@@ -799,3 +799,239 @@ async fn a_generic_connection_without_a_url_is_refused_until_sent_again_whole() 
     let sent = &rx.succeeded()[0];
     assert_eq!(sent.headers.get("authorization").map(String::as_str), Some("Bearer legacy-token-31"));
 }
+
+// ---- The operator API: GET …/source-adapter/writebacks, POST …/writebacks/{id}/retry ----
+
+/// A daemon whose writebacks are given up 2 s after they were queued (one retry a second).
+fn short_lived() -> Options {
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nmax_age_seconds = 2\nretry_schedule_seconds = [1]\n";
+    Options { delivery_toml: Some(delivery.into()), ..Default::default() }
+}
+
+/// A generic_webhook adapter writing each object's title back to `url` as its batch (of one)
+/// completes; the event's `id` is its external id.
+fn generic_adapter(url: &str, writeback_enabled: bool) -> Value {
+    json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
+        "batching": {"mode": "count", "max_batch_size": 1},
+        "writeback": {"enabled": writeback_enabled, "writeback_url": url,
+            "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}})
+}
+
+fn writebacks_path(bucket: &str) -> String {
+    format!("/v1/buckets/{bucket}/source-adapter/writebacks")
+}
+
+fn retry_path(bucket: &str, writeback_id: &str) -> String {
+    format!("{}/{writeback_id}/retry", writebacks_path(bucket))
+}
+
+/// `GET …/writebacks{query}`, which must answer 200.
+async fn writebacks(app: &TestApp, bucket: &str, query: &str) -> Value {
+    let (s, b) = app.get(&format!("{}{query}", writebacks_path(bucket))).await;
+    assert_eq!(s, 200, "{query}: {b}");
+    b
+}
+
+async fn retry(app: &TestApp, bucket: &str, writeback_id: &str) -> (u16, Value) {
+    app.call(reqwest::Method::POST, &retry_path(bucket, writeback_id), None).await
+}
+
+/// The list's results, once it holds `n` with `query`.
+async fn listed(app: &TestApp, bucket: &str, query: &str, n: usize) -> Vec<Value> {
+    let count = || async { writebacks(app, bucket, query).await["results"].as_array().map(Vec::len) == Some(n) };
+    assert!(eventually(WAIT, count).await, "{query}: {}", writebacks(app, bucket, query).await);
+    writebacks(app, bucket, query).await["results"].as_array().cloned().unwrap_or_default()
+}
+
+fn id_of(job: &Value) -> String {
+    job["writeback_id"].as_str().expect("a writeback_id").to_string()
+}
+
+fn is_rfc3339(v: &Value) -> bool {
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    v.as_str().is_some_and(|s| time::OffsetDateTime::parse(s, rfc3339).is_ok())
+}
+
+/// A writeback whose receiver keeps failing is given up and listed as dead with its error;
+/// once the receiver is fixed, a retry (202) sends it and it leaves the list, while the other
+/// dead job stays dead. The list pages, filters and refuses what it does not take as the
+/// other lists do; the retry answers 404 for what does not exist and 401 without the key.
+#[tokio::test]
+async fn a_dead_writeback_is_listed_and_a_retry_sends_it_once_the_receiver_is_fixed() {
+    let app = TestApp::start_with(short_lived()).await;
+    let rx = Upstream::start(500).await;
+    let (bucket, secret) =
+        bucket_with(&app, "failing", json!({"title": {"type": "string"}}), generic_adapter(&rx.url("/wb"), true)).await;
+    let one = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-1", "title": "One"})).await;
+    let two = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-2", "title": "Two"})).await;
+    let dead = listed(&app, &bucket, "?status=dead", 2).await;
+    // Batch jobs by batch: the first object's (its batch was made first) comes first.
+    for (job, (r, external_id, title)) in dead.iter().zip([(&one, "row-1", "One"), (&two, "row-2", "Two")]) {
+        assert!(id_of(job).starts_with("wb_"), "{job}");
+        assert_eq!((job["status"].as_str(), &job["object_id"]), (Some("dead"), &r["object_id"]), "{job}");
+        assert!(job["batch_id"].as_str().is_some_and(|b| b.starts_with("batch_")) && job.get("alert_id").is_none());
+        assert_eq!((job["external_id"].as_str(), &job["fields"]), (Some(external_id), &json!({ "title": title })));
+        assert!(job["attempts"].as_u64().is_some_and(|n| n >= 1), "{job}");
+        assert!(is_rfc3339(&job["created_at"]) && job["next_attempt_at"].is_null(), "{job}");
+        assert!(job["last_error"].as_str().is_some_and(|e| e.contains("HTTP 500")), "why it was given up: {job}");
+        assert!(job.get("table").is_none() && job.get("held").is_none(), "{job}");
+    }
+    let (first, second) = (id_of(&dead[0]), id_of(&dead[1]));
+    assert_eq!(writebacks(&app, &bucket, "?status=pending").await["results"], json!([]));
+    assert_eq!(writebacks(&app, &bucket, "").await["results"].as_array().map(Vec::len), Some(2), "no status: both");
+
+    // Pages of one: next_cursor is the last writeback_id, and the last page has none.
+    for filter in ["", "status=dead&"] {
+        let page = writebacks(&app, &bucket, &format!("?{filter}limit=1")).await;
+        assert_eq!((id_of(&page["results"][0]), page["results"].as_array().map(Vec::len)), (first.clone(), Some(1)));
+        assert_eq!(page["next_cursor"], first.as_str(), "{page}");
+        let page = writebacks(&app, &bucket, &format!("?{filter}limit=1&cursor={first}")).await;
+        assert_eq!((id_of(&page["results"][0]), page["results"].as_array().map(Vec::len)), (second.clone(), Some(1)));
+        assert!(page["next_cursor"].is_null(), "{page}");
+    }
+    let path = writebacks_path(&bucket);
+    for (query, field) in
+        [("status=failed", "status"), ("limit=0", "limit"), ("cursor=obj_1", "cursor"), ("stauts=dead", "stauts")]
+    {
+        let (s, b) = app.get(&format!("{path}?{query}")).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{query}: {b}");
+    }
+
+    // Who may ask, and about what.
+    for key in [Some("not-the-key"), None] {
+        let (s, _) = app.call_as(reqwest::Method::GET, &path, None, key, None).await;
+        assert_eq!(s, 401);
+        let (s, _) = app.call_as(reqwest::Method::POST, &retry_path(&bucket, &first), None, key, None).await;
+        assert_eq!(s, 401);
+    }
+    let (s, _) = app.call_as(reqwest::Method::GET, &path, None, Some(&app.api_key), Some("elsewhere")).await;
+    assert_eq!(s, 404, "another namespace's bucket is not found");
+    let unknown_bucket = hookline::ids::BucketId::generate().to_string();
+    assert_eq!(app.get(&writebacks_path(&unknown_bucket)).await.0, 404);
+    assert_eq!(retry(&app, &unknown_bucket, &first).await.0, 404);
+    let plain = app.create_bucket("no-adapter", json!({})).await;
+    let (s, b) = app.get(&writebacks_path(&plain)).await;
+    assert_eq!(s, 404);
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("has no source adapter")), "{b}");
+    assert_eq!(retry(&app, &plain, &first).await.0, 404);
+    let never = hookline::adapter::writeback::operator::WritebackId::Batch {
+        batch_id: hookline::ids::BatchId::generate(),
+        object_id: hookline::ids::ObjectId::generate(),
+    };
+    for id in [never.to_string(), "nope".into(), first.replace("wb_", "xx_")] {
+        let (s, b) = retry(&app, &bucket, &id).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")), "{id}: {b}");
+    }
+    assert!(rx.succeeded().is_empty(), "the receiver has failed everything so far");
+
+    // Fixed: the retry re-queues the first job, which goes through; the second stays dead.
+    rx.set_default(200);
+    let (s, job) = retry(&app, &bucket, &first).await;
+    assert_eq!(s, 202, "{job}");
+    assert_eq!(
+        (id_of(&job), job["status"].as_str(), job["attempts"].as_u64()),
+        (first.clone(), Some("pending"), Some(0))
+    );
+    assert!(is_rfc3339(&job["next_attempt_at"]) && job.get("held").is_none(), "{job}");
+    assert!(job["created_at"].as_str() > dead[0]["created_at"].as_str(), "counted from the retry: {job}");
+    assert_eq!(job["last_error"], dead[0]["last_error"], "kept until the next attempt replaces it");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let left = listed(&app, &bucket, "", 1).await;
+    assert_eq!((id_of(&left[0]), left[0]["status"].as_str()), (second, Some("dead")), "the retried one is done");
+    let sent = rx.succeeded();
+    assert_eq!(sent.len(), 1, "only the retried job is sent: {sent:?}");
+    assert_eq!(
+        sent[0].body,
+        json!({"object_id": one["object_id"], "external_id": "row-1", "fields": {"title": "One"}})
+    );
+    let labels = [("adapter", "generic_webhook"), ("outcome", "requeued")];
+    assert!(metric_reaches(&app, "hookline_writebacks_total", &labels, 1.0).await);
+}
+
+/// While writeback is off a re-queued job waits (its answer says so), is not retried again
+/// (409: it is pending), and survives a restart; once writeback is on again, it is sent.
+#[tokio::test]
+async fn a_retry_while_writeback_is_off_waits_and_survives_a_restart() {
+    let mut app = TestApp::start_with(short_lived()).await;
+    let rx = Upstream::start(500).await;
+    let url = rx.url("/wb");
+    let (bucket, secret) =
+        bucket_with(&app, "paused", json!({"title": {"type": "string"}}), generic_adapter(&url, true)).await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-1", "title": "Later"})).await;
+    let id = id_of(&listed(&app, &bucket, "?status=dead", 1).await[0]);
+    let bucket_path = format!("/v1/buckets/{bucket}");
+    let (s, b) = app.patch(&bucket_path, json!({"source_adapter": generic_adapter(&url, false)})).await;
+    assert_eq!(s, 200, "{b}");
+    let tried = rx.seen().len();
+
+    let (s, job) = retry(&app, &bucket, &id).await;
+    assert_eq!((s, job["status"].as_str()), (202, Some("pending")), "{job}");
+    assert!(job["held"].as_str().is_some_and(|h| h.contains("writeback is off")), "says why it waits: {job}");
+    let (s, b) = retry(&app, &bucket, &id).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (409, Some("conflict")), "{b}");
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("is pending")), "{b}");
+
+    app.restart().await;
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    assert_eq!((id_of(&pending[0]), pending[0]["attempts"].as_u64()), (id.clone(), Some(0)), "{pending:?}");
+    assert_eq!((&pending[0]["created_at"], &pending[0]["held"]), (&job["created_at"], &job["held"]));
+    assert_eq!(rx.seen().len(), tried, "nothing is sent while writeback is off: {:?}", rx.seen());
+
+    rx.set_default(200);
+    let (s, b) = app.patch(&bucket_path, json!({"source_adapter": generic_adapter(&url, true)})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    assert_eq!(rx.succeeded()[0].body["object_id"], r["object_id"]);
+    listed(&app, &bucket, "", 0).await;
+}
+
+/// An alert's job is named by a URL-path-safe writeback_id whatever its caller's alert ID
+/// holds. Retried while the adapter's actor is stopped (after failing past its restart
+/// budget), it is re-queued by the registry and waits, saying why; once a PATCH starts the
+/// adapter again, it is sent.
+#[tokio::test]
+async fn an_alert_writeback_is_retried_while_the_adapter_is_stopped() {
+    let app = TestApp::start_with(short_lived()).await;
+    let rx = Upstream::start(500).await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "alerts",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"},
+            "batching": {"mode": "immediate"},
+            "writeback": {"trigger": "on_alert", "writeback_url": rx.url("/wb"),
+                "field_mapping": [{"source_path": "verdict", "target_field": "verdict"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "title": "Flagged"})).await;
+    let oid = r["object_id"].as_str().expect("object_id");
+    let alert = json!({"alert_id": "run-7:verdict.v2", "results": {"verdict": "fake"}});
+    let (s, a) = app.post(&format!("/v1/buckets/{bucket}/objects/{oid}/alerts"), alert).await;
+    assert_eq!((s, a["writeback"].as_str()), (202, Some("queued")), "{a}");
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    let id = id_of(&dead[0]);
+    assert_eq!((dead[0]["alert_id"].as_str(), dead[0].get("batch_id")), (Some("run-7:verdict.v2"), None));
+    assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'), "{id}");
+
+    // Crash the actor until its restart budget is spent (a crash sent while it restarts is
+    // lost, so keep crashing): the registry then records that it stopped.
+    let stopped = || async {
+        let _ = app.post(&format!("/v1/debug/crash/adapter.{bucket}"), json!({})).await;
+        status(&app, &bucket).await["last_error"].as_str().is_some_and(|e| e.contains("stopped after failing"))
+    };
+    assert!(eventually(Duration::from_secs(60), stopped).await, "{}", status(&app, &bucket).await);
+    rx.set_default(200);
+    let (s, job) = retry(&app, &bucket, &id).await;
+    assert_eq!((s, job["status"].as_str(), job["alert_id"].as_str()), (202, Some("pending"), Some("run-7:verdict.v2")));
+    assert!(job["held"].as_str().is_some_and(|h| h.contains("not running")), "{job}");
+    assert_eq!(listed(&app, &bucket, "?status=pending", 1).await[0]["held"], job["held"]);
+    assert_eq!(status(&app, &bucket).await["actor"], "stopped", "re-queued by the registry, not an actor");
+
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"description": "running again"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let sent = &rx.succeeded()[0].body;
+    assert_eq!((sent["alert_id"].as_str(), &sent["fields"]), (Some("run-7:verdict.v2"), &json!({"verdict": "fake"})));
+    listed(&app, &bucket, "", 0).await;
+}

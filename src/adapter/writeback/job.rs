@@ -8,6 +8,9 @@
 //! | `wb` | `{bucket_id}/dead/{batch_id}/{object_id}` | batch [`Job`] given up (its `last_error` says why) |
 //! | `wb` | `{bucket_id}/adead/{object_id}/{alert_id}` | alert [`Job`] given up |
 //!
+//! Operators list both kinds and re-queue dead ones by their `writeback_id` (see
+//! `operator.rs`).
+//!
 //! A job is recorded in the *same* store batch as its cause (the batch marked completed, or
 //! the alert record), so neither exists without the other. The key is deterministic (cause +
 //! object), so recording twice overwrites instead of duplicating. Alert jobs have their own

@@ -5,13 +5,17 @@
 //! the job's deletion (each outcome is stored as soon as its attempt ends), is sent again.
 //!
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
-//! pending writebacks survive restarts and crashes) and is the only writer of job records
-//! after they are created. New jobs are created by whoever completes a batch (the adapter's
+//! pending writebacks survive restarts and crashes) and is the only writer of their records
+//! once they are created. New jobs are created by whoever completes a batch (the adapter's
 //! flush, `POST …/submit` through the registry) or records an alert (the adapter actor, or
-//! the registry while no actor runs), in that same store batch; the worker finds them by
-//! scanning the keys of its two prefixes (batch jobs, alert jobs) every [`POLL`] (cheap:
-//! keys only, and only unknown keys are read). Before the first attempt at a newly found job it waits for an
-//! empty barrier commit, so it never writes back a result that is not durable yet.
+//! the registry while no actor runs), in that same store batch; a dead job an operator
+//! retries (`operator.rs`: the adapter actor, or the registry while no actor runs) is
+//! created again the same way. The worker finds them by scanning the keys of its two
+//! prefixes (batch jobs, alert jobs) every [`POLL`] (cheap: keys only, and only unknown
+//! keys are read): it forgets a job's key once the job is written or given up, so a
+//! re-queued job is an unknown key again. Before the first attempt at a newly found job it
+//! waits for an empty barrier commit, so it never writes back a result that is not durable
+//! yet.
 //!
 //! Retries follow the delivery retry policy (`delivery.retry_schedule_seconds`, ±20%
 //! jitter, `max_age_hours`); a job that runs out of time, or can never succeed, is moved to

@@ -1,0 +1,29 @@
+//! The re-queue of a dead writeback job (`POST …/writebacks/{writeback_id}/retry`) inside the
+//! source-adapter actor, which owns its bucket's jobs while it runs (its worker sends them;
+//! see `writeback/operator.rs`). Like an alert, it first waits for a barrier so that the
+//! worker's latest outcomes are readable; that await is on this rare admin path only.
+
+use super::{AdapterState, Commit};
+use crate::adapter::writeback::operator::{self, RequeueError, WritebackId};
+use crate::adapter::writeback::Job;
+use crate::catalog::ProviderType;
+use crate::store::Batch;
+
+/// A re-queued job: await `commit` (none when the registry committed it itself) before
+/// answering, as for an ingest.
+pub struct Requeued {
+    pub job: Job,
+    /// The adapter's type, the writeback counter's label.
+    pub adapter: ProviderType,
+    pub commit: Option<Commit>,
+}
+
+impl AdapterState {
+    pub(super) async fn requeue_writeback(&mut self, id: &WritebackId) -> Result<Requeued, RequeueError> {
+        self.shared.store.commit(Batch::new()).await?;
+        let now = crate::util::now_millis();
+        let (batch, job) = operator::requeue(&self.shared.store, self.bucket_id(), id, now)?;
+        tracing::info!(bucket_id = %self.bucket_id(), writeback_id = %id, object_id = %job.object_id, "writeback re-queued");
+        Ok(Requeued { job, adapter: self.adapter.adapter_type, commit: Some(self.submit(batch, Vec::new())) })
+    }
+}

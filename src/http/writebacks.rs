@@ -1,0 +1,107 @@
+//! The operator's writeback routes, in the shape of the outbound deliveries' list and retry:
+//! `GET /v1/buckets/{bucket_id}/source-adapter/writebacks?status=&limit=&cursor=` lists a
+//! bucket's pending and dead writeback jobs (read straight from the store, as every list),
+//! and `POST …/writebacks/{writeback_id}/retry` re-queues a dead one through the bucket
+//! registry, which forwards it to the bucket's adapter actor when it runs (see
+//! `adapter/writeback/operator.rs`); the answer waits until the re-queue is on disk.
+
+use warp::http::StatusCode;
+
+use super::admin::load_bucket;
+use super::page::Page;
+use super::{json, HttpState, Request, Response};
+use crate::adapter::actor::Requeued;
+use crate::adapter::spec::SourceAdapter;
+use crate::adapter::writeback::operator::{self, Status, WritebackId};
+use crate::adapter::writeback::{self, Job};
+use crate::adapter::RegistryMsg;
+use crate::ask;
+use crate::catalog::Bucket;
+use crate::error::ApiError;
+use crate::ids::BucketId;
+
+/// Why a pending job is not sent now (its `next_attempt_at` may be past): writeback is off.
+const HELD_OFF: &str =
+    "writeback is off (source_adapter.writeback is missing or has enabled: false); sent when it is enabled again";
+/// … or no adapter actor runs (stopped after failing repeatedly, say), so no worker does.
+const HELD_STOPPED: &str =
+    "the bucket's source adapter is not running (see GET …/source-adapter/status); sent once it runs again";
+
+/// `GET …/source-adapter/writebacks`: jobs in `writeback_id` order, `status` pending or dead
+/// (both when absent), paged like the objects list (`limit`, `cursor` = the last
+/// `writeback_id` of the previous page).
+pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    let bucket = load_bucket(state, req, id)?;
+    let adapter = adapter_of(&bucket)?;
+    req.known_params(&["status", "limit", "cursor"])?;
+    let status = match req.query.get("status") {
+        None => None,
+        Some(s) => Some(
+            Status::parse(s)
+                .ok_or_else(|| ApiError::validation("status", format!("{s:?} is not one of pending, dead")))?,
+        ),
+    };
+    let limit = req.page_limit()?;
+    let after = req.cursor(|c| WritebackId::parse(c).is_some())?.and_then(WritebackId::parse);
+    let held = held(state, &bucket.bucket_id, adapter);
+    let mut page = Page::results(limit);
+    // One more than a page: the page's refusal of it says that another page follows.
+    operator::for_each(&state.shared.store, &bucket.bucket_id, status, after.as_ref(), limit + 1, |s, id, job| {
+        page.offer(&id.to_string(), &shown(s, id, &job, held))
+    })?;
+    Ok(page.finish())
+}
+
+/// `POST …/writebacks/{writeback_id}/retry`: 202 with the job, pending again, once that is
+/// on disk; 409 for a pending job, 404 for an unknown one (or bucket, or adapter).
+pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    req.known_params(&[])?;
+    let namespace = req.namespace()?;
+    let bucket_id =
+        BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))?;
+    let writeback_id = WritebackId::parse(wid)
+        .ok_or_else(|| ApiError::NotFound(format!("writeback {wid} not found in bucket {bucket_id}")))?;
+    let registry = state.shared.bucket_registry()?;
+    let Requeued { job, adapter, commit } = ask!(registry, |reply| RegistryMsg::RequeueWriteback {
+        namespace,
+        bucket_id: bucket_id.clone(),
+        writeback_id: writeback_id.clone(),
+        reply
+    })?;
+    if let Some(c) = commit {
+        c.finish().await?;
+    }
+    crate::metrics::writeback(adapter.as_str(), "requeued");
+    // (Re-queued and durable: a bucket changed meanwhile only loses the hint.)
+    let held = load_bucket(state, req, id)
+        .ok()
+        .and_then(|b| b.source_adapter.as_ref().and_then(|a| held(state, &bucket_id, a)));
+    Ok(json(StatusCode::ACCEPTED, &shown(Status::Pending, &writeback_id, &job, held)))
+}
+
+/// A bucket's adapter; 404 without one, as the other `source-adapter/` routes answer.
+fn adapter_of(bucket: &Bucket) -> Result<&SourceAdapter, ApiError> {
+    bucket
+        .source_adapter
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound(format!("bucket {} has no source adapter", bucket.bucket_id)))
+}
+
+/// Why the bucket's pending jobs wait, when nothing sends them now.
+fn held(state: &HttpState, bucket_id: &BucketId, adapter: &SourceAdapter) -> Option<&'static str> {
+    if !writeback::sends(adapter) {
+        return Some(HELD_OFF);
+    }
+    (super::inbound::actor_state(state, bucket_id) == "stopped").then_some(HELD_STOPPED)
+}
+
+/// A job as the API shows it; a pending one that waits says why in `held`.
+fn shown(status: Status, id: &WritebackId, job: &Job, held: Option<&str>) -> serde_json::Value {
+    let mut view = operator::view(status, id, job);
+    if let (Status::Pending, Some(why)) = (status, held) {
+        view["held"] = why.into();
+    }
+    view
+}
