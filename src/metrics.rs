@@ -133,6 +133,7 @@ fn zero_series() {
         "disabled",
         "not_found",
         "unavailable",
+        "dependency_failed",
         "error",
         "too_large",
         "timeout",

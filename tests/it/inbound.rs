@@ -191,6 +191,13 @@ async fn configure_validate_and_show_the_secret_once() {
     assert_eq!(s, 200);
     assert!(b["source_adapter"].get("webhook_secret").is_none(), "no new secret: {b}");
     assert_eq!(b["source_adapter"]["enabled"], true, "defaults apply");
+    // A secret copied back into the next PATCH: refused, saying how to get a new one.
+    let mut copied = full_adapter(json!({"mode": "immediate"}));
+    copied["webhook_secret"] = json!(secret);
+    let (s, b) = app.patch(&path, json!({"source_adapter": copied})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.webhook_secret")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap_or_default().contains("rotate_secret"), "{b}");
+    assert!(!b.to_string().contains(&secret), "the secret is not echoed: {b}");
     assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("a1", "video.asset.ready")).await.0, 200);
     let (s, b) = app.patch(&path, json!({"rotate_secret": true})).await;
     assert_eq!(s, 200);

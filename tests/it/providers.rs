@@ -245,6 +245,8 @@ impl FakeMux {
                         (401, json!({"error": {"type": "unauthorized", "messages": ["Unauthorized request"]}}))
                     } else if id == "gone" {
                         (404, json!({"error": {"type": "not_found"}}))
+                    } else if id == "down" {
+                        (503, json!({"error": {"type": "service_unavailable"}}))
                     } else {
                         (200, json!({"data": api_asset(&id)}))
                     };
@@ -414,6 +416,14 @@ async fn mux_ingest_checks_signatures_fetches_assets_and_agrees_with_the_sdk() {
     let (s, r) = app.post_raw(&ingest, gone, &[("Mux-Signature", &h)]).await;
     assert_eq!(s, 422, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("not found"), "{r}");
+    // The Mux API failing: 503 so Mux retries, counted apart from hookline's own errors.
+    let down = ready_event("down", false);
+    let h = mux::sign(SIGNING_SECRET, t, down.as_bytes());
+    let (s, r) = app.post_raw(&ingest, down, &[("Mux-Signature", &h)]).await;
+    assert_eq!(s, 503, "{r}");
+    let m = app.metrics().await;
+    assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "dependency_failed")]), 1.0, "{m}");
+    assert!(app.log().contains("a dependency failed"), "logged");
     assert!(fake.calls().iter().all(|(_, auth)| auth.as_deref().is_some_and(|a| a.starts_with("Basic "))));
     assert_eq!(objects(&app, &bucket).await.len(), 3);
 
