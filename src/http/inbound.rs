@@ -619,6 +619,7 @@ async fn get_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Res
 /// `count` source's last partial batch, or a window cut short), answered once on disk.
 async fn flush(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.no_fields()?;
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;
     let registry = state.shared.bucket_registry()?;
@@ -630,6 +631,7 @@ async fn flush(state: &HttpState, req: &Request, id: &str) -> Result<Response, A
 /// `POST …/batches/{batch_id}/submit` (auto_submit off): 409 when already submitted.
 async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.no_fields()?;
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;
     let batch_id = BatchId::parse(bid).ok_or_else(|| ApiError::NotFound(format!("batch {bid} not found")))?;

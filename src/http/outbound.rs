@@ -245,6 +245,7 @@ const HELD: &str = "the webhook is paused (is_active: false); sent when it is re
 
 async fn retry(state: &HttpState, req: &Request, id: &str, did: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.no_fields()?;
     let webhook_id = webhook_id(id)?;
     let delivery_id = DeliveryId::parse(did)
         .ok_or_else(|| ApiError::NotFound(format!("delivery {did} not found for webhook {id}")))?;

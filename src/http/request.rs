@@ -117,6 +117,24 @@ impl Request {
         parse_json_strict(&self.body)
     }
 
+    /// For a POST that takes no fields (`…/flush`, `…/submit`, the retries): nothing, `{}` or
+    /// `null` (whatever the declared type: `curl -d '{}'` says form data). Any field is a 422
+    /// as an unknown field is elsewhere: the caller meant to set something this does not take.
+    pub fn no_fields(&self) -> Result<(), ApiError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        self.require_identity_encoding()?;
+        match parse_json_strict(&self.body)? {
+            serde_json::Value::Null => Ok(()),
+            serde_json::Value::Object(fields) => match fields.keys().min() {
+                None => Ok(()),
+                Some(k) => Err(ApiError::validation(k.as_str(), "unknown field: this endpoint takes no fields")),
+            },
+            _ => Err(ApiError::validation("body", "must be empty or {}: this endpoint takes no fields")),
+        }
+    }
+
     /// An upstream's payload: JSON whatever its declared type (senders label it loosely),
     /// repeated keys read as most parsers do; 415 for a compressed body.
     pub fn payload_json(&self) -> Result<serde_json::Value, ApiError> {

@@ -58,6 +58,7 @@ pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response
 pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     req.known_params(&[])?;
+    req.no_fields()?;
     let namespace = req.namespace()?;
     let bucket_id =
         BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))?;

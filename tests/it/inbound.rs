@@ -1149,8 +1149,16 @@ async fn count_flushes_at_size_and_waits_for_submit() {
     let gone = batch["object_ids"][1].as_str().unwrap();
     assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{gone}")).await.0, 204);
     let submit = format!("/v1/buckets/{bucket}/batches/{bid}/submit");
-    let (s, b) = app.post(&submit, json!({})).await;
-    assert_eq!((s, b["status"].as_str()), (200, Some("completed")));
+    // It takes no fields: one given is refused (not silently ignored), and nothing happens.
+    let (s, b) = app.post(&submit, json!({"force": true})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("force")), "{b}");
+    let auth = format!("Bearer {}", app.api_key);
+    let (s, b) = app.post_raw(&submit, "[1]", &[("Authorization", &auth)]).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("body")), "{b}");
+    assert_eq!(app.get(&format!("/v1/buckets/{bucket}/batches/{bid}")).await.1["status"], "pending");
+    // An empty body (what `curl -X POST` sends) or {} is fine.
+    let (s, b) = app.post_raw(&submit, "", &[("Authorization", &auth)]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("completed")), "{b}");
     // The answer and the stored batch agree with the event: the deleted object apart.
     assert_eq!(b["object_ids"].as_array().unwrap().len(), 2, "{b}");
     assert!(!b["object_ids"].as_array().unwrap().iter().any(|o| o == gone), "{b}");
