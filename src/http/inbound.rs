@@ -51,6 +51,11 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
                 GET => super::writebacks::list(state, req, id)
             })
         }
+        ["v1", "buckets", id, "source-adapter", "writebacks", wid] => {
+            methods!(m, "/v1/buckets/{bucket_id}/source-adapter/writebacks/{writeback_id}", {
+                GET => super::writebacks::get(state, req, id, wid)
+            })
+        }
         ["v1", "buckets", id, "source-adapter", "writebacks", wid, "retry"] => {
             methods!(m, "/v1/buckets/{bucket_id}/source-adapter/writebacks/{writeback_id}/retry", {
                 POST => super::writebacks::retry(state, req, id, wid)

@@ -1,7 +1,7 @@
 //! The operator's writeback routes, in the shape of the outbound deliveries' list and retry:
 //! `GET /v1/buckets/{bucket_id}/source-adapter/writebacks?status=&limit=&cursor=` lists a
 //! bucket's pending and dead writeback jobs (read straight from the store, as every list),
-//! and `POST …/writebacks/{writeback_id}/retry` re-queues a dead one through the bucket
+//! `GET …/writebacks/{writeback_id}` shows one, and `POST …/writebacks/{writeback_id}/retry` re-queues a dead one through the bucket
 //! registry, which forwards it to the bucket's adapter actor when it runs (see
 //! `adapter/writeback/operator.rs`); the answer waits until the re-queue is on disk.
 
@@ -51,6 +51,23 @@ pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response
         page.offer(&id.to_string(), &shown(s, id, &job, held))
     })?;
     Ok(page.finish())
+}
+
+/// `GET …/writebacks/{writeback_id}`: one job as the list shows it (pending or dead); 404
+/// for an unknown one (or one written back and gone).
+pub async fn get(state: &HttpState, req: &Request, id: &str, wid: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    req.known_params(&[])?;
+    let bucket = load_bucket(state, req, id)?;
+    let adapter = adapter_of(&bucket)?;
+    let bucket_id = &bucket.bucket_id;
+    let not_found = || ApiError::NotFound(format!("writeback {wid} not found in bucket {bucket_id}"));
+    let writeback_id = WritebackId::parse(wid).ok_or_else(not_found)?;
+    let held = held(state, bucket_id, adapter);
+    match operator::find(&state.shared.store, bucket_id, &writeback_id)? {
+        Some((status, job)) => Ok(json(StatusCode::OK, &shown(status, &writeback_id, &job, held))),
+        None => Err(not_found()),
+    }
 }
 
 /// `POST …/writebacks/{writeback_id}/retry`: 202 with the job, pending again, once that is

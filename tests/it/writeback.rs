@@ -878,6 +878,13 @@ async fn a_dead_writeback_is_listed_and_a_retry_sends_it_once_the_receiver_is_fi
         assert!(job.get("table").is_none() && job.get("held").is_none(), "{job}");
     }
     let (first, second) = (id_of(&dead[0]), id_of(&dead[1]));
+    // One job by its ID: as listed.
+    let one_path = format!("{}/{first}", writebacks_path(&bucket));
+    assert_eq!(app.get(&one_path).await, (200, dead[0].clone()));
+    for id in ["nope".to_string(), first.replace("wb_", "xx_")] {
+        assert_eq!(app.get(&format!("{}/{id}", writebacks_path(&bucket))).await.0, 404, "{id}");
+    }
+    assert_eq!(app.get(&format!("{one_path}?verbose=1")).await.0, 422, "no query parameters");
     assert_eq!(writebacks(&app, &bucket, "?status=pending").await["results"], json!([]));
     assert_eq!(writebacks(&app, &bucket, "").await["results"].as_array().map(Vec::len), Some(2), "no status: both");
 
@@ -939,6 +946,7 @@ async fn a_dead_writeback_is_listed_and_a_retry_sends_it_once_the_receiver_is_fi
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
     let left = listed(&app, &bucket, "", 1).await;
     assert_eq!((id_of(&left[0]), left[0]["status"].as_str()), (second, Some("dead")), "the retried one is done");
+    assert_eq!(app.get(&one_path).await.0, 404, "written back: gone");
     let sent = rx.succeeded();
     assert_eq!(sent.len(), 1, "only the retried job is sent: {sent:?}");
     assert_eq!(

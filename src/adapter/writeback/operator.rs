@@ -204,6 +204,17 @@ pub fn view(status: Status, id: &WritebackId, job: &Job) -> Value {
     v
 }
 
+/// The job `id` of `bucket` as it is now: pending, dead, or `None` (never made, or written
+/// back and gone).
+pub fn find(store: &Store, bucket: &BucketId, id: &WritebackId) -> Result<Option<(Status, Job)>, StoreError> {
+    for status in [Status::Pending, Status::Dead] {
+        if let Some(job) = store.get::<Job>(KS, &id.key(bucket, status))? {
+            return Ok(Some((status, job)));
+        }
+    }
+    Ok(None)
+}
+
 /// Visits the jobs of `bucket` (those with `status` when given) in list order (see the
 /// module doc), strictly after the job `after` when given; `f` returns `false` to stop.
 /// Keys are read `chunk` at a time per directory (a page's limit and one more is enough),
