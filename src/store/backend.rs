@@ -149,6 +149,9 @@ impl SledBackend {
     pub fn open_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let lock = lock_dir(path)?;
         remove_unfinished_snapshots(path)?;
+        let wal = path.join(super::WAL_DIR);
+        super::wal::remove_unfinished(&wal)
+            .map_err(|e| StoreError::Io(format!("remove unfinished log spares in {}: {e}", wal.display())))?;
         let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes);
         let db = config.open().map_err(|e| match e.to_string() {
             m if m.contains("could not acquire lock") => in_use(path, &m),

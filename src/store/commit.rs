@@ -83,7 +83,7 @@ impl Committer {
         let (tx, rx) = mpsc::unbounded_channel();
         let poisoned = Arc::new(AtomicBool::new(false));
         // Rendezvous: the prep thread holds at most one finished spare, waiting to hand it over.
-        let (spare_tx, spare_rx) = sync_mpsc::sync_channel::<std::io::Result<Segment>>(0);
+        let (spare_tx, spare_rx) = sync_mpsc::sync_channel::<Segment>(0);
         let (apply_tx, apply_rx) = sync_mpsc::channel::<ToApply>();
         let (checkpoint_tx, checkpoint_rx) = sync_mpsc::channel::<ToCheckpoint>();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -177,7 +177,7 @@ fn earlier_failure() -> StoreError {
 /// disk needs an operator; `/readyz` reports it.
 fn log_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
-    spares: sync_mpsc::Receiver<std::io::Result<Segment>>,
+    spares: sync_mpsc::Receiver<Segment>,
     overlay: Arc<Overlay>,
     apply: sync_mpsc::Sender<ToApply>,
     poisoned: Arc<AtomicBool>,
@@ -268,15 +268,22 @@ fn log_loop(
     }
 }
 
+/// How long the log waits for a spare segment before it gives up (and fails the store):
+/// the preparing thread retries meanwhile, so a moment without space costs a pause, not the
+/// store.
+const SPARE_WAIT: Duration = Duration::from_secs(10);
+
 /// Appends one record to the current segment, moving to a fresh one when it is full.
 /// Returns the number of the segment that holds it.
-fn append(
-    segment: &mut Option<Segment>,
-    spares: &sync_mpsc::Receiver<std::io::Result<Segment>>,
-    record: &[u8],
-) -> std::io::Result<u64> {
+fn append(segment: &mut Option<Segment>, spares: &sync_mpsc::Receiver<Segment>, record: &[u8]) -> std::io::Result<u64> {
     if !segment.as_ref().is_some_and(|s| s.fits(record.len())) {
-        let mut next = spares.recv().map_err(|_| std::io::Error::other("log segment preparation stopped"))??;
+        let mut next = spares.recv_timeout(SPARE_WAIT).map_err(|e| match e {
+            sync_mpsc::RecvTimeoutError::Timeout => std::io::Error::other(format!(
+                "no write-ahead log segment could be prepared within {} s (is the disk full? see the earlier errors)",
+                SPARE_WAIT.as_secs()
+            )),
+            sync_mpsc::RecvTimeoutError::Disconnected => std::io::Error::other("log segment preparation stopped"),
+        })?;
         if !next.fits(record.len()) {
             // Larger than a whole segment: give it one of its own size, in place of the spare.
             let (no, dir) = (next.no, next.dir().to_path_buf());
@@ -291,22 +298,33 @@ fn append(
 }
 
 /// Keeps one zero-filled segment ready for the log loop (numbers ascending from `next`).
-fn prep_loop(dir: PathBuf, mut next: u64, spares: sync_mpsc::SyncSender<std::io::Result<Segment>>) {
+/// A failure to make one (a full disk) is retried, with a growing pause, until it succeeds:
+/// it is handed nothing meanwhile, so a failure that passes costs the log nothing (an error
+/// handed over would fail the store when it is taken, maybe hours later).
+fn prep_loop(dir: PathBuf, mut next: u64, spares: sync_mpsc::SyncSender<Segment>) {
+    let mut failures = 0u32;
     loop {
-        let seg = Segment::create(&dir, next, wal::SEGMENT_BYTES);
-        let made = seg.is_ok();
-        if let Err(e) = &seg {
-            tracing::error!(error = %e, "prepare a write-ahead log segment");
-        }
-        if spares.send(seg).is_err() {
-            return; // the log loop is gone; a spare left behind replays as empty
-        }
-        // A number is used once it exists: one that failed is tried again (the next start
-        // would take a gap in the numbers for a lost segment).
-        if made {
-            next += 1;
-        } else {
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        match Segment::create(&dir, next, wal::SEGMENT_BYTES) {
+            Ok(seg) => {
+                if failures > 0 {
+                    tracing::info!(segment = next, failures, "write-ahead log segment prepared after earlier failures");
+                    failures = 0;
+                }
+                if spares.send(seg).is_err() {
+                    return; // the log loop is gone; a spare left behind replays as empty
+                }
+                next += 1;
+            }
+            Err(_) if !dir.is_dir() => return, // the store's directory is gone: nobody to serve
+            Err(e) => {
+                // Said once, then every 64th try: a full disk can last a while. The number is
+                // tried again (the next start would take a gap in the numbers for a lost one).
+                if failures.is_multiple_of(64) {
+                    tracing::error!(error = %e, segment = next, failures, "prepare a write-ahead log segment; retrying");
+                }
+                failures = failures.saturating_add(1);
+                std::thread::sleep(Duration::from_millis(100).saturating_mul(failures.min(20)));
+            }
         }
     }
 }
@@ -453,4 +471,27 @@ fn drop_overwritten(batch: &mut Batch) {
     }
     let mut keep = keep.into_iter().rev();
     batch.ops.retain(|_| keep.next().unwrap_or(true));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spare that cannot be made for a while (here its temporary name is taken by a
+    /// directory; in life, a full disk) is retried, and the log is handed nothing until one
+    /// is made: no error waits in the channel to fail the store later.
+    #[test]
+    fn a_spare_that_fails_for_a_while_is_retried_and_no_error_is_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = wal::segment_path(dir.path(), 7).with_extension("tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let (tx, rx) = sync_mpsc::sync_channel::<Segment>(0);
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || prep_loop(path, 7, tx));
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing while it fails");
+        std::fs::remove_dir(&blocker).unwrap();
+        let seg = rx.recv_timeout(Duration::from_secs(5)).expect("made once the cause is gone");
+        assert_eq!(seg.no, 7, "the same number, tried again");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).expect("and on from there").no, 8);
+    }
 }

@@ -31,6 +31,9 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+/// The write-ahead log's directory within a sled data directory.
+const WAL_DIR: &str = "wal";
+
 /// A named tree of the data model. The name is the key prefix on disk: never rename one
 /// without a format migration (see `format.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,7 +179,7 @@ impl Store {
     /// [`Store::open_sled`] with sled's page cache bounded to `cache_bytes`.
     pub fn open_sled_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open_with_cache(path, cache_bytes)?);
-        Self::open(backend, &path.join("wal"))
+        Self::open(backend, &path.join(WAL_DIR))
     }
 
     /// Opens a store over any backend, with its write-ahead log in `wal_dir`.

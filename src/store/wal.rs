@@ -65,9 +65,17 @@ impl Segment {
     /// zero-filled under a temporary name and renamed when complete, so a crash mid-way never
     /// leaves a segment whose blocks could still hold older bytes.
     pub(crate) fn create(dir: &Path, no: u64, capacity: u64) -> io::Result<Segment> {
+        let tmp = segment_path(dir, no).with_extension("tmp");
+        Self::create_at(dir, no, capacity, &tmp).inspect_err(|_| {
+            // A part-made spare (a full disk, most often) must not keep the space it took:
+            // the next try, and sled, need it.
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
+    fn create_at(dir: &Path, no: u64, capacity: u64, tmp: &Path) -> io::Result<Segment> {
         let path = segment_path(dir, no);
-        let tmp = path.with_extension("tmp");
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(tmp)?;
         let zeros = vec![0u8; 1 << 20];
         let mut left = capacity;
         while left > 0 {
@@ -78,7 +86,7 @@ impl Segment {
         file.write_all_at(&MAGIC, 0)?;
         file.write_all_at(&capacity.to_le_bytes(), MAGIC.len() as u64)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        std::fs::rename(tmp, &path)?;
         sync_dir(dir)?;
         Ok(Segment { no, dir: dir.to_path_buf(), file, capacity, pos: ALIGN })
     }
@@ -385,8 +393,16 @@ pub(crate) fn recover(
 }
 
 /// Deletes spares whose zero-fill a crash interrupted (never used: only renamed ones are).
-fn remove_unfinished(dir: &Path) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
+/// Deletes spares whose making was cut short (by a crash, or a full disk). Also run before
+/// the backend opens, under the data directory's lock: on a full disk their space is what
+/// opening needs.
+pub(crate) fn remove_unfinished(dir: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "tmp") {
             std::fs::remove_file(path)?;
@@ -601,6 +617,16 @@ mod tests {
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 10);
         assert_eq!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().unwrap(), b"2");
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_finished_leaves_no_spare_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        // The final name is taken (by a directory with something in it): the rename fails
+        // after the zero-filling, as a full disk would fail it midway.
+        std::fs::create_dir_all(segment_path(dir.path(), 3).join("x")).unwrap();
+        assert!(Segment::create(dir.path(), 3, SEGMENT_BYTES).is_err());
+        assert!(!segment_path(dir.path(), 3).with_extension("tmp").exists(), "its space is given back");
     }
 
     #[test]
