@@ -983,8 +983,9 @@ impl RegistryState {
         let now = crate::util::now_millis();
         let (batch, job) = super::writeback::operator::requeue(store, id, writeback_id, now)?;
         store.commit(batch).await?;
+        crate::metrics::writeback(adapter.adapter_type.as_str(), "requeued");
         tracing::info!(bucket_id = %id, %writeback_id, object_id = %job.object_id, "writeback re-queued while the adapter is not running");
-        Ok(Requeued { job, adapter: adapter.adapter_type, commit: None })
+        Ok(Requeued { job, commit: None })
     }
 }
 

@@ -82,7 +82,7 @@ pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Res
     let writeback_id = WritebackId::parse(wid)
         .ok_or_else(|| ApiError::NotFound(format!("writeback {wid} not found in bucket {bucket_id}")))?;
     let registry = state.shared.bucket_registry()?;
-    let Requeued { job, adapter, commit } = ask!(registry, |reply| RegistryMsg::RequeueWriteback {
+    let Requeued { job, commit } = ask!(registry, |reply| RegistryMsg::RequeueWriteback {
         namespace,
         bucket_id: bucket_id.clone(),
         writeback_id: writeback_id.clone(),
@@ -91,7 +91,6 @@ pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Res
     if let Some(c) = commit {
         c.finish().await?;
     }
-    crate::metrics::writeback(adapter.as_str(), "requeued");
     // (Re-queued and durable: a bucket changed meanwhile only loses the hint.)
     let held = load_bucket(state, req, id)
         .ok()

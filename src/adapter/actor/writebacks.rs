@@ -6,15 +6,12 @@
 use super::{AdapterState, Commit};
 use crate::adapter::writeback::operator::{self, RequeueError, WritebackId};
 use crate::adapter::writeback::Job;
-use crate::catalog::ProviderType;
 use crate::store::Batch;
 
 /// A re-queued job: await `commit` (none when the registry committed it itself) before
 /// answering, as for an ingest.
 pub struct Requeued {
     pub job: Job,
-    /// The adapter's type, the writeback counter's label.
-    pub adapter: ProviderType,
     pub commit: Option<Commit>,
 }
 
@@ -23,7 +20,11 @@ impl AdapterState {
         self.shared.store.commit(Batch::new()).await?;
         let now = crate::util::now_millis();
         let (batch, job) = operator::requeue(&self.shared.store, self.bucket_id(), id, now)?;
+        let commit = self.submit(batch, Vec::new());
+        // Counted once submitted (the committer is FIFO: it lands unless the store fails),
+        // not by the HTTP handler, whose caller may hang up before the answer.
+        crate::metrics::writeback(self.adapter.adapter_type.as_str(), "requeued");
         tracing::info!(bucket_id = %self.bucket_id(), writeback_id = %id, object_id = %job.object_id, "writeback re-queued");
-        Ok(Requeued { job, adapter: self.adapter.adapter_type, commit: Some(self.submit(batch, Vec::new())) })
+        Ok(Requeued { job, commit: Some(commit) })
     }
 }

@@ -207,9 +207,31 @@ pub fn view(status: Status, id: &WritebackId, job: &Job) -> Value {
 /// The job `id` of `bucket` as it is now: pending, dead, or `None` (never made, or written
 /// back and gone).
 pub fn find(store: &Store, bucket: &BucketId, id: &WritebackId) -> Result<Option<(Status, Job)>, StoreError> {
-    for status in [Status::Pending, Status::Dead] {
-        if let Some(job) = store.get::<Job>(KS, &id.key(bucket, status))? {
-            return Ok(Some((status, job)));
+    read_now(store, bucket, id, &[Status::Pending, Status::Dead])
+}
+
+/// The order in which a job's directories are read when `statuses` are asked for: with both,
+/// pending, dead, then pending again. A job moves between them in one atomic write, but two
+/// reads are not one snapshot: a retry (dead → pending) landing between the pending read and
+/// the dead one would hide the job from both, and the third read finds it. (A give-up,
+/// pending → dead, in that gap is found by the dead read.)
+fn read_order(statuses: &[Status]) -> &[Status] {
+    match statuses {
+        [Status::Pending, Status::Dead] => &[Status::Pending, Status::Dead, Status::Pending],
+        other => other,
+    }
+}
+
+/// The job `id` in the first of `statuses` (see [`read_order`]) that holds it.
+fn read_now(
+    store: &Store,
+    bucket: &BucketId,
+    id: &WritebackId,
+    statuses: &[Status],
+) -> Result<Option<(Status, Job)>, StoreError> {
+    for s in read_order(statuses) {
+        if let Some(job) = store.get::<Job>(KS, &id.key(bucket, *s))? {
+            return Ok(Some((*s, job)));
         }
     }
     Ok(None)
@@ -228,7 +250,7 @@ pub fn for_each(
     mut f: impl FnMut(Status, &WritebackId, Job) -> bool,
 ) -> Result<(), StoreError> {
     // A kind's directories are merged without repeats and each job read as it is now
-    // (pending first), so a job re-queued between the key scan and the read is shown once.
+    // (pending first, see [`read_order`]), so a job re-queued meanwhile is shown once.
     let statuses = match status {
         Some(s) => vec![s],
         None => vec![Status::Pending, Status::Dead],
@@ -245,12 +267,9 @@ pub fn for_each(
                 let id = WritebackId::from_rest(kind, &rest);
                 from = Some(rest);
                 let Some(id) = id else { continue };
-                for s in &statuses {
-                    if let Some(job) = store.get::<Job>(KS, &id.key(bucket, *s))? {
-                        if !f(*s, &id, job) {
-                            return Ok(());
-                        }
-                        break;
+                if let Some((s, job)) = read_now(store, bucket, &id, &statuses)? {
+                    if !f(s, &id, job) {
+                        return Ok(());
                     }
                 }
             }
@@ -275,7 +294,8 @@ fn next_rests(
 ) -> Result<(Vec<String>, bool), StoreError> {
     let mut rests = BTreeSet::new();
     let mut more = false;
-    for s in statuses {
+    // Directories scanned one after the other, as jobs are read (see [`read_order`]).
+    for s in read_order(statuses) {
         let prefix = format!("{}/{}/", bucket.as_str(), kind.dir(*s));
         let after = from.map(|r| format!("{prefix}{r}"));
         let mut seen = 0;
