@@ -119,6 +119,7 @@ pub async fn run(
     let mut supervisor_handle = supervisor_handle;
     let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
     let mut quiesced = false;
+    let mut store_failed = false;
     // Set when shutting down begins: the stages after the first share what is left of its
     // grace (each gets at least [`LAST_STAGES_MIN`]), so the whole shutdown takes about one
     // grace, not one per stage.
@@ -141,6 +142,22 @@ pub async fn run(
             drain_http(&mut server, grace).await;
             true
         }
+        _ = store_failure(&store) => {
+            // Nothing can be acknowledged any more, and freeing the disk does not mend a
+            // failed store: only a restart does (start-up refuses cleanly until the cause is
+            // fixed, and the log replays every acknowledged write). So stop, and let the
+            // service manager start us again, as a database does after a failed fsync.
+            tracing::error!(
+                "the store refuses writes after a failure (see the error above; a full disk?): shutting down, \
+                 exit status 1, for the service manager to restart hookline once the cause is fixed; \
+                 nothing acknowledged is lost"
+            );
+            store_failed = true;
+            deadline = Some(tokio::time::Instant::now() + grace);
+            tree_stopped.notify_one();
+            drain_http(&mut server, grace).await;
+            false
+        }
         _ = &mut server => false,
     };
     tracing::info!("HTTP server stopped; stopping actors");
@@ -148,7 +165,8 @@ pub async fn run(
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now()).max(LAST_STAGES_MIN);
     if !failed {
         shared.shutdown.cancel();
-        if !quiesced {
+        // (With a failed store, deliveries in flight could not record their outcomes.)
+        if !quiesced && !store_failed {
             quiesce_deliveries(&shared, left()).await;
         }
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(left())).await;
@@ -178,7 +196,22 @@ pub async fn run(
     if failed {
         anyhow::bail!("the supervision tree stopped after repeated actor failures; see the log");
     }
+    if store_failed {
+        anyhow::bail!("the store failed (see the log); restart hookline once the cause is fixed");
+    }
     Ok(())
+}
+
+/// Resolves once the store has failed for good (a log write, an fsync or sled refused by the
+/// disk): from then on it refuses every write.
+async fn store_failure(store: &Store) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if !store.healthy() {
+            return;
+        }
+    }
 }
 
 /// The least time each shutdown stage after the grace gets (stopping the actors, moving the

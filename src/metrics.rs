@@ -22,6 +22,7 @@ pub const STORE_FLUSH_DURATION: &str = "hookline_store_flush_duration_seconds";
 pub const STORE_APPLY_DURATION: &str = "hookline_store_apply_duration_seconds";
 pub const STORE_CHECKPOINT_DURATION: &str = "hookline_store_checkpoint_duration_seconds";
 pub const STORE_SIZE: &str = "hookline_store_size_bytes";
+pub const STORE_DISK_AVAILABLE: &str = "hookline_store_disk_available_bytes";
 pub const EVENTS_PUBLISHED: &str = "hookline_events_published_total";
 pub const BUCKETS: &str = "hookline_buckets";
 
@@ -97,6 +98,11 @@ fn describe() {
         "Time of one checkpoint (a sled flush that lets full log segments be deleted)"
     );
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Data on disk: sled plus the write-ahead log");
+    describe_gauge!(
+        STORE_DISK_AVAILABLE,
+        Unit::Bytes,
+        "Space left on the data directory's filesystem for hookline (a full disk fails the store)"
+    );
     describe_counter!(EVENTS_PUBLISHED, "Events recorded on the internal event bus, by event type");
     describe_gauge!(BUCKETS, "Buckets currently defined");
     describe_inbound();
@@ -220,6 +226,10 @@ pub fn store_checkpoint(elapsed: Duration) {
 
 pub fn store_size(bytes: u64) {
     gauge!(STORE_SIZE).set(bytes as f64);
+}
+
+pub fn store_disk_available(bytes: u64) {
+    gauge!(STORE_DISK_AVAILABLE).set(bytes as f64);
 }
 
 pub fn event_published(event_type: &str) {

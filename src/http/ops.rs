@@ -31,6 +31,11 @@ pub async fn readyz(state: &HttpState) -> Result<Response, ApiError> {
 
 pub async fn metrics(state: &HttpState) -> Result<Response, ApiError> {
     crate::metrics::store_size(state.shared.store.size_on_disk());
+    // What is left for the store to grow into: a write the disk refuses fails the store (and
+    // stops the daemon), so this is the gauge to alert on, well before it reaches 0.
+    if let Ok(free) = fs2::available_space(&state.shared.config.storage.path) {
+        crate::metrics::store_disk_available(free);
+    }
     let mut resp = Response::new(state.metrics.render().into());
     resp.headers_mut().insert(
         warp::http::header::CONTENT_TYPE,

@@ -1047,3 +1047,43 @@ async fn h2c_is_served() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
 }
+
+/// A disk that refuses a write (here a file-size limit: the log record of a huge event needs
+/// a segment of its own, larger than any file may be; in life, a full disk) fails the store.
+/// The daemon then stops with status 1, for its service manager to restart it, rather than
+/// stay up refusing every write until someone notices; started again with the disk fixed, it
+/// has everything it acknowledged.
+#[tokio::test]
+async fn a_disk_that_refuses_a_write_stops_the_daemon_and_the_restart_loses_nothing() {
+    let mut app = TestApp::start_with(Options {
+        server_toml: "max_body_bytes = 33554432\nmax_upstream_body_memory_mb = 64\n".into(),
+        file_size_limit: Some(20 << 20),
+        ..Options::default()
+    })
+    .await;
+    let bucket = app.create_bucket("kept", json!({})).await;
+    // A subscriber, so that events are stored (its receiver need not answer).
+    let hook = json!({"webhook_name": "w", "event_types": ["*"], "channels": [crate::outbound::http_channel("http://127.0.0.1:9/")]});
+    let (webhook, _) = crate::outbound::create_webhook(&app, hook).await;
+    let (s, b) = app.post("/v1/events", json!({"event_type": "batch.failed", "payload": {"n": 1}})).await;
+    assert_eq!(s, 202, "{b}");
+
+    let big = "x".repeat(24 << 20);
+    let (s, b) = app.post("/v1/events", json!({"event_type": "batch.failed", "payload": {"big": big}})).await;
+    assert!(s >= 500, "not acknowledged: {s} {b}");
+    assert_eq!(app.wait_exit(Duration::from_secs(30)).await, Some(1), "exit status; log:\n{}", app.log());
+    let log = app.log();
+    assert!(log.contains("write-ahead log write failed"), "the cause is logged:\n{log}");
+    assert!(log.contains("the store refuses writes after a failure"), "and why it stops:\n{log}");
+
+    app.set_file_size_limit(None);
+    app.start_again().await;
+    assert_eq!(app.get("/readyz").await.0, 200);
+    let (s, b) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    assert_eq!((s, b["bucket_name"].as_str()), (200, Some("kept")), "{b}");
+    assert_eq!(app.get(&format!("/v1/organizations/webhooks/{webhook}")).await.0, 200);
+    let (s, _) = app.post("/v1/events", json!({"event_type": "batch.failed", "payload": {"n": 2}})).await;
+    assert_eq!(s, 202, "writes are taken again");
+    let free = metric_value(&app.metrics().await, "hookline_store_disk_available_bytes", &[]);
+    assert!(free > 0.0, "the space left is shown: {free}");
+}

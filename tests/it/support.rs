@@ -26,6 +26,9 @@ pub struct Options {
     pub delivery_toml: Option<String>,
     /// Extra `[server]` keys (TOML lines), e.g. timeouts.
     pub server_toml: String,
+    /// The daemon's largest file, in bytes (`RLIMIT_FSIZE`; `SIGXFSZ` ignored, so a write past
+    /// it fails as a full disk would, with an I/O error). Takes effect at the next start.
+    pub file_size_limit: Option<u64>,
 }
 
 impl Default for Options {
@@ -36,6 +39,7 @@ impl Default for Options {
             env: Vec::new(),
             delivery_toml: None,
             server_toml: String::new(),
+            file_size_limit: None,
         }
     }
 }
@@ -140,6 +144,17 @@ impl TestApp {
             .open(self.dir.path().join("daemon.log"))
             .expect("open daemon log");
         cmd.stdout(Stdio::piped()).stderr(Stdio::from(log));
+        if let Some(limit) = self.opts.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls: signal(2) and
+            // setrlimit(2) (rlimit's wrapper makes no allocation).
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    rlimit::setrlimit(rlimit::Resource::FSIZE, limit, limit)
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("spawn hookline");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -300,6 +315,25 @@ impl TestApp {
         self.kill9();
         let addr = self.addr;
         self.spawn(Some(addr)).await;
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself; its exit code (`None` while
+    /// it still runs, or when a signal ended it).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Sets [`Options::file_size_limit`] for the next start.
+    pub fn set_file_size_limit(&mut self, limit: Option<u64>) {
+        self.opts.file_size_limit = limit;
     }
 
     pub fn is_running(&mut self) -> bool {
