@@ -107,7 +107,14 @@ fn cut(s: String) -> String {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(anyhow::Error::new(e))
+        match e {
+            // Not this request's fault, and over at the restart that follows: the sender
+            // should retry (the cause is in the daemon log, not in the answer).
+            crate::store::StoreError::Failed(_) => ApiError::Unavailable(
+                "storage is failing (a full disk?) and hookline is restarting; retry later".into(),
+            ),
+            e => ApiError::Internal(anyhow::Error::new(e)),
+        }
     }
 }
 

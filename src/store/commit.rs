@@ -161,12 +161,12 @@ impl Drop for PoisonOnPanic {
 fn poison(flag: &AtomicBool, what: &str, e: &dyn std::fmt::Display) -> StoreError {
     tracing::error!(error = %e, "{what} failed; refusing further writes");
     flag.store(true, Ordering::Relaxed);
-    StoreError::Io(format!("an earlier write failed ({e}); check the disk and restart hookline"))
+    StoreError::Failed(format!("a write failed ({e}); check the disk and restart hookline"))
 }
 
 /// The error of every write after another store thread (apply, checkpoint) failed.
 fn earlier_failure() -> StoreError {
-    StoreError::Io("an earlier store operation failed; check the disk and the log, then restart hookline".into())
+    StoreError::Failed("an earlier store operation failed; check the disk and the log, then restart hookline".into())
 }
 
 /// The log loop: one record and one sync per group, then into the overlay and answered.

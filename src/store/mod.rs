@@ -93,6 +93,10 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("the store is closed")]
     Closed,
+    /// A write the disk refused failed the store earlier: it refuses every write until a
+    /// restart (the daemon stops itself, see `app.rs`). Callers may answer 503: retry later.
+    #[error("{0}")]
+    Failed(String),
     #[error("{0}")]
     Format(String),
 }
