@@ -174,7 +174,8 @@ fn earlier_failure() -> StoreError {
 /// After a failed write the loop refuses every later write with that error: a caller that
 /// learned "earlier writes are durable" from a later empty batch (a duplicate's answer, an
 /// actor's reload barrier) must never be told so when an earlier write was lost. A failing
-/// disk needs an operator; `/readyz` reports it.
+/// disk needs an operator: `/readyz` reports it, and the daemon stops (see `app.rs`) for its
+/// service manager to start it again.
 fn log_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
     spares: sync_mpsc::Receiver<Segment>,

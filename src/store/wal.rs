@@ -392,10 +392,9 @@ pub(crate) fn recover(
     Ok(next)
 }
 
-/// Deletes spares whose zero-fill a crash interrupted (never used: only renamed ones are).
-/// Deletes spares whose making was cut short (by a crash, or a full disk). Also run before
-/// the backend opens, under the data directory's lock: on a full disk their space is what
-/// opening needs.
+/// Deletes spares whose making was cut short, by a crash or a full disk (never used: only
+/// renamed ones are). Also run before the backend opens, under the data directory's lock: on
+/// a full disk their space is what opening needs.
 pub(crate) fn remove_unfinished(dir: &Path) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
