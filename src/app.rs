@@ -154,6 +154,9 @@ pub async fn run(
             );
             store_failed = true;
             deadline = Some(tokio::time::Instant::now() + grace);
+            // Deliveries stop first: an outcome can no longer be recorded, so every send
+            // from now on would be sent again after the restart.
+            shared.shutdown.cancel();
             tree_stopped.notify_one();
             drain_http(&mut server, grace).await;
             false
@@ -181,6 +184,9 @@ pub async fn run(
             // sled's own flush on drop would wait forever after an I/O error (a full disk):
             // leave it undropped. The log holds every acknowledged write and replays at start.
             std::mem::forget(store);
+            if store_failed {
+                anyhow::bail!("the store failed (see the log); restart hookline once the cause is fixed");
+            }
             return Err(
                 anyhow::Error::new(e).context("final store flush (the log is kept and replays at the next start)")
             );
@@ -205,7 +211,7 @@ pub async fn run(
 /// Resolves once the store has failed for good (a log write, an fsync or sled refused by the
 /// disk): from then on it refuses every write.
 async fn store_failure(store: &Store) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
         if !store.healthy() {

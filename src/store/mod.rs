@@ -182,6 +182,7 @@ impl Store {
 
     /// [`Store::open_sled`] with sled's page cache bounded to `cache_bytes`.
     pub fn open_sled_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        enough_room_to_replay(path)?;
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open_with_cache(path, cache_bytes)?);
         Self::open(backend, &path.join(WAL_DIR))
     }
@@ -370,6 +371,39 @@ impl Store {
     }
 }
 
+/// Refuses to start, touching nothing, when the filesystem lacks room to replay the log into
+/// sled (which takes more than the log's size). Why: after a full disk, a start with too
+/// little freed would grow sled by all of it mid-replay and fail again, each try (a service
+/// manager restarting us) eating what the operator frees. The margin is generous on purpose:
+/// twice the segments' size (preallocated, so more than they hold) plus 64 MiB.
+fn enough_room_to_replay(path: &std::path::Path) -> Result<(), StoreError> {
+    let log = wal::segment_bytes(&path.join(WAL_DIR));
+    if log == 0 {
+        return Ok(());
+    }
+    match fs2::available_space(path) {
+        Ok(free) => room_to_replay(path, log, free),
+        Err(_) => Ok(()), // unknown: the replay itself will tell
+    }
+}
+
+/// The check of [`enough_room_to_replay`] for `log` bytes of segments and `free` bytes free.
+fn room_to_replay(path: &std::path::Path, log: u64, free: u64) -> Result<(), StoreError> {
+    let needed = 2 * log + (64 << 20);
+    match free {
+        free if free < needed => Err(StoreError::Io(format!(
+            "not enough free space in {} to replay the write-ahead log: {} MiB free, about {} MiB needed \
+             (sled takes more than the log's {} MiB); free space on that filesystem and start again \
+             (nothing was changed)",
+            path.display(),
+            free >> 20,
+            needed.div_ceil(1 << 20),
+            log >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Where a forward scan of `prefix` starts: its first key, or the first key strictly after
 /// `after` (a pagination cursor).
 fn scan_start(ks: Keyspace, prefix: &str, after: Option<&str>) -> Vec<u8> {
@@ -418,6 +452,15 @@ pub(crate) fn from_stored<T: DeserializeOwned>(bytes: &[u8]) -> serde_json::Resu
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_without_room_to_replay_the_log_is_refused_with_the_figures() {
+        let path = std::path::Path::new("/data");
+        let log = 32 << 20;
+        let e = room_to_replay(path, log, 100 << 20).unwrap_err().to_string();
+        assert!(e.contains("100 MiB free, about 128 MiB needed") && e.contains("nothing was changed"), "{e}");
+        assert!(room_to_replay(path, log, 128 << 20).is_ok());
+    }
 
     #[test]
     fn split_off_keeps_the_front_and_returns_the_rest() {

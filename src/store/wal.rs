@@ -420,6 +420,13 @@ pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Bytes taken by the log's segments alone (no spare being prepared): what a start replays,
+/// at most.
+pub(crate) fn segment_bytes(dir: &Path) -> u64 {
+    let Ok(nos) = segments(dir) else { return 0 };
+    nos.iter().filter_map(|n| std::fs::metadata(segment_path(dir, *n)).ok()).map(|m| m.len()).sum()
+}
+
 /// Bytes taken by the log's files (segments and a spare being prepared).
 pub(crate) fn size_on_disk(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
