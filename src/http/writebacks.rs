@@ -1,9 +1,10 @@
 //! The operator's writeback routes, in the shape of the outbound deliveries' list and retry:
 //! `GET /v1/buckets/{bucket_id}/source-adapter/writebacks?status=&limit=&cursor=` lists a
 //! bucket's pending and dead writeback jobs (read straight from the store, as every list),
-//! `GET …/writebacks/{writeback_id}` shows one, and `POST …/writebacks/{writeback_id}/retry` re-queues a dead one through the bucket
-//! registry, which forwards it to the bucket's adapter actor when it runs (see
-//! `adapter/writeback/operator.rs`); the answer waits until the re-queue is on disk.
+//! `GET …/writebacks/{writeback_id}` shows one, and `POST …/writebacks/{writeback_id}/retry`
+//! re-queues a dead one through the bucket registry, which forwards it to the bucket's
+//! adapter actor when it runs (see `adapter/writeback/operator.rs`); the answer waits until
+//! the re-queue is on disk.
 
 use warp::http::StatusCode;
 
