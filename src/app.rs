@@ -36,12 +36,12 @@ pub async fn run(
     // The absolute directory in the log: a relative `storage.path` is taken from the working
     // directory, and a daemon started elsewhere would otherwise quietly use a new, empty store.
     let shown_dir = std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone());
-    if fresh {
-        tracing::info!(data_dir = %shown_dir.display(), "no store in the data directory: created a new, empty one");
-    }
     let cache = config.storage.cache_capacity_mb << 20;
     let store = Store::open_sled_with_cache(&data_dir, cache)
         .with_context(|| format!("open store in {}", data_dir.display()))?;
+    if fresh {
+        tracing::info!(data_dir = %shown_dir.display(), "no store in the data directory: created a new, empty one");
+    }
     let env_key = match std::env::var(crate::config::MASTER_KEY_VAR) {
         Ok(k) => Some(k),
         Err(std::env::VarError::NotPresent) => None,
@@ -184,12 +184,12 @@ pub async fn run(
             // sled's own flush on drop would wait forever after an I/O error (a full disk):
             // leave it undropped. The log holds every acknowledged write and replays at start.
             std::mem::forget(store);
-            if store_failed {
-                anyhow::bail!("the store failed (see the log); restart hookline once the cause is fixed");
+            // (After a store failure this close fails too: the failure is the error said below.)
+            if !store_failed {
+                return Err(
+                    anyhow::Error::new(e).context("final store flush (the log is kept and replays at the next start)")
+                );
             }
-            return Err(
-                anyhow::Error::new(e).context("final store flush (the log is kept and replays at the next start)")
-            );
         }
         Err(_) => {
             tracing::warn!(

@@ -89,7 +89,7 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
     }
 }
 
-fn parse_bucket_id(id: &str) -> Result<BucketId, ApiError> {
+pub(super) fn parse_bucket_id(id: &str) -> Result<BucketId, ApiError> {
     BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))
 }
 
@@ -501,13 +501,19 @@ fn no_running_adapter(state: &HttpState, id: &BucketId) -> ApiError {
     }
 }
 
+/// A bucket's adapter; 404 without one (the `source-adapter/` routes' answer).
+pub(super) fn adapter_of(bucket: &Bucket) -> Result<&crate::adapter::spec::SourceAdapter, ApiError> {
+    bucket
+        .source_adapter
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound(format!("bucket {} has no source adapter", bucket.bucket_id)))
+}
+
 /// `GET /v1/buckets/{bucket_id}/source-adapter/status`.
 async fn status(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let bucket = load_bucket(state, req, id)?;
-    let Some(adapter) = &bucket.source_adapter else {
-        return Err(ApiError::NotFound(format!("bucket {id} has no source adapter")));
-    };
+    let adapter = adapter_of(&bucket)?;
     let store = &state.shared.store;
     let prefix = records::prefix(&bucket.bucket_id);
     let buffered = store.count(Keyspace::BUFFER, &prefix)?;

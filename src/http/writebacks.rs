@@ -9,6 +9,7 @@
 use warp::http::StatusCode;
 
 use super::admin::load_bucket;
+use super::inbound::{adapter_of, parse_bucket_id};
 use super::page::Page;
 use super::{json, HttpState, Request, Response};
 use crate::adapter::actor::Requeued;
@@ -17,7 +18,6 @@ use crate::adapter::writeback::operator::{self, Status, WritebackId};
 use crate::adapter::writeback::{self, Job};
 use crate::adapter::RegistryMsg;
 use crate::ask;
-use crate::catalog::Bucket;
 use crate::error::ApiError;
 use crate::ids::BucketId;
 
@@ -78,8 +78,7 @@ pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Res
     req.known_params(&[])?;
     req.no_fields()?;
     let namespace = req.namespace()?;
-    let bucket_id =
-        BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))?;
+    let bucket_id = parse_bucket_id(id)?;
     let writeback_id = WritebackId::parse(wid)
         .ok_or_else(|| ApiError::NotFound(format!("writeback {wid} not found in bucket {bucket_id}")))?;
     let registry = state.shared.bucket_registry()?;
@@ -97,14 +96,6 @@ pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Res
         .ok()
         .and_then(|b| b.source_adapter.as_ref().and_then(|a| held(state, &bucket_id, a)));
     Ok(json(StatusCode::ACCEPTED, &shown(Status::Pending, &writeback_id, &job, held)))
-}
-
-/// A bucket's adapter; 404 without one, as the other `source-adapter/` routes answer.
-fn adapter_of(bucket: &Bucket) -> Result<&SourceAdapter, ApiError> {
-    bucket
-        .source_adapter
-        .as_ref()
-        .ok_or_else(|| ApiError::NotFound(format!("bucket {} has no source adapter", bucket.bucket_id)))
 }
 
 /// Why the bucket's pending jobs wait, when nothing sends them now.

@@ -390,18 +390,18 @@ fn enough_room_to_replay(path: &std::path::Path) -> Result<(), StoreError> {
 /// The check of [`enough_room_to_replay`] for `log` bytes of segments and `free` bytes free.
 fn room_to_replay(path: &std::path::Path, log: u64, free: u64) -> Result<(), StoreError> {
     let needed = 2 * log + (64 << 20);
-    match free {
-        free if free < needed => Err(StoreError::Io(format!(
-            "not enough free space in {} to replay the write-ahead log: {} MiB free, about {} MiB needed \
-             (sled takes more than the log's {} MiB); free space on that filesystem and start again \
-             (nothing was changed)",
-            path.display(),
-            free >> 20,
-            needed.div_ceil(1 << 20),
-            log >> 20
-        ))),
-        _ => Ok(()),
+    if free >= needed {
+        return Ok(());
     }
+    Err(StoreError::Io(format!(
+        "not enough free space in {} to replay the write-ahead log: {} MiB free, about {} MiB needed \
+         (sled takes more than the log's {} MiB); free space on that filesystem and start again \
+         (nothing was changed)",
+        path.display(),
+        free >> 20,
+        needed.div_ceil(1 << 20),
+        log >> 20
+    )))
 }
 
 /// Where a forward scan of `prefix` starts: its first key, or the first key strictly after
