@@ -152,6 +152,7 @@ impl SledBackend {
         let wal = path.join(super::WAL_DIR);
         super::wal::remove_unfinished(&wal)
             .map_err(|e| StoreError::Io(format!("remove unfinished log spares in {}: {e}", wal.display())))?;
+        super::enough_room_to_replay(path)?;
         let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes);
         let db = config.open().map_err(|e| match e.to_string() {
             m if m.contains("could not acquire lock") => in_use(path, &m),

@@ -182,7 +182,6 @@ impl Store {
 
     /// [`Store::open_sled`] with sled's page cache bounded to `cache_bytes`.
     pub fn open_sled_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        enough_room_to_replay(path)?;
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open_with_cache(path, cache_bytes)?);
         Self::open(backend, &path.join(WAL_DIR))
     }
@@ -375,8 +374,10 @@ impl Store {
 /// sled (which takes more than the log's size). Why: after a full disk, a start with too
 /// little freed would grow sled by all of it mid-replay and fail again, each try (a service
 /// manager restarting us) eating what the operator frees. The margin is generous on purpose:
-/// twice the segments' size (preallocated, so more than they hold) plus 64 MiB.
-fn enough_room_to_replay(path: &std::path::Path) -> Result<(), StoreError> {
+/// twice the segments' size (preallocated, so more than they hold) plus 64 MiB. Called by
+/// the backend under the data directory's lock, once the part-made files whose space opening
+/// needs are deleted (they would otherwise count as taken).
+pub(crate) fn enough_room_to_replay(path: &std::path::Path) -> Result<(), StoreError> {
     let log = wal::segment_bytes(&path.join(WAL_DIR));
     if log == 0 {
         return Ok(());
