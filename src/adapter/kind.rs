@@ -263,6 +263,17 @@ pub enum Operation {
     Delete,
 }
 
+/// Whether this adapter type's events can update or delete objects by upstream ID (see
+/// [`operation`]), so its objects are worth indexing by external ID: generic_webhook events
+/// only ever create, and its objects change through the objects API, by object ID. Not
+/// indexing them saves an index write per object on the busiest path.
+pub fn changes_by_external_id(kind: ProviderType) -> bool {
+    match kind {
+        ProviderType::Mux | ProviderType::Supabase => true,
+        ProviderType::GenericWebhook => false,
+    }
+}
+
 pub fn operation(kind: ProviderType, event_type: Option<&str>) -> Operation {
     match (kind, event_type) {
         (ProviderType::Supabase, Some("UPDATE")) => Operation::Update,

@@ -11,7 +11,8 @@
 //!
 //! `dkey` is the dedup set and `xref` the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
-//! delete) find them. The adapter actor holds both in memory, by hash, and loads them with
+//! delete) find them; only objects of adapter types whose events do that (mux, supabase)
+//! are indexed. The adapter actor holds both in memory, by hash, and loads them with
 //! one scan when it starts. On disk they are keyed by object ID on purpose: IDs are
 //! time-ordered, so every ingest appends at the end of the tree, where keyed by hash each
 //! landed on a random page, which cost sled several times more per insert. Both are written

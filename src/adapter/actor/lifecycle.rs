@@ -69,8 +69,12 @@ pub(in crate::adapter) fn load_by_hash<M: Default>(
 }
 
 impl AdapterState {
-    /// Indexes a new object under its external ID (same batch as the object).
+    /// Indexes a new object under its external ID (same batch as the object), when its
+    /// adapter type can change objects by that ID (see `kind::changes_by_external_id`).
     pub(super) fn index(&mut self, batch: &mut Batch, draft: &Draft, object_id: &ObjectId) {
+        if !kind::changes_by_external_id(self.adapter.adapter_type) {
+            return;
+        }
         if let Some(ext) = &draft.source.external_id {
             let hash = records::dedup_hash(ext);
             batch.put(Keyspace::EXTERNAL_IDS, &records::key(self.bucket_id(), object_id.as_str()), &hash);
@@ -319,6 +323,9 @@ impl AdapterState {
 
     /// Splits the objects indexed under external-ID `hash` into buffered IDs and stored
     /// records; drops index entries of objects that are gone (deleted through the objects API).
+    /// Only objects this adapter type made: an upstream ID names a thing of that upstream (a
+    /// Mux asset, a row), and the objects another adapter made in this bucket before it was
+    /// reconfigured (generic_webhook's, indexed by older versions, among them) are not its.
     async fn indexed_objects(&mut self, hash: &str) -> Result<(Vec<ObjectId>, Vec<ObjectRecord>), StoreError> {
         let ids = self.xids.get(hash).cloned().unwrap_or_default();
         let mut buffered = Vec::new();
@@ -334,7 +341,8 @@ impl AdapterState {
                 .store
                 .get::<ObjectRecord>(Keyspace::OBJECTS, &records::key(self.bucket_id(), id.as_str()))?
             {
-                Some(rec) => stored.push(rec),
+                Some(rec) if rec.source.adapter_type == self.adapter.adapter_type => stored.push(rec),
+                Some(_) => {}
                 None => missing.push(id),
             }
         }
@@ -345,7 +353,8 @@ impl AdapterState {
             for id in missing {
                 let key = records::key(self.bucket_id(), id.as_str());
                 match self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
-                    Some(rec) => stored.push(rec),
+                    Some(rec) if rec.source.adapter_type == self.adapter.adapter_type => stored.push(rec),
+                    Some(_) => {}
                     None => self.unindex(&mut stale, hash, &id),
                 }
             }
