@@ -19,8 +19,7 @@ use crate::store::Keyspace;
 /// its byte budget (in practice all of them: a view is a name, a type, two times and at most
 /// a url; only a url of a megabyte would make one large).
 pub async fn list_connections(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
-    req.known_params(&["limit", "cursor"])?;
+    req.authenticate_list(state, &["limit", "cursor"])?;
     let mut page = Page::results(req.page_limit_or(usize::MAX)?);
     let after = req.cursor(|c| ConnectionId::parse(c).is_some())?;
     state.shared.store.for_each_after::<Connection>(Keyspace::CONNECTIONS, "", after, |key, c| {
@@ -72,9 +71,8 @@ pub async fn delete_connection(state: &HttpState, req: &Request, id: &str) -> Re
 }
 
 pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
+    req.authenticate_list(state, &["limit", "cursor"])?;
     let ns = req.namespace()?;
-    req.known_params(&["limit", "cursor"])?;
     let mut page = Page::results(req.page_limit()?);
     // Buckets are keyed by ID (time-ordered), filtered by namespace while scanning. The
     // cursor's bucket need not exist any more (deleted meanwhile).

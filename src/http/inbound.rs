@@ -550,7 +550,11 @@ pub(super) fn actor_state(state: &HttpState, id: &BucketId) -> &'static str {
     }
 }
 
+/// The query parameters of [`page`]'s lists.
+const PAGE_PARAMS: &[&str] = &["limit", "cursor"];
+
 /// One page of `ks` under the bucket, after the `cursor` ID; `next_cursor` when more remain.
+/// The caller took [`PAGE_PARAMS`] when it authenticated.
 fn page<T: DeserializeOwned + serde::Serialize>(
     state: &HttpState,
     req: &Request,
@@ -558,7 +562,6 @@ fn page<T: DeserializeOwned + serde::Serialize>(
     ks: Keyspace,
     valid_cursor: fn(&str) -> bool,
 ) -> Result<Response, ApiError> {
-    req.known_params(&["limit", "cursor"])?;
     let mut page = Page::results(req.page_limit()?);
     let after = req.cursor(valid_cursor)?.map(|c| records::key(&bucket.bucket_id, c));
     let prefix = records::prefix(&bucket.bucket_id);
@@ -570,7 +573,7 @@ fn page<T: DeserializeOwned + serde::Serialize>(
 }
 
 async fn list_objects(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
+    req.authenticate_list(state, PAGE_PARAMS)?;
     let bucket = load_bucket(state, req, id)?;
     page::<ObjectRecord>(state, req, &bucket, Keyspace::OBJECTS, |c| ObjectId::parse(c).is_some())
 }
@@ -608,7 +611,7 @@ async fn delete_object(state: &HttpState, req: &Request, id: &str, oid: &str) ->
 }
 
 async fn list_batches(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
+    req.authenticate_list(state, PAGE_PARAMS)?;
     let bucket = load_bucket(state, req, id)?;
     page::<BatchRecord>(state, req, &bucket, Keyspace::BATCHES, |c| BatchId::parse(c).is_some())
 }

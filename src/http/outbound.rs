@@ -70,8 +70,7 @@ async fn durable(d: crate::store::Durable) -> Result<(), ApiError> {
 /// Unpaged before pages existed: without `limit` a page holds every webhook that fits in its
 /// byte budget (all of them, unless their templates add up to megabytes).
 async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
-    req.known_params(&["limit", "cursor"])?;
+    req.authenticate_list(state, &["limit", "cursor"])?;
     let mut page = Page::results(req.page_limit_or(usize::MAX)?);
     let after = req.cursor(|c| WebhookId::parse(c).is_some())?;
     state
@@ -183,9 +182,8 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
 /// Delivery IDs start with their event's time-ordered ID, so key order is time order and a
 /// page reads only what it returns (plus, with `status`, the deliveries it skips).
 async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
+    req.authenticate_list(state, &["status", "limit", "before"])?;
     let w = load(state, id)?;
-    req.known_params(&["status", "limit", "before"])?;
     let status =
         match req.query.get("status") {
             None => None,

@@ -52,13 +52,19 @@ impl Request {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// Requires a valid admin API key.
+    /// Requires a valid admin API key, and no query parameter: every admin endpoint but the
+    /// lists (see [`Request::authenticate_list`]) takes none, and a typo (`?dry_run=1` on a
+    /// DELETE) must not be ignored. The 401 comes first: a caller without a key learns nothing.
     pub fn authenticate(&self, state: &HttpState) -> Result<(), ApiError> {
-        if state.keys.verify_header(self.header("authorization")) {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized)
+        self.authenticate_list(state, &[])
+    }
+
+    /// [`Request::authenticate`] for an endpoint that takes the query parameters `params`.
+    pub fn authenticate_list(&self, state: &HttpState, params: &[&str]) -> Result<(), ApiError> {
+        if !state.keys.verify_header(self.header("authorization")) {
+            return Err(ApiError::Unauthorized);
         }
+        self.known_params(params)
     }
 
     /// The `X-Namespace` of the request (default `default`).
@@ -158,7 +164,7 @@ impl Request {
 
     /// 422 for a query parameter the endpoint does not take: a typo (`?stauts=dead`) would
     /// otherwise be ignored, and the answer look like what was asked for.
-    pub fn known_params(&self, known: &[&str]) -> Result<(), ApiError> {
+    fn known_params(&self, known: &[&str]) -> Result<(), ApiError> {
         if let Some(k) = self.repeated.as_deref().filter(|k| known.contains(k)) {
             return Err(ApiError::validation(k, "given more than once; give it once"));
         }

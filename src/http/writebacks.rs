@@ -32,10 +32,9 @@ const HELD_STOPPED: &str =
 /// (both when absent), paged like the objects list (`limit`, `cursor` = the last
 /// `writeback_id` of the previous page).
 pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
+    req.authenticate_list(state, &["status", "limit", "cursor"])?;
     let bucket = load_bucket(state, req, id)?;
     let adapter = adapter_of(&bucket)?;
-    req.known_params(&["status", "limit", "cursor"])?;
     let status = match req.query.get("status") {
         None => None,
         Some(s) => Some(
@@ -58,7 +57,6 @@ pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response
 /// for an unknown one (or one written back and gone).
 pub async fn get(state: &HttpState, req: &Request, id: &str, wid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
-    req.known_params(&[])?;
     let bucket = load_bucket(state, req, id)?;
     let adapter = adapter_of(&bucket)?;
     let bucket_id = &bucket.bucket_id;
@@ -75,7 +73,6 @@ pub async fn get(state: &HttpState, req: &Request, id: &str, wid: &str) -> Resul
 /// on disk; 409 for a pending job, 404 for an unknown one (or bucket, or adapter).
 pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
-    req.known_params(&[])?;
     req.no_fields()?;
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;

@@ -29,6 +29,55 @@ async fn auth_is_required_and_checked() {
     assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), 200);
 }
 
+/// An admin endpoint that takes no query parameter refuses one (422 naming it) before it acts:
+/// `?dry_run=1` on a DELETE must not delete. Without a key it is still a 401 first; the lists
+/// take theirs; ingest ignores them (upstreams add their own, e.g. a cache buster).
+#[tokio::test]
+async fn query_parameters_an_endpoint_does_not_take_are_refused() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("params", json!({"n": {"type": "int"}})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    for (method, query, field) in [
+        (Method::GET, "expand=objects", "expand"),
+        (Method::PATCH, "dry_run=true", "dry_run"),
+        (Method::DELETE, "dry_run=1", "dry_run"),
+        (Method::GET, "limit=5", "limit"),
+    ] {
+        let body = (method == Method::PATCH).then(|| json!({"description": "changed"}));
+        let (s, b) = app.call(method.clone(), &format!("{path}?{query}"), body).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{method} ?{query}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("takes none"), "{b}");
+    }
+    let (s, b) = app.get(&path).await;
+    assert_eq!(s, 200, "neither the PATCH nor the DELETE was done: {b}");
+    assert_ne!(b["description"], "changed", "{b}");
+    let (s, _) = app.call_as(Method::GET, &format!("{path}?expand=1"), None, None, None).await;
+    assert_eq!(s, 401, "no key: 401 before anything about the query");
+    let (s, b) = app.get("/v1/buckets?limit=1").await;
+    assert_eq!(s, 200, "a list takes limit: {b}");
+    let (s, b) = app.get("/v1/buckets?limit=1&expand=1").await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("expand")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("takes limit, cursor"), "{b}");
+
+    // Ingest is for upstreams: a query string they add is no reason to lose the event.
+    let (s, b) = app
+        .patch(
+            &path,
+            json!({"source_adapter": {"adapter_type": "generic_webhook", "field_mapping": {"n": "n"},
+            "batching": {"mode": "immediate"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let (s, b) = app
+        .post_raw(
+            &format!("{path}/source-adapter/ingest?cb=123"),
+            r#"{"n": 1}"#,
+            &[("content-type", "application/json"), ("x-webhook-secret", &secret)],
+        )
+        .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+}
 #[tokio::test]
 async fn generated_api_key_is_printed_once_and_survives_restart() {
     let mut app = TestApp::start_with(Options { with_api_key: false, ..Default::default() }).await;
