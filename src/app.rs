@@ -65,9 +65,14 @@ pub async fn run(
         println!("hookline: no API key configured; generated one (shown only this once): {key}");
     }
 
+    let room = Arc::new(crate::store::Room::new(&data_dir, config.storage.min_free_mb << 20));
+    if let Err(e) = room.sample() {
+        tracing::warn!(error = %e, "measure the data directory's free space");
+    }
     let shared = Shared {
         config: Arc::new(config),
         store: store.clone(),
+        room: room.clone(),
         secrets,
         names: Names::new(),
         bus: crate::events::EventBus::new(),
@@ -85,10 +90,16 @@ pub async fn run(
     let upkeep = {
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for n in 0u64.. {
                 tick.tick().await;
-                metrics.run_upkeep();
+                // Every second: a burst can fill the last of the floor quickly.
+                if let Ok(free) = room.sample() {
+                    crate::metrics::store_disk_available(free);
+                }
+                if n % 5 == 0 {
+                    metrics.run_upkeep();
+                }
             }
         })
     };

@@ -101,11 +101,14 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// sled's page cache, in MiB: on a large store, most of the daemon's resident memory.
     pub cache_capacity_mb: u64,
+    /// Free space (MiB) the data directory's filesystem keeps: under it, new ingests and
+    /// published events are refused (503) until space is freed (see `store/room.rs`). 0: off.
+    pub min_free_mb: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { path: PathBuf::from("./data"), cache_capacity_mb: 1024 }
+        StorageConfig { path: PathBuf::from("./data"), cache_capacity_mb: 1024, min_free_mb: 256 }
     }
 }
 
@@ -425,6 +428,9 @@ impl Config {
         if !(16..=1 << 20).contains(&self.storage.cache_capacity_mb) {
             bail!("storage.cache_capacity_mb must be within 16..=1048576");
         }
+        if self.storage.min_free_mb > 1 << 30 {
+            bail!("storage.min_free_mb must be within 0..=1073741824 (MiB, so at most 1 PiB; 0 turns the check off)");
+        }
         if !(1..=1 << 20).contains(&self.server.max_upstream_body_memory_mb) {
             bail!("server.max_upstream_body_memory_mb must be within 1..=1048576");
         }
@@ -703,8 +709,9 @@ mod tests {
         // Values so large that time arithmetic would overflow (a panic per connection) or
         // that make no sense: refused at start-up, naming the key.
         type Set = fn(&mut Config);
-        let cases: [(&str, Set); 8] = [
+        let cases: [(&str, Set); 9] = [
             ("server.read_timeout_seconds", |c| c.server.read_timeout_seconds = u64::MAX),
+            ("storage.min_free_mb", |c| c.storage.min_free_mb = u64::MAX),
             ("server.shutdown_timeout_seconds", |c| c.server.shutdown_timeout_seconds = 0),
             ("delivery.max_age_hours", |c| c.delivery.max_age_hours = u64::MAX),
             ("delivery.max_age_seconds", |c| c.delivery.max_age_seconds = Some(u64::MAX)),

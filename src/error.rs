@@ -42,6 +42,16 @@ impl ApiError {
         ApiError::Validation { field: field.into(), message: message.into() }
     }
 
+    /// 503 for new work while the data disk is under `storage.min_free_mb` (see
+    /// `store/room.rs`). No figures: the sender may be anyone; the log and metrics have them.
+    pub fn short_of_disk() -> Self {
+        ApiError::Unavailable(
+            "hookline is short of disk space and takes no new events until some is freed; nothing was stored: \
+             retry later"
+                .into(),
+        )
+    }
+
     pub fn bad_json(e: impl std::fmt::Display) -> Self {
         ApiError::BadRequest { code: "malformed_json", message: format!("request body is not valid JSON: {e}") }
     }

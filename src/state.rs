@@ -19,6 +19,8 @@ use crate::store::{Keyspace, Store, StoreError};
 pub struct Shared {
     pub config: Arc<Config>,
     pub store: Store,
+    /// The data directory's free space against `storage.min_free_mb` (sampled by `app.rs`).
+    pub room: Arc<crate::store::Room>,
     pub secrets: SecretBox,
     pub names: Names,
     pub bus: crate::events::EventBus,

@@ -181,6 +181,9 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     let Some(bucket_id) = BucketId::parse(id) else {
         return ("not_found", Err(ApiError::NotFound(format!("bucket {id} not found"))));
     };
+    if state.shared.room.short() {
+        return ("low_disk", Err(ApiError::short_of_disk()));
+    }
     // An adapter restarting (after a PATCH of its bucket, or a supervised restart) is back
     // within moments: wait for it a little rather than answer 503 at once.
     let started = Instant::now();

@@ -167,6 +167,9 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     req.authenticate(state)?;
     let body: PublishEvent = req.json()?;
     body.validate()?;
+    if state.shared.room.short() {
+        return Err(ApiError::short_of_disk());
+    }
     let reg = registry(state)?;
     let PublishEvent { event_type, payload, cache_scopes } = body;
     let (event_id, queued) = ask!(reg, |reply| DeliveryMsg::Publish { event_type, payload, cache_scopes, reply })?;

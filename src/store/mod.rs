@@ -20,12 +20,14 @@ mod commit;
 mod format;
 mod overlay;
 mod pieces;
+mod room;
 mod wal;
 
 pub use backend::{Backend, SledBackend};
 pub use commit::Durable;
 /// Values longer than this are kept in pieces of this size (see `pieces.rs`).
 pub use pieces::PIECE;
+pub use room::Room;
 
 use std::sync::Arc;
 

@@ -1266,6 +1266,33 @@ async fn dedup_keys_survive_the_migration_from_format_2() {
     assert!(app.log().contains("data directory migrated"), "log:\n{}", app.log());
 }
 
+/// Under `storage.min_free_mb` of free disk (here a floor no disk has), new events wait: an
+/// ingest and a published event are 503 with nothing stored, while admin writes, reads and
+/// `/readyz` go on, and the log and metrics say why.
+#[tokio::test]
+async fn short_of_disk_new_events_are_refused_and_nothing_is_stored() {
+    let opts = Options { storage_toml: "min_free_mb = 1073741824".into(), ..Options::default() };
+    let app = TestApp::start_with(opts).await;
+    // Admin writes go on (an operator may need them to free space).
+    let (bucket, secret) =
+        bucket_with_adapter(&app, "full", schema(), full_adapter(json!({"mode": "immediate"}))).await;
+    let (st, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event("k1", "video.asset.ready")).await;
+    assert_eq!((st, b["error"]["code"].as_str()), (503, Some("unavailable")), "{b}");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.contains("short of disk space") && message.contains("nothing was stored"), "{b}");
+    assert!(!message.contains("MiB"), "no figures for an anonymous sender: {b}");
+    assert!(objects(&app, &bucket).await.is_empty());
+    let (st, b) = app.post("/v1/events", json!({"event_type": "object.updated", "payload": {"n": 1}})).await;
+    assert_eq!(st, 503, "{b}");
+
+    let (st, b) = app.get("/readyz").await;
+    assert_eq!((st, &b["status"], &b["disk_room"]), (200, &json!("ready"), &json!(false)), "{b}");
+    let m = app.metrics().await;
+    assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "low_disk")]), 1.0);
+    assert!(metric_value(&m, "hookline_store_disk_available_bytes", &[]) > 0.0);
+    assert!(app.log().contains("short of disk space"), "log:\n{}", app.log());
+}
+
 /// Editing a bucket while its upstream sends is no outage: a description PATCH leaves the
 /// adapter running, and an adapter PATCH (which restarts it) makes ingests wait for it
 /// rather than answer 503.

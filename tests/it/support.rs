@@ -26,6 +26,8 @@ pub struct Options {
     pub delivery_toml: Option<String>,
     /// Extra `[server]` keys (TOML lines), e.g. timeouts.
     pub server_toml: String,
+    /// Extra `[storage]` keys (TOML lines).
+    pub storage_toml: String,
     /// The daemon's largest file, in bytes (`RLIMIT_FSIZE`; `SIGXFSZ` ignored, so a write past
     /// it fails as a full disk would, with an I/O error). Takes effect at the next start.
     pub file_size_limit: Option<u64>,
@@ -39,6 +41,7 @@ impl Default for Options {
             env: Vec::new(),
             delivery_toml: None,
             server_toml: String::new(),
+            storage_toml: String::new(),
             file_size_limit: None,
         }
     }
@@ -100,9 +103,10 @@ impl TestApp {
             server.push_str("\nshutdown_timeout_seconds = 10\n");
         }
         let toml = format!(
-            "[server]\nlisten = \"{listen}\"\nenable_debug_endpoints = true\n{server}\n\n[storage]\npath = \"{data}\"\n\n[auth]\napi_keys = {keys}\n\n{delivery}\n{extra}\n",
+            "[server]\nlisten = \"{listen}\"\nenable_debug_endpoints = true\n{server}\n\n[storage]\npath = \"{data}\"\n{storage}\n\n[auth]\napi_keys = {keys}\n\n{delivery}\n{extra}\n",
             listen = "127.0.0.1:0",
             data = self.data_dir.display(),
+            storage = self.opts.storage_toml,
             extra = self.opts.extra_toml,
         );
         std::fs::write(self.config_path(), toml).expect("write config");
