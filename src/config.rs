@@ -101,8 +101,9 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// sled's page cache, in MiB: on a large store, most of the daemon's resident memory.
     pub cache_capacity_mb: u64,
-    /// Free space (MiB) the data directory's filesystem keeps: under it, new ingests and
-    /// published events are refused (503) until space is freed (see `store/room.rs`). 0: off.
+    /// Free space (MiB) the data directory's filesystem keeps: under it, ingests of new
+    /// objects and published events are refused (503) until space is freed (see
+    /// `store/room.rs`). 0: off.
     pub min_free_mb: u64,
 }
 

@@ -178,6 +178,9 @@ pub enum IngestErr {
     /// 401: why (see [`verify::Refused`]).
     Unauthorized(verify::Refused),
     Disabled,
+    /// A new object, while the data disk is under `storage.min_free_mb` (see `store/room.rs`):
+    /// 503, nothing recorded. Changes and deletes of existing objects still go through.
+    ShortOfDisk,
     /// The adapter is being removed (drained); the bucket no longer takes events.
     Gone,
     /// The body is not JSON (400/415).
@@ -530,6 +533,10 @@ impl AdapterState {
         };
         if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
             return Step::Done(Ok(self.duplicate(now, object_id)));
+        }
+        // Last, so a duplicate is still answered as one (it stores nothing new).
+        if screened.operation == Operation::Create && self.shared.room.short() {
+            return Step::Done(Err(IngestErr::ShortOfDisk));
         }
         self.prepare(now, screened, payload, dedup_hash, Origin::Ingest)
     }

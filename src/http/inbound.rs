@@ -181,9 +181,6 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     let Some(bucket_id) = BucketId::parse(id) else {
         return ("not_found", Err(ApiError::NotFound(format!("bucket {id} not found"))));
     };
-    if state.shared.room.short() {
-        return ("low_disk", Err(ApiError::short_of_disk()));
-    }
     // An adapter restarting (after a PATCH of its bucket, or a supervised restart) is back
     // within moments: wait for it a little rather than answer 503 at once.
     let started = Instant::now();
@@ -314,6 +311,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             ("dependency_failed", Err(ApiError::Unavailable(format!("{message}; retry later"))))
         }
         Err(IngestErr::Unverifiable(message)) => ("error", Err(unverifiable(&message))),
+        Err(IngestErr::ShortOfDisk) => ("low_disk", Err(ApiError::short_of_disk())),
         Err(IngestErr::Disabled) => (
             "disabled",
             Err(ApiError::Unavailable("the source adapter of this bucket is disabled; retry later".into())),
@@ -721,6 +719,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
             Err(IngestErr::Gone) => {}
             Err(
                 IngestErr::Unauthorized(..)
+                | IngestErr::ShortOfDisk
                 | IngestErr::Disabled
                 | IngestErr::Malformed(_)
                 | IngestErr::Unverifiable(_),

@@ -25,7 +25,7 @@ pub async fn readyz(state: &HttpState) -> Result<Response, ApiError> {
         "store": store_ok,
         "bucket_registry": buckets_ok,
         "delivery_registry": delivery_ok,
-        // Still ready when false (reads, deletes and deliveries go on), but new ingests and
+        // Still ready when false (reads, deletes and deliveries go on), but new objects and
         // published events are refused until space is freed (`storage.min_free_mb`).
         "disk_room": !state.shared.room.short(),
     });
@@ -36,7 +36,9 @@ pub async fn metrics(state: &HttpState) -> Result<Response, ApiError> {
     crate::metrics::store_size(state.shared.store.size_on_disk());
     // What is left for the store to grow into: a write the disk refuses fails the store (and
     // stops the daemon), so this is the gauge to alert on, well before it reaches 0.
-    if let Ok(free) = state.shared.room.sample() {
+    // Sampled every second (`app.rs`); a sample here could land out of order with that one.
+    let free = state.shared.room.available();
+    if free != u64::MAX {
         crate::metrics::store_disk_available(free);
     }
     let mut resp = Response::new(state.metrics.render().into());

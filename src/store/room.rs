@@ -1,11 +1,12 @@
 //! Room left on the data directory's filesystem, and the floor under which new work waits.
 //!
 //! Why: a write the disk refuses fails the store for good (the daemon stops, for a restart
-//! once space is freed, see `app.rs`). Refusing *new* work (ingests, published events) while
-//! the free space is under `storage.min_free_mb` keeps the daemon up instead: reads, deletes
-//! and the deliveries that drain the outbox go on, the work already accepted (buffered
-//! batches, delivery records) writes into the reserve, and ingests resume by themselves once
-//! an operator frees space. Senders are answered 503, which upstreams retry.
+//! once space is freed, see `app.rs`). Refusing *new* work (ingests that would make a new
+//! object, published events) while the free space is under `storage.min_free_mb` keeps the
+//! daemon up instead: reads, changes, deletes and the deliveries that drain the outbox go on,
+//! the work already accepted (buffered batches, delivery records) writes into the reserve,
+//! and new work resumes by itself once an operator frees space. Senders are answered 503,
+//! which upstreams retry.
 //!
 //! This module only measures and remembers; the HTTP layer decides what to refuse.
 
@@ -37,10 +38,13 @@ impl Room {
         Ok(available)
     }
 
-    /// Takes `available` as the free space; logs when the state changes.
+    /// Takes `available` as the free space; logs when the state changes. Short under the
+    /// floor, and again long only over the floor plus a tenth: free space moving around the
+    /// floor (a log segment made and deleted) must not flap the state, nor the log.
     fn record(&self, available: u64) {
         self.available.store(available, Ordering::Relaxed);
-        let short = self.floor > 0 && available < self.floor;
+        let resume = self.floor.saturating_add(self.floor / 10);
+        let short = self.floor > 0 && available < if self.short() { resume } else { self.floor };
         if self.short.swap(short, Ordering::Relaxed) != short {
             let (free_mb, floor_mb) = (available >> 20, self.floor >> 20);
             if short {
@@ -48,14 +52,15 @@ impl Room {
                     free_mb,
                     min_free_mb = floor_mb,
                     dir = %self.dir.display(),
-                    "the data directory is short of disk space: new ingests and published events are refused (503) \
-                     until it has storage.min_free_mb free again; reads, deletes and deliveries go on"
+                    "the data directory is short of disk space: new objects (ingests) and published events are refused \
+                     (503) until it has storage.min_free_mb (plus a tenth) free again; reads, changes, deletes and \
+                     deliveries go on"
                 );
             } else {
                 tracing::info!(
                     free_mb,
                     min_free_mb = floor_mb,
-                    "disk space is back over storage.min_free_mb: new work is taken again"
+                    "disk space is back over storage.min_free_mb (plus a tenth): new work is taken again"
                 );
             }
         }
@@ -80,11 +85,17 @@ mod tests {
     fn short_under_the_floor_and_back_over_it() {
         let room = Room::new(Path::new("."), 100 << 20);
         assert!(!room.short(), "not short before a sample");
+        room.record(100 << 20);
+        assert!(!room.short(), "the floor itself is enough");
         room.record(99 << 20);
         assert!(room.short());
         assert_eq!(room.available(), 99 << 20);
-        room.record(100 << 20);
-        assert!(!room.short(), "the floor itself is enough");
+        room.record(105 << 20);
+        assert!(room.short(), "back over the floor, but not by a tenth: still short (no flapping)");
+        room.record(110 << 20);
+        assert!(!room.short(), "over the floor plus a tenth");
+        room.record(105 << 20);
+        assert!(!room.short(), "and long until under the floor again");
     }
 
     #[test]

@@ -1266,9 +1266,10 @@ async fn dedup_keys_survive_the_migration_from_format_2() {
     assert!(app.log().contains("data directory migrated"), "log:\n{}", app.log());
 }
 
-/// Under `storage.min_free_mb` of free disk (here a floor no disk has), new events wait: an
-/// ingest and a published event are 503 with nothing stored, while admin writes, reads and
-/// `/readyz` go on, and the log and metrics say why.
+/// Under `storage.min_free_mb` of free disk (here a floor no disk has), new objects wait: an
+/// ingest that would make one and a published event are 503 with nothing stored (after the
+/// 401 for a bad secret), while admin writes, reads and `/readyz` go on, and the log and
+/// metrics say why.
 #[tokio::test]
 async fn short_of_disk_new_events_are_refused_and_nothing_is_stored() {
     let opts = Options { storage_toml: "min_free_mb = 1073741824".into(), ..Options::default() };
@@ -1282,6 +1283,9 @@ async fn short_of_disk_new_events_are_refused_and_nothing_is_stored() {
     assert!(message.contains("short of disk space") && message.contains("nothing was stored"), "{b}");
     assert!(!message.contains("MiB"), "no figures for an anonymous sender: {b}");
     assert!(objects(&app, &bucket).await.is_empty());
+    // Authentication first: an anonymous sender learns nothing of the disk.
+    let (st, b) = ingest(&app, &bucket, Some("wrong-secret"), &mux_like_event("k1", "video.asset.ready")).await;
+    assert_eq!(st, 401, "{b}");
     let (st, b) = app.post("/v1/events", json!({"event_type": "object.updated", "payload": {"n": 1}})).await;
     assert_eq!(st, 503, "{b}");
 
