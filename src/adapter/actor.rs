@@ -46,6 +46,8 @@ use crate::util::now_millis;
 mod alerts;
 mod fetch;
 mod lifecycle;
+
+pub(in crate::adapter) use lifecycle::index_unindexed;
 mod writebacks;
 
 pub use alerts::AlertAnswer;

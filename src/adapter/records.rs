@@ -11,15 +11,19 @@
 //!
 //! `dkey` is the dedup set and `xref` the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
-//! delete) find them; only objects of adapter types whose events do that (mux, supabase)
-//! are indexed. The adapter actor holds both in memory, by hash, and loads them with
-//! one scan when it starts. On disk they are keyed by object ID on purpose: IDs are
-//! time-ordered, so every ingest appends at the end of the tree, where keyed by hash each
-//! landed on a random page, which cost sled several times more per insert. Both are written
-//! in the same batch as the object or buffer entry; an `xref` entry is deleted with its
-//! object (and replaced, in the batch that re-keys it, when a Supabase UPDATE changes the
-//! row's primary key), a `dkey` entry only with the adapter (a deleted object's event stays
-//! a duplicate).
+//! delete) find them. Objects are indexed when made only by adapter types whose events do
+//! that (mux, supabase): generic_webhook's only ever create, and an index entry was a sled
+//! insert per ingest for nothing. When such a type takes a bucket over from none or from
+//! generic_webhook, the objects already there are indexed first
+//! (`lifecycle::index_unindexed`), so its events reach every object whose external ID they
+//! name; entries older versions wrote for generic objects are kept and used. The adapter
+//! actor holds both in memory, by hash, and loads them with one scan when it starts. On disk
+//! they are keyed by object ID on purpose: IDs are time-ordered, so every ingest appends at
+//! the end of the tree, where keyed by hash each landed on a random page, which cost sled
+//! several times more per insert. Both are written in the same batch as the object or buffer
+//! entry; an `xref` entry is deleted with its object (and replaced, in the batch that re-keys
+//! it, when a Supabase UPDATE changes the row's primary key), a `dkey` entry only with the
+//! adapter (a deleted object's event stays a duplicate).
 //! Object and batch IDs are time-ordered, so key order is creation order (cursor pagination).
 //! The bucket registry deletes every `{bucket_id}/` prefix with the bucket.
 

@@ -532,6 +532,10 @@ impl RegistryState {
         let mut webhook_secret = None;
         let mut clear_dedup = false;
         let mut clear_error = false;
+        // The objects a generic_webhook adapter made are not indexed by external ID: an adapter
+        // type that changes objects by that ID, taking over from none or from one that does
+        // not, indexes them first (see `lifecycle::index_unindexed`).
+        let mut index_existing = false;
         let mut batch = Batch::new();
         match body.source_adapter {
             None => {
@@ -574,6 +578,8 @@ impl RegistryState {
                 // Another adapter type: the old one's last error says nothing about it.
                 let old_type = bucket.source_adapter.as_ref().map(|a| a.adapter_type);
                 clear_error = old_type.is_some_and(|t| t != adapter.adapter_type);
+                index_existing = super::kind::changes_by_external_id(adapter.adapter_type)
+                    && !old_type.is_some_and(super::kind::changes_by_external_id);
                 // Values deduped under another path (or another upstream) are not this
                 // adapter's duplicates: start its set afresh. (A bucket from before the scope
                 // was recorded: its current adapter's; with none, its set was deleted with the
@@ -592,6 +598,25 @@ impl RegistryState {
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
         self.stop_adapter(id).await;
+        if index_existing {
+            // After the stopped actor's last writes (the barrier), so its objects are seen.
+            let indexed = match self.shared.store.commit(Batch::new()).await {
+                Ok(()) => super::actor::index_unindexed(&self.shared.store, id).await,
+                Err(e) => Err(e),
+            };
+            match indexed {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(bucket_id = %id, entries = n, "objects indexed by external ID for the new adapter type")
+                }
+                Err(e) => {
+                    if running {
+                        self.restart_adapter(id).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         if let Err(e) = self.commit_patch(id, &bucket, batch, Clear { dedup: clear_dedup, error: clear_error }).await {
             // Nothing was changed: the stored bucket's adapter runs again (if it was running:
             // one stopped after its restart budget stays stopped).

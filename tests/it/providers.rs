@@ -1258,6 +1258,55 @@ async fn supabase_update_of_the_primary_key_rekeys_the_rows_object() {
     assert!(objects(&app, b).await.is_empty());
 }
 
+/// Objects a generic_webhook adapter made are not indexed by external ID (its events only
+/// create). An adapter type that changes objects by that ID, configured on the bucket after
+/// it, indexes them first, so its DELETE reaches every object whose external_id it names (the
+/// contract), the buffered one included, and after a restart too.
+#[tokio::test]
+async fn an_adapter_taking_over_from_generic_webhook_reaches_its_objects() {
+    let mut app = TestApp::start().await;
+    let bucket = app.create_bucket("takeover", json!({"title": {"type": "string"}})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let generic = |mode: &str| {
+        json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "record.id",
+            "field_mapping": {"record.title": "title"}, "batching": {"mode": mode, "window_seconds": 300}}})
+    };
+    let (s, b) = app.patch(&path, generic("immediate")).await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let (bk, sc) = (bucket.as_str(), secret.as_str());
+    let mut made = Vec::new();
+    for id in [7, 8] {
+        let r = post_row(&app, bk, sc, db_event("INSERT", json!({"id": id, "title": "t"}), Value::Null)).await;
+        assert_eq!(r["status"], "created", "{r}");
+        made.push(r["object_id"].clone());
+    }
+    let (s, b) = app.patch(&path, generic("time_window")).await;
+    assert_eq!(s, 200, "{b}");
+    let r = post_row(&app, bk, sc, db_event("INSERT", json!({"id": 9, "title": "t"}), Value::Null)).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    let buffered = r["object_id"].clone();
+
+    let (s, b) = app
+        .patch(
+            &path,
+            json!({"source_adapter": {"adapter_type": "supabase",
+                "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
+                "field_mapping": {"record.title": "title"}, "batching": {"mode": "time_window", "window_seconds": 300}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(app.log().contains("objects indexed by external ID"), "log:\n{}", app.log());
+    for (id, oid) in [(7, &made[0]), (9, &buffered)] {
+        let r = post_row(&app, bk, sc, db_event("DELETE", Value::Null, json!({"id": id}))).await;
+        assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([oid])), "{id}: {r}");
+    }
+    app.restart().await;
+    let r = post_row(&app, bk, sc, db_event("DELETE", Value::Null, json!({"id": 8}))).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([made[1]])), "{r}");
+    assert!(objects(&app, bk).await.is_empty());
+}
+
 /// The same for a row still in its batch window: the buffered entry is updated in place and
 /// re-keyed (its byte count kept exact), a later UPDATE of the new key finds it, and the
 /// flush makes one object with the new key and the latest content.

@@ -28,7 +28,7 @@ use crate::adapter::kind::{self, Operation};
 use crate::adapter::pipeline::{self, PayloadError, Screened};
 use crate::adapter::records::{self, Draft, ObjectRecord};
 use crate::events::Scopes;
-use crate::ids::ObjectId;
+use crate::ids::{BucketId, ObjectId};
 use crate::store::{Batch, Keyspace, Store, StoreError};
 use crate::util::now_millis;
 
@@ -48,6 +48,54 @@ pub(super) fn load_index(store: &Store, prefix: &str) -> Result<HashMap<String, 
     load_by_hash(store, Keyspace::EXTERNAL_IDS, prefix, |index: &mut HashMap<String, Vec<ObjectId>>, hash, oid| {
         index.entry(hash).or_default().push(oid)
     })
+}
+
+/// Adds the external-ID index entries that the objects and buffered entries of `bucket`
+/// lack: those a generic_webhook adapter made (it indexes nothing, see
+/// `kind::changes_by_external_id`), before an adapter type that changes objects by external
+/// ID takes the bucket over, so its lifecycle events reach every object whose external ID they
+/// name, as the contract says. The bucket's actor must be stopped. Committed in chunks ahead
+/// of the PATCH: an entry is right whatever becomes of it (older versions indexed every
+/// object). Returns how many entries were added.
+pub(in crate::adapter) async fn index_unindexed(store: &Store, bucket: &BucketId) -> Result<usize, StoreError> {
+    /// Only what indexing needs of an object or a buffered draft (the rest is skipped).
+    #[derive(serde::Deserialize)]
+    struct Source {
+        external_id: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Indexable {
+        source: Source,
+    }
+    #[derive(serde::Deserialize)]
+    struct Buffered {
+        draft: Indexable,
+    }
+    const CHUNK: usize = 10_000;
+    let prefix = records::prefix(bucket);
+    let mut indexed = std::collections::HashSet::new();
+    store.for_each_key(Keyspace::EXTERNAL_IDS, &prefix, |k| {
+        indexed.insert(k.to_string());
+        true
+    })?;
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    let mut want = |key: &str, source: Source| {
+        if let Some(ext) = source.external_id.filter(|_| !indexed.contains(key)) {
+            wanted.push((key.to_string(), records::dedup_hash(&ext)));
+        }
+        true
+    };
+    store.for_each::<Indexable>(Keyspace::OBJECTS, &prefix, |k, o| want(k, o.source))?;
+    store.for_each::<Buffered>(Keyspace::BUFFER, &prefix, |k, b| want(k, b.draft.source))?;
+    let added = wanted.len();
+    for chunk in wanted.chunks(CHUNK) {
+        let mut batch = Batch::new();
+        for (key, hash) in chunk {
+            batch.put(Keyspace::EXTERNAL_IDS, &key[..], hash);
+        }
+        store.commit(batch).await?;
+    }
+    Ok(added)
 }
 
 /// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup set or the
@@ -323,9 +371,6 @@ impl AdapterState {
 
     /// Splits the objects indexed under external-ID `hash` into buffered IDs and stored
     /// records; drops index entries of objects that are gone (deleted through the objects API).
-    /// Only objects this adapter type made: an upstream ID names a thing of that upstream (a
-    /// Mux asset, a row), and the objects another adapter made in this bucket before it was
-    /// reconfigured (generic_webhook's, indexed by older versions, among them) are not its.
     async fn indexed_objects(&mut self, hash: &str) -> Result<(Vec<ObjectId>, Vec<ObjectRecord>), StoreError> {
         let ids = self.xids.get(hash).cloned().unwrap_or_default();
         let mut buffered = Vec::new();
@@ -341,8 +386,7 @@ impl AdapterState {
                 .store
                 .get::<ObjectRecord>(Keyspace::OBJECTS, &records::key(self.bucket_id(), id.as_str()))?
             {
-                Some(rec) if rec.source.adapter_type == self.adapter.adapter_type => stored.push(rec),
-                Some(_) => {}
+                Some(rec) => stored.push(rec),
                 None => missing.push(id),
             }
         }
@@ -353,8 +397,7 @@ impl AdapterState {
             for id in missing {
                 let key = records::key(self.bucket_id(), id.as_str());
                 match self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
-                    Some(rec) if rec.source.adapter_type == self.adapter.adapter_type => stored.push(rec),
-                    Some(_) => {}
+                    Some(rec) => stored.push(rec),
                     None => self.unindex(&mut stale, hash, &id),
                 }
             }
