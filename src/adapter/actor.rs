@@ -46,11 +46,10 @@ use crate::util::now_millis;
 mod alerts;
 mod fetch;
 mod lifecycle;
-
-pub(in crate::adapter) use lifecycle::index_unindexed;
 mod writebacks;
 
 pub use alerts::AlertAnswer;
+pub(in crate::adapter) use lifecycle::index_unindexed;
 pub use lifecycle::ChangeRequest;
 pub use writebacks::Requeued;
 
