@@ -49,7 +49,7 @@ mod lifecycle;
 mod writebacks;
 
 pub use alerts::AlertAnswer;
-pub(in crate::adapter) use lifecycle::index_unindexed;
+pub(in crate::adapter) use lifecycle::unindexed_marker;
 pub use lifecycle::ChangeRequest;
 pub use writebacks::Requeued;
 
@@ -356,6 +356,10 @@ impl Actor for SourceAdapterActor {
             true
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
+        let indexed = lifecycle::index_unindexed(store, &bucket_id).await?;
+        if indexed > 0 {
+            tracing::info!(bucket_id = %bucket_id, entries = indexed, "objects indexed by external ID for the new adapter type");
+        }
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);

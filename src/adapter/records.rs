@@ -8,15 +8,17 @@
 //! | `dkey` | `{bucket_id}/{object_id}` | sha256 of the object's dedup value (hex string) |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
+//! | `xref` | `{bucket_id}/unindexed` | `true`: the bucket's objects may lack `xref` entries |
 //!
 //! `dkey` is the dedup set and `xref` the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
 //! delete) find them. Objects are indexed when made only by adapter types whose events do
 //! that (mux, supabase): generic_webhook's only ever create, and an index entry was a sled
 //! insert per ingest for nothing. When such a type takes a bucket over from none or from
-//! generic_webhook, the objects already there are indexed first
-//! (`lifecycle::index_unindexed`), so its events reach every object whose external ID they
-//! name; entries older versions wrote for generic objects are kept and used. The adapter
+//! generic_webhook, the PATCH marks the bucket `unindexed` and its actor, as it starts,
+//! indexes the objects already there (`lifecycle::index_unindexed`), so its events reach
+//! every object whose external ID they name; entries older versions wrote for generic
+//! objects are kept and used. The adapter
 //! actor holds both in memory, by hash, and loads them with one scan when it starts. On disk
 //! they are keyed by object ID on purpose: IDs are time-ordered, so every ingest appends at
 //! the end of the tree, where keyed by hash each landed on a random page, which cost sled

@@ -534,7 +534,7 @@ impl RegistryState {
         let mut clear_error = false;
         // The objects a generic_webhook adapter made are not indexed by external ID: an adapter
         // type that changes objects by that ID, taking over from none or from one that does
-        // not, indexes them first (see `lifecycle::index_unindexed`).
+        // not, indexes them first (see `lifecycle::index_unindexed`: its actor, as it starts).
         let mut index_existing = false;
         let mut batch = Batch::new();
         match body.source_adapter {
@@ -597,26 +597,13 @@ impl RegistryState {
         bucket.updated_at = now_rfc3339();
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
-        self.stop_adapter(id).await;
         if index_existing {
-            // After the stopped actor's last writes (the barrier), so its objects are seen.
-            let indexed = match self.shared.store.commit(Batch::new()).await {
-                Ok(()) => super::actor::index_unindexed(&self.shared.store, id).await,
-                Err(e) => Err(e),
-            };
-            match indexed {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(bucket_id = %id, entries = n, "objects indexed by external ID for the new adapter type")
-                }
-                Err(e) => {
-                    if running {
-                        self.restart_adapter(id).await;
-                    }
-                    return Err(e.into());
-                }
-            }
+            // Done by the new actor as it starts, not here: a large bucket takes seconds, which
+            // neither this registry (every bucket's admin calls) nor the PATCH's answer (its
+            // new secret) should wait for.
+            batch.put(Keyspace::EXTERNAL_IDS, &super::actor::unindexed_marker(id), &true);
         }
+        self.stop_adapter(id).await;
         if let Err(e) = self.commit_patch(id, &bucket, batch, Clear { dedup: clear_dedup, error: clear_error }).await {
             // Nothing was changed: the stored bucket's adapter runs again (if it was running:
             // one stopped after its restart budget stays stopped).

@@ -715,11 +715,14 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
                 let _ = commit.finish().await;
                 retry = Some(format!("bucket {bucket_id}: {message}; retry later"));
             }
+            // (Not decided for lifecycle changes today; should it be, Mux retries.)
+            Err(IngestErr::ShortOfDisk) => {
+                retry = Some(format!("bucket {bucket_id}: hookline is short of disk space; retry later"));
+            }
             // The adapter was removed meanwhile: it no longer uses the connection.
             Err(IngestErr::Gone) => {}
             Err(
                 IngestErr::Unauthorized(..)
-                | IngestErr::ShortOfDisk
                 | IngestErr::Disabled
                 | IngestErr::Malformed(_)
                 | IngestErr::Unverifiable(_),

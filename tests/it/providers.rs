@@ -1307,6 +1307,42 @@ async fn an_adapter_taking_over_from_generic_webhook_reaches_its_objects() {
     assert!(objects(&app, bk).await.is_empty());
 }
 
+/// Short of disk (`storage.min_free_mb` over what the disk has), only new objects wait: a
+/// re-sent INSERT is still a duplicate, an UPDATE and a DELETE of rows with objects still
+/// apply, while an INSERT and an UPDATE of a row without an object (an upsert) are 503.
+#[tokio::test]
+async fn short_of_disk_changes_and_duplicates_go_on() {
+    let mut app = TestApp::start().await;
+    let (bucket, secret) = supabase_rows(&app, "short", json!({"dedup_key": "record.id"})).await;
+    let (b, s) = (bucket.as_str(), secret.as_str());
+    let mut made = Vec::new();
+    for id in [1, 2] {
+        let r = post_row(&app, b, s, db_event("INSERT", json!({"id": id, "title": "t"}), Value::Null)).await;
+        assert_eq!(r["status"], "created", "{r}");
+        made.push(r["object_id"].clone());
+    }
+    app.set_storage_toml("min_free_mb = 1073741824".into());
+    app.restart().await;
+    let r = post_row(&app, b, s, db_event("INSERT", json!({"id": 1, "title": "t"}), Value::Null)).await;
+    assert_eq!((&r["status"], &r["object_id"]), (&json!("duplicate"), &made[0]), "{r}");
+    let r = post_row(&app, b, s, db_event("UPDATE", json!({"id": 1, "title": "u"}), json!({"id": 1}))).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("updated"), &json!([made[0]])), "{r}");
+    let r = post_row(&app, b, s, db_event("DELETE", Value::Null, json!({"id": 2}))).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([made[1]])), "{r}");
+    let ingest = format!("/v1/buckets/{b}/source-adapter/ingest");
+    let h = [("X-Webhook-Secret", s), ("Content-Type", "application/json")];
+    for event in [
+        db_event("INSERT", json!({"id": 3, "title": "t"}), Value::Null),
+        db_event("UPDATE", json!({"id": 4, "title": "t"}), json!({"id": 4})),
+    ] {
+        let (st, r) = app.post_raw(&ingest, event.to_string(), &h).await;
+        assert_eq!((st, r["error"]["code"].as_str()), (503, Some("unavailable")), "{event} → {r}");
+    }
+    let objs = objects(&app, b).await;
+    assert_eq!(objs.len(), 1, "{objs:?}");
+    assert_eq!((&objs[0]["object_id"], &objs[0]["metadata"]["title"]), (&made[0], &json!("u")));
+}
+
 /// The same for a row still in its batch window: the buffered entry is updated in place and
 /// re-keyed (its byte count kept exact), a later UPDATE of the new key finds it, and the
 /// flush makes one object with the new key and the latest content.

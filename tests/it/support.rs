@@ -260,6 +260,12 @@ impl TestApp {
         self.spawn(Some(addr)).await;
     }
 
+    /// Replaces the extra `[storage]` keys of the config (takes effect at the next start).
+    pub fn set_storage_toml(&mut self, toml: String) {
+        self.opts.storage_toml = toml;
+        self.write_config();
+    }
+
     /// Replaces the `[delivery]` section of the config (takes effect at the next start).
     pub fn set_delivery_toml(&mut self, toml: String) {
         self.opts.delivery_toml = Some(toml);

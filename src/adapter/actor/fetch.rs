@@ -150,6 +150,9 @@ impl AdapterState {
                             self.put_stats(&mut batch);
                             let commit = self.submit(batch, Vec::new());
                             Ok(IngestOk::new(IngestStatus::Duplicate, Some(oid), Some(commit)))
+                        } else if self.shared.room.short() {
+                            // Checked before the fetch too; the disk may have filled meanwhile.
+                            Err(IngestErr::ShortOfDisk)
                         } else {
                             Ok(self.accept(now, draft, dedup_hash))
                         }

@@ -50,52 +50,88 @@ pub(super) fn load_index(store: &Store, prefix: &str) -> Result<HashMap<String, 
     })
 }
 
-/// Adds the external-ID index entries that the objects and buffered entries of `bucket`
-/// lack: those a generic_webhook adapter made (it indexes nothing, see
-/// `kind::changes_by_external_id`), before an adapter type that changes objects by external
-/// ID takes the bucket over, so its lifecycle events reach every object whose external ID they
-/// name, as the contract says. The bucket's actor must be stopped. Committed in chunks ahead
-/// of the PATCH: an entry is right whatever becomes of it (older versions indexed every
-/// object). Returns how many entries were added.
-pub(in crate::adapter) async fn index_unindexed(store: &Store, bucket: &BucketId) -> Result<usize, StoreError> {
-    /// Only what indexing needs of an object or a buffered draft (the rest is skipped).
-    #[derive(serde::Deserialize)]
-    struct Source {
-        external_id: Option<String>,
+/// The key (in the external-ID index's keyspace, where it can be no object's) that says the
+/// bucket's objects may lack index entries: written by the PATCH that gives a bucket to an
+/// adapter type that changes objects by external ID, taking over from none or from
+/// generic_webhook (which indexes nothing, see `kind::changes_by_external_id`); deleted once
+/// [`index_unindexed`] has run, at the next start of the bucket's actor.
+pub(in crate::adapter) fn unindexed_marker(bucket: &BucketId) -> String {
+    records::key(bucket, "unindexed")
+}
+
+/// Only what indexing needs of an object or a buffered draft (the rest is skipped).
+#[derive(serde::Deserialize)]
+struct Source {
+    external_id: Option<String>,
+}
+#[derive(serde::Deserialize)]
+struct Indexable {
+    source: Source,
+}
+#[derive(serde::Deserialize)]
+struct Buffered {
+    draft: Indexable,
+}
+
+/// Objects (or buffered entries) read, and index entries committed, per step.
+const INDEX_PAGE: usize = 10_000;
+
+/// When the bucket is marked (see [`unindexed_marker`]): adds the index entries its objects
+/// and buffered entries lack, so the new adapter's events reach every object whose external
+/// ID they name, as the contract says; then drops the mark. Run by the actor as it starts
+/// (ingests wait for it, as for a large dedup set); page by page, each page's entries
+/// committed before the next is read, so memory stays bounded and a crash midway only
+/// repeats it. Returns how many entries were added.
+pub(super) async fn index_unindexed(store: &Store, bucket: &BucketId) -> Result<usize, StoreError> {
+    let marker = unindexed_marker(bucket);
+    if !store.contains(Keyspace::EXTERNAL_IDS, &marker)? {
+        return Ok(0);
     }
-    #[derive(serde::Deserialize)]
-    struct Indexable {
-        source: Source,
-    }
-    #[derive(serde::Deserialize)]
-    struct Buffered {
-        draft: Indexable,
-    }
-    const CHUNK: usize = 10_000;
     let prefix = records::prefix(bucket);
     let mut indexed = std::collections::HashSet::new();
     store.for_each_key(Keyspace::EXTERNAL_IDS, &prefix, |k| {
         indexed.insert(k.to_string());
         true
     })?;
-    let mut wanted: Vec<(String, String)> = Vec::new();
-    let mut want = |key: &str, source: Source| {
-        if let Some(ext) = source.external_id.filter(|_| !indexed.contains(key)) {
-            wanted.push((key.to_string(), records::dedup_hash(&ext)));
-        }
-        true
-    };
-    store.for_each::<Indexable>(Keyspace::OBJECTS, &prefix, |k, o| want(k, o.source))?;
-    store.for_each::<Buffered>(Keyspace::BUFFER, &prefix, |k, b| want(k, b.draft.source))?;
-    let added = wanted.len();
-    for chunk in wanted.chunks(CHUNK) {
-        let mut batch = Batch::new();
-        for (key, hash) in chunk {
-            batch.put(Keyspace::EXTERNAL_IDS, &key[..], hash);
-        }
-        store.commit(batch).await?;
-    }
+    let added = index_pages(store, Keyspace::OBJECTS, &prefix, &indexed, |o: Indexable| o.source).await?
+        + index_pages(store, Keyspace::BUFFER, &prefix, &indexed, |b: Buffered| b.draft.source).await?;
+    let mut done = Batch::new();
+    done.delete(Keyspace::EXTERNAL_IDS, &marker);
+    store.commit(done).await?;
     Ok(added)
+}
+
+/// [`index_unindexed`] over one keyspace of `{bucket_id}/{object_id}` records.
+async fn index_pages<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    ks: Keyspace,
+    prefix: &str,
+    indexed: &std::collections::HashSet<String>,
+    source: fn(T) -> Source,
+) -> Result<usize, StoreError> {
+    let mut added = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let mut batch = Batch::new();
+        let mut seen = 0;
+        let mut last = None;
+        store.for_each_after::<T>(ks, prefix, after.as_deref(), |key, record| {
+            if let Some(ext) = source(record).external_id.filter(|_| !indexed.contains(key)) {
+                batch.put(Keyspace::EXTERNAL_IDS, key, &records::dedup_hash(&ext));
+                added += 1;
+            }
+            seen += 1;
+            last = Some(key.to_string());
+            seen < INDEX_PAGE
+        })?;
+        if !batch.is_empty() {
+            store.commit(batch).await?;
+        }
+        if seen < INDEX_PAGE {
+            return Ok(added);
+        }
+        after = last;
+    }
 }
 
 /// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup set or the
@@ -300,6 +336,10 @@ impl AdapterState {
                     let dedup_hash = dedup_hash.or_else(|| screened.dedup_value.as_deref().map(records::dedup_hash));
                     if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
                         return Ok(self.duplicate(now, object_id));
+                    }
+                    // A new object all the same: it waits while the disk is short.
+                    if self.shared.room.short() {
+                        return Err(IngestErr::ShortOfDisk);
                     }
                     return Ok(self.accept(now, draft, dedup_hash));
                 }
