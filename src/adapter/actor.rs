@@ -356,10 +356,6 @@ impl Actor for SourceAdapterActor {
             true
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
-        let indexed = lifecycle::index_unindexed(store, &bucket_id).await?;
-        if indexed > 0 {
-            tracing::info!(bucket_id = %bucket_id, entries = indexed, "objects indexed by external ID for the new adapter type");
-        }
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
@@ -392,6 +388,14 @@ impl Actor for SourceAdapterActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Here, not in pre_start: the spawn (the registry, a PATCH's answer) does not wait for
+        // it; messages do (they queue until post_start returns).
+        let indexed = lifecycle::index_unindexed(&state.shared.store, &state.bucket.bucket_id).await?;
+        if indexed > 0 {
+            let bucket_id = &state.bucket.bucket_id;
+            tracing::info!(bucket_id = %bucket_id, entries = indexed, "objects indexed by external ID for the new adapter type");
+            state.xids = lifecycle::load_index(&state.shared.store, &records::prefix(bucket_id))?;
+        }
         // A restart (or a mode change) may find a window that is overdue or a buffer the
         // new mode does not keep: flush it now.
         let b = &state.adapter.batching;

@@ -8,7 +8,7 @@
 //! | `dkey` | `{bucket_id}/{object_id}` | sha256 of the object's dedup value (hex string) |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
-//! | `xref` | `{bucket_id}/unindexed` | `true`: the bucket's objects may lack `xref` entries |
+//! | `xref` | `{bucket_id}/unindexed` | a string: the bucket's objects may lack `xref` entries (not an object ID, so loading skips it) |
 //!
 //! `dkey` is the dedup set and `xref` the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,

@@ -598,10 +598,11 @@ impl RegistryState {
         // The running actor holds the old settings: stop it, commit, start a fresh one (its
         // pre_start barrier sees everything the old one submitted).
         if index_existing {
-            // Done by the new actor as it starts, not here: a large bucket takes seconds, which
-            // neither this registry (every bucket's admin calls) nor the PATCH's answer (its
-            // new secret) should wait for.
-            batch.put(Keyspace::EXTERNAL_IDS, &super::actor::unindexed_marker(id), &true);
+            // Done by the new actor once started (its post_start), not here: a large bucket
+            // takes seconds, which neither this registry (every bucket's admin calls) nor the
+            // PATCH's answer (its new secret) should wait for.
+            // A string, as every value of the keyspace is (the index loads them all as hashes).
+            batch.put(Keyspace::EXTERNAL_IDS, &super::actor::unindexed_marker(id), "objects may lack entries");
         }
         self.stop_adapter(id).await;
         if let Err(e) = self.commit_patch(id, &bucket, batch, Clear { dedup: clear_dedup, error: clear_error }).await {

@@ -1296,11 +1296,12 @@ async fn an_adapter_taking_over_from_generic_webhook_reaches_its_objects() {
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    assert!(app.log().contains("objects indexed by external ID"), "log:\n{}", app.log());
+    // (Indexed by the new actor once started: the DELETEs wait for it.)
     for (id, oid) in [(7, &made[0]), (9, &buffered)] {
         let r = post_row(&app, bk, sc, db_event("DELETE", Value::Null, json!({"id": id}))).await;
         assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([oid])), "{id}: {r}");
     }
+    assert!(app.log().contains("objects indexed by external ID"), "log:\n{}", app.log());
     app.restart().await;
     let r = post_row(&app, bk, sc, db_event("DELETE", Value::Null, json!({"id": 8}))).await;
     assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([made[1]])), "{r}");

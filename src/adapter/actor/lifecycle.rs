@@ -78,8 +78,8 @@ const INDEX_PAGE: usize = 10_000;
 
 /// When the bucket is marked (see [`unindexed_marker`]): adds the index entries its objects
 /// and buffered entries lack, so the new adapter's events reach every object whose external
-/// ID they name, as the contract says; then drops the mark. Run by the actor as it starts
-/// (ingests wait for it, as for a large dedup set); page by page, each page's entries
+/// ID they name, as the contract says; then drops the mark. Run by the actor as it starts,
+/// after its spawn returned (its messages wait for it); page by page, each page's entries
 /// committed before the next is read, so memory stays bounded and a crash midway only
 /// repeats it. Returns how many entries were added.
 pub(super) async fn index_unindexed(store: &Store, bucket: &BucketId) -> Result<usize, StoreError> {
