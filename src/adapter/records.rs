@@ -8,7 +8,7 @@
 //! | `dkey` | `{bucket_id}/{object_id}` | sha256 of the object's dedup value (hex string) |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
-//! | `xref` | `{bucket_id}/unindexed` | a string: the bucket's objects may lack `xref` entries (not an object ID, so loading skips it) |
+//! | `xref` | `{bucket_id}/unindexed` | a string: the objects may lack `xref` entries (see below) |
 //!
 //! `dkey` is the dedup set and `xref` the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
@@ -17,10 +17,10 @@
 //! insert per ingest for nothing. When such a type takes a bucket over from none or from
 //! generic_webhook, the PATCH marks the bucket `unindexed` and its actor, as it starts,
 //! indexes the objects already there (`lifecycle::index_unindexed`), so its events reach
-//! every object whose external ID they name; entries older versions wrote for generic
-//! objects are kept and used. The adapter
-//! actor holds both in memory, by hash, and loads them with one scan when it starts. On disk
-//! they are keyed by object ID on purpose: IDs are time-ordered, so every ingest appends at
+//! every object whose external ID they name (the mark is no object ID: loading skips it);
+//! entries older versions wrote for generic objects are kept and used. The adapter actor
+//! holds both in memory, by hash, and loads them with one scan when it starts. On disk they
+//! are keyed by object ID on purpose: IDs are time-ordered, so every ingest appends at
 //! the end of the tree, where keyed by hash each landed on a random page, which cost sled
 //! several times more per insert. Both are written in the same batch as the object or buffer
 //! entry; an `xref` entry is deleted with its object (and replaced, in the batch that re-keys

@@ -715,7 +715,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
                 let _ = commit.finish().await;
                 retry = Some(format!("bucket {bucket_id}: {message}; retry later"));
             }
-            // (Not decided for lifecycle changes today; should it be, Mux retries.)
+            // (Lifecycle changes are not refused today; were they, Mux would retry.)
             Err(IngestErr::ShortOfDisk) => {
                 retry = Some(format!("bucket {bucket_id}: hookline is short of disk space; retry later"));
             }
