@@ -389,8 +389,13 @@ impl Actor for SourceAdapterActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Here, not in pre_start: the spawn (the registry, a PATCH's answer) does not wait for
-        // it; messages do (they queue until post_start returns).
-        let indexed = lifecycle::index_unindexed(&state.shared.store, &state.bucket.bucket_id).await?;
+        // it; messages do (they queue until post_start returns). Only for an adapter that uses
+        // the index: a bucket handed back to generic_webhook keeps its mark for a later one.
+        let indexed = if crate::adapter::kind::changes_by_external_id(state.adapter.adapter_type) {
+            lifecycle::index_unindexed(&state.shared.store, &state.bucket.bucket_id).await?
+        } else {
+            0
+        };
         if indexed > 0 {
             let bucket_id = &state.bucket.bucket_id;
             tracing::info!(bucket_id = %bucket_id, entries = indexed, "objects indexed by external ID for the new adapter type");

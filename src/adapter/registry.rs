@@ -601,8 +601,12 @@ impl RegistryState {
             // Done by the new actor once started (its post_start), not here: a large bucket
             // takes seconds, which neither this registry (every bucket's admin calls) nor the
             // PATCH's answer (its new secret) should wait for.
-            // A string, as every value of the keyspace is (the index loads them all as hashes).
-            batch.put(Keyspace::EXTERNAL_IDS, &super::actor::unindexed_marker(id), "objects may lack entries");
+            // A string, as every value of the keyspace is (the index loads them all as hashes);
+            // one already there holds how far an earlier run got.
+            let marker = super::actor::unindexed_marker(id);
+            if !self.shared.store.contains(Keyspace::EXTERNAL_IDS, &marker)? {
+                batch.put(Keyspace::EXTERNAL_IDS, &marker, "objects may lack entries");
+            }
         }
         self.stop_adapter(id).await;
         if let Err(e) = self.commit_patch(id, &bucket, batch, Clear { dedup: clear_dedup, error: clear_error }).await {

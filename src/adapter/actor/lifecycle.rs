@@ -76,61 +76,94 @@ struct Buffered {
 /// Objects (or buffered entries) read, and index entries committed, per step.
 const INDEX_PAGE: usize = 10_000;
 
+/// The marker's value once a page is done: where the next run resumes (a stop may cut a long
+/// run short: the actor is killed if it does not stop in time). Any other value (the PATCH
+/// writes one) means from the start.
+const OBJECTS_AFTER: &str = "objects after ";
+const BUFFER_AFTER: &str = "buffer after ";
+
 /// When the bucket is marked (see [`unindexed_marker`]): adds the index entries its objects
 /// and buffered entries lack, so the new adapter's events reach every object whose external
 /// ID they name, as the contract says; then drops the mark. Run by the actor as it starts,
 /// after its spawn returned (its messages wait for it); page by page, each page's entries
-/// committed before the next is read, so memory stays bounded and a crash midway only
-/// repeats it. Returns how many entries were added.
+/// committed with the point reached (in the mark) before the next is read, so memory stays
+/// bounded and a run cut short resumes where it was. Returns how many entries were added.
 pub(super) async fn index_unindexed(store: &Store, bucket: &BucketId) -> Result<usize, StoreError> {
+    index_unindexed_by(store, bucket, INDEX_PAGE).await
+}
+
+/// [`index_unindexed`] with pages of `page` records (tests use small ones).
+async fn index_unindexed_by(store: &Store, bucket: &BucketId, page: usize) -> Result<usize, StoreError> {
     let marker = unindexed_marker(bucket);
-    if !store.contains(Keyspace::EXTERNAL_IDS, &marker)? {
+    let Some(mark) = store.get::<String>(Keyspace::EXTERNAL_IDS, &marker)? else {
         return Ok(0);
-    }
+    };
     let prefix = records::prefix(bucket);
-    let mut indexed = std::collections::HashSet::new();
-    store.for_each_key(Keyspace::EXTERNAL_IDS, &prefix, |k| {
-        indexed.insert(k.to_string());
-        true
-    })?;
-    let added = index_pages(store, Keyspace::OBJECTS, &prefix, &indexed, |o: Indexable| o.source).await?
-        + index_pages(store, Keyspace::BUFFER, &prefix, &indexed, |b: Buffered| b.draft.source).await?;
+    let (objects_after, buffer_after) = match (mark.strip_prefix(OBJECTS_AFTER), mark.strip_prefix(BUFFER_AFTER)) {
+        (Some(k), _) => (Some(Some(k.to_string())), None),
+        (None, Some(k)) => (None, Some(k.to_string())),
+        (None, None) => (Some(None), None),
+    };
+    let mut added = 0;
+    if let Some(after) = objects_after {
+        let source = |o: Indexable| o.source;
+        added += index_pages(store, Keyspace::OBJECTS, &prefix, &marker, after, page, source).await?;
+    }
+    let source = |b: Buffered| b.draft.source;
+    added += index_pages(store, Keyspace::BUFFER, &prefix, &marker, buffer_after, page, source).await?;
     let mut done = Batch::new();
     done.delete(Keyspace::EXTERNAL_IDS, &marker);
     store.commit(done).await?;
     Ok(added)
 }
 
-/// [`index_unindexed`] over one keyspace of `{bucket_id}/{object_id}` records.
+/// [`index_unindexed`] over one keyspace of `{bucket_id}/{object_id}` records, after the key
+/// `after` (from the start when `None`).
 async fn index_pages<T: serde::de::DeserializeOwned>(
     store: &Store,
     ks: Keyspace,
     prefix: &str,
-    indexed: &std::collections::HashSet<String>,
+    marker: &str,
+    mut after: Option<String>,
+    page: usize,
     source: fn(T) -> Source,
 ) -> Result<usize, StoreError> {
+    let progress = if ks == Keyspace::OBJECTS { OBJECTS_AFTER } else { BUFFER_AFTER };
     let mut added = 0;
-    let mut after: Option<String> = None;
     loop {
-        let mut batch = Batch::new();
+        let mut wanted = Vec::new();
         let mut seen = 0;
         let mut last = None;
         store.for_each_after::<T>(ks, prefix, after.as_deref(), |key, record| {
-            if let Some(ext) = source(record).external_id.filter(|_| !indexed.contains(key)) {
-                batch.put(Keyspace::EXTERNAL_IDS, key, &records::dedup_hash(&ext));
-                added += 1;
+            if let Some(ext) = source(record).external_id {
+                wanted.push((key.to_string(), ext));
             }
             seen += 1;
             last = Some(key.to_string());
-            seen < INDEX_PAGE
+            seen < page
         })?;
-        if !batch.is_empty() {
-            store.commit(batch).await?;
+        if last.is_some() {
+            after = last;
         }
-        if seen < INDEX_PAGE {
+        let mut batch = Batch::new();
+        for (key, ext) in wanted {
+            // Read, not remembered: a bucket's index may be large (one a Supabase adapter
+            // filled before it was removed and added again).
+            if !store.contains(Keyspace::EXTERNAL_IDS, &key)? {
+                batch.put(Keyspace::EXTERNAL_IDS, &key, &records::dedup_hash(&ext));
+                added += 1;
+            }
+        }
+        if seen < page {
+            if !batch.is_empty() {
+                store.commit(batch).await?;
+            }
             return Ok(added);
         }
-        after = last;
+        if let Some(last) = &after {
+            batch.put(Keyspace::EXTERNAL_IDS, marker, &format!("{progress}{last}"));
+        }
+        store.commit(batch).await?;
     }
 }
 
@@ -455,5 +488,53 @@ impl AdapterState {
             IngestErr::Invalid { message, commit, .. } => IngestErr::Retry { message, commit },
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Objects and buffered entries without an index entry get one, page by page; the mark
+    /// holds the point reached, so a run cut short resumes there; the mark goes at the end.
+    #[tokio::test]
+    async fn unindexed_objects_are_indexed_page_by_page_and_a_cut_run_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let bucket = BucketId::generate();
+        let ids: Vec<ObjectId> = (0..8).map(|_| ObjectId::generate()).collect();
+        let key = |id: &ObjectId| records::key(&bucket, id.as_str());
+        let mut b = Batch::new();
+        for (n, id) in ids.iter().enumerate().take(7) {
+            let ext = (n != 2).then(|| format!("e{n}"));
+            b.put(Keyspace::OBJECTS, &key(id), &json!({"source": {"external_id": ext}, "metadata": {"n": n}}));
+        }
+        // Already indexed (by an older version, say): left as it is.
+        b.put(Keyspace::EXTERNAL_IDS, &key(&ids[1]), "kept");
+        b.put(Keyspace::BUFFER, &key(&ids[7]), &json!({"draft": {"source": {"external_id": "e7"}}}));
+        let marker = unindexed_marker(&bucket);
+        // As if a run had done the objects up to the fourth and been stopped.
+        b.put(Keyspace::EXTERNAL_IDS, &marker, &format!("{OBJECTS_AFTER}{}", key(&ids[3])));
+        store.commit(b).await.unwrap();
+
+        assert_eq!(index_unindexed_by(&store, &bucket, 2).await.unwrap(), 4, "objects 5-7 and the buffered one");
+        let entry = |id: &ObjectId| store.get::<String>(Keyspace::EXTERNAL_IDS, &key(id)).unwrap();
+        assert_eq!(entry(&ids[0]), None, "before the point reached: not read again");
+        assert_eq!(entry(&ids[1]).as_deref(), Some("kept"));
+        assert_eq!(entry(&ids[4]), Some(records::dedup_hash("e4")));
+        assert_eq!(entry(&ids[7]), Some(records::dedup_hash("e7")));
+        assert!(!store.contains(Keyspace::EXTERNAL_IDS, &marker).unwrap(), "the mark is gone");
+        assert_eq!(index_unindexed_by(&store, &bucket, 2).await.unwrap(), 0, "unmarked: nothing to do");
+
+        // Marked afresh (a PATCH): from the start; what has an entry keeps it.
+        let mut b = Batch::new();
+        b.put(Keyspace::EXTERNAL_IDS, &marker, "objects may lack entries");
+        store.commit(b).await.unwrap();
+        assert_eq!(index_unindexed_by(&store, &bucket, 2).await.unwrap(), 2, "objects 1 and 4");
+        assert_eq!(entry(&ids[0]), Some(records::dedup_hash("e0")));
+        assert_eq!(entry(&ids[2]), None, "no external id, no entry");
+        let loaded = load_index(&store, &records::prefix(&bucket)).unwrap();
+        assert_eq!(loaded.len(), 7, "every object with an external id; the mark is no entry: {loaded:?}");
     }
 }
