@@ -1224,6 +1224,17 @@ async fn post_row(app: &TestApp, bucket: &str, secret: &str, v: Value) -> Value 
     r
 }
 
+/// Posts an INSERT of each row `{id, title: "t"}`; asserts each is `created`; their object IDs.
+async fn insert_rows(app: &TestApp, bucket: &str, secret: &str, ids: &[i64]) -> Vec<Value> {
+    let mut made = Vec::new();
+    for id in ids {
+        let r = post_row(app, bucket, secret, db_event("INSERT", json!({"id": id, "title": "t"}), Value::Null)).await;
+        assert_eq!(r["status"], "created", "{r}");
+        made.push(r["object_id"].clone());
+    }
+    made
+}
+
 /// An UPDATE that changed the row's primary key (`old_record.id` 200, `record.id` 201)
 /// updates the row's object, found under the old key, and re-keys it: its external_id and
 /// index entry become 201, so the next UPDATE and the DELETE of 201 (after a restart too:
@@ -1275,12 +1286,7 @@ async fn an_adapter_taking_over_from_generic_webhook_reaches_its_objects() {
     assert_eq!(s, 200, "{b}");
     let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
     let (bk, sc) = (bucket.as_str(), secret.as_str());
-    let mut made = Vec::new();
-    for id in [7, 8] {
-        let r = post_row(&app, bk, sc, db_event("INSERT", json!({"id": id, "title": "t"}), Value::Null)).await;
-        assert_eq!(r["status"], "created", "{r}");
-        made.push(r["object_id"].clone());
-    }
+    let made = insert_rows(&app, bk, sc, &[7, 8]).await;
     let (s, b) = app.patch(&path, generic("time_window")).await;
     assert_eq!(s, 200, "{b}");
     let r = post_row(&app, bk, sc, db_event("INSERT", json!({"id": 9, "title": "t"}), Value::Null)).await;
@@ -1316,12 +1322,7 @@ async fn short_of_disk_changes_and_duplicates_go_on() {
     let mut app = TestApp::start().await;
     let (bucket, secret) = supabase_rows(&app, "short", json!({"dedup_key": "record.id"})).await;
     let (b, s) = (bucket.as_str(), secret.as_str());
-    let mut made = Vec::new();
-    for id in [1, 2] {
-        let r = post_row(&app, b, s, db_event("INSERT", json!({"id": id, "title": "t"}), Value::Null)).await;
-        assert_eq!(r["status"], "created", "{r}");
-        made.push(r["object_id"].clone());
-    }
+    let made = insert_rows(&app, b, s, &[1, 2]).await;
     app.set_storage_toml("min_free_mb = 1073741824".into());
     app.restart().await;
     let r = post_row(&app, b, s, db_event("INSERT", json!({"id": 1, "title": "t"}), Value::Null)).await;
