@@ -93,10 +93,9 @@ pub async fn run(
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             for n in 0u64.. {
                 tick.tick().await;
-                // Every second: a burst can fill the last of the floor quickly.
-                if let Ok(free) = room.sample() {
-                    crate::metrics::store_disk_available(free);
-                }
+                // Every second: a burst can fill the last of the floor quickly. (A failed
+                // measurement keeps the last one; `/metrics` exports the last.)
+                let _ = room.sample();
                 if n % 5 == 0 {
                     metrics.run_upkeep();
                 }

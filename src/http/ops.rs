@@ -36,7 +36,7 @@ pub async fn metrics(state: &HttpState) -> Result<Response, ApiError> {
     crate::metrics::store_size(state.shared.store.size_on_disk());
     // What is left for the store to grow into: a write the disk refuses fails the store (and
     // stops the daemon), so this is the gauge to alert on, well before it reaches 0.
-    // Sampled every second (`app.rs`); a sample here could land out of order with that one.
+    // The last sample (`app.rs` takes one every second; one here could land out of order).
     let free = state.shared.room.available();
     if free != u64::MAX {
         crate::metrics::store_disk_available(free);

@@ -8,7 +8,8 @@
 //! and new work resumes by itself once an operator frees space. Senders are answered 503,
 //! which upstreams retry.
 //!
-//! This module only measures and remembers; the HTTP layer decides what to refuse.
+//! This module only measures and remembers; its readers decide what to refuse (the adapter
+//! actor an ingest's new object, the HTTP layer a published event).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
