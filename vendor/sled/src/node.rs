@@ -600,7 +600,11 @@ impl Node {
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             2
         } else if self.data.is_index() {
-            256
+            // hookline: 64 rather than 256. A leaf split clones its parent index node and
+            // writes it whole to the log; hookline's keys are appended (time-ordered IDs), so
+            // a leaf splits every 8 or so inserts, and a smaller parent makes each split
+            // cheaper (ingest: 3-6 µs less CPU per request, measured interleaved).
+            64
         } else {
             16
         };
@@ -615,7 +619,9 @@ impl Node {
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             1
         } else if self.data.is_index() {
-            64
+            // hookline: 16 rather than 64, a quarter of the split threshold as in 0.34.7 (a
+            // freshly split index node holds 32: it must not be merged back at once).
+            16
         } else {
             4
         };
