@@ -158,7 +158,7 @@ pub async fn run(
             // fixed, and the log replays every acknowledged write). So stop, and let the
             // service manager start us again, as a database does after a failed fsync.
             tracing::error!(
-                "the store refuses writes after a failure (see the error above; a full disk?): shutting down, \
+                "the store refuses writes after a failure (see the error above: a full disk? a deleted directory?): shutting down, \
                  exit status 1, for the service manager to restart hookline once the cause is fixed; \
                  nothing acknowledged is lost"
             );
@@ -219,11 +219,25 @@ pub async fn run(
 }
 
 /// Resolves once the store has failed for good (a log write, an fsync or sled refused by the
-/// disk): from then on it refuses every write.
+/// disk) or was closed because its log directory was deleted: from then on it refuses every
+/// write.
 async fn store_failure(store: &Store) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
+        if store.log_dir_lost() {
+            tracing::error!(
+                "the write-ahead log directory was deleted while hookline ran: closing the store (everything \
+                 acknowledged is moved into sled and flushed), making the directory again, then shutting down"
+            );
+            match store.close_after_losing_log().await {
+                Ok(()) => {
+                    tracing::info!("store flushed and the log directory made again; nothing acknowledged is lost")
+                }
+                Err(e) => tracing::error!(error = %e, "closing the store after its log directory was deleted failed"),
+            }
+            return;
+        }
         if !store.healthy() {
             return;
         }

@@ -199,6 +199,18 @@ impl Store {
                 .is_empty();
         format::check(backend.as_ref(), has_log)?;
         let log_from = format::log_from(backend.as_ref())?;
+        if log_from.is_some() && !wal_dir.exists() {
+            // hookline makes the directory with the store and never removes it: it was
+            // deleted (or left out of a restore), with whatever it held.
+            return Err(StoreError::Corrupt {
+                key: wal_dir.display().to_string(),
+                reason: "the write-ahead log directory is missing, though this store was written with one: writes \
+                         acknowledged since the last checkpoint may be lost. Refusing to start: restore it from a \
+                         backup; or, if hookline last stopped cleanly (\"store flushed; bye\" in its log) or the loss \
+                         is accepted, create it empty (mkdir -m 700) and start again"
+                    .into(),
+            });
+        }
         let next_segment = wal::recover(wal_dir, backend.as_ref(), log_from, &format::log_from_batch)?;
         if log_from != Some(next_segment) {
             // `recover` recorded it if it replayed segments; not for a log with none to
@@ -364,6 +376,25 @@ impl Store {
     /// the store is closed.
     pub fn healthy(&self) -> bool {
         self.committer.healthy()
+    }
+
+    /// Whether the write-ahead log directory was deleted while the store is open: the log
+    /// then goes on into unlinked files, acknowledging writes that a crash would lose and
+    /// that no start could replay. The daemon checks it with [`Store::healthy`] and answers
+    /// with [`Store::close_after_losing_log`].
+    pub fn log_dir_lost(&self) -> bool {
+        self.committer.healthy() && !self.wal_dir.exists()
+    }
+
+    /// After [`Store::log_dir_lost`]: closes the store, which moves every acknowledged write
+    /// into sled and flushes it (the deleted segments stay readable through their open
+    /// files), then makes the directory again, empty, so that the next start goes on with a
+    /// new log, having lost nothing. A crash before this is over leaves no directory: the
+    /// next start then refuses (see [`Store::open`]).
+    pub async fn close_after_losing_log(&self) -> Result<(), StoreError> {
+        self.close().await?;
+        wal::make_dir(&self.wal_dir)
+            .map_err(|e| StoreError::Io(format!("create log directory {}: {e}", self.wal_dir.display())))
     }
 
     /// Bytes used on disk, for the storage gauge.

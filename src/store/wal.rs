@@ -305,15 +305,7 @@ pub(crate) fn recover(
 ) -> Result<u64, StoreError> {
     let io = |what: &str, e: io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
     if !dir.is_dir() {
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-        }
-        .map_err(|e| io("create log directory", e))?;
-        // The directory's own entry must survive a crash too, or so would none of its segments.
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent).map_err(|e| io("sync the parent of log directory", e))?;
-        }
+        make_dir(dir).map_err(|e| io("create log directory", e))?;
     }
     remove_unfinished(dir).map_err(|e| io("remove unfinished spares in", e))?;
     let nos = segments(dir).map_err(|e| io("list log directory", e))?;
@@ -431,6 +423,19 @@ pub(crate) fn segment_bytes(dir: &Path) -> u64 {
 pub(crate) fn size_on_disk(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+}
+
+/// Makes the log directory (owner only), durably: the directory's own entry must survive a
+/// crash too, or so would none of its segments.
+pub(crate) fn make_dir(dir: &Path) -> io::Result<()> {
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
