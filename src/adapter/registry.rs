@@ -11,7 +11,9 @@
 //! [`ADAPTER_MAX_RESTARTS`] times per [`ADAPTER_RESTART_WINDOW`]), and stops them when the
 //! adapter or the bucket goes. Object deletion, alerts, batch submission and the re-queue of a
 //! dead writeback also pass through here: they are rare admin writes, and they must work while
-//! no adapter actor runs (after an adapter was removed, or while its actor is stopped).
+//! no adapter actor runs (after an adapter was removed, or while its actor is stopped). When
+//! the bucket's actor runs, the call is sent to it in the registry's turn and its answer is
+//! awaited by a task (see [`Answer`]): a busy actor must not hold up every other admin call.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -232,19 +234,19 @@ impl Actor for BucketRegistry {
                 let _ = reply.send(state.patch_bucket(&namespace, &bucket_id, *body).await);
             }
             RegistryMsg::DeleteObject { namespace, bucket_id, object_id, reply } => {
-                let _ = reply.send(state.delete_object(&namespace, &bucket_id, &object_id).await);
+                answer(reply, state.delete_object(&namespace, &bucket_id, &object_id).await);
             }
             RegistryMsg::Alert { namespace, bucket_id, alert, reply } => {
-                let _ = reply.send(state.alert(&namespace, &bucket_id, *alert).await);
+                answer(reply, state.alert(&namespace, &bucket_id, *alert).await);
             }
             RegistryMsg::FlushAdapter { namespace, bucket_id, reply } => {
-                let _ = reply.send(state.flush_adapter(&namespace, &bucket_id).await);
+                answer(reply, state.flush_adapter(&namespace, &bucket_id).await);
             }
             RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply } => {
                 let _ = reply.send(state.submit_batch(&namespace, &bucket_id, &batch_id).await);
             }
             RegistryMsg::RequeueWriteback { namespace, bucket_id, writeback_id, reply } => {
-                let _ = reply.send(state.requeue_writeback(&namespace, &bucket_id, &writeback_id).await);
+                answer(reply, state.requeue_writeback(&namespace, &bucket_id, &writeback_id).await);
             }
             RegistryMsg::MuxWebhook { webhook, reply } => {
                 let _ = reply.send(state.mux_webhook(*webhook));
@@ -863,17 +865,23 @@ impl RegistryState {
         Ok(())
     }
 
-    async fn delete_object(&mut self, namespace: &str, id: &BucketId, object_id: &ObjectId) -> Result<(), ApiError> {
+    async fn delete_object(
+        &mut self,
+        namespace: &str,
+        id: &BucketId,
+        object_id: &ObjectId,
+    ) -> Result<Answer<()>, ApiError> {
         self.load_bucket(namespace, id)?;
-        if let Some(actor) = self.children.get(id).cloned() {
+        if let Some(actor) = self.children.get(id) {
             // The adapter actor owns updates of its objects: delete through it.
-            let oid = object_id.clone();
-            let result = ractor::call_t!(actor, |reply| AdapterMsg::DeleteObject(oid, reply), 30_000)
-                .map_err(|e| ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry")))?;
-            return match result? {
-                Some(commit) => Ok(commit.finish().await?),
-                None => Err(ApiError::NotFound(format!("object {object_id} not found in bucket {id}"))),
-            };
+            let reply = ask(actor, |reply| AdapterMsg::DeleteObject(object_id.clone(), reply))?;
+            let (object_id, id) = (object_id.clone(), id.clone());
+            return Ok(Answer::Later(Box::pin(async move {
+                match reply.await?? {
+                    Some(commit) => Ok(commit.finish().await?),
+                    None => Err(ApiError::NotFound(format!("object {object_id} not found in bucket {id}"))),
+                }
+            })));
         }
         let key = records::key(id, object_id.as_str());
         let Some(obj) = self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else {
@@ -890,18 +898,22 @@ impl RegistryState {
         let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), scopes);
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);
-        Ok(())
+        Ok(Answer::Now(()))
     }
 
     /// An alert: the running adapter actor decides it (it knows its buffer); without one
     /// (no adapter, or its actor stopped) nothing else writes the bucket's objects, so it is
     /// decided and committed here, the buffer read from the store.
-    async fn alert(&mut self, namespace: &str, id: &BucketId, alert: NewAlert) -> Result<AlertAnswer, ApiError> {
+    async fn alert(
+        &mut self,
+        namespace: &str,
+        id: &BucketId,
+        alert: NewAlert,
+    ) -> Result<Answer<AlertAnswer>, ApiError> {
         let bucket = self.load_bucket(namespace, id)?;
-        if let Some(actor) = self.children.get(id).cloned() {
-            let result = ractor::call_t!(actor, |reply| AdapterMsg::Alert(Box::new(alert), reply), 30_000)
-                .map_err(|e| ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry")))?;
-            return Ok(result?);
+        if let Some(actor) = self.children.get(id) {
+            let reply = ask(actor, |reply| AdapterMsg::Alert(Box::new(alert), reply))?;
+            return Ok(Answer::Later(Box::pin(async move { Ok(reply.await??) })));
         }
         let store = &self.shared.store;
         // A stopped actor's last writes first (its flush of the object, say).
@@ -922,23 +934,23 @@ impl RegistryState {
             store.commit(batch).await?;
             self.shared.bus.published([&event]);
         }
-        Ok(AlertAnswer { fired, commit: None })
+        Ok(Answer::Now(AlertAnswer { fired, commit: None }))
     }
 
     /// Asks the bucket's actor to flush its buffer. The commit is the caller's to await, so
     /// the registry does not wait for the disk.
-    async fn flush_adapter(&mut self, namespace: &str, id: &BucketId) -> Result<(Commit, Flushed), ApiError> {
+    async fn flush_adapter(&mut self, namespace: &str, id: &BucketId) -> Result<Answer<(Commit, Flushed)>, ApiError> {
         let bucket = self.load_bucket(namespace, id)?;
         if bucket.source_adapter.is_none() {
             return Err(ApiError::NotFound(format!("bucket {id} has no source adapter")));
         }
-        let Some(actor) = self.children.get(id).cloned() else {
+        let Some(actor) = self.children.get(id) else {
             return Err(ApiError::Unavailable(format!(
                 "the source adapter of bucket {id} is not running; re-enable it (PATCH the same source_adapter), then flush"
             )));
         };
-        ractor::call_t!(actor, AdapterMsg::Flush, 30_000)
-            .map_err(|e| ApiError::Unavailable(format!("the source adapter could not flush its buffer ({e}); retry")))
+        let reply = ask(actor, AdapterMsg::Flush)?;
+        Ok(Answer::Later(Box::pin(reply)))
     }
 
     async fn submit_batch(
@@ -983,16 +995,14 @@ impl RegistryState {
         namespace: &str,
         id: &BucketId,
         writeback_id: &WritebackId,
-    ) -> Result<Requeued, ApiError> {
+    ) -> Result<Answer<Requeued>, ApiError> {
         let bucket = self.load_bucket(namespace, id)?;
         let Some(adapter) = bucket.source_adapter.as_ref() else {
             return Err(ApiError::NotFound(format!("bucket {id} has no source adapter")));
         };
-        if let Some(actor) = self.children.get(id).cloned() {
-            let wid = writeback_id.clone();
-            let result = ractor::call_t!(actor, |reply| AdapterMsg::RequeueWriteback(wid, reply), 30_000)
-                .map_err(|e| ApiError::Unavailable(format!("the source adapter did not answer ({e}); retry")))?;
-            return Ok(result?);
+        if let Some(actor) = self.children.get(id) {
+            let reply = ask(actor, |reply| AdapterMsg::RequeueWriteback(writeback_id.clone(), reply))?;
+            return Ok(Answer::Later(Box::pin(async move { Ok(reply.await??) })));
         }
         let store = &self.shared.store;
         // A stopped actor's (and its worker's) last writes first.
@@ -1002,8 +1012,50 @@ impl RegistryState {
         store.commit(batch).await?;
         crate::metrics::writeback(adapter.adapter_type.as_str(), "requeued");
         tracing::info!(bucket_id = %id, %writeback_id, object_id = %job.object_id, "writeback re-queued while the adapter is not running");
-        Ok(Requeued { job, commit: None })
+        Ok(Answer::Now(Requeued { job, commit: None }))
     }
+}
+
+/// A registry answer: given now, or (a call that a bucket's actor answers) awaited by a task
+/// of its own, so that a busy actor (indexing after a takeover, flushing a large buffer)
+/// holds up the calls to its own bucket only, never the registry and every other admin call.
+enum Answer<T> {
+    Now(T),
+    Later(futures::future::BoxFuture<'static, Result<T, ApiError>>),
+}
+
+/// Sends the answer, at once or from a task once the actor gave it.
+fn answer<T: Send + 'static>(reply: RpcReplyPort<Result<T, ApiError>>, answer: Result<Answer<T>, ApiError>) {
+    match answer {
+        Ok(Answer::Now(v)) => drop(reply.send(Ok(v))),
+        Ok(Answer::Later(wait)) => drop(tokio::spawn(async move {
+            let _ = reply.send(wait.await);
+        })),
+        Err(e) => drop(reply.send(Err(e))),
+    }
+}
+
+/// How long a call waits for a bucket's actor.
+const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends a bucket's actor a call now, in the registry's turn (so it is ordered before any
+/// later stop or replacement of that actor), and returns the wait for its reply.
+fn ask<R: Send + 'static>(
+    actor: &ActorRef<AdapterMsg>,
+    msg: impl FnOnce(RpcReplyPort<R>) -> AdapterMsg,
+) -> Result<impl std::future::Future<Output = Result<R, ApiError>> + Send + 'static, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    actor.cast(msg(tx.into())).map_err(|_| ApiError::Unavailable("the source adapter is restarting; retry".into()))?;
+    Ok(async move {
+        match tokio::time::timeout(ACTOR_CALL_TIMEOUT, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(ApiError::Unavailable("the source adapter stopped before it answered; retry".into())),
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "the source adapter did not answer within {} s; retry",
+                ACTOR_CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    })
 }
 
 pub fn not_found_bucket(id: &BucketId) -> ApiError {

@@ -678,6 +678,12 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
                 DELETE => ops::hold_ingest(state, &req, bucket_id),
             })
         }
+        ["v1", "debug", "stall-adapter", bucket_id] if state.shared.config.server.enable_debug_endpoints => {
+            methods!(m, "/v1/debug/stall-adapter/{bucket_id}", {
+                POST => ops::stall_adapter(state, &req, bucket_id),
+                DELETE => ops::stall_adapter(state, &req, bucket_id),
+            })
+        }
         ["v1", "debug", "buffer", bucket_id] if state.shared.config.server.enable_debug_endpoints => {
             methods!(m, "/v1/debug/buffer/{bucket_id}", { GET => ops::buffer(state, &req, bucket_id) })
         }

@@ -84,6 +84,8 @@ pub struct IngestHolds {
     enabled: bool,
     /// Bucket ID → the armed hold.
     armed: std::sync::Mutex<std::collections::HashMap<String, Hold>>,
+    /// Bucket ID → what releases its stalled adapter actor (see [`stall_adapter`]).
+    stalls: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 struct Hold {
@@ -95,7 +97,7 @@ struct Hold {
 
 impl IngestHolds {
     pub fn new(enabled: bool) -> IngestHolds {
-        IngestHolds { enabled, armed: Default::default() }
+        IngestHolds { enabled, armed: Default::default(), stalls: Default::default() }
     }
 
     fn armed(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Hold>> {
@@ -139,6 +141,34 @@ pub async fn hold_ingest(state: &HttpState, req: &Request, bucket_id: &str) -> R
         _ => armed.get(bucket_id).map_or(0, |h| h.reached),
     };
     Ok(json(StatusCode::OK, &serde_json::json!({"reached": reached})))
+}
+
+/// `POST /v1/debug/stall-adapter/{bucket_id}` makes the bucket's adapter actor wait, as
+/// an actor busy with a long task would (indexing after a takeover), until `DELETE` on the
+/// same path: what makes "a busy bucket holds up no other" testable. Debug endpoints only.
+pub async fn stall_adapter(state: &HttpState, req: &Request, bucket_id: &str) -> Result<Response, ApiError> {
+    use crate::adapter::actor::AdapterMsg;
+    req.authenticate(state)?;
+    let release = match req.method {
+        warp::http::Method::POST => {
+            let actor = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id))
+                .ok_or_else(|| ApiError::NotFound(format!("no running source adapter for bucket {bucket_id}")))?;
+            let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+            actor
+                .cast(AdapterMsg::Stall(release.clone()))
+                .map_err(|e| ApiError::Unavailable(format!("actor did not take the message: {e}")))?;
+            lock(&state.holds.stalls).insert(bucket_id.to_string(), release)
+        }
+        _ => lock(&state.holds.stalls).remove(bucket_id),
+    };
+    if let Some(earlier) = release {
+        earlier.close();
+    }
+    Ok(json(StatusCode::OK, &serde_json::json!({"stalled": req.method == warp::http::Method::POST})))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `GET /v1/debug/buffer/{bucket_id}`: the adapter's batch buffer, its byte count as kept

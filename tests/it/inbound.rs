@@ -1361,3 +1361,44 @@ async fn any_patch_starts_an_adapter_stopped_after_its_restart_budget() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(send("f3").await, 200);
 }
+
+/// A bucket whose adapter actor is busy (stalled here through a debug endpoint; in life,
+/// indexing its objects after a takeover, or flushing a large buffer) holds up the admin
+/// calls to its own bucket only: the registry hands the wait for that actor to a task, so
+/// other buckets' calls and catalog writes are answered meanwhile, and the held call is
+/// answered once the actor is free.
+#[tokio::test]
+async fn a_busy_adapter_actor_holds_up_its_own_bucket_only() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (busy, secret) = bucket_with_adapter(&app, "busy", json!({}), adapter.clone()).await;
+    let (other, other_secret) = bucket_with_adapter(&app, "other", json!({}), adapter).await;
+    let object = |b: Value| b["object_id"].as_str().expect("object_id").to_string();
+    let busy_object = object(ingest(&app, &busy, Some(&secret), &json!({"id": "a"})).await.1);
+    let other_object = object(ingest(&app, &other, Some(&other_secret), &json!({"id": "b"})).await.1);
+
+    let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{busy}"), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let held = tokio::spawn(
+        crate::support::client()
+            .delete(app.url(&format!("/v1/buckets/{busy}/objects/{busy_object}")))
+            .bearer_auth(&app.api_key)
+            .send(),
+    );
+    // Let the held delete reach the registry first (were it later, this test would prove nothing,
+    // but not fail).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, b) = app.delete(&format!("/v1/buckets/{other}/objects/{other_object}")).await;
+    assert_eq!(s, 204, "another bucket's object is deleted meanwhile: {b}");
+    app.create_bucket("meanwhile", json!({})).await;
+    let (s, b) = app.post(&format!("/v1/buckets/{other}/source-adapter/flush"), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(!held.is_finished(), "the busy bucket's delete waits for its actor");
+
+    let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{busy}")).await;
+    assert_eq!(s, 200);
+    let r = held.await.unwrap().unwrap();
+    assert_eq!(r.status(), 204, "answered once its actor is free");
+    assert_eq!(app.get(&format!("/v1/buckets/{busy}/objects/{busy_object}")).await.0, 404);
+    assert_eq!(app.get(&format!("/v1/buckets/{other}/objects/{other_object}")).await.0, 404);
+}
