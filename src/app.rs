@@ -130,6 +130,9 @@ pub async fn run(
     let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
     let mut quiesced = false;
     let mut store_failed = false;
+    // The store's close after its log directory was deleted (see `store_failure`): a task,
+    // so that a signal arriving meanwhile cannot cut it short; the last stage awaits it.
+    let mut log_lost = LogLost::No;
     // Set when shutting down begins: the stages after the first share what is left of its
     // grace (each gets at least [`LAST_STAGES_MIN`]), so the whole shutdown takes about one
     // grace, not one per stage.
@@ -152,16 +155,19 @@ pub async fn run(
             drain_http(&mut server, grace).await;
             true
         }
-        _ = store_failure(&store) => {
+        _ = store_failure(&store, &mut log_lost) => {
             // Nothing can be acknowledged any more, and freeing the disk does not mend a
             // failed store: only a restart does (start-up refuses cleanly until the cause is
             // fixed, and the log replays every acknowledged write). So stop, and let the
             // service manager start us again, as a database does after a failed fsync.
-            tracing::error!(
-                "the store refuses writes after a failure (see the error above: a full disk? a deleted directory?): shutting down, \
-                 exit status 1, for the service manager to restart hookline once the cause is fixed; \
-                 nothing acknowledged is lost"
-            );
+            // (A deleted log directory says its own.)
+            if matches!(log_lost, LogLost::No) {
+                tracing::error!(
+                    "the store refuses writes after a failure (see the error above; a full disk?): shutting down, \
+                     exit status 1, for the service manager to restart hookline once the cause is fixed; \
+                     nothing acknowledged is lost"
+                );
+            }
             store_failed = true;
             deadline = Some(tokio::time::Instant::now() + grace);
             // Deliveries stop first: an outcome can no longer be recorded, so every send
@@ -185,6 +191,17 @@ pub async fn run(
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(left())).await;
     }
     upkeep.abort();
+    if !matches!(log_lost, LogLost::No) {
+        // The store is closed (or closing: a signal came meanwhile) already; the task logs
+        // the outcome.
+        if let LogLost::Closing(close) = log_lost {
+            if tokio::time::timeout(left(), close).await.is_err() {
+                tracing::error!("the store's close after its log directory was deleted did not finish in time");
+            }
+        }
+        std::mem::forget(store);
+        anyhow::bail!("the write-ahead log directory was deleted while hookline ran (see the log); start it again");
+    }
     // Writes still queued (delivery outcomes, a stopping actor's last batch) are logged and
     // synced, moved into sled and checkpointed before we exit: the next start replays nothing.
     // Bounded: stopping early is safe, the log is only deleted after sled's flush.
@@ -220,28 +237,53 @@ pub async fn run(
 
 /// Resolves once the store has failed for good (a log write, an fsync or sled refused by the
 /// disk) or was closed because its log directory was deleted: from then on it refuses every
-/// write.
-async fn store_failure(store: &Store) {
+/// write. The close runs in a task, left in `log_lost`, for the last stage to await if this
+/// is dropped before it ends.
+async fn store_failure(store: &Store, log_lost: &mut LogLost) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
         if store.log_dir_lost() {
             tracing::error!(
-                "the write-ahead log directory was deleted while hookline ran: closing the store (everything \
-                 acknowledged is moved into sled and flushed), making the directory again, then shutting down"
+                "the write-ahead log directory was deleted (or replaced) while hookline ran: closing the store \
+                 (moving everything acknowledged into sled and flushing it), then shutting down"
             );
-            match store.close_after_losing_log().await {
-                Ok(()) => {
-                    tracing::info!("store flushed and the log directory made again; nothing acknowledged is lost")
+            let store = store.clone();
+            let close = tokio::spawn(async move {
+                match store.close_after_losing_log().await {
+                    Ok(()) => tracing::info!(
+                        "store flushed after its log directory was deleted: nothing acknowledged is lost; start \
+                         hookline again"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "closing the store after its log directory was deleted failed: writes acknowledged since \
+                         the last checkpoint may be lost (the next start refuses while the directory is missing)"
+                    ),
                 }
-                Err(e) => tracing::error!(error = %e, "closing the store after its log directory was deleted failed"),
+            });
+            // Waited for here as well: the shutdown that follows stops the actors, whose last
+            // writes the closed store then refuses (they are retried by their senders).
+            *log_lost = LogLost::Closing(close);
+            if let LogLost::Closing(close) = log_lost {
+                let _ = close.await;
             }
+            *log_lost = LogLost::Closed;
             return;
         }
         if !store.healthy() {
             return;
         }
     }
+}
+
+/// The store's close after its log directory was deleted (see [`store_failure`]).
+enum LogLost {
+    No,
+    /// A task closes the store; a signal may have cut the wait for it short.
+    Closing(tokio::task::JoinHandle<()>),
+    /// The store is closed (the task logged how).
+    Closed,
 }
 
 /// The least time each shutdown stage after the grace gets (stopping the actors, moving the

@@ -321,6 +321,49 @@ mod tests {
         assert!(!partial.exists(), "the unfinished snapshot is removed");
     }
 
+    /// The vendored sled splits index nodes above 64 children (stock 0.34.7: 256) and merges
+    /// them below 16 (see vendor/sled/README.hookline.md). Enough appended keys for several
+    /// levels of index splits, then most of them deleted (merges), then reopened: every key
+    /// that should be there is, in order, and nothing else.
+    #[tokio::test]
+    async fn many_appended_keys_split_and_merge_index_nodes_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = |i: u32| format!("o/bkt_{}/obj_{i:010}", i % 3).into_bytes();
+        let kept = |i: u32| i.is_multiple_of(10) || i >= 40_000;
+        let check = |b: &SledBackend, upto: u32| {
+            let mut seen = Vec::new();
+            b.scan_from(b"o/", b"o/", &mut |k, v| {
+                assert_eq!(v, &k[k.len() - 4..], "the value written with {}", String::from_utf8_lossy(k));
+                seen.push(k.to_vec());
+                Ok(true)
+            })
+            .unwrap();
+            let mut expected: Vec<Vec<u8>> = (0..upto).filter(|i| kept(*i)).map(key).collect();
+            expected.sort();
+            assert_eq!(seen.len(), expected.len());
+            assert!(seen == expected, "the keys kept, in order");
+        };
+        {
+            let b = SledBackend::open(dir.path()).unwrap();
+            for chunk in (0..50_000u32).collect::<Vec<_>>().chunks(1000) {
+                let keys: Vec<Vec<u8>> = chunk.iter().map(|i| key(*i)).collect();
+                b.apply_each(&mut keys.iter().map(|k| (k.as_slice(), Some(&k[k.len() - 4..])))).unwrap();
+            }
+            let gone: Vec<Vec<u8>> = (0..40_000u32).filter(|i| !kept(*i)).map(key).collect();
+            b.apply_each(&mut gone.iter().map(|k| (k.as_slice(), None))).unwrap();
+            check(&b, 50_000);
+            b.flush().await.unwrap();
+        }
+        let b = loop {
+            // (sled's threads let go of the dropped tree's lock a moment later.)
+            match SledBackend::open(dir.path()) {
+                Err(e) if e.to_string().contains("in use") => std::thread::sleep(std::time::Duration::from_millis(50)),
+                other => break other.unwrap(),
+            }
+        };
+        check(&b, 50_000);
+    }
+
     /// A directory in use is refused before anything in it is touched: a snapshot the
     /// running daemon is writing stays where it is.
     #[test]

@@ -173,6 +173,14 @@ pub struct Store {
     reader: Arc<overlay::Layered>,
     committer: commit::Committer,
     wal_dir: Arc<std::path::PathBuf>,
+    /// The log directory's (device, inode) when the store opened: a directory deleted and
+    /// made again under the same name is not the one the log writes into.
+    wal_dir_id: Option<(u64, u64)>,
+}
+
+fn dir_id(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).map(|m| (m.dev(), m.ino()))
 }
 
 impl Store {
@@ -207,7 +215,7 @@ impl Store {
                 reason: "the write-ahead log directory is missing, though this store was written with one: writes \
                          acknowledged since the last checkpoint may be lost. Refusing to start: restore it from a \
                          backup; or, if hookline last stopped cleanly (\"store flushed; bye\" in its log) or the loss \
-                         is accepted, create it empty (mkdir -m 700) and start again"
+                         is accepted, create it empty, as the user hookline runs as (mkdir -m 700), and start again"
                     .into(),
             });
         }
@@ -223,7 +231,8 @@ impl Store {
         let committer =
             commit::Committer::start(backend.clone(), overlay.clone(), wal_dir.to_path_buf(), next_segment)?;
         let reader = Arc::new(overlay::Layered { overlay, backend: backend.clone() });
-        Ok(Store { backend, reader, committer, wal_dir: Arc::new(wal_dir.to_path_buf()) })
+        let wal_dir_id = dir_id(wal_dir).ok();
+        Ok(Store { backend, reader, committer, wal_dir: Arc::new(wal_dir.to_path_buf()), wal_dir_id })
     }
 
     /// Reads one value.
@@ -378,23 +387,32 @@ impl Store {
         self.committer.healthy()
     }
 
-    /// Whether the write-ahead log directory was deleted while the store is open: the log
-    /// then goes on into unlinked files, acknowledging writes that a crash would lose and
-    /// that no start could replay. The daemon checks it with [`Store::healthy`] and answers
-    /// with [`Store::close_after_losing_log`].
+    /// Whether the write-ahead log directory was deleted (or replaced: deleted and made
+    /// again) while the store is open: the log then goes on into unlinked files,
+    /// acknowledging writes that a crash would lose and that no start could replay. The
+    /// daemon checks it every 50 ms and answers with [`Store::close_after_losing_log`].
     pub fn log_dir_lost(&self) -> bool {
-        self.committer.healthy() && !self.wal_dir.exists()
+        match dir_id(&self.wal_dir) {
+            Ok(id) => Some(id) != self.wal_dir_id,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
     }
 
     /// After [`Store::log_dir_lost`]: closes the store, which moves every acknowledged write
     /// into sled and flushes it (the deleted segments stay readable through their open
-    /// files), then makes the directory again, empty, so that the next start goes on with a
-    /// new log, having lost nothing. A crash before this is over leaves no directory: the
-    /// next start then refuses (see [`Store::open`]).
+    /// files), then makes the directory again if it is missing, so that the next start goes
+    /// on with a new log, having lost nothing. An error means writes acknowledged since the
+    /// last checkpoint may be lost (the store had failed before, or the data directory is
+    /// gone too): the directory is then not made, and the next start refuses (see
+    /// [`Store::open`]), as it does after a crash before this is over.
     pub async fn close_after_losing_log(&self) -> Result<(), StoreError> {
         self.close().await?;
-        wal::make_dir(&self.wal_dir)
-            .map_err(|e| StoreError::Io(format!("create log directory {}: {e}", self.wal_dir.display())))
+        let dir = self.wal_dir.as_path();
+        if dir.exists() {
+            return Ok(()); // made again by someone: the next start uses it (see `wal::recover`)
+        }
+        // Not recursive: with the data directory gone too, there is nothing to go on with.
+        wal::make_dir(dir, false).map_err(|e| StoreError::Io(format!("create log directory {}: {e}", dir.display())))
     }
 
     /// Bytes used on disk, for the storage gauge.

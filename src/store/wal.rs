@@ -305,7 +305,7 @@ pub(crate) fn recover(
 ) -> Result<u64, StoreError> {
     let io = |what: &str, e: io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
     if !dir.is_dir() {
-        make_dir(dir).map_err(|e| io("create log directory", e))?;
+        make_dir(dir, true).map_err(|e| io("create log directory", e))?;
     }
     remove_unfinished(dir).map_err(|e| io("remove unfinished spares in", e))?;
     let nos = segments(dir).map_err(|e| io("list log directory", e))?;
@@ -425,12 +425,12 @@ pub(crate) fn size_on_disk(dir: &Path) -> u64 {
     entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
 }
 
-/// Makes the log directory (owner only), durably: the directory's own entry must survive a
-/// crash too, or so would none of its segments.
-pub(crate) fn make_dir(dir: &Path) -> io::Result<()> {
+/// Makes the log directory (owner only; its parents too if `parents`), durably: the
+/// directory's own entry must survive a crash too, or so would none of its segments.
+pub(crate) fn make_dir(dir: &Path, parents: bool) -> io::Result<()> {
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::DirBuilder::new().recursive(parents).mode(0o700).create(dir)?;
     }
     match dir.parent() {
         Some(parent) => sync_dir(parent),

@@ -848,12 +848,12 @@ async fn a_damaged_data_directory_is_refused_not_started_afresh() {
     assert_eq!(app.get(&format!("/v1/buckets/{bucket}")).await.0, 200);
 }
 
-/// The write-ahead log directory deleted while hookline runs: the log would go on into
-/// unlinked files, acknowledging writes that a crash loses and no start could replay.
-/// hookline notices within moments, moves everything acknowledged into sled, makes the
-/// directory again and stops (status 1); started again, it has every acknowledged event.
-/// Deleted while it is down after a crash, start-up refuses, saying why, until the
-/// directory is back.
+/// The write-ahead log directory deleted (or replaced: deleted and made again) while
+/// hookline runs: the log would go on into unlinked files, acknowledging writes that a crash
+/// loses and no start could replay. hookline notices within moments, moves everything
+/// acknowledged into sled, makes the directory again if it is missing, and stops (status 1);
+/// started again, it has every acknowledged event. Deleted while it is down after a crash,
+/// start-up refuses, saying why, until the directory is back.
 #[tokio::test]
 async fn a_log_directory_deleted_under_the_daemon_loses_nothing_acknowledged() {
     let mut app = TestApp::start().await;
@@ -864,25 +864,35 @@ async fn a_log_directory_deleted_under_the_daemon_loses_nothing_acknowledged() {
     async fn send(app: &TestApp, bucket: &str, secret: &str, i: u32) -> (u16, serde_json::Value) {
         crate::inbound::ingest(app, bucket, Some(secret), &json!({"id": format!("e{i}"), "n": i})).await
     }
-    for i in 0..20 {
-        let (s, b) = send(&app, &bucket, &secret, i).await;
-        assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
-    }
-    let wal = app.data_dir.join("wal");
-    std::fs::remove_dir_all(&wal).unwrap();
-    assert_eq!(app.wait_exit(Duration::from_secs(30)).await, Some(1), "exit status; log:\n{}", app.log());
-    let log = app.log();
-    assert!(log.contains("log directory was deleted while hookline ran"), "the cause is logged:\n{log}");
-    assert!(log.contains("nothing acknowledged is lost"), "{log}");
-    assert!(wal.is_dir(), "made again");
-    app.start_again().await;
     let count = |b: &serde_json::Value| b["results"].as_array().map(Vec::len);
-    let (s, b) = app.get(&format!("/v1/buckets/{bucket}/objects?limit=1000")).await;
-    assert_eq!((s, count(&b)), (200, Some(20)), "every acknowledged event is an object: {b}");
-    let (s, b) = send(&app, &bucket, &secret, 7).await;
-    assert_eq!((s, b["status"].as_str()), (200, Some("duplicate")), "{b}");
+    let wal = app.data_dir.join("wal");
+    // Replaced, then deleted: each time, events acknowledged just before are all kept.
+    for (round, replace) in [(0u32, true), (1, false)] {
+        for i in round * 20..round * 20 + 20 {
+            let (s, b) = send(&app, &bucket, &secret, i).await;
+            assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+        }
+        std::fs::remove_dir_all(&wal).unwrap();
+        if replace {
+            std::fs::create_dir(&wal).unwrap();
+        }
+        assert_eq!(app.wait_exit(Duration::from_secs(30)).await, Some(1), "exit status; log:\n{}", app.log());
+        let log = app.log();
+        assert!(log.contains("log directory was deleted (or replaced) while hookline ran"), "noticed:\n{log}");
+        assert!(
+            log.contains("store flushed after its log directory was deleted: nothing acknowledged is lost"),
+            "closed:\n{log}"
+        );
+        assert!(wal.is_dir(), "there again");
+        app.start_again().await;
+        let (s, b) = app.get(&format!("/v1/buckets/{bucket}/objects?limit=1000")).await;
+        let expected = (round as usize + 1) * 20;
+        assert_eq!((s, count(&b)), (200, Some(expected)), "every acknowledged event is an object: {b}");
+        let (s, b) = send(&app, &bucket, &secret, round * 20 + 7).await;
+        assert_eq!((s, b["status"].as_str()), (200, Some("duplicate")), "{b}");
+    }
 
-    let (s, _) = send(&app, &bucket, &secret, 20).await;
+    let (s, _) = send(&app, &bucket, &secret, 40).await;
     assert_eq!(s, 200);
     app.kill9();
     std::fs::remove_dir_all(&wal).unwrap();
@@ -899,7 +909,7 @@ async fn a_log_directory_deleted_under_the_daemon_loses_nothing_acknowledged() {
     std::fs::create_dir(&wal).unwrap();
     app.start_again().await;
     let (s, b) = app.get(&format!("/v1/buckets/{bucket}/objects?limit=1000")).await;
-    assert!(s == 200 && count(&b) >= Some(20), "{b}");
+    assert!(s == 200 && count(&b) >= Some(40), "{b}");
 }
 
 #[tokio::test]
