@@ -13,7 +13,7 @@ use crate::crypto::SecretBox;
 use crate::delivery::DeliveryMsg;
 use crate::http::HttpState;
 use crate::state::{Names, Shared};
-use crate::store::Store;
+use crate::store::{LogLoss, Store};
 use crate::supervisor::Supervisor;
 
 /// Runs hookline on `listener` until `shutdown` resolves (or the supervision tree gives up).
@@ -192,15 +192,21 @@ pub async fn run(
     }
     upkeep.abort();
     if !matches!(log_lost, LogLost::No) {
-        // The store is closed (or closing: a signal came meanwhile) already; the task logs
-        // the outcome.
-        if let LogLost::Closing(close) = log_lost {
-            if tokio::time::timeout(left(), close).await.is_err() {
-                tracing::error!("the store's close after its log directory was deleted did not finish in time");
-            }
-        }
+        // The store is closed, or closing (a signal came meanwhile): waited for however long
+        // it takes, since the deleted log could not replay what a cut-short close leaves.
+        let outcome = match log_lost {
+            LogLost::Closing(close) => close.await.unwrap_or_else(|e| Err(format!("the close failed: {e}"))),
+            LogLost::Closed(outcome) => outcome,
+            LogLost::No => Ok(()),
+        };
         std::mem::forget(store);
-        anyhow::bail!("the write-ahead log directory was deleted while hookline ran (see the log); start it again");
+        match outcome {
+            Ok(()) => anyhow::bail!(
+                "the write-ahead log directory was deleted while hookline ran; the store kept everything \
+                 acknowledged: start hookline again"
+            ),
+            Err(loss) => anyhow::bail!("the write-ahead log directory was deleted while hookline ran: {loss}"),
+        }
     }
     // Writes still queued (delivery outcomes, a stopping actor's last batch) are logged and
     // synced, moved into sled and checkpointed before we exit: the next start replays nothing.
@@ -250,25 +256,34 @@ async fn store_failure(store: &Store, log_lost: &mut LogLost) {
             );
             let store = store.clone();
             let close = tokio::spawn(async move {
-                match store.close_after_losing_log().await {
+                let outcome = store.close_after_losing_log().await;
+                match &outcome {
                     Ok(()) => tracing::info!(
                         "store flushed after its log directory was deleted: nothing acknowledged is lost; start \
                          hookline again"
                     ),
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "closing the store after its log directory was deleted failed: writes acknowledged since \
-                         the last checkpoint may be lost (the next start refuses while the directory is missing)"
+                    Err(e @ LogLoss::NotClosed(_)) => tracing::error!(
+                        "after its log directory was deleted, {e}; the next start refuses while the directory is \
+                         missing: restore it from a backup, or create it empty (mkdir -m 700) to accept the loss"
+                    ),
+                    Err(e @ LogLoss::DataDirGone(_)) => tracing::error!(
+                        "after its log directory was deleted, {e}: everything in it is lost; the next start makes a \
+                         new, empty store"
+                    ),
+                    Err(e @ LogLoss::DirNotMade(_)) => tracing::error!(
+                        "after its log directory was deleted, {e}; create it (mkdir -m 700) as the user hookline \
+                         runs as, then start hookline"
                     ),
                 }
+                outcome.map_err(|e| e.to_string())
             });
             // Waited for here as well: the shutdown that follows stops the actors, whose last
             // writes the closed store then refuses (they are retried by their senders).
             *log_lost = LogLost::Closing(close);
             if let LogLost::Closing(close) = log_lost {
-                let _ = close.await;
+                let outcome = close.await.unwrap_or_else(|e| Err(format!("the close failed: {e}")));
+                *log_lost = LogLost::Closed(outcome);
             }
-            *log_lost = LogLost::Closed;
             return;
         }
         if !store.healthy() {
@@ -281,9 +296,9 @@ async fn store_failure(store: &Store, log_lost: &mut LogLost) {
 enum LogLost {
     No,
     /// A task closes the store; a signal may have cut the wait for it short.
-    Closing(tokio::task::JoinHandle<()>),
-    /// The store is closed (the task logged how).
-    Closed,
+    Closing(tokio::task::JoinHandle<Result<(), String>>),
+    /// The store is closed (the task logged how): what was lost, if anything.
+    Closed(Result<(), String>),
 }
 
 /// The least time each shutdown stage after the grace gets (stopping the actors, moving the

@@ -1035,11 +1035,14 @@ fn answer<T: Send + 'static>(reply: RpcReplyPort<Result<T, ApiError>>, answer: R
     }
 }
 
-/// How long a call waits for a bucket's actor.
-const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits for a bucket's actor: less than the HTTP side waits for the
+/// registry's answer (30 s), so that the caller gets this call's own message.
+const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// Sends a bucket's actor a call now, in the registry's turn (so it is ordered before any
-/// later stop or replacement of that actor), and returns the wait for its reply.
+/// Sends a bucket's actor a call now, in the registry's turn (ordered after everything the
+/// registry did before, and before a later `Drain`), and returns the wait for its reply. A
+/// stop of that actor (a PATCH of the bucket, its deletion) goes ahead of calls still queued:
+/// they are dropped and answered 503, "retry", having changed nothing.
 fn ask<R: Send + 'static>(
     actor: &ActorRef<AdapterMsg>,
     msg: impl FnOnce(RpcReplyPort<R>) -> AdapterMsg,

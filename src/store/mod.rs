@@ -173,14 +173,20 @@ pub struct Store {
     reader: Arc<overlay::Layered>,
     committer: commit::Committer,
     wal_dir: Arc<std::path::PathBuf>,
-    /// The log directory's (device, inode) when the store opened: a directory deleted and
-    /// made again under the same name is not the one the log writes into.
-    wal_dir_id: Option<(u64, u64)>,
+    /// The log directory as opened, held open: deleted, it shows no links; deleted and made
+    /// again, the path names another inode (and, held, this one cannot be reused meanwhile).
+    wal_dir_handle: Option<Arc<std::fs::File>>,
 }
 
-fn dir_id(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir).map(|m| (m.dev(), m.ino()))
+/// What [`Store::close_after_losing_log`] could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum LogLoss {
+    #[error("the store could not close ({0}): writes acknowledged since the last checkpoint may be lost")]
+    NotClosed(StoreError),
+    #[error("the data directory {0} is gone, with the store in it")]
+    DataDirGone(String),
+    #[error("the store closed (nothing acknowledged is lost), but the log directory could not be made again: {0}")]
+    DirNotMade(String),
 }
 
 impl Store {
@@ -231,8 +237,8 @@ impl Store {
         let committer =
             commit::Committer::start(backend.clone(), overlay.clone(), wal_dir.to_path_buf(), next_segment)?;
         let reader = Arc::new(overlay::Layered { overlay, backend: backend.clone() });
-        let wal_dir_id = dir_id(wal_dir).ok();
-        Ok(Store { backend, reader, committer, wal_dir: Arc::new(wal_dir.to_path_buf()), wal_dir_id })
+        let wal_dir_handle = std::fs::File::open(wal_dir).ok().map(Arc::new);
+        Ok(Store { backend, reader, committer, wal_dir: Arc::new(wal_dir.to_path_buf()), wal_dir_handle })
     }
 
     /// Reads one value.
@@ -392,8 +398,13 @@ impl Store {
     /// acknowledging writes that a crash would lose and that no start could replay. The
     /// daemon checks it every 50 ms and answers with [`Store::close_after_losing_log`].
     pub fn log_dir_lost(&self) -> bool {
-        match dir_id(&self.wal_dir) {
-            Ok(id) => Some(id) != self.wal_dir_id,
+        use std::os::unix::fs::MetadataExt;
+        let Some(Ok(held)) = self.wal_dir_handle.as_ref().map(|f| f.metadata()) else { return false };
+        if held.nlink() == 0 {
+            return true;
+        }
+        match std::fs::metadata(self.wal_dir.as_path()) {
+            Ok(m) => (m.dev(), m.ino()) != (held.dev(), held.ino()),
             Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         }
     }
@@ -401,18 +412,20 @@ impl Store {
     /// After [`Store::log_dir_lost`]: closes the store, which moves every acknowledged write
     /// into sled and flushes it (the deleted segments stay readable through their open
     /// files), then makes the directory again if it is missing, so that the next start goes
-    /// on with a new log, having lost nothing. An error means writes acknowledged since the
-    /// last checkpoint may be lost (the store had failed before, or the data directory is
-    /// gone too): the directory is then not made, and the next start refuses (see
-    /// [`Store::open`]), as it does after a crash before this is over.
-    pub async fn close_after_losing_log(&self) -> Result<(), StoreError> {
-        self.close().await?;
+    /// on with a new log, having lost nothing. [`LogLoss::NotClosed`] means writes
+    /// acknowledged since the last checkpoint may be lost (the store had failed before): the
+    /// directory is then not made, and the next start refuses (see [`Store::open`]), as it
+    /// does after a crash before this is over.
+    pub async fn close_after_losing_log(&self) -> Result<(), LogLoss> {
+        self.close().await.map_err(LogLoss::NotClosed)?;
         let dir = self.wal_dir.as_path();
+        if let Some(data) = dir.parent().filter(|d| !d.exists()) {
+            return Err(LogLoss::DataDirGone(data.display().to_string()));
+        }
         if dir.exists() {
             return Ok(()); // made again by someone: the next start uses it (see `wal::recover`)
         }
-        // Not recursive: with the data directory gone too, there is nothing to go on with.
-        wal::make_dir(dir, false).map_err(|e| StoreError::Io(format!("create log directory {}: {e}", dir.display())))
+        wal::make_dir(dir, false).map_err(|e| LogLoss::DirNotMade(format!("{}: {e}", dir.display())))
     }
 
     /// Bytes used on disk, for the storage gauge.

@@ -1388,11 +1388,15 @@ async fn a_busy_adapter_actor_holds_up_its_own_bucket_only() {
     // Let the held delete reach the registry first (were it later, this test would prove nothing,
     // but not fail).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (s, b) = app.delete(&format!("/v1/buckets/{other}/objects/{other_object}")).await;
-    assert_eq!(s, 204, "another bucket's object is deleted meanwhile: {b}");
-    app.create_bucket("meanwhile", json!({})).await;
-    let (s, b) = app.post(&format!("/v1/buckets/{other}/source-adapter/flush"), json!({})).await;
-    assert_eq!(s, 200, "{b}");
+    // (Bounded, so that a registry held up fails here rather than after its 25 s timeout.)
+    let meanwhile = async {
+        let (s, b) = app.delete(&format!("/v1/buckets/{other}/objects/{other_object}")).await;
+        assert_eq!(s, 204, "another bucket's object is deleted meanwhile: {b}");
+        app.create_bucket("meanwhile", json!({})).await;
+        let (s, b) = app.post(&format!("/v1/buckets/{other}/source-adapter/flush"), json!({})).await;
+        assert_eq!(s, 200, "{b}");
+    };
+    tokio::time::timeout(Duration::from_secs(10), meanwhile).await.expect("other calls are answered meanwhile");
     assert!(!held.is_finished(), "the busy bucket's delete waits for its actor");
 
     let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{busy}")).await;
