@@ -757,6 +757,18 @@ fn help_and_readme_list_the_environment_variables_the_daemon_reads() {
 
 /// Runs `hookline serve --config <config>` (with `HOOKLINE_MASTER_KEY` set to `master_key`,
 /// or unset), asserts that it refuses to start, and returns what it printed on stderr.
+/// [`serve_refused`] with a minimal config on `data`.
+fn serve_refused_on(data: &std::path::Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n[auth]\napi_keys = [\"0123456789abcdef0123\"]\n",
+        data.display().to_string()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    serve_refused(&cfg, None)
+}
+
 fn serve_refused(config: &std::path::Path, master_key: Option<&str>) -> String {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"));
     cmd.args(["serve", "--config"]).arg(config);
@@ -817,15 +829,6 @@ async fn a_damaged_data_directory_is_refused_not_started_afresh() {
     assert!(eventually(Duration::from_secs(10), || async { segments().len() >= 2 }).await, "{:?}", segments());
     app.kill9();
     let dir = tempfile::tempdir().unwrap();
-    let serve = |data: &std::path::Path| {
-        let cfg = dir.path().join("config.toml");
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n[auth]\napi_keys = [\"0123456789abcdef0123\"]\n",
-            data.display().to_string()
-        );
-        std::fs::write(&cfg, toml).unwrap();
-        serve_refused(&cfg, None)
-    };
     let copy = |name: &str| {
         let to = dir.path().join(name);
         copy_dir(&app.data_dir, &to);
@@ -833,15 +836,15 @@ async fn a_damaged_data_directory_is_refused_not_started_afresh() {
     };
     let no_db = copy("no-db");
     std::fs::remove_file(no_db.join("db")).unwrap();
-    let err = serve(&no_db);
+    let err = serve_refused_on(&no_db);
     assert!(err.contains("empty or missing") && err.contains("wal/"), "{err}");
     let lost = copy("lost-segment");
     std::fs::remove_file(lost.join("wal").join(segments()[0].file_name().unwrap())).unwrap();
-    let err = serve(&lost);
+    let err = serve_refused_on(&lost);
     assert!(err.contains("segment is missing"), "{err}");
     let cut = copy("cut-segment");
     std::fs::File::create(cut.join("wal").join(segments()[0].file_name().unwrap())).unwrap();
-    let err = serve(&cut);
+    let err = serve_refused_on(&cut);
     assert!(err.contains("cut short"), "{err}");
     // The directory itself starts, with everything in it.
     app.start_again().await;
@@ -896,14 +899,7 @@ async fn a_log_directory_deleted_under_the_daemon_loses_nothing_acknowledged() {
     assert_eq!(s, 200);
     app.kill9();
     std::fs::remove_dir_all(&wal).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n[auth]\napi_keys = [\"0123456789abcdef0123\"]\n",
-        app.data_dir.display().to_string()
-    );
-    std::fs::write(&cfg, toml).unwrap();
-    let err = serve_refused(&cfg, None);
+    let err = serve_refused_on(&app.data_dir);
     assert!(err.contains("write-ahead log directory is missing") && err.contains("mkdir"), "{err}");
     assert!(!wal.exists(), "nothing made in its place");
     std::fs::create_dir(&wal).unwrap();
@@ -985,14 +981,7 @@ fn unusable_environment_settings_are_warned_about() {
 #[tokio::test]
 async fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let app = TestApp::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n[auth]\napi_keys = [\"0123456789abcdef0123\"]\n",
-        app.data_dir.display().to_string()
-    );
-    std::fs::write(&cfg, toml).unwrap();
-    let err = serve_refused(&cfg, None);
+    let err = serve_refused_on(&app.data_dir);
     assert!(err.contains("in use by another hookline process"), "{err}");
     assert_eq!(app.get("/readyz").await.0, 200, "the first one is unharmed");
 }
