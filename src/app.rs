@@ -249,29 +249,29 @@ async fn store_failure(store: &Store, log_lost: &mut LogLost) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
-        if store.log_dir_lost() {
+        if store.log_lost() {
             tracing::error!(
-                "the write-ahead log directory was deleted (or replaced) while hookline ran: closing the store \
-                 (moving everything acknowledged into sled and flushing it), then shutting down"
+                "the write-ahead log directory (or the segment in use) was deleted while hookline ran: closing \
+                 the store (moving everything acknowledged into sled and flushing it), then shutting down"
             );
             let store = store.clone();
             let close = tokio::spawn(async move {
                 let outcome = store.close_after_losing_log().await;
                 match &outcome {
                     Ok(()) => tracing::info!(
-                        "store flushed after its log directory was deleted: nothing acknowledged is lost; start \
+                        "store flushed after its log was deleted: nothing acknowledged is lost; start \
                          hookline again"
                     ),
                     Err(e @ LogLoss::NotClosed(_)) => tracing::error!(
-                        "after its log directory was deleted, {e}; the next start refuses while the directory is \
+                        "after its log was deleted, {e}; the next start refuses while the directory is \
                          missing: restore it from a backup, or create it empty (mkdir -m 700) to accept the loss"
                     ),
                     Err(e @ LogLoss::DataDirGone(_)) => tracing::error!(
-                        "after its log directory was deleted, {e}: everything in it is lost; the next start makes a \
+                        "after its log was deleted, {e}: everything in it is lost; the next start makes a \
                          new, empty store"
                     ),
                     Err(e @ LogLoss::DirNotMade(_)) => tracing::error!(
-                        "after its log directory was deleted, {e}; create it (mkdir -m 700) as the user hookline \
+                        "after its log was deleted, {e}; create it (mkdir -m 700) as the user hookline \
                          runs as, then start hookline"
                     ),
                 }

@@ -68,6 +68,8 @@ pub(crate) struct Committer {
     tx: mpsc::UnboundedSender<Request>,
     /// Set once a write failed: see `log_loop`.
     poisoned: Arc<AtomicBool>,
+    /// Set once the log finds the segment it writes deleted (see [`Committer::log_unlinked`]).
+    unlinked: Arc<AtomicBool>,
 }
 
 impl Committer {
@@ -99,9 +101,17 @@ impl Committer {
         spawn("hookline-ckpt", Box::new(move || checkpoint_loop(b, wal_dir, checkpoint_rx, flag)))?;
         let (b, o, flag) = (backend, overlay.clone(), poisoned.clone());
         spawn("hookline-apply", Box::new(move || apply_loop(b, o, apply_rx, checkpoint_tx, flag)))?;
-        let flag = poisoned.clone();
-        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, overlay, apply_tx, flag)))?;
-        Ok(Committer { tx, poisoned })
+        let (flag, unlinked) = (poisoned.clone(), Arc::new(AtomicBool::new(false)));
+        let gone = unlinked.clone();
+        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, overlay, apply_tx, flag, gone)))?;
+        Ok(Committer { tx, poisoned, unlinked })
+    }
+
+    /// True once the log segment being written was found deleted (a file removed from the
+    /// log directory by hand): the writes in it can no longer be replayed, so the store must
+    /// close, which moves them into the backend (see `Store::log_lost`).
+    pub(crate) fn log_unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::Relaxed)
     }
 
     /// False once a write has failed (the store then refuses every write), and once the
@@ -182,6 +192,7 @@ fn log_loop(
     overlay: Arc<Overlay>,
     apply: sync_mpsc::Sender<ToApply>,
     poisoned: Arc<AtomicBool>,
+    unlinked: Arc<AtomicBool>,
 ) {
     let _guard = PoisonOnPanic(poisoned.clone(), "log");
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
@@ -241,6 +252,9 @@ fn log_loop(
                 crate::metrics::store_flush(synced.elapsed());
                 Ok(no)
             });
+            if segment.as_ref().is_some_and(Segment::unlinked) && !unlinked.swap(true, Ordering::Relaxed) {
+                tracing::error!("the write-ahead log segment in use was deleted");
+            }
             match logged_to {
                 Ok(no) => {
                     if overlay.insert(merged, no) {

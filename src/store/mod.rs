@@ -394,11 +394,15 @@ impl Store {
     }
 
     /// Whether the write-ahead log directory was deleted (or replaced: deleted and made
-    /// again) while the store is open: the log then goes on into unlinked files,
-    /// acknowledging writes that a crash would lose and that no start could replay. The
-    /// daemon checks it every 50 ms and answers with [`Store::close_after_losing_log`].
-    pub fn log_dir_lost(&self) -> bool {
+    /// again), or the segment in use deleted from it, while the store is open: the log then
+    /// goes on into unlinked files, acknowledging writes that a crash would lose and that no
+    /// start could replay. The daemon checks it every 50 ms and answers with
+    /// [`Store::close_after_losing_log`].
+    pub fn log_lost(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
+        if self.committer.log_unlinked() {
+            return true;
+        }
         let Some(Ok(held)) = self.wal_dir_handle.as_ref().map(|f| f.metadata()) else { return false };
         if held.nlink() == 0 {
             return true;
@@ -409,7 +413,7 @@ impl Store {
         }
     }
 
-    /// After [`Store::log_dir_lost`]: closes the store, which moves every acknowledged write
+    /// After [`Store::log_lost`]: closes the store, which moves every acknowledged write
     /// into sled and flushes it (the deleted segments stay readable through their open
     /// files), then makes the directory again if it is missing, so that the next start goes
     /// on with a new log, having lost nothing. [`LogLoss::NotClosed`] means writes
