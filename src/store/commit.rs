@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as sync_mpsc, Arc};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -68,8 +68,8 @@ pub(crate) struct Committer {
     tx: mpsc::UnboundedSender<Request>,
     /// Set once a write failed: see `log_loop`.
     poisoned: Arc<AtomicBool>,
-    /// Set once the log finds the segment it writes deleted (see [`Committer::log_unlinked`]).
-    unlinked: Arc<AtomicBool>,
+    /// The number of the segment the log last wrote to (`u64::MAX` before the first write).
+    writing: Arc<AtomicU64>,
 }
 
 impl Committer {
@@ -101,17 +101,17 @@ impl Committer {
         spawn("hookline-ckpt", Box::new(move || checkpoint_loop(b, wal_dir, checkpoint_rx, flag)))?;
         let (b, o, flag) = (backend, overlay.clone(), poisoned.clone());
         spawn("hookline-apply", Box::new(move || apply_loop(b, o, apply_rx, checkpoint_tx, flag)))?;
-        let (flag, unlinked) = (poisoned.clone(), Arc::new(AtomicBool::new(false)));
-        let gone = unlinked.clone();
-        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, overlay, apply_tx, flag, gone)))?;
-        Ok(Committer { tx, poisoned, unlinked })
+        let (flag, writing) = (poisoned.clone(), Arc::new(AtomicU64::new(u64::MAX)));
+        let at = writing.clone();
+        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, overlay, apply_tx, flag, at)))?;
+        Ok(Committer { tx, poisoned, writing })
     }
 
-    /// True once the log segment being written was found deleted (a file removed from the
-    /// log directory by hand): the writes in it can no longer be replayed, so the store must
-    /// close, which moves them into the backend (see `Store::log_lost`).
-    pub(crate) fn log_unlinked(&self) -> bool {
-        self.unlinked.load(Ordering::Relaxed)
+    /// The segment the log last wrote to, if any: while the store runs, no one but an
+    /// operator's hand deletes it (checkpoints delete only segments before it), so its file
+    /// gone means writes that can no longer be replayed (see `Store::log_lost`).
+    pub(crate) fn writing_segment(&self) -> Option<u64> {
+        Some(self.writing.load(Ordering::Relaxed)).filter(|n| *n != u64::MAX)
     }
 
     /// False once a write has failed (the store then refuses every write), and once the
@@ -192,7 +192,7 @@ fn log_loop(
     overlay: Arc<Overlay>,
     apply: sync_mpsc::Sender<ToApply>,
     poisoned: Arc<AtomicBool>,
-    unlinked: Arc<AtomicBool>,
+    writing: Arc<AtomicU64>,
 ) {
     let _guard = PoisonOnPanic(poisoned.clone(), "log");
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
@@ -252,11 +252,9 @@ fn log_loop(
                 crate::metrics::store_flush(synced.elapsed());
                 Ok(no)
             });
-            if segment.as_ref().is_some_and(Segment::unlinked) && !unlinked.swap(true, Ordering::Relaxed) {
-                tracing::error!("the write-ahead log segment in use was deleted");
-            }
             match logged_to {
                 Ok(no) => {
+                    writing.store(no, Ordering::Relaxed);
                     if overlay.insert(merged, no) {
                         let _ = apply.send(ToApply::Wake);
                     }

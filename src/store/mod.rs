@@ -400,7 +400,8 @@ impl Store {
     /// [`Store::close_after_losing_log`].
     pub fn log_lost(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        if self.committer.log_unlinked() {
+        let writing = self.committer.writing_segment().map(|no| wal::segment_path(&self.wal_dir, no));
+        if writing.is_some_and(|p| matches!(std::fs::metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound)) {
             return true;
         }
         let Some(Ok(held)) = self.wal_dir_handle.as_ref().map(|f| f.metadata()) else { return false };

@@ -109,13 +109,6 @@ impl Segment {
         self.pos = align_up(self.pos + record.len() as u64);
         Ok(())
     }
-
-    /// Whether this segment's file was deleted (no name links to it any more): what is
-    /// appended to it then could not be replayed. One `fstat`.
-    pub(crate) fn unlinked(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        self.file.metadata().is_ok_and(|m| m.nlink() == 0)
-    }
 }
 
 /// Bytes needed for a segment holding one record of `record_len` bytes.
