@@ -130,9 +130,9 @@ pub async fn run(
     let grace = Duration::from_secs(shared.config.server.shutdown_timeout_seconds);
     let mut quiesced = false;
     let mut store_failed = false;
-    // The store's close after its log directory was deleted (see `store_failure`): a task,
-    // so that a signal arriving meanwhile cannot cut it short; the last stage awaits it.
-    let mut log_lost = LogLost::No;
+    // The store's close after its log was deleted (see `store_failure`): a task, so that
+    // nothing cuts it short; the last stage awaits it.
+    let mut log_lost: Option<LogLostClose> = None;
     // Set when shutting down begins: the stages after the first share what is left of its
     // grace (each gets at least [`LAST_STAGES_MIN`]), so the whole shutdown takes about one
     // grace, not one per stage.
@@ -161,7 +161,7 @@ pub async fn run(
             // fixed, and the log replays every acknowledged write). So stop, and let the
             // service manager start us again, as a database does after a failed fsync.
             // (A deleted log directory says its own.)
-            if matches!(log_lost, LogLost::No) {
+            if log_lost.is_none() {
                 tracing::error!(
                     "the store refuses writes after a failure (see the error above; a full disk?): shutting down, \
                      exit status 1, for the service manager to restart hookline once the cause is fixed; \
@@ -191,14 +191,10 @@ pub async fn run(
         let _ = supervisor.stop_and_wait(Some("shutdown".into()), Some(left())).await;
     }
     upkeep.abort();
-    if !matches!(log_lost, LogLost::No) {
-        // The store is closed, or closing (a signal came meanwhile): waited for however long
-        // it takes, since the deleted log could not replay what a cut-short close leaves.
-        let outcome = match log_lost {
-            LogLost::Closing(close) => close.await.unwrap_or_else(|e| Err(format!("the close failed: {e}"))),
-            LogLost::Closed(outcome) => outcome,
-            LogLost::No => Ok(()),
-        };
+    if let Some(close) = log_lost {
+        // Waited for however long it takes: the deleted log could not replay what a
+        // cut-short close leaves.
+        let outcome = close.await.unwrap_or_else(|e| Err(format!("the close failed: {e}")));
         std::mem::forget(store);
         match outcome {
             Ok(()) => anyhow::bail!(
@@ -243,9 +239,8 @@ pub async fn run(
 
 /// Resolves once the store has failed for good (a log write, an fsync or sled refused by the
 /// disk) or was closed because its log directory was deleted: from then on it refuses every
-/// write. The close runs in a task, left in `log_lost`, for the last stage to await if this
-/// is dropped before it ends.
-async fn store_failure(store: &Store, log_lost: &mut LogLost) {
+/// write. That close runs in a task, left in `log_lost` for the last stage to await.
+async fn store_failure(store: &Store, log_lost: &mut Option<LogLostClose>) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
@@ -255,7 +250,7 @@ async fn store_failure(store: &Store, log_lost: &mut LogLost) {
                  the store (moving everything acknowledged into sled and flushing it), then shutting down"
             );
             let store = store.clone();
-            let close = tokio::spawn(async move {
+            *log_lost = Some(tokio::spawn(async move {
                 let outcome = store.close_after_losing_log().await;
                 match &outcome {
                     Ok(()) => tracing::info!(
@@ -276,14 +271,10 @@ async fn store_failure(store: &Store, log_lost: &mut LogLost) {
                     ),
                 }
                 outcome.map_err(|e| e.to_string())
-            });
-            // Waited for here as well: the shutdown that follows stops the actors, whose last
-            // writes the closed store then refuses (they are retried by their senders).
-            *log_lost = LogLost::Closing(close);
-            if let LogLost::Closing(close) = log_lost {
-                let outcome = close.await.unwrap_or_else(|e| Err(format!("the close failed: {e}")));
-                *log_lost = LogLost::Closed(outcome);
-            }
+            }));
+            // The shutdown goes on meanwhile: the actors' last writes are moved into sled
+            // with the rest if they come before the close, refused (and retried by their
+            // senders) if after.
             return;
         }
         if !store.healthy() {
@@ -292,14 +283,9 @@ async fn store_failure(store: &Store, log_lost: &mut LogLost) {
     }
 }
 
-/// The store's close after its log directory was deleted (see [`store_failure`]).
-enum LogLost {
-    No,
-    /// A task closes the store; a signal may have cut the wait for it short.
-    Closing(tokio::task::JoinHandle<Result<(), String>>),
-    /// The store is closed (the task logged how): what was lost, if anything.
-    Closed(Result<(), String>),
-}
+/// The store's close after its log was deleted (see [`store_failure`]): what was lost, if
+/// anything (the task also logs it).
+type LogLostClose = tokio::task::JoinHandle<Result<(), String>>;
 
 /// The least time each shutdown stage after the grace gets (stopping the actors, moving the
 /// store's log into sled), even when the grace is spent: each usually takes milliseconds, and

@@ -101,7 +101,7 @@ impl IngestHolds {
     }
 
     fn armed(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Hold>> {
-        self.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.armed)
     }
 
     /// Waits while a hold is armed for the bucket; true if it waited.

@@ -869,8 +869,8 @@ async fn a_log_directory_deleted_under_the_daemon_loses_nothing_acknowledged() {
     }
     let count = |b: &serde_json::Value| b["results"].as_array().map(Vec::len);
     let wal = app.data_dir.join("wal");
-    // Replaced, deleted, then only the segment in use deleted (noticed at the next write,
-    // which is acknowledged too): each time, events acknowledged just before are all kept.
+    // Replaced, deleted, then only the segment in use deleted (an event acknowledged after
+    // that is kept too): each time, events acknowledged just before are all kept.
     for (round, how) in [(0u32, "replace"), (1, "delete"), (2, "segment")] {
         for i in round * 20..round * 20 + 20 {
             let (s, b) = send(&app, &bucket, &secret, i).await;
