@@ -22,7 +22,6 @@
 //! live in `lifecycle.rs`; they find objects through the in-memory external-ID index, kept
 //! like the dedup set (loaded in `pre_start`, mirrored in the same batches).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +32,9 @@ use tokio::task::JoinHandle;
 use super::alert::{AlertError, NewAlert};
 use super::kind::{self, MetadataSource, Operation, SignatureHeaders};
 use super::pipeline::{self, PayloadError, Screen, Screened};
-use super::records::{self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, Draft, ObjectRecord, STATS_KEY};
+use super::records::{
+    self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, DigestMap, Draft, ObjectRecord, STATS_KEY,
+};
 use super::spec::{BatchMode, SourceAdapter};
 use super::verify::{self, Proof, Verdict};
 use crate::catalog::Bucket;
@@ -294,9 +295,9 @@ pub struct AdapterState {
     /// when this state is dropped): ingests are accepted against these only.
     gate: verify::Published,
     /// sha256(dedup value) → object ID.
-    dedup: HashMap<String, ObjectId>,
+    dedup: DigestMap<ObjectId>,
     /// sha256(external id) → the objects (stored or buffered) made from it.
-    xids: HashMap<String, Vec<ObjectId>>,
+    xids: DigestMap<Vec<ObjectId>>,
     /// Mux API client, built on the first fetch.
     mux_api: Option<crate::adapter::mux::MuxApi>,
     /// Accepted events not yet flushed, oldest first.
@@ -345,14 +346,10 @@ impl Actor for SourceAdapterActor {
             .clone()
             .ok_or_else(|| ActorProcessingErr::from(format!("bucket {bucket_id} has no source adapter")))?;
         let prefix = records::prefix(&bucket_id);
-        let dedup = lifecycle::load_by_hash(
-            store,
-            Keyspace::DEDUP,
-            &prefix,
-            |map: &mut HashMap<String, ObjectId>, hash, oid| {
+        let dedup =
+            lifecycle::load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
                 map.insert(hash, oid);
-            },
-        )?;
+            })?;
         let mut buffer = Vec::new();
         store.for_each::<BufferEntry>(Keyspace::BUFFER, &prefix, |_, v| {
             buffer.push(v);

@@ -50,6 +50,12 @@ pub fn dedup_hash(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
 
+/// A map keyed by [`dedup_hash`] digests (the dedup set, the external-ID index). foldhash
+/// rather than std's SipHash: the set grows with every object, and rehashing it with SipHash
+/// showed in the ingest profile. SipHash guards against keys crafted to collide; these keys
+/// are SHA-256 digests hashed with a per-process random seed, which no sender can steer.
+pub type DigestMap<V> = foldhash::HashMap<String, V>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlobRef {
     pub property: String,

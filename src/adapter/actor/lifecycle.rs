@@ -17,8 +17,6 @@
 //! is the only one in the actor's handler, and only on this rare path. This module owns no
 //! state of its own.
 
-use std::collections::HashMap;
-
 use ractor::RpcReplyPort;
 use serde_json::Value;
 
@@ -26,7 +24,7 @@ use super::{AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus
 use crate::adapter::alert;
 use crate::adapter::kind::{self, Operation};
 use crate::adapter::pipeline::{self, PayloadError, Screened};
-use crate::adapter::records::{self, Draft, ObjectRecord};
+use crate::adapter::records::{self, DigestMap, Draft, ObjectRecord};
 use crate::events::Scopes;
 use crate::ids::{BucketId, ObjectId};
 use crate::store::{Batch, Keyspace, Store, StoreError};
@@ -44,8 +42,8 @@ pub struct ChangeRequest {
 }
 
 /// Loads the external-ID index of one bucket (`prefix` = `{bucket_id}/`).
-pub(super) fn load_index(store: &Store, prefix: &str) -> Result<HashMap<String, Vec<ObjectId>>, StoreError> {
-    load_by_hash(store, Keyspace::EXTERNAL_IDS, prefix, |index: &mut HashMap<String, Vec<ObjectId>>, hash, oid| {
+pub(super) fn load_index(store: &Store, prefix: &str) -> Result<DigestMap<Vec<ObjectId>>, StoreError> {
+    load_by_hash(store, Keyspace::EXTERNAL_IDS, prefix, |index: &mut DigestMap<Vec<ObjectId>>, hash, oid| {
         index.entry(hash).or_default().push(oid)
     })
 }

@@ -163,18 +163,52 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// hookline: whether `key`, the key of the operation that found this node too large,
+    /// sorts after every key the node holds (or past its `hi` bound): that operation is
+    /// appending, and [`Node::split`] should leave the right node small.
+    pub(crate) fn appended_by(&self, key: &[u8]) -> bool {
+        if key < self.lo.as_ref() {
+            return false;
+        }
+        if !self.hi.is_empty() && key >= self.hi.as_ref() {
+            return true;
+        }
+        let encoded = match key.get(self.prefix_len as usize..) {
+            Some(encoded) => encoded,
+            None => return false,
+        };
+        let last = match &self.data {
+            Data::Leaf(leaf) => leaf.keys.last(),
+            Data::Index(index) => index.keys.last(),
+        };
+        last.map_or(false, |last| encoded > last.as_ref())
+    }
+
+    /// Splits in the middle, or, when `appending` (hookline), leaves the right node only
+    /// as many entries as keep it from being merged back (`merge_threshold`): keys that
+    /// are appended (time-ordered IDs) never land in the left node again, so an even
+    /// split would leave every left node half empty and split twice as often.
+    pub(crate) fn split(mut self, appending: bool) -> (Node, Node) {
+        let keep_right = if appending {
+            Some(self.merge_threshold())
+        } else {
+            None
+        };
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            keep_right: Option<usize>,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
+            let split_point = match keep_right {
+                Some(keep) if keys.len() > keep + 1 => keys.len() - keep,
+                _ => keys.len() / 2 + 1,
+            };
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -252,6 +286,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        keep_right,
                     );
 
                 (
@@ -271,6 +306,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        keep_right,
                     );
 
                 (
@@ -616,7 +652,15 @@ impl Node {
     }
 
     pub(crate) fn should_merge(&self) -> bool {
-        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
+        let size_checks = self.data.len() < self.merge_threshold();
+        let safety_checks = self.merging_child.is_none() && !self.merging;
+
+        size_checks && safety_checks
+    }
+
+    /// The fewest entries a node may hold without being merged into its left sibling.
+    fn merge_threshold(&self) -> usize {
+        if cfg!(any(test, feature = "lock_free_delays")) {
             1
         } else if self.data.is_index() {
             // hookline: 16 rather than 64, a quarter of the split threshold as in 0.34.7 (a
@@ -624,12 +668,7 @@ impl Node {
             16
         } else {
             4
-        };
-
-        let size_checks = self.data.len() < threshold;
-        let safety_checks = self.merging_child.is_none() && !self.merging;
-
-        size_checks && safety_checks
+        }
     }
 
     pub(crate) fn can_merge_child(&self) -> bool {
