@@ -324,9 +324,11 @@ mod tests {
     /// The vendored sled splits index nodes above 64 children (stock 0.34.7: 256) and merges
     /// them below 16, and a node split by an appending write keeps most of its entries (see
     /// vendor/sled/README.hookline.md). Enough appended keys for several levels of index
-    /// splits, then keys inserted between them in scrambled order (the full left nodes split
-    /// again, evenly), then most keys deleted (merges), then reopened: every key that should
-    /// be there is, in order, and nothing else.
+    /// splits, then a key inserted after each of the first 15,000 in scrambled order (every
+    /// left leaf, about 11 keys after the appends, gets as many more and splits again, mostly
+    /// in the middle),
+    /// then most keys deleted (merges), then reopened: every key that should be there is,
+    /// in order, and nothing else.
     #[tokio::test]
     async fn appended_and_inserted_keys_split_and_merge_nodes_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -356,8 +358,8 @@ mod tests {
                 model.extend(keys);
             }
             check(&b, &model);
-            // Every 7th of the first 35 000, in a scrambled order (7919 is prime to 5000).
-            let scrambled: Vec<Vec<u8>> = (0..5_000u32).map(|n| between((n * 7919 % 5_000) * 7)).collect();
+            // After each of the first 15,000, in a scrambled order (7919 is prime to 15,000).
+            let scrambled: Vec<Vec<u8>> = (0..15_000u32).map(|n| between(n * 7919 % 15_000)).collect();
             put(&b, &scrambled);
             model.extend(scrambled);
             check(&b, &model);

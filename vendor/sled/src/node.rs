@@ -185,12 +185,16 @@ impl Node {
     }
 
     /// Splits in the middle, or, when `appending` (hookline), leaves the right node only
-    /// as many entries as keep it from being merged back (`merge_threshold`): keys that
-    /// are appended (time-ordered IDs) never land in the left node again, so an even
-    /// split would leave every left node half empty and split twice as often.
+    /// half again as many entries as keep it from being merged back (`merge_threshold`:
+    /// 6 of a leaf's 17, 24 of an index node's 65): keys that are appended (time-ordered
+    /// IDs) never land in the left node again, so an even split would leave every left
+    /// node half empty and split more often. The margin keeps a few deletes at the end
+    /// of a range from merging the right node back at once (and the next append from
+    /// splitting it again).
     pub(crate) fn split(mut self, appending: bool) -> (Node, Node) {
         let keep_right = if appending {
-            Some(self.merge_threshold())
+            let merge = self.merge_threshold();
+            Some(merge + merge / 2)
         } else {
             None
         };

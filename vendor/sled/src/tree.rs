@@ -1456,7 +1456,8 @@ impl Tree {
         guard: &'g Guard,
     ) -> Result<()> {
         trace!("splitting node {}", view.pid);
-        // split node (hookline: unevenly when appending, see `Node::split`)
+        // split node (hookline: unevenly when the key of the operation walking through
+        // it sorts after all of its keys, see `Node::split`)
         let (mut lhs, rhs) = view.deref().clone().split(appending);
         let rhs_lo = rhs.lo.clone();
 
