@@ -326,9 +326,8 @@ mod tests {
     /// vendor/sled/README.hookline.md). Enough appended keys for several levels of index
     /// splits, then a key inserted after each of the first 15,000 in scrambled order (every
     /// left leaf, about 11 keys after the appends, gets as many more and splits again, mostly
-    /// in the middle),
-    /// then most keys deleted (merges), then reopened: every key that should be there is,
-    /// in order, and nothing else.
+    /// in the middle), then most keys deleted (merges), then reopened: every key that should
+    /// be there is, in order, and nothing else.
     #[tokio::test]
     async fn appended_and_inserted_keys_split_and_merge_nodes_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
