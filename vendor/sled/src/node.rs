@@ -173,10 +173,8 @@ impl Node {
         if !self.hi.is_empty() && key >= self.hi.as_ref() {
             return true;
         }
-        let encoded = match key.get(self.prefix_len as usize..) {
-            Some(encoded) => encoded,
-            None => return false,
-        };
+        // Within [lo, hi) now, as `prefix_encode` requires.
+        let encoded = self.prefix_encode(key);
         let last = match &self.data {
             Data::Leaf(leaf) => leaf.keys.last(),
             Data::Index(index) => index.keys.last(),
