@@ -22,6 +22,12 @@ pub fn millis_to_rfc3339(ms: u64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map(rfc3339).unwrap_or_default()
 }
 
+/// For `#[serde(default, skip_serializing_if = "crate::util::is_zero")]`: a counter that
+/// starts at zero is not written until it moves.
+pub fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// For `#[serde(default, deserialize_with)]` on an `Option` of a PATCH body: the field is
 /// absent (`None`, unchanged) or a value; `null` is a 422 naming the field, not silently
 /// "unchanged" (it reads as "clear this", which a required setting cannot be).

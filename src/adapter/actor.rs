@@ -2,8 +2,8 @@
 //!
 //! It alone owns the bucket's dedup set and batch buffer (kept in memory, mirrored in the
 //! store) and the adapter's counters. Each ingest is handled without awaiting the disk: the
-//! actor updates its state, submits one atomic batch (object or buffer entry + dedup entry +
-//! outbox event + counters) to the group committer, and replies with a [`Commit`] the HTTP
+//! actor updates its state, submits one atomic batch (object or buffer entry, its dedup key
+//! inside, + outbox event + counters) to the group committer, and replies with a [`Commit`] the HTTP
 //! handler awaits before answering. So concurrent requests share fsyncs and the mailbox never
 //! waits for one. A duplicate's reply carries its own (possibly empty) batch: the committer is
 //! FIFO, so it resolves only after the original is durable.
@@ -33,7 +33,7 @@ use super::alert::{AlertError, NewAlert};
 use super::kind::{self, MetadataSource, Operation, SignatureHeaders};
 use super::pipeline::{self, PayloadError, Screen, Screened};
 use super::records::{
-    self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, DigestMap, Draft, ObjectRecord, STATS_KEY,
+    self, AdapterStats, BatchRecord, BatchStatus, BufferEntry, DedupMark, DigestMap, Draft, ObjectRecord, STATS_KEY,
 };
 use super::spec::{BatchMode, SourceAdapter};
 use super::verify::{self, Proof, Verdict};
@@ -346,16 +346,13 @@ impl Actor for SourceAdapterActor {
             .clone()
             .ok_or_else(|| ActorProcessingErr::from(format!("bucket {bucket_id} has no source adapter")))?;
         let prefix = records::prefix(&bucket_id);
-        let dedup =
-            lifecycle::load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
-                map.insert(hash, oid);
-            })?;
         let mut buffer = Vec::new();
         store.for_each::<BufferEntry>(Keyspace::BUFFER, &prefix, |_, v| {
             buffer.push(v);
             true
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
+        let dedup = lifecycle::load_dedup(store, &bucket, &buffer)?;
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
@@ -639,14 +636,15 @@ impl AdapterState {
         let mut batch = Batch::new();
         let mut events = Vec::new();
         self.index(&mut batch, &draft, &object_id);
-        if let Some(h) = dedup_hash {
-            batch.put(Keyspace::DEDUP, &records::key(self.bucket_id(), object_id.as_str()), &h);
-            self.dedup.insert(h, object_id.clone());
-        }
+        // The key goes in the record (see `records.rs`), and in the set now.
+        let dedup = dedup_hash.map(|h| {
+            self.dedup.insert(h.clone(), object_id.clone());
+            DedupMark::new(h, &self.bucket)
+        });
         self.stats.processed(now);
         let status = match self.adapter.batching.mode {
             BatchMode::Immediate => {
-                let rec = ObjectRecord::new(object_id.clone(), self.bucket_id().clone(), draft, None);
+                let rec = ObjectRecord::new(object_id.clone(), self.bucket_id().clone(), draft, None, dedup);
                 batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), object_id.as_str()), &rec);
                 let scopes = Scopes { namespace: &self.bucket.namespace, key: object_id.as_str() };
                 events.push(self.shared.bus.record(&mut batch, "object.created", || rec.event_payload(), scopes));
@@ -654,7 +652,7 @@ impl AdapterState {
                 IngestStatus::Created
             }
             BatchMode::TimeWindow | BatchMode::Count => {
-                let entry = BufferEntry { object_id: object_id.clone(), received_at_ms: now, draft };
+                let entry = BufferEntry { object_id: object_id.clone(), received_at_ms: now, draft, dedup };
                 self.buffer_bytes +=
                     batch.put(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()), &entry);
                 self.buffer.push(entry);
@@ -706,7 +704,7 @@ impl AdapterState {
             let mut object_ids = Vec::with_capacity(chunk.len());
             for e in chunk {
                 let key = records::key(&bucket_id, e.object_id.as_str());
-                let rec = ObjectRecord::new(e.object_id, bucket_id.clone(), e.draft, Some(batch_id.clone()));
+                let rec = ObjectRecord::new(e.object_id, bucket_id.clone(), e.draft, Some(batch_id.clone()), e.dedup);
                 batch.put(Keyspace::OBJECTS, &key, &rec);
                 batch.delete(Keyspace::BUFFER, &key);
                 if let Some(wb) = &writeback {

@@ -5,12 +5,22 @@
 //! | `obj` | `{bucket_id}/{object_id}` | [`ObjectRecord`] |
 //! | `batch` | `{bucket_id}/{batch_id}` | [`BatchRecord`] |
 //! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
-//! | `dkey` | `{bucket_id}/{object_id}` | sha256 of the object's dedup value (hex string) |
+//! | `dkey` | `{bucket_id}/{object_id}` | sha256 of a deleted object's dedup value (hex string) |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
 //! | `xref` | `{bucket_id}/unindexed` | a string: the objects may lack `xref` entries (see below) |
 //!
-//! `dkey` is the dedup set and `xref` the external-ID index, which maps an upstream's ID (a
+//! The dedup set is the dedup keys ([`DedupMark`]) that objects and buffer entries carry in
+//! their own records, plus `dkey`: the keys of deleted objects and entries (a deleted
+//! object's event stays a duplicate) and Mux tombstones. A key lives in the record because
+//! an entry of its own was a second sled insert per ingest, the largest single cost left in
+//! the ingest profile (format 6; older objects' keys are in `dkey`, where format 5 put every
+//! key). The mark is stored, never shown: the API and event payloads show
+//! [`ObjectRecord::shown`]. A mark names the bucket's `dedup_generation` it was made under:
+//! when the dedup path changes, the PATCH deletes the bucket's `dkey` entries and bumps the
+//! generation, and older marks no longer count, with no object rewritten.
+//!
+//! `xref` is the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
 //! delete) find them. Objects are indexed when made only by adapter types whose events do
 //! that (mux, supabase): generic_webhook's only ever create, and an index entry was a sled
@@ -19,21 +29,23 @@
 //! indexes the objects already there (`lifecycle::index_unindexed`), so its events reach
 //! every object whose external ID they name (the mark is no object ID: loading skips it);
 //! entries older versions wrote for generic objects are kept and used. The adapter actor
-//! holds both in memory, by hash, and loads them with one scan when it starts. On disk they
-//! are keyed by object ID on purpose: IDs are time-ordered, so every ingest appends at
-//! the end of the tree, where keyed by hash each landed on a random page, which cost sled
-//! several times more per insert. Both are written in the same batch as the object or buffer
-//! entry; an `xref` entry is deleted with its object (and replaced, in the batch that re-keys
-//! it, when a Supabase UPDATE changes the row's primary key), a `dkey` entry only with the
-//! adapter (a deleted object's event stays a duplicate).
+//! holds the dedup set and the index in memory, by hash, and loads them with scans when it
+//! starts. On disk `dkey` and `xref` are keyed by object ID on purpose: IDs are time-ordered,
+//! so every write appends at the end of the tree, where keyed by hash each landed on a
+//! random page, which cost sled several times more per insert. An `xref` entry is written in
+//! the same batch as its object or buffer entry and deleted with its object (and replaced,
+//! in the batch that re-keys it, when a Supabase UPDATE changes the row's primary key); a
+//! `dkey` entry is written in the batch that deletes its object and goes only with the
+//! bucket or a change of dedup path.
 //! Object and batch IDs are time-ordered, so key order is creation order (cursor pagination).
 //! The bucket registry deletes every `{bucket_id}/` prefix with the bucket.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::ProviderType;
+use crate::catalog::{Bucket, ProviderType};
 use crate::ids::{BatchId, BucketId, ObjectId};
+use crate::store::{Batch, Keyspace};
 
 pub fn key(bucket: &BucketId, id: &str) -> String {
     format!("{}/{}", bucket.as_str(), id)
@@ -55,6 +67,37 @@ pub fn dedup_hash(value: &str) -> String {
 /// showed in the ingest profile. SipHash guards against keys crafted to collide; these keys
 /// are SHA-256 digests hashed with a per-process random seed, which no sender can steer.
 pub type DigestMap<V> = foldhash::HashMap<String, V>;
+
+/// An object's (or buffer entry's) key in its bucket's dedup set, kept in its record (see
+/// the module doc). Stored, never shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupMark {
+    /// [`dedup_hash`] of the dedup value.
+    pub hash: String,
+    /// The bucket's `dedup_generation` when it was made: a mark of an older one is from
+    /// before a change of dedup path, and no longer in the set.
+    #[serde(default, skip_serializing_if = "crate::util::is_zero")]
+    pub generation: u64,
+}
+
+impl DedupMark {
+    pub fn new(hash: String, bucket: &Bucket) -> DedupMark {
+        DedupMark { hash, generation: bucket.dedup_generation }
+    }
+
+    /// In the bucket's dedup set now (not from before a change of dedup path).
+    pub fn counts_in(&self, bucket: &Bucket) -> bool {
+        self.generation == bucket.dedup_generation
+    }
+}
+
+/// The write that keeps a deleted object's (or buffer entry's) dedup key in the dedup set,
+/// added to the batch that deletes it: a retry of its event stays a duplicate.
+pub fn keep_dedup_key(batch: &mut Batch, bucket: &Bucket, object_id: &ObjectId, mark: Option<&DedupMark>) {
+    if let Some(mark) = mark.filter(|m| m.counts_in(bucket)) {
+        batch.put(Keyspace::DEDUP, &key(&bucket.bucket_id, object_id.as_str()), &mark.hash);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlobRef {
@@ -117,10 +160,20 @@ pub struct ObjectRecord {
     pub batch_id: Option<BatchId>,
     pub created_at: String,
     pub updated_at: String,
+    /// Its key in the dedup set (none without a dedup value, or from before format 6: then
+    /// the key is in `dkey`). Kept through updates; never shown (see [`ObjectRecord::shown`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupMark>,
 }
 
 impl ObjectRecord {
-    pub fn new(object_id: ObjectId, bucket_id: BucketId, draft: Draft, batch_id: Option<BatchId>) -> ObjectRecord {
+    pub fn new(
+        object_id: ObjectId,
+        bucket_id: BucketId,
+        draft: Draft,
+        batch_id: Option<BatchId>,
+        dedup: Option<DedupMark>,
+    ) -> ObjectRecord {
         let now = crate::util::now_rfc3339();
         ObjectRecord {
             object_id,
@@ -131,6 +184,7 @@ impl ObjectRecord {
             batch_id,
             created_at: now.clone(),
             updated_at: now,
+            dedup,
         }
     }
 
@@ -141,9 +195,19 @@ impl ObjectRecord {
         self.updated_at = crate::util::now_rfc3339();
     }
 
+    /// The object as the API, event payloads and writeback documents show it: the record
+    /// without its dedup mark.
+    pub fn shown(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.remove("dedup");
+        }
+        v
+    }
+
     /// The `object.created` / `object.updated` / `object.deleted` payload: the object snapshot.
     pub fn event_payload(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
+        self.shown()
     }
 }
 
@@ -204,6 +268,9 @@ pub struct BufferEntry {
     pub object_id: ObjectId,
     pub received_at_ms: u64,
     pub draft: Draft,
+    /// Its key in the dedup set, passed to its object at the flush (see [`ObjectRecord`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupMark>,
 }
 
 impl BufferEntry {

@@ -282,6 +282,7 @@ impl RegistryState {
             bucket_schema: body.bucket_schema,
             source_adapter: None,
             dedup_scope: None,
+            dedup_generation: 0,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -590,6 +591,10 @@ impl RegistryState {
                     let old =
                         bucket.dedup_scope.clone().or_else(|| bucket.source_adapter.as_ref().and_then(dedup_scope));
                     clear_dedup = old.is_some_and(|old| old != scope);
+                    if clear_dedup {
+                        // The marks in the bucket's objects stop counting (see `records.rs`).
+                        bucket.dedup_generation += 1;
+                    }
                     bucket.dedup_scope = Some(scope);
                 }
                 bucket.source_adapter = Some(adapter);
@@ -871,7 +876,7 @@ impl RegistryState {
         id: &BucketId,
         object_id: &ObjectId,
     ) -> Result<Answer<()>, ApiError> {
-        self.load_bucket(namespace, id)?;
+        let bucket = self.load_bucket(namespace, id)?;
         if let Some(actor) = self.children.get(id) {
             // The adapter actor owns updates of its objects: delete through it.
             let reply = ask(actor, |reply| AdapterMsg::DeleteObject(object_id.clone(), reply))?;
@@ -894,6 +899,7 @@ impl RegistryState {
             // The adapter actor's in-memory index drops the entry when it next misses it.
             batch.delete(Keyspace::EXTERNAL_IDS, &records::key(id, object_id.as_str()));
         }
+        records::keep_dedup_key(&mut batch, &bucket, object_id, obj.dedup.as_ref());
         let scopes = Scopes { namespace, key: object_id.as_str() };
         let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), scopes);
         self.shared.store.commit(batch).await?;

@@ -143,6 +143,10 @@ pub struct Bucket {
     /// Not shown. Absent for buckets configured before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_scope: Option<String>,
+    /// Bumped when the dedup set starts afresh (a change of dedup path): the dedup marks in
+    /// objects of an older generation no longer count (see `adapter/records.rs`). Not shown.
+    #[serde(default, skip_serializing_if = "crate::util::is_zero")]
+    pub dedup_generation: u64,
     pub created_at: String,
     pub updated_at: String,
 }

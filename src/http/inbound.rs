@@ -556,12 +556,14 @@ const PAGE_PARAMS: &[&str] = &["limit", "cursor"];
 
 /// One page of `ks` under the bucket, after the `cursor` ID; `next_cursor` when more remain.
 /// The caller took [`PAGE_PARAMS`] when it authenticated.
-fn page<T: DeserializeOwned + serde::Serialize>(
+/// One page of a bucket's records of `ks`, each as `show` gives it.
+fn page<T: DeserializeOwned, S: serde::Serialize>(
     state: &HttpState,
     req: &Request,
     bucket: &Bucket,
     ks: Keyspace,
     valid_cursor: fn(&str) -> bool,
+    show: fn(T) -> S,
 ) -> Result<Response, ApiError> {
     let mut page = Page::results(req.page_limit()?);
     let after = req.cursor(valid_cursor)?.map(|c| records::key(&bucket.bucket_id, c));
@@ -569,14 +571,15 @@ fn page<T: DeserializeOwned + serde::Serialize>(
     state
         .shared
         .store
-        .for_each_after(ks, &prefix, after.as_deref(), |key, item: T| page.offer(&key[prefix.len()..], &item))?;
+        .for_each_after(ks, &prefix, after.as_deref(), |key, item: T| page.offer(&key[prefix.len()..], &show(item)))?;
     Ok(page.finish())
 }
 
 async fn list_objects(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate_list(state, PAGE_PARAMS)?;
     let bucket = load_bucket(state, req, id)?;
-    page::<ObjectRecord>(state, req, &bucket, Keyspace::OBJECTS, |c| ObjectId::parse(c).is_some())
+    let show = |o: ObjectRecord| o.shown();
+    page(state, req, &bucket, Keyspace::OBJECTS, |c| ObjectId::parse(c).is_some(), show)
 }
 
 fn parse_object_id(bucket: &Bucket, oid: &str) -> Result<ObjectId, ApiError> {
@@ -590,7 +593,7 @@ async fn get_object(state: &HttpState, req: &Request, id: &str, oid: &str) -> Re
     let object_id = parse_object_id(&bucket, oid)?;
     let key = records::key(&bucket.bucket_id, object_id.as_str());
     if let Some(obj) = state.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
-        return Ok(json(StatusCode::OK, &obj));
+        return Ok(json(StatusCode::OK, &obj.shown()));
     }
     // An ID answered as `buffered` is not an object yet: say when it will be.
     if let Some(entry) = state.shared.store.get::<records::BufferEntry>(Keyspace::BUFFER, &key)? {
@@ -614,7 +617,8 @@ async fn delete_object(state: &HttpState, req: &Request, id: &str, oid: &str) ->
 async fn list_batches(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate_list(state, PAGE_PARAMS)?;
     let bucket = load_bucket(state, req, id)?;
-    page::<BatchRecord>(state, req, &bucket, Keyspace::BATCHES, |c| BatchId::parse(c).is_some())
+    let show = |b: BatchRecord| b;
+    page(state, req, &bucket, Keyspace::BATCHES, |c| BatchId::parse(c).is_some(), show)
 }
 
 async fn get_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {

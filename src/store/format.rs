@@ -14,6 +14,10 @@
 //! - 5: a value longer than 4 KiB is kept in pieces in a second sled tree, the main tree
 //!   holding a marker (see `store/pieces.rs`); an older binary would read the marker as the
 //!   value. Values written before stay whole until they are next written: no rewrite.
+//! - 6: an object's (or buffer entry's) dedup key is kept in its record (`dedup`), and `dkey`
+//!   holds only the keys of deleted objects and tombstones (see `adapter/records.rs`); an
+//!   older binary would not see the keys in records and let their events in again. Keys
+//!   written before stay in `dkey`, where they still count: no rewrite.
 //!
 //! Additions that an older binary never reads need no new version (it keeps working on the
 //! directory, and a newer one finds its data as left): the `alert` keyspace, and alert
@@ -34,7 +38,7 @@
 use super::{Backend, Batch, Keyspace, Op, StoreError};
 
 /// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 const VERSION_KEY: &str = "format_version";
 const MIGRATE_FROM_KEY: &str = "migrate_from";
@@ -122,7 +126,7 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
             Some(b.ops)
         })?;
     }
-    // 4 → 5 rewrites nothing (see the module docs).
+    // 4 → 5 and 5 → 6 rewrite nothing (see the module docs).
     let mut b = Batch::new();
     b.delete(Keyspace::META, MIGRATE_FROM_KEY);
     backend.apply(&b)?;

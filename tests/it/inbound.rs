@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{contains_bytes, data_files, eventually, metric_value, stored_entries, Options, TestApp};
+use crate::support::{
+    contains_bytes, data_files, eventually, metric_value, stop_and_open, stored_entries, Options, TestApp,
+};
 
 /// Creates a bucket with `properties` and configures `adapter` on it; returns (bucket_id,
 /// webhook_secret).
@@ -1211,6 +1213,93 @@ async fn buffered_events_and_dedup_survive_a_crash_and_an_actor_failure() {
     assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("k2", "video.asset.ready")).await.0, 404);
 }
 
+/// The dedup set as a restart (kill -9) rebuilds it: the keys live objects and buffered
+/// entries carry in their records, and the keys of deleted ones, all still duplicates with
+/// their object IDs; after a change of dedup path, none of them counts, across a restart
+/// too. The key is stored, never shown: not in the objects API, not in event payloads.
+#[tokio::test]
+async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_keys() {
+    let mut app = TestApp::start().await;
+    let adapter = |mode: Value, key: &str| json!({"adapter_type": "generic_webhook", "dedup_key": key, "field_mapping": {"n": "n"}, "batching": mode});
+    let (bucket, secret) = bucket_with_adapter(
+        &app,
+        "rebuilt",
+        json!({"n": {"type": "int"}}),
+        adapter(json!({"mode": "immediate"}), "id"),
+    )
+    .await;
+    let s = Some(secret.as_str());
+    let hook = crate::outbound_receiver::Receiver::start(200).await;
+    let channels = json!([crate::outbound::http_channel(&hook.url("/objects"))]);
+    let types = json!(["object.created", "object.deleted"]);
+    crate::outbound::create_webhook(&app, json!({"webhook_name": "o", "event_types": types, "channels": channels}))
+        .await;
+    let mut ids = std::collections::BTreeMap::new();
+    for id in ["live", "gone"] {
+        let (st, b) = ingest(&app, &bucket, s, &json!({"id": id, "n": 1})).await;
+        assert_eq!((st, b["status"].as_str()), (200, Some("created")), "{b}");
+        ids.insert(id, b["object_id"].as_str().unwrap().to_string());
+    }
+    let path = format!("/v1/buckets/{bucket}");
+    let windowed = adapter(json!({"mode": "time_window", "window_seconds": 300}), "id");
+    assert_eq!(app.patch(&path, json!({"source_adapter": windowed})).await.0, 200);
+    for id in ["waiting", "dropped"] {
+        let (st, b) = ingest(&app, &bucket, s, &json!({"id": id, "n": 2})).await;
+        assert_eq!((st, b["status"].as_str()), (200, Some("buffered")), "{b}");
+        ids.insert(id, b["object_id"].as_str().unwrap().to_string());
+    }
+    for id in ["gone", "dropped"] {
+        assert_eq!(app.delete(&format!("{path}/objects/{}", ids[id])).await.0, 204, "{id}");
+    }
+    let (st, obj) = app.get(&format!("{path}/objects/{}", ids["live"])).await;
+    assert_eq!((st, obj.get("dedup")), (200, None), "{obj}");
+    assert_eq!(obj["object_id"], ids["live"].as_str());
+    let listed = objects(&app, &bucket).await;
+    assert!(listed.iter().all(|o| o.get("dedup").is_none() && o["metadata"]["n"] == 1), "{listed:?}");
+
+    app.crash_restart().await;
+    for (id, oid) in &ids {
+        let (st, b) = ingest(&app, &bucket, s, &json!({"id": id, "n": 3})).await;
+        assert_eq!((st, b), (200, json!({"handled": true, "status": "duplicate", "object_id": oid})), "{id}");
+    }
+    assert_eq!(status(&app, &bucket).await["events_buffered"], 1, "waiting, still buffered");
+
+    // Another dedup path: the values are new under it, across a restart too, once each.
+    let by_key = adapter(json!({"mode": "immediate"}), "key");
+    assert_eq!(app.patch(&path, json!({"source_adapter": by_key})).await.0, 200);
+    app.crash_restart().await;
+    for id in ids.keys() {
+        let (st, b) = ingest(&app, &bucket, s, &json!({"key": id, "n": 4})).await;
+        assert_eq!((st, b["status"].as_str()), (200, Some("created")), "{id}: {b}");
+    }
+    app.crash_restart().await;
+    for id in ids.keys() {
+        let (st, b) = ingest(&app, &bucket, s, &json!({"key": id, "n": 5})).await;
+        assert_eq!((st, b["status"].as_str()), (200, Some("duplicate")), "{id}: {b}");
+    }
+    // live, waiting (flushed by the switch to immediate), and the four new ones.
+    assert_eq!(objects(&app, &bucket).await.len(), 6);
+
+    // object.created for live, gone, waiting and the four new ones; object.deleted for gone
+    // (a buffered entry deleted was never announced). A kill -9 may have come between a
+    // delivery and its record: the receiver tells those by event_id.
+    let distinct = || {
+        let all = hook.captured().into_iter().map(|c| c.json()).map(|e| (e["event_id"].to_string(), e));
+        all.collect::<std::collections::BTreeMap<String, Value>>()
+    };
+    assert!(eventually(Duration::from_secs(15), || async { distinct().len() >= 8 }).await, "{:?}", distinct());
+    let backend = stop_and_open(&mut app).await;
+    let envelopes = distinct();
+    let deleted = envelopes.values().filter(|e| e["event_type"] == "object.deleted").count();
+    assert_eq!((envelopes.len(), deleted), (8, 1), "{envelopes:?}");
+    for e in envelopes.values() {
+        assert!(e["payload"]["object_id"].is_string() && e["payload"].get("dedup").is_none(), "{e}");
+    }
+    let marked = stored_entries(&backend, "obj", "").iter().filter(|(_, v)| contains_bytes(v, b"\"dedup\"")).count();
+    assert_eq!(marked, 6, "every object carries its key in its record");
+    assert_eq!(stored_entries(&backend, "dkey", "").len(), 0, "the deleted keys went with the old path");
+}
+
 /// A data dir of format 2 (dedup set and external-ID index keyed by hash) is migrated at
 /// start, and its dedup keys still hold: the same event is a duplicate of the same object.
 #[tokio::test]
@@ -1224,36 +1313,28 @@ async fn dedup_keys_survive_the_migration_from_format_2() {
     let oid = b["object_id"].as_str().unwrap().to_string();
     assert_eq!(app.stop(), Some(0));
 
-    // Rewrite the entries the way a format-2 binary kept them.
+    // Rewrite the entries the way a format-2 binary kept them: the dedup key in an entry of
+    // its own, keyed by hash, not in the object's record.
     {
         let backend = app.stopped_sled().await;
-        let mut found = Vec::new();
         for ks in ["dkey", "xref"] {
-            for (rest, v) in stored_entries(&backend, ks, "") {
-                found.push((ks, rest, serde_json::from_slice::<String>(&v).unwrap()));
-            }
+            // generic_webhook objects have no external-ID entry (nothing upstream changes them
+            // by that ID); older versions wrote one, as a format-2 binary did: added below.
+            assert_eq!(stored_entries(&backend, ks, "").len(), 0, "a live object's key is in its record ({ks})");
         }
-        // generic_webhook objects have no external-ID entry (nothing upstream changes them by
-        // that ID); older versions wrote one, as a format-2 binary did: add it, to migrate too.
-        assert_eq!(found.len(), 1, "one dedup entry and no external-ID entry: {found:?}");
-        let hash = found[0].2.clone();
-        found.push(("xref", found[0].1.clone(), hash));
+        let objects = stored_entries(&backend, "obj", "");
+        assert_eq!(objects.len(), 1);
+        let (key, raw) = &objects[0];
+        let mut record: Value = serde_json::from_slice(raw).unwrap();
+        let mark = record.as_object_mut().unwrap().remove("dedup").expect("the object carries its dedup key");
+        let hash = mark["hash"].as_str().unwrap().to_string();
+        assert_eq!(hash.len(), 64, "{mark}");
+        let (bucket_id, object_id) = key.split_once('/').unwrap();
+        assert_eq!(object_id, oid);
         let mut b = Batch::new();
-        for (ks, key, hash) in &found {
-            let (bucket_id, object_id) = key.split_once('/').unwrap();
-            assert_eq!(object_id, oid);
-            if *ks == "dkey" {
-                b.put(
-                    Keyspace::custom("dedup"),
-                    &format!("{bucket_id}/{hash}"),
-                    &json!({"object_id": oid, "at_ms": 1}),
-                );
-                b.delete(Keyspace::DEDUP, key);
-            } else {
-                b.put(Keyspace::custom("xid"), &format!("{bucket_id}/{hash}/{oid}"), &oid);
-                b.delete(Keyspace::EXTERNAL_IDS, key);
-            }
-        }
+        b.put(Keyspace::OBJECTS, key, &record);
+        b.put(Keyspace::custom("dedup"), &format!("{bucket_id}/{hash}"), &json!({"object_id": oid, "at_ms": 1}));
+        b.put(Keyspace::custom("xid"), &format!("{bucket_id}/{hash}/{oid}"), &oid);
         b.put(Keyspace::META, "format_version", &2u32);
         backend.apply(&b).unwrap();
         futures::executor::block_on(backend.flush()).unwrap();

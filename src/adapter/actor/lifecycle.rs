@@ -24,7 +24,8 @@ use super::{AdapterState, Apply, IngestErr, IngestOk, IngestResult, IngestStatus
 use crate::adapter::alert;
 use crate::adapter::kind::{self, Operation};
 use crate::adapter::pipeline::{self, PayloadError, Screened};
-use crate::adapter::records::{self, DigestMap, Draft, ObjectRecord};
+use crate::adapter::records::{self, BufferEntry, DedupMark, DigestMap, Draft, ObjectRecord};
+use crate::catalog::Bucket;
 use crate::events::Scopes;
 use crate::ids::{BucketId, ObjectId};
 use crate::store::{Batch, Keyspace, Store, StoreError};
@@ -165,6 +166,41 @@ async fn index_pages<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Only what the dedup set needs of an object (the rest is skipped).
+#[derive(serde::Deserialize)]
+struct Marked {
+    #[serde(default)]
+    dedup: Option<DedupMark>,
+}
+
+/// Loads one bucket's dedup set (see `records.rs`): the `dkey` entries (deleted objects,
+/// tombstones, keys from before format 6), then the marks of its objects and of `buffer`
+/// (its buffer entries) made under its current dedup generation.
+pub(super) fn load_dedup(
+    store: &Store,
+    bucket: &Bucket,
+    buffer: &[BufferEntry],
+) -> Result<DigestMap<ObjectId>, StoreError> {
+    let prefix = records::prefix(&bucket.bucket_id);
+    let mut set = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
+        map.insert(hash, oid);
+    })?;
+    store.for_each::<Marked>(Keyspace::OBJECTS, &prefix, |k, o| {
+        if let (Some(mark), Some(oid)) = (o.dedup, ObjectId::parse(&k[prefix.len()..])) {
+            if mark.counts_in(bucket) {
+                set.insert(mark.hash, oid);
+            }
+        }
+        true
+    })?;
+    for e in buffer {
+        if let Some(mark) = e.dedup.as_ref().filter(|m| m.counts_in(bucket)) {
+            set.insert(mark.hash.clone(), e.object_id.clone());
+        }
+    }
+    Ok(set)
+}
+
 /// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup set or the
 /// external-ID index, see `records.rs`) into a map by hash, in object (= creation) order.
 pub(in crate::adapter) fn load_by_hash<M: Default>(
@@ -251,6 +287,7 @@ impl AdapterState {
             let hash = records::dedup_hash(ext);
             self.unindex(&mut batch, &hash, object_id);
         }
+        records::keep_dedup_key(&mut batch, &self.bucket, object_id, rec.dedup.as_ref());
         let scopes = Scopes { namespace: &self.bucket.namespace, key: object_id.as_str() };
         let event = self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), scopes);
         Ok(Some(self.submit(batch, vec![event])))
@@ -268,6 +305,7 @@ impl AdapterState {
             let hash = records::dedup_hash(ext);
             self.unindex(&mut batch, &hash, object_id);
         }
+        records::keep_dedup_key(&mut batch, &self.bucket, object_id, entry.dedup.as_ref());
         tracing::debug!(bucket_id = %self.bucket_id(), object_id = %object_id, "buffered event deleted");
         Some(self.submit(batch, Vec::new()))
     }
@@ -389,7 +427,9 @@ impl AdapterState {
             }
             None => {
                 for id in &buffered {
-                    self.unbuffer(id);
+                    if let Some(entry) = self.unbuffer(id) {
+                        records::keep_dedup_key(&mut batch, &self.bucket, id, entry.dedup.as_ref());
+                    }
                     batch.delete(Keyspace::BUFFER, &records::key(self.bucket_id(), id.as_str()));
                     self.unindex(&mut batch, &hash, id);
                 }
@@ -405,6 +445,7 @@ impl AdapterState {
                         batch.delete(alert::KS, key);
                     }
                     self.unindex(&mut batch, &hash, &rec.object_id);
+                    records::keep_dedup_key(&mut batch, &self.bucket, &rec.object_id, rec.dedup.as_ref());
                     let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
                     events.push(self.shared.bus.record(&mut batch, "object.deleted", || rec.event_payload(), scopes));
                     object_ids.push(rec.object_id);
@@ -493,6 +534,43 @@ impl AdapterState {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The dedup set at start: `dkey` entries, and the marks of objects and buffer entries of
+    /// the bucket's current generation only.
+    #[tokio::test]
+    async fn the_dedup_set_loads_deleted_keys_and_current_marks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let bucket: crate::catalog::Bucket = serde_json::from_value(json!({
+            "bucket_id": BucketId::generate(), "bucket_name": "b", "namespace": "default",
+            "bucket_schema": {"properties": {}}, "dedup_generation": 2,
+            "created_at": "t", "updated_at": "t"}))
+        .unwrap();
+        let other = BucketId::generate();
+        let ids: Vec<ObjectId> = (0..6).map(|_| ObjectId::generate()).collect();
+        let key = |b: &BucketId, id: &ObjectId| records::key(b, id.as_str());
+        let mark = |h: &str, generation: u64| json!({"hash": h, "generation": generation});
+        let mut b = Batch::new();
+        let bid = &bucket.bucket_id;
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[0]), &json!({"metadata": {}, "dedup": mark("h0", 2)}));
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[1]), &json!({"metadata": {}, "dedup": mark("h1", 1)}));
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[2]), &json!({"metadata": {}}));
+        b.put(Keyspace::DEDUP, &key(bid, &ids[3]), "h3");
+        b.put(Keyspace::OBJECTS, &key(&other, &ids[4]), &json!({"dedup": mark("h4", 2)}));
+        store.commit(b).await.unwrap();
+        let entry = |id: &ObjectId, h: &str, generation: u64| -> BufferEntry {
+            serde_json::from_value(json!({"object_id": id, "received_at_ms": 1,
+                "draft": {"metadata": {}, "blobs": [], "source": {"adapter_type": "generic_webhook",
+                "external_id": null, "event_type": null}}, "dedup": mark(h, generation)}))
+            .unwrap()
+        };
+        let buffer = vec![entry(&ids[5], "h5", 2), entry(&ObjectId::generate(), "h6", 0)];
+
+        let set = load_dedup(&store, &bucket, &buffer).unwrap();
+        let mut got: Vec<(&str, &ObjectId)> = set.iter().map(|(h, id)| (h.as_str(), id)).collect();
+        got.sort();
+        assert_eq!(got, vec![("h0", &ids[0]), ("h3", &ids[3]), ("h5", &ids[5])]);
+    }
 
     /// Objects and buffered entries without an index entry get one, page by page; the mark
     /// holds the point reached, so a run cut short resumes there; the mark goes at the end.

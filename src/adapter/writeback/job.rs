@@ -136,7 +136,7 @@ pub fn source_location(kind: ProviderType, payload: &Value, field: &str) -> Opti
 
 /// The processing result of an object of a completed batch (see the module doc).
 pub fn result_document(rec: &ObjectRecord) -> Value {
-    let mut doc = serde_json::to_value(rec).unwrap_or_default();
+    let mut doc = rec.shown();
     if let Value::Object(m) = &mut doc {
         m.entry("batch_id").or_insert(Value::Null);
         m.insert("status".into(), Value::from("completed"));
@@ -265,6 +265,7 @@ mod tests {
                 schema: Some("public".into()),
             },
             batch_id: None,
+            dedup: Some(records::DedupMark { hash: "h".repeat(64), generation: 0 }),
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
         }
@@ -326,6 +327,7 @@ mod tests {
         assert_eq!(doc["alert_id"], "run-1:a");
         assert_eq!(doc["object_id"], o.object_id.as_str(), "the object's other fields stay");
         assert_eq!(doc["source"]["external_id"], "42");
+        assert!(doc.get("dedup").is_none(), "the dedup mark is stored, never shown: {doc}");
         // Without results it is the batch document plus the alert's ID.
         let plain = alert_document(&o, &alert, &Map::new());
         let mut expect = result_document(&o);
