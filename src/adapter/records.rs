@@ -5,14 +5,15 @@
 //! | `obj` | `{bucket_id}/{object_id}` | [`ObjectRecord`] |
 //! | `batch` | `{bucket_id}/{batch_id}` | [`BatchRecord`] |
 //! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
-//! | `dkey` | `{bucket_id}/{object_id}` | sha256 of a deleted object's dedup value (hex string) |
+//! | `dkey` | `{bucket_id}/{object_id}` | sha256 of a dedup value no live record carries (hex string) |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
 //! | `xref` | `{bucket_id}/unindexed` | a string: the objects may lack `xref` entries (see below) |
 //!
 //! The dedup set is the dedup keys ([`DedupMark`]) that objects and buffer entries carry in
 //! their own records, plus `dkey`: the keys of deleted objects and entries (a deleted
-//! object's event stays a duplicate) and Mux tombstones. A key lives in the record because
+//! object's event stays a duplicate), Mux tombstones (keyed by an object ID no object has),
+//! and the keys format 5 wrote for every object. A key lives in the record because
 //! an entry of its own was a second sled insert per ingest, the largest single cost left in
 //! the ingest profile (format 6; older objects' keys are in `dkey`, where format 5 put every
 //! key). The mark is stored, never shown: the API and event payloads show
@@ -35,8 +36,8 @@
 //! random page, which cost sled several times more per insert. An `xref` entry is written in
 //! the same batch as its object or buffer entry and deleted with its object (and replaced,
 //! in the batch that re-keys it, when a Supabase UPDATE changes the row's primary key); a
-//! `dkey` entry is written in the batch that deletes its object and goes only with the
-//! bucket or a change of dedup path.
+//! `dkey` entry is written in the batch that deletes its object (or, a tombstone, by the
+//! Mux delete that found no object) and goes only with the bucket or a change of dedup path.
 //! Object and batch IDs are time-ordered, so key order is creation order (cursor pagination).
 //! The bucket registry deletes every `{bucket_id}/` prefix with the bucket.
 
@@ -89,6 +90,18 @@ impl DedupMark {
     pub fn counts_in(&self, bucket: &Bucket) -> bool {
         self.generation == bucket.dedup_generation
     }
+}
+
+/// How a stored [`ObjectRecord`] with a dedup mark starts (the mark is its first field).
+pub const MARK_FIRST: &[u8] = b"{\"dedup\":";
+
+/// The dedup mark of a stored object record read from the start of its JSON, without
+/// parsing the rest: `Ok(None)` for a record without one.
+pub fn mark_of_stored(record: &[u8]) -> serde_json::Result<Option<DedupMark>> {
+    let Some(rest) = record.strip_prefix(MARK_FIRST) else {
+        return Ok(None);
+    };
+    serde_json::Deserializer::from_slice(rest).into_iter::<DedupMark>().next().transpose()
 }
 
 /// The write that keeps a deleted object's (or buffer entry's) dedup key in the dedup set,
@@ -150,6 +163,12 @@ fn refresh(
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectRecord {
+    /// Its key in the dedup set (none without a dedup value, or from before format 6: then
+    /// the key is in `dkey`). Kept through updates; never shown (see [`ObjectRecord::shown`]).
+    /// The first field on purpose: stored, a marked record starts with [`MARK_FIRST`], so an
+    /// actor's start reads the marks of a bucket's objects without parsing them whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupMark>,
     pub object_id: ObjectId,
     pub bucket_id: BucketId,
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -160,10 +179,6 @@ pub struct ObjectRecord {
     pub batch_id: Option<BatchId>,
     pub created_at: String,
     pub updated_at: String,
-    /// Its key in the dedup set (none without a dedup value, or from before format 6: then
-    /// the key is in `dkey`). Kept through updates; never shown (see [`ObjectRecord::shown`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedup: Option<DedupMark>,
 }
 
 impl ObjectRecord {
@@ -338,6 +353,37 @@ impl AdapterStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A marked record, as stored, starts with its mark (what `mark_of_stored` reads); the
+    /// mark is not shown.
+    #[test]
+    fn a_stored_record_starts_with_its_mark_which_is_never_shown() {
+        let draft = Draft {
+            metadata: serde_json::Map::from_iter([("dedup".to_string(), serde_json::json!({"hash": "not a mark"}))]),
+            blobs: Vec::new(),
+            source: ObjectSource {
+                adapter_type: ProviderType::GenericWebhook,
+                external_id: None,
+                event_type: None,
+                table: None,
+                schema: None,
+            },
+        };
+        let mark = DedupMark { hash: dedup_hash("v"), generation: 3 };
+        let rec = ObjectRecord::new(ObjectId::generate(), BucketId::generate(), draft, None, Some(mark.clone()));
+        let stored = serde_json::to_vec(&rec).unwrap();
+        assert!(stored.starts_with(MARK_FIRST), "{}", String::from_utf8_lossy(&stored));
+        assert_eq!(mark_of_stored(&stored).unwrap(), Some(mark));
+        assert_eq!(serde_json::from_slice::<ObjectRecord>(&stored).unwrap(), rec);
+        let shown = rec.shown();
+        assert!(shown.get("dedup").is_none(), "{shown}");
+        assert_eq!(shown["metadata"]["dedup"]["hash"], "not a mark", "the metadata's own keys stay");
+
+        let unmarked = ObjectRecord { dedup: None, ..rec };
+        let stored = serde_json::to_vec(&unmarked).unwrap();
+        assert_eq!(mark_of_stored(&stored).unwrap(), None, "{}", String::from_utf8_lossy(&stored));
+        assert!(mark_of_stored(b"{\"dedup\":{\"hash\":7}}").is_err(), "a damaged mark is an error");
+    }
 
     #[test]
     fn stats_roll_over_24_hours() {

@@ -587,9 +587,13 @@ impl RegistryState {
                 // adapter's duplicates: start its set afresh. (A bucket from before the scope
                 // was recorded: its current adapter's; with none, its set was deleted with the
                 // adapter, as removals did then.)
+                // A bucket from before the scope was recorded: its current adapter's, kept even
+                // when the new adapter dedups by nothing (a later one is compared with it).
+                if bucket.dedup_scope.is_none() {
+                    bucket.dedup_scope = bucket.source_adapter.as_ref().and_then(dedup_scope);
+                }
                 if let Some(scope) = dedup_scope(&adapter) {
-                    let old =
-                        bucket.dedup_scope.clone().or_else(|| bucket.source_adapter.as_ref().and_then(dedup_scope));
+                    let old = bucket.dedup_scope.clone();
                     clear_dedup = old.is_some_and(|old| old != scope);
                     if clear_dedup {
                         // The marks in the bucket's objects stop counting (see `records.rs`).

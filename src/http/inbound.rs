@@ -554,9 +554,8 @@ pub(super) fn actor_state(state: &HttpState, id: &BucketId) -> &'static str {
 /// The query parameters of [`page`]'s lists.
 const PAGE_PARAMS: &[&str] = &["limit", "cursor"];
 
-/// One page of `ks` under the bucket, after the `cursor` ID; `next_cursor` when more remain.
-/// The caller took [`PAGE_PARAMS`] when it authenticated.
-/// One page of a bucket's records of `ks`, each as `show` gives it.
+/// One page of `ks` under the bucket, after the `cursor` ID, each record as `show` gives it;
+/// `next_cursor` when more remain. The caller took [`PAGE_PARAMS`] when it authenticated.
 fn page<T: DeserializeOwned, S: serde::Serialize>(
     state: &HttpState,
     req: &Request,

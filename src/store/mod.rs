@@ -351,6 +351,24 @@ impl Store {
             .scan_keys_from(&start, &ks.key(prefix), &mut |k, _| Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..]))))
     }
 
+    /// Visits every key under `prefix` with its value as stored when that is kept whole, and
+    /// `None` for one kept in pieces (not assembled: read it with [`Store::get`] if needed).
+    /// For a scan that needs only the start of most values. The visitor returns `false` to
+    /// stop.
+    pub fn for_each_whole(
+        &self,
+        ks: Keyspace,
+        prefix: &str,
+        mut f: impl FnMut(&str, Option<&[u8]>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let ks_prefix_len = ks.prefix().len();
+        let start = ks.key(prefix);
+        self.reader.scan_keys_from(&start, &start, &mut |k, v| {
+            let whole = pieces::marker(v).is_none().then_some(v);
+            f(&String::from_utf8_lossy(&k[ks_prefix_len..]), whole)
+        })
+    }
+
     /// Counts the keys under `prefix`.
     pub fn count(&self, ks: Keyspace, prefix: &str) -> Result<usize, StoreError> {
         let mut n = 0;

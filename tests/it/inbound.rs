@@ -1272,32 +1272,58 @@ async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_key
         let (st, b) = ingest(&app, &bucket, s, &json!({"key": id, "n": 4})).await;
         assert_eq!((st, b["status"].as_str()), (200, Some("created")), "{id}: {b}");
     }
+    // An object of the old path deleted now leaves no key behind (its key no longer counts).
+    assert_eq!(app.delete(&format!("{path}/objects/{}", ids["live"])).await.0, 204);
     app.crash_restart().await;
     for id in ids.keys() {
         let (st, b) = ingest(&app, &bucket, s, &json!({"key": id, "n": 5})).await;
         assert_eq!((st, b["status"].as_str()), (200, Some("duplicate")), "{id}: {b}");
     }
-    // live, waiting (flushed by the switch to immediate), and the four new ones.
-    assert_eq!(objects(&app, &bucket).await.len(), 6);
+    // waiting (flushed by the switch to immediate) and the four new ones.
+    assert_eq!(objects(&app, &bucket).await.len(), 5);
 
     // object.created for live, gone, waiting and the four new ones; object.deleted for gone
-    // (a buffered entry deleted was never announced). A kill -9 may have come between a
-    // delivery and its record: the receiver tells those by event_id.
+    // and live (a buffered entry deleted was never announced). A kill -9 may have come
+    // between a delivery and its record: the receiver tells those by event_id.
     let distinct = || {
         let all = hook.captured().into_iter().map(|c| c.json()).map(|e| (e["event_id"].to_string(), e));
         all.collect::<std::collections::BTreeMap<String, Value>>()
     };
-    assert!(eventually(Duration::from_secs(15), || async { distinct().len() >= 8 }).await, "{:?}", distinct());
+    assert!(eventually(Duration::from_secs(15), || async { distinct().len() >= 9 }).await, "{:?}", distinct());
     let backend = stop_and_open(&mut app).await;
     let envelopes = distinct();
     let deleted = envelopes.values().filter(|e| e["event_type"] == "object.deleted").count();
-    assert_eq!((envelopes.len(), deleted), (8, 1), "{envelopes:?}");
+    assert_eq!((envelopes.len(), deleted), (9, 2), "{envelopes:?}");
     for e in envelopes.values() {
         assert!(e["payload"]["object_id"].is_string() && e["payload"].get("dedup").is_none(), "{e}");
     }
     let marked = stored_entries(&backend, "obj", "").iter().filter(|(_, v)| contains_bytes(v, b"\"dedup\"")).count();
-    assert_eq!(marked, 6, "every object carries its key in its record");
-    assert_eq!(stored_entries(&backend, "dkey", "").len(), 0, "the deleted keys went with the old path");
+    assert_eq!(marked, 5, "every object carries its key in its record");
+    let kept = stored_entries(&backend, "dkey", "");
+    assert!(kept.is_empty(), "the deleted keys went with the old path, live's was not kept: {kept:?}");
+}
+
+/// An object deleted while its bucket has no adapter (the registry deletes it, no actor
+/// runs) keeps its key too: the adapter added again, after a kill -9, still answers its
+/// event `duplicate`.
+#[tokio::test]
+async fn an_object_deleted_without_an_adapter_keeps_its_dedup_key() {
+    let mut app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "bare", json!({}), adapter.clone()).await;
+    let (st, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "x"})).await;
+    assert_eq!((st, b["status"].as_str()), (200, Some("created")), "{b}");
+    let oid = b["object_id"].as_str().unwrap().to_string();
+    let path = format!("/v1/buckets/{bucket}");
+    assert_eq!(app.patch(&path, json!({"source_adapter": null})).await.0, 200);
+    assert_eq!(app.delete(&format!("{path}/objects/{oid}")).await.0, 204);
+    app.crash_restart().await;
+    let (st, b) = app.patch(&path, json!({"source_adapter": adapter})).await;
+    assert_eq!(st, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let (st, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "x"})).await;
+    assert_eq!((st, b), (200, json!({"handled": true, "status": "duplicate", "object_id": oid})));
+    assert!(objects(&app, &bucket).await.is_empty());
 }
 
 /// A data dir of format 2 (dedup set and external-ID index keyed by hash) is migrated at

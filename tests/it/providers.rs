@@ -686,7 +686,7 @@ async fn lifecycle(app: &TestApp, conn: &str, secret: &str, event: &Value) -> (u
 #[tokio::test]
 async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     let fake = FakeMux::start().await;
-    let app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let mut app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
     let conn = mux_connection(&app, SIGNING_SECRET).await;
     let other_conn = mux_connection(&app, "other-secret").await;
     let (b1, _) = mux_bucket(&app, "one", &conn).await;
@@ -767,12 +767,16 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     assert_eq!(objects(&app, &b3).await.len(), 1);
     let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &deleted).await;
     assert_eq!((s, r["objects"].as_array().map(Vec::len)), (200, Some(0)), "{r}");
-    // A redelivered `ready` of the deleted asset does not resurrect it.
-    let body = ready_event(asset, true);
-    let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
-    let (_, r) = app.post_raw(&format!("/v1/buckets/{b1}/source-adapter/ingest"), body, &[("Mux-Signature", &h)]).await;
-    assert_eq!(r["status"], "duplicate", "{r}");
-    assert!(objects(&app, &b1).await.is_empty());
+    // A redelivered `ready` of the deleted asset does not resurrect it, after a kill -9 too.
+    app.crash_restart().await;
+    for bucket in [&b1, &b2] {
+        let body = ready_event(asset, true);
+        let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+        let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+        let (_, r) = app.post_raw(&path, body, &[("Mux-Signature", &h)]).await;
+        assert_eq!(r["status"], "duplicate", "{r}");
+        assert!(objects(&app, bucket).await.is_empty());
+    }
 }
 
 /// Without API credentials a Mux adapter cannot fetch the asset; it maps what the
@@ -1331,6 +1335,10 @@ async fn short_of_disk_changes_and_duplicates_go_on() {
     assert_eq!((&r["status"], &r["object_ids"]), (&json!("updated"), &json!([made[0]])), "{r}");
     let r = post_row(&app, b, s, db_event("DELETE", Value::Null, json!({"id": 2}))).await;
     assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([made[1]])), "{r}");
+    // The deleted row's key outlives its object, across a kill -9 too.
+    app.crash_restart().await;
+    let r = post_row(&app, b, s, db_event("INSERT", json!({"id": 2, "title": "t"}), Value::Null)).await;
+    assert_eq!((&r["status"], &r["object_id"]), (&json!("duplicate"), &made[1]), "{r}");
     let ingest = format!("/v1/buckets/{b}/source-adapter/ingest");
     let h = [("X-Webhook-Secret", s), ("Content-Type", "application/json")];
     for event in [

@@ -166,7 +166,7 @@ async fn index_pages<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Only what the dedup set needs of an object (the rest is skipped).
+/// Only what the dedup set needs of an object kept in pieces (the rest is skipped).
 #[derive(serde::Deserialize)]
 struct Marked {
     #[serde(default)]
@@ -185,14 +185,33 @@ pub(super) fn load_dedup(
     let mut set = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
         map.insert(hash, oid);
     })?;
-    store.for_each::<Marked>(Keyspace::OBJECTS, &prefix, |k, o| {
-        if let (Some(mark), Some(oid)) = (o.dedup, ObjectId::parse(&k[prefix.len()..])) {
-            if mark.counts_in(bucket) {
-                set.insert(mark.hash, oid);
-            }
+    // Each object's mark is read from the start of its record (see `records::MARK_FIRST`):
+    // the start of an actor waits for this scan, which must not parse every object whole.
+    let mut long = Vec::new();
+    let add = |set: &mut DigestMap<ObjectId>, mark: Option<DedupMark>, oid: ObjectId| {
+        if let Some(mark) = mark.filter(|m| m.counts_in(bucket)) {
+            set.insert(mark.hash, oid);
         }
-        true
+    };
+    store.for_each_whole(Keyspace::OBJECTS, &prefix, |k, whole| {
+        let Some(oid) = ObjectId::parse(&k[prefix.len()..]) else { return Ok(true) };
+        match whole {
+            Some(v) => {
+                let mark = records::mark_of_stored(v).map_err(|e| StoreError::Corrupt {
+                    key: format!("{}/{k}", Keyspace::OBJECTS.name()),
+                    reason: format!("dedup mark: {e}"),
+                })?;
+                add(&mut set, mark, oid);
+            }
+            None => long.push((k.to_string(), oid)),
+        }
+        Ok(true)
     })?;
+    for (key, oid) in long {
+        if let Some(o) = store.get::<Marked>(Keyspace::OBJECTS, &key)? {
+            add(&mut set, o.dedup, oid);
+        }
+    }
     for e in buffer {
         if let Some(mark) = e.dedup.as_ref().filter(|m| m.counts_in(bucket)) {
             set.insert(mark.hash.clone(), e.object_id.clone());
@@ -201,8 +220,8 @@ pub(super) fn load_dedup(
     Ok(set)
 }
 
-/// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup set or the
-/// external-ID index, see `records.rs`) into a map by hash, in object (= creation) order.
+/// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup keys of
+/// `dkey` or the external-ID index, see `records.rs`) into a map by hash, in object (= creation) order.
 pub(in crate::adapter) fn load_by_hash<M: Default>(
     store: &Store,
     ks: Keyspace,
@@ -547,7 +566,7 @@ mod tests {
             "created_at": "t", "updated_at": "t"}))
         .unwrap();
         let other = BucketId::generate();
-        let ids: Vec<ObjectId> = (0..6).map(|_| ObjectId::generate()).collect();
+        let ids: Vec<ObjectId> = (0..8).map(|_| ObjectId::generate()).collect();
         let key = |b: &BucketId, id: &ObjectId| records::key(b, id.as_str());
         let mark = |h: &str, generation: u64| json!({"hash": h, "generation": generation});
         let mut b = Batch::new();
@@ -557,19 +576,35 @@ mod tests {
         b.put(Keyspace::OBJECTS, &key(bid, &ids[2]), &json!({"metadata": {}}));
         b.put(Keyspace::DEDUP, &key(bid, &ids[3]), "h3");
         b.put(Keyspace::OBJECTS, &key(&other, &ids[4]), &json!({"dedup": mark("h4", 2)}));
+        // Longer than a piece: kept in pieces once in sled (the reopen below puts it there),
+        // its mark read from the whole value.
+        let long =
+            |h: &str, generation: u64| json!({"dedup": mark(h, generation), "metadata": {"pad": "x".repeat(9000)}});
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[6]), &long("h6", 2));
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[7]), &long("h7", 0));
         store.commit(b).await.unwrap();
+        drop(store);
+        let store = crate::store::tests::reopen(dir.path()).await;
         let entry = |id: &ObjectId, h: &str, generation: u64| -> BufferEntry {
             serde_json::from_value(json!({"object_id": id, "received_at_ms": 1,
                 "draft": {"metadata": {}, "blobs": [], "source": {"adapter_type": "generic_webhook",
                 "external_id": null, "event_type": null}}, "dedup": mark(h, generation)}))
             .unwrap()
         };
-        let buffer = vec![entry(&ids[5], "h5", 2), entry(&ObjectId::generate(), "h6", 0)];
+        let buffer = vec![entry(&ids[5], "h5", 2), entry(&ObjectId::generate(), "h8", 0)];
 
         let set = load_dedup(&store, &bucket, &buffer).unwrap();
         let mut got: Vec<(&str, &ObjectId)> = set.iter().map(|(h, id)| (h.as_str(), id)).collect();
         got.sort();
-        assert_eq!(got, vec![("h0", &ids[0]), ("h3", &ids[3]), ("h5", &ids[5])]);
+        assert_eq!(got, vec![("h0", &ids[0]), ("h3", &ids[3]), ("h5", &ids[5]), ("h6", &ids[6])]);
+        let mut kept_whole = Vec::new();
+        store
+            .for_each_whole(Keyspace::OBJECTS, &records::prefix(bid), |k, whole| {
+                kept_whole.push((k.to_string(), whole.is_some()));
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(kept_whole.iter().filter(|(_, whole)| !whole).count(), 2, "the long ones: {kept_whole:?}");
     }
 
     /// Objects and buffered entries without an index entry get one, page by page; the mark
