@@ -129,11 +129,25 @@ impl fmt::Display for WebhookId {
 /// A ULID larger than every one this process made before, even within one millisecond
 /// or after the clock stepped back: IDs made in order sort in order (delivery queues are
 /// read back from the store in key order, oldest first).
+static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+
 fn monotonic_ulid() -> ulid::Ulid {
-    static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
     let mut g = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
     // Overflow needs 2^80 IDs in one millisecond; then a plain (random) one.
     g.generate().unwrap_or_else(|_| ulid::Ulid::generate())
+}
+
+/// Makes every ID generated from now on larger than `id` (an ID of this kind read from the
+/// store), even if the clock stepped back across a restart: callers that scan the store
+/// for IDs after one they recorded rely on it (see `adapter/records.rs`, dedup pages).
+pub fn generate_after(id: &ObjectId) {
+    let Some(Ok(seen)) = id.as_str().split_once('_').map(|(_, u)| u.to_uppercase().parse::<ulid::Ulid>()) else {
+        return;
+    };
+    let next_ms = seen.datetime() + std::time::Duration::from_millis(1);
+    let mut g = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    // At or before the last one made: that one is larger already (this burns one increment).
+    let _ = g.generate_from_datetime(next_ms);
 }
 
 /// `len` random characters from `[A-Za-z0-9]`, from the OS-seeded thread RNG.
@@ -151,6 +165,18 @@ mod tests {
         // Thousands per millisecond: a plain ULID would order these randomly within each.
         let ids: Vec<EventId> = (0..20_000).map(|_| EventId::generate()).collect();
         assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+    }
+
+    #[test]
+    fn ids_generated_after_one_from_the_future_sort_after_it() {
+        // (Not far ahead: the generator is the process's, other tests' IDs follow it.)
+        let ahead = ulid::Ulid::from_datetime(std::time::SystemTime::now() + std::time::Duration::from_secs(2));
+        let seen = ObjectId(format!("obj_{}", ahead.to_string().to_lowercase()));
+        generate_after(&seen);
+        let next = ObjectId::generate();
+        assert!(next.as_str() > seen.as_str(), "{next} after {seen}");
+        generate_after(&ObjectId("obj_not-a-ulid".into()));
+        assert!(ObjectId::generate().as_str() > next.as_str());
     }
 
     #[test]

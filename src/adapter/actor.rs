@@ -296,6 +296,8 @@ pub struct AdapterState {
     gate: verify::Published,
     /// sha256(dedup value) → object ID.
     dedup: DigestMap<ObjectId>,
+    /// The keys accepted since the last dedup page (see `records.rs`), oldest first.
+    unpaged: records::DedupKeys,
     /// sha256(external id) → the objects (stored or buffered) made from it.
     xids: DigestMap<Vec<ObjectId>>,
     /// Mux API client, built on the first fetch.
@@ -352,7 +354,7 @@ impl Actor for SourceAdapterActor {
             true
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
-        let dedup = lifecycle::load_dedup(store, &bucket, &buffer)?;
+        let (dedup, unpaged) = lifecycle::load_dedup(store, &bucket, &buffer)?;
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
@@ -368,6 +370,7 @@ impl Actor for SourceAdapterActor {
             adapter,
             gate,
             dedup,
+            unpaged,
             xids,
             mux_api: None,
             buffer_bytes: buffer.iter().map(stored_size).sum(),
@@ -639,8 +642,13 @@ impl AdapterState {
         // The key goes in the record (see `records.rs`), and in the set now.
         let dedup = dedup_hash.map(|h| {
             self.dedup.insert(h.clone(), object_id.clone());
+            self.unpaged.push((object_id.clone(), h.clone()));
             DedupMark::new(h, &self.bucket)
         });
+        if self.unpaged.len() >= records::PAGE_KEYS {
+            let page = records::DedupPage { keys: std::mem::take(&mut self.unpaged) };
+            batch.put(Keyspace::DEDUP_PAGES, &records::key(self.bucket_id(), object_id.as_str()), &page);
+        }
         self.stats.processed(now);
         let status = match self.adapter.batching.mode {
             BatchMode::Immediate => {

@@ -6,6 +6,7 @@
 //! | `batch` | `{bucket_id}/{batch_id}` | [`BatchRecord`] |
 //! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
 //! | `dkey` | `{bucket_id}/{object_id}` | sha256 of a dedup value no live record carries (hex string) |
+//! | `dpage` | `{bucket_id}/{last object_id}` | [`DedupPage`]: [`PAGE_KEYS`] keys, as accepted |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
 //! | `xref` | `{bucket_id}/unindexed` | a string: the objects may lack `xref` entries (see below) |
@@ -18,8 +19,15 @@
 //! the ingest profile (format 6; older objects' keys are in `dkey`, where format 5 put every
 //! key). The mark is stored, never shown: the API and event payloads show
 //! [`ObjectRecord::shown`]. A mark names the bucket's `dedup_generation` it was made under:
-//! when the dedup path changes, the PATCH deletes the bucket's `dkey` entries and bumps the
-//! generation, and older marks no longer count, with no object rewritten.
+//! when the dedup path changes, the PATCH deletes the bucket's `dkey` and `dpage` entries
+//! and bumps the generation, and older marks no longer count, with no object rewritten.
+//!
+//! So that an actor's start need not read every object for its mark (a scan of the whole
+//! bucket, whose pages then fill sled's cache), the actor also writes the keys it accepts
+//! in pages: every [`PAGE_KEYS`]th key's batch adds a `dpage` entry with the keys accepted
+//! since the last one, keyed by the last one's object ID. At start it reads the pages, and
+//! the marks only of the objects and buffer entries after the last page (IDs are made in
+//! increasing order, after every ID the last page names: `ids::generate_after`).
 //!
 //! `xref` is the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
@@ -90,6 +98,19 @@ impl DedupMark {
     pub fn counts_in(&self, bucket: &Bucket) -> bool {
         self.generation == bucket.dedup_generation
     }
+}
+
+/// Keys per [`DedupPage`]: a page is one write of about 100 KB per this many accepted keys,
+/// and at most this many objects are read for their marks when an actor starts.
+pub const PAGE_KEYS: usize = 1024;
+
+/// Dedup keys as accepted: (object ID, [`dedup_hash`]), oldest first.
+pub type DedupKeys = Vec<(ObjectId, String)>;
+
+/// A page of dedup keys: see the module doc.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DedupPage {
+    pub keys: DedupKeys,
 }
 
 /// How a stored [`ObjectRecord`] with a dedup mark starts (the mark is its first field).

@@ -314,6 +314,7 @@ impl RegistryState {
             Keyspace::OBJECTS,
             Keyspace::BATCHES,
             Keyspace::DEDUP,
+            Keyspace::DEDUP_PAGES,
             Keyspace::BUFFER,
             Keyspace::STATS,
             Keyspace::EXTERNAL_IDS,
@@ -671,10 +672,12 @@ impl RegistryState {
             }
         }
         if clear.dedup {
-            store.for_each_key(Keyspace::DEDUP, &records::prefix(id), |k| {
-                batch.delete(Keyspace::DEDUP, k);
-                true
-            })?;
+            for ks in [Keyspace::DEDUP, Keyspace::DEDUP_PAGES] {
+                store.for_each_key(ks, &records::prefix(id), |k| {
+                    batch.delete(ks, k);
+                    true
+                })?;
+            }
             tracing::info!(bucket_id = %id, "dedup path changed: the bucket's dedup set starts afresh");
         }
         batch.put(Keyspace::BUCKETS, id.as_str(), bucket);

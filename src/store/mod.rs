@@ -48,6 +48,8 @@ impl Keyspace {
     pub const OBJECTS: Keyspace = Keyspace("obj");
     pub const BATCHES: Keyspace = Keyspace("batch");
     pub const DEDUP: Keyspace = Keyspace("dkey");
+    /// Pages of a bucket's dedup keys, `{bucket_id}/{last object_id}` (see `adapter/records.rs`).
+    pub const DEDUP_PAGES: Keyspace = Keyspace("dpage");
     pub const EXTERNAL_IDS: Keyspace = Keyspace("xref");
     pub const BUFFER: Keyspace = Keyspace("buf");
     pub const OUTBOX: Keyspace = Keyspace("outbox");
@@ -351,19 +353,20 @@ impl Store {
             .scan_keys_from(&start, &ks.key(prefix), &mut |k, _| Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..]))))
     }
 
-    /// Visits every key under `prefix` with its value as stored when that is kept whole, and
-    /// `None` for one kept in pieces (not assembled: read it with [`Store::get`] if needed).
-    /// For a scan that needs only the start of most values. The visitor returns `false` to
-    /// stop.
+    /// Visits every key under `prefix` (strictly after the key `after` when given) with its
+    /// value as stored when that is kept whole, and `None` for one kept in pieces (not
+    /// assembled: read it with [`Store::get`] if needed). For a scan that needs only the
+    /// start of most values. The visitor returns `false` to stop.
     pub fn for_each_whole(
         &self,
         ks: Keyspace,
         prefix: &str,
+        after: Option<&str>,
         mut f: impl FnMut(&str, Option<&[u8]>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let ks_prefix_len = ks.prefix().len();
-        let start = ks.key(prefix);
-        self.reader.scan_keys_from(&start, &start, &mut |k, v| {
+        let start = scan_start(ks, prefix, after);
+        self.reader.scan_keys_from(&start, &ks.key(prefix), &mut |k, v| {
             let whole = pieces::marker(v).is_none().then_some(v);
             f(&String::from_utf8_lossy(&k[ks_prefix_len..]), whole)
         })

@@ -1303,6 +1303,41 @@ async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_key
     assert!(kept.is_empty(), "the deleted keys went with the old path, live's was not kept: {kept:?}");
 }
 
+/// Past a page of keys (1,024), an actor's start reads the page and only the objects after
+/// it: every key, paged or not, is still a duplicate after a kill -9, and new ones are not.
+#[tokio::test]
+async fn dedup_keys_past_a_page_survive_a_crash() {
+    use futures::StreamExt;
+    let mut app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "paged", json!({}), adapter).await;
+    let made: Vec<(usize, String)> = futures::stream::iter(0..1100)
+        .map(|n| {
+            let (app, bucket, secret) = (&app, &bucket, &secret);
+            async move {
+                let (st, b) = ingest(app, bucket, Some(secret), &json!({"id": format!("e{n}")})).await;
+                assert_eq!((st, b["status"].as_str()), (200, Some("created")), "{b}");
+                (n, b["object_id"].as_str().unwrap().to_string())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    app.crash_restart().await;
+    for (n, oid) in made.iter().filter(|(n, _)| [0, 500, 1022, 1023, 1024, 1099].contains(n)) {
+        let (st, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": format!("e{n}")})).await;
+        assert_eq!((st, b), (200, json!({"handled": true, "status": "duplicate", "object_id": oid})), "e{n}");
+    }
+    let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "new"})).await;
+    assert_eq!(b["status"], "created", "{b}");
+    let new_id = b["object_id"].as_str().unwrap().to_string();
+    app.crash_restart().await;
+    let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "new"})).await;
+    assert_eq!((b["status"].as_str(), b["object_id"].as_str()), (Some("duplicate"), Some(new_id.as_str())), "{b}");
+    let backend = stop_and_open(&mut app).await;
+    assert_eq!(stored_entries(&backend, "dpage", "").len(), 1, "one page of 1,024 keys");
+}
+
 /// An object deleted while its bucket has no adapter (the registry deletes it, no actor
 /// runs) keeps its key too: the adapter added again, after a kill -9, still answers its
 /// event `duplicate`.

@@ -173,27 +173,39 @@ struct Marked {
     dedup: Option<DedupMark>,
 }
 
-/// Loads one bucket's dedup set (see `records.rs`): the `dkey` entries (deleted objects,
-/// tombstones, keys from before format 6), then the marks of its objects and of `buffer`
-/// (its buffer entries) made under its current dedup generation.
+/// Loads one bucket's dedup set (see `records.rs`): its pages, the `dkey` entries (deleted
+/// objects, tombstones, keys from before format 6), then the marks made under its current
+/// dedup generation of its objects and of `buffer` (its buffer entries) after the last
+/// page. Returns the set and those last keys, not paged yet (oldest first).
 pub(super) fn load_dedup(
     store: &Store,
     bucket: &Bucket,
     buffer: &[BufferEntry],
-) -> Result<DigestMap<ObjectId>, StoreError> {
+) -> Result<(DigestMap<ObjectId>, records::DedupKeys), StoreError> {
     let prefix = records::prefix(&bucket.bucket_id);
-    let mut set = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
+    let mut set = DigestMap::<ObjectId>::default();
+    let mut last_page = None;
+    store.for_each::<records::DedupPage>(Keyspace::DEDUP_PAGES, &prefix, |k, page| {
+        set.extend(page.keys.into_iter().map(|(oid, hash)| (hash, oid)));
+        last_page = Some(k.to_string());
+        true
+    })?;
+    let paged = last_page.as_deref().and_then(|k| ObjectId::parse(&k[prefix.len()..]));
+    if let Some(oid) = &paged {
+        // IDs made from now on sort after the page's, whatever the clock says: the scan
+        // after it below at the next start must find them.
+        crate::ids::generate_after(oid);
+    }
+    let deleted = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
         map.insert(hash, oid);
     })?;
+    set.extend(deleted);
     // Each object's mark is read from the start of its record (see `records::MARK_FIRST`):
-    // the start of an actor waits for this scan, which must not parse every object whole.
+    // the start of an actor waits for this scan, which must not parse objects whole.
+    let mut unpaged = Vec::new();
     let mut long = Vec::new();
-    let add = |set: &mut DigestMap<ObjectId>, mark: Option<DedupMark>, oid: ObjectId| {
-        if let Some(mark) = mark.filter(|m| m.counts_in(bucket)) {
-            set.insert(mark.hash, oid);
-        }
-    };
-    store.for_each_whole(Keyspace::OBJECTS, &prefix, |k, whole| {
+    let counting = |mark: Option<DedupMark>| mark.filter(|m| m.counts_in(bucket));
+    store.for_each_whole(Keyspace::OBJECTS, &prefix, last_page.as_deref(), |k, whole| {
         let Some(oid) = ObjectId::parse(&k[prefix.len()..]) else { return Ok(true) };
         match whole {
             Some(v) => {
@@ -201,23 +213,27 @@ pub(super) fn load_dedup(
                     key: format!("{}/{k}", Keyspace::OBJECTS.name()),
                     reason: format!("dedup mark: {e}"),
                 })?;
-                add(&mut set, mark, oid);
+                if let Some(mark) = counting(mark) {
+                    unpaged.push((oid, mark.hash));
+                }
             }
             None => long.push((k.to_string(), oid)),
         }
         Ok(true)
     })?;
     for (key, oid) in long {
-        if let Some(o) = store.get::<Marked>(Keyspace::OBJECTS, &key)? {
-            add(&mut set, o.dedup, oid);
+        if let Some(mark) = counting(store.get::<Marked>(Keyspace::OBJECTS, &key)?.and_then(|o| o.dedup)) {
+            unpaged.push((oid, mark.hash));
         }
     }
-    for e in buffer {
-        if let Some(mark) = e.dedup.as_ref().filter(|m| m.counts_in(bucket)) {
-            set.insert(mark.hash.clone(), e.object_id.clone());
+    for e in buffer.iter().filter(|e| paged.as_ref().is_none_or(|p| &e.object_id > p)) {
+        if let Some(mark) = counting(e.dedup.clone()) {
+            unpaged.push((e.object_id.clone(), mark.hash));
         }
     }
-    Ok(set)
+    unpaged.sort();
+    set.extend(unpaged.iter().map(|(oid, hash)| (hash.clone(), oid.clone())));
+    Ok((set, unpaged))
 }
 
 /// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup keys of
@@ -554,10 +570,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The dedup set at start: `dkey` entries, and the marks of objects and buffer entries of
-    /// the bucket's current generation only.
+    /// The dedup set at start: its pages, `dkey` entries, and the marks of the current
+    /// generation of the objects and buffer entries after the last page (those before it are
+    /// not read: the pages hold their keys).
     #[tokio::test]
-    async fn the_dedup_set_loads_deleted_keys_and_current_marks_only() {
+    async fn the_dedup_set_loads_pages_deleted_keys_and_current_marks_after_the_last_page() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sled(dir.path()).unwrap();
         let bucket: crate::catalog::Bucket = serde_json::from_value(json!({
@@ -566,45 +583,54 @@ mod tests {
             "created_at": "t", "updated_at": "t"}))
         .unwrap();
         let other = BucketId::generate();
-        let ids: Vec<ObjectId> = (0..8).map(|_| ObjectId::generate()).collect();
+        let ids: Vec<ObjectId> = (0..10).map(|_| ObjectId::generate()).collect();
         let key = |b: &BucketId, id: &ObjectId| records::key(b, id.as_str());
         let mark = |h: &str, generation: u64| json!({"hash": h, "generation": generation});
-        let mut b = Batch::new();
-        let bid = &bucket.bucket_id;
-        b.put(Keyspace::OBJECTS, &key(bid, &ids[0]), &json!({"metadata": {}, "dedup": mark("h0", 2)}));
-        b.put(Keyspace::OBJECTS, &key(bid, &ids[1]), &json!({"metadata": {}, "dedup": mark("h1", 1)}));
-        b.put(Keyspace::OBJECTS, &key(bid, &ids[2]), &json!({"metadata": {}}));
-        b.put(Keyspace::DEDUP, &key(bid, &ids[3]), "h3");
-        b.put(Keyspace::OBJECTS, &key(&other, &ids[4]), &json!({"dedup": mark("h4", 2)}));
+        let obj = |h: &str, generation: u64| json!({"dedup": mark(h, generation), "metadata": {}});
         // Longer than a piece: kept in pieces once in sled (the reopen below puts it there),
         // its mark read from the whole value.
         let long =
             |h: &str, generation: u64| json!({"dedup": mark(h, generation), "metadata": {"pad": "x".repeat(9000)}});
+        let bid = &bucket.bucket_id;
+        let mut b = Batch::new();
+        let page = records::DedupPage { keys: vec![(ids[0].clone(), "p0".into()), (ids[2].clone(), "p2".into())] };
+        b.put(Keyspace::DEDUP_PAGES, &key(bid, &ids[2]), &page);
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[1]), &obj("before the page: not read", 2));
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[3]), &obj("h3", 2));
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[4]), &obj("h4", 1));
+        b.put(Keyspace::OBJECTS, &key(bid, &ids[5]), &json!({"metadata": {}}));
+        b.put(Keyspace::DEDUP, &key(bid, &ids[5]), "h5");
         b.put(Keyspace::OBJECTS, &key(bid, &ids[6]), &long("h6", 2));
         b.put(Keyspace::OBJECTS, &key(bid, &ids[7]), &long("h7", 0));
+        b.put(Keyspace::OBJECTS, &key(&other, &ids[9]), &obj("h9", 2));
         store.commit(b).await.unwrap();
         drop(store);
         let store = crate::store::tests::reopen(dir.path()).await;
+        let mut kept_whole = Vec::new();
+        store
+            .for_each_whole(Keyspace::OBJECTS, &records::prefix(bid), None, |k, whole| {
+                kept_whole.push((k.to_string(), whole.is_some()));
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(kept_whole.iter().filter(|(_, whole)| !whole).count(), 2, "the long ones: {kept_whole:?}");
         let entry = |id: &ObjectId, h: &str, generation: u64| -> BufferEntry {
             serde_json::from_value(json!({"object_id": id, "received_at_ms": 1,
                 "draft": {"metadata": {}, "blobs": [], "source": {"adapter_type": "generic_webhook",
                 "external_id": null, "event_type": null}}, "dedup": mark(h, generation)}))
             .unwrap()
         };
-        let buffer = vec![entry(&ids[5], "h5", 2), entry(&ObjectId::generate(), "h8", 0)];
+        let buffer = vec![entry(&ids[8], "h8", 2), entry(&ids[0], "paged", 2), entry(&ObjectId::generate(), "hx", 0)];
 
-        let set = load_dedup(&store, &bucket, &buffer).unwrap();
+        let (set, unpaged) = load_dedup(&store, &bucket, &buffer).unwrap();
         let mut got: Vec<(&str, &ObjectId)> = set.iter().map(|(h, id)| (h.as_str(), id)).collect();
         got.sort();
-        assert_eq!(got, vec![("h0", &ids[0]), ("h3", &ids[3]), ("h5", &ids[5]), ("h6", &ids[6])]);
-        let mut kept_whole = Vec::new();
-        store
-            .for_each_whole(Keyspace::OBJECTS, &records::prefix(bid), |k, whole| {
-                kept_whole.push((k.to_string(), whole.is_some()));
-                Ok(true)
-            })
-            .unwrap();
-        assert_eq!(kept_whole.iter().filter(|(_, whole)| !whole).count(), 2, "the long ones: {kept_whole:?}");
+        let want = [("h3", 3), ("h5", 5), ("h6", 6), ("h8", 8), ("p0", 0), ("p2", 2)];
+        assert_eq!(got, want.iter().map(|(h, n)| (*h, &ids[*n])).collect::<Vec<_>>());
+        let after: Vec<(ObjectId, String)> =
+            [("h3", 3), ("h6", 6), ("h8", 8)].iter().map(|(h, n)| (ids[*n].clone(), h.to_string())).collect();
+        assert_eq!(unpaged, after, "the keys after the last page, oldest first");
+        assert!(ObjectId::generate() > ids[9], "IDs made after a load sort after the page's");
     }
 
     /// Objects and buffered entries without an index entry get one, page by page; the mark
