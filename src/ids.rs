@@ -126,11 +126,11 @@ impl fmt::Display for WebhookId {
     }
 }
 
+static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+
 /// A ULID larger than every one this process made before, even within one millisecond
 /// or after the clock stepped back: IDs made in order sort in order (delivery queues are
 /// read back from the store in key order, oldest first).
-static GENERATOR: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
-
 fn monotonic_ulid() -> ulid::Ulid {
     let mut g = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
     // Overflow needs 2^80 IDs in one millisecond; then a plain (random) one.

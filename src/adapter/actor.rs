@@ -297,7 +297,7 @@ pub struct AdapterState {
     /// sha256(dedup value) → object ID.
     dedup: DigestMap<ObjectId>,
     /// The keys accepted since the last dedup page (see `records.rs`), oldest first.
-    unpaged: records::DedupKeys,
+    unpaged: records::DedupPage,
     /// sha256(external id) → the objects (stored or buffered) made from it.
     xids: DigestMap<Vec<ObjectId>>,
     /// Mux API client, built on the first fetch.
@@ -355,6 +355,7 @@ impl Actor for SourceAdapterActor {
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
         let (dedup, unpaged) = lifecycle::load_dedup(store, &bucket, &buffer)?;
+        let unpaged = lifecycle::page_loaded_keys(store, &bucket, unpaged).await?;
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
@@ -642,13 +643,13 @@ impl AdapterState {
         // The key goes in the record (see `records.rs`), and in the set now.
         let dedup = dedup_hash.map(|h| {
             self.dedup.insert(h.clone(), object_id.clone());
-            self.unpaged.push((object_id.clone(), h.clone()));
+            self.unpaged.push(&object_id, &h);
+            if self.unpaged.len() >= records::PAGE_KEYS {
+                let page = std::mem::replace(&mut self.unpaged, records::DedupPage::new(&self.bucket));
+                batch.put(Keyspace::DEDUP_PAGES, &records::key(self.bucket_id(), object_id.as_str()), &page);
+            }
             DedupMark::new(h, &self.bucket)
         });
-        if self.unpaged.len() >= records::PAGE_KEYS {
-            let page = records::DedupPage { keys: std::mem::take(&mut self.unpaged) };
-            batch.put(Keyspace::DEDUP_PAGES, &records::key(self.bucket_id(), object_id.as_str()), &page);
-        }
         self.stats.processed(now);
         let status = match self.adapter.batching.mode {
             BatchMode::Immediate => {

@@ -104,13 +104,51 @@ impl DedupMark {
 /// and at most this many objects are read for their marks when an actor starts.
 pub const PAGE_KEYS: usize = 1024;
 
-/// Dedup keys as accepted: (object ID, [`dedup_hash`]), oldest first.
-pub type DedupKeys = Vec<(ObjectId, String)>;
-
-/// A page of dedup keys: see the module doc.
+/// A page of dedup keys (see the module doc), oldest first, as one string of
+/// `{object_id}:{hash},` per key: written as one value per [`PAGE_KEYS`] ingests, a string
+/// serializes in a fraction of the time a list of pairs took (which showed in the ingest
+/// profile), and appending to it allocates nothing per key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DedupPage {
-    pub keys: DedupKeys,
+    /// The bucket's `dedup_generation` its keys were accepted under (see [`DedupMark`]).
+    #[serde(default, skip_serializing_if = "crate::util::is_zero")]
+    pub generation: u64,
+    keys: String,
+    #[serde(skip)]
+    len: usize,
+}
+
+impl DedupPage {
+    pub fn new(bucket: &Bucket) -> DedupPage {
+        DedupPage { generation: bucket.dedup_generation, ..DedupPage::default() }
+    }
+
+    pub fn push(&mut self, object_id: &ObjectId, hash: &str) {
+        if self.keys.is_empty() {
+            self.keys.reserve(PAGE_KEYS * (object_id.as_str().len() + hash.len() + 2));
+        }
+        for part in [object_id.as_str(), ":", hash, ","] {
+            self.keys.push_str(part);
+        }
+        self.len += 1;
+    }
+
+    /// How many keys were pushed (0 for a page read back: count [`DedupPage::keys`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys, oldest first; an entry that does not read as one is skipped.
+    pub fn keys(&self) -> impl Iterator<Item = (ObjectId, &str)> {
+        self.keys.split(',').filter_map(|k| {
+            let (oid, hash) = k.split_once(':')?;
+            Some((ObjectId::parse(oid)?, hash))
+        })
+    }
 }
 
 /// How a stored [`ObjectRecord`] with a dedup mark starts (the mark is its first field).
@@ -374,6 +412,23 @@ impl AdapterStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dedup_page_reads_back_its_keys_in_order() {
+        let ids: Vec<ObjectId> = (0..3).map(|_| ObjectId::generate()).collect();
+        let mut page = DedupPage::default();
+        for (n, id) in ids.iter().enumerate() {
+            page.push(id, &dedup_hash(&n.to_string()));
+        }
+        assert_eq!(page.len(), 3);
+        let stored = serde_json::to_vec(&page).unwrap();
+        let back: DedupPage = serde_json::from_slice(&stored).unwrap();
+        let keys: Vec<(ObjectId, String)> = back.keys().map(|(o, h)| (o, h.to_string())).collect();
+        let want: Vec<(ObjectId, String)> =
+            ids.iter().enumerate().map(|(n, id)| (id.clone(), dedup_hash(&n.to_string()))).collect();
+        assert_eq!(keys, want);
+        assert!(DedupPage::default().keys().next().is_none());
+    }
 
     /// A marked record, as stored, starts with its mark (what `mark_of_stored` reads); the
     /// mark is not shown.

@@ -14,10 +14,11 @@
 //! - 5: a value longer than 4 KiB is kept in pieces in a second sled tree, the main tree
 //!   holding a marker (see `store/pieces.rs`); an older binary would read the marker as the
 //!   value. Values written before stay whole until they are next written: no rewrite.
-//! - 6: an object's (or buffer entry's) dedup key is kept in its record (`dedup`), and `dkey`
-//!   holds only the keys of deleted objects and tombstones (see `adapter/records.rs`); an
-//!   older binary would not see the keys in records and let their events in again. Keys
-//!   written before stay in `dkey`, where they still count: no rewrite.
+//! - 6: an object's (or buffer entry's) dedup key is kept in its record (`dedup`) and in a
+//!   page of keys (`dpage`), and `dkey` holds only the keys of deleted objects and
+//!   tombstones (see `adapter/records.rs`); an older binary would not see those keys and let
+//!   their events in again. Keys written before stay in `dkey`, where they still count: no
+//!   rewrite (an actor's first start pages its objects' keys).
 //!
 //! Additions that an older binary never reads need no new version (it keeps working on the
 //! directory, and a newer one finds its data as left): the `alert` keyspace, and alert

@@ -166,6 +166,9 @@ async fn index_pages<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Dedup keys (object ID, hash) in object order.
+type DedupKeys = Vec<(ObjectId, String)>;
+
 /// Only what the dedup set needs of an object kept in pieces (the rest is skipped).
 #[derive(serde::Deserialize)]
 struct Marked {
@@ -176,26 +179,25 @@ struct Marked {
 /// Loads one bucket's dedup set (see `records.rs`): its pages, the `dkey` entries (deleted
 /// objects, tombstones, keys from before format 6), then the marks made under its current
 /// dedup generation of its objects and of `buffer` (its buffer entries) after the last
-/// page. Returns the set and those last keys, not paged yet (oldest first).
+/// page. Returns the set and those last keys, not paged yet (oldest first): see
+/// [`page_loaded_keys`].
 pub(super) fn load_dedup(
     store: &Store,
     bucket: &Bucket,
     buffer: &[BufferEntry],
-) -> Result<(DigestMap<ObjectId>, records::DedupKeys), StoreError> {
+) -> Result<(DigestMap<ObjectId>, DedupKeys), StoreError> {
     let prefix = records::prefix(&bucket.bucket_id);
     let mut set = DigestMap::<ObjectId>::default();
     let mut last_page = None;
     store.for_each::<records::DedupPage>(Keyspace::DEDUP_PAGES, &prefix, |k, page| {
-        set.extend(page.keys.into_iter().map(|(oid, hash)| (hash, oid)));
-        last_page = Some(k.to_string());
+        // (The PATCH that bumps the generation deletes the pages: one of another is a stray.)
+        if page.generation == bucket.dedup_generation {
+            set.extend(page.keys().map(|(oid, hash)| (hash.to_string(), oid)));
+            last_page = Some(k.to_string());
+        }
         true
     })?;
     let paged = last_page.as_deref().and_then(|k| ObjectId::parse(&k[prefix.len()..]));
-    if let Some(oid) = &paged {
-        // IDs made from now on sort after the page's, whatever the clock says: the scan
-        // after it below at the next start must find them.
-        crate::ids::generate_after(oid);
-    }
     let deleted = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
         map.insert(hash, oid);
     })?;
@@ -232,8 +234,41 @@ pub(super) fn load_dedup(
         }
     }
     unpaged.sort();
+    // IDs made from now on sort after every one loaded, whatever the clock says: the scan
+    // after the last page at the next start must find them.
+    if let Some(newest) = unpaged.last().map(|(oid, _)| oid).or(paged.as_ref()) {
+        crate::ids::generate_after(newest);
+    }
     set.extend(unpaged.iter().map(|(oid, hash)| (hash.clone(), oid.clone())));
     Ok((set, unpaged))
+}
+
+/// Writes the keys [`load_dedup`] found after the last page in full pages, and returns the
+/// rest (fewer than [`records::PAGE_KEYS`]) as the page being filled. Usually there is less
+/// than a page; a bucket from before pages (or whose dedup path just changed) has its
+/// objects' keys paged here once, in commits of a few pages, not in one page of them all.
+pub(super) async fn page_loaded_keys(
+    store: &Store,
+    bucket: &Bucket,
+    keys: DedupKeys,
+) -> Result<records::DedupPage, StoreError> {
+    const PAGES_PER_COMMIT: usize = 16;
+    let mut page = records::DedupPage::new(bucket);
+    let mut batch = Batch::new();
+    for (oid, hash) in keys {
+        page.push(&oid, &hash);
+        if page.len() >= records::PAGE_KEYS {
+            let full = std::mem::replace(&mut page, records::DedupPage::new(bucket));
+            batch.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, oid.as_str()), &full);
+            if batch.len() >= PAGES_PER_COMMIT {
+                store.commit(std::mem::take(&mut batch)).await?;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        store.commit(batch).await?;
+    }
+    Ok(page)
 }
 
 /// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup keys of
@@ -593,8 +628,14 @@ mod tests {
             |h: &str, generation: u64| json!({"dedup": mark(h, generation), "metadata": {"pad": "x".repeat(9000)}});
         let bid = &bucket.bucket_id;
         let mut b = Batch::new();
-        let page = records::DedupPage { keys: vec![(ids[0].clone(), "p0".into()), (ids[2].clone(), "p2".into())] };
+        let mut page = records::DedupPage::new(&bucket);
+        page.push(&ids[0], "p0");
+        page.push(&ids[2], "p2");
+        // A page of another generation (a stray): not read, and no boundary.
+        let mut stray = records::DedupPage::default();
+        stray.push(&ids[4], "stray");
         b.put(Keyspace::DEDUP_PAGES, &key(bid, &ids[2]), &page);
+        b.put(Keyspace::DEDUP_PAGES, &key(bid, &ids[4]), &stray);
         b.put(Keyspace::OBJECTS, &key(bid, &ids[1]), &obj("before the page: not read", 2));
         b.put(Keyspace::OBJECTS, &key(bid, &ids[3]), &obj("h3", 2));
         b.put(Keyspace::OBJECTS, &key(bid, &ids[4]), &obj("h4", 1));
@@ -630,7 +671,44 @@ mod tests {
         let after: Vec<(ObjectId, String)> =
             [("h3", 3), ("h6", 6), ("h8", 8)].iter().map(|(h, n)| (ids[*n].clone(), h.to_string())).collect();
         assert_eq!(unpaged, after, "the keys after the last page, oldest first");
-        assert!(ObjectId::generate() > ids[9], "IDs made after a load sort after the page's");
+
+        // Paged as loaded: full pages written, the rest returned.
+        let many: Vec<(ObjectId, String)> =
+            (0..2 * records::PAGE_KEYS + 5).map(|n| (ObjectId::generate(), format!("k{n}"))).collect();
+        let rest = page_loaded_keys(&store, &bucket, many.clone()).await.unwrap();
+        assert_eq!(
+            rest.keys().map(|(o, _)| o).collect::<Vec<_>>(),
+            many[2 * records::PAGE_KEYS..].iter().map(|(o, _)| o.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(rest.generation, 2);
+        let pages: Vec<(String, records::DedupPage)> =
+            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
+        assert_eq!(pages.len(), 4, "the two above and two full pages");
+        let last = &pages[3];
+        assert_eq!(last.0, key(bid, &many[2 * records::PAGE_KEYS - 1].0), "keyed by its last key");
+        assert_eq!((last.1.keys().count(), last.1.generation), (records::PAGE_KEYS, 2));
+    }
+
+    /// A page's ID from the future (the clock stepped back across a restart): IDs made after
+    /// the load still sort after it, so the next start's scan after the page finds them.
+    #[tokio::test]
+    async fn ids_made_after_loading_a_page_from_the_future_sort_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let bucket: crate::catalog::Bucket = serde_json::from_value(json!({
+            "bucket_id": BucketId::generate(), "bucket_name": "b", "namespace": "default",
+            "bucket_schema": {"properties": {}}, "created_at": "t", "updated_at": "t"}))
+        .unwrap();
+        let ahead = ulid::Ulid::from_datetime(std::time::SystemTime::now() + std::time::Duration::from_secs(2));
+        let future = ObjectId::parse(&format!("obj_{}", ahead.to_string().to_lowercase())).unwrap();
+        let mut page = records::DedupPage::new(&bucket);
+        page.push(&future, "f");
+        let mut b = Batch::new();
+        b.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, future.as_str()), &page);
+        store.commit(b).await.unwrap();
+        let (set, unpaged) = load_dedup(&store, &bucket, &[]).unwrap();
+        assert_eq!((set.get("f"), unpaged.len()), (Some(&future), 0));
+        assert!(ObjectId::generate() > future);
     }
 
     /// Objects and buffered entries without an index entry get one, page by page; the mark
