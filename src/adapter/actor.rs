@@ -354,8 +354,9 @@ impl Actor for SourceAdapterActor {
             true
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
-        let (dedup, unpaged) = lifecycle::load_dedup(store, &bucket, &buffer)?;
-        let unpaged = lifecycle::page_loaded_keys(store, &bucket, unpaged).await?;
+        let (dedup, scanned) = lifecycle::load_dedup(store, &bucket, &buffer)?;
+        lifecycle::page_loaded_keys(store, &bucket, scanned).await?;
+        let unpaged = records::DedupPage::new(&bucket);
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);

@@ -1303,8 +1303,9 @@ async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_key
     assert!(kept.is_empty(), "the deleted keys went with the old path, live's was not kept: {kept:?}");
 }
 
-/// Past a page of keys (1,024), an actor's start reads the page and only the objects after
-/// it: every key, paged or not, is still a duplicate after a kill -9, and new ones are not.
+/// Past pages of keys (`PAGE_KEYS`), an actor's start reads the pages and only the objects
+/// after the last: every key, paged or not, is still a duplicate after a kill -9, and new
+/// ones are not.
 #[tokio::test]
 async fn dedup_keys_past_a_page_survive_a_crash() {
     use futures::StreamExt;
@@ -1324,10 +1325,17 @@ async fn dedup_keys_past_a_page_survive_a_crash() {
         .collect()
         .await;
     app.crash_restart().await;
-    for (n, oid) in made.iter().filter(|(n, _)| [0, 500, 1022, 1023, 1024, 1099].contains(n)) {
-        let (st, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": format!("e{n}")})).await;
-        assert_eq!((st, b), (200, json!({"handled": true, "status": "duplicate", "object_id": oid})), "e{n}");
-    }
+    let page = hookline::adapter::records::PAGE_KEYS;
+    assert!(4 * page < 1100 && 1100 < 5 * page, "four full pages and some keys after them");
+    futures::stream::iter(&made)
+        .for_each_concurrent(16, |(n, oid)| {
+            let (app, bucket, secret) = (&app, &bucket, &secret);
+            async move {
+                let (st, b) = ingest(app, bucket, Some(secret), &json!({"id": format!("e{n}")})).await;
+                assert_eq!((st, b), (200, json!({"handled": true, "status": "duplicate", "object_id": oid})), "e{n}");
+            }
+        })
+        .await;
     let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "new"})).await;
     assert_eq!(b["status"], "created", "{b}");
     let new_id = b["object_id"].as_str().unwrap().to_string();
@@ -1335,7 +1343,13 @@ async fn dedup_keys_past_a_page_survive_a_crash() {
     let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "new"})).await;
     assert_eq!((b["status"].as_str(), b["object_id"].as_str()), (Some("duplicate"), Some(new_id.as_str())), "{b}");
     let backend = stop_and_open(&mut app).await;
-    assert_eq!(stored_entries(&backend, "dpage", "").len(), 1, "one page of 1,024 keys");
+    // Four pages from the ingests, then at each start one with what it read after them.
+    let pages = stored_entries(&backend, "dpage", "");
+    let keys: usize = pages
+        .iter()
+        .map(|(_, v)| serde_json::from_slice::<Value>(v).unwrap()["keys"].as_str().unwrap().matches(',').count())
+        .sum();
+    assert_eq!((pages.len(), keys), (6, 1101), "every key in a page once");
 }
 
 /// An object deleted while its bucket has no adapter (the registry deletes it, no actor

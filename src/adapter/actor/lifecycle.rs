@@ -179,13 +179,12 @@ struct Marked {
 /// Loads one bucket's dedup set (see `records.rs`): its pages, the `dkey` entries (deleted
 /// objects, tombstones, keys from before format 6), then the marks made under its current
 /// dedup generation of its objects and of `buffer` (its buffer entries) after the last
-/// page. Returns the set and those last keys, not paged yet (oldest first): see
-/// [`page_loaded_keys`].
+/// page. Returns the set and what [`page_loaded_keys`] pages.
 pub(super) fn load_dedup(
     store: &Store,
     bucket: &Bucket,
     buffer: &[BufferEntry],
-) -> Result<(DigestMap<ObjectId>, DedupKeys), StoreError> {
+) -> Result<(DigestMap<ObjectId>, Scanned), StoreError> {
     let prefix = records::prefix(&bucket.bucket_id);
     let mut set = DigestMap::<ObjectId>::default();
     let mut last_page = None;
@@ -206,9 +205,11 @@ pub(super) fn load_dedup(
     // the start of an actor waits for this scan, which must not parse objects whole.
     let mut unpaged = Vec::new();
     let mut long = Vec::new();
+    let mut newest: Option<ObjectId> = None;
     let counting = |mark: Option<DedupMark>| mark.filter(|m| m.counts_in(bucket));
     store.for_each_whole(Keyspace::OBJECTS, &prefix, last_page.as_deref(), |k, whole| {
         let Some(oid) = ObjectId::parse(&k[prefix.len()..]) else { return Ok(true) };
+        newest = Some(oid.clone()); // key order is ID order
         match whole {
             Some(v) => {
                 let mark = records::mark_of_stored(v).map_err(|e| StoreError::Corrupt {
@@ -229,6 +230,7 @@ pub(super) fn load_dedup(
         }
     }
     for e in buffer.iter().filter(|e| paged.as_ref().is_none_or(|p| &e.object_id > p)) {
+        newest = newest.max(Some(e.object_id.clone()));
         if let Some(mark) = counting(e.dedup.clone()) {
             unpaged.push((e.object_id.clone(), mark.hash));
         }
@@ -236,26 +238,34 @@ pub(super) fn load_dedup(
     unpaged.sort();
     // IDs made from now on sort after every one loaded, whatever the clock says: the scan
     // after the last page at the next start must find them.
-    if let Some(newest) = unpaged.last().map(|(oid, _)| oid).or(paged.as_ref()) {
+    if let Some(newest) = newest.as_ref().or(paged.as_ref()) {
         crate::ids::generate_after(newest);
     }
     set.extend(unpaged.iter().map(|(oid, hash)| (hash.clone(), oid.clone())));
-    Ok((set, unpaged))
+    Ok((set, Scanned { keys: unpaged, newest }))
 }
 
-/// Writes the keys [`load_dedup`] found after the last page in full pages, and returns the
-/// rest (fewer than [`records::PAGE_KEYS`]) as the page being filled. Usually there is less
-/// than a page; a bucket from before pages (or whose dedup path just changed) has its
-/// objects' keys paged here once, in commits of a few pages, not in one page of them all.
-pub(super) async fn page_loaded_keys(
-    store: &Store,
-    bucket: &Bucket,
+/// What [`load_dedup`] read after the last page: the keys (oldest first), and the newest ID
+/// of an object or buffer entry it read (none when it read nothing).
+pub(super) struct Scanned {
     keys: DedupKeys,
-) -> Result<records::DedupPage, StoreError> {
+    newest: Option<ObjectId>,
+}
+
+/// Writes what [`load_dedup`] read after the last page as pages, so the next start reads
+/// none of it again: full pages of the keys, then the rest in a last page keyed by the
+/// newest ID read (written even without keys: objects without one, of a bucket that dedups
+/// by nothing, or from before format 6, are then not read again either). Usually that is one
+/// short page; a bucket from before pages (or whose dedup path just changed) has its keys
+/// paged here once, in commits of a few pages, not in one page of them all.
+pub(super) async fn page_loaded_keys(store: &Store, bucket: &Bucket, scanned: Scanned) -> Result<(), StoreError> {
     const PAGES_PER_COMMIT: usize = 16;
+    let Some(newest) = scanned.newest else {
+        return Ok(());
+    };
     let mut page = records::DedupPage::new(bucket);
     let mut batch = Batch::new();
-    for (oid, hash) in keys {
+    for (oid, hash) in scanned.keys {
         page.push(&oid, &hash);
         if page.len() >= records::PAGE_KEYS {
             let full = std::mem::replace(&mut page, records::DedupPage::new(bucket));
@@ -265,10 +275,8 @@ pub(super) async fn page_loaded_keys(
             }
         }
     }
-    if !batch.is_empty() {
-        store.commit(batch).await?;
-    }
-    Ok(page)
+    batch.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, newest.as_str()), &page);
+    store.commit(batch).await
 }
 
 /// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup keys of
@@ -661,32 +669,47 @@ mod tests {
                 "external_id": null, "event_type": null}}, "dedup": mark(h, generation)}))
             .unwrap()
         };
-        let buffer = vec![entry(&ids[8], "h8", 2), entry(&ids[0], "paged", 2), entry(&ObjectId::generate(), "hx", 0)];
+        let stale = ObjectId::generate();
+        let buffer = vec![entry(&ids[8], "h8", 2), entry(&ids[0], "paged", 2), entry(&stale, "hx", 0)];
 
-        let (set, unpaged) = load_dedup(&store, &bucket, &buffer).unwrap();
+        let (set, scanned) = load_dedup(&store, &bucket, &buffer).unwrap();
         let mut got: Vec<(&str, &ObjectId)> = set.iter().map(|(h, id)| (h.as_str(), id)).collect();
         got.sort();
         let want = [("h3", 3), ("h5", 5), ("h6", 6), ("h8", 8), ("p0", 0), ("p2", 2)];
-        assert_eq!(got, want.iter().map(|(h, n)| (*h, &ids[*n])).collect::<Vec<_>>());
+        let want: Vec<(&str, &ObjectId)> = want.iter().map(|(h, n)| (*h, &ids[*n])).collect();
+        assert_eq!(got, want);
         let after: Vec<(ObjectId, String)> =
             [("h3", 3), ("h6", 6), ("h8", 8)].iter().map(|(h, n)| (ids[*n].clone(), h.to_string())).collect();
-        assert_eq!(unpaged, after, "the keys after the last page, oldest first");
+        assert_eq!(scanned.keys, after, "the keys after the last page, oldest first");
+        assert_eq!(scanned.newest.as_ref(), Some(&stale), "the newest read: a buffered entry, even without a key");
 
-        // Paged as loaded: full pages written, the rest returned.
+        // Paged as read: the next start reads nothing after the pages, and loses nothing.
+        page_loaded_keys(&store, &bucket, scanned).await.unwrap();
+        let page: records::DedupPage = store.get(Keyspace::DEDUP_PAGES, &key(bid, &stale)).unwrap().unwrap();
+        assert_eq!(page.keys().map(|(o, h)| (o, h.to_string())).collect::<Vec<_>>(), after);
+        let (again, scanned) = load_dedup(&store, &bucket, &buffer).unwrap();
+        assert_eq!((scanned.keys.len(), scanned.newest), (0, None));
+        let mut again: Vec<(&str, &ObjectId)> = again.iter().map(|(h, id)| (h.as_str(), id)).collect();
+        again.sort();
+        assert_eq!(again, want);
+
+        // Many keys: full pages, keyed by their last keys, and the rest under the newest ID.
         let many: Vec<(ObjectId, String)> =
             (0..2 * records::PAGE_KEYS + 5).map(|n| (ObjectId::generate(), format!("k{n}"))).collect();
-        let rest = page_loaded_keys(&store, &bucket, many.clone()).await.unwrap();
-        assert_eq!(
-            rest.keys().map(|(o, _)| o).collect::<Vec<_>>(),
-            many[2 * records::PAGE_KEYS..].iter().map(|(o, _)| o.clone()).collect::<Vec<_>>()
-        );
-        assert_eq!(rest.generation, 2);
+        let newest = ObjectId::generate();
+        page_loaded_keys(&store, &bucket, Scanned { keys: many.clone(), newest: Some(newest.clone()) }).await.unwrap();
         let pages: Vec<(String, records::DedupPage)> =
             store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
-        assert_eq!(pages.len(), 4, "the two above and two full pages");
-        let last = &pages[3];
-        assert_eq!(last.0, key(bid, &many[2 * records::PAGE_KEYS - 1].0), "keyed by its last key");
-        assert_eq!((last.1.keys().count(), last.1.generation), (records::PAGE_KEYS, 2));
+        assert_eq!(
+            pages.len(),
+            6,
+            "the three above and three new: {:?}",
+            pages.iter().map(|p| &p.0).collect::<Vec<_>>()
+        );
+        let full = &pages[4];
+        assert_eq!(full.0, key(bid, &many[2 * records::PAGE_KEYS - 1].0), "keyed by its last key");
+        assert_eq!((full.1.keys().count(), full.1.generation), (records::PAGE_KEYS, 2));
+        assert_eq!((pages[5].0.clone(), pages[5].1.keys().count()), (key(bid, &newest), 5));
     }
 
     /// A page's ID from the future (the clock stepped back across a restart): IDs made after
@@ -706,8 +729,8 @@ mod tests {
         let mut b = Batch::new();
         b.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, future.as_str()), &page);
         store.commit(b).await.unwrap();
-        let (set, unpaged) = load_dedup(&store, &bucket, &[]).unwrap();
-        assert_eq!((set.get("f"), unpaged.len()), (Some(&future), 0));
+        let (set, scanned) = load_dedup(&store, &bucket, &[]).unwrap();
+        assert_eq!((set.get("f"), scanned.keys.len()), (Some(&future), 0));
         assert!(ObjectId::generate() > future);
     }
 
