@@ -6,7 +6,7 @@
 //! | `batch` | `{bucket_id}/{batch_id}` | [`BatchRecord`] |
 //! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
 //! | `dkey` | `{bucket_id}/{object_id}` | sha256 of a dedup value no live record carries (hex string) |
-//! | `dpage` | `{bucket_id}/{last object_id}` | [`DedupPage`]: [`PAGE_KEYS`] keys, as accepted |
+//! | `dpage` | `{bucket_id}/{object_id}` | [`DedupPage`]: keys up to that object's, as accepted |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
 //! | `xref` | `{bucket_id}/unindexed` | a string: the objects may lack `xref` entries (see below) |
@@ -26,8 +26,10 @@
 //! bucket, whose pages then fill sled's cache), the actor also writes the keys it accepts
 //! in pages: every [`PAGE_KEYS`]th key's batch adds a `dpage` entry with the keys accepted
 //! since the last one, keyed by the last one's object ID. At start it reads the pages, and
-//! the marks only of the objects and buffer entries after the last page (IDs are made in
-//! increasing order, after every ID the last page names: `ids::generate_after`).
+//! the marks only of the objects and buffer entries after the last page, then pages what it
+//! read (keys or not) under the newest ID read, so the next start does not read it again
+//! (`lifecycle::page_loaded_keys`). IDs made after that sort after every ID read, whatever
+//! the clock says (`ids::generate_after`).
 //!
 //! `xref` is the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,
@@ -101,7 +103,8 @@ impl DedupMark {
 }
 
 /// Keys per [`DedupPage`]: a page is one write of about 25 KB per this many accepted keys,
-/// and at most this many objects are read for their marks when an actor starts. (Pages of
+/// and an actor's start reads the marks of the objects made since the last page (fewer
+/// than this many keys, and objects without one). (Pages of
 /// 1,024 keys cost the ingest bench more CPU per request, and 1.5 ms more at p99, than pages
 /// of 256: each is one larger log record and more sled pieces in one go.)
 pub const PAGE_KEYS: usize = 256;
@@ -110,7 +113,7 @@ pub const PAGE_KEYS: usize = 256;
 /// `{object_id}:{hash},` per key: written as one value per [`PAGE_KEYS`] ingests, a string
 /// serializes in a fraction of the time a list of pairs took (which showed in the ingest
 /// profile), and appending to it allocates nothing per key.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DedupPage {
     /// The bucket's `dedup_generation` its keys were accepted under (see [`DedupMark`]).
     #[serde(default, skip_serializing_if = "crate::util::is_zero")]
@@ -144,11 +147,12 @@ impl DedupPage {
         self.keys.is_empty()
     }
 
-    /// The keys, oldest first; an entry that does not read as one is skipped.
-    pub fn keys(&self) -> impl Iterator<Item = (ObjectId, &str)> {
-        self.keys.split(',').filter_map(|k| {
-            let (oid, hash) = k.split_once(':')?;
-            Some((ObjectId::parse(oid)?, hash))
+    /// The keys, oldest first; `Err` with the entry for one that does not read as a key
+    /// (a damaged page: its keys would be lost).
+    pub fn keys(&self) -> impl Iterator<Item = Result<(ObjectId, &str), String>> {
+        self.keys.split(',').filter(|k| !k.is_empty()).map(|k| {
+            let (oid, hash) = k.split_once(':').ok_or_else(|| k.to_string())?;
+            Ok((ObjectId::parse(oid).ok_or_else(|| k.to_string())?, hash))
         })
     }
 }
@@ -425,11 +429,13 @@ mod tests {
         assert_eq!(page.len(), 3);
         let stored = serde_json::to_vec(&page).unwrap();
         let back: DedupPage = serde_json::from_slice(&stored).unwrap();
-        let keys: Vec<(ObjectId, String)> = back.keys().map(|(o, h)| (o, h.to_string())).collect();
+        let keys: Vec<(ObjectId, String)> = back.keys().map(|k| k.map(|(o, h)| (o, h.to_string())).unwrap()).collect();
         let want: Vec<(ObjectId, String)> =
             ids.iter().enumerate().map(|(n, id)| (id.clone(), dedup_hash(&n.to_string()))).collect();
         assert_eq!(keys, want);
         assert!(DedupPage::default().keys().next().is_none());
+        let damaged: DedupPage = serde_json::from_str(r#"{"keys": "obj_1:h,nonsense,"}"#).unwrap();
+        assert_eq!(damaged.keys().filter(Result::is_err).count(), 1);
     }
 
     /// A marked record, as stored, starts with its mark (what `mark_of_stored` reads); the

@@ -14,8 +14,9 @@
 //! - 5: a value longer than 4 KiB is kept in pieces in a second sled tree, the main tree
 //!   holding a marker (see `store/pieces.rs`); an older binary would read the marker as the
 //!   value. Values written before stay whole until they are next written: no rewrite.
-//! - 6: an object's (or buffer entry's) dedup key is kept in its record (`dedup`) and in a
-//!   page of keys (`dpage`), and `dkey` holds only the keys of deleted objects and
+//! - 6: an object's (or buffer entry's) dedup key is kept in its record (`dedup`) and, once
+//!   256 keys are paged or the actor restarts, in a page of keys (`dpage`), and `dkey` holds
+//!   only the keys of deleted objects and
 //!   tombstones (see `adapter/records.rs`); an older binary would not see those keys and let
 //!   their events in again. Keys written before stay in `dkey`, where they still count: no
 //!   rewrite (an actor's first start pages its objects' keys).

@@ -1327,21 +1327,23 @@ async fn dedup_keys_past_a_page_survive_a_crash() {
     app.crash_restart().await;
     let page = hookline::adapter::records::PAGE_KEYS;
     assert!(4 * page < 1100 && 1100 < 5 * page, "four full pages and some keys after them");
-    futures::stream::iter(&made)
-        .for_each_concurrent(16, |(n, oid)| {
-            let (app, bucket, secret) = (&app, &bucket, &secret);
-            async move {
+    async fn all_duplicates(app: &TestApp, bucket: &str, secret: &str, made: &[(usize, String)]) {
+        futures::stream::iter(made)
+            .for_each_concurrent(16, |(n, oid)| async move {
                 let (st, b) = ingest(app, bucket, Some(secret), &json!({"id": format!("e{n}")})).await;
                 assert_eq!((st, b), (200, json!({"handled": true, "status": "duplicate", "object_id": oid})), "e{n}");
-            }
-        })
-        .await;
+            })
+            .await;
+    }
+    all_duplicates(&app, &bucket, &secret, &made).await;
     let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "new"})).await;
     assert_eq!(b["status"], "created", "{b}");
     let new_id = b["object_id"].as_str().unwrap().to_string();
     app.crash_restart().await;
     let (_, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "new"})).await;
     assert_eq!((b["status"].as_str(), b["object_id"].as_str()), (Some("duplicate"), Some(new_id.as_str())), "{b}");
+    // The keys after the four pages are in the page the first restart wrote: still known.
+    all_duplicates(&app, &bucket, &secret, &made).await;
     let backend = stop_and_open(&mut app).await;
     // Four pages from the ingests, then at each start one with what it read after them.
     let pages = stored_entries(&backend, "dpage", "");

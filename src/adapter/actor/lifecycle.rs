@@ -188,14 +188,31 @@ pub(super) fn load_dedup(
     let prefix = records::prefix(&bucket.bucket_id);
     let mut set = DigestMap::<ObjectId>::default();
     let mut last_page = None;
+    let mut damaged = None;
     store.for_each::<records::DedupPage>(Keyspace::DEDUP_PAGES, &prefix, |k, page| {
         // (The PATCH that bumps the generation deletes the pages: one of another is a stray.)
         if page.generation == bucket.dedup_generation {
-            set.extend(page.keys().map(|(oid, hash)| (hash.to_string(), oid)));
+            for key in page.keys() {
+                match key {
+                    Ok((oid, hash)) => {
+                        set.insert(hash.to_string(), oid);
+                    }
+                    Err(entry) => {
+                        damaged = Some(StoreError::Corrupt {
+                            key: format!("{}/{k}", Keyspace::DEDUP_PAGES.name()),
+                            reason: format!("not a dedup key: {entry:?}"),
+                        });
+                        return false;
+                    }
+                }
+            }
             last_page = Some(k.to_string());
         }
         true
     })?;
+    if let Some(e) = damaged {
+        return Err(e);
+    }
     let paged = last_page.as_deref().and_then(|k| ObjectId::parse(&k[prefix.len()..]));
     let deleted = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
         map.insert(hash, oid);
@@ -265,18 +282,27 @@ pub(super) async fn page_loaded_keys(store: &Store, bucket: &Bucket, scanned: Sc
     };
     let mut page = records::DedupPage::new(bucket);
     let mut batch = Batch::new();
+    let mut last_full = None;
     for (oid, hash) in scanned.keys {
         page.push(&oid, &hash);
         if page.len() >= records::PAGE_KEYS {
             let full = std::mem::replace(&mut page, records::DedupPage::new(bucket));
             batch.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, oid.as_str()), &full);
+            last_full = Some(oid);
             if batch.len() >= PAGES_PER_COMMIT {
                 store.commit(std::mem::take(&mut batch)).await?;
             }
         }
     }
-    batch.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, newest.as_str()), &page);
-    store.commit(batch).await
+    // Not when the last full page is already keyed by the newest ID: this empty page would
+    // replace it.
+    if !page.is_empty() || last_full.as_ref() != Some(&newest) {
+        batch.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, newest.as_str()), &page);
+    }
+    if !batch.is_empty() {
+        store.commit(batch).await?;
+    }
+    Ok(())
 }
 
 /// Reads one bucket's `{bucket_id}/{object_id}` → hash entries of `ks` (the dedup keys of
@@ -686,7 +712,8 @@ mod tests {
         // Paged as read: the next start reads nothing after the pages, and loses nothing.
         page_loaded_keys(&store, &bucket, scanned).await.unwrap();
         let page: records::DedupPage = store.get(Keyspace::DEDUP_PAGES, &key(bid, &stale)).unwrap().unwrap();
-        assert_eq!(page.keys().map(|(o, h)| (o, h.to_string())).collect::<Vec<_>>(), after);
+        let paged: Vec<(ObjectId, String)> = page.keys().map(|k| k.map(|(o, h)| (o, h.to_string())).unwrap()).collect();
+        assert_eq!(paged, after);
         let (again, scanned) = load_dedup(&store, &bucket, &buffer).unwrap();
         assert_eq!((scanned.keys.len(), scanned.newest), (0, None));
         let mut again: Vec<(&str, &ObjectId)> = again.iter().map(|(h, id)| (h.as_str(), id)).collect();
@@ -710,6 +737,14 @@ mod tests {
         assert_eq!(full.0, key(bid, &many[2 * records::PAGE_KEYS - 1].0), "keyed by its last key");
         assert_eq!((full.1.keys().count(), full.1.generation), (records::PAGE_KEYS, 2));
         assert_eq!((pages[5].0.clone(), pages[5].1.keys().count()), (key(bid, &newest), 5));
+
+        // Exactly full pages, the newest ID read being the last key's: that page stays whole.
+        let exact: Vec<(ObjectId, String)> =
+            (0..records::PAGE_KEYS).map(|n| (ObjectId::generate(), format!("x{n}"))).collect();
+        let newest = exact[records::PAGE_KEYS - 1].0.clone();
+        page_loaded_keys(&store, &bucket, Scanned { keys: exact, newest: Some(newest.clone()) }).await.unwrap();
+        let last: records::DedupPage = store.get(Keyspace::DEDUP_PAGES, &key(bid, &newest)).unwrap().unwrap();
+        assert_eq!(last.keys().count(), records::PAGE_KEYS);
     }
 
     /// A page's ID from the future (the clock stepped back across a restart): IDs made after
