@@ -639,6 +639,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn bucket_of_generation(generation: u64) -> Bucket {
+        serde_json::from_value(json!({
+            "bucket_id": BucketId::generate(), "bucket_name": "b", "namespace": "default",
+            "bucket_schema": {"properties": {}}, "dedup_generation": generation,
+            "created_at": "t", "updated_at": "t"}))
+        .unwrap()
+    }
+
     /// The dedup set at start: its pages, `dkey` entries, and the marks of the current
     /// generation of the objects and buffer entries after the last page (those before it are
     /// not read: the pages hold their keys).
@@ -646,11 +654,7 @@ mod tests {
     async fn the_dedup_set_loads_pages_deleted_keys_and_current_marks_after_the_last_page() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sled(dir.path()).unwrap();
-        let bucket: crate::catalog::Bucket = serde_json::from_value(json!({
-            "bucket_id": BucketId::generate(), "bucket_name": "b", "namespace": "default",
-            "bucket_schema": {"properties": {}}, "dedup_generation": 2,
-            "created_at": "t", "updated_at": "t"}))
-        .unwrap();
+        let bucket = bucket_of_generation(2);
         let other = BucketId::generate();
         let ids: Vec<ObjectId> = (0..10).map(|_| ObjectId::generate()).collect();
         let key = |b: &BucketId, id: &ObjectId| records::key(b, id.as_str());
@@ -753,10 +757,7 @@ mod tests {
     async fn ids_made_after_loading_a_page_from_the_future_sort_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sled(dir.path()).unwrap();
-        let bucket: crate::catalog::Bucket = serde_json::from_value(json!({
-            "bucket_id": BucketId::generate(), "bucket_name": "b", "namespace": "default",
-            "bucket_schema": {"properties": {}}, "created_at": "t", "updated_at": "t"}))
-        .unwrap();
+        let bucket = bucket_of_generation(0);
         let ahead = ulid::Ulid::from_datetime(std::time::SystemTime::now() + std::time::Duration::from_secs(2));
         let future = ObjectId::parse(&format!("obj_{}", ahead.to_string().to_lowercase())).unwrap();
         let mut page = records::DedupPage::new(&bucket);
