@@ -141,13 +141,19 @@ fn monotonic_ulid() -> ulid::Ulid {
 /// store), even if the clock stepped back across a restart: callers that scan the store
 /// for IDs after one they recorded rely on it (see `adapter/records.rs`, dedup pages).
 pub fn generate_after(id: &ObjectId) {
-    let Some(Ok(seen)) = id.as_str().split_once('_').map(|(_, u)| u.to_uppercase().parse::<ulid::Ulid>()) else {
+    let Some(seen) = ulid_of(id.as_str()) else {
         return;
     };
     let next_ms = seen.datetime() + std::time::Duration::from_millis(1);
     let mut g = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
     // At or before the last one made: that one is larger already (this burns one increment).
     let _ = g.generate_from_datetime(next_ms);
+}
+
+/// The ULID of a `{prefix}_{ulid}` ID (it carries the creation time); `None` for another.
+pub fn ulid_of(id: &str) -> Option<ulid::Ulid> {
+    let (_, u) = id.split_once('_')?;
+    ulid::Ulid::from_string(&u.to_uppercase()).ok()
 }
 
 /// `len` random characters from `[A-Za-z0-9]`, from the OS-seeded thread RNG.

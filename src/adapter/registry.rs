@@ -310,7 +310,7 @@ impl RegistryState {
         b.delete(Keyspace::BUCKETS, id.as_str());
         // Everything keyed under the bucket goes with it.
         let prefix = format!("{}/", id.as_str());
-        for ks in [
+        let everything = [
             Keyspace::OBJECTS,
             Keyspace::BATCHES,
             Keyspace::DEDUP,
@@ -320,12 +320,8 @@ impl RegistryState {
             Keyspace::EXTERNAL_IDS,
             Keyspace::WRITEBACKS,
             Keyspace::ALERTS,
-        ] {
-            store.for_each_key(ks, &prefix, |k| {
-                b.delete(ks, k);
-                true
-            })?;
-        }
+        ];
+        store.delete_under(&mut b, &everything, &prefix)?;
         store.commit(b).await?;
         crate::metrics::buckets(store.count(Keyspace::BUCKETS, "")?);
         tracing::info!(bucket_id = %id, "bucket deleted");
@@ -672,12 +668,7 @@ impl RegistryState {
             }
         }
         if clear.dedup {
-            for ks in [Keyspace::DEDUP, Keyspace::DEDUP_PAGES] {
-                store.for_each_key(ks, &records::prefix(id), |k| {
-                    batch.delete(ks, k);
-                    true
-                })?;
-            }
+            store.delete_under(&mut batch, &[Keyspace::DEDUP, Keyspace::DEDUP_PAGES], &records::prefix(id))?;
             tracing::info!(bucket_id = %id, "dedup path changed: the bucket's dedup set starts afresh");
         }
         batch.put(Keyspace::BUCKETS, id.as_str(), bucket);
@@ -868,12 +859,7 @@ impl RegistryState {
         let prefix = records::prefix(id);
         let store = &self.shared.store;
         store.commit(Batch::new()).await?;
-        for ks in [Keyspace::BUFFER, Keyspace::STATS, Keyspace::WRITEBACKS] {
-            store.for_each_key(ks, &prefix, |k| {
-                batch.delete(ks, k);
-                true
-            })?;
-        }
+        store.delete_under(batch, &[Keyspace::BUFFER, Keyspace::STATS, Keyspace::WRITEBACKS], &prefix)?;
         Ok(())
     }
 

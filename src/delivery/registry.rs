@@ -921,12 +921,7 @@ impl DeliveryState {
         // The webhook and its whole queue go in one batch.
         let mut b = Batch::new();
         b.delete(Keyspace::WEBHOOKS, id.as_str());
-        for ks in [Keyspace::DELIVERIES, Keyspace::DUE] {
-            self.shared.store.for_each_key(ks, &format!("{}/", id.as_str()), |k| {
-                b.delete(ks, k);
-                true
-            })?;
-        }
+        self.shared.store.delete_under(&mut b, &[Keyspace::DELIVERIES, Keyspace::DUE], &format!("{}/", id.as_str()))?;
         crate::metrics::webhooks(self.webhooks.len());
         tracing::info!(webhook_id = %id, "webhook deleted");
         Ok(self.shared.store.submit(b))
@@ -1129,7 +1124,7 @@ pub(crate) fn unreferenced_events(
     let mut old = std::collections::HashSet::new();
     store.for_each_key(Keyspace::EVENTS, "", |k| {
         // Event IDs are `evt_{ulid}`: the ULID carries the creation time.
-        let created = k.strip_prefix("evt_").and_then(|u| ulid::Ulid::from_string(&u.to_uppercase()).ok());
+        let created = crate::ids::ulid_of(k).filter(|_| k.starts_with("evt_"));
         if created.is_some_and(|u| u.timestamp_ms() < cutoff) {
             old.insert(k.to_string());
         }

@@ -346,11 +346,8 @@ impl Store {
         after: Option<&str>,
         mut f: impl FnMut(&str) -> bool,
     ) -> Result<(), StoreError> {
-        let ks_prefix_len = ks.prefix().len();
-        let start = scan_start(ks, prefix, after);
         // Keys only: a long value is not assembled from its pieces just to be ignored.
-        self.reader
-            .scan_keys_from(&start, &ks.key(prefix), &mut |k, _| Ok(f(&String::from_utf8_lossy(&k[ks_prefix_len..]))))
+        self.for_each_whole(ks, prefix, after, |k, _| Ok(f(k)))
     }
 
     /// Visits every key under `prefix` (strictly after the key `after` when given) with its
@@ -370,6 +367,18 @@ impl Store {
             let whole = pieces::marker(v).is_none().then_some(v);
             f(&String::from_utf8_lossy(&k[ks_prefix_len..]), whole)
         })
+    }
+
+    /// Adds to `batch` the deletion of every key under `prefix` in each of `keyspaces` (what
+    /// the scan sees: callers barrier first when their own writes must be in it).
+    pub fn delete_under(&self, batch: &mut Batch, keyspaces: &[Keyspace], prefix: &str) -> Result<(), StoreError> {
+        for &ks in keyspaces {
+            self.for_each_key(ks, prefix, |k| {
+                batch.delete(ks, k);
+                true
+            })?;
+        }
+        Ok(())
     }
 
     /// Counts the keys under `prefix`.

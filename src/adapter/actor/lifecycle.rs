@@ -186,7 +186,9 @@ pub(super) fn load_dedup(
     buffer: &[BufferEntry],
 ) -> Result<(DigestMap<ObjectId>, Scanned), StoreError> {
     let prefix = records::prefix(&bucket.bucket_id);
-    let mut set = DigestMap::<ObjectId>::default();
+    let mut set = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
+        map.insert(hash, oid);
+    })?;
     let mut last_page = None;
     let mut damaged = None;
     store.for_each::<records::DedupPage>(Keyspace::DEDUP_PAGES, &prefix, |k, page| {
@@ -214,10 +216,6 @@ pub(super) fn load_dedup(
         return Err(e);
     }
     let paged = last_page.as_deref().and_then(|k| ObjectId::parse(&k[prefix.len()..]));
-    let deleted = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
-        map.insert(hash, oid);
-    })?;
-    set.extend(deleted);
     // Each object's mark is read from the start of its record (see `records::MARK_FIRST`):
     // the start of an actor waits for this scan, which must not parse objects whole.
     let mut unpaged = Vec::new();
