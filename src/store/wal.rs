@@ -5,7 +5,12 @@
 //! plus a fresh 512 KiB buffer per group. Here a group costs one `pwrite` and one
 //! `fdatasync` into a segment whose blocks already exist: segments are filled with zeros
 //! ahead of time (by the committer's prep thread), so the sync writes data only, no file
-//! metadata (measured on this machine: 0.19 ms vs 0.55 ms for an appending file). sled then
+//! metadata (measured on this machine: 0.19 ms vs 0.55 ms for an appending file). Records
+//! are written with direct I/O (`O_DIRECT`) where the filesystem takes it: the block goes
+//! from our buffer to the device without dirtying the page cache, and the sync that follows
+//! then has no writeback to start and wait for (measured here, a 4 KiB record with its sync:
+//! 0.18 ms against 0.29–0.31 ms through the page cache). A filesystem that refuses direct
+//! I/O (tmpfs) gets buffered writes, as before. sled then
 //! takes the writes in memory and persists them in its own time; a checkpoint (a sled
 //! flush) retires the segments it covers, and start-up replays whatever segments are left.
 //!
@@ -30,8 +35,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Backend, Batch, Op, StoreError};
 
@@ -56,8 +62,64 @@ pub(crate) struct Segment {
     pub(crate) no: u64,
     dir: PathBuf,
     file: File,
+    /// The same file opened for direct I/O, unless the filesystem refuses it.
+    direct: Option<File>,
+    /// Where a record is copied for a direct write (which needs aligned memory).
+    block: AlignedBuf,
     capacity: u64,
     pos: u64,
+}
+
+/// Set once a filesystem refused direct I/O: later segments do not try again (and the log
+/// says so once).
+static NO_DIRECT: AtomicBool = AtomicBool::new(false);
+
+/// Opens `path` for direct writes, or `None` where the filesystem does not take them.
+fn open_direct(path: &Path) -> Option<File> {
+    if NO_DIRECT.load(Ordering::Relaxed) {
+        return None;
+    }
+    match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            no_direct(&e);
+            None
+        }
+    }
+}
+
+fn no_direct(e: &io::Error) {
+    if !NO_DIRECT.swap(true, Ordering::Relaxed) {
+        tracing::info!(error = %e, "the log's filesystem refuses direct I/O; writing the log through the page cache");
+    }
+}
+
+/// A reusable buffer handing out blocks that start on an [`ALIGN`] boundary in memory, as
+/// direct I/O requires (safe code: the boundary is found inside a larger allocation).
+#[derive(Default)]
+struct AlignedBuf(Vec<u8>);
+
+/// Blocks up to this size reuse the buffer; a larger record (a big batch flush) gets a
+/// buffer of its own, dropped after its write, so one large write does not pin its size.
+const KEEP_BUF: usize = 1 << 20;
+
+impl AlignedBuf {
+    /// `record` copied into an aligned block, zero-padded to a multiple of [`ALIGN`]; `None`
+    /// if no aligned start could be found (never expected).
+    fn padded<'a>(&'a mut self, record: &[u8], large: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+        let len = align_up(record.len() as u64) as usize;
+        let buf = if len <= KEEP_BUF { &mut self.0 } else { large };
+        let want = len + ALIGN as usize;
+        if buf.len() < want {
+            *buf = vec![0; want];
+        }
+        let at = buf.as_ptr().align_offset(ALIGN as usize);
+        let block = buf.get_mut(at..at + len)?;
+        let (data, pad) = block.split_at_mut(record.len());
+        data.copy_from_slice(record);
+        pad.fill(0);
+        Some(block)
+    }
 }
 
 impl Segment {
@@ -88,7 +150,8 @@ impl Segment {
         file.sync_all()?;
         std::fs::rename(tmp, &path)?;
         sync_dir(dir)?;
-        Ok(Segment { no, dir: dir.to_path_buf(), file, capacity, pos: ALIGN })
+        let direct = open_direct(&path);
+        Ok(Segment { no, dir: dir.to_path_buf(), file, direct, block: AlignedBuf::default(), capacity, pos: ALIGN })
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -103,11 +166,34 @@ impl Segment {
     /// Writes one record made by [`record`] and makes it durable. The caller checked
     /// [`Segment::fits`].
     pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(record, self.pos)?;
-        self.file.sync_data()?;
-        // The padding up to the boundary is already zeros.
+        if !self.append_direct(record)? {
+            self.file.write_all_at(record, self.pos)?;
+            self.file.sync_data()?;
+        }
+        // The padding up to the boundary is zeros (written as such, or already there).
         self.pos = align_up(self.pos + record.len() as u64);
         Ok(())
+    }
+
+    /// Writes and syncs `record` with direct I/O; `false` if this segment has none (or the
+    /// filesystem refused this write: the caller then writes it through the page cache).
+    fn append_direct(&mut self, record: &[u8]) -> io::Result<bool> {
+        let Some(direct) = &self.direct else { return Ok(false) };
+        let mut large = Vec::new();
+        let Some(block) = self.block.padded(record, &mut large) else { return Ok(false) };
+        match direct.write_all_at(block, self.pos) {
+            Ok(()) => {
+                direct.sync_data()?;
+                Ok(true)
+            }
+            // Refused before anything was written (alignment the device does not take).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                no_direct(&e);
+                self.direct = None;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -496,6 +582,36 @@ mod tests {
         assert_eq!(record_of(&read.records[2]), records[2]);
         assert!(!read.valid_after_stop);
         assert!(seg.fits(4000) && !seg.fits(5000));
+    }
+
+    /// Records written with direct I/O where the filesystem takes it (the temporary
+    /// directory's usually does): a small one, one over the kept buffer's size, another
+    /// small one, all read back whole, and a direct write's padding written as zeros
+    /// (garbage placed there beforehand is gone).
+    #[test]
+    fn direct_writes_of_small_and_large_records_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 3, 4 << 20).unwrap();
+        let mut big = Batch::new();
+        big.put(Keyspace::OBJECTS, "big", &"x".repeat(KEEP_BUF + 5000));
+        let batches = [batch(1), big, batch(2)];
+        let first_end = ALIGN + align_up(record_of(&batches[0]).len() as u64);
+        // Junk inside the padding the first record's block will carry.
+        seg.file.write_all_at(&[0xAB; 16], first_end - 16).unwrap();
+        for b in &batches {
+            seg.append(&record_of(b)).unwrap();
+        }
+        let read = read_segment(&segment_path(dir.path(), 3)).unwrap();
+        assert_eq!(read.records.len(), 3);
+        for (got, want) in read.records.iter().zip(&batches) {
+            assert_eq!(record_of(got), record_of(want));
+        }
+        assert_eq!(read.bad_at, None);
+        if seg.direct.is_some() {
+            let bytes = std::fs::read(segment_path(dir.path(), 3)).unwrap();
+            assert!(bytes[first_end as usize - 16..first_end as usize].iter().all(|b| *b == 0), "padding zeroed");
+        }
+        assert!(seg.block.0.len() <= KEEP_BUF + ALIGN as usize, "the large record's buffer is not kept");
     }
 
     #[test]
