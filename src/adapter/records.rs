@@ -28,7 +28,8 @@
 //! since the last one, keyed by the last one's object ID. At start it reads the pages, and
 //! the marks only of the objects and buffer entries after the last page, then pages what it
 //! read (keys or not) under the newest ID read, so the next start does not read it again
-//! (`lifecycle::page_loaded_keys`). IDs made after that sort after every ID read, whatever
+//! (`lifecycle::page_loaded_keys`), merged with the short page an earlier start left: at
+//! most one page of fewer than [`PAGE_KEYS`] keys is left after a start. IDs made after that sort after every ID read, whatever
 //! the clock says (`ids::generate_after`).
 //!
 //! `xref` is the external-ID index, which maps an upstream's ID (a

@@ -179,7 +179,9 @@ struct Marked {
 /// Loads one bucket's dedup set (see `records.rs`): its pages, the `dkey` entries (deleted
 /// objects, tombstones, keys from before format 6), then the marks made under its current
 /// dedup generation of its objects and of `buffer` (its buffer entries) after the last
-/// page. Returns the set and what [`page_loaded_keys`] pages.
+/// page. Returns the set and what [`page_loaded_keys`] pages: what was read, merged with
+/// the keys of the short pages (fewer than `PAGE_KEYS` keys) when that leaves fewer of them
+/// (two short pages, or one and anything read), so short pages do not pile up with restarts.
 pub(super) fn load_dedup(
     store: &Store,
     bucket: &Bucket,
@@ -191,13 +193,19 @@ pub(super) fn load_dedup(
     })?;
     let mut last_page = None;
     let mut damaged = None;
+    // Pages of fewer than PAGE_KEYS keys (each start that read anything wrote one), with
+    // their keys: merged with what this start reads, so that one at most is left.
+    let mut short_pages = Vec::new();
+    let mut short_keys = Vec::new();
     store.for_each::<records::DedupPage>(Keyspace::DEDUP_PAGES, &prefix, |k, page| {
         // (The PATCH that bumps the generation deletes the pages: one of another is a stray.)
         if page.generation == bucket.dedup_generation {
+            let mut keys = Vec::new();
             for key in page.keys() {
                 match key {
                     Ok((oid, hash)) => {
-                        set.insert(hash.to_string(), oid);
+                        set.insert(hash.to_string(), oid.clone());
+                        keys.push((oid, hash.to_string()));
                     }
                     Err(entry) => {
                         damaged = Some(StoreError::Corrupt {
@@ -207,6 +215,10 @@ pub(super) fn load_dedup(
                         return false;
                     }
                 }
+            }
+            if keys.len() < records::PAGE_KEYS {
+                short_pages.push(k.to_string());
+                short_keys.extend(keys);
             }
             last_page = Some(k.to_string());
         }
@@ -250,21 +262,34 @@ pub(super) fn load_dedup(
             unpaged.push((e.object_id.clone(), mark.hash));
         }
     }
-    unpaged.sort();
     // IDs made from now on sort after every one loaded, whatever the clock says: the scan
     // after the last page at the next start must find them.
     if let Some(newest) = newest.as_ref().or(paged.as_ref()) {
         crate::ids::generate_after(newest);
     }
     set.extend(unpaged.iter().map(|(oid, hash)| (hash.clone(), oid.clone())));
-    Ok((set, Scanned { keys: unpaged, newest }))
+    let mut stale = Vec::new();
+    if short_pages.len() + usize::from(newest.is_some()) >= 2 {
+        // Compaction: the short pages' keys are paged again with what was read. The last
+        // page written is keyed by the greatest of their keys and the newest ID read, so the
+        // next start's scan begins no earlier than it would have (a page's key is never
+        // below its keys' IDs, and no page kept has that key: every kept page is full).
+        let last_short = short_pages.last().and_then(|k| ObjectId::parse(&k[prefix.len()..]));
+        newest = newest.max(last_short);
+        unpaged.extend(short_keys);
+        stale = short_pages;
+    }
+    unpaged.sort();
+    Ok((set, Scanned { keys: unpaged, newest, stale }))
 }
 
 /// What [`load_dedup`] read after the last page: the keys (oldest first), and the newest ID
-/// of an object or buffer entry it read (none when it read nothing).
+/// of an object or buffer entry it read (none when it read nothing); with the keys of the
+/// short pages it merges, and those pages' keys (`stale`, to delete once paged again).
 pub(super) struct Scanned {
     keys: DedupKeys,
     newest: Option<ObjectId>,
+    stale: Vec<String>,
 }
 
 /// Writes what [`load_dedup`] read after the last page as pages, so the next start reads
@@ -272,7 +297,10 @@ pub(super) struct Scanned {
 /// newest ID read (written even without keys: objects without one, of a bucket that dedups
 /// by nothing, or from before format 6, are then not read again either). Usually that is one
 /// short page; a bucket from before pages (or whose dedup path just changed) has its keys
-/// paged here once, in commits of a few pages, not in one page of them all.
+/// paged here once, in commits of a few pages, not in one page of them all. The short pages
+/// merged in (`stale`) are deleted in the last commit, once their keys are in the new pages
+/// (a crash between commits leaves some keys in two pages: harmless), unless a new page
+/// took the same key.
 pub(super) async fn page_loaded_keys(store: &Store, bucket: &Bucket, scanned: Scanned) -> Result<(), StoreError> {
     const PAGES_PER_COMMIT: usize = 16;
     let Some(newest) = scanned.newest else {
@@ -281,11 +309,14 @@ pub(super) async fn page_loaded_keys(store: &Store, bucket: &Bucket, scanned: Sc
     let mut page = records::DedupPage::new(bucket);
     let mut batch = Batch::new();
     let mut last_full = None;
+    let mut stale: std::collections::HashSet<String> = scanned.stale.into_iter().collect();
     for (oid, hash) in scanned.keys {
         page.push(&oid, &hash);
         if page.len() >= records::PAGE_KEYS {
             let full = std::mem::replace(&mut page, records::DedupPage::new(bucket));
-            batch.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, oid.as_str()), &full);
+            let key = records::key(&bucket.bucket_id, oid.as_str());
+            stale.remove(&key);
+            batch.put(Keyspace::DEDUP_PAGES, &key, &full);
             last_full = Some(oid);
             if batch.len() >= PAGES_PER_COMMIT {
                 store.commit(std::mem::take(&mut batch)).await?;
@@ -295,7 +326,12 @@ pub(super) async fn page_loaded_keys(store: &Store, bucket: &Bucket, scanned: Sc
     // Not when the last full page is already keyed by the newest ID: this empty page would
     // replace it.
     if !page.is_empty() || last_full.as_ref() != Some(&newest) {
-        batch.put(Keyspace::DEDUP_PAGES, &records::key(&bucket.bucket_id, newest.as_str()), &page);
+        let key = records::key(&bucket.bucket_id, newest.as_str());
+        stale.remove(&key);
+        batch.put(Keyspace::DEDUP_PAGES, &key, &page);
+    }
+    for key in stale {
+        batch.delete(Keyspace::DEDUP_PAGES, &key);
     }
     if !batch.is_empty() {
         store.commit(batch).await?;
@@ -706,18 +742,23 @@ mod tests {
         let want = [("h3", 3), ("h5", 5), ("h6", 6), ("h8", 8), ("p0", 0), ("p2", 2)];
         let want: Vec<(&str, &ObjectId)> = want.iter().map(|(h, n)| (*h, &ids[*n])).collect();
         assert_eq!(got, want);
-        let after: Vec<(ObjectId, String)> =
-            [("h3", 3), ("h6", 6), ("h8", 8)].iter().map(|(h, n)| (ids[*n].clone(), h.to_string())).collect();
-        assert_eq!(scanned.keys, after, "the keys after the last page, oldest first");
+        // The short page's keys are merged with those read after it.
+        let after: Vec<(ObjectId, String)> = [("p0", 0), ("p2", 2), ("h3", 3), ("h6", 6), ("h8", 8)]
+            .iter()
+            .map(|(h, n)| (ids[*n].clone(), h.to_string()))
+            .collect();
+        assert_eq!(scanned.keys, after, "the short page's keys and those after the last page, oldest first");
         assert_eq!(scanned.newest.as_ref(), Some(&stale), "the newest read: a buffered entry, even without a key");
+        assert_eq!(scanned.stale, vec![key(bid, &ids[2])], "the short page, to delete");
 
         // Paged as read: the next start reads nothing after the pages, and loses nothing.
         page_loaded_keys(&store, &bucket, scanned).await.unwrap();
         let page: records::DedupPage = store.get(Keyspace::DEDUP_PAGES, &key(bid, &stale)).unwrap().unwrap();
         let paged: Vec<(ObjectId, String)> = page.keys().map(|k| k.map(|(o, h)| (o, h.to_string())).unwrap()).collect();
         assert_eq!(paged, after);
+        assert!(!store.contains(Keyspace::DEDUP_PAGES, &key(bid, &ids[2])).unwrap(), "the merged page is gone");
         let (again, scanned) = load_dedup(&store, &bucket, &buffer).unwrap();
-        assert_eq!((scanned.keys.len(), scanned.newest), (0, None));
+        assert_eq!((scanned.keys.len(), scanned.newest), (0, None), "one short page and nothing read: left as is");
         let mut again: Vec<(&str, &ObjectId)> = again.iter().map(|(h, id)| (h.as_str(), id)).collect();
         again.sort();
         assert_eq!(again, want);
@@ -726,27 +767,101 @@ mod tests {
         let many: Vec<(ObjectId, String)> =
             (0..2 * records::PAGE_KEYS + 5).map(|n| (ObjectId::generate(), format!("k{n}"))).collect();
         let newest = ObjectId::generate();
-        page_loaded_keys(&store, &bucket, Scanned { keys: many.clone(), newest: Some(newest.clone()) }).await.unwrap();
+        page_loaded_keys(
+            &store,
+            &bucket,
+            Scanned { keys: many.clone(), newest: Some(newest.clone()), stale: Vec::new() },
+        )
+        .await
+        .unwrap();
         let pages: Vec<(String, records::DedupPage)> =
             store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
         assert_eq!(
             pages.len(),
-            6,
-            "the three above and three new: {:?}",
+            5,
+            "the stray, the one above and three new: {:?}",
             pages.iter().map(|p| &p.0).collect::<Vec<_>>()
         );
-        let full = &pages[4];
+        let full = &pages[3];
         assert_eq!(full.0, key(bid, &many[2 * records::PAGE_KEYS - 1].0), "keyed by its last key");
         assert_eq!((full.1.keys().count(), full.1.generation), (records::PAGE_KEYS, 2));
-        assert_eq!((pages[5].0.clone(), pages[5].1.keys().count()), (key(bid, &newest), 5));
+        assert_eq!((pages[4].0.clone(), pages[4].1.keys().count()), (key(bid, &newest), 5));
 
         // Exactly full pages, the newest ID read being the last key's: that page stays whole.
         let exact: Vec<(ObjectId, String)> =
             (0..records::PAGE_KEYS).map(|n| (ObjectId::generate(), format!("x{n}"))).collect();
         let newest = exact[records::PAGE_KEYS - 1].0.clone();
-        page_loaded_keys(&store, &bucket, Scanned { keys: exact, newest: Some(newest.clone()) }).await.unwrap();
+        page_loaded_keys(&store, &bucket, Scanned { keys: exact, newest: Some(newest.clone()), stale: Vec::new() })
+            .await
+            .unwrap();
         let last: records::DedupPage = store.get(Keyspace::DEDUP_PAGES, &key(bid, &newest)).unwrap().unwrap();
         assert_eq!(last.keys().count(), records::PAGE_KEYS);
+    }
+
+    /// Short pages (one per start that read anything) are merged: after a start at most one
+    /// is left, every key still loads, a full page keeps its place, and the next start's scan
+    /// begins no earlier than before (an object after the last short page is still read).
+    #[tokio::test]
+    async fn short_pages_are_merged_at_start_and_no_key_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let bucket = bucket_of_generation(0);
+        let bid = &bucket.bucket_id;
+        let key = |id: &ObjectId| records::key(bid, id.as_str());
+        let ids: Vec<ObjectId> = (0..records::PAGE_KEYS + 8).map(|_| ObjectId::generate()).collect();
+        let page_of = |range: std::ops::Range<usize>| {
+            let mut p = records::DedupPage::new(&bucket);
+            for n in range {
+                p.push(&ids[n], &format!("k{n}"));
+            }
+            p
+        };
+        let mut b = Batch::new();
+        // Short, full, short, and an empty one keyed by an ID without a key (a start that
+        // read only such objects), as starts and the actor write them.
+        b.put(Keyspace::DEDUP_PAGES, &key(&ids[2]), &page_of(0..3));
+        b.put(Keyspace::DEDUP_PAGES, &key(&ids[records::PAGE_KEYS + 2]), &page_of(3..records::PAGE_KEYS + 3));
+        b.put(
+            Keyspace::DEDUP_PAGES,
+            &key(&ids[records::PAGE_KEYS + 5]),
+            &page_of(records::PAGE_KEYS + 3..records::PAGE_KEYS + 6),
+        );
+        b.put(Keyspace::DEDUP_PAGES, &key(&ids[records::PAGE_KEYS + 6]), &records::DedupPage::new(&bucket));
+        store.commit(b).await.unwrap();
+        let all =
+            |set: &DigestMap<ObjectId>| (0..records::PAGE_KEYS + 6).all(|n| set.get(&format!("k{n}")) == Some(&ids[n]));
+
+        let (set, scanned) = load_dedup(&store, &bucket, &[]).unwrap();
+        assert!(all(&set));
+        assert_eq!(scanned.keys.len(), 6, "the two short pages' keys");
+        assert_eq!(scanned.newest.as_ref(), Some(&ids[records::PAGE_KEYS + 6]), "the last short page's ID");
+        page_loaded_keys(&store, &bucket, scanned).await.unwrap();
+        let pages: Vec<(String, records::DedupPage)> =
+            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
+        let shape: Vec<(String, usize)> = pages.iter().map(|(k, p)| (k.clone(), p.keys().count())).collect();
+        assert_eq!(
+            shape,
+            vec![(key(&ids[records::PAGE_KEYS + 2]), records::PAGE_KEYS), (key(&ids[records::PAGE_KEYS + 6]), 6)],
+            "the full page kept, one short page at the end"
+        );
+        let (set, scanned) = load_dedup(&store, &bucket, &[]).unwrap();
+        assert!(all(&set), "every key loads from the merged pages");
+        assert_eq!((scanned.keys.len(), scanned.stale.len()), (0, 0), "nothing more to merge");
+
+        // An object after the last page is still read, and merged with the short page.
+        let mut b = Batch::new();
+        let late = &ids[records::PAGE_KEYS + 7];
+        let mark = DedupMark { hash: "late".into(), generation: 0 };
+        b.put(Keyspace::OBJECTS, &key(late), &json!({"dedup": mark, "metadata": {}}));
+        store.commit(b).await.unwrap();
+        let (set, scanned) = load_dedup(&store, &bucket, &[]).unwrap();
+        assert_eq!(set.get("late"), Some(late));
+        assert_eq!((scanned.keys.len(), scanned.newest.as_ref()), (7, Some(late)));
+        page_loaded_keys(&store, &bucket, scanned).await.unwrap();
+        let pages: Vec<(String, records::DedupPage)> =
+            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
+        assert_eq!(pages.len(), 2);
+        assert_eq!((pages[1].0.clone(), pages[1].1.keys().count()), (key(late), 7));
     }
 
     /// A page's ID from the future (the clock stepped back across a restart): IDs made after
