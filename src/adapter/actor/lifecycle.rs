@@ -300,7 +300,8 @@ pub(super) struct Scanned {
 /// paged here once, in commits of a few pages, not in one page of them all. The short pages
 /// merged in (`stale`) are deleted in the last commit, once their keys are in the new pages
 /// (a crash between commits leaves some keys in two pages: harmless), unless a new page
-/// took the same key.
+/// took the same key (then it holds all of that page's keys: short pages never overlap, each
+/// start paging only what comes after the last page).
 pub(super) async fn page_loaded_keys(store: &Store, bucket: &Bucket, scanned: Scanned) -> Result<(), StoreError> {
     const PAGES_PER_COMMIT: usize = 16;
     let Some(newest) = scanned.newest else {
@@ -758,7 +759,11 @@ mod tests {
         assert_eq!(paged, after);
         assert!(!store.contains(Keyspace::DEDUP_PAGES, &key(bid, &ids[2])).unwrap(), "the merged page is gone");
         let (again, scanned) = load_dedup(&store, &bucket, &buffer).unwrap();
-        assert_eq!((scanned.keys.len(), scanned.newest), (0, None), "one short page and nothing read: left as is");
+        assert_eq!(
+            (scanned.keys.len(), scanned.newest, scanned.stale.len()),
+            (0, None, 0),
+            "one short page and nothing read: left as is"
+        );
         let mut again: Vec<(&str, &ObjectId)> = again.iter().map(|(h, id)| (h.as_str(), id)).collect();
         again.sort();
         assert_eq!(again, want);
@@ -862,6 +867,52 @@ mod tests {
             store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
         assert_eq!(pages.len(), 2);
         assert_eq!((pages[1].0.clone(), pages[1].1.keys().count()), (key(late), 7));
+    }
+
+    /// Many short pages (as a daemon restarted often with a little traffic each time would
+    /// leave before merging): their keys become full pages, over several commits, and each
+    /// key is then in exactly one page.
+    #[tokio::test]
+    async fn many_short_pages_become_full_pages_each_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let bucket = bucket_of_generation(0);
+        let bid = &bucket.bucket_id;
+        let per = records::PAGE_KEYS - 6;
+        let ids: Vec<ObjectId> = (0..20 * per).map(|_| ObjectId::generate()).collect();
+        for chunk in ids.chunks(per) {
+            let mut page = records::DedupPage::new(&bucket);
+            for id in chunk {
+                page.push(id, &format!("h-{id}"));
+            }
+            let mut b = Batch::new();
+            b.put(Keyspace::DEDUP_PAGES, &records::key(bid, chunk[per - 1].as_str()), &page);
+            store.commit(b).await.unwrap();
+        }
+        let (_, scanned) = load_dedup(&store, &bucket, &[]).unwrap();
+        assert_eq!((scanned.keys.len(), scanned.stale.len()), (20 * per, 20));
+        page_loaded_keys(&store, &bucket, scanned).await.unwrap();
+        let pages: Vec<(String, records::DedupPage)> =
+            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 100).unwrap();
+        let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.keys().count()).collect();
+        let full = (20 * per) / records::PAGE_KEYS;
+        assert_eq!(sizes.len(), full + 1, "{sizes:?}");
+        assert!(
+            sizes[..full].iter().all(|n| *n == records::PAGE_KEYS)
+                && sizes[full] == 20 * per - full * records::PAGE_KEYS
+        );
+        assert_eq!(
+            pages[full].0,
+            records::key(bid, ids[20 * per - 1].as_str()),
+            "the last key's ID keys the last page"
+        );
+        let mut seen: Vec<ObjectId> =
+            pages.iter().flat_map(|(_, p)| p.keys().map(|k| k.unwrap().0).collect::<Vec<_>>()).collect();
+        seen.sort();
+        assert_eq!(seen, ids, "each key in exactly one page");
+        let (set, scanned) = load_dedup(&store, &bucket, &[]).unwrap();
+        assert!(ids.iter().all(|id| set.get(&format!("h-{id}")) == Some(id)));
+        assert_eq!((scanned.keys.len(), scanned.stale.len()), (0, 0));
     }
 
     /// A page's ID from the future (the clock stepped back across a restart): IDs made after
