@@ -779,8 +779,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let pages: Vec<(String, records::DedupPage)> =
-            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
+        let pages = pages_of(&store, bid);
         assert_eq!(
             pages.len(),
             5,
@@ -801,6 +800,11 @@ mod tests {
             .unwrap();
         let last: records::DedupPage = store.get(Keyspace::DEDUP_PAGES, &key(bid, &newest)).unwrap().unwrap();
         assert_eq!(last.keys().count(), records::PAGE_KEYS);
+    }
+
+    /// A bucket's dedup pages, in key order.
+    fn pages_of(store: &Store, bucket: &BucketId) -> Vec<(String, records::DedupPage)> {
+        store.list(Keyspace::DEDUP_PAGES, &records::prefix(bucket), None, 1000).unwrap()
     }
 
     /// Short pages (one per start that read anything) are merged: after a start at most one
@@ -841,8 +845,7 @@ mod tests {
         assert_eq!(scanned.keys.len(), 6, "the two short pages' keys");
         assert_eq!(scanned.newest.as_ref(), Some(&ids[records::PAGE_KEYS + 6]), "the last short page's ID");
         page_loaded_keys(&store, &bucket, scanned).await.unwrap();
-        let pages: Vec<(String, records::DedupPage)> =
-            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
+        let pages = pages_of(&store, bid);
         let shape: Vec<(String, usize)> = pages.iter().map(|(k, p)| (k.clone(), p.keys().count())).collect();
         assert_eq!(
             shape,
@@ -863,8 +866,7 @@ mod tests {
         assert_eq!(set.get("late"), Some(late));
         assert_eq!((scanned.keys.len(), scanned.newest.as_ref()), (7, Some(late)));
         page_loaded_keys(&store, &bucket, scanned).await.unwrap();
-        let pages: Vec<(String, records::DedupPage)> =
-            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 10).unwrap();
+        let pages = pages_of(&store, bid);
         assert_eq!(pages.len(), 2);
         assert_eq!((pages[1].0.clone(), pages[1].1.keys().count()), (key(late), 7));
     }
@@ -892,8 +894,7 @@ mod tests {
         let (_, scanned) = load_dedup(&store, &bucket, &[]).unwrap();
         assert_eq!((scanned.keys.len(), scanned.stale.len()), (20 * per, 20));
         page_loaded_keys(&store, &bucket, scanned).await.unwrap();
-        let pages: Vec<(String, records::DedupPage)> =
-            store.list(Keyspace::DEDUP_PAGES, &records::prefix(bid), None, 100).unwrap();
+        let pages = pages_of(&store, bid);
         let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.keys().count()).collect();
         let full = (20 * per) / records::PAGE_KEYS;
         assert_eq!(sizes.len(), full + 1, "{sizes:?}");
