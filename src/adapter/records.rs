@@ -29,8 +29,8 @@
 //! the marks only of the objects and buffer entries after the last page, then pages what it
 //! read (keys or not) under the newest ID read, so the next start does not read it again
 //! (`lifecycle::page_loaded_keys`), merged with the short page an earlier start left: at
-//! most one page of fewer than [`PAGE_KEYS`] keys is left after a start. IDs made after that sort after every ID read, whatever
-//! the clock says (`ids::generate_after`).
+//! most one page of fewer than [`PAGE_KEYS`] keys is left after a start. IDs made after
+//! that sort after every ID read, whatever the clock says (`ids::generate_after`).
 //!
 //! `xref` is the external-ID index, which maps an upstream's ID (a
 //! Mux asset, a Supabase row) to the objects made from it so lifecycle events (update,

@@ -9,7 +9,8 @@
 //! are written with direct I/O (`O_DIRECT`) where the filesystem takes it: the block goes
 //! from our buffer to the device without dirtying the page cache, and the sync that follows
 //! then has no writeback to start and wait for (measured here, a 4 KiB record with its sync:
-//! 0.18 ms against 0.29–0.31 ms through the page cache). A filesystem that refuses direct
+//! p50 0.12–0.27 ms against 0.14–0.32 ms through the page cache, faster in each of five
+//! runs). A filesystem that refuses direct
 //! I/O gets buffered writes, as before, and so does a record over 1 MiB (see
 //! [`DIRECT_MAX`]). sled then
 //! takes the writes in memory and persists them in its own time; a checkpoint (a sled
