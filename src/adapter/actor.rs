@@ -644,11 +644,7 @@ impl AdapterState {
         // The key goes in the record (see `records.rs`), and in the set now.
         let dedup = dedup_hash.map(|h| {
             self.dedup.insert(h.clone(), object_id.clone());
-            self.unpaged.push(&object_id, &h);
-            if self.unpaged.len() >= records::PAGE_KEYS {
-                let page = std::mem::replace(&mut self.unpaged, records::DedupPage::new(&self.bucket));
-                batch.put(Keyspace::DEDUP_PAGES, &records::key(self.bucket_id(), object_id.as_str()), &page);
-            }
+            self.unpaged.add(&self.bucket, &mut batch, &object_id, &h);
             DedupMark::new(h, &self.bucket)
         });
         self.stats.processed(now);

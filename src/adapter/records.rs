@@ -139,6 +139,20 @@ impl DedupPage {
         self.len += 1;
     }
 
+    /// Pushes a key; once the page holds [`PAGE_KEYS`], puts it in `batch` under that key's
+    /// object ID and starts a fresh page of `bucket`'s generation. Returns the stored key of
+    /// the page put, if one was.
+    pub fn add(&mut self, bucket: &Bucket, batch: &mut Batch, object_id: &ObjectId, hash: &str) -> Option<String> {
+        self.push(object_id, hash);
+        if self.len < PAGE_KEYS {
+            return None;
+        }
+        let full = std::mem::replace(self, DedupPage::new(bucket));
+        let page_key = key(&bucket.bucket_id, object_id.as_str());
+        batch.put(Keyspace::DEDUP_PAGES, &page_key, &full);
+        Some(page_key)
+    }
+
     /// How many keys were pushed (0 for a page read back: count [`DedupPage::keys`]).
     pub fn len(&self) -> usize {
         self.len

@@ -200,12 +200,12 @@ pub(super) fn load_dedup(
     store.for_each::<records::DedupPage>(Keyspace::DEDUP_PAGES, &prefix, |k, page| {
         // (The PATCH that bumps the generation deletes the pages: one of another is a stray.)
         if page.generation == bucket.dedup_generation {
-            let mut keys = Vec::new();
+            let mut count = 0;
             for key in page.keys() {
                 match key {
                     Ok((oid, hash)) => {
-                        set.insert(hash.to_string(), oid.clone());
-                        keys.push((oid, hash.to_string()));
+                        set.insert(hash.to_string(), oid);
+                        count += 1;
                     }
                     Err(entry) => {
                         damaged = Some(StoreError::Corrupt {
@@ -216,9 +216,10 @@ pub(super) fn load_dedup(
                     }
                 }
             }
-            if keys.len() < records::PAGE_KEYS {
+            if count < records::PAGE_KEYS {
+                // Read again for their copies: a full page's keys (most) are not copied.
                 short_pages.push(k.to_string());
-                short_keys.extend(keys);
+                short_keys.extend(page.keys().flatten().map(|(oid, hash)| (oid, hash.to_string())));
             }
             last_page = Some(k.to_string());
         }
@@ -312,12 +313,8 @@ pub(super) async fn page_loaded_keys(store: &Store, bucket: &Bucket, scanned: Sc
     let mut last_full = None;
     let mut stale: std::collections::HashSet<String> = scanned.stale.into_iter().collect();
     for (oid, hash) in scanned.keys {
-        page.push(&oid, &hash);
-        if page.len() >= records::PAGE_KEYS {
-            let full = std::mem::replace(&mut page, records::DedupPage::new(bucket));
-            let key = records::key(&bucket.bucket_id, oid.as_str());
+        if let Some(key) = page.add(bucket, &mut batch, &oid, &hash) {
             stale.remove(&key);
-            batch.put(Keyspace::DEDUP_PAGES, &key, &full);
             last_full = Some(oid);
             if batch.len() >= PAGES_PER_COMMIT {
                 store.commit(std::mem::take(&mut batch)).await?;
