@@ -4,9 +4,9 @@
 //! tokio runtime in this process and drives it from another runtime with `CONNECTIONS`
 //! concurrent keep-alive connections for `DURATION`, after a warm-up. Printed: requests/s
 //! and p50/p99 latency. Every ingest answer is durable (fsynced through group commit).
-//! The bare route is measured before the first scenario and again after each one (with the
-//! daemon idle), and each scenario's share is of the mean of the two bare runs around it:
-//! on a shared machine the ceiling itself moves.
+//! The bare route is measured before the first scenario and again after each round of each
+//! scenario (with the daemon idle), and each round's share is of the mean of the two bare
+//! runs around it: on a shared machine the ceiling itself moves.
 //! The last scenario adds a webhook subscribed to `object.created` (a fast local receiver),
 //! so each ingest also stores its event and the daemon delivers it: the full pipeline.
 //! Also printed: the whole process's CPU time per request (client and server together),
@@ -15,9 +15,9 @@
 //! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all),
 //! BENCH_PAD_BYTES (default 0: a string of that many bytes in each event, mapped to the
 //! object's `pad` field, for the cost of large objects; the bare route receives it too),
-//! BENCH_ROUNDS (default 1: each scenario runs that many times, each run between two bare
-//! runs, and the mean and range of its shares are printed; on this noisy machine one
-//! round's share moves by ±8 points from one minute to the next).
+//! BENCH_ROUNDS (default 1: each scenario runs that many times in a row, with a bare run
+//! after each, and the mean and the lowest and highest share are printed; on a noisy
+//! machine one round's share can move by up to about 9 points from one minute to the next).
 
 mod common;
 use common::process_cpu;
@@ -164,7 +164,7 @@ fn main() {
     let rounds = env_num("BENCH_ROUNDS", 1).max(1);
     let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let client = reqwest::Client::builder().pool_max_idle_per_host(conns).build().expect("client");
-    println!("ingest bench: {conns} connections, {secs} s per scenario, loopback");
+    println!("ingest bench: {conns} connections, {secs} s per round, {rounds} round(s) per scenario, loopback");
 
     // 1. The ceiling: a bare warp route answering 200 with a small JSON body.
     let bare_rt = server_runtime();
@@ -338,7 +338,7 @@ fn main() {
             let mean = shares.iter().sum::<f64>() / shares.len() as f64;
             let (min, max) = shares.iter().fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
             println!(
-                "{mode}: {} rounds, {mean:.1}% of the bare route on average (each round {min:.0}–{max:.0}%)",
+                "{mode}: {} rounds, {mean:.1}% of the bare route on average (rounds ranged {min:.0}–{max:.0}%)",
                 shares.len()
             );
         }
