@@ -10,11 +10,10 @@
 //! from our buffer to the device without dirtying the page cache, and the sync that follows
 //! then has no writeback to start and wait for (measured here, a 4 KiB record with its sync:
 //! p50 0.12–0.27 ms against 0.14–0.32 ms through the page cache, faster in each of five
-//! runs). A filesystem that refuses direct
-//! I/O gets buffered writes, as before, and so does a record over 1 MiB (see
-//! [`DIRECT_MAX`]). sled then
-//! takes the writes in memory and persists them in its own time; a checkpoint (a sled
-//! flush) retires the segments it covers, and start-up replays whatever segments are left.
+//! runs). A filesystem that refuses direct I/O gets buffered writes, as before, and so does
+//! a record over 1 MiB (see [`DIRECT_MAX`]). sled then takes the writes in memory and
+//! persists them in its own time; a checkpoint (a sled flush) retires the segments it
+//! covers, and start-up replays whatever segments are left.
 //!
 //! Replay is safe whatever state sled crashed in: records are replayed in log order, so every
 //! key written since the last checkpoint ends with its last logged value, and every other key
