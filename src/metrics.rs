@@ -205,14 +205,62 @@ thread_local! {
     /// Handles of the per-request series, by label values (see [`with_series`]).
     static HTTP_SERIES: RefCell<HashMap<(&'static str, &'static str, u16), Pair>> = RefCell::new(HashMap::new());
     static INGEST_SERIES: RefCell<HashMap<&'static str, Pair>> = RefCell::new(HashMap::new());
+    /// Handles of the series recorded once or more per ingest or per group commit (see
+    /// [`count`] and [`observe`]), by name and label (name, value; empty for none).
+    static COUNTERS: RefCell<HashMap<OneKey, Counter>> = RefCell::new(HashMap::new());
+    static HISTOGRAMS: RefCell<HashMap<HistogramKey, Histogram>> = RefCell::new(HashMap::new());
 }
+
+/// A series of one name and at most one label, all static: (name, label name, label value).
+type OneKey = (&'static str, &'static str, &'static str);
+
+impl SeriesKey for OneKey {
+    type Handle = Counter;
+    fn make(self) -> Counter {
+        match self {
+            (name, "", _) => counter!(name),
+            (name, label, value) => counter!(name, label => value),
+        }
+    }
+}
+
+/// A histogram's key: the same triple, told apart from a counter's by type.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct HistogramKey(OneKey);
+
+impl SeriesKey for HistogramKey {
+    type Handle = Histogram;
+    fn make(self) -> Histogram {
+        match self.0 {
+            (name, "", _) => histogram!(name),
+            (name, label, value) => histogram!(name, label => value),
+        }
+    }
+}
+
+/// Increments a counter of static name and label through a handle kept per thread (see
+/// [`with_series`]): these run once or more per ingest (objects created, events published)
+/// and per group commit, where a recorder lookup showed in the profile.
+fn count(name: &'static str, label: (&'static str, &'static str), n: u64) {
+    with_series(&COUNTERS, (name, label.0, label.1), |c| c.increment(n));
+}
+
+/// Records into a histogram of static name (no label) through a handle kept per thread.
+fn observe(name: &'static str, value: f64) {
+    with_series(&HISTOGRAMS, HistogramKey((name, "", "")), |h| h.record(value));
+}
+
+/// No label, for [`count`].
+const NONE: (&str, &str) = ("", "");
 
 /// What makes a series' handles from its label values.
 trait SeriesKey: Copy + Eq + std::hash::Hash {
-    fn make(self) -> Pair;
+    type Handle;
+    fn make(self) -> Self::Handle;
 }
 
 impl SeriesKey for (&'static str, &'static str, u16) {
+    type Handle = Pair;
     fn make(self) -> Pair {
         let (route, method, status) = self;
         (
@@ -223,6 +271,7 @@ impl SeriesKey for (&'static str, &'static str, u16) {
 }
 
 impl SeriesKey for &'static str {
+    type Handle = Pair;
     fn make(self) -> Pair {
         (counter!(INGEST_REQUESTS, "outcome" => self), histogram!(INGEST_DURATION, "outcome" => self))
     }
@@ -235,9 +284,9 @@ impl SeriesKey for &'static str {
 /// ingest outcomes). Handles are kept only once the recorder is installed: one taken before
 /// would be a no-op for good.
 fn with_series<K: SeriesKey>(
-    cache: &'static std::thread::LocalKey<RefCell<HashMap<K, Pair>>>,
+    cache: &'static std::thread::LocalKey<RefCell<HashMap<K, K::Handle>>>,
     key: K,
-    f: impl FnOnce(&Pair),
+    f: impl FnOnce(&K::Handle),
 ) {
     if HANDLE.get().is_none() {
         return f(&key.make());
@@ -259,11 +308,11 @@ pub fn actor_restart(kind: &'static str) {
 /// A group commit that wrote something, or failed. (A group of empty batches, barriers,
 /// writes nothing and is not counted: it would skew the commit figures low.)
 pub fn store_commit(batches: usize, elapsed: Duration, ok: bool) {
-    counter!(STORE_COMMITS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+    count(STORE_COMMITS, ("outcome", if ok { "ok" } else { "error" }), 1);
     if ok {
-        counter!(STORE_COMMIT_BATCHES).increment(batches as u64);
+        count(STORE_COMMIT_BATCHES, NONE, batches as u64);
     }
-    histogram!(STORE_COMMIT_DURATION).record(elapsed.as_secs_f64());
+    observe(STORE_COMMIT_DURATION, elapsed.as_secs_f64());
 }
 
 pub fn store_apply(elapsed: Duration) {
@@ -271,7 +320,7 @@ pub fn store_apply(elapsed: Duration) {
 }
 
 pub fn store_flush(elapsed: Duration) {
-    histogram!(STORE_FLUSH_DURATION).record(elapsed.as_secs_f64());
+    observe(STORE_FLUSH_DURATION, elapsed.as_secs_f64());
 }
 
 pub fn store_checkpoint(elapsed: Duration) {
@@ -290,7 +339,7 @@ pub fn event_published(event_type: &str) {
     // Event types are a catalog plus any name a client publishes: only catalogued ones get
     // their own series (a client publishing `tenant.{id}.created` must not add one per ID).
     let label = crate::delivery::model::EVENT_TYPES.iter().find(|(t, _)| *t == event_type).map_or("other", |(t, _)| *t);
-    counter!(EVENTS_PUBLISHED, "event_type" => label).increment(1);
+    count(EVENTS_PUBLISHED, ("event_type", label), 1);
 }
 
 pub fn buckets(n: usize) {
@@ -331,7 +380,7 @@ pub fn ingest_request(outcome: &'static str, elapsed: Duration) {
 }
 
 pub fn ingest_buffered() {
-    counter!(INGEST_BUFFERED).increment(1);
+    count(INGEST_BUFFERED, NONE, 1);
 }
 
 pub fn ingest_flush(trigger: &'static str) {
@@ -339,7 +388,7 @@ pub fn ingest_flush(trigger: &'static str) {
 }
 
 pub fn ingest_objects_created(n: usize) {
-    counter!(INGEST_OBJECTS_CREATED).increment(n as u64);
+    count(INGEST_OBJECTS_CREATED, NONE, n as u64);
 }
 
 // ---- outbound (delivery): names, descriptions, recorders ----
