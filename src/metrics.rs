@@ -279,8 +279,8 @@ impl SeriesKey for &'static str {
 /// the recorder (building its key, allocating the status label, hashing, a sharded map's
 /// lock) was 2% of an ingest's CPU in a profile (about 1 µs; the bench cannot tell it from
 /// noise). No lock here, and bounded by the label sets (route templates × methods × statuses,
-/// ingest outcomes, the static names and labels of [`count`] and [`observe`]). Handles are kept only once the recorder is installed: one taken before
-/// would be a no-op for good.
+/// ingest outcomes, the static names and labels of [`count`] and [`observe`]). Handles are
+/// kept only once the recorder is installed: one taken before would be a no-op for good.
 fn with_series<K: SeriesKey>(
     cache: &'static std::thread::LocalKey<RefCell<HashMap<K, K::Handle>>>,
     key: K,
