@@ -6,9 +6,9 @@
 //! and p50/p99 latency. Every ingest answer is durable (fsynced through group commit).
 //! The bare route gets the same requests as ingest (path, headers and body; only the IDs in
 //! them differ) and gives the same answer as a created ingest, so the two differ only in what
-//! the daemon does. The bare route is measured before the first scenario and again after each round of each
-//! scenario (with the daemon idle), and each round's share is of the mean of the two bare
-//! runs around it: on a shared machine the ceiling itself moves.
+//! the daemon does. It is measured before the first scenario and again after each round of
+//! each scenario (with the daemon idle), and each round's share is of the mean of the two
+//! bare runs around it: on a shared machine the ceiling itself moves.
 //! The last scenario adds a webhook subscribed to `object.created` (a fast local receiver),
 //! so each ingest also stores its event and the daemon delivers it: the full pipeline.
 //! Also printed: the whole process's CPU time per request (client and server together),
