@@ -203,8 +203,8 @@ fn main() {
     let bare_req: MakeRequest = Arc::new(move |c, i| {
         c.post(&bare_url).header("content-type", "application/json").header("x-webhook-secret", &bare_secret).body(b(i))
     });
-    // The machine is shared: the ceiling is measured again after every scenario, and each
-    // scenario's share is of the mean of the bare runs just before and after it.
+    // The machine is shared: the ceiling is measured again after every round of every
+    // scenario, and each round's share is of the mean of the bare runs just before and after it.
     let run_bare = || client_rt.block_on(drive("bare warp route", client.clone(), conns, secs, bare_req.clone()));
     let mut bare = run_bare();
     print(&bare, None);
