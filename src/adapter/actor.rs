@@ -660,7 +660,7 @@ impl AdapterState {
             BatchMode::TimeWindow | BatchMode::Count => {
                 let entry = BufferEntry { object_id: object_id.clone(), received_at_ms: now, draft, dedup };
                 self.buffer_bytes +=
-                    batch.put(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()), &entry);
+                    batch.put_new(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()), &entry);
                 self.buffer.push(entry);
                 crate::metrics::ingest_buffered();
                 // Flush early, in the same atomic batch (the buffer put above is undone by the

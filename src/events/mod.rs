@@ -169,7 +169,7 @@ impl EventBus {
             if listening { (payload(), scopes.to_json()) } else { (serde_json::Value::Null, Vec::new()) };
         let rec = EventRecord { stored: listening, ..EventRecord::new(event_type, payload, cache_scopes) };
         if listening {
-            batch.put(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
+            batch.put_new(Keyspace::OUTBOX, rec.event_id.as_str(), &rec);
         }
         rec
     }

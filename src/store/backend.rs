@@ -172,7 +172,7 @@ impl SledBackend {
 /// A batch's operations as `(key, value)`, `None` deleting.
 fn entries(batch: &Batch) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
     batch.ops.iter().map(|op| match op {
-        Op::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+        Op::Put(k, v) | Op::PutNew(k, v) => (k.as_slice(), Some(v.as_slice())),
         Op::Delete(k) => (k.as_slice(), None),
     })
 }

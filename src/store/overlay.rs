@@ -11,9 +11,13 @@
 //! `active`, then `frozen`, then the backend, so a write is visible from the moment its
 //! writer is answered, and stays visible while it moves into the backend.
 //!
+//! A key written by [`Op::PutNew`] exists nowhere below `active`: deleted while still there,
+//! it leaves `active` altogether, and neither write reaches the backend (a buffered event
+//! flushed within the interval: most of them, under load).
+//!
 //! This module must not know what the keys mean.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -37,6 +41,12 @@ const HARD_BYTES: usize = 64 << 20;
 struct Layers {
     active: Layer,
     active_bytes: usize,
+    /// The keys of `active` that exist in no layer below it nor in the backend (see
+    /// [`Op::PutNew`]): a delete of one removes it from `active` instead of recording it.
+    fresh: HashSet<Vec<u8>>,
+    /// Whether a group was added since the last freeze (`active` may be empty even so,
+    /// every write of it cancelled: the segments it came from still count as applied).
+    logged: bool,
     /// The highest log segment holding a write of `active`.
     active_segment: Option<u64>,
     frozen: Option<Arc<Layer>>,
@@ -69,15 +79,32 @@ impl Overlay {
     /// Adds a synced group (log order) from `segment`. Returns whether `active` is now
     /// over [`SOFT_BYTES`] (time to freeze).
     pub(crate) fn insert(&self, batch: Batch, segment: u64) -> bool {
-        let mut l = self.write();
+        let mut guard = self.write();
+        let l = &mut *guard;
         for op in batch.ops {
             let (key, value) = match op {
                 Op::Put(k, v) => (k, Some(Bytes::from(v))),
-                Op::Delete(k) => (k, None),
+                Op::PutNew(k, v) => {
+                    // New unless a layer shows it (then it stays as it was); for the backend,
+                    // the caller's word stands (a key built from a newly generated ID).
+                    let seen = l.active.contains_key(&k) || l.frozen.as_ref().is_some_and(|f| f.contains_key(&k));
+                    if !seen {
+                        l.fresh.insert(k.clone());
+                    }
+                    (k, Some(Bytes::from(v)))
+                }
+                Op::Delete(k) => {
+                    if l.fresh.remove(&k) {
+                        l.active.remove(&k);
+                        continue;
+                    }
+                    (k, None)
+                }
             };
             l.active_bytes += key.len() + value.as_ref().map_or(0, Bytes::len);
             l.active.insert(key, value);
         }
+        l.logged = true;
         l.active_segment = Some(segment);
         l.active_bytes > SOFT_BYTES
     }
@@ -96,14 +123,18 @@ impl Overlay {
         }
     }
 
-    /// Freezes `active` for the apply thread; `None` when there is nothing to apply. Only
-    /// one layer is frozen at a time: call [`Overlay::applied`] before freezing again.
+    /// Freezes `active` for the apply thread; `None` when nothing was logged since the last
+    /// freeze. A layer whose every write cancelled out is frozen empty, so the log segments
+    /// it came from still count as applied. Only one layer is frozen at a time: call
+    /// [`Overlay::applied`] before freezing again.
     pub(crate) fn freeze(&self) -> Option<Frozen> {
         let mut l = self.write();
-        if l.active.is_empty() || l.frozen.is_some() {
+        if !l.logged || l.frozen.is_some() {
             return None;
         }
         let layer = Arc::new(std::mem::take(&mut l.active));
+        l.fresh.clear();
+        l.logged = false;
         l.active_bytes = 0;
         l.frozen = Some(layer.clone());
         Some(Frozen { layer, segment: l.active_segment })
@@ -332,6 +363,65 @@ mod tests {
         l.overlay.applied();
         assert!(l.overlay.freeze().is_none());
         assert_eq!(scan(&l, b"a/"), expect);
+    }
+
+    /// A new key deleted while still in `active` leaves no trace for the backend; one
+    /// deleted after its layer froze, or a key that existed, is deleted there as usual.
+    #[test]
+    fn a_new_key_deleted_within_its_layer_never_reaches_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
+        let mut base = Batch::new();
+        put(&mut base, "k/old", "stored");
+        backend.apply(&base).unwrap();
+        let l = Layered { overlay: Arc::default(), backend: backend.clone() };
+        let new = |b: &mut Batch, k: &str| b.ops.push(Op::PutNew(k.as_bytes().to_vec(), b"v".to_vec()));
+        let del = |b: &mut Batch, k: &str| b.ops.push(Op::Delete(k.as_bytes().to_vec()));
+
+        let mut first = Batch::new();
+        new(&mut first, "k/a"); // deleted in the same layer, by a later group
+        new(&mut first, "k/b"); // deleted after its layer froze
+        new(&mut first, "k/c"); // rewritten, then deleted: still new
+        l.overlay.insert(first, 0);
+        assert_eq!(l.get(b"k/a").unwrap().as_deref(), Some(&b"v"[..]), "visible once logged");
+        let mut second = Batch::new();
+        del(&mut second, "k/a");
+        put(&mut second, "k/c", "w");
+        del(&mut second, "k/c");
+        del(&mut second, "k/old"); // existed: its delete must reach the backend
+        l.overlay.insert(second, 0);
+        assert_eq!(l.get(b"k/a").unwrap(), None);
+        let frozen = l.overlay.freeze().unwrap();
+        let keys: Vec<&[u8]> = frozen.layer.keys().map(Vec::as_slice).collect();
+        assert_eq!(keys, vec![&b"k/b"[..], b"k/old"], "the cancelled keys are gone from the layer");
+        assert_eq!(frozen.layer.get(&b"k/old"[..]), Some(&None));
+
+        let mut third = Batch::new();
+        del(&mut third, "k/b");
+        new(&mut third, "k/b"); // claimed new while the frozen layer holds it: not taken as new
+        del(&mut third, "k/b");
+        l.overlay.insert(third, 1);
+        Overlay::apply(&frozen, backend.as_ref()).unwrap();
+        l.overlay.applied();
+        let rest = l.overlay.freeze().unwrap();
+        assert_eq!(rest.layer.get(&b"k/b"[..]), Some(&None), "a delete after the freeze is kept");
+        Overlay::apply(&rest, backend.as_ref()).unwrap();
+        l.overlay.applied();
+        assert_eq!(scan(&l, b"k/"), Vec::new());
+        assert_eq!(backend.get(b"k/b").unwrap(), None);
+        assert_eq!(backend.get(b"k/old").unwrap(), None);
+
+        // A layer whose every write cancelled still freezes (empty), so its segment counts
+        // as applied; with nothing logged since, there is nothing to freeze.
+        let mut gone = Batch::new();
+        new(&mut gone, "k/d");
+        del(&mut gone, "k/d");
+        l.overlay.insert(gone, 2);
+        let empty = l.overlay.freeze().expect("an empty layer with a segment");
+        assert!(empty.layer.is_empty());
+        assert_eq!(empty.segment, Some(2));
+        l.overlay.applied();
+        assert!(l.overlay.freeze().is_none());
     }
 
     fn scan_rev(l: &Layered, prefix: &[u8], end: Option<&[u8]>, most: usize) -> Vec<(String, String)> {

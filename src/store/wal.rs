@@ -236,7 +236,8 @@ pub(crate) fn record(batch: &Batch, out: &mut Vec<u8>) -> io::Result<()> {
 fn encode(batch: &Batch, out: &mut Vec<u8>) {
     for op in &batch.ops {
         match op {
-            Op::Put(k, v) => {
+            // Whether a key is new matters only in memory (see `Op::PutNew`).
+            Op::Put(k, v) | Op::PutNew(k, v) => {
                 out.push(PUT);
                 push_bytes(out, k);
                 push_bytes(out, v);
@@ -594,6 +595,18 @@ mod tests {
         assert_eq!(record_of(&read.records[2]), records[2]);
         assert!(!read.valid_after_stop);
         assert!(seg.fits(4000) && !seg.fits(5000));
+    }
+
+    /// Whether a key is new is not logged: a replay applies a plain put.
+    #[test]
+    fn a_put_of_a_new_key_is_logged_as_a_put() {
+        let mut new = Batch::new();
+        new.put_new(Keyspace::BUFFER, "b/1", &"v");
+        let mut plain = Batch::new();
+        plain.put(Keyspace::BUFFER, "b/1", &"v");
+        assert_eq!(record_of(&new), record_of(&plain));
+        let back = decode(&record_of(&new)[HEADER..]).unwrap();
+        assert!(matches!(back.ops.as_slice(), [Op::Put(k, v)] if k.ends_with(b"b/1") && v == b"\"v\""));
     }
 
     /// Records written with direct I/O where the filesystem takes it (the temporary
