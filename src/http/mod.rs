@@ -89,6 +89,8 @@ pub async fn serve(
     let read_timeout = Duration::from_secs(state.shared.config.server.read_timeout_seconds);
     let max_connections = state.shared.config.server.max_connections;
     let upstream_bodies = BodyBudget::new(state.shared.config.server.max_upstream_body_memory_mb);
+    // One reference count per request, not one per handle the state holds.
+    let state = std::sync::Arc::new(state);
     let filter = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
