@@ -17,7 +17,7 @@
 //!
 //! This module must not know what the keys mean.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -27,9 +27,19 @@ use bytes::Bytes;
 use super::backend::Visitor;
 use super::{Backend, Batch, Op, StoreError};
 
-/// A key's newest logged state: `None` is a delete. Values are `Bytes` (taken over from the
-/// batch without a copy) so a scan's copy of the overlay shares them.
-type Layer = BTreeMap<Vec<u8>, Option<Bytes>>;
+/// Each key's newest logged state.
+type Layer = BTreeMap<Vec<u8>, Entry>;
+
+/// A key's newest logged state in one layer.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    /// `None` is a delete. `Bytes` (taken over from the batch without a copy) so a scan's
+    /// copy of the overlay shares them.
+    value: Option<Bytes>,
+    /// The key exists in no layer below this one nor in the backend (it came from an
+    /// [`Op::PutNew`]): a delete removes the entry instead of recording itself.
+    fresh: bool,
+}
 
 /// Above this many bytes in `active`, the apply thread is asked to freeze it at once.
 pub(crate) const SOFT_BYTES: usize = 8 << 20;
@@ -41,9 +51,6 @@ const HARD_BYTES: usize = 64 << 20;
 struct Layers {
     active: Layer,
     active_bytes: usize,
-    /// The keys of `active` that exist in no layer below it nor in the backend (see
-    /// [`Op::PutNew`]): a delete of one removes it from `active` instead of recording it.
-    fresh: HashSet<Vec<u8>>,
     /// Whether a group was added since the last freeze (`active` may be empty even so,
     /// every write of it cancelled: the segments it came from still count as applied).
     logged: bool,
@@ -82,27 +89,30 @@ impl Overlay {
         let mut guard = self.write();
         let l = &mut *guard;
         for op in batch.ops {
-            let (key, value) = match op {
-                Op::Put(k, v) => (k, Some(Bytes::from(v))),
-                Op::PutNew(k, v) => {
-                    // New unless a layer shows it (then it stays as it was); for the backend,
-                    // the caller's word stands (a key built from a newly generated ID).
-                    let seen = l.active.contains_key(&k) || l.frozen.as_ref().is_some_and(|f| f.contains_key(&k));
-                    if !seen {
-                        l.fresh.insert(k.clone());
-                    }
-                    (k, Some(Bytes::from(v)))
-                }
-                Op::Delete(k) => {
-                    if l.fresh.remove(&k) {
-                        l.active.remove(&k);
+            let (key, value, new) = match op {
+                Op::Put(k, v) => (k, Some(Bytes::from(v)), false),
+                Op::PutNew(k, v) => (k, Some(Bytes::from(v)), true),
+                Op::Delete(k) => (k, None, false),
+            };
+            let bytes = key.len() + value.as_ref().map_or(0, Bytes::len);
+            match l.active.entry(key) {
+                // A key already in `active` stays as new as it was: a put keeps it out of
+                // the layers below, a delete of a new one cancels it.
+                btree_map::Entry::Occupied(mut e) => {
+                    if value.is_none() && e.get().fresh {
+                        e.remove();
                         continue;
                     }
-                    (k, None)
+                    e.get_mut().value = value;
                 }
-            };
-            l.active_bytes += key.len() + value.as_ref().map_or(0, Bytes::len);
-            l.active.insert(key, value);
+                // New unless the frozen layer shows it; for the backend the caller's word
+                // stands (a key built from a newly generated ID).
+                btree_map::Entry::Vacant(e) => {
+                    let fresh = new && !l.frozen.as_ref().is_some_and(|f| f.contains_key(e.key()));
+                    e.insert(Entry { value, fresh });
+                }
+            }
+            l.active_bytes += bytes;
         }
         l.logged = true;
         l.active_segment = Some(segment);
@@ -133,7 +143,6 @@ impl Overlay {
             return None;
         }
         let layer = Arc::new(std::mem::take(&mut l.active));
-        l.fresh.clear();
         l.logged = false;
         l.active_bytes = 0;
         l.frozen = Some(layer.clone());
@@ -142,7 +151,7 @@ impl Overlay {
 
     /// Writes a frozen layer into the backend, in key order.
     pub(crate) fn apply(frozen: &Frozen, backend: &dyn Backend) -> Result<(), StoreError> {
-        backend.apply_each(&mut frozen.layer.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))
+        backend.apply_each(&mut frozen.layer.iter().map(|(k, e)| (k.as_slice(), e.value.as_deref())))
     }
 
     /// Drops the frozen layer once the backend holds it.
@@ -156,24 +165,24 @@ impl Overlay {
     /// does not hold it (ask the backend).
     fn lookup(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let l = self.read();
-        let v = l.active.get(key).or_else(|| l.frozen.as_ref().and_then(|f| f.get(key)))?;
-        Some(v.as_deref().map(<[u8]>::to_vec))
+        let e = l.active.get(key).or_else(|| l.frozen.as_ref().and_then(|f| f.get(key)))?;
+        Some(e.value.as_deref().map(<[u8]>::to_vec))
     }
 
     /// The overlay's entries `>= start` and `< end` (no bound when `None`) that start with
     /// `prefix`, newest state per key, in key order.
     fn range(&self, start: &[u8], end: Option<&[u8]>, prefix: &[u8]) -> Vec<(Vec<u8>, Option<Bytes>)> {
         let l = self.read();
-        let mut merged: Layer = BTreeMap::new();
+        let mut merged: BTreeMap<Vec<u8>, Option<Bytes>> = BTreeMap::new();
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let layers = l.frozen.iter().map(|f| f.as_ref()).chain(std::iter::once(&l.active));
         for layer in layers {
             // Later layers are newer: they overwrite.
-            for (k, v) in layer.range::<[u8], _>((Bound::Included(start), upper)) {
+            for (k, e) in layer.range::<[u8], _>((Bound::Included(start), upper)) {
                 if !k.starts_with(prefix) {
                     break;
                 }
-                merged.insert(k.clone(), v.clone());
+                merged.insert(k.clone(), e.value.clone());
             }
         }
         merged.into_iter().collect()
@@ -394,7 +403,7 @@ mod tests {
         let frozen = l.overlay.freeze().unwrap();
         let keys: Vec<&[u8]> = frozen.layer.keys().map(Vec::as_slice).collect();
         assert_eq!(keys, vec![&b"k/b"[..], b"k/old"], "the cancelled keys are gone from the layer");
-        assert_eq!(frozen.layer.get(&b"k/old"[..]), Some(&None));
+        assert_eq!(frozen.layer.get(&b"k/old"[..]).map(|e| &e.value), Some(&None));
 
         let mut third = Batch::new();
         del(&mut third, "k/b");
@@ -404,7 +413,7 @@ mod tests {
         Overlay::apply(&frozen, backend.as_ref()).unwrap();
         l.overlay.applied();
         let rest = l.overlay.freeze().unwrap();
-        assert_eq!(rest.layer.get(&b"k/b"[..]), Some(&None), "a delete after the freeze is kept");
+        assert_eq!(rest.layer.get(&b"k/b"[..]).map(|e| &e.value), Some(&None), "a delete after the freeze is kept");
         Overlay::apply(&rest, backend.as_ref()).unwrap();
         l.overlay.applied();
         assert_eq!(scan(&l, b"k/"), Vec::new());
