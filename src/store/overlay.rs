@@ -100,7 +100,9 @@ impl Overlay {
                 // the layers below, a delete of a new one cancels it.
                 btree_map::Entry::Occupied(mut e) => {
                     if value.is_none() && e.get().fresh {
-                        e.remove();
+                        // Its bytes no longer count towards a freeze.
+                        let held = e.key().len() + e.remove().value.map_or(0, |v| v.len());
+                        l.active_bytes = l.active_bytes.saturating_sub(held);
                         continue;
                     }
                     e.get_mut().value = value;
@@ -406,9 +408,8 @@ mod tests {
         assert_eq!(frozen.layer.get(&b"k/old"[..]).map(|e| &e.value), Some(&None));
 
         let mut third = Batch::new();
-        del(&mut third, "k/b");
-        new(&mut third, "k/b"); // claimed new while the frozen layer holds it: not taken as new
-        del(&mut third, "k/b");
+        new(&mut third, "k/b"); // claimed new while the frozen layer holds it: not taken as new,
+        del(&mut third, "k/b"); // so its delete is kept
         l.overlay.insert(third, 1);
         Overlay::apply(&frozen, backend.as_ref()).unwrap();
         l.overlay.applied();
@@ -426,6 +427,7 @@ mod tests {
         new(&mut gone, "k/d");
         del(&mut gone, "k/d");
         l.overlay.insert(gone, 2);
+        assert_eq!(l.overlay.read().active_bytes, 0, "a cancelled write no longer counts towards a freeze");
         let empty = l.overlay.freeze().expect("an empty layer with a segment");
         assert!(empty.layer.is_empty());
         assert_eq!(empty.segment, Some(2));
