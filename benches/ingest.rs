@@ -49,6 +49,22 @@ fn server_runtime() -> tokio::runtime::Runtime {
 /// Builds request number `i` of a scenario.
 type MakeRequest = Arc<dyn Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync>;
 
+/// An ingest request as an upstream sends it: the one form both the bare route and hookline
+/// get, so they differ only in what the server does. Request `i` carries event `first + i`.
+fn ingest_request(
+    url: String,
+    secret: String,
+    body: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+    first: u64,
+) -> MakeRequest {
+    Arc::new(move |c, i| {
+        c.post(&url)
+            .header("content-type", "application/json")
+            .header("x-webhook-secret", &secret)
+            .body(body(first + i))
+    })
+}
+
 struct Report {
     name: &'static str,
     rps: f64,
@@ -196,13 +212,10 @@ fn main() {
     };
     let body =
         Arc::new(move |i: u64| format!(r#"{{"type":"item.ready","data":{{"id":"e{i}","n":{i}{pad}}}}}"#).into_bytes());
-    let b = body.clone();
     let bare_url =
         format!("http://{bare_addr}/v1/buckets/{}/source-adapter/ingest", hookline::ids::BucketId::generate());
     let bare_secret = hex::encode(rand::random::<[u8; 32]>());
-    let bare_req: MakeRequest = Arc::new(move |c, i| {
-        c.post(&bare_url).header("content-type", "application/json").header("x-webhook-secret", &bare_secret).body(b(i))
-    });
+    let bare_req = ingest_request(bare_url, bare_secret, body.clone(), 0);
     // The machine is shared: the ceiling is measured again after every round of every
     // scenario, and each round's share is of the mean of the bare runs just before and after it.
     let run_bare = || client_rt.block_on(drive("bare warp route", client.clone(), conns, secs, bare_req.clone()));
@@ -304,18 +317,8 @@ fn main() {
             // Each round's events are new ones (not duplicates of the last round's).
             let first = round * 1_000_000_000;
             let received_before = delivered.load(Ordering::Relaxed);
-            let report = client_rt.block_on(drive(
-                mode,
-                client.clone(),
-                conns,
-                secs,
-                Arc::new(move |c, i| {
-                    c.post(&url)
-                        .header("content-type", "application/json")
-                        .header("x-webhook-secret", &secret)
-                        .body(b(first + i))
-                }),
-            ));
+            let report =
+                client_rt.block_on(drive(mode, client.clone(), conns, secs, ingest_request(url, secret, b, first)));
             let received = delivered.load(Ordering::Relaxed) - received_before;
             let m = client_rt
                 .block_on(async { client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() });

@@ -111,16 +111,6 @@ impl From<sled::Error> for StoreError {
     }
 }
 
-/// A value as stored: its JSON. Serializing our own model types cannot fail (no non-string
-/// map keys, no custom serializers that error); a failure would be a programming error
-/// caught by tests.
-fn to_json<T: Serialize + ?Sized>(ks: Keyspace, value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_else(|e| {
-        tracing::error!(error = %e, keyspace = ks.name(), "serialize value for store");
-        Vec::new()
-    })
-}
-
 /// One write operation of a batch.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -156,19 +146,32 @@ impl Batch {
     /// Adds a put; returns the stored value's size in bytes (for callers that bound what
     /// they hold).
     pub fn put<T: Serialize + ?Sized>(&mut self, ks: Keyspace, key: &str, value: &T) -> usize {
-        let bytes = to_json(ks, value);
-        let size = bytes.len();
-        self.ops.push(Op::Put(ks.key(key), bytes));
-        size
+        self.push_put(Op::Put, ks, key, value)
     }
 
     /// [`Batch::put`] of a key that exists nowhere yet, not in the store nor in a batch
     /// submitted earlier: one built from an ID generated for it. Wrongly used on a key that
     /// exists, a delete that follows soon could leave its stored value in place.
     pub fn put_new<T: Serialize + ?Sized>(&mut self, ks: Keyspace, key: &str, value: &T) -> usize {
-        let bytes = to_json(ks, value);
+        self.push_put(Op::PutNew, ks, key, value)
+    }
+
+    /// Adds `value`'s JSON under `key` as the put `op` makes; returns its size.
+    fn push_put<T: Serialize + ?Sized>(
+        &mut self,
+        op: fn(Vec<u8>, Vec<u8>) -> Op,
+        ks: Keyspace,
+        key: &str,
+        value: &T,
+    ) -> usize {
+        // Serializing our own model types cannot fail (no non-string map keys, no custom
+        // serializers that error); a failure would be a programming error caught by tests.
+        let bytes = serde_json::to_vec(value).unwrap_or_else(|e| {
+            tracing::error!(error = %e, keyspace = ks.name(), "serialize value for store");
+            Vec::new()
+        });
         let size = bytes.len();
-        self.ops.push(Op::PutNew(ks.key(key), bytes));
+        self.ops.push(op(ks.key(key), bytes));
         size
     }
 

@@ -328,16 +328,23 @@ mod tests {
         b.ops.push(Op::Put(k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
 
-    #[test]
-    fn reads_see_active_then_frozen_then_the_backend() {
+    /// An empty overlay over a sled backend that holds `stored` (its directory lives as
+    /// long as the returned guard).
+    fn over(stored: &[(&str, &str)]) -> (tempfile::TempDir, Layered) {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
         let mut base = Batch::new();
-        for k in ["a/1", "a/3", "a/5", "b/1"] {
-            put(&mut base, k, "old");
+        for (k, v) in stored {
+            put(&mut base, k, v);
         }
         backend.apply(&base).unwrap();
-        let l = Layered { overlay: Arc::default(), backend: backend.clone() };
+        (dir, Layered { overlay: Arc::default(), backend })
+    }
+
+    #[test]
+    fn reads_see_active_then_frozen_then_the_backend() {
+        let (_dir, l) = over(&[("a/1", "old"), ("a/3", "old"), ("a/5", "old"), ("b/1", "old")]);
+        let backend = l.backend.clone();
 
         let mut first = Batch::new();
         put(&mut first, "a/2", "new");
@@ -380,12 +387,8 @@ mod tests {
     /// deleted after its layer froze, or a key that existed, is deleted there as usual.
     #[test]
     fn a_new_key_deleted_within_its_layer_never_reaches_the_backend() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
-        let mut base = Batch::new();
-        put(&mut base, "k/old", "stored");
-        backend.apply(&base).unwrap();
-        let l = Layered { overlay: Arc::default(), backend: backend.clone() };
+        let (_dir, l) = over(&[("k/old", "stored")]);
+        let backend = l.backend.clone();
         let new = |b: &mut Batch, k: &str| b.ops.push(Op::PutNew(k.as_bytes().to_vec(), b"v".to_vec()));
         let del = |b: &mut Batch, k: &str| b.ops.push(Op::Delete(k.as_bytes().to_vec()));
 
@@ -447,14 +450,8 @@ mod tests {
 
     #[test]
     fn a_reverse_scan_merges_the_layers_newest_key_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
-        let mut base = Batch::new();
-        for k in ["a/1", "a/3", "a/5", "a/7", "b/1", "a"] {
-            put(&mut base, k, "old");
-        }
-        backend.apply(&base).unwrap();
-        let l = Layered { overlay: Arc::default(), backend };
+        let old = ["a/1", "a/3", "a/5", "a/7", "b/1", "a"].map(|k| (k, "old"));
+        let (_dir, l) = over(&old);
         let mut first = Batch::new();
         put(&mut first, "a/2", "new");
         put(&mut first, "a/3", "new"); // in both layers: the active one wins
@@ -492,13 +489,7 @@ mod tests {
 
     #[test]
     fn a_scan_stops_when_the_visitor_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir.path()).unwrap());
-        let mut base = Batch::new();
-        put(&mut base, "k/2", "b");
-        put(&mut base, "k/4", "b");
-        backend.apply(&base).unwrap();
-        let l = Layered { overlay: Arc::default(), backend };
+        let (_dir, l) = over(&[("k/2", "b"), ("k/4", "b")]);
         let mut newer = Batch::new();
         put(&mut newer, "k/1", "o");
         put(&mut newer, "k/3", "o");
