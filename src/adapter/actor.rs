@@ -658,9 +658,9 @@ impl AdapterState {
                 IngestStatus::Created
             }
             BatchMode::TimeWindow | BatchMode::Count => {
-                let (entry, json) = BufferEntry::new(object_id.clone(), now, draft, dedup);
+                let entry = BufferEntry { object_id: object_id.clone(), received_at_ms: now, draft, dedup };
                 self.buffer_bytes +=
-                    batch.put_new_json(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()), json);
+                    batch.put_new(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()), &entry);
                 self.buffer.push(entry);
                 crate::metrics::ingest_buffered();
                 // Flush early, in the same atomic batch (the buffer put above is undone by the
@@ -708,12 +708,10 @@ impl AdapterState {
             let chunk: Vec<BufferEntry> = pending.drain(..take).collect();
             let batch_id = BatchId::generate();
             let mut object_ids = Vec::with_capacity(chunk.len());
-            let now = crate::util::now_rfc3339();
-            batch.reserve(2 * chunk.len() + 2);
             for e in chunk {
                 let key = records::key(&bucket_id, e.object_id.as_str());
-                let (rec, json) = e.into_object(bucket_id.clone(), Some(batch_id.clone()), &now);
-                batch.put_json(Keyspace::OBJECTS, &key, json);
+                let rec = ObjectRecord::new(e.object_id, bucket_id.clone(), e.draft, Some(batch_id.clone()), e.dedup);
+                batch.put(Keyspace::OBJECTS, &key, &rec);
                 batch.delete(Keyspace::BUFFER, &key);
                 if let Some(wb) = &writeback {
                     super::writeback::record(batch, wb, &rec, &batch_id);
@@ -722,6 +720,7 @@ impl AdapterState {
                 events.push(self.shared.bus.record(batch, "object.created", || rec.event_payload(), scopes));
                 object_ids.push(rec.object_id);
             }
+            let now = crate::util::now_rfc3339();
             let mut br = BatchRecord {
                 batch_id,
                 bucket_id: bucket_id.clone(),
@@ -758,7 +757,7 @@ impl AdapterState {
         let bucket_id = self.bucket.bucket_id.clone();
         for entry in self.buffer.iter_mut().filter(|e| ids.contains(&e.object_id)) {
             let old = stored_size(entry);
-            entry.draft_mut().refresh(draft.clone());
+            entry.draft.refresh(draft.clone());
             let new = batch.put(Keyspace::BUFFER, &records::key(&bucket_id, entry.object_id.as_str()), &*entry);
             self.buffer_bytes = self.buffer_bytes.saturating_sub(old) + new;
         }

@@ -25,7 +25,6 @@ pub mod pipeline;
 pub mod records;
 pub mod registry;
 pub mod spec;
-pub mod spliced;
 pub mod supabase;
 pub mod verify;
 pub mod writeback;

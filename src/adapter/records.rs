@@ -269,18 +269,7 @@ impl ObjectRecord {
         batch_id: Option<BatchId>,
         dedup: Option<DedupMark>,
     ) -> ObjectRecord {
-        Self::new_at(object_id, bucket_id, draft, batch_id, dedup, &crate::util::now_rfc3339())
-    }
-
-    /// [`ObjectRecord::new`], made at `now` (a flush makes its objects at one time).
-    pub fn new_at(
-        object_id: ObjectId,
-        bucket_id: BucketId,
-        draft: Draft,
-        batch_id: Option<BatchId>,
-        dedup: Option<DedupMark>,
-        now: &str,
-    ) -> ObjectRecord {
+        let now = crate::util::now_rfc3339();
         ObjectRecord {
             object_id,
             bucket_id,
@@ -288,36 +277,10 @@ impl ObjectRecord {
             blobs: draft.blobs,
             source: draft.source,
             batch_id,
-            created_at: now.to_string(),
-            updated_at: now.to_string(),
+            created_at: now.clone(),
+            updated_at: now,
             dedup,
         }
-    }
-
-    /// Its JSON as stored, put together around `draft_json`, which must be its draft's
-    /// (metadata, blobs and source: the fields between `bucket_id` and `batch_id`).
-    fn json_around(&self, draft_json: &[u8]) -> Option<Vec<u8>> {
-        #[derive(Serialize)]
-        struct Head<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            dedup: Option<&'a DedupMark>,
-            object_id: &'a ObjectId,
-            bucket_id: &'a BucketId,
-        }
-        #[derive(Serialize)]
-        struct Tail<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            batch_id: Option<&'a BatchId>,
-            created_at: &'a str,
-            updated_at: &'a str,
-        }
-        let mut w = crate::adapter::spliced::ObjectWriter::with_capacity(draft_json.len() + 224);
-        w.fields_of(&Head { dedup: self.dedup.as_ref(), object_id: &self.object_id, bucket_id: &self.bucket_id })?;
-        w.fields_of_json(draft_json)?;
-        let tail =
-            Tail { batch_id: self.batch_id.as_ref(), created_at: &self.created_at, updated_at: &self.updated_at };
-        w.fields_of(&tail)?;
-        Some(w.finish())
     }
 
     /// Replaces the mapped content with a newer draft of the same upstream thing (see
@@ -399,91 +362,13 @@ impl BatchRecord {
 pub struct BufferEntry {
     pub object_id: ObjectId,
     pub received_at_ms: u64,
-    /// Private so that every change goes through [`BufferEntry::draft_mut`], which drops
-    /// `draft_json`.
-    draft: Draft,
+    pub draft: Draft,
     /// Its key in the dedup set, passed to its object at the flush (see [`ObjectRecord`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupMark>,
-    #[serde(skip)]
-    draft_json: DraftJson,
-}
-
-/// A buffer entry's draft as JSON, kept from its acceptance for its flush (see
-/// `adapter::spliced`). Never stored: empty for an entry read back from the store, or whose
-/// draft changed since; the flush then serializes the whole object. Never part of an
-/// entry's identity. Held in memory beside the draft itself, so a bucket's buffer (at most
-/// `actor::MAX_BUFFER_BYTES` as stored) takes up to about that much more.
-#[derive(Debug, Clone, Default)]
-pub struct DraftJson(Vec<u8>);
-
-impl PartialEq for DraftJson {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
 }
 
 impl BufferEntry {
-    /// A newly accepted entry, and its JSON as stored (what [`Batch::put`] of it writes),
-    /// put together around its draft's JSON, which the entry keeps for its flush.
-    pub fn new(
-        object_id: ObjectId,
-        received_at_ms: u64,
-        draft: Draft,
-        dedup: Option<DedupMark>,
-    ) -> (BufferEntry, Vec<u8>) {
-        #[derive(Serialize)]
-        struct Head<'a> {
-            object_id: &'a ObjectId,
-            received_at_ms: u64,
-        }
-        #[derive(Serialize)]
-        struct Tail<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            dedup: Option<&'a DedupMark>,
-        }
-        let mut entry = BufferEntry { object_id, received_at_ms, draft, dedup, draft_json: DraftJson::default() };
-        let draft_json = serde_json::to_vec(&entry.draft).unwrap_or_default();
-        let mut w = crate::adapter::spliced::ObjectWriter::with_capacity(draft_json.len() + 160);
-        let spliced = w.fields_of(&Head { object_id: &entry.object_id, received_at_ms }).map(|()| {
-            w.field_json("draft", &draft_json);
-        });
-        match spliced.and_then(|()| w.fields_of(&Tail { dedup: entry.dedup.as_ref() })) {
-            Some(()) if draft_json.first() == Some(&b'{') => {
-                entry.draft_json = DraftJson(draft_json);
-                (entry, w.finish())
-            }
-            _ => {
-                let json = serde_json::to_vec(&entry).unwrap_or_default();
-                (entry, json)
-            }
-        }
-    }
-
-    pub fn draft(&self) -> &Draft {
-        &self.draft
-    }
-
-    /// The draft, to change: its kept JSON goes (the flush serializes the object whole).
-    pub fn draft_mut(&mut self) -> &mut Draft {
-        self.draft_json = DraftJson::default();
-        &mut self.draft
-    }
-
-    /// Its object, made `now` in `batch_id`, and the object's JSON as stored: put together
-    /// around the kept draft JSON when there is one, so a flush does not serialize the
-    /// drafts again.
-    pub fn into_object(self, bucket_id: BucketId, batch_id: Option<BatchId>, now: &str) -> (ObjectRecord, Vec<u8>) {
-        let draft_json = self.draft_json.0;
-        let rec = ObjectRecord::new_at(self.object_id, bucket_id, self.draft, batch_id, self.dedup, now);
-        let json = match draft_json.is_empty() {
-            true => None,
-            false => rec.json_around(&draft_json),
-        };
-        let json = json.unwrap_or_else(|| serde_json::to_vec(&rec).unwrap_or_default());
-        (rec, json)
-    }
-
     /// Why an ID answered as `buffered` is not an object yet, and when it will be: "object
     /// … is buffered: it is created when its batch flushes (by …)". Callers add what to do.
     pub fn not_yet_note(&self, batching: Option<&crate::adapter::spec::Batching>) -> String {
@@ -612,84 +497,5 @@ mod tests {
         assert_eq!(s.hours.len(), 1);
         assert_eq!(s.last_24h(30 * h), (1, 0));
         assert_eq!(s.last_error.as_deref(), Some("x"));
-    }
-
-    /// Drafts that exercise every part: nested and escaped metadata, blobs, a Supabase
-    /// source's optional fields, none at all.
-    fn drafts() -> Vec<Draft> {
-        let source = |table: Option<&str>| ObjectSource {
-            adapter_type: ProviderType::GenericWebhook,
-            external_id: Some("ext \"1\"".into()),
-            event_type: Some("item.ready".into()),
-            table: table.map(str::to_string),
-            schema: table.map(|_| "public".to_string()),
-        };
-        let metadata = serde_json::json!({"n": 1, "s": "a \"quoted\" } brace", "deep": {"list": [1, {"x": null}]},
-            "f": 1.5, "unicode": "é ✓"});
-        vec![
-            Draft { metadata: serde_json::Map::new(), blobs: Vec::new(), source: source(None) },
-            Draft {
-                metadata: metadata.as_object().unwrap().clone(),
-                blobs: vec![BlobRef {
-                    property: "video".into(),
-                    kind: "video".into(),
-                    url: "https://x.test/a?b=1".into(),
-                }],
-                source: source(Some("items")),
-            },
-        ]
-    }
-
-    /// A buffer entry's JSON and its object's, put together from parts, are byte for byte
-    /// what serializing them whole gives, with a dedup mark or without, in a batch or not;
-    /// so is the object of an entry whose kept JSON went (read back from the store, or its
-    /// draft changed since).
-    #[test]
-    fn json_put_together_from_parts_is_what_serializing_the_whole_gives() {
-        let marks = [
-            None,
-            Some(DedupMark { hash: dedup_hash("v"), generation: 0 }),
-            Some(DedupMark { hash: dedup_hash("w"), generation: 2 }),
-        ];
-        for draft in drafts() {
-            for mark in &marks {
-                let (entry, json) =
-                    BufferEntry::new(ObjectId::generate(), 1_700_000_000_123, draft.clone(), mark.clone());
-                assert_eq!(String::from_utf8(json.clone()).unwrap(), serde_json::to_string(&entry).unwrap());
-                assert!(!entry.draft_json.0.is_empty(), "kept for the flush");
-                let back: BufferEntry = serde_json::from_slice(&json).unwrap();
-                assert_eq!(back, entry);
-                assert!(back.draft_json.0.is_empty(), "never stored");
-
-                let bucket = BucketId::generate();
-                for batch in [None, Some(BatchId::generate())] {
-                    let now = crate::util::now_rfc3339();
-                    let (rec, json) = entry.clone().into_object(bucket.clone(), batch.clone(), &now);
-                    let want = ObjectRecord::new_at(
-                        entry.object_id.clone(),
-                        bucket.clone(),
-                        draft.clone(),
-                        batch,
-                        mark.clone(),
-                        &now,
-                    );
-                    assert_eq!(rec, want);
-                    assert_eq!(String::from_utf8(json).unwrap(), serde_json::to_string(&want).unwrap());
-                    let (rec, json) = back.clone().into_object(bucket.clone(), None, &now);
-                    assert_eq!(
-                        String::from_utf8(json).unwrap(),
-                        serde_json::to_string(&rec).unwrap(),
-                        "read back: whole"
-                    );
-                }
-
-                let mut changed = entry.clone();
-                changed.draft_mut().source.external_id = Some("other".into());
-                assert!(changed.draft_json.0.is_empty(), "a changed draft's JSON is not kept");
-                let (rec, json) = changed.into_object(bucket, None, "t");
-                assert_eq!(rec.source.external_id.as_deref(), Some("other"));
-                assert_eq!(String::from_utf8(json).unwrap(), serde_json::to_string(&rec).unwrap());
-            }
-        }
     }
 }

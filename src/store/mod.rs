@@ -156,17 +156,6 @@ impl Batch {
         self.push_put(Op::PutNew, ks, key, value)
     }
 
-    /// [`Batch::put`] of a value already serialized: `json` must be what serializing the
-    /// value gives (see `adapter::spliced`, which puts such JSON together from parts).
-    pub fn put_json(&mut self, ks: Keyspace, key: &str, json: Vec<u8>) -> usize {
-        self.push_bytes(Op::Put, ks, key, json)
-    }
-
-    /// [`Batch::put_new`] of a value already serialized, as [`Batch::put_json`].
-    pub fn put_new_json(&mut self, ks: Keyspace, key: &str, json: Vec<u8>) -> usize {
-        self.push_bytes(Op::PutNew, ks, key, json)
-    }
-
     /// Adds `value`'s JSON under `key` as the put `op` makes; returns its size.
     fn push_put<T: Serialize + ?Sized>(
         &mut self,
@@ -181,18 +170,9 @@ impl Batch {
             tracing::error!(error = %e, keyspace = ks.name(), "serialize value for store");
             Vec::new()
         });
-        self.push_bytes(op, ks, key, bytes)
-    }
-
-    fn push_bytes(&mut self, op: fn(Vec<u8>, Vec<u8>) -> Op, ks: Keyspace, key: &str, bytes: Vec<u8>) -> usize {
         let size = bytes.len();
         self.ops.push(op(ks.key(key), bytes));
         size
-    }
-
-    /// Makes room for `more` operations (a flush adds several per object).
-    pub fn reserve(&mut self, more: usize) {
-        self.ops.reserve(more);
     }
 
     pub fn delete(&mut self, ks: Keyspace, key: &str) {

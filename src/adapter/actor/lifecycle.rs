@@ -402,7 +402,7 @@ impl AdapterState {
     fn rekey_buffered(&mut self, ids: &[ObjectId], external_id: &str) {
         for entry in self.buffer.iter_mut().filter(|e| ids.contains(&e.object_id)) {
             let old = super::stored_size(entry);
-            entry.draft_mut().source.external_id = Some(external_id.to_string());
+            entry.draft.source.external_id = Some(external_id.to_string());
             self.buffer_bytes = self.buffer_bytes.saturating_sub(old) + super::stored_size(entry);
         }
     }
@@ -437,7 +437,7 @@ impl AdapterState {
         let entry = self.unbuffer(object_id)?;
         let mut batch = Batch::new();
         batch.delete(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()));
-        if let Some(ext) = &entry.draft().source.external_id {
+        if let Some(ext) = &entry.draft.source.external_id {
             let hash = records::dedup_hash(ext);
             self.unindex(&mut batch, &hash, object_id);
         }
