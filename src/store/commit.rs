@@ -12,8 +12,9 @@
 //!
 //! Three helper threads keep the rest off that path: the apply thread moves the overlay
 //! into the backend every [`APPLY_EVERY`] (sooner when it grows large), the checkpoint thread
-//! flushes the backend once a log segment is fully applied and then deletes it, and the
-//! prep thread zero-fills the next segment before it is needed.
+//! flushes the backend once a log segment is fully applied and then retires it (see
+//! `wal::remove_through`), and the prep thread zero-fills the next segment before it is
+//! needed.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -442,7 +443,7 @@ fn apply_loop(
     }
 }
 
-/// Flushes the backend once a segment is fully applied, then deletes the segments it covers.
+/// Flushes the backend once a segment is fully applied, then retires the segments it covers.
 fn checkpoint_loop(
     backend: Arc<dyn Backend>,
     dir: PathBuf,

@@ -138,10 +138,17 @@ impl Segment {
     /// Creates segment `no` of `capacity` zero bytes, synced, its directory entry too. It is
     /// zero-filled under a temporary name and renamed when complete, so a crash mid-way never
     /// leaves a segment whose blocks could still hold older bytes. A retired segment of that
-    /// size (see [`remove_through`]) is taken if there is one, and zero-filled again in place.
+    /// size (see [`remove_through`]) is taken if there is one, and zero-filled again in place,
+    /// once its renames (from its old name, then to the temporary one) are on disk: a crash
+    /// must never bring its old name back over rewritten bytes.
     pub(crate) fn create(dir: &Path, no: u64, capacity: u64) -> io::Result<Segment> {
         let tmp = segment_path(dir, no).with_extension("tmp");
         let reused = take_retired(dir, capacity, &tmp);
+        if reused {
+            sync_dir(dir).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+        }
         Self::create_at(dir, no, capacity, &tmp, reused).inspect_err(|_| {
             // A part-made spare (a full disk, most often) must not keep the space it took:
             // the next try, and sled, need it.
@@ -540,7 +547,8 @@ fn take_retired(dir: &Path, capacity: u64, tmp: &Path) -> bool {
 /// Reusing a file spares the disk work of a new one: allocating its blocks, and freeing the
 /// old one's, which on a filesystem mounted with `discard` waits for the device (about 9 ms
 /// for 16 MiB on the machine the benchmarks ran on, during which the log's syncs wait too).
-/// Either way the segment's name is gone, which is all a start-up looks at.
+/// Either way the segment's name is gone (durably once the directory is synced, here at the
+/// end, and before a reuse writes to the file), which is all a start-up looks at.
 pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
     let mut kept = retired(dir)?.len();
     for n in segments(dir)? {
@@ -548,8 +556,8 @@ pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
             continue;
         }
         let path = segment_path(dir, n);
-        if kept < KEEP_RETIRED && std::fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_BYTES) {
-            std::fs::rename(&path, retired_path(dir, n))?;
+        let reusable = kept < KEEP_RETIRED && std::fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_BYTES);
+        if reusable && std::fs::rename(&path, retired_path(dir, n)).is_ok() {
             kept += 1;
         } else {
             std::fs::remove_file(path)?;
@@ -565,7 +573,8 @@ pub(crate) fn segment_bytes(dir: &Path) -> u64 {
     nos.iter().filter_map(|n| std::fs::metadata(segment_path(dir, *n)).ok()).map(|m| m.len()).sum()
 }
 
-/// Bytes taken by the log's files (segments and a spare being prepared).
+/// Bytes taken by the log's files (segments, retired ones kept for reuse, and a spare being
+/// prepared).
 pub(crate) fn size_on_disk(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
@@ -895,7 +904,7 @@ mod tests {
         assert_eq!(kept.len(), KEEP_RETIRED, "{kept:?}");
         assert!(!retired_path(&wal, 3).exists() && !retired_path(&wal, 4).exists(), "the rest deleted: {kept:?}");
 
-        assert!(!take_retired(&wal, 5 * ALIGN, &wal.join("x.tmp")), "only one of the size asked for");
+        assert!(!take_retired(&wal, 5 * ALIGN, &wal.join("x.tmp")), "none of another size is taken");
         let mut seg = Segment::create(&wal, 5, SEGMENT_BYTES).unwrap();
         assert_eq!(retired(&wal).unwrap().len(), 1, "one taken");
         let bytes = std::fs::read(segment_path(&wal, 5)).unwrap();
