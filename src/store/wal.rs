@@ -20,13 +20,14 @@
 //! was on disk at that checkpoint's flush.
 //!
 //! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` of zeros (a segment made
-//! from a retired one, `{number:020}.free`, is zeroed again before it gets its name). Its first [`ALIGN`]
-//! bytes hold [`MAGIC`] and the segment's size (u64 LE; zero in segments written before it,
-//! so that a shortened segment is told from a torn write); records `[len: u32 LE][crc32(payload): u32 LE][payload]` follow, each
-//! starting on an [`ALIGN`] boundary, so writing a record never rewrites a block that holds an
-//! acknowledged one (a device that tears a block it rewrites on power loss cannot damage
-//! acknowledged data). A zero length ends the segment. A payload is one group's operations,
-//! each `1 klen key vlen value` (put) or `2 klen key` (delete), lengths u32 LE.
+//! from a retired one, `{number:020}.free`, is zeroed again before it gets its name). Its
+//! first [`ALIGN`] bytes hold [`MAGIC`] and the segment's size (u64 LE; zero in segments
+//! written before it, so that a shortened segment is told from a torn write); records
+//! `[len: u32 LE][crc32(payload): u32 LE][payload]` follow, each starting on an [`ALIGN`]
+//! boundary, so writing a record never rewrites a block that holds an acknowledged one (a
+//! device that tears a block it rewrites on power loss cannot damage acknowledged data). A
+//! zero length ends the segment. A payload is one group's operations, each `1 klen key vlen
+//! value` (put) or `2 klen key` (delete), lengths u32 LE.
 //!
 //! A record that does not check out is the write torn by a crash (the only unacknowledged
 //! one, the last) if no valid record follows it, in its segment (probed at every boundary) or
