@@ -543,21 +543,33 @@ fn take_retired(dir: &Path, capacity: u64, tmp: &Path) -> bool {
         .any(|path| std::fs::metadata(path).is_ok_and(|m| m.len() == capacity) && std::fs::rename(path, tmp).is_ok())
 }
 
+/// Below this much free space on the log's filesystem, retired segments are not kept: their
+/// space goes back at once (the store refuses new work well before a disk is full, see
+/// `storage.min_free_mb`, but sled may still need room to finish what it took).
+const KEEP_RETIRED_ABOVE: u64 = 1 << 30;
+
 /// Retires every segment numbered `no` or lower (their writes are in a flushed backend):
-/// up to [`KEEP_RETIRED`] of the usual size are renamed for reuse, the others deleted.
+/// up to [`KEEP_RETIRED`] of the usual size are renamed for reuse (none while the disk has
+/// under [`KEEP_RETIRED_ABOVE`] free), the others deleted.
 /// Reusing a file spares the disk work of a new one: allocating its blocks, and freeing the
 /// old one's, which on a filesystem mounted with `discard` waits for the device (about 9 ms
 /// for 16 MiB on the machine the benchmarks ran on, during which the log's syncs wait too).
 /// Either way the segment's name is gone (durably once the directory is synced, here at the
 /// end, and before a reuse writes to the file), which is all a start-up looks at.
 pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
+    let room = fs2::available_space(dir).is_ok_and(|free| free >= KEEP_RETIRED_ABOVE);
+    retire_through(dir, no, if room { KEEP_RETIRED } else { 0 })
+}
+
+/// [`remove_through`], keeping at most `keep` retired segments (those kept before count).
+fn retire_through(dir: &Path, no: u64, keep: usize) -> io::Result<()> {
     let mut kept = retired(dir)?.len();
     for n in segments(dir)? {
         if n > no {
             continue;
         }
         let path = segment_path(dir, n);
-        let reusable = kept < KEEP_RETIRED && std::fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_BYTES);
+        let reusable = kept < keep && std::fs::metadata(&path).is_ok_and(|m| m.len() == SEGMENT_BYTES);
         if reusable && std::fs::rename(&path, retired_path(dir, n)).is_ok() {
             kept += 1;
         } else {
@@ -899,7 +911,8 @@ mod tests {
             seg.append(&record_of(&batch(no as u32))).unwrap();
         }
         let small = write_segment(&wal, 4, &[batch(4)]);
-        remove_through(&wal, small.no).unwrap();
+        // As `remove_through` does with room on the disk (the test must not depend on it).
+        retire_through(&wal, small.no, KEEP_RETIRED).unwrap();
         assert!(segments(&wal).unwrap().is_empty());
         let kept = retired(&wal).unwrap();
         assert_eq!(kept.len(), KEEP_RETIRED, "{kept:?}");
@@ -921,5 +934,11 @@ mod tests {
         assert!(backend.get(&Keyspace::OBJECTS.key("k5")).unwrap().is_some());
         remove_unfinished(&wal).unwrap();
         assert!(retired(&wal).unwrap().is_empty(), "a start gives their space back");
+
+        // Short of space, none is kept.
+        let mut seg = Segment::create(&wal, 6, SEGMENT_BYTES).unwrap();
+        seg.append(&record_of(&batch(6))).unwrap();
+        retire_through(&wal, 6, 0).unwrap();
+        assert!(segments(&wal).unwrap().is_empty() && retired(&wal).unwrap().is_empty());
     }
 }
