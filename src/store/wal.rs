@@ -561,9 +561,17 @@ pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
     retire_through(dir, no, if room { KEEP_RETIRED } else { 0 })
 }
 
-/// [`remove_through`], keeping at most `keep` retired segments (those kept before count).
+/// [`remove_through`], keeping at most `keep` retired segments, those kept before included
+/// (any beyond `keep` go now).
 fn retire_through(dir: &Path, no: u64, keep: usize) -> io::Result<()> {
-    let mut kept = retired(dir)?.len();
+    let mut before = retired(dir)?;
+    while before.len() > keep {
+        if let Some(path) = before.pop() {
+            // Gone already if the prep thread just took it.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let mut kept = before.len();
     for n in segments(dir)? {
         if n > no {
             continue;
@@ -935,10 +943,13 @@ mod tests {
         remove_unfinished(&wal).unwrap();
         assert!(retired(&wal).unwrap().is_empty(), "a start gives their space back");
 
-        // Short of space, none is kept.
-        let mut seg = Segment::create(&wal, 6, SEGMENT_BYTES).unwrap();
-        seg.append(&record_of(&batch(6))).unwrap();
-        retire_through(&wal, 6, 0).unwrap();
+        // Short of space, none is kept, not even those kept before.
+        for no in [6, 7] {
+            Segment::create(&wal, no, SEGMENT_BYTES).unwrap().append(&record_of(&batch(no as u32))).unwrap();
+        }
+        retire_through(&wal, 6, KEEP_RETIRED).unwrap();
+        assert_eq!(retired(&wal).unwrap().len(), 1);
+        retire_through(&wal, 7, 0).unwrap();
         assert!(segments(&wal).unwrap().is_empty() && retired(&wal).unwrap().is_empty());
     }
 }
