@@ -145,11 +145,6 @@ impl Segment {
     pub(crate) fn create(dir: &Path, no: u64, capacity: u64) -> io::Result<Segment> {
         let tmp = segment_path(dir, no).with_extension("tmp");
         let reused = take_retired(dir, capacity, &tmp);
-        if reused {
-            sync_dir(dir).inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
-        }
         Self::create_at(dir, no, capacity, &tmp, reused).inspect_err(|_| {
             // A part-made spare (a full disk, most often) must not keep the space it took:
             // the next try, and sled, need it.
@@ -161,6 +156,9 @@ impl Segment {
         // Whole blocks: a record's padded block never passes the end (see `fits`).
         debug_assert_eq!(capacity % ALIGN, 0);
         let path = segment_path(dir, no);
+        if reused {
+            sync_dir(dir)?; // its renames on disk before its bytes change (see `create`)
+        }
         // A reused file keeps its blocks (overwritten below, from the start); a new one is
         // made empty.
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(!reused).open(tmp)?;
@@ -385,14 +383,8 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
 
 /// The segment numbers present in `dir`, ascending.
 pub(crate) fn segments(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut nos = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(no) = name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok()) else {
-            continue;
-        };
-        nos.push(no);
-    }
+    let found = files_ending(dir, &["wal"])?;
+    let mut nos: Vec<u64> = found.iter().filter_map(|p| p.file_stem()?.to_str()?.parse().ok()).collect();
     nos.sort_unstable();
     Ok(nos)
 }
@@ -500,18 +492,26 @@ pub(crate) fn recover(
 /// renamed ones are), and retired segments kept for reuse. Also run before the backend
 /// opens, under the data directory's lock: on a full disk their space is what opening needs.
 pub(crate) fn remove_unfinished(dir: &Path) -> io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+    let found = match files_ending(dir, &["tmp", "free"]) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+        found => found?,
     };
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "tmp" || e == "free") {
-            std::fs::remove_file(path)?;
-        }
+    for path in found {
+        std::fs::remove_file(path)?;
     }
     Ok(())
+}
+
+/// The files in `dir` whose extension is one of `extensions`.
+fn files_ending(dir: &Path, extensions: &[&str]) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()).is_some_and(|e| extensions.contains(&e)) {
+            found.push(path);
+        }
+    }
+    Ok(found)
 }
 
 /// Retired segments kept for reuse, at most: one is taken as each new segment is prepared,
@@ -525,14 +525,7 @@ fn retired_path(dir: &Path, no: u64) -> PathBuf {
 }
 
 fn retired(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "free") {
-            found.push(path);
-        }
-    }
-    Ok(found)
+    files_ending(dir, &["free"])
 }
 
 /// Moves a retired segment of `capacity` bytes to `tmp`; false if there is none.
@@ -565,11 +558,9 @@ pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
 /// (any beyond `keep` go now).
 fn retire_through(dir: &Path, no: u64, keep: usize) -> io::Result<()> {
     let mut before = retired(dir)?;
-    while before.len() > keep {
-        if let Some(path) = before.pop() {
-            // Gone already if the prep thread just took it.
-            let _ = std::fs::remove_file(path);
-        }
+    for path in before.drain(keep.min(before.len())..) {
+        // Gone already if the prep thread just took it.
+        let _ = std::fs::remove_file(path);
     }
     let mut kept = before.len();
     for n in segments(dir)? {
