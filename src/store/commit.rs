@@ -13,8 +13,8 @@
 //! Three helper threads keep the rest off that path: the apply thread moves the overlay
 //! into the backend every [`APPLY_EVERY`] (sooner when it grows large), the checkpoint thread
 //! flushes the backend once a log segment is fully applied and then retires it (see
-//! `wal::remove_through`), and the prep thread zero-fills the next segment before it is
-//! needed.
+//! `wal::remove_through`), and the prep thread makes the next segment before it is needed
+//! (see `wal::Segment::create`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -254,7 +254,7 @@ fn log_loop(
         if result.is_ok() && !merged.is_empty() {
             let logged_to = wal::record(&merged, &mut record).and_then(|()| {
                 let synced = Instant::now();
-                let no = append(&mut segment, &spares, &record)?;
+                let no = append(&mut segment, &spares, &mut record)?;
                 crate::metrics::store_flush(synced.elapsed());
                 Ok(no)
             });
@@ -320,7 +320,11 @@ const SPARE_WAIT: Duration = Duration::from_secs(10);
 
 /// Appends one record to the current segment, moving to a fresh one when it is full.
 /// Returns the number of the segment that holds it.
-fn append(segment: &mut Option<Segment>, spares: &sync_mpsc::Receiver<Segment>, record: &[u8]) -> std::io::Result<u64> {
+fn append(
+    segment: &mut Option<Segment>,
+    spares: &sync_mpsc::Receiver<Segment>,
+    record: &mut [u8],
+) -> std::io::Result<u64> {
     if !segment.as_ref().is_some_and(|s| s.fits(record.len())) {
         let mut next = spares.recv_timeout(SPARE_WAIT).map_err(|e| match e {
             sync_mpsc::RecvTimeoutError::Timeout => std::io::Error::other(format!(
@@ -342,7 +346,7 @@ fn append(segment: &mut Option<Segment>, spares: &sync_mpsc::Receiver<Segment>, 
     Ok(seg.no)
 }
 
-/// Keeps one zero-filled segment ready for the log loop (numbers ascending from `next`).
+/// Keeps one segment ready for the log loop (numbers ascending from `next`).
 /// A failure to make one (a full disk) is retried, with a growing pause, until it succeeds:
 /// it is handed nothing meanwhile, so a failure that passes costs the log nothing (an error
 /// handed over would fail the store when it is taken, maybe hours later).

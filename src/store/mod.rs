@@ -706,7 +706,7 @@ pub(crate) mod tests {
         let mut later = Batch::new();
         later.put(Keyspace::OBJECTS, "b", &2);
         assert!(matches!(store.commit(later).await, Err(StoreError::Closed)));
-        // Checkpointed: the log holds no segment with a record, only the zero-filled spare.
+        // Checkpointed: the log holds no segment with a record, only the spare.
         let logged: u64 = wal::segments(&dir.path().join("wal")).unwrap().iter().filter(|n| **n == 0).count() as u64;
         assert_eq!(logged, 0, "segment 0 (the one written) was removed by the final checkpoint");
         // And sled itself has the write.

@@ -3,8 +3,8 @@
 //! Why a log of our own: sled 0.34 seals and writes its log buffer on every `apply_batch`
 //! and every flush, so making each group durable through sled cost ~2 ms of mostly waiting
 //! plus a fresh 512 KiB buffer per group. Here a group costs one `pwrite` and one
-//! `fdatasync` into a segment whose blocks already exist: segments are filled with zeros
-//! ahead of time (by the committer's prep thread), so the sync writes data only, no file
+//! `fdatasync` into a segment whose blocks already exist: segments are made ahead of time (by
+//! the committer's prep thread, zero-filled or reused), so the sync writes data only, no file
 //! metadata (measured on this machine: 0.19 ms vs 0.55 ms for an appending file). Records
 //! are written with direct I/O (`O_DIRECT`) where the filesystem takes it: the block goes
 //! from our buffer to the device without dirtying the page cache, and the sync that follows
@@ -19,20 +19,25 @@
 //! key written since the last checkpoint ends with its last logged value, and every other key
 //! was on disk at that checkpoint's flush.
 //!
-//! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` of zeros (a segment made
-//! from a retired one, `{number:020}.free`, is zeroed again before it gets its name). Its
-//! first [`ALIGN`] bytes hold [`MAGIC`] and the segment's size (u64 LE; zero in segments
-//! written before it, so that a shortened segment is told from a torn write); records
-//! `[len: u32 LE][crc32(payload): u32 LE][payload]` follow, each starting on an [`ALIGN`]
-//! boundary, so writing a record never rewrites a block that holds an acknowledged one (a
-//! device that tears a block it rewrites on power loss cannot damage acknowledged data). A
-//! zero length ends the segment. A payload is one group's operations, each `1 klen key vlen
-//! value` (put) or `2 klen key` (delete), lengths u32 LE.
+//! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` long: a new file is filled
+//! with zeros, a file reused from a retired segment (`{number:020}.free`) keeps its old
+//! bytes. Its first [`ALIGN`] bytes hold [`MAGIC`], the segment's size (u64 LE, so that a
+//! shortened segment is told from a torn write) and its number (u64 LE); records
+//! `[len: u32 LE][crc32(payload): u32 LE][segment number: u64 LE][payload]` follow, each
+//! starting on an [`ALIGN`] boundary, so writing a record never rewrites a block that holds
+//! an acknowledged one (a device that tears a block it rewrites on power loss cannot damage
+//! acknowledged data). A zero length, or a record stamped with another segment's number
+//! (what a reused file held before), ends the segment: that stamp is what lets a reused file
+//! skip being zeroed again, which would write as many bytes as the log itself. A payload is
+//! one group's operations, each `1 klen key vlen value` (put) or `2 klen key` (delete),
+//! lengths u32 LE.
 //!
 //! A record that does not check out is the write torn by a crash (the only unacknowledged
 //! one, the last) if no valid record follows it, in its segment (probed at every boundary) or
 //! a later one; otherwise acknowledged data is damaged and start-up refuses to guess.
-//! Segments written before the magic (records back to back, from byte 0) are still read.
+//! Segments of the older layouts are still read: [`MAGIC_V2`] (the same without the
+//! numbers, zero-filled files only; its size field is zero in the oldest of them) and, before
+//! it, records back to back from byte 0 with 8-byte headers.
 //!
 //! This module must not know what the keys mean.
 
@@ -47,12 +52,17 @@ use super::{Backend, Batch, Op, StoreError};
 /// Size of a fresh segment. A group larger than this gets a segment of its own size.
 pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 
-const HEADER: usize = 8;
+/// A record's header: length, checksum, segment number.
+const HEADER: usize = 16;
+/// A record's header in the older layouts: length, checksum.
+const HEADER_V2: usize = 8;
 /// Records start on multiples of this (a block of the file and of the device).
 const ALIGN: u64 = 4096;
-/// The first bytes of a segment in the aligned layout (read as an older segment's first
+/// The first bytes of a segment in the current layout (read as an older segment's first
 /// length, it would be over 1 GiB, which no segment holds).
-const MAGIC: [u8; 8] = *b"HKLWAL02";
+const MAGIC: [u8; 8] = *b"HKLWAL03";
+/// The first bytes of a segment in the aligned layout without segment numbers.
+const MAGIC_V2: [u8; 8] = *b"HKLWAL02";
 
 fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN) * ALIGN
@@ -60,7 +70,7 @@ fn align_up(n: u64) -> u64 {
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 
-/// One pre-zeroed log file, written from the start.
+/// One log file whose blocks all exist (zero-filled, or reused), written from the start.
 pub(crate) struct Segment {
     pub(crate) no: u64,
     dir: PathBuf,
@@ -136,12 +146,14 @@ impl AlignedBuf {
 }
 
 impl Segment {
-    /// Creates segment `no` of `capacity` zero bytes, synced, its directory entry too. It is
-    /// zero-filled under a temporary name and renamed when complete, so a crash mid-way never
-    /// leaves a segment whose blocks could still hold older bytes. A retired segment of that
-    /// size (see [`remove_through`]) is taken if there is one, and zero-filled again in place,
-    /// once its renames (from its old name, then to the temporary one) are on disk: a crash
-    /// must never bring its old name back over rewritten bytes.
+    /// Creates segment `no` of `capacity` bytes, synced, its directory entry too, so that a
+    /// record's sync writes data only (no block to allocate). A new file is zero-filled under
+    /// a temporary name and renamed when complete, so a crash mid-way never leaves a segment
+    /// with a header but no blocks. A retired segment of that size (see [`remove_through`]) is
+    /// taken instead if there is one: its blocks exist already, so only its header is
+    /// rewritten (its old records, stamped with an older number, read as the end), once its
+    /// renames (from its old name, then to the temporary one) are on disk: a crash must never
+    /// bring its old name back over a rewritten header.
     pub(crate) fn create(dir: &Path, no: u64, capacity: u64) -> io::Result<Segment> {
         let tmp = segment_path(dir, no).with_extension("tmp");
         let reused = take_retired(dir, capacity, &tmp);
@@ -159,18 +171,22 @@ impl Segment {
         if reused {
             sync_dir(dir)?; // its renames on disk before its bytes change (see `create`)
         }
-        // A reused file keeps its blocks (overwritten below, from the start); a new one is
-        // made empty.
+        // A reused file keeps its blocks and bytes; a new one is made empty, then zero-filled.
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(!reused).open(tmp)?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = capacity;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            left -= n as u64;
+        if !reused {
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = capacity;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                file.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
         }
-        file.write_all_at(&MAGIC, 0)?;
-        file.write_all_at(&capacity.to_le_bytes(), MAGIC.len() as u64)?;
+        let mut header = [0u8; 24];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..16].copy_from_slice(&capacity.to_le_bytes());
+        header[16..].copy_from_slice(&no.to_le_bytes());
+        file.write_all_at(&header, 0)?;
         file.sync_all()?;
         std::fs::rename(tmp, &path)?;
         sync_dir(dir)?;
@@ -187,14 +203,16 @@ impl Segment {
         self.pos + record_len as u64 <= self.capacity
     }
 
-    /// Writes one record made by [`record`] and makes it durable. The caller checked
-    /// [`Segment::fits`].
-    pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
+    /// Writes one record made by [`record`], stamped with this segment's number, and makes
+    /// it durable. The caller checked [`Segment::fits`].
+    pub(crate) fn append(&mut self, record: &mut [u8]) -> io::Result<()> {
+        let stamp = record.get_mut(8..HEADER).ok_or_else(|| io::Error::other("log record without a header"))?;
+        stamp.copy_from_slice(&self.no.to_le_bytes());
         if !self.append_direct(record)? {
             self.file.write_all_at(record, self.pos)?;
             self.file.sync_data()?;
         }
-        // The padding up to the boundary is zeros (written as such, or already there).
+        // Nothing reads the padding up to the boundary (zeros if written with direct I/O).
         self.pos = align_up(self.pos + record.len() as u64);
         Ok(())
     }
@@ -229,8 +247,9 @@ pub(crate) fn segment_path(dir: &Path, no: u64) -> PathBuf {
     dir.join(format!("{no:020}.wal"))
 }
 
-/// Replaces `out` with the log record of `batch`: header (length, checksum) and payload,
-/// framed in place so the payload is never copied.
+/// Replaces `out` with the log record of `batch`: header (length, checksum, and room for
+/// the segment number [`Segment::append`] stamps) and payload, framed in place so the
+/// payload is never copied.
 pub(crate) fn record(batch: &Batch, out: &mut Vec<u8>) -> io::Result<()> {
     out.clear();
     out.resize(HEADER, 0);
@@ -239,7 +258,7 @@ pub(crate) fn record(batch: &Batch, out: &mut Vec<u8>) -> io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("log record over 4 GiB"))?;
     let crc = crc32fast::hash(payload);
     out[..4].copy_from_slice(&len.to_le_bytes());
-    out[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
@@ -296,11 +315,12 @@ struct SegmentRead {
     records: Vec<Batch>,
     /// Where a record failed its checks (a torn write if nothing valid follows), if one did.
     bad_at: Option<usize>,
-    /// A valid record lies beyond where reading stopped (a bad record, or a zero length):
-    /// acknowledged data after damage.
+    /// A valid record lies beyond where reading stopped (a bad record, or the end): acknowledged
+    /// data after damage.
     valid_after_stop: bool,
-    /// Where a zero length ended the records (the segment's unused rest, or a lost record).
-    zero_at: Option<usize>,
+    /// Where the records ended: a zero length or a record of another segment (the unused
+    /// rest of the segment, or a lost record).
+    end_at: Option<usize>,
     /// The size of the segment's first record (header included), if it has one.
     first_len: Option<usize>,
     file_len: usize,
@@ -310,41 +330,74 @@ struct SegmentRead {
     sized: bool,
 }
 
-/// The batch of the record at `pos`, if one checks out there; `Err(())` for a zero length.
-fn record_at(bytes: &[u8], pos: usize) -> Result<Option<(Batch, usize)>, ()> {
-    let Some(header) = bytes.get(pos..pos + HEADER) else { return Err(()) };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len == 0 {
+/// How a segment file is laid out, told by its first bytes.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// Records back to back from byte 0, 8-byte headers (the oldest).
+    Packed,
+    /// [`MAGIC_V2`]: records on block boundaries, 8-byte headers.
+    Aligned,
+    /// [`MAGIC`]: records on block boundaries, stamped with this segment number.
+    Numbered(u64),
+}
+
+impl Layout {
+    fn header(self) -> usize {
+        match self {
+            Layout::Numbered(_) => HEADER,
+            Layout::Packed | Layout::Aligned => HEADER_V2,
+        }
+    }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The batch of the record at `pos`, if one checks out there; `Err(())` where the records
+/// end (a zero length, or a record stamped with another segment's number).
+fn record_at(bytes: &[u8], pos: usize, layout: Layout) -> Result<Option<(Batch, usize)>, ()> {
+    let header = layout.header();
+    let Some(head) = bytes.get(pos..pos + header) else { return Err(()) };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let ours = match layout {
+        Layout::Numbered(no) => u64_at(head, 8) == Some(no),
+        Layout::Packed | Layout::Aligned => true,
+    };
+    if len == 0 || !ours {
         return Err(());
     }
     Ok(bytes
-        .get(pos + HEADER..pos + HEADER + len)
+        .get(pos + header..pos + header + len)
         .filter(|payload| crc32fast::hash(payload) == crc)
         .and_then(decode)
-        .map(|b| (b, HEADER + len)))
+        .map(|b| (b, header + len)))
 }
 
 /// The records of one segment file, in order, up to its end or first bad record.
 fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    let aligned = bytes.starts_with(&MAGIC);
-    let declared = bytes.get(MAGIC.len()..MAGIC.len() + 8).map_or(0, |b| {
-        let mut size = [0u8; 8];
-        size.copy_from_slice(b);
-        u64::from_le_bytes(size)
-    });
+    let layout = if bytes.starts_with(&MAGIC) {
+        Layout::Numbered(u64_at(&bytes, 16).unwrap_or(u64::MAX))
+    } else if bytes.starts_with(&MAGIC_V2) {
+        Layout::Aligned
+    } else {
+        Layout::Packed
+    };
+    let aligned = layout != Layout::Packed;
+    let declared = u64_at(&bytes, MAGIC.len()).unwrap_or(0);
     // Every segment file is made whole before it gets its name (see `Segment::create`).
     let truncated = bytes.len() < ALIGN as usize || (aligned && (bytes.len() as u64) < declared);
     let mut out = Vec::new();
-    let (mut bad_at, mut zero_at, mut first_len) = (None, None, None);
+    let (mut bad_at, mut end_at, mut first_len) = (None, None, None);
     let mut pos = if aligned { ALIGN as usize } else { 0 };
     loop {
-        match record_at(&bytes, pos) {
+        match record_at(&bytes, pos, layout) {
             Err(()) => {
-                if pos + HEADER <= bytes.len() {
-                    zero_at = Some(pos);
+                if pos + layout.header() <= bytes.len() {
+                    end_at = Some(pos);
                 }
                 break;
             }
@@ -367,13 +420,13 @@ fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     let valid_after_stop = aligned
         && (align_up(pos as u64 + 1) as usize..bytes.len())
             .step_by(ALIGN as usize)
-            .any(|at| matches!(record_at(&bytes, at), Ok(Some(_))));
+            .any(|at| matches!(record_at(&bytes, at, layout), Ok(Some(_))));
     let sized = aligned && declared > 0;
     Ok(SegmentRead {
         records: out,
         bad_at,
         valid_after_stop,
-        zero_at,
+        end_at,
         first_len,
         file_len: bytes.len(),
         truncated,
@@ -439,7 +492,7 @@ pub(crate) fn recover(
         // The log moves to the next segment only when a record does not fit: a segment that
         // ends early although the next logged record would have fitted lost a record.
         let next_first = reads[i + 1..].iter().find_map(|r| r.first_len);
-        let lost = read.zero_at.zip(next_first).is_some_and(|(at, len)| at + len <= read.file_len);
+        let lost = read.end_at.zip(next_first).is_some_and(|(at, len)| at + len <= read.file_len);
         if read.truncated {
             return Err(StoreError::Corrupt {
                 key: format!("{}", segment_path(dir, nos[i]).display()),
@@ -481,7 +534,9 @@ pub(crate) fn recover(
     let next = (last + 1).max(from.unwrap_or(0));
     backend.apply(&record_start(next))?;
     futures::executor::block_on(backend.flush())?;
-    remove_through(dir, last).map_err(|e| io("remove replayed log segments in", e))?;
+    // Deleted, not kept for reuse: they may be of an older layout, whose records carry no
+    // segment number to tell them from a reused file's new ones.
+    retire_through(dir, last, 0).map_err(|e| io("remove replayed log segments in", e))?;
     if records > 0 {
         tracing::info!(records, segments = nos.len(), "replayed the write-ahead log");
     }
@@ -518,7 +573,7 @@ fn files_ending(dir: &Path, extensions: &[&str]) -> io::Result<Vec<PathBuf>> {
 /// about as often as one is retired.
 const KEEP_RETIRED: usize = 2;
 
-/// A retired segment: `{number}.free`. Never read; only ever zero-filled again under a
+/// A retired segment: `{number}.free`. Never read; only ever given a new header under a
 /// temporary name (see [`Segment::create`]), or deleted.
 fn retired_path(dir: &Path, no: u64) -> PathBuf {
     dir.join(format!("{no:020}.free"))
@@ -544,8 +599,8 @@ const KEEP_RETIRED_ABOVE: u64 = 1 << 30;
 /// Retires every segment numbered `no` or lower (their writes are in a flushed backend):
 /// up to [`KEEP_RETIRED`] of the usual size are renamed for reuse (none while the disk has
 /// under [`KEEP_RETIRED_ABOVE`] free), the others deleted.
-/// Reusing a file spares the disk work of a new one: allocating its blocks, and freeing the
-/// old one's, which on a filesystem mounted with `discard` waits for the device (about 9 ms
+/// Reusing a file spares the disk work of a new one: zero-filling and allocating its
+/// blocks, and freeing the old one's, which on a filesystem mounted with `discard` waits for the device (about 9 ms
 /// for 16 MiB on the machine the benchmarks ran on, during which the log's syncs wait too).
 /// Either way the segment's name is gone (durably once the directory is synced, here at the
 /// end, and before a reuse writes to the file), which is all a start-up looks at.
@@ -632,12 +687,19 @@ mod tests {
         r
     }
 
+    /// The record of `b` as segment `no` holds it (stamped with its number).
+    fn record_in(b: &Batch, no: u64) -> Vec<u8> {
+        let mut r = record_of(b);
+        r[8..HEADER].copy_from_slice(&no.to_le_bytes());
+        r
+    }
+
     /// Segment `no` in `wal`, holding one record per batch and full (as the log leaves a
     /// segment only when the next record does not fit): the batches are small.
     fn write_segment(wal: &Path, no: u64, batches: &[Batch]) -> Segment {
         let mut seg = Segment::create(wal, no, ALIGN * (1 + batches.len() as u64)).unwrap();
         for b in batches {
-            seg.append(&record_of(b)).unwrap();
+            seg.append(&mut record_of(b)).unwrap();
         }
         seg
     }
@@ -648,19 +710,20 @@ mod tests {
         let mut seg = Segment::create(dir.path(), 7, 5 * ALIGN).unwrap();
         let mut records = Vec::new();
         for i in 0..3 {
-            let r = record_of(&batch(i));
+            let mut r = record_of(&batch(i));
             assert!(seg.fits(r.len()));
             // Each record on its own block, after the magic's.
             assert_eq!(seg.pos, (i as u64 + 1) * ALIGN);
-            seg.append(&r).unwrap();
+            seg.append(&mut r).unwrap();
             records.push(r);
         }
+        assert_eq!(records[2], record_in(&batch(2), 7), "stamped with the segment's number");
         // A crash in the middle of the fourth record: its header is there, its payload not.
         let end = seg.pos;
-        seg.file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 1], end).unwrap();
+        seg.file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 7, 0, 0, 0, 0, 0, 0, 0, 1], end).unwrap();
         let read = read_segment(&segment_path(dir.path(), 7)).unwrap();
         assert_eq!((read.records.len(), read.bad_at), (3, Some(end as usize)));
-        assert_eq!(record_of(&read.records[2]), records[2]);
+        assert_eq!(record_in(&read.records[2], 7), records[2]);
         assert!(!read.valid_after_stop);
         assert!(seg.fits(4000) && !seg.fits(5000));
     }
@@ -695,28 +758,28 @@ mod tests {
         let mut big = Batch::new();
         big.put(Keyspace::OBJECTS, "big", &"x".repeat(DIRECT_MAX + 5000));
         let batches = [batch(1), big, batch(2), batch(3)];
-        let records: Vec<Vec<u8>> = batches.iter().map(record_of).collect();
+        let mut records: Vec<Vec<u8>> = batches.iter().map(|b| record_in(b, 3)).collect();
         let capacity = ALIGN + records.iter().map(|r| align_up(r.len() as u64)).sum::<u64>();
         let mut seg = Segment::create(dir.path(), 3, capacity).unwrap();
         assert_eq!(seg.direct.is_some(), takes_direct, "direct I/O used where the filesystem takes it");
         let first_end = ALIGN + align_up(records[0].len() as u64);
         // Junk inside the padding the first record's block will carry.
         seg.file.write_all_at(&[0xAB; 16], first_end - 16).unwrap();
-        seg.append(&records[0]).unwrap();
+        seg.append(&mut records[0]).unwrap();
         let padding =
             std::fs::read(segment_path(dir.path(), 3)).unwrap()[first_end as usize - 16..first_end as usize].to_vec();
         assert_eq!(padding.iter().all(|b| *b == 0), takes_direct, "a direct write's padding is zeros: {padding:?}");
-        seg.append(&records[1]).unwrap();
+        seg.append(&mut records[1]).unwrap();
         assert!(seg.block.0.len() < DIRECT_MAX, "the large record was not copied");
-        seg.append(&records[2]).unwrap();
+        seg.append(&mut records[2]).unwrap();
         seg.direct = None; // as after a refused write
         assert!(seg.fits(records[3].len()) && !seg.fits(records[3].len() + ALIGN as usize));
-        seg.append(&records[3]).unwrap();
+        seg.append(&mut records[3]).unwrap();
         assert_eq!(seg.pos, capacity, "the last record ends at the segment's end");
         let read = read_segment(&segment_path(dir.path(), 3)).unwrap();
         assert_eq!((read.records.len(), read.bad_at, read.valid_after_stop), (4, None, false));
         for (got, want) in read.records.iter().zip(&records) {
-            assert_eq!(&record_of(got), want);
+            assert_eq!(&record_in(got, 3), want);
         }
     }
 
@@ -732,7 +795,7 @@ mod tests {
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert!(matches!(recover(&wal, &backend, None, &no_start), Err(StoreError::Corrupt { .. })));
         // Or damaged in place.
-        f.write_all_at(&record_of(&batch(2))[..HEADER], 2 * ALIGN).unwrap();
+        f.write_all_at(&record_in(&batch(2), 1)[..HEADER], 2 * ALIGN).unwrap();
         f.write_all_at(&[0xff], 2 * ALIGN + HEADER as u64 + 2).unwrap();
         assert!(matches!(recover(&wal, &backend, None, &no_start), Err(StoreError::Corrupt { .. })));
         assert_eq!(segments(&wal).unwrap(), vec![1], "the files are kept");
@@ -835,21 +898,44 @@ mod tests {
         }
     }
 
+    /// A record in the layouts before the segment number: 8-byte header, no stamp.
+    fn record_v2(b: &Batch) -> Vec<u8> {
+        let r = record_of(b);
+        [&r[..HEADER_V2], &r[HEADER..]].concat()
+    }
+
     #[test]
-    fn a_segment_in_the_older_layout_is_replayed() {
+    fn segments_in_the_older_layouts_are_replayed_and_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("wal");
         std::fs::create_dir_all(&wal).unwrap();
-        // Records back to back from byte 0, then zeros.
+        // The oldest: records back to back from byte 0, then zeros.
         let mut bytes = Vec::new();
         for i in 0..3 {
-            bytes.extend_from_slice(&record_of(&batch(i)));
+            bytes.extend_from_slice(&record_v2(&batch(i)));
         }
         bytes.resize(64 * 1024, 0);
         std::fs::write(segment_path(&wal, 9), &bytes).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 10);
-        assert_eq!(backend.get(&Keyspace::OBJECTS.key("k2")).unwrap().unwrap(), b"2");
+        // Then: the magic and size in the first block, each record on its own block.
+        let size = SEGMENT_BYTES as usize;
+        let mut bytes = [MAGIC_V2.as_slice(), &(size as u64).to_le_bytes()].concat();
+        bytes.resize(size, 0);
+        for (i, at) in [(3, 1), (4, 2)] {
+            let r = record_v2(&batch(i));
+            bytes[at * ALIGN as usize..][..r.len()].copy_from_slice(&r);
+        }
+        std::fs::write(segment_path(&wal, 10), &bytes).unwrap();
+        assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 11);
+        for k in 0..=4 {
+            assert_eq!(
+                backend.get(&Keyspace::OBJECTS.key(&format!("k{k}"))).unwrap().unwrap(),
+                k.to_string().as_bytes()
+            );
+        }
+        // Their records carry no number to tell them from a reuser's: deleted, not kept.
+        assert!(segments(&wal).unwrap().is_empty() && retired(&wal).unwrap().is_empty());
     }
 
     #[test]
@@ -898,16 +984,17 @@ mod tests {
     }
 
     /// A checkpointed segment is kept for reuse (two at most, the others deleted), is no
-    /// segment to a start-up, and becomes the next segment zeroed again: none of its old
-    /// records is ever read back. A start deletes the ones left.
+    /// segment to a start-up, and becomes the next segment with only its header rewritten:
+    /// none of its old records is ever read back. A start deletes the ones left.
     #[test]
-    fn retired_segments_are_reused_zeroed_and_never_replayed() {
+    fn retired_segments_are_reused_unzeroed_and_never_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("wal");
         std::fs::create_dir_all(&wal).unwrap();
         for no in 1..=3u64 {
             let mut seg = Segment::create(&wal, no, SEGMENT_BYTES).unwrap();
-            seg.append(&record_of(&batch(no as u32))).unwrap();
+            seg.append(&mut record_of(&batch(no as u32))).unwrap();
+            seg.append(&mut record_of(&batch(10 + no as u32))).unwrap();
         }
         let small = write_segment(&wal, 4, &[batch(4)]);
         // As `remove_through` does with room on the disk (the test must not depend on it).
@@ -922,25 +1009,59 @@ mod tests {
         assert_eq!(retired(&wal).unwrap().len(), 1, "one taken");
         let bytes = std::fs::read(segment_path(&wal, 5)).unwrap();
         assert_eq!(bytes.len() as u64, SEGMENT_BYTES);
-        assert!(bytes[MAGIC.len() + 8..].iter().all(|b| *b == 0), "zeroed again past its header");
-        seg.append(&record_of(&batch(5))).unwrap();
+        assert_eq!((bytes.starts_with(&MAGIC), u64_at(&bytes, 16)), (true, Some(5)), "a new header");
+        let was = u64_at(&bytes, ALIGN as usize + 8).unwrap();
+        assert!(was == 1 || was == 2, "its old records are still there: {was}");
+        seg.append(&mut record_of(&batch(5))).unwrap();
+        let read = read_segment(&segment_path(&wal, 5)).unwrap();
+        let end = Some(2 * ALIGN as usize);
+        assert_eq!((read.records.len(), read.bad_at, read.end_at, read.valid_after_stop), (1, None, end, false));
 
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 6);
-        for old in 1..=4u32 {
+        for old in (1..=4u32).chain(11..=13) {
             assert!(backend.get(&Keyspace::OBJECTS.key(&format!("k{old}"))).unwrap().is_none(), "k{old} replayed");
         }
         assert!(backend.get(&Keyspace::OBJECTS.key("k5")).unwrap().is_some());
-        remove_unfinished(&wal).unwrap();
-        assert!(retired(&wal).unwrap().is_empty(), "a start gives their space back");
+        assert!(segments(&wal).unwrap().is_empty() && retired(&wal).unwrap().is_empty(), "a start keeps none");
 
         // Short of space, none is kept, not even those kept before.
         for no in [6, 7] {
-            Segment::create(&wal, no, SEGMENT_BYTES).unwrap().append(&record_of(&batch(no as u32))).unwrap();
+            Segment::create(&wal, no, SEGMENT_BYTES).unwrap().append(&mut record_of(&batch(no as u32))).unwrap();
         }
         retire_through(&wal, 6, KEEP_RETIRED).unwrap();
         assert_eq!(retired(&wal).unwrap().len(), 1);
         retire_through(&wal, 7, 0).unwrap();
         assert!(segments(&wal).unwrap().is_empty() && retired(&wal).unwrap().is_empty());
+    }
+
+    /// A reused file's old records end a segment where the log left it, with a record that
+    /// did not fit still to come: the next segment follows it without a loss being seen, and
+    /// a record torn over an old one is the torn tail.
+    #[test]
+    fn a_reused_segment_left_for_the_next_is_read_to_its_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        write_segment(&wal, 1, &[batch(1), batch(2), batch(3)]);
+        std::fs::rename(segment_path(&wal, 1), retired_path(&wal, 1)).unwrap();
+        // Two records, then the last block still holds segment 1's third record.
+        let mut seg = Segment::create(&wal, 2, 4 * ALIGN).unwrap();
+        assert!(!retired_path(&wal, 1).exists(), "reused");
+        for b in [batch(4), batch(5)] {
+            seg.append(&mut record_of(&b)).unwrap();
+        }
+        let mut big = Batch::new();
+        big.put(Keyspace::OBJECTS, "big", &"x".repeat(5000));
+        assert!(!seg.fits(record_of(&big).len()), "the next record needs the next segment");
+        let mut next = Segment::create(&wal, 3, 4 * ALIGN).unwrap();
+        next.append(&mut record_of(&big)).unwrap();
+        // Torn over a zeroed block: stamped, but its payload never written.
+        next.file.write_all_at(&record_in(&batch(6), 3)[..HEADER], next.pos).unwrap();
+        let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+        assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 4);
+        for (key, there) in [("k4", true), ("k5", true), ("big", true), ("k3", false), ("k6", false)] {
+            assert_eq!(backend.get(&Keyspace::OBJECTS.key(key)).unwrap().is_some(), there, "{key}");
+        }
     }
 }
