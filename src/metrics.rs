@@ -34,7 +34,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Histogram buckets (seconds) of request latencies: 0.5 ms to 10 s.
 const LATENCY: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-/// The store's steps: an fsync into a pre-zeroed segment takes 0.2–0.4 ms, below the request
+/// The store's steps: an fsync into a log segment takes 0.2–0.4 ms, below the request
 /// buckets' first edge; a checkpoint may take seconds.
 const STORE_LATENCY: [f64; 17] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

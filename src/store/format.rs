@@ -20,6 +20,10 @@
 //!   tombstones (see `adapter/records.rs`); an older binary would not see those keys and let
 //!   their events in again. Keys written before stay in `dkey`, where they still count: no
 //!   rewrite (an actor's first start pages its objects' keys).
+//! - 7: the write-ahead log's records are stamped with their segment's number, and a retired
+//!   segment becomes a later one without being zeroed again (see `store/wal.rs`); an older
+//!   binary would take a segment in that layout for a torn write and lose its records.
+//!   Keyspaces unchanged.
 //!
 //! Additions that an older binary never reads need no new version (it keeps working on the
 //! directory, and a newer one finds its data as left): the `alert` keyspace, and alert
@@ -40,7 +44,7 @@
 use super::{Backend, Batch, Keyspace, Op, StoreError};
 
 /// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 const VERSION_KEY: &str = "format_version";
 const MIGRATE_FROM_KEY: &str = "migrate_from";
@@ -128,7 +132,7 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
             Some(b.ops)
         })?;
     }
-    // 4 → 5 and 5 → 6 rewrite nothing (see the module docs).
+    // 4 → 5, 5 → 6 and 6 → 7 rewrite nothing (see the module docs).
     let mut b = Batch::new();
     b.delete(Keyspace::META, MIGRATE_FROM_KEY);
     backend.apply(&b)?;
