@@ -254,7 +254,7 @@ fn log_loop(
         if result.is_ok() && !merged.is_empty() {
             let logged_to = wal::record(&merged, &mut record).and_then(|()| {
                 let synced = Instant::now();
-                let no = append(&mut segment, &spares, &mut record)?;
+                let no = append(&mut segment, &spares, &record)?;
                 crate::metrics::store_flush(synced.elapsed());
                 Ok(no)
             });
@@ -320,11 +320,7 @@ const SPARE_WAIT: Duration = Duration::from_secs(10);
 
 /// Appends one record to the current segment, moving to a fresh one when it is full.
 /// Returns the number of the segment that holds it.
-fn append(
-    segment: &mut Option<Segment>,
-    spares: &sync_mpsc::Receiver<Segment>,
-    record: &mut [u8],
-) -> std::io::Result<u64> {
+fn append(segment: &mut Option<Segment>, spares: &sync_mpsc::Receiver<Segment>, record: &[u8]) -> std::io::Result<u64> {
     if !segment.as_ref().is_some_and(|s| s.fits(record.len())) {
         let mut next = spares.recv_timeout(SPARE_WAIT).map_err(|e| match e {
             sync_mpsc::RecvTimeoutError::Timeout => std::io::Error::other(format!(

@@ -19,18 +19,21 @@
 //! key written since the last checkpoint ends with its last logged value, and every other key
 //! was on disk at that checkpoint's flush.
 //!
-//! Layout: `{data}/wal/{number:020}.wal`, each `SEGMENT_BYTES` long: a new file is filled
-//! with zeros, a file reused from a retired segment (`{number:020}.free`) keeps its old
-//! bytes. Its first [`ALIGN`] bytes hold [`MAGIC`], the segment's size (u64 LE, so that a
-//! shortened segment is told from a torn write) and its number (u64 LE); records
-//! `[len: u32 LE][crc32(payload): u32 LE][segment number: u64 LE][payload]` follow, each
-//! starting on an [`ALIGN`] boundary, so writing a record never rewrites a block that holds
-//! an acknowledged one (a device that tears a block it rewrites on power loss cannot damage
-//! acknowledged data). A zero length, or a record stamped with another segment's number
-//! (what a reused file held before), ends the segment: that stamp is what lets a reused file
-//! skip being zeroed again, which would write as many bytes as the log itself. A payload is
-//! one group's operations, each `1 klen key vlen value` (put) or `2 klen key` (delete),
-//! lengths u32 LE.
+//! Layout: `{data}/wal/{number:020}.wal`, `SEGMENT_BYTES` long (longer for a record that
+//! needs it): a new file is filled with zeros, a file reused from a retired segment
+//! (`{number:020}.free`) keeps its old bytes. Its first [`ALIGN`] bytes hold [`MAGIC`], the
+//! segment's size (u64 LE, so that a shortened segment is told from a torn write) and its
+//! number (u64 LE); records `[len: u32 LE][crc32(payload ++ number): u32 LE][number: u64
+//! LE][payload]` follow, each starting on an [`ALIGN`] boundary, so writing a record never
+//! rewrites a block that holds an acknowledged one (a device that tears a block it rewrites
+//! on power loss cannot damage acknowledged data). A zero length, or a record stamped with
+//! another segment's number (what a reused file held before), ends the segment: that stamp
+//! is what lets a reused file skip being zeroed again, which would write as many bytes as
+//! the log itself. It holds because a file is reused only for a higher number than any it
+//! held: only a segment of this run is retired (a start deletes the retired files it finds,
+//! and the segments it replays), and numbers only grow within a run. A payload is one
+//! group's operations, each `1 klen key vlen value` (put) or `2 klen key` (delete), lengths
+//! u32 LE.
 //!
 //! A record that does not check out is the write torn by a crash (the only unacknowledged
 //! one, the last) if no valid record follows it, in its segment (probed at every boundary) or
@@ -130,7 +133,7 @@ const DIRECT_MAX: usize = 1 << 20;
 impl AlignedBuf {
     /// `record` (at most [`DIRECT_MAX`] bytes) copied into an aligned block, zero-padded to
     /// a multiple of [`ALIGN`]; `None` if no aligned start could be found (never expected).
-    fn padded(&mut self, record: &[u8]) -> Option<&[u8]> {
+    fn padded(&mut self, record: &[u8]) -> Option<&mut [u8]> {
         let len = align_up(record.len() as u64) as usize;
         let want = len + ALIGN as usize;
         if self.0.len() < want {
@@ -156,7 +159,7 @@ impl Segment {
     /// bring its old name back over a rewritten header.
     pub(crate) fn create(dir: &Path, no: u64, capacity: u64) -> io::Result<Segment> {
         let tmp = segment_path(dir, no).with_extension("tmp");
-        let reused = take_retired(dir, capacity, &tmp);
+        let reused = take_retired(dir, no, capacity, &tmp);
         Self::create_at(dir, no, capacity, &tmp, reused).inspect_err(|_| {
             // A part-made spare (a full disk, most often) must not keep the space it took:
             // the next try, and sled, need it.
@@ -203,13 +206,14 @@ impl Segment {
         self.pos + record_len as u64 <= self.capacity
     }
 
-    /// Writes one record made by [`record`], stamped with this segment's number, and makes
-    /// it durable. The caller checked [`Segment::fits`].
-    pub(crate) fn append(&mut self, record: &mut [u8]) -> io::Result<()> {
-        let stamp = record.get_mut(8..HEADER).ok_or_else(|| io::Error::other("log record without a header"))?;
-        stamp.copy_from_slice(&self.no.to_le_bytes());
-        if !self.append_direct(record)? {
+    /// Writes one record made by [`record`], with the header [`stamped`] for this segment,
+    /// and makes it durable. The caller checked [`Segment::fits`].
+    pub(crate) fn append(&mut self, record: &[u8]) -> io::Result<()> {
+        let header = stamped(record, self.no)?;
+        if !self.append_direct(record, &header)? {
+            // Two writes into the page cache, made durable together by the sync.
             self.file.write_all_at(record, self.pos)?;
+            self.file.write_all_at(&header, self.pos)?;
             self.file.sync_data()?;
         }
         // Nothing reads the padding up to the boundary (zeros if written with direct I/O).
@@ -219,9 +223,10 @@ impl Segment {
 
     /// Writes and syncs `record` with direct I/O; `false` if this segment has none (or the
     /// filesystem refused this write: the caller then writes it through the page cache).
-    fn append_direct(&mut self, record: &[u8]) -> io::Result<bool> {
+    fn append_direct(&mut self, record: &[u8], header: &[u8; HEADER]) -> io::Result<bool> {
         let Some(direct) = self.direct.as_ref().filter(|_| record.len() <= DIRECT_MAX) else { return Ok(false) };
         let Some(block) = self.block.padded(record) else { return Ok(false) };
+        block[..HEADER].copy_from_slice(header);
         match direct.write_all_at(block, self.pos) {
             Ok(()) => {
                 direct.sync_data()?;
@@ -247,8 +252,8 @@ pub(crate) fn segment_path(dir: &Path, no: u64) -> PathBuf {
     dir.join(format!("{no:020}.wal"))
 }
 
-/// Replaces `out` with the log record of `batch`: header (length, checksum, and room for
-/// the segment number [`Segment::append`] stamps) and payload, framed in place so the
+/// Replaces `out` with the log record of `batch`: header (length, the payload's checksum,
+/// and room for the segment number: see [`stamped`]) and payload, framed in place so the
 /// payload is never copied.
 pub(crate) fn record(batch: &Batch, out: &mut Vec<u8>) -> io::Result<()> {
     out.clear();
@@ -260,6 +265,25 @@ pub(crate) fn record(batch: &Batch, out: &mut Vec<u8>) -> io::Result<()> {
     out[..4].copy_from_slice(&len.to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// The header `record` (made by [`record`]) gets in segment `no`: its length, its checksum
+/// continued over the number (a record's checksum covers `payload ++ number`, so a write that
+/// tears an old record's header, leaving a new number on its old bytes, does not check out),
+/// and the number.
+fn stamped(record: &[u8], no: u64) -> io::Result<[u8; HEADER]> {
+    let mut header = [0u8; HEADER];
+    header.copy_from_slice(record.get(..HEADER).ok_or_else(|| io::Error::other("log record without a header"))?);
+    let payload_crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    header[4..8].copy_from_slice(&numbered_crc(crc32fast::Hasher::new_with_initial(payload_crc), no).to_le_bytes());
+    header[8..].copy_from_slice(&no.to_le_bytes());
+    Ok(header)
+}
+
+/// `hasher` (holding a payload's checksum) continued over segment number `no`.
+fn numbered_crc(mut hasher: crc32fast::Hasher, no: u64) -> u32 {
+    hasher.update(&no.to_le_bytes());
+    hasher.finalize()
 }
 
 /// Appends the encoding of `batch` (a record's payload) to `out`.
@@ -368,11 +392,15 @@ fn record_at(bytes: &[u8], pos: usize, layout: Layout) -> Result<Option<(Batch, 
     if len == 0 || !ours {
         return Err(());
     }
-    Ok(bytes
-        .get(pos + header..pos + header + len)
-        .filter(|payload| crc32fast::hash(payload) == crc)
-        .and_then(decode)
-        .map(|b| (b, header + len)))
+    let checks = |payload: &&[u8]| match layout {
+        Layout::Numbered(no) => {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(payload);
+            numbered_crc(hasher, no) == crc
+        }
+        Layout::Packed | Layout::Aligned => crc32fast::hash(payload) == crc,
+    };
+    Ok(bytes.get(pos + header..pos + header + len).filter(checks).and_then(decode).map(|b| (b, header + len)))
 }
 
 /// The records of one segment file, in order, up to its end or first bad record.
@@ -466,7 +494,8 @@ pub(crate) fn recover(
     }
     remove_unfinished(dir).map_err(|e| io("remove unfinished spares in", e))?;
     let nos = segments(dir).map_err(|e| io("list log directory", e))?;
-    // Numbers go on from where the log was (a segment number is never used twice).
+    // Numbers go on from where the log was (a segment number is not used twice, unless
+    // nothing recorded the last one: reuse does not depend on it, see the module docs).
     let Some(&last) = nos.last() else { return Ok(from.unwrap_or(0)) };
     let mut reads = Vec::with_capacity(nos.len());
     for &no in &nos {
@@ -583,12 +612,20 @@ fn retired(dir: &Path) -> io::Result<Vec<PathBuf>> {
     files_ending(dir, &["free"])
 }
 
-/// Moves a retired segment of `capacity` bytes to `tmp`; false if there is none.
-fn take_retired(dir: &Path, capacity: u64, tmp: &Path) -> bool {
+/// Moves a retired segment of `capacity` bytes to `tmp`, to become segment `no`; false if
+/// there is none. Only a segment in the current layout numbered below `no` is taken: its
+/// records then never carry `no` (see the module docs; a start deletes retired files
+/// anyway, this makes sure of it).
+fn take_retired(dir: &Path, no: u64, capacity: u64, tmp: &Path) -> bool {
     let Ok(found) = retired(dir) else { return false };
-    found
-        .iter()
-        .any(|path| std::fs::metadata(path).is_ok_and(|m| m.len() == capacity) && std::fs::rename(path, tmp).is_ok())
+    let earlier = |path: &Path| -> io::Result<bool> {
+        let mut head = [0u8; 24];
+        let mut file = File::open(path)?;
+        file.read_exact(&mut head)?;
+        let was = u64_at(&head, 16).unwrap_or(u64::MAX);
+        Ok(file.metadata()?.len() == capacity && head.starts_with(&MAGIC) && was < no)
+    };
+    found.iter().any(|path| earlier(path).unwrap_or(false) && std::fs::rename(path, tmp).is_ok())
 }
 
 /// Below this much free space on the log's filesystem, retired segments are not kept: their
@@ -690,7 +727,8 @@ mod tests {
     /// The record of `b` as segment `no` holds it (stamped with its number).
     fn record_in(b: &Batch, no: u64) -> Vec<u8> {
         let mut r = record_of(b);
-        r[8..HEADER].copy_from_slice(&no.to_le_bytes());
+        let header = stamped(&r, no).unwrap();
+        r[..HEADER].copy_from_slice(&header);
         r
     }
 
@@ -699,7 +737,7 @@ mod tests {
     fn write_segment(wal: &Path, no: u64, batches: &[Batch]) -> Segment {
         let mut seg = Segment::create(wal, no, ALIGN * (1 + batches.len() as u64)).unwrap();
         for b in batches {
-            seg.append(&mut record_of(b)).unwrap();
+            seg.append(&record_of(b)).unwrap();
         }
         seg
     }
@@ -710,20 +748,26 @@ mod tests {
         let mut seg = Segment::create(dir.path(), 7, 5 * ALIGN).unwrap();
         let mut records = Vec::new();
         for i in 0..3 {
-            let mut r = record_of(&batch(i));
+            let r = record_of(&batch(i));
             assert!(seg.fits(r.len()));
             // Each record on its own block, after the magic's.
             assert_eq!(seg.pos, (i as u64 + 1) * ALIGN);
-            seg.append(&mut r).unwrap();
+            seg.append(&r).unwrap();
             records.push(r);
         }
-        assert_eq!(records[2], record_in(&batch(2), 7), "stamped with the segment's number");
+        // On disk: stamped with the segment's number, its checksum covering the number too.
+        let on_disk = std::fs::read(segment_path(dir.path(), 7)).unwrap();
+        let third = &on_disk[3 * ALIGN as usize..][..records[2].len()];
+        assert_eq!(third, record_in(&batch(2), 7));
+        let payload = &records[2][HEADER..];
+        let crc = crc32fast::hash(&[payload, &7u64.to_le_bytes()].concat());
+        assert_eq!((&third[4..8], &third[8..HEADER]), (&crc.to_le_bytes()[..], &7u64.to_le_bytes()[..]));
         // A crash in the middle of the fourth record: its header is there, its payload not.
         let end = seg.pos;
         seg.file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 7, 0, 0, 0, 0, 0, 0, 0, 1], end).unwrap();
         let read = read_segment(&segment_path(dir.path(), 7)).unwrap();
         assert_eq!((read.records.len(), read.bad_at), (3, Some(end as usize)));
-        assert_eq!(record_in(&read.records[2], 7), records[2]);
+        assert_eq!(record_of(&read.records[2]), records[2]);
         assert!(!read.valid_after_stop);
         assert!(seg.fits(4000) && !seg.fits(5000));
     }
@@ -758,28 +802,28 @@ mod tests {
         let mut big = Batch::new();
         big.put(Keyspace::OBJECTS, "big", &"x".repeat(DIRECT_MAX + 5000));
         let batches = [batch(1), big, batch(2), batch(3)];
-        let mut records: Vec<Vec<u8>> = batches.iter().map(|b| record_in(b, 3)).collect();
+        let records: Vec<Vec<u8>> = batches.iter().map(record_of).collect();
         let capacity = ALIGN + records.iter().map(|r| align_up(r.len() as u64)).sum::<u64>();
         let mut seg = Segment::create(dir.path(), 3, capacity).unwrap();
         assert_eq!(seg.direct.is_some(), takes_direct, "direct I/O used where the filesystem takes it");
         let first_end = ALIGN + align_up(records[0].len() as u64);
         // Junk inside the padding the first record's block will carry.
         seg.file.write_all_at(&[0xAB; 16], first_end - 16).unwrap();
-        seg.append(&mut records[0]).unwrap();
+        seg.append(&records[0]).unwrap();
         let padding =
             std::fs::read(segment_path(dir.path(), 3)).unwrap()[first_end as usize - 16..first_end as usize].to_vec();
         assert_eq!(padding.iter().all(|b| *b == 0), takes_direct, "a direct write's padding is zeros: {padding:?}");
-        seg.append(&mut records[1]).unwrap();
+        seg.append(&records[1]).unwrap();
         assert!(seg.block.0.len() < DIRECT_MAX, "the large record was not copied");
-        seg.append(&mut records[2]).unwrap();
+        seg.append(&records[2]).unwrap();
         seg.direct = None; // as after a refused write
         assert!(seg.fits(records[3].len()) && !seg.fits(records[3].len() + ALIGN as usize));
-        seg.append(&mut records[3]).unwrap();
+        seg.append(&records[3]).unwrap();
         assert_eq!(seg.pos, capacity, "the last record ends at the segment's end");
         let read = read_segment(&segment_path(dir.path(), 3)).unwrap();
         assert_eq!((read.records.len(), read.bad_at, read.valid_after_stop), (4, None, false));
         for (got, want) in read.records.iter().zip(&records) {
-            assert_eq!(&record_in(got, 3), want);
+            assert_eq!(&record_of(got), want);
         }
     }
 
@@ -934,7 +978,8 @@ mod tests {
                 k.to_string().as_bytes()
             );
         }
-        // Their records carry no number to tell them from a reuser's: deleted, not kept.
+        // Their records carry no number to tell them from a reuser's: deleted, not kept (a
+        // checkpoint would keep one on a disk with 1 GiB free, as test machines have).
         assert!(segments(&wal).unwrap().is_empty() && retired(&wal).unwrap().is_empty());
     }
 
@@ -993,8 +1038,8 @@ mod tests {
         std::fs::create_dir_all(&wal).unwrap();
         for no in 1..=3u64 {
             let mut seg = Segment::create(&wal, no, SEGMENT_BYTES).unwrap();
-            seg.append(&mut record_of(&batch(no as u32))).unwrap();
-            seg.append(&mut record_of(&batch(10 + no as u32))).unwrap();
+            seg.append(&record_of(&batch(no as u32))).unwrap();
+            seg.append(&record_of(&batch(10 + no as u32))).unwrap();
         }
         let small = write_segment(&wal, 4, &[batch(4)]);
         // As `remove_through` does with room on the disk (the test must not depend on it).
@@ -1004,7 +1049,8 @@ mod tests {
         assert_eq!(kept.len(), KEEP_RETIRED, "{kept:?}");
         assert!(!retired_path(&wal, 3).exists() && !retired_path(&wal, 4).exists(), "the rest deleted: {kept:?}");
 
-        assert!(!take_retired(&wal, 5 * ALIGN, &wal.join("x.tmp")), "none of another size is taken");
+        assert!(!take_retired(&wal, 5, 5 * ALIGN, &wal.join("x.tmp")), "none of another size is taken");
+        assert!(!take_retired(&wal, 1, SEGMENT_BYTES, &wal.join("x.tmp")), "none numbered as high");
         let mut seg = Segment::create(&wal, 5, SEGMENT_BYTES).unwrap();
         assert_eq!(retired(&wal).unwrap().len(), 1, "one taken");
         let bytes = std::fs::read(segment_path(&wal, 5)).unwrap();
@@ -1012,7 +1058,7 @@ mod tests {
         assert_eq!((bytes.starts_with(&MAGIC), u64_at(&bytes, 16)), (true, Some(5)), "a new header");
         let was = u64_at(&bytes, ALIGN as usize + 8).unwrap();
         assert!(was == 1 || was == 2, "its old records are still there: {was}");
-        seg.append(&mut record_of(&batch(5))).unwrap();
+        seg.append(&record_of(&batch(5))).unwrap();
         let read = read_segment(&segment_path(&wal, 5)).unwrap();
         let end = Some(2 * ALIGN as usize);
         assert_eq!((read.records.len(), read.bad_at, read.end_at, read.valid_after_stop), (1, None, end, false));
@@ -1027,7 +1073,7 @@ mod tests {
 
         // Short of space, none is kept, not even those kept before.
         for no in [6, 7] {
-            Segment::create(&wal, no, SEGMENT_BYTES).unwrap().append(&mut record_of(&batch(no as u32))).unwrap();
+            Segment::create(&wal, no, SEGMENT_BYTES).unwrap().append(&record_of(&batch(no as u32))).unwrap();
         }
         retire_through(&wal, 6, KEEP_RETIRED).unwrap();
         assert_eq!(retired(&wal).unwrap().len(), 1);
@@ -1036,8 +1082,7 @@ mod tests {
     }
 
     /// A reused file's old records end a segment where the log left it, with a record that
-    /// did not fit still to come: the next segment follows it without a loss being seen, and
-    /// a record torn over an old one is the torn tail.
+    /// did not fit still to come: the next segment follows it without a loss being seen.
     #[test]
     fn a_reused_segment_left_for_the_next_is_read_to_its_last_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -1049,19 +1094,45 @@ mod tests {
         let mut seg = Segment::create(&wal, 2, 4 * ALIGN).unwrap();
         assert!(!retired_path(&wal, 1).exists(), "reused");
         for b in [batch(4), batch(5)] {
-            seg.append(&mut record_of(&b)).unwrap();
+            seg.append(&record_of(&b)).unwrap();
         }
         let mut big = Batch::new();
         big.put(Keyspace::OBJECTS, "big", &"x".repeat(5000));
         assert!(!seg.fits(record_of(&big).len()), "the next record needs the next segment");
         let mut next = Segment::create(&wal, 3, 4 * ALIGN).unwrap();
-        next.append(&mut record_of(&big)).unwrap();
+        next.append(&record_of(&big)).unwrap();
         // Torn over a zeroed block: stamped, but its payload never written.
         next.file.write_all_at(&record_in(&batch(6), 3)[..HEADER], next.pos).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 4);
         for (key, there) in [("k4", true), ("k5", true), ("big", true), ("k3", false), ("k6", false)] {
             assert_eq!(backend.get(&Keyspace::OBJECTS.key(key)).unwrap().is_some(), there, "{key}");
+        }
+    }
+
+    /// The last write, torn over a reused file's old record, is the torn tail: neither the
+    /// new record nor the old one is replayed, whichever part of the write landed.
+    #[test]
+    fn a_write_torn_over_an_old_record_is_the_torn_tail() {
+        // What landed at the end: the new record's header alone, or its number alone (bytes
+        // `from..HEADER` of it).
+        for (i, from) in [0, 8].into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = dir.path().join("wal");
+            std::fs::create_dir_all(&wal).unwrap();
+            write_segment(&wal, 1, &[batch(1), batch(2), batch(3)]);
+            std::fs::rename(segment_path(&wal, 1), retired_path(&wal, 1)).unwrap();
+            let mut seg = Segment::create(&wal, 2, 4 * ALIGN).unwrap();
+            seg.append(&record_of(&batch(4))).unwrap();
+            let new = record_in(&batch(5), 2);
+            seg.file.write_all_at(&new[from..HEADER], seg.pos + from as u64).unwrap();
+            let read = read_segment(&segment_path(&wal, 2)).unwrap();
+            assert_eq!((read.records.len(), read.bad_at), (1, Some(2 * ALIGN as usize)), "tear {i}");
+            let backend = SledBackend::open(&dir.path().join("db")).unwrap();
+            assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 3, "tear {i}");
+            for (key, there) in [("k4", true), ("k5", false), ("k2", false), ("k3", false)] {
+                assert_eq!(backend.get(&Keyspace::OBJECTS.key(key)).unwrap().is_some(), there, "tear {i}: {key}");
+            }
         }
     }
 }
