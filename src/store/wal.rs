@@ -602,8 +602,9 @@ fn files_ending(dir: &Path, extensions: &[&str]) -> io::Result<Vec<PathBuf>> {
 /// about as often as one is retired.
 const KEEP_RETIRED: usize = 2;
 
-/// A retired segment: `{number}.free`. Never read; only ever given a new header under a
-/// temporary name (see [`Segment::create`]), or deleted.
+/// A retired segment: `{number}.free`. Never replayed: only its header is read (see
+/// [`take_retired`]) before it is given a new one under a temporary name (see
+/// [`Segment::create`]), or it is deleted.
 fn retired_path(dir: &Path, no: u64) -> PathBuf {
     dir.join(format!("{no:020}.free"))
 }
