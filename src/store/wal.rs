@@ -1082,18 +1082,32 @@ mod tests {
         assert!(segments(&wal).unwrap().is_empty() && retired(&wal).unwrap().is_empty());
     }
 
+    /// Segment 2 in `wal`, four blocks, made from a retired segment 1 that holds three records
+    /// (of `batch(1..=3)`), each still there until overwritten.
+    fn reused_segment(wal: &Path) -> Segment {
+        std::fs::create_dir_all(wal).unwrap();
+        write_segment(wal, 1, &[batch(1), batch(2), batch(3)]);
+        std::fs::rename(segment_path(wal, 1), retired_path(wal, 1)).unwrap();
+        let seg = Segment::create(wal, 2, 4 * ALIGN).unwrap();
+        assert!(!retired_path(wal, 1).exists(), "reused");
+        seg
+    }
+
+    /// Whether each key (of `Keyspace::OBJECTS`) is in `backend`, as expected.
+    fn assert_present(backend: &SledBackend, expected: &[(&str, bool)], context: &str) {
+        for (key, there) in expected {
+            assert_eq!(backend.get(&Keyspace::OBJECTS.key(key)).unwrap().is_some(), *there, "{context}: {key}");
+        }
+    }
+
     /// A reused file's old records end a segment where the log left it, with a record that
     /// did not fit still to come: the next segment follows it without a loss being seen.
     #[test]
     fn a_reused_segment_left_for_the_next_is_read_to_its_last_record() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("wal");
-        std::fs::create_dir_all(&wal).unwrap();
-        write_segment(&wal, 1, &[batch(1), batch(2), batch(3)]);
-        std::fs::rename(segment_path(&wal, 1), retired_path(&wal, 1)).unwrap();
         // Two records, then the last block still holds segment 1's third record.
-        let mut seg = Segment::create(&wal, 2, 4 * ALIGN).unwrap();
-        assert!(!retired_path(&wal, 1).exists(), "reused");
+        let mut seg = reused_segment(&wal);
         for b in [batch(4), batch(5)] {
             seg.append(&record_of(&b)).unwrap();
         }
@@ -1106,9 +1120,7 @@ mod tests {
         next.file.write_all_at(&record_in(&batch(6), 3)[..HEADER], next.pos).unwrap();
         let backend = SledBackend::open(&dir.path().join("db")).unwrap();
         assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 4);
-        for (key, there) in [("k4", true), ("k5", true), ("big", true), ("k3", false), ("k6", false)] {
-            assert_eq!(backend.get(&Keyspace::OBJECTS.key(key)).unwrap().is_some(), there, "{key}");
-        }
+        assert_present(&backend, &[("k4", true), ("k5", true), ("big", true), ("k3", false), ("k6", false)], "replay");
     }
 
     /// The last write, torn over a reused file's old record, is the torn tail: neither the
@@ -1120,10 +1132,7 @@ mod tests {
         for (i, from) in [0, 8].into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let wal = dir.path().join("wal");
-            std::fs::create_dir_all(&wal).unwrap();
-            write_segment(&wal, 1, &[batch(1), batch(2), batch(3)]);
-            std::fs::rename(segment_path(&wal, 1), retired_path(&wal, 1)).unwrap();
-            let mut seg = Segment::create(&wal, 2, 4 * ALIGN).unwrap();
+            let mut seg = reused_segment(&wal);
             seg.append(&record_of(&batch(4))).unwrap();
             let new = record_in(&batch(5), 2);
             seg.file.write_all_at(&new[from..HEADER], seg.pos + from as u64).unwrap();
@@ -1131,9 +1140,11 @@ mod tests {
             assert_eq!((read.records.len(), read.bad_at), (1, Some(2 * ALIGN as usize)), "tear {i}");
             let backend = SledBackend::open(&dir.path().join("db")).unwrap();
             assert_eq!(recover(&wal, &backend, None, &no_start).unwrap(), 3, "tear {i}");
-            for (key, there) in [("k4", true), ("k5", false), ("k2", false), ("k3", false)] {
-                assert_eq!(backend.get(&Keyspace::OBJECTS.key(key)).unwrap().is_some(), there, "tear {i}: {key}");
-            }
+            assert_present(
+                &backend,
+                &[("k4", true), ("k5", false), ("k2", false), ("k3", false)],
+                &format!("tear {i}"),
+            );
         }
     }
 }
