@@ -66,6 +66,22 @@ const ALIGN: u64 = 4096;
 const MAGIC: [u8; 8] = *b"HKLWAL03";
 /// The first bytes of a segment in the aligned layout without segment numbers.
 const MAGIC_V2: [u8; 8] = *b"HKLWAL02";
+/// A segment's header in the current layout: [`MAGIC`], its size, its number (u64 LE each).
+const SEGMENT_HEADER: usize = 24;
+
+/// The header of segment `no`, `capacity` bytes long.
+fn segment_header(capacity: u64, no: u64) -> [u8; SEGMENT_HEADER] {
+    let mut header = [0u8; SEGMENT_HEADER];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..16].copy_from_slice(&capacity.to_le_bytes());
+    header[16..].copy_from_slice(&no.to_le_bytes());
+    header
+}
+
+/// The segment number in `bytes`, the start of a segment file, if it is in the current layout.
+fn numbered(bytes: &[u8]) -> Option<u64> {
+    bytes.starts_with(&MAGIC).then(|| u64_at(bytes, 16)).flatten()
+}
 
 fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN) * ALIGN
@@ -185,11 +201,7 @@ impl Segment {
                 left -= n as u64;
             }
         }
-        let mut header = [0u8; 24];
-        header[..8].copy_from_slice(&MAGIC);
-        header[8..16].copy_from_slice(&capacity.to_le_bytes());
-        header[16..].copy_from_slice(&no.to_le_bytes());
-        file.write_all_at(&header, 0)?;
+        file.write_all_at(&segment_header(capacity, no), 0)?;
         file.sync_all()?;
         std::fs::rename(tmp, &path)?;
         sync_dir(dir)?;
@@ -407,8 +419,8 @@ fn record_at(bytes: &[u8], pos: usize, layout: Layout) -> Result<Option<(Batch, 
 fn read_segment(path: &Path) -> io::Result<SegmentRead> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    let layout = if bytes.starts_with(&MAGIC) {
-        Layout::Numbered(u64_at(&bytes, 16).unwrap_or(u64::MAX))
+    let layout = if let Some(no) = numbered(&bytes) {
+        Layout::Numbered(no)
     } else if bytes.starts_with(&MAGIC_V2) {
         Layout::Aligned
     } else {
@@ -620,11 +632,10 @@ fn retired(dir: &Path) -> io::Result<Vec<PathBuf>> {
 fn take_retired(dir: &Path, no: u64, capacity: u64, tmp: &Path) -> bool {
     let Ok(found) = retired(dir) else { return false };
     let earlier = |path: &Path| -> io::Result<bool> {
-        let mut head = [0u8; 24];
+        let mut head = [0u8; SEGMENT_HEADER];
         let mut file = File::open(path)?;
         file.read_exact(&mut head)?;
-        let was = u64_at(&head, 16).unwrap_or(u64::MAX);
-        Ok(file.metadata()?.len() == capacity && head.starts_with(&MAGIC) && was < no)
+        Ok(file.metadata()?.len() == capacity && numbered(&head).is_some_and(|was| was < no))
     };
     found.iter().any(|path| earlier(path).unwrap_or(false) && std::fs::rename(path, tmp).is_ok())
 }
@@ -638,8 +649,9 @@ const KEEP_RETIRED_ABOVE: u64 = 1 << 30;
 /// up to [`KEEP_RETIRED`] of the usual size are renamed for reuse (none while the disk has
 /// under [`KEEP_RETIRED_ABOVE`] free), the others deleted.
 /// Reusing a file spares the disk work of a new one: zero-filling and allocating its
-/// blocks, and freeing the old one's, which on a filesystem mounted with `discard` waits for the device (about 9 ms
-/// for 16 MiB on the machine the benchmarks ran on, during which the log's syncs wait too).
+/// blocks, and freeing the old one's, which on a filesystem mounted with `discard` waits for
+/// the device (about 9 ms for 16 MiB on the machine the benchmarks ran on, during which the
+/// log's syncs wait too).
 /// Either way the segment's name is gone (durably once the directory is synced, here at the
 /// end, and before a reuse writes to the file), which is all a start-up looks at.
 pub(crate) fn remove_through(dir: &Path, no: u64) -> io::Result<()> {
@@ -1056,7 +1068,7 @@ mod tests {
         assert_eq!(retired(&wal).unwrap().len(), 1, "one taken");
         let bytes = std::fs::read(segment_path(&wal, 5)).unwrap();
         assert_eq!(bytes.len() as u64, SEGMENT_BYTES);
-        assert_eq!((bytes.starts_with(&MAGIC), u64_at(&bytes, 16)), (true, Some(5)), "a new header");
+        assert_eq!(&bytes[..SEGMENT_HEADER], segment_header(SEGMENT_BYTES, 5), "a new header");
         let was = u64_at(&bytes, ALIGN as usize + 8).unwrap();
         assert!(was == 1 || was == 2, "its old records are still there: {was}");
         seg.append(&record_of(&batch(5))).unwrap();
