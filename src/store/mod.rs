@@ -427,12 +427,6 @@ impl Store {
         self.submit(batch).await
     }
 
-    /// Flushes the backend itself (everything committed is durable already, in the log, and
-    /// may not have reached the backend yet; this only shortens the next start-up's replay).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.backend.flush().await
-    }
-
     /// Ends the store (at shutdown): waits until everything submitted before is durable, in
     /// the backend and checkpointed, so the next start has nothing to replay. Every later
     /// write fails with [`StoreError::Closed`].
