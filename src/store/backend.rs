@@ -162,7 +162,12 @@ impl SledBackend {
         })?;
         let trees = Pieces::new(db.clone(), db.open_tree("hookline")?, db.open_tree("hookline-pieces")?);
         let data = path.join("db");
-        let file = std::fs::File::open(&data).map_err(|e| StoreError::Io(format!("open {}: {e}", data.display())))?;
+        // Opened for writing, as sled opens it: some platforms (Windows) refuse a sync
+        // through a read-only handle.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&data)
+            .map_err(|e| StoreError::Io(format!("open {}: {e}", data.display())))?;
         Ok(SledBackend { db, trees, failed: std::sync::atomic::AtomicBool::new(false), _lock: lock, file })
     }
 
