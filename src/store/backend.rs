@@ -52,7 +52,7 @@ pub trait Backend: Send + Sync + 'static {
 /// sled 0.34 backend. One tree holds every keyspace, a second the pieces of its long values
 /// (see [`super::pieces`]). sled buffers writes and flushes every 500 ms by itself; nothing
 /// relies on that: acknowledged writes are in the write-ahead log, and a checkpoint flushes
-/// sled explicitly (see [`Backend::flush`] below) before deleting log segments.
+/// sled explicitly (see [`Backend::flush`] below) before retiring log segments.
 pub struct SledBackend {
     db: sled::Db,
     trees: Pieces,
@@ -287,7 +287,7 @@ impl Backend for SledBackend {
 
     /// sled's flush writes its buffers with `sync_file_range`, which neither flushes the
     /// disk's write cache nor writes the file's metadata (spacejam/sled#1452): written, not
-    /// durable. A checkpoint deletes log segments on the strength of this flush, so it ends
+    /// durable. A checkpoint retires log segments on the strength of this flush, so it ends
     /// with an `fsync` of sled's file; otherwise a power cut soon after a checkpoint could
     /// lose acknowledged writes that are then in neither the log nor the disk. Blocking: the
     /// callers are the store's own threads (or start-up and shutdown).
