@@ -130,11 +130,12 @@ impl SledBackend {
         Ok(())
     }
 
-    /// Passes a sled result on, remembering an error (see `Drop`).
-    fn note<T>(&self, r: sled::Result<T>) -> Result<T, StoreError> {
+    /// Passes on the result of a sled call (or of an I/O on sled's file), remembering an
+    /// error (see `Drop`).
+    fn note<T, E: Into<StoreError>>(&self, r: Result<T, E>) -> Result<T, StoreError> {
         r.map_err(|e| {
             self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            StoreError::from(e)
+            e.into()
         })
     }
 }
@@ -294,10 +295,7 @@ impl Backend for SledBackend {
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
         Box::pin(async move {
             self.note(self.db.flush_async().await)?;
-            self.file.sync_all().map_err(|e| {
-                self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                StoreError::Io(format!("sync the sled store's file: {e}"))
-            })
+            self.note(self.file.sync_all().map_err(|e| StoreError::Io(format!("sync the sled store's file: {e}"))))
         })
     }
 
