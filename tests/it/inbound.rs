@@ -200,6 +200,15 @@ async fn configure_validate_and_show_the_secret_once() {
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.webhook_secret")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap_or_default().contains("rotate_secret"), "{b}");
     assert!(!b.to_string().contains(&secret), "the secret is not echoed: {b}");
+    // A bucket's schema and name are fixed at creation: the 422 says so, not "unknown field".
+    for (field, value) in
+        [("bucket_schema", json!({"properties": {"n": {"type": "int"}}})), ("bucket_name", json!("x"))]
+    {
+        let (s, b) = app.patch(&path, json!({ field: value })).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("cannot be changed") && message.contains("create a new bucket"), "{b}");
+    }
     assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("a1", "video.asset.ready")).await.0, 200);
     let (s, b) = app.patch(&path, json!({"rotate_secret": true})).await;
     assert_eq!(s, 200);
