@@ -504,7 +504,12 @@ impl Config {
         if d.max_queued_in_memory_per_webhook < 2 * d.max_in_flight_per_webhook
             || d.max_queued_in_memory_per_webhook > 10_000_000
         {
-            bail!("delivery.max_queued_in_memory_per_webhook must be within 2 × max_in_flight_per_webhook..=10000000");
+            bail!(
+                "delivery.max_queued_in_memory_per_webhook must be within {}..=10000000 (at least twice \
+                 max_in_flight_per_webhook, {})",
+                2 * d.max_in_flight_per_webhook,
+                d.max_in_flight_per_webhook
+            );
         }
         // Below 64 KiB even small events would mostly wait in the store; past 1 TiB it bounds nothing.
         if !(MIN_QUEUED_BYTES..=MAX_QUEUED_BYTES).contains(&d.max_queued_bytes_per_webhook) {
@@ -595,7 +600,8 @@ impl Config {
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
         self.server.listen.parse().with_context(|| {
             format!(
-                "server.listen {:?} is not an IP address and port such as 127.0.0.1:8080 (a hostname is not accepted)",
+                "server.listen {:?} is not an IP address and a port (0–65535) such as 127.0.0.1:8080 (a hostname \
+                 is not accepted)",
                 self.server.listen
             )
         })
@@ -666,6 +672,17 @@ mod tests {
         assert_eq!(c.storage.path, PathBuf::from("./data"));
         assert_eq!(c.delivery.retry_schedule_seconds, DeliveryConfig::default().retry_schedule_seconds);
         assert_eq!(c.delivery.max_queued_bytes_per_webhook, DeliveryConfig::default().max_queued_bytes_per_webhook);
+    }
+
+    #[test]
+    fn out_of_range_values_say_the_range_in_figures() {
+        let text = "[delivery]\nmax_in_flight_per_webhook = 20\nmax_queued_in_memory_per_webhook = 30\n";
+        let err = Config::from_toml(text).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("within 40..=10000000"), "{err}");
+        let mut c = Config::default();
+        c.server.listen = "127.0.0.1:99999".into();
+        let err = c.listen_addr().unwrap_err().to_string();
+        assert!(err.contains("port (0–65535)"), "{err}");
     }
 
     #[test]
