@@ -109,9 +109,14 @@ pub async fn serve(
                 let upstream = keyless(path.as_str());
                 let anonymous_admin =
                     !upstream && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+                // Of the keyless routes only a POST to ingest or Mux lifecycle has a body that
+                // is read, and charged to the upstream budget. The probes, `/metrics`, and other
+                // methods on the upstream paths (a 405) need none: theirs is read as an anonymous
+                // admin request's is, or anyone could hold the budget with bodies to `/healthz`.
+                let upstream_body = upstream && upstream_post(&method, path.as_str());
                 // Likewise an upstream request that its head already refuses (an unknown bucket,
                 // a wrong secret): its body would take a share of the upstream budget.
-                let (refused, head_proof) = match upstream {
+                let (refused, head_proof) = match upstream_body {
                     true => match inbound::answer_before_body(&state, &method, path.as_str(), &headers) {
                         inbound::Head::Answer(label, resp) => (Some((label, resp)), None),
                         inbound::Head::Authentic(proof) => (None, Some(proof)),
@@ -123,15 +128,15 @@ pub async fn serve(
                 // so (`Connection: close`), or a pooling client sends its next request on a
                 // connection the server is closing and sees it fail.
                 let mut unread = false;
-                let body = match anonymous_admin || refused.is_some() {
+                let body = match anonymous_admin || refused.is_some() || (upstream && !upstream_body) {
                     // A small body is still read (for a second at most) so that the client,
-                    // still sending it, reads the 401 rather than a reset connection.
+                    // still sending it, reads the answer rather than a reset connection.
                     true => {
                         unread = read_body(&headers, body, 64 << 10, Duration::from_secs(1), None).await.is_err();
                         Ok((Bytes::new(), None))
                     }
                     false => {
-                        let budget = upstream.then_some(&upstream_bodies);
+                        let budget = upstream_body.then_some(&upstream_bodies);
                         read_body(&headers, body, limit, read_timeout, budget).await
                     }
                 };
@@ -169,6 +174,15 @@ fn keyless(path: &str) -> bool {
             | ["v1", "buckets", _, "source-adapter", "ingest"]
             | ["v1", "webhooks", "mux", _]
     )
+}
+
+/// The keyless requests whose bodies hookline reads: POSTs to the signed upstream routes.
+fn upstream_post(method: &Method, path: &str) -> bool {
+    method == Method::POST
+        && matches!(
+            request::segments(path).as_slice(),
+            ["v1", "buckets", _, "source-adapter", "ingest"] | ["v1", "webhooks", "mux", _]
+        )
 }
 
 /// The most an HTTP/1 connection buffers of request heads (hyper's `max_buf_size`).

@@ -549,7 +549,9 @@ async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
 /// A request to an upstream route that its head already refuses (an unknown bucket or Mux
 /// connection, a wrong or missing secret) is answered without its body being read: anonymous
 /// senders that stall mid-body cannot spend the upstream body budget, which an authentic
-/// sender then needs whole.
+/// sender then needs whole. Nor can bodies sent to the other keyless routes (the probes,
+/// `/metrics`) or with another method than POST to the upstream ones: none is read past
+/// 64 KiB, nor charged.
 #[tokio::test]
 async fn requests_refused_by_their_head_take_no_upstream_body_budget() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -559,18 +561,25 @@ async fn requests_refused_by_their_head_take_no_upstream_body_budget() {
     let (bucket, secret) = bucket_with_adapter(&app, "budget", json!({}), adapter).await;
     let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
     let targets = [
-        ("/v1/buckets/bkt_nosuchbucket/source-adapter/ingest".to_string(), "", 404),
-        (path.clone(), "X-Webhook-Secret: not-the-secret\r\n", 401),
-        (path.clone(), "", 401),
-        ("/v1/webhooks/mux/conn_nosuchconnection".to_string(), "Mux-Signature: t=1,v1=00\r\n", 404),
+        ("POST", "/v1/buckets/bkt_nosuchbucket/source-adapter/ingest".to_string(), "", 404),
+        ("POST", path.clone(), "X-Webhook-Secret: not-the-secret\r\n", 401),
+        ("POST", path.clone(), "", 401),
+        ("POST", "/v1/webhooks/mux/conn_nosuchconnection".to_string(), "Mux-Signature: t=1,v1=00\r\n", 404),
     ];
-    // 24 senders declare 1 MiB, send 60 KiB (a 64 KiB buffer each: 1.5 MiB in all, were they
-    // charged), then stall.
+    let bodyless = [
+        ("GET", "/healthz".to_string(), "", 200),
+        ("GET", "/metrics".to_string(), "", 200),
+        ("PUT", path.clone(), &*format!("X-Webhook-Secret: {secret}\r\n"), 405),
+        ("GET", "/v1/webhooks/mux/conn_nosuchconnection".to_string(), "Mux-Signature: t=1,v1=00\r\n", 405),
+    ];
+    // 24 senders to the upstream routes and 16 to the others declare 1 MiB, send 60 KiB (a
+    // 64 KiB buffer each: 2.5 MiB in all, were they charged), then stall.
     let mut stalled = Vec::new();
-    for i in 0..24 {
-        let (target, header, expected) = &targets[i % targets.len()];
+    for i in 0..40 {
+        let (method, target, header, expected) =
+            if i < 24 { &targets[i % targets.len()] } else { &bodyless[i % bodyless.len()] };
         let mut c = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-        let head = format!("POST {target} HTTP/1.1\r\nHost: x\r\n{header}Content-Length: 1048576\r\n\r\n");
+        let head = format!("{method} {target} HTTP/1.1\r\nHost: x\r\n{header}Content-Length: 1048576\r\n\r\n");
         c.write_all(head.as_bytes()).await.unwrap();
         c.write_all(&vec![b' '; 60 << 10]).await.unwrap();
         stalled.push((c, *expected));
