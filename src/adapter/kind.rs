@@ -85,6 +85,24 @@ pub fn native_signature(
     }
 }
 
+/// [`native_signature`] from the head alone, where it decides: a Mux adapter's signature
+/// that no body could make valid (no signing secret to check it with, or a header that is
+/// malformed or stale). `None`: the body is needed (or there is no native signature).
+pub fn native_signature_head(
+    kind: ProviderType,
+    mux_signature: Option<&str>,
+    connection: Option<&ProviderConfig>,
+) -> Option<NativeSignature> {
+    let (ProviderType::Mux, Some(header)) = (kind, mux_signature) else {
+        return None;
+    };
+    if connection.map(ProviderConfig::mux_signing_secrets).unwrap_or_default().is_empty() {
+        return Some(NativeSignature::NoSecret);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    mux::check_fresh(header, now, mux::DEFAULT_TOLERANCE_SECS).err().map(NativeSignature::Invalid)
+}
+
 /// The event's type, if the payload names one.
 pub fn event_type(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
     let field = match adapter.adapter_type {

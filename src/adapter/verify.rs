@@ -112,6 +112,27 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// [`Gate::native`] from the head alone, where it decides (see
+    /// [`kind::native_signature_head`]): `None` to read the body, including when the signing
+    /// secrets cannot be read (the body's check answers that, 503).
+    pub fn native_head(&self, shared: &Shared, mux_signature: Option<&str>) -> Option<(NativeCheck, u64)> {
+        let connections = shared.gates.connections_revision();
+        if !self.has_native(mux_signature) {
+            return None;
+        }
+        let creds = credentials(shared, &self.bucket_id, &self.adapter).ok()?;
+        let check = match kind::native_signature_head(self.adapter.adapter_type, mux_signature, creds.as_ref())? {
+            NativeSignature::NoSecret => {
+                NativeCheck::Invalid(Refusal::NoSigningSecret { connection_id: self.adapter.connection_id.clone() })
+            }
+            NativeSignature::Invalid(e) => NativeCheck::Invalid(Refusal::Signature(e)),
+            NativeSignature::Absent | NativeSignature::Valid => return None,
+        };
+        Some((check, connections))
+    }
+}
+
 /// The gates of the running adapters, and the revision counters (see the module doc).
 /// Shared by the HTTP tasks (readers, one short read lock per ingest) and the adapter actors
 /// (each writes its own entry when it starts and ends).
@@ -455,11 +476,27 @@ pub fn credentials(
 /// What [`lifecycle`] can refuse before the body is read: an unknown or non-Mux connection
 /// (404) and a missing `Mux-Signature` (401). The rest needs the body.
 pub fn lifecycle_head(shared: &Shared, id: &ConnectionId, signature: Option<&str>) -> Result<(), ApiError> {
-    mux_connection(shared, id)?;
-    match signature {
-        None => Err(ApiError::UnauthorizedMsg(super::mux::signature::MuxSignatureError::Missing.to_string())),
-        Some(_) => Ok(()),
+    let conn = mux_connection(shared, id)?;
+    let Some(signature) = signature else {
+        return Err(ApiError::UnauthorizedMsg(super::mux::signature::MuxSignatureError::Missing.to_string()));
+    };
+    // What [`lifecycle`] would refuse whatever the body: no signing secret, a malformed or
+    // stale header. Credentials that cannot be decrypted are its to answer (503).
+    let Ok(cfg) = conn.open(&shared.secrets) else {
+        return Ok(());
+    };
+    if cfg.mux_signing_secrets().is_empty() {
+        return Err(no_lifecycle_secret(id));
     }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    super::mux::check_fresh(signature, now, super::mux::DEFAULT_TOLERANCE_SECS)
+        .map_err(|e| ApiError::UnauthorizedMsg(format!("{e}")))
+}
+
+fn no_lifecycle_secret(id: &ConnectionId) -> ApiError {
+    ApiError::UnauthorizedMsg(format!(
+        "connection {id} has no webhook_signing_secret, so Mux-Signature cannot be verified"
+    ))
 }
 
 /// The Mux connection `id`: 404 for an unknown connection or one of another type (one answer
@@ -489,9 +526,7 @@ pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, ra
     })?;
     let secrets = cfg.mux_signing_secrets();
     if secrets.is_empty() {
-        return Err(ApiError::UnauthorizedMsg(format!(
-            "connection {id} has no webhook_signing_secret, so Mux-Signature cannot be verified"
-        )));
+        return Err(no_lifecycle_secret(id));
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     super::mux::signature::verify_header(signature, raw, &secrets, now, super::mux::DEFAULT_TOLERANCE_SECS)

@@ -348,8 +348,9 @@ pub(super) enum Head {
 /// no native signature can stand in for it). Bodies of upstream routes share one memory
 /// budget (`server.max_upstream_body_memory_mb`): without this, anyone could spend it on
 /// requests to buckets that do not exist, and make every ingest answer 503. Only a request
-/// that could be authentic (a matching secret, or a `Mux-Signature` for a Mux bucket or
-/// connection) and one for an adapter still starting have their bodies read.
+/// that could be authentic (a matching secret, or a well-formed, fresh `Mux-Signature` for a
+/// Mux bucket or connection with a signing secret to check it) and one for an adapter still
+/// starting have their bodies read.
 pub(super) fn answer_before_body(
     state: &HttpState,
     method: &warp::http::Method,
@@ -405,18 +406,26 @@ fn ingest_head(
             _ => Ok(None),
         };
     };
-    match head_verdict(&gate, webhook_secret, mux_signature) {
-        Ok(Verdict::Authentic(proof)) => Ok(Some(proof)),
-        Ok(Verdict::Unauthorized(refused)) => Err(("unauthorized", refuse(state, &bucket_id, &refused))),
-        // The native signature decides, over the body (no native check is made here).
-        Ok(Verdict::Unverifiable(_)) | Err(_) => Ok(None),
+    let verdict = match head_verdict(&gate, webhook_secret, mux_signature) {
+        Ok(verdict) => verdict,
+        // The native signature decides: from the head, when no body could make it valid (no
+        // signing secret, a malformed or stale header), else over the body.
+        Err(secret) => match gate.native_head(&state.shared, mux_signature) {
+            Some(native) => verify::verdict(gate.revision, secret, Some(native), gate.is_mux(), true),
+            None => return Ok(None),
+        },
+    };
+    match verdict {
+        Verdict::Authentic(proof) => Ok(Some(proof)),
+        Verdict::Unauthorized(refused) => Err(("unauthorized", refuse(state, &bucket_id, &refused))),
+        Verdict::Unverifiable(_) => Ok(None),
     }
 }
 
 /// The verdict on an ingest from its headers alone, when they decide it: a matching
 /// `X-Webhook-Secret`, or a wrong or missing one that no native signature could stand in for.
-/// `Err`: the native signature decides, over the body (with the secret's check, for the
-/// refusal's message).
+/// `Err`: the native signature decides (with the secret's check, for the refusal's message),
+/// from the head where it can ([`Gate::native_head`]), else over the body.
 fn head_verdict(
     gate: &Gate,
     webhook_secret: Option<&str>,

@@ -1127,6 +1127,62 @@ async fn a_master_key_that_cannot_open_the_connection_is_a_503_not_a_bad_signatu
     assert_eq!(objects(&app, &bucket).await.len(), 1, "nothing deleted");
 }
 
+/// The first line of the answer to a POST whose head says it has a body that is never sent,
+/// if one comes within 3 s (the daemon waits `read_timeout`, 30 s, for a body it reads).
+async fn answer_without_body(addr: SocketAddr, path: &str, mux_signature: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nMux-Signature: {mux_signature}\r\nContent-Length: 1000\r\n\r\n");
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut answer)).await.ok()?.ok()?;
+    String::from_utf8_lossy(&answer[..n]).lines().next().map(str::to_string)
+}
+
+/// A Mux signature that no body could make valid (malformed, stale, or for a connection with
+/// no signing secret) is refused from the request's head, on ingest and on the lifecycle
+/// route: a sender that declares a body and never sends it is answered 401 at once, instead
+/// of holding a share of the upstream body budget until its read timeout. A well-formed,
+/// fresh signature waits for its body, which it is checked against.
+#[tokio::test]
+async fn a_mux_signature_no_body_could_make_valid_is_refused_from_the_head() {
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, _) = mux_bucket(&app, "mux-head", &conn).await;
+    let t = now();
+    let tag = "00".repeat(32);
+    let stale = format!("t={},v1={tag}", t - DEFAULT_TOLERANCE_SECS - 60);
+    let fresh = format!("t={t},v1={tag}");
+    for path in [format!("/v1/buckets/{bucket}/source-adapter/ingest"), format!("/v1/webhooks/mux/{conn}")] {
+        for refused in [stale.as_str(), "t=abc,v1=00"] {
+            let answer = answer_without_body(app.addr, &path, refused).await;
+            assert!(answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 401")), "{path} {refused}: {answer:?}");
+        }
+        assert_eq!(answer_without_body(app.addr, &path, &fresh).await, None, "{path}: the body is waited for");
+    }
+    // A connection without a signing secret: no signature can be checked against it.
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux-unsigned", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let unsigned = b["connection_id"].as_str().unwrap().to_string();
+    let (other, _) = mux_bucket(&app, "mux-head-unsigned", &unsigned).await;
+    for path in [format!("/v1/buckets/{other}/source-adapter/ingest"), format!("/v1/webhooks/mux/{unsigned}")] {
+        let answer = answer_without_body(app.addr, &path, &fresh).await;
+        assert!(answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 401")), "{path}: {answer:?}");
+    }
+    // The refusals are recorded as the body's check would record them.
+    let (_, st) = app.get(&format!("/v1/buckets/{other}/source-adapter/status")).await;
+    assert_eq!(st["last_refused_ingest"]["reason"], "no_signing_secret", "{st}");
+    assert!(fake.calls().is_empty());
+}
+
 /// A caller that hangs up before its ingest is answered loses nothing: the Mux API holds the
 /// asset fetch (so the request waits in the daemon, past authentication, for the actor's
 /// answer) until the daemon has dropped the request of the closed connection (its log says

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 pub use api::{MuxApi, MuxApiError};
 pub use asset::{asset_id, asset_metadata, needs_fetch};
-pub use signature::{sign, verify_signature, MuxSignatureError, DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER};
+pub use signature::{check_fresh, sign, verify_signature, MuxSignatureError, DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER};
 
 /// Event types a Mux adapter accepts when `event_filter` is not set.
 pub const DEFAULT_EVENT_TYPES: &[&str] = &["video.asset.ready"];

@@ -134,15 +134,7 @@ pub fn verify_signature(
     now_unix: i64,
     tolerance_secs: i64,
 ) -> Result<(), MuxSignatureError> {
-    if header_value.trim().is_empty() {
-        return Err(MuxSignatureError::Missing);
-    }
-    let parsed = parse(header_value)?;
-    // Cheap replay check first: no HMAC work for a stale header.
-    let skew = now_unix.saturating_sub(parsed.t);
-    if skew > tolerance_secs || skew < -tolerance_secs {
-        return Err(MuxSignatureError::Stale { skew_secs: skew });
-    }
+    let parsed = parse_fresh(header_value, now_unix, tolerance_secs)?;
     // An empty secret would make the signature forgeable by anyone: never a candidate.
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         let mac = mac_for(secret, parsed.t, raw_body);
@@ -153,6 +145,26 @@ pub fn verify_signature(
         }
     }
     Err(MuxSignatureError::Mismatch)
+}
+
+/// The checks of [`verify_signature`] that need no body and no secret: the header is there,
+/// well formed, and its timestamp within `tolerance_secs` of `now_unix`. A request that fails
+/// them is refused before its body is read (as `verify_signature` would refuse it after).
+pub fn check_fresh(header_value: &str, now_unix: i64, tolerance_secs: i64) -> Result<(), MuxSignatureError> {
+    parse_fresh(header_value, now_unix, tolerance_secs).map(|_| ())
+}
+
+fn parse_fresh(header_value: &str, now_unix: i64, tolerance_secs: i64) -> Result<Parsed, MuxSignatureError> {
+    if header_value.trim().is_empty() {
+        return Err(MuxSignatureError::Missing);
+    }
+    let parsed = parse(header_value)?;
+    // Cheap replay check first: no HMAC work for a stale header.
+    let skew = now_unix.saturating_sub(parsed.t);
+    if skew > tolerance_secs || skew < -tolerance_secs {
+        return Err(MuxSignatureError::Stale { skew_secs: skew });
+    }
+    Ok(parsed)
 }
 
 /// Verifies an optional header (absent → [`MuxSignatureError::Missing`]).
