@@ -113,7 +113,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Admin API keys. Empty: one is generated on first start, printed once, and only its
@@ -245,6 +245,12 @@ impl EmailSettings {
 }
 
 // Hand-written so a config printed for debugging never shows the secrets.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig").field("api_keys", &format_args!("({} set)", self.api_keys.len())).finish()
+    }
+}
+
 impl std::fmt::Debug for EmailSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmailSettings")
@@ -328,13 +334,26 @@ fn unused_secret(var: &str, section: &str) {
 }
 
 /// Environment overrides, taken as arguments so tests do not have to mutate the process env.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct EnvOverrides {
     pub listen: Option<String>,
     pub data_dir: Option<String>,
     pub api_keys: Option<String>,
     pub smtp_password: Option<String>,
     pub sms_auth_token: Option<String>,
+}
+
+impl std::fmt::Debug for EnvOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "********");
+        f.debug_struct("EnvOverrides")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("api_keys", &hidden(&self.api_keys))
+            .field("smtp_password", &hidden(&self.smtp_password))
+            .field("sms_auth_token", &hidden(&self.sms_auth_token))
+            .finish()
+    }
 }
 
 impl EnvOverrides {
@@ -621,6 +640,20 @@ fn private_target(name: &str, raw: &str, d: &DeliveryConfig) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let auth = AuthConfig { api_keys: vec!["SECRET-key-0123456789".into()] };
+        let env = EnvOverrides {
+            listen: Some("127.0.0.1:1".into()),
+            api_keys: Some("SECRET-key-0123456789".into()),
+            smtp_password: Some("SECRET-a".into()),
+            sms_auth_token: Some("SECRET-b".into()),
+            ..Default::default()
+        };
+        let shown = format!("{auth:?} {env:?}");
+        assert!(!shown.contains("SECRET") && shown.contains("(1 set)") && shown.contains("127.0.0.1:1"), "{shown}");
+    }
 
     #[test]
     fn public_url_is_a_plain_base() {

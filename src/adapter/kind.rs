@@ -34,12 +34,23 @@ use crate::catalog::connection::ProviderConfig;
 use crate::catalog::ProviderType;
 
 /// The request headers adapters look at (copied out of the HTTP request by the frontend).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SignatureHeaders {
     /// `X-Webhook-Secret`, accepted by every adapter.
     pub webhook_secret: Option<String>,
     /// `Mux-Signature: t=…,v1=…`, verified with the connection's `webhook_signing_secret`.
     pub mux_signature: Option<String>,
+}
+
+// Hand-written: whether each header came, not the secret it carries (a message holding
+// these may be printed for debugging).
+impl std::fmt::Debug for SignatureHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureHeaders")
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "********"))
+            .field("mux_signature", &self.mux_signature.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 /// Outcome of a provider-native signature check.

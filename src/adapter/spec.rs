@@ -139,10 +139,20 @@ pub const CREDENTIALS_SHOWN: &str = "(set; never shown)";
 /// `connection.credentials` as sent: an object, or the placeholder a GET shows in its place
 /// ([`CREDENTIALS_SHOWN`]), which keeps the stored ones, so that a bucket's GET view can be
 /// sent back as a PATCH without re-entering (or losing) its credentials.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Credentials {
     Given(serde_json::Map<String, serde_json::Value>),
     Kept,
+}
+
+// Hand-written: the names of the credentials given, never their values.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Given(m) => f.debug_tuple("Given").field(&m.keys().collect::<Vec<_>>()).finish(),
+            Credentials::Kept => f.write_str("Kept"),
+        }
+    }
 }
 
 impl Default for Credentials {
@@ -629,6 +639,14 @@ impl SourceAdapterInput {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn credentials_debug_shows_their_names_only() {
+        let c: InlineConnection =
+            serde_json::from_value(json!({"credentials": {"service_role_key": "SECRET-a"}})).unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("service_role_key") && !shown.contains("SECRET"), "{shown}");
+    }
 
     fn schema() -> BucketSchema {
         serde_json::from_value(json!({"properties": {"video": {"type": "video"}, "duration": {"type": "float"}}}))

@@ -31,7 +31,7 @@ impl ProviderType {
 }
 
 /// Mux credentials.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MuxConfig {
     pub access_token_id: String,
@@ -87,15 +87,43 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
 }
 
 /// Supabase project credentials (PostgREST writeback).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupabaseConfig {
     pub url: String,
     pub service_role_key: String,
 }
 
+// The Debug impls of the decrypted configs are hand-written so that one printed for
+// debugging (a `{:?}` in a log line, a test's failure) never shows a secret: the secrets
+// are replaced, header values left out (an `Authorization` is one).
+impl std::fmt::Debug for MuxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxConfig")
+            .field("access_token_id", &self.access_token_id)
+            .field("access_token_secret", &"********")
+            .field("webhook_signing_secret", &format_args!("({} set)", self.webhook_signing_secret.len()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SupabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupabaseConfig").field("url", &self.url).field("service_role_key", &"********").finish()
+    }
+}
+
+impl std::fmt::Debug for GenericConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenericConfig")
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
 /// Headers sent on generic writeback, and where they may go.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenericConfig {
     #[serde(default)]
@@ -476,6 +504,28 @@ impl CreateConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let mux = MuxConfig {
+            access_token_id: "tok-id".into(),
+            access_token_secret: "SECRET-a".into(),
+            webhook_signing_secret: vec!["SECRET-b".into(), "SECRET-c".into()],
+        };
+        let supabase = SupabaseConfig { url: "https://x.supabase.co".into(), service_role_key: "SECRET-d".into() };
+        let generic = GenericConfig {
+            headers: BTreeMap::from([("Authorization".to_string(), "Bearer SECRET-e".to_string())]),
+            url: Some("https://results.example.com/".into()),
+        };
+        let shown = format!(
+            "{:?}",
+            [ProviderConfig::Mux(mux), ProviderConfig::Supabase(supabase), ProviderConfig::Generic(generic)]
+        );
+        assert!(!shown.contains("SECRET"), "{shown}");
+        for kept in ["tok-id", "(2 set)", "x.supabase.co", "Authorization", "results.example.com"] {
+            assert!(shown.contains(kept), "{kept}: {shown}");
+        }
+    }
 
     #[test]
     fn generic_headers_go_only_under_their_url() {

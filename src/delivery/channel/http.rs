@@ -50,7 +50,7 @@ pub(super) fn check_receiver_url(field: String, raw: &str, policy: NetPolicy) ->
     check_url(&u, policy).map_err(|e| ApiError::validation(field, e))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub url: String,
@@ -65,6 +65,21 @@ pub struct HttpConfig {
     /// Sent as `X-Mixpeek-Secret` when set.
     #[serde(default)]
     pub secret: Option<String>,
+}
+
+// Hand-written so that a config printed for debugging never shows a secret: the URL's host
+// only (its path or query may carry a token), header names only, no `secret`.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = url::Url::parse(&self.url).ok().and_then(|u| u.host_str().map(str::to_string));
+        f.debug_struct("HttpConfig")
+            .field("url_host", &host)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("payload_template", &self.payload_template)
+            .field("secret", &self.secret.as_ref().map(|_| super::REDACTED))
+            .finish()
+    }
 }
 
 impl HttpConfig {
@@ -443,6 +458,26 @@ pub fn elapsed_ms(started: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let c = HttpConfig {
+            url: "https://hooks.example.com/in/SECRET-a?token=SECRET-b".into(),
+            headers: Headers::from([("X-Api-Key".to_string(), "SECRET-c".to_string())]),
+            timeout: Some(5.0),
+            payload_template: None,
+            secret: Some("SECRET-d".into()),
+        };
+        let slack = super::super::SlackConfig {
+            webhook_url: "https://hooks.slack.com/services/SECRET-e".into(),
+            template: Some("{{ event_type }}".into()),
+        };
+        let shown = format!("{c:?} {slack:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        for kept in ["hooks.example.com", "X-Api-Key", "event_type"] {
+            assert!(shown.contains(kept), "{kept}: {shown}");
+        }
+    }
 
     #[test]
     fn only_redirects_are_called_redirects() {

@@ -37,12 +37,19 @@ pub enum ChannelConfig {
     Sms(SmsConfig),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
     pub webhook_url: String,
     #[serde(default)]
     pub template: Option<String>,
+}
+
+// Hand-written: a Slack webhook URL is its own credential (whoever has it can post).
+impl std::fmt::Debug for SlackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackConfig").field("webhook_url", &REDACTED).field("template", &self.template).finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
