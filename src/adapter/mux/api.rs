@@ -76,6 +76,9 @@ impl MuxApi {
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Straight to `mux.api_base`, as every other outbound client goes to its target:
+            // an `HTTPS_PROXY` in the daemon's environment is not a setting of hookline's.
+            .no_proxy()
             .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(MuxApi { client, api_base: api_base.trim_end_matches('/').to_string() })
