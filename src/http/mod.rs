@@ -88,7 +88,8 @@ pub async fn serve(
 ) {
     let read_timeout = Duration::from_secs(state.shared.config.server.read_timeout_seconds);
     let max_connections = state.shared.config.server.max_connections;
-    let upstream_bodies = BodyBudget::new(state.shared.config.server.max_upstream_body_memory_mb);
+    let server = &state.shared.config.server;
+    let upstream_bodies = BodyBudget::new(server.max_upstream_body_memory_mb, server.max_body_bytes);
     // One reference count per request, not one per handle the state holds.
     let state = std::sync::Arc::new(state);
     let filter = warp::method()
@@ -133,10 +134,10 @@ pub async fn serve(
                     // still sending it, reads the answer rather than a reset connection.
                     true => {
                         unread = read_body(&headers, body, 64 << 10, Duration::from_secs(1), None).await.is_err();
-                        Ok((Bytes::new(), None))
+                        Ok((Bytes::new(), Held::default()))
                     }
                     false => {
-                        let budget = upstream_body.then_some(&upstream_bodies);
+                        let budget = upstream_body.then_some((&upstream_bodies, head_proof.is_some()));
                         read_body(&headers, body, limit, read_timeout, budget).await
                     }
                 };
@@ -563,33 +564,66 @@ async fn accept_failed(e: std::io::Error) {
 
 /// Memory for bodies being received on the keyless routes, in KiB permits: a body takes its
 /// share as its buffer grows with the bytes that arrive (a sender that stalls holds at most
-/// twice what it sent, and at least 8 KiB) and gives it back once handled. Past the bound a body is refused with 503 rather than held: a flood of slow
-/// senders can delay ingest (upstreams retry) but cannot exhaust the daemon's memory.
+/// twice what it sent, and at least 8 KiB) and gives it back once handled. Past the bound a
+/// body is refused with 503 rather than held: a flood of slow senders can delay ingest
+/// (upstreams retry) but cannot exhaust the daemon's memory. A body whose head did not
+/// authenticate it (a `Mux-Signature`, checked against the body once it is in; an adapter
+/// still starting) may also take no more than half of the bound, with the others: anyone
+/// who knows a Mux bucket's ID can send such bodies, and they must not crowd out the
+/// senders that `X-Webhook-Secret` already authenticated. (Half, or one largest body if that
+/// is more: a bound that no body could fit in would refuse every signed request.)
 #[derive(Clone)]
-struct BodyBudget(std::sync::Arc<tokio::sync::Semaphore>);
+struct BodyBudget {
+    all: std::sync::Arc<tokio::sync::Semaphore>,
+    unproven: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// A body's share of a [`BodyBudget`], given back when dropped.
+#[derive(Default)]
+struct Held {
+    all: Option<tokio::sync::OwnedSemaphorePermit>,
+    unproven: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl BodyBudget {
-    fn new(mib: usize) -> BodyBudget {
-        BodyBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(mib.saturating_mul(1024))))
+    fn new(mib: usize, max_body_bytes: usize) -> BodyBudget {
+        let kib = mib.saturating_mul(1024);
+        let unproven = (kib / 2).max(max_body_bytes.div_ceil(1024)).min(kib);
+        BodyBudget {
+            all: std::sync::Arc::new(tokio::sync::Semaphore::new(kib)),
+            unproven: std::sync::Arc::new(tokio::sync::Semaphore::new(unproven)),
+        }
     }
 
-    /// Grows `held` to cover `bytes`, or refuses.
-    fn cover(&self, held: &mut Option<tokio::sync::OwnedSemaphorePermit>, bytes: usize) -> Result<(), ApiError> {
+    /// Grows `held` to cover `bytes` (from the unproven half too, unless `proven`), or refuses.
+    fn cover(&self, held: &mut Held, bytes: usize, proven: bool) -> Result<(), ApiError> {
         let want = bytes.div_ceil(1024) as u32;
-        let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+        let have = held.all.as_ref().map_or(0, |p| p.num_permits() as u32);
         if want <= have {
             return Ok(());
         }
-        let more = self.0.clone().try_acquire_many_owned(want - have).map_err(|_| {
+        let refused = || {
             crate::metrics::upstream_body_refused();
             ApiError::Unavailable(
                 "too many request bodies are being received at once (server.max_upstream_body_memory_mb); retry shortly"
                     .into(),
             )
-        })?;
-        match held {
-            Some(p) => p.merge(more),
-            None => *held = Some(more),
+        };
+        // Taken first, and given back with the rest if the whole bound is spent.
+        let unproven = match proven {
+            true => None,
+            false => Some(self.unproven.clone().try_acquire_many_owned(want - have).map_err(|_| refused())?),
+        };
+        let all = self.all.clone().try_acquire_many_owned(want - have).map_err(|_| refused())?;
+        fn grow(held: &mut Option<tokio::sync::OwnedSemaphorePermit>, more: tokio::sync::OwnedSemaphorePermit) {
+            match held {
+                Some(p) => p.merge(more),
+                None => *held = Some(more),
+            }
+        }
+        grow(&mut held.all, all);
+        if let Some(more) = unproven {
+            grow(&mut held.unproven, more);
         }
         Ok(())
     }
@@ -605,8 +639,8 @@ async fn read_body<S, B>(
     body: S,
     limit: usize,
     timeout: Duration,
-    budget: Option<&BodyBudget>,
-) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError>
+    budget: Option<(&BodyBudget, bool)>,
+) -> Result<(Bytes, Held), ApiError>
 where
     S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: bytes::Buf,
@@ -629,7 +663,7 @@ where
     // capacity reserved ahead at once), nor only the bytes (kept as hyper's chunks, a body
     // sent in tiny writes pinned a read buffer of 8 KiB per chunk, uncharged).
     let mut buf: Vec<u8> = Vec::new();
-    let mut held = None;
+    let mut held = Held::default();
     let mut seen: u64 = 0;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -656,8 +690,8 @@ where
                     // Doubling, but never past the limit (the last step would double a
                     // 600 KiB buffer to 1.2 MiB for a 1 MiB limit).
                     let grown = (buf.capacity() * 2).max(buf.len() + n).max(8 << 10).min(limit);
-                    if let Some(budget) = budget {
-                        budget.cover(&mut held, grown)?;
+                    if let Some((budget, proven)) = budget {
+                        budget.cover(&mut held, grown, proven)?;
                     }
                     buf.reserve_exact(grown - buf.len());
                 }

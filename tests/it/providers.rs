@@ -1183,6 +1183,53 @@ async fn a_mux_signature_no_body_could_make_valid_is_refused_from_the_head() {
     assert!(fake.calls().is_empty());
 }
 
+/// Bodies that their head does not authenticate (a `Mux-Signature`, checked against the
+/// body once it is in) take at most half of the upstream body budget: senders of forged,
+/// well-formed signatures that stall mid-body cannot crowd out an upstream that
+/// `X-Webhook-Secret` authenticates from its head.
+#[tokio::test]
+async fn unauthenticated_mux_bodies_leave_half_the_budget_to_authenticated_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options {
+        extra_toml: fake.toml(),
+        server_toml: "max_body_bytes = 262144\nmax_upstream_body_memory_mb = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, webhook_secret) = mux_bucket(&app, "mux-budget", &conn).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let forged = format!("t={},v1={}", now(), "00".repeat(32));
+    // Four senders of forged signatures declare 250,000 bytes and send 190,000 (a 256 KiB
+    // buffer each: the whole 1 MiB, were they allowed it), then stall.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nMux-Signature: {forged}\r\nContent-Length: 250000\r\n\r\n");
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&vec![b' '; 190_000]).await.unwrap();
+        stalled.push(c);
+    }
+    // Two of them got their half; the others were refused (503) once their bytes came in.
+    let answers = futures::future::join_all(stalled.iter_mut().map(|c| async move {
+        let mut answer = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 503"),
+            _ => false,
+        }
+    }))
+    .await;
+    assert_eq!(answers.iter().filter(|r| **r).count(), 2, "the unauthenticated senders past half the budget");
+    // An upstream its secret authenticates still gets a body as large.
+    let body = ready_event("AsSeTbUdGeT01", true);
+    let padded = format!("{}{}", body, " ".repeat(190_000));
+    let (s, r) = app.post_raw(&path, padded, &[("X-Webhook-Secret", webhook_secret.as_str())]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    drop(stalled);
+}
+
 /// A caller that hangs up before its ingest is answered loses nothing: the Mux API holds the
 /// asset fetch (so the request waits in the daemon, past authentication, for the actor's
 /// answer) until the daemon has dropped the request of the closed connection (its log says
