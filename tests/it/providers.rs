@@ -289,6 +289,19 @@ async fn mux_connection(app: &TestApp, signing_secret: &str) -> String {
     b["connection_id"].as_str().unwrap().to_string()
 }
 
+/// A Mux connection with API credentials and no `webhook_signing_secret`: the create answer.
+async fn unsigned_mux_connection(app: &TestApp) -> Value {
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux-unsigned", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    b
+}
+
 fn video_schema() -> Value {
     json!({"video": {"type": "video"}, "duration": {"type": "float"}, "resolution": {"type": "string"},
         "thumbnail_url": {"type": "string"}, "title": {"type": "string"}, "external": {"type": "string"}})
@@ -1163,14 +1176,7 @@ async fn a_mux_signature_no_body_could_make_valid_is_refused_from_the_head() {
         assert_eq!(answer_without_body(app.addr, &path, &fresh).await, None, "{path}: the body is waited for");
     }
     // A connection without a signing secret: no signature can be checked against it.
-    let (s, b) = app
-        .post(
-            "/v1/organizations/connections",
-            json!({"name": "mux-unsigned", "provider_type": "mux", "provider_config": {
-                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    let b = unsigned_mux_connection(&app).await;
     let unsigned = b["connection_id"].as_str().unwrap().to_string();
     let (other, _) = mux_bucket(&app, "mux-head-unsigned", &unsigned).await;
     for path in [format!("/v1/buckets/{other}/source-adapter/ingest"), format!("/v1/webhooks/mux/{unsigned}")] {
@@ -1586,14 +1592,7 @@ async fn a_mux_adapter_without_api_credentials_is_warned_about() {
 async fn a_refused_mux_ingest_says_why_and_a_missing_signing_secret_is_flagged() {
     let app = TestApp::start().await;
     // No webhook_signing_secret: accepted, but the connection's view says so…
-    let (s, b) = app
-        .post(
-            "/v1/organizations/connections",
-            json!({"name": "mux-unsigned", "provider_type": "mux", "provider_config": {
-                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET}}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    let b = unsigned_mux_connection(&app).await;
     assert!(b["webhook_signing_secret"].is_null(), "{b}");
     let conn = b["connection_id"].as_str().unwrap().to_string();
     let (_, view) = app.get(&format!("/v1/organizations/connections/{conn}")).await;
