@@ -110,9 +110,7 @@ impl Gate {
         };
         (check, connections)
     }
-}
 
-impl Gate {
     /// [`Gate::native`] from the head alone, where it decides (see
     /// [`kind::native_signature_head`]): `None` to read the body, including when the signing
     /// secrets cannot be read (the body's check answers that, 503).
@@ -474,7 +472,8 @@ pub fn credentials(
 }
 
 /// What [`lifecycle`] can refuse before the body is read: an unknown or non-Mux connection
-/// (404) and a missing `Mux-Signature` (401). The rest needs the body.
+/// (404); a missing, malformed or stale `Mux-Signature`, or a connection without a signing
+/// secret (401). Whether the signature matches needs the body.
 pub fn lifecycle_head(shared: &Shared, id: &ConnectionId, signature: Option<&str>) -> Result<(), ApiError> {
     let conn = mux_connection(shared, id)?;
     let Some(signature) = signature else {

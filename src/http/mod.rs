@@ -631,8 +631,8 @@ impl BodyBudget {
 
 /// Reads the whole body, refusing more than `limit` bytes (by Content-Length up front, and by
 /// counting for chunked bodies), and more than `timeout` to receive it all (408). With a
-/// `budget`, the buffer holding the bytes received is charged to it (503 when it is spent),
-/// by its capacity; the permit returned
+/// `budget` (and whether the request's head authenticated it), the buffer holding the bytes
+/// received is charged to it (503 when it is spent), by its capacity; the [`Held`] returned
 /// is the body's share, to hold until the body has been handled.
 async fn read_body<S, B>(
     headers: &HeaderMap,
