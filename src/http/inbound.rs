@@ -350,16 +350,8 @@ pub(super) enum Head {
 /// requests to buckets that do not exist, and make every ingest answer 503. Only a request
 /// that could be authentic (a matching secret, or a well-formed, fresh `Mux-Signature` for a
 /// Mux bucket or connection with a signing secret to check it) and one for an adapter still
-/// starting have their bodies read.
-pub(super) fn answer_before_body(
-    state: &HttpState,
-    method: &warp::http::Method,
-    path: &str,
-    headers: &warp::http::HeaderMap,
-) -> Head {
-    if method != warp::http::Method::POST {
-        return Head::Read; // 405, from the route table
-    }
+/// starting have their bodies read. Called for POSTs only: no other method's body is read.
+pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::http::HeaderMap) -> Head {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match super::request::segments(path).as_slice() {
         ["v1", "buckets", id, "source-adapter", "ingest"] => {

@@ -107,18 +107,19 @@ pub async fn serve(
                 // body: an anonymous client makes hookline hold at most 64 KiB for a second, not
                 // `max_body_bytes` for `read_timeout`. Every admin handler authenticates before
                 // it looks at the body.
-                let upstream = keyless(path.as_str());
+                let keyless = keyless(path.as_str());
+                let upstream = keyless.is_some();
                 let anonymous_admin =
                     !upstream && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
                 // Of the keyless routes only a POST to ingest or Mux lifecycle has a body that
                 // is read, and charged to the upstream budget. The probes, `/metrics`, and other
                 // methods on the upstream paths (a 405) need none: theirs is read as an anonymous
                 // admin request's is, or anyone could hold the budget with bodies to `/healthz`.
-                let upstream_body = upstream && upstream_post(&method, path.as_str());
+                let upstream_body = keyless == Some(Keyless::Upstream) && method == Method::POST;
                 // Likewise an upstream request that its head already refuses (an unknown bucket,
                 // a wrong secret): its body would take a share of the upstream budget.
                 let (refused, head_proof) = match upstream_body {
-                    true => match inbound::answer_before_body(&state, &method, path.as_str(), &headers) {
+                    true => match inbound::answer_before_body(&state, path.as_str(), &headers) {
                         inbound::Head::Answer(label, resp) => (Some((label, resp)), None),
                         inbound::Head::Authentic(proof) => (None, Some(proof)),
                         inbound::Head::Read => (None, None),
@@ -166,24 +167,22 @@ pub async fn serve(
     accept_loop(move || warp::service(filter.clone()), listener, read_timeout, max_connections, shutdown).await;
 }
 
-/// Routes that take no API key: probes, metrics, and the signed upstream routes (ingest,
-/// Mux lifecycle), whose handlers read the body to check its signature.
-fn keyless(path: &str) -> bool {
-    matches!(
-        request::segments(path).as_slice(),
-        ["healthz" | "readyz" | "metrics"]
-            | ["v1", "buckets", _, "source-adapter", "ingest"]
-            | ["v1", "webhooks", "mux", _]
-    )
+/// The routes that take no API key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keyless {
+    /// Probes and metrics: no body is needed.
+    Probe,
+    /// The signed upstream routes (ingest, Mux lifecycle), whose handlers read the body to
+    /// check its signature.
+    Upstream,
 }
 
-/// The keyless requests whose bodies hookline reads: POSTs to the signed upstream routes.
-fn upstream_post(method: &Method, path: &str) -> bool {
-    method == Method::POST
-        && matches!(
-            request::segments(path).as_slice(),
-            ["v1", "buckets", _, "source-adapter", "ingest"] | ["v1", "webhooks", "mux", _]
-        )
+fn keyless(path: &str) -> Option<Keyless> {
+    match request::segments(path).as_slice() {
+        ["healthz" | "readyz" | "metrics"] => Some(Keyless::Probe),
+        ["v1", "buckets", _, "source-adapter", "ingest"] | ["v1", "webhooks", "mux", _] => Some(Keyless::Upstream),
+        _ => None,
+    }
 }
 
 /// The most an HTTP/1 connection buffers of request heads (hyper's `max_buf_size`).
