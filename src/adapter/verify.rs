@@ -484,12 +484,11 @@ pub fn lifecycle_head(shared: &Shared, id: &ConnectionId, signature: Option<&str
     let Ok(cfg) = conn.open(&shared.secrets) else {
         return Ok(());
     };
-    if cfg.mux_signing_secrets().is_empty() {
-        return Err(no_lifecycle_secret(id));
+    match kind::native_signature_head(ProviderType::Mux, Some(signature), Some(&cfg)) {
+        Some(NativeSignature::NoSecret) => Err(no_lifecycle_secret(id)),
+        Some(NativeSignature::Invalid(e)) => Err(ApiError::UnauthorizedMsg(format!("{e}"))),
+        Some(NativeSignature::Absent | NativeSignature::Valid) | None => Ok(()),
     }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    super::mux::check_fresh(signature, now, super::mux::DEFAULT_TOLERANCE_SECS)
-        .map_err(|e| ApiError::UnauthorizedMsg(format!("{e}")))
 }
 
 fn no_lifecycle_secret(id: &ConnectionId) -> ApiError {

@@ -101,7 +101,7 @@ impl std::fmt::Debug for MuxConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MuxConfig")
             .field("access_token_id", &self.access_token_id)
-            .field("access_token_secret", &"********")
+            .field("access_token_secret", &crate::delivery::channel::REDACTED)
             .field("webhook_signing_secret", &format_args!("({} set)", self.webhook_signing_secret.len()))
             .finish()
     }
@@ -109,7 +109,10 @@ impl std::fmt::Debug for MuxConfig {
 
 impl std::fmt::Debug for SupabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SupabaseConfig").field("url", &self.url).field("service_role_key", &"********").finish()
+        f.debug_struct("SupabaseConfig")
+            .field("url", &self.url)
+            .field("service_role_key", &crate::delivery::channel::REDACTED)
+            .finish()
     }
 }
 
