@@ -62,6 +62,8 @@ async fn reference(client: &reqwest::Client, url: &str, secs: u64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the daemon's binary does.
+    hookline::app::disable_transparent_huge_pages();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run())

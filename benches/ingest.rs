@@ -175,6 +175,8 @@ fn print_commit_stats(metrics: &str) {
 }
 
 fn main() {
+    // As the daemon's binary does; for the bare route too (the same process).
+    hookline::app::disable_transparent_huge_pages();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secs = env_num("BENCH_SECONDS", 5);
     let conns = env_num("BENCH_CONNECTIONS", 64) as usize;

@@ -16,6 +16,23 @@ use crate::state::{Names, Shared};
 use crate::store::{LogLoss, Store};
 use crate::supervisor::Supervisor;
 
+/// Turns transparent huge pages off for this process; the binary calls it first thing (and
+/// the benches, which run the daemon in their own process, do too).
+///
+/// Why: the allocator asks the kernel for huge pages (mimalloc's default), and a fault on one
+/// zeroes 2 MiB at once. The daemon's memory grows as sled's cache fills and the log's
+/// records come and go, so under load those faults cost about 5% of all CPU
+/// (`clear_page_erms` in the profiles; with 4 KiB pages, 0.03%), and ingest's p99 latency
+/// rose from about 5 to 8.5 ms (benches/HISTORY.md, 2026-12-05 evening). Databases that
+/// allocate as this one does (Redis, MongoDB) turn them off for the same reason. Best effort:
+/// a kernel without the setting (before 3.15) keeps its huge pages, with a debug line.
+pub fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(error = %e, "could not turn transparent huge pages off for this process");
+    }
+}
+
 /// Runs hookline on `listener` until `shutdown` resolves (or the supervision tree gives up).
 ///
 /// Shutdown order: stop accepting and finish in-flight requests, stop the actors, flush the

@@ -74,6 +74,7 @@ fn init_tracing() {
 }
 
 fn main() -> anyhow::Result<()> {
+    hookline::app::disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
