@@ -643,7 +643,7 @@ impl AdapterState {
         self.index(&mut batch, &draft, &object_id);
         // The key goes in the record (see `records.rs`), and in the set now.
         let dedup = dedup_hash.map(|h| {
-            self.dedup.insert(h.clone(), object_id.clone());
+            self.dedup.insert(&h, object_id.clone());
             self.unpaged.add(&self.bucket, &mut batch, &object_id, &h);
             DedupMark::new(h, &self.bucket)
         });
