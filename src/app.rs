@@ -22,10 +22,10 @@ use crate::supervisor::Supervisor;
 /// Why: the allocator asks the kernel for huge pages (mimalloc's default), and a fault on one
 /// zeroes 2 MiB at once. The daemon's memory grows as sled's cache fills and the log's
 /// records come and go, so under load those faults cost about 5% of all CPU
-/// (`clear_page_erms` in the profiles; with 4 KiB pages, 0.03%), and ingest's p99 latency
-/// rose from about 5 to 8.5 ms (benches/HISTORY.md, 2026-12-05 evening). Databases that
-/// allocate as this one does (Redis, MongoDB) turn them off for the same reason. Best effort:
-/// a kernel without the setting (before 3.15) keeps its huge pages, with a debug line.
+/// (`clear_page_erms` in the profiles; with 4 KiB pages, 0.03%), and time_window ingest's p99
+/// latency was 8.5 ms against about 5 without them (benches/HISTORY.md, 2026-12-05 evening).
+/// Redis turns them off for itself the same way, for its latency. Best effort: a kernel
+/// without the setting (before 3.15) keeps its huge pages, with a debug line.
 pub fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {

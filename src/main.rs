@@ -74,9 +74,10 @@ fn init_tracing() {
 }
 
 fn main() -> anyhow::Result<()> {
-    hookline::app::disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_tracing();
+    // Before the daemon allocates much; after logging is up, which says if it could not.
+    hookline::app::disable_transparent_huge_pages();
     match cli.command {
         Command::CheckConfig { config } => {
             let mut cfg = Config::load(&config, &EnvOverrides::from_env())?;
