@@ -16,8 +16,9 @@ use crate::state::{Names, Shared};
 use crate::store::{LogLoss, Store};
 use crate::supervisor::Supervisor;
 
-/// Turns transparent huge pages off for this process; the binary calls it first thing (and
-/// the benches, which run the daemon in their own process, do too).
+/// Turns transparent huge pages off for this process; the binary calls it once logging is
+/// up, before it starts the daemon (and the benches, which run the daemon in their own
+/// process, call it first thing).
 ///
 /// Why: the allocator asks the kernel for huge pages (mimalloc's default), and a fault on one
 /// zeroes 2 MiB at once. The daemon's memory grows as sled's cache fills and the log's
