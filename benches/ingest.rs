@@ -216,7 +216,7 @@ fn main() {
         Arc::new(move |i: u64| format!(r#"{{"type":"item.ready","data":{{"id":"e{i}","n":{i}{pad}}}}}"#).into_bytes());
     let bare_url =
         format!("http://{bare_addr}/v1/buckets/{}/source-adapter/ingest", hookline::ids::BucketId::generate());
-    let bare_secret = hex::encode(rand::random::<[u8; 32]>());
+    let bare_secret = const_hex::encode(rand::random::<[u8; 32]>());
     let bare_req = ingest_request(bare_url, bare_secret, body.clone(), 0);
     // The machine is shared: the ceiling is measured again after every round of every
     // scenario, and each round's share is of the mean of the bare runs just before and after it.

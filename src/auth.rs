@@ -38,8 +38,10 @@ impl ApiKeys {
             return Ok((ApiKeys { digests: configured.iter().map(|k| digest(k.trim())).collect() }, None));
         }
         if let Some(list) = stored {
-            let digests: Vec<[u8; 32]> =
-                list.iter().filter_map(|h| hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok())).collect();
+            let digests: Vec<[u8; 32]> = list
+                .iter()
+                .filter_map(|h| const_hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()))
+                .collect();
             if !digests.is_empty() {
                 return Ok((ApiKeys { digests }, None));
             }
@@ -47,7 +49,7 @@ impl ApiKeys {
         let key = format!("hk_{}", crate::ids::random_alphanumeric(40));
         let d = digest(&key);
         let mut b = Batch::new();
-        b.put(Keyspace::META, "api_key_digests", &vec![hex::encode(d)]);
+        b.put(Keyspace::META, "api_key_digests", &vec![const_hex::encode(d)]);
         store.commit(b).await?;
         Ok((ApiKeys { digests: vec![d] }, Some(key)))
     }

@@ -71,7 +71,7 @@ pub const STATS_KEY: &str = "adapter";
 
 /// The dedup set's key for a dedup value: fixed length whatever the upstream sends.
 pub fn dedup_hash(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
+    const_hex::encode(Sha256::digest(value.as_bytes()))
 }
 
 /// A map keyed by [`dedup_hash`] digests (the dedup set, the external-ID index), each held as
@@ -94,7 +94,7 @@ impl DigestKey {
     /// tests' short names) is keyed by its own digest, so equal strings still meet.
     pub fn of(hash: &str) -> DigestKey {
         let mut bytes = [0u8; 32];
-        if hex::decode_to_slice(hash, &mut bytes).is_err() {
+        if const_hex::decode_to_slice(hash, &mut bytes).is_err() {
             bytes = Sha256::digest(hash.as_bytes()).into();
         }
         DigestKey(bytes)

@@ -361,7 +361,7 @@ impl SourceAdapter {
 /// A stored webhook secret digest (hex SHA-256) as bytes; `None` if it is not one.
 pub fn secret_digest(hex_digest: &str) -> Option<[u8; 32]> {
     let mut digest = [0u8; 32];
-    hex::decode_to_slice(hex_digest, &mut digest).ok().map(|()| digest)
+    const_hex::decode_to_slice(hex_digest, &mut digest).ok().map(|()| digest)
 }
 
 /// Whether `presented` hashes to `digest`, compared in constant time (`subtle`): the time
@@ -374,8 +374,8 @@ pub fn digest_matches(digest: &[u8; 32], presented: &str) -> bool {
 /// A new webhook secret: 32 random bytes as hex. Returns (secret, its digest).
 pub fn new_secret() -> (String, String) {
     let bytes: [u8; 32] = rand::random();
-    let secret = hex::encode(bytes);
-    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    let secret = const_hex::encode(bytes);
+    let digest = const_hex::encode(Sha256::digest(secret.as_bytes()));
     (secret, digest)
 }
 

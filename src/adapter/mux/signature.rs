@@ -101,7 +101,8 @@ fn parse(header: &str) -> Result<Parsed, MuxSignatureError> {
                 if tags.len() == MAX_SIGNATURES {
                     return Err(MuxSignatureError::Malformed("too many v1= values"));
                 }
-                let tag = hex::decode(value.trim()).map_err(|_| MuxSignatureError::Malformed("v1= is not hex"))?;
+                let tag =
+                    const_hex::decode(value.trim()).map_err(|_| MuxSignatureError::Malformed("v1= is not hex"))?;
                 tags.push(tag);
             }
             _ => {}
@@ -180,7 +181,7 @@ pub fn verify_header(
 
 /// Makes a `Mux-Signature` header value as Mux does (tests, benches, the cross-check).
 pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
-    format!("t={t},v1={}", hex::encode(mac_for(secret, t, body).finalize().into_bytes()))
+    format!("t={t},v1={}", const_hex::encode(mac_for(secret, t, body).finalize().into_bytes()))
 }
 
 #[cfg(test)]

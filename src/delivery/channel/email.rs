@@ -52,7 +52,7 @@ pub struct Mailer {
 fn message_id(delivery: &str, to: &Mailbox) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(to.email.to_string().to_ascii_lowercase().as_bytes());
-    format!("<{delivery}.{}@hookline>", hex::encode(&digest[..8]))
+    format!("<{delivery}.{}@hookline>", const_hex::encode(&digest[..8]))
 }
 
 /// What of the relay login an error must not show: a relay's reply may echo the AUTH

@@ -221,7 +221,7 @@ pub fn redacted_url(url: &str) -> String {
 
 fn redaction_tag(url: &str) -> String {
     use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(url.as_bytes())[..3])
+    const_hex::encode(&sha2::Sha256::digest(url.as_bytes())[..3])
 }
 
 /// Whether `shown` is how `url` is (or was) shown redacted: the current form, the form shown
