@@ -101,8 +101,12 @@ fn parse(header: &str) -> Result<Parsed, MuxSignatureError> {
                 if tags.len() == MAX_SIGNATURES {
                     return Err(MuxSignatureError::Malformed("too many v1= values"));
                 }
-                let tag =
-                    const_hex::decode(value.trim()).map_err(|_| MuxSignatureError::Malformed("v1= is not hex"))?;
+                // Digits only: const_hex would also take a `0x` prefix, which Mux never sends.
+                let value = value.trim();
+                let tag = Some(value)
+                    .filter(|v| v.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|v| const_hex::decode(v).ok())
+                    .ok_or(MuxSignatureError::Malformed("v1= is not hex"))?;
                 tags.push(tag);
             }
             _ => {}
@@ -297,6 +301,7 @@ mod tests {
             format!("t={NOW}.5,v1={sig}"),                                 // t fractional
             format!("t={NOW},t={NOW},v1={sig}"),                           // t twice
             format!("t={NOW},v1=zz{}", &sig[2..]),                         // v1 not hex
+            format!("t={NOW},v1=0x{sig}"),                                 // v1 with a 0x prefix
             format!("t={NOW};v1={sig}"),                                   // wrong separator
             format!("t={NOW},v1={sig},garbage"),                           // item without '='
             format!("t={NOW},{}", vec![format!("v1={sig}"); 9].join(",")), // too many v1
