@@ -38,10 +38,7 @@ impl ApiKeys {
             return Ok((ApiKeys { digests: configured.iter().map(|k| digest(k.trim())).collect() }, None));
         }
         if let Some(list) = stored {
-            let digests: Vec<[u8; 32]> = list
-                .iter()
-                .filter_map(|h| const_hex::decode(h).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()))
-                .collect();
+            let digests: Vec<[u8; 32]> = list.iter().filter_map(|h| const_hex::decode_to_array(h).ok()).collect();
             if !digests.is_empty() {
                 return Ok((ApiKeys { digests }, None));
             }

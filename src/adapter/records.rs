@@ -93,11 +93,7 @@ impl DigestKey {
     /// The digest a [`dedup_hash`] string encodes. Anything else (nothing the daemon stores;
     /// tests' short names) is keyed by its own digest, so equal strings still meet.
     pub fn of(hash: &str) -> DigestKey {
-        let mut bytes = [0u8; 32];
-        if const_hex::decode_to_slice(hash, &mut bytes).is_err() {
-            bytes = Sha256::digest(hash.as_bytes()).into();
-        }
-        DigestKey(bytes)
+        DigestKey(const_hex::decode_to_array(hash).unwrap_or_else(|_| Sha256::digest(hash.as_bytes()).into()))
     }
 }
 

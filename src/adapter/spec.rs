@@ -360,8 +360,7 @@ impl SourceAdapter {
 
 /// A stored webhook secret digest (hex SHA-256) as bytes; `None` if it is not one.
 pub fn secret_digest(hex_digest: &str) -> Option<[u8; 32]> {
-    let mut digest = [0u8; 32];
-    const_hex::decode_to_slice(hex_digest, &mut digest).ok().map(|()| digest)
+    const_hex::decode_to_array(hex_digest).ok()
 }
 
 /// Whether `presented` hashes to `digest`, compared in constant time (`subtle`): the time
