@@ -6,7 +6,6 @@
 //! several).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -203,12 +202,12 @@ type Pair = (Counter, Histogram);
 
 thread_local! {
     /// Handles of the per-request series, by label values (see [`with_series`]).
-    static HTTP_SERIES: RefCell<HashMap<(&'static str, &'static str, u16), Pair>> = RefCell::new(HashMap::new());
-    static INGEST_SERIES: RefCell<HashMap<&'static str, Pair>> = RefCell::new(HashMap::new());
+    static HTTP_SERIES: RefCell<foldhash::HashMap<(&'static str, &'static str, u16), Pair>> = RefCell::new(foldhash::HashMap::default());
+    static INGEST_SERIES: RefCell<foldhash::HashMap<&'static str, Pair>> = RefCell::new(foldhash::HashMap::default());
     /// Handles of the series recorded once or more per ingest or per group commit (see
     /// [`count`] and [`observe`]), by name and label (name, value; empty for none).
-    static COUNTERS: RefCell<HashMap<OneKey, Counter>> = RefCell::new(HashMap::new());
-    static HISTOGRAMS: RefCell<HashMap<HistogramName, Histogram>> = RefCell::new(HashMap::new());
+    static COUNTERS: RefCell<foldhash::HashMap<OneKey, Counter>> = RefCell::new(foldhash::HashMap::default());
+    static HISTOGRAMS: RefCell<foldhash::HashMap<HistogramName, Histogram>> = RefCell::new(foldhash::HashMap::default());
 }
 
 /// A series of one name and at most one label, all static: (name, label name, label value).
@@ -281,8 +280,10 @@ impl SeriesKey for &'static str {
 /// noise). No lock here, and bounded by the label sets (route templates × methods × statuses,
 /// ingest outcomes, the static names and labels of [`count`] and [`observe`]). Handles are
 /// kept only once the recorder is installed: one taken before would be a no-op for good.
+/// foldhash rather than std's SipHash: these maps are hashed several times per ingest, and
+/// their keys are our own static names, so a keyed hash buys nothing.
 fn with_series<K: SeriesKey>(
-    cache: &'static std::thread::LocalKey<RefCell<HashMap<K, K::Handle>>>,
+    cache: &'static std::thread::LocalKey<RefCell<foldhash::HashMap<K, K::Handle>>>,
     key: K,
     f: impl FnOnce(&K::Handle),
 ) {

@@ -59,8 +59,14 @@ use crate::catalog::{Bucket, ProviderType};
 use crate::ids::{BatchId, BucketId, ObjectId};
 use crate::store::{Batch, Keyspace};
 
+/// `{bucket_id}/{id}`, allocated once at its final size (`format!` grows its buffer).
 pub fn key(bucket: &BucketId, id: &str) -> String {
-    format!("{}/{}", bucket.as_str(), id)
+    let bucket = bucket.as_str();
+    let mut k = String::with_capacity(bucket.len() + 1 + id.len());
+    k.push_str(bucket);
+    k.push('/');
+    k.push_str(id);
+    k
 }
 
 pub fn prefix(bucket: &BucketId) -> String {

@@ -707,7 +707,7 @@ where
 
 /// The route table. Returns the route template (metrics label) and the response.
 async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
-    let segs: Vec<&str> = req.segments();
+    let segs = req.segments();
     let m = req.method.clone();
     match segs.as_slice() {
         // HEAD too: load balancers probe with it (hyper leaves the body out).
