@@ -495,9 +495,10 @@ fn checkpoint_loop(
 }
 
 /// Within one atomic write only the last operation on a key matters: drop the earlier ones
-/// (e.g. a bucket's counters, rewritten by every ingest of the group). foldhash rather
-/// than std's SipHash: every key of a group is hashed here, on the log thread, and a set that
-/// lives for one group of at most [`MAX_GROUP`] batches has no use for flood resistance.
+/// (e.g. a bucket's counters, rewritten by every ingest of the group). foldhash (seeded per
+/// process) rather than std's SipHash: every key of a group is hashed here, on the log
+/// thread, and the keys are mostly IDs hookline generated; SipHash's stronger resistance to
+/// a hash flood would be paid for by every write.
 fn drop_overwritten(batch: &mut Batch) {
     let keep: Vec<bool> = {
         let mut seen = foldhash::HashSet::with_capacity_and_hasher(batch.ops.len(), Default::default());
