@@ -281,7 +281,7 @@ impl SeriesKey for &'static str {
 /// ingest outcomes, the static names and labels of [`count`] and [`observe`]). Handles are
 /// kept only once the recorder is installed: one taken before would be a no-op for good.
 /// foldhash rather than std's SipHash: these maps are hashed several times per ingest, and
-/// their keys are our own static names, which no one can choose to flood them.
+/// their keys are our own static names, which no client chooses: there is no flood to resist.
 fn with_series<K: SeriesKey>(
     cache: &'static std::thread::LocalKey<RefCell<foldhash::HashMap<K, K::Handle>>>,
     key: K,
