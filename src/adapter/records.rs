@@ -61,12 +61,7 @@ use crate::store::{Batch, Keyspace};
 
 /// `{bucket_id}/{id}`, allocated once at its final size (`format!` grows its buffer).
 pub fn key(bucket: &BucketId, id: &str) -> String {
-    let bucket = bucket.as_str();
-    let mut k = String::with_capacity(bucket.len() + 1 + id.len());
-    k.push_str(bucket);
-    k.push('/');
-    k.push_str(id);
-    k
+    [bucket.as_str(), "/", id].concat()
 }
 
 pub fn prefix(bucket: &BucketId) -> String {
