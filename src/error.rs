@@ -129,12 +129,14 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 /// Deserializes `value` as `T`; a failure is a 422 whose `field` is the dot-path of the
-/// offending field, under `prefix` when given (e.g. `provider_config`).
+/// offending field, under `prefix` when given (e.g. `provider_config`). An array where `T`
+/// (or anything within it) expects an object is refused, not read by position.
 pub fn deserialize_at<T: serde::de::DeserializeOwned>(
     prefix: Option<&str>,
     value: serde_json::Value,
 ) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    // Strict: a struct from an object only, at any depth (see `strict.rs`).
+    serde_path_to_error::deserialize(crate::strict::Strict(value)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         // serde names a missing field only in its message (`missing field `x``), with the

@@ -10,6 +10,7 @@
 //! - [`http`]: the thin warp frontend: parse, authenticate, forward.
 //! - [`auth`], [`crypto`]: API keys (hashed) and credentials at rest (AEAD).
 //! - [`metrics`]: every metric name in one place.
+//! - [`error`], [`strict`]: API errors, and API bodies read by field name only.
 //!
 //! # Flow of an event
 //! Upstream POSTs to the ingest route → `http` reads the body (size-limited) and sends it
@@ -33,5 +34,6 @@ pub mod ids;
 pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod strict;
 pub mod supervisor;
 pub mod util;

@@ -167,6 +167,14 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     req.authenticate(state)?;
     let body: PublishEvent = req.json()?;
     body.validate()?;
+    // It would reach receivers rounded (a double), signed as if sent so: the publisher, who
+    // can send it as a string, hears of it instead.
+    if super::request::has_integer_past_64_bits(&req.body) {
+        return Err(ApiError::validation(
+            "payload",
+            "holds an integer past 64 bits, which would be delivered rounded: send it as a string",
+        ));
+    }
     if state.shared.room.short() {
         return Err(ApiError::short_of_disk());
     }

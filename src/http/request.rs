@@ -217,7 +217,84 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
             message: "request body is empty; expected JSON".into(),
         });
     }
-    serde_json::from_slice(without_bom(body)).map_err(ApiError::bad_json)
+    let body = without_bom(body);
+    serde_json::from_slice(body).or_else(|e| match mend_lone_surrogates(body) {
+        Some(mended) => serde_json::from_slice(&mended).map_err(|_| ApiError::bad_json(e)),
+        None => Err(ApiError::bad_json(e)),
+    })
+}
+
+/// JSON's grammar allows a `\u` escape of half a UTF-16 surrogate pair without its other half
+/// (RFC 8259 §8.2), and JavaScript senders write one when they cut a string inside an emoji.
+/// A Rust string cannot hold it, so serde_json refuses the whole body, and an upstream
+/// answered 400 drops its event. So, only once a body has failed to parse, each such escape
+/// is read as U+FFFD (the replacement character), as a lossy UTF-16 decode does: `None` when
+/// the body holds none. The raw bytes, which signatures are checked against, are untouched.
+fn mend_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
+    /// The code unit of a `\uXXXX` escape starting at `at`.
+    fn unit_at(body: &[u8], at: usize) -> Option<u16> {
+        let esc = body.get(at..at + 6)?;
+        let hex = std::str::from_utf8(&esc[2..]).ok()?;
+        (esc.starts_with(b"\\u") && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u16::from_str_radix(hex, 16).ok())
+            .flatten()
+    }
+    const HIGH: std::ops::Range<u16> = 0xD800..0xDC00;
+    const LOW: std::ops::Range<u16> = 0xDC00..0xE000;
+    let mut out = Vec::with_capacity(body.len());
+    let (mut changed, mut in_string, mut i) = (false, false, 0);
+    while let Some(&b) = body.get(i) {
+        if !in_string || b != b'\\' {
+            in_string ^= b == b'"';
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let len = match unit_at(body, i) {
+            // A whole pair: kept as it is.
+            Some(u) if HIGH.contains(&u) && unit_at(body, i + 6).is_some_and(|n| LOW.contains(&n)) => 12,
+            Some(u) if HIGH.contains(&u) || LOW.contains(&u) => {
+                out.extend_from_slice(b"\\uFFFD");
+                changed = true;
+                i += 6;
+                continue;
+            }
+            Some(_) => 6,
+            // Any other escape: the backslash and the byte it escapes (a quote among them).
+            None => 2,
+        };
+        out.extend_from_slice(&body[i..(i + len).min(body.len())]);
+        i += len;
+    }
+    changed.then_some(out)
+}
+
+/// Whether a JSON text holds an integer past 64 bits (signed or not) outside its strings.
+/// serde_json reads one as the nearest double, so passed on it would be another number
+/// (`12345678901234567890123` delivered as `1.2345678901234568e22`), signed as sent. For a
+/// text already parsed: it only tells numbers from strings.
+pub fn has_integer_past_64_bits(text: &[u8]) -> bool {
+    let (mut in_string, mut i) = (false, 0);
+    while let Some(&b) = text.get(i) {
+        i += 1;
+        match b {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            b'-' | b'0'..=b'9' if !in_string => {
+                let start = i - 1;
+                while text.get(i).is_some_and(|c| matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')) {
+                    i += 1;
+                }
+                let token = std::str::from_utf8(&text[start..i]).unwrap_or_default();
+                let integer = !token.contains(['.', 'e', 'E']);
+                if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// RFC 8259 lets a parser ignore a leading UTF-8 byte order mark, and some senders (.NET's
@@ -322,6 +399,39 @@ mod tests {
 
     fn strict(s: &str) -> Result<serde_json::Value, ApiError> {
         parse_json_strict(&Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn integers_past_64_bits_are_found_outside_strings() {
+        let found = |s: &str| has_integer_past_64_bits(s.as_bytes());
+        for yes in [r#"{"a": 12345678901234567890123}"#, r#"[1, -9223372036854775809]"#, "18446744073709551616"] {
+            assert!(found(yes), "{yes}");
+        }
+        for no in [
+            r#"{"a": 18446744073709551615, "b": -9223372036854775808, "c": 1.5e300, "d": -0.0}"#,
+            r#"{"s": "12345678901234567890123", "t": "a \" 99999999999999999999999"}"#,
+            r#"{"12345678901234567890123": [1e25, 1E25, 123456789012345678901234.0]}"#,
+        ] {
+            assert!(!found(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_read_as_the_replacement_character() {
+        let parse = |s: &str| parse_json(&Bytes::copy_from_slice(s.as_bytes()));
+        let title = |s: &str| parse(s).unwrap()["t"].as_str().unwrap().to_string();
+        assert_eq!(title(r#"{"t": "cut \ud83d"}"#), "cut \u{FFFD}");
+        assert_eq!(
+            title(r#"{"t": "\ude00 then \ud83d\ude00 and \uD800\u0041"}"#),
+            "\u{FFFD} then \u{1F600} and \u{FFFD}A"
+        );
+        // Escaped backslashes and quotes are not escapes of a surrogate.
+        assert_eq!(title(r#"{"t": "\\ud800 \" \ud800"}"#), "\\ud800 \" \u{FFFD}");
+        assert_eq!(parse(r#"{"\ud800": 1}"#).unwrap()["\u{FFFD}"], 1);
+        // Still refused: bodies that are not JSON for another reason, whatever they hold.
+        for bad in [r#"{"t": "\ud800"#, r#"{"t": "\ud800",}"#, r#"{"t": "\uZZZZ"}"#, r#"{t: "\ud800"}"#] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -262,6 +262,44 @@ async fn configure_validate_and_show_the_secret_once() {
     assert!(!app.log().contains(&secret) && !app.log().contains(&rotated));
 }
 
+/// serde would read an array as a struct's fields by position: `"batching": ["count", 5, 7]`
+/// was saved as mode count, 5 s, batches of 7. Every body refuses it with a 422 naming the
+/// field, in words (not Rust's type names), and stores nothing.
+#[tokio::test]
+async fn an_array_is_no_object_anywhere_in_a_body() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("arrays", schema()).await;
+    let path = format!("/v1/buckets/{bucket}");
+    for (adapter, field) in [
+        (json!({"adapter_type": "generic_webhook", "batching": ["count", 5, 7, false]}), "source_adapter.batching"),
+        (json!({"adapter_type": "generic_webhook", "event_filter": [["x.y"]]}), "source_adapter.event_filter"),
+        (
+            json!({"adapter_type": "generic_webhook", "blob_source": ["u", "video", "video"]}),
+            "source_adapter.blob_source",
+        ),
+        (json!([]), "source_adapter"),
+    ] {
+        let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{adapter}: {b}");
+        assert_eq!(b["error"]["message"], format!("{field}: must be an object, not a list"), "{b}");
+    }
+    let (_, shown) = app.get(&path).await;
+    assert!(shown["source_adapter"].is_null(), "nothing configured: {shown}");
+
+    let (s, b) = app.post("/v1/buckets", json!({"bucket_name": "arr2", "bucket_schema": [{"a": ["string"]}]})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("bucket_schema")), "{b}");
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "x", "provider_type": "supabase", "provider_config": ["https://x.supabase.co", "key"]}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("provider_config")), "{b}");
+    assert_eq!(b["error"]["message"], "provider_config: must be an object, not a list", "{b}");
+    let (_, list) = app.get("/v1/organizations/connections").await;
+    assert_eq!(list["results"].as_array().map(Vec::len), Some(0), "{list}");
+}
+
 #[tokio::test]
 async fn immediate_ingest_maps_filters_dedups_and_reports() {
     let app = TestApp::start().await;
@@ -433,6 +471,34 @@ async fn a_bom_is_ignored_and_a_compressed_body_is_a_415() {
     bom.extend_from_slice(br#"{"event_type": "custom.bom", "payload": {}}"#);
     let (s, b) = app.post_raw("/v1/events", bom, &[("authorization", key.as_str())]).await;
     assert_eq!(s, 202, "{b}");
+}
+
+/// JavaScript senders write half a surrogate pair as an escape when they cut a string inside
+/// an emoji: valid JSON, which a Rust string cannot hold. The event is taken, the lone half
+/// read as U+FFFD (a 400 would make the upstream drop it); a whole pair stays the character.
+#[tokio::test]
+async fn a_lone_surrogate_escape_is_taken_as_the_replacement_character() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "data.id",
+        "field_mapping": {"data.title": "title"}, "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "surrogates", json!({"title": {"type": "string"}}), adapter).await;
+    let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let headers = [("x-webhook-secret", secret.as_str())];
+    let cut = br#"{"type": "t", "data": {"id": "s1\ud800", "title": "cut \ud83d, whole \ud83d\ude00"}}"#;
+    let (s, b) = app.post_raw(&path, cut.to_vec(), &headers).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let (_, obj) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", b["object_id"].as_str().unwrap())).await;
+    assert_eq!(obj["metadata"]["title"], "cut \u{FFFD}, whole \u{1F600}", "{obj}");
+    // Its dedup value is read the same way each time: a resend is a duplicate.
+    let (s, again) = app.post_raw(&path, cut.to_vec(), &headers).await;
+    assert_eq!(
+        (s, again["status"].as_str(), &again["object_id"]),
+        (200, Some("duplicate"), &b["object_id"]),
+        "{again}"
+    );
+    // A body malformed for another reason is still a 400.
+    let (s, b) = app.post_raw(&path, br#"{"data": {"id": "s2\ud800",}}"#.to_vec(), &headers).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("malformed_json")), "{b}");
 }
 
 /// The `object_id` of a `buffered` answer: a GET says it is buffered and when it flushes;

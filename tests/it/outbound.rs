@@ -777,6 +777,14 @@ async fn star_prefix_and_exact_subscriptions_and_templates() {
         let (s, b) = app.post("/v1/events", json!({"event_type": "x.y", "payload": bare})).await;
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some("payload")), "{b}");
     }
+    // An integer JSON parsing would round is refused, not delivered as another number.
+    let key = format!("Bearer {}", app.api_key);
+    let big = br#"{"event_type": "x.y", "payload": {"n": [1, {"a": 12345678901234567890123}]}}"#;
+    let (s, b) = app.post_raw("/v1/events", big.to_vec(), &[("authorization", key.as_str())]).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("payload")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("send it as a string"), "{b}");
+    let fine = br#"{"event_type": "x.y", "payload": {"n": 18446744073709551615, "s": "12345678901234567890123"}}"#;
+    assert_eq!(app.post_raw("/v1/events", fine.to_vec(), &[("authorization", key.as_str())]).await.0, 202);
 }
 
 #[tokio::test]

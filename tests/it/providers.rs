@@ -1218,7 +1218,10 @@ async fn unauthenticated_mux_bodies_leave_half_the_budget_to_authenticated_ones(
         c.write_all(&vec![b' '; 190_000]).await.unwrap();
         stalled.push(c);
     }
-    // Two of them got their half; the others were refused (503) once their bytes came in.
+    // Two of them got their share (a buffer of 256 KiB each: half the budget together); the
+    // others were refused (503) once their bytes came in. Three when the server read the four
+    // interleaved (a loaded machine): buffers grow by doubling, so two that reached 128 KiB
+    // while a third already held 256 KiB are refused as they double, and only one is left.
     let answers = futures::future::join_all(stalled.iter_mut().map(|c| async move {
         let mut answer = [0u8; 64];
         match tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer)).await {
@@ -1227,7 +1230,8 @@ async fn unauthenticated_mux_bodies_leave_half_the_budget_to_authenticated_ones(
         }
     }))
     .await;
-    assert_eq!(answers.iter().filter(|r| **r).count(), 2, "the unauthenticated senders past half the budget");
+    let refused = answers.iter().filter(|r| **r).count();
+    assert!((2..=3).contains(&refused), "{refused} of the unauthenticated senders refused: 2 past half the budget");
     // An upstream its secret authenticates still gets a body as large.
     let body = ready_event("AsSeTbUdGeT01", true);
     let padded = format!("{}{}", body, " ".repeat(190_000));
