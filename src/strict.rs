@@ -11,7 +11,9 @@
 //! One gap is serde's, not this module's: a value serde buffers before it knows its type
 //! (an untagged enum, a `flatten`ed field, an adjacently tagged enum whose content comes
 //! before its tag) is read by serde's own buffer, which still takes an array as a struct.
-//! The API's bodies hold none of the first two, and their tags come first.
+//! The API's bodies hold no struct in the first two (a Mux connection's untagged signing
+//! secrets are strings), and a channel's `channel` tag sorts before its `configs` in
+//! serde_json's maps, which keep keys sorted.
 
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, Unexpected, VariantAccess, Visitor,

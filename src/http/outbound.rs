@@ -167,8 +167,8 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     req.authenticate(state)?;
     let body: PublishEvent = req.json()?;
     body.validate()?;
-    // It would reach receivers rounded (a double), signed as if sent so: the publisher, who
-    // can send it as a string, hears of it instead.
+    // Such a number would reach receivers rounded (a double), under a valid signature: the
+    // publisher, who can send it as a string, hears of it instead.
     if super::request::has_integer_past_64_bits(&req.body) {
         return Err(ApiError::validation(
             "payload",

@@ -271,8 +271,9 @@ fn mend_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
 
 /// Whether a JSON text holds an integer past 64 bits (signed or not) outside its strings.
 /// serde_json reads one as the nearest double, so passed on it would be another number
-/// (`12345678901234567890123` delivered as `1.2345678901234568e22`), signed as sent. For a
-/// text already parsed: it only tells numbers from strings.
+/// (`12345678901234567890123` delivered as `1.2345678901234568e22`, under a valid signature).
+/// For a text already parsed as JSON: it only tells numbers from strings, not JSON from
+/// anything else.
 pub fn has_integer_past_64_bits(text: &[u8]) -> bool {
     let (mut in_string, mut i) = (false, 0);
     while let Some(&b) = text.get(i) {
