@@ -176,7 +176,8 @@ fn plain_words(serde: &str) -> String {
             "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
             "a boolean" => "true or false".into(),
             "a sequence" => "a list".into(),
-            w if w == "a map" || w.starts_with("struct ") => "an object".into(),
+            // A tagged enum is an object too (a webhook's channel: `{"channel": …, "configs": …}`).
+            w if w == "a map" || w.starts_with("struct ") || w.contains("tagged enum ") => "an object".into(),
             w => w.into(),
         }
     }

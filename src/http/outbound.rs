@@ -170,8 +170,19 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     // Such a number would reach receivers rounded (a double), under a valid signature: the
     // publisher, who can send it as a string, hears of it instead.
     if super::request::has_integer_past_64_bits(&req.body) {
+        // Parsed, such an integer is a double of 2^63 or more: the field it is in (or, were
+        // a double written so to be in the payload too, the payload).
+        fn huge(v: &serde_json::Value) -> bool {
+            match v {
+                serde_json::Value::Number(n) => n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18),
+                serde_json::Value::Array(a) => a.iter().any(huge),
+                serde_json::Value::Object(o) => o.values().any(huge),
+                _ => false,
+            }
+        }
+        let field = if huge(&body.payload) { "payload" } else { "cache_scopes" };
         return Err(ApiError::validation(
-            "payload",
+            field,
             "holds an integer past 64 bits, which would be delivered rounded: send it as a string",
         ));
     }

@@ -219,7 +219,8 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     }
     let body = without_bom(body);
     serde_json::from_slice(body).or_else(|e| match mend_lone_surrogates(body) {
-        Some(mended) => serde_json::from_slice(&mended).map_err(|_| ApiError::bad_json(e)),
+        // Mended escapes keep their length: the error, if any, is placed as in the body.
+        Some(mended) => serde_json::from_slice(&mended).map_err(ApiError::bad_json),
         None => Err(ApiError::bad_json(e)),
     })
 }

@@ -298,6 +298,13 @@ async fn an_array_is_no_object_anywhere_in_a_body() {
     assert_eq!(b["error"]["message"], "provider_config: must be an object, not a list", "{b}");
     let (_, list) = app.get("/v1/organizations/connections").await;
     assert_eq!(list["results"].as_array().map(Vec::len), Some(0), "{list}");
+    // A webhook's channel (a tagged enum) too.
+    let channel = json!(["webhook", {"url": "https://example.com/hook"}]);
+    let (s, b) = app
+        .post("/v1/organizations/webhooks", json!({"webhook_name": "w", "event_types": ["x.y"], "channels": [channel]}))
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0]")), "{b}");
+    assert_eq!(b["error"]["message"], "channels[0]: must be an object, not a list", "{b}");
 }
 
 #[tokio::test]
@@ -496,9 +503,10 @@ async fn a_lone_surrogate_escape_is_taken_as_the_replacement_character() {
         (200, Some("duplicate"), &b["object_id"]),
         "{again}"
     );
-    // A body malformed for another reason is still a 400.
+    // A body malformed for another reason is still a 400, which names that reason.
     let (s, b) = app.post_raw(&path, br#"{"data": {"id": "s2\ud800",}}"#.to_vec(), &headers).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("malformed_json")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("trailing comma at line 1 column 28"), "{b}");
 }
 
 /// The `object_id` of a `buffered` answer: a GET says it is buffered and when it flushes;
