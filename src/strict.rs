@@ -6,7 +6,9 @@
 //! connection's `provider_config` could be a list of its credentials by position: settings
 //! no one named, taken silently. [`Strict`] wraps a value so that, at any depth, an array
 //! where a struct is expected is the 422 "must be an object, not a list" (see
-//! `error::deserialize_at`), while everything else reads as `serde_json::Value` reads it.
+//! `error::deserialize_at`), while everything else reads as `serde_json::Value` reads it (an
+//! enum given neither a string nor an object is refused as before, in words that name its
+//! variants rather than "expected string or map").
 //!
 //! One gap is serde's, not this module's: a value serde buffers before it knows its type
 //! (an untagged enum, a `flatten`ed field, an adjacently tagged enum whose content comes
@@ -98,8 +100,10 @@ impl<'de> Deserializer<'de> for Strict {
                 Some((variant, value)) => visitor.visit_enum(Enum { variant, value: Some(value) }),
                 None => Err(de::Error::invalid_value(Unexpected::Map, &"a map with a single key")),
             },
-            // Value's own answer for every other shape (an error naming what it got).
-            other => other.deserialize_enum(name, variants, visitor),
+            Value::Object(map) => Value::Object(map).deserialize_enum(name, variants, visitor),
+            // Value would say "expected string or map", which names neither the choices nor
+            // anything an API user writes: name the variants instead.
+            other => Err(de::Error::invalid_type(unexpected(&other), &OneOf(variants))),
         }
     }
 
@@ -292,6 +296,16 @@ impl<'de> VariantAccess<'de> for Variant {
     }
 }
 
+/// What an enum takes, in the words of its variants: `one of "a", "b"`.
+struct OneOf(&'static [&'static str]);
+
+impl de::Expected for OneOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.0.iter().map(|v| format!("{v:?}")).collect();
+        write!(f, "one of {}", names.join(", "))
+    }
+}
+
 fn unexpected(value: &Value) -> Unexpected<'_> {
     match value {
         Value::Null => Unexpected::Unit,
@@ -392,5 +406,11 @@ mod tests {
         assert!(read(json!({"inner": {"mode": "a", "oops": 1}})).unwrap_err().contains("unknown field `oops`"));
         assert!(read(json!({"kinds": [{"pair": [1, 2, 3]}]})).is_err());
         assert!(read(json!({"kinds": ["wrapped"]})).is_err());
+        // An enum given no string nor map names its variants (Value says "string or map").
+        assert_eq!(
+            read(json!({"kinds": [null]})).unwrap_err(),
+            r#"invalid type: null, expected one of "plain", "wrapped", "pair", "named""#
+        );
+        assert!(read(json!({"kinds": [{"plain": null, "pair": [1, 2]}]})).is_err());
     }
 }

@@ -153,6 +153,16 @@ async fn configure_validate_and_show_the_secret_once() {
     }
     assert_eq!(app.patch(&path, json!({"sauce": 1})).await.0, 422);
     assert_eq!(app.patch(&path, json!({"rotate_secret": true})).await.0, 422, "nothing to rotate");
+    // A choice given no string says what the choices are.
+    let (s, b) = app
+        .patch(&path, json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": null}}}))
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.batching.mode")), "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        r#"source_adapter.batching.mode: must be one of "immediate", "time_window", "count", not null"#,
+        "{b}"
+    );
 
     // Every field of seed 000's table is accepted and shown back (secrets excepted).
     let (_, gconn) = app
