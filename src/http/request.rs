@@ -232,13 +232,11 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
 /// is read as U+FFFD (the replacement character), as a lossy UTF-16 decode does: `None` when
 /// the body holds none. The raw bytes, which signatures are checked against, are untouched.
 fn mend_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
-    /// The code unit of a `\uXXXX` escape starting at `at`.
+    /// The code unit of a `\uXXXX` escape starting at `at` (hex decoded as everywhere else,
+    /// by `const_hex`: four digits are two bytes, and a `0x` prefix leaves too few).
     fn unit_at(body: &[u8], at: usize) -> Option<u16> {
         let esc = body.get(at..at + 6)?;
-        let hex = std::str::from_utf8(&esc[2..]).ok()?;
-        (esc.starts_with(b"\\u") && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| u16::from_str_radix(hex, 16).ok())
-            .flatten()
+        esc.strip_prefix(b"\\u").and_then(|hex| const_hex::decode_to_array(hex).ok()).map(u16::from_be_bytes)
     }
     const HIGH: std::ops::Range<u16> = 0xD800..0xDC00;
     const LOW: std::ops::Range<u16> = 0xDC00..0xE000;
