@@ -631,8 +631,9 @@ impl BodyBudget {
 /// Reads the whole body, refusing more than `limit` bytes (by Content-Length up front, and by
 /// counting for chunked bodies), and more than `timeout` to receive it all (408). With a
 /// `budget` (and whether the request's head authenticated it), the buffer holding the bytes
-/// received is charged to it (503 when it is spent), by its capacity; the [`Held`] returned
-/// is the body's share, to hold until the body has been handled.
+/// received is charged to it by its capacity (503 when it is spent, once the rest has been
+/// read and dropped, for a second at most); the [`Held`] returned is the body's share, to
+/// hold until the body has been handled.
 async fn read_body<S, B>(
     headers: &HeaderMap,
     body: S,
@@ -690,7 +691,15 @@ where
                     // 600 KiB buffer to 1.2 MiB for a 1 MiB limit).
                     let grown = (buf.capacity() * 2).max(buf.len() + n).max(8 << 10).min(limit);
                     if let Some((budget, proven)) = budget {
-                        budget.cover(&mut held, grown, proven)?;
+                        if let Err(refused) = budget.cover(&mut held, grown, proven) {
+                            // Nothing more is charged or kept: the share goes back now, and
+                            // the rest is read and dropped as for a 413, so that a client
+                            // still sending reads the 503 rather than a reset connection.
+                            drop((buf, held));
+                            let until = deadline.min(tokio::time::Instant::now() + REFUSED_DRAIN);
+                            drain(&mut body, until, discard_cap.saturating_sub(seen)).await;
+                            return Err(refused);
+                        }
                     }
                     buf.reserve_exact(grown - buf.len());
                 }
@@ -703,6 +712,25 @@ where
         return Err(ApiError::PayloadTooLarge(limit));
     }
     Ok((Bytes::from(buf), held))
+}
+
+/// How long a body refused by the upstream budget is still read (and dropped) for.
+const REFUSED_DRAIN: Duration = Duration::from_secs(1);
+
+/// Reads and drops the rest of a refused body, until it ends, `until` passes, more than
+/// `cap` bytes come, or it fails: the answer follows in each case.
+async fn drain<S, B>(body: &mut S, until: tokio::time::Instant, cap: u64)
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: bytes::Buf,
+{
+    let mut left = cap;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(until, body.next()).await {
+        match left.checked_sub(bytes::Buf::remaining(&chunk) as u64) {
+            Some(rest) => left = rest,
+            None => return,
+        }
+    }
 }
 
 /// The route table. Returns the route template (metrics label) and the response.
