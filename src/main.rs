@@ -73,7 +73,31 @@ fn init_tracing() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes as anyhow prints them, but never a backtrace:
+            // `RUST_BACKTRACE` set for some other program must not bury a configuration
+            // error under frames of the daemon's start-up.
+            eprintln!("Error: {e}");
+            let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+            match causes.as_slice() {
+                [] => {}
+                [one] => eprintln!("\nCaused by:\n    {one}"),
+                many => {
+                    eprintln!("\nCaused by:");
+                    for (i, cause) in many.iter().enumerate() {
+                        eprintln!("    {i}: {cause}");
+                    }
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     // Before the daemon allocates much; after logging is up, which says if it could not.
