@@ -142,6 +142,9 @@ pub fn materialize(
             };
             // A video, image or audio property holds a file reference, as from blob_source.
             let file = matches!(p.kind, PropertyType::Video | PropertyType::Image | PropertyType::Audio);
+            if file && no_file(v) {
+                continue;
+            }
             if file {
                 let Some(url) = v.as_str().and_then(file_url) else {
                     return Err(PayloadError(format!(
@@ -179,6 +182,9 @@ pub fn materialize(
         let found = path::lookup(doc, ff);
         match (found, found.and_then(Value::as_str).and_then(file_url)) {
             (_, Some(url)) => blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url }),
+            // The row says it has no file: the object has no blob (a required property is a 422
+            // below). Refusing it would lose the row: Supabase does not resend.
+            (Some(v), None) if no_file(v) => {}
             (Some(other), None) if explicit => {
                 return Err(PayloadError(format!(
                     "blob_source.file_field {ff:?} must be an http(s) URL, the payload has {}",
@@ -215,6 +221,12 @@ pub fn materialize(
 fn file_url(s: &str) -> Option<String> {
     let u = url::Url::parse(s.trim()).ok()?;
     (matches!(u.scheme(), "http" | "https") && u.host().is_some()).then(|| u.to_string())
+}
+
+/// A file field that says there is no file: null, or an empty (or blank) string, which is
+/// how a database column or a form commonly leaves it unset.
+fn no_file(v: &Value) -> bool {
+    v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -297,6 +309,30 @@ pub(crate) mod tests {
         let spaced = json!({"v": "  https://cdn.example/v.mp4\n", "t": "x"});
         let d = materialize(&a, &schema(), &spaced, &spaced, &s).unwrap();
         assert_eq!(d.metadata["video"], "https://cdn.example/v.mp4", "stored trimmed");
+    }
+
+    #[test]
+    fn a_null_or_blank_file_field_is_no_blob() {
+        let a = adapter(json!({"adapter_type": "generic_webhook", "field_mapping": {"t": "title", "v": "video"},
+            "blob_source": {"file_field": "u", "blob_type": "video", "target_property": "video"}}));
+        for none in [json!(null), json!(""), json!(" \n")] {
+            let p = json!({"u": none, "v": none, "t": "x"});
+            let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
+            let d = materialize(&a, &schema(), &p, &p, &s).unwrap();
+            assert!(d.blobs.is_empty() && !d.metadata.contains_key("video"), "{none}");
+        }
+        // Missing is still a 422 (a file_field that names nothing is a mistake), as is a
+        // required file property left without one.
+        let p = json!({"t": "x"});
+        let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
+        assert!(materialize(&a, &schema(), &p, &p, &s).unwrap_err().0.contains("missing from the payload"));
+        let required: BucketSchema = serde_json::from_value(
+            json!({"properties": {"video": {"type": "video", "required": true}, "title": {"type": "string"}}}),
+        )
+        .unwrap();
+        let p = json!({"u": null, "t": "x"});
+        let e = materialize(&a, &required, &p, &p, &s).unwrap_err();
+        assert!(e.0.contains("required property \"video\""), "{}", e.0);
     }
 
     #[test]

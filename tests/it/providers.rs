@@ -627,6 +627,19 @@ async fn supabase_row_walks_one_object_through_created_updated_deleted() {
     let (s, _) = app.get(&format!("/v1/buckets/{bucket}/objects/{oid}")).await;
     assert_eq!(s, 404);
     assert_eq!(objects(&app, &bucket).await.len(), 1, "the other row's object stays");
+    // A row without a file (a null or empty column: the property is not required) is an
+    // object without a blob, not a 422 (Supabase does not resend: the row would be lost).
+    for (id, none) in [(8, Value::Null), (9, json!("")), (10, json!("  "))] {
+        let row = json!({"listing_id": id, "title": "No video", "price": 1, "video_url": none});
+        let (s, r) = send(db_event("INSERT", row, Value::Null)).await;
+        assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{none}: {r}");
+        let (s, o) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap())).await;
+        assert_eq!((s, o["blobs"].clone(), o["metadata"]["title"].as_str()), (200, json!([]), Some("No video")), "{o}");
+    }
+    // A value that is not a URL still is (a sender's mistake the upstream must hear of).
+    let row = json!({"listing_id": 11, "title": "x", "price": 1, "video_url": "listing-videos/11.mp4"});
+    let (s, r) = send(db_event("INSERT", row, Value::Null)).await;
+    assert_eq!((s, r["error"]["message"].as_str().is_some_and(|m| m.contains("http(s) URL"))), (422, true), "{r}");
 
     // The receiver sees the walk, in order, for the same object.
     let walk = || {
