@@ -593,3 +593,31 @@ async fn a_writeback_outcome_is_stored_while_a_slow_one_is_in_flight() {
     );
     assert!(String::from_utf8_lossy(&pending[0].1).contains("slow"), "{:?}", String::from_utf8_lossy(&pending[0].1));
 }
+
+/// A writeback that cannot reach its target says why without its URL: the query may carry a
+/// token (or a row's id), and the text is logged and shown as `last_error`.
+#[tokio::test]
+async fn a_failed_writeback_error_shows_no_url() {
+    let app = TestApp::start().await;
+    let token = "WBTOKEN-secret-in-query-0042";
+    let url = format!("http://127.0.0.1:9/wb?token={token}");
+    let (bucket, _, oid) = generic_with_object(&app, "quiet", generic_on_alert(&url)).await;
+    let (s, a) =
+        raise(&app, &bucket, &oid, json!({"alert_id": "a1", "results": {"verdict_classification": "x"}})).await;
+    assert_eq!((s, a["writeback"].as_str()), (202, Some("queued")), "{a}");
+    let writebacks = format!("/v1/buckets/{bucket}/source-adapter/writebacks");
+    let failed = eventually(WAIT, || async {
+        let (_, list) = app.get(&writebacks).await;
+        list["results"][0]["last_error"].as_str().is_some_and(|e| e.contains("request failed"))
+    })
+    .await;
+    let (_, list) = app.get(&writebacks).await;
+    assert!(failed, "{list}");
+    let (_, status) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    for shown in [list.to_string(), status["last_error"].to_string()] {
+        assert!(!shown.contains(token) && !shown.contains("127.0.0.1:9"), "{shown}");
+    }
+    assert!(status["last_error"].as_str().is_some_and(|e| e.contains("request failed")), "{status}");
+    // The log says the same, without the URL.
+    assert!(!app.log().contains(token), "the token was logged");
+}

@@ -158,8 +158,10 @@ impl Sender {
         };
         let mut resp = rb.timeout(self.timeout).send().await.map_err(|e| {
             let kind = if e.is_timeout() { "timed out" } else { "failed" };
-            // reqwest errors name the URL, never headers.
-            retriable(format!("request {kind}: {}", error_chain(&e)))
+            // Without the URL: its query may hold a token (`?token=…`) or a row's id (a
+            // Supabase filter, `?id=eq.alice@example.com`), and this text is logged and
+            // shown as last_error. Where it went is in the adapter's settings.
+            retriable(format!("request {kind}: {}", error_chain(&e.without_url())))
         })?;
         let status = resp.status().as_u16();
         // Read a small body (so the connection is reused): on a failure, its start is the
