@@ -1043,3 +1043,30 @@ async fn an_alert_writeback_is_retried_while_the_adapter_is_stopped() {
     assert_eq!((sent["alert_id"].as_str(), &sent["fields"]), (Some("run-7:verdict.v2"), &json!({"verdict": "fake"})));
     listed(&app, &bucket, "", 0).await;
 }
+
+/// A Supabase writeback that reads its row's id from `external_id_field`, for an object
+/// without that field, is given up at once, naming the field; the object's own
+/// `source.external_id` (its row's `id`, another column) is not used instead.
+#[tokio::test]
+async fn a_writeback_without_its_external_id_field_is_given_up_naming_it() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let conn = supabase_connection(&app, &pg.url(""), "srk-extid-0001").await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "by-url",
+        json!({"title": {"type": "string"}, "listing_url": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
+            "field_mapping": {"record.title": "title", "record.listing_url": "listing_url"},
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"external_id_field": "listing_url",
+                "field_mapping": [{"source_path": "status", "target_field": "mp_status"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 2001, "title": "No URL"}))).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    let why = dead[0]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("no listing_url (the writeback's external_id_field)"), "{}", dead[0]);
+    assert!(pg.seen().is_empty(), "nothing was written to another row");
+}

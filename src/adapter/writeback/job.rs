@@ -199,6 +199,15 @@ pub fn needs_external_id(kind: crate::catalog::ProviderType) -> bool {
     kind == crate::catalog::ProviderType::Supabase
 }
 
+/// Why a job that needs its object's external id has none: the field it is read from.
+pub fn no_external_id(wb: &Writeback) -> String {
+    match &wb.external_id_field {
+        // Not source.external_id instead: that is the row's id column, another column.
+        Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
+        None => "the object has no source external id to find its source row by".to_string(),
+    }
+}
+
 /// Adds the job of an alert on `rec` to `batch`, unless its first attempt could only fail
 /// for good (nothing to write, or no row to write to): then nothing is queued, and the
 /// reason is returned for the alert's answer, where its caller sees it at once.
@@ -220,10 +229,7 @@ pub fn record_alert(
         ));
     }
     if job.external_id.is_none() && needs_external_id(kind) {
-        return Err(match &wb.external_id_field {
-            Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
-            None => "the object has no source external id to find its source row by".to_string(),
-        });
+        return Err(no_external_id(wb));
     }
     batch.put(KS, &job.key(&rec.bucket_id), &job);
     Ok(())
