@@ -336,15 +336,26 @@ impl RegistryState {
         crate::delivery::netguard::check_url(&url, policy).map_err(|e| ApiError::validation(field, e))
     }
 
+    /// A connection's URL under the same rules: a Supabase project's, and a generic_webhook
+    /// connection's (every writeback_url under one the rules refuse would be refused too).
+    fn check_connection_target(&self, config: &ProviderConfig) -> Result<(), ApiError> {
+        match config {
+            ProviderConfig::Supabase(c) => self.check_target("provider_config.url", &c.url),
+            ProviderConfig::Generic(g) => match g.url.as_deref() {
+                Some(url) => self.check_target("provider_config.url", url),
+                None => Ok(()),
+            },
+            ProviderConfig::Mux(_) => Ok(()),
+        }
+    }
+
     async fn create_connection(
         &mut self,
         name: String,
         provider_type: ProviderType,
         config: &ProviderConfig,
     ) -> Result<Connection, ApiError> {
-        if let ProviderConfig::Supabase(c) = config {
-            self.check_target("provider_config.url", &c.url)?;
-        }
+        self.check_connection_target(config)?;
         let conn = Connection::new(name, provider_type, config, &self.shared.secrets);
         let mut b = Batch::new();
         b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
@@ -361,8 +372,8 @@ impl RegistryState {
             .get(Keyspace::CONNECTIONS, id.as_str())?
             .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
         let (name, config) = body.validate(conn.provider_type)?;
-        if let Some(ProviderConfig::Supabase(c)) = &config {
-            self.check_target("provider_config.url", &c.url)?;
+        if let Some(config) = &config {
+            self.check_connection_target(config)?;
         }
         if let Some(ProviderConfig::Generic(g)) = &config {
             self.check_generic_users(id, g)?;

@@ -294,8 +294,10 @@ fn supabase_url_problem(raw: &str) -> Option<String> {
     };
     // Supabase's own hosts serve the API at the root: any path there is a pasted API or
     // dashboard URL (`/rest/v1`, `/graphql/v1`, `/dashboard/project/…`).
+    // (A fully qualified name's trailing dot names the same host.)
     let hosted = u
         .host_str()
+        .map(|h| h.trim_end_matches('.'))
         .is_some_and(|h| h.ends_with(".supabase.co") || h == "supabase.com" || h.ends_with(".supabase.com"));
     let api_path = u.path().split('/').collect::<Vec<_>>().windows(2).any(|w| w[0] == "rest" && w[1].starts_with('v'));
     if api_path || (hosted && !matches!(u.path(), "" | "/")) {
@@ -667,6 +669,8 @@ mod tests {
             "https://h/supabase/rest/v1/",
             "https://abcd.supabase.co/graphql/v1",
             "https://supabase.com/dashboard/project/abcd",
+            "https://abcd.supabase.co./x",
+            "https://ABCD.Supabase.CO./graphql/v1",
             "https://abcd.supabase.co/?a=b",
             "https://abcd.supabase.co#f",
             "ftp://abcd.supabase.co",

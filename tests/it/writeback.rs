@@ -503,6 +503,23 @@ async fn a_writeback_url_the_rules_refuse_is_a_422() {
             )
             .await;
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some("provider_config.url")), "{url}: {b}");
+        // And a generic_webhook connection's: no writeback_url under it could be used.
+        let generic = |url: &str| {
+            json!({"name": "hdrs", "provider_type": "generic_webhook",
+                "provider_config": {"url": url, "headers": {"Authorization": "Bearer t"}}})
+        };
+        let (s, b) = app.post("/v1/organizations/connections", generic(url)).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("provider_config.url")), "{url}: {b}");
+        let (s, ok) = app.post("/v1/organizations/connections", generic("https://results.example.com/")).await;
+        assert_eq!(s, 201, "{ok}");
+        let cid = ok["connection_id"].as_str().unwrap_or_default();
+        let (s, b) = app
+            .patch(
+                &format!("/v1/organizations/connections/{cid}"),
+                json!({"provider_config": generic(url)["provider_config"]}),
+            )
+            .await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("provider_config.url")), "{url}: {b}");
         let (s, b) = app
             .patch(
                 &format!("/v1/buckets/{bucket}"),
