@@ -235,6 +235,21 @@ pub fn default_file_field(kind: ProviderType) -> Option<&'static str> {
     }
 }
 
+/// Why a file field the adapter fills itself is missing from its document, where it can
+/// tell: a Mux asset whose playback ID is not letters and digits gets no URLs made from it.
+pub fn missing_file_reason(kind: ProviderType, doc: &Value, file_field: &str) -> Option<String> {
+    match (kind, file_field) {
+        (ProviderType::Mux, "playback_url" | "thumbnail_url") => {
+            let id = doc.get("playback_id")?.as_str()?;
+            Some(format!(
+                "the asset's playback_id {:?} is not letters and digits, so no {file_field} is made from it",
+                id.chars().take(80).collect::<String>()
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// The upstream's ID of the thing the event is about (object `source.external_id`): the
 /// dedup value for generic_webhook, the asset id for mux, the row's `id_column` for
 /// supabase. Events that update or delete must have one.

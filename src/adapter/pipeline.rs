@@ -192,7 +192,10 @@ pub fn materialize(
                 )))
             }
             (None, None) if explicit => {
-                return Err(PayloadError(format!("blob_source.file_field {ff:?} is missing from the payload")))
+                return Err(PayloadError(match kind::missing_file_reason(adapter.adapter_type, doc, ff) {
+                    Some(why) => format!("blob_source.file_field {ff:?} is missing: {why}"),
+                    None => format!("blob_source.file_field {ff:?} is missing from the payload"),
+                }))
             }
             _ => {}
         }
@@ -333,6 +336,21 @@ pub(crate) mod tests {
         let p = json!({"u": null, "t": "x"});
         let e = materialize(&a, &required, &p, &p, &s).unwrap_err();
         assert!(e.0.contains("required property \"video\""), "{}", e.0);
+    }
+
+    #[test]
+    fn a_mux_playback_url_not_made_says_why() {
+        let a = adapter(json!({"adapter_type": "mux", "field_mapping": {"asset_id": "title"},
+            "blob_source": {"file_field": "playback_url", "blob_type": "video", "target_property": "video"}}));
+        let p = json!({"type": "video.asset.ready", "data": {"id": "a1"}});
+        let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
+        let doc = json!({"asset_id": "a1", "playback_id": "play_5"});
+        let e = materialize(&a, &schema(), &p, &doc, &s).unwrap_err();
+        assert!(e.0.contains("playback_id \"play_5\" is not letters and digits"), "{}", e.0);
+        // Without a playback ID at all, the plain message.
+        let doc = json!({"asset_id": "a1"});
+        let e = materialize(&a, &schema(), &p, &doc, &s).unwrap_err();
+        assert!(e.0.ends_with("is missing from the payload"), "{}", e.0);
     }
 
     #[test]
