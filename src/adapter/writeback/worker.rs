@@ -276,10 +276,10 @@ impl WorkerState {
                     self.jobs.insert(key, j.clone());
                     crate::metrics::writeback(adapter, "retry");
                     let msg = format!(
-                        "writeback of object {} failed (attempt {}), retrying in {}s: {}",
+                        "writeback of object {} failed (attempt {}), retrying in {:.1}s: {}",
                         j.object_id,
                         j.attempts,
-                        d.as_secs(),
+                        d.as_secs_f64(),
                         error.unwrap_or_default()
                     );
                     tracing::info!(bucket_id = %bucket, "{msg}");
