@@ -1002,10 +1002,11 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     let mut app =
         TestApp::start_with(Options { env: vec![("HOOKLINE_MASTER_KEY".into(), key_a.into())], ..Default::default() })
             .await;
-    let (s, _) = app
+    let (s, conn) = app
         .post("/v1/organizations/connections", json!({"name": "m", "provider_type": "mux", "provider_config": {"access_token_id": "a", "access_token_secret": "b"}}))
         .await;
     assert_eq!(s, 201);
+    let conn_id = conn["connection_id"].as_str().unwrap_or_default().to_string();
     assert!(!app.data_dir.join("master.key").exists(), "env key must not be written to disk");
     app.stop();
     // A bad env key refuses to start with a message.
@@ -1016,6 +1017,13 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     let err = serve_refused(&config, None);
     assert!(err.contains("master.key is missing"), "{err}");
     assert!(!app.data_dir.join("master.key").exists(), "a new key was written");
+    // Another valid key starts (a key changed on purpose is followed by re-entering the
+    // credentials), and says at once which credentials it cannot open.
+    app.set_env("HOOKLINE_MASTER_KEY", "HxweHRscGRkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=");
+    app.start_again().await;
+    let log = app.log();
+    assert!(log.contains("the connection's credentials cannot be opened") && log.contains(&conn_id), "{log}");
+    assert!(log.contains("stored credentials cannot be opened with the current master key"), "{log}");
 }
 
 #[tokio::test]
