@@ -383,9 +383,11 @@ const SUPABASE_EVENT_TYPES: &[&str] = &["INSERT", "UPDATE", "DELETE"];
 
 impl SourceAdapterInput {
     /// Settings that are valid but probably not what was meant, for the PATCH answer's
-    /// `warnings`: a Mux event type Mux does not send (a typo ignores every event it meant).
+    /// `warnings`: a Mux event type Mux does not send (a typo ignores every event it meant),
+    /// a Supabase writeback's row looked up by another column than its id's.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = self.batching.unused_settings();
+        warnings.extend(self.external_id_elsewhere());
         let Some(filter) = self.event_filter.as_ref().filter(|_| self.adapter_type == ProviderType::Mux) else {
             return warnings;
         };
@@ -398,6 +400,26 @@ impl SourceAdapterInput {
             }),
         );
         warnings
+    }
+
+    /// A Supabase writeback whose `external_id_field` is mapped from another column than
+    /// `id_column`: its value is matched against `id_column` (`PATCH …?id=eq.<it>`), which
+    /// finds no row unless the two columns agree, and PostgREST answers that with a 204.
+    fn external_id_elsewhere(&self) -> Option<String> {
+        if self.adapter_type != ProviderType::Supabase {
+            return None;
+        }
+        let field = self.writeback.as_ref().filter(|w| w.enabled)?.external_id_field.as_deref()?;
+        let id_column = self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN);
+        let (source, _) = self.field_mapping.iter().find(|(_, target)| target.as_str() == field)?;
+        let column = source.strip_prefix("record.").filter(|c| !c.contains('.'))?;
+        (column != id_column).then(|| {
+            format!(
+                "source_adapter.writeback.external_id_field: {field:?} holds the row's {column:?} column, and \
+                 writebacks look rows up by id_column {id_column:?} (PATCH …?{id_column}=eq.<its value>), which \
+                 matches no row unless the two agree; set id_column to {column:?} if that is the key"
+            )
+        })
     }
 
     /// Every check that needs only the body and the bucket schema; errors name the field
@@ -638,6 +660,28 @@ impl SourceAdapterInput {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_supabase_external_id_from_another_column_than_id_column_is_warned_of() {
+        let input = |extra: serde_json::Value| {
+            let mut v = json!({"adapter_type": "supabase", "table": "listings",
+                "field_mapping": {"record.listing_url": "url", "record.title": "title"},
+                "writeback": {"trigger": "on_alert", "external_id_field": "url",
+                    "field_mapping": [{"source_path": "v", "target_field": "v"}]}});
+            if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+                v.extend(extra.clone());
+            }
+            serde_json::from_value::<SourceAdapterInput>(v).unwrap().warnings()
+        };
+        let w = input(json!({}));
+        assert!(w.len() == 1 && w[0].contains("set id_column to \"listing_url\""), "{w:?}");
+        assert!(input(json!({"id_column": "listing_url"})).is_empty());
+        // Not known to come from another column (not mapped, or nested): no warning.
+        let unmapped = json!({"field_mapping": {"record.title": "title"}});
+        assert!(input(unmapped).is_empty());
+        let nested = json!({"field_mapping": {"record.links.url": "url"}});
+        assert!(input(nested).is_empty());
+    }
 
     #[test]
     fn credentials_debug_shows_their_names_only() {

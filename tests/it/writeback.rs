@@ -1069,17 +1069,23 @@ async fn a_writeback_without_its_external_id_field_is_given_up_naming_it() {
     let app = TestApp::start().await;
     let pg = Upstream::start(204).await;
     let conn = supabase_connection(&app, &pg.url(""), "srk-extid-0001").await;
-    let (bucket, secret) = bucket_with(
-        &app,
-        "by-url",
-        json!({"title": {"type": "string"}, "listing_url": {"type": "string"}}),
-        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
-            "field_mapping": {"record.title": "title", "record.listing_url": "listing_url"},
-            "batching": {"mode": "count", "max_batch_size": 1},
-            "writeback": {"external_id_field": "listing_url",
-                "field_mapping": [{"source_path": "status", "target_field": "mp_status"}]}}),
-    )
-    .await;
+    let bucket =
+        app.create_bucket("by-url", json!({"title": {"type": "string"}, "listing_url": {"type": "string"}})).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "supabase", "connection_id": conn["connection_id"],
+                "table": "listings",
+                "field_mapping": {"record.title": "title", "record.listing_url": "listing_url"},
+                "batching": {"mode": "count", "max_batch_size": 1},
+                "writeback": {"external_id_field": "listing_url",
+                    "field_mapping": [{"source_path": "status", "target_field": "mp_status"}]}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // Saved, with a warning: rows are looked up by id_column (id), not by listing_url.
+    assert!(b["warnings"].to_string().contains(r#"set id_column to \"listing_url\""#), "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap_or_default().to_string();
     let r = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 2001, "title": "No URL"}))).await;
     assert_eq!(r["status"], "buffered", "{r}");
     let dead = listed(&app, &bucket, "?status=dead", 1).await;
