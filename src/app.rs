@@ -77,7 +77,11 @@ pub async fn run(
         );
     }
     let secrets = SecretBox::load(env_key.as_deref(), &data_dir)?;
-    report_unreadable_credentials(&store, &secrets)?;
+    // Only a report: a record it cannot read (written by a newer version, say) must not stop a
+    // start that reads it nowhere else.
+    if let Err(e) = report_unreadable_credentials(&store, &secrets) {
+        tracing::warn!(error = %e, "could not check the stored credentials against the master key");
+    }
     let (keys, generated) = ApiKeys::init(&config.auth.api_keys, &store).await.context("initialise API keys")?;
     if let Some(key) = generated {
         // Printed once, to stdout only: it is never logged and never shown again.
@@ -363,8 +367,9 @@ fn report_unreadable_credentials(store: &Store, secrets: &SecretBox) -> anyhow::
         if let Err(e) = c.open(secrets) {
             unreadable += 1;
             tracing::error!(connection_id = %c.connection_id, error = %e,
-                "the connection's credentials cannot be opened: its adapters' signed ingests answer 503 and its \
-                 writebacks fail until they are set again (PATCH of the connection)");
+                "the connection's credentials cannot be opened: what needs them (Mux signature checks, which \
+                 then answer 503, asset fetches, writebacks) fails until they are set again with a PATCH of the \
+                 connection");
         }
         true
     })?;
@@ -373,8 +378,9 @@ fn report_unreadable_credentials(store: &Store, secrets: &SecretBox) -> anyhow::
         if let Some(Err(e)) = sealed.map(|s| secrets.open(s, b.bucket_id.as_str())) {
             unreadable += 1;
             tracing::error!(bucket_id = %b.bucket_id, error = %e,
-                "the source adapter's inline credentials cannot be opened: its writebacks fail until they are \
-                 set again (a PATCH of the bucket with source_adapter.connection.credentials)");
+                "the source adapter's inline credentials cannot be opened: what needs them (Mux signature \
+                 checks, which then answer 503, asset fetches, writebacks) fails until they are set again with a \
+                 PATCH of the bucket's source_adapter.connection.credentials");
         }
         true
     })?;

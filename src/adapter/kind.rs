@@ -240,7 +240,7 @@ pub fn default_file_field(kind: ProviderType) -> Option<&'static str> {
 pub fn missing_file_reason(kind: ProviderType, doc: &Value, file_field: &str) -> Option<String> {
     match (kind, file_field) {
         (ProviderType::Mux, "playback_url" | "thumbnail_url") => {
-            let id = doc.get("playback_id")?.as_str()?;
+            let id = doc.get("playback_id")?.as_str().filter(|id| !super::mux::usable_playback_id(id))?;
             Some(format!(
                 "the asset's playback_id {:?} is not letters and digits, so no {file_field} is made from it",
                 id.chars().take(80).collect::<String>()

@@ -695,7 +695,7 @@ where
                             // Nothing more is charged or kept: the share goes back now, and
                             // the rest is read and dropped as for a 413, so that a client
                             // still sending reads the 503 rather than a reset connection.
-                            drop((buf, held));
+                            drop((buf, held, chunk));
                             let until = deadline.min(tokio::time::Instant::now() + REFUSED_DRAIN);
                             drain(&mut body, until, discard_cap.saturating_sub(seen)).await;
                             return Err(refused);

@@ -987,6 +987,27 @@ fn unusable_environment_settings_are_warned_about() {
     assert!(!err.contains("\"pw\"") && !err.contains("tok\""), "a secret was printed: {err}");
 }
 
+/// A config that cannot be used stops the command with its error and cause, exit 1, and no
+/// backtrace even when `RUST_BACKTRACE` asks for one (set for some other program).
+#[test]
+fn a_refused_config_is_said_without_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "[server]\nmax_age_hour = 1\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env_clear()
+        .envs([("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("Error: parse config file"), "{err}");
+    assert!(err.contains("Caused by:") && err.contains("unknown field `max_age_hour`"), "{err}");
+    assert!(!err.contains("backtrace") && !err.contains("main.rs"), "{err}");
+}
+
 /// A second daemon on a data dir in use is refused, saying so (the first one goes on).
 #[tokio::test]
 async fn a_second_daemon_on_the_same_data_dir_is_refused() {
@@ -1007,7 +1028,16 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
         .await;
     assert_eq!(s, 201);
     let conn_id = conn["connection_id"].as_str().unwrap_or_default().to_string();
+    // And an adapter's inline credentials, sealed with the same key.
+    let bucket = app.create_bucket("inline", json!({"title": {"type": "string"}})).await;
+    let inline = json!({"source_adapter": {"adapter_type": "supabase", "table": "listings",
+        "connection": {"credentials": {"url": "https://abcd.supabase.co", "service_role_key": "srk"}}}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), inline).await;
+    assert_eq!(s, 200, "{b}");
     assert!(!app.data_dir.join("master.key").exists(), "env key must not be written to disk");
+    // The same key again: nothing to report.
+    app.restart().await;
+    assert!(!app.log().contains("cannot be opened"), "{}", app.log());
     app.stop();
     // A bad env key refuses to start with a message.
     let config = app.dir.path().join("config.toml");
@@ -1023,6 +1053,7 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     app.start_again().await;
     let log = app.log();
     assert!(log.contains("the connection's credentials cannot be opened") && log.contains(&conn_id), "{log}");
+    assert!(log.contains("the source adapter's inline credentials cannot be opened") && log.contains(&bucket), "{log}");
     assert!(log.contains("stored credentials cannot be opened with the current master key"), "{log}");
 }
 

@@ -587,7 +587,11 @@ async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
     // only then reads. The rest must still be read by the daemon, and the answer follow: a
     // daemon that answered and closed at once would refuse the rest with a reset (the write
     // fails), and a client still sending when the reset comes can lose the answer.
+    // Meanwhile, in the sender's pause, a body needing the 512 KiB the refused one held is
+    // taken: the refused body's share went back at the refusal, not after its rest was read.
+    let medium = format!("{{\"pad\": \"{}\"}}", "x".repeat(400 << 10));
     let refused_while_sending = || {
+        let in_the_pause = status_of(medium.clone());
         let (addr, body) = (app.addr, big.clone());
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nX-Webhook-Secret: {secret}\r\nContent-Length: {}\r\n\r\n",
@@ -600,21 +604,23 @@ async fn slow_large_upstream_bodies_cannot_take_unbounded_memory() {
             let sent = async {
                 conn.write_all(head.as_bytes()).await?;
                 conn.write_all(first).await?;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let taken = in_the_pause.await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 // In pieces: a write to a connection the peer has closed succeeds once, the
                 // next fails.
                 for piece in rest.chunks(4 << 10) {
                     conn.write_all(piece).await?;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Ok::<_, std::io::Error>(())
+                Ok::<_, std::io::Error>(taken)
             };
             let sent = tokio::time::timeout(Duration::from_secs(5), sent).await;
             let mut answer = Vec::new();
             let ended = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
             let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
             let refused = head.starts_with("http/1.1 503") && head.contains("\r\nconnection: close\r\n");
-            Some(refused && matches!(sent, Ok(Ok(()))) && matches!(ended, Ok(Ok(_))))
+            Some(refused && matches!(sent, Ok(Ok(Some((200, false))))) && matches!(ended, Ok(Ok(_))))
         }
     };
     let refused = eventually(Duration::from_secs(10), || async { refused_while_sending().await == Some(true) }).await;

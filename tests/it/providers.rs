@@ -636,6 +636,15 @@ async fn supabase_row_walks_one_object_through_created_updated_deleted() {
         let (s, o) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap())).await;
         assert_eq!((s, o["blobs"].clone(), o["metadata"]["title"].as_str()), (200, json!([]), Some("No video")), "{o}");
     }
+    // A row whose file is cleared: its object loses the blob (the object copies the row).
+    let with = json!({"listing_id": 12, "title": "Had video", "price": 1, "video_url": "https://cdn.example/12.mp4"});
+    let (_, r) = send(db_event("INSERT", with.clone(), Value::Null)).await;
+    let cleared_oid = r["object_id"].as_str().unwrap_or_default().to_string();
+    let without = json!({"listing_id": 12, "title": "Had video", "price": 1, "video_url": null});
+    let (s, r) = send(db_event("UPDATE", without, with)).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("updated")), "{r}");
+    let (_, o) = app.get(&format!("/v1/buckets/{bucket}/objects/{cleared_oid}")).await;
+    assert_eq!(o["blobs"], json!([]), "{o}");
     // A value that is not a URL still is (a sender's mistake the upstream must hear of).
     let row = json!({"listing_id": 11, "title": "x", "price": 1, "video_url": "listing-videos/11.mp4"});
     let (s, r) = send(db_event("INSERT", row, Value::Null)).await;

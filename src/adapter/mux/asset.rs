@@ -60,6 +60,13 @@ fn normalise_created_at(v: &Value) -> Value {
         .unwrap_or_else(|| v.clone())
 }
 
+/// Whether URLs are made from a playback ID. Mux's IDs are letters and digits; anything
+/// else would make a URL that points elsewhere (`../x`) or is not a URL: no URLs then, the
+/// ID stays as it came.
+pub fn usable_playback_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Builds the adapter metadata of a Mux asset (see the module doc).
 ///
 /// Keys: `asset_id`, `playback_id`, `playback_policy`, `playback_url`, `thumbnail_url`,
@@ -79,9 +86,7 @@ pub fn asset_metadata(asset: &Value) -> Value {
     if let Some((id, policy)) = playback_id(asset) {
         put("playback_id", Some(Value::from(id)));
         put("playback_policy", policy.map(Value::from));
-        // Mux's IDs are letters and digits; anything else would make a URL that points
-        // elsewhere (`../x`) or is not a URL: no URLs then, the ID stays as it came.
-        if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if usable_playback_id(id) {
             put("playback_url", Some(Value::from(format!("{STREAM_BASE}/{id}.m3u8"))));
             put("thumbnail_url", Some(Value::from(format!("{IMAGE_BASE}/{id}/thumbnail.jpg"))));
         }

@@ -13,7 +13,7 @@ pub mod signature;
 use serde_json::Value;
 
 pub use api::{MuxApi, MuxApiError};
-pub use asset::{asset_id, asset_metadata, needs_fetch};
+pub use asset::{asset_id, asset_metadata, needs_fetch, usable_playback_id};
 pub use signature::{check_fresh, sign, verify_signature, MuxSignatureError, DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER};
 
 /// Event types a Mux adapter accepts when `event_filter` is not set.
