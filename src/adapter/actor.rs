@@ -602,7 +602,13 @@ impl AdapterState {
         let draft = match kind::metadata_document(&self.adapter, &payload) {
             Err(e) => Err(e),
             Ok(MetadataSource::Inline(doc)) => {
-                pipeline::materialize(&self.adapter, &self.bucket.bucket_schema, &payload, &doc, &screened)
+                let storage = match self.storage_base() {
+                    Ok(storage) => storage,
+                    // Credentials that exist but cannot be read: a retry may succeed once fixed.
+                    Err(e) => return Step::Done(Err(self.retry(now, e))),
+                };
+                let schema = &self.bucket.bucket_schema;
+                pipeline::materialize_in(&self.adapter, schema, &payload, &doc, &screened, storage.as_ref())
             }
             Ok(MetadataSource::Fetch(req)) => match self.fetch_job(req, &screened, &payload, &dedup_hash, origin) {
                 Ok(Some(job)) => return Step::Fetch(Box::new(job)),
@@ -632,6 +638,20 @@ impl AdapterState {
         match screened.operation {
             Operation::Create => Step::Done(Ok(self.accept(now, draft, dedup_hash))),
             _ => Step::Apply(Box::new(Apply { screened, draft: Some(draft), dedup_hash, origin })),
+        }
+    }
+
+    /// The public URL of the adapter's Supabase Storage bucket (`blob_source.storage_bucket`),
+    /// under its connection's project URL, read for this event only; `None` without one.
+    fn storage_base(&self) -> Result<Option<url::Url>, String> {
+        let Some(bucket) = self.adapter.blob_source.as_ref().and_then(|b| b.storage_bucket.as_deref()) else {
+            return Ok(None);
+        };
+        match self.credentials()? {
+            Some(crate::catalog::connection::ProviderConfig::Supabase(c)) => Ok(pipeline::storage_base(&c.url, bucket)),
+            _ => Err("blob_source.storage_bucket needs the adapter's Supabase project URL (its connection or \
+                      credentials), which it no longer has"
+                .into()),
         }
     }
 

@@ -125,6 +125,19 @@ pub fn materialize(
     doc: &Value,
     screened: &Screened,
 ) -> Result<Draft, PayloadError> {
+    materialize_in(adapter, schema, payload, doc, screened, None)
+}
+
+/// [`materialize`], with the public URL of the Supabase Storage bucket (see
+/// [`storage_base`]) that a file field holding a path is read from.
+pub fn materialize_in(
+    adapter: &SourceAdapter,
+    schema: &BucketSchema,
+    payload: &Value,
+    doc: &Value,
+    screened: &Screened,
+    storage: Option<&url::Url>,
+) -> Result<Draft, PayloadError> {
     let mut metadata = serde_json::Map::new();
     for (source, target) in &adapter.field_mapping {
         let Some(v) = path::lookup(doc, source) else { continue };
@@ -185,6 +198,17 @@ pub fn materialize(
             // The row says it has no file: the object has no blob (a required property is a 422
             // below). Refusing it would lose the row: Supabase does not resend.
             (Some(v), None) if no_file(v) => {}
+            // A path in the adapter's Storage bucket.
+            (Some(Value::String(path)), None) if storage.is_some() => {
+                let Some(url) = storage.and_then(|base| storage_url(base, path)) else {
+                    return Err(PayloadError(format!(
+                        "blob_source.file_field {ff:?} must be an http(s) URL or a path in the Storage bucket \
+                         (names separated by '/', no '.' or '..'), the payload has {}",
+                        describe(&Value::String(path.clone()))
+                    )));
+                };
+                blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url })
+            }
             (Some(other), None) if explicit => {
                 return Err(PayloadError(format!(
                     "blob_source.file_field {ff:?} must be an http(s) URL, the payload has {}",
@@ -224,6 +248,31 @@ pub fn materialize(
 fn file_url(s: &str) -> Option<String> {
     let u = url::Url::parse(s.trim()).ok()?;
     (matches!(u.scheme(), "http" | "https") && u.host().is_some()).then(|| u.to_string())
+}
+
+/// The public URL prefix of the Supabase Storage bucket `bucket` of the project at
+/// `project_url` (a prefix path of a self-hosted project kept): files are under it.
+pub fn storage_base(project_url: &str, bucket: &str) -> Option<url::Url> {
+    let mut u = url::Url::parse(project_url).ok()?;
+    u.path_segments_mut().ok()?.pop_if_empty().extend(["storage", "v1", "object", "public", bucket]);
+    Some(u)
+}
+
+/// A Storage object's public URL: `path`'s names (`/`-separated, none empty, `.` or `..`)
+/// under `base`, each percent-encoded as the URL needs. `None` for what is not such a
+/// path, nor an object name: an absolute URL of another scheme.
+fn storage_url(base: &url::Url, path: &str) -> Option<String> {
+    let path = path.trim().trim_start_matches('/');
+    if url::Url::parse(path).is_ok() {
+        return None;
+    }
+    let names: Vec<&str> = path.split('/').collect();
+    if names.iter().any(|n| n.is_empty() || *n == "." || *n == "..") {
+        return None;
+    }
+    let mut u = base.clone();
+    u.path_segments_mut().ok()?.extend(names);
+    Some(u.to_string())
 }
 
 /// A file field that says there is no file: null, or an empty (or blank) string, which is
@@ -336,6 +385,39 @@ pub(crate) mod tests {
         let p = json!({"u": null, "t": "x"});
         let e = materialize(&a, &required, &p, &p, &s).unwrap_err();
         assert!(e.0.contains("required property \"video\""), "{}", e.0);
+    }
+
+    #[test]
+    fn a_storage_path_is_read_as_a_public_object_url() {
+        let base = storage_base("https://abcd.supabase.co", "listing-images").unwrap();
+        assert_eq!(base.as_str(), "https://abcd.supabase.co/storage/v1/object/public/listing-images");
+        let prefixed = storage_base("https://h.example/supabase/", "b").unwrap();
+        assert_eq!(prefixed.as_str(), "https://h.example/supabase/storage/v1/object/public/b");
+        for (path, url) in [
+            ("7/front.jpg", "https://abcd.supabase.co/storage/v1/object/public/listing-images/7/front.jpg"),
+            (" /7/front.jpg ", "https://abcd.supabase.co/storage/v1/object/public/listing-images/7/front.jpg"),
+            (
+                "my photo #1?.jpg",
+                "https://abcd.supabase.co/storage/v1/object/public/listing-images/my%20photo%20%231%3F.jpg",
+            ),
+            ("100%.jpg", "https://abcd.supabase.co/storage/v1/object/public/listing-images/100%25.jpg"),
+        ] {
+            assert_eq!(storage_url(&base, path).as_deref(), Some(url), "{path:?}");
+        }
+        for bad in ["../secret.jpg", "a/../../b", "a//b", "a/./b", "a/", "ftp://x/y", "data:image/png;base64,AA"] {
+            assert_eq!(storage_url(&base, bad), None, "{bad:?}");
+        }
+        // In a draft: a URL is kept, a path resolved, a bad path refused.
+        let a = adapter(json!({"adapter_type": "supabase", "table": "t", "field_mapping": {"record.t": "title"},
+            "blob_source": {"file_field": "record.u", "blob_type": "video", "storage_bucket": "listing-images"}}));
+        let draft = |u: &str| {
+            let p = json!({"type": "INSERT", "table": "t", "schema": "public", "record": {"id": 1, "t": "x", "u": u}, "old_record": null});
+            let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
+            materialize_in(&a, &schema(), &p, &p, &s, Some(&base))
+        };
+        assert_eq!(draft("https://cdn.example/v.mp4").unwrap().blobs[0].url, "https://cdn.example/v.mp4");
+        assert!(draft("7/v.mp4").unwrap().blobs[0].url.ends_with("/public/listing-images/7/v.mp4"));
+        assert!(draft("../v.mp4").unwrap_err().0.contains("or a path in the Storage bucket"));
     }
 
     #[test]

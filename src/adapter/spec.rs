@@ -67,6 +67,11 @@ pub struct BlobSource {
     /// Schema property the blob belongs to; none: the blob type's name.
     #[serde(default)]
     pub target_property: Option<String>,
+    /// Supabase: the Storage bucket a file field that is a path (`listings/7/front.jpg`, as
+    /// tables usually keep files) is read from: its public URL under the connection's project
+    /// URL. A file field that is an http(s) URL is kept as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_bucket: Option<String>,
 }
 
 impl BlobSource {
@@ -493,6 +498,29 @@ impl SourceAdapterInput {
             if let Some(ff) = &blob.file_field {
                 if !path::is_valid(ff) {
                     return Err(ApiError::validation(f("blob_source.file_field"), "must be a dot-path"));
+                }
+            }
+            if let Some(b) = &blob.storage_bucket {
+                if self.adapter_type != ProviderType::Supabase {
+                    return Err(ApiError::validation(
+                        f("blob_source.storage_bucket"),
+                        "only a supabase adapter reads files from Supabase Storage",
+                    ));
+                }
+                let name_ok = (1..=100).contains(&b.len())
+                    && b.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+                    && !matches!(b.as_str(), "." | "..");
+                if !name_ok {
+                    return Err(ApiError::validation(
+                        f("blob_source.storage_bucket"),
+                        "must be a Storage bucket name: 1–100 letters, digits, '_', '-' or '.'",
+                    ));
+                }
+                if self.connection_id.is_none() && self.connection.is_none() {
+                    return Err(ApiError::validation(
+                        f("blob_source.storage_bucket"),
+                        "needs the project's URL: set connection_id (or connection.credentials)",
+                    ));
                 }
             }
             // The property the blob goes to, named or by default (the blob type's name).

@@ -551,6 +551,73 @@ fn db_event(op: &str, record: Value, old_record: Value) -> Value {
     json!({"type": op, "table": "listings", "schema": "public", "record": record, "old_record": old_record})
 }
 
+/// A Supabase row's file column holding a Storage path (as tables keep files) is resolved
+/// to the object's public URL under the adapter's project and `blob_source.storage_bucket`;
+/// a URL is kept; a path that climbs out is a 422. The setting is refused where it cannot
+/// work.
+#[tokio::test]
+async fn a_supabase_storage_path_becomes_its_public_url() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("photos", json!({"title": {"type": "string"}, "image": {"type": "image"}})).await;
+    let path = format!("/v1/buckets/{bucket}");
+    let adapter = |extra: Value| {
+        let mut a = json!({"adapter_type": "supabase", "table": "listings",
+            "connection": {"credentials": {"url": "https://abcd.supabase.co", "service_role_key": "srk-storage"}},
+            "field_mapping": {"record.title": "title"},
+            "blob_source": {"file_field": "record.image", "blob_type": "image", "storage_bucket": "listing-images"},
+            "batching": {"mode": "immediate"}});
+        if let (Some(a), Some(extra)) = (a.as_object_mut(), extra.as_object()) {
+            a.extend(extra.clone());
+        }
+        json!({ "source_adapter": a })
+    };
+    for (extra, why) in [
+        (json!({"adapter_type": "generic_webhook", "connection": null, "table": null}), "only a supabase adapter"),
+        (json!({"connection": null}), "needs the project's URL"),
+        (
+            json!({"blob_source": {"file_field": "record.image", "blob_type": "image", "storage_bucket": "../x"}}),
+            "bucket name",
+        ),
+    ] {
+        let (s, b) = app.patch(&path, adapter(extra.clone())).await;
+        let message = b["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (422, Some("source_adapter.blob_source.storage_bucket")),
+            "{extra}: {b}"
+        );
+        assert!(message.contains(why), "{extra}: {b}");
+    }
+    let (s, b) = app.patch(&path, adapter(json!({}))).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["source_adapter"]["blob_source"]["storage_bucket"], "listing-images", "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap_or_default().to_string();
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let send = |id: u64, image: &str| {
+        let row = json!({"id": id, "title": "Loft", "image": image});
+        let body = db_event("INSERT", row, Value::Null).to_string();
+        let (app, ingest, secret) = (&app, ingest.clone(), secret.clone());
+        async move { app.post_raw(&ingest, body, &[("X-Webhook-Secret", &secret)]).await }
+    };
+    for (id, image, url) in [
+        (
+            1,
+            "7/front photo.jpg",
+            "https://abcd.supabase.co/storage/v1/object/public/listing-images/7/front%20photo.jpg",
+        ),
+        (2, "https://cdn.example/i.jpg", "https://cdn.example/i.jpg"),
+    ] {
+        let (s, r) = send(id, image).await;
+        assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{image}: {r}");
+        let (_, o) =
+            app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap_or_default())).await;
+        assert_eq!(o["blobs"], json!([{"property": "image", "type": "image", "url": url}]), "{o}");
+    }
+    let (s, r) = send(3, "../../auth/v1/admin").await;
+    assert_eq!((s, r["error"]["field"].as_str()), (422, Some("payload")), "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("a path in the Storage bucket")), "{r}");
+}
+
 #[tokio::test]
 async fn supabase_row_walks_one_object_through_created_updated_deleted() {
     let app = TestApp::start().await;
