@@ -500,6 +500,9 @@ impl Actor for SourceAdapterActor {
     }
 }
 
+/// The field a Storage path's failure names (the setting that needs the project URL).
+const STORAGE_FIELD: &str = "source_adapter.blob_source.storage_bucket";
+
 impl AdapterState {
     fn bucket_id(&self) -> &BucketId {
         &self.bucket.bucket_id
@@ -602,13 +605,17 @@ impl AdapterState {
         let draft = match kind::metadata_document(&self.adapter, &payload) {
             Err(e) => Err(e),
             Ok(MetadataSource::Inline(doc)) => {
-                let storage = match self.storage_base() {
-                    Ok(storage) => storage,
-                    // Credentials that exist but cannot be read: a retry may succeed once fixed.
-                    Err(e) => return Step::Done(Err(self.retry(now, e))),
+                let storage = match pipeline::needs_storage(&self.adapter, &doc) {
+                    false => None,
+                    true => match self.storage_base() {
+                        Ok(Ok(base)) => Some(base),
+                        Ok(Err(e)) => return Step::Done(Err(self.fail_at(now, STORAGE_FIELD, e))),
+                        // Credentials that exist but cannot be read: a retry may succeed once fixed.
+                        Err(e) => return Step::Done(Err(self.retry(now, e))),
+                    },
                 };
                 let schema = &self.bucket.bucket_schema;
-                pipeline::materialize_in(&self.adapter, schema, &payload, &doc, &screened, storage.as_ref())
+                pipeline::materialize_with_storage(&self.adapter, schema, &payload, &doc, &screened, storage.as_ref())
             }
             Ok(MetadataSource::Fetch(req)) => match self.fetch_job(req, &screened, &payload, &dedup_hash, origin) {
                 Ok(Some(job)) => return Step::Fetch(Box::new(job)),
@@ -642,17 +649,18 @@ impl AdapterState {
     }
 
     /// The public URL of the adapter's Supabase Storage bucket (`blob_source.storage_bucket`),
-    /// under its connection's project URL, read for this event only; `None` without one.
-    fn storage_base(&self) -> Result<Option<url::Url>, String> {
-        let Some(bucket) = self.adapter.blob_source.as_ref().and_then(|b| b.storage_bucket.as_deref()) else {
-            return Ok(None);
-        };
-        match self.credentials()? {
-            Some(crate::catalog::connection::ProviderConfig::Supabase(c)) => Ok(pipeline::storage_base(&c.url, bucket)),
-            _ => Err("blob_source.storage_bucket needs the adapter's Supabase project URL (its connection or \
-                      credentials), which it no longer has"
-                .into()),
-        }
+    /// under its connection's project URL, read for this event only. `Err`: the credentials
+    /// cannot be read (a retry may get past it); `Ok(Err)`: the adapter has no usable
+    /// project URL, which no retry changes.
+    fn storage_base(&self) -> Result<Result<url::Url, String>, String> {
+        let bucket = self.adapter.blob_source.as_ref().and_then(|b| b.storage_bucket.as_deref()).unwrap_or_default();
+        Ok(match self.credentials()? {
+            Some(crate::catalog::connection::ProviderConfig::Supabase(c)) => pipeline::storage_base(&c.url, bucket)
+                .ok_or_else(|| "the Supabase project URL of the adapter's credentials does not parse".to_string()),
+            _ => Err("needs the adapter's Supabase project URL (its connection or credentials), which it does not \
+                      have"
+                .to_string()),
+        })
     }
 
     /// Stores an accepted event: an object now (immediate) or a buffer entry.

@@ -125,12 +125,12 @@ pub fn materialize(
     doc: &Value,
     screened: &Screened,
 ) -> Result<Draft, PayloadError> {
-    materialize_in(adapter, schema, payload, doc, screened, None)
+    materialize_with_storage(adapter, schema, payload, doc, screened, None)
 }
 
 /// [`materialize`], with the public URL of the Supabase Storage bucket (see
 /// [`storage_base`]) that a file field holding a path is read from.
-pub fn materialize_in(
+pub fn materialize_with_storage(
     adapter: &SourceAdapter,
     schema: &BucketSchema,
     payload: &Value,
@@ -258,21 +258,37 @@ pub fn storage_base(project_url: &str, bucket: &str) -> Option<url::Url> {
     Some(u)
 }
 
-/// A Storage object's public URL: `path`'s names (`/`-separated, none empty, `.` or `..`)
-/// under `base`, each percent-encoded as the URL needs. `None` for what is not such a
-/// path, nor an object name: an absolute URL of another scheme.
+/// A Storage object's public URL: `path`'s names (`/`-separated; none empty, `.`, `..` or
+/// holding a control character, which the URL parser would drop: `.\t.` would become `..`)
+/// under `base`, each percent-encoded as the URL needs (a leading `/` is dropped). `None`
+/// for what is not such a path: a URL (`…://…`) of a scheme other than http(s).
 fn storage_url(base: &url::Url, path: &str) -> Option<String> {
     let path = path.trim().trim_start_matches('/');
-    if url::Url::parse(path).is_ok() {
+    if path.contains("://") {
         return None;
     }
     let names: Vec<&str> = path.split('/').collect();
-    if names.iter().any(|n| n.is_empty() || *n == "." || *n == "..") {
+    if names.iter().any(|n| n.is_empty() || *n == "." || *n == ".." || n.chars().any(char::is_control)) {
         return None;
     }
     let mut u = base.clone();
-    u.path_segments_mut().ok()?.extend(names);
-    Some(u.to_string())
+    u.path_segments_mut().ok()?.extend(&names);
+    // Belt and braces: exactly those names, under the bucket.
+    let depth = |u: &url::Url| u.path_segments().map_or(0, Iterator::count);
+    (depth(&u) == depth(base) + names.len() && u.path().starts_with(&format!("{}/", base.path())))
+        .then(|| u.to_string())
+}
+
+/// Whether building the draft needs the Storage bucket's URL: the adapter has one, and the
+/// file field holds a string that is a path (not blank, not an http(s) URL). Only then are
+/// its credentials read for it.
+pub fn needs_storage(adapter: &SourceAdapter, doc: &Value) -> bool {
+    let Some(b) = adapter.blob_source.as_ref().filter(|b| b.storage_bucket.is_some()) else { return false };
+    let Some(ff) = b.file_field.as_deref() else { return false };
+    match path::lookup(doc, ff) {
+        Some(v @ Value::String(s)) => !no_file(v) && file_url(s).is_none(),
+        _ => false,
+    }
 }
 
 /// A file field that says there is no file: null, or an empty (or blank) string, which is
@@ -404,8 +420,31 @@ pub(crate) mod tests {
         ] {
             assert_eq!(storage_url(&base, path).as_deref(), Some(url), "{path:?}");
         }
-        for bad in ["../secret.jpg", "a/../../b", "a//b", "a/./b", "a/", "ftp://x/y", "data:image/png;base64,AA"] {
+        for bad in [
+            "../secret.jpg",
+            "a/../../b",
+            "a//b",
+            "a/./b",
+            "a/",
+            "ftp://x/y",
+            ".\t./.\t./x",
+            "a/.\r./b",
+            "a/.\n./b",
+            "front\tphoto.jpg",
+            "a\u{0}b",
+        ] {
             assert_eq!(storage_url(&base, bad), None, "{bad:?}");
+        }
+        // A ':' is a name's character (not a scheme), and a '\\' or an encoded dot stays in its name.
+        for (path, tail) in [
+            ("user:42/avatar.png", "/listing-images/user:42/avatar.png"),
+            ("photo:1.jpg", "/listing-images/photo:1.jpg"),
+            ("a\\..\\b", "/listing-images/a%5C..%5Cb"),
+            ("%2e%2e/x", "/listing-images/%252e%252e/x"),
+            ("//evil.example/x", "/listing-images/evil.example/x"),
+        ] {
+            let url = storage_url(&base, path).unwrap_or_default();
+            assert!(url.starts_with("https://abcd.supabase.co/storage/v1/") && url.ends_with(tail), "{path:?}: {url}");
         }
         // In a draft: a URL is kept, a path resolved, a bad path refused.
         let a = adapter(json!({"adapter_type": "supabase", "table": "t", "field_mapping": {"record.t": "title"},
@@ -413,11 +452,17 @@ pub(crate) mod tests {
         let draft = |u: &str| {
             let p = json!({"type": "INSERT", "table": "t", "schema": "public", "record": {"id": 1, "t": "x", "u": u}, "old_record": null});
             let Screen::Accepted(s) = screen(&a, &p).unwrap() else { panic!() };
-            materialize_in(&a, &schema(), &p, &p, &s, Some(&base))
+            materialize_with_storage(&a, &schema(), &p, &p, &s, Some(&base))
         };
         assert_eq!(draft("https://cdn.example/v.mp4").unwrap().blobs[0].url, "https://cdn.example/v.mp4");
         assert!(draft("7/v.mp4").unwrap().blobs[0].url.ends_with("/public/listing-images/7/v.mp4"));
         assert!(draft("../v.mp4").unwrap_err().0.contains("or a path in the Storage bucket"));
+        // The bucket's URL is needed (and its credentials read) for a path only.
+        let doc = |u: Value| json!({"record": {"u": u}});
+        assert!(needs_storage(&a, &doc(json!("7/v.mp4"))));
+        for no in [json!("https://cdn.example/v.mp4"), json!(null), json!(" "), json!(7)] {
+            assert!(!needs_storage(&a, &doc(no.clone())), "{no}");
+        }
     }
 
     #[test]

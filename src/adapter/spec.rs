@@ -507,16 +507,21 @@ impl SourceAdapterInput {
                         "only a supabase adapter reads files from Supabase Storage",
                     ));
                 }
-                let name_ok = (1..=100).contains(&b.len())
-                    && b.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+                // Supabase's own rule for bucket names (its `limits.ts`); the URL encodes them.
+                let name_ok = (1..=100).contains(&b.chars().count())
+                    && b.chars().all(|c| c.is_alphanumeric() || "_!-.*'() &$@=;:+,?".contains(c))
                     && !matches!(b.as_str(), "." | "..");
                 if !name_ok {
                     return Err(ApiError::validation(
                         f("blob_source.storage_bucket"),
-                        "must be a Storage bucket name: 1–100 letters, digits, '_', '-' or '.'",
+                        "must be a Storage bucket name: 1–100 letters, digits, spaces and _!-.*'()&$@=;:+,?",
                     ));
                 }
-                if self.connection_id.is_none() && self.connection.is_none() {
+                let inline = self
+                    .connection
+                    .as_ref()
+                    .is_some_and(|c| c.credentials.given().is_some() || matches!(c.credentials, Credentials::Kept));
+                if self.connection_id.is_none() && !inline {
                     return Err(ApiError::validation(
                         f("blob_source.storage_bucket"),
                         "needs the project's URL: set connection_id (or connection.credentials)",

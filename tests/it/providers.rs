@@ -573,7 +573,11 @@ async fn a_supabase_storage_path_becomes_its_public_url() {
     };
     for (extra, why) in [
         (json!({"adapter_type": "generic_webhook", "connection": null, "table": null}), "only a supabase adapter"),
+        (json!({"adapter_type": "mux", "connection": null, "table": null}), "only a supabase adapter"),
         (json!({"connection": null}), "needs the project's URL"),
+        (json!({"connection": {}}), "needs the project's URL"),
+        (json!({"connection": {"credentials": {}}}), "needs the project's URL"),
+        (json!({"connection": {"credentials": null}}), "needs the project's URL"),
         (
             json!({"blob_source": {"file_field": "record.image", "blob_type": "image", "storage_bucket": "../x"}}),
             "bucket name",
@@ -613,6 +617,9 @@ async fn a_supabase_storage_path_becomes_its_public_url() {
             app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap_or_default())).await;
         assert_eq!(o["blobs"], json!([{"property": "image", "type": "image", "url": url}]), "{o}");
     }
+    // A row without a file needs no URL: no blob, as without storage_bucket.
+    let (s, r) = send(4, "").await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
     let (s, r) = send(3, "../../auth/v1/admin").await;
     assert_eq!((s, r["error"]["field"].as_str()), (422, Some("payload")), "{r}");
     assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("a path in the Storage bucket")), "{r}");
