@@ -203,7 +203,7 @@ pub fn materialize_with_storage(
                 let Some(url) = storage.and_then(|base| storage_url(base, path)) else {
                     return Err(PayloadError(format!(
                         "blob_source.file_field {ff:?} must be an http(s) URL or a path in the Storage bucket \
-                         (names separated by '/', no '.' or '..'), the payload has {}",
+                         (names separated by '/': none empty, '.' or '..', no control characters), the payload has {}",
                         describe(&Value::String(path.clone()))
                     )));
                 };
