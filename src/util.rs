@@ -42,3 +42,10 @@ pub fn null_as_default<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'
 ) -> Result<T, D::Error> {
     Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
+
+/// Whether a parsed JSON number is an integer past 64 bits, which JSON parsing keeps only
+/// as the nearest double (at or beyond 2^63 in size, and written without a fraction: a
+/// double that large has none).
+pub fn is_integer_past_64_bits(n: &serde_json::Number) -> bool {
+    n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18)
+}

@@ -303,9 +303,7 @@ fn json_type(v: &Value) -> &'static str {
         Value::Bool(_) => "bool",
         Value::Number(n) if n.is_i64() || n.is_u64() => "int",
         // Past 64 bits JSON parsing makes an integer a float: say so, not just "float".
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18) => {
-            "an integer past 64 bits (not an int)"
-        }
+        Value::Number(n) if crate::util::is_integer_past_64_bits(n) => "an integer past 64 bits (not an int)",
         Value::Number(_) => "float",
         Value::String(_) => "string",
         Value::Array(_) => "array",

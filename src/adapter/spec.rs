@@ -427,6 +427,14 @@ impl SourceAdapterInput {
         })
     }
 
+    /// Whether the body gives inline credentials, or keeps the stored ones (their shown
+    /// placeholder, checked against what is stored by the registry).
+    fn has_inline_credentials(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| c.credentials.given().is_some() || matches!(c.credentials, Credentials::Kept))
+    }
+
     /// Every check that needs only the body and the bucket schema; errors name the field
     /// under `source_adapter.`.
     pub fn validate(&self, schema: &BucketSchema) -> Result<(), ApiError> {
@@ -517,11 +525,7 @@ impl SourceAdapterInput {
                         "must be a Storage bucket name: 1–100 letters, digits, spaces and _!-.*'()&$@=;:+,?",
                     ));
                 }
-                let inline = self
-                    .connection
-                    .as_ref()
-                    .is_some_and(|c| c.credentials.given().is_some() || matches!(c.credentials, Credentials::Kept));
-                if self.connection_id.is_none() && !inline {
+                if self.connection_id.is_none() && !self.has_inline_credentials() {
                     return Err(ApiError::validation(
                         f("blob_source.storage_bucket"),
                         "needs the project's URL: set connection_id (or connection.credentials)",
@@ -617,12 +621,11 @@ impl SourceAdapterInput {
             }
             // A Supabase writeback PATCHes PostgREST with the adapter's credentials: without
             // any, every job would fail after the fact.
-            // (Kept credentials are checked against the stored ones by the registry.)
-            let inline = self
-                .connection
-                .as_ref()
-                .is_some_and(|c| c.credentials.given().is_some() || matches!(c.credentials, Credentials::Kept));
-            if w.enabled && self.adapter_type == ProviderType::Supabase && self.connection_id.is_none() && !inline {
+            if w.enabled
+                && self.adapter_type == ProviderType::Supabase
+                && self.connection_id.is_none()
+                && !self.has_inline_credentials()
+            {
                 return Err(ApiError::validation(
                     f("writeback"),
                     "a supabase writeback needs the project's url and service_role_key: \

@@ -174,7 +174,7 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
         // a double written so to be in the payload too, the payload).
         fn huge(v: &serde_json::Value) -> bool {
             match v {
-                serde_json::Value::Number(n) => n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18),
+                serde_json::Value::Number(n) => crate::util::is_integer_past_64_bits(n),
                 serde_json::Value::Array(a) => a.iter().any(huge),
                 serde_json::Value::Object(o) => o.values().any(huge),
                 _ => false,

@@ -955,25 +955,33 @@ async fn json_logs_have_no_duplicate_keys() {
     }
 }
 
+/// `hookline check-config` on a config file holding `toml`, in an environment of `env` only.
+fn check_config(toml: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 /// Settings from the environment that cannot be used are said, not silently dropped: a log
 /// filter that does not parse, an unknown log format, a provider secret without its section.
 #[test]
 fn unusable_environment_settings_are_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, "").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .env_clear()
-        .envs([
+    let out = check_config(
+        "",
+        &[
             ("RUST_LOG", "garbage====="),
             ("HOOKLINE_LOG_FORMAT", "xml"),
             ("HOOKLINE_SMTP_PASSWORD", "pw"),
             ("HOOKLINE_SMS_AUTH_TOKEN", "tok"),
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     for said in [
@@ -991,16 +999,7 @@ fn unusable_environment_settings_are_warned_about() {
 /// backtrace even when `RUST_BACKTRACE` asks for one (set for some other program).
 #[test]
 fn a_refused_config_is_said_without_a_backtrace() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, "[server]\nmax_age_hour = 1\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .env_clear()
-        .envs([("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")])
-        .output()
-        .unwrap();
+    let out = check_config("[server]\nmax_age_hour = 1\n", &[("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.starts_with("Error: parse config file"), "{err}");

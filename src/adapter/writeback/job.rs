@@ -200,8 +200,8 @@ pub fn needs_external_id(kind: crate::catalog::ProviderType) -> bool {
 }
 
 /// Why a job that needs its object's external id has none: the field it is read from.
-pub fn no_external_id(wb: &Writeback) -> String {
-    match &wb.external_id_field {
+pub fn no_external_id(wb: Option<&Writeback>) -> String {
+    match wb.and_then(|w| w.external_id_field.as_ref()) {
         // Not source.external_id instead: that is the row's id column, another column.
         Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
         None => "the object has no source external id to find its source row by".to_string(),
@@ -229,7 +229,7 @@ pub fn record_alert(
         ));
     }
     if job.external_id.is_none() && needs_external_id(kind) {
-        return Err(no_external_id(wb));
+        return Err(no_external_id(Some(wb)));
     }
     batch.put(KS, &job.key(&rec.bucket_id), &job);
     Ok(())

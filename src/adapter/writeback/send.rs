@@ -77,10 +77,7 @@ impl Sender {
     pub async fn attempt(&self, job: &Job, creds: &Option<ProviderConfig>) -> Result<(), Failure> {
         let external_id = job.external_id.as_deref();
         if external_id.is_none() && super::job::needs_external_id(self.adapter.adapter_type) {
-            let Some(wb) = self.adapter.writeback.as_ref() else {
-                return Err(permanent("the object has no external id to find its source row by"));
-            };
-            return Err(permanent(super::job::no_external_id(wb)));
+            return Err(permanent(super::job::no_external_id(self.adapter.writeback.as_ref())));
         }
         if job.fields.is_empty() {
             return Err(permanent("none of the field_mapping source_paths is present in the processing result"));
