@@ -31,6 +31,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod ids;
+pub mod lenient;
 pub mod metrics;
 pub mod state;
 pub mod store;

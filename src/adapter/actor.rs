@@ -550,7 +550,7 @@ impl AdapterState {
         };
         // Dedup guards creation only: updates and deletes of a known thing share its key.
         let dedup_hash = match screened.operation {
-            Operation::Create => screened.dedup_value.as_deref().map(records::dedup_hash),
+            Operation::Create => screened.dedup_value.as_deref().map(|v| pipeline::dedup_hash(&self.adapter, v, raw)),
             Operation::Update | Operation::Delete => None,
         };
         if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {

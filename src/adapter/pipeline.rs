@@ -117,6 +117,20 @@ pub fn dedup_value(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
     }
 }
 
+/// The dedup set's key of a new event: the digest of its dedup value. A payload reads an
+/// escape of half a UTF-16 surrogate pair as U+FFFD (see `lenient`), which would make
+/// `"a\ud83d"` and `"a\ud83e"` one key, and the second event a `duplicate` that never
+/// becomes an object. So a value holding U+FFFD is read again from the raw body with such
+/// escapes kept as their text; a body without one keeps the key it always had.
+pub fn dedup_hash(adapter: &SourceAdapter, value: &str, raw: &[u8]) -> String {
+    if value.contains('\u{FFFD}') {
+        if let Some(kept) = crate::lenient::parse_keeping_lone_surrogates(raw).and_then(|p| dedup_value(adapter, &p)) {
+            return super::records::dedup_hash(&kept);
+        }
+    }
+    super::records::dedup_hash(value)
+}
+
 /// Builds the object draft from the metadata document `doc` (of the event `payload`).
 pub fn materialize(
     adapter: &SourceAdapter,

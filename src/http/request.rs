@@ -9,6 +9,7 @@ use warp::http::{HeaderMap, Method};
 use crate::adapter::verify::Proof;
 use crate::catalog::{valid_namespace, DEFAULT_NAMESPACE};
 use crate::error::ApiError;
+use crate::lenient;
 
 use super::HttpState;
 
@@ -217,55 +218,12 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
             message: "request body is empty; expected JSON".into(),
         });
     }
-    let body = without_bom(body);
-    serde_json::from_slice(body).or_else(|e| match mend_lone_surrogates(body) {
+    let body = lenient::without_bom(body);
+    serde_json::from_slice(body).or_else(|e| match lenient::mend_lone_surrogates(body, lenient::Mend::Replace) {
         // Mended escapes keep their length: the error, if any, is placed as in the body.
         Some(mended) => serde_json::from_slice(&mended).map_err(ApiError::bad_json),
         None => Err(ApiError::bad_json(e)),
     })
-}
-
-/// JSON's grammar allows a `\u` escape of half a UTF-16 surrogate pair without its other half
-/// (RFC 8259 §8.2), and JavaScript senders write one when they cut a string inside an emoji.
-/// A Rust string cannot hold it, so serde_json refuses the whole body, and an upstream
-/// answered 400 drops its event. So, only once a body has failed to parse, each such escape
-/// is read as U+FFFD (the replacement character), as a lossy UTF-16 decode does: `None` when
-/// the body holds none. The raw bytes, which signatures are checked against, are untouched.
-fn mend_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
-    /// The code unit of a `\uXXXX` escape starting at `at` (hex decoded as everywhere else,
-    /// by `const_hex`: four digits are two bytes, and a `0x` prefix leaves too few).
-    fn unit_at(body: &[u8], at: usize) -> Option<u16> {
-        let esc = body.get(at..at + 6)?;
-        esc.strip_prefix(b"\\u").and_then(|hex| const_hex::decode_to_array(hex).ok()).map(u16::from_be_bytes)
-    }
-    const HIGH: std::ops::Range<u16> = 0xD800..0xDC00;
-    const LOW: std::ops::Range<u16> = 0xDC00..0xE000;
-    let mut out = Vec::with_capacity(body.len());
-    let (mut changed, mut in_string, mut i) = (false, false, 0);
-    while let Some(&b) = body.get(i) {
-        if !in_string || b != b'\\' {
-            in_string ^= b == b'"';
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let len = match unit_at(body, i) {
-            // A whole pair: kept as it is.
-            Some(u) if HIGH.contains(&u) && unit_at(body, i + 6).is_some_and(|n| LOW.contains(&n)) => 12,
-            Some(u) if HIGH.contains(&u) || LOW.contains(&u) => {
-                out.extend_from_slice(b"\\uFFFD");
-                changed = true;
-                i += 6;
-                continue;
-            }
-            Some(_) => 6,
-            // Any other escape: the backslash and the byte it escapes (a quote among them).
-            None => 2,
-        };
-        out.extend_from_slice(&body[i..(i + len).min(body.len())]);
-        i += len;
-    }
-    changed.then_some(out)
 }
 
 /// Whether a JSON text holds an integer past 64 bits (signed or not) outside its strings.
@@ -297,12 +255,6 @@ pub fn has_integer_past_64_bits(text: &[u8]) -> bool {
     false
 }
 
-/// RFC 8259 lets a parser ignore a leading UTF-8 byte order mark, and some senders (.NET's
-/// default encoder among them) write one.
-fn without_bom(body: &[u8]) -> &[u8] {
-    body.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(body)
-}
-
 /// Like [`parse_json`], and a key given twice in one object is a 400 too. For the admin API,
 /// where a repeated key is a mistake. Ingest payloads keep the usual last-wins reading: the
 /// upstream's JSON is not ours to judge, and it signed those bytes.
@@ -310,7 +262,7 @@ pub fn parse_json_strict(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     if body.is_empty() {
         return parse_json(body); // the empty-body message
     }
-    let mut de = serde_json::Deserializer::from_slice(without_bom(body));
+    let mut de = serde_json::Deserializer::from_slice(lenient::without_bom(body));
     let value = serde::Deserialize::deserialize(&mut de).and_then(|StrictValue(v)| de.end().map(|()| v));
     value.map_err(ApiError::bad_json)
 }

@@ -513,6 +513,27 @@ async fn a_lone_surrogate_escape_is_taken_as_the_replacement_character() {
         (200, Some("duplicate"), &b["object_id"]),
         "{again}"
     );
+    // Other lone halves, and U+FFFD itself, are other IDs: each is an object of its own,
+    // though the payloads read them all as U+FFFD (the dedup key keeps the escape's text).
+    let mut ids = vec![b["object_id"].clone()];
+    for id in [r#"s1\ud801"#, r#"s1\udc00"#, r#"s1\ufffd"#, "s1\u{FFFD}"] {
+        let body = format!(r#"{{"type": "t", "data": {{"id": "{id}", "title": "x"}}}}"#);
+        let (s, other) = app.post_raw(&path, body.clone().into_bytes(), &headers).await;
+        assert_eq!(
+            (s, other["status"].as_str()),
+            (200, Some(if ids.len() < 4 { "created" } else { "duplicate" })),
+            "{id}: {other}"
+        );
+        if ids.len() < 4 {
+            assert!(!ids.contains(&other["object_id"]), "{id}: {other}");
+            ids.push(other["object_id"].clone());
+        } else {
+            // The character written as itself is the same ID as its escape.
+            assert_eq!(other["object_id"], ids[3], "{id}: {other}");
+        }
+        let (_, again) = app.post_raw(&path, body.into_bytes(), &headers).await;
+        assert_eq!((again["status"].as_str(), &again["object_id"]), (Some("duplicate"), &other["object_id"]), "{id}");
+    }
     // A body malformed for another reason is still a 400, which names that reason.
     let (s, b) = app.post_raw(&path, br#"{"data": {"id": "s2\ud800",}}"#.to_vec(), &headers).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("malformed_json")), "{b}");
