@@ -88,6 +88,7 @@ impl Template {
         env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         env.add_filter("pretty_json", pretty_json);
+        env.add_filter("mrkdwn", mrkdwn);
         env.add_filter("join", capped_join);
         // `list * n` is a lazy sequence that minijinja makes for nothing; the builtins that
         // read a value whole (serialize, stringify, compare) pay for it first (see `prepay`).
@@ -680,6 +681,23 @@ fn pretty_json(state: &minijinja::State, value: minijinja::Value) -> Result<Stri
         Err(e) if e.is_io() => Err(too_large("the output of pretty_json")),
         Err(e) => Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())),
     }
+}
+
+/// `{{ value | mrkdwn }}`: text put into a Slack message as itself. Slack reads `<…>` as
+/// markup (`<!channel>` notifies everyone, `<https://a|b>` is a link showing `b`) and asks
+/// for `&`, `<` and `>` to be sent as `&amp;`, `&lt;` and `&gt;`, which it shows as the
+/// characters.
+fn mrkdwn(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn describe(e: minijinja::Error) -> String {

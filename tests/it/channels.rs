@@ -58,7 +58,9 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
 
     // A first failure is retried like any channel's.
     slack.then(500, Duration::ZERO);
-    let evt = publish(&app, "object.created", json!({"object_id": "obj_1"})).await;
+    // The payload is an upstream's text: its markup is shown, not acted on (see below).
+    let title = "```\n<!channel> log in at <https://evil.example/x|https://slack.com> & `now` ```";
+    let evt = publish(&app, "object.created", json!({"object_id": "obj_1", "title": title})).await;
     assert!(eventually(WAIT, || async { slack.count() >= 2 }).await, "slack retried");
     let first = &slack.captured()[1];
     assert_eq!(first.path, "/services/T000/B000/very-secret-token");
@@ -68,6 +70,10 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     assert_eq!(error, "HTTP 500: receiver says no to ********", "{failed:?}");
     let text = first.json()["text"].as_str().unwrap_or_default().to_string();
     assert!(text.contains("*object.created*") && text.contains(&evt) && text.contains("\"obj_1\""), "{text}");
+    let block = text.split_once("```").and_then(|(_, b)| b.strip_suffix("```")).unwrap_or_default();
+    assert!(!block.contains(['`', '<', '>']), "{text}");
+    let shown = block.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).unwrap()["title"], title, "{text}");
     assert!(
         eventually(WAIT, || async {
             deliveries(&app, &plain, Some("succeeded"))

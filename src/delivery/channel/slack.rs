@@ -1,7 +1,8 @@
 //! The Slack channel: a message to a Slack incoming-webhook URL.
 //!
 //! The `template` renders the message text (Slack `mrkdwn`; payload values go in as they are,
-//! so a `<!channel>` in one pings the channel). A template that starts with `{` is a JSON
+//! so a `<!channel>` in one pings the channel unless it goes through `| mrkdwn`, as in the
+//! default template). A template that starts with `{` is a JSON
 //! template: its rendering must be a JSON object, sent as the whole payload (Block Kit), and
 //! values belong in it through `| tojson` (a raw `"{{ payload.x }}"` breaks on a quote; the
 //! attempt then fails with that reason instead of posting something else). The URL gets
@@ -17,10 +18,15 @@ use crate::delivery::netguard::check_url;
 use crate::delivery::retry::Outcome;
 use crate::delivery::template::Template;
 
-/// The message when no `template` is given: the event's type and ID, the webhook's name
-/// (escaped as Slack asks: a name like `<!channel>` must not notify anyone), and the payload.
-pub const DEFAULT_TEMPLATE: &str =
-    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }} ({{ webhook_name | replace('&', '&amp;') | replace('<', '&lt;') | replace('>', '&gt;') }})\n```{{ payload | pretty_json }}```";
+/// The message when no `template` is given: the event's type and ID, the webhook's name,
+/// and the payload in a code block. The name and the payload are escaped as Slack asks
+/// (`mrkdwn`): a `<!channel>` or a `<https://…|…>` link in either, which an upstream's
+/// payload may hold, is shown, not acted on. The payload's backticks are written as the JSON
+/// escape `\u0060` (the same JSON), so that none of its strings can close the code block.
+pub const DEFAULT_TEMPLATE: &str = concat!(
+    "*{{ event_type }}* `{{ event_id }}` at {{ created_at }} ({{ webhook_name | mrkdwn }})\n",
+    r"```{{ payload | pretty_json | mrkdwn | replace('`', '\\u0060') }}```",
+);
 
 pub struct SlackChannel {
     url: url::Url,
@@ -186,6 +192,22 @@ mod tests {
         let text = Template::compile(DEFAULT_TEMPLATE).unwrap().render(&event, "ops <!channel> & co").unwrap();
         assert!(text.contains("(ops &lt;!channel&gt; &amp; co)"), "{text}");
         assert!(text.starts_with("*object.created*"), "{text}");
+    }
+
+    /// An upstream's payload is the sender's text: it cannot leave the code block, ping the
+    /// channel or make a link, and it stays the same JSON.
+    #[test]
+    fn the_default_template_shows_the_payload_without_its_markup() {
+        let mut event = Template::sample();
+        let title = "```\n<!channel> log in at <https://evil.example/login|https://slack.com> & `now` ```";
+        event.payload = serde_json::json!({"metadata": {"title": title}});
+        let text = Template::compile(DEFAULT_TEMPLATE).unwrap().render(&event, "ops").unwrap();
+        let (_, block) = text.split_once("```").unwrap();
+        let block = block.strip_suffix("```").unwrap();
+        assert!(!block.contains('`') && !block.contains('<') && !block.contains('>'), "{text}");
+        let shown = block.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
+        let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(v["metadata"]["title"], title, "{text}");
     }
 
     #[test]
