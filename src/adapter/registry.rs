@@ -516,12 +516,12 @@ impl RegistryState {
     async fn patch_bucket(&mut self, namespace: &str, id: &BucketId, body: PatchBucket) -> Result<Patched, ApiError> {
         let mut bucket = self.load_bucket(namespace, id)?;
         let mut described = false;
-        if let Some(d) = &body.description {
-            if d.chars().count() > 2000 {
+        if let Some(d) = body.description {
+            if d.as_ref().is_some_and(|d| d.chars().count() > 2000) {
                 return Err(ApiError::validation("description", "at most 2000 characters"));
             }
-            described = bucket.description.as_ref() != Some(d);
-            bucket.description = Some(d.clone());
+            described = bucket.description != d;
+            bucket.description = d;
         }
         let had_adapter = bucket.source_adapter.is_some();
         // The description alone: a running adapter is left alone (ingest goes on); a stopped

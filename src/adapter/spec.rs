@@ -257,8 +257,9 @@ fn yes() -> bool {
 pub struct PatchBucket {
     #[serde(default, deserialize_with = "present")]
     pub source_adapter: Option<Option<SourceAdapterInput>>,
-    #[serde(default)]
-    pub description: Option<String>,
+    /// Absent: unchanged; `null`: cleared, as a bucket created without one.
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<Option<String>>,
     /// Rotates the webhook secret of the existing adapter (also accepted inside
     /// `source_adapter`).
     #[serde(default)]

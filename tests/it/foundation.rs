@@ -327,6 +327,11 @@ async fn bucket_crud_and_pagination() {
     let (s, b) = app.patch(&plain_path, json!({"description": "new"})).await;
     assert_eq!(s, 200, "{b}");
     assert_ne!(b["updated_at"], plain["updated_at"], "{b}");
+    // A null clears it (a description is optional at creation too).
+    let (s, b) = app.patch(&plain_path, json!({"description": null})).await;
+    assert_eq!((s, &b["description"]), (200, &serde_json::Value::Null), "{b}");
+    let (_, b) = app.get(&plain_path).await;
+    assert_eq!(b["description"], serde_json::Value::Null, "{b}");
     let (s, b) = app.get("/v1/buckets?limt=5").await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("limt")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("takes limit, cursor"), "{b}");
