@@ -53,6 +53,16 @@ impl ApiError {
     }
 
     pub fn bad_json(e: impl std::fmt::Display) -> Self {
+        let e = e.to_string();
+        // serde_json stops at 128 levels (its stack's guard): the body may well be JSON.
+        if let Some(at) = e.strip_prefix("recursion limit exceeded") {
+            return ApiError::BadRequest {
+                code: "malformed_json",
+                message: format!(
+                    "request body nests arrays and objects more than 128 levels deep{at}, which hookline does not read"
+                ),
+            };
+        }
         ApiError::BadRequest { code: "malformed_json", message: format!("request body is not valid JSON: {e}") }
     }
 

@@ -1223,6 +1223,8 @@ async fn events_nested_as_deep_as_a_body_may_be_read_back_everywhere() {
     let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
     let (s, b) = app.post_raw(&path, deep(127), &[("x-webhook-secret", secret.as_str())]).await;
     assert_eq!(s, 400, "past the parser's limit: {b}");
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("request body nests arrays and objects more than 128 levels deep at line 1"), "{b}");
     let (s, b) = app.post_raw(&path, deep(126), &[("x-webhook-secret", secret.as_str())]).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
     let oid = b["object_id"].as_str().unwrap().to_string();
