@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::path;
-use super::writeback::Writeback;
+use super::writeback::{Trigger, Writeback};
 use crate::catalog::connection::ProviderConfig;
 use crate::catalog::{BucketSchema, ProviderType};
 use crate::error::ApiError;
@@ -394,6 +394,7 @@ impl SourceAdapterInput {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = self.batching.unused_settings();
         warnings.extend(self.external_id_elsewhere());
+        warnings.extend(self.writeback_paths_outside_the_result());
         let Some(filter) = self.event_filter.as_ref().filter(|_| self.adapter_type == ProviderType::Mux) else {
             return warnings;
         };
@@ -426,6 +427,32 @@ impl SourceAdapterInput {
                  matches no row unless the two agree; set id_column to {column:?} if that is the key"
             )
         })
+    }
+
+    /// `on_batch_complete` writeback source paths that start outside the processing result
+    /// (`writeback::job`'s module doc): such a path writes nothing, and a job whose every
+    /// path does is given up. `title` for the property is the usual slip (`metadata.title`).
+    /// An `on_alert` writeback reads the alert's `results` at the top level too: any path may
+    /// be found there.
+    fn writeback_paths_outside_the_result(&self) -> Vec<String> {
+        let Some(wb) = self.writeback.as_ref().filter(|w| w.enabled && w.trigger == Trigger::OnBatchComplete) else {
+            return Vec::new();
+        };
+        let keys = super::writeback::RESULT_KEYS;
+        wb.field_mapping
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !keys.contains(&f.source_path.split('.').next().unwrap_or_default()))
+            .map(|(i, f)| {
+                let path = &f.source_path;
+                format!(
+                    "source_adapter.writeback.field_mapping[{i}].source_path: {path:?} is not in a completed \
+                     object's processing result (it starts with one of {}), so it writes nothing; a property \
+                     of the object is metadata.{path}",
+                    keys.join(", ")
+                )
+            })
+            .collect()
     }
 
     /// Whether the body gives inline credentials, or keeps the stored ones (their shown

@@ -27,7 +27,7 @@ mod worker;
 
 pub use job::{
     alert_document, on_alert, on_batch_complete, record, record_alert, record_batch, result_document, sends,
-    source_location, Job,
+    source_location, Job, RESULT_KEYS,
 };
 pub use worker::Worker;
 

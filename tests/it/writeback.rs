@@ -1079,12 +1079,20 @@ async fn a_writeback_without_its_external_id_field_is_given_up_naming_it() {
                 "field_mapping": {"record.title": "title", "record.listing_url": "listing_url"},
                 "batching": {"mode": "count", "max_batch_size": 1},
                 "writeback": {"external_id_field": "listing_url",
-                    "field_mapping": [{"source_path": "status", "target_field": "mp_status"}]}}}),
+                    "field_mapping": [{"source_path": "status", "target_field": "mp_status"},
+                        {"source_path": "title", "target_field": "mp_title"}]}}}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
     // Saved, with a warning: rows are looked up by id_column (id), not by listing_url.
     assert!(b["warnings"].to_string().contains(r#"set id_column to \"listing_url\""#), "{b}");
+    // And one for the property named without `metadata.`, which a batch's result does not
+    // hold at its top; none for `status`, which it does.
+    let warnings = b["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{b}");
+    let path = warnings[1].as_str().unwrap();
+    assert!(path.starts_with("source_adapter.writeback.field_mapping[1].source_path: \"title\""), "{b}");
+    assert!(path.ends_with("a property of the object is metadata.title"), "{b}");
     let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap_or_default().to_string();
     let r = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 2001, "title": "No URL"}))).await;
     assert_eq!(r["status"], "buffered", "{r}");

@@ -134,6 +134,10 @@ pub fn source_location(kind: ProviderType, payload: &Value, field: &str) -> Opti
     }
 }
 
+/// The top-level keys of [`result_document`]: where a batch writeback's source paths start.
+pub const RESULT_KEYS: &[&str] =
+    &["object_id", "bucket_id", "batch_id", "metadata", "blobs", "source", "created_at", "updated_at", "status"];
+
 /// The processing result of an object of a completed batch (see the module doc).
 pub fn result_document(rec: &ObjectRecord) -> Value {
     let mut doc = rec.shown();
@@ -283,6 +287,16 @@ mod tests {
 
     fn batch_job(w: &Writeback, o: &ObjectRecord, batch: &BatchId) -> Job {
         job_for(w, o, &result_document(o), Cause::Batch(batch), 7)
+    }
+
+    #[test]
+    fn result_keys_are_the_result_documents() {
+        let doc = result_document(&object());
+        let mut keys: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut named = RESULT_KEYS.to_vec();
+        keys.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(keys, named);
     }
 
     #[test]
