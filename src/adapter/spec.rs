@@ -33,6 +33,15 @@ pub struct EventFilter {
     pub event_types: Vec<String>,
 }
 
+impl EventFilter {
+    /// The filter with each event type once, first mention first (as a webhook keeps its).
+    pub fn deduped(mut self) -> EventFilter {
+        let mut seen = std::collections::HashSet::new();
+        self.event_types.retain(|t| seen.insert(t.clone()));
+        self
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BlobType {

@@ -227,9 +227,16 @@ async fn configure_validate_and_show_the_secret_once() {
     assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("a2", "video.asset.ready")).await.0, 401);
     assert_eq!(ingest(&app, &bucket, Some(&rotated), &mux_like_event("a2", "video.asset.ready")).await.0, 200);
 
-    // The connection is in use: 409 until the adapter is removed with null.
-    let (_, _) =
-        app.patch(&path, json!({"source_adapter": {"adapter_type": "generic_webhook", "connection_id": gconn}})).await;
+    // The connection is in use: 409 until the adapter is removed with null. (An event type
+    // listed twice is kept once, as a webhook's are.)
+    let (s, b) = app
+        .patch(
+            &path,
+            json!({"source_adapter": {"adapter_type": "generic_webhook", "connection_id": gconn,
+                "event_filter": {"event_types": ["b", "a", "b", "a"]}}}),
+        )
+        .await;
+    assert_eq!((s, &b["source_adapter"]["event_filter"]), (200, &json!({"event_types": ["b", "a"]})), "{b}");
     assert_eq!(app.delete(&format!("/v1/organizations/connections/{gconn}")).await.0, 409);
     let (s, b) = app.patch(&path, json!({"source_adapter": null, "rotate_secret": true})).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("rotate_secret")), "{b}");
