@@ -49,3 +49,19 @@ pub fn null_as_default<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'
 pub fn is_integer_past_64_bits(n: &serde_json::Number) -> bool {
     n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18)
 }
+
+/// A name given through the API (a bucket's, a webhook's, a connection's): 1 to `max`
+/// characters, not blank, and no control characters. A name goes into log lines and email
+/// headers, where a newline would start a line of the caller's choosing.
+pub fn check_name(field: &'static str, name: &str, max: usize) -> Result<(), crate::error::ApiError> {
+    if name.trim().is_empty() || name.chars().count() > max {
+        return Err(crate::error::ApiError::validation(field, format!("must be 1–{max} characters and not blank")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(crate::error::ApiError::validation(
+            field,
+            "must not hold control characters (a newline, a tab, …)",
+        ));
+    }
+    Ok(())
+}

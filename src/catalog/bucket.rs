@@ -180,10 +180,7 @@ pub struct CreateBucket {
 
 impl CreateBucket {
     pub fn validate(&self) -> Result<(), ApiError> {
-        let name = self.bucket_name.trim();
-        if name.is_empty() || self.bucket_name.chars().count() > 255 {
-            return Err(ApiError::validation("bucket_name", "must be 1–255 characters and not blank"));
-        }
+        crate::util::check_name("bucket_name", &self.bucket_name, 255)?;
         if self.description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
             return Err(ApiError::validation("description", "at most 2000 characters"));
         }

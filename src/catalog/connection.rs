@@ -457,10 +457,7 @@ pub struct CreateConnection {
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation("name", "must be 1–200 characters and not blank"));
-    }
-    Ok(())
+    crate::util::check_name("name", name, 200)
 }
 
 /// `PATCH /v1/organizations/connections/{id}` body: a new name, and/or a whole new

@@ -204,11 +204,7 @@ pub struct PatchWebhook {
 }
 
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
-    let n = name.chars().count();
-    if name.trim().is_empty() || n > 200 {
-        return Err(ApiError::validation("webhook_name", "must be 1–200 characters and not blank"));
-    }
-    Ok(())
+    crate::util::check_name("webhook_name", name, 200)
 }
 
 /// `event_types` without repeats, in the order first given: a type listed twice is one

@@ -1055,7 +1055,7 @@ impl WorkerState {
                 d.next_attempt_ms = None;
                 d.finished_at_ms = Some(now);
                 crate::metrics::delivery_finished(&d.channel, "dead");
-                tracing::warn!(webhook_id = %d.webhook_id, webhook_name = %self.rt.webhook_name, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
+                tracing::warn!(webhook_id = %d.webhook_id, webhook_name = ?self.rt.webhook_name, delivery_id = %d.delivery_id, attempts = d.attempts.len(), "delivery is dead");
                 self.note_outcome(&d, error);
             }
             Decision::RetryIn(delay) => {

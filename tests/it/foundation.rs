@@ -233,6 +233,10 @@ async fn connection_validation_and_delete() {
             "name",
         ),
         (
+            json!({"name": "a\r\nb", "provider_type": "mux", "provider_config": {"access_token_id": "a", "access_token_secret": "b"}}),
+            "name",
+        ),
+        (
             json!({"name": "x", "provider_type": "mux", "provider_config": {"access_token_id": "a"}}),
             "provider_config.access_token_secret",
         ),
@@ -348,6 +352,7 @@ async fn validation_errors_name_the_field() {
     let cases = [
         (json!({}), "bucket_name"),
         (json!({"bucket_name": ""}), "bucket_name"),
+        (json!({"bucket_name": "a\u{1b}[31mred"}), "bucket_name"),
         (
             json!({"bucket_name": "x", "bucket_schema": {"properties": {"v": {"type": "blob"}}}}),
             "bucket_schema.properties.v.type",

@@ -64,6 +64,11 @@ async fn webhook_crud_validation_and_catalog() {
             json!({"webhook_name": "x".repeat(201), "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
             "webhook_name",
         ),
+        // A newline would start a log line of the caller's choosing.
+        (
+            json!({"webhook_name": "a\n2026-01-01T00:00:00Z ERROR forged", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+            "webhook_name",
+        ),
         (json!({"webhook_name": "a", "event_types": [], "channels": [http_channel(&rx.url("/"))]}), "event_types"),
         (
             json!({"webhook_name": "a", "event_types": ["bad type!"], "channels": [http_channel(&rx.url("/"))]}),
