@@ -148,12 +148,23 @@ pub fn legacy_channel_id(index: usize) -> String {
     format!("ch_{index}")
 }
 
+/// The keys of a channel object in a create/PATCH body.
+const CHANNEL_KEYS: &[&str] = &["channel", "configs", CHANNEL_ID];
+
 /// Takes the `channel_id` out of each channel object of a create/PATCH body, in order (the
 /// channel configs themselves refuse unknown fields). 422 when one is not a string.
 pub fn take_channel_ids(body: &mut serde_json::Value) -> Result<Vec<Option<String>>, ApiError> {
     let Some(channels) = body.get_mut("channels").and_then(|c| c.as_array_mut()) else { return Ok(Vec::new()) };
     let mut ids = Vec::with_capacity(channels.len());
     for (i, c) in channels.iter_mut().enumerate() {
+        // Named here, where `channel_id` is known: serde's own refusal would list only the
+        // other two, and a mistyped `chanel_id` would read as "channel_id is not taken".
+        if let Some(key) = c.as_object().and_then(|m| m.keys().find(|k| !CHANNEL_KEYS.contains(&k.as_str()))) {
+            return Err(ApiError::validation(
+                format!("channels[{i}].{key}"),
+                format!("unknown field {key:?}: a channel takes channel, configs and channel_id"),
+            ));
+        }
         let id = match c.as_object_mut().and_then(|m| m.remove(CHANNEL_ID)) {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s),

@@ -124,6 +124,11 @@ async fn webhook_crud_validation_and_catalog() {
             json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "slack", "configs": {"webhook_url": "https://hooks.slack.com/services/T/B/x\ny"}}]}),
             "channels[0].configs.webhook_url",
         ),
+        // A mistyped key of the channel object is named, channel_id among those it takes.
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/")}, "chanel_id": "ch_1"}]}),
+            "channels[0].chanel_id",
+        ),
         // This daemon has no [delivery.email] / [delivery.sms]: such channels cannot be created.
         (
             json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["a@example.com"]}}]}),
@@ -139,6 +144,9 @@ async fn webhook_crud_validation_and_catalog() {
         assert_eq!(s, 422, "{body} → {b}");
         let got = b["error"]["field"].as_str().unwrap_or("");
         assert!(got.starts_with(field), "expected field {field}, got {got} ({b})");
+        if field.ends_with("chanel_id") {
+            assert!(b["error"]["message"].as_str().unwrap_or("").ends_with("channel, configs and channel_id"), "{b}");
+        }
     }
     let (s, b) = app
         .post(
@@ -159,7 +167,7 @@ async fn webhook_crud_validation_and_catalog() {
         (
             json!({"channel": "webhook", "url": rx.url("/")}),
             "channels[0].url",
-            r#"unknown field "url", expected "channel" or "configs""#,
+            r#"unknown field "url": a channel takes channel, configs and channel_id"#,
         ),
         (
             json!({"channel": "webhook", "configs": {"url": rx.url("/"), "timeout": "5"}}),
