@@ -262,9 +262,31 @@ pub fn parse_json_strict(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     if body.is_empty() {
         return parse_json(body); // the empty-body message
     }
-    let mut de = serde_json::Deserializer::from_slice(lenient::without_bom(body));
+    let body = lenient::without_bom(body);
+    let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde::Deserialize::deserialize(&mut de).and_then(|StrictValue(v)| de.end().map(|()| v));
-    value.map_err(ApiError::bad_json)
+    value.map_err(|e| match lenient::mend_lone_surrogates(body, lenient::Mend::Replace) {
+        // What the admin API is sent is configuration and events of one's own: a half that
+        // ingest would read as U+FFFD is named here rather than replaced.
+        // (The error is the half's if mending moves or ends it: a mended escape keeps its
+        // length, so any other error stays where it was.)
+        Some(mended) if e.is_syntax() && moved(&e, &mended) => ApiError::BadRequest {
+            code: "malformed_json",
+            message: format!(
+                "request body holds a \\u escape of half a UTF-16 surrogate pair without its other half \
+                 (line {}, column {}), which the admin API does not take: send both halves, or neither",
+                e.line(),
+                e.column()
+            ),
+        },
+        _ => ApiError::bad_json(e),
+    })
+}
+
+/// Whether `mended` parses, or fails elsewhere than `e` did.
+fn moved(e: &serde_json::Error, mended: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(mended)
+        .map_or_else(|other| (other.line(), other.column()) != (e.line(), e.column()), |_| true)
 }
 
 /// A JSON value whose objects may not repeat a key.
@@ -384,6 +406,20 @@ mod tests {
         for bad in [r#"{"t": "\ud800"#, r#"{"t": "\ud800",}"#, r#"{"t": "\uZZZZ"}"#, r#"{t: "\ud800"}"#] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_admin_api_names_a_lone_surrogate_half() {
+        let message = |s: &str| match strict(s) {
+            Err(ApiError::BadRequest { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        let half = message(r#"{"payload": {"s": "\ud800"}}"#);
+        assert!(half.contains("half a UTF-16 surrogate pair") && half.contains("(line 1, column 26)"), "{half}");
+        assert!(message(r#"{"s": "\ud800", x}"#).contains("surrogate"));
+        // An error before the half is that error.
+        let other = message(r#"{x, "s": "\ud800"}"#);
+        assert!(other.starts_with("request body is not valid JSON: key must be a string"), "{other}");
     }
 
     #[test]
