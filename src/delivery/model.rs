@@ -289,7 +289,8 @@ impl PatchWebhook {
 pub struct PublishEvent {
     pub event_type: String,
     pub payload: serde_json::Value,
-    #[serde(default)]
+    /// Optional: left out or `null`, none.
+    #[serde(default, deserialize_with = "crate::util::null_as_default")]
     pub cache_scopes: Vec<serde_json::Value>,
 }
 

@@ -801,6 +801,9 @@ async fn star_prefix_and_exact_subscriptions_and_templates() {
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("cache_scopes")), "{b}");
     let fine = br#"{"event_type": "x.y", "payload": {"n": 18446744073709551615, "s": "12345678901234567890123"}}"#;
     assert_eq!(app.post_raw("/v1/events", fine.to_vec(), &[("authorization", key.as_str())]).await.0, 202);
+    // cache_scopes is optional: null is none, as leaving it out is.
+    let unscoped = br#"{"event_type": "x.y", "payload": {}, "cache_scopes": null}"#;
+    assert_eq!(app.post_raw("/v1/events", unscoped.to_vec(), &[("authorization", key.as_str())]).await.0, 202);
 }
 
 #[tokio::test]
