@@ -686,8 +686,17 @@ fn pretty_json(state: &minijinja::State, value: minijinja::Value) -> Result<Stri
 /// `{{ value | mrkdwn }}`: text put into a Slack message as itself. Slack reads `<…>` as
 /// markup (`<!channel>` notifies everyone, `<https://a|b>` is a link showing `b`) and asks
 /// for `&`, `<` and `>` to be sent as `&amp;`, `&lt;` and `&gt;`, which it shows as the
-/// characters.
-fn mrkdwn(text: &str) -> String {
+/// characters. Any value, as `{{ value }}` would write it: a missing one is empty (a payload
+/// without the field must not fail its delivery), a number its digits.
+fn mrkdwn(state: &minijinja::State, value: minijinja::Value) -> Result<String, minijinja::Error> {
+    prepay(state, &value)?;
+    if value.is_undefined() {
+        return Ok(String::new());
+    }
+    let text = match value.as_str() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(value.to_string()),
+    };
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -697,7 +706,7 @@ fn mrkdwn(text: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+    Ok(out)
 }
 
 fn describe(e: minijinja::Error) -> String {
@@ -755,6 +764,26 @@ mod tests {
         assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), e.payload);
         let escaped = Template::compile("{{ payload | tojson }}").unwrap().render(&e, "media-hook").unwrap();
         assert!(escaped.contains("\\u0026"), "tojson escapes for HTML: {escaped}");
+    }
+
+    #[test]
+    fn mrkdwn_shows_any_value_as_text() {
+        let mut e = event();
+        e.payload = serde_json::json!({"t": "<!here> & <https://a|b>", "n": 7, "o": {"k": "<x>"}});
+        let render = |src: &str| Template::compile(src).unwrap().render(&e, "w").unwrap();
+        assert_eq!(render("{{ payload.t | mrkdwn }}"), "&lt;!here&gt; &amp; &lt;https://a|b&gt;");
+        assert_eq!(render("{{ payload.n | mrkdwn }}"), "7");
+        assert_eq!(
+            render(r#"{{ payload.o | mrkdwn }}"#),
+            render("{{ payload.o }}").replace('<', "&lt;").replace('>', "&gt;")
+        );
+        // A missing value is empty, as `{{ payload.missing }}` is: the delivery goes on.
+        assert_eq!(render("[{{ payload.missing | mrkdwn }}{{ payload.missing.x | mrkdwn }}]"), "[]");
+        // In a JSON template, after `tojson`: Slack decodes `\u003c` back into `<`.
+        assert_eq!(
+            render(r#"{"text": {{ payload.t | mrkdwn | tojson }}}"#),
+            r#"{"text": "\u0026lt;!here\u0026gt; \u0026amp; \u0026lt;https://a|b\u0026gt;"}"#
+        );
     }
 
     #[test]
