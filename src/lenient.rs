@@ -1,8 +1,9 @@
 //! Upstream JSON read as senders write it, not as a strict parser would refuse it: a leading
 //! byte order mark, and escapes of half a UTF-16 surrogate pair.
 //!
-//! It only turns bytes into bytes a JSON parser takes; what the JSON means is the caller's.
-//! The raw body, which signatures are checked against, is never changed.
+//! It only mends bodies for serde_json (and parses the one mending serde_json's `Value` does
+//! not cover); what the JSON means is the caller's. The raw body, which signatures are
+//! checked against, is never changed.
 
 /// RFC 8259 lets a parser ignore a leading UTF-8 byte order mark, and some senders (.NET's
 /// default encoder among them) write one.
@@ -16,9 +17,9 @@ pub enum Mend {
     /// U+FFFD, the replacement character, as a lossy UTF-16 decode reads it: what the
     /// payload holds.
     Replace,
-    /// The escape's own text (`\uD83D`, its hex in capitals), so that two different halves
-    /// stay two different strings: what a dedup key is made of (see
-    /// [`parse_keeping_lone_surrogates`]).
+    /// The escape's own text (`\uD83D`, its hex in capitals), with every backslash the
+    /// string held doubled, so that the result tells a half from text that spells one
+    /// (`"\\uD83D"`): what a dedup key is made of (see [`parse_keeping_lone_surrogates`]).
     Text,
 }
 
@@ -26,8 +27,8 @@ pub enum Mend {
 /// (RFC 8259 §8.2), and JavaScript senders write one when they cut a string inside an emoji.
 /// A Rust string cannot hold it, so serde_json refuses the whole body, and an upstream
 /// answered 400 drops its event. So, once a body has failed to parse, each such escape is
-/// rewritten as `mend` says: `None` when the body holds none. A mended escape keeps its
-/// length in both modes, so an error left is placed as in the body.
+/// rewritten as `mend` says: `None` when the body holds none. [`Mend::Replace`] keeps each
+/// escape's length, so an error left is placed as in the body.
 pub fn mend_lone_surrogates(body: &[u8], mend: Mend) -> Option<Vec<u8>> {
     /// The code unit of a `\uXXXX` escape starting at `at` (hex decoded as everywhere else,
     /// by `const_hex`: four digits are two bytes, and a `0x` prefix leaves too few).
@@ -60,6 +61,12 @@ pub fn mend_lone_surrogates(body: &[u8], mend: Mend) -> Option<Vec<u8>> {
                 continue;
             }
             Some(_) => 6,
+            // An escaped backslash: one more in the text (see `Mend::Text`).
+            None if mend == Mend::Text && body.get(i + 1) == Some(&b'\\') => {
+                out.extend_from_slice(br"\\\\");
+                i += 2;
+                continue;
+            }
             // Any other escape: the backslash and the byte it escapes (a quote among them).
             None => 2,
         };
@@ -78,6 +85,18 @@ pub fn parse_keeping_lone_surrogates(body: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_slice(&mended).ok()
 }
 
+/// Whether a string of [`parse_keeping_lone_surrogates`]'s holds a lone half: a backslash
+/// that is not one of a doubled pair.
+pub fn holds_lone_half(kept: &str) -> bool {
+    let mut chars = kept.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.next() != Some('\\') {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,8 +108,14 @@ mod tests {
         assert_eq!(title(r#"{"t": "cut \ud83d"}"#), "cut \\uD83D");
         assert_ne!(title(r#"{"t": "cut \ud83d"}"#), title(r#"{"t": "cut \ud83e"}"#));
         assert_eq!(title(r#"{"t": "\ude00 then \ud83d\ude00"}"#), "\\uDE00 then \u{1F600}");
-        // Escaped backslashes are not escapes; a body without a lone half is not mended.
-        assert_eq!(title("\u{FEFF}{\"t\": \"\\\\ud800 \\ud800\"}"), "\\ud800 \\uD800");
+        // An escaped backslash is not an escape, and is doubled: text that spells a half is
+        // not the half, whichever comes first.
+        assert_eq!(title("\u{FEFF}{\"t\": \"\\\\ud800 \\ud800\"}"), "\\\\ud800 \\uD800");
+        assert_ne!(title(r#"{"t": "\ud800\\uD800"}"#), title(r#"{"t": "\\uD800\ud800"}"#));
+        for (kept, half) in [("a\\uD800", true), ("a\\\\uD800", false), ("\\\\\\uD800", true), ("plain", false)] {
+            assert_eq!(holds_lone_half(kept), half, "{kept}");
+        }
+        // A body without a lone half is not mended.
         assert!(parse(r#"{"t": "\ud83d\ude00"}"#).is_none());
         assert!(parse(r#"{"t": "\ud800",}"#).is_none());
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::kind::{self, Operation};
 use super::path;
-use super::records::{BlobRef, Draft, ObjectSource};
+use super::records::{self, BlobRef, Draft, ObjectSource};
 use super::spec::{BlobType, SourceAdapter};
 use crate::catalog::{BucketSchema, PropertyType};
 
@@ -121,14 +121,17 @@ pub fn dedup_value(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
 /// escape of half a UTF-16 surrogate pair as U+FFFD (see `lenient`), which would make
 /// `"a\ud83d"` and `"a\ud83e"` one key, and the second event a `duplicate` that never
 /// becomes an object. So a value holding U+FFFD is read again from the raw body with such
-/// escapes kept as their text; a body without one keeps the key it always had.
+/// escapes kept as their text, and one that held a half is keyed in a space of its own
+/// ([`records::dedup_hash_with_lone_halves`]); a value without one keeps the key it always
+/// had.
 pub fn dedup_hash(adapter: &SourceAdapter, value: &str, raw: &[u8]) -> String {
     if value.contains('\u{FFFD}') {
-        if let Some(kept) = crate::lenient::parse_keeping_lone_surrogates(raw).and_then(|p| dedup_value(adapter, &p)) {
-            return super::records::dedup_hash(&kept);
+        let kept = crate::lenient::parse_keeping_lone_surrogates(raw).and_then(|p| dedup_value(adapter, &p));
+        if let Some(kept) = kept.filter(|k| crate::lenient::holds_lone_half(k)) {
+            return records::dedup_hash_with_lone_halves(&kept);
         }
     }
-    super::records::dedup_hash(value)
+    records::dedup_hash(value)
 }
 
 /// Builds the object draft from the metadata document `doc` (of the event `payload`).

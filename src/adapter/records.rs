@@ -75,6 +75,13 @@ pub fn dedup_hash(value: &str) -> String {
     const_hex::encode(Sha256::digest(value.as_bytes()))
 }
 
+/// [`dedup_hash`] of a dedup value that held lone surrogate halves, as
+/// `lenient::parse_keeping_lone_surrogates` keeps them: digested after a byte that no UTF-8
+/// text holds (0xFF), so that it is no other value's key, whatever that value spells.
+pub fn dedup_hash_with_lone_halves(kept: &str) -> String {
+    const_hex::encode(Sha256::new().chain_update([0xFF]).chain_update(kept.as_bytes()).finalize())
+}
+
 /// A map keyed by [`dedup_hash`] digests (the dedup set, the external-ID index), each held as
 /// the 32 bytes its hex encodes: the dedup set grows with every object, and a 64-character
 /// `String` per key cost about 75 bytes more an entry (745 against 797 MB of resident memory

@@ -520,24 +520,31 @@ async fn a_lone_surrogate_escape_is_taken_as_the_replacement_character() {
         (200, Some("duplicate"), &b["object_id"]),
         "{again}"
     );
-    // Other lone halves, and U+FFFD itself, are other IDs: each is an object of its own,
-    // though the payloads read them all as U+FFFD (the dedup key keeps the escape's text).
+    // Other lone halves, U+FFFD itself, and text that spells a half are other IDs: each is
+    // an object of its own, though the payloads read the halves as U+FFFD. Each entry: the
+    // ID as the body writes it, and the entry before it whose object it is (None: a new one).
     let mut ids = vec![b["object_id"].clone()];
-    for id in [r#"s1\ud801"#, r#"s1\udc00"#, r#"s1\ufffd"#, "s1\u{FFFD}"] {
+    let cases: [(&str, Option<usize>); 8] = [
+        (r#"s1\ud801"#, None),
+        (r#"s1\udc00"#, None),
+        (r#"s1\ufffd"#, None),
+        // The character written as itself is the same ID as its escape.
+        ("s1\u{FFFD}", Some(3)),
+        (r#"s1\\uD800"#, None),
+        (r#"s1\\ud800"#, None),
+        (r#"\ud800\\uD800"#, None),
+        (r#"\\uD800\ud800"#, None),
+    ];
+    for (id, same_as) in cases {
         let body = format!(r#"{{"type": "t", "data": {{"id": "{id}", "title": "x"}}}}"#);
         let (s, other) = app.post_raw(&path, body.clone().into_bytes(), &headers).await;
-        assert_eq!(
-            (s, other["status"].as_str()),
-            (200, Some(if ids.len() < 4 { "created" } else { "duplicate" })),
-            "{id}: {other}"
-        );
-        if ids.len() < 4 {
-            assert!(!ids.contains(&other["object_id"]), "{id}: {other}");
-            ids.push(other["object_id"].clone());
-        } else {
-            // The character written as itself is the same ID as its escape.
-            assert_eq!(other["object_id"], ids[3], "{id}: {other}");
+        let status = if same_as.is_some() { "duplicate" } else { "created" };
+        assert_eq!((s, other["status"].as_str()), (200, Some(status)), "{id}: {other}");
+        match same_as {
+            None => assert!(!ids.contains(&other["object_id"]), "{id}: {other}"),
+            Some(i) => assert_eq!(other["object_id"], ids[i], "{id}: {other}"),
         }
+        ids.push(other["object_id"].clone());
         let (_, again) = app.post_raw(&path, body.into_bytes(), &headers).await;
         assert_eq!((again["status"].as_str(), &again["object_id"]), (Some("duplicate"), &other["object_id"]), "{id}");
     }
