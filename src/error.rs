@@ -54,12 +54,12 @@ impl ApiError {
 
     pub fn bad_json(e: impl std::fmt::Display) -> Self {
         let e = e.to_string();
-        // serde_json stops at 128 levels (its stack's guard): the body may well be JSON.
+        // serde_json stops at its 128th level (its stack's guard): the body may well be JSON.
         if let Some(at) = e.strip_prefix("recursion limit exceeded") {
             return ApiError::BadRequest {
                 code: "malformed_json",
                 message: format!(
-                    "request body nests arrays and objects more than 128 levels deep{at}, which hookline does not read"
+                    "request body nests arrays and objects deeper than 127 levels{at}, which hookline does not read"
                 ),
             };
         }

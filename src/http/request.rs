@@ -274,7 +274,7 @@ pub fn parse_json_strict(body: &Bytes) -> Result<serde_json::Value, ApiError> {
             code: "malformed_json",
             message: format!(
                 "request body holds a \\u escape of half a UTF-16 surrogate pair without its other half \
-                 (line {}, column {}), which the admin API does not take: send both halves, or neither",
+                 (near line {}, column {}), which the admin API does not take: send both halves, or neither",
                 e.line(),
                 e.column()
             ),
@@ -283,9 +283,10 @@ pub fn parse_json_strict(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     })
 }
 
-/// Whether `mended` parses, or fails elsewhere than `e` did.
+/// Whether `mended` parses, or fails elsewhere than `e` did. (As a `Value`, under the same
+/// nesting limit as the strict parse: `IgnoredAny` has none.)
 fn moved(e: &serde_json::Error, mended: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(mended)
+    serde_json::from_slice::<serde_json::Value>(mended)
         .map_or_else(|other| (other.line(), other.column()) != (e.line(), e.column()), |_| true)
 }
 
@@ -415,11 +416,13 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let half = message(r#"{"payload": {"s": "\ud800"}}"#);
-        assert!(half.contains("half a UTF-16 surrogate pair") && half.contains("(line 1, column 26)"), "{half}");
+        assert!(half.contains("half a UTF-16 surrogate pair") && half.contains("(near line 1, column 26)"), "{half}");
         assert!(message(r#"{"s": "\ud800", x}"#).contains("surrogate"));
-        // An error before the half is that error.
+        // An error before the half is that error; so is one the half does not cause.
         let other = message(r#"{x, "s": "\ud800"}"#);
         assert!(other.starts_with("request body is not valid JSON: key must be a string"), "{other}");
+        let deep = format!(r#"{{"b": {}{}, "a": "\ud800"}}"#, "[".repeat(200), "]".repeat(200));
+        assert!(message(&deep).contains("levels"), "{}", message(&deep));
     }
 
     #[test]

@@ -1209,7 +1209,7 @@ async fn get_text(app: &TestApp, path: &str) -> (u16, String) {
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
-/// An event nested as deep as a request body may be (serde_json's limit: 128 levels, the
+/// An event nested as deep as a request body may be (serde_json's limit: 127 levels, the
 /// body included) is stored a level or more deeper, in its object, outbox entry or buffer
 /// entry: all of them read back. Before, such an event stopped the outbox for every
 /// webhook, made the object unlistable and the adapter unable to start after a restart.
@@ -1238,7 +1238,7 @@ async fn events_nested_as_deep_as_a_body_may_be_read_back_everywhere() {
     let (s, b) = app.post_raw(&path, deep(127), &[("x-webhook-secret", secret.as_str())]).await;
     assert_eq!(s, 400, "past the parser's limit: {b}");
     let message = b["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.starts_with("request body nests arrays and objects more than 128 levels deep at line 1"), "{b}");
+    assert!(message.starts_with("request body nests arrays and objects deeper than 127 levels at line 1"), "{b}");
     let (s, b) = app.post_raw(&path, deep(126), &[("x-webhook-secret", secret.as_str())]).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
     let oid = b["object_id"].as_str().unwrap().to_string();
