@@ -11,6 +11,7 @@
 //! - [`auth`], [`crypto`]: API keys (hashed) and credentials at rest (AEAD).
 //! - [`metrics`]: every metric name in one place.
 //! - [`error`], [`strict`]: API errors, and API bodies read by field name only.
+//! - [`lenient`]: upstream JSON read as senders write it (a BOM, lone surrogate halves).
 //!
 //! # Flow of an event
 //! Upstream POSTs to the ingest route → `http` reads the body (size-limited) and sends it

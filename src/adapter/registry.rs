@@ -828,7 +828,7 @@ impl RegistryState {
             enabled: input.enabled,
             connection_id,
             sealed_credentials,
-            event_filter: input.event_filter.map(spec::EventFilter::deduped),
+            event_filter: input.event_filter,
             field_mapping: input.field_mapping,
             blob_source: input.blob_source,
             batching: input.batching,

@@ -30,16 +30,16 @@ pub type AdapterType = ProviderType;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {
+    /// Each type once, first mention first, as a webhook keeps its (and warned about once).
+    #[serde(deserialize_with = "unique")]
     pub event_types: Vec<String>,
 }
 
-impl EventFilter {
-    /// The filter with each event type once, first mention first (as a webhook keeps its).
-    pub fn deduped(mut self) -> EventFilter {
-        let mut seen = std::collections::HashSet::new();
-        self.event_types.retain(|t| seen.insert(t.clone()));
-        self
-    }
+fn unique<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let mut types = Vec::<String>::deserialize(d)?;
+    let mut seen = std::collections::HashSet::new();
+    types.retain(|t| seen.insert(t.clone()));
+    Ok(types)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -754,6 +754,16 @@ mod tests {
         assert!(input(unmapped).is_empty());
         let nested = json!({"field_mapping": {"record.links.url": "url"}});
         assert!(input(nested).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_mux_event_type_is_warned_of_once() {
+        let v = json!({"adapter_type": "mux",
+            "event_filter": {"event_types": ["video.asset.redy", "video.asset.ready", "video.asset.redy"]}});
+        let input = serde_json::from_value::<SourceAdapterInput>(v).unwrap();
+        assert_eq!(input.event_filter.as_ref().unwrap().event_types, ["video.asset.redy", "video.asset.ready"]);
+        let w = input.warnings();
+        assert!(w.len() == 1 && w[0].contains("\"video.asset.redy\" is not a Mux event type"), "{w:?}");
     }
 
     #[test]
