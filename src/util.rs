@@ -1,7 +1,9 @@
-//! Small helpers shared by every module: timestamps, dot-paths, a serde default.
+//! Small helpers shared by every module: timestamps, serde defaults, number and name checks.
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::error::ApiError;
 
 /// Now, as RFC 3339 UTC with second precision (`2026-01-15T10:03:22Z`).
 pub fn now_rfc3339() -> String {
@@ -53,15 +55,12 @@ pub fn is_integer_past_64_bits(n: &serde_json::Number) -> bool {
 /// A name given through the API (a bucket's, a webhook's, a connection's): 1 to `max`
 /// characters, not blank, and no control characters. A name goes into log lines and email
 /// headers, where a newline would start a line of the caller's choosing.
-pub fn check_name(field: &'static str, name: &str, max: usize) -> Result<(), crate::error::ApiError> {
+pub fn check_name(field: &'static str, name: &str, max: usize) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.chars().count() > max {
-        return Err(crate::error::ApiError::validation(field, format!("must be 1–{max} characters and not blank")));
+        return Err(ApiError::validation(field, format!("must be 1–{max} characters and not blank")));
     }
     if name.chars().any(char::is_control) {
-        return Err(crate::error::ApiError::validation(
-            field,
-            "must not hold control characters (a newline, a tab, …)",
-        ));
+        return Err(ApiError::validation(field, "must not hold control characters (a newline, a tab, …)"));
     }
     Ok(())
 }
