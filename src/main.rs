@@ -136,18 +136,27 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM. SIGHUP, whose default is to end the process on the spot
+/// (a closed terminal, an `ExecReload=kill -HUP`), is logged and ignored: there is no reload,
+/// and the configuration is read at start only.
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     #[cfg(unix)]
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = signal(SignalKind::hangup()).ok();
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                Some(()) = async { hangups.as_mut()?.recv().await } => {
+                    tracing::warn!("SIGHUP ignored: hookline has no reload; restart it to apply a changed config");
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
     };
     #[cfg(not(unix))]

@@ -1146,6 +1146,22 @@ async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
     assert!(log.contains("store flushed; bye"), "{log}");
 }
 
+/// SIGHUP (a closed terminal, a reload by habit) neither ends the daemon on the spot, as
+/// its default would, nor stops it: it is logged and ignored; SIGTERM still stops it cleanly.
+#[tokio::test]
+async fn sighup_is_ignored() {
+    let mut app = TestApp::start().await;
+    // One at a time: signals sent together may be seen as one.
+    for n in 1..=2 {
+        app.signal("HUP");
+        let logged = eventually(Duration::from_secs(10), || async { app.log().matches("SIGHUP ignored").count() == n });
+        assert!(logged.await, "{}", app.log());
+    }
+    assert_eq!(app.get("/healthz").await.0, 200);
+    assert_eq!(app.stop(), Some(0), "{}", app.log());
+    assert!(app.log().contains("store flushed; bye"), "{}", app.log());
+}
+
 /// A connection that never sent a byte does not hold up a shutdown.
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_silent_connection() {

@@ -214,6 +214,13 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// Sends the daemon a signal (`kill -<name>`) and goes on.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().map(|c| c.id()).expect("the daemon is running");
+        let sent = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{name} {pid}");
+    }
+
     /// SIGTERM, wait for a clean exit; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
