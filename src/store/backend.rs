@@ -156,6 +156,11 @@ impl SledBackend {
         super::wal::remove_unfinished(&wal)
             .map_err(|e| StoreError::Io(format!("remove unfinished log spares in {}: {e}", wal.display())))?;
         super::enough_room_to_replay(path)?;
+        // sled would make a new `db` beside its old snapshot, then call the pair corrupt: a
+        // `db` gone from a directory in use is the refusal the format check gives an empty one.
+        if !path.join("db").exists() && super::has_log(&wal)? {
+            return Err(super::format::store_missing());
+        }
         let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes);
         let db = config.open().map_err(|e| match e.to_string() {
             m if m.contains("could not acquire lock") => in_use(path, &m),

@@ -54,6 +54,17 @@ const MIGRATE_FROM_KEY: &str = "migrate_from";
 /// older binary ignores it, and a store without it is not checked.
 const LOG_FROM_KEY: &str = "wal_from";
 
+/// The refusal of a data directory whose store (`db`) is gone or empty beside the log.
+pub(crate) fn store_missing() -> StoreError {
+    StoreError::Format(
+        "the store (the data directory's `db`) is empty or missing, but its write-ahead log (`wal/`) \
+         shows the directory was in use: the store was damaged, deleted or replaced. Refusing to \
+         start as a new install; restore the data directory from a backup (or move it away to \
+         start afresh)"
+            .into(),
+    )
+}
+
 /// Checks the version before the log replay; see the module docs. `has_log`: the log
 /// directory holds segments, so this directory was used before.
 pub(crate) fn check(backend: &dyn Backend, has_log: bool) -> Result<(), StoreError> {
@@ -73,13 +84,7 @@ pub(crate) fn check(backend: &dyn Backend, has_log: bool) -> Result<(), StoreErr
             // log exists: an empty store beside a log was emptied, deleted or swapped, and
             // starting as a new install would forget every bucket, webhook and dedup key.
             if has_log {
-                return Err(StoreError::Format(
-                    "the store (the data directory's `db`) is empty or missing, but its write-ahead log (`wal/`) \
-                     shows the directory was in use: the store was damaged, deleted or replaced. Refusing to \
-                     start as a new install; restore the data directory from a backup (or move it away to \
-                     start afresh)"
-                        .into(),
-                ));
+                return Err(store_missing());
             }
             write_meta(backend, &[(VERSION_KEY, FORMAT_VERSION)])
         }

@@ -258,11 +258,7 @@ impl Store {
         // The version first (it is written straight to the backend, flushed): a log written
         // by a newer binary must not be replayed by an older one. Keyspace migrations run
         // after the replay, which may hold writes in the older layout.
-        let has_log = wal_dir.is_dir()
-            && !wal::segments(wal_dir)
-                .map_err(|e| StoreError::Io(format!("list log directory {}: {e}", wal_dir.display())))?
-                .is_empty();
-        format::check(backend.as_ref(), has_log)?;
+        format::check(backend.as_ref(), has_log(wal_dir)?)?;
         let log_from = format::log_from(backend.as_ref())?;
         if log_from.is_some() && !wal_dir.exists() {
             // hookline makes the directory with the store and never removes it: it was
@@ -510,6 +506,14 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.backend.size_on_disk().unwrap_or(0) + wal::size_on_disk(&self.wal_dir)
     }
+}
+
+/// Whether `wal_dir` holds log segments: the data directory was in use.
+pub(crate) fn has_log(wal_dir: &std::path::Path) -> Result<bool, StoreError> {
+    Ok(wal_dir.is_dir()
+        && !wal::segments(wal_dir)
+            .map_err(|e| StoreError::Io(format!("list log directory {}: {e}", wal_dir.display())))?
+            .is_empty())
 }
 
 /// Refuses to start, touching nothing, when the filesystem lacks room to replay the log into

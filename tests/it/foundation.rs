@@ -848,6 +848,12 @@ async fn a_damaged_data_directory_is_refused_not_started_afresh() {
     std::fs::remove_file(no_db.join("db")).unwrap();
     let err = serve_refused_on(&no_db);
     assert!(err.contains("empty or missing") && err.contains("wal/"), "{err}");
+    // Likewise beside a snapshot of sled's, which sled itself would call corruption.
+    let snap = copy("no-db-but-a-snapshot");
+    std::fs::remove_file(snap.join("db")).unwrap();
+    std::fs::write(snap.join("snap.00000000000F4240"), b"sled snapshot bytes").unwrap();
+    let err = serve_refused_on(&snap);
+    assert!(err.contains("empty or missing") && !err.contains("corrupt"), "{err}");
     let lost = copy("lost-segment");
     std::fs::remove_file(lost.join("wal").join(segments()[0].file_name().unwrap())).unwrap();
     let err = serve_refused_on(&lost);
