@@ -206,6 +206,7 @@ fn in_use(path: &std::path::Path, detail: &str) -> StoreError {
 /// writing. The lock is the kernel's (`flock`), so a crashed daemon leaves none behind.
 fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, StoreError> {
     std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("create {}: {e}", path.display())))?;
+    check_writable(path)?;
     let lock_path = path.join("hookline.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -218,6 +219,35 @@ fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, StoreError> {
         Err(std::fs::TryLockError::WouldBlock) => Err(in_use(path, "hookline.lock is held")),
         Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Io(format!("lock {}: {e}", lock_path.display()))),
     }
+}
+
+/// Refuses, naming the first one, a data directory or an entry of it (and of its log) that
+/// this process may not read and write: a directory first used as another user (root, say)
+/// would otherwise fail at whichever step first touched such a file, in that step's words.
+/// A read-only filesystem is left to those steps, which name it.
+fn check_writable(path: &std::path::Path) -> Result<(), StoreError> {
+    use rustix::fs::{access, Access};
+    let listed = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    let mut paths = vec![path.to_path_buf()];
+    paths.extend(listed(path));
+    paths.extend(listed(&path.join(super::WAL_DIR)));
+    for p in paths {
+        match access(&p, Access::READ_OK | Access::WRITE_OK) {
+            Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
+                return Err(StoreError::Io(format!(
+                    "{} cannot be read and written by this process (user id {}): the data directory and \
+                     everything in it must belong to the user hookline runs as (was it first run as \
+                     another user, such as root?)",
+                    p.display(),
+                    rustix::process::geteuid().as_raw()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// sled 0.34.7 writes a snapshot as `snap.{lsn}.generating` and renames it once complete,

@@ -806,6 +806,43 @@ fn serve_refused(config: &std::path::Path, master_key: Option<&str>) -> String {
     err
 }
 
+/// A data directory this process may not write (one first used as root, say) is refused
+/// with that reason, naming it, before anything else is tried. Run as root (which may write
+/// anything), the daemon is started as user 65534 through `setpriv`.
+#[tokio::test]
+async fn a_data_directory_of_another_user_is_refused_saying_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("wal")).unwrap();
+    let cfg = dir.path().join("config.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n[auth]\napi_keys = [\"0123456789abcdef0123\"]\n",
+        data.display().to_string()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0\n");
+    let mut cmd = if root {
+        // A copy of the binary the other user can reach and run.
+        let bin = dir.path().join("hookline");
+        std::fs::copy(env!("CARGO_BIN_EXE_hookline"), &bin).unwrap();
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
+        cmd
+    } else {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+    };
+    let out = cmd.args(["serve", "--config"]).arg(&cfg).env_remove("HOOKLINE_MASTER_KEY").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let named = format!("{} cannot be read and written by this process", data.display());
+    assert!(err.contains(&named) && err.contains("must belong to the user hookline runs as"), "{err}");
+    // Nothing was made in it.
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1, "{err}");
+}
+
 /// A copy of directory `from` at `to` (files and subdirectories).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
