@@ -60,8 +60,13 @@ pub fn mend_lone_surrogates(body: &[u8], mend: Mend) -> Option<Vec<u8>> {
                 i += 6;
                 continue;
             }
+            // An escaped backslash (`\\`, or `\u005C`): one more in the text (see `Mend::Text`).
+            Some(0x5C) if mend == Mend::Text => {
+                out.extend_from_slice(br"\\\\");
+                i += 6;
+                continue;
+            }
             Some(_) => 6,
-            // An escaped backslash: one more in the text (see `Mend::Text`).
             None if mend == Mend::Text && body.get(i + 1) == Some(&b'\\') => {
                 out.extend_from_slice(br"\\\\");
                 i += 2;
@@ -112,6 +117,9 @@ mod tests {
         // not the half, whichever comes first.
         assert_eq!(title("\u{FEFF}{\"t\": \"\\\\ud800 \\ud800\"}"), "\\\\ud800 \\uD800");
         assert_ne!(title(r#"{"t": "\ud800\\uD800"}"#), title(r#"{"t": "\\uD800\ud800"}"#));
+        // A backslash written as `\u005C` is one too.
+        assert_eq!(title(r#"{"t": "\u005CuD800 \ud800"}"#), title(r#"{"t": "\\uD800 \ud800"}"#));
+        assert_ne!(title(r#"{"t": "\u005CuD800 \ud800"}"#), title(r#"{"t": "\ud800 \ud800"}"#));
         for (kept, half) in [("a\\uD800", true), ("a\\\\uD800", false), ("\\\\\\uD800", true), ("plain", false)] {
             assert_eq!(holds_lone_half(kept), half, "{kept}");
         }

@@ -524,7 +524,7 @@ async fn a_lone_surrogate_escape_is_taken_as_the_replacement_character() {
     // an object of its own, though the payloads read the halves as U+FFFD. Each entry: the
     // ID as the body writes it, and the entry before it whose object it is (None: a new one).
     let mut ids = vec![b["object_id"].clone()];
-    let cases: [(&str, Option<usize>); 8] = [
+    let cases: [(&str, Option<usize>); 10] = [
         (r#"s1\ud801"#, None),
         (r#"s1\udc00"#, None),
         (r#"s1\ufffd"#, None),
@@ -534,6 +534,9 @@ async fn a_lone_surrogate_escape_is_taken_as_the_replacement_character() {
         (r#"s1\\ud800"#, None),
         (r#"\ud800\\uD800"#, None),
         (r#"\\uD800\ud800"#, None),
+        // A backslash written as `\u005C` is the same backslash, beside a half or not.
+        (r#"s1\u005CuD800"#, Some(5)),
+        (r#"\u005cuD800\ud800"#, Some(8)),
     ];
     for (id, same_as) in cases {
         let body = format!(r#"{{"type": "t", "data": {{"id": "{id}", "title": "x"}}}}"#);
