@@ -67,13 +67,13 @@ pub async fn run(
             anyhow::bail!("HOOKLINE_MASTER_KEY is not valid UTF-8 (base64 expected)")
         }
     };
-    if env_key.is_none() && !data_dir.join("master.key").exists() && holds_sealed_values(&store)? {
+    if env_key.is_none() && !data_dir.join(crate::crypto::MASTER_KEY_FILE).exists() && holds_sealed_values(&store)? {
         // A new key would make every stored credential unreadable, found out only per event.
         anyhow::bail!(
             "{} is missing, but the store holds credentials encrypted with it (connections, webhook \
              channels or adapter credentials): restore it from your backup (or set HOOKLINE_MASTER_KEY); \
              if it is lost, write a new key there (see the README) and recreate what can no longer be read",
-            data_dir.join("master.key").display()
+            data_dir.join(crate::crypto::MASTER_KEY_FILE).display()
         );
     }
     let secrets = SecretBox::load(env_key.as_deref(), &data_dir)?;

@@ -22,6 +22,9 @@ pub struct SecretBox {
     cipher: XChaCha20Poly1305,
 }
 
+/// The master key's file in the data directory (when `HOOKLINE_MASTER_KEY` is not set).
+pub const MASTER_KEY_FILE: &str = "master.key";
+
 #[derive(Debug, thiserror::Error)]
 #[error("stored credentials cannot be decrypted with the current master key (was HOOKLINE_MASTER_KEY or master.key changed?)")]
 pub struct DecryptError;
@@ -50,7 +53,7 @@ impl SecretBox {
         if let Some(k) = env_key {
             return Ok(SecretBox::new(Self::env_key(k)?));
         }
-        let path = data_dir.join("master.key");
+        let path = data_dir.join(MASTER_KEY_FILE);
         if path.exists() {
             let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
             let bytes = b64.decode(text.trim()).with_context(|| format!("{} is not valid base64", path.display()))?;

@@ -123,9 +123,11 @@ fn run() -> anyhow::Result<()> {
             let cfg = Config::load(&config, &EnvOverrides::from_env())?;
             let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
             let result = runtime.block_on(async move {
+                // First: SIGHUP is ignored from here on, a long start (a log replay) included.
+                let shutdown = shutdown_signal();
                 let addr = cfg.listen_addr()?;
                 let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
-                hookline::app::run(cfg, listener, shutdown_signal()).await
+                hookline::app::run(cfg, listener, shutdown).await
             });
             // Everything that matters is done (the store is flushed): a blocking task still
             // running (a DNS lookup of a stuck delivery, say) must not hold the exit, which
@@ -136,34 +138,44 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM. SIGHUP, whose default is to end the process on the spot
-/// (a closed terminal, an `ExecReload=kill -HUP`), is logged and ignored: there is no reload,
-/// and the configuration is read at start only.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = signal(SignalKind::hangup()).ok();
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return std::future::pending::<()>().await;
-        };
+/// A future that resolves on SIGINT or SIGTERM. SIGHUP, whose default is to end the process
+/// on the spot (a closed terminal, an `ExecReload=kill -HUP`), is logged and ignored: there
+/// is no reload, and the configuration is read at start only. Its handler is installed when
+/// this is called, before the start (a log replay may take a while), so it is ignored then
+/// too (and logged once the daemon serves). SIGINT and SIGTERM get theirs when the future is
+/// first polled, once the daemon serves: until then their default ends a start on the spot,
+/// which is safe (the log replays at the next start), where a handler would make a stop
+/// wait for the whole start.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    fn listen(kind: SignalKind, name: &str) -> Option<tokio::signal::unix::Signal> {
+        signal(kind)
+            .inspect_err(|e| tracing::warn!(error = %e, "could not handle {name}: it keeps its default action"))
+            .ok()
+    }
+    let mut hangup = listen(SignalKind::hangup(), "SIGHUP");
+    async move {
+        let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
         loop {
             tokio::select! {
-                _ = term.recv() => return,
-                Some(()) = async { hangups.as_mut()?.recv().await } => {
+                Some(()) = async { interrupt.as_mut()?.recv().await } => break,
+                Some(()) = async { terminate.as_mut()?.recv().await } => break,
+                Some(()) = async { hangup.as_mut()?.recv().await } => {
                     tracing::warn!("SIGHUP ignored: hookline has no reload; restart it to apply a changed config");
                 }
+                else => std::future::pending::<()>().await,
             }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }

@@ -155,12 +155,12 @@ impl SledBackend {
         let wal = path.join(super::WAL_DIR);
         super::wal::remove_unfinished(&wal)
             .map_err(|e| StoreError::Io(format!("remove unfinished log spares in {}: {e}", wal.display())))?;
-        super::enough_room_to_replay(path)?;
         // sled would make a new `db` beside its old snapshot, then call the pair corrupt: a
         // `db` gone from a directory in use is the refusal the format check gives an empty one.
         if !path.join("db").exists() && super::has_log(&wal)? {
             return Err(super::format::store_missing());
         }
+        super::enough_room_to_replay(path)?;
         let config = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).cache_capacity(cache_bytes);
         let db = config.open().map_err(|e| match e.to_string() {
             m if m.contains("could not acquire lock") => in_use(path, &m),
@@ -221,32 +221,54 @@ fn lock_dir(path: &std::path::Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-/// Refuses, naming the first one, a data directory or an entry of it (and of its log) that
-/// this process may not read and write: a directory first used as another user (root, say)
-/// would otherwise fail at whichever step first touched such a file, in that step's words.
-/// A read-only filesystem is left to those steps, which name it.
+/// Refuses, naming the first one, what of the data directory this process may not use: the
+/// directory itself and its log directory (read, write, enter), and every file hookline or
+/// sled writes there (read and write); `master.key` is only read. A directory first used as
+/// another user (root, say) would otherwise fail at whichever step first touched such a file,
+/// in that step's words. Entries that are not hookline's (a mount point's `lost+found`) are
+/// not looked at, and a read-only filesystem is left to those steps, which name it.
+#[cfg(unix)]
 fn check_writable(path: &std::path::Path) -> Result<(), StoreError> {
-    use rustix::fs::{access, Access};
-    let listed = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
+    let dir = Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK;
+    let file = Access::READ_OK | Access::WRITE_OK;
+    let wal = path.join(super::WAL_DIR);
+    let mut checks = vec![(path.to_path_buf(), dir), (wal.clone(), dir)];
+    let listed = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default()
     };
-    let mut paths = vec![path.to_path_buf()];
-    paths.extend(listed(path));
-    paths.extend(listed(&path.join(super::WAL_DIR)));
-    for p in paths {
-        match access(&p, Access::READ_OK | Access::WRITE_OK) {
+    for p in listed(path) {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        match name {
+            "db" | "conf" | "blobs" | "hookline.lock" => checks.push((p, file)),
+            n if n.starts_with("snap.") => checks.push((p, file)),
+            crate::crypto::MASTER_KEY_FILE => checks.push((p, Access::READ_OK)),
+            _ => {}
+        }
+    }
+    checks.extend(listed(&wal).into_iter().map(|p| (p, file)));
+    for (p, wanted) in checks {
+        let wanted = if p.is_dir() { dir } else { wanted };
+        // As the effective user, with its capabilities (`AT_EACCESS`): what opening will meet.
+        match accessat(CWD, &p, wanted, AtFlags::EACCESS) {
             Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
                 return Err(StoreError::Io(format!(
-                    "{} cannot be read and written by this process (user id {}): the data directory and \
-                     everything in it must belong to the user hookline runs as (was it first run as \
-                     another user, such as root?)",
+                    "{} cannot be {} by this process (user id {}): the data directory and what hookline \
+                     keeps in it must belong to the user hookline runs as (was it first run as another \
+                     user, such as root?)",
                     p.display(),
+                    if wanted == Access::READ_OK { "read" } else { "read and written" },
                     rustix::process::geteuid().as_raw()
                 )));
             }
             _ => {}
         }
     }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_writable(_path: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -8,9 +8,9 @@
 //!
 //! ractor has no restart strategy of its own (its default stops the parent when a child
 //! exits), so this actor re-spawns a failed child under the same name, counts the restart,
-//! and logs it. A child that fails more than [`MAX_RESTARTS`] times within
-//! [`RESTART_WINDOW`] is not restarted again: the supervisor stops, which stops the daemon
-//! with an error, rather than spinning on a persistent fault.
+//! and logs it. Past [`MAX_RESTARTS`] restarts within [`RESTART_WINDOW`] (its children's
+//! together: one budget) none is restarted again: the supervisor stops, which stops the
+//! daemon with an error, rather than spinning on a persistent fault.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -33,9 +33,9 @@ pub struct SupervisorState {
     restarts: RestartBudget,
 }
 
-/// A sliding-window restart budget, shared by every supervisor in the tree: a child may be
-/// restarted at most `max` times within `window`; past that the fault is persistent and
-/// restarting it again would only spin.
+/// A sliding-window restart budget: at most `max` restarts within `window` of the children
+/// it is kept for (the root supervisor keeps one for both registries; the bucket registry one
+/// per adapter); past that the fault is persistent and restarting again would only spin.
 #[derive(Debug)]
 pub struct RestartBudget {
     max: usize,

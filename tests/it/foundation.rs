@@ -823,24 +823,62 @@ async fn a_data_directory_of_another_user_is_refused_saying_so() {
     );
     std::fs::write(&cfg, toml).unwrap();
     let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0\n");
-    let mut cmd = if root {
-        // A copy of the binary the other user can reach and run.
-        let bin = dir.path().join("hookline");
-        std::fs::copy(env!("CARGO_BIN_EXE_hookline"), &bin).unwrap();
-        let mut cmd = std::process::Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
+    // A copy of the binary the other user can reach and run.
+    let bin = dir.path().join("hookline");
+    std::fs::copy(env!("CARGO_BIN_EXE_hookline"), &bin).unwrap();
+    let daemon = || {
+        let mut cmd = match root {
+            true => {
+                let mut cmd = std::process::Command::new("setpriv");
+                cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin);
+                cmd
+            }
+            false => std::process::Command::new(&bin),
+        };
+        cmd.args(["serve", "--config"]).arg(&cfg).env_remove("HOOKLINE_MASTER_KEY");
         cmd
-    } else {
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
     };
-    let out = cmd.args(["serve", "--config"]).arg(&cfg).env_remove("HOOKLINE_MASTER_KEY").output().unwrap();
+    if !root {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let out = daemon().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     let named = format!("{} cannot be read and written by this process", data.display());
     assert!(err.contains(&named) && err.contains("must belong to the user hookline runs as"), "{err}");
     // Nothing was made in it.
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1, "{err}");
+
+    // The directory made the user's, it starts, beside an entry that is not hookline's and
+    // that the user may not touch (a mount point's `lost+found`).
+    let lost = data.join("lost+found");
+    std::fs::create_dir(&lost).unwrap();
+    match root {
+        true => {
+            for p in [&data, &data.join("wal")] {
+                std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+            }
+            std::fs::set_permissions(&lost, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        false => {
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(&lost, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+    }
+    let mut child = daemon().stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first_lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines().map_while(Result::ok);
+        lines.find(|l| l.starts_with("hookline listening on"))
+    });
+    let started = tokio::task::spawn_blocking(move || first_lines.join().unwrap());
+    let started = tokio::time::timeout(Duration::from_secs(30), started).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    // (Removable again.)
+    std::fs::set_permissions(&lost, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(matches!(started, Ok(Ok(Some(_)))), "the daemon did not start: {started:?}");
 }
 
 /// A copy of directory `from` at `to` (files and subdirectories).
