@@ -551,6 +551,14 @@ async fn a_lone_surrogate_escape_is_taken_as_the_replacement_character() {
         let (_, again) = app.post_raw(&path, body.into_bytes(), &headers).await;
         assert_eq!((again["status"].as_str(), &again["object_id"]), (Some("duplicate"), &other["object_id"]), "{id}");
     }
+    // A value without a half (U+FFFD and a backslash, say) is one key, whether or not its
+    // body holds a half elsewhere.
+    let plain = br#"{"type": "t", "data": {"id": "s4\ufffd\\x", "title": "x"}}"#;
+    let beside = br#"{"type": "t", "data": {"id": "s4\ufffd\\x", "title": "cut \ud83d"}}"#;
+    let (_, first) = app.post_raw(&path, plain.to_vec(), &headers).await;
+    assert_eq!(first["status"], "created", "{first}");
+    let (_, again) = app.post_raw(&path, beside.to_vec(), &headers).await;
+    assert_eq!((again["status"].as_str(), &again["object_id"]), (Some("duplicate"), &first["object_id"]), "{again}");
     // A body malformed for another reason is still a 400, which names that reason.
     let (s, b) = app.post_raw(&path, br#"{"data": {"id": "s2\ud800",}}"#.to_vec(), &headers).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("malformed_json")), "{b}");
