@@ -112,6 +112,8 @@ fn run() -> anyhow::Result<()> {
             cfg.auth.api_keys = cfg.auth.api_keys.iter().map(|_| "<redacted>".to_string()).collect();
             if let Some(e) = cfg.delivery.email.as_mut() {
                 e.password = e.password.as_ref().map(|_| "<redacted>".to_string());
+                // The effective settings: the TLS mode's usual port when none is given.
+                e.smtp_port = Some(e.port());
             }
             if let Some(s) = cfg.delivery.sms.as_mut() {
                 s.auth_token = s.auth_token.as_ref().map(|_| "<redacted>".to_string());

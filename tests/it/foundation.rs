@@ -1060,6 +1060,20 @@ fn check_config(toml: &str, env: &[(&str, &str)]) -> std::process::Output {
         .unwrap()
 }
 
+/// `check-config` prints the effective settings: the SMTP port a TLS mode implies when none
+/// is given, and no secret.
+#[test]
+fn check_config_prints_the_effective_smtp_port() {
+    let email = "[delivery.email]\nsmtp_host = \"smtp.example.com\"\nfrom = \"a@example.com\"\nusername = \"u\"\n";
+    for (tls, port) in [("", "587"), ("tls = \"tls\"\n", "465"), ("smtp_port = 2525\n", "2525")] {
+        let out = check_config(&format!("{email}{tls}"), &[("HOOKLINE_SMTP_PASSWORD", "pw-secret-1")]);
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(printed.contains(&format!("smtp_port = {port}\n")), "{tls}: {printed}");
+        assert!(!printed.contains("pw-secret-1") && printed.contains("password = \"<redacted>\""), "{printed}");
+    }
+}
+
 /// Settings from the environment that cannot be used are said, not silently dropped: a log
 /// filter that does not parse, an unknown log format, a provider secret without its section.
 #[test]
