@@ -53,14 +53,43 @@ pub fn is_integer_past_64_bits(n: &serde_json::Number) -> bool {
 }
 
 /// A name given through the API (a bucket's, a webhook's, a connection's): 1 to `max`
-/// characters, not blank, and no control characters. A name goes into log lines and email
-/// headers, where a newline would start a line of the caller's choosing.
+/// characters, not blank (nor only zero-width characters), and none that could pass for
+/// something else where a name is shown: no control characters (a newline in a log line or
+/// an email header starts a line of the caller's choosing), no line or paragraph separators,
+/// and no bidirectional overrides (which show text in another order than it is).
 pub fn check_name(field: &'static str, name: &str, max: usize) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > max {
+    let invisible = |c: char| c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}');
+    if name.chars().all(invisible) || name.chars().count() > max {
         return Err(ApiError::validation(field, format!("must be 1–{max} characters and not blank")));
     }
-    if name.chars().any(char::is_control) {
-        return Err(ApiError::validation(field, "must not hold control characters (a newline, a tab, …)"));
+    let misleading = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{061C}' | '\u{200E}' | '\u{200F}')
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if name.chars().any(misleading) {
+        return Err(ApiError::validation(
+            field,
+            "must not hold control characters (a newline, a tab, …), line separators or bidirectional overrides",
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_show_as_something_else_are_refused() {
+        for bad in
+            ["", " \t", "\u{200B}\u{FEFF}", "a\nb", "a\u{1b}[31m", "a\u{2028}b", "evil\u{202E}gpj.exe", "x\u{2066}y"]
+        {
+            assert!(check_name("name", bad, 200).is_err(), "{bad:?}");
+        }
+        for good in ["media hook", "Médias ✓", "family 👨\u{200D}👩\u{200D}👧", "日本語"] {
+            assert!(check_name("name", good, 200).is_ok(), "{good:?}");
+        }
+        assert!(check_name("name", &"x".repeat(201), 200).is_err());
+    }
 }
