@@ -37,8 +37,7 @@ pub struct EventFilter {
 
 fn unique<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let mut types = Vec::<String>::deserialize(d)?;
-    let mut seen = std::collections::HashSet::new();
-    types.retain(|t| seen.insert(t.clone()));
+    crate::delivery::model::dedup_event_types(&mut types);
     Ok(types)
 }
 
@@ -264,19 +263,15 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBucket {
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub source_adapter: Option<Option<SourceAdapterInput>>,
     /// Absent: unchanged; `null`: cleared, as a bucket created without one.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub description: Option<Option<String>>,
     /// Rotates the webhook secret of the existing adapter (also accepted inside
     /// `source_adapter`).
     #[serde(default)]
     pub rotate_secret: bool,
-}
-
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
 }
 
 /// The adapter as stored in the bucket record.
