@@ -77,11 +77,6 @@ pub async fn run(
         );
     }
     let secrets = SecretBox::load(env_key.as_deref(), &data_dir)?;
-    // Only a report: a record it cannot read (written by a newer version, say) must not stop a
-    // start that reads it nowhere else.
-    if let Err(e) = report_unreadable_credentials(&store, &secrets) {
-        tracing::warn!(error = %e, "could not check the stored credentials against the master key");
-    }
     let (keys, generated) = ApiKeys::init(&config.auth.api_keys, &store).await.context("initialise API keys")?;
     if let Some(key) = generated {
         // Printed once, to stdout only: it is never logged and never shown again.
@@ -354,40 +349,6 @@ fn holds_sealed_values(store: &Store) -> anyhow::Result<bool> {
         !any
     })?;
     Ok(any)
-}
-
-/// Logs each connection and adapter whose credentials the master key cannot open (a
-/// changed `HOOKLINE_MASTER_KEY` or `master.key`): found at start, not at the first event
-/// that needs them, hours later. The daemon still starts (a key changed on purpose is
-/// followed by re-entering the credentials); webhooks are reported by their registry.
-fn report_unreadable_credentials(store: &Store, secrets: &SecretBox) -> anyhow::Result<()> {
-    use crate::store::Keyspace;
-    let mut unreadable = 0usize;
-    store.for_each::<crate::catalog::Connection>(Keyspace::CONNECTIONS, "", |_, c| {
-        if let Err(e) = c.open(secrets) {
-            unreadable += 1;
-            tracing::error!(connection_id = %c.connection_id, error = %e,
-                "the connection's credentials cannot be opened: what needs them (Mux signature checks, which \
-                 then answer 503, asset fetches, writebacks) fails until they are set again with a PATCH of the \
-                 connection");
-        }
-        true
-    })?;
-    store.for_each::<crate::catalog::Bucket>(Keyspace::BUCKETS, "", |_, b| {
-        let sealed = b.source_adapter.as_ref().and_then(|a| a.sealed_credentials.as_deref());
-        if let Some(Err(e)) = sealed.map(|s| secrets.open(s, b.bucket_id.as_str())) {
-            unreadable += 1;
-            tracing::error!(bucket_id = %b.bucket_id, error = %e,
-                "the source adapter's inline credentials cannot be opened: what needs them (Mux signature \
-                 checks, which then answer 503, asset fetches, writebacks) fails until they are set again with a \
-                 PATCH of the bucket's source_adapter.connection.credentials");
-        }
-        true
-    })?;
-    if unreadable > 0 {
-        tracing::error!(unreadable, "stored credentials cannot be opened with the current master key");
-    }
-    Ok(())
 }
 
 /// `create_dir_all`, and the new directories' entries synced (up to the first one that

@@ -28,6 +28,7 @@ pub const STORE_SIZE: &str = "hookline_store_size_bytes";
 pub const STORE_DISK_AVAILABLE: &str = "hookline_store_disk_available_bytes";
 pub const EVENTS_PUBLISHED: &str = "hookline_events_published_total";
 pub const BUCKETS: &str = "hookline_buckets";
+pub const CREDENTIALS_UNREADABLE: &str = "hookline_credentials_unreadable";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -108,6 +109,11 @@ fn describe() {
     );
     describe_counter!(EVENTS_PUBLISHED, "Events recorded on the internal event bus, by event type");
     describe_gauge!(BUCKETS, "Buckets currently defined");
+    describe_gauge!(
+        CREDENTIALS_UNREADABLE,
+        "Stored credentials the current master key cannot open, by kind (connection, adapter, webhook): what \
+         needs them fails until they are set again"
+    );
     describe_inbound();
     describe_outbound();
     describe_writeback();
@@ -343,6 +349,11 @@ pub fn event_published(event_type: &str) {
 
 pub fn buckets(n: usize) {
     gauge!(BUCKETS).set(n as f64);
+}
+
+/// `kind`: `connection`, `adapter` (inline credentials) or `webhook`; set by their owners.
+pub fn credentials_unreadable(kind: &'static str, n: usize) {
+    gauge!(CREDENTIALS_UNREADABLE, "kind" => kind).set(n as f64);
 }
 
 // ---- inbound (source adapters): names, descriptions, recorders ----

@@ -26,6 +26,7 @@ pub mod records;
 pub mod registry;
 pub mod spec;
 pub mod supabase;
+pub mod unreadable;
 pub mod verify;
 pub mod writeback;
 

@@ -25,6 +25,7 @@ use super::actor::{AdapterArgs, AdapterMsg, AlertAnswer, Commit, Flushed, Requeu
 use super::alert::NewAlert;
 use super::records::{self, BatchRecord, BatchStatus, BufferEntry, ObjectRecord};
 use super::spec::{self, PatchBucket, SourceAdapter, SourceAdapterInput};
+use super::unreadable::Unreadable;
 use super::writeback::operator::WritebackId;
 use crate::catalog::bucket::CreateBucket;
 use crate::catalog::connection::{PatchConnection, ProviderConfig};
@@ -138,6 +139,8 @@ pub struct RegistryState {
     children: HashMap<BucketId, ActorRef<AdapterMsg>>,
     child_ids: HashMap<ActorId, BucketId>,
     restarts: HashMap<BucketId, RestartBudget>,
+    /// Credentials the master key cannot open, for their gauge.
+    unreadable: Unreadable,
 }
 
 impl Actor for BucketRegistry {
@@ -149,11 +152,12 @@ impl Actor for BucketRegistry {
         let n = shared.store.count(Keyspace::BUCKETS, "")?;
         crate::metrics::buckets(n);
         let mut with_adapter = Vec::new();
-        shared.store.for_each::<Bucket>(Keyspace::BUCKETS, "", |_, b| {
+        // Found at start, not at the first event that needs them, hours later. The daemon
+        // still starts: a key changed on purpose is followed by re-entering the credentials.
+        let unreadable = Unreadable::scan(&shared.store, &shared.secrets, |b| {
             if b.source_adapter.is_some() {
-                with_adapter.push(b.bucket_id);
+                with_adapter.push(b.bucket_id.clone());
             }
-            true
         })?;
         let mut state = RegistryState {
             shared,
@@ -161,6 +165,7 @@ impl Actor for BucketRegistry {
             children: HashMap::new(),
             child_ids: HashMap::new(),
             restarts: HashMap::new(),
+            unreadable,
         };
         for id in with_adapter {
             // One broken adapter must not keep the catalog down: record why and go on.
@@ -323,6 +328,7 @@ impl RegistryState {
         ];
         store.delete_under(&mut b, &everything, &prefix)?;
         store.commit(b).await?;
+        self.unreadable.bucket_deleted(id);
         crate::metrics::buckets(store.count(Keyspace::BUCKETS, "")?);
         tracing::info!(bucket_id = %id, "bucket deleted");
         Ok(())
@@ -382,6 +388,7 @@ impl RegistryState {
         let mut b = Batch::new();
         b.put(Keyspace::CONNECTIONS, conn.connection_id.as_str(), &conn);
         store.commit(b).await?;
+        self.unreadable.connection_written(&conn, &self.shared.secrets);
         // Ingests whose Mux-Signature was checked against the old secrets, still queued for
         // their actors, are checked again there (see `adapter/verify.rs`).
         self.shared.gates.connections_changed();
@@ -435,6 +442,7 @@ impl RegistryState {
         let mut b = Batch::new();
         b.delete(Keyspace::CONNECTIONS, id.as_str());
         store.commit(b).await?;
+        self.unreadable.connection_deleted(id);
         self.shared.gates.connections_changed();
         tracing::info!(connection_id = %id, "connection deleted");
         Ok(())
@@ -636,6 +644,7 @@ impl RegistryState {
             }
             return Err(e);
         }
+        self.unreadable.bucket_written(&bucket, &self.shared.secrets);
         if bucket.source_adapter.is_some() {
             self.restarts.remove(id);
             // The change is committed: answer it (with a new secret, its only showing) even if

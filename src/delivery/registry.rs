@@ -225,7 +225,7 @@ impl Actor for DeliveryRegistry {
             );
             state.spawn_worker(&myself, &id).await?;
         }
-        crate::metrics::webhooks(state.webhooks.len());
+        state.count_webhooks();
         state.tell_bus();
         // Wake-ups from producers become Drain messages; start with one for leftovers.
         // The bus wakes ONE waiter: a waker left over from a failed registry (post_stop is
@@ -634,6 +634,14 @@ impl DeliveryState {
         self.shared.bus.set_listening(self.any_active());
     }
 
+    /// The webhooks gauges: how many there are, and how many of them the master key cannot
+    /// open (their deliveries wait until they are deleted and made again).
+    fn count_webhooks(&self) {
+        crate::metrics::webhooks(self.webhooks.len());
+        let sealed = self.webhooks.values().filter(|e| e.secrets.is_none()).count();
+        crate::metrics::credentials_unreadable("webhook", sealed);
+    }
+
     fn any_active(&self) -> bool {
         self.webhooks.values().any(|e| e.stored.is_active)
     }
@@ -787,7 +795,7 @@ impl DeliveryState {
         if let Err(e) = self.spawn_worker(myself, &webhook_id).await {
             tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");
         }
-        crate::metrics::webhooks(self.webhooks.len());
+        self.count_webhooks();
         self.tell_bus();
         tracing::info!(webhook_id = %webhook_id, "webhook created");
         Ok((view, durable))
@@ -922,7 +930,7 @@ impl DeliveryState {
         let mut b = Batch::new();
         b.delete(Keyspace::WEBHOOKS, id.as_str());
         self.shared.store.delete_under(&mut b, &[Keyspace::DELIVERIES, Keyspace::DUE], &format!("{}/", id.as_str()))?;
-        crate::metrics::webhooks(self.webhooks.len());
+        self.count_webhooks();
         tracing::info!(webhook_id = %id, "webhook deleted");
         Ok(self.shared.store.submit(b))
     }

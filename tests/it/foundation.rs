@@ -1159,6 +1159,24 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     assert!(log.contains("the connection's credentials cannot be opened") && log.contains(&conn_id), "{log}");
     assert!(log.contains("the source adapter's inline credentials cannot be opened") && log.contains(&bucket), "{log}");
     assert!(log.contains("stored credentials cannot be opened with the current master key"), "{log}");
+    // And a metric says so, for alerting, until each is set again.
+    let unreadable = |m: &str, kind: &str| metric_value(m, "hookline_credentials_unreadable", &[("kind", kind)]);
+    let m = app.metrics().await;
+    assert_eq!((unreadable(&m, "connection"), unreadable(&m, "adapter"), unreadable(&m, "webhook")), (1.0, 1.0, 0.0));
+    // A new name alone leaves the connection unreadable; new credentials mend it.
+    let path = format!("/v1/organizations/connections/{conn_id}");
+    let (s, b) = app.patch(&path, json!({"name": "renamed"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(unreadable(&app.metrics().await, "connection"), 1.0);
+    let config = json!({"provider_config": {"access_token_id": "a2", "access_token_secret": "b2"}});
+    let (s, b) = app.patch(&path, config).await;
+    assert_eq!(s, 200, "{b}");
+    let again = json!({"source_adapter": {"adapter_type": "supabase", "table": "listings",
+        "connection": {"credentials": {"url": "https://abcd.supabase.co", "service_role_key": "srk2"}}}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), again).await;
+    assert_eq!(s, 200, "{b}");
+    let m = app.metrics().await;
+    assert_eq!((unreadable(&m, "connection"), unreadable(&m, "adapter")), (0.0, 0.0), "mended");
 }
 
 #[tokio::test]

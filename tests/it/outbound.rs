@@ -623,6 +623,11 @@ async fn a_webhook_sealed_under_another_master_key_is_logged_and_waits() {
     assert!(w["last_error"].as_str().unwrap_or_default().contains("decrypt"), "{w}");
     assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("pending")).await.len() == 1 }).await);
     assert_eq!(rx.count(), 0);
+    let unreadable = |m: &str| metric_value(m, "hookline_credentials_unreadable", &[("kind", "webhook")]);
+    assert_eq!(unreadable(&app.metrics().await), 1.0, "the metric an operator alerts on");
+    // Deleted (to be made again): nothing unreadable is left.
+    assert_eq!(app.delete(&format!("/v1/organizations/webhooks/{id}")).await.0, 204);
+    assert_eq!(unreadable(&app.metrics().await), 0.0);
 }
 
 #[tokio::test]

@@ -1,0 +1,103 @@
+//! Which catalog credentials the current master key cannot open: connections and adapters'
+//! inline credentials, kept by the bucket registry (their owner) from its start and after each
+//! change of one, for `hookline_credentials_unreadable` and the start-up log.
+//!
+//! A changed `HOOKLINE_MASTER_KEY` or `master.key` leaves a daemon that starts and answers
+//! ready while what needs those credentials (Mux signature checks, asset fetches, writebacks)
+//! fails. The start-up log names each one, but an operator's alerting reads metrics: the
+//! gauge stays above zero until every one is set again (or deleted). Webhooks' secrets are
+//! counted by the delivery registry, which owns them. Nothing here opens a credential for use.
+
+use std::collections::HashSet;
+
+use crate::catalog::{Bucket, Connection};
+use crate::crypto::SecretBox;
+use crate::ids::{BucketId, ConnectionId};
+use crate::store::{Keyspace, Store, StoreError};
+
+/// The unreadable connections and adapters, by ID.
+#[derive(Default)]
+pub struct Unreadable {
+    connections: HashSet<ConnectionId>,
+    adapters: HashSet<BucketId>,
+}
+
+impl Unreadable {
+    /// Reads every connection and calls `bucket` on every bucket (the registry's own scan, so
+    /// buckets are read once), logging each whose credentials cannot be opened.
+    pub fn scan(store: &Store, secrets: &SecretBox, mut bucket: impl FnMut(&Bucket)) -> Result<Unreadable, StoreError> {
+        let mut found = Unreadable::default();
+        store.for_each::<Connection>(Keyspace::CONNECTIONS, "", |_, c| {
+            if let Err(e) = c.open(secrets) {
+                tracing::error!(connection_id = %c.connection_id, error = %e,
+                    "the connection's credentials cannot be opened: what needs them (Mux signature checks, which \
+                     then answer 503, asset fetches, writebacks) fails until they are set again with a PATCH of the \
+                     connection");
+                found.connections.insert(c.connection_id);
+            }
+            true
+        })?;
+        store.for_each::<Bucket>(Keyspace::BUCKETS, "", |_, b| {
+            if let Some(e) = adapter_error(&b, secrets) {
+                tracing::error!(bucket_id = %b.bucket_id, error = %e,
+                    "the source adapter's inline credentials cannot be opened: what needs them (Mux signature \
+                     checks, which then answer 503, asset fetches, writebacks) fails until they are set again with a \
+                     PATCH of the bucket's source_adapter.connection.credentials");
+                found.adapters.insert(b.bucket_id.clone());
+            }
+            bucket(&b);
+            true
+        })?;
+        let unreadable = found.connections.len() + found.adapters.len();
+        if unreadable > 0 {
+            tracing::error!(unreadable, "stored credentials cannot be opened with the current master key");
+        }
+        found.publish();
+        Ok(found)
+    }
+
+    /// After a connection was written: a PATCH of its name alone keeps what it held.
+    pub fn connection_written(&mut self, conn: &Connection, secrets: &SecretBox) {
+        let changed = match conn.open(secrets) {
+            Ok(_) => self.connections.remove(&conn.connection_id),
+            Err(_) => self.connections.insert(conn.connection_id.clone()),
+        };
+        if changed {
+            self.publish();
+        }
+    }
+
+    pub fn connection_deleted(&mut self, id: &ConnectionId) {
+        if self.connections.remove(id) {
+            self.publish();
+        }
+    }
+
+    /// After a bucket was written: its adapter may keep the credentials it had.
+    pub fn bucket_written(&mut self, bucket: &Bucket, secrets: &SecretBox) {
+        let changed = match adapter_error(bucket, secrets) {
+            None => self.adapters.remove(&bucket.bucket_id),
+            Some(_) => self.adapters.insert(bucket.bucket_id.clone()),
+        };
+        if changed {
+            self.publish();
+        }
+    }
+
+    pub fn bucket_deleted(&mut self, id: &BucketId) {
+        if self.adapters.remove(id) {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        crate::metrics::credentials_unreadable("connection", self.connections.len());
+        crate::metrics::credentials_unreadable("adapter", self.adapters.len());
+    }
+}
+
+/// Why the bucket's adapter's inline credentials cannot be opened, if they cannot.
+fn adapter_error(bucket: &Bucket, secrets: &SecretBox) -> Option<crate::crypto::DecryptError> {
+    let sealed = bucket.source_adapter.as_ref()?.sealed_credentials.as_deref()?;
+    secrets.open(sealed, bucket.bucket_id.as_str()).err()
+}
