@@ -72,6 +72,10 @@ pub struct ServerConfig {
     /// Most client connections open at once; more wait in the listen backlog. Keeps a flood
     /// of connections from taking the file descriptors the store needs (see `http::limits`).
     pub max_connections: usize,
+    /// Most connections one client address (an IPv6 client: its /64) may hold open; its
+    /// next ones are closed at once. Without it, one client could hold every
+    /// `max_connections` slot. Above `max_connections` it is `max_connections`.
+    pub max_connections_per_ip: usize,
     /// The most memory (MiB) that request bodies on the keyless upstream routes (ingest, Mux
     /// lifecycle) may hold while they are received and handled. Anyone who can reach the port
     /// can send those bodies, so without a bound, slow senders of large bodies could hold
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             read_timeout_seconds: 30,
             enable_debug_endpoints: false,
             max_connections: 4096,
+            max_connections_per_ip: 1024,
             max_upstream_body_memory_mb: 256,
         }
     }
@@ -463,6 +468,9 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             bail!("server.max_connections must be within 1..=1000000");
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections_per_ip) {
+            bail!("server.max_connections_per_ip must be within 1..=1000000");
         }
         if !(1..=3600).contains(&self.server.read_timeout_seconds) {
             bail!("server.read_timeout_seconds must be within 1..=3600");

@@ -110,6 +110,8 @@ fn run() -> anyhow::Result<()> {
                 hookline::crypto::SecretBox::env_key(&k.to_string_lossy())?;
             }
             cfg.auth.api_keys = cfg.auth.api_keys.iter().map(|_| "<redacted>".to_string()).collect();
+            // The effective cap: one above the total is the total.
+            cfg.server.max_connections_per_ip = cfg.server.max_connections_per_ip.min(cfg.server.max_connections);
             if let Some(e) = cfg.delivery.email.as_mut() {
                 e.password = e.password.as_ref().map(|_| "<redacted>".to_string());
                 // The effective settings: the TLS mode's usual port when none is given.

@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const HTTP_REQUESTS: &str = "hookline_http_requests_total";
 pub const HTTP_DURATION: &str = "hookline_http_request_duration_seconds";
 pub const HTTP_BODIES_REFUSED: &str = "hookline_http_upstream_bodies_refused_total";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "hookline_http_connections_refused_total";
 pub const ACTOR_RESTARTS: &str = "hookline_actor_restarts_total";
 pub const STORE_COMMITS: &str = "hookline_store_commits_total";
 pub const STORE_COMMIT_BATCHES: &str = "hookline_store_commit_batches_total";
@@ -75,6 +76,10 @@ fn describe() {
         HTTP_BODIES_REFUSED,
         "Upstream request bodies (ingest, Mux lifecycle) refused with 503 because server.max_upstream_body_memory_mb was in use"
     );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "Client connections closed at once because their address already had server.max_connections_per_ip open"
+    );
     describe_counter!(ACTOR_RESTARTS, "Supervised actors restarted after a failure, by actor kind");
     describe_counter!(
         STORE_COMMITS,
@@ -126,8 +131,14 @@ fn zero_series() {
     for actor in ["bucket_registry", "delivery_registry", "source_adapter", "delivery"] {
         counter!(ACTOR_RESTARTS, "actor" => actor).absolute(0);
     }
-    for name in [STORE_COMMIT_BATCHES, INGEST_BUFFERED, INGEST_OBJECTS_CREATED, EVENTS_DISPATCHED, HTTP_BODIES_REFUSED]
-    {
+    for name in [
+        STORE_COMMIT_BATCHES,
+        INGEST_BUFFERED,
+        INGEST_OBJECTS_CREATED,
+        EVENTS_DISPATCHED,
+        HTTP_BODIES_REFUSED,
+        HTTP_CONNECTIONS_REFUSED,
+    ] {
         counter!(name).absolute(0);
     }
     for outcome in ["ok", "error"] {
@@ -193,6 +204,10 @@ fn zero_series() {
 /// An upstream body refused because the body memory budget was spent.
 pub fn upstream_body_refused() {
     counter!(HTTP_BODIES_REFUSED).increment(1);
+}
+
+pub fn connection_refused() {
+    counter!(HTTP_CONNECTIONS_REFUSED).increment(1);
 }
 
 pub fn http_request(route: &'static str, method: &str, status: u16, elapsed: Duration) {

@@ -30,6 +30,7 @@ mod limits;
 mod ops;
 mod outbound;
 mod page;
+mod per_ip;
 pub mod refusals;
 mod request;
 mod writebacks;
@@ -88,6 +89,7 @@ pub async fn serve(
 ) {
     let read_timeout = Duration::from_secs(state.shared.config.server.read_timeout_seconds);
     let max_connections = state.shared.config.server.max_connections;
+    let per_ip_cap = state.shared.config.server.max_connections_per_ip;
     let server = &state.shared.config.server;
     let upstream_bodies = BodyBudget::new(server.max_upstream_body_memory_mb, server.max_body_bytes);
     // One reference count per request, not one per handle the state holds.
@@ -164,7 +166,8 @@ pub async fn serve(
             }
         });
     let max_connections = limits::connection_cap(max_connections);
-    accept_loop(move || warp::service(filter.clone()), listener, read_timeout, max_connections, shutdown).await;
+    let caps = Caps { total: max_connections, per_ip: per_ip_cap.min(max_connections) };
+    accept_loop(move || warp::service(filter.clone()), listener, read_timeout, caps, shutdown).await;
 }
 
 /// The routes that take no API key.
@@ -207,11 +210,17 @@ const MAX_WIND_DOWN: Duration = Duration::from_secs(60);
 /// and h2c, as warp does); a connection idle for `read_timeout` is closed; on shutdown the
 /// listener closes and open connections finish their request (the caller bounds how long
 /// that may take).
+/// How many client connections may be open: in all, and from one client address.
+struct Caps {
+    total: usize,
+    per_ip: usize,
+}
+
 async fn accept_loop<S, B>(
     service: impl Fn() -> S,
     listener: tokio::net::TcpListener,
     read_timeout: Duration,
-    max_connections: usize,
+    caps: Caps,
     shutdown: impl Future<Output = ()>,
 ) where
     S: tower_service::Service<warp::http::Request<warp::hyper::body::Incoming>, Response = warp::http::Response<B>>
@@ -252,16 +261,21 @@ async fn accept_loop<S, B>(
     let mut shutdown = std::pin::pin!(shutdown);
     // One permit per open connection, held by its task: at the cap, new clients wait in the
     // listen backlog instead of taking file descriptors the store needs.
-    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(caps.total));
+    let max_connections = caps.total;
+    // A client at its own cap has its new connections closed at once (not kept waiting: a
+    // waiting connection would hold one of everyone's slots).
+    let per_ip = per_ip::PerIp::new(caps.per_ip);
     let mut warned_full: Option<std::time::Instant> = None;
+    let mut warned_ip: Option<std::time::Instant> = None;
     loop {
         let next = async {
             let permit = open.clone().acquire_owned().await;
             (permit, listener.accept().await)
         };
-        let (permit, io) = tokio::select! {
+        let (permit, io, peer) = tokio::select! {
             (permit, accepted) = next => match (permit, accepted) {
-                (Ok(permit), Ok((io, _))) => (permit, io),
+                (Ok(permit), Ok((io, peer))) => (permit, io, peer),
                 (_, Err(e)) => {
                     accept_failed(e).await;
                     continue;
@@ -270,6 +284,15 @@ async fn accept_loop<S, B>(
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = &mut shutdown => break,
+        };
+        let Some(client_slot) = per_ip.take(peer.ip()) else {
+            crate::metrics::connection_refused();
+            if warned_ip.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(client = %peer.ip(), max_connections_per_ip = caps.per_ip,
+                    "server.max_connections_per_ip reached by a client: its new connections are closed (logged once a minute)");
+                warned_ip = Some(std::time::Instant::now());
+            }
+            continue;
         };
         // Set once the connection's first request reaches the service (see below).
         let got_request = tokio_util::sync::CancellationToken::new();
@@ -309,7 +332,7 @@ async fn accept_loop<S, B>(
         }
         let (builder, closing) = (builder.clone(), closing.clone());
         conns.spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, client_slot);
             let deadline = tokio::time::Instant::now() + read_timeout;
             // hyper's header timer starts once it has seen which protocol the client speaks:
             // a client that connects and sends nothing is dropped here (at once on shutdown:

@@ -609,6 +609,47 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
+/// One client address holds at most `server.max_connections_per_ip` connections: its next
+/// ones are closed at once (counted and logged), while another address is still served.
+#[tokio::test]
+async fn one_client_address_cannot_take_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let toml = "max_connections = 8\nmax_connections_per_ip = 2\nread_timeout_seconds = 3600\n";
+    let app = TestApp::start_with(Options { server_toml: toml.into(), ..Options::default() }).await;
+    app.client.get(app.url("/healthz")).header("connection", "close").send().await.unwrap();
+    async fn served_from(app: &TestApp, from: &str) -> Option<tokio::net::TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = socket.connect(app.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.ok()?;
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("an answer or a close");
+        match n {
+            Ok(n) if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200") => Some(s),
+            _ => None,
+        }
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(served_from(&app, "127.0.0.1").await.expect("under the cap: served"));
+    }
+    assert!(served_from(&app, "127.0.0.1").await.is_none(), "a third connection from the same address was served");
+    let other = served_from(&app, "127.0.0.2").await;
+    assert!(other.is_some(), "another address must still be served");
+    held.pop();
+    drop(other);
+    // A closed connection gives its address's slot back.
+    let again = eventually(Duration::from_secs(5), || async { served_from(&app, "127.0.0.1").await.is_some() }).await;
+    assert!(again, "the address's freed slot was not given back");
+    held.clear();
+    let refused = eventually(Duration::from_secs(5), || async {
+        metric_value(&app.metrics().await, "hookline_http_connections_refused_total", &[]) >= 1.0
+    })
+    .await;
+    assert!(refused, "the refusal was not counted");
+    assert!(app.log().contains("server.max_connections_per_ip reached") && app.log().contains("127.0.0.1"));
+}
+
 /// A client that pipelines requests and never reads the answers cannot hold its
 /// connection (and its `max_connections` slot) for good: once idle for `read_timeout_seconds`
 /// it is wound down, and dropped when its answers are still unread a `read_timeout` later.
