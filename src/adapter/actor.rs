@@ -196,6 +196,10 @@ pub enum IngestErr {
         field: &'static str,
         message: String,
         commit: Commit,
+        /// The Mux API refused the asset fetch (a refused token, an asset it does not know):
+        /// not the event's fault, and a retry may pass once the connection is fixed. The
+        /// lifecycle route answers 422 for it too (Mux retries), not a 200 that loses the change.
+        refused_fetch: bool,
     },
     /// A native signature that cannot be checked (its secrets cannot be decrypted), on a
     /// request nothing else authenticates: 503, nothing recorded.
@@ -715,7 +719,7 @@ impl AdapterState {
         self.stats.failed(now, message.clone());
         let mut batch = Batch::new();
         self.put_stats(&mut batch);
-        IngestErr::Invalid { field, message, commit: self.submit(batch, Vec::new()) }
+        IngestErr::Invalid { field, message, commit: self.submit(batch, Vec::new()), refused_fetch: false }
     }
 
     /// Turns the whole buffer into objects and batches of at most `max_batch_size`, and

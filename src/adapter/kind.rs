@@ -220,8 +220,9 @@ pub fn no_api_credentials(
         Ok(Some(ProviderConfig::Mux(_))) | Err(_) => None,
         Ok(_) => Some(
             "source_adapter: no Mux API credentials (access_token_id / access_token_secret, in the connection of \
-             connection_id or inline): objects are mapped from the asset each webhook carries, without a playback_url \
-             (so without their video) when it has no playback IDs, and upload or track events are refused"
+             connection_id or inline): objects are mapped from the asset each webhook carries; when it has no \
+             playback IDs there is no playback_url (an object without its video, or a 422 with blob_source.file_field \
+             \"playback_url\"), and upload or track events are refused"
                 .into(),
         ),
     }
@@ -239,13 +240,24 @@ pub fn default_file_field(kind: ProviderType) -> Option<&'static str> {
 /// tell: a Mux asset whose playback ID is not letters and digits gets no URLs made from it.
 pub fn missing_file_reason(kind: ProviderType, doc: &Value, file_field: &str) -> Option<String> {
     match (kind, file_field) {
-        (ProviderType::Mux, "playback_url" | "thumbnail_url") => {
-            let id = doc.get("playback_id")?.as_str().filter(|id| !super::mux::usable_playback_id(id))?;
-            Some(format!(
-                "the asset's playback_id {:?} is not letters and digits, so no {file_field} is made from it",
-                id.chars().take(80).collect::<String>()
-            ))
-        }
+        (ProviderType::Mux, "playback_url" | "thumbnail_url") => match doc.get("playback_id").and_then(Value::as_str) {
+            Some(id) => (!super::mux::usable_playback_id(id)).then(|| {
+                format!(
+                    "the asset's playback_id {:?} is not letters and digits, so no {file_field} is made from it",
+                    id.chars().take(80).collect::<String>()
+                )
+            }),
+            // Not the payload's field: hookline makes it from a playback ID, and there is none.
+            None => {
+                let status = doc.get("status").and_then(Value::as_str).map(|s| format!(" (its status: {s:?})"));
+                Some(format!(
+                    "the asset has no playback ID{}, so hookline cannot make its {file_field}: an asset gets one when \
+                     created with a playback_policy, or later through Mux's API (a webhook without playback IDs is \
+                     completed from the Mux API only by an adapter with Mux API credentials)",
+                    status.unwrap_or_default()
+                ))
+            }
+        },
         _ => None,
     }
 }

@@ -489,11 +489,15 @@ pub(crate) mod tests {
         let doc = json!({"asset_id": "a1", "playback_id": "play_5"});
         let e = materialize(&a, &schema(), &p, &doc, &s).unwrap_err();
         assert!(e.0.contains("playback_id \"play_5\" is not letters and digits"), "{}", e.0);
-        // Without a playback ID at all, or with a usable one (so not why), the plain message.
-        for doc in [json!({"asset_id": "a1"}), json!({"asset_id": "a1", "playback_id": "Pb5"})] {
-            let e = materialize(&a, &schema(), &p, &doc, &s).unwrap_err();
-            assert!(e.0.ends_with("is missing from the payload"), "{}", e.0);
-        }
+        // Without a playback ID at all: not a field the payload lacks, an asset without one.
+        let doc = json!({"asset_id": "a1", "status": "preparing"});
+        let e = materialize(&a, &schema(), &p, &doc, &s).unwrap_err();
+        assert!(e.0.contains("the asset has no playback ID (its status: \"preparing\")"), "{}", e.0);
+        assert!(!e.0.contains("missing from the payload"), "{}", e.0);
+        // With a usable one (so not why): the plain message.
+        let doc = json!({"asset_id": "a1", "playback_id": "Pb5"});
+        let e = materialize(&a, &schema(), &p, &doc, &s).unwrap_err();
+        assert!(e.0.ends_with("is missing from the payload"), "{}", e.0);
     }
 
     #[test]

@@ -309,7 +309,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         }
         Err(IngestErr::Unauthorized(refused)) => ("unauthorized", Err(refuse(state, &bucket_id, &refused))),
         Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
-        Err(IngestErr::Invalid { field, message, commit }) => {
+        Err(IngestErr::Invalid { field, message, commit, .. }) => {
             // The failure counter is part of the status: answer once it is stored.
             let _ = commit.finish().await;
             ("invalid", Err(ApiError::validation(field, message)))
@@ -703,6 +703,10 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     let mut retry = None;
+    // The Mux API refused a bucket's fetch of the asset (its token, say): 422, as on ingest,
+    // so that Mux retries once the connection is fixed (changes are idempotent: the retry
+    // re-applying the other buckets' is harmless).
+    let mut refused = None;
     for (bucket_id, rx) in waits {
         let answer = match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
             Ok(Ok(a)) => a,
@@ -719,6 +723,10 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
                 objects.extend(
                     object_ids.into_iter().map(|o| serde_json::json!({"bucket_id": bucket_id, "object_id": o})),
                 );
+            }
+            Err(IngestErr::Invalid { field, message, commit, refused_fetch: true }) => {
+                let _ = commit.finish().await;
+                refused = Some((field, format!("bucket {bucket_id}: {message}")));
             }
             Err(IngestErr::Invalid { message, commit, .. }) => {
                 // A mapping that cannot take the new asset will not on a retry either: report it.
@@ -745,6 +753,9 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
     }
     if let Some(message) = retry {
         return Err(ApiError::Unavailable(message));
+    }
+    if let Some((field, message)) = refused {
+        return Err(ApiError::validation(field, message));
     }
     Ok(json(
         StatusCode::OK,

@@ -1867,6 +1867,37 @@ async fn a_mux_token_refused_by_mux_is_blamed_on_the_connection_not_the_payload(
     let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
     let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await;
     assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+
+    // A lifecycle update that needs a fetch, while Mux refuses the token again: a 422 as
+    // on ingest, not a 200 that would lose the change (Mux retries only a non-2xx).
+    let (s, b) = app
+        .patch(
+            &format!("/v1/organizations/connections/{conn}"),
+            json!({"provider_config": {"access_token_id": TOKEN_ID, "access_token_secret": "revoked-again",
+                "webhook_signing_secret": SIGNING_SECRET}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let updated = json!({"type": "video.asset.updated", "data": {"id": "AsSeTtOkEn01", "status": "ready"}});
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &updated).await;
+    assert_eq!((s, r["error"]["field"].as_str()), (422, Some("source_adapter.connection_id")), "{r}");
+    let m = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains(&format!("bucket {bucket}")) && m.contains("refused its access token (HTTP 401)"), "{m}");
+    // So is an asset Mux does not know (a token of another environment, usually).
+    let (s, _) = fix_mux_connection(&app, &conn).await;
+    assert_eq!(s, 200);
+    let body = ready_event("gone", true);
+    let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) = app.post_raw(&ingest, body, &[("Mux-Signature", &h)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let unknown = json!({"type": "video.asset.updated", "data": {"id": "gone", "status": "ready"}});
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &unknown).await;
+    assert_eq!(s, 422, "{r}");
+    assert!(r["error"]["message"].as_str().is_some_and(|m| m.contains("\"gone\" not found")), "{r}");
+    // Fixed: Mux's retry of the update goes through.
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &updated).await;
+    assert_eq!((s, r["action"].as_str()), (200, Some("updated")), "{r}");
+    assert_eq!(r["objects"].as_array().map(Vec::len), Some(1), "{r}");
 }
 
 #[tokio::test]

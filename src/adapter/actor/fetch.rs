@@ -133,7 +133,12 @@ impl AdapterState {
             // The event is fine; the credentials are not: name them, and say how to fix them.
             Err(MuxApiError::Unauthorized(code)) => {
                 let (field, message) = self.token_refused(code, &asset_id);
-                Err(self.fail_at(now, field, message))
+                Err(refused_fetch(self.fail_at(now, field, message)))
+            }
+            // An asset Mux does not know (usually a token of another environment) or another
+            // 4xx: the event is fine, and Mux's retry may pass once the connection is fixed.
+            Err(e @ (MuxApiError::NotFound(_) | MuxApiError::Upstream(_))) => {
+                Err(refused_fetch(self.fail(now, PayloadError(format!("fetch the Mux asset: {e}")))))
             }
             Err(e) => Err(self.fail(now, PayloadError(format!("fetch the Mux asset: {e}")))),
             Ok(asset) => {
@@ -162,5 +167,15 @@ impl AdapterState {
             }
         };
         let _ = reply.send(result);
+    }
+}
+
+/// Marks a failure as the Mux API's refusal of the fetch (see `IngestErr::Invalid`).
+fn refused_fetch(e: IngestErr) -> IngestErr {
+    match e {
+        IngestErr::Invalid { field, message, commit, .. } => {
+            IngestErr::Invalid { field, message, commit, refused_fetch: true }
+        }
+        other => other,
     }
 }

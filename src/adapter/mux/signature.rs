@@ -41,8 +41,8 @@ pub enum MuxSignatureError {
     #[error("{}", stale_message(*skew_secs))]
     Stale { skew_secs: i64 },
     #[error(
-        "Mux-Signature does not match the body with any of the connection's webhook_signing_secrets (a secret \
-         of another Mux endpoint or environment, a rotated one, or a body changed on the way)"
+        "Mux-Signature does not match the body with any of the webhook_signing_secrets it was checked against \
+         (a secret of another Mux endpoint or environment, a rotated one, or a body changed on the way)"
     )]
     Mismatch,
 }
