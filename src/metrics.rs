@@ -190,7 +190,7 @@ fn zero_series() {
         }
     }
     for adapter in ["supabase", "generic_webhook"] {
-        for outcome in ["succeeded", "retry", "failed", "skipped", "requeued"] {
+        for outcome in ["succeeded", "retry", "failed", "skipped", "requeued", "superseded"] {
             counter!(WRITEBACKS, "adapter" => adapter, "outcome" => outcome).absolute(0);
         }
     }
@@ -504,11 +504,11 @@ pub const ALERTS: &str = "hookline_alerts_total";
 
 // No bucket label (series would outlive deleted buckets); per-bucket detail is the adapter
 // status `last_error`. `adapter` is supabase|generic_webhook, `outcome`
-// succeeded|retry|failed|skipped|requeued.
+// succeeded|retry|failed|skipped|requeued|superseded.
 fn describe_writeback() {
     describe_counter!(
         WRITEBACKS,
-        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up; skipped: an alert's job not queued, as it could only fail; requeued: a given-up job queued again by POST …/writebacks/{id}/retry)"
+        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up; skipped: an alert's job not queued, as it could only fail; requeued: a given-up job queued again by POST …/writebacks/{id}/retry; superseded: a waiting job a newer one of the same row took over)"
     );
     describe_counter!(
         ALERTS,

@@ -532,8 +532,9 @@ async fn a_retried_alert_with_long_floats_is_a_duplicate() {
 }
 
 /// Each write-back's outcome is stored as soon as its attempt ends, not when the slowest
-/// attempt of its round does: with one receiver call hanging, the others' 2xx are already
-/// settled (their jobs gone from the store), so a stop or a crash sends none of them again.
+/// attempt of its round does: with one receiver call hanging, the others' 2xx (other rows':
+/// one row's writebacks go one at a time) are already settled (their jobs gone from the
+/// store), so a stop or a crash sends none of them again.
 #[tokio::test]
 async fn a_writeback_outcome_is_stored_while_a_slow_one_is_in_flight() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -564,13 +565,17 @@ async fn a_writeback_outcome_is_stored_while_a_slow_one_is_in_flight() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/wb", listener.local_addr().unwrap());
     tokio::spawn(warp::serve(route).incoming(listener).run());
-    let (bucket, _, oid) = generic_with_object(&app, "slow", generic_on_alert(&url)).await;
+    let (bucket, secret, oid) = generic_with_object(&app, "slow", generic_on_alert(&url)).await;
     let (s, a) =
         raise(&app, &bucket, &oid, json!({"alert_id": "slow", "results": {"verdict_classification": "slow"}})).await;
     assert_eq!(s, 202, "{a}");
     for i in 0..5 {
+        let r =
+            ingest(&app, &bucket, &secret, json!({"type": "ticket", "data": {"title": "t", "ref": format!("F-{i}")}}))
+                .await;
+        let other = r["object_id"].as_str().expect("object_id");
         let body = json!({"alert_id": format!("fast-{i}"), "results": {"verdict_classification": "fast"}});
-        assert_eq!(raise(&app, &bucket, &oid, body).await.0, 202);
+        assert_eq!(raise(&app, &bucket, other, body).await.0, 202);
     }
     assert!(eventually(WAIT, || async { fast.load(Ordering::SeqCst) == 5 }).await, "{}", fast.load(Ordering::SeqCst));
     let settled = || async {

@@ -1101,3 +1101,47 @@ async fn a_writeback_without_its_external_id_field_is_given_up_naming_it() {
     assert!(why.contains("no listing_url (the writeback's external_id_field)"), "{}", dead[0]);
     assert!(pg.seen().is_empty(), "nothing was written to another row");
 }
+
+/// Writebacks of one row land in order: a newer job takes over an older one still waiting
+/// for its retry (with the fields it lacks), so the older result never lands after it.
+#[tokio::test]
+async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nmax_age_seconds = 60\nretry_schedule_seconds = [2]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
+    let rx = Upstream::start(500).await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "ordered",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
+            "batching": {"mode": "immediate"},
+            "writeback": {"trigger": "on_alert", "writeback_url": rx.url("/wb"),
+                "field_mapping": [{"source_path": "verdict", "target_field": "verdict"},
+                    {"source_path": "note", "target_field": "note"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-8", "title": "t"})).await;
+    let oid = r["object_id"].as_str().expect("object_id").to_string();
+    let alerts = format!("/v1/buckets/{bucket}/objects/{oid}/alerts");
+    let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "first", "note": "n1"}})).await;
+    assert_eq!(s, 202, "{a}");
+    // Its first attempt fails; its retry is due 2 s later.
+    assert!(eventually(WAIT, || async { rx.seen().len() == 1 }).await, "{:?}", rx.seen());
+    rx.set_default(204);
+    let (s, a) = app.post(&alerts, json!({"alert_id": "a2", "results": {"verdict": "second"}})).await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    // Past the first job's retry: nothing more is sent.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let sent: Vec<Value> = rx.succeeded().into_iter().map(|s| s.body).collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["alert_id"], "a2", "{sent:?}");
+    assert_eq!(
+        sent[0]["fields"],
+        json!({"verdict": "second", "note": "n1"}),
+        "the older job's other field carried over"
+    );
+    listed(&app, &bucket, "", 0).await;
+    assert!(metric_reaches(&app, "hookline_writebacks_total", &[("outcome", "superseded")], 1.0).await);
+}

@@ -17,6 +17,13 @@
 //! waits for an empty barrier commit, so it never writes back a result that is not durable
 //! yet.
 //!
+//! Jobs for one source row (its table and schema, and its external ID) are kept in order:
+//! one of them is in flight at a time, and a newer job takes over the older ones still
+//! waiting (their fields it lacks carried over into it: the row ends with the newest value of
+//! each field). Without that, an older result whose attempt failed and was retried later
+//! would land after a newer one and leave the row stale. An older job in flight when a newer
+//! one is found is given up if its attempt fails (the newer one carries its fields).
+//!
 //! Retries follow the delivery retry policy (`delivery.retry_schedule_seconds`, ±20%
 //! jitter, `max_age_hours`); a job that runs out of time, or can never succeed, is moved to
 //! the `dead/` keys with its error. Every attempt is counted in
@@ -101,6 +108,7 @@ impl Worker {
             jobs: BTreeMap::new(),
             durable: HashSet::new(),
             flying: HashSet::new(),
+            covered: HashSet::new(),
             unreadable: HashSet::new(),
             scanned_at: None,
         };
@@ -118,6 +126,8 @@ struct WorkerState {
     durable: HashSet<String>,
     /// Keys of the jobs whose attempt is in flight.
     flying: HashSet<String>,
+    /// In-flight jobs a newer job of the same row has taken over: given up if they fail.
+    covered: HashSet<String>,
     /// Keys of job records that could not be read (logged once, then skipped).
     unreadable: HashSet<String>,
     /// When the store was last scanned for new jobs.
@@ -187,10 +197,12 @@ impl WorkerState {
                     true
                 })?;
             }
+            let mut found = false;
             for k in unknown {
                 match store.get::<Job>(KS, &k) {
                     Ok(Some(j)) => {
                         self.jobs.insert(k, j);
+                        found = true;
                     }
                     Ok(None) => {}
                     // One record that cannot be read holds back no other job.
@@ -200,20 +212,36 @@ impl WorkerState {
                     }
                 }
             }
+            if found {
+                let merged = self.coalesce();
+                if !merged.is_empty() {
+                    // Before any attempt: a job given up here must not come back after a crash
+                    // to overwrite the newer one.
+                    store.commit(merged).await?;
+                }
+            }
         }
         let now = now_millis();
         let room = CONCURRENCY.saturating_sub(flying.len());
+        // One attempt per row at a time: a row with a job in flight waits for its outcome.
+        let mut busy: HashSet<RowKey> = self.flying.iter().filter_map(|k| self.jobs.get(k)).filter_map(row).collect();
         let mut due: Vec<(u64, &String)> = self
             .jobs
             .iter()
             .filter(|(k, j)| j.next_attempt_ms <= now && !self.flying.contains(*k))
             .map(|(k, j)| (j.next_attempt_ms, k))
             .collect();
-        if due.len() > room {
-            // The longest due first: alert jobs sort before batch jobs and must not starve them.
-            due.select_nth_unstable(room);
-            due.truncate(room);
+        // The longest due first: alert jobs sort before batch jobs and must not starve them.
+        // Rows are coalesced (one waiting job each), so at most one job per flying attempt
+        // is held back below: the first `room` + that many suffice.
+        let window = room + self.flying.len();
+        if due.len() > window {
+            due.select_nth_unstable(window);
+            due.truncate(window);
         }
+        due.sort_unstable();
+        due.retain(|(_, k)| self.jobs.get(*k).and_then(row).is_none_or(|r| busy.insert(r)));
+        due.truncate(room);
         let due: Vec<(String, Job)> =
             due.into_iter().filter_map(|(_, k)| Some((k.clone(), self.jobs.get(k)?.clone()))).collect();
         if due.is_empty() {
@@ -254,6 +282,15 @@ impl WorkerState {
         let mut batch = Batch::new();
         let mut last_failure = None;
         for (key, mut j, result) in results {
+            if self.covered.remove(&key) && result.is_err() {
+                // A newer job of the same row carries its fields: no retry to land after it.
+                batch.delete(KS, &key);
+                self.jobs.remove(&key);
+                self.durable.remove(&key);
+                crate::metrics::writeback(adapter, "superseded");
+                tracing::debug!(bucket_id = %bucket, object_id = %j.object_id, "writeback superseded by a newer one");
+                continue;
+            }
             j.attempts += 1;
             let age = Duration::from_millis(now.saturating_sub(j.created_at_ms));
             let (outcome, error) = match &result {
@@ -307,5 +344,67 @@ impl WorkerState {
             let _ = self.owner.cast(AdapterMsg::WritebackFailed(msg));
         }
         self.sender.shared.store.commit(batch).await
+    }
+}
+
+/// The source row a job writes: its table and schema (Supabase) and its external ID. A job
+/// without an external ID writes no row (it is given up at its attempt).
+type RowKey = (Option<String>, Option<String>, String);
+
+fn row(j: &Job) -> Option<RowKey> {
+    Some((j.table.clone(), j.schema.clone(), j.external_id.clone()?))
+}
+
+impl WorkerState {
+    /// Keeps one waiting job per source row: the newest (by creation, then key), with the
+    /// fields of the older ones that it lacks. The older ones are deleted, or, when in flight,
+    /// given up should their attempt fail ([`WorkerState::covered`]). Returns the store writes.
+    fn coalesce(&mut self) -> Batch {
+        let mut batch = Batch::new();
+        let mut rows: std::collections::HashMap<RowKey, Vec<String>> = std::collections::HashMap::new();
+        for (k, j) in &self.jobs {
+            if let Some(r) = row(j) {
+                rows.entry(r).or_default().push(k.clone());
+            }
+        }
+        for (_, mut keys) in rows {
+            if keys.len() < 2 {
+                continue;
+            }
+            keys.sort_by_cached_key(|k| (self.jobs.get(k).map_or(0, |j| j.created_at_ms), k.clone()));
+            let Some(newest) = keys.pop() else { continue };
+            let Some(mut kept) = self.jobs.get(&newest).cloned() else { continue };
+            let before = kept.fields.len();
+            // The newest in flight carries only the fields it was sent with: an older job
+            // whose fields it all has is given up, one with others waits for its turn.
+            let newest_flying = self.flying.contains(&newest);
+            // Newest first, so each field keeps its newest value.
+            for k in keys.iter().rev() {
+                let Some(old) = self.jobs.get(k) else { continue };
+                if newest_flying {
+                    if self.flying.contains(k) || !old.fields.keys().all(|f| kept.fields.contains_key(f)) {
+                        continue;
+                    }
+                } else {
+                    for (f, v) in &old.fields {
+                        kept.fields.entry(f.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                if self.flying.contains(k) {
+                    self.covered.insert(k.clone());
+                    continue;
+                }
+                batch.delete(KS, k);
+                self.jobs.remove(k);
+                self.durable.remove(k);
+                crate::metrics::writeback(self.adapter_label(), "superseded");
+                tracing::debug!(bucket_id = %self.sender.bucket_id, key = %k, "writeback superseded by a newer one of its row");
+            }
+            if !newest_flying && kept.fields.len() != before {
+                batch.put(KS, &newest, &kept);
+                self.jobs.insert(newest, kept);
+            }
+        }
+        batch
     }
 }
