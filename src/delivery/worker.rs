@@ -981,6 +981,7 @@ impl WorkerState {
             let webhook_name = self.rt.webhook_name.clone();
             let event = d.event.clone();
             let done_recipients = d.done_recipients.clone();
+            let stopping = self.shared.shutdown.clone();
             let me = self.myself.clone();
             tokio::spawn(async move {
                 let at_ms = now_millis();
@@ -993,6 +994,7 @@ impl WorkerState {
                             webhook_name: &webhook_name,
                             signing_key: &key,
                             done_recipients: &done_recipients,
+                            stopping: &stopping,
                         };
                         channel.send(&msg).await
                     }

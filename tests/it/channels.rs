@@ -270,6 +270,40 @@ impl Drop for Smtp {
     }
 }
 
+/// A shutdown during an SMS attempt to several numbers starts no send to the next one: the
+/// attempt ends within the grace, the number it reached recorded, and the restart texts
+/// only the others, so each number gets the text once.
+// Multi-threaded: the receiver must answer while this thread waits for the daemon's exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_mid_attempt_texts_each_number_once() {
+    let api = Receiver::start(201).await;
+    let mut app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
+        ..dev_delivery(&sms_section(&api))
+    })
+    .await;
+    let numbers = ["+15550000001", "+15550000002", "+15550000003"];
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "oncall", "event_types": ["*"],
+            "channels": [{"channel": "sms", "configs": {"to": numbers}}]}),
+    )
+    .await;
+    // The provider takes 2 s over the first number: the shutdown comes meanwhile.
+    api.then(201, Duration::from_secs(2));
+    publish(&app, "object.deleted", json!({"object_id": "obj_1"})).await;
+    assert!(eventually(WAIT, || async { api.count() == 1 }).await);
+    assert_eq!(app.stop(), Some(0), "{}", app.log());
+    assert_eq!(api.count(), 1, "a send started after the shutdown signal");
+    app.start_again().await;
+    assert!(eventually(WAIT, || async { !deliveries(&app, &wh, Some("succeeded")).await.is_empty() }).await);
+    let texted: Vec<String> = api.captured().iter().map(|c| String::from_utf8_lossy(&c.body).to_string()).collect();
+    for n in numbers {
+        let to = format!("To={}", n.replace('+', "%2B"));
+        assert_eq!(texted.iter().filter(|b| b.contains(&to)).count(), 1, "{n}: {texted:?}");
+    }
+}
+
 #[tokio::test]
 async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     let tmp = tempfile::tempdir().unwrap();
@@ -339,6 +373,39 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     assert!(mails.iter().any(|m| m.contains("To: Lead <lead@example.com>")), "the display name is kept: {mails:?}");
     let m = app.metrics().await;
     assert!(m.contains("channel=\"email\",result=\"4xx\"") || m.contains("result=\"4xx\",channel=\"email\""), "{m}");
+}
+
+/// A subject that renders blank falls back to the default one, and loses its control
+/// characters; a body that renders blank is not sent (dead at once, as an empty SMS or Slack
+/// text is).
+#[tokio::test]
+async fn a_blank_subject_is_the_default_and_a_blank_body_is_not_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("mail"), 0);
+    let app = TestApp::start_with(dev_delivery(&format!(
+        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\nfrom = \"alerts@example.com\"\n",
+        smtp.port
+    )))
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "ops", "event_types": ["*"], "channels": [{"channel": "email", "configs": {
+            "to": ["ops@example.com"], "subject_template": "{{ payload.s }}", "body_template": "{{ payload.b }}"}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"s": "", "b": "first body"})).await;
+    publish(&app, "object.created", json!({"s": "A\u{0}B\u{1b}C", "b": "second body"})).await;
+    publish(&app, "object.created", json!({"s": "subject", "b": "  "})).await;
+    assert!(eventually(WAIT, || async { deliveries(&app, &wh, Some("succeeded")).await.len() == 2 }).await);
+    assert!(eventually(WAIT, || async { deliveries(&app, &wh, Some("dead")).await.len() == 1 }).await);
+    let dead = deliveries(&app, &wh, Some("dead")).await.remove(0);
+    assert!(dead["attempts"][0]["error"].as_str().is_some_and(|e| e.contains("empty body")), "{dead}");
+    let mails = smtp.messages();
+    let first = mails.iter().find(|m| m.contains("first body")).expect("the first message");
+    assert!(first.contains("Subject: [hookline] ops: object.created"), "{first}");
+    let second = mails.iter().find(|m| m.contains("second body")).expect("the second message");
+    assert!(second.contains("Subject: ABC\r\n") || second.contains("Subject: ABC\n"), "{second:?}");
+    assert_eq!(mails.len(), 2, "{mails:?}");
 }
 
 /// An address the relay refuses (a typo) fails the attempt, naming it, and holds back no

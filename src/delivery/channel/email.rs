@@ -123,7 +123,7 @@ impl EmailChannel {
                 AttemptResult::failed(Outcome::Permanent, "error", format!("{what} failed to render: {e}"))
             })
         };
-        let subject = match render(&self.subject, "subject_template") {
+        let mut subject = match render(&self.subject, "subject_template") {
             Ok(s) => one_line(&s),
             Err(r) => return r,
         };
@@ -131,15 +131,29 @@ impl EmailChannel {
             Ok(b) => b,
             Err(r) => return r,
         };
-        if subject.is_empty() && body.trim().is_empty() {
-            return AttemptResult::failed(Outcome::Permanent, "error", super::slack::EMPTY);
+        // No text to send, as an empty Slack text or SMS body: dead at once, not retried.
+        if body.trim().is_empty() {
+            return AttemptResult::failed(Outcome::Permanent, "error", EMPTY_BODY);
+        }
+        // A subject that renders blank (a payload field it names is missing, say): the
+        // default one, which still says what the message is about.
+        if subject.is_empty() {
+            subject = match Template::load(DEFAULT_SUBJECT).and_then(|t| t.render(msg.event, msg.webhook_name)) {
+                Ok(s) => one_line(&s),
+                Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", format!("default subject: {e}")),
+            };
         }
         let mut reached = Vec::new();
         let mut failed: Vec<(String, AttemptResult)> = Vec::new();
         let mut last_ok = None;
         let mut untried = 0;
+        let mut stopped = 0;
         for (written, mailbox) in &self.to {
             if msg.done_recipients.contains(written) {
+                continue;
+            }
+            if msg.stopping.is_cancelled() {
+                stopped += 1;
                 continue;
             }
             if failed.last().is_some_and(|(_, r)| relay_wide(r)) {
@@ -153,6 +167,9 @@ impl EmailChannel {
             } else {
                 failed.push((written.clone(), r));
             }
+        }
+        if stopped > 0 {
+            failed.push(super::not_sent_stopping(stopped, "address(es)"));
         }
         let mut result = super::summarize(self.to.len(), reached, failed, last_ok, "addresses");
         if untried > 0 {
@@ -267,10 +284,15 @@ fn line_feeds(body: &str) -> String {
 }
 
 /// A subject is one line: line breaks become spaces, and it is cut at a sane length.
+/// The subject as one header line: whitespace runs (line breaks included) become one space,
+/// and other control characters (NUL, ESC…), which some relays refuse in a header, go.
 fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    joined.chars().take(MAX_SUBJECT_CHARS).collect()
+    joined.chars().filter(|c| !c.is_control()).take(MAX_SUBJECT_CHARS).collect()
 }
+
+/// Why an email whose body renders blank is not sent.
+const EMPTY_BODY: &str = "body_template rendered an empty body for this event: nothing to send (not retried)";
 
 impl Channel for EmailChannel {
     fn kind(&self) -> &'static str {

@@ -284,6 +284,21 @@ pub struct Message<'a> {
     pub signing_key: &'a [u8],
     /// Recipients (as written in the channel's `to`) that earlier attempts already reached.
     pub done_recipients: &'a [String],
+    /// Cancelled when the daemon shuts down: a multi-recipient channel starts no send to its
+    /// next recipient then, so the attempt ends (and its reached recipients are recorded)
+    /// within the shutdown's grace, and the restart sends to the others only.
+    pub stopping: &'a tokio_util::sync::CancellationToken,
+}
+
+/// The recipients an attempt did not send to because the daemon was shutting down: a
+/// retriable failure (the delivery is not done), sent after the restart.
+pub(crate) fn not_sent_stopping(n: usize, noun: &str) -> (String, AttemptResult) {
+    let r = AttemptResult::failed(
+        Outcome::Retriable,
+        "error",
+        "not sent: hookline was shutting down (sent after the restart)",
+    );
+    (format!("{n} more {noun}"), r)
 }
 
 /// One delivery attempt's result.

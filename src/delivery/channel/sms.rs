@@ -108,8 +108,18 @@ impl SmsChannel {
         let mut reached = Vec::new();
         let mut failed: Vec<(String, AttemptResult)> = Vec::new();
         let mut last_ok = None;
+        let (mut stopped, mut untried) = (0, 0);
         for to in &self.to {
             if msg.done_recipients.contains(to) {
+                continue;
+            }
+            if msg.stopping.is_cancelled() {
+                stopped += 1;
+                continue;
+            }
+            // After a 429 the rest waits for the retry (and its Retry-After).
+            if failed.last().is_some_and(|(_, r): &(String, AttemptResult)| r.status_code == Some(429)) {
+                untried += 1;
                 continue;
             }
             let form = url::form_urlencoded::Serializer::new(String::new())
@@ -127,15 +137,17 @@ impl SmsChannel {
                 reached.push(to.clone());
                 last_ok = Some(r);
             } else {
-                // Rate limited: the rest waits for the retry (and its Retry-After).
-                let throttled = r.status_code == Some(429);
                 failed.push((to.clone(), r));
-                if throttled {
-                    break;
-                }
             }
         }
-        summarize(self.to.len(), reached, failed, last_ok, "numbers")
+        if stopped > 0 {
+            failed.push(super::not_sent_stopping(stopped, "number(s)"));
+        }
+        let mut result = summarize(self.to.len(), reached, failed, last_ok, "numbers");
+        if untried > 0 {
+            result.error = result.error.map(|e| format!("{e}; {untried} not tried (rate limited: sent on the retry)"));
+        }
+        result
     }
 }
 
