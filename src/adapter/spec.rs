@@ -641,6 +641,34 @@ impl SourceAdapterInput {
         }
         if let Some(w) = &self.writeback {
             w.validate(self.adapter_type)?;
+            // It reads the object's metadata, which holds bucket_schema's properties only: any
+            // other name would give every job up ("the object has no …").
+            if let Some(x) = &w.external_id_field {
+                let first = x.split('.').next().unwrap_or(x);
+                if schema.get(first).is_none() {
+                    return Err(ApiError::validation(
+                        f("writeback.external_id_field"),
+                        format!(
+                            "{x:?} is read from the object's metadata, and {first:?} is not a property of \
+                             bucket_schema: name the property that holds the source record's id (or leave it out \
+                             for the object's source.external_id)"
+                        ),
+                    ));
+                }
+            }
+            // The row's key column is what the PATCH finds the row by: writing it would move
+            // the row out from under its own key (with the service-role key, past RLS).
+            if self.adapter_type == ProviderType::Supabase {
+                let id_column = self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN);
+                if let Some(i) = w.field_mapping.iter().position(|m| m.target_field == id_column) {
+                    return Err(ApiError::validation(
+                        f(&format!("writeback.field_mapping[{i}].target_field")),
+                        format!(
+                            "{id_column:?} is the row's id_column: writebacks find the row by it and do not change it"
+                        ),
+                    ));
+                }
+            }
             // `on_batch_complete` fires when a batch completes, and `immediate` makes none:
             // accepted, it would silently never write back.
             if w.enabled && w.trigger == super::writeback::Trigger::OnBatchComplete && b.mode == BatchMode::Immediate {
@@ -843,6 +871,26 @@ mod tests {
             (
                 json!({"adapter_type": "supabase", "blob_source": {"blob_type": "video", "target_property": "video"}}),
                 "source_adapter.blob_source.file_field",
+            ),
+            // A writeback that would rewrite the row's key, write one field twice, or look the
+            // row up by a name the object's metadata cannot hold.
+            (
+                json!({"adapter_type": "supabase", "table": "t", "connection_id": "conn_x", "batching": {"mode": "count"},
+                    "writeback": {"field_mapping": [{"source_path": "status", "target_field": "x"},
+                        {"source_path": "object_id", "target_field": "id"}]}}),
+                "source_adapter.writeback.field_mapping[1].target_field",
+            ),
+            (
+                json!({"adapter_type": "generic_webhook", "batching": {"mode": "count"},
+                    "writeback": {"writeback_url": "https://x.example/wb", "field_mapping": [
+                        {"source_path": "status", "target_field": "a"}, {"source_path": "object_id", "target_field": "a"}]}}),
+                "source_adapter.writeback.field_mapping[1].target_field",
+            ),
+            (
+                json!({"adapter_type": "generic_webhook", "batching": {"mode": "count"},
+                    "writeback": {"writeback_url": "https://x.example/wb", "external_id_field": "nope",
+                        "field_mapping": [{"source_path": "status", "target_field": "a"}]}}),
+                "source_adapter.writeback.external_id_field",
             ),
         ];
         for (body, field) in cases {

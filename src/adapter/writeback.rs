@@ -111,6 +111,12 @@ impl Writeback {
                 ProviderType::Supabase => super::supabase::is_safe_identifier(&m.target_field),
                 _ => !m.target_field.trim().is_empty() && m.target_field.len() <= 200,
             };
+            if let Some(j) = self.field_mapping[..i].iter().position(|o| o.target_field == m.target_field) {
+                return Err(ApiError::validation(
+                    f(&format!("field_mapping[{i}].target_field")),
+                    format!("{:?} is already the target of field_mapping[{j}]: one value per field", m.target_field),
+                ));
+            }
             if !ok {
                 let why = if kind == ProviderType::Supabase {
                     "must be a column name (letters, digits, _; at most 63 bytes)"
