@@ -50,13 +50,14 @@ pub async fn run(
     let data_dir = config.storage.path.clone();
     // sled's files: a directory without them holds no store yet (whatever else is in it).
     let fresh = !data_dir.join("db").exists() && !data_dir.join("conf").exists();
-    create_dir_durably(&data_dir).with_context(|| format!("create data directory {}", data_dir.display()))?;
+    create_dir_durably(&data_dir)
+        .with_context(|| format!("create data directory {}", crate::util::path_shown(&data_dir)))?;
     // The absolute directory in the log: a relative `storage.path` is taken from the working
     // directory, and a daemon started elsewhere would otherwise quietly use a new, empty store.
     let shown_dir = std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone());
     let cache = config.storage.cache_capacity_mb << 20;
     let store = Store::open_sled_with_cache(&data_dir, cache)
-        .with_context(|| format!("open store in {}", data_dir.display()))?;
+        .with_context(|| format!("open store in {}", crate::util::path_shown(&data_dir)))?;
     if fresh {
         tracing::info!(data_dir = %shown_dir.display(), "no store in the data directory: created a new, empty one");
     }

@@ -391,7 +391,9 @@ impl Config {
     /// Reads `path` (a missing file is an error: the operator named it, or the default
     /// `./config.toml` is expected next to the binary), applies `env`, validates.
     pub fn load(path: &Path, env: &EnvOverrides) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("read config file {} (another one: --config <path>)", crate::util::path_shown(path))
+        })?;
         let mut config = Config::from_toml(&text).with_context(|| format!("parse config file {}", path.display()))?;
         // An empty variable (a blank template value) must not silently drop the file's keys.
         if env.api_keys.as_deref().is_some_and(|k| k.split(',').all(|k| k.trim().is_empty())) {

@@ -130,7 +130,16 @@ fn run() -> anyhow::Result<()> {
                 // First: SIGHUP is ignored from here on, a long start (a log replay) included.
                 let shutdown = shutdown_signal();
                 let addr = cfg.listen_addr()?;
-                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "bind {addr}: another process (another hookline?) listens there; set server.listen in \
+                             the config file, or HOOKLINE_LISTEN, to another address"
+                        )))
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("bind {addr}"))),
+                };
                 hookline::app::run(cfg, listener, shutdown).await
             });
             // Everything that matters is done (the store is flushed): a blocking task still

@@ -16,6 +16,15 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// Milliseconds since the Unix epoch.
+/// A path as an error shows it: a relative one with the working directory it is taken from
+/// (`./data (in /srv/hookline)`), since the daemon may run elsewhere than its operator thinks.
+pub fn path_shown(path: &std::path::Path) -> String {
+    match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => format!("{} (in {})", path.display(), cwd.display()),
+        _ => path.display().to_string(),
+    }
+}
+
 pub fn now_millis() -> u64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
 }

@@ -302,10 +302,10 @@ impl RegistryState {
     async fn delete_bucket(&mut self, namespace: &str, id: &BucketId) -> Result<(), ApiError> {
         let store = &self.shared.store.clone();
         let Some(bucket) = store.get::<Bucket>(Keyspace::BUCKETS, id.as_str())? else {
-            return Err(not_found_bucket(id));
+            return Err(not_found_bucket(id, namespace));
         };
         if bucket.namespace != namespace {
-            return Err(not_found_bucket(id));
+            return Err(not_found_bucket(id, namespace));
         }
         // Stop the adapter first so nothing writes under the bucket while it is deleted.
         self.stop_adapter(id).await;
@@ -517,7 +517,7 @@ impl RegistryState {
     fn load_bucket(&self, namespace: &str, id: &BucketId) -> Result<Bucket, ApiError> {
         match self.shared.store.get::<Bucket>(Keyspace::BUCKETS, id.as_str())? {
             Some(b) if b.namespace == namespace => Ok(b),
-            _ => Err(not_found_bucket(id)),
+            _ => Err(not_found_bucket(id, namespace)),
         }
     }
 
@@ -1080,8 +1080,12 @@ fn ask<R: Send + 'static>(
     })
 }
 
-pub fn not_found_bucket(id: &BucketId) -> ApiError {
-    ApiError::NotFound(format!("bucket {id} not found in this namespace"))
+/// The 404 for a bucket not visible in `namespace`: named, since a forgotten `X-Namespace`
+/// header is the usual cause.
+pub fn not_found_bucket(id: &BucketId, namespace: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "bucket {id} not found in namespace {namespace:?} (the X-Namespace header sets it; without one, \"default\")"
+    ))
 }
 
 /// Whether the bucket has an adapter whose actor is not running (stopped after its restart

@@ -101,7 +101,7 @@ pub fn load_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Bucket,
     };
     match state.shared.store.get::<Bucket>(Keyspace::BUCKETS, bucket_id.as_str())? {
         Some(b) if b.namespace == ns => Ok(b),
-        _ => Err(not_found_bucket(&bucket_id)),
+        _ => Err(not_found_bucket(&bucket_id, &ns)),
     }
 }
 

@@ -145,10 +145,14 @@ async fn namespaces_isolate_buckets() {
     let path = format!("/v1/buckets/{id}");
     let (s, _) = app.call_as(Method::GET, &path, None, Some(&app.api_key), Some("team-b")).await;
     assert_eq!(s, 404);
-    let (s, _) = app.get(&path).await; // default namespace
+    let (s, b) = app.get(&path).await; // default namespace
     assert_eq!(s, 404);
-    let (s, _) = app.call_as(Method::DELETE, &path, None, Some(&app.api_key), Some("team-b")).await;
+    // The 404 names the namespace looked in, and what sets it (a forgotten header, usually).
+    let m = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains("namespace \"default\"") && m.contains("X-Namespace"), "{b}");
+    let (s, b) = app.call_as(Method::DELETE, &path, None, Some(&app.api_key), Some("team-b")).await;
     assert_eq!(s, 404);
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("namespace \"team-b\"")), "{b}");
     let (s, list) = app.call_as(Method::GET, "/v1/buckets", None, Some(&app.api_key), Some("team-b")).await;
     assert_eq!(s, 200);
     assert!(list["results"].as_array().unwrap().iter().all(|b| b["bucket_id"] != id));
@@ -809,6 +813,29 @@ fn help_and_readme_list_the_environment_variables_the_daemon_reads() {
 /// Runs `hookline serve --config <config>` (with `HOOKLINE_MASTER_KEY` set to `master_key`,
 /// or unset), asserts that it refuses to start, and returns what it printed on stderr.
 /// [`serve_refused`] with a minimal config on `data`.
+/// Mistakes a newcomer makes at start get an error that says what to do: a port in use
+/// names the settings that move it, a relative path names the directory it is taken from.
+#[tokio::test]
+async fn start_errors_say_what_to_change() {
+    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let data = dir.path().join("data");
+    let toml = format!("[server]\nlisten = \"{}\"\n[storage]\npath = {:?}\n", app.addr, data.display().to_string());
+    std::fs::write(&cfg, toml).unwrap();
+    let err = serve_refused(&cfg, None);
+    assert!(err.contains("another process") && err.contains("HOOKLINE_LISTEN"), "{err}");
+    assert!(err.contains("Address already in use"), "the cause is kept: {err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--config", "missing.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown = format!("missing.toml (in {})", dir.path().display());
+    assert!(!out.status.success() && err.contains(&shown) && err.contains("--config"), "{err}");
+}
+
 fn serve_refused_on(data: &std::path::Path) -> String {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
