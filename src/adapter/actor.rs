@@ -735,6 +735,7 @@ impl AdapterState {
         self.buffer_bytes = 0;
         let auto = self.adapter.batching.auto_submit;
         let writeback = super::writeback::on_batch_complete(&self.adapter).filter(|_| auto).cloned();
+        let mut skipped = None;
         while !pending.is_empty() {
             let take = pending.len().min(max);
             let chunk: Vec<BufferEntry> = pending.drain(..take).collect();
@@ -746,7 +747,9 @@ impl AdapterState {
                 batch.put(Keyspace::OBJECTS, &key, &rec);
                 batch.delete(Keyspace::BUFFER, &key);
                 if let Some(wb) = &writeback {
-                    super::writeback::record(batch, wb, &rec, &batch_id);
+                    if let Some(why) = super::writeback::record(batch, self.adapter.adapter_type, wb, &rec, &batch_id) {
+                        skipped = Some(why);
+                    }
                 }
                 let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
                 events.push(self.shared.bus.record(batch, "object.created", || rec.event_payload(), scopes));
@@ -774,6 +777,11 @@ impl AdapterState {
             crate::metrics::ingest_objects_created(br.object_ids.len());
             tracing::debug!(bucket_id = %bucket_id, batch_id = %br.batch_id, objects = br.object_ids.len(), trigger, "flushed");
             self.stats.last_flush_at = Some(now);
+        }
+        if let Some(why) = skipped {
+            // Where an operator looks for writeback failures (as for an alert's skip).
+            tracing::warn!(bucket_id = %bucket_id, "{why}");
+            self.stats.error(crate::util::now_millis(), why);
         }
         self.put_stats(batch);
         made

@@ -1000,8 +1000,19 @@ impl RegistryState {
         rec.object_ids.retain(|o| !deleted.contains(o));
         rec.deleted_object_ids = deleted;
         batch.put(Keyspace::BATCHES, &key, &rec);
-        super::writeback::record_batch(&self.shared.store, &bucket, &rec, &mut batch)?;
+        let skipped = super::writeback::record_batch(&self.shared.store, &bucket, &rec, &mut batch)?;
         self.shared.store.commit(batch).await?;
+        if let Some(why) = skipped {
+            tracing::warn!(bucket_id = %id, "{why}");
+            // The status' last_error, as for a skip at an adapter's own flush: through the
+            // actor when it runs (it owns the counters, which a write of ours could roll back).
+            let told = self.children.get(id).is_some_and(|a| a.cast(AdapterMsg::WritebackFailed(why.clone())).is_ok());
+            if !told {
+                if let Err(e) = self.record_adapter_error(id, why).await {
+                    tracing::warn!(bucket_id = %id, error = %e, "record a skipped writeback in the status");
+                }
+            }
+        }
         self.shared.bus.published([&event]);
         Ok(rec)
     }

@@ -59,7 +59,8 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_id: Option<AlertId>,
     /// The source record to update; `None` when neither `external_id_field` nor the source
-    /// had one (the job is given up at its first attempt, with that reason).
+    /// had one (a Supabase job is then not queued, see [`record`]; one stored by an older
+    /// version is given up at its first attempt, with that reason).
     pub external_id: Option<String>,
     /// `target_field` → value, from the processing result.
     pub fields: Map<String, Value>,
@@ -190,10 +191,36 @@ pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>
     }
 }
 
-/// Adds the job of `rec` (an object of the completed batch `batch_id`) to `batch`.
-pub fn record(batch: &mut Batch, wb: &Writeback, rec: &ObjectRecord, batch_id: &BatchId) {
+/// Adds the job of `rec` (an object of the completed batch `batch_id`) to `batch`, unless
+/// its first attempt could only fail for good (none of the mapped fields in the object, or no
+/// row to write to): then nothing is queued (counted `skipped`), and the reason is returned,
+/// as an alert's is, rather than a dead job that no retry could ever fix.
+pub fn record(
+    batch: &mut Batch,
+    kind: crate::catalog::ProviderType,
+    wb: &Writeback,
+    rec: &ObjectRecord,
+    batch_id: &BatchId,
+) -> Option<String> {
     let job = job_for(wb, rec, &result_document(rec), Cause::Batch(batch_id), crate::util::now_millis());
-    batch.put(KS, &job.key(&rec.bucket_id), &job);
+    let skipped = if job.fields.is_empty() {
+        let paths: Vec<&str> = wb.field_mapping.iter().map(|m| m.source_path.as_str()).collect();
+        Some(format!("none of the writeback field_mapping source_paths ({}) is in the object", paths.join(", ")))
+    } else if job.external_id.is_none() && needs_external_id(kind) {
+        Some(no_external_id(Some(wb)))
+    } else {
+        None
+    };
+    match skipped {
+        Some(why) => {
+            crate::metrics::writeback(kind.as_str(), "skipped");
+            Some(format!("writeback of object {} (batch {batch_id}) skipped: {why}", rec.object_id))
+        }
+        None => {
+            batch.put(KS, &job.key(&rec.bucket_id), &job);
+            None
+        }
+    }
 }
 
 /// Whether a writeback of an adapter of `kind` needs the object's external id: a Supabase
@@ -241,15 +268,23 @@ pub fn record_alert(
 
 /// `POST …/submit`: adds the jobs of every (still existing) object of the completed batch
 /// `rec` to `batch`, when the bucket's adapter writes back on batch completion.
-pub fn record_batch(store: &Store, bucket: &Bucket, rec: &BatchRecord, batch: &mut Batch) -> Result<(), StoreError> {
-    let Some(wb) = bucket.source_adapter.as_ref().and_then(on_batch_complete) else { return Ok(()) };
+/// Returns the last reason a job was skipped (see [`record`]), if one was.
+pub fn record_batch(
+    store: &Store,
+    bucket: &Bucket,
+    rec: &BatchRecord,
+    batch: &mut Batch,
+) -> Result<Option<String>, StoreError> {
+    let Some(adapter) = bucket.source_adapter.as_ref() else { return Ok(None) };
+    let Some(wb) = on_batch_complete(adapter) else { return Ok(None) };
+    let mut skipped = None;
     for object_id in &rec.object_ids {
         let key = records::key(&bucket.bucket_id, object_id.as_str());
         if let Some(obj) = store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
-            record(batch, wb, &obj, &rec.batch_id);
+            skipped = record(batch, adapter.adapter_type, wb, &obj, &rec.batch_id).or(skipped);
         }
     }
-    Ok(())
+    Ok(skipped)
 }
 
 #[cfg(test)]
