@@ -51,7 +51,7 @@ mod writebacks;
 
 pub use alerts::AlertAnswer;
 pub(in crate::adapter) use lifecycle::unindexed_marker;
-pub use lifecycle::ChangeRequest;
+pub use lifecycle::{ChangeRequest, SharedFetch};
 pub use writebacks::Requeued;
 
 pub struct SourceAdapterActor;

@@ -23,6 +23,8 @@ pub struct FetchJob {
     token_id: String,
     token_secret: String,
     next: Continuation,
+    /// A lifecycle event's fetch, shared with the other buckets of its connection.
+    pub(super) shared: Option<super::lifecycle::SharedFetch>,
 }
 
 /// The event waiting for its asset.
@@ -67,6 +69,7 @@ impl AdapterState {
                 dedup_hash: dedup_hash.clone(),
                 origin,
             },
+            shared: None,
         }))
     }
 
@@ -90,8 +93,12 @@ impl AdapterState {
         };
         let myself = self.myself.clone();
         tokio::spawn(async move {
-            let FetchJob { asset_id, token_id, token_secret, next } = job;
-            let result = api.get_asset(&asset_id, &token_id, &token_secret).await;
+            let FetchJob { asset_id, token_id, token_secret, next, shared } = job;
+            let fetch = || api.get_asset(&asset_id, &token_id, &token_secret);
+            let result = match shared {
+                Some(once) => once.get_or_init(fetch).await.clone(),
+                None => fetch().await,
+            };
             drop((token_id, token_secret));
             // If the actor is gone, the reply port drops and the caller answers 503.
             let _ = myself.cast(AdapterMsg::Fetched(Box::new(Fetched { asset_id, next, result, reply })));

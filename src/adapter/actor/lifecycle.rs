@@ -39,8 +39,15 @@ pub struct ChangeRequest {
     pub external_id: String,
     /// The upstream event, read like an ingested one (the metadata document for an update).
     pub payload: Value,
+    /// The asset fetch, shared by every bucket the event goes to (see [`SharedFetch`]).
+    pub fetch: SharedFetch,
     pub reply: RpcReplyPort<IngestResult>,
 }
+
+/// One Mux API fetch of a lifecycle event's asset for all the buckets of its connection
+/// (one token): the first actor that needs it fetches, the others wait for its answer. Mux
+/// rate-limits asset reads; one per bucket would spend the limit with the number of buckets.
+pub type SharedFetch = std::sync::Arc<tokio::sync::OnceCell<Result<Value, crate::adapter::mux::MuxApiError>>>;
 
 /// Loads the external-ID index of one bucket (`prefix` = `{bucket_id}/`).
 pub(super) fn load_index(store: &Store, prefix: &str) -> Result<DigestMap<Vec<ObjectId>>, StoreError> {
@@ -453,7 +460,7 @@ impl AdapterState {
     /// upstream ID nothing is fetched or changed; a delete leaves a tombstone there (see
     /// [`AdapterState::tombstone`]).
     pub(super) async fn change(&mut self, req: ChangeRequest) {
-        let ChangeRequest { operation, event_type, external_id, payload, reply } = req;
+        let ChangeRequest { operation, event_type, external_id, payload, fetch, reply } = req;
         if self.closing {
             let _ = reply.send(Err(IngestErr::Gone));
             return;
@@ -489,7 +496,10 @@ impl AdapterState {
             Step::Apply(a) => {
                 let _ = reply.send(self.apply_change(*a).await);
             }
-            Step::Fetch(job) => self.spawn_fetch(*job, reply),
+            Step::Fetch(mut job) => {
+                job.shared = Some(fetch);
+                self.spawn_fetch(*job, reply)
+            }
         }
     }
 

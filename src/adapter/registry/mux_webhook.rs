@@ -59,6 +59,7 @@ impl RegistryState {
             targets.push((bucket_id, actor.clone()));
         }
         let mut waits = Vec::with_capacity(targets.len());
+        let fetch = crate::adapter::actor::SharedFetch::default();
         for (bucket_id, actor) in targets {
             let (tx, rx) = oneshot::channel();
             let req = ChangeRequest {
@@ -66,6 +67,7 @@ impl RegistryState {
                 event_type: event_type.clone().unwrap_or_default(),
                 external_id: asset_id.clone(),
                 payload: payload.clone(),
+                fetch: fetch.clone(),
                 reply: tx.into(),
             };
             actor.cast(AdapterMsg::Change(Box::new(req))).map_err(|e| {
