@@ -48,6 +48,13 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
         return Err(PayloadError(format!("the payload must be a JSON object, not {}", json_type(payload))));
     }
     let event_type = kind::event_type(adapter, payload);
+    // Every database webhook names its operation: a body without one is not an event to
+    // leave aside (200, ignored) but not Supabase's at all, said as one without `schema` is.
+    if adapter.adapter_type == crate::catalog::ProviderType::Supabase && event_type.is_none() {
+        return Err(PayloadError(
+            "not a Supabase database webhook payload: no \"type\" (INSERT, UPDATE, DELETE or TRUNCATE)".into(),
+        ));
+    }
     let handled = match &adapter.event_filter {
         Some(f) => event_type.as_ref().is_some_and(|t| f.event_types.iter().any(|e| e == t)),
         None => match kind::default_event_types(adapter.adapter_type) {
@@ -361,6 +368,16 @@ pub(crate) mod tests {
             webhook_secret_sha256: String::new(),
             configured_at: String::new(),
         }
+    }
+
+    #[test]
+    fn a_supabase_body_without_a_type_is_not_an_event_to_ignore() {
+        let a = adapter(json!({"adapter_type": "supabase", "table": "a"}));
+        let body = json!({"table": "a", "schema": "public", "record": {"id": 1}});
+        let e = screen(&a, &body).err().expect("refused");
+        assert!(e.0.starts_with("not a Supabase database webhook payload: no \"type\""), "{}", e.0);
+        let truncate = json!({"type": "TRUNCATE", "table": "a", "schema": "public", "record": null});
+        assert!(matches!(screen(&a, &truncate), Ok(Screen::Ignored)), "a type outside the filter is still ignored");
     }
 
     fn schema() -> BucketSchema {

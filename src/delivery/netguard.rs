@@ -76,7 +76,9 @@ pub fn check_url(url: &url::Url, policy: NetPolicy) -> Result<(), String> {
         other => return Err(format!("unsupported URL scheme {other:?}; use https://")),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials in the URL are refused; use a header instead".into());
+        return Err("credentials in the URL (user:password@) are refused; a webhook channel or a generic connection \
+             takes them as a header instead"
+            .into());
     }
     let private = match url.host() {
         None => return Err("the URL has no host".into()),

@@ -55,11 +55,24 @@ impl std::fmt::Debug for SlackConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
+    /// As written, but for surrounding whitespace (a pasted `"ops@example.com "` is stored,
+    /// shown and compared as `ops@example.com`).
+    #[serde(deserialize_with = "trimmed")]
     pub to: Vec<String>,
     #[serde(default)]
     pub subject_template: Option<String>,
     #[serde(default)]
     pub body_template: Option<String>,
+}
+
+fn trimmed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let mut all = Vec::<String>::deserialize(d)?;
+    for a in &mut all {
+        if a.trim().len() != a.len() {
+            *a = a.trim().to_string();
+        }
+    }
+    Ok(all)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -451,4 +464,16 @@ pub(crate) fn summarize(
     });
     first.reached = reached;
     first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_addresses_are_kept_without_surrounding_whitespace() {
+        let c: EmailConfig = serde_json::from_value(serde_json::json!({"to": [" ops@example.com ", "Lead <l@x.io>"]}))
+            .expect("an email config");
+        assert_eq!(c.to, ["ops@example.com", "Lead <l@x.io>"]);
+    }
 }
