@@ -606,6 +606,20 @@ impl AdapterState {
         if screened.operation == Operation::Delete {
             return Step::Apply(Box::new(Apply { screened, draft: None, dedup_hash, origin }));
         }
+        // An UPDATE that would be an upsert of a row whose object is gone (deleted, its dedup
+        // value kept) is a duplicate (see `apply_change`): answered so before its record is
+        // mapped, so a record the mapping refuses (no file URL, say) does not make it a 422.
+        if screened.operation == Operation::Update
+            && origin == Origin::Ingest
+            && kind::upsert_on_update(self.adapter.adapter_type)
+            && screened.previous_external_id.is_none()
+            && screened.external_id.as_deref().is_some_and(|e| !self.xids.contains_key(&records::dedup_hash(e)))
+        {
+            let hash = dedup_hash.clone().or_else(|| screened.dedup_value.as_deref().map(records::dedup_hash));
+            if let Some(object_id) = hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
+                return Step::Done(Ok(self.duplicate(now, object_id)));
+            }
+        }
         let draft = match kind::metadata_document(&self.adapter, &payload) {
             Err(e) => Err(e),
             Ok(MetadataSource::Inline(doc)) => {

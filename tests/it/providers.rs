@@ -1622,6 +1622,11 @@ async fn supabase_update_after_the_rows_delete_is_a_duplicate_with_a_dedup_key()
     let late_update = db_event("UPDATE", json!({"id": 700, "title": "back?"}), row.clone());
     let r = post_row(&app, b, s, late_update.clone()).await;
     assert_eq!(r, json!({"handled": true, "status": "duplicate", "object_id": oid}), "{r}");
+    // Even when its record is one the mapping would refuse (a title that is not a string):
+    // a duplicate is answered before the record is mapped.
+    let odd = db_event("UPDATE", json!({"id": 700, "title": 5}), row.clone());
+    let r = post_row(&app, b, s, odd).await;
+    assert_eq!(r, json!({"handled": true, "status": "duplicate", "object_id": oid}), "{r}");
     // What a re-sent INSERT of the deleted row answers (README): the same.
     let r = post_row(&app, b, s, db_event("INSERT", row.clone(), Value::Null)).await;
     assert_eq!(r, json!({"handled": true, "status": "duplicate", "object_id": oid}), "{r}");
