@@ -27,16 +27,28 @@ impl Unreadable {
     /// buckets are read once), logging each whose credentials cannot be opened.
     pub fn scan(store: &Store, secrets: &SecretBox, mut bucket: impl FnMut(&Bucket)) -> Result<Unreadable, StoreError> {
         let mut found = Unreadable::default();
-        store.for_each::<Connection>(Keyspace::CONNECTIONS, "", |_, c| {
-            if let Err(e) = c.open(secrets) {
-                tracing::error!(connection_id = %c.connection_id, error = %e,
+        // Record by record: one that does not even decode (written by a newer version, say)
+        // is reported and counted, and must not stop a start that reads it nowhere else.
+        let mut keys = Vec::new();
+        store.for_each_key(Keyspace::CONNECTIONS, "", |k| {
+            keys.push(k.to_string());
+            true
+        })?;
+        for key in keys {
+            let Some(id) = ConnectionId::parse(&key) else { continue };
+            let why = match store.get::<Connection>(Keyspace::CONNECTIONS, &key) {
+                Ok(Some(c)) => c.open(secrets).err().map(|e| e.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("the record cannot be read: {e}")),
+            };
+            if let Some(e) = why {
+                tracing::error!(connection_id = %id, error = %e,
                     "the connection's credentials cannot be opened: what needs them (Mux signature checks, which \
                      then answer 503, asset fetches, writebacks) fails until they are set again with a PATCH of the \
                      connection");
-                found.connections.insert(c.connection_id);
+                found.connections.insert(id);
             }
-            true
-        })?;
+        }
         store.for_each::<Bucket>(Keyspace::BUCKETS, "", |_, b| {
             if let Some(e) = adapter_error(&b, secrets) {
                 tracing::error!(bucket_id = %b.bucket_id, error = %e,

@@ -1032,12 +1032,17 @@ impl WorkerState {
             let hold = self.settings.policy.hold_after_429(result.retry_after);
             self.throttles.on_429(&d.channel_ref(), now, hold);
         }
-        if result.outcome != Outcome::Delivered && (!limited || limited_before) {
+        if result.outcome != Outcome::Delivered && (!limited || limited_before) && !result.interrupted {
             d.failures += 1;
         }
         let age = Duration::from_millis(now.saturating_sub(d.window_start_ms));
         let jitter = rand::rng().random_range(-1.0..=1.0);
-        let decision = self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter);
+        let decision = match result.interrupted {
+            // Cut short by the shutdown: due again at once (after the restart), whatever its
+            // recipients gave: those not tried have not had their attempt.
+            true => Decision::RetryIn(Duration::ZERO),
+            false => self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter),
+        };
         // Its channel was removed while it was in flight: no retry to a channel that is gone.
         if decision != Decision::Succeeded && !self.rt.has_channel(&d) {
             self.bury_removed(&mut d, now);

@@ -1247,6 +1247,28 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     assert_eq!((unreadable(&m, "connection"), unreadable(&m, "adapter")), (0.0, 0.0), "mended");
 }
 
+/// A connection record that does not even decode (a newer version's, a damaged one) is
+/// reported and counted as unreadable at start, and does not stop the start.
+#[tokio::test]
+async fn an_undecodable_connection_is_reported_not_fatal() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    assert_eq!(app.stop(), Some(0));
+    let id = "conn_01m9000000000000000000000";
+    {
+        let backend = app.stopped_sled().await;
+        let mut damage = Batch::new();
+        damage.put(Keyspace::CONNECTIONS, id, &"not a connection");
+        backend.apply(&damage).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+    app.start_again().await;
+    assert_eq!(app.get("/readyz").await.0, 200, "{}", app.log());
+    assert!(app.log().contains(id) && app.log().contains("the record cannot be read"), "{}", app.log());
+    let m = app.metrics().await;
+    assert_eq!(metric_value(&m, "hookline_credentials_unreadable", &[("kind", "connection")]), 1.0);
+}
+
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
     let mut app = TestApp::start().await;

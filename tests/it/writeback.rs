@@ -1148,3 +1148,46 @@ async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
     listed(&app, &bucket, "", 0).await;
     assert!(metric_reaches(&app, "hookline_writebacks_total", &[("outcome", "superseded")], 1.0).await);
 }
+
+/// A dead job retried by hand while a newer job of its row is in flight keeps its place in
+/// the row's order (its cause's time): it is sent after the newer one, with only the fields
+/// the newer one lacks, so it cannot put an older value back.
+#[tokio::test]
+async fn a_retried_dead_writeback_does_not_undo_a_newer_one_in_flight() {
+    use crate::outbound_receiver::Receiver;
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 10\nmax_age_seconds = 2\nretry_schedule_seconds = [1]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
+    let rx = Receiver::start(500).await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "requeued",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
+            "batching": {"mode": "immediate"},
+            "writeback": {"trigger": "on_alert", "writeback_url": rx.url("/wb"),
+                "field_mapping": [{"source_path": "verdict", "target_field": "verdict"},
+                    {"source_path": "note", "target_field": "note"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-9", "title": "t"})).await;
+    let oid = r["object_id"].as_str().expect("object_id").to_string();
+    let alerts = format!("/v1/buckets/{bucket}/objects/{oid}/alerts");
+    let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "old", "note": "n1"}})).await;
+    assert_eq!(s, 202, "{a}");
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    // The newer result goes out, slowly: the old one is retried by hand meanwhile.
+    rx.set_default(200);
+    rx.then(200, Duration::from_secs(3));
+    let before = rx.count();
+    let (s, a) = app.post(&alerts, json!({"alert_id": "a2", "results": {"verdict": "new"}})).await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { rx.count() > before }).await, "the newer job was not sent");
+    let (s, job) = retry(&app, &bucket, &id_of(&dead[0])).await;
+    assert_eq!(s, 202, "{job}");
+    listed(&app, &bucket, "", 0).await;
+    let sent: Vec<Value> = rx.captured()[before..].iter().map(|c| serde_json::from_slice(&c.body).unwrap()).collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!((&sent[0]["alert_id"], &sent[0]["fields"]), (&json!("a2"), &json!({"verdict": "new"})), "{sent:?}");
+    assert_eq!((&sent[1]["alert_id"], &sent[1]["fields"]), (&json!("a1"), &json!({"note": "n1"})), "{sent:?}");
+}

@@ -69,7 +69,12 @@ pub struct Job {
     pub table: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    /// When it was queued; a retry by hand restarts it (and with it the max age).
     pub created_at_ms: u64,
+    /// When its cause (the batch's completion, the alert) queued it first: what orders the
+    /// jobs of one row (see `worker.rs`). Absent in jobs stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_at_ms: Option<u64>,
     pub attempts: u32,
     pub next_attempt_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +190,7 @@ pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>
         table: rec.source.table.clone(),
         schema: rec.source.schema.clone(),
         created_at_ms: now_ms,
+        caused_at_ms: Some(now_ms),
         attempts: 0,
         next_attempt_ms: now_ms,
         last_error: None,

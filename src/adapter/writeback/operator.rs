@@ -349,6 +349,8 @@ pub fn requeue(store: &Store, bucket: &BucketId, id: &WritebackId, now_ms: u64) 
         return Err(RequeueError::NotFound { bucket_id: bucket.clone(), id: id.to_string() });
     };
     job.attempts = 0;
+    // Its place among its row's jobs stays its cause's (see `worker.rs`).
+    job.caused_at_ms = Some(job.caused_at_ms.unwrap_or(job.created_at_ms));
     job.created_at_ms = now_ms;
     job.next_attempt_ms = now_ms;
     let mut batch = Batch::new();
@@ -371,6 +373,7 @@ mod tests {
             table: None,
             schema: None,
             created_at_ms: 1_000,
+            caused_at_ms: None,
             attempts: 5,
             next_attempt_ms: 2_000,
             last_error: Some("the target answered HTTP 500".into()),
@@ -518,6 +521,7 @@ mod tests {
 
         let (batch, requeued) = requeue(&store, &bucket, &b1, 9_000).unwrap();
         assert_eq!((requeued.attempts, requeued.created_at_ms, requeued.next_attempt_ms), (0, 9_000, 9_000));
+        assert_eq!(requeued.caused_at_ms, Some(1_000), "its place among its row's jobs is its cause's");
         assert_eq!(requeued.last_error, batch_job.last_error, "kept until the next attempt replaces it");
         store.commit(batch).await.unwrap();
         assert_eq!(store.get::<Job>(KS, &batch_job.key(&bucket)).unwrap(), Some(requeued));

@@ -157,7 +157,13 @@ impl WorkerState {
                 POLL
             } else {
                 let now = now_millis();
-                let waiting = self.jobs.iter().filter(|(k, _)| !self.flying.contains(*k));
+                // Not a job held back for its row's attempt in flight: due, it would make
+                // this loop spin until that attempt ends (a completion wakes it anyway).
+                let busy = self.busy_rows();
+                let waiting = self
+                    .jobs
+                    .iter()
+                    .filter(|(k, j)| !self.flying.contains(*k) && !row(j).is_some_and(|r| busy.contains(&r)));
                 let next = waiting.map(|(_, j)| j.next_attempt_ms).min().unwrap_or(u64::MAX);
                 Duration::from_millis(next.saturating_sub(now)).min(POLL)
             };
@@ -224,7 +230,7 @@ impl WorkerState {
         let now = now_millis();
         let room = CONCURRENCY.saturating_sub(flying.len());
         // One attempt per row at a time: a row with a job in flight waits for its outcome.
-        let mut busy: HashSet<RowKey> = self.flying.iter().filter_map(|k| self.jobs.get(k)).filter_map(row).collect();
+        let mut busy = self.busy_rows();
         let mut due: Vec<(u64, &String)> = self
             .jobs
             .iter()
@@ -347,20 +353,39 @@ impl WorkerState {
     }
 }
 
-/// The source row a job writes: its table and schema (Supabase) and its external ID. A job
+/// The source row a job writes, in its bucket: its external ID. A bucket's adapter writes one
+/// table (Supabase: the adapter's, never the event's) or one URL (generic_webhook). A job
 /// without an external ID writes no row (it is given up at its attempt).
-type RowKey = (Option<String>, Option<String>, String);
+type RowKey = String;
 
 fn row(j: &Job) -> Option<RowKey> {
-    Some((j.table.clone(), j.schema.clone(), j.external_id.clone()?))
+    j.external_id.clone()
+}
+
+/// When a job's cause happened, which orders the jobs of a row: a dead job retried by hand
+/// keeps the time it was first queued (its `created_at_ms` restarts its max age).
+fn caused_at(j: &Job) -> u64 {
+    j.caused_at_ms.unwrap_or(j.created_at_ms)
 }
 
 impl WorkerState {
-    /// Keeps one waiting job per source row: the newest (by creation, then key), with the
-    /// fields of the older ones that it lacks. The older ones are deleted, or, when in flight,
-    /// given up should their attempt fail ([`WorkerState::covered`]). Returns the store writes.
+    /// The rows with an attempt in flight.
+    fn busy_rows(&self) -> HashSet<RowKey> {
+        self.flying.iter().filter_map(|k| self.jobs.get(k)).filter_map(row).collect()
+    }
+
+    /// Keeps one waiting job per source row: the newest (by its cause's time, then key), with
+    /// the fields of the older ones that it lacks (those the adapter still maps). The older
+    /// ones are deleted, or, when in flight, given up should their attempt fail
+    /// ([`WorkerState::covered`]). When the newest is itself in flight (it carries only the
+    /// fields it was sent with), an older waiting job keeps only the fields the newest lacks,
+    /// and goes if none is left. Returns the store writes.
     fn coalesce(&mut self) -> Batch {
         let mut batch = Batch::new();
+        let mapped: HashSet<String> = match &self.sender.adapter.writeback {
+            Some(w) => w.field_mapping.iter().map(|m| m.target_field.clone()).collect(),
+            None => HashSet::new(),
+        };
         let mut rows: std::collections::HashMap<RowKey, Vec<String>> = std::collections::HashMap::new();
         for (k, j) in &self.jobs {
             if let Some(r) = row(j) {
@@ -371,23 +396,38 @@ impl WorkerState {
             if keys.len() < 2 {
                 continue;
             }
-            keys.sort_by_cached_key(|k| (self.jobs.get(k).map_or(0, |j| j.created_at_ms), k.clone()));
+            keys.sort_by_cached_key(|k| (self.jobs.get(k).map_or(0, caused_at), k.clone()));
             let Some(newest) = keys.pop() else { continue };
             let Some(mut kept) = self.jobs.get(&newest).cloned() else { continue };
             let before = kept.fields.len();
-            // The newest in flight carries only the fields it was sent with: an older job
-            // whose fields it all has is given up, one with others waits for its turn.
             let newest_flying = self.flying.contains(&newest);
             // Newest first, so each field keeps its newest value.
             for k in keys.iter().rev() {
                 let Some(old) = self.jobs.get(k) else { continue };
                 if newest_flying {
-                    if self.flying.contains(k) || !old.fields.keys().all(|f| kept.fields.contains_key(f)) {
+                    if self.flying.contains(k) {
+                        continue;
+                    }
+                    let rest: serde_json::Map<String, serde_json::Value> = old
+                        .fields
+                        .iter()
+                        .filter(|(f, _)| !kept.fields.contains_key(*f))
+                        .map(|(f, v)| (f.clone(), v.clone()))
+                        .collect();
+                    if !rest.is_empty() {
+                        if rest.len() != old.fields.len() {
+                            let mut trimmed = old.clone();
+                            trimmed.fields = rest;
+                            batch.put(KS, k, &trimmed);
+                            self.jobs.insert(k.clone(), trimmed);
+                        }
                         continue;
                     }
                 } else {
                     for (f, v) in &old.fields {
-                        kept.fields.entry(f.clone()).or_insert_with(|| v.clone());
+                        if mapped.contains(f) {
+                            kept.fields.entry(f.clone()).or_insert_with(|| v.clone());
+                        }
                     }
                 }
                 if self.flying.contains(k) {

@@ -149,7 +149,9 @@ impl EmailChannel {
         let mut untried = 0;
         let mut stopped = 0;
         for (written, mailbox) in &self.to {
-            if msg.done_recipients.contains(written) {
+            // Compared trimmed: a version that kept addresses with their whitespace recorded
+            // them so.
+            if msg.done_recipients.iter().any(|d| d.trim() == written) {
                 continue;
             }
             if msg.stopping.is_cancelled() {
@@ -168,14 +170,14 @@ impl EmailChannel {
                 failed.push((written.clone(), r));
             }
         }
-        if stopped > 0 {
-            failed.push(super::not_sent_stopping(stopped, "address(es)"));
-        }
         let mut result = super::summarize(self.to.len(), reached, failed, last_ok, "addresses");
         if untried > 0 {
             result.error = result.error.map(|e| format!("{e}; {untried} not tried (a failure of the relay itself)"));
         }
-        result
+        match stopped {
+            0 => result,
+            n => super::interrupted(result, n, "address(es)"),
+        }
     }
 
     /// Sends the delivery's message to one address.
@@ -219,6 +221,7 @@ impl EmailChannel {
                 retry_after: None,
                 result: "2xx",
                 reached: Vec::new(),
+                interrupted: false,
             },
             Err(e) => {
                 let result = if e.is_timeout() {
@@ -245,6 +248,7 @@ impl EmailChannel {
                     retry_after: None,
                     result,
                     reached: Vec::new(),
+                    interrupted: false,
                 }
             }
         }

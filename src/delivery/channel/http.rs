@@ -291,6 +291,7 @@ pub(super) async fn exchange_hiding(
         retry_after: reply.retry_after,
         result,
         reached: Vec::new(),
+        interrupted: false,
     }
 }
 

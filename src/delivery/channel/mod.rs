@@ -303,15 +303,21 @@ pub struct Message<'a> {
     pub stopping: &'a tokio_util::sync::CancellationToken,
 }
 
-/// The recipients an attempt did not send to because the daemon was shutting down: a
-/// retriable failure (the delivery is not done), sent after the restart.
-pub(crate) fn not_sent_stopping(n: usize, noun: &str) -> (String, AttemptResult) {
-    let r = AttemptResult::failed(
-        Outcome::Retriable,
-        "error",
-        "not sent: hookline was shutting down (sent after the restart)",
-    );
-    (format!("{n} more {noun}"), r)
+/// Marks an attempt cut short by the shutdown, `n` of its recipients not tried: whatever
+/// the others gave (a permanent failure included), the delivery waits for them, due at once
+/// after the restart, and the attempt does not count as a failure.
+pub(crate) fn interrupted(mut r: AttemptResult, n: usize, noun: &str) -> AttemptResult {
+    let why = format!("{n} {noun} not tried: hookline was shutting down (sent after the restart)");
+    r.error = Some(match r.error.take() {
+        Some(e) => format!("{e}; {why}"),
+        None => why,
+    });
+    if r.outcome == Outcome::Delivered {
+        r.result = "error";
+    }
+    r.outcome = Outcome::Retriable;
+    r.interrupted = true;
+    r
 }
 
 /// One delivery attempt's result.
@@ -326,6 +332,9 @@ pub struct AttemptResult {
     pub result: &'static str,
     /// Recipients this attempt reached (multi-recipient channels): not sent to again.
     pub reached: Vec<String>,
+    /// Cut short by the daemon's shutdown before every recipient was tried: not a failure
+    /// (no step up the retry schedule, never dead for it); the rest go out after the restart.
+    pub interrupted: bool,
 }
 
 impl AttemptResult {
@@ -338,6 +347,7 @@ impl AttemptResult {
             retry_after: None,
             result,
             reached: Vec::new(),
+            interrupted: false,
         }
     }
 }
@@ -444,6 +454,7 @@ pub(crate) fn summarize(
             retry_after: None,
             result: "2xx",
             reached: Vec::new(),
+            interrupted: false,
         });
         ok.reached = reached;
         return ok;

@@ -140,14 +140,14 @@ impl SmsChannel {
                 failed.push((to.clone(), r));
             }
         }
-        if stopped > 0 {
-            failed.push(super::not_sent_stopping(stopped, "number(s)"));
-        }
         let mut result = summarize(self.to.len(), reached, failed, last_ok, "numbers");
         if untried > 0 {
             result.error = result.error.map(|e| format!("{e}; {untried} not tried (rate limited: sent on the retry)"));
         }
-        result
+        match stopped {
+            0 => result,
+            n => super::interrupted(result, n, "number(s)"),
+        }
     }
 }
 
@@ -197,6 +197,7 @@ mod tests {
             retry_after: None,
             result: "2xx",
             reached: Vec::new(),
+            interrupted: false,
         }
     }
 
