@@ -254,7 +254,7 @@ pub fn fire(
     };
     let key = key(bucket_id, &object_id, &alert_id);
     if let Some(record) = store.get::<AlertRecord>(KS, &key)? {
-        if record.results != results {
+        if !same_json(&Value::Object(record.results.clone()), &Value::Object(results.clone())) {
             return Err(AlertError::Reused { alert_id });
         }
         return Ok(Fired { status: AlertStatus::Duplicate, record, event: None });
@@ -288,10 +288,37 @@ pub fn fire(
     Ok(Fired { status: AlertStatus::Accepted, record, event: Some(event) })
 }
 
+/// JSON values equal as JSON: numbers by value (`1` and `1.0` are one number, as a retrying
+/// client's serializer may write either), objects whatever their key order.
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn results_are_compared_as_json_values() {
+        assert!(same_json(&json!({"a": 1, "b": [2, {"c": 3}]}), &json!({"b": [2.0, {"c": 3}], "a": 1.0})));
+        assert!(!same_json(&json!({"a": 1}), &json!({"a": 1.5})));
+        assert!(!same_json(&json!({"a": 1}), &json!({"a": "1"})));
+        assert!(!same_json(&json!({"a": [1, 2]}), &json!({"a": [2, 1]})), "arrays keep their order");
+        assert!(!same_json(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        assert!(same_json(&json!({"n": u64::MAX}), &json!({"n": u64::MAX})));
+        assert!(same_json(&json!({"n": -3}), &json!({"n": -3.0})));
+    }
 
     fn body(v: Value) -> Result<NewAlert, ApiError> {
         crate::error::deserialize_at::<AlertBody>(None, v)?.validate(ObjectId::generate())

@@ -663,7 +663,8 @@ async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> 
     req.no_fields()?;
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;
-    let batch_id = BatchId::parse(bid).ok_or_else(|| ApiError::NotFound(format!("batch {bid} not found")))?;
+    let batch_id =
+        BatchId::parse(bid).ok_or_else(|| ApiError::NotFound(format!("batch {bid} not found in bucket {id}")))?;
     let registry = state.shared.bucket_registry()?;
     let rec = ask!(registry, |reply| RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply })?;
     Ok(json(StatusCode::OK, &rec))
