@@ -70,34 +70,29 @@ impl Unreadable {
 
     /// After a connection was written: a PATCH of its name alone keeps what it held.
     pub fn connection_written(&mut self, conn: &Connection, secrets: &SecretBox) {
-        let changed = match conn.open(secrets) {
-            Ok(_) => self.connections.remove(&conn.connection_id),
-            Err(_) => self.connections.insert(conn.connection_id.clone()),
-        };
-        if changed {
-            self.publish();
-        }
+        let unreadable = conn.open(secrets).is_err();
+        self.mark(|u| &mut u.connections, conn.connection_id.clone(), unreadable);
     }
 
     pub fn connection_deleted(&mut self, id: &ConnectionId) {
-        if self.connections.remove(id) {
-            self.publish();
-        }
+        self.mark(|u| &mut u.connections, id.clone(), false);
     }
 
     /// After a bucket was written: its adapter may keep the credentials it had.
     pub fn bucket_written(&mut self, bucket: &Bucket, secrets: &SecretBox) {
-        let changed = match adapter_error(bucket, secrets) {
-            None => self.adapters.remove(&bucket.bucket_id),
-            Some(_) => self.adapters.insert(bucket.bucket_id.clone()),
-        };
-        if changed {
-            self.publish();
-        }
+        let unreadable = adapter_error(bucket, secrets).is_some();
+        self.mark(|u| &mut u.adapters, bucket.bucket_id.clone(), unreadable);
     }
 
     pub fn bucket_deleted(&mut self, id: &BucketId) {
-        if self.adapters.remove(id) {
+        self.mark(|u| &mut u.adapters, id.clone(), false);
+    }
+
+    /// Puts `id` in or out of the set `which` picks, and publishes the gauges if that changed.
+    fn mark<K: Eq + std::hash::Hash>(&mut self, which: impl Fn(&mut Self) -> &mut HashSet<K>, id: K, unreadable: bool) {
+        let set = which(self);
+        let changed = if unreadable { set.insert(id) } else { set.remove(&id) };
+        if changed {
             self.publish();
         }
     }

@@ -1105,21 +1105,17 @@ async fn a_writeback_without_its_external_id_field_is_skipped_naming_it() {
     assert!(pg.seen().is_empty(), "nothing was written to another row");
 }
 
-/// Writebacks of one row land in order: a newer job takes over an older one still waiting
-/// for its retry (with the fields it lacks), so the older result never lands after it.
-#[tokio::test]
-async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
-    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
-        request_timeout_seconds = 2\nmax_age_seconds = 60\nretry_schedule_seconds = [2]\n";
+/// A daemon with `delivery` settings and one object of a generic_webhook bucket that writes
+/// `verdict` and `note` back to `url` on alerts: (app, bucket, the object's alerts path).
+async fn one_row_on_alert(delivery: &str, url: &str, name: &str) -> (TestApp, String, String) {
     let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
-    let rx = Upstream::start(500).await;
     let (bucket, secret) = bucket_with(
         &app,
-        "ordered",
+        name,
         json!({"title": {"type": "string"}}),
         json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
             "batching": {"mode": "immediate"},
-            "writeback": {"trigger": "on_alert", "writeback_url": rx.url("/wb"),
+            "writeback": {"trigger": "on_alert", "writeback_url": url,
                 "field_mapping": [{"source_path": "verdict", "target_field": "verdict"},
                     {"source_path": "note", "target_field": "note"}]}}),
     )
@@ -1127,6 +1123,17 @@ async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
     let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-8", "title": "t"})).await;
     let oid = r["object_id"].as_str().expect("object_id").to_string();
     let alerts = format!("/v1/buckets/{bucket}/objects/{oid}/alerts");
+    (app, bucket, alerts)
+}
+
+/// Writebacks of one row land in order: a newer job takes over an older one still waiting
+/// for its retry (with the fields it lacks), so the older result never lands after it.
+#[tokio::test]
+async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nmax_age_seconds = 60\nretry_schedule_seconds = [2]\n";
+    let rx = Upstream::start(500).await;
+    let (app, bucket, alerts) = one_row_on_alert(delivery, &rx.url("/wb"), "ordered").await;
     let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "first", "note": "n1"}})).await;
     assert_eq!(s, 202, "{a}");
     // Its first attempt fails; its retry is due 2 s later.
@@ -1157,22 +1164,8 @@ async fn a_retried_dead_writeback_does_not_undo_a_newer_one_in_flight() {
     use crate::outbound_receiver::Receiver;
     let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
         request_timeout_seconds = 10\nmax_age_seconds = 2\nretry_schedule_seconds = [1]\n";
-    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
     let rx = Receiver::start(500).await;
-    let (bucket, secret) = bucket_with(
-        &app,
-        "requeued",
-        json!({"title": {"type": "string"}}),
-        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
-            "batching": {"mode": "immediate"},
-            "writeback": {"trigger": "on_alert", "writeback_url": rx.url("/wb"),
-                "field_mapping": [{"source_path": "verdict", "target_field": "verdict"},
-                    {"source_path": "note", "target_field": "note"}]}}),
-    )
-    .await;
-    let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-9", "title": "t"})).await;
-    let oid = r["object_id"].as_str().expect("object_id").to_string();
-    let alerts = format!("/v1/buckets/{bucket}/objects/{oid}/alerts");
+    let (app, bucket, alerts) = one_row_on_alert(delivery, &rx.url("/wb"), "requeued").await;
     let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "old", "note": "n1"}})).await;
     assert_eq!(s, 202, "{a}");
     let dead = listed(&app, &bucket, "?status=dead", 1).await;
