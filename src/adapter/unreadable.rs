@@ -39,7 +39,14 @@ impl Unreadable {
             let why = match store.get::<Connection>(Keyspace::CONNECTIONS, &key) {
                 Ok(Some(c)) => c.open(secrets).err().map(|e| e.to_string()),
                 Ok(None) => None,
-                Err(e) => Some(format!("the record cannot be read: {e}")),
+                Err(e) => {
+                    tracing::error!(connection_id = %id, error = %e,
+                        "a stored connection cannot be read at all (written by a newer hookline, or damaged): what \
+                         uses it fails; run the version that wrote it, or DELETE the connection (once no adapter \
+                         uses it) and create it again");
+                    found.connections.insert(id);
+                    continue;
+                }
             };
             if let Some(e) = why {
                 tracing::error!(connection_id = %id, error = %e,

@@ -1040,7 +1040,8 @@ impl WorkerState {
         let decision = match result.interrupted {
             // Cut short by the shutdown: due again at once (after the restart), whatever its
             // recipients gave: those not tried have not had their attempt.
-            true => Decision::RetryIn(Duration::ZERO),
+            // (A recipient's 429 in that attempt still asks to wait: its Retry-After.)
+            true => Decision::RetryIn(if limited { result.retry_after.unwrap_or_default() } else { Duration::ZERO }),
             false => self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter),
         };
         // Its channel was removed while it was in flight: no retry to a channel that is gone.

@@ -1171,7 +1171,8 @@ async fn a_retried_dead_writeback_does_not_undo_a_newer_one_in_flight() {
     let dead = listed(&app, &bucket, "?status=dead", 1).await;
     // The newer result goes out, slowly: the old one is retried by hand meanwhile.
     rx.set_default(200);
-    rx.then(200, Duration::from_secs(3));
+    // Long enough for the retry (a barrier and a commit) and a scan on a loaded machine.
+    rx.then(200, Duration::from_secs(6));
     let before = rx.count();
     let (s, a) = app.post(&alerts, json!({"alert_id": "a2", "results": {"verdict": "new"}})).await;
     assert_eq!(s, 202, "{a}");

@@ -163,7 +163,7 @@ impl WorkerState {
                 let waiting = self
                     .jobs
                     .iter()
-                    .filter(|(k, j)| !self.flying.contains(*k) && !row(j).is_some_and(|r| busy.contains(&r)));
+                    .filter(|(k, j)| !self.flying.contains(*k) && !self.row(j).is_some_and(|r| busy.contains(&r)));
                 let next = waiting.map(|(_, j)| j.next_attempt_ms).min().unwrap_or(u64::MAX);
                 Duration::from_millis(next.saturating_sub(now)).min(POLL)
             };
@@ -229,12 +229,14 @@ impl WorkerState {
         }
         let now = now_millis();
         let room = CONCURRENCY.saturating_sub(flying.len());
-        // One attempt per row at a time: a row with a job in flight waits for its outcome.
+        // One attempt per row at a time: a row with a job in flight waits for its outcome
+        // (left out before the window is cut, so that they cannot fill it).
         let mut busy = self.busy_rows();
         let mut due: Vec<(u64, &String)> = self
             .jobs
             .iter()
             .filter(|(k, j)| j.next_attempt_ms <= now && !self.flying.contains(*k))
+            .filter(|(_, j)| !self.row(j).is_some_and(|r| busy.contains(&r)))
             .map(|(k, j)| (j.next_attempt_ms, k))
             .collect();
         // The longest due first: alert jobs sort before batch jobs and must not starve them.
@@ -246,7 +248,7 @@ impl WorkerState {
             due.truncate(window);
         }
         due.sort_unstable();
-        due.retain(|(_, k)| self.jobs.get(*k).and_then(row).is_none_or(|r| busy.insert(r)));
+        due.retain(|(_, k)| self.jobs.get(*k).and_then(|j| self.row(j)).is_none_or(|r| busy.insert(r)));
         due.truncate(room);
         let due: Vec<(String, Job)> =
             due.into_iter().filter_map(|(_, k)| Some((k.clone(), self.jobs.get(k)?.clone()))).collect();
@@ -353,13 +355,18 @@ impl WorkerState {
     }
 }
 
-/// The source row a job writes, in its bucket: its external ID. A bucket's adapter writes one
-/// table (Supabase: the adapter's, never the event's) or one URL (generic_webhook). A job
-/// without an external ID writes no row (it is given up at its attempt).
-type RowKey = String;
+/// The source row a job writes: the table and schema its object came from (as `send.rs`
+/// reads them: none is the adapter's, `public` the default schema; a job of another table than
+/// the adapter's is given up there, and must not take another row's fields), and its external
+/// ID. generic_webhook writes one URL: its jobs differ by external ID alone. A job without an
+/// external ID writes no row (it is given up at its attempt).
+type RowKey = (String, String, String);
 
-fn row(j: &Job) -> Option<RowKey> {
-    j.external_id.clone()
+fn row_of(j: &Job, pinned: Option<(&str, &str)>) -> Option<RowKey> {
+    let external_id = j.external_id.clone()?;
+    let schema = j.schema.as_deref().or(pinned.map(|p| p.0)).unwrap_or(crate::adapter::supabase::DEFAULT_SCHEMA);
+    let table = j.table.as_deref().or(pinned.map(|p| p.1)).unwrap_or_default();
+    Some((schema.to_string(), table.to_string(), external_id))
 }
 
 /// When a job's cause happened, which orders the jobs of a row: a dead job retried by hand
@@ -369,9 +376,13 @@ fn caused_at(j: &Job) -> u64 {
 }
 
 impl WorkerState {
+    fn row(&self, j: &Job) -> Option<RowKey> {
+        row_of(j, self.sender.adapter.table())
+    }
+
     /// The rows with an attempt in flight.
     fn busy_rows(&self) -> HashSet<RowKey> {
-        self.flying.iter().filter_map(|k| self.jobs.get(k)).filter_map(row).collect()
+        self.flying.iter().filter_map(|k| self.jobs.get(k)).filter_map(|j| self.row(j)).collect()
     }
 
     /// Keeps one waiting job per source row: the newest (by its cause's time, then key), with
@@ -388,7 +399,7 @@ impl WorkerState {
         };
         let mut rows: std::collections::HashMap<RowKey, Vec<String>> = std::collections::HashMap::new();
         for (k, j) in &self.jobs {
-            if let Some(r) = row(j) {
+            if let Some(r) = self.row(j) {
                 rows.entry(r).or_default().push(k.clone());
             }
         }
@@ -401,6 +412,9 @@ impl WorkerState {
             let Some(mut kept) = self.jobs.get(&newest).cloned() else { continue };
             let before = kept.fields.len();
             let newest_flying = self.flying.contains(&newest);
+            // The fields a newer job of the row carries (with the newest in flight, each older
+            // waiting job keeps only fields no newer one has, so their order no longer matters).
+            let mut claimed: HashSet<String> = kept.fields.keys().cloned().collect();
             // Newest first, so each field keeps its newest value.
             for k in keys.iter().rev() {
                 let Some(old) = self.jobs.get(k) else { continue };
@@ -411,9 +425,10 @@ impl WorkerState {
                     let rest: serde_json::Map<String, serde_json::Value> = old
                         .fields
                         .iter()
-                        .filter(|(f, _)| !kept.fields.contains_key(*f))
+                        .filter(|(f, _)| mapped.contains(*f) && !claimed.contains(*f))
                         .map(|(f, v)| (f.clone(), v.clone()))
                         .collect();
+                    claimed.extend(rest.keys().cloned());
                     if !rest.is_empty() {
                         if rest.len() != old.fields.len() {
                             let mut trimmed = old.clone();
