@@ -240,8 +240,9 @@ impl WorkerState {
             .map(|(k, j)| (j.next_attempt_ms, k))
             .collect();
         // The longest due first: alert jobs sort before batch jobs and must not starve them.
-        // Rows are coalesced (one waiting job each), so at most one job per flying attempt
-        // is held back below: the first `room` + that many suffice.
+        // Rows with an attempt in flight are out already, and the others are coalesced (one
+        // waiting job each), so the `retain` below seldom drops one: `room` + the number in
+        // flight is ample, and a round that drops more only starts fewer.
         let window = room + self.flying.len();
         if due.len() > window {
             due.select_nth_unstable(window);
