@@ -22,8 +22,19 @@ pub async fn list_connections(state: &HttpState, req: &Request) -> Result<Respon
     req.authenticate_list(state, &["limit", "cursor"])?;
     let mut page = Page::results(req.page_limit_or(usize::MAX)?);
     let after = req.cursor(|c| ConnectionId::parse(c).is_some())?;
-    state.shared.store.for_each_after::<Connection>(Keyspace::CONNECTIONS, "", after, |key, c| {
-        page.offer(key, &c.view(&state.shared.secrets))
+    // Record by record: one this version cannot read (a newer one's, a damaged one) is listed
+    // as such, with what to do, rather than failing the whole list.
+    state.shared.store.for_each_after::<serde_json::Value>(Keyspace::CONNECTIONS, "", after, |key, v| {
+        match serde_json::from_value::<Connection>(v) {
+            Ok(c) => page.offer(key, &c.view(&state.shared.secrets)),
+            Err(e) => page.offer(
+                key,
+                &serde_json::json!({"connection_id": key, "error": format!(
+                    "this stored connection cannot be read ({e}): written by a newer hookline, or damaged; run the \
+                     version that wrote it, or DELETE it (once no adapter uses it) and create it again"
+                )}),
+            ),
+        }
     })?;
     Ok(page.finish())
 }

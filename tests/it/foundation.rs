@@ -1267,6 +1267,13 @@ async fn an_undecodable_connection_is_reported_not_fatal() {
     assert!(app.log().contains(id) && app.log().contains("cannot be read at all"), "{}", app.log());
     let m = app.metrics().await;
     assert_eq!(metric_value(&m, "hookline_credentials_unreadable", &[("kind", "connection")]), 1.0);
+    // Listed as such, with what to do: the rest of the list still answers.
+    let (s, list) = app.get("/v1/organizations/connections").await;
+    assert_eq!(s, 200, "{list}");
+    let shown = &list["results"][0];
+    assert_eq!(shown["connection_id"], id, "{list}");
+    assert!(shown["error"].as_str().is_some_and(|e| e.contains("cannot be read") && e.contains("DELETE")), "{list}");
+    assert_eq!(app.delete(&format!("/v1/organizations/connections/{id}")).await.0, 204, "and it can be deleted");
 }
 
 #[tokio::test]
