@@ -148,9 +148,19 @@ pub async fn serve(
                     (Some(answer), _) => answer,
                     // The body's share of the budget is held until it has been handled.
                     (None, Ok((body, _held))) => {
-                        let mut req = Request::new(method.clone(), path.as_str(), &query, headers, body);
-                        req.head_proof = head_proof;
-                        route(&state, req).await
+                        // And its share of the handling bound, held until it is answered.
+                        let handling = match upstream_body {
+                            true => upstream_bodies.handle(body.len()).await.map(Some),
+                            false => Ok(None),
+                        };
+                        match handling {
+                            Ok(_handling) => {
+                                let mut req = Request::new(method.clone(), path.as_str(), &query, headers, body);
+                                req.head_proof = head_proof;
+                                route(&state, req).await
+                            }
+                            Err(e) => (body_error_label(&method, path.as_str(), &e, started), error_response(&e)),
+                        }
                     }
                     (None, Err(e)) => {
                         unread = true;
@@ -594,11 +604,27 @@ async fn accept_failed(e: std::io::Error) {
 /// who knows a Mux bucket's ID can send such bodies, and they must not crowd out the
 /// senders that `X-Webhook-Secret` already authenticated. (Half, or one largest body if that
 /// is more: a bound that no body could fit in would refuse every signed request.)
+///
+/// Handling a body takes many times its size (its parsed JSON, the object, its records and
+/// their copies on the way to the store: measured at 15–25× for a 1 MiB body), so a body
+/// received is charged again, at [`HANDLING_FACTOR`] times its size (at most the whole
+/// bound), to a second bound of the same size, `handling`, held until it has been answered.
+/// A body waits up to [`HANDLING_WAIT`] for its share, then gets 503: 64 authenticated 1 MiB
+/// bodies at once used to take 2–4 GB.
 #[derive(Clone)]
 struct BodyBudget {
     all: std::sync::Arc<tokio::sync::Semaphore>,
     unproven: std::sync::Arc<tokio::sync::Semaphore>,
+    handling: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The bound, in KiB.
+    kib: usize,
 }
+
+/// How many times its size a body is charged to the handling bound (see [`BodyBudget`]).
+const HANDLING_FACTOR: usize = 16;
+
+/// How long a body received waits for its share of the handling bound before its 503.
+const HANDLING_WAIT: Duration = Duration::from_secs(2);
 
 /// A body's share of a [`BodyBudget`], given back when dropped.
 #[derive(Default)]
@@ -614,6 +640,30 @@ impl BodyBudget {
         BodyBudget {
             all: std::sync::Arc::new(tokio::sync::Semaphore::new(kib)),
             unproven: std::sync::Arc::new(tokio::sync::Semaphore::new(unproven)),
+            handling: std::sync::Arc::new(tokio::sync::Semaphore::new(kib)),
+            kib,
+        }
+    }
+
+    /// The share of the handling bound for a body of `bytes` (see [`BodyBudget`]): waited for
+    /// up to [`HANDLING_WAIT`], else 503.
+    async fn handle(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let want = bytes.saturating_mul(HANDLING_FACTOR).div_ceil(1024).clamp(1, self.kib.max(1)) as u32;
+        // At once when there is room (every small body): no timer for it.
+        if let Ok(permit) = self.handling.clone().try_acquire_many_owned(want) {
+            return Ok(permit);
+        }
+        let acquire = self.handling.clone().acquire_many_owned(want);
+        match tokio::time::timeout(HANDLING_WAIT, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                crate::metrics::upstream_body_refused();
+                Err(ApiError::Unavailable(
+                    "too many large request bodies are being handled at once (server.max_upstream_body_memory_mb); \
+                     retry shortly"
+                        .into(),
+                ))
+            }
         }
     }
 
@@ -827,6 +877,8 @@ fn body_error_label(method: &Method, path: &str, e: &ApiError, started: Instant)
     let outcome = match e {
         ApiError::PayloadTooLarge(_) => "too_large",
         ApiError::RequestTimeout(_) => "timeout",
+        // The upstream body bounds (server.max_upstream_body_memory_mb) are in use.
+        ApiError::Unavailable(_) => "unavailable",
         _ => "invalid",
     };
     crate::metrics::ingest_request(outcome, started.elapsed());

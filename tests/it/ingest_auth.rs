@@ -376,3 +376,41 @@ async fn an_ingest_for_a_stopped_adapter_answers_503_after_waiting_for_its_gate(
     let (s, st) = app.get(&status_path).await;
     assert_eq!((s, st["actor"].as_str()), (200, Some("running")), "{st}");
 }
+
+/// Handling a body takes many times its size, so a body received is charged again, at 16×
+/// (at most the whole bound), to a second bound of `server.max_upstream_body_memory_mb`:
+/// while one large body is being handled (held here, authenticated, before it is parsed), a
+/// second waits for its share, then gets 503 (upstreams retry). A small body, or the same
+/// large one once the first is answered, goes through.
+#[tokio::test]
+async fn large_bodies_are_handled_a_bounded_number_at_once() {
+    use crate::support::Options;
+    let opts = Options {
+        server_toml: "max_body_bytes = 262144\nmax_upstream_body_memory_mb = 4\n".into(),
+        ..Options::default()
+    };
+    let app = TestApp::start_with(opts).await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "large", json!({}), adapter.clone()).await;
+    let (other, other_secret) = bucket_with_adapter(&app, "small", json!({}), adapter).await;
+    let large = |n: u32| format!("{{\"n\": {n}, \"pad\": \"{}\"}}", "x".repeat(200 << 10));
+    let headers = [("x-webhook-secret", secret.as_str())];
+    arm(&app, &bucket).await;
+    // 200 KiB: 3.2 MiB of the 4 MiB handling bound, held at the hold.
+    let first = spawn_ingest(&app, &bucket, large(1), &headers);
+    wait_reached(&app, &bucket, 1).await;
+    let (s, b) = app.post_raw(&ingest_path(&bucket), large(2), &headers).await;
+    assert_eq!(s, 503, "{b}");
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("being handled")), "{b}");
+    // A small body needs 16 KiB of it: not held back.
+    let (s, b) = app.post_raw(&ingest_path(&other), r#"{"small": true}"#, &[("x-webhook-secret", &other_secret)]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    release(&app, &bucket).await;
+    let (s, b) = first.await.unwrap();
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let (s, b) = app.post_raw(&ingest_path(&bucket), large(2), &headers).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "the share came back: {b}");
+    let m = app.metrics().await;
+    assert!(metric_value(&m, "hookline_http_upstream_bodies_refused_total", &[]) >= 1.0);
+    assert!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "unavailable")]) >= 1.0);
+}
