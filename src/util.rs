@@ -15,7 +15,6 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// Milliseconds since the Unix epoch.
 /// A path as an error shows it: a relative one with the working directory it is taken from
 /// (`./data (in /srv/hookline)`), since the daemon may run elsewhere than its operator thinks.
 pub fn path_shown(path: &std::path::Path) -> String {
@@ -25,6 +24,7 @@ pub fn path_shown(path: &std::path::Path) -> String {
     }
 }
 
+/// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
 }

@@ -292,9 +292,9 @@ pub fn fire(
 /// client's serializer may write either), objects whatever their key order.
 fn same_json(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-            (Some(x), Some(y), _, _) => x == y,
-            (_, _, Some(x), Some(y)) => x == y,
+        // An integer (`7`, `7.0`) by its one decimal form, as dedup keys read it; others by value.
+        (Value::Number(x), Value::Number(y)) => match (super::path::number_key(x), super::path::number_key(y)) {
+            (Some(x), Some(y)) => x == y,
             _ => x.as_f64() == y.as_f64(),
         },
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y)),

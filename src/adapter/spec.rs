@@ -421,7 +421,7 @@ impl SourceAdapterInput {
             return None;
         }
         let field = self.writeback.as_ref().filter(|w| w.enabled)?.external_id_field.as_deref()?;
-        let id_column = self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN);
+        let id_column = self.id_column();
         let (source, _) = self.field_mapping.iter().find(|(_, target)| target.as_str() == field)?;
         let column = source.strip_prefix("record.").filter(|c| !c.contains('.'))?;
         (column != id_column).then(|| {
@@ -431,6 +431,11 @@ impl SourceAdapterInput {
                  matches no row unless the two agree; set id_column to {column:?} if that is the key"
             )
         })
+    }
+
+    /// The Supabase primary-key column (`id_column`, default `id`), as [`SourceAdapter::id_column`].
+    fn id_column(&self) -> &str {
+        self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)
     }
 
     /// `on_batch_complete` writeback source paths that start outside the processing result
@@ -659,7 +664,7 @@ impl SourceAdapterInput {
             // The row's key column is what the PATCH finds the row by: writing it would move
             // the row out from under its own key (with the service-role key, past RLS).
             if self.adapter_type == ProviderType::Supabase {
-                let id_column = self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN);
+                let id_column = self.id_column();
                 if let Some(i) = w.field_mapping.iter().position(|m| m.target_field == id_column) {
                     return Err(ApiError::validation(
                         f(&format!("writeback.field_mapping[{i}].target_field")),

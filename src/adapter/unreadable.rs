@@ -15,6 +15,9 @@ use crate::crypto::SecretBox;
 use crate::ids::{BucketId, ConnectionId};
 use crate::store::{Keyspace, Store, StoreError};
 
+/// What fails while credentials cannot be opened (said in each line that names some).
+const FAILS: &str = "what needs them (Mux signature checks, which then answer 503, asset fetches, writebacks) fails";
+
 /// The unreadable connections and adapters, by ID.
 #[derive(Default)]
 pub struct Unreadable {
@@ -50,18 +53,16 @@ impl Unreadable {
             };
             if let Some(e) = why {
                 tracing::error!(connection_id = %id, error = %e,
-                    "the connection's credentials cannot be opened: what needs them (Mux signature checks, which \
-                     then answer 503, asset fetches, writebacks) fails until they are set again with a PATCH of the \
-                     connection");
+                    "the connection's credentials cannot be opened: {FAILS}, until they are set again with a PATCH \
+                     of the connection");
                 found.connections.insert(id);
             }
         }
         store.for_each::<Bucket>(Keyspace::BUCKETS, "", |_, b| {
             if let Some(e) = adapter_error(&b, secrets) {
                 tracing::error!(bucket_id = %b.bucket_id, error = %e,
-                    "the source adapter's inline credentials cannot be opened: what needs them (Mux signature \
-                     checks, which then answer 503, asset fetches, writebacks) fails until they are set again with a \
-                     PATCH of the bucket's source_adapter.connection.credentials");
+                    "the source adapter's inline credentials cannot be opened: {FAILS}, until they are set again \
+                     with a PATCH of the bucket's source_adapter.connection.credentials");
                 found.adapters.insert(b.bucket_id.clone());
             }
             bucket(&b);

@@ -209,15 +209,7 @@ pub fn record(
     batch_id: &BatchId,
 ) -> Option<String> {
     let job = job_for(wb, rec, &result_document(rec), Cause::Batch(batch_id), crate::util::now_millis());
-    let skipped = if job.fields.is_empty() {
-        let paths: Vec<&str> = wb.field_mapping.iter().map(|m| m.source_path.as_str()).collect();
-        Some(format!("none of the writeback field_mapping source_paths ({}) is in the object", paths.join(", ")))
-    } else if job.external_id.is_none() && needs_external_id(kind) {
-        Some(no_external_id(Some(wb)))
-    } else {
-        None
-    };
-    match skipped {
+    match could_only_fail(kind, wb, &job, "the object") {
         Some(why) => {
             crate::metrics::writeback(kind.as_str(), "skipped");
             Some(format!("writeback of object {} (batch {batch_id}) skipped: {why}", rec.object_id))
@@ -258,18 +250,25 @@ pub fn record_alert(
 ) -> Result<(), String> {
     let doc = alert_document(rec, alert_id, results);
     let job = job_for(wb, rec, &doc, Cause::Alert(alert_id), crate::util::now_millis());
-    if job.fields.is_empty() {
-        let paths: Vec<&str> = wb.field_mapping.iter().map(|m| m.source_path.as_str()).collect();
-        return Err(format!(
-            "none of the writeback field_mapping source_paths ({}) is in the results or the object",
-            paths.join(", ")
-        ));
-    }
-    if job.external_id.is_none() && needs_external_id(kind) {
-        return Err(no_external_id(Some(wb)));
+    if let Some(why) = could_only_fail(kind, wb, &job, "the results or the object") {
+        return Err(why);
     }
     batch.put(KS, &job.key(&rec.bucket_id), &job);
     Ok(())
+}
+
+/// Why `job`'s first attempt could only fail for good, if it could: none of the mapped
+/// fields was found (in `read_from`), or a Supabase object has no external ID to find its row
+/// by. Such a job is not queued (see [`record`], [`record_alert`]).
+fn could_only_fail(kind: crate::catalog::ProviderType, wb: &Writeback, job: &Job, read_from: &str) -> Option<String> {
+    if job.fields.is_empty() {
+        let paths: Vec<&str> = wb.field_mapping.iter().map(|m| m.source_path.as_str()).collect();
+        return Some(format!(
+            "none of the writeback field_mapping source_paths ({}) is in {read_from}",
+            paths.join(", ")
+        ));
+    }
+    (job.external_id.is_none() && needs_external_id(kind)).then(|| no_external_id(Some(wb)))
 }
 
 /// `POST …/submit`: adds the jobs of every (still existing) object of the completed batch

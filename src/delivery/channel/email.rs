@@ -287,9 +287,9 @@ fn line_feeds(body: &str) -> String {
     body.replace("\r\n", "\n").replace('\r', "\n")
 }
 
-/// A subject is one line: line breaks become spaces, and it is cut at a sane length.
-/// The subject as one header line: whitespace runs (line breaks included) become one space,
-/// and other control characters (NUL, ESC…), which some relays refuse in a header, go.
+/// The subject as one header line, cut at a sane length: whitespace runs (line breaks
+/// included) become one space, and other control characters (NUL, ESC…), which some relays
+/// refuse in a header, go.
 fn one_line(s: &str) -> String {
     let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
     joined.chars().filter(|c| !c.is_control()).take(MAX_SUBJECT_CHARS).collect()
