@@ -184,10 +184,13 @@ pub fn materialize_with_storage(
             }
             if file {
                 let Some(url) = v.as_str().and_then(file_url) else {
+                    let what = match v.as_str().is_some_and(has_login) {
+                        true => "a URL with a user name or password (never stored: send a signed or public URL)".into(),
+                        false => describe(v),
+                    };
                     return Err(PayloadError(format!(
-                        "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {}",
+                        "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {what}",
                         p.kind.as_str(),
-                        describe(v)
                     )));
                 };
                 metadata.insert(target.clone(), Value::from(url));
@@ -219,6 +222,15 @@ pub fn materialize_with_storage(
         let found = path::lookup(doc, ff);
         match (found, found.and_then(Value::as_str).and_then(file_url)) {
             (_, Some(url)) => blobs.push(BlobRef { property, kind: blob_type.as_str().to_string(), url }),
+            // Whatever the file field, never stored: the object's URL is shown by the API and
+            // sent in every event of it, to every webhook and channel.
+            (Some(Value::String(s)), None) if has_login(s) => {
+                return Err(PayloadError(format!(
+                    "blob_source.file_field {ff:?} is a URL with a user name or password, which hookline does not \
+                     store (the object's URL is shown by the API and sent in its events): send a signed or public \
+                     URL instead"
+                )))
+            }
             // The row says it has no file: the object has no blob (a required property is a 422
             // below). Refusing it would lose the row: Supabase does not resend.
             (Some(v), None) if no_file(v) => {}
@@ -271,7 +283,13 @@ pub fn materialize_with_storage(
 /// parser's, spaces and controls percent-encoded, tabs and newlines dropped.
 fn file_url(s: &str) -> Option<String> {
     let u = url::Url::parse(s.trim()).ok()?;
-    (matches!(u.scheme(), "http" | "https") && u.host().is_some()).then(|| u.to_string())
+    (matches!(u.scheme(), "http" | "https") && u.host().is_some() && !has_login(s)).then(|| u.to_string())
+}
+
+/// Whether `s` is an http(s) URL with a user name or a password (`https://user:pw@host/…`).
+fn has_login(s: &str) -> bool {
+    url::Url::parse(s.trim())
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && (!u.username().is_empty() || u.password().is_some()))
 }
 
 /// The public URL prefix of the Supabase Storage bucket `bucket` of the project at
@@ -409,6 +427,9 @@ pub(crate) mod tests {
         let spaced = json!({"v": "  https://cdn.example/v.mp4\n", "t": "x"});
         let d = materialize(&a, &schema(), &spaced, &spaced, &s).unwrap();
         assert_eq!(d.metadata["video"], "https://cdn.example/v.mp4", "stored trimmed");
+        let login = json!({"v": "https://u:secret@cdn.example/v.mp4", "t": "x"});
+        let e = materialize(&a, &schema(), &login, &login, &s).unwrap_err();
+        assert!(e.0.contains("with a user name or password") && !e.0.contains("secret"), "{}", e.0);
     }
 
     #[test]
@@ -532,6 +553,12 @@ pub(crate) mod tests {
         ] {
             let p = json!({"u": raw, "t": "x"});
             assert_eq!(materialize(&a, &schema(), &p, &p, &s).unwrap().blobs[0].url, stored, "{raw:?}");
+        }
+        // A login in the URL is refused, not stored (nor shown, nor sent in events).
+        for raw in ["https://user:pw@x.test/v.mp4", "https://user@x.test/v.mp4", " http://:pw@x.test/v.mp4"] {
+            let p = json!({"u": raw, "t": "x"});
+            let e = materialize(&a, &schema(), &p, &p, &s).unwrap_err();
+            assert!(e.0.contains("a URL with a user name or password") && !e.0.contains("pw"), "{raw:?}: {}", e.0);
         }
     }
 

@@ -246,6 +246,9 @@ pub enum Refusal {
     NoSigningSecret { connection_id: Option<ConnectionId> },
     /// A `Mux-Signature` that is malformed, stale or does not match.
     Signature(super::mux::MuxSignatureError),
+    /// `X-Webhook-Secret` or `Mux-Signature` sent more than once: which one counts would be
+    /// a guess (a proxy may have added one), so neither does.
+    RepeatedHeader { name: &'static str, count: usize },
 }
 
 impl Refusal {
@@ -261,6 +264,7 @@ impl Refusal {
             Refusal::Signature(E::Stale { skew_secs }) if *skew_secs > 0 => "stale_timestamp",
             Refusal::Signature(E::Stale { .. }) => "future_timestamp",
             Refusal::Signature(E::Mismatch) => "signature_mismatch",
+            Refusal::RepeatedHeader { .. } => "repeated_header",
         }
     }
 
@@ -301,8 +305,14 @@ impl Refusal {
                  connection.credentials.webhook_signing_secret), or {FALLBACK}{also}"
             ),
             Refusal::Signature(e) => format!("{e}{also}"),
+            Refusal::RepeatedHeader { name, count } => repeated_message(name, *count),
         }
     }
+}
+
+/// The refusal of a request that sends an authenticating header more than once.
+pub fn repeated_message(name: &str, count: usize) -> String {
+    format!("{name} was sent {count} times: send it once (the request was not checked against any of them)")
 }
 
 /// A refused ingest: why, and whether a wrong `X-Webhook-Secret` was sent beside the
@@ -314,6 +324,11 @@ pub struct Refused {
 }
 
 impl Refused {
+    /// A refusal that no `X-Webhook-Secret` was part of.
+    pub fn new(refusal: Refusal) -> Refused {
+        Refused { refusal, secret_sent: false }
+    }
+
     /// Why, in full (the admin's status view; see [`Refusal::message`]).
     pub fn message(&self) -> String {
         self.refusal.message(self.secret_sent)

@@ -356,7 +356,7 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
     match super::request::segments(path).as_slice() {
         ["v1", "buckets", id, "source-adapter", "ingest"] => {
             let started = Instant::now();
-            match ingest_head(state, id, header("x-webhook-secret"), header("mux-signature")) {
+            match ingest_head(state, id, headers) {
                 Ok(Some(proof)) => Head::Authentic(proof),
                 Ok(None) => Head::Read,
                 Err((outcome, e)) => {
@@ -368,6 +368,10 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
         ["v1", "webhooks", "mux", cid] => {
             let checked = match ConnectionId::parse(cid) {
                 None => Err(ApiError::NotFound(format!("connection {cid} not found"))),
+                Some(_) if headers.get_all("mux-signature").iter().count() > 1 => {
+                    let count = headers.get_all("mux-signature").iter().count();
+                    Err(ApiError::UnauthorizedMsg(verify::repeated_message("Mux-Signature", count)))
+                }
                 Some(id) => verify::lifecycle_head(&state.shared, &id, header("mux-signature")),
             };
             match checked {
@@ -384,20 +388,30 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
 fn ingest_head(
     state: &HttpState,
     id: &str,
-    webhook_secret: Option<&str>,
-    mux_signature: Option<&str>,
+    headers: &warp::http::HeaderMap,
 ) -> Result<Option<Proof>, (&'static str, ApiError)> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (webhook_secret, mux_signature) = (header("x-webhook-secret"), header("mux-signature"));
     let Some(bucket_id) = BucketId::parse(id) else {
         return Err(("not_found", ApiError::NotFound(format!("bucket {id} not found"))));
     };
-    let Some(gate) = state.shared.gates.get(&bucket_id) else {
-        // No running adapter: 404 for a bucket without one; one starting or restarting is
-        // waited for with the body in hand, as before.
-        return match no_running_adapter(state, &bucket_id) {
-            e @ ApiError::NotFound(_) => Err(("not_found", e)),
-            _ => Ok(None),
+    let gate = state.shared.gates.get(&bucket_id);
+    if gate.is_none() {
+        // No running adapter: 404 for a bucket without one.
+        if let e @ ApiError::NotFound(_) = no_running_adapter(state, &bucket_id) {
+            return Err(("not_found", e));
+        }
+    }
+    // Answered here, the only place an ingest's head is read: every POST passes through it.
+    if let Some(refused) = repeated_header(headers) {
+        let e = match gate {
+            Some(_) => refuse(state, &bucket_id, &refused),
+            None => ApiError::UnauthorizedMsg(refused.message()),
         };
-    };
+        return Err(("unauthorized", e));
+    }
+    // One starting or restarting is waited for with the body in hand, as before.
+    let Some(gate) = gate else { return Ok(None) };
     let verdict = match head_verdict(&gate, webhook_secret, mux_signature) {
         Ok(verdict) => verdict,
         // The native signature decides: from the head, when no body could make it valid (no
@@ -412,6 +426,14 @@ fn ingest_head(
         Verdict::Unauthorized(refused) => Err(("unauthorized", refuse(state, &bucket_id, &refused))),
         Verdict::Unverifiable(_) => Ok(None),
     }
+}
+
+/// The refusal of an ingest that sends `X-Webhook-Secret` or `Mux-Signature` more than once.
+fn repeated_header(headers: &warp::http::HeaderMap) -> Option<Refused> {
+    ["X-Webhook-Secret", "Mux-Signature"].into_iter().find_map(|name| {
+        let count = headers.get_all(name).iter().count();
+        (count > 1).then(|| Refused::new(verify::Refusal::RepeatedHeader { name, count }))
+    })
 }
 
 /// The verdict on an ingest from its headers alone, when they decide it: a matching

@@ -339,6 +339,15 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
         )
         .await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.to[1]")), "{b}");
+    // A domain without a dot is a mistyped one (every message would bounce).
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "x", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["ops@example.com", "Ops <ops@example>"]}}]}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.to[1]")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("has no dot"), "{b}");
 
     let (wh, _) = create_webhook(
         &app,

@@ -97,6 +97,16 @@ async fn an_unauthenticated_body_is_never_parsed() {
         let (s, b) = app.post_raw(&path, body, &headers).await;
         assert_eq!((s, b["error"]["code"].as_str()), (401, Some("unauthorized")), "{case}: {b}");
     }
+    // The right secret beside a wrong one (or twice): which counts would be a guess, so
+    // neither does; the status says why.
+    for pair in [[secret.as_str(), wrong.as_str()], [wrong.as_str(), secret.as_str()], [secret.as_str(); 2]] {
+        let headers = [("x-webhook-secret", pair[0]), ("x-webhook-secret", pair[1])];
+        let (s, b) = app.post_raw(&path, b"{}".to_vec(), &headers).await;
+        assert_eq!(s, 401, "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("X-Webhook-Secret was sent 2 times"), "{b}");
+    }
+    let (s, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    assert_eq!((s, st["last_refused_ingest"]["reason"].as_str()), (200, Some("repeated_header")), "{st}");
     assert_eq!(reached(&app, &bucket).await, 0, "an unauthenticated ingest reached the parse");
 
     // An authenticated one gets there (held), and only then is its body parsed: 400 for

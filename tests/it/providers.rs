@@ -820,8 +820,13 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     assert_eq!(s, 401);
     let body = deleted.to_string();
     let stale = mux::sign(SIGNING_SECRET, now() - 600, body.as_bytes());
-    let (s, _) = app.post_raw(&path, body, &[("Mux-Signature", &stale)]).await;
+    let (s, _) = app.post_raw(&path, body.clone(), &[("Mux-Signature", &stale)]).await;
     assert_eq!(s, 401);
+    // A valid signature beside another: which counts would be a guess, so neither does.
+    let good = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let (s, r) = app.post_raw(&path, body.clone(), &[("Mux-Signature", &good), ("Mux-Signature", &stale)]).await;
+    assert_eq!(s, 401, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("Mux-Signature was sent 2 times"), "{r}");
     let (s, unknown) = lifecycle(&app, "conn_doesnotexist", SIGNING_SECRET, &deleted).await;
     assert_eq!(s, 404);
     // Another provider's connection gets the same answer: nothing tells it apart.

@@ -148,6 +148,15 @@ impl ChannelConfig {
                     let mailbox = a.parse::<lettre::message::Mailbox>().map_err(|e| {
                         ApiError::validation(format!("{}[{i}]", field("to")), format!("not an email address ({e})"))
                     })?;
+                    // `ops@example` is valid to the parser and an SMTP relay, and is nearly
+                    // always `ops@example.com` mistyped: every message to it would bounce.
+                    let domain = mailbox.email.domain();
+                    if !domain.contains('.') && !domain.starts_with('[') {
+                        return Err(ApiError::validation(
+                            format!("{}[{i}]", field("to")),
+                            format!("the domain {domain:?} has no dot: give a full domain, like {domain}.com"),
+                        ));
+                    }
                     // One message per address: the same address twice would get it twice.
                     let address = mailbox.email.to_string().to_ascii_lowercase();
                     if seen.contains(&address) {
