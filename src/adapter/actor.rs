@@ -313,6 +313,8 @@ pub struct AdapterState {
     /// early.
     buffer_bytes: usize,
     stats: AdapterStats,
+    /// Sends `Tick` every `ingest.flush_tick_ms` while a time window is open (a time_window
+    /// buffer holds something), and only then: a thousand idle buckets wake nothing.
     ticker: Option<JoinHandle<()>>,
     /// Set by `Drain`: the adapter is being removed, later events are refused.
     closing: bool,
@@ -363,8 +365,6 @@ impl Actor for SourceAdapterActor {
         let unpaged = records::DedupPage::new(&bucket);
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
-        let tick = Duration::from_millis(shared.config.ingest.flush_tick_ms);
-        let ticker = Some(myself.send_interval(tick, || AdapterMsg::Tick));
         let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
         // Last, once nothing can fail: from now on the HTTP tasks check ingests against it.
         let gate = shared.gates.publish(&bucket_id, &adapter);
@@ -382,7 +382,7 @@ impl Actor for SourceAdapterActor {
             buffer_bytes: buffer.iter().map(stored_size).sum(),
             buffer,
             stats,
-            ticker,
+            ticker: None,
             closing: false,
             writeback,
             unsynced_alerts: Vec::new(),
@@ -421,6 +421,7 @@ impl Actor for SourceAdapterActor {
         if due {
             state.flush_in_background("restart");
         }
+        state.keep_ticker();
         Ok(())
     }
 
@@ -500,6 +501,9 @@ impl Actor for SourceAdapterActor {
             }
             AdapterMsg::Crash => return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash")),
         }
+        // Whatever the message did to the buffer (an ingest, a flush, a delete of a buffered
+        // object), the ticker runs exactly while a window is open.
+        state.keep_ticker();
         Ok(())
     }
 }
@@ -523,6 +527,23 @@ impl AdapterState {
 
     fn put_stats(&self, batch: &mut Batch) {
         batch.put(Keyspace::STATS, &records::key(self.bucket_id(), STATS_KEY), &self.stats);
+    }
+
+    /// Starts the ticker when a time window opens and stops it when the window is gone.
+    fn keep_ticker(&mut self) {
+        let open = self.adapter.batching.mode == BatchMode::TimeWindow && !self.buffer.is_empty();
+        match (open, self.ticker.is_some()) {
+            (true, false) => {
+                let tick = Duration::from_millis(self.shared.config.ingest.flush_tick_ms);
+                self.ticker = Some(self.myself.send_interval(tick, || AdapterMsg::Tick));
+            }
+            (false, true) => {
+                if let Some(t) = self.ticker.take() {
+                    t.abort();
+                }
+            }
+            _ => {}
+        }
     }
 
     fn window_due(&self, now_ms: u64) -> bool {

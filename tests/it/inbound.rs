@@ -1084,6 +1084,27 @@ async fn wrong_or_missing_secret_is_401_and_stores_nothing() {
     assert!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "unauthorized")]) >= 3.0);
 }
 
+/// An adapter's window ticker runs only while a window is open (idle buckets wake nothing):
+/// a window open across a restart and one opened after a flush closed the last both flush
+/// when due, by the ticker (`trigger="window"`), not by the restart's overdue check.
+#[tokio::test]
+async fn a_window_open_across_a_restart_or_after_a_flush_flushes_when_due() {
+    let mut app = TestApp::start().await;
+    let adapter = full_adapter(json!({"mode": "time_window", "window_seconds": 5, "max_batch_size": 100}));
+    let (bucket, secret) = bucket_with_adapter(&app, "tw-tick", schema(), adapter).await;
+    let window_flushes = |m: &str| metric_value(m, "hookline_ingest_flushes_total", &[("trigger", "window")]);
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event("t0", "video.asset.ready")).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("buffered")), "{b}");
+    app.restart().await;
+    assert!(eventually(Duration::from_secs(15), || async { objects(&app, &bucket).await.len() == 1 }).await);
+    assert_eq!(window_flushes(&app.metrics().await), 1.0, "flushed by the restarted actor's ticker");
+    // The window is closed; the next event opens another, which flushes as well.
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event("t1", "video.asset.ready")).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("buffered")), "{b}");
+    assert!(eventually(Duration::from_secs(15), || async { objects(&app, &bucket).await.len() == 2 }).await);
+    assert!(eventually(Duration::from_secs(5), || async { window_flushes(&app.metrics().await) == 2.0 }).await);
+}
+
 #[tokio::test]
 async fn time_window_flushes_after_its_window_into_a_completed_batch() {
     let app = TestApp::start().await;
