@@ -89,6 +89,16 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
         },
     };
     let external_id = kind::external_id(adapter, payload, dedup_value.as_deref())?;
+    for (what, value) in [("the dedup value", &dedup_value), ("the upstream ID", &external_id)] {
+        if let Some(v) = value.as_deref().filter(|v| v.len() > MAX_KEY_BYTES) {
+            return Err(PayloadError(format!(
+                "{what} ({}) is {} bytes long, at most {MAX_KEY_BYTES}: it is stored with the object and kept in \
+                 memory as a key, so it must be an ID, not a document",
+                key_source(adapter),
+                v.len()
+            )));
+        }
+    }
     if operation != Operation::Create && external_id.is_none() {
         return Err(PayloadError("this event changes an object but names no upstream ID".into()));
     }
@@ -97,6 +107,21 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
         Operation::Create | Operation::Delete => None,
     };
     Ok(Screen::Accepted(Screened { event_type, dedup_value, operation, external_id, previous_external_id }))
+}
+
+/// The longest dedup value or upstream ID an event may have (a URL fits; a document does
+/// not).
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// Where an adapter's dedup value and upstream ID come from, for messages.
+fn key_source(adapter: &SourceAdapter) -> String {
+    match adapter.adapter_type {
+        crate::catalog::ProviderType::Supabase => format!("the row's {:?}, id_column", adapter.id_column()),
+        _ => match dedup_path(adapter) {
+            Some(p) => format!("dedup_key {p:?}"),
+            None => "the event's ID".into(),
+        },
+    }
 }
 
 fn dedup_path(adapter: &SourceAdapter) -> Option<&str> {
@@ -346,6 +371,10 @@ fn json_type(v: &Value) -> &'static str {
         Value::Number(n) if n.is_i64() || n.is_u64() => "int",
         // Past 64 bits JSON parsing makes an integer a float: say so, not just "float".
         Value::Number(n) if crate::util::is_integer_past_64_bits(n) => "an integer past 64 bits (not an int)",
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9_007_199_254_740_992.0) => {
+            "a number written with a fraction or exponent past 2^53, which JSON parsing may have rounded (not an \
+             int: send it without a fraction or exponent)"
+        }
         Value::Number(_) => "float",
         Value::String(_) => "string",
         Value::Array(_) => "array",
@@ -413,6 +442,16 @@ pub(crate) mod tests {
             assert!(e.0.contains("must be a JSON object"), "{bare}: {}", e.0);
         }
         assert!(screen(&a, &json!({})).is_ok());
+    }
+
+    #[test]
+    fn a_dedup_value_or_upstream_id_is_at_most_4_kib() {
+        let a = adapter(json!({"adapter_type": "generic_webhook", "dedup_key": "id", "field_mapping": {"t": "title"}}));
+        let fits = json!({"id": "k".repeat(MAX_KEY_BYTES), "t": "x"});
+        assert!(matches!(screen(&a, &fits), Ok(Screen::Accepted(_))));
+        let long = json!({"id": "k".repeat(MAX_KEY_BYTES + 1), "t": "x"});
+        let e = screen(&a, &long).err().unwrap();
+        assert!(e.0.contains("dedup_key \"id\"") && e.0.contains("4097 bytes long, at most 4096"), "{}", e.0);
     }
 
     #[test]

@@ -68,11 +68,15 @@ impl PropertyType {
     }
 }
 
-/// A float with no fractional part, inside i64's range (`5.0`, not `5.5` nor `1e300`).
+/// A float with no fractional part, below 2^53 in size (`5.0`, not `5.5` nor `1e300`).
+/// Beyond 2^53 a float no longer holds every integer, so what JSON parsing made of the
+/// sender's number (`9007199254740993.0`, `-9223372036854775809`, `…808.5`) may be another
+/// number than the one sent: refused, not stored rounded (as for dedup keys,
+/// `path::number_key`).
 fn integral(v: &serde_json::Value) -> Option<i64> {
     let f = v.as_f64().filter(|_| v.is_f64())?;
-    // 2^63 as f64 is exactly 9223372036854775808.0, one past i64::MAX.
-    (f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)).then_some(f as i64)
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    (f.fract() == 0.0 && f.abs() < EXACT).then_some(f as i64)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +220,16 @@ mod tests {
         assert_eq!(PropertyType::Int.fit(&serde_json::json!(-2.0)), Some(serde_json::json!(-2)));
         assert_eq!(PropertyType::Int.fit(&serde_json::json!(1e300)), None);
         assert_eq!(PropertyType::Int.fit(&serde_json::json!(9.3e18)), None);
+        // Parsed from the sender's text, as an ingest is: what a float cannot hold exactly is
+        // refused, never stored as another number.
+        for raw in ["-9223372036854775809", "-9223372036854775808.5", "9007199254740993.0", "123456789012345678.0"] {
+            let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(PropertyType::Int.fit(&v), None, "{raw}");
+        }
+        for (raw, stored) in [("-9223372036854775808", i64::MIN), ("9007199254740991.0", (1 << 53) - 1)] {
+            let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(PropertyType::Int.fit(&v), Some(serde_json::json!(stored)), "{raw}");
+        }
         assert_eq!(PropertyType::Float.fit(&serde_json::json!(5.0)), Some(serde_json::json!(5.0)));
         assert!(PropertyType::Float.accepts(&serde_json::json!(3)));
     }
