@@ -520,11 +520,11 @@ pub(crate) fn has_log(wal_dir: &std::path::Path) -> Result<bool, StoreError> {
 /// sled (which takes more than the log's size). Why: after a full disk, a start with too
 /// little freed would grow sled by all of it mid-replay and fail again, each try (a service
 /// manager restarting us) eating what the operator frees. The margin is generous on purpose:
-/// twice the segments' size (preallocated, so more than they hold) plus 64 MiB. Called by
-/// the backend under the data directory's lock, once the part-made files whose space opening
-/// needs are deleted (they would otherwise count as taken).
+/// twice the bytes of the segments' records plus 64 MiB. Called by the backend under the
+/// data directory's lock, once the part-made files whose space opening needs are deleted
+/// (they would otherwise count as taken).
 pub(crate) fn enough_room_to_replay(path: &std::path::Path) -> Result<(), StoreError> {
-    let log = wal::segment_bytes(&path.join(WAL_DIR));
+    let log = wal::replay_bytes(&path.join(WAL_DIR));
     if log == 0 {
         return Ok(());
     }
@@ -542,7 +542,7 @@ fn room_to_replay(path: &std::path::Path, log: u64, free: u64) -> Result<(), Sto
     }
     Err(StoreError::Io(format!(
         "not enough free space in {} to replay the write-ahead log: {} MiB free, about {} MiB needed \
-         (sled takes more than the log's {} MiB); free space on that filesystem and start again \
+         (sled takes more than the log's {} MiB of records); free space on that filesystem and start again \
          (nothing was changed)",
         path.display(),
         free >> 20,

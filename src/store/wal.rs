@@ -683,11 +683,17 @@ fn retire_through(dir: &Path, no: u64, keep: usize) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Bytes taken by the log's segments alone (no spare being prepared): what a start replays,
-/// at most.
-pub(crate) fn segment_bytes(dir: &Path) -> u64 {
+/// Bytes of records a start would replay: what the segments hold, not their size (each is
+/// made 16 MiB at once). The segment left by a clean stop holds none: no write came after
+/// the last checkpoint. A segment that cannot be read counts whole (the replay says why).
+pub(crate) fn replay_bytes(dir: &Path) -> u64 {
     let Ok(nos) = segments(dir) else { return 0 };
-    nos.iter().filter_map(|n| std::fs::metadata(segment_path(dir, *n)).ok()).map(|m| m.len()).sum()
+    let held = |path: PathBuf| match read_segment(&path) {
+        Ok(r) if r.records.is_empty() => 0,
+        Ok(r) => r.end_at.or(r.bad_at).unwrap_or(r.file_len) as u64,
+        Err(_) => std::fs::metadata(&path).map_or(0, |m| m.len()),
+    };
+    nos.iter().map(|n| held(segment_path(dir, *n))).sum()
 }
 
 /// Bytes taken by the log's files (segments, retired ones kept for reuse, and a spare being
@@ -753,6 +759,21 @@ mod tests {
             seg.append(&record_of(b)).unwrap();
         }
         seg
+    }
+
+    /// What a start sizes its room to replay by: the records, not the files. An empty
+    /// segment (a clean stop's, of its full preallocated size) counts nothing.
+    #[test]
+    fn replay_bytes_count_records_not_preallocated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        Segment::create(dir.path(), 1, SEGMENT_BYTES).unwrap();
+        assert_eq!(std::fs::metadata(segment_path(dir.path(), 1)).unwrap().len(), SEGMENT_BYTES);
+        assert_eq!(replay_bytes(dir.path()), 0);
+        let mut seg = Segment::create(dir.path(), 2, SEGMENT_BYTES).unwrap();
+        seg.append(&record_of(&batch(1))).unwrap();
+        seg.append(&record_of(&batch(2))).unwrap();
+        let held = replay_bytes(dir.path());
+        assert!(held > 0 && held <= 4 * ALIGN, "{held}");
     }
 
     #[test]
