@@ -502,6 +502,17 @@ impl Config {
             if k.trim().len() < 16 {
                 bail!("auth.api_keys[{i}] is shorter than 16 characters; use a long random key");
             }
+            // Sent in an HTTP header, which carries visible ASCII only: another key could
+            // never be presented, and would look valid to whoever set it.
+            if !k.trim().bytes().all(|b| b.is_ascii_graphic()) {
+                bail!(
+                    "auth.api_keys[{i}] has a character other than ASCII letters, digits and punctuation (a space, \
+                     an accented letter…): it could never be sent in an Authorization header; use a long random key"
+                );
+            }
+            if let Some(j) = self.auth.api_keys[..i].iter().position(|o| o.trim() == k.trim()) {
+                bail!("auth.api_keys[{i}] repeats auth.api_keys[{j}]; list each key once");
+            }
         }
         let d = &self.delivery;
         if d.request_timeout_seconds == 0 || d.request_timeout_seconds > 300 {
@@ -572,8 +583,8 @@ impl Config {
         }
         if let Some(s) = &d.sms {
             match url::Url::parse(&s.api_base) {
-                Ok(u) if !u.username().is_empty() || u.password().is_some() || u.query().is_some() => {
-                    bail!("delivery.sms.api_base must be a plain base URL, without credentials or a query")
+                Ok(u) if !plain_base(&u) => {
+                    bail!("delivery.sms.api_base must be a plain base URL, without credentials, a query or a fragment")
                 }
                 Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && d.allow_insecure_http) => {}
                 Ok(u) if u.scheme() == "http" => {
@@ -597,6 +608,11 @@ impl Config {
         }
         // The Mux token goes to it: in clear text only where http:// is allowed at all.
         match url::Url::parse(&self.mux.api_base) {
+            // Credentials there would be logged (it is shown at start) and would replace the
+            // connection's access token in every request (reqwest sends them as Basic auth).
+            Ok(u) if !plain_base(&u) => {
+                bail!("mux.api_base must be a plain base URL, without credentials, a query or a fragment")
+            }
             Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && d.allow_insecure_http) => {}
             Ok(u) if u.scheme() == "http" => {
                 bail!(
@@ -641,6 +657,12 @@ impl Config {
 /// `localhost`) unless `allow_private_networks` says so, as for receivers: the provider's
 /// credentials go there. (SMS sends check the address a name resolves to as well, so such
 /// a base could never work; for the Mux API base it is only a warning.)
+/// A base URL that holds nothing but where to send: no user name or password, query or
+/// fragment.
+fn plain_base(u: &url::Url) -> bool {
+    u.username().is_empty() && u.password().is_none() && u.query().is_none() && u.fragment().is_none()
+}
+
 fn private_target(name: &str, raw: &str, d: &DeliveryConfig) -> anyhow::Result<()> {
     let Ok(u) = url::Url::parse(raw) else { return Ok(()) }; // reported above
     let policy = crate::delivery::netguard::NetPolicy { allow_insecure_http: true, ..d.into() };
@@ -666,6 +688,23 @@ mod tests {
     }
 
     #[test]
+    fn api_keys_must_be_sendable_and_listed_once() {
+        for (keys, want) in [
+            (vec!["ключключключключключ"], "auth.api_keys[0] has a character other than ASCII"),
+            (vec!["aaaaaaaaaaaaaaaa bbbb"], "auth.api_keys[0] has a character other than ASCII"),
+            (vec!["dupkey0123456789abcd", " dupkey0123456789abcd"], "auth.api_keys[1] repeats auth.api_keys[0]"),
+        ] {
+            let mut c = Config::default();
+            c.auth.api_keys = keys.into_iter().map(String::from).collect();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let mut c = Config::default();
+        c.auth.api_keys = vec!["a-long_random.key~0123456789!".into()];
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn public_url_is_a_plain_base() {
         for bad in [
             "https://x.example/?a=1",
@@ -682,6 +721,14 @@ mod tests {
         let mut c = Config::default();
         c.server.public_url = Some("https://hooks.example/base/".into());
         c.validate().unwrap();
+        // The provider bases too: credentials there would be logged and sent.
+        for bad in ["https://u:SECRET@api.mux.com", "https://api.mux.com/?token=SECRET", "https://api.mux.com/#SECRET"]
+        {
+            let mut c = Config::default();
+            c.mux.api_base = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("mux.api_base must be a plain base URL") && !e.contains("SECRET"), "{bad}: {e}");
+        }
     }
 
     #[test]
