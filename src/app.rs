@@ -47,6 +47,17 @@ pub async fn run(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = crate::metrics::install();
 
+    // Checked before the disk is touched: a mistyped key must not leave a new store behind.
+    let env_key = match std::env::var(crate::config::MASTER_KEY_VAR) {
+        Ok(k) => {
+            SecretBox::env_key(&k)?;
+            Some(k)
+        }
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("HOOKLINE_MASTER_KEY is not valid UTF-8 (base64 expected)")
+        }
+    };
     let data_dir = config.storage.path.clone();
     // sled's files: a directory without them holds no store yet (whatever else is in it).
     let fresh = !data_dir.join("db").exists() && !data_dir.join("conf").exists();
@@ -61,13 +72,6 @@ pub async fn run(
     if fresh {
         tracing::info!(data_dir = %shown_dir.display(), "no store in the data directory: created a new, empty one");
     }
-    let env_key = match std::env::var(crate::config::MASTER_KEY_VAR) {
-        Ok(k) => Some(k),
-        Err(std::env::VarError::NotPresent) => None,
-        Err(std::env::VarError::NotUnicode(_)) => {
-            anyhow::bail!("HOOKLINE_MASTER_KEY is not valid UTF-8 (base64 expected)")
-        }
-    };
     if env_key.is_none() && !data_dir.join(crate::crypto::MASTER_KEY_FILE).exists() && holds_sealed_values(&store)? {
         // A new key would make every stored credential unreadable, found out only per event.
         anyhow::bail!(
@@ -78,6 +82,10 @@ pub async fn run(
         );
     }
     let secrets = SecretBox::load(env_key.as_deref(), &data_dir)?;
+    warn_if_exposed(&shown_dir, "the data directory (payloads, receiver URLs, sealed credentials)");
+    if env_key.is_none() {
+        warn_if_exposed(&data_dir.join(crate::crypto::MASTER_KEY_FILE), "the master key");
+    }
     let (keys, generated) = ApiKeys::init(&config.auth.api_keys, &store).await.context("initialise API keys")?;
     if let Some(key) = generated {
         // Printed once, to stdout only: it is never logged and never shown again.
@@ -356,6 +364,26 @@ fn holds_sealed_values(store: &Store) -> anyhow::Result<bool> {
 /// existed): a first start's writes must not vanish with a directory a power loss forgot.
 /// New directories are private (0700): the store holds payloads, metadata and receiver
 /// URLs, which other local users have no business reading. An existing one is left as is.
+/// Warns (as ssh does of a key file) when `path` is open to other users than the daemon's:
+/// hookline makes the data directory 0700 and the master key 0600, and one made or changed
+/// by hand may have lost that. Not refused: a deployment may put a trusted group in.
+fn warn_if_exposed(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let open_to_others = meta.mode() & 0o077;
+    let owner = meta.uid();
+    let me = rustix::process::geteuid().as_raw();
+    if open_to_others != 0 || owner != me {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.mode() & 0o777),
+            owner,
+            daemon_uid = me,
+            "{what} is open to other users than the daemon's: chmod go-rwx it (and chown it to the daemon's user)"
+        );
+    }
+}
+
 fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.exists() && !dir.is_dir() {
