@@ -224,6 +224,11 @@ async fn connection_secrets_are_never_returned_nor_stored_in_plain_text() {
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", dir.display());
         }
+        // Opened up by hand: started all the same, with a warning saying what to chmod.
+        assert!(!app.log().contains("open to other users"), "no warning while private");
+        std::fs::set_permissions(app.data_dir.join("master.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        app.start_again().await;
+        assert!(app.log().contains("the master key is open to other users") && app.log().contains("mode=\"644\""));
     }
 }
 
@@ -826,6 +831,12 @@ async fn start_errors_say_what_to_change() {
     let err = serve_refused(&cfg, None);
     assert!(err.contains("another process") && err.contains("HOOKLINE_LISTEN"), "{err}");
     assert!(err.contains("Address already in use"), "the cause is kept: {err}");
+    // A mistyped master key is refused before anything is made on disk.
+    let free = format!("[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n", data.display().to_string());
+    std::fs::write(&cfg, free).unwrap();
+    let err = serve_refused(&cfg, Some("not-a-key"));
+    assert!(err.contains("HOOKLINE_MASTER_KEY is not valid base64"), "{err}");
+    assert!(!data.exists(), "a data directory was made for a refused start");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
         .args(["serve", "--config", "missing.toml"])
         .current_dir(dir.path())
