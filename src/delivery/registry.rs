@@ -937,7 +937,9 @@ impl DeliveryState {
 
     fn set_last_error(&mut self, id: &WebhookId, error: Option<String>) {
         let Some(entry) = self.webhooks.get_mut(id) else { return };
-        if entry.stored.last_error == error {
+        // The same failure of another delivery (the error names its delivery) is no change:
+        // `last_error_at` keeps when the channel began failing so.
+        if entry.stored.last_error.as_deref().map(without_delivery_id) == error.as_deref().map(without_delivery_id) {
             return;
         }
         entry.stored.last_error_at = error.as_ref().map(|_| crate::util::now_rfc3339());
@@ -1151,6 +1153,15 @@ pub(crate) fn unreferenced_events(
     Ok(b)
 }
 
+/// An error as a worker states it (`"{channel} delivery {delivery_id}: {error}"`), without
+/// its delivery ID: what two deliveries failing the same way share.
+fn without_delivery_id(error: &str) -> (&str, &str) {
+    match error.split_once(" delivery ").and_then(|(channel, rest)| Some((channel, rest.split_once(": ")?.1))) {
+        Some(failure) => failure,
+        None => (error, ""),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1182,6 +1193,16 @@ mod tests {
         let mut want = vec![old_named, young_orphan];
         want.sort();
         assert_eq!(left, want);
+    }
+
+    #[test]
+    fn two_deliveries_failing_alike_are_one_failure() {
+        let a = without_delivery_id("webhook delivery del_1_0: HTTP 500: boom");
+        assert_eq!(a, ("webhook", "HTTP 500: boom"));
+        assert_eq!(a, without_delivery_id("webhook delivery del_2_0: HTTP 500: boom"));
+        assert_ne!(a, without_delivery_id("slack delivery del_2_0: HTTP 500: boom"));
+        assert_ne!(a, without_delivery_id("webhook delivery del_2_0: HTTP 502: boom"));
+        assert_eq!(without_delivery_id("odd"), ("odd", ""));
     }
 }
 
