@@ -75,6 +75,7 @@ pub async fn patch_connection(state: &HttpState, req: &Request, id: &str) -> Res
 
 pub async fn delete_connection(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.no_fields()?; // a DELETE with `{"dry_run": true}` must not delete
     let connection_id = parse_connection_id(id)?;
     let registry = state.shared.bucket_registry()?;
     ask!(registry, |reply| RegistryMsg::DeleteConnection { connection_id, reply })?;
@@ -124,6 +125,7 @@ pub async fn get_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Re
 
 pub async fn delete_bucket(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.no_fields()?; // a DELETE with `{"dry_run": true}` must not delete
     let namespace = req.namespace()?;
     let bucket_id =
         BucketId::parse(id).ok_or_else(|| ApiError::NotFound(format!("bucket {id} not found in this namespace")))?;

@@ -638,6 +638,7 @@ async fn get_object(state: &HttpState, req: &Request, id: &str, oid: &str) -> Re
 /// `DELETE …/objects/{object_id}`: removes it and publishes `object.deleted`.
 async fn delete_object(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.no_fields()?; // a DELETE with `{"dry_run": true}` must not delete
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;
     let object_id = ObjectId::parse(oid).ok_or_else(|| ApiError::NotFound(format!("object {oid} not found")))?;

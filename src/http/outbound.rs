@@ -149,6 +149,7 @@ async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
 
 async fn delete(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
+    req.no_fields()?; // a DELETE with `{"dry_run": true}` must not delete
     let webhook_id = webhook_id(id)?;
     let reg = registry(state)?;
     let d = ask!(reg, |reply| DeliveryMsg::Delete { webhook_id, reply })?;

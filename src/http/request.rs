@@ -124,7 +124,8 @@ impl Request {
         parse_json_strict(&self.body)
     }
 
-    /// For a POST that takes no fields (`…/flush`, `…/submit`, the retries): nothing, `{}` or
+    /// For a POST that takes no fields (`…/flush`, `…/submit`, the retries) and every DELETE:
+    /// nothing, `{}` or
     /// `null` (whatever the declared type: `curl -d '{}'` says form data). Any field is a 422
     /// as an unknown field is elsewhere: the caller meant to set something this does not take.
     pub fn no_fields(&self) -> Result<(), ApiError> {

@@ -48,8 +48,11 @@ async fn query_parameters_an_endpoint_does_not_take_are_refused() {
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{method} ?{query}: {b}");
         assert!(b["error"]["message"].as_str().unwrap().contains("takes none"), "{b}");
     }
+    // Nor a body: a DELETE takes none.
+    let (s, b) = app.call(Method::DELETE, &path, Some(json!({"dry_run": true}))).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("dry_run")), "{b}");
     let (s, b) = app.get(&path).await;
-    assert_eq!(s, 200, "neither the PATCH nor the DELETE was done: {b}");
+    assert_eq!(s, 200, "neither the PATCH nor the DELETEs were done: {b}");
     assert_ne!(b["description"], "changed", "{b}");
     let (s, _) = app.call_as(Method::GET, &format!("{path}?expand=1"), None, None, None).await;
     assert_eq!(s, 401, "no key: 401 before anything about the query");
