@@ -233,6 +233,12 @@ pub fn validate_event_types(types: &[String]) -> Result<(), ApiError> {
     if types.len() > 100 {
         return Err(ApiError::validation("event_types", "at most 100 event types (use \"prefix.*\" for a family)"));
     }
+    check_each_event_type(types)
+}
+
+/// Each of `types` is an event type, `*` or `prefix.*`. Run on the list as given, before
+/// [`dedup_event_types`], so that the 422 names the index the caller sent.
+pub fn check_each_event_type(types: &[String]) -> Result<(), ApiError> {
     for (i, t) in types.iter().enumerate() {
         let base = t.strip_suffix(".*").unwrap_or(t);
         if t != "*" && !valid_event_type(base) {

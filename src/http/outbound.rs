@@ -9,8 +9,8 @@ use super::page::Page;
 use super::{empty, json, HttpState, Request, Response};
 use crate::ask;
 use crate::delivery::model::{
-    dedup_event_types, take_channel_ids, CreateWebhook, Delivery, DeliveryStatus, PatchWebhook, PublishEvent,
-    StoredWebhook, EVENT_TYPES,
+    check_each_event_type, dedup_event_types, take_channel_ids, CreateWebhook, Delivery, DeliveryStatus, PatchWebhook,
+    PublishEvent, StoredWebhook, EVENT_TYPES,
 };
 use crate::delivery::DeliveryMsg;
 use crate::error::ApiError;
@@ -85,6 +85,7 @@ async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> 
     let mut value = req.json_value()?;
     let channel_ids = take_channel_ids(&mut value)?;
     let mut body = CreateWebhook { channel_ids, ..super::request::from_value(value)? };
+    check_each_event_type(&body.event_types)?;
     dedup_event_types(&mut body.event_types);
     let warnings = uncatalogued(&body.event_types);
     let reg = registry(state)?;
@@ -127,6 +128,7 @@ async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
     let channel_ids = take_channel_ids(&mut value)?;
     let mut patch = PatchWebhook { channel_ids, ..super::request::from_value(value)? };
     if let Some(types) = &mut patch.event_types {
+        check_each_event_type(types)?;
         dedup_event_types(types);
     }
     let warnings = patch.event_types.as_deref().map(uncatalogued).unwrap_or_default();

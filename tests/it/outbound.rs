@@ -1921,6 +1921,11 @@ async fn channel_settings_are_checked_and_normalized() {
     let (s, b) = app.post("/v1/organizations/webhooks", hook(json!({"url": rx.url("/"), "timeout": 0.0001}))).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.timeout")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("0.1–300 seconds"), "{b}");
+    // A bad type after a repeated one is named at the index it was sent at.
+    let mut body = hook(json!({"url": rx.url("/")}));
+    body["event_types"] = json!(["a.b", "a.b", "bad type"]);
+    let (s, b) = app.post("/v1/organizations/webhooks", body).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_types[2]")), "{b}");
     let (s, b) = app
         .post("/v1/organizations/webhooks", hook(json!({"url": rx.url("/"), "headers": {"X-A": "1", "x-a": "2"}})))
         .await;
