@@ -174,7 +174,7 @@ fn zero_series() {
     }
     // So do the store's latencies: a checkpoint may not happen for days on a quiet install,
     // and a dashboard panel should show "none yet", not "no data".
-    for name in [STORE_COMMIT_DURATION, STORE_FLUSH_DURATION, STORE_CHECKPOINT_DURATION] {
+    for name in [STORE_COMMIT_DURATION, STORE_FLUSH_DURATION, STORE_APPLY_DURATION, STORE_CHECKPOINT_DURATION] {
         let _ = histogram!(name);
     }
     for trigger in ["window", "size", "bytes", "drain", "manual", "restart"] {
@@ -185,6 +185,8 @@ fn zero_series() {
             counter!(DELIVERIES, "channel" => channel, "outcome" => outcome).absolute(0);
         }
         counter!(DELIVERIES_DEAD, "channel" => channel).absolute(0);
+        // The dashboard's attempt latency panel: "none yet" before the first delivery.
+        let _ = histogram!(DELIVERY_ATTEMPT_DURATION, "channel" => channel);
         for result in ["2xx", "3xx", "4xx", "5xx", "timeout", "connect", "refused", "error"] {
             counter!(DELIVERY_ATTEMPTS, "channel" => channel, "result" => result).absolute(0);
         }

@@ -46,3 +46,25 @@ fn dashboards_reference_only_defined_metrics() {
     }
     assert!(checked > 10, "expected the dashboards to query hookline metrics, checked {checked}");
 }
+
+/// Every series a dashboard queries exists on a daemon that has done nothing yet, so a new
+/// install's panels show zero ("none yet"), not "No data" that reads as broken.
+#[tokio::test]
+async fn a_fresh_daemon_exports_every_metric_the_dashboards_query() {
+    let app = crate::support::TestApp::start().await;
+    let _ = app.metrics().await; // the first scrape is a request: its own HTTP series
+    let exported = metric_names(&app.metrics().await);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut missing = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("{root}/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            for name in metric_names(&std::fs::read_to_string(&path).unwrap()) {
+                if !exported.contains(&name) {
+                    missing.insert(format!("{name} ({})", path.file_name().unwrap().to_string_lossy()));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "queried by a dashboard, not exported by a fresh daemon: {missing:?}");
+}
