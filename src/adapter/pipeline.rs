@@ -305,10 +305,13 @@ pub fn materialize_with_storage(
 /// An http(s) URL with a host, as the URL parser writes it. The parser forgives what a
 /// sender may get wrong (surrounding spaces, a space or a control character inside, a tab
 /// or newline), and whoever reads the stored URL may not: so the stored form is the
-/// parser's, spaces and controls percent-encoded, tabs and newlines dropped.
+/// parser's, surrounding spaces dropped, spaces and controls inside percent-encoded.
 fn file_url(s: &str) -> Option<String> {
-    let u = url::Url::parse(s.trim()).ok()?;
-    (matches!(u.scheme(), "http" | "https") && u.host().is_some() && !has_login(s)).then(|| u.to_string())
+    // The parser drops a tab or newline wherever it is, which would silently make another
+    // URL of `…/a\nb.mp4`: encoded like any other control character instead.
+    let s = s.trim().replace('\t', "%09").replace('\n', "%0A").replace('\r', "%0D");
+    let u = url::Url::parse(&s).ok()?;
+    (matches!(u.scheme(), "http" | "https") && u.host().is_some() && !has_login(&s)).then(|| u.to_string())
 }
 
 /// Whether `s` is an http(s) URL with a user name or a password (`https://user:pw@host/…`).
@@ -587,7 +590,8 @@ pub(crate) mod tests {
         // What the parser forgives inside is stored as it writes it: a valid URL.
         for (raw, stored) in [
             ("https://x.test/my video.mp4", "https://x.test/my%20video.mp4"),
-            ("https://x.test/a\nb.mp4", "https://x.test/ab.mp4"),
+            ("https://x.test/a\nb.mp4", "https://x.test/a%0Ab.mp4"),
+            ("https://x.test/a\tb\r.mp4", "https://x.test/a%09b%0D.mp4"),
             ("https://x.test/a\u{0}b.mp4", "https://x.test/a%00b.mp4"),
         ] {
             let p = json!({"u": raw, "t": "x"});
