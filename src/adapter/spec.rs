@@ -70,7 +70,8 @@ pub struct BlobSource {
     /// Dot-path to the file URL in the metadata document; none: the adapter's default.
     #[serde(default)]
     pub file_field: Option<String>,
-    #[serde(default)]
+    /// `null` too means the default (as for the adapter's other optional settings).
+    #[serde(default, deserialize_with = "crate::util::null_as_default")]
     pub blob_type: BlobType,
     /// Schema property the blob belongs to; none: the blob type's name.
     #[serde(default)]
@@ -360,11 +361,23 @@ impl SourceAdapter {
         if self.dedup_key.is_none() {
             defaults.push("dedup_key");
         }
-        serde_json::json!({
+        let mut effective = serde_json::json!({
             "event_filter": {"event_types": event_types},
             "dedup_key": dedup_key,
-            "defaults": defaults,
-        })
+        });
+        // The blob's file field and property, where left to their defaults.
+        if let Some(b) = &self.blob_source {
+            let file_field = b.file_field.as_deref().or(super::kind::default_file_field(self.adapter_type));
+            if b.file_field.is_none() {
+                defaults.push("blob_source.file_field");
+            }
+            if b.target_property.is_none() {
+                defaults.push("blob_source.target_property");
+            }
+            effective["blob_source"] = serde_json::json!({"file_field": file_field, "target_property": b.property()});
+        }
+        effective["defaults"] = serde_json::json!(defaults);
+        effective
     }
 }
 
@@ -942,5 +955,14 @@ mod tests {
             mux.view()["effective"],
             json!({"event_filter": {"event_types": ["video.asset.ready"]}, "dedup_key": "data.x", "defaults": ["event_filter"]})
         );
+        // A blob whose property is left to its default shows it; `blob_type: null` is the
+        // default type.
+        let blob: BlobSource = serde_json::from_value(json!({"file_field": "u", "blob_type": null})).unwrap();
+        assert_eq!(blob.blob_type, BlobType::default());
+        let blob = BlobSource { blob_type: BlobType::Image, ..blob };
+        let with_blob = SourceAdapter { blob_source: Some(blob), ..mux };
+        let e = &with_blob.view()["effective"];
+        assert_eq!(e["blob_source"], json!({"file_field": "u", "target_property": "image"}), "{e}");
+        assert_eq!(e["defaults"], json!(["event_filter", "blob_source.target_property"]), "{e}");
     }
 }
