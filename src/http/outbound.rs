@@ -173,20 +173,22 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     // Such a number would reach receivers rounded (a double), under a valid signature: the
     // publisher, who can send it as a string, hears of it instead.
     if super::request::has_integer_past_64_bits(&req.body) {
-        // Parsed, such an integer is a double of 2^63 or more: the field it is in (or, were
-        // a double written so to be in the payload too, the payload).
-        fn huge(v: &serde_json::Value) -> bool {
+        // Parsed, such an integer is a double of 2^63 or more: named by its path (in a
+        // payload of up to 1 MiB the sender should not have to search for it).
+        fn huge(v: &serde_json::Value, path: String) -> Option<String> {
             match v {
-                serde_json::Value::Number(n) => crate::util::is_integer_past_64_bits(n),
-                serde_json::Value::Array(a) => a.iter().any(huge),
-                serde_json::Value::Object(o) => o.values().any(huge),
-                _ => false,
+                serde_json::Value::Number(n) => crate::util::is_integer_past_64_bits(n).then_some(path),
+                serde_json::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| huge(v, format!("{path}[{i}]"))),
+                serde_json::Value::Object(o) => o.iter().find_map(|(k, v)| huge(v, format!("{path}.{k}"))),
+                _ => None,
             }
         }
-        let field = if huge(&body.payload) { "payload" } else { "cache_scopes" };
+        let field = huge(&body.payload, "payload".into())
+            .or_else(|| serde_json::to_value(&body.cache_scopes).ok().and_then(|v| huge(&v, "cache_scopes".into())))
+            .unwrap_or_else(|| "payload".into());
         return Err(ApiError::validation(
             field,
-            "holds an integer past 64 bits, which would be delivered rounded: send it as a string",
+            "is an integer past 64 bits, which would be delivered rounded: send it as a string",
         ));
     }
     if state.shared.room.short() {
