@@ -52,6 +52,16 @@ impl ApiKeys {
     }
 
     /// Checks an `Authorization` header value (`Bearer <key>`).
+    /// [`ApiKeys::verify_header`] on a request's headers: `Authorization` given more than
+    /// once is refused (which one counts would be a guess).
+    pub fn verify_headers(&self, headers: &warp::http::HeaderMap) -> bool {
+        let mut given = headers.get_all(warp::http::header::AUTHORIZATION).iter();
+        match (given.next(), given.next()) {
+            (Some(one), None) => self.verify_header(one.to_str().ok()),
+            _ => false,
+        }
+    }
+
     pub fn verify_header(&self, header: Option<&str>) -> bool {
         // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
         let token = header.and_then(|h| h.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
@@ -78,6 +88,12 @@ mod tests {
         assert!(!keys.verify_header(Some("Bearer sekrit-key-012345678")));
         assert!(!keys.verify_header(Some("sekrit-key-0123456789")));
         assert!(!keys.verify_header(None));
+        // Given twice, refused whichever is right.
+        let mut headers = warp::http::HeaderMap::new();
+        headers.append("authorization", "Bearer sekrit-key-0123456789".parse().unwrap());
+        assert!(keys.verify_headers(&headers));
+        headers.append("authorization", "Bearer wrong".parse().unwrap());
+        assert!(!keys.verify_headers(&headers));
         for scheme in ["bearer", "BEARER", "BeArEr"] {
             assert!(keys.verify_header(Some(&format!("{scheme} sekrit-key-0123456789"))), "{scheme}");
         }

@@ -559,6 +559,15 @@ impl Config {
             if e.smtp_host.trim().is_empty() {
                 bail!("delivery.email.smtp_host must not be empty");
             }
+            // A host name or address, not a URL: `smtp://relay:25` would be looked up as a
+            // host named so, and every message would fail.
+            if e.smtp_host.contains(['/', '@', ' ']) || e.smtp_host.contains("://") {
+                bail!(
+                    "delivery.email.smtp_host {:?} must be a host name or an IP address (no scheme, path or login: \
+                     the port is smtp_port, the login username/password)",
+                    e.smtp_host
+                );
+            }
             if e.smtp_port == Some(0) {
                 bail!("delivery.email.smtp_port must not be 0");
             }
@@ -750,6 +759,11 @@ mod tests {
             let c = Config::from_toml(&text).unwrap();
             assert!(!c.delivery.allow_private_networks);
             c.validate().unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        for url in ["smtp://smtp.example.com:25", "smtp.example.com/x", "u@smtp.example.com"] {
+            let text = format!("[delivery.email]\nsmtp_host = \"{url}\"\nfrom = \"a@example.com\"\n");
+            let e = Config::from_toml(&text).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains("must be a host name or an IP address"), "{url}: {e}");
         }
     }
 

@@ -53,7 +53,7 @@ fn init_tracing() {
         }),
         _ => EnvFilter::new("info"),
     };
-    let format = std::env::var(LOG_FORMAT_VAR).unwrap_or_default();
+    let format = std::env::var(LOG_FORMAT_VAR).unwrap_or_default().trim().to_ascii_lowercase();
     if !matches!(format.as_str(), "" | "json" | "text") {
         unusable.push(format!("{LOG_FORMAT_VAR}={format:?} is neither json nor text; logging as text"));
     }

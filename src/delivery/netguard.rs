@@ -80,6 +80,10 @@ pub fn check_url(url: &url::Url, policy: NetPolicy) -> Result<(), String> {
              takes them as a header instead"
             .into());
     }
+    // Nothing listens on port 0: every send would fail to connect.
+    if url.port() == Some(0) {
+        return Err("port 0 is no port to send to".into());
+    }
     let private = match url.host() {
         None => return Err("the URL has no host".into()),
         Some(url::Host::Ipv4(ip)) => !is_public(IpAddr::V4(ip)),
@@ -206,6 +210,7 @@ mod tests {
         assert!(check_url(&u("https://169.254.169.254/latest"), STRICT).is_err());
         assert!(check_url(&u("ftp://example.com/"), STRICT).is_err());
         assert!(check_url(&u("https://user:pw@example.com/"), STRICT).is_err());
+        assert!(check_url(&u("https://example.com:0/h"), STRICT).unwrap_err().contains("port 0"));
         assert!(check_url(&u("http://127.0.0.1:9/x"), DEV).is_ok());
     }
 

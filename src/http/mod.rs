@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use warp::http::header::{AUTHORIZATION, CONNECTION};
+use warp::http::header::CONNECTION;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::hyper::body::Bytes as HyperBytes;
 use warp::Filter;
@@ -111,8 +111,7 @@ pub async fn serve(
                 // it looks at the body.
                 let keyless = keyless(path.as_str());
                 let upstream = keyless.is_some();
-                let anonymous_admin =
-                    !upstream && !state.keys.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+                let anonymous_admin = !upstream && !state.keys.verify_headers(&headers);
                 // Of the keyless routes only a POST to ingest or Mux lifecycle has a body that
                 // is read, and charged to the upstream budget. The probes, `/metrics`, and other
                 // methods on the upstream paths (a 405) need none: theirs is read as an anonymous

@@ -62,7 +62,7 @@ impl Request {
 
     /// [`Request::authenticate`] for an endpoint that takes the query parameters `params`.
     pub fn authenticate_list(&self, state: &HttpState, params: &[&str]) -> Result<(), ApiError> {
-        if !state.keys.verify_header(self.header("authorization")) {
+        if !state.keys.verify_headers(&self.headers) {
             return Err(ApiError::Unauthorized);
         }
         self.known_params(params)
