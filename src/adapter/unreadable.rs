@@ -112,7 +112,7 @@ impl Unreadable {
 }
 
 /// Why the bucket's adapter's inline credentials cannot be opened, if they cannot.
-fn adapter_error(bucket: &Bucket, secrets: &SecretBox) -> Option<crate::crypto::DecryptError> {
+pub fn adapter_error(bucket: &Bucket, secrets: &SecretBox) -> Option<crate::crypto::DecryptError> {
     let sealed = bucket.source_adapter.as_ref()?.sealed_credentials.as_deref()?;
     secrets.open(sealed, bucket.bucket_id.as_str()).err()
 }

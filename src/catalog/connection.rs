@@ -65,6 +65,10 @@ pub const SIGNING_SECRET_SHOWN: &str = "(set; never shown)";
 /// changed): a placeholder too, refused as a value like the others.
 pub const SECRETS_UNREADABLE: &str = "(unreadable with the current master key)";
 
+/// The `error` of a connection's view whose credentials cannot be decrypted.
+pub const UNREADABLE_ERROR: &str = "its provider_config cannot be decrypted with the current master key (was it \
+     changed?): restore the key, or PATCH the connection with its provider_config again";
+
 /// Most signing secrets one Mux connection holds (each is tried on every signed request).
 pub const MAX_SIGNING_SECRETS: usize = 10;
 
@@ -384,17 +388,23 @@ impl Connection {
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         });
+        let opened = self.open(secrets);
+        // Whatever the provider: a view that looks healthy while nothing in it can be used
+        // would hide what the start-up log and the gauge say.
+        if opened.is_err() {
+            v["error"] = UNREADABLE_ERROR.into();
+        }
         match self.provider_type {
             // Where its headers may go (no secret): null for a connection saved before it
             // was asked for.
             ProviderType::GenericWebhook => {
-                v["url"] = match self.open(secrets) {
+                v["url"] = match opened {
                     Ok(ProviderConfig::Generic(g)) => g.url.into(),
                     _ => serde_json::Value::Null,
                 };
             }
             ProviderType::Mux => {
-                v["webhook_signing_secret"] = match self.open(secrets) {
+                v["webhook_signing_secret"] = match opened {
                     Ok(cfg) => match cfg.mux_signing_secrets().len() {
                         0 => serde_json::Value::Null,
                         1 => SIGNING_SECRET_SHOWN.into(),

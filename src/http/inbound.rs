@@ -173,6 +173,12 @@ pub(super) fn bucket_view(state: &HttpState, bucket: &crate::catalog::Bucket) ->
     if let Some(sa) = view.get_mut("source_adapter").and_then(|v| v.as_object_mut()) {
         sa.insert("ingest_path".into(), ingest_path(&bucket.bucket_id).into());
         sa.insert("webhook_url".into(), webhook_url(state, &bucket.bucket_id).into());
+        // Not "(set; never shown)", which a PATCH reads as "keep them": sent back, the view
+        // must not keep credentials nothing can read.
+        if crate::adapter::unreadable::adapter_error(bucket, &state.shared.secrets).is_some() {
+            let shown = crate::catalog::connection::SECRETS_UNREADABLE;
+            sa.insert("connection".into(), serde_json::json!({ "credentials": shown }));
+        }
     }
     view
 }

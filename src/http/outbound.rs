@@ -73,10 +73,9 @@ async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate_list(state, &["limit", "cursor"])?;
     let mut page = Page::results(req.page_limit_or(usize::MAX)?);
     let after = req.cursor(|c| WebhookId::parse(c).is_some())?;
-    state
-        .shared
-        .store
-        .for_each_after::<StoredWebhook>(Keyspace::WEBHOOKS, "", after, |key, w| page.offer(key, &w.view()))?;
+    state.shared.store.for_each_after::<StoredWebhook>(Keyspace::WEBHOOKS, "", after, |key, w| {
+        page.offer(key, &webhook_view(state, &w))
+    })?;
     Ok(page.finish())
 }
 
@@ -118,7 +117,19 @@ fn with_warnings(mut view: serde_json::Value, warnings: Vec<String>) -> serde_js
 
 async fn get(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
-    Ok(json(StatusCode::OK, &load(state, id)?.view()))
+    Ok(json(StatusCode::OK, &webhook_view(state, &load(state, id)?)))
+}
+
+/// A stored webhook's view, with an `error` when the master key cannot open its secrets:
+/// its masked channels look as always, while none of them can send.
+fn webhook_view(state: &HttpState, w: &StoredWebhook) -> serde_json::Value {
+    let mut view = w.view();
+    if state.shared.secrets.open(&w.sealed, w.webhook_id.as_str()).is_err() {
+        view["error"] = "its secrets cannot be decrypted with the current master key (was it changed?): its \
+                         deliveries wait, unsent; restore the key, or delete the webhook and create it again"
+            .into();
+    }
+    view
 }
 
 async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {

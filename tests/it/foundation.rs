@@ -1245,8 +1245,16 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     let unreadable = |m: &str, kind: &str| metric_value(m, "hookline_credentials_unreadable", &[("kind", kind)]);
     let m = app.metrics().await;
     assert_eq!((unreadable(&m, "connection"), unreadable(&m, "adapter"), unreadable(&m, "webhook")), (1.0, 1.0, 0.0));
-    // A new name alone leaves the connection unreadable; new credentials mend it.
+    // The views say so too, and a bucket view sent back as is cannot keep what nothing reads.
     let path = format!("/v1/organizations/connections/{conn_id}");
+    let (_, c) = app.get(&path).await;
+    assert!(c["error"].as_str().unwrap_or_default().contains("cannot be decrypted"), "{c}");
+    let (_, b) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    let shown = &b["source_adapter"]["connection"]["credentials"];
+    assert_eq!(shown, "(unreadable with the current master key)", "{b}");
+    let (s, _) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": b["source_adapter"]})).await;
+    assert_eq!(s, 422, "the unreadable placeholder is not a value");
+    // A new name alone leaves the connection unreadable; new credentials mend it.
     let (s, b) = app.patch(&path, json!({"name": "renamed"})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(unreadable(&app.metrics().await, "connection"), 1.0);
@@ -1259,6 +1267,7 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     assert_eq!(s, 200, "{b}");
     let m = app.metrics().await;
     assert_eq!((unreadable(&m, "connection"), unreadable(&m, "adapter")), (0.0, 0.0), "mended");
+    assert!(app.get(&path).await.1.get("error").is_none());
 }
 
 /// A connection record that does not even decode (a newer version's, a damaged one) is

@@ -621,6 +621,7 @@ async fn a_webhook_sealed_under_another_master_key_is_logged_and_waits() {
     publish(&app, "object.created", json!({"n": 1})).await;
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
     assert!(w["last_error"].as_str().unwrap_or_default().contains("decrypt"), "{w}");
+    assert!(w["error"].as_str().unwrap_or_default().contains("cannot be decrypted"), "said by the view: {w}");
     assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("pending")).await.len() == 1 }).await);
     assert_eq!(rx.count(), 0);
     let unreadable = |m: &str| metric_value(m, "hookline_credentials_unreadable", &[("kind", "webhook")]);
