@@ -17,11 +17,18 @@ pub fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
     for seg in path.split('.') {
         cur = match cur {
             Value::Object(map) => map.get(seg)?,
-            Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+            Value::Array(items) => items.get(index(seg)?)?,
             _ => return None,
         };
     }
     Some(cur)
+}
+
+/// An array index as written in a path: decimal digits, no sign, no leading zero (`items.01`
+/// or `items.+1` is no index, rather than the one parsing would make of it).
+fn index(seg: &str) -> Option<usize> {
+    let canonical = seg.bytes().all(|b| b.is_ascii_digit()) && (seg == "0" || !seg.starts_with('0'));
+    canonical.then(|| seg.parse().ok()).flatten()
 }
 
 /// A scalar rendered as the string an ID would be (strings as is, numbers as by
@@ -72,6 +79,10 @@ mod tests {
         assert_eq!(lookup(&doc, "data.tracks.1.duration"), Some(&json!(2)));
         assert_eq!(lookup(&doc, "data.tracks.2.duration"), None);
         assert_eq!(lookup(&doc, "data.tracks.x"), None);
+        for not_an_index in ["data.tracks.01", "data.tracks.+1", "data.tracks.-0", "data.tracks. 1"] {
+            assert_eq!(lookup(&doc, &format!("{not_an_index}.duration")), None, "{not_an_index}");
+        }
+        assert_eq!(lookup(&doc, "data.tracks.0.duration"), Some(&json!(1.5)));
         assert_eq!(lookup(&doc, "data.id.more"), None);
         assert_eq!(lookup(&doc, "data.n"), Some(&Value::Null));
         assert!(is_valid("a.b.0"));
