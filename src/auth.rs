@@ -32,7 +32,9 @@ impl ApiKeys {
                 let mut b = Batch::new();
                 b.delete(Keyspace::META, "api_key_digests");
                 store.commit(b).await?;
-                tracing::info!("auth.api_keys is set: the generated API key is retired");
+                tracing::info!(
+                    "API keys are configured (auth.api_keys or HOOKLINE_API_KEYS): the generated API key is retired"
+                );
             }
             // Trimmed like a presented token.
             return Ok((ApiKeys { digests: configured.iter().map(|k| digest(k.trim())).collect() }, None));

@@ -510,7 +510,7 @@ pub const ALERTS: &str = "hookline_alerts_total";
 fn describe_writeback() {
     describe_counter!(
         WRITEBACKS,
-        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up; skipped: an alert's job not queued, as it could only fail; requeued: a given-up job queued again by POST …/writebacks/{id}/retry; superseded: a waiting job a newer one of the same row took over)"
+        "Writeback attempts by adapter and outcome (succeeded; retry: failed, will retry; failed: given up; skipped: an alert's or a batch's job not queued, as it could only fail; requeued: a given-up job queued again by POST …/writebacks/{id}/retry; superseded: a waiting job a newer one of the same row took over)"
     );
     describe_counter!(
         ALERTS,
