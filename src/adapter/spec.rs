@@ -365,6 +365,13 @@ impl SourceAdapter {
             "event_filter": {"event_types": event_types},
             "dedup_key": dedup_key,
         });
+        // A Supabase adapter's table's schema (`public` when left out), where it has a table.
+        if let Some((schema, _)) = self.table() {
+            effective["schema"] = schema.into();
+            if self.schema.is_none() {
+                defaults.push("schema");
+            }
+        }
         // The blob's file field and property, where left to their defaults.
         if let Some(b) = &self.blob_source {
             let file_field = b.file_field.as_deref().or(super::kind::default_file_field(self.adapter_type));
@@ -964,5 +971,8 @@ mod tests {
         let e = &with_blob.view()["effective"];
         assert_eq!(e["blob_source"], json!({"file_field": "u", "target_property": "image"}), "{e}");
         assert_eq!(e["defaults"], json!(["event_filter", "blob_source.target_property"]), "{e}");
+        let rows = SourceAdapter { adapter_type: ProviderType::Supabase, table: Some("listings".into()), ..with_blob };
+        let e = &rows.view()["effective"];
+        assert_eq!((&e["schema"], e["defaults"].to_string().contains("\"schema\"")), (&json!("public"), true), "{e}");
     }
 }
