@@ -360,10 +360,6 @@ fn holds_sealed_values(store: &Store) -> anyhow::Result<bool> {
     Ok(any)
 }
 
-/// `create_dir_all`, and the new directories' entries synced (up to the first one that
-/// existed): a first start's writes must not vanish with a directory a power loss forgot.
-/// New directories are private (0700): the store holds payloads, metadata and receiver
-/// URLs, which other local users have no business reading. An existing one is left as is.
 /// Warns (as ssh does of a key file) when `path` is open to other users than the daemon's:
 /// hookline makes the data directory 0700 and the master key 0600, and one made or changed
 /// by hand may have lost that. Not refused: a deployment may put a trusted group in.
@@ -384,6 +380,10 @@ fn warn_if_exposed(path: &std::path::Path, what: &str) {
     }
 }
 
+/// `create_dir_all`, and the new directories' entries synced (up to the first one that
+/// existed): a first start's writes must not vanish with a directory a power loss forgot.
+/// New directories are private (0700): the store holds payloads, metadata and receiver
+/// URLs, which other local users have no business reading. An existing one is left as is.
 fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.exists() && !dir.is_dir() {

@@ -53,7 +53,6 @@ impl ApiKeys {
         Ok((ApiKeys { digests: vec![d] }, Some(key)))
     }
 
-    /// Checks an `Authorization` header value (`Bearer <key>`).
     /// [`ApiKeys::verify_header`] on a request's headers: `Authorization` given more than
     /// once is refused (which one counts would be a guess).
     pub fn verify_headers(&self, headers: &warp::http::HeaderMap) -> bool {
@@ -64,6 +63,7 @@ impl ApiKeys {
         }
     }
 
+    /// Checks an `Authorization` header value (`Bearer <key>`).
     pub fn verify_header(&self, header: Option<&str>) -> bool {
         // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
         let token = header.and_then(|h| h.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));

@@ -561,10 +561,12 @@ impl Config {
             }
             // A host name or address, not a URL: `smtp://relay:25` would be looked up as a
             // host named so, and every message would fail.
-            if e.smtp_host.contains(['/', '@', ' ']) || e.smtp_host.contains("://") {
+            let host = e.smtp_host.as_str();
+            let name = host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !(name || host.parse::<std::net::IpAddr>().is_ok()) {
                 bail!(
-                    "delivery.email.smtp_host {:?} must be a host name or an IP address (no scheme, path or login: \
-                     the port is smtp_port, the login username/password)",
+                    "delivery.email.smtp_host {:?} must be a host name or an IP address (no scheme, port, path or \
+                     login: the port is smtp_port, the login username/password)",
                     e.smtp_host
                 );
             }
@@ -662,16 +664,16 @@ impl Config {
     }
 }
 
-/// Refuses a provider base URL whose host is a loopback or private address (or
-/// `localhost`) unless `allow_private_networks` says so, as for receivers: the provider's
-/// credentials go there. (SMS sends check the address a name resolves to as well, so such
-/// a base could never work; for the Mux API base it is only a warning.)
 /// A base URL that holds nothing but where to send: no user name or password, query or
 /// fragment.
 fn plain_base(u: &url::Url) -> bool {
     u.username().is_empty() && u.password().is_none() && u.query().is_none() && u.fragment().is_none()
 }
 
+/// Refuses a provider base URL whose host is a loopback or private address (or
+/// `localhost`) unless `allow_private_networks` says so, as for receivers: the provider's
+/// credentials go there. (SMS sends check the address a name resolves to as well, so such
+/// a base could never work; for the Mux API base it is only a warning.)
 fn private_target(name: &str, raw: &str, d: &DeliveryConfig) -> anyhow::Result<()> {
     let Ok(u) = url::Url::parse(raw) else { return Ok(()) }; // reported above
     let policy = crate::delivery::netguard::NetPolicy { allow_insecure_http: true, ..d.into() };
@@ -760,7 +762,14 @@ mod tests {
             assert!(!c.delivery.allow_private_networks);
             c.validate().unwrap_or_else(|e| panic!("{host}: {e}"));
         }
-        for url in ["smtp://smtp.example.com:25", "smtp.example.com/x", "u@smtp.example.com"] {
+        for url in [
+            "smtp://smtp.example.com:25",
+            "smtp.example.com/x",
+            "u@smtp.example.com",
+            "smtp.example.com:25",
+            "127.0.0.1:2525",
+            "[::1]",
+        ] {
             let text = format!("[delivery.email]\nsmtp_host = \"{url}\"\nfrom = \"a@example.com\"\n");
             let e = Config::from_toml(&text).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains("must be a host name or an IP address"), "{url}: {e}");

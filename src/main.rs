@@ -53,9 +53,10 @@ fn init_tracing() {
         }),
         _ => EnvFilter::new("info"),
     };
-    let format = std::env::var(LOG_FORMAT_VAR).unwrap_or_default().trim().to_ascii_lowercase();
+    let given = std::env::var(LOG_FORMAT_VAR).unwrap_or_default();
+    let format = given.trim().to_ascii_lowercase();
     if !matches!(format.as_str(), "" | "json" | "text") {
-        unusable.push(format!("{LOG_FORMAT_VAR}={format:?} is neither json nor text; logging as text"));
+        unusable.push(format!("{LOG_FORMAT_VAR}={given:?} is neither json nor text; logging as text"));
     }
     // Colours for a terminal only: a log file or journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

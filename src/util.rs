@@ -58,7 +58,9 @@ pub fn null_as_default<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'
 /// as the nearest double (at or beyond 2^63 in size, and written without a fraction: a
 /// double that large has none).
 pub fn is_integer_past_64_bits(n: &serde_json::Number) -> bool {
-    n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18)
+    // 2^63: i64 ends just below it, and a positive integer up to 2^64 - 1 is parsed as u64.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    n.is_f64() && n.as_f64().is_some_and(|f| !(-TWO_63..TWO_63).contains(&f))
 }
 
 /// A name given through the API (a bucket's, a webhook's, a connection's): 1 to `max`

@@ -314,6 +314,18 @@ fn file_url(s: &str) -> Option<String> {
     (matches!(u.scheme(), "http" | "https") && u.host().is_some() && !has_login(&s)).then(|| u.to_string())
 }
 
+/// `s` with what looks like a URL's login (`scheme://user:pw@`) blanked out, whether or not
+/// it parses: a message quoting a refused value (stored as `last_error`) must not hold a
+/// password.
+fn without_login(s: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = s.find("://").map(|i| i + 3) else { return s.into() };
+    let end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    match s[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &s[..start], &s[start + at..]).into(),
+        None => s.into(),
+    }
+}
+
 /// Whether `s` is an http(s) URL with a user name or a password (`https://user:pw@host/…`).
 fn has_login(s: &str) -> bool {
     url::Url::parse(s.trim())
@@ -375,8 +387,7 @@ fn json_type(v: &Value) -> &'static str {
         // Past 64 bits JSON parsing makes an integer a float: say so, not just "float".
         Value::Number(n) if crate::util::is_integer_past_64_bits(n) => "an integer past 64 bits (not an int)",
         Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9_007_199_254_740_992.0) => {
-            "a number written with a fraction or exponent past 2^53, which JSON parsing may have rounded (not an \
-             int: send it without a fraction or exponent)"
+            "a float past 2^53 (written with a fraction or an exponent, which JSON parsing may have rounded)"
         }
         Value::Number(_) => "float",
         Value::String(_) => "string",
@@ -387,7 +398,7 @@ fn json_type(v: &Value) -> &'static str {
 
 fn describe(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("{:?}", s.chars().take(80).collect::<String>()),
+        Value::String(s) => format!("{:?}", without_login(s).chars().take(80).collect::<String>()),
         other => json_type(other).to_string(),
     }
 }
@@ -596,6 +607,12 @@ pub(crate) mod tests {
         ] {
             let p = json!({"u": raw, "t": "x"});
             assert_eq!(materialize(&a, &schema(), &p, &p, &s).unwrap().blobs[0].url, stored, "{raw:?}");
+        }
+        // A login in a URL refused for another reason is not quoted either.
+        for raw in ["https://u:s3cret@x.test:99999/a", "ftp://u:s3cret@x.test/a", "https://u:s3cret@/a"] {
+            let p = json!({"u": raw, "t": "x"});
+            let e = materialize(&a, &schema(), &p, &p, &s).unwrap_err();
+            assert!(!e.0.contains("s3cret") && e.0.contains("***@"), "{raw:?}: {}", e.0);
         }
         // A login in the URL is refused, not stored (nor shown, nor sent in events).
         for raw in ["https://user:pw@x.test/v.mp4", "https://user@x.test/v.mp4", " http://:pw@x.test/v.mp4"] {

@@ -343,9 +343,10 @@ impl SourceAdapter {
 
     /// What the adapter does with `event_filter` and `dedup_key` as set or left out:
     /// `event_filter.event_types` (`null`: every event is handled), `dedup_key` (`null`: no
-    /// dedup), and `defaults`, the ones of the two left out and so taken from the adapter
-    /// type (a default follows the adapter type if it is changed). Read-only: a PATCH
-    /// ignores it, so a GET view sent back leaves the defaults as defaults.
+    /// dedup); a Supabase table's `schema` and the blob's `file_field` and `target_property`
+    /// in force; and `defaults`, the settings left out and so taken from the adapter type
+    /// (a default follows the adapter type if it is changed). Read-only: a PATCH ignores
+    /// it, so a GET view sent back leaves the defaults as defaults.
     pub fn effective(&self) -> serde_json::Value {
         let event_types: Option<Vec<String>> = match &self.event_filter {
             Some(f) => Some(f.event_types.clone()),

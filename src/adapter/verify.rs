@@ -487,10 +487,19 @@ pub fn credentials(
 }
 
 /// What [`lifecycle`] can refuse before the body is read: an unknown or non-Mux connection
-/// (404); a missing, malformed or stale `Mux-Signature`, or a connection without a signing
+/// (404); a missing, repeated, malformed or stale `Mux-Signature`, or a connection without a signing
 /// secret (401). Whether the signature matches needs the body.
-pub fn lifecycle_head(shared: &Shared, id: &ConnectionId, signature: Option<&str>) -> Result<(), ApiError> {
+pub fn lifecycle_head(
+    shared: &Shared,
+    id: &ConnectionId,
+    signature: Option<&str>,
+    signatures_sent: usize,
+) -> Result<(), ApiError> {
     let conn = mux_connection(shared, id)?;
+    // After the 404: an unknown connection is answered so whatever the headers.
+    if signatures_sent > 1 {
+        return Err(ApiError::UnauthorizedMsg(repeated_message("Mux-Signature", signatures_sent)));
+    }
     let Some(signature) = signature else {
         return Err(ApiError::UnauthorizedMsg(super::mux::signature::MuxSignatureError::Missing.to_string()));
     };

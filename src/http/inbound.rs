@@ -374,11 +374,10 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
         ["v1", "webhooks", "mux", cid] => {
             let checked = match ConnectionId::parse(cid) {
                 None => Err(ApiError::NotFound(format!("connection {cid} not found"))),
-                Some(_) if headers.get_all("mux-signature").iter().count() > 1 => {
-                    let count = headers.get_all("mux-signature").iter().count();
-                    Err(ApiError::UnauthorizedMsg(verify::repeated_message("Mux-Signature", count)))
+                Some(id) => {
+                    let sent = headers.get_all("mux-signature").iter().count();
+                    verify::lifecycle_head(&state.shared, &id, header("mux-signature"), sent)
                 }
-                Some(id) => verify::lifecycle_head(&state.shared, &id, header("mux-signature")),
             };
             match checked {
                 Ok(()) => Head::Read,

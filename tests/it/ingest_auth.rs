@@ -107,6 +107,10 @@ async fn an_unauthenticated_body_is_never_parsed() {
     }
     let (s, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
     assert_eq!((s, st["last_refused_ingest"]["reason"].as_str()), (200, Some("repeated_header")), "{st}");
+    // A bucket without an adapter is a 404 whatever the headers.
+    let bare = app.create_bucket("no-adapter", json!({})).await;
+    let headers = [("x-webhook-secret", secret.as_str()), ("x-webhook-secret", secret.as_str())];
+    assert_eq!(app.post_raw(&ingest_path(&bare), b"{}".to_vec(), &headers).await.0, 404);
     assert_eq!(reached(&app, &bucket).await, 0, "an unauthenticated ingest reached the parse");
 
     // An authenticated one gets there (held), and only then is its body parsed: 400 for

@@ -838,7 +838,13 @@ async fn star_prefix_and_exact_subscriptions_and_templates() {
     let scoped = br#"{"event_type": "x.y", "payload": {"f": 1.5}, "cache_scopes": [12345678901234567890123]}"#;
     let (s, b) = app.post_raw("/v1/events", scoped.to_vec(), &[("authorization", key.as_str())]).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("cache_scopes[0]")), "{b}");
-    let fine = br#"{"event_type": "x.y", "payload": {"n": 18446744073709551615, "s": "12345678901234567890123"}}"#;
+    // A float written with an exponent is no integer: with one beside it, both are named.
+    let mixed = br#"{"event_type": "x.y", "payload": {"a": 1e19}, "cache_scopes": [123456789012345678901234]}"#;
+    let (s, b) = app.post_raw("/v1/events", mixed.to_vec(), &[("authorization", key.as_str())]).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("at one of: payload.a, cache_scopes[0]"), "{b}");
+    let fine =
+        br#"{"event_type": "x.y", "payload": {"n": 18446744073709551615, "s": "12345678901234567890123", "f": 1e19}}"#;
     assert_eq!(app.post_raw("/v1/events", fine.to_vec(), &[("authorization", key.as_str())]).await.0, 202);
     // cache_scopes is optional: null is none, as leaving it out is.
     let unscoped = br#"{"event_type": "x.y", "payload": {}, "cache_scopes": null}"#;

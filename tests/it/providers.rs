@@ -827,6 +827,9 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     let (s, r) = app.post_raw(&path, body.clone(), &[("Mux-Signature", &good), ("Mux-Signature", &stale)]).await;
     assert_eq!(s, 401, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("Mux-Signature was sent 2 times"), "{r}");
+    let unknown_path = "/v1/webhooks/mux/conn_doesnotexist";
+    let (s, _) = app.post_raw(unknown_path, body.clone(), &[("Mux-Signature", &good), ("Mux-Signature", &stale)]).await;
+    assert_eq!(s, 404, "an unknown connection is a 404 whatever its headers");
     let (s, unknown) = lifecycle(&app, "conn_doesnotexist", SIGNING_SECRET, &deleted).await;
     assert_eq!(s, 404);
     // Another provider's connection gets the same answer: nothing tells it apart.

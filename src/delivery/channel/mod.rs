@@ -151,7 +151,7 @@ impl ChannelConfig {
                     // `ops@example` is valid to the parser and an SMTP relay, and is nearly
                     // always `ops@example.com` mistyped: every message to it would bounce.
                     let domain = mailbox.email.domain();
-                    if !domain.contains('.') && !domain.starts_with('[') {
+                    if !domain.contains('.') && !domain.eq_ignore_ascii_case("localhost") {
                         return Err(ApiError::validation(
                             format!("{}[{i}]", field("to")),
                             format!("the domain {domain:?} has no dot: give a full domain, like {domain}.com"),
@@ -489,6 +489,21 @@ pub(crate) fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_email_domain_needs_a_dot_but_localhost() {
+        let net = NetPolicy { allow_insecure_http: false, allow_private_networks: false };
+        let rules = ChannelRules { net, email: true, sms: false };
+        let check = |to: &str| {
+            let c: ChannelConfig =
+                serde_json::from_value(serde_json::json!({"channel": "email", "configs": {"to": [to]}})).unwrap();
+            c.validate("channels[0]", rules).map_err(|e| e.to_string())
+        };
+        assert!(check("ops@example").unwrap_err().contains("has no dot"));
+        for ok in ["ops@example.com", "dev@localhost"] {
+            assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
+        }
+    }
 
     #[test]
     fn email_addresses_are_kept_without_surrounding_whitespace() {
