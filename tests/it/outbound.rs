@@ -697,19 +697,7 @@ async fn failing_receiver_goes_dead_then_manual_retry_delivers() {
 /// its delivery, and another delivery's same failure is no new error.
 #[tokio::test]
 async fn last_error_at_stays_while_deliveries_fail_alike() {
-    let app = TestApp::start_with(Options {
-        delivery_toml: Some(
-            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nmax_age_seconds = 3\nretry_schedule_seconds = [1]\n".into(),
-        ),
-        ..Default::default()
-    })
-    .await;
-    let rx = Receiver::start(500).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "d", "event_types": ["*"], "channels": [http_channel(&rx.url("/d"))]}),
-    )
-    .await;
+    let (app, _rx, id) = app_with_failing_receiver("max_age_seconds = 3\nretry_schedule_seconds = [1]\n").await;
     publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
     publish(&app, "batch.failed", json!({"batch_id": "b2"})).await;
     let ok = eventually(WAIT, || async { deliveries(&app, &id, Some("dead")).await.len() == 2 }).await;
@@ -721,7 +709,7 @@ async fn last_error_at_stays_while_deliveries_fail_alike() {
         .map(|d| d["attempts"][1]["at"].as_str().expect("a second attempt").to_string())
         .collect();
     let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
-    assert!(w["last_error"].as_str().unwrap_or("").contains("HTTP 500"), "{w}");
+    assert!(w["last_error"].as_str().unwrap_or("").contains("HTTP 503"), "{w}");
     let since = w["last_error_at"].as_str().unwrap_or_default();
     assert!(second_attempts.iter().all(|a| since <= a.as_str()), "{w} vs second attempts {second_attempts:?}");
 }
