@@ -480,6 +480,15 @@ pub fn delivery_key(webhook: &WebhookId, delivery: &DeliveryId) -> String {
     format!("{}/{}", webhook.as_str(), delivery.as_str())
 }
 
+/// An error as a worker states it (`"{channel} delivery {delivery_id}: {error}"`), without
+/// its delivery ID: what two deliveries failing the same way share.
+pub fn without_delivery_id(error: &str) -> (&str, &str) {
+    match error.split_once(" delivery ").and_then(|(channel, rest)| Some((channel, rest.split_once(": ")?.1))) {
+        Some(failure) => failure,
+        None => (error, ""),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,6 +119,8 @@ pub enum DeliveryMsg {
     LastError {
         webhook_id: WebhookId,
         error: Option<String>,
+        /// When the failure began (the channel's first error of this kind).
+        since_ms: u64,
     },
     /// Hourly: delete stored events that no delivery names any more.
     SweepEvents,
@@ -353,7 +355,9 @@ impl Actor for DeliveryRegistry {
                     state.drain(&myself);
                 }
             }
-            DeliveryMsg::LastError { webhook_id, error } => state.set_last_error(&webhook_id, error),
+            DeliveryMsg::LastError { webhook_id, error, since_ms } => {
+                state.set_last_error(&webhook_id, error, since_ms)
+            }
             DeliveryMsg::SweepEvents => state.sweep_events(),
             DeliveryMsg::Quiesce(reply) => {
                 let workers: Vec<_> = state.webhooks.keys().filter_map(|id| state.worker(id)).collect();
@@ -389,6 +393,7 @@ impl Actor for DeliveryRegistry {
             state.set_last_error(
                 &id,
                 Some(format!("delivery stopped after repeated internal failures ({reason}); restart hookline")),
+                now_millis(),
             );
             return Ok(());
         }
@@ -935,14 +940,18 @@ impl DeliveryState {
         Ok(self.shared.store.submit(b))
     }
 
-    fn set_last_error(&mut self, id: &WebhookId, error: Option<String>) {
+    fn set_last_error(&mut self, id: &WebhookId, error: Option<String>, since_ms: u64) {
         let Some(entry) = self.webhooks.get_mut(id) else { return };
-        // The same failure of another delivery (the error names its delivery) is no change:
-        // `last_error_at` keeps when the channel began failing so.
-        if entry.stored.last_error.as_deref().map(without_delivery_id) == error.as_deref().map(without_delivery_id) {
+        // The same failure of another delivery of the same channel (the error names its
+        // delivery) is no change: not written again, `last_error_at` kept.
+        let at = error.as_ref().map(|_| crate::util::millis_to_rfc3339(since_ms));
+        let failure = |e: &Option<String>| {
+            e.as_deref().map(model::without_delivery_id).map(|(c, t)| (c.to_owned(), t.to_owned()))
+        };
+        if failure(&entry.stored.last_error) == failure(&error) && entry.stored.last_error_at == at {
             return;
         }
-        entry.stored.last_error_at = error.as_ref().map(|_| crate::util::now_rfc3339());
+        entry.stored.last_error_at = at;
         entry.stored.last_error = error;
         let mut b = Batch::new();
         b.put(Keyspace::WEBHOOKS, id.as_str(), &entry.stored);
@@ -1153,15 +1162,6 @@ pub(crate) fn unreferenced_events(
     Ok(b)
 }
 
-/// An error as a worker states it (`"{channel} delivery {delivery_id}: {error}"`), without
-/// its delivery ID: what two deliveries failing the same way share.
-fn without_delivery_id(error: &str) -> (&str, &str) {
-    match error.split_once(" delivery ").and_then(|(channel, rest)| Some((channel, rest.split_once(": ")?.1))) {
-        Some(failure) => failure,
-        None => (error, ""),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1197,6 +1197,7 @@ mod tests {
 
     #[test]
     fn two_deliveries_failing_alike_are_one_failure() {
+        use crate::delivery::model::without_delivery_id;
         let a = without_delivery_id("webhook delivery del_1_0: HTTP 500: boom");
         assert_eq!(a, ("webhook", "HTTP 500: boom"));
         assert_eq!(a, without_delivery_id("webhook delivery del_2_0: HTTP 500: boom"));

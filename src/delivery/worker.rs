@@ -190,10 +190,14 @@ pub struct WorkerState {
     flush_queued: bool,
     /// The last error reported to the registry (to report only changes).
     reported_error: Option<String>,
+    /// When the failure reported began, for a channel's error.
+    reported_since: Option<u64>,
     /// The latest error of each channel still failing, oldest first. The webhook's
     /// `last_error` is the newest of them: one channel's success clears only its own, so a
     /// healthy channel does not hide a broken one.
-    channel_errors: Vec<(String, String)>,
+    /// Each with when its channel began failing so (`since_ms`, kept while its failure only
+    /// names another delivery: see `model::without_delivery_id`).
+    channel_errors: Vec<(String, String, u64)>,
     /// Shutdown (`Shared::shutdown`): answered once nothing is in flight.
     quiesced: Option<RpcReplyPort<()>>,
     /// Set while the queue is spilled: every pending delivery not in `queue` has a key
@@ -276,6 +280,7 @@ impl Actor for DeliveryWorker {
             flush_queued: false,
             // What the registry shows: a success clears it even after a restart.
             reported_error: args.last_error,
+            reported_since: None,
             channel_errors: Vec::new(),
             quiesced: None,
             spilled_from: None,
@@ -342,8 +347,8 @@ impl Actor for DeliveryWorker {
                 let removed: Vec<String> =
                     old.channel_ids.iter().filter(|c| !state.rt.channel_ids.contains(c)).cloned().collect();
                 let errors_before = state.channel_errors.len();
-                state.channel_errors.retain(|(c, _)| !removed.contains(c));
-                let newest = state.channel_errors.last().map(|(_, e)| e.clone());
+                state.channel_errors.retain(|(c, _, _)| !removed.contains(c));
+                let newest = state.channel_errors.last().map(|(_, e, _)| e.clone());
                 match state.rt.problem.clone() {
                     Some(p) => state.report_error(Some(p)),
                     // The problem is gone, or a failing channel was removed: so is its error.
@@ -1271,27 +1276,48 @@ impl WorkerState {
             return;
         }
         let had = self.channel_errors.len();
-        self.channel_errors.retain(|(c, _)| !d.channel_is(c));
+        // The same failure as this channel's last (another delivery's, say): since then.
+        let since = error.as_deref().and_then(|e| {
+            let failure = crate::delivery::model::without_delivery_id(e);
+            self.channel_errors
+                .iter()
+                .find(|(c, old, _)| d.channel_is(c) && crate::delivery::model::without_delivery_id(old) == failure)
+                .map(|(_, _, since)| *since)
+        });
+        self.channel_errors.retain(|(c, _, _)| !d.channel_is(c));
         let cleared = self.channel_errors.len() < had;
         match error {
-            Some(e) => self.channel_errors.push((d.channel_ref(), e)),
+            Some(e) => self.channel_errors.push((d.channel_ref(), e, since.unwrap_or_else(now_millis))),
             // A success after a restart (no error known here) still clears the stored one.
             None if !cleared && had > 0 => return,
             None => {}
         }
         if self.rt.problem.is_none() {
-            self.report_error(self.channel_errors.last().map(|(_, e)| e.clone()));
+            self.report_error(self.channel_errors.last().map(|(_, e, _)| e.clone()));
         }
     }
 
     /// Tells the registry about a change of `last_error`.
     fn report_error(&mut self, error: Option<String>) {
-        if error == self.reported_error {
+        // A channel's error dates from when the first channel still failing so began to (two
+        // channels failing alike, their attempts taking turns, must not move it back and
+        // forth; the first one recovering moves it to the other's start); another (the
+        // webhook's secrets unreadable) from when it is reported.
+        let failure = error.as_deref().map(crate::delivery::model::without_delivery_id);
+        let since = self
+            .channel_errors
+            .iter()
+            .filter(|(_, e, _)| Some(crate::delivery::model::without_delivery_id(e)) == failure)
+            .map(|(_, _, since)| *since)
+            .min();
+        if (&error, since) == (&self.reported_error, self.reported_since) {
             return;
         }
         self.reported_error = error.clone();
+        self.reported_since = since;
+        let since_ms = since.unwrap_or_else(now_millis);
         if let Some(reg) = ActorRef::<DeliveryMsg>::where_is(self.shared.names.delivery_registry()) {
-            let _ = reg.cast(DeliveryMsg::LastError { webhook_id: self.rt.webhook_id.clone(), error });
+            let _ = reg.cast(DeliveryMsg::LastError { webhook_id: self.rt.webhook_id.clone(), error, since_ms });
         }
     }
 

@@ -714,6 +714,34 @@ async fn last_error_at_stays_while_deliveries_fail_alike() {
     assert!(second_attempts.iter().all(|a| since <= a.as_str()), "{w} vs second attempts {second_attempts:?}");
 }
 
+/// Two channels failing the same way: once the first recovers, `last_error_at` is when the
+/// second began failing, not the first.
+#[tokio::test]
+async fn last_error_at_follows_the_channel_still_failing() {
+    let app = TestApp::start_with(queue_options("max_age_seconds = 30\nretry_schedule_seconds = [1]\n")).await;
+    let (first, second) = (Receiver::start(503).await, Receiver::start(200).await);
+    let channels = json!([http_channel(&first.url("/x")), http_channel(&second.url("/x"))]);
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "two", "event_types": ["*"], "channels": channels})).await;
+    publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
+    assert!(eventually(WAIT, || async { first.count() >= 1 && second.count() >= 1 }).await);
+    // The second channel begins failing, the same way, seconds later.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    second.set_default(503);
+    publish(&app, "batch.failed", json!({"batch_id": "b2"})).await;
+    assert!(eventually(WAIT, || async { second.count() >= 3 }).await);
+    let (_, w0) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    let began = w0["last_error_at"].clone();
+    first.set_default(200);
+    let cleared = || async {
+        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+        w["last_error_at"] != began && !w["last_error_at"].is_null()
+    };
+    assert!(eventually(WAIT, cleared).await, "last_error_at stayed at the first channel's {began}");
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    assert!(w["last_error_at"].as_str() > began.as_str(), "{w} vs {began}");
+}
+
 #[tokio::test]
 async fn paused_and_deleted_webhooks_receive_nothing() {
     let app = TestApp::start().await;
