@@ -532,10 +532,11 @@ impl RegistryState {
             bucket.description = d;
         }
         let had_adapter = bucket.source_adapter.is_some();
+        let rotate_outside = body.rotate_secret.unwrap_or(false);
         // The description alone: a running adapter is left alone (ingest goes on); a stopped
         // one is started again below, as by any PATCH.
         let untouched = !had_adapter_stopped(&bucket, &self.children, id);
-        if body.source_adapter.is_none() && !body.rotate_secret && untouched {
+        if body.source_adapter.is_none() && !rotate_outside && untouched {
             // Nothing else changes: updated_at moves only if the description did.
             if !described {
                 return Ok(Patched { bucket, webhook_secret: None });
@@ -558,7 +559,7 @@ impl RegistryState {
         let mut batch = Batch::new();
         match body.source_adapter {
             None => {
-                if body.rotate_secret {
+                if rotate_outside {
                     let Some(adapter) = bucket.source_adapter.as_mut() else {
                         return Err(ApiError::validation("rotate_secret", "the bucket has no source adapter"));
                     };
@@ -568,7 +569,7 @@ impl RegistryState {
                 }
             }
             Some(None) => {
-                if body.rotate_secret {
+                if rotate_outside {
                     return Err(ApiError::validation(
                         "rotate_secret",
                         "the adapter is being removed: nothing to rotate",
@@ -592,7 +593,18 @@ impl RegistryState {
                 bucket.source_adapter = None;
             }
             Some(Some(input)) => {
-                let rotate = body.rotate_secret || input.rotate_secret;
+                if let (Some(outside), Some(inside)) = (body.rotate_secret, input.rotate_secret) {
+                    if outside != inside {
+                        return Err(ApiError::validation(
+                            "rotate_secret",
+                            format!(
+                                "is {outside} outside source_adapter and {inside} inside it: give it once (true makes \
+                                 a new webhook_secret)"
+                            ),
+                        ));
+                    }
+                }
+                let rotate = rotate_outside || input.rotate_secret.unwrap_or(false);
                 let (adapter, secret) = self.build_adapter(&bucket, input, rotate)?;
                 // Another adapter type: the old one's last error says nothing about it.
                 let old_type = bucket.source_adapter.as_ref().map(|a| a.adapter_type);

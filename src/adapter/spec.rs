@@ -239,8 +239,9 @@ pub struct SourceAdapterInput {
     /// supabase only: the table's schema (default `public`); needs `table`.
     #[serde(default)]
     pub schema: Option<String>,
-    #[serde(default, deserialize_with = "crate::util::null_as_default")]
-    pub rotate_secret: bool,
+    /// `None` (absent or null) is `false`, unless the PATCH says otherwise outside.
+    #[serde(default)]
+    pub rotate_secret: Option<bool>,
     /// Read-only fields of the GET view, accepted and ignored so that a bucket's
     /// `source_adapter` can be read, edited and sent back as is.
     #[serde(default)]
@@ -270,9 +271,9 @@ pub struct PatchBucket {
     #[serde(default, deserialize_with = "crate::util::present")]
     pub description: Option<Option<String>>,
     /// Rotates the webhook secret of the existing adapter (also accepted inside
-    /// `source_adapter`).
+    /// `source_adapter`; the two must not contradict each other).
     #[serde(default)]
-    pub rotate_secret: bool,
+    pub rotate_secret: Option<bool>,
 }
 
 /// The adapter as stored in the bucket record.

@@ -226,6 +226,13 @@ async fn configure_validate_and_show_the_secret_once() {
     assert_ne!(rotated, secret);
     assert_eq!(ingest(&app, &bucket, Some(&secret), &mux_like_event("a2", "video.asset.ready")).await.0, 401);
     assert_eq!(ingest(&app, &bucket, Some(&rotated), &mux_like_event("a2", "video.asset.ready")).await.0, 200);
+    // Said false outside and true inside: a contradiction, refused, the secret kept.
+    let (_, view) = app.get(&path).await;
+    let mut inside = view["source_adapter"].clone();
+    inside["rotate_secret"] = json!(true);
+    let (s, b) = app.patch(&path, json!({"rotate_secret": false, "source_adapter": inside})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("rotate_secret")), "{b}");
+    assert_eq!(ingest(&app, &bucket, Some(&rotated), &mux_like_event("a2", "video.asset.ready")).await.0, 200);
 
     // The connection is in use: 409 until the adapter is removed with null. (An event type
     // listed twice is kept once, as a webhook's are.)
