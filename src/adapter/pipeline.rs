@@ -311,7 +311,7 @@ fn file_url(s: &str) -> Option<String> {
     // URL of `…/a\nb.mp4`: encoded like any other control character instead.
     let s = s.trim().replace('\t', "%09").replace('\n', "%0A").replace('\r', "%0D");
     let u = url::Url::parse(&s).ok()?;
-    (matches!(u.scheme(), "http" | "https") && u.host().is_some() && !has_login(&s)).then(|| u.to_string())
+    (matches!(u.scheme(), "http" | "https") && u.host().is_some() && !url_has_login(&u)).then(|| u.to_string())
 }
 
 /// `s` with what looks like a URL's login (`scheme://user:pw@`) blanked out, whether or not
@@ -328,8 +328,11 @@ fn without_login(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Whether `s` is an http(s) URL with a user name or a password (`https://user:pw@host/…`).
 fn has_login(s: &str) -> bool {
-    url::Url::parse(s.trim())
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && (!u.username().is_empty() || u.password().is_some()))
+    url::Url::parse(s.trim()).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && url_has_login(&u))
+}
+
+fn url_has_login(u: &url::Url) -> bool {
+    !u.username().is_empty() || u.password().is_some()
 }
 
 /// The public URL prefix of the Supabase Storage bucket `bucket` of the project at

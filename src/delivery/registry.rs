@@ -945,10 +945,9 @@ impl DeliveryState {
         // The same failure of another delivery of the same channel (the error names its
         // delivery) is no change: not written again, `last_error_at` kept.
         let at = error.as_ref().map(|_| crate::util::millis_to_rfc3339(since_ms));
-        let failure = |e: &Option<String>| {
-            e.as_deref().map(model::without_delivery_id).map(|(c, t)| (c.to_owned(), t.to_owned()))
-        };
-        if failure(&entry.stored.last_error) == failure(&error) && entry.stored.last_error_at == at {
+        let same_failure = entry.stored.last_error.as_deref().map(model::without_delivery_id)
+            == error.as_deref().map(model::without_delivery_id);
+        if same_failure && entry.stored.last_error_at == at {
             return;
         }
         entry.stored.last_error_at = at;

@@ -53,7 +53,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use rand::Rng;
 
 use super::channel::{AttemptResult, Channel, Message};
-use super::model::{delivery_key, Attempt, Delivery, DeliveryStatus};
+use super::model::{delivery_key, without_delivery_id, Attempt, Delivery, DeliveryStatus};
 use super::queue::{self, Bounds, Held};
 use super::registry::DeliveryMsg;
 use super::retry::{Decision, Outcome, Policy};
@@ -1278,10 +1278,10 @@ impl WorkerState {
         let had = self.channel_errors.len();
         // The same failure as this channel's last (another delivery's, say): since then.
         let since = error.as_deref().and_then(|e| {
-            let failure = crate::delivery::model::without_delivery_id(e);
+            let failure = without_delivery_id(e);
             self.channel_errors
                 .iter()
-                .find(|(c, old, _)| d.channel_is(c) && crate::delivery::model::without_delivery_id(old) == failure)
+                .find(|(c, old, _)| d.channel_is(c) && without_delivery_id(old) == failure)
                 .map(|(_, _, since)| *since)
         });
         self.channel_errors.retain(|(c, _, _)| !d.channel_is(c));
@@ -1303,11 +1303,11 @@ impl WorkerState {
         // channels failing alike, their attempts taking turns, must not move it back and
         // forth; the first one recovering moves it to the other's start); another (the
         // webhook's secrets unreadable) from when it is reported.
-        let failure = error.as_deref().map(crate::delivery::model::without_delivery_id);
+        let failure = error.as_deref().map(without_delivery_id);
         let since = self
             .channel_errors
             .iter()
-            .filter(|(_, e, _)| Some(crate::delivery::model::without_delivery_id(e)) == failure)
+            .filter(|(_, e, _)| Some(without_delivery_id(e)) == failure)
             .map(|(_, _, since)| *since)
             .min();
         if (&error, since) == (&self.reported_error, self.reported_since) {
