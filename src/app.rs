@@ -43,6 +43,19 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_hurry(config, listener, shutdown, std::future::pending()).await
+}
+
+/// As [`run`]; once `shutdown` has resolved, `hurry` resolving (a second signal) cuts the
+/// wait for open requests and deliveries in flight short: the actors stop and the store is
+/// flushed at once. Nothing acknowledged is lost; a delivery cut off is sent again after the
+/// restart (with its `webhook-id`), a request cut off gets no answer.
+pub async fn run_with_hurry(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    hurry: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     // reqwest and lettre share ring's rustls provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = crate::metrics::install();
@@ -164,6 +177,7 @@ pub async fn run(
     // grace (each gets at least [`LAST_STAGES_MIN`]), so the whole shutdown takes about one
     // grace, not one per stage.
     let mut deadline = None;
+    let mut hurry = std::pin::pin!(hurry);
     // Biased: an idle server finishes as soon as the signal stops it, and the signal's branch
     // (which waits for the deliveries in flight) must still be the one taken.
     let failed = tokio::select! {
@@ -172,7 +186,20 @@ pub async fn run(
             deadline = Some(tokio::time::Instant::now() + grace);
             // One grace for both: the open requests finish while the deliveries in flight do.
             shared.shutdown.cancel();
-            tokio::join!(drain_http(&mut server, grace), quiesce_deliveries(&shared, grace));
+            let waited = async { tokio::join!(drain_http(&mut server, grace), quiesce_deliveries(&shared, grace)) };
+            let hurried = tokio::select! {
+                _ = waited => false,
+                () = &mut hurry => true,
+            };
+            if hurried {
+                tracing::warn!(
+                    "second shutdown signal: open requests are cut off and deliveries in flight stopped (they are \
+                     sent again after the restart); flushing the store"
+                );
+                server.abort();
+                // The stages left get their least time only.
+                deadline = Some(tokio::time::Instant::now());
+            }
             quiesced = true;
             false
         }

@@ -129,7 +129,7 @@ fn run() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
             let result = runtime.block_on(async move {
                 // First: SIGHUP is ignored from here on, a long start (a log replay) included.
-                let shutdown = shutdown_signal();
+                let (shutdown, hurry) = shutdown_signals();
                 let addr = cfg.listen_addr()?;
                 let listener = match tokio::net::TcpListener::bind(addr).await {
                     Ok(listener) => listener,
@@ -141,7 +141,7 @@ fn run() -> anyhow::Result<()> {
                     }
                     Err(e) => return Err(anyhow::Error::new(e).context(format!("bind {addr}"))),
                 };
-                hookline::app::run(cfg, listener, shutdown).await
+                hookline::app::run_with_hurry(cfg, listener, shutdown, hurry).await
             });
             // Everything that matters is done (the store is flushed): a blocking task still
             // running (a DNS lookup of a stuck delivery, say) must not hold the exit, which
@@ -152,44 +152,66 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
-/// A future that resolves on SIGINT or SIGTERM. SIGHUP, whose default is to end the process
+/// The shutdown signals: the first future resolves on SIGINT or SIGTERM (a graceful stop),
+/// the second on the next one after it (the stop cut short: an operator pressing Ctrl-C
+/// again, or a service manager that does not want to wait out `shutdown_timeout_seconds`
+/// for a client that holds a request open). SIGHUP, whose default is to end the process
 /// on the spot (a closed terminal, an `ExecReload=kill -HUP`), is logged and ignored: there
 /// is no reload, and the configuration is read at start only. Its handler is installed when
 /// this is called, before the start (a log replay may take a while), so it is ignored then
-/// too (and logged once the daemon serves). SIGINT and SIGTERM get theirs when the future is
-/// first polled, once the daemon serves: until then their default ends a start on the spot,
-/// which is safe (the log replays at the next start), where a handler would make a stop
-/// wait for the whole start.
+/// too (and logged once the daemon serves). SIGINT and SIGTERM get theirs when the first
+/// future is first polled, once the daemon serves: until then their default ends a start on
+/// the spot, which is safe (the log replays at the next start), where a handler would make
+/// a stop wait for the whole start.
 #[cfg(unix)]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+fn shutdown_signals() -> (impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>) {
     use tokio::signal::unix::{signal, SignalKind};
     fn listen(kind: SignalKind, name: &str) -> Option<tokio::signal::unix::Signal> {
         signal(kind)
             .inspect_err(|e| tracing::warn!(error = %e, "could not handle {name}: it keeps its default action"))
             .ok()
     }
-    let mut hangup = listen(SignalKind::hangup(), "SIGHUP");
-    async move {
-        let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
-        let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+    /// Until SIGINT or SIGTERM (forever if neither could be handled).
+    async fn next_stop(
+        interrupt: &mut Option<tokio::signal::unix::Signal>,
+        terminate: &mut Option<tokio::signal::unix::Signal>,
+        hangup: &mut Option<tokio::signal::unix::Signal>,
+    ) {
         loop {
             tokio::select! {
-                Some(()) = async { interrupt.as_mut()?.recv().await } => break,
-                Some(()) = async { terminate.as_mut()?.recv().await } => break,
+                Some(()) = async { interrupt.as_mut()?.recv().await } => return,
+                Some(()) = async { terminate.as_mut()?.recv().await } => return,
                 Some(()) = async { hangup.as_mut()?.recv().await } => {
                     tracing::warn!("SIGHUP ignored: hookline has no reload; restart it to apply a changed config");
                 }
                 else => std::future::pending::<()>().await,
             }
         }
-        tracing::info!("shutdown signal received");
     }
+    let mut hangup = listen(SignalKind::hangup(), "SIGHUP");
+    let hurry = std::sync::Arc::new(tokio::sync::Notify::new());
+    let first = {
+        let hurry = hurry.clone();
+        async move {
+            let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+            let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+            next_stop(&mut interrupt, &mut terminate, &mut hangup).await;
+            tracing::info!("shutdown signal received (another one cuts the shutdown short)");
+            tokio::spawn(async move {
+                next_stop(&mut interrupt, &mut terminate, &mut hangup).await;
+                // A permit if no one waits yet: the shutdown sees it when it looks.
+                hurry.notify_one();
+            });
+        }
+    };
+    (first, async move { hurry.notified().await })
 }
 
 #[cfg(not(unix))]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    async {
+fn shutdown_signals() -> (impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>) {
+    let first = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown signal received");
-    }
+    };
+    (first, std::future::pending())
 }

@@ -1379,6 +1379,43 @@ async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
     assert!(log.contains("store flushed; bye"), "{log}");
 }
 
+/// A second SIGTERM cuts the shutdown's grace short: a client holding a request open does
+/// not keep the daemon for `shutdown_timeout_seconds`, and the store is still flushed.
+#[tokio::test]
+async fn a_second_signal_cuts_the_shutdown_short() {
+    use tokio::io::AsyncWriteExt;
+    let opts = Options {
+        server_toml: "read_timeout_seconds = 3600\nshutdown_timeout_seconds = 60\n".into(),
+        ..Options::default()
+    };
+    let mut app = TestApp::start_with(opts).await;
+    let bucket = app.create_bucket("kept", json!({})).await;
+    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{",
+        app.api_key
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.signal("TERM");
+    let began = eventually(Duration::from_secs(10), || async { app.log().contains("shutdown signal received") });
+    assert!(began.await, "{}", app.log());
+    // Still waiting for the stalled request (its grace is a minute).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!app.log().contains("store flushed"), "{}", app.log());
+    let started = std::time::Instant::now();
+    assert_eq!(app.stop(), Some(0), "{}", app.log());
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let log = app.log();
+    assert!(log.contains("second shutdown signal"), "{log}");
+    assert!(log.contains("store flushed; bye"), "{log}");
+    // What was acknowledged before is there after a start.
+    app.restart().await;
+    let (status, b) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["bucket_name"], "kept");
+}
+
 /// SIGHUP (a closed terminal, a reload by habit) neither ends the daemon on the spot, as
 /// its default would, nor stops it: it is logged and ignored; SIGTERM still stops it cleanly.
 #[tokio::test]
