@@ -25,9 +25,16 @@ pub struct SecretBox {
 /// The master key's file in the data directory (when `HOOKLINE_MASTER_KEY` is not set).
 pub const MASTER_KEY_FILE: &str = "master.key";
 
+/// Why stored credentials cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("stored credentials cannot be decrypted with the current master key (was HOOKLINE_MASTER_KEY or master.key changed?)")]
-pub struct DecryptError;
+pub enum DecryptError {
+    #[error("stored credentials cannot be decrypted with the current master key (was HOOKLINE_MASTER_KEY or master.key changed?)")]
+    Key,
+    /// Decrypted, but not a configuration of the recorded kind: written by another hookline
+    /// version (a downgrade), or damaged. The master key is not the cause: say so.
+    #[error("stored credentials were decrypted but do not decode as a {0} configuration (written by another hookline version?)")]
+    Format(&'static str),
+}
 
 impl SecretBox {
     pub fn new(key: [u8; 32]) -> Self {
@@ -79,13 +86,13 @@ impl SecretBox {
     }
 
     pub fn open(&self, sealed: &str, aad: &str) -> Result<Vec<u8>, DecryptError> {
-        let raw = base64::engine::general_purpose::STANDARD.decode(sealed).map_err(|_| DecryptError)?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(sealed).map_err(|_| DecryptError::Key)?;
         if raw.len() < NONCE_LEN {
-            return Err(DecryptError);
+            return Err(DecryptError::Key);
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
-        let nonce = XNonce::try_from(nonce).map_err(|_| DecryptError)?;
-        self.cipher.decrypt(&nonce, Payload { msg: ct, aad: aad.as_bytes() }).map_err(|_| DecryptError)
+        let nonce = XNonce::try_from(nonce).map_err(|_| DecryptError::Key)?;
+        self.cipher.decrypt(&nonce, Payload { msg: ct, aad: aad.as_bytes() }).map_err(|_| DecryptError::Key)
     }
 }
 

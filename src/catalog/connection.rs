@@ -322,7 +322,7 @@ impl ProviderConfig {
             ProviderType::Supabase => serde_json::from_slice(plain).map(ProviderConfig::Supabase),
             ProviderType::GenericWebhook => serde_json::from_slice(plain).map(ProviderConfig::Generic),
         };
-        decoded.map_err(|_| DecryptError)
+        decoded.map_err(|_| DecryptError::Format(provider_type.as_str()))
     }
 
     /// The Mux webhook signing secrets, when this is a Mux config (empty: none configured).
@@ -391,8 +391,12 @@ impl Connection {
         let opened = self.open(secrets);
         // Whatever the provider: a view that looks healthy while nothing in it can be used
         // would hide what the start-up log and the gauge say.
-        if opened.is_err() {
-            v["error"] = UNREADABLE_ERROR.into();
+        match &opened {
+            Err(DecryptError::Key) => v["error"] = UNREADABLE_ERROR.into(),
+            Err(e @ DecryptError::Format(_)) => {
+                v["error"] = format!("{e}: PATCH the connection with its provider_config again").into()
+            }
+            Ok(_) => {}
         }
         match self.provider_type {
             // Where its headers may go (no secret): null for a connection saved before it
@@ -598,6 +602,27 @@ mod tests {
         for ok in ["(set; shown)", "(x set; never shown)", "***", "a ******** b"] {
             assert!(ProviderConfig::parse(ProviderType::Mux, mux(ok.into())).is_ok(), "{ok}");
         }
+    }
+
+    /// A configuration that decrypts but is not of its recorded kind (another version wrote
+    /// it) is not blamed on the master key.
+    #[test]
+    fn a_config_that_does_not_decode_is_not_called_undecryptable() {
+        let secrets = SecretBox::new([1u8; 32]);
+        let cfg = ProviderConfig::parse(
+            ProviderType::Supabase,
+            serde_json::json!({"url": "https://x.supabase.co", "service_role_key": "srk-123"}),
+        )
+        .unwrap();
+        let mut conn = Connection::new("sb".into(), ProviderType::Supabase, &cfg, &secrets);
+        conn.sealed_config = secrets.seal(br#"{"url": 5}"#, conn.connection_id.as_str());
+        assert!(matches!(conn.open(&secrets), Err(DecryptError::Format("supabase"))));
+        let error = conn.view(&secrets)["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("do not decode as a supabase configuration"), "{error}");
+        assert!(!error.contains("master key"), "{error}");
+        // A wrong key is still said to be one.
+        let error = conn.view(&SecretBox::new([2u8; 32]))["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("cannot be decrypted with the current master key"), "{error}");
     }
 
     #[test]

@@ -709,7 +709,7 @@ impl DeliveryState {
                 signing_key: Arc::from(Vec::new()),
                 channels: Vec::new(),
                 channel_ids: w.channel_ids(),
-                problem: Some(crate::crypto::DecryptError.to_string()),
+                problem: Some(crate::crypto::DecryptError::Key.to_string()),
             }),
         }
     }
