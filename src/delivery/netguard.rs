@@ -62,6 +62,22 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240) // reserved
 }
 
+/// A URL hookline will call must be written as it is read, `scheme://host…`: the URL
+/// standard reads `http:///h/x`, `http:h/x` and `http:\\h\x` all as `http://h/x`, so what is
+/// stored and shown would not be what is called.
+pub fn check_written(raw: &str, url: &url::Url) -> Result<(), String> {
+    let after = raw.get(url.scheme().len()..).and_then(|r| r.strip_prefix("://"));
+    match after {
+        Some(rest) if !rest.starts_with(['/', '\\']) && !raw.contains('\\') => Ok(()),
+        // Not echoed: a Slack URL is a secret.
+        _ => Err(format!(
+            "must be written {}://host/… with two slashes and no backslash: the URL standard reads this text as \
+             another one (`http:///h/x`, `http:h/x` and `http:\\\\h\\x` all as `http://h/x`)",
+            url.scheme()
+        )),
+    }
+}
+
 /// Checks scheme and (when the host is a literal IP or `localhost`) the address.
 pub fn check_url(url: &url::Url, policy: NetPolicy) -> Result<(), String> {
     match url.scheme() {
@@ -226,5 +242,27 @@ mod tests {
             Err(e) => panic!("localhost must resolve: {e}"),
         };
         assert!(!addrs.is_empty());
+    }
+
+    /// What is stored and shown is what is called: the forms the URL standard reads as
+    /// another text are refused.
+    #[test]
+    fn a_url_must_be_written_as_it_is_read() {
+        for raw in ["https://h.example.com/x", "HTTPS://h.example.com", "http://127.0.0.1:8080/a?b=c"] {
+            let u = url::Url::parse(raw).unwrap();
+            assert!(check_written(raw, &u).is_ok(), "{raw}");
+        }
+        for raw in [
+            "http:///127.0.0.1/x",
+            "https:h.example.com/x",
+            "https:\\\\h.example.com\\x",
+            "https://h.example.com\\x",
+            "https:////h.example.com",
+        ] {
+            let u = url::Url::parse(raw).unwrap();
+            assert!(u.host_str().is_some(), "{raw}");
+            let e = check_written(raw, &u).unwrap_err();
+            assert!(e.contains("two slashes"), "{raw}: {e}");
+        }
     }
 }

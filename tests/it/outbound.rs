@@ -881,6 +881,10 @@ async fn unsafe_destinations_are_refused_by_default() {
         "https://localhost:8443/x",
         "https://10.0.0.8/x",
         "https://169.254.169.254/latest/meta-data",
+        // Read by the URL standard as another text (`https://example.com/x`): not what is shown.
+        "https:///example.com/x",
+        "https:example.com/x",
+        "https:\\\\example.com\\x",
     ] {
         let (s, b) = app
             .post(

@@ -482,8 +482,14 @@ async fn a_writeback_url_the_rules_refuse_is_a_422() {
     let strict = Options { delivery_toml: Some("[delivery]\n".into()), ..Options::default() };
     let app = TestApp::start_with(strict).await;
     let bucket = app.create_bucket("strict", json!({"title": {"type": "string"}})).await;
-    for url in ["http://results.example.com/wb", "https://127.0.0.1/wb", "https://10.0.0.5/wb", "https://localhost/wb"]
-    {
+    for url in [
+        "http://results.example.com/wb",
+        "https://127.0.0.1/wb",
+        "https://10.0.0.5/wb",
+        "https://localhost/wb",
+        // Read by the URL standard as `https://results.example.com/wb`: not what is shown.
+        "https:///results.example.com/wb",
+    ] {
         let (s, b) = app
             .patch(
                 &format!("/v1/buckets/{bucket}"),

@@ -47,7 +47,8 @@ pub(super) fn check_receiver_url(field: String, raw: &str, policy: NetPolicy) ->
         ));
     }
     let u = url::Url::parse(raw).map_err(|e| ApiError::validation(field.clone(), format!("not a URL: {e}")))?;
-    check_url(&u, policy).map_err(|e| ApiError::validation(field, e))
+    check_url(&u, policy).map_err(|e| ApiError::validation(field.clone(), e))?;
+    crate::delivery::netguard::check_written(raw, &u).map_err(|e| ApiError::validation(field, e))
 }
 
 #[derive(Clone, Serialize, Deserialize)]
