@@ -242,18 +242,26 @@ impl FakeMux {
                         let _ = held.acquire().await;
                     }
                     let (status, body) = if auth.as_deref() != Some(expected.as_str()) {
-                        (401, json!({"error": {"type": "unauthorized", "messages": ["Unauthorized request"]}}))
+                        (
+                            401,
+                            json!({"error": {"type": "unauthorized", "messages": ["Unauthorized request"]}})
+                                .to_string(),
+                        )
                     } else if id == "gone" {
-                        (404, json!({"error": {"type": "not_found"}}))
+                        (404, json!({"error": {"type": "not_found"}}).to_string())
                     } else if id == "down" {
-                        (503, json!({"error": {"type": "service_unavailable"}}))
+                        (503, json!({"error": {"type": "service_unavailable"}}).to_string())
+                    } else if id.starts_with("GaRbLeD") {
+                        // A 200 that is not the API's answer (a proxy's page, a cut body).
+                        (200, "<html>upstream maintenance</html>".to_string())
                     } else {
-                        (200, json!({"data": api_asset(&id)}))
+                        (200, json!({"data": api_asset(&id)}).to_string())
                     };
-                    warp::reply::with_status(
-                        warp::reply::json(&body),
-                        warp::http::StatusCode::from_u16(status).unwrap(),
-                    )
+                    warp::http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .unwrap()
                 }
             });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -344,6 +352,36 @@ fn ready_event(asset_id: &str, with_playback: bool) -> String {
         v["data"]["passthrough"] = json!("inline");
     }
     v.to_string()
+}
+
+/// A Mux API answer hookline cannot read (a proxy's page, a cut body) is the API's failure,
+/// not the event's: an ingest and a lifecycle update are 503s, so Mux sends them again,
+/// rather than a 422 and a lifecycle change acknowledged and dropped.
+#[tokio::test]
+async fn an_unreadable_mux_api_answer_is_retried() {
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, _) = mux_bucket(&app, "unreadable", &conn).await;
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let fetched = ready_event("GaRbLeDnEw", false);
+    let h = mux::sign(SIGNING_SECRET, now(), fetched.as_bytes());
+    let (s, r) = app.post_raw(&ingest, fetched, &[("Mux-Signature", &h)]).await;
+    assert_eq!(s, 503, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("not JSON"), "{r}");
+    // An asset made from a webhook that carried it whole, then changed: the change needs the
+    // asset fetched, and the fetch's answer is unreadable.
+    let whole = ready_event("GaRbLeDoLd", true);
+    let h = mux::sign(SIGNING_SECRET, now(), whole.as_bytes());
+    let (s, r) = app.post_raw(&ingest, whole, &[("Mux-Signature", &h)]).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let updated = json!({"type": "video.asset.updated", "object": {"type": "asset", "id": "GaRbLeDoLd"},
+        "id": "evt-upd", "data": {"id": "GaRbLeDoLd", "status": "ready", "duration": 5.0}});
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &updated).await;
+    assert_eq!(s, 503, "{r}");
+    assert!(fake.calls().iter().any(|(id, _)| id == "GaRbLeDoLd"), "the change fetched the asset");
+    let m = app.metrics().await;
+    assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "dependency_failed")]), 1.0, "{m}");
 }
 
 #[tokio::test]

@@ -35,10 +35,12 @@ pub enum MuxApiError {
 }
 
 impl MuxApiError {
-    /// Transport failures, 429 and 5xx are worth retrying; the rest will fail the same way.
+    /// Transport failures, 429, 5xx and an answer that is not the API's (a 200 that is not
+    /// JSON or has no `data`: a proxy's page, a cut body) are worth retrying; the rest will
+    /// fail the same way.
     pub fn is_retryable(&self) -> bool {
         match self {
-            MuxApiError::Transport(_) => true,
+            MuxApiError::Transport(_) | MuxApiError::InvalidResponse(_) => true,
             MuxApiError::Upstream(s) => *s == 429 || *s >= 500,
             _ => false,
         }
@@ -233,6 +235,7 @@ mod tests {
         assert_eq!(err("huge").await, MuxApiError::InvalidResponse("larger than 1 MiB"));
         assert_eq!(err("notjson").await, MuxApiError::InvalidResponse("not JSON"));
         assert_eq!(err("nodata").await, MuxApiError::InvalidResponse("no data object"));
+        assert!(err("notjson").await.is_retryable(), "not the API's answer: a proxy's page, a cut body");
         assert_eq!(err("redirect").await, MuxApiError::Upstream(302), "redirects are not followed");
         assert!(matches!(err("../admin").await, MuxApiError::InvalidAssetId(_)));
         assert!(matches!(err("").await, MuxApiError::InvalidAssetId(_)));
