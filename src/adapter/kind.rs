@@ -228,6 +228,23 @@ pub fn no_api_credentials(
     }
 }
 
+/// The warning for an adapter whose type has a default blob (Mux: the playback URL), left
+/// without a `blob_source`, in a bucket with no `video` property of type video: that blob
+/// goes nowhere, and every object is made without it, which nothing else would point out.
+pub fn default_blob_unplaced(schema: &crate::catalog::BucketSchema, adapter: &SourceAdapter) -> Option<String> {
+    let file_field = default_file_field(adapter.adapter_type)?;
+    let video = super::spec::BlobType::Video.as_str();
+    if adapter.blob_source.is_some() || schema.get("video").is_some_and(|p| p.kind.as_str() == video) {
+        return None;
+    }
+    Some(format!(
+        "source_adapter.blob_source: left out, so the {} file URL ({file_field}) would go to a property \"video\" of \
+         type video, which bucket_schema does not have: objects are made without it (metadata only). To keep it, \
+         use a bucket whose schema has such a property (bucket_schema is set at creation)",
+        adapter.adapter_type.as_str()
+    ))
+}
+
 /// The default `blob_source.file_field` when the adapter sets none.
 pub fn default_file_field(kind: ProviderType) -> Option<&'static str> {
     match kind {

@@ -155,6 +155,7 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
         let sa = bucket.source_adapter.as_ref();
         warnings.extend(sa.and_then(|sa| verify::no_signing_secret(&state.shared, &bucket.bucket_id, sa)));
         warnings.extend(sa.and_then(|sa| kind::no_api_credentials(&state.shared, &bucket.bucket_id, sa)));
+        warnings.extend(sa.and_then(|sa| kind::default_blob_unplaced(&bucket.bucket_schema, sa)));
     }
     let mut view = bucket_view(state, &bucket);
     if let (Some(sa), Some(secret)) = (view.get_mut("source_adapter").and_then(|v| v.as_object_mut()), webhook_secret) {

@@ -1738,6 +1738,39 @@ async fn a_mux_adapter_without_api_credentials_is_warned_about() {
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), with).await;
     assert_eq!(s, 200, "{b}");
     assert!(!b["warnings"].to_string().contains("no Mux API credentials"), "{b}");
+    // The video schema has the `video` property the playback URL goes to: no word of it.
+    assert!(!b["warnings"].to_string().contains("blob_source"), "{b}");
+}
+
+/// A Mux adapter left to its default blob (the playback URL, into a `video` property) in a
+/// bucket without that property makes every object without it: the PATCH answer says so.
+#[tokio::test]
+async fn a_mux_adapter_whose_playback_url_goes_nowhere_is_warned_about() {
+    let app = TestApp::start().await;
+    let (_, c) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux", "provider_type": "mux", "provider_config": {
+                "access_token_id": TOKEN_ID, "access_token_secret": TOKEN_SECRET}}),
+        )
+        .await;
+    let adapter = json!({"source_adapter": {"adapter_type": "mux", "connection_id": c["connection_id"],
+        "batching": {"mode": "immediate"}}});
+    for (name, schema) in
+        [("no-video", json!({"duration": {"type": "float"}})), ("string-video", json!({"video": {"type": "string"}}))]
+    {
+        let bucket = app.create_bucket(name, schema.clone()).await;
+        let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), adapter.clone()).await;
+        assert_eq!(s, 200, "{b}");
+        let warnings = b["warnings"].to_string();
+        assert!(warnings.contains("source_adapter.blob_source") && warnings.contains("playback_url"), "{schema}: {b}");
+        let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+        let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+        let (s, r) = app.post_raw(&ingest, ready_event("MeTaOnLy01", true), &[("X-Webhook-Secret", &secret)]).await;
+        assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+        let (_, o) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap())).await;
+        assert_eq!(o["blobs"], json!([]), "as warned: {o}");
+    }
 }
 
 #[tokio::test]
