@@ -164,6 +164,7 @@ pub async fn run_with_hurry(
         metrics,
         signature_checks: HttpState::signature_checks(),
         refusals: Arc::default(),
+        lifecycle_refusals: Arc::default(),
     };
     let mut server = tokio::spawn(crate::http::serve(http_state, listener, http_shutdown));
     let mut supervisor_handle = supervisor_handle;

@@ -269,8 +269,8 @@ pub fn missing_file_reason(kind: ProviderType, doc: &Value, file_field: &str) ->
                 let status = doc.get("status").and_then(Value::as_str).map(|s| format!(" (its status: {s:?})"));
                 Some(format!(
                     "the asset has no playback ID{}, so hookline cannot make its {file_field}: an asset gets one when \
-                     created with a playback_policy, or later through Mux's API (a webhook without playback IDs is \
-                     completed from the Mux API only by an adapter with Mux API credentials)",
+                     created with a playback_policy, or later through Mux's API (for a webhook without playback IDs, \
+                     an adapter with Mux API credentials reads the asset's current state from the Mux API)",
                     status.unwrap_or_default()
                 ))
             }

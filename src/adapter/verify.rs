@@ -542,8 +542,12 @@ pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, ra
     let cfg = conn.open(&shared.secrets).map_err(|e| {
         tracing::error!(connection_id = %id, error = %e, "open connection");
         ApiError::Unavailable(format!(
-            "connection {id}'s credentials cannot be decrypted with the current master key, so \
-             Mux-Signature cannot be checked; see the daemon log"
+            "connection {id}'s credentials cannot be read ({}), so Mux-Signature cannot be checked; see the \
+             daemon log",
+            match e {
+                crate::crypto::DecryptError::Key => "not with the current master key",
+                crate::crypto::DecryptError::Format(_) => "they do not decode",
+            }
         ))
     })?;
     let secrets = cfg.mux_signing_secrets();

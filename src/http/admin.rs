@@ -78,7 +78,9 @@ pub async fn delete_connection(state: &HttpState, req: &Request, id: &str) -> Re
     req.no_fields()?; // a DELETE with `{"dry_run": true}` must not delete
     let connection_id = parse_connection_id(id)?;
     let registry = state.shared.bucket_registry()?;
+    let id = connection_id.clone();
     ask!(registry, |reply| RegistryMsg::DeleteConnection { connection_id, reply })?;
+    state.lifecycle_refusals.forget(&id);
     Ok(empty(StatusCode::NO_CONTENT))
 }
 

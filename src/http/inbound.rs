@@ -83,7 +83,13 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
             methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}/submit", { POST => submit_batch(state, req, id, bid) })
         }
         ["v1", "webhooks", "mux", cid] => {
-            methods!(m, MUX_WEBHOOK_ROUTE, { POST => mux_webhook(state, req, cid) })
+            methods!(m, MUX_WEBHOOK_ROUTE, { POST => async {
+                let answer = mux_webhook(state, req, cid).await;
+                if let Err(e) = &answer {
+                    lifecycle_refused(state, cid, e);
+                }
+                answer
+            } })
         }
         _ => ("(unknown)", super::error_response(&super::not_found_route())),
     }
@@ -382,7 +388,10 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
             };
             match checked {
                 Ok(()) => Head::Read,
-                Err(e) => Head::Answer(MUX_WEBHOOK_ROUTE, super::error_response(&e)),
+                Err(e) => {
+                    lifecycle_refused(state, cid, &e);
+                    Head::Answer(MUX_WEBHOOK_ROUTE, super::error_response(&e))
+                }
             }
         }
         _ => Head::Read,
@@ -462,7 +471,11 @@ fn head_verdict(
 /// memory: see `http/refusals.rs`), with the full message the answer is made from.
 fn refuse(state: &HttpState, bucket_id: &BucketId, refused: &Refused) -> ApiError {
     let message = refused.message();
-    state.refusals.record(bucket_id, &refused.refusal, &message);
+    let kind = refused.refusal.kind();
+    if let Some(count) = state.refusals.record(bucket_id, kind, &message) {
+        // The message holds no secret (see `Refusal::message`).
+        tracing::warn!(bucket_id = %bucket_id, reason = kind, refused_since_start = count, "ingest refused: {message}");
+    }
     ApiError::UnauthorizedMsg(refused.answer(message))
 }
 
@@ -697,6 +710,26 @@ async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> 
     let registry = state.shared.bucket_registry()?;
     let rec = ask!(registry, |reply| RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply })?;
     Ok(json(StatusCode::OK, &rec))
+}
+
+/// Logs a refused Mux lifecycle webhook of a known connection (a 401, a 503 that Mux will
+/// retry, a 422), at most once a minute per connection and kind: the log is where an
+/// operator finds why Mux's deliveries fail (an ingest's refusals are in its bucket's status
+/// too). An unknown connection (404) is anyone's guess, and not logged.
+fn lifecycle_refused(state: &HttpState, cid: &str, e: &ApiError) {
+    let reason = match e {
+        ApiError::UnauthorizedMsg(_) | ApiError::Unauthorized => "unauthorized",
+        ApiError::Unavailable(_) => "unavailable",
+        ApiError::Validation { .. } => "invalid",
+        ApiError::BadRequest { .. } => "bad_request",
+        ApiError::PayloadTooLarge(_) => "too_large",
+        _ => return,
+    };
+    let Some(id) = ConnectionId::parse(cid) else { return };
+    // The messages hold no secret: they name headers, connections and buckets.
+    if let Some(count) = state.lifecycle_refusals.record(&id, reason, &e.to_string()) {
+        tracing::warn!(connection_id = %id, reason, refused_since_start = count, "Mux lifecycle webhook refused ({}): {e}", e.status().as_u16());
+    }
 }
 
 /// `POST /v1/webhooks/mux/{connection_id}`: Mux lifecycle events for the assets of one

@@ -65,6 +65,8 @@ pub struct HttpState {
     pub holds: std::sync::Arc<ops::IngestHolds>,
     /// The last refused ingest of each bucket, in memory only (see [`refusals`]).
     pub refusals: std::sync::Arc<refusals::Refusals>,
+    /// The refused Mux lifecycle webhooks of each connection, for the log (see [`refusals`]).
+    pub lifecycle_refusals: std::sync::Arc<refusals::Refusals<crate::ids::ConnectionId>>,
 }
 
 impl HttpState {

@@ -1,4 +1,5 @@
-//! The last refused ingest of each bucket, for the status endpoint and the log.
+//! The last refused ingest of each bucket, for the status endpoint and the log (and, keyed
+//! by connection, the refused Mux lifecycle webhooks, for the log).
 //!
 //! A refused ingest (401) is anonymous: anyone can send one, as often as they like. So it is
 //! kept in memory only, never written to the store (no write per bogus request, nothing an
@@ -10,9 +11,9 @@
 //! table's lock is released).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 
-use crate::adapter::verify::Refusal;
 use crate::ids::BucketId;
 
 /// Most buckets remembered; past it the table is cleared (entries are only hints).
@@ -32,19 +33,26 @@ struct Entry {
     logged: Vec<(&'static str, u64)>,
 }
 
-#[derive(Default)]
-pub struct Refusals(Mutex<HashMap<BucketId, Entry>>);
+/// Refusals by what was refused: a bucket's ingests, a connection's lifecycle webhooks.
+pub struct Refusals<K = BucketId>(Mutex<HashMap<K, Entry>>);
 
-impl Refusals {
-    /// Records a refused ingest of `bucket_id` (and logs it, rate-limited: true if it did).
-    pub fn record(&self, bucket_id: &BucketId, refusal: &Refusal, message: &str) -> bool {
+impl<K> Default for Refusals<K> {
+    fn default() -> Self {
+        Refusals(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Hash + Eq + Clone> Refusals<K> {
+    /// Records a refusal of `kind` for `key`. Returns the refusals of `key` since the start
+    /// when this one is due a log line (rate-limited, see the module doc): the caller writes
+    /// it, after the table's lock is released.
+    pub fn record(&self, key: &K, kind: &'static str, message: &str) -> Option<u64> {
         let now = crate::util::now_millis();
-        let kind = refusal.kind();
         let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.len() >= MAX_BUCKETS && !table.contains_key(bucket_id) {
+        if table.len() >= MAX_BUCKETS && !table.contains_key(key) {
             table.clear();
         }
-        let e = table.entry(bucket_id.clone()).or_insert_with(|| Entry {
+        let e = table.entry(key.clone()).or_insert_with(|| Entry {
             at_ms: now,
             kind,
             message: String::new(),
@@ -66,24 +74,18 @@ impl Refusals {
                 true
             }
         };
-        let count = e.count;
-        drop(table);
-        if due {
-            // The message holds no secret (see `Refusal::message`).
-            tracing::warn!(bucket_id = %bucket_id, reason = kind, refused_since_start = count, "ingest refused: {message}");
-        }
-        due
+        due.then_some(e.count)
     }
 
-    /// Drops a deleted bucket's entry.
-    pub fn forget(&self, bucket_id: &BucketId) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(bucket_id);
+    /// Drops a deleted bucket's (or connection's) entry.
+    pub fn forget(&self, key: &K) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     }
 
     /// The status endpoint's `last_refused_ingest`: `null` when none since the start.
-    pub fn view(&self, bucket_id: &BucketId) -> serde_json::Value {
+    pub fn view(&self, key: &K) -> serde_json::Value {
         let table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        match table.get(bucket_id) {
+        match table.get(key) {
             None => serde_json::Value::Null,
             Some(e) => serde_json::json!({
                 "at": crate::util::millis_to_rfc3339(e.at_ms),
@@ -99,6 +101,7 @@ impl Refusals {
 mod tests {
     use super::*;
     use crate::adapter::mux::MuxSignatureError as E;
+    use crate::adapter::verify::Refusal;
 
     /// Alternating kinds of refusal do not get a log line each: one per kind and minute.
     #[test]
@@ -106,8 +109,9 @@ mod tests {
         let r = Refusals::default();
         let b = BucketId::generate();
         let (old, bad) = (Refusal::Signature(E::Stale { skew_secs: 400 }), Refusal::Signature(E::Mismatch));
-        let logged: Vec<bool> = (0..6).map(|i| r.record(&b, if i % 2 == 0 { &old } else { &bad }, "m")).collect();
-        assert_eq!(logged, [true, true, false, false, false, false]);
+        let logged: Vec<Option<u64>> =
+            (0..6).map(|i| r.record(&b, if i % 2 == 0 { old.kind() } else { bad.kind() }, "m")).collect();
+        assert_eq!(logged, [Some(1), Some(2), None, None, None, None]);
         assert_eq!(r.view(&b)["count_since_start"], 6);
         assert_eq!(r.view(&b)["reason"], "signature_mismatch");
         r.forget(&b);

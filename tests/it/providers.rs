@@ -380,6 +380,11 @@ async fn an_unreadable_mux_api_answer_is_retried() {
     let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &updated).await;
     assert_eq!(s, 503, "{r}");
     assert!(fake.calls().iter().any(|(id, _)| id == "GaRbLeDoLd"), "the change fetched the asset");
+    // The operator finds why Mux's deliveries fail in the log.
+    let logged = eventually(Duration::from_secs(5), || async {
+        app.log().lines().any(|l| l.contains("Mux lifecycle webhook refused (503)") && l.contains("not JSON"))
+    });
+    assert!(logged.await, "{}", app.log());
     let m = app.metrics().await;
     assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "dependency_failed")]), 1.0, "{m}");
 }
@@ -865,6 +870,11 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     let (s, r) = app.post_raw(&path, body.clone(), &[("Mux-Signature", &good), ("Mux-Signature", &stale)]).await;
     assert_eq!(s, 401, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("Mux-Signature was sent 2 times"), "{r}");
+    // Refusals are logged, once a minute per connection and kind (four 401s: one line).
+    let logged =
+        eventually(Duration::from_secs(5), || async { app.log().contains("Mux lifecycle webhook refused (401)") });
+    assert!(logged.await, "{}", app.log());
+    assert_eq!(app.log().matches("Mux lifecycle webhook refused (401)").count(), 1, "{}", app.log());
     let unknown_path = "/v1/webhooks/mux/conn_doesnotexist";
     let (s, _) = app.post_raw(unknown_path, body.clone(), &[("Mux-Signature", &good), ("Mux-Signature", &stale)]).await;
     assert_eq!(s, 404, "an unknown connection is a 404 whatever its headers");
