@@ -247,21 +247,24 @@ impl WritebackRequest {
     }
 
     /// Turns the request into a reqwest builder on `client` (the caller sets timeouts and
-    /// judges the status: PostgREST answers 204 with `return=minimal`).
-    pub fn send(self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+    /// judges the status: PostgREST answers 204 with `return=minimal`). `Err` names a header
+    /// that cannot be sent (a key with a control character, saved before keys were checked):
+    /// sent without it, the request would run as PostgREST's anonymous role.
+    pub fn send(self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, String> {
         let mut rb = client.patch(&self.url);
         for (k, v) in &self.headers {
-            let mut value = match reqwest::header::HeaderValue::from_str(v) {
-                Ok(v) => v,
-                // A key with control characters cannot be sent; PostgREST will answer 401.
-                Err(_) => continue,
+            let Ok(mut value) = reqwest::header::HeaderValue::from_str(v) else {
+                return Err(format!(
+                    "the {k} header cannot be sent: the service_role_key has a control character (a line break?); \
+                     PATCH the connection (or the adapter's credentials) with the key on one line"
+                ));
             };
             if matches!(*k, "apikey" | "Authorization") {
                 value.set_sensitive(true);
             }
             rb = rb.header(*k, value);
         }
-        rb.body(self.body.to_string())
+        Ok(rb.body(self.body.to_string()))
     }
 }
 
@@ -269,6 +272,23 @@ impl WritebackRequest {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A key no header can carry (saved before keys were checked) fails the attempt, rather
+    /// than go out without `apikey` and `Authorization` (PostgREST's anonymous role).
+    #[test]
+    fn a_key_no_header_can_carry_is_not_sent_without_it() {
+        let t = WritebackTarget {
+            url: "https://x.supabase.co",
+            service_role_key: "srk\n",
+            schema: "public",
+            table: "items",
+            id_column: "id",
+        };
+        let fields = serde_json::Map::from_iter([("a".to_string(), json!(1))]);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let e = WritebackRequest::build(t, "42", &fields).unwrap().send(&reqwest::Client::new()).unwrap_err();
+        assert!(e.contains("apikey") && !e.contains("srk"), "{e}");
+    }
 
     /// Payload shapes as Supabase's database webhooks (pg_net) send them.
     fn insert() -> Value {
@@ -469,8 +489,13 @@ mod tests {
         let fields = json!({"mp_verdict": "ok"}).as_object().unwrap().clone();
         let url = format!("http://{addr}");
         let t = WritebackTarget { url: &url, ..target("listings", "id") };
-        let resp =
-            WritebackRequest::build(t, "42", &fields).unwrap().send(&reqwest::Client::new()).send().await.unwrap();
+        let resp = WritebackRequest::build(t, "42", &fields)
+            .unwrap()
+            .send(&reqwest::Client::new())
+            .unwrap()
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 204);
         let (table, query, apikey, auth, ctype, prefer, body) = rx.recv().await.unwrap();
         assert_eq!((table.as_str(), query.as_str()), ("listings", "id=eq.42"));

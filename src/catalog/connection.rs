@@ -227,6 +227,15 @@ impl ProviderConfig {
                 if c.service_role_key.trim().is_empty() {
                     return Err(ApiError::validation(field("service_role_key"), "must not be empty"));
                 }
+                // Sent as the `apikey` and `Authorization` headers: a key no header can carry
+                // would be sent without them (not echoed: it is a secret).
+                if c.service_role_key.chars().any(char::is_control) {
+                    return Err(ApiError::validation(
+                        field("service_role_key"),
+                        "must be one line without control characters (a line break copied with it from a file or a \
+                         terminal?)",
+                    ));
+                }
                 ProviderConfig::Supabase(c)
             }
             ProviderType::GenericWebhook => {

@@ -705,6 +705,36 @@ async fn kept_credentials_do_not_follow_a_new_writeback_url() {
 /// `/rest/v1/rest/v1/{table}`, is refused with a 422 naming the field and saying what to give,
 /// on a connection's create and PATCH and in inline credentials alike; the project URL then
 /// writes back to `/rest/v1/{table}`.
+/// A service_role_key with a line break (pasted from a file) is refused when saved: no header
+/// can carry it, and a writeback sent without it runs as PostgREST's anonymous role.
+#[tokio::test]
+async fn a_service_role_key_with_a_line_break_is_refused() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    for key in ["srk-eyJhbGciOi\n", "srk\r\nX-Injected: 1", "srk\tkey"] {
+        let config = json!({"url": pg.url(""), "service_role_key": key});
+        let (s, b) = app
+            .post(
+                "/v1/organizations/connections",
+                json!({"name": "db", "provider_type": "supabase", "provider_config": config}),
+            )
+            .await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("provider_config.service_role_key")), "{b}");
+        assert!(!b.to_string().contains("srk"), "the key is not echoed: {b}");
+        let bucket = app.create_bucket(&format!("inline-{}", key.len()), json!({"title": {"type": "string"}})).await;
+        let (s, b) = app
+            .patch(
+                &format!("/v1/buckets/{bucket}"),
+                json!({"source_adapter": {"adapter_type": "supabase", "table": "items",
+                    "connection": {"credentials": config}}}),
+            )
+            .await;
+        let field = b["error"]["field"].as_str();
+        assert_eq!((s, field), (422, Some("source_adapter.connection.credentials.service_role_key")), "{b}");
+    }
+    assert!(pg.seen().is_empty());
+}
+
 #[tokio::test]
 async fn a_supabase_url_with_a_path_is_refused_and_the_project_url_writes_back() {
     let app = TestApp::start().await;

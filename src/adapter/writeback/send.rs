@@ -115,7 +115,8 @@ impl Sender {
                 let req = WritebackRequest::build(target, external_id.unwrap_or_default(), &job.fields)
                     .map_err(|e| permanent(format!("build the PostgREST request: {e}")))?;
                 self.check(&req.url)?;
-                req.send(&self.client)
+                // Retried: it goes through once the key is set again.
+                req.send(&self.client).map_err(retriable)?
             }
             ProviderType::GenericWebhook => {
                 let Some(url) = self.adapter.writeback.as_ref().and_then(|w| w.writeback_url.as_deref()) else {
