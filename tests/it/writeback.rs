@@ -705,6 +705,38 @@ async fn kept_credentials_do_not_follow_a_new_writeback_url() {
 /// `/rest/v1/rest/v1/{table}`, is refused with a 422 naming the field and saying what to give,
 /// on a connection's create and PATCH and in inline credentials alike; the project URL then
 /// writes back to `/rest/v1/{table}`.
+/// A writeback waiting for a retry when its row's key changes (an UPDATE of the id column,
+/// which re-keys the object) writes the row under its new key: the old one is gone, and
+/// PostgREST answers a PATCH of no row with a 204.
+#[tokio::test]
+async fn a_pending_writeback_follows_its_row_to_a_new_key() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(500).await;
+    let conn = supabase_connection(&app, &pg.url(""), "srk-rekey").await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "rekeyed",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "items",
+            "field_mapping": {"record.title": "title"},
+            "batching": {"mode": "count", "max_batch_size": 1, "auto_submit": true},
+            "writeback": {"field_mapping": [{"source_path": "status", "target_field": "mp_status"}]}}),
+    )
+    .await;
+    ingest(&app, &bucket, &secret, db_insert("items", json!({"id": 70, "title": "a"}))).await;
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "the first attempt fails (500)");
+    let update = json!({"type": "UPDATE", "table": "items", "schema": "public",
+        "record": {"id": 71, "title": "a"}, "old_record": {"id": 70, "title": "a"}});
+    let r = ingest(&app, &bucket, &secret, update).await;
+    assert_eq!(r["status"], "updated", "{r}");
+    pg.set_default(204);
+    assert!(eventually(WAIT, || async { !pg.succeeded().is_empty() }).await, "{:?}", pg.seen());
+    let written = pg.succeeded();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0].query, "id=eq.71", "the row under its new key: {written:?}");
+    assert!(pg.seen().iter().all(|s| s.status != 204 || s.query != "id=eq.70"));
+}
+
 /// A service_role_key with a line break (pasted from a file) is refused when saved: no header
 /// can carry it, and a writeback sent without it runs as PostgREST's anonymous role.
 #[tokio::test]

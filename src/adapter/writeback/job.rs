@@ -28,8 +28,10 @@
 //! results win over the object's fields of the same name. Paths that do not resolve are left
 //! out of the written fields. The record ID written to is `external_id_field` read from the
 //! object's `metadata` when set, else the object's `source.external_id` (for Supabase the
-//! row's primary key). The fields and the ID are resolved when the job is recorded (a
-//! snapshot); the target (URL, credentials) is read from the adapter when the job is sent.
+//! row's primary key). The fields are resolved when the job is recorded (a snapshot); the ID
+//! too, and again before each attempt from the object as it is then (a row whose key an
+//! UPDATE changed is written under its new key: see `worker.rs`); the target (URL,
+//! credentials) is read from the adapter when the job is sent.
 //!
 //! Pure apart from reading objects for `POST …/submit`; must not perform network I/O.
 
@@ -165,6 +167,15 @@ pub fn alert_document(rec: &ObjectRecord, alert_id: &AlertId, results: &Map<Stri
     doc
 }
 
+/// The ID of the source record a job of `rec` writes: `external_id_field` read from its
+/// metadata when set, else its `source.external_id`.
+pub fn external_id_of(wb: &Writeback, rec: &ObjectRecord) -> Option<String> {
+    match &wb.external_id_field {
+        Some(f) => path::lookup(&Value::Object(rec.metadata.clone()), f).and_then(path::scalar_string),
+        None => rec.source.external_id.clone(),
+    }
+}
+
 /// Builds the job of one object, its fields read from `doc` (its processing result).
 pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>, now_ms: u64) -> Job {
     let mut fields = Map::new();
@@ -173,10 +184,7 @@ pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>
             fields.insert(m.target_field.clone(), v.clone());
         }
     }
-    let external_id = match &wb.external_id_field {
-        Some(f) => path::lookup(&Value::Object(rec.metadata.clone()), f).and_then(path::scalar_string),
-        None => rec.source.external_id.clone(),
-    };
+    let external_id = external_id_of(wb, rec);
     let (batch_id, alert_id) = match cause {
         Cause::Batch(b) => (Some(b.clone()), None),
         Cause::Alert(a) => (None, Some(a.clone())),

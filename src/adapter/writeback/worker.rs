@@ -228,6 +228,7 @@ impl WorkerState {
             }
         }
         let now = now_millis();
+        self.follow_rekeys(now).await?;
         let room = CONCURRENCY.saturating_sub(flying.len());
         // One attempt per row at a time: a row with a job in flight waits for its outcome
         // (left out before the window is cut, so that they cannot fill it).
@@ -278,6 +279,40 @@ impl WorkerState {
             }));
         }
         Ok(())
+    }
+
+    /// Gives each due job (not in flight) the source record ID of its object as it is now:
+    /// an UPDATE that changed a row's key (its `id_column`, or the `external_id_field` value)
+    /// re-keys the object, and a job recorded before it would write the old key, which
+    /// PostgREST answers with a 204 that updated no row. Jobs of a deleted object keep theirs.
+    /// Stored before the attempt (and the rows coalesced again), so a restart sees the same.
+    async fn follow_rekeys(&mut self, now: u64) -> Result<(), crate::store::StoreError> {
+        let Some(wb) = self.sender.adapter.writeback.clone() else { return Ok(()) };
+        let store = self.sender.shared.store.clone();
+        let mut batch = Batch::new();
+        for (k, j) in self.jobs.iter_mut() {
+            if j.next_attempt_ms > now || self.flying.contains(k) {
+                continue;
+            }
+            let key = crate::adapter::records::key(&self.sender.bucket_id, j.object_id.as_str());
+            let Ok(Some(rec)) =
+                store.get::<crate::adapter::records::ObjectRecord>(crate::store::Keyspace::OBJECTS, &key)
+            else {
+                continue;
+            };
+            let now_id = job::external_id_of(&wb, &rec);
+            if now_id.is_some() && now_id != j.external_id {
+                tracing::info!(bucket_id = %self.sender.bucket_id, object_id = %j.object_id,
+                    "the object's source record was re-keyed since its writeback was queued: it writes the new key");
+                j.external_id = now_id;
+                batch.put(KS, k, &*j);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.extend(self.coalesce());
+        store.commit(batch).await
     }
 
     /// Applies the retry policy to each result and stores the new job states in one batch.
