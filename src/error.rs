@@ -175,6 +175,23 @@ pub fn deserialize_at<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A message of [`deserialize_at`] without the value it quotes, for fields that may hold a
+/// secret sent in the wrong type (`"service_role_key": 98765…`): `must be a string, not the
+/// number 98765` becomes `must be a string, not a number`.
+pub fn without_value(message: &str) -> String {
+    for (quoted, kind) in [("not the number ", "not a number"), ("not the string ", "not a string")] {
+        if let Some(i) = message.find(quoted) {
+            return format!("{}{kind}", &message[..i]);
+        }
+    }
+    match message.split_once(" is not valid here: ") {
+        Some((value, rest)) if value.starts_with("the number ") || value.starts_with("the string ") => {
+            format!("this value is not valid here: {rest}")
+        }
+        _ => message.to_string(),
+    }
+}
+
 /// serde's messages in the API's words: `invalid type: string "5", expected f64` becomes
 /// `must be a number, not the string "5"`, and Rust's backticks become quotes. What serde
 /// says is kept otherwise (it names what was expected).
@@ -220,6 +237,17 @@ fn plain_words(serde: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_can_be_left_out_of_a_message() {
+        assert_eq!(without_value("must be a string, not the number 98765432123"), "must be a string, not a number");
+        assert_eq!(without_value(r#"must be a number, not the string "s3cr3t""#), "must be a number, not a string");
+        assert_eq!(
+            without_value(r#"the string "s3cr3t" is not valid here: expected one of a, b"#),
+            "this value is not valid here: expected one of a, b"
+        );
+        assert_eq!(without_value("must be an object, not a list"), "must be an object, not a list");
+    }
 
     #[test]
     fn serde_messages_are_put_in_plain_words() {

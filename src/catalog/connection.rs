@@ -176,8 +176,14 @@ impl ProviderConfig {
     /// As [`ProviderConfig::parse`], with errors named under `at` (inline adapter credentials
     /// are `source_adapter.connection.credentials`).
     pub fn parse_at(at: &str, provider_type: ProviderType, v: serde_json::Value) -> Result<ProviderConfig, ApiError> {
+        // Not echoing the value: a credential sent in the wrong type is still a secret.
         fn typed_at<T: serde::de::DeserializeOwned>(at: &str, v: serde_json::Value) -> Result<T, ApiError> {
-            crate::error::deserialize_at(Some(at), v)
+            crate::error::deserialize_at(Some(at), v).map_err(|e| match e {
+                ApiError::Validation { field, message } => {
+                    ApiError::validation(field, crate::error::without_value(&message))
+                }
+                other => other,
+            })
         }
         let field = |name: &str| format!("{at}.{name}");
         if let Some((path, shown)) = placeholder_in(&v) {
@@ -610,6 +616,26 @@ mod tests {
         // Look-alikes are secrets like any other.
         for ok in ["(set; shown)", "(x set; never shown)", "***", "a ******** b"] {
             assert!(ProviderConfig::parse(ProviderType::Mux, mux(ok.into())).is_ok(), "{ok}");
+        }
+    }
+
+    /// A credential sent in the wrong type is refused without its value in the message.
+    #[test]
+    fn a_credential_of_the_wrong_type_is_not_echoed() {
+        let cases = [
+            (
+                ProviderType::Supabase,
+                serde_json::json!({"url": "https://x.supabase.co", "service_role_key": 98765432123u64}),
+            ),
+            (
+                ProviderType::GenericWebhook,
+                serde_json::json!({"url": "https://h.example.com", "headers": {"Authorization": 98765432123u64}}),
+            ),
+            (ProviderType::Mux, serde_json::json!({"access_token_id": "i", "access_token_secret": 98765432123u64})),
+        ];
+        for (t, v) in cases {
+            let Err(ApiError::Validation { field, message }) = ProviderConfig::parse(t, v) else { panic!("{t:?}") };
+            assert!(!message.contains("98765432123") && message.contains("not a number"), "{field}: {message}");
         }
     }
 
