@@ -38,6 +38,17 @@ macro_rules! ulid_id {
                 }
             }
 
+            /// Whether `s` has the form of a generated ID (the prefix and 26 lower-case
+            /// Crockford base-32 characters), as a list's `next_cursor` does. A cursor of
+            /// another form would be read as a position all the same (`obj_1`, or an ID in
+            /// capitals, which sorts before its own) and skip or repeat items.
+            pub fn is_generated(s: &str) -> bool {
+                s.strip_prefix(concat!($prefix, "_")).is_some_and(|r| {
+                    r.len() == ulid::ULID_LEN
+                        && r.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'h' | b'j' | b'k' | b'm' | b'n' | b'p'..=b't' | b'v'..=b'z'))
+                })
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }

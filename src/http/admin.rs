@@ -21,7 +21,7 @@ use crate::store::Keyspace;
 pub async fn list_connections(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate_list(state, &["limit", "cursor"])?;
     let mut page = Page::results(req.page_limit_or(usize::MAX)?);
-    let after = req.cursor(|c| ConnectionId::parse(c).is_some())?;
+    let after = req.cursor(ConnectionId::is_generated)?;
     // Record by record: one this version cannot read (a newer one's, a damaged one) is listed
     // as such, with what to do, rather than failing the whole list.
     state.shared.store.for_each_after::<serde_json::Value>(Keyspace::CONNECTIONS, "", after, |key, v| {
@@ -90,7 +90,7 @@ pub async fn list_buckets(state: &HttpState, req: &Request) -> Result<Response, 
     let mut page = Page::results(req.page_limit()?);
     // Buckets are keyed by ID (time-ordered), filtered by namespace while scanning. The
     // cursor's bucket need not exist any more (deleted meanwhile).
-    let after = req.cursor(|c| BucketId::parse(c).is_some())?;
+    let after = req.cursor(BucketId::is_generated)?;
     state.shared.store.for_each_after::<Bucket>(Keyspace::BUCKETS, "", after, |key, b| {
         b.namespace != ns || page.offer(key, &super::inbound::bucket_view(state, &b))
     })?;

@@ -630,7 +630,7 @@ async fn list_objects(state: &HttpState, req: &Request, id: &str) -> Result<Resp
     req.authenticate_list(state, PAGE_PARAMS)?;
     let bucket = load_bucket(state, req, id)?;
     let show = |o: ObjectRecord| o.shown();
-    page(state, req, &bucket, Keyspace::OBJECTS, |c| ObjectId::parse(c).is_some(), show)
+    page(state, req, &bucket, Keyspace::OBJECTS, ObjectId::is_generated, show)
 }
 
 fn parse_object_id(bucket: &Bucket, oid: &str) -> Result<ObjectId, ApiError> {
@@ -670,7 +670,7 @@ async fn list_batches(state: &HttpState, req: &Request, id: &str) -> Result<Resp
     req.authenticate_list(state, PAGE_PARAMS)?;
     let bucket = load_bucket(state, req, id)?;
     let show = |b: BatchRecord| b;
-    page(state, req, &bucket, Keyspace::BATCHES, |c| BatchId::parse(c).is_some(), show)
+    page(state, req, &bucket, Keyspace::BATCHES, BatchId::is_generated, show)
 }
 
 async fn get_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {

@@ -203,7 +203,10 @@ impl Request {
         match self.query.get("cursor") {
             None => Ok(None),
             Some(c) if valid(c) => Ok(Some(c)),
-            Some(_) => Err(ApiError::validation("cursor", "not a cursor returned by this endpoint")),
+            Some(_) => Err(ApiError::validation(
+                "cursor",
+                "not a cursor of this list: give a page's next_cursor as it was returned",
+            )),
         }
     }
 }

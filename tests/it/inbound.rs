@@ -415,6 +415,13 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert_eq!(p2["results"].as_array().unwrap().len(), 2);
     assert_eq!(p2["next_cursor"], Value::Null);
     assert_eq!(app.get(&format!("/v1/buckets/{bucket}/objects?cursor=zzz")).await.0, 422);
+    // Only a cursor of the form the list returns: a made-up one, or one in capitals (which
+    // sorts before its own ID and would repeat items), is a 422, not an empty or a long page.
+    let upper = cursor.to_uppercase().replacen("OBJ_", "obj_", 1);
+    for made_up in ["obj_1", "obj_ZZZZ", upper.as_str(), "batch_01m960d6vyzz9rn98fbdr6v1k8"] {
+        let (s, b) = app.get(&format!("/v1/buckets/{bucket}/objects?cursor={made_up}")).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("cursor")), "{made_up}: {b}");
+    }
     assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 204);
     assert_eq!(app.get(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 404);
     assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 404);
