@@ -284,9 +284,12 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             // not handled, so it goes to the new actor, which checks it again if its secrets
             // are not the ones it was verified against. (Were its handler to have failed
             // midway, the upstream would resend on a 503 all the same.)
-            Err(ractor::RactorErr::Messaging(_)) if !resent && Instant::now() < wait_until => {
+            Err(ractor::RactorErr::Messaging(_)) if !resent => {
                 // Once: a request whose handler failed must not restart the actor again and again.
                 resent = true;
+                // The wait for the new actor counts from now: the old one may have held the
+                // request for seconds (a Mux API fetch in flight when a PATCH stopped it).
+                wait_until = Instant::now() + RESTART_WAIT;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             Err(ractor::RactorErr::Timeout) => {

@@ -354,6 +354,47 @@ fn ready_event(asset_id: &str, with_playback: bool) -> String {
     v.to_string()
 }
 
+/// A PATCH of the bucket while an ingest's asset fetch is in flight restarts the adapter; the
+/// ingest goes to the new adapter once (whenever the old one let it go), not a 503 because
+/// the fetch outlasted the wait for a restart.
+#[tokio::test]
+async fn an_ingest_whose_fetch_outlasts_a_restart_goes_to_the_new_adapter() {
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options {
+        extra_toml: format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr),
+        ..Default::default()
+    })
+    .await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, _) = mux_bucket(&app, "patched-mid-fetch", &conn).await;
+    let asset = "HeLdPaTcHeD01";
+    let body = ready_event(asset, false); // no playback ids: the asset is fetched
+    let header = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let pending = {
+        let (client, url) = (reqwest::Client::new(), app.url(&ingest));
+        tokio::spawn(async move {
+            let r = client.post(url).header("Mux-Signature", header).body(body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default())
+        })
+    };
+    let fetching = || async { fake.calls().iter().any(|(id, _)| id == asset) };
+    assert!(eventually(Duration::from_secs(20), fetching).await, "the asset fetch never started");
+    // Longer than the wait for a restart (2 s), then the PATCH (the adapter as it is).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    let mut adapter = view["source_adapter"].clone();
+    for shown in ["effective", "ingest_path", "webhook_url"] {
+        adapter.as_object_mut().unwrap().remove(shown);
+    }
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter})).await;
+    assert_eq!(s, 200, "{b}");
+    fake.release_held();
+    let (s, r) = pending.await.unwrap();
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    assert_eq!(objects(&app, &bucket).await.len(), 1);
+}
+
 /// A Mux API answer hookline cannot read (a proxy's page, a cut body) is the API's failure,
 /// not the event's: an ingest and a lifecycle update are 503s, so Mux sends them again,
 /// rather than a 422 and a lifecycle change acknowledged and dropped.
