@@ -306,6 +306,11 @@ pub struct AdapterState {
     xids: DigestMap<Vec<ObjectId>>,
     /// Mux API client, built on the first fetch.
     mux_api: Option<crate::adapter::mux::MuxApi>,
+    /// Assets with a fetch in flight for an event that creates their object, and how many.
+    creating: std::collections::HashMap<String, u32>,
+    /// Of those, the assets a lifecycle update changed meanwhile (it found no object to
+    /// change): the fetch's answer may be older than the update, so it is fetched again.
+    outdated: std::collections::HashSet<String>,
     /// Accepted events not yet flushed, oldest first.
     buffer: Vec<BufferEntry>,
     /// How many bytes the buffer's entries take as stored (see [`stored_size`]), kept exact
@@ -379,6 +384,8 @@ impl Actor for SourceAdapterActor {
             unpaged,
             xids,
             mux_api: None,
+            creating: Default::default(),
+            outdated: Default::default(),
             buffer_bytes: buffer.iter().map(stored_size).sum(),
             buffer,
             stats,

@@ -229,7 +229,11 @@ impl FakeMux {
             .and(warp::get())
             .and(warp::header::optional::<String>("authorization"))
             .then(move |id: String, auth: Option<String>| {
-                c.lock().unwrap().push((id.clone(), auth.clone()));
+                let nth = {
+                    let mut calls = c.lock().unwrap();
+                    calls.push((id.clone(), auth.clone()));
+                    calls.iter().filter(|(i, _)| *i == id).count()
+                };
                 let expected = expected.clone();
                 let held = h.clone();
                 async move {
@@ -254,6 +258,11 @@ impl FakeMux {
                     } else if id.starts_with("GaRbLeD") {
                         // A 200 that is not the API's answer (a proxy's page, a cut body).
                         (200, "<html>upstream maintenance</html>".to_string())
+                    } else if id.starts_with("HeLdUp") {
+                        // An asset that changes: its title says which fetch of it this is.
+                        let mut asset = api_asset(&id);
+                        asset["meta"]["title"] = json!(format!("fetch {nth}"));
+                        (200, json!({"data": asset}).to_string())
                     } else {
                         (200, json!({"data": api_asset(&id)}).to_string())
                     };
@@ -352,6 +361,43 @@ fn ready_event(asset_id: &str, with_playback: bool) -> String {
         v["data"]["passthrough"] = json!("inline");
     }
     v.to_string()
+}
+
+/// A lifecycle update of an asset whose `ready` is still being fetched finds no object to
+/// change; the fetch's answer may predate the update, so the asset is fetched again and the
+/// object made from the newer answer (it kept the older state, the update acknowledged).
+#[tokio::test]
+async fn an_update_during_the_ready_fetch_is_not_lost() {
+    let fake = FakeMux::start().await;
+    let app = TestApp::start_with(Options {
+        extra_toml: format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr),
+        ..Default::default()
+    })
+    .await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, _) = mux_bucket(&app, "updated-mid-fetch", &conn).await;
+    let asset = "HeLdUpDaTe01";
+    let body = ready_event(asset, false); // no playback ids: the asset is fetched
+    let header = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+    let pending = {
+        let (client, url) = (reqwest::Client::new(), app.url(&format!("/v1/buckets/{bucket}/source-adapter/ingest")));
+        tokio::spawn(async move {
+            let r = client.post(url).header("Mux-Signature", header).body(body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default())
+        })
+    };
+    let fetching = || async { fake.calls().iter().any(|(id, _)| id == asset) };
+    assert!(eventually(Duration::from_secs(20), fetching).await, "the asset fetch never started");
+    let updated = json!({"type": "video.asset.updated", "object": {"type": "asset", "id": asset},
+        "id": "evt-upd-mid", "data": {"id": asset, "status": "ready", "meta": {"title": "renamed"}}});
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &updated).await;
+    assert_eq!((s, r["objects"].as_array().map(Vec::len)), (200, Some(0)), "no object yet: {r}");
+    fake.release_held();
+    let (s, r) = pending.await.unwrap();
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    assert_eq!(fake.calls().iter().filter(|(id, _)| id == asset).count(), 2, "fetched again");
+    let objects = objects(&app, &bucket).await;
+    assert_eq!(objects[0]["metadata"]["title"], "fetch 2", "made from the newer answer: {objects:?}");
 }
 
 /// A PATCH of the bucket while an ingest's asset fetch is in flight restarts the adapter; the

@@ -33,6 +33,8 @@ struct Continuation {
     payload: Value,
     dedup_hash: Option<String>,
     origin: Origin,
+    /// Fetched a second time, after an update made the first answer outdated (once only).
+    refetched: bool,
 }
 
 /// The continuation message.
@@ -68,9 +70,30 @@ impl AdapterState {
                 payload: payload.clone(),
                 dedup_hash: dedup_hash.clone(),
                 origin,
+                refetched: false,
             },
             shared: None,
         }))
+    }
+
+    /// Whether `asset_id` has a fetch in flight for an event that creates its object: a
+    /// lifecycle update that finds no object marks it outdated (see [`AdapterState::fetched`]).
+    pub(super) fn mark_outdated_if_creating(&mut self, asset_id: &str) {
+        if self.creating.contains_key(asset_id) {
+            self.outdated.insert(asset_id.to_string());
+        }
+    }
+
+    /// One creating fetch of `asset_id` ended: whether an update made its answer outdated.
+    fn creating_fetch_ended(&mut self, asset_id: &str) -> bool {
+        let outdated = self.outdated.remove(asset_id);
+        if let Some(n) = self.creating.get_mut(asset_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.creating.remove(asset_id);
+            }
+        }
+        outdated
     }
 
     fn mux_api(&mut self) -> anyhow::Result<MuxApi> {
@@ -91,6 +114,9 @@ impl AdapterState {
                 return;
             }
         };
+        if job.next.screened.operation == Operation::Create {
+            *self.creating.entry(job.asset_id.clone()).or_default() += 1;
+        }
         let myself = self.myself.clone();
         tokio::spawn(async move {
             let FetchJob { asset_id, token_id, token_secret, next, shared } = job;
@@ -132,8 +158,26 @@ impl AdapterState {
 
     /// The continuation: map the fetched asset, then create or change.
     pub(super) async fn fetched(&mut self, f: Fetched) {
-        let Fetched { asset_id, next, result, reply } = f;
-        let Continuation { screened, payload, dedup_hash, origin } = next;
+        let Fetched { asset_id, mut next, result, reply } = f;
+        let create = next.screened.operation == Operation::Create;
+        if create && self.creating_fetch_ended(&asset_id) && result.is_ok() && !next.refetched {
+            // A lifecycle update of this asset came while it was fetched: the answer may
+            // predate it (the object would keep the old state, the update being answered
+            // already). Fetched again, once; without credentials now, the answer stands.
+            if let Ok(Some(ProviderConfig::Mux(m))) = self.credentials() {
+                next.refetched = true;
+                let job = FetchJob {
+                    asset_id,
+                    token_id: m.access_token_id,
+                    token_secret: m.access_token_secret,
+                    next,
+                    shared: None,
+                };
+                self.spawn_fetch(job, reply);
+                return;
+            }
+        }
+        let Continuation { screened, payload, dedup_hash, origin, .. } = next;
         let now = now_millis();
         let result = match result {
             Err(e) if e.is_retryable() => Err(self.retry(now, format!("fetch the Mux asset: {e}"))),

@@ -477,6 +477,9 @@ impl AdapterState {
                 let commit = (!batch.is_empty()).then(|| self.submit(batch, Vec::new()));
                 IngestOk::new(IngestStatus::Deleted, None, commit)
             } else {
+                // No object yet, but maybe one being made from a fetch now in flight, whose
+                // answer may predate this update: fetched again when it comes.
+                self.mark_outdated_if_creating(&external_id);
                 IngestOk::new(IngestStatus::Updated, None, None)
             };
             let _ = reply.send(Ok(answer));
