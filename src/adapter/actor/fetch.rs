@@ -85,12 +85,16 @@ impl AdapterState {
     }
 
     /// One creating fetch of `asset_id` ended: whether an update made its answer outdated.
+    /// The mark stays until the last fetch of the asset in flight has ended, so that every
+    /// one of them is made again (two deliveries of one `ready`, say): the first redone
+    /// would otherwise leave the other to make the object from its older answer.
     fn creating_fetch_ended(&mut self, asset_id: &str) -> bool {
-        let outdated = self.outdated.remove(asset_id);
+        let outdated = self.outdated.contains(asset_id);
         if let Some(n) = self.creating.get_mut(asset_id) {
             *n -= 1;
             if *n == 0 {
                 self.creating.remove(asset_id);
+                self.outdated.remove(asset_id);
             }
         }
         outdated
@@ -160,7 +164,7 @@ impl AdapterState {
     pub(super) async fn fetched(&mut self, f: Fetched) {
         let Fetched { asset_id, mut next, result, reply } = f;
         let create = next.screened.operation == Operation::Create;
-        if create && self.creating_fetch_ended(&asset_id) && result.is_ok() && !next.refetched {
+        if create && self.creating_fetch_ended(&asset_id) && result.is_ok() && !next.refetched && !self.closing {
             // A lifecycle update of this asset came while it was fetched: the answer may
             // predate it (the object would keep the old state, the update being answered
             // already). Fetched again, once; without credentials now, the answer stands.
