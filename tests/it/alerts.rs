@@ -626,3 +626,41 @@ async fn a_failed_writeback_error_shows_no_url() {
     // The log says the same, without the URL.
     assert!(!app.log().contains(token), "the token was logged");
 }
+
+/// An alert's writeback waiting for a retry when an UPDATE re-keys its row, then a newer
+/// alert of the same object: the two are one row, so the older one's fields never land after
+/// the newer one's (it would be re-keyed at its attempt and sent last, leaving the row stale).
+#[tokio::test]
+async fn an_older_writeback_of_a_rekeyed_row_does_not_land_after_a_newer_one() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(500).await;
+    let conn = supabase_connection(&app, &pg.url(""), "srk-order").await;
+    let (bucket, secret) = bucket_with(
+        &app,
+        "reordered",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "items",
+            "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"},
+            "writeback": {"trigger": "on_alert",
+                "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}}),
+    )
+    .await;
+    let r = ingest(&app, &bucket, &secret, db_insert("items", json!({"id": 70, "title": "a"}))).await;
+    let oid = r["object_id"].as_str().expect("object_id").to_string();
+    let (s, a) = raise(&app, &bucket, &oid, json!({"alert_id": "old", "results": {"verdict": "old"}})).await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "the first attempt fails (500)");
+    let update = json!({"type": "UPDATE", "table": "items", "schema": "public",
+        "record": {"id": 71, "title": "a"}, "old_record": {"id": 70, "title": "a"}});
+    assert_eq!(ingest(&app, &bucket, &secret, update).await["status"], "updated");
+    pg.set_default(204);
+    let (s, a) = raise(&app, &bucket, &oid, json!({"alert_id": "new", "results": {"verdict": "new"}})).await;
+    assert_eq!(s, 202, "{a}");
+    let newest = || async { pg.succeeded().iter().any(|s| s.body["mp_verdict"] == "new") };
+    assert!(eventually(WAIT, newest).await, "{:?}", pg.seen());
+    // Past the older job's retry (the schedule's 1 s, jittered).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let written = pg.succeeded();
+    let last = written.last().expect("a PATCH");
+    assert_eq!((last.query.as_str(), &last.body), ("id=eq.71", &json!({"mp_verdict": "new"})), "{written:?}");
+}

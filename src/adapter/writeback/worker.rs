@@ -203,12 +203,12 @@ impl WorkerState {
                     true
                 })?;
             }
-            let mut found = false;
+            let mut found = Vec::new();
             for k in unknown {
                 match store.get::<Job>(KS, &k) {
                     Ok(Some(j)) => {
-                        self.jobs.insert(k, j);
-                        found = true;
+                        self.jobs.insert(k.clone(), j);
+                        found.push(k);
                     }
                     Ok(None) => {}
                     // One record that cannot be read holds back no other job.
@@ -218,8 +218,9 @@ impl WorkerState {
                     }
                 }
             }
-            if found {
-                let merged = self.coalesce();
+            if !found.is_empty() {
+                let mut merged = self.rekey_older(&found);
+                merged.extend(self.coalesce());
                 if !merged.is_empty() {
                     // Before any attempt: a job given up here must not come back after a crash
                     // to overwrite the newer one.
@@ -228,7 +229,6 @@ impl WorkerState {
             }
         }
         let now = now_millis();
-        self.follow_rekeys(now).await?;
         let room = CONCURRENCY.saturating_sub(flying.len());
         // One attempt per row at a time: a row with a job in flight waits for its outcome
         // (left out before the window is cut, so that they cannot fill it).
@@ -257,6 +257,10 @@ impl WorkerState {
         if due.is_empty() {
             return Ok(());
         }
+        if self.follow_rekeys(&due).await? {
+            // Their rows changed: chosen again on the next pass (at once: they are due).
+            return Ok(());
+        }
         if due.iter().any(|(k, _)| !self.durable.contains(k)) {
             // FIFO committer: everything applied before this barrier is on disk after it.
             store.commit(Batch::new()).await?;
@@ -281,19 +285,18 @@ impl WorkerState {
         Ok(())
     }
 
-    /// Gives each due job (not in flight) the source record ID of its object as it is now:
-    /// an UPDATE that changed a row's key (its `id_column`, or the `external_id_field` value)
+    /// Gives the jobs about to start the source record ID of their object as it is now: an
+    /// UPDATE that changed a row's key (its `id_column`, or the `external_id_field` value)
     /// re-keys the object, and a job recorded before it would write the old key, which
-    /// PostgREST answers with a 204 that updated no row. Jobs of a deleted object keep theirs.
-    /// Stored before the attempt (and the rows coalesced again), so a restart sees the same.
-    async fn follow_rekeys(&mut self, now: u64) -> Result<(), crate::store::StoreError> {
-        let Some(wb) = self.sender.adapter.writeback.clone() else { return Ok(()) };
+    /// PostgREST answers with a 204 that updated no row. Jobs of a deleted object keep
+    /// theirs. A changed job is stored (the rows coalesced again) and not started on this
+    /// pass: its row is another one now, maybe busy. True if any changed. (At most
+    /// [`CONCURRENCY`] object reads per pass: only the jobs chosen to start.)
+    async fn follow_rekeys(&mut self, due: &[(String, Job)]) -> Result<bool, crate::store::StoreError> {
+        let Some(wb) = self.sender.adapter.writeback.clone() else { return Ok(false) };
         let store = self.sender.shared.store.clone();
         let mut batch = Batch::new();
-        for (k, j) in self.jobs.iter_mut() {
-            if j.next_attempt_ms > now || self.flying.contains(k) {
-                continue;
-            }
+        for (k, j) in due {
             let key = crate::adapter::records::key(&self.sender.bucket_id, j.object_id.as_str());
             let Ok(Some(rec)) =
                 store.get::<crate::adapter::records::ObjectRecord>(crate::store::Keyspace::OBJECTS, &key)
@@ -301,18 +304,50 @@ impl WorkerState {
                 continue;
             };
             let now_id = job::external_id_of(&wb, &rec);
-            if now_id.is_some() && now_id != j.external_id {
-                tracing::info!(bucket_id = %self.sender.bucket_id, object_id = %j.object_id,
-                    "the object's source record was re-keyed since its writeback was queued: it writes the new key");
-                j.external_id = now_id;
-                batch.put(KS, k, &*j);
-            }
+            let Some(pending) = self.jobs.get_mut(k).filter(|_| now_id.is_some() && now_id != j.external_id) else {
+                continue;
+            };
+            tracing::info!(bucket_id = %self.sender.bucket_id, object_id = %j.object_id,
+                "the object's source record was re-keyed since its writeback was queued: it writes the new key");
+            pending.external_id = now_id;
+            batch.put(KS, k, &*pending);
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         batch.extend(self.coalesce());
-        store.commit(batch).await
+        store.commit(batch).await?;
+        Ok(true)
+    }
+
+    /// For jobs just found: an older pending job of the same object (queued before its row
+    /// was re-keyed) takes the newer job's source record ID, so that the two are one row
+    /// ([`WorkerState::coalesce`] then merges them, or marks the older one in flight as
+    /// covered) and the older one's fields cannot land after the newer one's. The changed
+    /// jobs' records, for the caller's commit.
+    fn rekey_older(&mut self, found: &[String]) -> Batch {
+        let mut batch = Batch::new();
+        for k in found {
+            let Some(newer) = self.jobs.get(k).cloned() else { continue };
+            if newer.external_id.is_none() {
+                continue;
+            }
+            let newer_at = caused_at(&newer);
+            for (key, j) in self.jobs.iter_mut() {
+                if key != k
+                    && j.object_id == newer.object_id
+                    && j.external_id != newer.external_id
+                    && caused_at(j) <= newer_at
+                {
+                    j.external_id = newer.external_id.clone();
+                    // An attempt in flight keeps its own copy (and is covered, below).
+                    if !self.flying.contains(key) {
+                        batch.put(KS, key, &*j);
+                    }
+                }
+            }
+        }
+        batch
     }
 
     /// Applies the retry policy to each result and stores the new job states in one batch.
