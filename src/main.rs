@@ -163,6 +163,10 @@ fn run() -> anyhow::Result<()> {
 /// future is first polled, once the daemon serves: until then their default ends a start on
 /// the spot, which is safe (the log replays at the next start), where a handler would make
 /// a stop wait for the whole start.
+/// A second stop signal sooner than this after the first is taken as the same one.
+#[cfg(unix)]
+const DOUBLE_SIGNAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[cfg(unix)]
 fn shutdown_signals() -> (impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -197,8 +201,17 @@ fn shutdown_signals() -> (impl std::future::Future<Output = ()>, impl std::futur
             let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
             next_stop(&mut interrupt, &mut terminate, &mut hangup).await;
             tracing::info!("shutdown signal received (another one cuts the shutdown short)");
+            let first_at = std::time::Instant::now();
             tokio::spawn(async move {
-                next_stop(&mut interrupt, &mut terminate, &mut hangup).await;
+                loop {
+                    next_stop(&mut interrupt, &mut terminate, &mut hangup).await;
+                    // The same stop twice (a wrapper that forwards a terminal's Ctrl-C to its
+                    // process group, which got it too) is not an operator asking twice.
+                    if first_at.elapsed() >= DOUBLE_SIGNAL {
+                        break;
+                    }
+                    tracing::info!("a second shutdown signal within a second of the first: taken as the same one");
+                }
                 // A permit if no one waits yet: the shutdown sees it when it looks.
                 hurry.notify_one();
             });

@@ -1400,8 +1400,12 @@ async fn a_second_signal_cuts_the_shutdown_short() {
     app.signal("TERM");
     let began = eventually(Duration::from_secs(10), || async { app.log().contains("shutdown signal received") });
     assert!(began.await, "{}", app.log());
-    // Still waiting for the stalled request (its grace is a minute).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sent again at once, it is the same stop (a wrapper forwarding a Ctrl-C its process
+    // group got too): still waiting for the stalled request (its grace is a minute).
+    app.signal("TERM");
+    let same = eventually(Duration::from_secs(5), || async { app.log().contains("taken as the same one") });
+    assert!(same.await, "{}", app.log());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(!app.log().contains("store flushed"), "{}", app.log());
     let started = std::time::Instant::now();
     assert_eq!(app.stop(), Some(0), "{}", app.log());
