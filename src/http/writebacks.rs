@@ -43,7 +43,8 @@ pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response
         ),
     };
     let limit = req.page_limit()?;
-    let after = req.cursor(|c| WritebackId::parse(c).is_some())?.and_then(WritebackId::parse);
+    let after =
+        req.cursor(|c| WritebackId::parse(c).is_some_and(|id| id.of_generated_ids()))?.and_then(WritebackId::parse);
     let held = held(state, &bucket.bucket_id, adapter);
     let mut page = Page::results(limit);
     // One more than a page: the page's refusal of it says that another page follows.

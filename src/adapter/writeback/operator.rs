@@ -117,6 +117,17 @@ impl WritebackId {
         (id.to_string() == s).then_some(id)
     }
 
+    /// Whether the IDs it is made of have the form hookline generates (an alert ID is the
+    /// caller's): what a list's cursor must have, see `ids.rs`'s `is_generated`.
+    pub fn of_generated_ids(&self) -> bool {
+        match self {
+            WritebackId::Batch { batch_id, object_id } => {
+                BatchId::is_generated(batch_id.as_str()) && ObjectId::is_generated(object_id.as_str())
+            }
+            WritebackId::Alert { object_id, .. } => ObjectId::is_generated(object_id.as_str()),
+        }
+    }
+
     /// The job of `kind` whose key ends with `rest` (`{batch_id}/{object_id}` or
     /// `{object_id}/{alert_id}`).
     fn from_rest(kind: Kind, rest: &str) -> Option<WritebackId> {
@@ -386,6 +397,21 @@ mod tests {
             (Some(b), None) => WritebackId::Batch { batch_id: b.clone(), object_id: j.object_id.clone() },
             (None, None) => unreachable!("a test job has a cause"),
         }
+    }
+
+    /// A cursor of the writebacks list is a `writeback_id` of generated IDs: one made of
+    /// `obj_1` (it decodes) would be read as a position all the same.
+    #[test]
+    fn only_ids_of_generated_form_make_a_cursor() {
+        let made = WritebackId::Batch { batch_id: BatchId::generate(), object_id: ObjectId::generate() };
+        assert!(WritebackId::parse(&made.to_string()).is_some_and(|id| id.of_generated_ids()));
+        let forged = WritebackId::Batch {
+            batch_id: BatchId::generate(),
+            object_id: ObjectId::parse("obj_1").expect("a parsable ID"),
+        };
+        assert!(WritebackId::parse(&forged.to_string()).is_some_and(|id| !id.of_generated_ids()));
+        let alert = WritebackId::Alert { object_id: ObjectId::generate(), alert_id: AlertId::parse("Mine-1").unwrap() };
+        assert!(alert.of_generated_ids(), "an alert ID is the caller's");
     }
 
     #[test]
