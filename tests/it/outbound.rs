@@ -2103,3 +2103,24 @@ async fn rotating_the_signing_secret_signs_every_later_attempt_with_the_new_one(
     assert!(verifies(&restarted, &new) && !verifies(&restarted, &old));
     assert!(!app.log().contains(&new), "the new secret is in the daemon log");
 }
+
+/// A channel's secret sent in the wrong type (a number) is refused without being quoted.
+#[tokio::test]
+async fn a_channel_secret_of_the_wrong_type_is_not_echoed() {
+    let app = TestApp::start().await;
+    for channel in [
+        json!({"channel": "webhook", "configs": {"url": "https://h.example.com/x", "headers": {"Authorization": 98765432123u64}}}),
+        json!({"channel": "webhook", "configs": {"url": "https://h.example.com/x", "secret": 98765432123u64}}),
+        json!({"channel": "slack", "configs": {"webhook_url": 98765432123u64}}),
+    ] {
+        let (s, b) = app
+            .post(
+                "/v1/organizations/webhooks",
+                json!({"webhook_name": "x", "event_types": ["*"], "channels": [channel]}),
+            )
+            .await;
+        assert_eq!(s, 422, "{b}");
+        assert!(b["error"]["field"].as_str().unwrap_or_default().contains("configs"), "{b}");
+        assert!(!b.to_string().contains("98765432123"), "the value is not echoed: {b}");
+    }
+}
