@@ -70,7 +70,7 @@ impl Unreadable {
         })?;
         let unreadable = found.connections.len() + found.adapters.len();
         if unreadable > 0 {
-            tracing::error!(unreadable, "stored credentials cannot be opened with the current master key");
+            tracing::error!(unreadable, "stored credentials cannot be opened (each is named above, with why)");
         }
         found.publish();
         Ok(found)
@@ -113,6 +113,11 @@ impl Unreadable {
 
 /// Why the bucket's adapter's inline credentials cannot be opened, if they cannot.
 pub fn adapter_error(bucket: &Bucket, secrets: &SecretBox) -> Option<crate::crypto::DecryptError> {
-    let sealed = bucket.source_adapter.as_ref()?.sealed_credentials.as_deref()?;
-    secrets.open(sealed, bucket.bucket_id.as_str()).err()
+    let adapter = bucket.source_adapter.as_ref()?;
+    let sealed = adapter.sealed_credentials.as_deref()?;
+    let plain = match secrets.open(sealed, bucket.bucket_id.as_str()) {
+        Ok(plain) => plain,
+        Err(e) => return Some(e),
+    };
+    crate::catalog::connection::ProviderConfig::decode(adapter.adapter_type, &plain).err()
 }

@@ -460,13 +460,17 @@ pub fn credentials(
     use crate::catalog::connection::ProviderConfig;
     let secrets = &shared.secrets;
     let failed = |what: &str| format!("the adapter's credentials could not be {what}; see the daemon log");
+    let why = |e: &crate::crypto::DecryptError| match e {
+        crate::crypto::DecryptError::Key => "decrypted",
+        crate::crypto::DecryptError::Format(_) => "decoded",
+    };
     if let Some(id) = &adapter.connection_id {
         return match shared.store.get::<Connection>(Keyspace::CONNECTIONS, id.as_str()) {
             Ok(Some(c)) => match c.open(secrets) {
                 Ok(cfg) => Ok(Some(cfg)),
                 Err(e) => {
                     tracing::error!(bucket_id = %bucket_id, connection_id = %id, error = %e, "open connection");
-                    Err(failed("decrypted"))
+                    Err(failed(why(&e)))
                 }
             },
             Ok(None) => Ok(None),
@@ -477,11 +481,16 @@ pub fn credentials(
         };
     }
     let Some(sealed) = adapter.sealed_credentials.as_ref() else { return Ok(None) };
-    match secrets.open(sealed, bucket_id.as_str()) {
-        Ok(plain) => Ok(ProviderConfig::decode(adapter.adapter_type, &plain).ok()),
+    // Credentials that do not decode are not "none": a Mux adapter would map without the
+    // API, silently.
+    match secrets
+        .open(sealed, bucket_id.as_str())
+        .and_then(|plain| ProviderConfig::decode(adapter.adapter_type, &plain))
+    {
+        Ok(cfg) => Ok(Some(cfg)),
         Err(e) => {
             tracing::error!(bucket_id = %bucket_id, error = %e, "open inline credentials");
-            Err(failed("decrypted"))
+            Err(failed(why(&e)))
         }
     }
 }
@@ -542,11 +551,10 @@ pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, ra
     let cfg = conn.open(&shared.secrets).map_err(|e| {
         tracing::error!(connection_id = %id, error = %e, "open connection");
         ApiError::Unavailable(format!(
-            "connection {id}'s credentials cannot be read ({}), so Mux-Signature cannot be checked; see the \
-             daemon log",
+            "connection {id}'s credentials cannot be {}, so Mux-Signature cannot be checked; see the daemon log",
             match e {
-                crate::crypto::DecryptError::Key => "not with the current master key",
-                crate::crypto::DecryptError::Format(_) => "they do not decode",
+                crate::crypto::DecryptError::Key => "decrypted with the current master key",
+                crate::crypto::DecryptError::Format(_) => "decoded (written by another hookline version?)",
             }
         ))
     })?;
