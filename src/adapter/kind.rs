@@ -237,10 +237,16 @@ pub fn default_blob_unplaced(schema: &crate::catalog::BucketSchema, adapter: &So
     if adapter.blob_source.is_some() || schema.get("video").is_some_and(|p| p.kind.as_str() == video) {
         return None;
     }
+    // Another property of type video can take it (blob_source.target_property).
+    let other = schema.properties.iter().find(|(_, p)| p.kind.as_str() == video).map(|(name, _)| name.as_str());
+    let keep = match other {
+        Some(name) => format!("set blob_source {{\"target_property\": {name:?}}} to put it there"),
+        None => "use a bucket whose schema has a property of type video (bucket_schema is set at creation)".into(),
+    };
     Some(format!(
         "source_adapter.blob_source: left out, so the {} file URL ({file_field}) would go to a property \"video\" of \
-         type video, which bucket_schema does not have: objects are made without it (metadata only). To keep it, \
-         use a bucket whose schema has such a property (bucket_schema is set at creation)",
+         type video, which bucket_schema does not have: objects are made without it (metadata only; if that is \
+         meant, nothing to do). To keep it, {keep}",
         adapter.adapter_type.as_str()
     ))
 }

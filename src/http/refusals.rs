@@ -5,7 +5,7 @@
 //! kept in memory only, never written to the store (no write per bogus request, nothing an
 //! attacker can grow on disk), and it does not replace the adapter's stored `last_error`,
 //! which an anonymous sender must not be able to overwrite. One entry per bucket (the
-//! latest, dropped with its bucket), at most [`MAX_BUCKETS`] buckets; a restart forgets
+//! latest, dropped with its bucket), at most [`MAX_KEYS`] buckets; a restart forgets
 //! them. The log gets one line per bucket and kind of refusal per [`LOG_EVERY_MS`], whatever
 //! the kinds alternate, so a flood does not flood it (and the line is written after the
 //! table's lock is released).
@@ -16,8 +16,9 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::ids::BucketId;
 
-/// Most buckets remembered; past it the table is cleared (entries are only hints).
-const MAX_BUCKETS: usize = 10_000;
+/// Most buckets (or connections) remembered; past it the table is cleared (entries are
+/// only hints).
+const MAX_KEYS: usize = 10_000;
 
 /// At most one log line per bucket and kind of refusal this often.
 const LOG_EVERY_MS: u64 = 60_000;
@@ -49,7 +50,7 @@ impl<K: Hash + Eq + Clone> Refusals<K> {
     pub fn record(&self, key: &K, kind: &'static str, message: &str) -> Option<u64> {
         let now = crate::util::now_millis();
         let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.len() >= MAX_BUCKETS && !table.contains_key(key) {
+        if table.len() >= MAX_KEYS && !table.contains_key(key) {
             table.clear();
         }
         let e = table.entry(key.clone()).or_insert_with(|| Entry {

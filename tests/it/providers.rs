@@ -1859,14 +1859,18 @@ async fn a_mux_adapter_whose_playback_url_goes_nowhere_is_warned_about() {
         .await;
     let adapter = json!({"source_adapter": {"adapter_type": "mux", "connection_id": c["connection_id"],
         "batching": {"mode": "immediate"}}});
-    for (name, schema) in
-        [("no-video", json!({"duration": {"type": "float"}})), ("string-video", json!({"video": {"type": "string"}}))]
-    {
+    for (name, schema) in [
+        ("no-video", json!({"duration": {"type": "float"}})),
+        ("string-video", json!({"video": {"type": "string"}})),
+        ("clip-video", json!({"clip": {"type": "video"}})),
+    ] {
         let bucket = app.create_bucket(name, schema.clone()).await;
         let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), adapter.clone()).await;
         assert_eq!(s, 200, "{b}");
         let warnings = b["warnings"].to_string();
         assert!(warnings.contains("source_adapter.blob_source") && warnings.contains("playback_url"), "{schema}: {b}");
+        // A property of type video under another name is pointed out.
+        assert_eq!(warnings.contains("target_property"), name == "clip-video", "{schema}: {b}");
         let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
         let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
         let (s, r) = app.post_raw(&ingest, ready_event("MeTaOnLy01", true), &[("X-Webhook-Secret", &secret)]).await;

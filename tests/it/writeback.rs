@@ -700,11 +700,6 @@ async fn kept_credentials_do_not_follow_a_new_writeback_url() {
     }
 }
 
-/// A Supabase `url` is the project URL: hookline adds `/rest/v1/{table}` itself. The API path
-/// pasted from the dashboard (`…/rest/v1/`), which made every writeback PATCH
-/// `/rest/v1/rest/v1/{table}`, is refused with a 422 naming the field and saying what to give,
-/// on a connection's create and PATCH and in inline credentials alike; the project URL then
-/// writes back to `/rest/v1/{table}`.
 /// A writeback waiting for a retry when its row's key changes (an UPDATE of the id column,
 /// which re-keys the object) writes the row under its new key: the old one is gone, and
 /// PostgREST answers a PATCH of no row with a 204.
@@ -767,6 +762,11 @@ async fn a_service_role_key_with_a_line_break_is_refused() {
     assert!(pg.seen().is_empty());
 }
 
+/// A Supabase `url` is the project URL: hookline adds `/rest/v1/{table}` itself. The API path
+/// pasted from the dashboard (`…/rest/v1/`), which made every writeback PATCH
+/// `/rest/v1/rest/v1/{table}`, is refused with a 422 naming the field and saying what to give,
+/// on a connection's create and PATCH and in inline credentials alike; the project URL then
+/// writes back to `/rest/v1/{table}`.
 #[tokio::test]
 async fn a_supabase_url_with_a_path_is_refused_and_the_project_url_writes_back() {
     let app = TestApp::start().await;
