@@ -348,6 +348,15 @@ async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
         .await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.to[1]")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("has no dot"), "{b}");
+    // An IP address without the brackets of an address literal is not a domain.
+    let (s, b) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "x", "event_types": ["*"], "channels": [{"channel": "email", "configs": {"to": ["a@1.2.3.4"]}}]}),
+        )
+        .await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.to[0]")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("IP address"), "{b}");
 
     let (wh, _) = create_webhook(
         &app,

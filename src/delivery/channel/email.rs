@@ -284,7 +284,9 @@ fn without_repeats(text: &str) -> String {
 /// a payload) would otherwise reach the relay as is, and a relay that ends lines on it could
 /// read `\r.\r` as the end of the message and what follows as commands (SMTP smuggling).
 fn line_feeds(body: &str) -> String {
-    body.replace("\r\n", "\n").replace('\r', "\n")
+    // NUL is not allowed in a message (RFC 5322 §3.5): a payload's `\u0000` would go out raw
+    // in a 7bit body, which relays may refuse or cut. It becomes U+FFFD, as a lost character.
+    body.replace("\r\n", "\n").replace('\r', "\n").replace('\0', "\u{FFFD}")
 }
 
 /// The subject as one header line, cut at a sane length: whitespace runs (line breaks
@@ -340,6 +342,7 @@ mod tests {
     #[test]
     fn a_lone_cr_becomes_a_line_feed() {
         assert_eq!(line_feeds("a\r\nb\rc\nd\r\r\n.\r"), "a\nb\nc\nd\n\n.\n");
+        assert_eq!(line_feeds("x\0y"), "x\u{FFFD}y", "no NUL in a message");
     }
 
     #[test]

@@ -157,6 +157,15 @@ impl ChannelConfig {
                             format!("the domain {domain:?} has no dot: give a full domain, like {domain}.com"),
                         ));
                     }
+                    // No top-level domain is all digits: `a@1.2.3.4` is an IP address written
+                    // without the brackets an address literal needs (and those are refused).
+                    let tld = domain.rsplit('.').next().unwrap_or_default();
+                    if !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(ApiError::validation(
+                            format!("{}[{i}]", field("to")),
+                            format!("the domain {domain:?} is an IP address, not a domain name: give a host name"),
+                        ));
+                    }
                     // One message per address: the same address twice would get it twice.
                     let address = mailbox.email.to_string().to_ascii_lowercase();
                     if seen.contains(&address) {
