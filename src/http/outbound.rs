@@ -79,11 +79,17 @@ async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     Ok(page.finish())
 }
 
-/// A channel's `configs` hold secrets (a Slack URL, a header's token, the signing `secret`):
-/// one sent in the wrong type is refused without its value quoted.
+/// A channel's `configs` hold secrets (a Slack or receiver URL, a header's token, the
+/// signing `secret`): one sent in the wrong type is refused without its value quoted (a
+/// setting such as `timeout` keeps it).
 fn quiet_configs(e: ApiError) -> ApiError {
+    let secret = |field: &str| {
+        [".configs.url", ".configs.webhook_url", ".configs.secret", ".configs.headers"]
+            .iter()
+            .any(|s| field.contains(s))
+    };
     match e {
-        ApiError::Validation { field, message } if field.contains(".configs") => {
+        ApiError::Validation { field, message } if secret(&field) => {
             let message = crate::error::without_value(&message);
             ApiError::Validation { field, message }
         }

@@ -1240,7 +1240,8 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     let log = app.log();
     assert!(log.contains("the connection's credentials cannot be opened") && log.contains(&conn_id), "{log}");
     assert!(log.contains("the source adapter's inline credentials cannot be opened") && log.contains(&bucket), "{log}");
-    assert!(log.contains("stored credentials cannot be opened with the current master key"), "{log}");
+    assert!(log.contains("stored credentials cannot be opened (each is named above"), "{log}");
+    assert!(log.contains("cannot be decrypted with the current master key"), "each says why: {log}");
     // And a metric says so, for alerting, until each is set again.
     let unreadable = |m: &str, kind: &str| metric_value(m, "hookline_credentials_unreadable", &[("kind", kind)]);
     let m = app.metrics().await;
