@@ -1355,16 +1355,9 @@ async fn stalled_clients_time_out() {
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
-/// SIGTERM lets open requests finish for `shutdown_timeout_seconds`, then closes what is
-/// still open: a client that never finishes its request cannot keep the daemon up.
-#[tokio::test]
-async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
+/// A request whose head is sent and whose body never is (1 of 100 bytes): it stays open.
+async fn stalled_request(app: &TestApp) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let opts = Options {
-        server_toml: "read_timeout_seconds = 3600\nshutdown_timeout_seconds = 1\n".into(),
-        ..Options::default()
-    };
-    let mut app = TestApp::start_with(opts).await;
     let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{",
@@ -1372,6 +1365,19 @@ async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
     );
     stalled.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    stalled
+}
+
+/// SIGTERM lets open requests finish for `shutdown_timeout_seconds`, then closes what is
+/// still open: a client that never finishes its request cannot keep the daemon up.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
+    let opts = Options {
+        server_toml: "read_timeout_seconds = 3600\nshutdown_timeout_seconds = 1\n".into(),
+        ..Options::default()
+    };
+    let mut app = TestApp::start_with(opts).await;
+    let _stalled = stalled_request(&app).await;
     let started = std::time::Instant::now();
     assert_eq!(app.stop(), Some(0), "{}", app.log());
     assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
@@ -1384,20 +1390,13 @@ async fn shutdown_does_not_wait_for_a_stalled_client_forever() {
 /// not keep the daemon for `shutdown_timeout_seconds`, and the store is still flushed.
 #[tokio::test]
 async fn a_second_signal_cuts_the_shutdown_short() {
-    use tokio::io::AsyncWriteExt;
     let opts = Options {
         server_toml: "read_timeout_seconds = 3600\nshutdown_timeout_seconds = 60\n".into(),
         ..Options::default()
     };
     let mut app = TestApp::start_with(opts).await;
     let bucket = app.create_bucket("kept", json!({})).await;
-    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{",
-        app.api_key
-    );
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _stalled = stalled_request(&app).await;
     app.signal("TERM");
     let began = eventually(Duration::from_secs(10), || async { app.log().contains("shutdown signal received") });
     assert!(began.await, "{}", app.log());

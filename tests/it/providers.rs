@@ -363,31 +363,36 @@ fn ready_event(asset_id: &str, with_playback: bool) -> String {
     v.to_string()
 }
 
+/// A daemon whose Mux API is `fake`, with time for a held fetch (the bound is 25 s).
+async fn app_with_patient_mux(fake: &FakeMux) -> TestApp {
+    let extra_toml = format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr);
+    TestApp::start_with(Options { extra_toml, ..Default::default() }).await
+}
+
+/// `body` ingested into `bucket`, signed, from a task of its own: (status, answer).
+fn spawn_ingest(app: &TestApp, bucket: &str, body: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (client, url) = (reqwest::Client::new(), app.url(&format!("/v1/buckets/{bucket}/source-adapter/ingest")));
+    let (body, header) = (body.to_string(), mux::sign(SIGNING_SECRET, now(), body.as_bytes()));
+    tokio::spawn(async move {
+        let r = client.post(url).header("Mux-Signature", header).body(body).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default())
+    })
+}
+
 /// A lifecycle update of an asset whose `ready` is still being fetched finds no object to
 /// change; the fetch's answer may predate the update, so the asset is fetched again and the
 /// object made from the newer answer (it kept the older state, the update acknowledged).
 #[tokio::test]
 async fn an_update_during_the_ready_fetch_is_not_lost() {
     let fake = FakeMux::start().await;
-    let app = TestApp::start_with(Options {
-        extra_toml: format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr),
-        ..Default::default()
-    })
-    .await;
+    let app = app_with_patient_mux(&fake).await;
     let conn = mux_connection(&app, SIGNING_SECRET).await;
     let (bucket, _) = mux_bucket(&app, "updated-mid-fetch", &conn).await;
     let asset = "HeLdUpDaTe01";
-    let body = ready_event(asset, false); // no playback ids: the asset is fetched
-                                          // Two deliveries of it (Mux retried one), both fetching when the update comes.
-    let send = || {
-        let (client, url) = (reqwest::Client::new(), app.url(&format!("/v1/buckets/{bucket}/source-adapter/ingest")));
-        let (body, header) = (body.clone(), mux::sign(SIGNING_SECRET, now(), body.as_bytes()));
-        tokio::spawn(async move {
-            let r = client.post(url).header("Mux-Signature", header).body(body).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default())
-        })
-    };
-    let (first, second) = (send(), send());
+    // No playback ids: the asset is fetched. Two deliveries of it (Mux retried one), both
+    // fetching when the update comes.
+    let body = ready_event(asset, false);
+    let (first, second) = (spawn_ingest(&app, &bucket, &body), spawn_ingest(&app, &bucket, &body));
     let fetching = || async { fake.calls().iter().filter(|(id, _)| id == asset).count() == 2 };
     assert!(eventually(Duration::from_secs(20), fetching).await, "the asset fetches never started");
     let updated = json!({"type": "video.asset.updated", "object": {"type": "asset", "id": asset},
@@ -412,24 +417,11 @@ async fn an_update_during_the_ready_fetch_is_not_lost() {
 #[tokio::test]
 async fn an_ingest_whose_fetch_outlasts_a_restart_goes_to_the_new_adapter() {
     let fake = FakeMux::start().await;
-    let app = TestApp::start_with(Options {
-        extra_toml: format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr),
-        ..Default::default()
-    })
-    .await;
+    let app = app_with_patient_mux(&fake).await;
     let conn = mux_connection(&app, SIGNING_SECRET).await;
     let (bucket, _) = mux_bucket(&app, "patched-mid-fetch", &conn).await;
     let asset = "HeLdPaTcHeD01";
-    let body = ready_event(asset, false); // no playback ids: the asset is fetched
-    let header = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
-    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
-    let pending = {
-        let (client, url) = (reqwest::Client::new(), app.url(&ingest));
-        tokio::spawn(async move {
-            let r = client.post(url).header("Mux-Signature", header).body(body).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default())
-        })
-    };
+    let pending = spawn_ingest(&app, &bucket, &ready_event(asset, false)); // no playback ids: fetched
     let fetching = || async { fake.calls().iter().any(|(id, _)| id == asset) };
     assert!(eventually(Duration::from_secs(20), fetching).await, "the asset fetch never started");
     // Longer than the wait for a restart (2 s), then the PATCH (the adapter as it is).
