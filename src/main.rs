@@ -152,6 +152,10 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
+/// A second stop signal sooner than this after the first is taken as the same one.
+#[cfg(unix)]
+const DOUBLE_SIGNAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The shutdown signals: the first future resolves on SIGINT or SIGTERM (a graceful stop),
 /// the second on the next one after it (the stop cut short: an operator pressing Ctrl-C
 /// again, or a service manager that does not want to wait out `shutdown_timeout_seconds`
@@ -163,10 +167,6 @@ fn run() -> anyhow::Result<()> {
 /// future is first polled, once the daemon serves: until then their default ends a start on
 /// the spot, which is safe (the log replays at the next start), where a handler would make
 /// a stop wait for the whole start.
-/// A second stop signal sooner than this after the first is taken as the same one.
-#[cfg(unix)]
-const DOUBLE_SIGNAL: std::time::Duration = std::time::Duration::from_secs(1);
-
 #[cfg(unix)]
 fn shutdown_signals() -> (impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -200,7 +200,7 @@ fn shutdown_signals() -> (impl std::future::Future<Output = ()>, impl std::futur
             let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
             let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
             next_stop(&mut interrupt, &mut terminate, &mut hangup).await;
-            tracing::info!("shutdown signal received (another one cuts the shutdown short)");
+            tracing::info!("shutdown signal received (another one, a second or more later, cuts the shutdown short)");
             let first_at = std::time::Instant::now();
             tokio::spawn(async move {
                 loop {

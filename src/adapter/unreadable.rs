@@ -121,3 +121,30 @@ pub fn adapter_error(bucket: &Bucket, secrets: &SecretBox) -> Option<crate::cryp
     };
     crate::catalog::connection::ProviderConfig::decode(adapter.adapter_type, &plain).err()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inline credentials that decrypt but do not decode (another version wrote them) are
+    /// unreadable too, and said so as a format, not a key, problem.
+    #[test]
+    fn inline_credentials_that_do_not_decode_are_unreadable() {
+        let secrets = SecretBox::new([7u8; 32]);
+        let bucket_id = crate::ids::BucketId::generate();
+        let mut bucket: Bucket = serde_json::from_value(serde_json::json!({
+            "bucket_id": bucket_id, "bucket_name": "b", "namespace": "default",
+            "bucket_schema": {"properties": {}},
+            "source_adapter": {"adapter_type": "supabase", "enabled": true,
+                "batching": {"mode": "immediate"}, "webhook_secret_sha256": "00", "configured_at": ""},
+            "created_at": "", "updated_at": ""}))
+        .expect("a bucket");
+        let sealed = |plain: &[u8]| Some(secrets.seal(plain, bucket_id.as_str()));
+        let adapter = bucket.source_adapter.as_mut().expect("an adapter");
+        adapter.sealed_credentials = sealed(br#"{"url": "https://x.supabase.co", "service_role_key": "k"}"#);
+        assert!(adapter_error(&bucket, &secrets).is_none());
+        bucket.source_adapter.as_mut().expect("an adapter").sealed_credentials = sealed(br#"{"url": 5}"#);
+        assert!(matches!(adapter_error(&bucket, &secrets), Some(crate::crypto::DecryptError::Format("supabase"))));
+        assert!(matches!(adapter_error(&bucket, &SecretBox::new([8u8; 32])), Some(crate::crypto::DecryptError::Key)));
+    }
+}

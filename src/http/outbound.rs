@@ -80,16 +80,15 @@ async fn list(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
 }
 
 /// A channel's `configs` hold secrets (a Slack or receiver URL, a header's token, the
-/// signing `secret`): one sent in the wrong type is refused without its value quoted (a
-/// setting such as `timeout` keeps it).
+/// signing `secret`), and a channel or its `configs` sent as a string may be one: an error
+/// there is refused without the value quoted, but for the settings known to hold none
+/// (`timeout`, the templates, the recipients `to`).
 fn quiet_configs(e: ApiError) -> ApiError {
-    let secret = |field: &str| {
-        [".configs.url", ".configs.webhook_url", ".configs.secret", ".configs.headers"]
-            .iter()
-            .any(|s| field.contains(s))
+    let harmless = |field: &str| {
+        field.ends_with(".timeout") || field.ends_with("_template") || field.ends_with(".to") || field.contains(".to[")
     };
     match e {
-        ApiError::Validation { field, message } if secret(&field) => {
+        ApiError::Validation { field, message } if field.starts_with("channels") && !harmless(&field) => {
             let message = crate::error::without_value(&message);
             ApiError::Validation { field, message }
         }

@@ -2112,6 +2112,9 @@ async fn a_channel_secret_of_the_wrong_type_is_not_echoed() {
         json!({"channel": "webhook", "configs": {"url": "https://h.example.com/x", "headers": {"Authorization": 98765432123u64}}}),
         json!({"channel": "webhook", "configs": {"url": "https://h.example.com/x", "secret": 98765432123u64}}),
         json!({"channel": "slack", "configs": {"webhook_url": 98765432123u64}}),
+        // A Slack URL pasted as the configs, or as the channel.
+        json!({"channel": "slack", "configs": "https://hooks.slack.com/services/T0/B0/98765432123"}),
+        json!("https://hooks.slack.com/services/T0/B0/98765432123"),
     ] {
         let (s, b) = app
             .post(
@@ -2120,7 +2123,7 @@ async fn a_channel_secret_of_the_wrong_type_is_not_echoed() {
             )
             .await;
         assert_eq!(s, 422, "{b}");
-        assert!(b["error"]["field"].as_str().unwrap_or_default().contains("configs"), "{b}");
+        assert!(b["error"]["field"].as_str().unwrap_or_default().starts_with("channels[0]"), "{b}");
         assert!(!b.to_string().contains("98765432123"), "the value is not echoed: {b}");
     }
 }

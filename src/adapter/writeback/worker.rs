@@ -329,15 +329,18 @@ impl WorkerState {
         let mut batch = Batch::new();
         for k in found {
             let Some(newer) = self.jobs.get(k).cloned() else { continue };
-            if newer.external_id.is_none() {
+            // A job queued now has the object's ID as it is; a dead job retried by hand keeps
+            // the one it was queued with (maybe a key the row has since left): not a guide.
+            if newer.external_id.is_none() || newer.caused_at_ms != Some(newer.created_at_ms) {
                 continue;
             }
-            let newer_at = caused_at(&newer);
+            // Older as `coalesce` orders them: by cause, then key.
+            let newer_at = (caused_at(&newer), k.as_str());
             for (key, j) in self.jobs.iter_mut() {
                 if key != k
                     && j.object_id == newer.object_id
                     && j.external_id != newer.external_id
-                    && caused_at(j) <= newer_at
+                    && (caused_at(j), key.as_str()) < newer_at
                 {
                     j.external_id = newer.external_id.clone();
                     // An attempt in flight keeps its own copy (and is covered, below).
@@ -386,6 +389,10 @@ impl WorkerState {
                     tracing::debug!(bucket_id = %bucket, object_id = %j.object_id, attempts = j.attempts, "written back");
                 }
                 Decision::RetryIn(d) => {
+                    // The ID as it is now: a re-key while the attempt ran (see `rekey_older`).
+                    if let Some(current) = self.jobs.get(&key) {
+                        j.external_id = current.external_id.clone();
+                    }
                     j.next_attempt_ms = now + d.as_millis() as u64;
                     j.last_error = error.clone();
                     batch.put(KS, &key, &j);
@@ -402,6 +409,9 @@ impl WorkerState {
                     last_failure = Some(msg);
                 }
                 Decision::Dead => {
+                    if let Some(current) = self.jobs.get(&key) {
+                        j.external_id = current.external_id.clone();
+                    }
                     j.last_error = error.clone();
                     batch.delete(KS, &key);
                     batch.put(KS, &j.dead_key(&bucket), &j);
