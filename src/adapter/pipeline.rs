@@ -50,7 +50,10 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
     let event_type = kind::event_type(adapter, payload);
     // Every database webhook names its operation: a body without one is not an event to
     // leave aside (200, ignored) but not Supabase's at all, said as one without `schema` is.
-    if adapter.adapter_type == crate::catalog::ProviderType::Supabase && event_type.is_none() {
+    // (A `type` that is not a string, `7`, is none either: Supabase sends its operation's name.)
+    if adapter.adapter_type == crate::catalog::ProviderType::Supabase
+        && !payload.get("type").is_some_and(Value::is_string)
+    {
         return Err(PayloadError(
             "not a Supabase database webhook payload: no \"type\" (INSERT, UPDATE, DELETE or TRUNCATE)".into(),
         ));
@@ -440,6 +443,10 @@ pub(crate) mod tests {
         let body = json!({"table": "a", "schema": "public", "record": {"id": 1}});
         let Err(e) = screen(&a, &body) else { panic!("accepted") };
         assert!(e.0.starts_with("not a Supabase database webhook payload: no \"type\""), "{}", e.0);
+        for odd in [json!(7), json!(true), json!(null), json!(["INSERT"])] {
+            let body = json!({"type": odd, "table": "a", "schema": "public", "record": {"id": 1}});
+            assert!(screen(&a, &body).is_err(), "type {odd} is not a Supabase operation");
+        }
         let truncate = json!({"type": "TRUNCATE", "table": "a", "schema": "public", "record": null});
         assert!(matches!(screen(&a, &truncate), Ok(Screen::Ignored)), "a type outside the filter is still ignored");
     }
