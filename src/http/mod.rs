@@ -11,7 +11,14 @@
 /// Dispatches on the request method for one route; any other method is 405.
 macro_rules! methods {
     ($m:expr, $label:expr, { $($meth:ident => $handler:expr),+ $(,)? }) => {{
-        let result: Result<$crate::http::Response, $crate::error::ApiError> = match $m {
+        // HEAD is answered as GET is where GET is taken (RFC 9110 §9.3.2): hyper sends the
+        // head of the answer, never its body.
+        let allowed: &[&str] = &[$(stringify!($meth)),+];
+        let method = match $m {
+            warp::http::Method::HEAD if allowed.contains(&"GET") => warp::http::Method::GET,
+            other => other,
+        };
+        let result: Result<$crate::http::Response, $crate::error::ApiError> = match method {
             $(warp::http::Method::$meth => $handler.await,)+
             other => Err($crate::error::ApiError::MethodNotAllowed {
                 method: other.to_string(),
@@ -908,6 +915,11 @@ pub fn error_response(e: &ApiError) -> Response {
     }
     // RFC 9110: a 405 lists the methods the route takes.
     if let ApiError::MethodNotAllowed { allow, .. } = e {
+        // HEAD is taken wherever GET is (see `methods!`).
+        let mut allow = allow.to_vec();
+        if allow.contains(&"GET") && !allow.contains(&"HEAD") {
+            allow.push("HEAD");
+        }
         if let Ok(v) = warp::http::HeaderValue::from_str(&allow.join(", ")) {
             resp.headers_mut().insert(warp::http::header::ALLOW, v);
         }

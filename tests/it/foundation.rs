@@ -461,6 +461,18 @@ async fn malformed_requests_get_the_right_status() {
         let r = app.client.head(app.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
+    // So is every route GET takes: its answer's head, no body.
+    let r = app.client.head(app.url("/v1/buckets")).bearer_auth(&app.api_key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap_or_default().contains("json"));
+    assert!(r.bytes().await.unwrap().is_empty(), "no body");
+    let r = app.client.head(app.url("/v1/buckets")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "authenticated as GET is");
+    let r = app.client.put(app.url("/v1/buckets")).bearer_auth(&app.api_key).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "GET, POST, HEAD");
+    // Not where GET is not taken.
+    let r = app.client.head(app.url("/v1/events")).bearer_auth(&app.api_key).send().await.unwrap();
+    assert_eq!(r.status(), 405);
 }
 
 #[tokio::test]
