@@ -42,6 +42,14 @@ impl ApiError {
         ApiError::Validation { field: field.into(), message: message.into() }
     }
 
+    /// A 422 without the value its message quotes (see [`without_value`]); others as they are.
+    pub fn unquoted(self) -> Self {
+        match self {
+            ApiError::Validation { field, message } => ApiError::Validation { field, message: without_value(&message) },
+            other => other,
+        }
+    }
+
     /// 503 for new work while the data disk is under `storage.min_free_mb` (see
     /// `store/room.rs`). No figures: the sender may be anyone; the log and metrics have them.
     pub fn short_of_disk() -> Self {

@@ -234,7 +234,7 @@ pub fn no_api_credentials(
 pub fn default_blob_unplaced(schema: &crate::catalog::BucketSchema, adapter: &SourceAdapter) -> Option<String> {
     let file_field = default_file_field(adapter.adapter_type)?;
     let video = super::spec::BlobType::Video.as_str();
-    if adapter.blob_source.is_some() || schema.get("video").is_some_and(|p| p.kind.as_str() == video) {
+    if adapter.blob_source.is_some() || has_default_blob_property(schema) {
         return None;
     }
     // Another property of type video can take it (blob_source.target_property).
@@ -249,6 +249,15 @@ pub fn default_blob_unplaced(schema: &crate::catalog::BucketSchema, adapter: &So
          meant, nothing to do). To keep it, {keep}",
         adapter.adapter_type.as_str()
     ))
+}
+
+/// The property an adapter's default blob goes to when it has no `blob_source`.
+pub const DEFAULT_BLOB_PROPERTY: &str = "video";
+
+/// Whether `schema` has [`DEFAULT_BLOB_PROPERTY`] as a property of type video: where the
+/// default blob goes (a bucket without it gets none: metadata only).
+pub fn has_default_blob_property(schema: &crate::catalog::BucketSchema) -> bool {
+    schema.get(DEFAULT_BLOB_PROPERTY).is_some_and(|p| p.kind.as_str() == super::spec::BlobType::Video.as_str())
 }
 
 /// The default `blob_source.file_field` when the adapter sets none.

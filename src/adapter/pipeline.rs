@@ -241,9 +241,8 @@ pub fn materialize_with_storage(
         // The adapter's default blob (Mux: the playback URL) goes to a `video` property, if
         // the schema has one; a metadata-only bucket gets none.
         None => {
-            let has_video = schema.get("video").is_some_and(|p| p.kind.as_str() == BlobType::Video.as_str());
-            let ff = kind::default_file_field(adapter.adapter_type).filter(|_| has_video);
-            (ff, BlobType::Video, "video".to_string(), false)
+            let ff = kind::default_file_field(adapter.adapter_type).filter(|_| kind::has_default_blob_property(schema));
+            (ff, BlobType::Video, kind::DEFAULT_BLOB_PROPERTY.to_string(), false)
         }
     };
     if let Some(ff) = file_field {

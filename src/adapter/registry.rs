@@ -338,9 +338,7 @@ impl RegistryState {
     /// address rules, at configuration: one they refuse would only fail every call later.
     fn check_target(&self, field: &str, raw: &str) -> Result<(), ApiError> {
         let policy = crate::delivery::netguard::NetPolicy::from(&self.shared.config.delivery);
-        let url = url::Url::parse(raw).map_err(|e| ApiError::validation(field, format!("not a URL: {e}")))?;
-        crate::delivery::netguard::check_url(&url, policy).map_err(|e| ApiError::validation(field, e))?;
-        crate::delivery::netguard::check_written(raw, &url).map_err(|e| ApiError::validation(field, e))
+        crate::delivery::netguard::check_target(raw, policy).map(drop).map_err(|e| ApiError::validation(field, e))
     }
 
     /// A connection's URL under the same rules: a Supabase project's, and a generic_webhook

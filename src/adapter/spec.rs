@@ -323,6 +323,23 @@ impl SourceAdapter {
         self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)
     }
 
+    /// The inline `connection.credentials`, decrypted (sealed under `bucket_id`) and decoded
+    /// as this adapter type's; `None` when there are none. One place for every reader (the
+    /// actor, the writeback sender, the start-up scan, the view): credentials that decrypt
+    /// but do not decode are an error to all of them, not "none".
+    pub fn inline_credentials(
+        &self,
+        bucket_id: &crate::ids::BucketId,
+        secrets: &crate::crypto::SecretBox,
+    ) -> Option<Result<ProviderConfig, crate::crypto::DecryptError>> {
+        let sealed = self.sealed_credentials.as_deref()?;
+        Some(
+            secrets
+                .open(sealed, bucket_id.as_str())
+                .and_then(|plain| ProviderConfig::decode(self.adapter_type, &plain)),
+        )
+    }
+
     /// Supabase: the pinned `(schema, table)` (schema default `public`), if `table` is set.
     pub fn table(&self) -> Option<(&str, &str)> {
         self.table.as_deref().map(|t| (self.schema.as_deref().unwrap_or(super::supabase::DEFAULT_SCHEMA), t))
@@ -640,8 +657,8 @@ impl SourceAdapterInput {
         let blob_property = match &self.blob_source {
             Some(b) if b.file_field.is_some() || default_ff => Some(b.property()),
             Some(_) => None,
-            None => Some("video")
-                .filter(|v| default_ff && schema.get(v).is_some_and(|p| p.kind.as_str() == BlobType::Video.as_str())),
+            None => Some(super::kind::DEFAULT_BLOB_PROPERTY)
+                .filter(|_| default_ff && super::kind::has_default_blob_property(schema)),
         };
         for (name, p) in &schema.properties {
             if p.required && !targets.contains_key(name) && blob_property != Some(name.as_str()) {

@@ -113,13 +113,7 @@ impl Unreadable {
 
 /// Why the bucket's adapter's inline credentials cannot be opened, if they cannot.
 pub fn adapter_error(bucket: &Bucket, secrets: &SecretBox) -> Option<crate::crypto::DecryptError> {
-    let adapter = bucket.source_adapter.as_ref()?;
-    let sealed = adapter.sealed_credentials.as_deref()?;
-    let plain = match secrets.open(sealed, bucket.bucket_id.as_str()) {
-        Ok(plain) => plain,
-        Err(e) => return Some(e),
-    };
-    crate::catalog::connection::ProviderConfig::decode(adapter.adapter_type, &plain).err()
+    bucket.source_adapter.as_ref()?.inline_credentials(&bucket.bucket_id, secrets)?.err()
 }
 
 #[cfg(test)]

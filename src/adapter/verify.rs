@@ -457,7 +457,6 @@ pub fn credentials(
     bucket_id: &BucketId,
     adapter: &SourceAdapter,
 ) -> Result<Option<crate::catalog::connection::ProviderConfig>, String> {
-    use crate::catalog::connection::ProviderConfig;
     let secrets = &shared.secrets;
     let failed = |what: &str| format!("the adapter's credentials could not be {what}; see the daemon log");
     let why = |e: &crate::crypto::DecryptError| match e {
@@ -480,15 +479,12 @@ pub fn credentials(
             }
         };
     }
-    let Some(sealed) = adapter.sealed_credentials.as_ref() else { return Ok(None) };
     // Credentials that do not decode are not "none": a Mux adapter would map without the
     // API, silently.
-    match secrets
-        .open(sealed, bucket_id.as_str())
-        .and_then(|plain| ProviderConfig::decode(adapter.adapter_type, &plain))
-    {
-        Ok(cfg) => Ok(Some(cfg)),
-        Err(e) => {
+    match adapter.inline_credentials(bucket_id, secrets) {
+        None => Ok(None),
+        Some(Ok(cfg)) => Ok(Some(cfg)),
+        Some(Err(e)) => {
             tracing::error!(bucket_id = %bucket_id, error = %e, "open inline credentials");
             Err(failed(why(&e)))
         }

@@ -178,12 +178,7 @@ impl ProviderConfig {
     pub fn parse_at(at: &str, provider_type: ProviderType, v: serde_json::Value) -> Result<ProviderConfig, ApiError> {
         // Not echoing the value: a credential sent in the wrong type is still a secret.
         fn typed_at<T: serde::de::DeserializeOwned>(at: &str, v: serde_json::Value) -> Result<T, ApiError> {
-            crate::error::deserialize_at(Some(at), v).map_err(|e| match e {
-                ApiError::Validation { field, message } => {
-                    ApiError::validation(field, crate::error::without_value(&message))
-                }
-                other => other,
-            })
+            crate::error::deserialize_at(Some(at), v).map_err(ApiError::unquoted)
         }
         let field = |name: &str| format!("{at}.{name}");
         if let Some((path, shown)) = placeholder_in(&v) {

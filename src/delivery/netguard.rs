@@ -78,6 +78,16 @@ pub fn check_written(raw: &str, url: &url::Url) -> Result<(), String> {
     }
 }
 
+/// A URL hookline will call, as configured: it parses, passes [`check_url`] and is written
+/// as it is read ([`check_written`]). What receivers, writeback targets and connections are
+/// checked by when saved.
+pub fn check_target(raw: &str, policy: NetPolicy) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    check_url(&url, policy)?;
+    check_written(raw, &url)?;
+    Ok(url)
+}
+
 /// Checks scheme and (when the host is a literal IP or `localhost`) the address.
 pub fn check_url(url: &url::Url, policy: NetPolicy) -> Result<(), String> {
     match url.scheme() {

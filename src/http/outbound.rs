@@ -87,12 +87,9 @@ fn quiet_configs(e: ApiError) -> ApiError {
     let harmless = |field: &str| {
         field.ends_with(".timeout") || field.ends_with("_template") || field.ends_with(".to") || field.contains(".to[")
     };
-    match e {
-        ApiError::Validation { field, message } if field.starts_with("channels") && !harmless(&field) => {
-            let message = crate::error::without_value(&message);
-            ApiError::Validation { field, message }
-        }
-        other => other,
+    match &e {
+        ApiError::Validation { field, .. } if field.starts_with("channels") && !harmless(field) => e.unquoted(),
+        _ => e,
     }
 }
 

@@ -64,13 +64,11 @@ impl Sender {
                 Some(c) => c.open(secrets).map(Some).map_err(|e| retriable(format!("open connection {id}: {e}"))),
             };
         }
-        let Some(sealed) = self.adapter.sealed_credentials.as_ref() else { return Ok(None) };
-        let plain = secrets
-            .open(sealed, self.bucket_id.as_str())
-            .map_err(|e| retriable(format!("open the adapter's inline credentials: {e}")))?;
-        ProviderConfig::decode(self.adapter.adapter_type, &plain)
-            .map(Some)
-            .map_err(|e| retriable(format!("decode the adapter's inline credentials: {e}")))
+        // (The error says whether they do not decrypt or do not decode.)
+        self.adapter
+            .inline_credentials(&self.bucket_id, secrets)
+            .transpose()
+            .map_err(|e| retriable(format!("open the adapter's inline credentials: {e}")))
     }
 
     /// Sends one job once.

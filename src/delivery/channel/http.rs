@@ -46,9 +46,7 @@ pub(super) fn check_receiver_url(field: String, raw: &str, policy: NetPolicy) ->
             format!("must be at most {MAX_URL_BYTES} bytes, without spaces or control characters"),
         ));
     }
-    let u = url::Url::parse(raw).map_err(|e| ApiError::validation(field.clone(), format!("not a URL: {e}")))?;
-    check_url(&u, policy).map_err(|e| ApiError::validation(field.clone(), e))?;
-    crate::delivery::netguard::check_written(raw, &u).map_err(|e| ApiError::validation(field, e))
+    crate::delivery::netguard::check_target(raw, policy).map(drop).map_err(|e| ApiError::validation(field, e))
 }
 
 #[derive(Clone, Serialize, Deserialize)]
