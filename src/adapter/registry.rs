@@ -377,6 +377,11 @@ impl RegistryState {
             .get(Keyspace::CONNECTIONS, id.as_str())?
             .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
         let (name, config) = body.validate(conn.provider_type)?;
+        // What is already there (`{}`, the same name) is no change: nothing written, and
+        // `updated_at` stays, as for buckets and webhooks. New credentials always count.
+        if config.is_none() && name.as_ref().is_none_or(|n| *n == conn.name) {
+            return Ok(conn);
+        }
         if let Some(config) = &config {
             self.check_connection_target(config)?;
         }

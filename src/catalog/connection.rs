@@ -497,7 +497,8 @@ pub struct PatchConnection {
 }
 
 impl PatchConnection {
-    /// Checks the body against the connection's provider type.
+    /// Checks the body against the connection's provider type. `{}` is valid and changes
+    /// nothing, as a bucket's or a webhook's empty PATCH.
     pub fn validate(self, provider_type: ProviderType) -> Result<(Option<String>, Option<ProviderConfig>), ApiError> {
         if let Some(name) = &self.name {
             check_name(name)?;
@@ -509,9 +510,6 @@ impl PatchConnection {
             }
             Some(v) => Some(ProviderConfig::parse(provider_type, v)?),
         };
-        if self.name.is_none() && config.is_none() {
-            return Err(ApiError::validation("name", "nothing to change: give name and/or provider_config"));
-        }
         Ok((self.name, config))
     }
 }

@@ -363,10 +363,24 @@ fn ready_event(asset_id: &str, with_playback: bool) -> String {
     v.to_string()
 }
 
-/// A daemon whose Mux API is `fake`, with time for a held fetch (the bound is 25 s).
-async fn app_with_patient_mux(fake: &FakeMux) -> TestApp {
-    let extra_toml = format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr);
-    TestApp::start_with(Options { extra_toml, ..Default::default() }).await
+/// A daemon whose Mux API is a [`FakeMux`], with time for a held fetch (the bound is 25 s),
+/// and a Mux bucket on a connection signing with [`SIGNING_SECRET`].
+struct HeldFetch {
+    fake: FakeMux,
+    app: TestApp,
+    conn: String,
+    bucket: String,
+}
+
+impl HeldFetch {
+    async fn start(bucket_name: &str) -> HeldFetch {
+        let fake = FakeMux::start().await;
+        let extra_toml = format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr);
+        let app = TestApp::start_with(Options { extra_toml, ..Default::default() }).await;
+        let conn = mux_connection(&app, SIGNING_SECRET).await;
+        let (bucket, _) = mux_bucket(&app, bucket_name, &conn).await;
+        HeldFetch { fake, app, conn, bucket }
+    }
 }
 
 /// `body` ingested into `bucket`, signed, from a task of its own: (status, answer).
@@ -384,10 +398,7 @@ fn spawn_ingest(app: &TestApp, bucket: &str, body: &str) -> tokio::task::JoinHan
 /// object made from the newer answer (it kept the older state, the update acknowledged).
 #[tokio::test]
 async fn an_update_during_the_ready_fetch_is_not_lost() {
-    let fake = FakeMux::start().await;
-    let app = app_with_patient_mux(&fake).await;
-    let conn = mux_connection(&app, SIGNING_SECRET).await;
-    let (bucket, _) = mux_bucket(&app, "updated-mid-fetch", &conn).await;
+    let HeldFetch { fake, app, conn, bucket } = HeldFetch::start("updated-mid-fetch").await;
     let asset = "HeLdUpDaTe01";
     // No playback ids: the asset is fetched. Two deliveries of it (Mux retried one), both
     // fetching when the update comes.
@@ -414,16 +425,21 @@ async fn an_update_during_the_ready_fetch_is_not_lost() {
 /// A PATCH of the bucket while an ingest's asset fetch is in flight restarts the adapter; the
 /// ingest goes to the new adapter once (whenever the old one let it go), not a 503 because
 /// the fetch outlasted the wait for a restart.
+///
+/// A lifecycle update came during that fetch too: the old adapter's fetch ends with it (no
+/// fetch again there), and the new adapter's fetch, made after the update, is the one the
+/// object is made from: two fetches, not three.
 #[tokio::test]
 async fn an_ingest_whose_fetch_outlasts_a_restart_goes_to_the_new_adapter() {
-    let fake = FakeMux::start().await;
-    let app = app_with_patient_mux(&fake).await;
-    let conn = mux_connection(&app, SIGNING_SECRET).await;
-    let (bucket, _) = mux_bucket(&app, "patched-mid-fetch", &conn).await;
-    let asset = "HeLdPaTcHeD01";
+    let HeldFetch { fake, app, conn, bucket } = HeldFetch::start("patched-mid-fetch").await;
+    let asset = "HeLdUpPaTcHeD01";
     let pending = spawn_ingest(&app, &bucket, &ready_event(asset, false)); // no playback ids: fetched
     let fetching = || async { fake.calls().iter().any(|(id, _)| id == asset) };
     assert!(eventually(Duration::from_secs(20), fetching).await, "the asset fetch never started");
+    let updated = json!({"type": "video.asset.updated", "object": {"type": "asset", "id": asset},
+        "id": "evt-upd-restart", "data": {"id": asset, "status": "ready", "meta": {"title": "renamed"}}});
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &updated).await;
+    assert_eq!((s, r["objects"].as_array().map(Vec::len)), (200, Some(0)), "no object yet: {r}");
     // Longer than the wait for a restart (2 s), then the PATCH (the adapter as it is).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
@@ -436,7 +452,10 @@ async fn an_ingest_whose_fetch_outlasts_a_restart_goes_to_the_new_adapter() {
     fake.release_held();
     let (s, r) = pending.await.unwrap();
     assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
-    assert_eq!(objects(&app, &bucket).await.len(), 1);
+    let objects = objects(&app, &bucket).await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(fake.calls().iter().filter(|(id, _)| id == asset).count(), 2, "the old adapter fetched again");
+    assert_eq!(objects[0]["metadata"]["title"], "fetch 2", "{objects:?}");
 }
 
 /// A Mux API answer hookline cannot read (a proxy's page, a cut body) is the API's failure,
@@ -1198,11 +1217,17 @@ async fn a_mux_connection_holds_a_secret_per_endpoint_and_patch_replaces_them() 
     let (s, r) = signed_ingest("whsec-rotated", "AsSeTmUlTi03").await;
     assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
 
-    // Refused, naming the field: nothing to change, another provider's shape, a removal, a
-    // type change, a blank name; an unknown connection is a 404.
+    // What is already there changes nothing: a 200, `updated_at` kept (as a bucket's `{}`).
     let path = format!("/v1/organizations/connections/{conn}");
+    for body in [json!({}), json!({"name": "mux-prod"})] {
+        let (s, same) = app.patch(&path, body.clone()).await;
+        assert_eq!(s, 200, "{body}: {same}");
+        assert_eq!((&same["name"], &same["updated_at"]), (&view["name"], &view["updated_at"]), "{body}: {same}");
+    }
+
+    // Refused, naming the field: another provider's shape, a removal, a type change, a
+    // blank name; an unknown connection is a 404.
     for (body, field) in [
-        (json!({}), "name"),
         (json!({"provider_config": {"url": "https://x.supabase.co", "service_role_key": "k"}}), "provider_config"),
         (json!({"provider_config": null}), "provider_config"),
         (json!({"provider_type": "supabase"}), "provider_type"),
