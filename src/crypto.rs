@@ -36,6 +36,17 @@ pub enum DecryptError {
     Format(&'static str),
 }
 
+impl DecryptError {
+    /// What could not be done to the credentials, for "… cannot be {}" in an answer that
+    /// points to the daemon log (which has the whole error).
+    pub fn cannot_be(&self) -> &'static str {
+        match self {
+            DecryptError::Key => "decrypted with the current master key",
+            DecryptError::Format(_) => "decoded (written by another hookline version?)",
+        }
+    }
+}
+
 impl SecretBox {
     pub fn new(key: [u8; 32]) -> Self {
         let key = Key::from(key);

@@ -458,18 +458,14 @@ pub fn credentials(
     adapter: &SourceAdapter,
 ) -> Result<Option<crate::catalog::connection::ProviderConfig>, String> {
     let secrets = &shared.secrets;
-    let failed = |what: &str| format!("the adapter's credentials could not be {what}; see the daemon log");
-    let why = |e: &crate::crypto::DecryptError| match e {
-        crate::crypto::DecryptError::Key => "decrypted",
-        crate::crypto::DecryptError::Format(_) => "decoded",
-    };
+    let failed = |what: &str| format!("the adapter's credentials cannot be {what}; see the daemon log");
     if let Some(id) = &adapter.connection_id {
         return match shared.store.get::<Connection>(Keyspace::CONNECTIONS, id.as_str()) {
             Ok(Some(c)) => match c.open(secrets) {
                 Ok(cfg) => Ok(Some(cfg)),
                 Err(e) => {
                     tracing::error!(bucket_id = %bucket_id, connection_id = %id, error = %e, "open connection");
-                    Err(failed(why(&e)))
+                    Err(failed(e.cannot_be()))
                 }
             },
             Ok(None) => Ok(None),
@@ -486,7 +482,7 @@ pub fn credentials(
         Some(Ok(cfg)) => Ok(Some(cfg)),
         Some(Err(e)) => {
             tracing::error!(bucket_id = %bucket_id, error = %e, "open inline credentials");
-            Err(failed(why(&e)))
+            Err(failed(e.cannot_be()))
         }
     }
 }
@@ -548,10 +544,7 @@ pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, ra
         tracing::error!(connection_id = %id, error = %e, "open connection");
         ApiError::Unavailable(format!(
             "connection {id}'s credentials cannot be {}, so Mux-Signature cannot be checked; see the daemon log",
-            match e {
-                crate::crypto::DecryptError::Key => "decrypted with the current master key",
-                crate::crypto::DecryptError::Format(_) => "decoded (written by another hookline version?)",
-            }
+            e.cannot_be()
         ))
     })?;
     let secrets = cfg.mux_signing_secrets();
