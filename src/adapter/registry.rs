@@ -97,6 +97,14 @@ pub enum RegistryMsg {
         batch_id: BatchId,
         reply: RpcReplyPort<Result<BatchRecord, ApiError>>,
     },
+    /// `DELETE …/batches/{batch_id}`: the batch's record only (its objects stay). Here, as
+    /// a submit is: a batch cannot be deleted while it is being submitted.
+    DeleteBatch {
+        namespace: String,
+        bucket_id: BucketId,
+        batch_id: BatchId,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
     /// `POST …/source-adapter/writebacks/{writeback_id}/retry`: forwarded to the bucket's
     /// adapter actor when it runs, re-queued here otherwise (see `writeback/operator.rs`).
     RequeueWriteback {
@@ -249,6 +257,9 @@ impl Actor for BucketRegistry {
             }
             RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply } => {
                 let _ = reply.send(state.submit_batch(&namespace, &bucket_id, &batch_id).await);
+            }
+            RegistryMsg::DeleteBatch { namespace, bucket_id, batch_id, reply } => {
+                let _ = reply.send(state.delete_batch(&namespace, &bucket_id, &batch_id).await);
             }
             RegistryMsg::RequeueWriteback { namespace, bucket_id, writeback_id, reply } => {
                 answer(reply, state.requeue_writeback(&namespace, &bucket_id, &writeback_id).await);
@@ -1031,6 +1042,21 @@ impl RegistryState {
         }
         self.shared.bus.published([&event]);
         Ok(rec)
+    }
+
+    /// Deletes a batch's record, whatever its status: a pending one is then never submitted
+    /// (nor `batch.completed`). Its objects stay; they keep its `batch_id`.
+    async fn delete_batch(&mut self, namespace: &str, id: &BucketId, batch_id: &BatchId) -> Result<(), ApiError> {
+        self.load_bucket(namespace, id)?;
+        let key = records::key(id, batch_id.as_str());
+        if !self.shared.store.contains(Keyspace::BATCHES, &key)? {
+            return Err(ApiError::NotFound(format!("batch {batch_id} not found in bucket {id}")));
+        }
+        let mut batch = Batch::new();
+        batch.delete(Keyspace::BATCHES, &key);
+        self.shared.store.commit(batch).await?;
+        tracing::info!(bucket_id = %id, batch_id = %batch_id, "batch deleted");
+        Ok(())
     }
 
     /// A dead writeback back to pending: the running adapter actor re-queues it (its worker

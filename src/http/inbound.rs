@@ -77,7 +77,10 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
             methods!(m, "/v1/buckets/{bucket_id}/batches", { GET => list_batches(state, req, id) })
         }
         ["v1", "buckets", id, "batches", bid] => {
-            methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}", { GET => get_batch(state, req, id, bid) })
+            methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}", {
+                GET => get_batch(state, req, id, bid),
+                DELETE => delete_batch(state, req, id, bid),
+            })
         }
         ["v1", "buckets", id, "batches", bid, "submit"] => {
             methods!(m, "/v1/buckets/{bucket_id}/batches/{batch_id}/submit", { POST => submit_batch(state, req, id, bid) })
@@ -687,6 +690,19 @@ async fn get_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Res
         .get(Keyspace::BATCHES, &records::key(&bucket.bucket_id, batch_id.as_str()))?
         .ok_or_else(not_found)?;
     Ok(json(StatusCode::OK, &rec))
+}
+
+/// `DELETE …/batches/{batch_id}`: the batch's record goes (its objects stay), 204.
+async fn delete_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {
+    req.authenticate(state)?;
+    req.no_fields()?;
+    let namespace = req.namespace()?;
+    let bucket_id = parse_bucket_id(id)?;
+    let batch_id =
+        BatchId::parse(bid).ok_or_else(|| ApiError::NotFound(format!("batch {bid} not found in bucket {id}")))?;
+    let registry = state.shared.bucket_registry()?;
+    ask!(registry, |reply| RegistryMsg::DeleteBatch { namespace, bucket_id, batch_id, reply })?;
+    Ok(empty(StatusCode::NO_CONTENT))
 }
 
 /// `POST …/source-adapter/flush`: buffered events become objects and batches now (a

@@ -1404,6 +1404,54 @@ async fn count_flushes_at_size_and_waits_for_submit() {
     assert_eq!(app.post(&format!("/v1/buckets/{bucket}/batches/batch_nope/submit"), json!({})).await.0, 404);
 }
 
+/// A batch's record can be deleted (they would pile up, one per flush): a pending one is
+/// then never submitted. Its objects stay.
+#[tokio::test]
+async fn a_batch_is_deleted_and_its_objects_stay() {
+    let app = TestApp::start().await;
+    let batching = json!({"mode": "count", "max_batch_size": 2, "auto_submit": false});
+    let (bucket, secret) = bucket_with_adapter(&app, "del-batch", schema(), full_adapter(batching)).await;
+    for i in 0..4 {
+        let (s, b) = ingest(&app, &bucket, Some(&secret), &mux_like_event(&format!("d{i}"), "video.asset.ready")).await;
+        assert_eq!((s, b["status"].as_str()), (200, Some("buffered")), "{b}");
+    }
+    let (_, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
+    let ids: Vec<String> =
+        batches["results"].as_array().unwrap().iter().map(|b| b["batch_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2, "{batches}");
+    let (pending, completed) = (&ids[0], &ids[1]);
+    let (s, b) = app.post(&format!("/v1/buckets/{bucket}/batches/{completed}/submit"), json!({})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("completed")), "{b}");
+
+    // A DELETE takes no fields: one given is refused and nothing is deleted.
+    let one = format!("/v1/buckets/{bucket}/batches/{pending}");
+    let (s, b) = app.call(reqwest::Method::DELETE, &one, Some(json!({"dry_run": true}))).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("dry_run")), "{b}");
+    assert_eq!(app.get(&one).await.0, 200);
+    for id in [pending, completed] {
+        let path = format!("/v1/buckets/{bucket}/batches/{id}");
+        assert_eq!(app.delete(&path).await.0, 204, "{id}");
+        let (s, b) = app.get(&path).await;
+        assert_eq!(s, 404, "{b}");
+        assert_eq!(app.delete(&path).await.0, 404, "deleted once");
+    }
+    let (s, b) = app.post(&format!("/v1/buckets/{bucket}/batches/{pending}/submit"), json!({})).await;
+    assert_eq!(s, 404, "a deleted batch is not submitted: {b}");
+    let (_, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
+    assert_eq!(batches["results"], json!([]), "{batches}");
+    let objects = objects(&app, &bucket).await;
+    assert_eq!(objects.len(), 4, "{objects:?}");
+    // Unknown and malformed IDs, and another bucket's batch, are 404s.
+    let (other, _) = bucket_with_adapter(&app, "other", schema(), full_adapter(json!({"mode": "immediate"}))).await;
+    for path in [
+        format!("/v1/buckets/{bucket}/batches/batch_nope"),
+        format!("/v1/buckets/{other}/batches/{completed}"),
+        "/v1/buckets/bkt_nope/batches/batch_nope".to_string(),
+    ] {
+        assert_eq!(app.delete(&path).await.0, 404, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn buffered_events_and_dedup_survive_a_crash_and_an_actor_failure() {
     let mut app = TestApp::start().await;
