@@ -157,6 +157,12 @@ pub async fn run_with_hurry(
             }
         }
     };
+    if shared.config.server.enable_debug_endpoints {
+        // They can crash actors and stall ingests (with an API key): said where it is seen.
+        tracing::warn!(
+            "server.enable_debug_endpoints is on: /v1/debug/* can crash and stall actors; never in production"
+        );
+    }
     let http_state = HttpState {
         holds: Arc::new(crate::http::IngestHolds::new(shared.config.server.enable_debug_endpoints)),
         shared: shared.clone(),

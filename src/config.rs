@@ -416,8 +416,9 @@ impl Config {
     }
 
     pub fn apply_env(&mut self, env: &EnvOverrides) {
+        // Trimmed as the API keys are (a template's stray space); a path is taken as written.
         if let Some(l) = &env.listen {
-            self.server.listen = l.clone();
+            self.server.listen = l.trim().to_string();
         }
         if let Some(d) = &env.data_dir {
             self.storage.path = PathBuf::from(d);
@@ -868,6 +869,9 @@ mod tests {
         let e = format!("{:#}", Config::load(&path, &env).unwrap_err());
         assert!(e.starts_with("HOOKLINE_LISTEN (which overrides the config file) is not valid: server.listen"), "{e}");
         Config::load(&path, &EnvOverrides::default()).unwrap();
+        // Spaces around it are a template's, not the address's.
+        let env = EnvOverrides { listen: Some(" 127.0.0.1:18080 \n".into()), ..Default::default() };
+        assert_eq!(Config::load(&path, &env).unwrap().server.listen, "127.0.0.1:18080");
     }
 
     #[test]

@@ -55,9 +55,9 @@ impl SecretBox {
 
     /// Decodes `HOOKLINE_MASTER_KEY` (base64 of 32 bytes); also what `check-config` checks.
     pub fn env_key(k: &str) -> anyhow::Result<[u8; 32]> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(k.trim())
-            .context("HOOKLINE_MASTER_KEY is not valid base64")?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(k.trim()).context(
+            "HOOKLINE_MASTER_KEY is not valid base64 (standard alphabet, padded: `openssl rand -base64 32` makes one)",
+        )?;
         match <[u8; 32]>::try_from(bytes.as_slice()) {
             Ok(key) => Ok(key),
             Err(_) => bail!("HOOKLINE_MASTER_KEY must decode to exactly 32 bytes, got {}", bytes.len()),
@@ -68,21 +68,37 @@ impl SecretBox {
     /// file on first start.
     pub fn load(env_key: Option<&str>, data_dir: &Path) -> anyhow::Result<SecretBox> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        if let Some(k) = env_key {
-            return Ok(SecretBox::new(Self::env_key(k)?));
-        }
+        // Absolute in what is logged: a relative path says little in a service's journal.
         let path = data_dir.join(MASTER_KEY_FILE);
-        if path.exists() {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-            let bytes = b64.decode(text.trim()).with_context(|| format!("{} is not valid base64", path.display()))?;
-            let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
-                bail!("{} must hold base64 of 32 bytes", path.display());
-            };
+        let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let read_file = || -> anyhow::Result<[u8; 32]> {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", shown.display()))?;
+            let bytes = b64.decode(text.trim()).with_context(|| format!("{} is not valid base64", shown.display()))?;
+            match <[u8; 32]>::try_from(bytes.as_slice()) {
+                Ok(key) => Ok(key),
+                Err(_) => bail!("{} must hold base64 of 32 bytes", shown.display()),
+            }
+        };
+        if let Some(k) = env_key {
+            let key = Self::env_key(k)?;
+            // The operator who set the variable beside a key file may not know the file is
+            // ignored: say so when they differ (whatever was sealed with the file's key will
+            // not open, and this is the line that says why).
+            if path.exists() && read_file().ok() != Some(key) {
+                tracing::warn!(
+                    path = %shown.display(),
+                    "HOOKLINE_MASTER_KEY is in use and differs from the key in this file, which is ignored: \
+                     credentials sealed with the file's key cannot be opened"
+                );
+            }
             return Ok(SecretBox::new(key));
+        }
+        if path.exists() {
+            return Ok(SecretBox::new(read_file()?));
         }
         let key: [u8; 32] = <[u8; 32]>::generate();
         write_private(&path, b64.encode(key).as_bytes())?;
-        tracing::info!(path = %path.display(), "created a new master key; back it up with the data directory");
+        tracing::info!(path = %shown.display(), "created a new master key; back it up with the data directory");
         Ok(SecretBox::new(key))
     }
 

@@ -17,7 +17,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     /// 405: `route` is the route's pattern, `allow` what it takes (also the `Allow` header).
-    #[error("{method} is not allowed on {route}; use {}", allow.join(" or "))]
+    #[error("{method} is not allowed on {route}; use {}", one_of(&allowed(allow)))]
     MethodNotAllowed { method: String, route: &'static str, allow: &'static [&'static str] },
     #[error("{0}")]
     Conflict(String),
@@ -35,6 +35,25 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+}
+
+/// The methods a route takes, as a 405 names them (message and `Allow` header): HEAD is
+/// taken wherever GET is (see `http::methods!`).
+pub fn allowed(allow: &[&'static str]) -> Vec<&'static str> {
+    let mut all = allow.to_vec();
+    if all.contains(&"GET") && !all.contains(&"HEAD") {
+        all.push("HEAD");
+    }
+    all
+}
+
+/// `A`, `A or B`, `A, B or C`.
+fn one_of(items: &[&str]) -> String {
+    match items.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 impl ApiError {

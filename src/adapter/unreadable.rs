@@ -70,7 +70,13 @@ impl Unreadable {
         })?;
         let unreadable = found.connections.len() + found.adapters.len();
         if unreadable > 0 {
-            tracing::error!(unreadable, "stored credentials cannot be opened (each is named above, with why)");
+            // The count is the connections' and adapters': each webhook whose secrets cannot
+            // be opened has its own line (the delivery registry owns them).
+            tracing::error!(
+                unreadable,
+                "stored connection and adapter credentials cannot be opened (each is named above, with why; \
+                 webhooks' secrets are logged apart)"
+            );
         }
         found.publish();
         Ok(found)

@@ -490,9 +490,11 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchConnection {
-    #[serde(default)]
+    /// `null` is a 422, not "unchanged" (see [`crate::util::present`]).
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub name: Option<String>,
-    #[serde(default)]
+    /// `Some(Value::Null)` for `null`: refused by name in [`PatchConnection::validate`].
+    #[serde(default, deserialize_with = "crate::util::present")]
     pub provider_config: Option<serde_json::Value>,
 }
 

@@ -915,12 +915,7 @@ pub fn error_response(e: &ApiError) -> Response {
     }
     // RFC 9110: a 405 lists the methods the route takes.
     if let ApiError::MethodNotAllowed { allow, .. } = e {
-        // HEAD is taken wherever GET is (see `methods!`).
-        let mut allow = allow.to_vec();
-        if allow.contains(&"GET") && !allow.contains(&"HEAD") {
-            allow.push("HEAD");
-        }
-        if let Ok(v) = warp::http::HeaderValue::from_str(&allow.join(", ")) {
+        if let Ok(v) = warp::http::HeaderValue::from_str(&crate::error::allowed(allow).join(", ")) {
             resp.headers_mut().insert(warp::http::header::ALLOW, v);
         }
     }

@@ -252,13 +252,34 @@ fn check_writable(path: &std::path::Path) -> Result<(), StoreError> {
         // As the effective user, with its capabilities (`AT_EACCESS`): what opening will meet.
         match accessat(CWD, &p, wanted, AtFlags::EACCESS) {
             Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
+                use std::os::unix::fs::MetadataExt;
+                let me = rustix::process::geteuid().as_raw();
+                let what = if wanted == Access::READ_OK { "read" } else { "read and written" };
+                // Its owner's own permissions stop it (a `chmod` fixes that), or another user
+                // owns it (a `chown` does).
+                let fix = match std::fs::metadata(&p).map(|m| m.uid()) {
+                    Ok(owner) if owner == me => format!(
+                        "it belongs to this user, but its permissions do not allow that: `chmod u+{} {}`",
+                        if p.is_dir() {
+                            "rwx"
+                        } else if wanted == Access::READ_OK {
+                            "r"
+                        } else {
+                            "rw"
+                        },
+                        p.display()
+                    ),
+                    Ok(owner) => format!(
+                        "it belongs to user id {owner}: the data directory and what hookline keeps in it must \
+                         belong to the user hookline runs as (was it first run as another user, such as root?)"
+                    ),
+                    Err(_) => "the data directory and what hookline keeps in it must belong to the user hookline \
+                               runs as"
+                        .to_string(),
+                };
                 return Err(StoreError::Io(format!(
-                    "{} cannot be {} by this process (user id {}): the data directory and what hookline \
-                     keeps in it must belong to the user hookline runs as (was it first run as another \
-                     user, such as root?)",
-                    p.display(),
-                    if wanted == Access::READ_OK { "read" } else { "read and written" },
-                    rustix::process::geteuid().as_raw()
+                    "{} cannot be {what} by this process (user id {me}): {fix}",
+                    p.display()
                 )));
             }
             _ => {}

@@ -452,7 +452,7 @@ async fn malformed_requests_get_the_right_status() {
     let (s, b) = app.call(Method::PUT, "/v1/buckets", None).await;
     assert_eq!(s, 405);
     assert_eq!(b["error"]["code"], "method_not_allowed");
-    assert_eq!(b["error"]["message"], "PUT is not allowed on /v1/buckets; use GET or POST");
+    assert_eq!(b["error"]["message"], "PUT is not allowed on /v1/buckets; use GET, POST or HEAD");
     let r = app.client.post(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET, HEAD");
@@ -496,6 +496,8 @@ async fn restart_keeps_buckets_and_connections() {
 #[tokio::test]
 async fn crashed_actor_is_restarted_and_counted() {
     let mut app = TestApp::start().await;
+    // The tests' daemons run with the debug routes on, which the log warns of.
+    assert!(app.log().contains("server.enable_debug_endpoints is on"), "{}", app.log());
     let (s, _) = app.post("/v1/debug/crash/bucket_registry", json!({})).await;
     assert_eq!(s, 202);
     let restarted = eventually(Duration::from_secs(15), || async {
@@ -939,7 +941,14 @@ async fn a_data_directory_of_another_user_is_refused_saying_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     let named = format!("{} cannot be read and written by this process", data.display());
-    assert!(err.contains(&named) && err.contains("must belong to the user hookline runs as"), "{err}");
+    // Said as what fixes it: another user's directory wants a chown, the user's own a chmod.
+    let fix = match root {
+        true => "it belongs to user id 0: the data directory and what hookline keeps in it must belong".to_string(),
+        false => {
+            format!("it belongs to this user, but its permissions do not allow that: `chmod u+rwx {}`", data.display())
+        }
+    };
+    assert!(err.contains(&named) && err.contains(&fix), "{err}");
     // Nothing was made in it.
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1, "{err}");
 
@@ -952,6 +961,13 @@ async fn a_data_directory_of_another_user_is_refused_saying_so() {
             for p in [&data, &data.join("wal")] {
                 std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
             }
+            // The user's own, but not writable by it: a chmod is what fixes that.
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
+            let out = daemon().output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            let chmod = format!("its permissions do not allow that: `chmod u+rwx {}`", data.display());
+            assert!(!out.status.success() && err.contains(&chmod), "{err}");
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::set_permissions(&lost, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
         false => {
@@ -1246,13 +1262,16 @@ async fn wrong_master_key_is_a_clear_error_not_a_crash() {
     assert!(err.contains("master.key is missing"), "{err}");
     assert!(!app.data_dir.join("master.key").exists(), "a new key was written");
     // Another valid key starts (a key changed on purpose is followed by re-entering the
-    // credentials), and says at once which credentials it cannot open.
+    // credentials), and says at once which credentials it cannot open. A master.key beside
+    // it (the old key, say) is ignored, which is said too.
+    std::fs::write(app.data_dir.join("master.key"), key_a).unwrap();
     app.set_env("HOOKLINE_MASTER_KEY", "HxweHRscGRkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=");
     app.start_again().await;
     let log = app.log();
+    assert!(log.contains("HOOKLINE_MASTER_KEY is in use and differs from the key in this file"), "{log}");
     assert!(log.contains("the connection's credentials cannot be opened") && log.contains(&conn_id), "{log}");
     assert!(log.contains("the source adapter's inline credentials cannot be opened") && log.contains(&bucket), "{log}");
-    assert!(log.contains("stored credentials cannot be opened (each is named above"), "{log}");
+    assert!(log.contains("stored connection and adapter credentials cannot be opened (each is named above"), "{log}");
     assert!(log.contains("cannot be decrypted with the current master key"), "each says why: {log}");
     // And a metric says so, for alerting, until each is set again.
     let unreadable = |m: &str, kind: &str| metric_value(m, "hookline_credentials_unreadable", &[("kind", kind)]);

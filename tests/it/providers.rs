@@ -1230,6 +1230,7 @@ async fn a_mux_connection_holds_a_secret_per_endpoint_and_patch_replaces_them() 
     for (body, field) in [
         (json!({"provider_config": {"url": "https://x.supabase.co", "service_role_key": "k"}}), "provider_config"),
         (json!({"provider_config": null}), "provider_config"),
+        (json!({"name": null}), "name"),
         (json!({"provider_type": "supabase"}), "provider_type"),
         (json!({"name": " "}), "name"),
         // An empty list would silently turn signature checks off, as `""` would.
