@@ -332,6 +332,32 @@ pub fn environment_help() -> String {
     help
 }
 
+/// serde's Rust type names in a TOML error (`expected usize`) in the operator's words.
+fn plain_types(message: &str) -> String {
+    const WORDS: [(&str, &str); 9] = [
+        ("usize", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("u32", "a whole number, 0 or more"),
+        ("u16", "a whole number, 0 or more"),
+        ("u8", "a whole number, 0 or more"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+    ];
+    let mut out = message.to_string();
+    for (ty, words) in WORDS {
+        let rust = format!("expected {ty}");
+        // Only as a whole word at a line's end: `expected u8` is not the start of `expected u64`.
+        out = out
+            .lines()
+            .map(|l| l.strip_suffix(&rust).map_or(l.to_string(), |head| format!("{head}expected {words}")))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    out
+}
+
 /// A secret given in the environment for a channel the config does not set up: said, since
 /// the operator believes it configured something.
 fn unused_secret(var: &str, section: &str) {
@@ -412,7 +438,7 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", plain_types(e.to_string().trim_end())))
     }
 
     pub fn apply_env(&mut self, env: &EnvOverrides) {
@@ -858,6 +884,14 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.starts_with(key) && e.contains("within"), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn type_errors_name_no_rust_types() {
+        let e = Config::from_toml("[server]\nmax_body_bytes = -1\n").unwrap_err().to_string();
+        assert!(e.ends_with("invalid value: integer `-1`, expected a whole number, 0 or more"), "{e}");
+        let e = Config::from_toml("[server]\nshutdown_timeout_seconds = 1.5\n").unwrap_err().to_string();
+        assert!(e.ends_with("expected a whole number, 0 or more") && e.contains("1.5"), "{e}");
     }
 
     #[test]
