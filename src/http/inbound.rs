@@ -271,8 +271,8 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         let msg = |reply| {
             AdapterMsg::Ingest(Box::new(IngestRequest {
                 headers: SignatureHeaders {
-                    webhook_secret: req.header("x-webhook-secret").map(str::to_string),
-                    mux_signature: req.header("mux-signature").map(str::to_string),
+                    webhook_secret: req.credential("x-webhook-secret").map(String::from),
+                    mux_signature: req.credential("mux-signature").map(String::from),
                 },
                 raw: req.body.clone(),
                 // Parsed whatever the declared Content-Type: upstreams often send JSON as
@@ -371,7 +371,6 @@ pub(super) enum Head {
 /// Mux bucket or connection with a signing secret to check it) and one for an adapter still
 /// starting have their bodies read. Called for POSTs only: no other method's body is read.
 pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::http::HeaderMap) -> Head {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match super::request::segments(path).as_slice() {
         ["v1", "buckets", id, "source-adapter", "ingest"] => {
             let started = Instant::now();
@@ -389,7 +388,8 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
                 None => Err(ApiError::NotFound(format!("connection {cid} not found"))),
                 Some(id) => {
                     let sent = headers.get_all("mux-signature").iter().count();
-                    verify::lifecycle_head(&state.shared, &id, header("mux-signature"), sent)
+                    let signature = super::request::sent_text(headers, "mux-signature");
+                    verify::lifecycle_head(&state.shared, &id, signature.as_deref(), sent)
                 }
             };
             match checked {
@@ -411,8 +411,9 @@ fn ingest_head(
     id: &str,
     headers: &warp::http::HeaderMap,
 ) -> Result<Option<Proof>, (&'static str, ApiError)> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let header = |name: &str| super::request::sent_text(headers, name);
     let (webhook_secret, mux_signature) = (header("x-webhook-secret"), header("mux-signature"));
+    let (webhook_secret, mux_signature) = (webhook_secret.as_deref(), mux_signature.as_deref());
     let Some(bucket_id) = BucketId::parse(id) else {
         return Err(("not_found", ApiError::NotFound(format!("bucket {id} not found"))));
     };
@@ -495,8 +496,9 @@ fn unverifiable(message: &str) -> ApiError {
 /// Authenticates an ingest against its bucket's gate: `X-Webhook-Secret` first (a digest
 /// comparison), else the native signature, in a signature-check slot (see [`in_check_slot`]).
 async fn authenticate(state: &HttpState, gate: std::sync::Arc<Gate>, req: &Request) -> Verdict {
-    let signature = req.header("mux-signature");
-    let secret = match head_verdict(&gate, req.header("x-webhook-secret"), signature) {
+    let (signature, secret) = (req.credential("mux-signature"), req.credential("x-webhook-secret"));
+    let signature = signature.as_deref();
+    let secret = match head_verdict(&gate, secret.as_deref(), signature) {
         Ok(verdict) => return verdict,
         Err(secret) => secret,
     };
@@ -763,7 +765,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
     let connection_id =
         ConnectionId::parse(cid).ok_or_else(|| ApiError::NotFound(format!("connection {cid} not found")))?;
     // Verified here, not in the registry (see `adapter/verify.rs`).
-    let signature = req.header("mux-signature").map(str::to_string);
+    let signature = req.credential("mux-signature").map(String::from);
     let (shared, id, body) = (state.shared.clone(), connection_id.clone(), req.body.clone());
     in_check_slot(state, req.body.len(), move || verify::lifecycle(&shared, &id, signature.as_deref(), &body))
         .await??;

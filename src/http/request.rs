@@ -53,6 +53,11 @@ impl Request {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// A credential header ([`sent_text`]): sent but not text is still sent.
+    pub fn credential(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        sent_text(&self.headers, name)
+    }
+
     /// Requires a valid admin API key, and no query parameter: every admin endpoint but the
     /// lists (see [`Request::authenticate_list`]) takes none, and a typo (`?dry_run=1` on a
     /// DELETE) must not be ignored. The 401 comes first: a caller without a key learns nothing.
@@ -454,4 +459,11 @@ mod tests {
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(strict(&deep).is_err(), "serde_json's recursion limit still applies");
     }
+}
+
+/// A header as sent, bytes that are not UTF-8 replaced (U+FFFD): for a credential
+/// (`X-Webhook-Secret`, `Mux-Signature`), which sent in another encoding is a wrong or
+/// malformed one, not a missing one (the refusal would point the sender the wrong way).
+pub fn sent_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()))
 }

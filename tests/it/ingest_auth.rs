@@ -107,6 +107,15 @@ async fn an_unauthenticated_body_is_never_parsed() {
     }
     let (s, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
     assert_eq!((s, st["last_refused_ingest"]["reason"].as_str()), (200, Some("repeated_header")), "{st}");
+    // A secret whose bytes are not text (another encoding, a binary paste) was sent: it is a
+    // wrong one, not a missing one, which would send its sender looking for the header.
+    let mut garbled = vec![0xff_u8, 0xfe];
+    garbled.extend_from_slice(secret.as_bytes());
+    let header = reqwest::header::HeaderValue::from_bytes(&garbled).unwrap();
+    let r = reqwest::Client::new().post(app.url(&path)).header("x-webhook-secret", header).body("{}").send().await;
+    assert_eq!(r.unwrap().status().as_u16(), 401);
+    let (_, st) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    assert_eq!(st["last_refused_ingest"]["reason"], "wrong_webhook_secret", "{st}");
     // A bucket without an adapter is a 404 whatever the headers.
     let bare = app.create_bucket("no-adapter", json!({})).await;
     let headers = [("x-webhook-secret", secret.as_str()), ("x-webhook-secret", secret.as_str())];
