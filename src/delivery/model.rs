@@ -40,11 +40,13 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
     ("collection.documents.written", "Documents were written to a collection"),
 ];
 
-/// A well-formed event type name: 1–100 of `[A-Za-z0-9_.-]`.
+/// A well-formed event type name: at most 100 bytes, words of `[A-Za-z0-9_-]` joined by dots.
 pub fn valid_event_type(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    // Dots separate words: `object.` or `a..b` would be families with an empty member
+    // (`object.*` matched `object.`).
+    s.len() <= 100
+        && s.split('.')
+            .all(|word| !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
 }
 
 /// Whether a subscription pattern matches: `*` (all), `prefix.*`, or the exact type.
@@ -245,7 +247,7 @@ pub fn check_each_event_type(types: &[String]) -> Result<(), ApiError> {
             return Err(ApiError::validation(
                 format!("event_types[{i}]"),
                 format!(
-                    "{t:?} is not an event type (letters, digits, . _ -; \"*\" for all; \"prefix.*\" for a family)"
+                    "{t:?} is not an event type (words of letters, digits, _ -, joined by dots; \"*\" for all; \"prefix.*\" for a family)"
                 ),
             ));
         }
@@ -303,7 +305,10 @@ pub struct PublishEvent {
 impl PublishEvent {
     pub fn validate(&self) -> Result<(), ApiError> {
         if !valid_event_type(&self.event_type) {
-            return Err(ApiError::validation("event_type", "must be 1–100 characters of letters, digits, . _ -"));
+            return Err(ApiError::validation(
+                "event_type",
+                "must be 1–100 characters: words of letters, digits, _ -, joined by dots (object.created)",
+            ));
         }
         // Like every event hookline publishes itself: templates and receivers read fields.
         if !self.payload.is_object() {

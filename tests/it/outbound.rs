@@ -74,6 +74,15 @@ async fn webhook_crud_validation_and_catalog() {
             json!({"webhook_name": "a", "event_types": ["bad type!"], "channels": [http_channel(&rx.url("/"))]}),
             "event_types[0]",
         ),
+        // Dots separate words: no empty one (`object.*` would match `object.`).
+        (
+            json!({"webhook_name": "a", "event_types": ["object.created", "object."], "channels": [http_channel(&rx.url("/"))]}),
+            "event_types[1]",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["object..created"], "channels": [http_channel(&rx.url("/"))]}),
+            "event_types[0]",
+        ),
         (json!({"webhook_name": "a", "event_types": ["*"], "channels": []}), "channels"),
         (
             json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "payload_template": "{{ oops"}}]}),
@@ -837,8 +846,10 @@ async fn star_prefix_and_exact_subscriptions_and_templates() {
     assert_eq!(body["n"], 42);
     assert!(body["at"].as_str().unwrap().ends_with('Z'));
     // A bad publish is refused.
-    let (s, b) = app.post("/v1/events", json!({"event_type": "", "payload": {}})).await;
-    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_type")));
+    for bad in ["", "object.", ".created", "a..b"] {
+        let (s, b) = app.post("/v1/events", json!({"event_type": bad, "payload": {}})).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("event_type")), "{bad}: {b}");
+    }
     let (s, _) = app.post("/v1/events", json!({"payload": {}})).await;
     assert_eq!(s, 422);
     for bare in [json!("s"), json!([1, 2]), json!(null)] {
