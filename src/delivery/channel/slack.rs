@@ -23,10 +23,17 @@ use crate::delivery::template::Template;
 /// (`mrkdwn`): a `<!channel>` or a `<https://…|…>` link in either, which an upstream's
 /// payload may hold, is shown, not acted on. The payload's backticks are written as the JSON
 /// escape `\u0060` (the same JSON), so that none of its strings can close the code block.
+/// The payload is cut at [`DEFAULT_PAYLOAD_CHARS`] (before the escaping, so no `&amp;` is cut
+/// in two): a message is for people, and Slack cuts a long one itself, code block and all.
 pub const DEFAULT_TEMPLATE: &str = concat!(
     "*{{ event_type }}* `{{ event_id }}` at {{ created_at }} ({{ webhook_name | mrkdwn }})\n",
-    r"```{{ payload | pretty_json | mrkdwn | replace('`', '\\u0060') }}```",
+    r"```{{ payload | pretty_json | truncate(3000, true, ' … (cut: the whole payload is in the event)', 0) ",
+    r"| mrkdwn | replace('`', '\\u0060') }}```",
 );
+
+/// How much of the pretty-printed payload [`DEFAULT_TEMPLATE`] shows, in characters, the
+/// cut's marker included (the `3000` in it).
+pub const DEFAULT_PAYLOAD_CHARS: usize = 3000;
 
 pub struct SlackChannel {
     url: url::Url,
@@ -208,6 +215,20 @@ mod tests {
         let shown = block.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
         let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
         assert_eq!(v["metadata"]["title"], title, "{text}");
+    }
+
+    /// A large payload is cut, saying so, and what is shown is still escaped.
+    #[test]
+    fn the_default_template_cuts_a_large_payload() {
+        let mut event = Template::sample();
+        event.payload = serde_json::json!({"log": "<x> ".repeat(200_000)});
+        let text = Template::compile(DEFAULT_TEMPLATE).unwrap().render(&event, "ops").unwrap();
+        let (_, block) = text.split_once("```").unwrap();
+        let block = block.strip_suffix("```").unwrap();
+        assert!(block.ends_with(" … (cut: the whole payload is in the event)"), "{}", &block[block.len() - 80..]);
+        let shown = block.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
+        assert_eq!(shown.chars().count(), DEFAULT_PAYLOAD_CHARS, "the marker included: {}", &block[..80]);
+        assert!(!block.contains('<') && text.len() < 20_000, "{}", text.len());
     }
 
     #[test]
