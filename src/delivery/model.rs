@@ -214,6 +214,19 @@ pub struct PatchWebhook {
     /// The `channel_id` sent with each channel, if any ([`take_channel_ids`]).
     #[serde(skip)]
     pub channel_ids: Vec<Option<String>>,
+    /// The GET view's own `webhook_id`: a view sent back whole is taken; another webhook's
+    /// ID is refused (`http/outbound.rs`), since it names another webhook.
+    #[serde(default)]
+    pub webhook_id: Option<String>,
+    /// The GET view's read-only fields: ignored, so a view can be edited and sent back.
+    #[serde(default)]
+    pub created_at: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub last_error: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub last_error_at: Option<serde::de::IgnoredAny>,
 }
 
 pub fn validate_name(name: &str) -> Result<(), ApiError> {

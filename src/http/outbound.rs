@@ -152,6 +152,12 @@ async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
     let mut value = req.json_value()?;
     let channel_ids = take_channel_ids(&mut value)?;
     let mut patch = PatchWebhook { channel_ids, ..super::request::from_value(value).map_err(quiet_configs)? };
+    if patch.webhook_id.as_deref().is_some_and(|sent| sent != webhook_id.as_str()) {
+        return Err(ApiError::validation(
+            "webhook_id",
+            format!("names another webhook than the path's {webhook_id}; leave it out (a webhook's ID never changes)"),
+        ));
+    }
     if let Some(types) = &mut patch.event_types {
         check_each_event_type(types)?;
         dedup_event_types(types);

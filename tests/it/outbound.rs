@@ -237,11 +237,17 @@ async fn webhook_crud_validation_and_catalog() {
     // (seed 004). Times have second precision: a second passes first, so a bump would show.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let path = format!("/v1/organizations/webhooks/{id}");
-    for same in [json!({}), json!({"is_active": true}), json!({"event_types": got["event_types"]})] {
+    // The GET view itself, sent back whole (its read-only fields are ignored), is one.
+    for same in [json!({}), json!({"is_active": true}), json!({"event_types": got["event_types"]}), got.clone()] {
         let (s, b) = app.patch(&path, same.clone()).await;
         assert_eq!(s, 200, "{b}");
         assert_eq!(b["updated_at"], b["created_at"], "{same} changed nothing: {b}");
     }
+    // But not as another webhook's: its ID names another webhook than the path's.
+    let mut other = got.clone();
+    other["webhook_id"] = json!("wh_0000000000");
+    let (s, b) = app.patch(&path, other).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("webhook_id")), "{b}");
     let (s, patched) = app.patch(&path, json!({"webhook_name": "Audit 2", "is_active": false})).await;
     assert_eq!(s, 200, "{patched}");
     assert_ne!(patched["updated_at"], patched["created_at"], "updated_at never moved: {patched}");
