@@ -377,6 +377,13 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
     crate::error::deserialize_at(None, value)
 }
 
+/// A header as sent, bytes that are not UTF-8 replaced (U+FFFD): for a credential
+/// (`X-Webhook-Secret`, `Mux-Signature`), which sent in another encoding is a wrong or
+/// malformed one, not a missing one (the refusal would point the sender the wrong way).
+pub fn sent_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,11 +466,4 @@ mod tests {
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(strict(&deep).is_err(), "serde_json's recursion limit still applies");
     }
-}
-
-/// A header as sent, bytes that are not UTF-8 replaced (U+FFFD): for a credential
-/// (`X-Webhook-Secret`, `Mux-Signature`), which sent in another encoding is a wrong or
-/// malformed one, not a missing one (the refusal would point the sender the wrong way).
-pub fn sent_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()))
 }
