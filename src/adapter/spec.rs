@@ -527,11 +527,15 @@ impl SourceAdapterInput {
                     "list at least one event type, or leave out event_filter for the adapter's default",
                 ));
             }
-            if filter.event_types.len() > 100 || filter.event_types.iter().any(|t| t.trim().is_empty() || t.len() > 200)
-            {
+            if filter.event_types.len() > 100 {
+                return Err(ApiError::validation(f("event_filter.event_types"), "at most 100 event types"));
+            }
+            // Named by value: the list was deduplicated as it was read, so an index could
+            // point at another entry than the one sent there.
+            if let Some(t) = filter.event_types.iter().find(|t| t.trim().is_empty() || t.len() > 200) {
                 return Err(ApiError::validation(
                     f("event_filter.event_types"),
-                    "at most 100 event types of 1–200 characters",
+                    format!("{t:?} is not an event type: each is 1–200 characters, not blank"),
                 ));
             }
             // Supabase sends exactly these three: any other entry (`insert`) would match
@@ -552,22 +556,27 @@ impl SourceAdapterInput {
         }
         let mut targets = std::collections::HashMap::new();
         for (source, target) in &self.field_mapping {
+            // A key that is not a dot-path (`""`, `a..b`) is named quoted, not as a path.
+            let field = match path::is_valid(source) {
+                true => format!("field_mapping.{source}"),
+                false => format!("field_mapping[{source:?}]"),
+            };
             if let Some(first) = targets.insert(target, source) {
                 // One would silently win (by key order), whichever the payload holds.
                 return Err(ApiError::validation(
-                    f(&format!("field_mapping.{source}")),
+                    f(&field),
                     format!("{first:?} already maps to {target:?}: map each property from one path"),
                 ));
             }
             if !path::is_valid(source) {
                 return Err(ApiError::validation(
-                    f(&format!("field_mapping.{source}")),
+                    f(&field),
                     "keys are dot-paths such as data.duration or data.tracks.0.duration",
                 ));
             }
             if schema.get(target).is_none() {
                 return Err(ApiError::validation(
-                    f(&format!("field_mapping.{source}")),
+                    f(&field),
                     format!("target {target:?} is not a property of bucket_schema"),
                 ));
             }

@@ -124,7 +124,20 @@ async fn configure_validate_and_show_the_secret_once() {
             json!({"adapter_type": "generic_webhook", "field_mapping": {"data.x": "missing"}}),
             "source_adapter.field_mapping.data.x",
         ),
+        // A key that is not a dot-path is named quoted.
+        (
+            json!({"adapter_type": "generic_webhook", "field_mapping": {"": "title"}}),
+            "source_adapter.field_mapping[\"\"]",
+        ),
+        (
+            json!({"adapter_type": "generic_webhook", "field_mapping": {"a..b": "title"}}),
+            "source_adapter.field_mapping[\"a..b\"]",
+        ),
         (json!({"adapter_type": "generic_webhook", "dedup_key": "a..b"}), "source_adapter.dedup_key"),
+        (
+            json!({"adapter_type": "generic_webhook", "event_filter": {"event_types": ["ok", " "]}}),
+            "source_adapter.event_filter.event_types",
+        ),
         (
             json!({"adapter_type": "generic_webhook", "event_filter": {"event_types": []}}),
             "source_adapter.event_filter.event_types",
