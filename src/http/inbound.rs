@@ -694,14 +694,26 @@ async fn get_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Res
     Ok(json(StatusCode::OK, &rec))
 }
 
-/// `DELETE …/batches/{batch_id}`: the batch's record goes (its objects stay), 204.
-async fn delete_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {
+/// What a change of one batch (a submit, a delete) takes from its request: the caller's
+/// namespace and the two IDs. Neither takes fields.
+fn batch_request(
+    state: &HttpState,
+    req: &Request,
+    id: &str,
+    bid: &str,
+) -> Result<(String, BucketId, BatchId), ApiError> {
     req.authenticate(state)?;
     req.no_fields()?;
     let namespace = req.namespace()?;
     let bucket_id = parse_bucket_id(id)?;
     let batch_id =
         BatchId::parse(bid).ok_or_else(|| ApiError::NotFound(format!("batch {bid} not found in bucket {id}")))?;
+    Ok((namespace, bucket_id, batch_id))
+}
+
+/// `DELETE …/batches/{batch_id}`: the batch's record goes (its objects stay), 204.
+async fn delete_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {
+    let (namespace, bucket_id, batch_id) = batch_request(state, req, id, bid)?;
     let registry = state.shared.bucket_registry()?;
     ask!(registry, |reply| RegistryMsg::DeleteBatch { namespace, bucket_id, batch_id, reply })?;
     Ok(empty(StatusCode::NO_CONTENT))
@@ -722,12 +734,7 @@ async fn flush(state: &HttpState, req: &Request, id: &str) -> Result<Response, A
 
 /// `POST …/batches/{batch_id}/submit` (auto_submit off): 409 when already submitted.
 async fn submit_batch(state: &HttpState, req: &Request, id: &str, bid: &str) -> Result<Response, ApiError> {
-    req.authenticate(state)?;
-    req.no_fields()?;
-    let namespace = req.namespace()?;
-    let bucket_id = parse_bucket_id(id)?;
-    let batch_id =
-        BatchId::parse(bid).ok_or_else(|| ApiError::NotFound(format!("batch {bid} not found in bucket {id}")))?;
+    let (namespace, bucket_id, batch_id) = batch_request(state, req, id, bid)?;
     let registry = state.shared.bucket_registry()?;
     let rec = ask!(registry, |reply| RegistryMsg::SubmitBatch { namespace, bucket_id, batch_id, reply })?;
     Ok(json(StatusCode::OK, &rec))
