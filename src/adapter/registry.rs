@@ -1080,7 +1080,7 @@ impl RegistryState {
         // A stopped actor's (and its worker's) last writes first.
         store.commit(Batch::new()).await?;
         let now = crate::util::now_millis();
-        let (batch, job) = super::writeback::operator::requeue(store, id, writeback_id, now)?;
+        let (batch, job) = super::writeback::operator::requeue(store, id, adapter, writeback_id, now)?;
         store.commit(batch).await?;
         crate::metrics::writeback(adapter.adapter_type.as_str(), "requeued");
         tracing::info!(bucket_id = %id, %writeback_id, object_id = %job.object_id, "writeback re-queued while the adapter is not running");

@@ -319,7 +319,11 @@ async fn a_generic_writeback_without_an_external_id_still_posts() {
     .await;
     let r = ingest(&app, &bucket, &secret, json!({"type": "x", "title": "hello"})).await;
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
-    assert_eq!(rx.seen()[0].body, json!({"object_id": r["object_id"], "external_id": null, "fields": {"t": "hello"}}));
+    let (_, object) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap())).await;
+    let expected = json!({"object_id": r["object_id"], "external_id": null, "fields": {"t": "hello"},
+        "batch_id": object["batch_id"], "trigger": "on_batch_complete"});
+    assert_eq!(rx.seen()[0].body, expected);
+    assert!(object["batch_id"].as_str().is_some_and(|b| b.starts_with("batch_")), "{object}");
     assert!(status(&app, &bucket).await["last_error"].is_null());
 }
 
@@ -375,7 +379,8 @@ async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
         assert_eq!(req.headers.get("x-tenant").map(String::as_str), Some("t1"));
         assert_eq!(
             req.body,
-            json!({"object_id": r["object_id"], "external_id": "T-9", "fields": {"verdict": "Broken"}})
+            json!({"object_id": r["object_id"], "external_id": "T-9", "fields": {"verdict": "Broken"},
+                "batch_id": req.body["batch_id"], "trigger": "on_batch_complete"})
         );
     }
     let last_error = status(&app, &bucket).await["last_error"].as_str().unwrap_or("").to_string();
@@ -1036,7 +1041,8 @@ async fn a_dead_writeback_is_listed_and_a_retry_sends_it_once_the_receiver_is_fi
     assert_eq!(sent.len(), 1, "only the retried job is sent: {sent:?}");
     assert_eq!(
         sent[0].body,
-        json!({"object_id": one["object_id"], "external_id": "row-1", "fields": {"title": "One"}})
+        json!({"object_id": one["object_id"], "external_id": "row-1", "fields": {"title": "One"},
+            "batch_id": dead[0]["batch_id"], "trigger": "on_batch_complete"})
     );
     let labels = [("adapter", "generic_webhook"), ("outcome", "requeued")];
     assert!(metric_reaches(&app, "hookline_writebacks_total", &labels, 1.0).await);
@@ -1252,4 +1258,93 @@ async fn a_retried_dead_writeback_does_not_undo_a_newer_one_in_flight() {
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!((&sent[0]["alert_id"], &sent[0]["fields"]), (&json!("a2"), &json!({"verdict": "new"})), "{sent:?}");
     assert_eq!((&sent[1]["alert_id"], &sent[1]["fields"]), (&json!("a1"), &json!({"note": "n1"})), "{sent:?}");
+}
+
+/// A writeback is sent only by an adapter of the type that queued it: after a PATCH from
+/// generic_webhook to supabase, a generic job still pending (its target failing) must not
+/// become a PostgREST PATCH, with the service-role key, of whatever row its ID names. It is
+/// given up, saying why; the new adapter's own jobs go out.
+#[tokio::test]
+async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
+    let app = TestApp::start().await;
+    let generic = Upstream::start(500).await;
+    let pg = Upstream::start(204).await;
+    let schema = json!({"title": {"type": "string"}});
+    let (bucket, secret) = bucket_with(&app, "switched", schema, generic_adapter(&generic.url("/wb"), true)).await;
+    let r = ingest(&app, &bucket, &secret, json!({"id": "t1", "title": "T1"})).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    assert!(eventually(WAIT, || async { !generic.seen().is_empty() }).await, "the generic target was never tried");
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+
+    let conn = supabase_connection(&app, &pg.url(""), "srk-switched-0042").await;
+    let supabase = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "things",
+        "field_mapping": {"record.title": "title"}, "batching": {"mode": "count", "max_batch_size": 1},
+        "writeback": {"enabled": true, "trigger": "on_batch_complete",
+            "field_mapping": [{"source_path": "metadata.title", "target_field": "title2"}]}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": supabase })).await;
+    assert_eq!(s, 200, "{b}");
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    assert_eq!(id_of(&dead[0]), id_of(&pending[0]), "{dead:?}");
+    let why = dead[0]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("queued by the bucket's generic_webhook adapter"), "{dead:?}");
+    // A retry by hand cannot send it either.
+    assert_eq!(retry(&app, &bucket, &id_of(&dead[0])).await.0, 202);
+    let again = listed(&app, &bucket, "?status=dead", 1).await;
+    assert!(again[0]["last_error"].as_str().unwrap_or_default().contains("queued by"), "{again:?}");
+
+    // The supabase adapter's own row goes out, and only it.
+    let row = json!({"type": "INSERT", "table": "things", "schema": "public", "record": {"id": 5, "title": "Five"}});
+    assert_eq!(ingest(&app, &bucket, &secret, row).await["status"], "buffered");
+    assert!(eventually(WAIT, || async { !pg.succeeded().is_empty() }).await, "{}", status(&app, &bucket).await);
+    let seen = pg.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].query.as_str(), &seen[0].body), ("id=eq.5", &json!({"title2": "Five"})), "{seen:?}");
+}
+
+/// A retry maps a dead job again with the adapter's writeback as it is now: a column renamed
+/// in the mapping (the fix of a "column not found") applies to the jobs that failed on it,
+/// a batch's from its object and an alert's from its results too. It sent what it was queued
+/// with, so no fix on hookline's side could ever get it through.
+#[tokio::test]
+async fn a_retried_writeback_is_mapped_again_with_the_adapter_as_it_is_now() {
+    let app = TestApp::start_with(short_lived()).await;
+    let rx = Upstream::start(500).await;
+    let schema = json!({"title": {"type": "string"}});
+    let (batches, secret) = bucket_with(&app, "remapped", schema.clone(), generic_adapter(&rx.url("/wb"), true)).await;
+    ingest(&app, &batches, &secret, json!({"type": "x", "id": "row-1", "title": "One"})).await;
+    let on_alert = |target: &str| {
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
+            "batching": {"mode": "immediate"},
+            "writeback": {"enabled": true, "trigger": "on_alert", "writeback_url": rx.url("/alerts"),
+                "field_mapping": [{"source_path": "verdict", "target_field": target}]}})
+    };
+    let (alerts, secret) = bucket_with(&app, "remapped-alerts", schema, on_alert("verdict")).await;
+    let made = ingest(&app, &alerts, &secret, json!({"type": "x", "id": "row-2", "title": "Two"})).await;
+    let oid = made["object_id"].as_str().unwrap();
+    let (s, b) =
+        app.post(&format!("/v1/buckets/{alerts}/objects/{oid}/alerts"), json!({"results": {"verdict": "fake"}})).await;
+    assert_eq!((s, b["writeback"].as_str()), (202, Some("queued")), "{b}");
+    let dead_batch = listed(&app, &batches, "?status=dead", 1).await;
+    let dead_alert = listed(&app, &alerts, "?status=dead", 1).await;
+    assert_eq!(
+        (&dead_batch[0]["fields"], &dead_alert[0]["fields"]),
+        (&json!({"title": "One"}), &json!({"verdict": "fake"}))
+    );
+
+    // The mappings fixed, the receiver up: each retry sends the new column.
+    let mut renamed = generic_adapter(&rx.url("/wb"), true);
+    renamed["writeback"]["field_mapping"][0]["target_field"] = json!("title_v2");
+    for (bucket, adapter) in [(&batches, renamed), (&alerts, on_alert("verdict_v2"))] {
+        let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": adapter })).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    rx.set_default(200);
+    for (bucket, dead) in [(&batches, &dead_batch[0]), (&alerts, &dead_alert[0])] {
+        let (s, b) = retry(&app, bucket, &id_of(dead)).await;
+        assert_eq!(s, 202, "{b}");
+    }
+    assert!(eventually(WAIT, || async { rx.succeeded().len() == 2 }).await, "{:?}", rx.seen());
+    let mut sent: Vec<Value> = rx.succeeded().iter().map(|s| s.body["fields"].clone()).collect();
+    sent.sort_by_key(|f| f.to_string());
+    assert_eq!(sent, [json!({"title_v2": "One"}), json!({"verdict_v2": "fake"})]);
 }

@@ -19,7 +19,7 @@ impl AdapterState {
     pub(super) async fn requeue_writeback(&mut self, id: &WritebackId) -> Result<Requeued, RequeueError> {
         self.shared.store.commit(Batch::new()).await?;
         let now = crate::util::now_millis();
-        let (batch, job) = operator::requeue(&self.shared.store, self.bucket_id(), id, now)?;
+        let (batch, job) = operator::requeue(&self.shared.store, self.bucket_id(), &self.adapter, id, now)?;
         let commit = self.submit(batch, Vec::new());
         // Counted once submitted (the committer is FIFO: it lands unless the store fails),
         // not by the HTTP handler, whose caller may hang up before the answer.

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Trigger, Writeback};
+use crate::adapter::alert::{self, AlertRecord};
 use crate::adapter::path;
 use crate::adapter::records::{self, BatchRecord, ObjectRecord};
 use crate::adapter::spec::SourceAdapter;
@@ -66,6 +67,14 @@ pub struct Job {
     pub external_id: Option<String>,
     /// `target_field` → value, from the processing result.
     pub fields: Map<String, Value>,
+    /// The type of the adapter that queued it: only an adapter of that type sends it. Its
+    /// fields were mapped for that adapter's target; after a PATCH to another type, a job
+    /// queued for a generic `writeback_url` must not become a PostgREST PATCH (with the
+    /// service-role key) of whatever row its ID names, nor a Supabase row's a POST to the
+    /// new `writeback_url`. Absent in jobs stored before it was recorded (then sent as
+    /// before: checked by `table` alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_by: Option<ProviderType>,
     /// Supabase: where the row lives (from the event that created the object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
@@ -91,6 +100,18 @@ pub enum Cause<'a> {
 }
 
 impl Job {
+    /// Why an adapter of type `kind` must not send this job, if it must not: another type
+    /// of adapter queued it (see [`Job::queued_by`]).
+    pub fn queued_by_another(&self, kind: ProviderType) -> Option<String> {
+        let by = self.queued_by.filter(|t| *t != kind)?;
+        Some(format!(
+            "queued by the bucket's {} adapter for its target, and the adapter is now a {} adapter (its type was \
+             changed): its fields and row are not this adapter's to write",
+            by.as_str(),
+            kind.as_str()
+        ))
+    }
+
     pub fn key(&self, bucket: &BucketId) -> String {
         self.key_under(bucket, "job", "ajob")
     }
@@ -177,7 +198,14 @@ pub fn external_id_of(wb: &Writeback, rec: &ObjectRecord) -> Option<String> {
 }
 
 /// Builds the job of one object, its fields read from `doc` (its processing result).
-pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>, now_ms: u64) -> Job {
+pub fn job_for(
+    kind: ProviderType,
+    wb: &Writeback,
+    rec: &ObjectRecord,
+    doc: &Value,
+    cause: Cause<'_>,
+    now_ms: u64,
+) -> Job {
     let mut fields = Map::new();
     for m in &wb.field_mapping {
         if let Some(v) = path::lookup(doc, &m.source_path) {
@@ -195,6 +223,7 @@ pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>
         alert_id,
         external_id,
         fields,
+        queued_by: Some(kind),
         table: rec.source.table.clone(),
         schema: rec.source.schema.clone(),
         created_at_ms: now_ms,
@@ -203,6 +232,42 @@ pub fn job_for(wb: &Writeback, rec: &ObjectRecord, doc: &Value, cause: Cause<'_>
         next_attempt_ms: now_ms,
         last_error: None,
     }
+}
+
+/// A dead job about to be re-queued, mapped again with the adapter's writeback settings as
+/// they are now, from its object (and its alert's results), as if its cause came now: a
+/// mapping fixed since (a renamed column, another `external_id_field`) applies to it, where
+/// it kept sending what it was queued with. Kept as it is when there is nothing to map it
+/// from (its object or alert is gone), when another type of adapter queued it (it fails,
+/// saying so: see [`Job::queued_by`]), or when the writeback no longer fires on its cause.
+pub fn remapped(store: &Store, bucket: &BucketId, adapter: &SourceAdapter, job: Job) -> Result<Job, StoreError> {
+    if job.queued_by_another(adapter.adapter_type).is_some() {
+        return Ok(job);
+    }
+    let (trigger, cause) = match (&job.alert_id, &job.batch_id) {
+        (Some(a), _) => (Trigger::OnAlert, Cause::Alert(a)),
+        (None, Some(b)) => (Trigger::OnBatchComplete, Cause::Batch(b)),
+        (None, None) => return Ok(job),
+    };
+    let Some(wb) = adapter.writeback.as_ref().filter(|w| w.trigger == trigger) else { return Ok(job) };
+    let key = records::key(bucket, job.object_id.as_str());
+    let Some(rec) = store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else { return Ok(job) };
+    let doc = match &job.alert_id {
+        Some(a) => match store.get::<AlertRecord>(alert::KS, &alert::key(bucket, &job.object_id, a))? {
+            Some(raised) => alert_document(&rec, a, &raised.results),
+            None => return Ok(job),
+        },
+        None => result_document(&rec),
+    };
+    let fresh = job_for(adapter.adapter_type, wb, &rec, &doc, cause, job.created_at_ms);
+    Ok(Job {
+        fields: fresh.fields,
+        external_id: fresh.external_id,
+        table: fresh.table,
+        schema: fresh.schema,
+        queued_by: fresh.queued_by,
+        ..job
+    })
 }
 
 /// Adds the job of `rec` (an object of the completed batch `batch_id`) to `batch`, unless
@@ -216,7 +281,7 @@ pub fn record(
     rec: &ObjectRecord,
     batch_id: &BatchId,
 ) -> Option<String> {
-    let job = job_for(wb, rec, &result_document(rec), Cause::Batch(batch_id), crate::util::now_millis());
+    let job = job_for(kind, wb, rec, &result_document(rec), Cause::Batch(batch_id), crate::util::now_millis());
     match could_only_fail(kind, wb, &job, "the object") {
         Some(why) => {
             crate::metrics::writeback(kind.as_str(), "skipped");
@@ -257,7 +322,7 @@ pub fn record_alert(
     results: &Map<String, Value>,
 ) -> Result<(), String> {
     let doc = alert_document(rec, alert_id, results);
-    let job = job_for(wb, rec, &doc, Cause::Alert(alert_id), crate::util::now_millis());
+    let job = job_for(kind, wb, rec, &doc, Cause::Alert(alert_id), crate::util::now_millis());
     if let Some(why) = could_only_fail(kind, wb, &job, "the results or the object") {
         return Err(why);
     }
@@ -334,7 +399,7 @@ mod tests {
     }
 
     fn batch_job(w: &Writeback, o: &ObjectRecord, batch: &BatchId) -> Job {
-        job_for(w, o, &result_document(o), Cause::Batch(batch), 7)
+        job_for(ProviderType::Supabase, w, o, &result_document(o), Cause::Batch(batch), 7)
     }
 
     #[test]
@@ -416,7 +481,8 @@ mod tests {
         let mut batch = Batch::new();
         record_alert(&mut batch, ProviderType::Supabase, &w, &o, &alert, results.as_object().unwrap()).expect("a job");
         assert_eq!(batch.len(), 1);
-        let j = job_for(&w, &o, &alert_document(&o, &alert, results.as_object().unwrap()), Cause::Alert(&alert), 7);
+        let doc = alert_document(&o, &alert, results.as_object().unwrap());
+        let j = job_for(ProviderType::Supabase, &w, &o, &doc, Cause::Alert(&alert), 7);
         assert_eq!(
             Value::Object(j.fields.clone()),
             json!({"mp_verdict": "fake", "mp_confidence": 0.93, "mp_alert": "alr_1", "mp_title": "Loft"})

@@ -39,6 +39,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::job::{Job, KS};
+use crate::adapter::spec::SourceAdapter;
 use crate::error::ApiError;
 use crate::ids::{AlertId, BatchId, BucketId, ObjectId};
 use crate::store::{Batch, Store, StoreError};
@@ -350,15 +351,23 @@ impl From<RequeueError> for ApiError {
 /// that makes it pending again, and the job as that batch stores it. Call it after a barrier
 /// (an awaited empty commit), so the worker's latest outcomes are read: a job it is giving
 /// up on right now is pending until that outcome is written (a 409, not a lost retry).
-pub fn requeue(store: &Store, bucket: &BucketId, id: &WritebackId, now_ms: u64) -> Result<(Batch, Job), RequeueError> {
+pub fn requeue(
+    store: &Store,
+    bucket: &BucketId,
+    adapter: &SourceAdapter,
+    id: &WritebackId,
+    now_ms: u64,
+) -> Result<(Batch, Job), RequeueError> {
     let pending = id.key(bucket, Status::Pending);
     if store.contains(KS, &pending)? {
         return Err(RequeueError::Pending { id: id.to_string() });
     }
     let dead = id.key(bucket, Status::Dead);
-    let Some(mut job) = store.get::<Job>(KS, &dead)? else {
+    let Some(job) = store.get::<Job>(KS, &dead)? else {
         return Err(RequeueError::NotFound { bucket_id: bucket.clone(), id: id.to_string() });
     };
+    // Mapped again: the fix an operator retries after may be the adapter's mapping.
+    let mut job = super::job::remapped(store, bucket, adapter, job)?;
     job.attempts = 0;
     // Its place among its row's jobs stays its cause's (see `worker.rs`).
     job.caused_at_ms = Some(job.caused_at_ms.unwrap_or(job.created_at_ms));
@@ -381,6 +390,7 @@ mod tests {
             alert_id,
             external_id: Some("42".into()),
             fields: serde_json::Map::new(),
+            queued_by: None,
             table: None,
             schema: None,
             created_at_ms: 1_000,
@@ -540,12 +550,15 @@ mod tests {
         assert_eq!(list(None, Some(&a), 1), all[1..], "after a cursor");
         assert_eq!(list(None, Some(&b1), 1), all[2..]);
 
-        let err = requeue(&store, &bucket, &b2, 9_000).unwrap_err();
+        // No writeback to map the jobs with: they are re-queued as they are.
+        let adapter = crate::adapter::pipeline::tests::adapter(json!({"adapter_type": "generic_webhook"}));
+        let requeue = |id: &WritebackId| requeue(&store, &bucket, &adapter, id, 9_000);
+        let err = requeue(&b2).unwrap_err();
         assert!(matches!(err, RequeueError::Pending { .. }), "{err}");
         let unknown = id_of(&job(Some(BatchId::generate()), None));
-        assert!(matches!(requeue(&store, &bucket, &unknown, 9_000), Err(RequeueError::NotFound { .. })));
+        assert!(matches!(requeue(&unknown), Err(RequeueError::NotFound { .. })));
 
-        let (batch, requeued) = requeue(&store, &bucket, &b1, 9_000).unwrap();
+        let (batch, requeued) = requeue(&b1).unwrap();
         assert_eq!((requeued.attempts, requeued.created_at_ms, requeued.next_attempt_ms), (0, 9_000, 9_000));
         assert_eq!(requeued.caused_at_ms, Some(1_000), "its place among its row's jobs is its cause's");
         assert_eq!(requeued.last_error, batch_job.last_error, "kept until the next attempt replaces it");

@@ -1,6 +1,7 @@
 //! One writeback attempt over HTTP: Supabase → PostgREST `PATCH`, generic_webhook → `POST`
 //! of `{object_id, external_id, fields}` to `writeback_url` with the connection's headers
-//! (an alert's job adds `alert_id` and `"trigger": "on_alert"`).
+//! (an alert's job adds `alert_id` and `"trigger": "on_alert"`, a batch's `batch_id` and
+//! `"trigger": "on_batch_complete"`).
 //!
 //! Targets are user-configured URLs, so the delivery side's outbound rules apply: the URL is
 //! checked with [`netguard::check_url`] and the client resolves through its guarded resolver
@@ -73,6 +74,9 @@ impl Sender {
 
     /// Sends one job once.
     pub async fn attempt(&self, job: &Job, creds: &Option<ProviderConfig>) -> Result<(), Failure> {
+        if let Some(why) = job.queued_by_another(self.adapter.adapter_type) {
+            return Err(permanent(why));
+        }
         let external_id = job.external_id.as_deref();
         if external_id.is_none() && super::job::needs_external_id(self.adapter.adapter_type) {
             return Err(permanent(super::job::no_external_id(self.adapter.writeback.as_ref())));
@@ -196,6 +200,10 @@ fn generic_body(job: &Job, external_id: Option<&str>) -> serde_json::Value {
     if let Some(alert_id) = &job.alert_id {
         body["alert_id"] = json!(alert_id);
         body["trigger"] = json!("on_alert");
+    } else if let Some(batch_id) = &job.batch_id {
+        // Named as an alert's is: the receiver can tell what caused it.
+        body["batch_id"] = json!(batch_id);
+        body["trigger"] = json!("on_batch_complete");
     }
     body
 }
