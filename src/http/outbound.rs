@@ -203,37 +203,8 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     body.validate()?;
     // Such a number would reach receivers rounded (a double), under a valid signature: the
     // publisher, who can send it as a string, hears of it instead.
-    if super::request::has_integer_past_64_bits(&req.body) {
-        // Parsed, such an integer is a double of 2^63 or more, as is a float written so
-        // (`1e19`, which is fine): named by its path when it is the only such double (in a
-        // payload of up to 1 MiB the sender should not have to search for it), else the
-        // candidates are listed.
-        fn huge(v: &serde_json::Value, path: String, found: &mut Vec<String>) {
-            match v {
-                serde_json::Value::Number(n) if crate::util::is_integer_past_64_bits(n) => found.push(path),
-                serde_json::Value::Array(a) => {
-                    a.iter().enumerate().for_each(|(i, v)| huge(v, format!("{path}[{i}]"), found))
-                }
-                serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| huge(v, format!("{path}.{k}"), found)),
-                _ => {}
-            }
-        }
-        let mut found = Vec::new();
-        huge(&body.payload, "payload".into(), &mut found);
-        if let Ok(scopes) = serde_json::to_value(&body.cache_scopes) {
-            huge(&scopes, "cache_scopes".into(), &mut found);
-        }
-        const ROUNDED: &str = "an integer past 64 bits, which would be delivered rounded: send it as a string";
-        return Err(match found.as_slice() {
-            [one] => ApiError::validation(one.clone(), format!("is {ROUNDED}")),
-            several => {
-                let field =
-                    if several.iter().all(|p| p.starts_with("cache_scopes")) { "cache_scopes" } else { "payload" };
-                let at = several.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
-                ApiError::validation(field, format!("holds {ROUNDED} (at one of: {at})"))
-            }
-        });
-    }
+    let scopes = serde_json::to_value(&body.cache_scopes).unwrap_or_default();
+    super::request::refuse_rounded_integers(&req.body, &[("payload", &body.payload), ("cache_scopes", &scopes)])?;
     if state.shared.room.short() {
         return Err(ApiError::short_of_disk());
     }

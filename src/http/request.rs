@@ -235,6 +235,44 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
     })
 }
 
+/// A 422 when `raw`, a JSON body, holds an integer past 64 bits: parsed, it is a double, and
+/// it would reach receivers (deliveries, writebacks) rounded, where its sender could have
+/// sent it as a string. `parts` are the body's parsed fields that are passed on, by name.
+/// Named by its path when it is the only candidate (parsed, such an integer is a double of
+/// 2^63 or more, as is a float written so, `1e19`, which is fine: in a body of up to 1 MiB
+/// the sender should not have to search), else the candidates are listed.
+pub fn refuse_rounded_integers(raw: &[u8], parts: &[(&str, &serde_json::Value)]) -> Result<(), ApiError> {
+    if !has_integer_past_64_bits(raw) {
+        return Ok(());
+    }
+    fn huge(v: &serde_json::Value, path: String, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Number(n) if crate::util::is_integer_past_64_bits(n) => found.push(path),
+            serde_json::Value::Array(a) => {
+                a.iter().enumerate().for_each(|(i, v)| huge(v, format!("{path}[{i}]"), found))
+            }
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, v)| huge(v, format!("{path}.{k}"), found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for (name, value) in parts {
+        huge(value, name.to_string(), &mut found);
+    }
+    const ROUNDED: &str = "an integer past 64 bits, which would be delivered rounded: send it as a string";
+    Err(match found.as_slice() {
+        // In none of the parts (a field that is not passed on): nothing is rounded.
+        [] => return Ok(()),
+        [one] => ApiError::validation(one.clone(), format!("is {ROUNDED}")),
+        several => {
+            let in_one = parts.iter().map(|(n, _)| *n).find(|n| several.iter().all(|p| p.starts_with(n)));
+            let field = in_one.or(parts.first().map(|(n, _)| *n)).unwrap_or("body");
+            let at = several.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+            ApiError::validation(field, format!("holds {ROUNDED} (at one of: {at})"))
+        }
+    })
+}
+
 /// Whether a JSON text holds an integer past 64 bits (signed or not) outside its strings.
 /// serde_json reads one as the nearest double, so passed on it would be another number
 /// (`12345678901234567890123` delivered as `1.2345678901234568e22`, under a valid signature).

@@ -398,6 +398,13 @@ async fn alerts_answer_404_409_and_422_as_the_contract_does() {
         let (s, e) = raise(&app, &bucket, &oid, body.clone()).await;
         assert_eq!((s, e["error"]["field"].as_str()), (422, Some(field)), "{body}: {e}");
     }
+    // An integer past 64 bits would reach receivers and the writeback rounded: refused by
+    // its path (a string keeps it), as on POST /v1/events.
+    let auth = format!("Bearer {}", app.api_key);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let raw = r#"{"alert_id": "big", "results": {"scores": [1, 18446744073709551616]}}"#;
+    let (s, e) = app.post_raw(&alerts_path(&bucket, &oid), raw, &headers).await;
+    assert_eq!((s, e["error"]["field"].as_str()), (422, Some("results.scores[1]")), "{e}");
 
     // An object still in its batch buffer: 409, saying when it flushes.
     let (s, b) = app
