@@ -87,6 +87,16 @@ pub fn check_name(field: &'static str, name: &str, max: usize) -> Result<(), Api
     Ok(())
 }
 
+/// A duration as people read it in a message: `42 s`, `3.5 min`, `72.0 h`.
+pub fn rough_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    match secs {
+        s if s >= 3600.0 => format!("{:.1} h", s / 3600.0),
+        s if s >= 60.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{s:.0} s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

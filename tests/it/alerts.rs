@@ -141,10 +141,13 @@ async fn generic_on_alert_posts_the_alert_id_and_trigger() {
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
     let req = &rx.seen()[0];
     assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/results"));
+    // The job's writeback_id, as the writebacks list names it: what a receiver drops repeats by.
+    use base64::Engine;
+    let id = format!("wb_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("ajob/{oid}/run-7:t-9")));
     assert_eq!(
         req.body,
         json!({"object_id": oid, "external_id": "T-9", "alert_id": "run-7:t-9", "trigger": "on_alert",
-            "fields": {"verdict": "spam", "title": "Broken"}}),
+            "fields": {"verdict": "spam", "title": "Broken"}, "writeback_id": id}),
         "the results and the object are both readable"
     );
 }

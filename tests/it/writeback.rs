@@ -320,8 +320,16 @@ async fn a_generic_writeback_without_an_external_id_still_posts() {
     let r = ingest(&app, &bucket, &secret, json!({"type": "x", "title": "hello"})).await;
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
     let (_, object) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap())).await;
+    let listed_id = {
+        let (s, b) = app.get(&writebacks_path(&bucket)).await;
+        assert_eq!((s, b["results"].as_array().map(Vec::len)), (200, Some(0)), "written: {b}");
+        // The ID as the list would show it: `wb_` and the base64url of the job's key.
+        use base64::Engine;
+        let key = format!("job/{}/{}", object["batch_id"].as_str().unwrap(), r["object_id"].as_str().unwrap());
+        format!("wb_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key))
+    };
     let expected = json!({"object_id": r["object_id"], "external_id": null, "fields": {"t": "hello"},
-        "batch_id": object["batch_id"], "trigger": "on_batch_complete"});
+        "batch_id": object["batch_id"], "trigger": "on_batch_complete", "writeback_id": listed_id});
     assert_eq!(rx.seen()[0].body, expected);
     assert!(object["batch_id"].as_str().is_some_and(|b| b.starts_with("batch_")), "{object}");
     assert!(status(&app, &bucket).await["last_error"].is_null());
@@ -380,7 +388,8 @@ async fn generic_webhook_posts_with_connection_headers_and_retries_a_500() {
         assert_eq!(
             req.body,
             json!({"object_id": r["object_id"], "external_id": "T-9", "fields": {"verdict": "Broken"},
-                "batch_id": req.body["batch_id"], "trigger": "on_batch_complete"})
+                "batch_id": req.body["batch_id"], "trigger": "on_batch_complete",
+                "writeback_id": seen[0].body["writeback_id"]})
         );
     }
     let last_error = status(&app, &bucket).await["last_error"].as_str().unwrap_or("").to_string();
@@ -964,7 +973,8 @@ async fn a_dead_writeback_is_listed_and_a_retry_sends_it_once_the_receiver_is_fi
         assert_eq!((job["external_id"].as_str(), &job["fields"]), (Some(external_id), &json!({ "title": title })));
         assert!(job["attempts"].as_u64().is_some_and(|n| n >= 1), "{job}");
         assert!(is_rfc3339(&job["created_at"]) && job["next_attempt_at"].is_null(), "{job}");
-        assert!(job["last_error"].as_str().is_some_and(|e| e.contains("HTTP 500")), "why it was given up: {job}");
+        let why = job["last_error"].as_str().unwrap_or_default();
+        assert!(why.contains("HTTP 500") && why.contains("given up after"), "why it was given up: {job}");
         assert!(job.get("table").is_none() && job.get("held").is_none(), "{job}");
     }
     let (first, second) = (id_of(&dead[0]), id_of(&dead[1]));
@@ -1042,7 +1052,7 @@ async fn a_dead_writeback_is_listed_and_a_retry_sends_it_once_the_receiver_is_fi
     assert_eq!(
         sent[0].body,
         json!({"object_id": one["object_id"], "external_id": "row-1", "fields": {"title": "One"},
-            "batch_id": dead[0]["batch_id"], "trigger": "on_batch_complete"})
+            "batch_id": dead[0]["batch_id"], "trigger": "on_batch_complete", "writeback_id": first})
     );
     let labels = [("adapter", "generic_webhook"), ("outcome", "requeued")];
     assert!(metric_reaches(&app, "hookline_writebacks_total", &labels, 1.0).await);
@@ -1286,7 +1296,7 @@ async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
     let dead = listed(&app, &bucket, "?status=dead", 1).await;
     assert_eq!(id_of(&dead[0]), id_of(&pending[0]), "{dead:?}");
     let why = dead[0]["last_error"].as_str().unwrap_or_default();
-    assert!(why.contains("queued by the bucket's generic_webhook adapter"), "{dead:?}");
+    assert!(why.contains("queued by the bucket's generic_webhook adapter") && why.contains("not retried"), "{dead:?}");
     // A retry by hand cannot send it either.
     assert_eq!(retry(&app, &bucket, &id_of(&dead[0])).await.0, 202);
     let again = listed(&app, &bucket, "?status=dead", 1).await;

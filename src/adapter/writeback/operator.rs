@@ -108,6 +108,15 @@ pub enum WritebackId {
 }
 
 impl WritebackId {
+    /// The ID of `job` (`None` for one without a cause, which hookline never makes).
+    pub fn of(job: &Job) -> Option<WritebackId> {
+        match (&job.alert_id, &job.batch_id) {
+            (Some(a), _) => Some(WritebackId::Alert { object_id: job.object_id.clone(), alert_id: a.clone() }),
+            (None, Some(b)) => Some(WritebackId::Batch { batch_id: b.clone(), object_id: job.object_id.clone() }),
+            (None, None) => None,
+        }
+    }
+
     /// Decodes a `writeback_id`; `None` for anything [`fmt::Display`] would not have made.
     pub fn parse(s: &str) -> Option<WritebackId> {
         let encoded = s.strip_prefix(ID_PREFIX).filter(|e| s.len() <= MAX_ID_LEN && !e.is_empty())?;
@@ -402,11 +411,7 @@ mod tests {
     }
 
     fn id_of(j: &Job) -> WritebackId {
-        match (&j.batch_id, &j.alert_id) {
-            (_, Some(a)) => WritebackId::Alert { object_id: j.object_id.clone(), alert_id: a.clone() },
-            (Some(b), None) => WritebackId::Batch { batch_id: b.clone(), object_id: j.object_id.clone() },
-            (None, None) => unreachable!("a test job has a cause"),
-        }
+        WritebackId::of(j).expect("a test job has a cause")
     }
 
     /// A cursor of the writebacks list is a `writeback_id` of generated IDs: one made of

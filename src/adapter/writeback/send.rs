@@ -1,7 +1,7 @@
 //! One writeback attempt over HTTP: Supabase → PostgREST `PATCH`, generic_webhook → `POST`
 //! of `{object_id, external_id, fields}` to `writeback_url` with the connection's headers
-//! (an alert's job adds `alert_id` and `"trigger": "on_alert"`, a batch's `batch_id` and
-//! `"trigger": "on_batch_complete"`).
+//! (and `writeback_id`; an alert's job adds `alert_id` and `"trigger": "on_alert"`, a
+//! batch's `batch_id` and `"trigger": "on_batch_complete"`).
 //!
 //! Targets are user-configured URLs, so the delivery side's outbound rules apply: the URL is
 //! checked with [`netguard::check_url`] and the client resolves through its guarded resolver
@@ -197,6 +197,11 @@ impl Sender {
 /// the receiver can tell alerts apart (a batch job's body is unchanged from before alerts).
 fn generic_body(job: &Job, external_id: Option<&str>) -> serde_json::Value {
     let mut body = json!({"object_id": job.object_id, "external_id": external_id, "fields": job.fields});
+    // The same on every attempt of the job (a retry, one after a crash, one whose 2xx was
+    // lost to a timeout): what a receiver drops repeats by.
+    if let Some(id) = super::operator::WritebackId::of(job) {
+        body["writeback_id"] = json!(id.to_string());
+    }
     if let Some(alert_id) = &job.alert_id {
         body["alert_id"] = json!(alert_id);
         body["trigger"] = json!("on_alert");

@@ -412,7 +412,17 @@ impl WorkerState {
                     if let Some(current) = self.jobs.get(&key) {
                         j.external_id = current.external_id.clone();
                     }
-                    j.last_error = error.clone();
+                    // Why it was given up, not only its last error: no retry could help, or
+                    // it kept failing for as long as jobs are tried.
+                    let why = match outcome {
+                        Outcome::Permanent => "not retried: trying again cannot change it".to_string(),
+                        _ => format!(
+                            "given up after {} attempt(s) over {}, delivery.max_age_hours",
+                            j.attempts,
+                            crate::util::rough_duration(age)
+                        ),
+                    };
+                    j.last_error = Some(format!("{} ({why})", error.clone().unwrap_or_default()));
                     batch.delete(KS, &key);
                     batch.put(KS, &j.dead_key(&bucket), &j);
                     self.jobs.remove(&key);
