@@ -120,6 +120,18 @@ pub struct AlertRecord {
 }
 
 impl AlertRecord {
+    /// The alert as `GET …/alerts` lists it: its event's payload, and what it did about a
+    /// writeback (as its answer said).
+    pub fn view(&self) -> Value {
+        let mut v = self.event_payload();
+        v["writeback"] = serde_json::json!(self.writeback);
+        if let Some(why) = &self.writeback_skipped {
+            v["writeback"] = serde_json::json!(WritebackQueued::Skipped);
+            v["writeback_skipped"] = why.as_str().into();
+        }
+        v
+    }
+
     /// The `alert.triggered` payload.
     pub fn event_payload(&self) -> Value {
         serde_json::json!({
@@ -161,18 +173,13 @@ pub struct Fired {
 }
 
 impl Fired {
-    /// The answer's body.
+    /// The answer's body: the alert as listed, without its results, and whether it was new.
     pub fn view(&self) -> Value {
-        let mut v = serde_json::json!({
-            "alert_id": self.record.alert_id,
-            "object_id": self.record.object_id,
-            "bucket_id": self.record.bucket_id,
-            "status": self.status.as_str(),
-            "writeback": self.record.writeback,
-        });
-        if let Some(why) = &self.record.writeback_skipped {
-            v["writeback"] = serde_json::json!(WritebackQueued::Skipped);
-            v["writeback_skipped"] = why.as_str().into();
+        let mut v = self.record.view();
+        if let Value::Object(m) = &mut v {
+            m.remove("results");
+            m.remove("fired_at");
+            m.insert("status".into(), self.status.as_str().into());
         }
         v
     }

@@ -9,15 +9,18 @@
 use warp::http::StatusCode;
 
 use super::admin::load_bucket;
+use super::page::Page;
 use super::{json, HttpState, Request, Response};
 use ractor::ActorRef;
 
 use crate::adapter::actor::{AdapterMsg, AlertAnswer};
-use crate::adapter::alert::{AlertBody, AlertStatus, NewAlert};
+use crate::adapter::alert::{self, AlertBody, AlertRecord, AlertStatus, NewAlert};
+use crate::adapter::records;
 use crate::adapter::RegistryMsg;
 use crate::ask;
 use crate::error::ApiError;
-use crate::ids::{BucketId, ObjectId};
+use crate::ids::{AlertId, BucketId, ObjectId};
+use crate::store::Keyspace;
 
 pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
     req.authenticate(state)?;
@@ -48,6 +51,27 @@ pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Res
         AlertStatus::Duplicate => StatusCode::OK,
     };
     Ok(json(status, &fired.view()))
+}
+
+/// `GET …/objects/{object_id}/alerts`: the object's alerts, by `alert_id`, paged as the
+/// other lists (`limit`, `cursor`). Read from the store, as the object is: what was answered
+/// is there. A 404 for an object that does not exist (its alerts went with it).
+pub async fn list(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
+    req.authenticate_list(state, &["limit", "cursor"])?;
+    let bucket = load_bucket(state, req, id)?;
+    let not_found = || ApiError::NotFound(format!("object {oid} not found in bucket {id}"));
+    let object_id = ObjectId::parse(oid).ok_or_else(not_found)?;
+    let store = &state.shared.store;
+    if !store.contains(Keyspace::OBJECTS, &records::key(&bucket.bucket_id, object_id.as_str()))? {
+        return Err(not_found());
+    }
+    let mut page = Page::results(req.page_limit()?);
+    let prefix = alert::object_prefix(&bucket.bucket_id, &object_id);
+    let after = req.cursor(|c| AlertId::parse(c).is_some())?.map(|c| format!("{prefix}{c}"));
+    store.for_each_after(alert::KS, &prefix, after.as_deref(), |key, rec: AlertRecord| {
+        page.offer(&key[prefix.len()..], &rec.view())
+    })?;
+    Ok(page.finish())
 }
 
 /// Asks the bucket's running adapter actor, after checking the bucket is in the request's

@@ -70,6 +70,7 @@ pub async fn route(state: &HttpState, req: &Request, segs: &[&str]) -> (&'static
         }),
         ["v1", "buckets", id, "objects", oid, "alerts"] => {
             methods!(m, "/v1/buckets/{bucket_id}/objects/{object_id}/alerts", {
+                GET => super::alerts::list(state, req, id, oid),
                 POST => super::alerts::raise(state, req, id, oid)
             })
         }

@@ -383,7 +383,7 @@ async fn alerts_answer_404_409_and_422_as_the_contract_does() {
     assert_eq!(s, 404, "another namespace's bucket");
     let (s, _) = app.call_as(reqwest::Method::POST, &alerts_path(&bucket, &oid), Some(ok.clone()), None, None).await;
     assert_eq!(s, 401);
-    let (s, _) = app.get(&alerts_path(&bucket, &oid)).await;
+    let (s, _) = app.call(reqwest::Method::PUT, &alerts_path(&bucket, &oid), Some(ok.clone())).await;
     assert_eq!(s, 405);
 
     // Bodies: results required and an object; a well-formed alert_id; no unknown keys.
@@ -673,4 +673,44 @@ async fn an_older_writeback_of_a_rekeyed_row_does_not_land_after_a_newer_one() {
     let written = pg.succeeded();
     let last = written.last().expect("a PATCH");
     assert_eq!((last.query.as_str(), &last.body), ("id=eq.71", &json!({"mp_verdict": "new"})), "{written:?}");
+}
+
+/// An object's alerts can be read back: by alert_id, paged as the other lists, each with
+/// its results and what it did about a writeback.
+#[tokio::test]
+async fn an_objects_alerts_are_listed() {
+    let app = TestApp::start().await;
+    let (bucket, _, oid) = generic_with_object(&app, "listed", generic_on_alert("http://127.0.0.1:9/wb")).await;
+    let path = alerts_path(&bucket, &oid);
+    let (s, empty) = app.get(&path).await;
+    assert_eq!((s, &empty["results"], &empty["next_cursor"]), (200, &json!([]), &Value::Null), "{empty}");
+    for (id, verdict) in [("b-2", "spam"), ("a-1", "ham"), ("c-3", "spam")] {
+        let (s, a) =
+            raise(&app, &bucket, &oid, json!({"alert_id": id, "results": {"verdict_classification": verdict}})).await;
+        assert_eq!(s, 202, "{a}");
+    }
+    let (s, all) = app.get(&path).await;
+    assert_eq!(s, 200, "{all}");
+    let listed = all["results"].as_array().unwrap();
+    let ids: Vec<&str> = listed.iter().map(|a| a["alert_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a-1", "b-2", "c-3"], "by alert_id: {all}");
+    assert_eq!(listed[0]["results"], json!({"verdict_classification": "ham"}));
+    assert_eq!((&listed[0]["object_id"], &listed[0]["bucket_id"]), (&json!(oid), &json!(bucket)));
+    assert_eq!(listed[0]["writeback"], "queued", "{all}");
+    assert!(listed[0]["fired_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{all}");
+    // Pages.
+    let (_, first) = app.get(&format!("{path}?limit=2")).await;
+    assert_eq!((first["results"].as_array().map(Vec::len), first["next_cursor"].as_str()), (Some(2), Some("b-2")));
+    let (_, rest) = app.get(&format!("{path}?limit=2&cursor=b-2")).await;
+    assert_eq!((&rest["results"][0]["alert_id"], &rest["next_cursor"]), (&json!("c-3"), &Value::Null), "{rest}");
+    for (query, field) in [("cursor=a%2Fb", "cursor"), ("limit=0", "limit"), ("status=x", "status")] {
+        let (s, e) = app.get(&format!("{path}?{query}")).await;
+        assert_eq!((s, e["error"]["field"].as_str()), (422, Some(field)), "{query}: {e}");
+    }
+    // Who may read, and of what.
+    let (s, _) = app.call_as(reqwest::Method::GET, &path, None, None, None).await;
+    assert_eq!(s, 401);
+    assert_eq!(app.get(&alerts_path(&bucket, "obj_01jzzzzzzzzzzzzzzzzzzzzzzz")).await.0, 404);
+    assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 204);
+    assert_eq!(app.get(&path).await.0, 404, "its alerts went with it");
 }
