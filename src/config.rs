@@ -337,9 +337,10 @@ fn plain_types(message: &str) -> String {
     const WORDS: [(&str, &str); 9] = [
         ("usize", "a whole number, 0 or more"),
         ("u64", "a whole number, 0 or more"),
-        ("u32", "a whole number, 0 or more"),
-        ("u16", "a whole number, 0 or more"),
-        ("u8", "a whole number, 0 or more"),
+        // The narrow ones say their range: `70000` for a port is a whole number, 0 or more.
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u8", "a whole number from 0 to 255"),
         ("i64", "a whole number"),
         ("i32", "a whole number"),
         ("f64", "a number"),
@@ -890,6 +891,8 @@ mod tests {
     fn type_errors_name_no_rust_types() {
         let e = Config::from_toml("[server]\nmax_body_bytes = -1\n").unwrap_err().to_string();
         assert!(e.ends_with("invalid value: integer `-1`, expected a whole number, 0 or more"), "{e}");
+        let e = Config::from_toml("[delivery.email]\nsmtp_host = \"mx\"\nsmtp_port = 70000\n").unwrap_err().to_string();
+        assert!(e.contains("expected a whole number from 0 to 65535"), "{e}");
         let e = Config::from_toml("[server]\nshutdown_timeout_seconds = 1.5\n").unwrap_err().to_string();
         assert!(e.ends_with("expected a whole number, 0 or more") && e.contains("1.5"), "{e}");
     }

@@ -84,12 +84,20 @@ impl SecretBox {
             // The operator who set the variable beside a key file may not know the file is
             // ignored: say so when they differ (whatever was sealed with the file's key will
             // not open, and this is the line that says why).
-            if path.exists() && read_file().ok() != Some(key) {
-                tracing::warn!(
-                    path = %shown.display(),
-                    "HOOKLINE_MASTER_KEY is in use and differs from the key in this file, which is ignored: \
-                     credentials sealed with the file's key cannot be opened"
-                );
+            if path.exists() {
+                match read_file() {
+                    Ok(file_key) if file_key == key => {}
+                    Ok(_) => tracing::warn!(
+                        path = %shown.display(),
+                        "HOOKLINE_MASTER_KEY is in use and differs from the key in this file, which is ignored: \
+                         credentials sealed with the file's key cannot be opened"
+                    ),
+                    Err(e) => tracing::warn!(
+                        path = %shown.display(),
+                        error = format!("{e:#}"),
+                        "HOOKLINE_MASTER_KEY is in use; this key file beside it is ignored (and cannot be read)"
+                    ),
+                }
             }
             return Ok(SecretBox::new(key));
         }

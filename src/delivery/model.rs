@@ -227,6 +227,12 @@ pub struct PatchWebhook {
     pub last_error: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub last_error_at: Option<serde::de::IgnoredAny>,
+    /// What a view or an answer adds: the view's `error` (secrets that cannot be opened), an
+    /// answer's `warnings`.
+    #[serde(default)]
+    pub error: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub warnings: Option<serde::de::IgnoredAny>,
 }
 
 pub fn validate_name(name: &str) -> Result<(), ApiError> {

@@ -75,6 +75,12 @@ pub struct Job {
     /// before: checked by `table` alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_by: Option<ProviderType>,
+    /// The adapter type that made its object (`source.adapter_type`), when another than
+    /// `queued_by`: an object an adapter of another type made (before a PATCH of the
+    /// bucket's adapter type, and updated since by this one, say) has an ID of that
+    /// source, which names no row of this adapter's (see [`Job::foreign_object`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_from: Option<ProviderType>,
     /// Supabase: where the row lives (from the event that created the object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
@@ -109,6 +115,19 @@ impl Job {
              changed): its fields and row are not this adapter's to write",
             by.as_str(),
             kind.as_str()
+        ))
+    }
+
+    /// Why this job must not be sent, if its object came from an adapter of another type
+    /// than the one that queued it: its external ID is that source's, and would name some
+    /// unrelated row of this adapter's (a service-role PATCH, for Supabase).
+    pub fn foreign_object(&self) -> Option<String> {
+        let (from, by) = (self.object_from?, self.queued_by?);
+        Some(format!(
+            "the object was made by a {} source adapter (before the bucket's adapter became {}): its ID names no \
+             record of this adapter's source, so it is not written back",
+            from.as_str(),
+            by.as_str()
         ))
     }
 
@@ -224,6 +243,7 @@ pub fn job_for(
         external_id,
         fields,
         queued_by: Some(kind),
+        object_from: Some(rec.source.adapter_type).filter(|t| *t != kind),
         table: rec.source.table.clone(),
         schema: rec.source.schema.clone(),
         created_at_ms: now_ms,
@@ -252,6 +272,10 @@ pub fn remapped(store: &Store, bucket: &BucketId, adapter: &SourceAdapter, job: 
     let Some(wb) = adapter.writeback.as_ref().filter(|w| w.trigger == trigger) else { return Ok(job) };
     let key = records::key(bucket, job.object_id.as_str());
     let Some(rec) = store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else { return Ok(job) };
+    // A batch's job from the object as that batch made it, not as a later batch holds it.
+    if job.batch_id.is_some() && rec.batch_id != job.batch_id {
+        return Ok(job);
+    }
     let doc = match &job.alert_id {
         Some(a) => match store.get::<AlertRecord>(alert::KS, &alert::key(bucket, &job.object_id, a))? {
             Some(raised) => alert_document(&rec, a, &raised.results),
@@ -260,12 +284,22 @@ pub fn remapped(store: &Store, bucket: &BucketId, adapter: &SourceAdapter, job: 
         None => result_document(&rec),
     };
     let fresh = job_for(adapter.adapter_type, wb, &rec, &doc, cause, job.created_at_ms);
+    // An object of another source (a job from before `queued_by`, or one queued then) is
+    // marked so and given up; one the mapping now finds nothing in keeps what it had.
+    if fresh.foreign_object().is_some() {
+        return Ok(Job { queued_by: fresh.queued_by, object_from: fresh.object_from, ..job });
+    }
+    if fresh.fields.is_empty() {
+        return Ok(job);
+    }
     Ok(Job {
         fields: fresh.fields,
-        external_id: fresh.external_id,
+        // As a re-key does (see `worker.rs`): an ID the object no longer has is no better.
+        external_id: fresh.external_id.or(job.external_id),
         table: fresh.table,
         schema: fresh.schema,
         queued_by: fresh.queued_by,
+        object_from: fresh.object_from,
         ..job
     })
 }
@@ -334,6 +368,9 @@ pub fn record_alert(
 /// fields was found (in `read_from`), or a Supabase object has no external ID to find its row
 /// by. Such a job is not queued (see [`record`], [`record_alert`]).
 fn could_only_fail(kind: crate::catalog::ProviderType, wb: &Writeback, job: &Job, read_from: &str) -> Option<String> {
+    if let Some(why) = job.foreign_object() {
+        return Some(why);
+    }
     if job.fields.is_empty() {
         let paths: Vec<&str> = wb.field_mapping.iter().map(|m| m.source_path.as_str()).collect();
         return Some(format!(

@@ -400,6 +400,7 @@ mod tests {
             external_id: Some("42".into()),
             fields: serde_json::Map::new(),
             queued_by: None,
+            object_from: None,
             table: None,
             schema: None,
             created_at_ms: 1_000,

@@ -74,7 +74,7 @@ impl Sender {
 
     /// Sends one job once.
     pub async fn attempt(&self, job: &Job, creds: &Option<ProviderConfig>) -> Result<(), Failure> {
-        if let Some(why) = job.queued_by_another(self.adapter.adapter_type) {
+        if let Some(why) = job.queued_by_another(self.adapter.adapter_type).or_else(|| job.foreign_object()) {
             return Err(permanent(why));
         }
         let external_id = job.external_id.as_deref();
@@ -125,12 +125,13 @@ impl Sender {
                     return Err(permanent("no writeback_url"));
                 };
                 self.check(url)?;
-                let body = generic_body(job, external_id);
+                let body = generic_body(job, external_id).to_string();
                 let mut rb = self
                     .client
                     .post(url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_string());
+                    .header("idempotency-key", idempotency_key(&body))
+                    .body(body);
                 if let Some(ProviderConfig::Generic(g)) = creds {
                     if !g.headers.is_empty() && !g.allows(url) {
                         return Err(permanent(format!(
@@ -192,13 +193,13 @@ impl Sender {
     }
 }
 
-/// The generic_webhook body: `{object_id, external_id, fields}` (`external_id` null for an
-/// object without one), plus `alert_id` and `"trigger": "on_alert"` for an alert's job, so
-/// the receiver can tell alerts apart (a batch job's body is unchanged from before alerts).
+/// The generic_webhook body: `{object_id, external_id, fields, writeback_id}` (`external_id`
+/// null for an object without one), plus the cause: `alert_id` and `"trigger": "on_alert"`,
+/// or `batch_id` and `"trigger": "on_batch_complete"`.
 fn generic_body(job: &Job, external_id: Option<&str>) -> serde_json::Value {
     let mut body = json!({"object_id": job.object_id, "external_id": external_id, "fields": job.fields});
-    // The same on every attempt of the job (a retry, one after a crash, one whose 2xx was
-    // lost to a timeout): what a receiver drops repeats by.
+    // The job, as the writebacks list names it (its content may change between sends: a
+    // merge, a retry by hand mapped again; `Idempotency-Key` is the content's).
     if let Some(id) = super::operator::WritebackId::of(job) {
         body["writeback_id"] = json!(id.to_string());
     }
@@ -211,6 +212,15 @@ fn generic_body(job: &Job, external_id: Option<&str>) -> serde_json::Value {
         body["trigger"] = json!("on_batch_complete");
     }
     body
+}
+
+/// The same for every send of the same body (a retry of the job, one after a crash, one
+/// whose 2xx was lost to a timeout), another for any other: what a receiver drops repeats
+/// by. Of the content, not of the job: a job whose fields changed (merged with an older one
+/// of its row, mapped again by a retry by hand) must not be dropped as a repeat.
+fn idempotency_key(body: &str) -> String {
+    use sha2::Digest;
+    const_hex::encode(&sha2::Sha256::digest(body.as_bytes())[..16])
 }
 
 /// The write-back client: the guarded resolver, no redirects, no proxies (a proxy would

@@ -297,6 +297,10 @@ impl WorkerState {
         let store = self.sender.shared.store.clone();
         let mut batch = Batch::new();
         for (k, j) in due {
+            // Another adapter type's job keeps the ID it was queued with (it is not sent).
+            if !self.sendable(j) {
+                continue;
+            }
             let key = crate::adapter::records::key(&self.sender.bucket_id, j.object_id.as_str());
             let Ok(Some(rec)) =
                 store.get::<crate::adapter::records::ObjectRecord>(crate::store::Keyspace::OBJECTS, &key)
@@ -331,13 +335,17 @@ impl WorkerState {
             let Some(newer) = self.jobs.get(k).cloned() else { continue };
             // A job queued now has the object's ID as it is; a dead job retried by hand keeps
             // the one it was queued with (maybe a key the row has since left): not a guide.
-            if newer.external_id.is_none() || newer.caused_at_ms != Some(newer.created_at_ms) {
+            if newer.external_id.is_none() || newer.caused_at_ms != Some(newer.created_at_ms) || !self.sendable(&newer)
+            {
                 continue;
             }
             // Older as `coalesce` orders them: by cause, then key.
             let newer_at = (caused_at(&newer), k.as_str());
+            let kind = self.sender.adapter.adapter_type;
             for (key, j) in self.jobs.iter_mut() {
                 if key != k
+                    && j.queued_by_another(kind).is_none()
+                    && j.foreign_object().is_none()
                     && j.object_id == newer.object_id
                     && j.external_id != newer.external_id
                     && (caused_at(j), key.as_str()) < newer_at
@@ -417,7 +425,8 @@ impl WorkerState {
                     let why = match outcome {
                         Outcome::Permanent => "not retried: trying again cannot change it".to_string(),
                         _ => format!(
-                            "given up after {} attempt(s) over {}, delivery.max_age_hours",
+                            "given up after {} attempt(s) over {}: the max age of a writeback \
+                             (delivery.max_age_hours) was reached",
                             j.attempts,
                             crate::util::rough_duration(age)
                         ),
@@ -467,8 +476,20 @@ fn caused_at(j: &Job) -> u64 {
 }
 
 impl WorkerState {
+    /// `None` too for a job this adapter may not send ([`WorkerState::sendable`]): it is
+    /// given up at its attempt, and must neither lend its fields to this adapter's jobs of
+    /// the same ID nor take theirs.
     fn row(&self, j: &Job) -> Option<RowKey> {
+        if !self.sendable(j) {
+            return None;
+        }
         row_of(j, self.sender.adapter.table())
+    }
+
+    /// Whether this adapter may send `j` at all: not a job another type of adapter queued,
+    /// nor one of an object another type made (both are given up at their attempt).
+    fn sendable(&self, j: &Job) -> bool {
+        j.queued_by_another(self.sender.adapter.adapter_type).is_none() && j.foreign_object().is_none()
     }
 
     /// The rows with an attempt in flight.
