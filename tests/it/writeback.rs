@@ -1274,6 +1274,18 @@ async fn a_retried_dead_writeback_does_not_undo_a_newer_one_in_flight() {
     assert_eq!((&sent[1]["alert_id"], &sent[1]["fields"]), (&json!("a1"), &json!({"note": "n1"})), "{sent:?}");
 }
 
+/// PATCHes `bucket`'s adapter to a supabase one on table `things` of `pg`, writing each
+/// object's title back to `column` as its batch (of one) completes.
+async fn switch_to_supabase(app: &TestApp, bucket: &str, pg: &Upstream, column: &str) {
+    let conn = supabase_connection(app, &pg.url(""), "srk-switched-0042").await;
+    let supabase = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "things",
+        "field_mapping": {"record.title": "title"}, "batching": {"mode": "count", "max_batch_size": 1},
+        "writeback": {"enabled": true, "trigger": "on_batch_complete",
+            "field_mapping": [{"source_path": "metadata.title", "target_field": column}]}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": supabase })).await;
+    assert_eq!(s, 200, "{b}");
+}
+
 /// A writeback is sent only by an adapter of the type that queued it: after a PATCH from
 /// generic_webhook to supabase, a generic job still pending (its target failing) must not
 /// become a PostgREST PATCH, with the service-role key, of whatever row its ID names. It is
@@ -1290,13 +1302,7 @@ async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
     assert!(eventually(WAIT, || async { !generic.seen().is_empty() }).await, "the generic target was never tried");
     let pending = listed(&app, &bucket, "?status=pending", 1).await;
 
-    let conn = supabase_connection(&app, &pg.url(""), "srk-switched-0042").await;
-    let supabase = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "things",
-        "field_mapping": {"record.title": "title"}, "batching": {"mode": "count", "max_batch_size": 1},
-        "writeback": {"enabled": true, "trigger": "on_batch_complete",
-            "field_mapping": [{"source_path": "metadata.title", "target_field": "title2"}]}});
-    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": supabase })).await;
-    assert_eq!(s, 200, "{b}");
+    switch_to_supabase(&app, &bucket, &pg, "title2").await;
     let dead = listed(&app, &bucket, "?status=dead", 1).await;
     assert_eq!(id_of(&dead[0]), id_of(&pending[0]), "{dead:?}");
     let why = dead[0]["last_error"].as_str().unwrap_or_default();
@@ -1393,13 +1399,7 @@ async fn an_object_of_another_adapter_type_is_not_written_back() {
     let (_, batches) = app.get(&format!("/v1/buckets/{bucket}/batches")).await;
     let batch_id = batches["results"][0]["batch_id"].as_str().unwrap().to_string();
 
-    let conn = supabase_connection(&app, &pg.url(""), "srk-taken-over-0042").await;
-    let supabase = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "things",
-        "field_mapping": {"record.title": "title"}, "batching": {"mode": "count", "max_batch_size": 1},
-        "writeback": {"enabled": true, "trigger": "on_batch_complete",
-            "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}});
-    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": supabase })).await;
-    assert_eq!(s, 200, "{b}");
+    switch_to_supabase(&app, &bucket, &pg, "title").await;
     let (s, b) = app.post(&format!("/v1/buckets/{bucket}/batches/{batch_id}/submit"), json!({})).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("completed")), "{b}");
     let skipped = || async {
