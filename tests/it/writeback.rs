@@ -1409,3 +1409,36 @@ async fn an_object_of_another_adapter_type_is_not_written_back() {
     assert_eq!(writebacks(&app, &bucket, "").await["results"], json!([]), "nothing queued");
     assert!(pg.seen().is_empty(), "{:?}", pg.seen());
 }
+
+/// A job stored by a binary from before jobs recorded their adapter type, pending when the
+/// bucket's adapter is PATCHed from generic_webhook to supabase: its object's source says it
+/// is not this adapter's, and it is given up, not sent as a service-role PATCH.
+#[tokio::test]
+async fn an_untyped_job_of_another_adapters_object_is_not_sent() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let generic = Upstream::start(500).await;
+    let pg = Upstream::start(204).await;
+    let schema = json!({"title": {"type": "string"}});
+    let (bucket, secret) = bucket_with(&app, "untyped", schema, generic_adapter(&generic.url("/wb"), true)).await;
+    ingest(&app, &bucket, &secret, json!({"id": "z1", "title": "Zed"})).await;
+    listed(&app, &bucket, "?status=pending", 1).await;
+    // As an older binary stored it: no queued_by.
+    let backend = crate::support::stop_and_open(&mut app).await;
+    let stored = crate::support::stored_entries(&backend, "wb", &format!("{bucket}/job/"));
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let mut job: Value = serde_json::from_slice(&stored[0].1).unwrap();
+    assert_eq!(job.as_object_mut().unwrap().remove("queued_by"), Some(json!("generic_webhook")), "{job}");
+    let mut b = Batch::new();
+    b.put(Keyspace::custom("wb"), &stored[0].0, &job);
+    backend.apply(&b).unwrap();
+    futures::executor::block_on(backend.flush()).unwrap();
+    drop(backend);
+    app.start_again().await;
+
+    switch_to_supabase(&app, &bucket, &pg, "title").await;
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    let why = dead[0]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("made by a generic_webhook source adapter"), "{dead:?}");
+    assert!(pg.seen().is_empty(), "{:?}", pg.seen());
+}

@@ -77,6 +77,9 @@ impl Sender {
         if let Some(why) = job.queued_by_another(self.adapter.adapter_type).or_else(|| job.foreign_object()) {
             return Err(permanent(why));
         }
+        if job.queued_by.is_none() {
+            self.check_untyped(job)?;
+        }
         let external_id = job.external_id.as_deref();
         if external_id.is_none() && super::job::needs_external_id(self.adapter.adapter_type) {
             return Err(permanent(super::job::no_external_id(self.adapter.writeback.as_ref())));
@@ -184,6 +187,34 @@ impl Sender {
                     format!("the target answered HTTP {status}: {text}")
                 }))
             }
+        }
+    }
+
+    /// A job stored by a binary from before jobs recorded their adapter type (see
+    /// `Job::queued_by`): its object's source says whether it is this adapter's. One made by
+    /// another type (a generic object, after a PATCH to supabase made with the old binary)
+    /// is given up, as a typed one is. With its object gone, a Supabase job that names no
+    /// table cannot show it came from a row of this table: not sent as a service-role PATCH.
+    fn check_untyped(&self, job: &Job) -> Result<(), Failure> {
+        let key = crate::adapter::records::key(&self.bucket_id, job.object_id.as_str());
+        let rec = self
+            .shared
+            .store
+            .get::<crate::adapter::records::ObjectRecord>(Keyspace::OBJECTS, &key)
+            .map_err(|e| retriable(format!("read the job's object: {e}")))?;
+        let kind = self.adapter.adapter_type;
+        match rec {
+            Some(rec) if rec.source.adapter_type != kind => Err(permanent(format!(
+                "the object was made by a {} source adapter, and the bucket's adapter is now {}: its ID names no \
+                 record of this adapter's source, so it is not written back",
+                rec.source.adapter_type.as_str(),
+                kind.as_str()
+            ))),
+            None if kind == ProviderType::Supabase && job.table.is_none() => Err(permanent(
+                "the job was stored by an older hookline without its source, and its object is gone: nothing shows \
+                 it is a row of the adapter's table, so it is not sent",
+            )),
+            _ => Ok(()),
         }
     }
 
