@@ -221,6 +221,13 @@ impl Actor for DeliveryRegistry {
         for w in stored {
             let secrets = open_secrets(&shared, &w);
             let id = w.webhook_id.clone();
+            // Saved before event types had to be words joined by dots (`object.`): kept and
+            // matched as before, but no publish can carry such a type now, and a PATCH of
+            // the webhook's whole view is refused until it is fixed.
+            if let Err(e) = model::check_each_event_type(&w.event_types) {
+                tracing::warn!(webhook_id = %id, error = %e,
+                    "a stored event type is not one any event can have now: PATCH the webhook's event_types");
+            }
             state.webhooks.insert(
                 id.clone(),
                 Entry { stored: w, secrets, restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },

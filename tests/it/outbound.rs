@@ -2144,3 +2144,36 @@ async fn a_channel_secret_of_the_wrong_type_is_not_echoed() {
         assert!(!b.to_string().contains("98765432123"), "the value is not echoed: {b}");
     }
 }
+
+/// A webhook saved before event types had to be words joined by dots (`object.`) still
+/// loads and works; the start says which one to fix.
+#[tokio::test]
+async fn a_stored_event_type_no_event_can_have_is_warned_of_at_start() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let rx = crate::outbound_receiver::Receiver::start(200).await;
+    let (s, w) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "legacy", "event_types": ["object.created"], "channels": [http_channel(&rx.url("/"))]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{w}");
+    let id = w["webhook_id"].as_str().unwrap().to_string();
+    let backend = crate::support::stop_and_open(&mut app).await;
+    let stored = crate::support::stored_entries(&backend, "wh", &id);
+    let mut record: Value = serde_json::from_slice(&stored[0].1).unwrap();
+    record["event_types"] = json!(["object.created", "object."]);
+    let mut b = Batch::new();
+    b.put(Keyspace::WEBHOOKS, &stored[0].0, &record);
+    backend.apply(&b).unwrap();
+    futures::executor::block_on(backend.flush()).unwrap();
+    drop(backend);
+    app.start_again().await;
+    let warned =
+        app.log().lines().any(|l| l.contains("a stored event type is not one any event can have") && l.contains(&id));
+    assert!(warned, "{}", app.log());
+    // It still delivers what it matches.
+    publish(&app, "object.created", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 1 }).await);
+}
