@@ -245,9 +245,13 @@ pub fn refuse_rounded_integers(raw: &[u8], parts: &[(&str, &serde_json::Value)])
     if !has_integer_past_64_bits(raw) {
         return Ok(());
     }
+    // Parsed, -2^63 - 1 rounds to -2^63, which an i64 holds: the bound is closed below.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
     fn huge(v: &serde_json::Value, path: String, found: &mut Vec<String>) {
         match v {
-            serde_json::Value::Number(n) if crate::util::is_integer_past_64_bits(n) => found.push(path),
+            serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| n.is_f64() && !(f > -TWO_63 && f < TWO_63)) => {
+                found.push(path)
+            }
             serde_json::Value::Array(a) => {
                 a.iter().enumerate().for_each(|(i, v)| huge(v, format!("{path}[{i}]"), found))
             }
@@ -261,8 +265,9 @@ pub fn refuse_rounded_integers(raw: &[u8], parts: &[(&str, &serde_json::Value)])
     }
     const ROUNDED: &str = "an integer past 64 bits, which would be delivered rounded: send it as a string";
     Err(match found.as_slice() {
-        // In none of the parts (a field that is not passed on): nothing is rounded.
-        [] => return Ok(()),
+        // The text holds one, and no part's parsed numbers show where: said of the body's
+        // first part rather than let through.
+        [] => ApiError::validation(parts.first().map_or("body", |(n, _)| *n), format!("holds {ROUNDED}")),
         [one] => ApiError::validation(one.clone(), format!("is {ROUNDED}")),
         several => {
             let in_one = parts.iter().map(|(n, _)| *n).find(|n| several.iter().all(|p| p.starts_with(n)));

@@ -408,6 +408,10 @@ async fn alerts_answer_404_409_and_422_as_the_contract_does() {
     let raw = r#"{"alert_id": "big", "results": {"scores": [1, 18446744073709551616]}}"#;
     let (s, e) = app.post_raw(&alerts_path(&bucket, &oid), raw, &headers).await;
     assert_eq!((s, e["error"]["field"].as_str()), (422, Some("results.scores[1]")), "{e}");
+    // Just below -2^63 too, which parsed rounds to -2^63 (an i64 holds that one).
+    let raw = r#"{"alert_id": "low", "results": {"x": -9223372036854775809}}"#;
+    let (s, e) = app.post_raw(&alerts_path(&bucket, &oid), raw, &headers).await;
+    assert_eq!((s, e["error"]["field"].as_str()), (422, Some("results.x")), "{e}");
 
     // An object still in its batch buffer: 409, saying when it flushes.
     let (s, b) = app

@@ -1292,7 +1292,11 @@ async fn switch_to_supabase(app: &TestApp, bucket: &str, pg: &Upstream, column: 
 /// given up, saying why; the new adapter's own jobs go out.
 #[tokio::test]
 async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
-    let app = TestApp::start().await;
+    // Retries a minute apart: the job is given up when the adapter changes type, not at its
+    // next attempt (by when a PATCH back could have revived it).
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [60]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
     let generic = Upstream::start(500).await;
     let pg = Upstream::start(204).await;
     let schema = json!({"title": {"type": "string"}});

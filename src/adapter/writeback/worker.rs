@@ -164,7 +164,7 @@ impl WorkerState {
                     .jobs
                     .iter()
                     .filter(|(k, j)| !self.flying.contains(*k) && !self.row(j).is_some_and(|r| busy.contains(&r)));
-                let next = waiting.map(|(_, j)| j.next_attempt_ms).min().unwrap_or(u64::MAX);
+                let next = waiting.map(|(_, j)| self.due_at(j)).min().unwrap_or(u64::MAX);
                 Duration::from_millis(next.saturating_sub(now)).min(POLL)
             };
             tokio::select! {
@@ -236,9 +236,9 @@ impl WorkerState {
         let mut due: Vec<(u64, &String)> = self
             .jobs
             .iter()
-            .filter(|(k, j)| j.next_attempt_ms <= now && !self.flying.contains(*k))
+            .filter(|(k, j)| self.due_at(j) <= now && !self.flying.contains(*k))
             .filter(|(_, j)| !self.row(j).is_some_and(|r| busy.contains(&r)))
-            .map(|(k, j)| (j.next_attempt_ms, k))
+            .map(|(k, j)| (self.due_at(j), k))
             .collect();
         // The longest due first: alert jobs sort before batch jobs and must not starve them.
         // Rows with an attempt in flight are out already, and the others are coalesced (one
@@ -484,6 +484,16 @@ impl WorkerState {
             return None;
         }
         row_of(j, self.sender.adapter.table())
+    }
+
+    /// When `j` is due: a job this adapter may not send at once, so that it is given up (and
+    /// said so) when the adapter changes type, not at an attempt hours away, by when a PATCH
+    /// back could have brought it to life again.
+    fn due_at(&self, j: &Job) -> u64 {
+        match self.sendable(j) {
+            true => j.next_attempt_ms,
+            false => 0,
+        }
     }
 
     /// Whether this adapter may send `j` at all: not a job another type of adapter queued,
