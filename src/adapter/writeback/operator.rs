@@ -342,6 +342,10 @@ pub enum RequeueError {
          dead one can be retried"
     )]
     Pending { id: String },
+    /// Another type of adapter's job, or one of an object another type made: re-queued, it
+    /// could only fail again at once (see `Job::queued_by`).
+    #[error("writeback {id} cannot be retried by this adapter: {why}")]
+    OtherType { id: String, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -350,7 +354,7 @@ impl From<RequeueError> for ApiError {
     fn from(e: RequeueError) -> Self {
         match e {
             e @ RequeueError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            e @ RequeueError::Pending { .. } => ApiError::Conflict(e.to_string()),
+            e @ (RequeueError::Pending { .. } | RequeueError::OtherType { .. }) => ApiError::Conflict(e.to_string()),
             RequeueError::Store(e) => e.into(),
         }
     }
@@ -377,6 +381,9 @@ pub fn requeue(
     };
     // Mapped again: the fix an operator retries after may be the adapter's mapping.
     let mut job = super::job::remapped(store, bucket, adapter, job)?;
+    if let Some(why) = job.queued_by_another(adapter.adapter_type).or_else(|| job.foreign_object()) {
+        return Err(RequeueError::OtherType { id: id.to_string(), why });
+    }
     job.attempts = 0;
     // Its place among its row's jobs stays its cause's (see `worker.rs`).
     job.caused_at_ms = Some(job.caused_at_ms.unwrap_or(job.created_at_ms));
