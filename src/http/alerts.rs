@@ -31,10 +31,9 @@ pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Res
         ObjectId::parse(oid).ok_or_else(|| ApiError::NotFound(format!("object {oid} not found in bucket {id}")))?;
     let alert = req.json::<AlertBody>()?.validate(object_id)?;
     // Its results reach alert.triggered's receivers and the writeback target: not rounded.
-    super::request::refuse_rounded_integers(
-        &req.body,
-        &[("results", &serde_json::Value::Object(alert.results.clone()))],
-    )?;
+    super::request::refuse_rounded_integers(&req.body, || {
+        vec![("results", serde_json::Value::Object(alert.results.clone()))]
+    })?;
     let AlertAnswer { fired, commit } = match ask_actor(state, req, &bucket_id, &alert).await? {
         Some(answer) => answer,
         None => {

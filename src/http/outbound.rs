@@ -203,8 +203,9 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     body.validate()?;
     // Such a number would reach receivers rounded (a double), under a valid signature: the
     // publisher, who can send it as a string, hears of it instead.
-    let scopes = serde_json::to_value(&body.cache_scopes).unwrap_or_default();
-    super::request::refuse_rounded_integers(&req.body, &[("payload", &body.payload), ("cache_scopes", &scopes)])?;
+    super::request::refuse_rounded_integers(&req.body, || {
+        vec![("payload", body.payload.clone()), ("cache_scopes", serde_json::Value::Array(body.cache_scopes.clone()))]
+    })?;
     if state.shared.room.short() {
         return Err(ApiError::short_of_disk());
     }

@@ -237,14 +237,20 @@ pub fn parse_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
 
 /// A 422 when `raw`, a JSON body, holds an integer past 64 bits: parsed, it is a double, and
 /// it would reach receivers (deliveries, writebacks) rounded, where its sender could have
-/// sent it as a string. `parts` are the body's parsed fields that are passed on, by name.
+/// sent it as a string. `parts` gives the body's parsed fields that are passed on, by name
+/// (asked for only when the text holds such an integer).
 /// Named by its path when it is the only candidate (parsed, such an integer is a double of
 /// 2^63 or more, as is a float written so, `1e19`, which is fine: in a body of up to 1 MiB
 /// the sender should not have to search), else the candidates are listed.
-pub fn refuse_rounded_integers(raw: &[u8], parts: &[(&str, &serde_json::Value)]) -> Result<(), ApiError> {
+pub fn refuse_rounded_integers(
+    raw: &[u8],
+    parts: impl FnOnce() -> Vec<(&'static str, serde_json::Value)>,
+) -> Result<(), ApiError> {
     if !has_integer_past_64_bits(raw) {
         return Ok(());
     }
+    // Only now: the parts' copies are not made for the usual body, which holds none.
+    let parts = parts();
     // Parsed, -2^63 - 1 rounds to -2^63, which an i64 holds: the bound is closed below.
     const TWO_63: f64 = 9_223_372_036_854_775_808.0;
     fn huge(v: &serde_json::Value, path: String, found: &mut Vec<String>) {
@@ -260,7 +266,7 @@ pub fn refuse_rounded_integers(raw: &[u8], parts: &[(&str, &serde_json::Value)])
         }
     }
     let mut found = Vec::new();
-    for (name, value) in parts {
+    for (name, value) in &parts {
         huge(value, name.to_string(), &mut found);
     }
     const ROUNDED: &str = "an integer past 64 bits, which would be delivered rounded: send it as a string";
