@@ -122,13 +122,13 @@ impl Job {
     /// than the one that queued it: its external ID is that source's, and would name some
     /// unrelated row of this adapter's (a service-role PATCH, for Supabase).
     pub fn foreign_object(&self) -> Option<String> {
-        let (from, by) = (self.object_from?, self.queued_by?);
-        Some(format!(
-            "the object was made by a {} source adapter (before the bucket's adapter became {}): its ID names no \
-             record of this adapter's source, so it is not written back",
-            from.as_str(),
-            by.as_str()
-        ))
+        Some(made_by_another(self.object_from?, self.queued_by?))
+    }
+
+    /// Why an adapter of type `kind` must not send this job at all, if it must not: another
+    /// type queued it, or its object is another type's. Such a job is given up, not sent.
+    pub fn barred_for(&self, kind: ProviderType) -> Option<String> {
+        self.queued_by_another(kind).or_else(|| self.foreign_object())
     }
 
     pub fn key(&self, bucket: &BucketId) -> String {
@@ -214,6 +214,17 @@ pub fn external_id_of(wb: &Writeback, rec: &ObjectRecord) -> Option<String> {
         Some(f) => path::lookup(&Value::Object(rec.metadata.clone()), f).and_then(path::scalar_string),
         None => rec.source.external_id.clone(),
     }
+}
+
+/// Why an object an adapter of type `from` made is not written back by the bucket's `kind`
+/// adapter (see [`Job::object_from`]).
+pub fn made_by_another(from: ProviderType, kind: ProviderType) -> String {
+    format!(
+        "the object was made by a {} source adapter (before the bucket's adapter became {}): its ID names no record \
+         of this adapter's source, so it is not written back",
+        from.as_str(),
+        kind.as_str()
+    )
 }
 
 /// Builds the job of one object, its fields read from `doc` (its processing result).

@@ -381,7 +381,7 @@ pub fn requeue(
     };
     // Mapped again: the fix an operator retries after may be the adapter's mapping.
     let mut job = super::job::remapped(store, bucket, adapter, job)?;
-    if let Some(why) = job.queued_by_another(adapter.adapter_type).or_else(|| job.foreign_object()) {
+    if let Some(why) = job.barred_for(adapter.adapter_type) {
         return Err(RequeueError::OtherType { id: id.to_string(), why });
     }
     job.attempts = 0;

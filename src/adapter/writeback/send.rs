@@ -74,7 +74,7 @@ impl Sender {
 
     /// Sends one job once.
     pub async fn attempt(&self, job: &Job, creds: &Option<ProviderConfig>) -> Result<(), Failure> {
-        if let Some(why) = job.queued_by_another(self.adapter.adapter_type).or_else(|| job.foreign_object()) {
+        if let Some(why) = job.barred_for(self.adapter.adapter_type) {
             return Err(permanent(why));
         }
         if job.queued_by.is_none() {
@@ -204,12 +204,9 @@ impl Sender {
             .map_err(|e| retriable(format!("read the job's object: {e}")))?;
         let kind = self.adapter.adapter_type;
         match rec {
-            Some(rec) if rec.source.adapter_type != kind => Err(permanent(format!(
-                "the object was made by a {} source adapter, and the bucket's adapter is now {}: its ID names no \
-                 record of this adapter's source, so it is not written back",
-                rec.source.adapter_type.as_str(),
-                kind.as_str()
-            ))),
+            Some(rec) if rec.source.adapter_type != kind => {
+                Err(permanent(super::job::made_by_another(rec.source.adapter_type, kind)))
+            }
             None if kind == ProviderType::Supabase && job.table.is_none() => Err(permanent(
                 "the job was stored by an older hookline without its source, and its object is gone: nothing shows \
                  it is a row of the adapter's table, so it is not sent",

@@ -344,8 +344,7 @@ impl WorkerState {
             let kind = self.sender.adapter.adapter_type;
             for (key, j) in self.jobs.iter_mut() {
                 if key != k
-                    && j.queued_by_another(kind).is_none()
-                    && j.foreign_object().is_none()
+                    && j.barred_for(kind).is_none()
                     && j.object_id == newer.object_id
                     && j.external_id != newer.external_id
                     && (caused_at(j), key.as_str()) < newer_at
@@ -499,7 +498,7 @@ impl WorkerState {
     /// Whether this adapter may send `j` at all: not a job another type of adapter queued,
     /// nor one of an object another type made (both are given up at their attempt).
     fn sendable(&self, j: &Job) -> bool {
-        j.queued_by_another(self.sender.adapter.adapter_type).is_none() && j.foreign_object().is_none()
+        j.barred_for(self.sender.adapter.adapter_type).is_none()
     }
 
     /// The rows with an attempt in flight.
