@@ -346,17 +346,14 @@ fn plain_types(message: &str) -> String {
         ("f64", "a number"),
         ("f32", "a number"),
     ];
-    let mut out = message.to_string();
-    for (ty, words) in WORDS {
-        let rust = format!("expected {ty}");
-        // Only as a whole word at a line's end: `expected u8` is not the start of `expected u64`.
-        out = out
-            .lines()
-            .map(|l| l.strip_suffix(&rust).map_or(l.to_string(), |head| format!("{head}expected {words}")))
-            .collect::<Vec<_>>()
-            .join("\n");
-    }
-    out
+    // Only as a whole word at a line's end: `expected u8` is not the start of `expected u64`.
+    let plain = |line: &str| {
+        WORDS.iter().find_map(|(ty, words)| {
+            let head = line.strip_suffix(ty)?.strip_suffix("expected ")?;
+            Some(format!("{head}expected {words}"))
+        })
+    };
+    message.lines().map(|l| plain(l).unwrap_or_else(|| l.to_string())).collect::<Vec<_>>().join("\n")
 }
 
 /// A secret given in the environment for a channel the config does not set up: said, since
