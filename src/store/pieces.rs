@@ -116,6 +116,41 @@ impl Pieces {
         Ok(())
     }
 
+    /// Writes `ops` in order, as [`Pieces::write`] of each would. The puts of values kept
+    /// whole go into the main tree in runs (`insert_run`, a patch of the vendored sled: the
+    /// keys that fall into one leaf with one copy of the leaf and one new page version,
+    /// not one each). The store moves its writes here in key order, mostly appended
+    /// (time-ordered IDs), so most of a run lands in the leaf at the end of a key range.
+    pub fn write_all(&self, ops: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>, replayed: bool) -> sled::Result<()> {
+        let mut run: Vec<(&[u8], &[u8])> = Vec::new();
+        for (key, value) in ops {
+            match value {
+                Some(v) if !split(v) => run.push((key, v)),
+                _ => {
+                    self.put_run(&mut run, replayed)?;
+                    self.write(key, value, replayed)?;
+                }
+            }
+        }
+        self.put_run(&mut run, replayed)
+    }
+
+    /// Puts `run` (values kept whole) into the main tree, then removes the pieces a value
+    /// it replaced had, as [`Pieces::write`] does; empties `run`.
+    fn put_run(&self, run: &mut Vec<(&[u8], &[u8])>, replayed: bool) -> sled::Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let old = self.main.insert_run(run)?;
+        for ((key, _), old) in run.iter().zip(old) {
+            if replayed || old.as_deref().and_then(marker).is_some() {
+                self.remove_pieces(key, None)?;
+            }
+        }
+        run.clear();
+        Ok(())
+    }
+
     /// Removes the pieces of `key` of every generation but `keep`.
     fn remove_pieces(&self, key: &[u8], keep: Option<u64>) -> sled::Result<()> {
         let prefix = pieces_prefix(key);

@@ -634,8 +634,14 @@ impl Node {
         }
     }
 
-    pub(crate) fn should_split(&self) -> bool {
-        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
+    /// hookline: the size at which [`Node::should_split`] holds (a leaf filled by
+    /// `Tree::insert_run` stops there, as single inserts would).
+    pub(crate) fn split_size(&self) -> usize {
+        self.split_threshold() + 1
+    }
+
+    fn split_threshold(&self) -> usize {
+        if cfg!(any(test, feature = "lock_free_delays")) {
             2
         } else if self.data.is_index() {
             // hookline: 64 rather than 256. A leaf split clones its parent index node and
@@ -645,9 +651,11 @@ impl Node {
             64
         } else {
             16
-        };
+        }
+    }
 
-        let size_checks = self.data.len() > threshold;
+    pub(crate) fn should_split(&self) -> bool {
+        let size_checks = self.data.len() > self.split_threshold();
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks

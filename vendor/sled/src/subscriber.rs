@@ -252,6 +252,11 @@ impl Subscribers {
         Subscriber { id, rx, existing: None, home: arc_senders.clone() }
     }
 
+    /// hookline: whether anything ever subscribed (see `Tree::insert_run`).
+    pub(crate) fn ever_used(&self) -> bool {
+        self.ever_used.load(Relaxed)
+    }
+
     pub(crate) fn reserve<R: AsRef<[u8]>>(
         &self,
         key: R,

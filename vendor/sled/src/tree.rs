@@ -168,6 +168,97 @@ impl Tree {
         }
     }
 
+    /// hookline: inserts `pairs` as one `insert` after another would, and returns each
+    /// key's previous value, but puts the consecutive keys that fall into one leaf with one
+    /// copy of the leaf and one `replace` of its page, where single inserts make a copy of
+    /// the leaf, a new page version and a log entry each. hookline's store moves its writes
+    /// into sled in key order, mostly appended (time-ordered IDs), so long runs land in the
+    /// leaf at the end of a key range. A leaf is filled up to the size at which the next
+    /// traversal splits it, as single inserts would. Keys in any order are accepted (a
+    /// run ends at the first key outside its leaf); a key given twice ends with its last
+    /// value. Falls back to single inserts while anything subscribes to the tree.
+    pub fn insert_run(
+        &self,
+        pairs: &[(&[u8], &[u8])],
+    ) -> Result<Vec<Option<IVec>>> {
+        if self.subscribers.ever_used() {
+            return pairs.iter().map(|(k, v)| self.insert(k, *v)).collect();
+        }
+        let mut previous = Vec::with_capacity(pairs.len());
+        let _cc = concurrency_control::read();
+        let mut i = 0;
+        while i < pairs.len() {
+            let mut guard = pin();
+            let (view, parent, root_pid) =
+                self.view_and_parent_for_key(pairs[i].0, &guard)?;
+            let mut node: Node = view.deref().clone();
+            let full = node.split_size();
+            let start = i;
+            let mut changed = false;
+            // Whether the run goes on in this leaf past the size that splits it.
+            let mut overflows = false;
+            while i < pairs.len() {
+                let (key, value) = pairs[i];
+                let inside = key >= node.lo.as_ref()
+                    && (node.hi.is_empty() || key < node.hi.as_ref());
+                if !inside {
+                    break;
+                }
+                if i > start && node.data.len() >= full {
+                    overflows = true;
+                    break;
+                }
+                let (encoded_key, last_value) = node.node_kv_pair(key);
+                if last_value.as_deref() != Some(value) {
+                    node.set_leaf(encoded_key, IVec::from(value));
+                    changed = true;
+                }
+                previous.push(last_value);
+                i += 1;
+            }
+            if i == start {
+                // Not inside the leaf its traversal found (never expected): alone.
+                let (key, value) = pairs[i];
+                loop {
+                    let value = Some(IVec::from(value));
+                    if let Ok(last) = self.insert_inner(key, value, &mut guard)? {
+                        previous.push(last);
+                        break;
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            if !changed {
+                continue;
+            }
+            let pid = view.pid;
+            // Filled past its split size with more to come: split the copy now, where
+            // installing it whole and splitting it on the next walk would write it twice.
+            let installed = if overflows && node.should_split() {
+                let appending = node.appended_by(pairs[i].0);
+                self.split_node_with(
+                    &view, node, &parent, root_pid, appending, &guard,
+                )?
+            } else {
+                self.context
+                    .pagecache
+                    .replace(pid, view.node_view.0, node, &guard)?
+                    .is_ok()
+            };
+            if installed {
+                guard.writeset.push(pid);
+            } else {
+                // Changed meanwhile (a split or merge by another thread): again, from
+                // the first key of this leaf.
+                M.tree_looped();
+                previous.truncate(previous.len() - (i - start));
+                i = start;
+            }
+        }
+        Ok(previous)
+    }
+
     pub(crate) fn insert_inner(
         &self,
         key: &[u8],
@@ -1455,10 +1546,28 @@ impl Tree {
         appending: bool,
         guard: &'g Guard,
     ) -> Result<()> {
+        let node = view.deref().clone();
+        self.split_node_with(view, node, parent_view, root_pid, appending, guard)
+            .map(|_| ())
+    }
+
+    /// hookline: [`Tree::split_node`] of `node`, a changed copy of the node `view` shows
+    /// (`Tree::insert_run` fills a leaf past its split size and splits the copy, where
+    /// installing the copy and splitting it on the next walk would write it twice).
+    /// Whether the node's page was replaced (the split, and the copy's changes, happened).
+    fn split_node_with<'g>(
+        &self,
+        view: &View<'g>,
+        node: Node,
+        parent_view: &Option<View<'g>>,
+        root_pid: PageId,
+        appending: bool,
+        guard: &'g Guard,
+    ) -> Result<bool> {
         trace!("splitting node {}", view.pid);
         // split node (hookline: unevenly when the key of the operation walking through
         // it sorts after all of its keys, see `Node::split`)
-        let (mut lhs, rhs) = view.deref().clone().split(appending);
+        let (mut lhs, rhs) = node.split(appending);
         let rhs_lo = rhs.lo.clone();
 
         // install right side
@@ -1481,7 +1590,7 @@ impl Tree {
                 .pagecache
                 .free(rhs_pid, rhs_ptr, guard)?
                 .expect("could not free allocated page");
-            return Ok(());
+            return Ok(false);
         }
         M.tree_child_split_success();
 
@@ -1496,7 +1605,7 @@ impl Tree {
                 // parent to already have a node for this lo key.
                 // if this is the case, we can skip the parent split
                 // because it's probably going to fail anyway.
-                return Ok(());
+                return Ok(true);
             }
 
             let replace = self.context.pagecache.replace(
@@ -1516,7 +1625,7 @@ impl Tree {
             let _ = self.root_hoist(root_pid, rhs_pid, rhs_lo, guard)?;
         }
 
-        Ok(())
+        Ok(true)
     }
 
     fn root_hoist(
@@ -1602,10 +1711,24 @@ impl Tree {
     // challenging to understand.
     #[allow(clippy::cognitive_complexity)]
     pub(crate) fn view_for_key<'g, K>(
-        &self,
+        &'g self,
         key: K,
         guard: &'g Guard,
     ) -> Result<View<'g>>
+    where
+        K: AsRef<[u8]>,
+    {
+        self.view_and_parent_for_key(key, guard).map(|(view, _, _)| view)
+    }
+
+    /// hookline: [`Tree::view_for_key`], with the index node it went through last (as
+    /// seen then: it may have changed since) and the root it started from, which
+    /// [`Tree::split_node_with`] takes.
+    fn view_and_parent_for_key<'g, K>(
+        &'g self,
+        key: K,
+        guard: &'g Guard,
+    ) -> Result<(View<'g>, Option<View<'g>>, PageId)>
     where
         K: AsRef<[u8]>,
     {
@@ -1764,7 +1887,7 @@ impl Tree {
                 cursor = next.1;
             } else {
                 assert!(!overshot && !undershot);
-                return Ok(view);
+                return Ok((view, parent_view, root_pid));
             }
         }
         panic!(
