@@ -12,7 +12,7 @@ use warp::http::StatusCode;
 
 use super::admin::load_bucket;
 use super::page::Page;
-use super::request::from_value;
+use super::request::{from_value, MUX_SIGNATURE, X_WEBHOOK_SECRET};
 use super::{empty, json, HttpState, Request, Response};
 use crate::adapter::actor::{AdapterMsg, IngestAuth, IngestErr, IngestOk, IngestRequest, IngestStatus};
 use crate::adapter::kind::{self, SignatureHeaders};
@@ -272,8 +272,8 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         let msg = |reply| {
             AdapterMsg::Ingest(Box::new(IngestRequest {
                 headers: SignatureHeaders {
-                    webhook_secret: req.credential("x-webhook-secret").map(String::from),
-                    mux_signature: req.credential("mux-signature").map(String::from),
+                    webhook_secret: req.credential(&X_WEBHOOK_SECRET).map(String::from),
+                    mux_signature: req.credential(&MUX_SIGNATURE).map(String::from),
                 },
                 raw: req.body.clone(),
                 // Parsed whatever the declared Content-Type: upstreams often send JSON as
@@ -317,14 +317,12 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                     return ("error", Err(e.into()));
                 }
             }
-            let handled = status != IngestStatus::Ignored;
-            let mut body = serde_json::json!({"handled": handled, "status": status.as_str()});
-            if let Some(oid) = object_id {
-                body["object_id"] = serde_json::json!(oid);
-            }
-            if matches!(status, IngestStatus::Updated | IngestStatus::Deleted) {
-                body["object_ids"] = serde_json::json!(object_ids);
-            }
+            let body = IngestAnswer {
+                handled: status != IngestStatus::Ignored,
+                object_id: object_id.as_ref(),
+                object_ids: matches!(status, IngestStatus::Updated | IngestStatus::Deleted).then_some(&object_ids),
+                status: status.as_str(),
+            };
             (status.as_str(), Ok(json(StatusCode::OK, &body)))
         }
         Err(IngestErr::Unauthorized(refused)) => ("unauthorized", Err(refuse(state, &bucket_id, &refused))),
@@ -350,6 +348,18 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             ("not_found", Err(ApiError::NotFound(format!("bucket {bucket_id} has no source adapter"))))
         }
     }
+}
+
+/// The answer to an accepted ingest (its fields in the order a JSON object of them had).
+#[derive(serde::Serialize)]
+struct IngestAnswer<'a> {
+    handled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_id: Option<&'a crate::ids::ObjectId>,
+    /// Updates and deletes only: every object the event changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_ids: Option<&'a Vec<crate::ids::ObjectId>>,
+    status: &'static str,
 }
 
 /// What an upstream route's head tells before its body is read (see [`answer_before_body`]).
@@ -388,8 +398,8 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
             let checked = match ConnectionId::parse(cid) {
                 None => Err(ApiError::NotFound(format!("connection {cid} not found"))),
                 Some(id) => {
-                    let sent = headers.get_all("mux-signature").iter().count();
-                    let signature = super::request::sent_text(headers, "mux-signature");
+                    let sent = headers.get_all(&MUX_SIGNATURE).iter().count();
+                    let signature = super::request::sent_text(headers, &MUX_SIGNATURE);
                     verify::lifecycle_head(&state.shared, &id, signature.as_deref(), sent)
                 }
             };
@@ -412,8 +422,8 @@ fn ingest_head(
     id: &str,
     headers: &warp::http::HeaderMap,
 ) -> Result<Option<Proof>, (&'static str, ApiError)> {
-    let header = |name: &str| super::request::sent_text(headers, name);
-    let (webhook_secret, mux_signature) = (header("x-webhook-secret"), header("mux-signature"));
+    let header = |name| super::request::sent_text(headers, name);
+    let (webhook_secret, mux_signature) = (header(&X_WEBHOOK_SECRET), header(&MUX_SIGNATURE));
     let (webhook_secret, mux_signature) = (webhook_secret.as_deref(), mux_signature.as_deref());
     let Some(bucket_id) = BucketId::parse(id) else {
         return Err(("not_found", ApiError::NotFound(format!("bucket {id} not found"))));
@@ -453,10 +463,12 @@ fn ingest_head(
 
 /// The refusal of an ingest that sends `X-Webhook-Secret` or `Mux-Signature` more than once.
 fn repeated_header(headers: &warp::http::HeaderMap) -> Option<Refused> {
-    ["X-Webhook-Secret", "Mux-Signature"].into_iter().find_map(|name| {
-        let count = headers.get_all(name).iter().count();
-        (count > 1).then(|| Refused::new(verify::Refusal::RepeatedHeader { name, count }))
-    })
+    [("X-Webhook-Secret", &X_WEBHOOK_SECRET), ("Mux-Signature", &MUX_SIGNATURE)].into_iter().find_map(
+        |(name, header)| {
+            let count = headers.get_all(header).iter().count();
+            (count > 1).then(|| Refused::new(verify::Refusal::RepeatedHeader { name, count }))
+        },
+    )
 }
 
 /// The verdict on an ingest from its headers alone, when they decide it: a matching
@@ -497,7 +509,7 @@ fn unverifiable(message: &str) -> ApiError {
 /// Authenticates an ingest against its bucket's gate: `X-Webhook-Secret` first (a digest
 /// comparison), else the native signature, in a signature-check slot (see [`in_check_slot`]).
 async fn authenticate(state: &HttpState, gate: std::sync::Arc<Gate>, req: &Request) -> Verdict {
-    let (signature, secret) = (req.credential("mux-signature"), req.credential("x-webhook-secret"));
+    let (signature, secret) = (req.credential(&MUX_SIGNATURE), req.credential(&X_WEBHOOK_SECRET));
     let signature = signature.as_deref();
     let secret = match head_verdict(&gate, secret.as_deref(), signature) {
         Ok(verdict) => return verdict,
@@ -773,7 +785,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
     let connection_id =
         ConnectionId::parse(cid).ok_or_else(|| ApiError::NotFound(format!("connection {cid} not found")))?;
     // Verified here, not in the registry (see `adapter/verify.rs`).
-    let signature = req.credential("mux-signature").map(String::from);
+    let signature = req.credential(&MUX_SIGNATURE).map(String::from);
     let (shared, id, body) = (state.shared.clone(), connection_id.clone(), req.body.clone());
     in_check_slot(state, req.body.len(), move || verify::lifecycle(&shared, &id, signature.as_deref(), &body))
         .await??;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use warp::http::{HeaderMap, Method};
+use warp::http::{HeaderMap, HeaderName, Method};
 
 use crate::adapter::verify::Proof;
 use crate::catalog::{valid_namespace, DEFAULT_NAMESPACE};
@@ -54,7 +54,7 @@ impl Request {
     }
 
     /// A credential header ([`sent_text`]): sent but not text is still sent.
-    pub fn credential(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+    pub fn credential(&self, name: &HeaderName) -> Option<std::borrow::Cow<'_, str>> {
         sent_text(&self.headers, name)
     }
 
@@ -429,9 +429,14 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
 /// A header as sent, bytes that are not UTF-8 replaced (U+FFFD): for a credential
 /// (`X-Webhook-Secret`, `Mux-Signature`), which sent in another encoding is a wrong or
 /// malformed one, not a missing one (the refusal would point the sender the wrong way).
-pub fn sent_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+pub fn sent_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<std::borrow::Cow<'a, str>> {
     headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()))
 }
+
+/// The credential headers of the upstream routes, as names made once (a lookup by text
+/// parses the name first, on every request).
+pub const X_WEBHOOK_SECRET: HeaderName = HeaderName::from_static("x-webhook-secret");
+pub const MUX_SIGNATURE: HeaderName = HeaderName::from_static("mux-signature");
 
 #[cfg(test)]
 mod tests {
