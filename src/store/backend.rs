@@ -482,8 +482,7 @@ mod tests {
     fn runs_beside_other_writers_of_the_same_leaves_lose_and_return_nothing() {
         type Model = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
         let dir = tempfile::tempdir().unwrap();
-        let open = || sled::Config::new().path(dir.path()).open().unwrap();
-        let db = open();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
         let tree = db.open_tree("t").unwrap();
         let models: Vec<Model> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..4u64)
@@ -566,13 +565,17 @@ mod tests {
         check(&tree);
         db.flush().unwrap();
         drop((tree, db));
+        // (sled's threads let go of the dropped tree's file lock a moment later.)
+        let mut tries = 0;
         let db = loop {
             match sled::Config::new().path(dir.path()).open() {
-                Ok(db) => break db,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other.unwrap(),
             }
         };
-        let _ = open;
         check(&db.open_tree("t").unwrap());
     }
 

@@ -173,10 +173,12 @@ impl Tree {
     /// copy of the leaf and one `replace` of its page, where single inserts make a copy of
     /// the leaf, a new page version and a log entry each. hookline's store moves its writes
     /// into sled in key order, mostly appended (time-ordered IDs), so long runs land in the
-    /// leaf at the end of a key range. A leaf is filled up to the size at which the next
-    /// traversal splits it, as single inserts would. Keys in any order are accepted (a
-    /// run ends at the first key outside its leaf); a key given twice ends with its last
-    /// value. Falls back to single inserts while anything subscribes to the tree.
+    /// leaf at the end of a key range. A leaf is filled up to the size at which it splits;
+    /// when the run goes on inside it, the filled copy is split at once
+    /// ([`Tree::split_node_with`]), else installed whole. A lost race for the page starts
+    /// that leaf over. Keys in any order are accepted (a run ends at the first key outside
+    /// its leaf); a key given twice ends with its last value. Falls back to single inserts
+    /// while anything subscribes to the tree.
     pub fn insert_run(
         &self,
         pairs: &[(&[u8], &[u8])],
@@ -1709,7 +1711,6 @@ impl Tree {
     // high because attempts to split it up have made
     // the inherent complexity of the operation more
     // challenging to understand.
-    #[allow(clippy::cognitive_complexity)]
     pub(crate) fn view_for_key<'g, K>(
         &'g self,
         key: K,
@@ -1724,6 +1725,7 @@ impl Tree {
     /// hookline: [`Tree::view_for_key`], with the index node it went through last (as
     /// seen then: it may have changed since) and the root it started from, which
     /// [`Tree::split_node_with`] takes.
+    #[allow(clippy::cognitive_complexity)]
     fn view_and_parent_for_key<'g, K>(
         &'g self,
         key: K,
