@@ -2152,14 +2152,11 @@ async fn a_stored_event_type_no_event_can_have_is_warned_of_at_start() {
     use hookline::store::{Backend, Batch, Keyspace};
     let mut app = TestApp::start().await;
     let rx = crate::outbound_receiver::Receiver::start(200).await;
-    let (s, w) = app
-        .post(
-            "/v1/organizations/webhooks",
-            json!({"webhook_name": "legacy", "event_types": ["object.created"], "channels": [http_channel(&rx.url("/"))]}),
-        )
-        .await;
-    assert_eq!(s, 201, "{w}");
-    let id = w["webhook_id"].as_str().unwrap().to_string();
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "legacy", "event_types": ["object.created"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
     let backend = crate::support::stop_and_open(&mut app).await;
     let stored = crate::support::stored_entries(&backend, "wh", &id);
     let mut record: Value = serde_json::from_slice(&stored[0].1).unwrap();
