@@ -59,8 +59,9 @@ pub fn null_as_default<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'
 /// double that large has none).
 pub fn is_integer_past_64_bits(n: &serde_json::Number) -> bool {
     // 2^63: i64 ends just below it, and a positive integer up to 2^64 - 1 is parsed as u64.
+    // Closed below: -2^63 - 1 parses to the double -2^63 (-2^63 itself parses as an i64).
     const TWO_63: f64 = 9_223_372_036_854_775_808.0;
-    n.is_f64() && n.as_f64().is_some_and(|f| !(-TWO_63..TWO_63).contains(&f))
+    n.is_f64() && n.as_f64().is_some_and(|f| !(f > -TWO_63 && f < TWO_63))
 }
 
 /// A name given through the API (a bucket's, a webhook's, a connection's): 1 to `max`
@@ -100,6 +101,20 @@ pub fn rough_duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_past_64_bits_are_told_by_their_parsed_double() {
+        let past = |raw: &str| match serde_json::from_str::<serde_json::Value>(raw).unwrap() {
+            serde_json::Value::Number(n) => is_integer_past_64_bits(&n),
+            _ => unreachable!(),
+        };
+        for yes in ["-9223372036854775809", "9223372036854775808.0", "18446744073709551616"] {
+            assert!(past(yes), "{yes}");
+        }
+        for no in ["-9223372036854775808", "18446744073709551615", "9007199254740993.5", "-1.5"] {
+            assert!(!past(no), "{no}");
+        }
+    }
 
     #[test]
     fn names_that_show_as_something_else_are_refused() {

@@ -251,13 +251,9 @@ pub fn refuse_rounded_integers(
     }
     // Only now: the parts' copies are not made for the usual body, which holds none.
     let parts = parts();
-    // Parsed, -2^63 - 1 rounds to -2^63, which an i64 holds: the bound is closed below.
-    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
     fn huge(v: &serde_json::Value, path: String, found: &mut Vec<String>) {
         match v {
-            serde_json::Value::Number(n) if n.as_f64().is_some_and(|f| n.is_f64() && !(f > -TWO_63 && f < TWO_63)) => {
-                found.push(path)
-            }
+            serde_json::Value::Number(n) if crate::util::is_integer_past_64_bits(n) => found.push(path),
             serde_json::Value::Array(a) => {
                 a.iter().enumerate().for_each(|(i, v)| huge(v, format!("{path}[{i}]"), found))
             }
