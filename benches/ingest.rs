@@ -43,7 +43,12 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 /// A server runtime on its own threads; dropped (with its servers) at the end.
 fn server_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("server runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-server")
+        .enable_all()
+        .build()
+        .expect("server runtime")
 }
 
 /// Builds request number `i` of a scenario.
@@ -182,7 +187,14 @@ fn main() {
     let conns = env_num("BENCH_CONNECTIONS", 64) as usize;
     let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
     let rounds = env_num("BENCH_ROUNDS", 1).max(1);
-    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    // Named apart from the server's threads, so a per-thread CPU reading (`/proc/…/task`)
+    // tells the harness's client from the daemon.
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .expect("rt");
     let client = reqwest::Client::builder().pool_max_idle_per_host(conns).build().expect("client");
     println!("ingest bench: {conns} connections, {secs} s per round, {rounds} round(s) per scenario, loopback");
 
