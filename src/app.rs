@@ -59,6 +59,7 @@ pub async fn run_with_hurry(
     // reqwest and lettre share ring's rustls provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = crate::metrics::install();
+    crate::metrics::set_ingest_per_bucket(config.metrics.ingest_per_bucket);
 
     // Checked before the disk is touched: a mistyped key must not leave a new store behind.
     let env_key = match std::env::var(crate::config::MASTER_KEY_VAR) {

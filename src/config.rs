@@ -20,6 +20,19 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub mux: MuxApiConfig,
     pub ingest: IngestConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// What `/metrics` exports beyond the always-on series (see the README's Metrics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Also count ingest requests by bucket: `hookline_ingest_bucket_requests_total`, labelled
+    /// `bucket_id` and `outcome`, for requests to a bucket that exists (a 404's ID, which
+    /// anyone can make up, is never a label). Off by default: its series grow with the
+    /// buckets (one per customer makes thousands), and a deleted bucket's stay, unchanging,
+    /// until the daemon restarts.
+    pub ingest_per_bucket: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -810,6 +823,10 @@ mod tests {
         assert_eq!(c.storage.path, PathBuf::from("./data"));
         assert_eq!(c.delivery.retry_schedule_seconds, DeliveryConfig::default().retry_schedule_seconds);
         assert_eq!(c.delivery.max_queued_bytes_per_webhook, DeliveryConfig::default().max_queued_bytes_per_webhook);
+        assert!(!c.metrics.ingest_per_bucket);
+        // Its section is checked for typos like every other.
+        let err = Config::from_toml("[metrics]\nper_bucket = true\n").unwrap_err();
+        assert!(err.to_string().contains("per_bucket"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! several).
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -227,6 +228,10 @@ thread_local! {
     /// Handles of the per-request series, by label values (see [`with_series`]).
     static HTTP_SERIES: RefCell<foldhash::HashMap<(&'static str, &'static str, u16), Pair>> = RefCell::new(foldhash::HashMap::default());
     static INGEST_SERIES: RefCell<foldhash::HashMap<&'static str, Pair>> = RefCell::new(foldhash::HashMap::default());
+    /// `metrics.ingest_per_bucket`'s handles, by outcome and bucket ID (see
+    /// [`ingest_bucket_request`]): bounded by the buckets that exist(ed) since the start.
+    static BUCKET_SERIES: RefCell<foldhash::HashMap<&'static str, foldhash::HashMap<Box<str>, Counter>>> =
+        RefCell::new(foldhash::HashMap::default());
     /// Handles of the series recorded once or more per ingest or per group commit (see
     /// [`count`] and [`observe`]), by name and label (name, value; empty for none).
     static COUNTERS: RefCell<foldhash::HashMap<OneKey, Counter>> = RefCell::new(foldhash::HashMap::default());
@@ -377,6 +382,7 @@ pub fn credentials_unreadable(kind: &'static str, n: usize) {
 
 pub const INGEST_REQUESTS: &str = "hookline_ingest_requests_total";
 pub const INGEST_DURATION: &str = "hookline_ingest_duration_seconds";
+pub const INGEST_BUCKET_REQUESTS: &str = "hookline_ingest_bucket_requests_total";
 pub const INGEST_BUFFERED: &str = "hookline_ingest_events_buffered_total";
 pub const INGEST_FLUSHES: &str = "hookline_ingest_flushes_total";
 pub const INGEST_OBJECTS_CREATED: &str = "hookline_ingest_objects_created_total";
@@ -388,6 +394,11 @@ fn describe_inbound() {
          invalid, disabled, not_found, unavailable, dependency_failed, error, too_large, timeout, low_disk"
     );
     describe_histogram!(INGEST_DURATION, Unit::Seconds, "Ingest latency, body read to durable answer, by outcome");
+    describe_counter!(
+        INGEST_BUCKET_REQUESTS,
+        "Ingest requests to existing buckets by bucket_id and outcome (with metrics.ingest_per_bucket; 404s are not \
+         counted here)"
+    );
     describe_counter!(INGEST_BUFFERED, "Events accepted into a time_window or count buffer");
     describe_counter!(
         INGEST_FLUSHES,
@@ -399,10 +410,48 @@ fn describe_inbound() {
 
 /// Outcomes are a fixed set (see the description); bucket IDs are not labels, so no series
 /// outlives its bucket.
-pub fn ingest_request(outcome: &'static str, elapsed: Duration) {
+/// An ingest request to `bucket` (the path's ID, as sent) answered with `outcome`.
+pub fn ingest_request(bucket: &str, outcome: &'static str, elapsed: Duration) {
     with_series(&INGEST_SERIES, outcome, |(c, h)| {
         c.increment(1);
         h.record(elapsed.as_secs_f64());
+    });
+    // A 404's ID is whatever the sender made up: never a label. Every other outcome is
+    // answered after the head check found the bucket (see `http::inbound::ingest_head`).
+    if INGEST_PER_BUCKET.load(Ordering::Relaxed)
+        && outcome != "not_found"
+        && crate::ids::BucketId::parse(bucket).is_some()
+    {
+        ingest_bucket_request(bucket, outcome);
+    }
+}
+
+/// Whether [`ingest_request`] also counts by bucket (`metrics.ingest_per_bucket`).
+static INGEST_PER_BUCKET: AtomicBool = AtomicBool::new(false);
+
+/// Set from the configuration at start-up. Process-wide, as the recorder is.
+pub fn set_ingest_per_bucket(on: bool) {
+    INGEST_PER_BUCKET.store(on, Ordering::Relaxed);
+}
+
+/// Counts one ingest of an existing bucket in its own series, through a handle kept per
+/// thread (by outcome, then bucket: a lookup by `&str` needs no key built).
+fn ingest_bucket_request(bucket: &str, outcome: &'static str) {
+    let make = || counter!(INGEST_BUCKET_REQUESTS, "bucket_id" => bucket.to_string(), "outcome" => outcome);
+    if HANDLE.get().is_none() {
+        return make().increment(1);
+    }
+    BUCKET_SERIES.with(|c| {
+        let mut c = c.borrow_mut();
+        let by_bucket = c.entry(outcome).or_default();
+        match by_bucket.get(bucket) {
+            Some(counter) => counter.increment(1),
+            None => {
+                let counter = make();
+                counter.increment(1);
+                by_bucket.insert(bucket.into(), counter);
+            }
+        }
     });
 }
 

@@ -200,7 +200,7 @@ pub(super) fn bucket_view(state: &HttpState, bucket: &crate::catalog::Bucket) ->
 async fn ingest(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (outcome, result) = ingest_inner(state, req, id).await;
-    crate::metrics::ingest_request(outcome, started.elapsed());
+    crate::metrics::ingest_request(id, outcome, started.elapsed());
     result
 }
 
@@ -389,7 +389,7 @@ pub(super) fn answer_before_body(state: &HttpState, path: &str, headers: &warp::
                 Ok(Some(proof)) => Head::Authentic(proof),
                 Ok(None) => Head::Read,
                 Err((outcome, e)) => {
-                    crate::metrics::ingest_request(outcome, started.elapsed());
+                    crate::metrics::ingest_request(id, outcome, started.elapsed());
                     Head::Answer(INGEST_ROUTE, super::error_response(&e))
                 }
             }

@@ -876,9 +876,10 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
 /// ingest route, which upstream senders hit and operators watch (also counted as an ingest,
 /// outcome `too_large` or `timeout`).
 fn body_error_label(method: &Method, path: &str, e: &ApiError, started: Instant) -> &'static str {
-    if !matches!(request::segments(path).as_slice(), ["v1", "buckets", _, "source-adapter", "ingest"]) {
+    let segs = request::segments(path);
+    let ["v1", "buckets", bucket, "source-adapter", "ingest"] = segs.as_slice() else {
         return "(body)";
-    }
+    };
     if method != Method::POST {
         return inbound::INGEST_ROUTE;
     }
@@ -889,7 +890,7 @@ fn body_error_label(method: &Method, path: &str, e: &ApiError, started: Instant)
         ApiError::Unavailable(_) => "unavailable",
         _ => "invalid",
     };
-    crate::metrics::ingest_request(outcome, started.elapsed());
+    crate::metrics::ingest_request(bucket, outcome, started.elapsed());
     inbound::INGEST_ROUTE
 }
 

@@ -1854,3 +1854,50 @@ async fn a_busy_adapter_actor_holds_up_its_own_bucket_only() {
     assert_eq!(app.get(&format!("/v1/buckets/{busy}/objects/{busy_object}")).await.0, 404);
     assert_eq!(app.get(&format!("/v1/buckets/{other}/objects/{other_object}")).await.0, 404);
 }
+
+/// `metrics.ingest_per_bucket`: ingest requests counted by bucket and outcome, for buckets
+/// that exist only (the ID of a 404, which any sender can make up, never becomes a label);
+/// off by default.
+#[tokio::test]
+async fn ingest_requests_are_counted_per_bucket_when_asked() {
+    let per_bucket = Options { extra_toml: "[metrics]\ningest_per_bucket = true\n".into(), ..Options::default() };
+    let app = TestApp::start_with(per_bucket).await;
+    let immediate = full_adapter(json!({"mode": "immediate"}));
+    let windowed = full_adapter(json!({"mode": "time_window", "window_seconds": 300}));
+    let (a, secret_a) = bucket_with_adapter(&app, "a", schema(), immediate.clone()).await;
+    let (b, secret_b) = bucket_with_adapter(&app, "b", schema(), windowed).await;
+    for (id, want) in [("p1", "created"), ("p2", "created"), ("p1", "duplicate")] {
+        let (s, body) = ingest(&app, &a, Some(&secret_a), &mux_like_event(id, "video.asset.ready")).await;
+        assert_eq!((s, body["status"].as_str()), (200, Some(want)), "{body}");
+    }
+    assert_eq!(
+        ingest(&app, &b, Some(&secret_b), &mux_like_event("q1", "video.asset.ready")).await.1["status"],
+        "buffered"
+    );
+    assert_eq!(ingest(&app, &b, Some("wrong"), &mux_like_event("q2", "video.asset.ready")).await.0, 401);
+    // 404s: a bucket without an adapter, and an ID no bucket has.
+    let bare = app.create_bucket("no-adapter", schema()).await;
+    for id in [bare.as_str(), "bkt_madeup"] {
+        assert_eq!(ingest(&app, id, Some(&secret_a), &mux_like_event("r1", "video.asset.ready")).await.0, 404);
+    }
+    let m = app.metrics().await;
+    let count = |bucket: &str, outcome: &str| {
+        metric_value(&m, "hookline_ingest_bucket_requests_total", &[("bucket_id", bucket), ("outcome", outcome)])
+    };
+    assert_eq!(
+        [count(&a, "created"), count(&a, "duplicate"), count(&b, "buffered"), count(&b, "unauthorized")],
+        [2.0, 1.0, 1.0, 1.0],
+        "{m}"
+    );
+    assert_eq!(count(&a, "buffered") + count(&b, "created"), 0.0);
+    assert!(!m.contains(&format!("bucket_id=\"{bare}\"")) && !m.contains("bkt_madeup"), "{m}");
+    assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "not_found")]), 2.0);
+
+    // Off by default: the outcome series only.
+    let plain = TestApp::start().await;
+    let (c, secret_c) = bucket_with_adapter(&plain, "c", schema(), immediate).await;
+    assert_eq!(ingest(&plain, &c, Some(&secret_c), &mux_like_event("s1", "video.asset.ready")).await.0, 200);
+    let m = plain.metrics().await;
+    assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "created")]), 1.0);
+    assert!(!m.contains("hookline_ingest_bucket_requests_total{"), "{m}");
+}
