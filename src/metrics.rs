@@ -408,9 +408,9 @@ fn describe_inbound() {
     // Restarts of source-adapter actors: hookline_actor_restarts_total{actor="source_adapter"}.
 }
 
-/// Outcomes are a fixed set (see the description); bucket IDs are not labels, so no series
-/// outlives its bucket.
-/// An ingest request to `bucket` (the path's ID, as sent) answered with `outcome`.
+/// An ingest request to `bucket` (the path's ID, as sent) answered with `outcome`. Outcomes
+/// are a fixed set (see the description). Bucket IDs label only the opt-in per-bucket series,
+/// whose series outlive a deleted bucket (see `config::MetricsConfig`).
 pub fn ingest_request(bucket: &str, outcome: &'static str, elapsed: Duration) {
     with_series(&INGEST_SERIES, outcome, |(c, h)| {
         c.increment(1);
