@@ -12,7 +12,8 @@
 //! The last scenario adds a webhook subscribed to `object.created` (a fast local receiver),
 //! so each ingest also stores its event and the daemon delivers it: the full pipeline.
 //! Also printed: the whole process's CPU time per request (client and server together),
-//! which moves less than requests/s when the shared machine's speed does.
+//! which moves less than requests/s when the shared machine's speed does, and the part of
+//! it the harness's own client took (`client`; the rest is the bare route's or the daemon's).
 //! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default 64), BENCH_SCENARIOS
 //! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all),
 //! BENCH_PAD_BYTES (default 0: a string of that many bytes in each event, mapped to the
@@ -22,7 +23,7 @@
 //! machine one round's share can move by up to about 9 points from one minute to the next).
 
 mod common;
-use common::process_cpu;
+use common::{process_cpu, threads_cpu};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// The name of the client runtime's threads (see [`Report::client_cpu_per_request`]).
+const CLIENT_THREADS: &str = "bench-client";
 
 /// A server runtime on its own threads; dropped (with its servers) at the end.
 fn server_runtime() -> tokio::runtime::Runtime {
@@ -79,6 +83,9 @@ struct Report {
     /// CPU time of this whole process (client, server, daemon threads) per request, warm-up
     /// included: steadier than requests/s on a shared machine, where the CPU's speed moves.
     cpu_per_request: Option<Duration>,
+    /// The part of it spent in the harness's own client (its runtime's threads): the rest is
+    /// the server's, the daemon's or the bare route's.
+    client_cpu_per_request: Option<Duration>,
 }
 
 /// Drives `make_req(i)` with `conns` concurrent workers for `secs` seconds (after 1 s warm-up).
@@ -86,6 +93,7 @@ async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: 
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let cpu_before = process_cpu();
+    let client_before = threads_cpu(CLIENT_THREADS);
     let warmup = Instant::now() + Duration::from_secs(1);
     let end = warmup + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -122,7 +130,11 @@ async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: 
         all.extend(t.await.expect("worker"));
     }
     let sent = counter.load(Ordering::Relaxed).max(1);
-    let cpu_per_request = process_cpu().zip(cpu_before).map(|(after, before)| (after - before) / sent as u32);
+    let per_request = |after: Option<Duration>, before: Option<Duration>| {
+        after.zip(before).map(|(after, before)| after.saturating_sub(before) / sent as u32)
+    };
+    let cpu_per_request = per_request(process_cpu(), cpu_before);
+    let client_cpu_per_request = per_request(threads_cpu(CLIENT_THREADS), client_before);
     all.sort();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
@@ -134,13 +146,16 @@ async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: 
         p99: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
         cpu_per_request,
+        client_cpu_per_request,
     }
 }
 
 fn print(r: &Report, ceiling: Option<f64>) {
     let share =
         ceiling.map(|c| format!("  ({:.0}% of bare, before/after mean)", 100.0 * r.rps / c)).unwrap_or_default();
-    let cpu = r.cpu_per_request.map(|c| format!("   cpu {:>4.0} µs/req", c.as_secs_f64() * 1e6)).unwrap_or_default();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let client = r.client_cpu_per_request.map(|c| format!(" (client {:.0})", us(c))).unwrap_or_default();
+    let cpu = r.cpu_per_request.map(|c| format!("   cpu {:>4.0} µs/req{client}", us(c))).unwrap_or_default();
     println!(
         "{:<26} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms{}   errors {}{}",
         r.name,
@@ -191,7 +206,7 @@ fn main() {
     // tells the harness's client from the daemon.
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("bench-client")
+        .thread_name(CLIENT_THREADS)
         .enable_all()
         .build()
         .expect("rt");
