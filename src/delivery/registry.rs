@@ -121,6 +121,9 @@ pub enum DeliveryMsg {
         error: Option<String>,
         /// When the failure began (the channel's first error of this kind).
         since_ms: u64,
+        /// It is the same channel's as the error reported before: one of the same text but
+        /// for its delivery ID may stay as stored.
+        same_channel: bool,
     },
     /// Hourly: delete stored events that no delivery names any more.
     SweepEvents,
@@ -362,8 +365,8 @@ impl Actor for DeliveryRegistry {
                     state.drain(&myself);
                 }
             }
-            DeliveryMsg::LastError { webhook_id, error, since_ms } => {
-                state.set_last_error(&webhook_id, error, since_ms)
+            DeliveryMsg::LastError { webhook_id, error, since_ms, same_channel } => {
+                state.set_last_error(&webhook_id, error, since_ms, same_channel)
             }
             DeliveryMsg::SweepEvents => state.sweep_events(),
             DeliveryMsg::Quiesce(reply) => {
@@ -401,6 +404,7 @@ impl Actor for DeliveryRegistry {
                 &id,
                 Some(format!("delivery stopped after repeated internal failures ({reason}); restart hookline")),
                 now_millis(),
+                false,
             );
             return Ok(());
         }
@@ -947,13 +951,20 @@ impl DeliveryState {
         Ok(self.shared.store.submit(b))
     }
 
-    fn set_last_error(&mut self, id: &WebhookId, error: Option<String>, since_ms: u64) {
+    fn set_last_error(&mut self, id: &WebhookId, error: Option<String>, since_ms: u64, same_channel: bool) {
         let Some(entry) = self.webhooks.get_mut(id) else { return };
         // The same failure of another delivery of the same channel (the error names its
-        // delivery) is no change: not written again, `last_error_at` kept.
+        // delivery) is no change: not written again, `last_error_at` kept. Another channel's
+        // (two failing alike, the one shown removed or recovered) is: the error must name a
+        // delivery that is still failing.
         let at = error.as_ref().map(|_| crate::util::millis_to_rfc3339(since_ms));
-        let same_failure = entry.stored.last_error.as_deref().map(model::without_delivery_id)
-            == error.as_deref().map(model::without_delivery_id);
+        let same_failure = match (entry.stored.last_error.as_deref(), error.as_deref()) {
+            (None, None) => true,
+            (Some(old), Some(new)) => {
+                same_channel && model::without_delivery_id(old) == model::without_delivery_id(new)
+            }
+            _ => false,
+        };
         if same_failure && entry.stored.last_error_at == at {
             return;
         }

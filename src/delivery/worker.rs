@@ -192,6 +192,9 @@ pub struct WorkerState {
     reported_error: Option<String>,
     /// When the failure reported began, for a channel's error.
     reported_since: Option<u64>,
+    /// The channel whose error was reported last (none for a webhook-wide problem, and
+    /// after a restart): the registry keeps a stored error of the same text only for it.
+    reported_channel: Option<String>,
     /// The latest error of each channel still failing, oldest first. The webhook's
     /// `last_error` is the newest of them: one channel's success clears only its own, so a
     /// healthy channel does not hide a broken one.
@@ -281,6 +284,7 @@ impl Actor for DeliveryWorker {
             // What the registry shows: a success clears it even after a restart.
             reported_error: args.last_error,
             reported_since: None,
+            reported_channel: None,
             channel_errors: Vec::new(),
             quiesced: None,
             spilled_from: None,
@@ -1313,11 +1317,17 @@ impl WorkerState {
         if (&error, since) == (&self.reported_error, self.reported_since) {
             return;
         }
+        // Two channels can fail with the same text: which one this is tells the registry
+        // whether a stored error alike in all but its delivery ID may stay.
+        let channel = self.channel_errors.iter().rev().find(|(_, e, _)| Some(e) == error.as_ref()).map(|(c, _, _)| c);
+        let same_channel = channel.is_some() && channel == self.reported_channel.as_ref();
+        self.reported_channel = channel.cloned();
         self.reported_error = error.clone();
         self.reported_since = since;
         let since_ms = since.unwrap_or_else(now_millis);
         if let Some(reg) = ActorRef::<DeliveryMsg>::where_is(self.shared.names.delivery_registry()) {
-            let _ = reg.cast(DeliveryMsg::LastError { webhook_id: self.rt.webhook_id.clone(), error, since_ms });
+            let webhook_id = self.rt.webhook_id.clone();
+            let _ = reg.cast(DeliveryMsg::LastError { webhook_id, error, since_ms, same_channel });
         }
     }
 

@@ -1680,6 +1680,41 @@ async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {
 
 /// A send in flight when its channel is removed is not retried: if it fails, it goes dead
 /// at once (a retry an hour later would find no channel).
+/// Two channels failing with the same error text: with the one whose delivery `last_error`
+/// names removed, it names the other's, still failing (it kept the removed one's, whose
+/// delivery was dead, when only the delivery ID told them apart).
+#[tokio::test]
+async fn last_error_moves_to_the_channel_still_failing_alike_when_the_shown_one_is_removed() {
+    let app = TestApp::start_with(queue_options("max_age_seconds = 60\nretry_schedule_seconds = [1]\n")).await;
+    let (a, b) = (Receiver::start(503).await, Receiver::start(503).await);
+    let channels = json!([http_channel(&a.url("/x")), http_channel(&b.url("/x"))]);
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "alike", "event_types": ["*"], "channels": channels})).await;
+    let path = format!("/v1/organizations/webhooks/{id}");
+    publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
+    assert!(eventually(WAIT, || async { a.count() >= 1 && b.count() >= 1 }).await);
+    let shown_delivery = || async {
+        let error = app.get(&path).await.1["last_error"].as_str().unwrap_or_default().to_string();
+        let found = deliveries(&app, &id, None).await.into_iter().find(|d| {
+            let did = d["delivery_id"].as_str().unwrap_or("?");
+            error.contains(&format!(" {did}:"))
+        });
+        found.map(|d| (d["delivery_id"].clone(), d["channel_id"].clone()))
+    };
+    assert!(eventually(WAIT, || async { shown_delivery().await.is_some() }).await);
+    let (shown, channel) = shown_delivery().await.unwrap();
+    let (_, view) = app.get(&path).await;
+    let kept: Vec<Value> =
+        view["channels"].as_array().unwrap().iter().filter(|c| c["channel_id"] != channel).cloned().collect();
+    assert_eq!(kept.len(), 1, "{view}");
+    let (s, body) = app.patch(&path, json!({"channels": kept})).await;
+    assert_eq!(s, 200, "{body}");
+    let moved = || async { shown_delivery().await.is_some_and(|(d, c)| d != shown && c == kept[0]["channel_id"]) };
+    assert!(eventually(WAIT, moved).await, "last_error still names {shown}: {}", app.get(&path).await.1);
+    let (_, w) = app.get(&path).await;
+    assert!(w["last_error"].as_str().unwrap_or_default().contains("503"), "{w}");
+}
+
 #[tokio::test]
 async fn a_failed_send_of_a_removed_channel_is_not_retried() {
     let app = TestApp::start_with(queue_options("max_age_hours = 2\nretry_schedule_seconds = [3600]\n")).await;
