@@ -11,7 +11,7 @@ use super::kind::{self, Operation};
 use super::path;
 use super::records::{self, BlobRef, Draft, ObjectSource};
 use super::spec::{BlobType, SourceAdapter};
-use crate::catalog::{BucketSchema, PropertyType};
+use crate::catalog::BucketSchema;
 
 /// Why a payload cannot become an object. The upstream sees it as a 422 and the adapter's
 /// status as `last_error`.
@@ -205,8 +205,9 @@ pub fn materialize_with_storage(
                     json_type(v)
                 )));
             };
-            // A video, image or audio property holds a file reference, as from blob_source.
-            let file = matches!(p.kind, PropertyType::Video | PropertyType::Image | PropertyType::Audio);
+            // A file-type property (video, image, audio, text) holds a file reference, as
+            // from blob_source.
+            let file = p.kind.is_blob();
             if file && no_file(v) {
                 continue;
             }
@@ -492,6 +493,19 @@ pub(crate) mod tests {
         let login = json!({"v": "https://u:secret@cdn.example/v.mp4", "t": "x"});
         let e = materialize(&a, &schema(), &login, &login, &s).unwrap_err();
         assert!(e.0.contains("with a user name or password") && !e.0.contains("secret"), "{}", e.0);
+        // Every file type: text too (a text file's URL), as blob_source's text blobs.
+        let a = adapter(json!({"adapter_type": "generic_webhook", "field_mapping": {"d": "doc", "t": "title"}}));
+        let schema: BucketSchema = serde_json::from_value(json!({"properties": {
+            "doc": {"type": "text"}, "title": {"type": "string"}
+        }}))
+        .unwrap();
+        for bad in ["not a url", "ftp://x/y", "https://u:pw@h.example/x"] {
+            let body = json!({"d": bad, "t": "x"});
+            let e = materialize(&a, &schema, &body, &body, &s).unwrap_err();
+            assert!(e.0.contains("text property takes an http(s) URL") && !e.0.contains("pw@"), "{bad}: {}", e.0);
+        }
+        let ok = json!({"d": "https://cdn.example/a.txt", "t": "x"});
+        assert_eq!(materialize(&a, &schema, &ok, &ok, &s).unwrap().metadata["doc"], "https://cdn.example/a.txt");
     }
 
     #[test]
