@@ -296,9 +296,11 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
                 wait_until = Instant::now() + RESTART_WAIT;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            // Busy (a Mux API fetch, a takeover's indexing): as for a restart, the upstream's
+            // retry gets through, and the outcome says so (`error` is hookline's own failure).
             Err(ractor::RactorErr::Timeout) => {
                 return (
-                    "error",
+                    "unavailable",
                     Err(ApiError::Unavailable("the source adapter did not answer within 30 s; retry later".into())),
                 )
             }

@@ -1901,3 +1901,36 @@ async fn ingest_requests_are_counted_per_bucket_when_asked() {
     assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "created")]), 1.0);
     assert!(!m.contains("hookline_ingest_bucket_requests_total{"), "{m}");
 }
+
+/// An ingest its adapter does not take within 30 s (busy, here stalled) is a 503 the
+/// upstream retries, counted as `unavailable` (not `error`, hookline's own failure); the
+/// event it held is taken once the actor is free, and the retry is its duplicate.
+#[tokio::test]
+async fn an_ingest_a_busy_adapter_does_not_take_in_time_is_unavailable() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "busy", json!({}), adapter).await;
+    let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{bucket}"), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    // A client that waits longer than the daemon's 30 s (the tests' client gives up at 30 s).
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let r = patient
+        .post(app.url(&format!("/v1/buckets/{bucket}/source-adapter/ingest")))
+        .header("x-webhook-secret", &secret)
+        .json(&json!({"id": "held"}))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    let b: Value = r.json().await.unwrap_or_default();
+    assert_eq!(s, 503, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap_or_default().contains("did not answer within 30 s"), "{b}");
+    let m = app.metrics().await;
+    let outcome = |o: &str| metric_value(&m, "hookline_ingest_requests_total", &[("outcome", o)]);
+    assert_eq!((outcome("unavailable"), outcome("error")), (1.0, 0.0));
+    let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await;
+    assert_eq!(s, 200);
+    let retried =
+        || async { ingest(&app, &bucket, Some(&secret), &json!({"id": "held"})).await.1["status"] == "duplicate" };
+    assert!(eventually(Duration::from_secs(10), retried).await, "the held event was taken once the actor was free");
+}
