@@ -436,6 +436,7 @@ impl SourceAdapterInput {
     /// a Supabase writeback's row looked up by another column than its id's.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = self.batching.unused_settings();
+        warnings.extend(self.credentials_beside_a_connection());
         warnings.extend(self.external_id_elsewhere());
         warnings.extend(self.writeback_paths_outside_the_result());
         let Some(filter) = self.event_filter.as_ref().filter(|_| self.adapter_type == ProviderType::Mux) else {
@@ -450,6 +451,18 @@ impl SourceAdapterInput {
             }),
         );
         warnings
+    }
+
+    /// Inline credentials beside a `connection_id`: valid (seed 000 calls them a fallback),
+    /// but the connection's are the ones used, and a caller who sent both may well expect
+    /// the inline ones to be (a signature checked with their secret fails as a 401).
+    fn credentials_beside_a_connection(&self) -> Option<String> {
+        (self.connection_id.is_some() && self.has_inline_credentials()).then(|| {
+            "source_adapter.connection.credentials: not used while connection_id is set (the connection's \
+             credentials are; inline ones are the fallback of an adapter without a connection): remove one of \
+             the two"
+                .to_string()
+        })
     }
 
     /// A Supabase writeback whose `external_id_field` is mapped from another column than
@@ -830,6 +843,19 @@ mod tests {
         assert!(input(unmapped).is_empty());
         let nested = json!({"field_mapping": {"record.links.url": "url"}});
         assert!(input(nested).is_empty());
+    }
+
+    #[test]
+    fn inline_credentials_beside_a_connection_are_warned_of() {
+        let warnings = |v: serde_json::Value| serde_json::from_value::<SourceAdapterInput>(v).unwrap().warnings();
+        let creds = json!({"credentials": {"access_token_id": "i", "access_token_secret": "s"}});
+        let both = warnings(json!({"adapter_type": "mux", "connection_id": "conn_x", "connection": creds}));
+        assert!(both.len() == 1 && both[0].contains("not used while connection_id is set"), "{both:?}");
+        // Sent back from a view ("(set; never shown)"): still both.
+        let kept = json!({"credentials": "(set; never shown)"});
+        assert_eq!(warnings(json!({"adapter_type": "mux", "connection_id": "conn_x", "connection": kept})).len(), 1);
+        assert!(warnings(json!({"adapter_type": "mux", "connection": creds})).is_empty());
+        assert!(warnings(json!({"adapter_type": "mux", "connection_id": "conn_x"})).is_empty());
     }
 
     #[test]
