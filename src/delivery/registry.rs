@@ -607,8 +607,10 @@ fn keep_redacted_secrets(
                     c.secret = prev.secret.clone();
                 }
                 for (name, value) in c.headers.iter_mut().filter(|(_, v)| *v == channel::REDACTED) {
-                    match prev.headers.get(name) {
-                        Some(v) => *value = v.clone(),
+                    // Header names are case-insensitive (a channel cannot hold `X-A` and `x-a`):
+                    // `x-team` sent back keeps the value stored as `X-Team`.
+                    match prev.headers.iter().find(|(stored, _)| stored.eq_ignore_ascii_case(name)) {
+                        Some((_, v)) => *value = v.clone(),
                         None => {
                             return Err(ApiError::validation(
                                 format!("channels[{i}].configs.headers.{name}"),

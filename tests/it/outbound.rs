@@ -1471,6 +1471,18 @@ async fn redacted_values_follow_their_channel_not_its_position() {
     assert_eq!(sent.header("x-mixpeek-secret"), Some("secret-b"));
     assert_eq!(sent.header("authorization"), Some("token-b"));
 
+    // A hidden header sent back under its name in other letters is the same header (names
+    // are case-insensitive): its value is kept.
+    let mut lower = got["channels"][1].clone();
+    let headers = lower["configs"]["headers"].as_object_mut().unwrap();
+    assert_eq!(headers.remove("Authorization"), Some(json!("********")), "{got}");
+    headers.insert("authorization".into(), json!("********"));
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [lower]})).await;
+    assert_eq!(s, 200, "{b}");
+    publish(&app, "object.updated", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() >= 2 }).await);
+    assert_eq!(rx.captured()[1].header("authorization"), Some("token-b"));
+
     // A hidden secret or header is not carried to a new URL.
     let mut moved = got["channels"][1].clone();
     moved["configs"]["url"] = json!("https://elsewhere.example.com/hook");
