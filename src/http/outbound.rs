@@ -93,6 +93,19 @@ fn quiet_configs(e: ApiError) -> ApiError {
     }
 }
 
+/// A `signing_secret` in a PATCH (a create or rotation answer sent back, where it is shown
+/// once): refused like any unknown field, but saying what to do instead.
+fn signing_secret_hint(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Validation { field, .. } if field == "signing_secret" => ApiError::validation(
+            field,
+            "the signing secret is made by hookline and cannot be set; leave it out (the webhook keeps its \
+             secret), or send \"rotate_signing_secret\": true for a new one",
+        ),
+        e => e,
+    }
+}
+
 async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> {
     req.authenticate(state)?;
     let mut value = req.json_value()?;
@@ -151,7 +164,8 @@ async fn update(state: &HttpState, req: &Request, id: &str) -> Result<Response, 
     let webhook_id = webhook_id(id)?;
     let mut value = req.json_value()?;
     let channel_ids = take_channel_ids(&mut value)?;
-    let mut patch = PatchWebhook { channel_ids, ..super::request::from_value(value).map_err(quiet_configs)? };
+    let parsed = super::request::from_value(value).map_err(quiet_configs).map_err(signing_secret_hint)?;
+    let mut patch = PatchWebhook { channel_ids, ..parsed };
     if patch.webhook_id.as_deref().is_some_and(|sent| sent != webhook_id.as_str()) {
         return Err(ApiError::validation(
             "webhook_id",

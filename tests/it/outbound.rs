@@ -2135,6 +2135,11 @@ async fn rotating_the_signing_secret_signs_every_later_attempt_with_the_new_one(
     assert!(got.get("signing_secret").is_none() && !got.to_string().contains(&new), "secret shown again: {got}");
     let (_, list) = app.get("/v1/organizations/webhooks").await;
     assert!(!list.to_string().contains(&new), "secret in the list: {list}");
+    // The answer sent back as a PATCH: its secret cannot be set, and the 422 says what to do.
+    let (s, e) = app.patch(&format!("/v1/organizations/webhooks/{id}"), b.clone()).await;
+    assert_eq!((s, e["error"]["field"].as_str()), (422, Some("signing_secret")), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap_or_default().contains("rotate_signing_secret"), "{e}");
+    assert!(!e.to_string().contains(&new), "the secret is not echoed: {e}");
     // Any other PATCH leaves it as it is (and does not show it).
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "rotated"})).await;
     assert_eq!(s, 200, "{b}");
