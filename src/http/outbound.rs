@@ -94,16 +94,9 @@ fn quiet_configs(e: ApiError) -> ApiError {
 }
 
 /// A `signing_secret` in a PATCH (a create or rotation answer sent back, where it is shown
-/// once): refused like any unknown field, but saying what to do instead.
+/// once): refused with what to do instead.
 fn signing_secret_hint(e: ApiError) -> ApiError {
-    match e {
-        ApiError::Validation { field, .. } if field == "signing_secret" => ApiError::validation(
-            field,
-            "the signing secret is made by hookline and cannot be set; leave it out (the webhook keeps its \
-             secret), or send \"rotate_signing_secret\": true for a new one",
-        ),
-        e => e,
-    }
+    super::request::generated_secret_hint(e, "signing_secret", "signing secret", "webhook", "rotate_signing_secret")
 }
 
 async fn create(state: &HttpState, req: &Request) -> Result<Response, ApiError> {

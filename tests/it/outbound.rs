@@ -1690,8 +1690,6 @@ async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {
     assert!(deliveries(&app, &id, None).await[0].get("held").is_none());
 }
 
-/// A send in flight when its channel is removed is not retried: if it fails, it goes dead
-/// at once (a retry an hour later would find no channel).
 /// Two channels failing with the same error text: with the one whose delivery `last_error`
 /// names removed, it names the other's, still failing (it kept the removed one's, whose
 /// delivery was dead, when only the delivery ID told them apart).
@@ -1727,6 +1725,8 @@ async fn last_error_moves_to_the_channel_still_failing_alike_when_the_shown_one_
     assert!(w["last_error"].as_str().unwrap_or_default().contains("503"), "{w}");
 }
 
+/// A send in flight when its channel is removed is not retried: if it fails, it goes dead
+/// at once (a retry an hour later would find no channel).
 #[tokio::test]
 async fn a_failed_send_of_a_removed_channel_is_not_retried() {
     let app = TestApp::start_with(queue_options("max_age_hours = 2\nretry_schedule_seconds = [3600]\n")).await;
