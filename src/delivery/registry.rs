@@ -581,7 +581,8 @@ fn keep_redacted_secrets(
                     _ => {
                         return Err(ApiError::validation(
                             format!("channels[{i}].configs.webhook_url"),
-                            "the redacted URL matches no stored Slack channel of this webhook; send the full URL",
+                            "the redacted URL is not the one stored for this channel (the channel its channel_id \
+                             names, or else the one at its place); send the full URL",
                         ))
                     }
                 }

@@ -156,6 +156,7 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{plain}"), json!({"channels": channels})).await;
     assert_eq!(s, 422, "{b}");
     assert_eq!(b["error"]["field"], "channels[0].configs.webhook_url");
+    assert!(b["error"]["message"].as_str().unwrap_or_default().contains("not the one stored for this channel"), "{b}");
 }
 
 #[tokio::test]
