@@ -729,16 +729,22 @@ async fn last_error_at_stays_while_deliveries_fail_alike() {
     assert!(second_attempts.iter().all(|a| since <= a.as_str()), "{w} vs second attempts {second_attempts:?}");
 }
 
+/// A webhook of every event with two HTTP channels, one to each receiver, and one event
+/// published to it; returns its ID.
+async fn two_channels_and_an_event(app: &TestApp, first: &Receiver, second: &Receiver) -> String {
+    let channels = json!([http_channel(&first.url("/x")), http_channel(&second.url("/x"))]);
+    let (id, _) = create_webhook(app, json!({"webhook_name": "two", "event_types": ["*"], "channels": channels})).await;
+    publish(app, "batch.failed", json!({"batch_id": "b1"})).await;
+    id
+}
+
 /// Two channels failing the same way: once the first recovers, `last_error_at` is when the
 /// second began failing, not the first.
 #[tokio::test]
 async fn last_error_at_follows_the_channel_still_failing() {
     let app = TestApp::start_with(queue_options("max_age_seconds = 30\nretry_schedule_seconds = [1]\n")).await;
     let (first, second) = (Receiver::start(503).await, Receiver::start(200).await);
-    let channels = json!([http_channel(&first.url("/x")), http_channel(&second.url("/x"))]);
-    let (id, _) =
-        create_webhook(&app, json!({"webhook_name": "two", "event_types": ["*"], "channels": channels})).await;
-    publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
+    let id = two_channels_and_an_event(&app, &first, &second).await;
     assert!(eventually(WAIT, || async { first.count() >= 1 && second.count() >= 1 }).await);
     // The second channel begins failing, the same way, seconds later.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -1697,11 +1703,8 @@ async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {
 async fn last_error_moves_to_the_channel_still_failing_alike_when_the_shown_one_is_removed() {
     let app = TestApp::start_with(queue_options("max_age_seconds = 60\nretry_schedule_seconds = [1]\n")).await;
     let (a, b) = (Receiver::start(503).await, Receiver::start(503).await);
-    let channels = json!([http_channel(&a.url("/x")), http_channel(&b.url("/x"))]);
-    let (id, _) =
-        create_webhook(&app, json!({"webhook_name": "alike", "event_types": ["*"], "channels": channels})).await;
+    let id = two_channels_and_an_event(&app, &a, &b).await;
     let path = format!("/v1/organizations/webhooks/{id}");
-    publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
     assert!(eventually(WAIT, || async { a.count() >= 1 && b.count() >= 1 }).await);
     let shown_delivery = || async {
         let error = app.get(&path).await.1["last_error"].as_str().unwrap_or_default().to_string();
