@@ -382,6 +382,24 @@ impl Backend for SledBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `open()` once sled's threads have let go of a dropped store's file lock, which they do
+    /// a moment later (under load, not yet at the first try): retried while `held` says its
+    /// error is that, for at most 5 s.
+    fn when_released<T, E>(open: impl Fn() -> Result<T, E>, held: impl Fn(&E) -> bool) -> Result<T, E> {
+        for _ in 0..100 {
+            match open() {
+                Err(e) if held(&e) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                other => return other,
+            }
+        }
+        open()
+    }
+
+    /// [`SledBackend::open`] again, through [`when_released`].
+    fn reopen_backend(dir: &std::path::Path) -> Result<SledBackend, StoreError> {
+        when_released(|| SledBackend::open(dir), |e| e.to_string().contains("in use"))
+    }
     use crate::store::pieces::{split, PIECE};
 
     /// A snapshot left unfinished by a crash (sled names it `.generating` until it is
@@ -397,18 +415,8 @@ mod tests {
         // Half a snapshot, newer than anything sled has: what a kill mid-write leaves.
         let partial = dir.path().join("snap.00000000FFFFFFFF.generating");
         std::fs::write(&partial, [0x5a; 4096]).unwrap();
-        // sled's threads let go of the dropped tree's file lock a moment later (under load,
-        // not yet at the first try): wait for it, as a restarted daemon's new process need not.
-        let mut tries = 0;
-        let b = loop {
-            match SledBackend::open(dir.path()) {
-                Err(e) if e.to_string().contains("in use") && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => break other.expect("opens despite the unfinished snapshot"),
-            }
-        };
+        // (A restarted daemon's new process need not wait for the lock, as this one does.)
+        let b = reopen_backend(dir.path()).expect("opens despite the unfinished snapshot");
         assert_eq!(b.get(b"k").unwrap().as_deref(), Some(b"v".as_slice()));
         assert!(!partial.exists(), "the unfinished snapshot is removed");
     }
@@ -462,13 +470,7 @@ mod tests {
             check(&b, &model);
             b.flush().await.unwrap();
         }
-        let b = loop {
-            // (sled's threads let go of the dropped tree's lock a moment later.)
-            match SledBackend::open(dir.path()) {
-                Err(e) if e.to_string().contains("in use") => std::thread::sleep(std::time::Duration::from_millis(50)),
-                other => break other.unwrap(),
-            }
-        };
+        let b = reopen_backend(dir.path()).unwrap();
         check(&b, &model);
     }
 
@@ -565,17 +567,7 @@ mod tests {
         check(&tree);
         db.flush().unwrap();
         drop((tree, db));
-        // (sled's threads let go of the dropped tree's file lock a moment later.)
-        let mut tries = 0;
-        let db = loop {
-            match sled::Config::new().path(dir.path()).open() {
-                Err(_) if tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => break other.unwrap(),
-            }
-        };
+        let db = when_released(|| sled::Config::new().path(dir.path()).open(), |_| true).unwrap();
         check(&db.open_tree("t").unwrap());
     }
 
@@ -664,12 +656,7 @@ mod tests {
             }
             b.flush().await.unwrap();
         }
-        let b = loop {
-            match SledBackend::open(dir.path()) {
-                Err(e) if e.to_string().contains("in use") => std::thread::sleep(std::time::Duration::from_millis(50)),
-                other => break other.unwrap(),
-            }
-        };
+        let b = reopen_backend(dir.path()).unwrap();
         check(&b, &model, &written);
     }
 
