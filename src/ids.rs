@@ -27,15 +27,16 @@ macro_rules! ulid_id {
             /// Accepts a client-supplied ID if it has the right prefix and only safe
             /// characters (IDs end up in store keys and URLs).
             pub fn parse(s: &str) -> Option<Self> {
-                let rest = s.strip_prefix(concat!($prefix, "_"))?;
-                if !rest.is_empty()
-                    && rest.len() <= 64
-                    && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    Some($name(s.to_string()))
-                } else {
-                    None
-                }
+                Self::is_valid(s).then(|| $name(s.to_string()))
+            }
+
+            /// Whether [`Self::parse`] accepts `s`, without making the ID.
+            pub fn is_valid(s: &str) -> bool {
+                s.strip_prefix(concat!($prefix, "_")).is_some_and(|rest| {
+                    !rest.is_empty()
+                        && rest.len() <= 64
+                        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
             }
 
             /// Whether `s` has the form of a generated ID (the prefix and 26 lower-case
@@ -219,6 +220,11 @@ mod tests {
         assert_eq!(BucketId::parse(b.as_str()), Some(b));
         assert_eq!(BucketId::parse("conn_abc"), None);
         assert_eq!(BucketId::parse("bkt_../x"), None);
+        for s in ["bkt_", "bkt", "bkt_a/b", &format!("bkt_{}", "a".repeat(65))] {
+            assert!(!BucketId::is_valid(s) && BucketId::parse(s).is_none(), "{s}");
+        }
+        let longest = format!("bkt_{}", "a".repeat(64));
+        assert!(BucketId::is_valid(&longest) && BucketId::parse(&longest).is_some());
         let w = WebhookId::generate();
         assert_eq!(w.as_str().len(), 13);
         assert!(WebhookId::parse(w.as_str()).is_some());

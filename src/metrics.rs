@@ -418,10 +418,7 @@ pub fn ingest_request(bucket: &str, outcome: &'static str, elapsed: Duration) {
     });
     // A 404's ID is whatever the sender made up: never a label. Every other outcome is
     // answered after the head check found the bucket (see `http::inbound::ingest_head`).
-    if INGEST_PER_BUCKET.load(Ordering::Relaxed)
-        && outcome != "not_found"
-        && crate::ids::BucketId::parse(bucket).is_some()
-    {
+    if INGEST_PER_BUCKET.load(Ordering::Relaxed) && outcome != "not_found" && crate::ids::BucketId::is_valid(bucket) {
         ingest_bucket_request(bucket, outcome);
     }
 }
