@@ -181,6 +181,16 @@ pub struct DeliveryConfig {
     pub sms: Option<SmsSettings>,
 }
 
+impl DeliveryConfig {
+    /// The setting that bounds how long a delivery or writeback is tried, as an error names it.
+    pub fn max_age_setting(&self) -> &'static str {
+        match self.max_age_seconds {
+            Some(_) => "delivery.max_age_seconds",
+            None => "delivery.max_age_hours",
+        }
+    }
+}
+
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

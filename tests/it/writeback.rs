@@ -1274,6 +1274,37 @@ async fn a_retried_dead_writeback_does_not_undo_a_newer_one_in_flight() {
     assert_eq!((&sent[1]["alert_id"], &sent[1]["fields"]), (&json!("a1"), &json!({"note": "n1"})), "{sent:?}");
 }
 
+/// A job that took over an older one of its row (with the field the older one had and it
+/// lacks), then died, keeps that field when retried by hand: mapped again from its own
+/// alert's results, which do not hold it, it would drop a result no job holds any more.
+#[tokio::test]
+async fn a_retried_merged_writeback_keeps_the_fields_it_took_over() {
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nmax_age_seconds = 5\nretry_schedule_seconds = [3]\n";
+    let rx = Upstream::start(500).await;
+    let (app, bucket, alerts) = one_row_on_alert(delivery, &rx.url("/wb"), "merged").await;
+    let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "first", "note": "n1"}})).await;
+    assert_eq!(s, 202, "{a}");
+    // Its first attempt failed; it waits 3 s for the next, and the newer alert takes it over.
+    assert!(eventually(WAIT, || async { rx.seen().len() == 1 }).await, "{:?}", rx.seen());
+    let (s, a) = app.post(&alerts, json!({"alert_id": "a2", "results": {"verdict": "second"}})).await;
+    assert_eq!(s, 202, "{a}");
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    assert_eq!((&dead[0]["alert_id"], &dead[0]["fields"]), (&json!("a2"), &json!({"verdict": "second", "note": "n1"})));
+    // Given up by the setting this daemon has: max_age_seconds, not the hours it overrides.
+    let why = dead[0]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("(delivery.max_age_seconds) was reached"), "{why}");
+    listed(&app, &bucket, "?status=pending", 0).await;
+
+    rx.set_default(200);
+    let (s, job) = retry(&app, &bucket, &id_of(&dead[0])).await;
+    assert_eq!((s, &job["fields"]), (202, &json!({"verdict": "second", "note": "n1"})), "{job}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
+    let sent = &rx.succeeded()[0].body;
+    assert_eq!((&sent["alert_id"], &sent["fields"]), (&json!("a2"), &json!({"verdict": "second", "note": "n1"})));
+    listed(&app, &bucket, "", 0).await;
+}
+
 /// PATCHes `bucket`'s adapter to a supabase one on table `things` of `pg`, writing each
 /// object's title back to `column` as its batch (of one) completes.
 async fn switch_to_supabase(app: &TestApp, bucket: &str, pg: &Upstream, column: &str) {

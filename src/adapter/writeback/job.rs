@@ -268,7 +268,9 @@ pub fn job_for(
 /// A dead job about to be re-queued, mapped again with the adapter's writeback settings as
 /// they are now, from its object (and its alert's results), as if its cause came now: a
 /// mapping fixed since (a renamed column, another `external_id_field`) applies to it, where
-/// it kept sending what it was queued with. Kept as it is when there is nothing to map it
+/// it kept sending what it was queued with. Its fields that the mapping still writes but
+/// finds no value for now are kept (merged from older jobs of its row, which are gone). Kept
+/// as it is when there is nothing to map it
 /// from (its object or alert is gone), when another type of adapter queued it (it fails,
 /// saying so: see [`Job::queued_by`]), or when the writeback no longer fires on its cause.
 pub fn remapped(store: &Store, bucket: &BucketId, adapter: &SourceAdapter, job: Job) -> Result<Job, StoreError> {
@@ -303,8 +305,18 @@ pub fn remapped(store: &Store, bucket: &BucketId, adapter: &SourceAdapter, job: 
     if fresh.fields.is_empty() {
         return Ok(job);
     }
+    // What it held for a field the mapping still writes and now finds no value for stays:
+    // a value an older job of its row merged into it (an earlier alert's result, say),
+    // which no other job holds any more. A field the mapping no longer writes goes (a
+    // renamed column the target refused).
+    let mut fields: Map<String, Value> = job
+        .fields
+        .into_iter()
+        .filter(|(target, _)| wb.field_mapping.iter().any(|m| &m.target_field == target))
+        .collect();
+    fields.extend(fresh.fields);
     Ok(Job {
-        fields: fresh.fields,
+        fields,
         // As a re-key does (see `worker.rs`): an ID the object no longer has is no better.
         external_id: fresh.external_id.or(job.external_id),
         table: fresh.table,

@@ -425,9 +425,10 @@ impl WorkerState {
                         Outcome::Permanent => "not retried: trying again cannot change it".to_string(),
                         _ => format!(
                             "given up after {} attempt(s) over {}: the max age of a writeback \
-                             (delivery.max_age_hours) was reached",
+                             ({}) was reached",
                             j.attempts,
-                            crate::util::rough_duration(age)
+                            crate::util::rough_duration(age),
+                            self.sender.shared.config.delivery.max_age_setting()
                         ),
                     };
                     j.last_error = Some(format!("{} ({why})", error.clone().unwrap_or_default()));
