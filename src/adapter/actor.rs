@@ -371,6 +371,15 @@ impl Actor for SourceAdapterActor {
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
         let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
+        if writeback.is_none() {
+            let mut batch = Batch::new();
+            let n = super::writeback::give_up_barred(store, &bucket_id, adapter.adapter_type, &mut batch)?;
+            if n > 0 {
+                store.commit(batch).await?;
+                let kind = adapter.adapter_type.as_str();
+                tracing::warn!(bucket_id = %bucket_id, jobs = n, "pending writebacks of another adapter type given up (the adapter is now {kind})");
+            }
+        }
         // Last, once nothing can fail: from now on the HTTP tasks check ingests against it.
         let gate = shared.gates.publish(&bucket_id, &adapter);
         tracing::debug!(bucket_id = %bucket_id, buffered = buffer.len(), dedup = dedup.len(), "source adapter started");

@@ -1357,6 +1357,52 @@ async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
     assert_eq!((seen[0].query.as_str(), &seen[0].body), ("id=eq.5", &json!({"title2": "Five"})), "{seen:?}");
 }
 
+/// The same with a new adapter that writes nothing back (no worker runs to give the job up
+/// at its first attempt): it is given up at once all the same, so a PATCH back to its type
+/// does not send it; a retry by hand then does.
+#[tokio::test]
+async fn a_pending_writeback_of_another_type_is_given_up_when_the_new_adapter_writes_nothing_back() {
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [60]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
+    let generic = Upstream::start(500).await;
+    let pg = Upstream::start(204).await;
+    let schema = json!({"title": {"type": "string"}});
+    let adapter = generic_adapter(&generic.url("/wb"), true);
+    let (bucket, secret) = bucket_with(&app, "switched-quiet", schema, adapter.clone()).await;
+    let r = ingest(&app, &bucket, &secret, json!({"id": "t1", "title": "T1"})).await;
+    assert_eq!(r["status"], "buffered", "{r}");
+    assert!(eventually(WAIT, || async { !generic.seen().is_empty() }).await, "the generic target was never tried");
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+
+    let conn = supabase_connection(&app, &pg.url(""), "srk-switched-0043").await;
+    let quiet = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "things",
+        "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": quiet })).await;
+    assert_eq!(s, 200, "{b}");
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    assert_eq!(id_of(&dead[0]), id_of(&pending[0]), "{dead:?}");
+    let why = dead[0]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("queued by the bucket's generic_webhook adapter") && why.contains("not retried"), "{dead:?}");
+    let (s, b) = retry(&app, &bucket, &id_of(&dead[0])).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap_or_default().contains("queued by"), "{b}");
+
+    // Back to generic_webhook, the target fixed: the job stays dead, and nothing is sent.
+    generic.set_default(200);
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    listed(&app, &bucket, "?status=dead", 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(generic.succeeded().is_empty(), "{:?}", generic.seen());
+    listed(&app, &bucket, "?status=pending", 0).await;
+    // Its type's again: a retry by hand sends it.
+    let (s, b) = retry(&app, &bucket, &id_of(&dead[0])).await;
+    assert_eq!(s, 202, "{b}");
+    assert!(eventually(WAIT, || async { !generic.succeeded().is_empty() }).await, "{:?}", generic.seen());
+    assert!(pg.seen().is_empty(), "{:?}", pg.seen());
+}
+
 /// A retry maps a dead job again with the adapter's writeback as it is now: a column renamed
 /// in the mapping (the fix of a "column not found") applies to the jobs that failed on it,
 /// a batch's from its object and an alert's from its results too. It sent what it was queued

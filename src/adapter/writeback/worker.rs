@@ -422,7 +422,7 @@ impl WorkerState {
                     // Why it was given up, not only its last error: no retry could help, or
                     // it kept failing for as long as jobs are tried.
                     let why = match outcome {
-                        Outcome::Permanent => "not retried: trying again cannot change it".to_string(),
+                        Outcome::Permanent => NOT_RETRIED.to_string(),
                         _ => format!(
                             "given up after {} attempt(s) over {}: the max age of a writeback \
                              ({}) was reached",
@@ -461,6 +461,41 @@ impl WorkerState {
 /// ID. generic_webhook writes one URL: its jobs differ by external ID alone. A job without an
 /// external ID writes no row (it is given up at its attempt).
 type RowKey = (String, String, String);
+
+/// Why a job given up for good was not retried (see `settle`).
+const NOT_RETRIED: &str = "not retried: trying again cannot change it";
+
+/// Gives up now, in `batch`, the pending jobs of `bucket` that an adapter of type `kind`
+/// must never send (another type queued them, or their object is another type's), for an
+/// adapter that starts no worker (writeback off): a worker gives them up at its first
+/// attempt, but left pending here they would wait for one, and a PATCH back to their type
+/// would send them after all. Returns how many; a record that cannot be read is left to the
+/// worker that reads it later (it logs it).
+pub fn give_up_barred(
+    store: &crate::store::Store,
+    bucket: &BucketId,
+    kind: crate::catalog::ProviderType,
+    batch: &mut Batch,
+) -> Result<usize, crate::store::StoreError> {
+    let mut barred = Vec::new();
+    for prefix in job::pending_prefixes(bucket) {
+        store.for_each_key(KS, &prefix, |k| {
+            barred.push(k.to_string());
+            true
+        })?;
+    }
+    let mut n = 0;
+    for key in barred {
+        let Ok(Some(mut j)) = store.get::<Job>(KS, &key) else { continue };
+        let Some(why) = j.barred_for(kind) else { continue };
+        j.last_error = Some(format!("{why} ({NOT_RETRIED})"));
+        batch.delete(KS, &key);
+        batch.put(KS, &j.dead_key(bucket), &j);
+        crate::metrics::writeback(kind.as_str(), "failed");
+        n += 1;
+    }
+    Ok(n)
+}
 
 fn row_of(j: &Job, pinned: Option<(&str, &str)>) -> Option<RowKey> {
     let external_id = j.external_id.clone()?;
