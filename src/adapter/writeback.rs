@@ -26,8 +26,8 @@ mod send;
 mod worker;
 
 pub use job::{
-    alert_document, on_alert, on_batch_complete, record, record_alert, record_batch, result_document, sends,
-    source_location, Job, RESULT_KEYS,
+    alert_document, next_external_id, on_alert, on_batch_complete, record, record_alert, record_batch, result_document,
+    sends, source_location, Job, RESULT_KEYS,
 };
 pub use worker::{give_up_barred, Worker};
 

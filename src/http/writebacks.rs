@@ -45,12 +45,24 @@ pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response
     let limit = req.page_limit()?;
     let after =
         req.cursor(|c| WritebackId::parse(c).is_some_and(|id| id.of_generated_ids()))?.and_then(WritebackId::parse);
-    let held = held(state, &bucket.bucket_id, adapter);
-    let mut page = Page::results(limit);
+    let on = Showing {
+        state,
+        bucket_id: &bucket.bucket_id,
+        adapter: Some(adapter),
+        held: held(state, &bucket.bucket_id, adapter),
+    };
+    let mut jobs = Vec::new();
     // One more than a page: the page's refusal of it says that another page follows.
     operator::for_each(&state.shared.store, &bucket.bucket_id, status, after.as_ref(), limit + 1, |s, id, job| {
-        page.offer(&id.to_string(), &shown(s, id, &job, held))
+        jobs.push((s, id.clone(), job));
+        jobs.len() <= limit
     })?;
+    let mut page = Page::results(limit);
+    for (s, id, job) in jobs {
+        if !page.offer(&id.to_string(), &shown(&on, s, &id, &job)?) {
+            break;
+        }
+    }
     Ok(page.finish())
 }
 
@@ -63,9 +75,9 @@ pub async fn get(state: &HttpState, req: &Request, id: &str, wid: &str) -> Resul
     let bucket_id = &bucket.bucket_id;
     let not_found = || ApiError::NotFound(format!("writeback {wid} not found in bucket {bucket_id}"));
     let writeback_id = WritebackId::parse(wid).ok_or_else(not_found)?;
-    let held = held(state, bucket_id, adapter);
+    let on = Showing { state, bucket_id, adapter: Some(adapter), held: held(state, bucket_id, adapter) };
     match operator::find(&state.shared.store, bucket_id, &writeback_id)? {
-        Some((status, job)) => Ok(json(StatusCode::OK, &shown(status, &writeback_id, &job, held))),
+        Some((status, job)) => Ok(json(StatusCode::OK, &shown(&on, status, &writeback_id, &job)?)),
         None => Err(not_found()),
     }
 }
@@ -90,10 +102,10 @@ pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Res
         c.finish().await?;
     }
     // (Re-queued and durable: a bucket changed meanwhile only loses the hint.)
-    let held = load_bucket(state, req, id)
-        .ok()
-        .and_then(|b| b.source_adapter.as_ref().and_then(|a| held(state, &bucket_id, a)));
-    Ok(json(StatusCode::ACCEPTED, &shown(Status::Pending, &writeback_id, &job, held)))
+    let bucket = load_bucket(state, req, id).ok();
+    let adapter = bucket.as_ref().and_then(|b| b.source_adapter.as_ref());
+    let on = Showing { state, bucket_id: &bucket_id, adapter, held: adapter.and_then(|a| held(state, &bucket_id, a)) };
+    Ok(json(StatusCode::ACCEPTED, &shown(&on, Status::Pending, &writeback_id, &job)?))
 }
 
 /// Why the bucket's pending jobs wait, when nothing sends them now.
@@ -104,11 +116,28 @@ fn held(state: &HttpState, bucket_id: &BucketId, adapter: &SourceAdapter) -> Opt
     (super::inbound::actor_state(state, bucket_id) == "stopped").then_some(HELD_STOPPED)
 }
 
-/// A job as the API shows it; a pending one that waits says why in `held`.
-fn shown(status: Status, id: &WritebackId, job: &Job, held: Option<&str>) -> serde_json::Value {
+/// How the jobs of one bucket are shown: what [`shown`] needs besides the job.
+struct Showing<'a> {
+    state: &'a HttpState,
+    bucket_id: &'a BucketId,
+    adapter: Option<&'a SourceAdapter>,
+    held: Option<&'static str>,
+}
+
+/// A job as the API shows it; a pending one that waits says why in `held`, and one whose
+/// row was re-keyed since it was queued shows the key its next attempt writes (the worker
+/// takes it then).
+fn shown(on: &Showing<'_>, status: Status, id: &WritebackId, job: &Job) -> Result<serde_json::Value, ApiError> {
     let mut view = operator::view(status, id, job);
-    if let (Status::Pending, Some(why)) = (status, held) {
-        view["held"] = why.into();
+    if status == Status::Pending {
+        if let Some(why) = on.held {
+            view["held"] = why.into();
+        }
+        if let Some(adapter) = on.adapter {
+            if let Some(now) = writeback::next_external_id(&on.state.shared.store, on.bucket_id, adapter, job)? {
+                view["external_id"] = now.into();
+            }
+        }
     }
-    view
+    Ok(view)
 }

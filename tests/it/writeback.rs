@@ -720,7 +720,7 @@ async fn kept_credentials_do_not_follow_a_new_writeback_url() {
 
 /// A writeback waiting for a retry when its row's key changes (an UPDATE of the id column,
 /// which re-keys the object) writes the row under its new key: the old one is gone, and
-/// PostgREST answers a PATCH of no row with a 204.
+/// PostgREST answers a PATCH of no row with a 204. The writebacks list names that key.
 #[tokio::test]
 async fn a_pending_writeback_follows_its_row_to_a_new_key() {
     let app = TestApp::start().await;
@@ -742,6 +742,11 @@ async fn a_pending_writeback_follows_its_row_to_a_new_key() {
         "record": {"id": 71, "title": "a"}, "old_record": {"id": 70, "title": "a"}});
     let r = ingest(&app, &bucket, &secret, update).await;
     assert_eq!(r["status"], "updated", "{r}");
+    // Listed (and shown) under the key its next attempt writes, before that attempt.
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    assert_eq!(pending[0]["external_id"], "71", "{pending:?}");
+    let (s, one) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/writebacks/{}", id_of(&pending[0]))).await;
+    assert_eq!((s, &one["external_id"]), (200, &json!("71")), "{one}");
     pg.set_default(204);
     assert!(eventually(WAIT, || async { !pg.succeeded().is_empty() }).await, "{:?}", pg.seen());
     let written = pg.succeeded();

@@ -216,6 +216,26 @@ pub fn external_id_of(wb: &Writeback, rec: &ObjectRecord) -> Option<String> {
     }
 }
 
+/// The source record ID a pending `job` of `bucket` writes at its next attempt, when that is
+/// not the one it holds: its object's ID as it is now (a row an UPDATE re-keyed since the job
+/// was queued), which the worker takes before the attempt (see `worker.rs`). `None` when
+/// it is the job's own, or the adapter would not send it (another type's job, writeback
+/// off), or its object is gone. So that the writebacks list names the row that will be written.
+pub fn next_external_id(
+    store: &Store,
+    bucket: &BucketId,
+    adapter: &SourceAdapter,
+    job: &Job,
+) -> Result<Option<String>, StoreError> {
+    let Some(wb) = adapter.writeback.as_ref().filter(|_| super::sends(adapter)) else { return Ok(None) };
+    if job.external_id.is_none() || job.barred_for(adapter.adapter_type).is_some() {
+        return Ok(None);
+    }
+    let key = records::key(bucket, job.object_id.as_str());
+    let Some(rec) = store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else { return Ok(None) };
+    Ok(external_id_of(wb, &rec).filter(|now| Some(now) != job.external_id.as_ref()))
+}
+
 /// Why an object an adapter of type `from` made is not written back by the bucket's `kind`
 /// adapter (see [`Job::object_from`]).
 pub fn made_by_another(from: ProviderType, kind: ProviderType) -> String {
