@@ -289,10 +289,10 @@ pub fn job_for(
 /// they are now, from its object (and its alert's results), as if its cause came now: a
 /// mapping fixed since (a renamed column, another `external_id_field`) applies to it, where
 /// it kept sending what it was queued with. Its fields that the mapping still writes but
-/// finds no value for now are kept (merged from older jobs of its row, which are gone). Kept
-/// as it is when there is nothing to map it
-/// from (its object or alert is gone), when another type of adapter queued it (it fails,
-/// saying so: see [`Job::queued_by`]), or when the writeback no longer fires on its cause.
+/// finds no value for now are kept (merged from older jobs of its row, which are gone).
+/// Kept as it is when there is nothing to map it from (its object or alert is gone), when
+/// another type of adapter queued it (it fails, saying so: see [`Job::queued_by`]), or when
+/// the writeback no longer fires on its cause.
 pub fn remapped(store: &Store, bucket: &BucketId, adapter: &SourceAdapter, job: Job) -> Result<Job, StoreError> {
     if job.queued_by_another(adapter.adapter_type).is_some() {
         return Ok(job);
