@@ -1219,18 +1219,29 @@ async fn one_row_on_alert(delivery: &str, url: &str, name: &str) -> (TestApp, St
     (app, bucket, alerts)
 }
 
+/// [`one_row_on_alert`] (named `name`) writing back to a receiver that fails (500), with
+/// jobs tried for `max_age` seconds, `retry` seconds apart, and alert `a1` (a verdict and a
+/// note) posted on the row once its first attempt failed: the job waits for its retry.
+/// (receiver, app, bucket, the row's alerts path).
+async fn first_alert_failed(name: &str, max_age: u64, retry: u64) -> (Upstream, TestApp, String, String) {
+    let delivery = format!(
+        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+         request_timeout_seconds = 2\nmax_age_seconds = {max_age}\nretry_schedule_seconds = [{retry}]\n"
+    );
+    let rx = Upstream::start(500).await;
+    let (app, bucket, alerts) = one_row_on_alert(&delivery, &rx.url("/wb"), name).await;
+    let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "first", "note": "n1"}})).await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { rx.seen().len() == 1 }).await, "{:?}", rx.seen());
+    (rx, app, bucket, alerts)
+}
+
 /// Writebacks of one row land in order: a newer job takes over an older one still waiting
 /// for its retry (with the fields it lacks), so the older result never lands after it.
 #[tokio::test]
 async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
-    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
-        request_timeout_seconds = 2\nmax_age_seconds = 60\nretry_schedule_seconds = [2]\n";
-    let rx = Upstream::start(500).await;
-    let (app, bucket, alerts) = one_row_on_alert(delivery, &rx.url("/wb"), "ordered").await;
-    let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "first", "note": "n1"}})).await;
-    assert_eq!(s, 202, "{a}");
-    // Its first attempt fails; its retry is due 2 s later.
-    assert!(eventually(WAIT, || async { rx.seen().len() == 1 }).await, "{:?}", rx.seen());
+    // Its retry is due 2 s later.
+    let (rx, app, bucket, alerts) = first_alert_failed("ordered", 60, 2).await;
     rx.set_default(204);
     let (s, a) = app.post(&alerts, json!({"alert_id": "a2", "results": {"verdict": "second"}})).await;
     assert_eq!(s, 202, "{a}");
@@ -1284,14 +1295,8 @@ async fn a_retried_dead_writeback_does_not_undo_a_newer_one_in_flight() {
 /// alert's results, which do not hold it, it would drop a result no job holds any more.
 #[tokio::test]
 async fn a_retried_merged_writeback_keeps_the_fields_it_took_over() {
-    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
-        request_timeout_seconds = 2\nmax_age_seconds = 5\nretry_schedule_seconds = [3]\n";
-    let rx = Upstream::start(500).await;
-    let (app, bucket, alerts) = one_row_on_alert(delivery, &rx.url("/wb"), "merged").await;
-    let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "first", "note": "n1"}})).await;
-    assert_eq!(s, 202, "{a}");
-    // Its first attempt failed; it waits 3 s for the next, and the newer alert takes it over.
-    assert!(eventually(WAIT, || async { rx.seen().len() == 1 }).await, "{:?}", rx.seen());
+    // It waits 3 s for its next attempt, and the newer alert takes it over.
+    let (rx, app, bucket, alerts) = first_alert_failed("merged", 5, 3).await;
     let (s, a) = app.post(&alerts, json!({"alert_id": "a2", "results": {"verdict": "second"}})).await;
     assert_eq!(s, 202, "{a}");
     let dead = listed(&app, &bucket, "?status=dead", 1).await;
@@ -1322,36 +1327,49 @@ async fn switch_to_supabase(app: &TestApp, bucket: &str, pg: &Upstream, column: 
     assert_eq!(s, 200, "{b}");
 }
 
-/// A writeback is sent only by an adapter of the type that queued it: after a PATCH from
-/// generic_webhook to supabase, a generic job still pending (its target failing) must not
-/// become a PostgREST PATCH, with the service-role key, of whatever row its ID names. It is
-/// given up, saying why; the new adapter's own jobs go out.
-#[tokio::test]
-async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
-    // Retries a minute apart: the job is given up when the adapter changes type, not at its
-    // next attempt (by when a PATCH back could have revived it).
+/// A generic_webhook bucket (`name`) whose receiver (`generic`) fails, with one job pending
+/// after its first attempt, retries a minute apart (so that what happens to it next is the
+/// PATCH's doing, not its next attempt's), and a PostgREST (`pg`) to switch to:
+/// (app, generic, pg, bucket, secret, the pending job).
+async fn generic_job_pending(name: &str) -> (TestApp, Upstream, Upstream, String, String, Value) {
     let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
         request_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [60]\n";
     let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
     let generic = Upstream::start(500).await;
     let pg = Upstream::start(204).await;
     let schema = json!({"title": {"type": "string"}});
-    let (bucket, secret) = bucket_with(&app, "switched", schema, generic_adapter(&generic.url("/wb"), true)).await;
+    let (bucket, secret) = bucket_with(&app, name, schema, generic_adapter(&generic.url("/wb"), true)).await;
     let r = ingest(&app, &bucket, &secret, json!({"id": "t1", "title": "T1"})).await;
     assert_eq!(r["status"], "buffered", "{r}");
     assert!(eventually(WAIT, || async { !generic.seen().is_empty() }).await, "the generic target was never tried");
-    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    let pending = listed(&app, &bucket, "?status=pending", 1).await.remove(0);
+    (app, generic, pg, bucket, secret, pending)
+}
 
-    switch_to_supabase(&app, &bucket, &pg, "title2").await;
-    let dead = listed(&app, &bucket, "?status=dead", 1).await;
-    assert_eq!(id_of(&dead[0]), id_of(&pending[0]), "{dead:?}");
-    let why = dead[0]["last_error"].as_str().unwrap_or_default();
-    assert!(why.contains("queued by the bucket's generic_webhook adapter") && why.contains("not retried"), "{dead:?}");
-    // A retry by hand cannot send it either: a 409 saying why, the job left dead.
-    let (s, b) = retry(&app, &bucket, &id_of(&dead[0])).await;
+/// Checks that `pending` (a generic_webhook job) was given up when the bucket's adapter
+/// became a supabase one, saying why, and that a retry by hand is a 409 saying why; the job
+/// as listed dead.
+async fn given_up_for_its_type(app: &TestApp, bucket: &str, pending: &Value) -> Value {
+    let dead = listed(app, bucket, "?status=dead", 1).await.remove(0);
+    assert_eq!(id_of(&dead), id_of(pending), "{dead}");
+    let why = dead["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("queued by the bucket's generic_webhook adapter") && why.contains("not retried"), "{dead}");
+    let (s, b) = retry(app, bucket, &id_of(&dead)).await;
     assert_eq!(s, 409, "{b}");
     assert!(b["error"]["message"].as_str().unwrap_or_default().contains("queued by"), "{b}");
-    assert_eq!(listed(&app, &bucket, "?status=dead", 1).await[0]["attempts"], dead[0]["attempts"]);
+    assert_eq!(listed(app, bucket, "?status=dead", 1).await[0]["attempts"], dead["attempts"], "left dead");
+    dead
+}
+
+/// A writeback is sent only by an adapter of the type that queued it: after a PATCH from
+/// generic_webhook to supabase, a generic job still pending (its target failing) must not
+/// become a PostgREST PATCH, with the service-role key, of whatever row its ID names. It is
+/// given up, saying why; the new adapter's own jobs go out.
+#[tokio::test]
+async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
+    let (app, _generic, pg, bucket, secret, pending) = generic_job_pending("switched").await;
+    switch_to_supabase(&app, &bucket, &pg, "title2").await;
+    given_up_for_its_type(&app, &bucket, &pending).await;
 
     // The supabase adapter's own row goes out, and only it.
     let row = json!({"type": "INSERT", "table": "things", "schema": "public", "record": {"id": 5, "title": "Five"}});
@@ -1367,34 +1385,17 @@ async fn a_pending_writeback_is_not_sent_by_an_adapter_of_another_type() {
 /// does not send it; a retry by hand then does.
 #[tokio::test]
 async fn a_pending_writeback_of_another_type_is_given_up_when_the_new_adapter_writes_nothing_back() {
-    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
-        request_timeout_seconds = 2\nmax_age_hours = 1\nretry_schedule_seconds = [60]\n";
-    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
-    let generic = Upstream::start(500).await;
-    let pg = Upstream::start(204).await;
-    let schema = json!({"title": {"type": "string"}});
-    let adapter = generic_adapter(&generic.url("/wb"), true);
-    let (bucket, secret) = bucket_with(&app, "switched-quiet", schema, adapter.clone()).await;
-    let r = ingest(&app, &bucket, &secret, json!({"id": "t1", "title": "T1"})).await;
-    assert_eq!(r["status"], "buffered", "{r}");
-    assert!(eventually(WAIT, || async { !generic.seen().is_empty() }).await, "the generic target was never tried");
-    let pending = listed(&app, &bucket, "?status=pending", 1).await;
-
+    let (app, generic, pg, bucket, _secret, pending) = generic_job_pending("switched-quiet").await;
     let conn = supabase_connection(&app, &pg.url(""), "srk-switched-0043").await;
     let quiet = json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "things",
         "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}});
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": quiet })).await;
     assert_eq!(s, 200, "{b}");
-    let dead = listed(&app, &bucket, "?status=dead", 1).await;
-    assert_eq!(id_of(&dead[0]), id_of(&pending[0]), "{dead:?}");
-    let why = dead[0]["last_error"].as_str().unwrap_or_default();
-    assert!(why.contains("queued by the bucket's generic_webhook adapter") && why.contains("not retried"), "{dead:?}");
-    let (s, b) = retry(&app, &bucket, &id_of(&dead[0])).await;
-    assert_eq!(s, 409, "{b}");
-    assert!(b["error"]["message"].as_str().unwrap_or_default().contains("queued by"), "{b}");
+    let dead = given_up_for_its_type(&app, &bucket, &pending).await;
 
     // Back to generic_webhook, the target fixed: the job stays dead, and nothing is sent.
     generic.set_default(200);
+    let adapter = generic_adapter(&generic.url("/wb"), true);
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": adapter })).await;
     assert_eq!(s, 200, "{b}");
     listed(&app, &bucket, "?status=dead", 1).await;
@@ -1402,7 +1403,7 @@ async fn a_pending_writeback_of_another_type_is_given_up_when_the_new_adapter_wr
     assert!(generic.succeeded().is_empty(), "{:?}", generic.seen());
     listed(&app, &bucket, "?status=pending", 0).await;
     // Its type's again: a retry by hand sends it.
-    let (s, b) = retry(&app, &bucket, &id_of(&dead[0])).await;
+    let (s, b) = retry(&app, &bucket, &id_of(&dead)).await;
     assert_eq!(s, 202, "{b}");
     assert!(eventually(WAIT, || async { !generic.succeeded().is_empty() }).await, "{:?}", generic.seen());
     assert!(pg.seen().is_empty(), "{:?}", pg.seen());
