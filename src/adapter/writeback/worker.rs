@@ -462,6 +462,18 @@ impl WorkerState {
 /// external ID writes no row (it is given up at its attempt).
 type RowKey = (String, String, String);
 
+/// The keys of `bucket`'s pending jobs, batch jobs' and alert jobs'.
+fn pending_keys(store: &crate::store::Store, bucket: &BucketId) -> Result<Vec<String>, crate::store::StoreError> {
+    let mut keys = Vec::new();
+    for prefix in job::pending_prefixes(bucket) {
+        store.for_each_key(KS, &prefix, |k| {
+            keys.push(k.to_string());
+            true
+        })?;
+    }
+    Ok(keys)
+}
+
 /// Why a job given up for good was not retried (see `settle`).
 const NOT_RETRIED: &str = "not retried: trying again cannot change it";
 
@@ -477,15 +489,8 @@ pub fn give_up_barred(
     kind: crate::catalog::ProviderType,
     batch: &mut Batch,
 ) -> Result<usize, crate::store::StoreError> {
-    let mut barred = Vec::new();
-    for prefix in job::pending_prefixes(bucket) {
-        store.for_each_key(KS, &prefix, |k| {
-            barred.push(k.to_string());
-            true
-        })?;
-    }
     let mut n = 0;
-    for key in barred {
+    for key in pending_keys(store, bucket)? {
         let Ok(Some(mut j)) = store.get::<Job>(KS, &key) else { continue };
         let Some(why) = j.barred_for(kind) else { continue };
         j.last_error = Some(format!("{why} ({NOT_RETRIED})"));
@@ -509,15 +514,8 @@ pub fn remap_pending(
     adapter: &SourceAdapter,
     batch: &mut Batch,
 ) -> Result<usize, crate::store::StoreError> {
-    let mut keys = Vec::new();
-    for prefix in job::pending_prefixes(bucket) {
-        store.for_each_key(KS, &prefix, |k| {
-            keys.push(k.to_string());
-            true
-        })?;
-    }
     let mut n = 0;
-    for key in keys {
+    for key in pending_keys(store, bucket)? {
         // One that cannot be read is logged by the worker, which skips it.
         let Ok(Some(j)) = store.get::<Job>(KS, &key) else { continue };
         let again = job::remapped(store, bucket, adapter, j.clone())?;
