@@ -370,14 +370,6 @@ impl Actor for SourceAdapterActor {
         let unpaged = records::DedupPage::new(&bucket);
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
-        if super::writeback::sends(&adapter) {
-            let mut batch = Batch::new();
-            let n = super::writeback::remap_pending(store, &bucket_id, &adapter, &mut batch)?;
-            if n > 0 {
-                store.commit(batch).await?;
-                tracing::info!(bucket_id = %bucket_id, jobs = n, "pending writebacks mapped again with the adapter's writeback as it is now");
-            }
-        }
         let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
         if writeback.is_none() {
             let mut batch = Batch::new();

@@ -1470,35 +1470,6 @@ async fn a_retried_writeback_is_mapped_again_with_the_adapter_as_it_is_now() {
     assert_eq!(sent, [json!({"title_v2": "One"}), json!({"verdict_v2": "fake"})]);
 }
 
-/// A pending job (waiting for its retry) is mapped again when the adapter is PATCHed: a
-/// column renamed in the mapping applies to it at its next attempt, as to a dead job retried
-/// by hand, where it would keep failing on the old column until given up.
-#[tokio::test]
-async fn a_pending_writeback_is_mapped_again_when_the_adapter_changes() {
-    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
-        request_timeout_seconds = 2\nmax_age_seconds = 60\nretry_schedule_seconds = [2]\n";
-    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
-    let rx = Upstream::start(500).await;
-    let schema = json!({"title": {"type": "string"}});
-    let (bucket, secret) = bucket_with(&app, "remapped-pending", schema, generic_adapter(&rx.url("/wb"), true)).await;
-    ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-1", "title": "One"})).await;
-    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "the first attempt fails (500)");
-    assert_eq!(listed(&app, &bucket, "?status=pending", 1).await[0]["fields"], json!({"title": "One"}));
-
-    let mut renamed = generic_adapter(&rx.url("/wb"), true);
-    renamed["writeback"]["field_mapping"][0]["target_field"] = json!("title_v2");
-    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": renamed })).await;
-    assert_eq!(s, 200, "{b}");
-    let remapped = || async {
-        writebacks(&app, &bucket, "?status=pending").await["results"][0]["fields"] == json!({"title_v2": "One"})
-    };
-    assert!(eventually(WAIT, remapped).await, "{}", writebacks(&app, &bucket, "").await);
-    rx.set_default(200);
-    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "{:?}", rx.seen());
-    assert_eq!(rx.succeeded()[0].body["fields"], json!({"title_v2": "One"}));
-    listed(&app, &bucket, "", 0).await;
-}
-
 /// An object a generic_webhook adapter made, in a batch submitted once the bucket's adapter
 /// is a supabase one: its ID is the generic source's, which names no row of the table, so no
 /// service-role PATCH is queued for it (skipped, saying why).

@@ -28,12 +28,10 @@
 //! results win over the object's fields of the same name. Paths that do not resolve are left
 //! out of the written fields. The record ID written to is `external_id_field` read from the
 //! object's `metadata` when set, else the object's `source.external_id` (for Supabase the
-//! row's primary key). The fields are resolved when the job is recorded (a snapshot), and
-//! again with the adapter's mapping as it is when the adapter starts (pending jobs) or a dead
-//! job is retried by hand (see [`remapped`]); the ID too, and again before each attempt from
-//! the object as it is then (a row whose key an UPDATE changed is written under its new key:
-//! see `worker.rs`); the target (URL, credentials) is read from the adapter when the job is
-//! sent.
+//! row's primary key). The fields are resolved when the job is recorded (a snapshot); the ID
+//! too, and again before each attempt from the object as it is then (a row whose key an
+//! UPDATE changed is written under its new key: see `worker.rs`); the target (URL,
+//! credentials) is read from the adapter when the job is sent.
 //!
 //! Pure apart from reading objects for `POST …/submit`; must not perform network I/O.
 
@@ -287,8 +285,7 @@ pub fn job_for(
     }
 }
 
-/// A dead job about to be re-queued (or a pending one, as its adapter starts: see
-/// `worker::remap_pending`), mapped again with the adapter's writeback settings as
+/// A dead job about to be re-queued, mapped again with the adapter's writeback settings as
 /// they are now, from its object (and its alert's results), as if its cause came now: a
 /// mapping fixed since (a renamed column, another `external_id_field`) applies to it, where
 /// it kept sending what it was queued with. Its fields that the mapping still writes but

@@ -502,31 +502,6 @@ pub fn give_up_barred(
     Ok(n)
 }
 
-/// Maps the pending jobs of `bucket` again, in `batch`, with the writeback of `adapter`, which
-/// is about to start their worker (after a PATCH of the adapter, or at the daemon's start):
-/// a fix of the mapping (a renamed column the target refused) applies to the jobs waiting
-/// for a retry, not only to dead ones retried by hand. As a retry by hand does (see
-/// `job::remapped`), from each job's object and alert as they are now; a job mapped alike is
-/// left as it is. Returns how many changed.
-pub fn remap_pending(
-    store: &crate::store::Store,
-    bucket: &BucketId,
-    adapter: &SourceAdapter,
-    batch: &mut Batch,
-) -> Result<usize, crate::store::StoreError> {
-    let mut n = 0;
-    for key in pending_keys(store, bucket)? {
-        // One that cannot be read is logged by the worker, which skips it.
-        let Ok(Some(j)) = store.get::<Job>(KS, &key) else { continue };
-        let again = job::remapped(store, bucket, adapter, j.clone())?;
-        if again.fields != j.fields || again.external_id != j.external_id {
-            batch.put(KS, &key, &again);
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
 fn row_of(j: &Job, pinned: Option<(&str, &str)>) -> Option<RowKey> {
     let external_id = j.external_id.clone()?;
     let schema = j.schema.as_deref().or(pinned.map(|p| p.0)).unwrap_or(crate::adapter::supabase::DEFAULT_SCHEMA);
