@@ -51,18 +51,11 @@ pub async fn list(state: &HttpState, req: &Request, id: &str) -> Result<Response
         adapter: Some(adapter),
         held: held(state, &bucket.bucket_id, adapter),
     };
-    let mut jobs = Vec::new();
+    let mut page = Page::results(limit);
     // One more than a page: the page's refusal of it says that another page follows.
     operator::for_each(&state.shared.store, &bucket.bucket_id, status, after.as_ref(), limit + 1, |s, id, job| {
-        jobs.push((s, id.clone(), job));
-        jobs.len() <= limit
+        page.offer(&id.to_string(), &shown(&on, s, id, &job))
     })?;
-    let mut page = Page::results(limit);
-    for (s, id, job) in jobs {
-        if !page.offer(&id.to_string(), &shown(&on, s, &id, &job)?) {
-            break;
-        }
-    }
     Ok(page.finish())
 }
 
@@ -77,7 +70,7 @@ pub async fn get(state: &HttpState, req: &Request, id: &str, wid: &str) -> Resul
     let writeback_id = WritebackId::parse(wid).ok_or_else(not_found)?;
     let on = Showing { state, bucket_id, adapter: Some(adapter), held: held(state, bucket_id, adapter) };
     match operator::find(&state.shared.store, bucket_id, &writeback_id)? {
-        Some((status, job)) => Ok(json(StatusCode::OK, &shown(&on, status, &writeback_id, &job)?)),
+        Some((status, job)) => Ok(json(StatusCode::OK, &shown(&on, status, &writeback_id, &job))),
         None => Err(not_found()),
     }
 }
@@ -105,7 +98,7 @@ pub async fn retry(state: &HttpState, req: &Request, id: &str, wid: &str) -> Res
     let bucket = load_bucket(state, req, id).ok();
     let adapter = bucket.as_ref().and_then(|b| b.source_adapter.as_ref());
     let on = Showing { state, bucket_id: &bucket_id, adapter, held: adapter.and_then(|a| held(state, &bucket_id, a)) };
-    Ok(json(StatusCode::ACCEPTED, &shown(&on, Status::Pending, &writeback_id, &job)?))
+    Ok(json(StatusCode::ACCEPTED, &shown(&on, Status::Pending, &writeback_id, &job)))
 }
 
 /// Why the bucket's pending jobs wait, when nothing sends them now.
@@ -126,18 +119,22 @@ struct Showing<'a> {
 
 /// A job as the API shows it; a pending one that waits says why in `held`, and one whose
 /// row was re-keyed since it was queued shows the key its next attempt writes (the worker
-/// takes it then).
-fn shown(on: &Showing<'_>, status: Status, id: &WritebackId, job: &Job) -> Result<serde_json::Value, ApiError> {
+/// takes it then). That key is a hint: an object that cannot be read leaves the job's own
+/// (logged), rather than failing the answer (a retry's is given once the job is re-queued).
+fn shown(on: &Showing<'_>, status: Status, id: &WritebackId, job: &Job) -> serde_json::Value {
     let mut view = operator::view(status, id, job);
     if status == Status::Pending {
         if let Some(why) = on.held {
             view["held"] = why.into();
         }
         if let Some(adapter) = on.adapter {
-            if let Some(now) = writeback::next_external_id(&on.state.shared.store, on.bucket_id, adapter, job)? {
-                view["external_id"] = now.into();
+            match writeback::next_external_id(&on.state.shared.store, on.bucket_id, adapter, job) {
+                Ok(Some(now)) => view["external_id"] = now.into(),
+                Ok(None) => {}
+                Err(e) => tracing::error!(bucket_id = %on.bucket_id, object_id = %job.object_id, error = %e,
+                    "read a writeback's object for its current key; showing the key it was queued with"),
             }
         }
     }
-    Ok(view)
+    view
 }

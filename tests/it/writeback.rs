@@ -723,7 +723,10 @@ async fn kept_credentials_do_not_follow_a_new_writeback_url() {
 /// PostgREST answers a PATCH of no row with a 204. The writebacks list names that key.
 #[tokio::test]
 async fn a_pending_writeback_follows_its_row_to_a_new_key() {
-    let app = TestApp::start().await;
+    // Its retry 3 s later: the list is read before the worker takes the new key.
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nmax_age_seconds = 60\nretry_schedule_seconds = [3]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
     let pg = Upstream::start(500).await;
     let conn = supabase_connection(&app, &pg.url(""), "srk-rekey").await;
     let (bucket, secret) = bucket_with(

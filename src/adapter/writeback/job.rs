@@ -33,7 +33,8 @@
 //! UPDATE changed is written under its new key: see `worker.rs`); the target (URL,
 //! credentials) is read from the adapter when the job is sent.
 //!
-//! Pure apart from reading objects for `POST …/submit`; must not perform network I/O.
+//! Pure apart from reading objects (and alerts) for `POST …/submit`, a dead job's retry by
+//! hand and the writebacks list; must not perform network I/O.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -218,9 +219,10 @@ pub fn external_id_of(wb: &Writeback, rec: &ObjectRecord) -> Option<String> {
 
 /// The source record ID a pending `job` of `bucket` writes at its next attempt, when that is
 /// not the one it holds: its object's ID as it is now (a row an UPDATE re-keyed since the job
-/// was queued), which the worker takes before the attempt (see `worker.rs`). `None` when
-/// it is the job's own, or the adapter would not send it (another type's job, writeback
-/// off), or its object is gone. So that the writebacks list names the row that will be written.
+/// was queued, or one queued without an ID), which the worker takes before the attempt (see
+/// `worker.rs`). `None` when it is the job's own, or the adapter would not send it (another
+/// type's job, writeback off), or its object is gone or has no ID. So that the writebacks
+/// list names the row that will be written.
 pub fn next_external_id(
     store: &Store,
     bucket: &BucketId,
@@ -228,7 +230,7 @@ pub fn next_external_id(
     job: &Job,
 ) -> Result<Option<String>, StoreError> {
     let Some(wb) = adapter.writeback.as_ref().filter(|_| super::sends(adapter)) else { return Ok(None) };
-    if job.external_id.is_none() || job.barred_for(adapter.adapter_type).is_some() {
+    if job.barred_for(adapter.adapter_type).is_some() {
         return Ok(None);
     }
     let key = records::key(bucket, job.object_id.as_str());
@@ -289,7 +291,8 @@ pub fn job_for(
 /// they are now, from its object (and its alert's results), as if its cause came now: a
 /// mapping fixed since (a renamed column, another `external_id_field`) applies to it, where
 /// it kept sending what it was queued with. Its fields that the mapping still writes but
-/// finds no value for now are kept (merged from older jobs of its row, which are gone).
+/// finds no value for now are kept: merged from older jobs of its row (which are gone), or
+/// its own value of a field its object has lost since.
 /// Kept as it is when there is nothing to map it from (its object or alert is gone), when
 /// another type of adapter queued it (it fails, saying so: see [`Job::queued_by`]), or when
 /// the writeback no longer fires on its cause.

@@ -6,7 +6,8 @@
 //!
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
 //! pending writebacks survive restarts and crashes) and is the only writer of their records
-//! once they are created. New jobs are created by whoever completes a batch (the adapter's
+//! once they are created while it runs (an adapter that starts without one gives up the
+//! jobs it must never send: [`give_up_barred`]). New jobs are created by whoever completes a batch (the adapter's
 //! flush, `POST …/submit` through the registry) or records an alert (the adapter actor, or
 //! the registry while no actor runs), in that same store batch; a dead job an operator
 //! retries (`operator.rs`: the adapter actor, or the registry while no actor runs) is
@@ -481,8 +482,8 @@ const NOT_RETRIED: &str = "not retried: trying again cannot change it";
 /// must never send (another type queued them, or their object is another type's), for an
 /// adapter that starts no worker (writeback off): a worker gives them up at its first
 /// attempt, but left pending here they would wait for one, and a PATCH back to their type
-/// would send them after all. Returns how many; a record that cannot be read is left to the
-/// worker that reads it later (it logs it).
+/// would send them after all. Returns how many; a record that cannot be read is logged and
+/// left as it is.
 pub fn give_up_barred(
     store: &crate::store::Store,
     bucket: &BucketId,
@@ -491,7 +492,14 @@ pub fn give_up_barred(
 ) -> Result<usize, crate::store::StoreError> {
     let mut n = 0;
     for key in pending_keys(store, bucket)? {
-        let Ok(Some(mut j)) = store.get::<Job>(KS, &key) else { continue };
+        let mut j = match store.get::<Job>(KS, &key) {
+            Ok(Some(j)) => j,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(bucket_id = %bucket, key = %key, error = %e, "unreadable writeback job; skipped");
+                continue;
+            }
+        };
         let Some(why) = j.barred_for(kind) else { continue };
         j.last_error = Some(format!("{why} ({NOT_RETRIED})"));
         batch.delete(KS, &key);
