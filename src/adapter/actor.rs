@@ -446,7 +446,11 @@ impl Actor for SourceAdapterActor {
             t.abort();
         }
         // Now, not when the supervisor drops the returned state: a successor may start first.
-        state.writeback.take();
+        // Awaited, so that no write of this worker's (an attempt's outcome) can land after
+        // the successor's start read the jobs (see `give_up_barred`).
+        if let Some(worker) = state.writeback.take() {
+            worker.stop().await;
+        }
         // Likewise: ractor hands a stopped actor's state to its supervisor's event, so the
         // gate would otherwise stay published until the registry handles that.
         state.gate.withdraw();

@@ -67,6 +67,13 @@ impl Drop for Worker {
 }
 
 impl Worker {
+    /// Stops the worker and waits until its task has ended: an abort alone leaves a poll
+    /// running on another thread to finish, and it may still submit a write.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// Starts the worker when the adapter's writeback is enabled (either trigger); `None`
     /// otherwise (pending jobs then wait in the store until writeback is enabled again, or
     /// go with the adapter).
