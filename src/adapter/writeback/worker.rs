@@ -7,11 +7,11 @@
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
 //! pending writebacks survive restarts and crashes) and is the only writer of their records
 //! once they are created while it runs (an adapter that starts without one gives up the
-//! jobs it must never send: [`give_up_barred`]). New jobs are created by whoever completes a batch (the adapter's
-//! flush, `POST …/submit` through the registry) or records an alert (the adapter actor, or
-//! the registry while no actor runs), in that same store batch; a dead job an operator
-//! retries (`operator.rs`: the adapter actor, or the registry while no actor runs) is
-//! created again the same way. The worker finds them by scanning the keys of its two
+//! jobs it must never send: [`give_up_barred`]). New jobs are created by whoever completes a
+//! batch (the adapter's flush, `POST …/submit` through the registry) or records an alert
+//! (the adapter actor, or the registry while no actor runs), in that same store batch; a
+//! dead job an operator retries (`operator.rs`: the adapter actor, or the registry while no
+//! actor runs) is created again the same way. The worker finds them by scanning the keys of its two
 //! prefixes (batch jobs, alert jobs) every [`POLL`] (cheap: keys only, and only unknown
 //! keys are read): it forgets a job's key once the job is written or given up, so a
 //! re-queued job is an unknown key again. Before the first attempt at a newly found job it
