@@ -301,34 +301,25 @@ impl WorkerState {
     /// pass: its row is another one now, maybe busy. True if any changed. (At most
     /// [`CONCURRENCY`] object reads per pass: only the jobs chosen to start.)
     async fn follow_rekeys(&mut self, due: &[(String, Job)]) -> Result<bool, crate::store::StoreError> {
-        let Some(wb) = self.sender.adapter.writeback.clone() else { return Ok(false) };
-        let store = self.sender.shared.store.clone();
+        let sender = self.sender.clone();
         let mut batch = Batch::new();
         for (k, j) in due {
             // Another adapter type's job keeps the ID it was queued with (it is not sent).
-            if !self.sendable(j) {
-                continue;
-            }
-            let key = crate::adapter::records::key(&self.sender.bucket_id, j.object_id.as_str());
-            let Ok(Some(rec)) =
-                store.get::<crate::adapter::records::ObjectRecord>(crate::store::Keyspace::OBJECTS, &key)
+            let Ok(Some(now_id)) = job::next_external_id(&sender.shared.store, &sender.bucket_id, &sender.adapter, j)
             else {
                 continue;
             };
-            let now_id = job::external_id_of(&wb, &rec);
-            let Some(pending) = self.jobs.get_mut(k).filter(|_| now_id.is_some() && now_id != j.external_id) else {
-                continue;
-            };
-            tracing::info!(bucket_id = %self.sender.bucket_id, object_id = %j.object_id,
+            let Some(pending) = self.jobs.get_mut(k) else { continue };
+            tracing::info!(bucket_id = %sender.bucket_id, object_id = %j.object_id,
                 "the object's source record was re-keyed since its writeback was queued: it writes the new key");
-            pending.external_id = now_id;
+            pending.external_id = Some(now_id);
             batch.put(KS, k, &*pending);
         }
         if batch.is_empty() {
             return Ok(false);
         }
         batch.extend(self.coalesce());
-        store.commit(batch).await?;
+        sender.shared.store.commit(batch).await?;
         Ok(true)
     }
 
@@ -440,11 +431,9 @@ impl WorkerState {
                         ),
                     };
                     j.last_error = Some(format!("{} ({why})", error.clone().unwrap_or_default()));
-                    batch.delete(KS, &key);
-                    batch.put(KS, &j.dead_key(&bucket), &j);
+                    bury(&mut batch, &bucket, &key, &j, adapter);
                     self.jobs.remove(&key);
                     self.durable.remove(&key);
-                    crate::metrics::writeback(adapter, "failed");
                     let msg = format!(
                         "writeback of object {} gave up after {} attempt(s): {}",
                         j.object_id,
@@ -482,6 +471,14 @@ fn pending_keys(store: &crate::store::Store, bucket: &BucketId) -> Result<Vec<St
     Ok(keys)
 }
 
+/// Gives up the pending job at `key` (of an adapter of type `adapter`) in `batch`: its
+/// record moves to its dead key, as it is.
+fn bury(batch: &mut Batch, bucket: &BucketId, key: &str, j: &Job, adapter: &'static str) {
+    batch.delete(KS, key);
+    batch.put(KS, &j.dead_key(bucket), j);
+    crate::metrics::writeback(adapter, "failed");
+}
+
 /// Why a job given up for good was not retried (see `settle`).
 const NOT_RETRIED: &str = "not retried: trying again cannot change it";
 
@@ -509,9 +506,7 @@ pub fn give_up_barred(
         };
         let Some(why) = j.barred_for(kind) else { continue };
         j.last_error = Some(format!("{why} ({NOT_RETRIED})"));
-        batch.delete(KS, &key);
-        batch.put(KS, &j.dead_key(bucket), &j);
-        crate::metrics::writeback(kind.as_str(), "failed");
+        bury(batch, bucket, &key, &j, kind.as_str());
         n += 1;
     }
     Ok(n)
