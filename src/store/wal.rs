@@ -88,6 +88,8 @@ fn align_up(n: u64) -> u64 {
 }
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+/// An [`Op::Move`]: its source key, then its target key (format 8 on).
+const MOVE: u8 = 3;
 
 /// One log file whose blocks all exist (zero-filled, or reused), written from the start.
 pub(crate) struct Segment {
@@ -312,6 +314,11 @@ fn encode(batch: &Batch, out: &mut Vec<u8>) {
                 out.push(DELETE);
                 push_bytes(out, k);
             }
+            Op::Move { from, to } => {
+                out.push(MOVE);
+                push_bytes(out, from);
+                push_bytes(out, to);
+            }
         }
     }
 }
@@ -340,6 +347,10 @@ fn decode(mut payload: &[u8]) -> Option<Batch> {
                 batch.ops.push(Op::Put(key, value));
             }
             DELETE => batch.ops.push(Op::Delete(key)),
+            MOVE => {
+                let to = take(&mut payload)?.to_vec();
+                batch.ops.push(Op::Move { from: key, to });
+            }
             _ => return None,
         }
     }
@@ -568,7 +579,8 @@ pub(crate) fn recover(
     let mut records = 0usize;
     for read in reads {
         for batch in read.records {
-            backend.replay(&batch)?;
+            // Replayed in log order, so a move reads what it read when it was logged.
+            backend.replay(&batch.resolve_moves(|k| backend.get(k))?)?;
             records += 1;
         }
     }
