@@ -74,9 +74,13 @@ struct Source {
 struct Indexable {
     source: Source,
 }
+/// A buffer entry in either stored form (see `records::BufferEntry`).
 #[derive(serde::Deserialize)]
 struct Buffered {
-    draft: Indexable,
+    #[serde(default)]
+    draft: Option<Indexable>,
+    #[serde(default)]
+    source: Option<Source>,
 }
 
 /// Objects (or buffered entries) read, and index entries committed, per step.
@@ -115,7 +119,7 @@ async fn index_unindexed_by(store: &Store, bucket: &BucketId, page: usize) -> Re
         let source = |o: Indexable| o.source;
         added += index_pages(store, Keyspace::OBJECTS, &prefix, &marker, after, page, source).await?;
     }
-    let source = |b: Buffered| b.draft.source;
+    let source = |b: Buffered| b.draft.map(|d| d.source).or(b.source).unwrap_or(Source { external_id: None });
     added += index_pages(store, Keyspace::BUFFER, &prefix, &marker, buffer_after, page, source).await?;
     let mut done = Batch::new();
     done.delete(Keyspace::EXTERNAL_IDS, &marker);
