@@ -311,13 +311,8 @@ pub struct AdapterState {
     /// Of those, the assets a lifecycle update changed meanwhile (it found no object to
     /// change): the fetch's answer may be older than the update, so it is fetched again.
     outdated: std::collections::HashSet<String>,
-    /// Accepted events not yet flushed, oldest first. Each is stored as it is here: every
-    /// change is put in a batch submitted before any flush that moves it (see
-    /// [`BufferEntry`]), or the flush would move what the store held before the change.
+    /// Accepted events not yet flushed, oldest first.
     buffer: Vec<BufferEntry>,
-    /// The batch the open window flushes into, chosen with its first entry (which is stored
-    /// as an object of that batch); `None` while no window is open.
-    window_batch: Option<BatchId>,
     /// How many bytes the buffer's entries take as stored (see [`stored_size`]), kept exact
     /// through every push, refresh, removal and flush: past [`MAX_BUFFER_BYTES`] it flushes
     /// early.
@@ -370,9 +365,6 @@ impl Actor for SourceAdapterActor {
             true
         })?;
         buffer.sort_by_key(|e| e.received_at_ms);
-        // The open window's batch, as its oldest entry was stored for (none before format 8).
-        let window_batch =
-            buffer.first().and_then(|e| e.home.as_ref()).filter(|(b, _)| b == &bucket_id).map(|(_, id)| id.clone());
         let (dedup, scanned) = lifecycle::load_dedup(store, &bucket, &buffer)?;
         lifecycle::page_loaded_keys(store, &bucket, scanned).await?;
         let unpaged = records::DedupPage::new(&bucket);
@@ -405,7 +397,6 @@ impl Actor for SourceAdapterActor {
             outdated: Default::default(),
             buffer_bytes: buffer.iter().map(stored_size).sum(),
             buffer,
-            window_batch,
             stats,
             ticker: None,
             closing: false,
@@ -754,9 +745,7 @@ impl AdapterState {
                 IngestStatus::Created
             }
             BatchMode::TimeWindow | BatchMode::Count => {
-                let batch_id = self.window_batch.get_or_insert_with(BatchId::generate).clone();
-                let home = Some((self.bucket_id().clone(), batch_id));
-                let entry = BufferEntry { object_id: object_id.clone(), received_at_ms: now, draft, dedup, home };
+                let entry = BufferEntry { object_id: object_id.clone(), received_at_ms: now, draft, dedup };
                 self.buffer_bytes +=
                     batch.put_new(Keyspace::BUFFER, &records::key(self.bucket_id(), object_id.as_str()), &entry);
                 self.buffer.push(entry);
@@ -802,25 +791,16 @@ impl AdapterState {
         let auto = self.adapter.batching.auto_submit;
         let writeback = super::writeback::on_batch_complete(&self.adapter).filter(|_| auto).cloned();
         let mut skipped = None;
-        // The first batch is the window's; more (a buffer over max_batch_size after a PATCH
-        // lowered it) get IDs of their own, and their entries are written out.
-        let mut window = self.window_batch.take();
         while !pending.is_empty() {
             let take = pending.len().min(max);
             let chunk: Vec<BufferEntry> = pending.drain(..take).collect();
-            let batch_id = window.take().unwrap_or_else(BatchId::generate);
+            let batch_id = BatchId::generate();
             let mut object_ids = Vec::with_capacity(chunk.len());
             for e in chunk {
                 let key = records::key(&bucket_id, e.object_id.as_str());
-                let stored = e.stored_for(&bucket_id, &batch_id);
-                let rec = e.into_object(bucket_id.clone(), batch_id.clone());
-                if stored {
-                    // Stored as this very object already: moved, not logged again.
-                    batch.move_to(Keyspace::BUFFER, Keyspace::OBJECTS, &key);
-                } else {
-                    batch.put(Keyspace::OBJECTS, &key, &rec);
-                    batch.delete(Keyspace::BUFFER, &key);
-                }
+                let rec = ObjectRecord::new(e.object_id, bucket_id.clone(), e.draft, Some(batch_id.clone()), e.dedup);
+                batch.put(Keyspace::OBJECTS, &key, &rec);
+                batch.delete(Keyspace::BUFFER, &key);
                 if let Some(wb) = &writeback {
                     if let Some(why) = super::writeback::record(batch, self.adapter.adapter_type, wb, &rec, &batch_id) {
                         skipped = Some(why);

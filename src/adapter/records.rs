@@ -423,155 +423,17 @@ impl BatchRecord {
 
 /// An accepted event waiting for its batch. The object ID is assigned on acceptance so a
 /// duplicate can name it before the flush.
-///
-/// Stored in the form of the object it becomes (format 8): the [`ObjectRecord`] its flush
-/// makes, in the batch chosen when its window opened (`home`), created at the time its
-/// event came, plus `received_at_ms` (which an object's readers ignore). Its flush then
-/// moves the stored bytes from `buf` to `obj` (`Batch::move_to`) rather than writing them
-/// a second time: a time_window ingest costs about what an immediate one does (see
-/// benches/HISTORY.md, 2026-12-07). An entry stored before (format 7, `{object_id,
-/// received_at_ms, draft, dedup}`) has no `home`, keeps that form, and is written out by
-/// its flush as before.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(try_from = "StoredEntry")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BufferEntry {
     pub object_id: ObjectId,
     pub received_at_ms: u64,
     pub draft: Draft,
     /// Its key in the dedup set, passed to its object at the flush (see [`ObjectRecord`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupMark>,
-    /// The bucket and the batch its object is stored for.
-    pub home: Option<(BucketId, BatchId)>,
-}
-
-/// A buffer entry as stored, in either form (see [`BufferEntry`]).
-#[derive(Deserialize)]
-struct StoredEntry {
-    #[serde(default)]
-    dedup: Option<DedupMark>,
-    object_id: ObjectId,
-    received_at_ms: u64,
-    /// Format 7.
-    #[serde(default)]
-    draft: Option<Draft>,
-    /// Format 8: the object's fields.
-    #[serde(default)]
-    bucket_id: Option<BucketId>,
-    #[serde(default)]
-    batch_id: Option<BatchId>,
-    #[serde(default)]
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    blobs: Option<Vec<BlobRef>>,
-    #[serde(default)]
-    source: Option<ObjectSource>,
-}
-
-impl TryFrom<StoredEntry> for BufferEntry {
-    type Error = &'static str;
-
-    fn try_from(s: StoredEntry) -> Result<Self, Self::Error> {
-        let draft = match (s.draft, s.metadata, s.blobs, s.source) {
-            (Some(draft), ..) => draft,
-            (None, Some(metadata), Some(blobs), Some(source)) => Draft { metadata, blobs, source },
-            _ => return Err("a buffer entry without its content (`draft`, or `metadata`, `blobs` and `source`)"),
-        };
-        Ok(BufferEntry {
-            object_id: s.object_id,
-            received_at_ms: s.received_at_ms,
-            draft,
-            dedup: s.dedup,
-            home: s.bucket_id.zip(s.batch_id),
-        })
-    }
-}
-
-/// A buffer entry stored in its object's form: [`ObjectRecord`]'s fields, in its order (the
-/// dedup mark first: see [`MARK_FIRST`]), then `received_at_ms`.
-#[derive(Serialize)]
-struct AsObject<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dedup: &'a Option<DedupMark>,
-    object_id: &'a ObjectId,
-    bucket_id: &'a BucketId,
-    metadata: &'a serde_json::Map<String, serde_json::Value>,
-    blobs: &'a [BlobRef],
-    source: &'a ObjectSource,
-    batch_id: &'a BatchId,
-    created_at: &'a str,
-    updated_at: &'a str,
-    received_at_ms: u64,
-}
-
-/// A buffer entry stored in the form of format 7.
-#[derive(Serialize)]
-struct AsEntry<'a> {
-    object_id: &'a ObjectId,
-    received_at_ms: u64,
-    draft: &'a Draft,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dedup: &'a Option<DedupMark>,
-}
-
-impl Serialize for BufferEntry {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.home {
-            Some((bucket_id, batch_id)) => {
-                let at = self.created_at();
-                AsObject {
-                    dedup: &self.dedup,
-                    object_id: &self.object_id,
-                    bucket_id,
-                    metadata: &self.draft.metadata,
-                    blobs: &self.draft.blobs,
-                    source: &self.draft.source,
-                    batch_id,
-                    created_at: &at,
-                    updated_at: &at,
-                    received_at_ms: self.received_at_ms,
-                }
-                .serialize(serializer)
-            }
-            None => AsEntry {
-                object_id: &self.object_id,
-                received_at_ms: self.received_at_ms,
-                draft: &self.draft,
-                dedup: &self.dedup,
-            }
-            .serialize(serializer),
-        }
-    }
 }
 
 impl BufferEntry {
-    /// Its object's `created_at` (and `updated_at`): when its event came.
-    fn created_at(&self) -> String {
-        crate::util::millis_to_rfc3339(self.received_at_ms)
-    }
-
-    /// Whether it is stored as the object it becomes in `bucket_id`'s batch `batch_id`: a
-    /// flush into that batch may move it (see [`BufferEntry`]).
-    pub fn stored_for(&self, bucket_id: &BucketId, batch_id: &BatchId) -> bool {
-        self.home.as_ref().is_some_and(|(b, id)| b == bucket_id && id == batch_id)
-    }
-
-    /// The object its flush into `batch_id` makes: what [`BufferEntry::stored_for`] that
-    /// batch holds, read as an [`ObjectRecord`].
-    pub fn into_object(self, bucket_id: BucketId, batch_id: BatchId) -> ObjectRecord {
-        let at = self.created_at();
-        ObjectRecord {
-            dedup: self.dedup,
-            object_id: self.object_id,
-            bucket_id,
-            metadata: self.draft.metadata,
-            blobs: self.draft.blobs,
-            source: self.draft.source,
-            batch_id: Some(batch_id),
-            created_at: at.clone(),
-            updated_at: at,
-        }
-    }
-
     /// Why an ID answered as `buffered` is not an object yet, and when it will be: "object
     /// … is buffered: it is created when its batch flushes (by …)". Callers add what to do.
     pub fn not_yet_note(&self, batching: Option<&crate::adapter::spec::Batching>) -> String {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::overlay::{Layered, Overlay};
+use super::overlay::Overlay;
 use super::wal::{self, Segment};
 use super::{Backend, Batch, Op, StoreError};
 
@@ -105,12 +105,11 @@ impl Committer {
         spawn("hookline-walprep", Box::new(move || prep_loop(dir, next_segment, spare_tx)))?;
         let (b, flag) = (backend.clone(), poisoned.clone());
         spawn("hookline-ckpt", Box::new(move || checkpoint_loop(b, wal_dir, checkpoint_rx, flag)))?;
-        let reader = Layered { overlay: overlay.clone(), backend: backend.clone() };
-        let (b, o, flag) = (backend, overlay, poisoned.clone());
+        let (b, o, flag) = (backend, overlay.clone(), poisoned.clone());
         spawn("hookline-apply", Box::new(move || apply_loop(b, o, apply_rx, checkpoint_tx, flag)))?;
         let (flag, writing) = (poisoned.clone(), Arc::new(AtomicU64::new(u64::MAX)));
         let at = writing.clone();
-        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, reader, apply_tx, flag, at)))?;
+        spawn("hookline-commit", Box::new(move || log_loop(rx, spare_rx, overlay, apply_tx, flag, at)))?;
         Ok(Committer { tx, poisoned, writing })
     }
 
@@ -196,13 +195,12 @@ fn earlier_failure() -> StoreError {
 fn log_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
     spares: sync_mpsc::Receiver<Segment>,
-    reader: Layered,
+    overlay: Arc<Overlay>,
     apply: sync_mpsc::Sender<ToApply>,
     poisoned: Arc<AtomicBool>,
     writing: Arc<AtomicU64>,
 ) {
     let _guard = PoisonOnPanic(poisoned.clone(), "log");
-    let overlay = reader.overlay.clone();
     let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
     let mut failure: Option<StoreError> = None;
     let mut segment: Option<Segment> = None;
@@ -254,21 +252,16 @@ fn log_loop(
             }
         }
         if result.is_ok() && !merged.is_empty() {
-            // The log keeps a move as such; the overlay takes what it does, read from the
-            // state this group follows (before it is logged: a read that fails leaves
-            // nothing in the log for the next start to replay).
             let logged_to = wal::record(&merged, &mut record).and_then(|()| {
-                let made =
-                    std::mem::take(&mut merged).resolve_moves(|k| reader.get(k)).map_err(std::io::Error::other)?;
                 let synced = Instant::now();
                 let no = append(&mut segment, &spares, &record)?;
                 crate::metrics::store_flush(synced.elapsed());
-                Ok((no, made))
+                Ok(no)
             });
             match logged_to {
-                Ok((no, made)) => {
+                Ok(no) => {
                     writing.store(no, Ordering::Relaxed);
-                    if overlay.insert(made, no) {
+                    if overlay.insert(merged, no) {
                         let _ = apply.send(ToApply::Wake);
                     }
                 }
@@ -502,9 +495,7 @@ fn checkpoint_loop(
 }
 
 /// Within one atomic write only the last operation on a key matters: drop the earlier ones
-/// (e.g. a bucket's counters, rewritten by every ingest of the group). A move is kept, and
-/// so is every earlier write of its source: it reads that, and writes only if it finds a
-/// value (so it overwrites nothing for sure). foldhash (seeded per
+/// (e.g. a bucket's counters, rewritten by every ingest of the group). foldhash (seeded per
 /// process) rather than std's SipHash: every key of a group is hashed here, on the log
 /// thread, and the keys are mostly IDs hookline generated; SipHash's stronger resistance to
 /// a hash flood would be paid for by every write.
@@ -515,12 +506,11 @@ fn drop_overwritten(batch: &mut Batch) {
             .ops
             .iter()
             .rev()
-            .map(|op| match op {
-                Op::Put(k, _) | Op::PutNew(k, _) | Op::Delete(k) => seen.insert(k.as_slice()),
-                Op::Move { from, .. } => {
-                    seen.remove(from.as_slice());
-                    true
-                }
+            .map(|op| {
+                let key = match op {
+                    Op::Put(k, _) | Op::PutNew(k, _) | Op::Delete(k) => k.as_slice(),
+                };
+                seen.insert(key)
             })
             .collect()
     };

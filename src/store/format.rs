@@ -24,10 +24,6 @@
 //!   segment becomes a later one without being zeroed again (see `store/wal.rs`); an older
 //!   binary would take a segment in that layout for a torn write and lose its records.
 //!   Keyspaces unchanged.
-//! - 8: the log may hold moves (`Op::Move`), and a buffer entry (`buf`) is stored in its
-//!   object's form, to be moved into `obj` by its flush (see `adapter/records.rs`,
-//!   `BufferEntry`); an older binary would fail on the first and misread the second. Entries
-//!   written before keep their form until they are next written: no rewrite.
 //!
 //! Additions that an older binary never reads need no new version (it keeps working on the
 //! directory, and a newer one finds its data as left): the `alert` keyspace, and alert
@@ -48,7 +44,7 @@
 use super::{Backend, Batch, Keyspace, Op, StoreError};
 
 /// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 7;
 
 const VERSION_KEY: &str = "format_version";
 const MIGRATE_FROM_KEY: &str = "migrate_from";

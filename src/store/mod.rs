@@ -118,16 +118,6 @@ pub enum Op {
     /// then never reaches sled at all (see `overlay.rs`).
     PutNew(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
-    /// The value under `from` moves to `to` (`from` deleted, `to` overwritten); nothing
-    /// happens if `from` holds nothing then. Logged as the two keys alone: a time_window
-    /// flush turns a thousand buffered records into objects without logging them again
-    /// (see `adapter/records.rs`, `BufferEntry`). The backend and the overlay never see
-    /// one: the log thread, and the replay, first make it the put and delete it means
-    /// ([`Batch::resolve_moves`]).
-    Move {
-        from: Vec<u8>,
-        to: Vec<u8>,
-    },
 }
 
 /// An atomic set of writes. Applied all-or-nothing by the backend.
@@ -184,68 +174,6 @@ impl Batch {
 
     pub fn delete(&mut self, ks: Keyspace, key: &str) {
         self.ops.push(Op::Delete(ks.key(key)));
-    }
-
-    /// Moves the value under `key` in `from` to the same key in `to`, as it is when this
-    /// batch is applied (after this batch's earlier operations): see [`Op::Move`]. For a
-    /// value stored already in the form it takes in `to`.
-    pub fn move_to(&mut self, from: Keyspace, to: Keyspace, key: &str) {
-        self.ops.push(Op::Move { from: from.key(key), to: to.key(key) });
-    }
-
-    /// This batch with each [`Op::Move`] replaced by what it does: a put of the source's
-    /// value under its target, then a delete of the source (in that order: a backend that
-    /// a crash leaves half-written then holds the value twice, never nowhere, and the
-    /// replay's move finds it). `current` reads a key's value before this batch; the
-    /// batch's own earlier writes come first. A batch without moves is returned as it is.
-    pub(crate) fn resolve_moves(
-        self,
-        current: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
-    ) -> Result<Batch, StoreError> {
-        let sources: std::collections::HashSet<Vec<u8>> = self
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Move { from, .. } => Some(from.clone()),
-                _ => None,
-            })
-            .collect();
-        if sources.is_empty() {
-            return Ok(self);
-        }
-        // The newest value this batch gave each move source so far (`None`: deleted).
-        let mut written: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> = std::collections::HashMap::new();
-        let mut ops = Vec::with_capacity(self.ops.len() + sources.len());
-        for op in self.ops {
-            match op {
-                Op::Move { from, to } => {
-                    let value = match written.get(&from) {
-                        Some(v) => v.clone(),
-                        None => current(&from)?,
-                    };
-                    let Some(value) = value else { continue };
-                    if sources.contains(&to) {
-                        written.insert(to.clone(), Some(value.clone()));
-                    }
-                    ops.push(Op::Put(to, value));
-                    written.insert(from.clone(), None);
-                    ops.push(Op::Delete(from));
-                }
-                other => {
-                    match &other {
-                        Op::Put(k, v) | Op::PutNew(k, v) if sources.contains(k) => {
-                            written.insert(k.clone(), Some(v.clone()));
-                        }
-                        Op::Delete(k) if sources.contains(k) => {
-                            written.insert(k.clone(), None);
-                        }
-                        _ => {}
-                    }
-                    ops.push(other);
-                }
-            }
-        }
-        Ok(Batch { ops })
     }
 
     /// Leaves the first `at` operations here and returns the rest (none past the end).
@@ -805,81 +733,6 @@ pub(crate) mod tests {
         }
         let store = reopen(dir.path()).await;
         assert_eq!(store.get::<String>(Keyspace::BUCKETS, "bkt_1").unwrap().as_deref(), Some("x"));
-    }
-
-    /// A move reads its source as this batch's earlier writes left it, then the overlay,
-    /// then the backend; one with no source does nothing; and the log replays each as it
-    /// was read when logged.
-    #[tokio::test]
-    async fn a_move_takes_the_source_value_wherever_it_is_and_replays_alike() {
-        let dir = tempfile::tempdir().unwrap();
-        let (buf, obj) = (Keyspace::BUFFER, Keyspace::OBJECTS);
-        {
-            let store = Store::open_sled(dir.path()).unwrap();
-            let mut b = Batch::new();
-            b.put_new(buf, "b/in_backend", &"first");
-            store.commit(b).await.unwrap();
-            store.close().await.unwrap();
-        }
-        let store = reopen(dir.path()).await;
-        assert_eq!(store.reader.backend.get(&buf.key("b/in_backend")).unwrap(), Some(b"\"first\"".to_vec()));
-        let mut b = Batch::new();
-        b.put_new(buf, "b/in_overlay", &"second");
-        b.put(obj, "b/untouched", &"kept");
-        store.commit(b).await.unwrap();
-        let mut b = Batch::new();
-        b.put_new(buf, "b/same_batch", &"third");
-        b.move_to(buf, obj, "b/same_batch");
-        b.move_to(buf, obj, "b/in_overlay");
-        b.move_to(buf, obj, "b/in_backend");
-        b.move_to(buf, obj, "b/untouched"); // nothing buffered under it: a no-op
-        b.put(buf, "b/in_overlay", &"after"); // written again after its move, in the batch
-        store.commit(b).await.unwrap();
-        let expect = |store: &Store| {
-            let get = |ks, k| store.get::<String>(ks, k).unwrap();
-            assert_eq!(get(obj, "b/same_batch").as_deref(), Some("third"));
-            assert_eq!(get(obj, "b/in_overlay").as_deref(), Some("second"));
-            assert_eq!(get(obj, "b/in_backend").as_deref(), Some("first"));
-            assert_eq!(get(obj, "b/untouched").as_deref(), Some("kept"));
-            assert_eq!(get(buf, "b/in_overlay").as_deref(), Some("after"));
-            assert_eq!(store.count(buf, "b/").unwrap(), 1, "the moved sources are gone");
-        };
-        expect(&store);
-        drop(store); // no close: the next start replays the log
-        let store = reopen(dir.path()).await;
-        expect(&store);
-        // And once in the backend (a close applies and checkpoints everything).
-        store.close().await.unwrap();
-        drop(store);
-        expect(&reopen(dir.path()).await);
-    }
-
-    /// Merged into one group with other batches, a move keeps the earlier writes of its
-    /// source that it reads, even when a later write of the group replaces that source.
-    #[tokio::test]
-    async fn a_move_in_a_merged_group_reads_the_writes_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sled(dir.path()).unwrap();
-        let (buf, obj) = (Keyspace::BUFFER, Keyspace::OBJECTS);
-        let mut waits = Vec::new();
-        for i in 0..50 {
-            let key = format!("b/{i:03}");
-            let mut put = Batch::new();
-            put.put(buf, &key, &i);
-            let mut mv = Batch::new();
-            mv.move_to(buf, obj, &key);
-            let mut again = Batch::new();
-            again.put(buf, &key, &(i + 1000));
-            waits.extend([store.submit(put), store.submit(mv), store.submit(again)]);
-        }
-        for w in waits {
-            w.await.unwrap();
-        }
-        for i in 0..50 {
-            let key = format!("b/{i:03}");
-            assert_eq!(store.get::<i32>(obj, &key).unwrap(), Some(i), "{key} moved");
-            assert_eq!(store.get::<i32>(buf, &key).unwrap(), Some(i + 1000), "{key} written after");
-        }
     }
 
     #[tokio::test]

@@ -93,12 +93,6 @@ impl Overlay {
                 Op::Put(k, v) => (k, Some(Bytes::from(v)), false),
                 Op::PutNew(k, v) => (k, Some(Bytes::from(v)), true),
                 Op::Delete(k) => (k, None, false),
-                Op::Move { .. } => {
-                    // The log thread resolves moves first (see `commit.rs`).
-                    debug_assert!(false, "an unresolved move reached the overlay");
-                    tracing::error!("an unresolved move reached the overlay; skipped");
-                    continue;
-                }
             };
             let bytes = key.len() + value.as_ref().map_or(0, Bytes::len);
             match l.active.entry(key) {
@@ -157,16 +151,9 @@ impl Overlay {
         Some(Frozen { layer, segment: l.active_segment })
     }
 
-    /// Writes a frozen layer into the backend: its puts, then its deletes, each in key
-    /// order. Puts first because a move (see `Op::Move`) is a put and a delete that may
-    /// reach the backend in one layer, its source's key sorting before its target's: a
-    /// crash that left the backend with the delete alone would lose the value, since the
-    /// replay's move then finds nothing to move. (Each key's write in a layer is its last,
-    /// so the order changes nothing else.)
+    /// Writes a frozen layer into the backend, in key order.
     pub(crate) fn apply(frozen: &Frozen, backend: &dyn Backend) -> Result<(), StoreError> {
-        let puts = frozen.layer.iter().filter(|(_, e)| e.value.is_some());
-        let deletes = frozen.layer.iter().filter(|(_, e)| e.value.is_none());
-        backend.apply_each(&mut puts.chain(deletes).map(|(k, e)| (k.as_slice(), e.value.as_deref())))
+        backend.apply_each(&mut frozen.layer.iter().map(|(k, e)| (k.as_slice(), e.value.as_deref())))
     }
 
     /// Drops the frozen layer once the backend holds it.
@@ -339,62 +326,6 @@ mod tests {
 
     fn put(b: &mut Batch, k: &str, v: &str) {
         b.ops.push(Op::Put(k.as_bytes().to_vec(), v.as_bytes().to_vec()));
-    }
-
-    /// A backend that records what it is given to apply, and holds nothing.
-    #[derive(Default)]
-    struct Recording(Mutex<Vec<(String, bool)>>);
-
-    impl Backend for Recording {
-        fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(None)
-        }
-        fn scan_from(&self, _: &[u8], _: &[u8], _: &mut Visitor<'_>) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn scan_rev(&self, _: &[u8], _: Option<&[u8]>, _: &mut Visitor<'_>) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-            let mut seen = self.0.lock().unwrap();
-            for op in &batch.ops {
-                match op {
-                    Op::Put(k, _) | Op::PutNew(k, _) => seen.push((String::from_utf8_lossy(k).into_owned(), true)),
-                    Op::Delete(k) => seen.push((String::from_utf8_lossy(k).into_owned(), false)),
-                    Op::Move { .. } => panic!("a move reached the backend"),
-                }
-            }
-            Ok(())
-        }
-        fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn size_on_disk(&self) -> Result<u64, StoreError> {
-            Ok(0)
-        }
-    }
-
-    /// A frozen layer reaches the backend puts first: a move's delete of its source (which
-    /// sorts first here) must never be there without its put (see [`Overlay::apply`]).
-    #[test]
-    fn a_layer_is_applied_puts_first() {
-        let overlay = Overlay::default();
-        let mut b = Batch::new();
-        b.ops.push(Op::Delete(b"buf\0b/1".to_vec()));
-        put(&mut b, "obj\0b/1", "v");
-        b.ops.push(Op::Delete(b"buf\0b/2".to_vec()));
-        put(&mut b, "obj\0b/2", "w");
-        put(&mut b, "a", "x");
-        overlay.insert(b, 0);
-        let frozen = overlay.freeze().unwrap();
-        let backend = Recording::default();
-        Overlay::apply(&frozen, &backend).unwrap();
-        let seen = backend.0.lock().unwrap().clone();
-        let order: Vec<(&str, bool)> = seen.iter().map(|(k, p)| (k.as_str(), *p)).collect();
-        assert_eq!(
-            order,
-            [("a", true), ("obj\0b/1", true), ("obj\0b/2", true), ("buf\0b/1", false), ("buf\0b/2", false)]
-        );
     }
 
     /// An empty overlay over a sled backend that holds `stored` (its directory lives as

@@ -88,8 +88,6 @@ fn align_up(n: u64) -> u64 {
 }
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
-/// An [`Op::Move`]: its source key, then its target key (format 8 on).
-const MOVE: u8 = 3;
 
 /// One log file whose blocks all exist (zero-filled, or reused), written from the start.
 pub(crate) struct Segment {
@@ -314,11 +312,6 @@ fn encode(batch: &Batch, out: &mut Vec<u8>) {
                 out.push(DELETE);
                 push_bytes(out, k);
             }
-            Op::Move { from, to } => {
-                out.push(MOVE);
-                push_bytes(out, from);
-                push_bytes(out, to);
-            }
         }
     }
 }
@@ -347,10 +340,6 @@ fn decode(mut payload: &[u8]) -> Option<Batch> {
                 batch.ops.push(Op::Put(key, value));
             }
             DELETE => batch.ops.push(Op::Delete(key)),
-            MOVE => {
-                let to = take(&mut payload)?.to_vec();
-                batch.ops.push(Op::Move { from: key, to });
-            }
             _ => return None,
         }
     }
@@ -579,8 +568,7 @@ pub(crate) fn recover(
     let mut records = 0usize;
     for read in reads {
         for batch in read.records {
-            // Replayed in log order, so a move reads what it read when it was logged.
-            backend.replay(&batch.resolve_moves(|k| backend.get(k))?)?;
+            backend.replay(&batch)?;
             records += 1;
         }
     }

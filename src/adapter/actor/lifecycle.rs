@@ -74,13 +74,9 @@ struct Source {
 struct Indexable {
     source: Source,
 }
-/// A buffer entry in either stored form (see `records::BufferEntry`).
 #[derive(serde::Deserialize)]
 struct Buffered {
-    #[serde(default)]
-    draft: Option<Indexable>,
-    #[serde(default)]
-    source: Option<Source>,
+    draft: Indexable,
 }
 
 /// Objects (or buffered entries) read, and index entries committed, per step.
@@ -119,7 +115,7 @@ async fn index_unindexed_by(store: &Store, bucket: &BucketId, page: usize) -> Re
         let source = |o: Indexable| o.source;
         added += index_pages(store, Keyspace::OBJECTS, &prefix, &marker, after, page, source).await?;
     }
-    let source = |b: Buffered| b.draft.map(|d| d.source).or(b.source).unwrap_or(Source { external_id: None });
+    let source = |b: Buffered| b.draft.source;
     added += index_pages(store, Keyspace::BUFFER, &prefix, &marker, buffer_after, page, source).await?;
     let mut done = Batch::new();
     done.delete(Keyspace::EXTERNAL_IDS, &marker);
