@@ -132,6 +132,7 @@ impl ApiError {
             ApiError::Internal(_) => "internal error; see the daemon logs".to_string(),
             // A message quotes what the client sent (an ID in the path, a field name): a
             // huge one is not echoed back whole.
+            ApiError::NotFound(m) => cut(unplaceholder(m)),
             other => cut(other.to_string()),
         };
         let mut err = serde_json::json!({ "code": self.code(), "message": message });
@@ -140,6 +141,21 @@ impl ApiError {
         }
         serde_json::json!({ "error": err })
     }
+}
+
+/// A not-found message that quotes a path still holding a placeholder copied from the
+/// docs (`/v1/buckets/{bucket_id}/…`, which reaches the daemon as `%7Bbucket_id%7D`): the
+/// placeholder shown as written, and what to do.
+fn unplaceholder(message: &str) -> String {
+    let lower = message.to_ascii_lowercase();
+    let (Some(open), Some(close)) = (lower.find("%7b"), lower.find("%7d")) else {
+        return message.to_string();
+    };
+    if close < open {
+        return message.to_string();
+    }
+    let shown = message.replace("%7B", "{").replace("%7b", "{").replace("%7D", "}").replace("%7d", "}");
+    format!("{shown} (the path holds a placeholder from the docs: put the real ID in its place)")
 }
 
 /// The longest error message (or field) sent, in characters; the rest is cut with "…".
@@ -300,6 +316,23 @@ mod tests {
         assert_eq!(msg(serde_json::json!({"list": {}})), "list: must be a list, not an object");
         let unknown = msg(serde_json::json!({"url": 1}));
         assert!(unknown.starts_with(r#"url: unknown field "url", expected one of "timeout""#), "{unknown}");
+    }
+
+    /// A path copied from the docs with its placeholder still in it is answered with the
+    /// placeholder as written and a hint; braces alone (a real ID cannot hold them) do not.
+    #[test]
+    fn a_placeholder_left_in_a_path_is_named() {
+        let message = |m: &str| ApiError::NotFound(m.into()).body()["error"]["message"].as_str().unwrap().to_string();
+        assert_eq!(
+            message("bucket %7Bbucket_id%7D not found"),
+            "bucket {bucket_id} not found (the path holds a placeholder from the docs: put the real ID in its place)"
+        );
+        assert_eq!(
+            message("object %7bobject_id%7d not found").split(" (").next(),
+            Some("object {object_id} not found")
+        );
+        assert_eq!(message("bucket bkt_1 not found"), "bucket bkt_1 not found");
+        assert_eq!(message("bucket %7Dx%7B not found"), "bucket %7Dx%7B not found", "not a placeholder");
     }
 
     #[test]

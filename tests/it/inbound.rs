@@ -771,6 +771,25 @@ async fn requests_refused_by_their_head_take_no_upstream_body_budget() {
     assert_eq!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "unauthorized")]), 12.0);
 }
 
+/// A path copied from the docs with its placeholder left in (`{bucket_id}`, which an HTTP
+/// client sends as `%7Bbucket_id%7D`) is a 404 that shows the placeholder as written and
+/// says what to do, on the ingest route and the admin API alike.
+#[tokio::test]
+async fn a_placeholder_left_in_a_path_is_named_in_the_404() {
+    let app = TestApp::start().await;
+    let hint = "(the path holds a placeholder from the docs: put the real ID in its place)";
+    let (s, b) = app.post_raw("/v1/buckets/%7Bbucket_id%7D/source-adapter/ingest", "{}", &[]).await;
+    assert_eq!(s, 404, "{b}");
+    assert_eq!(b["error"]["message"], format!("bucket {{bucket_id}} not found {hint}"), "{b}");
+    let (s, b) = app.get("/v1/buckets/%7Bbucket_id%7D/objects").await;
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(s, 404, "{b}");
+    assert!(message.starts_with("bucket {bucket_id} not found") && message.ends_with(hint), "{b}");
+    let (s, b) = app.get("/v1/buckets/bkt_nosuchbucket/objects").await;
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(s == 404 && message.starts_with("bucket bkt_nosuchbucket not found") && !message.contains(hint), "{b}");
+}
+
 /// A batch buffer flushes early once it holds 16 MiB, whatever max_batch_size says: one
 /// flush is one atomic write held in memory, and 1,000 events of 1 MiB made a 1.9 GB one.
 #[tokio::test]
