@@ -552,15 +552,7 @@ impl RegistryState {
         // one is started again below, as by any PATCH.
         let untouched = !had_adapter_stopped(&bucket, &self.children, id);
         if body.source_adapter.is_none() && !rotate_outside && untouched {
-            // Nothing else changes: updated_at moves only if the description did.
-            if !described {
-                return Ok(Patched { bucket, webhook_secret: None });
-            }
-            bucket.updated_at = now_rfc3339();
-            let mut b = Batch::new();
-            b.put(Keyspace::BUCKETS, id.as_str(), &bucket);
-            self.shared.store.commit(b).await?;
-            return Ok(Patched { bucket, webhook_secret: None });
+            return self.describe_only(id, bucket, described).await;
         }
         // A failed PATCH restarts it (not one stopped after its restart budget).
         let running = self.children.contains_key(id);
@@ -621,6 +613,13 @@ impl RegistryState {
                 }
                 let rotate = rotate_outside || input.rotate_secret.unwrap_or(false);
                 let (adapter, secret) = self.build_adapter(&bucket, input, rotate)?;
+                // The adapter's own settings sent back (its GET view, say), to a running
+                // adapter: nothing to restart, and configured_at and updated_at stay, as for a
+                // webhook. (A stopped one is started again, as by any PATCH.)
+                let same = bucket.source_adapter.as_ref().is_some_and(|old| old.same_settings(&adapter));
+                if same && secret.is_none() && untouched {
+                    return self.describe_only(id, bucket, described).await;
+                }
                 // Another adapter type: the old one's last error says nothing about it.
                 let old_type = bucket.source_adapter.as_ref().map(|a| a.adapter_type);
                 clear_error = old_type.is_some_and(|t| t != adapter.adapter_type);
@@ -681,6 +680,18 @@ impl RegistryState {
         }
         tracing::info!(bucket_id = %id, adapter = bucket.source_adapter.is_some(), secret_rotated = webhook_secret.is_some(), "bucket patched");
         Ok(Patched { bucket, webhook_secret })
+    }
+
+    /// A PATCH that leaves the running adapter as it is: the bucket is stored again only if
+    /// its description changed (`described`), and only then does `updated_at` move.
+    async fn describe_only(&self, id: &BucketId, mut bucket: Bucket, described: bool) -> Result<Patched, ApiError> {
+        if described {
+            bucket.updated_at = now_rfc3339();
+            let mut b = Batch::new();
+            b.put(Keyspace::BUCKETS, id.as_str(), &bucket);
+            self.shared.store.commit(b).await?;
+        }
+        Ok(Patched { bucket, webhook_secret: None })
     }
 
     /// After a PATCH that failed without changing anything: a fresh actor from the stored

@@ -318,6 +318,19 @@ pub struct SourceAdapter {
 }
 
 impl SourceAdapter {
+    /// Whether `other` holds the same settings (all but `configured_at`): a PATCH that sends
+    /// them changes nothing.
+    pub fn same_settings(&self, other: &SourceAdapter) -> bool {
+        let settings = |a: &SourceAdapter| {
+            let mut v = serde_json::to_value(a).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("configured_at");
+            }
+            v
+        };
+        settings(self) == settings(other)
+    }
+
     /// The Supabase primary-key column (`id_column`, default `id`).
     pub fn id_column(&self) -> &str {
         self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)

@@ -618,6 +618,14 @@ async fn a_get_view_sent_back_keeps_the_adapter_and_its_credentials() {
     let mut adapter = view["source_adapter"].clone();
     assert_eq!(adapter["connection"]["credentials"], "(set; never shown)", "{view}");
     assert!(adapter["configured_at"].is_string() && adapter["ingest_path"].is_string(), "{view}");
+    // As is, it changes nothing: not even when the adapter was configured, nor the bucket's
+    // updated_at (both move with a real change, below).
+    tokio::time::sleep(Duration::from_millis(1100)).await; // timestamps are to the second
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter.clone() })).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["source_adapter"]["configured_at"], adapter["configured_at"], "{b}");
+    assert_eq!(b["updated_at"], view["updated_at"], "{b}");
+    assert_eq!(b["source_adapter"]["connection"]["credentials"], "(set; never shown)", "{b}");
     adapter["event_filter"] = json!({"event_types": ["INSERT"]});
     adapter["dedup_key"] = Value::Null;
     let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
@@ -625,6 +633,8 @@ async fn a_get_view_sent_back_keeps_the_adapter_and_its_credentials() {
     assert!(b["source_adapter"].get("webhook_secret").is_none(), "not re-issued: {b}");
     assert_eq!(b["source_adapter"]["connection"]["credentials"], "(set; never shown)", "{b}");
     assert_eq!(b["source_adapter"]["event_filter"], json!({"event_types": ["INSERT"]}), "the edit took: {b}");
+    assert_ne!(b["source_adapter"]["configured_at"], adapter["configured_at"], "{b}");
+    assert_ne!(b["updated_at"], view["updated_at"], "{b}");
 
     let r = ingest(&app, &bucket, &secret, db_insert("items", json!({"id": 5, "title": "Kept"}))).await;
     assert_eq!(r["status"], "buffered", "{r}");
