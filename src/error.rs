@@ -132,7 +132,7 @@ impl ApiError {
             ApiError::Internal(_) => "internal error; see the daemon logs".to_string(),
             // A message quotes what the client sent (an ID in the path, a field name): a
             // huge one is not echoed back whole.
-            ApiError::NotFound(m) => cut(unplaceholder(m)),
+            ApiError::NotFound(m) => unplaceholder(m),
             other => cut(other.to_string()),
         };
         let mut err = serde_json::json!({ "code": self.code(), "message": message });
@@ -143,19 +143,19 @@ impl ApiError {
     }
 }
 
-/// A not-found message that quotes a path still holding a placeholder copied from the
-/// docs (`/v1/buckets/{bucket_id}/…`, which reaches the daemon as `%7Bbucket_id%7D`): the
-/// placeholder shown as written, and what to do.
+/// A not-found message, [`cut`], that names a path segment still holding a placeholder
+/// copied from the docs (`/v1/buckets/{bucket_id}/…`, which most clients send as
+/// `%7Bbucket_id%7D`; a real ID holds no braces): the placeholder as written, and what to do.
 fn unplaceholder(message: &str) -> String {
-    let lower = message.to_ascii_lowercase();
-    let (Some(open), Some(close)) = (lower.find("%7b"), lower.find("%7d")) else {
-        return message.to_string();
-    };
-    if close < open {
-        return message.to_string();
-    }
     let shown = message.replace("%7B", "{").replace("%7b", "{").replace("%7D", "}").replace("%7d", "}");
-    format!("{shown} (the path holds a placeholder from the docs: put the real ID in its place)")
+    let placeholder = shown.split_whitespace().any(|word| {
+        let (Some(open), Some(close)) = (word.find('{'), word.rfind('}')) else { return false };
+        open < close
+    });
+    if !placeholder {
+        return cut(message.to_string());
+    }
+    format!("{} (the path holds a placeholder from the docs: put the real ID in its place)", cut(shown))
 }
 
 /// The longest error message (or field) sent, in characters; the rest is cut with "…".
@@ -333,6 +333,15 @@ mod tests {
         );
         assert_eq!(message("bucket bkt_1 not found"), "bucket bkt_1 not found");
         assert_eq!(message("bucket %7Dx%7B not found"), "bucket %7Dx%7B not found", "not a placeholder");
+        let sent_raw = message("object {object_id} not found in bucket bkt_1");
+        assert!(sent_raw.starts_with("object {object_id} not found in bucket bkt_1 (the path holds"), "{sent_raw}");
+        let second = message("object %7Dx not found in bucket %7Bbucket_id%7D");
+        assert!(second.starts_with("object }x not found in bucket {bucket_id} (the path holds"), "{second}");
+        let long = message(&format!("bucket %7B{}%7D not found", "x".repeat(5000)));
+        assert!(
+            long.ends_with("… (the path holds a placeholder from the docs: put the real ID in its place)"),
+            "{long}"
+        );
     }
 
     #[test]

@@ -618,6 +618,8 @@ impl RegistryState {
                 // webhook. (A stopped one is started again, as by any PATCH.)
                 let same = bucket.source_adapter.as_ref().is_some_and(|old| old.same_settings(&adapter));
                 if same && secret.is_none() && untouched {
+                    // As a restart after a PATCH would: its failures so far are forgiven.
+                    self.restarts.remove(id);
                     return self.describe_only(id, bucket, described).await;
                 }
                 // Another adapter type: the old one's last error says nothing about it.

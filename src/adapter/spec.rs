@@ -277,7 +277,7 @@ pub struct PatchBucket {
 }
 
 /// The adapter as stored in the bucket record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceAdapter {
     pub adapter_type: AdapterType,
     pub enabled: bool,
@@ -321,13 +321,7 @@ impl SourceAdapter {
     /// Whether `other` holds the same settings (all but `configured_at`): a PATCH that sends
     /// them changes nothing.
     pub fn same_settings(&self, other: &SourceAdapter) -> bool {
-        let settings = |a: &SourceAdapter| {
-            let mut v = serde_json::to_value(a).unwrap_or_default();
-            if let Some(m) = v.as_object_mut() {
-                m.remove("configured_at");
-            }
-            v
-        };
+        let settings = |a: &SourceAdapter| SourceAdapter { configured_at: String::new(), ..a.clone() };
         settings(self) == settings(other)
     }
 

@@ -1827,6 +1827,19 @@ async fn any_patch_starts_an_adapter_stopped_after_its_restart_budget() {
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"description": "try again"})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(send("f3").await, 200);
+    // Stopped again, its own settings sent back (which leave a running adapter alone) start it.
+    for _ in 0..=hookline::adapter::registry::ADAPTER_MAX_RESTARTS {
+        let (s, _) = app.post(&format!("/v1/debug/crash/adapter.{bucket}"), json!({})).await;
+        if s != 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(eventually(Duration::from_secs(20), || async { send("f4").await == 503 }).await);
+    let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": view["source_adapter"]})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(send("f5").await, 200);
 }
 
 /// A bucket whose adapter actor is busy (stalled here through a debug endpoint; in life,

@@ -626,6 +626,13 @@ async fn a_get_view_sent_back_keeps_the_adapter_and_its_credentials() {
     assert_eq!(b["source_adapter"]["configured_at"], adapter["configured_at"], "{b}");
     assert_eq!(b["updated_at"], view["updated_at"], "{b}");
     assert_eq!(b["source_adapter"]["connection"]["credentials"], "(set; never shown)", "{b}");
+    // With a new description beside it: that is stored (updated_at moves), the adapter stays.
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter.clone(), "description": "rows" })).await;
+    assert_eq!((s, b["description"].as_str()), (200, Some("rows")), "{b}");
+    assert_eq!(b["source_adapter"]["configured_at"], adapter["configured_at"], "{b}");
+    assert_ne!(b["updated_at"], view["updated_at"], "{b}");
+    let (_, described) = app.get(&path).await;
+    assert_eq!(described["description"], "rows", "stored: {described}");
     adapter["event_filter"] = json!({"event_types": ["INSERT"]});
     adapter["dedup_key"] = Value::Null;
     let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
