@@ -18,8 +18,9 @@
 //! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all),
 //! BENCH_PAD_BYTES (default 0: a string of that many bytes in each event, mapped to the
 //! object's `pad` field, for the cost of large objects; the bare route receives it too),
-//! BENCH_MAX_BATCH_SIZE (default 1000, kept within 1–1000: the time_window scenario's `max_batch_size`, so its
-//! flush size can be varied; the window is 300 s, so the size always triggers the flush),
+//! BENCH_MAX_BATCH_SIZE (default 1000, kept within 1–1000: the time_window scenario's
+//! `max_batch_size`, so its flush size can be varied; the window is 300 s, so the size
+//! always triggers the flush),
 //! BENCH_ROUNDS (default 1: each scenario runs that many times in a row, with a bare run
 //! after each, and the mean and the lowest and highest share are printed; on a noisy
 //! machine one round's share can move by up to about 9 points from one minute to the next).
