@@ -563,6 +563,9 @@ impl RegistryState {
         // type that changes objects by that ID, taking over from none or from one that does
         // not, indexes them first (see `lifecycle::index_unindexed`: its actor, as it starts).
         let mut index_existing = false;
+        // The writeback mapping the pending jobs were queued under, when a PATCH changes it
+        // (and not the adapter type: another type's jobs are given up): they follow it.
+        let mut old_mapping = None;
         let mut batch = Batch::new();
         match body.source_adapter {
             None => {
@@ -622,6 +625,13 @@ impl RegistryState {
                     self.restarts.remove(id);
                     return self.describe_only(id, bucket, described).await;
                 }
+                old_mapping = bucket
+                    .source_adapter
+                    .as_ref()
+                    .filter(|old| old.adapter_type == adapter.adapter_type)
+                    .and_then(|old| old.writeback.as_ref())
+                    .map(|w| w.field_mapping.clone())
+                    .filter(|m| adapter.writeback.as_ref().is_some_and(|w| &w.field_mapping != m));
                 // Another adapter type: the old one's last error says nothing about it.
                 let old_type = bucket.source_adapter.as_ref().map(|a| a.adapter_type);
                 clear_error = old_type.is_some_and(|t| t != adapter.adapter_type);
@@ -664,7 +674,8 @@ impl RegistryState {
             }
         }
         self.stop_adapter(id).await;
-        if let Err(e) = self.commit_patch(id, &bucket, batch, Clear { dedup: clear_dedup, error: clear_error }).await {
+        let clear = Clear { dedup: clear_dedup, error: clear_error, mapping: old_mapping };
+        if let Err(e) = self.commit_patch(id, &bucket, batch, clear).await {
             // Nothing was changed: the stored bucket's adapter runs again (if it was running:
             // one stopped after its restart budget stays stopped).
             if running {
@@ -704,8 +715,8 @@ impl RegistryState {
     }
 
     /// Commits a PATCH once the old actor has stopped: the bucket, in one batch with the
-    /// removal of the dedup set and of the status's `last_error` as `clear` says (atomic: a
-    /// failure changes nothing).
+    /// removal of the dedup set and of the status's `last_error`, and the pending writebacks
+    /// moved to a new mapping, as `clear` says (atomic: a failure changes nothing).
     async fn commit_patch(
         &self,
         id: &BucketId,
@@ -714,9 +725,15 @@ impl RegistryState {
         clear: Clear,
     ) -> Result<(), ApiError> {
         let store = &self.shared.store;
-        if clear.dedup || clear.error {
+        if clear.dedup || clear.error || clear.mapping.is_some() {
             // The stopped actor's last writes first.
             store.commit(Batch::new()).await?;
+        }
+        if let (Some(old), Some(adapter)) = (&clear.mapping, &bucket.source_adapter) {
+            let n = super::writeback::follow_mapping(store, id, old, adapter, &mut batch)?;
+            if n > 0 {
+                tracing::info!(bucket_id = %id, jobs = n, "pending writebacks follow the new writeback field_mapping");
+            }
         }
         if clear.error {
             let key = records::key(id, records::STATS_KEY);
@@ -1173,4 +1190,7 @@ struct Clear {
     dedup: bool,
     /// The status's `last_error`: the adapter is of another type.
     error: bool,
+    /// The writeback `field_mapping` the pending jobs were queued under, which the PATCH
+    /// changed: they follow the new one (see `writeback::follow_mapping`).
+    mapping: Option<Vec<super::writeback::WritebackField>>,
 }

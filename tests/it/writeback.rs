@@ -954,6 +954,48 @@ fn retry_path(bucket: &str, writeback_id: &str) -> String {
     format!("{}/{writeback_id}/retry", writebacks_path(bucket))
 }
 
+/// A PATCH that renames a writeback `target_field` (a column name fixed) applies to the jobs
+/// still pending at once, with the values they hold; one the new mapping leaves nothing to
+/// write is given up, saying why.
+#[tokio::test]
+async fn pending_writebacks_follow_a_renamed_target_field() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(500).await;
+    let schema = json!({"title": {"type": "string"}});
+    let (bucket, secret) = bucket_with(&app, "renamed", schema, generic_adapter(&rx.url("/wb"), true)).await;
+    assert_eq!(ingest(&app, &bucket, &secret, json!({"id": "r1", "title": "First"})).await["status"], "buffered");
+    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "the first attempt fails (500)");
+    let path = format!("/v1/buckets/{bucket}");
+    let remap = |pairs: Value| {
+        let (app, path) = (&app, &path);
+        async move {
+            let (_, view) = app.get(path).await;
+            let mut adapter = view["source_adapter"].clone();
+            adapter["writeback"]["field_mapping"] = pairs;
+            let (s, b) = app.patch(path, json!({ "source_adapter": adapter })).await;
+            assert_eq!(s, 200, "{b}");
+        }
+    };
+    remap(json!([{"source_path": "metadata.title", "target_field": "headline"}])).await;
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    assert_eq!(pending[0]["fields"], json!({"headline": "First"}), "{pending:?}");
+    rx.set_default(204);
+    let renamed = || async { rx.succeeded().iter().any(|s| s.body["fields"] == json!({"headline": "First"})) };
+    assert!(eventually(WAIT, renamed).await, "{:?}", rx.seen());
+    assert!(rx.succeeded().iter().all(|s| s.body["fields"].get("title").is_none()), "{:?}", rx.seen());
+
+    rx.set_default(500);
+    let before = rx.seen().len();
+    assert_eq!(ingest(&app, &bucket, &secret, json!({"id": "r2", "title": "Second"})).await["status"], "buffered");
+    assert!(eventually(WAIT, || async { rx.seen().len() > before }).await, "its first attempt fails (500)");
+    remap(json!([{"source_path": "metadata.other", "target_field": "other"}])).await;
+    let dead = listed(&app, &bucket, "?status=dead", 1).await;
+    let why = dead[0]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("maps none of its fields"), "{dead:?}");
+    assert_eq!(dead[0]["fields"], json!({}), "{dead:?}");
+    assert!(listed(&app, &bucket, "?status=pending", 0).await.is_empty());
+}
+
 /// `GET …/writebacks{query}`, which must answer 200.
 async fn writebacks(app: &TestApp, bucket: &str, query: &str) -> Value {
     let (s, b) = app.get(&format!("{}{query}", writebacks_path(bucket))).await;

@@ -238,6 +238,37 @@ pub fn next_external_id(
     Ok(external_id_of(wb, &rec).filter(|now| Some(now) != job.external_id.as_ref()))
 }
 
+/// A pending job's fields after a PATCH changed the writeback's `field_mapping` from `old`
+/// to `new`, followed by source path: a field the old mapping wrote from a source the new
+/// one writes under another `target_field` (a column name fixed) moves there; one whose
+/// source the new mapping no longer reads goes, as does one the old mapping did not write
+/// (queued under an older one) unless the new one writes that target. Values stay those the
+/// job holds: no object is read, so a job `coalesce` trimmed stays trimmed (read again, its
+/// older values could land after a newer job's), and a source new to the mapping adds
+/// nothing (a retry by hand maps a dead job afresh: see [`remapped`]). `None` when nothing
+/// changes.
+pub fn follow_mapping(
+    old: &[super::WritebackField],
+    new: &[super::WritebackField],
+    fields: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    let mut out = Map::new();
+    for (target, value) in fields {
+        match old.iter().find(|m| &m.target_field == target) {
+            Some(was) => {
+                for m in new.iter().filter(|m| m.source_path == was.source_path) {
+                    out.insert(m.target_field.clone(), value.clone());
+                }
+            }
+            None if new.iter().any(|m| &m.target_field == target) => {
+                out.insert(target.clone(), value.clone());
+            }
+            None => {}
+        }
+    }
+    (&out != fields).then_some(out)
+}
+
 /// Why an object an adapter of type `from` made is not written back by the bucket's `kind`
 /// adapter (see [`Job::object_from`]).
 pub fn made_by_another(from: ProviderType, kind: ProviderType) -> String {
@@ -604,6 +635,33 @@ mod tests {
             .unwrap_err();
         assert!(why.contains("listing.nope"), "{why}");
         assert!(batch.is_empty());
+    }
+
+    /// A pending job's fields follow a changed mapping by source path, and only by renaming
+    /// or dropping: nothing is added, no value changes.
+    #[test]
+    fn pending_fields_follow_a_changed_mapping_by_source() {
+        let pairs = |v: Value| wb(json!({"field_mapping": v})).field_mapping;
+        let old = pairs(json!([
+            {"source_path": "metadata.title", "target_field": "mp_titel"},
+            {"source_path": "status", "target_field": "mp_status"},
+            {"source_path": "metadata.gone", "target_field": "mp_gone"}]));
+        let new = pairs(json!([
+            {"source_path": "metadata.title", "target_field": "mp_title"},
+            {"source_path": "metadata.title", "target_field": "mp_title_copy"},
+            {"source_path": "status", "target_field": "mp_status"},
+            {"source_path": "metadata.added", "target_field": "mp_added"},
+            {"source_path": "metadata.other", "target_field": "mp_older"}]));
+        let fields = json!({"mp_titel": "T", "mp_status": "completed", "mp_gone": 1, "mp_older": 2, "mp_stray": 3});
+        let Value::Object(fields) = fields else { unreachable!() };
+        let moved = follow_mapping(&old, &new, &fields).expect("changed");
+        assert_eq!(
+            Value::Object(moved),
+            json!({"mp_title": "T", "mp_title_copy": "T", "mp_status": "completed", "mp_older": 2}),
+            "renamed by source; dropped when unread; an older target kept only while still written; none added"
+        );
+        let Value::Object(kept) = json!({"mp_titel": "T", "mp_status": "completed"}) else { unreachable!() };
+        assert_eq!(follow_mapping(&old, &old, &kept), None, "the same mapping changes nothing");
     }
 
     #[test]

@@ -512,6 +512,49 @@ pub fn give_up_barred(
     Ok(n)
 }
 
+/// After a PATCH changed the writeback's `field_mapping` from `old` to that of `adapter`
+/// (same adapter type), with the bucket's actor stopped: the pending jobs of `bucket` that
+/// `adapter` would send follow the new mapping (see [`job::follow_mapping`]), in `batch`, to
+/// commit with the bucket's new settings. A job left with nothing to write is given up,
+/// saying why. Returns how many jobs changed; a record that cannot be read is logged and
+/// left as it is.
+pub fn follow_mapping(
+    store: &crate::store::Store,
+    bucket: &BucketId,
+    old: &[super::WritebackField],
+    adapter: &SourceAdapter,
+    batch: &mut Batch,
+) -> Result<usize, crate::store::StoreError> {
+    let Some(new) = adapter.writeback.as_ref().map(|w| w.field_mapping.as_slice()) else { return Ok(0) };
+    let kind = adapter.adapter_type;
+    let mut n = 0;
+    for key in pending_keys(store, bucket)? {
+        let mut j = match store.get::<Job>(KS, &key) {
+            Ok(Some(j)) => j,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(bucket_id = %bucket, key = %key, error = %e, "unreadable writeback job; skipped");
+                continue;
+            }
+        };
+        if j.barred_for(kind).is_some() {
+            continue; // given up at its attempt, as it is
+        }
+        let Some(fields) = job::follow_mapping(old, new, &j.fields) else { continue };
+        n += 1;
+        j.fields = fields;
+        if j.fields.is_empty() {
+            j.last_error = Some(format!(
+                "the writeback field_mapping, changed by a PATCH, maps none of its fields any more ({NOT_RETRIED})"
+            ));
+            bury(batch, bucket, &key, &j, kind.as_str());
+        } else {
+            batch.put(KS, &key, &j);
+        }
+    }
+    Ok(n)
+}
+
 fn row_of(j: &Job, pinned: Option<(&str, &str)>) -> Option<RowKey> {
     let external_id = j.external_id.clone()?;
     let schema = j.schema.as_deref().or(pinned.map(|p| p.0)).unwrap_or(crate::adapter::supabase::DEFAULT_SCHEMA);
