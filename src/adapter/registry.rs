@@ -493,19 +493,21 @@ impl RegistryState {
     }
 
     /// Stops a bucket's adapter actor (if running) and waits for it; not restarted.
-    async fn stop_adapter(&mut self, id: &BucketId) {
-        if let Some(actor) = self.children.remove(id) {
-            self.child_ids.remove(&actor.get_id());
-            if let Err(e) =
-                actor.stop_and_wait(Some("adapter reconfigured or removed".into()), Some(STOP_TIMEOUT)).await
-            {
-                // It must not go on ingesting with the old settings (an old secret): kill it.
-                tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time; killing it");
-                if let Err(e) = actor.kill_and_wait(Some(STOP_TIMEOUT)).await {
-                    tracing::error!(bucket_id = %id, error = %e, "source adapter did not die in time");
-                }
-            }
+    /// Stops the bucket's adapter actor, if one runs. False when it had to be killed: its
+    /// `post_stop` did not run, so its writeback worker may still be writing jobs.
+    async fn stop_adapter(&mut self, id: &BucketId) -> bool {
+        let Some(actor) = self.children.remove(id) else { return true };
+        self.child_ids.remove(&actor.get_id());
+        let Err(e) = actor.stop_and_wait(Some("adapter reconfigured or removed".into()), Some(STOP_TIMEOUT)).await
+        else {
+            return true;
+        };
+        // It must not go on ingesting with the old settings (an old secret): kill it.
+        tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time; killing it");
+        if let Err(e) = actor.kill_and_wait(Some(STOP_TIMEOUT)).await {
+            tracing::error!(bucket_id = %id, error = %e, "source adapter did not die in time");
         }
+        false
     }
 
     /// Sets the adapter's `last_error` (its stats record) while no actor of the bucket runs.
@@ -625,13 +627,16 @@ impl RegistryState {
                     self.restarts.remove(id);
                     return self.describe_only(id, bucket, described).await;
                 }
+                // Both mappings given: `{"enabled": false}` alone (an empty one) turns
+                // writeback off, and its jobs wait as they are for it to come back.
+                let kept = adapter.writeback.as_ref().filter(|w| w.enabled && !w.field_mapping.is_empty());
                 old_mapping = bucket
                     .source_adapter
                     .as_ref()
                     .filter(|old| old.adapter_type == adapter.adapter_type)
                     .and_then(|old| old.writeback.as_ref())
                     .map(|w| w.field_mapping.clone())
-                    .filter(|m| adapter.writeback.as_ref().is_some_and(|w| &w.field_mapping != m));
+                    .filter(|m| !m.is_empty() && kept.is_some_and(|w| &w.field_mapping != m));
                 // Another adapter type: the old one's last error says nothing about it.
                 let old_type = bucket.source_adapter.as_ref().map(|a| a.adapter_type);
                 clear_error = old_type.is_some_and(|t| t != adapter.adapter_type);
@@ -673,7 +678,10 @@ impl RegistryState {
                 batch.put(Keyspace::EXTERNAL_IDS, &marker, "objects may lack entries");
             }
         }
-        self.stop_adapter(id).await;
+        if !self.stop_adapter(id).await && old_mapping.take().is_some() {
+            // Its worker may still be settling jobs: rewriting them now could undo that.
+            tracing::warn!(bucket_id = %id, "the adapter was killed: pending writebacks keep their fields");
+        }
         let clear = Clear { dedup: clear_dedup, error: clear_error, mapping: old_mapping };
         if let Err(e) = self.commit_patch(id, &bucket, batch, clear).await {
             // Nothing was changed: the stored bucket's adapter runs again (if it was running:

@@ -966,16 +966,18 @@ async fn pending_writebacks_follow_a_renamed_target_field() {
     assert_eq!(ingest(&app, &bucket, &secret, json!({"id": "r1", "title": "First"})).await["status"], "buffered");
     assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "the first attempt fails (500)");
     let path = format!("/v1/buckets/{bucket}");
-    let remap = |pairs: Value| {
+    let set_writeback = |writeback: Value| {
         let (app, path) = (&app, &path);
         async move {
             let (_, view) = app.get(path).await;
             let mut adapter = view["source_adapter"].clone();
-            adapter["writeback"]["field_mapping"] = pairs;
+            adapter["writeback"] = writeback;
             let (s, b) = app.patch(path, json!({ "source_adapter": adapter })).await;
             assert_eq!(s, 200, "{b}");
         }
     };
+    let url = rx.url("/wb");
+    let remap = |pairs: Value| set_writeback(json!({"writeback_url": url, "field_mapping": pairs}));
     remap(json!([{"source_path": "metadata.title", "target_field": "headline"}])).await;
     let pending = listed(&app, &bucket, "?status=pending", 1).await;
     assert_eq!(pending[0]["fields"], json!({"headline": "First"}), "{pending:?}");
@@ -988,11 +990,20 @@ async fn pending_writebacks_follow_a_renamed_target_field() {
     let before = rx.seen().len();
     assert_eq!(ingest(&app, &bucket, &secret, json!({"id": "r2", "title": "Second"})).await["status"], "buffered");
     assert!(eventually(WAIT, || async { rx.seen().len() > before }).await, "its first attempt fails (500)");
+    // Writeback turned off (`{"enabled": false}` alone: no mapping), then on again: the job
+    // waits as it is, and is not mapped from or to the empty mapping.
+    set_writeback(json!({"enabled": false})).await;
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    assert_eq!(pending[0]["fields"], json!({"headline": "Second"}), "{pending:?}");
+    remap(json!([{"source_path": "metadata.title", "target_field": "headline"}])).await;
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    assert_eq!(pending[0]["fields"], json!({"headline": "Second"}), "{pending:?}");
+    // A mapping that no longer reads its source: given up, with the fields it had.
     remap(json!([{"source_path": "metadata.other", "target_field": "other"}])).await;
     let dead = listed(&app, &bucket, "?status=dead", 1).await;
     let why = dead[0]["last_error"].as_str().unwrap_or_default();
-    assert!(why.contains("maps none of its fields"), "{dead:?}");
-    assert_eq!(dead[0]["fields"], json!({}), "{dead:?}");
+    assert!(why.contains("no longer reads any of its fields; a retry by hand maps it again"), "{dead:?}");
+    assert_eq!(dead[0]["fields"], json!({"headline": "Second"}), "{dead:?}");
     assert!(listed(&app, &bucket, "?status=pending", 0).await.is_empty());
 }
 

@@ -242,7 +242,7 @@ pub fn next_external_id(
 /// to `new`, followed by source path: a field the old mapping wrote from a source the new
 /// one writes under another `target_field` (a column name fixed) moves there; one whose
 /// source the new mapping no longer reads goes, as does one the old mapping did not write
-/// (queued under an older one) unless the new one writes that target. Values stay those the
+/// (queued under an older one: where its value came from is not known). Values stay those the
 /// job holds: no object is read, so a job `coalesce` trimmed stays trimmed (read again, its
 /// older values could land after a newer job's), and a source new to the mapping adds
 /// nothing (a retry by hand maps a dead job afresh: see [`remapped`]). `None` when nothing
@@ -254,16 +254,10 @@ pub fn follow_mapping(
 ) -> Option<Map<String, Value>> {
     let mut out = Map::new();
     for (target, value) in fields {
-        match old.iter().find(|m| &m.target_field == target) {
-            Some(was) => {
-                for m in new.iter().filter(|m| m.source_path == was.source_path) {
-                    out.insert(m.target_field.clone(), value.clone());
-                }
+        if let Some(was) = old.iter().find(|m| &m.target_field == target) {
+            for m in new.iter().filter(|m| m.source_path == was.source_path) {
+                out.insert(m.target_field.clone(), value.clone());
             }
-            None if new.iter().any(|m| &m.target_field == target) => {
-                out.insert(target.clone(), value.clone());
-            }
-            None => {}
         }
     }
     (&out != fields).then_some(out)
@@ -657,8 +651,8 @@ mod tests {
         let moved = follow_mapping(&old, &new, &fields).expect("changed");
         assert_eq!(
             Value::Object(moved),
-            json!({"mp_title": "T", "mp_title_copy": "T", "mp_status": "completed", "mp_older": 2}),
-            "renamed by source; dropped when unread; an older target kept only while still written; none added"
+            json!({"mp_title": "T", "mp_title_copy": "T", "mp_status": "completed"}),
+            "renamed by source; dropped when unread, or of an unknown source; none added"
         );
         let Value::Object(kept) = json!({"mp_titel": "T", "mp_status": "completed"}) else { unreachable!() };
         assert_eq!(follow_mapping(&old, &old, &kept), None, "the same mapping changes nothing");

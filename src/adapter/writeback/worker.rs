@@ -542,13 +542,16 @@ pub fn follow_mapping(
         }
         let Some(fields) = job::follow_mapping(old, new, &j.fields) else { continue };
         n += 1;
-        j.fields = fields;
-        if j.fields.is_empty() {
-            j.last_error = Some(format!(
-                "the writeback field_mapping, changed by a PATCH, maps none of its fields any more ({NOT_RETRIED})"
-            ));
+        if fields.is_empty() {
+            // Given up with the fields it had: a retry by hand maps it afresh.
+            j.last_error = Some(
+                "the writeback field_mapping, changed by a PATCH, no longer reads any of its fields; a retry by \
+                 hand maps it again"
+                    .into(),
+            );
             bury(batch, bucket, &key, &j, kind.as_str());
         } else {
+            j.fields = fields;
             batch.put(KS, &key, &j);
         }
     }
