@@ -224,6 +224,33 @@ async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     );
 }
 
+/// An SMS provider that does not answer in time fails the whole attempt once: each other
+/// number would wait as long again. They are "not tried", and the retry texts them all.
+#[tokio::test]
+async fn an_sms_provider_that_does_not_answer_is_tried_once_per_attempt() {
+    let api = Receiver::start(201).await;
+    let app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
+        ..dev_delivery(&format!("{}timeout_seconds = 1\n", sms_section(&api)))
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "oncall", "event_types": ["*"], "channels": [
+            {"channel": "sms", "configs": {"to": ["+15550002222", "+15550003333", "+15550004444"]}}]}),
+    )
+    .await;
+    api.then(201, Duration::from_secs(3));
+    publish(&app, "object.deleted", json!({"object_id": "obj_9"})).await;
+    let done = || async { deliveries(&app, &wh, Some("succeeded")).await.len() == 1 };
+    assert!(eventually(WAIT, done).await, "{:?}", deliveries(&app, &wh, None).await);
+    let d = &deliveries(&app, &wh, None).await[0];
+    let first = d["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(first.starts_with("1 of 3 numbers failed; to +15550002222: timed out after 1.0s"), "{d}");
+    assert!(first.ends_with("2 not tried (the provider did not answer in time: sent on the retry)"), "{d}");
+    assert_eq!(api.count(), 4, "one try, then the three numbers on the retry");
+}
+
 /// aiosmtpd on a free 127.0.0.1 port (it binds port 0 and prints the port), storing what it
 /// accepts in a Maildir; the first `reject_first` messages get a transient 451.
 struct Smtp {
@@ -729,7 +756,40 @@ async fn a_relay_without_the_tls_asked_for_is_tried_once_per_attempt() {
             first["error"].as_str().unwrap().ends_with("2 not tried (a failure of the relay itself)"),
             "{tls}: {d}"
         );
+        if tls == "starttls" {
+            let said = first["error"].as_str().unwrap_or_default();
+            assert!(said.contains("the relay does not offer STARTTLS, which tls = \"starttls\" requires"), "{d}");
+        }
     }
+    assert_eq!(smtp.messages().len(), 0);
+}
+
+/// A relay that offers no login hookline speaks (here none at all, on a plain connection)
+/// fails the whole attempt once, and the error says what the relay lacks.
+#[tokio::test]
+async fn a_relay_offering_no_login_is_tried_once_per_attempt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("mail"), 0);
+    let app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMTP_PASSWORD".into(), "a-password-for-the-relay".into())],
+        ..dev_delivery(&format!(
+            "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\nusername = \"u\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n",
+            smtp.port
+        ))
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "three", "event_types": ["*"], "channels": [
+            {"channel": "email", "configs": {"to": ["ops@example.com", "bounce@example.com", "lead@example.com"]}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"n": 1})).await;
+    let d = delivery_with_attempts(&app, &wh, 1).await;
+    let error = d["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the relay offers no login mechanism hookline speaks (PLAIN or LOGIN)"), "{d}");
+    assert!(error.ends_with("2 not tried (a failure of the relay itself)"), "{d}");
+    assert!(!error.contains("internal client error"), "{d}");
     assert_eq!(smtp.messages().len(), 0);
 }
 

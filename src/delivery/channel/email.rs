@@ -230,11 +230,11 @@ impl EmailChannel {
                     "4xx"
                 } else if e.is_permanent() {
                     "5xx"
-                } else if e.is_tls() || no_starttls(&e) {
+                } else if e.is_tls() || no_starttls(&e) || no_login_mechanism(&e) {
                     // No TLS session with the relay (no certificate store, or a relay without
-                    // the STARTTLS `tls` requires): a connection that cannot be made, as an
-                    // unreachable relay's. (A failed handshake is already lettre's connection
-                    // error.)
+                    // the STARTTLS `tls` requires), or no login it offers that hookline speaks:
+                    // a session that cannot be made, as with an unreachable relay. (A failed
+                    // handshake is already lettre's connection error.)
                     "connect"
                 } else if e.is_client() {
                     "error"
@@ -244,7 +244,7 @@ impl EmailChannel {
                 AttemptResult {
                     outcome: Outcome::Retriable,
                     status_code: e.status().map(u16::from),
-                    error: Some(format!("smtp: {}", without_repeats(&e.to_string()))),
+                    error: Some(format!("smtp: {}", described(&e))),
                     retry_after: None,
                     result,
                     reached: Vec::new(),
@@ -270,6 +270,28 @@ fn relay_wide(r: &AttemptResult) -> bool {
 /// lettre says that a relay offers no STARTTLS only in a client error's text.
 fn no_starttls(e: &lettre::transport::smtp::Error) -> bool {
     e.is_client() && e.to_string().contains("STARTTLS is not supported")
+}
+
+/// Nor does it say otherwise that the relay offers no login mechanism it speaks (PLAIN,
+/// LOGIN): a relay that offers none, or none before TLS.
+fn no_login_mechanism(e: &lettre::transport::smtp::Error) -> bool {
+    e.is_client() && e.to_string().contains("No compatible authentication mechanism")
+}
+
+/// A failed send's error as the attempt shows it: what the relay lacks said of the relay
+/// (lettre calls it an "internal client error"), and lettre's nested repeats once.
+fn described(e: &lettre::transport::smtp::Error) -> String {
+    if no_starttls(e) {
+        return "the relay does not offer STARTTLS, which tls = \"starttls\" requires (use \"tls\" for a relay \
+                that takes TLS from the first byte, usually port 465)"
+            .into();
+    }
+    if no_login_mechanism(e) {
+        return "the relay offers no login mechanism hookline speaks (PLAIN or LOGIN) for delivery.email.username; \
+                check that the relay takes logins on this port (some offer them only after TLS)"
+            .into();
+    }
+    without_repeats(&e.to_string())
 }
 
 /// lettre's errors nest one kind in another of the same name ("Connection error: Connection

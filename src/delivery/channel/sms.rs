@@ -117,8 +117,8 @@ impl SmsChannel {
                 stopped += 1;
                 continue;
             }
-            // After a 429 the rest waits for the retry (and its Retry-After).
-            if failed.last().is_some_and(|(_, r): &(String, AttemptResult)| r.status_code == Some(429)) {
+            // After a failure of the provider itself the rest waits for the retry.
+            if failed.last().is_some_and(|(_, r): &(String, AttemptResult)| provider_wide(r).is_some()) {
                 untried += 1;
                 continue;
             }
@@ -140,14 +140,28 @@ impl SmsChannel {
                 failed.push((to.clone(), r));
             }
         }
+        let why = failed.last().and_then(|(_, r)| provider_wide(r)).filter(|_| untried > 0);
         let mut result = summarize(self.to.len(), reached, failed, last_ok, "numbers");
-        if untried > 0 {
-            result.error = result.error.map(|e| format!("{e}; {untried} not tried (rate limited: sent on the retry)"));
+        if let Some(why) = why {
+            result.error = result.error.map(|e| format!("{e}; {untried} not tried ({why}: sent on the retry)"));
         }
         match stopped {
             0 => result,
             n => super::interrupted(result, n, "number(s)"),
         }
+    }
+}
+
+/// Why a failed send speaks for the provider, not for its number, if it does: a 429 (the
+/// rest waits for the retry and its Retry-After), or a provider that cannot be reached or
+/// does not answer in time (each other number would wait as long again: with 50 numbers and
+/// a 10 s timeout, one attempt would hold its webhook's slot for over 8 minutes).
+fn provider_wide(r: &AttemptResult) -> Option<&'static str> {
+    match (r.status_code, r.result) {
+        (Some(429), _) => Some("rate limited"),
+        (_, "connect") => Some("the provider could not be reached"),
+        (_, "timeout") => Some("the provider did not answer in time"),
+        _ => None,
     }
 }
 
