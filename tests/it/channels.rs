@@ -770,21 +770,7 @@ async fn a_relay_without_the_tls_asked_for_is_tried_once_per_attempt() {
 async fn a_relay_offering_no_login_is_tried_once_per_attempt() {
     let tmp = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(&tmp.path().join("mail"), 0);
-    let app = TestApp::start_with(Options {
-        env: vec![("HOOKLINE_SMTP_PASSWORD".into(), "a-password-for-the-relay".into())],
-        ..dev_delivery(&format!(
-            "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\nusername = \"u\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n",
-            smtp.port
-        ))
-    })
-    .await;
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "three", "event_types": ["*"], "channels": [
-            {"channel": "email", "configs": {"to": ["ops@example.com", "bounce@example.com", "lead@example.com"]}}]}),
-    )
-    .await;
-    publish(&app, "object.created", json!({"n": 1})).await;
+    let (app, wh) = three_address_email_as(smtp.port, "none", Some(("u", "a-password-for-the-relay"))).await;
     let d = delivery_with_attempts(&app, &wh, 1).await;
     let error = d["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("the relay offers no login mechanism hookline speaks (PLAIN or LOGIN)"), "{d}");
@@ -796,9 +782,18 @@ async fn a_relay_offering_no_login_is_tried_once_per_attempt() {
 /// A daemon whose relay is `127.0.0.1:{port}` with `tls`, a webhook emailing three addresses
 /// (ops, bounce, lead @example.com), and one event published to it; the webhook's ID.
 async fn three_address_email(port: u16, tls: &str) -> (TestApp, String) {
-    let app = TestApp::start_with(dev_delivery(&format!(
-        "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"{tls}\"\nfrom = \"a@example.com\"\ntimeout_seconds = 5\n"
-    )))
+    three_address_email_as(port, tls, None).await
+}
+
+/// [`three_address_email`], logging in to the relay as `login` (user, password) when given.
+async fn three_address_email_as(port: u16, tls: &str, login: Option<(&str, &str)>) -> (TestApp, String) {
+    let user = login.map(|(u, _)| format!("username = \"{u}\"\n")).unwrap_or_default();
+    let app = TestApp::start_with(Options {
+        env: login.map(|(_, p)| ("HOOKLINE_SMTP_PASSWORD".to_string(), p.to_string())).into_iter().collect(),
+        ..dev_delivery(&format!(
+            "[delivery.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"{tls}\"\n{user}from = \"a@example.com\"\ntimeout_seconds = 5\n"
+        ))
+    })
     .await;
     let (wh, _) = create_webhook(
         &app,

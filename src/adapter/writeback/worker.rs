@@ -471,6 +471,23 @@ fn pending_keys(store: &crate::store::Store, bucket: &BucketId) -> Result<Vec<St
     Ok(keys)
 }
 
+/// Every pending job of `bucket` with its key, for a pass over them all with no worker
+/// running; a record that cannot be read is logged and left out.
+fn pending_jobs(
+    store: &crate::store::Store,
+    bucket: &BucketId,
+) -> Result<Vec<(String, Job)>, crate::store::StoreError> {
+    let mut jobs = Vec::new();
+    for key in pending_keys(store, bucket)? {
+        match store.get::<Job>(KS, &key) {
+            Ok(Some(j)) => jobs.push((key, j)),
+            Ok(None) => {}
+            Err(e) => tracing::error!(bucket_id = %bucket, key = %key, error = %e, "unreadable writeback job; skipped"),
+        }
+    }
+    Ok(jobs)
+}
+
 /// Gives up the pending job at `key` (of an adapter of type `adapter`) in `batch`: its
 /// record moves to its dead key, as it is.
 fn bury(batch: &mut Batch, bucket: &BucketId, key: &str, j: &Job, adapter: &'static str) {
@@ -495,15 +512,7 @@ pub fn give_up_barred(
     batch: &mut Batch,
 ) -> Result<usize, crate::store::StoreError> {
     let mut n = 0;
-    for key in pending_keys(store, bucket)? {
-        let mut j = match store.get::<Job>(KS, &key) {
-            Ok(Some(j)) => j,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(bucket_id = %bucket, key = %key, error = %e, "unreadable writeback job; skipped");
-                continue;
-            }
-        };
+    for (key, mut j) in pending_jobs(store, bucket)? {
         let Some(why) = j.barred_for(kind) else { continue };
         j.last_error = Some(format!("{why} ({NOT_RETRIED})"));
         bury(batch, bucket, &key, &j, kind.as_str());
@@ -528,15 +537,7 @@ pub fn follow_mapping(
     let Some(new) = adapter.writeback.as_ref().map(|w| w.field_mapping.as_slice()) else { return Ok(0) };
     let kind = adapter.adapter_type;
     let mut n = 0;
-    for key in pending_keys(store, bucket)? {
-        let mut j = match store.get::<Job>(KS, &key) {
-            Ok(Some(j)) => j,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(bucket_id = %bucket, key = %key, error = %e, "unreadable writeback job; skipped");
-                continue;
-            }
-        };
+    for (key, mut j) in pending_jobs(store, bucket)? {
         if j.barred_for(kind).is_some() {
             continue; // given up at its attempt, as it is
         }
