@@ -262,7 +262,7 @@ impl EmailChannel {
 /// back no other: a reply such as 550 no such user, 553, 454 relay access denied (Postfix's
 /// answer to one RCPT), a 451 for its message, or lettre refusing the envelope (a non-ASCII
 /// address to a relay without SMTPUTF8). A TLS failure (a refused certificate, no STARTTLS
-/// offered) is a failed connection: it speaks for the relay.
+/// offered), or no login mechanism in common, is a failed connection: it speaks for the relay.
 fn relay_wide(r: &AttemptResult) -> bool {
     matches!(r.result, "connect" | "timeout") || r.status_code.is_some_and(|c| matches!(c, 421 | 530 | 534 | 535 | 538))
 }
