@@ -243,11 +243,17 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
     let limit = req.page_limit()?;
     let before = match req.query.get("before") {
         None => None,
-        Some(b) => Some(
-            DeliveryId::parse(b)
-                .filter(|d| crate::delivery::model::is_delivery_id_shape(d.as_str()))
-                .ok_or_else(|| ApiError::validation("before", "not a delivery_id returned by this endpoint"))?,
-        ),
+        Some(b) => {
+            Some(DeliveryId::parse(b).filter(|d| crate::delivery::model::is_delivery_id_shape(d.as_str())).ok_or_else(
+                || {
+                    ApiError::validation(
+                        "before",
+                        "not a delivery_id as this list returns them: any one works as a position, this webhook's or \
+                         not",
+                    )
+                },
+            )?)
+        }
     };
     // A page may end before `limit` at its byte budget: the next one still starts at
     // `before=<its last delivery_id>`.

@@ -1130,6 +1130,10 @@ async fn deliveries_are_paged_newest_first() {
     ] {
         let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?{query}")).await;
         assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{query}: {b}");
+        if field == "before" {
+            let said = b["error"]["message"].as_str().unwrap_or_default();
+            assert!(said.contains("not a delivery_id as this list returns") && said.contains("or not"), "{b}");
+        }
     }
     let (s, b) = app.get(&format!("/v1/organizations/webhooks/{wh}/deliveries?limit=1000")).await;
     assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(5)), "{b}");
