@@ -230,6 +230,10 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
 /// max 1000), older than the delivery `before` when given (the last ID of the previous page).
 /// Delivery IDs start with their event's time-ordered ID, so key order is time order and a
 /// page reads only what it returns (plus, with `status`, the deliveries it skips).
+/// The refusal of a `before=` that is no delivery ID: any one is a position in the list.
+const NOT_A_POSITION: &str =
+    "not a delivery_id as this list returns them: any one works as a position, this webhook's or not";
+
 async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate_list(state, &["status", "limit", "before"])?;
     let w = load(state, id)?;
@@ -243,17 +247,11 @@ async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Respon
     let limit = req.page_limit()?;
     let before = match req.query.get("before") {
         None => None,
-        Some(b) => {
-            Some(DeliveryId::parse(b).filter(|d| crate::delivery::model::is_delivery_id_shape(d.as_str())).ok_or_else(
-                || {
-                    ApiError::validation(
-                        "before",
-                        "not a delivery_id as this list returns them: any one works as a position, this webhook's or \
-                         not",
-                    )
-                },
-            )?)
-        }
+        Some(b) => Some(
+            DeliveryId::parse(b)
+                .filter(|d| crate::delivery::model::is_delivery_id_shape(d.as_str()))
+                .ok_or_else(|| ApiError::validation("before", NOT_A_POSITION))?,
+        ),
     };
     // A page may end before `limit` at its byte budget: the next one still starts at
     // `before=<its last delivery_id>`.
