@@ -59,6 +59,9 @@ pub struct SourceAdapterActor;
 pub struct AdapterArgs {
     pub shared: Shared,
     pub bucket_id: BucketId,
+    /// Its writeback worker runs under it, so that the registry can end the worker of an
+    /// actor it had to kill (see [`super::writeback::Lease`]).
+    pub lease: super::writeback::Lease,
 }
 
 pub enum AdapterMsg {
@@ -347,7 +350,7 @@ impl Actor for SourceAdapterActor {
         myself: ActorRef<Self::Msg>,
         args: AdapterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let AdapterArgs { shared, bucket_id } = args;
+        let AdapterArgs { shared, bucket_id, lease } = args;
         // Barrier: everything submitted before this point (by a predecessor) is applied.
         shared.store.commit(Batch::new()).await?;
         let store = &shared.store;
@@ -370,7 +373,7 @@ impl Actor for SourceAdapterActor {
         let unpaged = records::DedupPage::new(&bucket);
         let xids = lifecycle::load_index(store, &prefix)?;
         let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
-        let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone());
+        let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone(), &lease);
         if writeback.is_none() {
             let mut batch = Batch::new();
             let n = super::writeback::give_up_barred(store, &bucket_id, adapter.adapter_type, &mut batch)?;

@@ -27,6 +27,7 @@ use super::records::{self, BatchRecord, BatchStatus, BufferEntry, ObjectRecord};
 use super::spec::{self, PatchBucket, SourceAdapter, SourceAdapterInput};
 use super::unreadable::Unreadable;
 use super::writeback::operator::WritebackId;
+use super::writeback::Lease;
 use crate::catalog::bucket::CreateBucket;
 use crate::catalog::connection::{PatchConnection, ProviderConfig};
 use crate::catalog::{Bucket, Connection, ProviderType};
@@ -146,6 +147,9 @@ pub struct RegistryState {
     /// Running adapter actors, by bucket and by actor ID (supervision events carry the ID).
     children: HashMap<BucketId, ActorRef<AdapterMsg>>,
     child_ids: HashMap<ActorId, BucketId>,
+    /// The lease each bucket's latest adapter actor runs its writeback worker under: ended
+    /// before a successor starts and when the adapter stops.
+    leases: HashMap<BucketId, Lease>,
     restarts: HashMap<BucketId, RestartBudget>,
     /// Credentials the master key cannot open, for their gauge.
     unreadable: Unreadable,
@@ -172,6 +176,7 @@ impl Actor for BucketRegistry {
             myself,
             children: HashMap::new(),
             child_ids: HashMap::new(),
+            leases: HashMap::new(),
             restarts: HashMap::new(),
             unreadable,
         };
@@ -472,7 +477,15 @@ impl RegistryState {
         while ActorRef::<AdapterMsg>::where_is(name.clone()).is_some() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let args = AdapterArgs { shared: self.shared.clone(), bucket_id: id.clone() };
+        // A predecessor that failed or was killed may have left its writeback worker running.
+        if let Some(old) = self.leases.remove(id) {
+            if !old.end(STOP_TIMEOUT).await {
+                tracing::warn!(bucket_id = %id, "the previous adapter's writeback worker did not stop in time");
+            }
+        }
+        let lease = Lease::default();
+        self.leases.insert(id.clone(), lease.clone());
+        let args = AdapterArgs { shared: self.shared.clone(), bucket_id: id.clone(), lease };
         let (actor, _) = Actor::spawn_linked(Some(name), SourceAdapterActor, args, self.myself.get_cell()).await?;
         self.child_ids.insert(actor.get_id(), id.clone());
         self.children.insert(id.clone(), actor);
@@ -492,22 +505,29 @@ impl RegistryState {
         }
     }
 
-    /// Stops a bucket's adapter actor (if running) and waits for it; not restarted.
-    /// Stops the bucket's adapter actor, if one runs. False when it had to be killed: its
-    /// `post_stop` did not run, so its writeback worker may still be writing jobs.
+    /// Stops the bucket's adapter actor, if one runs, and waits for it; not restarted. False
+    /// when its writeback worker may still be writing jobs: the actor had to be killed (its
+    /// `post_stop`, which stops the worker, did not run) and the worker did not end in time.
     async fn stop_adapter(&mut self, id: &BucketId) -> bool {
-        let Some(actor) = self.children.remove(id) else { return true };
-        self.child_ids.remove(&actor.get_id());
-        let Err(e) = actor.stop_and_wait(Some("adapter reconfigured or removed".into()), Some(STOP_TIMEOUT)).await
-        else {
-            return true;
-        };
-        // It must not go on ingesting with the old settings (an old secret): kill it.
-        tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time; killing it");
-        if let Err(e) = actor.kill_and_wait(Some(STOP_TIMEOUT)).await {
-            tracing::error!(bucket_id = %id, error = %e, "source adapter did not die in time");
+        if let Some(actor) = self.children.remove(id) {
+            self.child_ids.remove(&actor.get_id());
+            let reason = Some("adapter reconfigured or removed".into());
+            if let Err(e) = actor.stop_and_wait(reason, Some(STOP_TIMEOUT)).await {
+                // It must not go on ingesting with the old settings (an old secret): kill it.
+                tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time; killing it");
+                if let Err(e) = actor.kill_and_wait(Some(STOP_TIMEOUT)).await {
+                    tracing::error!(bucket_id = %id, error = %e, "source adapter did not die in time");
+                }
+            }
         }
-        false
+        // At once after a stop (its `post_stop` ended the worker); after a kill, or a failure
+        // that was not restarted, the worker's handle is in a state nothing has dropped yet.
+        let Some(lease) = self.leases.remove(id) else { return true };
+        let ended = lease.end(STOP_TIMEOUT).await;
+        if !ended {
+            tracing::error!(bucket_id = %id, "the source adapter's writeback worker did not stop in time");
+        }
+        ended
     }
 
     /// Sets the adapter's `last_error` (its stats record) while no actor of the bucket runs.
@@ -680,7 +700,7 @@ impl RegistryState {
         }
         if !self.stop_adapter(id).await && old_mapping.take().is_some() {
             // Its worker may still be settling jobs: rewriting them now could undo that.
-            tracing::warn!(bucket_id = %id, "the adapter was killed: pending writebacks keep their fields");
+            tracing::warn!(bucket_id = %id, "the adapter's writeback worker did not stop: pending writebacks keep their fields");
         }
         let clear = Clear { dedup: clear_dedup, error: clear_error, mapping: old_mapping };
         if let Err(e) = self.commit_patch(id, &bucket, batch, clear).await {

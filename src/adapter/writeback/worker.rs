@@ -1,6 +1,7 @@
 //! The writeback worker of one bucket: a task owned by the bucket's source-adapter actor
-//! (started in its `pre_start`, aborted in its `post_stop` or when its state is dropped), so
-//! it lives and restarts with the adapter and always uses the adapter's current settings.
+//! (started in its `pre_start`, stopped in its `post_stop` or when its state is dropped, and
+//! by the registry through its [`Lease`] when the actor was killed or failed), so it lives
+//! and restarts with the adapter and always uses the adapter's current settings.
 //! Delivery is at least once: an attempt cut short by a stop, or a crash between a 2xx and
 //! the job's deletion (each outcome is stored as soon as its attempt ends), is sent again.
 //!
@@ -55,6 +56,41 @@ pub const POLL: Duration = Duration::from_millis(250);
 /// Attempts in flight at once, per bucket.
 const CONCURRENCY: usize = 8;
 
+/// The registry's hold on the writeback worker of the adapter actor it spawns with it.
+///
+/// A stopped actor stops its worker in `post_stop`; a killed one does not run that, and
+/// ractor hands its state (the worker's handle with it) to the registry's supervision event,
+/// which the registry reads only after it has spawned the successor; a failed one drops its
+/// state only after the registry was told. Either way the old worker could go on settling
+/// jobs while the successor's start reads them, so the registry ends it through the lease
+/// first ([`Lease::end`]).
+#[derive(Clone, Default)]
+pub struct Lease {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Lease {
+    /// Runs `work` until it ends or the lease does.
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = work => {}
+            }
+        })
+    }
+
+    /// Stops what runs under the lease and waits up to `limit` for it to end (a poll under
+    /// way on another thread finishes first); false if it did not.
+    pub async fn end(self, limit: Duration) -> bool {
+        self.stop.cancel();
+        self.tasks.close();
+        tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+    }
+}
+
 /// Handle held by the adapter actor; dropping it stops the worker.
 pub struct Worker {
     task: tokio::task::JoinHandle<()>,
@@ -74,14 +110,15 @@ impl Worker {
         let _ = (&mut self.task).await;
     }
 
-    /// Starts the worker when the adapter's writeback is enabled (either trigger); `None`
-    /// otherwise (pending jobs then wait in the store until writeback is enabled again, or
-    /// go with the adapter).
+    /// Starts the worker, under `lease`, when the adapter's writeback is enabled (either
+    /// trigger); `None` otherwise (pending jobs then wait in the store until writeback is
+    /// enabled again, or go with the adapter).
     pub fn start(
         shared: &Shared,
         bucket_id: &BucketId,
         adapter: &SourceAdapter,
         owner: ActorRef<AdapterMsg>,
+        lease: &Lease,
     ) -> Option<Worker> {
         if !job::sends(adapter) {
             return None;
@@ -120,7 +157,7 @@ impl Worker {
             unreadable: HashSet::new(),
             scanned_at: None,
         };
-        Some(Worker { task: tokio::spawn(state.run()) })
+        Some(Worker { task: lease.spawn(state.run()) })
     }
 }
 
@@ -680,5 +717,54 @@ impl WorkerState {
             }
         }
         batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set when the task holding it is dropped: ended, not merely told to end.
+    struct Gone(Arc<AtomicBool>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_ends_what_runs_under_it_though_its_handle_lives_on() {
+        let lease = Lease::default();
+        let gone = Arc::new(AtomicBool::new(false));
+        let guard = Gone(gone.clone());
+        // As a killed actor's worker: its handle kept (in a state nobody dropped yet).
+        let handle = lease.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        assert!(!gone.load(Ordering::SeqCst));
+        assert!(lease.clone().end(Duration::from_secs(5)).await);
+        assert!(gone.load(Ordering::SeqCst), "the task ended before end() returned");
+        assert!(handle.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_lease_with_nothing_under_it_ends_at_once() {
+        assert!(Lease::default().end(Duration::from_millis(1)).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_reports_work_that_does_not_end_in_time() {
+        let lease = Lease::default();
+        let (began, started) = tokio::sync::oneshot::channel();
+        // A poll under way on another thread when the lease ends: it blocks that thread.
+        let _handle = lease.spawn(async move {
+            let _ = began.send(());
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        started.await.expect("the work began");
+        assert!(!lease.end(Duration::from_millis(20)).await);
     }
 }
