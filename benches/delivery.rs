@@ -11,6 +11,15 @@
 //! concurrent tasks of this process to a bare local route for `BENCH_REFERENCE_SECONDS`
 //! (default 3; 0 skips it), before and after. Deliveries/s is also printed as a share of
 //! their mean: what the machine could do at that moment with no daemon in between.
+//!
+//! The daemon runs on a runtime of its own (2 worker threads, as on the 2-core machine the
+//! figures come from), apart from the publishers and the receiver, as it would in its own
+//! process. From the publishing's start until the last delivery, a probe on a thread of its
+//! own asks the daemon's `GET /healthz` every 20 ms and the latency of its answers is printed:
+//! what a liveness probe sees during a wave of deliveries. With `BENCH_DOWN_SECONDS=N` the
+//! webhooks point at a closed local port instead: every attempt fails and is retried, and
+//! the probe runs for N seconds after the publishing (the figures then are the probe's and
+//! the attempts').
 
 mod common;
 use common::process_cpu;
@@ -66,10 +75,35 @@ fn main() -> anyhow::Result<()> {
     hookline::app::disable_transparent_huge_pages();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run())
+    let daemon_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("daemon").enable_all().build()?;
+    rt.block_on(run(daemon_rt.handle().clone()))
 }
 
-async fn run() -> anyhow::Result<()> {
+/// Asks `url` every 20 ms, from a thread and runtime of its own, until `stop`; returns the
+/// latencies (ms) of the answers, and how many probes failed or took over 5 s.
+fn probe(url: String, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(Vec<f64>, usize)> {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return (Vec::new(), 0);
+        };
+        rt.block_on(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+            let (mut lat, mut failed) = (Vec::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => lat.push(t0.elapsed().as_secs_f64() * 1000.0),
+                    _ => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (lat, failed)
+        })
+    })
+}
+
+async fn run(daemon_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let events = env_usize("BENCH_EVENTS", 20_000);
     let webhooks = env_usize("BENCH_WEBHOOKS", 4);
     let publishers = env_usize("BENCH_PUBLISHERS", 256);
@@ -88,7 +122,13 @@ async fn run() -> anyhow::Result<()> {
         warp::reply()
     });
     let rx_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let rx_addr = rx_listener.local_addr()?;
+    let down_secs = env_usize("BENCH_DOWN_SECONDS", 0) as u64;
+    let rx_addr = if down_secs > 0 {
+        // A port just bound and released: nothing listens there.
+        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?
+    } else {
+        rx_listener.local_addr()?
+    };
     tokio::spawn(warp::serve(filter).incoming(rx_listener).run());
     // The reference's bare route, on its own port so it counts nothing above.
     let ref_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -109,7 +149,7 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(hookline::app::run(config, listener, async move {
+    let daemon = daemon_rt.spawn(hookline::app::run(config, listener, async move {
         let _ = stop_rx.await;
     }));
     let client = reqwest::Client::builder().pool_max_idle_per_host(publishers).build()?;
@@ -132,6 +172,8 @@ async fn run() -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let cpu_before = process_cpu();
+    let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = probe(format!("{base}/healthz"), probe_stop.clone());
     let mut tasks = Vec::new();
     for _ in 0..publishers {
         let (client, base, published, next) = (client.clone(), base.clone(), published.clone(), next.clone());
@@ -156,9 +198,17 @@ async fn run() -> anyhow::Result<()> {
         t.await?;
     }
     let publish_elapsed = started.elapsed();
-    let finished = tokio::time::timeout(Duration::from_secs(300), done.notified()).await.is_ok();
+    let finished = if down_secs > 0 {
+        tokio::time::sleep(Duration::from_secs(down_secs)).await;
+        false
+    } else {
+        tokio::time::timeout(Duration::from_secs(300), done.notified()).await.is_ok()
+    };
     let elapsed = started.elapsed();
     let cpu = process_cpu().zip(cpu_before).map(|(after, before)| after - before);
+    probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut probes, probes_failed) = prober.join().unwrap_or_default();
+    probes.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let got = received.lock().unwrap().clone();
     let published = published.lock().unwrap().clone();
     let ref_after = if reference_secs > 0 { reference(&ref_client, &ref_url, reference_secs).await } else { 0.0 };
@@ -188,7 +238,7 @@ async fn run() -> anyhow::Result<()> {
         got.len(),
         elapsed.as_secs_f64(),
         rate,
-        if finished { "" } else { " (TIMED OUT before all arrived)" }
+        if finished || down_secs > 0 { "" } else { " (TIMED OUT before all arrived)" }
     );
     if reference_secs > 0 {
         println!(
@@ -214,6 +264,17 @@ async fn run() -> anyhow::Result<()> {
         pct(0.99),
         lat.last().copied().unwrap_or(f64::NAN)
     );
+    let at = |p: f64| {
+        probes.get(((probes.len() as f64 * p) as usize).min(probes.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "  GET /healthz every 20 ms meanwhile: {} answered, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",
+        probes.len(),
+        at(0.50),
+        at(0.99),
+        probes.last().copied().unwrap_or(f64::NAN),
+        if probes_failed > 0 { format!(" ({probes_failed} failed or over 5 s)") } else { String::new() }
+    );
     // Store side: how many group commits carried how many batches, and their latency.
     let m = client.get(format!("{base}/metrics")).send().await?.text().await?;
     let val = |name: &str| -> f64 {
@@ -222,6 +283,14 @@ async fn run() -> anyhow::Result<()> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    if down_secs > 0 {
+        println!(
+            "  receiver down: {:.0} delivery attempts in {} s after the publishing, {:.0} deliveries queued at the end",
+            val("hookline_delivery_attempts_total"),
+            down_secs,
+            val("hookline_delivery_queue_depth")
+        );
+    }
     let commits = val("hookline_store_commits_total");
     println!(
         "  store: {:.0} group commits, {:.1} batches/commit, mean commit (log write + fsync) {:.1} ms",
