@@ -146,7 +146,8 @@ async fn run(daemon_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     config.delivery.allow_insecure_http = true;
     config.delivery.allow_private_networks = true;
     config.delivery.max_in_flight_per_webhook = 64;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // As the daemon's binary binds (its listen backlog), within the daemon's runtime.
+    let listener = daemon_rt.spawn(async { hookline::http::listen::bind(([127, 0, 0, 1], 0).into()) }).await??;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = daemon_rt.spawn(hookline::app::run(config, listener, async move {
@@ -265,7 +266,10 @@ async fn run(daemon_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
         lat.last().copied().unwrap_or(f64::NAN)
     );
     let at = |p: f64| {
-        probes.get(((probes.len() as f64 * p) as usize).min(probes.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+        probes
+            .get(((probes.len() as f64 * p) as usize).min(probes.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
     };
     println!(
         "  GET /healthz every 20 ms meanwhile: {} answered, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",

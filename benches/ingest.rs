@@ -263,7 +263,8 @@ fn main() {
         config.auth.api_keys = vec![API_KEY.into()];
         config.delivery.allow_insecure_http = true;
         config.delivery.allow_private_networks = true;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // As the daemon's binary binds (its listen backlog).
+        let listener = hookline::http::listen::bind(([127, 0, 0, 1], 0).into()).expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(hookline::app::run(config, listener, std::future::pending()));
         addr

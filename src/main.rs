@@ -131,7 +131,7 @@ fn run() -> anyhow::Result<()> {
                 // First: SIGHUP is ignored from here on, a long start (a log replay) included.
                 let (shutdown, hurry) = shutdown_signals();
                 let addr = cfg.listen_addr()?;
-                let listener = match tokio::net::TcpListener::bind(addr).await {
+                let listener = match hookline::http::listen::bind(addr) {
                     Ok(listener) => listener,
                     Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                         return Err(anyhow::Error::new(e).context(format!(

@@ -34,6 +34,7 @@ mod admin;
 mod alerts;
 mod inbound;
 mod limits;
+pub mod listen;
 mod ops;
 mod outbound;
 mod page;
