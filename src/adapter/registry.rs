@@ -51,6 +51,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Patched {
     pub bucket: Bucket,
     pub webhook_secret: Option<String>,
+    /// For the answer's `warnings`: what the PATCH did that the caller may not have meant.
+    pub warnings: Vec<String>,
 }
 
 pub struct BucketRegistry;
@@ -580,6 +582,7 @@ impl RegistryState {
         let running = self.children.contains_key(id);
         let mut webhook_secret = None;
         let mut clear_dedup = false;
+        let mut warnings = Vec::new();
         let mut clear_error = false;
         // The objects a generic_webhook adapter made are not indexed by external ID: an adapter
         // type that changes objects by that ID, taking over from none or from one that does
@@ -673,8 +676,9 @@ impl RegistryState {
                 }
                 if let Some(scope) = dedup_scope(&adapter) {
                     let old = bucket.dedup_scope.clone();
-                    clear_dedup = old.is_some_and(|old| old != scope);
-                    if clear_dedup {
+                    clear_dedup = old.as_ref().is_some_and(|old| old != &scope);
+                    if let Some(old) = old.filter(|_| clear_dedup) {
+                        warnings.push(dedup_reset(&old, &scope));
                         // The marks in the bucket's objects stop counting (see `records.rs`).
                         bucket.dedup_generation += 1;
                     }
@@ -720,7 +724,7 @@ impl RegistryState {
             self.start_adapter(id, "after a PATCH").await;
         }
         tracing::info!(bucket_id = %id, adapter = bucket.source_adapter.is_some(), secret_rotated = webhook_secret.is_some(), "bucket patched");
-        Ok(Patched { bucket, webhook_secret })
+        Ok(Patched { bucket, webhook_secret, warnings })
     }
 
     /// A PATCH that leaves the running adapter as it is: the bucket is stored again only if
@@ -732,7 +736,7 @@ impl RegistryState {
             b.put(Keyspace::BUCKETS, id.as_str(), &bucket);
             self.shared.store.commit(b).await?;
         }
-        Ok(Patched { bucket, webhook_secret: None })
+        Ok(Patched { bucket, webhook_secret: None, warnings: Vec::new() })
     }
 
     /// After a PATCH that failed without changing anything: a fresh actor from the stored
@@ -1210,6 +1214,22 @@ fn had_adapter_stopped(bucket: &Bucket, children: &HashMap<BucketId, ActorRef<Ad
 fn dedup_scope(adapter: &SourceAdapter) -> Option<String> {
     let path = adapter.dedup_key.as_deref().or(super::kind::default_dedup_key(adapter.adapter_type))?;
     Some(format!("{}:{path}", adapter.adapter_type.as_str()))
+}
+
+/// The warning of a PATCH whose adapter dedups by another path or upstream (scopes as
+/// [`dedup_scope`] makes them): the keys are gone for good, and a path set back by mistake
+/// does not bring them back, so the caller is told.
+fn dedup_reset(old: &str, new: &str) -> String {
+    let said = |scope: &str| match scope.split_once(':') {
+        Some((kind, path)) => format!("`{path}` of {kind} events"),
+        None => format!("`{scope}`"),
+    };
+    format!(
+        "the dedup set started afresh: it deduplicated by {}, now by {}; an event accepted before this \
+         PATCH and sent again is created again (setting the old dedup_key back does not restore the old set)",
+        said(old),
+        said(new)
+    )
 }
 
 /// What a PATCH clears with its commit (see `commit_patch`).

@@ -157,12 +157,13 @@ pub async fn patch_bucket(state: &HttpState, req: &Request, id: &str) -> Result<
         _ => (Vec::new(), false),
     };
     let registry = state.shared.bucket_registry()?;
-    let Patched { bucket, webhook_secret } = ask!(registry, |reply| RegistryMsg::PatchBucket {
+    let Patched { bucket, webhook_secret, warnings: done } = ask!(registry, |reply| RegistryMsg::PatchBucket {
         namespace,
         bucket_id: bucket_id.clone(),
         body: Box::new(body),
         reply
     })?;
+    warnings.extend(done);
     if adapter_set {
         let sa = bucket.source_adapter.as_ref();
         warnings.extend(sa.and_then(|sa| verify::no_signing_secret(&state.shared, &bucket.bucket_id, sa)));

@@ -272,6 +272,8 @@ async fn configure_validate_and_show_the_secret_once() {
     let (s, b) = app.patch(&path, json!({"source_adapter": full_adapter(json!({"mode": "immediate"}))})).await;
     assert_eq!(s, 200, "{b}");
     let fresh = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let kept = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str);
+    assert!(kept.clone().all(|w| !w.contains("dedup set")), "the same path keeps the set: {b}");
     let (s, r) = ingest(&app, &bucket, Some(&fresh), &mux_like_event("a1", "video.asset.ready")).await;
     assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "{r}");
     assert_eq!(objects(&app, &bucket).await.len(), 2);
@@ -281,6 +283,14 @@ async fn configure_validate_and_show_the_secret_once() {
     by_event_id["dedup_key"] = json!("id");
     let (s, b) = app.patch(&path, json!({"source_adapter": by_event_id})).await;
     assert_eq!(s, 200, "{b}");
+    // Said in the answer: the old keys are gone for good, even if the path is set back.
+    let said: Vec<&str> = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(
+        said.iter().any(|w| w.contains("dedup set started afresh")
+            && w.contains("`data.id` of generic_webhook events")
+            && w.contains("now by `id` of generic_webhook events")),
+        "{b}"
+    );
     // Its id "a1" is a value the old set holds (as data.id): new under the new path.
     let mut e = mux_like_event("z9", "video.asset.ready");
     e["id"] = json!("a1");
