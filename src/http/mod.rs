@@ -176,7 +176,12 @@ pub async fn serve(
                         (body_error_label(&method, path.as_str(), &e, started), error_response(&e))
                     }
                 };
-                let mut resp = resp;
+                // Without a valid key, an admin route answers 401 whatever the method (the
+                // contract: a missing key is 401), not a 405 listing the methods it takes.
+                let mut resp = match anonymous_admin && resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+                    true => error_response(&ApiError::Unauthorized),
+                    false => resp,
+                };
                 if unread {
                     resp.headers_mut().insert(CONNECTION, warp::http::HeaderValue::from_static("close"));
                 }

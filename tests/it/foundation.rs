@@ -470,6 +470,16 @@ async fn malformed_requests_get_the_right_status() {
     assert_eq!(r.status(), 401, "authenticated as GET is");
     let r = app.client.put(app.url("/v1/buckets")).bearer_auth(&app.api_key).send().await.unwrap();
     assert_eq!(r.headers()["allow"], "GET, POST, HEAD");
+    // Without a key, an admin route's wrong method is a 401 too: no list of what it takes.
+    for m in [Method::PUT, Method::OPTIONS] {
+        let r = app.client.request(m.clone(), app.url("/v1/buckets")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{m}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer", "{m}");
+        assert!(r.headers().get("allow").is_none(), "{m}");
+    }
+    // The keyless routes still answer 405 (they take no key to be refused for).
+    let r = app.client.put(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
     // Not where GET is not taken.
     let r = app.client.head(app.url("/v1/events")).bearer_auth(&app.api_key).send().await.unwrap();
     assert_eq!(r.status(), 405);
