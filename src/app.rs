@@ -119,6 +119,7 @@ pub async fn run_with_hurry(
         bus: crate::events::EventBus::new(),
         gates: crate::adapter::verify::Gates::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        cut_off: tokio_util::sync::CancellationToken::new(),
     };
     let (supervisor, supervisor_handle) = Actor::spawn(Some(shared.names.supervisor()), Supervisor, shared.clone())
         .await
@@ -200,6 +201,8 @@ pub async fn run_with_hurry(
                 () = &mut hurry => true,
             };
             if hurried {
+                // The sends in flight end now, logged as attempts if their workers get to it.
+                shared.cut_off.cancel();
                 tracing::warn!(
                     "second shutdown signal: open requests are cut off and deliveries in flight stopped (they are \
                      sent again after the restart); flushing the store"
@@ -360,15 +363,33 @@ const LAST_STAGES_MIN: Duration = Duration::from_secs(2);
 async fn quiesce_deliveries(shared: &crate::state::Shared, grace: Duration) {
     let Some(registry) = ActorRef::<DeliveryMsg>::where_is(shared.names.delivery_registry()) else { return };
     let started = std::time::Instant::now();
-    match registry.call(DeliveryMsg::Quiesce, Some(grace)).await {
-        Ok(ractor::rpc::CallResult::Success(())) => {
-            tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "deliveries in flight finished")
+    // The last part of the grace is kept for the sends still running then, to be cut off and
+    // logged as attempts: they would otherwise vanish from the attempt log with the runtime.
+    let last = (grace / 4).min(CUT_OFF_WAIT);
+    let quiesce = |limit| {
+        let registry = registry.clone();
+        async move {
+            matches!(registry.call(DeliveryMsg::Quiesce, Some(limit)).await, Ok(ractor::rpc::CallResult::Success(())))
         }
-        _ => tracing::warn!(
-            "deliveries still in flight after the shutdown timeout; they are sent again after the restart"
-        ),
+    };
+    if quiesce(grace.saturating_sub(last)).await {
+        tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "deliveries in flight finished");
+        return;
+    }
+    shared.cut_off.cancel();
+    if quiesce(last).await {
+        tracing::warn!(
+            "deliveries still in flight at the shutdown timeout were cut off: each is logged as an attempt and \
+             sent again after the restart"
+        );
+    } else {
+        tracing::warn!("deliveries still in flight after the shutdown timeout; they are sent again after the restart");
     }
 }
+
+/// The most of the shutdown's grace kept for cutting off the sends still running (a quarter
+/// of it, at most this): the time their workers take to log them.
+const CUT_OFF_WAIT: Duration = Duration::from_secs(1);
 
 /// Lets open connections finish their requests for up to `grace`, then closes them.
 async fn drain_http(server: &mut tokio::task::JoinHandle<()>, grace: Duration) {

@@ -30,6 +30,10 @@ pub struct Shared {
     /// Cancelled when shutdown starts: delivery workers start no more sends (a worker
     /// respawned meanwhile included).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when the shutdown's grace for in-flight work has run out: the sends still
+    /// running end as attempts cut off (logged, due again at once after the restart) instead
+    /// of vanishing with the runtime.
+    pub cut_off: tokio_util::sync::CancellationToken,
 }
 
 /// Actor names, prefixed by a per-process-instance ID so several apps can run in one

@@ -991,6 +991,7 @@ impl WorkerState {
             let event = d.event.clone();
             let done_recipients = d.done_recipients.clone();
             let stopping = self.shared.shutdown.clone();
+            let cut_off = self.shared.cut_off.clone();
             let me = self.myself.clone();
             tokio::spawn(async move {
                 let at_ms = now_millis();
@@ -1005,7 +1006,12 @@ impl WorkerState {
                             done_recipients: &done_recipients,
                             stopping: &stopping,
                         };
-                        channel.send(&msg).await
+                        // Biased: an answer that came with the cut-off is the attempt's.
+                        tokio::select! {
+                            biased;
+                            r = channel.send(&msg) => r,
+                            () = cut_off.cancelled() => AttemptResult::cut_off(started.elapsed()),
+                        }
                     }
                     None => AttemptResult::failed(
                         Outcome::Permanent,

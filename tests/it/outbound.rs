@@ -1679,6 +1679,42 @@ async fn shutdown_lets_deliveries_in_flight_finish() {
     assert_eq!(rx.count(), 1, "sent again after the restart");
 }
 
+/// A send still running when the shutdown's grace runs out is cut off and logged as an
+/// attempt (not a failure: due again at once), so the attempt log shows the request the
+/// receiver got; after the restart it is sent again, with the same `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_off_by_the_shutdown_is_logged_as_an_attempt() {
+    let mut app =
+        TestApp::start_with(Options { server_toml: "shutdown_timeout_seconds = 2\n".into(), ..Options::default() })
+            .await;
+    let rx = Receiver::start(200).await;
+    rx.then(200, Duration::from_secs(60));
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "hung", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/hung"), "timeout": 120}}]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() == 1 }).await);
+    assert_eq!(tokio::task::block_in_place(|| app.stop()), Some(0));
+    let log = without_colors(&app.log());
+    assert!(log.contains("were cut off: each is logged as an attempt"), "{log}");
+
+    app.start_again().await;
+    assert!(eventually(WAIT, || async { rx.count() == 2 }).await, "sent again after the restart");
+    let done = || async { deliveries(&app, &id, None).await[0]["status"] == "succeeded" };
+    assert!(eventually(WAIT, done).await);
+    let d = deliveries(&app, &id, None).await.remove(0);
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{d}");
+    let first = attempts[0]["error"].as_str().unwrap_or_default();
+    assert!(first.contains("cut off by the daemon's shutdown after"), "{d}");
+    assert!(attempts[0]["status_code"].is_null(), "{d}");
+    assert_eq!(attempts[1]["status_code"], 200, "{d}");
+    let ids: Vec<String> = rx.captured().iter().filter_map(|c| c.header("webhook-id").map(str::to_string)).collect();
+    assert!(ids.len() == 2 && ids[0] == ids[1], "the same webhook-id: {ids:?}");
+}
+
 /// A pending delivery of a paused webhook says it is held (its `next_attempt_at` may pass).
 #[tokio::test]
 async fn a_paused_webhooks_pending_deliveries_say_they_are_held() {

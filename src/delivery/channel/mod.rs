@@ -370,6 +370,19 @@ impl AttemptResult {
     }
 }
 
+impl AttemptResult {
+    /// A send still running when the shutdown's grace ran out: no answer came in `waited`.
+    /// Not a failure (see `interrupted`): it is due again at once after the restart.
+    pub fn cut_off(waited: Duration) -> AttemptResult {
+        let error = format!(
+            "cut off by the daemon's shutdown after {:.1} s without an answer (server.shutdown_timeout_seconds); \
+             sent again after the restart",
+            waited.as_secs_f64()
+        );
+        AttemptResult { interrupted: true, ..AttemptResult::failed(Outcome::Retriable, "error", error) }
+    }
+}
+
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
 
 /// The sending side of a channel.
