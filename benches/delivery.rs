@@ -208,7 +208,8 @@ async fn run(daemon_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let cpu = process_cpu().zip(cpu_before).map(|(after, before)| after - before);
     probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut probes, probes_failed) = prober.join().unwrap_or_default();
+    let (mut probes, probes_failed) =
+        tokio::task::spawn_blocking(move || prober.join().unwrap_or_default()).await.unwrap_or_default();
     probes.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let got = received.lock().unwrap().clone();
     let published = published.lock().unwrap().clone();

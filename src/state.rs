@@ -34,6 +34,9 @@ pub struct Shared {
     /// running end as attempts cut off (logged, due again at once after the restart) instead
     /// of vanishing with the runtime.
     pub cut_off: tokio_util::sync::CancellationToken,
+    /// The leases the source-adapter actors run their writeback workers under (the bucket
+    /// registry's; here so that they outlive a registry that fails).
+    pub adapter_leases: crate::adapter::writeback::Leases,
 }
 
 /// Actor names, prefixed by a per-process-instance ID so several apps can run in one

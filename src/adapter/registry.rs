@@ -149,9 +149,6 @@ pub struct RegistryState {
     /// Running adapter actors, by bucket and by actor ID (supervision events carry the ID).
     children: HashMap<BucketId, ActorRef<AdapterMsg>>,
     child_ids: HashMap<ActorId, BucketId>,
-    /// The lease each bucket's latest adapter actor runs its writeback worker under: ended
-    /// before a successor starts and when the adapter stops.
-    leases: HashMap<BucketId, Lease>,
     restarts: HashMap<BucketId, RestartBudget>,
     /// Credentials the master key cannot open, for their gauge.
     unreadable: Unreadable,
@@ -178,7 +175,6 @@ impl Actor for BucketRegistry {
             myself,
             children: HashMap::new(),
             child_ids: HashMap::new(),
-            leases: HashMap::new(),
             restarts: HashMap::new(),
             unreadable,
         };
@@ -480,13 +476,13 @@ impl RegistryState {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // A predecessor that failed or was killed may have left its writeback worker running.
-        if let Some(old) = self.leases.remove(id) {
+        if let Some(old) = self.shared.adapter_leases.take(id) {
             if !old.end(STOP_TIMEOUT).await {
                 tracing::warn!(bucket_id = %id, "the previous adapter's writeback worker did not stop in time");
             }
         }
         let lease = Lease::default();
-        self.leases.insert(id.clone(), lease.clone());
+        self.shared.adapter_leases.put(id.clone(), lease.clone());
         let args = AdapterArgs { shared: self.shared.clone(), bucket_id: id.clone(), lease };
         let (actor, _) = Actor::spawn_linked(Some(name), SourceAdapterActor, args, self.myself.get_cell()).await?;
         self.child_ids.insert(actor.get_id(), id.clone());
@@ -508,9 +504,10 @@ impl RegistryState {
     }
 
     /// Stops the bucket's adapter actor, if one runs, and waits for it; not restarted. False
-    /// when its writeback worker may still be writing jobs: the actor had to be killed (its
-    /// `post_stop`, which stops the worker, did not run) and the worker did not end in time.
+    /// when it may still be writing: the actor had to be killed (its `post_stop`, which stops
+    /// its writeback worker, did not run) and did not die in time, or its worker did not end.
     async fn stop_adapter(&mut self, id: &BucketId) -> bool {
+        let mut died = true;
         if let Some(actor) = self.children.remove(id) {
             self.child_ids.remove(&actor.get_id());
             let reason = Some("adapter reconfigured or removed".into());
@@ -519,17 +516,18 @@ impl RegistryState {
                 tracing::warn!(bucket_id = %id, error = %e, "source adapter did not stop in time; killing it");
                 if let Err(e) = actor.kill_and_wait(Some(STOP_TIMEOUT)).await {
                     tracing::error!(bucket_id = %id, error = %e, "source adapter did not die in time");
+                    died = false;
                 }
             }
         }
         // At once after a stop (its `post_stop` ended the worker); after a kill, or a failure
         // that was not restarted, the worker's handle is in a state nothing has dropped yet.
-        let Some(lease) = self.leases.remove(id) else { return true };
+        let Some(lease) = self.shared.adapter_leases.take(id) else { return died };
         let ended = lease.end(STOP_TIMEOUT).await;
         if !ended {
             tracing::error!(bucket_id = %id, "the source adapter's writeback worker did not stop in time");
         }
-        ended
+        died && ended
     }
 
     /// Sets the adapter's `last_error` (its stats record) while no actor of the bucket runs.
@@ -703,8 +701,8 @@ impl RegistryState {
             }
         }
         if !self.stop_adapter(id).await && old_mapping.take().is_some() {
-            // Its worker may still be settling jobs: rewriting them now could undo that.
-            tracing::warn!(bucket_id = %id, "the adapter's writeback worker did not stop: pending writebacks keep their fields");
+            // It (or its worker) may still be writing jobs: rewriting them now could undo that.
+            tracing::warn!(bucket_id = %id, "the old adapter or its writeback worker did not stop: pending writebacks keep their fields");
         }
         let clear = Clear { dedup: clear_dedup, error: clear_error, mapping: old_mapping };
         if let Err(e) = self.commit_patch(id, &bucket, batch, clear).await {

@@ -1007,6 +1007,40 @@ async fn pending_writebacks_follow_a_renamed_target_field() {
     assert!(listed(&app, &bucket, "?status=pending", 0).await.is_empty());
 }
 
+/// The same when the old adapter had to be killed (it did not stop within 10 s, here
+/// stalled): its writeback worker is ended with it, so the PATCH moves the pending job to the
+/// new mapping, and nothing is sent under the old one after the PATCH.
+#[tokio::test]
+async fn a_killed_adapters_pending_writebacks_follow_a_renamed_target_field() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(500).await;
+    let schema = json!({"title": {"type": "string"}});
+    let (bucket, secret) = bucket_with(&app, "killed", schema, generic_adapter(&rx.url("/wb"), true)).await;
+    assert_eq!(ingest(&app, &bucket, &secret, json!({"id": "k1", "title": "First"})).await["status"], "buffered");
+    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "the first attempt fails (500)");
+    let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{bucket}"), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let path = format!("/v1/buckets/{bucket}");
+    let (_, view) = app.get(&path).await;
+    let mut adapter = view["source_adapter"].clone();
+    adapter["writeback"] = json!({"writeback_url": rx.url("/wb"),
+        "field_mapping": [{"source_path": "metadata.title", "target_field": "headline"}]});
+    let (s, b) = app.patch(&path, json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    let sent_before = rx.seen().len();
+    let log = app.log();
+    assert!(log.contains("source adapter did not stop in time; killing it"), "{log}");
+    assert!(!log.contains("pending writebacks keep their fields"), "{log}");
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    assert_eq!(pending[0]["fields"], json!({"headline": "First"}), "{pending:?}");
+    assert_eq!(app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await.0, 200);
+    rx.set_default(204);
+    let renamed = || async { rx.succeeded().iter().any(|s| s.body["fields"] == json!({"headline": "First"})) };
+    assert!(eventually(WAIT, renamed).await, "{:?}", rx.seen());
+    let after = rx.seen().into_iter().skip(sent_before).collect::<Vec<_>>();
+    assert!(after.iter().all(|s| s.body["fields"].get("title").is_none()), "{after:?}");
+}
+
 /// `GET …/writebacks{query}`, which must answer 200.
 async fn writebacks(app: &TestApp, bucket: &str, query: &str) -> Value {
     let (s, b) = app.get(&format!("{}{query}", writebacks_path(bucket))).await;

@@ -75,7 +75,10 @@ impl Lease {
     fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
+            // Biased: once the lease ends, the work takes no further step (an answer that came
+            // meanwhile would otherwise be settled, or new attempts started, first).
             tokio::select! {
+                biased;
                 () = stop.cancelled() => {}
                 () = work => {}
             }
@@ -88,6 +91,24 @@ impl Lease {
         self.stop.cancel();
         self.tasks.close();
         tokio::time::timeout(limit, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// The lease of each bucket's latest adapter actor. Used by the bucket registry alone, but
+/// kept in [`Shared`] rather than in the registry's state: a registry that fails takes its
+/// adapter actors down with it (killed), and the registry started in its place must find
+/// their leases to end their workers before it starts their successors.
+#[derive(Clone, Default)]
+pub struct Leases(Arc<std::sync::Mutex<std::collections::HashMap<BucketId, Lease>>>);
+
+impl Leases {
+    /// The bucket's lease, taken out (to be ended).
+    pub fn take(&self, id: &BucketId) -> Option<Lease> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id)
+    }
+
+    pub fn put(&self, id: BucketId, lease: Lease) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, lease);
     }
 }
 
@@ -748,6 +769,26 @@ mod tests {
         assert!(lease.clone().end(Duration::from_secs(5)).await);
         assert!(gone.load(Ordering::SeqCst), "the task ended before end() returned");
         assert!(handle.is_finished());
+    }
+
+    /// Work that is always ready takes no step once its lease ends (each of 50 rounds).
+    #[tokio::test]
+    async fn ended_work_takes_no_further_step() {
+        for _ in 0..50 {
+            let lease = Lease::default();
+            let steps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = steps.clone();
+            let _handle = lease.spawn(async move {
+                loop {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            });
+            tokio::task::yield_now().await;
+            let before = steps.load(Ordering::SeqCst);
+            assert!(lease.end(Duration::from_secs(5)).await);
+            assert_eq!(steps.load(Ordering::SeqCst), before, "a step after the lease ended");
+        }
     }
 
     #[tokio::test]
