@@ -1651,21 +1651,28 @@ async fn removing_a_channel_buries_its_deliveries_at_once() {
     assert!(r["error"]["message"].as_str().unwrap().contains("removed"), "{r}");
 }
 
+/// A webhook whose receiver answers its first request after `answer_after` (a send
+/// `timeout` of `timeout_s`), an event published to it, and the daemon stopped (SIGTERM,
+/// a clean exit) once that request is in: the receiver and the webhook's ID.
+async fn stopped_mid_send(app: &mut TestApp, answer_after: Duration, timeout_s: u64) -> (Receiver, String) {
+    let rx = Receiver::start(200).await;
+    rx.then(200, answer_after);
+    let configs = json!({"url": rx.url("/slow"), "timeout": timeout_s});
+    let body =
+        json!({"webhook_name": "slow", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": configs}]});
+    let (id, _) = create_webhook(app, body).await;
+    publish(app, "object.created", json!({})).await;
+    assert!(eventually(WAIT, || async { rx.count() == 1 }).await);
+    assert_eq!(tokio::task::block_in_place(|| app.stop()), Some(0));
+    (rx, id)
+}
+
 /// SIGTERM lets a send in flight finish and records its outcome: a deploy does not cut a
 /// slow receiver off, and nothing is sent again after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_deliveries_in_flight_finish() {
     let mut app = TestApp::start().await;
-    let rx = Receiver::start(200).await;
-    rx.then(200, Duration::from_secs(2));
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "slow", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/slow"), "timeout": 10}}]}),
-    )
-    .await;
-    publish(&app, "object.created", json!({})).await;
-    assert!(eventually(WAIT, || async { rx.count() == 1 }).await);
-    assert_eq!(tokio::task::block_in_place(|| app.stop()), Some(0));
+    let (rx, id) = stopped_mid_send(&mut app, Duration::from_secs(2), 10).await;
     let log = without_colors(&app.log());
     assert!(log.contains("deliveries in flight finished"), "{log}");
 
@@ -1687,16 +1694,7 @@ async fn a_send_cut_off_by_the_shutdown_is_logged_as_an_attempt() {
     let mut app =
         TestApp::start_with(Options { server_toml: "shutdown_timeout_seconds = 2\n".into(), ..Options::default() })
             .await;
-    let rx = Receiver::start(200).await;
-    rx.then(200, Duration::from_secs(60));
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "hung", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/hung"), "timeout": 120}}]}),
-    )
-    .await;
-    publish(&app, "object.created", json!({})).await;
-    assert!(eventually(WAIT, || async { rx.count() == 1 }).await);
-    assert_eq!(tokio::task::block_in_place(|| app.stop()), Some(0));
+    let (rx, id) = stopped_mid_send(&mut app, Duration::from_secs(60), 120).await;
     let log = without_colors(&app.log());
     assert!(log.contains("were cut off: each is logged as an attempt"), "{log}");
 

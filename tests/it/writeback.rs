@@ -954,17 +954,25 @@ fn retry_path(bucket: &str, writeback_id: &str) -> String {
     format!("{}/{writeback_id}/retry", writebacks_path(bucket))
 }
 
+/// A bucket `name` whose generic writeback of `title` goes to a receiver answering 500, and
+/// one event (`"title": "First"`) whose writeback's first attempt has failed: the receiver,
+/// the bucket and its secret.
+async fn a_failing_titled_job(app: &TestApp, name: &str) -> (Upstream, String, String) {
+    let rx = Upstream::start(500).await;
+    let schema = json!({"title": {"type": "string"}});
+    let (bucket, secret) = bucket_with(app, name, schema, generic_adapter(&rx.url("/wb"), true)).await;
+    assert_eq!(ingest(app, &bucket, &secret, json!({"id": "r1", "title": "First"})).await["status"], "buffered");
+    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "the first attempt fails (500)");
+    (rx, bucket, secret)
+}
+
 /// A PATCH that renames a writeback `target_field` (a column name fixed) applies to the jobs
 /// still pending at once, with the values they hold; one the new mapping leaves nothing to
 /// write is given up, saying why.
 #[tokio::test]
 async fn pending_writebacks_follow_a_renamed_target_field() {
     let app = TestApp::start().await;
-    let rx = Upstream::start(500).await;
-    let schema = json!({"title": {"type": "string"}});
-    let (bucket, secret) = bucket_with(&app, "renamed", schema, generic_adapter(&rx.url("/wb"), true)).await;
-    assert_eq!(ingest(&app, &bucket, &secret, json!({"id": "r1", "title": "First"})).await["status"], "buffered");
-    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "the first attempt fails (500)");
+    let (rx, bucket, secret) = a_failing_titled_job(&app, "renamed").await;
     let path = format!("/v1/buckets/{bucket}");
     let set_writeback = |writeback: Value| {
         let (app, path) = (&app, &path);
@@ -1013,13 +1021,17 @@ async fn pending_writebacks_follow_a_renamed_target_field() {
 #[tokio::test]
 async fn a_killed_adapters_pending_writebacks_follow_a_renamed_target_field() {
     let app = TestApp::start().await;
-    let rx = Upstream::start(500).await;
-    let schema = json!({"title": {"type": "string"}});
-    let (bucket, secret) = bucket_with(&app, "killed", schema, generic_adapter(&rx.url("/wb"), true)).await;
-    assert_eq!(ingest(&app, &bucket, &secret, json!({"id": "k1", "title": "First"})).await["status"], "buffered");
-    assert!(eventually(WAIT, || async { !rx.seen().is_empty() }).await, "the first attempt fails (500)");
+    let (rx, bucket, _) = a_failing_titled_job(&app, "killed").await;
     let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{bucket}"), json!({})).await;
     assert_eq!(s, 200, "{b}");
+    // Stalled once it has taken the message (a stop would otherwise come first): it then
+    // answers nothing, here its buffer.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+    let stalled = || async {
+        let url = app.url(&format!("/v1/debug/buffer/{bucket}"));
+        impatient.get(url).bearer_auth(&app.api_key).send().await.is_err_and(|e| e.is_timeout())
+    };
+    assert!(eventually(WAIT, stalled).await, "the adapter took the stall");
     let path = format!("/v1/buckets/{bucket}");
     let (_, view) = app.get(&path).await;
     let mut adapter = view["source_adapter"].clone();
