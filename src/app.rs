@@ -202,8 +202,10 @@ pub async fn run_with_hurry(
                 () = &mut hurry => true,
             };
             if hurried {
-                // The sends in flight end now, logged as attempts if their workers get to it.
+                // The sends in flight end now, and are logged as attempts if their workers
+                // take their ends within a moment (the actors' stop would drop them).
                 shared.cut_off.cancel();
+                ask_quiesce(&shared, HURRIED_CUT_OFF_WAIT).await;
                 tracing::warn!(
                     "second shutdown signal: open requests are cut off and deliveries in flight stopped (they are \
                      sent again after the restart); flushing the store"
@@ -362,35 +364,38 @@ const LAST_STAGES_MIN: Duration = Duration::from_secs(2);
 /// a deploy does not cut a slow receiver off mid-request. Those still running after it are
 /// sent again after the restart, with the same `webhook-id`.
 async fn quiesce_deliveries(shared: &crate::state::Shared, grace: Duration) {
-    let Some(registry) = ActorRef::<DeliveryMsg>::where_is(shared.names.delivery_registry()) else { return };
     let started = std::time::Instant::now();
     // The last part of the grace is kept for the sends still running then, to be cut off and
     // logged as attempts: they would otherwise vanish from the attempt log with the runtime.
     let last = (grace / 4).min(CUT_OFF_WAIT);
-    let quiesce = |limit| {
-        let registry = registry.clone();
-        async move {
-            matches!(registry.call(DeliveryMsg::Quiesce, Some(limit)).await, Ok(ractor::rpc::CallResult::Success(())))
-        }
-    };
-    if quiesce(grace.saturating_sub(last)).await {
+    if ask_quiesce(shared, grace.saturating_sub(last)).await {
         tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "deliveries in flight finished");
         return;
     }
     shared.cut_off.cancel();
-    if quiesce(last).await {
+    if ask_quiesce(shared, last).await {
         tracing::warn!(
-            "deliveries still in flight at the shutdown timeout were cut off: each is logged as an attempt and \
-             sent again after the restart"
+            "deliveries were still in flight at the end of the shutdown timeout: those still running were cut off, \
+             each logged as an attempt and sent again after the restart"
         );
     } else {
         tracing::warn!("deliveries still in flight after the shutdown timeout; they are sent again after the restart");
     }
 }
 
+/// Asks the delivery workers to answer once none has a send in flight; false if they did
+/// not within `limit`.
+async fn ask_quiesce(shared: &crate::state::Shared, limit: Duration) -> bool {
+    let Some(registry) = ActorRef::<DeliveryMsg>::where_is(shared.names.delivery_registry()) else { return true };
+    matches!(registry.call(DeliveryMsg::Quiesce, Some(limit)).await, Ok(ractor::rpc::CallResult::Success(())))
+}
+
 /// The most of the shutdown's grace kept for cutting off the sends still running (a quarter
 /// of it, at most this): the time their workers take to log them.
 const CUT_OFF_WAIT: Duration = Duration::from_secs(1);
+
+/// After a second stop signal, how long the sends it cut off have to be logged.
+const HURRIED_CUT_OFF_WAIT: Duration = Duration::from_millis(200);
 
 /// Lets open connections finish their requests for up to `grace`, then closes them.
 async fn drain_http(server: &mut tokio::task::JoinHandle<()>, grace: Duration) {

@@ -188,7 +188,7 @@ fn zero_series() {
         counter!(DELIVERIES_DEAD, "channel" => channel).absolute(0);
         // The dashboard's attempt latency panel: "none yet" before the first delivery.
         let _ = histogram!(DELIVERY_ATTEMPT_DURATION, "channel" => channel);
-        for result in ["2xx", "3xx", "4xx", "5xx", "timeout", "connect", "refused", "error"] {
+        for result in ["2xx", "3xx", "4xx", "5xx", "timeout", "connect", "refused", "error", "interrupted"] {
             counter!(DELIVERY_ATTEMPTS, "channel" => channel, "result" => result).absolute(0);
         }
     }

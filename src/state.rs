@@ -30,9 +30,10 @@ pub struct Shared {
     /// Cancelled when shutdown starts: delivery workers start no more sends (a worker
     /// respawned meanwhile included).
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// Cancelled when the shutdown's grace for in-flight work has run out: the sends still
-    /// running end as attempts cut off (logged, due again at once after the restart) instead
-    /// of vanishing with the runtime.
+    /// Cancelled when the part of the shutdown's grace given to sends in flight is over (all
+    /// of it but its last quarter, at most 1 s, kept for logging them), or at a second stop
+    /// signal: the sends still running end as attempts cut off (logged, due again at once
+    /// after the restart) instead of vanishing with the runtime.
     pub cut_off: tokio_util::sync::CancellationToken,
     /// The leases the source-adapter actors run their writeback workers under (the bucket
     /// registry's; here so that they outlive a registry that fails).

@@ -1005,8 +1005,11 @@ impl WorkerState {
                             signing_key: &key,
                             done_recipients: &done_recipients,
                             stopping: &stopping,
+                            cut_off: &cut_off,
                         };
-                        // Biased: an answer that came with the cut-off is the attempt's.
+                        // Biased: an answer that came with the cut-off is the attempt's, and
+                        // a multi-recipient channel, which ends its current recipient at the
+                        // cut-off itself, answers with the recipients it reached.
                         tokio::select! {
                             biased;
                             r = channel.send(&msg) => r,
@@ -1027,6 +1030,7 @@ impl WorkerState {
 
     fn done(&mut self, id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration) {
         self.in_flight.remove(&id);
+        let cut_off = result.result == super::channel::CUT_OFF;
         let Some(mut d) = self.queue.remove(&id) else { return };
         crate::metrics::delivery_attempt(&d.channel, result.result, duration);
         d.done_recipients.extend(result.reached.iter().cloned());
@@ -1084,7 +1088,10 @@ impl WorkerState {
             Decision::RetryIn(delay) => {
                 let due = now + delay.as_millis() as u64;
                 d.next_attempt_ms = Some(due);
-                self.note_outcome(&d, error);
+                // A send the shutdown cut off says nothing of the receiver: not its last_error.
+                if !cut_off {
+                    self.note_outcome(&d, error);
+                }
             }
         }
         self.write(&d);

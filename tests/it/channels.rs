@@ -339,6 +339,46 @@ async fn a_shutdown_mid_attempt_texts_each_number_once() {
     }
 }
 
+/// A shutdown whose grace runs out while the provider holds a number's text cuts that send
+/// off, but the attempt keeps the number it had reached: after the restart that one is not
+/// texted again; the cut-off one and the one never tried are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_off_mid_attempt_keeps_the_numbers_it_reached() {
+    let api = Receiver::start(201).await;
+    let delivery = format!(
+        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [3600]\n\n{}",
+        sms_section(&api)
+    );
+    let mut app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
+        delivery_toml: Some(delivery),
+        server_toml: "shutdown_timeout_seconds = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let numbers = ["+15550000001", "+15550000002", "+15550000003"];
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "oncall", "event_types": ["*"],
+            "channels": [{"channel": "sms", "configs": {"to": numbers}}]}),
+    )
+    .await;
+    // The first number at once; the provider holds the second past the grace.
+    api.then(201, Duration::ZERO);
+    api.then(201, Duration::from_secs(60));
+    publish(&app, "object.deleted", json!({"object_id": "obj_1"})).await;
+    assert!(eventually(WAIT, || async { api.count() == 2 }).await);
+    assert_eq!(app.stop(), Some(0), "{}", app.log());
+    app.start_again().await;
+    assert!(eventually(WAIT, || async { !deliveries(&app, &wh, Some("succeeded")).await.is_empty() }).await);
+    let texted: Vec<String> = api.captured().iter().map(|c| String::from_utf8_lossy(&c.body).to_string()).collect();
+    let times = |n: &str| texted.iter().filter(|b| b.contains(&format!("To={}", n.replace('+', "%2B")))).count();
+    assert_eq!([times(numbers[0]), times(numbers[1]), times(numbers[2])], [1, 2, 1], "{texted:?}");
+    let d = deliveries(&app, &wh, Some("succeeded")).await.remove(0);
+    let first = d["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(first.contains("2 number(s) not tried or cut off: hookline was shutting down"), "{d}");
+}
+
 #[tokio::test]
 async fn email_goes_through_smtp_and_a_retry_keeps_its_message_id() {
     let tmp = tempfile::tempdir().unwrap();

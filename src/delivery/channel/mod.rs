@@ -319,13 +319,17 @@ pub struct Message<'a> {
     /// next recipient then, so the attempt ends (and its reached recipients are recorded)
     /// within the shutdown's grace, and the restart sends to the others only.
     pub stopping: &'a tokio_util::sync::CancellationToken,
+    /// Cancelled when the shutdown's grace for sends in flight is over (see
+    /// `Shared::cut_off`): a multi-recipient channel ends its current recipient's send then,
+    /// counting that recipient as not sent, so that the recipients it reached are recorded.
+    pub cut_off: &'a tokio_util::sync::CancellationToken,
 }
 
 /// Marks an attempt cut short by the shutdown, `n` of its recipients not tried: whatever
 /// the others gave (a permanent failure included), the delivery waits for them, due at once
 /// after the restart, and the attempt does not count as a failure.
 pub(crate) fn interrupted(mut r: AttemptResult, n: usize, noun: &str) -> AttemptResult {
-    let why = format!("{n} {noun} not tried: hookline was shutting down (sent after the restart)");
+    let why = format!("{n} {noun} not tried or cut off: hookline was shutting down (sent after the restart)");
     r.error = Some(match r.error.take() {
         Some(e) => format!("{e}; {why}"),
         None => why,
@@ -346,7 +350,8 @@ pub struct AttemptResult {
     pub error: Option<String>,
     /// The receiver's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
-    /// Bounded metrics label: `2xx`, `4xx`, `5xx`, `3xx`, `timeout`, `connect`, `refused`, `error`.
+    /// Bounded metrics label: `2xx`, `4xx`, `5xx`, `3xx`, `timeout`, `connect`, `refused`,
+    /// `error`, `interrupted` ([`CUT_OFF`]).
     pub result: &'static str,
     /// Recipients this attempt reached (multi-recipient channels): not sent to again.
     pub reached: Vec<String>,
@@ -371,17 +376,21 @@ impl AttemptResult {
 }
 
 impl AttemptResult {
-    /// A send still running when the shutdown's grace ran out: no answer came in `waited`.
-    /// Not a failure (see `interrupted`): it is due again at once after the restart.
+    /// A send still running when the shutdown's grace for sends ran out: no answer came in
+    /// `waited`. Not a failure (see `interrupted`): it is due again at once after the
+    /// restart. Its metrics label is [`CUT_OFF`].
     pub fn cut_off(waited: Duration) -> AttemptResult {
         let error = format!(
             "cut off by the daemon's shutdown after {:.1} s without an answer (server.shutdown_timeout_seconds); \
              sent again after the restart",
             waited.as_secs_f64()
         );
-        AttemptResult { interrupted: true, ..AttemptResult::failed(Outcome::Retriable, "error", error) }
+        AttemptResult { interrupted: true, ..AttemptResult::failed(Outcome::Retriable, CUT_OFF, error) }
     }
 }
+
+/// The metrics label of an attempt [`AttemptResult::cut_off`] made.
+pub const CUT_OFF: &str = "interrupted";
 
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = AttemptResult> + Send + 'a>>;
 

@@ -132,7 +132,16 @@ impl SmsChannel {
             h.insert(AUTHORIZATION, api.authorization.clone());
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
             let hidden: Vec<&str> = api.hidden.iter().map(String::as_str).collect();
-            let r = exchange_hiding(&self.deps.client, req, api.timeout, &hidden).await;
+            // Biased: an answer that came with the cut-off counts.
+            let sent = tokio::select! {
+                biased;
+                r = exchange_hiding(&self.deps.client, req, api.timeout, &hidden) => Some(r),
+                () = msg.cut_off.cancelled() => None,
+            };
+            let Some(r) = sent else {
+                stopped += 1;
+                continue;
+            };
             if r.outcome == Outcome::Delivered {
                 reached.push(to.clone());
                 last_ok = Some(r);
