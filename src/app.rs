@@ -361,8 +361,9 @@ type LogLostClose = tokio::task::JoinHandle<Result<(), String>>;
 const LAST_STAGES_MIN: Duration = Duration::from_secs(2);
 
 /// Lets the deliveries in flight finish (and records their outcomes) for up to `grace`:
-/// a deploy does not cut a slow receiver off mid-request. Those still running after it are
-/// sent again after the restart, with the same `webhook-id`.
+/// a deploy does not cut a slow receiver off mid-request. Those still running near its end
+/// are cut off ([`Shared::cut_off`](crate::state::Shared::cut_off)) and logged as attempts,
+/// and sent again after the restart, with the same `webhook-id`.
 async fn quiesce_deliveries(shared: &crate::state::Shared, grace: Duration) {
     let started = std::time::Instant::now();
     // The last part of the grace is kept for the sends still running then, to be cut off and

@@ -373,9 +373,7 @@ impl AttemptResult {
             interrupted: false,
         }
     }
-}
 
-impl AttemptResult {
     /// A send still running when the shutdown's grace for sends ran out: no answer came in
     /// `waited`. Not a failure (see `interrupted`): it is due again at once after the
     /// restart. Its metrics label is [`CUT_OFF`].
