@@ -298,32 +298,42 @@ impl Drop for Smtp {
     }
 }
 
+/// The three numbers the shutdown tests text.
+const NUMBERS: [&str; 3] = ["+15550000001", "+15550000002", "+15550000003"];
+
+/// An SMS provider, a daemon (its `[server]` settings `server`) whose retries are an hour
+/// apart (so the numbers not tried go out as soon as it is back, not at a retry: a cut
+/// attempt is no failure), and a webhook texting [`NUMBERS`]: the provider, the daemon and
+/// the webhook's ID.
+async fn texting_three_numbers(server: &str) -> (Receiver, TestApp, String) {
+    let api = Receiver::start(201).await;
+    let delivery = format!(
+        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [3600]\n\n{}",
+        sms_section(&api)
+    );
+    let app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
+        delivery_toml: Some(delivery),
+        server_toml: server.into(),
+        ..Options::default()
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "oncall", "event_types": ["*"],
+            "channels": [{"channel": "sms", "configs": {"to": NUMBERS}}]}),
+    )
+    .await;
+    (api, app, wh)
+}
+
 /// A shutdown during an SMS attempt to several numbers starts no send to the next one: the
 /// attempt ends within the grace, the number it reached recorded, and the restart texts
 /// only the others, so each number gets the text once.
 // Multi-threaded: the receiver must answer while this thread waits for the daemon's exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_mid_attempt_texts_each_number_once() {
-    let api = Receiver::start(201).await;
-    // An hour before any retry: the numbers not tried must not wait for one (the cut attempt
-    // is no failure), they go out as soon as the daemon is back.
-    let delivery = format!(
-        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [3600]\n\n{}",
-        sms_section(&api)
-    );
-    let mut app = TestApp::start_with(Options {
-        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
-        delivery_toml: Some(delivery),
-        ..Options::default()
-    })
-    .await;
-    let numbers = ["+15550000001", "+15550000002", "+15550000003"];
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "oncall", "event_types": ["*"],
-            "channels": [{"channel": "sms", "configs": {"to": numbers}}]}),
-    )
-    .await;
+    let (api, mut app, wh) = texting_three_numbers("").await;
     // The provider takes 2 s over the first number: the shutdown comes meanwhile.
     api.then(201, Duration::from_secs(2));
     publish(&app, "object.deleted", json!({"object_id": "obj_1"})).await;
@@ -333,7 +343,7 @@ async fn a_shutdown_mid_attempt_texts_each_number_once() {
     app.start_again().await;
     assert!(eventually(WAIT, || async { !deliveries(&app, &wh, Some("succeeded")).await.is_empty() }).await);
     let texted: Vec<String> = api.captured().iter().map(|c| String::from_utf8_lossy(&c.body).to_string()).collect();
-    for n in numbers {
+    for n in NUMBERS {
         let to = format!("To={}", n.replace('+', "%2B"));
         assert_eq!(texted.iter().filter(|b| b.contains(&to)).count(), 1, "{n}: {texted:?}");
     }
@@ -344,25 +354,7 @@ async fn a_shutdown_mid_attempt_texts_each_number_once() {
 /// texted again; the cut-off one and the one never tried are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_cut_off_mid_attempt_keeps_the_numbers_it_reached() {
-    let api = Receiver::start(201).await;
-    let delivery = format!(
-        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [3600]\n\n{}",
-        sms_section(&api)
-    );
-    let mut app = TestApp::start_with(Options {
-        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
-        delivery_toml: Some(delivery),
-        server_toml: "shutdown_timeout_seconds = 2\n".into(),
-        ..Options::default()
-    })
-    .await;
-    let numbers = ["+15550000001", "+15550000002", "+15550000003"];
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "oncall", "event_types": ["*"],
-            "channels": [{"channel": "sms", "configs": {"to": numbers}}]}),
-    )
-    .await;
+    let (api, mut app, wh) = texting_three_numbers("shutdown_timeout_seconds = 2\n").await;
     // The first number at once; the provider holds the second past the grace.
     api.then(201, Duration::ZERO);
     api.then(201, Duration::from_secs(60));
@@ -373,7 +365,7 @@ async fn a_send_cut_off_mid_attempt_keeps_the_numbers_it_reached() {
     assert!(eventually(WAIT, || async { !deliveries(&app, &wh, Some("succeeded")).await.is_empty() }).await);
     let texted: Vec<String> = api.captured().iter().map(|c| String::from_utf8_lossy(&c.body).to_string()).collect();
     let times = |n: &str| texted.iter().filter(|b| b.contains(&format!("To={}", n.replace('+', "%2B")))).count();
-    assert_eq!([times(numbers[0]), times(numbers[1]), times(numbers[2])], [1, 2, 1], "{texted:?}");
+    assert_eq!(NUMBERS.map(times), [1, 2, 1], "{texted:?}");
     let d = deliveries(&app, &wh, Some("succeeded")).await.remove(0);
     let first = d["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(first.contains("2 number(s) not tried or cut off: hookline was shutting down"), "{d}");
