@@ -90,9 +90,10 @@ pub enum AdapterMsg {
     /// `GET /v1/debug/buffer/{bucket_id}` (tests): the buffer's byte count as kept, and
     /// recomputed from its entries.
     BufferBytes(RpcReplyPort<BufferBytes>),
-    /// `POST /v1/debug/stall-adapter/{bucket_id}` (tests): wait until the semaphore is
-    /// closed, as an actor busy with a long task would (indexing after a takeover).
-    Stall(std::sync::Arc<tokio::sync::Semaphore>),
+    /// `POST /v1/debug/stall-adapter/{bucket_id}` (tests): say it is taken, then wait until
+    /// the semaphore is closed, as an actor busy with a long task would (indexing after a
+    /// takeover).
+    Stall(std::sync::Arc<tokio::sync::Semaphore>, RpcReplyPort<()>),
     /// `POST …/objects/{id}/alerts` while this actor runs (forwarded by the registry): the
     /// actor knows what is still buffered, and records the alert with its writeback job.
     Alert(Box<NewAlert>, RpcReplyPort<Result<AlertAnswer, AlertError>>),
@@ -519,7 +520,8 @@ impl Actor for SourceAdapterActor {
                 let actual = state.buffer.iter().map(stored_size).sum();
                 let _ = reply.send(BufferBytes { entries: state.buffer.len(), counted: state.buffer_bytes, actual });
             }
-            AdapterMsg::Stall(release) => {
+            AdapterMsg::Stall(release, taken) => {
+                let _ = taken.send(());
                 let _ = release.acquire().await;
             }
             AdapterMsg::Crash => return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash")),

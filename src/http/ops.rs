@@ -146,6 +146,9 @@ pub async fn hold_ingest(state: &HttpState, req: &Request, bucket_id: &str) -> R
 /// `POST /v1/debug/stall-adapter/{bucket_id}` makes the bucket's adapter actor wait, as
 /// an actor busy with a long task would (indexing after a takeover), until `DELETE` on the
 /// same path: what makes "a busy bucket holds up no other" testable. Debug endpoints only.
+/// How long `POST /v1/debug/stall-adapter` waits for the actor to take the stall.
+const STALL_TAKEN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn stall_adapter(state: &HttpState, req: &Request, bucket_id: &str) -> Result<Response, ApiError> {
     use crate::adapter::actor::AdapterMsg;
     req.authenticate(state)?;
@@ -154,10 +157,22 @@ pub async fn stall_adapter(state: &HttpState, req: &Request, bucket_id: &str) ->
             let actor = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id))
                 .ok_or_else(|| ApiError::NotFound(format!("no running source adapter for bucket {bucket_id}")))?;
             let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-            actor
-                .cast(AdapterMsg::Stall(release.clone()))
-                .map_err(|e| ApiError::Unavailable(format!("actor did not take the message: {e}")))?;
-            lock(&state.holds.stalls).insert(bucket_id.to_string(), release)
+            // An earlier stall is released first, or the actor could not take this one.
+            if let Some(earlier) = lock(&state.holds.stalls).insert(bucket_id.to_string(), release.clone()) {
+                earlier.close();
+            }
+            // Answered once the actor has taken the stall: a stop sent after this answer can
+            // no longer overtake it (ractor takes a stop before queued messages).
+            let taken = actor.call(|reply| AdapterMsg::Stall(release.clone(), reply), Some(STALL_TAKEN)).await;
+            if !matches!(taken, Ok(ractor::rpc::CallResult::Success(()))) {
+                release.close();
+                lock(&state.holds.stalls).remove(bucket_id);
+                return Err(ApiError::Unavailable(format!(
+                    "the adapter actor did not take the stall within {} s",
+                    STALL_TAKEN.as_secs()
+                )));
+            }
+            None
         }
         _ => lock(&state.holds.stalls).remove(bucket_id),
     };
