@@ -143,12 +143,12 @@ pub async fn hold_ingest(state: &HttpState, req: &Request, bucket_id: &str) -> R
     Ok(json(StatusCode::OK, &serde_json::json!({"reached": reached})))
 }
 
-/// `POST /v1/debug/stall-adapter/{bucket_id}` makes the bucket's adapter actor wait, as
-/// an actor busy with a long task would (indexing after a takeover), until `DELETE` on the
-/// same path: what makes "a busy bucket holds up no other" testable. Debug endpoints only.
 /// How long `POST /v1/debug/stall-adapter` waits for the actor to take the stall.
 const STALL_TAKEN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// `POST /v1/debug/stall-adapter/{bucket_id}` makes the bucket's adapter actor wait, as
+/// an actor busy with a long task would (indexing after a takeover), until `DELETE` on the
+/// same path: what makes "a busy bucket holds up no other" testable. Debug endpoints only.
 pub async fn stall_adapter(state: &HttpState, req: &Request, bucket_id: &str) -> Result<Response, ApiError> {
     use crate::adapter::actor::AdapterMsg;
     req.authenticate(state)?;
