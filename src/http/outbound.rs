@@ -226,14 +226,14 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     Ok(json(StatusCode::ACCEPTED, &serde_json::json!({ "event_id": event_id })))
 }
 
-/// `GET …/deliveries?status=&limit=&before=`: newest first, at most `limit` (default 100,
-/// max 1000), older than the delivery `before` when given (the last ID of the previous page).
-/// Delivery IDs start with their event's time-ordered ID, so key order is time order and a
-/// page reads only what it returns (plus, with `status`, the deliveries it skips).
 /// The refusal of a `before=` that is no delivery ID: any one is a position in the list.
 const NOT_A_POSITION: &str =
     "not a delivery_id as this list returns them: any one works as a position, this webhook's or not";
 
+/// `GET …/deliveries?status=&limit=&before=`: newest first, at most `limit` (default 100,
+/// max 1000), older than the delivery `before` when given (the last ID of the previous page).
+/// Delivery IDs start with their event's time-ordered ID, so key order is time order and a
+/// page reads only what it returns (plus, with `status`, the deliveries it skips).
 async fn deliveries(state: &HttpState, req: &Request, id: &str) -> Result<Response, ApiError> {
     req.authenticate_list(state, &["status", "limit", "before"])?;
     let w = load(state, id)?;
