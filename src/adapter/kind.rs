@@ -323,7 +323,9 @@ pub fn external_id(
                     Some(Value::Number(n)) => {
                         format!("the row's {col:?} (id_column) is {}", path::number_key_problem(n))
                     }
-                    _ => format!("the row has no usable {col:?} (id_column): a non-empty string or a number is needed"),
+                    _ => {
+                        format!("the row has no usable {col:?} (id_column): a string (not blank) or a number is needed")
+                    }
                 })),
             }
         }

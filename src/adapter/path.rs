@@ -43,6 +43,13 @@ pub fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
+/// A string as an ID: `None` when it is blank (empty, or white space only). A blank value
+/// names nothing: every event carrying it would share one key, and all but the first would
+/// be dropped as `duplicate`s of it.
+pub fn string_key(s: &str) -> Option<&str> {
+    (!s.trim().is_empty()).then_some(s)
+}
+
 /// A number as an ID: an integer in its decimal form (`7`, and `7.0` too, so both are one
 /// key with `"7"`). `None` for a fraction, and for an integer past 64 bits: JSON parsing
 /// rounds those to the nearest float, so two different IDs would become one key (and one

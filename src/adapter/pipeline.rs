@@ -74,22 +74,24 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
         // Dedup guards creation only: an update or delete may lack it (Supabase sends a
         // DELETE with `record: null`, the row in `old_record`).
         None if operation != Operation::Create => None,
-        None => match dedup_path(adapter) {
-            None => None,
-            Some(_) if mux_default(adapter) => {
-                return Err(PayloadError(
-                    "the event names no Mux asset (data.id, or data.asset_id for an upload)".into(),
-                ))
+        None => {
+            match dedup_path(adapter) {
+                None => None,
+                Some(_) if mux_default(adapter) => {
+                    return Err(PayloadError(
+                        "the event names no Mux asset (data.id, or data.asset_id for an upload)".into(),
+                    ))
+                }
+                Some(p) => {
+                    return Err(PayloadError(match path::lookup(payload, p) {
+                        Some(Value::Number(n)) => format!("dedup_key {p:?} is {}", path::number_key_problem(n)),
+                        _ => {
+                            format!("dedup_key {p:?} is missing from the payload or is not a string (not blank) or a number")
+                        }
+                    }))
+                }
             }
-            Some(p) => {
-                return Err(PayloadError(match path::lookup(payload, p) {
-                    Some(Value::Number(n)) => format!("dedup_key {p:?} is {}", path::number_key_problem(n)),
-                    _ => {
-                        format!("dedup_key {p:?} is missing from the payload or is not a non-empty string or a number")
-                    }
-                }))
-            }
-        },
+        }
     };
     let external_id = kind::external_id(adapter, payload, dedup_value.as_deref())?;
     for (what, value) in [("the dedup value", &dedup_value), ("the upstream ID", &external_id)] {
@@ -146,7 +148,7 @@ pub fn dedup_value(adapter: &SourceAdapter, payload: &Value) -> Option<String> {
         return crate::adapter::mux::event_asset_id(payload).map(str::to_string);
     }
     match path::lookup(payload, dedup_path(adapter)?) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::String(s)) => path::string_key(s).map(str::to_string),
         Some(Value::Number(n)) => path::number_key(n),
         _ => None,
     }
@@ -657,9 +659,9 @@ pub(crate) mod tests {
         assert_eq!(screen(&a, &json!({"type": "other"})).unwrap(), Screen::Ignored);
         assert_eq!(screen(&a, &json!({"data": {}})).unwrap(), Screen::Ignored);
         assert!(screen(&a, &json!({"type": "asset.ready"})).is_err(), "no dedup value");
-        for useless in [json!(true), json!(""), json!(null), json!({"a": 1})] {
+        for useless in [json!(true), json!(""), json!(" "), json!("\t\n\u{3000}"), json!(null), json!({"a": 1})] {
             let e = screen(&a, &json!({"type": "asset.ready", "data": {"id": useless}})).unwrap_err();
-            assert!(e.0.contains("non-empty string or a number"), "{useless}: {}", e.0);
+            assert!(e.0.contains("not a string (not blank) or a number"), "{useless}: {}", e.0);
         }
         for inexact in [json!(1.5), json!(1e30)] {
             let e = screen(&a, &json!({"type": "asset.ready", "data": {"id": inexact}})).unwrap_err();

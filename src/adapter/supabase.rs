@@ -97,7 +97,7 @@ impl DbEvent {
         row.as_ref().ok_or(SupabaseError::MissingRow { op: self.op.as_str(), field })
     }
 
-    /// The row's primary key as a string: strings (non-empty) and numbers are accepted,
+    /// The row's primary key as a string: strings (not blank) and numbers are accepted,
     /// anything else (null, bool, objects) is not a usable key.
     pub fn primary_key(&self, id_column: &str) -> Option<String> {
         key_of(self.row().ok()?, id_column)
@@ -131,7 +131,7 @@ pub fn old_primary_key(payload: &Value, id_column: &str) -> Option<String> {
 
 fn key_of(row: &Map<String, Value>, id_column: &str) -> Option<String> {
     match row.get(id_column)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::String(s) => super::path::string_key(s).map(str::to_string),
         Value::Number(n) => super::path::number_key(n),
         _ => None,
     }
@@ -351,7 +351,7 @@ mod tests {
         // parsing), is refused; an integral float is its integer.
         assert_eq!(with(json!(1.5)).primary_key("id"), None);
         assert_eq!(with(json!(7.0)).primary_key("id").as_deref(), Some("7"));
-        for bad in [json!(null), json!(true), json!(""), json!({"a": 1}), json!([1])] {
+        for bad in [json!(null), json!(true), json!(""), json!("  "), json!({"a": 1}), json!([1])] {
             assert_eq!(with(bad.clone()).primary_key("id"), None, "{bad}");
         }
         assert_eq!(with(json!(1)).primary_key("missing"), None);

@@ -394,6 +394,13 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     let mut no_id = mux_like_event("x", "video.asset.ready");
     no_id["data"].as_object_mut().unwrap().remove("id");
     assert_eq!(ingest(&app, &bucket, s, &no_id).await.0, 422);
+    // A blank value names nothing: refused too, rather than made the key every later blank
+    // event would be a `duplicate` of.
+    let mut blank = mux_like_event("x", "video.asset.ready");
+    blank["data"]["id"] = json!(" \t");
+    let (st, b) = ingest(&app, &bucket, s, &blank).await;
+    assert_eq!(st, 422, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("(not blank)"), "{b}");
     let path = format!("/v1/buckets/{bucket}/source-adapter/ingest");
     let (st, b) = app.post_raw(&path, "{not json", &[("x-webhook-secret", secret.as_str())]).await;
     assert_eq!((st, b["error"]["code"].as_str()), (400, Some("malformed_json")));
@@ -410,7 +417,7 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert_eq!(st["adapter_type"], "generic_webhook");
     assert_eq!(st["events_buffered"], 0);
     assert_eq!(st["events_processed_24h"], 2, "created + duplicate: {st}");
-    assert_eq!(st["events_failed_24h"], 2, "{st}");
+    assert_eq!(st["events_failed_24h"], 3, "{st}");
     assert!(st["last_error"].as_str().unwrap().contains("dedup_key"), "{st}");
     assert!(st["last_error_at"].as_str().unwrap().starts_with("20"), "when it happened: {st}");
     assert_eq!(st["last_flush_at"], Value::Null);

@@ -34,7 +34,7 @@ pub fn needs_fetch(asset: &Value) -> bool {
 /// The id of an asset object (`data.id` of a `video.asset.*` event; see `event_asset_id` for
 /// the id an event is about).
 pub fn asset_id(asset: &Value) -> Option<&str> {
-    asset.get("id").and_then(Value::as_str).filter(|s| !s.is_empty())
+    asset.get("id").and_then(Value::as_str).and_then(crate::adapter::path::string_key)
 }
 
 /// The first track of `type: video`.

@@ -101,7 +101,7 @@ pub fn is_asset_part_event(event: &Value) -> bool {
 /// upload's `asset_created` and its asset's `ready` are one object.
 pub fn event_asset_id(event: &Value) -> Option<&str> {
     fn non_empty(v: Option<&Value>) -> Option<&str> {
-        v.and_then(Value::as_str).filter(|s| !s.is_empty())
+        v.and_then(Value::as_str).and_then(crate::adapter::path::string_key)
     }
     if is_asset_part_event(event) {
         return non_empty(event.pointer("/data/asset_id"));
