@@ -1650,6 +1650,51 @@ async fn supabase_update_of_the_primary_key_rekeys_the_rows_object() {
     assert!(objects(&app, b).await.is_empty());
 }
 
+/// A key change onto a key that another object already has (row 2 was deleted unseen, its
+/// DELETE filtered out, and row 1 took its key) changes row 1's object only: row 2's object
+/// keeps its content and is no longer found by the key, so the row's later UPDATE and
+/// DELETE (after a restart too) reach its own object alone.
+#[tokio::test]
+async fn a_key_change_onto_a_taken_key_changes_the_rows_own_object_only() {
+    let mut app = TestApp::start().await;
+    let (bucket, secret) =
+        supabase_rows(&app, "taken", json!({"event_filter": {"event_types": ["INSERT", "UPDATE"]}})).await;
+    let (b, s) = (bucket.as_str(), secret.as_str());
+    let made = insert_rows(&app, b, s, &[1, 2]).await;
+    let (one, two) = (&made[0], &made[1]);
+    let r = post_row(&app, b, s, db_event("DELETE", Value::Null, json!({"id": 2}))).await;
+    assert_eq!(r["status"], "ignored", "filtered out: {r}");
+    let key_change = db_event("UPDATE", json!({"id": 2, "title": "one, now 2"}), json!({"id": 1}));
+    let r = post_row(&app, b, s, key_change).await;
+    assert_eq!((&r["status"], &r["object_id"], &r["object_ids"]), (&json!("updated"), one, &json!([one])), "{r}");
+    let title = |objs: &[Value], oid: &Value| {
+        let o = objs.iter().find(|o| &o["object_id"] == oid).unwrap();
+        (o["metadata"]["title"].clone(), o["source"]["external_id"].clone())
+    };
+    let objs = objects(&app, b).await;
+    assert_eq!(objs.len(), 2, "{objs:?}");
+    assert_eq!(title(&objs, one), (json!("one, now 2"), json!("2")));
+    assert_eq!(title(&objs, two), (json!("t"), json!("2")), "row 2's object as it was");
+
+    let r = post_row(&app, b, s, db_event("UPDATE", json!({"id": 2, "title": "again"}), json!({"id": 2}))).await;
+    assert_eq!(&r["object_ids"], &json!([one]), "{r}");
+    app.restart().await;
+    let (s2, body) = app
+        .patch(
+            &format!("/v1/buckets/{b}"),
+            json!({"source_adapter": {"adapter_type": "supabase",
+            "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
+            "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}}}),
+        )
+        .await;
+    assert_eq!(s2, 200, "{body}");
+    let r = post_row(&app, b, s, db_event("DELETE", Value::Null, json!({"id": 2}))).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("deleted"), &json!([one])), "{r}");
+    let objs = objects(&app, b).await;
+    assert_eq!(objs.len(), 1, "{objs:?}");
+    assert_eq!(title(&objs, two), (json!("t"), json!("2")));
+}
+
 /// Objects a generic_webhook adapter made are not indexed by external ID (its events only
 /// create). An adapter type that changes objects by that ID, configured on the bucket after
 /// it, indexes them first, so its DELETE reaches every object whose external_id it names (the

@@ -530,6 +530,21 @@ impl AdapterState {
                 Ok(found) => found,
                 Err(e) => return Err(self.retry(now, format!("read objects: {e}"))),
             };
+            if !old_buffered.is_empty() || !old_stored.is_empty() {
+                // The row's objects are the old key's. Objects already under the new key are
+                // another row's, which no longer has that key (the database keeps keys unique:
+                // it was deleted unseen, say with DELETE filtered out): they keep their content
+                // but leave the index, so that this row's events change this row's objects
+                // only. (An object has one index entry, so none is in both lists.)
+                let others = buffered.drain(..).chain(stored.drain(..).map(|r| r.object_id)).collect::<Vec<_>>();
+                for id in &others {
+                    self.unindex(&mut batch, &hash, id);
+                }
+                if !others.is_empty() {
+                    tracing::info!(bucket_id = %self.bucket_id(), objects = others.len(),
+                        "a row's new primary key was another row's: that row's objects keep their content and are no longer found by the key");
+                }
+            }
             for id in old_buffered.iter().chain(old_stored.iter().map(|r| &r.object_id)) {
                 self.reindex(&mut batch, &old_hash, &hash, id);
                 rekeyed.push(id.clone());
