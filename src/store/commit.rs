@@ -33,6 +33,10 @@ use super::{Backend, Batch, Op, StoreError};
 /// Most batches merged into one log record.
 const MAX_GROUP: usize = 512;
 
+/// The largest log-record buffer the log thread keeps between groups: one a rare large group
+/// (a burst of big ingests, a full flush) grew is let go, not held for the process's life.
+const RECORD_KEEP: usize = 4 << 20;
+
 type Done = oneshot::Sender<Result<(), StoreError>>;
 
 struct Request {
@@ -277,6 +281,9 @@ fn log_loop(
         }
         for d in done {
             let _ = d.send(result.clone());
+        }
+        if record.capacity() > RECORD_KEEP {
+            record = Vec::new();
         }
         if let Some(close) = closing {
             rx.close(); // `healthy()` turns false now, before the close is answered
