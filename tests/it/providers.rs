@@ -1695,6 +1695,42 @@ async fn a_key_change_onto_a_taken_key_changes_the_rows_own_object_only() {
     assert_eq!(title(&objs, two), (json!("t"), json!("2")));
 }
 
+/// An UPDATE right behind a key change of its row (sent 0.2 ms after it, so that it reaches
+/// the actor while the key change is submitted but perhaps not yet readable) reads the object
+/// as the key change left it: it keeps the new key. Before, it could read the record from
+/// before the key change and write it back, the old key with it, under the new key's index
+/// entry (writebacks would then have gone to the old row). A race: 150 rounds of a key
+/// change and three updates 0.1, 0.25 and 0.5 ms behind it.
+#[tokio::test]
+async fn an_update_right_behind_a_key_change_keeps_the_new_key() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = supabase_rows(&app, "rekey-race", json!({})).await;
+    let (b, s) = (bucket.as_str(), secret.as_str());
+    let (mut both, mut stale) = (0, Vec::new());
+    for n in 0..150 {
+        let (old, new) = (100_000 + 2 * n, 100_001 + 2 * n);
+        let r = post_row(&app, b, s, db_event("INSERT", json!({"id": old, "title": "a"}), Value::Null)).await;
+        let oid = r["object_id"].clone();
+        let first = post_row(&app, b, s, db_event("UPDATE", json!({"id": new, "title": "b"}), json!({"id": old})));
+        let app = &app;
+        let behind = move |micros: u64| async move {
+            tokio::time::sleep(Duration::from_micros(micros)).await;
+            post_row(app, b, s, db_event("UPDATE", json!({"id": new, "title": "c"}), json!({"id": new}))).await
+        };
+        let (r1, r2, r3, r4) = tokio::join!(first, behind(100), behind(250), behind(500));
+        if [r1, r2, r3, r4].iter().any(|r| r["object_id"] != oid) {
+            continue; // an update overtook the key change (an upsert): not this interleaving
+        }
+        both += 1;
+        let (_, o) = app.get(&format!("/v1/buckets/{b}/objects/{}", oid.as_str().unwrap())).await;
+        if o["source"]["external_id"] != json!(new.to_string()) {
+            stale.push(o);
+        }
+    }
+    assert!(both > 0, "the interleaving never happened");
+    assert!(stale.is_empty(), "{} of {both} objects went back to the old key: {stale:?}", stale.len());
+}
+
 /// Objects a generic_webhook adapter made are not indexed by external ID (its events only
 /// create). An adapter type that changes objects by that ID, configured on the bucket after
 /// it, indexes them first, so its DELETE reaches every object whose external_id it names (the

@@ -12,10 +12,11 @@
 //! index entry become the new key, stored or buffered alike.
 //!
 //! Reads of stored objects go to the store. A batch this actor submitted may not be visible
-//! yet (submitted, not logged), so an indexed object that the store does not show is re-read
-//! after a barrier (an empty commit: everything submitted before it is visible). That await
-//! is the only one in the actor's handler, and only on this rare path. This module owns no
-//! state of its own.
+//! yet (submitted, not logged), so they are read after a barrier (an empty commit: everything
+//! submitted before it is visible); otherwise an update right behind another of the same
+//! object would read, change and write back the version before it. That await is the only
+//! one in the actor's handler, and only on this path (updates and deletes of stored objects).
+//! This module owns no state of its own.
 
 use ractor::RpcReplyPort;
 use serde_json::Value;
@@ -651,38 +652,28 @@ impl AdapterState {
     /// records; drops index entries of objects that are gone (deleted through the objects API).
     async fn indexed_objects(&mut self, hash: &str) -> Result<(Vec<ObjectId>, Vec<ObjectRecord>), StoreError> {
         let ids = self.xids.get(hash).cloned().unwrap_or_default();
-        let mut buffered = Vec::new();
+        let (buffered, kept): (Vec<ObjectId>, Vec<ObjectId>) =
+            ids.into_iter().partition(|id| self.buffer.iter().any(|e| &e.object_id == id));
+        if !kept.is_empty() {
+            // This actor's own batches (the object's creation, an update or re-key of it just
+            // before) may not be readable yet: read now, the object could be missed or, worse,
+            // read as it was before that change, which this one would then overwrite. So wait
+            // until everything submitted is readable (an empty commit: it is not logged, only
+            // queued behind them).
+            self.shared.store.commit(Batch::new()).await?;
+        }
         let mut stored = Vec::new();
-        let mut missing = Vec::new();
-        for id in ids {
-            if self.buffer.iter().any(|e| e.object_id == id) {
-                buffered.push(id);
-                continue;
-            }
-            match self
-                .shared
-                .store
-                .get::<ObjectRecord>(Keyspace::OBJECTS, &records::key(self.bucket_id(), id.as_str()))?
-            {
+        let mut stale = Batch::new();
+        for id in kept {
+            let key = records::key(self.bucket_id(), id.as_str());
+            match self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
                 Some(rec) => stored.push(rec),
-                None => missing.push(id),
+                None => self.unindex(&mut stale, hash, &id),
             }
         }
-        if !missing.is_empty() {
-            // Maybe our own batch, not applied yet: wait until everything submitted is.
-            self.shared.store.commit(Batch::new()).await?;
-            let mut stale = Batch::new();
-            for id in missing {
-                let key = records::key(self.bucket_id(), id.as_str());
-                match self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
-                    Some(rec) => stored.push(rec),
-                    None => self.unindex(&mut stale, hash, &id),
-                }
-            }
-            if !stale.is_empty() {
-                // Housekeeping only: nobody waits for it (the committer applies it anyway).
-                drop(self.shared.store.submit(stale));
-            }
+        if !stale.is_empty() {
+            // Housekeeping only: nobody waits for it (the committer applies it anyway).
+            drop(self.shared.store.submit(stale));
         }
         Ok((buffered, stored))
     }
