@@ -217,7 +217,8 @@ pub fn no_api_credentials(
     }
     // Unreadable credentials are a different problem, reported when an ingest needs them.
     match super::verify::credentials(shared, bucket_id, adapter) {
-        Ok(Some(ProviderConfig::Mux(_))) | Err(_) => None,
+        Ok(Some(ProviderConfig::Mux(m))) if m.api_token().is_some() => None,
+        Err(_) => None,
         Ok(_) => Some(
             "source_adapter: no Mux API credentials (access_token_id / access_token_secret, in the connection of \
              connection_id or inline): objects are mapped from the asset each webhook carries; when it has no \

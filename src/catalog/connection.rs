@@ -34,7 +34,12 @@ impl ProviderType {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MuxConfig {
+    /// The Mux API access token (both parts or neither), which reads an asset a webhook does
+    /// not carry in full. Empty when the connection only checks signatures. Stored empty
+    /// rather than left out, so that an older version still opens the configuration.
+    #[serde(default)]
     pub access_token_id: String,
+    #[serde(default)]
     pub access_token_secret: String,
     /// One secret or several. Mux gives every webhook endpoint its own signing secret, so a
     /// connection whose events reach hookline at several URLs (each bucket's ingest URL, the
@@ -47,6 +52,14 @@ pub struct MuxConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub webhook_signing_secret: Vec<String>,
+}
+
+impl MuxConfig {
+    /// The API token (ID, secret), when the connection has one.
+    pub fn api_token(&self) -> Option<(&str, &str)> {
+        let (id, secret) = (self.access_token_id.as_str(), self.access_token_secret.as_str());
+        (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
+    }
 }
 
 /// One secret is stored as a plain string, as before lists were accepted: a connection
@@ -202,12 +215,59 @@ impl ProviderConfig {
                          field out",
                     ));
                 }
+                let given = |name: &str| v.get(name).is_some();
+                let list = v.get("webhook_signing_secret").is_some_and(serde_json::Value::is_array);
+                let token = [given("access_token_id"), given("access_token_secret")];
                 let c: MuxConfig = typed_at(at, v)?;
-                if c.access_token_id.trim().is_empty() {
-                    return Err(ApiError::validation(field("access_token_id"), "must not be empty"));
+                // The API token is optional (a connection may only check signatures), but
+                // half of one is a mistake, and so is a connection with nothing at all.
+                match token {
+                    [true, false] => {
+                        return Err(ApiError::validation(
+                            field("access_token_secret"),
+                            "is required with access_token_id (the Mux API token's two parts)",
+                        ))
+                    }
+                    [false, true] => {
+                        return Err(ApiError::validation(
+                            field("access_token_id"),
+                            "is required with access_token_secret (the Mux API token's two parts)",
+                        ))
+                    }
+                    [false, false] if c.webhook_signing_secret.is_empty() => {
+                        return Err(ApiError::validation(
+                            at,
+                            "give access_token_id and access_token_secret (the Mux API token hookline reads assets \
+                             with), webhook_signing_secret (to check Mux-Signature), or both",
+                        ))
+                    }
+                    _ => {}
                 }
-                if c.access_token_secret.trim().is_empty() {
-                    return Err(ApiError::validation(field("access_token_secret"), "must not be empty"));
+                for (name, value) in
+                    [("access_token_id", &c.access_token_id), ("access_token_secret", &c.access_token_secret)]
+                {
+                    if token[0] && value.trim().is_empty() {
+                        return Err(ApiError::validation(field(name), "must not be empty"));
+                    }
+                }
+                // A line break copied with a secret is kept as part of it: every signature
+                // would then mismatch, every API call be refused, and nothing would say why.
+                let one_line =
+                    "must be one line without control characters (a line break copied with it from a file or \
+                                a terminal?)";
+                for (name, value) in
+                    [("access_token_id", &c.access_token_id), ("access_token_secret", &c.access_token_secret)]
+                {
+                    if value.chars().any(char::is_control) {
+                        return Err(ApiError::validation(field(name), one_line));
+                    }
+                }
+                if let Some(i) = c.webhook_signing_secret.iter().position(|s| s.chars().any(char::is_control)) {
+                    let name = match list {
+                        true => format!("webhook_signing_secret.{i}"),
+                        false => "webhook_signing_secret".to_string(),
+                    };
+                    return Err(ApiError::validation(field(&name), one_line));
                 }
                 if c.webhook_signing_secret.len() > MAX_SIGNING_SECRETS {
                     return Err(ApiError::validation(

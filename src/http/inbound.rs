@@ -784,7 +784,7 @@ fn lifecycle_refused(state: &HttpState, cid: &str, e: &ApiError) {
 /// the connection;
 /// this handler waits for each bucket's answer and its commit. `video.asset.deleted` and
 /// `video.asset.updated` → `{"handled": true, "action", "asset_id", "objects", "errors"}`;
-/// anything else → `{"handled": false}`. A bucket that cannot take the change right now (its
+/// anything else → `{"handled": false}` (either of the two without an asset id: 422). A bucket that cannot take the change right now (its
 /// actor restarting, the Mux API down) makes it 503, so Mux retries.
 async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Response, ApiError> {
     let connection_id =

@@ -1005,6 +1005,13 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
     let (s, r) =
         lifecycle(&app, &conn, SIGNING_SECRET, &json!({"type": "video.live_stream.idle", "data": {"id": "L1"}})).await;
     assert_eq!((s, &r["handled"]), (200, &json!(false)), "{r}");
+    // An asset change that names no asset: refused, as on the ingest route, not acknowledged.
+    for nameless in [json!({"type": "video.asset.deleted"}), json!({"type": "video.asset.updated", "data": {"id": 5}})]
+    {
+        let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &nameless).await;
+        assert_eq!((s, r["error"]["field"].as_str()), (422, Some("payload")), "{nameless}: {r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("names no Mux asset"), "{r}");
+    }
 
     // Updated: re-mapped from the event's asset in both buckets (no fetch: it has playback ids).
     let mut updated_asset = serde_json::from_str::<Value>(&ready_event(asset, true)).unwrap()["data"].clone();
@@ -1942,6 +1949,73 @@ async fn a_mux_adapter_without_api_credentials_is_warned_about() {
     assert!(!b["warnings"].to_string().contains("no Mux API credentials"), "{b}");
     // The video schema has the `video` property the playback URL goes to: no word of it.
     assert!(!b["warnings"].to_string().contains("blob_source"), "{b}");
+}
+
+/// A Mux connection may hold only signing secrets (no API token): signed ingests are checked
+/// and the webhook's asset mapped, nothing is fetched, and the adapter is warned about it.
+/// Inline credentials may be a signing secret alone too. Half a token, nothing at all, or a
+/// secret with a line break copied with it is a 422 naming the field.
+#[tokio::test]
+async fn a_mux_connection_may_only_check_signatures() {
+    let fake = FakeMux::start().await;
+    let extra_toml = format!("[mux]\napi_base = \"http://{}\"\n", fake.addr);
+    let app = TestApp::start_with(Options { extra_toml, ..Default::default() }).await;
+    let create = |config: Value| {
+        app.post(
+            "/v1/organizations/connections",
+            json!({"name": "m", "provider_type": "mux", "provider_config": config}),
+        )
+    };
+    for (config, field) in [
+        (json!({}), "provider_config"),
+        (json!({"access_token_id": TOKEN_ID, "webhook_signing_secret": "s"}), "provider_config.access_token_secret"),
+        (json!({"access_token_secret": TOKEN_SECRET}), "provider_config.access_token_id"),
+        (json!({"webhook_signing_secret": "whsec\n"}), "provider_config.webhook_signing_secret"),
+        (json!({"webhook_signing_secret": ["a", "b\r\n"]}), "provider_config.webhook_signing_secret.1"),
+        (json!({"access_token_id": TOKEN_ID, "access_token_secret": "s\n"}), "provider_config.access_token_secret"),
+    ] {
+        let (s, b) = create(config.clone()).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{config}: {b}");
+    }
+    let (s, c) = create(json!({"webhook_signing_secret": SIGNING_SECRET})).await;
+    assert_eq!((s, &c["webhook_signing_secret"]), (201, &json!("(set; never shown)")), "{c}");
+    let bucket = app.create_bucket("sig-only", video_schema()).await;
+    let adapter = |conn: Value| {
+        let mut a = json!({"adapter_type": "mux", "batching": {"mode": "immediate"}});
+        a.as_object_mut().unwrap().extend(conn.as_object().unwrap().clone());
+        json!({ "source_adapter": a })
+    };
+    let (s, b) =
+        app.patch(&format!("/v1/buckets/{bucket}"), adapter(json!({"connection_id": c["connection_id"]}))).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["warnings"].to_string().contains("no Mux API credentials"), "{b}");
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let signed = |body: String| {
+        let header = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+        let (app, ingest) = (&app, ingest.clone());
+        async move { app.post_raw(&ingest, body, &[("Mux-Signature", header.as_str())]).await }
+    };
+    let (s, r) = signed(ready_event("SiGoNlY01", true)).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let (_, o) = app.get(&format!("/v1/buckets/{bucket}/objects/{}", r["object_id"].as_str().unwrap())).await;
+    assert_eq!(o["blobs"][0]["url"], "https://stream.mux.com/PBSiGoNlY01.m3u8", "{o}");
+    let (s, r) = signed(ready_event("SiGoNlY02", false)).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    assert!(fake.calls().is_empty(), "no token, nothing fetched: {:?}", fake.calls());
+    let (s, r) = app.post_raw(&ingest, ready_event("SiGoNlY03", true), &[("Mux-Signature", "t=1,v1=00")]).await;
+    assert_eq!(s, 401, "{r}");
+
+    // Inline credentials: a signing secret alone.
+    let inline = adapter(json!({"connection": {"credentials": {"webhook_signing_secret": SIGNING_SECRET}}}));
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), inline).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, r) = signed(ready_event("SiGoNlY04", true)).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let half =
+        adapter(json!({"connection": {"credentials": {"access_token_id": TOKEN_ID, "webhook_signing_secret": "x"}}}));
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), half).await;
+    let field = "source_adapter.connection.credentials.access_token_secret";
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{b}");
 }
 
 /// A Mux adapter left to its default blob (the playback URL, into a `video` property) in a

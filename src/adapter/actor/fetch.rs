@@ -61,10 +61,11 @@ impl AdapterState {
         origin: Origin,
     ) -> Result<Option<FetchJob>, String> {
         let Some(ProviderConfig::Mux(m)) = self.credentials()? else { return Ok(None) };
+        let Some((token_id, token_secret)) = m.api_token() else { return Ok(None) };
         Ok(Some(FetchJob {
             asset_id: req.asset_id,
-            token_id: m.access_token_id,
-            token_secret: m.access_token_secret,
+            token_id: token_id.to_string(),
+            token_secret: token_secret.to_string(),
             next: Continuation {
                 screened: screened.clone(),
                 payload: payload.clone(),
@@ -168,15 +169,12 @@ impl AdapterState {
             // A lifecycle update of this asset came while it was fetched: the answer may
             // predate it (the object would keep the old state, the update being answered
             // already). Fetched again, once; without credentials now, the answer stands.
-            if let Ok(Some(ProviderConfig::Mux(m))) = self.credentials() {
+            if let Some((token_id, token_secret)) = match self.credentials() {
+                Ok(Some(ProviderConfig::Mux(m))) => m.api_token().map(|(i, s)| (i.to_string(), s.to_string())),
+                _ => None,
+            } {
                 next.refetched = true;
-                let job = FetchJob {
-                    asset_id,
-                    token_id: m.access_token_id,
-                    token_secret: m.access_token_secret,
-                    next,
-                    shared: None,
-                };
+                let job = FetchJob { asset_id, token_id, token_secret, next, shared: None };
                 self.spawn_fetch(job, reply);
                 return;
             }

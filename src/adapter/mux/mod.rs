@@ -117,8 +117,9 @@ pub enum Lifecycle {
     Deleted { asset_id: String },
     /// `video.asset.updated`: re-map those objects' metadata from the event's asset.
     Updated { asset_id: String },
-    /// Anything else (or an asset event without an id): acknowledged with
-    /// `{"handled": false}` so Mux stops retrying.
+    /// Anything else: acknowledged with `{"handled": false}` so Mux stops retrying. (Also
+    /// one of the two above without an asset id, which the registry refuses: see
+    /// [`is_asset_change`].)
     Other,
 }
 
@@ -126,10 +127,18 @@ pub enum Lifecycle {
 pub fn classify_lifecycle(event: &Value) -> Lifecycle {
     let id = || event_asset_id(event).map(str::to_string);
     match event_type(event) {
-        Some("video.asset.deleted") => id().map_or(Lifecycle::Other, |asset_id| Lifecycle::Deleted { asset_id }),
-        Some("video.asset.updated") => id().map_or(Lifecycle::Other, |asset_id| Lifecycle::Updated { asset_id }),
+        Some(DELETED) => id().map_or(Lifecycle::Other, |asset_id| Lifecycle::Deleted { asset_id }),
+        Some(UPDATED) => id().map_or(Lifecycle::Other, |asset_id| Lifecycle::Updated { asset_id }),
         _ => Lifecycle::Other,
     }
+}
+
+const DELETED: &str = "video.asset.deleted";
+const UPDATED: &str = "video.asset.updated";
+
+/// Whether `event_type` is one of the asset changes the lifecycle route applies.
+pub fn is_asset_change(event_type: Option<&str>) -> bool {
+    matches!(event_type, Some(DELETED | UPDATED))
 }
 
 #[cfg(test)]

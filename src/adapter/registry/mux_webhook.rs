@@ -43,6 +43,17 @@ impl RegistryState {
         let (operation, asset_id) = match &lifecycle {
             Lifecycle::Deleted { asset_id } => (Operation::Delete, asset_id.clone()),
             Lifecycle::Updated { asset_id } => (Operation::Update, asset_id.clone()),
+            // An asset's change that names no asset is refused as on the ingest route: a
+            // broken event acknowledged would hide that nothing was deleted or updated.
+            Lifecycle::Other if mux::is_asset_change(event_type.as_deref()) => {
+                return Err(ApiError::validation(
+                    "payload",
+                    format!(
+                        "this {} event names no Mux asset (data.id, or object.id): nothing to change",
+                        event_type.as_deref().unwrap_or_default()
+                    ),
+                ))
+            }
             Lifecycle::Other => return Ok(LifecyclePlan { event_type, lifecycle, waits: Vec::new() }),
         };
         // Every bucket whose adapter uses this connection must take the change; if one is
