@@ -781,11 +781,11 @@ fn lifecycle_refused(state: &HttpState, cid: &str, e: &ApiError) {
 /// `POST /v1/webhooks/mux/{connection_id}`: Mux lifecycle events for the assets of one
 /// connection. No API key: this handler checks `Mux-Signature` with the connection's
 /// `webhook_signing_secret`, and the registry fans the change out to the adapters that use
-/// the connection;
-/// this handler waits for each bucket's answer and its commit. `video.asset.deleted` and
-/// `video.asset.updated` → `{"handled": true, "action", "asset_id", "objects", "errors"}`;
-/// anything else → `{"handled": false}` (either of the two without an asset id: 422). A bucket that cannot take the change right now (its
-/// actor restarting, the Mux API down) makes it 503, so Mux retries.
+/// the connection; this handler waits for each bucket's answer and its commit.
+/// `video.asset.deleted` and `video.asset.updated` → `{"handled": true, "action",
+/// "asset_id", "objects", "errors"}` (either without an asset id: 422); anything else →
+/// `{"handled": false}`. A bucket that cannot take the change right now (its actor
+/// restarting, the Mux API down) makes it 503, so Mux retries.
 async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Response, ApiError> {
     let connection_id =
         ConnectionId::parse(cid).ok_or_else(|| ApiError::NotFound(format!("connection {cid} not found")))?;
