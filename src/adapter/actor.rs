@@ -312,6 +312,9 @@ pub struct AdapterState {
     mux_api: Option<crate::adapter::mux::MuxApi>,
     /// Assets with a fetch in flight for an event that creates their object, and how many.
     creating: std::collections::HashMap<String, u32>,
+    /// Their fetches, shared by the deliveries of one asset (see `spawn_fetch`); removed with
+    /// the asset's entry in `creating`.
+    create_fetches: std::collections::HashMap<String, lifecycle::SharedFetch>,
     /// Of those, the assets a lifecycle update changed meanwhile (it found no object to
     /// change): the fetch's answer may be older than the update, so it is fetched again.
     outdated: std::collections::HashSet<String>,
@@ -398,6 +401,7 @@ impl Actor for SourceAdapterActor {
             xids,
             mux_api: None,
             creating: Default::default(),
+            create_fetches: Default::default(),
             outdated: Default::default(),
             buffer_bytes: buffer.iter().map(stored_size).sum(),
             buffer,

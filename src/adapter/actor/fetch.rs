@@ -96,6 +96,7 @@ impl AdapterState {
             if *n == 0 {
                 self.creating.remove(asset_id);
                 self.outdated.remove(asset_id);
+                self.create_fetches.remove(asset_id);
             }
         }
         outdated
@@ -110,7 +111,7 @@ impl AdapterState {
         Ok(api)
     }
 
-    pub(super) fn spawn_fetch(&mut self, job: FetchJob, reply: RpcReplyPort<IngestResult>) {
+    pub(super) fn spawn_fetch(&mut self, mut job: FetchJob, reply: RpcReplyPort<IngestResult>) {
         let api = match self.mux_api() {
             Ok(api) => api,
             Err(e) => {
@@ -121,6 +122,14 @@ impl AdapterState {
         };
         if job.next.screened.operation == Operation::Create {
             *self.creating.entry(job.asset_id.clone()).or_default() += 1;
+            // Deliveries of one asset's creation while its fetch is in flight (a Mux retry,
+            // an upload's event beside the asset's) wait for that fetch rather than each
+            // reading the asset from the Mux API, which rate-limits those reads: the first
+            // makes the object, the others find it in the dedup set. Not a second fetch
+            // after an update, which needs a newer answer.
+            if job.shared.is_none() && !job.next.refetched {
+                job.shared = Some(self.create_fetches.entry(job.asset_id.clone()).or_default().clone());
+            }
         }
         let myself = self.myself.clone();
         tokio::spawn(async move {
