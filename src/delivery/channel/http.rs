@@ -320,6 +320,31 @@ const MIN_HIDDEN_CHARS: usize = 6;
 /// them (escaped; `/` also as `\/`, non-ASCII also as `\uXXXX`, and both, as PHP writes
 /// them). At most 36 forms a value.
 pub(crate) fn secret_forms(value: &str) -> Vec<String> {
+    let mut forms = Vec::with_capacity(36);
+    for p in plain_forms(value) {
+        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+        use base64::Engine;
+        forms.extend([STANDARD_NO_PAD.encode(&p), URL_SAFE_NO_PAD.encode(&p)]);
+        let form: String = url::form_urlencoded::byte_serialize(p.as_bytes()).collect();
+        // As a JSON string holds it (a receiver echoing the request as JSON): `"` and `\`
+        // escaped, and `/` as `\/` too, as PHP's encoder writes it.
+        let json = serde_json::to_string(&p).unwrap_or_default();
+        let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_string();
+        let slashes = json.replace('/', "\\/");
+        // Python's json.dumps and PHP's json_encode write non-ASCII as `\uXXXX` by default.
+        let (ascii, php) = (ascii_escaped(&json), ascii_escaped(&slashes));
+        forms.extend([percent_encoded(&p), form, json, slashes, ascii, php, p]);
+    }
+    forms.retain(|f| f.chars().count() >= MIN_HIDDEN_CHARS);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// The secret as a receiver may see it before any encoding: the value, its last word, and
+/// for HTTP Basic credentials the decoded `user:password` and the password (see
+/// [`secret_forms`]).
+fn plain_forms(value: &str) -> Vec<String> {
     use base64::Engine;
     let mut plain = vec![value.to_string()];
     if let Some((_, last)) = value.trim().rsplit_once(' ') {
@@ -337,24 +362,7 @@ pub(crate) fn secret_forms(value: &str) -> Vec<String> {
             plain.push(pair);
         }
     }
-    let mut forms = Vec::with_capacity(plain.len() * 9);
-    for p in plain {
-        use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-        forms.extend([STANDARD_NO_PAD.encode(&p), URL_SAFE_NO_PAD.encode(&p)]);
-        let form: String = url::form_urlencoded::byte_serialize(p.as_bytes()).collect();
-        // As a JSON string holds it (a receiver echoing the request as JSON): `"` and `\`
-        // escaped, and `/` as `\/` too, as PHP's encoder writes it.
-        let json = serde_json::to_string(&p).unwrap_or_default();
-        let json = json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_string();
-        let slashes = json.replace('/', "\\/");
-        // Python's json.dumps and PHP's json_encode write non-ASCII as `\uXXXX` by default.
-        let (ascii, php) = (ascii_escaped(&json), ascii_escaped(&slashes));
-        forms.extend([percent_encoded(&p), form, json, slashes, ascii, php, p]);
-    }
-    forms.retain(|f| f.chars().count() >= MIN_HIDDEN_CHARS);
-    forms.sort();
-    forms.dedup();
-    forms
+    plain
 }
 
 /// `s` with every non-ASCII character as JSON's `\uXXXX` (UTF-16, lower-case hex).
@@ -389,7 +397,64 @@ fn percent_encoded(s: &str) -> String {
 /// `text` with every form of every secret (see [`secret_forms`]) replaced by `********`,
 /// ignoring ASCII letter case; longer forms first, so a whole value goes before its part.
 pub(crate) fn hide_in(text: &str, secrets: &[&str]) -> String {
-    hide_forms(text, &forms_longest_first(secrets))
+    hide_percent_decoded(&hide_forms(text, &forms_longest_first(secrets)), secrets)
+}
+
+/// `text` with every run that is a plain form of one of `secrets` (see [`plain_forms`]) once
+/// its `%XX` escapes are decoded, ignoring ASCII letter case, replaced by `********`. A
+/// receiver may percent-encode what it echoes in more ways than a list of forms holds: every
+/// byte but the unreserved ones, or leaving `/` as it is (Python's `quote`), or `+`, or `:`.
+fn hide_percent_decoded(text: &str, secrets: &[&str]) -> String {
+    if !text.contains('%') {
+        return text.to_string();
+    }
+    let bytes = text.as_bytes();
+    // The decoded text (ASCII lower-cased), and where in `text` each of its bytes came from.
+    let (mut decoded, mut from) = (Vec::with_capacity(bytes.len()), Vec::with_capacity(bytes.len()));
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| std::str::from_utf8(h).ok().filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())));
+        let (byte, len) = match escaped.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => (b, 3),
+            None => (bytes[i], 1),
+        };
+        decoded.push(byte.to_ascii_lowercase());
+        from.push((i, i + len));
+        i += len;
+    }
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for plain in secrets.iter().flat_map(|s| plain_forms(s)).filter(|p| p.chars().count() >= MIN_HIDDEN_CHARS) {
+        let needle = plain.to_ascii_lowercase().into_bytes();
+        for (at, window) in decoded.windows(needle.len()).enumerate() {
+            if window == needle.as_slice() {
+                runs.push((from[at].0, from[at + needle.len() - 1].1));
+            }
+        }
+    }
+    if runs.is_empty() {
+        return text.to_string();
+    }
+    runs.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (start, end) in runs {
+        // Overlapping runs are hidden as one; a run that would cut a character is left (a
+        // decoded match starts and ends on characters of `text`, see above, so none is).
+        if start < last || !text.is_char_boundary(start) || !text.is_char_boundary(end) {
+            if start < last && end > last && text.is_char_boundary(end) {
+                last = end;
+            }
+            continue;
+        }
+        out.push_str(&text[last..start]);
+        out.push_str(super::REDACTED);
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    out
 }
 
 /// Every form of every secret (see [`secret_forms`]), longest first.
@@ -434,7 +499,7 @@ fn replace_ignoring_case(text: &str, needle: &str) -> String {
 /// by `********`: a receiver that echoes its request must not put a secret in `last_error`.
 pub(crate) fn excerpt_hiding(body: &[u8], sent: &[&str]) -> String {
     let forms = forms_longest_first(sent);
-    let mut text = hide_forms(&String::from_utf8_lossy(body), &forms);
+    let mut text = hide_percent_decoded(&hide_forms(&String::from_utf8_lossy(body), &forms), sent);
     for s in &forms {
         // The start of a secret cut off where the body's read stopped (4+ characters).
         let lower = text.to_ascii_lowercase();
@@ -570,6 +635,11 @@ mod tests {
             ("echo: aMOpL3gtc2VjcmV0LTk5".to_string(), "aMOpL3gtc2VjcmV0LTk5"),
             ("echo: fn5+c2VjcmV0fn5+".to_string(), "c2VjcmV0"),
             ("echo: fn5-c2VjcmV0fn5-".to_string(), "c2VjcmV0"),
+            // Percent-encoded in part: Python's `quote` leaves `/`; others leave `+` or `:`.
+            ("quote=pa%20ss/w0rd%2B1".to_string(), "w0rd"),
+            ("lower=pa%20ss/w0rd%2b1;".to_string(), "w0rd"),
+            ("login=alice:pa%20ss%2Fw0rd+1".to_string(), "w0rd"),
+            ("x=h%C3%A9/x-secret-99 y".to_string(), "secret-99"),
         ] {
             let text = excerpt_hiding(body.as_bytes(), &sent);
             assert!(!text.contains(leaked) && text.contains("********"), "{body} -> {text}");
@@ -578,6 +648,10 @@ mod tests {
         let short = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("bob:pw1"));
         assert_eq!(excerpt_hiding(b"user alice unknown", &[&basic]), "user alice unknown");
         assert_eq!(excerpt_hiding(b"pw1 is short", &[&short]), "pw1 is short");
+        assert_eq!(excerpt_hiding(b"pw%31 is short", &[&short]), "pw%31 is short");
+        // Only the run that decodes to the secret goes, and the text around it stays.
+        let text = hide_in("before %7E~~secret~%7e~ after 100%", &sent);
+        assert_eq!(text, "before ******** after 100%");
         // Every form is at least 6 characters, and one value makes a bounded number of them.
         let forms = secret_forms(&basic);
         assert!(forms.iter().all(|f| f.len() >= MIN_HIDDEN_CHARS) && forms.len() <= 36, "{forms:?}");
