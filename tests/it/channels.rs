@@ -159,6 +159,30 @@ async fn slack_gets_text_or_a_whole_block_kit_payload_and_its_url_stays_secret()
     assert!(b["error"]["message"].as_str().unwrap_or_default().contains("not the one stored for this channel"), "{b}");
 }
 
+/// A JSON template whose values were missing (`{"text": null}`) gives Slack nothing to show,
+/// which it refuses: the delivery is dead at once with the reason, as a blank text's is,
+/// and nothing is sent; the same template with the value is sent.
+#[tokio::test]
+async fn a_slack_json_message_with_nothing_to_show_is_not_sent() {
+    let slack = Receiver::start(200).await;
+    let app = TestApp::start().await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "json", "event_types": ["note.*"], "channels": [
+            {"channel": "slack", "configs": {"webhook_url": slack.url("/services/json"),
+             "template": "{\"text\": {{ payload.t | tojson }}}"}}]}),
+    )
+    .await;
+    publish(&app, "note.blank", json!({})).await;
+    assert!(eventually(WAIT, || async { !deliveries(&app, &wh, Some("dead")).await.is_empty() }).await, "not dead");
+    let dead = deliveries(&app, &wh, Some("dead")).await;
+    let error = dead[0]["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no text, blocks or attachments"), "{dead:?}");
+    publish(&app, "note.said", json!({"t": "hello"})).await;
+    assert!(eventually(WAIT, || async { slack.count() == 1 }).await, "the message with a text is sent");
+    assert_eq!(slack.captured()[0].json(), json!({"text": "hello"}), "only it");
+}
+
 #[tokio::test]
 async fn sms_texts_every_number_through_a_twilio_compatible_api() {
     let api = Receiver::start(201).await;

@@ -89,7 +89,7 @@ impl SlackChannel {
                 return AttemptResult::failed(Outcome::Permanent, "error", format!("template failed to render: {e}"))
             }
         };
-        let body = match payload(text, self.json) {
+        let body = match payload(text, self.json).and_then(|b| says_something(&b).then_some(b).ok_or_else(no_content)) {
             Ok(b) => b,
             Err(e) => return AttemptResult::failed(Outcome::Permanent, "error", e),
         };
@@ -142,6 +142,24 @@ fn payload(rendered: String, json: bool) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Whether a message body gives Slack something to show: a `text` that is not blank, or a
+/// `blocks` or `attachments` list that is not empty. Slack refuses any other (`no_text`):
+/// a JSON template whose values were missing (`{"text": null}`) is a permanent failure
+/// here, as blank text is, not 72 h of retries. (At the send only: the sample event a
+/// template is checked with when saved has no payload values.)
+fn says_something(body: &[u8]) -> bool {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body) else { return false };
+    let text = m.get("text").and_then(|t| t.as_str()).is_some_and(|t| !t.trim().is_empty());
+    let list = |k: &str| m.get(k).and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
+    text || list("blocks") || list("attachments")
+}
+
+fn no_content() -> String {
+    "the template rendered a Slack message with no text, blocks or attachments (a missing value renders null or \
+     empty: use `| default(…)`); Slack refuses it"
+        .into()
+}
+
 impl Channel for SlackChannel {
     fn kind(&self) -> &'static str {
         "slack"
@@ -169,6 +187,15 @@ mod tests {
         assert!(err.contains("tojson"), "{err}");
         assert!(payload("[1]".into(), true).unwrap_err().contains("not an object"));
         assert_eq!(payload(" \n".into(), false).unwrap_err(), EMPTY, "Slack refuses empty text");
+        for nothing in [r#"{"text": null}"#, r#"{"text": " "}"#, r#"{"blocks": []}"#, r#"{"attachments": [], "x": 1}"#]
+        {
+            assert!(!says_something(nothing.as_bytes()), "{nothing}");
+        }
+        for something in
+            [r#"{"text": "hi"}"#, r#"{"text": null, "blocks": [{"type": "divider"}]}"#, r#"{"attachments": [{}]}"#]
+        {
+            assert!(says_something(something.as_bytes()), "{something}");
+        }
         assert!(is_json_template("  {\"blocks\": []}") && is_json_template("{ \"text\": 1 }"));
         assert!(!is_json_template("*{{ event_type }}*") && !is_json_template("{{ event_type }}: done"));
         assert!(!is_json_template("{% if payload %}x{% endif %}") && !is_json_template("{# note #}x"));
