@@ -347,6 +347,8 @@ impl ProviderConfig {
                         ));
                     }
                 }
+                let sized = c.headers.iter().map(|(n, v)| (n.as_str(), v.as_str(), field(&format!("headers.{n}"))));
+                crate::delivery::channel::check_header_sizes(&field("headers"), sized)?;
                 ProviderConfig::Generic(c)
             }
         };

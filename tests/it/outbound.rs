@@ -125,6 +125,19 @@ async fn webhook_crud_validation_and_catalog() {
             json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "headers": {"Upgrade": "h2c"}}}]}),
             "channels[0].configs.headers.Upgrade",
         ),
+        // Header lines and the whole set are bounded as receivers bound them.
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "headers": {"X-Big": "a".repeat(8193)}}}]}),
+            "channels[0].configs.headers.X-Big",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "secret": "s".repeat(8193)}}]}),
+            "channels[0].configs.secret",
+        ),
+        (
+            json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "secret": "s".repeat(5000), "headers": {"X-A": "a".repeat(8000)}}}]}),
+            "channels[0].configs.headers",
+        ),
         (
             json!({"webhook_name": "a", "event_types": ["*"], "channels": [{"channel": "webhook", "configs": {"url": rx.url("/"), "payload_template": "x".repeat(70_000)}}]}),
             "channels[0].configs.payload_template",

@@ -724,6 +724,7 @@ async fn kept_credentials_do_not_follow_a_new_writeback_url() {
         (json!({"Host": "evil.example"}), "framing header"),
         (json!({"Transfer-Encoding": "chunked"}), "framing header"),
         (json!({"X-Ok": "a\r\nX-Injected: 1"}), "header value"),
+        (json!({"X-Big": "a".repeat(8193)}), "at most 8192 bytes"),
     ] {
         let (s, b) = app.patch(&path, adapter(rx.url("/legit"), json!({ "headers": headers }))).await;
         assert_eq!(s, 422, "{headers}: {b}");

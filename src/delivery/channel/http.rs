@@ -112,6 +112,9 @@ impl HttpConfig {
                 return Err(ApiError::validation(f, "this header is set by hookline and cannot be overridden"));
             }
         }
+        let secret = self.secret.as_deref().map(|s| (super::SECRET_HEADER, s, field("secret")));
+        let named = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str(), format!("{}.{n}", field("headers"))));
+        super::check_header_sizes(&field("headers"), named.chain(secret))?;
         if let Some(t) = self.timeout {
             if !(MIN_TIMEOUT_SECONDS..=MAX_TIMEOUT_SECONDS).contains(&t) {
                 return Err(ApiError::validation(

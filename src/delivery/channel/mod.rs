@@ -445,6 +445,43 @@ impl Channel for Unsupported {
     }
 }
 
+/// Longest configured header value (a webhook channel's header or `secret`, a writeback
+/// connection's header): what common servers take in one header line (8 KiB: nginx, Apache).
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 << 10;
+/// Most bytes a configured header set may take, names and values: Node's default limit for
+/// a request's whole head is 16 KiB (this leaves room for hookline's own headers), and
+/// larger heads are refused or cut by most servers, which a send would find out only as a
+/// failure retried until `max_age_hours`.
+pub const MAX_HEADER_SET_BYTES: usize = 12 << 10;
+
+/// Checks the sizes of a configured header set (`(name, value)` pairs); the error names
+/// the field, `headers.{name}` under `at` (or `value_field`'s own for a value given apart,
+/// such as a channel's `secret`).
+pub fn check_header_sizes<'a>(
+    at: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str, String)>,
+) -> Result<(), crate::error::ApiError> {
+    let mut total = 0;
+    for (name, value, field) in headers {
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(crate::error::ApiError::validation(
+                field,
+                format!("at most {MAX_HEADER_VALUE_BYTES} bytes (receivers refuse longer header lines)"),
+            ));
+        }
+        total += name.len() + value.len();
+    }
+    if total > MAX_HEADER_SET_BYTES {
+        return Err(crate::error::ApiError::validation(
+            at,
+            format!(
+                "the headers take {total} bytes, at most {MAX_HEADER_SET_BYTES} (receivers refuse larger requests)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Headers a webhook config may not set: hookline owns them.
 pub fn reserved_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
