@@ -573,6 +573,65 @@ async fn email_to_a_silent_relay_times_out_and_is_retried() {
     );
 }
 
+/// A relay that takes each message (250 after its DATA) and then never answers QUIT: the
+/// message was delivered, so the attempt succeeds, reaching all three addresses, each once.
+/// Before, QUIT was under the attempt's timeout: a delivered message was a failed attempt
+/// that held back the other addresses, and the first one got it again at every retry.
+#[tokio::test]
+async fn a_relay_silent_after_taking_the_message_is_a_delivery() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = sock.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 stand-in ESMTP\r\n").await;
+                let (mut rcpt, mut in_data) = (String::new(), false);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = if in_data {
+                        if line != "." {
+                            continue;
+                        }
+                        in_data = false;
+                        recorded.lock().unwrap().push(rcpt.clone());
+                        "250 2.0.0 queued\r\n"
+                    } else if line.starts_with("EHLO") {
+                        "250-stand-in\r\n250 8BITMIME\r\n"
+                    } else if let Some(to) = line.strip_prefix("RCPT TO:") {
+                        rcpt = to.trim_matches(['<', '>', ' ']).to_string();
+                        "250 ok\r\n"
+                    } else if line == "DATA" {
+                        in_data = true;
+                        "354 go ahead\r\n"
+                    } else if line == "QUIT" {
+                        // The message is queued; the relay just never says goodbye.
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    } else {
+                        "250 ok\r\n"
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (app, wh) = three_address_email(port, "none").await;
+    let d = delivery_with_attempts(&app, &wh, 1).await;
+    assert!(eventually(WAIT, || async { deliveries(&app, &wh, Some("succeeded")).await.len() == 1 }).await, "{d}");
+    let d = deliveries(&app, &wh, None).await.remove(0);
+    assert_eq!(d["attempts"].as_array().map(Vec::len), Some(1), "{d}");
+    let mut got = taken.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, ["bounce@example.com", "lead@example.com", "ops@example.com"], "each once");
+}
+
 /// A webhook on every event with one email channel to ops@example.com; its ID.
 async fn email_webhook(app: &TestApp) -> String {
     let body = json!({"webhook_name": "m", "event_types": ["*"],

@@ -12,17 +12,23 @@
 //! delivery remembers the addresses reached, so a retry sends only to the rest. (One message
 //! to all would let one mistyped address keep every other one waiting until `max_age_hours`.)
 //!
-//! `timeout_seconds` bounds the whole send of one message (lettre's own timeout only covers
-//! the TCP connect). Connections are not pooled: each message has its own, so a send cut off
-//! by the timeout takes its connection with it instead of handing it back half-way through a
-//! transaction.
+//! `timeout_seconds` bounds one message's transaction, from the connection to the relay's
+//! answer to its DATA (lettre's own timeout only covers the TCP connect). The QUIT after it
+//! is sent apart: once the relay has said it took the message, a relay slow to say goodbye
+//! must not turn a delivered message into a failed one, sent again. Connections are not
+//! pooled: each message has its own, so a send cut off by the timeout takes its connection
+//! with it instead of handing it back half-way through a transaction. (The transaction is
+//! lettre's `AsyncSmtpConnection`, driven as its transport drives it, for that split.)
 
 use std::time::Duration;
 
+use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
 
 use super::{AttemptResult, Channel, EmailConfig, Message, SendFuture};
 use crate::config::{EmailSettings, SmtpTls};
@@ -36,9 +42,17 @@ pub const DEFAULT_BODY: &str =
 /// Longest subject sent (a template that renders more is cut).
 const MAX_SUBJECT_CHARS: usize = 250;
 
+/// How long a relay has to answer the QUIT after a message it took (see the module doc).
+const QUIT_WAIT: Duration = Duration::from_secs(5);
+
 /// The SMTP relay shared by every email channel.
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    host: String,
+    port: u16,
+    /// How the connection is secured, with the relay's TLS parameters (none for `None`).
+    tls: Option<(SmtpTls, TlsParameters)>,
+    hello: ClientId,
+    credentials: Option<Credentials>,
     from: Mailbox,
     timeout: Duration,
     /// The login and its base64 forms, hidden in every error an email channel records (see
@@ -72,22 +86,57 @@ fn login_secrets(user: &str, password: &str) -> Vec<String> {
 
 impl Mailer {
     pub fn new(s: &EmailSettings) -> Result<Mailer, String> {
-        let builder = match s.tls {
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.smtp_host),
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.smtp_host),
-            SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.smtp_host)),
-        }
-        .map_err(|e| format!("delivery.email: {e}"))?;
-        let timeout = Duration::from_secs(s.timeout_seconds);
-        let mut builder = builder.port(s.port()).timeout(Some(timeout));
+        let tls = match s.tls {
+            SmtpTls::None => None,
+            mode => Some((mode, TlsParameters::new(s.smtp_host.clone()).map_err(|e| format!("delivery.email: {e}"))?)),
+        };
         let mut hidden = Vec::new();
-        if let Some(user) = &s.username {
+        let credentials = s.username.as_ref().map(|user| {
             let password = s.password.clone().unwrap_or_default();
             hidden = login_secrets(user, &password);
-            builder = builder.credentials(Credentials::new(user.clone(), password));
-        }
+            Credentials::new(user.clone(), password)
+        });
         let from = s.from.parse::<Mailbox>().map_err(|e| format!("delivery.email.from: {e}"))?;
-        Ok(Mailer { transport: builder.build(), from, timeout, hidden })
+        Ok(Mailer {
+            host: s.smtp_host.clone(),
+            port: s.port(),
+            tls,
+            hello: ClientId::default(),
+            credentials,
+            from,
+            timeout: Duration::from_secs(s.timeout_seconds),
+            hidden,
+        })
+    }
+
+    /// One message's transaction, up to the relay's answer to its DATA: the connection (TLS
+    /// from the first byte, or upgraded with STARTTLS), the login, MAIL, RCPT and DATA, as
+    /// lettre's transport makes them. The connection is returned for its QUIT.
+    async fn transact(
+        &self,
+        envelope: &Envelope,
+        raw: &[u8],
+    ) -> Result<(AsyncSmtpConnection, Response), lettre::transport::smtp::Error> {
+        let wrapper = match &self.tls {
+            Some((SmtpTls::Tls, p)) => Some(p.clone()),
+            _ => None,
+        };
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &self.hello,
+            wrapper,
+            None,
+        )
+        .await?;
+        if let Some((SmtpTls::Starttls, p)) = &self.tls {
+            conn.starttls(p.clone(), &self.hello).await?;
+        }
+        if let Some(c) = &self.credentials {
+            conn.auth(DEFAULT_MECHANISMS, c).await?;
+        }
+        let response = conn.send(envelope, raw).await?;
+        Ok((conn, response))
     }
 }
 
@@ -211,8 +260,16 @@ impl EmailChannel {
         };
         // The attempt's status code is the SMTP reply code, and its metrics label the reply's
         // class (2xx delivered, 4xx transient, 5xx permanent), as for HTTP.
-        let sent = match tokio::time::timeout(self.mailer.timeout, self.mailer.transport.send(email)).await {
-            Ok(sent) => sent,
+        let raw = email.formatted();
+        let sent = match tokio::time::timeout(self.mailer.timeout, self.mailer.transact(email.envelope(), &raw)).await {
+            Ok(Ok((mut conn, response))) => {
+                // The relay has the message: its QUIT decides nothing (see the module doc).
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(QUIT_WAIT, conn.quit()).await;
+                });
+                Ok(response)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => {
                 let secs = self.mailer.timeout.as_secs_f64();
                 return AttemptResult::failed(
