@@ -121,6 +121,7 @@ pub async fn run_with_hurry(
         shutdown: tokio_util::sync::CancellationToken::new(),
         cut_off: tokio_util::sync::CancellationToken::new(),
         adapter_leases: Default::default(),
+        delivery_leases: Default::default(),
     };
     let (supervisor, supervisor_handle) = Actor::spawn(Some(shared.names.supervisor()), Supervisor, shared.clone())
         .await

@@ -38,6 +38,9 @@ pub struct Shared {
     /// The leases the source-adapter actors run their writeback workers under (the bucket
     /// registry's; here so that they outlive a registry that fails).
     pub adapter_leases: crate::adapter::writeback::Leases,
+    /// The leases the delivery workers run under (see `delivery::lease`; here for the same
+    /// reason).
+    pub delivery_leases: crate::delivery::lease::Leases,
 }
 
 /// Actor names, prefixed by a per-process-instance ID so several apps can run in one

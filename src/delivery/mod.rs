@@ -3,7 +3,8 @@
 //!
 //! - [`registry`]: owns webhook configs, fans the outbox out, supervises the workers.
 //! - [`worker`]: one per webhook; owns its queue of pending deliveries. [`queue`]: the
-//!   part held in memory, with what it costs in bytes.
+//!   part held in memory, with what it costs in bytes. [`lease`]: what a worker's sends
+//!   and outcomes leave to its successor when it fails.
 //! - [`retry`]: the pure retry policy. [`throttle`]: per-channel pacing after a 429.
 //!   [`netguard`]: where deliveries may go.
 //! - [`channel`]: the channel seam and the HTTP channel. [`template`], [`signature`].
@@ -14,6 +15,7 @@
 
 pub mod channel;
 pub mod client;
+pub mod lease;
 pub mod model;
 pub mod netguard;
 pub mod queue;

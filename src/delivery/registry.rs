@@ -26,6 +26,7 @@ use crate::supervisor::RestartBudget;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::channel::{self, ChannelConfig, ChannelDeps, ChannelRules};
+use super::lease::Lease;
 use super::model::{self, CreateWebhook, Delivery, PatchWebhook, StoredWebhook, WebhookSecrets};
 use super::netguard::NetPolicy;
 use super::retry::Policy;
@@ -132,6 +133,9 @@ pub enum DeliveryMsg {
     Quiesce(RpcReplyPort<()>),
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
+    /// Start the webhook's worker now that its predecessor's lease is over (see
+    /// `spawn_worker`), unless the webhook is gone or has one.
+    Respawn(WebhookId),
 }
 
 struct Entry {
@@ -377,6 +381,13 @@ impl Actor for DeliveryRegistry {
                     futures::future::join_all(each).await;
                     let _ = reply.send(());
                 });
+            }
+            DeliveryMsg::Respawn(id) => {
+                if state.webhooks.contains_key(&id) && state.worker(&id).is_none() {
+                    if let Err(e) = state.spawn_worker(&myself, &id).await {
+                        tracing::error!(webhook_id = %id, error = %e, "start of delivery actor failed");
+                    }
+                }
             }
             DeliveryMsg::Crash => {
                 return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash"));
@@ -735,8 +746,25 @@ impl DeliveryState {
         if let Some(old) = ractor::registry::where_is(name.clone()) {
             let _ = old.kill_and_wait(Some(Duration::from_secs(5))).await;
         }
+        // A predecessor that failed (or was just killed) may have sends out: its successor
+        // starts once they are over (see `lease.rs`), so none goes out twice and every
+        // attempt is logged. Meanwhile the webhook's deliveries wait in the store, where the
+        // successor finds them.
+        if let Some(old) = self.shared.delivery_leases.get(id).filter(|l| !l.is_over()) {
+            let (registry, id) = (myself.clone(), id.clone());
+            tokio::spawn(async move {
+                old.over().await;
+                let _ = registry.cast(DeliveryMsg::Respawn(id));
+            });
+            return Ok(());
+        }
+        let left = self.shared.delivery_leases.get(id).map(|l| l.take_left()).unwrap_or_default();
+        let lease = Lease::default();
+        self.shared.delivery_leases.put(id.clone(), lease.clone());
         let args = WorkerArgs {
             shared: self.shared.clone(),
+            lease,
+            left,
             runtime: self.runtime(entry),
             settings: self.settings.clone(),
             last_error: entry.stored.last_error.clone(),
@@ -942,6 +970,7 @@ impl DeliveryState {
         if let Some(worker) = self.worker(id) {
             let _ = worker.stop_and_wait(Some("webhook deleted".into()), Some(Duration::from_secs(5))).await;
         }
+        self.shared.delivery_leases.remove(id);
         // Barrier: fan-out batches submitted before this point (no later one names the
         // webhook, it is gone from `webhooks`) are visible to the scan below.
         self.shared.store.commit(Batch::new()).await?;

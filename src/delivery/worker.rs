@@ -53,6 +53,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use rand::Rng;
 
 use super::channel::{AttemptResult, Channel, Message};
+use super::lease::{Finished, Lease, Left};
 use super::model::{delivery_key, without_delivery_id, Attempt, Delivery, DeliveryStatus};
 use super::queue::{self, Bounds, Held};
 use super::registry::DeliveryMsg;
@@ -144,6 +145,9 @@ pub struct DeliveryWorker;
 
 pub struct WorkerArgs {
     pub shared: Shared,
+    /// The lease this worker runs under, and what its predecessor left (see [`super::lease`]).
+    pub lease: Lease,
+    pub left: Left,
     pub runtime: Arc<WebhookRuntime>,
     pub settings: WorkerSettings,
     /// The webhook's stored `last_error`.
@@ -160,8 +164,8 @@ pub enum WorkerMsg {
     Retry { delivery_id: DeliveryId, reply: RpcReplyPort<Result<(serde_json::Value, Durable), ApiError>> },
     /// The retry timer fired.
     Wake,
-    /// A send task finished.
-    Done { delivery_id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration },
+    /// Send tasks finished: their outcomes are in the lease (see [`super::lease`]).
+    Finished,
     /// Submit the grouped outcome writes.
     Flush,
     /// Shutdown (after `Shared::shutdown` is cancelled, so no send starts): answer once
@@ -169,10 +173,13 @@ pub enum WorkerMsg {
     Quiesce(RpcReplyPort<()>),
     /// Drop completed deliveries past the retention.
     Prune,
+    /// Fault injection for supervision tests (`/v1/debug/crash/delivery.{webhook_id}`).
+    Crash,
 }
 
 pub struct WorkerState {
     shared: Shared,
+    lease: Lease,
     rt: Arc<WebhookRuntime>,
     settings: WorkerSettings,
     myself: ActorRef<WorkerMsg>,
@@ -232,6 +239,14 @@ pub struct WorkerState {
     throttles: Throttles,
 }
 
+/// However the worker ends (ractor skips `post_stop` when a handler fails), the outcome
+/// writes not yet submitted go to its successor, and its lease says it is gone.
+impl Drop for WorkerState {
+    fn drop(&mut self) {
+        self.lease.end(std::mem::replace(&mut self.writes, Batch::new()));
+    }
+}
+
 /// A worker's share of a gauge summed over all workers, taken back when the worker's
 /// state goes, however it goes (ractor skips `post_stop` when a handler fails).
 struct GaugeShare(usize, metrics::Gauge);
@@ -265,10 +280,10 @@ impl Actor for DeliveryWorker {
         myself: ActorRef<WorkerMsg>,
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
-        // Let a predecessor's unawaited queue writes land before the queue is reloaded.
-        args.shared.store.commit(crate::store::Batch::new()).await?;
+        let Left { writes, finished } = args.left;
         let mut state = WorkerState {
             shared: args.shared,
+            lease: args.lease,
             rt: args.runtime,
             settings: args.settings,
             myself: myself.clone(),
@@ -299,7 +314,17 @@ impl Actor for DeliveryWorker {
             bytes: GaugeShare::new(crate::metrics::delivery_queue_bytes()),
             throttles: Throttles::default(),
         };
+        // (The state first: whatever fails from here, its drop ends the lease.) Let a
+        // predecessor's unawaited queue writes land, and its unsubmitted ones, before the
+        // queue is reloaded; then its sends' outcomes apply to the reloaded deliveries.
+        if !writes.is_empty() {
+            drop(state.shared.store.submit(writes));
+        }
+        state.shared.store.commit(crate::store::Batch::new()).await?;
         state.load()?;
+        for f in finished {
+            state.done(f.delivery_id, f.result, f.at_ms, f.duration);
+        }
         state.prune_timer = Some(myself.send_interval(PRUNE_EVERY, || WorkerMsg::Prune));
         if let Some(p) = state.rt.problem.clone() {
             state.report_error(Some(p));
@@ -396,8 +421,10 @@ impl Actor for DeliveryWorker {
                 state.pump();
                 state.top_up().await?;
             }
-            WorkerMsg::Done { delivery_id, result, at_ms, duration } => {
-                state.done(delivery_id, result, at_ms, duration);
+            WorkerMsg::Finished => {
+                for f in state.lease.take_finished() {
+                    state.done(f.delivery_id, f.result, f.at_ms, f.duration);
+                }
                 state.arm();
                 state.pump();
                 state.top_up().await?;
@@ -407,6 +434,7 @@ impl Actor for DeliveryWorker {
                 state.submit_writes();
             }
             WorkerMsg::Prune => state.prune()?,
+            WorkerMsg::Crash => return Err(ActorProcessingErr::from("crash requested through /v1/debug/crash")),
             WorkerMsg::Quiesce(reply) => state.quiesced = Some(reply),
         }
         if state.in_flight.is_empty() && state.quiesced.is_some() {
@@ -993,7 +1021,8 @@ impl WorkerState {
             let stopping = self.shared.shutdown.clone();
             let cut_off = self.shared.cut_off.clone();
             let me = self.myself.clone();
-            tokio::spawn(async move {
+            let lease = self.lease.clone();
+            self.lease.spawn(async move {
                 let at_ms = now_millis();
                 let started = Instant::now();
                 let result = match event {
@@ -1022,7 +1051,12 @@ impl WorkerState {
                         "the event of this delivery is no longer stored",
                     ),
                 };
-                let _ = me.cast(WorkerMsg::Done { delivery_id: id, result, at_ms, duration: started.elapsed() });
+                // Left in the lease, not sent in the message: a worker that failed meanwhile
+                // leaves it to its successor instead of losing it with its mailbox.
+                let finished = Finished { delivery_id: id, result, at_ms, duration: started.elapsed() };
+                if lease.finished(finished) {
+                    let _ = me.cast(WorkerMsg::Finished);
+                }
             });
         }
         rearm

@@ -61,6 +61,11 @@ pub async fn crash(state: &HttpState, req: &Request, actor: &str) -> Result<Resp
         "delivery_registry" => {
             ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()).map(|a| a.cast(DeliveryMsg::Crash).is_ok())
         }
+        // `delivery.{webhook_id}`: that webhook's delivery actor.
+        a if a.starts_with("delivery.") => {
+            ActorRef::<crate::delivery::worker::WorkerMsg>::where_is(names.delivery(&a["delivery.".len()..]))
+                .map(|r| r.cast(crate::delivery::worker::WorkerMsg::Crash).is_ok())
+        }
         // `adapter.{bucket_id}`: that bucket's source-adapter actor.
         a if a.starts_with("adapter.") => {
             ActorRef::<crate::adapter::actor::AdapterMsg>::where_is(names.adapter(&a["adapter.".len()..]))

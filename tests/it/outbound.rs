@@ -391,6 +391,47 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert!(m.contains("hookline_delivery_queue_depth"));
 }
 
+/// A send in flight when its webhook's delivery actor fails, or when the delivery registry
+/// fails and its restart kills the actors, goes out once and its attempt is logged: the
+/// successor starts once that send is over, takes its outcome and finds the delivery done.
+/// (Before, the successor sent it again at once, and the first attempt was never logged.)
+/// The successor then delivers the next event as usual.
+#[tokio::test]
+async fn a_send_in_flight_when_its_actor_fails_goes_once_and_is_logged() {
+    for crash in ["delivery.", "delivery_registry"] {
+        let app = TestApp::start().await;
+        let rx = Receiver::start(200).await;
+        rx.then(200, Duration::from_millis(1200)); // the first request is answered 1.2 s late
+        let (id, _) = create_webhook(
+            &app,
+            json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+        )
+        .await;
+        publish(&app, "object.created", json!({"n": 1})).await;
+        assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await, "{crash}: not sent");
+        let actor = match crash {
+            "delivery." => format!("delivery.{id}"),
+            other => other.to_string(),
+        };
+        let (s, b) = app.post(&format!("/v1/debug/crash/{actor}"), json!({})).await;
+        assert_eq!(s, 202, "{b}");
+        let label = if crash == "delivery." { "delivery" } else { "delivery_registry" };
+        assert!(metric_reaches(&app, "hookline_actor_restarts_total", &[("actor", label)], 1.0).await, "{crash}");
+        let done = || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 };
+        assert!(eventually(Duration::from_secs(20), done).await, "{crash}: {:?}", deliveries(&app, &id, None).await);
+        let d = deliveries(&app, &id, None).await.remove(0);
+        let attempts = d["attempts"].as_array().cloned().unwrap_or_default();
+        assert_eq!((attempts.len(), &attempts[0]["status_code"]), (1, &json!(200)), "{crash}: {d}");
+        assert_eq!(rx.count(), 1, "{crash}: sent once");
+        publish(&app, "object.created", json!({"n": 2})).await;
+        assert!(eventually(Duration::from_secs(10), || async { rx.count() == 2 }).await, "{crash}: the next event");
+        assert!(
+            eventually(Duration::from_secs(10), || async { deliveries(&app, &id, Some("succeeded")).await.len() == 2 })
+                .await
+        );
+    }
+}
+
 #[tokio::test]
 async fn server_error_is_retried_with_the_same_webhook_id() {
     let app = TestApp::start().await;
