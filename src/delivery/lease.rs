@@ -92,17 +92,19 @@ impl Lease {
         self.0.gone.is_cancelled() && self.0.sends.is_empty()
     }
 
-    /// Waits (at most [`MAX_WAIT`]) until the lease [`is_over`](Lease::is_over). The
-    /// worker must be stopped or stopping: a live one would keep it waiting.
-    pub async fn over(&self) {
+    /// Waits (at most [`MAX_WAIT`]) until the lease [`is_over`](Lease::is_over); whether
+    /// it is. The worker must be stopped or stopping: a live one would keep it waiting.
+    pub async fn over(&self) -> bool {
         self.0.sends.close();
         let both = async {
             self.0.gone.cancelled().await;
             self.0.sends.wait().await;
         };
-        if tokio::time::timeout(MAX_WAIT, both).await.is_err() {
+        let over = tokio::time::timeout(MAX_WAIT, both).await.is_ok();
+        if !over {
             tracing::warn!("a delivery actor's sends outlasted the wait for them; starting its successor anyway");
         }
+        over
     }
 
     /// What the worker left, taken out (for its successor).
@@ -156,7 +158,7 @@ mod tests {
         assert!(!lease.is_over(), "a send still out");
         let waiting = tokio::spawn({
             let lease = lease.clone();
-            async move { lease.over().await }
+            async move { assert!(lease.over().await) }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());

@@ -134,8 +134,12 @@ pub enum DeliveryMsg {
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
     /// Start the webhook's worker now that its predecessor's lease is over (see
-    /// `spawn_worker`), unless the webhook is gone or has one.
-    Respawn(WebhookId),
+    /// `spawn_worker`), unless the webhook is gone or has one; `force`: even if it is not
+    /// (its wait ran out: see `lease::MAX_WAIT`).
+    Respawn {
+        id: WebhookId,
+        force: bool,
+    },
 }
 
 struct Entry {
@@ -375,16 +379,35 @@ impl Actor for DeliveryRegistry {
             DeliveryMsg::SweepEvents => state.sweep_events(),
             DeliveryMsg::Quiesce(reply) => {
                 let workers: Vec<_> = state.webhooks.keys().filter_map(|id| state.worker(id)).collect();
+                // Webhooks whose worker waits for a failed predecessor's sends: those sends
+                // are waited for too (the cut-off ends them), then the successors started,
+                // which take their outcomes, and quiesced in turn (no send starts now).
+                let deferred: Vec<_> = state
+                    .webhooks
+                    .keys()
+                    .filter(|id| state.worker(id).is_none())
+                    .filter_map(|id| state.shared.delivery_leases.get(id).map(|l| (id.clone(), l)))
+                    .filter(|(_, l)| !l.is_over())
+                    .collect();
+                let registry = myself.clone();
                 // Waited for off the mailbox: the registry stays responsive meanwhile.
                 tokio::spawn(async move {
                     let each = workers.iter().map(|w| w.call(WorkerMsg::Quiesce, None));
                     futures::future::join_all(each).await;
+                    if !deferred.is_empty() {
+                        for (id, lease) in deferred {
+                            lease.over().await;
+                            let _ = registry.cast(DeliveryMsg::Respawn { id, force: false });
+                        }
+                        // After the Respawns in the mailbox: it quiesces the successors.
+                        let _ = registry.call(DeliveryMsg::Quiesce, None).await;
+                    }
                     let _ = reply.send(());
                 });
             }
-            DeliveryMsg::Respawn(id) => {
+            DeliveryMsg::Respawn { id, force } => {
                 if state.webhooks.contains_key(&id) && state.worker(&id).is_none() {
-                    if let Err(e) = state.spawn_worker(&myself, &id).await {
+                    if let Err(e) = state.spawn_worker_after(&myself, &id, force).await {
                         tracing::error!(webhook_id = %id, error = %e, "start of delivery actor failed");
                     }
                 }
@@ -740,6 +763,17 @@ impl DeliveryState {
     }
 
     async fn spawn_worker(&mut self, myself: &ActorRef<DeliveryMsg>, id: &WebhookId) -> Result<(), ActorProcessingErr> {
+        self.spawn_worker_after(myself, id, false).await
+    }
+
+    /// [`Self::spawn_worker`]; `force`: without waiting for the predecessor's lease (its
+    /// wait for it ran out).
+    async fn spawn_worker_after(
+        &mut self,
+        myself: &ActorRef<DeliveryMsg>,
+        id: &WebhookId,
+        force: bool,
+    ) -> Result<(), ActorProcessingErr> {
         let Some(entry) = self.webhooks.get(id) else { return Ok(()) };
         let name = self.shared.names.delivery(id.as_str());
         // After a registry restart the old workers are being killed; wait for the name.
@@ -750,11 +784,11 @@ impl DeliveryState {
         // starts once they are over (see `lease.rs`), so none goes out twice and every
         // attempt is logged. Meanwhile the webhook's deliveries wait in the store, where the
         // successor finds them.
-        if let Some(old) = self.shared.delivery_leases.get(id).filter(|l| !l.is_over()) {
+        if let Some(old) = self.shared.delivery_leases.get(id).filter(|l| !force && !l.is_over()) {
             let (registry, id) = (myself.clone(), id.clone());
             tokio::spawn(async move {
-                old.over().await;
-                let _ = registry.cast(DeliveryMsg::Respawn(id));
+                let force = !old.over().await;
+                let _ = registry.cast(DeliveryMsg::Respawn { id, force });
             });
             return Ok(());
         }

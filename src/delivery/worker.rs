@@ -323,6 +323,7 @@ impl Actor for DeliveryWorker {
         state.shared.store.commit(crate::store::Batch::new()).await?;
         state.load()?;
         for f in finished {
+            state.adopt(&f.delivery_id)?;
             state.done(f.delivery_id, f.result, f.at_ms, f.duration);
         }
         state.prune_timer = Some(myself.send_interval(PRUNE_EVERY, || WorkerMsg::Prune));
@@ -1246,6 +1247,41 @@ impl WorkerState {
         d.finished_at_ms = Some(now);
         crate::metrics::delivery_finished(&d.channel, "dead");
         self.write(d);
+    }
+
+    /// Brings a pending delivery that the reload left in the store (parked, or past the
+    /// bounds) into memory, past the bounds: its predecessor's send of it has an outcome to
+    /// apply (see [`super::lease`]), which [`WorkerState::done`] takes only from memory.
+    fn adopt(&mut self, id: &DeliveryId) -> Result<(), StoreError> {
+        if self.queue.contains_key(id) {
+            return Ok(());
+        }
+        let key = delivery_key(&self.rt.webhook_id, id);
+        let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else { return Ok(()) };
+        if d.status != DeliveryStatus::Pending {
+            return Ok(());
+        }
+        attach_event(&self.shared.store, &mut HashMap::new(), &mut d)?;
+        let parked = match d.next_attempt_ms {
+            Some(due) => {
+                let due_key = due_key(&self.rt.webhook_id, due, id.as_str());
+                let parked = self.shared.store.contains(Keyspace::DUE, &due_key)?;
+                if parked {
+                    self.writes.delete(Keyspace::DUE, &due_key);
+                    self.flush_soon();
+                }
+                parked
+            }
+            None => false,
+        };
+        match parked {
+            true => self.parked = self.parked.saturating_sub(1),
+            false => self.spilled = self.spilled.saturating_sub(1),
+        }
+        self.forget_blocked();
+        // Only held: `done` decides at once where it goes next.
+        self.queue.insert(d);
+        Ok(())
     }
 
     async fn retry_now(&mut self, id: &DeliveryId) -> Result<(serde_json::Value, Durable), ApiError> {

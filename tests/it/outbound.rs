@@ -432,6 +432,74 @@ async fn a_send_in_flight_when_its_actor_fails_goes_once_and_is_logged() {
     }
 }
 
+/// The outcome of a failed actor's send is applied even when its successor's reload leaves
+/// that delivery in the store (older retries, due by then, fill the in-memory queue): it is
+/// read back for it, so it goes once and its attempt is logged.
+#[tokio::test]
+async fn a_failed_actors_outcome_reaches_a_delivery_its_successor_left_in_the_store() {
+    let opts = Options {
+        delivery_toml: Some(
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 10\n\
+             max_age_hours = 1\nretry_schedule_seconds = [3]\nretry_in_memory_seconds = 1\n\
+             max_in_flight_per_webhook = 1\nmax_queued_in_memory_per_webhook = 2\n"
+                .into(),
+        ),
+        ..Options::default()
+    };
+    let app = TestApp::start_with(opts).await;
+    let rx = Receiver::start(200).await;
+    rx.then(503, Duration::ZERO); // the first two fail: retried in ~3 s, past the 1 s horizon: parked
+    rx.then(503, Duration::ZERO);
+    rx.then(200, Duration::from_millis(3500)); // the third is answered 3.5 s late
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"n": 1})).await;
+    publish(&app, "object.created", json!({"n": 2})).await;
+    assert!(eventually(Duration::from_secs(10), || async { rx.count() == 2 }).await);
+    publish(&app, "object.created", json!({"n": 3})).await;
+    assert!(eventually(Duration::from_secs(10), || async { rx.count() == 3 }).await);
+    let third = rx.captured()[2].header("webhook-id").unwrap().to_string();
+    let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
+    assert_eq!(s, 202, "{b}");
+    let done = || async { deliveries(&app, &id, Some("succeeded")).await.len() == 3 };
+    assert!(eventually(Duration::from_secs(30), done).await, "{:?}", deliveries(&app, &id, None).await);
+    let sent = rx.captured().iter().filter(|c| c.header("webhook-id") == Some(third.as_str())).count();
+    let d = deliveries(&app, &id, None).await.into_iter().find(|d| d["delivery_id"] == json!(third)).unwrap();
+    let attempts = d["attempts"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!((sent, attempts), (1, 1), "sent {sent} times, {attempts} attempt(s) logged: {d}");
+}
+
+/// A shutdown while a failed actor's successor waits for its sends waits for them too (the
+/// cut-off ends them at the latest), and the successor takes their outcomes before the
+/// store closes: after the restart the delivery is not sent again and its attempt is there.
+/// (Two runtime threads: the receiver answers while the test waits for the daemon to stop.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_a_failed_actors_sends() {
+    let mut app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    rx.then(200, Duration::from_millis(1500));
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
+    publish(&app, "object.created", json!({"n": 1})).await;
+    assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await);
+    let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
+    assert_eq!(s, 202, "{b}");
+    assert!(metric_reaches(&app, "hookline_actor_restarts_total", &[("actor", "delivery")], 1.0).await);
+    assert_eq!(app.stop(), Some(0));
+    app.start_again().await;
+    let done = || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 };
+    assert!(eventually(Duration::from_secs(20), done).await, "{:?}", deliveries(&app, &id, None).await);
+    let d = deliveries(&app, &id, None).await.remove(0);
+    let attempts = d["attempts"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!((rx.count(), attempts), (1, 1), "sent {} times: {d}", rx.count());
+}
+
 #[tokio::test]
 async fn server_error_is_retried_with_the_same_webhook_id() {
     let app = TestApp::start().await;
