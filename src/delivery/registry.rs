@@ -654,6 +654,8 @@ fn keep_redacted_secrets(
                         }
                     }
                 }
+                // Checked on the body, where a kept value counted as its 8 characters.
+                c.check_sizes(&format!("channels[{i}]"))?;
             }
             _ => {}
         }

@@ -391,6 +391,27 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert!(m.contains("hookline_delivery_queue_depth"));
 }
 
+/// The header size caps hold for what a PATCH stores: values it keeps (sent back as
+/// `********`) count at their stored size, not as the 8 characters sent.
+#[tokio::test]
+async fn a_patch_keeping_hidden_headers_is_held_to_the_size_caps() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let channel = json!({"channel": "webhook", "configs": {"url": rx.url("/"), "secret": "s".repeat(8000),
+        "headers": {"X-A": "a".repeat(4000)}}});
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "big", "event_types": ["*"], "channels": [channel]})).await;
+    let (_, got) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    let mut channels = got["channels"].clone();
+    assert_eq!(channels[0]["configs"]["secret"], "********", "{got}");
+    channels[0]["configs"]["headers"]["X-B"] = json!("b".repeat(4000));
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({ "channels": channels })).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("channels[0].configs.headers")), "{b}");
+    channels[0]["configs"]["headers"]["X-B"] = json!("b".repeat(200));
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({ "channels": channels })).await;
+    assert_eq!(s, 200, "within the caps: {b}");
+}
+
 /// A send in flight when its webhook's delivery actor fails, or when the delivery registry
 /// fails and its restart kills the actors, goes out once and its attempt is logged: the
 /// successor starts once that send is over, takes its outcome and finds the delivery done.

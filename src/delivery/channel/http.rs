@@ -82,6 +82,16 @@ impl std::fmt::Debug for HttpConfig {
 }
 
 impl HttpConfig {
+    /// The sizes of its headers and `secret` (see [`super::check_header_sizes`]), errors
+    /// named under `at` (`channels[0]`). Run again on a PATCH once the values it kept
+    /// (sent back as `********`) are back, as they are what is stored and sent.
+    pub fn check_sizes(&self, at: &str) -> Result<(), ApiError> {
+        let field = |f: &str| format!("{at}.configs.{f}");
+        let secret = self.secret.as_deref().map(|s| (super::SECRET_HEADER, s, field("secret")));
+        let named = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str(), format!("{}.{n}", field("headers"))));
+        super::check_header_sizes(&field("headers"), named.chain(secret))
+    }
+
     pub fn validate(&self, at: &str, policy: NetPolicy) -> Result<(), ApiError> {
         let field = |f: &str| format!("{at}.configs.{f}");
         check_receiver_url(field("url"), &self.url, policy)?;
@@ -112,9 +122,7 @@ impl HttpConfig {
                 return Err(ApiError::validation(f, "this header is set by hookline and cannot be overridden"));
             }
         }
-        let secret = self.secret.as_deref().map(|s| (super::SECRET_HEADER, s, field("secret")));
-        let named = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str(), format!("{}.{n}", field("headers"))));
-        super::check_header_sizes(&field("headers"), named.chain(secret))?;
+        self.check_sizes(at)?;
         if let Some(t) = self.timeout {
             if !(MIN_TIMEOUT_SECONDS..=MAX_TIMEOUT_SECONDS).contains(&t) {
                 return Err(ApiError::validation(
