@@ -336,7 +336,15 @@ pub struct AdapterState {
     /// they may not be readable yet, so a delete of their object cannot find them by a scan
     /// and deletes these keys too. Cleared at every alert's barrier: it holds at most one.
     unsynced_alerts: Vec<(ObjectId, String)>,
+    /// Stored objects this actor re-wrote (an update, a re-key) since its last barrier: not
+    /// perhaps readable as re-written yet, so a change of one of them reads it only after a
+    /// barrier (see `indexed_objects`). At most [`REWRITTEN_KEPT`]; past that, `None`: every
+    /// read waits for a barrier until the next one.
+    rewritten: Option<std::collections::HashSet<ObjectId>>,
 }
+
+/// How many re-written objects [`AdapterState::rewritten`] names before it gives up naming them.
+const REWRITTEN_KEPT: usize = 4096;
 
 /// The most a bucket's batch buffer holds (as stored) before it flushes early. A flush is
 /// one atomic write of the buffer, its objects and their events: 1,000 events of 1 MiB made
@@ -410,6 +418,7 @@ impl Actor for SourceAdapterActor {
             closing: false,
             writeback,
             unsynced_alerts: Vec::new(),
+            rewritten: Some(Default::default()),
         })
     }
 

@@ -12,11 +12,12 @@
 //! index entry become the new key, stored or buffered alike.
 //!
 //! Reads of stored objects go to the store. A batch this actor submitted may not be visible
-//! yet (submitted, not logged), so they are read after a barrier (an empty commit: everything
-//! submitted before it is visible); otherwise an update right behind another of the same
-//! object would read, change and write back the version before it. That await is the only
-//! one in the actor's handler, and only on this path (updates and deletes of stored objects).
-//! This module owns no state of its own.
+//! yet (submitted, not logged), so an object it re-wrote since its last barrier (an empty
+//! commit: everything submitted before it is visible) is read only after one, or an update
+//! right behind another of the same object would read, change and write back the version
+//! before it; an indexed object the store does not show (its creation not visible yet) is
+//! read again after one. That await is the only one in the actor's handler, and only on
+//! these paths. This module owns no state of its own.
 
 use ractor::RpcReplyPort;
 use serde_json::Value;
@@ -586,6 +587,7 @@ impl AdapterState {
                         rec.source.external_id = Some(ext.to_string());
                     }
                     batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()), &rec);
+                    self.note_rewritten(&rec.object_id);
                     let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
                     events.push(self.shared.bus.record(&mut batch, "object.updated", || rec.event_payload(), scopes));
                     object_ids.push(rec.object_id);
@@ -648,32 +650,67 @@ impl AdapterState {
         self.dedup.insert(&hash, id);
     }
 
+    /// Waits until everything this actor submitted is readable (an empty commit: it is not
+    /// logged, only queued behind them).
+    async fn barrier(&mut self) -> Result<(), StoreError> {
+        self.shared.store.commit(Batch::new()).await?;
+        self.rewritten = Some(Default::default());
+        Ok(())
+    }
+
+    /// Notes a stored object re-written (see [`AdapterState::rewritten`]).
+    fn note_rewritten(&mut self, id: &ObjectId) {
+        if let Some(set) = &mut self.rewritten {
+            if set.len() >= super::REWRITTEN_KEPT {
+                self.rewritten = None;
+            } else {
+                set.insert(id.clone());
+            }
+        }
+    }
+
     /// Splits the objects indexed under external-ID `hash` into buffered IDs and stored
     /// records; drops index entries of objects that are gone (deleted through the objects API).
     async fn indexed_objects(&mut self, hash: &str) -> Result<(Vec<ObjectId>, Vec<ObjectRecord>), StoreError> {
         let ids = self.xids.get(hash).cloned().unwrap_or_default();
         let (buffered, kept): (Vec<ObjectId>, Vec<ObjectId>) =
             ids.into_iter().partition(|id| self.buffer.iter().any(|e| &e.object_id == id));
-        if !kept.is_empty() {
-            // This actor's own batches (the object's creation, an update or re-key of it just
-            // before) may not be readable yet: read now, the object could be missed or, worse,
-            // read as it was before that change, which this one would then overwrite. So wait
-            // until everything submitted is readable (an empty commit: it is not logged, only
-            // queued behind them).
-            self.shared.store.commit(Batch::new()).await?;
+        // One this actor re-wrote (an update or re-key just before) may not be readable as
+        // re-written yet: read now, it would be the version before that change, which this
+        // one would then write back over. So wait until everything submitted is readable.
+        let rewritten = |r: &Option<std::collections::HashSet<ObjectId>>, id: &ObjectId| {
+            r.as_ref().is_none_or(|set| set.contains(id))
+        };
+        if kept.iter().any(|id| rewritten(&self.rewritten, id)) {
+            self.barrier().await?;
         }
         let mut stored = Vec::new();
-        let mut stale = Batch::new();
+        let mut missing = Vec::new();
         for id in kept {
-            let key = records::key(self.bucket_id(), id.as_str());
-            match self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
+            match self
+                .shared
+                .store
+                .get::<ObjectRecord>(Keyspace::OBJECTS, &records::key(self.bucket_id(), id.as_str()))?
+            {
                 Some(rec) => stored.push(rec),
-                None => self.unindex(&mut stale, hash, &id),
+                None => missing.push(id),
             }
         }
-        if !stale.is_empty() {
-            // Housekeeping only: nobody waits for it (the committer applies it anyway).
-            drop(self.shared.store.submit(stale));
+        if !missing.is_empty() {
+            // Maybe our own creation of it, not applied yet: wait until everything submitted is.
+            self.barrier().await?;
+            let mut stale = Batch::new();
+            for id in missing {
+                let key = records::key(self.bucket_id(), id.as_str());
+                match self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? {
+                    Some(rec) => stored.push(rec),
+                    None => self.unindex(&mut stale, hash, &id),
+                }
+            }
+            if !stale.is_empty() {
+                // Housekeeping only: nobody waits for it (the committer applies it anyway).
+                drop(self.shared.store.submit(stale));
+            }
         }
         Ok((buffered, stored))
     }
