@@ -22,10 +22,12 @@
 //!   stopping at the first that does not fit; when it reaches the end, the spill is over. An
 //!   empty queue takes any one delivery, so an event larger than the byte bound still goes.
 //!
-//! Sends run as spawned tasks, at most `max_in_flight_per_webhook` at a time, and report back
-//! with [`WorkerMsg::Done`]. Each channel of a webhook with several has its share of that
-//! bound (see [`WorkerState::channel_cap`]), so a hung receiver cannot hold every slot while
-//! the webhook's other channels (its redundancy) wait behind it. Retries wait on one timer
+//! Sends run as tasks under the worker's lease ([`super::lease`]), at most
+//! `max_in_flight_per_webhook` at a time, and leave their outcomes in it, nudging the worker
+//! with [`WorkerMsg::Finished`] (so that a worker that fails leaves them to its successor,
+//! which starts only once they are all in). Each channel of a webhook with several has its
+//! share of that bound (see [`WorkerState::channel_cap`]), so a hung receiver cannot hold
+//! every slot while the webhook's other channels (its redundancy) wait behind it. Retries wait on one timer
 //! for the earliest due delivery (in memory or parked). The mailbox is therefore never
 //! blocked by a slow receiver, and each webhook has its own actor, so one slow or dead
 //! receiver never holds back another webhook.

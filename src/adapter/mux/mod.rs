@@ -100,13 +100,13 @@ pub fn is_asset_part_event(event: &Value) -> bool {
 /// `data` is trimmed). The object's external id, and the default dedup value, so that an
 /// upload's `asset_created` and its asset's `ready` are one object.
 pub fn event_asset_id(event: &Value) -> Option<&str> {
-    fn non_empty(v: Option<&Value>) -> Option<&str> {
+    fn usable(v: Option<&Value>) -> Option<&str> {
         v.and_then(Value::as_str).and_then(crate::adapter::path::string_key)
     }
     if is_asset_part_event(event) {
-        return non_empty(event.pointer("/data/asset_id"));
+        return usable(event.pointer("/data/asset_id"));
     }
-    event_asset(event).and_then(asset_id).or_else(|| non_empty(event.pointer("/object/id")))
+    event_asset(event).and_then(asset_id).or_else(|| usable(event.pointer("/object/id")))
 }
 
 /// What `POST /v1/webhooks/mux/{connection_id}` does with an event.
