@@ -55,6 +55,23 @@ pub struct DeliveryRegistry;
 
 type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
 
+/// A publish's answer: its event, whether it is a repeat of an earlier publish (the same
+/// `Idempotency-Key` and body: nothing new was published), and when it is on disk.
+pub struct Published {
+    pub event_id: EventId,
+    pub repeat: bool,
+    pub durable: oneshot::Receiver<Result<(), StoreError>>,
+}
+
+/// What a publish's `Idempotency-Key` names, stored under the key.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyRecord {
+    event_id: EventId,
+    /// The SHA-256 of the request's body, in hex.
+    body_sha256: String,
+    at_ms: u64,
+}
+
 /// A webhook PATCH's outcome: its view, when it is on disk, and (a rotated signing secret)
 /// when the delivery actor signs with the new secret. The caller waits for both outside the
 /// registry's mailbox, so a busy actor holds back only this answer.
@@ -95,8 +112,12 @@ pub enum DeliveryMsg {
         event_type: String,
         payload: serde_json::Value,
         cache_scopes: Vec<serde_json::Value>,
-        reply: Reply<(EventId, oneshot::Receiver<Result<(), StoreError>>)>,
+        /// The request's `Idempotency-Key`, with the SHA-256 of its body.
+        key: Option<(String, [u8; 32])>,
+        reply: Reply<Published>,
     },
+    /// A keyed publish is on disk (or failed): its key is read from the store from now on.
+    PublishSettled(String),
     /// Manual retry, forwarded to the webhook's worker (which answers `reply`).
     Retry {
         webhook_id: WebhookId,
@@ -154,6 +175,9 @@ pub struct DeliveryState {
     deps: ChannelDeps,
     settings: WorkerSettings,
     webhooks: HashMap<WebhookId, Entry>,
+    /// The keyed publishes not yet on disk (not readable from the store yet): a repeat of
+    /// one of them is told from here.
+    publishing: HashMap<String, KeyRecord>,
     /// A fan-out batch is in flight; `again` = more was signalled meanwhile.
     draining: bool,
     again: bool,
@@ -217,6 +241,7 @@ impl Actor for DeliveryRegistry {
             deps,
             settings,
             webhooks: HashMap::new(),
+            publishing: HashMap::new(),
             draining: false,
             again: false,
             epoch: rand::random::<u64>() >> 1,
@@ -337,10 +362,13 @@ impl Actor for DeliveryRegistry {
                     let _ = reply.send(r);
                 }
             }
-            DeliveryMsg::Publish { event_type, payload, cache_scopes, reply } => {
+            DeliveryMsg::Publish { event_type, payload, cache_scopes, key, reply } => {
                 if !reply.is_closed() {
-                    let _ = reply.send(Ok(state.publish(&event_type, payload, cache_scopes)));
+                    let _ = reply.send(state.publish_keyed(&event_type, payload, cache_scopes, key));
                 }
+            }
+            DeliveryMsg::PublishSettled(key) => {
+                state.publishing.remove(&key);
             }
             DeliveryMsg::Retry { webhook_id, delivery_id, reply } => {
                 if !state.webhooks.contains_key(&webhook_id) {
@@ -1122,14 +1150,67 @@ impl DeliveryState {
 
     /// `POST /v1/events`: one batch with the event's deliveries (and the event, once, if any
     /// webhook takes it); the workers hear of them once it is durable, then the publisher.
+    /// A publish with its `Idempotency-Key`, if any: a key seen before (within the delivery
+    /// retention) with the same body is a repeat, answered with the first publish's event
+    /// once that is on disk, and publishes nothing; with another body, a 409. A new key is
+    /// stored in the publish's own batch, so a crash keeps both or neither.
+    fn publish_keyed(
+        &mut self,
+        event_type: &str,
+        payload: serde_json::Value,
+        cache_scopes: Vec<serde_json::Value>,
+        key: Option<(String, [u8; 32])>,
+    ) -> Result<Published, ApiError> {
+        let Some((key, sha)) = key else {
+            let (event_id, durable) = self.publish(event_type, payload, cache_scopes, None);
+            return Ok(Published { event_id, repeat: false, durable });
+        };
+        let body_sha256 = const_hex::encode(sha);
+        let seen = match self.publishing.get(&key) {
+            Some(r) => Some((r.event_id.clone(), r.body_sha256 == body_sha256)),
+            None => self
+                .shared
+                .store
+                .get::<KeyRecord>(Keyspace::PUBLISH_KEYS, &key)?
+                .map(|r| (r.event_id, r.body_sha256 == body_sha256)),
+        };
+        match seen {
+            Some((event_id, true)) => {
+                // On disk once everything submitted before is: the first publish included.
+                let barrier = self.shared.store.submit(Batch::new());
+                let (tx, rx) = oneshot::channel();
+                tokio::spawn(async move {
+                    let _ = tx.send(barrier.await);
+                });
+                Ok(Published { event_id, repeat: true, durable: rx })
+            }
+            Some((event_id, false)) => Err(ApiError::Conflict(format!(
+                "Idempotency-Key {key:?} was used for another request (event {event_id}): a retry must send the same \
+                 body; a new event needs a new key"
+            ))),
+            None => {
+                let record = KeyRecord { event_id: EventId::generate(), body_sha256, at_ms: now_millis() };
+                let (event_id, durable) = self.publish(event_type, payload, cache_scopes, Some((&key, &record)));
+                self.publishing.insert(key, record);
+                Ok(Published { event_id, repeat: false, durable })
+            }
+        }
+    }
+
     fn publish(
         &mut self,
         event_type: &str,
         payload: serde_json::Value,
         cache_scopes: Vec<serde_json::Value>,
+        key: Option<(&str, &KeyRecord)>,
     ) -> (EventId, oneshot::Receiver<Result<(), StoreError>>) {
-        let event = Arc::new(EventRecord::new(event_type, payload, cache_scopes));
+        let mut event = EventRecord::new(event_type, payload, cache_scopes);
         let mut batch = Batch::new();
+        if let Some((key, record)) = key {
+            event.event_id = record.event_id.clone();
+            batch.put(Keyspace::PUBLISH_KEYS, key, record);
+        }
+        let event = Arc::new(event);
         let mut per_worker: HashMap<WebhookId, Vec<Delivery>> = HashMap::new();
         // As for recorded events: while no webhook is active, nothing is stored.
         if self.any_active() {
@@ -1139,11 +1220,17 @@ impl DeliveryState {
         let names = self.shared.names.clone();
         let (tx, rx) = oneshot::channel();
         let event_type = event.event_type.clone();
+        let settled = key.map(|(k, _)| k.to_string());
         tokio::spawn(async move {
             let r = durable.await;
             if r.is_ok() {
                 crate::metrics::event_published(&event_type);
                 enqueue(&names, per_worker);
+            }
+            // (A registry restarted meanwhile has no such key in memory: the store has it.)
+            if let (Some(key), Some(registry)) = (settled, ActorRef::<DeliveryMsg>::where_is(names.delivery_registry()))
+            {
+                let _ = registry.cast(DeliveryMsg::PublishSettled(key));
             }
             let _ = tx.send(r);
         });
@@ -1206,7 +1293,30 @@ impl DeliveryState {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep stored events (retried in an hour)"),
         }
+        // Publish keys are kept as long as deliveries are: a repeat after that publishes anew.
+        match expired_publish_keys(&self.shared.store, now_millis(), self.settings.retention) {
+            Ok(b) if !b.is_empty() => drop(self.shared.store.submit(b)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep publish keys (retried in an hour)"),
+        }
     }
+}
+
+/// The deletes of every publish `Idempotency-Key` recorded more than `retention` ago.
+fn expired_publish_keys(
+    store: &crate::store::Store,
+    now_ms: u64,
+    retention: Duration,
+) -> Result<Batch, crate::store::StoreError> {
+    let cutoff = now_ms.saturating_sub(retention.as_millis() as u64);
+    let mut expired = Batch::new();
+    store.for_each::<KeyRecord>(Keyspace::PUBLISH_KEYS, "", |k, r| {
+        if r.at_ms < cutoff {
+            expired.delete(Keyspace::PUBLISH_KEYS, k);
+        }
+        true
+    })?;
+    Ok(expired)
 }
 
 /// The deletes of every stored event older than `min_age` that no delivery names.
@@ -1250,6 +1360,29 @@ pub(crate) fn unreferenced_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn publish_keys_are_forgotten_after_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_sled(dir.path()).unwrap();
+        let now = now_millis();
+        let mut b = Batch::new();
+        for (key, age_ms) in [("old", 90_000_000), ("young", 1_000)] {
+            let r = KeyRecord { event_id: EventId::generate(), body_sha256: "00".into(), at_ms: now - age_ms };
+            b.put(Keyspace::PUBLISH_KEYS, key, &r);
+        }
+        store.commit(b).await.unwrap();
+        let sweep = expired_publish_keys(&store, now, Duration::from_secs(24 * 3600)).unwrap();
+        store.commit(sweep).await.unwrap();
+        let mut left = Vec::new();
+        store
+            .for_each_key(Keyspace::PUBLISH_KEYS, "", |k| {
+                left.push(k.to_string());
+                true
+            })
+            .unwrap();
+        assert_eq!(left, ["young"]);
+    }
 
     #[tokio::test]
     async fn the_sweep_deletes_only_old_events_no_delivery_names() {

@@ -216,14 +216,36 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     if state.shared.room.short() {
         return Err(ApiError::short_of_disk());
     }
+    let key = idempotency_key(req)?;
     let reg = registry(state)?;
     let PublishEvent { event_type, payload, cache_scopes } = body;
-    let (event_id, queued) = ask!(reg, |reply| DeliveryMsg::Publish { event_type, payload, cache_scopes, reply })?;
-    match queued.await {
+    let published = ask!(reg, |reply| DeliveryMsg::Publish { event_type, payload, cache_scopes, key, reply })?;
+    match published.durable.await {
         Ok(r) => r?,
         Err(_) => return Err(ApiError::Unavailable("the delivery registry stopped; publish again".into())),
     }
-    Ok(json(StatusCode::ACCEPTED, &serde_json::json!({ "event_id": event_id })))
+    Ok(match published.repeat {
+        true => json(StatusCode::OK, &serde_json::json!({ "event_id": published.event_id, "status": "duplicate" })),
+        false => json(StatusCode::ACCEPTED, &serde_json::json!({ "event_id": published.event_id })),
+    })
+}
+
+/// A publish's `Idempotency-Key` (1–255 visible ASCII characters), with the SHA-256 of its
+/// body: a repeat of a publish (a retry after a lost answer) sends both the same.
+fn idempotency_key(req: &Request) -> Result<Option<(String, [u8; 32])>, ApiError> {
+    use sha2::{Digest, Sha256};
+    const FIELD: &str = "Idempotency-Key";
+    let mut values = req.headers.get_all(FIELD).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::validation(FIELD, "given more than once: send it once"));
+    }
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::validation(FIELD, "must be 1–255 visible ASCII characters (no spaces)"))?;
+    Ok(Some((key.to_string(), Sha256::digest(&req.body).into())))
 }
 
 /// The refusal of a `before=` that is no delivery ID: any one is a position in the list.

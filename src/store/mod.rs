@@ -62,6 +62,8 @@ impl Keyspace {
     pub const WRITEBACKS: Keyspace = Keyspace("wb");
     /// Alerts on objects, `{bucket_id}/{object_id}/{alert_id}` (see `adapter::alert`).
     pub const ALERTS: Keyspace = Keyspace("alert");
+    /// `Idempotency-Key`s of `POST /v1/events`, `{key}` (see `delivery::registry`).
+    pub const PUBLISH_KEYS: Keyspace = Keyspace("pubkey");
 
     /// A keyspace by name, outside the list above (which should name every live prefix): for
     /// tests, and for migrations that read a retired keyspace (`format.rs`).

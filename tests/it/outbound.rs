@@ -391,6 +391,55 @@ async fn delivers_envelope_with_headers_and_signature() {
     assert!(m.contains("hookline_delivery_queue_depth"));
 }
 
+/// `POST /v1/events` of `body` with `Idempotency-Key: key`.
+async fn publish_keyed(app: &TestApp, key: &str, body: &str) -> (u16, Value) {
+    let auth = format!("Bearer {}", app.api_key);
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json"), ("Idempotency-Key", key)];
+    app.post_raw("/v1/events", body.to_string(), &headers).await
+}
+
+/// `POST /v1/events` with an `Idempotency-Key`: a repeat (the same key and body, as a retry
+/// after a lost answer sends) answers 200 with the first publish's `event_id` and publishes
+/// nothing, also when five come at once and after a restart; the same key with another body
+/// is a 409; a key that is no key is a 422 naming the header. One delivery in all.
+#[tokio::test]
+async fn a_publish_with_an_idempotency_key_goes_out_once() {
+    let mut app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "once", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
+    let body = json!({"event_type": "order.paid", "payload": {"order": 7}}).to_string();
+    let auth = format!("Bearer {}", app.api_key);
+    let (s, first) = publish_keyed(&app, "order-7-paid", &body).await;
+    assert_eq!(s, 202, "{first}");
+    let event_id = first["event_id"].clone();
+    let repeats = futures::future::join_all((0..5).map(|_| publish_keyed(&app, "order-7-paid", &body))).await;
+    for (s, r) in repeats {
+        assert_eq!((s, &r["event_id"], &r["status"]), (200, &event_id, &json!("duplicate")), "{r}");
+    }
+    let other = json!({"event_type": "order.paid", "payload": {"order": 8}}).to_string();
+    let (s, r) = publish_keyed(&app, "order-7-paid", &other).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (409, Some("conflict")), "{r}");
+    for bad in ["", "two words", "é"] {
+        let headers = [("Authorization", auth.as_str()), ("Idempotency-Key", bad)];
+        let (s, r) = app.post_raw("/v1/events", body.clone(), &headers).await;
+        assert_eq!((s, r["error"]["field"].as_str()), (422, Some("Idempotency-Key")), "{bad:?}: {r}");
+    }
+    assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await);
+    app.restart().await;
+    let (s, r) = publish_keyed(&app, "order-7-paid", &body).await;
+    assert_eq!((s, &r["event_id"]), (200, &event_id), "remembered across a restart: {r}");
+    let (s, r) = publish_keyed(&app, "order-8-paid", &body).await;
+    assert_eq!(s, 202, "another key is another event: {r}");
+    assert!(eventually(Duration::from_secs(10), || async { rx.count() == 2 }).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.count(), 2, "one delivery per key");
+    assert_eq!(deliveries(&app, &id, None).await.len(), 2);
+}
+
 /// The header size caps hold for what a PATCH stores: values it keeps (sent back as
 /// `********`) count at their stored size, not as the 8 characters sent.
 #[tokio::test]
