@@ -107,6 +107,12 @@ impl Lease {
         over
     }
 
+    /// Whether the worker left anything for a successor (outcomes, writes).
+    pub fn has_left(&self) -> bool {
+        let left = self.left();
+        !left.finished.is_empty() || !left.writes.is_empty()
+    }
+
     /// What the worker left, taken out (for its successor).
     pub fn take_left(&self) -> Left {
         std::mem::take(&mut *self.left())

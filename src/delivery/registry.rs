@@ -410,12 +410,14 @@ impl Actor for DeliveryRegistry {
                 // Webhooks whose worker waits for a failed predecessor's sends: those sends
                 // are waited for too (the cut-off ends them), then the successors started,
                 // which take their outcomes, and quiesced in turn (no send starts now).
+                // (A lease just over counts while it holds what it left: its successor's
+                // Respawn may still be to come, behind this.)
                 let deferred: Vec<_> = state
                     .webhooks
                     .keys()
                     .filter(|id| state.worker(id).is_none())
                     .filter_map(|id| state.shared.delivery_leases.get(id).map(|l| (id.clone(), l)))
-                    .filter(|(_, l)| !l.is_over())
+                    .filter(|(_, l)| !l.is_over() || l.has_left())
                     .collect();
                 let registry = myself.clone();
                 // Waited for off the mailbox: the registry stays responsive meanwhile.
@@ -423,10 +425,14 @@ impl Actor for DeliveryRegistry {
                     let each = workers.iter().map(|w| w.call(WorkerMsg::Quiesce, None));
                     futures::future::join_all(each).await;
                     if !deferred.is_empty() {
-                        for (id, lease) in deferred {
-                            lease.over().await;
-                            let _ = registry.cast(DeliveryMsg::Respawn { id, force: false });
-                        }
+                        let each = deferred.into_iter().map(|(id, lease)| {
+                            let registry = registry.clone();
+                            async move {
+                                let force = !lease.over().await;
+                                let _ = registry.cast(DeliveryMsg::Respawn { id, force });
+                            }
+                        });
+                        futures::future::join_all(each).await;
                         // After the Respawns in the mailbox: it quiesces the successors.
                         let _ = registry.call(DeliveryMsg::Quiesce, None).await;
                     }
@@ -1293,30 +1299,39 @@ impl DeliveryState {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep stored events (retried in an hour)"),
         }
-        // Publish keys are kept as long as deliveries are: a repeat after that publishes anew.
-        match expired_publish_keys(&self.shared.store, now_millis(), self.settings.retention) {
-            Ok(b) if !b.is_empty() => drop(self.shared.store.submit(b)),
-            Ok(_) => {}
+        // Publish keys are kept for the retention after their publish: a repeat after that
+        // publishes anew. Off the mailbox (there may be many), deleted in slices.
+        let (store, retention) = (self.shared.store.clone(), self.settings.retention);
+        tokio::task::spawn_blocking(move || match expired_publish_keys(&store, now_millis(), retention) {
+            Ok(slices) => slices.into_iter().for_each(|b| drop(store.submit(b))),
             Err(e) => tracing::warn!(error = %e, "sweep publish keys (retried in an hour)"),
-        }
+        });
     }
 }
 
-/// The deletes of every publish `Idempotency-Key` recorded more than `retention` ago.
+/// The deletes of every publish `Idempotency-Key` recorded more than `retention` ago, in
+/// batches of at most 10,000.
 fn expired_publish_keys(
     store: &crate::store::Store,
     now_ms: u64,
     retention: Duration,
-) -> Result<Batch, crate::store::StoreError> {
+) -> Result<Vec<Batch>, crate::store::StoreError> {
+    const SLICE: usize = 10_000;
     let cutoff = now_ms.saturating_sub(retention.as_millis() as u64);
-    let mut expired = Batch::new();
+    let mut slices = vec![Batch::new()];
     store.for_each::<KeyRecord>(Keyspace::PUBLISH_KEYS, "", |k, r| {
         if r.at_ms < cutoff {
-            expired.delete(Keyspace::PUBLISH_KEYS, k);
+            if slices.last().is_some_and(|b| b.len() >= SLICE) {
+                slices.push(Batch::new());
+            }
+            if let Some(b) = slices.last_mut() {
+                b.delete(Keyspace::PUBLISH_KEYS, k);
+            }
         }
         true
     })?;
-    Ok(expired)
+    slices.retain(|b| !b.is_empty());
+    Ok(slices)
 }
 
 /// The deletes of every stored event older than `min_age` that no delivery names.
@@ -1373,7 +1388,10 @@ mod tests {
         }
         store.commit(b).await.unwrap();
         let sweep = expired_publish_keys(&store, now, Duration::from_secs(24 * 3600)).unwrap();
-        store.commit(sweep).await.unwrap();
+        assert_eq!(sweep.len(), 1, "one slice");
+        for b in sweep {
+            store.commit(b).await.unwrap();
+        }
         let mut left = Vec::new();
         store
             .for_each_key(Keyspace::PUBLISH_KEYS, "", |k| {

@@ -324,6 +324,11 @@ impl Actor for DeliveryWorker {
         }
         state.shared.store.commit(crate::store::Batch::new()).await?;
         state.load()?;
+        if !finished.is_empty() {
+            // What the reload wrote (parked retries' entries, burials) is read by `adopt`.
+            state.submit_writes();
+            state.shared.store.commit(crate::store::Batch::new()).await?;
+        }
         for f in finished {
             state.adopt(&f.delivery_id)?;
             state.done(f.delivery_id, f.result, f.at_ms, f.duration);
@@ -1260,7 +1265,8 @@ impl WorkerState {
         }
         let key = delivery_key(&self.rt.webhook_id, id);
         let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else { return Ok(()) };
-        if d.status != DeliveryStatus::Pending {
+        // Finished, or of a channel removed since (buried by the reload): nothing to apply.
+        if d.status != DeliveryStatus::Pending || !self.rt.has_channel(&d) {
             return Ok(());
         }
         attach_event(&self.shared.store, &mut HashMap::new(), &mut d)?;
