@@ -1156,8 +1156,8 @@ impl DeliveryState {
 
     /// `POST /v1/events`: one batch with the event's deliveries (and the event, once, if any
     /// webhook takes it); the workers hear of them once it is durable, then the publisher.
-    /// A publish with its `Idempotency-Key`, if any: a key seen before (within the delivery
-    /// retention) with the same body is a repeat, answered with the first publish's event
+    /// A publish with its `Idempotency-Key`, if any: a key seen before (keys are kept for the
+    /// delivery retention after their publish) with the same body is a repeat, answered with the first publish's event
     /// once that is on disk, and publishes nothing; with another body, a 409. A new key is
     /// stored in the publish's own batch, so a crash keeps both or neither.
     fn publish_keyed(
