@@ -107,6 +107,11 @@ impl Lease {
         over
     }
 
+    /// Whether `other` is this same lease (not another worker's).
+    pub fn is(&self, other: &Lease) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Whether the worker left anything for a successor (outcomes, writes).
     pub fn has_left(&self) -> bool {
         let left = self.left();
@@ -174,5 +179,6 @@ mod tests {
         let left = lease.take_left();
         assert_eq!(left.writes.len(), 1, "the unsubmitted writes are handed over");
         assert!(lease.take_left().writes.is_empty(), "once");
+        assert!(lease.is(&lease.clone()) && !lease.is(&Lease::default()));
     }
 }

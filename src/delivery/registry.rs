@@ -155,11 +155,12 @@ pub enum DeliveryMsg {
     /// Fault injection for supervision tests (`/v1/debug/crash`).
     Crash,
     /// Start the webhook's worker now that its predecessor's lease is over (see
-    /// `spawn_worker`), unless the webhook is gone or has one; `force`: even if it is not
-    /// (its wait ran out: see `lease::MAX_WAIT`).
+    /// `spawn_worker`), unless the webhook is gone or has one; `gave_up_on`: the lease whose
+    /// wait ran out (see `lease::MAX_WAIT`): if it is still the current one, the worker
+    /// starts without waiting for it any longer.
     Respawn {
         id: WebhookId,
-        force: bool,
+        gave_up_on: Option<Lease>,
     },
 }
 
@@ -428,8 +429,8 @@ impl Actor for DeliveryRegistry {
                         let each = deferred.into_iter().map(|(id, lease)| {
                             let registry = registry.clone();
                             async move {
-                                let force = !lease.over().await;
-                                let _ = registry.cast(DeliveryMsg::Respawn { id, force });
+                                let gave_up_on = (!lease.over().await).then_some(lease);
+                                let _ = registry.cast(DeliveryMsg::Respawn { id, gave_up_on });
                             }
                         });
                         futures::future::join_all(each).await;
@@ -439,9 +440,9 @@ impl Actor for DeliveryRegistry {
                     let _ = reply.send(());
                 });
             }
-            DeliveryMsg::Respawn { id, force } => {
+            DeliveryMsg::Respawn { id, gave_up_on } => {
                 if state.webhooks.contains_key(&id) && state.worker(&id).is_none() {
-                    if let Err(e) = state.spawn_worker_after(&myself, &id, force).await {
+                    if let Err(e) = state.spawn_worker_after(&myself, &id, gave_up_on).await {
                         tracing::error!(webhook_id = %id, error = %e, "start of delivery actor failed");
                     }
                 }
@@ -799,16 +800,16 @@ impl DeliveryState {
     }
 
     async fn spawn_worker(&mut self, myself: &ActorRef<DeliveryMsg>, id: &WebhookId) -> Result<(), ActorProcessingErr> {
-        self.spawn_worker_after(myself, id, false).await
+        self.spawn_worker_after(myself, id, None).await
     }
 
-    /// [`Self::spawn_worker`]; `force`: without waiting for the predecessor's lease (its
-    /// wait for it ran out).
+    /// [`Self::spawn_worker`]; without waiting for the predecessor's lease any longer when
+    /// it is `gave_up_on` (its wait ran out; a lease after it is waited for as any).
     async fn spawn_worker_after(
         &mut self,
         myself: &ActorRef<DeliveryMsg>,
         id: &WebhookId,
-        force: bool,
+        gave_up_on: Option<Lease>,
     ) -> Result<(), ActorProcessingErr> {
         let Some(entry) = self.webhooks.get(id) else { return Ok(()) };
         let name = self.shared.names.delivery(id.as_str());
@@ -820,11 +821,12 @@ impl DeliveryState {
         // starts once they are over (see `lease.rs`), so none goes out twice and every
         // attempt is logged. Meanwhile the webhook's deliveries wait in the store, where the
         // successor finds them.
-        if let Some(old) = self.shared.delivery_leases.get(id).filter(|l| !force && !l.is_over()) {
+        let given_up = |l: &Lease| gave_up_on.as_ref().is_some_and(|g| g.is(l));
+        if let Some(old) = self.shared.delivery_leases.get(id).filter(|l| !given_up(l) && !l.is_over()) {
             let (registry, id) = (myself.clone(), id.clone());
             tokio::spawn(async move {
-                let force = !old.over().await;
-                let _ = registry.cast(DeliveryMsg::Respawn { id, force });
+                let gave_up_on = (!old.over().await).then_some(old);
+                let _ = registry.cast(DeliveryMsg::Respawn { id, gave_up_on });
             });
             return Ok(());
         }
