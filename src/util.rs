@@ -24,6 +24,42 @@ pub fn path_shown(path: &std::path::Path) -> String {
     }
 }
 
+/// A map behind a lock, shared by clones: for what an actor keeps that must outlive it and
+/// the actor that supervises it (the leases in `Shared`: a registry that fails takes its
+/// actors down, and the registry started in its place must find their leases).
+pub struct SharedMap<K, V>(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<K, V>>>);
+
+impl<K, V> Default for SharedMap<K, V> {
+    fn default() -> Self {
+        SharedMap(Default::default())
+    }
+}
+
+impl<K, V> Clone for SharedMap<K, V> {
+    fn clone(&self) -> Self {
+        SharedMap(self.0.clone())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> SharedMap<K, V> {
+    pub fn get(&self, k: &K) -> Option<V> {
+        self.map().get(k).cloned()
+    }
+
+    pub fn put(&self, k: K, v: V) {
+        self.map().insert(k, v);
+    }
+
+    /// The value, taken out.
+    pub fn take(&self, k: &K) -> Option<V> {
+        self.map().remove(k)
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, V>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64

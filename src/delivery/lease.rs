@@ -14,7 +14,6 @@
 //!
 //! This module owns the leases and nothing of a worker's state.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -130,26 +129,7 @@ impl Lease {
 
 /// The current lease of each webhook's worker (in `Shared`, so that it outlives a registry
 /// that fails).
-#[derive(Clone, Default)]
-pub struct Leases(Arc<Mutex<HashMap<WebhookId, Lease>>>);
-
-impl Leases {
-    pub fn get(&self, id: &WebhookId) -> Option<Lease> {
-        self.map().get(id).cloned()
-    }
-
-    pub fn put(&self, id: WebhookId, lease: Lease) {
-        self.map().insert(id, lease);
-    }
-
-    pub fn remove(&self, id: &WebhookId) {
-        self.map().remove(id);
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<WebhookId, Lease>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+pub type Leases = crate::util::SharedMap<WebhookId, Lease>;
 
 #[cfg(test)]
 mod tests {

@@ -1042,7 +1042,7 @@ impl DeliveryState {
         if let Some(worker) = self.worker(id) {
             let _ = worker.stop_and_wait(Some("webhook deleted".into()), Some(Duration::from_secs(5))).await;
         }
-        self.shared.delivery_leases.remove(id);
+        self.shared.delivery_leases.take(id);
         // Barrier: fan-out batches submitted before this point (no later one names the
         // webhook, it is gone from `webhooks`) are visible to the scan below.
         self.shared.store.commit(Batch::new()).await?;
@@ -1378,6 +1378,18 @@ pub(crate) fn unreferenced_events(
 mod tests {
     use super::*;
 
+    /// Every key of `ks`, in store order.
+    fn keys_in(store: &crate::store::Store, ks: Keyspace) -> Vec<String> {
+        let mut keys = Vec::new();
+        store
+            .for_each_key(ks, "", |k| {
+                keys.push(k.to_string());
+                true
+            })
+            .unwrap();
+        keys
+    }
+
     #[tokio::test]
     async fn publish_keys_are_forgotten_after_the_retention() {
         let dir = tempfile::tempdir().unwrap();
@@ -1394,14 +1406,7 @@ mod tests {
         for b in sweep {
             store.commit(b).await.unwrap();
         }
-        let mut left = Vec::new();
-        store
-            .for_each_key(Keyspace::PUBLISH_KEYS, "", |k| {
-                left.push(k.to_string());
-                true
-            })
-            .unwrap();
-        assert_eq!(left, ["young"]);
+        assert_eq!(keys_in(&store, Keyspace::PUBLISH_KEYS), ["young"]);
     }
 
     #[tokio::test]
@@ -1420,13 +1425,7 @@ mod tests {
 
         let sweep = unreferenced_events(&store, now, Duration::from_secs(600)).unwrap();
         store.commit(sweep).await.unwrap();
-        let mut left = Vec::new();
-        store
-            .for_each_key(Keyspace::EVENTS, "", |k| {
-                left.push(k.to_string());
-                true
-            })
-            .unwrap();
+        let mut left = keys_in(&store, Keyspace::EVENTS);
         left.sort();
         let mut want = vec![old_named, young_orphan];
         want.sort();

@@ -4,9 +4,9 @@
 //! more new connections than that while the accept loop is busy (an upstream's retry storm,
 //! a fleet of clients reconnecting after a restart, a load test's connection pool) had the
 //! kernel drop the extra SYNs, and each of those clients waited for its kernel to send its
-//! SYN again: 1 s later, then 2 s after that. Measured in the delivery bench: 256 publishers connecting at once, 9
-//! dropped, a `/healthz` probe answered after 1.03 s. Past the backlog the kernel still
-//! drops: the accept loop, not the queue, is what must keep up.
+//! SYN again: 1 s later, then 2 s after that. Measured in the delivery bench: 256
+//! publishers connecting at once, 9 dropped, a `/healthz` probe answered after 1.03 s. Past
+//! the backlog the kernel still drops: the accept loop, not the queue, is what must keep up.
 
 use std::net::SocketAddr;
 

@@ -60,12 +60,11 @@ impl AdapterState {
         dedup_hash: &Option<String>,
         origin: Origin,
     ) -> Result<Option<FetchJob>, String> {
-        let Some(ProviderConfig::Mux(m)) = self.credentials()? else { return Ok(None) };
-        let Some((token_id, token_secret)) = m.api_token() else { return Ok(None) };
+        let Some((token_id, token_secret)) = self.api_token()? else { return Ok(None) };
         Ok(Some(FetchJob {
             asset_id: req.asset_id,
-            token_id: token_id.to_string(),
-            token_secret: token_secret.to_string(),
+            token_id,
+            token_secret,
             next: Continuation {
                 screened: screened.clone(),
                 payload: payload.clone(),
@@ -75,6 +74,15 @@ impl AdapterState {
             },
             shared: None,
         }))
+    }
+
+    /// The Mux API token of the adapter's credentials (ID, secret), for this fetch only;
+    /// `None` without one (a connection that only checks signatures, or none).
+    fn api_token(&self) -> Result<Option<(String, String)>, String> {
+        Ok(match self.credentials()? {
+            Some(ProviderConfig::Mux(m)) => m.api_token().map(|(id, secret)| (id.to_string(), secret.to_string())),
+            _ => None,
+        })
     }
 
     /// Whether `asset_id` has a fetch in flight for an event that creates its object: a
@@ -178,10 +186,7 @@ impl AdapterState {
             // A lifecycle update of this asset came while it was fetched: the answer may
             // predate it (the object would keep the old state, the update being answered
             // already). Fetched again, once; without credentials now, the answer stands.
-            if let Some((token_id, token_secret)) = match self.credentials() {
-                Ok(Some(ProviderConfig::Mux(m))) => m.api_token().map(|(i, s)| (i.to_string(), s.to_string())),
-                _ => None,
-            } {
+            if let Ok(Some((token_id, token_secret))) = self.api_token() {
                 next.refetched = true;
                 let job = FetchJob { asset_id, token_id, token_secret, next, shared: None };
                 self.spawn_fetch(job, reply);

@@ -98,19 +98,7 @@ impl Lease {
 /// kept in [`Shared`] rather than in the registry's state: a registry that fails takes its
 /// adapter actors down with it (killed), and the registry started in its place must find
 /// their leases to end their workers before it starts their successors.
-#[derive(Clone, Default)]
-pub struct Leases(Arc<std::sync::Mutex<std::collections::HashMap<BucketId, Lease>>>);
-
-impl Leases {
-    /// The bucket's lease, taken out (to be ended).
-    pub fn take(&self, id: &BucketId) -> Option<Lease> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id)
-    }
-
-    pub fn put(&self, id: BucketId, lease: Lease) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, lease);
-    }
-}
+pub type Leases = crate::util::SharedMap<BucketId, Lease>;
 
 /// Handle held by the adapter actor; dropping it stops the worker.
 pub struct Worker {

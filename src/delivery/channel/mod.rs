@@ -454,9 +454,9 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8 << 10;
 /// failure retried until `max_age_hours`.
 pub const MAX_HEADER_SET_BYTES: usize = 12 << 10;
 
-/// Checks the sizes of a configured header set (`(name, value)` pairs); the error names
-/// the field, `headers.{name}` under `at` (or `value_field`'s own for a value given apart,
-/// such as a channel's `secret`).
+/// Checks the sizes of a configured header set: `(name, value, the field an error about
+/// that value names)` items (a channel's `secret` is one, sent as its header); an error
+/// about the whole set names `at`.
 pub fn check_header_sizes<'a>(
     at: &str,
     headers: impl Iterator<Item = (&'a str, &'a str, String)>,
