@@ -461,6 +461,19 @@ async fn a_patch_keeping_hidden_headers_is_held_to_the_size_caps() {
     assert_eq!(s, 200, "within the caps: {b}");
 }
 
+/// A webhook on every event with one HTTP channel to `rx`; its ID.
+async fn webhook_to(app: &TestApp, rx: &Receiver) -> String {
+    let channels = [http_channel(&rx.url("/"))];
+    create_webhook(app, json!({"webhook_name": "c", "event_types": ["*"], "channels": channels})).await.0
+}
+
+/// Makes the webhook's delivery actor fail (debug endpoint); returns once it is restarted.
+async fn crash_delivery_actor(app: &TestApp, webhook_id: &str) {
+    let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{webhook_id}"), json!({})).await;
+    assert_eq!(s, 202, "{b}");
+    assert!(metric_reaches(app, "hookline_actor_restarts_total", &[("actor", "delivery")], 1.0).await);
+}
+
 /// A send in flight when its webhook's delivery actor fails, or when the delivery registry
 /// fails and its restart kills the actors, goes out once and its attempt is logged: the
 /// successor starts once that send is over, takes its outcome and finds the delivery done.
@@ -472,11 +485,7 @@ async fn a_send_in_flight_when_its_actor_fails_goes_once_and_is_logged() {
         let app = TestApp::start().await;
         let rx = Receiver::start(200).await;
         rx.then(200, Duration::from_millis(1200)); // the first request is answered 1.2 s late
-        let (id, _) = create_webhook(
-            &app,
-            json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
-        )
-        .await;
+        let id = webhook_to(&app, &rx).await;
         publish(&app, "object.created", json!({"n": 1})).await;
         assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await, "{crash}: not sent");
         let actor = match crash {
@@ -521,19 +530,14 @@ async fn a_failed_actors_outcome_reaches_a_delivery_its_successor_left_in_the_st
     rx.then(503, Duration::ZERO); // the first two fail: retried in ~3 s, past the 1 s horizon: parked
     rx.then(503, Duration::ZERO);
     rx.then(200, Duration::from_millis(3500)); // the third is answered 3.5 s late
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
-    )
-    .await;
+    let id = webhook_to(&app, &rx).await;
     publish(&app, "object.created", json!({"n": 1})).await;
     publish(&app, "object.created", json!({"n": 2})).await;
     assert!(eventually(Duration::from_secs(10), || async { rx.count() == 2 }).await);
     publish(&app, "object.created", json!({"n": 3})).await;
     assert!(eventually(Duration::from_secs(10), || async { rx.count() == 3 }).await);
     let third = rx.captured()[2].header("webhook-id").unwrap().to_string();
-    let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
-    assert_eq!(s, 202, "{b}");
+    crash_delivery_actor(&app, &id).await;
     let done = || async { deliveries(&app, &id, Some("succeeded")).await.len() == 3 };
     assert!(eventually(Duration::from_secs(30), done).await, "{:?}", deliveries(&app, &id, None).await);
     let sent = rx.captured().iter().filter(|c| c.header("webhook-id") == Some(third.as_str())).count();
@@ -551,16 +555,10 @@ async fn a_shutdown_waits_for_a_failed_actors_sends() {
     let mut app = TestApp::start().await;
     let rx = Receiver::start(200).await;
     rx.then(200, Duration::from_millis(1500));
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "c", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
-    )
-    .await;
+    let id = webhook_to(&app, &rx).await;
     publish(&app, "object.created", json!({"n": 1})).await;
     assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await);
-    let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
-    assert_eq!(s, 202, "{b}");
-    assert!(metric_reaches(&app, "hookline_actor_restarts_total", &[("actor", "delivery")], 1.0).await);
+    crash_delivery_actor(&app, &id).await;
     assert_eq!(app.stop(), Some(0));
     app.start_again().await;
     let done = || async { deliveries(&app, &id, Some("succeeded")).await.len() == 1 };
