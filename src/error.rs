@@ -161,7 +161,9 @@ fn unplaceholder(message: &str) -> String {
 /// The longest error message (or field) sent, in characters; the rest is cut with "…".
 const MAX_MESSAGE_CHARS: usize = 500;
 
-fn cut(s: String) -> String {
+/// `s` cut to [`MAX_MESSAGE_CHARS`], "…" marking the cut: what an answer sends, and what a
+/// stored error keeps (an adapter's `last_error` is written again with every ingest).
+pub fn cut(s: String) -> String {
     match s.char_indices().nth(MAX_MESSAGE_CHARS) {
         Some((end, _)) => format!("{}…", &s[..end]),
         None => s,

@@ -483,8 +483,12 @@ impl AdapterStats {
     }
 
     /// Records an error that is not an event's (a writeback's).
+    ///
+    /// Cut as an answer's message is: a refused event's message may quote its payload (a
+    /// serde error quotes the offending string whole), and this record is written again in
+    /// every later ingest's batch.
     pub fn error(&mut self, now_ms: u64, error: String) {
-        self.last_error = Some(error);
+        self.last_error = Some(crate::error::cut(error));
         self.last_error_at = Some(crate::util::millis_to_rfc3339(now_ms));
     }
 

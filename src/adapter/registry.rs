@@ -682,6 +682,9 @@ impl RegistryState {
                     }
                     bucket.dedup_scope = Some(scope);
                 }
+                if let Some(w) = self.id_column_change(&bucket, &adapter)? {
+                    warnings.push(w);
+                }
                 bucket.source_adapter = Some(adapter);
                 webhook_secret = secret;
             }
@@ -988,9 +991,12 @@ impl RegistryState {
                 }
             })));
         }
+        // No actor (no adapter, or its actor stopped): nothing else writes the bucket's
+        // objects, once a stopped actor's last writes are readable.
+        self.shared.store.commit(Batch::new()).await?;
         let key = records::key(id, object_id.as_str());
         let Some(obj) = self.shared.store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else {
-            return Err(ApiError::NotFound(format!("object {object_id} not found in bucket {id}")));
+            return self.delete_buffered(&bucket, object_id).await;
         };
         let mut batch = Batch::new();
         batch.delete(Keyspace::OBJECTS, &key);
@@ -1004,6 +1010,58 @@ impl RegistryState {
         let event = self.shared.bus.record(&mut batch, "object.deleted", || obj.event_payload(), scopes);
         self.shared.store.commit(batch).await?;
         self.shared.bus.published([&event]);
+        Ok(Answer::Now(()))
+    }
+
+    /// The warning of a PATCH that moves a Supabase adapter to another `id_column` while the
+    /// bucket holds objects or buffered events: they are found by their rows' values of the
+    /// old column, which the rows' later events no longer give, and the new column's values
+    /// cannot be worked out from them (not re-indexed, as a change of adapter type is).
+    fn id_column_change(&self, bucket: &Bucket, adapter: &SourceAdapter) -> Result<Option<String>, ApiError> {
+        use crate::catalog::ProviderType::Supabase;
+        let Some(old) = bucket.source_adapter.as_ref() else { return Ok(None) };
+        if old.adapter_type != Supabase || adapter.adapter_type != Supabase || old.id_column() == adapter.id_column() {
+            return Ok(None);
+        }
+        let prefix = records::prefix(&bucket.bucket_id);
+        let mut any = false;
+        for ks in [Keyspace::OBJECTS, Keyspace::BUFFER] {
+            self.shared.store.for_each_key(ks, &prefix, |_| {
+                any = true;
+                false
+            })?;
+        }
+        Ok(any.then(|| {
+            format!(
+                "id_column changed from {:?} to {:?}: the bucket's objects (and buffered events) from before this \
+                 PATCH are found by their rows' {:?} values, which the rows' later events are no longer matched by: \
+                 an UPDATE of such a row makes a new object and a DELETE leaves the old one; delete those objects, \
+                 or set id_column back, if their rows will change",
+                old.id_column(),
+                adapter.id_column(),
+                old.id_column()
+            )
+        }))
+    }
+
+    /// A buffered event's deletion while its adapter's actor is stopped, as the actor does it
+    /// (`delete_buffered` there): out of the store's buffer, so the restarted actor, which
+    /// loads its buffer from the store, never flushes it; nothing published; its dedup key
+    /// kept.
+    async fn delete_buffered(&mut self, bucket: &Bucket, object_id: &ObjectId) -> Result<Answer<()>, ApiError> {
+        let id = &bucket.bucket_id;
+        let key = records::key(id, object_id.as_str());
+        let Some(entry) = self.shared.store.get::<BufferEntry>(Keyspace::BUFFER, &key)? else {
+            return Err(ApiError::NotFound(format!("object {object_id} not found in bucket {id}")));
+        };
+        let mut batch = Batch::new();
+        batch.delete(Keyspace::BUFFER, &key);
+        if entry.draft.source.external_id.is_some() {
+            batch.delete(Keyspace::EXTERNAL_IDS, &key);
+        }
+        records::keep_dedup_key(&mut batch, bucket, object_id, entry.dedup.as_ref());
+        self.shared.store.commit(batch).await?;
+        tracing::debug!(bucket_id = %id, object_id = %object_id, "buffered event deleted (adapter not running)");
         Ok(Answer::Now(()))
     }
 

@@ -1081,6 +1081,32 @@ async fn another_adapter_type_starts_without_the_old_last_error() {
     assert_eq!(st["events_failed_24h"], 1, "the counters stay: {st}");
 }
 
+/// A refused event whose message quotes a long value of it (serde's error for a Supabase
+/// `record` that is a string quotes the string whole) leaves a `last_error` cut as the 422's
+/// message is: the stats record holding it is written again with every later ingest.
+#[tokio::test]
+async fn a_long_value_in_a_refused_event_is_cut_in_last_error() {
+    let mut app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "supabase", "field_mapping": {"record.title": "title"},
+                         "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "long-error", json!({"title": {"type": "string"}}), adapter).await;
+    let huge = "x".repeat(900 * 1024);
+    let event = json!({"type": "INSERT", "table": "t", "schema": "public", "record": huge, "old_record": null});
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &event).await;
+    assert_eq!(s, 422, "{b}");
+    let row = json!({"type": "INSERT", "table": "t", "schema": "public", "record": {"id": 1, "title": "t"},
+                     "old_record": null});
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &row).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let st = status(&app, &bucket).await;
+    let last_error = st["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.starts_with("invalid type") || last_error.contains("record"), "{last_error:.200}");
+    assert!(last_error.ends_with('…') && last_error.chars().count() <= 501, "{} chars", last_error.len());
+    let backend = crate::support::stop_and_open(&mut app).await;
+    let stored: usize = crate::support::stored_entries(&backend, "stats", &bucket).iter().map(|(_, v)| v.len()).sum();
+    assert!(stored > 0 && stored < 8 * 1024, "the stats record is {stored} bytes");
+}
+
 /// An int property takes an integral float (`5.0`, as JavaScript and many ORMs send it) and
 /// stores it as `5`; a fraction or a number past 64 bits is still refused.
 #[tokio::test]
@@ -1857,6 +1883,48 @@ async fn any_patch_starts_an_adapter_stopped_after_its_restart_budget() {
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": view["source_adapter"]})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(send("f5").await, 200);
+}
+
+/// While a bucket's adapter actor is stopped (past its restart budget), DELETE of an event it
+/// buffered removes it, as with the actor running: 204, and once a PATCH starts the adapter
+/// again its flush makes no object of it; a re-sent copy is still a duplicate.
+#[tokio::test]
+async fn a_buffered_event_is_deleted_while_its_adapter_is_stopped() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id",
+                         "batching": {"mode": "time_window", "window_seconds": 300}});
+    let (bucket, secret) = bucket_with_adapter(&app, "stopped-buffer", json!({}), adapter).await;
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "x"})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("buffered")), "{b}");
+    let (s, kept) = ingest(&app, &bucket, Some(&secret), &json!({"id": "y"})).await;
+    assert_eq!((s, kept["status"].as_str()), (200, Some("buffered")), "{kept}");
+    let oid = b["object_id"].as_str().expect("object_id").to_string();
+    for _ in 0..=hookline::adapter::registry::ADAPTER_MAX_RESTARTS {
+        let (s, _) = app.post(&format!("/v1/debug/crash/adapter.{bucket}"), json!({})).await;
+        if s != 202 {
+            break; // already stopped for good
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let stopped = || async { status(&app, &bucket).await["actor"] == "stopped" };
+    assert!(eventually(Duration::from_secs(20), stopped).await);
+    let object = format!("/v1/buckets/{bucket}/objects/{oid}");
+    let (s, b) = app.get(&object).await;
+    assert!(s == 404 && b["error"]["message"].as_str().is_some_and(|m| m.contains("buffered")), "{s} {b}");
+    let (s, b) = app.delete(&object).await;
+    assert_eq!(s, 204, "{b}");
+    let (s, _) = app.delete(&object).await;
+    assert_eq!(s, 404, "deleted once");
+    let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": view["source_adapter"]})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, f) = app.post(&format!("/v1/buckets/{bucket}/source-adapter/flush"), json!({})).await;
+    assert_eq!(s, 200, "{f}");
+    let made: Vec<Value> = objects(&app, &bucket).await;
+    let ids: Vec<&str> = made.iter().filter_map(|o| o["object_id"].as_str()).collect();
+    assert_eq!(ids, [kept["object_id"].as_str().expect("object_id")], "the other buffered event only");
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &json!({"id": "x"})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("duplicate")), "its dedup key kept: {b}");
 }
 
 /// A bucket whose adapter actor is busy (stalled here through a debug endpoint; in life,

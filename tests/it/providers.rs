@@ -426,6 +426,49 @@ async fn an_update_during_the_ready_fetch_is_not_lost() {
     assert!(title == "fetch 2" || title == "fetch 3", "made from an answer after the update: {objects:?}");
 }
 
+/// The same through the ingest route, whose filter may take `video.asset.updated` too: the
+/// update finds no object yet (200 `updated`, none named), and the object is made from an
+/// answer fetched after it, not from the fetch that predates it.
+#[tokio::test]
+async fn an_ingest_route_update_during_the_ready_fetch_is_not_lost() {
+    let fake = FakeMux::start().await;
+    let extra_toml = format!("[mux]\napi_base = \"http://{}\"\ntimeout_seconds = 25\n", fake.addr);
+    let app = TestApp::start_with(Options { extra_toml, ..Default::default() }).await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let bucket = app.create_bucket("ingest-route-update", video_schema()).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {
+                "adapter_type": "mux", "connection_id": conn,
+                "event_filter": {"event_types": ["video.asset.ready", "video.asset.updated"]},
+                "field_mapping": {"data.meta.title": "title"},
+                "blob_source": {"file_field": "playback_url", "blob_type": "video", "target_property": "video"},
+                "batching": {"mode": "immediate"}
+            }}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let asset = "HeLdUpInGeSt01";
+    let ready = spawn_ingest(&app, &bucket, &ready_event(asset, false)); // no playback ids: fetched (held)
+    let fetching = || async { fake.calls().iter().any(|(id, _)| id == asset) };
+    assert!(eventually(Duration::from_secs(20), fetching).await, "the asset fetch never started");
+    // The update carries the whole asset (its playback ids too): mapped as it is, no fetch.
+    let updated = json!({"type": "video.asset.updated", "object": {"type": "asset", "id": asset},
+        "id": "evt-upd-ingest", "data": {"id": asset, "status": "ready", "meta": {"title": "renamed"},
+        "playback_ids": [{"policy": "public", "id": format!("PB{asset}")}]}});
+    let (s, r) = spawn_ingest(&app, &bucket, &updated.to_string()).await.unwrap();
+    assert_eq!((s, r["status"].as_str(), &r["object_ids"]), (200, Some("updated"), &json!([])), "{r}");
+    fake.release_held();
+    let (s, r) = ready.await.unwrap();
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "{r}");
+    let objects = objects(&app, &bucket).await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let calls = fake.calls().iter().filter(|(id, _)| id == asset).count();
+    assert_eq!(calls, 2, "the held fetch, then one after the update");
+    assert_eq!(objects[0]["metadata"]["title"], "fetch 2", "made from the answer fetched after the update");
+}
+
 /// Deliveries of one asset's creation while its fetch is in flight wait for that fetch: six
 /// at once make one read of the asset from the Mux API (which rate-limits them), one object
 /// and five duplicates of it.
@@ -1631,6 +1674,34 @@ async fn supabase_rows(app: &TestApp, name: &str, adapter: Value) -> (String, St
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": config })).await;
     assert_eq!(s, 200, "{b}");
     (bucket, b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string())
+}
+
+/// A PATCH that moves a Supabase adapter to another `id_column` says, in its `warnings`, that
+/// the objects already there stay found by the old column's values (they cannot be re-keyed
+/// from what is stored); in a bucket with no object it says nothing.
+#[tokio::test]
+async fn a_changed_id_column_is_warned_about_when_objects_exist() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = supabase_rows(&app, "idcol", json!({})).await;
+    let (empty, _) = supabase_rows(&app, "idcol-empty", json!({})).await;
+    let with_id_column = |col: &str| {
+        json!({"source_adapter": {"adapter_type": "supabase", "id_column": col,
+            "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
+            "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}}})
+    };
+    let (s, b) = app.patch(&format!("/v1/buckets/{empty}"), with_id_column("slug")).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("warnings").is_none(), "no object: nothing to say: {b}");
+    let row = json!({"id": 1, "slug": "row-one", "title": "first"});
+    let r = post_row(&app, &bucket, &secret, db_event("INSERT", row, Value::Null)).await;
+    assert_eq!(r["status"], "created", "{r}");
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), with_id_column("slug")).await;
+    assert_eq!(s, 200, "{b}");
+    let warnings: Vec<&str> = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(
+        warnings.len() == 1 && warnings[0].starts_with("id_column changed from \"id\" to \"slug\""),
+        "{warnings:?}"
+    );
 }
 
 /// Posts a database-webhook payload to the bucket's ingest URL; asserts a 200.

@@ -580,6 +580,13 @@ impl AdapterState {
                     }
                     return Ok(self.accept(now, draft, dedup_hash));
                 }
+                if buffered.is_empty() && stored.is_empty() {
+                    // No object yet, but maybe one being made from a fetch now in flight,
+                    // whose answer may predate this update: fetched again when it comes
+                    // (whichever route brought the update: the ingest route's filter may
+                    // take `video.asset.updated` too).
+                    self.mark_outdated_if_creating(ext);
+                }
                 self.refresh_buffered(&mut batch, &mut events, &buffered, &draft);
                 for mut rec in stored {
                     rec.apply(draft.clone());
