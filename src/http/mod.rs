@@ -227,19 +227,27 @@ const PROGRESS_FLOOR: u64 = 1 << 10;
 /// (or 4 × `read_timeout`, if longer): 1 KiB per check would otherwise hold it forever.
 const MAX_WIND_DOWN: Duration = Duration::from_secs(60);
 
-/// warp's server without its two gaps: it gives hyper no timer, so a client that sends half
-/// its headers holds a connection (and a graceful shutdown) forever (here it has
-/// `read_timeout` to send them; the body's own deadline is in [`read_body`]); and it logs every
-/// client that hangs up mid-request at `error`. Connections are served by hyper-util (HTTP/1
-/// and h2c, as warp does); a connection idle for `read_timeout` is closed; on shutdown the
-/// listener closes and open connections finish their request (the caller bounds how long
-/// that may take).
+/// How long after the shutdown began a connection may still be sending the head of its next
+/// request. hyper's graceful shutdown closes only an HTTP/1 connection that is between
+/// requests: one whose first request's head is half read counts as busy, and hyper would
+/// keep reading it for the whole `read_timeout`, holding up every restart. A real client
+/// sends a head in milliseconds; a second is ample, and short next to the shutdown's grace.
+const HEAD_GRACE: Duration = Duration::from_secs(1);
+
 /// How many client connections may be open: in all, and from one client address.
 struct Caps {
     total: usize,
     per_ip: usize,
 }
 
+/// warp's server without its two gaps: it gives hyper no timer, so a client that sends half
+/// its headers holds a connection (and a graceful shutdown) forever (here it has
+/// `read_timeout` to send them; the body's own deadline is in [`read_body`]); and it logs every
+/// client that hangs up mid-request at `error`. Connections are served by hyper-util (HTTP/1
+/// and h2c, as warp does); a connection idle for `read_timeout` is closed; on shutdown the
+/// listener closes and open connections finish their request (the caller bounds how long
+/// that may take), while one whose next request has not reached the service within
+/// [`HEAD_GRACE`] is closed.
 async fn accept_loop<S, B>(
     service: impl Fn() -> S,
     listener: tokio::net::TcpListener,
@@ -329,6 +337,9 @@ async fn accept_loop<S, B>(
                 if !got_request.is_cancelled() {
                     got_request.cancel(); // once per connection (it takes a lock)
                 }
+                if req.version() == warp::http::Version::HTTP_2 {
+                    activity.h2.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 // A CONNECT's target is an authority with no path, on which warp's path
                 // filter panics (warp 0.4.3): route it as `/`, which answers 404.
                 if req.uri().path_and_query().is_none() {
@@ -397,6 +408,10 @@ async fn accept_loop<S, B>(
             let mut winding_down: Option<tokio::time::Instant> = None;
             let wind_down_cap = MAX_WIND_DOWN.max(read_timeout * 4);
             let (mut sent, mut moved_at) = (0u64, tokio::time::Instant::now());
+            // Once the shutdown began: when to look again for a connection that owes its
+            // client nothing (see [`HEAD_GRACE`]).
+            let mut shutting_down = false;
+            let mut head_check = std::pin::pin!(tokio::time::sleep_until(deadline));
             loop {
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -410,9 +425,23 @@ async fn accept_loop<S, B>(
                         return;
                     }
                     // Shutting down: open requests finish, then the connection closes.
-                    _ = closing.cancelled(), if winding_down.is_none() => {
-                        conn.as_mut().graceful_shutdown();
-                        winding_down = Some(tokio::time::Instant::now());
+                    _ = closing.cancelled(), if !shutting_down => {
+                        shutting_down = true;
+                        head_check.as_mut().reset(tokio::time::Instant::now() + HEAD_GRACE);
+                        if winding_down.is_none() {
+                            conn.as_mut().graceful_shutdown();
+                            winding_down = Some(tokio::time::Instant::now());
+                        }
+                    }
+                    // hyper may still be waiting for a request head: no request of this
+                    // connection is in the service and none of its answers is left to write,
+                    // so closing it cuts nothing.
+                    () = &mut head_check, if shutting_down => {
+                        if activity.owes_nothing() {
+                            tracing::debug!("no request under way a second into the shutdown: connection closed");
+                            return;
+                        }
+                        head_check.as_mut().reset(tokio::time::Instant::now() + HEAD_GRACE);
                     }
                     tick = idle_check.tick() => {
                         let idle = activity.idle_for() >= read_timeout;
@@ -458,6 +487,14 @@ struct Activity {
     last_ms: std::sync::atomic::AtomicU64,
     /// Bytes written to the client so far.
     sent: std::sync::atomic::AtomicU64,
+    /// hyper has tried to write since its last flush: an answer of a request that has left
+    /// the service may still be in its buffer, unsent. (HTTP/1 flushes its socket only once
+    /// its buffer is empty, and tries a write whenever it holds bytes.)
+    writing: std::sync::atomic::AtomicBool,
+    /// An HTTP/2 request arrived: its answer's body may wait for the client's flow-control
+    /// window with nothing in flight and nothing being written, so [`Activity::owes_nothing`]
+    /// cannot tell.
+    h2: std::sync::atomic::AtomicBool,
     since: std::time::Instant,
 }
 
@@ -467,6 +504,8 @@ impl Default for Activity {
             in_flight: Default::default(),
             last_ms: Default::default(),
             sent: Default::default(),
+            writing: Default::default(),
+            h2: Default::default(),
             since: std::time::Instant::now(),
         }
     }
@@ -499,6 +538,15 @@ impl Activity {
     fn sent(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Whether closing the connection now cuts nothing: an HTTP/1 connection (or one with no
+    /// request yet) with no request in the service and no answer left to write. All hyper
+    /// can be doing is reading a request head. (An answer is buffered and written in the same
+    /// poll in which its request leaves the service, so no check falls in between.)
+    fn owes_nothing(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.in_flight.load(Relaxed) == 0 && !self.writing.load(Relaxed) && !self.h2.load(Relaxed)
+    }
 }
 
 /// A connection's socket, counting for its [`Activity`] the bytes that go out: a client
@@ -510,6 +558,7 @@ struct Progress<T> {
 
 impl<T> Progress<T> {
     fn note(&self, r: &std::task::Poll<std::io::Result<usize>>) {
+        self.activity.writing.store(true, std::sync::atomic::Ordering::Relaxed);
         if let std::task::Poll::Ready(Ok(n)) = r {
             self.activity.wrote(*n);
         }
@@ -555,7 +604,11 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Progress<T> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        if let std::task::Poll::Ready(Ok(())) = r {
+            self.activity.writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 
     fn poll_shutdown(

@@ -1490,6 +1490,53 @@ async fn shutdown_does_not_wait_for_a_silent_connection() {
     assert!(!app.log().contains("still open after the shutdown timeout"), "{}", app.log());
 }
 
+/// A client that stalls halfway through its first request's head does not hold up a
+/// shutdown for `read_timeout_seconds` (hyper's graceful shutdown keeps reading such a head):
+/// its connection is closed a second into the shutdown. A request already in the service,
+/// its body still coming, is answered all the same. (The bounds are far from the expected
+/// second: no measure of speed.)
+#[tokio::test]
+async fn a_half_sent_request_head_does_not_hold_up_a_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opts = Options {
+        server_toml: "read_timeout_seconds = 20\nshutdown_timeout_seconds = 60\n".into(),
+        ..Options::default()
+    };
+    let mut app = TestApp::start_with(opts).await;
+    let mut half_head = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    half_head.write_all(b"GET /healthz HTTP/1.1\r\nHost").await.unwrap();
+    let body = br#"{"event_type": "batch.failed", "payload": {"n": 1}}"#;
+    let mut slow_body = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.api_key,
+        body.len()
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    slow_body.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.signal("TERM");
+    let began = eventually(Duration::from_secs(5), || async { app.log().contains("shutdown signal received") });
+    assert!(began.await, "{}", app.log());
+    // The half head's connection is closed, with no answer.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), half_head.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the half-sent head kept its connection open for {:?}", started.elapsed());
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    // The body's rest, sent past that second, is read and its request answered.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
+    slow_body.write_all(&body[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow_body.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the slow body's request was not answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert_eq!(app.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", app.log());
+    assert!(started.elapsed() < Duration::from_secs(10), "the shutdown took {:?}", started.elapsed());
+    assert!(!app.log().contains("still open after the shutdown timeout"), "{}", app.log());
+}
+
 /// An idle connection is closed after `read_timeout_seconds`, HTTP/2 included (one that
 /// answers pings would otherwise hold a `max_connections` slot for good), but not while a
 /// request is in flight.
