@@ -53,8 +53,9 @@ pub async fn raise(state: &HttpState, req: &Request, id: &str, oid: &str) -> Res
 }
 
 /// `GET …/objects/{object_id}/alerts`: the object's alerts, by `alert_id`, paged as the
-/// other lists (`limit`, `cursor`). Read from the store, as the object is: what was answered
-/// is there. A 404 for an object that does not exist (its alerts went with it).
+/// other lists (`limit`, `cursor`: the `alert_id` of one of its alerts). Read from the store,
+/// as the object is: what was answered is there. A 404 for an object that does not exist
+/// (its alerts went with it).
 pub async fn list(state: &HttpState, req: &Request, id: &str, oid: &str) -> Result<Response, ApiError> {
     req.authenticate_list(state, &["limit", "cursor"])?;
     let bucket = load_bucket(state, req, id)?;
@@ -66,7 +67,19 @@ pub async fn list(state: &HttpState, req: &Request, id: &str, oid: &str) -> Resu
     }
     let mut page = Page::results(req.page_limit()?);
     let prefix = alert::object_prefix(&bucket.bucket_id, &object_id);
-    let after = req.cursor(|c| AlertId::parse(c).is_some())?.map(|c| format!("{prefix}{c}"));
+    // Alert IDs are the caller's, so a well-formed one (`AL1`, `zzz`) is not yet a cursor this
+    // list handed out: it must name one of the object's alerts. A page's `next_cursor` always
+    // does, since an alert goes only with its object (and the list with it, a 404).
+    let after = match req.cursor(|c| AlertId::parse(c).is_some())?.and_then(AlertId::parse) {
+        None => None,
+        Some(alert_id) => {
+            let key = alert::key(&bucket.bucket_id, &object_id, &alert_id);
+            if !store.contains(alert::KS, &key)? {
+                return Err(super::request::not_a_cursor());
+            }
+            Some(key)
+        }
+    };
     store.for_each_after(alert::KS, &prefix, after.as_deref(), |key, rec: AlertRecord| {
         page.offer(&key[prefix.len()..], &rec.view())
     })?;

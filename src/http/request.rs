@@ -203,17 +203,21 @@ impl Request {
     }
 
     /// A list endpoint's `cursor`, when given: an ID of the kind the list returns (`valid`),
-    /// else a 422. The item need not exist any more: the page starts just after its key.
+    /// else a 422 ([`not_a_cursor`]). The item need not exist any more: the page starts just
+    /// after its key.
     pub fn cursor(&self, valid: fn(&str) -> bool) -> Result<Option<&str>, ApiError> {
         match self.query.get("cursor") {
             None => Ok(None),
             Some(c) if valid(c) => Ok(Some(c)),
-            Some(_) => Err(ApiError::validation(
-                "cursor",
-                "not a cursor of this list: give a page's next_cursor as it was returned",
-            )),
+            Some(_) => Err(not_a_cursor()),
         }
     }
+}
+
+/// The 422 for a `cursor` a list did not hand out: read as a position, it would skip or
+/// repeat items, or answer an empty page that looks like the end of the list.
+pub fn not_a_cursor() -> ApiError {
+    ApiError::validation("cursor", "not a cursor of this list: give a page's next_cursor as it was returned")
 }
 
 /// The largest page a list endpoint returns.

@@ -718,3 +718,31 @@ async fn an_objects_alerts_are_listed() {
     assert_eq!(app.delete(&format!("/v1/buckets/{bucket}/objects/{oid}")).await.0, 204);
     assert_eq!(app.get(&path).await.0, 404, "its alerts went with it");
 }
+
+/// A cursor the alerts list did not hand out is a 422 naming `cursor`, as on every other list,
+/// not an empty page or a position: alert IDs are the caller's, so a cursor is taken only
+/// when it is the `alert_id` of one of the object's alerts (a page's `next_cursor` always is:
+/// an alert goes only with its object).
+#[tokio::test]
+async fn an_alerts_cursor_it_did_not_hand_out_is_refused() {
+    let app = TestApp::start().await;
+    let (bucket, _, oid) = generic_with_object(&app, "cursors", generic_on_alert("http://127.0.0.1:9/wb")).await;
+    let path = alerts_path(&bucket, &oid);
+    for id in ["a-1", "b-2", "c-3"] {
+        let (s, a) =
+            raise(&app, &bucket, &oid, json!({"alert_id": id, "results": {"verdict_classification": "x"}})).await;
+        assert_eq!(s, 202, "{a}");
+    }
+    for cursor in ["zzz", "AL1", "b-20", "alr_01jzzzzzzzzzzzzzzzzzzzzzzz", "a%2Fb"] {
+        let (s, e) = app.get(&format!("{path}?cursor={cursor}")).await;
+        assert_eq!((s, e["error"]["field"].as_str()), (422, Some("cursor")), "{cursor}: {e}");
+        assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("not a cursor of this list")), "{e}");
+    }
+    // What it hands out still pages.
+    let (_, first) = app.get(&format!("{path}?limit=1")).await;
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let (s, rest) = app.get(&format!("{path}?cursor={cursor}")).await;
+    assert_eq!(s, 200, "{rest}");
+    let ids: Vec<&str> = rest["results"].as_array().unwrap().iter().map(|a| a["alert_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["b-2", "c-3"], "{rest}");
+}
