@@ -130,10 +130,15 @@ impl Request {
     }
 
     /// For a POST that takes no fields (`…/flush`, `…/submit`, the retries) and every DELETE:
-    /// nothing, `{}` or
-    /// `null` (whatever the declared type: `curl -d '{}'` says form data). Any field is a 422
-    /// as an unknown field is elsewhere: the caller meant to set something this does not take.
+    /// nothing, `{}` or `null`. Any field is a 422 as an unknown field is elsewhere: the caller
+    /// meant to set something this does not take. Such a POST's declared type is not looked at
+    /// (`curl -d '{}'` says form data; the README promises it); a DELETE's is, as on the other
+    /// admin routes that read a body: declared as anything but JSON, body or not, it is a 415
+    /// and deletes nothing (a PATCH sent so is a 415 too: the same request, another verb).
     pub fn no_fields(&self) -> Result<(), ApiError> {
+        if self.method == Method::DELETE {
+            self.require_json_content_type()?;
+        }
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }

@@ -29,6 +29,62 @@ async fn auth_is_required_and_checked() {
     assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), 200);
 }
 
+/// A DELETE with a declared Content-Type that is not JSON is a 415, as a PATCH or a POST
+/// with fields is, and deletes nothing: `curl -X DELETE -d '{}'` declares form data. JSON or
+/// no declared type still deletes.
+#[tokio::test]
+async fn a_delete_with_a_declared_non_json_body_is_a_415_and_deletes_nothing() {
+    let app = TestApp::start().await;
+    let bucket = app.create_bucket("kept", json!({})).await;
+    let hook = json!({"webhook_name": "w", "event_types": ["*"], "channels": [crate::outbound::http_channel("http://127.0.0.1:9/")]});
+    let (webhook, _) = crate::outbound::create_webhook(&app, hook).await;
+    let (s, c) = app
+        .post("/v1/organizations/connections", json!({"name": "hooks", "provider_type": "generic_webhook", "provider_config": {"url": "https://hooks.example.com/in"}}))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let paths = [
+        format!("/v1/buckets/{bucket}"),
+        format!("/v1/organizations/webhooks/{webhook}"),
+        format!("/v1/organizations/connections/{}", c["connection_id"].as_str().unwrap()),
+    ];
+    let auth = format!("Bearer {}", app.api_key);
+    for path in &paths {
+        for (ct, body) in [("text/plain", "{}"), ("application/x-www-form-urlencoded", "{}"), ("text/plain", "")] {
+            let r = app
+                .client
+                .delete(app.url(path))
+                .header("Authorization", &auth)
+                .header("Content-Type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let b: serde_json::Value = r.json().await.unwrap_or_default();
+            assert_eq!(
+                (status, b["error"]["code"].as_str()),
+                (415, Some("unsupported_media_type")),
+                "{path} {ct}: {b}"
+            );
+        }
+        assert_eq!(app.get(path).await.0, 200, "{path} was deleted");
+    }
+    // A JSON body (or none) deletes, as before.
+    let r = app
+        .client
+        .delete(app.url(&paths[0]))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json; charset=utf-8")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for path in &paths[1..] {
+        assert_eq!(app.delete(path).await.0, 204, "{path}");
+    }
+}
+
 /// An admin endpoint that takes no query parameter refuses one (422 naming it) before it acts:
 /// `?dry_run=1` on a DELETE must not delete. Without a key it is still a 401 first; the lists
 /// take theirs; ingest ignores them (upstreams add their own, e.g. a cache buster).
