@@ -199,11 +199,18 @@ impl Request {
     }
 
     /// [`Request::page_limit`] with another default (the lists that were not paged before).
+    /// Plain decimal digits only: Rust's integer parsing also takes `+5` and `05`, and a
+    /// client that sends them (a template's sign or padding) should hear so rather than come to
+    /// depend on it. Every value refused gets the one message, with the range.
     pub fn page_limit_or(&self, default: usize) -> Result<usize, ApiError> {
-        match self.query_param::<usize>("limit")? {
-            None => Ok(default),
-            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            Some(n) => Err(ApiError::validation("limit", format!("must be within 1–{MAX_PAGE}, got {n}"))),
+        let Some(raw) = self.query.get("limit") else { return Ok(default) };
+        let plain = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0');
+        match raw.parse::<usize>() {
+            Ok(n) if plain && (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::validation(
+                "limit",
+                format!("must be within 1–{MAX_PAGE} (digits only: no sign, no leading zero), got {raw:?}"),
+            )),
         }
     }
 

@@ -169,3 +169,56 @@ async fn the_webhook_list_is_whole_when_small_and_paged_at_the_byte_budget() {
     let (s, _) = app.get("/v1/organizations/webhooks?limit=0").await;
     assert_eq!(s, 422);
 }
+
+/// `limit` is plain decimal digits within 1–1000 on every list: a sign (`+5`), a leading zero
+/// (`05`) or anything else is a 422 naming `limit`, each with the same message and the range.
+#[tokio::test]
+async fn limit_is_plain_digits_within_the_range_on_every_list() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = bucket_with_adapter(
+        &app,
+        "limits",
+        json!({"text": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"text": "text"}, "batching": {"mode": "immediate"}}),
+    )
+    .await;
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &json!({"text": "t"})).await;
+    assert_eq!(s, 200, "{b}");
+    let object = b["object_id"].as_str().unwrap().to_string();
+    let hook = json!({"webhook_name": "w", "event_types": ["*"], "channels": [crate::outbound::http_channel("http://127.0.0.1:9/")]});
+    let (webhook, _) = crate::outbound::create_webhook(&app, hook).await;
+    let lists = [
+        "/v1/buckets".to_string(),
+        "/v1/organizations/connections".to_string(),
+        "/v1/organizations/webhooks".to_string(),
+        format!("/v1/organizations/webhooks/{webhook}/deliveries"),
+        format!("/v1/buckets/{bucket}/objects"),
+        format!("/v1/buckets/{bucket}/batches"),
+        format!("/v1/buckets/{bucket}/objects/{object}/alerts"),
+        format!("/v1/buckets/{bucket}/source-adapter/writebacks"),
+    ];
+    for list in &lists {
+        for ok in ["5", "1", "1000"] {
+            let (s, b) = app.get(&format!("{list}?limit={ok}")).await;
+            assert_eq!(s, 200, "{list}?limit={ok}: {b}");
+        }
+        for (sent, value) in [
+            ("%2B5", "+5"),
+            ("05", "05"),
+            ("-1", "-1"),
+            ("0", "0"),
+            ("1001", "1001"),
+            ("abc", "abc"),
+            ("5.0", "5.0"),
+            ("%205", " 5"),
+            ("", ""),
+            ("99999999999999999999999", "99999999999999999999999"),
+        ] {
+            let (s, b) = app.get(&format!("{list}?limit={sent}")).await;
+            assert_eq!((s, b["error"]["field"].as_str()), (422, Some("limit")), "{list}?limit={sent}: {b}");
+            let message = b["error"]["message"].as_str().unwrap_or_default();
+            let want = format!("limit: must be within 1–1000 (digits only: no sign, no leading zero), got {value:?}");
+            assert_eq!(message, want, "{list}?limit={sent}");
+        }
+    }
+}
