@@ -546,6 +546,16 @@ impl Config {
         if self.storage.path.as_os_str().is_empty() {
             bail!("storage.path must not be empty");
         }
+        // A shell expands `~`, but none reads config.toml (nor a systemd unit's environment):
+        // taken literally, `~/hldata` made a directory named `~` in the working directory and
+        // a new, empty store there, the real one unseen.
+        if self.storage.path.as_os_str().as_encoded_bytes().starts_with(b"~") {
+            bail!(
+                "storage.path {:?} starts with ~, which hookline does not expand (no shell reads config.toml); \
+                 write the full path, such as /home/me/hldata",
+                self.storage.path
+            );
+        }
         for (i, k) in self.auth.api_keys.iter().enumerate() {
             if k.trim().len() < 16 {
                 bail!("auth.api_keys[{i}] is shorter than 16 characters; use a long random key");
@@ -919,6 +929,27 @@ mod tests {
         assert!(e.contains("expected a whole number from 0 to 65535"), "{e}");
         let e = Config::from_toml("[server]\nshutdown_timeout_seconds = 1.5\n").unwrap_err().to_string();
         assert!(e.ends_with("expected a whole number, 0 or more") && e.contains("1.5"), "{e}");
+    }
+
+    #[test]
+    fn a_storage_path_starting_with_a_tilde_is_refused() {
+        for path in ["~/hldata", "~", "~hookline/data"] {
+            let text = format!("[storage]\npath = \"{path}\"\n");
+            let e = Config::from_toml(&text).unwrap().validate().unwrap_err().to_string();
+            assert!(e.starts_with("storage.path") && e.contains("does not expand") && e.contains(path), "{e}");
+            assert!(e.contains("write the full path"), "{e}");
+        }
+        // From the environment too, naming its variable.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "").unwrap();
+        let env = EnvOverrides { data_dir: Some("~/hldata".into()), ..Default::default() };
+        let e = format!("{:#}", Config::load(&file, &env).unwrap_err());
+        assert!(e.starts_with("HOOKLINE_DATA_DIR (which overrides the config file) is not valid: storage.path"), "{e}");
+        // A tilde further on is an ordinary character of a name.
+        let mut c = Config::default();
+        c.storage.path = PathBuf::from("/srv/hl~old/data");
+        c.validate().unwrap();
     }
 
     #[test]
