@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+// Each table says what it expects: serde's default names the Rust type (`server = 5`:
+// "expected struct ServerConfig"), which the operator has never seen. (toml reports a
+// wrong type for an enum such as `SmtpTls` in its own words.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "tables of settings ([server], [storage], …)")]
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
@@ -25,7 +28,7 @@ pub struct Config {
 
 /// What `/metrics` exports beyond the always-on series (see the README's Metrics).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "a table [metrics]")]
 pub struct MetricsConfig {
     /// Also count ingest requests by bucket: `hookline_ingest_bucket_requests_total`, labelled
     /// `bucket_id` and `outcome`, for requests to a bucket that exists (a 404's ID, which
@@ -36,7 +39,7 @@ pub struct MetricsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "a table [ingest]")]
 pub struct IngestConfig {
     /// How often each source-adapter actor checks whether its time window is due. A window
     /// flushes at most this late.
@@ -50,7 +53,7 @@ impl Default for IngestConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "a table [mux]")]
 pub struct MuxApiConfig {
     /// Base URL of the Mux API, for fetching assets a webhook does not fully describe.
     /// Tests point it at a local fake.
@@ -67,7 +70,7 @@ impl Default for MuxApiConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "a table [server]")]
 pub struct ServerConfig {
     /// Address to listen on; port 0 picks a free port (printed at start-up).
     pub listen: String,
@@ -113,7 +116,7 @@ impl Default for ServerConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "a table [storage]")]
 pub struct StorageConfig {
     /// sled data directory (created if missing).
     pub path: PathBuf,
@@ -132,7 +135,7 @@ impl Default for StorageConfig {
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "a table [auth]")]
 pub struct AuthConfig {
     /// Admin API keys. Empty: one is generated on first start, printed once, and only its
     /// SHA-256 is stored.
@@ -148,7 +151,7 @@ const MAX_QUEUED_BYTES: u64 = 1 << 40;
 const MAX_AGE_HOURS: u64 = 24 * 366;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, expecting = "a table [delivery]")]
 pub struct DeliveryConfig {
     /// Allow `http://` receivers (local development only).
     pub allow_insecure_http: bool,
@@ -206,7 +209,7 @@ pub enum SmtpTls {
 
 /// `[delivery.email]`: where email channels send.
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table [delivery.email]")]
 pub struct EmailSettings {
     /// Any host, loopback and private addresses included, whatever
     /// `delivery.allow_private_networks` says: the relay is the operator's own choice (a
@@ -235,7 +238,7 @@ pub struct EmailSettings {
 
 /// `[delivery.sms]`: a Twilio-compatible Messages API.
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table [delivery.sms]")]
 pub struct SmsSettings {
     #[serde(default = "default_sms_api_base")]
     pub api_base: String,
@@ -929,6 +932,32 @@ mod tests {
         assert!(e.contains("expected a whole number from 0 to 65535"), "{e}");
         let e = Config::from_toml("[server]\nshutdown_timeout_seconds = 1.5\n").unwrap_err().to_string();
         assert!(e.ends_with("expected a whole number, 0 or more") && e.contains("1.5"), "{e}");
+    }
+
+    #[test]
+    fn a_section_of_the_wrong_type_names_no_rust_type() {
+        for (text, want) in [
+            ("server = 5", "a table [server]"),
+            ("storage = \"./data\"", "a table [storage]"),
+            ("auth = \"key\"", "a table [auth]"),
+            ("delivery = true", "a table [delivery]"),
+            ("mux = 1.5", "a table [mux]"),
+            ("ingest = 5", "a table [ingest]"),
+            ("metrics = 5", "a table [metrics]"),
+            ("[delivery]\nemail = 5", "a table [delivery.email]"),
+            ("[delivery]\nsms = 5", "a table [delivery.sms]"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("expected {want}")), "{text}: {e}");
+            assert!(!e.contains("struct") && !e.contains("Config") && !e.contains("Settings"), "{text}: {e}");
+        }
+        for tls in ["5", "\"ssl\""] {
+            let text = format!("[delivery.email]\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\ntls = {tls}\n");
+            let e = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(!e.contains("SmtpTls") && !e.contains("enum"), "{tls}: {e}");
+        }
+        let e = Config::from_toml("server = 5").unwrap_err().to_string();
+        assert!(e.ends_with("invalid type: integer `5`, expected a table [server]"), "{e}");
     }
 
     #[test]
