@@ -359,6 +359,26 @@ pub fn environment_help() -> String {
 }
 
 /// serde's Rust type names in a TOML error (`expected usize`) in the operator's words.
+/// Refuses a value of `doc` that is not a table where `defaults` has a table (see
+/// [`Config::from_toml`]), naming its dotted path.
+fn tables_are_tables(doc: &toml::Table, defaults: &toml::Table, within: &str) -> anyhow::Result<()> {
+    for (key, default) in defaults {
+        let (Some(given), toml::Value::Table(inner)) = (doc.get(key), default) else { continue };
+        let path = if within.is_empty() { key.clone() } else { format!("{within}.{key}") };
+        match given {
+            toml::Value::Table(t) => tables_are_tables(t, inner, &path)?,
+            // What serde would take; any other type it refuses itself, with the line.
+            toml::Value::Array(_) => {
+                anyhow::bail!(
+                    "{path}: expected a table [{path}], not an array (settings are read by name, never by position)"
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn plain_types(message: &str) -> String {
     const WORDS: [(&str, &str); 9] = [
         ("usize", "a whole number, 0 or more"),
@@ -462,6 +482,20 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        // serde's derived structs also take an array, field by field in declaration order:
+        // `server = ["127.0.0.1:9999"]` would set `listen` without naming it. Every table of
+        // the settings (all have defaults, so the defaults show them all) must be a table.
+        // The optional ones (unset by default) are added to what the defaults show.
+        if let (Ok(doc), Ok(toml::Value::Table(mut defaults))) =
+            (text.parse::<toml::Table>(), toml::Value::try_from(Config::default()))
+        {
+            if let Some(toml::Value::Table(delivery)) = defaults.get_mut("delivery") {
+                for optional in ["email", "sms"] {
+                    delivery.entry(optional).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                }
+            }
+            tables_are_tables(&doc, &defaults, "")?;
+        }
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", plain_types(e.to_string().trim_end())))
     }
 
@@ -958,6 +992,15 @@ mod tests {
         }
         let e = Config::from_toml("server = 5").unwrap_err().to_string();
         assert!(e.ends_with("invalid type: integer `5`, expected a table [server]"), "{e}");
+        // An array would be read field by field in declaration order: refused, not taken.
+        for (text, path) in [
+            ("server = [\"127.0.0.1:9999\"]", "server"),
+            ("auth = []", "auth"),
+            ("[delivery]\nemail = [\"smtp.example.com\", 587]", "delivery.email"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{path}: expected a table [{path}], not an array")), "{text}: {e}");
+        }
     }
 
     #[test]

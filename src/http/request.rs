@@ -133,14 +133,16 @@ impl Request {
     /// nothing, `{}` or `null`. Any field is a 422 as an unknown field is elsewhere: the caller
     /// meant to set something this does not take. Such a POST's declared type is not looked at
     /// (`curl -d '{}'` says form data; the README promises it); a DELETE's is, as on the other
-    /// admin routes that read a body: declared as anything but JSON, body or not, it is a 415
-    /// and deletes nothing (a PATCH sent so is a 415 too: the same request, another verb).
+    /// admin routes that read a body: a body declared as anything but JSON is a 415 and
+    /// deletes nothing (a PATCH sent so is a 415 too: the same request, another verb). A
+    /// DELETE without a body deletes whatever type a client declares by default: there is
+    /// no media to refuse.
     pub fn no_fields(&self) -> Result<(), ApiError> {
-        if self.method == Method::DELETE {
-            self.require_json_content_type()?;
-        }
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
+        }
+        if self.method == Method::DELETE {
+            self.require_json_content_type()?;
         }
         self.require_identity_encoding()?;
         match parse_json_strict(&self.body)? {
