@@ -682,7 +682,7 @@ impl RegistryState {
                     }
                     bucket.dedup_scope = Some(scope);
                 }
-                if let Some(w) = self.id_column_change(&bucket, &adapter)? {
+                if let Some(w) = self.supabase_change(&bucket, &adapter)? {
                     warnings.push(w);
                 }
                 bucket.source_adapter = Some(adapter);
@@ -1013,35 +1013,63 @@ impl RegistryState {
         Ok(Answer::Now(()))
     }
 
-    /// The warning of a PATCH that moves a Supabase adapter to another `id_column` while the
-    /// bucket holds objects or buffered events: they are found by their rows' values of the
-    /// old column, which the rows' later events no longer give, and the new column's values
-    /// cannot be worked out from them (not re-indexed, as a change of adapter type is).
-    fn id_column_change(&self, bucket: &Bucket, adapter: &SourceAdapter) -> Result<Option<String>, ApiError> {
+    /// A PATCH of a Supabase adapter that its bucket's data cannot follow. Objects (and
+    /// buffered events, and writeback jobs) are found by their rows' values of `id_column`,
+    /// and those values cannot be worked out again for another column: moved to another
+    /// `id_column`, the rows' UPDATEs and DELETEs would no longer reach their objects, and a
+    /// writeback would filter the new column by the old column's value (`?rank=eq.1` for the
+    /// row whose `id` is 1), writing another row with the service-role key. So that is a 422
+    /// while the bucket holds any of them. Credentials of another project (another connection,
+    /// or inline ones) are allowed, with a warning: writebacks of the objects already there go
+    /// to that project, matched by the same row IDs (mended credentials of the same project
+    /// carry over silently).
+    fn supabase_change(&self, bucket: &Bucket, adapter: &SourceAdapter) -> Result<Option<String>, ApiError> {
         use crate::catalog::ProviderType::Supabase;
         let Some(old) = bucket.source_adapter.as_ref() else { return Ok(None) };
-        if old.adapter_type != Supabase || adapter.adapter_type != Supabase || old.id_column() == adapter.id_column() {
+        if old.adapter_type != Supabase || adapter.adapter_type != Supabase {
             return Ok(None);
         }
-        let prefix = records::prefix(&bucket.bucket_id);
+        let new_column = old.id_column() != adapter.id_column();
+        // Another project, not mended credentials of the same one (unreadable: not said).
+        let project = |a: &SourceAdapter| match super::verify::credentials(&self.shared, &bucket.bucket_id, a) {
+            Ok(Some(crate::catalog::connection::ProviderConfig::Supabase(c))) => Some(c.url),
+            _ => None,
+        };
+        let new_connection = matches!((project(old), project(adapter)), (Some(a), Some(b)) if a != b);
+        if !(new_column || new_connection) || !self.holds_rows(&bucket.bucket_id)? {
+            return Ok(None);
+        }
+        if new_column {
+            return Err(ApiError::validation(
+                "source_adapter.id_column",
+                format!(
+                    "cannot change from {:?} to {:?} while the bucket holds objects, buffered events or writebacks: \
+                     they are found by their rows' {:?} values, so the rows' later events would not reach them and \
+                     their writebacks would match other rows; delete them (or use a new bucket) first",
+                    old.id_column(),
+                    adapter.id_column(),
+                    old.id_column()
+                ),
+            ));
+        }
+        Ok(Some(
+            "the adapter's Supabase credentials name another project while the bucket holds objects: their \
+             writebacks now go to that project, matched by the same row IDs"
+                .to_string(),
+        ))
+    }
+
+    /// Whether the bucket holds an object, a buffered event or a writeback job.
+    fn holds_rows(&self, id: &BucketId) -> Result<bool, ApiError> {
+        let prefix = records::prefix(id);
         let mut any = false;
-        for ks in [Keyspace::OBJECTS, Keyspace::BUFFER] {
+        for ks in [Keyspace::OBJECTS, Keyspace::BUFFER, Keyspace::WRITEBACKS] {
             self.shared.store.for_each_key(ks, &prefix, |_| {
                 any = true;
                 false
             })?;
         }
-        Ok(any.then(|| {
-            format!(
-                "id_column changed from {:?} to {:?}: the bucket's objects (and buffered events) from before this \
-                 PATCH are found by their rows' {:?} values, which the rows' later events are no longer matched by: \
-                 an UPDATE of such a row makes a new object and a DELETE leaves the old one; delete those objects, \
-                 or set id_column back, if their rows will change",
-                old.id_column(),
-                adapter.id_column(),
-                old.id_column()
-            )
-        }))
+        Ok(any)
     }
 
     /// A buffered event's deletion while its adapter's actor is stopped, as the actor does it
@@ -1094,6 +1122,12 @@ impl RegistryState {
             }
             r => r?,
         };
+        if let (Some(why), Some(_)) = (&fired.record.writeback_skipped, &fired.event) {
+            // Not the status' `last_error`, as the actor makes it: with the actor stopped, that
+            // holds why it stopped, which an operator needs more (the README says so).
+            let r = &fired.record;
+            tracing::warn!(bucket_id = %id, object_id = %r.object_id, alert_id = %r.alert_id, "writeback of an alert skipped: {why}");
+        }
         if let Some(event) = fired.event.take() {
             store.commit(batch).await?;
             self.shared.bus.published([&event]);

@@ -1676,34 +1676,6 @@ async fn supabase_rows(app: &TestApp, name: &str, adapter: Value) -> (String, St
     (bucket, b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string())
 }
 
-/// A PATCH that moves a Supabase adapter to another `id_column` says, in its `warnings`, that
-/// the objects already there stay found by the old column's values (they cannot be re-keyed
-/// from what is stored); in a bucket with no object it says nothing.
-#[tokio::test]
-async fn a_changed_id_column_is_warned_about_when_objects_exist() {
-    let app = TestApp::start().await;
-    let (bucket, secret) = supabase_rows(&app, "idcol", json!({})).await;
-    let (empty, _) = supabase_rows(&app, "idcol-empty", json!({})).await;
-    let with_id_column = |col: &str| {
-        json!({"source_adapter": {"adapter_type": "supabase", "id_column": col,
-            "event_filter": {"event_types": ["INSERT", "UPDATE", "DELETE"]},
-            "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}}})
-    };
-    let (s, b) = app.patch(&format!("/v1/buckets/{empty}"), with_id_column("slug")).await;
-    assert_eq!(s, 200, "{b}");
-    assert!(b.get("warnings").is_none(), "no object: nothing to say: {b}");
-    let row = json!({"id": 1, "slug": "row-one", "title": "first"});
-    let r = post_row(&app, &bucket, &secret, db_event("INSERT", row, Value::Null)).await;
-    assert_eq!(r["status"], "created", "{r}");
-    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), with_id_column("slug")).await;
-    assert_eq!(s, 200, "{b}");
-    let warnings: Vec<&str> = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    assert!(
-        warnings.len() == 1 && warnings[0].starts_with("id_column changed from \"id\" to \"slug\""),
-        "{warnings:?}"
-    );
-}
-
 /// Posts a database-webhook payload to the bucket's ingest URL; asserts a 200.
 async fn post_row(app: &TestApp, bucket: &str, secret: &str, v: Value) -> Value {
     let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");

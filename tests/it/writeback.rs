@@ -1643,3 +1643,69 @@ async fn an_untyped_job_of_another_adapters_object_is_not_sent() {
     assert!(why.contains("made by a generic_webhook source adapter"), "{dead:?}");
     assert!(pg.seen().is_empty(), "{:?}", pg.seen());
 }
+
+/// A Supabase adapter's objects (and buffered events, and writeback jobs) are found by their
+/// rows' `id_column` values, which cannot be worked out again for another column: a PATCH to
+/// another `id_column` is a 422 naming it while the bucket holds any, since a writeback would
+/// filter the new column by the old column's value (`?rank=eq.1` for the row whose `id` is 1)
+/// and write another row. In an empty bucket it is taken; refused, the adapter still writes
+/// its rows back by `id`.
+#[tokio::test]
+async fn a_supabase_id_column_cannot_change_under_existing_objects() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let conn = supabase_connection(&app, &pg.url(""), "srk-idcol-0001").await;
+    let adapter = |id_column: &str| {
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
+            "id_column": id_column, "field_mapping": {"record.title": "title"},
+            "batching": {"mode": "immediate"},
+            "writeback": {"trigger": "on_alert",
+                "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}})
+    };
+    let (empty, _) = bucket_with(&app, "idcol-empty", json!({"title": {"type": "string"}}), adapter("id")).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{empty}"), json!({"source_adapter": adapter("rank")})).await;
+    assert_eq!(s, 200, "nothing to follow it in an empty bucket: {b}");
+    let (bucket, secret) = bucket_with(&app, "idcol", json!({"title": {"type": "string"}}), adapter("id")).await;
+    let r = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 1, "rank": 7, "title": "Loft"}))).await;
+    let oid = r["object_id"].as_str().expect("object_id").to_string();
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter("rank")})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.id_column")), "{b}");
+    let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    assert_eq!(view["source_adapter"]["id_column"], "id", "unchanged: {view}");
+    let (s, a) = app
+        .post(
+            &format!("/v1/buckets/{bucket}/objects/{oid}/alerts"),
+            json!({"alert_id": "a1", "results": {"verdict": "fake"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "written back");
+    let sent: Vec<String> = pg.seen().iter().map(|s| s.query.clone()).collect();
+    assert_eq!(sent, ["id=eq.1"], "the row's own id");
+}
+
+/// Credentials of another Supabase project (another connection) under a bucket with objects
+/// are taken, with a warning: the objects' writebacks now go to that project, matched by the
+/// same row IDs. Mended credentials of the same project (another connection to the same URL)
+/// say nothing.
+#[tokio::test]
+async fn another_supabase_project_under_existing_objects_is_warned_about() {
+    let app = TestApp::start().await;
+    let (staging, prod) = (Upstream::start(204).await, Upstream::start(204).await);
+    let c1 = supabase_connection(&app, &staging.url(""), "srk-staging-0001").await;
+    let same_project = supabase_connection(&app, &staging.url(""), "srk-staging-0002").await;
+    let c2 = supabase_connection(&app, &prod.url(""), "srk-prod-0000002").await;
+    let adapter = |conn: &Value| {
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
+            "field_mapping": {"record.title": "title"}, "batching": {"mode": "immediate"}})
+    };
+    let (bucket, secret) = bucket_with(&app, "proj", json!({"title": {"type": "string"}}), adapter(&c1)).await;
+    ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 1, "title": "staging row"}))).await;
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter(&same_project)})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("warnings").is_none(), "the same project: {b}");
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter(&c2)})).await;
+    assert_eq!(s, 200, "{b}");
+    let warnings: Vec<&str> = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(warnings.len() == 1 && warnings[0].contains("another project"), "{warnings:?}");
+}
