@@ -143,6 +143,26 @@ pub enum RegistryMsg {
     Crash,
 }
 
+impl RegistryMsg {
+    /// Whether the caller stopped waiting for the answer (see [`BucketRegistry`]'s `handle`).
+    fn caller_gone(&self) -> bool {
+        use RegistryMsg::*;
+        match self {
+            CreateBucket { reply, .. } => reply.is_closed(),
+            DeleteBucket { reply, .. } | DeleteObject { reply, .. } | DeleteBatch { reply, .. } => reply.is_closed(),
+            DeleteConnection { reply, .. } => reply.is_closed(),
+            PatchBucket { reply, .. } => reply.is_closed(),
+            Alert { reply, .. } => reply.is_closed(),
+            FlushAdapter { reply, .. } => reply.is_closed(),
+            SubmitBatch { reply, .. } => reply.is_closed(),
+            RequeueWriteback { reply, .. } => reply.is_closed(),
+            CreateConnection { reply, .. } | UpdateConnection { reply, .. } => reply.is_closed(),
+            MuxWebhook { reply, .. } => reply.is_closed(),
+            Crash => false,
+        }
+    }
+}
+
 pub struct RegistryState {
     shared: Shared,
     myself: ActorRef<RegistryMsg>,
@@ -230,6 +250,13 @@ impl Actor for BucketRegistry {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // A caller that stopped waiting (its 30 s ran out behind a slow call of another
+        // bucket: it answered 503, "retry") must find nothing done, or its retry makes a
+        // second connection, or loses a new webhook secret no one was shown. Its call is
+        // dropped unread, as the delivery registry drops its own.
+        if msg.caller_gone() {
+            return Ok(());
+        }
         match msg {
             RegistryMsg::CreateBucket { namespace, body, reply } => {
                 let _ = reply.send(state.create_bucket(namespace, body).await);
@@ -247,7 +274,8 @@ impl Actor for BucketRegistry {
                 let _ = reply.send(state.delete_connection(&connection_id).await);
             }
             RegistryMsg::PatchBucket { namespace, bucket_id, body, reply } => {
-                let _ = reply.send(state.patch_bucket(&namespace, &bucket_id, *body).await);
+                let r = state.patch_bucket(&namespace, &bucket_id, *body, &|| reply.is_closed()).await;
+                let _ = reply.send(r);
             }
             RegistryMsg::DeleteObject { namespace, bucket_id, object_id, reply } => {
                 answer(reply, state.delete_object(&namespace, &bucket_id, &object_id).await);
@@ -558,7 +586,15 @@ impl RegistryState {
         }
     }
 
-    async fn patch_bucket(&mut self, namespace: &str, id: &BucketId, body: PatchBucket) -> Result<Patched, ApiError> {
+    /// `gone`: whether the caller stopped waiting; asked again just before the commit, since
+    /// stopping the old actor can take seconds (a PATCH answered 503 must change nothing).
+    async fn patch_bucket(
+        &mut self,
+        namespace: &str,
+        id: &BucketId,
+        body: PatchBucket,
+        gone: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Patched, ApiError> {
         let mut bucket = self.load_bucket(namespace, id)?;
         let mut described = false;
         if let Some(d) = body.description {
@@ -708,7 +744,12 @@ impl RegistryState {
             tracing::warn!(bucket_id = %id, "the old adapter or its writeback worker did not stop: pending writebacks keep their fields");
         }
         let clear = Clear { dedup: clear_dedup, error: clear_error, mapping: old_mapping };
-        if let Err(e) = self.commit_patch(id, &bucket, batch, clear).await {
+        let committed = if gone() {
+            Err(ApiError::Unavailable("the caller stopped waiting: nothing was changed".into()))
+        } else {
+            self.commit_patch(id, &bucket, batch, clear).await
+        };
+        if let Err(e) = committed {
             // Nothing was changed: the stored bucket's adapter runs again (if it was running:
             // one stopped after its restart budget stays stopped).
             if running {
@@ -950,7 +991,9 @@ impl RegistryState {
     async fn remove_adapter(&mut self, id: &BucketId, batch: &mut Batch) -> Result<(), ApiError> {
         if let Some(actor) = self.children.get(id).cloned() {
             // If the actor cannot drain, keep everything: the buffer must not be dropped.
-            let commit = ractor::call_t!(actor, AdapterMsg::Drain, 30_000).map_err(|e| {
+            // With the stop that follows on a failure (`STOP_TIMEOUT`), within the HTTP side's
+            // 30 s: the caller hears why, and the registry's other calls wait no longer.
+            let commit = ractor::call_t!(actor, AdapterMsg::Drain, STOP_TIMEOUT.as_millis() as u64).map_err(|e| {
                 ApiError::Unavailable(format!("the source adapter could not flush its buffer ({e}); retry"))
             })?;
             commit.finish().await?;
@@ -1331,4 +1374,21 @@ struct Clear {
     /// The writeback `field_mapping` the pending jobs were queued under, which the PATCH
     /// changed: they follow the new one (see `writeback::follow_mapping`).
     mapping: Option<Vec<super::writeback::WritebackField>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call whose caller stopped waiting is known as such before it is handled (and then
+    /// dropped, changing nothing).
+    #[test]
+    fn a_call_whose_caller_stopped_waiting_is_known() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = RegistryMsg::DeleteConnection { connection_id: ConnectionId::generate(), reply: tx.into() };
+        assert!(!msg.caller_gone());
+        drop(rx);
+        assert!(msg.caller_gone());
+        assert!(!RegistryMsg::Crash.caller_gone());
+    }
 }

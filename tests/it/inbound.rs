@@ -1972,6 +1972,48 @@ async fn a_busy_adapter_actor_holds_up_its_own_bucket_only() {
     assert_eq!(app.get(&format!("/v1/buckets/{other}/objects/{other_object}")).await.0, 404);
 }
 
+/// Removing the adapter of a bucket whose actor is stuck holds up the registry for at most
+/// the flush's 10 s and the stop's 10 s: the removal answers 503 within the HTTP side's 30 s
+/// (its own message, changing nothing: the adapter stays), and catalog calls queued behind it
+/// are answered for what they did, never a 503 for something done anyway.
+#[tokio::test]
+async fn a_removal_stuck_on_its_actor_answers_in_time_and_holds_up_no_other_call_for_good() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (busy, _) = bucket_with_adapter(&app, "busy", json!({}), adapter.clone()).await;
+    let fresh = app.create_bucket("fresh", json!({})).await;
+    let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{busy}"), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let send = |method: Method, path: String, body: Value| {
+        let request = patient.request(method, app.url(&path)).bearer_auth(&app.api_key).json(&body);
+        async move {
+            let r = request.send().await.expect("an answer");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let removal = tokio::spawn(send(Method::PATCH, format!("/v1/buckets/{busy}"), json!({"source_adapter": null})));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let connection = json!({"name": "made-once", "provider_type": "generic_webhook"});
+    let ((cs, cb), (ps, pb)) = tokio::join!(
+        send(Method::POST, "/v1/organizations/connections".into(), connection),
+        send(Method::PATCH, format!("/v1/buckets/{fresh}"), json!({"source_adapter": adapter}))
+    );
+    let (rs, rb) = removal.await.unwrap();
+    let said = rb["error"]["message"].as_str().unwrap_or_default();
+    assert!(rs == 503 && said.contains("could not flush its buffer"), "the removal's own answer: {rs} {rb}");
+    let (s, b) = app.delete(&format!("/v1/debug/stall-adapter/{busy}")).await;
+    assert!(s == 200 || s == 404, "{s} {b}");
+    let (_, view) = app.get(&format!("/v1/buckets/{busy}")).await;
+    assert!(view["source_adapter"].is_object(), "the refused removal changed nothing: {view}");
+    assert_eq!(cs, 201, "answered for what it did: {cb}");
+    assert_eq!(ps, 200, "{pb}");
+    assert!(pb["source_adapter"]["webhook_secret"].is_string(), "its secret shown: {pb}");
+    let (_, list) = app.get("/v1/organizations/connections").await;
+    let made = list["results"].as_array().map_or(0, |r| r.iter().filter(|c| c["name"] == "made-once").count());
+    assert_eq!(made, 1, "{list}");
+}
+
 /// `metrics.ingest_per_bucket`: ingest requests counted by bucket and outcome, for buckets
 /// that exist only (the ID of a 404, which any sender can make up, never becomes a label);
 /// off by default.
