@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 mod job;
 pub mod operator;
+mod pending;
 mod send;
 mod worker;
 

@@ -18,3 +18,4 @@ mod outbound_receiver;
 mod pages;
 mod providers;
 mod writeback;
+mod writeback_backlog;

@@ -6,7 +6,8 @@
 //! the job's deletion (each outcome is stored as soon as its attempt ends), is sent again.
 //!
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
-//! pending writebacks survive restarts and crashes) and is the only writer of their records
+//! pending writebacks survive restarts and crashes; indexed by due time, row and object in
+//! [`Pending`], so that a pass costs about the same however many wait) and is the only writer of their records
 //! once they are created while it runs (an adapter that starts without one gives up the
 //! jobs it must never send: [`give_up_barred`]). New jobs are created by whoever completes a
 //! batch (the adapter's flush, `POST …/submit` through the registry) or records an alert
@@ -32,7 +33,7 @@
 //! `hookline_writebacks_total{adapter, outcome}`, and every failure is reported to the
 //! adapter actor, which shows it as the status `last_error`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use futures::{FutureExt, StreamExt};
 use ractor::ActorRef;
 
 use super::job::{self, Job, KS};
+use super::pending::Pending;
 use super::send::{Failure, Sender};
 use crate::adapter::actor::AdapterMsg;
 use crate::adapter::spec::SourceAdapter;
@@ -159,9 +161,8 @@ impl Worker {
             sender: Arc::new(sender),
             retry,
             owner,
-            jobs: BTreeMap::new(),
+            jobs: Pending::new(adapter.adapter_type, adapter.table()),
             durable: HashSet::new(),
-            flying: HashSet::new(),
             covered: HashSet::new(),
             unreadable: HashSet::new(),
             scanned_at: None,
@@ -174,12 +175,10 @@ struct WorkerState {
     sender: Arc<Sender>,
     retry: Policy,
     owner: ActorRef<AdapterMsg>,
-    /// Pending jobs by key.
-    jobs: BTreeMap<String, Job>,
+    /// Pending jobs by key, which of them are in flight, and the indexes the loop reads.
+    jobs: Pending,
     /// Keys known to be durable (loaded at start, or seen before a barrier).
     durable: HashSet<String>,
-    /// Keys of the jobs whose attempt is in flight.
-    flying: HashSet<String>,
     /// In-flight jobs a newer job of the same row has taken over: given up if they fail.
     covered: HashSet<String>,
     /// Keys of job records that could not be read (logged once, then skipped).
@@ -210,16 +209,8 @@ impl WorkerState {
                 // After a failure, not at once again; at the cap, a completion comes first.
                 POLL
             } else {
-                let now = now_millis();
-                // Not a job held back for its row's attempt in flight: due, it would make
-                // this loop spin until that attempt ends (a completion wakes it anyway).
-                let busy = self.busy_rows();
-                let waiting = self
-                    .jobs
-                    .iter()
-                    .filter(|(k, j)| !self.flying.contains(*k) && !self.row(j).is_some_and(|r| busy.contains(&r)));
-                let next = waiting.map(|(_, j)| self.due_at(j)).min().unwrap_or(u64::MAX);
-                Duration::from_millis(next.saturating_sub(now)).min(POLL)
+                let next = self.jobs.next_due().unwrap_or(u64::MAX);
+                Duration::from_millis(next.saturating_sub(now_millis())).min(POLL)
             };
             tokio::select! {
                 Some(first) = flying.next(), if !flying.is_empty() => {
@@ -231,7 +222,7 @@ impl WorkerState {
                         results.push(r);
                     }
                     for (k, _, _) in &results {
-                        self.flying.remove(k);
+                        self.jobs.land(k);
                     }
                     if let Err(e) = self.settle(results).await {
                         tracing::warn!(bucket_id = %self.sender.bucket_id, error = %e, "store writeback outcomes");
@@ -251,7 +242,7 @@ impl WorkerState {
             let mut unknown = Vec::new();
             for prefix in job::pending_prefixes(&self.sender.bucket_id) {
                 store.for_each_key(KS, &prefix, |k| {
-                    if !self.jobs.contains_key(k) && !self.unreadable.contains(k) {
+                    if !self.jobs.contains(k) && !self.unreadable.contains(k) {
                         unknown.push(k.to_string());
                     }
                     true
@@ -282,32 +273,16 @@ impl WorkerState {
                 }
             }
         }
-        let now = now_millis();
+        // The longest due first (alert jobs sort before batch jobs and must not starve
+        // them), one attempt per row at a time: a row with a job in flight waits for its
+        // outcome.
         let room = CONCURRENCY.saturating_sub(flying.len());
-        // One attempt per row at a time: a row with a job in flight waits for its outcome
-        // (left out before the window is cut, so that they cannot fill it).
-        let mut busy = self.busy_rows();
-        let mut due: Vec<(u64, &String)> = self
+        let due: Vec<(String, Job)> = self
             .jobs
-            .iter()
-            .filter(|(k, j)| self.due_at(j) <= now && !self.flying.contains(*k))
-            .filter(|(_, j)| !self.row(j).is_some_and(|r| busy.contains(&r)))
-            .map(|(k, j)| (self.due_at(j), k))
+            .due(now_millis(), room)
+            .into_iter()
+            .filter_map(|k| Some((k.clone(), self.jobs.get(&k)?.clone())))
             .collect();
-        // The longest due first: alert jobs sort before batch jobs and must not starve them.
-        // Rows with an attempt in flight are out already, and the others are coalesced (one
-        // waiting job each), so the `retain` below seldom drops one: `room` + the number in
-        // flight is ample, and a round that drops more only starts fewer.
-        let window = room + self.flying.len();
-        if due.len() > window {
-            due.select_nth_unstable(window);
-            due.truncate(window);
-        }
-        due.sort_unstable();
-        due.retain(|(_, k)| self.jobs.get(*k).and_then(|j| self.row(j)).is_none_or(|r| busy.insert(r)));
-        due.truncate(room);
-        let due: Vec<(String, Job)> =
-            due.into_iter().filter_map(|(_, k)| Some((k.clone(), self.jobs.get(k)?.clone()))).collect();
         if due.is_empty() {
             return Ok(());
         }
@@ -329,7 +304,7 @@ impl WorkerState {
             }
         };
         for (k, j) in due {
-            self.flying.insert(k.clone());
+            self.jobs.fly(&k);
             let (sender, creds) = (self.sender.clone(), creds.clone());
             flying.push(Box::pin(async move {
                 let r = sender.attempt(&j, &creds).await;
@@ -355,11 +330,15 @@ impl WorkerState {
             else {
                 continue;
             };
-            let Some(pending) = self.jobs.get_mut(k) else { continue };
+            let rekeyed = self.jobs.update(k, |pending| {
+                pending.external_id = Some(now_id);
+                batch.put(KS, k, &*pending);
+            });
+            if rekeyed.is_none() {
+                continue;
+            }
             tracing::info!(bucket_id = %sender.bucket_id, object_id = %j.object_id,
                 "the object's source record was re-keyed since its writeback was queued: it writes the new key");
-            pending.external_id = Some(now_id);
-            batch.put(KS, k, &*pending);
         }
         if batch.is_empty() {
             return Ok(false);
@@ -376,6 +355,7 @@ impl WorkerState {
     /// jobs' records, for the caller's commit.
     fn rekey_older(&mut self, found: &[String]) -> Batch {
         let mut batch = Batch::new();
+        let kind = self.sender.adapter.adapter_type;
         for k in found {
             let Some(newer) = self.jobs.get(k).cloned() else { continue };
             // A job queued now has the object's ID as it is; a dead job retried by hand keeps
@@ -386,20 +366,24 @@ impl WorkerState {
             }
             // Older as `coalesce` orders them: by cause, then key.
             let newer_at = (caused_at(&newer), k.as_str());
-            let kind = self.sender.adapter.adapter_type;
-            for (key, j) in self.jobs.iter_mut() {
-                if key != k
-                    && j.barred_for(kind).is_none()
-                    && j.object_id == newer.object_id
-                    && j.external_id != newer.external_id
-                    && (caused_at(j), key.as_str()) < newer_at
-                {
-                    j.external_id = newer.external_id.clone();
-                    // An attempt in flight keeps its own copy (and is covered, below).
-                    if !self.flying.contains(key) {
-                        batch.put(KS, key, &*j);
-                    }
+            for key in self.jobs.of_object(&newer.object_id) {
+                let older = self.jobs.get(&key).is_some_and(|j| {
+                    key != *k
+                        && j.barred_for(kind).is_none()
+                        && j.external_id != newer.external_id
+                        && (caused_at(j), key.as_str()) < newer_at
+                });
+                if !older {
+                    continue;
                 }
+                // An attempt in flight keeps its own copy (and is covered, below).
+                let flying = self.jobs.is_flying(&key);
+                self.jobs.update(&key, |j| {
+                    j.external_id = newer.external_id.clone();
+                    if !flying {
+                        batch.put(KS, &key, &*j);
+                    }
+                });
             }
         }
         batch
@@ -497,13 +481,6 @@ impl WorkerState {
         self.sender.shared.store.commit(batch).await
     }
 }
-
-/// The source row a job writes: the table and schema its object came from (as `send.rs`
-/// reads them: none is the adapter's, `public` the default schema; a job of another table than
-/// the adapter's is given up there, and must not take another row's fields), and its external
-/// ID. generic_webhook writes one URL: its jobs differ by external ID alone. A job without an
-/// external ID writes no row (it is given up at its attempt).
-type RowKey = (String, String, String);
 
 /// The keys of `bucket`'s pending jobs, batch jobs' and alert jobs'.
 fn pending_keys(store: &crate::store::Store, bucket: &BucketId) -> Result<Vec<String>, crate::store::StoreError> {
@@ -605,13 +582,6 @@ pub fn follow_mapping(
     Ok(n)
 }
 
-fn row_of(j: &Job, pinned: Option<(&str, &str)>) -> Option<RowKey> {
-    let external_id = j.external_id.clone()?;
-    let schema = j.schema.as_deref().or(pinned.map(|p| p.0)).unwrap_or(crate::adapter::supabase::DEFAULT_SCHEMA);
-    let table = j.table.as_deref().or(pinned.map(|p| p.1)).unwrap_or_default();
-    Some((schema.to_string(), table.to_string(), external_id))
-}
-
 /// When a job's cause happened, which orders the jobs of a row: a dead job retried by hand
 /// keeps the time it was first queued (its `created_at_ms` restarts its max age).
 fn caused_at(j: &Job) -> u64 {
@@ -619,35 +589,10 @@ fn caused_at(j: &Job) -> u64 {
 }
 
 impl WorkerState {
-    /// `None` too for a job this adapter may not send ([`WorkerState::sendable`]): it is
-    /// given up at its attempt, and must neither lend its fields to this adapter's jobs of
-    /// the same ID nor take theirs.
-    fn row(&self, j: &Job) -> Option<RowKey> {
-        if !self.sendable(j) {
-            return None;
-        }
-        row_of(j, self.sender.adapter.table())
-    }
-
-    /// When `j` is due: a job this adapter may not send at once, so that it is given up (and
-    /// said so) when the adapter changes type, not at an attempt hours away, by when a PATCH
-    /// back could have brought it to life again.
-    fn due_at(&self, j: &Job) -> u64 {
-        match self.sendable(j) {
-            true => j.next_attempt_ms,
-            false => 0,
-        }
-    }
-
     /// Whether this adapter may send `j` at all: not a job another type of adapter queued,
     /// nor one of an object another type made (both are given up at their attempt).
     fn sendable(&self, j: &Job) -> bool {
         j.barred_for(self.sender.adapter.adapter_type).is_none()
-    }
-
-    /// The rows with an attempt in flight.
-    fn busy_rows(&self) -> HashSet<RowKey> {
-        self.flying.iter().filter_map(|k| self.jobs.get(k)).filter_map(|j| self.row(j)).collect()
     }
 
     /// Keeps one waiting job per source row: the newest (by its cause's time, then key), with
@@ -662,21 +607,13 @@ impl WorkerState {
             Some(w) => w.field_mapping.iter().map(|m| m.target_field.clone()).collect(),
             None => HashSet::new(),
         };
-        let mut rows: std::collections::HashMap<RowKey, Vec<String>> = std::collections::HashMap::new();
-        for (k, j) in &self.jobs {
-            if let Some(r) = self.row(j) {
-                rows.entry(r).or_default().push(k.clone());
-            }
-        }
-        for (_, mut keys) in rows {
-            if keys.len() < 2 {
-                continue;
-            }
+        // (A row's jobs keep their row here: trimmed or merged, their key fields stay.)
+        for mut keys in self.jobs.crowded_rows() {
             keys.sort_by_cached_key(|k| (self.jobs.get(k).map_or(0, caused_at), k.clone()));
             let Some(newest) = keys.pop() else { continue };
             let Some(mut kept) = self.jobs.get(&newest).cloned() else { continue };
             let before = kept.fields.len();
-            let newest_flying = self.flying.contains(&newest);
+            let newest_flying = self.jobs.is_flying(&newest);
             // The fields a newer job of the row carries (with the newest in flight, each older
             // waiting job keeps only fields no newer one has, so their order no longer matters).
             let mut claimed: HashSet<String> = kept.fields.keys().cloned().collect();
@@ -684,7 +621,7 @@ impl WorkerState {
             for k in keys.iter().rev() {
                 let Some(old) = self.jobs.get(k) else { continue };
                 if newest_flying {
-                    if self.flying.contains(k) {
+                    if self.jobs.is_flying(k) {
                         continue;
                     }
                     let rest: serde_json::Map<String, serde_json::Value> = old
@@ -710,7 +647,7 @@ impl WorkerState {
                         }
                     }
                 }
-                if self.flying.contains(k) {
+                if self.jobs.is_flying(k) {
                     self.covered.insert(k.clone());
                     continue;
                 }
