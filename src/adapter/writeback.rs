@@ -30,6 +30,7 @@ pub use job::{
     alert_document, next_external_id, on_alert, on_batch_complete, record, record_alert, record_batch, result_document,
     sends, source_location, Job, RESULT_KEYS,
 };
+pub use send::sets_header;
 pub use worker::{follow_mapping, give_up_barred, Lease, Leases, Worker};
 
 use super::path;

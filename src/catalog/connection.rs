@@ -329,24 +329,22 @@ impl ProviderConfig {
                     }
                     None => {}
                 }
-                for (name, value) in &c.headers {
-                    let f = || field(&format!("headers.{name}"));
-                    if warp::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        return Err(ApiError::validation(f(), "not a valid header name"));
-                    }
-                    if warp::http::HeaderValue::from_str(value).is_err() {
-                        return Err(ApiError::validation(
-                            f(),
-                            "not a valid header value (no line breaks or control characters)",
-                        ));
-                    }
+                // The webhook channel's rules: a name once, whatever its letter case; not a
+                // framing header (the HTTP client's), nor one the writeback sets itself. A
+                // Content-Type replaces the writeback's default.
+                let owned = |name: &str| {
                     if crate::delivery::channel::framing_header(name) {
-                        return Err(ApiError::validation(
-                            f(),
-                            "a framing header is the HTTP client's and cannot be set",
-                        ));
+                        Some("a framing header is the HTTP client's and cannot be set")
+                    } else {
+                        crate::adapter::writeback::sets_header(name)
+                            .then_some(crate::delivery::channel::SET_BY_HOOKLINE)
                     }
-                }
+                };
+                crate::delivery::channel::check_header_set(
+                    &c.headers,
+                    |name| field(&format!("headers.{name}")),
+                    owned,
+                )?;
                 let sized = c.headers.iter().map(|(n, v)| (n.as_str(), v.as_str(), field(&format!("headers.{n}"))));
                 crate::delivery::channel::check_header_sizes(&field("headers"), sized)?;
                 ProviderConfig::Generic(c)

@@ -1709,3 +1709,173 @@ async fn another_supabase_project_under_existing_objects_is_warned_about() {
     let warnings: Vec<&str> = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     assert!(warnings.len() == 1 && warnings[0].contains("another project"), "{warnings:?}");
 }
+
+/// A raw HTTP/1.1 server answering 204 to everything and keeping each request's header
+/// lines as sent: a header given twice stays two lines (a parsed header map would hide it).
+async fn raw_receiver() -> (SocketAddr, Arc<Mutex<Vec<Vec<String>>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let head = text.split("\r\n\r\n").next().unwrap_or_default();
+                s.lock().unwrap().push(head.lines().map(str::to_string).collect());
+                let _ = sock.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The values of the header `name` in a request head's lines, one per line it takes.
+fn header_lines(head: &[String], name: &str) -> Vec<String> {
+    head.iter()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+/// Ingests one event into `bucket` (a generic adapter writing back to a raw receiver, each
+/// event its own batch) and waits for its writeback: the head of the first request `seen`.
+async fn one_writeback_head(
+    app: &TestApp,
+    seen: &Arc<Mutex<Vec<Vec<String>>>>,
+    bucket: &str,
+    secret: &str,
+) -> Vec<String> {
+    ingest(app, bucket, secret, json!({"type": "x", "title": "t"})).await;
+    assert!(eventually(WAIT, || async { !seen.lock().unwrap().is_empty() }).await, "no writeback came");
+    let head = seen.lock().unwrap()[0].clone();
+    head
+}
+
+/// Each header a generic writeback sends goes out once (writeback code review): a
+/// generic_webhook connection may not give a name twice in two letter cases, nor set the
+/// writeback's own `Idempotency-Key` (a 422 naming the header, for a connection and inline
+/// credentials alike, as a webhook channel refuses them); its `Content-Type` replaces the
+/// default instead of going out beside it.
+#[tokio::test]
+async fn a_generic_connections_headers_go_out_once() {
+    let app = TestApp::start().await;
+    let (addr, seen) = raw_receiver().await;
+    let url = format!("http://{addr}/wb");
+    let connection = |headers: Value| {
+        json!({"name": "hdr", "provider_type": "generic_webhook",
+            "provider_config": {"url": url, "headers": headers}})
+    };
+    for (headers, field, why) in [
+        (
+            json!({"Authorization": "Bearer one-token-123", "authorization": "Bearer two-token-456"}),
+            "provider_config.headers.authorization",
+            "given twice",
+        ),
+        (json!({"Idempotency-Key": "static-key"}), "provider_config.headers.Idempotency-Key", "set by hookline"),
+        (json!({"idempotency-KEY": "static-key"}), "provider_config.headers.idempotency-KEY", "set by hookline"),
+    ] {
+        let (s, b) = app.post("/v1/organizations/connections", connection(headers.clone())).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{headers}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap_or_default().contains(why), "{b}");
+    }
+    // A generic adapter writing back to the receiver, with `credentials` its own or
+    // `connection_id` a connection's.
+    let adapter = |credentials: Value| {
+        let mut a = json!({"adapter_type": "generic_webhook",
+            "field_mapping": {"title": "title"}, "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"writeback_url": url,
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}});
+        a.as_object_mut().unwrap().extend(credentials.as_object().cloned().unwrap_or_default());
+        a
+    };
+    let bucket = app.create_bucket("inline", json!({"title": {"type": "string"}})).await;
+    let inline = adapter(json!({"connection": {"credentials": {"headers": {"Idempotency-Key": "static-key"}}}}));
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": inline})).await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (422, Some("source_adapter.connection.credentials.headers.Idempotency-Key")),
+        "{b}"
+    );
+
+    let headers = json!({"Content-Type": "application/json; charset=utf-8", "Authorization": "Bearer one-token-123"});
+    let (s, conn) = app.post("/v1/organizations/connections", connection(headers)).await;
+    assert_eq!(s, 201, "{conn}");
+    let with_conn = adapter(json!({"connection_id": conn["connection_id"]}));
+    let (bucket, secret) = bucket_with(&app, "once", json!({"title": {"type": "string"}}), with_conn).await;
+    let head = one_writeback_head(&app, &seen, &bucket, &secret).await;
+    assert_eq!(header_lines(&head, "content-type"), ["application/json; charset=utf-8"], "{head:#?}");
+    assert_eq!(header_lines(&head, "authorization"), ["Bearer one-token-123"], "{head:#?}");
+    assert_eq!(header_lines(&head, "idempotency-key").len(), 1, "{head:#?}");
+}
+
+/// A connection saved before those headers were refused (its record written here as such
+/// a binary left it) still sends each header once: its `Content-Type` in place of the
+/// default, the writeback's own `Idempotency-Key` in place of its own, one of a name it
+/// gives twice (writeback code review).
+#[tokio::test]
+async fn a_connection_stored_with_clashing_headers_sends_each_once() {
+    use hookline::catalog::connection::{GenericConfig, ProviderConfig};
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let (addr, seen) = raw_receiver().await;
+    let url = format!("http://{addr}/wb");
+    let (s, conn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "old", "provider_type": "generic_webhook",
+                "provider_config": {"url": url, "headers": {"Authorization": "Bearer one-token-123"}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    let id = conn["connection_id"].as_str().unwrap().to_string();
+    let (bucket, secret) = bucket_with(
+        &app,
+        "stored",
+        json!({"title": {"type": "string"}}),
+        json!({"adapter_type": "generic_webhook", "connection_id": id,
+            "field_mapping": {"title": "title"}, "batching": {"mode": "count", "max_batch_size": 1},
+            "writeback": {"writeback_url": url,
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "title"}]}}),
+    )
+    .await;
+    assert_eq!(app.stop(), Some(0));
+    {
+        let backend = app.stopped_sled().await;
+        let raw = crate::support::stored_entries(&backend, "conn", &id);
+        let mut stored: hookline::catalog::Connection = serde_json::from_slice(&raw[0].1).unwrap();
+        let secrets = hookline::crypto::SecretBox::load(None, &app.data_dir).unwrap();
+        let headers = [
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("Idempotency-Key", "static-key"),
+            ("Authorization", "Bearer one-token-123"),
+            ("authorization", "Bearer two-token-456"),
+        ];
+        let cfg = GenericConfig {
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            url: Some(url.clone()),
+        };
+        stored.update(None, Some(&ProviderConfig::Generic(cfg)), &secrets);
+        let mut b = Batch::new();
+        b.put(Keyspace::CONNECTIONS, &id, &stored);
+        backend.apply(&b).unwrap();
+        futures::executor::block_on(backend.flush()).unwrap();
+    }
+    app.start_again().await;
+    let head = one_writeback_head(&app, &seen, &bucket, &secret).await;
+    assert_eq!(header_lines(&head, "content-type"), ["application/json; charset=utf-8"], "{head:#?}");
+    assert_eq!(header_lines(&head, "authorization").len(), 1, "{head:#?}");
+    let key = header_lines(&head, "idempotency-key");
+    assert!(key.len() == 1 && key[0] != "static-key", "the writeback's own, once: {head:#?}");
+}

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::json;
 
 use super::job::Job;
@@ -128,36 +129,19 @@ impl Sender {
                     return Err(permanent("no writeback_url"));
                 };
                 self.check(url)?;
-                let body = generic_body(job, external_id).to_string();
-                let mut rb = self
-                    .client
-                    .post(url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header("idempotency-key", idempotency_key(&body))
-                    .body(body);
-                if let Some(ProviderConfig::Generic(g)) = creds {
-                    if !g.headers.is_empty() && !g.allows(url) {
-                        return Err(permanent(format!(
-                            "writeback_url is not under the connection's url ({}): its headers are sent to no other \
-                             URL",
-                            g.url.as_deref().unwrap_or_default()
-                        )));
-                    }
-                    // Framing headers are the client's: refused when a connection is saved
-                    // now, skipped here for one saved before that check.
-                    for (k, v) in g.headers.iter().filter(|(k, _)| !crate::delivery::channel::framing_header(k)) {
-                        let (Ok(name), Ok(mut value)) = (
-                            reqwest::header::HeaderName::from_bytes(k.as_bytes()),
-                            reqwest::header::HeaderValue::from_str(v),
-                        ) else {
-                            return Err(permanent(format!("connection header {k:?} is not a valid HTTP header")));
-                        };
-                        // Connection headers usually carry tokens.
-                        value.set_sensitive(true);
-                        rb = rb.header(name, value);
-                    }
+                let generic = match creds {
+                    Some(ProviderConfig::Generic(g)) => Some(g),
+                    _ => None,
+                };
+                if let Some(g) = generic.filter(|g| !g.headers.is_empty() && !g.allows(url)) {
+                    return Err(permanent(format!(
+                        "writeback_url is not under the connection's url ({}): its headers are sent to no other URL",
+                        g.url.as_deref().unwrap_or_default()
+                    )));
                 }
-                rb
+                let body = generic_body(job, external_id).to_string();
+                let headers = generic_headers(generic.into_iter().flat_map(|g| &g.headers), &body)?;
+                self.client.post(url).headers(headers).body(body)
             }
             ProviderType::Mux => return Err(permanent("mux adapters do not support writeback")),
         };
@@ -242,6 +226,42 @@ fn generic_body(job: &Job, external_id: Option<&str>) -> serde_json::Value {
     body
 }
 
+/// The header that carries [`idempotency_key`].
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Whether the generic writeback sets the header `name` (any letter case) itself, so that a
+/// connection may not (refused when it is saved): it would go out beside the writeback's
+/// own, or replace what a receiver drops repeats by. (`Content-Type` it may: see
+/// [`generic_headers`].)
+pub fn sets_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(IDEMPOTENCY_KEY)
+}
+
+/// The headers of a generic writeback: the connection's `configured` ones, a `Content-Type`
+/// among them in place of the default (as on a webhook channel), and the `Idempotency-Key`
+/// of `body`. Each name once (inserted, not appended): a connection saved before a name given
+/// twice in two letter cases, or the writeback's own header, was refused still sends one of
+/// each, the writeback's own `Idempotency-Key` winning. Framing headers are the HTTP
+/// client's: refused when a connection is saved now, skipped here for one saved before.
+fn generic_headers<'a>(
+    configured: impl Iterator<Item = (&'a String, &'a String)>,
+    body: &str,
+) -> Result<HeaderMap, Failure> {
+    let mut h = HeaderMap::new();
+    for (k, v) in configured.filter(|(k, _)| !crate::delivery::channel::framing_header(k)) {
+        let (Ok(name), Ok(mut value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) else {
+            return Err(permanent(format!("connection header {k:?} is not a valid HTTP header")));
+        };
+        // Connection headers usually carry tokens.
+        value.set_sensitive(true);
+        h.insert(name, value);
+    }
+    h.entry(CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
+    let key = HeaderValue::try_from(idempotency_key(body)).map_err(|e| permanent(format!("{IDEMPOTENCY_KEY}: {e}")))?;
+    h.insert(IDEMPOTENCY_KEY, key);
+    Ok(h)
+}
+
 /// The same for every send of the same body (a retry of the job, one after a crash, one
 /// whose 2xx was lost to a timeout), another for any other: what a receiver drops repeats
 /// by. Of the content, not of the job: a job whose fields changed (merged with an older one
@@ -289,4 +309,32 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headers as a connection saved before the checks may hold them: each goes out once.
+    #[test]
+    fn each_header_goes_out_once_the_writebacks_own_key_winning() {
+        let configured: std::collections::BTreeMap<String, String> = [
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("Idempotency-Key", "static-key"),
+            ("Authorization", "Bearer one"),
+            ("authorization", "Bearer two"),
+            ("Host", "elsewhere.example"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let h = generic_headers(configured.iter(), "{}").expect("valid headers");
+        let count = |name: &str| h.get_all(name).iter().count();
+        assert_eq!([count("content-type"), count("idempotency-key"), count("authorization")], [1, 1, 1]);
+        assert_eq!(h["content-type"], "application/json; charset=utf-8");
+        assert_eq!(h["idempotency-key"].to_str().ok(), Some(idempotency_key("{}").as_str()));
+        assert!(h.get("host").is_none(), "a framing header is the client's");
+        let default = generic_headers(std::iter::empty(), "{}").expect("no headers");
+        assert_eq!(default["content-type"], "application/json");
+    }
 }

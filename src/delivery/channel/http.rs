@@ -98,30 +98,12 @@ impl HttpConfig {
         if self.headers.len() > MAX_HEADERS {
             return Err(ApiError::validation(field("headers"), format!("at most {MAX_HEADERS} headers")));
         }
-        let mut seen: Vec<String> = Vec::with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
-            let f = format!("{}.{name}", field("headers"));
-            // Both would be sent: a receiver reads one of them, or both joined.
-            let lower = name.to_ascii_lowercase();
-            if seen.contains(&lower) {
-                return Err(ApiError::validation(f, "given twice (header names are case-insensitive)"));
-            }
-            seen.push(lower);
-            if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ApiError::validation(f, "not a valid header name"));
-            }
-            if HeaderValue::from_str(value).is_err() {
-                return Err(ApiError::validation(f, "not a valid header value"));
-            }
+        let owned = |name: &str| match name.eq_ignore_ascii_case(super::SECRET_HEADER) {
             // The shared secret may come as a header (seed 002) unless `secret` sets it.
-            if name.eq_ignore_ascii_case(super::SECRET_HEADER) {
-                if self.secret.is_some() {
-                    return Err(ApiError::validation(f, "`secret` already sets this header; send one of the two"));
-                }
-            } else if super::reserved_header(name) {
-                return Err(ApiError::validation(f, "this header is set by hookline and cannot be overridden"));
-            }
-        }
+            true => self.secret.is_some().then_some("`secret` already sets this header; send one of the two"),
+            false => super::reserved_header(name).then_some(super::SET_BY_HOOKLINE),
+        };
+        super::check_header_set(&self.headers, |name| format!("{}.{name}", field("headers")), owned)?;
         self.check_sizes(at)?;
         if let Some(t) = self.timeout {
             if !(MIN_TIMEOUT_SECONDS..=MAX_TIMEOUT_SECONDS).contains(&t) {

@@ -482,6 +482,42 @@ pub fn check_header_sizes<'a>(
     Ok(())
 }
 
+/// Checks each header of a configured set (a webhook channel's, a generic_webhook
+/// connection's), errors naming `field(name)`: a name given twice in any letter case (both
+/// would be sent, and a receiver reads one of them, or both joined), a name or value no header
+/// line can carry, and a header hookline sets itself, for which `owned` gives the reason it
+/// cannot be set (`None`: the set may hold it). One set of rules, so that what one sender
+/// refuses the other does not send twice.
+pub fn check_header_set<'a>(
+    headers: impl IntoIterator<Item = (&'a String, &'a String)>,
+    field: impl Fn(&str) -> String,
+    owned: impl Fn(&str) -> Option<&'static str>,
+) -> Result<(), ApiError> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in headers {
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(ApiError::validation(field(name), "given twice (header names are case-insensitive)"));
+        }
+        if ::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ApiError::validation(field(name), "not a valid header name"));
+        }
+        if ::http::header::HeaderValue::from_str(value).is_err() {
+            return Err(ApiError::validation(
+                field(name),
+                "not a valid header value (no line breaks or control characters)",
+            ));
+        }
+        if let Some(why) = owned(name) {
+            return Err(ApiError::validation(field(name), why));
+        }
+    }
+    Ok(())
+}
+
+/// Why a configured header cannot be set: hookline sets it, and it is not one a config may
+/// replace (as it may `Content-Type`).
+pub const SET_BY_HOOKLINE: &str = "this header is set by hookline and cannot be overridden";
+
 /// Headers a webhook config may not set: hookline owns them.
 pub fn reserved_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
