@@ -121,6 +121,18 @@ pub fn check_name(field: &'static str, name: &str, max: usize) -> Result<(), Api
             "must not hold control characters (a newline, a tab, …), line separators or bidirectional overrides",
         ));
     }
+    // Names are unique (a bucket's in its namespace) as written: `"orders "` or
+    // `"or\u{200B}ders"` beside `"orders"` would be a second bucket that lists and dashboards
+    // show as the same. (The zero-width joiners of emoji and scripts stay allowed.)
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return Err(ApiError::validation(field, "must not begin or end with white space"));
+    }
+    if name.chars().any(|c| matches!(c, '\u{200B}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}')) {
+        return Err(ApiError::validation(
+            field,
+            "must not hold invisible characters (a zero-width space, a word joiner, a byte order mark, a soft hyphen)",
+        ));
+    }
     Ok(())
 }
 
@@ -156,10 +168,13 @@ mod tests {
     fn names_that_show_as_something_else_are_refused() {
         for bad in
             ["", " \t", "\u{200B}\u{FEFF}", "a\nb", "a\u{1b}[31m", "a\u{2028}b", "evil\u{202E}gpj.exe", "x\u{2066}y"]
+                .into_iter()
+                .chain(["orders ", " orders", "or\u{200B}ders", "orders\u{A0}", "or\u{AD}ders", "\u{FEFF}orders"])
         {
             assert!(check_name("name", bad, 200).is_err(), "{bad:?}");
         }
-        for good in ["media hook", "Médias ✓", "family 👨\u{200D}👩\u{200D}👧", "日本語"] {
+        for good in ["media hook", "Médias ✓", "family 👨\u{200D}👩\u{200D}👧", "日本語", "می\u{200C}خواهم"]
+        {
             assert!(check_name("name", good, 200).is_ok(), "{good:?}");
         }
         assert!(check_name("name", &"x".repeat(201), 200).is_err());

@@ -721,6 +721,14 @@ impl RegistryState {
                 if let Some(w) = self.supabase_change(&bucket, &adapter)? {
                     warnings.push(w);
                 }
+                let dropped = bucket.source_adapter.as_ref().map(|old| old.dropped_by(&adapter)).unwrap_or_default();
+                if !dropped.is_empty() {
+                    warnings.push(format!(
+                        "source_adapter is replaced whole, and this one leaves out (or sets back to its default) what \
+                         the adapter had: {}; send the whole adapter (its GET view) with the changes to keep them",
+                        dropped.join(", ")
+                    ));
+                }
                 bucket.source_adapter = Some(adapter);
                 webhook_secret = secret;
             }

@@ -325,6 +325,39 @@ impl SourceAdapter {
         settings(self) == settings(other)
     }
 
+    /// The settings this adapter has that `new`, of the same type, leaves out (or back at
+    /// their defaults): a PATCH replaces `source_adapter` whole, so `{"adapter_type": …,
+    /// "enabled": false}`, meant as a pause, drops its mapping and dedup key. The PATCH's
+    /// `warnings` name them.
+    pub fn dropped_by(&self, new: &SourceAdapter) -> Vec<&'static str> {
+        if self.adapter_type != new.adapter_type {
+            return Vec::new();
+        }
+        let had = |old: bool, now: bool| old && !now;
+        [
+            (
+                "connection",
+                had(
+                    self.connection_id.is_some() || self.sealed_credentials.is_some(),
+                    new.connection_id.is_some() || new.sealed_credentials.is_some(),
+                ),
+            ),
+            ("event_filter", had(self.event_filter.is_some(), new.event_filter.is_some())),
+            ("field_mapping", had(!self.field_mapping.is_empty(), !new.field_mapping.is_empty())),
+            ("blob_source", had(self.blob_source.is_some(), new.blob_source.is_some())),
+            ("batching", self.batching != new.batching && new.batching == Batching::default()),
+            ("dedup_key", had(self.dedup_key.is_some(), new.dedup_key.is_some())),
+            ("writeback", had(self.writeback.is_some(), new.writeback.is_some())),
+            ("event_type_field", had(self.event_type_field.is_some(), new.event_type_field.is_some())),
+            ("id_column", had(self.id_column.is_some(), new.id_column.is_some())),
+            ("table", had(self.table.is_some(), new.table.is_some())),
+            ("schema", had(self.schema.is_some(), new.schema.is_some())),
+        ]
+        .into_iter()
+        .filter_map(|(name, dropped)| dropped.then_some(name))
+        .collect()
+    }
+
     /// The Supabase primary-key column (`id_column`, default `id`).
     pub fn id_column(&self) -> &str {
         self.id_column.as_deref().unwrap_or(super::supabase::DEFAULT_ID_COLUMN)
@@ -770,11 +803,26 @@ impl SourceAdapterInput {
             if let Some(m) = c.credentials.given() {
                 // Both may be given (seed 000 lists both); connection_id then wins at runtime.
                 // Same shape as a connection's provider_config, so one reader serves both.
-                ProviderConfig::parse_at(
+                let parsed = ProviderConfig::parse_at(
                     &f("connection.credentials"),
                     self.adapter_type,
                     serde_json::Value::Object(m.clone()),
                 )?;
+                // As for a connection (see the registry's `check_generic_headers`): headers go
+                // only to URLs under their `url`; a writeback_url outside it would have every
+                // job given up at its first attempt.
+                let target = self.writeback.as_ref().and_then(|w| w.writeback_url.as_deref());
+                if let (ProviderConfig::Generic(g), Some(target), None) = (&parsed, target, &self.connection_id) {
+                    if let Some(url) = g.url.as_deref().filter(|_| !g.headers.is_empty() && !g.allows(target)) {
+                        return Err(ApiError::validation(
+                            f("writeback.writeback_url"),
+                            format!(
+                                "not under {url}, the url of connection.credentials: its headers are sent to no \
+                                 other URL"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if let Some(col) = &self.id_column {

@@ -1689,3 +1689,20 @@ async fn a_disk_that_refuses_a_write_stops_the_daemon_and_the_restart_loses_noth
     let free = metric_value(&app.metrics().await, "hookline_store_disk_available_bytes", &[]);
     assert!(free > 0.0, "the space left is shown: {free}");
 }
+
+/// Names are unique as written, so one that shows as another is refused: white space at
+/// either end, or an invisible character inside (a zero-width space, a soft hyphen), beside
+/// `orders`, would be a second bucket every list shows as the same.
+#[tokio::test]
+async fn names_that_look_like_another_are_refused() {
+    let app = TestApp::start().await;
+    app.create_bucket("orders", json!({})).await;
+    for look_alike in ["orders ", " orders", "or\u{200B}ders", "orders\u{00A0}", "or\u{AD}ders"] {
+        let (s, b) = app.post("/v1/buckets", json!({"bucket_name": look_alike, "bucket_schema": {}})).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("bucket_name")), "{look_alike:?}: {b}");
+    }
+    let hook = json!({"webhook_name": "hook ", "event_types": ["*"],
+        "channels": [crate::outbound::http_channel("http://127.0.0.1:9/")]});
+    let (s, b) = app.post("/v1/organizations/webhooks", hook).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("webhook_name")), "{b}");
+}

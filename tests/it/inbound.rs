@@ -2014,6 +2014,28 @@ async fn a_removal_stuck_on_its_actor_answers_in_time_and_holds_up_no_other_call
     assert_eq!(made, 1, "{list}");
 }
 
+/// A PATCH replaces `source_adapter` whole: one meant as a pause (`adapter_type` and
+/// `enabled: false` alone) drops the mapping, the dedup key and the batching, and its
+/// `warnings` name them; the adapter's own view sent back with `enabled: false` warns of none.
+#[tokio::test]
+async fn a_patch_that_leaves_settings_out_names_them() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "field_mapping": {"data.title": "title"},
+                         "batching": {"mode": "count", "max_batch_size": 10}});
+    let (bucket, _) = bucket_with_adapter(&app, "paused", json!({"title": {"type": "string"}}), adapter).await;
+    let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
+    let mut whole = view["source_adapter"].clone();
+    whole["enabled"] = json!(false);
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": whole})).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("warnings").is_none(), "the whole adapter, paused: {b}");
+    let pause = json!({"source_adapter": {"adapter_type": "generic_webhook", "enabled": false}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), pause).await;
+    assert_eq!(s, 200, "{b}");
+    let warnings: Vec<&str> = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(warnings.len() == 1 && warnings[0].contains("field_mapping, batching, dedup_key;"), "{warnings:?}");
+}
+
 /// `metrics.ingest_per_bucket`: ingest requests counted by bucket and outcome, for buckets
 /// that exist only (the ID of a 404, which any sender can make up, never becomes a label);
 /// off by default.

@@ -1879,3 +1879,29 @@ async fn a_connection_stored_with_clashing_headers_sends_each_once() {
     let key = header_lines(&head, "idempotency-key");
     assert!(key.len() == 1 && key[0] != "static-key", "the writeback's own, once: {head:#?}");
 }
+
+/// Inline generic credentials are held to the rule of a connection's: headers go only to a
+/// writeback_url under their `url`. A writeback_url outside it is a 422 naming it, through a
+/// connection or inline, rather than an adapter whose every writeback is given up.
+#[tokio::test]
+async fn inline_generic_credentials_hold_the_writeback_url_to_their_url() {
+    let app = TestApp::start().await;
+    let rx = Upstream::start(200).await;
+    let schema = json!({"title": {"type": "string"}});
+    let adapter = |creds: Value| {
+        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"},
+            "batching": {"mode": "count", "max_batch_size": 1},
+            "connection": {"credentials": creds},
+            "writeback": {"writeback_url": rx.url("/results"),
+                "field_mapping": [{"source_path": "metadata.title", "target_field": "t"}]}})
+    };
+    let bucket = app.create_bucket("inline", schema).await;
+    let outside = adapter(json!({"headers": {"X-Token": "tok-1"}, "url": rx.url("/elsewhere")}));
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": outside})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.writeback.writeback_url")), "{b}");
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("/elsewhere") && !message.contains("tok-1"), "{message}");
+    let under = adapter(json!({"headers": {"X-Token": "tok-1"}, "url": rx.url("/")}));
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": under})).await;
+    assert_eq!(s, 200, "{b}");
+}
