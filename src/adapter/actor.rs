@@ -192,8 +192,10 @@ pub enum IngestErr {
     ShortOfDisk,
     /// The adapter is being removed (drained); the bucket no longer takes events.
     Gone,
-    /// The body is not JSON (400/415).
-    Malformed(crate::error::ApiError),
+    /// The body is not JSON (400/415): counted as failed (an authenticated sender's event
+    /// lost to a bug of its own, which it will send again as it is); the commit holds the
+    /// counters.
+    Malformed(crate::error::ApiError, Commit),
     /// The event cannot become an object (counted as failed; the commit holds the counters):
     /// 422 naming `field` (`payload`, or the adapter's connection when Mux refused its token).
     Invalid {
@@ -601,11 +603,16 @@ impl AdapterState {
         if !self.adapter.enabled {
             return Step::Done(Err(IngestErr::Disabled));
         }
+        let now = now_millis();
         let payload = match auth.payload {
             Ok(p) => p,
-            Err(e) => return Step::Done(Err(IngestErr::Malformed(e))),
+            Err(e) => {
+                self.stats.failed(now, format!("an event was refused: {e}"));
+                let mut batch = Batch::new();
+                self.put_stats(&mut batch);
+                return Step::Done(Err(IngestErr::Malformed(e, self.submit(batch, Vec::new()))));
+            }
         };
-        let now = now_millis();
         let screened = match pipeline::screen(&self.adapter, &payload) {
             Err(e) => return Step::Done(Err(self.fail(now, e))),
             Ok(Screen::Ignored) => return Step::Done(Ok(IngestOk::new(IngestStatus::Ignored, None, None))),

@@ -331,7 +331,11 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             (status.as_str(), Ok(json(StatusCode::OK, &body)))
         }
         Err(IngestErr::Unauthorized(refused)) => ("unauthorized", Err(refuse(state, &bucket_id, &refused))),
-        Err(IngestErr::Malformed(e)) => ("invalid", Err(e)),
+        Err(IngestErr::Malformed(e, commit)) => {
+            // The failure counter is part of the status: answer once it is stored.
+            let _ = commit.finish().await;
+            ("invalid", Err(e))
+        }
         Err(IngestErr::Invalid { field, message, commit, .. }) => {
             // The failure counter is part of the status: answer once it is stored.
             let _ = commit.finish().await;
@@ -855,7 +859,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
             Err(
                 IngestErr::Unauthorized(..)
                 | IngestErr::Disabled
-                | IngestErr::Malformed(_)
+                | IngestErr::Malformed(..)
                 | IngestErr::Unverifiable(_),
             ) => {}
         }

@@ -168,12 +168,14 @@ pub async fn serve(
                                 req.head_proof = head_proof;
                                 route(&state, req).await
                             }
-                            Err(e) => (body_error_label(&method, path.as_str(), &e, started), error_response(&e)),
+                            Err(e) => {
+                                (body_error_label(&state, &method, path.as_str(), &e, started), error_response(&e))
+                            }
                         }
                     }
                     (None, Err(e)) => {
                         unread = true;
-                        (body_error_label(&method, path.as_str(), &e, started), error_response(&e))
+                        (body_error_label(&state, &method, path.as_str(), &e, started), error_response(&e))
                     }
                 };
                 // Without a valid key, an admin route answers 401 whatever the method (the
@@ -934,7 +936,12 @@ async fn route(state: &HttpState, req: Request) -> (&'static str, Response) {
 /// The metrics label of a request refused while reading its body: `(body)`, except on the
 /// ingest route, which upstream senders hit and operators watch (also counted as an ingest,
 /// outcome `too_large` or `timeout`).
-fn body_error_label(method: &Method, path: &str, e: &ApiError, started: Instant) -> &'static str {
+///
+/// A body too large or too slow for an ingest is also the bucket's last refused ingest (its
+/// status shows it): the event is lost unless the sender changes something, and the sender
+/// sends it again as it is. In memory only, as a 401 is: its head may not be authentic yet.
+/// (Only a bucket with a running adapter, and a head that may be authentic, gets its body read.)
+fn body_error_label(state: &HttpState, method: &Method, path: &str, e: &ApiError, started: Instant) -> &'static str {
     let segs = request::segments(path);
     let ["v1", "buckets", bucket, "source-adapter", "ingest"] = segs.as_slice() else {
         return "(body)";
@@ -950,6 +957,12 @@ fn body_error_label(method: &Method, path: &str, e: &ApiError, started: Instant)
         _ => "invalid",
     };
     crate::metrics::ingest_request(bucket, outcome, started.elapsed());
+    if let (Some(id), "too_large" | "timeout") = (crate::ids::BucketId::parse(bucket), outcome) {
+        let message = e.to_string();
+        if let Some(count) = state.refusals.record(&id, outcome, &message) {
+            tracing::warn!(bucket_id = %id, reason = outcome, refused_since_start = count, "ingest refused: {message}");
+        }
+    }
     inbound::INGEST_ROUTE
 }
 

@@ -437,3 +437,27 @@ async fn large_bodies_are_handled_a_bounded_number_at_once() {
     assert!(metric_value(&m, "hookline_http_upstream_bodies_refused_total", &[]) >= 1.0);
     assert!(metric_value(&m, "hookline_ingest_requests_total", &[("outcome", "unavailable")]) >= 1.0);
 }
+
+/// An authenticated sender's event that hookline refuses for its body shows in the adapter's
+/// status, whatever the code: not JSON (400) counts as failed, with the reason in
+/// `last_error`, as a 422 does; a body past `server.max_body_bytes` (413, never read) is the
+/// `last_refused_ingest`, as a 401 is. Either is lost unless the sender changes something.
+#[tokio::test]
+async fn refused_bodies_of_an_authenticated_sender_show_in_the_status() {
+    let opts = crate::support::Options { server_toml: "max_body_bytes = 2048\n".into(), ..Default::default() };
+    let app = TestApp::start_with(opts).await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "refused-bodies", json!({}), adapter).await;
+    let headers = [("x-webhook-secret", secret.as_str())];
+    let (s, b) = app.post_raw(&ingest_path(&bucket), r#"{"broken": "#, &headers).await;
+    assert_eq!(s, 400, "{b}");
+    let status = format!("/v1/buckets/{bucket}/source-adapter/status");
+    let (_, st) = app.get(&status).await;
+    assert_eq!(st["events_failed_24h"], 1, "{st}");
+    assert!(st["last_error"].as_str().is_some_and(|e| e.contains("JSON")), "{st}");
+    let (s, b) = app.post_raw(&ingest_path(&bucket), format!(r#"{{"pad": "{}"}}"#, "x".repeat(4096)), &headers).await;
+    assert_eq!(s, 413, "{b}");
+    let (_, st) = app.get(&status).await;
+    assert_eq!(st["last_refused_ingest"]["reason"], "too_large", "{st}");
+    assert_eq!(st["events_failed_24h"], 1, "the 413's event never reached the adapter: {st}");
+}
