@@ -1905,3 +1905,23 @@ async fn inline_generic_credentials_hold_the_writeback_url_to_their_url() {
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": under})).await;
     assert_eq!(s, 200, "{b}");
 }
+
+/// `POST …/retry` of a pending writeback (its cause fixed, its next attempt an hour away)
+/// sends it now: 202 with `next_attempt_at` now, and the receiver gets it, rather than a 409
+/// that leaves it to its schedule.
+#[tokio::test]
+async fn a_retry_of_a_pending_writeback_sends_it_now() {
+    let delivery = "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
+        request_timeout_seconds = 2\nretry_schedule_seconds = [3600]\n";
+    let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
+    let (rx, bucket, _) = a_failing_titled_job(&app, "hurried").await;
+    let pending = listed(&app, &bucket, "?status=pending", 1).await;
+    let id = id_of(&pending[0]);
+    let later = pending[0]["next_attempt_at"].as_str().unwrap_or_default().to_string();
+    rx.set_default(204);
+    let (s, job) = retry(&app, &bucket, &id).await;
+    assert_eq!((s, job["status"].as_str()), (202, Some("pending")), "{job}");
+    assert!(job["next_attempt_at"].as_str().is_some_and(|at| at < later.as_str()), "now, not {later}: {job}");
+    assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "sent now: {:?}", rx.seen());
+    assert!(eventually(WAIT, || async { writebacks(&app, &bucket, "").await["results"] == json!([]) }).await);
+}

@@ -1,6 +1,7 @@
 //! The operator's side of writeback jobs: `GET …/source-adapter/writebacks` lists a bucket's
-//! pending and dead jobs, `POST …/writebacks/{writeback_id}/retry` re-queues a dead one (the
-//! routes are in `http/writebacks.rs`). Without them a writeback that failed for good (wrong
+//! pending and dead jobs, `POST …/writebacks/{writeback_id}/retry` re-queues a dead one, or
+//! has the running worker send a pending one now (`actor/writebacks.rs`; the routes are in
+//! `http/writebacks.rs`). Without them a writeback that failed for good (wrong
 //! credentials for a day, a column missing until a migration) could be seen only in the log
 //! and the status' latest `last_error`, and never sent again.
 //!
@@ -336,10 +337,10 @@ fn next_rests(
 pub enum RequeueError {
     #[error("writeback {id} not found in bucket {bucket_id}")]
     NotFound { bucket_id: BucketId, id: String },
-    /// Still being tried: nothing to re-queue (its next attempt is in the list).
+    /// Still being tried, with no worker running to hurry it (its next attempt is in the list).
     #[error(
-        "writeback {id} is pending: it is tried on its own schedule (next_attempt_at in GET …/writebacks); only a \
-         dead one can be retried"
+        "writeback {id} is pending, and no writeback worker runs to send it now (writeback is off, or the source \
+         adapter is stopped): it is tried on its own schedule once one runs (next_attempt_at in GET …/writebacks)"
     )]
     Pending { id: String },
     /// Another type of adapter's job, or one of an object another type made: re-queued, it
@@ -358,6 +359,12 @@ impl From<RequeueError> for ApiError {
             RequeueError::Store(e) => e.into(),
         }
     }
+}
+
+/// The pending job `id` of `bucket`, with its store key, if it is pending.
+pub fn pending(store: &Store, bucket: &BucketId, id: &WritebackId) -> Result<Option<(String, Job)>, StoreError> {
+    let key = id.key(bucket, Status::Pending);
+    Ok(store.get::<Job>(KS, &key)?.map(|job| (key, job)))
 }
 
 /// The re-queue of the dead job `id` of `bucket` at `now_ms` (see the module doc): the batch

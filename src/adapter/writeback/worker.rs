@@ -105,6 +105,8 @@ pub type Leases = crate::util::SharedMap<BucketId, Lease>;
 /// Handle held by the adapter actor; dropping it stops the worker.
 pub struct Worker {
     task: tokio::task::JoinHandle<()>,
+    /// Keys of pending jobs an operator asked to send now (see [`Worker::hurry`]).
+    hurry: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Drop for Worker {
@@ -114,6 +116,15 @@ impl Drop for Worker {
 }
 
 impl Worker {
+    /// Asks the worker to attempt the pending job at `key` now rather than at its scheduled
+    /// time (the operator fixed the cause: `POST …/writebacks/{id}/retry` of a pending job).
+    /// In memory only: after a restart the job keeps its stored schedule. A job in flight, or
+    /// one the worker does not hold (yet), is left as it is; the one-attempt-per-row rule
+    /// still holds.
+    pub fn hurry(&self, key: String) {
+        let _ = self.hurry.send(key);
+    }
+
     /// Stops the worker and waits until its task has ended: an abort alone leaves a poll
     /// running on another thread to finish, and it may still submit a write.
     pub async fn stop(mut self) {
@@ -157,7 +168,9 @@ impl Worker {
             policy,
             timeout: Duration::from_secs(cfg.request_timeout_seconds.max(1)),
         };
+        let (hurry, hurried) = tokio::sync::mpsc::unbounded_channel();
         let state = WorkerState {
+            hurried,
             sender: Arc::new(sender),
             retry,
             owner,
@@ -167,11 +180,13 @@ impl Worker {
             unreadable: HashSet::new(),
             scanned_at: None,
         };
-        Some(Worker { task: lease.spawn(state.run()) })
+        Some(Worker { task: lease.spawn(state.run()), hurry })
     }
 }
 
 struct WorkerState {
+    /// See [`Worker::hurry`].
+    hurried: tokio::sync::mpsc::UnboundedReceiver<String>,
     sender: Arc<Sender>,
     retry: Policy,
     owner: ActorRef<AdapterMsg>,
@@ -226,6 +241,12 @@ impl WorkerState {
                     }
                     if let Err(e) = self.settle(results).await {
                         tracing::warn!(bucket_id = %self.sender.bucket_id, error = %e, "store writeback outcomes");
+                    }
+                }
+                Some(key) = self.hurried.recv() => {
+                    if !self.jobs.is_flying(&key) {
+                        let now = now_millis();
+                        self.jobs.update(&key, |j| j.next_attempt_ms = j.next_attempt_ms.min(now));
                     }
                 }
                 () = tokio::time::sleep(wait) => {}
