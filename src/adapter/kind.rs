@@ -324,8 +324,8 @@ pub fn external_id(
                     Some(Value::Number(n)) => {
                         format!("the row's {col:?} (id_column) is {}", path::number_key_problem(n))
                     }
-                    _ => {
-                        format!("the row has no usable {col:?} (id_column): a string (not blank) or a number is needed")
+                    found => {
+                        format!("the row's {col:?} (id_column) is {}: {}", path::not_a_key(found), path::KEY_WANTED)
                     }
                 })),
             }

@@ -43,6 +43,28 @@ pub fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
+/// What stands where an ID was looked for, when it is none, for messages: `missing`,
+/// `null`, `an empty string`, `a blank string`, `an object`, `an array`, `a boolean (true)`
+/// (or `a number`, `a string`, for a caller that takes neither). Said rather than one "not
+/// a string or a number" for all: the sender sees what it sent, as a type mismatch of
+/// `field_mapping` shows it.
+pub fn not_a_key(v: Option<&Value>) -> String {
+    match v {
+        None => "missing".into(),
+        Some(Value::Null) => "null".into(),
+        Some(Value::String(s)) if s.is_empty() => "an empty string".into(),
+        Some(Value::String(s)) if s.trim().is_empty() => "a blank string (white space only)".into(),
+        Some(Value::String(_)) => "a string".into(),
+        Some(Value::Number(_)) => "a number".into(),
+        Some(Value::Bool(b)) => format!("a boolean ({b})"),
+        Some(Value::Array(_)) => "an array".into(),
+        Some(Value::Object(_)) => "an object".into(),
+    }
+}
+
+/// What an ID must be, as refusals of one end.
+pub const KEY_WANTED: &str = "an ID must be a string (not blank) or a number";
+
 /// A string as an ID: `None` when it is blank (empty, or white space only). A blank value
 /// names nothing: every event carrying it would share one key, and all but the first would
 /// be dropped as `duplicate`s of it.
@@ -96,6 +118,19 @@ mod tests {
         assert!(!is_valid("a..b") && !is_valid("") && !is_valid(".a") && !is_valid("a."));
         assert_eq!(scalar_string(&json!(12)), Some("12".into()));
         assert_eq!(scalar_string(&json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn what_is_no_key_is_said() {
+        let said = |v: Option<Value>| not_a_key(v.as_ref());
+        assert_eq!(said(None), "missing");
+        assert_eq!(said(Some(Value::Null)), "null");
+        assert_eq!(said(Some(json!(""))), "an empty string");
+        assert_eq!(said(Some(json!(" \t"))), "a blank string (white space only)");
+        assert_eq!(said(Some(json!({}))), "an object");
+        assert_eq!(said(Some(json!([1]))), "an array");
+        assert_eq!(said(Some(json!(true))), "a boolean (true)");
+        assert_eq!(said(Some(json!(7))), "a number");
     }
 
     #[test]

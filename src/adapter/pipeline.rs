@@ -74,24 +74,22 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
         // Dedup guards creation only: an update or delete may lack it (Supabase sends a
         // DELETE with `record: null`, the row in `old_record`).
         None if operation != Operation::Create => None,
-        None => {
-            match dedup_path(adapter) {
-                None => None,
-                Some(_) if mux_default(adapter) => {
-                    return Err(PayloadError(
-                        "the event names no Mux asset (data.id, or data.asset_id for an upload)".into(),
-                    ))
-                }
-                Some(p) => {
-                    return Err(PayloadError(match path::lookup(payload, p) {
-                        Some(Value::Number(n)) => format!("dedup_key {p:?} is {}", path::number_key_problem(n)),
-                        _ => {
-                            format!("dedup_key {p:?} is missing from the payload or is not a string (not blank) or a number")
-                        }
-                    }))
-                }
+        None => match dedup_path(adapter) {
+            None => None,
+            Some(_) if mux_default(adapter) => {
+                return Err(PayloadError(format!(
+                    "the event names no Mux asset: {}",
+                    crate::adapter::mux::asset_id_problem(payload)
+                )))
             }
-        }
+            Some(p) => {
+                return Err(PayloadError(match path::lookup(payload, p) {
+                    Some(Value::Number(n)) => format!("dedup_key {p:?} is {}", path::number_key_problem(n)),
+                    None => format!("dedup_key {p:?} is missing from the payload: {}", path::KEY_WANTED),
+                    found => format!("dedup_key {p:?} is {}: {}", path::not_a_key(found), path::KEY_WANTED),
+                }))
+            }
+        },
     };
     let external_id = kind::external_id(adapter, payload, dedup_value.as_deref())?;
     for (what, value) in [("the dedup value", &dedup_value), ("the upstream ID", &external_id)] {
@@ -659,10 +657,21 @@ pub(crate) mod tests {
         assert_eq!(screen(&a, &json!({"type": "other"})).unwrap(), Screen::Ignored);
         assert_eq!(screen(&a, &json!({"data": {}})).unwrap(), Screen::Ignored);
         assert!(screen(&a, &json!({"type": "asset.ready"})).is_err(), "no dedup value");
-        for useless in [json!(true), json!(""), json!(" "), json!("\t\n\u{3000}"), json!(null), json!({"a": 1})] {
+        for (useless, said) in [
+            (json!(true), "a boolean (true)"),
+            (json!(""), "an empty string"),
+            (json!(" "), "a blank string"),
+            (json!("\t\n\u{3000}"), "a blank string"),
+            (json!(null), "null"),
+            (json!({"a": 1}), "an object"),
+            (json!([]), "an array"),
+        ] {
             let e = screen(&a, &json!({"type": "asset.ready", "data": {"id": useless}})).unwrap_err();
-            assert!(e.0.contains("not a string (not blank) or a number"), "{useless}: {}", e.0);
+            assert!(e.0.starts_with(&format!("dedup_key \"data.id\" is {said}")), "{useless}: {}", e.0);
+            assert!(e.0.ends_with("an ID must be a string (not blank) or a number"), "{useless}: {}", e.0);
         }
+        let e = screen(&a, &json!({"type": "asset.ready", "data": "a1"})).unwrap_err();
+        assert!(e.0.starts_with("dedup_key \"data.id\" is missing from the payload: an ID must be"), "{}", e.0);
         for inexact in [json!(1.5), json!(1e30)] {
             let e = screen(&a, &json!({"type": "asset.ready", "data": {"id": inexact}})).unwrap_err();
             assert!(e.0.contains("send it as a string"), "{inexact}: {}", e.0);

@@ -2115,3 +2115,32 @@ async fn an_ingest_a_busy_adapter_does_not_take_in_time_is_unavailable() {
         || async { ingest(&app, &bucket, Some(&secret), &json!({"id": "held"})).await.1["status"] == "duplicate" };
     assert!(eventually(Duration::from_secs(10), retried).await, "the held event was taken once the actor was free");
 }
+
+/// A dedup value that cannot be a key is refused saying what the payload had there (missing,
+/// null, a blank string, an object, an array, a boolean), as every other payload error says
+/// what it found, rather than one message for all of them (newcomer black-box review).
+#[tokio::test]
+async fn a_dedup_value_refused_says_what_the_payload_had() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "data.id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "dedup-said", json!({}), adapter).await;
+    for (id, said) in [
+        (None, "is missing from the payload"),
+        (Some(Value::Null), "is null"),
+        (Some(json!("")), "is an empty string"),
+        (Some(json!("  ")), "is a blank string"),
+        (Some(json!({})), "is an object"),
+        (Some(json!([1])), "is an array"),
+        (Some(json!(true)), "is a boolean (true)"),
+    ] {
+        let mut body = json!({"type": "t", "data": {}});
+        if let Some(id) = id.clone() {
+            body["data"]["id"] = id;
+        }
+        let (s, b) = ingest(&app, &bucket, Some(&secret), &body).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("payload")), "{id:?}: {b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default().trim_start_matches("payload: ");
+        assert!(message.starts_with(&format!("dedup_key \"data.id\" {said}")), "{id:?}: {message}");
+        assert!(message.contains("a string (not blank) or a number"), "{id:?}: {message}");
+    }
+}

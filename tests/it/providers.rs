@@ -1080,11 +1080,15 @@ async fn mux_lifecycle_remaps_and_cascades_across_buckets_of_one_connection() {
         lifecycle(&app, &conn, SIGNING_SECRET, &json!({"type": "video.live_stream.idle", "data": {"id": "L1"}})).await;
     assert_eq!((s, &r["handled"]), (200, &json!(false)), "{r}");
     // An asset change that names no asset: refused, as on the ingest route, not acknowledged.
-    for nameless in [json!({"type": "video.asset.deleted"}), json!({"type": "video.asset.updated", "data": {"id": 5}})]
-    {
+    // The message says what the event had instead.
+    for (nameless, said) in [
+        (json!({"type": "video.asset.deleted"}), "data is missing and object.id is missing"),
+        (json!({"type": "video.asset.updated", "data": {"id": 5}}), "data.id is a number"),
+    ] {
         let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &nameless).await;
         assert_eq!((s, r["error"]["field"].as_str()), (422, Some("payload")), "{nameless}: {r}");
-        assert!(r["error"]["message"].as_str().unwrap().contains("names no Mux asset"), "{r}");
+        let message = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("names no Mux asset, so nothing changes: {said}")), "{r}");
     }
 
     // Updated: re-mapped from the event's asset in both buckets (no fetch: it has playback ids).
@@ -2379,4 +2383,56 @@ async fn a_mux_adapter_view_shows_the_effective_filter_and_dedup_key() {
     let h = mux::sign(SIGNING_SECRET, now(), ready.as_bytes());
     let (s, r) = app.post_raw(&format!("{path}/source-adapter/ingest"), ready, &[("Mux-Signature", &h)]).await;
     assert_eq!((s, r["status"].as_str()), (200, Some("ignored")), "{r}");
+}
+
+/// A Supabase row key and a Mux asset ID refused say what the payload had there, as a
+/// generic dedup value does (newcomer black-box review).
+#[tokio::test]
+async fn a_row_key_or_asset_id_refused_says_what_the_payload_had() {
+    let app = TestApp::start().await;
+    let (bucket, secret) = supabase_rows(&app, "rows-said", json!({})).await;
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let headers = [("X-Webhook-Secret", secret.as_str()), ("Content-Type", "application/json")];
+    for (id, said) in [
+        (None, "the row's \"id\" (id_column) is missing"),
+        (Some(Value::Null), "the row's \"id\" (id_column) is null"),
+        (Some(json!(" ")), "the row's \"id\" (id_column) is a blank string"),
+        (Some(json!({"a": 1})), "the row's \"id\" (id_column) is an object"),
+        (Some(json!(["7"])), "the row's \"id\" (id_column) is an array"),
+        (Some(json!(false)), "the row's \"id\" (id_column) is a boolean (false)"),
+    ] {
+        let mut record = json!({"title": "t"});
+        if let Some(id) = id.clone() {
+            record["id"] = id;
+        }
+        let (s, r) = app.post_raw(&ingest, db_event("INSERT", record, Value::Null).to_string(), &headers).await;
+        assert_eq!(s, 422, "{id:?}: {r}");
+        let message = r["error"]["message"].as_str().unwrap_or_default().trim_start_matches("payload: ");
+        assert!(message.starts_with(said) && message.contains("a string (not blank) or a number"), "{message}");
+    }
+
+    let bucket = app.create_bucket("assets-said", video_schema()).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "mux", "batching": {"mode": "immediate"},
+                "field_mapping": {"duration": "duration"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let headers = [("X-Webhook-Secret", secret.as_str()), ("Content-Type", "application/json")];
+    for (data, said) in [
+        (json!({"status": "ready"}), "data.id is missing"),
+        (json!({"id": null}), "data.id is null"),
+        (json!({"id": ""}), "data.id is an empty string"),
+        (json!({"id": 7}), "data.id is a number"),
+    ] {
+        let event = json!({"type": "video.asset.ready", "data": data});
+        let (s, r) = app.post_raw(&ingest, event.to_string(), &headers).await;
+        assert_eq!(s, 422, "{data}: {r}");
+        let message = r["error"]["message"].as_str().unwrap_or_default().trim_start_matches("payload: ");
+        assert!(message.starts_with(&format!("the event names no Mux asset: {said}")), "{data}: {message}");
+    }
 }

@@ -109,6 +109,24 @@ pub fn event_asset_id(event: &Value) -> Option<&str> {
     event_asset(event).and_then(asset_id).or_else(|| usable(event.pointer("/object/id")))
 }
 
+/// Why [`event_asset_id`] finds no asset in `event`, for messages: what stands where it
+/// looked (`data.id is null and object.id is missing`, `data.asset_id is an empty string`),
+/// as other payload refusals say what the payload had.
+pub fn asset_id_problem(event: &Value) -> String {
+    use crate::adapter::path::not_a_key;
+    let what = if is_asset_part_event(event) {
+        format!("data.asset_id is {}", not_a_key(event.pointer("/data/asset_id")))
+    } else {
+        let data = match event_asset(event) {
+            Some(asset) => format!("data.id is {}", not_a_key(asset.get("id"))),
+            // Not an object (one is the asset, above).
+            None => format!("data is {}", not_a_key(event.get("data"))),
+        };
+        format!("{data} and object.id is {}", not_a_key(event.pointer("/object/id")))
+    };
+    format!("{what} (a Mux asset ID is a string, not blank: data.id, or data.asset_id for an upload or a track)")
+}
+
 /// What `POST /v1/webhooks/mux/{connection_id}` does with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lifecycle {
@@ -145,6 +163,18 @@ pub fn is_asset_change(event_type: Option<&str>) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_event_without_an_asset_id_says_what_it_has() {
+        let problem = |e: Value| asset_id_problem(&e);
+        assert!(problem(json!({"type": "video.asset.ready", "data": {"id": null}}))
+            .starts_with("data.id is null and object.id is missing ("));
+        assert!(problem(json!({"type": "video.asset.ready", "data": {"id": 7}, "object": {"id": ""}}))
+            .starts_with("data.id is a number and object.id is an empty string ("));
+        assert!(problem(json!({"type": "video.asset.ready", "data": [1]})).starts_with("data is an array and"));
+        assert!(problem(json!({"type": "video.upload.cancelled", "data": {"id": "up1"}}))
+            .starts_with("data.asset_id is missing ("));
+    }
 
     #[test]
     fn an_upload_event_is_about_its_asset_id() {

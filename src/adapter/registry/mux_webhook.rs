@@ -49,8 +49,9 @@ impl RegistryState {
                 return Err(ApiError::validation(
                     "payload",
                     format!(
-                        "this {} event names no Mux asset (data.id, or object.id): nothing to change",
-                        event_type.as_deref().unwrap_or_default()
+                        "this {} event names no Mux asset, so nothing changes: {}",
+                        event_type.as_deref().unwrap_or_default(),
+                        mux::asset_id_problem(&payload)
                     ),
                 ))
             }
