@@ -213,9 +213,15 @@ pub fn materialize_with_storage(
             }
             if file {
                 let Some(url) = v.as_str().and_then(file_url) else {
-                    let what = match v.as_str().is_some_and(has_login) {
-                        true => "a URL with a user name or password (never stored: send a signed or public URL)".into(),
-                        false => describe(v),
+                    let what = match v.as_str() {
+                        Some(s) if has_login(s) => {
+                            "a URL with a user name or password (never stored: send a signed or public URL)".into()
+                        }
+                        Some(s) => match miswritten(s) {
+                            Some(why) => format!("{}, which {why}", describe(v)),
+                            None => describe(v),
+                        },
+                        None => describe(v),
                     };
                     return Err(PayloadError(format!(
                         "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {what}",
@@ -257,6 +263,16 @@ pub fn materialize_with_storage(
                     "blob_source.file_field {ff:?} is a URL with a user name or password, which hookline does not \
                      store (the object's URL is shown by the API and sent in its events): send a signed or public \
                      URL instead"
+                )))
+            }
+            // A URL the parser would read as another (`https:///h/x` as `https://h/x`): refused
+            // as a webhook's or a writeback's is, rather than stored as a URL nobody sent (nor
+            // read as a Storage path).
+            (Some(Value::String(s)), None) if miswritten(s).is_some() => {
+                return Err(PayloadError(format!(
+                    "blob_source.file_field {ff:?} {}; the payload has {}",
+                    miswritten(s).unwrap_or_default(),
+                    describe(&Value::String(s.clone()))
                 )))
             }
             // The row says it has no file: the object has no blob (a required property is a 422
@@ -309,12 +325,30 @@ pub fn materialize_with_storage(
 /// sender may get wrong (surrounding spaces, a space or a control character inside, a tab
 /// or newline), and whoever reads the stored URL may not: so the stored form is the
 /// parser's, surrounding spaces dropped, spaces and controls inside percent-encoded.
+/// A URL the parser reads as another one (see [`miswritten`]) is none.
 fn file_url(s: &str) -> Option<String> {
-    // The parser drops a tab or newline wherever it is, which would silently make another
-    // URL of `…/a\nb.mp4`: encoded like any other control character instead.
-    let s = s.trim().replace('\t', "%09").replace('\n', "%0A").replace('\r', "%0D");
+    let s = prepared(s);
     let u = url::Url::parse(&s).ok()?;
-    (matches!(u.scheme(), "http" | "https") && u.host().is_some() && !url_has_login(&u)).then(|| u.to_string())
+    let usable = matches!(u.scheme(), "http" | "https") && u.host().is_some() && !url_has_login(&u);
+    (usable && crate::delivery::netguard::check_written(&s, &u).is_ok()).then(|| u.to_string())
+}
+
+/// `s` as [`file_url`] parses it: surrounding spaces dropped, and tabs and line breaks
+/// encoded (the parser drops them wherever they are, which would silently make another URL
+/// of `…/a\nb.mp4`), as any other control character is.
+fn prepared(s: &str) -> String {
+    s.trim().replace('\t', "%09").replace('\n', "%0A").replace('\r', "%0D")
+}
+
+/// Why `s`, an http(s) URL with a host, is refused for how it is written: the URL standard
+/// reads `https:///h/x`, `https:h/x` and `https:\\h\x` all as `https://h/x`, so what would
+/// be stored is not what was sent. The rule of every URL hookline keeps (a webhook's, a
+/// writeback's, a connection's: `netguard::check_written`). `None` for one written as it is
+/// read, and for what is no such URL (refused, or read as a Storage path, for what it is).
+fn miswritten(s: &str) -> Option<String> {
+    let s = prepared(s);
+    let u = url::Url::parse(&s).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())?;
+    crate::delivery::netguard::check_written(&s, &u).err()
 }
 
 /// `s` with what looks like a URL's login (`scheme://user:pw@`) blanked out, whether or not
@@ -374,7 +408,7 @@ pub fn needs_storage(adapter: &SourceAdapter, doc: &Value) -> bool {
     let Some(b) = adapter.blob_source.as_ref().filter(|b| b.storage_bucket.is_some()) else { return false };
     let Some(ff) = b.file_field.as_deref() else { return false };
     match path::lookup(doc, ff) {
-        Some(v @ Value::String(s)) => !no_file(v) && file_url(s).is_none(),
+        Some(v @ Value::String(s)) => !no_file(v) && file_url(s).is_none() && miswritten(s).is_none(),
         _ => false,
     }
 }
@@ -586,6 +620,11 @@ pub(crate) mod tests {
         assert_eq!(draft("https://cdn.example/v.mp4").unwrap().blobs[0].url, "https://cdn.example/v.mp4");
         assert!(draft("7/v.mp4").unwrap().blobs[0].url.ends_with("/public/listing-images/7/v.mp4"));
         assert!(draft("../v.mp4").unwrap_err().0.contains("or a path in the Storage bucket"));
+        // A miswritten URL is refused as one, not read as a path named `https:cdn.example`.
+        for raw in ["https:cdn.example/v.mp4", "https:///cdn.example/v.mp4"] {
+            assert!(draft(raw).unwrap_err().0.contains("two slashes"), "{raw}");
+            assert!(!needs_storage(&a, &json!({"record": {"u": raw}})), "{raw}");
+        }
         // The bucket's URL is needed (and its credentials read) for a path only.
         let doc = |u: Value| json!({"record": {"u": u}});
         assert!(needs_storage(&a, &doc(json!("7/v.mp4"))));
@@ -631,6 +670,15 @@ pub(crate) mod tests {
             let p = json!({"u": raw, "t": "x"});
             assert_eq!(materialize(&a, &schema(), &p, &p, &s).unwrap().blobs[0].url, stored, "{raw:?}");
         }
+        // Written as another URL than the one the parser reads (`https://x.test/v.mp4` for
+        // each): refused, naming the field and why, not stored as a URL nobody sent.
+        for raw in ["https:///x.test/v.mp4", "https:x.test/v.mp4", "https:\\\\x.test\\v.mp4", " HTTPS:/x.test/v.mp4"] {
+            let p = json!({"u": raw, "t": "x"});
+            let e = materialize(&a, &schema(), &p, &p, &s).unwrap_err();
+            assert!(e.0.starts_with("blob_source.file_field \"u\" must be written https://host/"), "{raw:?}: {}", e.0);
+        }
+        let p = json!({"u": "HTTPS://x.test/v.mp4?q=1#f", "t": "x"});
+        assert_eq!(materialize(&a, &schema(), &p, &p, &s).unwrap().blobs[0].url, "https://x.test/v.mp4?q=1#f");
         // A login in a URL refused for another reason is not quoted either.
         for raw in ["https://u:s3cret@x.test:99999/a", "ftp://u:s3cret@x.test/a", "https://u:s3cret@/a"] {
             let p = json!({"u": raw, "t": "x"});

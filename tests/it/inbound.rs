@@ -2144,3 +2144,35 @@ async fn a_dedup_value_refused_says_what_the_payload_had() {
         assert!(message.contains("a string (not blank) or a number"), "{id:?}: {message}");
     }
 }
+
+/// A blob URL from a payload is held to the rule of every URL hookline stores: written as
+/// it is read. `https:///x`, `https:host/x` and backslashes were silently stored as another
+/// URL (`https://x/`, `https://host/x`); now a 422 naming the payload path and saying why,
+/// while a URL that is fine as it is is still stored (newcomer black-box review).
+#[tokio::test]
+async fn a_blob_url_the_url_standard_reads_as_another_is_refused() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"},
+        "field_mapping": {"poster": "poster"},
+        "blob_source": {"file_field": "data.url", "blob_type": "video", "target_property": "video"}});
+    let schema = json!({"video": {"type": "video"}, "poster": {"type": "image"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "blob-urls", schema, adapter).await;
+    for raw in ["https:///x.test/v.mp4", "https:x.test/v.mp4", "https:\\\\x.test\\v.mp4", "https://x.test\\v.mp4"] {
+        let (s, b) = ingest(&app, &bucket, Some(&secret), &json!({"data": {"url": raw}})).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("payload")), "{raw}: {b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default().trim_start_matches("payload: ");
+        assert!(message.starts_with("blob_source.file_field \"data.url\""), "{raw}: {message}");
+        assert!(message.contains("two slashes and no backslash"), "{raw}: {message}");
+        // The same URL mapped onto a file property by field_mapping.
+        let body = json!({"data": {"url": "https://x.test/v.mp4"}, "poster": raw});
+        let (s, b) = ingest(&app, &bucket, Some(&secret), &body).await;
+        assert_eq!(s, 422, "{raw}: {b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("\"poster\"") && message.contains("two slashes"), "{raw}: {message}");
+    }
+    assert!(objects(&app, &bucket).await.is_empty(), "nothing stored");
+    let (s, b) = ingest(&app, &bucket, Some(&secret), &json!({"data": {"url": " https://x.test/a b.mp4 "}})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let objs = objects(&app, &bucket).await;
+    assert_eq!(objs[0]["blobs"][0]["url"], "https://x.test/a%20b.mp4", "{}", objs[0]);
+}
