@@ -326,7 +326,8 @@ impl RegistryState {
             bucket_name: body.bucket_name,
             namespace,
             description: body.description,
-            bucket_schema: body.bucket_schema,
+            // Present: the handler's `CreateBucket::validate` refuses a body without one.
+            bucket_schema: body.bucket_schema.unwrap_or_default(),
             source_adapter: None,
             dedup_scope: None,
             dedup_generation: 0,

@@ -178,8 +178,10 @@ pub struct CreateBucket {
     pub bucket_name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Required (`None`, left out or null, is a 422): it cannot be changed later, so a
+    /// bucket created without one, taken as empty, could never hold a property.
     #[serde(default)]
-    pub bucket_schema: BucketSchema,
+    pub bucket_schema: Option<BucketSchema>,
 }
 
 impl CreateBucket {
@@ -188,7 +190,13 @@ impl CreateBucket {
         if self.description.as_ref().is_some_and(|d| d.chars().count() > 2000) {
             return Err(ApiError::validation("description", "at most 2000 characters"));
         }
-        self.bucket_schema.validate()
+        match &self.bucket_schema {
+            Some(schema) => schema.validate(),
+            None => Err(ApiError::validation(
+                "bucket_schema",
+                "required: the properties this bucket's objects hold ({} for none); it cannot be changed later",
+            )),
+        }
     }
 }
 

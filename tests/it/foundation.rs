@@ -188,7 +188,7 @@ async fn create_in(app: &TestApp, namespace: &str) -> (u16, serde_json::Value) {
     app.call_as(
         Method::POST,
         "/v1/buckets",
-        Some(json!({"bucket_name": "videos"})),
+        Some(json!({"bucket_name": "videos", "bucket_schema": {}})),
         Some(&app.api_key),
         Some(namespace),
     )
@@ -396,7 +396,8 @@ async fn bucket_crud_and_pagination() {
     assert!(b["error"]["message"].as_str().unwrap().contains("more than once"), "{b}");
     // Changing nothing moves nothing: updated_at stays (a second passes first, so a bump
     // would show); a new description moves it.
-    let (_, plain) = app.post("/v1/buckets", json!({"bucket_name": "plain", "description": "same"})).await;
+    let (_, plain) =
+        app.post("/v1/buckets", json!({"bucket_name": "plain", "description": "same", "bucket_schema": {}})).await;
     let plain_path = format!("/v1/buckets/{}", plain["bucket_id"].as_str().unwrap());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     for same in [json!({}), json!({"description": "same"})] {
@@ -580,7 +581,7 @@ async fn crashed_actor_is_restarted_and_counted() {
     assert!(restarted, "restart not counted");
     // Still serving, and the restarted registry handles writes.
     let ok = eventually(Duration::from_secs(15), || async {
-        app.post("/v1/buckets", json!({"bucket_name": "after-crash"})).await.0 == 201
+        app.post("/v1/buckets", json!({"bucket_name": "after-crash", "bucket_schema": {}})).await.0 == 201
     })
     .await;
     assert!(ok);
@@ -1705,4 +1706,23 @@ async fn names_that_look_like_another_are_refused() {
         "channels": [crate::outbound::http_channel("http://127.0.0.1:9/")]});
     let (s, b) = app.post("/v1/organizations/webhooks", hook).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("webhook_name")), "{b}");
+}
+
+/// `bucket_schema` cannot be changed after creation, so a bucket created without one (taken
+/// as empty) could never hold a property: it is required, `{}` for none (newcomer black-box
+/// review).
+#[tokio::test]
+async fn a_bucket_is_created_with_its_schema() {
+    let app = TestApp::start().await;
+    for body in [json!({"bucket_name": "bare"}), json!({"bucket_name": "bare", "bucket_schema": null})] {
+        let (s, b) = app.post("/v1/buckets", body.clone()).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some("bucket_schema")), "{body}: {b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default().trim_start_matches("bucket_schema: ");
+        assert!(message.starts_with("required:") && message.contains("cannot be changed later"), "{message}");
+    }
+    assert_eq!(app.get("/v1/buckets").await.1["results"], json!([]), "nothing created");
+    for (name, schema) in [("none", json!({})), ("empty", json!({"properties": {}}))] {
+        let (s, b) = app.post("/v1/buckets", json!({"bucket_name": name, "bucket_schema": schema})).await;
+        assert_eq!((s, &b["bucket_schema"]), (201, &json!({"properties": {}})), "{b}");
+    }
 }
