@@ -146,9 +146,39 @@ pub fn rough_duration(d: std::time::Duration) -> String {
     }
 }
 
+/// `word` with its indefinite article, for messages that name a kind of thing (`an image
+/// property`, `a video property`, `an sms channel`): by its first letter's sound, which for
+/// the words messages put here (type, channel and adapter names) is the vowel rule, and for
+/// an initialism said letter by letter (`sms`) that letter's name.
+pub fn with_article(word: &str) -> String {
+    let vowel_sound = match word.to_ascii_lowercase().as_str() {
+        "sms" => true,
+        w => w.starts_with(['a', 'e', 'i', 'o', 'u']),
+    };
+    format!("{} {word}", if vowel_sound { "an" } else { "a" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_article_fits_its_word() {
+        for (word, said) in [
+            ("image", "an image"),
+            ("audio", "an audio"),
+            ("email", "an email"),
+            ("int", "an int"),
+            ("sms", "an sms"),
+            ("video", "a video"),
+            ("text", "a text"),
+            ("string", "a string"),
+            ("webhook", "a webhook"),
+            ("supabase", "a supabase"),
+        ] {
+            assert_eq!(with_article(word), said);
+        }
+    }
 
     #[test]
     fn integers_past_64_bits_are_told_by_their_parsed_double() {

@@ -224,8 +224,8 @@ pub fn materialize_with_storage(
                         None => describe(v),
                     };
                     return Err(PayloadError(format!(
-                        "field_mapping {source:?} → {target:?}: a {} property takes an http(s) URL, the payload has {what}",
-                        p.kind.as_str(),
+                        "field_mapping {source:?} → {target:?}: {} property takes an http(s) URL, the payload has {what}",
+                        crate::util::with_article(p.kind.as_str()),
                     )));
                 };
                 metadata.insert(target.clone(), Value::from(url));

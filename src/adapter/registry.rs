@@ -921,8 +921,8 @@ impl RegistryState {
                     return Err(ApiError::validation(
                         "source_adapter.connection_id",
                         format!(
-                            "connection {id} is a {} connection; this adapter is {}",
-                            conn.provider_type.as_str(),
+                            "connection {id} is {} connection; this adapter is {}",
+                            crate::util::with_article(conn.provider_type.as_str()),
                             input.adapter_type.as_str()
                         ),
                     ));

@@ -536,7 +536,10 @@ fn reconcile_channels(
         if next[i].kind() != old[j].kind() {
             return Err(ApiError::validation(
                 field,
-                format!("that is a {} channel; a channel cannot change type (remove it, add a new one)", old[j].kind()),
+                format!(
+                    "that is {} channel; a channel cannot change type (remove it, add a new one)",
+                    crate::util::with_article(old[j].kind())
+                ),
             ));
         }
         claimed[j] = true;

@@ -977,6 +977,13 @@ pub(crate) fn into_response(r: Result<Response, ApiError>) -> Response {
     }
 }
 
+/// The `Retry-After` of every 503, in seconds. One value, whatever the cause: most 503s end
+/// within seconds (an actor restarting, a busy adapter, the upstream body bound in use), and
+/// those that last until someone acts (a disabled adapter, a short disk) are answered
+/// cheaply each time (nothing is stored), so a sender that honours it resumes within 5 s of
+/// their end rather than at its own next backoff step.
+pub const RETRY_AFTER_SECONDS: u16 = 5;
+
 /// The one mapping from [`ApiError`] to an HTTP response.
 pub fn error_response(e: &ApiError) -> Response {
     if let ApiError::Internal(inner) = e {
@@ -985,6 +992,11 @@ pub fn error_response(e: &ApiError) -> Response {
     let mut resp = json(e.status(), &e.body());
     if matches!(e, ApiError::Unauthorized | ApiError::UnauthorizedMsg(_)) {
         resp.headers_mut().insert(warp::http::header::WWW_AUTHENTICATE, warp::http::HeaderValue::from_static("Bearer"));
+    }
+    // Every 503 is one to retry (an actor restarting, the disk short, an adapter disabled,
+    // a dependency down): `Retry-After` says when, one value for all (see the constant).
+    if matches!(e, ApiError::Unavailable(_)) {
+        resp.headers_mut().insert(warp::http::header::RETRY_AFTER, warp::http::HeaderValue::from(RETRY_AFTER_SECONDS));
     }
     // RFC 9110: a 405 lists the methods the route takes.
     if let ApiError::MethodNotAllowed { allow, .. } = e {

@@ -2176,3 +2176,42 @@ async fn a_blob_url_the_url_standard_reads_as_another_is_refused() {
     let objs = objects(&app, &bucket).await;
     assert_eq!(objs[0]["blobs"][0]["url"], "https://x.test/a%20b.mp4", "{}", objs[0]);
 }
+
+/// The article fits the word: `an image property`, not `a image property` (newcomer
+/// black-box review).
+#[tokio::test]
+async fn a_refusal_naming_a_property_type_reads_right() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"},
+        "field_mapping": {"poster": "poster", "clip": "clip", "film": "film"}});
+    let schema = json!({"poster": {"type": "image"}, "clip": {"type": "audio"}, "film": {"type": "video"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "articles", schema, adapter).await;
+    for (field, kind) in [("poster", "an image"), ("clip", "an audio"), ("film", "a video")] {
+        let (s, b) = ingest(&app, &bucket, Some(&secret), &json!({ field: "not a url" })).await;
+        assert_eq!(s, 422, "{b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!(": {kind} property takes an http(s) URL")), "{message}");
+    }
+}
+
+/// A 503 says when to retry (`Retry-After`), as the README's errors table says every 503
+/// does: here an ingest into a disabled adapter (newcomer black-box review).
+#[tokio::test]
+async fn an_ingest_refused_with_a_503_says_when_to_retry() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "enabled": false});
+    let (bucket, secret) = bucket_with_adapter(&app, "disabled", json!({}), adapter).await;
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/buckets/{bucket}/source-adapter/ingest")))
+        .header("x-webhook-secret", &secret)
+        .json(&json!({"id": "e1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(retry_after.as_deref(), Some("5"), "{:?}", r.headers());
+    let b: Value = r.json().await.unwrap_or_default();
+    assert!(b["error"]["message"].as_str().unwrap_or_default().contains("disabled"), "{b}");
+}

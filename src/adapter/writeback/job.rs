@@ -112,10 +112,10 @@ impl Job {
     pub fn queued_by_another(&self, kind: ProviderType) -> Option<String> {
         let by = self.queued_by.filter(|t| *t != kind)?;
         Some(format!(
-            "queued by the bucket's {} adapter for its target, and the adapter is now a {} adapter (its type was \
+            "queued by the bucket's {} adapter for its target, and the adapter is now {} adapter (its type was \
              changed): its fields and row are not this adapter's to write",
             by.as_str(),
-            kind.as_str()
+            crate::util::with_article(kind.as_str())
         ))
     }
 
@@ -267,9 +267,9 @@ pub fn follow_mapping(
 /// adapter (see [`Job::object_from`]).
 pub fn made_by_another(from: ProviderType, kind: ProviderType) -> String {
     format!(
-        "the object was made by a {} source adapter (before the bucket's adapter became {}): its ID names no record \
+        "the object was made by {} source adapter (before the bucket's adapter became {}): its ID names no record \
          of this adapter's source, so it is not written back",
-        from.as_str(),
+        crate::util::with_article(from.as_str()),
         kind.as_str()
     )
 }
