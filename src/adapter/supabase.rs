@@ -248,18 +248,22 @@ impl WritebackRequest {
 
     /// Turns the request into a reqwest builder on `client` (the caller sets timeouts and
     /// judges the status: PostgREST answers 204 with `return=minimal`). `Err` names a header
-    /// that cannot be sent (a key with a control character, saved before keys were checked):
-    /// sent without it, the request would run as PostgREST's anonymous role.
+    /// that cannot be sent (a key with a control or non-ASCII character, saved before keys
+    /// were checked): sent without it, the request would run as PostgREST's anonymous role,
+    /// and sent with it, a non-ASCII key would go out as raw bytes no server reads as meant.
     pub fn send(self, client: &reqwest::Client) -> Result<reqwest::RequestBuilder, String> {
         let mut rb = client.patch(&self.url);
         for (k, v) in &self.headers {
-            let Ok(mut value) = reqwest::header::HeaderValue::from_str(v) else {
+            let secret = matches!(*k, "apikey" | "Authorization");
+            let value = reqwest::header::HeaderValue::from_str(v).ok().filter(|_| !secret || v.is_ascii());
+            let Some(mut value) = value else {
                 return Err(format!(
-                    "the {k} header cannot be sent: the service_role_key has a control character (a line break?); \
-                     PATCH the connection (or the adapter's credentials) with the key on one line"
+                    "the {k} header cannot be sent: the service_role_key has a control character (a line break?) or \
+                     one outside ASCII; PATCH the connection (or the adapter's credentials) with the key as it is, on \
+                     one line"
                 ));
             };
-            if matches!(*k, "apikey" | "Authorization") {
+            if secret {
                 value.set_sensitive(true);
             }
             rb = rb.header(*k, value);
@@ -288,6 +292,10 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let e = WritebackRequest::build(t, "42", &fields).unwrap().send(&reqwest::Client::new()).unwrap_err();
         assert!(e.contains("apikey") && !e.contains("srk"), "{e}");
+        // Nor one outside ASCII (the docs' placeholder), which would go out as raw bytes.
+        let t = WritebackTarget { service_role_key: "…", ..t };
+        let e = WritebackRequest::build(t, "42", &fields).unwrap().send(&reqwest::Client::new()).unwrap_err();
+        assert!(e.contains("apikey") && e.contains("outside ASCII") && !e.contains('…'), "{e}");
     }
 
     /// Payload shapes as Supabase's database webhooks (pg_net) send them.

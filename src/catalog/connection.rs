@@ -261,6 +261,12 @@ impl ProviderConfig {
                     if value.chars().any(char::is_control) {
                         return Err(ApiError::validation(field(name), one_line));
                     }
+                    if !value.is_ascii() {
+                        return Err(ApiError::validation(
+                            field(name),
+                            not_ascii("the Authorization header of Mux API calls"),
+                        ));
+                    }
                 }
                 if let Some(i) = c.webhook_signing_secret.iter().position(|s| s.chars().any(char::is_control)) {
                     let name = match list {
@@ -295,6 +301,12 @@ impl ProviderConfig {
                         field("service_role_key"),
                         "must be one line without control characters (a line break copied with it from a file or a \
                          terminal?)",
+                    ));
+                }
+                if !c.service_role_key.is_ascii() {
+                    return Err(ApiError::validation(
+                        field("service_role_key"),
+                        not_ascii("the apikey and Authorization headers of writebacks"),
                     ));
                 }
                 ProviderConfig::Supabase(c)
@@ -345,6 +357,13 @@ impl ProviderConfig {
                     |name| field(&format!("headers.{name}")),
                     owned,
                 )?;
+                // Credentials (an Authorization), sent as they are: ASCII, as a key or token is.
+                if let Some(name) = c.headers.iter().find(|(_, v)| !v.is_ascii()).map(|(n, _)| n) {
+                    return Err(ApiError::validation(
+                        field(&format!("headers.{name}")),
+                        not_ascii(&format!("the {name} header of writebacks")),
+                    ));
+                }
                 let sized = c.headers.iter().map(|(n, v)| (n.as_str(), v.as_str(), field(&format!("headers.{n}"))));
                 crate::delivery::channel::check_header_sizes(&field("headers"), sized)?;
                 ProviderConfig::Generic(c)
@@ -352,6 +371,17 @@ impl ProviderConfig {
         };
         Ok(cfg)
     }
+}
+
+/// The refusal of a credential with a character outside ASCII. It goes into an HTTP header
+/// (`header`), which carries ASCII only: the bytes of another character would be sent raw,
+/// and no real key or token has one, so it is a placeholder (the docs' `…`) or a copy gone
+/// wrong. The value is not quoted: it is a secret.
+fn not_ascii(header: &str) -> String {
+    format!(
+        "must be ASCII: it is sent in {header}, and no real key or token has another character (a placeholder such as \
+         the docs' ellipsis, or typographic quotes, copied with it?)"
+    )
 }
 
 /// What is wrong with a Supabase `url`, if anything. It must be the project URL: hookline
@@ -672,6 +702,31 @@ mod tests {
         for ok in ["(set; shown)", "(x set; never shown)", "***", "a ******** b"] {
             assert!(ProviderConfig::parse(ProviderType::Mux, mux(ok.into())).is_ok(), "{ok}");
         }
+    }
+
+    /// A credential that goes into a header is ASCII; a Mux signing secret, an HMAC key that
+    /// never does, may hold any character.
+    #[test]
+    fn a_header_credential_is_ascii() {
+        let refused = |t: ProviderType, v: serde_json::Value| match ProviderConfig::parse(t, v) {
+            Err(ApiError::Validation { field, message }) => {
+                assert!(message.starts_with("must be ASCII") && !message.contains('é'), "{message}");
+                field
+            }
+            other => panic!("not refused: {other:?}"),
+        };
+        let supabase = |key: &str| serde_json::json!({"url": "https://x.supabase.co", "service_role_key": key});
+        assert_eq!(refused(ProviderType::Supabase, supabase("…")), "provider_config.service_role_key");
+        assert_eq!(refused(ProviderType::Supabase, supabase("eyJé")), "provider_config.service_role_key");
+        let mux = |id: &str, secret: &str| serde_json::json!({"access_token_id": id, "access_token_secret": secret});
+        assert_eq!(refused(ProviderType::Mux, mux("idé", "s")), "provider_config.access_token_id");
+        assert_eq!(refused(ProviderType::Mux, mux("i", "“s”")), "provider_config.access_token_secret");
+        assert!(ProviderConfig::parse(ProviderType::Supabase, supabase("eyJ.abc-_~!")).is_ok());
+        let generic =
+            serde_json::json!({"url": "https://h.example.com", "headers": {"X-Key": "k", "Authorization": "Bearer …"}});
+        assert_eq!(refused(ProviderType::GenericWebhook, generic), "provider_config.headers.Authorization");
+        let signing = serde_json::json!({"webhook_signing_secret": "clé"});
+        assert!(ProviderConfig::parse(ProviderType::Mux, signing).is_ok());
     }
 
     /// A credential sent in the wrong type is refused without its value in the message.

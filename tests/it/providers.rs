@@ -2436,3 +2436,52 @@ async fn a_row_key_or_asset_id_refused_says_what_the_payload_had() {
         assert!(message.starts_with(&format!("the event names no Mux asset: {said}")), "{data}: {message}");
     }
 }
+
+/// A credential that goes into an HTTP header (a Supabase service_role_key in `apikey` and
+/// `Authorization`, a Mux token in basic auth) must be ASCII: the README's placeholder `…`
+/// was taken, and sent as raw bytes in those headers (newcomer black-box review).
+#[tokio::test]
+async fn a_header_credential_that_is_not_ascii_is_refused() {
+    let app = TestApp::start().await;
+    let cases = [
+        (
+            json!({"provider_type": "supabase", "provider_config": {"url": "https://abcd.supabase.co", "service_role_key": "…"}}),
+            "provider_config.service_role_key",
+        ),
+        (
+            json!({"provider_type": "supabase", "provider_config": {"url": "https://abcd.supabase.co", "service_role_key": "eyJhbGciOi\u{00e9}"}}),
+            "provider_config.service_role_key",
+        ),
+        (
+            json!({"provider_type": "mux", "provider_config": {"access_token_id": "tok\u{00e9}n", "access_token_secret": "s"}}),
+            "provider_config.access_token_id",
+        ),
+        (
+            json!({"provider_type": "mux", "provider_config": {"access_token_id": "t", "access_token_secret": "…"}}),
+            "provider_config.access_token_secret",
+        ),
+    ];
+    for (mut body, field) in cases {
+        body["name"] = json!("creds");
+        let (s, b) = app.post("/v1/organizations/connections", body.clone()).await;
+        assert_eq!((s, b["error"]["field"].as_str()), (422, Some(field)), "{body}: {b}");
+        let message = b["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("ASCII") && !message.contains('…'), "{message}");
+    }
+    // Inline credentials too.
+    let bucket = app.create_bucket("inline-creds", json!({"title": {"type": "string"}})).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "supabase", "table": "listings",
+                "field_mapping": {"record.title": "title"},
+                "connection": {"credentials": {"url": "https://abcd.supabase.co", "service_role_key": "…"}}}}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (422, Some("source_adapter.connection.credentials.service_role_key")),
+        "{b}"
+    );
+    assert_eq!(app.get("/v1/organizations/connections").await.1["results"], json!([]), "nothing saved");
+}
