@@ -417,9 +417,11 @@ async fn immediate_ingest_maps_filters_dedups_and_reports() {
     assert_eq!(st["adapter_type"], "generic_webhook");
     assert_eq!(st["events_buffered"], 0);
     assert_eq!(st["events_processed_24h"], 2, "created + duplicate: {st}");
-    assert_eq!(st["events_failed_24h"], 3, "{st}");
-    assert!(st["last_error"].as_str().unwrap().contains("dedup_key"), "{st}");
+    // Three 422s and the authenticated 400 (the 401 and the 413 never reached the adapter).
+    assert_eq!(st["events_failed_24h"], 4, "{st}");
+    assert!(st["last_error"].as_str().unwrap().contains("JSON"), "the latest, the 400's: {st}");
     assert!(st["last_error_at"].as_str().unwrap().starts_with("20"), "when it happened: {st}");
+    assert_eq!(st["last_refused_ingest"]["reason"], "too_large", "{st}");
     assert_eq!(st["last_flush_at"], Value::Null);
     assert_eq!(st["webhook_url"], Value::Null, "no server.public_url configured");
     assert_eq!(st["ingest_path"], format!("/v1/buckets/{bucket}/source-adapter/ingest"), "{st}");
