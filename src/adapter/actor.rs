@@ -386,7 +386,9 @@ impl Actor for SourceAdapterActor {
         lifecycle::page_loaded_keys(store, &bucket, scanned).await?;
         let unpaged = records::DedupPage::new(&bucket);
         let xids = lifecycle::load_index(store, &prefix)?;
-        let stats = store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default();
+        let stats = records::AdapterStats::bounded(
+            store.get(Keyspace::STATS, &records::key(&bucket_id, STATS_KEY))?.unwrap_or_default(),
+        );
         let writeback = super::writeback::Worker::start(&shared, &bucket_id, &adapter, myself.clone(), &lease);
         if writeback.is_none() {
             let mut batch = Batch::new();

@@ -482,6 +482,13 @@ impl AdapterStats {
         self.error(now_ms, error);
     }
 
+    /// As stored, with a `last_error` from before errors were cut (see [`AdapterStats::error`])
+    /// cut now: the record is written again with every ingest.
+    pub fn bounded(mut self) -> AdapterStats {
+        self.last_error = self.last_error.map(crate::error::cut);
+        self
+    }
+
     /// Records an error that is not an event's (a writeback's).
     ///
     /// Cut as an answer's message is: a refused event's message may quote its payload (a

@@ -331,6 +331,7 @@ impl RegistryState {
             source_adapter: None,
             dedup_scope: None,
             dedup_generation: 0,
+            supabase_id_column: None,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -419,7 +420,7 @@ impl RegistryState {
         let mut conn: Connection = store
             .get(Keyspace::CONNECTIONS, id.as_str())?
             .ok_or_else(|| ApiError::NotFound(format!("connection {id} not found")))?;
-        let (name, config) = body.validate(conn.provider_type)?;
+        let (name, config) = body.validate(conn.provider_type, &conn.name)?;
         // What is already there (`{}`, the same name) is no change: nothing written, and
         // `updated_at` stays, as for buckets and webhooks. New credentials always count.
         if config.is_none() && name.as_ref().is_none_or(|n| *n == conn.name) {
@@ -656,9 +657,17 @@ impl RegistryState {
                     }
                 }
                 // The dedup set stays: so does what it was built under (for a bucket from
-                // before the scope was recorded, its adapter's).
+                // before the scope was recorded, its adapter's). So do the objects, and the
+                // Supabase id_column they are found by.
                 if bucket.dedup_scope.is_none() {
                     bucket.dedup_scope = bucket.source_adapter.as_ref().and_then(dedup_scope);
+                }
+                if bucket.supabase_id_column.is_none() {
+                    bucket.supabase_id_column = bucket
+                        .source_adapter
+                        .as_ref()
+                        .filter(|a| a.adapter_type == ProviderType::Supabase)
+                        .map(|a| a.id_column().to_string());
                 }
                 bucket.source_adapter = None;
             }
@@ -719,7 +728,7 @@ impl RegistryState {
                     }
                     bucket.dedup_scope = Some(scope);
                 }
-                if let Some(w) = self.supabase_change(&bucket, &adapter)? {
+                if let Some(w) = self.supabase_change(&mut bucket, &adapter)? {
                     warnings.push(w);
                 }
                 let dropped = bucket.source_adapter.as_ref().map(|old| old.dropped_by(&adapter)).unwrap_or_default();
@@ -1071,44 +1080,50 @@ impl RegistryState {
     /// `id_column`, the rows' UPDATEs and DELETEs would no longer reach their objects, and a
     /// writeback would filter the new column by the old column's value (`?rank=eq.1` for the
     /// row whose `id` is 1), writing another row with the service-role key. So that is a 422
-    /// while the bucket holds any of them. Credentials of another project (another connection,
+    /// while the bucket holds any of them, against the column recorded on the bucket
+    /// (`Bucket::supabase_id_column`, kept through a removal or another adapter type
+    /// meanwhile), which this records for a new Supabase adapter. Credentials of another project (another connection,
     /// or inline ones) are allowed, with a warning: writebacks of the objects already there go
     /// to that project, matched by the same row IDs (mended credentials of the same project
     /// carry over silently).
-    fn supabase_change(&self, bucket: &Bucket, adapter: &SourceAdapter) -> Result<Option<String>, ApiError> {
+    fn supabase_change(&self, bucket: &mut Bucket, adapter: &SourceAdapter) -> Result<Option<String>, ApiError> {
         use crate::catalog::ProviderType::Supabase;
-        let Some(old) = bucket.source_adapter.as_ref() else { return Ok(None) };
-        if old.adapter_type != Supabase || adapter.adapter_type != Supabase {
+        let old = bucket.source_adapter.as_ref().filter(|a| a.adapter_type == Supabase);
+        // The column the objects were made by: recorded on the bucket (kept through the
+        // adapter's removal or another type meanwhile), else the current adapter's.
+        let recorded = bucket.supabase_id_column.clone().or_else(|| old.map(|a| a.id_column().to_string()));
+        if adapter.adapter_type != Supabase {
+            bucket.supabase_id_column = recorded;
             return Ok(None);
         }
-        let new_column = old.id_column() != adapter.id_column();
+        let new_column = recorded.as_deref().is_some_and(|r| r != adapter.id_column());
         // Another project, not mended credentials of the same one (unreadable: not said).
         let project = |a: &SourceAdapter| match super::verify::credentials(&self.shared, &bucket.bucket_id, a) {
             Ok(Some(crate::catalog::connection::ProviderConfig::Supabase(c))) => Some(c.url),
             _ => None,
         };
-        let new_connection = matches!((project(old), project(adapter)), (Some(a), Some(b)) if a != b);
-        if !(new_column || new_connection) || !self.holds_rows(&bucket.bucket_id)? {
-            return Ok(None);
-        }
-        if new_column {
+        let new_connection =
+            old.is_some_and(|old| matches!((project(old), project(adapter)), (Some(a), Some(b)) if a != b));
+        let holds = (new_column || new_connection) && self.holds_rows(&bucket.bucket_id)?;
+        if holds && new_column {
+            let was = recorded.unwrap_or_default();
             return Err(ApiError::validation(
                 "source_adapter.id_column",
                 format!(
-                    "cannot change from {:?} to {:?} while the bucket holds objects, buffered events or writebacks: \
-                     they are found by their rows' {:?} values, so the rows' later events would not reach them and \
-                     their writebacks would match other rows; delete them (or use a new bucket) first",
-                    old.id_column(),
+                    "cannot change from {was:?} to {:?} while the bucket holds objects, buffered events or writebacks \
+                     made under {was:?}: they are found by their rows' {was:?} values, so the rows' later events \
+                     would not reach them and their writebacks would match other rows; delete them (or use a new \
+                     bucket) first",
                     adapter.id_column(),
-                    old.id_column()
                 ),
             ));
         }
-        Ok(Some(
+        bucket.supabase_id_column = Some(adapter.id_column().to_string());
+        Ok(holds.then(|| {
             "the adapter's Supabase credentials name another project while the bucket holds objects: their \
              writebacks now go to that project, matched by the same row IDs"
-                .to_string(),
-        ))
+                .to_string()
+        }))
     }
 
     /// Whether the bucket holds an object, a buffered event or a writeback job.

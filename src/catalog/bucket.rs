@@ -151,6 +151,13 @@ pub struct Bucket {
     /// objects of an older generation no longer count (see `adapter/records.rs`). Not shown.
     #[serde(default, skip_serializing_if = "crate::util::is_zero")]
     pub dedup_generation: u64,
+    /// The Supabase `id_column` whose values the bucket's objects are found by (their
+    /// `external_id`), kept through the adapter's removal and changes of type, as long as
+    /// objects, buffered events or writebacks remain: a Supabase adapter with another one
+    /// is refused meanwhile (see the registry's `supabase_change`). Not shown. Absent for
+    /// buckets configured before it was recorded (their current adapter's then counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supabase_id_column: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -591,8 +591,14 @@ pub struct PatchConnection {
 impl PatchConnection {
     /// Checks the body against the connection's provider type. `{}` is valid and changes
     /// nothing, as a bucket's or a webhook's empty PATCH.
-    pub fn validate(self, provider_type: ProviderType) -> Result<(Option<String>, Option<ProviderConfig>), ApiError> {
-        if let Some(name) = &self.name {
+    /// `current_name`: the connection's; sent back unchanged, it is not checked again (a name
+    /// saved before a rule was added must not refuse every other change).
+    pub fn validate(
+        self,
+        provider_type: ProviderType,
+        current_name: &str,
+    ) -> Result<(Option<String>, Option<ProviderConfig>), ApiError> {
+        if let Some(name) = self.name.as_deref().filter(|n| *n != current_name) {
             check_name(name)?;
         }
         let config = match self.provider_config {

@@ -296,10 +296,9 @@ impl CreateWebhook {
 }
 
 impl PatchWebhook {
+    /// Everything but `webhook_name`, which is checked against the stored one (see
+    /// [`PatchWebhook::validate_name_against`]).
     pub fn validate(&self, rules: ChannelRules) -> Result<(), ApiError> {
-        if let Some(n) = &self.webhook_name {
-            validate_name(n)?;
-        }
         if let Some(t) = &self.event_types {
             validate_event_types(t)?;
         }
@@ -307,6 +306,16 @@ impl PatchWebhook {
             validate_channels(c, rules)?;
         }
         Ok(())
+    }
+
+    /// A new `webhook_name` is checked; the one the webhook has, sent back (its GET view,
+    /// edited elsewhere), is not checked again: a name saved before a rule was added must not
+    /// refuse every other change.
+    pub fn validate_name_against(&self, stored: &str) -> Result<(), ApiError> {
+        match &self.webhook_name {
+            Some(n) if n != stored => validate_name(n),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -932,9 +932,8 @@ impl DeliveryState {
         if gone() {
             return Err(caller_gone());
         }
-        if !self.webhooks.contains_key(id) {
-            return Err(not_found(id));
-        }
+        let Some(entry) = self.webhooks.get(id) else { return Err(not_found(id)) };
+        patch.validate_name_against(&entry.stored.webhook_name)?;
         // A store already refusing writes (poisoned by a failed fsync) fails the PATCH here,
         // before memory changes. (A rotated secret also waits for its own write below before
         // the worker signs with it.)

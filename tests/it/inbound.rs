@@ -2217,3 +2217,32 @@ async fn an_ingest_refused_with_a_503_says_when_to_retry() {
     let b: Value = r.json().await.unwrap_or_default();
     assert!(b["error"]["message"].as_str().unwrap_or_default().contains("disabled"), "{b}");
 }
+
+/// A `last_error` stored whole by an older binary (a 900 KB quoted value) is cut when the
+/// adapter loads its stats, not rewritten whole by every later ingest until another error.
+#[tokio::test]
+async fn a_stored_oversized_last_error_is_cut_when_loaded() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (bucket, secret) = bucket_with_adapter(&app, "bigerr", json!({}), adapter).await;
+    assert_eq!(ingest(&app, &bucket, Some(&secret), &json!({"id": "a"})).await.0, 200);
+    let backend = crate::support::stop_and_open(&mut app).await;
+    let stored = crate::support::stored_entries(&backend, "stats", &bucket);
+    assert_eq!(stored.len(), 1, "{:?}", stored.iter().map(|e| &e.0).collect::<Vec<_>>());
+    let mut stats: Value = serde_json::from_slice(&stored[0].1).unwrap();
+    stats["last_error"] = json!(format!("an event was refused: {}", "x".repeat(900_000)));
+    let mut b = Batch::new();
+    b.put(Keyspace::custom("stats"), &stored[0].0, &stats);
+    backend.apply(&b).unwrap();
+    futures::executor::block_on(backend.flush()).unwrap();
+    drop(backend);
+    app.start_again().await;
+    for i in 0..3 {
+        assert_eq!(ingest(&app, &bucket, Some(&secret), &json!({"id": format!("b{i}")})).await.0, 200);
+    }
+    let backend = crate::support::stop_and_open(&mut app).await;
+    let stored = crate::support::stored_entries(&backend, "stats", &bucket);
+    let len = serde_json::from_slice::<Value>(&stored[0].1).unwrap()["last_error"].as_str().map_or(0, str::len);
+    assert!(len <= 4 * 501, "last_error is still {len} bytes, rewritten with each ingest");
+}

@@ -2462,3 +2462,54 @@ async fn a_stored_event_type_no_event_can_have_is_warned_of_at_start() {
     publish(&app, "object.created", json!({})).await;
     assert!(eventually(WAIT, || async { rx.count() >= 1 }).await);
 }
+
+/// A name stored before the rule on white space at its ends (an older binary took it) is not
+/// checked again when sent back unchanged: a webhook's GET view, edited and sent back, and a
+/// connection's `{"name": <its own>}` are taken; a new name is checked.
+#[tokio::test]
+async fn an_unchanged_stored_name_is_not_refused_again() {
+    use hookline::store::{Backend, Batch, Keyspace};
+    let mut app = TestApp::start().await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "Audit", "event_types": ["object.created"],
+               "channels": [http_channel("http://127.0.0.1:9/hook")]}),
+    )
+    .await;
+    let (s, conn) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "Prod", "provider_type": "supabase",
+                   "provider_config": {"url": "https://abcd.supabase.co", "service_role_key": "srk-0000000000001"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    let cid = conn["connection_id"].as_str().unwrap().to_string();
+    // As an older binary took them: a trailing space.
+    let backend = crate::support::stop_and_open(&mut app).await;
+    let mut b = Batch::new();
+    for (ks, key, field, name) in
+        [("wh", id.as_str(), "webhook_name", "Audit "), ("conn", cid.as_str(), "name", "Prod ")]
+    {
+        let stored = stored_entries(&backend, ks, key);
+        assert_eq!(stored.len(), 1, "{ks}/{key}: {:?}", stored.iter().map(|e| &e.0).collect::<Vec<_>>());
+        let mut v: Value = serde_json::from_slice(&stored[0].1).unwrap();
+        v[field] = json!(name);
+        b.put(Keyspace::custom(if ks == "wh" { "wh" } else { "conn" }), &stored[0].0, &v);
+    }
+    backend.apply(&b).unwrap();
+    futures::executor::block_on(backend.flush()).unwrap();
+    drop(backend);
+    app.start_again().await;
+
+    let path = format!("/v1/organizations/webhooks/{id}");
+    let (_, view) = app.get(&path).await;
+    assert_eq!(view["webhook_name"], "Audit ", "{view}");
+    let mut paused = view.clone();
+    paused["is_active"] = json!(false);
+    let (s1, b1) = app.patch(&path, paused).await;
+    let (s2, b2) = app.patch(&format!("/v1/organizations/connections/{cid}"), json!({"name": "Prod "})).await;
+    assert_eq!((s1, s2), (200, 200), "view sent back: {b1}; connection's own name: {b2}");
+    let (s, b) = app.patch(&path, json!({"webhook_name": "Audit 2 "})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("webhook_name")), "a new name is checked: {b}");
+}

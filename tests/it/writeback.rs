@@ -1925,3 +1925,49 @@ async fn a_retry_of_a_pending_writeback_sends_it_now() {
     assert!(eventually(WAIT, || async { !rx.succeeded().is_empty() }).await, "sent now: {:?}", rx.seen());
     assert!(eventually(WAIT, || async { writebacks(&app, &bucket, "").await["results"] == json!([]) }).await);
 }
+
+/// The `id_column` the objects were made by is kept on the bucket through the adapter's
+/// removal and another adapter type meanwhile: a Supabase adapter added back with another one
+/// is refused as a direct change is, and an alert on the old object still writes back its
+/// row's own `id`.
+#[tokio::test]
+async fn the_id_column_refusal_holds_across_a_removal_and_another_type() {
+    let app = TestApp::start().await;
+    let pg = Upstream::start(204).await;
+    let conn = supabase_connection(&app, &pg.url(""), "srk-idcol-0003").await;
+    let adapter = |id_column: &str| {
+        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
+            "id_column": id_column, "field_mapping": {"record.title": "title"},
+            "batching": {"mode": "immediate"},
+            "writeback": {"trigger": "on_alert",
+                "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}})
+    };
+    let (bucket, secret) = bucket_with(&app, "idcol-bypass", json!({"title": {"type": "string"}}), adapter("id")).await;
+    let r = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 1, "rank": 7, "title": "Loft"}))).await;
+    let oid = r["object_id"].as_str().expect("object_id").to_string();
+    // Direct change: refused.
+    let (s, _) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter("rank")})).await;
+    assert_eq!(s, 422);
+    // The same change in two steps.
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": null})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter("rank")})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.id_column")), "after a removal: {b}");
+    let generic = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": generic})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter("rank")})).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.id_column")), "after another type: {b}");
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter("id")})).await;
+    assert_eq!(s, 200, "the same column back: {b}");
+    let (s, a) = app
+        .post(
+            &format!("/v1/buckets/{bucket}/objects/{oid}/alerts"),
+            json!({"alert_id": "a1", "results": {"verdict": "fake"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "written back");
+    let sent: Vec<String> = pg.seen().iter().map(|s| s.query.clone()).collect();
+    assert_eq!(sent, ["id=eq.1"], "the row's own id, not another row's rank");
+}
