@@ -1644,6 +1644,25 @@ async fn an_untyped_job_of_another_adapters_object_is_not_sent() {
     assert!(pg.seen().is_empty(), "{:?}", pg.seen());
 }
 
+/// A Supabase adapter on `conn` (table `listings`, rows found by `id_column`) writing an
+/// alert's `verdict` back to `mp_verdict`.
+fn alerting_supabase_adapter(conn: &Value, id_column: &str) -> Value {
+    json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
+        "id_column": id_column, "field_mapping": {"record.title": "title"},
+        "batching": {"mode": "immediate"},
+        "writeback": {"trigger": "on_alert",
+            "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}})
+}
+
+/// Raises an alert on `oid` and waits for its writeback to reach `pg`: the queries sent.
+async fn alert_written_back_by(app: &TestApp, pg: &Upstream, bucket: &str, oid: &str) -> Vec<String> {
+    let alert = json!({"alert_id": "a1", "results": {"verdict": "fake"}});
+    let (s, a) = app.post(&format!("/v1/buckets/{bucket}/objects/{oid}/alerts"), alert).await;
+    assert_eq!(s, 202, "{a}");
+    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "written back");
+    pg.seen().iter().map(|s| s.query.clone()).collect()
+}
+
 /// A Supabase adapter's objects (and buffered events, and writeback jobs) are found by their
 /// rows' `id_column` values, which cannot be worked out again for another column: a PATCH to
 /// another `id_column` is a 422 naming it while the bucket holds any, since a writeback would
@@ -1655,13 +1674,7 @@ async fn a_supabase_id_column_cannot_change_under_existing_objects() {
     let app = TestApp::start().await;
     let pg = Upstream::start(204).await;
     let conn = supabase_connection(&app, &pg.url(""), "srk-idcol-0001").await;
-    let adapter = |id_column: &str| {
-        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
-            "id_column": id_column, "field_mapping": {"record.title": "title"},
-            "batching": {"mode": "immediate"},
-            "writeback": {"trigger": "on_alert",
-                "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}})
-    };
+    let adapter = |id_column: &str| alerting_supabase_adapter(&conn, id_column);
     let (empty, _) = bucket_with(&app, "idcol-empty", json!({"title": {"type": "string"}}), adapter("id")).await;
     let (s, b) = app.patch(&format!("/v1/buckets/{empty}"), json!({"source_adapter": adapter("rank")})).await;
     assert_eq!(s, 200, "nothing to follow it in an empty bucket: {b}");
@@ -1672,16 +1685,7 @@ async fn a_supabase_id_column_cannot_change_under_existing_objects() {
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.id_column")), "{b}");
     let (_, view) = app.get(&format!("/v1/buckets/{bucket}")).await;
     assert_eq!(view["source_adapter"]["id_column"], "id", "unchanged: {view}");
-    let (s, a) = app
-        .post(
-            &format!("/v1/buckets/{bucket}/objects/{oid}/alerts"),
-            json!({"alert_id": "a1", "results": {"verdict": "fake"}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{a}");
-    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "written back");
-    let sent: Vec<String> = pg.seen().iter().map(|s| s.query.clone()).collect();
-    assert_eq!(sent, ["id=eq.1"], "the row's own id");
+    assert_eq!(alert_written_back_by(&app, &pg, &bucket, &oid).await, ["id=eq.1"], "the row's own id");
 }
 
 /// Credentials of another Supabase project (another connection) under a bucket with objects
@@ -1935,13 +1939,7 @@ async fn the_id_column_refusal_holds_across_a_removal_and_another_type() {
     let app = TestApp::start().await;
     let pg = Upstream::start(204).await;
     let conn = supabase_connection(&app, &pg.url(""), "srk-idcol-0003").await;
-    let adapter = |id_column: &str| {
-        json!({"adapter_type": "supabase", "connection_id": conn["connection_id"], "table": "listings",
-            "id_column": id_column, "field_mapping": {"record.title": "title"},
-            "batching": {"mode": "immediate"},
-            "writeback": {"trigger": "on_alert",
-                "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}})
-    };
+    let adapter = |id_column: &str| alerting_supabase_adapter(&conn, id_column);
     let (bucket, secret) = bucket_with(&app, "idcol-bypass", json!({"title": {"type": "string"}}), adapter("id")).await;
     let r = ingest(&app, &bucket, &secret, db_insert("listings", json!({"id": 1, "rank": 7, "title": "Loft"}))).await;
     let oid = r["object_id"].as_str().expect("object_id").to_string();
@@ -1960,14 +1958,5 @@ async fn the_id_column_refusal_holds_across_a_removal_and_another_type() {
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("source_adapter.id_column")), "after another type: {b}");
     let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({"source_adapter": adapter("id")})).await;
     assert_eq!(s, 200, "the same column back: {b}");
-    let (s, a) = app
-        .post(
-            &format!("/v1/buckets/{bucket}/objects/{oid}/alerts"),
-            json!({"alert_id": "a1", "results": {"verdict": "fake"}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{a}");
-    assert!(eventually(WAIT, || async { !pg.seen().is_empty() }).await, "written back");
-    let sent: Vec<String> = pg.seen().iter().map(|s| s.query.clone()).collect();
-    assert_eq!(sent, ["id=eq.1"], "the row's own id, not another row's rank");
+    assert_eq!(alert_written_back_by(&app, &pg, &bucket, &oid).await, ["id=eq.1"], "the row's own id");
 }
