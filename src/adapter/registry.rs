@@ -1082,10 +1082,10 @@ impl RegistryState {
     /// row whose `id` is 1), writing another row with the service-role key. So that is a 422
     /// while the bucket holds any of them, against the column recorded on the bucket
     /// (`Bucket::supabase_id_column`, kept through a removal or another adapter type
-    /// meanwhile), which this records for a new Supabase adapter. Credentials of another project (another connection,
-    /// or inline ones) are allowed, with a warning: writebacks of the objects already there go
-    /// to that project, matched by the same row IDs (mended credentials of the same project
-    /// carry over silently).
+    /// meanwhile), which this records for a new Supabase adapter. Credentials of another
+    /// project (another connection, or inline ones) are allowed, with a warning: writebacks of
+    /// the objects already there go to that project, matched by the same row IDs (mended
+    /// credentials of the same project carry over silently).
     fn supabase_change(&self, bucket: &mut Bucket, adapter: &SourceAdapter) -> Result<Option<String>, ApiError> {
         use crate::catalog::ProviderType::Supabase;
         let old = bucket.source_adapter.as_ref().filter(|a| a.adapter_type == Supabase);

@@ -1,7 +1,8 @@
 //! The retry of a writeback job (`POST …/writebacks/{writeback_id}/retry`: a dead one
 //! re-queued, a pending one sent now) inside the source-adapter actor, which owns its
-//! bucket's jobs while it runs (its worker sends them; see `writeback/operator.rs`). Like an alert, it first waits for a barrier so that the
-//! worker's latest outcomes are readable; that await is on this rare admin path only.
+//! bucket's jobs while it runs (its worker sends them; see `writeback/operator.rs`). Like an
+//! alert, it first waits for a barrier so that the worker's latest outcomes are readable;
+//! that await is on this rare admin path only.
 
 use super::{AdapterState, Commit};
 use crate::adapter::writeback::operator::{self, RequeueError, WritebackId};

@@ -7,8 +7,8 @@
 //!
 //! It alone owns the bucket's pending jobs in memory (loaded from the store at start, so
 //! pending writebacks survive restarts and crashes; indexed by due time, row and object in
-//! [`Pending`], so that a pass costs about the same however many wait) and is the only writer of their records
-//! once they are created while it runs (an adapter that starts without one gives up the
+//! [`Pending`], so that a pass costs about the same however many wait) and is the only
+//! writer of their records once they are created while it runs (an adapter that starts without one gives up the
 //! jobs it must never send: [`give_up_barred`]). New jobs are created by whoever completes a
 //! batch (the adapter's flush, `POST …/submit` through the registry) or records an alert
 //! (the adapter actor, or the registry while no actor runs), in that same store batch; a
