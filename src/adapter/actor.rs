@@ -609,10 +609,8 @@ impl AdapterState {
         let payload = match auth.payload {
             Ok(p) => p,
             Err(e) => {
-                self.stats.failed(now, format!("an event was refused: {e}"));
-                let mut batch = Batch::new();
-                self.put_stats(&mut batch);
-                return Step::Done(Err(IngestErr::Malformed(e, self.submit(batch, Vec::new()))));
+                let commit = self.count_failure(now, format!("an event was refused: {e}"));
+                return Step::Done(Err(IngestErr::Malformed(e, commit)));
             }
         };
         let screened = match pipeline::screen(&self.adapter, &payload) {
@@ -798,10 +796,17 @@ impl AdapterState {
 
     /// As [`AdapterState::fail`], for a failure another field than the payload causes.
     fn fail_at(&mut self, now: u64, field: &'static str, message: String) -> IngestErr {
-        self.stats.failed(now, message.clone());
+        let commit = self.count_failure(now, message.clone());
+        IngestErr::Invalid { field, message, commit, refused_fetch: false }
+    }
+
+    /// Counts a refused event as failed, `message` its `last_error`: the commit of the
+    /// counters, which the answer waits for.
+    fn count_failure(&mut self, now: u64, message: String) -> Commit {
+        self.stats.failed(now, message);
         let mut batch = Batch::new();
         self.put_stats(&mut batch);
-        IngestErr::Invalid { field, message, commit: self.submit(batch, Vec::new()), refused_fetch: false }
+        self.submit(batch, Vec::new())
     }
 
     /// Turns the whole buffer into objects and batches of at most `max_batch_size`, and

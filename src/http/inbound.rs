@@ -500,12 +500,17 @@ fn head_verdict(
 /// memory: see `http/refusals.rs`), with the full message the answer is made from.
 fn refuse(state: &HttpState, bucket_id: &BucketId, refused: &Refused) -> ApiError {
     let message = refused.message();
-    let kind = refused.refusal.kind();
-    if let Some(count) = state.refusals.record(bucket_id, kind, &message) {
-        // The message holds no secret (see `Refusal::message`).
+    // The message holds no secret (see `Refusal::message`).
+    note_refused(state, bucket_id, refused.refusal.kind(), &message);
+    ApiError::UnauthorizedMsg(refused.answer(message))
+}
+
+/// Records a refused ingest as its bucket's last (in memory: see `http/refusals.rs`), and
+/// logs it when due (rate-limited there). `message` must hold no secret.
+pub(super) fn note_refused(state: &HttpState, bucket_id: &BucketId, kind: &'static str, message: &str) {
+    if let Some(count) = state.refusals.record(bucket_id, kind, message) {
         tracing::warn!(bucket_id = %bucket_id, reason = kind, refused_since_start = count, "ingest refused: {message}");
     }
-    ApiError::UnauthorizedMsg(refused.answer(message))
 }
 
 /// 503 for a native signature whose secrets cannot be read (e.g. after a master key change):

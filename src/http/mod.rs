@@ -958,10 +958,7 @@ fn body_error_label(state: &HttpState, method: &Method, path: &str, e: &ApiError
     };
     crate::metrics::ingest_request(bucket, outcome, started.elapsed());
     if let (Some(id), "too_large" | "timeout") = (crate::ids::BucketId::parse(bucket), outcome) {
-        let message = e.to_string();
-        if let Some(count) = state.refusals.record(&id, outcome, &message) {
-            tracing::warn!(bucket_id = %id, reason = outcome, refused_since_start = count, "ingest refused: {message}");
-        }
+        inbound::note_refused(state, &id, outcome, &e.to_string());
     }
     inbound::INGEST_ROUTE
 }
