@@ -5,7 +5,7 @@
 //! | `obj` | `{bucket_id}/{object_id}` | [`ObjectRecord`] |
 //! | `batch` | `{bucket_id}/{batch_id}` | [`BatchRecord`] |
 //! | `buf` | `{bucket_id}/{object_id}` | [`BufferEntry`] (accepted, not yet flushed) |
-//! | `dkey` | `{bucket_id}/{object_id}` | sha256 of a dedup value no live record carries (hex string) |
+//! | `dkey` | `{bucket_id}/{object_id}` | sha256 of a dedup value no live record carries (hex string; `@{generation}` after it for a set not in force) |
 //! | `dpage` | `{bucket_id}/{object_id}` | [`DedupPage`]: keys up to that object's, as accepted |
 //! | `stats` | `{bucket_id}/adapter` | [`AdapterStats`] |
 //! | `xref` | `{bucket_id}/{object_id}` | sha256 of the object's external id (hex string) |
@@ -19,8 +19,13 @@
 //! the ingest profile (format 6; older objects' keys are in `dkey`, where format 5 put every
 //! key). The mark is stored, never shown: the API and event payloads show
 //! [`ObjectRecord::shown`]. A mark names the bucket's `dedup_generation` it was made under:
-//! when the dedup path changes, the PATCH deletes the bucket's `dkey` and `dpage` entries
-//! and bumps the generation, and older marks no longer count, with no object rewritten.
+//! when the dedup path changes, the PATCH puts another generation in force (a new one, or
+//! the one kept for the scope it goes back to: see `Bucket::switch_dedup`), and marks of
+//! other generations no longer count, with no object rewritten. Its `dkey` entries are
+//! tagged with the generation left (`{hash}@{generation}`; an untagged entry is of the
+//! generation in force), those of a generation the bucket no longer keeps deleted, and its
+//! `dpage` entries deleted: an actor whose set is one kept from before has no pages of it,
+//! so its start reads every object's mark.
 //!
 //! So that an actor's start need not read every object for its mark (a scan of the whole
 //! bucket, whose pages then fill sled's cache), the actor also writes the keys it accepts
@@ -151,8 +156,8 @@ impl<V> DigestMap<V> {
 pub struct DedupMark {
     /// [`dedup_hash`] of the dedup value.
     pub hash: String,
-    /// The bucket's `dedup_generation` when it was made: a mark of an older one is from
-    /// before a change of dedup path, and no longer in the set.
+    /// The bucket's `dedup_generation` when it was made: a mark of another one is of a set
+    /// not in force (before a change of dedup path, or after one that was set back).
     #[serde(default, skip_serializing_if = "crate::util::is_zero")]
     pub generation: u64,
 }
@@ -250,11 +255,57 @@ pub fn mark_of_stored(record: &[u8]) -> serde_json::Result<Option<DedupMark>> {
 }
 
 /// The write that keeps a deleted object's (or buffer entry's) dedup key in the dedup set,
-/// added to the batch that deletes it: a retry of its event stays a duplicate.
+/// added to the batch that deletes it: a retry of its event stays a duplicate. A key of a
+/// set kept from before (not in force) is kept for it, tagged with its generation.
 pub fn keep_dedup_key(batch: &mut Batch, bucket: &Bucket, object_id: &ObjectId, mark: Option<&DedupMark>) {
-    if let Some(mark) = mark.filter(|m| m.counts_in(bucket)) {
-        batch.put(Keyspace::DEDUP, &key(&bucket.bucket_id, object_id.as_str()), &mark.hash);
+    let Some(mark) = mark else { return };
+    let key = key(&bucket.bucket_id, object_id.as_str());
+    if mark.counts_in(bucket) {
+        batch.put(Keyspace::DEDUP, &key, &mark.hash);
+    } else if bucket.keeps_dedup_generation(mark.generation) {
+        batch.put(Keyspace::DEDUP, &key, &tagged_dkey(&mark.hash, mark.generation));
     }
+}
+
+/// A `dkey` value of a key accepted under dedup `generation` while another is in force.
+fn tagged_dkey(hash: &str, generation: u64) -> String {
+    format!("{hash}@{generation}")
+}
+
+/// The dedup key a stored `dkey` value holds, if it counts in the bucket's set in force:
+/// untagged (accepted under the generation in force: see [`keep_dedup_keys`]) or tagged
+/// with that generation.
+pub fn dkey_in_force<'a>(bucket: &Bucket, value: &'a str) -> Option<&'a str> {
+    match value.rsplit_once('@') {
+        None => Some(value),
+        Some((hash, generation)) => (generation.parse() == Ok(bucket.dedup_generation)).then_some(hash),
+    }
+}
+
+/// At a switch of the dedup set in force (`bucket` as switched, `left` the generation it
+/// left): the untagged `dkey` entries, which were the set left, are tagged with `left`, and
+/// the entries of a generation the bucket no longer keeps are deleted.
+pub fn keep_dedup_keys(
+    store: &crate::store::Store,
+    batch: &mut Batch,
+    bucket: &Bucket,
+    left: u64,
+) -> Result<(), crate::store::StoreError> {
+    store.for_each::<String>(Keyspace::DEDUP, &prefix(&bucket.bucket_id), |k, value| {
+        let (tagged, generation) = match value.rsplit_once('@') {
+            None => (false, Some(left)),
+            Some((_, g)) => (true, g.parse::<u64>().ok()),
+        };
+        // (An unreadable tag counts in no set: left as it is.)
+        match generation {
+            Some(g) if !bucket.keeps_dedup_generation(g) => batch.delete(Keyspace::DEDUP, k),
+            Some(_) if !tagged => {
+                batch.put(Keyspace::DEDUP, k, &tagged_dkey(&value, left));
+            }
+            _ => {}
+        }
+        true
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -331,6 +331,8 @@ impl RegistryState {
             source_adapter: None,
             dedup_scope: None,
             dedup_generation: 0,
+            dedup_kept: Vec::new(),
+            dedup_generation_high: 0,
             supabase_id_column: None,
             created_at: now.clone(),
             updated_at: now,
@@ -617,7 +619,7 @@ impl RegistryState {
         // A failed PATCH restarts it (not one stopped after its restart budget).
         let running = self.children.contains_key(id);
         let mut webhook_secret = None;
-        let mut clear_dedup = false;
+        let mut switched_dedup = None;
         let mut warnings = Vec::new();
         let mut clear_error = false;
         // The objects a generic_webhook adapter made are not indexed by external ID: an adapter
@@ -719,12 +721,12 @@ impl RegistryState {
                     bucket.dedup_scope = bucket.source_adapter.as_ref().and_then(dedup_scope);
                 }
                 if let Some(scope) = dedup_scope(&adapter) {
-                    let old = bucket.dedup_scope.clone();
-                    clear_dedup = old.as_ref().is_some_and(|old| old != &scope);
-                    if let Some(old) = old.filter(|_| clear_dedup) {
-                        warnings.push(dedup_reset(&old, &scope));
-                        // The marks in the bucket's objects stop counting (see `records.rs`).
-                        bucket.dedup_generation += 1;
+                    if let Some(old) = bucket.dedup_scope.clone().filter(|old| old != &scope) {
+                        // The marks in the bucket's objects stop counting (see `records.rs`),
+                        // but for a set kept from before, whose count again.
+                        let switch = bucket.switch_dedup(&old, &scope);
+                        warnings.push(dedup_switched(&old, &scope, switch.restored));
+                        switched_dedup = Some(switch);
                     }
                     bucket.dedup_scope = Some(scope);
                 }
@@ -761,7 +763,7 @@ impl RegistryState {
             // It (or its worker) may still be writing jobs: rewriting them now could undo that.
             tracing::warn!(bucket_id = %id, "the old adapter or its writeback worker did not stop: pending writebacks keep their fields");
         }
-        let clear = Clear { dedup: clear_dedup, error: clear_error, mapping: old_mapping };
+        let clear = Clear { dedup: switched_dedup, error: clear_error, mapping: old_mapping };
         let committed = if gone() {
             Err(ApiError::Unavailable("the caller stopped waiting: nothing was changed".into()))
         } else {
@@ -807,8 +809,9 @@ impl RegistryState {
     }
 
     /// Commits a PATCH once the old actor has stopped: the bucket, in one batch with the
-    /// removal of the dedup set and of the status's `last_error`, and the pending writebacks
-    /// moved to a new mapping, as `clear` says (atomic: a failure changes nothing).
+    /// switch of the dedup set in force, the removal of the status's `last_error`, and the
+    /// pending writebacks moved to a new mapping, as `clear` says (atomic: a failure changes
+    /// nothing).
     async fn commit_patch(
         &self,
         id: &BucketId,
@@ -817,7 +820,7 @@ impl RegistryState {
         clear: Clear,
     ) -> Result<(), ApiError> {
         let store = &self.shared.store;
-        if clear.dedup || clear.error || clear.mapping.is_some() {
+        if clear.dedup.is_some() || clear.error || clear.mapping.is_some() {
             // The stopped actor's last writes first.
             store.commit(Batch::new()).await?;
         }
@@ -836,9 +839,12 @@ impl RegistryState {
                 }
             }
         }
-        if clear.dedup {
-            store.delete_under(&mut batch, &[Keyspace::DEDUP, Keyspace::DEDUP_PAGES], &records::prefix(id))?;
-            tracing::info!(bucket_id = %id, "dedup path changed: the bucket's dedup set starts afresh");
+        if let Some(switch) = clear.dedup {
+            // Pages are of the generation left (one read at start only): an actor that takes
+            // a kept set back reads its objects' marks instead.
+            store.delete_under(&mut batch, &[Keyspace::DEDUP_PAGES], &records::prefix(id))?;
+            records::keep_dedup_keys(store, &mut batch, bucket, switch.left)?;
+            tracing::info!(bucket_id = %id, restored = switch.restored, "dedup path changed: the bucket's dedup set in force is another");
         }
         batch.put(Keyspace::BUCKETS, id.as_str(), bucket);
         store.commit(batch).await?;
@@ -1374,25 +1380,33 @@ fn dedup_scope(adapter: &SourceAdapter) -> Option<String> {
 }
 
 /// The warning of a PATCH whose adapter dedups by another path or upstream (scopes as
-/// [`dedup_scope`] makes them): the keys are gone for good, and a path set back by mistake
-/// does not bring them back, so the caller is told.
-fn dedup_reset(old: &str, new: &str) -> String {
+/// [`dedup_scope`] makes them): events accepted under the old one are no longer duplicates,
+/// which the caller may not have meant; the old set is kept, and setting its path back
+/// (`restored`: this PATCH did) makes it count again.
+fn dedup_switched(old: &str, new: &str, restored: bool) -> String {
     let said = |scope: &str| match scope.split_once(':') {
         Some((kind, path)) => format!("`{path}` of {kind} events"),
         None => format!("`{scope}`"),
     };
-    format!(
-        "the dedup set started afresh: it deduplicated by {}, now by {}; an event accepted before this \
-         PATCH and sent again is created again (setting the old dedup_key back does not restore the old set)",
-        said(old),
-        said(new)
-    )
+    let (old, new) = (said(old), said(new));
+    if restored {
+        format!(
+            "the dedup set by {new} is back in force (kept from before): events accepted while the bucket \
+             deduplicated by it are duplicates again, those accepted while it deduplicated by {old} are not \
+             (that set is kept in turn)"
+        )
+    } else {
+        format!(
+            "the dedup set started afresh: it deduplicated by {old}, now by {new}; an event accepted before this \
+             PATCH and sent again is created again (the old set is kept: an adapter that dedups by it again brings it back)"
+        )
+    }
 }
 
 /// What a PATCH clears with its commit (see `commit_patch`).
 struct Clear {
-    /// The dedup set: the adapter dedups by another path or upstream.
-    dedup: bool,
+    /// The dedup set in force: the adapter dedups by another path or upstream.
+    dedup: Option<crate::catalog::bucket::DedupSwitch>,
     /// The status's `last_error`: the adapter is of another type.
     error: bool,
     /// The writeback `field_mapping` the pending jobs were queued under, which the PATCH

@@ -147,10 +147,21 @@ pub struct Bucket {
     /// Not shown. Absent for buckets configured before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_scope: Option<String>,
-    /// Bumped when the dedup set starts afresh (a change of dedup path): the dedup marks in
-    /// objects of an older generation no longer count (see `adapter/records.rs`). Not shown.
+    /// The generation of the dedup set in force: a change of dedup path (or adapter type)
+    /// moves to another, and the dedup marks in objects of another generation do not count
+    /// (see `adapter/records.rs`). Not shown.
     #[serde(default, skip_serializing_if = "crate::util::is_zero")]
     pub dedup_generation: u64,
+    /// The dedup sets of scopes the bucket moved away from, most recent last (at most
+    /// [`KEPT_DEDUP_SETS`]): a PATCH back to one of them makes its generation the one in
+    /// force again, so a dedup_key changed by mistake and set back loses nothing. Not shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dedup_kept: Vec<KeptDedupSet>,
+    /// The highest dedup generation made so far: a new scope gets the next one, never one an
+    /// object's mark may still name. 0 for buckets from before it was recorded, whose
+    /// generations only ever grew (`dedup_generation` is then the highest).
+    #[serde(default, skip_serializing_if = "crate::util::is_zero")]
+    pub dedup_generation_high: u64,
     /// The Supabase `id_column` whose values the bucket's objects are found by (their
     /// `external_id`), kept through the adapter's removal and changes of type, as long as
     /// objects, buffered events or writebacks remain: a Supabase adapter with another one
@@ -162,7 +173,53 @@ pub struct Bucket {
     pub updated_at: String,
 }
 
+/// How many dedup sets of scopes left behind a bucket keeps (see [`Bucket::dedup_kept`]):
+/// beyond it the oldest is forgotten, its deleted objects' keys deleted.
+pub const KEPT_DEDUP_SETS: usize = 8;
+
+/// A dedup set the bucket moved away from: its scope (`{adapter_type}:{dedup path}`) and the
+/// generation its keys were accepted under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptDedupSet {
+    pub scope: String,
+    pub generation: u64,
+}
+
+/// What [`Bucket::switch_dedup`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupSwitch {
+    /// The generation left (now kept, under the old scope).
+    pub left: u64,
+    /// The new scope's set was one kept from before: its keys count again.
+    pub restored: bool,
+}
+
 impl Bucket {
+    /// Moves the dedup set in force from scope `old` to scope `new` (`{adapter_type}:{dedup
+    /// path}`, as [`Bucket::dedup_scope`] holds them): `old`'s generation is kept, and `new`
+    /// takes back the generation kept for it, or a new one. The caller records `new` as the
+    /// scope, and deletes the pages and keys of the generations this forgets (see
+    /// [`Bucket::keeps_dedup_generation`]).
+    pub fn switch_dedup(&mut self, old: &str, new: &str) -> DedupSwitch {
+        let left = self.dedup_generation;
+        let high = self.dedup_kept.iter().map(|k| k.generation).fold(self.dedup_generation_high.max(left), u64::max);
+        let kept = self.dedup_kept.iter().position(|k| k.scope == new).map(|at| self.dedup_kept.remove(at));
+        self.dedup_kept.retain(|k| k.scope != old);
+        self.dedup_kept.push(KeptDedupSet { scope: old.to_string(), generation: left });
+        if self.dedup_kept.len() > KEPT_DEDUP_SETS {
+            self.dedup_kept.remove(0);
+        }
+        self.dedup_generation = kept.as_ref().map_or(high + 1, |k| k.generation);
+        self.dedup_generation_high = high.max(self.dedup_generation);
+        DedupSwitch { left, restored: kept.is_some() }
+    }
+
+    /// Whether keys accepted under dedup `generation` are still kept: in force, or kept for
+    /// a scope the bucket may come back to.
+    pub fn keeps_dedup_generation(&self, generation: u64) -> bool {
+        generation == self.dedup_generation || self.dedup_kept.iter().any(|k| k.generation == generation)
+    }
+
     /// The API representation: `source_adapter` without secret material (null when none).
     pub fn view(&self) -> serde_json::Value {
         serde_json::json!({
@@ -210,6 +267,40 @@ impl CreateBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Generations are never reused: a scope set back takes its own back, a new scope the
+    /// next after the highest ever made, also once the oldest kept set is forgotten.
+    #[test]
+    fn dedup_sets_switch_back_and_forth() {
+        let mut b: Bucket = serde_json::from_value(serde_json::json!({
+            "bucket_id": "bkt_0000000000000000000000000a", "bucket_name": "b", "namespace": "n",
+            "bucket_schema": {}, "dedup_scope": "generic_webhook:a", "dedup_generation": 3,
+            "created_at": "", "updated_at": "",
+        }))
+        .unwrap();
+        let step = |b: &mut Bucket, new: &str| {
+            let old = b.dedup_scope.replace(new.to_string()).unwrap();
+            let s = b.switch_dedup(&old, new);
+            (s.left, s.restored, b.dedup_generation)
+        };
+        assert_eq!(step(&mut b, "generic_webhook:b"), (3, false, 4));
+        assert_eq!(step(&mut b, "generic_webhook:a"), (4, true, 3));
+        assert!(b.keeps_dedup_generation(4) && b.keeps_dedup_generation(3) && !b.keeps_dedup_generation(2));
+        // A new scope after going back: past the highest (4), not 3 + 1.
+        assert_eq!(step(&mut b, "mux:data.id"), (3, false, 5));
+        assert_eq!(step(&mut b, "generic_webhook:b"), (5, true, 4));
+        assert_eq!(b.dedup_kept.iter().map(|k| k.generation).collect::<Vec<_>>(), [3, 5]);
+        // Past KEPT_DEDUP_SETS scopes, the oldest left is forgotten; generations still grow.
+        for n in 0..KEPT_DEDUP_SETS {
+            step(&mut b, &format!("generic_webhook:p{n}"));
+        }
+        assert_eq!(b.dedup_kept.len(), KEPT_DEDUP_SETS);
+        assert!(!b.keeps_dedup_generation(3), "generic_webhook:a, the oldest, is forgotten");
+        assert_eq!(step(&mut b, "generic_webhook:a"), (5 + KEPT_DEDUP_SETS as u64, false, 6 + KEPT_DEDUP_SETS as u64));
+        // Stored and read back as it is.
+        let back: Bucket = serde_json::from_value(serde_json::to_value(&b).unwrap()).unwrap();
+        assert_eq!((back.dedup_kept, back.dedup_generation_high), (b.dedup_kept, b.dedup_generation_high));
+    }
 
     #[test]
     fn schema_types_and_names() {

@@ -33,7 +33,10 @@
 //! bucket leaves its `alert` records behind, unread.) So are optional fields an older binary
 //! ignores and a newer one defaults: a delivery's `finished_at_ms`, a batch's
 //! `deleted_object_ids`, an alert's `writeback_skipped` (its `writeback` stays a value the
-//! older binary knows).
+//! older binary knows), a bucket's `dedup_kept` and `dedup_generation_high`. A `dkey` value
+//! tagged with the generation of a dedup set kept but not in force (`{hash}@{generation}`)
+//! is read by an older binary as a key no event has, which is what that binary's switch of
+//! dedup path made of those keys.
 //!
 //! A migration runs in two steps around the log replay, because the log of an older binary
 //! holds writes in the older layout: [`check`] (before the replay) records the new version

@@ -283,12 +283,13 @@ async fn configure_validate_and_show_the_secret_once() {
     by_event_id["dedup_key"] = json!("id");
     let (s, b) = app.patch(&path, json!({"source_adapter": by_event_id})).await;
     assert_eq!(s, 200, "{b}");
-    // Said in the answer: the old keys are gone for good, even if the path is set back.
+    // Said in the answer: the old keys no longer count (the old set is kept for a way back).
     let said: Vec<&str> = b["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     assert!(
         said.iter().any(|w| w.contains("dedup set started afresh")
             && w.contains("`data.id` of generic_webhook events")
-            && w.contains("now by `id` of generic_webhook events")),
+            && w.contains("now by `id` of generic_webhook events")
+            && w.contains("the old set is kept")),
         "{b}"
     );
     // Its id "a1" is a value the old set holds (as data.id): new under the new path.
@@ -1569,7 +1570,9 @@ async fn buffered_events_and_dedup_survive_a_crash_and_an_actor_failure() {
 /// The dedup set as a restart (kill -9) rebuilds it: the keys live objects and buffered
 /// entries carry in their records, and the keys of deleted ones, all still duplicates with
 /// their object IDs; after a change of dedup path, none of them counts, across a restart
-/// too. The key is stored, never shown: not in the objects API, not in event payloads.
+/// too, and once the path is set back every one counts again (an object deleted meanwhile
+/// included), as do the other path's when it is set again. The key is stored, never shown:
+/// not in the objects API, not in event payloads.
 #[tokio::test]
 async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_keys() {
     let mut app = TestApp::start().await;
@@ -1625,7 +1628,7 @@ async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_key
         let (st, b) = ingest(&app, &bucket, s, &json!({"key": id, "n": 4})).await;
         assert_eq!((st, b["status"].as_str()), (200, Some("created")), "{id}: {b}");
     }
-    // An object of the old path deleted now leaves no key behind (its key no longer counts).
+    // An object of the old path deleted now keeps its key for the old path's set, not in force.
     assert_eq!(app.delete(&format!("{path}/objects/{}", ids["live"])).await.0, 204);
     app.crash_restart().await;
     for id in ids.keys() {
@@ -1633,6 +1636,24 @@ async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_key
         assert_eq!((st, b["status"].as_str()), (200, Some("duplicate")), "{id}: {b}");
     }
     // waiting (flushed by the switch to immediate) and the four new ones.
+    assert_eq!(objects(&app, &bucket).await.len(), 5);
+
+    // The first path set back (a mistaken change undone): its set is in force again, every
+    // key of it a duplicate of its first object, across a restart; then the second's again.
+    let (st, b) = app.patch(&path, json!({"source_adapter": adapter(json!({"mode": "immediate"}), "id")})).await;
+    let said = b["warnings"].to_string();
+    assert!(st == 200 && said.contains("is back in force") && said.contains("`id` of generic_webhook"), "{b}");
+    app.crash_restart().await;
+    for (id, oid) in &ids {
+        let (st, b) = ingest(&app, &bucket, s, &json!({"id": id, "n": 6})).await;
+        assert_eq!((st, b), (200, json!({"handled": true, "status": "duplicate", "object_id": oid})), "{id}");
+    }
+    assert_eq!(app.patch(&path, json!({"source_adapter": by_key})).await.0, 200);
+    app.crash_restart().await;
+    for id in ids.keys() {
+        let (st, b) = ingest(&app, &bucket, s, &json!({"key": id, "n": 7})).await;
+        assert_eq!((st, b["status"].as_str()), (200, Some("duplicate")), "{id}: {b}");
+    }
     assert_eq!(objects(&app, &bucket).await.len(), 5);
 
     // object.created for live, gone, waiting and the four new ones; object.deleted for gone
@@ -1652,8 +1673,10 @@ async fn the_dedup_set_is_rebuilt_at_restart_from_objects_buffer_and_deleted_key
     }
     let marked = stored_entries(&backend, "obj", "").iter().filter(|(_, v)| contains_bytes(v, b"\"dedup\"")).count();
     assert_eq!(marked, 5, "every object carries its key in its record");
+    // gone, dropped and live: the first path's deleted keys, kept for its set (not in force).
     let kept = stored_entries(&backend, "dkey", "");
-    assert!(kept.is_empty(), "the deleted keys went with the old path, live's was not kept: {kept:?}");
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept.iter().all(|(_, v)| contains_bytes(v, b"@0\"")), "tagged with the first path's generation: {kept:?}");
 }
 
 /// Past pages of keys (`PAGE_KEYS`), an actor's start reads the pages and only the objects

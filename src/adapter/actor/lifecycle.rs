@@ -197,8 +197,10 @@ pub(super) fn load_dedup(
     buffer: &[BufferEntry],
 ) -> Result<(DigestMap<ObjectId>, Scanned), StoreError> {
     let prefix = records::prefix(&bucket.bucket_id);
-    let mut set = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, hash, oid| {
-        map.insert(&hash, oid);
+    let mut set = load_by_hash(store, Keyspace::DEDUP, &prefix, |map: &mut DigestMap<ObjectId>, value, oid| {
+        if let Some(hash) = records::dkey_in_force(bucket, &value) {
+            map.insert(hash, oid);
+        }
     })?;
     let mut last_page = None;
     let mut damaged = None;
@@ -207,7 +209,7 @@ pub(super) fn load_dedup(
     let mut short_pages = Vec::new();
     let mut short_keys = Vec::new();
     store.for_each::<records::DedupPage>(Keyspace::DEDUP_PAGES, &prefix, |k, page| {
-        // (The PATCH that bumps the generation deletes the pages: one of another is a stray.)
+        // (The PATCH that switches the generation deletes the pages: one of another is a stray.)
         if page.generation == bucket.dedup_generation {
             let mut count = 0;
             for key in page.keys() {
