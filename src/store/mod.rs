@@ -17,6 +17,8 @@
 
 mod backend;
 mod commit;
+#[cfg(test)]
+mod crash_tests;
 mod format;
 mod overlay;
 mod pieces;
