@@ -609,11 +609,9 @@ impl SourceAdapterInput {
         }
         let mut targets = std::collections::HashMap::new();
         for (source, target) in &self.field_mapping {
-            // A key that is not a dot-path (`""`, `a..b`) is named quoted, not as a path.
-            let field = match path::is_valid(source) {
-                true => format!("field_mapping.{source}"),
-                false => format!("field_mapping[{source:?}]"),
-            };
+            // Named quoted (`field_mapping["data.id"]`): the key's own dots are not steps of
+            // the field's path, and a key that is not a dot-path (`""`, `a..b`) reads as sent.
+            let field = format!("field_mapping[{source:?}]");
             if let Some(first) = targets.insert(target, source) {
                 // One would silently win (by key order), whichever the payload holds.
                 return Err(ApiError::validation(
@@ -963,7 +961,7 @@ mod tests {
                 json!({"adapter_type": "mux", "batching": {"max_batch_size": 1001}}),
                 "source_adapter.batching.max_batch_size",
             ),
-            (json!({"adapter_type": "mux", "field_mapping": {"a": "nope"}}), "source_adapter.field_mapping.a"),
+            (json!({"adapter_type": "mux", "field_mapping": {"a": "nope"}}), r#"source_adapter.field_mapping["a"]"#),
             (json!({"adapter_type": "mux", "colour": 1}), "source_adapter.colour"),
             (json!({"adapter_type": "mux", "event_type_field": "kind"}), "source_adapter.event_type_field"),
             (json!({"adapter_type": "mux", "id_column": "id"}), "source_adapter.id_column"),
@@ -991,7 +989,7 @@ mod tests {
             ),
             (
                 json!({"adapter_type": "mux", "field_mapping": {"data.a": "duration", "data.b": "duration"}}),
-                "source_adapter.field_mapping.data.b",
+                r#"source_adapter.field_mapping["data.b"]"#,
             ),
             (
                 json!({"adapter_type": "generic_webhook", "field_mapping": {"data.v": "video"},

@@ -122,7 +122,7 @@ async fn configure_validate_and_show_the_secret_once() {
         (json!({"adapter_type": "generic_webhook", "batching": {"mode": "hourly"}}), "source_adapter.batching.mode"),
         (
             json!({"adapter_type": "generic_webhook", "field_mapping": {"data.x": "missing"}}),
-            "source_adapter.field_mapping.data.x",
+            r#"source_adapter.field_mapping["data.x"]"#,
         ),
         // A key that is not a dot-path is named quoted.
         (
