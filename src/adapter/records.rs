@@ -283,8 +283,9 @@ pub fn dkey_in_force<'a>(bucket: &Bucket, value: &'a str) -> Option<&'a str> {
 }
 
 /// At a switch of the dedup set in force (`bucket` as switched, `left` the generation it
-/// left): the untagged `dkey` entries, which were the set left, are tagged with `left`, and
-/// the entries of a generation the bucket no longer keeps are deleted.
+/// left): the untagged `dkey` entries, which were the set left, are tagged with `left`, those
+/// of the set now in force (one kept from before) untagged, and the entries of a generation
+/// the bucket no longer keeps deleted. So an untagged entry is always of the set in force.
 pub fn keep_dedup_keys(
     store: &crate::store::Store,
     batch: &mut Batch,
@@ -301,6 +302,11 @@ pub fn keep_dedup_keys(
             Some(g) if !bucket.keeps_dedup_generation(g) => batch.delete(Keyspace::DEDUP, k),
             Some(_) if !tagged => {
                 batch.put(Keyspace::DEDUP, k, &tagged_dkey(&value, left));
+            }
+            Some(g) if g == bucket.dedup_generation => {
+                if let Some((hash, _)) = value.rsplit_once('@') {
+                    batch.put(Keyspace::DEDUP, k, hash);
+                }
             }
             _ => {}
         }

@@ -725,7 +725,7 @@ impl RegistryState {
                         // The marks in the bucket's objects stop counting (see `records.rs`),
                         // but for a set kept from before, whose count again.
                         let switch = bucket.switch_dedup(&old, &scope);
-                        warnings.push(dedup_switched(&old, &scope, switch.restored));
+                        warnings.push(dedup_switched(&old, &scope, &switch));
                         switched_dedup = Some(switch);
                     }
                     bucket.dedup_scope = Some(scope);
@@ -1383,22 +1383,29 @@ fn dedup_scope(adapter: &SourceAdapter) -> Option<String> {
 /// [`dedup_scope`] makes them): events accepted under the old one are no longer duplicates,
 /// which the caller may not have meant; the old set is kept, and setting its path back
 /// (`restored`: this PATCH did) makes it count again.
-fn dedup_switched(old: &str, new: &str, restored: bool) -> String {
+fn dedup_switched(old: &str, new: &str, switch: &crate::catalog::bucket::DedupSwitch) -> String {
     let said = |scope: &str| match scope.split_once(':') {
         Some((kind, path)) => format!("`{path}` of {kind} events"),
         None => format!("`{scope}`"),
     };
-    let (old, new) = (said(old), said(new));
-    if restored {
+    let forgot = switch.forgot.as_deref().map(|f| {
+        format!(
+            "; the set by {}, the oldest of the {} kept, is forgotten to make room",
+            said(f),
+            crate::catalog::bucket::KEPT_DEDUP_SETS
+        )
+    });
+    let (old, new, forgot) = (said(old), said(new), forgot.unwrap_or_default());
+    if switch.restored {
         format!(
             "the dedup set by {new} is back in force (kept from before): events accepted while the bucket \
              deduplicated by it are duplicates again, those accepted while it deduplicated by {old} are not \
-             (that set is kept in turn)"
+             (that set is kept in turn){forgot}"
         )
     } else {
         format!(
             "the dedup set started afresh: it deduplicated by {old}, now by {new}; an event accepted before this \
-             PATCH and sent again is created again (the old set is kept: an adapter that dedups by it again brings it back)"
+             PATCH and sent again is created again (the old set is kept: an adapter that dedups by it again brings it back){forgot}"
         )
     }
 }

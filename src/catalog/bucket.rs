@@ -186,12 +186,14 @@ pub struct KeptDedupSet {
 }
 
 /// What [`Bucket::switch_dedup`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupSwitch {
     /// The generation left (now kept, under the old scope).
     pub left: u64,
     /// The new scope's set was one kept from before: its keys count again.
     pub restored: bool,
+    /// The scope whose kept set was forgotten to make room (past [`KEPT_DEDUP_SETS`]).
+    pub forgot: Option<String>,
 }
 
 impl Bucket {
@@ -206,12 +208,10 @@ impl Bucket {
         let kept = self.dedup_kept.iter().position(|k| k.scope == new).map(|at| self.dedup_kept.remove(at));
         self.dedup_kept.retain(|k| k.scope != old);
         self.dedup_kept.push(KeptDedupSet { scope: old.to_string(), generation: left });
-        if self.dedup_kept.len() > KEPT_DEDUP_SETS {
-            self.dedup_kept.remove(0);
-        }
+        let forgot = (self.dedup_kept.len() > KEPT_DEDUP_SETS).then(|| self.dedup_kept.remove(0).scope);
         self.dedup_generation = kept.as_ref().map_or(high + 1, |k| k.generation);
         self.dedup_generation_high = high.max(self.dedup_generation);
-        DedupSwitch { left, restored: kept.is_some() }
+        DedupSwitch { left, restored: kept.is_some(), forgot }
     }
 
     /// Whether keys accepted under dedup `generation` are still kept: in force, or kept for
@@ -291,9 +291,12 @@ mod tests {
         assert_eq!(step(&mut b, "generic_webhook:b"), (5, true, 4));
         assert_eq!(b.dedup_kept.iter().map(|k| k.generation).collect::<Vec<_>>(), [3, 5]);
         // Past KEPT_DEDUP_SETS scopes, the oldest left is forgotten; generations still grow.
+        let mut forgot = Vec::new();
         for n in 0..KEPT_DEDUP_SETS {
-            step(&mut b, &format!("generic_webhook:p{n}"));
+            let old = b.dedup_scope.replace(format!("generic_webhook:p{n}")).unwrap();
+            forgot.extend(b.switch_dedup(&old, &format!("generic_webhook:p{n}")).forgot);
         }
+        assert_eq!(forgot, ["generic_webhook:a", "mux:data.id"]);
         assert_eq!(b.dedup_kept.len(), KEPT_DEDUP_SETS);
         assert!(!b.keeps_dedup_generation(3), "generic_webhook:a, the oldest, is forgotten");
         assert_eq!(step(&mut b, "generic_webhook:a"), (5 + KEPT_DEDUP_SETS as u64, false, 6 + KEPT_DEDUP_SETS as u64));

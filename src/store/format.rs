@@ -24,6 +24,13 @@
 //!   segment becomes a later one without being zeroed again (see `store/wal.rs`); an older
 //!   binary would take a segment in that layout for a torn write and lose its records.
 //!   Keyspaces unchanged.
+//! - 8: a change of a bucket's dedup path keeps the set it leaves (`dedup_kept`), and a
+//!   change back puts that set's generation in force again, so generations no longer only
+//!   grow (`dedup_generation_high` holds the highest); `dkey` entries of a kept set are tagged
+//!   with its generation (`{hash}@{generation}`: see `adapter/records.rs`). An older binary
+//!   would make its next generation `dedup_generation + 1`, one a kept set's marks may hold,
+//!   and count them in the new set (or, rewriting a bucket, drop the highest it does not know
+//!   of); and it would not count the tagged keys of a set put back in force. No rewrite.
 //!
 //! Additions that an older binary never reads need no new version (it keeps working on the
 //! directory, and a newer one finds its data as left): the `alert` keyspace, and alert
@@ -33,10 +40,7 @@
 //! bucket leaves its `alert` records behind, unread.) So are optional fields an older binary
 //! ignores and a newer one defaults: a delivery's `finished_at_ms`, a batch's
 //! `deleted_object_ids`, an alert's `writeback_skipped` (its `writeback` stays a value the
-//! older binary knows), a bucket's `dedup_kept` and `dedup_generation_high`. A `dkey` value
-//! tagged with the generation of a dedup set kept but not in force (`{hash}@{generation}`)
-//! is read by an older binary as a key no event has, which is what that binary's switch of
-//! dedup path made of those keys.
+//! older binary knows).
 //!
 //! A migration runs in two steps around the log replay, because the log of an older binary
 //! holds writes in the older layout: [`check`] (before the replay) records the new version
@@ -47,7 +51,7 @@
 use super::{Backend, Batch, Keyspace, Op, StoreError};
 
 /// Bump when the encoding of any keyspace (or the log) changes, and add a migration step below.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 
 const VERSION_KEY: &str = "format_version";
 const MIGRATE_FROM_KEY: &str = "migrate_from";
@@ -140,7 +144,7 @@ pub(crate) fn finish(backend: &dyn Backend) -> Result<(), StoreError> {
             Some(b.ops)
         })?;
     }
-    // 4 → 5, 5 → 6 and 6 → 7 rewrite nothing (see the module docs).
+    // 4 → 5, 5 → 6, 6 → 7 and 7 → 8 rewrite nothing (see the module docs).
     let mut b = Batch::new();
     b.delete(Keyspace::META, MIGRATE_FROM_KEY);
     backend.apply(&b)?;

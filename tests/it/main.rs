@@ -6,6 +6,7 @@ mod support;
 mod alerts;
 mod channels;
 mod dashboards;
+mod dedup_sets;
 mod foundation;
 mod inbound;
 mod inbound_crash;
