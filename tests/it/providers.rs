@@ -2485,3 +2485,46 @@ async fn a_header_credential_that_is_not_ascii_is_refused() {
     );
     assert_eq!(app.get("/v1/organizations/connections").await.1["results"], json!([]), "nothing saved");
 }
+
+/// A Mux tombstone (a lifecycle delete of an asset the bucket has no object of) is
+/// kept with its set across a change of dedup path, and counts again once the path is set
+/// back, across kill -9.
+#[tokio::test]
+async fn a_mux_tombstone_follows_its_dedup_set_across_a_switch_and_back() {
+    let fake = FakeMux::start().await;
+    let mut app = TestApp::start_with(Options { extra_toml: fake.toml(), ..Default::default() }).await;
+    let conn = mux_connection(&app, SIGNING_SECRET).await;
+    let (bucket, _) = mux_bucket(&app, "tomb", &conn).await;
+    let asset = "AsSeTtOmBsToNe01";
+    let deleted = json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": asset},
+        "data": {"id": asset, "status": "ready"}});
+    let (s, r) = lifecycle(&app, &conn, SIGNING_SECRET, &deleted).await;
+    assert_eq!(s, 200, "{r}");
+    let path = format!("/v1/buckets/{bucket}");
+    let adapter = |key: &str| {
+        json!({"source_adapter": {
+            "adapter_type": "mux", "connection_id": conn,
+            "event_filter": {"event_types": ["video.asset.ready"]},
+            "field_mapping": {"duration": "duration", "resolution_tier": "resolution",
+                "thumbnail_url": "thumbnail_url", "data.meta.title": "title", "passthrough": "external"},
+            "blob_source": {"file_field": "playback_url", "blob_type": "video", "target_property": "video"},
+            "batching": {"mode": "immediate"}, "dedup_key": key}})
+    };
+    async fn ready(app: &TestApp, bucket: &str, asset: &str) -> (u16, Value) {
+        let body = ready_event(asset, true);
+        let h = mux::sign(SIGNING_SECRET, now(), body.as_bytes());
+        app.post_raw(&format!("/v1/buckets/{bucket}/source-adapter/ingest"), body, &[("Mux-Signature", &h)]).await
+    }
+    let (s, r) = ready(&app, &bucket, asset).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "the tombstone, in force: {r}");
+    let (s, r) = app.patch(&path, adapter("data.passthrough")).await;
+    assert!(s == 200 && r["warnings"].to_string().contains("started afresh"), "{r}");
+    app.crash_restart().await;
+    let (s, r) = ready(&app, &bucket, asset).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("created")), "another set: {r}");
+    let (s, r) = app.patch(&path, adapter("data.id")).await;
+    assert!(s == 200 && r["warnings"].to_string().contains("back in force"), "{r}");
+    app.crash_restart().await;
+    let (s, r) = ready(&app, &bucket, asset).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("duplicate")), "the tombstone, back in force: {r}");
+}

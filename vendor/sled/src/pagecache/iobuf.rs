@@ -542,7 +542,14 @@ impl IoBufs {
         if let Some(blob_id) = blob_id {
             // write blob to file
             io_fail!(self, "blob blob write");
-            write_blob(&self.config, header.kind, blob_id, item)?;
+            if let Err(e) = write_blob(&self.config, header.kind, blob_id, item) {
+                // hookline: the caller's reservation of this buffer is left unfilled, so the
+                // buffer is never written and a flush would wait for it forever: fail the
+                // whole pagecache instead, as a failed buffer write does (below), so that
+                // waiters give up with the error.
+                self.config.set_global_error(e.clone());
+                return Err(e);
+            }
 
             let _ = Measure::new(&M.serialize);
             blob_id.serialize_into(out_buf_ref);
