@@ -713,11 +713,10 @@ impl RegistryState {
                     && !old_type.is_some_and(super::kind::changes_by_external_id);
                 // Values deduped under another path (or another upstream) are not this
                 // adapter's duplicates: another set is put in force (a new one, or the one
-                // kept for this scope). (A bucket from before the scope was recorded: its
-                // current adapter's; with none, its set was deleted with the adapter, as
-                // removals did then.)
-                // A bucket from before the scope was recorded: its current adapter's, kept even
-                // when the new adapter dedups by nothing (a later one is compared with it).
+                // kept for this scope). A bucket from before the scope was recorded: its
+                // current adapter's, kept even when the new adapter dedups by nothing (a later
+                // one is compared with it); with no adapter, its set was deleted with the
+                // adapter, as removals did then.
                 if bucket.dedup_scope.is_none() {
                     bucket.dedup_scope = bucket.source_adapter.as_ref().and_then(dedup_scope);
                 }
