@@ -559,6 +559,11 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
 
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
+    // hookline: the new name is made durable before the old snapshots are removed below,
+    // so a power cut cannot leave the directory with neither.
+    if let Some(dir) = path_2.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     io_fail!(config, "snap write mv post");
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
