@@ -272,13 +272,22 @@ fn tagged_dkey(hash: &str, generation: u64) -> String {
     format!("{hash}@{generation}")
 }
 
+/// A stored `dkey` value read: its hash and, when tagged, the generation the tag names
+/// (`Some(None)`: a tag that does not read as one, which counts in no set).
+fn read_dkey(value: &str) -> (&str, Option<Option<u64>>) {
+    match value.rsplit_once('@') {
+        None => (value, None),
+        Some((hash, generation)) => (hash, Some(generation.parse().ok())),
+    }
+}
+
 /// The dedup key a stored `dkey` value holds, if it counts in the bucket's set in force:
 /// untagged (accepted under the generation in force: see [`keep_dedup_keys`]) or tagged
 /// with that generation.
 pub fn dkey_in_force<'a>(bucket: &Bucket, value: &'a str) -> Option<&'a str> {
-    match value.rsplit_once('@') {
-        None => Some(value),
-        Some((hash, generation)) => (generation.parse() == Ok(bucket.dedup_generation)).then_some(hash),
+    match read_dkey(value) {
+        (hash, None) => Some(hash),
+        (hash, Some(generation)) => (generation == Some(bucket.dedup_generation)).then_some(hash),
     }
 }
 
@@ -293,21 +302,16 @@ pub fn keep_dedup_keys(
     left: u64,
 ) -> Result<(), crate::store::StoreError> {
     store.for_each::<String>(Keyspace::DEDUP, &prefix(&bucket.bucket_id), |k, value| {
-        let (tagged, generation) = match value.rsplit_once('@') {
-            None => (false, Some(left)),
-            Some((_, g)) => (true, g.parse::<u64>().ok()),
-        };
-        // (An unreadable tag counts in no set: left as it is.)
-        match generation {
-            Some(g) if !bucket.keeps_dedup_generation(g) => batch.delete(Keyspace::DEDUP, k),
-            Some(_) if !tagged => {
-                batch.put(Keyspace::DEDUP, k, &tagged_dkey(&value, left));
+        match read_dkey(&value) {
+            (_, None) if !bucket.keeps_dedup_generation(left) => batch.delete(Keyspace::DEDUP, k),
+            (hash, None) => {
+                batch.put(Keyspace::DEDUP, k, &tagged_dkey(hash, left));
             }
-            Some(g) if g == bucket.dedup_generation => {
-                if let Some((hash, _)) = value.rsplit_once('@') {
-                    batch.put(Keyspace::DEDUP, k, hash);
-                }
+            (_, Some(Some(g))) if !bucket.keeps_dedup_generation(g) => batch.delete(Keyspace::DEDUP, k),
+            (hash, Some(Some(g))) if g == bucket.dedup_generation => {
+                batch.put(Keyspace::DEDUP, k, hash);
             }
+            // Kept for its own set, or an unreadable tag (counts in no set): left as it is.
             _ => {}
         }
         true
