@@ -251,7 +251,12 @@ fn print(r: &Report, ceiling: Option<f64>) {
         ceiling.map(|c| format!("  ({:.0}% of bare, before/after mean)", 100.0 * r.rps / c)).unwrap_or_default();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let client = r.client_cpu_per_request.map(|c| format!(" (client {:.0})", us(c))).unwrap_or_default();
-    let cpu = r.cpu_per_request.map(|c| format!("   cpu {:>4.0} µs/req{client}", us(c))).unwrap_or_default();
+    // Rate × CPU per request: how many of the machine's CPUs the run kept busy (a run bound
+    // by latency leaves some idle).
+    let cpu = r
+        .cpu_per_request
+        .map(|c| format!("   cpu {:>4.0} µs/req{client}, {:.2} CPUs busy", us(c), r.rps * c.as_secs_f64()))
+        .unwrap_or_default();
     println!(
         "{:<26} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms{}   errors {}{}",
         r.name,
