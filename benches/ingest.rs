@@ -1,7 +1,7 @@
 //! Ingest throughput and latency over loopback, beside a bare warp route (the ceiling).
 //!
-//! `cargo bench --bench ingest` (release). Each scenario runs its server on its own 2-thread
-//! tokio runtime in this process and drives it from another runtime with N concurrent
+//! `cargo bench --bench ingest` (release). Each scenario runs its server (hookline on a fresh
+//! data dir for each scenario, or the bare route) on its own 2-thread tokio runtime in this process and drives it from another runtime with N concurrent
 //! keep-alive connections for `BENCH_SECONDS`, after a warm-up. Printed: requests/s
 //! and p50/p99 latency. Every ingest answer is durable (fsynced through group commit).
 //! The bare route gets the same requests as ingest (path, headers and body; only the IDs in
@@ -170,6 +170,49 @@ fn connection_counts() -> Vec<usize> {
         raw.split(',').filter_map(|c| c.trim().parse().ok()).filter(|&c| (1..=1024).contains(&c)).collect();
     assert!(!counts.is_empty(), "BENCH_CONNECTIONS: connection counts from 1 to 1024, comma-separated (got {raw:?})");
     counts
+}
+
+/// hookline in this process on a fresh data dir, one per scenario: a scenario run on the
+/// store an earlier one grew would pay for it (sled's cache and file, the memory this VM
+/// provides slowly: see the README's Known limitations), so the order of the scenarios
+/// would weigh on their figures.
+struct Daemon {
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(rt: &tokio::runtime::Runtime) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = hookline::config::Config::default();
+        config.storage.path = dir.path().join("data");
+        config.auth.api_keys = vec![API_KEY.into()];
+        config.delivery.allow_insecure_http = true;
+        config.delivery.allow_private_networks = true;
+        config.server.shutdown_timeout_seconds = 5;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, task) = rt.block_on(async {
+            // As the daemon's binary binds (its listen backlog).
+            let listener = hookline::http::listen::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            (addr, tokio::spawn(hookline::app::run(config, listener, shutdown)))
+        });
+        Daemon { base: format!("http://{addr}"), stop, task, _dir: dir }
+    }
+
+    /// Stops it as a SIGTERM would (the store flushed), before its data dir goes.
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        let _ = self.stop.send(());
+        match rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), self.task).await }) {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("the daemon did not stop cleanly: {other:?}"),
+        }
+    }
 }
 
 /// A run of the bare route and the connection count it ran at.
@@ -357,22 +400,8 @@ fn main() {
     // Measured again before the first round at each connection count (see below).
     let mut bare = Bare { conns: 0, report: Report::default() };
 
-    // 2. hookline itself, in-process, on a fresh data dir.
-    let dir = tempfile::tempdir().expect("tempdir");
+    // 2. hookline itself, in-process (see `Daemon`).
     let hook_rt = server_runtime();
-    let addr = hook_rt.block_on(async {
-        let mut config = hookline::config::Config::default();
-        config.storage.path = dir.path().join("data");
-        config.auth.api_keys = vec![API_KEY.into()];
-        config.delivery.allow_insecure_http = true;
-        config.delivery.allow_private_networks = true;
-        // As the daemon's binary binds (its listen backlog).
-        let listener = hookline::http::listen::bind(([127, 0, 0, 1], 0).into()).expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(hookline::app::run(config, listener, std::future::pending()));
-        addr
-    });
-    let base = format!("http://{addr}");
     // A fast receiver for the last scenario's webhook, on the server runtime.
     let delivered = Arc::new(AtomicU64::new(0));
     let rx_addr = hook_rt.block_on(async {
@@ -400,6 +429,8 @@ fn main() {
         if !only.is_empty() && !only.split(',').any(|o| mode.trim_start_matches("ingest ") == o) {
             continue;
         }
+        let daemon = Daemon::start(&hook_rt);
+        let base = daemon.base.clone();
         if mode.ends_with("+webhook") {
             client_rt.block_on(async {
                 let body = json!({"webhook_name": "bench", "event_types": ["object.created"],
@@ -508,6 +539,7 @@ fn main() {
                 );
             }
         }
+        daemon.stop(&hook_rt);
     }
     sweep.print();
     drop(hook_rt);
