@@ -221,68 +221,98 @@ struct Bare {
     report: Report,
 }
 
-/// Every run's rate, by connection count, for the summary: each scenario's share at each
-/// count, and its ceiling (its best count's mean rate) against the bare route's ceiling.
+/// Every run's figures, by connection count, for the summary.
 #[derive(Default)]
 struct Sweep {
-    /// The bare route's rates by connection count, in the order first run.
-    bare: Vec<(usize, Vec<f64>)>,
-    /// (scenario, connection count, rates, shares of the bare runs around each round).
-    runs: Vec<(&'static str, usize, Vec<f64>, Vec<f64>)>,
+    /// The bare route's runs by connection count, in the order first run: (rate, CPUs busy).
+    bare: Vec<(usize, Vec<(f64, f64)>)>,
+    runs: Vec<ScenarioRuns>,
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
+/// A scenario at a connection count, and its rounds: (rate, CPUs busy, share of the bare
+/// runs around it).
+type ScenarioRuns = (&'static str, usize, Vec<(f64, f64, f64)>);
+
+fn mean(v: impl IntoIterator<Item = f64>) -> f64 {
+    let (sum, n) = v.into_iter().fold((0.0, 0), |(s, n), x| (s + x, n + 1));
+    sum / f64::from(n.max(1))
+}
+
+/// How many CPUs a run kept busy: rate × CPU per request (a run bound by latency, not by
+/// the CPU, leaves some idle).
+fn busy(r: &Report) -> f64 {
+    r.cpu_per_request.map_or(0.0, |c| r.rps * c.as_secs_f64())
 }
 
 impl Sweep {
-    fn bare(&mut self, conns: usize, rps: f64) {
+    fn bare(&mut self, conns: usize, r: &Report) {
         match self.bare.iter_mut().find(|(c, _)| *c == conns) {
-            Some((_, rates)) => rates.push(rps),
-            None => self.bare.push((conns, vec![rps])),
+            Some((_, runs)) => runs.push((r.rps, busy(r))),
+            None => self.bare.push((conns, vec![(r.rps, busy(r))])),
         }
     }
 
-    fn scenario(&mut self, mode: &'static str, conns: usize, rps: f64, share: f64) {
-        match self.runs.iter_mut().find(|(m, c, _, _)| *m == mode && *c == conns) {
-            Some((_, _, rates, shares)) => {
-                rates.push(rps);
-                shares.push(share);
-            }
-            None => self.runs.push((mode, conns, vec![rps], vec![share])),
+    fn scenario(&mut self, mode: &'static str, conns: usize, r: &Report, share: f64) {
+        match self.runs.iter_mut().find(|(m, c, _)| *m == mode && *c == conns) {
+            Some((_, _, rounds)) => rounds.push((r.rps, busy(r), share)),
+            None => self.runs.push((mode, conns, vec![(r.rps, busy(r), share)])),
         }
     }
 
-    /// The table by connection count, then each scenario's ceiling against the bare
-    /// route's: the best mean rate over the counts for each, wherever it came.
+    /// The figures by connection count; then each scenario's share at the highest count,
+    /// where both it and the bare route keep the CPUs busy (the target's figure: its
+    /// throughput, where latency no longer bounds it); then, stricter, each one's ceiling
+    /// (its best count's mean rate) against the bare route's ceiling.
     fn print(&self) {
-        let Some(&(bare_conns, ref bare_rates)) = self.bare.iter().max_by(|a, b| mean(&a.1).total_cmp(&mean(&b.1)))
+        let Some(&(bare_conns, ref bare_runs)) =
+            self.bare.iter().max_by(|a, b| mean(a.1.iter().map(|r| r.0)).total_cmp(&mean(b.1.iter().map(|r| r.0))))
         else {
             return;
         };
-        let bare_best = mean(bare_rates);
+        let bare_best = mean(bare_runs.iter().map(|r| r.0));
         println!();
-        println!("summary: mean rate at each connection count (and the mean share of the bare runs around each round)");
-        for (conns, rates) in &self.bare {
-            let runs = rates.len();
-            println!("  {:<26} {conns:>4} connections {:>9.0} req/s  ({runs} runs)", "bare warp route", mean(rates));
+        println!("summary: means at each connection count (share: of the bare runs around each round)");
+        for (conns, runs) in &self.bare {
+            println!(
+                "  {:<26} {conns:>4} connections {:>9.0} req/s   {:.2} CPUs busy   ({} runs)",
+                "bare warp route",
+                mean(runs.iter().map(|r| r.0)),
+                mean(runs.iter().map(|r| r.1)),
+                runs.len()
+            );
         }
         let mut modes: Vec<&'static str> = Vec::new();
-        for (mode, conns, rates, shares) in &self.runs {
+        for (mode, conns, rounds) in &self.runs {
             if !modes.contains(mode) {
                 modes.push(mode);
             }
-            println!("  {mode:<26} {conns:>4} connections {:>9.0} req/s  ({:.1}%)", mean(rates), mean(shares));
+            println!(
+                "  {mode:<26} {conns:>4} connections {:>9.0} req/s   {:.2} CPUs busy   {:.1}% of the bare route",
+                mean(rounds.iter().map(|r| r.0)),
+                mean(rounds.iter().map(|r| r.1)),
+                mean(rounds.iter().map(|r| r.2))
+            );
         }
-        println!("ceiling against ceiling (each at its best connection count):");
+        let top = self.runs.iter().map(|r| r.1).max().unwrap_or(0);
+        println!("at {top} connections (the most here), each against the bare route at the same count:");
+        for (mode, _, rounds) in self.runs.iter().filter(|r| r.1 == top) {
+            let (lo, hi) = rounds.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r.2), hi.max(r.2)));
+            println!(
+                "  {mode:<26} {:.1}% of the bare route (rounds {lo:.0}–{hi:.0}%)",
+                mean(rounds.iter().map(|r| r.2))
+            );
+        }
+        println!("ceiling against ceiling (each at its best connection count; runs minutes apart):");
         println!("  {:<26} {bare_best:>9.0} req/s at {bare_conns} connections", "bare warp route");
         for mode in modes {
-            let best = self.runs.iter().filter(|r| r.0 == mode).max_by(|a, b| mean(&a.2).total_cmp(&mean(&b.2)));
-            if let Some((_, conns, rates, _)) = best {
-                let rps = mean(rates);
+            let rate = |r: &ScenarioRuns| mean(r.2.iter().map(|x| x.0));
+            let best = self.runs.iter().filter(|r| r.0 == mode).max_by(|a, b| rate(a).total_cmp(&rate(b)));
+            if let Some(run) = best {
                 println!(
-                    "  {mode:<26} {rps:>9.0} req/s at {conns} connections: {:.1}% of the bare route's ceiling",
-                    100.0 * rps / bare_best
+                    "  {mode:<26} {:>9.0} req/s at {} connections: {:.1}% of the bare route's ceiling",
+                    rate(run),
+                    run.1,
+                    100.0 * rate(run) / bare_best
                 );
             }
         }
@@ -294,11 +324,9 @@ fn print(r: &Report, ceiling: Option<f64>) {
         ceiling.map(|c| format!("  ({:.0}% of bare, before/after mean)", 100.0 * r.rps / c)).unwrap_or_default();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let client = r.client_cpu_per_request.map(|c| format!(" (client {:.0})", us(c))).unwrap_or_default();
-    // Rate × CPU per request: how many of the machine's CPUs the run kept busy (a run bound
-    // by latency leaves some idle).
     let cpu = r
         .cpu_per_request
-        .map(|c| format!("   cpu {:>4.0} µs/req{client}, {:.2} CPUs busy", us(c), r.rps * c.as_secs_f64()))
+        .map(|c| format!("   cpu {:>4.0} µs/req{client}, {:.2} CPUs busy", us(c), busy(r)))
         .unwrap_or_default();
     println!(
         "{:<26} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms{}   errors {}{}",
@@ -491,7 +519,7 @@ fn main() {
             if bare.conns != conns {
                 bare = run_bare(conns);
                 print(&bare.report, None);
-                sweep.bare(conns, bare.report.rps);
+                sweep.bare(conns, &bare.report);
             }
             let mut shares = Vec::with_capacity(rounds as usize);
             for _ in 0..rounds {
@@ -519,14 +547,14 @@ fn main() {
                 let bare_after = run_bare(conns);
                 let ceiling = (bare.report.rps + bare_after.report.rps) / 2.0;
                 shares.push(100.0 * report.rps / ceiling);
-                sweep.scenario(mode, conns, report.rps, 100.0 * report.rps / ceiling);
+                sweep.scenario(mode, conns, &report, 100.0 * report.rps / ceiling);
                 print(&report, Some(ceiling));
                 if mode.ends_with("+webhook") {
                     println!("{:<26} {received} deliveries received by the end of the run (the rest were queued)", "");
                 }
                 print_commit_stats(&m);
                 print(&bare_after.report, None);
-                sweep.bare(conns, bare_after.report.rps);
+                sweep.bare(conns, &bare_after.report);
                 bare = bare_after;
             }
             if shares.len() > 1 {
