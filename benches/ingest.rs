@@ -15,12 +15,15 @@
 //! which moves less than requests/s when the shared machine's speed does, and the part of
 //! it the harness's own client took (`client`; the rest is the bare route's or the daemon's).
 //! Each scenario runs at several connection counts (`BENCH_CONNECTIONS`), the bare route
-//! measured at the same counts, and the summary gives each one's ceiling (its best count's
-//! mean rate) as a share of the bare route's ceiling: what the target is judged on. At few
-//! connections, durable ingest is bound by latency, not by the CPU (each request waits for
-//! the log's sync, so 64 in flight at about 1.8 ms each cannot exceed about 36k requests/s,
-//! while the bare route is CPU-bound there already); its throughput is its rate once the
-//! load saturates it.
+//! measured before its first round at each count and after every round. The summary gives,
+//! by scenario and count, the mean rate, how many of the 2 CPUs were busy and the share of
+//! the bare runs around each round; then the target's figure: each scenario's ceiling (its
+//! best count's mean rate) against the bare route's ceiling (its best count's mean rate, of
+//! the bare runs taken around that scenario's rounds, so in the same minutes). At few
+//! connections durable ingest is bound by latency, not by its CPU (each request waits for
+//! its group's log sync, and the CPUs stay partly idle), while the bare route is CPU-bound
+//! already: each is judged at its best. At the end of each scenario the daemon's ingest
+//! outcomes are checked to be created or buffered only (a duplicate would be cheaper).
 //! Environment: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (default `64,128,256`: a
 //! comma-separated list of counts, 1–1024), BENCH_SCENARIOS
 //! (comma-separated subset of `immediate,time_window,immediate+webhook`; default all),
@@ -56,11 +59,15 @@ fn env_num(name: &str, default: u64) -> u64 {
 /// The name of the client runtime's threads (see [`Report::client_cpu_per_request`]).
 const CLIENT_THREADS: &str = "bench-client";
 
-/// A server runtime on its own threads; dropped (with its servers) at the end.
-fn server_runtime() -> tokio::runtime::Runtime {
+/// The name of the daemon's runtime's threads; its store's threads are `hookline-*` and
+/// `sled-*` (see [`daemon_cpu`]).
+const DAEMON_THREADS: &str = "bench-daemon";
+
+/// A server runtime on its own threads, named `name`; dropped (with its servers) at the end.
+fn server_runtime(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name("bench-server")
+        .thread_name(name)
         .enable_all()
         .build()
         .expect("server runtime")
@@ -98,6 +105,14 @@ struct Report {
     /// The part of it spent in the harness's own client (its runtime's threads): the rest is
     /// the server's, the daemon's or the bare route's.
     client_cpu_per_request: Option<Duration>,
+    /// For a bare run: the CPU the (idle) daemon beside it took meanwhile, which the bare
+    /// route's rate would pay for.
+    daemon_cpu: Option<Duration>,
+}
+
+/// CPU time so far of the daemon's threads: its runtime's, its store's and sled's.
+fn daemon_cpu() -> Option<Duration> {
+    Some(threads_cpu(DAEMON_THREADS)? + threads_cpu("hookline-")? + threads_cpu("sled")?)
 }
 
 /// Drives `make_req(i)` with `conns` concurrent workers for `secs` seconds (after 1 s warm-up).
@@ -159,6 +174,7 @@ async fn drive(name: &'static str, client: reqwest::Client, conns: usize, secs: 
         errors: errors.load(Ordering::Relaxed),
         cpu_per_request,
         client_cpu_per_request,
+        daemon_cpu: None,
     }
 }
 
@@ -215,20 +231,17 @@ impl Daemon {
     }
 }
 
-/// A run of the bare route and the connection count it ran at.
-struct Bare {
-    conns: usize,
-    report: Report,
-}
-
-/// Every run's figures, by connection count, for the summary.
+/// Every run's figures, by scenario and connection count, for the summary.
 #[derive(Default)]
 struct Sweep {
-    /// The bare route's runs by connection count, in the order first run: (rate, CPUs busy).
-    bare: Vec<(usize, Vec<(f64, f64)>)>,
+    /// The bare route's runs: (the scenario they were taken around, connection count,
+    /// (rate, CPUs busy) of each).
+    bare: Vec<BareRuns>,
     runs: Vec<ScenarioRuns>,
 }
 
+/// Bare runs taken around one scenario's rounds at one connection count.
+type BareRuns = (&'static str, usize, Vec<(f64, f64)>);
 /// A scenario at a connection count, and its rounds: (rate, CPUs busy, share of the bare
 /// runs around it).
 type ScenarioRuns = (&'static str, usize, Vec<(f64, f64, f64)>);
@@ -245,10 +258,10 @@ fn busy(r: &Report) -> f64 {
 }
 
 impl Sweep {
-    fn bare(&mut self, conns: usize, r: &Report) {
-        match self.bare.iter_mut().find(|(c, _)| *c == conns) {
-            Some((_, runs)) => runs.push((r.rps, busy(r))),
-            None => self.bare.push((conns, vec![(r.rps, busy(r))])),
+    fn bare(&mut self, mode: &'static str, conns: usize, r: &Report) {
+        match self.bare.iter_mut().find(|(m, c, _)| *m == mode && *c == conns) {
+            Some((_, _, runs)) => runs.push((r.rps, busy(r))),
+            None => self.bare.push((mode, conns, vec![(r.rps, busy(r))])),
         }
     }
 
@@ -259,60 +272,48 @@ impl Sweep {
         }
     }
 
-    /// The figures by connection count; then each scenario's share at the highest count,
-    /// where both it and the bare route keep the CPUs busy (the target's figure: its
-    /// throughput, where latency no longer bounds it); then, stricter, each one's ceiling
-    /// (its best count's mean rate) against the bare route's ceiling.
+    /// The figures by scenario and connection count, then the target's figure: each
+    /// scenario's ceiling (its best count's mean rate) against the bare route's ceiling (its
+    /// best count's mean rate) in the same minutes, the bare runs taken around that
+    /// scenario's rounds. Each at its best count, so that neither is judged where it is
+    /// bound by something else than its CPU (ingest by the log syncs at few connections),
+    /// and against bare runs of the same stretch, so that the machine's drift between
+    /// scenarios does not fall on the ratio.
     fn print(&self) {
-        let Some(&(bare_conns, ref bare_runs)) =
-            self.bare.iter().max_by(|a, b| mean(a.1.iter().map(|r| r.0)).total_cmp(&mean(b.1.iter().map(|r| r.0))))
-        else {
-            return;
-        };
-        let bare_best = mean(bare_runs.iter().map(|r| r.0));
         println!();
-        println!("summary: means at each connection count (share: of the bare runs around each round)");
-        for (conns, runs) in &self.bare {
-            println!(
-                "  {:<26} {conns:>4} connections {:>9.0} req/s   {:.2} CPUs busy   ({} runs)",
-                "bare warp route",
-                mean(runs.iter().map(|r| r.0)),
-                mean(runs.iter().map(|r| r.1)),
-                runs.len()
-            );
-        }
+        println!("summary: means by connection count (share: of the bare runs around each round, at its count)");
         let mut modes: Vec<&'static str> = Vec::new();
         for (mode, conns, rounds) in &self.runs {
             if !modes.contains(mode) {
                 modes.push(mode);
             }
+            let bare: Vec<(f64, f64)> =
+                self.bare.iter().filter(|b| b.0 == *mode && b.1 == *conns).flat_map(|b| b.2.clone()).collect();
             println!(
-                "  {mode:<26} {conns:>4} connections {:>9.0} req/s   {:.2} CPUs busy   {:.1}% of the bare route",
+                "  {mode:<26} {conns:>4} connections {:>9.0} req/s  {:.2} CPUs busy  {:>5.1}% of the bare route \
+                 ({:.0} req/s, {:.2} CPUs busy)",
                 mean(rounds.iter().map(|r| r.0)),
                 mean(rounds.iter().map(|r| r.1)),
-                mean(rounds.iter().map(|r| r.2))
+                mean(rounds.iter().map(|r| r.2)),
+                mean(bare.iter().map(|b| b.0)),
+                mean(bare.iter().map(|b| b.1)),
             );
         }
-        let top = self.runs.iter().map(|r| r.1).max().unwrap_or(0);
-        println!("at {top} connections (the most here), each against the bare route at the same count:");
-        for (mode, _, rounds) in self.runs.iter().filter(|r| r.1 == top) {
-            let (lo, hi) = rounds.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r.2), hi.max(r.2)));
-            println!(
-                "  {mode:<26} {:.1}% of the bare route (rounds {lo:.0}–{hi:.0}%)",
-                mean(rounds.iter().map(|r| r.2))
-            );
-        }
-        println!("ceiling against ceiling (each at its best connection count; runs minutes apart):");
-        println!("  {:<26} {bare_best:>9.0} req/s at {bare_conns} connections", "bare warp route");
+        println!("the target's figure: ceiling against ceiling (each at its best connection count, the bare runs");
+        println!("around this scenario's rounds):");
+        let rate = |r: &ScenarioRuns| mean(r.2.iter().map(|x| x.0));
+        let bare_rate = |b: &BareRuns| mean(b.2.iter().map(|x| x.0));
         for mode in modes {
-            let rate = |r: &ScenarioRuns| mean(r.2.iter().map(|x| x.0));
             let best = self.runs.iter().filter(|r| r.0 == mode).max_by(|a, b| rate(a).total_cmp(&rate(b)));
-            if let Some(run) = best {
+            let bare = self.bare.iter().filter(|b| b.0 == mode).max_by(|a, b| bare_rate(a).total_cmp(&bare_rate(b)));
+            if let (Some(run), Some(bare)) = (best, bare) {
                 println!(
-                    "  {mode:<26} {:>9.0} req/s at {} connections: {:.1}% of the bare route's ceiling",
+                    "  {mode:<26} {:.1}% of the bare route ({:.0} req/s at {} connections; the bare route {:.0} at {})",
+                    100.0 * rate(run) / bare_rate(bare),
                     rate(run),
                     run.1,
-                    100.0 * rate(run) / bare_best
+                    bare_rate(bare),
+                    bare.1
                 );
             }
         }
@@ -328,6 +329,8 @@ fn print(r: &Report, ceiling: Option<f64>) {
         .cpu_per_request
         .map(|c| format!("   cpu {:>4.0} µs/req{client}, {:.2} CPUs busy", us(c), busy(r)))
         .unwrap_or_default();
+    let idle = r.daemon_cpu.map(|d| format!("  (the idle daemon: {:.0} ms of CPU)", d.as_secs_f64() * 1e3));
+    let share = share + &idle.unwrap_or_default();
     println!(
         "{:<26} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms{}   errors {}{}",
         r.name,
@@ -340,14 +343,44 @@ fn print(r: &Report, ceiling: Option<f64>) {
     );
 }
 
-/// Cumulative group-commit figures from `/metrics`: how many batches each fsync covered.
-fn print_commit_stats(metrics: &str) {
+/// The daemon's `/metrics` text.
+fn scrape(rt: &tokio::runtime::Runtime, client: &reqwest::Client, base: &str) -> String {
+    rt.block_on(async { client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() })
+}
+
+/// The samples of metric `name` in a `/metrics` text, summed by their first label's value
+/// (`""` for a sample without labels).
+fn metric_sum(metrics: &str, name: &str) -> Vec<(String, f64)> {
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((labels, value)) => (labels, value),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue, // another metric whose name starts with this one
+            },
+        };
+        let first = labels.split(',').next().and_then(|l| l.split_once('=')).map(|(_, v)| v.trim_matches('"'));
+        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let key = first.unwrap_or_default().to_string();
+        match sums.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, sum)) => *sum += value,
+            None => sums.push((key, value)),
+        }
+    }
+    sums
+}
+
+/// Group-commit figures from `/metrics` between two scrapes: how many batches each fsync
+/// covered. (The metrics recorder is the process's, shared by every daemon the bench starts.)
+fn print_commit_stats(metrics: &str, before: &str) {
     let sum = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let total = |text: &str| metric_sum(text, name).iter().map(|(_, v)| v).sum::<f64>();
+        total(metrics) - total(before)
     };
     let commits = sum("hookline_store_commits_total");
     let batches = sum("hookline_store_commit_batches_total");
@@ -355,8 +388,8 @@ fn print_commit_stats(metrics: &str) {
     let flush = sum("hookline_store_flush_duration_seconds_sum") / sum("hookline_store_flush_duration_seconds_count");
     if commits > 0.0 {
         println!(
-            "{:<26} {:.0} group commits so far, {:.1} batches per commit, {:.2} ms per commit (log write + fsync), \
-             of which flush {:.2} ms",
+            "{:<26} {:.0} group commits this round, {:.1} batches per commit, {:.2} ms per commit (log write + \
+             fsync), of which flush {:.2} ms",
             "",
             commits,
             batches / commits,
@@ -393,7 +426,7 @@ fn main() {
     // frontend for this traffic, not for a lighter request.
     let answer =
         json!({"handled": true, "status": "created", "object_id": hookline::ids::ObjectId::generate().as_str()});
-    let bare_rt = server_runtime();
+    let bare_rt = server_runtime("bench-bare");
     let bare_addr = bare_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -421,15 +454,15 @@ fn main() {
     let bare_req = ingest_request(bare_url, bare_secret, body.clone(), 0);
     // The machine is shared: the ceiling is measured again after every round of every
     // scenario, and each round's share is of the mean of the bare runs just before and after it.
-    let run_bare = |conns: usize| Bare {
-        conns,
-        report: client_rt.block_on(drive("bare warp route", client.clone(), conns, secs, bare_req.clone())),
+    let run_bare = |conns: usize| {
+        let before = daemon_cpu();
+        let mut report = client_rt.block_on(drive("bare warp route", client.clone(), conns, secs, bare_req.clone()));
+        report.daemon_cpu = daemon_cpu().zip(before).map(|(after, before)| after.saturating_sub(before));
+        report
     };
-    // Measured again before the first round at each connection count (see below).
-    let mut bare = Bare { conns: 0, report: Report::default() };
 
     // 2. hookline itself, in-process (see `Daemon`).
-    let hook_rt = server_runtime();
+    let hook_rt = server_runtime(DAEMON_THREADS);
     // A fast receiver for the last scenario's webhook, on the server runtime.
     let delivered = Arc::new(AtomicU64::new(0));
     let rx_addr = hook_rt.block_on(async {
@@ -515,12 +548,12 @@ fn main() {
         // Each round's events are new ones (not duplicates of an earlier round's), whatever
         // its connection count.
         let mut round_no = 0;
+        let mut metrics_before = scrape(&client_rt, &client, &base);
         for &conns in &counts {
-            if bare.conns != conns {
-                bare = run_bare(conns);
-                print(&bare.report, None);
-                sweep.bare(conns, &bare.report);
-            }
+            // Measured before the scenario's first round at each count, then after every round.
+            let mut bare = run_bare(conns);
+            print(&bare, None);
+            sweep.bare(mode, conns, &bare);
             let mut shares = Vec::with_capacity(rounds as usize);
             for _ in 0..rounds {
                 let (b, url, secret) = (body.clone(), url.clone(), secret.clone());
@@ -530,9 +563,7 @@ fn main() {
                 let report =
                     client_rt.block_on(drive(mode, client.clone(), conns, secs, ingest_request(url, secret, b, first)));
                 let received = delivered.load(Ordering::Relaxed) - received_before;
-                let m = client_rt.block_on(async {
-                    client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap()
-                });
+                let m = scrape(&client_rt, &client, &base);
                 // The daemon must be idle while the ceiling is measured again: let queued
                 // deliveries drain (until none arrived for a second, at most a minute).
                 let mut last = delivered.load(Ordering::Relaxed);
@@ -545,16 +576,17 @@ fn main() {
                     last = now;
                 }
                 let bare_after = run_bare(conns);
-                let ceiling = (bare.report.rps + bare_after.report.rps) / 2.0;
+                let ceiling = (bare.rps + bare_after.rps) / 2.0;
                 shares.push(100.0 * report.rps / ceiling);
                 sweep.scenario(mode, conns, &report, 100.0 * report.rps / ceiling);
                 print(&report, Some(ceiling));
                 if mode.ends_with("+webhook") {
                     println!("{:<26} {received} deliveries received by the end of the run (the rest were queued)", "");
                 }
-                print_commit_stats(&m);
-                print(&bare_after.report, None);
-                sweep.bare(conns, &bare_after.report);
+                print_commit_stats(&m, &metrics_before);
+                metrics_before = m;
+                print(&bare_after, None);
+                sweep.bare(mode, conns, &bare_after);
                 bare = bare_after;
             }
             if shares.len() > 1 {
@@ -567,6 +599,11 @@ fn main() {
                 );
             }
         }
+        // Every request was a new event, answered created or buffered (a duplicate would be
+        // cheaper, and would flatter the rate).
+        let outcomes = metric_sum(&scrape(&client_rt, &client, &base), "hookline_ingest_requests_total");
+        let other: Vec<_> = outcomes.iter().filter(|(o, n)| *n > 0.0 && o != "created" && o != "buffered").collect();
+        assert!(other.is_empty(), "{mode}: ingest outcomes other than created or buffered: {other:?}");
         daemon.stop(&hook_rt);
     }
     sweep.print();
