@@ -18,5 +18,6 @@ mod outbound_memory;
 mod outbound_receiver;
 mod pages;
 mod providers;
+mod review_delivery;
 mod writeback;
 mod writeback_backlog;

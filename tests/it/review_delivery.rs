@@ -1,0 +1,72 @@
+//! Review of the outbound delivery code: each test shows one defect (see FINDINGS.md).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::outbound::{create_webhook, deliveries, http_channel, publish};
+use crate::outbound_receiver::Receiver;
+use crate::support::{eventually, Options, TestApp};
+
+fn options(settings: &str) -> Options {
+    Options {
+        delivery_toml: Some(format!(
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nrequest_timeout_seconds = 2\n{settings}"
+        )),
+        ..Options::default()
+    }
+}
+
+/// A manual retry of a delivery that waits behind a 429 puts it in its channel's backlog a
+/// second time. Once it has been sent, its second backlog entry is stale; when the pacing
+/// releases that stale entry, it starts the channel's spacing but sends nothing, and no timer
+/// is armed for the end of that spacing: the deliveries behind it wait for whatever next
+/// wakes the worker (here the 429'd delivery's own retry, minutes later).
+#[tokio::test]
+async fn a_manual_retry_behind_a_429_does_not_strand_the_channels_backlog() {
+    let app = TestApp::start_with(options("max_age_hours = 1\nretry_schedule_seconds = [300]\n")).await;
+    let rx = Receiver::start(200).await;
+    rx.set_retry_after(2);
+    rx.then(429, Duration::ZERO);
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "limited", "event_types": ["*"], "channels": [http_channel(&rx.url("/r"))]}),
+    )
+    .await;
+    publish(&app, "object.updated", json!({"n": "a"})).await;
+    let limited = || async {
+        deliveries(&app, &id, None).await.iter().any(|d| d["attempts"][0]["status_code"].as_u64() == Some(429))
+    };
+    assert!(eventually(Duration::from_secs(10), limited).await, "no 429 recorded; log:\n{}", app.log());
+    // B waits behind the 429's hold; retried by hand, it waits there (README: "a manual
+    // retry waits its turn too").
+    publish(&app, "object.updated", json!({"n": "b"})).await;
+    let b = {
+        let mut found = None;
+        for _ in 0..100 {
+            let ds = deliveries(&app, &id, None).await;
+            if let Some(d) = ds.iter().find(|d| d["attempts"].as_array().is_some_and(|a| a.is_empty())) {
+                found = Some(d["delivery_id"].as_str().unwrap().to_string());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        found.expect("delivery b listed")
+    };
+    let (s, r) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{b}/retry"), json!({})).await;
+    assert_eq!(s, 202, "{r}");
+    // C arrives behind B, still inside the hold.
+    publish(&app, "object.updated", json!({"n": "c"})).await;
+    assert_eq!(rx.count(), 1, "the hold must still be on (only the 429 so far)");
+    // Paced: B goes at ~2 s, C a spacing (2.1 s) later. Give it 20 s.
+    let both = eventually(Duration::from_secs(20), || async {
+        deliveries(&app, &id, Some("succeeded")).await.len() == 2
+    })
+    .await;
+    let sent: Vec<String> = rx.captured().iter().map(|c| c.json()["payload"]["n"].to_string()).collect();
+    assert!(
+        both,
+        "b and c are not both delivered 20 s after a 2 s hold; receiver got {sent:?}; deliveries: {:#?}",
+        deliveries(&app, &id, None).await.iter().map(|d| (&d["status"], &d["attempts"])).collect::<Vec<_>>()
+    );
+}
