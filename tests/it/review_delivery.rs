@@ -70,3 +70,50 @@ async fn a_manual_retry_behind_a_429_does_not_strand_the_channels_backlog() {
         deliveries(&app, &id, None).await.iter().map(|d| (&d["status"], &d["attempts"])).collect::<Vec<_>>()
     );
 }
+
+/// README: "a lower max age applies to a delivery already waiting for its retry at that
+/// retry, not before: POST …/retry to bring it forward", and a manual retry of a *pending*
+/// delivery only "sends it now instead of at its next_attempt_at" (only a finished one gets a
+/// fresh max_age window). That holds while the pending delivery is in memory, but one whose
+/// retry is parked in the store (due later than `retry_in_memory_seconds`: with the defaults,
+/// every retry from the second failure on) is retried by the path for finished deliveries:
+/// its `failures` go back to 0 and its max_age window starts again, so each manual retry
+/// keeps a failing delivery alive another max_age, and its backoff starts over.
+#[tokio::test]
+async fn a_manual_retry_of_a_parked_pending_delivery_keeps_its_max_age_window() {
+    let app = TestApp::start_with(options(
+        "max_age_seconds = 8\nretry_schedule_seconds = [300]\nretry_in_memory_seconds = 1\n",
+    ))
+    .await;
+    let rx = Receiver::start(503).await;
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "aging", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}))
+            .await;
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await);
+    let first = rx.captured()[0].at;
+    // Its retry is pulled in to the 8 s deadline: past the 1 s horizon, so parked.
+    let d = loop {
+        let ds = deliveries(&app, &id, None).await;
+        if ds.first().is_some_and(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 1)) {
+            break ds[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let did = d["delivery_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(first.elapsed())).await;
+    let (s, r) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
+    assert_eq!(s, 202, "{r}");
+    assert_eq!(r["status"], "pending", "a pending delivery: {r}");
+    let dead = eventually(Duration::from_secs(20), || async { deliveries(&app, &id, Some("dead")).await.len() == 1 }).await;
+    assert!(dead, "{:?}", deliveries(&app, &id, None).await);
+    let caps = rx.captured();
+    let last = caps.last().unwrap().at.duration_since(first);
+    let d = &deliveries(&app, &id, None).await[0];
+    assert!(
+        last <= Duration::from_millis(9500),
+        "the last attempt came {last:?} after the first, past the 8 s max age the delivery was queued under \
+         ({} attempts): the manual retry of a pending delivery gave it a fresh window; {d}",
+        caps.len()
+    );
+}
