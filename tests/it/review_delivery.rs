@@ -117,3 +117,46 @@ async fn a_manual_retry_of_a_parked_pending_delivery_keeps_its_max_age_window() 
         caps.len()
     );
 }
+
+/// README: a removed channel's "send in flight finishes, and is not retried if it fails";
+/// every attempt is logged. With a live delivery actor, a send to a channel removed while it
+/// was out that then gets a 2xx is `succeeded`, its attempt logged. But when the actor failed
+/// meanwhile (its successor waits for that send, see lease.rs) the successor's reload buries
+/// the delivery first, and `adopt` then drops the send's outcome: the receiver got the event
+/// (200), yet the delivery shows `dead` ("channel removed") and the 200 attempt is not in its
+/// log.
+#[tokio::test]
+async fn a_removed_channels_send_in_flight_across_an_actor_failure_keeps_its_outcome() {
+    let app = TestApp::start().await;
+    let slow = Receiver::start(200).await;
+    slow.then(200, Duration::from_millis(1500));
+    let other = Receiver::start(200).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "two", "event_types": ["*"],
+               "channels": [http_channel(&slow.url("/slow")), http_channel(&other.url("/other"))]}),
+    )
+    .await;
+    publish(&app, "object.updated", json!({"n": 1})).await;
+    assert!(eventually(Duration::from_secs(10), || async { slow.count() == 1 }).await);
+    let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
+    assert_eq!(s, 202, "{b}");
+    // While the failed actor's send is still out, the slow channel is removed.
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+    let keep = w["channels"][1].clone();
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [keep]})).await;
+    assert_eq!(s, 200, "{b}");
+    let finished = || async {
+        deliveries(&app, &id, None).await.iter().all(|d| d["status"] != "pending")
+    };
+    assert!(eventually(Duration::from_secs(15), finished).await, "{:?}", deliveries(&app, &id, None).await);
+    assert_eq!(slow.count(), 1, "sent once");
+    let ds = deliveries(&app, &id, None).await;
+    let d = ds.iter().find(|d| d["channel_id"] == w["channels"][0]["channel_id"]).expect("the slow channel's delivery");
+    let codes: Vec<_> = d["attempts"].as_array().unwrap().iter().map(|a| a["status_code"].clone()).collect();
+    assert!(
+        d["status"] == "succeeded" && codes.contains(&json!(200)),
+        "the receiver answered 200, but the delivery is {} with attempts {codes:?}: {d}",
+        d["status"]
+    );
+}
