@@ -132,6 +132,11 @@ impl Throttles {
         self.channels.is_empty()
     }
 
+    /// Whether `id` waits in a channel's backlog.
+    pub fn holds(&self, id: &DeliveryId) -> bool {
+        self.channels.values().any(|t| t.backlog.contains(id))
+    }
+
     /// How many deliveries wait in backlogs (for tests and logs).
     pub fn waiting(&self) -> usize {
         self.channels.values().map(|t| t.backlog.len()).sum()

@@ -323,7 +323,9 @@ impl Actor for DeliveryWorker {
             drop(state.shared.store.submit(writes));
         }
         state.shared.store.commit(crate::store::Batch::new()).await?;
-        state.load()?;
+        let outcomes: HashSet<String> =
+            finished.iter().map(|f| delivery_key(&state.rt.webhook_id, &f.delivery_id)).collect();
+        state.load(&outcomes)?;
         if !finished.is_empty() {
             // What the reload wrote (parked retries' entries, burials) is read by `adopt`.
             state.submit_writes();
@@ -467,7 +469,11 @@ impl WorkerState {
     /// parked. The `due/` entries are made to match the records (a crash can lose the
     /// newest ones; data from before parking has none). Only a few fields of each record are
     /// decoded in the scan (finished deliveries are most of them).
-    fn load(&mut self) -> Result<(), ActorProcessingErr> {
+    /// Reloads the pending deliveries from the store. `outcomes`: the keys of deliveries whose
+    /// send the predecessor left an outcome of (see `pre_start`), which [`WorkerState::adopt`]
+    /// and [`WorkerState::done`] apply: one of a channel removed meanwhile is left to them
+    /// (its attempt logged, then succeeded or buried), not buried here without it.
+    fn load(&mut self, outcomes: &HashSet<String>) -> Result<(), ActorProcessingErr> {
         let mut keys = Vec::new();
         let room = self.settings.max_queued;
         let horizon = self.horizon(now_millis());
@@ -484,7 +490,9 @@ impl WorkerState {
                 return true;
             }
             if !channel_ids.contains(&d.channel_ref()) {
-                removed.push(k.to_string());
+                if !outcomes.contains(k) {
+                    removed.push(k.to_string());
+                }
                 return true;
             }
             match d.next_attempt_ms {
@@ -918,7 +926,9 @@ impl WorkerState {
             }
         }
         self.throttles.end_round();
-        if rearm {
+        // With throttled channels, a release may have started a channel's spacing (a stale
+        // one too, which sends nothing): the timer must cover its end for the next in line.
+        if rearm || !self.throttles.is_empty() {
             self.arm();
         }
     }
@@ -1265,11 +1275,18 @@ impl WorkerState {
         }
         let key = delivery_key(&self.rt.webhook_id, id);
         let Some(mut d) = self.shared.store.get::<Delivery>(Keyspace::DELIVERIES, &key)? else { return Ok(()) };
-        // Finished, or of a channel removed since (buried by the reload): nothing to apply.
-        if d.status != DeliveryStatus::Pending || !self.rt.has_channel(&d) {
+        // Finished: nothing to apply.
+        if d.status != DeliveryStatus::Pending {
             return Ok(());
         }
         attach_event(&self.shared.store, &mut HashMap::new(), &mut d)?;
+        if !self.rt.has_channel(&d) {
+            // Of a channel removed since: the reload left it out (neither loaded, parked nor
+            // counted as spilled, any `due/` entry of it deleted), for `done` to log its
+            // attempt and finish it.
+            self.queue.insert(d);
+            return Ok(());
+        }
         let parked = match d.next_attempt_ms {
             Some(due) => {
                 let due_key = due_key(&self.rt.webhook_id, due, id.as_str());
@@ -1299,10 +1316,16 @@ impl WorkerState {
             return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
         }
         if let Some(d) = self.queue.get_mut(id) {
-            // Still pending: just make it due now.
+            // Still pending: just make it due now. One waiting in a throttled or capped
+            // channel's backlog keeps its place there (a manual retry waits its turn too):
+            // queued a second time, it would be released twice, and the stale release would
+            // use up the channel's spacing with no send.
+            let waits = self.throttles.holds(id) || self.capped.values().any(|b| b.contains(id));
             if !self.in_flight.contains(id) {
                 d.next_attempt_ms = Some(now);
-                self.ready.push_back(id.clone());
+                if !waits {
+                    self.ready.push_back(id.clone());
+                }
             }
             let view = d.view();
             return Ok((view, self.shared.store.submit(Batch::new())));
@@ -1345,9 +1368,14 @@ impl WorkerState {
         }
         // It may be the delivery a read-back stopped at.
         self.forget_blocked();
+        // A finished delivery gets a fresh max_age window and schedule; a pending one (parked
+        // or spilled) is only brought forward, as one held in memory is above: retrying it
+        // by hand must not make it live past its max_age or restart its backoff.
+        if d.status != DeliveryStatus::Pending {
+            d.failures = 0;
+            d.window_start_ms = now;
+        }
         d.status = DeliveryStatus::Pending;
-        d.failures = 0;
-        d.window_start_ms = now;
         d.next_attempt_ms = Some(now);
         d.finished_at_ms = None;
         b.put(Keyspace::DELIVERIES, &key, &d);

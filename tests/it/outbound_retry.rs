@@ -1,4 +1,6 @@
-//! Review of the outbound delivery code: each test shows one defect (see FINDINGS.md).
+//! Manual retries and actor failures on the outbound side: a retry of a delivery behind a 429
+//! waits its turn without stranding its channel, a retry of a parked delivery keeps its
+//! max_age window, and a send's outcome outlives its actor when its channel is removed meanwhile.
 
 use std::time::Duration;
 
@@ -17,11 +19,12 @@ fn options(settings: &str) -> Options {
     }
 }
 
-/// A manual retry of a delivery that waits behind a 429 puts it in its channel's backlog a
-/// second time. Once it has been sent, its second backlog entry is stale; when the pacing
-/// releases that stale entry, it starts the channel's spacing but sends nothing, and no timer
-/// is armed for the end of that spacing: the deliveries behind it wait for whatever next
-/// wakes the worker (here the 429'd delivery's own retry, minutes later).
+/// A manual retry of a delivery that waits behind a 429 keeps its place in its channel's
+/// backlog, and the delivery queued after it goes one spacing after it. (It used to be queued
+/// a second time: the stale second entry, released once the first had been sent, started the
+/// channel's spacing with no send and no timer for its end, so the deliveries behind it
+/// waited for whatever next woke the worker, here the 429'd delivery's own retry, minutes
+/// later.)
 #[tokio::test]
 async fn a_manual_retry_behind_a_429_does_not_strand_the_channels_backlog() {
     let app = TestApp::start_with(options("max_age_hours = 1\nretry_schedule_seconds = [300]\n")).await;
@@ -59,10 +62,9 @@ async fn a_manual_retry_behind_a_429_does_not_strand_the_channels_backlog() {
     publish(&app, "object.updated", json!({"n": "c"})).await;
     assert_eq!(rx.count(), 1, "the hold must still be on (only the 429 so far)");
     // Paced: B goes at ~2 s, C a spacing (2.1 s) later. Give it 20 s.
-    let both = eventually(Duration::from_secs(20), || async {
-        deliveries(&app, &id, Some("succeeded")).await.len() == 2
-    })
-    .await;
+    let both =
+        eventually(Duration::from_secs(20), || async { deliveries(&app, &id, Some("succeeded")).await.len() == 2 })
+            .await;
     let sent: Vec<String> = rx.captured().iter().map(|c| c.json()["payload"]["n"].to_string()).collect();
     assert!(
         both,
@@ -71,14 +73,12 @@ async fn a_manual_retry_behind_a_429_does_not_strand_the_channels_backlog() {
     );
 }
 
-/// README: "a lower max age applies to a delivery already waiting for its retry at that
-/// retry, not before: POST …/retry to bring it forward", and a manual retry of a *pending*
-/// delivery only "sends it now instead of at its next_attempt_at" (only a finished one gets a
-/// fresh max_age window). That holds while the pending delivery is in memory, but one whose
+/// A manual retry of a *pending* delivery only "sends it now instead of at its
+/// next_attempt_at" (README; only a finished one gets a fresh max_age window), also when its
 /// retry is parked in the store (due later than `retry_in_memory_seconds`: with the defaults,
-/// every retry from the second failure on) is retried by the path for finished deliveries:
-/// its `failures` go back to 0 and its max_age window starts again, so each manual retry
-/// keeps a failing delivery alive another max_age, and its backoff starts over.
+/// every retry from the second failure on). Such a retry used to take the path of finished
+/// deliveries, its `failures` back to 0 and its max_age window started again, so each manual
+/// retry kept a failing delivery alive another max_age and restarted its backoff.
 #[tokio::test]
 async fn a_manual_retry_of_a_parked_pending_delivery_keeps_its_max_age_window() {
     let app = TestApp::start_with(options(
@@ -86,9 +86,11 @@ async fn a_manual_retry_of_a_parked_pending_delivery_keeps_its_max_age_window() 
     ))
     .await;
     let rx = Receiver::start(503).await;
-    let (id, _) =
-        create_webhook(&app, json!({"webhook_name": "aging", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}))
-            .await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "aging", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+    )
+    .await;
     publish(&app, "object.updated", json!({"n": 1})).await;
     assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await);
     let first = rx.captured()[0].at;
@@ -105,7 +107,8 @@ async fn a_manual_retry_of_a_parked_pending_delivery_keeps_its_max_age_window() 
     let (s, r) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{did}/retry"), json!({})).await;
     assert_eq!(s, 202, "{r}");
     assert_eq!(r["status"], "pending", "a pending delivery: {r}");
-    let dead = eventually(Duration::from_secs(20), || async { deliveries(&app, &id, Some("dead")).await.len() == 1 }).await;
+    let dead =
+        eventually(Duration::from_secs(20), || async { deliveries(&app, &id, Some("dead")).await.len() == 1 }).await;
     assert!(dead, "{:?}", deliveries(&app, &id, None).await);
     let caps = rx.captured();
     let last = caps.last().unwrap().at.duration_since(first);
@@ -118,13 +121,11 @@ async fn a_manual_retry_of_a_parked_pending_delivery_keeps_its_max_age_window() 
     );
 }
 
-/// README: a removed channel's "send in flight finishes, and is not retried if it fails";
-/// every attempt is logged. With a live delivery actor, a send to a channel removed while it
-/// was out that then gets a 2xx is `succeeded`, its attempt logged. But when the actor failed
-/// meanwhile (its successor waits for that send, see lease.rs) the successor's reload buries
-/// the delivery first, and `adopt` then drops the send's outcome: the receiver got the event
-/// (200), yet the delivery shows `dead` ("channel removed") and the 200 attempt is not in its
-/// log.
+/// A removed channel's "send in flight finishes, and is not retried if it fails" (README),
+/// and every attempt is logged: also when the delivery actor failed while the send was out
+/// (its successor waits for the send, see `lease.rs`). The successor's reload used to bury the
+/// delivery first and then drop the send's outcome: the receiver got the event (200), yet the
+/// delivery showed `dead` ("channel removed") without the 200 attempt in its log.
 #[tokio::test]
 async fn a_removed_channels_send_in_flight_across_an_actor_failure_keeps_its_outcome() {
     let app = TestApp::start().await;
@@ -146,9 +147,7 @@ async fn a_removed_channels_send_in_flight_across_an_actor_failure_keeps_its_out
     let keep = w["channels"][1].clone();
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"channels": [keep]})).await;
     assert_eq!(s, 200, "{b}");
-    let finished = || async {
-        deliveries(&app, &id, None).await.iter().all(|d| d["status"] != "pending")
-    };
+    let finished = || async { deliveries(&app, &id, None).await.iter().all(|d| d["status"] != "pending") };
     assert!(eventually(Duration::from_secs(15), finished).await, "{:?}", deliveries(&app, &id, None).await);
     assert_eq!(slow.count(), 1, "sent once");
     let ds = deliveries(&app, &id, None).await;
