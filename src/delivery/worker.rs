@@ -469,10 +469,11 @@ impl WorkerState {
     /// parked. The `due/` entries are made to match the records (a crash can lose the
     /// newest ones; data from before parking has none). Only a few fields of each record are
     /// decoded in the scan (finished deliveries are most of them).
-    /// Reloads the pending deliveries from the store. `outcomes`: the keys of deliveries whose
-    /// send the predecessor left an outcome of (see `pre_start`), which [`WorkerState::adopt`]
-    /// and [`WorkerState::done`] apply: one of a channel removed meanwhile is left to them
-    /// (its attempt logged, then succeeded or buried), not buried here without it.
+    ///
+    /// `outcomes`: the keys of deliveries whose send the predecessor left an outcome of (see
+    /// `pre_start`), which [`WorkerState::adopt`] and [`WorkerState::done`] apply: one of a
+    /// channel removed meanwhile is left to them (its attempt logged, then succeeded or
+    /// buried), not buried here without it.
     fn load(&mut self, outcomes: &HashSet<String>) -> Result<(), ActorProcessingErr> {
         let mut keys = Vec::new();
         let room = self.settings.max_queued;
