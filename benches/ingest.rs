@@ -1,14 +1,15 @@
 //! Ingest throughput and latency over loopback, beside a bare warp route (the ceiling).
 //!
 //! `cargo bench --bench ingest` (release). Each scenario runs its server (hookline on a fresh
-//! data dir for each scenario, or the bare route) on its own 2-thread tokio runtime in this process and drives it from another runtime with N concurrent
-//! keep-alive connections for `BENCH_SECONDS`, after a warm-up. Printed: requests/s
-//! and p50/p99 latency. Every ingest answer is durable (fsynced through group commit).
-//! The bare route gets the same requests as ingest (path, headers and body; only the IDs in
-//! them differ) and gives the same answer as a created ingest, so the two differ only in what
-//! the daemon does. It is measured before a scenario's first round at each connection count
-//! and again after each round (with the daemon idle), and each round's share is of the mean of the two
-//! bare runs around it: on a shared machine the ceiling itself moves.
+//! data dir for each scenario, or the bare route) on its own 2-thread tokio runtime in this
+//! process and drives it from another runtime with N concurrent keep-alive connections for
+//! `BENCH_SECONDS`, after a warm-up. Printed: requests/s and p50/p99 latency. Every ingest
+//! answer is durable (fsynced through group commit). The bare route gets the same requests
+//! as ingest (path, headers and body; only the IDs in them differ) and gives the same answer
+//! as a created ingest, so the two differ only in what the daemon does. It is measured
+//! before a scenario's first round at each connection count and again after each round
+//! (with the daemon idle), and each round's share is of the mean of the two bare runs
+//! around it: on a shared machine the ceiling itself moves.
 //! The last scenario adds a webhook subscribed to `object.created` (a fast local receiver),
 //! so each ingest also stores its event and the daemon delivers it: the full pipeline.
 //! Also printed: the whole process's CPU time per request (client and server together),
@@ -548,7 +549,6 @@ fn main() {
         // Each round's events are new ones (not duplicates of an earlier round's), whatever
         // its connection count.
         let mut round_no = 0;
-        let mut metrics_before = scrape(&client_rt, &client, &base);
         for &conns in &counts {
             // Measured before the scenario's first round at each count, then after every round.
             let mut bare = run_bare(conns);
@@ -560,6 +560,7 @@ fn main() {
                 let first = round_no * 1_000_000_000;
                 round_no += 1;
                 let received_before = delivered.load(Ordering::Relaxed);
+                let metrics_before = scrape(&client_rt, &client, &base);
                 let report =
                     client_rt.block_on(drive(mode, client.clone(), conns, secs, ingest_request(url, secret, b, first)));
                 let received = delivered.load(Ordering::Relaxed) - received_before;
@@ -584,7 +585,6 @@ fn main() {
                     println!("{:<26} {received} deliveries received by the end of the run (the rest were queued)", "");
                 }
                 print_commit_stats(&m, &metrics_before);
-                metrics_before = m;
                 print(&bare_after, None);
                 sweep.bare(mode, conns, &bare_after);
                 bare = bare_after;
