@@ -159,3 +159,56 @@ async fn a_removed_channels_send_in_flight_across_an_actor_failure_keeps_its_out
         d["status"]
     );
 }
+
+/// Review (residual of finding 1): a manual retry of a delivery that is still in `ready` (not
+/// yet in the throttle's backlog, because the webhook's in-flight bound is full) queues it a
+/// second time. When the 429 comes back, both copies go into the channel's backlog; the
+/// stale copy, released once the first has been sent, starts the channel's spacing with no
+/// send, so the delivery queued after it goes two spacings later instead of one.
+#[tokio::test]
+async fn a_manual_retry_of_a_ready_delivery_before_a_429_is_not_backlogged_twice() {
+    let app = TestApp::start_with(options(
+        "max_age_hours = 1\nretry_schedule_seconds = [300]\nmax_in_flight_per_webhook = 1\n",
+    ))
+    .await;
+    let rx = Receiver::start(200).await;
+    rx.set_retry_after(2);
+    // A is in flight for 1.5 s, then answers 429 (hold 2 s, then one send per 2.1 s).
+    rx.then(429, Duration::from_millis(1500));
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "limited", "event_types": ["*"], "channels": [http_channel(&rx.url("/r"))]}),
+    )
+    .await;
+    publish(&app, "object.updated", json!({"n": "a"})).await;
+    assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await);
+    // B is ready, behind A (the only in-flight slot); retried by hand while A is still out.
+    publish(&app, "object.updated", json!({"n": "b"})).await;
+    let b = {
+        let mut found = None;
+        for _ in 0..50 {
+            let ds = deliveries(&app, &id, None).await;
+            if let Some(d) = ds.iter().find(|d| d["attempts"].as_array().is_some_and(|a| a.is_empty())) {
+                found = Some(d["delivery_id"].as_str().unwrap().to_string());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        found.expect("delivery b listed")
+    };
+    let (s, r) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{b}/retry"), json!({})).await;
+    assert_eq!(s, 202, "{r}");
+    publish(&app, "object.updated", json!({"n": "c"})).await;
+    assert_eq!(rx.count(), 1, "A must still be in flight when B is retried and C published");
+    let both =
+        eventually(Duration::from_secs(20), || async { deliveries(&app, &id, Some("succeeded")).await.len() == 2 })
+            .await;
+    assert!(both, "b and c not both delivered");
+    let caps = rx.captured();
+    let at = |n: &str| caps.iter().find(|c| c.json()["payload"]["n"] == n).map(|c| c.at).expect(n);
+    let gap = at("c").duration_since(at("b"));
+    assert!(
+        gap < Duration::from_millis(3200),
+        "c went {gap:?} after b, not one 2.1 s spacing: the retried b was backlogged twice and its stale copy used a spacing"
+    );
+}
