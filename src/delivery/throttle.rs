@@ -79,7 +79,11 @@ impl Throttles {
         let Some(t) = self.channels.get_mut(channel) else { return true };
         let wait = t.held(now) || (t.paced(now) && (!t.backlog.is_empty() || in_flight_on() > 0));
         if wait {
-            t.backlog.push_back(id.clone());
+            // Once: a delivery queued twice (a manual retry of one still ready) would be
+            // released twice, the stale release using up a spacing with no send.
+            if !t.backlog.contains(id) {
+                t.backlog.push_back(id.clone());
+            }
         } else if t.paced(now) {
             t.hold_until_ms = now + t.spacing_ms;
         }

@@ -1027,8 +1027,12 @@ impl WorkerState {
             if cap < self.settings.max_in_flight {
                 let channel_ref = d.channel_ref();
                 if in_flight_on(&self.queue, &self.in_flight, &channel_ref) >= cap {
-                    // At its share: it waits for one of its channel's sends to finish.
-                    self.capped.entry(channel_ref).or_default().push_back(id);
+                    // At its share: it waits for one of its channel's sends to finish (once:
+                    // see `Throttles::admit`).
+                    let backlog = self.capped.entry(channel_ref).or_default();
+                    if !backlog.contains(&id) {
+                        backlog.push_back(id);
+                    }
                     continue;
                 }
             }
@@ -1267,8 +1271,8 @@ impl WorkerState {
         self.write(d);
     }
 
-    /// Brings a pending delivery that the reload left in the store (parked, or past the
-    /// bounds) into memory, past the bounds: its predecessor's send of it has an outcome to
+    /// Brings a pending delivery that the reload left in the store (parked, past the bounds,
+    /// or of a channel removed since) into memory, past the bounds: its predecessor's send of it has an outcome to
     /// apply (see [`super::lease`]), which [`WorkerState::done`] takes only from memory.
     fn adopt(&mut self, id: &DeliveryId) -> Result<(), StoreError> {
         if self.queue.contains_key(id) {
@@ -1317,11 +1321,12 @@ impl WorkerState {
             return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
         }
         if let Some(d) = self.queue.get_mut(id) {
-            // Still pending: just make it due now. One waiting in a throttled or capped
-            // channel's backlog keeps its place there (a manual retry waits its turn too):
-            // queued a second time, it would be released twice, and the stale release would
-            // use up the channel's spacing with no send.
-            let waits = self.throttles.holds(id) || self.capped.values().any(|b| b.contains(id));
+            // Still pending: just make it due now. One already ready, or waiting in a
+            // throttled or capped channel's backlog, keeps its place (a manual retry waits
+            // its turn too): queued a second time, it would be released twice, and the stale
+            // release would use up the channel's spacing with no send.
+            let waits =
+                self.ready.contains(id) || self.throttles.holds(id) || self.capped.values().any(|b| b.contains(id));
             if !self.in_flight.contains(id) {
                 d.next_attempt_ms = Some(now);
                 if !waits {

@@ -65,12 +65,17 @@ async fn a_manual_retry_behind_a_429_does_not_strand_the_channels_backlog() {
     let both =
         eventually(Duration::from_secs(20), || async { deliveries(&app, &id, Some("succeeded")).await.len() == 2 })
             .await;
-    let sent: Vec<String> = rx.captured().iter().map(|c| c.json()["payload"]["n"].to_string()).collect();
+    let caps = rx.captured();
+    let sent: Vec<String> = caps.iter().map(|c| c.json()["payload"]["n"].to_string()).collect();
     assert!(
         both,
         "b and c are not both delivered 20 s after a 2 s hold; receiver got {sent:?}; deliveries: {:#?}",
         deliveries(&app, &id, None).await.iter().map(|d| (&d["status"], &d["attempts"])).collect::<Vec<_>>()
     );
+    // One spacing (2.1 s) between them: a stale second entry of b would have taken one more.
+    let at = |n: &str| caps.iter().find(|c| c.json()["payload"]["n"] == n).map(|c| c.at).expect(n);
+    let gap = at("c").duration_since(at("b"));
+    assert!(gap < Duration::from_millis(3200), "c went {gap:?} after b, not one 2.1 s spacing: {sent:?}");
 }
 
 /// A manual retry of a *pending* delivery only "sends it now instead of at its
@@ -160,11 +165,10 @@ async fn a_removed_channels_send_in_flight_across_an_actor_failure_keeps_its_out
     );
 }
 
-/// Review (residual of finding 1): a manual retry of a delivery that is still in `ready` (not
-/// yet in the throttle's backlog, because the webhook's in-flight bound is full) queues it a
-/// second time. When the 429 comes back, both copies go into the channel's backlog; the
-/// stale copy, released once the first has been sent, starts the channel's spacing with no
-/// send, so the delivery queued after it goes two spacings later instead of one.
+/// As above, for a delivery retried while still ready (not yet in the throttle's backlog,
+/// because the webhook's in-flight bound is full): it is queued once, so the delivery after
+/// it goes one spacing later. (Queued twice, both copies went into the channel's backlog when
+/// the 429 came back, and the stale copy took a spacing with no send.)
 #[tokio::test]
 async fn a_manual_retry_of_a_ready_delivery_before_a_429_is_not_backlogged_twice() {
     let app = TestApp::start_with(options(
