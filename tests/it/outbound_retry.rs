@@ -19,6 +19,18 @@ fn options(settings: &str) -> Options {
     }
 }
 
+/// The ID of the webhook's first delivery without an attempt, once it is listed.
+async fn unattempted(app: &TestApp, webhook_id: &str) -> String {
+    for _ in 0..200 {
+        let ds = deliveries(app, webhook_id, None).await;
+        if let Some(d) = ds.iter().find(|d| d["attempts"].as_array().is_some_and(|a| a.is_empty())) {
+            return d["delivery_id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no delivery without an attempt listed: {:?}", deliveries(app, webhook_id, None).await);
+}
+
 /// A manual retry of a delivery that waits behind a 429 keeps its place in its channel's
 /// backlog, and the delivery queued after it goes one spacing after it. (It used to be queued
 /// a second time: the stale second entry, released once the first had been sent, started the
@@ -44,18 +56,7 @@ async fn a_manual_retry_behind_a_429_does_not_strand_the_channels_backlog() {
     // B waits behind the 429's hold; retried by hand, it waits there (README: "a manual
     // retry waits its turn too").
     publish(&app, "object.updated", json!({"n": "b"})).await;
-    let b = {
-        let mut found = None;
-        for _ in 0..100 {
-            let ds = deliveries(&app, &id, None).await;
-            if let Some(d) = ds.iter().find(|d| d["attempts"].as_array().is_some_and(|a| a.is_empty())) {
-                found = Some(d["delivery_id"].as_str().unwrap().to_string());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        found.expect("delivery b listed")
-    };
+    let b = unattempted(&app, &id).await;
     let (s, r) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{b}/retry"), json!({})).await;
     assert_eq!(s, 202, "{r}");
     // C arrives behind B, still inside the hold.
@@ -188,18 +189,7 @@ async fn a_manual_retry_of_a_ready_delivery_before_a_429_is_not_backlogged_twice
     assert!(eventually(Duration::from_secs(10), || async { rx.count() == 1 }).await);
     // B is ready, behind A (the only in-flight slot); retried by hand while A is still out.
     publish(&app, "object.updated", json!({"n": "b"})).await;
-    let b = {
-        let mut found = None;
-        for _ in 0..50 {
-            let ds = deliveries(&app, &id, None).await;
-            if let Some(d) = ds.iter().find(|d| d["attempts"].as_array().is_some_and(|a| a.is_empty())) {
-                found = Some(d["delivery_id"].as_str().unwrap().to_string());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        found.expect("delivery b listed")
-    };
+    let b = unattempted(&app, &id).await;
     let (s, r) = app.post(&format!("/v1/organizations/webhooks/{id}/deliveries/{b}/retry"), json!({})).await;
     assert_eq!(s, 202, "{r}");
     publish(&app, "object.updated", json!({"n": "c"})).await;
