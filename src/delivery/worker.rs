@@ -1272,8 +1272,9 @@ impl WorkerState {
     }
 
     /// Brings a pending delivery that the reload left in the store (parked, past the bounds,
-    /// or of a channel removed since) into memory, past the bounds: its predecessor's send of it has an outcome to
-    /// apply (see [`super::lease`]), which [`WorkerState::done`] takes only from memory.
+    /// or of a channel removed since) into memory, past the bounds: its predecessor's send of
+    /// it has an outcome to apply (see [`super::lease`]), which [`WorkerState::done`] takes
+    /// only from memory.
     fn adopt(&mut self, id: &DeliveryId) -> Result<(), StoreError> {
         if self.queue.contains_key(id) {
             return Ok(());
@@ -1321,12 +1322,11 @@ impl WorkerState {
             return Err(ApiError::Conflict(format!("delivery {id} can no longer be retried: {CHANNEL_REMOVED}")));
         }
         if let Some(d) = self.queue.get_mut(id) {
-            // Still pending: just make it due now. One already ready, or waiting in a
-            // throttled or capped channel's backlog, keeps its place (a manual retry waits
-            // its turn too): queued a second time, it would be released twice, and the stale
-            // release would use up the channel's spacing with no send.
-            let waits =
-                self.ready.contains(id) || self.throttles.holds(id) || self.capped.values().any(|b| b.contains(id));
+            // Still pending: just make it due now. One waiting in a throttled or capped
+            // channel's backlog keeps its place there (a manual retry waits its turn too),
+            // rather than go ahead of it and leave a stale entry behind. (A copy queued twice
+            // in `ready` is harmless: a backlog takes a delivery once, see `Throttles::admit`.)
+            let waits = self.throttles.holds(id) || self.capped.values().any(|b| b.contains(id));
             if !self.in_flight.contains(id) {
                 d.next_attempt_ms = Some(now);
                 if !waits {
