@@ -93,7 +93,6 @@ fn ingest_request(
     })
 }
 
-#[derive(Default)]
 struct Report {
     name: &'static str,
     rps: f64,

@@ -188,9 +188,10 @@ struct Marked {
 /// Loads one bucket's dedup set (see `records.rs`): its pages, the `dkey` entries of the set
 /// in force (deleted objects, tombstones, keys from before format 6), then the marks made
 /// under its current dedup generation of its objects and of `buffer` (its buffer entries)
-/// after the last page. Returns the set and what [`page_loaded_keys`] pages: what was read, merged with
-/// the keys of the short pages (fewer than `PAGE_KEYS` keys) when that leaves fewer of them
-/// (two short pages, or one and anything read), so short pages do not pile up with restarts.
+/// after the last page. Returns the set and what [`page_loaded_keys`] pages: what was read,
+/// merged with the keys of the short pages (fewer than `PAGE_KEYS` keys) when that leaves
+/// fewer of them (two short pages, or one and anything read), so short pages do not pile up
+/// with restarts.
 pub(super) fn load_dedup(
     store: &Store,
     bucket: &Bucket,
