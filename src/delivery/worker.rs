@@ -1087,7 +1087,9 @@ impl WorkerState {
 
     fn done(&mut self, id: DeliveryId, result: AttemptResult, at_ms: u64, duration: Duration) {
         self.in_flight.remove(&id);
-        let cut_off = result.result == super::channel::CUT_OFF;
+        // Ended by the shutdown (a single send cut off, or a multi-recipient attempt stopped
+        // part-way): it says nothing of the receiver, so it is not the webhook's last_error.
+        let cut_off = result.interrupted || result.result == super::channel::CUT_OFF;
         let Some(mut d) = self.queue.remove(&id) else { return };
         crate::metrics::delivery_attempt(&d.channel, result.result, duration);
         d.done_recipients.extend(result.reached.iter().cloned());

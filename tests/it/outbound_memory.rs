@@ -263,3 +263,60 @@ async fn deliveries_retried_by_hand_stay_within_the_byte_bound() {
     assert_eq!(again, (1..=N).collect::<Vec<_>>(), "each retried delivery sent once");
     assert!(eventually(WAIT, || async { queue_bytes(&app).await == 0.0 }).await, "bytes back to 0");
 }
+
+/// A channel removed while most of its webhook's deliveries are spilled to the store
+/// (count bound 2) has its spilled and held deliveries buried, the kept channel's spilled
+/// ones are read back and each sent once, and the queue's depth and byte gauges return to
+/// exactly 0: no count left over that would keep the queue spilled or throttled.
+#[tokio::test]
+async fn removing_a_channel_while_spilled_keeps_the_queue_accounting_exact() {
+    let kept = Receiver::start(200).await;
+    let gone = Receiver::start(200).await;
+    let app = TestApp::start_with(Options {
+        delivery_toml: Some(
+            "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nmax_age_hours = 1\n\
+             retry_schedule_seconds = [1]\nmax_in_flight_per_webhook = 1\nmax_queued_in_memory_per_webhook = 2\n"
+                .into(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "two", "event_types": ["*"], "channels": [
+            {"channel": "webhook", "configs": {"url": kept.url("/kept")}},
+            {"channel": "webhook", "configs": {"url": gone.url("/gone")}}]}),
+    )
+    .await;
+    // The kept receiver holds its first request: the queue fills (2) and the rest spills.
+    kept.then(200, Duration::from_secs(3));
+    for n in 0..6 {
+        publish(&app, "object.created", json!({"n": n})).await;
+    }
+    assert!(eventually(WAIT, || async { kept.count() == 1 }).await);
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;
+    let first = w["channels"][0].clone();
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{wh}"), json!({"channels": [first]})).await;
+    assert_eq!(s, 200, "{b}");
+    let settled = || async {
+        let all = deliveries(&app, &wh, None).await;
+        all.len() == 12 && all.iter().all(|d| d["status"] != "pending")
+    };
+    assert!(eventually(WAIT, settled).await, "{:?}", deliveries(&app, &wh, None).await);
+    let ok = deliveries(&app, &wh, Some("succeeded")).await;
+    let dead = deliveries(&app, &wh, Some("dead")).await;
+    assert_eq!((ok.len(), dead.len()), (6, 6 - gone.count()), "ok {ok:?} dead {dead:?}");
+    let mut seen: Vec<u64> = kept.captured().iter().map(|c| c.json()["payload"]["n"].as_u64().unwrap()).collect();
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5], "each event once to the kept channel");
+    let gauges = || async {
+        let m = app.metrics().await;
+        let depth = metric_value(&m, "hookline_delivery_queue_depth", &[]);
+        let bytes = metric_value(&m, "hookline_delivery_queue_bytes", &[]);
+        (depth, bytes)
+    };
+    assert!(eventually(WAIT, || async { gauges().await == (0.0, 0.0) }).await, "{:?}", gauges().await);
+    // Still exact afterwards: a new event goes through memory at once.
+    publish(&app, "object.created", json!({"n": 6})).await;
+    assert!(eventually(WAIT, || async { kept.count() == 7 }).await);
+}

@@ -334,9 +334,8 @@ pub(crate) fn interrupted(mut r: AttemptResult, n: usize, noun: &str) -> Attempt
         Some(e) => format!("{e}; {why}"),
         None => why,
     });
-    if r.outcome == Outcome::Delivered {
-        r.result = "error";
-    }
+    // Counted as `interrupted` in the metrics, as a single send cut off is.
+    r.result = CUT_OFF;
     r.outcome = Outcome::Retriable;
     r.interrupted = true;
     r
