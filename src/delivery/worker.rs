@@ -1360,8 +1360,15 @@ impl WorkerState {
             d.done_recipients.clear();
         }
         let mut b = Batch::new();
-        // Pending and not in memory: parked, or spilled (counted in `spilled` already).
-        let mut spilled = d.status == DeliveryStatus::Pending;
+        // Pending and not in memory: parked, spilled (counted in `spilled` already), or just
+        // fanned out, its `Enqueue` still on its way (the fan-out is durable, and listed,
+        // before the registry hands it over): that `Enqueue` must not queue it a second time,
+        // after this retry may have sent it.
+        let mut spilled = d.status == DeliveryStatus::Pending
+            && self.spilled_from.as_deref().is_some_and(|from| key.as_str() >= from);
+        if d.status == DeliveryStatus::Pending {
+            self.remember_read_back(id);
+        }
         if let (DeliveryStatus::Pending, Some(due)) = (d.status, d.next_attempt_ms) {
             // Parked: its `due/` entry goes (a stale one would be skipped anyway).
             let due_key = due_key(&self.rt.webhook_id, due, id.as_str());
