@@ -1314,18 +1314,22 @@ async fn a_writeback_without_its_external_id_field_is_skipped_naming_it() {
 /// A daemon with `delivery` settings and one object of a generic_webhook bucket that writes
 /// `verdict` and `note` back to `url` on alerts: (app, bucket, the object's alerts path).
 async fn one_row_on_alert(delivery: &str, url: &str, name: &str) -> (TestApp, String, String) {
+    one_object_on_alert(delivery, url, name, true).await
+}
+
+/// [`one_row_on_alert`], its object keyed by the upstream's `id` (`keyed`: the row's
+/// external ID) or not (no dedup_key: an object without an external ID).
+async fn one_object_on_alert(delivery: &str, url: &str, name: &str, keyed: bool) -> (TestApp, String, String) {
     let app = TestApp::start_with(Options { delivery_toml: Some(delivery.into()), ..Default::default() }).await;
-    let (bucket, secret) = bucket_with(
-        &app,
-        name,
-        json!({"title": {"type": "string"}}),
-        json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"}, "dedup_key": "id",
-            "batching": {"mode": "immediate"},
-            "writeback": {"trigger": "on_alert", "writeback_url": url,
-                "field_mapping": [{"source_path": "verdict", "target_field": "verdict"},
-                    {"source_path": "note", "target_field": "note"}]}}),
-    )
-    .await;
+    let mut adapter = json!({"adapter_type": "generic_webhook", "field_mapping": {"title": "title"},
+        "batching": {"mode": "immediate"},
+        "writeback": {"trigger": "on_alert", "writeback_url": url,
+            "field_mapping": [{"source_path": "verdict", "target_field": "verdict"},
+                {"source_path": "note", "target_field": "note"}]}});
+    if keyed {
+        adapter["dedup_key"] = json!("id");
+    }
+    let (bucket, secret) = bucket_with(&app, name, json!({"title": {"type": "string"}}), adapter).await;
     let r = ingest(&app, &bucket, &secret, json!({"type": "x", "id": "row-8", "title": "t"})).await;
     let oid = r["object_id"].as_str().expect("object_id").to_string();
     let alerts = format!("/v1/buckets/{bucket}/objects/{oid}/alerts");
@@ -1337,12 +1341,22 @@ async fn one_row_on_alert(delivery: &str, url: &str, name: &str) -> (TestApp, St
 /// note) posted on the row once its first attempt failed: the job waits for its retry.
 /// (receiver, app, bucket, the row's alerts path).
 async fn first_alert_failed(name: &str, max_age: u64, retry: u64) -> (Upstream, TestApp, String, String) {
+    first_alert_failed_on(name, max_age, retry, true).await
+}
+
+/// [`first_alert_failed`] on an object keyed or not (see [`one_object_on_alert`]).
+async fn first_alert_failed_on(
+    name: &str,
+    max_age: u64,
+    retry: u64,
+    keyed: bool,
+) -> (Upstream, TestApp, String, String) {
     let delivery = format!(
         "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n\
          request_timeout_seconds = 2\nmax_age_seconds = {max_age}\nretry_schedule_seconds = [{retry}]\n"
     );
     let rx = Upstream::start(500).await;
-    let (app, bucket, alerts) = one_row_on_alert(&delivery, &rx.url("/wb"), name).await;
+    let (app, bucket, alerts) = one_object_on_alert(&delivery, &rx.url("/wb"), name, keyed).await;
     let (s, a) = app.post(&alerts, json!({"alert_id": "a1", "results": {"verdict": "first", "note": "n1"}})).await;
     assert_eq!(s, 202, "{a}");
     assert!(eventually(WAIT, || async { rx.seen().len() == 1 }).await, "{:?}", rx.seen());
@@ -1350,11 +1364,19 @@ async fn first_alert_failed(name: &str, max_age: u64, retry: u64) -> (Upstream, 
 }
 
 /// Writebacks of one row land in order: a newer job takes over an older one still waiting
-/// for its retry (with the fields it lacks), so the older result never lands after it.
+/// for its retry (with the fields it lacks), so the older result never lands after it. So
+/// do those of an object without an external ID (no dedup_key): it is one record to its
+/// receiver all the same.
 #[tokio::test]
 async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
+    for keyed in [true, false] {
+        older_writeback_taken_over(keyed).await;
+    }
+}
+
+async fn older_writeback_taken_over(keyed: bool) {
     // Its retry is due 2 s later.
-    let (rx, app, bucket, alerts) = first_alert_failed("ordered", 60, 2).await;
+    let (rx, app, bucket, alerts) = first_alert_failed_on("ordered", 60, 2, keyed).await;
     rx.set_default(204);
     let (s, a) = app.post(&alerts, json!({"alert_id": "a2", "results": {"verdict": "second"}})).await;
     assert_eq!(s, 202, "{a}");
@@ -1362,12 +1384,12 @@ async fn a_retried_older_writeback_never_lands_after_a_newer_one_of_its_row() {
     // Past the first job's retry: nothing more is sent.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let sent: Vec<Value> = rx.succeeded().into_iter().map(|s| s.body).collect();
-    assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0]["alert_id"], "a2", "{sent:?}");
+    assert_eq!(sent.len(), 1, "keyed {keyed}: {sent:?}");
+    assert_eq!(sent[0]["alert_id"], "a2", "keyed {keyed}: {sent:?}");
     assert_eq!(
         sent[0]["fields"],
         json!({"verdict": "second", "note": "n1"}),
-        "the older job's other field carried over"
+        "keyed {keyed}: the older job's other field carried over"
     );
     listed(&app, &bucket, "", 0).await;
     assert!(metric_reaches(&app, "hookline_writebacks_total", &[("outcome", "superseded")], 1.0).await);

@@ -27,8 +27,11 @@ use crate::ids::ObjectId;
 /// reads them: none is the adapter's, `public` the default schema; a job of another table than
 /// the adapter's is given up there, and must not take another row's fields), and its external
 /// ID. generic_webhook writes one URL: its jobs differ by external ID alone. A job without an
-/// external ID writes no row (it is given up at its attempt).
+/// external ID (a generic object without one) is its object's row, [`NO_EXTERNAL_ID`].
 pub(super) type RowKey = (String, String, String);
+
+/// The table part of the row of a job without an external ID: the object alone (see [`RowKey`]).
+const NO_EXTERNAL_ID: &str = "\0object";
 
 /// One pending job, with what the indexes need of it, worked out when it was stored.
 struct Held {
@@ -198,7 +201,12 @@ impl Pending {
             return None;
         }
         let pinned = self.pinned.as_ref().map(|(s, t)| (s.as_str(), t.as_str()));
-        let external_id = j.external_id.clone()?;
+        let Some(external_id) = j.external_id.clone() else {
+            // A generic_webhook object without an external ID (no dedup_key) is still one
+            // record to its receiver: its jobs are ordered by the object. (A table name that
+            // no real row has: Supabase tables are plain identifiers, generic ones empty.)
+            return Some((String::new(), NO_EXTERNAL_ID.to_string(), j.object_id.as_str().to_string()));
+        };
         let schema = j.schema.as_deref().or(pinned.map(|p| p.0)).unwrap_or(crate::adapter::supabase::DEFAULT_SCHEMA);
         let table = j.table.as_deref().or(pinned.map(|p| p.1)).unwrap_or_default();
         Some((schema.to_string(), table.to_string(), external_id))
