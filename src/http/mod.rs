@@ -1021,19 +1021,51 @@ pub fn empty(status: StatusCode) -> Response {
     resp
 }
 
-/// Calls an actor and maps mailbox/timeout failures to 503.
+/// The 503 of an actor call that got no answer. Past the timeout the call may still be
+/// handled (a change committed after the caller stopped waiting: a PATCH whose adapter was
+/// slow to restart, say), and an actor that failed while handling it may have committed it,
+/// so the client is told to read back before sending it again; only a call that never
+/// reached the actor surely changed nothing.
+pub fn unanswered<T>(e: ractor::RactorErr<T>) -> ApiError {
+    const READ_BACK: &str = "what this request asked for may still be done: read it back before sending it again";
+    ApiError::Unavailable(match e {
+        ractor::RactorErr::Messaging(ractor::MessagingErr::SendErr(_)) => {
+            "the actor that handles this is not running: nothing was done; retry shortly".into()
+        }
+        ractor::RactorErr::Timeout => format!("no answer within 30 s; {READ_BACK}"),
+        e => format!("no answer ({e}); {READ_BACK}"),
+    })
+}
+
+/// Calls an actor and maps mailbox/timeout failures to 503 (see [`unanswered`]).
 #[macro_export]
 macro_rules! ask {
     ($actor:expr, $msg:expr) => {{
         match ractor::call_t!($actor, $msg, 30_000) {
             Ok(r) => r,
-            Err(e) => Err($crate::error::ApiError::Unavailable(format!("actor did not answer: {e}"))),
+            Err(e) => Err($crate::http::unanswered(e)),
         }
     }};
     ($actor:expr, $msg:expr, $($args:expr),*) => {{
         match ractor::call_t!($actor, $msg, 30_000, $($args),*) {
             Ok(r) => r,
-            Err(e) => Err($crate::error::ApiError::Unavailable(format!("actor did not answer: {e}"))),
+            Err(e) => Err($crate::http::unanswered(e)),
         }
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    /// Only a call that never reached its actor surely changed nothing; one past its timeout
+    /// may still be handled, so the client is told to read back first.
+    #[test]
+    fn an_unanswered_call_says_whether_it_may_have_been_done() {
+        let said = |e: ractor::RactorErr<u8>| super::unanswered(e).to_string();
+        let late = said(ractor::RactorErr::Timeout);
+        assert!(late.contains("within 30 s") && late.contains("read it back before sending it again"), "{late}");
+        let failed = said(ractor::RactorErr::Messaging(ractor::MessagingErr::ChannelClosed));
+        assert!(failed.contains("read it back"), "{failed}");
+        let unsent = said(ractor::RactorErr::Messaging(ractor::MessagingErr::SendErr(7)));
+        assert!(unsent.contains("nothing was done") && !unsent.contains("read it back"), "{unsent}");
+    }
 }
