@@ -230,7 +230,7 @@ impl Actor for BucketRegistry {
             // bucket runs, so nothing else writes its stats meanwhile.
             let stopped = format!(
                 "the source adapter stopped after failing {ADAPTER_MAX_RESTARTS} times within {} s (last: {reason}); \
-                 a PATCH of the bucket starts it again",
+                 a PATCH of the bucket, or a restart of hookline, starts it again",
                 ADAPTER_RESTART_WINDOW.as_secs()
             );
             if let Err(e) = state.record_adapter_error(&bucket_id, stopped).await {
