@@ -19,5 +19,6 @@ mod outbound_receiver;
 mod outbound_retry;
 mod pages;
 mod providers;
+mod supervision;
 mod writeback;
 mod writeback_backlog;
