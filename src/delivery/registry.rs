@@ -1195,8 +1195,8 @@ impl DeliveryState {
                 Ok(Published { event_id, repeat: true, durable: rx })
             }
             Some((event_id, false)) => Err(ApiError::Conflict(format!(
-                "Idempotency-Key {key:?} was used for another request (event {event_id}): a retry must send the same \
-                 body; a new event needs a new key"
+                "Idempotency-Key {key:?} was used for another event (event {event_id}): a retry must send the same \
+                 event_type, payload and cache_scopes; a new event needs a new key"
             ))),
             None => {
                 let record = KeyRecord { event_id: EventId::generate(), body_sha256, at_ms: now_millis() };

@@ -216,7 +216,7 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
     if state.shared.room.short() {
         return Err(ApiError::short_of_disk());
     }
-    let key = idempotency_key(req)?;
+    let key = idempotency_key(req, &body)?;
     let reg = registry(state)?;
     let PublishEvent { event_type, payload, cache_scopes } = body;
     let published = ask!(reg, |reply| DeliveryMsg::Publish { event_type, payload, cache_scopes, key, reply })?;
@@ -231,8 +231,11 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
 }
 
 /// A publish's `Idempotency-Key` (1–255 visible ASCII characters), with the SHA-256 of its
-/// body: a repeat of a publish (a retry after a lost answer) sends both the same.
-fn idempotency_key(req: &Request) -> Result<Option<(String, [u8; 32])>, ApiError> {
+/// event as read: a repeat of a publish (a retry after a lost answer) sends both the same.
+/// The event, not the body's bytes: a retry by another client or serializer (other spacing,
+/// keys in another order, `"cache_scopes": []` written out) is the same event, not "another
+/// request" to refuse, after which a publisher might publish it again under a new key.
+fn idempotency_key(req: &Request, body: &PublishEvent) -> Result<Option<(String, [u8; 32])>, ApiError> {
     use sha2::{Digest, Sha256};
     const FIELD: &str = "Idempotency-Key";
     let mut values = req.headers.get_all(FIELD).iter();
@@ -245,7 +248,9 @@ fn idempotency_key(req: &Request) -> Result<Option<(String, [u8; 32])>, ApiError
         .ok()
         .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| ApiError::validation(FIELD, "must be 1–255 visible ASCII characters (no spaces)"))?;
-    Ok(Some((key.to_string(), Sha256::digest(&req.body).into())))
+    // serde_json's maps are sorted (no `preserve_order`): one encoding per event.
+    let event = serde_json::json!([body.event_type, body.payload, body.cache_scopes]);
+    Ok(Some((key.to_string(), Sha256::digest(event.to_string()).into())))
 }
 
 /// The refusal of a `before=` that is no delivery ID: any one is a position in the list.

@@ -420,9 +420,21 @@ async fn a_publish_with_an_idempotency_key_goes_out_once() {
     for (s, r) in repeats {
         assert_eq!((s, &r["event_id"], &r["status"]), (200, &event_id, &json!("duplicate")), "{r}");
     }
+    // The same event written otherwise (spacing, key order, the default cache_scopes written
+    // out), as another client or serializer retrying it would: the same event.
+    for same in [
+        r#"{ "payload" : { "order" : 7 } , "event_type" : "order.paid" }"#,
+        r#"{"event_type": "order.paid", "payload": {"order": 7}, "cache_scopes": []}"#,
+    ] {
+        let (s, r) = publish_keyed(&app, "order-7-paid", same).await;
+        assert_eq!((s, &r["event_id"], &r["status"]), (200, &event_id, &json!("duplicate")), "{same}: {r}");
+    }
     let other = json!({"event_type": "order.paid", "payload": {"order": 8}}).to_string();
     let (s, r) = publish_keyed(&app, "order-7-paid", &other).await;
     assert_eq!((s, r["error"]["code"].as_str()), (409, Some("conflict")), "{r}");
+    let scoped = r#"{"event_type": "order.paid", "payload": {"order": 7}, "cache_scopes": [{"id": "c1"}]}"#;
+    let (s, r) = publish_keyed(&app, "order-7-paid", scoped).await;
+    assert_eq!(s, 409, "other cache_scopes are another event: {r}");
     for bad in ["", "two words", "é"] {
         let headers = [("Authorization", auth.as_str()), ("Idempotency-Key", bad)];
         let (s, r) = app.post_raw("/v1/events", body.clone(), &headers).await;
