@@ -71,6 +71,13 @@ pub fn millis_to_rfc3339(ms: u64) -> String {
 
 /// For `#[serde(default, skip_serializing_if = "crate::util::is_zero")]`: a counter that
 /// starts at zero is not written until it moves.
+/// An RFC 3339 time (as [`millis_to_rfc3339`] writes it) in Unix milliseconds; `None` if it
+/// does not parse or is before 1970.
+pub fn rfc3339_to_millis(t: &str) -> Option<u64> {
+    let at = OffsetDateTime::parse(t, &Rfc3339).ok()?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 pub fn is_zero(n: &u64) -> bool {
     *n == 0
 }

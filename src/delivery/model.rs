@@ -522,9 +522,33 @@ pub fn without_delivery_id(error: &str) -> (&str, &str) {
     }
 }
 
+/// The kind of failure an error names, for when a failure began (`last_error_at`): as
+/// [`without_delivery_id`], and an HTTP answer by its status alone (`HTTP 500`), since the
+/// excerpt of its body after it often differs from one attempt to the next (a request ID, a
+/// time) while the receiver fails the same way.
+pub fn failure_kind(error: &str) -> (&str, &str) {
+    let (channel, failure) = without_delivery_id(error);
+    match failure.strip_prefix("HTTP ").and_then(|rest| rest.get(..3)).filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+    {
+        Some(_) => (channel, failure.split_once(": ").map_or(failure, |(status, _)| status)),
+        None => (channel, failure),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http_failure_is_of_its_status_whatever_its_body() {
+        let kind = failure_kind;
+        assert_eq!(kind("webhook delivery del_1: HTTP 500: boom, request 7"), ("webhook", "HTTP 500"));
+        assert_eq!(kind("webhook delivery del_2: HTTP 500: boom, request 8"), kind("webhook delivery del_1: HTTP 500"));
+        assert_ne!(kind("webhook delivery del_1: HTTP 500: x"), kind("webhook delivery del_1: HTTP 503: x"));
+        // Other failures as written (their text is no answer's body).
+        assert_eq!(kind("sms delivery del_1: connect: refused"), ("sms", "connect: refused"));
+        assert_eq!(kind("webhook delivery del_1: HTTP/2 reset: x"), ("webhook", "HTTP/2 reset: x"));
+    }
 
     #[test]
     fn pattern_matching() {

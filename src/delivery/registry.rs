@@ -843,6 +843,7 @@ impl DeliveryState {
             runtime: self.runtime(entry),
             settings: self.settings.clone(),
             last_error: entry.stored.last_error.clone(),
+            last_error_since: entry.stored.last_error_at.as_deref().and_then(crate::util::rfc3339_to_millis),
         };
         Actor::spawn_linked(Some(name), DeliveryWorker, args, myself.get_cell()).await?;
         Ok(())

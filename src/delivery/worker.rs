@@ -56,7 +56,7 @@ use rand::Rng;
 
 use super::channel::{AttemptResult, Channel, Message};
 use super::lease::{Finished, Lease, Left};
-use super::model::{delivery_key, without_delivery_id, Attempt, Delivery, DeliveryStatus};
+use super::model::{delivery_key, failure_kind, Attempt, Delivery, DeliveryStatus};
 use super::queue::{self, Bounds, Held};
 use super::registry::DeliveryMsg;
 use super::retry::{Decision, Outcome, Policy};
@@ -152,8 +152,9 @@ pub struct WorkerArgs {
     pub left: Left,
     pub runtime: Arc<WebhookRuntime>,
     pub settings: WorkerSettings,
-    /// The webhook's stored `last_error`.
+    /// The webhook's stored `last_error`, and when its failure began (`last_error_at`).
     pub last_error: Option<String>,
+    pub last_error_since: Option<u64>,
 }
 
 pub enum WorkerMsg {
@@ -299,8 +300,8 @@ impl Actor for DeliveryWorker {
             writes: Batch::new(),
             flush_queued: false,
             // What the registry shows: a success clears it even after a restart.
+            reported_since: args.last_error.as_ref().and(args.last_error_since),
             reported_error: args.last_error,
-            reported_since: None,
             reported_channel: None,
             channel_errors: Vec::new(),
             quiesced: None,
@@ -1414,13 +1415,19 @@ impl WorkerState {
             return;
         }
         let had = self.channel_errors.len();
-        // The same failure as this channel's last (another delivery's, say): since then.
+        // The same failure as this channel's last (another delivery's, say): since then. Or
+        // as the stored error, from before a restart (which does not say which channel's it
+        // was): since its `last_error_at`.
         let since = error.as_deref().and_then(|e| {
-            let failure = without_delivery_id(e);
-            self.channel_errors
-                .iter()
-                .find(|(c, old, _)| d.channel_is(c) && without_delivery_id(old) == failure)
-                .map(|(_, _, since)| *since)
+            let failure = failure_kind(e);
+            let known = self.channel_errors.iter().find(|(c, _, _)| d.channel_is(c));
+            match known {
+                Some((_, old, since)) => (failure_kind(old) == failure).then_some(*since),
+                None if self.reported_channel.is_none() => {
+                    self.reported_error.as_deref().filter(|old| failure_kind(old) == failure).and(self.reported_since)
+                }
+                None => None,
+            }
         });
         self.channel_errors.retain(|(c, _, _)| !d.channel_is(c));
         let cleared = self.channel_errors.len() < had;
@@ -1441,11 +1448,11 @@ impl WorkerState {
         // channels failing alike, their attempts taking turns, must not move it back and
         // forth; the first one recovering moves it to the other's start); another (the
         // webhook's secrets unreadable) from when it is reported.
-        let failure = error.as_deref().map(without_delivery_id);
+        let failure = error.as_deref().map(failure_kind);
         let since = self
             .channel_errors
             .iter()
-            .filter(|(_, e, _)| Some(without_delivery_id(e)) == failure)
+            .filter(|(_, e, _)| Some(failure_kind(e)) == failure)
             .map(|(_, _, since)| *since)
             .min();
         if (&error, since) == (&self.reported_error, self.reported_since) {

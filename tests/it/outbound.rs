@@ -931,6 +931,60 @@ async fn last_error_at_stays_while_deliveries_fail_alike() {
     assert!(second_attempts.iter().all(|a| since <= a.as_str()), "{w} vs second attempts {second_attempts:?}");
 }
 
+/// A receiver failing the same way (HTTP 500) with a body that differs on every answer (a
+/// request number, as error pages carry a request ID or a time) keeps `last_error_at` where
+/// the failure began, while `last_error` shows the newest answer; so do a restart and a
+/// `kill -9`, after which the daemon no longer knows which channel the stored error was of.
+#[tokio::test]
+async fn last_error_at_stays_across_answers_and_restarts() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use warp::Filter;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answers = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = answers.clone();
+    let fail = warp::post().map(move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        warp::reply::with_status(format!("boom, request {n}"), warp::http::StatusCode::INTERNAL_SERVER_ERROR)
+    });
+    tokio::spawn(warp::serve(fail).incoming(listener).run());
+    let mut app = TestApp::start_with(queue_options("retry_schedule_seconds = [1]\n")).await;
+    let channel = http_channel(&format!("http://{addr}/x"));
+    let (id, _) =
+        create_webhook(&app, json!({"webhook_name": "boom", "event_types": ["*"], "channels": [channel]})).await;
+    publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
+    async fn webhook(app: &TestApp, id: &str) -> Value {
+        app.get(&format!("/v1/organizations/webhooks/{id}")).await.1
+    }
+    let failing = |n: usize| {
+        let answers = answers.clone();
+        async move { eventually(WAIT, || async { answers.load(Ordering::SeqCst) >= n }).await }
+    };
+    assert!(failing(1).await);
+    assert!(eventually(WAIT, || async { !webhook(&app, &id).await["last_error_at"].is_null() }).await);
+    let began = webhook(&app, &id).await["last_error_at"].clone();
+    assert!(failing(3).await, "retried every second");
+    // Past the outcome's write, which follows the answer.
+    assert!(eventually(WAIT, || async { webhook(&app, &id).await["last_error"] != json!(null) }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let w = webhook(&app, &id).await;
+    let error = w["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("HTTP 500") && !error.contains("request 0"), "the newest answer: {w}");
+    assert_eq!(w["last_error_at"], began, "{w}");
+    app.restart().await;
+    let after = answers.load(Ordering::SeqCst) + 2;
+    assert!(failing(after).await, "retried after the restart");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(webhook(&app, &id).await["last_error_at"], began, "after a restart");
+    app.crash_restart().await;
+    let after = answers.load(Ordering::SeqCst) + 2;
+    assert!(failing(after).await, "retried after the kill -9");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let w = webhook(&app, &id).await;
+    assert_eq!(w["last_error_at"], began, "after a kill -9: {w}");
+    assert!(w["last_error"].as_str().unwrap_or_default().contains("HTTP 500"), "{w}");
+}
+
 /// A webhook of every event with two HTTP channels, one to each receiver, and one event
 /// published to it; returns its ID.
 async fn two_channels_and_an_event(app: &TestApp, first: &Receiver, second: &Receiver) -> String {
