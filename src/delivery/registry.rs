@@ -16,7 +16,8 @@
 //!
 //! Supervision: a worker that fails is re-spawned (it reloads its queue from the store) and
 //! counted in `hookline_actor_restarts_total{actor="delivery"}`; more than
-//! [`MAX_WORKER_RESTARTS`] in [`RESTART_WINDOW`] leaves it stopped with a `last_error`.
+//! [`MAX_WORKER_RESTARTS`] in [`RESTART_WINDOW`] leaves it stopped with a `last_error`,
+//! until a PATCH of the webhook starts it again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -169,6 +170,9 @@ struct Entry {
     /// Plain channel configs (opened from `sealed`) and the signing secret.
     secrets: Option<WebhookSecrets>,
     restarts: RestartBudget,
+    /// Its worker failed past its restart budget and was left stopped: a PATCH of the
+    /// webhook starts it again, with a fresh budget.
+    stopped: bool,
 }
 
 pub struct DeliveryState {
@@ -267,7 +271,12 @@ impl Actor for DeliveryRegistry {
             }
             state.webhooks.insert(
                 id.clone(),
-                Entry { stored: w, secrets, restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
+                Entry {
+                    stored: w,
+                    secrets,
+                    restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
+                    stopped: false,
+                },
             );
             state.spawn_worker(&myself, &id).await?;
         }
@@ -351,6 +360,9 @@ impl Actor for DeliveryRegistry {
                         Ok(patch) => state.update(&webhook_id, patch, || reply.is_closed()).await,
                         Err(e) => Err(e),
                     };
+                    if r.is_ok() {
+                        state.start_stopped_worker(&myself, &webhook_id).await;
+                    }
                     let _ = reply.send(r);
                 }
             }
@@ -468,10 +480,14 @@ impl Actor for DeliveryRegistry {
         let Some(id) = state.webhook_of(&cell) else { return Ok(()) };
         let Some(entry) = state.webhooks.get_mut(&id) else { return Ok(()) };
         if !entry.restarts.allow() {
-            tracing::error!(webhook_id = %id, %reason, "delivery actor failed too often; leaving it stopped");
+            tracing::error!(webhook_id = %id, %reason, "delivery actor failed too often; leaving it stopped until the webhook is patched");
+            entry.stopped = true;
             state.set_last_error(
                 &id,
-                Some(format!("delivery stopped after repeated internal failures ({reason}); restart hookline")),
+                Some(format!(
+                    "delivery stopped after repeated internal failures ({reason}); its deliveries wait: a PATCH of \
+                     the webhook (or a restart of hookline) starts it again"
+                )),
                 now_millis(),
                 false,
             );
@@ -802,6 +818,18 @@ impl DeliveryState {
         }
     }
 
+    /// Starts the worker of a webhook left stopped after failing past its restart budget
+    /// (a PATCH of it asks for that), with a fresh budget.
+    async fn start_stopped_worker(&mut self, myself: &ActorRef<DeliveryMsg>, id: &WebhookId) {
+        let Some(entry) = self.webhooks.get_mut(id).filter(|e| e.stopped) else { return };
+        entry.stopped = false;
+        entry.restarts = RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW);
+        tracing::info!(webhook_id = %id, "starting the delivery actor left stopped, as the webhook was patched");
+        if let Err(e) = self.spawn_worker(myself, id).await {
+            tracing::error!(webhook_id = %id, error = %e, "start of delivery actor failed");
+        }
+    }
+
     async fn spawn_worker(&mut self, myself: &ActorRef<DeliveryMsg>, id: &WebhookId) -> Result<(), ActorProcessingErr> {
         self.spawn_worker_after(myself, id, None).await
     }
@@ -913,7 +941,12 @@ impl DeliveryState {
         view["signing_secret"] = serde_json::Value::String(secrets.signing_secret.clone());
         self.webhooks.insert(
             webhook_id.clone(),
-            Entry { stored, secrets: Some(secrets), restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW) },
+            Entry {
+                stored,
+                secrets: Some(secrets),
+                restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
+                stopped: false,
+            },
         );
         if let Err(e) = self.spawn_worker(myself, &webhook_id).await {
             tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");
