@@ -69,8 +69,6 @@ pub fn millis_to_rfc3339(ms: u64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map(rfc3339).unwrap_or_default()
 }
 
-/// For `#[serde(default, skip_serializing_if = "crate::util::is_zero")]`: a counter that
-/// starts at zero is not written until it moves.
 /// An RFC 3339 time (as [`millis_to_rfc3339`] writes it) in Unix milliseconds; `None` if it
 /// does not parse or is before 1970.
 pub fn rfc3339_to_millis(t: &str) -> Option<u64> {
@@ -78,6 +76,8 @@ pub fn rfc3339_to_millis(t: &str) -> Option<u64> {
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// For `#[serde(default, skip_serializing_if = "crate::util::is_zero")]`: a counter that
+/// starts at zero is not written until it moves.
 pub fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -824,6 +824,9 @@ impl DeliveryState {
         let Some(entry) = self.webhooks.get_mut(id).filter(|e| e.stopped) else { return };
         entry.stopped = false;
         entry.restarts = RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW);
+        // Its error said it was stopped: no longer true (a failure of its channels is
+        // reported again by the worker).
+        self.set_last_error(id, None, now_millis(), false);
         tracing::info!(webhook_id = %id, "starting the delivery actor left stopped, as the webhook was patched");
         if let Err(e) = self.spawn_worker(myself, id).await {
             tracing::error!(webhook_id = %id, error = %e, "start of delivery actor failed");

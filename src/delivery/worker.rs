@@ -200,6 +200,9 @@ pub struct WorkerState {
     flush_queued: bool,
     /// The last error reported to the registry (to report only changes).
     reported_error: Option<String>,
+    /// The webhook's stored `last_error` and when its failure began, as this worker started:
+    /// the first channel failing the same way after the start continues it (see `note_outcome`).
+    stored_error: Option<(String, Option<u64>)>,
     /// When the failure reported began, for a channel's error.
     reported_since: Option<u64>,
     /// The channel whose error was reported last (none for a webhook-wide problem, and
@@ -300,8 +303,9 @@ impl Actor for DeliveryWorker {
             writes: Batch::new(),
             flush_queued: false,
             // What the registry shows: a success clears it even after a restart.
-            reported_since: args.last_error.as_ref().and(args.last_error_since),
+            stored_error: args.last_error.clone().map(|e| (e, args.last_error_since)),
             reported_error: args.last_error,
+            reported_since: None,
             reported_channel: None,
             channel_errors: Vec::new(),
             quiesced: None,
@@ -1416,17 +1420,18 @@ impl WorkerState {
         }
         let had = self.channel_errors.len();
         // The same failure as this channel's last (another delivery's, say): since then. Or
-        // as the stored error, from before a restart (which does not say which channel's it
+        // as the stored error, from before the start (which does not say which channel's it
         // was): since its `last_error_at`.
         let since = error.as_deref().and_then(|e| {
             let failure = failure_kind(e);
             let known = self.channel_errors.iter().find(|(c, _, _)| d.channel_is(c));
             match known {
                 Some((_, old, since)) => (failure_kind(old) == failure).then_some(*since),
-                None if self.reported_channel.is_none() => {
-                    self.reported_error.as_deref().filter(|old| failure_kind(old) == failure).and(self.reported_since)
+                // Taken by the first channel failing that way: the others' are their own.
+                None => {
+                    let continues = self.stored_error.as_ref().is_some_and(|(old, _)| failure_kind(old) == failure);
+                    continues.then(|| self.stored_error.take()).flatten().and_then(|(_, since)| since)
                 }
-                None => None,
             }
         });
         self.channel_errors.retain(|(c, _, _)| !d.channel_is(c));

@@ -2612,3 +2612,95 @@ async fn an_unchanged_stored_name_is_not_refused_again() {
     let (s, b) = app.patch(&path, json!({"webhook_name": "Audit 2 "})).await;
     assert_eq!((s, b["error"]["field"].as_str()), (422, Some("webhook_name")), "a new name is checked: {b}");
 }
+
+/// A receiver on 127.0.0.1 answering `status` to every POST after `delay`, with a
+/// body that differs each time; returns its URL and a count of the answers.
+async fn failing_receiver(status: u16, delay: Duration) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use warp::Filter;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answers = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = answers.clone();
+    let fail = warp::post().and_then(move || {
+        let counted = counted.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let code = warp::http::StatusCode::from_u16(status).unwrap();
+            Ok::<_, std::convert::Infallible>(warp::reply::with_status(format!("boom {status}, request {n}"), code))
+        }
+    });
+    tokio::spawn(warp::serve(fail).incoming(listener).run());
+    (format!("http://{addr}/x"), answers)
+}
+
+/// Two channels failing differently (A: HTTP 503, fast; B: HTTP 500, slow, so B's error is
+/// the newest, the stored one). After a restart A's failure is noted first; B's, the stored
+/// one, goes on, and when `last_error` shows it again its `last_error_at` is still when B
+/// began failing, not the restart's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_error_at_of_the_stored_channel_survives_a_restart_with_two_channels() {
+    use std::sync::atomic::Ordering;
+    let (url_a, _a) = failing_receiver(503, Duration::ZERO).await;
+    let (url_b, b) = failing_receiver(500, Duration::from_millis(400)).await;
+    let mut app = TestApp::start_with(queue_options("retry_schedule_seconds = [1]\n")).await;
+    let (id, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "two", "event_types": ["*"], "channels": [http_channel(&url_a), http_channel(&url_b)]}),
+    )
+    .await;
+    publish(&app, "batch.failed", json!({"batch_id": "b1"})).await;
+    async fn webhook_of(app: &TestApp, id: &str) -> Value {
+        app.get(&format!("/v1/organizations/webhooks/{id}")).await.1
+    }
+    let b_after = |n: usize| {
+        let b = b.clone();
+        async move { eventually(WAIT, || async { b.load(Ordering::SeqCst) >= n }).await }
+    };
+    assert!(b_after(2).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let w = webhook_of(&app, &id).await;
+    assert!(w["last_error"].as_str().unwrap_or_default().contains("HTTP 500"), "B's error is the newest: {w}");
+    let began_b = w["last_error_at"].clone();
+    assert!(!began_b.is_null(), "{w}");
+    app.restart().await;
+    let after = b.load(Ordering::SeqCst) + 2;
+    assert!(b_after(after).await, "B retried after the restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let w = webhook_of(&app, &id).await;
+    assert!(w["last_error"].as_str().unwrap_or_default().contains("HTTP 500"), "B's error is the newest: {w}");
+    assert_eq!(w["last_error_at"], began_b, "B's failure went on across the restart: {w}");
+}
+
+/// A delivery actor left stopped and started again by a PATCH, with no delivery waiting, no
+/// longer has a `last_error` saying it is stopped: the webhook shows no other sign of its
+/// actor, and the next delivery's outcome may be days away.
+#[tokio::test]
+async fn a_patch_that_starts_a_stopped_delivery_actor_does_not_leave_it_reported_stopped() {
+    let app = TestApp::start().await;
+    let rx = Receiver::start(200).await;
+    let id = webhook_to(&app, &rx).await;
+    let restarts =
+        || async { metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery")]) };
+    let budget = hookline::delivery::registry::MAX_WORKER_RESTARTS;
+    for n in 1..=budget + 1 {
+        let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
+        assert_eq!(s, 202, "crash {n}: {b}");
+        let restarted = n.min(budget) as f64;
+        assert!(eventually(WAIT, || async { restarts().await == restarted }).await, "crash {n}");
+    }
+    let last_error = || async {
+        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+        w["last_error"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(eventually(WAIT, || async { last_error().await.contains("delivery stopped") }).await);
+    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "revived"})).await;
+    assert_eq!(s, 200, "{b}");
+    // The actor runs again (a crash now counts as a restart).
+    let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
+    assert_eq!(s, 202, "the actor runs again: {b}");
+    assert!(eventually(WAIT, || async { restarts().await == (budget + 1) as f64 }).await);
+    let shown = last_error().await;
+    assert!(!shown.contains("delivery stopped"), "a running actor still reported stopped: {shown}");
+}
