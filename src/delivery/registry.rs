@@ -68,9 +68,31 @@ pub struct Published {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct KeyRecord {
     event_id: EventId,
-    /// The SHA-256 of the request's body, in hex.
+    /// The SHA-256 of the request's body, in hex: what a repeat is judged on when the
+    /// record has no `event_sha256` (written by a version before it).
     body_sha256: String,
+    /// The SHA-256 of the event as read (see [`PublishDigests`]), in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_sha256: Option<String>,
     at_ms: u64,
+}
+
+impl KeyRecord {
+    /// Whether a publish with these digests repeats the one this record names.
+    fn repeated_by(&self, d: &PublishDigests) -> bool {
+        match &self.event_sha256 {
+            Some(event) => *event == const_hex::encode(d.event),
+            None => self.body_sha256 == const_hex::encode(d.body),
+        }
+    }
+}
+
+/// A keyed publish's SHA-256 digests: of its event as read (`event_type`, `payload`,
+/// `cache_scopes`: what a repeat is judged on), and of its body's bytes (what keys recorded
+/// by versions before were judged on: a repeat of one of those still matches).
+pub struct PublishDigests {
+    pub event: [u8; 32],
+    pub body: [u8; 32],
 }
 
 /// A webhook PATCH's outcome: its view, when it is on disk, and (a rotated signing secret)
@@ -113,8 +135,8 @@ pub enum DeliveryMsg {
         event_type: String,
         payload: serde_json::Value,
         cache_scopes: Vec<serde_json::Value>,
-        /// The request's `Idempotency-Key`, with the SHA-256 of its body.
-        key: Option<(String, [u8; 32])>,
+        /// The request's `Idempotency-Key`, with its digests.
+        key: Option<(String, PublishDigests)>,
         reply: Reply<Published>,
     },
     /// A keyed publish is on disk (or failed): its key is read from the store from now on.
@@ -827,6 +849,12 @@ impl DeliveryState {
         // Its error said it was stopped: no longer true (a failure of its channels is
         // reported again by the worker).
         self.set_last_error(id, None, now_millis(), false);
+        // Started once the PATCH is on disk: a rotated signing secret a crash could still
+        // forget must sign nothing (as a running worker switches to it only then).
+        if let Err(e) = self.shared.store.commit(Batch::new()).await {
+            tracing::error!(webhook_id = %id, error = %e, "start of delivery actor failed: the store failed");
+            return;
+        }
         tracing::info!(webhook_id = %id, "starting the delivery actor left stopped, as the webhook was patched");
         if let Err(e) = self.spawn_worker(myself, id).await {
             tracing::error!(webhook_id = %id, error = %e, "start of delivery actor failed");
@@ -1206,20 +1234,18 @@ impl DeliveryState {
         event_type: &str,
         payload: serde_json::Value,
         cache_scopes: Vec<serde_json::Value>,
-        key: Option<(String, [u8; 32])>,
+        key: Option<(String, PublishDigests)>,
     ) -> Result<Published, ApiError> {
-        let Some((key, sha)) = key else {
+        let Some((key, digests)) = key else {
             let (event_id, durable) = self.publish(event_type, payload, cache_scopes, None);
             return Ok(Published { event_id, repeat: false, durable });
         };
-        let body_sha256 = const_hex::encode(sha);
         let seen = match self.publishing.get(&key) {
-            Some(r) => Some((r.event_id.clone(), r.body_sha256 == body_sha256)),
-            None => self
-                .shared
-                .store
-                .get::<KeyRecord>(Keyspace::PUBLISH_KEYS, &key)?
-                .map(|r| (r.event_id, r.body_sha256 == body_sha256)),
+            Some(r) => Some((r.event_id.clone(), r.repeated_by(&digests))),
+            None => self.shared.store.get::<KeyRecord>(Keyspace::PUBLISH_KEYS, &key)?.map(|r| {
+                let same = r.repeated_by(&digests);
+                (r.event_id, same)
+            }),
         };
         match seen {
             Some((event_id, true)) => {
@@ -1236,7 +1262,12 @@ impl DeliveryState {
                  event_type, payload and cache_scopes; a new event needs a new key"
             ))),
             None => {
-                let record = KeyRecord { event_id: EventId::generate(), body_sha256, at_ms: now_millis() };
+                let record = KeyRecord {
+                    event_id: EventId::generate(),
+                    body_sha256: const_hex::encode(digests.body),
+                    event_sha256: Some(const_hex::encode(digests.event)),
+                    at_ms: now_millis(),
+                };
                 let (event_id, durable) = self.publish(event_type, payload, cache_scopes, Some((&key, &record)));
                 self.publishing.insert(key, record);
                 Ok(Published { event_id, repeat: false, durable })
@@ -1429,6 +1460,25 @@ mod tests {
         keys
     }
 
+    /// A key recorded by a version before the event digest is judged on its body's bytes
+    /// still (a retry across the upgrade is a repeat); a new one on the event as read.
+    #[test]
+    fn a_publish_key_is_judged_on_the_digest_it_was_recorded_with() {
+        let digests = PublishDigests { event: [1; 32], body: [2; 32] };
+        let old = format!(r#"{{"event_id": "evt_a", "body_sha256": "{}", "at_ms": 1}}"#, const_hex::encode([2; 32]));
+        let old: KeyRecord = serde_json::from_str(&old).expect("a record of before");
+        assert!(old.repeated_by(&digests));
+        assert!(!old.repeated_by(&PublishDigests { event: [1; 32], body: [3; 32] }), "another body");
+        let new = KeyRecord {
+            event_id: EventId::generate(),
+            body_sha256: const_hex::encode([9; 32]),
+            event_sha256: Some(const_hex::encode([1; 32])),
+            at_ms: 1,
+        };
+        assert!(new.repeated_by(&digests), "the same event, written otherwise");
+        assert!(!new.repeated_by(&PublishDigests { event: [4; 32], body: [9; 32] }), "another event");
+    }
+
     #[tokio::test]
     async fn publish_keys_are_forgotten_after_the_retention() {
         let dir = tempfile::tempdir().unwrap();
@@ -1436,7 +1486,12 @@ mod tests {
         let now = now_millis();
         let mut b = Batch::new();
         for (key, age_ms) in [("old", 90_000_000), ("young", 1_000)] {
-            let r = KeyRecord { event_id: EventId::generate(), body_sha256: "00".into(), at_ms: now - age_ms };
+            let r = KeyRecord {
+                event_id: EventId::generate(),
+                body_sha256: "00".into(),
+                event_sha256: None,
+                at_ms: now - age_ms,
+            };
             b.put(Keyspace::PUBLISH_KEYS, key, &r);
         }
         store.commit(b).await.unwrap();

@@ -12,6 +12,7 @@ use crate::delivery::model::{
     check_each_event_type, dedup_event_types, take_channel_ids, CreateWebhook, Delivery, DeliveryStatus, PatchWebhook,
     PublishEvent, StoredWebhook, EVENT_TYPES,
 };
+use crate::delivery::registry::PublishDigests;
 use crate::delivery::DeliveryMsg;
 use crate::error::ApiError;
 use crate::ids::{DeliveryId, WebhookId};
@@ -235,7 +236,7 @@ async fn publish(state: &HttpState, req: &Request) -> Result<Response, ApiError>
 /// The event, not the body's bytes: a retry by another client or serializer (other spacing,
 /// keys in another order, `"cache_scopes": []` written out) is the same event, not "another
 /// request" to refuse, after which a publisher might publish it again under a new key.
-fn idempotency_key(req: &Request, body: &PublishEvent) -> Result<Option<(String, [u8; 32])>, ApiError> {
+fn idempotency_key(req: &Request, body: &PublishEvent) -> Result<Option<(String, PublishDigests)>, ApiError> {
     use sha2::{Digest, Sha256};
     const FIELD: &str = "Idempotency-Key";
     let mut values = req.headers.get_all(FIELD).iter();
@@ -250,7 +251,9 @@ fn idempotency_key(req: &Request, body: &PublishEvent) -> Result<Option<(String,
         .ok_or_else(|| ApiError::validation(FIELD, "must be 1–255 visible ASCII characters (no spaces)"))?;
     // serde_json's maps are sorted (no `preserve_order`): one encoding per event.
     let event = serde_json::json!([body.event_type, body.payload, body.cache_scopes]);
-    Ok(Some((key.to_string(), Sha256::digest(event.to_string()).into())))
+    let digests =
+        PublishDigests { event: Sha256::digest(event.to_string()).into(), body: Sha256::digest(&req.body).into() };
+    Ok(Some((key.to_string(), digests)))
 }
 
 /// The refusal of a `before=` that is no delivery ID: any one is a position in the list.

@@ -202,9 +202,10 @@ impl Pending {
         }
         let pinned = self.pinned.as_ref().map(|(s, t)| (s.as_str(), t.as_str()));
         let Some(external_id) = j.external_id.clone() else {
-            // A generic_webhook object without an external ID (no dedup_key) is still one
-            // record to its receiver: its jobs are ordered by the object. (A table name that
-            // no real row has: Supabase tables are plain identifiers, generic ones empty.)
+            // An object without an external ID (a generic_webhook one without dedup_key) is
+            // still one record to its receiver: its jobs are ordered by the object. (A table
+            // name that no real row has: Supabase tables are plain identifiers, generic ones
+            // empty. A Supabase job without one is given up at its attempt all the same.)
             return Some((String::new(), NO_EXTERNAL_ID.to_string(), j.object_id.as_str().to_string()));
         };
         let schema = j.schema.as_deref().or(pinned.map(|p| p.0)).unwrap_or(crate::adapter::supabase::DEFAULT_SCHEMA);
