@@ -176,6 +176,10 @@ pub struct DeliveryConfig {
     pub max_queued_bytes_per_webhook: u64,
     /// A retry due later than this waits in the store (parked), not in memory.
     pub retry_in_memory_seconds: u64,
+    /// An email or SMS attempt starts no send to a further recipient after this long: the
+    /// rest go in the next attempt, at once. Bounds how long one attempt holds its slot, and
+    /// what a crash in its middle sends again (its reached recipients are recorded at its end).
+    pub max_attempt_seconds: u64,
     /// The SMTP relay of `email` channels; unset: creating one is refused (422).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<EmailSettings>,
@@ -321,6 +325,7 @@ impl Default for DeliveryConfig {
             max_queued_in_memory_per_webhook: 10_000,
             max_queued_bytes_per_webhook: 64 * 1024 * 1024,
             retry_in_memory_seconds: 60,
+            max_attempt_seconds: 300,
             email: None,
             sms: None,
         }
@@ -635,6 +640,11 @@ impl Config {
         if !(1..=86_400).contains(&d.retry_in_memory_seconds) {
             bail!("delivery.retry_in_memory_seconds must be within 1..=86400");
         }
+        // With one send's timeout (at most 300 s) after it, an attempt ends within the wait
+        // a failed delivery actor's successor gives its sends (`delivery::lease::MAX_WAIT`).
+        if !(1..=600).contains(&d.max_attempt_seconds) {
+            bail!("delivery.max_attempt_seconds must be within 1..=600");
+        }
         // Twice the sends in flight at least: a refill (at half) then never starves them.
         if d.max_queued_in_memory_per_webhook < 2 * d.max_in_flight_per_webhook
             || d.max_queued_in_memory_per_webhook > 10_000_000
@@ -939,8 +949,9 @@ mod tests {
         // Values so large that time arithmetic would overflow (a panic per connection) or
         // that make no sense: refused at start-up, naming the key.
         type Set = fn(&mut Config);
-        let cases: [(&str, Set); 9] = [
+        let cases: [(&str, Set); 10] = [
             ("server.read_timeout_seconds", |c| c.server.read_timeout_seconds = u64::MAX),
+            ("delivery.max_attempt_seconds", |c| c.delivery.max_attempt_seconds = 0),
             ("storage.min_free_mb", |c| c.storage.min_free_mb = u64::MAX),
             ("server.shutdown_timeout_seconds", |c| c.server.shutdown_timeout_seconds = 0),
             ("delivery.max_age_hours", |c| c.delivery.max_age_hours = u64::MAX),

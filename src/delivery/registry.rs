@@ -262,6 +262,7 @@ impl Actor for DeliveryRegistry {
             max_queued_bytes: usize::try_from(cfg.max_queued_bytes_per_webhook).unwrap_or(usize::MAX),
             park_after: Duration::from_secs(cfg.retry_in_memory_seconds.max(1)),
             retention: max_age.max(Duration::from_secs(24 * 3600)),
+            max_attempt: Duration::from_secs(cfg.max_attempt_seconds.max(1)),
         };
         let mut state = DeliveryState {
             shared: shared.clone(),

@@ -135,6 +135,8 @@ pub struct WorkerSettings {
     pub park_after: Duration,
     /// Completed deliveries are kept this long for the deliveries API.
     pub retention: Duration,
+    /// A multi-recipient attempt starts no send to a further recipient after this long.
+    pub max_attempt: Duration,
 }
 
 impl WorkerSettings {
@@ -1050,9 +1052,11 @@ impl WorkerState {
             let cut_off = self.shared.cut_off.clone();
             let me = self.myself.clone();
             let lease = self.lease.clone();
+            let max_attempt = self.settings.max_attempt;
             self.lease.spawn(async move {
                 let at_ms = now_millis();
                 let started = Instant::now();
+                let budget = (started + max_attempt, max_attempt);
                 let result = match event {
                     Some(event) => {
                         let msg = Message {
@@ -1063,6 +1067,7 @@ impl WorkerState {
                             done_recipients: &done_recipients,
                             stopping: &stopping,
                             cut_off: &cut_off,
+                            budget,
                         };
                         // Biased: an answer that came with the cut-off is the attempt's, and
                         // a multi-recipient channel, which ends its current recipient at the
@@ -1121,8 +1126,8 @@ impl WorkerState {
         let age = Duration::from_millis(now.saturating_sub(d.window_start_ms));
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let decision = match result.interrupted {
-            // Cut short by the shutdown: due again at once (after the restart), whatever its
-            // recipients gave: those not tried have not had their attempt.
+            // Cut short by the shutdown or its time: due again at once (after the restart),
+            // whatever its recipients gave: those not tried have not had their attempt.
             // (A recipient's 429 in that attempt still asks to wait: its Retry-After.)
             true => Decision::RetryIn(if limited { result.retry_after.unwrap_or_default() } else { Duration::ZERO }),
             false => self.settings.policy.decide(result.outcome, d.failures, age, result.retry_after, jitter),

@@ -387,6 +387,47 @@ async fn a_shutdown_mid_attempt_texts_each_number_once() {
     }
 }
 
+/// An SMS attempt that runs past `delivery.max_attempt_seconds` starts no send to its next
+/// number: the rest go in the next attempt, at once (not an hour later, as a failure's retry
+/// would here), each number is texted once, and the cut is no failure: not the webhook's
+/// `last_error`.
+#[tokio::test]
+async fn an_attempt_out_of_time_leaves_the_rest_to_the_next_at_once() {
+    let api = Receiver::start(201).await;
+    let delivery = format!(
+        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [3600]\n\
+         max_attempt_seconds = 2\n\n{}",
+        sms_section(&api)
+    );
+    let app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
+        delivery_toml: Some(delivery),
+        ..Options::default()
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "oncall", "event_types": ["*"],
+            "channels": [{"channel": "sms", "configs": {"to": NUMBERS}}]}),
+    )
+    .await;
+    // 1.5 s a number: the second starts within the 2 s, the third would start past them.
+    api.then(201, Duration::from_millis(1500));
+    api.then(201, Duration::from_millis(1500));
+    publish(&app, "object.deleted", json!({"object_id": "obj_1"})).await;
+    assert!(eventually(WAIT, || async { !deliveries(&app, &wh, Some("succeeded")).await.is_empty() }).await);
+    let d = deliveries(&app, &wh, Some("succeeded")).await.remove(0);
+    let attempts = d["attempts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(attempts.len(), 2, "{d}");
+    let first = attempts[0]["error"].as_str().unwrap_or_default();
+    assert!(first.contains("1 number(s) not tried: the attempt ran for 2 s (delivery.max_attempt_seconds)"), "{d}");
+    let texted: Vec<String> = api.captured().iter().map(|c| String::from_utf8_lossy(&c.body).to_string()).collect();
+    let times = |n: &str| texted.iter().filter(|b| b.contains(&format!("To={}", n.replace('+', "%2B")))).count();
+    assert_eq!(NUMBERS.map(times), [1, 1, 1], "{texted:?}");
+    let (_, w) = app.get(&format!("/v1/organizations/webhooks/{wh}")).await;
+    assert!(w["last_error"].is_null(), "{w}");
+}
+
 /// A shutdown whose grace runs out while the provider holds a number's text cuts that send
 /// off, but the attempt keeps the number it had reached: after the restart that one is not
 /// texted again; the cut-off one and the one never tried are.

@@ -197,6 +197,7 @@ impl EmailChannel {
         let mut last_ok = None;
         let mut untried = 0;
         let mut stopped = 0;
+        let mut out_of_time = 0;
         for (written, mailbox) in &self.to {
             // Compared trimmed: a version that kept addresses with their whitespace recorded
             // them so.
@@ -209,6 +210,10 @@ impl EmailChannel {
             }
             if failed.last().is_some_and(|(_, r)| relay_wide(r)) {
                 untried += 1;
+                continue;
+            }
+            if std::time::Instant::now() >= msg.budget.0 {
+                out_of_time += 1;
                 continue;
             }
             // Biased: an answer that came with the cut-off counts.
@@ -228,13 +233,18 @@ impl EmailChannel {
                 failed.push((written.clone(), r));
             }
         }
+        let progressed = !reached.is_empty();
         let mut result = super::summarize(self.to.len(), reached, failed, last_ok, "addresses");
         if untried > 0 {
             result.error = result.error.map(|e| format!("{e}; {untried} not tried (a failure of the relay itself)"));
         }
-        match stopped {
-            0 => result,
-            n => super::interrupted(result, n, "address(es)"),
+        match (stopped, out_of_time) {
+            (0, 0) => result,
+            // Only an attempt that reached someone goes on at once: one that reached nobody
+            // in its time (each send slow to fail) takes the schedule's backoff.
+            (0, n) if progressed => super::out_of_time(result, n, "address(es)", msg.budget.1),
+            (0, n) => super::ran_out(result, n, "address(es)", msg.budget.1),
+            (n, m) => super::interrupted(result, n + m, "address(es)"),
         }
     }
 

@@ -323,6 +323,9 @@ pub struct Message<'a> {
     /// `Shared::cut_off`): a multi-recipient channel ends its current recipient's send then,
     /// counting that recipient as not sent, so that the recipients it reached are recorded.
     pub cut_off: &'a tokio_util::sync::CancellationToken,
+    /// When a multi-recipient attempt stops starting sends (`delivery.max_attempt_seconds`),
+    /// and that setting: the recipients left go in the next attempt, at once.
+    pub budget: (std::time::Instant, std::time::Duration),
 }
 
 /// Marks an attempt cut short by the shutdown, `n` of its recipients not tried: whatever
@@ -341,6 +344,39 @@ pub(crate) fn interrupted(mut r: AttemptResult, n: usize, noun: &str) -> Attempt
     r
 }
 
+/// Marks an attempt that ran out of its time (`delivery.max_attempt_seconds`), `n` of its
+/// recipients not tried: as one the shutdown cut short (see [`interrupted`]), they go in the
+/// next attempt, due at once, and the attempt is no failure; it keeps its own label.
+pub(crate) fn out_of_time(mut r: AttemptResult, n: usize, noun: &str, budget: std::time::Duration) -> AttemptResult {
+    let why = format!(
+        "{n} {noun} not tried: the attempt ran for {} s (delivery.max_attempt_seconds); sent in the next attempt, at once",
+        budget.as_secs()
+    );
+    r.error = Some(match r.error.take() {
+        Some(e) => format!("{e}; {why}"),
+        None => why,
+    });
+    r.outcome = Outcome::Retriable;
+    r.interrupted = true;
+    r
+}
+
+/// [`out_of_time`] for an attempt that reached no recipient in its time: a failure as its
+/// recipients' (the schedule's backoff, `max_age`), so that sends each slow to fail cannot
+/// retry at once for ever; the recipients not tried are named.
+pub(crate) fn ran_out(mut r: AttemptResult, n: usize, noun: &str, budget: std::time::Duration) -> AttemptResult {
+    let why =
+        format!("{n} {noun} not tried: the attempt ran for {} s (delivery.max_attempt_seconds)", budget.as_secs());
+    r.error = Some(match r.error.take() {
+        Some(e) => format!("{e}; {why}"),
+        None => why,
+    });
+    if r.outcome == Outcome::Delivered {
+        (r.outcome, r.result) = (Outcome::Retriable, "error");
+    }
+    r
+}
+
 /// One delivery attempt's result.
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
@@ -354,8 +390,9 @@ pub struct AttemptResult {
     pub result: &'static str,
     /// Recipients this attempt reached (multi-recipient channels): not sent to again.
     pub reached: Vec<String>,
-    /// Cut short by the daemon's shutdown before every recipient was tried: not a failure
-    /// (no step up the retry schedule, never dead for it); the rest go out after the restart.
+    /// Cut short before every recipient was tried, by the daemon's shutdown or the attempt's
+    /// time (`delivery.max_attempt_seconds`): not a failure (no step up the retry schedule,
+    /// never dead for it); the rest go out at once (after the restart).
     pub interrupted: bool,
 }
 

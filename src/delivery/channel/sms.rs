@@ -108,7 +108,7 @@ impl SmsChannel {
         let mut reached = Vec::new();
         let mut failed: Vec<(String, AttemptResult)> = Vec::new();
         let mut last_ok = None;
-        let (mut stopped, mut untried) = (0, 0);
+        let (mut stopped, mut untried, mut out_of_time) = (0, 0, 0);
         for to in &self.to {
             if msg.done_recipients.contains(to) {
                 continue;
@@ -120,6 +120,10 @@ impl SmsChannel {
             // After a failure of the provider itself the rest waits for the retry.
             if failed.last().is_some_and(|(_, r): &(String, AttemptResult)| provider_wide(r).is_some()) {
                 untried += 1;
+                continue;
+            }
+            if std::time::Instant::now() >= msg.budget.0 {
+                out_of_time += 1;
                 continue;
             }
             let form = url::form_urlencoded::Serializer::new(String::new())
@@ -150,13 +154,18 @@ impl SmsChannel {
             }
         }
         let why = failed.last().and_then(|(_, r)| provider_wide(r)).filter(|_| untried > 0);
+        let progressed = !reached.is_empty();
         let mut result = summarize(self.to.len(), reached, failed, last_ok, "numbers");
         if let Some(why) = why {
             result.error = result.error.map(|e| format!("{e}; {untried} not tried ({why}: sent on the retry)"));
         }
-        match stopped {
-            0 => result,
-            n => super::interrupted(result, n, "number(s)"),
+        match (stopped, out_of_time) {
+            (0, 0) => result,
+            // Only an attempt that reached someone goes on at once: one that reached nobody
+            // in its time (each send slow to fail) takes the schedule's backoff.
+            (0, n) if progressed => super::out_of_time(result, n, "number(s)", msg.budget.1),
+            (0, n) => super::ran_out(result, n, "number(s)", msg.budget.1),
+            (n, m) => super::interrupted(result, n + m, "number(s)"),
         }
     }
 }
