@@ -571,6 +571,18 @@ impl Config {
             bail!("server.shutdown_timeout_seconds must be within 1..=3600");
         }
         if let Some(u) = &self.server.public_url {
+            // `webhook_url` is made from the text as written, which the URL parser below would
+            // read past: surrounding spaces and line breaks dropped, `https:host` read as
+            // `https://host/`. Written so, every webhook_url shown would be a broken URL.
+            let plain = u.to_ascii_lowercase();
+            if u.chars().any(|c| c.is_whitespace() || c.is_control())
+                || !(plain.starts_with("https://") || plain.starts_with("http://"))
+            {
+                bail!(
+                    "server.public_url must be written as a plain http(s) URL, `https://host[/path]`, without spaces \
+                     or control characters (a line break copied with it?); got {u:?}"
+                );
+            }
             let parsed = url::Url::parse(u).with_context(|| format!("server.public_url {u:?} is not a URL"))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 bail!("server.public_url must be http(s), got {u:?}");
@@ -828,6 +840,10 @@ mod tests {
             "https://user:pw@x.example",
             "https://:pw@x.example",
             "ftp://x.example",
+            " https://x.example",
+            "https://x.example/in\n",
+            "https://x.example/a b",
+            "https:x.example",
         ] {
             let mut c = Config::default();
             c.server.public_url = Some(bad.into());

@@ -187,6 +187,16 @@ pub async fn serve(
                 if unread {
                     resp.headers_mut().insert(CONNECTION, warp::http::HeaderValue::from_static("close"));
                 }
+                // A HEAD answer is the head alone (RFC 9110 §9.3.2): hyper leaves the body out
+                // over HTTP/1 only, and over HTTP/2 would send it as DATA frames, which the
+                // client refuses (RFC 9113 §8.1: PROTOCOL_ERROR). The GET answer's length stays.
+                if method == Method::HEAD {
+                    let len = resp.body().len();
+                    resp.headers_mut()
+                        .entry(warp::http::header::CONTENT_LENGTH)
+                        .or_insert_with(|| warp::http::HeaderValue::from(len));
+                    *resp.body_mut() = HyperBytes::new();
+                }
                 crate::metrics::http_request(label, method.as_str(), resp.status().as_u16(), started.elapsed());
                 resp
             }

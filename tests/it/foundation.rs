@@ -1726,3 +1726,87 @@ async fn a_bucket_is_created_with_its_schema() {
         assert_eq!((s, &b["bucket_schema"]), (201, &json!({"properties": {}})), "{b}");
     }
 }
+
+/// Every route that takes GET answers HEAD with the answer's head and no body, over HTTP/2
+/// (h2c) too, where a body on a HEAD answer is a protocol error (RFC 9113 §8.1): a client's
+/// HTTP/2 stack refuses the stream, and a load balancer probing `/healthz` with HEAD over
+/// h2c would see it fail.
+#[tokio::test]
+async fn head_over_http2_has_no_body() {
+    let app = TestApp::start().await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    for (path, key) in
+        [("/healthz", None), ("/readyz", None), ("/v1/buckets", Some(app.api_key.as_str())), ("/v1/buckets", None)]
+    {
+        let mut req = h2.head(app.url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let r = req.send().await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => panic!("HEAD {path} over HTTP/2 (key: {}) failed: {e:?}", key.is_some()),
+        };
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let want = if key.is_none() && path.starts_with("/v1") { 401 } else { 200 };
+        assert_eq!(r.status().as_u16(), want, "HEAD {path}");
+        let body = r.bytes().await.unwrap_or_else(|e| panic!("HEAD {path}: the answer's body failed: {e:?}"));
+        assert!(body.is_empty(), "HEAD {path}: a body of {} bytes", body.len());
+    }
+    // HTTP/1.1 keeps its behaviour: the head (with the GET answer's length), no body.
+    let r = app.client.head(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "15");
+    assert!(r.bytes().await.unwrap().is_empty());
+    // And GET over HTTP/2 still has its body.
+    let r = h2.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
+}
+
+/// `webhook_url` is made from `server.public_url` as written, and a URL parser drops
+/// surrounding spaces and line breaks: such a value is refused at start, naming the key,
+/// rather than shown broken in every `webhook_url` (the URL pasted into the upstream's
+/// dashboard).
+#[tokio::test]
+async fn a_public_url_with_white_space_is_refused_not_shown_broken() {
+    for written in ["https://hooks.example.com/in ", "https://hooks.example.com/in\n", "https://hooks.example.com/a b"]
+    {
+        let toml = format!("public_url = {}\n", toml_string(written));
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, format!("[server]\n{toml}[storage]\npath = \"{}\"\n", dir.path().join("d").display()))
+            .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            // Refused, naming the key: fine.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("server.public_url"), "{written:?}: {err}");
+            continue;
+        }
+        // Accepted: then the daemon must show a URL without white space.
+        let app = TestApp::start_with(Options { server_toml: toml.clone(), ..Options::default() }).await;
+        let bucket = app.create_bucket("pub", json!({})).await;
+        let (s, b) = app
+            .patch(
+                &format!("/v1/buckets/{bucket}"),
+                json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let (s, status) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+        assert_eq!(s, 200, "{status}");
+        let url = status["webhook_url"].as_str().unwrap_or_default().to_string();
+        assert!(
+            !url.chars().any(|c| c.is_whitespace() || c.is_control()),
+            "public_url {written:?} was accepted and shows webhook_url {url:?}"
+        );
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
