@@ -68,6 +68,11 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
     if !handled {
         return Ok(Screen::Ignored);
     }
+    // A database event of the wrong shape (`record` null or a list, `table` a number) is
+    // said so, before its dedup key is found missing from it.
+    if adapter.adapter_type == crate::catalog::ProviderType::Supabase {
+        crate::adapter::supabase::DbEvent::parse(payload).map_err(|e| PayloadError(e.to_string()))?;
+    }
     let operation = kind::operation(adapter.adapter_type, event_type.as_deref());
     let dedup_value = match dedup_value(adapter, payload) {
         Some(v) => Some(v),

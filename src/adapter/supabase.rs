@@ -64,11 +64,12 @@ pub struct DbEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SupabaseError {
-    /// The body is not a database-webhook payload; `path` names the offending field.
-    #[error("not a Supabase database webhook payload: {path}: {message}")]
-    Payload { path: String, message: String },
+    /// The body is not a database-webhook payload; `at` names the offending field
+    /// (`"table: "`), empty for the payload itself.
+    #[error("not a Supabase database webhook payload: {at}{message}")]
+    Payload { at: String, message: String },
     /// INSERT/UPDATE without `record`, DELETE without `old_record`.
-    #[error("{op} payload has no {field}")]
+    #[error("{op} payload has no {field} (the row, an object)")]
     MissingRow { op: &'static str, field: &'static str },
     #[error("{what} {name:?} is not a plain SQL identifier (letters, digits, _; at most 63 bytes)")]
     Identifier { what: &'static str, name: String },
@@ -81,8 +82,12 @@ pub enum SupabaseError {
 impl DbEvent {
     /// Parses a payload, naming the first field that does not fit.
     pub fn parse(payload: &Value) -> Result<DbEvent, SupabaseError> {
-        let ev: DbEvent = serde_path_to_error::deserialize(payload)
-            .map_err(|e| SupabaseError::Payload { path: e.path().to_string(), message: e.inner().to_string() })?;
+        let ev: DbEvent = serde_path_to_error::deserialize(payload).map_err(|e| {
+            // The payload itself (a field missing from it) is no field to name.
+            let path = e.path().to_string();
+            let at = if path == "." { String::new() } else { format!("{path}: ") };
+            SupabaseError::Payload { at, message: e.inner().to_string() }
+        })?;
         // The row the event is about must be there, or nothing can be keyed or mapped.
         ev.row()?;
         Ok(ev)
@@ -388,16 +393,19 @@ mod tests {
     fn rejects_payloads_that_are_not_database_webhooks() {
         let err = |v: Value| DbEvent::parse(&v).unwrap_err();
         assert!(
-            matches!(err(json!({"type": "TRUNCATE", "table": "t", "schema": "s"})), SupabaseError::Payload { path, .. } if path == "type")
+            matches!(err(json!({"type": "TRUNCATE", "table": "t", "schema": "s"})), SupabaseError::Payload { at, .. } if at == "type: ")
         );
         assert!(matches!(err(json!({"type": "INSERT", "schema": "s", "record": {}})), SupabaseError::Payload { .. }));
         assert!(
-            matches!(err(json!({"type": "INSERT", "table": 3, "schema": "s"})), SupabaseError::Payload { path, .. } if path == "table")
+            matches!(err(json!({"type": "INSERT", "table": 3, "schema": "s"})), SupabaseError::Payload { at, .. } if at == "table: ")
         );
         assert!(
-            matches!(err(json!({"type": "INSERT", "table": "t", "schema": "s", "record": [1]})), SupabaseError::Payload { path, .. } if path == "record")
+            matches!(err(json!({"type": "INSERT", "table": "t", "schema": "s", "record": [1]})), SupabaseError::Payload { at, .. } if at == "record: ")
         );
         assert!(matches!(err(json!([1])), SupabaseError::Payload { .. }));
+        // A field missing from the payload itself names no field before it.
+        let missing = err(json!({"type": "INSERT", "table": "t", "record": {}})).to_string();
+        assert_eq!(missing, "not a Supabase database webhook payload: missing field `schema`");
         assert_eq!(
             err(json!({"type": "INSERT", "table": "t", "schema": "s", "record": null})),
             SupabaseError::MissingRow { op: "INSERT", field: "record" }

@@ -916,6 +916,12 @@ async fn supabase_row_walks_one_object_through_created_updated_deleted() {
     // A row without the id column: 422.
     let (s, r) = send(db_event("INSERT", json!({"title": "x"}), Value::Null)).await;
     assert_eq!(s, 422, "{r}");
+    // An event of the wrong shape says so, not that its key is missing.
+    for (row, said) in [(Value::Null, "INSERT payload has no record (the row, an object)"), (json!([1]), "record: ")] {
+        let (s, r) = send(db_event("INSERT", row.clone(), Value::Null)).await;
+        let message = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(s == 422 && message.contains(said) && !message.contains("dedup"), "{row}: {r}");
+    }
 
     let (s, r) = send(db_event("DELETE", Value::Null, row3)).await;
     assert_eq!((s, r["status"].as_str(), r["object_ids"].clone()), (200, Some("deleted"), json!([oid])), "{r}");

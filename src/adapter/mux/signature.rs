@@ -103,10 +103,12 @@ fn parse(header: &str) -> Result<Parsed, MuxSignatureError> {
                 }
                 // Digits only: const_hex would also take a `0x` prefix, which Mux never sends.
                 let value = value.trim();
+                // Empty: a sender that wrote no signature, not one that signed with another
+                // secret (a mismatch would send the operator looking for a wrong secret).
                 let tag = Some(value)
-                    .filter(|v| v.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit()))
                     .and_then(|v| const_hex::decode(v).ok())
-                    .ok_or(MuxSignatureError::Malformed("v1= is not hex"))?;
+                    .ok_or(MuxSignatureError::Malformed("v1= is empty or not hex"))?;
                 tags.push(tag);
             }
             _ => {}
@@ -302,6 +304,8 @@ mod tests {
             format!("t={NOW},t={NOW},v1={sig}"),                           // t twice
             format!("t={NOW},v1=zz{}", &sig[2..]),                         // v1 not hex
             format!("t={NOW},v1=0x{sig}"),                                 // v1 with a 0x prefix
+            format!("t={NOW},v1="),                                        // v1 empty
+            format!("t={NOW},v1= ,v1={sig}"),                              // one v1 blank
             format!("t={NOW};v1={sig}"),                                   // wrong separator
             format!("t={NOW},v1={sig},garbage"),                           // item without '='
             format!("t={NOW},{}", vec![format!("v1={sig}"); 9].join(",")), // too many v1
