@@ -176,8 +176,8 @@ pub struct DeliveryConfig {
     pub max_queued_bytes_per_webhook: u64,
     /// A retry due later than this waits in the store (parked), not in memory.
     pub retry_in_memory_seconds: u64,
-    /// An email or SMS attempt starts no send to a further recipient after this long: the
-    /// rest go in the next attempt, at once. Bounds how long one attempt holds its slot, and
+    /// An email or SMS attempt that reached a recipient starts no send to a further one
+    /// after this long: the rest go in the next attempt, at once. Bounds how long one attempt holds its slot, and
     /// what a crash in its middle sends again (its reached recipients are recorded at its end).
     pub max_attempt_seconds: u64,
     /// The SMTP relay of `email` channels; unset: creating one is refused (422).
@@ -575,8 +575,11 @@ impl Config {
             // read past: surrounding spaces and line breaks dropped, `https:host` read as
             // `https://host/`. Written so, every webhook_url shown would be a broken URL.
             let plain = u.to_ascii_lowercase();
-            if u.chars().any(|c| c.is_whitespace() || c.is_control())
+            // Nor a third slash before the host or a backslash for a slash, which it also reads past.
+            let after_scheme = plain.split_once("://").map(|(_, r)| r).unwrap_or_default();
+            if u.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\')
                 || !(plain.starts_with("https://") || plain.starts_with("http://"))
+                || after_scheme.starts_with('/')
             {
                 bail!(
                     "server.public_url must be written as a plain http(s) URL, `https://host[/path]`, without spaces \
@@ -844,6 +847,8 @@ mod tests {
             "https://x.example/in\n",
             "https://x.example/a b",
             "https:x.example",
+            "https:///x.example",
+            "https://x.example\\in",
         ] {
             let mut c = Config::default();
             c.server.public_url = Some(bad.into());

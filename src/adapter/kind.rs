@@ -303,11 +303,29 @@ pub fn external_id(
     payload: &Value,
     dedup_value: Option<&str>,
 ) -> Result<Option<String>, PayloadError> {
+    external_id_of(adapter, payload, dedup_value, None)
+}
+
+/// [`external_id`] with the payload's database event when it was parsed already (each parse
+/// copies the rows): not parsed again.
+pub fn external_id_of(
+    adapter: &SourceAdapter,
+    payload: &Value,
+    dedup_value: Option<&str>,
+    parsed: Option<&supabase::DbEvent>,
+) -> Result<Option<String>, PayloadError> {
     match adapter.adapter_type {
         ProviderType::GenericWebhook => Ok(dedup_value.map(str::to_string)),
         ProviderType::Mux => Ok(mux::event_asset_id(payload).map(str::to_string)),
         ProviderType::Supabase => {
-            let ev = db_event(payload)?;
+            let owned;
+            let ev = match parsed {
+                Some(ev) => ev,
+                None => {
+                    owned = db_event(payload)?;
+                    &owned
+                }
+            };
             if let Some((schema, table)) = adapter.table() {
                 if (ev.schema.as_str(), ev.table.as_str()) != (schema, table) {
                     return Err(PayloadError(format!(

@@ -70,9 +70,11 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
     }
     // A database event of the wrong shape (`record` null or a list, `table` a number) is
     // said so, before its dedup key is found missing from it.
-    if adapter.adapter_type == crate::catalog::ProviderType::Supabase {
-        crate::adapter::supabase::DbEvent::parse(payload).map_err(|e| PayloadError(e.to_string()))?;
-    }
+    // Parsed once: the external ID below is read off it, not off a second parse.
+    let db_event = match adapter.adapter_type == crate::catalog::ProviderType::Supabase {
+        true => Some(crate::adapter::supabase::DbEvent::parse(payload).map_err(|e| PayloadError(e.to_string()))?),
+        false => None,
+    };
     let operation = kind::operation(adapter.adapter_type, event_type.as_deref());
     let dedup_value = match dedup_value(adapter, payload) {
         Some(v) => Some(v),
@@ -96,7 +98,7 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
             }
         },
     };
-    let external_id = kind::external_id(adapter, payload, dedup_value.as_deref())?;
+    let external_id = kind::external_id_of(adapter, payload, dedup_value.as_deref(), db_event.as_ref())?;
     for (what, value) in [("the dedup value", &dedup_value), ("the upstream ID", &external_id)] {
         if let Some(v) = value.as_deref().filter(|v| v.len() > MAX_KEY_BYTES) {
             return Err(PayloadError(format!(

@@ -27,8 +27,10 @@ use crate::store::Batch;
 /// The longest a successor waits for its predecessor's sends, past which it starts anyway
 /// (a send still out then may go twice, as after a crash). Every send is bounded by its
 /// channel's timeout (at most 300 s for one request), and an email or SMS attempt, one
-/// request per recipient, starts none after `delivery.max_attempt_seconds` (at most 600 s),
-/// so this is reached only by a send that ignores its bounds.
+/// request per recipient, starts none after `delivery.max_attempt_seconds` (at most 600 s)
+/// once it reached someone, so this is reached only by a send that ignores its bounds or an
+/// attempt whose recipients all fail slowly (each within its timeout, none the provider's
+/// own failure, which ends the round).
 pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// A send's outcome, left for the worker to take.

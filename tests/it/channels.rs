@@ -428,6 +428,49 @@ async fn an_attempt_out_of_time_leaves_the_rest_to_the_next_at_once() {
     assert!(w["last_error"].is_null(), "{w}");
 }
 
+/// A number whose text fails slowly (a 5xx after longer than `delivery.max_attempt_seconds`)
+/// does not hold back the numbers after it: the attempt's time counts only once it reached
+/// someone, so every attempt tries them (the rest would otherwise wait behind the same first
+/// number in every attempt, until the delivery is dead).
+#[tokio::test]
+async fn a_slowly_failing_number_does_not_starve_the_numbers_after_it() {
+    let api = Receiver::start(201).await;
+    let delivery = format!(
+        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [1, 1, 1, 1, 1, 1]\n\
+         max_attempt_seconds = 1\n\n{}",
+        sms_section(&api)
+    );
+    let app = TestApp::start_with(Options {
+        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
+        delivery_toml: Some(delivery),
+        ..Options::default()
+    })
+    .await;
+    let (wh, _) = create_webhook(
+        &app,
+        json!({"webhook_name": "oncall", "event_types": ["*"],
+            "channels": [{"channel": "sms", "configs": {"to": NUMBERS}}]}),
+    )
+    .await;
+    // The first number's text fails after 1.2 s, in each of the next attempts too.
+    for _ in 0..6 {
+        api.then(500, Duration::from_millis(1200));
+    }
+    publish(&app, "object.deleted", json!({"object_id": "obj_1"})).await;
+    let attempts = || async {
+        deliveries(&app, &wh, None).await.first().and_then(|d| d["attempts"].as_array().map(Vec::len)).unwrap_or(0)
+    };
+    assert!(eventually(WAIT, || async { attempts().await >= 3 }).await, "{:?}", deliveries(&app, &wh, None).await);
+    let texted: Vec<String> = api.captured().iter().map(|c| String::from_utf8_lossy(&c.body).to_string()).collect();
+    let times = |n: &str| texted.iter().filter(|b| b.contains(&format!("To={}", n.replace('+', "%2B")))).count();
+    assert!(
+        times(NUMBERS[1]) >= 1 && times(NUMBERS[2]) >= 1,
+        "after 3 attempts the 2nd and 3rd numbers were never texted: {:?}; {:?}",
+        NUMBERS.map(times),
+        deliveries(&app, &wh, None).await
+    );
+}
+
 /// A shutdown whose grace runs out while the provider holds a number's text cuts that send
 /// off, but the attempt keeps the number it had reached: after the restart that one is not
 /// texted again; the cut-off one and the one never tried are.

@@ -1807,6 +1807,47 @@ async fn a_public_url_with_white_space_is_refused_not_shown_broken() {
     }
 }
 
+/// Like white space, the forms a URL parser reads past (`https:///host`, a backslash for a
+/// slash) pass the check on the parsed URL, and `webhook_url`, made from the text as
+/// written, is shown broken: `https:///hooks.example.com/v1/…`. FAILS at 2a74ce9.
+#[tokio::test]
+async fn a_public_url_the_parser_reads_past_is_refused_not_shown_broken() {
+    for written in ["https:///hooks.example.com/in", "https://hooks.example.com\\in"] {
+        let toml = format!("public_url = {}\n", toml_string(written));
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, format!("[server]\n{toml}[storage]\npath = \"{}\"\n", dir.path().join("d").display()))
+            .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("server.public_url"), "{written:?}: {err}");
+            continue;
+        }
+        let app = TestApp::start_with(Options { server_toml: toml.clone(), ..Options::default() }).await;
+        let bucket = app.create_bucket("pub", json!({})).await;
+        let (s, b) = app
+            .patch(
+                &format!("/v1/buckets/{bucket}"),
+                json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}}}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let (s, status) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+        assert_eq!(s, 200, "{status}");
+        let url = status["webhook_url"].as_str().unwrap_or_default().to_string();
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+        assert!(
+            !rest.starts_with('/') && !url.contains('\\'),
+            "public_url {written:?} was accepted and shows webhook_url {url:?}"
+        );
+    }
+}
+
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }

@@ -212,7 +212,10 @@ impl EmailChannel {
                 untried += 1;
                 continue;
             }
-            if std::time::Instant::now() >= msg.budget.0 {
+            // Only once it reached someone: an attempt whose first recipients fail slowly
+            // goes on to the others (a recipient failing slower than the time would
+            // otherwise hold back those after it in every attempt).
+            if !reached.is_empty() && std::time::Instant::now() >= msg.budget.0 {
                 out_of_time += 1;
                 continue;
             }
@@ -233,17 +236,14 @@ impl EmailChannel {
                 failed.push((written.clone(), r));
             }
         }
-        let progressed = !reached.is_empty();
         let mut result = super::summarize(self.to.len(), reached, failed, last_ok, "addresses");
         if untried > 0 {
             result.error = result.error.map(|e| format!("{e}; {untried} not tried (a failure of the relay itself)"));
         }
         match (stopped, out_of_time) {
             (0, 0) => result,
-            // Only an attempt that reached someone goes on at once: one that reached nobody
-            // in its time (each send slow to fail) takes the schedule's backoff.
-            (0, n) if progressed => super::out_of_time(result, n, "address(es)", msg.budget.1),
-            (0, n) => super::ran_out(result, n, "address(es)", msg.budget.1),
+            // It reached someone (see above): the next attempt goes on at once.
+            (0, n) => super::out_of_time(result, n, "address(es)", msg.budget.1),
             (n, m) => super::interrupted(result, n + m, "address(es)"),
         }
     }

@@ -344,9 +344,10 @@ pub(crate) fn interrupted(mut r: AttemptResult, n: usize, noun: &str) -> Attempt
     r
 }
 
-/// Marks an attempt that ran out of its time (`delivery.max_attempt_seconds`), `n` of its
-/// recipients not tried: as one the shutdown cut short (see [`interrupted`]), they go in the
-/// next attempt, due at once, and the attempt is no failure; it keeps its own label.
+/// Marks an attempt that ran out of its time (`delivery.max_attempt_seconds`) after reaching
+/// a recipient, `n` of its recipients not tried: as one the shutdown cut short (see
+/// [`interrupted`]), they go in the next attempt, due at once, and the attempt is no failure;
+/// it keeps its own label. (Each such attempt reaches someone: they end.)
 pub(crate) fn out_of_time(mut r: AttemptResult, n: usize, noun: &str, budget: std::time::Duration) -> AttemptResult {
     let why = format!(
         "{n} {noun} not tried: the attempt ran for {} s (delivery.max_attempt_seconds); sent in the next attempt, at once",
@@ -358,22 +359,6 @@ pub(crate) fn out_of_time(mut r: AttemptResult, n: usize, noun: &str, budget: st
     });
     r.outcome = Outcome::Retriable;
     r.interrupted = true;
-    r
-}
-
-/// [`out_of_time`] for an attempt that reached no recipient in its time: a failure as its
-/// recipients' (the schedule's backoff, `max_age`), so that sends each slow to fail cannot
-/// retry at once for ever; the recipients not tried are named.
-pub(crate) fn ran_out(mut r: AttemptResult, n: usize, noun: &str, budget: std::time::Duration) -> AttemptResult {
-    let why =
-        format!("{n} {noun} not tried: the attempt ran for {} s (delivery.max_attempt_seconds)", budget.as_secs());
-    r.error = Some(match r.error.take() {
-        Some(e) => format!("{e}; {why}"),
-        None => why,
-    });
-    if r.outcome == Outcome::Delivered {
-        (r.outcome, r.result) = (Outcome::Retriable, "error");
-    }
     r
 }
 
