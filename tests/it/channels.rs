@@ -330,9 +330,14 @@ const NUMBERS: [&str; 3] = ["+15550000001", "+15550000002", "+15550000003"];
 /// attempt is no failure), and a webhook texting [`NUMBERS`]: the provider, the daemon and
 /// the webhook's ID.
 async fn texting_three_numbers(server: &str) -> (Receiver, TestApp, String) {
+    texting_three_numbers_with(server, "retry_schedule_seconds = [3600]\n").await
+}
+
+/// [`texting_three_numbers`] with these `[delivery]` settings (besides the loopback ones).
+async fn texting_three_numbers_with(server: &str, delivery: &str) -> (Receiver, TestApp, String) {
     let api = Receiver::start(201).await;
     let delivery = format!(
-        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [3600]\n\n{}",
+        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\n{delivery}\n{}",
         sms_section(&api)
     );
     let app = TestApp::start_with(Options {
@@ -393,24 +398,8 @@ async fn a_shutdown_mid_attempt_texts_each_number_once() {
 /// `last_error`.
 #[tokio::test]
 async fn an_attempt_out_of_time_leaves_the_rest_to_the_next_at_once() {
-    let api = Receiver::start(201).await;
-    let delivery = format!(
-        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [3600]\n\
-         max_attempt_seconds = 2\n\n{}",
-        sms_section(&api)
-    );
-    let app = TestApp::start_with(Options {
-        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
-        delivery_toml: Some(delivery),
-        ..Options::default()
-    })
-    .await;
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "oncall", "event_types": ["*"],
-            "channels": [{"channel": "sms", "configs": {"to": NUMBERS}}]}),
-    )
-    .await;
+    let (api, app, wh) =
+        texting_three_numbers_with("", "retry_schedule_seconds = [3600]\nmax_attempt_seconds = 2\n").await;
     // 1.5 s a number: the second starts within the 2 s, the third would start past them.
     api.then(201, Duration::from_millis(1500));
     api.then(201, Duration::from_millis(1500));
@@ -434,24 +423,8 @@ async fn an_attempt_out_of_time_leaves_the_rest_to_the_next_at_once() {
 /// number in every attempt, until the delivery is dead).
 #[tokio::test]
 async fn a_slowly_failing_number_does_not_starve_the_numbers_after_it() {
-    let api = Receiver::start(201).await;
-    let delivery = format!(
-        "[delivery]\nallow_insecure_http = true\nallow_private_networks = true\nretry_schedule_seconds = [1, 1, 1, 1, 1, 1]\n\
-         max_attempt_seconds = 1\n\n{}",
-        sms_section(&api)
-    );
-    let app = TestApp::start_with(Options {
-        env: vec![("HOOKLINE_SMS_AUTH_TOKEN".into(), "tok-123".into())],
-        delivery_toml: Some(delivery),
-        ..Options::default()
-    })
-    .await;
-    let (wh, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "oncall", "event_types": ["*"],
-            "channels": [{"channel": "sms", "configs": {"to": NUMBERS}}]}),
-    )
-    .await;
+    let (api, app, wh) =
+        texting_three_numbers_with("", "retry_schedule_seconds = [1, 1, 1, 1, 1, 1]\nmax_attempt_seconds = 1\n").await;
     // The first number's text fails after 1.2 s, in each of the next attempts too.
     for _ in 0..6 {
         api.then(500, Duration::from_millis(1200));

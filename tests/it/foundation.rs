@@ -1763,56 +1763,21 @@ async fn head_over_http2_has_no_body() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"status": "ok"}));
 }
 
-/// `webhook_url` is made from `server.public_url` as written, and a URL parser drops
-/// surrounding spaces and line breaks: such a value is refused at start, naming the key,
-/// rather than shown broken in every `webhook_url` (the URL pasted into the upstream's
-/// dashboard).
-#[tokio::test]
-async fn a_public_url_with_white_space_is_refused_not_shown_broken() {
-    for written in ["https://hooks.example.com/in ", "https://hooks.example.com/in\n", "https://hooks.example.com/a b"]
-    {
-        let toml = format!("public_url = {}\n", toml_string(written));
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, format!("[server]\n{toml}[storage]\npath = \"{}\"\n", dir.path().join("d").display()))
-            .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookline"))
-            .args(["check-config", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            // Refused, naming the key: fine.
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("server.public_url"), "{written:?}: {err}");
-            continue;
-        }
-        // Accepted: then the daemon must show a URL without white space.
-        let app = TestApp::start_with(Options { server_toml: toml.clone(), ..Options::default() }).await;
-        let bucket = app.create_bucket("pub", json!({})).await;
-        let (s, b) = app
-            .patch(
-                &format!("/v1/buckets/{bucket}"),
-                json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}}}),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-        let (s, status) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
-        assert_eq!(s, 200, "{status}");
-        let url = status["webhook_url"].as_str().unwrap_or_default().to_string();
-        assert!(
-            !url.chars().any(|c| c.is_whitespace() || c.is_control()),
-            "public_url {written:?} was accepted and shows webhook_url {url:?}"
-        );
-    }
-}
-
-/// Like white space, the forms a URL parser reads past (`https:///host`, a backslash for a
-/// slash) are refused at start, naming the key: `webhook_url`, made from the text as
-/// written, would be shown broken (`https:///hooks.example.com/v1/…`).
+/// `webhook_url` is made from `server.public_url` as written, and a URL parser reads past
+/// surrounding spaces and line breaks, a third slash before the host and a backslash for a
+/// slash: such a value is refused at start, naming the key, rather than shown broken in every
+/// `webhook_url` (the URL pasted into the upstream's dashboard). One written plainly is
+/// shown as written.
 #[tokio::test]
 async fn a_public_url_the_parser_reads_past_is_refused_not_shown_broken() {
-    for written in ["https:///hooks.example.com/in", "https://hooks.example.com\\in"] {
+    let written = [
+        "https://hooks.example.com/in ",
+        "https://hooks.example.com/in\n",
+        "https://hooks.example.com/a b",
+        "https:///hooks.example.com/in",
+        "https://hooks.example.com\\in",
+    ];
+    for written in written {
         let toml = format!("public_url = {}\n", toml_string(written));
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
@@ -1823,29 +1788,18 @@ async fn a_public_url_the_parser_reads_past_is_refused_not_shown_broken() {
             .arg(&config)
             .output()
             .unwrap();
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("server.public_url"), "{written:?}: {err}");
-            continue;
-        }
-        let app = TestApp::start_with(Options { server_toml: toml.clone(), ..Options::default() }).await;
-        let bucket = app.create_bucket("pub", json!({})).await;
-        let (s, b) = app
-            .patch(
-                &format!("/v1/buckets/{bucket}"),
-                json!({"source_adapter": {"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}}}),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
-        let (s, status) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
-        assert_eq!(s, 200, "{status}");
-        let url = status["webhook_url"].as_str().unwrap_or_default().to_string();
-        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
-        assert!(
-            !rest.starts_with('/') && !url.contains('\\'),
-            "public_url {written:?} was accepted and shows webhook_url {url:?}"
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("server.public_url"), "{written:?}: {err}");
     }
+    let toml = format!("public_url = {}\n", toml_string("https://hooks.example.com/in"));
+    let app = TestApp::start_with(Options { server_toml: toml, ..Options::default() }).await;
+    let bucket = app.create_bucket("pub", json!({})).await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (s, b) = app.patch(&format!("/v1/buckets/{bucket}"), json!({ "source_adapter": adapter })).await;
+    assert_eq!(s, 200, "{b}");
+    let (_, status) = app.get(&format!("/v1/buckets/{bucket}/source-adapter/status")).await;
+    let want = format!("https://hooks.example.com/in/v1/buckets/{bucket}/source-adapter/ingest");
+    assert_eq!(status["webhook_url"], json!(want), "{status}");
 }
 
 fn toml_string(s: &str) -> String {

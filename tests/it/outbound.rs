@@ -486,6 +486,29 @@ async fn crash_delivery_actor(app: &TestApp, webhook_id: &str) {
     assert!(metric_reaches(app, "hookline_actor_restarts_total", &[("actor", "delivery")], 1.0).await);
 }
 
+/// `hookline_actor_restarts_total{actor="delivery"}`.
+async fn delivery_restarts(app: &TestApp) -> f64 {
+    metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery")])
+}
+
+/// Makes the webhook's delivery actor fail past its restart budget (debug endpoint), so that
+/// it is left stopped with the reason in the webhook's `last_error`; returns the budget.
+async fn stop_delivery_actor_for_good(app: &TestApp, id: &str) -> usize {
+    let budget = hookline::delivery::registry::MAX_WORKER_RESTARTS;
+    for n in 1..=budget + 1 {
+        let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
+        assert_eq!(s, 202, "crash {n}: {b}");
+        let restarted = n.min(budget) as f64;
+        assert!(eventually(WAIT, || async { delivery_restarts(app).await == restarted }).await, "crash {n}");
+    }
+    let stopped = || async {
+        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
+        w["last_error"].as_str().unwrap_or_default().contains("delivery stopped after repeated internal failures")
+    };
+    assert!(eventually(WAIT, stopped).await, "left stopped with its reason");
+    budget
+}
+
 /// A delivery actor that fails past its restart budget is left stopped, its deliveries
 /// waiting in the store and the reason in the webhook's `last_error`; a PATCH of the webhook
 /// starts it again, and what waited is delivered.
@@ -494,20 +517,7 @@ async fn a_delivery_actor_stopped_after_failing_repeatedly_starts_again_on_a_pat
     let app = TestApp::start().await;
     let rx = Receiver::start(200).await;
     let id = webhook_to(&app, &rx).await;
-    let restarts =
-        || async { metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery")]) };
-    let budget = hookline::delivery::registry::MAX_WORKER_RESTARTS;
-    for n in 1..=budget + 1 {
-        let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
-        assert_eq!(s, 202, "crash {n}: {b}");
-        let restarted = n.min(budget) as f64;
-        assert!(eventually(WAIT, || async { restarts().await == restarted }).await, "crash {n}");
-    }
-    let stopped = || async {
-        let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
-        w["last_error"].as_str().unwrap_or_default().contains("a PATCH of the webhook")
-    };
-    assert!(eventually(WAIT, stopped).await, "left stopped with its reason");
+    let budget = stop_delivery_actor_for_good(&app, &id).await;
     publish(&app, "object.created", json!({"n": 1})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.count(), 0, "no actor, no send");
@@ -516,7 +526,7 @@ async fn a_delivery_actor_stopped_after_failing_repeatedly_starts_again_on_a_pat
     assert!(eventually(WAIT, || async { rx.count() == 1 }).await, "the waiting delivery went out");
     let cleared = || async { app.get(&format!("/v1/organizations/webhooks/{id}")).await.1["last_error"].is_null() };
     assert!(eventually(WAIT, cleared).await, "the success cleared the stored reason");
-    assert_eq!(restarts().await, budget as f64, "a start asked for is no restart");
+    assert_eq!(delivery_restarts(&app).await, budget as f64, "a start asked for is no restart");
 }
 
 /// A send in flight when its webhook's delivery actor fails, or when the delivery registry
@@ -2692,26 +2702,17 @@ async fn a_patch_that_starts_a_stopped_delivery_actor_does_not_leave_it_reported
     let app = TestApp::start().await;
     let rx = Receiver::start(200).await;
     let id = webhook_to(&app, &rx).await;
-    let restarts =
-        || async { metric_value(&app.metrics().await, "hookline_actor_restarts_total", &[("actor", "delivery")]) };
-    let budget = hookline::delivery::registry::MAX_WORKER_RESTARTS;
-    for n in 1..=budget + 1 {
-        let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
-        assert_eq!(s, 202, "crash {n}: {b}");
-        let restarted = n.min(budget) as f64;
-        assert!(eventually(WAIT, || async { restarts().await == restarted }).await, "crash {n}");
-    }
+    let budget = stop_delivery_actor_for_good(&app, &id).await;
     let last_error = || async {
         let (_, w) = app.get(&format!("/v1/organizations/webhooks/{id}")).await;
         w["last_error"].as_str().unwrap_or_default().to_string()
     };
-    assert!(eventually(WAIT, || async { last_error().await.contains("delivery stopped") }).await);
     let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"webhook_name": "revived"})).await;
     assert_eq!(s, 200, "{b}");
     // The actor runs again (a crash now counts as a restart).
     let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
     assert_eq!(s, 202, "the actor runs again: {b}");
-    assert!(eventually(WAIT, || async { restarts().await == (budget + 1) as f64 }).await);
+    assert!(eventually(WAIT, || async { delivery_restarts(&app).await == (budget + 1) as f64 }).await);
     let shown = last_error().await;
     assert!(!shown.contains("delivery stopped"), "a running actor still reported stopped: {shown}");
 }
