@@ -586,10 +586,8 @@ impl Config {
                      or control characters (a line break copied with it?); got {u:?}"
                 );
             }
+            // (Its scheme is http(s): checked as written above.)
             let parsed = url::Url::parse(u).with_context(|| format!("server.public_url {u:?} is not a URL"))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                bail!("server.public_url must be http(s), got {u:?}");
-            }
             // The ingest path is appended to it: a query, a fragment or credentials would end
             // up in front of it, in every webhook_url shown.
             if parsed.query().is_some()

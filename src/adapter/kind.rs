@@ -297,18 +297,9 @@ pub fn missing_file_reason(kind: ProviderType, doc: &Value, file_field: &str) ->
 
 /// The upstream's ID of the thing the event is about (object `source.external_id`): the
 /// dedup value for generic_webhook, the asset id for mux, the row's `id_column` for
-/// supabase. Events that update or delete must have one.
+/// supabase. Events that update or delete must have one. `parsed`: the payload's database
+/// event when it was parsed already (each parse copies the rows), not parsed again.
 pub fn external_id(
-    adapter: &SourceAdapter,
-    payload: &Value,
-    dedup_value: Option<&str>,
-) -> Result<Option<String>, PayloadError> {
-    external_id_of(adapter, payload, dedup_value, None)
-}
-
-/// [`external_id`] with the payload's database event when it was parsed already (each parse
-/// copies the rows): not parsed again.
-pub fn external_id_of(
     adapter: &SourceAdapter,
     payload: &Value,
     dedup_value: Option<&str>,
@@ -429,11 +420,11 @@ mod tests {
         assert_eq!(operation(ProviderType::Supabase, Some("DELETE")), Operation::Delete);
         let del = json!({"type": "DELETE", "table": "t", "schema": "public", "record": null,
             "old_record": {"id": 7, "slug": "s"}});
-        assert_eq!(external_id(&a, &del, None).unwrap().as_deref(), Some("7"));
+        assert_eq!(external_id(&a, &del, None, None).unwrap().as_deref(), Some("7"));
         a.id_column = Some("slug".into());
-        assert_eq!(external_id(&a, &del, None).unwrap().as_deref(), Some("s"));
+        assert_eq!(external_id(&a, &del, None, None).unwrap().as_deref(), Some("s"));
         a.id_column = Some("nope".into());
-        assert!(external_id(&a, &del, None).unwrap_err().0.contains("nope"));
+        assert!(external_id(&a, &del, None, None).unwrap_err().0.contains("nope"));
         let MetadataSource::Inline(doc) = metadata_document(&a, &del).unwrap() else { panic!() };
         assert_eq!(doc["record"]["slug"], "s");
         assert!(metadata_document(&a, &json!({"type": "INSERT"})).is_err());
@@ -445,7 +436,7 @@ mod tests {
             "record": {"id": 201}, "old_record": old})
         };
         assert_eq!(previous_external_id(&a, &upd(json!({"id": 200}))).as_deref(), Some("200"));
-        assert_eq!(external_id(&a, &upd(json!({"id": 200})), None).unwrap().as_deref(), Some("201"));
+        assert_eq!(external_id(&a, &upd(json!({"id": 200})), None, None).unwrap().as_deref(), Some("201"));
         assert_eq!(previous_external_id(&a, &upd(json!({"title": "no key"}))), None);
         assert_eq!(previous_external_id(&a, &upd(Value::Null)), None);
         assert_eq!(previous_external_id(&a, &del), None, "a DELETE's old_record is its row");
@@ -465,7 +456,10 @@ mod tests {
         assert_eq!(doc["data"]["meta"]["title"], "Launch video");
         assert_eq!(doc["environment"]["name"], "Demo pages");
         assert_eq!(doc["created_at"], "2020-12-13T16:27:25Z", "the asset's created_at wins");
-        assert_eq!(external_id(&a, &seed, None).unwrap().as_deref(), Some("0201p02fGKPE7MrbC269XRD7LpcHhrmbu0002"));
+        assert_eq!(
+            external_id(&a, &seed, None, None).unwrap().as_deref(),
+            Some("0201p02fGKPE7MrbC269XRD7LpcHhrmbu0002")
+        );
         assert_eq!(operation(ProviderType::Mux, Some("video.asset.deleted")), Operation::Delete);
     }
 }

@@ -98,7 +98,7 @@ pub fn screen(adapter: &SourceAdapter, payload: &Value) -> Result<Screen, Payloa
             }
         },
     };
-    let external_id = kind::external_id_of(adapter, payload, dedup_value.as_deref(), db_event.as_ref())?;
+    let external_id = kind::external_id(adapter, payload, dedup_value.as_deref(), db_event.as_ref())?;
     for (what, value) in [("the dedup value", &dedup_value), ("the upstream ID", &external_id)] {
         if let Some(v) = value.as_deref().filter(|v| v.len() > MAX_KEY_BYTES) {
             return Err(PayloadError(format!(

@@ -292,15 +292,7 @@ impl Actor for DeliveryRegistry {
                 tracing::warn!(webhook_id = %id, error = %e,
                     "a stored event type is not one any event can have now: PATCH the webhook's event_types");
             }
-            state.webhooks.insert(
-                id.clone(),
-                Entry {
-                    stored: w,
-                    secrets,
-                    restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
-                    stopped: false,
-                },
-            );
+            state.webhooks.insert(id.clone(), Entry { stored: w, secrets, restarts: worker_budget(), stopped: false });
             state.spawn_worker(&myself, &id).await?;
         }
         state.count_webhooks();
@@ -523,6 +515,11 @@ impl Actor for DeliveryRegistry {
         }
         Ok(())
     }
+}
+
+/// A webhook's worker's restart budget, fresh (see the module docs).
+fn worker_budget() -> RestartBudget {
+    RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW)
 }
 
 /// The error of a request whose caller stopped waiting (it was answered 503): never sent.
@@ -846,7 +843,7 @@ impl DeliveryState {
     async fn start_stopped_worker(&mut self, myself: &ActorRef<DeliveryMsg>, id: &WebhookId) {
         let Some(entry) = self.webhooks.get_mut(id).filter(|e| e.stopped) else { return };
         entry.stopped = false;
-        entry.restarts = RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW);
+        entry.restarts = worker_budget();
         // Its error said it was stopped: no longer true (a failure of its channels is
         // reported again by the worker).
         self.set_last_error(id, None, now_millis(), false);
@@ -973,12 +970,7 @@ impl DeliveryState {
         view["signing_secret"] = serde_json::Value::String(secrets.signing_secret.clone());
         self.webhooks.insert(
             webhook_id.clone(),
-            Entry {
-                stored,
-                secrets: Some(secrets),
-                restarts: RestartBudget::new(MAX_WORKER_RESTARTS, RESTART_WINDOW),
-                stopped: false,
-            },
+            Entry { stored, secrets: Some(secrets), restarts: worker_budget(), stopped: false },
         );
         if let Err(e) = self.spawn_worker(myself, &webhook_id).await {
             tracing::error!(webhook_id = %webhook_id, error = %e, "start delivery actor");

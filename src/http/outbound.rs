@@ -249,10 +249,11 @@ fn idempotency_key(req: &Request, body: &PublishEvent) -> Result<Option<(String,
         .ok()
         .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| ApiError::validation(FIELD, "must be 1–255 visible ASCII characters (no spaces)"))?;
-    // serde_json's maps are sorted (no `preserve_order`): one encoding per event.
-    let event = serde_json::json!([body.event_type, body.payload, body.cache_scopes]);
-    let digests =
-        PublishDigests { event: Sha256::digest(event.to_string()).into(), body: Sha256::digest(&req.body).into() };
+    // serde_json's maps are sorted (no `preserve_order`): one encoding per event, written
+    // as the array `[event_type, payload, cache_scopes]` straight from the request's fields.
+    let event = serde_json::to_vec(&(&body.event_type, &body.payload, &body.cache_scopes))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encode the event for its Idempotency-Key: {e}")))?;
+    let digests = PublishDigests { event: Sha256::digest(event).into(), body: Sha256::digest(&req.body).into() };
     Ok(Some((key.to_string(), digests)))
 }
 

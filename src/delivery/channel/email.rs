@@ -240,12 +240,7 @@ impl EmailChannel {
         if untried > 0 {
             result.error = result.error.map(|e| format!("{e}; {untried} not tried (a failure of the relay itself)"));
         }
-        match (stopped, out_of_time) {
-            (0, 0) => result,
-            // It reached someone (see above): the next attempt goes on at once.
-            (0, n) => super::out_of_time(result, n, "address(es)", msg.budget.1),
-            (n, m) => super::interrupted(result, n + m, "address(es)"),
-        }
+        super::ended_early(result, stopped, out_of_time, "address(es)", msg.budget.1)
     }
 
     /// Sends the delivery's message to one address.

@@ -328,31 +328,32 @@ pub struct Message<'a> {
     pub budget: (std::time::Instant, std::time::Duration),
 }
 
-/// Marks an attempt cut short by the shutdown, `n` of its recipients not tried: whatever
-/// the others gave (a permanent failure included), the delivery waits for them, due at once
-/// after the restart, and the attempt does not count as a failure.
-pub(crate) fn interrupted(mut r: AttemptResult, n: usize, noun: &str) -> AttemptResult {
-    let why = format!("{n} {noun} not tried or cut off: hookline was shutting down (sent after the restart)");
-    r.error = Some(match r.error.take() {
-        Some(e) => format!("{e}; {why}"),
-        None => why,
-    });
-    // Counted as `interrupted` in the metrics, as a single send cut off is.
-    r.result = CUT_OFF;
-    r.outcome = Outcome::Retriable;
-    r.interrupted = true;
-    r
-}
-
-/// Marks an attempt that ran out of its time (`delivery.max_attempt_seconds`) after reaching
-/// a recipient, `n` of its recipients not tried: as one the shutdown cut short (see
-/// [`interrupted`]), they go in the next attempt, due at once, and the attempt is no failure;
-/// it keeps its own label. (Each such attempt reaches someone: they end.)
-pub(crate) fn out_of_time(mut r: AttemptResult, n: usize, noun: &str, budget: std::time::Duration) -> AttemptResult {
-    let why = format!(
-        "{n} {noun} not tried: the attempt ran for {} s (delivery.max_attempt_seconds); sent in the next attempt, at once",
-        budget.as_secs()
-    );
+/// A multi-recipient attempt's result once its round is over, `stopped` of its recipients
+/// not tried (or cut off) because the daemon shuts down and `out_of_time` because the attempt
+/// ran past `budget` (`delivery.max_attempt_seconds`; only after it reached someone, so such
+/// attempts end). Either way, whatever the others gave (a permanent failure included), the
+/// delivery waits for them, due at once (after the restart), and the attempt is no failure.
+/// One the shutdown cut short is counted as `interrupted` in the metrics, as a single send
+/// cut off is; one out of time keeps its own label.
+pub(crate) fn ended_early(
+    mut r: AttemptResult,
+    stopped: usize,
+    out_of_time: usize,
+    noun: &str,
+    budget: std::time::Duration,
+) -> AttemptResult {
+    let why = match (stopped, out_of_time) {
+        (0, 0) => return r,
+        (0, n) => format!(
+            "{n} {noun} not tried: the attempt ran for {} s (delivery.max_attempt_seconds); sent in the next \
+             attempt, at once",
+            budget.as_secs()
+        ),
+        (n, m) => {
+            r.result = CUT_OFF;
+            format!("{} {noun} not tried or cut off: hookline was shutting down (sent after the restart)", n + m)
+        }
+    };
     r.error = Some(match r.error.take() {
         Some(e) => format!("{e}; {why}"),
         None => why,

@@ -161,12 +161,7 @@ impl SmsChannel {
         if let Some(why) = why {
             result.error = result.error.map(|e| format!("{e}; {untried} not tried ({why}: sent on the retry)"));
         }
-        match (stopped, out_of_time) {
-            (0, 0) => result,
-            // It reached someone (see above): the next attempt goes on at once.
-            (0, n) => super::out_of_time(result, n, "number(s)", msg.budget.1),
-            (n, m) => super::interrupted(result, n + m, "number(s)"),
-        }
+        super::ended_early(result, stopped, out_of_time, "number(s)", msg.budget.1)
     }
 }
 
