@@ -333,6 +333,10 @@ pub fn external_id(
                     Some(Value::Number(n)) => {
                         format!("the row's {col:?} (id_column) is {}", path::number_key_problem(n))
                     }
+                    Some(Value::String(s)) if s.contains('\0') => format!(
+                        "the row's {col:?} (id_column) holds a NUL character, which no Postgres text value can: \
+                         Supabase did not send this event"
+                    ),
                     found => {
                         format!("the row's {col:?} (id_column) is {}: {}", path::not_a_key(found), path::KEY_WANTED)
                     }

@@ -134,8 +134,11 @@ pub fn old_primary_key(payload: &Value, id_column: &str) -> Option<String> {
     key_of(payload.get("old_record")?.as_object()?, id_column)
 }
 
+/// A string holding a NUL is no key: no Postgres text value can hold one, so no row has it
+/// (the event is forged), and a writeback naming it could only ever fail.
 fn key_of(row: &Map<String, Value>, id_column: &str) -> Option<String> {
     match row.get(id_column)? {
+        Value::String(s) if s.contains('\0') => None,
         Value::String(s) => super::path::string_key(s).map(str::to_string),
         Value::Number(n) => super::path::number_key(n),
         _ => None,

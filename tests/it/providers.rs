@@ -2416,6 +2416,12 @@ async fn a_row_key_or_asset_id_refused_says_what_the_payload_had() {
         let message = r["error"]["message"].as_str().unwrap_or_default().trim_start_matches("payload: ");
         assert!(message.starts_with(said) && message.contains("a string (not blank) or a number"), "{message}");
     }
+    // A NUL no Postgres text holds: a forged row, whose writeback could only ever fail.
+    let record = json!({"id": "row\u{0}7", "title": "t"});
+    let (s, r) = app.post_raw(&ingest, db_event("INSERT", record, Value::Null).to_string(), &headers).await;
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(s == 422 && message.contains("\"id\" (id_column) holds a NUL character"), "{r}");
+    assert!(objects(&app, &bucket).await.is_empty());
 
     let bucket = app.create_bucket("assets-said", video_schema()).await;
     let (s, b) = app
