@@ -105,6 +105,23 @@ pub enum AdapterMsg {
     ),
 }
 
+impl AdapterMsg {
+    /// Whether the caller of a call that changes something stopped waiting for its answer
+    /// (see `handle`). The calls that change nothing, and the registry's own (a drain), are
+    /// never dropped.
+    fn caller_gone(&self) -> bool {
+        match self {
+            AdapterMsg::Ingest(req) => req.reply.is_closed(),
+            AdapterMsg::Change(req) => req.reply.is_closed(),
+            AdapterMsg::DeleteObject(_, reply) => reply.is_closed(),
+            AdapterMsg::Alert(_, reply) => reply.is_closed(),
+            AdapterMsg::RequeueWriteback(_, reply) => reply.is_closed(),
+            AdapterMsg::Flush(reply) => reply.is_closed(),
+            _ => false,
+        }
+    }
+}
+
 /// What [`AdapterMsg::Flush`] made of the buffer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Flushed {
@@ -484,6 +501,14 @@ impl Actor for SourceAdapterActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if msg.caller_gone() {
+            // Answered 503 "retry" already (the wait ran out while the message queued behind
+            // a slow one), or its client left: done now, it would change what the caller was
+            // told is unchanged (an object deleted, a second object from an ingest without a
+            // dedup key). Only a message handled before its caller gives up is carried out.
+            tracing::debug!(bucket_id = %state.bucket.bucket_id, "a call whose caller stopped waiting was dropped");
+            return Ok(());
+        }
         match msg {
             AdapterMsg::Ingest(req) => {
                 let IngestRequest { headers, raw, auth, reply } = *req;
@@ -618,12 +643,18 @@ impl AdapterState {
             Ok(Screen::Ignored) => return Step::Done(Ok(IngestOk::new(IngestStatus::Ignored, None, None))),
             Ok(Screen::Accepted(s)) => s,
         };
-        // Dedup guards creation only: updates and deletes of a known thing share its key.
+        // Dedup guards creation only: updates and deletes of a known thing share its key. An
+        // UPDATE that may create its row's object (an upsert, see `apply_change`) is keyed as
+        // its INSERT is, for that case alone.
         let dedup_hash = match screened.operation {
             Operation::Create => screened.dedup_value.as_deref().map(|v| pipeline::dedup_hash(&self.adapter, v, raw)),
+            Operation::Update if kind::upsert_on_update(self.adapter.adapter_type) => {
+                screened.dedup_value.as_deref().map(|v| pipeline::dedup_hash(&self.adapter, v, raw))
+            }
             Operation::Update | Operation::Delete => None,
         };
-        if let Some(object_id) = dedup_hash.as_ref().and_then(|h| self.dedup.get(h)).cloned() {
+        let create = screened.operation == Operation::Create;
+        if let Some(object_id) = dedup_hash.as_ref().filter(|_| create).and_then(|h| self.dedup.get(h)).cloned() {
             return Step::Done(Ok(self.duplicate(now, object_id)));
         }
         // Last, so a duplicate is still answered as one (it stores nothing new).

@@ -19,6 +19,7 @@ mod outbound_receiver;
 mod outbound_retry;
 mod pages;
 mod providers;
+mod row_keys;
 mod supervision;
 mod writeback;
 mod writeback_backlog;

@@ -430,3 +430,50 @@ async fn rotating_the_secret_of_a_busy_adapter_refuses_the_old_secret() {
     assert_eq!(send(&app, &bucket, &new, "new").await.0, 200);
     let _ = app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await;
 }
+
+/// An object DELETE its busy actor does not take within 25 s is answered 503 ("retry") and
+/// dropped, changing nothing (README): not carried out once the actor is free, which would
+/// meet the caller's retry with a 404 for an object it was told was not deleted.
+#[tokio::test]
+async fn an_object_delete_answered_503_changes_nothing() {
+    let mut app = TestApp::start().await;
+    let hook = crate::outbound_receiver::Receiver::start(200).await;
+    let (st, w) = app
+        .post(
+            "/v1/organizations/webhooks",
+            json!({"webhook_name": "deletes", "event_types": ["object.deleted"],
+                "channels": [{"channel": "webhook", "configs": {"url": hook.url("/hook")}}]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{w}");
+    let adapter = json!({"adapter_type": "generic_webhook", "dedup_key": "id", "batching": {"mode": "immediate"}});
+    let (b, s) = crate::inbound::bucket_with_adapter(&app, "busy-delete", json!({}), adapter).await;
+    let oid = crate::inbound::ingest(&app, &b, Some(&s), &json!({"id": "a"})).await.1["object_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, _) = app.post(&format!("/v1/debug/stall-adapter/{b}"), json!({})).await;
+    assert_eq!(st, 200);
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let r = patient
+        .delete(app.url(&format!("/v1/buckets/{b}/objects/{oid}")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 503, "{body}");
+    let (st, _) = app.delete(&format!("/v1/debug/stall-adapter/{b}")).await;
+    assert_eq!(st, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let backend = crate::support::stop_and_open(&mut app).await;
+    let deleted = crate::support::stored_events(&backend, "object.deleted");
+    let still_there = !crate::support::stored_entries(&backend, "obj", &format!("{b}/")).is_empty();
+    assert!(
+        still_there && deleted.is_empty(),
+        "answered 503 ({body}), yet the object is {} and {} object.deleted event(s) were recorded",
+        if still_there { "still there" } else { "deleted" },
+        deleted.len()
+    );
+}

@@ -421,6 +421,18 @@ impl AdapterState {
         }
     }
 
+    /// A buffered entry of a row whose key another row has taken: no external ID (see
+    /// `apply_change`), stored so.
+    fn detach_buffered(&mut self, batch: &mut Batch, id: &ObjectId) {
+        let bucket_id = self.bucket_id().clone();
+        if let Some(entry) = self.buffer.iter_mut().find(|e| &e.object_id == id) {
+            let old = super::stored_size(entry);
+            entry.draft.source.external_id = None;
+            let new = batch.put(Keyspace::BUFFER, &records::key(&bucket_id, id.as_str()), &*entry);
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(old) + new;
+        }
+    }
+
     /// Deletes one object by ID (the objects API), with its index entry, its alerts and
     /// `object.deleted`.
     pub(super) async fn delete_object(&mut self, object_id: &ObjectId) -> Result<Option<super::Commit>, StoreError> {
@@ -524,6 +536,7 @@ impl AdapterState {
             Err(e) => return Err(self.retry(now, format!("read objects: {e}"))),
         };
         let mut batch = Batch::new();
+        let mut events = Vec::new();
         // An update that changed the upstream ID (a Supabase UPDATE of the row's primary key:
         // `old_record` has the old one): the objects indexed under the old ID are the row's
         // too. They are updated with the others and re-keyed to the new ID (their
@@ -540,14 +553,25 @@ impl AdapterState {
                 // another row's, which no longer has that key (the database keeps keys unique:
                 // it was deleted unseen, say with DELETE filtered out): they keep their content
                 // but leave the index, so that this row's events change this row's objects
-                // only. (An object has one index entry, so none is in both lists.)
-                let others = buffered.drain(..).chain(stored.drain(..).map(|r| r.object_id)).collect::<Vec<_>>();
-                for id in &others {
-                    self.unindex(&mut batch, &hash, id);
+                // only, and lose their external ID, which names this row now: a writeback of
+                // theirs would write that row's results onto this one. (An object has one
+                // index entry, so none is in both lists.)
+                let others = buffered.len() + stored.len();
+                for id in std::mem::take(&mut buffered) {
+                    self.unindex(&mut batch, &hash, &id);
+                    self.detach_buffered(&mut batch, &id);
                 }
-                if !others.is_empty() {
-                    tracing::info!(bucket_id = %self.bucket_id(), objects = others.len(),
-                        "a row's new primary key was another row's: that row's objects keep their content and are no longer found by the key");
+                for mut rec in std::mem::take(&mut stored) {
+                    self.unindex(&mut batch, &hash, &rec.object_id);
+                    rec.source.external_id = None;
+                    batch.put(Keyspace::OBJECTS, &records::key(self.bucket_id(), rec.object_id.as_str()), &rec);
+                    self.note_rewritten(&rec.object_id);
+                    let scopes = Scopes { namespace: &self.bucket.namespace, key: rec.object_id.as_str() };
+                    events.push(self.shared.bus.record(&mut batch, "object.updated", || rec.event_payload(), scopes));
+                }
+                if others > 0 {
+                    tracing::info!(bucket_id = %self.bucket_id(), objects = others,
+                        "a row's new primary key was another row's: that row's objects keep their content, lose their external ID and are no longer found by the key");
                 }
             }
             for id in old_buffered.iter().chain(old_stored.iter().map(|r| &r.object_id)) {
@@ -559,7 +583,6 @@ impl AdapterState {
             buffered.extend(old_buffered);
             stored.extend(old_stored);
         }
-        let mut events = Vec::new();
         let mut object_ids: Vec<ObjectId> = buffered.clone();
         let status = match draft {
             Some(draft) => {

@@ -220,22 +220,38 @@ pub fn external_id_of(wb: &Writeback, rec: &ObjectRecord) -> Option<String> {
 /// The source record ID a pending `job` of `bucket` writes at its next attempt, when that is
 /// not the one it holds: its object's ID as it is now (a row an UPDATE re-keyed since the job
 /// was queued, or one queued without an ID), which the worker takes before the attempt (see
-/// `worker.rs`). `None` when it is the job's own, or the adapter would not send it (another
-/// type's job, writeback off), or its object is gone or has no ID. So that the writebacks
-/// list names the row that will be written.
+/// `worker.rs`); `Some(None)` when its object lost its row (a Supabase object whose key
+/// another row took, see [`detached`]): the job must not write the row that has it now.
+/// `None` when it is the job's own, or the adapter would not send it (another type's job,
+/// writeback off), or its object is gone or otherwise has no ID. So that the writebacks list
+/// names the row that will be written.
 pub fn next_external_id(
     store: &Store,
     bucket: &BucketId,
     adapter: &SourceAdapter,
     job: &Job,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Option<String>>, StoreError> {
     let Some(wb) = adapter.writeback.as_ref().filter(|_| super::sends(adapter)) else { return Ok(None) };
     if job.barred_for(adapter.adapter_type).is_some() {
         return Ok(None);
     }
     let key = records::key(bucket, job.object_id.as_str());
     let Some(rec) = store.get::<ObjectRecord>(Keyspace::OBJECTS, &key)? else { return Ok(None) };
-    Ok(external_id_of(wb, &rec).filter(|now| Some(now) != job.external_id.as_ref()))
+    if detached(wb, &rec) {
+        return Ok(job.external_id.is_some().then_some(None));
+    }
+    Ok(external_id_of(wb, &rec).filter(|now| Some(now) != job.external_id.as_ref()).map(Some))
+}
+
+/// Whether `rec` is a Supabase object that no longer names a row by its key: an UPDATE gave
+/// its row's key to another row (its own row deleted unseen), and the object lost its
+/// external ID (see `adapter/actor/lifecycle.rs`). A job of it written by that key would
+/// land on the other row. (With `external_id_field`, the job's row is that field's, which
+/// the object keeps.)
+fn detached(wb: &Writeback, rec: &ObjectRecord) -> bool {
+    wb.external_id_field.is_none()
+        && rec.source.adapter_type == crate::catalog::ProviderType::Supabase
+        && rec.source.external_id.is_none()
 }
 
 /// A pending job's fields after a PATCH changed the writeback's `field_mapping` from `old`
@@ -411,7 +427,9 @@ pub fn no_external_id(wb: Option<&Writeback>) -> String {
     match wb.and_then(|w| w.external_id_field.as_ref()) {
         // Not source.external_id instead: that is the row's id column, another column.
         Some(f) => format!("the object has no {f} (the writeback's external_id_field) to find its source row by"),
-        None => "the object has no source external id to find its source row by".to_string(),
+        None => "the object has no source external id to find its source row by (a Supabase object loses it when an \
+                 UPDATE gives its row's key to another row)"
+            .to_string(),
     }
 }
 

@@ -351,15 +351,21 @@ impl WorkerState {
             else {
                 continue;
             };
+            let lost_its_row = now_id.is_none();
             let rekeyed = self.jobs.update(k, |pending| {
-                pending.external_id = Some(now_id);
+                pending.external_id = now_id;
                 batch.put(KS, k, &*pending);
             });
             if rekeyed.is_none() {
                 continue;
             }
-            tracing::info!(bucket_id = %sender.bucket_id, object_id = %j.object_id,
-                "the object's source record was re-keyed since its writeback was queued: it writes the new key");
+            if lost_its_row {
+                tracing::info!(bucket_id = %sender.bucket_id, object_id = %j.object_id,
+                    "the object's row key was taken by another row since its writeback was queued: it is not written");
+            } else {
+                tracing::info!(bucket_id = %sender.bucket_id, object_id = %j.object_id,
+                    "the object's source record was re-keyed since its writeback was queued: it writes the new key");
+            }
         }
         if batch.is_empty() {
             return Ok(false);
