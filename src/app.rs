@@ -129,7 +129,7 @@ pub async fn run_with_hurry(
 
     let addr = listener.local_addr()?;
     println!("hookline listening on http://{addr}");
-    tracing::info!(%addr, data_dir = %shown_dir.display(), "hookline started");
+    tracing::info!(%addr, data_dir = %shown_dir.display(), version = env!("CARGO_PKG_VERSION"), "hookline started");
 
     let upkeep = {
         let metrics = metrics.clone();
@@ -166,6 +166,16 @@ pub async fn run_with_hurry(
         tracing::warn!(
             "server.enable_debug_endpoints is on: /v1/debug/* can crash and stall actors; never in production"
         );
+    }
+    // Development switches: said at every start, so one left on in production is seen.
+    let delivery = &shared.config.delivery;
+    for (on, key) in [
+        (delivery.allow_insecure_http, "delivery.allow_insecure_http"),
+        (delivery.allow_private_networks, "delivery.allow_private_networks"),
+    ] {
+        if on {
+            tracing::warn!("{key} is on: for local development only, never in production (see the README)");
+        }
     }
     let http_state = HttpState {
         holds: Arc::new(crate::http::IngestHolds::new(shared.config.server.enable_debug_endpoints)),
@@ -434,12 +444,21 @@ fn warn_if_exposed(path: &std::path::Path, what: &str) {
     let owner = meta.uid();
     let me = rustix::process::geteuid().as_raw();
     if open_to_others != 0 || owner != me {
+        // Said as it is: the mode, the owner, or both.
+        let problem = match (open_to_others != 0, owner != me) {
+            (true, false) => "is open to other users than the daemon's: chmod go-rwx it",
+            (false, _) => "is owned by another user than the daemon's: chown it to the daemon's user",
+            (true, true) => {
+                "is open to other users and owned by another one than the daemon's: chmod go-rwx it and chown it to \
+                 the daemon's user"
+            }
+        };
         tracing::warn!(
             path = %path.display(),
             mode = format!("{:o}", meta.mode() & 0o777),
             owner,
             daemon_uid = me,
-            "{what} is open to other users than the daemon's: chmod go-rwx it (and chown it to the daemon's user)"
+            "{what} {problem}"
         );
     }
 }

@@ -384,6 +384,44 @@ fn tables_are_tables(doc: &toml::Table, defaults: &toml::Table, within: &str) ->
     Ok(())
 }
 
+/// A URL as an error shows it: a user name or password in it (`https://user:pw@host`)
+/// replaced, since errors are printed and logged.
+fn without_login(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("//") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}//********{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// A TOML error's quoted source lines, with any value a secret may be in hidden: the
+/// parser quotes the line it stopped at (`5 | password=SmtpPw…`), and the error is printed
+/// and logged. A line of a key named like a secret (password, token, secret, key) keeps
+/// its key; a line with no key (an array's item on a line of its own) is hidden whole.
+fn without_secrets(message: &str) -> String {
+    let hide = |line: &str| -> Option<String> {
+        let (number, text) = line.split_once(" | ")?;
+        if !number.trim().chars().all(|c| c.is_ascii_digit()) || number.trim().is_empty() {
+            return None;
+        }
+        let shown = match text.split_once('=') {
+            Some((key, _)) => {
+                let k = key.to_ascii_lowercase();
+                if ["password", "token", "secret", "key"].iter().any(|s| k.contains(s)) {
+                    format!("{key}= (value not shown)")
+                } else {
+                    text.to_string()
+                }
+            }
+            None if text.trim().is_empty() || text.trim_start().starts_with('[') => text.to_string(),
+            None => "(value not shown)".to_string(),
+        };
+        Some(format!("{number} | {shown}"))
+    };
+    message.lines().map(|l| hide(l).unwrap_or_else(|| l.to_string())).collect::<Vec<_>>().join("\n")
+}
+
 fn plain_types(message: &str) -> String {
     const WORDS: [(&str, &str); 9] = [
         ("usize", "a whole number, 0 or more"),
@@ -501,7 +539,7 @@ impl Config {
             }
             tables_are_tables(&doc, &defaults, "")?;
         }
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", plain_types(e.to_string().trim_end())))
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", without_secrets(&plain_types(e.to_string().trim_end()))))
     }
 
     pub fn apply_env(&mut self, env: &EnvOverrides) {
@@ -583,7 +621,8 @@ impl Config {
             {
                 bail!(
                     "server.public_url must be written as a plain http(s) URL, `https://host[/path]`, without spaces \
-                     or control characters (a line break copied with it?); got {u:?}"
+                     or control characters (a line break copied with it?); got {:?}",
+                    without_login(u)
                 );
             }
             // (Its scheme is http(s): checked as written above.)
@@ -595,7 +634,11 @@ impl Config {
                 || !parsed.username().is_empty()
                 || parsed.password().is_some()
             {
-                bail!("server.public_url must be a plain base URL (scheme, host, optional path), without a query, fragment or credentials; got {u:?}");
+                bail!(
+                    "server.public_url must be a plain base URL (scheme, host, optional path), without a query, fragment \
+                     or credentials; got {:?}",
+                    without_login(u)
+                );
             }
         }
         if self.storage.path.as_os_str().is_empty() {
@@ -833,13 +876,31 @@ mod tests {
         c.validate().unwrap();
     }
 
+    /// A TOML error quotes the line it stopped at: a secret's value is not shown in it.
+    #[test]
+    fn a_toml_error_shows_no_secret() {
+        for text in [
+            "[delivery.email]\nsmtp_host = \"h\"\nfrom = \"a@b.example\"\npassword=SmtpPw-SECRET42\n",
+            "[auth]\napi_keys=[\"abcdefghijklmnopSECRET\", 5]\n",
+            "[auth]\napi_keys = [\n  \"abcdefghijklmnopSECRET\",\n  5,\n]\n",
+            "[delivery.sms]\naccount_sid = \"AC1\"\nauth_token = SECRET\nfrom = \"+1\"\n",
+        ] {
+            let e = format!("{:#}", Config::from_toml(text).unwrap_err());
+            assert!(!e.contains("SECRET") && e.contains("line"), "{text}: {e}");
+        }
+        // Other keys' lines are quoted as written.
+        let e = format!("{:#}", Config::from_toml("[server]\nlisten = 8080\n").unwrap_err());
+        assert!(e.contains("listen = 8080"), "{e}");
+    }
+
     #[test]
     fn public_url_is_a_plain_base() {
         for bad in [
             "https://x.example/?a=1",
             "https://x.example/#f",
-            "https://user:pw@x.example",
-            "https://:pw@x.example",
+            "https://user:SECRET@x.example",
+            "https://:SECRET@x.example",
+            "https://u:SECRET@x.example/a b",
             "ftp://x.example",
             " https://x.example",
             "https://x.example/in\n",
@@ -851,7 +912,7 @@ mod tests {
             let mut c = Config::default();
             c.server.public_url = Some(bad.into());
             let e = c.validate().unwrap_err().to_string();
-            assert!(e.contains("server.public_url"), "{bad}: {e}");
+            assert!(e.contains("server.public_url") && !e.contains("SECRET"), "{bad}: {e}");
         }
         let mut c = Config::default();
         c.server.public_url = Some("https://hooks.example/base/".into());

@@ -34,8 +34,9 @@ pub const CREDENTIALS_UNREADABLE: &str = "hookline_credentials_unreadable";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Histogram buckets (seconds) of request latencies: 0.5 ms to 10 s.
-const LATENCY: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Histogram buckets (seconds) of request latencies: 0.5 ms to 30 s (a request may wait
+/// that long for a busy actor, or for its body: past 10 s a p99 would otherwise read 10).
+const LATENCY: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 /// The store's steps: an fsync into a log segment takes 0.2–0.4 ms, below the request
 /// buckets' first edge; a checkpoint may take seconds.
 const STORE_LATENCY: [f64; 17] =
@@ -486,7 +487,7 @@ fn describe_outbound() {
     );
     describe_counter!(
         DELIVERY_ATTEMPTS,
-        "Delivery attempts by channel and result (2xx, 3xx, 4xx, 5xx, timeout, connect, refused, error)"
+        "Delivery attempts by channel and result (2xx, 3xx, 4xx, 5xx, timeout, connect, refused, interrupted, error)"
     );
     describe_histogram!(DELIVERY_ATTEMPT_DURATION, Unit::Seconds, "Latency of one delivery attempt, by channel");
     describe_counter!(DELIVERIES, "Deliveries finished, by channel and outcome (succeeded, dead)");

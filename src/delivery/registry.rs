@@ -1207,6 +1207,14 @@ impl DeliveryState {
                     enqueue(&names, per_worker);
                     true
                 }
+                // Submitted as the shutdown closed the store: nothing failed, the next start
+                // fans the events out again.
+                Err(crate::store::StoreError::Closed) => {
+                    tracing::info!(
+                        "a fan-out was cut off by the shutdown; its events stay in the outbox for the next start"
+                    );
+                    false
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "fan-out batch failed; the events stay in the outbox");
                     false
