@@ -384,36 +384,38 @@ fn tables_are_tables(doc: &toml::Table, defaults: &toml::Table, within: &str) ->
     Ok(())
 }
 
-/// A URL as an error shows it: a user name or password in it (`https://user:pw@host`)
-/// replaced, since errors are printed and logged.
+/// A URL as an error shows it: a user name or password in it (`https://user:pw@host`), a
+/// query and a fragment (where tokens go) replaced, since errors are printed and logged.
 fn without_login(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("//") else { return url.to_string() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (url, cut) = match url.find(['?', '#']) {
+        Some(at) => (&url[..at], "?(not shown)"),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = url.split_once("//") else { return format!("{url}{cut}") };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}//********{}", &rest[at..]),
-        None => url.to_string(),
+        Some(at) => format!("{scheme}//********{}{cut}", &rest[at..]),
+        None => format!("{url}{cut}"),
     }
 }
 
 /// A TOML error's quoted source lines, with any value a secret may be in hidden: the
 /// parser quotes the line it stopped at (`5 | password=SmtpPw…`), and the error is printed
-/// and logged. A line of a key named like a secret (password, token, secret, key) keeps
-/// its key; a line with no key (an array's item on a line of its own) is hidden whole.
+/// and logged. A line that names a key like a secret's (password, token, secret, key) keeps
+/// only what is before its first `=`; a line with no key (an array's item on a line of its
+/// own) is hidden whole.
 fn without_secrets(message: &str) -> String {
     let hide = |line: &str| -> Option<String> {
         let (number, text) = line.split_once(" | ")?;
         if !number.trim().chars().all(|c| c.is_ascii_digit()) || number.trim().is_empty() {
             return None;
         }
+        // The whole line is looked at: an inline table names its keys after the first `=`.
+        let lower = text.to_ascii_lowercase();
+        let secret = ["password", "token", "secret", "key"].iter().any(|s| lower.contains(s));
         let shown = match text.split_once('=') {
-            Some((key, _)) => {
-                let k = key.to_ascii_lowercase();
-                if ["password", "token", "secret", "key"].iter().any(|s| k.contains(s)) {
-                    format!("{key}= (value not shown)")
-                } else {
-                    text.to_string()
-                }
-            }
+            Some((key, _)) if secret => format!("{key}= (value not shown)"),
+            Some(_) => text.to_string(),
             None if text.trim().is_empty() || text.trim_start().starts_with('[') => text.to_string(),
             None => "(value not shown)".to_string(),
         };
@@ -884,6 +886,7 @@ mod tests {
             "[auth]\napi_keys=[\"abcdefghijklmnopSECRET\", 5]\n",
             "[auth]\napi_keys = [\n  \"abcdefghijklmnopSECRET\",\n  5,\n]\n",
             "[delivery.sms]\naccount_sid = \"AC1\"\nauth_token = SECRET\nfrom = \"+1\"\n",
+            "[delivery]\nemail = { smtp_host = \"h\", password = SECRET }\n",
         ] {
             let e = format!("{:#}", Config::from_toml(text).unwrap_err());
             assert!(!e.contains("SECRET") && e.contains("line"), "{text}: {e}");
@@ -901,6 +904,8 @@ mod tests {
             "https://user:SECRET@x.example",
             "https://:SECRET@x.example",
             "https://u:SECRET@x.example/a b",
+            "https://x.example/?token=SECRET",
+            "https://x.example/#SECRET",
             "ftp://x.example",
             " https://x.example",
             "https://x.example/in\n",
