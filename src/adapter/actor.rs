@@ -227,6 +227,10 @@ pub enum IngestErr {
     /// A native signature that cannot be checked (its secrets cannot be decrypted), on a
     /// request nothing else authenticates: 503, nothing recorded.
     Unverifiable(String),
+    /// A lifecycle change whose signature no longer holds where it is applied (its
+    /// connection's signing secret changed since the HTTP task's check: see
+    /// [`verify::LifecycleCheck`]): the refusal (401, or 503), nothing changed.
+    Revoked(crate::error::ApiError),
     /// A dependency (the Mux API) failed in a way a later retry may fix: answer 503 so the
     /// upstream retries (the failure counter is in the commit).
     Retry {

@@ -448,10 +448,33 @@ pub fn authenticate(shared: &Shared, gate: &Gate, headers: &SignatureHeaders, ra
     verdict(gate.revision, secret, native, gate.is_mux(), signature.is_some())
 }
 
+/// At most one log line a minute for each bucket's or connection's unreadable credentials:
+/// an anonymous request with a fresh-looking `Mux-Signature` makes the daemon try them
+/// (twice: from the head and over the body), so an unlimited line each would let anyone
+/// fill the log. The start-up report and `hookline_credentials_unreadable` say it anyway.
+fn unreadable_log_due(key: &str) -> bool {
+    static LOGGED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, u64>>> =
+        std::sync::LazyLock::new(Default::default);
+    const EVERY_MS: u64 = 60_000;
+    let now = crate::util::now_millis();
+    let mut logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
+    if logged.len() >= 10_000 {
+        logged.clear();
+    }
+    match logged.get(key) {
+        Some(at) if now.saturating_sub(*at) < EVERY_MS => false,
+        _ => {
+            logged.insert(key.to_string(), now);
+            true
+        }
+    }
+}
+
 /// Decrypts an adapter's credentials: its connection, or its inline credentials (`None`: it
 /// has neither). Called per event that needs them; the caller drops them when done. Never
 /// logged. An error (a connection that cannot be read or opened, e.g. after the master key
-/// changed) is logged here and returned without details.
+/// changed) is logged here, once a minute for each (see [`unreadable_log_due`]), and returned
+/// without details.
 pub fn credentials(
     shared: &Shared,
     bucket_id: &BucketId,
@@ -464,13 +487,17 @@ pub fn credentials(
             Ok(Some(c)) => match c.open(secrets) {
                 Ok(cfg) => Ok(Some(cfg)),
                 Err(e) => {
-                    tracing::error!(bucket_id = %bucket_id, connection_id = %id, error = %e, "open connection");
+                    if unreadable_log_due(id.as_str()) {
+                        tracing::error!(bucket_id = %bucket_id, connection_id = %id, error = %e, "open connection");
+                    }
                     Err(failed(e.cannot_be()))
                 }
             },
             Ok(None) => Ok(None),
             Err(e) => {
-                tracing::error!(bucket_id = %bucket_id, connection_id = %id, error = %e, "read connection");
+                if unreadable_log_due(id.as_str()) {
+                    tracing::error!(bucket_id = %bucket_id, connection_id = %id, error = %e, "read connection");
+                }
                 Err(failed("read"))
             }
         };
@@ -481,9 +508,35 @@ pub fn credentials(
         None => Ok(None),
         Some(Ok(cfg)) => Ok(Some(cfg)),
         Some(Err(e)) => {
-            tracing::error!(bucket_id = %bucket_id, error = %e, "open inline credentials");
+            if unreadable_log_due(bucket_id.as_str()) {
+                tracing::error!(bucket_id = %bucket_id, error = %e, "open inline credentials");
+            }
             Err(failed(e.cannot_be()))
         }
+    }
+}
+
+/// What the HTTP task checked of a lifecycle webhook, kept with the change it asks of each
+/// bucket's actor: a connection changed between that check and the change (its signing
+/// secret rotated while the change waited behind a busy actor) has the actor check it again
+/// against the connection as it is now, as an ingest's proof is (see the module doc), so a
+/// request signed with a secret rotated out changes nothing once the rotation is answered.
+pub struct LifecycleCheck {
+    pub connection_id: ConnectionId,
+    /// [`Gates::connections_revision`], read before the HTTP task's check.
+    pub revision: u64,
+    pub signature: Option<String>,
+    pub raw: Bytes,
+}
+
+impl LifecycleCheck {
+    /// `Ok` when no connection changed since the HTTP task's check, or when the request
+    /// still verifies; else its refusal (401, or 503 when the secrets cannot be read).
+    pub fn still_holds(&self, shared: &Shared) -> Result<(), ApiError> {
+        if shared.gates.connections_revision() == self.revision {
+            return Ok(());
+        }
+        lifecycle(shared, &self.connection_id, self.signature.as_deref(), &self.raw)
     }
 }
 
@@ -539,9 +592,11 @@ fn mux_connection(shared: &Shared, id: &ConnectionId) -> Result<Connection, ApiE
 pub fn lifecycle(shared: &Shared, id: &ConnectionId, signature: Option<&str>, raw: &Bytes) -> Result<(), ApiError> {
     let conn = mux_connection(shared, id)?;
     // Not the sender's fault, and not a crash: 503, so Mux retries once the operator has
-    // restored the master key (the log says which connection).
+    // restored the master key (the log says which connection, once a minute).
     let cfg = conn.open(&shared.secrets).map_err(|e| {
-        tracing::error!(connection_id = %id, error = %e, "open connection");
+        if unreadable_log_due(id.as_str()) {
+            tracing::error!(connection_id = %id, error = %e, "open connection");
+        }
         ApiError::Unavailable(format!(
             "connection {id}'s credentials cannot be {}, so Mux-Signature cannot be checked; see the daemon log",
             e.cannot_be()

@@ -560,14 +560,33 @@ fn is_placeholder(s: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// `provider_config` as `Debug` shows it: its keys, never its values (secrets).
+fn config_keys(config: &serde_json::Value) -> String {
+    match config {
+        serde_json::Value::Object(m) => format!("{{{}}}", m.keys().cloned().collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Null => "null".into(),
+        _ => "(not an object)".into(),
+    }
+}
+
 /// `POST /v1/organizations/connections` body.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnection {
     pub name: String,
     pub provider_type: ProviderType,
     #[serde(default)]
     pub provider_config: serde_json::Value,
+}
+
+impl std::fmt::Debug for CreateConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateConnection")
+            .field("name", &self.name)
+            .field("provider_type", &self.provider_type)
+            .field("provider_config", &config_keys(&self.provider_config))
+            .finish()
+    }
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -577,7 +596,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 /// `PATCH /v1/organizations/connections/{id}` body: a new name, and/or a whole new
 /// `provider_config` (replacing the old one: secrets are never returned, so there is nothing
 /// to merge with). The provider type cannot change.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchConnection {
     /// `null` is a 422, not "unchanged" (see [`crate::util::present`]).
@@ -586,6 +605,15 @@ pub struct PatchConnection {
     /// `Some(Value::Null)` for `null`: refused by name in [`PatchConnection::validate`].
     #[serde(default, deserialize_with = "crate::util::present")]
     pub provider_config: Option<serde_json::Value>,
+}
+
+impl std::fmt::Debug for PatchConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatchConnection")
+            .field("name", &self.name)
+            .field("provider_config", &self.provider_config.as_ref().map(config_keys))
+            .finish()
+    }
 }
 
 impl PatchConnection {
@@ -863,5 +891,20 @@ mod tests {
             assert!(e.starts_with("provider_config.url: "), "{bad}: {e}");
             assert!(e.contains("the project URL, e.g. https://abcd.supabase.co, without /rest/v1"), "{bad}: {e}");
         }
+    }
+
+    /// The request bodies of the connection routes hold the raw `provider_config`: printed
+    /// for debugging (a `{:?}` in a log line, a panic message), they show its keys only, as
+    /// the decrypted configs do (see `debug_output_shows_no_secret`).
+    #[test]
+    fn request_bodies_debug_output_shows_no_secret() {
+        let body = serde_json::json!({"name": "m", "provider_type": "mux", "provider_config":
+            {"access_token_id": "i", "access_token_secret": "SECRET-a", "webhook_signing_secret": "SECRET-b"}});
+        let create: CreateConnection = serde_json::from_value(body).unwrap();
+        let patch: PatchConnection = serde_json::from_value(serde_json::json!({"provider_config":
+            {"url": "https://x.supabase.co", "service_role_key": "SECRET-c"}}))
+        .unwrap();
+        let shown = format!("{create:?} {patch:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
     }
 }

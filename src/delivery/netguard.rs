@@ -38,6 +38,8 @@ pub fn is_public(ip: IpAddr) -> bool {
                 // IETF protocol assignments, Teredo (embeds IPv4) and ORCHID below 2001:200::;
                 // documentation 2001:db8::/32.
                 0x2001 => s[1] < 0x0200 || s[1] == 0x0db8,
+                // Documentation 3fff::/20 (RFC 9637).
+                0x3fff => s[1] < 0x1000,
                 0x2002 => true, // 6to4 (embeds IPv4)
                 _ => false,
             };
@@ -273,6 +275,15 @@ mod tests {
             assert!(u.host_str().is_some(), "{raw}");
             let e = check_written(raw, &u).unwrap_err();
             assert!(e.contains("two slashes"), "{raw}: {e}");
+        }
+    }
+
+    /// 3fff::/20 is the IPv6 documentation prefix of RFC 9637 (2024), the counterpart of
+    /// 2001:db8::/32, though inside 2000::/3.
+    #[test]
+    fn the_new_ipv6_documentation_prefix_is_not_public() {
+        for ip in ["3fff::1", "3fff:fff:ffff::1"] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} must not be public");
         }
     }
 }

@@ -348,6 +348,8 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             ("dependency_failed", Err(ApiError::Unavailable(format!("{message}; retry later"))))
         }
         Err(IngestErr::Unverifiable(message)) => ("error", Err(unverifiable(&message))),
+        // (Lifecycle changes only: an ingest's proof is checked again by the actor itself.)
+        Err(IngestErr::Revoked(e)) => ("unauthorized", Err(e)),
         Err(IngestErr::ShortOfDisk) => ("low_disk", Err(ApiError::short_of_disk())),
         Err(IngestErr::Disabled) => (
             "disabled",
@@ -800,13 +802,17 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
         ConnectionId::parse(cid).ok_or_else(|| ApiError::NotFound(format!("connection {cid} not found")))?;
     // Verified here, not in the registry (see `adapter/verify.rs`).
     let signature = req.credential(&MUX_SIGNATURE).map(String::from);
-    let (shared, id, body) = (state.shared.clone(), connection_id.clone(), req.body.clone());
-    in_check_slot(state, req.body.len(), move || verify::lifecycle(&shared, &id, signature.as_deref(), &body))
-        .await??;
+    // Read before the check: a connection changed after it has each actor check it again.
+    let revision = state.shared.gates.connections_revision();
+    let (shared, id, body, sig) = (state.shared.clone(), connection_id.clone(), req.body.clone(), signature.clone());
+    in_check_slot(state, req.body.len(), move || verify::lifecycle(&shared, &id, sig.as_deref(), &body)).await??;
+    let check =
+        verify::LifecycleCheck { connection_id: connection_id.clone(), revision, signature, raw: req.body.clone() };
     let webhook = MuxWebhook {
         connection_id,
         // Like an ingest body: parsed whatever the declared Content-Type.
         payload: req.payload_json(),
+        check,
     };
     let registry = state.shared.bucket_registry()?;
     let LifecyclePlan { event_type, lifecycle, waits } =
@@ -821,6 +827,8 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     let mut retry = None;
+    // A bucket that found the signature no longer holds (its secret rotated meanwhile).
+    let mut revoked = None;
     // The Mux API refused a bucket's fetch of the asset (its token, say): 422, as on ingest,
     // so that Mux retries once the connection is fixed (changes are idempotent: the retry
     // re-applying the other buckets' is harmless).
@@ -861,6 +869,7 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
             }
             // The adapter was removed meanwhile: it no longer uses the connection.
             Err(IngestErr::Gone) => {}
+            Err(IngestErr::Revoked(e)) => revoked = Some(e),
             Err(
                 IngestErr::Unauthorized(..)
                 | IngestErr::Disabled
@@ -868,6 +877,9 @@ async fn mux_webhook(state: &HttpState, req: &Request, cid: &str) -> Result<Resp
                 | IngestErr::Unverifiable(_),
             ) => {}
         }
+    }
+    if let Some(e) = revoked {
+        return Err(e);
     }
     if let Some(message) = retry {
         return Err(ApiError::Unavailable(message));

@@ -461,3 +461,97 @@ async fn refused_bodies_of_an_authenticated_sender_show_in_the_status() {
     assert_eq!(st["last_refused_ingest"]["reason"], "too_large", "{st}");
     assert_eq!(st["events_failed_24h"], 1, "the 413's event never reached the adapter: {st}");
 }
+
+/// The lifecycle route's counterpart of
+/// `a_mux_signature_checked_before_its_connection_changed_is_checked_again`: a
+/// `video.asset.deleted` signed with the connection's old signing secret, verified by the
+/// HTTP task and queued behind a busy actor while the secret is replaced (PATCH answered
+/// 200), is checked again by the actor and refused (401), changing nothing.
+#[tokio::test]
+async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_after_the_rotation() {
+    use hookline::adapter::mux;
+    let app = TestApp::start().await;
+    let config = |signing: &str| json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": signing});
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux", "provider_type": "mux", "provider_config": config("whsec-old")}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let conn = b["connection_id"].as_str().unwrap().to_string();
+    let adapter = json!({"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}});
+    let (bucket, _) = bucket_with_adapter(&app, "mux-lc", json!({"video": {"type": "video"}}), adapter).await;
+    let asset = "AsSeTlIfEcYcLe01";
+    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+    let ready = json!({"type": "video.asset.ready", "object": {"type": "asset", "id": asset},
+        "data": {"id": asset, "status": "ready", "playback_ids": [{"policy": "public", "id": "pbx"}]}})
+    .to_string();
+    let h = mux::sign("whsec-old", now(), ready.as_bytes());
+    let (s, b) = app.post_raw(&ingest_path(&bucket), ready, &[("mux-signature", &h)]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    assert_eq!(object_ids(&app, &bucket).await.len(), 1);
+
+    // The bucket's actor is busy (as with a Mux API fetch or an index run).
+    let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{bucket}"), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let deleted = json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": asset},
+        "data": {"id": asset, "status": "ready"}})
+    .to_string();
+    let sig = mux::sign("whsec-old", now(), deleted.as_bytes());
+    let rb = app.client.post(app.url(&format!("/v1/webhooks/mux/{conn}"))).header("mux-signature", sig).body(deleted);
+    let held = tokio::spawn(async move {
+        let r = rb.send().await.expect("request");
+        let s = r.status().as_u16();
+        (s, r.text().await.unwrap_or_default())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await; // verified, planned, queued at the actor
+                                                          // The operator rotates the signing secret: the old one must no longer authenticate anything.
+    let (s, b) = app
+        .patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": config("whsec-new")}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await;
+    assert_eq!(s, 200);
+    let (s, text) = held.await.unwrap();
+    let left = object_ids(&app, &bucket).await.len();
+    assert!(
+        s == 401 && left == 1,
+        "a lifecycle delete signed with the rotated-out secret was applied after the rotation: {s} {text}; objects left: {left}"
+    );
+}
+
+/// When a Mux adapter's connection cannot be decrypted (the master key changed), anonymous
+/// requests carrying a fresh-looking `Mux-Signature` make the daemon try it (from the head
+/// and over the body): it logs that once a minute, not once per request, so that anyone
+/// who knows a bucket ID cannot fill the operator's error log.
+#[tokio::test]
+async fn anonymous_requests_cannot_flood_the_error_log_when_credentials_are_unreadable() {
+    use base64::Engine;
+    let mut app = TestApp::start().await;
+    let config =
+        json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": "whsec-x"});
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux", "provider_type": "mux", "provider_config": config}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let conn = b["connection_id"].as_str().unwrap().to_string();
+    let adapter = json!({"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}});
+    let (bucket, _) = bucket_with_adapter(&app, "mux-unreadable", json!({"video": {"type": "video"}}), adapter).await;
+    let other_key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    app.set_env("HOOKLINE_MASTER_KEY", &other_key);
+    app.restart().await;
+    let before = app.log().matches("open connection").count();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let forged = format!("t={now},v1={}", "00".repeat(32));
+    for _ in 0..20 {
+        let (s, _) = app.post_raw(&ingest_path(&bucket), "{}", &[("mux-signature", forged.as_str())]).await;
+        assert_eq!(s, 503);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = app.log().matches("open connection").count() - before;
+    assert!(lines <= 2, "20 anonymous requests wrote {lines} ERROR lines \"open connection\"");
+}

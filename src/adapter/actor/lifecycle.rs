@@ -43,6 +43,8 @@ pub struct ChangeRequest {
     pub payload: Value,
     /// The asset fetch, shared by every bucket the event goes to (see [`SharedFetch`]).
     pub fetch: SharedFetch,
+    /// The request's signature, checked again here if its connection changed since.
+    pub check: std::sync::Arc<crate::adapter::verify::LifecycleCheck>,
     pub reply: RpcReplyPort<IngestResult>,
 }
 
@@ -477,9 +479,13 @@ impl AdapterState {
     /// upstream ID nothing is fetched or changed; a delete leaves a tombstone there (see
     /// [`AdapterState::tombstone`]).
     pub(super) async fn change(&mut self, req: ChangeRequest) {
-        let ChangeRequest { operation, event_type, external_id, payload, fetch, reply } = req;
+        let ChangeRequest { operation, event_type, external_id, payload, fetch, check, reply } = req;
         if self.closing {
             let _ = reply.send(Err(IngestErr::Gone));
+            return;
+        }
+        if let Err(e) = check.still_holds(&self.shared) {
+            let _ = reply.send(Err(IngestErr::Revoked(e)));
             return;
         }
         let dedup_value = pipeline::dedup_value(&self.adapter, &payload);

@@ -30,13 +30,17 @@ pub struct MuxWebhook {
     pub connection_id: ConnectionId,
     /// The parsed body (its error is reported only because the signature was valid).
     pub payload: Result<Value, ApiError>,
+    /// What the signature was checked with, for each actor to check again if its
+    /// connection changed meanwhile.
+    pub check: crate::adapter::verify::LifecycleCheck,
 }
 
 impl RegistryState {
     pub(super) fn mux_webhook(&mut self, w: MuxWebhook) -> Result<LifecyclePlan, ApiError> {
         // The connection was read, its type checked, by `verify::lifecycle`; one deleted
         // since has no users (a connection in use cannot be deleted), so nothing changes.
-        let MuxWebhook { connection_id: id, payload } = w;
+        let MuxWebhook { connection_id: id, payload, check } = w;
+        let check = std::sync::Arc::new(check);
         let payload = payload?;
         let event_type = mux::event_type(&payload).map(str::to_string);
         let lifecycle = mux::classify_lifecycle(&payload);
@@ -80,6 +84,7 @@ impl RegistryState {
                 external_id: asset_id.clone(),
                 payload: payload.clone(),
                 fetch: fetch.clone(),
+                check: check.clone(),
                 reply: tx.into(),
             };
             actor.cast(AdapterMsg::Change(Box::new(req))).map_err(|e| {
