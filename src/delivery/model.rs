@@ -262,6 +262,15 @@ pub fn validate_event_types(types: &[String]) -> Result<(), ApiError> {
 pub fn check_each_event_type(types: &[String]) -> Result<(), ApiError> {
     for (i, t) in types.iter().enumerate() {
         let base = t.strip_suffix(".*").unwrap_or(t);
+        // A family whose members would all be longer than an event type may be matches none.
+        if t.ends_with(".*") && valid_event_type(base) && !valid_event_type(&format!("{base}.x")) {
+            return Err(ApiError::validation(
+                format!("event_types[{i}]"),
+                format!(
+                    "{t:?} can match no event: every event type it covers would be longer than an event type may be"
+                ),
+            ));
+        }
         if t != "*" && !valid_event_type(base) {
             return Err(ApiError::validation(
                 format!("event_types[{i}]"),
@@ -423,7 +432,15 @@ pub fn is_delivery_id_shape(id: &str) -> bool {
     else {
         return false;
     };
-    ulid::Ulid::from_string(evt).is_ok() && !wh.is_empty() && index.parse::<usize>().is_ok()
+    // As IDs are written (a ULID in lower case, an index without sign or leading zero): a
+    // ULID in capitals parses too, but sorts before every stored key, and its page would be
+    // empty, which ends a client's paging.
+    let canonical_index = index == "0" || (!index.starts_with('0') && index.bytes().all(|b| b.is_ascii_digit()));
+    ulid::Ulid::from_string(evt).is_ok()
+        && evt.bytes().all(|b| !b.is_ascii_uppercase())
+        && !wh.is_empty()
+        && canonical_index
+        && index.parse::<usize>().is_ok()
 }
 
 impl Delivery {

@@ -43,6 +43,10 @@ use tokio::sync::oneshot;
 
 /// Most outbox events fanned out per batch.
 const DRAIN_SLICE: usize = 1024;
+/// Most bytes of outbox events (stored form) per batch: a slice is held in memory, and its
+/// events are written again in its batch (one log record), so 1,024 events of 1 MiB would
+/// make one of a gigabyte. At least one event is taken.
+const DRAIN_SLICE_BYTES: usize = 16 << 20;
 /// How often stored events that no delivery names any more are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// A stored event younger than this is never swept, whatever the scan saw: a margin for
@@ -409,6 +413,15 @@ impl Actor for DeliveryRegistry {
                             {
                                 let _ = reply.send(Err(unavailable(&webhook_id)));
                             }
+                        }
+                        // Left stopped after failing past its restart budget: retrying soon
+                        // does not help, a PATCH does (its last_error says so too).
+                        None if state.webhooks.get(&webhook_id).is_some_and(|e| e.stopped) => {
+                            let _ = reply.send(Err(ApiError::Unavailable(format!(
+                                "the delivery actor of webhook {webhook_id} is stopped after failing repeatedly (its \
+                                 last_error says why, the daemon's log more): a PATCH of the webhook starts it again, \
+                                 then retry"
+                            ))));
                         }
                         None => {
                             let _ = reply.send(Err(unavailable(&webhook_id)));
@@ -1147,11 +1160,11 @@ impl DeliveryState {
     async fn settle_outbox(&mut self) -> Result<(), StoreError> {
         self.shared.store.commit(Batch::new()).await?;
         loop {
-            let events: Vec<(String, EventRecord)> = self.shared.store.list(Keyspace::OUTBOX, "", None, DRAIN_SLICE)?;
+            let (events, full): (Vec<(String, EventRecord)>, bool) =
+                self.shared.store.list_within(Keyspace::OUTBOX, "", DRAIN_SLICE, DRAIN_SLICE_BYTES)?;
             if events.is_empty() {
                 return Ok(());
             }
-            let full = events.len() == DRAIN_SLICE;
             let (batch, per_worker) = self.fan_out_slice(events);
             self.shared.store.commit(batch).await?;
             enqueue(&self.shared.names, per_worker);
@@ -1180,18 +1193,18 @@ impl DeliveryState {
             self.again = true;
             return;
         }
-        let events: Vec<(String, EventRecord)> = match self.shared.store.list(Keyspace::OUTBOX, "", None, DRAIN_SLICE) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "read the outbox");
-                myself.send_after(Duration::from_secs(1), || DeliveryMsg::Drain);
-                return;
-            }
-        };
+        let (events, full): (Vec<(String, EventRecord)>, bool) =
+            match self.shared.store.list_within(Keyspace::OUTBOX, "", DRAIN_SLICE, DRAIN_SLICE_BYTES) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "read the outbox");
+                    myself.send_after(Duration::from_secs(1), || DeliveryMsg::Drain);
+                    return;
+                }
+            };
         if events.is_empty() {
             return;
         }
-        let full = events.len() == DRAIN_SLICE;
         let (batch, per_worker) = self.fan_out_slice(events);
         self.draining = true;
         self.epoch = self.epoch.wrapping_add(1);

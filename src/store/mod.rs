@@ -332,6 +332,30 @@ impl Store {
         Ok(out)
     }
 
+    /// [`Store::list`] from the start of `prefix`, stopping also once the values read hold
+    /// `max_bytes` in their stored form (at least one is read): for callers that hold a
+    /// slice of large values at once. The flag: whether it stopped at a bound (more may
+    /// follow).
+    pub fn list_within<T: DeserializeOwned>(
+        &self,
+        ks: Keyspace,
+        prefix: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, T)>, bool), StoreError> {
+        let mut out = Vec::new();
+        let (mut bytes, mut bounded) = (0usize, false);
+        let ks_prefix_len = ks.prefix().len();
+        self.reader.scan_from(&scan_start(ks, prefix, None), &ks.key(prefix), &mut |k: &[u8], v: &[u8]| {
+            let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
+            out.push((key.clone(), decode(ks, &key, v)?));
+            bytes += v.len();
+            bounded = out.len() >= limit || bytes >= max_bytes;
+            Ok(!bounded)
+        })?;
+        Ok((out, bounded))
+    }
+
     /// Visits the values under `prefix` in key order, starting strictly after the key `after`
     /// (a pagination cursor) when given; the visitor returns `false` to stop.
     pub fn for_each_after<T: DeserializeOwned>(
@@ -689,6 +713,24 @@ pub(crate) mod tests {
         store.commit(d).await.unwrap();
         assert_eq!(store.get::<i32>(Keyspace::OBJECTS, "bkt_a/obj_0").unwrap(), None);
         assert_eq!(store.get::<i32>(Keyspace::OBJECTS, "bkt_a/obj_1").unwrap(), Some(1));
+    }
+
+    /// A slice bounded by count and by the bytes of its values, at least one value taken.
+    #[tokio::test]
+    async fn a_list_within_bounds_stops_at_either() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path()).unwrap();
+        let mut b = Batch::new();
+        for i in 0..4 {
+            b.put(Keyspace::OUTBOX, &format!("e{i}"), &"x".repeat(100));
+        }
+        store.commit(b).await.unwrap();
+        let values = |(page, more): (Vec<(String, String)>, bool)| (page.len(), more);
+        assert_eq!(values(store.list_within(Keyspace::OUTBOX, "", 10, 1 << 20).unwrap()), (4, false));
+        assert_eq!(values(store.list_within(Keyspace::OUTBOX, "", 3, 1 << 20).unwrap()), (3, true));
+        // 102 bytes stored each (the JSON string's quotes): the second reaches 150.
+        assert_eq!(values(store.list_within(Keyspace::OUTBOX, "", 10, 150).unwrap()), (2, true));
+        assert_eq!(values(store.list_within(Keyspace::OUTBOX, "", 10, 1).unwrap()), (1, true));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ mod alerts;
 mod channels;
 mod dashboards;
 mod dedup_sets;
+mod fan_out;
 mod foundation;
 mod inbound;
 mod inbound_crash;

@@ -493,7 +493,7 @@ async fn delivery_restarts(app: &TestApp) -> f64 {
 
 /// Makes the webhook's delivery actor fail past its restart budget (debug endpoint), so that
 /// it is left stopped with the reason in the webhook's `last_error`; returns the budget.
-async fn stop_delivery_actor_for_good(app: &TestApp, id: &str) -> usize {
+pub(crate) async fn stop_delivery_actor_for_good(app: &TestApp, id: &str) -> usize {
     let budget = hookline::delivery::registry::MAX_WORKER_RESTARTS;
     for n in 1..=budget + 1 {
         let (s, b) = app.post(&format!("/v1/debug/crash/delivery.{id}"), json!({})).await;
