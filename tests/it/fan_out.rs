@@ -14,6 +14,22 @@ use crate::support::{eventually, TestApp};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A bucket whose generic_webhook adapter makes an object (immediately) of each event
+/// `{"id": …, "n": …}`, deduplicated by `id`: its ingest path and secret.
+async fn numbered_events_bucket(app: &TestApp) -> (String, String) {
+    let bucket = app.create_bucket("b", json!({"n": {"type": "int"}})).await;
+    let (s, b) = app
+        .patch(
+            &format!("/v1/buckets/{bucket}"),
+            json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "id",
+                "field_mapping": {"n": "n"}, "batching": {"mode": "immediate"}}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
+    (format!("/v1/buckets/{bucket}/source-adapter/ingest"), secret)
+}
+
 fn event_ids(rx: &Receiver) -> Vec<String> {
     rx.captured().iter().filter_map(|c| c.json()["event_id"].as_str().map(String::from)).collect()
 }
@@ -36,17 +52,7 @@ async fn subscription_changes_and_a_crash_deliver_exactly_the_subscribed_events(
         json!({"webhook_name": "t", "event_types": ["object.created"], "channels": [http_channel(&rx_types.url("/"))]}),
     )
     .await;
-    let bucket = app.create_bucket("b", json!({"n": {"type": "int"}})).await;
-    let (s, b) = app
-        .patch(
-            &format!("/v1/buckets/{bucket}"),
-            json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "id",
-                "field_mapping": {"n": "n"}, "batching": {"mode": "immediate"}}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
-    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let (ingest, secret) = numbered_events_bucket(&app).await;
     let mut want_pause = HashSet::new();
     let mut never_pause = HashSet::new();
     let mut want_types = HashSet::new();
@@ -264,17 +270,7 @@ async fn a_pause_then_kill_9_right_after_acknowledged_ingests_loses_none() {
         json!({"webhook_name": "w", "event_types": ["object.created"], "channels": [http_channel(&rx.url("/"))]}),
     )
     .await;
-    let bucket = app.create_bucket("b", json!({"n": {"type": "int"}})).await;
-    let (s, b) = app
-        .patch(
-            &format!("/v1/buckets/{bucket}"),
-            json!({"source_adapter": {"adapter_type": "generic_webhook", "dedup_key": "id",
-                "field_mapping": {"n": "n"}, "batching": {"mode": "immediate"}}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let secret = b["source_adapter"]["webhook_secret"].as_str().unwrap().to_string();
-    let ingest = format!("/v1/buckets/{bucket}/source-adapter/ingest");
+    let (ingest, secret) = numbered_events_bucket(&app).await;
     let mut objects = HashSet::new();
     let sends = (0..50).map(|n| {
         let body = json!({"type": "e", "id": format!("e{n}"), "n": n}).to_string();

@@ -175,6 +175,27 @@ async fn a_request_checked_before_a_rotation_is_checked_again() {
     assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
 }
 
+/// A Mux connection's provider_config: an API token and `signing` as its signing secret.
+fn mux_config(signing: &str) -> Value {
+    json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": signing})
+}
+
+/// A Mux connection (see [`mux_config`]) and a bucket `name` whose Mux adapter uses it:
+/// the connection's ID and the bucket's.
+async fn mux_bucket_on_a_connection(app: &TestApp, name: &str, signing: &str) -> (String, String) {
+    let (s, b) = app
+        .post(
+            "/v1/organizations/connections",
+            json!({"name": "mux", "provider_type": "mux", "provider_config": mux_config(signing)}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let conn = b["connection_id"].as_str().unwrap().to_string();
+    let adapter = json!({"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}});
+    let (bucket, _) = bucket_with_adapter(app, name, json!({"video": {"type": "video"}}), adapter).await;
+    (conn, bucket)
+}
+
 /// The same race for a Mux signature: checked against the connection's signing secret,
 /// held, the connection's secret replaced (no adapter restart: the connection is read per
 /// check), then re-checked by the actor against the new secret: 401.
@@ -182,17 +203,7 @@ async fn a_request_checked_before_a_rotation_is_checked_again() {
 async fn a_mux_signature_checked_before_its_connection_changed_is_checked_again() {
     use hookline::adapter::mux;
     let app = TestApp::start().await;
-    let config = |signing: &str| json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": signing});
-    let (s, b) = app
-        .post(
-            "/v1/organizations/connections",
-            json!({"name": "mux", "provider_type": "mux", "provider_config": config("whsec-old")}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let conn = b["connection_id"].as_str().unwrap().to_string();
-    let adapter = json!({"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}});
-    let (bucket, _) = bucket_with_adapter(&app, "mux", json!({"video": {"type": "video"}}), adapter).await;
+    let (conn, bucket) = mux_bucket_on_a_connection(&app, "mux", "whsec-old").await;
     let signed = |secret: &str, asset: &str| {
         let body = json!({"type": "video.asset.ready", "object": {"type": "asset", "id": asset},
             "data": {"id": asset, "status": "ready", "playback_ids": [{"policy": "public", "id": format!("pb{asset}")}]}})
@@ -206,7 +217,7 @@ async fn a_mux_signature_checked_before_its_connection_changed_is_checked_again(
     let held = spawn_ingest(&app, &bucket, body, &[("mux-signature", &header)]);
     wait_reached(&app, &bucket, 1).await;
     let (s, b) = app
-        .patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": config("whsec-new")}))
+        .patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": mux_config("whsec-new")}))
         .await;
     assert_eq!(s, 200, "{b}");
     release(&app, &bucket).await;
@@ -471,17 +482,7 @@ async fn refused_bodies_of_an_authenticated_sender_show_in_the_status() {
 async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_after_the_rotation() {
     use hookline::adapter::mux;
     let app = TestApp::start().await;
-    let config = |signing: &str| json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": signing});
-    let (s, b) = app
-        .post(
-            "/v1/organizations/connections",
-            json!({"name": "mux", "provider_type": "mux", "provider_config": config("whsec-old")}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let conn = b["connection_id"].as_str().unwrap().to_string();
-    let adapter = json!({"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}});
-    let (bucket, _) = bucket_with_adapter(&app, "mux-lc", json!({"video": {"type": "video"}}), adapter).await;
+    let (conn, bucket) = mux_bucket_on_a_connection(&app, "mux-lc", "whsec-old").await;
     let asset = "AsSeTlIfEcYcLe01";
     let now = || time::OffsetDateTime::now_utc().unix_timestamp();
     let ready = json!({"type": "video.asset.ready", "object": {"type": "asset", "id": asset},
@@ -508,7 +509,7 @@ async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_afte
     tokio::time::sleep(Duration::from_millis(500)).await; // verified, planned, queued at the actor
                                                           // The operator rotates the signing secret: the old one must no longer authenticate anything.
     let (s, b) = app
-        .patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": config("whsec-new")}))
+        .patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": mux_config("whsec-new")}))
         .await;
     assert_eq!(s, 200, "{b}");
     let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await;
@@ -529,18 +530,7 @@ async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_afte
 async fn anonymous_requests_cannot_flood_the_error_log_when_credentials_are_unreadable() {
     use base64::Engine;
     let mut app = TestApp::start().await;
-    let config =
-        json!({"access_token_id": "tok", "access_token_secret": "tok-secret", "webhook_signing_secret": "whsec-x"});
-    let (s, b) = app
-        .post(
-            "/v1/organizations/connections",
-            json!({"name": "mux", "provider_type": "mux", "provider_config": config}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let conn = b["connection_id"].as_str().unwrap().to_string();
-    let adapter = json!({"adapter_type": "mux", "connection_id": conn, "batching": {"mode": "immediate"}});
-    let (bucket, _) = bucket_with_adapter(&app, "mux-unreadable", json!({"video": {"type": "video"}}), adapter).await;
+    let (_, bucket) = mux_bucket_on_a_connection(&app, "mux-unreadable", "whsec-x").await;
     let other_key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
     app.set_env("HOOKLINE_MASTER_KEY", &other_key);
     app.restart().await;
