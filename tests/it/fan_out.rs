@@ -142,56 +142,42 @@ async fn subscription_changes_and_a_crash_deliver_exactly_the_subscribed_events(
             .collect();
         assert!(twice.is_empty(), "{name}: delivered twice: {twice:?}\n{}", timing.join("\n"));
     }
-    let _ = (w_pause, w_types, deliveries, event_ids);
 }
 
 /// Deliveries that succeeded (and show `succeeded` in the API) a second before a `kill -9`
-/// are not sent again after the restart: their outcome was written long before.
+/// are not sent again after the restart: their outcome was written long before. Also with
+/// the webhook paused after they succeeded, and resumed after the restart.
 #[tokio::test]
 async fn succeeded_deliveries_are_not_resent_after_a_kill_9() {
-    let mut app = TestApp::start().await;
-    let rx = Receiver::start(200).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "w", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
-    )
-    .await;
-    for n in 0..5 {
-        publish(&app, "object.created", json!({"n": n})).await;
+    for paused in [false, true] {
+        let mut app = TestApp::start().await;
+        let rx = Receiver::start(200).await;
+        let (id, _) = create_webhook(
+            &app,
+            json!({"webhook_name": "w", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
+        )
+        .await;
+        for n in 0..5 {
+            publish(&app, "object.created", json!({"n": n})).await;
+        }
+        assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 5 }).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(rx.count(), 5);
+        let path = format!("/v1/organizations/webhooks/{id}");
+        if paused {
+            let (s, b) = app.patch(&path, json!({"is_active": false})).await;
+            assert_eq!(s, 200, "{b}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        app.crash_restart().await;
+        if paused {
+            let (s, b) = app.patch(&path, json!({"is_active": true})).await;
+            assert_eq!(s, 200, "{b}");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let states: Vec<Value> = deliveries(&app, &id, None).await.iter().map(|d| d["status"].clone()).collect();
+        assert_eq!(rx.count(), 5, "paused: {paused}; sent again after the restart: {:?}; {states:?}", event_ids(&rx));
     }
-    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 5 }).await);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(rx.count(), 5);
-    app.crash_restart().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(rx.count(), 5, "sent again after the restart: {:?}", event_ids(&rx));
-}
-
-/// The same, with the webhook paused after its deliveries succeeded, and resumed after
-/// the restart.
-#[tokio::test]
-async fn succeeded_deliveries_of_a_paused_webhook_are_not_resent_after_a_kill_9() {
-    let mut app = TestApp::start().await;
-    let rx = Receiver::start(200).await;
-    let (id, _) = create_webhook(
-        &app,
-        json!({"webhook_name": "w", "event_types": ["*"], "channels": [http_channel(&rx.url("/"))]}),
-    )
-    .await;
-    for n in 0..5 {
-        publish(&app, "object.created", json!({"n": n})).await;
-    }
-    assert!(eventually(WAIT, || async { deliveries(&app, &id, Some("succeeded")).await.len() == 5 }).await);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"is_active": false})).await;
-    assert_eq!(s, 200, "{b}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    app.crash_restart().await;
-    let (s, b) = app.patch(&format!("/v1/organizations/webhooks/{id}"), json!({"is_active": true})).await;
-    assert_eq!(s, 200, "{b}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let states: Vec<Value> = deliveries(&app, &id, None).await.iter().map(|d| d["status"].clone()).collect();
-    assert_eq!(rx.count(), 5, "sent again after the restart: {:?}; statuses now {states:?}", event_ids(&rx));
 }
 
 /// Publishes racing PATCHes that reorder, remove and re-add channels: no receiver gets an
