@@ -384,44 +384,83 @@ fn tables_are_tables(doc: &toml::Table, defaults: &toml::Table, within: &str) ->
     Ok(())
 }
 
-/// A URL as an error shows it: a user name or password in it (`https://user:pw@host`), a
-/// query and a fragment (where tokens go) replaced, since errors are printed and logged.
+/// A URL as an error shows it: a user name or password in it (`https://user:pw@host`, also
+/// written without `//`), a query and a fragment (where tokens go) replaced, since errors
+/// are printed and logged.
 fn without_login(url: &str) -> String {
     let (url, cut) = match url.find(['?', '#']) {
         Some(at) => (&url[..at], "?(not shown)"),
         None => (url, ""),
     };
-    let Some((scheme, rest)) = url.split_once("//") else { return format!("{url}{cut}") };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}//********{}{cut}", &rest[at..]),
+    // The authority: after the scheme's `:` and any slashes, up to the next `/`.
+    let after_scheme = url.find(':').map_or(0, |i| i + 1);
+    let start = after_scheme + (url[after_scheme..].len() - url[after_scheme..].trim_start_matches('/').len());
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}********{}{cut}", &url[..start], &url[start + at..]),
         None => format!("{url}{cut}"),
     }
 }
 
-/// A TOML error's quoted source lines, with any value a secret may be in hidden: the
-/// parser quotes the line it stopped at (`5 | password=SmtpPw…`), and the error is printed
-/// and logged. A line that names a key like a secret's (password, token, secret, key) keeps
-/// only what is before its first `=`; a line with no key (an array's item on a line of its
-/// own) is hidden whole.
-fn without_secrets(message: &str) -> String {
-    let hide = |line: &str| -> Option<String> {
-        let (number, text) = line.split_once(" | ")?;
-        if !number.trim().chars().all(|c| c.is_ascii_digit()) || number.trim().is_empty() {
-            return None;
+/// Whether a TOML source line names a key like a secret's (password, token, secret, key):
+/// the word before each `=` is looked at, so an inline table's keys count too.
+fn names_a_secret(line: &str) -> bool {
+    let mut parts = line.split('=').peekable();
+    let mut found = false;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            break;
         }
-        // The whole line is looked at: an inline table names its keys after the first `=`.
-        let lower = text.to_ascii_lowercase();
-        let secret = ["password", "token", "secret", "key"].iter().any(|s| lower.contains(s));
-        let shown = match text.split_once('=') {
-            Some((key, _)) if secret => format!("{key}= (value not shown)"),
-            Some(_) => text.to_string(),
-            None if text.trim().is_empty() || text.trim_start().starts_with('[') => text.to_string(),
-            None => "(value not shown)".to_string(),
+        let key = part.trim_end().rsplit([' ', '{', ',', '.', '"', '\'']).next().unwrap_or("").to_ascii_lowercase();
+        found |= ["password", "token", "secret", "key"].iter().any(|w| key.contains(w));
+    }
+    found
+}
+
+/// A TOML error with any value a secret may be in hidden: the parser quotes the line it
+/// stopped at (`5 | password=SmtpPw…`), serde's message may repeat the value (`invalid
+/// type: string "…"`), and the error is printed and logged. A line naming a secret's key
+/// keeps only what is before its first `=`, and then the message keeps only the value's
+/// kind; an array item on a line of its own (no key) is hidden whole, whatever its array.
+fn without_secrets(message: &str) -> String {
+    let mut hid = false;
+    let mut out = Vec::new();
+    for line in message.lines() {
+        let quoted = line
+            .split_once(" | ")
+            .filter(|(n, _)| !n.trim().is_empty() && n.trim().bytes().all(|b| b.is_ascii_digit()));
+        let shown = match quoted {
+            Some((number, text)) => {
+                let item = text.trim_start().starts_with(['"', '\''])
+                    || text.trim().trim_end_matches(',').parse::<f64>().is_ok();
+                match text.split_once('=') {
+                    Some((key, _)) if names_a_secret(text) => {
+                        hid = true;
+                        format!("{number} | {key}= (value not shown)")
+                    }
+                    None if item => {
+                        hid = true;
+                        format!("{number} | (value not shown)")
+                    }
+                    _ => line.to_string(),
+                }
+            }
+            None => line.to_string(),
         };
-        Some(format!("{number} | {shown}"))
-    };
-    message.lines().map(|l| hide(l).unwrap_or_else(|| l.to_string())).collect::<Vec<_>>().join("\n")
+        out.push(shown);
+    }
+    if hid {
+        // `invalid type: string "…", expected …` → `invalid type: string, expected …`.
+        for line in &mut out {
+            if let Some(rest) = line.strip_prefix("invalid type: ").or_else(|| line.strip_prefix("invalid value: ")) {
+                if let (Some(kind), Some(at)) = (rest.split_whitespace().next(), rest.rfind(", expected")) {
+                    let head = if line.starts_with("invalid type") { "invalid type" } else { "invalid value" };
+                    *line = format!("{head}: {}{}", kind.trim_end_matches(','), &rest[at..]);
+                }
+            }
+        }
+    }
+    out.join("\n")
 }
 
 fn plain_types(message: &str) -> String {
@@ -628,7 +667,8 @@ impl Config {
                 );
             }
             // (Its scheme is http(s): checked as written above.)
-            let parsed = url::Url::parse(u).with_context(|| format!("server.public_url {u:?} is not a URL"))?;
+            let parsed =
+                url::Url::parse(u).with_context(|| format!("server.public_url {:?} is not a URL", without_login(u)))?;
             // The ingest path is appended to it: a query, a fragment or credentials would end
             // up in front of it, in every webhook_url shown.
             if parsed.query().is_some()
@@ -891,9 +931,40 @@ mod tests {
             let e = format!("{:#}", Config::from_toml(text).unwrap_err());
             assert!(!e.contains("SECRET") && e.contains("line"), "{text}: {e}");
         }
-        // Other keys' lines are quoted as written.
+        // Other keys' lines are quoted as written, typos included, and their values named.
         let e = format!("{:#}", Config::from_toml("[server]\nlisten = 8080\n").unwrap_err());
         assert!(e.contains("listen = 8080"), "{e}");
+        let e = format!("{:#}", Config::from_toml("[server]\nlisten \"127.0.0.1:8080\"\n").unwrap_err());
+        assert!(e.contains("listen \"127.0.0.1:8080\""), "{e}");
+        let e = format!("{:#}", Config::from_toml("[server]\npublic_url = 5\n").unwrap_err());
+        assert!(e.contains("public_url = 5") && e.contains("invalid type: integer `5`"), "{e}");
+    }
+
+    /// The quoted line is not the only place a TOML error repeats a value: serde's
+    /// "invalid type" message names it too (an all-digit SMTP password written unquoted,
+    /// `api_keys` written as the comma-separated string `HOOKLINE_API_KEYS` takes).
+    #[test]
+    fn a_toml_type_error_shows_no_secret_value() {
+        for text in [
+            "[auth]\napi_keys = \"abcdefghijklmnop80417733\"\n",
+            "[delivery.email]\nsmtp_host = \"h\"\nfrom = \"a@b.example\"\npassword = 80417733\n",
+            "[delivery.sms]\naccount_sid = \"AC1\"\nfrom = \"+1\"\nauth_token = 80417733\n",
+        ] {
+            let e = format!("{:#}", Config::from_toml(text).unwrap_err());
+            assert!(!e.contains("80417733"), "{text}: {e}");
+        }
+    }
+
+    /// Every server.public_url error hides a login: also the parser's "is not a URL" (a bad
+    /// port, no host after the login) and one written without `//`.
+    #[test]
+    fn every_public_url_error_hides_its_login() {
+        for bad in ["https://user:SECRET@x.example:99999", "https://user:SECRET@", "https:user:SECRET@x.example"] {
+            let mut c = Config::default();
+            c.server.public_url = Some(bad.into());
+            let e = format!("{:#}", c.validate().unwrap_err());
+            assert!(e.contains("server.public_url") && !e.contains("SECRET"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -107,12 +107,15 @@ pub enum AdapterMsg {
 
 impl AdapterMsg {
     /// Whether the caller of a call that changes something stopped waiting for its answer
-    /// (see `handle`). The calls that change nothing, and the registry's own (a drain), are
+    /// (see `handle`): an admin call whose wait ran out (answered 503), or an ingest its
+    /// HTTP task answered 503. The calls that change nothing, the registry's own (a drain),
+    /// and Mux lifecycle changes (idempotent, and Mux retries whatever it was answered) are
     /// never dropped.
     fn caller_gone(&self) -> bool {
         match self {
-            AdapterMsg::Ingest(req) => req.reply.is_closed(),
-            AdapterMsg::Change(req) => req.reply.is_closed(),
+            AdapterMsg::Ingest(req) => {
+                req.reply.is_closed() && req.answered_503.load(std::sync::atomic::Ordering::Acquire)
+            }
             AdapterMsg::DeleteObject(_, reply) => reply.is_closed(),
             AdapterMsg::Alert(_, reply) => reply.is_closed(),
             AdapterMsg::RequeueWriteback(_, reply) => reply.is_closed(),
@@ -149,6 +152,11 @@ pub struct IngestRequest {
     pub raw: Bytes,
     pub auth: IngestAuth,
     pub reply: RpcReplyPort<IngestResult>,
+    /// Set by the HTTP task when it gave up waiting and answered 503 ("retry later"): the
+    /// actor then drops the request if it has not begun it. A sender that merely hung up
+    /// (its own timeout, shorter than ours) is not told to retry, and some never do
+    /// (Supabase's database webhooks): its request is carried out.
+    pub answered_503: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How far the HTTP task got with a request: nothing is parsed before it is authenticated.
@@ -507,15 +515,15 @@ impl Actor for SourceAdapterActor {
     ) -> Result<(), ActorProcessingErr> {
         if msg.caller_gone() {
             // Answered 503 "retry" already (the wait ran out while the message queued behind
-            // a slow one), or its client left: done now, it would change what the caller was
-            // told is unchanged (an object deleted, a second object from an ingest without a
-            // dedup key). Only a message handled before its caller gives up is carried out.
+            // a slow one): done now, it would change what the caller was told is unchanged
+            // (an object deleted, a second object from an ingest without a dedup key). Only a
+            // message handled before its caller gives up is carried out.
             tracing::debug!(bucket_id = %state.bucket.bucket_id, "a call whose caller stopped waiting was dropped");
             return Ok(());
         }
         match msg {
             AdapterMsg::Ingest(req) => {
-                let IngestRequest { headers, raw, auth, reply } = *req;
+                let IngestRequest { headers, raw, auth, reply, .. } = *req;
                 match state.ingest(&headers, &raw, auth) {
                     Step::Done(result) => {
                         let _ = reply.send(result);

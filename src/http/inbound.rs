@@ -218,6 +218,8 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
     // How this task authenticated the request, once it found a running adapter's gate.
     let mut checked: Option<Proof> = None;
     let mut resent = false;
+    // Set once this task answers 503 for a request still queued (see `IngestRequest`).
+    let answered_503 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reply = loop {
         let Some(actor) = ActorRef::<AdapterMsg>::where_is(state.shared.names.adapter(bucket_id.as_str())) else {
             match no_running_adapter(state, &bucket_id) {
@@ -274,6 +276,7 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
         };
         let msg = |reply| {
             AdapterMsg::Ingest(Box::new(IngestRequest {
+                answered_503: answered_503.clone(),
                 headers: SignatureHeaders {
                     webhook_secret: req.credential(&X_WEBHOOK_SECRET).map(String::from),
                     mux_signature: req.credential(&MUX_SIGNATURE).map(String::from),
@@ -302,10 +305,12 @@ async fn ingest_inner(state: &HttpState, req: &Request, id: &str) -> (&'static s
             // Busy (a Mux API fetch, a takeover's indexing): as for a restart, the upstream's
             // retry gets through, and the outcome says so (`error` is hookline's own failure).
             Err(ractor::RactorErr::Timeout) => {
+                // The actor drops it if it has not begun it: the sender is told to retry.
+                answered_503.store(true, std::sync::atomic::Ordering::Release);
                 return (
                     "unavailable",
                     Err(ApiError::Unavailable("the source adapter did not answer within 30 s; retry later".into())),
-                )
+                );
             }
             Err(_) => {
                 return (

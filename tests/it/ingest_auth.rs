@@ -545,3 +545,40 @@ async fn anonymous_requests_cannot_flood_the_error_log_when_credentials_are_unre
     let lines = app.log().matches("open connection").count() - before;
     assert!(lines <= 2, "20 anonymous requests wrote {lines} ERROR lines \"open connection\"");
 }
+
+/// The other side of the re-check: a lifecycle delete signed with the current secret,
+/// queued behind a busy actor while a connection changes in a way that keeps that secret
+/// (this one renamed), is still applied (200), not refused.
+#[tokio::test]
+async fn a_lifecycle_delete_queued_across_a_rename_of_its_connection_is_applied() {
+    use hookline::adapter::mux;
+    let app = TestApp::start().await;
+    let (conn, bucket) = mux_bucket_on_a_connection(&app, "mux-lc-rename", "whsec-k").await;
+    let asset = "AsSeTrEnAmE01";
+    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+    let ready = json!({"type": "video.asset.ready", "object": {"type": "asset", "id": asset},
+        "data": {"id": asset, "status": "ready", "playback_ids": [{"policy": "public", "id": "pbx"}]}})
+    .to_string();
+    let h = mux::sign("whsec-k", now(), ready.as_bytes());
+    let (s, b) = app.post_raw(&ingest_path(&bucket), ready, &[("mux-signature", &h)]).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
+    let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{bucket}"), json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let deleted = json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": asset},
+        "data": {"id": asset, "status": "ready"}})
+    .to_string();
+    let sig = mux::sign("whsec-k", now(), deleted.as_bytes());
+    let rb = app.client.post(app.url(&format!("/v1/webhooks/mux/{conn}"))).header("mux-signature", sig).body(deleted);
+    let held = tokio::spawn(async move {
+        let r = rb.send().await.expect("request");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, b) = app.patch(&format!("/v1/organizations/connections/{conn}"), json!({"name": "mux renamed"})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await;
+    assert_eq!(s, 200);
+    let (s, text) = held.await.unwrap();
+    assert_eq!(s, 200, "{text}");
+    assert!(object_ids(&app, &bucket).await.is_empty());
+}

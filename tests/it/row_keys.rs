@@ -178,3 +178,35 @@ async fn a_pending_writeback_of_an_object_whose_key_was_taken_is_not_sent() {
     assert!(crate::support::eventually(Duration::from_secs(20), given_up).await, "{}", app.get(&path).await.1);
     assert!(pg.succeeded().iter().all(|x| x.query != "id=eq.2"), "written onto the re-keyed row: {:?}", pg.seen());
 }
+
+/// The same with both rows' objects still in a time window's buffer (and a restart before
+/// the flush): the taken key's entry is flushed without an external ID, the re-keyed row's
+/// with its new one.
+#[tokio::test]
+async fn a_buffered_object_whose_key_was_taken_is_flushed_without_it() {
+    let mut app = TestApp::start().await;
+    let adapter = supabase(json!({"batching": {"mode": "time_window", "window_seconds": 300}}));
+    let (b, s) = bucket_with_adapter(&app, "buffered-orphan", json!({"title": {"type": "string"}}), adapter).await;
+    let one = post_row(&app, &b, &s, db_event("INSERT", json!({"id": 1, "title": "row one"}), Value::Null)).await;
+    let two = post_row(&app, &b, &s, db_event("INSERT", json!({"id": 2, "title": "row two"}), Value::Null)).await;
+    let (one, two) = (one["object_id"].clone(), two["object_id"].clone());
+    let r = post_row(&app, &b, &s, db_event("UPDATE", json!({"id": 2, "title": "one, now 2"}), json!({"id": 1}))).await;
+    assert_eq!((&r["status"], &r["object_ids"]), (&json!("updated"), &json!([one])), "{r}");
+    app.restart().await;
+    let (st, f) = app.post(&format!("/v1/buckets/{b}/source-adapter/flush"), json!({})).await;
+    assert_eq!(st, 200, "{f}");
+    let objs = objects(&app, &b).await;
+    let of = |id: &Value| objs.iter().find(|o| &o["object_id"] == id).cloned().unwrap_or_default();
+    assert_eq!(
+        (&of(&one)["source"]["external_id"], &of(&one)["metadata"]["title"]),
+        (&json!("2"), &json!("one, now 2")),
+        "{objs:?}"
+    );
+    assert_eq!(
+        (&of(&two)["source"]["external_id"], &of(&two)["metadata"]["title"]),
+        (&Value::Null, &json!("row two")),
+        "{objs:?}"
+    );
+    let r = post_row(&app, &b, &s, db_event("UPDATE", json!({"id": 2, "title": "again"}), json!({"id": 2}))).await;
+    assert_eq!(&r["object_ids"], &json!([one]), "{r}");
+}

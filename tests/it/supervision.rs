@@ -477,3 +477,36 @@ async fn an_object_delete_answered_503_changes_nothing() {
         deleted.len()
     );
 }
+
+/// A sender that gives up on its answer without retrying (a Supabase database webhook: pg_net
+/// waits 1 s by default, at most 5 s, and never sends again) while the bucket's actor is
+/// busy: the request reached hookline whole and was never answered 503, so nothing tells the
+/// sender to send it again: it is carried out (only an ingest answered 503 is dropped).
+#[tokio::test]
+async fn an_ingest_whose_client_hung_up_without_a_503_is_not_lost() {
+    let app = TestApp::start().await;
+    let adapter = json!({"adapter_type": "generic_webhook", "batching": {"mode": "immediate"}});
+    let (b, s) = crate::inbound::bucket_with_adapter(&app, "hung-up", json!({}), adapter).await;
+    let (st, _) = app.post(&format!("/v1/debug/stall-adapter/{b}"), json!({})).await;
+    assert_eq!(st, 200);
+    let impatient = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    let sent = impatient
+        .post(app.url(&format!("/v1/buckets/{b}/source-adapter/ingest")))
+        .header("x-webhook-secret", &s)
+        .header("content-type", "application/json")
+        .body(r#"{"row": "one"}"#)
+        .send()
+        .await;
+    assert!(sent.is_err(), "the sender's 1 s ran out: {sent:?}");
+    let (st, _) = app.delete(&format!("/v1/debug/stall-adapter/{b}")).await;
+    assert_eq!(st, 200);
+    let stored = || async {
+        let (_, o) = app.get(&format!("/v1/buckets/{b}/objects")).await;
+        o["results"].as_array().is_some_and(|r| r.len() == 1)
+    };
+    assert!(
+        crate::support::eventually(Duration::from_secs(5), stored).await,
+        "an ingest received whole, never answered, was dropped: {}",
+        app.get(&format!("/v1/buckets/{b}/objects")).await.1
+    );
+}
