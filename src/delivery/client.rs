@@ -136,10 +136,20 @@ impl DeliveryClient {
         let status = resp.status().as_u16();
         let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry_after);
         let mut body = Vec::new();
-        let _ = timeout_at(deadline, read_capped(resp.into_body(), &mut body)).await;
+        // A 2xx's body is never used: read for a moment only (a short one lets the connection
+        // be reused), not until the deadline: a receiver that answers 200 at once but never
+        // ends its body would otherwise make every send last the whole timeout.
+        let until = match status {
+            200..=299 => deadline.min(Instant::now() + SUCCESS_BODY_GRACE),
+            _ => deadline,
+        };
+        let _ = timeout_at(until, read_capped(resp.into_body(), &mut body)).await;
         Ok(Reply { status, retry_after, body })
     }
 }
+
+/// How long the body of a 2xx answer is read (see [`DeliveryClient::send`]).
+const SUCCESS_BODY_GRACE: Duration = Duration::from_millis(200);
 
 /// A `Retry-After` value: seconds, or an HTTP date (RFC 9110 allows both, and proxies and
 /// servers send the date; one already past is no wait). `None` for anything else.

@@ -837,6 +837,7 @@ impl DeliveryState {
                 signing_key: Arc::from(signature::secret_key(&s.signing_secret).unwrap_or_default()),
                 channels: s.channels.iter().map(|c| channel::build(c, &self.deps)).collect(),
                 channel_ids: w.channel_ids(),
+                destinations: s.channels.iter().map(|c| c.destination().to_string()).collect(),
                 problem: None,
             }),
             None => Arc::new(WebhookRuntime {
@@ -846,6 +847,7 @@ impl DeliveryState {
                 signing_key: Arc::from(Vec::new()),
                 channels: Vec::new(),
                 channel_ids: w.channel_ids(),
+                destinations: Vec::new(),
                 problem: Some(crate::crypto::DecryptError::Key.to_string()),
             }),
         }

@@ -24,6 +24,14 @@ const FUEL: u64 = 100_000;
 /// More for a payload that needs it (see `Template::render_large`): `tojson` spends about a
 /// quarter per byte of output, which `indent` can make larger than the payload.
 const FUEL_PER_PAYLOAD_BYTE: u64 = 4;
+/// The most that extra may be: 4 Mi fuel pays for 256 MiB of data made, which a runaway
+/// template over a 1 MiB payload spent before it stopped; 1 Mi (64 MiB) is still four times
+/// what `tojson` of a 1 MiB payload needs.
+const MAX_EXTRA_FUEL: u64 = 1 << 20;
+
+/// Renders given extra fuel run one at a time, process-wide: each may hold tens of MiB while
+/// it runs, and a webhook renders up to `max_in_flight` sends at once.
+static LARGE_RENDERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The most a render may output, and the largest result of `join` (which minijinja builds
 /// before charging for it): a template that loops over a payload, or joins `[big] * 1000`,
 /// fails here rather than taking the daemon's memory.
@@ -196,15 +204,18 @@ impl Template {
 
     /// Fuel in proportion to the payload: `tojson` and loops over a large payload spend
     /// some per byte, and an accepted event must not be refused for its size. A runaway
-    /// template still stops, within [`FUEL_PER_PAYLOAD_BYTE`] × the payload's size.
+    /// template still stops, within [`FUEL_PER_PAYLOAD_BYTE`] × the payload's size, at most
+    /// [`MAX_EXTRA_FUEL`] more, one such render at a time (see [`LARGE_RENDERS`]).
     ///
     /// Such a render may take a while (a runaway one over a megabyte: about a second), so on a
     /// multi-threaded runtime it tells tokio to move other tasks off this thread meanwhile.
     fn render_large(&self, event: &EventRecord, webhook_name: &str) -> Result<String, minijinja::Error> {
         let render = || {
+            let _one_at_a_time = LARGE_RENDERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let bytes = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(0) as u64;
             let mut env = self.env.clone();
-            env.set_fuel(Some(FUEL.saturating_add(bytes.saturating_mul(FUEL_PER_PAYLOAD_BYTE))));
+            let extra = bytes.saturating_mul(FUEL_PER_PAYLOAD_BYTE).min(MAX_EXTRA_FUEL);
+            env.set_fuel(Some(FUEL.saturating_add(extra)));
             capped_render(&env.get_template(NAME)?, Self::context(event, webhook_name))
         };
         match tokio::runtime::Handle::try_current() {

@@ -49,6 +49,13 @@ impl ChannelThrottle {
     fn paced(&self, now: u64) -> bool {
         now < self.paced_until_ms
     }
+
+    /// When the next paced send may go after one at `now`: the spacing, but never past the
+    /// pacing's end (a long `Retry-After` makes a spacing longer than the minute of pacing,
+    /// which would hold the backlog a second time after it).
+    fn next_send(&self, now: u64) -> u64 {
+        (now + self.spacing_ms).min(self.paced_until_ms)
+    }
 }
 
 /// The throttled channels of one webhook, by channel ID (usually none).
@@ -85,7 +92,7 @@ impl Throttles {
                 t.backlog.push_back(id.clone());
             }
         } else if t.paced(now) {
-            t.hold_until_ms = now + t.spacing_ms;
+            t.hold_until_ms = t.next_send(now);
         }
         !wait
     }
@@ -105,7 +112,7 @@ impl Throttles {
                 out.extend(t.backlog.drain(..));
             } else if in_flight_on(channel) == 0 {
                 out.extend(t.backlog.pop_front());
-                t.hold_until_ms = now + t.spacing_ms;
+                t.hold_until_ms = t.next_send(now);
             }
         }
         self.channels.retain(|_, t| t.paced(now) || !t.backlog.is_empty());
@@ -130,6 +137,18 @@ impl Throttles {
     /// Channels a PATCH removed (their deliveries are buried by the worker).
     pub fn forget(&mut self, channels: &[String]) {
         self.channels.retain(|c, _| !channels.contains(c));
+    }
+
+    /// Channels a PATCH pointed at another destination (a new URL): the old receiver's hold
+    /// and pacing say nothing of the new one. Returns their waiting deliveries, to go now.
+    pub fn release(&mut self, channels: &[String]) -> Vec<DeliveryId> {
+        let mut out = Vec::new();
+        for c in channels {
+            if let Some(t) = self.channels.remove(c) {
+                out.extend(t.backlog);
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -201,6 +220,32 @@ mod tests {
         assert!(!t.admit("c", &id(2), 2_000, || 0), "spaced by a little over the minimum hold");
         assert!(t.releasable(2_049, |_| 0).is_empty());
         assert_eq!(t.releasable(2_050, |_| 0), vec![id(2)]);
+    }
+
+    /// After the hold, one send at a time until a minute passes after it, then the rest at
+    /// once: with a long Retry-After (600 s here; Twilio, GitHub and others send minutes) the
+    /// spacing (630 s) ends with the pacing, not a second full hold later.
+    #[test]
+    fn a_long_hold_does_not_hold_the_backlog_a_second_time() {
+        let mut t = Throttles::default();
+        t.on_429("c", 0, Duration::from_secs(600));
+        for n in 1..=3 {
+            assert!(!t.admit("c", &id(n), 1_000, || 0));
+        }
+        // Hold over: one goes.
+        assert_eq!(t.releasable(600_000, |_| 0), vec![id(1)]);
+        assert!(t.admit("c", &id(1), 600_000, || 0));
+        t.end_round();
+        // It answered 2xx at once. A minute after the hold, pacing is over: the rest goes.
+        let after_pacing = 600_000 + PACED_FOR.as_millis() as u64 + 1_000;
+        assert_eq!(
+            t.releasable(after_pacing, |_| 0),
+            vec![id(2), id(3)],
+            "pacing ended at {} ms, but the backlog is held until {} ms (next_wake {:?})",
+            600_000 + PACED_FOR.as_millis() as u64,
+            600_000 + 630_000,
+            t.next_wake(after_pacing)
+        );
     }
 
     #[test]

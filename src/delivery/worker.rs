@@ -99,6 +99,9 @@ pub struct WebhookRuntime {
     /// The ID of each of `channels`: deliveries name their channel by ID (see
     /// `model::CHANNEL_ID`).
     pub channel_ids: Vec<String>,
+    /// Each channel's [`ChannelConfig::destination`](crate::delivery::channel::ChannelConfig::destination)
+    /// (none while the secrets cannot be read).
+    pub destinations: Vec<String>,
     /// Set when the webhook cannot send at all (e.g. secrets unreadable): deliveries are
     /// held, not failed, and this is the webhook's `last_error`.
     pub problem: Option<String>,
@@ -406,6 +409,17 @@ impl Actor for DeliveryWorker {
                 if !removed.is_empty() {
                     state.throttles.forget(&removed);
                     state.drop_removed_channels(&removed).await?;
+                }
+                // Kept, but sent elsewhere now: an old receiver's 429 does not hold the new one.
+                let moved: Vec<String> = (old.channel_ids.iter().zip(&old.destinations))
+                    .filter(|(id, to)| {
+                        let now_at = state.rt.channel_ids.iter().position(|c| c == *id);
+                        now_at.and_then(|i| state.rt.destinations.get(i)).is_some_and(|d| d != *to)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in state.throttles.release(&moved).into_iter().rev() {
+                    state.ready.push_front(id);
                 }
                 state.pump();
                 // A burial may have emptied the queue while deliveries wait in the store.

@@ -4,6 +4,7 @@
 mod support;
 
 mod alerts;
+mod channel_sends;
 mod channels;
 mod dashboards;
 mod dedup_sets;

@@ -311,9 +311,10 @@ const MIN_HIDDEN_CHARS: usize = 6;
 /// padded text). Letter case is left to the matching ([`hide_in`]
 /// ignores it: a receiver may lower-case a header it echoes), and as a JSON string holds
 /// them (escaped; `/` also as `\/`, non-ASCII also as `\uXXXX`, and both, as PHP writes
-/// them). At most 36 forms a value.
+/// them; `&<>` as `\u00XX`, as Go writes them) or an HTML page does (entities), and after
+/// the `=` of a last word (`Token token="…"`). At most 55 forms a value.
 pub(crate) fn secret_forms(value: &str) -> Vec<String> {
-    let mut forms = Vec::with_capacity(36);
+    let mut forms = Vec::with_capacity(55);
     for p in plain_forms(value) {
         use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
         use base64::Engine;
@@ -326,7 +327,16 @@ pub(crate) fn secret_forms(value: &str) -> Vec<String> {
         let slashes = json.replace('/', "\\/");
         // Python's json.dumps and PHP's json_encode write non-ASCII as `\uXXXX` by default.
         let (ascii, php) = (ascii_escaped(&json), ascii_escaped(&slashes));
-        forms.extend([percent_encoded(&p), form, json, slashes, ascii, php, p]);
+        // Go's encoding/json writes `&`, `<` and `>` as `\u0026`, `\u003c`, `\u003e`; an
+        // HTML page shows them (and quotes) as entities.
+        let go = json.replace('&', "\\u0026").replace('<', "\\u003c").replace('>', "\\u003e");
+        let html = p
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;");
+        forms.extend([percent_encoded(&p), form, json, slashes, ascii, php, go, html, p]);
     }
     forms.retain(|f| f.chars().count() >= MIN_HIDDEN_CHARS);
     forms.sort();
@@ -342,6 +352,12 @@ fn plain_forms(value: &str) -> Vec<String> {
     let mut plain = vec![value.to_string()];
     if let Some((_, last)) = value.trim().rsplit_once(' ') {
         plain.push(last.to_string());
+    }
+    // `Token token="…"` (Rails' token scheme) and the like: what follows the last word's
+    // `=`, quotes trimmed, is the credential a refusing receiver names.
+    let last = value.trim().rsplit(' ').next().unwrap_or_default();
+    if let Some((_, credential)) = last.rsplit_once('=') {
+        plain.push(credential.trim_matches(['"', '\'']).to_string());
     }
     if let Some((scheme, credentials)) = value.trim().split_once(' ') {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -516,6 +532,28 @@ pub fn elapsed_ms(started: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Go's encoding/json (go-httpbin's `/anything`, most Go services echoing a request)
+    /// writes `&`, `<` and `>` as `\u0026`, `\u003c`, `\u003e`: a header value holding one
+    /// of them, echoed so, is hidden too.
+    #[test]
+    fn a_secret_echoed_by_go_json_is_hidden() {
+        let sent = ["k3y&s3cr3t<v4lue>"];
+        let body = br#"{"headers":{"X-Api-Key":["k3y\u0026s3cr3t\u003cv4lue\u003e"]}}"#;
+        let text = excerpt_hiding(body, &sent);
+        assert!(!text.contains("s3cr3t"), "the secret is shown: {text}");
+    }
+
+    /// `Authorization: Token token="…"` (Rails' ActionController token scheme) or
+    /// `Token token=…`: the credential is the part after `token=`, and a receiver that
+    /// refuses it names it alone ("invalid token …").
+    #[test]
+    fn a_rails_style_token_echoed_alone_is_hidden() {
+        for header in [r#"Token token="rails-tok-9f8e7d6c5b""#, "Token token=rails-tok-9f8e7d6c5b"] {
+            let text = excerpt_hiding(b"{\"error\":\"invalid token rails-tok-9f8e7d6c5b\"}", &[header]);
+            assert!(!text.contains("9f8e7d6c5b"), "{header}: the token is shown: {text}");
+        }
+    }
 
     #[test]
     fn debug_output_shows_no_secret() {

@@ -37,6 +37,19 @@ pub enum ChannelConfig {
     Sms(SmsConfig),
 }
 
+impl ChannelConfig {
+    /// Who answers its sends (and so whose 429 holds it): its URL, or the configured email
+    /// or SMS provider, the same whatever the recipients.
+    pub fn destination(&self) -> &str {
+        match self {
+            ChannelConfig::Webhook(c) => &c.url,
+            ChannelConfig::Slack(c) => &c.webhook_url,
+            ChannelConfig::Email(_) => "email",
+            ChannelConfig::Sms(_) => "sms",
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
