@@ -22,12 +22,15 @@ use crate::events::EventRecord;
 /// output), checked before a known-size allocation: fuel bounds memory too.
 const FUEL: u64 = 100_000;
 /// More for a payload that needs it (see `Template::render_large`): `tojson` spends about a
-/// quarter per byte of output, which `indent` can make larger than the payload.
-const FUEL_PER_PAYLOAD_BYTE: u64 = 4;
-/// The most that extra may be: 4 Mi fuel pays for 256 MiB of data made, which a runaway
-/// template over a 1 MiB payload spent before it stopped; 1 Mi (64 MiB) is still four times
-/// what `tojson` of a 1 MiB payload needs.
-const MAX_EXTRA_FUEL: u64 = 1 << 20;
+/// quarter per byte of output, which `indent` can make larger than the payload, and a loop
+/// over a payload's items a few per item. (4 let a runaway template over a 1 MiB payload
+/// make 256 MiB before it stopped.)
+const FUEL_PER_PAYLOAD_BYTE: u64 = 2;
+/// The most that extra may be, whatever the payload's size (`server.max_body_bytes` may allow
+/// large ones): 8 Mi fuel, which pays for 512 MiB of data made. Fuel counts instructions and
+/// data alike, so it cannot be cut much lower: a loop over 200,000 numbers of a 1 MiB payload
+/// needs over 1 Mi.
+const MAX_EXTRA_FUEL: u64 = 8 << 20;
 
 /// Renders given extra fuel run one at a time, process-wide: each may hold tens of MiB while
 /// it runs, and a webhook renders up to `max_in_flight` sends at once.

@@ -110,9 +110,9 @@ fn daemon_peak_mib(app: &TestApp) -> u64 {
 }
 
 /// A runaway template over large payloads fails its deliveries, not the daemon's memory: a
-/// render's extra fuel for a large payload is capped (one fuel pays for 64 bytes made, and
-/// 4 a payload byte let one render of a 1 MB event make about 256 MB), and such renders run
-/// one at a time (a webhook renders up to 16 sends at once). Six such events, one webhook.
+/// render gets 2 fuel more a payload byte (one fuel pays for 64 bytes made, and 4 let one
+/// render of a 1 MB event make about 256 MB), and such renders run one at a time (a webhook
+/// renders up to 16 sends at once). Six such events, one webhook.
 #[tokio::test]
 async fn a_runaway_template_over_large_events_stays_within_bounded_memory() {
     let app = app_on("max_age_hours = 1\nretry_schedule_seconds = [1]\n").await;
