@@ -405,16 +405,13 @@ fn without_login(url: &str) -> String {
 /// Whether a TOML source line names a key like a secret's (password, token, secret, key):
 /// the word before each `=` is looked at, so an inline table's keys count too.
 fn names_a_secret(line: &str) -> bool {
-    let mut parts = line.split('=').peekable();
-    let mut found = false;
-    while let Some(part) = parts.next() {
-        if parts.peek().is_none() {
-            break;
-        }
+    let mut parts: Vec<&str> = line.split('=').collect();
+    // What follows the last `=` is a value.
+    parts.pop();
+    parts.iter().any(|part| {
         let key = part.trim_end().rsplit([' ', '{', ',', '.', '"', '\'']).next().unwrap_or("").to_ascii_lowercase();
-        found |= ["password", "token", "secret", "key"].iter().any(|w| key.contains(w));
-    }
-    found
+        ["password", "token", "secret", "key"].iter().any(|w| key.contains(w))
+    })
 }
 
 /// A TOML error with any value a secret may be in hidden: the parser quotes the line it

@@ -448,26 +448,15 @@ pub fn authenticate(shared: &Shared, gate: &Gate, headers: &SignatureHeaders, ra
     verdict(gate.revision, secret, native, gate.is_mux(), signature.is_some())
 }
 
-/// At most one log line a minute for each bucket's or connection's unreadable credentials:
-/// an anonymous request with a fresh-looking `Mux-Signature` makes the daemon try them
-/// (twice: from the head and over the body), so an unlimited line each would let anyone
-/// fill the log. The start-up report and `hookline_credentials_unreadable` say it anyway.
+/// At most one log line a minute for each bucket's or connection's unreadable credentials
+/// (the rate limit refused ingests are logged at, see `http/refusals.rs`): an anonymous
+/// request with a fresh-looking `Mux-Signature` makes the daemon try them (twice: from the
+/// head and over the body), so an unlimited line each would let anyone fill the log. The
+/// start-up report and `hookline_credentials_unreadable` say it anyway.
 fn unreadable_log_due(key: &str) -> bool {
-    static LOGGED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, u64>>> =
+    static LOGGED: std::sync::LazyLock<crate::http::refusals::Refusals<String>> =
         std::sync::LazyLock::new(Default::default);
-    const EVERY_MS: u64 = 60_000;
-    let now = crate::util::now_millis();
-    let mut logged = LOGGED.lock().unwrap_or_else(PoisonError::into_inner);
-    if logged.len() >= 10_000 {
-        logged.clear();
-    }
-    match logged.get(key) {
-        Some(at) if now.saturating_sub(*at) < EVERY_MS => false,
-        _ => {
-            logged.insert(key.to_string(), now);
-            true
-        }
-    }
+    LOGGED.record(&key.to_string(), "unreadable", "").is_some()
 }
 
 /// Decrypts an adapter's credentials: its connection, or its inline credentials (`None`: it

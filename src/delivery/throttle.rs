@@ -136,7 +136,8 @@ impl Throttles {
 
     /// Channels a PATCH removed (their deliveries are buried by the worker).
     pub fn forget(&mut self, channels: &[String]) {
-        self.channels.retain(|c, _| !channels.contains(c));
+        // Their waiting deliveries are the burial's, not sent.
+        let _buried = self.release(channels);
     }
 
     /// Channels a PATCH pointed at another destination (a new URL): the old receiver's hold

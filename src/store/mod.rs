@@ -345,14 +345,13 @@ impl Store {
     ) -> Result<(Vec<(String, T)>, bool), StoreError> {
         let mut out = Vec::new();
         let (mut bytes, mut bounded) = (0usize, false);
-        let ks_prefix_len = ks.prefix().len();
-        self.reader.scan_from(&scan_start(ks, prefix, None), &ks.key(prefix), &mut |k: &[u8], v: &[u8]| {
-            let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
-            out.push((key.clone(), decode(ks, &key, v)?));
-            bytes += v.len();
+        let visit = |key: &str, value: T, size: usize| {
+            out.push((key.to_string(), value));
+            bytes += size;
             bounded = out.len() >= limit || bytes >= max_bytes;
-            Ok(!bounded)
-        })?;
+            !bounded
+        };
+        self.reader.scan_from(&scan_start(ks, prefix, None), &ks.key(prefix), &mut decoding_sized(ks, visit))?;
         Ok((out, bounded))
     }
 
@@ -598,11 +597,19 @@ fn decoding<T: DeserializeOwned>(
     ks: Keyspace,
     mut f: impl FnMut(&str, T) -> bool,
 ) -> impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError> {
+    decoding_sized(ks, move |key, value, _| f(key, value))
+}
+
+/// [`decoding`], handing the visitor each value's stored size too.
+fn decoding_sized<T: DeserializeOwned>(
+    ks: Keyspace,
+    mut f: impl FnMut(&str, T, usize) -> bool,
+) -> impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError> {
     let ks_prefix_len = ks.prefix().len();
     move |k, v| {
         let key = String::from_utf8_lossy(&k[ks_prefix_len..]).into_owned();
         let value = decode(ks, &key, v)?;
-        Ok(f(&key, value))
+        Ok(f(&key, value, v.len()))
     }
 }
 

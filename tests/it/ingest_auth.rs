@@ -473,16 +473,13 @@ async fn refused_bodies_of_an_authenticated_sender_show_in_the_status() {
     assert_eq!(st["events_failed_24h"], 1, "the 413's event never reached the adapter: {st}");
 }
 
-/// The lifecycle route's counterpart of
-/// `a_mux_signature_checked_before_its_connection_changed_is_checked_again`: a
-/// `video.asset.deleted` signed with the connection's old signing secret, verified by the
-/// HTTP task and queued behind a busy actor while the secret is replaced (PATCH answered
-/// 200), is checked again by the actor and refused (401), changing nothing.
-#[tokio::test]
-async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_after_the_rotation() {
+/// A Mux asset's object made on a bucket whose connection signs with "whsec-old", then a
+/// `video.asset.deleted` signed with that secret, verified by the HTTP task and queued behind
+/// the bucket's busy actor while the connection is PATCHed with `change`: the delete's
+/// answer (status, body) and the objects left.
+async fn a_lifecycle_delete_across(app: &TestApp, name: &str, change: Value) -> (u16, String, usize) {
     use hookline::adapter::mux;
-    let app = TestApp::start().await;
-    let (conn, bucket) = mux_bucket_on_a_connection(&app, "mux-lc", "whsec-old").await;
+    let (conn, bucket) = mux_bucket_on_a_connection(app, name, "whsec-old").await;
     let asset = "AsSeTlIfEcYcLe01";
     let now = || time::OffsetDateTime::now_utc().unix_timestamp();
     let ready = json!({"type": "video.asset.ready", "object": {"type": "asset", "id": asset},
@@ -491,7 +488,7 @@ async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_afte
     let h = mux::sign("whsec-old", now(), ready.as_bytes());
     let (s, b) = app.post_raw(&ingest_path(&bucket), ready, &[("mux-signature", &h)]).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
-    assert_eq!(object_ids(&app, &bucket).await.len(), 1);
+    assert_eq!(object_ids(app, &bucket).await.len(), 1);
 
     // The bucket's actor is busy (as with a Mux API fetch or an index run).
     let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{bucket}"), json!({})).await;
@@ -503,23 +500,44 @@ async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_afte
     let rb = app.client.post(app.url(&format!("/v1/webhooks/mux/{conn}"))).header("mux-signature", sig).body(deleted);
     let held = tokio::spawn(async move {
         let r = rb.send().await.expect("request");
-        let s = r.status().as_u16();
-        (s, r.text().await.unwrap_or_default())
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
     });
-    tokio::time::sleep(Duration::from_millis(500)).await; // verified, planned, queued at the actor
-                                                          // The operator rotates the signing secret: the old one must no longer authenticate anything.
-    let (s, b) = app
-        .patch(&format!("/v1/organizations/connections/{conn}"), json!({"provider_config": mux_config("whsec-new")}))
-        .await;
+    // Verified, planned, queued at the actor.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, b) = app.patch(&format!("/v1/organizations/connections/{conn}"), change).await;
     assert_eq!(s, 200, "{b}");
     let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await;
     assert_eq!(s, 200);
     let (s, text) = held.await.unwrap();
-    let left = object_ids(&app, &bucket).await.len();
+    (s, text, object_ids(app, &bucket).await.len())
+}
+
+/// The lifecycle route's counterpart of
+/// `a_mux_signature_checked_before_its_connection_changed_is_checked_again`: a
+/// `video.asset.deleted` signed with the connection's old signing secret, verified by the
+/// HTTP task and queued behind a busy actor while the secret is replaced (PATCH answered
+/// 200), is checked again by the actor and refused (401), changing nothing.
+#[tokio::test]
+async fn a_lifecycle_delete_signed_with_a_rotated_out_secret_is_not_applied_after_the_rotation() {
+    let app = TestApp::start().await;
+    // The operator rotates the signing secret: the old one must no longer authenticate anything.
+    let rotation = json!({"provider_config": mux_config("whsec-new")});
+    let (s, text, left) = a_lifecycle_delete_across(&app, "mux-lc", rotation).await;
     assert!(
         s == 401 && left == 1,
         "a lifecycle delete signed with the rotated-out secret was applied after the rotation: {s} {text}; objects left: {left}"
     );
+}
+
+/// The other side of the re-check: a lifecycle delete signed with the current secret,
+/// queued behind a busy actor while a connection changes in a way that keeps that secret
+/// (this one renamed), is still applied (200), not refused.
+#[tokio::test]
+async fn a_lifecycle_delete_queued_across_a_rename_of_its_connection_is_applied() {
+    let app = TestApp::start().await;
+    let (s, text, left) = a_lifecycle_delete_across(&app, "mux-lc-rename", json!({"name": "mux renamed"})).await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(left, 0);
 }
 
 /// When a Mux adapter's connection cannot be decrypted (the master key changed), anonymous
@@ -544,41 +562,4 @@ async fn anonymous_requests_cannot_flood_the_error_log_when_credentials_are_unre
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lines = app.log().matches("open connection").count() - before;
     assert!(lines <= 2, "20 anonymous requests wrote {lines} ERROR lines \"open connection\"");
-}
-
-/// The other side of the re-check: a lifecycle delete signed with the current secret,
-/// queued behind a busy actor while a connection changes in a way that keeps that secret
-/// (this one renamed), is still applied (200), not refused.
-#[tokio::test]
-async fn a_lifecycle_delete_queued_across_a_rename_of_its_connection_is_applied() {
-    use hookline::adapter::mux;
-    let app = TestApp::start().await;
-    let (conn, bucket) = mux_bucket_on_a_connection(&app, "mux-lc-rename", "whsec-k").await;
-    let asset = "AsSeTrEnAmE01";
-    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
-    let ready = json!({"type": "video.asset.ready", "object": {"type": "asset", "id": asset},
-        "data": {"id": asset, "status": "ready", "playback_ids": [{"policy": "public", "id": "pbx"}]}})
-    .to_string();
-    let h = mux::sign("whsec-k", now(), ready.as_bytes());
-    let (s, b) = app.post_raw(&ingest_path(&bucket), ready, &[("mux-signature", &h)]).await;
-    assert_eq!((s, b["status"].as_str()), (200, Some("created")), "{b}");
-    let (s, b) = app.post(&format!("/v1/debug/stall-adapter/{bucket}"), json!({})).await;
-    assert_eq!(s, 200, "{b}");
-    let deleted = json!({"type": "video.asset.deleted", "object": {"type": "asset", "id": asset},
-        "data": {"id": asset, "status": "ready"}})
-    .to_string();
-    let sig = mux::sign("whsec-k", now(), deleted.as_bytes());
-    let rb = app.client.post(app.url(&format!("/v1/webhooks/mux/{conn}"))).header("mux-signature", sig).body(deleted);
-    let held = tokio::spawn(async move {
-        let r = rb.send().await.expect("request");
-        (r.status().as_u16(), r.text().await.unwrap_or_default())
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (s, b) = app.patch(&format!("/v1/organizations/connections/{conn}"), json!({"name": "mux renamed"})).await;
-    assert_eq!(s, 200, "{b}");
-    let (s, _) = app.delete(&format!("/v1/debug/stall-adapter/{bucket}")).await;
-    assert_eq!(s, 200);
-    let (s, text) = held.await.unwrap();
-    assert_eq!(s, 200, "{text}");
-    assert!(object_ids(&app, &bucket).await.is_empty());
 }

@@ -91,20 +91,30 @@ async fn insert_overtaken_by_its_upsert_with_a_lone_half_in_its_key_is_a_duplica
     assert_eq!(objects(&app, &b).await.len(), 1);
 }
 
+/// PostgREST (answering `status`) and a bucket `name` whose Supabase adapter, on its
+/// connection, writes an alert's `verdict` back to the row: PostgREST, the bucket, its secret.
+async fn rows_written_back_on_alert(
+    app: &TestApp,
+    status: u16,
+    name: &str,
+) -> (crate::writeback::Upstream, String, String) {
+    let pg = crate::writeback::Upstream::start(status).await;
+    let conn = crate::writeback::supabase_connection(app, &pg.url(""), &format!("srk-{name}")).await;
+    let adapter = supabase(json!({"connection_id": conn["connection_id"], "table": "listings",
+        "event_filter": {"event_types": ["INSERT", "UPDATE"]},
+        "writeback": {"trigger": "on_alert", "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}}));
+    let (b, s) = bucket_with_adapter(app, name, json!({"title": {"type": "string"}}), adapter).await;
+    (pg, b, s)
+}
+
 /// A key change onto a key another row's object still has (that row deleted unseen, its
 /// DELETE filtered out): that object is no longer found by the key and loses its external
 /// ID, so its writeback does not land on the re-keyed row (an alert on it would otherwise
 /// PATCH, with the service-role key, the row that now has that key).
 #[tokio::test]
 async fn an_orphaned_objects_writeback_does_not_land_on_the_rekeyed_row() {
-    use crate::writeback::{supabase_connection, Upstream};
     let app = TestApp::start().await;
-    let pg = Upstream::start(204).await;
-    let conn = supabase_connection(&app, &pg.url(""), "srk-orphan").await;
-    let adapter = supabase(json!({"connection_id": conn["connection_id"], "table": "listings",
-        "event_filter": {"event_types": ["INSERT", "UPDATE"]},
-        "writeback": {"trigger": "on_alert", "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}}));
-    let (b, s) = bucket_with_adapter(&app, "orphan", json!({"title": {"type": "string"}}), adapter).await;
+    let (pg, b, s) = rows_written_back_on_alert(&app, 204, "orphan").await;
     let one = post_row(&app, &b, &s, db_event("INSERT", json!({"id": 1, "title": "row one"}), Value::Null)).await;
     let two = post_row(&app, &b, &s, db_event("INSERT", json!({"id": 2, "title": "row two"}), Value::Null)).await;
     let (one, two) = (one["object_id"].as_str().unwrap().to_string(), two["object_id"].as_str().unwrap().to_string());
@@ -144,14 +154,8 @@ async fn an_orphaned_objects_writeback_does_not_land_on_the_rekeyed_row() {
 /// a row, and it is given up, saying why.
 #[tokio::test]
 async fn a_pending_writeback_of_an_object_whose_key_was_taken_is_not_sent() {
-    use crate::writeback::{supabase_connection, Upstream};
     let app = TestApp::start().await;
-    let pg = Upstream::start(500).await;
-    let conn = supabase_connection(&app, &pg.url(""), "srk-pending-orphan").await;
-    let adapter = supabase(json!({"connection_id": conn["connection_id"], "table": "listings",
-        "event_filter": {"event_types": ["INSERT", "UPDATE"]},
-        "writeback": {"trigger": "on_alert", "field_mapping": [{"source_path": "verdict", "target_field": "mp_verdict"}]}}));
-    let (b, s) = bucket_with_adapter(&app, "pending-orphan", json!({"title": {"type": "string"}}), adapter).await;
+    let (pg, b, s) = rows_written_back_on_alert(&app, 500, "pending-orphan").await;
     post_row(&app, &b, &s, db_event("INSERT", json!({"id": 1, "title": "row one"}), Value::Null)).await;
     let two = post_row(&app, &b, &s, db_event("INSERT", json!({"id": 2, "title": "row two"}), Value::Null)).await;
     let two = two["object_id"].as_str().unwrap().to_string();

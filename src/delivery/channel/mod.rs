@@ -341,6 +341,16 @@ pub struct Message<'a> {
     pub budget: (std::time::Instant, std::time::Duration),
 }
 
+impl Message<'_> {
+    /// Whether a multi-recipient attempt starts no send to a further recipient: past its
+    /// budget, and only once it reached someone (an attempt whose first recipients fail
+    /// slowly goes on to the others; a recipient failing slower than the budget would
+    /// otherwise hold back those after it in every attempt).
+    pub(crate) fn out_of_time(&self, reached_someone: bool) -> bool {
+        reached_someone && std::time::Instant::now() >= self.budget.0
+    }
+}
+
 /// A multi-recipient attempt's result once its round is over, `stopped` of its recipients
 /// not tried (or cut off) because the daemon shuts down and `out_of_time` because the attempt
 /// ran past `budget` (`delivery.max_attempt_seconds`; only after it reached someone, so such

@@ -122,10 +122,7 @@ impl SmsChannel {
                 untried += 1;
                 continue;
             }
-            // Only once it reached someone: an attempt whose first recipients fail slowly
-            // goes on to the others (a recipient failing slower than the time would
-            // otherwise hold back those after it in every attempt).
-            if !reached.is_empty() && std::time::Instant::now() >= msg.budget.0 {
+            if msg.out_of_time(!reached.is_empty()) {
                 out_of_time += 1;
                 continue;
             }
